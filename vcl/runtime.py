@@ -1,0 +1,197 @@
+"""What compiled VCL runs against: HTTP messages, headers, actions and the per-task context.
+
+This module holds no I/O. The server fills a Context, calls the compiled subroutines with it and
+acts on the Action they return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class VCLFailure(Exception):
+    """A runtime VCL failure (Varnish's VRT_fail): the task goes to vcl_synth with 503."""
+
+
+class Headers:
+    """HTTP header fields in arrival order, looked up case-insensitively, as VCL sees them.
+
+    Stored as a list of [name, value] pairs so the wire order and the spelling of names survive.
+    """
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: list[list[str]] | None = None) -> None:
+        self._fields: list[list[str]] = fields if fields is not None else []
+
+    def get(self, name: str) -> str | None:
+        """The first field called `name`, as Varnish's req.http.NAME reads it."""
+        lname = name.lower()
+        for field in self._fields:
+            if field[0].lower() == lname:
+                return field[1]
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [v for n, v in self._fields if n.lower() == lname]
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every field called `name` by one, at the place of the first (VCL `set`)."""
+        lname = name.lower()
+        fields = self._fields
+        for i, field in enumerate(fields):
+            if field[0].lower() == lname:
+                field[1] = value
+                self._fields = fields[: i + 1] + [f for f in fields[i + 1 :] if f[0].lower() != lname]
+                return
+        fields.append([name, value])
+
+    def add(self, name: str, value: str) -> None:
+        self._fields.append([name, value])
+
+    def unset(self, name: str) -> None:
+        lname = name.lower()
+        self._fields = [f for f in self._fields if f[0].lower() != lname]
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(n, v) for n, v in self._fields]
+
+    def copy(self) -> Headers:
+        return Headers([[n, v] for n, v in self._fields])
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __repr__(self) -> str:
+        return f"Headers({self.items()!r})"
+
+
+class HttpMessage:
+    """A request or response as VCL sees it (req, bereq, beresp, resp, obj)."""
+
+    __slots__ = ("method", "url", "proto", "status", "reason", "headers")
+
+    def __init__(
+        self,
+        method: str = "",
+        url: str = "",
+        proto: str = "HTTP/1.1",
+        status: int = 0,
+        reason: str = "",
+        headers: Headers | None = None,
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.proto = proto
+        self.status = status
+        self.reason = reason
+        self.headers = headers if headers is not None else Headers()
+
+    def copy(self) -> HttpMessage:
+        return HttpMessage(self.method, self.url, self.proto, self.status, self.reason, self.headers.copy())
+
+
+@dataclass(slots=True)
+class Action:
+    """What a subroutine returned: `return (name(args...))`.
+
+    name is the action keyword (synth, pass, lookup, deliver, ...); args are its evaluated arguments,
+    e.g. (status, reason) for synth, (ttl,) for pass(DURATION), (label,) for vcl(label).
+    """
+
+    name: str
+    args: tuple = ()
+
+
+class IP:
+    """VCL's IP type: an address and a port. Converts to a string as the bare address."""
+
+    __slots__ = ("addr", "port")
+
+    def __init__(self, addr: str, port: int = 0) -> None:
+        self.addr = addr
+        self.port = port
+
+    def __str__(self) -> str:
+        return self.addr
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IP) and other.addr == self.addr
+
+    def __hash__(self) -> int:
+        return hash(self.addr)
+
+    def __repr__(self) -> str:
+        return f"IP({self.addr!r}, {self.port})"
+
+
+@dataclass(slots=True)
+class BackendSpec:
+    """A `backend NAME { ... }` declaration: pure data; the server turns it into a connection pool."""
+
+    name: str
+    host: str | None = None          # None for `backend NAME none;`
+    port: str = "80"
+    host_header: str | None = None
+    connect_timeout: float | None = None        # None: use the parameter
+    first_byte_timeout: float | None = None
+    between_bytes_timeout: float | None = None
+    max_connections: int = 0
+    probe: object = None             # a ProbeSpec, or None
+    # Filled by the server once it has built the live backend (health, pool, counters).
+    live: object = None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Context:
+    """Everything one task (client request or backend fetch) shows to VCL.
+
+    The server creates one per request; the compiled subroutines read and write its fields. Fields a
+    subroutine may not touch are rejected at compile time by vcl.checker, not here.
+    """
+
+    __slots__ = (
+        # which built-in subroutine is running now, e.g. "recv"; vmods with restrictions check it
+        "method",
+        # HTTP messages; None where the state has none
+        "req", "req_top", "bereq", "beresp", "resp", "obj",
+        # addresses (IP objects)
+        "client_ip", "server_ip", "local_ip", "remote_ip", "local_endpoint", "local_socket",
+        "client_identity", "server_hostname", "server_identity",
+        # client-side request state
+        "xid", "restarts", "esi_level", "req_ttl", "req_grace", "hash_always_miss", "hash_ignore_busy",
+        "backend_hint", "can_gzip", "is_hitmiss", "is_hitpass", "req_time", "hash_parts", "hash",
+        # backend-side state
+        "bereq_xid", "retries", "bereq_backend", "bereq_uncacheable", "is_bgfetch",
+        "connect_timeout", "first_byte_timeout", "between_bytes_timeout",
+        "beresp_ttl", "beresp_grace", "beresp_keep", "beresp_uncacheable", "do_stream", "do_gzip",
+        "do_gunzip", "do_esi", "was_304", "beresp_age", "beresp_backend",
+        # object (cache hit) state
+        "obj_ttl", "obj_grace", "obj_keep", "obj_hits", "obj_age", "obj_uncacheable",
+        # synthetic body being built by synthetic(); None when no synthetic() ran
+        "synth_body",
+        # the server's handle on the client connection, for vmods such as tinykvm.steal()
+        "session",
+        # the loaded VCL (vmod object instances, backends); the server's shared state
+        "vcl", "server",
+        # VSL-style log lines produced by std.log() and friends
+        "log",
+        # free per-task storage for vmods
+        "priv_task",
+    )
+
+    def __init__(self, **fields: object) -> None:
+        for name in self.__slots__:
+            setattr(self, name, None)
+        self.restarts = 0
+        self.retries = 0
+        self.esi_level = 0
+        self.log = []
+        for name, value in fields.items():
+            setattr(self, name, value)

@@ -1,0 +1,78 @@
+"""The vmod registry: each vmod module describes its functions and objects with VCL types.
+
+The VCL compiler reads these descriptions to type-check calls and emit direct Python calls; at run
+time every implementation is called as impl(ctx, *args) with ctx the task's vcl.runtime.Context.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass(slots=True)
+class Param:
+    name: str
+    type: str                  # a VCL type name: STRING, INT, REAL, BOOL, DURATION, BYTES, IP, TIME,
+    #                            BACKEND, HEADER, ENUM, STRANDS (any number of strings), PROBE, ACL, BLOB
+    default: object = None     # a Python value, used when the argument is left out
+    optional: bool = False     # may be left out (with `default` then)
+    enum: tuple[str, ...] = ()  # the words an ENUM accepts
+
+
+@dataclass(slots=True)
+class Func:
+    name: str
+    impl: Callable
+    ret: str = "VOID"
+    params: list[Param] = field(default_factory=list)
+    # built-in subroutines (e.g. {"vcl_recv"}) the function may be called from; None: anywhere
+    restrict: frozenset[str] | None = None
+    # the implementation is a coroutine function: compiled VCL awaits it
+    is_async: bool = False
+
+
+@dataclass(slots=True)
+class ObjectType:
+    """A `new x = vmod.name(...)` object: its constructor and its methods."""
+
+    name: str
+    constructor: Func          # impl(ctx, *args) -> instance; only in vcl_init
+    methods: dict[str, Func] = field(default_factory=dict)  # impl(instance, ctx, *args)
+
+
+@dataclass(slots=True)
+class Vmod:
+    name: str
+    functions: dict[str, Func] = field(default_factory=dict)
+    objects: dict[str, ObjectType] = field(default_factory=dict)
+
+    def func(self, name: str, ret: str = "VOID", params: list[Param] | None = None, *,
+             restrict: set[str] | None = None, is_async: bool = False) -> Callable[[Callable], Callable]:
+        """Decorator registering impl(ctx, *args) as vmod function `name`."""
+        def register(impl: Callable) -> Callable:
+            self.functions[name] = Func(name, impl, ret, list(params or []),
+                                        frozenset(restrict) if restrict else None, is_async)
+            return impl
+        return register
+
+
+# vmods we ship, by the name VCL imports them under
+KNOWN = {"std": "vmods.std", "directors": "vmods.directors", "tinykvm": "vmods.tinykvm"}
+
+
+class UnknownVmod(LookupError):
+    pass
+
+
+def load(name: str) -> Vmod:
+    """The vmod `name` (as in `import name;`), or UnknownVmod."""
+    module_name = KNOWN.get(name)
+    if module_name is None:
+        raise UnknownVmod(name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise UnknownVmod(name) from exc
+    return module.VMOD
