@@ -1,0 +1,114 @@
+"""The API a tinykvm program imports; it mirrors kvm_api.h of libvmod-tinykvm.
+
+A program is a Python file the server runs in its own process (`python -m kvm_api.host`). It sets
+its callbacks and calls wait_for_requests(), which never returns: it runs one event loop serving
+every connection that `tinykvm.steal(program, arg)` hands over.
+
+Callbacks (all optional; `fd` is the connection's file descriptor number in this process):
+    on_connect(fd: int, remote: str, arg: str) -> bool
+        A connection arrived. Truthy accepts it; falsy refuses it (the server keeps it and
+        tinykvm.steal() returns false). Without an on_connect every connection is refused.
+        Bytes the server had already read past the request arrive as the first on_read.
+    on_read(fd: int, data: bytes) -> None
+    on_writable(fd: int) -> None
+        Buffered output of an earlier short write() has all gone out.
+    on_disconnect(fd: int, reason: str) -> None
+        Called once when the connection closes; reason is "Disconnected" (the peer closed, or
+        the program called shutdown(fd, SHUT_RDWR)), "Reset" (ECONNRESET/EPIPE) or "Error"
+        (anything else, including an exception raised by a callback of this connection).
+    on_get(url: str, arg: str) -> tuple[int, str, bytes | str]
+        set_backend_get(): the program as a backend; returns (status, content_type, body),
+        e.g. (200, "text/plain", b"Hello World!\\n").
+
+An exception in a callback prints its traceback on stderr (the server logs it) and closes that
+connection only.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import Callable
+
+from kvm_api import _state
+from kvm_api._printf import cformat
+
+__all__ = [
+    "Print", "write", "shutdown", "set_socket_on_connect", "set_socket_on_read",
+    "set_socket_on_writable", "set_socket_on_disconnect", "set_backend_get", "wait_for_requests",
+    "SHUT_RD", "SHUT_WR", "SHUT_RDWR",
+]
+
+SHUT_RD = socket.SHUT_RD
+SHUT_WR = socket.SHUT_WR
+SHUT_RDWR = socket.SHUT_RDWR
+
+
+def Print(fmt: str, *args: object) -> None:  # noqa: N802 - the name of kvm_api.h
+    """Write to the program's output (the server logs each line as "<program>: <line>").
+
+    With arguments, `fmt` is a C printf format ("%d", "%s", "%zu", "%p", ...).
+    """
+    sys.stdout.write(cformat(fmt, args) if args else fmt)
+    sys.stdout.flush()
+
+
+def write(fd: int, data: bytes | bytearray | memoryview | str) -> int:
+    """Send on a connection without ever blocking; returns len(data), or -1 if fd is not open.
+
+    What the socket does not take now is buffered and sent when it is writable; once such a
+    buffer has drained, on_writable(fd) is called.
+    """
+    loop = _state.loop
+    if loop is None:
+        return -1
+    if isinstance(data, str):
+        data = data.encode()
+    return loop.write(fd, bytes(data))
+
+
+def shutdown(fd: int, how: int) -> int:
+    """Shut a connection down (SHUT_RD, SHUT_WR or SHUT_RDWR); returns 0, or -1 if fd is not open.
+
+    SHUT_WR sends FIN after the buffered output. SHUT_RDWR closes the connection once the
+    buffered output went out, and on_disconnect(fd, "Disconnected") is called.
+    """
+    loop = _state.loop
+    return -1 if loop is None else loop.shutdown(fd, how)
+
+
+def set_socket_on_connect(fn: Callable[[int, str, str], object] | None) -> None:
+    _state.callbacks.on_connect = fn
+
+
+def set_socket_on_read(fn: Callable[[int, bytes], object] | None) -> None:
+    _state.callbacks.on_read = fn
+
+
+def set_socket_on_writable(fn: Callable[[int], object] | None) -> None:
+    _state.callbacks.on_writable = fn
+
+
+def set_socket_on_disconnect(fn: Callable[[int, str], object] | None) -> None:
+    _state.callbacks.on_disconnect = fn
+
+
+def set_backend_get(fn: Callable[[str, str], tuple[int, str, bytes | str]] | None) -> None:
+    """fn(url, arg) -> (status, content_type, body): answers ProgramManager.backend_get()."""
+    _state.callbacks.on_get = fn
+
+
+def wait_for_requests() -> None:
+    """Serve connections until the server goes away; never returns (exits the process)."""
+    from kvm_api.loop import EventLoop  # only a program process needs the loop
+
+    host = _state.host
+    if host is None:
+        raise RuntimeError("wait_for_requests() works only in a program started by the server "
+                           "(python -m kvm_api.host)")
+    if _state.loop is not None:
+        raise RuntimeError("wait_for_requests() is already running")
+    host.waited = True
+    _state.loop = EventLoop(host.ctrl, _state.callbacks)
+    _state.loop.run()
+    raise SystemExit(0)

@@ -1,0 +1,86 @@
+"""Runs one program file in this process: `python -m kvm_api.host --name N --control-fd FD FILE`.
+
+The server starts it with one end of a SEQPACKET socketpair as FD. The program file runs as
+`__main__`, so both `if __name__ == "__main__": main()` and top-level calls work; it must call
+wait_for_requests(), which tells the server it is ready and serves until the control channel
+closes. A program that fails or returns before that is reported to the server as an "error"
+message and the process exits with status 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import select
+import socket
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from kvm_api import _state, protocol
+
+LOAD_FAILED = 3
+ORPHAN_GRACE = 1.0     # seconds the main thread gets to exit by itself once the server is gone
+
+
+def _watch_server(fd: int) -> None:
+    """Exit even if a callback hangs, once the server's end of the control channel is closed."""
+    poller = select.poll()
+    poller.register(fd, 0)          # POLLHUP is always reported; no data is consumed here
+    while True:
+        events = poller.poll()
+        if any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in events):
+            break
+    time.sleep(ORPHAN_GRACE)
+    os._exit(0)
+
+
+def _report(ctrl: socket.socket, message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+    try:
+        ctrl.setblocking(True)
+        for frame in protocol.encode({"op": "error", "message": message}):
+            ctrl.send(frame)
+    except OSError:
+        pass                        # the server is gone; nobody to tell
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m kvm_api.host")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--control-fd", type=int, required=True)
+    ap.add_argument("program")
+    ap.add_argument("args", nargs="*")
+    ns = ap.parse_args(argv)
+
+    ctrl = socket.socket(fileno=ns.control_fd)
+    threading.Thread(target=_watch_server, args=(ns.control_fd,), daemon=True,
+                     name="kvm_api-watchdog").start()
+    _state.host = host = _state.Host(ns.name, ctrl)
+
+    path = Path(ns.program).resolve()
+    sys.argv = [str(path), *ns.args]
+    sys.path.insert(0, str(path.parent))    # the program may import modules beside it
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as e:
+        if host.waited:             # wait_for_requests() ended: the server closed the channel
+            return 0
+        _report(ctrl, f"program '{ns.name}' exited (status {e.code}) without calling wait_for_requests()")
+        return LOAD_FAILED
+    except BaseException as e:
+        traceback.print_exc(file=sys.stderr)
+        where = "while serving" if host.waited else "while loading"
+        _report(ctrl, f"program '{ns.name}' failed {where}: {type(e).__name__}: {e}")
+        return LOAD_FAILED
+    if host.waited:
+        return 0
+    _report(ctrl, f"program '{ns.name}' did not call wait_for_requests()")
+    return LOAD_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""The one event loop of a program process: the control channel and every stolen socket.
+
+A selectors (epoll) loop, single-threaded, like the epoll loop of the original. Every socket the
+server hands over becomes a Conn; every Conn leaves through `_close()` (or `_discard()` when
+on_connect refused it), the only places that close its fd, so each fd is closed exactly once.
+
+Callbacks never see a close happen under them: write() and shutdown() only mark a connection,
+and the loop closes marked connections after the callback returned (`_flush_closes`).
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import sys
+import time
+import traceback
+from collections import deque
+
+from kvm_api import protocol
+from kvm_api._state import Callbacks
+
+RECV_SIZE = 64 * 1024
+LINGER_SECONDS = 10.0       # how long buffered output may take to drain before a closing socket goes
+_IO = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL   # never block, never change the shared O_NONBLOCK flag
+
+DISCONNECTED = "Disconnected"
+RESET = "Reset"
+ERROR = "Error"
+
+
+class Conn:
+    __slots__ = ("fd", "sock", "out", "reading", "wr_shut", "shut_wr_pending", "short_write",
+                 "accepted", "closing", "reason", "deadline", "events", "closed")
+
+    def __init__(self, fd: int, sock: socket.socket) -> None:
+        self.fd = fd
+        self.sock = sock
+        self.out = bytearray()          # what the socket did not take yet
+        self.reading = True
+        self.wr_shut = False            # the program called shutdown(SHUT_WR/RDWR): no more write()
+        self.shut_wr_pending = False    # send FIN once `out` has drained
+        self.short_write = False        # call on_writable once `out` has drained
+        self.accepted = False
+        self.closing = False            # close requested (maybe after draining)
+        self.reason = ""
+        self.deadline: float | None = None
+        self.events = 0                 # what the selector watches now
+        self.closed = False
+
+
+class EventLoop:
+    def __init__(self, ctrl: socket.socket, callbacks: Callbacks) -> None:
+        self.cb = callbacks
+        self.ctrl = ctrl
+        self.ctrl.setblocking(False)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(ctrl, selectors.EVENT_READ, None)
+        self.conns: dict[int, Conn] = {}
+        self._to_close: list[Conn] = []
+        self._ctrl_out: deque[bytes] = deque()
+        self._assembler = protocol.Assembler()
+        self.running = False
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until the server closes the control channel."""
+        self.running = True
+        self.send_ctrl({"op": "ready", "pid": os.getpid()})
+        try:
+            while self.running:
+                for key, mask in self.sel.select(self._timeout()):
+                    if key.data is None:
+                        self._on_ctrl(mask)
+                        continue
+                    conn: Conn = key.data
+                    if not conn.closed and mask & selectors.EVENT_READ:
+                        self._on_readable(conn)
+                    if not conn.closed and mask & selectors.EVENT_WRITE:
+                        self._on_writable(conn)
+                    self._flush_closes()
+                self._expire()
+        finally:
+            for conn in list(self.conns.values()):
+                self._close(conn, DISCONNECTED)
+            self.sel.close()
+
+    def _timeout(self) -> float | None:
+        deadlines = [c.deadline for c in self.conns.values() if c.deadline is not None]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self.conns.values() if c.deadline is not None and c.deadline <= now]:
+            self._close(conn, conn.reason)
+
+    # -- API used by kvm_api.write / shutdown -------------------------------------------------------
+
+    def write(self, fd: int, data: bytes) -> int:
+        conn = self.conns.get(fd)
+        if conn is None or conn.closing or conn.wr_shut:
+            return -1
+        if not data:
+            return 0
+        sent = 0
+        if not conn.out:
+            try:
+                sent = conn.sock.send(data, _IO)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as e:
+                self._fail(conn, e)
+                return -1
+        if sent < len(data):
+            conn.out += data[sent:]
+            conn.short_write = True
+            self._update(conn)
+        return len(data)
+
+    def shutdown(self, fd: int, how: int) -> int:
+        conn = self.conns.get(fd)
+        if conn is None or conn.closing:
+            return -1
+        if how not in (socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR):
+            return -1
+        if how == socket.SHUT_RDWR:
+            # Closed once what was written has gone out (or LINGER_SECONDS passed).
+            self._request_close(conn, DISCONNECTED, drain=True)
+            return 0
+        if how == socket.SHUT_RD:
+            conn.reading = False
+            try:
+                conn.sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+        else:
+            conn.wr_shut = True
+            if conn.out:
+                conn.shut_wr_pending = True
+            else:
+                self._shut_wr(conn)
+        if not conn.reading and conn.wr_shut:
+            self._request_close(conn, DISCONNECTED, drain=True)
+        else:
+            self._update(conn)
+        return 0
+
+    # -- sockets ----------------------------------------------------------------------------------
+
+    def _on_readable(self, conn: Conn) -> None:
+        try:
+            data = conn.sock.recv(RECV_SIZE, _IO)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._fail(conn, e)
+            return
+        if not data:
+            # The peer sent FIN: what we still have to say goes out first (a half-closed client
+            # still reads), then the connection closes.
+            conn.reading = False
+            self._request_close(conn, DISCONNECTED, drain=True)
+            return
+        if self.cb.on_read is not None:
+            self._call(conn, self.cb.on_read, conn.fd, data)
+
+    def _on_writable(self, conn: Conn) -> None:
+        while conn.out:
+            try:
+                n = conn.sock.send(conn.out, _IO)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                self._fail(conn, e)
+                return
+            del conn.out[:n]
+        if conn.out:
+            return
+        if conn.shut_wr_pending:
+            conn.shut_wr_pending = False
+            self._shut_wr(conn)
+        if conn.closing:
+            self._to_close.append(conn)
+            return
+        self._update(conn)
+        if conn.short_write:
+            conn.short_write = False
+            if self.cb.on_writable is not None:
+                self._call(conn, self.cb.on_writable, conn.fd)
+
+    def _shut_wr(self, conn: Conn) -> None:
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _call(self, conn: Conn, fn, *args) -> object:
+        """Run a program callback; an exception ends that connection only."""
+        try:
+            return fn(*args)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+            self._request_close(conn, ERROR, drain=False)
+            return None
+
+    def _fail(self, conn: Conn, err: OSError) -> None:
+        reset = isinstance(err, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError))
+        conn.out.clear()
+        self._request_close(conn, RESET if reset else ERROR, drain=False)
+
+    def _request_close(self, conn: Conn, reason: str, *, drain: bool) -> None:
+        if conn.closed:
+            return
+        if not conn.closing:
+            conn.closing = True
+            conn.reason = reason        # the first cause wins (an EOF then EPIPE stays "Disconnected")
+        conn.reading = False
+        if drain and conn.out:
+            if conn.deadline is None:
+                conn.deadline = time.monotonic() + LINGER_SECONDS
+            self._update(conn)
+        else:
+            conn.out.clear()
+            self._to_close.append(conn)
+
+    def _flush_closes(self) -> None:
+        while self._to_close:
+            conn = self._to_close.pop()
+            self._close(conn, conn.reason)
+
+    def _update(self, conn: Conn) -> None:
+        """Make the selector watch what `conn` needs now."""
+        if conn.closed:
+            return
+        events = (selectors.EVENT_READ if conn.reading and conn.accepted else 0) | (
+            selectors.EVENT_WRITE if conn.out else 0)
+        if events == conn.events:
+            return
+        if conn.events == 0:
+            self.sel.register(conn.sock, events, conn)
+        elif events == 0:
+            self.sel.unregister(conn.sock)
+        else:
+            self.sel.modify(conn.sock, events, conn)
+        conn.events = events
+
+    def _forget(self, conn: Conn) -> None:
+        conn.closed = True
+        if self.conns.get(conn.fd) is conn:
+            del self.conns[conn.fd]
+        if conn.events:
+            self.sel.unregister(conn.sock)
+            conn.events = 0
+
+    def _close(self, conn: Conn, reason: str) -> None:
+        """The one exit of an accepted connection: on_disconnect once, then close the fd."""
+        if conn.closed:
+            return
+        self._forget(conn)
+        try:
+            if conn.accepted and self.cb.on_disconnect is not None:
+                self.cb.on_disconnect(conn.fd, reason)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+        finally:
+            conn.sock.close()
+
+    def _discard(self, conn: Conn) -> None:
+        """A refused connection: close our copy only; the server keeps the connection."""
+        self._forget(conn)
+        conn.sock.close()
+
+    # -- control channel --------------------------------------------------------------------------
+
+    def _on_ctrl(self, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush_ctrl()
+        if not mask & selectors.EVENT_READ:
+            return
+        while self.running:
+            try:
+                frame, fds, flags, _ = socket.recv_fds(
+                    self.ctrl, protocol.MAX_FRAME, protocol.MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.running = False
+                return
+            if not frame and not fds:
+                self.running = False        # the server is gone: so are we
+                return
+            try:
+                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                    raise protocol.ProtocolError("truncated frame")
+                msg = self._assembler.feed(frame, fds)
+            except protocol.ProtocolError as e:
+                # feed() closed the fds it was given; a truncated frame's fds are closed here
+                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                    for fd in fds:
+                        os.close(fd)
+                print(f"kvm_api: control channel: {e}", file=sys.stderr, flush=True)
+                continue
+            if msg is not None:
+                self._dispatch(*msg)
+
+    def _dispatch(self, header: dict, payload: bytes, fds: list[int]) -> None:
+        op = header.get("op")
+        if op == "steal" and len(fds) == 1:
+            self._steal(header, payload, fds[0])
+            return
+        for fd in fds:                  # fds we did not ask for are never kept
+            os.close(fd)
+        if op == "steal":
+            self.send_ctrl({"op": "reply", "id": header.get("id"), "accepted": False})
+        elif op == "get":
+            self._get(header)
+
+    def _steal(self, header: dict, prebuffer: bytes, fd: int) -> None:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
+            self.send_ctrl({"op": "reply", "id": header.get("id"), "accepted": False})
+            return
+        conn = Conn(fd, sock)
+        self.conns[fd] = conn           # write() works inside on_connect
+        accepted = False
+        if self.cb.on_connect is not None:
+            try:
+                accepted = bool(self.cb.on_connect(fd, str(header.get("remote", "")),
+                                                   str(header.get("arg", ""))))
+            except Exception:
+                traceback.print_exc(file=sys.stderr)
+                sys.stderr.flush()
+        if not accepted:
+            self._to_close = [c for c in self._to_close if c is not conn]
+            self._discard(conn)
+            self.send_ctrl({"op": "reply", "id": header.get("id"), "accepted": False})
+            return
+        conn.accepted = True
+        self.send_ctrl({"op": "reply", "id": header.get("id"), "accepted": True})
+        self._update(conn)
+        # Bytes the server read past the request come first, before anything from the socket.
+        if prebuffer and not conn.closing and self.cb.on_read is not None:
+            self._call(conn, self.cb.on_read, fd, prebuffer)
+        self._flush_closes()
+
+    def _get(self, header: dict) -> None:
+        rid = header.get("id")
+        fn = self.cb.on_get
+        if fn is None:
+            self.send_ctrl({"op": "response", "id": rid, "error": "program has no backend_get"})
+            return
+        try:
+            status, ctype, body = fn(str(header.get("url", "")), str(header.get("arg", "")))
+            if isinstance(body, str):
+                body = body.encode()
+            self.send_ctrl({"op": "response", "id": rid, "status": int(status),
+                            "content_type": str(ctype)}, bytes(body))
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+            self.send_ctrl({"op": "response", "id": rid, "error": f"{type(e).__name__}: {e}"})
+
+    def send_ctrl(self, header: dict, payload: bytes = b"") -> None:
+        self._ctrl_out.extend(protocol.encode(header, payload))
+        self._flush_ctrl()
+
+    def _flush_ctrl(self) -> None:
+        while self._ctrl_out:
+            try:
+                self.ctrl.send(self._ctrl_out[0])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.running = False
+                self._ctrl_out.clear()
+                return
+            self._ctrl_out.popleft()
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._ctrl_out else 0)
+        if self.sel.get_key(self.ctrl).events != want:
+            self.sel.modify(self.ctrl, want, None)
+
