@@ -1,0 +1,5 @@
+import sys
+
+from cacheserver.main import main
+
+sys.exit(main())

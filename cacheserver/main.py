@@ -1,0 +1,184 @@
+"""`cacheserver`: command-line flags as varnishd's, then run the server until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from cacheserver import __version__
+from cacheserver.params import parse_bytes
+from cacheserver.server import ListenSpec, Server, VCLLoadError
+
+log = logging.getLogger("cacheserver")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cacheserver", description="A Varnish-style caching HTTP server programmed in VCL.",
+        add_help=False)
+    p.add_argument("-h", "--help", action="help", help="show this help and exit")
+    p.add_argument("-f", dest="vcl_file", metavar="FILE", help="VCL file to load")
+    p.add_argument("-a", dest="listen", action="append", metavar="[NAME=][ADDR]:PORT",
+                   help="listen address (repeatable; default :8080)")
+    p.add_argument("-b", dest="backend", metavar="HOST:PORT", help="backend to use without a VCL file")
+    p.add_argument("-s", dest="storage", action="append", metavar="malloc,SIZE", help="storage (malloc,SIZE)")
+    p.add_argument("-p", dest="params", action="append", default=[], metavar="PARAM=VALUE",
+                   help="set a run-time parameter")
+    p.add_argument("-n", dest="work_dir", metavar="DIR", help="work directory")
+    p.add_argument("-C", dest="compile_only", action="store_true",
+                   help="compile the VCL, print the generated Python and exit")
+    p.add_argument("-F", dest="foreground", action="store_true", help="run in the foreground (the default)")
+    p.add_argument("-d", dest="debug", action="store_true",
+                   help="debug mode: wait for the CLI's `start` before accepting clients")
+    p.add_argument("-V", dest="version", action="store_true", help="print the version and exit")
+    p.add_argument("-T", dest="admin_listen", metavar="ADDR:PORT", help="admin CLI listen address")
+    p.add_argument("-M", dest="admin_connect", metavar="'ADDR PORT'", help="connect the admin CLI to ADDR PORT")
+    p.add_argument("-S", dest="secret", metavar="FILE", help="admin CLI secret file")
+    p.add_argument("-P", dest="pid_file", metavar="FILE", help="write the process id to FILE")
+    p.add_argument("-i", dest="identity", metavar="IDENTITY", help="server.identity")
+    p.add_argument("-t", dest="ttl", metavar="TTL", help="default TTL (as -p default_ttl=TTL)")
+    p.add_argument("-l", dest="vsl_size", metavar="SIZE", help="log space (accepted for compatibility)")
+    p.add_argument("-j", dest="jail", metavar="JAIL", help="jail (accepted for compatibility)")
+    p.add_argument("-W", dest="waiter", metavar="WAITER", help="waiter (accepted for compatibility)")
+    p.add_argument("-r", dest="readonly", action="append", metavar="PARAMS", help="read-only parameters")
+    return p
+
+
+def _storage_bytes(specs: list[str] | None) -> int:
+    size = 256 << 20
+    for spec in specs or []:
+        name, _, rest = spec.partition("=")
+        kind_and_args = rest if rest else name
+        kind, _, arg = kind_and_args.partition(",")
+        if kind not in ("malloc", "default", "Transient"):
+            raise ValueError(f"-s {spec}: only malloc storage is supported")
+        if arg:
+            size = parse_bytes(arg)
+    return size
+
+
+def _backend_vcl(target: str) -> str:
+    host, _, port = target.rpartition(":")
+    if not host:
+        host, port = target, "80"
+    return f'vcl 4.1;\nbackend default {{ .host = "{host.strip("[]")}"; .port = "{port}"; }}\n'
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.version:
+        print(f"cacheserver {__version__} (VCL 4.0/4.1, varnishd 7.1 flags)")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    if args.compile_only:
+        return _compile_only(args)
+
+    try:
+        server = _build_server(args)
+    except (ValueError, KeyError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    if args.vcl_file is None and args.backend is None and not args.debug:
+        print("Error: neither -b nor -f given (-d to wait for a VCL from the CLI)", file=sys.stderr)
+        return 2
+    try:
+        if args.vcl_file is not None:
+            path = Path(args.vcl_file)
+            try:
+                source = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                print(f"Error: cannot read {args.vcl_file}: {exc.strerror}", file=sys.stderr)
+                return 2
+            server.vcl_load("boot", source, str(path))
+        elif args.backend is not None:
+            server.vcl_load("boot", _backend_vcl(args.backend), "<-b>")
+    except VCLLoadError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(server, args))
+    except OSError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _build_server(args: argparse.Namespace) -> Server:
+    server = Server(storage_bytes=_storage_bytes(args.storage), identity=args.identity,
+                    work_dir=Path(args.work_dir) if args.work_dir else None)
+    for item in args.params:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"-p {item}: expected PARAM=VALUE")
+        server.params.set(name, value)
+    if args.ttl is not None:
+        server.params.set("default_ttl", args.ttl)
+    server.programs.timeout = server.params.tinykvm_on_connect_timeout
+    specs = args.listen or [":8080"]
+    server.listen_specs = [ListenSpec.parse(text, i) for i, text in enumerate(specs)]
+    if args.work_dir:
+        Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    return server
+
+
+def _compile_only(args: argparse.Namespace) -> int:
+    from vcl.compiler import compile_vcl
+    from vcl.errors import VCLError
+
+    if args.vcl_file is None and args.backend is None:
+        print("Error: -C needs -f FILE or -b HOST:PORT", file=sys.stderr)
+        return 2
+    if args.vcl_file:
+        try:
+            source = Path(args.vcl_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            print(f"Error: cannot read {args.vcl_file}: {exc.strerror}", file=sys.stderr)
+            return 2
+        filename = args.vcl_file
+    else:
+        source, filename = _backend_vcl(args.backend), "<-b>"
+    try:
+        compiled = compile_vcl(source, filename, include_dirs=[str(Path(filename).resolve().parent)])
+    except VCLError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    for warning in compiled.warnings:
+        print(warning, file=sys.stderr)
+    print(compiled.python_source)
+    return 0
+
+
+async def _serve(server: Server, args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if args.pid_file:
+        Path(args.pid_file).write_text(f"{os.getpid()}\n")
+    server.bind()
+    for name, host, port in server.listen_addresses():
+        print(f"Listening on {host}:{port} ({name})", file=sys.stderr, flush=True)
+    admin_addresses: list[str] = []
+    if args.admin_listen or args.admin_connect:
+        from cacheserver.admin import start_admin
+
+        admin_addresses = await start_admin(server, listen=args.admin_listen, connect=args.admin_connect,
+                                            secret_file=args.secret)
+        for address in admin_addresses:
+            print(f"Admin CLI on {address}", file=sys.stderr, flush=True)
+    if not args.debug:
+        await server.start()
+        print("Child launched OK", file=sys.stderr, flush=True)
+    server.stop_event = stop
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+        if args.pid_file:
+            Path(args.pid_file).unlink(missing_ok=True)

@@ -1,0 +1,58 @@
+"""return (pipe): the request goes to the backend as it came, then bytes flow both ways untouched."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cacheserver.fsm import ClientRequest
+
+log = logging.getLogger("cacheserver.pipe")
+
+
+def _request_head(req) -> bytes:
+    lines = [f"{req.method} {req.url} {req.proto}\r\n"]
+    lines += [f"{n}: {v}\r\n" for n, v in req.headers.items()]
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1", "replace")
+
+
+async def pipe_request(request: ClientRequest) -> None:
+    session = request.session
+    server = request.server
+    ctx = request.ctx
+    backend = ctx.backend_hint
+    if backend is None or getattr(backend, "host", None) is None:
+        session.close()
+        return
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(backend.host, int(backend.port)), server.params.connect_timeout)
+    except (OSError, asyncio.TimeoutError):
+        server.counters.backend_fail += 1
+        session.transport.write(b"HTTP/1.1 503 Backend fetch failed\r\nConnection: close\r\n\r\n")
+        session.close()
+        return
+    server.counters.backend_conn += 1
+    bereq = ctx.bereq or ctx.req
+    head = _request_head(bereq)
+    server.counters.s_pipe_hdrbytes += len(head)
+    writer.write(head + request.body + session.take_held())
+    session.pipe_to = writer
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data or session.closed:
+                break
+            server.counters.s_pipe_out += len(data)
+            session.transport.write(data)
+            await session.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        session.pipe_to = None
+        writer.close()
+        session.close()
+

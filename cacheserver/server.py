@@ -1,0 +1,200 @@
+"""The server's shared state: parameters, counters, loaded VCLs, storage, listeners, programs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from cacheserver.counters import Counters
+from cacheserver.params import Params
+from cacheserver.programs import ProgramManager, default_search_dirs
+from cacheserver.protocol import ClientProtocol
+from cacheserver.storage import Storage
+from vcl.compiler import CompiledVCL, compile_vcl
+from vcl.errors import VCLError
+from vcl.runtime import Action, Context
+
+log = logging.getLogger("cacheserver")
+
+
+@dataclass
+class ListenSpec:
+    """One -a argument: [name=][host]:port."""
+
+    name: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, index: int) -> ListenSpec:
+        name = f"a{index}"
+        if "=" in text.split(":", 1)[0]:
+            name, text = text.split("=", 1)
+        text = text.split(",", 1)[0]          # ",HTTP" / ",PROXY" protocol suffix
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"-a {text!r}: expected [address]:port")
+        host = host.strip("[]")
+        if not port.isdigit():
+            raise ValueError(f"-a {text!r}: bad port {port!r}")
+        return cls(name, host, int(port))
+
+
+class VCLLoadError(Exception):
+    """A VCL failed to load; str() is the report for the user (compiler output or vcl_init failure)."""
+
+
+class Server:
+    def __init__(self, params: Params | None = None, storage_bytes: int = 256 << 20,
+                 identity: str | None = None, work_dir: Path | None = None) -> None:
+        self.params = params or Params()
+        self.counters = Counters()
+        self.storage = Storage(storage_bytes, self.counters)
+        self.storage_bytes = storage_bytes
+        self.hostname = socket.gethostname()
+        self.identity = identity or self.hostname
+        self.work_dir = work_dir
+        self.vcls: dict[str, CompiledVCL] = {}
+        self.vcl_labels: dict[str, CompiledVCL] = {}
+        self.vcl_files: dict[str, str] = {}     # name -> file it came from (for program lookup)
+        self.active_vcl: CompiledVCL | None = None
+        self.active_name: str | None = None
+        self.sessions: set[ClientProtocol] = set()
+        self.listen_specs: list[ListenSpec] = []
+        self._listeners: list[asyncio.base_events.Server] = []
+        self._sockets: list[socket.socket] = []
+        self.programs = ProgramManager()
+        self.http_session: aiohttp.ClientSession | None = None
+        self.started_at = time.time()
+        self._xid = 0
+        self.bans: list = []
+
+    # -- transaction ids --------------------------------------------------------------------------
+
+    def next_xid(self) -> int:
+        self._xid += 1
+        return self._xid
+
+    def set_xid(self, value: int) -> None:
+        """debug.xid: the next transaction gets value + 1, as in varnishtest."""
+        self._xid = value
+
+    # -- VCL --------------------------------------------------------------------------------------
+
+    def vcl_load(self, name: str, source: str, filename: str) -> CompiledVCL:
+        """Compile and initialise a VCL; the active one is untouched when this fails."""
+        if name in self.vcls:
+            raise VCLLoadError(f"Already a VCL named {name}")
+        include_dirs = [str(Path(filename).resolve().parent)] if filename and filename != "<inline>" else []
+        try:
+            compiled = compile_vcl(source, filename, include_dirs=include_dirs)
+        except VCLError as exc:
+            raise VCLLoadError(str(exc)) from None
+        for warning in compiled.warnings:
+            log.warning("%s", warning)
+        ctx = Context(method="vcl_init", vcl=compiled, server=self)
+        action = compiled.init(ctx)
+        if isinstance(action, Action) and action.name == "fail":
+            msg = "; ".join(text for _, text in ctx.log) or "vcl_init failed"
+            raise VCLLoadError(f"VCL \"{name}\" Failed initialization\nMessage:\n\t{msg}")
+        compiled.name = name
+        self.vcls[name] = compiled
+        self.vcl_files[name] = filename
+        self.counters.n_vcl += 1
+        self.counters.n_vcl_avail += 1
+        if self.active_vcl is None:
+            self.vcl_use(name)
+        return compiled
+
+    def vcl_use(self, name: str) -> None:
+        compiled = self.vcls.get(name)
+        if compiled is None:
+            raise KeyError(f"No VCL named {name}")
+        self.active_vcl = compiled
+        self.active_name = name
+        filename = self.vcl_files.get(name)
+        self.programs.search_dirs = default_search_dirs(
+            filename if filename and not filename.startswith("<") else None)
+
+    def vcl_discard(self, name: str) -> None:
+        if name not in self.vcls:
+            raise KeyError(f"No VCL named {name} known.")
+        if name == self.active_name:
+            raise ValueError("Cannot discard active VCL program")
+        compiled = self.vcls.pop(name)
+        compiled.fini(Context(method="vcl_fini", vcl=compiled, server=self))
+        self.counters.n_vcl -= 1
+        self.counters.n_vcl_avail -= 1
+        self.counters.n_vcl_discard += 1
+
+    def vcl_list(self) -> list[tuple[str, str, int]]:
+        """(name, "active"/"available", busy) for each loaded VCL."""
+        return [(name, "active" if name == self.active_name else "available", 0) for name in self.vcls]
+
+    # -- listening --------------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Open the listen sockets (port 0 gets a free port); accepting starts with start()."""
+        for spec in self.listen_specs:
+            infos = socket.getaddrinfo(spec.host or None, spec.port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+            family, kind, proto, _, addr = infos[0]
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(self.params.listen_depth)
+            sock.setblocking(False)
+            self._sockets.append(sock)
+
+    def listen_addresses(self) -> list[tuple[str, str, int]]:
+        """(name, host, port) of each bound socket."""
+        out = []
+        for spec, sock in zip(self.listen_specs, self._sockets, strict=False):
+            host, port = sock.getsockname()[:2]
+            out.append((spec.name, host, port))
+        return out
+
+    @property
+    def running(self) -> bool:
+        return bool(self._listeners)
+
+    async def start(self) -> None:
+        if self.running:
+            raise RuntimeError("Child in state running")
+        if self.active_vcl is None:
+            raise RuntimeError("No VCL available")
+        if not self._sockets:
+            self.bind()
+        if self.http_session is None:
+            self.http_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True),
+                auto_decompress=False, skip_auto_headers=("User-Agent",))
+        loop = asyncio.get_running_loop()
+        for sock in self._sockets:
+            # A dup, so that stop() can close the listener and start() reuse the same port.
+            listener = await loop.create_server(lambda: ClientProtocol(self), sock=sock.dup())
+            self._listeners.append(listener)
+
+    async def stop(self) -> None:
+        """Stop accepting and close every client connection (the CLI's `stop`)."""
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener.close()
+        for session in list(self.sessions):
+            session.close()
+
+    async def close(self) -> None:
+        await self.stop()
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
+        await self.programs.close()
+        if self.http_session is not None:
+            await self.http_session.close()
+            self.http_session = None

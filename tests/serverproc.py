@@ -1,0 +1,125 @@
+"""Run `cacheserver` as a real process for tests, and talk raw HTTP/1 to it."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServerProcess:
+    """`python -m cacheserver ARGS -a 127.0.0.1:0`, waiting until it says where it listens."""
+
+    def __init__(self, *args: str, cwd: Path | None = None, timeout: float = 15.0) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cacheserver", "-a", "127.0.0.1:0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd or ROOT, env=env)
+        self.output: list[str] = []
+        self.port = 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.readline(deadline - time.monotonic())
+            if line is None:
+                break
+            m = re.match(r"Listening on [^ ]+:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+            if line.startswith("Child launched OK"):
+                return
+        self.stop()
+        raise RuntimeError("server did not start:\n" + "".join(self.output))
+
+    def readline(self, timeout: float) -> str | None:
+        ready, _, _ = select.select([self.proc.stdout], [], [], max(timeout, 0))
+        if not ready:
+            return None
+        line = self.proc.stdout.readline().decode("utf-8", "replace")
+        if not line:
+            return None
+        self.output.append(line)
+        return line
+
+    def wait_for_output(self, pattern: str, timeout: float = 5.0) -> str:
+        """The first output line (past or future) matching pattern."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for line in self.output[seen:]:
+                if re.search(pattern, line):
+                    return line
+            seen = len(self.output)
+            left = deadline - time.monotonic()
+            if left <= 0 or self.readline(left) is None and self.proc.poll() is not None:
+                raise AssertionError(f"no output matching {pattern!r}:\n" + "".join(self.output))
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        return sock
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rest = self.proc.stdout.read().decode("utf-8", "replace")
+        if rest:
+            self.output.append(rest)
+        return self.proc.returncode
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def children(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(x) for x in out.split()]
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One HTTP/1 response (head, body), framed by Content-Length or by close."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    m = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.IGNORECASE)
+    if m:
+        length = int(m.group(1))
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        return head + b"\r\n\r\n", rest
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return head + b"\r\n\r\n", rest
+        rest += chunk
+
+
+def read_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk

@@ -1,0 +1,309 @@
+"""The docs' TCP example end to end: a real cacheserver process, real program processes, real sockets."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from serverproc import ROOT, ServerProcess, read_all, read_response
+
+HELLO = (b"HTTP/1.1 200 OK\r\nServer: Varnish Cache Edgerprise\r\nContent-Type: text/plain\r\n"
+         b"Content-Length: 13\r\n\r\nHello World!\n")
+DOCS_OUTPUT = """HTTP/1.1 200 OK
+Server: Varnish Cache Edgerprise
+Content-Type: text/plain
+Content-Length: 13
+
+Hello World!
+"""
+GET_TCP = b"GET /tcp HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = ServerProcess("-f", str(ROOT / "default.vcl"))
+    yield srv
+    srv.stop()
+
+
+def test_docs_vcl_loads_with_one_warning_per_assumption(server):
+    text = "".join(server.output)
+    assert "assuming VCL 4.1" in text or "4.1" in text
+    assert "tinykvm" in text
+    assert "backend" in text
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_curl_prints_exactly_the_docs_output(server):
+    out = subprocess.run(["curl", "-s", "-D", "-", f"http://127.0.0.1:{server.port}/tcp"],
+                         capture_output=True, timeout=10).stdout
+    assert out == DOCS_OUTPUT.replace("\n", "\r\n", 5).encode()
+    assert out.replace(b"\r\n", b"\n").decode() == DOCS_OUTPUT
+
+
+def test_steal_answers_byte_for_byte_and_second_request_goes_to_on_read(server):
+    with server.connect() as sock:
+        sock.sendall(GET_TCP)
+        head, body = read_response(sock)
+        assert head + body == HELLO
+        sock.sendall(GET_TCP)            # now answered by the program's on_read
+        head, body = read_response(sock)
+        assert head + body == HELLO
+    server.wait_for_output(r"hello: \* FD \d+ data: .*bytes")
+    server.wait_for_output(r"hello: Hello Compute World!")
+
+
+def test_pipelined_bytes_after_the_stolen_request_reach_the_program(server):
+    with server.connect() as sock:
+        # Two requests in one write: the second is read by the server, then travels with the socket.
+        sock.sendall(GET_TCP + b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        sock.settimeout(5)
+        while data.count(b"Hello World!\n") < 2:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert data == HELLO + HELLO
+
+
+def test_requests_before_the_steal_are_answered_first(server):
+    with server.connect() as sock:
+        sock.sendall(b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n" + GET_TCP)
+        head, body = read_response(sock)
+        assert head.startswith(b"HTTP/1.1 503 Backend fetch failed\r\n")
+        head, body = read_response(sock)
+        assert head + body == HELLO
+
+
+def test_other_urls_get_varnish_503_with_backend_none(server):
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = read_response(sock)
+        assert head.startswith(b"HTTP/1.1 503 Backend fetch failed\r\n")
+        for name in (b"Date: ", b"Server: Varnish", b"X-Varnish: ", b"Age: ", b"Via: 1.1 varnish",
+                     b"Content-Type: text/html; charset=utf-8", b"Retry-After: 5",
+                     b"Connection: keep-alive"):
+            assert name in head
+        assert b"<title>503 Backend fetch failed</title>" in body
+        # keep-alive: the same connection serves again
+        sock.sendall(b"GET /tcp2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _ = read_response(sock)
+        assert head.startswith(b"HTTP/1.1 503")
+
+
+def test_http10_closes_after_the_response(server):
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = read_all(sock)
+        assert data.startswith(b"HTTP/1.1 503 Backend fetch failed\r\n")
+        assert b"Connection: close\r\n" in data
+
+
+@pytest.mark.parametrize("garbage", [
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    b"GET / HTTP/1.1\r\nBad Header Name: x\r\n\r\n",
+])
+def test_malformed_requests_get_400_and_close(server, garbage):
+    with server.connect() as sock:
+        sock.sendall(garbage)
+        assert read_all(sock) == b"HTTP/1.1 400 Bad Request\r\n\r\n"
+    assert "Traceback" not in "".join(server.output)
+
+
+def test_oversized_header_gets_400(server):
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n")
+        assert read_all(sock) == b"HTTP/1.1 400 Bad Request\r\n\r\n"
+
+
+def _vcl_dir(tmp_path: Path, program: str, vcl_body: str) -> Path:
+    (tmp_path / "prog.py").write_text(program)
+    vcl = tmp_path / "test.vcl"
+    vcl.write_text(vcl_body)
+    return vcl
+
+
+REFUSING = """
+from kvm_api import set_socket_on_connect, wait_for_requests, Print
+
+def on_connect(fd, remote, arg):
+    Print("refusing %s\\n", arg)
+    return False
+
+set_socket_on_connect(on_connect)
+wait_for_requests()
+"""
+
+STEAL_VCL = """vcl 4.1;
+import tinykvm;
+backend default none;
+sub vcl_recv {
+    if (req.url ~ "^/steal") {
+        if (tinykvm.steal(regsub(req.url, "^/steal/", ""), "arg")) {
+            return (synth(123));
+        }
+        return (synth(500));
+    }
+    return (synth(200));
+}
+"""
+
+
+def test_refused_steal_delivers_synth_500_on_the_same_connection(tmp_path):
+    vcl = _vcl_dir(tmp_path, REFUSING, STEAL_VCL)
+    srv = ServerProcess("-f", str(vcl))
+    try:
+        assert not any("assuming" in line for line in srv.output), srv.output  # complete VCL: no warnings
+        with srv.connect() as sock:
+            sock.sendall(b"GET /steal/prog HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, body = read_response(sock)
+            assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+            sock.sendall(b"GET /fine HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, body = read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        srv.wait_for_output(r"prog: refusing arg")
+    finally:
+        srv.stop()
+
+
+def test_unknown_program_is_a_vcl_failure(tmp_path):
+    vcl = _vcl_dir(tmp_path, REFUSING, STEAL_VCL)
+    srv = ServerProcess("-f", str(vcl))
+    try:
+        for name in (b"nosuch", b"..%2Fetc", b"a/b"):
+            with srv.connect() as sock:
+                sock.sendall(b"GET /steal/" + name + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                head, body = read_response(sock)
+                assert head.startswith(b"HTTP/1.1 503 VCL failed\r\n"), head
+        srv.wait_for_output(r"No such program 'nosuch' for steal\(\)")
+    finally:
+        srv.stop()
+
+
+CRASHY = """
+import os
+from kvm_api import set_socket_on_connect, set_socket_on_read, write, wait_for_requests
+
+def on_connect(fd, remote, arg):
+    write(fd, b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
+    return True
+
+def on_read(fd, data):
+    if b"/die" in data:
+        os._exit(3)
+    if b"/raise" in data:
+        raise RuntimeError("boom")
+    write(fd, b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
+
+set_socket_on_connect(on_connect)
+set_socket_on_read(on_read)
+wait_for_requests()
+"""
+
+
+def test_program_faults_stay_contained(tmp_path):
+    vcl = _vcl_dir(tmp_path, CRASHY, STEAL_VCL)
+    srv = ServerProcess("-f", str(vcl))
+    try:
+        a, b = srv.connect(), srv.connect()
+        for sock in (a, b):
+            sock.sendall(b"GET /steal/prog HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(sock)[1] == b"ok"
+        a.sendall(b"GET /raise HTTP/1.1\r\n\r\n")          # exception: only `a` closes
+        assert read_all(a) == b""
+        b.sendall(b"GET /again HTTP/1.1\r\n\r\n")
+        assert read_response(b)[1] == b"ok"
+        b.sendall(b"GET /die HTTP/1.1\r\n\r\n")            # the process dies: its sockets close
+        assert read_all(b) == b""
+        with srv.connect() as c:                          # the server still serves...
+            c.sendall(b"GET /fine HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(c)[0].startswith(b"HTTP/1.1 200 OK")
+            c.sendall(b"GET /steal/prog HTTP/1.1\r\nHost: x\r\n\r\n")   # ...and restarts the program
+            assert read_response(c)[1] == b"ok"
+        a.close()
+        b.close()
+        assert srv.proc.poll() is None
+        assert "Traceback" not in "".join(line for line in srv.output if not line.startswith("prog:"))
+    finally:
+        srv.stop()
+
+
+def test_no_program_process_outlives_the_server(tmp_path):
+    srv = ServerProcess("-f", str(ROOT / "default.vcl"))
+    with srv.connect() as sock:
+        sock.sendall(GET_TCP)
+        read_response(sock)
+    kids = srv.children()
+    assert kids, "the hello program should run in its own process"
+    assert srv.stop() == 0
+    time.sleep(0.3)
+    for pid in kids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def _close_in_way(sock: socket.socket, way: int) -> None:
+    if way == 0:
+        sock.close()
+    elif way == 1:          # reset
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    elif way == 2:          # half-close, then read the program's close
+        sock.shutdown(socket.SHUT_WR)
+        read_all(sock, 2)
+        sock.close()
+    else:                   # ask the program to shut the connection down
+        sock.sendall(b"QUIT")
+        read_all(sock, 2)
+        sock.close()
+
+
+SHUTTER = """
+from kvm_api import set_socket_on_connect, set_socket_on_read, write, shutdown, wait_for_requests, SHUT_RDWR
+
+def on_connect(fd, remote, arg):
+    write(fd, b"hi")
+    return True
+
+def on_read(fd, data):
+    if data.startswith(b"QUIT"):
+        shutdown(fd, SHUT_RDWR)
+
+set_socket_on_connect(on_connect)
+set_socket_on_read(on_read)
+wait_for_requests()
+"""
+
+
+def test_thousand_stolen_connections_leak_no_fd(tmp_path):
+    vcl = _vcl_dir(tmp_path, SHUTTER, STEAL_VCL)
+    srv = ServerProcess("-f", str(vcl))
+    try:
+        def one(way: int) -> None:
+            sock = srv.connect()
+            sock.sendall(b"GET /steal/prog HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while len(got) < 2:
+                chunk = sock.recv(16)
+                assert chunk
+                got += chunk
+            assert got == b"hi"
+            _close_in_way(sock, way)
+
+        one(0)
+        time.sleep(0.5)
+        program_pid = srv.children()[0]
+        base_server, base_program = srv.fd_count(), len(list(Path(f"/proc/{program_pid}/fd").iterdir()))
+        for i in range(1000):
+            one(i % 4)
+        time.sleep(1.0)
+        assert abs(srv.fd_count() - base_server) <= 2
+        assert abs(len(list(Path(f"/proc/{program_pid}/fd").iterdir())) - base_program) <= 2
+    finally:
+        srv.stop()
