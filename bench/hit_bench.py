@@ -1,0 +1,67 @@
+"""Cache hits of a 1 KiB object: cacheserver against the real varnishd (when installed), same origin,
+same wrk settings, in the same run. Prints both rates and their ratio.
+
+    python bench/hit_bench.py [--seconds 5] [--connections 16] [--varnishd /usr/sbin/varnishd]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from common import ROOT, cacheserver_cmd, free_port, start, stop, wait_port, wrk
+
+
+def run_varnishd(varnishd: str, port: int, origin: int) -> tuple[subprocess.Popen, str]:
+    workdir = tempfile.mkdtemp(prefix="bench-varnishd-")
+    os.chmod(workdir, 0o755)         # varnishd drops to user varnish
+    proc = subprocess.Popen([varnishd, "-F", "-n", workdir, "-a", f"127.0.0.1:{port}",
+                             "-b", f"127.0.0.1:{origin}", "-s", "malloc,256m"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, workdir
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--varnishd", default=shutil.which("varnishd") or "/usr/sbin/varnishd")
+    args = ap.parse_args()
+
+    origin_port = free_port()
+    origin = start([sys.executable, str(ROOT / "bench" / "origin.py"), str(origin_port)], origin_port)
+    results = {}
+    try:
+        port = free_port()
+        proc = start(cacheserver_cmd(port, "-b", f"127.0.0.1:{origin_port}"), port)
+        try:
+            wrk(f"http://127.0.0.1:{port}/obj", 1, args.connections)
+            results["cacheserver"] = wrk(f"http://127.0.0.1:{port}/obj", args.seconds, args.connections)
+        finally:
+            stop(proc)
+        if os.path.exists(args.varnishd):
+            port = free_port()
+            proc, workdir = run_varnishd(args.varnishd, port, origin_port)
+            try:
+                wrk(f"http://127.0.0.1:{port}/obj", 1, args.connections)
+                results["varnishd"] = wrk(f"http://127.0.0.1:{port}/obj", args.seconds, args.connections)
+            finally:
+                stop(proc)
+                shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        stop(origin)
+    for name, r in results.items():
+        print(f"{name:20s} {r['rps']:10.0f} req/s  errors {r['errors']}")
+    if "varnishd" in results:
+        print(f"{'ratio ours/varnishd':20s} {results['cacheserver']['rps'] / results['varnishd']['rps']:10.2f}")
+    else:
+        print("varnishd not installed: no ratio (apt-get install -y varnish)")
+
+
+if __name__ == "__main__":
+    main()
