@@ -1,0 +1,566 @@
+"""ProgramManager + kvm_api.host with real TCP sockets and real program processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cacheserver.programs import (
+    BUNDLED_DIR,
+    ProgramError,
+    ProgramManager,
+    default_search_dirs,
+    find_program,
+)
+
+HELLO = (b"HTTP/1.1 200 OK\r\nServer: Varnish Cache Edgerprise\r\nContent-Type: text/plain\r\n"
+         b"Content-Length: 13\r\n\r\nHello World!\n")
+REQUEST = b"GET /tcp HTTP/1.1\r\nHost: x\r\n\r\n"
+
+# What on_connect/on_read do is chosen by the steal argument and the bytes the client sends.
+TESTPROG = r'''
+import json
+import time
+
+from kvm_api import (SHUT_RDWR, Print, set_backend_get, set_socket_on_connect,
+                     set_socket_on_disconnect, set_socket_on_read, set_socket_on_writable,
+                     shutdown, wait_for_requests, write)
+
+open_fds = set()
+reasons = {}
+
+
+def on_connect(fd, remote, arg):
+    if arg == "refuse":
+        return False
+    if arg == "hang":
+        time.sleep(60)
+    if arg == "raise":
+        raise RuntimeError("connect boom")
+    open_fds.add(fd)
+    write(fd, b"hi\n")
+    return True
+
+
+def on_read(fd, data):
+    if data.startswith(b"boom"):
+        raise RuntimeError("boom in on_read")
+    if data.startswith(b"quit"):
+        write(fd, b"bye\n")
+        shutdown(fd, SHUT_RDWR)
+        return
+    if data.startswith(b"big "):
+        write(fd, b"x" * int(data[4:]))
+        return
+    write(fd, data)
+
+
+def on_writable(fd):
+    write(fd, b"[drained]")
+
+
+def on_disconnect(fd, reason):
+    open_fds.discard(fd)
+    reasons[reason] = reasons.get(reason, 0) + 1
+    Print("disconnect %d %s\n", fd, reason)
+
+
+def on_get(url, arg):
+    return 200, "application/json", json.dumps({"open": len(open_fds), "reasons": reasons})
+
+
+Print("testprog loaded, %s\n", "top-level style")
+set_backend_get(on_get)
+set_socket_on_connect(on_connect)
+set_socket_on_read(on_read)
+set_socket_on_writable(on_writable)
+set_socket_on_disconnect(on_disconnect)
+wait_for_requests()
+'''
+
+NOWAIT = 'from kvm_api import Print\nPrint("loaded but not waiting\\n")\n'
+BROKEN = 'raise ImportError("no such thing")\n'
+
+
+@pytest.fixture(scope="module")
+def progdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("programs")
+    (d / "testprog.py").write_text(TESTPROG)
+    (d / "nowait.py").write_text(NOWAIT)
+    (d / "broken.py").write_text(BROKEN)
+    return d
+
+
+@pytest.fixture
+def listener():
+    srv = socket.create_server(("127.0.0.1", 0), backlog=128)
+    yield srv
+    srv.close()
+
+
+def run(coro, timeout: float = 25.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def pair(listener: socket.socket) -> tuple[socket.socket, socket.socket, str]:
+    """(client, server side, remote) of a fresh TCP connection."""
+    client = socket.create_connection(listener.getsockname())
+    server, addr = listener.accept()
+    client.settimeout(5)
+    server.settimeout(5)
+    return client, server, f"{addr[0]}:{addr[1]}"
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError(f"EOF after {len(buf)} of {n} bytes: {buf[:80]!r}")
+        buf += chunk
+    return buf
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    """Everything until EOF."""
+    buf = b""
+    while chunk := sock.recv(65536):
+        buf += chunk
+    return buf
+
+
+def nfds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1].startswith("Z")   # a zombie is gone too
+    except FileNotFoundError:
+        return True
+
+
+async def stats(pm: ProgramManager) -> dict:
+    status, ctype, body = await pm.backend_get("testprog", "/stats")
+    assert (status, ctype) == (200, "application/json")
+    return json.loads(body)
+
+
+def test_hello_accepts_and_answers_each_request(listener, caplog):
+    caplog.set_level(logging.INFO, logger="cacheserver.programs")
+
+    async def main():
+        pm = ProgramManager([BUNDLED_DIR])
+        try:
+            client, server, remote = pair(listener)
+            assert await pm.steal("hello", server, remote, "/tcp") is True
+            server.close()
+            assert recv_exact(client, len(HELLO)) == HELLO
+            client.sendall(REQUEST)                                   # answered by on_read
+            assert recv_exact(client, len(HELLO)) == HELLO
+            client.close()
+            assert await pm.backend_get("hello", "/") == (200, "text/plain", b"Hello World!\n")
+        finally:
+            await pm.close()
+        return remote
+
+    remote = run(main())
+    lines = [r.getMessage() for r in caplog.records]
+    assert "hello: Hello Compute World!" in lines
+    assert any(m.startswith("hello: * FD ") and m.endswith(f" connected. Remote: {remote} Arg: /tcp")
+               for m in lines), lines
+    assert any(m.startswith("hello: * FD ") and " data: 0x" in m and m.endswith(f", {len(REQUEST)} bytes")
+               for m in lines), lines
+
+
+def test_refused_connection_stays_with_server(listener, progdir):
+    async def main():
+        pm = ProgramManager([progdir])
+        try:
+            client, server, remote = pair(listener)
+            assert await pm.steal("testprog", server, remote, "refuse") is False
+            server.sendall(b"still mine")
+            assert recv_exact(client, 10) == b"still mine"
+            client.sendall(b"ping")
+            assert recv_exact(server, 4) == b"ping"
+            # An exception in on_connect is a refusal too.
+            assert await pm.steal("testprog", server, remote, "raise") is False
+            server.sendall(b"again")
+            assert recv_exact(client, 5) == b"again"
+            assert (await stats(pm))["open"] == 0
+        finally:
+            await pm.close()
+
+    run(main())
+
+
+def test_prebuffer_is_the_first_on_read(listener, progdir):
+    async def main():
+        pm = ProgramManager([progdir])
+        try:
+            client, server, remote = pair(listener)
+            client.sendall(b"-later")   # already in the socket when the program gets it
+            await asyncio.sleep(0.05)
+            assert await pm.steal("testprog", server, remote, "", prebuffer=b"early") is True
+            server.close()
+            assert recv_exact(client, 3 + 5 + 6) == b"hi\nearly-later"
+        finally:
+            await pm.close()
+
+    run(main())
+
+
+def test_large_prebuffer_and_large_writes(listener, progdir):
+    async def main():
+        pm = ProgramManager([progdir])
+        try:
+            client, server, remote = pair(listener)
+            pre = bytes(range(256)) * 1024   # several control-channel frames
+            assert await pm.steal("testprog", server, remote, "", prebuffer=pre) is True
+            server.close()
+            assert recv_exact(client, 3 + len(pre)) == b"hi\n" + pre
+            # A write the socket cannot take at once: buffered, then on_writable once drained.
+            n = 8 * 1024 * 1024
+            client.sendall(b"big %d" % n)
+            await asyncio.sleep(0.2)
+            got = recv_exact(client, n + len(b"[drained]"))
+            assert got.endswith(b"x[drained]") and got.count(b"x") == n
+        finally:
+            await pm.close()
+
+    run(main())
+
+
+def test_exception_in_callback_closes_only_that_connection(listener, progdir, caplog):
+    caplog.set_level(logging.INFO, logger="cacheserver.programs")
+
+    async def main():
+        pm = ProgramManager([progdir])
+        try:
+            conns = []
+            for _ in range(2):
+                client, server, remote = pair(listener)
+                assert await pm.steal("testprog", server, remote, "") is True
+                server.close()
+                assert recv_exact(client, 3) == b"hi\n"
+                conns.append(client)
+            a, b = conns
+            a.sendall(b"boom")
+            assert recv_all(a) == b""                 # closed by the program
+            b.sendall(b"still here")
+            assert recv_exact(b, 10) == b"still here"
+            s = await stats(pm)
+            assert s["open"] == 1 and s["reasons"] == {"Error": 1}
+            b.close()
+            a.close()
+        finally:
+            await pm.close()
+
+    run(main())
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert "testprog: RuntimeError: boom in on_read" in messages
+    assert "testprog: Traceback (most recent call last):" in messages
+    assert "Error" in messages
+
+
+def test_program_shutdown_and_half_close(listener, progdir):
+    async def main():
+        pm = ProgramManager([progdir])
+        try:
+            client, server, remote = pair(listener)
+            assert await pm.steal("testprog", server, remote, "") is True
+            server.close()
+            client.sendall(b"quit")
+            assert recv_all(client) == b"hi\nbye\n"   # buffered output first, then FIN
+            client.close()
+
+            client, server, remote = pair(listener)
+            assert await pm.steal("testprog", server, remote, "") is True
+            server.close()
+            client.sendall(b"echo")
+            client.shutdown(socket.SHUT_WR)           # the program still answers a half-closed peer
+            assert recv_all(client) == b"hi\necho"
+            client.close()
+            await asyncio.sleep(0.1)
+            s = await stats(pm)
+            assert s == {"open": 0, "reasons": {"Disconnected": 2}}
+        finally:
+            await pm.close()
+
+    run(main())
+
+
+def test_killed_program_closes_its_sockets_and_restarts(listener, progdir):
+    async def main():
+        pm = ProgramManager([progdir])
+        try:
+            clients = []
+            for _ in range(3):
+                client, server, remote = pair(listener)
+                assert await pm.steal("testprog", server, remote, "") is True
+                server.close()
+                assert recv_exact(client, 3) == b"hi\n"
+                clients.append(client)
+            pid = pm.pid("testprog")
+            os.kill(pid, signal.SIGKILL)
+            for c in clients:
+                assert recv_all(c) == b""             # the kernel closed the program's fds
+                c.close()
+            for _ in range(100):
+                if pm.pid("testprog") is None:
+                    break
+                await asyncio.sleep(0.01)
+            assert pm.pid("testprog") is None
+            client, server, remote = pair(listener)
+            assert await pm.steal("testprog", server, remote, "") is True
+            server.close()
+            assert pm.pid("testprog") not in (None, pid)
+            assert recv_exact(client, 3) == b"hi\n"
+            client.close()
+
+            # A program that dies while a steal waits: that steal raises ProgramError.
+            client, server, remote = pair(listener)
+            task = asyncio.create_task(pm.steal("testprog", server, remote, "hang"))
+            await asyncio.sleep(0.3)
+            os.kill(pm.pid("testprog"), signal.SIGKILL)
+            with pytest.raises(ProgramError, match="testprog"):
+                await task
+            server.sendall(b"mine")                   # the server still has the connection
+            assert recv_exact(client, 4) == b"mine"
+        finally:
+            await pm.close()
+
+    run(main())
+
+
+def test_hung_on_connect_times_out_without_blocking_the_loop(listener, progdir):
+    async def main():
+        pm = ProgramManager([progdir, BUNDLED_DIR], timeout=1.0)
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        t = asyncio.create_task(ticker())
+        try:
+            client, server, remote = pair(listener)
+            assert await pm.steal("testprog", server, remote, "") is True   # started, one fd
+            server.close()
+            hung_pid = pm.pid("testprog")
+            client2, server2, remote2 = pair(listener)
+            start = time.monotonic()
+            hung = asyncio.create_task(pm.steal("testprog", server2, remote2, "hang"))
+            await asyncio.sleep(0.2)
+            # Meanwhile the server serves: another program gets a connection.
+            c3, s3, r3 = pair(listener)
+            assert await pm.steal("hello", s3, r3, "") is True
+            s3.close()
+            assert recv_exact(c3, len(HELLO)) == HELLO
+            assert await hung is False
+            elapsed = time.monotonic() - start
+            assert 0.9 < elapsed < 3.0
+            assert ticks > 50                         # the loop ran all along
+            assert gone(hung_pid) and pm.pid("testprog") is None
+            assert recv_all(client) == b"hi\n"        # the killed program's connections closed
+            server2.sendall(b"kept")                  # the hung one is still the server's
+            assert recv_exact(client2, 4) == b"kept"
+            client3, server3, remote3 = pair(listener)
+            assert await pm.steal("testprog", server3, remote3, "") is True   # restarted
+            assert recv_exact(client3, 3) == b"hi\n"
+        finally:
+            t.cancel()
+            await pm.close()
+
+    run(main())
+
+
+def test_program_without_wait_for_requests_fails_clearly(listener, progdir, caplog):
+    caplog.set_level(logging.INFO, logger="cacheserver.programs")
+
+    async def main():
+        pm = ProgramManager([progdir])
+        try:
+            client, server, remote = pair(listener)
+            with pytest.raises(ProgramError, match=r"^program 'nowait' did not call wait_for_requests\(\)$"):
+                await pm.steal("nowait", server, remote, "")
+            with pytest.raises(ProgramError, match=r"program 'broken' failed while loading: ImportError: no such thing"):
+                await pm.steal("broken", server, remote, "")
+            with pytest.raises(ProgramError, match="program 'missing' not found"):
+                await pm.steal("missing", server, remote, "")
+            assert pm.running() == {}
+            server.sendall(b"ok")
+            assert recv_exact(client, 2) == b"ok"
+        finally:
+            await pm.close()
+
+    run(main())
+    assert "nowait: loaded but not waiting" in [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("name", ["../hello", "a/b", ".hidden", "..", "", "x y", "hello.py/", "é", "a\0b"])
+def test_bad_names_are_refused(name, progdir):
+    with pytest.raises(ValueError, match="invalid program name"):
+        find_program(name, [progdir])
+
+    async def main():
+        pm = ProgramManager([progdir])
+        try:
+            with pytest.raises(ProgramError, match="invalid program name"):
+                await pm.steal(name, socket.socket(), "", "")
+            assert pm.running() == {}
+        finally:
+            await pm.close()
+
+    run(main())
+
+
+def test_find_program_order(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    (second / "p.py").write_text("")
+    assert find_program("p", [first, second]) == second / "p.py"
+    (first / "p.py").write_text("")
+    assert find_program("p", [first, second]) == first / "p.py"
+    assert find_program("q", [first, second]) is None
+    (first / "dir.py").mkdir()                        # not a file: skipped
+    assert find_program("dir", [first, second]) is None
+    # The server's order: the VCL file's directory, then the bundled programs.
+    dirs = default_search_dirs(tmp_path / "main.vcl")
+    assert dirs == [tmp_path, BUNDLED_DIR]
+    assert find_program("hello", dirs) == BUNDLED_DIR / "hello.py"
+    (tmp_path / "hello.py").write_text("")
+    assert find_program("hello", dirs) == tmp_path / "hello.py"
+
+
+def test_close_leaves_no_process(listener, progdir):
+    async def main():
+        pm = ProgramManager([progdir, BUNDLED_DIR])
+        clients = []
+        for name in ("hello", "testprog"):
+            client, server, remote = pair(listener)
+            assert await pm.steal(name, server, remote, "") is True
+            server.close()
+            clients.append(client)
+        pids = list(pm.running().values())
+        assert len(pids) == 2
+        await pm.close()
+        assert pm.running() == {}
+        with pytest.raises(ProgramError, match="closed"):
+            await pm.steal("hello", socket.socket(), "", "")
+        for c in clients:
+            c.settimeout(2)
+            assert recv_all(c) in (HELLO, b"hi\n")
+        return pids
+
+    for pid in run(main()):
+        assert gone(pid)
+
+
+def test_host_exits_when_the_server_goes_even_if_a_callback_hangs(listener, progdir):
+    """No program outlives the server: the host watches its control channel."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvm_api.host", "--name", "testprog", "--control-fd",
+         str(child.fileno()), str(progdir / "testprog.py")],
+        pass_fds=[child.fileno()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    child.close()
+    try:
+        parent.settimeout(10)
+        assert b'"op":"ready"' in parent.recv(65536)
+        client, server, remote = pair(listener)
+        header = json.dumps({"op": "steal", "id": 1, "remote": remote, "arg": "hang", "n": 0}).encode()
+        socket.send_fds(parent, [struct.pack(">I", len(header)) + header], [server.fileno()])
+        server.close()
+        time.sleep(0.3)                               # now inside the hanging on_connect
+        start = time.monotonic()
+        parent.close()
+        assert proc.wait(timeout=5) == 0
+        assert time.monotonic() - start < 4
+        assert recv_all(client) == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_no_fd_leak_over_1000_connections(listener, progdir):
+    """Every fd the program receives is closed exactly once, however the connection ends."""
+    modes = ["client-close", "client-rst", "half-close", "program-shutdown", "refused", "exception"]
+
+    async def main():
+        pm = ProgramManager([progdir])
+        try:
+            client, server, remote = pair(listener)       # warm up: the process and its pipes
+            assert await pm.steal("testprog", server, remote, "") is True
+            server.close()
+            assert recv_exact(client, 3) == b"hi\n"    # unread data would make close() send RST
+            client.close()
+            await asyncio.sleep(0.2)
+            pid = pm.pid("testprog")
+            base_self, base_prog = nfds(os.getpid()), nfds(pid)
+            peak_prog = 0
+            accepted = 0
+            for i in range(1000):
+                mode = modes[i % len(modes)]
+                client, server, remote = pair(listener)
+                ok = await pm.steal("testprog", server, remote, "refuse" if mode == "refused" else "")
+                server.close()                          # refused: the "server" ends it here
+                assert ok is (mode != "refused")
+                if ok:
+                    accepted += 1
+                    assert recv_exact(client, 3) == b"hi\n"
+                if mode == "client-rst":
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                elif mode == "half-close":
+                    client.shutdown(socket.SHUT_WR)
+                    assert recv_all(client) == b""
+                elif mode == "program-shutdown":
+                    client.sendall(b"quit")
+                    assert recv_all(client) == b"bye\n"
+                elif mode == "exception":
+                    client.sendall(b"boom")
+                    assert recv_all(client) == b""
+                client.close()
+                if i % 100 == 0:
+                    peak_prog = max(peak_prog, nfds(pid))
+            for _ in range(200):                        # let the last closes reach the program
+                s = await stats(pm)
+                if s["open"] == 0 and sum(s["reasons"].values()) == accepted + 1:
+                    break
+                await asyncio.sleep(0.02)
+            assert pm.pid("testprog") == pid            # one process served them all
+            return base_self, base_prog, nfds(os.getpid()), nfds(pid), peak_prog, s, accepted
+        finally:
+            await pm.close()
+
+    base_self, base_prog, end_self, end_prog, peak_prog, s, accepted = run(main(), timeout=60)
+    print(f"fds: test process {base_self} -> {end_self}, program {base_prog} -> {end_prog} "
+          f"(sampled peak {peak_prog}); disconnect reasons {s['reasons']}")
+    assert abs(end_self - base_self) <= 2
+    assert abs(end_prog - base_prog) <= 2
+    assert s["open"] == 0
+    expected = {m: sum(1 for i in range(1000) if modes[i % len(modes)] == m) for m in modes}
+    assert accepted == 1000 - expected["refused"]
+    # on_disconnect exactly once per accepted connection (+1: the warm-up), with the right reason
+    assert s["reasons"] == {
+        "Reset": expected["client-rst"],
+        "Error": expected["exception"],
+        "Disconnected": expected["client-close"] + expected["half-close"] + expected["program-shutdown"] + 1,
+    }
