@@ -22,7 +22,9 @@ from kvm_api import protocol
 from kvm_api._state import Callbacks
 
 RECV_SIZE = 64 * 1024
-LINGER_SECONDS = 10.0       # how long buffered output may take to drain before a closing socket goes
+# How long buffered output may take to drain before a closing socket goes anyway (a peer that
+# never reads must not hold an fd forever).
+LINGER_SECONDS = float(os.environ.get("KVM_API_LINGER", "10"))
 _IO = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL   # never block, never change the shared O_NONBLOCK flag
 
 DISCONNECTED = "Disconnected"

@@ -33,11 +33,12 @@ TESTPROG = r'''
 import json
 import time
 
-from kvm_api import (SHUT_RDWR, Print, set_backend_get, set_socket_on_connect,
+from kvm_api import (SHUT_RDWR, SHUT_WR, Print, set_backend_get, set_socket_on_connect,
                      set_socket_on_disconnect, set_socket_on_read, set_socket_on_writable,
                      shutdown, wait_for_requests, write)
 
 open_fds = set()
+half_closed = set()
 reasons = {}
 
 
@@ -63,6 +64,18 @@ def on_read(fd, data):
     if data.startswith(b"big "):
         write(fd, b"x" * int(data[4:]))
         return
+    if data.startswith(b"bigquit "):
+        write(fd, b"x" * int(data[8:]))
+        shutdown(fd, SHUT_RDWR)
+        return
+    if data.startswith(b"half"):
+        write(fd, b"half\n")
+        shutdown(fd, SHUT_WR)
+        half_closed.add(fd)
+        return
+    if fd in half_closed:
+        Print("write after SHUT_WR: %d\n", write(fd, data))
+        return
     write(fd, data)
 
 
@@ -72,6 +85,7 @@ def on_writable(fd):
 
 def on_disconnect(fd, reason):
     open_fds.discard(fd)
+    half_closed.discard(fd)
     reasons[reason] = reasons.get(reason, 0) + 1
     Print("disconnect %d %s\n", fd, reason)
 
@@ -300,6 +314,40 @@ def test_program_shutdown_and_half_close(listener, progdir):
             await pm.close()
 
     run(main())
+
+
+def test_program_half_close_and_linger(listener, progdir, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="cacheserver.programs")
+    monkeypatch.setenv("KVM_API_LINGER", "1.0")
+
+    async def main():
+        pm = ProgramManager([progdir])
+        try:
+            # shutdown(fd, SHUT_WR): FIN after the output; reading goes on; write() is refused.
+            client, server, remote = pair(listener)
+            assert await pm.steal("testprog", server, remote, "") is True
+            server.close()
+            client.sendall(b"half")
+            assert recv_all(client) == b"hi\nhalf\n"
+            client.sendall(b"more")
+            await asyncio.sleep(0.1)
+            assert (await stats(pm))["open"] == 1
+            client.close()
+            # SHUT_RDWR with more output than the peer reads: closed after the linger time anyway.
+            client, server, remote = pair(listener)
+            assert await pm.steal("testprog", server, remote, "") is True
+            server.close()
+            client.sendall(b"bigquit 20000000")
+            await asyncio.sleep(0.2)
+            assert (await stats(pm))["open"] == 1       # still draining
+            await asyncio.sleep(1.3)
+            assert await stats(pm) == {"open": 0, "reasons": {"Disconnected": 2}}
+            client.close()
+        finally:
+            await pm.close()
+
+    run(main())
+    assert any(r.getMessage() == "testprog: write after SHUT_WR: -1" for r in caplog.records)
 
 
 def test_killed_program_closes_its_sockets_and_restarts(listener, progdir):
