@@ -122,6 +122,9 @@ class _Program:
         except ProgramError:
             await prog.kill()
             raise
+        except BaseException:           # cancelled: no await here, but no process left behind
+            prog.kill_now()
+            raise
         log.info("program '%s' started (pid %d, %s)", name, proc.pid, path)
         return prog
 
@@ -287,14 +290,18 @@ class _Program:
         if buf:
             log.info("%s: %s", self.name, buf.rstrip(b"\r").decode("utf-8", "replace"))
 
-    async def kill(self) -> None:
-        """SIGKILL now; wait for the process and its output."""
+    def kill_now(self) -> None:
+        """SIGKILL without waiting (the exit watcher reaps the process)."""
         self._died("killed")
         if self.proc.returncode is None:
             try:
                 self.proc.kill()
             except ProcessLookupError:
                 pass
+
+    async def kill(self) -> None:
+        """SIGKILL now; wait for the process and its output."""
+        self.kill_now()
         await self._reap(grace=2.0)
 
     async def terminate(self, grace: float) -> None:

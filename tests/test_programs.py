@@ -105,6 +105,7 @@ wait_for_requests()
 
 NOWAIT = 'from kvm_api import Print\nPrint("loaded but not waiting\\n")\n'
 BROKEN = 'raise ImportError("no such thing")\n'
+SLOWLOAD = 'import time\ntime.sleep(30)\n'
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +114,7 @@ def progdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "testprog.py").write_text(TESTPROG)
     (d / "nowait.py").write_text(NOWAIT)
     (d / "broken.py").write_text(BROKEN)
+    (d / "slowload.py").write_text(SLOWLOAD)
     return d
 
 
@@ -156,6 +158,24 @@ def recv_all(sock: socket.socket) -> bytes:
 
 def nfds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def children_running(program: str) -> list[int]:
+    """Live child processes of this test process that run `program`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[1]) == os.getpid() and f"{program}.py".encode() in cmdline:
+            pids.append(int(entry))
+    return pids
 
 
 def gone(pid: int) -> bool:
@@ -463,6 +483,34 @@ def test_program_without_wait_for_requests_fails_clearly(listener, progdir, capl
 
     run(main())
     assert "nowait: loaded but not waiting" in [r.getMessage() for r in caplog.records]
+
+
+def test_slow_load_times_out_and_cancel_leaves_no_process(listener, progdir):
+    async def main():
+        pm = ProgramManager([progdir], timeout=0.5)
+        try:
+            client, server, remote = pair(listener)
+            with pytest.raises(ProgramError, match=r"did not call wait_for_requests\(\) within 0.5 s"):
+                await pm.steal("slowload", server, remote, "")
+            assert children_running("slowload") == []
+            pm.timeout = 10
+            task = asyncio.create_task(pm.steal("slowload", server, remote, ""))
+            await asyncio.sleep(0.3)
+            assert len(children_running("slowload")) == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(100):
+                if not children_running("slowload"):
+                    break
+                await asyncio.sleep(0.02)
+            assert children_running("slowload") == []
+            server.sendall(b"ok")
+            assert recv_exact(client, 2) == b"ok"
+        finally:
+            await pm.close()
+
+    run(main())
 
 
 @pytest.mark.parametrize("name", ["../hello", "a/b", ".hidden", "..", "", "x y", "hello.py/", "é", "a\0b"])
