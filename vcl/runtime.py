@@ -144,9 +144,39 @@ class BackendSpec:
     probe: object = None             # a ProbeSpec, or None
     # Filled by the server once it has built the live backend (health, pool, counters).
     live: object = None
+    path: str | None = None          # .path: a Unix domain socket instead of host/port
+    proxy_header: int = 0            # .proxy_header: PROXY protocol version to send (0: none)
 
     def __str__(self) -> str:
         return self.name
+
+
+@dataclass(slots=True)
+class ProbeSpec:
+    """A `probe NAME { ... }` declaration (or a backend's inline probe): pure data."""
+
+    name: str
+    url: str = "/"
+    request: list[str] | None = None   # .request lines; used instead of .url when given
+    expected_response: int = 200
+    timeout: float = 2.0
+    interval: float = 5.0
+    initial: int | None = None         # None: threshold - 1, as Varnish
+    window: int = 8
+    threshold: int = 3
+
+
+class HeaderRef:
+    """A HEADER argument to a vmod function (e.g. std.collect(req.http.X)): the message and name."""
+
+    __slots__ = ("message", "name")
+
+    def __init__(self, message: HttpMessage, name: str) -> None:
+        self.message = message
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"HeaderRef({self.name!r})"
 
 
 class Context:
@@ -174,7 +204,8 @@ class Context:
         "do_gunzip", "do_esi", "was_304", "beresp_age", "beresp_backend",
         # object (cache hit) state
         "obj_ttl", "obj_grace", "obj_keep", "obj_hits", "obj_age", "obj_uncacheable",
-        # synthetic body being built by synthetic(); None when no synthetic() ran
+        # synthetic body being built by synthetic() / set resp.body / set beresp.body: a list of str
+        # chunks (the server joins them); None when nothing was written
         "synth_body",
         # the server's handle on the client connection, for vmods such as tinykvm.steal()
         "session",
@@ -184,6 +215,21 @@ class Context:
         "log",
         # free per-task storage for vmods
         "priv_task",
+        # Added for vcl/ (see the variable table in vcl/symbols.py):
+        # `now`, set by each compiled built-in subroutine that reads it, on entry
+        "now",
+        # req.hash_ignore_vary, req.storage, req.transport ("HTTP/1"), req.esi (VCL 4.0)
+        "hash_ignore_vary", "req_storage", "transport", "esi",
+        # unset bereq.body sets this to None (the server drops the request body)
+        "bereq_body",
+        # bereq.time, beresp.time, beresp.storage, beresp.filters
+        "bereq_time", "beresp_time", "beresp_storage", "beresp_filters",
+        # obj.time, obj.can_esi, obj.storage
+        "obj_time", "obj_can_esi", "obj_storage",
+        # resp.do_esi, resp.filters, resp.is_streaming, resp.time
+        "resp_do_esi", "resp_filters", "resp_is_streaming", "resp_time",
+        # sess.xid and the per-session timeouts VCL may change
+        "sess_xid", "sess_timeout_idle", "sess_timeout_linger", "sess_send_timeout", "sess_idle_send_timeout",
     )
 
     def __init__(self, **fields: object) -> None:

@@ -1,0 +1,301 @@
+"""The VCL syntax tree: plain dataclasses, each carrying the source position it came from.
+
+The parser builds these; vcl.checker annotates expressions with their VCL type (`type`) and
+resolved meaning, and vcl.codegen turns the annotated tree into Python source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Pos:
+    """Where a node starts: file name, 1-based line and column, and the token's length."""
+
+    file: str
+    line: int
+    col: int
+    length: int = 1
+
+
+# ------------------------------------------------------------------ expressions
+
+
+@dataclass(eq=False)
+class Expr:
+    pos: Pos
+    # Filled by the checker: the VCL type name (STRING, INT, ...).
+    type: str | None = field(default=None, init=False)
+
+
+@dataclass(eq=False)
+class StringLit(Expr):
+    value: str
+
+
+@dataclass(eq=False)
+class IntLit(Expr):
+    value: int
+    text: str
+
+
+@dataclass(eq=False)
+class RealLit(Expr):
+    value: float
+    text: str
+
+
+@dataclass(eq=False)
+class DurationLit(Expr):
+    seconds: float
+    text: str
+
+
+@dataclass(eq=False)
+class BytesLit(Expr):
+    value: float
+    text: str
+
+
+@dataclass(eq=False)
+class Name(Expr):
+    """A bare (possibly dotted) identifier: variable, backend, ACL, probe, bool, enum word."""
+
+    name: str
+    # Filled by the checker: what the name refers to.
+    ref: object = field(default=None, init=False)
+
+
+@dataclass(eq=False)
+class Arg:
+    pos: Pos
+    value: Expr
+    name: str | None = None  # a named argument: name = value
+
+
+@dataclass(eq=False)
+class Call(Expr):
+    """name(args): regsub, a vmod function, an object method, or a STRING method like .lower()."""
+
+    name: str
+    args: list[Arg]
+    # Filled by the checker.
+    ref: object = field(default=None, init=False)
+    bound: list[Expr | None] = field(default_factory=list, init=False)
+
+
+@dataclass(eq=False)
+class Neg(Expr):
+    operand: Expr
+
+
+@dataclass(eq=False)
+class Not(Expr):
+    operand: Expr
+
+
+@dataclass(eq=False)
+class BoolOp(Expr):
+    op: str  # "&&" or "||"
+    operands: list[Expr]
+
+
+@dataclass(eq=False)
+class Arith(Expr):
+    """left op right for + - * / %; the checker decides between arithmetic and concatenation."""
+
+    op: str
+    left: Expr
+    right: Expr
+    op_pos: Pos | None = None
+
+
+@dataclass(eq=False)
+class Concat(Expr):
+    """Made by the checker from `+` in string context: all parts are STRING-valued."""
+
+    parts: list[Expr]
+
+
+@dataclass(eq=False)
+class Compare(Expr):
+    op: str
+    left: Expr
+    right: Expr
+    op_pos: Pos | None = None
+
+
+@dataclass(eq=False)
+class Match(Expr):
+    """left ~ right / left !~ right: a regex match (STRING) or an ACL match (IP)."""
+
+    op: str
+    left: Expr
+    right: Expr
+    op_pos: Pos | None = None
+    # Filled by the checker: "regex" or "acl", and the prepared regex source or ACL name.
+    kind: str = field(default="", init=False)
+
+
+@dataclass(eq=False)
+class Convert(Expr):
+    """Inserted by the checker: an implicit conversion of `operand` to `type`."""
+
+    operand: Expr
+    to: str
+
+
+# ------------------------------------------------------------------ statements
+
+
+@dataclass(eq=False)
+class Stmt:
+    pos: Pos
+
+
+@dataclass(eq=False)
+class Set(Stmt):
+    target: str
+    target_pos: Pos
+    op: str
+    value: Expr
+    ref: object = field(default=None, init=False)
+
+
+@dataclass(eq=False)
+class Unset(Stmt):
+    target: str
+    target_pos: Pos
+    ref: object = field(default=None, init=False)
+
+
+@dataclass(eq=False)
+class CallSub(Stmt):
+    name: str
+    name_pos: Pos
+
+
+@dataclass(eq=False)
+class Return(Stmt):
+    action: str | None  # None: bare `return;`
+    action_pos: Pos | None
+    args: list[Arg]
+
+
+@dataclass(eq=False)
+class If(Stmt):
+    # [(condition, body)] for if / elseif ...; else_body for the final else.
+    branches: list[tuple[Expr, list[Stmt]]]
+    else_body: list[Stmt] | None
+
+
+@dataclass(eq=False)
+class Synthetic(Stmt):
+    value: Expr
+
+
+@dataclass(eq=False)
+class HashData(Stmt):
+    value: Expr
+
+
+@dataclass(eq=False)
+class Ban(Stmt):
+    value: Expr
+
+
+@dataclass(eq=False)
+class New(Stmt):
+    name: str
+    name_pos: Pos
+    call: Call
+
+
+@dataclass(eq=False)
+class ExprStmt(Stmt):
+    """A vmod function or method call used as a statement."""
+
+    call: Call
+
+
+@dataclass(eq=False)
+class Block(Stmt):
+    body: list[Stmt]
+
+
+# ------------------------------------------------------------------ top level
+
+
+@dataclass(eq=False)
+class Attr:
+    pos: Pos
+    name: str
+    value: object  # Expr, list[StringLit] (probe .request), or list[Attr] (inline probe)
+
+
+@dataclass(eq=False)
+class VclVersion:
+    pos: Pos
+    version: str
+
+
+@dataclass(eq=False)
+class Import:
+    pos: Pos
+    name: str
+    name_pos: Pos
+
+
+@dataclass(eq=False)
+class Include:
+    pos: Pos
+    path: str
+
+
+@dataclass(eq=False)
+class Backend:
+    pos: Pos
+    name: str
+    name_pos: Pos
+    attrs: list[Attr] | None  # None: `backend NAME none;`
+
+
+@dataclass(eq=False)
+class Probe:
+    pos: Pos
+    name: str
+    name_pos: Pos
+    attrs: list[Attr]
+
+
+@dataclass(eq=False)
+class AclEntry:
+    pos: Pos
+    negated: bool
+    addr: str
+    mask: int | None
+    optional: bool  # written in parentheses: ignored if the name does not resolve
+
+
+@dataclass(eq=False)
+class Acl:
+    pos: Pos
+    name: str
+    name_pos: Pos
+    flags: list[str]
+    entries: list[AclEntry]
+
+
+@dataclass(eq=False)
+class Sub:
+    pos: Pos
+    name: str
+    name_pos: Pos
+    body: list[Stmt]
+    builtin: bool = False  # defined by vcl/builtin.vcl
+
+
+@dataclass(eq=False)
+class Program:
+    items: list[object]

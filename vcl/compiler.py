@@ -1,0 +1,106 @@
+"""compile_vcl(): VCL source -> CompiledVCL, the only entry point the server uses.
+
+parse (vcl.parser) -> check (vcl.checker) -> generate Python (vcl.codegen) -> compile it once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import vmods
+from vcl import ast
+from vcl.checker import check
+from vcl.codegen import generate
+from vcl.errors import VCLError
+from vcl.parser import parse, parse_with_includes
+from vcl.runtime import Action, BackendSpec, Context, ProbeSpec
+
+BUILTIN_PATH = Path(__file__).with_name("builtin.vcl")
+BUILTIN_NAME = "<builtin>"
+
+
+@dataclass(eq=False)
+class CompiledVCL:
+    """A loaded VCL program. See docs/ARCHITECTURE.md ("VCL -> server")."""
+
+    filename: str
+    # Every built-in subroutine, user code joined with the built-in VCL; each returns an Action.
+    subs: dict[str, Callable[[Context], Action]]
+    # The subs that are coroutine functions (they call an async vmod function, maybe indirectly).
+    async_subs: set[str]
+    backends: dict[str, BackendSpec]
+    default_backend: BackendSpec | None
+    probes: dict[str, ProbeSpec]
+    acls: dict[str, object]
+    python_source: str
+    warnings: list[str] = field(default_factory=list)
+    uses: set[str] = field(default_factory=set)       # imported vmods
+    name: str = ""                                    # the server's name for this load
+    _namespace: dict = field(default_factory=dict, repr=False)
+
+    def init(self, ctx: Context) -> Action:
+        """Run vcl_init (creates the `new` objects). Returns its Action (ok or fail)."""
+        ctx.method = "vcl_init"
+        return self.subs["vcl_init"](ctx)
+
+    def fini(self, ctx: Context) -> Action:
+        ctx.method = "vcl_fini"
+        return self.subs["vcl_fini"](ctx)
+
+    @property
+    def instances(self) -> dict[str, object]:
+        """The objects vcl_init created with `new`, by name."""
+        return self._namespace["instances"]()
+
+
+def _builtin_items() -> list[object]:
+    text = BUILTIN_PATH.read_text()
+    items = parse(text, BUILTIN_NAME).items
+    out = []
+    for item in items:
+        if isinstance(item, ast.Sub):
+            item.builtin = True
+            out.append(item)
+    return out
+
+
+def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | list[str] = (),
+                extra_vmods: Mapping[str, vmods.Vmod] | None = None) -> CompiledVCL:
+    """Compile VCL `source` (read from `filename`) or raise VCLError with the full report.
+
+    extra_vmods: vmods known besides the registry's (tests use it to register their own).
+    """
+    sources: dict[str, str] = {}
+
+    def load_vmod(name: str) -> vmods.Vmod:
+        if extra_vmods and name in extra_vmods:
+            return extra_vmods[name]
+        return vmods.load(name)
+
+    try:
+        items = parse_with_includes(source, filename, tuple(include_dirs), sources)
+        prog = check(items + _builtin_items(), filename, load_vmod)
+        code = generate(prog, filename)
+    except VCLError as exc:
+        exc.attach(sources)
+        exc.attach({BUILTIN_NAME: BUILTIN_PATH.read_text()})
+        raise
+    except RecursionError:
+        raise VCLError(f"{filename}: expression or block nested too deeply") from None
+    namespace: dict = {"load_vmod": load_vmod, "__name__": f"vcl<{filename}>"}
+    exec(compile(code, f"<vcl {filename}>", "exec"), namespace)
+    return CompiledVCL(
+        filename=filename,
+        subs=dict(namespace["SUBS"]),
+        async_subs=set(namespace["ASYNC_SUBS"]),
+        backends=dict(namespace["BACKENDS"]),
+        default_backend=namespace["DEFAULT_BACKEND"],
+        probes=dict(namespace["PROBES"]),
+        acls=dict(namespace["ACLS"]),
+        python_source=code,
+        warnings=list(prog.warnings),
+        uses=set(prog.vmods),
+        _namespace=namespace,
+    )

@@ -1,0 +1,67 @@
+"""VCL compile errors, reported like VCC: position, message, the source line and a caret."""
+
+from __future__ import annotations
+
+from vcl.ast import Pos
+
+
+class VCLError(Exception):
+    """A VCL program that does not compile. str() is the full report, ready to print.
+
+    The first line is `file:line:col: message`; then the offending source line with a caret under
+    the column; then optional notes ("...called from"), each with its own position and caret.
+    """
+
+    def __init__(self, message: str, pos: Pos | None = None,
+                 notes: list[tuple[str, Pos | None]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.pos = pos
+        self.notes = list(notes or [])
+        self.sources: dict[str, str] = {}
+
+    @property
+    def filename(self) -> str | None:
+        return self.pos.file if self.pos else None
+
+    @property
+    def line(self) -> int | None:
+        return self.pos.line if self.pos else None
+
+    @property
+    def col(self) -> int | None:
+        return self.pos.col if self.pos else None
+
+    def attach(self, sources: dict[str, str]) -> VCLError:
+        """Give the error the source texts it needs to quote lines (done once by the compiler)."""
+        for name, text in sources.items():
+            self.sources.setdefault(name, text)
+        return self
+
+    def _quote(self, pos: Pos) -> list[str]:
+        text = self.sources.get(pos.file)
+        if text is None:
+            return []
+        lines = text.split("\n")
+        if not 1 <= pos.line <= len(lines):
+            return []
+        src = lines[pos.line - 1].rstrip("\r")
+        # Keep tabs in the caret line so it lines up under the source line however it is shown.
+        lead = "".join(c if c == "\t" else " " for c in src[: pos.col - 1])
+        width = max(1, min(pos.length, len(src) - pos.col + 1))
+        return [src, lead + "^" + "~" * (width - 1)]
+
+    def __str__(self) -> str:
+        out: list[str] = []
+        if self.pos is None:
+            out.append(self.message)
+        else:
+            out.append(f"{self.pos.file}:{self.pos.line}:{self.pos.col}: {self.message}")
+            out.extend(self._quote(self.pos))
+        for note, pos in self.notes:
+            if pos is None:
+                out.append(note)
+            else:
+                out.append(f"{pos.file}:{pos.line}:{pos.col}: {note}")
+                out.extend(self._quote(pos))
+        return "\n".join(out)

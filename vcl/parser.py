@@ -1,0 +1,387 @@
+"""VCL source text -> vcl.ast, with `include` resolved. Lark (LALR, contextual lexer) does the parsing."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from vcl import ast
+from vcl.errors import VCLError
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0,
+                   "y": 31536000.0}
+_BYTES_UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
+
+# How Lark's terminal names read in an error message.
+_TOKEN_WORDS = {
+    "NAME": "identifier", "STRING": "string", "INT": "number", "FLOAT": "number",
+    "DURATION": "duration", "BYTES": "bytes", "$END": "end of file", "ASSIGN": "'='",
+    "CMPOP": "comparison", "MATCHOP": "'~'", "ADDOP": "'+'", "MULOP": "'*'",
+}
+
+
+@lru_cache(maxsize=1)
+def _lark() -> Lark:
+    grammar = (Path(__file__).with_name("grammar.lark")).read_text()
+    # The grammar is built once per process; every load reuses the LALR tables.
+    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True,
+                maybe_placeholders=True)
+
+
+def _tok_pos(tok: Token, file: str) -> ast.Pos:
+    length = len(tok.value) if "\n" not in tok.value else 1
+    return ast.Pos(file, tok.line, tok.column, length)
+
+
+def _unquote(text: str) -> str:
+    if text.startswith('"""'):
+        return text[3:-3]
+    if text.startswith('{"'):
+        return text[2:-2]
+    return text[1:-1]
+
+
+class _ToAst(Transformer):
+    """Lark tree -> vcl.ast nodes. Every node gets the position of its first token."""
+
+    def __init__(self, file: str) -> None:
+        super().__init__()
+        self.file = file
+
+    def _p(self, tok: Token) -> ast.Pos:
+        return _tok_pos(tok, self.file)
+
+    def _mp(self, meta) -> ast.Pos:
+        return ast.Pos(self.file, meta.line, meta.column, 1)
+
+    # -------------------------------------------------------------- top level
+
+    def start(self, items):
+        return ast.Program(list(items))
+
+    @v_args(meta=True)
+    def vcl_version(self, meta, children):
+        return ast.VclVersion(self._mp(meta), str(children[0]))
+
+    @v_args(meta=True)
+    def import_(self, meta, children):
+        name = children[0]
+        return ast.Import(self._mp(meta), str(name), self._p(name))
+
+    @v_args(meta=True)
+    def include(self, meta, children):
+        return ast.Include(self._mp(meta), _unquote(str(children[0])))
+
+    @v_args(meta=True)
+    def backend(self, meta, children):
+        name = children[0]
+        return ast.Backend(self._mp(meta), str(name), self._p(name), list(children[1:]))
+
+    @v_args(meta=True)
+    def backend_none(self, meta, children):
+        name = children[0]
+        return ast.Backend(self._mp(meta), str(name), self._p(name), None)
+
+    @v_args(meta=True)
+    def probe(self, meta, children):
+        name = children[0]
+        return ast.Probe(self._mp(meta), str(name), self._p(name), list(children[1:]))
+
+    def attr(self, children):
+        name, value = children
+        return ast.Attr(self._p(name), str(name), value)
+
+    def strlist(self, children):
+        return [ast.StringLit(self._p(t), _unquote(str(t))) for t in children]
+
+    def inline_probe(self, children):
+        return list(children)
+
+    @v_args(meta=True)
+    def acl(self, meta, children):
+        name = children[0]
+        flags = [c for c in children[1:] if isinstance(c, str) and not isinstance(c, Token)]
+        entries = [c for c in children[1:] if isinstance(c, ast.AclEntry)]
+        return ast.Acl(self._mp(meta), str(name), self._p(name), flags, entries)
+
+    def acl_flag(self, children):
+        sign, name = children
+        return str(sign) + str(name)
+
+    @v_args(meta=True)
+    def acl_entry(self, meta, children):
+        negate, addr, mask = children
+        optional = False
+        if isinstance(addr, tuple):
+            addr, optional = addr[0], True
+        return ast.AclEntry(self._mp(meta), negate is not None, _unquote(str(addr)),
+                            int(mask) if mask is not None else None, optional)
+
+    def acl_paren(self, children):
+        return (children[0],)
+
+    @v_args(meta=True)
+    def sub(self, meta, children):
+        name, body = children
+        return ast.Sub(self._mp(meta), str(name), self._p(name), body.body)
+
+    # -------------------------------------------------------------- statements
+
+    @v_args(meta=True)
+    def block(self, meta, children):
+        body = [c for c in children if isinstance(c, ast.Stmt)]
+        return ast.Block(self._mp(meta), body)
+
+    @v_args(meta=True)
+    def set_(self, meta, children):
+        name, op, value = children
+        return ast.Set(self._mp(meta), str(name), self._p(name), str(op), value)
+
+    @v_args(meta=True)
+    def unset_(self, meta, children):
+        name = children[-1]
+        return ast.Unset(self._mp(meta), str(name), self._p(name))
+
+    @v_args(meta=True)
+    def call_(self, meta, children):
+        name = children[0]
+        return ast.CallSub(self._mp(meta), str(name), self._p(name))
+
+    @v_args(meta=True)
+    def return_(self, meta, children):
+        if not children:
+            return ast.Return(self._mp(meta), None, None, [])
+        name, args = children[0]
+        return ast.Return(self._mp(meta), str(name), self._p(name), args)
+
+    def action(self, children):
+        name = children[0]
+        args = children[1] if len(children) > 1 and children[1] is not None else []
+        return (name, args)
+
+    @v_args(meta=True)
+    def if_(self, meta, children):
+        cond, body, *rest = children
+        branches = [(cond, body.body)]
+        else_body = None
+        for item in rest:
+            if item is None:
+                continue
+            if isinstance(item, tuple):
+                branches.append(item)
+            else:
+                else_body = item
+        return ast.If(self._mp(meta), branches, else_body)
+
+    def elif_(self, children):
+        cond, body = children[-2], children[-1]
+        return (cond, body.body)
+
+    def else_(self, children):
+        return children[0].body
+
+    @v_args(meta=True)
+    def synthetic_(self, meta, children):
+        return ast.Synthetic(self._mp(meta), children[0])
+
+    @v_args(meta=True)
+    def hash_data_(self, meta, children):
+        return ast.HashData(self._mp(meta), children[0])
+
+    @v_args(meta=True)
+    def ban_(self, meta, children):
+        return ast.Ban(self._mp(meta), children[0])
+
+    @v_args(meta=True)
+    def new_(self, meta, children):
+        name, func, args = children
+        call = ast.Call(self._p(func), str(func), args or [])
+        return ast.New(self._mp(meta), str(name), self._p(name), call)
+
+    @v_args(meta=True)
+    def call_stmt(self, meta, children):
+        func, args = children
+        return ast.ExprStmt(self._mp(meta), ast.Call(self._p(func), str(func), args or []))
+
+    # -------------------------------------------------------------- expressions
+
+    def args(self, children):
+        return list(children)
+
+    def arg(self, children):
+        value = children[0]
+        return ast.Arg(value.pos, value)
+
+    def named_arg(self, children):
+        name, value = children
+        return ast.Arg(self._p(name), value, str(name))
+
+    def string(self, children):
+        tok = children[0]
+        return ast.StringLit(self._p(tok), _unquote(str(tok)))
+
+    def int_(self, children):
+        tok = children[0]
+        return ast.IntLit(self._p(tok), int(tok), str(tok))
+
+    def real(self, children):
+        tok = children[0]
+        return ast.RealLit(self._p(tok), float(tok), str(tok))
+
+    def duration(self, children):
+        tok = children[0]
+        text = str(tok)
+        unit = text.lstrip("0123456789.")
+        return ast.DurationLit(self._p(tok), float(text[: -len(unit)]) * _DURATION_UNITS[unit], text)
+
+    def bytes_(self, children):
+        tok = children[0]
+        text = str(tok)
+        unit = text.lstrip("0123456789.")
+        return ast.BytesLit(self._p(tok), float(text[: -len(unit)]) * _BYTES_UNITS[unit], text)
+
+    def name(self, children):
+        tok = children[0]
+        return ast.Name(self._p(tok), str(tok))
+
+    def call(self, children):
+        tok, args = children
+        return ast.Call(self._p(tok), str(tok), args or [])
+
+    def paren(self, children):
+        return children[0]
+
+    @v_args(meta=True)
+    def neg(self, meta, children):
+        return ast.Neg(self._mp(meta), children[-1])
+
+    @v_args(meta=True)
+    def not_(self, meta, children):
+        return ast.Not(self._mp(meta), children[-1])
+
+    def or_(self, children):
+        operands = [c for c in children if not isinstance(c, Token)]
+        if len(operands) == 1:
+            return operands[0]
+        return ast.BoolOp(operands[0].pos, "||", operands)
+
+    def and_(self, children):
+        operands = [c for c in children if not isinstance(c, Token)]
+        if len(operands) == 1:
+            return operands[0]
+        return ast.BoolOp(operands[0].pos, "&&", operands)
+
+    def arith(self, children):
+        left = children[0]
+        for i in range(1, len(children), 2):
+            op = children[i]
+            left = ast.Arith(left.pos, str(op), left, children[i + 1], self._p(op))
+        return left
+
+    def compare(self, children):
+        left, op, right = children
+        return ast.Compare(left.pos, str(op), left, right, self._p(op))
+
+    def match(self, children):
+        left, op, right = children
+        return ast.Match(left.pos, str(op), left, right, self._p(op))
+
+
+def _describe(tok: Token) -> str:
+    if tok.type == "$END":
+        return "end of file"
+    return repr(str(tok))
+
+
+def _expected(names: set[str]) -> str:
+    lark = _lark()
+    words = []
+    for name in sorted(names):
+        if name in _TOKEN_WORDS:
+            words.append(_TOKEN_WORDS[name])
+            continue
+        try:
+            term = lark.get_terminal(name)
+        except KeyError:
+            words.append(name)
+            continue
+        value = term.pattern.value
+        words.append(f"'{value}'" if term.pattern.type == "str" else name.lower())
+    return ", ".join(sorted(set(words)))
+
+
+def parse(source: str, filename: str) -> ast.Program:
+    """Parse one VCL file (includes are not followed here); VCLError on a syntax error."""
+    try:
+        tree = _lark().parse(source)
+    except UnexpectedToken as exc:
+        tok = exc.token
+        if tok.type == "$END":
+            lines = source.split("\n")
+            pos = ast.Pos(filename, len(lines), len(lines[-1]) + 1, 1)
+        else:
+            pos = _tok_pos(tok, filename)
+        expected = _expected(set(exc.expected))
+        msg = f"Syntax error: unexpected {_describe(tok)}"
+        if expected and len(exc.expected) <= 6:
+            msg += f", expected {expected}"
+        raise VCLError(msg, pos) from None
+    except UnexpectedCharacters as exc:
+        char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else ""
+        msg = f"Syntax error: unexpected character {char!r}"
+        if char == '"':
+            msg = "Unterminated string"
+        raise VCLError(msg, ast.Pos(filename, exc.line, exc.column, 1)) from None
+    except UnexpectedEOF as exc:  # pragma: no cover - the LALR parser reports $END as a token
+        raise VCLError("Syntax error: unexpected end of file", ast.Pos(filename, exc.line, exc.column)) from None
+    except UnexpectedInput as exc:  # pragma: no cover
+        raise VCLError(f"Syntax error: {exc}", ast.Pos(filename, exc.line, exc.column)) from None
+    try:
+        return _ToAst(filename).transform(tree)
+    except VisitError as exc:
+        if isinstance(exc.orig_exc, VCLError):
+            raise exc.orig_exc from None
+        raise
+
+
+def parse_with_includes(source: str, filename: str, include_dirs: tuple[str, ...] | list[str],
+                        sources: dict[str, str], depth: int = 0) -> list[object]:
+    """Parse `source` and splice in every `include "file";` (searched beside the including file,
+    then in include_dirs). `sources` collects every file's text for error reports."""
+    sources[filename] = source
+    program = parse(source, filename)
+    items: list[object] = []
+    for item in program.items:
+        if not isinstance(item, ast.Include):
+            items.append(item)
+            continue
+        if depth > 10:
+            raise VCLError("Recursive include of \"%s\"" % item.path, item.pos)
+        path = _find_include(item.path, filename, include_dirs)
+        if path is None:
+            raise VCLError(f"Cannot read file '{item.path}'", item.pos)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise VCLError(f"Cannot read file '{item.path}' ({exc.strerror})", item.pos) from None
+        items.extend(parse_with_includes(text, path, include_dirs, sources, depth + 1))
+    return items
+
+
+def _find_include(name: str, current: str, include_dirs) -> str | None:
+    if os.path.isabs(name):
+        return name if os.path.exists(name) else None
+    candidates = [os.path.join(os.path.dirname(current) or ".", name)]
+    candidates += [os.path.join(d, name) for d in include_dirs]
+    for cand in candidates:
+        if os.path.exists(cand):
+            return cand
+    return None
+
+
+def is_tree(obj: object) -> bool:
+    return isinstance(obj, Tree)
