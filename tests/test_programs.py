@@ -446,8 +446,8 @@ def test_hung_on_connect_times_out_without_blocking_the_loop(listener, progdir):
             assert recv_exact(c3, len(HELLO)) == HELLO
             assert await hung is False
             elapsed = time.monotonic() - start
-            assert 0.9 < elapsed < 3.0
-            assert ticks > 50                         # the loop ran all along
+            assert 0.9 < elapsed < 5.0
+            assert ticks > 20                         # the loop ran all along (blocked: 0)
             assert gone(hung_pid) and pm.pid("testprog") is None
             assert recv_all(client) == b"hi\n"        # the killed program's connections closed
             server2.sendall(b"kept")                  # the hung one is still the server's
