@@ -72,7 +72,8 @@ class CodeGen:
         code = f"Action({name!r}, ({', '.join(args)},))"
         if constant:
             # Actions are never modified, so one made of literals is shared (no allocation per request).
-            return self.const(code, f"A_{name.upper()}_" + "_".join(_IDENT.sub("", a) for a in args)[:30])
+            words = "_".join(_IDENT.sub("", a.replace(".", "p")) for a in args if a != "''")
+            return self.const(code, f"A_{name.upper()}_{words}"[:40])
         return code
 
     def _may_return(self) -> dict[str, bool]:
@@ -213,6 +214,10 @@ class CodeGen:
                 src = "built-in VCL" if d.builtin else f"{d.name_pos.file}:{d.name_pos.line}"
                 out.append(f"    # -- {src}")
             out.extend(self._block(d.body, 1))
+            if d.body and isinstance(d.body[-1], ast.Return) and d.body[-1].action is not None:
+                if d is not info.defs[-1]:
+                    out.append("    # (the rest of this subroutine is never reached)")
+                break
         last_returns = bool(out) and out[-1].lstrip().startswith("return ")
         if info.is_method and not last_returns:
             out.append(f"    return {self.action('fail', [])}")
@@ -290,7 +295,7 @@ class CodeGen:
                 else:
                     args.append(self.expr(value))
             elif atype == "STRING":
-                args.append('""')
+                args.append("''")
             elif s.action == "error" and atype == "INT":
                 args.append("503")
         return args
