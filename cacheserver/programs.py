@@ -99,7 +99,8 @@ class _Program:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (_API_ROOT, env.get("PYTHONPATH")) if p)
             env["PYTHONUNBUFFERED"] = "1"
             proc = await asyncio.create_subprocess_exec(
-                python, "-m", "kvm_api.host", "--name", name, "--control-fd", str(child.fileno()),
+                # An fd closed only by the garbage collector is a leak: say so in the log.
+                python, "-W", "always::ResourceWarning", "-m", "kvm_api.host", "--name", name, "--control-fd", str(child.fileno()),
                 str(path),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, pass_fds=(child.fileno(),), env=env,

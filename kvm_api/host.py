@@ -56,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("args", nargs="*")
     ns = ap.parse_args(argv)
 
-    ctrl = socket.socket(fileno=ns.control_fd)
+    with socket.socket(fileno=ns.control_fd) as ctrl:
+        return _run(ns, ctrl)
+
+
+def _run(ns: argparse.Namespace, ctrl: socket.socket) -> int:
     threading.Thread(target=_watch_server, args=(ns.control_fd,), daemon=True,
                      name="kvm_api-watchdog").start()
     _state.host = host = _state.Host(ns.name, ctrl)

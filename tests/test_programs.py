@@ -39,6 +39,7 @@ from kvm_api import (SHUT_RDWR, SHUT_WR, Print, set_backend_get, set_socket_on_c
 
 open_fds = set()
 half_closed = set()
+bad_disconnect = set()
 reasons = {}
 
 
@@ -50,6 +51,8 @@ def on_connect(fd, remote, arg):
     if arg == "raise":
         raise RuntimeError("connect boom")
     open_fds.add(fd)
+    if arg == "baddisc":
+        bad_disconnect.add(fd)
     write(fd, b"hi\n")
     return True
 
@@ -88,6 +91,9 @@ def on_disconnect(fd, reason):
     half_closed.discard(fd)
     reasons[reason] = reasons.get(reason, 0) + 1
     Print("disconnect %d %s\n", fd, reason)
+    if fd in bad_disconnect:
+        bad_disconnect.discard(fd)
+        raise RuntimeError("boom in on_disconnect")
 
 
 def on_get(url, arg):
@@ -116,6 +122,16 @@ def progdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "broken.py").write_text(BROKEN)
     (d / "slowload.py").write_text(SLOWLOAD)
     return d
+
+
+@pytest.fixture(autouse=True)
+def no_unclosed_fds(caplog: pytest.LogCaptureFixture):
+    """Programs run with ResourceWarning on: an fd left to the garbage collector shows in the log."""
+    caplog.set_level(logging.INFO, logger="cacheserver.programs")
+    yield
+    records = caplog.get_records("setup") + caplog.get_records("call")
+    leaks = [r.getMessage() for r in records if "ResourceWarning" in r.getMessage()]
+    assert not leaks
 
 
 @pytest.fixture
@@ -619,7 +635,8 @@ def end_connection(mode: str, client: socket.socket) -> None:
 
 def test_no_fd_leak_over_1000_connections(listener, progdir):
     """Every fd the program receives is closed exactly once, however the connection ends."""
-    modes = ["client-close", "client-rst", "half-close", "program-shutdown", "refused", "exception"]
+    modes = ["client-close", "client-rst", "half-close", "program-shutdown", "refused", "exception",
+             "disconnect-raises"]
 
     async def main():
         pm = ProgramManager([progdir])
@@ -639,7 +656,8 @@ def test_no_fd_leak_over_1000_connections(listener, progdir):
                 for i in range(batch * 100, batch * 100 + 100):
                     mode = modes[i % len(modes)]
                     client, server, remote = pair(listener)
-                    ok = await pm.steal("testprog", server, remote, "refuse" if mode == "refused" else "")
+                    arg = {"refused": "refuse", "disconnect-raises": "baddisc"}.get(mode, "")
+                    ok = await pm.steal("testprog", server, remote, arg)
                     server.close()                      # refused: the "server" ends it here
                     assert ok is (mode != "refused")
                     if ok:
@@ -672,5 +690,6 @@ def test_no_fd_leak_over_1000_connections(listener, progdir):
     assert s["reasons"] == {
         "Reset": expected["client-rst"],
         "Error": expected["exception"],
-        "Disconnected": expected["client-close"] + expected["half-close"] + expected["program-shutdown"] + 1,
+        "Disconnected": (expected["client-close"] + expected["half-close"] + expected["program-shutdown"]
+                         + expected["disconnect-raises"] + 1),
     }
