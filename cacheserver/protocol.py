@@ -76,6 +76,7 @@ class ClientProtocol(asyncio.Protocol):
         counters = self.server.counters
         counters.sess_conn += 1
         counters.s_sess += 1
+        self.xid = self.server.next_xid()      # a session takes a transaction id, as in Varnish
         peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)
         local = transport.get_extra_info("sockname") or ("0.0.0.0", 0)
         self.client_ip = IP(peer[0], peer[1])
@@ -161,7 +162,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def _feed(self, data: bytes) -> None:
         vcl = self.server.active_vcl
-        if vcl is not None and vcl.can_steal:
+        if vcl is not None and "vcl_recv" in vcl.async_subs:   # this VCL may steal connections
             if self._raw is None or (not self._in_message and not self.queue):
                 self._raw = bytearray(data)
                 self._raw_done = 0

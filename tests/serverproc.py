@@ -25,6 +25,7 @@ class ServerProcess:
             [sys.executable, "-m", "cacheserver", "-a", "127.0.0.1:0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd or ROOT, env=env)
         self.output: list[str] = []
+        self._pending = b""
         self.port = 0
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -40,12 +41,20 @@ class ServerProcess:
         raise RuntimeError("server did not start:\n" + "".join(self.output))
 
     def readline(self, timeout: float) -> str | None:
-        ready, _, _ = select.select([self.proc.stdout], [], [], max(timeout, 0))
-        if not ready:
-            return None
-        line = self.proc.stdout.readline().decode("utf-8", "replace")
-        if not line:
-            return None
+        """The next output line, or None on timeout/EOF. Reads the raw fd: a buffered reader could
+        hold lines that select() cannot see."""
+        deadline = time.monotonic() + max(timeout, 0)
+        while b"\n" not in self._pending:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(left, 0))
+            if not ready:
+                return None
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                return None
+            self._pending += chunk
+        raw, _, self._pending = self._pending.partition(b"\n")
+        line = raw.decode("utf-8", "replace") + "\n"
         self.output.append(line)
         return line
 
@@ -74,7 +83,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        rest = self.proc.stdout.read().decode("utf-8", "replace")
+        rest = (self._pending + self.proc.stdout.read()).decode("utf-8", "replace")
+        self._pending = b""
         if rest:
             self.output.append(rest)
         return self.proc.returncode
