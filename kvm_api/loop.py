@@ -61,6 +61,7 @@ class EventLoop:
         self.sel.register(ctrl, selectors.EVENT_READ, None)
         self.conns: dict[int, Conn] = {}
         self._to_close: list[Conn] = []
+        self._draining: set[Conn] = set()    # closing once their output is out; have a deadline
         self._ctrl_out: deque[bytes] = deque()
         self._assembler = protocol.Assembler()
         self.running = False
@@ -90,12 +91,13 @@ class EventLoop:
             self.sel.close()
 
     def _timeout(self) -> float | None:
-        deadlines = [c.deadline for c in self.conns.values() if c.deadline is not None]
-        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        if not self._draining:
+            return None
+        return max(0.0, min(c.deadline for c in self._draining) - time.monotonic())
 
     def _expire(self) -> None:
         now = time.monotonic()
-        for conn in [c for c in self.conns.values() if c.deadline is not None and c.deadline <= now]:
+        for conn in [c for c in self._draining if c.deadline <= now]:
             self._close(conn, conn.reason)
 
     # -- API used by kvm_api.write / shutdown -------------------------------------------------------
@@ -223,6 +225,7 @@ class EventLoop:
         if drain and conn.out:
             if conn.deadline is None:
                 conn.deadline = time.monotonic() + LINGER_SECONDS
+                self._draining.add(conn)
             self._update(conn)
         else:
             conn.out.clear()
@@ -251,6 +254,7 @@ class EventLoop:
 
     def _forget(self, conn: Conn) -> None:
         conn.closed = True
+        self._draining.discard(conn)
         if self.conns.get(conn.fd) is conn:
             del self.conns[conn.fd]
         if conn.events:
