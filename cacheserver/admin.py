@@ -1,0 +1,794 @@
+"""The admin CLI in Varnish's protocol (varnish-cli(7), cli_protocol): -T listen, -M connect, -S auth.
+
+Every response is `"%-3d %-8d\\n" % (status, len(body))`, the body, then "\\n". A session with a secret
+starts with a 107 challenge; `auth <sha256(challenge \\n secret challenge \\n)>` unlocks it.
+Commands are those of varnishd's CLI, plus `counters.list [-j] [GLOB...]`, which prints every counter
+as "NAME VALUE" lines (varnishstat's names), for tools that cannot read Varnish's shared memory
+(vtest's `varnish vN -expect`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import json
+import os
+import platform
+import secrets
+import string
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Status codes (include/vcli.h).
+CLIS_SYNTAX = 100
+CLIS_UNKNOWN = 101
+CLIS_UNIMPL = 102
+CLIS_TOOFEW = 104
+CLIS_TOOMANY = 105
+CLIS_PARAM = 106
+CLIS_AUTH = 107
+CLIS_OK = 200
+CLIS_TRUNCATED = 201
+CLIS_CANT = 300
+CLIS_COMMS = 400
+CLIS_CLOSE = 500
+
+MAX_LINE = 1 << 22  # vcl.inline carries a whole VCL on one line
+
+
+class CliSyntaxError(ValueError):
+    """A command line that cannot be split into arguments."""
+
+
+def format_response(status: int, body: str) -> bytes:
+    """One CLI response: status line (13 bytes), body, newline."""
+    data = body.encode("utf-8", "surrogateescape")
+    return b"%-3d %-8d\n" % (status, len(data)) + data + b"\n"
+
+
+def auth_response(challenge: str, secret: bytes) -> str:
+    """The answer to a 107 challenge, as varnish-cli(7) defines it."""
+    h = hashlib.sha256()
+    h.update(challenge.encode() + b"\n" + secret + challenge.encode() + b"\n")
+    return h.hexdigest()
+
+
+def _backslash(text: str, i: int) -> tuple[str, int]:
+    """Decode the escape at text[i] == '\\\\' (VAV_BackSlash); returns (char, length)."""
+    c = text[i + 1] if i + 1 < len(text) else ""
+    simple = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
+    if c in simple:
+        return simple[c], 2
+    if c == "x":
+        digits = ""
+        for ch in text[i + 2:i + 4]:
+            if ch not in string.hexdigits:
+                break
+            digits += ch
+        if digits:
+            return chr(int(digits, 16)), 2 + len(digits)
+        raise CliSyntaxError("Invalid backslash sequence")
+    if c and c in "01234567":
+        digits = ""
+        for ch in text[i + 1:i + 4]:
+            if ch not in "01234567":
+                break
+            digits += ch
+        return chr(int(digits, 8)), 1 + len(digits)
+    raise CliSyntaxError("Invalid backslash sequence")
+
+
+def split_args(line: str) -> list[str]:
+    """Split a command line as Varnish's VAV_Parse does: words, "quoted strings", backslash escapes."""
+    out: list[str] = []
+    i, n = 0, len(line)
+    while i < n:
+        if line[i].isspace():
+            i += 1
+            continue
+        buf: list[str] = []
+        if line[i] == '"':
+            i += 1
+            while True:
+                if i >= n:
+                    raise CliSyntaxError("Missing '\"'")
+                c = line[i]
+                if c == '"':
+                    i += 1
+                    break
+                if c == "\\":
+                    ch, used = _backslash(line, i)
+                    buf.append(ch)
+                    i += used
+                else:
+                    buf.append(c)
+                    i += 1
+            if i < n and not line[i].isspace():
+                raise CliSyntaxError("Missing separator between arguments")
+        else:
+            while i < n and not line[i].isspace():
+                if line[i] == "\\":
+                    ch, used = _backslash(line, i)
+                    buf.append(ch)
+                    i += used
+                else:
+                    buf.append(line[i])
+                    i += 1
+        out.append("".join(buf))
+    return out
+
+
+def heredoc_marker(line: str) -> tuple[str, str] | None:
+    """`cmd args << TOKEN`: returns (the line before "<<", TOKEN) when the line opens a here document."""
+    idx = line.rfind("<< ")
+    if idx < 0:
+        return None
+    token = line[idx + 3:].strip()
+    if not token or any(c.isspace() for c in token):
+        return None
+    if idx > 0 and not line[idx - 1].isspace():
+        return None
+    return line[:idx], token
+
+
+@dataclass(frozen=True)
+class CommandDef:
+    name: str
+    syntax: str
+    doc: str
+    min_args: int
+    max_args: int  # -1: any number
+    handler: str
+    needs_auth: bool = True
+
+
+COMMANDS: list[CommandDef] = [
+    CommandDef("auth", "auth <response>", "Authenticate.", 1, 1, "_auth", False),
+    CommandDef("backend.list", "backend.list [-j] [-p] [<backend_pattern>]", "List backends.", 0, 3,
+               "_backend_list"),
+    CommandDef("backend.set_health", "backend.set_health <backend_pattern> [auto|healthy|sick]",
+               "Set health status of backend(s).", 2, 2, "_backend_set_health"),
+    CommandDef("ban", "ban <field> <operator> <arg> [&& <field> <oper> <arg> ...]",
+               "Mark obsolete all objects where all the conditions match.", 3, -1, "_ban"),
+    CommandDef("ban.list", "ban.list [-j]", "List the active bans.", 0, 1, "_ban_list"),
+    CommandDef("banner", "banner", "Print welcome banner.", 0, 0, "_banner"),
+    CommandDef("counters.list", "counters.list [-j] [<glob>...]",
+               "Print counters as 'NAME VALUE' lines (varnishstat names).", 0, -1, "_counters_list"),
+    CommandDef("debug.listen_address", "debug.listen_address", "Report the actual listen address.",
+               0, 0, "_debug_listen_address"),
+    CommandDef("debug.xid", "debug.xid [<xid>]", "Examine or set XID.", 0, 1, "_debug_xid"),
+    CommandDef("help", "help [-j|<command>]", "Show command/protocol help.", 0, 2, "_help", False),
+    CommandDef("panic.clear", "panic.clear [-z]", "Clear the last panic, if any.", 0, 1, "_panic_clear"),
+    CommandDef("panic.show", "panic.show [-j]", "Return the last panic, if any.", 0, 1, "_panic_show"),
+    CommandDef("param.reset", "param.reset <param>", "Reset parameter to default value.", 1, 1,
+               "_param_reset"),
+    CommandDef("param.set", "param.set [-j] <param> <value>", "Set parameter value.", 2, 3, "_param_set"),
+    CommandDef("param.show", "param.show [-l|-j] [<param>|changed]", "Show parameters and their values.",
+               0, 3, "_param_show"),
+    CommandDef("pid", "pid [-j]", "Show the pid of the master process, and the worker if it's running.",
+               0, 1, "_pid"),
+    CommandDef("ping", "ping [-j] [<timestamp>]", "Keep connection alive.", 0, 2, "_ping", False),
+    CommandDef("quit", "quit", "Close connection.", 0, 0, "_quit", False),
+    CommandDef("start", "start", "Start the Varnish cache process.", 0, 0, "_start"),
+    CommandDef("status", "status [-j]", "Check status of Varnish cache process.", 0, 1, "_status"),
+    CommandDef("stop", "stop", "Stop the Varnish cache process.", 0, 0, "_stop"),
+    CommandDef("storage.list", "storage.list [-j]", "List storage devices.", 0, 1, "_storage_list"),
+    CommandDef("vcl.discard", "vcl.discard <name_pattern>...", "Unload the named configurations.", 1, -1,
+               "_vcl_discard"),
+    CommandDef("vcl.inline", "vcl.inline <configname> <quoted_VCLstring> [auto|cold|warm]",
+               "Compile and load the VCL data under the name provided.", 2, 3, "_vcl_inline"),
+    CommandDef("vcl.list", "vcl.list [-j]", "List all loaded configuration.", 0, 1, "_vcl_list"),
+    CommandDef("vcl.load", "vcl.load <configname> <filename> [auto|cold|warm]",
+               "Compile and load the VCL file under the name provided.", 2, 3, "_vcl_load"),
+    CommandDef("vcl.show", "vcl.show [-v] [<configname>]", "Display the source code for the specified "
+               "configuration.", 0, 2, "_vcl_show"),
+    CommandDef("vcl.use", "vcl.use <configname>", "Switch to the named configuration immediately.", 1, 1,
+               "_vcl_use"),
+]
+_BY_NAME = {c.name: c for c in COMMANDS}
+
+
+def _json(argv: list[str], *payload: Any) -> str:
+    """varnishd's JSON envelope: [version, argv, timestamp, payload...]."""
+    return json.dumps([2, argv, round(time.time(), 3), *payload], indent=2)
+
+
+def _split_j(args: list[str]) -> tuple[bool, list[str]]:
+    return ("-j" in args), [a for a in args if a != "-j"]
+
+
+class Reply(Exception):
+    """Raised by a command to answer with a non-200 status."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(body)
+        self.status = status
+        self.body = body
+
+
+class AdminCommands:
+    """The commands, against the server API of docs/ARCHITECTURE.md; one instance per server."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.sources: dict[str, str] = {}  # VCL source by name, for vcl.show
+
+    # ---- dispatch --------------------------------------------------------------------------
+    async def execute(self, argv: list[str]) -> tuple[int, str]:
+        cmd = _BY_NAME.get(argv[0])
+        if cmd is None:
+            return CLIS_UNKNOWN, "Unknown request.\nType 'help' for more info.\n"
+        args = argv[1:]
+        if len(args) < cmd.min_args:
+            return CLIS_TOOFEW, "Too few parameters\n"
+        if cmd.max_args >= 0 and len(args) > cmd.max_args:
+            return CLIS_TOOMANY, "Too many parameters\n"
+        handler: Callable[[list[str], list[str]], Awaitable[str] | str] = getattr(self, cmd.handler)
+        try:
+            result = handler(argv, args)
+            if asyncio.iscoroutine(result):
+                result = await result
+        except Reply as r:
+            return r.status, r.body
+        return CLIS_OK, result  # type: ignore[return-value]
+
+    # ---- session-level commands (auth, quit and banner are handled by the session) --------------
+    def _auth(self, argv: list[str], args: list[str]) -> str:
+        raise Reply(CLIS_OK, "")  # already authenticated: nothing to do
+
+    def _quit(self, argv: list[str], args: list[str]) -> str:
+        raise Reply(CLIS_CLOSE, "Closing CLI connection")
+
+    def _banner(self, argv: list[str], args: list[str]) -> str:
+        return banner()
+
+    def _help(self, argv: list[str], args: list[str]) -> str:
+        as_json, rest = _split_j(args)
+        if rest:
+            cmd = _BY_NAME.get(rest[0])
+            if cmd is None:
+                raise Reply(CLIS_UNKNOWN, "Unknown request.\nType 'help' for more info.\n")
+            return f"{cmd.syntax}\n{cmd.doc}\n"
+        if as_json:
+            return _json(argv, *[{"request": c.name, "syntax": c.syntax, "help": c.doc,
+                                  "minarg": c.min_args, "maxarg": c.max_args, "flags": "",
+                                  "json": True} for c in COMMANDS])
+        return "".join(f"{c.syntax}\n" for c in COMMANDS)
+
+    def _ping(self, argv: list[str], args: list[str]) -> str:
+        as_json, _ = _split_j(args)
+        now = int(time.time())
+        if as_json:
+            return _json(argv, "PONG", now, 1.0)
+        return f"PONG {now} 1.0"
+
+    # ---- child process ----------------------------------------------------------------------
+    def _status(self, argv: list[str], args: list[str]) -> str:
+        as_json, _ = _split_j(args)
+        state = "running" if self.server.running else "stopped"
+        return _json(argv, state) if as_json else f"Child in state {state}"
+
+    async def _start(self, argv: list[str], args: list[str]) -> str:
+        if self.server.running:
+            raise Reply(CLIS_CANT, "Child in state running")
+        if self.server.active_vcl is None:
+            raise Reply(CLIS_CANT, "No VCL available")
+        try:
+            await self.server.start()
+        except (RuntimeError, OSError) as e:
+            raise Reply(CLIS_CANT, f"Could not start: {e}") from None
+        return ""
+
+    async def _stop(self, argv: list[str], args: list[str]) -> str:
+        if not self.server.running:
+            raise Reply(CLIS_CANT, "Child in state stopped")
+        await self.server.stop()
+        return ""
+
+    def _pid(self, argv: list[str], args: list[str]) -> str:
+        as_json, _ = _split_j(args)
+        pid = os.getpid()
+        if as_json:
+            payload: dict[str, int] = {"master": pid}
+            if self.server.running:
+                payload["worker"] = pid
+            return _json(argv, payload)
+        out = f"Master: {pid:10d}\n"
+        if self.server.running:
+            out += f"Worker: {pid:10d}\n"
+        return out
+
+    def _panic_show(self, argv: list[str], args: list[str]) -> str:
+        panic = getattr(self.server, "panic", None)
+        if not panic:
+            raise Reply(CLIS_CANT, "Child has not panicked or panic has been cleared")
+        as_json, _ = _split_j(args)
+        return _json(argv, panic) if as_json else str(panic)
+
+    def _panic_clear(self, argv: list[str], args: list[str]) -> str:
+        if not getattr(self.server, "panic", None):
+            raise Reply(CLIS_CANT, "No panic to clear")
+        self.server.panic = None
+        return ""
+
+    def _debug_listen_address(self, argv: list[str], args: list[str]) -> str:
+        return "".join(f"{name} {host} {port}\n" for name, host, port in self.server.listen_addresses())
+
+    def _debug_xid(self, argv: list[str], args: list[str]) -> str:
+        if args:
+            try:
+                value = int(args[0])
+            except ValueError:
+                raise Reply(CLIS_PARAM, f"Invalid XID {args[0]!r}") from None
+            self.server.set_xid(value)
+        return f"XID is {self.server._xid}"
+
+    # ---- parameters --------------------------------------------------------------------------
+    def _param_show(self, argv: list[str], args: list[str]) -> str:
+        as_json, rest = _split_j(args)
+        long_form = "-l" in rest
+        rest = [a for a in rest if a != "-l"]
+        params = self.server.params
+        defs = params.definitions()
+        if rest and rest[0] != "changed":
+            defs = [d for d in defs if d.name == rest[0]]
+            if not defs:
+                raise Reply(CLIS_PARAM, f"Unknown parameter \"{rest[0]}\".")
+            long_form = True
+        elif rest:
+            defs = [d for d in defs if params.text(d.name) != d.default]
+        defs.sort(key=lambda d: d.name)
+        if as_json:
+            return _json(argv, *[{"name": d.name, "implemented": True, "value": _json_value(params, d),
+                                  "units": _UNITS.get(d.kind, ""), "default": d.default,
+                                  "description": d.doc} for d in defs])
+        if long_form:
+            return "".join(_param_long(params, d) for d in defs)
+        return "".join(f"{d.name:<30} {_show_value(params, d)}\n" for d in defs)
+
+    def _param_set(self, argv: list[str], args: list[str]) -> str:
+        as_json, rest = _split_j(args)
+        if len(rest) != 2:
+            raise Reply(CLIS_TOOFEW if len(rest) < 2 else CLIS_TOOMANY,
+                        "Too few parameters\n" if len(rest) < 2 else "Too many parameters\n")
+        name, value = rest
+        value = _apply_flags(self.server.params, name, value)
+        try:
+            self.server.params.set(name, value)
+        except ValueError as e:
+            msg = str(e)
+            if msg.startswith("Unknown parameter"):
+                raise Reply(CLIS_PARAM, msg) from None
+            raise Reply(CLIS_PARAM, f"{msg}\n\n(attempting to set param '{name}' to '{value}')") from None
+        if as_json:
+            d = next(d for d in self.server.params.definitions() if d.name == name)
+            return _json(argv, {"name": name, "value": _json_value(self.server.params, d)})
+        return ""
+
+    def _param_reset(self, argv: list[str], args: list[str]) -> str:
+        d = next((d for d in self.server.params.definitions() if d.name == args[0]), None)
+        if d is None:
+            raise Reply(CLIS_PARAM, f"Unknown parameter \"{args[0]}\".")
+        self.server.params.set(d.name, d.default)
+        return ""
+
+    # ---- VCL ---------------------------------------------------------------------------------
+    def _load(self, name: str, source: str, filename: str) -> str:
+        if name in self.server.vcls:
+            raise Reply(CLIS_PARAM, f"Already a VCL named {name}")
+        try:
+            self.server.vcl_load(name, source, filename)
+        except Exception as e:  # VCLLoadError and anything the compiler raises: report, keep serving
+            text = str(e)
+            status = CLIS_CANT if "Failed initialization" in text else CLIS_PARAM
+            if status == CLIS_PARAM:
+                text = f"Message from VCC-compiler:\n{text}\nRunning VCC-compiler failed, exited with 2\n" \
+                       "VCL compilation failed"
+            raise Reply(status, text) from None
+        self.sources[name] = source
+        return ""
+
+    def _vcl_inline(self, argv: list[str], args: list[str]) -> str:
+        return self._load(args[0], args[1], "<vcl.inline>")
+
+    def _vcl_load(self, argv: list[str], args: list[str]) -> str:
+        name, path = args[0], args[1]
+        base = Path(str(self.server.params.text("vcl_dir")) if "/" not in path else "")
+        full = Path(path) if Path(path).is_absolute() else base / path
+        try:
+            source = full.read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError as e:
+            raise Reply(CLIS_PARAM, f"Message from VCC-compiler:\nCannot read file '{path}' ({e.strerror})\n"
+                                    "Running VCC-compiler failed, exited with 2\nVCL compilation failed") \
+                from None
+        return self._load(name, source, str(full))
+
+    def _vcl_use(self, argv: list[str], args: list[str]) -> str:
+        try:
+            self.server.vcl_use(args[0])
+        except KeyError:
+            raise Reply(CLIS_PARAM, f"No VCL named {args[0]} known\n") from None
+        return ""
+
+    def _vcl_discard(self, argv: list[str], args: list[str]) -> str:
+        names: list[str] = []
+        for pattern in args:
+            hits = [n for n in self.server.vcls if fnmatch.fnmatchcase(n, pattern)]
+            if not hits:
+                raise Reply(CLIS_PARAM, f"No VCL named {pattern} known\n")
+            names += hits
+        for name in names:
+            if name == self.server.active_name:
+                raise Reply(CLIS_CANT, f"Cannot discard active VCL program {name}\n")
+        for name in names:
+            try:
+                self.server.vcl_discard(name)
+            except (KeyError, ValueError) as e:
+                raise Reply(CLIS_CANT, str(e).strip("'\"")) from None
+            self.sources.pop(name, None)
+        return ""
+
+    def _vcl_list(self, argv: list[str], args: list[str]) -> str:
+        as_json, _ = _split_j(args)
+        rows = self.server.vcl_list()
+        if as_json:
+            return _json(argv, *[{"status": status, "state": "auto", "temperature": "warm", "busy": busy,
+                                  "name": name} for name, status, busy in rows])
+        return "".join(f"{status:<10}  {'auto':<6}  {'warm':<6} {busy:6d}    {name}\n"
+                       for name, status, busy in rows)
+
+    def _vcl_show(self, argv: list[str], args: list[str]) -> str:
+        rest = [a for a in args if a != "-v"]
+        name = rest[0] if rest else self.server.active_name
+        if name is None or name not in self.server.vcls:
+            raise Reply(CLIS_PARAM, f"No VCL named {name} known\n")
+        source = self.sources.get(name)
+        if source is None:
+            filename = self.server.vcl_files.get(name, "")
+            try:
+                source = Path(filename).read_text(encoding="utf-8", errors="surrogateescape")
+            except OSError:
+                raise Reply(CLIS_CANT, f"Source of VCL {name} is not available\n") from None
+        if "-v" in args:
+            filename = self.server.vcl_files.get(name, "<vcl.inline>")
+            return f"// VCL.SHOW 0 {len(source.encode())} {filename}\n{source}\n"
+        return source
+
+    # ---- backends ------------------------------------------------------------------------------
+    def _backends(self, pattern: str | None) -> list[tuple[str, Any]]:
+        """(vclname.backend, BackendSpec) matching a backend.list / set_health pattern."""
+        out = []
+        active = self.server.active_name
+        for vname, vcl in self.server.vcls.items():
+            for bname, spec in vcl.backends.items():
+                if getattr(spec, "host", None) is None and getattr(spec, "path", None) is None:
+                    continue  # `backend x none;`
+                full = f"{vname}.{bname}"
+                if pattern is None or pattern == "*":
+                    ok = True
+                elif "." in pattern:
+                    ok = fnmatch.fnmatchcase(full, pattern)
+                else:
+                    ok = vname == active and fnmatch.fnmatchcase(bname, pattern)
+                if ok:
+                    out.append((full, spec))
+        return out
+
+    def _backend_list(self, argv: list[str], args: list[str]) -> str:
+        from cacheserver.backends import live
+
+        as_json, rest = _split_j(args)
+        rest = [a for a in rest if a != "-p"]
+        rows = []
+        for full, spec in self._backends(rest[0] if rest else None):
+            b = live(spec)
+            probe = spec.probe
+            if probe is not None:
+                good = getattr(b, "probe_good", None)
+                probe_txt = f"{good if good is not None else '-'}/{probe.window}"
+            else:
+                probe_txt = "0/0"
+            health = "healthy" if b.healthy else "sick"
+            admin = b.admin if b.admin != "auto" else ("probe" if probe is not None else health)
+            rows.append((full, admin, probe_txt, health, b.changed))
+        if as_json:
+            return _json(argv, {full: {"type": "backend", "admin_health": admin,
+                                       "probe_message": probe_txt, "health": health,
+                                       "last_change": round(changed, 3)}
+                                for full, admin, probe_txt, health, changed in rows})
+        width = max([len("Backend name")] + [len(r[0]) for r in rows])
+        out = [f"{'Backend name':<{width}}   {'Admin':<8}   {'Probe':<8} {'Health':<10} Last change"]
+        for full, admin, probe_txt, health, changed in rows:
+            when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(changed))
+            out.append(f"{full:<{width}}   {admin:<8}   {probe_txt:<8} {health:<10} {when}")
+        return "\n".join(out) + "\n"
+
+    def _backend_set_health(self, argv: list[str], args: list[str]) -> str:
+        from cacheserver.backends import set_admin_health
+
+        state = args[1].lower()
+        if state not in ("auto", "healthy", "sick"):
+            raise Reply(CLIS_PARAM, f"Invalid state {args[1]}")
+        hits = self._backends(args[0])
+        if not hits:
+            raise Reply(CLIS_PARAM, "No Backends matches")
+        for _, spec in hits:
+            set_admin_health(spec, state)
+        return ""
+
+    # ---- bans ---------------------------------------------------------------------------------
+    def _ban_list_obj(self) -> Any:
+        ban = getattr(self.server, "ban", None)
+        if callable(ban):
+            return None
+        storage = getattr(self.server, "storage", None)
+        banlist = getattr(storage, "bans", None)
+        if banlist is None:
+            raise Reply(CLIS_UNIMPL, "Bans are not implemented by this server")
+        return banlist
+
+    def _ban(self, argv: list[str], args: list[str]) -> str:
+        from cacheserver.bans import BanError
+
+        try:
+            if callable(getattr(self.server, "ban", None)):
+                self.server.ban(args)
+            else:
+                self._ban_list_obj().add(args)
+        except BanError as e:
+            raise Reply(e.status, str(e)) from None
+        return ""
+
+    def _ban_list(self, argv: list[str], args: list[str]) -> str:
+        as_json, _ = _split_j(args)
+        if callable(getattr(self.server, "ban_list", None)) and not as_json:
+            return self.server.ban_list()
+        banlist = getattr(getattr(self.server, "storage", None), "bans", None)
+        if banlist is None:
+            raise Reply(CLIS_UNIMPL, "Bans are not implemented by this server")
+        if as_json:
+            return _json(argv, *[{"time": round(b.t, 6), "refs": b.refs, "completed": b.completed,
+                                  "spec": "" if b.completed else b.spec} for b in banlist.bans])
+        return banlist.listing()
+
+    # ---- storage and counters -------------------------------------------------------------------
+    def _storage_list(self, argv: list[str], args: list[str]) -> str:
+        as_json, _ = _split_j(args)
+        devices = [("s0", "malloc"), ("Transient", "malloc")]
+        if as_json:
+            return _json(argv, *[{"name": n, "storage": k} for n, k in devices])
+        return "Storage devices:\n" + "".join(f"\tstorage.{n} = {k}\n" for n, k in devices)
+
+    def _counters_list(self, argv: list[str], args: list[str]) -> str:
+        as_json, globs = _split_j(args)
+        snap = self.server.counters.snapshot()
+        if "MAIN.uptime" in snap:
+            snap["MAIN.uptime"] = int(time.time() - self.server.started_at)
+        if globs:
+            snap = {k: v for k, v in snap.items()
+                    if any(fnmatch.fnmatchcase(k, g if "." in g else "MAIN." + g) for g in globs)}
+        if as_json:
+            return json.dumps(snap, indent=2)
+        return "".join(f"{k} {v}\n" for k, v in snap.items())
+
+
+_UNITS = {"bytes": "bytes", "duration": "seconds", "bool": "bool", "uint": ""}
+
+
+def _show_value(params: Any, d: Any) -> str:
+    value = params.get(d.name)
+    if d.kind == "duration":
+        return f"{value:.3f} [seconds]"
+    if d.kind == "bytes":
+        return f"{params.text(d.name)} [bytes]"
+    if d.kind == "bool":
+        return f"{'on' if value else 'off'} [bool]"
+    return str(params.text(d.name)) if d.kind == "string" else str(value)
+
+
+def _json_value(params: Any, d: Any) -> Any:
+    value = params.get(d.name)
+    return value if isinstance(value, (int, float, bool)) else str(value)
+
+
+def _param_long(params: Any, d: Any) -> str:
+    is_default = params.text(d.name) == d.default
+    lines = [d.name, f"        Value is: {_show_value(params, d)}" + (" (default)" if is_default else "")]
+    if not is_default:
+        lines.append(f"        Default is: {d.default}")
+    if d.minimum is not None:
+        lines.append(f"        Minimum is: {d.minimum:g}")
+    lines += ["", f"        {d.doc}", "", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _apply_flags(params: Any, name: str, value: str) -> str:
+    """`param.set debug +flag,-flag`: flag lists change relative to the current value, as varnishd's."""
+    if name not in ("debug", "feature", "vsl_mask") or not value or value[0] not in "+-":
+        return value
+    try:
+        current = [f for f in str(params.text(name)).split(",") if f and f not in ("none", "default")]
+    except KeyError:
+        return value
+    for item in value.split(","):
+        flag = item.lstrip("+-")
+        if item.startswith("-"):
+            current = [f for f in current if f.lstrip("+-") != flag]
+        elif flag not in current:
+            current.append(flag)
+    return ",".join(current) or "none"
+
+
+def banner() -> str:
+    return ("-----------------------------\n"
+            "Varnish Cache CLI 1.0\n"
+            "-----------------------------\n"
+            f"{platform.system()},{platform.release()},{platform.machine()},-smalloc,-hcritbit\n"
+            "cacheserver (Python, varnishd 7.1 compatible CLI)\n\n"
+            "Type 'help' for command list.\n"
+            "Type 'quit' to close CLI session.\n")
+
+
+class CliSession:
+    """One CLI connection: challenge, auth, then read-execute-answer until quit or EOF."""
+
+    def __init__(self, commands: AdminCommands, secret: bytes | None,
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.commands = commands
+        self.secret = secret
+        self.reader = reader
+        self.writer = writer
+        self.challenge = ""
+
+    async def send(self, status: int, body: str) -> None:
+        self.writer.write(format_response(status, body))
+        await self.writer.drain()
+
+    def _new_challenge(self) -> str:
+        self.challenge = "".join(secrets.choice(string.ascii_lowercase) for _ in range(32))
+        return f"{self.challenge}\n\nAuthentication required.\n"
+
+    async def _readline(self) -> str | None:
+        try:
+            raw = await self.reader.readline()
+        except (asyncio.LimitOverrunError, ValueError):
+            return None
+        if not raw:
+            return None
+        return raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+
+    async def _read_command(self) -> list[str] | None:
+        """The next command's argv; here documents (`<< TOKEN`) become the last argument."""
+        while True:
+            line = await self._readline()
+            if line is None:
+                return None
+            marker = heredoc_marker(line)
+            if marker is not None:
+                head, token = marker
+                body: list[str] = []
+                while True:
+                    more = await self._readline()
+                    if more is None:
+                        return None
+                    if more == token:
+                        break
+                    body.append(more)
+                try:
+                    argv = split_args(head)
+                except CliSyntaxError as e:
+                    await self.send(CLIS_SYNTAX, f"Syntax Error: {e}")
+                    continue
+                return argv + ["\n".join(body) + "\n"]
+            try:
+                argv = split_args(line)
+            except CliSyntaxError as e:
+                await self.send(CLIS_SYNTAX, f"Syntax Error: {e}")
+                continue
+            if argv:
+                return argv
+
+    async def run(self) -> None:
+        authed = self.secret is None
+        try:
+            if authed:
+                await self.send(CLIS_OK, banner())
+            else:
+                await self.send(CLIS_AUTH, self._new_challenge())
+            while True:
+                argv = await self._read_command()
+                if argv is None:
+                    break
+                if not authed:
+                    if argv[0] == "auth" and len(argv) == 2 and self.secret is not None and \
+                            secrets.compare_digest(argv[1], auth_response(self.challenge, self.secret)):
+                        authed = True
+                        await self.send(CLIS_OK, banner())
+                    elif argv[0] == "quit":
+                        await self.send(CLIS_CLOSE, "Closing CLI connection")
+                        break
+                    else:
+                        await self.send(CLIS_AUTH, self._new_challenge())
+                    continue
+                try:
+                    status, body = await self.commands.execute(argv)
+                except Exception as e:  # a bug in one command must not kill the CLI
+                    status, body = CLIS_CANT, f"Internal error: {type(e).__name__}: {e}"
+                await self.send(status, body)
+                if status == CLIS_CLOSE:
+                    break
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            try:
+                self.writer.close()
+            except OSError:
+                pass
+
+
+def _read_secret(secret_file: str | None, server: Any) -> bytes | None:
+    """-S FILE; without -S, varnishd makes WORKDIR/_.secret; `-S none` turns authentication off."""
+    if secret_file == "none":
+        return None
+    if secret_file is None:
+        work_dir = getattr(server, "work_dir", None)
+        if work_dir is None:
+            return None
+        path = Path(work_dir) / "_.secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(256))
+        secret_file = str(path)
+    with open(secret_file, "rb") as f:
+        return f.read()
+
+
+def _parse_hostport(text: str) -> tuple[str, int]:
+    """'ADDR PORT' (varnishd -M) or 'ADDR:PORT' / '[v6]:PORT' (-T)."""
+    parts = text.split()
+    if len(parts) == 2:
+        host, port = parts
+    else:
+        host, sep, port = text.strip().rpartition(":")
+        if not sep:
+            raise ValueError(f"Bad address {text!r}: expected ADDR:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def start_admin(server: Any, *, listen: str | None, connect: str | None,
+                      secret_file: str | None) -> list[str]:
+    """Start the CLI (-T listen and/or -M connect); returns the addresses in use ("ADDR PORT")."""
+    secret = _read_secret(secret_file, server)
+    commands = getattr(server, "admin_commands", None)
+    if commands is None:
+        commands = AdminCommands(server)
+        server.admin_commands = commands
+    addresses: list[str] = []
+    tasks: set[asyncio.Task[None]] = getattr(server, "_admin_tasks", set())
+    server._admin_tasks = tasks
+
+    def spawn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.ensure_future(CliSession(commands, secret, reader, writer).run())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    if listen:
+        host, port = _parse_hostport(listen)
+        srv = await asyncio.start_server(spawn, host, port, limit=MAX_LINE)
+        server._admin_server = srv
+        for sock in srv.sockets:
+            h, p = sock.getsockname()[:2]
+            addresses.append(f"{h} {p}")
+    if connect:
+        host, port = _parse_hostport(connect)
+        reader, writer = await asyncio.open_connection(host, port, limit=MAX_LINE)
+        h, p = writer.get_extra_info("peername")[:2]
+        addresses.append(f"{h} {p}")
+        spawn(reader, writer)
+    return addresses
