@@ -293,6 +293,27 @@ def test_large_prebuffer_and_large_writes(listener, progdir):
     run(main())
 
 
+def test_concurrent_steals_with_large_prebuffers(listener, progdir):
+    """Many steals at once fill the control channel: messages wait, never interleave."""
+    async def main():
+        pm = ProgramManager([progdir])
+        try:
+            pairs = [pair(listener) for _ in range(40)]
+            pres = [bytes([i]) * (150_000 + i) for i in range(len(pairs))]
+            results = await asyncio.gather(*(
+                pm.steal("testprog", server, remote, "", prebuffer=pre)
+                for (_, server, remote), pre in zip(pairs, pres, strict=True)))
+            assert results == [True] * len(pairs)
+            for (client, server, _), pre in zip(pairs, pres, strict=True):
+                server.close()
+                assert recv_exact(client, 3 + len(pre)) == b"hi\n" + pre
+                client.close()
+        finally:
+            await pm.close()
+
+    run(main())
+
+
 def test_exception_in_callback_closes_only_that_connection(listener, progdir, caplog):
     caplog.set_level(logging.INFO, logger="cacheserver.programs")
 
