@@ -335,9 +335,10 @@ class ProgramManager:
     """Starts, feeds and stops the program processes of one server."""
 
     def __init__(self, search_dirs: Sequence[str | Path] = (BUNDLED_DIR,), *, timeout: float = 5.0,
-                 python: str = sys.executable) -> None:
+                 load_timeout: float = 10.0, python: str = sys.executable) -> None:
         self.search_dirs = [Path(d) for d in search_dirs]   # the server may replace it on VCL load
-        self.timeout = timeout
+        self.timeout = timeout              # for on_connect (and on_get) to answer
+        self.load_timeout = load_timeout    # for a new process to reach wait_for_requests()
         self.python = python
         self._programs: dict[str, _Program] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -360,7 +361,7 @@ class ProgramManager:
             if path is None:
                 where = ", ".join(str(d) for d in self.search_dirs) or "no directory"
                 raise ProgramError(f"program '{name}' not found ({name}.py in {where})")
-            prog = await _Program.start(name, path, self.python, self.timeout)
+            prog = await _Program.start(name, path, self.python, self.load_timeout)
             if self._closed:            # close() ran while we started it
                 await prog.terminate(grace=1.0)
                 raise ProgramError("the program manager is closed")

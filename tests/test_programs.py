@@ -524,13 +524,13 @@ def test_program_without_wait_for_requests_fails_clearly(listener, progdir, capl
 
 def test_slow_load_times_out_and_cancel_leaves_no_process(listener, progdir):
     async def main():
-        pm = ProgramManager([progdir], timeout=0.5)
+        pm = ProgramManager([progdir], load_timeout=0.5)
         try:
             client, server, remote = pair(listener)
             with pytest.raises(ProgramError, match=r"did not call wait_for_requests\(\) within 0.5 s"):
                 await pm.steal("slowload", server, remote, "")
             assert children_running("slowload") == []
-            pm.timeout = 10
+            pm.load_timeout = 10
             task = asyncio.create_task(pm.steal("slowload", server, remote, ""))
             await asyncio.sleep(0.3)
             assert len(children_running("slowload")) == 1
