@@ -1,7 +1,11 @@
-"""The backend side: vcl_backend_fetch -> fetch -> vcl_backend_response / vcl_backend_error.
+"""The backend side, shaped like Varnish's cache_fetch.c: one BusyObj per backend transaction.
 
-Fetches use the server's aiohttp ClientSession; the result becomes a CachedObject, stored when
-cacheable (or as a hit-for-miss / hit-for-pass marker), and handed back to the client request.
+    startfetch (vcl_backend_fetch) -> fetch headers -> vcl_backend_response -> fetchbody -> done
+                              \\-> error (vcl_backend_error) ; retry -> startfetch ; abandon/fail -> fail
+
+The fetch runs as its own task and fills an ObjCore; clients stream from that object while the body
+still arrives (beresp.do_stream), and other requests waiting on the same busy object are woken as soon
+as the headers are known.
 """
 
 from __future__ import annotations
@@ -16,27 +20,33 @@ from typing import TYPE_CHECKING
 import aiohttp
 from yarl import URL
 
+from cacheserver import backends
 from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for
-from cacheserver.storage import CachedObject
-from vcl.runtime import Action, Context, Headers, HttpMessage, VCLFailure
+from cacheserver.storage import ObjCore
+from vcl.runtime import Action, BackendSpec, Context, Headers, HttpMessage, VCLFailure
 
 if TYPE_CHECKING:
-    from cacheserver.fsm import ClientRequest
+    from cacheserver.server import Server
 
 log = logging.getLogger("cacheserver.fetch")
 
-# Statuses Varnish caches by default (RFC2616_Ttl); others get ttl -1.
-_CACHEABLE = frozenset({200, 203, 204, 300, 301, 302, 304, 307, 308, 404, 410, 414})
-_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
-_S_MAXAGE = re.compile(r"(?:^|,)\s*s-maxage\s*=\s*\"?(\d+)", re.IGNORECASE)
-_SWR = re.compile(r"(?:^|,)\s*stale-while-revalidate\s*=\s*\"?(\d+)", re.IGNORECASE)
+# Statuses RFC2616_Ttl gives a TTL to; others get -1 (uncacheable by the built-in VCL).
+_CACHEABLE = frozenset({200, 203, 204, 300, 301, 304, 404, 410, 414})
+_CACHEABLE_IF_TOLD = frozenset({302, 307})
+_CC_FIELD = re.compile(r"(?:^|,)\s*(s-maxage|max-age|stale-while-revalidate)\s*(?:=\s*\"?(-?\d*))?",
+                       re.IGNORECASE)
+# Headers a cache fill must not forward: the object is fetched whole and unconditionally.
+_FETCH_FILTER = ("Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match",
+                 "If-Unmodified-Since")
+# Headers of a 304 that must not replace the stored object's.
+_NO_MERGE = frozenset({"content-length", "content-encoding", "transfer-encoding", "etag"})
 
 
 class FetchError(Exception):
     """The backend could not give a response (refused, timeout, reset, garbage)."""
 
 
-def _date(text: str | None) -> float | None:
+def parse_date(text: str | None) -> float | None:
     if not text:
         return None
     try:
@@ -45,113 +55,83 @@ def _date(text: str | None) -> float | None:
         return None
 
 
-def compute_ttl(ctx: Context, params, now: float) -> None:
-    """beresp.ttl/grace/keep and the object's origin time, as Varnish's RFC2616_Ttl does."""
-    beresp = ctx.beresp
-    headers = beresp.headers
+def compute_ttl(ctx: Context, params, now: float) -> float:
+    """beresp.ttl/grace/keep as RFC2616_Ttl sets them; returns the object's origin time (now - Age)."""
+    headers = ctx.beresp.headers
     age = 0.0
     age_text = headers.get("Age")
-    if age_text and age_text.strip().isdigit():
-        age = float(age_text.strip())
+    if age_text:
+        digits = re.match(r"\s*(\d+)", age_text)
+        if digits:
+            age = float(digits.group(1))
     ctx.beresp_age = age
     ctx.beresp_grace = params.default_grace
     ctx.beresp_keep = params.default_keep
-    if beresp.status not in _CACHEABLE:
-        ctx.beresp_ttl = -1.0
-        return
-    cc = headers.get("Cache-Control") or ""
-    swr = _SWR.search(cc)
-    if swr:
-        ctx.beresp_grace = float(swr.group(1))
-    m = _S_MAXAGE.search(cc) or _MAX_AGE.search(cc)
-    if m:
-        ctx.beresp_ttl = max(float(m.group(1)) - age, 0.0)
-        return
-    expires = _date(headers.get("Expires"))
-    if expires is not None:
-        date = _date(headers.get("Date")) or now
-        ctx.beresp_ttl = max(expires - date, 0.0) if expires > date else 0.0
-        return
-    ctx.beresp_ttl = params.default_ttl - age if age < params.default_ttl else 0.0
+    status = ctx.beresp.status
+    cc = {}
+    for cc_text in headers.get_all("Cache-Control"):
+        for m in _CC_FIELD.finditer(cc_text):
+            cc.setdefault(m.group(1).lower(), m.group(2) or "")
+    ttl = -1.0
+    if status in _CACHEABLE or status in _CACHEABLE_IF_TOLD:
+        ttl = params.default_ttl if status in _CACHEABLE else -1.0
+        max_age = cc.get("s-maxage", cc.get("max-age"))
+        if max_age is not None and max_age != "":
+            ttl = 0.0 if max_age.startswith("-") else float(max_age)
+        else:
+            expires = parse_date(headers.get("Expires")) if "Expires" in headers else None
+            date = parse_date(headers.get("Date"))
+            if "Expires" in headers:
+                if expires is None:
+                    ttl = 0.0        # an unparseable Expires means "already expired"
+                elif date is not None and expires < date:
+                    ttl = 0.0
+                elif date is None or abs(date - now) < 10:
+                    ttl = max(expires - now, 0.0)
+                else:
+                    ttl = float(int(expires - date))
+        swr = cc.get("stale-while-revalidate")
+        if ttl >= 0 and swr:
+            ctx.beresp_grace = 0.0 if swr.startswith("-") else float(swr)
+    # VCL sees the remaining TTL; the object keeps its origin time.
+    ctx.beresp_ttl = ttl - age if ttl > 0 else ttl
+    return now - age
 
 
-def make_bereq(req: HttpMessage, is_pass: bool, client_ip: str, xid: int) -> HttpMessage:
+def make_bereq(req: HttpMessage, is_pass: bool, xid: int, gzip: bool) -> HttpMessage:
+    """The backend request for a miss (whole object, GET) or a pass (as the client asked)."""
     bereq = req.copy()
     headers = bereq.headers
+    listed = [t.strip().lower() for v in headers.get_all("Connection") for t in v.split(",")]
     for name in HOP_BY_HOP:
         headers.unset(name)
-    if not is_pass:
-        # A cache fill asks for the whole object, whatever the client asked.
-        if bereq.method == "HEAD":
-            bereq.method = "GET"
-        for name in ("Range", "If-None-Match", "If-Modified-Since", "If-Range", "If-Match",
-                     "If-Unmodified-Since"):
+    for name in listed:
+        if name and name not in ("close", "keep-alive"):
             headers.unset(name)
-    xff = headers.get("X-Forwarded-For")
-    headers.set("X-Forwarded-For", f"{xff}, {client_ip}" if xff else client_ip)
+    if not is_pass:
+        bereq.method = "GET"
+        for name in _FETCH_FILTER:
+            headers.unset(name)
+        if gzip and headers.get("Accept-Encoding") is not None:
+            headers.set("Accept-Encoding", "gzip")
     headers.unset("X-Varnish")
     headers.add("X-Varnish", str(xid))
     bereq.proto = "HTTP/1.1"
     return bereq
 
 
-async def _http_fetch(server, ctx: Context, body: bytes) -> tuple[HttpMessage, bytes]:
-    backend = ctx.bereq_backend
-    if backend is None or getattr(backend, "host", None) is None:
-        raise FetchError("no backend")
-    bereq = ctx.bereq
-    params = server.params
-    connect = ctx.connect_timeout if ctx.connect_timeout is not None else params.connect_timeout
-    first_byte = ctx.first_byte_timeout if ctx.first_byte_timeout is not None else params.first_byte_timeout
-    between = ctx.between_bytes_timeout if ctx.between_bytes_timeout is not None else params.between_bytes_timeout
-    host = backend.host
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    url = URL(f"http://{host}:{backend.port}{bereq.url if bereq.url.startswith('/') else '/' + bereq.url}",
-              encoded=True)
-    headers = [(n, v) for n, v in bereq.headers.items()]
-    timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=between)
-    counters = server.counters
-    counters.backend_req += 1
-    try:
-        async with asyncio.timeout(connect + first_byte):
-            response = await server.http_session.request(
-                bereq.method, url, headers=headers, data=body or None, allow_redirects=False,
-                auto_decompress=False, timeout=timeout, skip_auto_headers=("User-Agent", "Accept-Encoding",
-                                                                          "Accept", "Content-Type"),
-            )
-        async with response:
-            if bereq.method == "HEAD":
-                payload = b""
-            else:
-                payload = await response.read()
-            fields = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in response.raw_headers]
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
-        counters.backend_fail += 1
-        raise FetchError(str(exc) or type(exc).__name__) from exc
-    counters.backend_conn += 1
-    beresp = HttpMessage(proto=f"HTTP/{response.version.major}.{response.version.minor}",
-                         status=response.status, reason=response.reason or reason_for(response.status),
-                         headers=Headers(fields))
-    for name in HOP_BY_HOP:
-        beresp.headers.unset(name)
-    beresp.headers.unset("Content-Length")
-    return beresp, payload
-
-
 def _call(vcl, ctx: Context, sub: str):
     ctx.method = sub
     try:
-        result = vcl.subs[sub](ctx)
+        return vcl.subs[sub](ctx)
     except VCLFailure as exc:
         ctx.log.append(("VCL_Error", str(exc)))
         return Action("fail")
-    return result
 
 
 async def _acall(vcl, ctx: Context, sub: str) -> Action:
     result = _call(vcl, ctx, sub)
-    if sub in vcl.async_subs:
+    if sub in vcl.async_subs and not isinstance(result, Action):
         try:
             result = await result
         except VCLFailure as exc:
@@ -160,120 +140,393 @@ async def _acall(vcl, ctx: Context, sub: str) -> Action:
     return result
 
 
-async def fetch_object(request: ClientRequest, is_pass: bool) -> CachedObject | None:
-    """Run the backend side for a miss or a pass; None means the fetch was abandoned."""
-    server = request.server
-    vcl = request.vcl
-    creq = request.ctx
-    xid = server.next_xid()
-    ctx = Context(
-        method="vcl_backend_fetch", bereq=make_bereq(creq.req, is_pass, creq.client_ip.addr, xid),
-        bereq_xid=xid, bereq_backend=creq.backend_hint, bereq_uncacheable=is_pass, vcl=vcl, server=server,
-        client_ip=creq.client_ip, server_ip=creq.server_ip, local_ip=creq.local_ip, remote_ip=creq.remote_ip,
-        server_hostname=creq.server_hostname, server_identity=creq.server_identity, is_bgfetch=False,
-        is_hitpass=creq.is_hitpass, is_hitmiss=creq.is_hitmiss, xid=creq.xid,
-    )
-    ctx.retries = 0
-    params = server.params
-    while True:
-        action = await _acall(vcl, ctx, "vcl_backend_fetch")
-        if action.name == "abandon":
-            return None
-        if action.name not in ("fetch", "error"):
-            return None if action.name != "fail" else await _error(request, ctx, is_pass)
-        if action.name == "error":
-            outcome = await _error(request, ctx, is_pass, action)
+class BusyObj:
+    """One backend transaction filling `oc` (a busy object in the cache, or a private one for pass)."""
+
+    def __init__(self, server: Server, vcl, creq: Context, oc: ObjCore, stale: ObjCore | None, mode: str,
+                 req_body: bytes = b"") -> None:
+        self.server = server
+        self.vcl = vcl
+        self.oc = oc
+        self.stale = stale
+        self.mode = mode                    # "miss", "pass" or "bg" (background refresh in grace)
+        self.is_pass = mode == "pass"
+        self.req_body = req_body
+        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.reader = oc.open_reader() if mode != "bg" else None
+        xid = server.next_xid()
+        params = server.params
+        self.bereq0 = make_bereq(creq.req, self.is_pass, xid, params.http_gzip_support)
+        if stale is not None and not self.is_pass and stale.http is not None and stale.http.status == 200:
+            self._add_validators(stale)
+        self.ctx = Context(
+            method="vcl_backend_fetch", bereq=None, bereq_xid=xid, bereq_backend=creq.backend_hint,
+            bereq_uncacheable=self.is_pass, vcl=vcl, server=server, client_ip=creq.client_ip,
+            server_ip=creq.server_ip, local_ip=creq.local_ip, remote_ip=creq.remote_ip,
+            server_hostname=creq.server_hostname, server_identity=creq.server_identity,
+            client_identity=creq.client_identity, is_bgfetch=mode == "bg", is_hitpass=creq.is_hitpass,
+            is_hitmiss=creq.is_hitmiss, xid=creq.xid, session=None, req=None, req_top=None,
+        )
+        self.ctx.priv_task = None
+
+    def _add_validators(self, stale: ObjCore) -> None:
+        h = stale.http.headers
+        lm, etag = h.get("Last-Modified"), h.get("ETag")
+        if lm:
+            self.bereq0.headers.set("If-Modified-Since", lm)
+        if etag:
+            self.bereq0.headers.set("If-None-Match", etag)
+
+    def start(self) -> asyncio.Task:
+        return asyncio.get_running_loop().create_task(self.run())
+
+    def _signal(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    # -- the state machine ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            state = "startfetch"
+            while state is not None:
+                state = await getattr(self, "stp_" + state)()
+        except Exception:  # a bug costs this fetch only
+            log.exception("fetch failed")
+            await self.stp_fail()
+        finally:
+            if not self.oc.complete and not self.oc.failed:
+                self.oc.finish(False)
+            self._signal()
+
+    async def stp_startfetch(self) -> str | None:
+        ctx = self.ctx
+        ctx.bereq = self.bereq0.copy()
+        ctx.beresp = None
+        action = await _acall(self.vcl, ctx, "vcl_backend_fetch")
+        name = action.name
+        if name == "fetch":
+            return "fetch"
+        if name == "error":
+            self._err_status = (action.args[0] if action.args else 503,
+                                action.args[1] if len(action.args) > 1 else "")
+            return "error"
+        return "fail"            # abandon, fail
+
+    async def stp_fetch(self) -> str | None:
+        ctx = self.ctx
+        server = self.server
+        backend = backends.resolve(ctx.bereq_backend, ctx)
+        if backend is None or backend.host is None:
+            ctx.log.append(("FetchError", "No backend"))
+            return "error"
+        state = backends.live(backend)
+        if not state.healthy:
+            server.counters.backend_unhealthy += 1
+            state.unhealthy += 1
+            ctx.log.append(("FetchError", "backend %s: unhealthy" % backend.name))
+            return "error"
+        if backend.max_connections and state.conns >= backend.max_connections:
+            server.counters.backend_busy += 1
+            state.busy += 1
+            ctx.log.append(("FetchError", "backend %s: busy" % backend.name))
+            return "error"
+        ctx.beresp_backend = backend
+        self.backend = backend
+        try:
+            self.response = await self._send(backend)
+        except FetchError as exc:
+            server.counters.backend_fail += 1
+            state.fail += 1
+            ctx.log.append(("FetchError", str(exc)))
+            return "error"
+        return "response"
+
+    async def _send(self, backend: BackendSpec) -> aiohttp.ClientResponse:
+        ctx = self.ctx
+        server = self.server
+        params = server.params
+        bereq = ctx.bereq
+
+        def pick(value, spec_value, default):
+            if value is not None:
+                return value
+            return spec_value if spec_value is not None else default
+
+        connect = pick(ctx.connect_timeout, backend.connect_timeout, params.connect_timeout)
+        first_byte = pick(ctx.first_byte_timeout, backend.first_byte_timeout, params.first_byte_timeout)
+        self.between = pick(ctx.between_bytes_timeout, backend.between_bytes_timeout,
+                            params.between_bytes_timeout)
+        host = backend.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        path = bereq.url if bereq.url.startswith("/") else "/" + bereq.url
+        headers = bereq.headers
+        if backend.host_header and "Host" not in headers:
+            headers.add("Host", backend.host_header)
+        body = self.req_body if self.is_pass else b""
+        if body:
+            headers.unset("Content-Length")
+        skip = ["Host", "Accept", "Accept-Encoding", "User-Agent", "Content-Type"]
+        if session := server.http_session:
+            pass
         else:
-            try:
-                beresp, payload = await _http_fetch(server, ctx, request.body if is_pass else b"")
-            except FetchError as exc:
-                ctx.log.append(("FetchError", str(exc)))
-                outcome = await _error(request, ctx, is_pass)
+            session = server.http_session = backends.make_session(server)
+        server.counters.backend_req += 1
+        live = backends.live(backend)
+        live.req += 1
+        live.conns += 1
+        try:
+            url = URL(f"http://{host}:{backend.port}{path}", encoded=True)
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=None)
+            async with asyncio.timeout(connect + first_byte):
+                response = await session.request(
+                    bereq.method, url, headers=headers.items(), data=body or None, allow_redirects=False,
+                    auto_decompress=False, timeout=timeout, skip_auto_headers=skip, compress=None,
+                    chunked=None, expect100=False, read_until_eof=True)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, LookupError) as exc:
+            live.conns -= 1
+            raise FetchError(str(exc) or type(exc).__name__) from None
+        return response
+
+    async def stp_response(self) -> str | None:
+        ctx = self.ctx
+        response = self.response
+        fields = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in response.raw_headers]
+        beresp = HttpMessage(proto=f"HTTP/{response.version.major}.{response.version.minor}",
+                             status=response.status, reason=response.reason or reason_for(response.status),
+                             headers=Headers(fields))
+        listed = [t.strip().lower() for v in beresp.headers.get_all("Connection") for t in v.split(",")]
+        for name in HOP_BY_HOP:
+            beresp.headers.unset(name)
+        for name in listed:
+            if name and name not in ("close", "keep-alive"):
+                beresp.headers.unset(name)
+        now = time.time()
+        if "Date" not in beresp.headers:
+            beresp.headers.add("Date", DATES.now())
+        ctx.beresp = beresp
+        ctx.was_304 = False
+        stale = self.stale
+        if beresp.status == 304 and stale is not None and stale.complete and not self.is_pass:
+            ctx.was_304 = True
+            merged = stale.http.copy()
+            for name, value in beresp.headers.items():
+                if name.lower() not in _NO_MERGE:
+                    merged.headers.set(name, value)
+            merged.proto = beresp.proto
+            ctx.beresp = beresp = merged
+            self.server.counters.fetch_304 += 1
+        self.t_origin = compute_ttl(ctx, self.server.params, now)
+        ctx.beresp_uncacheable = self.is_pass
+        ctx.do_stream = True
+        ctx.do_gzip = ctx.do_gunzip = ctx.do_esi = False
+        action = await _acall(self.vcl, ctx, "vcl_backend_response")
+        name = action.name
+        if name in ("deliver", "pass"):
+            if name == "pass":
+                # return (pass(DURATION)): a hit-for-pass object for that long
+                ctx.beresp_uncacheable = True
+                self.hfp_ttl = float(action.args[0]) if action.args else self.server.params.default_ttl
             else:
-                outcome = await _response(request, ctx, is_pass, beresp, payload)
-        if outcome == "retry":
+                self.hfp_ttl = None
+            return "fetchbody"
+        self._release_response()
+        if name == "retry":
+            return "retry"
+        if name == "error":
+            self._err_status = (action.args[0] if action.args else 503,
+                                action.args[1] if len(action.args) > 1 else "")
+            return "error"
+        return "fail"            # abandon, fail
+
+    def _release_response(self) -> None:
+        response = getattr(self, "response", None)
+        if response is not None:
+            self.response = None
+            response.release() if response.content.at_eof() else response.close()
+            if getattr(self, "backend", None) is not None:
+                backends.live(self.backend).conns -= 1
+
+    async def stp_retry(self) -> str | None:
+        ctx = self.ctx
+        if ctx.retries >= self.server.params.max_retries:
+            ctx.log.append(("VCL_Error", "Too many retries, delivering 503"))
+            return "error"
+        ctx.retries += 1
+        self.server.counters.backend_retry += 1
+        ctx.bereq_xid = self.server.next_xid()
+        return "startfetch"
+
+    # -- the object -------------------------------------------------------------------------------
+
+    def _setup_object(self, http: HttpMessage, now_origin: float) -> None:
+        """Copy beresp.* to the object and make it visible (unbusy) if it belongs in the cache."""
+        ctx = self.ctx
+        oc = self.oc
+        http = http.copy()
+        self.expected_len = None
+        cl = http.headers.get("Content-Length")
+        if cl is not None and cl.strip().isdigit():
+            self.expected_len = int(cl.strip())
+        oc.http = http
+        oc.t_origin = now_origin
+        age = time.time() - now_origin
+        oc.ttl = (ctx.beresp_ttl + age) if ctx.beresp_ttl is not None else 0.0
+        oc.grace = max(float(ctx.beresp_grace or 0.0), 0.0)
+        oc.keep = max(float(ctx.beresp_keep or 0.0), 0.0)
+        oc.xid = ctx.bereq_xid
+        storage = self.server.storage
+        if oc.private:
+            oc.keep_body = False
+            return
+        if self.hfp_ttl is not None:
+            oc.hfp = True
+            oc.ttl, oc.grace, oc.keep = self.hfp_ttl + age, 0.0, 0.0
+        elif ctx.beresp_uncacheable:
+            oc.hfm = True
+            oc.grace = oc.keep = 0.0
+        if oc.hfm or oc.hfp:
+            oc.keep_body = False
+        if oc.ttl + oc.grace + oc.keep - age <= 0 and not (oc.hfm or oc.hfp):
+            storage.abandon(oc)          # nothing to keep: stays private to this fetch
+            oc.private = True
+            oc.keep_body = False
+            return
+        if (oc.hfm or oc.hfp) and oc.ttl - age <= 0:
+            storage.abandon(oc)
+            oc.private = True
+            oc.keep_body = False
+            return
+        if not storage.unbusy(oc, ctx.bereq, http.headers.get("Vary")):
+            oc.private = True
+            oc.drop_body()
+        elif self.stale is not None and self.stale is not oc:
+            storage.remove(self.stale)     # the fresh object replaces the one it revalidated
+
+    async def stp_fetchbody(self) -> str | None:
+        ctx = self.ctx
+        server = self.server
+        oc = self.oc
+        self._setup_object(ctx.beresp, self.t_origin)
+        storage = server.storage
+        if ctx.was_304:
+            stale = self.stale
+            oc.append(stale.body())
+            self._release_response()
+            if oc.store:
+                storage.grow(oc)
+            oc.finish(True)
+            self._signal()
+            return None
+        if ctx.do_stream:
+            self._signal()
+        response = self.response
+        counters = server.counters
+        te_chunked = any("chunked" in v.lower() for n, v in response.raw_headers
+                         if n.lower() == b"transfer-encoding")
+        if self.ctx.bereq.method == "HEAD":
+            counters.fetch_head += 1
+        elif te_chunked:
+            counters.fetch_chunked += 1
+        elif self.expected_len is not None:
+            counters.fetch_length += 1
+        else:
+            counters.fetch_eof += 1
+        content = response.content
+        between = self.between
+        try:
+            while True:
+                async with asyncio.timeout(between):
+                    data = await content.readany()
+                if not data:
+                    break
+                oc.append(data)
+                if oc.store and not storage.grow(oc):
+                    # bigger than the whole store: deliver it, keep nothing
+                    storage.remove(oc)
+                    oc.private = True
+                    oc.drop_body()
+                if not oc.keep_body:
+                    await oc.wait_space()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            ctx.log.append(("FetchError", str(exc) or type(exc).__name__))
+            counters.fetch_failed += 1
+            response.close()
+            self.response = None
+            backends.live(self.backend).conns -= 1
+            if oc.store:
+                storage.remove(oc)
+            oc.finish(False)
+            return None
+        if self.expected_len is not None and oc.length < self.expected_len:
+            counters.fetch_failed += 1
+            self._release_response()
+            if oc.store:
+                storage.remove(oc)
+            oc.finish(False)
+            return None
+        self._release_response()
+        oc.finish(True)
+        return None
+
+    async def stp_error(self) -> str | None:
+        """vcl_backend_error: a synthetic object, 503 "Backend fetch failed" unless VCL says otherwise."""
+        ctx = self.ctx
+        server = self.server
+        status, reason = getattr(self, "_err_status", (503, ""))
+        self._err_status = (503, "")
+        status = int(status)
+        reason = reason or ("Backend fetch failed" if status == 503 else reason_for(status))
+        beresp = HttpMessage(proto="HTTP/1.1", status=status, reason=reason)
+        beresp.headers.add("Date", DATES.now())
+        beresp.headers.add("Server", "Varnish")
+        ctx.beresp = beresp
+        ctx.synth_body = []
+        ctx.beresp_ttl = 0.0
+        ctx.beresp_grace = 0.0
+        ctx.beresp_keep = 0.0
+        ctx.beresp_uncacheable = False
+        ctx.was_304 = False
+        server.counters.fetch_failed += 1
+        action = await _acall(self.vcl, ctx, "vcl_backend_error")
+        if action.name == "retry":
+            if ctx.retries >= server.params.max_retries:
+                ctx.log.append(("VCL_Error", "Too many retries, failing"))
+                return "fail"
             ctx.retries += 1
-            if ctx.retries > params.max_retries:
-                outcome = await _error(request, ctx, is_pass)
-                if outcome == "retry":
-                    return None
-            else:
-                server.counters.backend_retry += 1
-                continue
-        return outcome
-
-
-async def _response(request: ClientRequest, ctx: Context, is_pass: bool, beresp: HttpMessage,
-                    payload: bytes):
-    server = request.server
-    now = time.time()
-    ctx.beresp = beresp
-    ctx.beresp_uncacheable = is_pass
-    ctx.do_stream = True
-    ctx.was_304 = False
-    ctx.beresp_backend = ctx.bereq_backend
-    compute_ttl(ctx, server.params, now)
-    action = await _acall(request.vcl, ctx, "vcl_backend_response")
-    name = action.name
-    if name == "retry":
-        return "retry"
-    if name == "abandon":
+            server.counters.backend_retry += 1
+            ctx.bereq_xid = server.next_xid()
+            return "startfetch"
+        if action.name != "deliver":
+            return "fail"
+        body = "".join(ctx.synth_body or []).encode("utf-8", "surrogateescape")
+        self.hfp_ttl = None
+        oc = self.oc
+        if ctx.beresp_ttl <= 0 or ctx.beresp_uncacheable:
+            if not oc.private:
+                server.storage.abandon(oc)
+                oc.private = True
+        beresp.headers.unset("Content-Length")
+        self._setup_object(beresp, time.time())
+        oc.append(body)
+        if oc.store:
+            server.storage.grow(oc)
+        oc.finish(True)
         return None
-    if name in ("error", "fail"):
-        return await _error(request, ctx, is_pass, action if name == "error" else None)
-    obj = _object(ctx, beresp, payload, now)
-    if name == "pass":
-        # return (pass(DURATION)): remember to pass for that long
-        ttl = float(action.args[0]) if action.args else server.params.default_ttl
-        marker = _object(ctx, beresp, b"", now)
-        marker.ttl, marker.grace, marker.keep, marker.hit_for_pass = ttl, 0.0, 0.0, True
-        server.storage.insert(request.digest, request.ctx.req, marker)
-        return obj
-    if is_pass:
-        return obj
-    if ctx.beresp_uncacheable:
-        if ctx.beresp_ttl > 0:
-            marker = _object(ctx, beresp, b"", now)
-            marker.hit_for_miss = True
-            marker.grace = marker.keep = 0.0
-            server.storage.insert(request.digest, request.ctx.req, marker)
-        return obj
-    if ctx.beresp_ttl + ctx.beresp_grace + ctx.beresp_keep > 0:
-        server.storage.insert(request.digest, request.ctx.req, obj)
-    return obj
 
-
-def _object(ctx: Context, beresp: HttpMessage, payload: bytes, now: float) -> CachedObject:
-    vary = beresp.headers.get("Vary")
-    names = tuple(sorted({n.strip().lower() for n in vary.split(",") if n.strip()})) if vary else ()
-    return CachedObject(http=beresp, body=payload, t_origin=now - (ctx.beresp_age or 0.0),
-                        ttl=float(ctx.beresp_ttl), grace=float(ctx.beresp_grace or 0.0),
-                        keep=float(ctx.beresp_keep or 0.0), xid=ctx.bereq_xid, vary=names)
-
-
-async def _error(request: ClientRequest, ctx: Context, is_pass: bool, action: Action | None = None):
-    """vcl_backend_error: a synthetic object, 503 "Backend fetch failed" unless VCL says otherwise."""
-    server = request.server
-    status = int(action.args[0]) if action is not None and action.args else 503
-    reason = (action.args[1] if action is not None and len(action.args) > 1 else "") or (
-        "Backend fetch failed" if status == 503 else reason_for(status))
-    beresp = HttpMessage(proto="HTTP/1.1", status=status, reason=reason)
-    beresp.headers.add("Date", DATES.now())
-    beresp.headers.add("Server", "Varnish")
-    ctx.beresp = beresp
-    ctx.synth_body = []
-    ctx.beresp_ttl = 0.0
-    ctx.beresp_grace = 0.0
-    ctx.beresp_keep = 0.0
-    ctx.beresp_uncacheable = True
-    server.counters.fetch_failed += 1
-    result = await _acall(request.vcl, ctx, "vcl_backend_error")
-    if result.name == "retry":
-        return "retry"
-    if result.name != "deliver":
+    async def stp_fail(self) -> None:
+        self._release_response()
+        oc = self.oc
+        if oc.busy:
+            self.server.storage.abandon(oc)
+        elif oc.store:
+            self.server.storage.remove(oc)
+        oc.failed = True
+        oc.finish(False)
         return None
-    body = "".join(ctx.synth_body).encode("utf-8", "surrogateescape")
-    obj = _object(ctx, beresp, body, time.time())
-    if not is_pass and ctx.beresp_ttl > 0 and not ctx.beresp_uncacheable:
-        server.storage.insert(request.digest, request.ctx.req, obj)
-    return obj
+
+    def close_reader(self) -> None:
+        if self.reader is not None:
+            self.oc.close_reader(self.reader)
+            self.reader = None

@@ -1,19 +1,27 @@
 """The client request state machine, shaped like Varnish's cache_req_fsm.c.
 
+    recv(+hash) -> lookup -> hit | miss | pass | (waitinglist) ; recv -> pipe | purge | synth
+    hit/miss/pass -> fetch -> deliver -> transmit ; any -> restart -> recv ; any -> synth -> transmit
+
 One method per state, each returning the name of the next state (None when the request is done).
-States that must wait (a backend fetch, a pipe, a subroutine calling an async vmod function) have an
-async twin; `run_sync` runs states until one of those, `run_async` finishes the request from there.
+States that must wait (a fetch, a busy object, a pipe, streaming a body still arriving, a subroutine
+calling an async vmod function) have an async twin; `run_sync` runs states until one of those,
+`run_async` finishes the request from there. A cache hit never leaves run_sync.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING
 
+from cacheserver import storage as st
+from cacheserver.fetch import BusyObj, parse_date
 from cacheserver.http1 import DATES, reason_for, serialize_head
-from cacheserver.storage import CachedObject
+from cacheserver.ranges import RangeError, not_modified, parse_range
+from cacheserver.storage import ObjCore
 from vcl.runtime import Action, Context, HttpMessage, VCLFailure
 
 if TYPE_CHECKING:
@@ -22,11 +30,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("cacheserver.fsm")
 
 # States that always wait on I/O.
-_ALWAYS_ASYNC = frozenset({"fetch", "pipe"})
-# The subroutine each state runs, for states that are async when that subroutine is.
-_STATE_SUB = {"recv": "vcl_recv", "hash": "vcl_hash", "hit": "vcl_hit", "miss": "vcl_miss",
-              "pass": "vcl_pass", "purge": "vcl_purge", "deliver": "vcl_deliver",
-              "synth": "vcl_synth"}
+_ALWAYS_ASYNC = frozenset({"fetch", "pipe", "waitinglist", "stream"})
+# The subroutines each state runs, for states that are async when one of them is.
+_STATE_SUBS = {"recv": ("vcl_recv", "vcl_hash"), "hit": ("vcl_hit",), "miss": ("vcl_miss",),
+               "pass": ("vcl_pass",), "purge": ("vcl_purge",), "deliver": ("vcl_deliver",),
+               "synth": ("vcl_synth",)}
+_VIA = "1.1 varnish (Varnish/7.1)"
+# Writes at least this big go out as two writes (no concatenation copy).
+_BIG = 65536
 
 
 class ClientRequest:
@@ -35,19 +46,26 @@ class ClientRequest:
     def __init__(self, session: ClientProtocol, req: HttpMessage, body: bytes, keep_alive: bool,
                  raw_index: int) -> None:
         self.session = session
-        self.server = session.server
+        server = self.server = session.server
         self.body = body
         self.keep_alive = keep_alive
         self.raw_index = raw_index     # which message this was in the session's raw byte log
         self.state: str | None = "recv"
-        self.vcl = self.server.active_vcl
-        self.obj: CachedObject | None = None   # the object being delivered
+        self.vcl = server.active_vcl
+        self.oc: ObjCore | None = None       # the object being delivered
+        self.busy: ObjCore | None = None     # a busy object this request must have fetched
+        self.stale: ObjCore | None = None    # a stale object to revalidate (keep)
+        self.bo: BusyObj | None = None
+        self.is_hit = False
+        self.from_pass = False
         self.digest: bytes = b""
         self.synth_status = 0
         self.synth_reason = ""
-        self._next_after_hash = "lookup"
-        self._fetch_pass = False
-        server = self.server
+        self.recv_handling = "hash"
+        self.method0 = req.method            # HEAD-ness is judged on the request as received
+        self.stream_from = 0
+        self.stream_to = -1
+        self.chunked = False
         self.ctx = Context(
             method="recv", req=req, req_top=req, client_ip=session.client_ip, remote_ip=session.client_ip,
             server_ip=session.local_ip, local_ip=session.local_ip, session=session, vcl=self.vcl,
@@ -55,7 +73,7 @@ class ClientRequest:
             backend_hint=self.vcl.default_backend, server_hostname=server.hostname,
             server_identity=server.identity, client_identity=session.client_ip.addr,
             hash_always_miss=False, hash_ignore_busy=False, can_gzip=False,
-            is_hitmiss=False, is_hitpass=False,
+            is_hitmiss=False, is_hitpass=False, req_ttl=-1.0, req_grace=-1.0,
         )
 
     # -- drivers ----------------------------------------------------------------------------------
@@ -63,32 +81,47 @@ class ClientRequest:
     def _must_wait(self, state: str) -> bool:
         if state in _ALWAYS_ASYNC:
             return True
-        sub = _STATE_SUB.get(state)
-        return sub is not None and sub in self.vcl.async_subs
+        subs = _STATE_SUBS.get(state)
+        if subs is None:
+            return False
+        async_subs = self.vcl.async_subs
+        return any(sub in async_subs for sub in subs)
 
     def run_sync(self) -> bool:
         """Run states until done (True) or until one must wait (False: call run_async)."""
         state = self.state
+        session = self.session
         while state is not None:
             if self._must_wait(state):
                 self.state = state
                 return False
             state = getattr(self, "st_" + state)()
-            if self.session.stolen:
+            if session.stolen:
                 state = None
         self.state = None
         return True
 
     async def run_async(self) -> None:
         state = self.state
-        while state is not None:
-            if self._must_wait(state):
-                state = await getattr(self, "ast_" + state)()
-            else:
-                state = getattr(self, "st_" + state)()
-            if self.session.stolen:
-                state = None
+        try:
+            while state is not None:
+                if self._must_wait(state):
+                    state = await getattr(self, "ast_" + state)()
+                else:
+                    state = getattr(self, "st_" + state)()
+                if self.session.stolen:
+                    state = None
+        finally:
+            self._release()
         self.state = None
+
+    def _release(self) -> None:
+        """Whatever happens to the request, a busy object it held must not block others forever."""
+        if self.busy is not None:
+            self.server.storage.abandon(self.busy)
+            self.busy = None
+        if self.bo is not None:
+            self.bo.close_reader()
 
     # -- running VCL ------------------------------------------------------------------------------
 
@@ -128,110 +161,140 @@ class ClientRequest:
         self.server.counters.sc_vcl_failure += 1
         return self._to_synth(503, "VCL failed")
 
-    def _common(self, action: Action, allowed: dict[str, str]) -> str | None:
-        """Map an action to the next state: `allowed` names the simple ones for this state."""
+    def _common(self, action: Action) -> str:
+        """The actions every client state handles alike: synth, restart, fail."""
         name = action.name
-        if name in allowed:
-            return allowed[name]
         if name == "synth":
             status = int(action.args[0]) if action.args else 503
             reason = action.args[1] if len(action.args) > 1 else ""
             return self._to_synth(status, reason or "")
         if name == "restart":
             return "restart"
-        if name == "fail":
-            return self._fail_state()
-        log.error("action %s not handled here", name)
+        if name != "fail":
+            log.error("action %s not handled here", name)
         return self._fail_state()
 
-    # -- states -----------------------------------------------------------------------------------
+    # -- recv / hash ------------------------------------------------------------------------------
 
-    def st_restart(self) -> str:
+    def _recv_setup(self) -> None:
         ctx = self.ctx
-        ctx.restarts += 1
-        if ctx.restarts > self.server.params.max_restarts:
-            self.keep_alive = False
-            return self._to_synth(503, "Too many restarts")
-        ctx.xid = self.server.next_xid()
+        req = ctx.req
+        if ctx.restarts == 0:
+            xff = req.headers.get_all("X-Forwarded-For")
+            req.headers.unset("X-Forwarded-For")
+            ip = ctx.client_ip.addr
+            req.headers.add("X-Forwarded-For", f"{', '.join(xff)}, {ip}" if xff else ip)
+        ctx.backend_hint = self.vcl.default_backend
+        ctx.req_ttl = -1.0
+        ctx.req_grace = -1.0
+        ctx.hash_always_miss = False
+        ctx.hash_ignore_busy = False
         ctx.hash_parts = []
-        self.obj = None
-        return "recv"
+        ctx.is_hitmiss = ctx.is_hitpass = False
 
     def st_recv(self) -> str:
-        return self._after_recv(self.call("vcl_recv"))
+        self._recv_setup()
+        action = self.call("vcl_recv")
+        if action.name == "vcl":
+            if not self._switch_vcl(action):
+                return self._fail_state()
+            action = self.call("vcl_recv")
+        return self._after_recv(action, self.call("vcl_hash") if action.name != "fail" else action)
 
     async def ast_recv(self) -> str:
-        return self._after_recv(await self.acall("vcl_recv"))
+        self._recv_setup()
+        action = await self.acall("vcl_recv")
+        if action.name == "vcl":
+            if not self._switch_vcl(action):
+                return self._fail_state()
+            action = await self.acall("vcl_recv")
+        if self.session.stolen:
+            return None
+        return self._after_recv(action, await self.acall("vcl_hash") if action.name != "fail" else action)
 
-    def _after_recv(self, action: Action) -> str:
+    def _switch_vcl(self, action: Action) -> bool:
+        label = action.args[0] if action.args else None
+        target = self.server.vcl_labels.get(label) if isinstance(label, str) else label
+        if target is None:
+            return False
+        self.vcl = self.ctx.vcl = target
+        self.ctx.backend_hint = target.default_backend
+        return True
+
+    def _after_recv(self, action: Action, hash_action: Action) -> str:
         name = action.name
-        if name == "vcl":
-            label = self.server.vcl_labels.get(action.args[0])
-            if label is not None:
-                self.vcl = self.ctx.vcl = label
-                return "recv"
+        ctx = self.ctx
+        if name == "fail" or hash_action.name == "fail":
             return self._fail_state()
-        if name == "pass":
-            self.ctx.is_hitpass = False
-            self._next_after_hash = "pass"
-        elif name == "pipe":
-            self._next_after_hash = "pipe"
-        elif name == "purge":
-            self._next_after_hash = "purge"
-        else:
-            self._next_after_hash = "lookup"
-        return self._common(action, {"hash": "hash", "lookup": "hash", "pass": "hash", "pipe": "hash",
-                                     "purge": "hash"})
-
-    def st_hash(self) -> str:
-        return self._after_hash(self.call("vcl_hash"))
-
-    async def ast_hash(self) -> str:
-        return self._after_hash(await self.acall("vcl_hash"))
-
-    def _after_hash(self, action: Action) -> str:
-        if action.name != "lookup":
-            return self._common(action, {})
+        if self.server.params.http_gzip_support and name not in ("pipe", "pass"):
+            # Wash Accept-Encoding for the sake of Vary, as varnishd does.
+            ae = ctx.req.headers.get("Accept-Encoding")
+            if ae is not None and _accepts_gzip(ae):
+                ctx.req.headers.set("Accept-Encoding", "gzip")
+            else:
+                ctx.req.headers.unset("Accept-Encoding")
         digest = hashlib.sha256()
-        for part in self.ctx.hash_parts:
+        for part in ctx.hash_parts:
             digest.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
             digest.update(b"#")
-        self.digest = self.ctx.hash = digest.digest()
-        return self._next_after_hash
+        self.digest = ctx.hash = digest.digest()
+        if name == "hash":
+            return "lookup"
+        if name in ("pass", "pipe", "purge"):
+            return name
+        return self._common(action)
+
+    # -- lookup -----------------------------------------------------------------------------------
 
     def st_lookup(self) -> str:
         ctx = self.ctx
-        storage = self.server.storage
-        if ctx.hash_always_miss:
-            obj = None
-        else:
-            obj = storage.lookup(self.digest, ctx.req, ctx.req_time)
-        if obj is None:
-            self.server.counters.cache_miss += 1
+        r = self.server.storage.lookup(
+            self.digest, ctx.req, ctx.req_time, always_miss=bool(ctx.hash_always_miss),
+            ignore_busy=bool(ctx.hash_ignore_busy), req_ttl=ctx.req_ttl, req_grace=ctx.req_grace)
+        kind = r.kind
+        if kind == st.BUSY:
+            return "waitinglist"
+        if kind == st.MISS:
+            self.busy, self.stale = r.busy, r.oc
             return "miss"
-        if obj.hit_for_pass:
-            self.server.counters.cache_hitpass += 1
+        if kind == st.HITMISS:
+            ctx.is_hitmiss = True
+            self.busy, self.stale = r.busy, None
+            return "miss"
+        if kind == st.HITPASS:
             ctx.is_hitpass = True
             return "pass"
-        if obj.hit_for_miss:
-            self.server.counters.cache_hitmiss += 1
-            ctx.is_hitmiss = True
-            return "miss"
-        self.server.counters.cache_hit += 1
-        obj.hits += 1
-        self.obj = obj
-        self._set_obj_fields(obj)
+        self.oc = r.oc
+        self.busy = r.busy          # set on a grace hit that must refresh the object
+        self.is_grace = kind == st.GRACE
+        self._set_obj_fields(r.oc)
         return "hit"
 
-    def _set_obj_fields(self, obj: CachedObject) -> None:
+    async def ast_waitinglist(self) -> str:
+        head = self.server.storage.heads.get(self.digest)
+        if head is None or not any(oc.busy for oc in head.ocs):
+            return "lookup"
+        fut = asyncio.get_running_loop().create_future()
+        head.waiters.append(fut)
+        self.server.counters.busy_sleep += 1
+        await fut
+        self.server.counters.busy_wakeup += 1
+        if self.session.closed:
+            return None
+        return "lookup"
+
+    def _set_obj_fields(self, oc: ObjCore) -> None:
         ctx = self.ctx
-        ctx.obj = obj.http
-        ctx.obj_ttl = obj.ttl - (ctx.req_time - obj.t_origin)
-        ctx.obj_grace = obj.grace
-        ctx.obj_keep = obj.keep
-        ctx.obj_hits = obj.hits
-        ctx.obj_age = ctx.req_time - obj.t_origin
-        ctx.obj_uncacheable = False
+        ctx.obj = oc.http
+        age = ctx.req_time - oc.t_origin
+        ctx.obj_ttl = oc.ttl - age
+        ctx.obj_grace = oc.grace
+        ctx.obj_keep = oc.keep
+        ctx.obj_hits = oc.hits
+        ctx.obj_age = age
+        ctx.obj_uncacheable = oc.hfm or oc.hfp or oc.private
+
+    # -- hit / miss / pass ------------------------------------------------------------------------
 
     def st_hit(self) -> str:
         return self._after_hit(self.call("vcl_hit"))
@@ -240,12 +303,36 @@ class ClientRequest:
         return self._after_hit(await self.acall("vcl_hit"))
 
     def _after_hit(self, action: Action) -> str:
-        if action.name == "deliver":
+        name = action.name
+        counters = self.server.counters
+        if name == "deliver":
+            if self.busy is not None:
+                # grace: deliver the stale object, refresh it in the background
+                bo = BusyObj(self.server, self.vcl, self.ctx, self.busy, self.oc, "bg")
+                self.busy = None
+                bo.start()
+            counters.cache_hit += 1
+            if self.is_grace:
+                counters.cache_hit_grace += 1
+            self.is_hit = True
             return "deliver"
-        if action.name in ("pass", "miss"):
-            self.obj = None
-            return action.name
-        return self._common(action, {})
+        if name == "miss":
+            if self.busy is not None:
+                self.stale, self.oc = self.oc, None
+                return "miss"
+            self.oc = None
+            return "pass"
+        self.oc = None
+        self._drop_busy()
+        if name == "pass":
+            counters.cache_hit += 1
+            return "pass"
+        return self._common(action)
+
+    def _drop_busy(self) -> None:
+        if self.busy is not None:
+            self.server.storage.abandon(self.busy)
+            self.busy = None
 
     def st_miss(self) -> str:
         return self._after_miss(self.call("vcl_miss"))
@@ -255,10 +342,16 @@ class ClientRequest:
 
     def _after_miss(self, action: Action) -> str:
         if action.name == "fetch":
-            self.server.counters.s_fetch += 1
-            self._fetch_pass = False
+            self.server.counters.cache_miss += 1
+            self.bo = BusyObj(self.server, self.vcl, self.ctx, self.busy, self.stale, "miss")
+            self.oc, self.busy, self.stale = self.busy, None, None
+            self.bo.start()
             return "fetch"
-        return self._common(action, {"pass": "pass"})
+        self._drop_busy()
+        self.stale = None
+        if action.name == "pass":
+            return "pass"
+        return self._common(action)
 
     def st_pass(self) -> str:
         return self._after_pass(self.call("vcl_pass"))
@@ -269,74 +362,135 @@ class ClientRequest:
     def _after_pass(self, action: Action) -> str:
         if action.name == "fetch":
             self.server.counters.s_pass += 1
-            self._fetch_pass = True
+            self.from_pass = True
+            self.oc = ObjCore()
+            self.bo = BusyObj(self.server, self.vcl, self.ctx, self.oc, None, "pass", self.body)
+            self.bo.start()
             return "fetch"
-        return self._common(action, {})
+        return self._common(action)
+
+    async def ast_fetch(self) -> str | None:
+        bo = self.bo
+        await bo.ready
+        self.server.counters.s_fetch += 1
+        oc = self.oc
+        if oc.http is None or (oc.failed and oc.length == 0 and not oc.complete and not oc.readers):
+            bo.close_reader()
+            self.bo = None
+            self.oc = None
+            return self._to_synth(503)
+        if oc.http is None:
+            return self._to_synth(503)
+        self._set_obj_fields(oc)
+        return "deliver"
+
+    # -- purge / pipe -----------------------------------------------------------------------------
 
     def st_purge(self) -> str:
         self.server.storage.purge(self.digest)
         self.server.counters.n_purges += 1
-        return self._after_purge(self.call("vcl_purge"))
+        return self._common(self.call("vcl_purge"))
 
     async def ast_purge(self) -> str:
         self.server.storage.purge(self.digest)
         self.server.counters.n_purges += 1
-        return self._after_purge(await self.acall("vcl_purge"))
+        return self._common(await self.acall("vcl_purge"))
 
-    def _after_purge(self, action: Action) -> str:
-        return self._common(action, {})
-
-    async def ast_fetch(self) -> str:
-        from cacheserver.fetch import fetch_object
-
-        obj = await fetch_object(self, is_pass=self._fetch_pass)
-        if self.session.closed:
-            return None
-        if obj is None:            # vcl_backend_error returned abandon
-            return self._to_synth(503, "Backend fetch failed")
-        self.obj = obj
-        self._set_obj_fields(obj)
-        return "deliver"
-
-    async def ast_pipe(self) -> str:
+    async def ast_pipe(self) -> str | None:
         from cacheserver.fetch import make_bereq
         from cacheserver.pipe import pipe_request
 
         ctx = self.ctx
-        ctx.bereq = make_bereq(ctx.req, True, ctx.client_ip.addr, self.server.next_xid())
+        server = self.server
+        server.counters.s_pipe += 1
+        bereq = make_bereq(ctx.req, True, ctx.xid, False)
+        bereq.headers.set("Connection", "close")
+        ctx.bereq = bereq
+        ctx.bereq_backend = ctx.backend_hint
+        server.next_xid()                    # the pipe's backend transaction
         action = await self.acall("vcl_pipe")
         if action.name != "pipe":
-            return self._common(action, {})
-        self.server.counters.s_pipe += 1
+            return self._common(action)
         await pipe_request(self)
         self.keep_alive = False
         return None
 
-    def st_deliver(self) -> str | None:
-        obj = self.obj
+    # -- restart ----------------------------------------------------------------------------------
+
+    def st_restart(self) -> str:
         ctx = self.ctx
-        resp = obj.http.copy()
+        self._release()
+        self.bo = None
+        self.oc = None
+        self.is_hit = False
+        self.from_pass = False
+        ctx.restarts += 1
+        if ctx.restarts >= self.server.params.max_restarts:
+            ctx.log.append(("VCL_Error", "Too many restarts"))
+            return self._to_synth(503)
+        ctx.xid = self.server.next_xid()
+        return "recv"
+
+    # -- deliver / synth / transmit ---------------------------------------------------------------
+
+    def st_deliver(self) -> str | None:
+        return self._after_deliver(self._prepare_deliver(), None)
+
+    async def ast_deliver(self) -> str | None:
+        resp = self._prepare_deliver()
+        return self._after_deliver(resp, await self.acall("vcl_deliver"))
+
+    def _prepare_deliver(self) -> HttpMessage:
+        oc = self.oc
+        ctx = self.ctx
+        resp = oc.http.copy()
         resp.proto = "HTTP/1.1"
         headers = resp.headers
         headers.unset("X-Varnish")
-        headers.add("X-Varnish", f"{ctx.xid} {obj.xid}" if obj.cached and obj.hits > 0 else str(ctx.xid))
-        headers.add("Age", str(max(0, int(ctx.req_time - obj.t_origin))))
-        headers.add("Via", "1.1 varnish (Varnish/7.1)")
-        if (self.server.params.http_range_support and resp.status == 200
-                and "accept-ranges" not in headers):
-            headers.add("Accept-Ranges", "bytes")
+        headers.add("X-Varnish", f"{ctx.xid} {oc.xid}" if self.is_hit else str(ctx.xid))
+        headers.unset("Age")
+        headers.add("Age", str(max(0, int(time.time() - oc.t_origin))))
+        headers.add("Via", _VIA)
         ctx.resp = resp
-        action = self.call("vcl_deliver")
-        if action.name == "deliver":
-            return self._transmit(resp, obj.body)
-        return self._common(action, {})
+        return resp
 
-    async def ast_deliver(self) -> str | None:
-        return self.st_deliver()
+    def _after_deliver(self, resp: HttpMessage, action: Action | None) -> str | None:
+        ctx = self.ctx
+        if action is None:
+            action = self.call("vcl_deliver")
+        if ctx.restarts >= self.server.params.max_restarts and action.name != "fail":
+            action = Action("deliver")
+        if action.name != "deliver":
+            self._drop_object()
+            return self._common(action)
+        resp = ctx.resp
+        if (not self.from_pass and resp.status == 200 and self.oc is not None
+                and not_modified(ctx.req, resp, ctx.req_time, self._last_modified())):
+            resp.status, resp.reason = 304, reason_for(304)
+        return self._transmit(resp, self.oc)
+
+    def _last_modified(self) -> float:
+        oc = self.oc
+        return parse_date(oc.http.headers.get("Date")) or oc.t_origin
+
+    def _drop_object(self) -> None:
+        if self.bo is not None:
+            self.bo.close_reader()
+            self.bo = None
+        self.oc = None
 
     def st_synth(self) -> str | None:
+        return self._after_synth(self._prepare_synth(), None)
+
+    async def ast_synth(self) -> str | None:
+        resp = self._prepare_synth()
+        return self._after_synth(resp, await self.acall("vcl_synth"))
+
+    def _prepare_synth(self) -> HttpMessage:
         ctx = self.ctx
         status = self.synth_status
+        if status < 100 or status > 999:
+            status = 501
         reason = self.synth_reason or reason_for(status)
         resp = HttpMessage(proto="HTTP/1.1", status=status, reason=reason)
         resp.headers.add("Date", DATES.now())
@@ -345,44 +499,178 @@ class ClientRequest:
         ctx.resp = resp
         ctx.synth_body = []
         self.server.counters.s_synth += 1
-        action = self.call("vcl_synth")
-        if action.name == "deliver":
-            body = "".join(ctx.synth_body).encode("utf-8", "surrogateescape")
-            return self._transmit(resp, body)
+        return resp
+
+    def _after_synth(self, resp: HttpMessage, action: Action | None) -> str | None:
+        ctx = self.ctx
+        if action is None:
+            action = self.call("vcl_synth")
         if action.name == "restart":
             return "restart"
+        if action.name == "deliver":
+            body = "".join(ctx.synth_body or []).encode("utf-8", "surrogateescape")
+            ctx.resp.headers.unset("Content-Length")
+            ctx.resp.headers.add("Content-Length", str(len(body)))
+            oc = ObjCore()
+            oc.append(body)
+            oc.finish(True)
+            oc.http = ctx.resp
+            self.oc = oc
+            self.from_pass = True
+            self.is_hit = False
+            return self._transmit(ctx.resp, oc, synth=True)
         # fail (or anything else) in vcl_synth: a bare 500 and close, as Varnish does
         self.keep_alive = False
         bare = HttpMessage(proto="HTTP/1.1", status=500, reason="Internal Server Error")
         bare.headers.add("Date", DATES.now())
         bare.headers.add("Server", "Varnish")
         bare.headers.add("X-Varnish", str(ctx.xid))
-        return self._transmit(bare, b"")
+        oc = ObjCore()
+        oc.finish(True)
+        return self._transmit(bare, oc, synth=True)
 
-    async def ast_synth(self) -> str | None:
-        return self.st_synth()
-
-    def _transmit(self, resp: HttpMessage, body: bytes) -> None:
+    def _transmit(self, resp: HttpMessage, oc: ObjCore, synth: bool = False) -> str | None:
+        """cnt_transmit + HTTP/1 delivery: framing, Range, then the bytes (or the streaming state)."""
         headers = resp.headers
         ctx = self.ctx
-        is_head = ctx.req.method == "HEAD"
-        headers.unset("Content-Length")
+        params = self.server.params
+        status = resp.status
+        complete = oc.complete
+        cl_text = headers.get("Content-Length")
+        clval = int(cl_text) if cl_text is not None and cl_text.strip().isdigit() else -1
+        resp_len = oc.length if complete else clval
+        if self.method0 == "HEAD":
+            sendbody = -1 if self.from_pass and not synth else 0
+        elif status < 200 or status in (204, 304):
+            resp_len = -1
+            sendbody = 0
+        else:
+            sendbody = 1
+        lo, hi = 0, resp_len - 1
+        if sendbody >= 0 and params.http_range_support and status == 200 and not oc.private:
+            headers.unset("Accept-Ranges")
+            headers.add("Accept-Ranges", "bytes")
+            rng = ctx.req.headers.get("Range") if sendbody else None
+            if rng is not None:
+                try:
+                    span = parse_range(rng, resp_len)
+                except RangeError:
+                    span = None
+                    if resp_len >= 0:
+                        headers.add("Content-Range", f"bytes */{resp_len}")
+                    resp.status, resp.reason = 416, "Requested Range Not Satisfiable"
+                    resp_len = 0
+                    hi = -1
+                if span is not None:
+                    lo, hi = span
+                    headers.add("Content-Range",
+                                f"bytes {lo}-{hi}/{resp_len}" if resp_len >= 0 else f"bytes {lo}-{hi}/*")
+                    resp_len = hi - lo + 1
+                    resp.status, resp.reason = 206, reason_for(206)
+        if sendbody < 0:
+            sendbody = 0                 # pass + HEAD: the backend's Content-Length stands
+        elif not (clval >= 0 and clval == resp_len):
+            headers.unset("Content-Length")
+            if resp_len >= 0 and sendbody:
+                headers.add("Content-Length", str(resp_len))
         headers.unset("Transfer-Encoding")
-        if not (resp.status < 200 or resp.status in (204, 304)):
-            headers.add("Content-Length", str(len(body)))
-        if not self.keep_alive or (headers.get("Connection") or "").lower() == "close":
+        if headers.get("Connection") is not None and headers.get("Connection").lower() == "close":
             self.keep_alive = False
         headers.unset("Connection")
         headers.add("Connection", "keep-alive" if self.keep_alive else "close")
+        chunked = False
+        if sendbody and resp_len < 0:
+            if ctx.req.proto == "HTTP/1.1":
+                headers.add("Transfer-Encoding", "chunked")
+                chunked = True
+            else:
+                self.keep_alive = False
+                headers.set("Connection", "close")
         head = serialize_head(resp)
         counters = self.server.counters
         counters.s_resp_hdrbytes += len(head)
         transport = self.session.transport
-        if is_head or resp.status < 200 or resp.status in (204, 304) or not body:
+        if not sendbody or resp_len == 0:
             transport.write(head)
-        else:
+            self._drop_object()
+            return None
+        if complete:
+            body = oc.body()
+            if lo or hi != len(body) - 1:
+                body = body[lo:hi + 1]
             counters.s_resp_bodybytes += len(body)
-            transport.write(head + body if len(body) < 65536 else head)
-            if len(body) >= 65536:
+            if len(body) < _BIG:
+                transport.write(head + body)
+            else:
+                transport.write(head)
                 transport.write(body)
+            self._drop_object()
+            return None
+        transport.write(head)
+        self.stream_from, self.stream_to, self.chunked = lo, hi, chunked
+        return "stream"
+
+    async def ast_stream(self) -> str | None:
+        """Deliver an object whose body is still arriving from the backend."""
+        oc = self.oc
+        session = self.session
+        transport = session.transport
+        counters = self.server.counters
+        bo = self.bo
+        cell = bo.reader if bo is not None and bo.oc is oc and bo.reader is not None else oc.open_reader()
+        pos = 0                        # body offset of the next byte read
+        lo, hi, chunked = self.stream_from, self.stream_to, self.chunked
+        try:
+            while not session.closed:
+                data = oc.read(cell)
+                if not data:
+                    if oc.complete or oc.failed:
+                        break
+                    await oc.wait_more()
+                    continue
+                start, pos = pos, pos + len(data)
+                if hi >= 0:
+                    if pos <= lo or start > hi:
+                        continue
+                    data = data[max(lo - start, 0):hi + 1 - start]
+                counters.s_resp_bodybytes += len(data)
+                if chunked:
+                    transport.write(b"%x\r\n" % len(data) + data + b"\r\n" if len(data) < _BIG
+                                    else b"%x\r\n" % len(data))
+                    if len(data) >= _BIG:
+                        transport.write(data)
+                        transport.write(b"\r\n")
+                else:
+                    transport.write(data)
+                await session.drain()
+        finally:
+            oc.close_reader(cell)
+            if bo is not None:
+                bo.reader = None
+            self.bo = None
+            self.oc = None
+        if oc.failed:
+            # the backend failed mid-body: the client cannot be told but by closing
+            self.keep_alive = False
+            return None
+        if chunked and not session.closed:
+            transport.write(b"0\r\n\r\n")
         return None
+
+
+def _accepts_gzip(value: str) -> bool:
+    """RFC2616_Req_Gzip: does Accept-Encoding allow gzip (with a q-value above 0)?"""
+    for part in value.split(","):
+        token, _, params = part.strip().partition(";")
+        if token.strip().lower() not in ("gzip", "x-gzip"):
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            key, _, val = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(val)
+                except ValueError:
+                    q = 0.0
+        return q > 0
+    return False

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
+from cacheserver.backends import make_session
 from cacheserver.counters import Counters
 from cacheserver.params import Params
 from cacheserver.programs import ProgramManager, default_search_dirs
@@ -55,7 +56,7 @@ class Server:
                  identity: str | None = None, work_dir: Path | None = None) -> None:
         self.params = params or Params()
         self.counters = Counters()
-        self.storage = Storage(storage_bytes, self.counters)
+        self.storage = Storage(storage_bytes, self.counters, self.params)
         self.storage_bytes = storage_bytes
         self.hostname = socket.gethostname()
         self.identity = identity or self.hostname
@@ -84,6 +85,12 @@ class Server:
     def set_xid(self, value: int) -> None:
         """debug.xid: the next transaction gets value + 1, as in varnishtest."""
         self._xid = value
+
+    # -- bans ---------------------------------------------------------------------------------------
+
+    def ban(self, expr: str | list[str]) -> None:
+        """`ban` (CLI) and ban() (VCL): raises cacheserver.bans.BanError (a ValueError) when malformed."""
+        self.storage.ban(expr)
 
     # -- VCL --------------------------------------------------------------------------------------
 
@@ -172,9 +179,7 @@ class Server:
         if not self._sockets:
             self.bind()
         if self.http_session is None:
-            self.http_session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True),
-                auto_decompress=False, skip_auto_headers=("User-Agent",))
+            self.http_session = make_session(self)
         loop = asyncio.get_running_loop()
         for sock in self._sockets:
             # A dup, so that stop() can close the listener and start() reuse the same port.

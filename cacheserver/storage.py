@@ -1,125 +1,497 @@
-"""Object storage: a byte-bounded LRU (cachetools) keyed by hash digest and Vary variant."""
+"""Object storage: object heads (one per hash) holding object cores (variants, markers, busy fetches).
+
+Bodies live in a byte-bounded LRU (cachetools) for the main store `s0`; objects with a short TTL and
+hit-for-miss / hit-for-pass markers go to the unbounded Transient store, as in varnishd. Lookup follows
+cache_hash.c: busy objects make later requests wait, bans and Vary are checked per object, a stale
+object in grace is delivered while one background fetch refreshes it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import asyncio
+import heapq
+import itertools
+from time import time as _wall
+from typing import TYPE_CHECKING
 
 from cachetools import LRUCache
 
+from cacheserver.bans import BanList
 from vcl.runtime import HttpMessage
+
+if TYPE_CHECKING:
+    from cacheserver.bans import Ban
 
 # Bookkeeping bytes charged per object besides its headers and body.
 _OVERHEAD = 256
+# Unread bytes a fetch may run ahead of its only reader when the body is not kept (pass, too big).
+STREAM_WINDOW = 1 << 20
+
+# Lookup outcomes
+HIT, GRACE, MISS, HITMISS, HITPASS, BUSY = "hit", "grace", "miss", "hitmiss", "hitpass", "busy"
 
 
-@dataclass(slots=True, eq=False)
-class CachedObject:
-    http: HttpMessage                  # status, reason and headers as they will be delivered
-    body: bytes
-    t_origin: float                    # when the object was fresh (now - Age at fetch)
-    ttl: float
-    grace: float
-    keep: float
-    xid: int                           # the backend transaction that made it
-    hits: int = 0
-    cached: bool = False               # lives in the cache (not a pass or a one-off synth)
-    hit_for_pass: bool = False
-    hit_for_miss: bool = False
-    vary: tuple[str, ...] = ()         # lowercased names from the Vary header
-    vary_values: tuple = ()
-    size: int = field(default=0)
+class ObjCore:
+    """One object (or a busy placeholder, or a hit-for-miss/pass marker) under an object head."""
 
-    def compute_size(self) -> int:
-        self.size = _OVERHEAD + len(self.body) + sum(len(n) + len(v) + 4 for n, v in self.http.headers.items())
-        return self.size
+    __slots__ = ("head", "http", "chunks", "base", "length", "buffered", "complete", "failed", "keep_body",
+                 "readers", "_wakeup", "_space", "t_origin", "ttl", "grace", "keep", "xid", "hits", "busy",
+                 "hfm", "hfp", "private", "vary", "ban", "size", "store", "dying", "exp_at", "body_cache",
+                 "t_lastuse", "clen", "__weakref__")
 
-    def expired(self, now: float) -> bool:
-        """Past TTL + grace + keep: no use at all any more."""
-        return now >= self.t_origin + self.ttl + self.grace + self.keep
+    def __init__(self, head: ObjHead | None = None, xid: int = 0) -> None:
+        self.head = head
+        self.http: HttpMessage | None = None
+        self.chunks: list[bytes] = []
+        self.base = 0                    # absolute index of chunks[0] (chunks before it were dropped)
+        self.length = 0                  # body bytes appended so far
+        self.buffered = 0                # bytes still held in chunks
+        self.complete = False
+        self.failed = False
+        self.keep_body = True            # False: chunks are dropped once every reader has them
+        self.readers: list[list[int]] = []
+        self._wakeup: asyncio.Future | None = None
+        self._space: asyncio.Future | None = None
+        self.t_origin = 0.0
+        self.ttl = 0.0
+        self.grace = 0.0
+        self.keep = 0.0
+        self.xid = xid
+        self.hits = 0
+        self.busy = head is not None      # a fetch is filling it and its headers are not known yet
+        self.hfm = False
+        self.hfp = False
+        self.private = head is None       # pass and synthetic objects: never in the hash
+        self.vary: tuple[tuple[str, str | None], ...] | None = None
+        self.ban: Ban | None = None
+        self.size = 0
+        self.store = ""                   # "s0", "Transient" or "" (not stored)
+        self.dying = False
+        self.exp_at = 0.0
+        self.body_cache: bytes | None = None
+        self.t_lastuse = 0.0
+        self.clen: int | None = None      # Content-Length the backend announced, while streaming
+
+    # -- body streaming ---------------------------------------------------------------------------
+
+    def append(self, data: bytes) -> None:
+        if not data:
+            return
+        self.chunks.append(data)
+        self.length += len(data)
+        self.buffered += len(data)
+        self._wake()
+
+    def finish(self, ok: bool = True) -> None:
+        self.complete = ok
+        self.failed = not ok
+        if ok and self.keep_body and self.base == 0:
+            self.body_cache = b"".join(self.chunks)
+            self.chunks = [self.body_cache] if self.body_cache else []
+        self._wake()
+        if self._space is not None and not self._space.done():
+            self._space.set_result(None)
+
+    def body(self) -> bytes:
+        """The whole body of a complete, kept object."""
+        if self.body_cache is None:
+            self.body_cache = b"".join(self.chunks)
+        return self.body_cache
+
+    def _wake(self) -> None:
+        fut = self._wakeup
+        if fut is not None:
+            self._wakeup = None
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_more(self) -> None:
+        if self._wakeup is None:
+            self._wakeup = asyncio.get_running_loop().create_future()
+        await self._wakeup
+
+    def open_reader(self) -> list[int]:
+        cell = [self.base]
+        self.readers.append(cell)
+        return cell
+
+    def close_reader(self, cell: list[int]) -> None:
+        if cell in self.readers:
+            self.readers.remove(cell)
+        self._trim()
+
+    def read(self, cell: list[int]) -> bytes:
+        """Bytes available to a reader past its position; b"" when it must wait (or the end)."""
+        start = cell[0] - self.base
+        if start >= len(self.chunks):
+            return b""
+        data = self.chunks[start:]
+        cell[0] = self.base + len(self.chunks)
+        self._trim()
+        return data[0] if len(data) == 1 else b"".join(data)
+
+    def _trim(self) -> None:
+        if self.keep_body or not self.chunks:
+            return
+        low = min((c[0] for c in self.readers), default=self.base + len(self.chunks))
+        drop = low - self.base
+        if drop > 0:
+            self.buffered -= sum(len(c) for c in self.chunks[:drop])
+            del self.chunks[:drop]
+            self.base = low
+            if self._space is not None and self.buffered < STREAM_WINDOW and not self._space.done():
+                self._space.set_result(None)
+
+    async def wait_space(self) -> None:
+        """Flow control for bodies that are not kept: wait until the reader caught up."""
+        while not self.keep_body and self.buffered >= STREAM_WINDOW and self.readers and not self.failed:
+            self._space = asyncio.get_running_loop().create_future()
+            await self._space
+            self._space = None
+
+    def drop_body(self) -> None:
+        """Stop keeping the body: what every reader has seen is freed from now on."""
+        self.keep_body = False
+        self.body_cache = None
+        self._trim()
+
+    # -- freshness --------------------------------------------------------------------------------
 
     def fresh(self, now: float) -> bool:
         return now < self.t_origin + self.ttl
 
+    def in_grace(self, now: float) -> bool:
+        return now < self.t_origin + self.ttl + self.grace
+
+    def compute_size(self) -> int:
+        self.size = _OVERHEAD + self.length + sum(len(n) + len(v) + 4 for n, v in self.http.headers.items())
+        return self.size
+
+
+class ObjHead:
+    """Everything stored under one hash digest."""
+
+    __slots__ = ("digest", "ocs", "waiters")
+
+    def __init__(self, digest: bytes) -> None:
+        self.digest = digest
+        self.ocs: list[ObjCore] = []               # newest first
+        self.waiters: list[asyncio.Future] = []     # requests waiting for a busy object
+
+    def rush(self) -> None:
+        """Wake every request waiting on this head, so it looks up again."""
+        waiters, self.waiters = self.waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+
+def vary_match(oc: ObjCore, req: HttpMessage) -> bool:
+    if not oc.vary:
+        return True
+    get = req.headers.get
+    for name, value in oc.vary:
+        if name == "*":
+            return False
+        if get(name) != value:
+            return False
+    return True
+
+
+def vary_of(vary_header: str | None, bereq: HttpMessage) -> tuple[tuple[str, str | None], ...] | None:
+    """The Vary names of a response with the request's values for them, as VRY_Create records."""
+    if not vary_header:
+        return None
+    names = []
+    for part in vary_header.split(","):
+        name = part.strip().lower()
+        if name and name not in names:
+            names.append(name)
+    get = bereq.headers.get
+    return tuple((n, None if n == "*" else get(n)) for n in names) or None
+
 
 class _ByteLRU(LRUCache):
     def __init__(self, max_bytes: int, on_evict) -> None:
-        super().__init__(maxsize=max_bytes, getsizeof=lambda obj: obj.size)
+        super().__init__(maxsize=max_bytes, getsizeof=lambda oc: oc.size)
         self._on_evict = on_evict
 
     def popitem(self):
-        key, obj = super().popitem()
-        self._on_evict(key, obj)
-        return key, obj
+        key, oc = super().popitem()
+        self._on_evict(oc)
+        return key, oc
+
+
+class LookupResult:
+    __slots__ = ("kind", "oc", "busy")
+
+    def __init__(self, kind: str, oc: ObjCore | None = None, busy: ObjCore | None = None) -> None:
+        self.kind = kind
+        self.oc = oc        # the object found (hit, grace, hitmiss) or the stale one kept for revalidation
+        self.busy = busy    # a busy object this request must fill (miss, or the background fetch of grace)
 
 
 class Storage:
-    """The cache proper. Objects bigger than the whole store are not kept."""
+    """The cache proper: object heads, the s0 LRU, Transient, expiry and bans."""
 
-    def __init__(self, max_bytes: int, counters) -> None:
+    def __init__(self, max_bytes: int, counters, params=None) -> None:
         self.counters = counters
+        self.params = params
         self.max_bytes = max_bytes
+        self.heads: dict[bytes, ObjHead] = {}
         self._lru = _ByteLRU(max_bytes, self._evicted)
-        # digest -> the Vary header-name tuples seen for it, newest first
-        self._varies: dict[bytes, list[tuple[str, ...]]] = {}
+        self.transient_bytes = 0
+        self.bans = BanList(counters)
+        self._exp: list[tuple[float, int, ObjCore]] = []
+        self._seq = itertools.count()
+        self._exp_timer: asyncio.TimerHandle | None = None
+        self._exp_timer_at = 0.0
+        self._lurker: asyncio.TimerHandle | None = None
+        extra = counters.extra
+        extra["SMA.s0.g_space"] = max_bytes
+        extra.setdefault("SMA.s0.g_bytes", 0)
+        extra.setdefault("SMA.s0.c_fail", 0)
+        extra.setdefault("SMA.Transient.g_bytes", 0)
 
-    def _evicted(self, key, obj: CachedObject) -> None:
+    # -- lookup -----------------------------------------------------------------------------------
+
+    def lookup(self, digest: bytes, req: HttpMessage, now: float, *, always_miss: bool = False,
+               ignore_busy: bool = False, req_ttl: float | None = None,
+               req_grace: float | None = None) -> LookupResult:
+        head = self.heads.get(digest)
+        if head is None:
+            head = self.heads[digest] = ObjHead(digest)
+        if always_miss:
+            return LookupResult(MISS, None, self._new_busy(head))
+        busy_found = False
+        stale: ObjCore | None = None
+        bans = self.bans
+        for oc in list(head.ocs):
+            if oc.busy:
+                if not ignore_busy:
+                    busy_found = True
+                continue
+            if oc.dying or oc.ttl + oc.grace + oc.keep <= 0 and not (oc.hfm or oc.hfp):
+                continue
+            if oc.ban is not bans.newest and bans.check(oc, req, now):
+                self.remove(oc)
+                continue
+            if oc.vary is not None and not vary_match(oc, req):
+                continue
+            ttl = oc.ttl if req_ttl is None or req_ttl < 0 else min(oc.ttl, req_ttl)
+            if now < oc.t_origin + ttl:
+                if oc.hfp:
+                    self.counters.cache_hitpass += 1
+                    return LookupResult(HITPASS, oc)
+                if oc.hfm:
+                    self.counters.cache_hitmiss += 1
+                    return LookupResult(HITMISS, oc, self._new_busy(head))
+                oc.hits += 1
+                self._touch(oc)
+                return LookupResult(HIT, oc)
+            if stale is None or oc.t_origin > stale.t_origin:
+                stale = oc
+        if stale is not None and (stale.hfm or stale.hfp):
+            stale = None
+        if stale is not None:
+            grace = stale.grace if req_grace is None or req_grace < 0 else min(stale.grace, req_grace)
+            if now < stale.t_origin + stale.ttl + grace:
+                stale.hits += 1
+                self._touch(stale)
+                return LookupResult(GRACE, stale, None if busy_found else self._new_busy(head))
+        if busy_found:
+            return LookupResult(BUSY, stale)
+        return LookupResult(MISS, stale, self._new_busy(head))
+
+    def _new_busy(self, head: ObjHead) -> ObjCore:
+        oc = ObjCore(head)
+        head.ocs.insert(0, oc)
+        return oc
+
+    def _touch(self, oc: ObjCore) -> None:
+        if oc.store == "s0":
+            try:
+                self._lru[oc]          # moves it to the most recently used end
+            except KeyError:
+                pass
+
+    # -- the fetch side ---------------------------------------------------------------------------
+
+    def unbusy(self, oc: ObjCore, bereq: HttpMessage | None, vary_header: str | None) -> bool:
+        """The fetch knows the headers: the object becomes visible. False when it cannot be stored."""
+        head = oc.head
+        oc.busy = False
+        if bereq is not None:
+            oc.vary = vary_of(vary_header, bereq)
+        oc.ban = None
+        self.bans.move(oc, self.bans.newest)
+        ok = self._account(oc)
+        if ok:
+            self.counters.n_object += 1
+            self._schedule_expiry(oc)
+        else:
+            self._unlink(oc)
+        if head is not None:
+            head.rush()
+        return ok
+
+    def abandon(self, oc: ObjCore) -> None:
+        """A busy object that will never be filled (fetch failed, miss turned pass)."""
+        if oc.busy:
+            oc.busy = False
+            self._unlink(oc)
+            if oc.head is not None:
+                oc.head.rush()
+
+    def grow(self, oc: ObjCore) -> bool:
+        """The object's body grew: charge it to its store; False when it no longer fits."""
+        if oc.store == "":
+            return True
+        return self._account(oc)
+
+    def _account(self, oc: ObjCore) -> bool:
+        old = oc.size
+        oc.compute_size()
+        extra = self.counters.extra
+        if oc.store == "Transient":
+            self.transient_bytes += oc.size - old
+            extra["SMA.Transient.g_bytes"] = self.transient_bytes
+            return True
+        shortlived = self.params.shortlived if self.params is not None else 10.0
+        if oc.store == "" and (oc.hfm or oc.hfp or oc.ttl + oc.grace + oc.keep < shortlived):
+            oc.store = "Transient"
+            self.transient_bytes += oc.size
+            extra["SMA.Transient.g_bytes"] = self.transient_bytes
+            return True
+        if oc.size > self.max_bytes:
+            extra["SMA.s0.c_fail"] += 1
+            if oc.store == "s0":
+                self._lru.pop(oc, None)
+                oc.store = ""
+            return False
+        oc.store = "s0"
+        self._lru[oc] = oc          # evicts least recently used objects as needed
+        extra["SMA.s0.g_bytes"] = self._lru.currsize
+        return True
+
+    def _evicted(self, oc: ObjCore) -> None:
         self.counters.n_lru_nuked += 1
-        self.counters.n_object -= 1
+        oc.store = ""
+        self._drop(oc)
 
-    @staticmethod
-    def _variant(req: HttpMessage, names: tuple[str, ...]) -> tuple:
-        get = req.headers.get
-        return tuple(get(n) for n in names)
+    # -- removal ----------------------------------------------------------------------------------
 
-    def lookup(self, digest: bytes, req: HttpMessage, now: float) -> CachedObject | None:
-        """The freshest usable variant for this request, or None."""
-        for names in self._varies.get(digest, ()):
-            key = (digest, names, self._variant(req, names))
-            obj = self._lru.get(key)
-            if obj is None:
-                continue
-            if obj.expired(now):
-                self._remove(key)
-                self.counters.n_expired += 1
-                continue
-            return obj
-        return None
+    def _unlink(self, oc: ObjCore) -> None:
+        head = oc.head
+        if head is not None:
+            if oc in head.ocs:
+                head.ocs.remove(oc)
+            if not head.ocs and not head.waiters and self.heads.get(head.digest) is head:
+                del self.heads[head.digest]
+        oc.dying = True
 
-    def insert(self, digest: bytes, req: HttpMessage, obj: CachedObject) -> None:
-        obj.compute_size()
-        if obj.size > self.max_bytes:
+    def _drop(self, oc: ObjCore) -> None:
+        """Forget an object that was counted in n_object (store accounting done by the caller)."""
+        if oc.dying:
             return
-        obj.cached = True
-        names = obj.vary
-        variants = self._varies.setdefault(digest, [])
-        if names not in variants:
-            variants.insert(0, names)
-        key = (digest, names, self._variant(req, names))
-        if key in self._lru:
-            self._remove(key)
-        self._lru[key] = obj
-        self.counters.n_object += 1
+        self._unlink(oc)
+        self.counters.n_object -= 1
+        self.bans.release(oc)
+        if oc.store == "Transient":
+            self.transient_bytes -= oc.size
+            self.counters.extra["SMA.Transient.g_bytes"] = self.transient_bytes
+        oc.store = ""
+        if oc.complete and oc.readers == []:
+            oc.chunks = []
+            oc.body_cache = None
+        self.counters.extra["SMA.s0.g_bytes"] = self._lru.currsize
 
-    def _remove(self, key) -> None:
-        if self._lru.pop(key, None) is not None:
-            self.counters.n_object -= 1
+    def remove(self, oc: ObjCore) -> None:
+        if oc.dying:
+            return
+        if oc.store == "s0":
+            self._lru.pop(oc, None)
+        self._drop(oc)
 
     def purge(self, digest: bytes) -> int:
-        """Remove every variant of `digest`; returns how many went."""
+        """Remove every object of `digest` (busy ones finish and stay private); returns how many went."""
+        head = self.heads.get(digest)
+        if head is None:
+            return 0
         gone = 0
-        for names in self._varies.pop(digest, ()):
-            for key in [k for k in self._lru.keys() if k[0] == digest and k[1] == names]:
-                self._remove(key)
+        for oc in list(head.ocs):
+            if not oc.busy:
+                self.remove(oc)
                 gone += 1
         self.counters.n_obj_purged += gone
         return gone
 
-    def objects(self):
-        return list(self._lru.items())
-
-    def remove_object(self, key) -> None:
-        self._remove(key)
+    def objects(self) -> list[ObjCore]:
+        return [oc for head in self.heads.values() for oc in head.ocs if not oc.busy]
 
     @property
     def used_bytes(self) -> int:
         return self._lru.currsize
+
+    # -- expiry -----------------------------------------------------------------------------------
+
+    def _schedule_expiry(self, oc: ObjCore) -> None:
+        oc.exp_at = oc.t_origin + max(oc.ttl, 0.0) + max(oc.grace, 0.0) + max(oc.keep, 0.0)
+        heapq.heappush(self._exp, (oc.exp_at, next(self._seq), oc))
+        self._arm_expiry()
+
+    def reschedule(self, oc: ObjCore) -> None:
+        """TTL/grace/keep of a stored object changed (revalidation, VCL)."""
+        if not oc.dying and not oc.busy:
+            self._schedule_expiry(oc)
+
+    def _arm_expiry(self) -> None:
+        if not self._exp:
+            return
+        at = self._exp[0][0]
+        if self._exp_timer is not None and self._exp_timer_at <= at:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._exp_timer is not None:
+            self._exp_timer.cancel()
+        self._exp_timer_at = at
+        delay = max(at - _wall(), 0.0)
+        self._exp_timer = loop.call_later(min(delay, 3600.0) + 0.001, self._expire)
+
+    def _expire(self) -> None:
+        self._exp_timer = None
+        now = _wall()
+        while self._exp and self._exp[0][0] <= now:
+            at, _, oc = heapq.heappop(self._exp)
+            if oc.dying or at != oc.exp_at:
+                continue
+            self.counters.n_expired += 1
+            self.remove(oc)
+        self._arm_expiry()
+
+    # -- bans -------------------------------------------------------------------------------------
+
+    def ban(self, expr: str | list[str]) -> None:
+        self.bans.add(expr)
+        self._arm_lurker()
+
+    def _arm_lurker(self) -> None:
+        if self._lurker is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._lurker = loop.call_later(0.1, self._lurk)
+
+    def _lurk(self) -> None:
+        self._lurker = None
+        min_age = self.params.ban_lurker_age if self.params is not None else 60.0
+        for oc in self.bans.lurk(self.objects(), _wall(), min_age):
+            self.remove(oc)
+        self.bans.trim()
+        if len(self.bans.bans) > 1:
+            self._arm_lurker()

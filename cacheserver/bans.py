@@ -1,0 +1,315 @@
+"""Bans: `ban` from the CLI and ban() from VCL, checked against objects at lookup (and by the lurker).
+
+A ban is a list of and'ed tests on req.url, req.http.*, obj.status, obj.http.* and obj.ttl/age/grace/keep.
+Each cached object remembers the newest ban that existed when it was inserted (or last checked); at
+lookup only the bans newer than that are tested, as in Varnish's cache_ban.c.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from cacheserver.params import parse_duration
+from vcl.runtime import HttpMessage
+
+if TYPE_CHECKING:
+    from cacheserver.storage import ObjCore
+
+
+class BanError(ValueError):
+    """A malformed ban; str() is Varnish's message, `status` its CLI status (104 or 106)."""
+
+    def __init__(self, message: str, status: int = 106) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_STRING_OPS = ("==", "!=", "~", "!~")
+_DURATION_OPS = ("==", "!=", ">", ">=", "<", "<=")
+_DURATION_FIELDS = ("obj.ttl", "obj.age", "obj.grace", "obj.keep")
+
+
+@dataclass(slots=True)
+class BanTest:
+    field: str                 # req.url, req.http, obj.status, obj.http, obj.ttl, ...
+    header: str | None         # lowercased header name for *.http
+    op: str
+    arg: str
+    regex: re.Pattern | None = None
+    number: float = 0.0
+
+    @property
+    def is_req(self) -> bool:
+        return self.field.startswith("req.")
+
+    def text(self) -> str:
+        name = f"{self.field}.{self.header}" if self.header else self.field
+        return f"{name} {self.op} {self.arg}"
+
+
+@dataclass(eq=False, slots=True)
+class Ban:
+    t: float
+    tests: list[BanTest]
+    completed: bool = False
+    refs: int = 0
+    spec: str = ""
+
+    @property
+    def has_req(self) -> bool:
+        return any(t.is_req for t in self.tests)
+
+    def matches(self, oc: ObjCore, req: HttpMessage | None, now: float) -> bool:
+        for test in self.tests:
+            if not _test(test, oc, req, now):
+                return False
+        return True
+
+
+def _value(test: BanTest, oc: ObjCore, req: HttpMessage | None, now: float) -> str | float | None:
+    f = test.field
+    if f == "req.url":
+        return req.url if req is not None else None
+    if f == "req.http":
+        return req.headers.get(test.header) if req is not None else None
+    if f == "obj.http":
+        return oc.http.headers.get(test.header)
+    if f == "obj.status":
+        return str(oc.http.status)
+    age = now - oc.t_origin
+    if f == "obj.ttl":
+        return oc.ttl - age
+    if f == "obj.age":
+        return age
+    if f == "obj.grace":
+        return oc.grace
+    return oc.keep
+
+
+def _test(test: BanTest, oc: ObjCore, req: HttpMessage | None, now: float) -> bool:
+    value = _value(test, oc, req, now)
+    op = test.op
+    if isinstance(value, float):
+        n = test.number
+        return {"==": value == n, "!=": value != n, ">": value > n, ">=": value >= n,
+                "<": value < n, "<=": value <= n}[op]
+    if op == "==":
+        return value is not None and value == test.arg
+    if op == "!=":
+        return value is None or value != test.arg
+    if op == "~":
+        return value is not None and test.regex.search(value) is not None
+    return value is None or test.regex.search(value) is None
+
+
+def split_args(expr: str) -> list[str]:
+    """Split a ban string as varnishd's argument parser does: blanks separate, "..." quotes."""
+    out: list[str] = []
+    i, n = 0, len(expr)
+    while i < n:
+        if expr[i].isspace():
+            i += 1
+            continue
+        if expr[i] == '"':
+            i += 1
+            buf = []
+            while i < n and expr[i] != '"':
+                if expr[i] == "\\" and i + 1 < n:
+                    i += 1
+                    buf.append({"n": "\n", "r": "\r", "t": "\t"}.get(expr[i], expr[i]))
+                else:
+                    buf.append(expr[i])
+                i += 1
+            if i >= n:
+                raise BanError("Missing '\"'", 106)
+            i += 1
+            out.append("".join(buf))
+            continue
+        j = i
+        while j < n and not expr[j].isspace():
+            j += 1
+        out.append(expr[i:j])
+        i = j
+    return out
+
+
+def build(args: list[str]) -> list[BanTest]:
+    """The tests of a ban from its arguments (field op arg [&& field op arg]...)."""
+    if len(args) < 3:
+        raise BanError("Too few parameters", 104)
+    tests: list[BanTest] = []
+    i = 0
+    while True:
+        if len(args) - i < 3:
+            raise BanError("Wrong number of arguments")
+        tests.append(_build_test(args[i], args[i + 1], args[i + 2]))
+        i += 3
+        if i == len(args):
+            return tests
+        if args[i] != "&&":
+            raise BanError(f'Found "{args[i]}" expected &&')
+        i += 1
+
+
+def _build_test(name: str, op: str, arg: str) -> BanTest:
+    header = None
+    if name.startswith(("req.http.", "obj.http.")) and len(name) > 9:
+        fld, header = name[:8], name[9:].lower()
+    elif name in ("req.url", "obj.status") + _DURATION_FIELDS:
+        fld = name
+    else:
+        raise BanError(f'Unknown or unsupported field "{name}"')
+    test = BanTest(fld, header, op, arg)
+    if fld in _DURATION_FIELDS:
+        if op not in _DURATION_OPS:
+            raise BanError(f'expected conditional (==, !=, >, >=, < or <=) got "{op}"')
+        try:
+            test.number = parse_duration(arg)
+        except ValueError:
+            raise BanError(f'expected duration <n.nn>[ms|s|m|h|d|w|y] got "{arg}"') from None
+        return test
+    if op not in _STRING_OPS:
+        raise BanError(f'expected conditional (==, !=, ~ or !~) got "{op}"')
+    if op in ("~", "!~"):
+        try:
+            test.regex = re.compile(arg, re.DOTALL)
+        except re.error as exc:
+            raise BanError(f"Regex compile error: {exc.msg}") from None
+    return test
+
+
+@dataclass
+class BanList:
+    """Newest first. Starts with one completed ban, as varnishd does, so every object has a ban."""
+
+    counters: object
+    dups: bool = True
+    bans: list[Ban] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.bans.append(Ban(time.time(), [], completed=True))
+        self.counters.bans += 1
+        self.counters.bans_completed += 1
+
+    @property
+    def newest(self) -> Ban:
+        return self.bans[0]
+
+    def add(self, expr: str | list[str]) -> Ban:
+        args = split_args(expr) if isinstance(expr, str) else list(expr)
+        tests = build(args)
+        ban = Ban(time.time(), tests, spec=" && ".join(t.text() for t in tests))
+        c = self.counters
+        if self.dups:
+            for old in self.bans:
+                if not old.completed and old.spec == ban.spec:
+                    self._complete(old)
+                    c.bans_dups += 1
+        self.bans.insert(0, ban)
+        c.bans += 1
+        c.bans_added += 1
+        if ban.has_req:
+            c.bans_req += 1
+        else:
+            c.bans_obj += 1
+        return ban
+
+    def _complete(self, ban: Ban) -> None:
+        if not ban.completed:
+            ban.completed = True
+            self.counters.bans_completed += 1
+            if ban.has_req:
+                self.counters.bans_req -= 1
+            else:
+                self.counters.bans_obj -= 1
+
+    def check(self, oc: ObjCore, req: HttpMessage | None, now: float) -> bool:
+        """True when a ban newer than the object's kills it; else the object is marked checked."""
+        newest = self.bans[0]
+        if oc.ban is newest:
+            return False
+        c = self.counters
+        c.bans_tested += 1
+        for ban in self.bans:
+            if ban is oc.ban:
+                break
+            if ban.completed:
+                continue
+            if req is None and ban.has_req:
+                continue
+            c.bans_tests_tested += len(ban.tests)
+            if ban.matches(oc, req, now):
+                c.bans_obj_killed += 1
+                return True
+        if req is None and any(b.has_req and not b.completed for b in self._newer_than(oc.ban)):
+            return False      # the lurker cannot move an object past a req.* ban
+        self.move(oc, newest)
+        return False
+
+    def _newer_than(self, ban: Ban | None) -> list[Ban]:
+        out = []
+        for b in self.bans:
+            if b is ban:
+                break
+            out.append(b)
+        return out
+
+    def move(self, oc: ObjCore, ban: Ban | None) -> None:
+        """Point the object at `ban` (its ref moves), then drop unreferenced bans at the tail."""
+        if oc.ban is not None:
+            oc.ban.refs -= 1
+        oc.ban = ban
+        if ban is not None:
+            ban.refs += 1
+        self.trim()
+
+    def release(self, oc: ObjCore) -> None:
+        self.move(oc, None)
+
+    def trim(self) -> None:
+        bans = self.bans
+        c = self.counters
+        while len(bans) > 1 and bans[-1].refs <= 0:
+            old = bans.pop()
+            if not old.completed:
+                self._complete(old)
+            c.bans -= 1
+            c.bans_completed -= 1
+            c.bans_deleted += 1
+
+    def lurk(self, objects: list[ObjCore], now: float, min_age: float) -> list[ObjCore]:
+        """The ban lurker's pass: objects killed by obj-only bans at least `min_age` old."""
+        killed = []
+        for oc in objects:
+            if oc.ban is self.bans[0]:
+                continue
+            candidates = [b for b in self._newer_than(oc.ban)
+                          if not b.completed and not b.has_req and now - b.t >= min_age]
+            if not candidates:
+                continue
+            c = self.counters
+            c.bans_lurker_tested += 1
+            hit = False
+            for ban in candidates:
+                c.bans_lurker_tests_tested += len(ban.tests)
+                if ban.matches(oc, None, now):
+                    hit = True
+                    break
+            if hit:
+                c.bans_lurker_obj_killed += 1
+                killed.append(oc)
+            elif not any(b.has_req and not b.completed for b in self._newer_than(oc.ban)) and all(
+                    now - b.t >= min_age for b in self._newer_than(oc.ban) if not b.completed):
+                self.move(oc, self.bans[0])
+        return killed
+
+    def listing(self) -> str:
+        """`ban.list` output, as varnishd prints it."""
+        lines = ["Present bans:"]
+        for ban in self.bans:
+            lines.append(f"{ban.t:.6f} {ban.refs:5d} {'C' if ban.completed else '-'}  "
+                         f"{'' if ban.completed else ban.spec}")
+        return "\n".join(lines) + "\n"
