@@ -169,10 +169,10 @@ class Checker:
             self.warnings.append(f"{base}: no backend declared, assuming 'backend default none;'")
             pos = ast.Pos(base, 1, 1, 1)
             self.backends["default"] = ast.Backend(pos, "default", pos, None)
-        # `new` objects are declared in vcl_init; make them known before any body is checked.
-        init = self.subs.get("vcl_init")
-        if init:
-            for sub in init.defs:
+        # `new` objects are declared in vcl_init; make them known before any body is checked
+        # (a `new` elsewhere is found here too, and rejected with its position by _methods()).
+        for info in self.subs.values():
+            for sub in info.defs:
                 self._prescan_new(sub.body)
 
     def _import(self, name: str, pos: ast.Pos) -> Vmod:
@@ -415,7 +415,7 @@ class Checker:
             if not isinstance(e.right, ast.Name):
                 raise VCLError("Expected ACL identifier", e.right.pos)
             if e.right.name not in self.acls:
-                raise VCLError(f"Symbol not found: '{e.right.name}' (expected type ACL)", e.right.pos)
+                raise VCLError(f"Undefined acl {e.right.name}, first reference:", e.right.pos)
             self._ref("acl", e.right.name, e.right.pos)
             e.right.ref = ("acl", e.right.name)
             e.right.type = "ACL"
@@ -524,8 +524,8 @@ class Checker:
             raise VCLError(f"Cannot convert to an IP address: \"{e.value}\"", e.pos)
         try:
             nets = rtlib.resolve_acl_entry(e.value, None)
-        except (ValueError, LookupError) as exc:
-            raise VCLError(f"IP constant '{e.value}' could not be resolved: {exc}", e.pos) from None
+        except (ValueError, LookupError, UnicodeError):
+            raise VCLError(f"IP constant '\"{e.value}\"' could not be resolved to an IP address", e.pos) from None
         lit = ast.StringLit(e.pos, nets[0].split("/")[0])
         lit.type = "IP"
         return lit
@@ -769,7 +769,7 @@ class Checker:
                     addr, _, prefix = net.partition("/")
                     if ipaddress.ip_network(net, strict=False).network_address != ipaddress.ip_address(addr):
                         fixed = ipaddress.ip_network(net, strict=False)
-                        raise VCLError(f"Address/Netmask mismatch, need be {fixed}", entry.pos)
+                        raise VCLError(f"Non-zero bits in masked part, (maybe use {fixed} ?)", entry.pos)
             nets.extend((entry.negated, n) for n in resolved)
         return nets
 
@@ -861,7 +861,8 @@ class Checker:
             if use.kind == "read" or use.kind == "func":
                 msg = f"Not available in subroutine '{method}'."
             elif use.kind == "write":
-                msg = f"Cannot be set from subroutine '{method}'."
+                # VCC's wording differs for a direct use and one through a called sub.
+                msg = f"Cannot be set {'from' if chain else 'in'} subroutine '{method}'."
             elif use.kind == "unset":
                 msg = f"Cannot be unset from subroutine '{method}'."
             else:

@@ -56,8 +56,11 @@ class VCLError(Exception):
         if self.pos is None:
             out.append(self.message)
         else:
-            out.append(f"{self.pos.file}:{self.pos.line}:{self.pos.col}: {self.message}")
+            # The first line of the message goes with the position, the rest after the quote.
+            first, *rest = self.message.split("\n")
+            out.append(f"{self.pos.file}:{self.pos.line}:{self.pos.col}: {first}")
             out.extend(self._quote(self.pos))
+            out.extend(rest)
         for note, pos in self.notes:
             if pos is None:
                 out.append(note)

@@ -326,9 +326,15 @@ def parse(source: str, filename: str) -> ast.Program:
         else:
             pos = _tok_pos(tok, filename)
         expected = _expected(set(exc.expected))
-        msg = f"Syntax error: unexpected {_describe(tok)}"
-        if expected and len(exc.expected) <= 6:
-            msg += f", expected {expected}"
+        if "SEMICOLON" in exc.expected:
+            # The usual mistake; say it the way VCC does.
+            msg = f"Expected ';' got {_describe(tok)}"
+        elif len(exc.expected) == 1:
+            msg = f"Expected {expected} got {_describe(tok)}"
+        else:
+            msg = f"Syntax error: unexpected {_describe(tok)}"
+            if expected and len(exc.expected) <= 6:
+                msg += f", expected {expected}"
         raise VCLError(msg, pos) from None
     except UnexpectedCharacters as exc:
         char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else ""

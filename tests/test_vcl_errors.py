@@ -1,0 +1,207 @@
+"""Bad VCL is rejected at load with VCC's message, file:line:col, the source line and a caret.
+
+Messages and positions were checked against `varnishd -C` (7.1.1); VCC counts a tab as 8 columns,
+we report the character column (a tab is one), so VCC's "Pos 13" after one tab is our column 6.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vcl.compiler import compile_vcl
+from vcl.errors import VCLError
+from vmods import Param, Vmod
+
+H = "vcl 4.1;\nimport std;\nbackend default none;\n"   # the cases below start on line 4
+
+CASES = {
+    "unknown_var": (H + 'sub vcl_recv {\n\tset req.foo = "x";\n}\n', 5, 6, "Symbol not found: 'req.foo'"),
+    "unknown_var_read": (H + "sub vcl_recv {\n\tif (req.bar) {}\n}\n", 5, 6, "Symbol not found: 'req.bar'"),
+    "wrong_type": (H + 'sub vcl_recv {\n\tset req.ttl = "x";\n}\n', 5, 16,
+                   "Expression has type STRING, expected DURATION"),
+    "not_avail_read": (H + "sub vcl_recv {\n\tset req.http.x = resp.status;\n}\n", 5, 19,
+                       "Not available in subroutine 'vcl_recv'."),
+    "not_avail_set": (H + 'sub vcl_deliver {\n\tset req.http.x = "1";\n\tset beresp.ttl = 1s;\n}\n', 6, 6,
+                      "Cannot be set in subroutine 'vcl_deliver'."),
+    "read_only": (H + 'sub vcl_recv {\n\tset req.xid = "1";\n}\n', 5, 6, "Variable is read only."),
+    "read_only_proto_41": (H + 'sub vcl_recv {\n\tset req.proto = "HTTP/1.0";\n}\n', 5, 6,
+                           "Variable is read only."),
+    "unset_bad": (H + "sub vcl_recv {\n\tunset req.url;\n}\n", 5, 8, "Variable cannot be unset."),
+    "unset_obj_hdr": (H + "sub vcl_deliver {\n\tunset obj.http.x;\n}\n", 5, 8, "Variable cannot be unset."),
+    "obj_http_in_deliver": (H + "sub vcl_deliver {\n\tset resp.http.x = obj.http.x;\n}\n", 5, 20,
+                            "Not available in subroutine 'vcl_deliver'."),
+    "illegal_return": (H + "sub vcl_deliver {\n\treturn (pass);\n}\n", 5, 10, 'Invalid return "pass"'),
+    "illegal_return_hit_fetch": (H + "sub vcl_hit {\n\treturn (fetch);\n}\n", 5, 10, 'Invalid return "fetch"'),
+    "miss_is_gone_in_71": (H + "sub vcl_hit {\n\treturn (miss);\n}\n", 5, 10, "Expected return action name."),
+    "unknown_action": (H + "sub vcl_deliver {\n\treturn (bogus);\n}\n", 5, 10, "Expected return action name."),
+    "undefined_sub": (H + "sub vcl_recv {\n\tcall nope;\n}\n", 5, 7, "Undefined sub nope, first reference:"),
+    "unused_sub": (H + "sub foo {\n}\n", 4, 5, "Unused sub foo, defined:"),
+    "recursion": (H + "sub foo {\n\tcall bar;\n}\nsub bar {\n\tcall foo;\n}\nsub vcl_recv {\n\tcall foo;\n}\n",
+                  4, 5, "Subroutine recurses on"),
+    "self_recursion": (H + "sub foo {\n\tcall foo;\n}\nsub vcl_recv {\n\tcall foo;\n}\n", 4, 5,
+                       "Subroutine recurses on"),
+    "unused_backend": ('vcl 4.1;\nbackend a { .host = "127.0.0.1"; }\nbackend b { .host = "127.0.0.2"; }\n',
+                       3, 9, "Unused backend b, defined:"),
+    "unused_acl": (H + 'acl a {\n\t"1.2.3.4";\n}\n', 4, 5, "Unused acl a, defined:"),
+    "unused_probe": (H + 'probe p {\n\t.url = "/";\n}\n', 4, 7, "Unused probe p, defined:"),
+    "undefined_acl": (H + "sub vcl_recv {\n\tif (client.ip ~ nope) {}\n}\n", 5, 18,
+                      "Undefined acl nope, first reference:"),
+    "int_plus_string": (H + 'sub vcl_recv {\n\tif (1 + "a") {}\n}\n', 5, 8, "INT + STRING not possible."),
+    "cmp_types": (H + "sub vcl_recv {\n\tif (req.url == 1) {}\n}\n", 5, 14,
+                  "Comparison of different types: STRING '==' INT"),
+    "bool_and": (H + "sub vcl_recv {\n\tif (1.5 && true) {}\n}\n", 5, 6,
+                 "'&&' must be preceeded by BOOL, found REAL."),
+    "not_real": (H + "sub vcl_recv {\n\tif (!1.5) {}\n}\n", 5, 6, "'!' must be followed by BOOL, found REAL."),
+    "double_not": (H + "sub vcl_recv {\n\tif (!!true) {}\n}\n", 5, 7, "Syntax error: unexpected '!'"),
+    "regex_bad": (H + 'sub vcl_recv {\n\tif (req.url ~ "(") {}\n}\n', 5, 16, "Regexp compilation error:"),
+    "regex_not_literal": (H + "sub vcl_recv {\n\tif (req.url ~ req.url) {}\n}\n", 5, 16,
+                          "Expression has type STRING, expected REGEX"),
+    "match_int": (H + 'sub vcl_recv {\n\tif (1 ~ "a") {}\n}\n', 5, 8, "Operator ~ not possible on INT"),
+    "synthetic_where": (H + 'sub vcl_deliver {\n\tsynthetic("x");\n}\n', 5, 2,
+                        "Not a valid action in subroutine 'vcl_deliver'."),
+    "hash_data_where": (H + 'sub vcl_recv {\n\thash_data("x");\n}\n', 5, 2,
+                        "Not a valid action in subroutine 'vcl_recv'."),
+    "reserved_name": (H + "sub vcl_foo {\n}\n", 4, 5, "The names 'vcl_*' are reserved for subroutines."),
+    "sub_redefined": (H + "sub foo {\n}\nsub foo {\n}\nsub vcl_recv {\n\tcall foo;\n}\n", 6, 5,
+                      "Subroutine 'foo' redefined"),
+    "missing_semicolon": (H + 'sub vcl_recv {\n\tset req.url = "/"\n}\n', 6, 1, "Expected ';' got '}'"),
+    "bad_char": (H + 'sub vcl_recv {\n\tset req.url = "/" @;\n}\n', 5, 20, "Syntax error: unexpected character '@'"),
+    "unterminated_string": (H + 'sub vcl_recv {\n\tset req.url = "/;\n}\n', 5, 16, "Unterminated string"),
+    "func_unknown": (H + 'sub vcl_recv {\n\tstd.nope("x");\n}\n', 5, 2, "Symbol not found: 'std.nope'"),
+    "vmod_unknown": ("vcl 4.1;\nimport nope;\nbackend default none;\n", 2, 8, "Could not find VMOD nope"),
+    "vmod_not_imported": (H.replace("import std;\n", "\n") + 'sub vcl_recv {\n\tstd.log("x");\n}\n', 5, 2,
+                          "Symbol not found: 'std.log'"),
+    "func_void_expr": (H + 'sub vcl_recv {\n\tset req.http.x = std.log("a");\n}\n', 5, 19, "Function returns VOID:"),
+    "func_missing_arg": (H + "sub vcl_recv {\n\tset req.http.x = std.strstr(req.url);\n}\n", 5, 19,
+                         "Argument 's2' missing"),
+    "func_unknown_named_arg": (H + "sub vcl_recv {\n\tset req.http.x = std.integer(s=\"1\", nope=2);\n}\n",
+                               5, 38, "Unknown argument 'nope'"),
+    "func_wrong_arg_type": (H + 'sub vcl_recv {\n\tset req.http.x = std.port("1.2.3.4:80");\n}\n', 5, 28,
+                            "IP constant"),
+    "bytes_in_string": (H + "sub vcl_recv {\n\tset req.http.x = 10KB;\n}\n", 5, 19, "Unknown duration unit 'KB'"),
+    "int_times_duration": (H + "sub vcl_backend_response {\n\tset beresp.ttl = 3 * 1m;\n}\n", 5, 21,
+                           "INT * DURATION not possible."),
+    "string_mul": (H + 'sub vcl_recv {\n\tset req.http.x = "a" * 2;\n}\n', 5, 23,
+                   "Operator * not possible on type STRING."),
+    "string_minus": (H + "sub vcl_recv {\n\tset req.http.x = req.url - 1;\n}\n", 5, 27, "STRING - INT not possible."),
+    "bare_return_in_method": (H + "sub vcl_recv {\n\treturn;\n}\n", 5, 2, "Expected '(' got ';'"),
+    "synth_needs_int": (H + 'sub vcl_deliver {\n\treturn (synth("a"));\n}\n', 5, 16,
+                        "Expression has type STRING, expected INT"),
+    "via_sub": (H + 'sub foo {\n\tset resp.http.x = "1";\n}\nsub vcl_recv {\n\tcall foo;\n}\n'
+                "sub vcl_deliver {\n\tcall foo;\n}\n", 5, 6, "Cannot be set from subroutine 'vcl_recv'."),
+    "new_unknown_object": (H + "sub vcl_init {\n\tnew x = std.foo();\n}\n", 5, 10, "Symbol not found: 'std.foo'"),
+    "backend_no_host": ('vcl 4.1;\nbackend default {\n\t.port = "80";\n}\n', 2, 9, "Expected .host or .path."),
+    "backend_bad_field": ('vcl 4.1;\nbackend default {\n\t.hots = "a";\n}\n', 3, 3, "Unknown field: 'hots'"),
+    "acl_bad_mask": (H + 'acl a {\n\t"10.1.2.3"/8;\n}\nsub vcl_recv {\n\tif (client.ip ~ a) {}\n}\n', 5, 2,
+                     "Non-zero bits in masked part, (maybe use 10.0.0.0/8 ?)"),
+    "acl_unresolvable": (H + 'acl a {\n\t"no-such-host.invalid";\n}\nsub vcl_recv {\n\tif (client.ip ~ a) {}\n}\n',
+                         5, 2, "DNS lookup(no-such-host.invalid)"),
+    "ip_constant": (H + 'sub vcl_recv {\n\tif (client.ip == "nonsense..") {}\n}\n', 5, 19,
+                    "IP constant '\"nonsense..\"' could not be resolved to an IP address"),
+    "version_bad": ("vcl 5.0;\nbackend default none;\n", 1, 1, "VCL version 5.0 not supported."),
+    "vcl_41_only_var_in_40": ("vcl 4.0;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = local.socket;\n}\n",
+                              4, 19, "Symbol not found: 'local.socket'"),
+    "header_in_bool_op": (H + "sub vcl_recv {\n\tif (req.http.a || 1.0) {}\n}\n", 5, 20,
+                          "'||' must be followed by BOOL, found REAL."),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_error_position_and_message(name):
+    src, line, col, message = CASES[name]
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, f"{name}.vcl")
+    err = info.value
+    first = str(err).splitlines()[0]
+    assert first.startswith(f"{name}.vcl:{line}:{col}: {message}"), first
+    assert (err.filename, err.line, err.col) == (f"{name}.vcl", line, col)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_report_quotes_the_line_with_a_caret_under_the_column(name):
+    src, line, col, _ = CASES[name]
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, f"{name}.vcl")
+    lines = str(info.value).splitlines()
+    assert lines[1] == src.split("\n")[line - 1]
+    caret = lines[2]
+    assert caret.index("^") == col - 1
+    assert set(caret[: col - 1]) <= {" ", "\t"}
+
+
+def test_report_is_the_whole_vcc_style_message_with_call_chain():
+    src, *_ = CASES["via_sub"]
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, "chain.vcl")
+    assert str(info.value) == "\n".join([
+        "chain.vcl:5:6: Cannot be set from subroutine 'vcl_recv'.",
+        '\tset resp.http.x = "1";',
+        "\t    ^~~~~~~~~~~",
+        'chain.vcl:4:5: ...in subroutine "foo"',
+        "sub foo {",
+        "    ^~~",
+        'chain.vcl:8:7: ...called from "vcl_recv"',
+        "\tcall foo;",
+        "\t     ^~~",
+        'chain.vcl:7:5: ...which is the "vcl_recv" subroutine',
+        "sub vcl_recv {",
+        "    ^~~~~~~~",
+    ])
+
+
+def test_illegal_return_lists_the_legal_ones():
+    src, *_ = CASES["illegal_return"]
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, "r.vcl")
+    assert str(info.value).splitlines()[-1] == 'Legal returns are: "deliver" "fail" "restart" "synth"'
+
+
+def test_error_in_included_file_names_that_file(tmp_path):
+    (tmp_path / "inc.vcl").write_text("sub vcl_recv {\n\tset req.nope = 1;\n}\n")
+    main = tmp_path / "main.vcl"
+    main.write_text('vcl 4.1;\nbackend default none;\ninclude "inc.vcl";\n')
+    with pytest.raises(VCLError) as info:
+        compile_vcl(main.read_text(), str(main))
+    assert str(info.value).startswith(f"{tmp_path / 'inc.vcl'}:2:6: Symbol not found: 'req.nope'")
+    assert "\tset req.nope = 1;" in str(info.value)
+
+
+def test_missing_include():
+    with pytest.raises(VCLError) as info:
+        compile_vcl('vcl 4.1;\nbackend default none;\ninclude "nope.vcl";\n', "/tmp/x/m.vcl")
+    assert str(info.value).startswith("/tmp/x/m.vcl:3:1: Cannot read file 'nope.vcl'")
+
+
+def test_restricted_vmod_function_in_wrong_sub():
+    vmod = Vmod("only")
+
+    @vmod.func("recv", "VOID", [], restrict={"vcl_recv"})
+    def recv(ctx):
+        return None
+
+    src = "vcl 4.1;\nimport only;\nbackend default none;\nsub vcl_backend_fetch {\n\tonly.recv();\n}\n"
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, "o.vcl", extra_vmods={"only": vmod})
+    assert str(info.value).startswith("o.vcl:5:2: Not available in subroutine 'vcl_backend_fetch'.")
+
+
+def test_enum_argument_checked():
+    vmod = Vmod("e")
+
+    @vmod.func("pick", "STRING", [Param("which", "ENUM", enum=("FIRST", "LAST"))])
+    def pick(ctx, which):
+        return which
+
+    ok = "vcl 4.1;\nimport e;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = e.pick(LAST);\n}\n"
+    compile_vcl(ok, "e.vcl", extra_vmods={"e": vmod})
+    with pytest.raises(VCLError) as info:
+        compile_vcl(ok.replace("LAST", "MIDDLE"), "e.vcl", extra_vmods={"e": vmod})
+    assert str(info.value).startswith("e.vcl:5:26: Wrong enum value.  Expected one of:")
+
+
+def test_no_traceback_for_garbage():
+    for src in ["}", "sub", "sub vcl_recv {", "backend {", "acl a { 1; }", '"x"', "vcl 4.1; sub vcl_recv { if }",
+                "\x00", "sub vcl_recv { set req.http.x = ((((((1; }"]:
+        with pytest.raises(VCLError) as info:
+            compile_vcl(src, "g.vcl")
+        assert str(info.value).startswith("g.vcl:")
