@@ -307,3 +307,73 @@ def test_thousand_stolen_connections_leak_no_fd(tmp_path):
         assert abs(len(list(Path(f"/proc/{program_pid}/fd").iterdir())) - base_program) <= 2
     finally:
         srv.stop()
+
+
+def _run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "cacheserver", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=60)
+
+
+def test_dash_C_prints_the_generated_python():
+    out = _run_cli("-C", "-f", str(ROOT / "default.vcl"))
+    assert out.returncode == 0, out.stderr
+    compile(out.stdout, "generated", "exec")           # it is Python
+    assert "vcl_recv" in out.stdout and "steal" in out.stdout
+
+
+def test_syntax_error_points_at_file_line_and_column(tmp_path):
+    bad = tmp_path / "bad.vcl"
+    bad.write_text('vcl 4.1;\nbackend default none;\nsub vcl_recv {\n    if (req.url == "/x" {\n    }\n}\n')
+    out = _run_cli("-f", str(bad), "-a", "127.0.0.1:0")
+    assert out.returncode == 2
+    assert f"{bad}:4:" in out.stderr
+    assert '    if (req.url == "/x" {' in out.stderr and "^" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_steal_outside_vcl_recv_is_a_compile_error(tmp_path):
+    bad = tmp_path / "deliver.vcl"
+    bad.write_text('vcl 4.1;\nimport tinykvm;\nbackend default none;\n'
+                   'sub vcl_deliver {\n    if (tinykvm.steal("hello")) { return (deliver); }\n}\n')
+    out = _run_cli("-f", str(bad), "-a", "127.0.0.1:0")
+    assert out.returncode == 2
+    assert f"{bad}:5:" in out.stderr and "vcl_deliver" in out.stderr
+
+
+def test_hello_is_found_from_any_working_directory_and_sigint_stops_cleanly(tmp_path):
+    import signal
+
+    vcl = tmp_path / "elsewhere.vcl"
+    vcl.write_text((ROOT / "default.vcl").read_text())
+    srv = ServerProcess("-f", str(vcl), cwd=tmp_path)
+    try:
+        with srv.connect() as sock:
+            sock.sendall(GET_TCP)
+            head, body = read_response(sock)
+            assert head + body == HELLO
+    finally:
+        srv.proc.send_signal(signal.SIGINT)
+        assert srv.proc.wait(10) == 0
+        srv.stop()
+    assert "Traceback" not in "".join(srv.output)
+
+
+def test_wrk_style_load_on_tcp_sees_no_errors(server):
+    # 16 concurrent keep-alive connections, 50 requests each, like `wrk -c16` (stolen after the first).
+    import concurrent.futures
+
+    def client() -> int:
+        with server.connect() as sock:
+            ok = 0
+            for _ in range(50):
+                sock.sendall(GET_TCP)
+                head, body = read_response(sock)
+                ok += head + body == HELLO
+            return ok
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        assert sum(pool.map(lambda _: client(), range(16))) == 16 * 50
