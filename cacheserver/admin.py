@@ -181,6 +181,8 @@ COMMANDS: list[CommandDef] = [
                "_vcl_discard"),
     CommandDef("vcl.inline", "vcl.inline <configname> <quoted_VCLstring> [auto|cold|warm]",
                "Compile and load the VCL data under the name provided.", 2, 3, "_vcl_inline"),
+    CommandDef("vcl.label", "vcl.label <label> <configname>", "Apply label to configuration.", 2, 2,
+               "_vcl_label"),
     CommandDef("vcl.list", "vcl.list [-j]", "List all loaded configuration.", 0, 1, "_vcl_list"),
     CommandDef("vcl.load", "vcl.load <configname> <filename> [auto|cold|warm]",
                "Compile and load the VCL file under the name provided.", 2, 3, "_vcl_load"),
@@ -332,6 +334,10 @@ class AdminCommands:
         as_json, rest = _split_j(args)
         long_form = "-l" in rest
         rest = [a for a in rest if a != "-l"]
+        if as_json and long_form:
+            raise Reply(CLIS_PARAM, "-l and -j are mutually exclusive")
+        if len(rest) > 1:
+            raise Reply(CLIS_TOOMANY, "Too many parameters\n")
         params = self.server.params
         defs = params.definitions()
         if rest and rest[0] != "changed":
@@ -356,6 +362,8 @@ class AdminCommands:
             raise Reply(CLIS_TOOFEW if len(rest) < 2 else CLIS_TOOMANY,
                         "Too few parameters\n" if len(rest) < 2 else "Too many parameters\n")
         name, value = rest
+        if name in getattr(self.server, "readonly_params", ()):
+            raise Reply(CLIS_AUTH, f"parameter \"{name}\" is protected.")
         value = _apply_flags(self.server.params, name, value)
         try:
             self.server.params.set(name, value)
@@ -378,6 +386,7 @@ class AdminCommands:
 
     # ---- VCL ---------------------------------------------------------------------------------
     def _load(self, name: str, source: str, filename: str) -> str:
+        _check_vcl_name(name)
         if name in self.server.vcls:
             raise Reply(CLIS_PARAM, f"Already a VCL named {name}")
         try:
@@ -415,21 +424,43 @@ class AdminCommands:
         return ""
 
     def _vcl_discard(self, argv: list[str], args: list[str]) -> str:
+        labels = getattr(self.server, "vcl_labels", {})
         names: list[str] = []
+        drop_labels: list[str] = []
         for pattern in args:
             hits = [n for n in self.server.vcls if fnmatch.fnmatchcase(n, pattern)]
-            if not hits:
+            label_hits = [n for n in labels if fnmatch.fnmatchcase(n, pattern)]
+            if not hits and not label_hits:
                 raise Reply(CLIS_PARAM, f"No VCL named {pattern} known\n")
             names += hits
+            drop_labels += label_hits
+        labelled = {getattr(v, "name", None) for k, v in labels.items() if k not in drop_labels}
         for name in names:
             if name == self.server.active_name:
                 raise Reply(CLIS_CANT, f"Cannot discard active VCL program {name}\n")
+            if name in labelled:
+                raise Reply(CLIS_CANT, f"Cannot discard labeled VCL program {name}\n")
+        for label in drop_labels:
+            del labels[label]  # discarding a label only removes the label
         for name in names:
             try:
                 self.server.vcl_discard(name)
             except (KeyError, ValueError) as e:
                 raise Reply(CLIS_CANT, str(e).strip("'\"")) from None
             self.sources.pop(name, None)
+        return ""
+
+    def _vcl_label(self, argv: list[str], args: list[str]) -> str:
+        label, target = args
+        _check_vcl_name(label)
+        if label in self.server.vcls:
+            raise Reply(CLIS_PARAM, f"{label} is not a label\n")
+        if target not in self.server.vcls:
+            raise Reply(CLIS_PARAM, f"No VCL named {target} known\n")
+        if callable(getattr(self.server, "vcl_label", None)):
+            self.server.vcl_label(label, target)
+        else:
+            self.server.vcl_labels[label] = self.server.vcls[target]
         return ""
 
     def _vcl_list(self, argv: list[str], args: list[str]) -> str:
@@ -574,6 +605,15 @@ class AdminCommands:
         if as_json:
             return json.dumps(snap, indent=2)
         return "".join(f"{k} {v}\n" for k, v in snap.items())
+
+
+def _check_vcl_name(name: str) -> None:
+    """VCL names are identifiers: a letter first, then letters, digits, '_' and '-' (as varnishd)."""
+    if not name[:1].isascii() or not name[:1].isalpha():
+        raise Reply(CLIS_PARAM, f"Illegal character in VCL name ('{name[:1]}')")
+    for c in name:
+        if not (c.isascii() and (c.isalnum() or c in "_-")):
+            raise Reply(CLIS_PARAM, f"Illegal character in VCL name ('{c}')")
 
 
 _UNITS = {"bytes": "bytes", "duration": "seconds", "bool": "bool", "uint": ""}
