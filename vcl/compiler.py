@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import vmods
@@ -55,9 +56,13 @@ class CompiledVCL:
         return self._namespace["instances"]()
 
 
+@lru_cache(maxsize=1)
+def _builtin_text() -> str:
+    return BUILTIN_PATH.read_text()
+
+
 def _builtin_items() -> list[object]:
-    text = BUILTIN_PATH.read_text()
-    items = parse(text, BUILTIN_NAME).items
+    items = parse(_builtin_text(), BUILTIN_NAME, cache=True).items
     out = []
     for item in items:
         if isinstance(item, ast.Sub):
@@ -85,7 +90,7 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
         code = generate(prog, filename)
     except VCLError as exc:
         exc.attach(sources)
-        exc.attach({BUILTIN_NAME: BUILTIN_PATH.read_text()})
+        exc.attach({BUILTIN_NAME: _builtin_text()})
         raise
     except RecursionError:
         raise VCLError(f"{filename}: expression or block nested too deeply") from None

@@ -314,10 +314,19 @@ def _expected(names: set[str]) -> str:
     return ", ".join(sorted(set(words)))
 
 
-def parse(source: str, filename: str) -> ast.Program:
-    """Parse one VCL file (includes are not followed here); VCLError on a syntax error."""
+@lru_cache(maxsize=8)
+def _cached_tree(source: str) -> Tree:
+    return _lark().parse(source)
+
+
+def parse(source: str, filename: str, *, cache: bool = False) -> ast.Program:
+    """Parse one VCL file (includes are not followed here); VCLError on a syntax error.
+
+    cache=True keeps the parse tree of `source` (for the built-in VCL, parsed on every load); the
+    AST is still built fresh each time because the checker annotates it.
+    """
     try:
-        tree = _lark().parse(source)
+        tree = _cached_tree(source) if cache else _lark().parse(source)
     except UnexpectedToken as exc:
         tok = exc.token
         if tok.type == "$END":
@@ -388,6 +397,3 @@ def _find_include(name: str, current: str, include_dirs) -> str | None:
             return cand
     return None
 
-
-def is_tree(obj: object) -> bool:
-    return isinstance(obj, Tree)
