@@ -113,8 +113,8 @@ def pcre_to_python(pattern: str) -> str:
     """
     out: list[str] = []
     i, n = 0, len(pattern)
-    # Closing parentheses owed by scoped flag groups, per nesting level.
-    owed = [0]
+    # Scoped flag groups opened at each nesting level (their flags), closed at the level's end.
+    owed: list[list[str]] = [[]]
     in_class = False
     while i < n:
         c = pattern[i]
@@ -175,32 +175,32 @@ def pcre_to_python(pattern: str) -> str:
                 # Python only allows global flags at the very start: scope them to the rest of
                 # the enclosing group instead, which is what PCRE means.
                 out.append("(?%s:" % m.group(1))
-                owed[-1] += 1
+                owed[-1].append(m.group(1))
                 i = m.end()
                 continue
             if pattern.startswith("(?<", i) and i + 3 < n and pattern[i + 3] not in "=!":
                 out.append("(?P<")
                 i += 3
-                owed.append(0)
+                owed.append([])
                 continue
-            owed.append(0)
+            owed.append([])
             out.append(c)
             i += 1
             continue
         if c == ")":
-            out.append(")" * owed.pop() if len(owed) > 1 else "")
-            if not owed:
-                owed = [0]
+            if len(owed) > 1:
+                out.append(")" * len(owed.pop()))
             out.append(")")
             i += 1
             continue
         if c == "|" and owed[-1]:
-            # An alternative ends the flag scope opened in this group.
-            out.append(")" * owed[-1])
-            owed[-1] = 0
+            # PCRE carries a flag change into the following alternatives of the same group.
+            out.append(")" * len(owed[-1]) + "|" + "".join("(?%s:" % f for f in owed[-1]))
+            i += 1
+            continue
         out.append(c)
         i += 1
-    out.append(")" * owed[0])
+    out.append(")" * len(owed[0]))
     return "".join(out)
 
 
