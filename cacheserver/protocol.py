@@ -202,11 +202,12 @@ class ClientProtocol(asyncio.Protocol):
             raise RequestTooLarge("header too long")
         if len(self._fields) >= params.http_max_hdr:
             raise RequestTooLarge("too many headers")
-        self._fields.append([name.decode("latin-1"), value.decode("latin-1")])
+        text = name.decode("latin-1")
+        self._fields.append([text, value.decode("latin-1"), text.lower()])
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        headers = Headers(self._fields)
+        headers = Headers.adopt(self._fields)
         # Request smuggling shapes: llhttp refuses CL+TE and duplicate Content-Length itself.
         self._head = HttpMessage(
             parser.get_method().decode("latin-1"), self._url.decode("latin-1"),
