@@ -23,9 +23,18 @@ def s_real(value: float | None) -> str:
     return "%.3f" % (value or 0.0)
 
 
+_last_time: list = [None, ""]
+
+
 def s_time(value: float | None) -> str:
-    """TIME in string context: an HTTP date (VRT_TIME_string)."""
-    return formatdate(value or 0.0, usegmt=True)
+    """TIME in string context: an HTTP date (VRT_TIME_string). Dates have one-second resolution,
+    so the last one formatted is reused (`now` is formatted on many requests each second)."""
+    second = int(value or 0.0)
+    last = _last_time
+    if last[0] != second:
+        last[1] = formatdate(second, usegmt=True)
+        last[0] = second
+    return last[1]
 
 
 def s_bool(value: object) -> str:
@@ -280,17 +289,22 @@ def regsub(regex: Regex, subject: str | None, sub: str | None, all_: bool) -> st
 
 
 @lru_cache(maxsize=4096)
-def _parse_addr(addr: str):
+def _addr_key(addr: str) -> tuple[int, int] | None:
+    """(IP version, address as an int) for an address string; IPv4-mapped IPv6 counts as IPv4."""
     try:
-        return ipaddress.ip_address(addr)
+        ip = ipaddress.ip_address(addr)
     except ValueError:
         return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.version, int(ip)
 
 
 class Acl:
-    """An ACL prepared at load: networks sorted most specific first; the first match decides."""
+    """An ACL prepared at load: networks as (version, mask, network) integers, most specific first;
+    the first entry that contains the address decides, as in Varnish."""
 
-    __slots__ = ("name", "entries", "log")
+    __slots__ = ("name", "entries", "log", "_table")
 
     def __init__(self, name: str, entries: list[tuple[bool, str]], log: bool = False) -> None:
         """entries: (negated, "address/prefix") pairs, already resolved."""
@@ -298,19 +312,20 @@ class Acl:
         nets = [(neg, ipaddress.ip_network(net, strict=False)) for neg, net in entries]
         nets.sort(key=lambda e: (e[1].version, -e[1].prefixlen))
         self.entries = tuple(nets)
+        self._table = tuple((net.version, int(net.netmask), int(net.network_address), not neg)
+                            for neg, net in nets)
         self.log = log
 
     def match(self, ip: IP | None) -> bool:
         if ip is None:
             return False
-        addr = _parse_addr(ip.addr)
-        if addr is None:
+        key = _addr_key(ip.addr)
+        if key is None:
             return False
-        if addr.version == 6 and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        for neg, net in self.entries:
-            if addr.version == net.version and addr in net:
-                return not neg
+        version, value = key
+        for ver, mask, net, result in self._table:
+            if ver == version and value & mask == net:
+                return result
         return False
 
     def __str__(self) -> str:
