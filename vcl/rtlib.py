@@ -19,8 +19,13 @@ from vcl.runtime import IP, VCLFailure
 
 
 def s_real(value: float | None) -> str:
-    """REAL, DURATION and BYTES in string context: 3 decimals (VRT_REAL_string)."""
+    """REAL and DURATION in string context: 3 decimals (VRT_REAL_string)."""
     return "%.3f" % (value or 0.0)
+
+
+def s_bytes(value: float | None) -> str:
+    """BYTES in string context: a whole number of bytes (varnishd 7.1 prints 11264, not 11264.000)."""
+    return "%.0f" % (value or 0.0)
 
 
 _last_time: list = [None, ""]

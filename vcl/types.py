@@ -41,7 +41,7 @@ TO_STRING: dict[str, str] = {
     "INT": "str({x})",
     "REAL": "rt.s_real({x})",
     "DURATION": "rt.s_real({x})",
-    "BYTES": "rt.s_real({x})",
+    "BYTES": "rt.s_bytes({x})",
     "TIME": "rt.s_time({x})",
     "BOOL": '("true" if {x} else "false")',
     "IP": "rt.s_ip({x})",
