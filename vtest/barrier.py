@@ -38,9 +38,7 @@ class Barrier:
         s.listen(64)
         self.lsock = s
         addr, port = s.getsockname()[:2]
-        self.ctx.macros.define(f"{self.name}_addr", addr)
-        self.ctx.macros.define(f"{self.name}_port", str(port))
-        self.ctx.macros.define(f"{self.name}_sock", f"{addr} {port}")
+        self.ctx.macros.define(f"{self.name}_sock", f"{addr}:{port}")  # varnishtest's form for the vtc vmod
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
     def _accept_loop(self) -> None:

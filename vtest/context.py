@@ -32,6 +32,7 @@ class TestContext:
         self._end_lock = threading.Lock()
         self._ended = False
         self.cleanups: list[Callable[[], None]] = []
+        self.deferred_failure: str | None = None  # a non_fatal entity failed
 
     def finish(self, status: str, reason: str = "") -> None:
         """Report the outcome and leave the process at once; the first caller wins."""
@@ -64,7 +65,10 @@ class TestContext:
                 if getattr(entity, "cancelled", False):
                     return
                 if getattr(entity, "non_fatal", False):
+                    # varnishtest: the test goes on, but its result is already a failure.
                     entity.log(0, f"(non-fatal) {e}")
+                    if self.deferred_failure is None:
+                        self.deferred_failure = f"{entity.name}: {e}"
                     return
                 entity.log(0, str(e))
                 self.finish("failed", f"{entity.name}: {e}")

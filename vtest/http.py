@@ -627,6 +627,7 @@ class Http:
             self.body = gzip.decompress(self.body)
         except (OSError, EOFError, zlib.error) as e:
             raise TestFailure(f"Gunzip error: {e}") from e
+        self.bodylen = len(self.body)
         self.log(4, f"gunzip {len(self.body)} bytes")
 
     def cmd_barrier(self, av: list[str]) -> None:
