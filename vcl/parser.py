@@ -275,6 +275,12 @@ class _ToAst(Transformer):
             return operands[0]
         return ast.BoolOp(operands[0].pos, "&&", operands)
 
+    def add(self, children):
+        return self.arith(children)
+
+    def mul(self, children):
+        return self.arith(children)
+
     def arith(self, children):
         left = children[0]
         for i in range(1, len(children), 2):
