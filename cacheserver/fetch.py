@@ -36,7 +36,7 @@ _CACHEABLE_IF_TOLD = frozenset({302, 307})
 _CC_FIELD = re.compile(r"(?:^|,)\s*(s-maxage|max-age|stale-while-revalidate)\s*(?:=\s*\"?(-?\d*))?",
                        re.IGNORECASE)
 # Headers a cache fill must not forward: the object is fetched whole and unconditionally.
-_FETCH_FILTER = ("Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match",
+_FETCH_FILTER = ("Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match", "Content-Length",
                  "If-Unmodified-Since")
 # Headers of a 304 that must not replace the stored object's.
 _NO_MERGE = frozenset({"content-length", "content-encoding", "transfer-encoding", "etag"})
@@ -98,7 +98,7 @@ def compute_ttl(ctx: Context, params, now: float) -> float:
     return now - age
 
 
-def make_bereq(req: HttpMessage, is_pass: bool, xid: int, gzip: bool) -> HttpMessage:
+def make_bereq(req: HttpMessage, is_pass: bool, xid: int, gzip: bool, keep_proto: bool = False) -> HttpMessage:
     """The backend request for a miss (whole object, GET) or a pass (as the client asked)."""
     bereq = req.copy()
     headers = bereq.headers
@@ -116,8 +116,21 @@ def make_bereq(req: HttpMessage, is_pass: bool, xid: int, gzip: bool) -> HttpMes
             headers.set("Accept-Encoding", "gzip")
     headers.unset("X-Varnish")
     headers.add("X-Varnish", str(xid))
-    bereq.proto = "HTTP/1.1"
+    if not keep_proto:
+        bereq.proto = "HTTP/1.1"
     return bereq
+
+
+def collect_header(headers: Headers, name: str) -> None:
+    """http_CollectHdr: several fields of one name become one, comma-joined, where the first was."""
+    values = headers.get_all(name)
+    if len(values) > 1:
+        headers.set(name, ", ".join(values))
+
+
+def _bad_vary(vary: str | None) -> bool:
+    """A Vary varnishd cannot record (a field name over 127 bytes) makes the response a pass."""
+    return vary is not None and any(len(part.strip()) > 127 for part in vary.split(","))
 
 
 def _call(vcl, ctx: Context, sub: str):
@@ -303,6 +316,8 @@ class BusyObj:
             if name and name not in ("close", "keep-alive"):
                 beresp.headers.unset(name)
         now = time.time()
+        collect_header(beresp.headers, "Cache-Control")
+        collect_header(beresp.headers, "Vary")
         if "Date" not in beresp.headers:
             beresp.headers.add("Date", DATES.now())
         ctx.beresp = beresp
@@ -318,7 +333,7 @@ class BusyObj:
             ctx.beresp = beresp = merged
             self.server.counters.fetch_304 += 1
         self.t_origin = compute_ttl(ctx, self.server.params, now)
-        ctx.beresp_uncacheable = self.is_pass
+        ctx.beresp_uncacheable = self.is_pass or _bad_vary(beresp.headers.get("Vary"))
         ctx.do_stream = True
         ctx.do_gzip = ctx.do_gunzip = ctx.do_esi = False
         action = await _acall(self.vcl, ctx, "vcl_backend_response")
@@ -423,7 +438,7 @@ class BusyObj:
             self._signal()
         response = self.response
         counters = server.counters
-        te_chunked = any("chunked" in v.lower() for n, v in response.raw_headers
+        te_chunked = any(b"chunked" in v.lower() for n, v in response.raw_headers
                          if n.lower() == b"transfer-encoding")
         if self.ctx.bereq.method == "HEAD":
             counters.fetch_head += 1

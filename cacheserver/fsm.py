@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 from cacheserver import storage as st
-from cacheserver.fetch import BusyObj, parse_date
+from cacheserver.fetch import BusyObj, collect_header, parse_date
 from cacheserver.http1 import DATES, reason_for, serialize_head
 from cacheserver.ranges import RangeError, not_modified, parse_range
 from cacheserver.storage import ObjCore
@@ -180,10 +180,14 @@ class ClientRequest:
         ctx = self.ctx
         req = ctx.req
         if ctx.restarts == 0:
+            url = req.url
+            if url[:1] != "/" and url[:7].lower() in ("http://", "https:/"):
+                _absolute_url(req)
             xff = req.headers.get_all("X-Forwarded-For")
             req.headers.unset("X-Forwarded-For")
             ip = ctx.client_ip.addr
             req.headers.add("X-Forwarded-For", f"{', '.join(xff)}, {ip}" if xff else ip)
+            collect_header(req.headers, "Cache-Control")
         ctx.backend_hint = self.vcl.default_backend
         ctx.req_ttl = -1.0
         ctx.req_grace = -1.0
@@ -326,6 +330,7 @@ class ClientRequest:
         self._drop_busy()
         if name == "pass":
             counters.cache_hit += 1
+            self.is_hit = True           # X-Varnish shows the pass object's xid, as varnishd does
             return "pass"
         return self._common(action)
 
@@ -374,12 +379,10 @@ class ClientRequest:
         await bo.ready
         self.server.counters.s_fetch += 1
         oc = self.oc
-        if oc.http is None or (oc.failed and oc.length == 0 and not oc.complete and not oc.readers):
+        if oc.http is None or oc.failed:
             bo.close_reader()
             self.bo = None
             self.oc = None
-            return self._to_synth(503)
-        if oc.http is None:
             return self._to_synth(503)
         self._set_obj_fields(oc)
         return "deliver"
@@ -403,7 +406,7 @@ class ClientRequest:
         ctx = self.ctx
         server = self.server
         server.counters.s_pipe += 1
-        bereq = make_bereq(ctx.req, True, ctx.xid, False)
+        bereq = make_bereq(ctx.req, True, ctx.xid, False, keep_proto=True)
         bereq.headers.set("Connection", "close")
         ctx.bereq = bereq
         ctx.bereq_backend = ctx.backend_hint
@@ -425,7 +428,7 @@ class ClientRequest:
         self.is_hit = False
         self.from_pass = False
         ctx.restarts += 1
-        if ctx.restarts >= self.server.params.max_restarts:
+        if ctx.restarts > self.server.params.max_restarts:
             ctx.log.append(("VCL_Error", "Too many restarts"))
             return self._to_synth(503)
         ctx.xid = self.server.next_xid()
@@ -468,6 +471,21 @@ class ClientRequest:
                 and not_modified(ctx.req, resp, ctx.req_time, self._last_modified())):
             resp.status, resp.reason = 304, reason_for(304)
         return self._transmit(resp, self.oc)
+
+    def _if_range(self, resp: HttpMessage) -> bool:
+        """If-Range: the range applies only to the representation the client names."""
+        cond = self.ctx.req.headers.get("If-Range")
+        if cond is None:
+            return True
+        cond = cond.strip()
+        if cond.startswith('"') or cond.startswith("W/"):
+            etag = resp.headers.get("ETag")
+            return etag is not None and not cond.startswith("W/") and etag.strip() == cond
+        when = parse_date(cond)
+        lm = parse_date(resp.headers.get("Last-Modified"))
+        if lm is None and self.oc is not None:
+            lm = self._last_modified()
+        return when is not None and lm is not None and int(when) == int(lm)
 
     def _last_modified(self) -> float:
         oc = self.oc
@@ -547,10 +565,13 @@ class ClientRequest:
         else:
             sendbody = 1
         lo, hi = 0, resp_len - 1
-        if sendbody >= 0 and params.http_range_support and status == 200 and not oc.private:
-            headers.unset("Accept-Ranges")
-            headers.add("Accept-Ranges", "bytes")
+        if sendbody >= 0 and params.http_range_support and status == 200:
+            if not oc.private:           # pass and synth responses do ranges but do not announce them
+                headers.unset("Accept-Ranges")
+                headers.add("Accept-Ranges", "bytes")
             rng = ctx.req.headers.get("Range") if sendbody else None
+            if rng is not None and not self._if_range(resp):
+                rng = None
             if rng is not None:
                 try:
                     span = parse_range(rng, resp_len)
@@ -656,6 +677,14 @@ class ClientRequest:
         if chunked and not session.closed:
             transport.write(b"0\r\n\r\n")
         return None
+
+
+def _absolute_url(req: HttpMessage) -> None:
+    """RFC 2616 5.2: an absolute request URI names the host; it replaces any Host header."""
+    rest = req.url.split("://", 1)[1]
+    host, slash, path = rest.partition("/")
+    req.headers.set("Host", host)
+    req.url = slash + path if slash else "/"
 
 
 def _accepts_gzip(value: str) -> bool:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from cacheserver.bans import Ban
 
 # Bookkeeping bytes charged per object besides its headers and body.
-_OVERHEAD = 256
+_OVERHEAD = 64
 # Unread bytes a fetch may run ahead of its only reader when the body is not kept (pass, too big).
 STREAM_WINDOW = 1 << 20
 
@@ -304,6 +304,8 @@ class Storage:
         return LookupResult(MISS, stale, self._new_busy(head))
 
     def _new_busy(self, head: ObjHead) -> ObjCore:
+        # the head may have been dropped when the lookup removed its last object (ban, expiry)
+        self.heads.setdefault(head.digest, head)
         oc = ObjCore(head)
         head.ocs.insert(0, oc)
         return oc
@@ -369,10 +371,19 @@ class Storage:
                 self._lru.pop(oc, None)
                 oc.store = ""
             return False
+        nuke_limit = self.params.nuke_limit if self.params is not None else 50
+        if nuke_limit == 0 and oc.store != "s0" and self._lru.currsize + oc.size > self.max_bytes:
+            extra["SMA.s0.c_fail"] += 1
+            return False             # may not evict anything to make room
         oc.store = "s0"
         self._lru[oc] = oc          # evicts least recently used objects as needed
-        extra["SMA.s0.g_bytes"] = self._lru.currsize
+        self._gauge()
         return True
+
+    def _gauge(self) -> None:
+        extra = self.counters.extra
+        extra["SMA.s0.g_bytes"] = used = self._lru.currsize
+        extra["SMA.s0.g_space"] = self.max_bytes - used
 
     def _evicted(self, oc: ObjCore) -> None:
         self.counters.n_lru_nuked += 1
@@ -404,7 +415,7 @@ class Storage:
         if oc.complete and oc.readers == []:
             oc.chunks = []
             oc.body_cache = None
-        self.counters.extra["SMA.s0.g_bytes"] = self._lru.currsize
+        self._gauge()
 
     def remove(self, oc: ObjCore) -> None:
         if oc.dying:
