@@ -127,3 +127,16 @@ def test_vcl_40_allows_writing_req_proto():
     assert ctx.req.proto == "HTTP/1.0"
     with pytest.raises(VCLError):
         compile_vcl(src.replace("vcl 4.0;", "vcl 4.1;"), "v.vcl")
+
+
+def test_resolve_backend_follows_directors():
+    from vcl.rtlib import resolve_backend
+
+    compiled = compile_vcl(VCL, "o.vcl", extra_vmods={"dirs": make_vmod()})
+    compiled.init(Context())
+    rr = compiled.instances["rr"]
+    rr.backends = [compiled.backends["b"]]
+    assert resolve_backend(rr, Context()) is compiled.backends["b"]
+    assert resolve_backend(compiled.backends["a"], Context()) is compiled.backends["a"]
+    assert resolve_backend(None, Context()) is None
+    assert compiled.version == 4.1

@@ -39,6 +39,7 @@ class CompiledVCL:
     warnings: list[str] = field(default_factory=list)
     uses: set[str] = field(default_factory=set)       # imported vmods
     name: str = ""                                    # the server's name for this load
+    version: float = 4.1                              # the VCL syntax version (vcl 4.0; / 4.1;)
     _namespace: dict = field(default_factory=dict, repr=False)
 
     def init(self, ctx: Context) -> Action:
@@ -107,5 +108,6 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
         python_source=code,
         warnings=list(prog.warnings),
         uses=set(prog.vmods),
+        version=prog.version,
         _namespace=namespace,
     )

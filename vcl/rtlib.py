@@ -13,7 +13,7 @@ import socket
 from email.utils import formatdate
 from functools import lru_cache
 
-from vcl.runtime import IP, VCLFailure
+from vcl.runtime import IP, BackendSpec, VCLFailure
 
 # ------------------------------------------------------------------ conversions to STRING
 
@@ -63,6 +63,19 @@ def s_named(value: object) -> str:
     if value is None:
         return ""
     return str(getattr(value, "name", value))
+
+
+def resolve_backend(value: object, ctx, depth: int = 0):
+    """The BackendSpec a BACKEND value stands for: a BackendSpec is itself; a director (any object
+    with resolve(ctx), e.g. from vmod directors) is asked, possibly through other directors.
+    None: no backend (e.g. `backend default none;`, or a director with no healthy backend)."""
+    while value is not None and not isinstance(value, BackendSpec):
+        resolve = getattr(value, "resolve", None)
+        if resolve is None or depth > 16:
+            return None
+        value = resolve(ctx)
+        depth += 1
+    return value
 
 
 def backend_name(value: object) -> str | None:

@@ -2,29 +2,48 @@
 maps to. Facts from Varnish 7.1's vcl-var(7); the `get`/`set` columns are the Python the generated
 code uses, with `ctx` the vcl.runtime.Context and `{v}` the new value.
 
-Context field mapping (what the server must fill / act on):
+Context field mapping (what the server must fill before calling a subroutine, and act on after):
 
-| VCL                              | Python (ctx = vcl.runtime.Context)                      |
-| -------------------------------- | ------------------------------------------------------- |
-| req.method/url/proto/http.*      | ctx.req.method / .url / .proto / .headers (HttpMessage) |
-| req_top.*                        | ctx.req_top (falls back to ctx.req when None)           |
-| bereq.method/url/proto/http.*    | ctx.bereq (HttpMessage)                                 |
-| beresp.status/reason/proto/http.*| ctx.beresp (HttpMessage)                                |
-| obj.status/reason/proto/http.*   | ctx.obj (HttpMessage)                                   |
-| resp.status/reason/proto/http.*  | ctx.resp (HttpMessage)                                  |
-| resp.body, beresp.body, synthetic| ctx.synth_body (str, appended by synthetic())           |
-| req.xid / bereq.xid / sess.xid   | str(ctx.xid) / str(ctx.bereq_xid) / str(ctx.sess_xid)   |
-| req.restarts, bereq.retries      | ctx.restarts, ctx.retries                               |
-| req.ttl/grace                    | ctx.req_ttl, ctx.req_grace (DURATION float, -1 = unset) |
-| req.backend_hint                 | ctx.backend_hint (BackendSpec or director)              |
-| bereq.backend                    | ctx.bereq_backend                                       |
-| beresp.ttl/grace/keep            | ctx.beresp_ttl / beresp_grace / beresp_keep             |
-| obj.ttl/grace/keep/hits/age      | ctx.obj_ttl / obj_grace / obj_keep / obj_hits / obj_age |
-| client.ip, server.ip, ...        | ctx.client_ip, ctx.server_ip, ctx.remote_ip, ctx.local_ip (vcl.runtime.IP) |
-| now                              | ctx.now (set by the compiled method on entry)           |
-| storage.NAME.*                   | vcl.rtlib.storage_var(ctx, NAME, field)                 |
+| VCL                                  | Python (ctx = vcl.runtime.Context)                          |
+| ------------------------------------ | ----------------------------------------------------------- |
+| req.method/url/proto, req.http.*     | ctx.req.method / .url / .proto / .headers (HttpMessage)     |
+| req_top.*                            | ctx.req_top (the request itself when None)                  |
+| bereq.method/url/proto, bereq.http.* | ctx.bereq (HttpMessage; also in vcl_pipe)                   |
+| beresp.status/reason/proto/http.*    | ctx.beresp (HttpMessage)                                    |
+| obj.status/reason/proto/http.*       | ctx.obj (HttpMessage, vcl_hit)                              |
+| resp.status/reason/proto/http.*      | ctx.resp (HttpMessage)                                      |
+| resp.body, beresp.body, synthetic()  | ctx.synth_body: list of str chunks (= replaces, += and      |
+|                                      | synthetic() append); the server joins them                  |
+| hash_data()                          | ctx.hash_parts.append(str) (unset strings are skipped)      |
+| std.log(), std.timestamp()           | ctx.log.append((tag, text)) with tag "VCL_Log"/"Timestamp"  |
+| req.xid / bereq.xid / sess.xid       | str(ctx.xid) / str(ctx.bereq_xid) / str(ctx.sess_xid)       |
+| req.restarts, req.esi_level          | ctx.restarts, ctx.esi_level (INT)                           |
+| bereq.retries                        | ctx.retries                                                 |
+| req.ttl, req.grace                   | ctx.req_ttl, ctx.req_grace (DURATION: float seconds)        |
+| req.hash_always_miss/ignore_busy/... | ctx.hash_always_miss, ctx.hash_ignore_busy, ...             |
+| req.backend_hint                     | ctx.backend_hint: BackendSpec, a director (resolve(ctx)),   |
+|                                      | or None; vcl.rtlib.resolve_backend() gives the BackendSpec  |
+| bereq.backend / beresp.backend       | ctx.bereq_backend / ctx.beresp_backend                      |
+| bereq.*_timeout                      | ctx.connect_timeout, ctx.first_byte_timeout, ...            |
+| bereq.uncacheable, bereq.is_bgfetch  | ctx.bereq_uncacheable, ctx.is_bgfetch                       |
+| unset bereq.body                     | ctx.bereq_body = None                                       |
+| beresp.ttl/grace/keep/age            | ctx.beresp_ttl / beresp_grace / beresp_keep / beresp_age    |
+| beresp.uncacheable, beresp.do_*      | ctx.beresp_uncacheable, ctx.do_stream/do_gzip/do_gunzip/... |
+| obj.ttl/grace/keep/hits/age          | ctx.obj_ttl / obj_grace / obj_keep / obj_hits / obj_age     |
+| obj.uncacheable                      | ctx.obj_uncacheable                                         |
+| client.ip, server.ip, remote.ip,     | ctx.client_ip, ctx.server_ip, ctx.remote_ip, ctx.local_ip   |
+| local.ip                             | (vcl.runtime.IP)                                            |
+| client.identity                      | ctx.client_identity (str(client.ip) when None)              |
+| server.hostname / server.identity    | ctx.server_hostname / ctx.server_identity                   |
+| local.endpoint / local.socket        | ctx.local_endpoint / ctx.local_socket                       |
+| now                                  | ctx.now, set on entry by each compiled built-in subroutine  |
+|                                      | that reads it (float epoch seconds)                         |
+| req.time, bereq.time, beresp.time,   | ctx.req_time, ctx.bereq_time, ctx.beresp_time,              |
+| obj.time, resp.time                  | ctx.obj_time, ctx.resp_time (TIME: float epoch seconds)     |
+| storage.NAME.free_space/used_space/  | vcl.rtlib.storage_var(ctx, NAME, field), which asks         |
+| happy                                | ctx.server.storage_var(NAME, field) when the server has it  |
 
-The full list is VARIABLES below.
+Every variable is listed in VARIABLES below (header variables are made by lookup()).
 """
 
 from __future__ import annotations
