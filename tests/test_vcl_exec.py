@@ -426,3 +426,13 @@ def test_generated_source_is_readable_python():
     assert "def vcl_recv(ctx):" in src
     assert "re_1 = rt.Regex('^/a')" in src
     assert "re_1.search(ctx.req.url)" in src
+
+
+def test_vcl_names_with_dashes_do_not_collide_in_python():
+    compiled = compile_vcl("vcl 4.1;\nbackend default none;\n"
+                           'sub foo-bar {\n\tset req.http.a = "dash";\n}\n'
+                           'sub foo_bar {\n\tset req.http.b = "under";\n}\n'
+                           "sub vcl_recv {\n\tcall foo-bar;\n\tcall foo_bar;\n\treturn (synth(200));\n}\n", "d.vcl")
+    ctx = ctx_for("vcl_recv")
+    compiled.subs["vcl_recv"](ctx)
+    assert (ctx.req.headers.get("a"), ctx.req.headers.get("b")) == ("dash", "under")

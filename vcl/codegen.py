@@ -45,13 +45,28 @@ class CodeGen:
         self.lines: list[str] = []
         self.consts: dict[str, str] = {}      # python expression -> constant name
         self.const_lines: list[str] = []
-        self.sub_names = {name: (name if info.is_method else py_ident("sub_", name))
+        self._idents: dict[tuple[str, str], str] = {}
+        self.sub_names = {name: (name if info.is_method else self.ident("sub_", name))
                           for name, info in prog.subs.items()}
         self.may_return = self._may_return()
         self.cur: SubInfo | None = None
         self.tmp = 0
 
     # ------------------------------------------------------------------ helpers
+
+    def ident(self, prefix: str, name: str) -> str:
+        """The Python name for VCL name `name` (VCL allows '-', so `a-b` and `a_b` get distinct names)."""
+        key = (prefix, name)
+        ident = self._idents.get(key)
+        if ident is None:
+            ident = base = py_ident(prefix, name)
+            taken = set(self._idents.values())
+            n = 1
+            while ident in taken:
+                n += 1
+                ident = f"{base}_{n}"
+            self._idents[key] = ident
+        return ident
 
     def const(self, expr: str, hint: str) -> str:
         """A module-level constant evaluated once at load."""
@@ -118,30 +133,30 @@ class CodeGen:
         # vmods and their functions
         vmod_lines: list[str] = []
         for name in prog.vmods:
-            vmod_lines.append(f"{py_ident('vmod_', name)} = load_vmod({name!r})")
+            vmod_lines.append(f"{self.ident('vmod_', name)} = load_vmod({name!r})")
         decl: list[str] = []
         for name, probe in prog.probes.items():
-            decl.append(f"{py_ident('probe_', name)} = {self._probe(name, probe.attrs)}")
+            decl.append(f"{self.ident('probe_', name)} = {self._probe(name, probe.attrs)}")
         for name, backend in prog.backends.items():
-            decl.append(f"{py_ident('backend_', name)} = {self._backend(backend)}")
-        backends = ", ".join(f"{n!r}: {py_ident('backend_', n)}" for n in prog.backends)
+            decl.append(f"{self.ident('backend_', name)} = {self._backend(backend)}")
+        backends = ", ".join(f"{n!r}: {self.ident('backend_', n)}" for n in prog.backends)
         decl.append(f"BACKENDS = {{{backends}}}")
         # `backend default none;` (or no backend at all) leaves no default: fetches fail with 503.
         default = "None"
         if prog.default_backend and prog.backends[prog.default_backend].attrs is not None:
-            default = py_ident("backend_", prog.default_backend)
+            default = self.ident("backend_", prog.default_backend)
         decl.append(f"DEFAULT_BACKEND = {default}")
-        probes = ", ".join(f"{n!r}: {py_ident('probe_', n)}" for n in prog.probes)
+        probes = ", ".join(f"{n!r}: {self.ident('probe_', n)}" for n in prog.probes)
         decl.append(f"PROBES = {{{probes}}}")
         for name, (acl, nets) in prog.acls.items():
             log = "+log" in acl.flags
-            decl.append(f"{py_ident('acl_', name)} = rt.Acl({name!r}, {nets!r}, log={log})")
-        acls = ", ".join(f"{n!r}: {py_ident('acl_', n)}" for n in prog.acls)
+            decl.append(f"{self.ident('acl_', name)} = rt.Acl({name!r}, {nets!r}, log={log})")
+        acls = ", ".join(f"{n!r}: {self.ident('acl_', n)}" for n in prog.acls)
         decl.append(f"ACLS = {{{acls}}}")
         for src, rname in prog.regexes.items():
             decl.append(f"{rname} = rt.Regex({src!r})")
         for name in prog.instances:
-            decl.append(f"{py_ident('obj_', name)} = None  # created by vcl_init")
+            decl.append(f"{self.ident('obj_', name)} = None  # created by vcl_init")
         # subroutines
         body: list[str] = []
         order = [n for n in prog.subs if not prog.subs[n].is_method]
@@ -159,7 +174,7 @@ class CodeGen:
             "",
             "def instances():",
             '    """The objects vcl_init created with `new`, by name."""',
-            "    return {" + ", ".join(f"{n!r}: {py_ident('obj_', n)}" for n in prog.instances) + "}",
+            "    return {" + ", ".join(f"{n!r}: {self.ident('obj_', n)}" for n in prog.instances) + "}",
         ]
         out = head + ["# vmods", *vmod_lines, "", "# declarations", *decl, "",
                       "# constants prepared at load", *self.const_lines, "", "", *body, *tail]
@@ -172,7 +187,7 @@ class CodeGen:
         for attr in b.attrs:
             if attr.name == "probe":
                 if isinstance(attr.value, ast.Name):
-                    args.append(f"probe={py_ident('probe_', attr.value.name)}")
+                    args.append(f"probe={self.ident('probe_', attr.value.name)}")
                 else:
                     args.append(f"probe={self._probe(b.name, attr.value)}")
                 continue
@@ -271,10 +286,10 @@ class CodeGen:
             return [f"{ind}rt.ban(ctx, {self.expr(s.value)})"]
         if isinstance(s, ast.New):
             obj = s.call.ref[1]
-            ctor = self.const(f"{py_ident('vmod_', s.call.name.split('.')[0])}.objects"
+            ctor = self.const(f"{self.ident('vmod_', s.call.name.split('.')[0])}.objects"
                               f"[{obj.name!r}].constructor.impl", f"new_{s.call.name}")
             args = self._args(s.call, obj.constructor)
-            oname = py_ident("obj_", s.name)
+            oname = self.ident("obj_", s.name)
             return [f"{ind}global {oname}", f"{ind}{oname} = {ctor}(ctx{args})"]
         if isinstance(s, ast.ExprStmt):
             return [ind + self.expr(s.call)]
@@ -372,7 +387,7 @@ class CodeGen:
                 if not _never_none(e.left):
                     subject = f"{subject} or ''"
                 return f"({rx}.search({subject}) {test})"
-            acl = py_ident("acl_", e.right.name)
+            acl = self.ident("acl_", e.right.name)
             neg = "" if e.op == "~" else "not "
             return f"({neg}{acl}.match({self.expr(e.left)}))"
         raise AssertionError(type(e))  # pragma: no cover
@@ -386,9 +401,9 @@ class CodeGen:
         if kind == "default_backend":
             return "DEFAULT_BACKEND"
         if kind in ("backend", "acl", "probe"):
-            return py_ident(kind + "_", e.ref[1])
+            return self.ident(kind + "_", e.ref[1])
         if kind == "instance":
-            return py_ident("obj_", e.ref[1])
+            return self.ident("obj_", e.ref[1])
         if kind == "enum":
             return repr(e.ref[1])
         raise AssertionError(kind)  # pragma: no cover
@@ -428,7 +443,7 @@ class CodeGen:
             return f"{self.str_expr(e.bound[0])}.{e.ref[1]}()"
         if kind == "func":
             vmod_name, func = e.ref[1], e.ref[2]
-            fname = self.const(f"{py_ident('vmod_', vmod_name)}.functions[{func.name!r}].impl",
+            fname = self.const(f"{self.ident('vmod_', vmod_name)}.functions[{func.name!r}].impl",
                                f"{vmod_name}_{func.name}")
             code = f"{fname}(ctx{self._args(e, func)})"
             return f"(await {code})" if func.is_async else code
@@ -436,9 +451,9 @@ class CodeGen:
             inst, func = e.ref[1], e.ref[2]
             obj = self.prog.instances[inst]
             vmod = _vmod_of(self.prog, obj)
-            fname = self.const(f"{py_ident('vmod_', vmod)}.objects[{obj.name!r}].methods[{func.name!r}].impl",
+            fname = self.const(f"{self.ident('vmod_', vmod)}.objects[{obj.name!r}].methods[{func.name!r}].impl",
                                f"{obj.name}_{func.name}")
-            code = f"{fname}({py_ident('obj_', inst)}, ctx{self._args(e, func)})"
+            code = f"{fname}({self.ident('obj_', inst)}, ctx{self._args(e, func)})"
             return f"(await {code})" if func.is_async else code
         raise AssertionError(kind)  # pragma: no cover
 
