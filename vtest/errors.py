@@ -4,6 +4,10 @@
 class TestFailure(Exception):
     """A vtc_fatal: the test fails with this reason."""
 
+    __test__ = False  # not a pytest test class
+
 
 class TestSkip(Exception):
     """The test cannot run here (missing feature or unsupported command)."""
+
+    __test__ = False
