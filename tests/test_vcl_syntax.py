@@ -8,7 +8,7 @@ import pytest
 
 from vcl import ast
 from vcl.parser import parse
-from vcl.rtlib import Regex, pcre_to_python, regsub
+from vcl.regex import Regex, pcre_to_python, regsub
 
 
 def stmts(body: str) -> list[ast.Stmt]:

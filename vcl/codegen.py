@@ -11,7 +11,7 @@ import keyword
 import re
 
 from vcl import ast, symbols, types
-from vcl.checker import CheckedProgram, SubInfo
+from vcl.program import CheckedProgram, SubInfo
 
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
 

@@ -1,0 +1,401 @@
+"""Expression typing, the VCC way: the expected type flows down into each sub-expression.
+
+So `1 + "a"` is a string in a string context and an error elsewhere, a bare `10` is a REAL where a
+REAL is expected, and implicit conversions (to STRING, to BOOL) become explicit `Convert` nodes.
+Names and calls are resolved (`ref`) to variables, backends, ACLs, vmod functions or object methods.
+"""
+
+from __future__ import annotations
+
+from vcl import ast, symbols, types
+from vcl.acl import resolve_acl_entry
+from vcl.errors import VCLError
+from vcl.program import SubInfo
+from vcl.regex import check_regex
+from vmods import Func, ObjectType, Vmod
+
+# Vmods that may be used without an `import` line (with a warning), as the docs' examples do.
+IMPLICIT_IMPORTS = frozenset({"tinykvm"})
+
+
+class ExprChecker:
+    """Mixed into vcl.checker.Checker, whose declarations it resolves names against."""
+
+    version: float
+    backends: dict[str, ast.Backend]
+    probes: dict[str, ast.Probe]
+    acls: dict[str, ast.Acl]
+    instances: dict[str, ObjectType]
+    vmods: dict[str, Vmod]
+    regexes: dict[str, str]
+    cur: SubInfo | None
+
+    def _use(self, kind: str, name: str, pos: ast.Pos, allowed: frozenset[str] | None) -> None:
+        raise NotImplementedError
+
+    def _ref(self, kind: str, name: str, pos: ast.Pos) -> None:
+        raise NotImplementedError
+
+    def _vmod_for(self, name: str, pos: ast.Pos) -> Vmod | None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ expressions
+
+    def expr0(self, e: ast.Expr, fmt: str) -> ast.Expr:
+        """Type `e` for a context expecting `fmt`, converting as VCC does, or raise VCLError."""
+        if fmt in types.STRING_FORMS:
+            r = self.cor(e, "STRING")
+            fmt = "STRING"
+        else:
+            r = self.cor(e, fmt)
+        if r.type == fmt:
+            return r
+        if fmt == "STRING":
+            return self.tostring(r)
+        if fmt == "BOOL":
+            r = self.tobool(r)
+            if r.type == "BOOL":
+                return r
+        raise VCLError(f"Expression has type {r.type}, expected {fmt}", e.pos)
+
+    def tostring(self, e: ast.Expr) -> ast.Expr:
+        if e.type == "STRING":
+            return e
+        if e.type not in types.TO_STRING:
+            if e.type == "BLOB":
+                raise VCLError("Wrong use of BLOB value.\nBLOBs can only be used as arguments to VMOD"
+                               " functions.", e.pos)
+            raise VCLError(f"Cannot convert {e.type} to STRING.", e.pos)
+        c = ast.Convert(e.pos, e, "STRING")
+        c.type = "STRING"
+        return c
+
+    def tobool(self, e: ast.Expr) -> ast.Expr:
+        if e.type == "BOOL" or e.type not in types.TO_BOOL:
+            return e
+        c = ast.Convert(e.pos, e, "BOOL")
+        c.type = "BOOL"
+        return c
+
+    def cor(self, e: ast.Expr, fmt: str) -> ast.Expr:
+        if isinstance(e, ast.BoolOp):
+            ops = []
+            for i, operand in enumerate(e.operands):
+                r = self.tobool(self.cor(operand, fmt))
+                if r.type != "BOOL":
+                    where = "preceeded" if i == 0 else "followed"
+                    raise VCLError(f"'{e.op}' must be {where} by BOOL, found {r.type}.", operand.pos)
+                ops.append(r)
+            e.operands = ops
+            e.type = "BOOL"
+            return e
+        if isinstance(e, ast.Not):
+            r = self.tobool(self.cor(e.operand, fmt))
+            if r.type != "BOOL":
+                raise VCLError(f"'!' must be followed by BOOL, found {r.type}.", e.pos)
+            e.operand = r
+            e.type = "BOOL"
+            return e
+        if isinstance(e, ast.Compare):
+            return self._compare(e, fmt)
+        if isinstance(e, ast.Match):
+            return self._match(e, fmt)
+        return self.add(e, fmt)
+
+    def _compare(self, e: ast.Compare, fmt: str) -> ast.Expr:
+        left = self.add(e.left, fmt)
+        ops = types.COMPARABLE.get(left.type or "")
+        if ops is None or e.op not in ops:
+            raise VCLError(f"Operator {e.op} not possible on {left.type}", e.op_pos)
+        right = self.add(e.right, left.type)
+        if right.type != left.type:
+            raise VCLError(f"Comparison of different types: {left.type} '{e.op}' {right.type}", e.op_pos)
+        e.left, e.right = left, right
+        e.type = "BOOL"
+        return e
+
+    def _match(self, e: ast.Match, fmt: str) -> ast.Expr:
+        left = self.add(e.left, fmt)
+        if left.type == "STRING":
+            if not isinstance(e.right, ast.StringLit):
+                t = self.add(e.right, "STRING").type
+                raise VCLError(f"Expression has type {t}, expected REGEX", e.right.pos)
+            self.regex(e.right)
+            e.kind = "regex"
+        elif left.type == "IP":
+            if not isinstance(e.right, ast.Name):
+                raise VCLError("Expected ACL identifier", e.right.pos)
+            if e.right.name not in self.acls:
+                raise VCLError(f"Undefined acl {e.right.name}, first reference:", e.right.pos)
+            self._ref("acl", e.right.name, e.right.pos)
+            e.right.ref = ("acl", e.right.name)
+            e.right.type = "ACL"
+            e.kind = "acl"
+        else:
+            raise VCLError(f"Operator {e.op} not possible on {left.type}", e.op_pos)
+        e.left = left
+        e.type = "BOOL"
+        return e
+
+    def regex(self, lit: ast.StringLit) -> None:
+        reason = check_regex(lit.value)
+        if reason is not None:
+            raise VCLError(f"Regexp compilation error: {reason}", lit.pos)
+        lit.type = "REGEX"
+        if lit.value not in self.regexes:
+            self.regexes[lit.value] = f"re_{len(self.regexes) + 1}"
+
+    def add(self, e: ast.Expr, fmt: str) -> ast.Expr:
+        if not (isinstance(e, ast.Arith) and e.op in "+-"):
+            return self.mul(e, fmt)
+        left = self.add(e.left, fmt)
+        if (e.op, left.type) not in types.ADD_LEFT and fmt == "STRING":
+            right = self.mul(e.right, "STRING")
+        else:
+            right = self.mul(e.right, left.type or fmt)
+        result = types.ADDS.get((e.op, left.type, right.type))
+        if result is not None:
+            e.left, e.right = left, right
+            e.type = result
+            return e
+        if e.op == "+" and (left.type == "STRING" or fmt == "STRING"):
+            parts: list[ast.Expr] = []
+            for part in (self.tostring(left), self.tostring(right)):
+                if isinstance(part, ast.Concat):
+                    parts.extend(part.parts)
+                else:
+                    parts.append(part)
+            c = ast.Concat(e.pos, parts)
+            c.type = "STRING"
+            return c
+        raise VCLError(f"{left.type} {e.op} {right.type} not possible.", e.op_pos)
+
+    def mul(self, e: ast.Expr, fmt: str) -> ast.Expr:
+        if not (isinstance(e, ast.Arith) and e.op in "*/%"):
+            return self.unary(e, fmt)
+        left = self.mul(e.left, fmt)
+        f2 = types.MULTYPE.get(left.type or "")
+        if f2 is None:
+            raise VCLError(f"Operator {e.op} not possible on type {left.type}.", e.op_pos)
+        right = self.unary(e.right, f2)
+        if right.type != "INT" and right.type != f2:
+            raise VCLError(f"{left.type} {e.op} {right.type} not possible.", e.op_pos)
+        e.left, e.right = left, right
+        e.type = left.type
+        return e
+
+    def unary(self, e: ast.Expr, fmt: str) -> ast.Expr:
+        if isinstance(e, ast.Neg):
+            r = self.unary(e.operand, fmt)
+            if r.type not in ("INT", "REAL", "DURATION", "BYTES"):
+                raise VCLError(f"Operator - not possible on type {r.type}.", e.pos)
+            e.operand = r
+            e.type = r.type
+            return e
+        return self.atom(e, fmt)
+
+    def atom(self, e: ast.Expr, fmt: str) -> ast.Expr:
+        if isinstance(e, (ast.BoolOp, ast.Not, ast.Compare, ast.Match, ast.Arith)):
+            return self.cor(e, fmt)   # a parenthesised sub-expression
+        if isinstance(e, ast.StringLit):
+            if fmt == "IP":
+                return self._ip_const(e)
+            e.type = "STRING"
+            return e
+        if isinstance(e, ast.IntLit):
+            if fmt == "BYTES":
+                raise VCLError(f"Expected BYTES unit (B, KB, MB...) got '{e.text}'", e.pos)
+            e.type = "REAL" if fmt == "REAL" else "INT"
+            return e
+        if isinstance(e, ast.RealLit):
+            if fmt == "BYTES":
+                raise VCLError(f"Expected BYTES unit (B, KB, MB...) got '{e.text}'", e.pos)
+            e.type = "REAL"
+            return e
+        if isinstance(e, ast.DurationLit):
+            e.type = "DURATION"
+            return e
+        if isinstance(e, ast.BytesLit):
+            if fmt != "BYTES":
+                unit = e.text.lstrip("0123456789.")
+                raise VCLError(f"Unknown duration unit '{unit}'\nLegal duration units are 'ms', 's', 'm', "
+                               "'h', 'd', 'w' and 'y'", e.pos)
+            e.type = "BYTES"
+            return e
+        if isinstance(e, ast.Name):
+            return self._name(e, fmt)
+        if isinstance(e, ast.Call):
+            return self._call(e, fmt)
+        if isinstance(e, (ast.Convert, ast.Concat)):
+            return e
+        raise VCLError(f"Unknown expression {type(e).__name__}", e.pos)  # pragma: no cover
+
+    def _ip_const(self, e: ast.StringLit) -> ast.Expr:
+        if e.value.startswith("/"):
+            raise VCLError(f"Cannot convert to an IP address: \"{e.value}\"", e.pos)
+        try:
+            nets = resolve_acl_entry(e.value, None)
+        except (ValueError, LookupError, UnicodeError):
+            raise VCLError(f"IP constant '\"{e.value}\"' could not be resolved to an IP address", e.pos) from None
+        lit = ast.StringLit(e.pos, nets[0].split("/")[0])
+        lit.type = "IP"
+        return lit
+
+    def _name(self, e: ast.Name, fmt: str) -> ast.Expr:
+        name = e.name
+        if name in ("true", "false"):
+            e.ref = ("bool", name == "true")
+            e.type = "BOOL"
+            return e
+        if name == "default" and fmt != "PROBE" and "default" not in self.backends:
+            e.ref = ("default_backend",)
+            e.type = "BACKEND"
+            return e
+        if fmt == "PROBE" and name in self.probes:
+            self._ref("probe", name, e.pos)
+            e.ref = ("probe", name)
+            e.type = "PROBE"
+            return e
+        if name in self.backends:
+            self._ref("backend", name, e.pos)
+            e.ref = ("backend", name)
+            e.type = "BACKEND"
+            return e
+        if name in self.acls:
+            self._ref("acl", name, e.pos)
+            e.ref = ("acl", name)
+            e.type = "ACL"
+            return e
+        if name in self.probes:
+            self._ref("probe", name, e.pos)
+            e.ref = ("probe", name)
+            e.type = "PROBE"
+            return e
+        if name in self.instances:
+            e.ref = ("instance", name)
+            e.type = "INSTANCE"
+            return e
+        var = symbols.lookup(name, self.version)
+        if var is None:
+            head = name.split(".")[0]
+            if head in self.vmods or head in IMPLICIT_IMPORTS:
+                raise VCLError(f"Symbol '{name}' type (FUNC) can not be used in expression without "
+                               "arguments.", e.pos)
+            raise VCLError(f"Symbol not found: '{name}'", e.pos)
+        if var.type == "BODY" or var.get == "None":
+            raise VCLError(f"Cannot convert {var.type} to STRING.", e.pos)
+        self._use("read", var.name, e.pos, var.read)
+        if var.name == "now" and self.cur is not None:
+            self.cur.uses_now = True
+        e.ref = ("var", var)
+        e.type = "STRING" if var.type == "HEADER" and fmt != "HEADER" else var.type
+        return e
+
+    # ------------------------------------------------------------------ calls
+
+    def _call(self, e: ast.Call, fmt: str, statement: bool = False) -> ast.Expr:
+        name = e.name
+        if name in ("regsub", "regsuball"):
+            if len(e.args) != 3 or any(a.name for a in e.args):
+                raise VCLError(f"{name}() takes three arguments: string, regex, substitution", e.pos)
+            subject = self.expr0(e.args[0].value, "STRING")
+            rx = e.args[1].value
+            if not isinstance(rx, ast.StringLit):
+                raise VCLError(f"Expression has type {self.add(rx, 'STRING').type}, expected REGEX", rx.pos)
+            self.regex(rx)
+            sub = self.expr0(e.args[2].value, "STRING")
+            e.ref = ("regsub", name == "regsuball")
+            e.bound = [subject, rx, sub]
+            e.type = "STRING"
+            return e
+        head, _, rest = name.partition(".")
+        if head in self.instances and rest:
+            obj = self.instances[head]
+            method = obj.methods.get(rest)
+            if method is None:
+                raise VCLError(f"Unknown method '{rest}' for object '{head}'", e.pos)
+            self._bind_args(e, method, name)
+            e.ref = ("method", head, method)
+            return self._func_result(e, method, statement)
+        vmod = self._vmod_for(head, e.pos) if rest else None
+        if vmod is not None:
+            func = vmod.functions.get(rest)
+            if func is None:
+                if rest in vmod.objects:
+                    raise VCLError(f"Symbol '{name}' is an object type: use it with 'new' in vcl_init",
+                                   e.pos)
+                raise VCLError(f"Symbol not found: '{name}'", e.pos)
+            self._bind_args(e, func, name)
+            e.ref = ("func", head, func)
+            if func.restrict is not None:
+                self._use("func", name, e.pos, func.restrict)
+            if func.is_async:
+                assert self.cur is not None
+                self.cur.is_async = True
+            return self._func_result(e, func, statement)
+        # STRING methods: <string expression>.lower() / .upper()
+        base, _, method = name.rpartition(".")
+        if base and method in ("lower", "upper") and not e.args:
+            target = self._name(ast.Name(e.pos, base), "STRING")
+            target = self.tostring(target)
+            e.ref = ("strmethod", method)
+            e.bound = [target]
+            e.type = "STRING"
+            return e
+        raise VCLError(f"Symbol not found: '{name}'", e.pos)
+
+    def _func_result(self, e: ast.Call, func: Func, statement: bool) -> ast.Expr:
+        if func.ret == "VOID" and not statement:
+            raise VCLError("Function returns VOID:", e.pos)
+        e.type = "STRING" if func.ret in types.STRING_FORMS or func.ret == "HEADER" else func.ret
+        return e
+
+    def _bind_args(self, e: ast.Call, func: Func, name: str) -> None:
+        params = func.params
+        bound: list[ast.Expr | None] = [None] * len(params)
+        positional = [a for a in e.args if a.name is None]
+        named = [a for a in e.args if a.name is not None]
+        if any(a.name is None for a in e.args[len(positional):]):
+            raise VCLError("Positional argument after named argument", e.pos)
+        if len(positional) > len(params):
+            raise VCLError(f"Too many arguments to {name}()", positional[len(params)].pos)
+        for i, arg in enumerate(positional):
+            bound[i] = self._arg(arg.value, params[i], name)
+        for arg in named:
+            idx = next((i for i, p in enumerate(params) if p.name == arg.name), None)
+            if idx is None:
+                raise VCLError(f"Unknown argument '{arg.name}'", arg.pos)
+            if bound[idx] is not None:
+                raise VCLError(f"Argument '{arg.name}' already used", arg.pos)
+            bound[idx] = self._arg(arg.value, params[idx], name)
+        for i, p in enumerate(params):
+            if bound[i] is None and not p.optional and p.default is None:
+                raise VCLError(f"Argument '{p.name}' missing", e.pos)
+        e.bound = bound
+
+    def _arg(self, value: ast.Expr, param, fname: str) -> ast.Expr:
+        ptype = param.type
+        if ptype == "ENUM":
+            if not isinstance(value, ast.Name) or value.name not in param.enum:
+                choices = "\n".join("\t" + w for w in param.enum)
+                raise VCLError(f"Wrong enum value.  Expected one of:\n{choices}", value.pos)
+            value.ref = ("enum", value.name)
+            value.type = "ENUM"
+            return value
+        if ptype == "HEADER":
+            if not isinstance(value, ast.Name):
+                raise VCLError(f"Expected a header (like req.http.X) for argument '{param.name}'", value.pos)
+            r = self._name(value, "HEADER")
+            if r.type != "HEADER":
+                raise VCLError(f"Expression has type {r.type}, expected HEADER", value.pos)
+            return r
+        if ptype == "STRANDS":
+            return self.expr0(value, "STRING")
+        if ptype == "HTTP":
+            r = self._name(value, "HTTP") if isinstance(value, ast.Name) else None
+            if r is None or r.type != "HTTP":
+                raise VCLError("Expected req, bereq, resp or beresp", value.pos)
+            return r
+        if ptype == "SUB":
+            raise VCLError("SUB arguments are not supported", value.pos)
+        return self.expr0(value, ptype)

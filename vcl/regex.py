@@ -1,0 +1,186 @@
+"""VCL regular expressions: PCRE syntax translated to Python `re`, compiled once at load, and
+regsub()/regsuball() with VCL's substitution syntax (\\0 or \\& for the match, \\1..\\9 for groups)."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+_POSIX_CLASSES = {
+    "alnum": "a-zA-Z0-9", "alpha": "a-zA-Z", "ascii": "\\x00-\\x7f", "blank": " \\t",
+    "cntrl": "\\x00-\\x1f\\x7f", "digit": "0-9", "graph": "\\x21-\\x7e", "lower": "a-z",
+    "print": "\\x20-\\x7e", "punct": "!-/:-@\\[-`{-~", "space": " \\t\\n\\r\\f\\v", "upper": "A-Z",
+    "word": "\\w", "xdigit": "0-9A-Fa-f",
+}
+_GLOBAL_FLAGS = re.compile(r"\(\?([imsx]+)\)")
+
+
+def pcre_to_python(pattern: str) -> str:
+    """Translate the PCRE syntax VCL users write into Python `re` syntax.
+
+    Handles inline flags in the middle of a pattern ("^(?i)foo" -> "^(?i:foo)"), POSIX classes
+    ([[:upper:]]), \\z / \\Z / \\A, \\h, \\Q...\\E and (?<name>...) groups.
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    # Scoped flag groups opened at each nesting level (their flags), closed at the level's end.
+    owed: list[list[str]] = [[]]
+    in_class = False
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            nxt = pattern[i + 1]
+            if nxt == "Q":
+                end = pattern.find("\\E", i + 2)
+                lit = pattern[i + 2: end if end >= 0 else n]
+                out.append(re.escape(lit))
+                i = (end + 2) if end >= 0 else n
+                continue
+            if nxt == "z":
+                out.append("\\Z")
+            elif nxt == "Z":
+                out.append("(?=\\n?\\Z)")
+            elif nxt == "h":
+                out.append("[ \\t]" if not in_class else " \\t")
+            elif nxt == "k" and i + 2 < n and pattern[i + 2] in "<{'":
+                close = {"<": ">", "{": "}", "'": "'"}[pattern[i + 2]]
+                end = pattern.find(close, i + 3)
+                out.append("(?P=%s)" % pattern[i + 3:end])
+                i = end + 1
+                continue
+            else:
+                out.append(c + nxt)
+            i += 2
+            continue
+        if in_class:
+            if c == "[" and pattern.startswith("[:", i):
+                end = pattern.find(":]", i + 2)
+                if end > 0:
+                    name = pattern[i + 2:end]
+                    neg = name.startswith("^")
+                    cls = _POSIX_CLASSES.get(name.lstrip("^"))
+                    if cls is not None and not neg:
+                        out.append(cls)
+                        i = end + 2
+                        continue
+            if c == "]":
+                in_class = False
+            out.append(c)
+            i += 1
+            continue
+        if c == "[":
+            in_class = True
+            out.append(c)
+            i += 1
+            if i < n and pattern[i] == "^":
+                out.append("^")
+                i += 1
+            if i < n and pattern[i] == "]":
+                out.append("\\]")
+                i += 1
+            continue
+        if c == "(":
+            m = _GLOBAL_FLAGS.match(pattern, i)
+            if m and (i > 0 or len(owed) > 1):
+                # Python only allows global flags at the very start: scope them to the rest of
+                # the enclosing group instead, which is what PCRE means.
+                out.append("(?%s:" % m.group(1))
+                owed[-1].append(m.group(1))
+                i = m.end()
+                continue
+            if pattern.startswith("(?<", i) and i + 3 < n and pattern[i + 3] not in "=!":
+                out.append("(?P<")
+                i += 3
+                owed.append([])
+                continue
+            owed.append([])
+            out.append(c)
+            i += 1
+            continue
+        if c == ")":
+            if len(owed) > 1:
+                out.append(")" * len(owed.pop()))
+            out.append(")")
+            i += 1
+            continue
+        if c == "|" and owed[-1]:
+            # PCRE carries a flag change into the following alternatives of the same group.
+            out.append(")" * len(owed[-1]) + "|" + "".join("(?%s:" % f for f in owed[-1]))
+            i += 1
+            continue
+        out.append(c)
+        i += 1
+    out.append(")" * len(owed[0]))
+    return "".join(out)
+
+
+class Regex:
+    """A VCL regex compiled once at load."""
+
+    __slots__ = ("source", "compiled", "search")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.compiled = re.compile(pcre_to_python(source))
+        self.search = self.compiled.search
+
+    def match(self, subject: str | None) -> bool:
+        return self.search(subject if subject is not None else "") is not None
+
+    def __repr__(self) -> str:
+        return f"Regex({self.source!r})"
+
+
+def check_regex(source: str) -> str | None:
+    """None if `source` compiles, else the reason (for a compile-time error)."""
+    try:
+        re.compile(pcre_to_python(source))
+    except re.error as exc:
+        return str(exc)
+    return None
+
+
+_SUB_TOKEN = re.compile(r"\\([0-9&\\])")
+
+
+@lru_cache(maxsize=256)
+def _sub_template(sub: str):
+    """Split a VCL substitution string into literal parts and group numbers."""
+    parts: list[str | int] = []
+    pos = 0
+    for m in _SUB_TOKEN.finditer(sub):
+        if m.start() > pos:
+            parts.append(sub[pos:m.start()])
+        g = m.group(1)
+        if g == "\\":
+            parts.append("\\")
+        else:
+            parts.append(0 if g == "&" else int(g))
+        pos = m.end()
+    if pos < len(sub):
+        parts.append(sub[pos:])
+    if all(isinstance(p, str) for p in parts):
+        return "".join(parts)  # type: ignore[arg-type]
+    return tuple(parts)
+
+
+def regsub(regex: Regex, subject: str | None, sub: str | None, all_: bool) -> str:
+    """regsub()/regsuball(): \\0 or \\& is the match, \\1..\\9 the groups (unmatched groups: "")."""
+    subject = subject if subject is not None else ""
+    template = _sub_template(sub if sub is not None else "")
+    if isinstance(template, str):
+        def repl(m: re.Match, t: str = template) -> str:
+            return t
+    else:
+        def repl(m: re.Match, t: tuple = template) -> str:
+            out = []
+            for p in t:
+                if isinstance(p, str):
+                    out.append(p)
+                else:
+                    try:
+                        out.append(m.group(p) or "")
+                    except IndexError:
+                        out.append("")
+            return "".join(out)
+    return regex.compiled.sub(repl, subject, count=0 if all_ else 1)
