@@ -1,6 +1,6 @@
 """pytest plugin: every tests/vtc/*.vtc is one test item, run by vtest in its own worker process.
 
-Registered once, through the `pytest11` entry point in pyproject.toml. Options:
+Registered once, by the root conftest.py (`pytest_plugins`). Options:
 --vtc-varnishd PATH runs the varnish blocks against that varnishd; --vtc-timeout SECONDS.
 """
 from __future__ import annotations
