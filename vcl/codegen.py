@@ -84,7 +84,7 @@ class CodeGen:
     def action(self, name: str, args: list[str], constant: bool = False) -> str:
         if not args:
             return self.const(f"Action({name!r})", f"A_{name.upper()}")
-        code = f"Action({name!r}, ({', '.join(args)},))"
+        code = f"Action({name!r}, ({', '.join(args)}{',' if len(args) == 1 else ''}))"
         if constant:
             # Actions are never modified, so one made of literals is shared (no allocation per request).
             words = "_".join(_IDENT.sub("", a.replace(".", "p")) for a in args if a != "''")
@@ -222,6 +222,7 @@ class CodeGen:
         kw = "async def" if info.is_async else "def"
         where = ", ".join(f"{d.name_pos.file}:{d.name_pos.line}" for d in info.defs)
         out = [f"{kw} {fname}(ctx):", f"    # sub {info.name} ({where})"]
+        last_returns = False
         if info.is_method and info.uses_now:
             out.append("    ctx.now = _now()  # `now` stays the same for the whole subroutine")
         for d in info.defs:
@@ -229,11 +230,11 @@ class CodeGen:
                 src = "built-in VCL" if d.builtin else f"{d.name_pos.file}:{d.name_pos.line}"
                 out.append(f"    # -- {src}")
             out.extend(self._block(d.body, 1))
-            if d.body and isinstance(d.body[-1], ast.Return) and d.body[-1].action is not None:
+            last_returns = bool(d.body) and isinstance(d.body[-1], ast.Return) and d.body[-1].action is not None
+            if last_returns:
                 if d is not info.defs[-1]:
                     out.append("    # (the rest of this subroutine is never reached)")
                 break
-        last_returns = bool(out) and out[-1].lstrip().startswith("return ")
         if info.is_method and not last_returns:
             out.append(f"    return {self.action('fail', [])}")
         if len(out) == 2:
