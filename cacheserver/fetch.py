@@ -39,7 +39,7 @@ _CC_FIELD = re.compile(r"(?:^|,)\s*(s-maxage|max-age|stale-while-revalidate)\s*(
 _FETCH_FILTER = ("Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match", "Content-Length",
                  "If-Unmodified-Since")
 # Headers of a 304 that must not replace the stored object's.
-_NO_MERGE = frozenset({"content-length", "content-encoding", "transfer-encoding", "etag"})
+_NO_MERGE = frozenset({"content-length", "content-encoding", "transfer-encoding", "connection"})
 
 
 class FetchError(Exception):
@@ -121,6 +121,16 @@ def make_bereq(req: HttpMessage, is_pass: bool, xid: int, gzip: bool, keep_proto
     return bereq
 
 
+def _strip_hop_by_hop(headers: Headers) -> None:
+    """What an object never stores: hop-by-hop fields and those Connection names."""
+    listed = [t.strip().lower() for v in headers.get_all("Connection") for t in v.split(",")]
+    for name in HOP_BY_HOP:
+        headers.unset(name)
+    for name in listed:
+        if name:
+            headers.unset(name)
+
+
 def collect_header(headers: Headers, name: str) -> None:
     """http_CollectHdr: several fields of one name become one, comma-joined, where the first was."""
     values = headers.get_all(name)
@@ -167,6 +177,8 @@ class BusyObj:
         self.req_body = req_body
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
         self.reader = oc.open_reader() if mode != "bg" else None
+        self.no_space = False
+        self.response = None
         xid = server.next_xid()
         params = server.params
         self.bereq0 = make_bereq(creq.req, self.is_pass, xid, params.http_gzip_support)
@@ -309,12 +321,6 @@ class BusyObj:
         beresp = HttpMessage(proto=f"HTTP/{response.version.major}.{response.version.minor}",
                              status=response.status, reason=response.reason or reason_for(response.status),
                              headers=Headers(fields))
-        listed = [t.strip().lower() for v in beresp.headers.get_all("Connection") for t in v.split(",")]
-        for name in HOP_BY_HOP:
-            beresp.headers.unset(name)
-        for name in listed:
-            if name and name not in ("close", "keep-alive"):
-                beresp.headers.unset(name)
         now = time.time()
         collect_header(beresp.headers, "Cache-Control")
         collect_header(beresp.headers, "Vary")
@@ -323,12 +329,26 @@ class BusyObj:
         ctx.beresp = beresp
         ctx.was_304 = False
         stale = self.stale
+        conditional = "If-None-Match" in ctx.bereq.headers or "If-Modified-Since" in ctx.bereq.headers
+        if beresp.status == 304 and not conditional:
+            self._release_response()
+            ctx.log.append(("FetchError", "304 response but not conditional fetch"))
+            return "error"
         if beresp.status == 304 and stale is not None and stale.complete and not self.is_pass:
             ctx.was_304 = True
             merged = stale.http.copy()
-            for name, value in beresp.headers.items():
-                if name.lower() not in _NO_MERGE:
-                    merged.headers.set(name, value)
+            fresh = beresp.headers
+            done: set[str] = set()
+            for name, _ in fresh.items():
+                lname = name.lower()
+                if lname in _NO_MERGE or lname in done:
+                    continue
+                done.add(lname)
+                # every field of that name comes from the 304, in place of the stored ones
+                values = fresh.get_all(lname)
+                merged.headers.set(name, values[0])
+                for value in values[1:]:
+                    merged.headers.add(name, value)
             merged.proto = beresp.proto
             ctx.beresp = beresp = merged
             self.server.counters.fetch_304 += 1
@@ -380,10 +400,12 @@ class BusyObj:
         ctx = self.ctx
         oc = self.oc
         http = http.copy()
+        _strip_hop_by_hop(http.headers)
         self.expected_len = None
         cl = http.headers.get("Content-Length")
-        if cl is not None and cl.strip().isdigit():
+        if cl is not None and cl.strip().isdigit() and not ctx.was_304:
             self.expected_len = int(cl.strip())
+            oc.expected = self.expected_len
         oc.http = http
         oc.t_origin = now_origin
         age = time.time() - now_origin
@@ -391,7 +413,7 @@ class BusyObj:
         oc.grace = max(float(ctx.beresp_grace or 0.0), 0.0)
         oc.keep = max(float(ctx.beresp_keep or 0.0), 0.0)
         oc.xid = ctx.bereq_xid
-        storage = self.server.storage
+        oc.hfm = oc.hfp = False
         if oc.private:
             oc.keep_body = False
             return
@@ -403,6 +425,15 @@ class BusyObj:
             oc.grace = oc.keep = 0.0
         if oc.hfm or oc.hfp:
             oc.keep_body = False
+
+    def _publish(self) -> None:
+        """Make the object visible (unbusy) if it belongs in the cache, else keep it private."""
+        ctx = self.ctx
+        oc = self.oc
+        storage = self.server.storage
+        if oc.private:
+            return
+        age = time.time() - oc.t_origin
         if oc.ttl + oc.grace + oc.keep - age <= 0 and not (oc.hfm or oc.hfp):
             storage.abandon(oc)          # nothing to keep: stays private to this fetch
             oc.private = True
@@ -413,9 +444,10 @@ class BusyObj:
             oc.private = True
             oc.keep_body = False
             return
-        if not storage.unbusy(oc, ctx.bereq, http.headers.get("Vary")):
+        if not storage.unbusy(oc, ctx.bereq, oc.http.headers.get("Vary")):
             oc.private = True
             oc.drop_body()
+            self.no_space = oc.size <= storage.max_bytes
         elif self.stale is not None and self.stale is not oc:
             storage.remove(self.stale)     # the fresh object replaces the one it revalidated
 
@@ -423,18 +455,26 @@ class BusyObj:
         ctx = self.ctx
         server = self.server
         oc = self.oc
+        self.no_space = False
+        # the stale object goes away once the new one is in: take its body first
+        body304 = self.stale.body() if ctx.was_304 else b""
         self._setup_object(ctx.beresp, self.t_origin)
         storage = server.storage
         if ctx.was_304:
-            stale = self.stale
-            oc.append(stale.body())
+            oc.append(body304)
             self._release_response()
-            if oc.store:
-                storage.grow(oc)
+            self._publish()
+            if self.no_space:
+                return self._out_of_storage()
             oc.finish(True)
             self._signal()
             return None
-        if ctx.do_stream:
+        streaming = bool(ctx.do_stream)
+        if streaming:
+            # clients (and requests waiting on the busy object) may read while the body arrives
+            self._publish()
+            if self.no_space:
+                return self._out_of_storage()
             self._signal()
         response = self.response
         counters = server.counters
@@ -458,31 +498,56 @@ class BusyObj:
                     break
                 oc.append(data)
                 if oc.store and not storage.grow(oc):
-                    # bigger than the whole store: deliver it, keep nothing
                     storage.remove(oc)
                     oc.private = True
                     oc.drop_body()
+                    if oc.size <= storage.max_bytes:
+                        return self._out_of_storage()
+                    # bigger than the whole store: deliver it, keep nothing
                 if not oc.keep_body:
                     await oc.wait_space()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
             ctx.log.append(("FetchError", str(exc) or type(exc).__name__))
-            counters.fetch_failed += 1
-            response.close()
-            self.response = None
-            backends.live(self.backend).conns -= 1
-            if oc.store:
-                storage.remove(oc)
-            oc.finish(False)
-            return None
+            return self._body_failed(streaming)
         if self.expected_len is not None and oc.length < self.expected_len:
-            counters.fetch_failed += 1
-            self._release_response()
+            ctx.log.append(("FetchError", "Premature end of body"))
+            return self._body_failed(streaming)
+        self._release_response()
+        if not streaming:
+            self._publish()
+            if self.no_space:
+                return self._out_of_storage()
+        oc.finish(True)
+        return None
+
+    def _body_failed(self, streaming: bool) -> str | None:
+        """The body broke off: a streamed object fails; one not yet delivered becomes an error."""
+        self.server.counters.fetch_failed += 1
+        response = self.response
+        if response is not None:
+            self.response = None
+            response.close()
+            backends.live(self.backend).conns -= 1
+        oc = self.oc
+        if streaming:
             if oc.store:
-                storage.remove(oc)
+                self.server.storage.remove(oc)
             oc.finish(False)
             return None
-        self._release_response()
-        oc.finish(True)
+        oc.chunks, oc.base, oc.length, oc.buffered, oc.expected = [], 0, 0, 0, 0
+        oc.keep_body = not oc.private
+        return "error"
+
+    def _out_of_storage(self) -> None:
+        """No room even after evicting nuke_limit objects: the fetch fails, as in varnishd."""
+        self.ctx.log.append(("FetchError", "Could not get storage"))
+        self.server.counters.fetch_failed += 1
+        response = self.response
+        if response is not None:
+            self.response = None
+            response.close()
+            backends.live(self.backend).conns -= 1
+        self.oc.finish(False)
         return None
 
     async def stp_error(self) -> str | None:
@@ -525,8 +590,7 @@ class BusyObj:
         beresp.headers.unset("Content-Length")
         self._setup_object(beresp, time.time())
         oc.append(body)
-        if oc.store:
-            server.storage.grow(oc)
+        self._publish()
         oc.finish(True)
         return None
 

@@ -31,8 +31,9 @@ async def pipe_request(request: ClientRequest) -> None:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(backend.host, int(backend.port)), server.params.connect_timeout)
     except (OSError, asyncio.TimeoutError):
+        # varnishd answers nothing: the client sees the connection close
         server.counters.backend_fail += 1
-        session.transport.write(b"HTTP/1.1 503 Backend fetch failed\r\nConnection: close\r\n\r\n")
+        server.counters.sc_tx_error += 1
         session.close()
         return
     server.counters.backend_conn += 1

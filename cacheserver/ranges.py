@@ -15,6 +15,8 @@ def parse_range(value: str, length: int) -> tuple[int, int] | None:
 
     None means "ignore the header and send the whole object" (200); RangeError means 416.
     """
+    if length < 0:
+        return None                  # length still unknown (streaming): send it all
     if value[:6].lower() != "bytes=":
         raise RangeError("Not Bytes")
     spec = value[6:].strip()

@@ -37,7 +37,7 @@ class ObjCore:
     __slots__ = ("head", "http", "chunks", "base", "length", "buffered", "complete", "failed", "keep_body",
                  "readers", "_wakeup", "_space", "t_origin", "ttl", "grace", "keep", "xid", "hits", "busy",
                  "hfm", "hfp", "private", "vary", "ban", "size", "store", "dying", "exp_at", "body_cache",
-                 "t_lastuse", "clen", "__weakref__")
+                 "t_lastuse", "clen", "expected", "__weakref__")
 
     def __init__(self, head: ObjHead | None = None, xid: int = 0) -> None:
         self.head = head
@@ -71,6 +71,7 @@ class ObjCore:
         self.body_cache: bytes | None = None
         self.t_lastuse = 0.0
         self.clen: int | None = None      # Content-Length the backend announced, while streaming
+        self.expected = 0                 # body bytes to reserve up front (a known Content-Length)
 
     # -- body streaming ---------------------------------------------------------------------------
 
@@ -163,8 +164,9 @@ class ObjCore:
     def in_grace(self, now: float) -> bool:
         return now < self.t_origin + self.ttl + self.grace
 
-    def compute_size(self) -> int:
-        self.size = _OVERHEAD + self.length + sum(len(n) + len(v) + 4 for n, v in self.http.headers.items())
+    def compute_size(self, with_body: bool = True) -> int:
+        body = max(self.length, self.expected) if with_body else 0
+        self.size = _OVERHEAD + body + sum(len(n) + len(v) + 4 for n, v in self.http.headers.items())
         return self.size
 
 
@@ -271,7 +273,7 @@ class Storage:
                 if not ignore_busy:
                     busy_found = True
                 continue
-            if oc.dying or oc.ttl + oc.grace + oc.keep <= 0 and not (oc.hfm or oc.hfp):
+            if oc.dying or oc.ttl <= 0 or now >= oc.exp_at:
                 continue
             if oc.ban is not bans.newest and bans.check(oc, req, now):
                 self.remove(oc)
@@ -289,19 +291,31 @@ class Storage:
                 oc.hits += 1
                 self._touch(oc)
                 return LookupResult(HIT, oc)
-            if stale is None or oc.t_origin > stale.t_origin:
+            # only an object past its own TTL (not just req.ttl) serves grace or revalidation
+            if now >= oc.t_origin + oc.ttl and (stale is None or oc.t_origin > stale.t_origin):
                 stale = oc
-        if stale is not None and (stale.hfm or stale.hfp):
+        if stale is not None and stale.hfm:
+            self.counters.cache_hitmiss += 1
+            return LookupResult(HITMISS, None, self._new_busy(head))
+        if stale is not None and stale.hfp:
             stale = None
+        in_grace = False
         if stale is not None:
             grace = stale.grace if req_grace is None or req_grace < 0 else min(stale.grace, req_grace)
-            if now < stale.t_origin + stale.ttl + grace:
+            in_grace = now < stale.t_origin + stale.ttl + grace
+        if not busy_found:
+            busy = self._new_busy(head)
+            if in_grace:
                 stale.hits += 1
                 self._touch(stale)
-                return LookupResult(GRACE, stale, None if busy_found else self._new_busy(head))
-        if busy_found:
-            return LookupResult(BUSY, stale)
-        return LookupResult(MISS, stale, self._new_busy(head))
+                return LookupResult(GRACE, stale, busy)
+            return LookupResult(MISS, stale, busy)
+        if in_grace:
+            # another fetch refreshes it already: deliver the stale object without waiting
+            stale.hits += 1
+            self._touch(stale)
+            return LookupResult(GRACE, stale, None)
+        return LookupResult(BUSY, stale)
 
     def _new_busy(self, head: ObjHead) -> ObjCore:
         # the head may have been dropped when the lookup removed its last object (ban, expiry)
@@ -327,6 +341,10 @@ class Storage:
             oc.vary = vary_of(vary_header, bereq)
         oc.ban = None
         self.bans.move(oc, self.bans.newest)
+        # the object itself first; if even that finds no room, Transient salvages it (short-lived)
+        if not self._account(oc, with_body=False):
+            self._salvage(oc)
+        # then the body (what arrived, or all it announced), as one storage allocation would be
         ok = self._account(oc)
         if ok:
             self.counters.n_object += 1
@@ -336,6 +354,15 @@ class Storage:
         if head is not None:
             head.rush()
         return ok
+
+    def _salvage(self, oc: ObjCore) -> None:
+        shortlived = self.params.shortlived if self.params is not None else 10.0
+        age = max(_wall() - oc.t_origin, 0.0)
+        oc.ttl = min(oc.ttl, age + shortlived)
+        oc.grace = oc.keep = 0.0
+        oc.store = "Transient"
+        self.transient_bytes += oc.size
+        self.counters.extra["SMA.Transient.g_bytes"] = self.transient_bytes
 
     def abandon(self, oc: ObjCore) -> None:
         """A busy object that will never be filled (fetch failed, miss turned pass)."""
@@ -351,9 +378,9 @@ class Storage:
             return True
         return self._account(oc)
 
-    def _account(self, oc: ObjCore) -> bool:
+    def _account(self, oc: ObjCore, with_body: bool = True) -> bool:
         old = oc.size
-        oc.compute_size()
+        oc.compute_size(with_body)
         extra = self.counters.extra
         if oc.store == "Transient":
             self.transient_bytes += oc.size - old
@@ -365,19 +392,33 @@ class Storage:
             self.transient_bytes += oc.size
             extra["SMA.Transient.g_bytes"] = self.transient_bytes
             return True
-        if oc.size > self.max_bytes:
+        if oc.size > self.max_bytes or not self._make_room(oc, old):
             extra["SMA.s0.c_fail"] += 1
             if oc.store == "s0":
                 self._lru.pop(oc, None)
                 oc.store = ""
+                self._gauge()
             return False
-        nuke_limit = self.params.nuke_limit if self.params is not None else 50
-        if nuke_limit == 0 and oc.store != "s0" and self._lru.currsize + oc.size > self.max_bytes:
-            extra["SMA.s0.c_fail"] += 1
-            return False             # may not evict anything to make room
         oc.store = "s0"
-        self._lru[oc] = oc          # evicts least recently used objects as needed
+        self._lru[oc] = oc
         self._gauge()
+        return True
+
+    def _make_room(self, oc: ObjCore, old: int) -> bool:
+        """Evict least recently used objects until `oc` fits, at most nuke_limit of them."""
+        lru = self._lru
+        if oc.store == "s0":
+            lru[oc]                     # most recently used: never its own victim
+        else:
+            old = 0
+        nuke_limit = self.params.nuke_limit if self.params is not None else 50
+        nuked = 0
+        while lru.currsize - old + oc.size > self.max_bytes:
+            if nuked >= nuke_limit or len(lru) <= (1 if oc.store == "s0" else 0):
+                self.counters.n_lru_limited += 1
+                return False
+            lru.popitem()
+            nuked += 1
         return True
 
     def _gauge(self) -> None:
