@@ -6,7 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, Tree, v_args
+from lark import Lark, Token, Transformer, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from vcl import ast
@@ -28,8 +28,7 @@ _TOKEN_WORDS = {
 def _lark() -> Lark:
     grammar = (Path(__file__).with_name("grammar.lark")).read_text()
     # The grammar is built once per process; every load reuses the LALR tables.
-    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=True)
+    return Lark(grammar, parser="lalr", lexer="contextual", maybe_placeholders=True)
 
 
 def _tok_pos(tok: Token, file: str) -> ast.Pos:
@@ -46,7 +45,8 @@ def _unquote(text: str) -> str:
 
 
 class _ToAst(Transformer):
-    """Lark tree -> vcl.ast nodes. Every node gets the position of its first token."""
+    """Lark tree -> vcl.ast nodes. A statement's position is its keyword's (keywords are named
+    terminals, so they stay in the tree; no per-node position tracking is needed)."""
 
     def __init__(self, file: str) -> None:
         super().__init__()
@@ -55,41 +55,36 @@ class _ToAst(Transformer):
     def _p(self, tok: Token) -> ast.Pos:
         return _tok_pos(tok, self.file)
 
-    def _mp(self, meta) -> ast.Pos:
-        return ast.Pos(self.file, meta.line, meta.column, 1)
-
     # -------------------------------------------------------------- top level
 
     def start(self, items):
         return ast.Program(list(items))
 
-    @v_args(meta=True)
-    def vcl_version(self, meta, children):
-        return ast.VclVersion(self._mp(meta), str(children[0]))
+    def vcl_version(self, children):
+        kw, version = children
+        return ast.VclVersion(self._p(kw), str(version))
 
-    @v_args(meta=True)
-    def import_(self, meta, children):
-        name = children[0]
-        return ast.Import(self._mp(meta), str(name), self._p(name))
+    def import_(self, children):
+        kw, name = children[0], children[1]
+        return ast.Import(self._p(kw), str(name), self._p(name))
 
-    @v_args(meta=True)
-    def include(self, meta, children):
-        return ast.Include(self._mp(meta), _unquote(str(children[0])))
+    def include(self, children):
+        kw, path = children
+        return ast.Include(self._p(kw), _unquote(str(path)))
 
-    @v_args(meta=True)
-    def backend(self, meta, children):
-        name = children[0]
-        return ast.Backend(self._mp(meta), str(name), self._p(name), list(children[1:]))
+    def backend(self, children):
+        kw, name, *rest = children
+        attrs = [c for c in rest if isinstance(c, ast.Attr)]
+        return ast.Backend(self._p(kw), str(name), self._p(name), attrs)
 
-    @v_args(meta=True)
-    def backend_none(self, meta, children):
-        name = children[0]
-        return ast.Backend(self._mp(meta), str(name), self._p(name), None)
+    def backend_none(self, children):
+        kw, name = children
+        return ast.Backend(self._p(kw), str(name), self._p(name), None)
 
-    @v_args(meta=True)
-    def probe(self, meta, children):
-        name = children[0]
-        return ast.Probe(self._mp(meta), str(name), self._p(name), list(children[1:]))
+    def probe(self, children):
+        kw, name, *rest = children
+        attrs = [c for c in rest if isinstance(c, ast.Attr)]
+        return ast.Probe(self._p(kw), str(name), self._p(name), attrs)
 
     def attr(self, children):
         name, value = children
@@ -99,73 +94,66 @@ class _ToAst(Transformer):
         return [ast.StringLit(self._p(t), _unquote(str(t))) for t in children]
 
     def inline_probe(self, children):
-        return list(children)
+        return [c for c in children if isinstance(c, ast.Attr)]
 
-    @v_args(meta=True)
-    def acl(self, meta, children):
-        name = children[0]
-        flags = [c for c in children[1:] if isinstance(c, str) and not isinstance(c, Token)]
-        entries = [c for c in children[1:] if isinstance(c, ast.AclEntry)]
-        return ast.Acl(self._mp(meta), str(name), self._p(name), flags, entries)
+    def acl(self, children):
+        kw, name, *rest = children
+        flags = [c for c in rest if isinstance(c, str) and not isinstance(c, Token)]
+        entries = [c for c in rest if isinstance(c, ast.AclEntry)]
+        return ast.Acl(self._p(kw), str(name), self._p(name), flags, entries)
 
     def acl_flag(self, children):
         sign, name = children
         return str(sign) + str(name)
 
-    @v_args(meta=True)
-    def acl_entry(self, meta, children):
+    def acl_entry(self, children):
         negate, addr, mask = children
         optional = False
         if isinstance(addr, tuple):
             addr, optional = addr[0], True
-        return ast.AclEntry(self._mp(meta), negate is not None, _unquote(str(addr)),
+        first = negate if negate is not None else addr
+        return ast.AclEntry(self._p(first), negate is not None, _unquote(str(addr)),
                             int(mask) if mask is not None else None, optional)
 
     def acl_paren(self, children):
         return (children[0],)
 
-    @v_args(meta=True)
-    def sub(self, meta, children):
-        name, body = children
-        return ast.Sub(self._mp(meta), str(name), self._p(name), body.body)
+    def sub(self, children):
+        kw, name, body = children
+        return ast.Sub(self._p(kw), str(name), self._p(name), body.body)
 
     # -------------------------------------------------------------- statements
 
-    @v_args(meta=True)
-    def block(self, meta, children):
+    def block(self, children):
         body = [c for c in children if isinstance(c, ast.Stmt)]
-        return ast.Block(self._mp(meta), body)
+        return ast.Block(self._p(children[0]), body)
 
-    @v_args(meta=True)
-    def set_(self, meta, children):
-        name, op, value = children
-        return ast.Set(self._mp(meta), str(name), self._p(name), str(op), value)
+    def set_(self, children):
+        kw, name, op, value = children
+        return ast.Set(self._p(kw), str(name), self._p(name), str(op), value)
 
-    @v_args(meta=True)
-    def unset_(self, meta, children):
-        name = children[-1]
-        return ast.Unset(self._mp(meta), str(name), self._p(name))
+    def unset_(self, children):
+        kw, name = children
+        return ast.Unset(self._p(kw), str(name), self._p(name))
 
-    @v_args(meta=True)
-    def call_(self, meta, children):
-        name = children[0]
-        return ast.CallSub(self._mp(meta), str(name), self._p(name))
+    def call_(self, children):
+        kw, name = children
+        return ast.CallSub(self._p(kw), str(name), self._p(name))
 
-    @v_args(meta=True)
-    def return_(self, meta, children):
-        if not children:
-            return ast.Return(self._mp(meta), None, None, [])
-        name, args = children[0]
-        return ast.Return(self._mp(meta), str(name), self._p(name), args)
+    def return_(self, children):
+        kw = children[0]
+        if len(children) == 1:
+            return ast.Return(self._p(kw), None, None, [])
+        name, args = children[1]
+        return ast.Return(self._p(kw), str(name), self._p(name), args)
 
     def action(self, children):
         name = children[0]
         args = children[1] if len(children) > 1 and children[1] is not None else []
         return (name, args)
 
-    @v_args(meta=True)
-    def if_(self, meta, children):
-        cond, body, *rest = children
+    def if_(self, children):
+        kw, cond, body, *rest = children
         branches = [(cond, body.body)]
         else_body = None
         for item in rest:
@@ -175,7 +163,7 @@ class _ToAst(Transformer):
                 branches.append(item)
             else:
                 else_body = item
-        return ast.If(self._mp(meta), branches, else_body)
+        return ast.If(self._p(kw), branches, else_body)
 
     def elif_(self, children):
         cond, body = children[-2], children[-1]
@@ -184,28 +172,26 @@ class _ToAst(Transformer):
     def else_(self, children):
         return children[0].body
 
-    @v_args(meta=True)
-    def synthetic_(self, meta, children):
-        return ast.Synthetic(self._mp(meta), children[0])
+    def synthetic_(self, children):
+        kw, value = children
+        return ast.Synthetic(self._p(kw), value)
 
-    @v_args(meta=True)
-    def hash_data_(self, meta, children):
-        return ast.HashData(self._mp(meta), children[0])
+    def hash_data_(self, children):
+        kw, value = children
+        return ast.HashData(self._p(kw), value)
 
-    @v_args(meta=True)
-    def ban_(self, meta, children):
-        return ast.Ban(self._mp(meta), children[0])
+    def ban_(self, children):
+        kw, value = children
+        return ast.Ban(self._p(kw), value)
 
-    @v_args(meta=True)
-    def new_(self, meta, children):
-        name, func, args = children
+    def new_(self, children):
+        kw, name, func, args = children
         call = ast.Call(self._p(func), str(func), args or [])
-        return ast.New(self._mp(meta), str(name), self._p(name), call)
+        return ast.New(self._p(kw), str(name), self._p(name), call)
 
-    @v_args(meta=True)
-    def call_stmt(self, meta, children):
+    def call_stmt(self, children):
         func, args = children
-        return ast.ExprStmt(self._mp(meta), ast.Call(self._p(func), str(func), args or []))
+        return ast.ExprStmt(self._p(func), ast.Call(self._p(func), str(func), args or []))
 
     # -------------------------------------------------------------- expressions
 
@@ -255,13 +241,13 @@ class _ToAst(Transformer):
     def paren(self, children):
         return children[0]
 
-    @v_args(meta=True)
-    def neg(self, meta, children):
-        return ast.Neg(self._mp(meta), children[-1])
+    def neg(self, children):
+        minus, operand = children
+        return ast.Neg(self._p(minus), operand)
 
-    @v_args(meta=True)
-    def not_(self, meta, children):
-        return ast.Not(self._mp(meta), children[-1])
+    def not_(self, children):
+        bang, operand = children
+        return ast.Not(self._p(bang), operand)
 
     def or_(self, children):
         operands = [c for c in children if not isinstance(c, Token)]
