@@ -22,7 +22,7 @@ from .varnish import Varnish
 UNSUPPORTED_TOP = {
     "logexpect": "logexpect (VSL log matching)", "process": "process (terminal emulation)",
     "shell": "shell commands", "haproxy": "haproxy instances", "syslog": "syslog instances",
-    "tunnel": "tunnel (TCP proxy)", "include": "include", "filewrite": "filewrite",
+    "tunnel": "tunnel (TCP proxy)",
 }
 
 
