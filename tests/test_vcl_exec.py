@@ -436,3 +436,13 @@ def test_vcl_names_with_dashes_do_not_collide_in_python():
     ctx = ctx_for("vcl_recv")
     compiled.subs["vcl_recv"](ctx)
     assert (ctx.req.headers.get("a"), ctx.req.headers.get("b")) == ("dash", "under")
+
+
+def test_numbers_the_server_left_unset_read_as_zero():
+    compiled = compile_("sub vcl_recv {\n\tset req.ttl += 5s;\n\tset req.http.g = req.grace;\n"
+                        "\tset req.http.r = req.restarts;\n}\n")
+    ctx = Context(method="vcl_recv", req=HttpMessage("GET", "/", headers=Headers([["Host", "h"]])),
+                  hash_parts=[])
+    compiled.subs["vcl_recv"](ctx)
+    assert ctx.req_ttl == 5.0
+    assert (ctx.req.headers.get("g"), ctx.req.headers.get("r")) == ("0.000", "0")

@@ -48,6 +48,7 @@ Every variable is listed in VARIABLES below (header variables are made by lookup
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 CLIENT = frozenset({"vcl_recv", "vcl_pipe", "vcl_pass", "vcl_hash", "vcl_purge", "vcl_miss", "vcl_hit",
@@ -118,7 +119,14 @@ class Variable:
     header: bool = False
 
 
+_PLAIN_FIELD = re.compile(r"ctx\.[a-z_]+")
+_ZERO = {"INT": "0", "REAL": "0.0", "DURATION": "0.0", "TIME": "0.0", "BYTES": "0.0"}
+
+
 def _v(name, type_, read, write=(), unset=(), get="", set_=None, unset_code=None, lo=4.0, hi=4.1):
+    if type_ in _ZERO and _PLAIN_FIELD.fullmatch(get):
+        # A number the server has not filled in (None) reads as 0, never as a TypeError later.
+        get = f"({get} or {_ZERO[type_]})"
     return Variable(name, type_, _set(*read), _set(*write), _set(*unset), get, set_, unset_code, lo, hi)
 
 
