@@ -246,7 +246,7 @@ class AdminCommands:
         raise Reply(CLIS_CLOSE, "Closing CLI connection")
 
     def _banner(self, argv: list[str], args: list[str]) -> str:
-        return banner()
+        return banner(self.server.running)
 
     def _help(self, argv: list[str], args: list[str]) -> str:
         as_json, rest = _split_j(args)
@@ -327,7 +327,7 @@ class AdminCommands:
             except ValueError:
                 raise Reply(CLIS_PARAM, f"Invalid XID {args[0]!r}") from None
             self.server.set_xid(value)
-        return f"XID is {self.server._xid}"
+        return f"XID is {self.server._xid} chunk 1"
 
     # ---- parameters --------------------------------------------------------------------------
     def _param_show(self, argv: list[str], args: list[str]) -> str:
@@ -399,7 +399,7 @@ class AdminCommands:
                        "VCL compilation failed"
             raise Reply(status, text) from None
         self.sources[name] = source
-        return ""
+        return "VCL compiled.\n"
 
     def _vcl_inline(self, argv: list[str], args: list[str]) -> str:
         return self._load(args[0], args[1], "<vcl.inline>")
@@ -421,7 +421,7 @@ class AdminCommands:
             self.server.vcl_use(args[0])
         except KeyError:
             raise Reply(CLIS_PARAM, f"No VCL named {args[0]} known\n") from None
-        return ""
+        return f"VCL '{args[0]}' now active"
 
     def _vcl_discard(self, argv: list[str], args: list[str]) -> str:
         labels = getattr(self.server, "vcl_labels", {})
@@ -469,8 +469,13 @@ class AdminCommands:
         if as_json:
             return _json(argv, *[{"status": status, "state": "auto", "temperature": "warm", "busy": busy,
                                   "name": name} for name, status, busy in rows])
-        return "".join(f"{status:<10}  {'auto':<6}  {'warm':<6} {busy:6d}    {name}\n"
-                       for name, status, busy in rows)
+        width = max([len(status) for _, status, _ in rows], default=6) + 3
+        out = [f"{status:<{width}}{'auto':<8}{'warm':<8}{busy:>6}    {name}" for name, status, busy in rows]
+        labels = getattr(self.server, "vcl_labels", {})
+        for label, target in labels.items():
+            out.append(f"{'available':<{width}}{'auto':<8}{'warm':<8}{0:>6}    {label} -> "
+                       f"{getattr(target, 'name', target)}")
+        return "\n".join(out) + "\n"
 
     def _vcl_show(self, argv: list[str], args: list[str]) -> str:
         rest = [a for a in args if a != "-v"]
@@ -513,29 +518,37 @@ class AdminCommands:
         from cacheserver.backends import live
 
         as_json, rest = _split_j(args)
+        details = "-p" in rest
         rest = [a for a in rest if a != "-p"]
         rows = []
         for full, spec in self._backends(rest[0] if rest else None):
             b = live(spec)
             probe = spec.probe
+            good = getattr(b, "probe_good", None)
             if probe is not None:
-                good = getattr(b, "probe_good", None)
-                probe_txt = f"{good if good is not None else '-'}/{probe.window}"
+                good_n = good if good is not None else (probe.window if b.probe_healthy else 0)
+                probe_txt = f"{good_n}/{probe.window}"
             else:
-                probe_txt = "0/0"
+                good_n, probe_txt = 0, "0/0"
             health = "healthy" if b.healthy else "sick"
             admin = b.admin if b.admin != "auto" else ("probe" if probe is not None else health)
-            rows.append((full, admin, probe_txt, health, b.changed))
+            # The prober may describe its window (varnishd's -p report); the server provides the text.
+            report = getattr(b, "probe_report", None)
+            extra = report() if details and probe is not None and callable(report) else ""
+            rows.append((full, admin, probe_txt, health, b.changed, good_n, probe, extra))
         if as_json:
-            return _json(argv, {full: {"type": "backend", "admin_health": admin,
-                                       "probe_message": probe_txt, "health": health,
-                                       "last_change": round(changed, 3)}
-                                for full, admin, probe_txt, health, changed in rows})
-        width = max([len("Backend name")] + [len(r[0]) for r in rows])
-        out = [f"{'Backend name':<{width}}   {'Admin':<8}   {'Probe':<8} {'Health':<10} Last change"]
-        for full, admin, probe_txt, health, changed in rows:
-            when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(changed))
-            out.append(f"{full:<{width}}   {admin:<8}   {probe_txt:<8} {health:<10} {when}")
+            return _json(argv, {r[0]: {"type": "backend", "admin_health": r[1],
+                                       "probe_message": [r[5], r[6].window if r[6] else 0, r[3]],
+                                       "last_change": round(r[4], 3)} for r in rows})
+        # Column widths as varnishd's: the name column gets 3 spaces of padding, the others 4.
+        head = ("Backend name", "Admin", "Probe", "Health")
+        widths = [max([len(head[i])] + [len(r[i]) for r in rows]) + (3 if i == 0 else 4) for i in range(4)]
+        out = ["".join(f"{h:<{w}}" for h, w in zip(head, widths, strict=True)) + "Last change"]
+        for r in rows:
+            when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(r[4]))
+            out.append("".join(f"{c:<{w}}" for c, w in zip(r[:4], widths, strict=True)) + when)
+            if r[7]:
+                out.append(r[7].rstrip("\n"))
         return "\n".join(out) + "\n"
 
     def _backend_set_health(self, argv: list[str], args: list[str]) -> str:
@@ -663,14 +676,15 @@ def _apply_flags(params: Any, name: str, value: str) -> str:
     return ",".join(current) or "none"
 
 
-def banner() -> str:
+def banner(running: bool = True) -> str:
     return ("-----------------------------\n"
             "Varnish Cache CLI 1.0\n"
             "-----------------------------\n"
             f"{platform.system()},{platform.release()},{platform.machine()},-smalloc,-hcritbit\n"
             "cacheserver (Python, varnishd 7.1 compatible CLI)\n\n"
             "Type 'help' for command list.\n"
-            "Type 'quit' to close CLI session.\n")
+            "Type 'quit' to close CLI session.\n"
+            + ("" if running else "Type 'start' to launch worker process.\n"))
 
 
 class CliSession:
@@ -736,7 +750,7 @@ class CliSession:
         authed = self.secret is None
         try:
             if authed:
-                await self.send(CLIS_OK, banner())
+                await self.send(CLIS_OK, banner(self.commands.server.running))
             else:
                 await self.send(CLIS_AUTH, self._new_challenge())
             while True:
@@ -747,7 +761,7 @@ class CliSession:
                     if argv[0] == "auth" and len(argv) == 2 and self.secret is not None and \
                             secrets.compare_digest(argv[1], auth_response(self.challenge, self.secret)):
                         authed = True
-                        await self.send(CLIS_OK, banner())
+                        await self.send(CLIS_OK, banner(self.commands.server.running))
                     elif argv[0] == "quit":
                         await self.send(CLIS_CLOSE, "Closing CLI connection")
                         break
