@@ -176,3 +176,30 @@ def test_ban_reports_through_ban_error():
     ctx = Context(method="vcl_recv", req=HttpMessage("GET", "/"), server=None)
     compiled.subs["vcl_recv"](ctx)
     assert ctx.req.headers.get("err") == "no server to add the ban to"
+
+
+def test_rollback_and_storage_go_through_server_hooks():
+    compiled = compile_vcl(HEAD + """sub vcl_recv {
+	std.rollback(req);
+	set req.http.free = storage.s0.free_space;
+	set req.http.happy = storage.Transient.happy;
+	set req.storage = storage.Transient;
+	set req.http.st = req.storage;
+}
+""", "s.vcl")
+
+    class Server:
+        def vcl_rollback(self, ctx, message):
+            message.headers.set("rolled", "1")
+
+        def storage_var(self, name, field):
+            return {"free_space": 1024.0, "happy": False}[field]
+
+    ctx = Context(method="vcl_recv", req=HttpMessage("GET", "/", headers=Headers([["Host", "h"]])),
+                  server=Server(), hash_parts=[])
+    compiled.subs["vcl_recv"](ctx)
+    h = ctx.req.headers
+    assert (h.get("rolled"), h.get("free"), h.get("happy"), h.get("st")) == ("1", "1024", "false", "Transient")
+    assert ctx.req_storage == "Transient"
+    with pytest.raises(VCLFailure):
+        compiled.subs["vcl_recv"](Context(method="vcl_recv", req=HttpMessage("GET", "/"), server=None))

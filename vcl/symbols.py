@@ -311,6 +311,10 @@ def lookup(name: str, version: float = 4.1) -> Variable | None:
                         set=f"{msg}.headers.set({header!r}, {{v}})",
                         unset_code=f"{msg}.headers.unset({lname!r})", header=True)
     parts = name.split(".")
+    if len(parts) == 2 and parts[0] == "storage" and parts[1] in STORAGE_NAMES:
+        # A stevedore is represented by its name; the server maps it to its storage.
+        return Variable(name, "STEVEDORE", _set("client", "backend"), frozenset(), frozenset(),
+                        get=repr(parts[1]), set=None)
     if len(parts) == 3 and parts[0] == "storage" and parts[1] in STORAGE_NAMES and parts[2] in STORAGE_FIELDS:
         return Variable(name, STORAGE_FIELDS[parts[2]], _set("client", "backend"), frozenset(), frozenset(),
                         get=f"rt.storage_var(ctx, {parts[1]!r}, {parts[2]!r})", set=None)
