@@ -17,6 +17,7 @@ import os
 import platform
 import secrets
 import string
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -813,6 +814,36 @@ def _parse_hostport(text: str) -> tuple[str, int]:
         if not sep:
             raise ValueError(f"Bad address {text!r}: expected ADDR:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class _StdoutWriter:
+    """The writer side of a CliSession on the process's stdout (varnishd -d)."""
+
+    def write(self, data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+
+    async def drain(self) -> None:
+        sys.stdout.buffer.flush()
+
+    def close(self) -> None:
+        sys.stdout.buffer.flush()
+
+
+async def serve_stdin(server: Any, on_eof: Callable[[], None]) -> None:
+    """varnishd -d: a CLI session on stdin/stdout, without auth; `on_eof` runs when stdin closes.
+
+    varnishtest keeps the debug stdin open and closes it to make varnishd exit: main.py passes a
+    callback that stops the server.
+    """
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_LINE)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    commands = getattr(server, "admin_commands", None) or AdminCommands(server)
+    server.admin_commands = commands
+    try:
+        await CliSession(commands, None, reader, _StdoutWriter()).run()  # type: ignore[arg-type]
+    finally:
+        on_eof()
 
 
 async def start_admin(server: Any, *, listen: str | None, connect: str | None,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -257,3 +260,30 @@ def test_connect_mode_and_generated_secret(tmp_path):
         lsrv.close()
         await server.close()
     run(body())
+
+
+def test_stdin_session_answers_and_ends_on_eof(tmp_path):
+    """varnishd -d: CLI on stdin/stdout; closing stdin calls the callback (main.py stops there)."""
+    script = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from cacheserver.admin import serve_stdin\n"
+        "from cacheserver.server import ListenSpec, Server\n"
+        "async def main():\n"
+        f"    server = Server(work_dir=Path({str(tmp_path)!r}))\n"
+        "    stop = asyncio.Event()\n"
+        "    await serve_stdin(server, stop.set)\n"
+        "    await asyncio.wait_for(stop.wait(), 5)\n"
+        "    print('stopped', flush=True)\n"
+        "asyncio.run(main())\n")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", script], input=b"ping\nstatus\nvcl.use\n", env=env,
+                       capture_output=True, timeout=60)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert out.startswith("200 ")                      # the banner, no auth on stdin
+    assert "\nPONG " in out
+    assert "200 22      \nChild in state stopped\n" in out
+    assert "104 19      \nToo few parameters\n\n" in out
+    assert out.endswith("stopped\n")
