@@ -111,6 +111,7 @@ class Server:
             msg = "; ".join(text for _, text in ctx.log) or "vcl_init failed"
             raise VCLLoadError(f"VCL \"{name}\" Failed initialization\nMessage:\n\t{msg}")
         compiled.name = name
+        self._name_instances(compiled)
         self.vcls[name] = compiled
         self.vcl_files[name] = filename
         self.counters.n_vcl += 1
@@ -118,6 +119,14 @@ class Server:
         if self.active_vcl is None:
             self.vcl_use(name)
         return compiled
+
+    @staticmethod
+    def _name_instances(compiled: CompiledVCL) -> None:
+        """vmod objects that show their VCL name (directors) learn it from `new NAME = ...`."""
+        instances = getattr(compiled, "instances", None)
+        for inst_name, inst in (instances() if callable(instances) else {}).items():
+            if getattr(inst, "vcl_name", "") is None:
+                inst.vcl_name = inst_name
 
     def vcl_use(self, name: str) -> None:
         compiled = self.vcls.get(name)
