@@ -86,9 +86,6 @@ class ObjCore:
     def finish(self, ok: bool = True) -> None:
         self.complete = ok
         self.failed = not ok
-        if ok and self.keep_body and self.base == 0:
-            self.body_cache = b"".join(self.chunks)
-            self.chunks = [self.body_cache] if self.body_cache else []
         self._wake()
         if self._space is not None and not self._space.done():
             self._space.set_result(None)
@@ -97,6 +94,9 @@ class ObjCore:
         """The whole body of a complete, kept object."""
         if self.body_cache is None:
             self.body_cache = b"".join(self.chunks)
+            if not self.readers and self.base == 0:
+                # one buffer instead of many; streaming readers index chunks, so only without them
+                self.chunks = [self.body_cache] if self.body_cache else []
         return self.body_cache
 
     def _wake(self) -> None:
