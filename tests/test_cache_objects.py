@@ -22,11 +22,16 @@ sub vcl_backend_response { set beresp.http.ttl = beresp.ttl; set beresp.http.gra
     ([("Cache-Control", "max-age=30")], 30),
     ([("Cache-Control", "s-maxage=40, max-age=30")], 40),              # s-maxage wins
     ([("Cache-Control", "max-age=30"), ("Age", "10")], 20),            # Age is subtracted
-    ([("Expires", formatdate(time.time() + 50.5, usegmt=True))], 50),   # whole seconds: 49.5..50.5
+    ([("Expires", "+50.5")], 50),          # made at response time; whole seconds: 49.5..50.5
     ([("Expires", "Thu, 01 Jan 1970 00:00:00 GMT")], 0),
 ])
 def test_ttl_from_backend_headers(make, headers, ttl):
-    cache, _ = make(SHOW_TTL, lambda req: Resp(headers=headers, body=b"x"))
+    def respond(req):
+        fields = [(n, formatdate(time.time() + float(v), usegmt=True) if v.startswith("+") else v)
+                  for n, v in headers]
+        return Resp(headers=fields, body=b"x")
+
+    cache, _ = make(SHOW_TTL, respond)
     _, h, _ = cache.get("/")
     assert abs(float(h["ttl"]) - ttl) <= 2.0, h["ttl"]    # Expires has whole seconds
 
