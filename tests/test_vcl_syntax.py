@@ -94,7 +94,6 @@ def test_statements():
 	new obj = mod.thing(1, named = 2);
 	std.log("x");
 	{ set req.http.nested = "1"; }
-	;
 """)
     kinds = [type(s).__name__ for s in body]
     assert kinds == ["Set", "Set", "Unset", "Unset", "CallSub", "Return", "Return", "Return", "Synthetic",

@@ -80,6 +80,8 @@ class Call(Expr):
 
     name: str
     args: list[Arg]
+    # `expr.method()` on a computed value: the expression (name is then ".method").
+    target: Expr | None = None
     # Filled by the checker.
     ref: object = field(default=None, init=False)
     bound: list[Expr | None] = field(default_factory=list, init=False)

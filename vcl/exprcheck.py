@@ -174,6 +174,8 @@ class ExprChecker:
         if not (isinstance(e, ast.Arith) and e.op in "*/%"):
             return self.unary(e, fmt)
         left = self.mul(e.left, fmt)
+        if e.op == "%" and left.type != "INT":
+            raise VCLError("Operator % only possible on INT.", e.op_pos)
         f2 = types.MULTYPE.get(left.type or "")
         if f2 is None:
             raise VCLError(f"Operator {e.op} not possible on type {left.type}.", e.op_pos)
@@ -335,13 +337,18 @@ class ExprChecker:
             return self._func_result(e, func, statement)
         # STRING methods: <string expression>.lower() / .upper()
         base, _, method = name.rpartition(".")
-        if base and method in ("lower", "upper") and not e.args:
-            target = self._name(ast.Name(e.pos, base), "STRING")
-            target = self.tostring(target)
+        if (base or e.target is not None) and method in ("lower", "upper") and not e.args:
+            if e.target is not None:
+                target = self.tostring(self.atom(e.target, "STRING"))
+            else:
+                target = self.tostring(self._name(ast.Name(e.pos, base), "STRING"))
             e.ref = ("strmethod", method)
             e.bound = [target]
             e.type = "STRING"
             return e
+        if e.target is not None:
+            target = self.atom(e.target, "STRING")
+            raise VCLError(f"Unknown property '{method}' for type {target.type}", e.pos)
         raise VCLError(f"Symbol not found: '{name}'", e.pos)
 
     def _func_result(self, e: ast.Call, func: Func, statement: bool) -> ast.Expr:

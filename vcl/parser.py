@@ -20,7 +20,7 @@ _BYTES_UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024
 _TOKEN_WORDS = {
     "NAME": "identifier", "STRING": "string", "INT": "number", "FLOAT": "number",
     "DURATION": "duration", "BYTES": "bytes", "$END": "end of file", "ASSIGN": "'='",
-    "CMPOP": "comparison", "MATCHOP": "'~'", "ADDOP": "'+'", "MULOP": "'*'",
+    "CMPOP": "comparison", "MATCHOP": "'~'", "ADDOP": "'+'", "MULOP": "'*'", "_ELIF": "'elseif'",
 }
 
 
@@ -240,6 +240,22 @@ class _ToAst(Transformer):
 
     def paren(self, children):
         return children[0]
+
+    def spaced_unit(self, children):
+        """`10 s`: VCC takes a number and its unit as two tokens, so a space between them is fine."""
+        number, unit = children
+        text = f"{number}{unit}"
+        if str(unit) in _DURATION_UNITS:
+            return ast.DurationLit(self._p(number), float(number) * _DURATION_UNITS[str(unit)], text)
+        if str(unit) in _BYTES_UNITS:
+            return ast.BytesLit(self._p(number), float(number) * _BYTES_UNITS[str(unit)], text)
+        raise VCLError(f"Unknown duration unit '{unit}'\nLegal duration units are 'ms', 's', 'm', 'h', 'd', "
+                       "'w' and 'y'", self._p(unit))
+
+    def method(self, children):
+        """`(expression).lower()`: a method on the value of any expression."""
+        target, name, args = children
+        return ast.Call(self._p(name), f".{name}", args or [], target=target)
 
     def neg(self, children):
         minus, operand = children

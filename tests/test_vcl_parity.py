@@ -1,0 +1,213 @@
+"""Parity with VCC: each statement below is accepted or rejected exactly as `varnishd -C` (7.1.1)
+does. The verdicts were recorded from varnishd; when varnishd is installed the live check re-runs it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from vcl.compiler import compile_vcl
+from vcl.errors import VCLError
+
+HEAD = "vcl 4.1;\nimport std;\nbackend default none;\n"
+
+# (subroutine, statement, accepted by varnishd 7.1.1 -C)
+VCC_VERDICTS = [
+    ('recv', 'set req.http.x = 1 + 2 * 3;', True),
+    ('recv', 'set req.http.x = "a" + 1.5;', True),
+    ('recv', 'set req.http.x = 1.5 + "a";', True),
+    ('recv', 'if (1.5 + "a") {}', False),
+    ('recv', 'set req.ttl = 1s * 2;', True),
+    ('recv', 'set req.ttl = 2 * 1s;', False),
+    ('recv', 'set req.ttl = 1s * 1.5;', True),
+    ('recv', 'set req.ttl = 1s / 2;', True),
+    ('recv', 'set req.ttl = 1s + 1;', False),
+    ('recv', 'set req.ttl = 1s - 1s;', True),
+    ('recv', 'set req.ttl = -1s;', True),
+    ('recv', 'set req.ttl = -(1s);', True),
+    ('recv', 'set req.grace = req.ttl;', True),
+    ('recv', 'set req.http.x = now + 1h;', True),
+    ('recv', 'set req.http.x = now - 1h;', True),
+    ('recv', 'set req.http.x = now - now;', True),
+    ('recv', 'set req.http.x = now + now;', True),
+    ('recv', 'if (now > now - 1s) {}', True),
+    ('recv', 'if (now == 1s) {}', False),
+    ('recv', 'if (req.url) {}', True),
+    ('recv', 'if (req.restarts) {}', True),
+    ('recv', 'if (req.ttl) {}', True),
+    ('recv', 'if (1.0) {}', False),
+    ('recv', 'if (req.backend_hint) {}', True),
+    ('recv', 'if (client.ip) {}', False),
+    ('recv', 'if (req.url == req.method) {}', True),
+    ('recv', 'if (req.url < "b") {}', True),
+    ('recv', 'if (true == false) {}', True),
+    ('recv', 'if (true < false) {}', False),
+    ('recv', 'if (client.ip == server.ip) {}', True),
+    ('recv', 'if (client.ip < server.ip) {}', False),
+    ('recv', 'if (req.backend_hint == default) {}', True),
+    ('recv', 'set req.backend_hint = default;', True),
+    ('recv', 'set req.http.x = req.http.y + req.http.z;', True),
+    ('recv', 'set req.http.x = req.restarts + req.esi_level;', True),
+    ('recv', 'set req.url = 1;', True),
+    ('recv', 'set req.url = true;', True),
+    ('recv', 'set req.hash_always_miss = 1;', True),
+    ('recv', 'set req.hash_always_miss = req.http.x;', True),
+    ('recv', 'set req.hash_always_miss = 1.0;', False),
+    ('recv', 'set req.ttl = 10;', False),
+    ('recv', 'set req.ttl += 10s;', True),
+    ('recv', 'set req.ttl *= 2;', True),
+    ('recv', 'set req.ttl *= 1.5;', True),
+    ('recv', 'set req.url += "x";', True),
+    ('recv', 'set req.url -= "x";', False),
+    ('recv', 'set req.http.x += "y";', True),
+    ('recv', 'set req.http.x = std.integer("1", 0) * 1.5;', False),
+    ('recv', 'set req.http.x = 1.5 * std.integer("1", 0);', True),
+    ('recv', 'set req.http.x = 7 % 2;', True),
+    ('recv', 'set req.http.x = 7.0 % 2;', False),
+    ('recv', 'set req.http.x = 1s % 2;', False),
+    ('recv', 'set req.http.x = std.real("1", 0) / 0.5;', True),
+    ('recv', 'set req.http.x = 1 / 2.0;', False),
+    ('recv', 'set req.http.x = (1 + 2) * 3;', True),
+    ('recv', 'set req.http.x = ("a" + "b");', True),
+    ('recv', 'set req.http.x = !true;', True),
+    ('recv', 'set req.http.x = !req.http.y;', True),
+    ('recv', 'set req.http.x = req.http.y && req.http.z;', True),
+    ('recv', 'set req.http.x = 1 == 1 == true;', False),
+    ('recv', 'if (req.url ~ "a" && req.url !~ "b" || !(req.url ~ "c")) {}', True),
+    ('recv', 'if (client.ip ~ "1.2.3.4") {}', False),
+    ('recv', 'if (req.http.x ~ req.url) {}', False),
+    ('recv', 'set req.http.x = regsub(req.url, "a", req.http.y);', True),
+    ('recv', 'set req.http.x = regsub(req.url, req.http.y, "b");', False),
+    ('recv', 'set req.http.x = regsuball(1, "a", 2);', True),
+    ('recv', 'std.log(1);', True),
+    ('recv', 'std.log(req.http.x + 1);', True),
+    ('recv', 'std.log();', False),
+    ('recv', 'std.log("a", "b");', False),
+    ('recv', 'std.collect(req.http.x, ",");', True),
+    ('recv', 'std.collect(req.url);', False),
+    ('recv', 'set req.http.x = std.ip(req.http.y, client.ip);', True),
+    ('recv', 'set req.http.x = std.ip(req.http.y, "1.2.3.4");', True),
+    ('recv', 'set req.http.x = std.time(req.http.y, now);', True),
+    ('recv', 'set req.http.x = std.duration("1s", 1);', False),
+    ('recv', 'set req.http.x = std.integer(s="1", fallback=2);', True),
+    ('recv', 'set req.http.x = std.integer(fallback=2, s="1");', True),
+    ('recv', 'set req.http.x = std.integer(s="1", 2);', False),
+    ('recv', 'set req.http.x = std.random(1, 2) + 1;', True),
+    ('recv', 'set req.http.x = std.port(client.ip) + 1;', True),
+    ('recv', 'set req.http.x = req.http.y.lower();', True),
+    ('recv', 'set req.http.x = req.url.upper();', True),
+    ('recv', 'set req.http.x = "abc".upper();', True),
+    ('recv', 'set req.http.x = req.xid;', True),
+    ('recv', 'set req.http.x = req.hash;', False),
+    ('recv', 'set req.http.x = req;', False),
+    ('recv', 'set req.http.x = bereq.url;', False),
+    ('recv', 'set req.http.x = server.identity;', True),
+    ('recv', 'set req.http.x = local.socket + local.endpoint;', True),
+    ('recv', 'set req.http.x = req_top.url;', True),
+    ('recv', 'set req.http.x = req_top.http.x;', True),
+    ('recv', 'set req_top.http.x = "1";', False),
+    ('recv', 'set req.http.x = sess.xid;', True),
+    ('recv', 'set sess.timeout_idle = 1s;', True),
+    ('recv', 'set req.http.x = storage.s0.free_space;', True),
+    ('recv', 'set req.http.x = storage.nope.free_space;', False),
+    ('recv', 'set req.storage = storage.s0;', True),
+    ('recv', 'unset req.http.x;', True),
+    ('recv', 'unset req.ttl;', False),
+    ('recv', 'ban("req.url ~ x");', True),
+    ('recv', 'hash_data(req.url);', False),
+    ('hash', 'hash_data(req.url);', True),
+    ('hash', 'hash_data(1);', True),
+    ('recv', 'return (synth(1, 2));', True),
+    ('recv', 'return (synth(200, "a", "b"));', False),
+    ('recv', 'return (pass(1s));', True),
+    ('backend_response', 'return (pass(1s));', True),
+    ('backend_response', 'return (pass);', True),
+    ('backend_response', 'return (error(503));', True),
+    ('backend_response', 'return (error);', True),
+    ('backend_response', 'return (retry);', True),
+    ('backend_fetch', 'return (error(503, "x"));', True),
+    ('backend_error', 'return (error(503));', False),
+    ('backend_error', 'set beresp.body = "x";', True),
+    ('backend_response', 'set beresp.body = "x";', False),
+    ('synth', 'set resp.body = "x";', True),
+    ('synth', 'set resp.body += "x";', True),
+    ('deliver', 'set resp.body = "x";', False),
+    ('deliver', 'set resp.do_esi = true;', True),
+    ('deliver', 'set resp.http.x = obj.uncacheable;', True),
+    ('hit', 'set req.http.x = obj.http.x + obj.status + obj.reason + obj.proto;', True),
+    ('deliver', 'set resp.http.x = obj.status;', False),
+    ('pipe', 'set bereq.http.x = "1";', True),
+    ('pipe', 'set bereq.backend = default;', True),
+    ('pipe', 'set bereq.first_byte_timeout = 1s;', False),
+    ('backend_fetch', 'set bereq.first_byte_timeout = 1s;', True),
+    ('backend_fetch', 'unset bereq.body;', True),
+    ('backend_response', 'unset bereq.body;', False),
+    ('backend_response', 'set beresp.filters = "gzip";', True),
+    ('backend_error', 'set beresp.filters = "gzip";', False),
+    ('init', 'set req.http.x = "1";', False),
+    ('init', 'std.log(server.identity + now);', True),
+    ('fini', 'return (fail);', False),
+    ('init', 'return (fail);', True),
+    ('recv', 'if (req.http.x) { } elsif (req.http.y) { } else { }', True),
+    ('recv', 'if (req.http.x) { } else if (req.http.y) { } elif (1) { }', True),
+    ('recv', '{ set req.http.x = "1"; }', True),
+    ('recv', ';', False),
+    ('recv', 'set req.http.x = 1KB;', False),
+    ('recv', 'set req.http.x = 1 KB;', False),
+    ('recv', 'set req.http.x = 1 s;', True),
+    ('recv', 'set req.http.x = 1.5.5;', False),
+    ('recv', 'set req.http.x = 08;', True),
+    ('recv', 'set req.http.x = "a" "b";', False),
+    ('recv', 'new x = std.foo();', False),
+    ('recv', 'call vcl_deliver;', False),
+    ('recv', 'call vcl_builtin_recv;', True),
+    ('recv', 'call vcl_req_cookie;', True),
+    ('recv', 'set req.http.x = - "a";', False),
+    ('recv', 'set req.http.x = -req.restarts;', True),
+    ('recv', 'set req.http.x = - -1;', True),
+    ('recv', 'set req.http.x = req.http.x-y;', True),
+    ('recv', 'set req.http.x = req.restarts-1;', False),
+    ('recv', 'set req.http.x = req.restarts - 1;', True),
+]
+
+
+def source(sub: str, body: str) -> str:
+    return HEAD + "sub vcl_%s {\n\t%s\n}\n" % (sub, body)
+
+
+def accepted(src: str) -> bool:
+    try:
+        compile_vcl(src, "parity.vcl")
+    except VCLError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("sub, body, vcc_ok", VCC_VERDICTS, ids=[f"{s}:{b}" for s, b, _ in VCC_VERDICTS])
+def test_same_verdict_as_vcc(sub, body, vcc_ok):
+    assert accepted(source(sub, body)) is vcc_ok
+
+
+VARNISHD = shutil.which("varnishd") or ("/usr/sbin/varnishd" if os.path.exists("/usr/sbin/varnishd") else None)
+
+
+@pytest.mark.skipif(VARNISHD is None, reason="varnishd not installed")
+def test_recorded_verdicts_still_match_varnishd():
+    wrong = []
+    # varnishd drops privileges before reading the file: a world-readable directory under /tmp.
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        for i, (sub, body, vcc_ok) in enumerate(VCC_VERDICTS[::10]):
+            path = Path(tmp) / f"p{i}.vcl"
+            path.write_text(source(sub, body))
+            path.chmod(0o644)
+            run = subprocess.run([VARNISHD, "-C", "-f", str(path)], capture_output=True, text=True, timeout=60)
+            live_ok = run.returncode == 0 and "VCC-compiler failed" not in run.stderr
+            if live_ok is not vcc_ok:
+                wrong.append((sub, body))
+    assert wrong == []
