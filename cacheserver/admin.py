@@ -189,7 +189,9 @@ COMMANDS: list[CommandDef] = [
                "Compile and load the VCL file under the name provided.", 2, 3, "_vcl_load"),
     CommandDef("vcl.show", "vcl.show [-v] [<configname>]", "Display the source code for the specified "
                "configuration.", 0, 2, "_vcl_show"),
-    CommandDef("vcl.use", "vcl.use <configname>", "Switch to the named configuration immediately.", 1, 1,
+    CommandDef("vcl.state", "vcl.state <configname> [auto|cold|warm]", "Force the state of the named "
+               "configuration.", 2, 2, "_vcl_state"),
+    CommandDef("vcl.use", "vcl.use <configname|label>", "Switch to the named configuration immediately.", 1, 1,
                "_vcl_use"),
 ]
 _BY_NAME = {c.name: c for c in COMMANDS}
@@ -219,6 +221,8 @@ class AdminCommands:
     def __init__(self, server: Any) -> None:
         self.server = server
         self.sources: dict[str, str] = {}  # VCL source by name, for vcl.show
+        self.states: dict[str, str] = {}   # vcl.state, shown by vcl.list
+        self.active_label: str | None = None
 
     # ---- dispatch --------------------------------------------------------------------------
     async def execute(self, argv: list[str]) -> tuple[int, str]:
@@ -417,30 +421,50 @@ class AdminCommands:
                 from None
         return self._load(name, source, str(full))
 
+    # Labels: server.vcl_labels maps a label to the CompiledVCL it points at; the admin keeps which
+    # label (if any) is the active one, so relabelling it moves the traffic.
+    def _labels(self) -> dict[str, Any]:
+        labels = getattr(self.server, "vcl_labels", None)
+        if labels is None:
+            labels = self.server.vcl_labels = {}
+        return labels
+
+    def _label_target(self, label: str) -> str:
+        return getattr(self._labels()[label], "name", "")
+
     def _vcl_use(self, argv: list[str], args: list[str]) -> str:
+        name = args[0]
+        labels = self._labels()
+        target = self._label_target(name) if name in labels else name
         try:
-            self.server.vcl_use(args[0])
+            self.server.vcl_use(target)
         except KeyError:
-            raise Reply(CLIS_PARAM, f"No VCL named {args[0]} known\n") from None
-        return f"VCL '{args[0]}' now active"
+            raise Reply(CLIS_PARAM, f"No VCL named {name} known\n") from None
+        self.active_label = name if name in labels else None
+        return f"VCL '{name}' now active"
 
     def _vcl_discard(self, argv: list[str], args: list[str]) -> str:
-        labels = getattr(self.server, "vcl_labels", {})
+        labels = self._labels()
         names: list[str] = []
         drop_labels: list[str] = []
         for pattern in args:
             hits = [n for n in self.server.vcls if fnmatch.fnmatchcase(n, pattern)]
             label_hits = [n for n in labels if fnmatch.fnmatchcase(n, pattern)]
             if not hits and not label_hits:
-                raise Reply(CLIS_PARAM, f"No VCL named {pattern} known\n")
+                raise Reply(CLIS_PARAM, f"No VCL name matches {pattern}\n")
             names += hits
             drop_labels += label_hits
-        labelled = {getattr(v, "name", None) for k, v in labels.items() if k not in drop_labels}
+        for label in drop_labels:
+            if label == self.active_label:
+                raise Reply(CLIS_CANT, f"Cannot discard active VCL program {label}\n")
+        kept = {k: self._label_target(k) for k in labels if k not in drop_labels}
         for name in names:
-            if name == self.server.active_name:
+            if name == self.server.active_name and self.active_label is None:
                 raise Reply(CLIS_CANT, f"Cannot discard active VCL program {name}\n")
-            if name in labelled:
-                raise Reply(CLIS_CANT, f"Cannot discard labeled VCL program {name}\n")
+            users = [k for k, t in kept.items() if t == name]
+            if users:
+                raise Reply(CLIS_CANT, f"Cannot discard labeled VCL program {name}:\n" +
+                            "".join(f"\t{k}\n" for k in users))
         for label in drop_labels:
             del labels[label]  # discarding a label only removes the label
         for name in names:
@@ -449,38 +473,92 @@ class AdminCommands:
             except (KeyError, ValueError) as e:
                 raise Reply(CLIS_CANT, str(e).strip("'\"")) from None
             self.sources.pop(name, None)
+            self.states.pop(name, None)
         return ""
 
     def _vcl_label(self, argv: list[str], args: list[str]) -> str:
         label, target = args
         _check_vcl_name(label)
-        if label in self.server.vcls:
-            raise Reply(CLIS_PARAM, f"{label} is not a label\n")
+        labels = self._labels()
+        if target in labels:
+            raise Reply(CLIS_CANT, "VCL labels cannot point to labels")
         if target not in self.server.vcls:
             raise Reply(CLIS_PARAM, f"No VCL named {target} known\n")
+        if label in self.server.vcls:
+            raise Reply(CLIS_PARAM, f"{label} is not a label")
         if callable(getattr(self.server, "vcl_label", None)):
             self.server.vcl_label(label, target)
         else:
-            self.server.vcl_labels[label] = self.server.vcls[target]
+            labels[label] = self.server.vcls[target]
+        if label == self.active_label:
+            self.server.vcl_use(target)  # the active label now leads elsewhere
+        return ""
+
+    def _vcl_state(self, argv: list[str], args: list[str]) -> str:
+        name, state = args
+        if name in self._labels():
+            raise Reply(CLIS_PARAM, "Labels are always warm")
+        if name not in self.server.vcls:
+            raise Reply(CLIS_PARAM, f"No VCL named {name} known\n")
+        if state not in ("auto", "cold", "warm"):
+            raise Reply(CLIS_PARAM, "State must be one of auto, cold or warm.")
+        if state == "cold":
+            if name == self.server.active_name:
+                raise Reply(CLIS_CANT, "Cannot set the active VCL cold.")
+            if any(self._label_target(k) == name for k in self._labels()):
+                raise Reply(CLIS_CANT, "Cannot set a labeled VCL cold.")
+        # Our VCLs hold no resources that cooling would release: the state is recorded and shown.
+        self.states[name] = state
         return ""
 
     def _vcl_list(self, argv: list[str], args: list[str]) -> str:
         as_json, _ = _split_j(args)
-        rows = self.server.vcl_list()
+        labels = self._labels()
+        running = self.server.running
+        active_vcl = None if self.active_label else self.server.active_name
+        rows = []
+        for name, _status, busy in self.server.vcl_list():
+            state = self.states.get(name, "auto")
+            temp = "cold" if state == "cold" else "warm"
+            # The running server holds a reference to the VCL that takes the traffic.
+            held = running and name == self.server.active_name
+            users = [k for k in labels if self._label_target(k) == name]
+            rows.append(("active" if name == active_vcl else "available", state, temp,
+                         (busy + held) if running else None, name, users, None))
+        for label in labels:
+            rows.append(("active" if label == self.active_label else "available", "label", "warm",
+                         0 if running else None, label, [], self._label_target(label)))
         if as_json:
-            return _json(argv, *[{"status": status, "state": "auto", "temperature": "warm", "busy": busy,
-                                  "name": name} for name, status, busy in rows])
-        width = max([len(status) for _, status, _ in rows], default=6) + 3
-        out = [f"{status:<{width}}{'auto':<8}{'warm':<8}{busy:>6}    {name}" for name, status, busy in rows]
-        labels = getattr(self.server, "vcl_labels", {})
-        for label, target in labels.items():
-            out.append(f"{'available':<{width}}{'auto':<8}{'warm':<8}{0:>6}    {label} -> "
-                       f"{getattr(target, 'name', target)}")
-        return "\n".join(out) + "\n"
+            out = []
+            for status, state, temp, busy, name, users, target in rows:
+                item: dict[str, Any] = {"status": status, "state": state, "temperature": temp,
+                                        "busy": busy if busy is not None else "-", "name": name}
+                if users:
+                    item["labels"] = len(users)
+                if target is not None:
+                    item["label"] = {"name": target}
+                out.append(item)
+            return _json(argv, *out)
+        w_status = max(len(r[0]) for r in rows) + 3 if rows else 9
+        w_state = max(len(r[1]) for r in rows) + 4 if rows else 8
+        w_name = max(len(r[4]) for r in rows) + 4 if rows else 8
+        lines = []
+        for status, state, temp, busy, name, users, target in rows:
+            line = f"{status:<{w_status}}{state:<{w_state}}{temp:<8}{'-' if busy is None else busy:>6}    "
+            if target is not None:
+                line += f"{name:<{w_name}}->    {target}"
+            elif users:
+                line += f"{name:<{w_name}}<-    ({len(users)} label{'s' if len(users) > 1 else ''})"
+            else:
+                line += name
+            lines.append(line)
+        return "\n".join(lines) + "\n"
 
     def _vcl_show(self, argv: list[str], args: list[str]) -> str:
         rest = [a for a in args if a != "-v"]
         name = rest[0] if rest else self.server.active_name
+        if name in self._labels():
+            name = self._label_target(name)
         if name is None or name not in self.server.vcls:
             raise Reply(CLIS_PARAM, f"No VCL named {name} known\n")
         source = self.sources.get(name)

@@ -161,7 +161,7 @@ def test_start_stop_status_and_listen_address(tmp_path, secret_file):
 
 def test_vcl_commands_with_heredoc_and_quoted_inline(tmp_path, secret_file):
     async def body(server: Server, cli: Cli) -> None:
-        assert await cli.ask("vcl.list") == (200, "active   auto    warm         0    boot\n")
+        assert await cli.ask("vcl.list") == (200, "active   auto    warm         -    boot\n")  # stopped: "-"
         cli.writer.write(b"vcl.inline v2 << EOF\nvcl 4.1;\nbackend b { .host = \"127.0.0.1\"; }\nEOF\n")
         assert (await cli.result())[0] == 200
         assert "v2" in server.vcls
@@ -287,3 +287,36 @@ def test_stdin_session_answers_and_ends_on_eof(tmp_path):
     assert "200 22      \nChild in state stopped\n" in out
     assert "104 19      \nToo few parameters\n\n" in out
     assert out.endswith("stopped\n")
+
+
+def test_vcl_labels_and_states(tmp_path, secret_file):
+    async def body(server: Server, cli: Cli) -> None:
+        assert (await cli.ask('vcl.inline v2 "vcl 4.1; backend b none;"'))[0] == 200
+        assert (await cli.ask("vcl.label foo nosuch"))[0] == 106
+        assert (await cli.ask("vcl.label foo v2"))[0] == 200
+        assert (await cli.ask("vcl.label bar foo")) == (300, "VCL labels cannot point to labels")
+        assert (await cli.ask("vcl.label boot v2")) == (106, "boot is not a label")
+        assert (await cli.ask("vcl.state foo cold")) == (106, "Labels are always warm")
+        assert (await cli.ask("vcl.state v2 cold"))[0] == 300          # labelled
+        assert (await cli.ask("vcl.state boot cold"))[0] == 300        # active
+        assert (await cli.ask("vcl.state boot hot"))[0] == 106
+        assert (await cli.ask("vcl.state boot warm"))[0] == 200
+        assert (await cli.ask("vcl.state boot auto"))[0] == 200
+        status, text = await cli.ask("vcl.list")
+        assert text.splitlines() == [
+            "active      auto     warm         -    boot",
+            "available   auto     warm         -    v2      <-    (1 label)",
+            "available   label    warm         -    foo     ->    v2",
+        ]
+        assert (await cli.ask("vcl.discard v2"))[0] == 300
+        assert await cli.ask("vcl.use foo") == (200, "VCL 'foo' now active")
+        assert server.active_name == "v2"
+        assert (await cli.ask("vcl.discard foo"))[0] == 300             # the active label
+        assert (await cli.ask("vcl.label foo boot"))[0] == 200          # relabel moves the traffic
+        assert server.active_name == "boot"
+        assert (await cli.ask("vcl.use v2"))[0] == 200
+        assert (await cli.ask("vcl.discard foo"))[0] == 200
+        assert (await cli.ask("vcl.discard foo"))[0] == 106
+        assert (await cli.ask("vcl.discard boot"))[0] == 200
+        assert "boot" not in server.vcls
+    run(_session(tmp_path, secret_file, body))
