@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cacheserver", description="A Varnish-style caching HTTP server programmed in VCL.",
         add_help=False)
-    p.add_argument("-h", "--help", action="help", help="show this help and exit")
+    p.add_argument("--help", action="help", help="show this help and exit")
+    p.add_argument("-h", dest="hash", metavar="TYPE", help="hash algorithm (accepted for compatibility)")
     p.add_argument("-f", dest="vcl_file", metavar="FILE", help="VCL file to load")
     p.add_argument("-a", dest="listen", action="append", metavar="[NAME=][ADDR]:PORT",
                    help="listen address (repeatable; default :8080)")
@@ -55,10 +56,15 @@ def _storage_bytes(specs: list[str] | None) -> int:
         name, _, rest = spec.partition("=")
         kind_and_args = rest if rest else name
         kind, _, arg = kind_and_args.partition(",")
-        if kind not in ("malloc", "default", "Transient"):
-            raise ValueError(f"-s {spec}: only malloc storage is supported")
-        if arg:
-            size = parse_bytes(arg)
+        if kind not in ("malloc", "default", "file", "umem", "Transient"):
+            raise ValueError(f"-s {spec}: unknown storage type {kind!r}")
+        # file storage is held in memory too: ",path,size" puts the size second
+        parts = arg.split(",")
+        size_text = (parts[1] if len(parts) > 1 else "") if kind == "file" else parts[0]
+        if name == "Transient" and rest:
+            continue                       # Transient is unbounded here, as varnishd's default
+        if size_text:
+            size = parse_bytes(size_text)
     return size
 
 

@@ -19,7 +19,7 @@ def parse_bytes(text: str) -> int:
 
 
 def parse_duration(text: str) -> float:
-    m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w|y)?\s*", text)
+    m = re.fullmatch(r"\s*(-?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h|d|w|y)?\s*", text)
     if not m:
         raise ValueError(f"Invalid duration: {text!r}")
     return float(m.group(1)) * _DURATION_UNITS[m.group(2) or ""]
@@ -43,7 +43,7 @@ def parse_uint(text: str) -> int:
 
 _PARSERS: dict[str, Callable[[str], object]] = {
     "bytes": parse_bytes, "duration": parse_duration, "bool": parse_bool, "uint": parse_uint,
-    "string": str,
+    "string": str, "real": float,
 }
 
 
@@ -54,6 +54,8 @@ class ParamDef:
     default: str
     doc: str
     minimum: float | None = None
+    maximum: float | None = None
+    units: str = ""
 
 
 # The parameters the server acts on, with varnishd 7.1's defaults.
@@ -105,14 +107,41 @@ DEFINITIONS = [
 ]
 
 
+def _all_definitions() -> list[ParamDef]:
+    """Ours (documented, acted on) first, then every other varnishd parameter, accepted as data."""
+    from cacheserver.param_table import TABLE
+
+    ours = {d.name: d for d in DEFINITIONS}
+    out = list(DEFINITIONS)
+    for name, kind, default, units, minimum, maximum in TABLE:
+        if name in ours:
+            continue
+        try:
+            _PARSERS[kind](default)
+        except ValueError:
+            default = "0" if kind != "string" else default   # "platform dependent"
+        out.append(ParamDef(name, kind, default, "", _number(minimum), _number(maximum), units))
+    return out
+
+
+def _number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(parse_bytes(text)) if text[-1:].isalpha() else float(text)
+    except ValueError:
+        return None
+
+
 class Params:
     """Current values, readable as attributes on the hot path (params.default_ttl)."""
 
     def __init__(self) -> None:
-        self._defs = {d.name: d for d in DEFINITIONS}
+        self._defs = {d.name: d for d in _all_definitions()}
         self._text: dict[str, str] = {}
-        for d in DEFINITIONS:
-            self.set(d.name, d.default)
+        for d in self._defs.values():
+            self._text[d.name] = d.default
+            setattr(self, d.name, _PARSERS[d.kind](d.default))
 
     def set(self, name: str, text: str) -> None:
         """Set parameter `name` from its text form; ValueError with a CLI-ready message if bad."""
@@ -122,6 +151,8 @@ class Params:
         value = _PARSERS[d.kind](text)
         if d.minimum is not None and isinstance(value, (int, float)) and value < d.minimum:
             raise ValueError(f"Must be at least {d.minimum:g}")
+        if d.maximum is not None and isinstance(value, (int, float)) and value > d.maximum:
+            raise ValueError(f"Must be no more than {d.maximum:g}")
         self._text[name] = text
         setattr(self, name, value)
 
