@@ -8,6 +8,7 @@ Directors (vmods.directors) are anything with `resolve(ctx)`; `resolve()` follow
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -97,11 +98,19 @@ def make_session(server: Server) -> aiohttp.ClientSession:
     counters = server.counters
     trace = aiohttp.TraceConfig()
 
+    def connected(ctx) -> None:
+        # first_byte_timeout counts from here: the fetch passes its timeout as trace_request_ctx
+        request_ctx = getattr(ctx, "trace_request_ctx", None)
+        if isinstance(request_ctx, dict) and "timeout" in request_ctx:
+            request_ctx["timeout"].reschedule(asyncio.get_running_loop().time() + request_ctx["first_byte"])
+
     async def on_create(session, ctx, params) -> None:
         counters.backend_conn += 1
+        connected(ctx)
 
     async def on_reuse(session, ctx, params) -> None:
         counters.backend_reuse += 1
+        connected(ctx)
 
     trace.on_connection_create_end.append(on_create)
     trace.on_connection_reuseconn.append(on_reuse)

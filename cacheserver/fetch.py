@@ -304,11 +304,12 @@ class BusyObj:
         try:
             url = URL(f"http://{host}:{backend.port}{path}", encoded=True)
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=None)
-            async with asyncio.timeout(connect + first_byte):
+            async with asyncio.timeout(connect + first_byte) as deadline:
                 response = await session.request(
                     bereq.method, url, headers=headers.items(), data=body or None, allow_redirects=False,
                     auto_decompress=False, timeout=timeout, skip_auto_headers=skip, compress=None,
-                    chunked=None, expect100=False, read_until_eof=True)
+                    chunked=None, expect100=False, read_until_eof=True,
+                    trace_request_ctx={"timeout": deadline, "first_byte": first_byte})
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, LookupError) as exc:
             live.conns -= 1
             raise FetchError(str(exc) or type(exc).__name__) from None

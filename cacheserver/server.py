@@ -124,7 +124,9 @@ class Server:
     def _name_instances(compiled: CompiledVCL) -> None:
         """vmod objects that show their VCL name (directors) learn it from `new NAME = ...`."""
         instances = getattr(compiled, "instances", None)
-        for inst_name, inst in (instances() if callable(instances) else {}).items():
+        if callable(instances):
+            instances = instances()
+        for inst_name, inst in (instances or {}).items():
             if getattr(inst, "vcl_name", "") is None:
                 inst.vcl_name = inst_name
 

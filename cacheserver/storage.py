@@ -374,8 +374,8 @@ class Storage:
 
     def grow(self, oc: ObjCore) -> bool:
         """The object's body grew: charge it to its store; False when it no longer fits."""
-        if oc.store == "":
-            return True
+        if oc.store == "" or not oc.keep_body:
+            return True              # nothing kept (hit-for-miss/pass bodies): nothing charged
         return self._account(oc)
 
     def _account(self, oc: ObjCore, with_body: bool = True) -> bool:
