@@ -86,9 +86,7 @@ class Checker(ExprChecker, XrefChecker):
 
         for item in self.items:
             if isinstance(item, ast.VclVersion):
-                if item is not first and item.pos.file == base:
-                    raise VCLError("VCL version declaration must be first in the file", item.pos)
-                continue
+                continue   # VCC accepts a repeated `vcl X.Y;` line
             if isinstance(item, ast.Import):
                 self._import(item.name, item.name_pos)
             elif isinstance(item, ast.Backend):
@@ -286,8 +284,7 @@ class Checker(ExprChecker, XrefChecker):
 
     def _check_probes_backends(self) -> None:
         for probe in self.probes.values():
-            for attr in probe.attrs:
-                self._probe_attr(attr)
+            self._probe_attrs(probe.attrs)
         for backend in self.backends.values():
             if backend.attrs is None:
                 continue
@@ -301,13 +298,16 @@ class Checker(ExprChecker, XrefChecker):
                 seen.add(attr.name)
                 if attr.name == "probe":
                     if isinstance(attr.value, list) and attr.value and isinstance(attr.value[0], ast.Attr):
-                        for pattr in attr.value:
-                            self._probe_attr(pattr)
+                        self._probe_attrs(attr.value)
                         continue
                     if isinstance(attr.value, list) and not attr.value:
                         continue
-                    if not isinstance(attr.value, ast.Name) or attr.value.name not in self.probes:
+                    if not isinstance(attr.value, ast.Name):
                         raise VCLError("Expected a probe name or an inline probe { ... }", attr.value.pos)
+                    probe = self.probes.get(attr.value.name)
+                    if probe is None or _before(backend.pos, probe.pos):
+                        # VCC reads declarations in order: the probe must come first.
+                        raise VCLError(f"Symbol not found: '{attr.value.name}'", attr.value.pos)
                     self._ref("probe", attr.value.name, attr.value.pos)
                     attr.value.type = "PROBE"
                     attr.value.ref = ("probe", attr.value.name)
@@ -317,6 +317,17 @@ class Checker(ExprChecker, XrefChecker):
                 raise VCLError("Expected .host or .path.", backend.name_pos)
             if "host" in seen and "path" in seen:
                 raise VCLError("Only one of .host or .path may be given.", backend.name_pos)
+
+    def _probe_attrs(self, attrs: list[ast.Attr]) -> None:
+        seen: set[str] = set()
+        for attr in attrs:
+            # .url and .request both say what to send: only one of them (VCC: "redefinition").
+            key = "request" if attr.name == "url" else attr.name
+            if key in seen:
+                what = "request" if key == "request" else f"field '{attr.name}'"
+                raise VCLError(f"Probe {what} redefinition at:", attr.pos)
+            seen.add(key)
+            self._probe_attr(attr)
 
     def _probe_attr(self, attr: ast.Attr) -> None:
         if attr.name not in PROBE_FIELDS:
@@ -332,9 +343,8 @@ class Checker(ExprChecker, XrefChecker):
         value = attr.value
         if not isinstance(value, ast.Expr):
             raise VCLError(f"Expected a {ftype} value for .{attr.name}", attr.pos)
-        if ftype == "STRING" and isinstance(value, ast.IntLit) and attr.name == "port":
-            value.type = "INT"
-            return value
+        if ftype == "STRING" and not isinstance(value, ast.StringLit):
+            raise VCLError(f"Expected CSTR got '{_token_text(value)}'", value.pos)
         literal = (ast.StringLit, ast.IntLit, ast.RealLit, ast.DurationLit, ast.BytesLit, ast.Neg)
         if not isinstance(value, literal):
             raise VCLError(f"Expected a constant {ftype} for .{attr.name}", value.pos)
@@ -370,3 +380,12 @@ class Checker(ExprChecker, XrefChecker):
 
 def check(items: list[object], filename: str, vmod_loader) -> CheckedProgram:
     return Checker(items, filename, vmod_loader).check()
+
+
+def _token_text(e: ast.Expr) -> str:
+    return getattr(e, "text", None) or getattr(e, "name", None) or type(e).__name__
+
+
+def _before(a: ast.Pos, b: ast.Pos) -> bool:
+    """a comes before b in the same file (declarations in different files are in include order)."""
+    return a.file == b.file and (a.line, a.col) < (b.line, b.col)

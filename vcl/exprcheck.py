@@ -27,6 +27,7 @@ class ExprChecker:
     acls: dict[str, ast.Acl]
     instances: dict[str, ObjectType]
     vmods: dict[str, Vmod]
+    vmod_pos: dict[str, ast.Pos]
     regexes: dict[str, str]
     cur: SubInfo | None
 
@@ -320,6 +321,11 @@ class ExprChecker:
             e.ref = ("method", head, method)
             return self._func_result(e, method, statement)
         vmod = self._vmod_for(head, e.pos) if rest else None
+        imported = self.vmod_pos.get(head)
+        if vmod is not None and imported is not None and imported.file == e.pos.file \
+                and (e.pos.line, e.pos.col) < (imported.line, imported.col):
+            # VCC reads the file in order: a vmod is known only after its import line.
+            raise VCLError(f"Symbol not found: '{name}'", e.pos)
         if vmod is not None:
             func = vmod.functions.get(rest)
             if func is None:

@@ -12,7 +12,10 @@ _POSIX_CLASSES = {
     "print": "\\x20-\\x7e", "punct": "!-/:-@\\[-`{-~", "space": " \\t\\n\\r\\f\\v", "upper": "A-Z",
     "word": "\\w", "xdigit": "0-9A-Fa-f",
 }
-_GLOBAL_FLAGS = re.compile(r"\(\?([imsx]+)\)")
+_GLOBAL_FLAGS = re.compile(r"\(\?([imsx]*(?:-[imsx]+)?)\)")
+# Unicode properties Python's re can express.
+_UNICODE_PROPS = {"L": "[^\\W\\d_]", "N": "\\d", "Nd": "\\d"}
+_UNICODE_NOT_PROPS = {"L": "[\\W\\d_]", "N": "\\D", "Nd": "\\D"}
 
 
 def pcre_to_python(pattern: str) -> str:
@@ -40,6 +43,15 @@ def pcre_to_python(pattern: str) -> str:
                 out.append("\\Z")
             elif nxt == "Z":
                 out.append("(?=\\n?\\Z)")
+            elif nxt in "pP" and not in_class:
+                m = re.match(r"\{\^?(\w+)\}|(\w)", pattern[i + 2:])
+                name = (m.group(1) or m.group(2)) if m else ""
+                table = _UNICODE_PROPS if nxt == "p" else _UNICODE_NOT_PROPS
+                if name not in table:
+                    raise re.error(f"unsupported Unicode property \\{nxt}{{{name}}}")
+                out.append(table[name])
+                i += 2 + m.end()
+                continue
             elif nxt == "h":
                 out.append("[ \\t]" if not in_class else " \\t")
             elif nxt == "k" and i + 2 < n and pattern[i + 2] in "<{'":
@@ -81,7 +93,7 @@ def pcre_to_python(pattern: str) -> str:
             continue
         if c == "(":
             m = _GLOBAL_FLAGS.match(pattern, i)
-            if m and (i > 0 or len(owed) > 1):
+            if m and m.group(1) and (i > 0 or len(owed) > 1 or "-" in m.group(1)):
                 # Python only allows global flags at the very start: scope them to the rest of
                 # the enclosing group instead, which is what PCRE means.
                 out.append("(?%s:" % m.group(1))
