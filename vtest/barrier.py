@@ -4,13 +4,17 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from .errors import TestFailure
 from .log import EntityLog
 
+if TYPE_CHECKING:
+    from .context import TestContext
+
 
 class Barrier:
-    def __init__(self, ctx, name: str) -> None:
+    def __init__(self, ctx: TestContext, name: str) -> None:
         self.ctx = ctx
         self.name = name
         self.cond = threading.Condition()
@@ -87,7 +91,7 @@ class Barrier:
             log(3, f"Barrier({self.name}) wake")
 
 
-def cmd_barrier(ctx, log: EntityLog, av: list[str]) -> None:
+def cmd_barrier(ctx: TestContext, log: EntityLog, av: list[str]) -> None:
     if not av:
         raise TestFailure("barrier: missing name")
     name = av[0]

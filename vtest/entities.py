@@ -6,17 +6,22 @@ import select
 import socket
 import struct
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .errors import TestFailure
 from .http import Http, _close
 from .log import EntityLog
+
+if TYPE_CHECKING:
+    from .context import TestContext
 
 
 class _Cancelled(Exception):
     """A server thread that outlived its run (after -break) leaves quietly."""
 
 
-def _quiet_cancel(fn) -> None:
+def _quiet_cancel(fn: Callable[[], None]) -> None:
     try:
         fn()
     except _Cancelled:
@@ -57,7 +62,7 @@ def connect(target: tuple[str, int] | str, timeout: float) -> socket.socket:
 class Entity:
     prefix = "?"
 
-    def __init__(self, ctx, name: str) -> None:
+    def __init__(self, ctx: TestContext, name: str) -> None:
         if not name.startswith(self.prefix):
             raise TestFailure(f"{type(self).__name__} name must start with '{self.prefix}' (got {name})")
         self.ctx = ctx
@@ -83,7 +88,7 @@ class Entity:
 class Server(Entity):
     prefix = "s"
 
-    def __init__(self, ctx, name: str) -> None:
+    def __init__(self, ctx: TestContext, name: str) -> None:
         super().__init__(ctx, name)
         self.listen_spec = "127.0.0.1 0"
         self.lsock: socket.socket | None = None
@@ -225,7 +230,7 @@ class Server(Entity):
 class Client(Entity):
     prefix = "c"
 
-    def __init__(self, ctx, name: str) -> None:
+    def __init__(self, ctx: TestContext, name: str) -> None:
         super().__init__(ctx, name)
         self.connect_spec = "${v1_sock}"
         self.proxy: tuple[int, str] | None = None

@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import gzip
+import random
 import re
 import select
 import socket
 import time
 import zlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import TestFailure, TestSkip
 from .log import EntityLog
 from .parse import split_commands
+
+if TYPE_CHECKING:
+    from .context import TestContext
 
 NL = b"\r\n"
 # Spec commands vtest does not implement: the test is skipped, never half-run.
@@ -27,7 +32,6 @@ def synth_body(length: int, rnd: bool = False) -> bytes:
         return b""
     out = bytearray(length)
     k = ll = ord("!")
-    import random
     for j in range(length):
         if j % 64 == 63:
             out[j] = 10
@@ -78,8 +82,8 @@ def compare(lhs: str | None, op: str, rhs: str | None) -> bool | None:
 class Http:
     """One connection driven by a spec; `is_client` selects which commands make sense."""
 
-    def __init__(self, ctx, log: EntityLog, sock: socket.socket, *, is_client: bool,
-                 entity=None, timeout: float | None = None) -> None:
+    def __init__(self, ctx: TestContext, log: EntityLog, sock: socket.socket, *, is_client: bool,
+                 entity: Any = None, timeout: float | None = None) -> None:
         self.ctx = ctx
         self.log = log
         self.sock: socket.socket | None = sock

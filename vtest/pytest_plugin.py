@@ -5,6 +5,7 @@ Registered once, by the root conftest.py (`pytest_plugins`). Options:
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Col
 
 
 class VtcFile(pytest.File):
-    def collect(self):
+    def collect(self) -> Iterator[pytest.Item]:
         yield VtcItem.from_parent(self, name=self.path.name)
 
 
@@ -47,12 +48,12 @@ class VtcItem(pytest.Item):
         if outcome.status != "passed":
             raise VtcFailed(outcome)
 
-    def repr_failure(self, excinfo, style=None):  # noqa: ANN001 (pytest's signature)
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str | object:
         if isinstance(excinfo.value, VtcFailed):
             o = excinfo.value.outcome
             return "\n".join([f"{self.path.name} FAILED ({o.duration:.3f}s): {o.reason}",
                               f"--- last {LOG_TAIL} log lines ---", *o.log[-LOG_TAIL:]])
         return super().repr_failure(excinfo, style=style)
 
-    def reportinfo(self):
+    def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"vtc: {self.name}"

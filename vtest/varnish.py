@@ -13,10 +13,14 @@ import subprocess
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from .cli_client import CliConnection, auth_response
 from .errors import TestFailure
 from .log import EntityLog
+
+if TYPE_CHECKING:
+    from .context import TestContext
 
 NONSENSE = "%XJEIFLH|)Xspa8P"
 CLIS_OK, CLIS_PARAM, CLIS_CANT, CLIS_AUTH = 200, 106, 300, 107
@@ -26,7 +30,7 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Varnish:
-    def __init__(self, ctx, name: str) -> None:
+    def __init__(self, ctx: TestContext, name: str) -> None:
         if not name.startswith("v"):
             raise TestFailure(f"Varnish name must start with 'v' (got {name})")
         self.ctx = ctx
