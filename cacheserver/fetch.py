@@ -180,6 +180,7 @@ class BusyObj:
         self.no_space = False
         self.response = None
         xid = server.next_xid()
+        server.counters.s_fetch += 1          # every backend fetch: miss, pass and background
         params = server.params
         self.bereq0 = make_bereq(creq.req, self.is_pass, xid, params.http_gzip_support)
         if stale is not None and not self.is_pass and stale.http is not None and stale.http.status == 200:
@@ -386,11 +387,10 @@ class BusyObj:
 
     async def stp_retry(self) -> str | None:
         ctx = self.ctx
-        if ctx.retries >= self.server.params.max_retries:
+        ctx.retries += 1               # counted even when over the limit, as bereq.retries shows
+        if ctx.retries > self.server.params.max_retries:
             ctx.log.append(("VCL_Error", "Too many retries, delivering 503"))
             return "error"
-        ctx.retries += 1
-        self.server.counters.backend_retry += 1
         ctx.bereq_xid = self.server.next_xid()
         return "startfetch"
 
@@ -572,11 +572,10 @@ class BusyObj:
         server.counters.fetch_failed += 1
         action = await _acall(self.vcl, ctx, "vcl_backend_error")
         if action.name == "retry":
-            if ctx.retries >= server.params.max_retries:
+            ctx.retries += 1
+            if ctx.retries > server.params.max_retries:
                 ctx.log.append(("VCL_Error", "Too many retries, failing"))
                 return "fail"
-            ctx.retries += 1
-            server.counters.backend_retry += 1
             ctx.bereq_xid = server.next_xid()
             return "startfetch"
         if action.name != "deliver":

@@ -377,7 +377,6 @@ class ClientRequest:
     async def ast_fetch(self) -> str | None:
         bo = self.bo
         await bo.ready
-        self.server.counters.s_fetch += 1
         oc = self.oc
         if oc.http is None or oc.failed:
             bo.close_reader()
