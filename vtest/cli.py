@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = {"passed": 0, "failed": 0, "skipped": 0}
     pending = list(a.files)
     stop = False
+    if progress.enabled:
+        progress.emit(None)
     with ThreadPoolExecutor(max_workers=max(1, a.j)) as pool:
         running: set[Future[Outcome]] = set()
         while pending or running:

@@ -50,6 +50,7 @@ class Varnish:
         self.cli: CliConnection | None = None
         self.expect_exit = 0
         self.real = ctx.varnishd is not None
+        ctx.macros.define(f"{name}_name", self.workdir)  # varnishtest: -n argument for varnishadm/stat
         self._out_thread: threading.Thread | None = None
 
     # ---- process ------------------------------------------------------------
