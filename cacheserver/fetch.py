@@ -332,7 +332,7 @@ class BusyObj:
         ctx.was_304 = False
         stale = self.stale
         conditional = "If-None-Match" in ctx.bereq.headers or "If-Modified-Since" in ctx.bereq.headers
-        if beresp.status == 304 and not conditional:
+        if beresp.status == 304 and not conditional and not self.is_pass:
             self._release_response()
             ctx.log.append(("FetchError", "304 response but not conditional fetch"))
             return "error"
@@ -491,8 +491,10 @@ class BusyObj:
             counters.fetch_eof += 1
         content = response.content
         between = self.between
+        # HEAD and 1xx/204/304 have no body, whatever Content-Length says
+        bodyless = ctx.bereq.method == "HEAD" or ctx.beresp.status in (204, 304) or ctx.beresp.status < 200
         try:
-            while True:
+            while not bodyless:
                 async with asyncio.timeout(between):
                     data = await content.readany()
                 if not data:
@@ -510,7 +512,7 @@ class BusyObj:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
             ctx.log.append(("FetchError", str(exc) or type(exc).__name__))
             return self._body_failed(streaming)
-        if self.expected_len is not None and oc.length < self.expected_len:
+        if self.expected_len is not None and oc.length < self.expected_len and not bodyless:
             ctx.log.append(("FetchError", "Premature end of body"))
             return self._body_failed(streaming)
         self._release_response()

@@ -460,8 +460,6 @@ class ClientRequest:
         ctx = self.ctx
         if action is None:
             action = self.call("vcl_deliver")
-        if ctx.restarts >= self.server.params.max_restarts and action.name != "fail":
-            action = Action("deliver")
         if action.name != "deliver":
             self._drop_object()
             return self._common(action)
