@@ -7,12 +7,11 @@ prints one line per finished test and a last "N passed, N failed, N skipped" lin
 when nothing failed. Without -k it starts no new test after a failure, like varnishtest.
 
 Modules: parse (tokens), macros, http (client/server specs), entities (server/client threads),
-barrier, varnish (varnishd driven over its -M CLI), runner (top-level commands), worker (one test),
+barrier, tunnel, varnish (varnishd driven over its -M CLI), runner (top-level commands), worker (one test),
 execute (one worker process), cli (the command), pytest_plugin (tests/vtc/*.vtc as pytest items).
 
 `varnish vN` starts `python -m cacheserver` by default, with the flags varnishtest gives varnishd;
 --varnishd PATH runs a real varnishd instead. `-expect COUNTER` reads counters with varnishstat for a
 real varnishd, and with the cacheserver CLI command `counters.list` (see cacheserver/admin.py).
-Commands vtest does not implement (logexpect, process, shell, haproxy, syslog, tunnel, HTTP/2
-streams) make a test skipped, with the reason, before anything runs.
+Commands vtest does not implement (logexpect, process, shell, haproxy, syslog, HTTP/2 streams) make a test skipped, with the reason, before anything runs.
 """

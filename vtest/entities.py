@@ -78,7 +78,7 @@ class Entity:
     def wait(self) -> None:
         if self.thread is None:
             raise TestFailure(f"{self.name} not started")
-        self.log(2, "Waiting for " + ("client" if self.prefix == "c" else "server"))
+        self.log(2, f"Waiting for {type(self).__name__.lower()}")
         # Poll so a failure elsewhere (os._exit) is never blocked by join.
         while self.thread.is_alive():
             self.thread.join(0.5)

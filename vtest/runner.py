@@ -16,13 +16,13 @@ from .errors import TestFailure, TestSkip
 from .http import UNSUPPORTED_SPEC
 from .log import EntityLog
 from .parse import split_commands
+from .tunnel import Tunnel
 from .varnish import Varnish
 
 # Top-level commands vtest does not implement: a test using them is skipped with this reason.
 UNSUPPORTED_TOP = {
     "logexpect": "logexpect (VSL log matching)", "process": "process (terminal emulation)",
     "shell": "shell commands", "haproxy": "haproxy instances", "syslog": "syslog instances",
-    "tunnel": "tunnel (TCP proxy)",
 }
 
 
@@ -73,8 +73,9 @@ class Runner:
             "delay": lambda av: cmd_delay(ctx, self.log, av),
             "barrier": lambda av: cmd_barrier(ctx, self.log, av),
             "server": self.cmd_server, "client": self.cmd_client, "varnish": self.cmd_varnish,
-            "setenv": self.cmd_setenv,
+            "setenv": self.cmd_setenv, "tunnel": self.cmd_tunnel,
         }
+        self.tunnels: dict[str, Tunnel] = {}
 
     # ---- pre-flight -------------------------------------------------------------
     @staticmethod
@@ -128,6 +129,8 @@ class Runner:
                 c.wait()
         for s in list(self.ctx.servers.values()):
             s.cancel()
+        for t in list(self.tunnels.values()):
+            t.cancel()
         for v in list(self.ctx.varnishes.values()):
             v.wait()
 
@@ -279,6 +282,36 @@ class Runner:
                 raise TestFailure(f"Unknown client argument: {a}")
             else:
                 c.spec = a
+                i += 1
+
+    def cmd_tunnel(self, av: list[str]) -> None:
+        if not av:
+            raise TestFailure("tunnel: missing name")
+        t = self.tunnels.get(av[0])
+        if t is None:
+            t = self.tunnels[av[0]] = Tunnel(self.ctx, av[0])
+        i = 1
+        while i < len(av):
+            a = av[i]
+            if a == "-wait":
+                t.wait()
+                i += 1
+                continue
+            if t.thread is not None:
+                t.wait()
+            if a == "-connect":
+                t.connect_spec = self._arg(av, i)
+                i += 2
+            elif a == "-listen":
+                t.listen_spec = self._arg(av, i)
+                i += 2
+            elif a in ("-start", "-start+pause"):
+                t.start(paused=a == "-start+pause")
+                i += 1
+            elif a.startswith("-"):
+                raise TestFailure(f"Unknown tunnel argument: {a}")
+            else:
+                t.spec = a
                 i += 1
 
     def cmd_varnish(self, av: list[str]) -> None:
