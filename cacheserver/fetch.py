@@ -36,7 +36,7 @@ _CACHEABLE_IF_TOLD = frozenset({302, 307})
 _CC_FIELD = re.compile(r"(?:^|,)\s*(s-maxage|max-age|stale-while-revalidate)\s*(?:=\s*\"?(-?\d*))?",
                        re.IGNORECASE)
 # Headers a cache fill must not forward: the object is fetched whole and unconditionally.
-_FETCH_FILTER = ("Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match", "Content-Length",
+_FETCH_FILTER = ("Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match",
                  "If-Unmodified-Since")
 # Headers of a 304 that must not replace the stored object's.
 _NO_MERGE = frozenset({"content-length", "content-encoding", "transfer-encoding", "connection"})
@@ -290,8 +290,10 @@ class BusyObj:
         headers = bereq.headers
         if backend.host_header and "Host" not in headers:
             headers.add("Host", backend.host_header)
-        body = self.req_body if self.is_pass else b""
+        body = self.req_body            # a request body goes to the backend on misses too (7.1)
         if body:
+            headers.unset("Content-Length")
+        elif not self.is_pass:
             headers.unset("Content-Length")
         skip = ["Host", "Accept", "Accept-Encoding", "User-Agent", "Content-Type"]
         if session := server.http_session:

@@ -312,7 +312,7 @@ class ClientRequest:
         if name == "deliver":
             if self.busy is not None:
                 # grace: deliver the stale object, refresh it in the background
-                bo = BusyObj(self.server, self.vcl, self.ctx, self.busy, self.oc, "bg")
+                bo = BusyObj(self.server, self.vcl, self.ctx, self.busy, self.oc, "bg", self.body)
                 self.busy = None
                 bo.start()
             counters.cache_hit += 1
@@ -348,7 +348,7 @@ class ClientRequest:
     def _after_miss(self, action: Action) -> str:
         if action.name == "fetch":
             self.server.counters.cache_miss += 1
-            self.bo = BusyObj(self.server, self.vcl, self.ctx, self.busy, self.stale, "miss")
+            self.bo = BusyObj(self.server, self.vcl, self.ctx, self.busy, self.stale, "miss", self.body)
             self.oc, self.busy, self.stale = self.busy, None, None
             self.bo.start()
             return "fetch"
@@ -638,13 +638,22 @@ class ClientRequest:
         cell = bo.reader if bo is not None and bo.oc is oc and bo.reader is not None else oc.open_reader()
         pos = 0                        # body offset of the next byte read
         lo, hi, chunked = self.stream_from, self.stream_to, self.chunked
+        deadline = time.monotonic() + self.server.params.send_timeout
         try:
             while not session.closed:
                 data = oc.read(cell)
                 if not data:
                     if oc.complete or oc.failed:
                         break
-                    await oc.wait_more()
+                    try:
+                        async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                            await oc.wait_more()
+                    except TimeoutError:
+                        # send_timeout: the whole response took too long
+                        self.server.counters.sc_tx_error += 1
+                        self.keep_alive = False
+                        session.close()
+                        break
                     continue
                 start, pos = pos, pos + len(data)
                 if hi >= 0:
