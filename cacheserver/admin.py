@@ -605,7 +605,8 @@ class AdminCommands:
             probe = spec.probe
             good = getattr(b, "probe_good", None)
             if probe is not None:
-                good_n = good if good is not None else (probe.window if b.probe_healthy else 0)
+                # "-" when the prober does not report how many probes of its window were good
+                good_n = good if good is not None else "-"
                 probe_txt = f"{good_n}/{probe.window}"
             else:
                 good_n, probe_txt = 0, "0/0"
@@ -615,6 +616,7 @@ class AdminCommands:
             report = getattr(b, "probe_report", None)
             extra = report() if details and probe is not None and callable(report) else ""
             rows.append((full, admin, probe_txt, health, b.changed, good_n, probe, extra))
+        rows += self._director_rows(rest[0] if rest else None)
         if as_json:
             return _json(argv, {r[0]: {"type": "backend", "admin_health": r[1],
                                        "probe_message": [r[5], r[6].window if r[6] else 0, r[3]],
@@ -629,6 +631,32 @@ class AdminCommands:
             if r[7]:
                 out.append(r[7].rstrip("\n"))
         return "\n".join(out) + "\n"
+
+    def _director_rows(self, pattern: str | None) -> list[tuple]:
+        """Directors (vcl_init `new` objects with members) are listed like backends, as varnishd does."""
+        from cacheserver.backends import healthy, live
+
+        rows: list[tuple] = []
+        for vname, vcl in self.server.vcls.items():
+            try:
+                instances = vcl.instances
+            except (KeyError, AttributeError, TypeError):
+                continue
+            for iname, obj in instances.items():
+                members = getattr(obj, "members", None)
+                if members is None or not callable(getattr(obj, "healthy", None)):
+                    continue
+                full = f"{vname}.{iname}"
+                if pattern not in (None, "*") and not (
+                        fnmatch.fnmatchcase(full, pattern) if "." in pattern
+                        else vname == self.server.active_name and fnmatch.fnmatchcase(iname, pattern)):
+                    continue
+                good = sum(1 for b, _ in members if healthy(b))
+                changed = max((live(b).changed for b, _ in members if hasattr(b, "live")),
+                              default=self.server.started_at)
+                state = "healthy" if obj.healthy(None) else "sick"
+                rows.append((full, "probe", f"{good}/{len(members)}", state, changed, good, None, ""))
+        return rows
 
     def _backend_set_health(self, argv: list[str], args: list[str]) -> str:
         from cacheserver.backends import set_admin_health
