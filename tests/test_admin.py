@@ -320,3 +320,23 @@ def test_vcl_labels_and_states(tmp_path, secret_file):
         assert (await cli.ask("vcl.discard boot"))[0] == 200
         assert "boot" not in server.vcls
     run(_session(tmp_path, secret_file, body))
+
+
+def test_backend_list_shows_directors(tmp_path, secret_file):
+    async def body(server: Server, cli: Cli) -> None:
+        cli.writer.write(b"vcl.inline dv << EOF\nvcl 4.1;\nimport directors;\n"
+                         b"backend a { .host = \"127.0.0.1\"; .port = \"9\"; }\n"
+                         b"backend b { .host = \"127.0.0.1\"; .port = \"10\"; }\n"
+                         b"sub vcl_init { new rr = directors.round_robin(); rr.add_backend(a); rr.add_backend(b); }\n"
+                         b"EOF\n")
+        status, text = await cli.result()
+        assert status == 200, text
+        assert (await cli.ask("vcl.use dv"))[0] == 200
+        assert (await cli.ask("backend.set_health a sick"))[0] == 200
+        lines = (await cli.ask("backend.list"))[1].splitlines()
+        rr = next(line for line in lines if line.startswith("dv.rr "))
+        assert rr.split()[1:4] == ["probe", "1/2", "healthy"]
+        assert (await cli.ask("backend.set_health b sick"))[0] == 200
+        rr = next(line for line in (await cli.ask("backend.list rr"))[1].splitlines() if line.startswith("dv.rr"))
+        assert rr.split()[1:4] == ["probe", "0/2", "sick"]
+    run(_session(tmp_path, secret_file, body))
