@@ -140,3 +140,34 @@ def test_resolve_backend_follows_directors():
     assert resolve_backend(compiled.backends["a"], Context()) is compiled.backends["a"]
     assert resolve_backend(None, Context()) is None
     assert compiled.version == 4.1
+
+
+def test_async_vmod_function_not_allowed_in_vcl_init():
+    vmod = Vmod("slow")
+
+    @vmod.func("wait", "BOOL", [], is_async=True)
+    async def wait(ctx):
+        return True
+
+    src = "vcl 4.1;\nimport slow;\nbackend default none;\nsub helper {\n\tif (slow.wait()) {}\n}\n" \
+          "sub vcl_init {\n\tcall helper;\n}\n"
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, "a.vcl", extra_vmods={"slow": vmod})
+    assert str(info.value).startswith(
+        "a.vcl:5:6: Asynchronous vmod functions are not available in subroutine 'vcl_init'.")
+
+
+def test_unexpected_exceptions_become_vcl_failures():
+    from vcl.runtime import VCLFailure
+
+    vmod = Vmod("buggy")
+
+    @vmod.func("boom", "STRING", [])
+    def boom(ctx):
+        raise KeyError("oops")
+
+    compiled = compile_vcl("vcl 4.1;\nimport buggy;\nbackend default none;\n"
+                           "sub vcl_recv {\n\tset req.http.x = buggy.boom();\n}\n", "b.vcl",
+                           extra_vmods={"buggy": vmod})
+    with pytest.raises(VCLFailure, match="vcl_recv: KeyError"):
+        compiled.subs["vcl_recv"](Context(method="vcl_recv", req=HttpMessage("GET", "/"), hash_parts=[]))

@@ -221,25 +221,36 @@ class CodeGen:
         fname = self.sub_names[info.name]
         kw = "async def" if info.is_async else "def"
         where = ", ".join(f"{d.name_pos.file}:{d.name_pos.line}" for d in info.defs)
-        out = [f"{kw} {fname}(ctx):", f"    # sub {info.name} ({where})"]
+        head = [f"{kw} {fname}(ctx):", f"    # sub {info.name} ({where})"]
+        # A built-in subroutine's body is indented one more level, inside its try block.
+        depth = 2 if info.is_method else 1
+        ind = "    " * depth
+        body: list[str] = []
         last_returns = False
         if info.is_method and info.uses_now:
-            out.append("    ctx.now = _now()  # `now` stays the same for the whole subroutine")
+            body.append(f"{ind}ctx.now = _now()  # `now` stays the same for the whole subroutine")
         for d in info.defs:
             if len(info.defs) > 1:
                 src = "built-in VCL" if d.builtin else f"{d.name_pos.file}:{d.name_pos.line}"
-                out.append(f"    # -- {src}")
-            out.extend(self._block(d.body, 1))
+                body.append(f"{ind}# -- {src}")
+            body.extend(self._block(d.body, depth))
             last_returns = bool(d.body) and isinstance(d.body[-1], ast.Return) and d.body[-1].action is not None
             if last_returns:
                 if d is not info.defs[-1]:
-                    out.append("    # (the rest of this subroutine is never reached)")
+                    body.append(f"{ind}# (the rest of this subroutine is never reached)")
                 break
-        if info.is_method and not last_returns:
-            out.append(f"    return {self.action('fail', [])}")
-        if len(out) == 2:
-            out.append("    return None")
-        return out
+        if not info.is_method:
+            return head + (body or ["    return None"])
+        if not last_returns:
+            body.append(f"{ind}return {self.action('fail', [])}")
+        return head + [
+            "    try:",
+            *body,
+            "    except VCLFailure:",
+            "        raise",
+            "    except Exception as exc:  # a bug or a vmod error fails the task (503), as VRT_fail does",
+            f"        raise rt.internal_failure({info.name!r}, exc) from exc",
+        ]
 
     def _block(self, body: list[ast.Stmt], depth: int) -> list[str]:
         out: list[str] = []

@@ -340,6 +340,7 @@ class ExprChecker:
             if func.is_async:
                 assert self.cur is not None
                 self.cur.is_async = True
+                self.cur.async_call = self.cur.async_call or e.pos
             return self._func_result(e, func, statement)
         # STRING methods: <string expression>.lower() / .upper()
         base, _, method = name.rpartition(".")

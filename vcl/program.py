@@ -25,6 +25,7 @@ class SubInfo:
     uses: list[Use] = field(default_factory=list)
     calls: list[tuple[str, ast.Pos]] = field(default_factory=list)
     is_async: bool = False       # calls an async vmod function directly or through a sub
+    async_call: ast.Pos | None = None   # where it calls one directly
     uses_now: bool = False
 
     @property

@@ -135,6 +135,11 @@ def fail(message: str) -> None:
     raise VCLFailure(message)
 
 
+def internal_failure(sub: str, exc: Exception) -> VCLFailure:
+    """Any other exception inside compiled VCL: a VCL failure naming the subroutine and the error."""
+    return VCLFailure(f"{sub}: {type(exc).__name__}: {exc}")
+
+
 def fmod(a: float, b: float) -> float:
     if b == 0:
         raise VCLFailure("Division by zero")

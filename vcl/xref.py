@@ -71,6 +71,21 @@ class XrefChecker:
                 if not info.is_async and any(self.subs[c].is_async for c, _ in info.calls):
                     info.is_async = True
                     changed = True
+        # vcl_init and vcl_fini run while a VCL is loaded or discarded, outside any event loop.
+        for method in ("vcl_init", "vcl_fini"):
+            info = self.subs.get(method)
+            if info is not None and info.is_async:
+                pos = self._first_async_call(info, set())
+                raise VCLError(f"Asynchronous vmod functions are not available in subroutine '{method}'.", pos)
+
+    def _first_async_call(self, info: SubInfo, seen: set[str]) -> ast.Pos | None:
+        seen.add(info.name)
+        if info.async_call is not None:
+            return info.async_call
+        for callee, _ in info.calls:
+            if callee not in seen and self.subs[callee].is_async:
+                return self._first_async_call(self.subs[callee], seen)
+        return None
 
     def _methods(self) -> None:
         """Check everything reachable from each built-in subroutine against what it allows."""
