@@ -13,8 +13,8 @@ from vmods import Func, ObjectType, Param, Vmod
 class RoundRobin:
     """A director: a BACKEND value the server resolves with resolve(ctx)."""
 
-    def __init__(self, ctx, name):
-        self.vcl_name = name
+    def __init__(self, ctx, label):
+        self.label = label
         self.backends = []
         self.next = 0
 
@@ -73,13 +73,13 @@ def test_objects_are_created_in_vcl_init_and_used_later():
     compiled = compile_vcl(VCL, "o.vcl", extra_vmods={"dirs": make_vmod()})
     assert compiled.init(Context()) == Action("ok")
     rr = compiled.instances["rr"]
-    assert isinstance(rr, RoundRobin) and rr.vcl_name == "cluster"
+    assert isinstance(rr, RoundRobin) and rr.label == "cluster" and rr.vcl_name == "rr"
     assert rr.backends == [(compiled.backends["a"], 1.0), (compiled.backends["b"], 2.0)]
     ctx = Context(method="vcl_recv", req=HttpMessage("GET", "/", headers=None), hash_parts=[])
     ctx.req.headers.set("Host", "x")
     compiled.subs["vcl_recv"](ctx)
     assert ctx.backend_hint is rr
-    assert ctx.req.headers.get("X-Dir") == "cluster"
+    assert ctx.req.headers.get("X-Dir") == "rr"
     assert ctx.req.headers.get("X-Count") == "2"
     assert rr.resolve(ctx) == (compiled.backends["a"], 1.0)
 

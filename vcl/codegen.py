@@ -302,7 +302,7 @@ class CodeGen:
                               f"[{obj.name!r}].constructor.impl", f"new_{s.call.name}")
             args = self._args(s.call, obj.constructor)
             oname = self.ident("obj_", s.name)
-            return [f"{ind}global {oname}", f"{ind}{oname} = {ctor}(ctx{args})"]
+            return [f"{ind}global {oname}", f"{ind}{oname} = rt.named({ctor}(ctx{args}), {s.name!r})"]
         if isinstance(s, ast.ExprStmt):
             return [ind + self.expr(s.call)]
         if isinstance(s, ast.Block):

@@ -63,6 +63,17 @@ def s_named(value: object) -> str:
     return str(getattr(value, "name", value))
 
 
+def named(obj: object, name: str) -> object:
+    """A `new NAME = ...` object learns its VCL name as obj.vcl_name (unless it set one itself):
+    a director prints as its name, like any backend."""
+    if getattr(obj, "vcl_name", None) is None:
+        try:
+            obj.vcl_name = name
+        except AttributeError:
+            pass   # objects with __slots__ and no vcl_name slot keep no name
+    return obj
+
+
 def resolve_backend(value: object, ctx, depth: int = 0):
     """The BackendSpec a BACKEND value stands for: a BackendSpec is itself; a director (any object
     with resolve(ctx), e.g. from vmod directors) is asked, possibly through other directors.
