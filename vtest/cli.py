@@ -59,7 +59,14 @@ class Progress:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    """The `vtest` console script: exit status 0 only when no test failed."""
+    try:
+        return _run(build_parser().parse_args(argv))
+    except BrokenPipeError:  # output piped into head & co.
+        return 1
+
+
+def _run(a: argparse.Namespace) -> int:
     defines: dict[str, str] = {}
     for d in a.D:
         if "=" not in d:

@@ -126,7 +126,7 @@ class Http:
                 if name in UNSUPPORTED_SPEC:
                     raise TestSkip(f"unsupported spec command '{name}' ({UNSUPPORTED_SPEC[name]})")
                 raise TestFailure(f"Unknown http spec: {name}")
-            self.log(3, " ".join(_short(t) for t in toks))
+            self.log(2, "=== " + " ".join(_short(t, 80) for t in toks))
             fn(toks[1:])
 
     # ---- low level I/O ----------------------------------------------------

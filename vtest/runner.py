@@ -26,6 +26,18 @@ UNSUPPORTED_TOP = {
 }
 
 
+def _headline(tokens: list[str]) -> str:
+    """A command as the log shows it: words up to the first multi-line block, shown as "{"."""
+    words: list[str] = []
+    for t in tokens:
+        if "\n" in t:
+            words.append("{")
+            break
+        words.append(t)
+    line = " ".join(words)
+    return line if len(line) <= 70 else line[:67] + "..."
+
+
 def cmd_delay(ctx: TestContext, log: EntityLog, av: list[str]) -> None:
     if len(av) != 1:
         raise TestFailure("delay takes one argument")
@@ -112,6 +124,7 @@ class Runner:
     # ---- execution --------------------------------------------------------------
     def run(self, text: str) -> None:
         for cmd in split_commands(text):
+            self.log(2, "=== " + _headline(cmd.tokens))
             toks = [self.ctx.macros.expand(t) for t in cmd.tokens]
             name = toks[0]
             fn = self.table.get(name)
