@@ -227,7 +227,8 @@ class BusyObj:
 
     async def stp_startfetch(self) -> str | None:
         ctx = self.ctx
-        ctx.bereq = self.bereq0.copy()
+        if ctx.bereq is None:
+            ctx.bereq = self.bereq0.copy()     # a retry keeps what VCL did to bereq
         ctx.beresp = None
         action = await _acall(self.vcl, ctx, "vcl_backend_fetch")
         name = action.name
@@ -306,7 +307,8 @@ class BusyObj:
         live.conns += 1
         try:
             url = URL(f"http://{host}:{backend.port}{path}", encoded=True)
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=None)
+            # sock_read: between_bytes_timeout also bounds gaps inside the response head
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=self.between)
             async with asyncio.timeout(connect + first_byte) as deadline:
                 response = await session.request(
                     bereq.method, url, headers=headers.items(), data=body or None, allow_redirects=False,
@@ -424,8 +426,7 @@ class BusyObj:
             oc.hfp = True
             oc.ttl, oc.grace, oc.keep = self.hfp_ttl + age, 0.0, 0.0
         elif ctx.beresp_uncacheable:
-            oc.hfm = True
-            oc.grace = oc.keep = 0.0
+            oc.hfm = True            # keeps its grace: an expired hit-for-miss still means "miss"
         if oc.hfm or oc.hfp:
             oc.keep_body = False
 
