@@ -177,7 +177,6 @@ VCC_VERDICTS = [
 
 
 # Whole programs (declarations, cross references, regexes): (source, accepted by varnishd -C).
-# Not here: VCC matches keywords and names case-insensitively (SET, REQ.url, VCL_RECV); we do not.
 PROGRAM_VERDICTS = [
     ('vcl 4.1;\nbackend default { .host = "127.0.0.1"; .port = "8080"; }\n', True),
     ('vcl 4.1;\nbackend default { .host = "127.0.0.1"; .port = 8080; }\n', False),
@@ -271,6 +270,43 @@ PROGRAM_VERDICTS = [
 
 @pytest.mark.parametrize("src, vcc_ok", PROGRAM_VERDICTS, ids=[str(i) for i in range(len(PROGRAM_VERDICTS))])
 def test_same_program_verdict_as_vcc(src, vcc_ok):
+    assert accepted(src) is vcc_ok
+
+
+# Case: VCC matches statement keywords and symbols (variables, subs, vmods, true/false/default)
+# case-insensitively, but not top-level keywords, `else`, return actions or backend fields.
+CASE_VERDICTS = [
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; SET req.url = "x"; }\n', True),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; UNSET req.http.x; }\n', True),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; CALL foo; }\n', True),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; RETURN (hash); }\n', True),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; return (HASH); }\n', False),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; return (SYNTH(200)); }\n', False),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; IF (req.url) {} }\n', True),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; if (req.url) {} ELSE {} }\n', False),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; if (req.url) {} ELSIF (req.url) {} }\n', False),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; BAN("x"); }\n', True),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; if (TRUE) {} }\n', True),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; set req.backend_hint = DEFAULT; }\n', True),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; CALL VCL_BUILTIN_RECV; }\n', True),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; call FOO; }\n', True),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; set req.http.x = REGSUB(req.url, "a", "b"); }\n', True),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; set REQ.URL = "x"; }\n', True),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; set req.HTTP.x = "1"; }\n', True),
+    ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; set req.http.x = CLIENT.IP; }\n', True),
+    ('VCL 4.1;\nbackend default none;\n', False),
+    ('vcl 4.1;\nIMPORT std;\nbackend default none;\n', False),
+    ('vcl 4.1;\nBACKEND default none;\n', False),
+    ('vcl 4.1;\nbackend default NONE;\n', False),
+    ('vcl 4.1;\nbackend default { .HOST = "127.0.0.1"; }\n', False),
+    ('vcl 4.1;\nbackend default none;\nsub VCL_RECV { }\n', True),
+    ('vcl 4.1;\nbackend default none;\nsub FOO {}\nsub vcl_deliver { call foo; }\n', True),
+    ('vcl 4.1;\nimport std;\nbackend default none;\nsub vcl_recv { STD.LOG("x"); std.LOG("y"); }\n', True),
+]
+
+
+@pytest.mark.parametrize("src, vcc_ok", CASE_VERDICTS, ids=[str(i) for i in range(len(CASE_VERDICTS))])
+def test_same_case_rules_as_vcc(src, vcc_ok):
     assert accepted(src) is vcc_ok
 
 

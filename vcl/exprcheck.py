@@ -312,6 +312,8 @@ class ExprChecker:
             e.type = "STRING"
             return e
         head, _, rest = name.partition(".")
+        if head.lower() in self.vmods or head.lower() in IMPLICIT_IMPORTS:
+            head = head.lower()   # vmod names are case-insensitive, like every VCC symbol
         if head in self.instances and rest:
             obj = self.instances[head]
             method = obj.methods.get(rest)
@@ -327,7 +329,7 @@ class ExprChecker:
             # VCC reads the file in order: a vmod is known only after its import line.
             raise VCLError(f"Symbol not found: '{name}'", e.pos)
         if vmod is not None:
-            func = vmod.functions.get(rest)
+            func = vmod.functions.get(rest) or vmod.functions.get(rest.lower())
             if func is None:
                 if rest in vmod.objects:
                     raise VCLError(f"Symbol '{name}' is an object type: use it with 'new' in vcl_init",
@@ -344,6 +346,7 @@ class ExprChecker:
             return self._func_result(e, func, statement)
         # STRING methods: <string expression>.lower() / .upper()
         base, _, method = name.rpartition(".")
+        method = method.lower()
         if (base or e.target is not None) and method in ("lower", "upper") and not e.args:
             if e.target is not None:
                 target = self.tostring(self.atom(e.target, "STRING"))

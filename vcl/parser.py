@@ -36,6 +36,11 @@ def _tok_pos(tok: Token, file: str) -> ast.Pos:
     return ast.Pos(file, tok.line, tok.column, length)
 
 
+def _sub_name(tok: Token) -> str:
+    """Subroutine names are matched case-insensitively, as VCC does (sub VCL_RECV, sub Foo + call foo)."""
+    return str(tok).lower()
+
+
 def _unquote(text: str) -> str:
     if text.startswith('"""'):
         return text[3:-3]
@@ -120,7 +125,7 @@ class _ToAst(Transformer):
 
     def sub(self, children):
         kw, name, body = children
-        return ast.Sub(self._p(kw), str(name), self._p(name), body.body)
+        return ast.Sub(self._p(kw), _sub_name(name), self._p(name), body.body)
 
     # -------------------------------------------------------------- statements
 
@@ -138,7 +143,7 @@ class _ToAst(Transformer):
 
     def call_(self, children):
         kw, name = children
-        return ast.CallSub(self._p(kw), str(name), self._p(name))
+        return ast.CallSub(self._p(kw), _sub_name(name), self._p(name))
 
     def return_(self, children):
         kw = children[0]
@@ -232,11 +237,17 @@ class _ToAst(Transformer):
 
     def name(self, children):
         tok = children[0]
-        return ast.Name(self._p(tok), str(tok))
+        text = str(tok)
+        if text.lower() in ("true", "false", "default"):
+            text = text.lower()   # symbols, which VCC matches case-insensitively
+        return ast.Name(self._p(tok), text)
 
     def call(self, children):
         tok, args = children
-        return ast.Call(self._p(tok), str(tok), args or [])
+        name = str(tok)
+        if name.lower() in ("regsub", "regsuball"):
+            name = name.lower()
+        return ast.Call(self._p(tok), name, args or [])
 
     def paren(self, children):
         return children[0]

@@ -287,37 +287,51 @@ HEADER_SCOPES: dict[str, tuple[str, frozenset[str], frozenset[str], frozenset[st
 # storage.NAME.FIELD
 STORAGE_FIELDS = {"free_space": "BYTES", "used_space": "BYTES", "happy": "BOOL"}
 STORAGE_NAMES = ("s0", "Transient")
+_STORAGE_BY_KEY = {n.lower(): n for n in STORAGE_NAMES}
 
 
 def lookup(name: str, version: float = 4.1) -> Variable | None:
-    """The variable `name` (case-sensitive, as VCC), header variables included; None if unknown."""
-    if name in _VERSIONED:
-        for var in _VERSIONED[name]:
+    """The variable `name`, header variables included; None if unknown.
+
+    Like VCC, names match case-insensitively (REQ.URL is req.url); a header name keeps its
+    spelling, since `set` sends it on the wire that way.
+    """
+    parts = name.split(".")
+    if len(parts) >= 3 and parts[1].lower() == "http":
+        scope = parts[0].lower()
+        if len(parts) != 3 or scope not in HEADER_SCOPES:
+            return None
+        header = parts[2]
+        msg, read, write, unset = HEADER_SCOPES[scope]
+        lname = header.lower()
+        return Variable(f"{scope}.http.{header}", "HEADER", read, write, unset,
+                        get=f"{msg}.headers.get({lname!r})",
+                        set=f"{msg}.headers.set({header!r}, {{v}})",
+                        unset_code=f"{msg}.headers.unset({lname!r})", header=True)
+    key = name.lower()
+    if key in _VERSIONED:
+        for var in _VERSIONED[key]:
             if var.min_version <= version <= var.max_version:
                 return var
         return None
-    var = VARIABLES.get(name)
+    var = VARIABLES.get(key)
     if var is not None:
         if var.min_version <= version <= var.max_version:
             return var
         return None
-    scope, sep, rest = name.partition(".http.")
-    if sep and rest and "." not in rest and scope in HEADER_SCOPES:
-        msg, read, write, unset = HEADER_SCOPES[scope]
-        header = rest
-        lname = header.lower()
-        return Variable(name, "HEADER", read, write, unset,
-                        get=f"{msg}.headers.get({lname!r})",
-                        set=f"{msg}.headers.set({header!r}, {{v}})",
-                        unset_code=f"{msg}.headers.unset({lname!r})", header=True)
-    parts = name.split(".")
-    if len(parts) == 2 and parts[0] == "storage" and parts[1] in STORAGE_NAMES:
-        # A stevedore is represented by its name; the server maps it to its storage.
-        return Variable(name, "STEVEDORE", _set("client", "backend"), frozenset(), frozenset(),
-                        get=repr(parts[1]), set=None)
-    if len(parts) == 3 and parts[0] == "storage" and parts[1] in STORAGE_NAMES and parts[2] in STORAGE_FIELDS:
-        return Variable(name, STORAGE_FIELDS[parts[2]], _set("client", "backend"), frozenset(), frozenset(),
-                        get=f"rt.storage_var(ctx, {parts[1]!r}, {parts[2]!r})", set=None)
+    if parts[0].lower() == "storage" and len(parts) in (2, 3):
+        stevedore = _STORAGE_BY_KEY.get(parts[1].lower())
+        if stevedore is None:
+            return None
+        if len(parts) == 2:
+            # A stevedore is represented by its name; the server maps it to its storage.
+            return Variable(f"storage.{stevedore}", "STEVEDORE", _set("client", "backend"), frozenset(),
+                            frozenset(), get=repr(stevedore), set=None)
+        field = parts[2].lower()
+        if field in STORAGE_FIELDS:
+            return Variable(f"storage.{stevedore}.{field}", STORAGE_FIELDS[field], _set("client", "backend"),
+                            frozenset(), frozenset(), get=f"rt.storage_var(ctx, {stevedore!r}, {field!r})",
+                            set=None)
     return None
 
 
