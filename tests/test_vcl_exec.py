@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vcl.compiler import compile_vcl
+from vcl.errors import VCLError
 from vcl.runtime import IP, Action, Context, Headers, HttpMessage, VCLFailure
 
 HEAD = "vcl 4.1;\nimport std;\nbackend default none;\n"
@@ -446,3 +447,25 @@ def test_numbers_the_server_left_unset_read_as_zero():
     compiled.subs["vcl_recv"](ctx)
     assert ctx.req_ttl == 5.0
     assert (ctx.req.headers.get("g"), ctx.req.headers.get("r")) == ("0.000", "0")
+
+
+def test_include_inside_a_subroutine(tmp_path):
+    (tmp_path / "recv.vcl").write_text('set req.http.X-Inc = "1";\nif (req.url == "/x") {\n'
+                                       '\tinclude "deeper.vcl";\n}\n')
+    (tmp_path / "deeper.vcl").write_text("return (synth(299));\n")
+    main = tmp_path / "main.vcl"
+    main.write_text(HEAD + 'sub vcl_recv {\n\tinclude "recv.vcl";\n\tset req.http.X-After = "1";\n}\n')
+    compiled = compile_vcl(main.read_text(), str(main))
+    ctx = ctx_for("vcl_recv")
+    ctx.req.url = "/x"
+    assert compiled.subs["vcl_recv"](ctx) == Action("synth", (299, ""))
+    assert ctx.req.headers.get("X-Inc") == "1" and ctx.req.headers.get("X-After") is None
+
+
+def test_recursive_include_is_an_error(tmp_path):
+    (tmp_path / "loop.vcl").write_text('include "loop.vcl";\n')
+    main = tmp_path / "main.vcl"
+    main.write_text(HEAD + 'sub vcl_recv {\n\tinclude "loop.vcl";\n}\n')
+    with pytest.raises(VCLError) as info:
+        compile_vcl(main.read_text(), str(main))
+    assert 'Recursive include of "loop.vcl"' in str(info.value).splitlines()[0]

@@ -222,6 +222,13 @@ class ExprStmt(Stmt):
 
 
 @dataclass(eq=False)
+class IncludeStmt(Stmt):
+    """`include "file";` inside a subroutine: replaced by the file's statements before checking."""
+
+    path: str
+
+
+@dataclass(eq=False)
 class Block(Stmt):
     body: list[Stmt]
 

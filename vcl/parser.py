@@ -28,7 +28,8 @@ _TOKEN_WORDS = {
 def _lark() -> Lark:
     grammar = (Path(__file__).with_name("grammar.lark")).read_text()
     # The grammar is built once per process; every load reuses the LALR tables.
-    return Lark(grammar, parser="lalr", lexer="contextual", maybe_placeholders=True)
+    return Lark(grammar, parser="lalr", lexer="contextual", maybe_placeholders=True,
+                start=["start", "stmts"])
 
 
 def _tok_pos(tok: Token, file: str) -> ast.Pos:
@@ -64,6 +65,9 @@ class _ToAst(Transformer):
 
     def start(self, items):
         return ast.Program(list(items))
+
+    def stmts(self, items):
+        return ast.Program([i for i in items if isinstance(i, ast.Stmt)])
 
     def vcl_version(self, children):
         kw, version = children
@@ -193,6 +197,10 @@ class _ToAst(Transformer):
         kw, name, func, args = children
         call = ast.Call(self._p(func), str(func), args or [])
         return ast.New(self._p(kw), str(name), self._p(name), call)
+
+    def include_stmt(self, children):
+        kw, path = children
+        return ast.IncludeStmt(self._p(kw), _unquote(str(path)))
 
     def call_stmt(self, children):
         func, args = children
@@ -335,17 +343,17 @@ def _expected(names: set[str]) -> str:
 
 @lru_cache(maxsize=8)
 def _cached_tree(source: str) -> Tree:
-    return _lark().parse(source)
+    return _lark().parse(source, start="start")
 
 
-def parse(source: str, filename: str, *, cache: bool = False) -> ast.Program:
+def parse(source: str, filename: str, *, cache: bool = False, start: str = "start") -> ast.Program:
     """Parse one VCL file (includes are not followed here); VCLError on a syntax error.
 
     cache=True keeps the parse tree of `source` (for the built-in VCL, parsed on every load); the
     AST is still built fresh each time because the checker annotates it.
     """
     try:
-        tree = _cached_tree(source) if cache else _lark().parse(source)
+        tree = _cached_tree(source) if cache else _lark().parse(source, start=start)
     except UnexpectedToken as exc:
         tok = exc.token
         if tok.type == "$END":
@@ -385,25 +393,53 @@ def parse(source: str, filename: str, *, cache: bool = False) -> ast.Program:
 def parse_with_includes(source: str, filename: str, include_dirs: tuple[str, ...] | list[str],
                         sources: dict[str, str], depth: int = 0) -> list[object]:
     """Parse `source` and splice in every `include "file";` (searched beside the including file,
-    then in include_dirs). `sources` collects every file's text for error reports."""
+    then in include_dirs), at top level or inside a subroutine. `sources` collects every file's
+    text for error reports."""
     sources[filename] = source
     program = parse(source, filename)
     items: list[object] = []
     for item in program.items:
-        if not isinstance(item, ast.Include):
-            items.append(item)
+        if isinstance(item, ast.Include):
+            text, path = _read_include(item.path, item.pos, filename, include_dirs, depth)
+            items.extend(parse_with_includes(text, path, include_dirs, sources, depth + 1))
             continue
-        if depth > 10:
-            raise VCLError("Recursive include of \"%s\"" % item.path, item.pos)
-        path = _find_include(item.path, filename, include_dirs)
-        if path is None:
-            raise VCLError(f"Cannot read file '{item.path}'", item.pos)
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise VCLError(f"Cannot read file '{item.path}' ({exc.strerror})", item.pos) from None
-        items.extend(parse_with_includes(text, path, include_dirs, sources, depth + 1))
+        if isinstance(item, ast.Sub):
+            item.body = _expand(item.body, filename, include_dirs, sources, depth)
+        items.append(item)
     return items
+
+
+def _expand(body: list[ast.Stmt], filename: str, include_dirs, sources: dict[str, str],
+            depth: int) -> list[ast.Stmt]:
+    """Replace include statements in a body (and nested bodies) by the included statements."""
+    out: list[ast.Stmt] = []
+    for stmt in body:
+        if isinstance(stmt, ast.IncludeStmt):
+            text, path = _read_include(stmt.path, stmt.pos, filename, include_dirs, depth)
+            sources[path] = text
+            included = parse(text, path, start="stmts").items
+            out.extend(_expand(included, path, include_dirs, sources, depth + 1))
+            continue
+        if isinstance(stmt, ast.If):
+            stmt.branches = [(c, _expand(b, filename, include_dirs, sources, depth)) for c, b in stmt.branches]
+            if stmt.else_body is not None:
+                stmt.else_body = _expand(stmt.else_body, filename, include_dirs, sources, depth)
+        elif isinstance(stmt, ast.Block):
+            stmt.body = _expand(stmt.body, filename, include_dirs, sources, depth)
+        out.append(stmt)
+    return out
+
+
+def _read_include(name: str, pos: ast.Pos, current: str, include_dirs, depth: int) -> tuple[str, str]:
+    if depth > 10:
+        raise VCLError(f'Recursive include of "{name}"', pos)
+    path = _find_include(name, current, include_dirs)
+    if path is None:
+        raise VCLError(f"Cannot read file '{name}'", pos)
+    try:
+        return Path(path).read_text(), path
+    except OSError as exc:
+        raise VCLError(f"Cannot read file '{name}' ({exc.strerror})", pos) from None
 
 
 def _find_include(name: str, current: str, include_dirs) -> str | None:
