@@ -47,7 +47,25 @@ class BanTest:
 
     def text(self) -> str:
         name = f"{self.field}.{self.header}" if self.header else self.field
-        return f"{name} {self.op} {self.arg}"
+        arg = _format_duration(self.number) if self.field in _DURATION_FIELDS else self.arg
+        return f"{name} {self.op} {arg}"
+
+
+_UNITS = (("y", 31536000.0), ("w", 604800.0), ("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0),
+          ("ms", 0.001))
+
+
+def _format_duration(value: float) -> str:
+    """A duration as ban.list shows it: the largest unit it is a whole number of (365d is 1y)."""
+    if value == 0:
+        return "0s"
+    for unit, size in _UNITS:
+        if unit == "ms" and abs(value) >= 1:
+            break                     # 6.789s, not 6789ms
+        n = value / size
+        if abs(n) >= 1 and abs(n - round(n)) < 1e-9:
+            return f"{int(round(n))}{unit}"
+    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
 
 
 @dataclass(eq=False, slots=True)
@@ -203,7 +221,8 @@ class BanList:
         tests = build(args)
         ban = Ban(time.time(), tests, spec=" && ".join(t.text() for t in tests))
         c = self.counters
-        if self.dups:
+        # bans on obj.ttl/obj.age are relative to when they were made: never duplicates
+        if self.dups and not any(t.field in ("obj.ttl", "obj.age") for t in tests):
             for old in self.bans:
                 if not old.completed and old.spec == ban.spec:
                     self._complete(old)

@@ -448,7 +448,8 @@ class BusyObj:
             oc.private = True
             oc.keep_body = False
             return
-        if not storage.unbusy(oc, ctx.bereq, oc.http.headers.get("Vary")):
+        store = ctx.beresp_storage if isinstance(ctx.beresp_storage, str) else None
+        if not storage.unbusy(oc, ctx.bereq, oc.http.headers.get("Vary"), store):
             oc.private = True
             oc.drop_body()
             self.no_space = oc.size <= storage.max_bytes

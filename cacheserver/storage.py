@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from cacheserver.bans import Ban
 
 # Bookkeeping bytes charged per object besides its headers and body.
-_OVERHEAD = 64
+_OVERHEAD = 72
 # Unread bytes a fetch may run ahead of its only reader when the body is not kept (pass, too big).
 STREAM_WINDOW = 1 << 20
 
@@ -289,7 +289,7 @@ class Storage:
                     self.counters.cache_hitmiss += 1
                     return LookupResult(HITMISS, oc, self._new_busy(head))
                 oc.hits += 1
-                self._touch(oc)
+                self._touch(oc, now)
                 return LookupResult(HIT, oc)
             # only an object past its own TTL (not just req.ttl) serves grace or revalidation
             if now >= oc.t_origin + oc.ttl and (stale is None or oc.t_origin > stale.t_origin):
@@ -307,13 +307,13 @@ class Storage:
             busy = self._new_busy(head)
             if in_grace:
                 stale.hits += 1
-                self._touch(stale)
+                self._touch(stale, now)
                 return LookupResult(GRACE, stale, busy)
             return LookupResult(MISS, stale, busy)
         if in_grace:
             # another fetch refreshes it already: deliver the stale object without waiting
             stale.hits += 1
-            self._touch(stale)
+            self._touch(stale, now)
             return LookupResult(GRACE, stale, None)
         return LookupResult(BUSY, stale)
 
@@ -324,19 +324,32 @@ class Storage:
         head.ocs.insert(0, oc)
         return oc
 
-    def _touch(self, oc: ObjCore) -> None:
-        if oc.store == "s0":
+    def _touch(self, oc: ObjCore, now: float) -> None:
+        # as varnishd: an object moves on the LRU at most once per lru_interval
+        if oc.store == "s0" and now - oc.t_lastuse >= self._lru_interval:
+            oc.t_lastuse = now
             try:
                 self._lru[oc]          # moves it to the most recently used end
             except KeyError:
-                pass
+                return
+            self.counters.n_lru_moved += 1
+
+    @property
+    def _lru_interval(self) -> float:
+        return self.params.lru_interval if self.params is not None else 2.0
 
     # -- the fetch side ---------------------------------------------------------------------------
 
-    def unbusy(self, oc: ObjCore, bereq: HttpMessage | None, vary_header: str | None) -> bool:
-        """The fetch knows the headers: the object becomes visible. False when it cannot be stored."""
+    def unbusy(self, oc: ObjCore, bereq: HttpMessage | None, vary_header: str | None,
+               store: str | None = None) -> bool:
+        """The fetch knows the headers: the object becomes visible. False when it cannot be stored.
+
+        `store` is beresp.storage ("s0", "Transient") when VCL chose one.
+        """
         head = oc.head
         oc.busy = False
+        if store == "Transient":
+            oc.store = "Transient"
         if bereq is not None:
             oc.vary = vary_of(vary_header, bereq)
         oc.ban = None
@@ -346,6 +359,7 @@ class Storage:
             self._salvage(oc)
         # then the body (what arrived, or all it announced), as one storage allocation would be
         ok = self._account(oc)
+        oc.t_lastuse = _wall()
         if ok:
             self.counters.n_object += 1
             self._schedule_expiry(oc)
@@ -484,6 +498,17 @@ class Storage:
     @property
     def used_bytes(self) -> int:
         return self._lru.currsize
+
+    def storage_var(self, name: str, field: str) -> object:
+        """storage.NAME.free_space / used_space / happy for VCL."""
+        if name == "Transient":
+            used, free = self.transient_bytes, 0
+        else:
+            used = self._lru.currsize
+            free = self.max_bytes - used
+        if field == "happy":
+            return True
+        return float(free if field == "free_space" else used)
 
     # -- expiry -----------------------------------------------------------------------------------
 
