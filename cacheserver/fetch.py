@@ -179,6 +179,8 @@ class BusyObj:
         self.reader = oc.open_reader() if mode != "bg" else None
         self.no_space = False
         self.response = None
+        self.transport = None
+        self.bereq_close = False
         xid = server.next_xid()
         server.counters.s_fetch += 1          # every backend fetch: miss, pass and background
         params = server.params
@@ -291,6 +293,7 @@ class BusyObj:
         headers = bereq.headers
         if backend.host_header and "Host" not in headers:
             headers.add("Host", backend.host_header)
+        self.bereq_close = "close" in (headers.get("Connection") or "").lower()
         body = self.req_body            # a request body goes to the backend on misses too (7.1)
         if body:
             headers.unset("Content-Length")
@@ -318,6 +321,8 @@ class BusyObj:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, LookupError) as exc:
             live.conns -= 1
             raise FetchError(str(exc) or type(exc).__name__) from None
+        connection = response.connection
+        self.transport = connection.transport if connection is not None else None
         return response
 
     async def stp_response(self) -> str | None:
@@ -385,7 +390,14 @@ class BusyObj:
         response = getattr(self, "response", None)
         if response is not None:
             self.response = None
-            response.release() if response.content.at_eof() else response.close()
+            # Connection: close on the request as sent, or on beresp as VCL left it, ends the connection
+            beresp = self.ctx.beresp
+            close = self.bereq_close or (
+                beresp is not None and "close" in (beresp.headers.get("Connection") or "").lower())
+            if close and self.transport is not None:
+                # aiohttp hands a finished connection back to its pool by itself: close it there
+                self.transport.close()
+            response.release() if response.content.at_eof() and not close else response.close()
             if getattr(self, "backend", None) is not None:
                 backends.live(self.backend).conns -= 1
 
