@@ -125,20 +125,46 @@ def test_unknown_command_fails(tmp_path, write):
     assert 'Unknown command: "frobnicate"' in r.stdout
 
 
-def test_non_fatal_lets_the_test_go_on_but_fails_it(tmp_path, write):
-    text = FAIL.replace("client c1 -connect ${s1_sock} {\n", "client c1 -connect ${s1_sock} {\n\tnon_fatal\n")
-    text += "delay 0.1\nbarrier b9 cond 1\nbarrier b9 sync\n"
+def test_non_fatal_turns_connection_errors_into_log_lines(tmp_path, write):
+    text = """varnishtest "nf"
+server s1 {
+	rxreq
+} -start
+client c1 -connect ${s1_sock} {
+	non_fatal
+	txreq
+	rxresp
+	send "after"
+} -run
+delay 0.1
+"""
     r = vtest("-v", write("n.vtc", text), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout
+    assert "HTTP rx EOF (non-fatal, continuing)" in r.stdout
+    assert "send|after" in r.stdout and "delaying 0.1" in r.stdout
+
+
+def test_non_fatal_does_not_cover_expect(tmp_path, write):
+    text = FAIL.replace("client c1 -connect ${s1_sock} {\n", "client c1 -connect ${s1_sock} {\n\tnon_fatal\n")
+    r = vtest(write("n.vtc", text), cwd=tmp_path)
     assert r.returncode == 1
-    assert "Barrier(b9) wait 1 of 1" in r.stdout   # the script went on after the failure
-    assert "FAILED" in r.stdout
+    assert 'EXPECT resp.status (404) == "200" failed' in r.stdout
 
 
 def test_barrier_with_too_many_waiters_fails(tmp_path, write):
-    text = 'varnishtest "b"\nbarrier b1 cond 1\nbarrier b1 sync\nbarrier b1 sync\n'
+    text = 'varnishtest "b"\nbarrier b1 cond 2\n'
+    text += 'server s1 {\n} -start\n'
+    text += 'client c1 -connect ${s1_sock} {\n\tbarrier b1 sync\n\tbarrier b1 sync\n} -start\n'
+    text += 'barrier b1 sync\nclient c1 -wait\n'
     r = vtest(write("b.vtc", text), cwd=tmp_path)
     assert r.returncode == 1
-    assert "more waiters than the 1 expected" in r.stdout
+    assert "more waiters than the 2 expected" in r.stdout
+
+
+def test_barrier_needs_two_parties(tmp_path, write):
+    r = vtest(write("b.vtc", 'varnishtest "b"\nbarrier b1 cond 1\n'), cwd=tmp_path)
+    assert r.returncode == 1
+    assert "wrong expectation (1)" in r.stdout
 
 
 def test_missing_file_is_an_error(tmp_path):

@@ -31,6 +31,8 @@ class Barrier:
             raise TestFailure(f"Barrier {self.name} already initialized")
         if kind not in ("cond", "sock"):
             raise TestFailure(f"Barrier {self.name}: unknown type {kind}")
+        if count < 2:
+            raise TestFailure(f"Barrier({self.name}) use error: wrong expectation ({count})")
         self.kind, self.expected, self.cyclic = kind, count, cyclic
         if kind == "sock":
             self._listen()

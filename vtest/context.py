@@ -32,7 +32,6 @@ class TestContext:
         self._end_lock = threading.Lock()
         self._ended = False
         self.cleanups: list[Callable[[], None]] = []
-        self.deferred_failure: str | None = None  # a non_fatal entity failed
 
     def finish(self, status: str, reason: str = "") -> None:
         """Report the outcome and leave the process at once; the first caller wins."""
@@ -55,7 +54,7 @@ class TestContext:
         os._exit({"passed": 0, "failed": 1, "skipped": 77}[status])
 
     def spawn(self, entity: Any, fn: Callable[[], None]) -> threading.Thread:
-        """Run fn in a thread; a failure there ends the test unless the entity is non_fatal or cancelled."""
+        """Run fn in a thread; a failure there ends the test unless the entity was cancelled."""
         def body() -> None:
             try:
                 fn()
@@ -63,12 +62,6 @@ class TestContext:
                 self.finish("skipped", str(e))
             except TestFailure as e:
                 if getattr(entity, "cancelled", False):
-                    return
-                if getattr(entity, "non_fatal", False):
-                    # varnishtest: the test goes on, but its result is already a failure.
-                    entity.log(0, f"(non-fatal) {e}")
-                    if self.deferred_failure is None:
-                        self.deferred_failure = f"{entity.name}: {e}"
                     return
                 entity.log(0, str(e))
                 self.finish("failed", f"{entity.name}: {e}")

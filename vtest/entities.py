@@ -71,7 +71,6 @@ class Entity:
         self.spec = ""
         self.repeat = 1
         self.keepalive = False
-        self.non_fatal = False
         self.cancelled = False
         self.thread: threading.Thread | None = None
 
@@ -185,7 +184,6 @@ class Server(Entity):
             conn = self.accept_one(gen)
             n += 1
             sub = Server(self.ctx, f"s{n}")
-            sub.non_fatal = self.non_fatal
             self.subs.append(sub)
 
             def one(c=conn, sub=sub) -> None:

@@ -11,3 +11,7 @@ class TestSkip(Exception):
     """The test cannot run here (missing feature or unsupported command)."""
 
     __test__ = False
+
+
+class IOFailure(TestFailure):
+    """A connection-level error (rx timeout/EOF, write failed...): `non_fatal` turns it into a log line."""

@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import TestFailure, TestSkip
+from .errors import IOFailure, TestFailure, TestSkip
 from .log import EntityLog
 from .parse import split_commands
 
@@ -99,6 +99,7 @@ class Http:
         self.bodylen: int | None = None  # None until a body was read: expect sees <undef>
         self.chunklen = 0
         self.head_method = False
+        self.non_fatal = False  # per connection, like vtc_http's hp->fatal
         self.gzip_level = 6
         self.gzip_residual = -1
         self.commands: dict[str, Callable[[list[str]], None]] = {
@@ -127,12 +128,18 @@ class Http:
                     raise TestSkip(f"unsupported spec command '{name}' ({UNSUPPORTED_SPEC[name]})")
                 raise TestFailure(f"Unknown http spec: {name}")
             self.log(2, "=== " + " ".join(_short(t, 80) for t in toks))
-            fn(toks[1:])
+            try:
+                fn(toks[1:])
+            except IOFailure as e:
+                # vtc_http: I/O errors are logged at the entity's fatality level; non_fatal goes on.
+                if not self.non_fatal:
+                    raise
+                self.log(1, f"{e} (non-fatal, continuing)")
 
     # ---- low level I/O ----------------------------------------------------
     def _need_sock(self) -> socket.socket:
         if self.sock is None:
-            raise TestFailure("no connection (closed)")
+            raise IOFailure("no connection (closed)")
         return self.sock
 
     def write(self, data: bytes, what: str) -> None:
@@ -142,7 +149,7 @@ class Http:
             sock.settimeout(self.timeout)
             sock.sendall(data)
         except OSError as e:
-            raise TestFailure(f"Write failed: ({e})") from e
+            raise IOFailure(f"Write failed: ({e})") from e
 
     def _fill(self, eof_ok: bool = False) -> bool:
         """Read more into rxbuf; False on EOF (fatal unless eof_ok)."""
@@ -151,15 +158,15 @@ class Http:
         try:
             data = sock.recv(65536)
         except socket.timeout as e:
-            raise TestFailure(f"HTTP rx timeout ({self.timeout * 1000:.0f} ms)") from e
+            raise IOFailure(f"HTTP rx timeout ({self.timeout * 1000:.0f} ms)") from e
         except OSError as e:
             if eof_ok:
                 return False
-            raise TestFailure(f"HTTP rx failed ({e})") from e
+            raise IOFailure(f"HTTP rx failed ({e})") from e
         if not data:
             if eof_ok:
                 return False
-            raise TestFailure("HTTP rx EOF")
+            raise IOFailure("HTTP rx EOF")
         self.rxbuf += data
         return True
 
@@ -231,11 +238,11 @@ class Http:
         try:
             size = int(line.split(";")[0].strip(), 16)
         except ValueError as e:
-            raise TestFailure(f"chunked fail: bad length {line!r}") from e
+            raise IOFailure(f"chunked fail: bad length {line!r}") from e
         data = self.rx_bytes(size) if size else b""
         crlf = self.rx_line()
         if crlf.strip():
-            raise TestFailure(f"chunked fail: missing CRLF after chunk, got {crlf!r}")
+            raise IOFailure(f"chunked fail: missing CRLF after chunk, got {crlf!r}")
         self.body += data
         self.chunklen = size
         self.log(4, f"chunk len {size}")
@@ -521,7 +528,7 @@ class Http:
         try:
             self._need_sock().send(av[0].encode("latin-1"), socket.MSG_OOB)
         except OSError as e:
-            raise TestFailure(f"Write failed: ({e})") from e
+            raise IOFailure(f"Write failed: ({e})") from e
 
     def cmd_sendhex(self, av: list[str]) -> None:
         self._n_args(av, 1, "sendhex")
@@ -570,7 +577,7 @@ class Http:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TestFailure("Expected close: timeout")
+                raise IOFailure("Expected close: timeout")
             r, _, _ = select.select([sock], [], [], left)
             if not r:
                 continue
@@ -579,7 +586,7 @@ class Http:
             except OSError:
                 data = b""
             if data:
-                raise TestFailure(f"Expecting close: read = 1, c = 0x{data[0]:02x}")
+                raise IOFailure(f"Expecting close: read = 1, c = 0x{data[0]:02x}")
             self.log(3, "EOF, as expected")
             return
 
@@ -613,12 +620,10 @@ class Http:
             self.run(av[1])
 
     def cmd_fatal(self, av: list[str]) -> None:
-        if self.entity is not None:
-            self.entity.non_fatal = False
+        self.non_fatal = False
 
     def cmd_non_fatal(self, av: list[str]) -> None:
-        if self.entity is not None:
-            self.entity.non_fatal = True
+        self.non_fatal = True
 
     def cmd_write_body(self, av: list[str]) -> None:
         self._n_args(av, 1, "write_body")
