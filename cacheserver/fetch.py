@@ -21,7 +21,7 @@ import aiohttp
 from yarl import URL
 
 from cacheserver import backends
-from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for
+from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for, text
 from cacheserver.storage import ObjCore
 from vcl.runtime import Action, BackendSpec, Context, Headers, HttpMessage, VCLFailure
 
@@ -294,10 +294,10 @@ class BusyObj:
         if backend.host_header and "Host" not in headers:
             headers.add("Host", backend.host_header)
         self.bereq_close = "close" in (headers.get("Connection") or "").lower()
-        body = self.req_body            # a request body goes to the backend on misses too (7.1)
-        if body:
-            headers.unset("Content-Length")
-        elif not self.is_pass:
+        body = self.req_body
+        if not self.is_pass and bereq.method in ("GET", "HEAD"):
+            body = b""       # a cache fill sends a request body only when VCL made it e.g. a POST again
+        if body or not self.is_pass:
             headers.unset("Content-Length")
         skip = ["Host", "Accept", "Accept-Encoding", "User-Agent", "Content-Type"]
         if session := server.http_session:
@@ -328,7 +328,7 @@ class BusyObj:
     async def stp_response(self) -> str | None:
         ctx = self.ctx
         response = self.response
-        fields = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in response.raw_headers]
+        fields = [[text(n), text(v)] for n, v in response.raw_headers]
         beresp = HttpMessage(proto=f"HTTP/{response.version.major}.{response.version.minor}",
                              status=response.status, reason=response.reason or reason_for(response.status),
                              headers=Headers(fields))
