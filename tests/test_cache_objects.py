@@ -244,3 +244,19 @@ sub vcl_backend_response { if (bereq.url ~ "short") { set beresp.ttl = 0.3s; set
     c = cache.cli.counters()
     assert c["n_lru_nuked"] == 2 and c["n_object"] == 2
     assert cache.get("/big0")[1]["x-varnish"].count(" ") == 0   # evicted first: a miss
+
+
+def test_short_lived_objects_and_markers_go_to_transient(make):
+    vcl = """vcl 4.1;
+BACKEND
+sub vcl_backend_response { if (bereq.url == "/short") { set beresp.ttl = 2s; set beresp.grace = 0s; } }
+"""
+    cache, _ = make(vcl, lambda req: Resp(body=b"t" * 1000))
+    cache.get("/long")
+    c = cache.cli.counters()
+    assert c["SMA.s0.g_bytes"] > 1000 and c["SMA.Transient.g_bytes"] == 0
+    cache.get("/short")                      # ttl + grace + keep below shortlived (10s)
+    c = cache.cli.counters()
+    assert c["SMA.Transient.g_bytes"] > 1000
+    assert c["SMA.s0.g_space"] == (256 << 20) - c["SMA.s0.g_bytes"]
+    assert " " in cache.get("/short")[1]["x-varnish"]     # still a hit while it lives
