@@ -92,6 +92,10 @@ class Server:
         """`ban` (CLI) and ban() (VCL): raises cacheserver.bans.BanError (a ValueError) when malformed."""
         self.storage.ban(expr)
 
+    def configure_storage(self, specs: list[str]) -> None:
+        """The -s arguments as given (`[name=]malloc,SIZE`, `Transient=malloc,SIZE`), before start."""
+        self.storage.configure(specs)
+
     def storage_var(self, name: str, field: str) -> object:
         """storage.NAME.* in VCL (vcl.rtlib.storage_var asks here)."""
         return self.storage.storage_var(name, field)

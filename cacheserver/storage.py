@@ -14,9 +14,8 @@ import itertools
 from time import time as _wall
 from typing import TYPE_CHECKING
 
-from cachetools import LRUCache
-
 from cacheserver.bans import BanList
+from cacheserver.stevedores import TRANSIENT, Stevedore, parse_specs
 from vcl.runtime import HttpMessage
 
 if TYPE_CHECKING:
@@ -213,17 +212,6 @@ def vary_of(vary_header: str | None, bereq: HttpMessage) -> tuple[tuple[str, str
     return tuple((n, None if n == "*" else get(n)) for n in names) or None
 
 
-class _ByteLRU(LRUCache):
-    def __init__(self, max_bytes: int, on_evict) -> None:
-        super().__init__(maxsize=max_bytes, getsizeof=lambda oc: oc.size)
-        self._on_evict = on_evict
-
-    def popitem(self):
-        key, oc = super().popitem()
-        self._on_evict(oc)
-        return key, oc
-
-
 class LookupResult:
     __slots__ = ("kind", "oc", "busy")
 
@@ -236,24 +224,33 @@ class LookupResult:
 class Storage:
     """The cache proper: object heads, the s0 LRU, Transient, expiry and bans."""
 
-    def __init__(self, max_bytes: int, counters, params=None) -> None:
+    def __init__(self, max_bytes: int, counters, params=None,
+                 specs: list[tuple[str, int | None]] | None = None) -> None:
         self.counters = counters
         self.params = params
-        self.max_bytes = max_bytes
         self.heads: dict[bytes, ObjHead] = {}
-        self._lru = _ByteLRU(max_bytes, self._evicted)
-        self.transient_bytes = 0
         self.bans = BanList(counters)
         self._exp: list[tuple[float, int, ObjCore]] = []
         self._seq = itertools.count()
         self._exp_timer: asyncio.TimerHandle | None = None
         self._exp_timer_at = 0.0
         self._lurker: asyncio.TimerHandle | None = None
-        extra = counters.extra
-        extra["SMA.s0.g_space"] = max_bytes
-        extra.setdefault("SMA.s0.g_bytes", 0)
-        extra.setdefault("SMA.s0.c_fail", 0)
-        extra.setdefault("SMA.Transient.g_bytes", 0)
+        self.configure(specs or [("s0", max_bytes), (TRANSIENT, None)])
+
+    def configure(self, specs: list[tuple[str, int | None]] | list[str]) -> None:
+        """The stevedores, as (name, bytes or None) or raw -s arguments; done before objects exist."""
+        if specs and isinstance(specs[0], str):
+            specs = parse_specs(specs)
+        for name in list(self.counters.extra):
+            if name.startswith("SMA."):
+                del self.counters.extra[name]
+        self.stevedores: dict[str, Stevedore] = {
+            name: Stevedore(name, size, self.counters, self._evicted) for name, size in specs}
+        if TRANSIENT not in self.stevedores:
+            self.stevedores[TRANSIENT] = Stevedore(TRANSIENT, None, self.counters, self._evicted)
+        self._rotation = [st for name, st in self.stevedores.items() if name != TRANSIENT]
+        self._next = 0
+        self.max_bytes = max((st.max_bytes or 0) for st in self._rotation)
 
     # -- lookup -----------------------------------------------------------------------------------
 
@@ -326,13 +323,10 @@ class Storage:
 
     def _touch(self, oc: ObjCore, now: float) -> None:
         # as varnishd: an object moves on the LRU at most once per lru_interval
-        if oc.store == "s0" and now - oc.t_lastuse >= self._lru_interval:
+        if oc.store and now - oc.t_lastuse >= self._lru_interval:
             oc.t_lastuse = now
-            try:
-                self._lru[oc]          # moves it to the most recently used end
-            except KeyError:
-                return
-            self.counters.n_lru_moved += 1
+            if self.stevedores[oc.store].touch(oc):
+                self.counters.n_lru_moved += 1
 
     @property
     def _lru_interval(self) -> float:
@@ -348,17 +342,14 @@ class Storage:
         """
         head = oc.head
         oc.busy = False
-        if store == "Transient":
-            oc.store = "Transient"
         if bereq is not None:
             oc.vary = vary_of(vary_header, bereq)
         oc.ban = None
         self.bans.move(oc, self.bans.newest)
         # the object itself first; if even that finds no room, Transient salvages it (short-lived)
-        if not self._account(oc, with_body=False):
-            self._salvage(oc)
+        ok = self._account(oc, with_body=False, hint=store) or self._salvage(oc)
         # then the body (what arrived, or all it announced), as one storage allocation would be
-        ok = self._account(oc)
+        ok = ok and self._account(oc)
         oc.t_lastuse = _wall()
         if ok:
             self.counters.n_object += 1
@@ -369,14 +360,13 @@ class Storage:
             head.rush()
         return ok
 
-    def _salvage(self, oc: ObjCore) -> None:
+    def _salvage(self, oc: ObjCore) -> bool:
+        """No room in the chosen store: Transient takes the object, short-lived, as varnishd does."""
         shortlived = self.params.shortlived if self.params is not None else 10.0
         age = max(_wall() - oc.t_origin, 0.0)
         oc.ttl = min(oc.ttl, age + shortlived)
         oc.grace = oc.keep = 0.0
-        oc.store = "Transient"
-        self.transient_bytes += oc.size
-        self.counters.extra["SMA.Transient.g_bytes"] = self.transient_bytes
+        return self._account(oc, with_body=False, hint=TRANSIENT)
 
     def abandon(self, oc: ObjCore) -> None:
         """A busy object that will never be filled (fetch failed, miss turned pass)."""
@@ -392,53 +382,29 @@ class Storage:
             return True              # nothing kept (hit-for-miss/pass bodies): nothing charged
         return self._account(oc)
 
-    def _account(self, oc: ObjCore, with_body: bool = True) -> bool:
+    def _account(self, oc: ObjCore, with_body: bool = True, hint: str | None = None) -> bool:
+        """Charge the object's size to its store, choosing one the first time; False: no room."""
         old = oc.size
         oc.compute_size(with_body)
-        extra = self.counters.extra
-        if oc.store == "Transient":
-            self.transient_bytes += oc.size - old
-            extra["SMA.Transient.g_bytes"] = self.transient_bytes
-            return True
-        shortlived = self.params.shortlived if self.params is not None else 10.0
-        if oc.store == "" and (oc.hfm or oc.hfp or oc.ttl + oc.grace + oc.keep < shortlived):
-            oc.store = "Transient"
-            self.transient_bytes += oc.size
-            extra["SMA.Transient.g_bytes"] = self.transient_bytes
-            return True
-        if oc.size > self.max_bytes or not self._make_room(oc, old):
-            extra["SMA.s0.c_fail"] += 1
-            if oc.store == "s0":
-                self._lru.pop(oc, None)
-                oc.store = ""
-                self._gauge()
-            return False
-        oc.store = "s0"
-        self._lru[oc] = oc
-        self._gauge()
-        return True
-
-    def _make_room(self, oc: ObjCore, old: int) -> bool:
-        """Evict least recently used objects until `oc` fits, at most nuke_limit of them."""
-        lru = self._lru
-        if oc.store == "s0":
-            lru[oc]                     # most recently used: never its own victim
-        else:
-            old = 0
         nuke_limit = self.params.nuke_limit if self.params is not None else 50
-        nuked = 0
-        while lru.currsize - old + oc.size > self.max_bytes:
-            if nuked >= nuke_limit or len(lru) <= (1 if oc.store == "s0" else 0):
-                self.counters.n_lru_limited += 1
-                return False
-            lru.popitem()
-            nuked += 1
+        if oc.store:
+            if self.stevedores[oc.store].charge(oc, old, nuke_limit):
+                return True
+            oc.store = ""
+            return False
+        st = self.stevedores.get(hint) if hint else None
+        if st is None:
+            shortlived = self.params.shortlived if self.params is not None else 10.0
+            if oc.hfm or oc.hfp or oc.ttl + oc.grace + oc.keep < shortlived:
+                st = self.stevedores[TRANSIENT]
+            else:
+                # the default storage hint takes the stevedores in turn
+                st = self._rotation[self._next % len(self._rotation)]
+                self._next += 1
+        if not st.charge(oc, 0, nuke_limit):
+            return False
+        oc.store = st.name
         return True
-
-    def _gauge(self) -> None:
-        extra = self.counters.extra
-        extra["SMA.s0.g_bytes"] = used = self._lru.currsize
-        extra["SMA.s0.g_space"] = self.max_bytes - used
 
     def _evicted(self, oc: ObjCore) -> None:
         self.counters.n_lru_nuked += 1
@@ -463,20 +429,16 @@ class Storage:
         self._unlink(oc)
         self.counters.n_object -= 1
         self.bans.release(oc)
-        if oc.store == "Transient":
-            self.transient_bytes -= oc.size
-            self.counters.extra["SMA.Transient.g_bytes"] = self.transient_bytes
+        if oc.store:
+            self.stevedores[oc.store].release(oc)
         oc.store = ""
         if oc.complete and oc.readers == []:
             oc.chunks = []
             oc.body_cache = None
-        self._gauge()
 
     def remove(self, oc: ObjCore) -> None:
         if oc.dying:
             return
-        if oc.store == "s0":
-            self._lru.pop(oc, None)
         self._drop(oc)
 
     def purge(self, digest: bytes) -> int:
@@ -497,18 +459,16 @@ class Storage:
 
     @property
     def used_bytes(self) -> int:
-        return self._lru.currsize
+        return sum(st.bytes for st in self.stevedores.values())
 
     def storage_var(self, name: str, field: str) -> object:
         """storage.NAME.free_space / used_space / happy for VCL."""
-        if name == "Transient":
-            used, free = self.transient_bytes, 0
-        else:
-            used = self._lru.currsize
-            free = self.max_bytes - used
+        st = self.stevedores.get(name)
         if field == "happy":
-            return True
-        return float(free if field == "free_space" else used)
+            return st is not None
+        if st is None:
+            return 0.0
+        return float(st.space if field == "free_space" else st.bytes)
 
     # -- expiry -----------------------------------------------------------------------------------
 

@@ -1,0 +1,134 @@
+"""Stevedores: the named stores objects are kept in (`-s name=malloc,SIZE`), each a byte-bounded LRU.
+
+`s0`, `s1`, ... are the -s arguments in order (or the names given); Transient is unbounded unless
+`-s Transient=malloc,SIZE` bounds it. A store charges an object's size (headers, body, bookkeeping)
+and evicts least recently used objects to make room, at most nuke_limit of them per allocation.
+Gauges appear as varnishstat names them: SMA.<name>.g_bytes / g_space / c_fail / c_req.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from cachetools import LRUCache
+
+from cacheserver.params import parse_bytes
+
+TRANSIENT = "Transient"
+
+
+class _ByteLRU(LRUCache):
+    def __init__(self, max_bytes: int, on_evict: Callable) -> None:
+        super().__init__(maxsize=max_bytes, getsizeof=lambda oc: oc.size)
+        self._on_evict = on_evict
+
+    def popitem(self):
+        key, oc = super().popitem()
+        self._on_evict(oc)
+        return key, oc
+
+
+class Stevedore:
+    def __init__(self, name: str, max_bytes: int | None, counters, on_evict: Callable) -> None:
+        self.name = name
+        self.max_bytes = max_bytes            # None: unbounded
+        self.counters = counters
+        self.lru = _ByteLRU(max_bytes, on_evict) if max_bytes is not None else None
+        self.used = 0                         # unbounded stores only
+        self.prefix = f"SMA.{name}."
+        extra = counters.extra
+        extra[self.prefix + "c_fail"] = extra.get(self.prefix + "c_fail", 0)
+        extra[self.prefix + "c_req"] = extra.get(self.prefix + "c_req", 0)
+        self.gauge()
+
+    @property
+    def bytes(self) -> int:
+        return self.lru.currsize if self.lru is not None else self.used
+
+    @property
+    def space(self) -> int:
+        return self.max_bytes - self.lru.currsize if self.lru is not None else 0
+
+    def gauge(self) -> None:
+        extra = self.counters.extra
+        extra[self.prefix + "g_bytes"] = self.bytes
+        extra[self.prefix + "g_space"] = self.space
+
+    def fail(self) -> None:
+        self.counters.extra[self.prefix + "c_fail"] += 1
+
+    def charge(self, oc, old: int, nuke_limit: int) -> bool:
+        """Hold `oc` at its current size (it held `old` here before); False when it cannot fit."""
+        self.counters.extra[self.prefix + "c_req"] += 1
+        if self.lru is None:
+            self.used += oc.size - old
+            self.gauge()
+            return True
+        lru = self.lru
+        held = oc in lru
+        if not held:
+            old = 0
+        if oc.size > self.max_bytes or not self._make_room(oc, old, held, nuke_limit):
+            self.fail()
+            if held:
+                lru.pop(oc, None)
+                self.gauge()
+            return False
+        lru[oc] = oc
+        self.gauge()
+        return True
+
+    def _make_room(self, oc, old: int, held: bool, nuke_limit: int) -> bool:
+        lru = self.lru
+        if held:
+            lru[oc]                          # most recently used: never its own victim
+        nuked = 0
+        while lru.currsize - old + oc.size > self.max_bytes:
+            if nuked >= nuke_limit or len(lru) <= (1 if held else 0):
+                self.counters.n_lru_limited += 1
+                return False
+            lru.popitem()
+            nuked += 1
+        return True
+
+    def release(self, oc) -> None:
+        if self.lru is None:
+            self.used -= oc.size
+        else:
+            self.lru.pop(oc, None)
+        self.gauge()
+
+    def touch(self, oc) -> bool:
+        if self.lru is None:
+            return False
+        try:
+            self.lru[oc]
+        except KeyError:
+            return False
+        return True
+
+
+def parse_specs(specs: list[str] | None, default_bytes: int = 256 << 20) -> list[tuple[str, int | None]]:
+    """`-s` arguments to (name, bytes or None) in order; s0 alone when there are none."""
+    out: list[tuple[str, int | None]] = []
+    n = 0
+    for spec in specs or []:
+        name, sep, rest = spec.partition("=")
+        if not sep:
+            name, rest = "", spec
+        kind, _, args = rest.partition(",")
+        parts = [p for p in args.split(",")] if args else []
+        size_text = (parts[1] if len(parts) > 1 else "") if kind == "file" else (parts[0] if parts else "")
+        size = parse_bytes(size_text) if size_text else None
+        if name == TRANSIENT:
+            out.append((TRANSIENT, size))
+            continue
+        if not name:
+            name = f"s{n}"
+            n += 1
+        out.append((name, size if size is not None else default_bytes))
+    if not any(name != TRANSIENT for name, _ in out):
+        out.insert(0, ("s0", default_bytes))
+    if not any(name == TRANSIENT for name, _ in out):
+        out.append((TRANSIENT, None))
+    return out
