@@ -672,12 +672,9 @@ class AdminCommands:
         return ""
 
     # ---- bans ---------------------------------------------------------------------------------
-    def _ban_list_obj(self) -> Any:
-        ban = getattr(self.server, "ban", None)
-        if callable(ban):
-            return None
-        storage = getattr(self.server, "storage", None)
-        banlist = getattr(storage, "bans", None)
+    def _banlist(self) -> Any:
+        """The server's BanList (cacheserver.bans): where `ban` adds and `ban.list` reads."""
+        banlist = getattr(getattr(self.server, "storage", None), "bans", None)
         if banlist is None:
             raise Reply(CLIS_UNIMPL, "Bans are not implemented by this server")
         return banlist
@@ -686,21 +683,18 @@ class AdminCommands:
         from cacheserver.bans import BanError
 
         try:
+            # Server.ban() (docs/ARCHITECTURE.md) when the server offers it, else its BanList directly.
             if callable(getattr(self.server, "ban", None)):
                 self.server.ban(args)
             else:
-                self._ban_list_obj().add(args)
+                self._banlist().add(args)
         except BanError as e:
             raise Reply(e.status, str(e)) from None
         return ""
 
     def _ban_list(self, argv: list[str], args: list[str]) -> str:
         as_json, _ = _split_j(args)
-        if callable(getattr(self.server, "ban_list", None)) and not as_json:
-            return self.server.ban_list()
-        banlist = getattr(getattr(self.server, "storage", None), "bans", None)
-        if banlist is None:
-            raise Reply(CLIS_UNIMPL, "Bans are not implemented by this server")
+        banlist = self._banlist()
         if as_json:
             return _json(argv, *[{"time": round(b.t, 6), "refs": b.refs, "completed": b.completed,
                                   "spec": "" if b.completed else b.spec} for b in banlist.bans])
