@@ -52,7 +52,7 @@ CASES = {
     "bool_and": (H + "sub vcl_recv {\n\tif (1.5 && true) {}\n}\n", 5, 6,
                  "'&&' must be preceeded by BOOL, found REAL."),
     "not_real": (H + "sub vcl_recv {\n\tif (!1.5) {}\n}\n", 5, 6, "'!' must be followed by BOOL, found REAL."),
-    "double_not": (H + "sub vcl_recv {\n\tif (!!true) {}\n}\n", 5, 7, "Syntax error: unexpected '!'"),
+    "double_not": (H + "sub vcl_recv {\n\tif (!!true) {}\n}\n", 5, 7, "Expected an expression got '!'"),
     "regex_bad": (H + 'sub vcl_recv {\n\tif (req.url ~ "(") {}\n}\n', 5, 16, "Regexp compilation error:"),
     "regex_not_literal": (H + "sub vcl_recv {\n\tif (req.url ~ req.url) {}\n}\n", 5, 16,
                           "Expression has type STRING, expected REGEX"),
@@ -205,3 +205,17 @@ def test_no_traceback_for_garbage():
         with pytest.raises(VCLError) as info:
             compile_vcl(src, "g.vcl")
         assert str(info.value).startswith("g.vcl:")
+
+
+def test_restrict_groups_client_backend():
+    vmod = Vmod("grp")
+
+    @vmod.func("front", "VOID", [], restrict={"client"})
+    def front(ctx):
+        return None
+
+    ok = "vcl 4.1;\nimport grp;\nbackend default none;\nsub vcl_deliver {\n\tgrp.front();\n}\n"
+    compile_vcl(ok, "g.vcl", extra_vmods={"grp": vmod})
+    with pytest.raises(VCLError) as info:
+        compile_vcl(ok.replace("vcl_deliver", "vcl_backend_response"), "g.vcl", extra_vmods={"grp": vmod})
+    assert str(info.value).startswith("g.vcl:5:2: Not available in subroutine 'vcl_backend_response'.")

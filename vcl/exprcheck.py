@@ -338,7 +338,7 @@ class ExprChecker:
             self._bind_args(e, func, name)
             e.ref = ("func", head, func)
             if func.restrict is not None:
-                self._use("func", name, e.pos, func.restrict)
+                self._use("func", name, e.pos, symbols.expand_methods(func.restrict))
             if func.is_async:
                 assert self.cur is not None
                 self.cur.is_async = True

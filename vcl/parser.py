@@ -362,9 +362,13 @@ def parse(source: str, filename: str, *, cache: bool = False, start: str = "star
         else:
             pos = _tok_pos(tok, filename)
         expected = _expected(set(exc.expected))
-        if "SEMICOLON" in exc.expected:
+        if {"SEMICOLON", "LPAR"} <= set(exc.expected):
+            msg = f"Expected '(' got {_describe(tok)}"      # return without parentheses
+        elif "SEMICOLON" in exc.expected:
             # The usual mistake; say it the way VCC does.
             msg = f"Expected ';' got {_describe(tok)}"
+        elif {"STRING", "INT", "NAME"} <= set(exc.expected):
+            msg = f"Expected an expression got {_describe(tok)}"
         elif len(exc.expected) == 1:
             msg = f"Expected {expected} got {_describe(tok)}"
         else:

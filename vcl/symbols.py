@@ -89,6 +89,18 @@ ACTION_ARGS: dict[str, tuple[tuple[str, bool], ...]] = {
 }
 
 
+def expand_methods(names) -> frozenset[str]:
+    """Built-in subroutine names, with the vmod-description groups "client", "backend",
+    "housekeeping" and "all" expanded (as in a vmod's $Restrict)."""
+    out: set[str] = set()
+    for name in names:
+        if name == "housekeeping":
+            out |= HOUSEKEEPING
+        else:
+            out |= _set(name)
+    return frozenset(out)
+
+
 def _set(*names: str) -> frozenset[str]:
     out: set[str] = set()
     for name in names:
