@@ -418,6 +418,8 @@ class BusyObj:
         oc = self.oc
         http = http.copy()
         _strip_hop_by_hop(http.headers)
+        http.headers.unset("Age")          # delivery adds its own Age and X-Varnish
+        http.headers.unset("X-Varnish")
         self.expected_len = None
         cl = http.headers.get("Content-Length")
         if cl is not None and cl.strip().isdigit() and not ctx.was_304:

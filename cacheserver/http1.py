@@ -18,6 +18,20 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "t
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n\r\n"
 
 
+# Text on the wire is UTF-8 with surrogateescape both ways: any byte sequence survives a round trip,
+# and strings written in VCL (read as UTF-8) go out as the bytes the VCL file had.
+WIRE = "utf-8"
+WIRE_ERRORS = "surrogateescape"
+
+
+def text(raw: bytes) -> str:
+    return raw.decode(WIRE, WIRE_ERRORS)
+
+
+def wire(value: str) -> bytes:
+    return value.encode(WIRE, WIRE_ERRORS)
+
+
 def reason_for(status: int) -> str:
     return REASONS.get(status, "Unknown HTTP Status")
 
@@ -52,4 +66,4 @@ def serialize_head(resp: HttpMessage) -> bytes:
     for name, value in resp.headers.items():
         parts.append(f"{name}: {value}\r\n")
     parts.append("\r\n")
-    return "".join(parts).encode("latin-1", "replace")
+    return wire("".join(parts))

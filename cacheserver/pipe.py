@@ -6,6 +6,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from cacheserver.http1 import wire
+
 if TYPE_CHECKING:
     from cacheserver.fsm import ClientRequest
 
@@ -16,7 +18,7 @@ def _request_head(req) -> bytes:
     lines = [f"{req.method} {req.url} {req.proto}\r\n"]
     lines += [f"{n}: {v}\r\n" for n, v in req.headers.items()]
     lines.append("\r\n")
-    return "".join(lines).encode("latin-1", "replace")
+    return wire("".join(lines))
 
 
 async def pipe_request(request: ClientRequest) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from cacheserver.fsm import ClientRequest
-from cacheserver.http1 import BAD_REQUEST
+from cacheserver.http1 import BAD_REQUEST, text
 from cacheserver.programs import ProgramError
 from vcl.runtime import IP, Headers, HttpMessage, VCLFailure
 
@@ -202,15 +202,15 @@ class ClientProtocol(asyncio.Protocol):
             raise RequestTooLarge("header too long")
         if len(self._fields) >= params.http_max_hdr:
             raise RequestTooLarge("too many headers")
-        text = name.decode("latin-1")
-        self._fields.append([text, value.decode("latin-1"), text.lower()])
+        field = text(name)
+        self._fields.append([field, text(value), field.lower()])
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         headers = Headers.adopt(self._fields)
         # Request smuggling shapes: llhttp refuses CL+TE and duplicate Content-Length itself.
         self._head = HttpMessage(
-            parser.get_method().decode("latin-1"), self._url.decode("latin-1"),
+            text(parser.get_method()), text(self._url),
             "HTTP/" + parser.get_http_version(), headers=headers)
         self._keep_alive = parser.should_keep_alive()
 
