@@ -176,7 +176,7 @@ class CodeGen:
             '    """The objects vcl_init created with `new`, by name."""',
             "    return {" + ", ".join(f"{n!r}: {self.ident('obj_', n)}" for n in prog.instances) + "}",
         ]
-        out = head + ["# vmods", *vmod_lines, "", "# declarations", *decl, "",
+        out = head + ["# vmods (load_vmod is supplied by vcl.compiler)", *vmod_lines, "", "# declarations", *decl, "",
                       "# constants prepared at load", *self.const_lines, "", "", *body, *tail]
         return "\n".join(out) + "\n"
 
