@@ -448,9 +448,8 @@ class ClientRequest:
         resp = oc.http.copy()
         resp.proto = "HTTP/1.1"
         headers = resp.headers
-        headers.unset("X-Varnish")
+        # objects are stored without X-Varnish and Age (fetch.py), so these are plain appends
         headers.add("X-Varnish", f"{ctx.xid} {oc.xid}" if self.is_hit else str(ctx.xid))
-        headers.unset("Age")
         headers.add("Age", str(max(0, int(time.time() - oc.t_origin))))
         headers.add("Via", _VIA)
         ctx.resp = resp
@@ -464,7 +463,9 @@ class ClientRequest:
             self._drop_object()
             return self._common(action)
         resp = ctx.resp
+        req_headers = ctx.req.headers
         if (not self.from_pass and resp.status == 200 and self.oc is not None
+                and ("If-None-Match" in req_headers or "If-Modified-Since" in req_headers)
                 and not_modified(ctx.req, resp, ctx.req_time, self._last_modified())):
             resp.status, resp.reason = 304, reason_for(304)
         return self._transmit(resp, self.oc)
