@@ -194,6 +194,7 @@ class BusyObj:
             server_hostname=creq.server_hostname, server_identity=creq.server_identity,
             client_identity=creq.client_identity, is_bgfetch=mode == "bg", is_hitpass=creq.is_hitpass,
             is_hitmiss=creq.is_hitmiss, xid=creq.xid, session=None, req=None, req_top=None,
+            sess_xid=creq.sess_xid, bereq_body=req_body,
         )
         self.ctx.priv_task = None
 
@@ -294,7 +295,7 @@ class BusyObj:
         if backend.host_header and "Host" not in headers:
             headers.add("Host", backend.host_header)
         self.bereq_close = "close" in (headers.get("Connection") or "").lower()
-        body = self.req_body
+        body = self.req_body if ctx.bereq_body is not None else b""    # `unset bereq.body` drops it
         if not self.is_pass and bereq.method in ("GET", "HEAD"):
             body = b""       # a cache fill sends a request body only when VCL made it e.g. a POST again
         if body or not self.is_pass:

@@ -74,6 +74,7 @@ class ClientRequest:
             server_identity=server.identity, client_identity=session.client_ip.addr,
             hash_always_miss=False, hash_ignore_busy=False, can_gzip=False,
             is_hitmiss=False, is_hitpass=False, req_ttl=-1.0, req_grace=-1.0,
+            sess_xid=getattr(session, "xid", 0), sess_timeout_idle=server.params.timeout_idle,
         )
 
     # -- drivers ----------------------------------------------------------------------------------
@@ -254,7 +255,8 @@ class ClientRequest:
         ctx = self.ctx
         r = self.server.storage.lookup(
             self.digest, ctx.req, ctx.req_time, always_miss=bool(ctx.hash_always_miss),
-            ignore_busy=bool(ctx.hash_ignore_busy), req_ttl=ctx.req_ttl, req_grace=ctx.req_grace)
+            ignore_busy=bool(ctx.hash_ignore_busy), req_ttl=ctx.req_ttl, req_grace=ctx.req_grace,
+            ignore_vary=bool(ctx.hash_ignore_vary))
         kind = r.kind
         if kind == st.BUSY:
             return "waitinglist"
@@ -297,6 +299,7 @@ class ClientRequest:
         ctx.obj_hits = oc.hits
         ctx.obj_age = age
         ctx.obj_uncacheable = oc.hfm or oc.hfp or oc.private
+        ctx.obj_storage = oc.store or None
 
     # -- hit / miss / pass ------------------------------------------------------------------------
 

@@ -256,7 +256,7 @@ class Storage:
 
     def lookup(self, digest: bytes, req: HttpMessage, now: float, *, always_miss: bool = False,
                ignore_busy: bool = False, req_ttl: float | None = None,
-               req_grace: float | None = None) -> LookupResult:
+               req_grace: float | None = None, ignore_vary: bool = False) -> LookupResult:
         head = self.heads.get(digest)
         if head is None:
             head = self.heads[digest] = ObjHead(digest)
@@ -275,7 +275,7 @@ class Storage:
             if oc.ban is not bans.newest and bans.check(oc, req, now):
                 self.remove(oc)
                 continue
-            if oc.vary is not None and not vary_match(oc, req):
+            if oc.vary is not None and not ignore_vary and not vary_match(oc, req):
                 continue
             ttl = oc.ttl if req_ttl is None or req_ttl < 0 else min(oc.ttl, req_ttl)
             if now < oc.t_origin + ttl:
