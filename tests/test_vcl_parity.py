@@ -276,6 +276,8 @@ def test_same_program_verdict_as_vcc(src, vcc_ok):
 # Case: VCC matches statement keywords and symbols (variables, subs, vmods, true/false/default)
 # case-insensitively, but not top-level keywords, `else`, return actions or backend fields.
 CASE_VERDICTS = [
+    ('vcl 4.1;\nprobe HC { .url = "/"; }\nbackend Web { .host = "127.0.0.1"; .probe = hc; }\nbackend other { .host = "127.0.0.2"; }\nacl Local { "127.0.0.1"; }\nsub vcl_recv {\n\tif (client.ip ~ LOCAL) {\n\t\tset req.backend_hint = WEB;\n\t} else {\n\t\tset req.backend_hint = Other;\n\t}\n\tset req.http.b = req.backend_hint;\n}\n', True),
+    ('vcl 4.1;\nbackend a { .host = "127.0.0.1"; }\nbackend A { .host = "127.0.0.2"; }\n', False),
     ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; SET req.url = "x"; }\n', True),
     ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; UNSET req.http.x; }\n', True),
     ('vcl 4.1;\nbackend default none;\nsub foo {}\nsub vcl_recv { call foo; CALL foo; }\n', True),

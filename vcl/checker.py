@@ -78,11 +78,13 @@ class Checker(ExprChecker, XrefChecker):
         reserved_ok = set(symbols.RETURNS) | {i.name for i in self.items if isinstance(i, ast.Sub) and i.builtin}
         names: dict[str, tuple[str, ast.Pos]] = {}
 
-        def declare(kind: str, name: str, pos: ast.Pos) -> None:
-            if name in names:
+        def declare(kind: str, name: str, pos: ast.Pos) -> str:
+            key = name.lower()   # VCC's symbols are case-insensitive
+            if key in names:
                 raise VCLError(f"{kind.capitalize()} '{name}' redefined", pos,
-                               [("Previously defined here:", names[name][1])])
-            names[name] = (kind, pos)
+                               [("Previously defined here:", names[key][1])])
+            names[key] = (kind, pos)
+            return key
 
         for item in self.items:
             if isinstance(item, ast.VclVersion):
@@ -90,14 +92,11 @@ class Checker(ExprChecker, XrefChecker):
             if isinstance(item, ast.Import):
                 self._import(item.name, item.name_pos)
             elif isinstance(item, ast.Backend):
-                declare("backend", item.name, item.name_pos)
-                self.backends[item.name] = item
+                self.backends[declare("backend", item.name, item.name_pos)] = item
             elif isinstance(item, ast.Probe):
-                declare("probe", item.name, item.name_pos)
-                self.probes[item.name] = item
+                self.probes[declare("probe", item.name, item.name_pos)] = item
             elif isinstance(item, ast.Acl):
-                declare("acl", item.name, item.name_pos)
-                self.acls[item.name] = item
+                self.acls[declare("acl", item.name, item.name_pos)] = item
             elif isinstance(item, ast.Sub):
                 if item.name.startswith("vcl_") and item.name not in reserved_ok:
                     valid = "\n".join("\t" + m for m in sorted(symbols.METHODS))
@@ -141,14 +140,15 @@ class Checker(ExprChecker, XrefChecker):
     def _prescan_new(self, body: list[ast.Stmt]) -> None:
         for stmt in body:
             if isinstance(stmt, ast.New):
-                if stmt.name in self.instances or stmt.name in self.backends or stmt.name in self.acls:
+                key = stmt.name.lower()
+                if key in self.instances or key in self.backends or key in self.acls:
                     raise VCLError(f"Object name '{stmt.name}' already used", stmt.name_pos)
                 vmod_name, _, obj = stmt.call.name.partition(".")
                 vmod = self._vmod_for(vmod_name, stmt.call.pos)
                 if vmod is None or obj not in vmod.objects:
                     raise VCLError(f"Symbol not found: '{stmt.call.name}'", stmt.call.pos)
-                self.instances[stmt.name] = vmod.objects[obj]
-                self.instance_pos[stmt.name] = stmt.name_pos
+                self.instances[key] = vmod.objects[obj]
+                self.instance_pos[key] = stmt.name_pos
             elif isinstance(stmt, ast.If):
                 for _, b in stmt.branches:
                     self._prescan_new(b)
@@ -212,7 +212,7 @@ class Checker(ExprChecker, XrefChecker):
             stmt.value = self.expr0(stmt.value, "STRING")
         elif isinstance(stmt, ast.New):
             self._use("action", "new", stmt.pos, frozenset({"vcl_init"}))
-            obj = self.instances[stmt.name]
+            obj = self.instances[stmt.name.lower()]
             self._bind_args(stmt.call, obj.constructor, stmt.call.name)
             stmt.call.ref = ("new", obj)
             stmt.call.type = "INSTANCE"
@@ -304,13 +304,13 @@ class Checker(ExprChecker, XrefChecker):
                         continue
                     if not isinstance(attr.value, ast.Name):
                         raise VCLError("Expected a probe name or an inline probe { ... }", attr.value.pos)
-                    probe = self.probes.get(attr.value.name)
+                    probe = self.probes.get(attr.value.name.lower())
                     if probe is None or _before(backend.pos, probe.pos):
                         # VCC reads declarations in order: the probe must come first.
                         raise VCLError(f"Symbol not found: '{attr.value.name}'", attr.value.pos)
-                    self._ref("probe", attr.value.name, attr.value.pos)
+                    self._ref("probe", attr.value.name.lower(), attr.value.pos)
                     attr.value.type = "PROBE"
-                    attr.value.ref = ("probe", attr.value.name)
+                    attr.value.ref = ("probe", attr.value.name.lower())
                     continue
                 attr.value = self._const_attr(attr, BACKEND_FIELDS[attr.name])
             if "host" not in seen and "path" not in seen:

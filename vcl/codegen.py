@@ -56,7 +56,8 @@ class CodeGen:
 
     def ident(self, prefix: str, name: str) -> str:
         """The Python name for VCL name `name` (VCL allows '-', so `a-b` and `a_b` get distinct names)."""
-        key = (prefix, name)
+        # Declared names (backends, ACLs, probes, objects) are case-insensitive in VCL.
+        key = (prefix, name.lower() if prefix in ("backend_", "acl_", "probe_", "obj_") else name)
         ident = self._idents.get(key)
         if ident is None:
             ident = base = py_ident(prefix, name)
@@ -136,22 +137,23 @@ class CodeGen:
             vmod_lines.append(f"{self.ident('vmod_', name)} = load_vmod({name!r})")
         decl: list[str] = []
         for name, probe in prog.probes.items():
-            decl.append(f"{self.ident('probe_', name)} = {self._probe(name, probe.attrs)}")
+            decl.append(f"{self.ident('probe_', name)} = {self._probe(probe.name, probe.attrs)}")
         for name, backend in prog.backends.items():
             decl.append(f"{self.ident('backend_', name)} = {self._backend(backend)}")
-        backends = ", ".join(f"{n!r}: {self.ident('backend_', n)}" for n in prog.backends)
+        # Keyed by the names as written (checker keys are lowercased).
+        backends = ", ".join(f"{b.name!r}: {self.ident('backend_', n)}" for n, b in prog.backends.items())
         decl.append(f"BACKENDS = {{{backends}}}")
         # `backend default none;` (or no backend at all) leaves no default: fetches fail with 503.
         default = "None"
         if prog.default_backend and prog.backends[prog.default_backend].attrs is not None:
             default = self.ident("backend_", prog.default_backend)
         decl.append(f"DEFAULT_BACKEND = {default}")
-        probes = ", ".join(f"{n!r}: {self.ident('probe_', n)}" for n in prog.probes)
+        probes = ", ".join(f"{p.name!r}: {self.ident('probe_', n)}" for n, p in prog.probes.items())
         decl.append(f"PROBES = {{{probes}}}")
         for name, (acl, nets) in prog.acls.items():
             log = "+log" in acl.flags
-            decl.append(f"{self.ident('acl_', name)} = rt.Acl({name!r}, {nets!r}, log={log})")
-        acls = ", ".join(f"{n!r}: {self.ident('acl_', n)}" for n in prog.acls)
+            decl.append(f"{self.ident('acl_', name)} = rt.Acl({acl.name!r}, {nets!r}, log={log})")
+        acls = ", ".join(f"{a.name!r}: {self.ident('acl_', n)}" for n, (a, _) in prog.acls.items())
         decl.append(f"ACLS = {{{acls}}}")
         for src, rname in prog.regexes.items():
             decl.append(f"{rname} = rt.Regex({src!r})")

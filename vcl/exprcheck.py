@@ -126,10 +126,11 @@ class ExprChecker:
         elif left.type == "IP":
             if not isinstance(e.right, ast.Name):
                 raise VCLError("Expected ACL identifier", e.right.pos)
-            if e.right.name not in self.acls:
+            key = e.right.name.lower()   # declared names match case-insensitively, as in VCC
+            if key not in self.acls:
                 raise VCLError(f"Undefined acl {e.right.name}, first reference:", e.right.pos)
-            self._ref("acl", e.right.name, e.right.pos)
-            e.right.ref = ("acl", e.right.name)
+            self._ref("acl", key, e.right.pos)
+            e.right.ref = ("acl", key)
             e.right.type = "ACL"
             e.kind = "acl"
         else:
@@ -254,28 +255,17 @@ class ExprChecker:
             e.ref = ("default_backend",)
             e.type = "BACKEND"
             return e
-        if fmt == "PROBE" and name in self.probes:
-            self._ref("probe", name, e.pos)
-            e.ref = ("probe", name)
-            e.type = "PROBE"
-            return e
-        if name in self.backends:
-            self._ref("backend", name, e.pos)
-            e.ref = ("backend", name)
-            e.type = "BACKEND"
-            return e
-        if name in self.acls:
-            self._ref("acl", name, e.pos)
-            e.ref = ("acl", name)
-            e.type = "ACL"
-            return e
-        if name in self.probes:
-            self._ref("probe", name, e.pos)
-            e.ref = ("probe", name)
-            e.type = "PROBE"
-            return e
-        if name in self.instances:
-            e.ref = ("instance", name)
+        key = name.lower()   # declared names match case-insensitively, as in VCC
+        kinds = (("probe", self.probes),) if fmt == "PROBE" else ()
+        kinds += (("backend", self.backends), ("acl", self.acls), ("probe", self.probes))
+        for kind, table in kinds:
+            if key in table:
+                self._ref(kind, key, e.pos)
+                e.ref = (kind, key)
+                e.type = kind.upper()
+                return e
+        if key in self.instances:
+            e.ref = ("instance", key)
             e.type = "INSTANCE"
             return e
         var = symbols.lookup(name, self.version)
@@ -314,7 +304,8 @@ class ExprChecker:
         head, _, rest = name.partition(".")
         if head.lower() in self.vmods or head.lower() in IMPLICIT_IMPORTS:
             head = head.lower()   # vmod names are case-insensitive, like every VCC symbol
-        if head in self.instances and rest:
+        if head.lower() in self.instances and rest:
+            head = head.lower()
             obj = self.instances[head]
             method = obj.methods.get(rest)
             if method is None:
