@@ -469,3 +469,14 @@ def test_recursive_include_is_an_error(tmp_path):
     with pytest.raises(VCLError) as info:
         compile_vcl(main.read_text(), str(main))
     assert 'Recursive include of "loop.vcl"' in str(info.value).splitlines()[0]
+
+
+def test_acl_log_flag_records_the_match():
+    compiled = compile_vcl(HEAD + 'acl a +log {\n\t"10.0.0.0"/8;\n}\n'
+                           "sub vcl_recv {\n\tif (client.ip ~ a) {\n\t\treturn (synth(200));\n\t}\n}\n", "l.vcl")
+    ctx = ctx_for("vcl_recv")
+    assert compiled.subs["vcl_recv"](ctx) == Action("synth", (200, ""))
+    assert ctx.log == [("VCL_acl", 'MATCH a "10.1.2.4"')]
+    ctx = ctx_for("vcl_recv", client_ip=IP("192.0.2.1"))
+    compiled.subs["vcl_recv"](ctx)
+    assert ctx.log == [("VCL_acl", "NO_MATCH a")]

@@ -50,6 +50,15 @@ class Acl:
                 return result
         return False
 
+    def match_log(self, ctx, ip: IP | None) -> bool:
+        """match() for an ACL declared with +log: a VCL_acl record says how it went."""
+        hit = self.match(ip)
+        if hit:
+            ctx.log.append(("VCL_acl", f'MATCH {self.name} "{ip}"'))
+        else:
+            ctx.log.append(("VCL_acl", f"NO_MATCH {self.name}"))
+        return hit
+
     def __str__(self) -> str:
         return self.name
 

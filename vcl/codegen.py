@@ -403,6 +403,9 @@ class CodeGen:
                 return f"({rx}.search({subject}) {test})"
             acl = self.ident("acl_", e.right.name)
             neg = "" if e.op == "~" else "not "
+            logged = "+log" in self.prog.acls[e.right.ref[1]][0].flags
+            if logged:
+                return f"({neg}{acl}.match_log(ctx, {self.expr(e.left)}))"
             return f"({neg}{acl}.match({self.expr(e.left)}))"
         raise AssertionError(type(e))  # pragma: no cover
 
