@@ -192,3 +192,17 @@ def test_failed_counter_expectation_with_real_varnishd(tmp_path, write):
     r = vtest("-t", "30", "--varnishd", REAL_VARNISHD, write("c.vtc", text), cwd=tmp_path)
     assert r.returncode == 1
     assert "Not true: client_req (0) == 7 (7)" in r.stdout
+
+
+def test_n_repeats_every_test(tmp_path, write):
+    r = vtest("-n", "3", "-j", "2", write("p.vtc", PASS), cwd=tmp_path)
+    assert r.stdout.splitlines()[-1] == "3 passed, 0 failed, 0 skipped"
+
+
+@pytest.mark.skipif(not os.access(REAL_VARNISHD, os.X_OK), reason="varnishd 7.1 not installed")
+def test_p_passes_a_parameter_to_varnishd(tmp_path, write):
+    text = ('varnishtest "p"\nvarnish v1 -vcl {backend default none;}\n'
+            'varnish v1 -cliexpect "Value is: 42.000" "param.show default_ttl"\n')
+    os.chmod(tmp_path, 0o755)
+    r = vtest("-p", "default_ttl=42", "--varnishd", REAL_VARNISHD, write("p.vtc", text), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:]

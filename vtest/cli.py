@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-L", action="store_true", help="always leave the temporary directories")
     p.add_argument("-t", type=float, default=60.0, metavar="SECONDS", help="per-test timeout (default 60)")
     p.add_argument("-D", action="append", default=[], metavar="name=value", help="define a macro")
+    p.add_argument("-p", action="append", default=[], metavar="name=value",
+                   help="pass a parameter to every varnishd")
+    p.add_argument("-n", type=int, default=1, metavar="ITERATIONS", help="run the tests this many times")
     p.add_argument("--varnishd", metavar="PATH",
                    help="run varnish blocks against this varnishd instead of our cacheserver")
     p.add_argument("files", nargs="+", metavar="FILE")
@@ -79,9 +82,9 @@ def _run(a: argparse.Namespace) -> int:
             print(f"vtest: cannot read {f}", file=sys.stderr)
             return 2
     keep = "always" if a.L else "failed" if a.l else "never"
-    progress = Progress(len(a.files), sys.stdout.isatty() and not a.v)
+    progress = Progress(len(a.files) * max(1, a.n), sys.stdout.isatty() and not a.v)
     counts = {"passed": 0, "failed": 0, "skipped": 0}
-    pending = list(a.files)
+    pending = list(a.files) * max(1, a.n)
     stop = False
     if progress.enabled:
         progress.emit(None)
@@ -91,7 +94,7 @@ def _run(a: argparse.Namespace) -> int:
             while pending and not stop and len(running) < max(1, a.j):
                 path = pending.pop(0)
                 running.add(pool.submit(run_test, path, timeout=a.t, varnishd=a.varnishd,
-                                        defines=defines, keep_tmp=keep))
+                                        defines=defines, keep_tmp=keep, params=a.p))
             if not running:
                 break
             done, running = wait(running, return_when=FIRST_COMPLETED)

@@ -32,6 +32,7 @@ class TestContext:
         self._end_lock = threading.Lock()
         self._ended = False
         self.cleanups: list[Callable[[], None]] = []
+        self.varnishd_params: list[str] = []  # vtest -p name=val, for every varnishd
 
     def finish(self, status: str, reason: str = "") -> None:
         """Report the outcome and leave the process at once; the first caller wins."""

@@ -30,7 +30,8 @@ def _make_tmpdir() -> str:
 
 
 def run_test(path: str, *, timeout: float = 60.0, varnishd: str | None = None,
-             defines: dict[str, str] | None = None, keep_tmp: str = "never") -> Outcome:
+             defines: dict[str, str] | None = None, keep_tmp: str = "never",
+             params: list[str] | None = None) -> Outcome:
     """keep_tmp: "never", "failed" (-l) or "always" (-L)."""
     tmpdir = _make_tmpdir()
     cmd = [sys.executable, "-m", "vtest.worker", "--tmpdir", tmpdir, "--timeout", str(timeout)]
@@ -38,6 +39,8 @@ def run_test(path: str, *, timeout: float = 60.0, varnishd: str | None = None,
         cmd += ["--varnishd", varnishd]
     for k, v in (defines or {}).items():
         cmd += ["-D", f"{k}={v}"]
+    for p in params or []:
+        cmd += ["-p", p]
     cmd.append(path)
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -67,7 +67,9 @@ class Varnish:
         parts = [f"cd {shlex.quote(self.ctx.macros.get('pwd') or os.getcwd())} &&", "exec", self._varnishd_cmd()]
         if self.jail:
             parts.append(self.jail)
-        parts += ["-d", "-n", self.workdir, "-i", self.name, "-l 2m",
+        parts += ["-d", "-n", self.workdir, "-i", self.name]
+        parts += [f"-p {shlex.quote(p)}" for p in self.ctx.varnishd_params]
+        parts += ["-l 2m",
                   "-p auto_restart=off", "-p syslog_cli_traffic=off", "-p thread_pool_min=10",
                   "-p debug=+vtc_mode", "-p vsl_mask=+Debug,+H2RxHdr,+H2RxBody",
                   "-p h2_initial_window_size=1m", "-p h2_rx_window_low_water=64k"]
