@@ -1,6 +1,7 @@
 """vtest: a varnishtest-compatible runner for .vtc test cases (vtc(7), varnishtest(1)).
 
-    vtest [-j N] [-k] [-q] [-v] [-l|-L] [-t SECONDS] [-D name=value] [--varnishd PATH] FILE...
+    vtest [-j N] [-k] [-q] [-v] [-l|-L] [-n N] [-t SECONDS] [-D name=value] [-p name=value]
+          [--varnishd PATH] FILE...
 
 Each test runs in its own worker process (`vtest.worker`) with its own temporary directory; the CLI
 prints one line per finished test and a last "N passed, N failed, N skipped" line, and exits 0 only
