@@ -528,6 +528,10 @@ class BusyObj:
                     # bigger than the whole store: deliver it, keep nothing
                 if not oc.keep_body:
                     await oc.wait_space()
+                    if oc.private and not oc.readers:
+                        # a pass whose client went away: stop reading what nobody will get
+                        ctx.log.append(("FetchError", "client gone"))
+                        return self._body_failed(True)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
             ctx.log.append(("FetchError", str(exc) or type(exc).__name__))
             return self._body_failed(streaming)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from cacheserver.backends import resolve
 from cacheserver.http1 import wire
 
 if TYPE_CHECKING:
@@ -25,8 +26,9 @@ async def pipe_request(request: ClientRequest) -> None:
     session = request.session
     server = request.server
     ctx = request.ctx
-    backend = ctx.backend_hint
-    if backend is None or getattr(backend, "host", None) is None:
+    backend = resolve(ctx.bereq_backend if ctx.bereq_backend is not None else ctx.backend_hint, ctx)
+    if backend is None or backend.host is None:
+        server.counters.sc_tx_error += 1
         session.close()
         return
     try:
