@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from cacheserver import __version__
-from cacheserver.params import parse_bytes
 from cacheserver.server import ListenSpec, Server, VCLLoadError
 
 log = logging.getLogger("cacheserver")
@@ -50,22 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _storage_bytes(specs: list[str] | None) -> int:
-    size = 256 << 20
-    for spec in specs or []:
-        name, _, rest = spec.partition("=")
-        kind_and_args = rest if rest else name
-        kind, _, arg = kind_and_args.partition(",")
-        if kind not in ("malloc", "default", "file", "umem", "Transient"):
+def _check_storage(specs: list[str]) -> None:
+    """Refuse storage kinds we do not know; every known kind is kept in memory."""
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        kind = (rest if sep else spec).partition(",")[0]
+        if kind not in ("malloc", "default", "file", "umem"):
             raise ValueError(f"-s {spec}: unknown storage type {kind!r}")
-        # file storage is held in memory too: ",path,size" puts the size second
-        parts = arg.split(",")
-        size_text = (parts[1] if len(parts) > 1 else "") if kind == "file" else parts[0]
-        if name == "Transient" and rest:
-            continue                       # Transient is unbounded here, as varnishd's default
-        if size_text:
-            size = parse_bytes(size_text)
-    return size
 
 
 def _backend_vcl(target: str) -> str:
@@ -116,13 +106,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _build_server(args: argparse.Namespace) -> Server:
-    server = Server(storage_bytes=_storage_bytes(args.storage), identity=args.identity,
-                    work_dir=Path(args.work_dir) if args.work_dir else None)
+    server = Server(identity=args.identity, work_dir=Path(args.work_dir) if args.work_dir else None)
+    if args.storage:
+        _check_storage(args.storage)
+        server.configure_storage(args.storage)
     for item in args.params:
         name, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"-p {item}: expected PARAM=VALUE")
         server.params.set(name, value)
+    for group in args.readonly or []:
+        server.readonly_params.update(name.strip() for name in group.split(",") if name.strip())
     if args.ttl is not None:
         server.params.set("default_ttl", args.ttl)
     server.programs.timeout = server.params.tinykvm_on_connect_timeout
@@ -178,13 +172,20 @@ async def _serve(server: Server, args: argparse.Namespace) -> None:
                                             secret_file=args.secret)
         for address in admin_addresses:
             print(f"Admin CLI on {address}", file=sys.stderr, flush=True)
-    if not args.debug:
+    if args.debug:
+        # varnishd -d: a CLI on stdin; closing stdin stops the server (how varnishtest ends it)
+        from cacheserver.admin import serve_stdin
+
+        stdin_cli = asyncio.ensure_future(serve_stdin(server, stop.set))
+    else:
         await server.start()
         print("Child launched OK", file=sys.stderr, flush=True)
     server.stop_event = stop
     try:
         await stop.wait()
     finally:
+        if args.debug:
+            stdin_cli.cancel()
         await server.close()
         if args.pid_file:
             Path(args.pid_file).unlink(missing_ok=True)

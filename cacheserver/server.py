@@ -74,7 +74,7 @@ class Server:
         self.http_session: aiohttp.ClientSession | None = None
         self.started_at = time.time()
         self._xid = 0
-        self.bans: list = []
+        self.readonly_params: set[str] = set()       # -r: param.set refuses these
 
     # -- transaction ids --------------------------------------------------------------------------
 
@@ -210,6 +210,10 @@ class Server:
         listeners, self._listeners = self._listeners, []
         for listener in listeners:
             listener.close()
+        if listeners:
+            # varnishd's child takes its cache with it when it stops
+            for oc in self.storage.objects():
+                self.storage.remove(oc)
         for session in list(self.sessions):
             session.close()
 
