@@ -217,7 +217,7 @@ class Checker(ExprChecker, XrefChecker):
             stmt.call.ref = ("new", obj)
             stmt.call.type = "INSTANCE"
         elif isinstance(stmt, ast.ExprStmt):
-            self._call(stmt.call, "VOID", statement=True)
+            self._call(stmt.call, statement=True)
         elif isinstance(stmt, ast.Block):
             self._body(stmt.body, method_body)
         else:  # pragma: no cover - the parser makes nothing else

@@ -229,7 +229,7 @@ class ExprChecker:
         if isinstance(e, ast.Name):
             return self._name(e, fmt)
         if isinstance(e, ast.Call):
-            return self._call(e, fmt)
+            return self._call(e)
         if isinstance(e, (ast.Convert, ast.Concat)):
             return e
         raise VCLError(f"Unknown expression {type(e).__name__}", e.pos)  # pragma: no cover
@@ -286,7 +286,7 @@ class ExprChecker:
 
     # ------------------------------------------------------------------ calls
 
-    def _call(self, e: ast.Call, fmt: str, statement: bool = False) -> ast.Expr:
+    def _call(self, e: ast.Call, statement: bool = False) -> ast.Expr:
         name = e.name
         if name in ("regsub", "regsuball"):
             if len(e.args) != 3 or any(a.name for a in e.args):
@@ -368,20 +368,20 @@ class ExprChecker:
         if len(positional) > len(params):
             raise VCLError(f"Too many arguments to {name}()", positional[len(params)].pos)
         for i, arg in enumerate(positional):
-            bound[i] = self._arg(arg.value, params[i], name)
+            bound[i] = self._arg(arg.value, params[i])
         for arg in named:
             idx = next((i for i, p in enumerate(params) if p.name == arg.name), None)
             if idx is None:
                 raise VCLError(f"Unknown argument '{arg.name}'", arg.pos)
             if bound[idx] is not None:
                 raise VCLError(f"Argument '{arg.name}' already used", arg.pos)
-            bound[idx] = self._arg(arg.value, params[idx], name)
+            bound[idx] = self._arg(arg.value, params[idx])
         for i, p in enumerate(params):
             if bound[i] is None and not p.optional and p.default is None:
                 raise VCLError(f"Argument '{p.name}' missing", e.pos)
         e.bound = bound
 
-    def _arg(self, value: ast.Expr, param, fname: str) -> ast.Expr:
+    def _arg(self, value: ast.Expr, param) -> ast.Expr:
         ptype = param.type
         if ptype == "ENUM":
             if not isinstance(value, ast.Name) or value.name not in param.enum:

@@ -176,23 +176,24 @@ def _sub_template(sub: str):
     return tuple(parts)
 
 
+@lru_cache(maxsize=512)
+def _python_template(sub: str, groups: int) -> str:
+    """A VCL substitution as a Python `re` replacement string (expanded by re in C): literal text
+    with backslashes escaped, \\N as \\g<N>, and references to groups the regex lacks as ""."""
+    parts = _sub_template(sub)
+    if isinstance(parts, str):
+        return parts.replace("\\", "\\\\")
+    out = []
+    for p in parts:
+        if isinstance(p, str):
+            out.append(p.replace("\\", "\\\\"))
+        elif p <= groups:
+            out.append(f"\\g<{p}>")
+    return "".join(out)
+
+
 def regsub(regex: Regex, subject: str | None, sub: str | None, all_: bool) -> str:
     """regsub()/regsuball(): \\0 or \\& is the match, \\1..\\9 the groups (unmatched groups: "")."""
-    subject = subject if subject is not None else ""
-    template = _sub_template(sub if sub is not None else "")
-    if isinstance(template, str):
-        def repl(m: re.Match, t: str = template) -> str:
-            return t
-    else:
-        def repl(m: re.Match, t: tuple = template) -> str:
-            out = []
-            for p in t:
-                if isinstance(p, str):
-                    out.append(p)
-                else:
-                    try:
-                        out.append(m.group(p) or "")
-                    except IndexError:
-                        out.append("")
-            return "".join(out)
-    return regex.compiled.sub(repl, subject, count=0 if all_ else 1)
+    compiled = regex.compiled
+    template = _python_template(sub if sub is not None else "", compiled.groups)
+    return compiled.sub(template, subject if subject is not None else "", count=0 if all_ else 1)
