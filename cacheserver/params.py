@@ -41,9 +41,23 @@ def parse_uint(text: str) -> int:
     return value
 
 
+def parse_pool(text: str) -> tuple[int, int, float]:
+    """A mempool parameter: "min_pool,max_pool,max_age"."""
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise ValueError("Three fields required: min_pool, max_pool and max_age")
+    try:
+        low, high, age = int(parts[0]), int(parts[1]), float(parts[2])
+    except ValueError:
+        raise ValueError(f"Invalid number in {text!r}") from None
+    if low > high:
+        raise ValueError("min_pool must be no more than max_pool")
+    return low, high, age
+
+
 _PARSERS: dict[str, Callable[[str], object]] = {
     "bytes": parse_bytes, "duration": parse_duration, "bool": parse_bool, "uint": parse_uint,
-    "string": str, "real": float,
+    "string": str, "real": float, "pool": parse_pool,
 }
 
 
@@ -112,16 +126,22 @@ def _all_definitions() -> list[ParamDef]:
     from cacheserver.param_table import TABLE
 
     ours = {d.name: d for d in DEFINITIONS}
-    out = list(DEFINITIONS)
+    out = []
     for name, kind, default, units, minimum, maximum in TABLE:
         if name in ours:
+            # our wording, varnishd's limits
+            d = ours[name]
+            out.append(ParamDef(d.name, d.kind, d.default, d.doc,
+                                d.minimum if d.minimum is not None else _number(minimum),
+                                d.maximum if d.maximum is not None else _number(maximum), units))
             continue
         try:
             _PARSERS[kind](default)
         except ValueError:
             default = "0" if kind != "string" else default   # "platform dependent"
         out.append(ParamDef(name, kind, default, "", _number(minimum), _number(maximum), units))
-    return out
+    known = {d.name for d in out}
+    return out + [d for d in DEFINITIONS if d.name not in known]
 
 
 def _number(text: str | None) -> float | None:
@@ -148,7 +168,16 @@ class Params:
         d = self._defs.get(name)
         if d is None:
             raise ValueError(f"Unknown parameter \"{name}\".")
+        if name == "thread_pool_max" and text.strip() == "unlimited":
+            text = "4294967295"
         value = _PARSERS[d.kind](text)
+        # the two limits that bound each other
+        if name == "thread_pool_min" and value > self.thread_pool_max:
+            raise ValueError(f"Must be no more than thread_pool_max ({self.thread_pool_max})")
+        if name == "thread_pool_reserve" and value > self.thread_pool_min * 95 // 100:
+            raise ValueError(f"Must be no more than 95% of thread_pool_min ({self.thread_pool_min * 95 // 100})")
+        if name == "thread_pool_max" and value < self.thread_pool_min:
+            raise ValueError(f"Must be at least thread_pool_min ({self.thread_pool_min})")
         if d.minimum is not None and isinstance(value, (int, float)) and value < d.minimum:
             raise ValueError(f"Must be at least {d.minimum:g}")
         if d.maximum is not None and isinstance(value, (int, float)) and value > d.maximum:
