@@ -480,3 +480,9 @@ def test_acl_log_flag_records_the_match():
     ctx = ctx_for("vcl_recv", client_ip=IP("192.0.2.1"))
     compiled.subs["vcl_recv"](ctx)
     assert ctx.log == [("VCL_acl", "NO_MATCH a")]
+
+
+def test_empty_user_definition_of_a_builtin_helper_sub():
+    # Both definitions of vcl_builtin_pipe are empty: the joined Python function must still be valid.
+    compiled = compile_("sub vcl_builtin_pipe {\n}\n")
+    assert compiled.subs["vcl_pipe"](ctx_for("vcl_pipe")) == Action("pipe")

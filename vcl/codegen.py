@@ -242,7 +242,9 @@ class CodeGen:
                     body.append(f"{ind}# (the rest of this subroutine is never reached)")
                 break
         if not info.is_method:
-            return head + (body or ["    return None"])
+            if all(line.lstrip().startswith("#") for line in body):
+                body.append("    return None")   # only comments: Python needs a statement
+            return head + body
         if not last_returns:
             body.append(f"{ind}return {self.action('fail', [])}")
         return head + [
