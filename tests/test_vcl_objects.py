@@ -171,3 +171,11 @@ def test_unexpected_exceptions_become_vcl_failures():
                            extra_vmods={"buggy": vmod})
     with pytest.raises(VCLFailure, match="vcl_recv: KeyError"):
         compiled.subs["vcl_recv"](Context(method="vcl_recv", req=HttpMessage("GET", "/"), hash_parts=[]))
+
+
+def test_vcl_init_runtime_failure_is_a_fail_action():
+    src = 'vcl 4.1;\nimport std;\nbackend default none;\nsub vcl_init {\n\tstd.log("n=" + std.integer("x"));\n}\n'
+    compiled = compile_vcl(src, "f.vcl")
+    ctx = Context()
+    assert compiled.init(ctx) == Action("fail")
+    assert ctx.log and ctx.log[-1][0] == "VCL_Error" and "std.integer()" in ctx.log[-1][1]

@@ -16,7 +16,7 @@ from vcl.checker import check
 from vcl.codegen import generate
 from vcl.errors import VCLError
 from vcl.parser import parse, parse_with_includes
-from vcl.runtime import Action, BackendSpec, Context, ProbeSpec
+from vcl.runtime import Action, BackendSpec, Context, ProbeSpec, VCLFailure
 
 BUILTIN_PATH = Path(__file__).with_name("builtin.vcl")
 BUILTIN_NAME = "<builtin>"
@@ -43,13 +43,20 @@ class CompiledVCL:
     _namespace: dict = field(default_factory=dict, repr=False)
 
     def init(self, ctx: Context) -> Action:
-        """Run vcl_init (creates the `new` objects). Returns its Action (ok or fail)."""
-        ctx.method = "vcl_init"
-        return self.subs["vcl_init"](ctx)
+        """Run vcl_init (creates the `new` objects). Returns its Action: ok, or fail (also when the
+        VCL failed at run time; the reason is then in ctx.log as a VCL_Error record)."""
+        return self._housekeeping("vcl_init", ctx)
 
     def fini(self, ctx: Context) -> Action:
-        ctx.method = "vcl_fini"
-        return self.subs["vcl_fini"](ctx)
+        return self._housekeeping("vcl_fini", ctx)
+
+    def _housekeeping(self, sub: str, ctx: Context) -> Action:
+        ctx.method = sub
+        try:
+            return self.subs[sub](ctx)
+        except VCLFailure as exc:
+            ctx.log.append(("VCL_Error", str(exc)))
+            return Action("fail")
 
     @property
     def instances(self) -> dict[str, object]:
