@@ -298,3 +298,28 @@ def test_directors(tmp_path):
         cache.stop()
         b1.close()
         b2.close()
+
+
+def test_pass_fetch_stops_when_the_client_goes_away(make):
+    stopped = threading.Event()
+
+    def pieces():
+        try:
+            for _ in range(10_000):
+                yield b"y" * 65536
+                time.sleep(0.002)      # 20 s in all: far longer than the wait below
+        finally:
+            stopped.set()
+
+    def respond(req):
+        if req.url == "/again":
+            return Resp(body=b"small")
+        return Resp(body_gen=pieces, length=10_000 * 65536)
+
+    cache, _ = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n", respond)
+    with cache.proc.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536)
+    # the backend's send fails once the server drops the fetch (long before 655 MB went out)
+    assert stopped.wait(10)
+    assert cache.get("/again")[0] == 200
