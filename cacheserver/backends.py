@@ -116,5 +116,9 @@ def make_session(server: Server) -> aiohttp.ClientSession:
     trace.on_connection_reuseconn.append(on_reuse)
     connector = aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True,
                                      keepalive_timeout=server.params.backend_idle_timeout, ttl_dns_cache=None)
+    params = server.params
+    # http_resp_hdr_len / http_max_hdr bound what a backend may send, as in varnishd
     return aiohttp.ClientSession(connector=connector, auto_decompress=False, trace_configs=[trace],
-                                 skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar())
+                                 skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar(),
+                                 max_line_size=params.http_resp_hdr_len, max_field_size=params.http_resp_hdr_len,
+                                 max_headers=params.http_max_hdr, read_bufsize=1 << 16)

@@ -323,3 +323,14 @@ def test_pass_fetch_stops_when_the_client_goes_away(make):
     # the backend's send fails once the server drops the fetch (long before 655 MB went out)
     assert stopped.wait(10)
     assert cache.get("/again")[0] == 200
+
+
+def test_backend_response_limits(make):
+    def respond(req):
+        if req.url == "/long":
+            return Resp(headers=[("X-Long", "a" * 9000)], body=b"x")
+        return Resp(headers=[(f"X-H{i}", "v") for i in range(70)], body=b"x")
+
+    cache, _ = make("vcl 4.1;\nBACKEND\n", respond)
+    assert cache.get("/long")[0] == 503             # a header line over http_resp_hdr_len (8k)
+    assert cache.get("/many")[0] == 503             # more than http_max_hdr (64) headers
