@@ -184,6 +184,10 @@ async def _serve(server: Server, args: argparse.Namespace) -> None:
     try:
         await stop.wait()
     finally:
+        # Shutting down already: a second SIGTERM/SIGINT must not cut the clean exit short.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
         if args.debug:
             stdin_cli.cancel()
         await server.close()

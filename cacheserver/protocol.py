@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import time
 from collections import deque
@@ -31,6 +32,10 @@ log = logging.getLogger("cacheserver.client")
 _MAX_HELD = 256 * 1024
 # Raw bytes kept for locating a stolen request's end; beyond this a steal with leftovers is refused.
 _MAX_RAW = 1024 * 1024
+
+
+# RFC 9110 token: what Varnish accepts as a method
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class RequestTooLarge(Exception):
@@ -65,6 +70,8 @@ class ClientProtocol(asyncio.Protocol):
         self._raw: bytearray | None = None
         self._raw_done = 0       # messages completed inside _raw
         self._in_message = False
+        self._method_override: str | None = None   # a method llhttp does not know, parsed as GET
+        self._method_hold = b""                    # the start of such a method, cut by a read
         self.client_ip: IP = IP("0.0.0.0")
         self.local_ip: IP = IP("0.0.0.0")
 
@@ -168,18 +175,53 @@ class ClientProtocol(asyncio.Protocol):
                 self._raw_done = 0
             elif len(self._raw) < _MAX_RAW:
                 self._raw += data
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            # llhttp stops after a request with Upgrade:; what follows is parsed as HTTP again unless
-            # the request is stolen (then it travels with the socket).
-            rest = data[upgrade.args[0]:]
-            self.parser = httptools.HttpRequestParser(self)
-            if rest:
-                self.held.insert(0, rest)
-                self.held_size += len(rest)
-        except (httptools.HttpParserError, RequestTooLarge, UnicodeDecodeError) as exc:
-            self.bad_request(exc)
+        if self._method_hold:
+            data, self._method_hold = self._method_hold + data, b""
+        while data:
+            at_start = not self._in_message
+            done_before = self._raw_done
+            if at_start and data.startswith(b"PRI "):
+                # llhttp would wait for the rest of an HTTP/2 preface; Varnish hands PRI to VCL
+                data = self._custom_method(data, 0)
+                continue
+            try:
+                self.parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                # llhttp stops after a request with Upgrade:; what follows is HTTP again (or, when
+                # the request is stolen, travels with the socket)
+                data = data[upgrade.args[0]:]
+                self.parser = httptools.HttpRequestParser(self)
+            except httptools.HttpParserInvalidMethodError as exc:
+                # llhttp knows a fixed list of methods; Varnish takes any token (BAN, REFRESH, ...)
+                completed = self._raw_done - done_before
+                if not at_start:
+                    self.bad_request(exc)
+                    return
+                offset = _end_of_message(data, completed) if completed else 0
+                data = self._custom_method(data, offset)
+            except (httptools.HttpParserError, RequestTooLarge, UnicodeDecodeError) as exc:
+                self.bad_request(exc)
+                return
+
+    def _custom_method(self, data: bytes, offset: int) -> bytes:
+        """Parse the request at `offset` with a stand-in method, remembering the real one."""
+        rest = data[offset:]
+        space = rest.find(b" ")
+        self.parser = httptools.HttpRequestParser(self)
+        self._in_message = False        # the failed parser had begun this message
+        if space < 0:
+            if len(rest) < 64 and _TOKEN.fullmatch(rest):
+                self._method_hold = rest          # the method was cut short by the read
+            else:
+                self.bad_request()
+            return b""
+        method = rest[:space]
+        if not _TOKEN.fullmatch(method):
+            self.bad_request()
+            return b""
+        self._method_override = text(method)
+        return b"GET" + rest[space:]
 
     def on_message_begin(self) -> None:
         self._in_message = True
@@ -209,8 +251,10 @@ class ClientProtocol(asyncio.Protocol):
         parser = self.parser
         headers = Headers.adopt(self._fields)
         # Request smuggling shapes: llhttp refuses CL+TE and duplicate Content-Length itself.
+        method = self._method_override or text(parser.get_method())
+        self._method_override = None
         self._head = HttpMessage(
-            text(parser.get_method()), text(self._url),
+            method, text(self._url),
             "HTTP/" + parser.get_http_version(), headers=headers)
         self._keep_alive = parser.should_keep_alive()
 
