@@ -93,6 +93,17 @@ def resolve(backend: object, ctx) -> BackendSpec | None:
     return None
 
 
+class _Response(aiohttp.ClientResponse):
+    """Remembers its connection's protocol: a response that says Connection: close (perhaps only
+    after VCL changed beresp) must close a connection aiohttp may already have pooled again."""
+
+    protocol = None
+
+    async def start(self, connection):
+        self.protocol = connection.protocol
+        return await super().start(connection)
+
+
 def make_session(server: Server) -> aiohttp.ClientSession:
     """One ClientSession for all backend fetches; its connector keeps a pool per host:port."""
     counters = server.counters
@@ -121,4 +132,5 @@ def make_session(server: Server) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, auto_decompress=False, trace_configs=[trace],
                                  skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar(),
                                  max_line_size=params.http_resp_hdr_len, max_field_size=params.http_resp_hdr_len,
-                                 max_headers=params.http_max_hdr, read_bufsize=1 << 16)
+                                 max_headers=params.http_max_hdr, read_bufsize=1 << 16,
+                                 response_class=_Response)

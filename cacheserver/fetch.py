@@ -179,7 +179,6 @@ class BusyObj:
         self.reader = oc.open_reader() if mode != "bg" else None
         self.no_space = False
         self.response = None
-        self.transport = None
         self.bereq_close = False
         xid = server.next_xid()
         server.counters.s_fetch += 1          # every backend fetch: miss, pass and background
@@ -308,7 +307,7 @@ class BusyObj:
         server.counters.backend_req += 1
         live = backends.live(backend)
         live.req += 1
-        live.conns += 1
+        self._conn_delta(backend, 1)
         try:
             url = URL(f"http://{host}:{backend.port}{path}", encoded=True)
             # sock_read: between_bytes_timeout also bounds gaps inside the response head
@@ -320,10 +319,8 @@ class BusyObj:
                     chunked=None, expect100=False, read_until_eof=True,
                     trace_request_ctx={"timeout": deadline, "first_byte": first_byte})
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, LookupError) as exc:
-            live.conns -= 1
+            self._conn_delta(backend, -1)
             raise FetchError(str(exc) or type(exc).__name__) from None
-        connection = response.connection
-        self.transport = connection.transport if connection is not None else None
         return response
 
     async def stp_response(self) -> str | None:
@@ -387,6 +384,16 @@ class BusyObj:
             return "error"
         return "fail"            # abandon, fail
 
+    def _conn_delta(self, backend: BackendSpec, delta: int) -> None:
+        """Connections in use per backend, for .max_connections and VBE.<vcl>.<backend>.conn."""
+        state = backends.live(backend)
+        state.conns += delta
+        prefix = f"VBE.{getattr(self.vcl, 'name', 'vcl')}.{backend.name}."
+        extra = self.server.counters.extra
+        extra[prefix + "conn"] = state.conns
+        if delta > 0:
+            extra[prefix + "req"] = extra.get(prefix + "req", 0) + 1
+
     def _release_response(self) -> None:
         response = getattr(self, "response", None)
         if response is not None:
@@ -395,12 +402,13 @@ class BusyObj:
             beresp = self.ctx.beresp
             close = self.bereq_close or (
                 beresp is not None and "close" in (beresp.headers.get("Connection") or "").lower())
-            if close and self.transport is not None:
+            protocol = getattr(response, "protocol", None)
+            if close and protocol is not None:
                 # aiohttp hands a finished connection back to its pool by itself: close it there
-                self.transport.close()
+                protocol.close()
             response.release() if response.content.at_eof() and not close else response.close()
             if getattr(self, "backend", None) is not None:
-                backends.live(self.backend).conns -= 1
+                self._conn_delta(self.backend, -1)
 
     async def stp_retry(self) -> str | None:
         ctx = self.ctx
@@ -553,7 +561,7 @@ class BusyObj:
         if response is not None:
             self.response = None
             response.close()
-            backends.live(self.backend).conns -= 1
+            self._conn_delta(self.backend, -1)
         oc = self.oc
         if streaming:
             if oc.store:
@@ -572,7 +580,7 @@ class BusyObj:
         if response is not None:
             self.response = None
             response.close()
-            backends.live(self.backend).conns -= 1
+            self._conn_delta(self.backend, -1)
         self.oc.finish(False)
         return None
 

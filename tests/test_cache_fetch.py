@@ -334,3 +334,21 @@ def test_backend_response_limits(make):
     cache, _ = make("vcl 4.1;\nBACKEND\n", respond)
     assert cache.get("/long")[0] == 503             # a header line over http_resp_hdr_len (8k)
     assert cache.get("/many")[0] == 503             # more than http_max_hdr (64) headers
+
+
+def test_connection_close_from_vcl_ends_the_backend_connection(make):
+    vcl = """vcl 4.1;
+BACKEND
+sub vcl_recv { return (pass); }
+sub vcl_backend_fetch { if (bereq.url == "/req") { set bereq.http.connection = "close"; } }
+sub vcl_backend_response { if (bereq.url == "/resp") { set beresp.http.connection = "close"; } }
+"""
+    cache, backend = make(vcl)
+    cache.get("/keep")
+    cache.get("/keep")
+    assert backend.connections == 1
+    cache.get("/req")                  # the request said close
+    cache.get("/resp")                 # beresp said close, after the response arrived
+    cache.get("/keep")
+    assert backend.connections == 3
+    assert cache.cli.counters()["VBE.boot.default.conn"] == 0
