@@ -387,6 +387,7 @@ class ClientRequest:
             self.oc = None
             return self._to_synth(503)
         self._set_obj_fields(oc)
+        self.ctx.obj_hits = 0      # not a hit, whatever others did with the object meanwhile
         return "deliver"
 
     # -- purge / pipe -----------------------------------------------------------------------------
