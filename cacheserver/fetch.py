@@ -35,6 +35,7 @@ _CACHEABLE = frozenset({200, 203, 204, 300, 301, 304, 404, 410, 414})
 _CACHEABLE_IF_TOLD = frozenset({302, 307})
 _CC_FIELD = re.compile(r"(?:^|,)\s*(s-maxage|max-age|stale-while-revalidate)\s*(?:=\s*\"?(-?\d*))?",
                        re.IGNORECASE)
+_AGE = re.compile(r"\s*(\d+)")
 # Headers a cache fill must not forward: the object is fetched whole and unconditionally.
 _FETCH_FILTER = ("Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match",
                  "If-Unmodified-Since")
@@ -61,7 +62,7 @@ def compute_ttl(ctx: Context, params, now: float) -> float:
     age = 0.0
     age_text = headers.get("Age")
     if age_text:
-        digits = re.match(r"\s*(\d+)", age_text)
+        digits = _AGE.match(age_text)
         if digits:
             age = float(digits.group(1))
     ctx.beresp_age = age
