@@ -108,7 +108,8 @@ class Server:
             raise VCLLoadError(f"Already a VCL named {name}")
         include_dirs = [str(Path(filename).resolve().parent)] if filename and filename != "<inline>" else []
         try:
-            compiled = compile_vcl(source, filename, include_dirs=include_dirs)
+            compiled = compile_vcl(source, filename, include_dirs=include_dirs,
+                                   err_unref=self.params.vcc_err_unref)
         except VCLError as exc:
             raise VCLLoadError(str(exc)) from None
         for warning in compiled.warnings:

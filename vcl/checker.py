@@ -28,8 +28,9 @@ PROBE_FIELDS = {
 
 
 class Checker(ExprChecker, XrefChecker):
-    def __init__(self, items: list[object], filename: str, vmod_loader) -> None:
+    def __init__(self, items: list[object], filename: str, vmod_loader, err_unref: bool = True) -> None:
         self.items = items
+        self.err_unref = err_unref
         self.filename = filename
         self.load_vmod = vmod_loader
         self.version = 4.1
@@ -378,8 +379,8 @@ class Checker(ExprChecker, XrefChecker):
 
 
 
-def check(items: list[object], filename: str, vmod_loader) -> CheckedProgram:
-    return Checker(items, filename, vmod_loader).check()
+def check(items: list[object], filename: str, vmod_loader, err_unref: bool = True) -> CheckedProgram:
+    return Checker(items, filename, vmod_loader, err_unref).check()
 
 
 def _token_text(e: ast.Expr) -> str:

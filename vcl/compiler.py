@@ -80,8 +80,11 @@ def _builtin_items() -> list[object]:
 
 
 def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | list[str] = (),
-                extra_vmods: Mapping[str, vmods.Vmod] | None = None) -> CompiledVCL:
+                extra_vmods: Mapping[str, vmods.Vmod] | None = None, err_unref: bool = True) -> CompiledVCL:
     """Compile VCL `source` (read from `filename`) or raise VCLError with the full report.
+
+    err_unref: unused subs, backends, ACLs and probes are errors (varnishd's vcc_err_unref);
+    when False they are warnings.
 
     extra_vmods: vmods known besides the registry's (tests use it to register their own).
     """
@@ -94,7 +97,7 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
 
     try:
         items = parse_with_includes(source, filename, tuple(include_dirs), sources)
-        prog = check(items + _builtin_items(), filename, load_vmod)
+        prog = check(items + _builtin_items(), filename, load_vmod, err_unref)
         code = generate(prog, filename)
     except VCLError as exc:
         exc.attach(sources)

@@ -20,6 +20,14 @@ class XrefChecker:
     acls: dict[str, ast.Acl]
     probes: dict[str, ast.Probe]
     referenced: dict[str, ast.Pos]
+    err_unref: bool
+    warnings: list[str]
+
+    def _unused(self, message: str, pos: ast.Pos) -> None:
+        """An unused definition: an error, or with vcc_err_unref off a warning (as VCC)."""
+        if self.err_unref:
+            raise VCLError(message, pos)
+        self.warnings.append(f"{pos.file}:{pos.line}:{pos.col}: {message}")
 
     # ------------------------------------------------------------------ cross references
 
@@ -33,17 +41,23 @@ class XrefChecker:
         called = {callee for info in self.subs.values() for callee, _ in info.calls}
         for info in self.subs.values():
             if not info.is_method and info.name not in called and not all(d.builtin for d in info.defs):
-                raise VCLError(f"Unused sub {info.name}, defined:", info.pos)
+                self._unused(f"Unused sub {info.name}, defined:", info.pos)
         default = "default" if "default" in self.backends else next(iter(self.backends), None)
         for name, backend in self.backends.items():
             if name != default and f"backend:{name}" not in self.referenced:
-                raise VCLError(f"Unused backend {name}, defined:", backend.name_pos)
+                self._unused(f"Unused backend {name}, defined:", backend.name_pos)
         for name, acl in self.acls.items():
             if f"acl:{name}" not in self.referenced:
-                raise VCLError(f"Unused acl {name}, defined:", acl.name_pos)
+                self._unused(f"Unused acl {name}, defined:", acl.name_pos)
+        # `probe default` is the probe of every backend that names none
+        implicit_default = any(
+            b.attrs is not None and not any(getattr(a, "name", "") == "probe" for a in b.attrs)
+            for b in self.backends.values())
         for name, probe in self.probes.items():
+            if name == "default" and implicit_default:
+                continue
             if f"probe:{name}" not in self.referenced:
-                raise VCLError(f"Unused probe {name}, defined:", probe.name_pos)
+                self._unused(f"Unused probe {name}, defined:", probe.name_pos)
         # Recursion: depth-first search with the path kept for the report.
         state: dict[str, int] = {}
 
