@@ -42,9 +42,14 @@ async def pipe_request(request: ClientRequest) -> None:
         return
     server.counters.backend_conn += 1
     bereq = ctx.bereq or ctx.req
+    body = request.body
+    if "chunked" in (ctx.req.headers.get("Transfer-Encoding") or "").lower():
+        # the body was read (de-chunked) with the request: send it framed as it came
+        bereq.headers.set("Transfer-Encoding", "chunked")
+        body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
     head = _request_head(bereq)
     server.counters.s_pipe_hdrbytes += len(head)
-    writer.write(head + request.body + session.take_held())
+    writer.write(head + body + session.take_held())
     session.pipe_to = writer
     try:
         while True:
