@@ -323,6 +323,13 @@ class BanList:
             elif not any(b.has_req and not b.completed for b in self._newer_than(oc.ban)) and all(
                     now - b.t >= min_age for b in self._newer_than(oc.ban) if not b.completed):
                 self.move(oc, self.bans[0])
+        # a due obj-only ban no remaining object still has to be tested against is done
+        index = {id(b): i for i, b in enumerate(self.bans)}
+        killed_ids = {id(oc) for oc in killed}
+        oldest = max((index.get(id(oc.ban), 0) for oc in objects if id(oc) not in killed_ids), default=0)
+        for i, ban in enumerate(self.bans):
+            if i >= oldest and not ban.completed and not ban.has_req and now - ban.t >= min_age:
+                self._complete(ban)
         return killed
 
     def listing(self) -> str:

@@ -515,20 +515,31 @@ class Storage:
         self.bans.add(expr)
         self._arm_lurker()
 
-    def _arm_lurker(self) -> None:
+    def _arm_lurker(self, delay: float = 0.1) -> None:
         if self._lurker is not None:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._lurker = loop.call_later(0.1, self._lurk)
+        self._lurker = loop.call_later(delay, self._lurk)
 
     def _lurk(self) -> None:
+        """The ban lurker: obj-only bans older than ban_lurker_age are tested against every object.
+
+        It sleeps while no such ban is due, so a cache with bans costs nothing between them.
+        """
         self._lurker = None
         min_age = self.params.ban_lurker_age if self.params is not None else 60.0
-        for oc in self.bans.lurk(self.objects(), _wall(), min_age):
-            self.remove(oc)
-        self.bans.trim()
-        if len(self.bans.bans) > 1:
-            self._arm_lurker()
+        now = _wall()
+        pending = [b for b in self.bans.bans if not b.completed and not b.has_req]
+        if not pending:
+            return
+        due = [b for b in pending if now - b.t >= min_age]
+        if due:
+            for oc in self.bans.lurk(self.objects(), now, min_age):
+                self.remove(oc)
+            self.bans.trim()
+            self._arm_lurker(1.0)
+            return
+        self._arm_lurker(max(min(b.t for b in pending) + min_age - now, 0.05))
