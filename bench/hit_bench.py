@@ -34,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
 
     origin_port = free_port()
-    origin = start([sys.executable, str(ROOT / "bench" / "origin.py"), str(origin_port)], origin_port)
+    origin = start([sys.executable, str(ROOT / "bench" / "tiny_http.py"), str(origin_port), "object"], origin_port)
     results = {}
     try:
         port = free_port()

@@ -28,7 +28,7 @@ def main() -> None:
     finally:
         stop(proc)
     port = free_port()
-    proc = start([sys.executable, str(ROOT / "bench" / "bare_hello.py"), str(port)], port)
+    proc = start([sys.executable, str(ROOT / "bench" / "tiny_http.py"), str(port), "hello"], port)
     try:
         results["bare asyncio+httptools"] = wrk(f"http://127.0.0.1:{port}/tcp", args.seconds, args.connections)
     finally:
