@@ -134,3 +134,43 @@ def make_session(server: Server) -> aiohttp.ClientSession:
                                  max_line_size=params.http_resp_hdr_len, max_field_size=params.http_resp_hdr_len,
                                  max_headers=params.http_max_hdr, read_bufsize=1 << 16,
                                  response_class=_Response)
+
+
+def take_idle_connection(session: aiohttp.ClientSession | None, host: str, port: int):
+    """An idle pooled connection to host:port as (reader, writer), taken out of the pool; or None.
+
+    `return (pipe)` uses it as varnishd does: a pipe goes over a kept-alive backend connection when
+    there is one. This reaches into aiohttp's connector pool, so anything unexpected means "none".
+    """
+    if session is None:
+        return None
+    try:
+        conns = session.connector._conns
+        for key in list(conns):
+            if key.host != host or key.port != port or key.is_ssl:
+                continue
+            queue = conns[key]
+            while queue:
+                protocol, _ = queue.pop()
+                transport = protocol.transport
+                if protocol.is_connected() and transport is not None and not transport.is_closing():
+                    if not queue:
+                        del conns[key]
+                    return _streams_over(transport)
+                protocol.close()
+            del conns[key]
+    except (AttributeError, KeyError, TypeError):
+        return None
+    return None
+
+
+def _streams_over(transport: asyncio.Transport):
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 16)
+    stream_protocol = asyncio.StreamReaderProtocol(reader)
+    transport.set_protocol(stream_protocol)
+    stream_protocol.connection_made(transport)
+    if not transport.is_reading():
+        transport.resume_reading()
+    return reader, asyncio.StreamWriter(transport, stream_protocol, reader, loop)
+

@@ -61,7 +61,7 @@ class ClientRequest:
         self.digest: bytes = b""
         self.synth_status = 0
         self.synth_reason = ""
-        self.recv_handling = "hash"
+        self.is_grace = False
         self.method0 = req.method            # HEAD-ness is judged on the request as received
         self.stream_from = 0
         self.stream_to = -1

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from cacheserver.backends import resolve
+from cacheserver.backends import resolve, take_idle_connection
 from cacheserver.http1 import wire
 
 if TYPE_CHECKING:
@@ -31,16 +31,21 @@ async def pipe_request(request: ClientRequest) -> None:
         server.counters.sc_tx_error += 1
         session.close()
         return
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(backend.host, int(backend.port)), server.params.connect_timeout)
-    except (OSError, asyncio.TimeoutError):
-        # varnishd answers nothing: the client sees the connection close
-        server.counters.backend_fail += 1
-        server.counters.sc_tx_error += 1
-        session.close()
-        return
-    server.counters.backend_conn += 1
+    idle = take_idle_connection(server.http_session, backend.host, int(backend.port))
+    if idle is not None:
+        reader, writer = idle
+        server.counters.backend_reuse += 1
+    else:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(backend.host, int(backend.port)), server.params.connect_timeout)
+        except (OSError, asyncio.TimeoutError):
+            # varnishd answers nothing: the client sees the connection close
+            server.counters.backend_fail += 1
+            server.counters.sc_tx_error += 1
+            session.close()
+            return
+        server.counters.backend_conn += 1
     bereq = ctx.bereq or ctx.req
     body = request.body
     if "chunked" in (ctx.req.headers.get("Transfer-Encoding") or "").lower():

@@ -156,3 +156,17 @@ def test_absolute_uri_sets_host(make):
     assert backend.requests[0].url == "/abs"
     assert backend.requests[0].header("Host") == "www.example.com"
 
+
+
+def test_pipe_reuses_an_idle_backend_connection(make):
+    vcl = 'vcl 4.1;\nBACKEND\nsub vcl_recv { if (req.url == "/pipe") { return (pipe); } return (pass); }\n'
+    cache, backend = make(vcl, lambda req: Resp(body=req.url.encode()))
+    assert cache.get("/pass")[2] == b"/pass"
+    with cache.proc.connect() as sock:
+        sock.sendall(b"GET /pipe HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while not data.endswith(b"/pipe"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert backend.connections == 1
