@@ -281,7 +281,9 @@ class CodeGen:
             if s.action is None:
                 return [ind + "return None"]
             args = self._action_args(s)
-            constant = all(isinstance(a.value, (ast.StringLit, ast.IntLit, ast.DurationLit, ast.Name))
+            # A variable (return (synth(resp.status))) is read per request, never at load.
+            constant = all(isinstance(a.value, (ast.StringLit, ast.IntLit, ast.DurationLit))
+                           or (isinstance(a.value, ast.Name) and (a.value.ref or ("",))[0] != "var")
                            for a in s.args)
             return [ind + "return " + self.action(s.action, args, constant)]
         if isinstance(s, ast.If):

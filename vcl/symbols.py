@@ -29,6 +29,7 @@ Context field mapping (what the server must fill before calling a subroutine, an
 | unset bereq.body                     | ctx.bereq_body = None                                       |
 | beresp.ttl/grace/keep/age            | ctx.beresp_ttl / beresp_grace / beresp_keep / beresp_age    |
 | beresp.uncacheable, beresp.do_*      | ctx.beresp_uncacheable, ctx.do_stream/do_gzip/do_gunzip/... |
+| beresp.was_304                       | ctx.was_304                                                 |
 | obj.ttl/grace/keep/hits/age          | ctx.obj_ttl / obj_grace / obj_keep / obj_hits / obj_age     |
 | obj.uncacheable                      | ctx.obj_uncacheable                                         |
 | client.ip, server.ip, remote.ip,     | ctx.client_ip, ctx.server_ip, ctx.remote_ip, ctx.local_ip   |
@@ -240,6 +241,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     _v("beresp.ttl", "DURATION", _BR, _BR, get="ctx.beresp_ttl", set_="ctx.beresp_ttl = {v}"),
     _v("beresp.uncacheable", "BOOL", _BR, _BR, get="bool(ctx.beresp_uncacheable)",
        set_="ctx.beresp_uncacheable = {v}"),
+    # True when the backend answered 304 and beresp is the revalidated stale object.
+    _v("beresp.was_304", "BOOL", _BR, get="bool(ctx.was_304)"),
     # obj
     _v("obj.age", "DURATION", _HD, get="ctx.obj_age"),
     _v("obj.can_esi", "BOOL", _HD, get="bool(ctx.obj_can_esi)"),

@@ -1,0 +1,38 @@
+"""Fixes found by running Varnish's own test cases: each test pins one behaviour those cases need."""
+
+from __future__ import annotations
+
+from vcl.compiler import compile_vcl
+from vcl.runtime import Context, Headers, HttpMessage
+
+HEAD = "vcl 4.1;\nimport std;\nbackend default none;\n"
+
+
+def compile_(body: str):
+    return compile_vcl(HEAD + body, "t.vcl")
+
+
+def backend_ctx(method: str, **extra) -> Context:
+    ctx = Context(method=method, hash_parts=[])
+    ctx.bereq = HttpMessage("GET", "/", "HTTP/1.1", headers=Headers([]))
+    ctx.beresp = HttpMessage(status=200, reason="OK", headers=Headers([]))
+    for k, v in extra.items():
+        setattr(ctx, k, v)
+    return ctx
+
+
+def test_beresp_was_304_reads_the_fetch_flag():
+    vcl = compile_("sub vcl_backend_response { set beresp.http.w = beresp.was_304; }")
+    for flag, text in ((True, "true"), (False, "false")):
+        ctx = backend_ctx("vcl_backend_response", was_304=flag)
+        vcl.subs["vcl_backend_response"](ctx)
+        assert ctx.beresp.headers.get("w") == text
+
+
+def test_return_arguments_that_are_variables_are_read_per_request():
+    # Used to be hoisted into a load-time constant, which referenced ctx outside any function.
+    vcl = compile_("sub vcl_deliver { return (synth(resp.status, resp.reason)); }")
+    ctx = Context(method="vcl_deliver", hash_parts=[])
+    ctx.resp = HttpMessage(status=500, reason="VCL", headers=Headers([]))
+    action = vcl.subs["vcl_deliver"](ctx)
+    assert (action.name, tuple(action.args)) == ("synth", (500, "VCL"))
