@@ -119,6 +119,8 @@ class ObjCore:
         if cell in self.readers:
             self.readers.remove(cell)
         self._trim()
+        if not self.readers and self.body_cache is not None and self.base == 0 and len(self.chunks) > 1:
+            self.chunks = [self.body_cache]     # the last streaming reader left: keep one copy
 
     def read(self, cell: list[int]) -> bytes:
         """Bytes available to a reader past its position; b"" when it must wait (or the end)."""
