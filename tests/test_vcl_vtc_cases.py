@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vcl.compiler import compile_vcl
+from vcl.errors import VCLError
 from vcl.runtime import Context, Headers, HttpMessage
 
 HEAD = "vcl 4.1;\nimport std;\nbackend default none;\n"
@@ -36,3 +39,9 @@ def test_return_arguments_that_are_variables_are_read_per_request():
     ctx.resp = HttpMessage(status=500, reason="VCL", headers=Headers([]))
     action = vcl.subs["vcl_deliver"](ctx)
     assert (action.name, tuple(action.args)) == ("synth", (500, "VCL"))
+
+
+def test_backend_none_takes_the_capitalised_spelling_vcc_takes():
+    assert compile_vcl("vcl 4.1;\nbackend bad None;\n", "t.vcl").default_backend is None
+    with pytest.raises(VCLError):
+        compile_vcl("vcl 4.1;\nbackend bad NONE;\n", "t.vcl")
