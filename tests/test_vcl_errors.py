@@ -76,7 +76,7 @@ CASES = {
                          "Argument 's2' missing"),
     "func_unknown_named_arg": (H + "sub vcl_recv {\n\tset req.http.x = std.integer(s=\"1\", nope=2);\n}\n",
                                5, 38, "Unknown argument 'nope'"),
-    "func_wrong_arg_type": (H + 'sub vcl_recv {\n\tset req.http.x = std.port("1.2.3.4:80");\n}\n', 5, 28,
+    "func_wrong_arg_type": (H + 'sub vcl_recv {\n\tset req.http.x = std.port("1.2.3.4::80");\n}\n', 5, 28,
                             "IP constant"),
     "bytes_in_string": (H + "sub vcl_recv {\n\tset req.http.x = 10KB;\n}\n", 5, 19, "Unknown duration unit 'KB'"),
     "int_times_duration": (H + "sub vcl_backend_response {\n\tset beresp.ttl = 3 * 1m;\n}\n", 5, 21,

@@ -45,3 +45,25 @@ def test_backend_none_takes_the_capitalised_spelling_vcc_takes():
     assert compile_vcl("vcl 4.1;\nbackend bad None;\n", "t.vcl").default_backend is None
     with pytest.raises(VCLError):
         compile_vcl("vcl 4.1;\nbackend bad NONE;\n", "t.vcl")
+
+
+@pytest.mark.parametrize("const, addr, port", [
+    ("1.2.3.4", "1.2.3.4", "80"),
+    ("1.2.3.4:8000", "1.2.3.4", "8000"),
+    ("1.2.3.4 8000", "1.2.3.4", "8000"),
+    ("[::1]", "::1", "80"),
+    ("[::1]:8000", "::1", "8000"),
+])
+def test_ip_constants_may_carry_a_port(const, addr, port):
+    vcl = compile_(f'sub vcl_deliver {{ set resp.http.a = std.ip("..", "{const}");'
+                   f' set resp.http.p = std.port("{const}"); }}')
+    ctx = Context(method="vcl_deliver", hash_parts=[])
+    ctx.resp = HttpMessage(status=200, reason="OK", headers=Headers([]))
+    vcl.subs["vcl_deliver"](ctx)
+    assert (ctx.resp.headers.get("a"), ctx.resp.headers.get("p")) == (addr, port)
+
+
+@pytest.mark.parametrize("const", ["::1::2", "1.2.3.4::80"])
+def test_bad_ip_constants_are_load_errors(const):
+    with pytest.raises(VCLError, match="could not be resolved to an IP address"):
+        compile_(f'sub vcl_deliver {{ set resp.http.a = std.ip("..", "{const}"); }}')

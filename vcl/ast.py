@@ -35,6 +35,13 @@ class StringLit(Expr):
 
 
 @dataclass(eq=False)
+class IpLit(StringLit):
+    """A string constant the checker resolved to an IP: value is the address."""
+
+    port: int = 80
+
+
+@dataclass(eq=False)
 class IntLit(Expr):
     value: int
     text: str

@@ -364,8 +364,8 @@ class CodeGen:
 
     def expr(self, e: ast.Expr) -> str:
         if isinstance(e, ast.StringLit):
-            if e.type == "IP":
-                return self.const(f"IP({e.value!r})", "ip_" + e.value)
+            if isinstance(e, ast.IpLit):
+                return self.const(f"IP({e.value!r}, {e.port})", f"ip_{e.value}_{e.port}")
             return repr(e.value)
         if isinstance(e, ast.IntLit):
             return repr(float(e.value)) if e.type == "REAL" else str(e.value)

@@ -8,10 +8,10 @@ Names and calls are resolved (`ref`) to variables, backends, ACLs, vmod function
 from __future__ import annotations
 
 from vcl import ast, symbols, types
-from vcl.acl import resolve_acl_entry
 from vcl.errors import VCLError
 from vcl.program import SubInfo
 from vcl.regex import check_regex
+from vcl.runtime import parse_ip
 from vmods import Func, ObjectType, Vmod
 
 # Vmods that may be used without an `import` line (with a warning), as the docs' examples do.
@@ -237,11 +237,11 @@ class ExprChecker:
     def _ip_const(self, e: ast.StringLit) -> ast.Expr:
         if e.value.startswith("/"):
             raise VCLError(f"Cannot convert to an IP address: \"{e.value}\"", e.pos)
-        try:
-            nets = resolve_acl_entry(e.value, None)
-        except (ValueError, LookupError, UnicodeError):
-            raise VCLError(f"IP constant '\"{e.value}\"' could not be resolved to an IP address", e.pos) from None
-        lit = ast.StringLit(e.pos, nets[0].split("/")[0])
+        # VCC resolves IP constants like std.ip(): a port may follow ("1.2.3.4:8000", "[::1] 80").
+        ip = parse_ip(e.value)
+        if ip is None:
+            raise VCLError(f"IP constant '\"{e.value}\"' could not be resolved to an IP address", e.pos)
+        lit = ast.IpLit(e.pos, ip.addr, ip.port)
         lit.type = "IP"
         return lit
 

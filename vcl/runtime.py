@@ -6,6 +6,7 @@ acts on the Action they return.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 
@@ -141,6 +142,33 @@ class IP:
 
     def __repr__(self) -> str:
         return f"IP({self.addr!r}, {self.port})"
+
+
+def parse_ip(s: str, default_port: str = "80", resolve: bool = True) -> IP | None:
+    """"ADDR", "ADDR:PORT", "ADDR PORT", "[ADDR]:PORT" (or a name when resolve) -> IP; None if invalid.
+    Shared by std.ip() and VCL IP constants, which VCC resolves the same way (default port 80)."""
+    s = s.strip()
+    host, port_ = s, default_port
+    if s.startswith("["):
+        end = s.find("]")
+        if end < 0:
+            return None
+        host, rest = s[1:end], s[end + 1:].strip()
+        if rest:
+            port_ = rest.lstrip(":").strip()
+    elif " " in s:
+        host, port_ = s.split(None, 1)
+    elif s.count(":") == 1:
+        host, port_ = s.split(":")
+    flags = 0 if resolve else (socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+    try:
+        infos = socket.getaddrinfo(host, port_, 0, socket.SOCK_STREAM, 0, flags)
+    except (OSError, UnicodeError):
+        return None
+    if not infos:
+        return None
+    addr = infos[0][4]
+    return IP(addr[0], int(addr[1]))
 
 
 @dataclass(slots=True)

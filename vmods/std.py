@@ -12,13 +12,12 @@ import math
 import os
 import random as _random
 import re
-import socket
 import syslog as _syslog
 import time as _time
 from calendar import timegm
 from email.utils import parsedate_tz
 
-from vcl.runtime import IP, Context, HeaderRef, HttpMessage, VCLFailure
+from vcl.runtime import IP, Context, HeaderRef, HttpMessage, VCLFailure, parse_ip
 from vmods import Param, Vmod
 
 VMOD = Vmod("std")
@@ -275,37 +274,12 @@ def bytes_(ctx: Context, s=None, fallback=None, real_=None, integer_=None) -> fl
     return _fallback("bytes", fallback, repr(s))
 
 
-def _parse_ip(s: str, default_port: str, resolve: bool) -> IP | None:
-    s = s.strip()
-    host, port_ = s, default_port
-    if s.startswith("["):
-        end = s.find("]")
-        if end < 0:
-            return None
-        host, rest = s[1:end], s[end + 1:].strip()
-        if rest:
-            port_ = rest.lstrip(":").strip()
-    elif " " in s:
-        host, port_ = s.split(None, 1)
-    elif s.count(":") == 1:
-        host, port_ = s.split(":")
-    flags = 0 if resolve else (socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
-    try:
-        infos = socket.getaddrinfo(host, port_, 0, socket.SOCK_STREAM, 0, flags)
-    except (OSError, UnicodeError):
-        return None
-    if not infos:
-        return None
-    addr = infos[0][4]
-    return IP(addr[0], int(addr[1]))
-
-
 @VMOD.func("ip", "IP", [Param("s", "STRING"), _opt("fallback", "IP"), _opt("resolve", "BOOL", True),
                         _opt("p", "STRING")])
 def ip(ctx: Context, s: str | None, fallback: IP | None = None, resolve: bool = True,
        p: str | None = None) -> IP:
     if s is not None:
-        result = _parse_ip(s, p or "80", resolve)
+        result = parse_ip(s, p or "80", resolve)
         if result is not None:
             return result
     return _fallback("ip", fallback, repr(s))
