@@ -67,3 +67,25 @@ def test_ip_constants_may_carry_a_port(const, addr, port):
 def test_bad_ip_constants_are_load_errors(const):
     with pytest.raises(VCLError, match="could not be resolved to an IP address"):
         compile_(f'sub vcl_deliver {{ set resp.http.a = std.ip("..", "{const}"); }}')
+
+
+def test_stevedores_convert_to_their_symbol_and_compare_by_name():
+    vcl = compile_("sub vcl_backend_response {\n set beresp.http.s = storage.s0;\n"
+                   " set beresp.http.d = beresp.storage;\n"
+                   " if (beresp.storage == storage.Transient) { set beresp.http.t = \"yes\"; }\n}")
+    # A name built at run time (not an interned literal) still compares equal.
+    ctx = backend_ctx("vcl_backend_response", beresp_storage="".join(["Trans", "ient"]))
+    vcl.subs["vcl_backend_response"](ctx)
+    got = [ctx.beresp.headers.get(n) for n in ("s", "d", "t")]
+    assert got == ["storage.s0", "storage.Transient", "yes"]
+
+
+def test_storage_symbols_come_from_the_servers_storages():
+    body = "sub vcl_backend_response { set beresp.storage = storage.big; }"
+    compile_vcl(HEAD + body, "t.vcl", storages=["big"])
+    with pytest.raises(VCLError, match="Symbol not found: 'storage.big'"):
+        compile_(body)
+    with pytest.raises(VCLError, match="Symbol not found: 'storage.s0'"):
+        compile_vcl(HEAD + body.replace("big", "s0"), "t.vcl", storages=["big"])
+    # Transient always exists.
+    compile_vcl(HEAD + body.replace("big", "Transient"), "t.vcl", storages=["big"])

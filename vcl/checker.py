@@ -28,8 +28,10 @@ PROBE_FIELDS = {
 
 
 class Checker(ExprChecker, XrefChecker):
-    def __init__(self, items: list[object], filename: str, vmod_loader, err_unref: bool = True) -> None:
+    def __init__(self, items: list[object], filename: str, vmod_loader, err_unref: bool = True,
+                 storages: tuple[str, ...] = symbols.STORAGE_NAMES) -> None:
         self.items = items
+        self.storages = storages
         self.err_unref = err_unref
         self.filename = filename
         self.load_vmod = vmod_loader
@@ -225,7 +227,7 @@ class Checker(ExprChecker, XrefChecker):
             raise VCLError(f"Unknown statement {type(stmt).__name__}", stmt.pos)
 
     def _variable(self, name: str, pos: ast.Pos) -> symbols.Variable:
-        var = symbols.lookup(name, self.version)
+        var = symbols.lookup(name, self.version, self.storages)
         if var is None:
             raise VCLError(f"Symbol not found: '{name}'", pos)
         return var
@@ -379,8 +381,9 @@ class Checker(ExprChecker, XrefChecker):
 
 
 
-def check(items: list[object], filename: str, vmod_loader, err_unref: bool = True) -> CheckedProgram:
-    return Checker(items, filename, vmod_loader, err_unref).check()
+def check(items: list[object], filename: str, vmod_loader, err_unref: bool = True,
+          storages: tuple[str, ...] = symbols.STORAGE_NAMES) -> CheckedProgram:
+    return Checker(items, filename, vmod_loader, err_unref, storages).check()
 
 
 def _token_text(e: ast.Expr) -> str:

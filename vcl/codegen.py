@@ -450,7 +450,10 @@ class CodeGen:
             return f"(rt.strcmp({a}, {b}) {e.op} 0)"
         if t == "BOOL":
             return f"(bool({a}) {e.op} bool({b}))"
-        if t in ("BACKEND", "ACL", "PROBE", "STEVEDORE", "INSTANCE", "SUB"):
+        if t == "STEVEDORE":
+            # Stevedores are names (str): equal names are the same storage.
+            return f"({a} {e.op} {b})"
+        if t in ("BACKEND", "ACL", "PROBE", "INSTANCE", "SUB"):
             return f"({a} {'is' if e.op == '==' else 'is not'} {b})"
         return f"({a} {e.op} {b})"
 

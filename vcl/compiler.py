@@ -5,13 +5,13 @@ parse (vcl.parser) -> check (vcl.checker) -> generate Python (vcl.codegen) -> co
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import vmods
-from vcl import ast
+from vcl import ast, symbols
 from vcl.checker import check
 from vcl.codegen import generate
 from vcl.errors import VCLError
@@ -80,14 +80,21 @@ def _builtin_items() -> list[object]:
 
 
 def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | list[str] = (),
-                extra_vmods: Mapping[str, vmods.Vmod] | None = None, err_unref: bool = True) -> CompiledVCL:
+                extra_vmods: Mapping[str, vmods.Vmod] | None = None, err_unref: bool = True,
+                storages: Iterable[str] | None = None) -> CompiledVCL:
     """Compile VCL `source` (read from `filename`) or raise VCLError with the full report.
 
     err_unref: unused subs, backends, ACLs and probes are errors (varnishd's vcc_err_unref);
     when False they are warnings.
 
     extra_vmods: vmods known besides the registry's (tests use it to register their own).
+
+    storages: the server's stevedore names (its -s NAME=... storages), which make the storage.NAME
+    symbols; Transient is always one. None: varnishd's default, s0 and Transient.
     """
+    names = tuple(storages) if storages is not None else symbols.STORAGE_NAMES
+    if "Transient" not in names:
+        names += ("Transient",)
     sources: dict[str, str] = {}
 
     def load_vmod(name: str) -> vmods.Vmod:
@@ -97,7 +104,7 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
 
     try:
         items = parse_with_includes(source, filename, tuple(include_dirs), sources)
-        prog = check(items + _builtin_items(), filename, load_vmod, err_unref)
+        prog = check(items + _builtin_items(), filename, load_vmod, err_unref, names)
         code = generate(prog, filename)
     except VCLError as exc:
         exc.attach(sources)

@@ -268,7 +268,7 @@ class ExprChecker:
             e.ref = ("instance", key)
             e.type = "INSTANCE"
             return e
-        var = symbols.lookup(name, self.version)
+        var = symbols.lookup(name, self.version, self.storages)
         if var is None:
             head = name.split(".")[0]
             if head in self.vmods or head in IMPLICIT_IMPORTS:

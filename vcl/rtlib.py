@@ -63,6 +63,12 @@ def s_named(value: object) -> str:
     return str(getattr(value, "name", value))
 
 
+def s_stevedore(value: str | None) -> str:
+    """STEVEDORE in string context: "storage.NAME", its VCL symbol (VRT_STEVEDORE_string).
+    A stevedore is represented by its name."""
+    return "" if value is None else f"storage.{value}"
+
+
 def named(obj: object, name: str) -> object:
     """A `new NAME = ...` object learns its VCL name as obj.vcl_name (unless it set one itself):
     a director prints as its name, like any backend."""

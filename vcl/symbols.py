@@ -301,12 +301,13 @@ HEADER_SCOPES: dict[str, tuple[str, frozenset[str], frozenset[str], frozenset[st
 
 # storage.NAME.FIELD
 STORAGE_FIELDS = {"free_space": "BYTES", "used_space": "BYTES", "happy": "BOOL"}
+# varnishd's stevedores when no -s is given; the server passes its own list to compile_vcl().
 STORAGE_NAMES = ("s0", "Transient")
-_STORAGE_BY_KEY = {n.lower(): n for n in STORAGE_NAMES}
 
 
-def lookup(name: str, version: float = 4.1) -> Variable | None:
+def lookup(name: str, version: float = 4.1, storages: tuple[str, ...] = STORAGE_NAMES) -> Variable | None:
     """The variable `name`, header variables included; None if unknown.
+    `storages` are the stevedore names that make storage.NAME symbols.
 
     Like VCC, names match case-insensitively (REQ.URL is req.url); a header name keeps its
     spelling, since `set` sends it on the wire that way.
@@ -335,7 +336,7 @@ def lookup(name: str, version: float = 4.1) -> Variable | None:
             return var
         return None
     if parts[0].lower() == "storage" and len(parts) in (2, 3):
-        stevedore = _STORAGE_BY_KEY.get(parts[1].lower())
+        stevedore = next((s for s in storages if s.lower() == parts[1].lower()), None)
         if stevedore is None:
             return None
         if len(parts) == 2:

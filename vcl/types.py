@@ -46,7 +46,7 @@ TO_STRING: dict[str, str] = {
     "BOOL": '("true" if {x} else "false")',
     "IP": "rt.s_ip({x})",
     "BACKEND": "rt.s_backend({x})",
-    "STEVEDORE": "rt.s_named({x})",
+    "STEVEDORE": "rt.s_stevedore({x})",
     "ACL": "rt.s_named({x})",
     "PROBE": "rt.s_named({x})",
     "ENUM": "{x}",
