@@ -199,7 +199,7 @@ def test_rollback_and_storage_go_through_server_hooks():
                   server=Server(), hash_parts=[])
     compiled.subs["vcl_recv"](ctx)
     h = ctx.req.headers
-    assert (h.get("rolled"), h.get("free"), h.get("happy"), h.get("st")) == ("1", "1024", "false", "Transient")
+    assert (h.get("rolled"), h.get("free"), h.get("happy"), h.get("st")) == ("1", "1024", "false", "storage.Transient")
     assert ctx.req_storage == "Transient"
     with pytest.raises(VCLFailure):
         compiled.subs["vcl_recv"](Context(method="vcl_recv", req=HttpMessage("GET", "/"), server=None))
