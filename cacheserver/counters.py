@@ -26,7 +26,7 @@ MAIN_COUNTERS = (
     "busy_sleep", "busy_wakeup", "busy_killed", "threads", "threads_created", "losthdr",
     "vcl_fail", "esi_errors", "esi_warnings", "exp_mailed", "exp_received",
     "steal_ok", "steal_refused", "steal_failed",
-    "n_lru_limited",
+    "n_lru_limited", "s_bgfetch",
 )
 
 

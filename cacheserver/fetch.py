@@ -183,6 +183,8 @@ class BusyObj:
         self.bereq_close = False
         xid = server.next_xid()
         server.counters.s_fetch += 1          # every backend fetch: miss, pass and background
+        if mode == "bg":
+            server.counters.s_bgfetch += 1
         params = server.params
         self.bereq0 = make_bereq(creq.req, self.is_pass, xid, params.http_gzip_support)
         if stale is not None and not self.is_pass and stale.http is not None and stale.http.status == 200:

@@ -262,6 +262,7 @@ class Storage:
         head = self.heads.get(digest)
         if head is None:
             head = self.heads[digest] = ObjHead(digest)
+            self.counters.n_objecthead += 1
         if always_miss:
             return LookupResult(MISS, None, self._new_busy(head))
         busy_found = False
@@ -318,8 +319,11 @@ class Storage:
 
     def _new_busy(self, head: ObjHead) -> ObjCore:
         # the head may have been dropped when the lookup removed its last object (ban, expiry)
-        self.heads.setdefault(head.digest, head)
+        if head.digest not in self.heads:
+            self.heads[head.digest] = head
+            self.counters.n_objecthead += 1
         oc = ObjCore(head)
+        self.counters.n_objectcore += 1
         head.ocs.insert(0, oc)
         return oc
 
@@ -420,8 +424,10 @@ class Storage:
         if head is not None:
             if oc in head.ocs:
                 head.ocs.remove(oc)
+                self.counters.n_objectcore -= 1
             if not head.ocs and not head.waiters and self.heads.get(head.digest) is head:
                 del self.heads[head.digest]
+                self.counters.n_objecthead -= 1
         oc.dying = True
 
     def _drop(self, oc: ObjCore) -> None:
