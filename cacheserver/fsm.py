@@ -18,9 +18,10 @@ import time
 from typing import TYPE_CHECKING
 
 from cacheserver import storage as st
-from cacheserver.fetch import BusyObj, collect_header, parse_date
+from cacheserver.fetch import BusyObj
 from cacheserver.http1 import DATES, reason_for, serialize_head
 from cacheserver.ranges import RangeError, not_modified, parse_range
+from cacheserver.rfc2616 import collect_header, parse_date
 from cacheserver.storage import ObjCore
 from vcl.runtime import Action, Context, HttpMessage, VCLFailure
 

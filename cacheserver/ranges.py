@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cacheserver.fetch import parse_date
+from cacheserver.rfc2616 import parse_date
 from vcl.runtime import HttpMessage
 
 
