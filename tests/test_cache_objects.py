@@ -102,6 +102,7 @@ def test_keep_revalidates_with_a_conditional_request(make):
 BACKEND
 sub vcl_backend_response {
     set beresp.ttl = 0.5s; set beresp.grace = 0s; set beresp.keep = 60s;
+    set beresp.http.was-304 = beresp.was_304;
 }
 """
 
@@ -112,11 +113,11 @@ sub vcl_backend_response {
                     body=b"original body")
 
     cache, backend = make(vcl, respond)
-    cache.get("/")
+    assert cache.get("/")[1]["was-304"] == "false"
     time.sleep(0.7)
     status, h, body = cache.get("/")
     assert status == 200 and body == b"original body"
-    assert h["x-new"] == "yes" and h["etag"] == '"e1"'
+    assert h["was-304"] == "true" and h["x-new"] == "yes" and h["etag"] == '"e1"'
     assert backend.requests[1].header("If-None-Match") == '"e1"'
     assert backend.requests[1].header("If-Modified-Since") == "Wed, 21 Oct 2015 07:28:00 GMT"
     assert cache.cli.counters()["fetch_304"] == 1
