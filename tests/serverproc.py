@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,9 +98,13 @@ class ServerProcess:
         return [int(x) for x in out.split()]
 
 
+# Bytes read past the end of a response (pipelined answers), kept per socket for the next read.
+_LEFTOVER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     """One HTTP/1 response (head, body), framed by Content-Length or by close."""
-    data = b""
+    data = _LEFTOVER.pop(sock, b"")
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
@@ -114,7 +119,9 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
             if not chunk:
                 break
             rest += chunk
-        return head + b"\r\n\r\n", rest
+        if len(rest) > length:
+            _LEFTOVER[sock] = rest[length:]
+        return head + b"\r\n\r\n", rest[:length]
     while True:
         chunk = sock.recv(65536)
         if not chunk:
@@ -124,7 +131,7 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
 
 def read_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
     sock.settimeout(timeout)
-    data = b""
+    data = _LEFTOVER.pop(sock, b"")
     while True:
         try:
             chunk = sock.recv(65536)
