@@ -6,7 +6,7 @@ import pytest
 
 from vcl.compiler import compile_vcl
 from vcl.errors import VCLError
-from vcl.runtime import Context, Headers, HttpMessage
+from vcl.runtime import IP, Context, Headers, HttpMessage
 
 HEAD = "vcl 4.1;\nimport std;\nbackend default none;\n"
 
@@ -89,3 +89,51 @@ def test_storage_symbols_come_from_the_servers_storages():
         compile_vcl(HEAD + body.replace("big", "s0"), "t.vcl", storages=["big"])
     # Transient always exists.
     compile_vcl(HEAD + body.replace("big", "Transient"), "t.vcl", storages=["big"])
+
+
+def _error(body: str) -> VCLError:
+    with pytest.raises(VCLError) as info:
+        compile_(body)
+    return info.value
+
+
+@pytest.mark.parametrize("body, message, line, col", [
+    # The right side of ~ is where VCC looks for a REGEX.
+    ('sub vcl_recv { if (req.url ~ ! "x") { return (pass); } }', "Unknown token '!' when looking for REGEX", 4, 30),
+    # An unknown plain name where a BACKEND is wanted is an undefined backend.
+    ("sub vcl_backend_fetch { set bereq.backend = s-1; }", "Undefined backend s-1, first reference:", 4, 45),
+    ("sub vcl_backend_fetch { set bereq.backend = a.b; }", "Symbol not found: 'a.b'", 4, 45),
+])
+def test_vcc_messages_for_expressions(body, message, line, col):
+    err = _error(body)
+    assert (err.message, err.line, err.col) == (message, line, col)
+
+
+ACL_USE = "\nsub vcl_recv { if (client.ip ~ a) { return (pass); } }"
+
+
+@pytest.mark.parametrize("acl, message, col", [
+    ('acl a { "10.1.2.3"/33; }', "Too wide mask (/33) for IPv4 address", 20),
+    ('acl a { "1::2"/129; }', "Too wide mask (/129) for IPv6 address", 16),
+    ('acl a { "...com"; }', "DNS lookup(...com): Name or service not known", 9),
+    ('acl a { "10.1..2"; }', "DNS lookup(10.1..2): Name or service not known", 9),
+    ('acl a { "10.0.1.0/1bc"; }', ".../mask is not numeric.", 9),
+    ('acl a { "10.0.1.0/22" / 22; }', "/mask only allowed once.", 23),
+    ('acl a { ( "10.1.2"; }', "Expected ')' got ';'", 19),
+    ('acl a { "10.1.2" ); }', "Expected ';' got ')'", 18),
+    ('acl a + log { "10.1.2"; }', "Expected a flag at:", 7),
+    ('acl a +foobar { "10.1.2"; }', "Unknown ACL flag:", 8),
+    ('acl a { "1.2.3.4"; !"1.2.3.4"; }', "Conflicting ACL entries:", 9),
+])
+def test_acl_errors_like_vcc(acl, message, col):
+    err = _error(acl + ACL_USE)
+    assert (err.message, err.line, err.col) == (message, 4, col)
+
+
+def test_acl_network_notation_and_optional_entries():
+    # "10.1.2" is 10.1.2.0/24; parenthesised entries that do not resolve are left out.
+    vcl = compile_('acl a {\n "10.1.2"/25;\n ! "10.1.3";\n ("...com" / 22);\n (!"...com");\n'
+                   ' "1.2.3.4"/31;\n "1.2.3.4"/31;\n "10.9"/16;\n}' + ACL_USE)
+    acl = vcl.acls["a"]
+    assert acl.match(IP("10.1.2.100")) and not acl.match(IP("10.1.2.200"))
+    assert acl.match(IP("10.9.200.1")) and acl.match(IP("1.2.3.5")) and not acl.match(IP("10.1.3.1"))

@@ -63,30 +63,45 @@ class Acl:
         return self.name
 
 
+class AclMaskError(ValueError):
+    """The /mask is wider than the address (VCC reports it at the mask)."""
+
+
 def resolve_acl_entry(addr: str, mask: int | None) -> list[str]:
-    """The networks an ACL entry stands for: one literal address, or every address a name resolves to
-    (done once at load, like VCC). Raises ValueError if the entry is not valid."""
-    try:
-        ip = ipaddress.ip_address(addr)
-        if mask is not None and mask > ip.max_prefixlen:
-            raise ValueError(f"Too wide mask (/{mask}) for IPv{ip.version}")
-        return [f"{ip}/{mask if mask is not None else ip.max_prefixlen}"]
-    except ValueError:
-        if _looks_numeric(addr):
-            raise
+    """The networks an ACL entry stands for, as "address/prefix" (the address keeps its host bits;
+    the checker looks at them). Done once at load, like VCC: first IPv4 network notation ("10.1.2"
+    is 10.1.2.0/24), then getaddrinfo, so a name gives every address it resolves to.
+    Raises AclMaskError for a mask wider than the address and LookupError when nothing resolves."""
+    net = _net_notation(addr)
+    if net is not None:
+        ip, default_mask = net
+        return [_with_mask(ip, mask if mask is not None else default_mask)]
     try:
         infos = socket.getaddrinfo(addr, None, proto=socket.IPPROTO_TCP)
     except OSError as exc:
         raise LookupError(f"DNS lookup({addr}): {exc.strerror or exc}") from None
+    except UnicodeError:   # an empty or too long label: getaddrinfo() would not know the name either
+        raise LookupError(f"DNS lookup({addr}): Name or service not known") from None
     out = []
     for info in infos:
         ip = ipaddress.ip_address(info[4][0].split("%")[0])
-        prefix = mask if mask is not None else ip.max_prefixlen
-        net = f"{ip}/{min(prefix, ip.max_prefixlen)}"
-        if net not in out:
-            out.append(net)
+        entry = _with_mask(ip, mask if mask is not None else ip.max_prefixlen)
+        if entry not in out:
+            out.append(entry)
     return out
 
 
-def _looks_numeric(addr: str) -> bool:
-    return bool(re.fullmatch(r"[0-9.]+|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*", addr))
+def _with_mask(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, mask: int) -> str:
+    if mask > ip.max_prefixlen:
+        raise AclMaskError(f"Too wide mask (/{mask}) for IPv{ip.version} address")
+    return f"{ip}/{mask}"
+
+
+def _net_notation(addr: str) -> tuple[ipaddress.IPv4Address, int] | None:
+    """vcc_acl_try_netnotation: one to four dot-separated decimal bytes, missing ones zero; the
+    default mask covers the bytes given."""
+    parts = addr.split(".")
+    if len(parts) > 4 or not all(re.fullmatch(r"[0-9]+", p) and int(p) <= 255 for p in parts):
+        return None
+    octets = [int(p) for p in parts] + [0] * (4 - len(parts))
+    return ipaddress.IPv4Address(bytes(octets)), 8 * len(parts)

@@ -292,6 +292,9 @@ class AclEntry:
     addr: str
     mask: int | None
     optional: bool  # written in parentheses: ignored if the name does not resolve
+    mask_pos: Pos | None = None
+    addr_pos: Pos | None = None
+    slash_pos: Pos | None = None
 
 
 @dataclass(eq=False)

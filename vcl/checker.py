@@ -8,8 +8,10 @@ call graph from each built-in subroutine and reports what that subroutine may no
 
 from __future__ import annotations
 
+import ipaddress
+
 from vcl import ast, symbols, types
-from vcl.acl import resolve_acl_entry
+from vcl.acl import AclMaskError, resolve_acl_entry
 from vcl.errors import VCLError
 from vcl.exprcheck import IMPLICIT_IMPORTS, ExprChecker
 from vcl.program import CheckedProgram, SubInfo, Use
@@ -360,23 +362,41 @@ class Checker(ExprChecker, XrefChecker):
     def _acl_networks(self, acl: ast.Acl) -> list[tuple[bool, str]]:
         nets: list[tuple[bool, str]] = []
         pedantic = "-pedantic" not in acl.flags
+        seen: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, ast.AclEntry] = {}
         for entry in acl.entries:
+            addr, mask = entry.addr, entry.mask
+            if "/" in addr:
+                # The mask may be written inside the string ("10.0.0.0/8"), but only once.
+                addr, _, text = addr.partition("/")
+                if not text.isdigit():
+                    raise VCLError(".../mask is not numeric.", entry.addr_pos or entry.pos)
+                if mask is not None:
+                    raise VCLError("/mask only allowed once.", entry.slash_pos or entry.pos)
+                mask = int(text)
             try:
-                resolved = resolve_acl_entry(entry.addr, entry.mask)
+                resolved = resolve_acl_entry(addr, mask)
             except LookupError as exc:
                 if entry.optional:
                     continue
-                raise VCLError(str(exc), entry.pos) from None
-            except ValueError as exc:
-                raise VCLError(f"Bad ACL entry \"{entry.addr}\": {exc}", entry.pos) from None
-            if pedantic and entry.mask is not None:
-                import ipaddress
+                raise VCLError(str(exc), entry.addr_pos or entry.pos) from None
+            except AclMaskError as exc:
+                raise VCLError(str(exc), entry.mask_pos or entry.addr_pos or entry.pos) from None
+            if pedantic and mask is not None:
                 for net in resolved:
                     addr, _, prefix = net.partition("/")
                     if ipaddress.ip_network(net, strict=False).network_address != ipaddress.ip_address(addr):
                         fixed = ipaddress.ip_network(net, strict=False)
-                        raise VCLError(f"Non-zero bits in masked part, (maybe use {fixed} ?)", entry.pos)
-            nets.extend((entry.negated, n) for n in resolved)
+                        raise VCLError(f"Non-zero bits in masked part, (maybe use {fixed} ?)",
+                                       entry.addr_pos or entry.pos)
+            for net in resolved:
+                # VCC keeps one entry per network: the same network with the other sign is an error.
+                key = ipaddress.ip_network(net, strict=False)
+                prev = seen.get(key)
+                if prev is not None and prev.negated != entry.negated:
+                    raise VCLError("Conflicting ACL entries:", prev.addr_pos or prev.pos,
+                                   [("vs:", entry.addr_pos or entry.pos)])
+                seen.setdefault(key, entry)
+                nets.append((entry.negated, net))
         return nets
 
 

@@ -269,6 +269,10 @@ class ExprChecker:
             e.type = "INSTANCE"
             return e
         var = symbols.lookup(name, self.version, self.storages)
+        if var is None and fmt == "BACKEND" and "." not in name:
+            # VCC takes an unknown plain name where a BACKEND is wanted as a reference to a
+            # backend that was never defined.
+            raise VCLError(f"Undefined backend {name}, first reference:", e.pos)
         if var is None:
             head = name.split(".")[0]
             if head in self.vmods or head in IMPLICIT_IMPORTS:

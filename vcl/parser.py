@@ -113,19 +113,30 @@ class _ToAst(Transformer):
 
     def acl_flag(self, children):
         sign, name = children
+        # VCC reads "+log" as one token: a space after the sign is not a flag.
+        if name.start_pos != sign.end_pos:
+            raise VCLError("Expected a flag at:", self._p(sign))
+        if str(name) not in ACL_FLAGS:
+            raise VCLError("Unknown ACL flag:", self._p(name))
         return str(sign) + str(name)
 
     def acl_entry(self, children):
-        negate, addr, mask = children
-        optional = False
-        if isinstance(addr, tuple):
-            addr, optional = addr[0], True
+        negate, addr, slash, mask = children
+        return self._acl_entry(negate, None, addr, slash, mask, False)
+
+    def acl_optional(self, children):
+        outer, inner, addr, slash, mask = children
+        return self._acl_entry(outer, inner, addr, slash, mask, True)
+
+    def _acl_entry(self, outer, inner, addr, slash, mask, optional: bool) -> ast.AclEntry:
+        if outer is not None and inner is not None:
+            raise VCLError(f"Expected CSTR got {_describe(inner)}", self._p(inner))
+        negate = outer if outer is not None else inner
         first = negate if negate is not None else addr
         return ast.AclEntry(self._p(first), negate is not None, _unquote(str(addr)),
-                            int(mask) if mask is not None else None, optional)
-
-    def acl_paren(self, children):
-        return (children[0],)
+                            int(mask) if mask is not None else None, optional,
+                            self._p(mask) if mask is not None else None, self._p(addr),
+                            self._p(slash) if slash is not None else None)
 
     def sub(self, children):
         kw, name, body = children
@@ -318,6 +329,9 @@ class _ToAst(Transformer):
         return ast.Match(left.pos, str(op), left, right, self._p(op))
 
 
+ACL_FLAGS = ("log", "pedantic", "table")
+
+
 def _describe(tok: Token) -> str:
     if tok.type == "$END":
         return "end of file"
@@ -369,8 +383,12 @@ def parse(source: str, filename: str, *, cache: bool = False, start: str = "star
             msg = f"Expected ';' got {_describe(tok)}"
         elif {"STRING", "INT", "NAME"} <= set(exc.expected):
             msg = f"Expected an expression got {_describe(tok)}"
-        elif len(exc.expected) == 1:
-            msg = f"Expected {expected} got {_describe(tok)}"
+            if tok.type != "$END" and source[:tok.start_pos].rstrip().endswith("~"):
+                # VCC names the type it wanted; after a match operator that is always REGEX.
+                msg = f"Unknown token {_describe(tok)} when looking for REGEX"
+        elif len(set(exc.expected) - {"SLASH"}) == 1:
+            # An optional ACL /mask is not what VCC says it wanted.
+            msg = f"Expected {_expected(set(exc.expected) - {'SLASH'})} got {_describe(tok)}"
         else:
             msg = f"Syntax error: unexpected {_describe(tok)}"
             if expected and len(exc.expected) <= 6:
