@@ -137,3 +137,20 @@ def test_acl_network_notation_and_optional_entries():
     acl = vcl.acls["a"]
     assert acl.match(IP("10.1.2.100")) and not acl.match(IP("10.1.2.200"))
     assert acl.match(IP("10.9.200.1")) and acl.match(IP("1.2.3.5")) and not acl.match(IP("10.1.3.1"))
+
+
+@pytest.mark.parametrize("cond, message", [
+    ('storage.Transient.free_space > 4 "X"', "Expected BYTES unit (B, KB, MB...) got '\"X\"'"),
+    ("storage.Transient.free_space > 4 MS", "Unknown BYTES unit of measurement ([KMGTP][B]) 'MS'"),
+    ("req.ttl > 4 X", "Unknown duration unit 'X'\nLegal duration units are 'ms', 's', 'm', 'h', 'd', 'w' and 'y'"),
+])
+def test_a_spaced_unit_is_read_by_the_type_wanted(cond, message):
+    assert _error(f"sub vcl_recv {{ if ({cond}) {{ }} }}").message == message
+
+
+def test_bytes_units_in_any_case_with_a_space():
+    vcl = compile_("sub vcl_recv { set req.http.x = storage.Transient.used_space + 1 kb + 1 pb; }")
+    ctx = Context(method="vcl_recv", hash_parts=[])
+    ctx.req = HttpMessage("GET", "/", "HTTP/1.1", headers=Headers([["Host", "h"]]))
+    vcl.subs["vcl_recv"](ctx)   # no server: used_space reads as 0
+    assert ctx.req.headers.get("x") == str(1024 + 1024 ** 5)

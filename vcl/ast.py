@@ -66,6 +66,18 @@ class BytesLit(Expr):
 
 
 @dataclass(eq=False)
+class UnitLit(Expr):
+    """A number and a separate unit token (`4 KB`, `10 s`, `4 "X"`). VCC reads the unit as a BYTES
+    or a duration unit depending on the type it wants, so the checker decides (to a DurationLit or
+    BytesLit)."""
+
+    number: float
+    unit: str          # the unit token as written ('"X"' for a string in that place)
+    unit_pos: Pos
+    text: str
+
+
+@dataclass(eq=False)
 class Name(Expr):
     """A bare (possibly dotted) identifier: variable, backend, ACL, probe, bool, enum word."""
 

@@ -350,7 +350,7 @@ class Checker(ExprChecker, XrefChecker):
             raise VCLError(f"Expected a {ftype} value for .{attr.name}", attr.pos)
         if ftype == "STRING" and not isinstance(value, ast.StringLit):
             raise VCLError(f"Expected CSTR got '{_token_text(value)}'", value.pos)
-        literal = (ast.StringLit, ast.IntLit, ast.RealLit, ast.DurationLit, ast.BytesLit, ast.Neg)
+        literal = (ast.StringLit, ast.IntLit, ast.RealLit, ast.DurationLit, ast.BytesLit, ast.UnitLit, ast.Neg)
         if not isinstance(value, literal):
             raise VCLError(f"Expected a constant {ftype} for .{attr.name}", value.pos)
         saved, self.cur = self.cur, SubInfo("<decl>", [])

@@ -206,6 +206,8 @@ class ExprChecker:
                 return self._ip_const(e)
             e.type = "STRING"
             return e
+        if isinstance(e, ast.UnitLit):
+            return self.atom(self._unit(e, fmt), fmt)
         if isinstance(e, ast.IntLit):
             if fmt == "BYTES":
                 raise VCLError(f"Expected BYTES unit (B, KB, MB...) got '{e.text}'", e.pos)
@@ -233,6 +235,24 @@ class ExprChecker:
         if isinstance(e, (ast.Convert, ast.Concat)):
             return e
         raise VCLError(f"Unknown expression {type(e).__name__}", e.pos)  # pragma: no cover
+
+    def _unit(self, e: ast.UnitLit, fmt: str) -> ast.Expr:
+        """`4 KB` / `10 s`: as vcc_expr4, a BYTES unit (any case) where BYTES is wanted, else a
+        duration unit."""
+        if e.unit.startswith('"'):
+            if fmt == "BYTES":
+                raise VCLError(f"Expected BYTES unit (B, KB, MB...) got '{e.unit}'", e.unit_pos)
+            raise VCLError(f"Syntax error: unexpected '{e.unit}'", e.unit_pos)
+        if fmt == "BYTES":
+            scale = types.BYTES_UNITS.get(e.unit.upper())
+            if scale is None:
+                raise VCLError(f"Unknown BYTES unit of measurement ([KMGTP][B]) '{e.unit}'", e.unit_pos)
+            return ast.BytesLit(e.pos, e.number * scale, e.text)
+        seconds = types.DURATION_UNITS.get(e.unit)
+        if seconds is None:
+            raise VCLError(f"Unknown duration unit '{e.unit}'\nLegal duration units are 'ms', 's', 'm', 'h', "
+                           "'d', 'w' and 'y'", e.unit_pos)
+        return ast.DurationLit(e.pos, e.number * seconds, e.text)
 
     def _ip_const(self, e: ast.StringLit) -> ast.Expr:
         if e.value.startswith("/"):

@@ -11,10 +11,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from vcl import ast
 from vcl.errors import VCLError
-
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0,
-                   "y": 31536000.0}
-_BYTES_UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
+from vcl.types import BYTES_UNITS, DURATION_UNITS
 
 # How Lark's terminal names read in an error message.
 _TOKEN_WORDS = {
@@ -246,13 +243,13 @@ class _ToAst(Transformer):
         tok = children[0]
         text = str(tok)
         unit = text.lstrip("0123456789.")
-        return ast.DurationLit(self._p(tok), float(text[: -len(unit)]) * _DURATION_UNITS[unit], text)
+        return ast.DurationLit(self._p(tok), float(text[: -len(unit)]) * DURATION_UNITS[unit], text)
 
     def bytes_(self, children):
         tok = children[0]
         text = str(tok)
         unit = text.lstrip("0123456789.")
-        return ast.BytesLit(self._p(tok), float(text[: -len(unit)]) * _BYTES_UNITS[unit], text)
+        return ast.BytesLit(self._p(tok), float(text[: -len(unit)]) * BYTES_UNITS[unit], text)
 
     def name(self, children):
         tok = children[0]
@@ -274,13 +271,7 @@ class _ToAst(Transformer):
     def spaced_unit(self, children):
         """`10 s`: VCC takes a number and its unit as two tokens, so a space between them is fine."""
         number, unit = children
-        text = f"{number}{unit}"
-        if str(unit) in _DURATION_UNITS:
-            return ast.DurationLit(self._p(number), float(number) * _DURATION_UNITS[str(unit)], text)
-        if str(unit) in _BYTES_UNITS:
-            return ast.BytesLit(self._p(number), float(number) * _BYTES_UNITS[str(unit)], text)
-        raise VCLError(f"Unknown duration unit '{unit}'\nLegal duration units are 'ms', 's', 'm', 'h', 'd', "
-                       "'w' and 'y'", self._p(unit))
+        return ast.UnitLit(self._p(number), float(number), str(unit), self._p(unit), f"{number}{unit}")
 
     def method(self, children):
         """`(expression).lower()`: a method on the value of any expression."""

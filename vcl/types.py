@@ -60,5 +60,9 @@ TO_BOOL: dict[str, str] = {
     "STRING": "({x} is not None)",
 }
 
+# Literal units: seconds per duration unit, bytes per BYTES unit.
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
+BYTES_UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4, "PB": 1024 ** 5}
+
 # Vmod parameter types accepted as STRING-ish (all string forms).
 STRING_FORMS = frozenset({"STRING", "STRANDS", "STRING_LIST"})
