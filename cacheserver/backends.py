@@ -23,11 +23,14 @@ if TYPE_CHECKING:
 class LiveBackend:
     """What the server knows about one backend while it runs."""
 
-    __slots__ = ("admin", "probe_healthy", "changed", "conns", "req", "fail", "unhealthy", "busy")
+    __slots__ = ("admin", "probe_healthy", "probe_good", "probe_log", "changed", "conns", "req", "fail",
+                 "unhealthy", "busy")
 
     def __init__(self) -> None:
         self.admin = "auto"            # auto | healthy | sick (backend.set_health)
         self.probe_healthy = True      # what the last probe said; True without a probe
+        self.probe_good = None         # good polls in the probe window (None: not probed)
+        self.probe_log: list[bool] = []  # the latest poll results, oldest first (backend.list -p)
         self.changed = time.time()
         self.conns = 0                 # connections in use now (for .max_connections)
         self.req = 0

@@ -14,6 +14,7 @@ import aiohttp
 from cacheserver.backends import make_session
 from cacheserver.counters import Counters
 from cacheserver.params import Params
+from cacheserver.probes import Probes
 from cacheserver.programs import ProgramManager, default_search_dirs
 from cacheserver.protocol import ClientProtocol
 from cacheserver.storage import Storage
@@ -74,6 +75,7 @@ class Server:
         self.http_session: aiohttp.ClientSession | None = None
         self.started_at = time.time()
         self._xid = 0
+        self.probes = Probes()         # backend health polls, per loaded VCL
         self.readonly_params: set[str] = set()       # -r: param.set refuses these
 
     # -- transaction ids --------------------------------------------------------------------------
@@ -122,6 +124,8 @@ class Server:
         compiled.name = name
         self._name_instances(compiled)
         self.vcls[name] = compiled
+        if self.running:
+            self.probes.start(name, compiled)
         self.vcl_files[name] = filename
         self.counters.n_vcl += 1
         self.counters.n_vcl_avail += 1
@@ -155,6 +159,7 @@ class Server:
         if name == self.active_name:
             raise ValueError("Cannot discard active VCL program")
         compiled = self.vcls.pop(name)
+        self.probes.stop(name)
         compiled.fini(Context(method="vcl_fini", vcl=compiled, server=self))
         self.counters.n_vcl -= 1
         self.counters.n_vcl_avail -= 1
@@ -200,6 +205,8 @@ class Server:
             self.bind()
         if self.http_session is None:
             self.http_session = make_session(self)
+        for vcl_name, compiled in self.vcls.items():
+            self.probes.start(vcl_name, compiled)
         loop = asyncio.get_running_loop()
         for sock in self._sockets:
             # A dup, so that stop() can close the listener and start() reuse the same port.
@@ -220,6 +227,7 @@ class Server:
 
     async def close(self) -> None:
         await self.stop()
+        self.probes.stop_all()
         for sock in self._sockets:
             sock.close()
         self._sockets = []

@@ -352,3 +352,38 @@ sub vcl_backend_response { if (bereq.url == "/resp") { set beresp.http.connectio
     cache.get("/keep")
     assert backend.connections == 3
     assert cache.cli.counters()["VBE.boot.default.conn"] == 0
+
+
+def test_probes_mark_a_backend_sick_and_healthy_again(tmp_path):
+    state = {"up": True}
+    vcl = """vcl 4.1;
+backend default {
+    .host = "127.0.0.1"; .port = "PORT";
+    .probe = { .url = "/probe"; .interval = 0.1s; .timeout = 0.5s; .window = 3; .threshold = 2; }
+}
+sub vcl_recv { return (pass); }
+"""
+
+    def respond(req):
+        if req.url == "/probe":
+            return Resp(status=200 if state["up"] else 500)
+        return Resp(body=b"served")
+
+    from test_cache_support import Cache
+
+    backend = Backend(respond)
+    cache = Cache(tmp_path, vcl.replace("PORT", str(backend.port)), None)
+    try:
+        time.sleep(0.5)
+        assert cache.get("/")[2] == b"served"
+        state["up"] = False
+        time.sleep(0.6)
+        assert cache.get("/")[0] == 503
+        assert "sick" in cache.cli.cmd("backend.list")[1]
+        state["up"] = True
+        time.sleep(0.6)
+        assert cache.get("/")[2] == b"served"
+        assert any(r.url == "/probe" for r in backend.requests)
+    finally:
+        cache.stop()
+        backend.close()

@@ -1,0 +1,109 @@
+"""Backend health probes: one task per probed backend, reporting through backends.set_probe_health.
+
+Each poll opens a connection, sends `.request` (or a GET of `.url`), and counts as good when a status
+line with `.expected_response` arrives within `.timeout`. The backend is healthy while at least
+`.threshold` of the last `.window` polls were good; `.initial` good polls are assumed at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from cacheserver.backends import live, set_probe_health
+from vcl.runtime import BackendSpec
+
+log = logging.getLogger("cacheserver.probes")
+
+
+def _request(spec: BackendSpec, probe) -> bytes:
+    if probe.request:
+        return ("\r\n".join(probe.request) + "\r\n\r\n").encode("latin-1", "replace")
+    host = spec.host_header or spec.host
+    return f"GET {probe.url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode("latin-1", "replace")
+
+
+async def poll(spec: BackendSpec, probe) -> bool:
+    """One probe: True when the backend answered with the expected status in time."""
+    writer = None
+    try:
+        async with asyncio.timeout(probe.timeout):
+            reader, writer = await asyncio.open_connection(spec.host, int(spec.port))
+            writer.write(_request(spec, probe))
+            await writer.drain()
+            line = await reader.readline()
+            parts = line.split()
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or parts[1] != b"%d" % probe.expected_response:
+                return False
+            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                pass                       # the whole head must arrive in time too
+            return True
+    except (OSError, TimeoutError, ValueError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+class Prober:
+    def __init__(self, spec: BackendSpec, probe) -> None:
+        self.spec = spec
+        self.probe = probe
+        initial = probe.initial if probe.initial is not None else max(probe.threshold - 1, 0)
+        self.window: deque[bool] = deque([True] * min(initial, probe.window), maxlen=max(probe.window, 1))
+        self.task: asyncio.Task | None = None
+        self._report()
+
+    def _report(self) -> None:
+        good = sum(self.window)
+        state = live(self.spec)
+        state.probe_good = good
+        set_probe_health(self.spec, good >= self.probe.threshold)
+
+    async def run(self) -> None:
+        state = live(self.spec)
+        while True:
+            good = await poll(self.spec, self.probe)
+            self.window.append(good)
+            state.probe_log = (state.probe_log + [good])[-64:]
+            self._report()
+            await asyncio.sleep(self.probe.interval)
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+
+class Probes:
+    """The probers of every loaded VCL, by VCL name."""
+
+    def __init__(self) -> None:
+        self.by_vcl: dict[str, list[Prober]] = {}
+
+    def start(self, name: str, vcl) -> None:
+        """Probe the backends of `vcl` (those with .probe, or all of them under `probe default`)."""
+        if name in self.by_vcl:
+            return
+        default = (getattr(vcl, "probes", None) or {}).get("default")
+        probers = []
+        for spec in (getattr(vcl, "backends", None) or {}).values():
+            probe = spec.probe if spec.probe is not None else default
+            if spec.host is None or probe is None:
+                continue
+            prober = Prober(spec, probe)
+            prober.start()
+            probers.append(prober)
+        self.by_vcl[name] = probers
+
+    def stop(self, name: str) -> None:
+        for prober in self.by_vcl.pop(name, []):
+            prober.stop()
+
+    def stop_all(self) -> None:
+        for name in list(self.by_vcl):
+            self.stop(name)
