@@ -154,3 +154,30 @@ def test_bytes_units_in_any_case_with_a_space():
     ctx.req = HttpMessage("GET", "/", "HTTP/1.1", headers=Headers([["Host", "h"]]))
     vcl.subs["vcl_recv"](ctx)   # no server: used_space reads as 0
     assert ctx.req.headers.get("x") == str(1024 + 1024 ** 5)
+
+
+def test_quoted_header_names():
+    vcl = compile_('sub vcl_recv { return (synth(200)); }\nsub vcl_synth {\n set resp.http."123" = "456";\n'
+                   ' set resp.http.{"!!!"} = resp.http."123";\n set resp.http."""resp.http.foo""" = "bar";\n'
+                   ' set resp.http.bar = resp.http."resp.http.foo".upper();\n std.collect(resp.http."x.y");\n}')
+    ctx = Context(method="vcl_synth", hash_parts=[])
+    ctx.resp = HttpMessage(status=200, reason="OK", headers=Headers([["x.y", "a"], ["x.y", "b"]]))
+    vcl.subs["vcl_synth"](ctx)
+    got = [ctx.resp.headers.get(n) for n in ("123", "!!!", "resp.http.foo", "bar", "x.y")]
+    assert got == ["456", "456", "bar", "BAR", "a, b"]
+
+
+@pytest.mark.parametrize("header, message", [
+    ('{"line\nbreak"}', "Invalid character '\\n' in header name."),
+    ('"a b"', "Invalid character ' ' in header name."),
+    ('"\u00e9"', "Invalid character '\\303' in header name."),
+])
+def test_bad_quoted_header_names(header, message):
+    assert _error(f'sub vcl_recv {{ set req.http.{header} = "x"; }}').message == message
+
+
+def test_quoted_header_names_need_vcl_4_1():
+    with pytest.raises(VCLError, match="Quoted headers are available for VCL >= 4.1"):
+        compile_vcl('vcl 4.0;\nbackend be none;\nsub vcl_recv { set req.http."q" = "x"; }', "t.vcl")
+    with pytest.raises(VCLError, match="Expected '=' got '.'"):
+        compile_('sub vcl_recv { set req."http".wrong-quote = "x"; }')

@@ -229,7 +229,10 @@ class Checker(ExprChecker, XrefChecker):
             raise VCLError(f"Unknown statement {type(stmt).__name__}", stmt.pos)
 
     def _variable(self, name: str, pos: ast.Pos) -> symbols.Variable:
-        var = symbols.lookup(name, self.version, self.storages)
+        try:
+            var = symbols.lookup(name, self.version, self.storages)
+        except symbols.BadHeaderName as exc:
+            raise VCLError(str(exc), pos) from None
         if var is None:
             raise VCLError(f"Symbol not found: '{name}'", pos)
         return var

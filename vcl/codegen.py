@@ -488,9 +488,9 @@ class CodeGen:
                 out.append(repr(param.default))
             elif param.type == "HEADER":
                 var = value.ref[1]
-                scope = var.name.split(".http.")[0]
+                scope = var.name.split(".http.", 1)[0]
                 msg = symbols.HEADER_SCOPES[scope][0]
-                out.append(f"HeaderRef({msg}, {var.name.split('.http.')[1]!r})")
+                out.append(f"HeaderRef({msg}, {var.name.split('.http.', 1)[1]!r})")
             elif param.type in types.STRING_FORMS:
                 out.append(self.str_expr(value) if param.type != "STRING" else self.expr(value))
             else:

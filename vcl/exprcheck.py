@@ -288,7 +288,10 @@ class ExprChecker:
             e.ref = ("instance", key)
             e.type = "INSTANCE"
             return e
-        var = symbols.lookup(name, self.version, self.storages)
+        try:
+            var = symbols.lookup(name, self.version, self.storages)
+        except symbols.BadHeaderName as exc:
+            raise VCLError(str(exc), e.pos) from None
         if var is None and fmt == "BACKEND" and "." not in name:
             # VCC takes an unknown plain name where a BACKEND is wanted as a reference to a
             # backend that was never defined.

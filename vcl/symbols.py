@@ -305,6 +305,19 @@ STORAGE_FIELDS = {"free_space": "BYTES", "used_space": "BYTES", "happy": "BOOL"}
 STORAGE_NAMES = ("s0", "Transient")
 
 
+def _header(scope: str, header: str) -> Variable | None:
+    """SCOPE.http.HEADER; None for an unknown scope."""
+    scope = scope.lower()
+    if scope not in HEADER_SCOPES:
+        return None
+    msg, read, write, unset = HEADER_SCOPES[scope]
+    lname = header.lower()
+    return Variable(f"{scope}.http.{header}", "HEADER", read, write, unset,
+                    get=f"{msg}.headers.get({lname!r})",
+                    set=f"{msg}.headers.set({header!r}, {{v}})",
+                    unset_code=f"{msg}.headers.unset({lname!r})", header=True)
+
+
 def lookup(name: str, version: float = 4.1, storages: tuple[str, ...] = STORAGE_NAMES) -> Variable | None:
     """The variable `name`, header variables included; None if unknown.
     `storages` are the stevedore names that make storage.NAME symbols.
@@ -312,18 +325,13 @@ def lookup(name: str, version: float = 4.1, storages: tuple[str, ...] = STORAGE_
     Like VCC, names match case-insensitively (REQ.URL is req.url); a header name keeps its
     spelling, since `set` sends it on the wire that way.
     """
+    if name.endswith(('"', '"}')):
+        return _quoted_header(name, version)
     parts = name.split(".")
     if len(parts) >= 3 and parts[1].lower() == "http":
-        scope = parts[0].lower()
-        if len(parts) != 3 or scope not in HEADER_SCOPES:
+        if len(parts) != 3:
             return None
-        header = parts[2]
-        msg, read, write, unset = HEADER_SCOPES[scope]
-        lname = header.lower()
-        return Variable(f"{scope}.http.{header}", "HEADER", read, write, unset,
-                        get=f"{msg}.headers.get({lname!r})",
-                        set=f"{msg}.headers.set({header!r}, {{v}})",
-                        unset_code=f"{msg}.headers.unset({lname!r})", header=True)
+        return _header(parts[0], parts[2])
     key = name.lower()
     if key in _VERSIONED:
         for var in _VERSIONED[key]:
@@ -349,6 +357,36 @@ def lookup(name: str, version: float = 4.1, storages: tuple[str, ...] = STORAGE_
                             frozenset(), frozenset(), get=f"rt.storage_var(ctx, {stevedore!r}, {field!r})",
                             set=None)
     return None
+
+
+class BadHeaderName(ValueError):
+    """A quoted header name that VCC refuses; str() is VCC's message."""
+
+
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _quoted_header(name: str, version: float) -> Variable | None:
+    """SCOPE.http."NAME" (also {"NAME"} and the triple-quoted form): any header name, checked as
+    VCC does; raises BadHeaderName."""
+    scope, _, quoted = name.partition(".")
+    quoted = quoted[5:]    # after "http."
+    if version < 4.1:
+        raise BadHeaderName("Quoted headers are available for VCL >= 4.1")
+    if quoted.startswith('"""'):
+        header = quoted[3:-3]
+    elif quoted.startswith('{"'):
+        header = quoted[2:-2]
+    else:
+        header = quoted[1:-1]
+    if not header:
+        return None
+    for ch in header:
+        if ch not in _TCHAR:
+            shown = f"\\{ch.encode()[0]:03o}" if ord(ch) > 126 else _ESCAPES.get(ch, ch)
+            raise BadHeaderName(f"Invalid character '{shown}' in header name.")
+    return _header(scope, header)
 
 
 def is_variable_prefix(name: str) -> bool:
