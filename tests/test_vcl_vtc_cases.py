@@ -181,3 +181,14 @@ def test_quoted_header_names_need_vcl_4_1():
         compile_vcl('vcl 4.0;\nbackend be none;\nsub vcl_recv { set req.http."q" = "x"; }', "t.vcl")
     with pytest.raises(VCLError, match="Expected '=' got '.'"):
         compile_('sub vcl_recv { set req."http".wrong-quote = "x"; }')
+
+
+def test_nested_block_comment_is_an_error():
+    with pytest.raises(VCLError) as info:
+        compile_vcl('vcl 4.1;\nbackend be none;\n/* foo\n   /* bar\n*/\nsub vcl_recv { set req.http.x = "/* a */"; }',
+                    "t.vcl")
+    err = info.value
+    assert (err.message, err.line, err.col) == ("/* ... */ comment contains /*", 3, 1)
+    assert err.notes[0][1].line == 4 and err.notes[0][1].col == 4
+    # "/*" inside a string or a // comment is fine.
+    compile_('// a /* b\nsub vcl_recv { set req.http.x = "/* a /* b */"; }')

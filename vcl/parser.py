@@ -26,7 +26,24 @@ def _lark() -> Lark:
     grammar = (Path(__file__).with_name("grammar.lark")).read_text()
     # The grammar is built once per process; every load reuses the LALR tables.
     return Lark(grammar, parser="lalr", lexer="contextual", maybe_placeholders=True,
-                start=["start", "stmts"])
+                start=["start", "stmts"], lexer_callbacks={"COMMENT": _check_comment})
+
+
+class _NestedComment(Exception):
+    """A /* comment holding another /* (VCC refuses it); carries the two tokens' positions."""
+
+    def __init__(self, tok: Token, inner: int) -> None:
+        super().__init__(tok)
+        self.tok = tok
+        self.inner = inner
+
+
+def _check_comment(tok: Token) -> Token:
+    if tok.startswith("/*"):
+        inner = tok.find("/*", 2)
+        if inner >= 0:
+            raise _NestedComment(tok, inner)
+    return tok
 
 
 def _tok_pos(tok: Token, file: str) -> ast.Pos:
@@ -359,6 +376,12 @@ def parse(source: str, filename: str, *, cache: bool = False, start: str = "star
     """
     try:
         tree = _cached_tree(source) if cache else _lark().parse(source, start=start)
+    except _NestedComment as exc:
+        before = exc.tok.value[:exc.inner]
+        line = exc.tok.line + before.count("\n")
+        col = len(before) - before.rfind("\n") if "\n" in before else exc.tok.column + exc.inner
+        raise VCLError("/* ... */ comment contains /*", _tok_pos(exc.tok, filename),
+                       [("here:", ast.Pos(filename, line, col, 2))]) from None
     except UnexpectedToken as exc:
         tok = exc.token
         if tok.type == "$END":
