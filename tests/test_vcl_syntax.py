@@ -167,7 +167,7 @@ def test_python_global_flags_at_start_are_kept():
     ("abcb", "b", "x", True, "axcx"),
     ("abcb", "b", "x", False, "axcb"),
     ("abc", "(x)?b", "<\\1>", False, "a<>c"),
-    ("abc", "b", "\\&\\&", False, "abbc"),
+    ("abc", "b", "\\&\\&", False, "a&&c"),   # \& is a literal "&" (VRT_regsub)
     ("abc", "b", "\\\\", False, "a\\c"),
     ("a.b", "\\.", "\\9", False, "ab"),
     (None, "^", "x", False, "x"),

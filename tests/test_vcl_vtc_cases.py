@@ -192,3 +192,16 @@ def test_nested_block_comment_is_an_error():
     assert err.notes[0][1].line == 4 and err.notes[0][1].col == 4
     # "/*" inside a string or a // comment is fine.
     compile_('// a /* b\nsub vcl_recv { set req.http.x = "/* a /* b */"; }')
+
+
+@pytest.mark.parametrize("sub, expected", [
+    ("\\0\\0", "_bararf_"),               # on "ar"
+    ("\\4\\3\\2p", "_frap_"),
+    ("\\4\\\\\\3\\2p", "_f\\rap_"),       # \\ is one backslash
+    ("\\4\\&\\3\\2p", "_f&rap_"),         # \& is a literal &
+    ("\\4\\&\\3\\2p\\", "_f&rap\\_"),     # a trailing backslash stays
+])
+def test_regsub_replacement_like_vrt_regsub(sub, expected):
+    from vcl.regex import Regex, regsub
+    pattern = "ar" if sub == "\\0\\0" else "(b)(a)(r)(f)"
+    assert regsub(Regex(pattern), "_barf_", sub, False) == expected

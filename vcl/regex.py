@@ -152,7 +152,9 @@ def check_regex(source: str) -> str | None:
     return None
 
 
-_SUB_TOKEN = re.compile(r"\\([0-9&\\])")
+# As VRT_regsub: a backslash before a digit is a group reference; before anything else it escapes
+# that character (so \& is a literal "&"); a backslash at the very end stays.
+_SUB_TOKEN = re.compile(r"\\(.)", re.S)
 
 
 @lru_cache(maxsize=256)
@@ -164,10 +166,7 @@ def _sub_template(sub: str):
         if m.start() > pos:
             parts.append(sub[pos:m.start()])
         g = m.group(1)
-        if g == "\\":
-            parts.append("\\")
-        else:
-            parts.append(0 if g == "&" else int(g))
+        parts.append(int(g) if g in "0123456789" else g)
         pos = m.end()
     if pos < len(sub):
         parts.append(sub[pos:])
@@ -193,7 +192,7 @@ def _python_template(sub: str, groups: int) -> str:
 
 
 def regsub(regex: Regex, subject: str | None, sub: str | None, all_: bool) -> str:
-    """regsub()/regsuball(): \\0 or \\& is the match, \\1..\\9 the groups (unmatched groups: "")."""
+    """regsub()/regsuball(): \\0 is the match, \\1..\\9 the groups (unmatched groups: "")."""
     compiled = regex.compiled
     template = _python_template(sub if sub is not None else "", compiled.groups)
     return compiled.sub(template, subject if subject is not None else "", count=0 if all_ else 1)
