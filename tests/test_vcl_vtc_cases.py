@@ -6,6 +6,7 @@ import pytest
 
 from vcl.compiler import compile_vcl
 from vcl.errors import VCLError
+from vcl.regex import Regex, regsub
 from vcl.runtime import IP, Context, Headers, HttpMessage
 
 HEAD = "vcl 4.1;\nimport std;\nbackend default none;\n"
@@ -202,6 +203,20 @@ def test_nested_block_comment_is_an_error():
     ("\\4\\&\\3\\2p\\", "_f&rap\\_"),     # a trailing backslash stays
 ])
 def test_regsub_replacement_like_vrt_regsub(sub, expected):
-    from vcl.regex import Regex, regsub
     pattern = "ar" if sub == "\\0\\0" else "(b)(a)(r)(f)"
     assert regsub(Regex(pattern), "_barf_", sub, False) == expected
+
+
+@pytest.mark.parametrize("stmt, body", [
+    ("synthetic(resp.http.blank);", "(null)"),
+    ('synthetic("a" + resp.http.blank);', "a(null)"),
+    ("synthetic(resp.http.blank); synthetic(resp.http.blank);", "(null)(null)"),
+    ("set resp.body = resp.http.blank;", ""),
+    ('set resp.body = "x"; set resp.body += resp.http.blank;', "x"),
+])
+def test_synthetic_prints_unset_strings_as_null(stmt, body):
+    vcl = compile_(f"sub vcl_synth {{ {stmt} return (deliver); }}")
+    ctx = Context(method="vcl_synth", hash_parts=[], synth_body=[])
+    ctx.resp = HttpMessage(status=200, reason="OK", headers=Headers([]))
+    vcl.subs["vcl_synth"](ctx)
+    assert "".join(ctx.synth_body) == body

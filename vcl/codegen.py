@@ -297,7 +297,10 @@ class CodeGen:
                 out.extend(self._block(s.else_body, depth + 1) or [ind + "    pass"])
             return out
         if isinstance(s, ast.Synthetic):
-            return [f"{ind}rt.body_add(ctx, {self.str_expr(s.value)})"]
+            # synthetic() prints each unset part as "(null)" (VRT_synth_page's printf), unlike resp.body.
+            parts = s.value.parts if isinstance(s.value, ast.Concat) else [s.value]
+            text = " + ".join(self.expr(p) if _never_none(p) else f"rt.s_null({self.expr(p)})" for p in parts)
+            return [f"{ind}rt.body_add(ctx, {text})"]
         if isinstance(s, ast.HashData):
             return [f"{ind}rt.hash_data(ctx, {self.expr(s.value)})"]
         if isinstance(s, ast.Ban):

@@ -69,6 +69,11 @@ def s_stevedore(value: str | None) -> str:
     return "" if value is None else f"storage.{value}"
 
 
+def s_null(value: str | None) -> str:
+    """An unset STRING printed by C's printf: "(null)"."""
+    return "(null)" if value is None else value
+
+
 def named(obj: object, name: str) -> object:
     """A `new NAME = ...` object learns its VCL name as obj.vcl_name (unless it set one itself):
     a director prints as its name, like any backend."""
