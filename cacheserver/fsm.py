@@ -41,6 +41,15 @@ _VIA = "1.1 varnish (Varnish/7.1)"
 _BIG = 65536
 
 
+def _wait_states(vcl) -> frozenset[str]:
+    """The states that must run asynchronously with this VCL, worked out once per VCL."""
+    states = vcl.__dict__.get("wait_states")
+    if states is None:
+        states = vcl.wait_states = frozenset(_ALWAYS_ASYNC | {
+            state for state, subs in _STATE_SUBS.items() if any(sub in vcl.async_subs for sub in subs)})
+    return states
+
+
 class ClientRequest:
     """One client request on its way from vcl_recv to the wire."""
 
@@ -81,13 +90,7 @@ class ClientRequest:
     # -- drivers ----------------------------------------------------------------------------------
 
     def _must_wait(self, state: str) -> bool:
-        if state in _ALWAYS_ASYNC:
-            return True
-        subs = _STATE_SUBS.get(state)
-        if subs is None:
-            return False
-        async_subs = self.vcl.async_subs
-        return any(sub in async_subs for sub in subs)
+        return state in _wait_states(self.vcl)
 
     def run_sync(self) -> bool:
         """Run states until done (True) or until one must wait (False: call run_async)."""

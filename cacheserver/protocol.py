@@ -244,8 +244,8 @@ class ClientProtocol(asyncio.Protocol):
             raise RequestTooLarge("header too long")
         if len(self._fields) >= params.http_max_hdr:
             raise RequestTooLarge("too many headers")
-        field = text(name)
-        self._fields.append([field, text(value), field.lower()])
+        field = name.decode("utf-8", "surrogateescape")     # http1.text(), inlined: per header
+        self._fields.append([field, value.decode("utf-8", "surrogateescape"), field.lower()])
 
     def on_headers_complete(self) -> None:
         parser = self.parser
