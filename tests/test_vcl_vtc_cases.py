@@ -220,3 +220,11 @@ def test_synthetic_prints_unset_strings_as_null(stmt, body):
     ctx.resp = HttpMessage(status=200, reason="OK", headers=Headers([]))
     vcl.subs["vcl_synth"](ctx)
     assert "".join(ctx.synth_body) == body
+
+
+def test_backend_host_header_defaults_to_the_host_string():
+    vcl = compile_vcl('vcl 4.1;\nbackend b { .host = "127.0.0.1"; .port = "8080"; }\n'
+                      'backend c { .host = "localhost:81"; }\nbackend d { .host = "h"; .host_header = "x"; }\n'
+                      "sub vcl_recv { set req.backend_hint = c; set req.backend_hint = d; }", "t.vcl")
+    assert [vcl.backends[n].host_header for n in "bcd"] == ["127.0.0.1", "localhost:81", "x"]
+    assert (vcl.backends["c"].host, vcl.backends["c"].port) == ("localhost", "81")

@@ -201,6 +201,9 @@ class CodeGen:
                 value = repr(host)
                 if port and not any(a.name == "port" for a in b.attrs):
                     args.append(f"port={port!r}")
+                if not any(a.name == "host_header" for a in b.attrs):
+                    # VCC: without .host_header, a bereq lacking Host gets the .host string.
+                    args.append(f"host_header={attr.value.value!r}")
             args.append(f"{attr.name}={value}")
         return "BackendSpec(" + ", ".join(args) + ")"
 

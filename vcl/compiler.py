@@ -38,6 +38,8 @@ class CompiledVCL:
     python_source: str
     warnings: list[str] = field(default_factory=list)
     uses: set[str] = field(default_factory=set)       # imported vmods
+    # subroutines the user's VCL defines (any others run the built-in code alone)
+    user_subs: set[str] = field(default_factory=set)
     name: str = ""                                    # the server's name for this load
     version: float = 4.1                              # the VCL syntax version (vcl 4.0; / 4.1;)
     _namespace: dict = field(default_factory=dict, repr=False)
@@ -126,5 +128,6 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
         warnings=list(prog.warnings),
         uses=set(prog.vmods),
         version=prog.version,
+        user_subs={item.name for item in items if isinstance(item, ast.Sub)},
         _namespace=namespace,
     )
