@@ -52,7 +52,7 @@ CASES = {
     "bool_and": (H + "sub vcl_recv {\n\tif (1.5 && true) {}\n}\n", 5, 6,
                  "'&&' must be preceeded by BOOL, found REAL."),
     "not_real": (H + "sub vcl_recv {\n\tif (!1.5) {}\n}\n", 5, 6, "'!' must be followed by BOOL, found REAL."),
-    "double_not": (H + "sub vcl_recv {\n\tif (!!true) {}\n}\n", 5, 7, "Expected an expression got '!'"),
+    "double_not": (H + "sub vcl_recv {\n\tif (!!true) {}\n}\n", 5, 7, "Unknown token '!' when looking for BOOL"),
     "regex_bad": (H + 'sub vcl_recv {\n\tif (req.url ~ "(") {}\n}\n', 5, 16, "Regexp compilation error:"),
     "regex_not_literal": (H + "sub vcl_recv {\n\tif (req.url ~ req.url) {}\n}\n", 5, 16,
                           "Expression has type STRING, expected REGEX"),

@@ -228,3 +228,18 @@ def test_backend_host_header_defaults_to_the_host_string():
                       "sub vcl_recv { set req.backend_hint = c; set req.backend_hint = d; }", "t.vcl")
     assert [vcl.backends[n].host_header for n in "bcd"] == ["127.0.0.1", "localhost:81", "x"]
     assert (vcl.backends["c"].host, vcl.backends["c"].port) == ("localhost", "81")
+
+
+@pytest.mark.parametrize("stmt, message, col", [
+    ("std.log(;);", "Unknown token ';' when looking for STRING", 10),
+    ("return (synth(;));", "Unknown token ';' when looking for INT", 16),
+    ("if (req.url && ;) {}", "Unknown token ';' when looking for BOOL", 17),
+    ('set req.http.x = "a" + !;', "Unknown token '!' when looking for STRING", 25),
+    ("set req.ttl += ;", "Unknown token ';' when looking for DURATION", 17),
+    ('set req.http.x = "a" + (1 + );', "Unknown token ')' when looking for INT", 30),
+    ("if (req.url == ;) {}", "Unknown token ';' when looking for STRING", 17),
+    ("if (!!true) {}", "Unknown token '!' when looking for BOOL", 7),
+])
+def test_a_missing_expression_names_the_type_vcc_wanted(stmt, message, col):
+    err = _error(f"sub vcl_recv {{\n {stmt}\n}}")
+    assert (err.message, err.line, err.col) == (message, 5, col)

@@ -66,6 +66,14 @@ class BytesLit(Expr):
 
 
 @dataclass(eq=False)
+class BadToken(Expr):
+    """Where the parser wanted an expression and found `text` (a token description). VCC reports
+    it with the type it was looking for, which only the checker knows."""
+
+    text: str
+
+
+@dataclass(eq=False)
 class UnitLit(Expr):
     """A number and a separate unit token (`4 KB`, `10 s`, `4 "X"`). VCC reads the unit as a BYTES
     or a duration unit depending on the type it wants, so the checker decides (to a DurationLit or

@@ -11,6 +11,7 @@ import keyword
 import re
 
 from vcl import ast, symbols, types
+from vcl.errors import VCLError
 from vcl.program import CheckedProgram, SubInfo
 
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
@@ -383,6 +384,8 @@ class CodeGen:
             return repr(e.value)
         if isinstance(e, ast.Name):
             return self._name(e)
+        if isinstance(e, ast.BadToken):  # a place the checker took no expression from
+            raise VCLError(f"Expected an expression got {e.text}", e.pos)
         if isinstance(e, ast.Call):
             return self._call(e)
         if isinstance(e, ast.Neg):

@@ -208,6 +208,8 @@ class ExprChecker:
             return e
         if isinstance(e, ast.UnitLit):
             return self.atom(self._unit(e, fmt), fmt)
+        if isinstance(e, ast.BadToken):
+            raise VCLError(f"Unknown token {e.text} when looking for {fmt}", e.pos)
         if isinstance(e, ast.IntLit):
             if fmt == "BYTES":
                 raise VCLError(f"Expected BYTES unit (B, KB, MB...) got '{e.text}'", e.pos)

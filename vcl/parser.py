@@ -68,9 +68,10 @@ class _ToAst(Transformer):
     """Lark tree -> vcl.ast nodes. A statement's position is its keyword's (keywords are named
     terminals, so they stay in the tree; no per-node position tracking is needed)."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, bad: ast.BadToken | None = None) -> None:
         super().__init__()
         self.file = file
+        self.bad = bad     # what _BAD_TOKEN stands for in a recovered parse
 
     def _p(self, tok: Token) -> ast.Pos:
         return _tok_pos(tok, self.file)
@@ -273,6 +274,8 @@ class _ToAst(Transformer):
         text = str(tok)
         if text.lower() in ("true", "false", "default"):
             text = text.lower()   # symbols, which VCC matches case-insensitively
+        if text == _BAD_TOKEN and self.bad is not None:
+            return self.bad
         return ast.Name(self._p(tok), text)
 
     def call(self, children):
@@ -368,6 +371,26 @@ def _cached_tree(source: str) -> Tree:
     return _lark().parse(source, start="start")
 
 
+_BAD_TOKEN = "vcl__bad_token__"
+
+
+def _parse_with_bad_token(source: str, filename: str, start: str, tok: Token) -> ast.Program | None:
+    """Parse again with a placeholder expression before (or instead of) the unexpected token, so
+    the checker can report it as VCC does: "Unknown token ';' when looking for STRING".
+    None when that does not parse either (the plain syntax error stands)."""
+    before, after = source[:tok.start_pos], source[tok.start_pos:]
+    bad = ast.BadToken(_tok_pos(tok, filename), _describe(tok))
+    rest = after[len(tok.value):]
+    # Before the token, instead of it, or instead of it and joined to what follows (`!!true`).
+    for fixed in (f"{before}{_BAD_TOKEN} {after}", f"{before}{_BAD_TOKEN} {rest}", f"{before}{_BAD_TOKEN} + {rest}"):
+        try:
+            tree = _lark().parse(fixed, start=start)
+            return _ToAst(filename, bad).transform(tree)
+        except (UnexpectedInput, _NestedComment, VisitError):
+            continue
+    return None
+
+
 def parse(source: str, filename: str, *, cache: bool = False, start: str = "start") -> ast.Program:
     """Parse one VCL file (includes are not followed here); VCLError on a syntax error.
 
@@ -400,6 +423,10 @@ def parse(source: str, filename: str, *, cache: bool = False, start: str = "star
             if tok.type != "$END" and source[:tok.start_pos].rstrip().endswith("~"):
                 # VCC names the type it wanted; after a match operator that is always REGEX.
                 msg = f"Unknown token {_describe(tok)} when looking for REGEX"
+            elif tok.type != "$END":
+                program = _parse_with_bad_token(source, filename, start, tok)
+                if program is not None:
+                    return program
         elif len(set(exc.expected) - {"SLASH"}) == 1:
             # An optional ACL /mask is not what VCC says it wanted.
             msg = f"Expected {_expected(set(exc.expected) - {'SLASH'})} got {_describe(tok)}"
