@@ -76,6 +76,7 @@ class ClientRequest:
         self.stream_from = 0
         self.stream_to = -1
         self.chunked = False
+        self._template_wanted = False        # this plain hit's head should become a template
         self.ctx = Context(
             method="recv", req=req, req_top=req, client_ip=session.client_ip, remote_ip=session.client_ip,
             server_ip=session.local_ip, local_ip=session.local_ip, session=session, vcl=self.vcl,
@@ -444,7 +445,58 @@ class ClientRequest:
     # -- deliver / synth / transmit ---------------------------------------------------------------
 
     def st_deliver(self) -> str | None:
+        if self._plain_hit():
+            if self._deliver_from_template():
+                return None
+            self._template_wanted = True
         return self._after_deliver(self._prepare_deliver(), None)
+
+    # -- plain hits -------------------------------------------------------------------------------
+    # Most hits are a GET for a whole, complete object, with the built-in vcl_deliver (which changes
+    # nothing). Their response head differs from one hit to the next only in X-Varnish and Age, so
+    # the first such delivery keeps its head as a template and later ones fill in those two values.
+
+    def _plain_hit(self) -> bool:
+        oc = self.oc
+        if not (self.is_hit and self.keep_alive and oc.complete and self.method0 == "GET"
+                and "vcl_deliver" not in self.vcl.user_subs):
+            return False
+        headers = self.ctx.req.headers
+        return ("range" not in headers and "if-none-match" not in headers
+                and "if-modified-since" not in headers and self.ctx.req.proto == "HTTP/1.1")
+
+    def _deliver_from_template(self) -> bool:
+        oc = self.oc
+        template = oc.fast_head
+        if template is None or template[0] is not self.vcl or template[1] is not oc.http:
+            return False
+        _, _, before_xid, before_age, rest = template
+        head = b"%sX-Varnish: %d %d\r\n%sAge: %d\r\n%s" % (
+            before_xid, self.ctx.xid, oc.xid, before_age, max(0, int(time.time() - oc.t_origin)), rest)
+        body = oc.body()
+        counters = self.server.counters
+        counters.s_resp_hdrbytes += len(head)
+        counters.s_resp_bodybytes += len(body)
+        transport = self.session.transport
+        if len(body) < _BIG:
+            transport.write(head + body)
+        else:
+            transport.write(head)
+            transport.write(body)
+        self._drop_object()
+        return True
+
+    def _keep_template(self, head: bytes) -> None:
+        """Cut the head of a plain hit around its X-Varnish and Age values, for the next hits."""
+        self._template_wanted = False
+        oc = self.oc
+        xid_line = b"X-Varnish: %d %d\r\n" % (self.ctx.xid, oc.xid)
+        i = head.find(xid_line)
+        j = head.find(b"\r\nAge: ", i) + 2
+        k = head.find(b"\r\n", j) + 2
+        if i < 0 or j < 2 or not self.keep_alive or self.ctx.resp.status != 200:
+            return
+        oc.fast_head = (self.vcl, oc.http, head[:i], head[i + len(xid_line):j], head[k:])
 
     async def ast_deliver(self) -> str | None:
         resp = self._prepare_deliver()
@@ -614,6 +666,8 @@ class ClientRequest:
                 self.keep_alive = False
                 headers.set("Connection", "close")
         head = serialize_head(resp)
+        if self._template_wanted:
+            self._keep_template(head)
         counters = self.server.counters
         counters.s_resp_hdrbytes += len(head)
         transport = self.session.transport

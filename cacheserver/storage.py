@@ -36,7 +36,7 @@ class ObjCore:
     __slots__ = ("head", "http", "chunks", "base", "length", "buffered", "complete", "failed", "keep_body",
                  "readers", "_wakeup", "_space", "t_origin", "ttl", "grace", "keep", "xid", "hits", "busy",
                  "hfm", "hfp", "private", "vary", "ban", "size", "store", "dying", "exp_at", "body_cache",
-                 "t_lastuse", "clen", "expected", "__weakref__")
+                 "t_lastuse", "clen", "expected", "fast_head", "__weakref__")
 
     def __init__(self, head: ObjHead | None = None, xid: int = 0) -> None:
         self.head = head
@@ -61,6 +61,7 @@ class ObjCore:
         self.hfm = False
         self.hfp = False
         self.private = head is None       # pass and synthetic objects: never in the hash
+        self.fast_head = None             # fsm's response-head template for plain hits
         self.vary: tuple[tuple[str, str | None], ...] | None = None
         self.ban: Ban | None = None
         self.size = 0

@@ -1,0 +1,80 @@
+"""Plain hits reuse a response-head template: the bytes must be those the full path would send."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from test_cache_support import Resp, cache_factory, read_message
+
+make = pytest.fixture(cache_factory)
+
+PLAIN = "vcl 4.1;\nBACKEND\n"
+WITH_DELIVER = "vcl 4.1;\nBACKEND\nsub vcl_deliver { }\n"   # user code: never the template
+
+
+def origin(req):
+    return Resp(body=b"x" * 100, headers=[("Cache-Control", "max-age=60"), ("ETag", '"e1"')])
+
+
+def fetch_heads(cache, n: int, extra: bytes = b"") -> list[bytes]:
+    heads = []
+    with cache.proc.connect() as sock:
+        for _ in range(n):
+            sock.sendall(b"GET /obj HTTP/1.1\r\nHost: test\r\n" + extra + b"\r\n")
+            head, body = read_message(sock)
+            assert body == b"x" * 100 or head.startswith(b"HTTP/1.1 206")
+            heads.append(head)
+    return heads
+
+
+def normalised(head: bytes) -> bytes:
+    """The head with the per-response values (transaction ids, age, dates) blanked."""
+    head = re.sub(rb"X-Varnish: [\d ]+", b"X-Varnish: N", head)
+    head = re.sub(rb"Age: \d+", b"Age: N", head)
+    return re.sub(rb"Date: [^\r]+", b"Date: D", head)
+
+
+def test_template_hits_send_the_same_head_as_the_full_path(make):
+    plain, _ = make(PLAIN, origin)
+    full, _ = make(WITH_DELIVER, origin)
+    plain_heads = fetch_heads(plain, 4)
+    full_heads = fetch_heads(full, 4)
+    # miss, first hit (full path, makes the template), then template hits
+    for a, b in zip(plain_heads, full_heads, strict=True):
+        assert normalised(a) == normalised(b)
+    assert normalised(plain_heads[2]) == normalised(plain_heads[1])
+
+
+def test_template_hits_number_transactions_and_count_bytes(make):
+    cache, _ = make(PLAIN, origin)
+    heads = fetch_heads(cache, 4)
+    xids = [re.search(rb"X-Varnish: ([\d ]+)\r\n", h).group(1).split() for h in heads]
+    assert len(xids[0]) == 1 and all(len(x) == 2 for x in xids[1:])
+    assert len({x[1] for x in xids[1:]}) == 1                 # every hit names the one fetch
+    assert len({x[0] for x in xids}) == 4                     # each request its own xid
+    counters = cache.cli.counters()
+    assert counters["cache_hit"] == 3
+    assert counters["s_resp_hdrbytes"] == sum(len(h) for h in heads)
+    assert counters["s_resp_bodybytes"] == 400
+
+
+def test_ranges_and_conditionals_skip_the_template(make):
+    cache, _ = make(PLAIN, origin)
+    fetch_heads(cache, 3)
+    head = fetch_heads(cache, 1, b"Range: bytes=0-9\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 206") and b"Content-Range: bytes 0-9/100" in head
+    with cache.proc.connect() as sock:
+        sock.sendall(b'GET /obj HTTP/1.1\r\nHost: test\r\nIf-None-Match: "e1"\r\n\r\n')
+        assert read_message(sock)[0].startswith(b"HTTP/1.1 304")
+
+
+def test_a_new_vcl_does_not_reuse_the_old_template(make, tmp_path):
+    cache, backend = make(PLAIN, origin)
+    fetch_heads(cache, 3)
+    newer = tmp_path / "newer.vcl"
+    newer.write_text(f'vcl 4.1;\nbackend default {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n'
+                     'sub vcl_deliver { set resp.http.X-New = "yes"; }\n')
+    assert cache.cli.cmd(f"vcl.load newer {newer}")[0] == 200
+    assert cache.cli.cmd("vcl.use newer")[0] == 200
+    assert b"X-New: yes\r\n" in fetch_heads(cache, 1)[0]
