@@ -25,7 +25,7 @@ MAIN_COUNTERS = (
     "sc_overload", "sc_pipe_overflow", "sc_range_short", "sc_req_http20", "sc_vcl_failure",
     "busy_sleep", "busy_wakeup", "busy_killed", "threads", "threads_created", "losthdr",
     "vcl_fail", "esi_errors", "esi_warnings", "exp_mailed", "exp_received",
-    "steal_ok", "steal_refused", "steal_failed",
+    "steal_ok", "steal_refused", "steal_failed", "n_pipe", "pipe_limited",
     "n_lru_limited", "s_bgfetch",
 )
 

@@ -422,7 +422,17 @@ class ClientRequest:
         action = await self.acall("vcl_pipe")
         if action.name != "pipe":
             return self._common(action)
-        await pipe_request(self)
+        counters = server.counters
+        limit = server.params.pipe_sess_max
+        if limit and counters.n_pipe >= limit:
+            counters.pipe_limited += 1
+            self.keep_alive = False
+            return self._to_synth(503, "")
+        counters.n_pipe += 1
+        try:
+            await pipe_request(self)
+        finally:
+            counters.n_pipe -= 1
         self.keep_alive = False
         return None
 

@@ -249,6 +249,9 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
+        length = self._content_length()
+        if length is not None and length >= 1 << 63:
+            raise RequestTooLarge("Content-Length out of range")
         headers = Headers.adopt(self._fields)
         # Request smuggling shapes: llhttp refuses CL+TE and duplicate Content-Length itself.
         method = self._method_override or text(parser.get_method())
@@ -257,6 +260,13 @@ class ClientProtocol(asyncio.Protocol):
             method, text(self._url),
             "HTTP/" + parser.get_http_version(), headers=headers)
         self._keep_alive = parser.should_keep_alive()
+
+    def _content_length(self) -> int | None:
+        for field in self._fields:
+            if field[2] == "content-length":
+                value = field[1].strip()
+                return int(value) if value.isdigit() else None
+        return None
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)

@@ -83,3 +83,9 @@ def test_utf8_and_raw_bytes_in_headers_round_trip(server):
         for value in ("æøå".encode(), b"\xff\xfe raw"):
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX: " + value + b"\r\n\r\n")
             assert b"\r\nX: " + value + b"\r\n" in read_response(sock)[0]
+
+
+def test_content_length_beyond_int64_is_a_bad_request(server):
+    with server.connect() as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9223372036854775808\r\n\r\n")
+        assert read_all(sock) == b"HTTP/1.1 400 Bad Request\r\n\r\n"
