@@ -297,7 +297,7 @@ class ClientRequest:
     def _set_obj_fields(self, oc: ObjCore) -> None:
         ctx = self.ctx
         ctx.obj = oc.http
-        age = ctx.req_time - oc.t_origin
+        age = time.time() - oc.t_origin        # now, not the request's start: a fetch may have taken a while
         ctx.obj_ttl = oc.ttl - age
         ctx.obj_grace = oc.grace
         ctx.obj_keep = oc.keep
