@@ -110,6 +110,7 @@ class BusyObj:
         self.no_space = False
         self.response = None
         self.bereq_close = False
+        self._failure_counted = False        # fetch_failed already counted, or VCL chose the error
         xid = server.next_xid()
         server.counters.s_fetch += 1          # every backend fetch: miss, pass and background
         if mode == "bg":
@@ -171,6 +172,7 @@ class BusyObj:
         if name == "error":
             self._err_status = (action.args[0] if action.args else 503,
                                 action.args[1] if len(action.args) > 1 else "")
+            self._failure_counted = True      # VCL chose the error: not a failed fetch
             return "error"
         return "fail"            # abandon, fail
 
@@ -313,6 +315,7 @@ class BusyObj:
         if name == "error":
             self._err_status = (action.args[0] if action.args else 503,
                                 action.args[1] if len(action.args) > 1 else "")
+            self._failure_counted = True      # VCL chose the error: not a failed fetch
             return "error"
         return "fail"            # abandon, fail
 
@@ -502,6 +505,7 @@ class BusyObj:
             return None
         oc.chunks, oc.base, oc.length, oc.buffered, oc.expected = [], 0, 0, 0, 0
         oc.keep_body = not oc.private
+        self._failure_counted = True
         return "error"
 
     def _out_of_storage(self) -> None:
@@ -534,7 +538,9 @@ class BusyObj:
         ctx.beresp_keep = 0.0
         ctx.beresp_uncacheable = False
         ctx.was_304 = False
-        server.counters.fetch_failed += 1
+        if not self._failure_counted:
+            server.counters.fetch_failed += 1
+        self._failure_counted = False
         action = await _acall(self.vcl, ctx, "vcl_backend_error")
         if action.name == "retry":
             ctx.retries += 1
