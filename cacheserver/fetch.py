@@ -21,6 +21,7 @@ from yarl import URL
 from cacheserver import backends
 from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for, text
 from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl
+from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import ObjCore
 from vcl.runtime import Action, BackendSpec, Context, Headers, HttpMessage, VCLFailure
 
@@ -127,6 +128,8 @@ class BusyObj:
             client_identity=creq.client_identity, is_bgfetch=mode == "bg", is_hitpass=creq.is_hitpass,
             is_hitmiss=creq.is_hitmiss, xid=creq.xid, session=None, req=None, req_top=None,
             sess_xid=creq.sess_xid, bereq_body=req_body,
+            # as varnishd's startfetch: the storage the object will go to unless VCL says otherwise
+            beresp_storage=TRANSIENT if self.is_pass else server.storage.next_stevedore(),
         )
         self.ctx.priv_task = None
 

@@ -22,6 +22,7 @@ from cacheserver.fetch import BusyObj
 from cacheserver.http1 import DATES, reason_for, serialize_head
 from cacheserver.ranges import RangeError, not_modified, parse_range
 from cacheserver.rfc2616 import collect_header, parse_date
+from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import ObjCore
 from vcl.runtime import Action, Context, HttpMessage, VCLFailure
 
@@ -304,7 +305,8 @@ class ClientRequest:
         ctx.obj_hits = oc.hits
         ctx.obj_age = age
         ctx.obj_uncacheable = oc.hfm or oc.hfp or oc.private
-        ctx.obj_storage = oc.store or None
+        # pass and synthetic objects live in Transient, as in varnishd
+        ctx.obj_storage = oc.store or (TRANSIENT if oc.private else None)
 
     # -- hit / miss / pass ------------------------------------------------------------------------
 

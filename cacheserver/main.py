@@ -144,7 +144,10 @@ def _compile_only(args: argparse.Namespace) -> int:
     else:
         source, filename = _backend_vcl(args.backend), "<-b>"
     try:
-        compiled = compile_vcl(source, filename, include_dirs=[str(Path(filename).resolve().parent)])
+        from cacheserver.stevedores import parse_specs
+
+        compiled = compile_vcl(source, filename, include_dirs=[str(Path(filename).resolve().parent)],
+                               storages=[name for name, _ in parse_specs(args.storage)])
     except VCLError as exc:
         print(str(exc), file=sys.stderr)
         return 2

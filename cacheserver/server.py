@@ -111,7 +111,8 @@ class Server:
         include_dirs = [str(Path(filename).resolve().parent)] if filename and filename != "<inline>" else []
         try:
             compiled = compile_vcl(source, filename, include_dirs=include_dirs,
-                                   err_unref=self.params.vcc_err_unref)
+                                   err_unref=self.params.vcc_err_unref,
+                                   storages=list(self.storage.stevedores))
         except VCLError as exc:
             raise VCLLoadError(str(exc)) from None
         for warning in compiled.warnings:

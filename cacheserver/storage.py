@@ -399,19 +399,23 @@ class Storage:
                 return True
             oc.store = ""
             return False
-        st = self.stevedores.get(hint) if hint else None
-        if st is None:
-            shortlived = self.params.shortlived if self.params is not None else 10.0
-            if oc.hfm or oc.hfp or oc.ttl + oc.grace + oc.keep < shortlived:
-                st = self.stevedores[TRANSIENT]
-            else:
-                # the default storage hint takes the stevedores in turn
-                st = self._rotation[self._next % len(self._rotation)]
-                self._next += 1
+        shortlived = self.params.shortlived if self.params is not None else 10.0
+        if oc.hfm or oc.hfp or oc.ttl + oc.grace + oc.keep < shortlived:
+            st = self.stevedores[TRANSIENT]           # whatever the hint, as varnishd
+        else:
+            st = self.stevedores.get(hint) if hint else None
+            if st is None:
+                st = self.stevedores[self.next_stevedore()]
         if not st.charge(oc, 0, nuke_limit):
             return False
         oc.store = st.name
         return True
+
+    def next_stevedore(self) -> str:
+        """The default storage: the stevedores other than Transient, taken in turn."""
+        st = self._rotation[self._next % len(self._rotation)]
+        self._next += 1
+        return st.name
 
     def _evicted(self, oc: ObjCore) -> None:
         self.counters.n_lru_nuked += 1
