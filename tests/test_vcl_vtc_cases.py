@@ -7,7 +7,7 @@ import pytest
 from vcl.compiler import compile_vcl
 from vcl.errors import VCLError
 from vcl.regex import Regex, regsub
-from vcl.runtime import IP, Context, Headers, HttpMessage
+from vcl.runtime import IP, Context, Headers, HttpMessage, VCLFailure
 
 HEAD = "vcl 4.1;\nimport std;\nbackend default none;\n"
 
@@ -243,3 +243,21 @@ def test_backend_host_header_defaults_to_the_host_string():
 def test_a_missing_expression_names_the_type_vcc_wanted(stmt, message, col):
     err = _error(f"sub vcl_recv {{\n {stmt}\n}}")
     assert (err.message, err.line, err.col) == (message, 5, col)
+
+
+@pytest.mark.parametrize("stmt", ["set req.url = req.http.foo;", 'set req.method = "";'])
+def test_setting_a_request_line_field_empty_fails_the_task(stmt):
+    vcl = compile_(f"sub vcl_recv {{ {stmt} }}")
+    ctx = Context(method="vcl_recv", hash_parts=[])
+    ctx.req = HttpMessage("GET", "/", "HTTP/1.1", headers=Headers([["Host", "h"]]))
+    with pytest.raises(VCLFailure, match="to empty string is not allowed"):
+        vcl.subs["vcl_recv"](ctx)
+    assert ctx.req.url == "/" and ctx.req.method == "GET"
+
+
+def test_vcl_4_0_proto_setter_also_refuses_empty():
+    vcl = compile_vcl("vcl 4.0;\nbackend be none;\nsub vcl_deliver { set resp.proto = resp.http.nope; }", "t.vcl")
+    ctx = Context(method="vcl_deliver", hash_parts=[])
+    ctx.resp = HttpMessage(status=200, reason="OK", headers=Headers([]))
+    with pytest.raises(VCLFailure):
+        vcl.subs["vcl_deliver"](ctx)

@@ -69,6 +69,14 @@ def s_stevedore(value: str | None) -> str:
     return "" if value is None else f"storage.{value}"
 
 
+def line1(value: str, name: str) -> str:
+    """A request/response line field (url, method, proto, reason) set from VCL: it may not be
+    empty; VCL fails instead (VRT_l_req_url and friends)."""
+    if not value:
+        raise VCLFailure(f"Setting {name} to empty string is not allowed")
+    return value
+
+
 def s_null(value: str | None) -> str:
     """An unset STRING printed by C's printf: "(null)"."""
     return "(null)" if value is None else value

@@ -143,6 +143,11 @@ def _v(name, type_, read, write=(), unset=(), get="", set_=None, unset_code=None
     return Variable(name, type_, _set(*read), _set(*write), _set(*unset), get, set_, unset_code, lo, hi)
 
 
+def _line1(name: str) -> str:
+    """The setter of a request/response line field, which may not be set empty."""
+    return f"ctx.{name} = rt.line1({{v}}, {name!r})"
+
+
 _BR = ("vcl_backend_response", "vcl_backend_error")
 _PB = ("vcl_pipe", "backend")
 _DS = ("vcl_deliver", "vcl_synth")
@@ -177,8 +182,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
        set_="ctx.hash_ignore_vary = {v}"),
     _v("req.is_hitmiss", "BOOL", ["client"], get="ctx.is_hitmiss"),
     _v("req.is_hitpass", "BOOL", ["client"], get="ctx.is_hitpass"),
-    _v("req.method", "STRING", ["client"], ["client"], get="ctx.req.method", set_="ctx.req.method = {v}"),
-    _v("req.proto", "STRING", ["client"], ["client"], get="ctx.req.proto", set_="ctx.req.proto = {v}", hi=4.0),
+    _v("req.method", "STRING", ["client"], ["client"], get="ctx.req.method", set_=_line1("req.method")),
+    _v("req.proto", "STRING", ["client"], ["client"], get="ctx.req.proto", set_=_line1("req.proto"), hi=4.0),
     _v("req.proto", "STRING", ["client"], get="ctx.req.proto", lo=4.1),
     _v("req.restarts", "INT", ["client"], get="ctx.restarts"),
     _v("req.storage", "STEVEDORE", ["client"], ["client"], get="ctx.req_storage",
@@ -186,7 +191,7 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     _v("req.time", "TIME", ["client"], get="ctx.req_time"),
     _v("req.transport", "STRING", ["client"], get="ctx.transport"),
     _v("req.ttl", "DURATION", ["client"], ["client"], get="ctx.req_ttl", set_="ctx.req_ttl = {v}"),
-    _v("req.url", "STRING", ["client"], ["client"], get="ctx.req.url", set_="ctx.req.url = {v}"),
+    _v("req.url", "STRING", ["client"], ["client"], get="ctx.req.url", set_=_line1("req.url")),
     _v("req.xid", "STRING", ["client"], get="str(ctx.xid)"),
     # req_top: the top-level request of an ESI tree; the request itself when there is none
     _v("req_top.method", "STRING", ["client"], get="(ctx.req_top or ctx.req).method"),
@@ -207,13 +212,13 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     _v("bereq.is_bgfetch", "BOOL", ["backend"], get="bool(ctx.is_bgfetch)"),
     _v("bereq.is_hitmiss", "BOOL", ["backend"], get="bool(ctx.is_hitmiss)"),
     _v("bereq.is_hitpass", "BOOL", ["backend"], get="bool(ctx.is_hitpass)"),
-    _v("bereq.method", "STRING", _PB, _PB, get="ctx.bereq.method", set_="ctx.bereq.method = {v}"),
-    _v("bereq.proto", "STRING", _PB, _PB, get="ctx.bereq.proto", set_="ctx.bereq.proto = {v}", hi=4.0),
+    _v("bereq.method", "STRING", _PB, _PB, get="ctx.bereq.method", set_=_line1("bereq.method")),
+    _v("bereq.proto", "STRING", _PB, _PB, get="ctx.bereq.proto", set_=_line1("bereq.proto"), hi=4.0),
     _v("bereq.proto", "STRING", _PB, get="ctx.bereq.proto", lo=4.1),
     _v("bereq.retries", "INT", ["backend"], get="ctx.retries"),
     _v("bereq.time", "TIME", _PB, get="ctx.bereq_time"),
     _v("bereq.uncacheable", "BOOL", ["backend"], get="bool(ctx.bereq_uncacheable)"),
-    _v("bereq.url", "STRING", _PB, _PB, get="ctx.bereq.url", set_="ctx.bereq.url = {v}"),
+    _v("bereq.url", "STRING", _PB, _PB, get="ctx.bereq.url", set_=_line1("bereq.url")),
     _v("bereq.xid", "STRING", _PB, get="str(ctx.bereq_xid)"),
     # beresp
     _v("beresp", "HTTP", _BR, get="ctx.beresp"),
@@ -230,9 +235,9 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
        get="ctx.beresp_filters", set_="ctx.beresp_filters = {v}"),
     _v("beresp.grace", "DURATION", _BR, _BR, get="ctx.beresp_grace", set_="ctx.beresp_grace = {v}"),
     _v("beresp.keep", "DURATION", _BR, _BR, get="ctx.beresp_keep", set_="ctx.beresp_keep = {v}"),
-    _v("beresp.proto", "STRING", _BR, _BR, get="ctx.beresp.proto", set_="ctx.beresp.proto = {v}", hi=4.0),
+    _v("beresp.proto", "STRING", _BR, _BR, get="ctx.beresp.proto", set_=_line1("beresp.proto"), hi=4.0),
     _v("beresp.proto", "STRING", _BR, get="ctx.beresp.proto", lo=4.1),
-    _v("beresp.reason", "STRING", _BR, _BR, get="ctx.beresp.reason", set_="ctx.beresp.reason = {v}"),
+    _v("beresp.reason", "STRING", _BR, _BR, get="ctx.beresp.reason", set_=_line1("beresp.reason")),
     _v("beresp.status", "INT", _BR, _BR, get="ctx.beresp.status", set_="ctx.beresp.status = {v}"),
     _v("beresp.storage", "STEVEDORE", _BR, _BR, get="ctx.beresp_storage", set_="ctx.beresp_storage = {v}"),
     _v("beresp.storage_hint", "STRING", _BR, _BR, get="ctx.beresp_storage",
@@ -262,9 +267,9 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     _v("resp.do_esi", "BOOL", _DS, _DS, get="bool(ctx.resp_do_esi)", set_="ctx.resp_do_esi = {v}", lo=4.1),
     _v("resp.filters", "STRING", _DS, _DS, get="ctx.resp_filters", set_="ctx.resp_filters = {v}"),
     _v("resp.is_streaming", "BOOL", _DS, get="bool(ctx.resp_is_streaming)"),
-    _v("resp.proto", "STRING", _DS, _DS, get="ctx.resp.proto", set_="ctx.resp.proto = {v}", hi=4.0),
+    _v("resp.proto", "STRING", _DS, _DS, get="ctx.resp.proto", set_=_line1("resp.proto"), hi=4.0),
     _v("resp.proto", "STRING", _DS, get="ctx.resp.proto", lo=4.1),
-    _v("resp.reason", "STRING", _DS, _DS, get="ctx.resp.reason", set_="ctx.resp.reason = {v}"),
+    _v("resp.reason", "STRING", _DS, _DS, get="ctx.resp.reason", set_=_line1("resp.reason")),
     _v("resp.status", "INT", _DS, _DS, get="ctx.resp.status", set_="ctx.resp.status = {v}"),
     _v("resp.time", "TIME", _DS, get="ctx.resp_time"),
     # misc
@@ -285,7 +290,7 @@ _VERSIONED: dict[str, list[Variable]] = {}
 for _name in ("req.proto", "bereq.proto", "beresp.proto", "resp.proto"):
     _VERSIONED[_name] = [
         Variable(_name, "STRING", VARIABLES[_name].read, VARIABLES[_name].read, frozenset(),
-                 VARIABLES[_name].get, VARIABLES[_name].get + " = {v}", None, 4.0, 4.0),
+                 VARIABLES[_name].get, _line1(_name), None, 4.0, 4.0),
         VARIABLES[_name],
     ]
 
