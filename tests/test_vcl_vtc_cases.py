@@ -261,3 +261,9 @@ def test_vcl_4_0_proto_setter_also_refuses_empty():
     ctx.resp = HttpMessage(status=200, reason="OK", headers=Headers([]))
     with pytest.raises(VCLFailure):
         vcl.subs["vcl_deliver"](ctx)
+
+
+def test_compiled_vcl_lists_the_labels_it_returns_to():
+    vcl = compile_('sub vcl_recv { if (req.url == "/") { return (vcl(lblB)); } return (vcl(lblA)); }')
+    assert vcl.labels == {"lblA", "lblB"}
+    assert compile_("").labels == set()

@@ -52,6 +52,7 @@ class CodeGen:
         self.may_return = self._may_return()
         self.cur: SubInfo | None = None
         self.tmp = 0
+        self.labels: set[str] = set()     # labels named by return (vcl(LABEL))
 
     # ------------------------------------------------------------------ helpers
 
@@ -173,6 +174,7 @@ class CodeGen:
         tail = [
             f"SUBS = {{{subs}}}",
             f"ASYNC_SUBS = {set(asyncs)!r}" if asyncs else "ASYNC_SUBS = set()",
+            f"LABELS = {sorted(self.labels)!r}",
             "",
             "",
             "def instances():",
@@ -329,6 +331,7 @@ class CodeGen:
             if i < len(s.args):
                 value = s.args[i].value
                 if atype == "VCL":
+                    self.labels.add(value.name)
                     args.append(repr(value.name))
                 elif atype == "STRING":
                     args.append(self.str_expr(value))

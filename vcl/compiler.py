@@ -42,6 +42,8 @@ class CompiledVCL:
     user_subs: set[str] = field(default_factory=set)
     name: str = ""                                    # the server's name for this load
     version: float = 4.1                              # the VCL syntax version (vcl 4.0; / 4.1;)
+    # The labels `return (vcl(LABEL))` names: the server checks they exist and make no loop.
+    labels: set[str] = field(default_factory=set)
     _namespace: dict = field(default_factory=dict, repr=False)
 
     def init(self, ctx: Context) -> Action:
@@ -128,6 +130,7 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
         warnings=list(prog.warnings),
         uses=set(prog.vmods),
         version=prog.version,
+        labels=set(namespace["LABELS"]),
         user_subs={item.name for item in items if isinstance(item, ast.Sub)},
         _namespace=namespace,
     )
