@@ -267,3 +267,13 @@ def test_compiled_vcl_lists_the_labels_it_returns_to():
     vcl = compile_('sub vcl_recv { if (req.url == "/") { return (vcl(lblB)); } return (vcl(lblA)); }')
     assert vcl.labels == {"lblA", "lblB"}
     assert compile_("").labels == set()
+
+
+def test_a_sum_of_string_constants_is_a_regex():
+    vcl = compile_('sub vcl_recv { if (req.url ~ "^/a" + "b$") { return (synth(201)); }\n'
+                   ' set req.url = regsub(req.url, "x" + "y", "z"); }')
+    ctx = Context(method="vcl_recv", hash_parts=[])
+    ctx.req = HttpMessage("GET", "/ab", "HTTP/1.1", headers=Headers([["Host", "h"]]))
+    assert vcl.subs["vcl_recv"](ctx).args[0] == 201
+    assert _error('sub vcl_recv { if (req.url ~ "a" + req.url) { } }').message == "Expected CSTR got 'req'"
+    assert _error("sub vcl_recv { return(); }").message == "Expected ID got ')'"

@@ -118,6 +118,7 @@ class ExprChecker:
     def _match(self, e: ast.Match, fmt: str) -> ast.Expr:
         left = self.add(e.left, fmt)
         if left.type == "STRING":
+            e.right = _fold_literal(e.right)
             if not isinstance(e.right, ast.StringLit):
                 t = self.add(e.right, "STRING").type
                 raise VCLError(f"Expression has type {t}, expected REGEX", e.right.pos)
@@ -321,7 +322,7 @@ class ExprChecker:
             if len(e.args) != 3 or any(a.name for a in e.args):
                 raise VCLError(f"{name}() takes three arguments: string, regex, substitution", e.pos)
             subject = self.expr0(e.args[0].value, "STRING")
-            rx = e.args[1].value
+            rx = _fold_literal(e.args[1].value)
             if not isinstance(rx, ast.StringLit):
                 raise VCLError(f"Expression has type {self.add(rx, 'STRING').type}, expected REGEX", rx.pos)
             self.regex(rx)
@@ -436,3 +437,17 @@ class ExprChecker:
         if ptype == "SUB":
             raise VCLError("SUB arguments are not supported", value.pos)
         return self.expr0(value, ptype)
+
+
+def _fold_literal(e: ast.Expr) -> ast.Expr:
+    """"a" + "b" as one string literal: VCC takes a sum of string constants as a regex."""
+    if isinstance(e, ast.Arith) and e.op == "+":
+        left, right = _fold_literal(e.left), _fold_literal(e.right)
+        for part in (left, right):
+            if type(part) is not ast.StringLit:
+                if isinstance(part, ast.Arith):
+                    return part
+                text = getattr(part, "text", None) or getattr(part, "name", "").split(".")[0] or "?"
+                raise VCLError(f"Expected CSTR got '{text}'", part.pos)
+        return ast.StringLit(left.pos, left.value + right.value)
+    return e

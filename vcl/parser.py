@@ -15,7 +15,7 @@ from vcl.types import BYTES_UNITS, DURATION_UNITS
 
 # How Lark's terminal names read in an error message.
 _TOKEN_WORDS = {
-    "NAME": "identifier", "STRING": "string", "INT": "number", "FLOAT": "number",
+    "NAME": "ID", "STRING": "string", "INT": "number", "FLOAT": "number",
     "DURATION": "duration", "BYTES": "bytes", "$END": "end of file", "ASSIGN": "'='",
     "CMPOP": "comparison", "MATCHOP": "'~'", "ADDOP": "'+'", "MULOP": "'*'", "_ELIF": "'elseif'",
 }
