@@ -277,3 +277,13 @@ def test_a_sum_of_string_constants_is_a_regex():
     assert vcl.subs["vcl_recv"](ctx).args[0] == 201
     assert _error('sub vcl_recv { if (req.url ~ "a" + req.url) { } }').message == "Expected CSTR got 'req'"
     assert _error("sub vcl_recv { return(); }").message == "Expected ID got ')'"
+
+
+def test_blob_in_string_context_is_base64_between_colons():
+    vcl = compile_("sub vcl_hit { set req.http.h = req.hash; std.late_100_continue(true); }")
+    ctx = Context(method="vcl_hit", hash_parts=[], hash=bytes(range(32)))
+    ctx.req = HttpMessage("GET", "/", "HTTP/1.1", headers=Headers([["Host", "h"]]))
+    vcl.subs["vcl_hit"](ctx)
+    assert ctx.req.headers.get("h") == ":AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=:"
+    # std.late_100_continue() may be called outside vcl_recv too, as varnishd 7.1 allows.
+    compile_("sub vcl_backend_fetch { std.late_100_continue(true); }")

@@ -63,9 +63,6 @@ class ExprChecker:
         if e.type == "STRING":
             return e
         if e.type not in types.TO_STRING:
-            if e.type == "BLOB":
-                raise VCLError("Wrong use of BLOB value.\nBLOBs can only be used as arguments to VMOD"
-                               " functions.", e.pos)
             raise VCLError(f"Cannot convert {e.type} to STRING.", e.pos)
         c = ast.Convert(e.pos, e, "STRING")
         c.type = "STRING"

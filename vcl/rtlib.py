@@ -6,6 +6,7 @@ module runs once at load; the methods used per request only match.
 
 from __future__ import annotations
 
+import base64
 import math
 from email.utils import formatdate
 
@@ -75,6 +76,13 @@ def line1(value: str, name: str) -> str:
     if not value:
         raise VCLFailure(f"Setting {name} to empty string is not allowed")
     return value
+
+
+def s_blob(value: bytes | None) -> str:
+    """BLOB in string context: base64 between colons, an RFC 8941 byte sequence (VRT_BLOB_string)."""
+    if value is None:
+        return ""
+    return ":" + base64.b64encode(bytes(value)).decode("ascii") + ":"
 
 
 def s_null(value: str | None) -> str:

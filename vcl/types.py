@@ -47,6 +47,7 @@ TO_STRING: dict[str, str] = {
     "IP": "rt.s_ip({x})",
     "BACKEND": "rt.s_backend({x})",
     "STEVEDORE": "rt.s_stevedore({x})",
+    "BLOB": "rt.s_blob({x})",
     "ACL": "rt.s_named({x})",
     "PROBE": "rt.s_named({x})",
     "ENUM": "{x}",

@@ -371,7 +371,8 @@ def cache_req_body(ctx: Context, size: float) -> bool:
     return bool(hook(int(size)))
 
 
-@VMOD.func("late_100_continue", "VOID", [Param("late", "BOOL")], restrict={"vcl_recv"})
+# varnishd 7.1 takes it anywhere (it only matters in vcl_recv, before the body is read).
+@VMOD.func("late_100_continue", "VOID", [Param("late", "BOOL")])
 def late_100_continue(ctx: Context, late: bool) -> None:
     hook = getattr(ctx.session, "late_100_continue", None)
     if hook is not None:
