@@ -287,3 +287,32 @@ def test_blob_in_string_context_is_base64_between_colons():
     assert ctx.req.headers.get("h") == ":AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=:"
     # std.late_100_continue() may be called outside vcl_recv too, as varnishd 7.1 allows.
     compile_("sub vcl_backend_fetch { std.late_100_continue(true); }")
+
+
+def test_backend_resolve_method_asks_the_director():
+    class Director:
+        def __init__(self, target):
+            self.target = target
+
+        def resolve(self, ctx):
+            return self.target
+
+    vcl = compile_vcl('vcl 4.1;\nbackend b { .host = "127.0.0.1"; }\n'
+                      "sub vcl_recv { set req.backend_hint = req.backend_hint.resolve(); }", "t.vcl")
+    ctx = Context(method="vcl_recv", hash_parts=[])
+    ctx.req = HttpMessage("GET", "/", "HTTP/1.1", headers=Headers([["Host", "h"]]))
+    ctx.backend_hint = Director(vcl.backends["b"])
+    vcl.subs["vcl_recv"](ctx)
+    assert ctx.backend_hint is vcl.backends["b"]
+
+
+def test_std_deprecated_conversions_and_blobread(tmp_path):
+    (tmp_path / "f").write_bytes(b"\x00ab")
+    vcl = compile_("sub vcl_recv {\n set req.http.a = std.real2integer(2.5, 0) + \",\" + std.real2integer(-2.5, 0);\n"
+                   " set req.http.b = std.time2integer(std.real2time(3.5, now), 0) + \",\" +"
+                   " std.time2real(std.real2time(1.25, now), 0.0);\n"
+                   f' set req.http.c = std.blobread("{tmp_path / "f"}");\n}}')
+    ctx = Context(method="vcl_recv", hash_parts=[])
+    ctx.req = HttpMessage("GET", "/", "HTTP/1.1", headers=Headers([["Host", "h"]]))
+    vcl.subs["vcl_recv"](ctx)
+    assert [ctx.req.headers.get(n) for n in "abc"] == ["3,-3", "4,1.250", ":AGFi:"]

@@ -477,6 +477,8 @@ class CodeGen:
                     f"{self.expr(sub)}, {e.ref[1]})")
         if kind == "strmethod":
             return f"{self.str_expr(e.bound[0])}.{e.ref[1]}()"
+        if kind == "resolve":
+            return f"rt.resolve_backend({self.expr(e.bound[0])}, ctx)"
         if kind == "func":
             vmod_name, func = e.ref[1], e.ref[2]
             fname = self.const(f"{self.ident('vmod_', vmod_name)}.functions[{func.name!r}].impl",

@@ -374,6 +374,17 @@ class ExprChecker:
             e.bound = [target]
             e.type = "STRING"
             return e
+        # BACKEND.resolve(): the backend a director picks now (VRT_DirectorResolve).
+        if (base or e.target is not None) and method == "resolve" and not e.args:
+            if e.target is not None:
+                target = self.atom(e.target, "BACKEND")
+            else:
+                target = self._name(ast.Name(e.pos, base), "BACKEND")
+            if target.type == "BACKEND":
+                e.ref = ("resolve",)
+                e.bound = [target]
+                e.type = "BACKEND"
+                return e
         if e.target is not None:
             target = self.atom(e.target, "STRING")
             raise VCLError(f"Unknown property '{method}' for type {target.type}", e.pos)

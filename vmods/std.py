@@ -155,6 +155,23 @@ def fileread(ctx: Context, path: str | None) -> str | None:
     return _FILE_CACHE[path]
 
 
+_BLOB_CACHE: dict[str, bytes] = {}
+
+
+@VMOD.func("blobread", "BLOB", [Param("file", "STRING")])
+def blobread(ctx: Context, file: str | None) -> bytes:
+    """The file's bytes, read once and then cached; an unreadable file fails the task."""
+    if file is None:
+        raise VCLFailure("std.blobread(): no file name")
+    if file not in _BLOB_CACHE:
+        try:
+            with open(file, "rb") as f:
+                _BLOB_CACHE[file] = f.read()
+        except OSError as exc:
+            raise VCLFailure(f"std.blobread(): cannot read {file}: {exc.strerror}") from None
+    return _BLOB_CACHE[file]
+
+
 @VMOD.func("file_exists", "BOOL", [Param("path", "STRING")])
 def file_exists(ctx: Context, path: str | None) -> bool:
     return path is not None and os.path.exists(path)
@@ -223,6 +240,30 @@ def integer(ctx: Context, s=None, fallback=None, bool_=None, bytes_=None, durati
         if m:
             return int(m.group(1))
     return _fallback("integer", fallback, repr(s))
+
+
+# The deprecated 4.x conversions, still in 7.1's std: round half away from zero, fallback when the
+# value is not finite or too big for an INT.
+@VMOD.func("real2integer", "INT", [Param("r", "REAL"), Param("fallback", "INT")])
+def real2integer(ctx: Context, r: float, fallback: int) -> int:
+    if not math.isfinite(r) or abs(r) >= 2 ** 63:
+        return fallback
+    return int(round_(ctx, r))
+
+
+@VMOD.func("time2integer", "INT", [Param("t", "TIME"), Param("fallback", "INT")])
+def time2integer(ctx: Context, t: float, fallback: int) -> int:
+    return real2integer(ctx, t, fallback)
+
+
+@VMOD.func("real2time", "TIME", [Param("r", "REAL"), Param("fallback", "TIME")])
+def real2time(ctx: Context, r: float, fallback: float) -> float:
+    return r if math.isfinite(r) else fallback
+
+
+@VMOD.func("time2real", "REAL", [Param("t", "TIME"), Param("fallback", "REAL")])
+def time2real(ctx: Context, t: float, fallback: float) -> float:
+    return t if math.isfinite(t) else fallback
 
 
 @VMOD.func("real", "REAL", [_opt("s", "STRING"), _opt("fallback", "REAL"), _opt("integer", "INT"),
