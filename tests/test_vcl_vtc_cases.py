@@ -316,3 +316,14 @@ def test_std_deprecated_conversions_and_blobread(tmp_path):
     ctx.req = HttpMessage("GET", "/", "HTTP/1.1", headers=Headers([["Host", "h"]]))
     vcl.subs["vcl_recv"](ctx)
     assert [ctx.req.headers.get(n) for n in "abc"] == ["3,-3", "4,1.250", ":AGFi:"]
+
+
+def test_a_string_constant_in_bool_context_compiles_without_warnings():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vcl = compile_('sub vcl_recv { set req.hash_always_miss = "true"; }')
+    ctx = Context(method="vcl_recv", hash_parts=[])
+    ctx.req = HttpMessage("GET", "/", "HTTP/1.1", headers=Headers([["Host", "h"]]))
+    vcl.subs["vcl_recv"](ctx)
+    assert ctx.hash_always_miss is True

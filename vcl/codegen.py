@@ -406,6 +406,8 @@ class CodeGen:
             inner = self.expr(e.operand)
             if e.to == "STRING":
                 return types.TO_STRING[e.operand.type].format(x=inner)
+            if isinstance(e.operand, ast.StringLit):
+                return "True"    # a string constant is set (and `'x' is not None` makes Python warn)
             return types.TO_BOOL[e.operand.type].format(x=inner)
         if isinstance(e, ast.Compare):
             return self._compare(e)
