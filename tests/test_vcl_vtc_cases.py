@@ -327,3 +327,11 @@ def test_a_string_constant_in_bool_context_compiles_without_warnings():
     ctx.req = HttpMessage("GET", "/", "HTTP/1.1", headers=Headers([["Host", "h"]]))
     vcl.subs["vcl_recv"](ctx)
     assert ctx.hash_always_miss is True
+
+
+def test_return_vcl_label_must_exist_when_the_server_names_its_labels():
+    body = "sub vcl_recv { return (vcl(lblA)); }"
+    assert compile_vcl(HEAD + body, "t.vcl", labels=["lblA"]).labels == {"lblA"}
+    compile_(body)      # labels unknown (cacheserver -C): not checked
+    with pytest.raises(VCLError, match="Symbol not found: 'lblA'"):
+        compile_vcl(HEAD + body, "t.vcl", labels=["other"])

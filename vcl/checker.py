@@ -31,9 +31,11 @@ PROBE_FIELDS = {
 
 class Checker(ExprChecker, XrefChecker):
     def __init__(self, items: list[object], filename: str, vmod_loader, err_unref: bool = True,
-                 storages: tuple[str, ...] = symbols.STORAGE_NAMES) -> None:
+                 storages: tuple[str, ...] = symbols.STORAGE_NAMES,
+                 labels: frozenset[str] | None = None) -> None:
         self.items = items
         self.storages = storages
+        self.labels = labels
         self.err_unref = err_unref
         self.filename = filename
         self.load_vmod = vmod_loader
@@ -281,6 +283,8 @@ class Checker(ExprChecker, XrefChecker):
             if atype == "VCL":
                 if not isinstance(arg.value, ast.Name):
                     raise VCLError("Expected a VCL label name", arg.pos)
+                if self.labels is not None and arg.value.name not in self.labels:
+                    raise VCLError(f"Symbol not found: '{arg.value.name}'", arg.value.pos)
                 arg.value.type = "VCL"
                 continue
             arg.value = self.expr0(arg.value, atype)
@@ -405,8 +409,9 @@ class Checker(ExprChecker, XrefChecker):
 
 
 def check(items: list[object], filename: str, vmod_loader, err_unref: bool = True,
-          storages: tuple[str, ...] = symbols.STORAGE_NAMES) -> CheckedProgram:
-    return Checker(items, filename, vmod_loader, err_unref, storages).check()
+          storages: tuple[str, ...] = symbols.STORAGE_NAMES,
+          labels: frozenset[str] | None = None) -> CheckedProgram:
+    return Checker(items, filename, vmod_loader, err_unref, storages, labels).check()
 
 
 def _token_text(e: ast.Expr) -> str:

@@ -85,7 +85,7 @@ def _builtin_items() -> list[object]:
 
 def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | list[str] = (),
                 extra_vmods: Mapping[str, vmods.Vmod] | None = None, err_unref: bool = True,
-                storages: Iterable[str] | None = None) -> CompiledVCL:
+                storages: Iterable[str] | None = None, labels: Iterable[str] | None = None) -> CompiledVCL:
     """Compile VCL `source` (read from `filename`) or raise VCLError with the full report.
 
     err_unref: unused subs, backends, ACLs and probes are errors (varnishd's vcc_err_unref);
@@ -95,6 +95,9 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
 
     storages: the server's stevedore names (its -s NAME=... storages), which make the storage.NAME
     symbols; Transient is always one. None: varnishd's default, s0 and Transient.
+
+    labels: the server's VCL labels; when given, `return (vcl(LABEL))` must name one of them, as
+    varnishd checks at vcl.load. None: not checked (e.g. `cacheserver -C`).
     """
     names = tuple(storages) if storages is not None else symbols.STORAGE_NAMES
     if "Transient" not in names:
@@ -108,7 +111,8 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
 
     try:
         items = parse_with_includes(source, filename, tuple(include_dirs), sources)
-        prog = check(items + _builtin_items(), filename, load_vmod, err_unref, names)
+        prog = check(items + _builtin_items(), filename, load_vmod, err_unref, names,
+                     frozenset(labels) if labels is not None else None)
         code = generate(prog, filename)
     except VCLError as exc:
         exc.attach(sources)
