@@ -335,3 +335,17 @@ def test_return_vcl_label_must_exist_when_the_server_names_its_labels():
     compile_(body)      # labels unknown (cacheserver -C): not checked
     with pytest.raises(VCLError, match="Symbol not found: 'lblA'"):
         compile_vcl(HEAD + body, "t.vcl", labels=["other"])
+
+
+@pytest.mark.parametrize("value, message", [
+    ("1000000000000000", "Too many digits for integer."),
+    ("1.1234", "Too many digits for real."),
+    ("1234567890123.5", "Too many digits for real."),
+])
+def test_vcc_limits_on_number_literals(value, message):
+    assert _error(f"sub vcl_recv {{ set req.http.x = {value}; }}").message == message
+
+
+def test_number_literals_within_the_limits_and_no_remove_statement():
+    compile_("sub vcl_recv { set req.http.x = 999999999999999 + 123456789012.5; set req.ttl = 1234567890123s; }")
+    assert _error("sub vcl_recv { remove req.http.x; }").line == 4

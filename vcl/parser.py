@@ -249,24 +249,36 @@ class _ToAst(Transformer):
         tok = children[0]
         return ast.StringLit(self._p(tok), _unquote(str(tok)))
 
+    def _number(self, tok: Token, text: str) -> None:
+        """VCC's limits on a literal: 15 digits for an integer, 12.3 for a real."""
+        whole, dot, frac = text.partition(".")
+        if not dot and len(whole) > 15:
+            raise VCLError("Too many digits for integer.", self._p(tok))
+        if dot and (len(whole) > 12 or len(frac) > 3):
+            raise VCLError("Too many digits for real.", self._p(tok))
+
     def int_(self, children):
         tok = children[0]
+        self._number(tok, str(tok))
         return ast.IntLit(self._p(tok), int(tok), str(tok))
 
     def real(self, children):
         tok = children[0]
+        self._number(tok, str(tok))
         return ast.RealLit(self._p(tok), float(tok), str(tok))
 
     def duration(self, children):
         tok = children[0]
         text = str(tok)
         unit = text.lstrip("0123456789.")
+        self._number(tok, text[: -len(unit)])
         return ast.DurationLit(self._p(tok), float(text[: -len(unit)]) * DURATION_UNITS[unit], text)
 
     def bytes_(self, children):
         tok = children[0]
         text = str(tok)
         unit = text.lstrip("0123456789.")
+        self._number(tok, text[: -len(unit)])
         return ast.BytesLit(self._p(tok), float(text[: -len(unit)]) * BYTES_UNITS[unit], text)
 
     def name(self, children):
@@ -291,6 +303,7 @@ class _ToAst(Transformer):
     def spaced_unit(self, children):
         """`10 s`: VCC takes a number and its unit as two tokens, so a space between them is fine."""
         number, unit = children
+        self._number(number, str(number))
         return ast.UnitLit(self._p(number), float(number), str(unit), self._p(unit), f"{number}{unit}")
 
     def method(self, children):
