@@ -349,3 +349,14 @@ def test_vcc_limits_on_number_literals(value, message):
 def test_number_literals_within_the_limits_and_no_remove_statement():
     compile_("sub vcl_recv { set req.http.x = 999999999999999 + 123456789012.5; set req.ttl = 1234567890123s; }")
     assert _error("sub vcl_recv { remove req.http.x; }").line == 4
+
+
+@pytest.mark.parametrize("stmt, message, col", [
+    ("remove req.http.x;", "Symbol not found: 'remove'", 2),
+    ("foo.bar;", "Symbol not found: 'foo.bar'", 2),
+    ("req.url;", "Symbol cannot be used here.", 9),
+    ("std.log;", "Expected '(' got ';'", 9),
+])
+def test_a_bare_name_statement_is_reported_like_vcc(stmt, message, col):
+    err = _error(f"sub vcl_recv {{\n {stmt}\n}}")
+    assert (err.message, err.line, err.col) == (message, 5, col)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from vcl import ast
+import vmods
+from vcl import ast, symbols
 from vcl.errors import VCLError
 from vcl.types import BYTES_UNITS, DURATION_UNITS
 
@@ -384,6 +386,28 @@ def _cached_tree(source: str) -> Tree:
     return _lark().parse(source, start="start")
 
 
+_STATEMENT_NAME = re.compile(r"(?:^|[;{}])\s*([A-Za-z][\w.-]*)\s*$")
+
+
+def _check_statement_name(source: str, filename: str, tok: Token) -> None:
+    """A statement that is a bare name without '(': VCC says what the name is, not what it wanted
+    ("Symbol not found: 'remove'"); a known vmod function keeps "Expected '(' got ...".
+    Raises that VCLError, or returns."""
+    m = _STATEMENT_NAME.search(source, 0, tok.start_pos)
+    if m is None:
+        return
+    name, at = m.group(1), m.start(1)
+    pos = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), len(name))
+    if symbols.lookup(name) is not None:
+        raise VCLError("Symbol cannot be used here.", _tok_pos(tok, filename))
+    head, _, rest = name.partition(".")
+    if head.lower() in vmods.KNOWN:
+        vmod = vmods.load(head.lower())
+        if rest in vmod.functions or rest in vmod.objects:
+            return
+    raise VCLError(f"Symbol not found: '{name}'", pos)
+
+
 _BAD_TOKEN = "vcl__bad_token__"
 
 
@@ -443,6 +467,8 @@ def parse(source: str, filename: str, *, cache: bool = False, start: str = "star
         elif len(set(exc.expected) - {"SLASH"}) == 1:
             # An optional ACL /mask is not what VCC says it wanted.
             msg = f"Expected {_expected(set(exc.expected) - {'SLASH'})} got {_describe(tok)}"
+            if set(exc.expected) == {"LPAR"}:
+                _check_statement_name(source, filename, tok)
         else:
             msg = f"Syntax error: unexpected {_describe(tok)}"
             if expected and len(exc.expected) <= 6:
