@@ -486,6 +486,7 @@ class AdminCommands:
             raise Reply(CLIS_PARAM, f"No VCL named {target} known\n")
         if label in self.server.vcls:
             raise Reply(CLIS_PARAM, f"{label} is not a label")
+        self._check_label_loop(label, target)
         if callable(getattr(self.server, "vcl_label", None)):
             self.server.vcl_label(label, target)
         else:
@@ -493,6 +494,22 @@ class AdminCommands:
         if label == self.active_label:
             self.server.vcl_use(target)  # the active label now leads elsewhere
         return ""
+
+    def _check_label_loop(self, label: str, target: str) -> None:
+        """Refuse a label whose VCL jumps, through return (vcl(...)), back to the same label."""
+        labels = self._labels()
+        seen: set[str] = set()
+        todo = [target]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for jump in getattr(self.server.vcls.get(name), "labels", ()):
+                if jump == label:
+                    raise Reply(CLIS_PARAM, f"VCL '{target}' uses label '{label}': this would create a loop")
+                if jump in labels:
+                    todo.append(self._label_target(jump))
 
     def _vcl_state(self, argv: list[str], args: list[str]) -> str:
         name, state = args

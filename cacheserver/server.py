@@ -112,7 +112,8 @@ class Server:
         try:
             compiled = compile_vcl(source, filename, include_dirs=include_dirs,
                                    err_unref=self.params.vcc_err_unref,
-                                   storages=list(self.storage.stevedores))
+                                   storages=list(self.storage.stevedores),
+                                   labels=set(self.vcl_labels))
         except VCLError as exc:
             raise VCLLoadError(str(exc)) from None
         for warning in compiled.warnings:

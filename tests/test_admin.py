@@ -340,3 +340,19 @@ def test_backend_list_shows_directors(tmp_path, secret_file):
         rr = next(line for line in (await cli.ask("backend.list rr"))[1].splitlines() if line.startswith("dv.rr"))
         assert rr.split()[1:4] == ["probe", "0/2", "sick"]
     run(_session(tmp_path, secret_file, body))
+
+
+def test_vcl_label_refuses_a_loop_and_vcl_jumps_need_a_label(tmp_path, secret_file):
+    async def body(server: Server, cli: Cli) -> None:
+        jump = 'vcl.inline {name} "vcl 4.1; backend b none; sub vcl_recv {{ return (vcl({label})); }}"'
+        assert (await cli.ask(jump.format(name="early", label="nolabel")))[0] == 106   # no such label
+        assert (await cli.ask('vcl.inline v3 "vcl 4.1; backend b none;"'))[0] == 200
+        assert (await cli.ask("vcl.label lblA v3"))[0] == 200
+        assert (await cli.ask(jump.format(name="v4", label="lblA")))[0] == 200
+        assert (await cli.ask("vcl.label lblB v4"))[0] == 200
+        assert (await cli.ask(jump.format(name="v5", label="lblB")))[0] == 200
+        status, text = await cli.ask("vcl.label lblA v5")          # v5 -> lblB -> v4 -> lblA
+        assert status == 106 and "would create a loop" in text
+        assert (await cli.ask("vcl.label lblA v3"))[0] == 200       # no loop: fine
+
+    run(_session(tmp_path, secret_file, body))
