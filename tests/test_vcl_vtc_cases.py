@@ -360,3 +360,26 @@ def test_number_literals_within_the_limits_and_no_remove_statement():
 def test_a_bare_name_statement_is_reported_like_vcc(stmt, message, col):
     err = _error(f"sub vcl_recv {{\n {stmt}\n}}")
     assert (err.message, err.line, err.col) == (message, 5, col)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("sub vcl_recv { /* x", "Unterminated /* ... */ comment, starting at"),
+    ('sub vcl_recv { set req.http.x = {"abc; }', "Unterminated long-string, starting at"),
+    ('sub vcl_recv { set req.http.x = """abc; }', "Unterminated long-string, starting at"),
+    ('sub vcl_recv { set req.http.x = "abc; }', "Unterminated string, starting at"),
+    ('sub vcl_recv { set req.http.x = "a" $ "b"; }', "Syntax error at"),
+])
+def test_lexical_errors_like_vcc(text, message):
+    assert _error(text).message == message
+
+
+@pytest.mark.parametrize("decl, message", [
+    ('backend b2 { .path = "x.sock"; }', "Backend path: Must be an absolute path:"),
+    ('backend b2 { .host = "127.0.0.1"; .path = "/x.sock"; }', "Address redefinition at:"),
+    ('backend b2 { .host = "127.0.0.1"; .proxy_header = 3; }', ".proxy_header must be 1 or 2"),
+    ('backend b2 { .host = "127.0.0.1"; .max_connections = -1; }', "Expected CNUM got '-'"),
+    ('backend b2 { .host = "127.0.0.1"; .probe = { .url = "/"; .expected_response = 99; } }',
+     "Must specify .expected_response with exactly three digits (100 <= x <= 999)"),
+])
+def test_backend_declaration_checks_like_vcc(decl, message):
+    assert _error(decl + "\nsub vcl_recv { set req.backend_hint = b2; }").message == message

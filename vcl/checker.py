@@ -324,11 +324,16 @@ class Checker(ExprChecker, XrefChecker):
                     attr.value.type = "PROBE"
                     attr.value.ref = ("probe", attr.value.name.lower())
                     continue
+                if attr.name in ("host", "path") and {"host", "path"} <= seen:
+                    raise VCLError("Address redefinition at:", attr.pos)
                 attr.value = self._const_attr(attr, BACKEND_FIELDS[attr.name])
+                value = _const_value(attr.value)
+                if attr.name == "path" and not str(value).startswith("/"):
+                    raise VCLError("Backend path: Must be an absolute path:", attr.value.pos)
+                if attr.name == "proxy_header" and value not in (1, 2):
+                    raise VCLError(".proxy_header must be 1 or 2", attr.value.pos)
             if "host" not in seen and "path" not in seen:
                 raise VCLError("Expected .host or .path.", backend.name_pos)
-            if "host" in seen and "path" in seen:
-                raise VCLError("Only one of .host or .path may be given.", backend.name_pos)
 
     def _probe_attrs(self, attrs: list[ast.Attr]) -> None:
         seen: set[str] = set()
@@ -350,6 +355,9 @@ class Checker(ExprChecker, XrefChecker):
                 s.type = "STRING"
             return
         attr.value = self._const_attr(attr, PROBE_FIELDS[attr.name])
+        if attr.name == "expected_response" and not 100 <= _const_value(attr.value) <= 999:
+            raise VCLError("Must specify .expected_response with exactly three digits (100 <= x <= 999)",
+                           attr.value.pos)
 
     def _const_attr(self, attr: ast.Attr, ftype: str) -> ast.Expr:
         value = attr.value
@@ -357,7 +365,9 @@ class Checker(ExprChecker, XrefChecker):
             raise VCLError(f"Expected a {ftype} value for .{attr.name}", attr.pos)
         if ftype == "STRING" and not isinstance(value, ast.StringLit):
             raise VCLError(f"Expected CSTR got '{_token_text(value)}'", value.pos)
-        literal = (ast.StringLit, ast.IntLit, ast.RealLit, ast.DurationLit, ast.BytesLit, ast.UnitLit, ast.Neg)
+        if isinstance(value, ast.Neg):
+            raise VCLError("Expected CNUM got '-'", value.pos)   # VCC reads an unsigned number here
+        literal = (ast.StringLit, ast.IntLit, ast.RealLit, ast.DurationLit, ast.BytesLit, ast.UnitLit)
         if not isinstance(value, literal):
             raise VCLError(f"Expected a constant {ftype} for .{attr.name}", value.pos)
         saved, self.cur = self.cur, SubInfo("<decl>", [])
@@ -421,3 +431,11 @@ def _token_text(e: ast.Expr) -> str:
 def _before(a: ast.Pos, b: ast.Pos) -> bool:
     """a comes before b in the same file (declarations in different files are in include order)."""
     return a.file == b.file and (a.line, a.col) < (b.line, b.col)
+
+
+def _const_value(e: ast.Expr) -> object:
+    """The value of a checked constant declaration field (a literal)."""
+    for name in ("value", "seconds"):
+        if hasattr(e, name):
+            return getattr(e, name)
+    return None

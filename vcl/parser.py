@@ -408,6 +408,35 @@ def _check_statement_name(source: str, filename: str, tok: Token) -> None:
     raise VCLError(f"Symbol not found: '{name}'", pos)
 
 
+def _unterminated(source: str, filename: str) -> VCLError | None:
+    """An unterminated comment or string, which VCC's lexer reports before any syntax error."""
+    i, n = 0, len(source)
+    while i < n:
+        c = source[i]
+        two = source[i:i + 2]
+        if two == "//" or c == "#":
+            end = source.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        for opener, closer, what in (("/*", "*/", "/* ... */ comment"), ('"""', '"""', "long-string"),
+                                     ('{"', '"}', "long-string"), ('"', '"', "string")):
+            if source.startswith(opener, i):
+                end = source.find(closer, i + len(opener))
+                if what == "string":
+                    newline = source.find("\n", i + 1)
+                    if newline >= 0 and (end < 0 or newline < end):
+                        end = -1
+                if end < 0:
+                    line = source.count("\n", 0, i) + 1
+                    pos = ast.Pos(filename, line, i - source.rfind("\n", 0, i), len(opener))
+                    return VCLError(f"Unterminated {what}, starting at", pos)
+                i = end + len(closer)
+                break
+        else:
+            i += 1
+    return None
+
+
 _BAD_TOKEN = "vcl__bad_token__"
 
 
@@ -442,7 +471,17 @@ def parse(source: str, filename: str, *, cache: bool = False, start: str = "star
         col = len(before) - before.rfind("\n") if "\n" in before else exc.tok.column + exc.inner
         raise VCLError("/* ... */ comment contains /*", _tok_pos(exc.tok, filename),
                        [("here:", ast.Pos(filename, line, col, 2))]) from None
-    except UnexpectedToken as exc:
+    except UnexpectedInput as exc:
+        lexical = _unterminated(source, filename)
+        if lexical is not None:
+            raise lexical from None
+        return _syntax_error(exc, source, filename, start)
+    return _to_ast(tree, filename)
+
+
+def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) -> ast.Program:
+    """Raise VCC's message for a parse error (or return the program a recovery made of it)."""
+    if isinstance(exc, UnexpectedToken):
         tok = exc.token
         if tok.type == "$END":
             lines = source.split("\n")
@@ -474,16 +513,23 @@ def parse(source: str, filename: str, *, cache: bool = False, start: str = "star
             if expected and len(exc.expected) <= 6:
                 msg += f", expected {expected}"
         raise VCLError(msg, pos) from None
-    except UnexpectedCharacters as exc:
+    if isinstance(exc, UnexpectedCharacters):
         char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else ""
-        msg = f"Syntax error: unexpected character {char!r}"
-        if char == '"':
-            msg = "Unterminated string"
+        ahead = source[exc.pos_in_stream:exc.pos_in_stream + 3]
+        msg = "Syntax error at"          # VCC's words for a character no token starts with
+        if ahead.startswith("/*"):
+            msg = "Unterminated /* ... */ comment, starting at"
+        elif ahead == '"""' or ahead.startswith('{"'):
+            msg = "Unterminated long-string, starting at"
+        elif char == '"':
+            msg = "Unterminated string, starting at"
         raise VCLError(msg, ast.Pos(filename, exc.line, exc.column, 1)) from None
-    except UnexpectedEOF as exc:  # pragma: no cover - the LALR parser reports $END as a token
+    if isinstance(exc, UnexpectedEOF):  # pragma: no cover - the LALR parser reports $END as a token
         raise VCLError("Syntax error: unexpected end of file", ast.Pos(filename, exc.line, exc.column)) from None
-    except UnexpectedInput as exc:  # pragma: no cover
-        raise VCLError(f"Syntax error: {exc}", ast.Pos(filename, exc.line, exc.column)) from None
+    raise VCLError(f"Syntax error: {exc}", ast.Pos(filename, exc.line, exc.column))  # pragma: no cover
+
+
+def _to_ast(tree: Tree, filename: str) -> ast.Program:
     try:
         return _ToAst(filename).transform(tree)
     except VisitError as exc:
