@@ -14,7 +14,10 @@ from vcl.errors import VCLError
 from vcl.runtime import IP, Action, Context, Headers, HttpMessage
 from vmods import Param, Vmod
 
-DOC = Path("/work/shared/mission/tcp-example.md")
+# ../shared beside the checkout (as in CI), else the workplace's copy
+DOC = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "mission" / "tcp-example.md",
+                        Path("/work/shared/mission/tcp-example.md")) if p.exists()),
+           Path("/work/shared/mission/tcp-example.md"))
 
 DOC_VCL = """\
 sub vcl_recv {
