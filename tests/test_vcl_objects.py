@@ -98,7 +98,7 @@ def test_unknown_method_and_duplicate_object():
     dup = VCL.replace("\trr.add_backend(a);\n", "\tnew rr = dirs.round_robin();\n\trr.add_backend(a);\n")
     with pytest.raises(VCLError) as info:
         compile_vcl(dup, "o.vcl", extra_vmods={"dirs": make_vmod()})
-    assert str(info.value).startswith("o.vcl:7:6: Object name 'rr' already used")
+    assert str(info.value).startswith("o.vcl:7:6: Instance 'rr' redefined.")
 
 
 def test_vcl_init_can_fail_and_fini_runs():

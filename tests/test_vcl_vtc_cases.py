@@ -383,3 +383,15 @@ def test_lexical_errors_like_vcc(text, message):
 ])
 def test_backend_declaration_checks_like_vcc(decl, message):
     assert _error(decl + "\nsub vcl_recv { set req.backend_hint = b2; }").message == message
+
+
+@pytest.mark.parametrize("decls, message", [
+    ('acl b2 { "1.2.3.4"; }\nbackend b2 { .host = "127.0.0.1"; }', "Name 'b2' already defined."),
+    ('backend b2 { .host = "127.0.0.1"; }\nbackend b2 { .host = "127.0.0.1"; }', "Backend 'b2' redefined."),
+    ('import directors;\nbackend b2 { .host = "127.0.0.1"; }\nsub vcl_init { new b2 = directors.round_robin(); }',
+     "Name 'b2' already defined."),
+    ('import directors;\nsub vcl_init { new rr = directors.round_robin(); new rr = directors.round_robin(); }',
+     "Instance 'rr' redefined."),
+])
+def test_name_clashes_like_vcc(decls, message):
+    assert _error(decls).message == message

@@ -88,8 +88,10 @@ class Checker(ExprChecker, XrefChecker):
         def declare(kind: str, name: str, pos: ast.Pos) -> str:
             key = name.lower()   # VCC's symbols are case-insensitive
             if key in names:
-                raise VCLError(f"{kind.capitalize()} '{name}' redefined", pos,
-                               [("Previously defined here:", names[key][1])])
+                # VCC: the same kind again is a redefinition; another kind a clash of names.
+                msg = (f"{kind.capitalize()} '{name}' redefined." if names[key][0] == kind
+                       else f"Name '{name}' already defined.")
+                raise VCLError(msg, pos, [("Previously defined here:", names[key][1])])
             names[key] = (kind, pos)
             return key
 
@@ -148,8 +150,10 @@ class Checker(ExprChecker, XrefChecker):
         for stmt in body:
             if isinstance(stmt, ast.New):
                 key = stmt.name.lower()
-                if key in self.instances or key in self.backends or key in self.acls:
-                    raise VCLError(f"Object name '{stmt.name}' already used", stmt.name_pos)
+                if key in self.instances:
+                    raise VCLError(f"Instance '{stmt.name}' redefined.", stmt.name_pos)
+                if key in self.backends or key in self.acls or key in self.probes:
+                    raise VCLError(f"Name '{stmt.name}' already defined.", stmt.name_pos)
                 vmod_name, _, obj = stmt.call.name.partition(".")
                 vmod = self._vmod_for(vmod_name, stmt.call.pos)
                 if vmod is None or obj not in vmod.objects:
