@@ -395,3 +395,13 @@ def test_backend_declaration_checks_like_vcc(decl, message):
 ])
 def test_name_clashes_like_vcc(decls, message):
     assert _error(decls).message == message
+
+
+@pytest.mark.parametrize("text, message, col", [
+    ("foo bar;", "Expected one of\n\t'acl', 'sub', 'backend', 'probe', 'import',  or 'vcl'\nFound: 'foo' at", 1),
+    ('sub vcl_recv { std.log("a", "b"); }', "Expected ')' got '\"b\"'", 29),
+    ("import directors;\nsub vcl_init { new rr = directors.round_robin(1); }", "Expected ')' got '1'", 47),
+])
+def test_more_syntax_messages_like_vcc(text, message, col):
+    err = _error(text)
+    assert (err.message, err.col) == (message, col)

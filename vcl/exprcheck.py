@@ -404,7 +404,9 @@ class ExprChecker:
         if any(a.name is None for a in e.args[len(positional):]):
             raise VCLError("Positional argument after named argument", e.pos)
         if len(positional) > len(params):
-            raise VCLError(f"Too many arguments to {name}()", positional[len(params)].pos)
+            # VCC stops where it wanted the closing parenthesis.
+            extra = positional[len(params)].value
+            raise VCLError(f"Expected ')' got '{_first_token(extra)}'", extra.pos)
         for i, arg in enumerate(positional):
             bound[i] = self._arg(arg.value, params[i])
         for arg in named:
@@ -459,3 +461,23 @@ def _fold_literal(e: ast.Expr) -> ast.Expr:
                 raise VCLError(f"Expected CSTR got '{text}'", part.pos)
         return ast.StringLit(left.pos, left.value + right.value)
     return e
+
+
+def _first_token(e: ast.Expr) -> str:
+    """The source text of an expression's first token, as VCC quotes it in messages."""
+    while True:
+        if isinstance(e, (ast.Arith, ast.Compare, ast.Match)):
+            e = e.left
+        elif isinstance(e, ast.BoolOp):
+            e = e.operands[0]
+        elif isinstance(e, ast.Concat):
+            e = e.parts[0]
+        else:
+            break
+    if isinstance(e, ast.StringLit):
+        return f'"{e.value}"'
+    if isinstance(e, ast.Neg):
+        return "-"
+    if isinstance(e, ast.Not):
+        return "!"
+    return getattr(e, "text", None) or getattr(e, "name", None) or "("

@@ -489,7 +489,11 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
         else:
             pos = _tok_pos(tok, filename)
         expected = _expected(set(exc.expected))
-        if {"SEMICOLON", "LPAR"} <= set(exc.expected):
+        if {"KW_SUB", "KW_BACKEND", "KW_ACL"} <= set(exc.expected):
+            # At the top level, VCC lists the declarations it knows.
+            msg = (f"Expected one of\n\t'acl', 'sub', 'backend', 'probe', 'import',  or 'vcl'\n"
+                   f"Found: {_describe(tok)} at")
+        elif {"SEMICOLON", "LPAR"} <= set(exc.expected):
             msg = f"Expected '(' got {_describe(tok)}"      # return without parentheses
         elif "SEMICOLON" in exc.expected:
             # The usual mistake; say it the way VCC does.
