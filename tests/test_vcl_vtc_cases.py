@@ -405,3 +405,26 @@ def test_name_clashes_like_vcc(decls, message):
 def test_more_syntax_messages_like_vcc(text, message, col):
     err = _error(text)
     assert (err.message, err.col) == (message, col)
+
+
+@pytest.mark.parametrize("expr, expected", [
+    ('std.real("1.23456") * 1000', "1234.000"),          # VNUM: three decimals at most
+    ('std.duration("1.23456s") * 1000', "1234.000"),
+    ('std.bytes(s="1.5", fallback=0B)', "0"),             # no fraction of a byte
+    ('std.bytes(s="1.3k", fallback=0B)', "1331"),
+    ('std.integer(duration=-1.9s)', "-1"),                 # toward zero
+    ('std.integer(s="+5", fallback=-1)', "-1"),
+    ('regsuball("baaac", "a*", "-")', "-b-c"),            # later matches may not be empty
+    ('regsuball("abc", "", "-")', "-abc"),
+    ('regsuball("abc", "$", "-")', "abc-"),
+    ('std.toupper("a\u00e9")', "A\u00e9"),                # ASCII only
+    ('"\u00c0B".lower()', "\u00c0b"),
+    ('std.querysort("/?&")', "/?"),
+    ('std.ip("::ffff:1.2.3.4", "0.0.0.0")', "1.2.3.4"),
+])
+def test_runtime_results_match_varnishd(expr, expected):
+    vcl = compile_(f"sub vcl_synth {{ set resp.http.x = {expr}; }}")
+    ctx = Context(method="vcl_synth", hash_parts=[])
+    ctx.resp = HttpMessage(status=200, reason="OK", headers=Headers([]))
+    vcl.subs["vcl_synth"](ctx)
+    assert ctx.resp.headers.get("x") == expected

@@ -478,7 +478,7 @@ class CodeGen:
             return (f"rt.regsub({self.prog.regexes[rx.value]}, {self.expr(subject)}, "
                     f"{self.expr(sub)}, {e.ref[1]})")
         if kind == "strmethod":
-            return f"{self.str_expr(e.bound[0])}.{e.ref[1]}()"
+            return f"rt.ascii_{e.ref[1]}({self.str_expr(e.bound[0])})"
         if kind == "resolve":
             return f"rt.resolve_backend({self.expr(e.bound[0])}, ctx)"
         if kind == "func":

@@ -195,4 +195,18 @@ def regsub(regex: Regex, subject: str | None, sub: str | None, all_: bool) -> st
     """regsub()/regsuball(): \\0 is the match, \\1..\\9 the groups (unmatched groups: "")."""
     compiled = regex.compiled
     template = _python_template(sub if sub is not None else "", compiled.groups)
-    return compiled.sub(template, subject if subject is not None else "", count=0 if all_ else 1)
+    subject = subject if subject is not None else ""
+    if not all_:
+        return compiled.sub(template, subject, count=1)
+    # VRT_regsub looks for every match after the first with PCRE's NOTEMPTY: later empty matches
+    # are left alone ("abc" ~ "" gives "-abc", not "-a-b-c-").
+    first = True
+
+    def replace(m: re.Match) -> str:
+        nonlocal first
+        if m.start() == m.end() and not first:
+            return ""
+        first = False
+        return m.expand(template)
+
+    return compiled.sub(replace, subject)

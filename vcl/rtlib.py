@@ -85,6 +85,19 @@ def s_blob(value: bytes | None) -> str:
     return ":" + base64.b64encode(bytes(value)).decode("ascii") + ":"
 
 
+_UPPER = {c: c - 32 for c in range(ord("a"), ord("z") + 1)}
+_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
+def ascii_upper(s: str) -> str:
+    """toupper(3) in the C locale, as varnishd: only ASCII letters change."""
+    return s.translate(_UPPER)
+
+
+def ascii_lower(s: str) -> str:
+    return s.translate(_LOWER)
+
+
 def s_null(value: str | None) -> str:
     """An unset STRING printed by C's printf: "(null)"."""
     return "(null)" if value is None else value

@@ -168,7 +168,10 @@ def parse_ip(s: str, default_port: str = "80", resolve: bool = True) -> IP | Non
     if not infos:
         return None
     addr = infos[0][4]
-    return IP(addr[0], int(addr[1]))
+    host = addr[0]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]      # an IPv4-mapped address is that IPv4 address, as varnishd prints it
+    return IP(host, int(addr[1]))
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ import time as _time
 from calendar import timegm
 from email.utils import parsedate_tz
 
+from vcl.rtlib import ascii_lower, ascii_upper
 from vcl.runtime import IP, Context, HeaderRef, HttpMessage, VCLFailure, parse_ip
 from vmods import Param, Vmod
 
@@ -62,19 +63,19 @@ def querysort(ctx: Context, url: str | None) -> str | None:
         return url
     params = [p for p in query.split("&") if p]
     if not params:
-        return path
+        return path + "?"      # varnishd keeps the '?' of an empty query
     params.sort()
     return path + "?" + "&".join(params)
 
 
 @VMOD.func("toupper", "STRING", [Param("s", "STRANDS")])
 def toupper(ctx: Context, s: str) -> str:
-    return s.upper()
+    return ascii_upper(s)
 
 
 @VMOD.func("tolower", "STRING", [Param("s", "STRANDS")])
 def tolower(ctx: Context, s: str) -> str:
-    return s.lower()
+    return ascii_lower(s)
 
 
 @VMOD.func("strstr", "STRING", [Param("s1", "STRING"), Param("s2", "STRING")])
@@ -203,6 +204,12 @@ def port(ctx: Context, ip: IP | None) -> int:
 # ------------------------------------------------------------------ conversions
 
 
+def _number(text: str) -> float:
+    """A decimal number as varnishd's VNUM reads it: digits past the third decimal are ignored."""
+    whole, dot, frac = text.partition(".")
+    return float(f"{whole}{dot}{frac[:3]}") if dot and frac else float(whole or "0")
+
+
 def _only_one(fname: str, given: list[object]) -> None:
     if sum(v is not None for v in given) > 1:
         raise VCLFailure(f"std.{fname}(): only one argument may be given")
@@ -214,7 +221,7 @@ def _fallback(fname: str, fallback, what: str):
     return fallback
 
 
-_INT = re.compile(r"\s*([+-]?[0-9]+)\s*")
+_INT = re.compile(r"\s*(-?[0-9]+)\s*")      # varnishd takes no '+' sign
 _REAL = re.compile(r"\s*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))\s*")
 _DURATION = re.compile(r"\s*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))\s*(ms|s|m|h|d|w|y)\s*")
 _DUR_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
@@ -234,7 +241,7 @@ def integer(ctx: Context, s=None, fallback=None, bool_=None, bytes_=None, durati
         if value is not None:
             if math.isnan(value) or math.isinf(value) or abs(value) >= 2 ** 63:
                 return _fallback("integer", fallback, "out of range")
-            return int(math.floor(value))
+            return math.trunc(value)     # a C cast: toward zero
     if s is not None:
         m = _INT.fullmatch(s)
         if m:
@@ -280,7 +287,7 @@ def real(ctx: Context, s=None, fallback=None, integer_=None, bool_=None, bytes_=
     if s is not None:
         m = _REAL.fullmatch(s)
         if m:
-            return float(m.group(1))
+            return _number(m.group(1))
     return _fallback("real", fallback, repr(s))
 
 
@@ -295,7 +302,7 @@ def duration(ctx: Context, s=None, fallback=None, real_=None, integer_=None) -> 
     if s is not None:
         m = _DURATION.fullmatch(s)
         if m:
-            return float(m.group(1)) * _DUR_UNITS[m.group(2)]
+            return _number(m.group(1)) * _DUR_UNITS[m.group(2)]
     return _fallback("duration", fallback, repr(s))
 
 
@@ -311,7 +318,10 @@ def bytes_(ctx: Context, s=None, fallback=None, real_=None, integer_=None) -> fl
     if s is not None:
         m = _BYTES.fullmatch(s)
         if m:
-            return float(math.floor(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()]))
+            scale = _BYTE_UNITS[m.group(2).lower()]
+            value = _number(m.group(1))
+            if scale > 1 or value == int(value):      # no fraction of a byte
+                return float(math.floor(value * scale))
     return _fallback("bytes", fallback, repr(s))
 
 
