@@ -428,3 +428,13 @@ def test_runtime_results_match_varnishd(expr, expected):
     ctx.resp = HttpMessage(status=200, reason="OK", headers=Headers([]))
     vcl.subs["vcl_synth"](ctx)
     assert ctx.resp.headers.get("x") == expected
+
+
+def test_a_none_backend_is_no_backend_and_transport_is_http1():
+    vcl = compile_vcl("vcl 4.1;\nbackend be none;\nsub vcl_recv {\n set req.http.b = be;\n"
+                      " set req.backend_hint = be;\n set req.http.t = req.transport;\n}", "t.vcl")
+    ctx = Context(method="vcl_recv", hash_parts=[])
+    ctx.req = HttpMessage("GET", "/", "HTTP/1.1", headers=Headers([["Host", "h"]]))
+    ctx.backend_hint = object()
+    vcl.subs["vcl_recv"](ctx)
+    assert (ctx.req.headers.get("b"), ctx.backend_hint, ctx.req.headers.get("t")) == ("", None, "HTTP/1")

@@ -435,6 +435,8 @@ class CodeGen:
             return "True" if e.ref[1] else "False"
         if kind == "default_backend":
             return "DEFAULT_BACKEND"
+        if kind == "backend" and self.prog.backends[e.ref[1]].attrs is None:
+            return "None"    # `backend NAME none;` is no backend at all (VCC makes it NULL)
         if kind in ("backend", "acl", "probe"):
             return self.ident(kind + "_", e.ref[1])
         if kind == "instance":

@@ -189,7 +189,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     _v("req.storage", "STEVEDORE", ["client"], ["client"], get="ctx.req_storage",
        set_="ctx.req_storage = {v}"),
     _v("req.time", "TIME", ["client"], get="ctx.req_time"),
-    _v("req.transport", "STRING", ["client"], get="ctx.transport"),
+    # HTTP/1 is the only transport the server speaks.
+    _v("req.transport", "STRING", ["client"], get="(ctx.transport or 'HTTP/1')"),
     _v("req.ttl", "DURATION", ["client"], ["client"], get="ctx.req_ttl", set_="ctx.req_ttl = {v}"),
     _v("req.url", "STRING", ["client"], ["client"], get="ctx.req.url", set_=_line1("req.url")),
     _v("req.xid", "STRING", ["client"], get="str(ctx.xid)"),
