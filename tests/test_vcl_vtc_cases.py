@@ -438,3 +438,26 @@ def test_a_none_backend_is_no_backend_and_transport_is_http1():
     ctx.backend_hint = object()
     vcl.subs["vcl_recv"](ctx)
     assert (ctx.req.headers.get("b"), ctx.backend_hint, ctx.req.headers.get("t")) == ("", None, "HTTP/1")
+
+
+@pytest.mark.parametrize("expr", ["999999999999999 + 1", "999999999999.0 * 10", "1s * 999999999999.0 * 10"])
+def test_numbers_too_big_for_a_string_fail_the_task(expr):
+    vcl = compile_(f"sub vcl_synth {{ set resp.http.x = {expr}; }}")
+    ctx = Context(method="vcl_synth", hash_parts=[])
+    ctx.resp = HttpMessage(status=200, reason="OK", headers=Headers([]))
+    with pytest.raises(VCLFailure, match="overflow"):
+        vcl.subs["vcl_synth"](ctx)
+
+
+@pytest.mark.parametrize("expr, expected", [
+    ('std.integer("1000000000000000", 0)', "0"),
+    ('std.integer("-999999999999999", 0)', "-999999999999999"),
+    ('std.real("1000000000000", 0.0)', "0.000"),
+    ('std.real("-999999999999.5", 0.0)', "-999999999999.500"),
+])
+def test_std_conversions_refuse_numbers_varnishd_cannot_hold(expr, expected):
+    vcl = compile_(f"sub vcl_synth {{ set resp.http.x = {expr}; }}")
+    ctx = Context(method="vcl_synth", hash_parts=[])
+    ctx.resp = HttpMessage(status=200, reason="OK", headers=Headers([]))
+    vcl.subs["vcl_synth"](ctx)
+    assert ctx.resp.headers.get("x") == expected

@@ -17,9 +17,24 @@ from vcl.runtime import IP, BackendSpec, VCLFailure
 # ------------------------------------------------------------------ conversions to STRING
 
 
+# VRT_INTEGER_MAX and VRT_DECIMAL_MAX: larger numbers have no string form and fail the task.
+INT_MAX = 999999999999999
+REAL_MAX = 999999999999.999
+
+
+def s_int(value: int) -> str:
+    """INT in string context (VRT_INT_string)."""
+    if abs(value) > INT_MAX:
+        raise VCLFailure(f"INT overflow converting {value} to string")
+    return str(value)
+
+
 def s_real(value: float | None) -> str:
     """REAL and DURATION in string context: 3 decimals (VRT_REAL_string)."""
-    return "%.3f" % (value or 0.0)
+    value = value or 0.0
+    if not abs(value) <= REAL_MAX:      # also NaN
+        raise VCLFailure(f"REAL overflow converting {value} to string")
+    return "%.3f" % value
 
 
 def s_bytes(value: float | None) -> str:

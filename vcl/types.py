@@ -38,7 +38,7 @@ COMPARABLE: dict[str, frozenset[str]] = {
 
 # Types with a string form, and the Python template (on {x}) that produces it.
 TO_STRING: dict[str, str] = {
-    "INT": "str({x})",
+    "INT": "rt.s_int({x})",
     "REAL": "rt.s_real({x})",
     "DURATION": "rt.s_real({x})",
     "BYTES": "rt.s_bytes({x})",

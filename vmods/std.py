@@ -17,7 +17,7 @@ import time as _time
 from calendar import timegm
 from email.utils import parsedate_tz
 
-from vcl.rtlib import ascii_lower, ascii_upper
+from vcl.rtlib import INT_MAX, REAL_MAX, ascii_lower, ascii_upper
 from vcl.runtime import IP, Context, HeaderRef, HttpMessage, VCLFailure, parse_ip
 from vmods import Param, Vmod
 
@@ -244,7 +244,7 @@ def integer(ctx: Context, s=None, fallback=None, bool_=None, bytes_=None, durati
             return math.trunc(value)     # a C cast: toward zero
     if s is not None:
         m = _INT.fullmatch(s)
-        if m:
+        if m and abs(int(m.group(1))) <= INT_MAX:
             return int(m.group(1))
     return _fallback("integer", fallback, repr(s))
 
@@ -286,7 +286,7 @@ def real(ctx: Context, s=None, fallback=None, integer_=None, bool_=None, bytes_=
             return float(value)
     if s is not None:
         m = _REAL.fullmatch(s)
-        if m:
+        if m and abs(_number(m.group(1))) <= REAL_MAX:
             return _number(m.group(1))
     return _fallback("real", fallback, repr(s))
 
