@@ -85,8 +85,9 @@ class Probes:
     def __init__(self) -> None:
         self.by_vcl: dict[str, list[Prober]] = {}
 
-    def start(self, name: str, vcl) -> None:
-        """Probe the backends of `vcl` (those with .probe, or all of them under `probe default`)."""
+    def prepare(self, name: str, vcl) -> None:
+        """Set up probers for `vcl` (those with .probe, or all under `probe default`) without polling:
+        each backend starts at its probe's .initial health, which vcl_init already sees."""
         if name in self.by_vcl:
             return
         default = (getattr(vcl, "probes", None) or {}).get("default")
@@ -95,10 +96,15 @@ class Probes:
             probe = spec.probe if spec.probe is not None else default
             if spec.host is None or probe is None:
                 continue
-            prober = Prober(spec, probe)
-            prober.start()
-            probers.append(prober)
+            probers.append(Prober(spec, probe))
         self.by_vcl[name] = probers
+
+    def start(self, name: str, vcl) -> None:
+        """Poll the backends of `vcl`."""
+        self.prepare(name, vcl)
+        for prober in self.by_vcl[name]:
+            if prober.task is None:
+                prober.start()
 
     def stop(self, name: str) -> None:
         for prober in self.by_vcl.pop(name, []):

@@ -118,9 +118,11 @@ class Server:
             raise VCLLoadError(str(exc)) from None
         for warning in compiled.warnings:
             log.warning("%s", warning)
+        self.probes.prepare(name, compiled)         # backends have their initial health in vcl_init
         ctx = Context(method="vcl_init", vcl=compiled, server=self)
         action = compiled.init(ctx)
         if isinstance(action, Action) and action.name == "fail":
+            self.probes.stop(name)
             msg = "; ".join(text for _, text in ctx.log) or "vcl_init failed"
             raise VCLLoadError(f"VCL \"{name}\" Failed initialization\nMessage:\n\t{msg}")
         compiled.name = name
