@@ -87,6 +87,8 @@ class ClientRequest:
             hash_always_miss=False, hash_ignore_busy=False, can_gzip=False,
             is_hitmiss=False, is_hitpass=False, req_ttl=-1.0, req_grace=-1.0,
             sess_xid=getattr(session, "xid", 0), sess_timeout_idle=server.params.timeout_idle,
+            local_endpoint=getattr(session, "local_endpoint", None),
+            local_socket=getattr(session, "listen_name", None),
         )
 
     # -- drivers ----------------------------------------------------------------------------------

@@ -43,8 +43,9 @@ class RequestTooLarge(Exception):
 
 
 class ClientProtocol(asyncio.Protocol):
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, listen_name: str = "a0") -> None:
         self.server = server
+        self.listen_name = listen_name       # local.socket: the -a name it came in on
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[ClientRequest] = deque()
@@ -88,6 +89,7 @@ class ClientProtocol(asyncio.Protocol):
         local = transport.get_extra_info("sockname") or ("0.0.0.0", 0)
         self.client_ip = IP(peer[0], peer[1])
         self.local_ip = IP(local[0], local[1])
+        self.local_endpoint = f"[{local[0]}]:{local[1]}" if ":" in local[0] else f"{local[0]}:{local[1]}"
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

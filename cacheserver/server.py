@@ -212,9 +212,10 @@ class Server:
         for vcl_name, compiled in self.vcls.items():
             self.probes.start(vcl_name, compiled)
         loop = asyncio.get_running_loop()
-        for sock in self._sockets:
+        for spec, sock in zip(self.listen_specs, self._sockets, strict=False):
             # A dup, so that stop() can close the listener and start() reuse the same port.
-            listener = await loop.create_server(lambda: ClientProtocol(self), sock=sock.dup())
+            listener = await loop.create_server(lambda name=spec.name: ClientProtocol(self, name),
+                                                sock=sock.dup())
             self._listeners.append(listener)
 
     async def stop(self) -> None:
