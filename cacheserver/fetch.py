@@ -173,11 +173,15 @@ class BusyObj:
         if name == "fetch":
             return "fetch"
         if name == "error":
-            self._err_status = (action.args[0] if action.args else 503,
-                                action.args[1] if len(action.args) > 1 else "")
-            self._failure_counted = True      # VCL chose the error: not a failed fetch
-            return "error"
+            return self._vcl_error(action)
         return "fail"            # abandon, fail
+
+    def _vcl_error(self, action: Action) -> str:
+        """return (error(status, reason)) from VCL: vcl_backend_error, not counted as a failed fetch."""
+        self._err_status = (action.args[0] if action.args else 503,
+                            action.args[1] if len(action.args) > 1 else "")
+        self._failure_counted = True
+        return "error"
 
     async def stp_fetch(self) -> str | None:
         ctx = self.ctx
@@ -316,10 +320,7 @@ class BusyObj:
         if name == "retry":
             return "retry"
         if name == "error":
-            self._err_status = (action.args[0] if action.args else 503,
-                                action.args[1] if len(action.args) > 1 else "")
-            self._failure_counted = True      # VCL chose the error: not a failed fetch
-            return "error"
+            return self._vcl_error(action)
         return "fail"            # abandon, fail
 
     def _conn_delta(self, backend: BackendSpec, delta: int) -> None:
