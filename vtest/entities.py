@@ -162,19 +162,7 @@ class Server(Entity):
         self.thread = self.ctx.spawn(self, lambda: _quiet_cancel(lambda: run(spec, gen)))
 
     def _serve(self, spec: str, gen: int) -> None:
-        conn: socket.socket | None = None
-        for _ in range(self.repeat):
-            if conn is None or not self.keepalive:
-                conn = self.accept_one(gen)
-            http = Http(self.ctx, self.log, conn, is_client=False, entity=self)
-            http.run(spec)
-            conn = http.sock
-            if not self.keepalive and conn is not None:
-                self.log(3, "shutting fd %d" % conn.fileno())
-                _close(conn)
-                conn = None
-        if conn is not None:
-            _close(conn)
+        _sessions(self, spec, lambda: self.accept_one(gen), is_client=False, closing="shutting")
 
     def _dispatch(self, spec: str, gen: int) -> None:
         if self.name != "s0":
@@ -257,19 +245,24 @@ class Client(Entity):
         return s
 
     def _run(self, target_text: str, spec: str) -> None:
-        conn: socket.socket | None = None
-        for _ in range(self.repeat):
-            if conn is None or not self.keepalive:
-                conn = self._open(target_text)
-            http = Http(self.ctx, self.log, conn, is_client=True, entity=self)
-            http.run(spec)
-            conn = http.sock
-            if not self.keepalive and conn is not None:
-                self.log(3, "closing fd %d" % conn.fileno())
-                _close(conn)
-                conn = None
-        if conn is not None:
+        _sessions(self, spec, lambda: self._open(target_text), is_client=True, closing="closing")
+
+
+def _sessions(entity, spec: str, connect, *, is_client: bool, closing: str) -> None:
+    """Run `spec` -repeat times, on one connection with -keepalive, else on a new one each time."""
+    conn: socket.socket | None = None
+    for _ in range(entity.repeat):
+        if conn is None or not entity.keepalive:
+            conn = connect()
+        http = Http(entity.ctx, entity.log, conn, is_client=is_client, entity=entity)
+        http.run(spec)
+        conn = http.sock
+        if not entity.keepalive and conn is not None:
+            entity.log(3, "%s fd %d" % (closing, conn.fileno()))
             _close(conn)
+            conn = None
+    if conn is not None:
+        _close(conn)
 
 
 def proxy_header(version: int, text: str) -> bytes:
