@@ -20,6 +20,7 @@ from yarl import URL
 
 from cacheserver import backends
 from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for, text
+from cacheserver.reqbody import ReqBody, ReqBodyError
 from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import ObjCore
@@ -98,14 +99,14 @@ class BusyObj:
     """One backend transaction filling `oc` (a busy object in the cache, or a private one for pass)."""
 
     def __init__(self, server: Server, vcl, creq: Context, oc: ObjCore, stale: ObjCore | None, mode: str,
-                 req_body: bytes = b"") -> None:
+                 req_body: ReqBody | bytes = b"") -> None:
         self.server = server
         self.vcl = vcl
         self.oc = oc
         self.stale = stale
         self.mode = mode                    # "miss", "pass" or "bg" (background refresh in grace)
         self.is_pass = mode == "pass"
-        self.req_body = req_body
+        self.req_body = ReqBody.of(req_body) if isinstance(req_body, bytes) else req_body
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
         self.reader = oc.open_reader() if mode != "bg" else None
         self.no_space = False
@@ -235,9 +236,12 @@ class BusyObj:
         if backend.host_header and "Host" not in headers:
             headers.add("Host", backend.host_header)
         self.bereq_close = "close" in (headers.get("Connection") or "").lower()
-        body = self.req_body if ctx.bereq_body is not None else b""    # `unset bereq.body` drops it
+        body = b""
+        sends_body = ctx.bereq_body is not None     # `unset bereq.body` drops it
         if not self.is_pass and bereq.method in ("GET", "HEAD"):
-            body = b""       # a cache fill sends a request body only when VCL made it e.g. a POST again
+            sends_body = False   # a cache fill sends a request body only when VCL made it e.g. a POST again
+        if sends_body and self.req_body.present:
+            body = b"".join([data async for data in self.req_body.chunks()])
         if body or not self.is_pass:
             headers.unset("Content-Length")
         # aiohttp adds none of its own headers: the backend sees bereq as VCL left it
@@ -259,7 +263,8 @@ class BusyObj:
                     auto_decompress=False, timeout=timeout, skip_auto_headers=skip, compress=None,
                     chunked=None, expect100=False, read_until_eof=True,
                     trace_request_ctx={"timeout": deadline, "first_byte": first_byte})
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, LookupError) as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, LookupError,
+                ReqBodyError) as exc:
             self._conn_delta(backend, -1)
             raise FetchError(str(exc) or type(exc).__name__) from None
         return response

@@ -21,6 +21,7 @@ from cacheserver import storage as st
 from cacheserver.fetch import BusyObj
 from cacheserver.http1 import DATES, reason_for, serialize_head
 from cacheserver.ranges import RangeError, not_modified, parse_range
+from cacheserver.reqbody import ReqBody
 from cacheserver.rfc2616 import collect_header, parse_date
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import ObjCore
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cacheserver.fsm")
 
 # States that always wait on I/O.
-_ALWAYS_ASYNC = frozenset({"fetch", "pipe", "waitinglist", "stream"})
+_ALWAYS_ASYNC = frozenset({"fetch", "pipe", "waitinglist", "stream", "send"})
 # The subroutines each state runs, for states that are async when one of them is.
 _STATE_SUBS = {"recv": ("vcl_recv", "vcl_hash"), "hit": ("vcl_hit",), "miss": ("vcl_miss",),
                "pass": ("vcl_pass",), "purge": ("vcl_purge",), "deliver": ("vcl_deliver",),
@@ -40,6 +41,10 @@ _STATE_SUBS = {"recv": ("vcl_recv", "vcl_hash"), "hit": ("vcl_hit",), "miss": ("
 _VIA = "1.1 varnish (Varnish/7.1)"
 # Writes at least this big go out as two writes (no concatenation copy).
 _BIG = 65536
+# Bodies past this are sent by the async "send" state, a slice at a time, each slice waiting for the
+# client to read (idle_send_timeout, send_timeout): a client costs at most about this much buffer.
+_DIRECT = 256 * 1024
+_SLICE = 256 * 1024
 
 
 def _wait_states(vcl) -> frozenset[str]:
@@ -54,11 +59,13 @@ def _wait_states(vcl) -> frozenset[str]:
 class ClientRequest:
     """One client request on its way from vcl_recv to the wire."""
 
-    def __init__(self, session: ClientProtocol, req: HttpMessage, body: bytes, keep_alive: bool,
+    def __init__(self, session: ClientProtocol, req: HttpMessage, body: ReqBody, keep_alive: bool,
                  raw_index: int) -> None:
         self.session = session
         server = self.server = session.server
-        self.body = body
+        self.body = body                     # read by the fetch (or std.cache_req_body) as it arrives
+        self.late100 = False                 # std.late_100_continue(true): answer Expect when read
+        self.body_failed = False             # std.cache_req_body() could not have it: close unanswered
         self.keep_alive = keep_alive
         self.raw_index = raw_index     # which message this was in the session's raw byte log
         self.state: str | None = "recv"
@@ -78,6 +85,7 @@ class ClientRequest:
         self.stream_to = -1
         self.chunked = False
         self._template_wanted = False        # this plain hit's head should become a template
+        self.send_data: memoryview | None = None   # a big body the "send" state writes
         self.ctx = Context(
             method="recv", req=req, req_top=req, client_ip=session.client_ip, remote_ip=session.client_ip,
             server_ip=session.local_ip, local_ip=session.local_ip, session=session, vcl=self.vcl,
@@ -234,9 +242,17 @@ class ClientRequest:
         self.ctx.backend_hint = target.default_backend
         return True
 
-    def _after_recv(self, action: Action, hash_action: Action) -> str:
+    def _after_recv(self, action: Action, hash_action: Action) -> str | None:
         name = action.name
         ctx = self.ctx
+        if not self.late100:
+            self.body.send_continue()
+        if self.body_failed:
+            # std.cache_req_body() failed (too big, client gone): varnishd closes, answering nothing
+            self.server.counters.sc_rx_body += 1
+            self.keep_alive = False
+            self.session.close()
+            return None
         if name == "fail" or hash_action.name == "fail":
             return self._fail_state()
         if self.server.params.http_gzip_support and name not in ("pipe", "pass"):
@@ -461,7 +477,7 @@ class ClientRequest:
     def st_deliver(self) -> str | None:
         if self._plain_hit():
             if self._deliver_from_template():
-                return None
+                return "send" if self.send_data is not None else None
             self._template_wanted = True
         return self._after_deliver(self._prepare_deliver(), None)
 
@@ -491,14 +507,37 @@ class ClientRequest:
         counters = self.server.counters
         counters.s_resp_hdrbytes += len(head)
         counters.s_resp_bodybytes += len(body)
-        transport = self.session.transport
-        if len(body) < _BIG:
-            transport.write(head + body)
-        else:
-            transport.write(head)
-            transport.write(body)
+        self._write(head, body)
         self._drop_object()
         return True
+
+    def _write(self, head: bytes, body: bytes | memoryview) -> None:
+        """Head and a whole body: at once when small, else through the "send" state (send_data)."""
+        transport = self.session.transport
+        size = len(body)
+        if size < _BIG:
+            transport.write(head + body)
+        elif size <= _DIRECT:
+            transport.write(head)
+            transport.write(body)
+        else:
+            transport.write(head)
+            self.send_data = memoryview(body)
+
+    async def ast_send(self) -> None:
+        """A big body, a slice at a time, never more than one slice ahead of what the client read."""
+        data, self.send_data = self.send_data, None
+        session = self.session
+        transport = session.transport
+        deadline = time.monotonic() + self.server.params.send_timeout
+        for start in range(0, len(data), _SLICE):
+            if session.closed:
+                break
+            transport.write(data[start:start + _SLICE])
+            await session.drain(deadline)
+        if session.closed:
+            self.keep_alive = False
+        return None
 
     def _keep_template(self, head: bytes) -> None:
         """Cut the head of a plain hit around its X-Varnish and Age values, for the next hits."""
@@ -586,6 +625,10 @@ class ClientRequest:
         resp.headers.add("Date", DATES.now())
         resp.headers.add("Server", "Varnish")
         resp.headers.add("X-Varnish", str(ctx.xid))
+        if self.body.want_continue is not None:
+            # the client still waits for a 100 and has not sent its body: suggest closing rather
+            # than reading it (VCL may veto by removing the header)
+            resp.headers.add("Connection", "close")
         ctx.resp = resp
         ctx.synth_body = []
         self.server.counters.s_synth += 1
@@ -692,15 +735,11 @@ class ClientRequest:
         if complete:
             body = oc.body()
             if lo or hi != len(body) - 1:
-                body = body[lo:hi + 1]
+                body = memoryview(body)[lo:hi + 1]
             counters.s_resp_bodybytes += len(body)
-            if len(body) < _BIG:
-                transport.write(head + body)
-            else:
-                transport.write(head)
-                transport.write(body)
+            self._write(head, body)
             self._drop_object()
-            return None
+            return "send" if self.send_data is not None else None
         transport.write(head)
         self.stream_from, self.stream_to, self.chunked = lo, hi, chunked
         return "stream"
@@ -727,9 +766,8 @@ class ClientRequest:
                             await oc.wait_more()
                     except TimeoutError:
                         # send_timeout: the whole response took too long
-                        self.server.counters.sc_tx_error += 1
                         self.keep_alive = False
-                        session.close()
+                        session.send_timed_out()
                         break
                     continue
                 start, pos = pos, pos + len(data)
@@ -746,7 +784,7 @@ class ClientRequest:
                         transport.write(b"\r\n")
                 else:
                     transport.write(data)
-                await session.drain()
+                await session.drain(deadline)
         finally:
             oc.close_reader(cell)
             if bo is not None:

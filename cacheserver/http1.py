@@ -16,6 +16,8 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "t
                         "transfer-encoding", "upgrade"})
 
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+EXPECTATION_FAILED = b"HTTP/1.1 417 Expectation Failed\r\n\r\n"
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 # Text on the wire is UTF-8 with surrogateescape both ways: any byte sequence survives a round trip,

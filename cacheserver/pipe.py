@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from cacheserver.backends import resolve, take_idle_connection
 from cacheserver.http1 import wire
+from cacheserver.reqbody import ReqBodyError
 
 if TYPE_CHECKING:
     from cacheserver.fsm import ClientRequest
@@ -48,13 +49,24 @@ async def pipe_request(request: ClientRequest) -> None:
         server.counters.backend_conn += 1
     bereq = ctx.bereq or ctx.req
     body = request.body
-    if "chunked" in (ctx.req.headers.get("Transfer-Encoding") or "").lower():
-        # the body was read (de-chunked) with the request: send it framed as it came
+    chunked = body.length is None
+    if chunked:
+        # the body is parsed (de-chunked) as it arrives: send it on framed as it came
         bereq.headers.set("Transfer-Encoding", "chunked")
-        body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
     head = _request_head(bereq)
     server.counters.s_pipe_hdrbytes += len(head)
-    writer.write(head + body + session.take_held())
+    writer.write(head)
+    try:
+        async for data in body.chunks():
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+            await writer.drain()
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+    except (ReqBodyError, ConnectionError, OSError):
+        writer.close()
+        session.close()
+        return
+    writer.write(session.take_held())
     session.pipe_to = writer
     try:
         while True:

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 import httptools
 
 from cacheserver.fsm import ClientRequest
-from cacheserver.http1 import BAD_REQUEST, text
+from cacheserver.http1 import BAD_REQUEST, CONTINUE_100, EXPECTATION_FAILED, text
 from cacheserver.programs import ProgramError
+from cacheserver.reqbody import ReqBody
 from vcl.runtime import IP, Headers, HttpMessage, VCLFailure
 
 if TYPE_CHECKING:
@@ -42,6 +43,14 @@ class RequestTooLarge(Exception):
     """A request broke one of the http_req_* limits."""
 
 
+class HeadOverflow(Exception):
+    """The request head grew past http_req_size before it was complete: varnishd closes, unanswered."""
+
+
+class ExpectationFailed(Exception):
+    """An Expect header other than 100-continue: 417 and close."""
+
+
 class ClientProtocol(asyncio.Protocol):
     def __init__(self, server: Server, listen_name: str = "a0") -> None:
         self.server = server
@@ -54,18 +63,25 @@ class ClientProtocol(asyncio.Protocol):
         self.stolen = False        # the socket was handed to a tinykvm program
         self.held: list[bytes] = []  # bytes that arrived while busy, not yet parsed
         self.held_size = 0
-        self.last_active = time.monotonic()
+        now = time.monotonic()
+        self.last_active = now     # the last bytes from the client (a request body's pace)
+        self.idle_since = now      # when the connection last had nothing to do: a head must be in by
+        #                            idle_since + timeout_idle, however it trickles (slowloris)
         self.idle_timer: asyncio.TimerHandle | None = None
         self.write_drained: asyncio.Future | None = None
         self.paused_writing = False
+        self.write_blocked = False   # responses are backed up: no further request runs until drained
+        self.send_timer: asyncio.TimerHandle | None = None
         self.pipe_to: asyncio.StreamWriter | None = None   # set while the request is piped
         self.current: ClientRequest | None = None          # the request being handled
         # request being parsed
         self._url = b""
         self._fields: list[list[str]] = []
         self._head_size = 0
-        self._body: list[bytes] = []
-        self._head: HttpMessage | None = None
+        self._head_fed = 0         # bytes of an unfinished head fed to the parser (at least)
+        self._head_event = False   # a head ended (or a message ended) inside the data being fed
+        self._in_head = False
+        self._sink: ReqBody | None = None     # the body the parser is filling
         self._keep_alive = True
         # raw-byte tracking, only while the active VCL may steal the connection
         self._raw: bytearray | None = None
@@ -101,6 +117,11 @@ class ClientProtocol(asyncio.Protocol):
         self.server.sessions.discard(self)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+        if self._sink is not None:
+            self._sink.fail("client closed the connection")
+            self._sink = None
         if self.write_drained is not None and not self.write_drained.done():
             self.write_drained.set_result(None)
 
@@ -111,12 +132,53 @@ class ClientProtocol(asyncio.Protocol):
         self.paused_writing = False
         if self.write_drained is not None and not self.write_drained.done():
             self.write_drained.set_result(None)
+        if self.write_blocked:
+            self._unblock_writes()
 
-    async def drain(self) -> None:
-        """Wait until the transport's buffer is below its high-water mark."""
-        if self.paused_writing and not self.closed:
-            self.write_drained = asyncio.get_running_loop().create_future()
-            await self.write_drained
+    async def drain(self, deadline: float | None = None) -> None:
+        """Wait until the transport's buffer is below its high-water mark.
+
+        A client that reads nothing for idle_send_timeout, or not the whole response by `deadline`
+        (send_timeout), loses its connection, as in varnishd.
+        """
+        if not self.paused_writing or self.closed:
+            return
+        timeout = self.server.params.idle_send_timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+        self.write_drained = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(max(timeout, 0)):
+                await self.write_drained
+        except TimeoutError:
+            self.send_timed_out()
+
+    def send_timed_out(self) -> None:
+        self.server.counters.sc_tx_error += 1
+        self.abort()
+
+    # A hit written in data_received cannot wait: when it leaves the transport backed up, the
+    # connection stops taking requests (and reading) until the client has read it.
+    def _block_writes(self) -> None:
+        self.write_blocked = True
+        self.transport.pause_reading()
+        timeout = self.server.params.idle_send_timeout
+        self.send_timer = asyncio.get_running_loop().call_later(timeout, self._send_stalled)
+
+    def _send_stalled(self) -> None:
+        self.send_timer = None
+        if self.write_blocked and not self.closed:
+            self.send_timed_out()
+
+    def _unblock_writes(self) -> None:
+        self.write_blocked = False
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
+        if self.closed or self.busy:
+            return
+        self.idle_since = time.monotonic()
+        self._resume_parsing()
 
     def _arm_idle_timer(self) -> None:
         timeout = self.server.params.timeout_idle
@@ -128,18 +190,30 @@ class ClientProtocol(asyncio.Protocol):
         if self.closed:
             return
         timeout = self.server.params.timeout_idle
-        idle_for = time.monotonic() - self.last_active
-        if self.busy or self.queue or idle_for < timeout:
-            delay = max(timeout - idle_for, 0.05) if not self.busy else timeout
-            self.idle_timer = asyncio.get_running_loop().call_later(delay, self._check_idle)
+        loop = asyncio.get_running_loop()
+        if self.busy or self.queue or self.write_blocked:
+            self.idle_timer = loop.call_later(timeout, self._check_idle)
+            return
+        # A body that still arrives for a finished request counts its time from its last bytes; a
+        # head (or nothing) from when the connection went idle, however slowly it trickles in.
+        since = self.last_active if self._sink is not None else self.idle_since
+        idle_for = time.monotonic() - since
+        if idle_for < timeout:
+            self.idle_timer = loop.call_later(max(timeout - idle_for, 0.05), self._check_idle)
             return
         self.server.counters.sc_rx_timeout += 1
-        self.close()
+        self.abort()
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.closed = True
             self.transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping whatever the client did not read (timeouts, overflow)."""
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
@@ -149,19 +223,23 @@ class ClientProtocol(asyncio.Protocol):
             self.server.counters.s_pipe_in += len(data)
             self.pipe_to.write(data)
             return
-        if self.busy:
+        if (self.busy or self.write_blocked) and self._sink is None:
             self.held.append(data)
             self.held_size += len(data)
             if self.held_size > _MAX_HELD:
                 self.transport.pause_reading()
             return
+        # A body still arriving is parsed at once, even while its request runs: the request reads it.
         self._feed(data)
-        if self.queue:
+        if self.queue and not self.busy and not self.write_blocked:
             self.run_queue()
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets the answers to what it sent; then we close.
-        if not self.queue and not self.busy:
+        if self._sink is not None:
+            self._sink.fail("client closed the connection")
+            self._sink = None
+        if not self.queue and not self.busy and not self.write_blocked:
             self.close()
             return None
         self._keep_alive = False
@@ -186,8 +264,10 @@ class ClientProtocol(asyncio.Protocol):
                 # llhttp would wait for the rest of an HTTP/2 preface; Varnish hands PRI to VCL
                 data = self._custom_method(data, 0)
                 continue
+            self._head_event = False
             try:
                 self.parser.feed_data(data)
+                self._count_head(len(data))
                 return
             except httptools.HttpParserUpgrade as upgrade:
                 # llhttp stops after a request with Upgrade:; what follows is HTTP again (or, when
@@ -202,9 +282,29 @@ class ClientProtocol(asyncio.Protocol):
                     return
                 offset = _end_of_message(data, completed) if completed else 0
                 data = self._custom_method(data, offset)
-            except (httptools.HttpParserError, RequestTooLarge, UnicodeDecodeError) as exc:
-                self.bad_request(exc)
+            except HeadOverflow:
+                self.overflow()
                 return
+            except (httptools.HttpParserError, RequestTooLarge, UnicodeDecodeError) as exc:
+                # httptools wraps what a callback raised; the cause is its context
+                if isinstance(exc.__context__, ExpectationFailed):
+                    self.expectation_failed()
+                else:
+                    self.bad_request(exc)
+                return
+
+    def _count_head(self, size: int) -> None:
+        """Bound an unfinished request head as it arrives (http_req_size), before httptools holds it.
+
+        The count starts after the last read in which a head or message ended, so it never exceeds the
+        real size of the head being received, and it trips within one read of the limit.
+        """
+        if self._head_event:
+            self._head_fed = 0
+        elif self._in_head or not self._in_message:
+            self._head_fed += size
+            if self._head_fed > self.server.params.http_req_size:
+                raise HeadOverflow()
 
     def _custom_method(self, data: bytes, offset: int) -> bytes:
         """Parse the request at `offset` with a stand-in method, remembering the real one."""
@@ -227,11 +327,10 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._in_message = True
+        self._in_head = True
         self._url = b""
         self._fields = []
         self._head_size = 0
-        self._body = []
-        self._head = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -250,62 +349,131 @@ class ClientProtocol(asyncio.Protocol):
         self._fields.append([field, value.decode("utf-8", "surrogateescape"), field.lower()])
 
     def on_headers_complete(self) -> None:
+        """The head is in: check it as varnishd's HTTP1_DissectRequest does, then queue the request.
+
+        The request runs while its body still arrives; the body goes to its ReqBody.
+        """
+        self._in_head = False
+        self._head_event = True
         parser = self.parser
-        length = self._content_length()
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise RequestTooLarge(f"HTTP/{version}")       # HTTP/0.9 and 2.0 on this port: 400
+        fields = self._fields
+        length = None
+        chunked = False
+        hosts = 0
+        expect = None
+        for field in fields:
+            lname = field[2]
+            if lname == "host":
+                hosts += 1
+            elif lname == "content-length":
+                value = field[1].strip()
+                length = int(value) if value.isdigit() else None
+            elif lname == "transfer-encoding":
+                chunked = True
+            elif lname == "expect":
+                expect = field[1]
+        if hosts > 1:
+            # one Host for VCL and the hash, another for the backend: cache poisoning
+            raise RequestTooLarge("duplicate Host header")
         if length is not None and length >= 1 << 63:
             raise RequestTooLarge("Content-Length out of range")
-        headers = Headers.adopt(self._fields)
         # Request smuggling shapes: llhttp refuses CL+TE and duplicate Content-Length itself.
         method = self._method_override or text(parser.get_method())
         self._method_override = None
-        self._head = HttpMessage(
-            method, text(self._url),
-            "HTTP/" + parser.get_http_version(), headers=headers)
+        if not chunked and length is None:
+            length = 0
+        if method == "HEAD" and length != 0:
+            raise RequestTooLarge("HEAD with a body")
+        headers = Headers.adopt(fields)
+        want_continue = False
+        if expect is not None:
+            if expect.strip().lower() != "100-continue":
+                raise ExpectationFailed()
+            want_continue = version == "1.1"
+            headers.unset("Expect")
+        head = HttpMessage(method, text(self._url), "HTTP/" + version, headers=headers)
         self._keep_alive = parser.should_keep_alive()
+        body = ReqBody(None if chunked else length, timeout=self.server.params.timeout_idle,
+                       pause=self._pause_body, resume=self._resume_body,
+                       want_continue=self._send_continue if want_continue else None)
+        self.server.counters.client_req += 1
+        self.queue.append(ClientRequest(self, head, body, self._keep_alive, self._raw_done + 1))
+        if not body.done:
+            self._sink = body
 
-    def _content_length(self) -> int | None:
-        for field in self._fields:
-            if field[2] == "content-length":
-                value = field[1].strip()
-                return int(value) if value.isdigit() else None
-        return None
+    def _pause_body(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def _resume_body(self) -> None:
+        if self.transport is not None and not self.closed and not self.write_blocked:
+            self.transport.resume_reading()
+
+    def _send_continue(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(CONTINUE_100)
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
+        self.server.counters.s_req_bodybytes += len(body)
+        if self._sink is not None:
+            self._sink.feed(body)
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._head_event = True
         self._raw_done += 1
-        head = self._head
-        if head is None:
-            return
-        self.server.counters.client_req += 1
-        self.queue.append(ClientRequest(self, head, b"".join(self._body), self._keep_alive,
-                                        self._raw_done))
-        self._head = None
+        if self._sink is not None:
+            self._sink.finish()
+            self._sink = None
 
     def bad_request(self, exc: Exception | None = None) -> None:
         """Malformed input: Varnish's bare 400, then close. Nothing else is answered."""
         self.server.counters.client_req_400 += 1
         self.server.counters.sc_rx_bad += 1
+        self._refuse(BAD_REQUEST)
+
+    def expectation_failed(self) -> None:
+        self.server.counters.client_req_417 += 1
+        self.server.counters.sc_rx_junk += 1
+        self._refuse(EXPECTATION_FAILED)
+
+    def overflow(self) -> None:
+        """A head past http_req_size: varnishd closes without an answer."""
+        self.server.counters.sc_rx_overflow += 1
         self.queue.clear()
+        self.abort()
+
+    def _refuse(self, response: bytes) -> None:
+        self.queue.clear()
+        if self._sink is not None:
+            self._sink.fail("bad request")
+            self._sink = None
         if self.transport is not None and not self.closed:
-            self.transport.write(BAD_REQUEST)
+            self.transport.write(response)
         self.close()
 
     # -- running requests -------------------------------------------------------------------------
 
     def run_queue(self) -> None:
-        """Handle queued requests in order until one needs to wait."""
+        """Handle queued requests in order until one needs to wait or the client stops reading."""
         while self.queue and not self.busy and not self.closed:
             request = self.current = self.queue.popleft()
             if not request.run_sync():
                 self.busy = True
                 asyncio.get_running_loop().create_task(self._run_async(request))
                 return
+            request.body.ignore()
             if not request.keep_alive:
                 self.close()
                 return
+            if self.paused_writing:
+                self._block_writes()
+                return
+        if not self.queue:
+            self.idle_since = time.monotonic()
 
     async def _run_async(self, request: ClientRequest) -> None:
         try:
@@ -316,10 +484,18 @@ class ClientProtocol(asyncio.Protocol):
         self.busy = False
         if self.stolen or self.closed:
             return
+        request.body.ignore()
         if not request.keep_alive:
             self.close()
             return
-        self.last_active = time.monotonic()
+        self.last_active = self.idle_since = time.monotonic()
+        if self.paused_writing:
+            self._block_writes()
+            return
+        self._resume_parsing()
+
+    def _resume_parsing(self) -> None:
+        """Parse what was held while the connection was busy, then run what it queued."""
         if self.held:
             held, self.held, self.held_size = self.held, [], 0
             self.transport.resume_reading()
@@ -327,6 +503,8 @@ class ClientProtocol(asyncio.Protocol):
                 if self.closed:
                     return
                 self._feed(data)
+        elif self.transport is not None:
+            self.transport.resume_reading()
         self.run_queue()
 
     def take_held(self) -> bytes:
@@ -337,6 +515,21 @@ class ClientProtocol(asyncio.Protocol):
             self.transport.resume_reading()
         return held
 
+    # -- std.cache_req_body() / std.late_100_continue() -------------------------------------------
+
+    async def cache_req_body(self, size: int) -> bool:
+        request = self.current
+        if request is None:
+            return False
+        ok = await request.body.cache(size)
+        if not ok:
+            request.body_failed = True
+        return ok
+
+    def late_100_continue(self, late: bool) -> None:
+        if self.current is not None:
+            self.current.late100 = late
+
     # -- tinykvm.steal() --------------------------------------------------------------------------
 
     def bytes_after(self, request: ClientRequest) -> bytes | None:
@@ -344,6 +537,8 @@ class ClientProtocol(asyncio.Protocol):
 
         None when they cannot be told apart (raw tracking overflowed).
         """
+        if self._sink is request.body:
+            return b""             # its body is still arriving: the rest is on the socket
         held = b"".join(self.held)
         if not self.queue and not self._in_message:
             return held
@@ -373,9 +568,12 @@ class ClientProtocol(asyncio.Protocol):
             raise VCLFailure("steal(): cannot separate the request from the bytes after it")
         transport.pause_reading()
         remote = f"{self.client_ip.addr}:{self.client_ip.port}"
+        body = request.body
+        prebuffer = (body.cached_bytes() if body.cached is not None
+                     else b"".join(body.peek_buffered()))
         try:
             accepted = await self.server.programs.steal(
-                program, transport.get_extra_info("socket"), remote, argument, request.body + after)
+                program, transport.get_extra_info("socket"), remote, argument, prebuffer + after)
         except ProgramError as exc:
             self.server.counters.steal_failed += 1
             if not self.closed:
@@ -395,9 +593,12 @@ class ClientProtocol(asyncio.Protocol):
         self.stolen = True
         self.queue.clear()
         self.held.clear()
+        self._sink = None
         self.server.sessions.discard(self)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        if self.send_timer is not None:
+            self.send_timer.cancel()
         if self.transport is not None:
             self.transport.abort()
 

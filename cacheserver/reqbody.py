@@ -192,6 +192,10 @@ class ReqBody:
             if self._resume is not None:
                 self._resume()
 
+    def peek_buffered(self) -> list[bytes]:
+        """The bytes received and not consumed, left in place."""
+        return list(self._chunks)
+
     def take_buffered(self) -> bytes:
         """The bytes received and not consumed, removed (a stolen or piped connection takes them along)."""
         if self.cached is not None and self.state == "cached":

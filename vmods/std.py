@@ -413,13 +413,15 @@ def getenv(ctx: Context, name: str | None) -> str | None:
     return None if name is None else os.environ.get(name)
 
 
-@VMOD.func("cache_req_body", "BOOL", [Param("size", "BYTES")], restrict={"vcl_recv"})
-def cache_req_body(ctx: Context, size: float) -> bool:
-    """Asks the client session to buffer the request body (hook: session.cache_req_body(size))."""
+@VMOD.func("cache_req_body", "BOOL", [Param("size", "BYTES")], restrict={"vcl_recv"}, is_async=True)
+async def cache_req_body(ctx: Context, size: float) -> bool:
+    """Reads the whole request body into memory, at most `size` bytes, so that it can be sent again
+    (retries, restarts). False when it is bigger or the client broke off: the connection then closes
+    after vcl_recv, unanswered, as in varnishd."""
     hook = getattr(ctx.session, "cache_req_body", None)
     if hook is None:
         return False
-    return bool(hook(int(size)))
+    return bool(await hook(int(size)))
 
 
 # varnishd 7.1 takes it anywhere (it only matters in vcl_recv, before the body is read).
