@@ -7,6 +7,8 @@ from __future__ import annotations
 
 MAIN_COUNTERS = (
     "uptime", "sess_conn", "sess_drop", "sess_fail", "sess_closed", "sess_closed_err", "sess_herd",
+    "sess_fail_econnaborted", "sess_fail_eintr", "sess_fail_emfile", "sess_fail_ebadf", "sess_fail_enomem",
+    "sess_fail_other",
     "client_req", "client_req_400", "client_req_417", "client_resp_500",
     "cache_hit", "cache_hit_grace", "cache_hitpass", "cache_hitmiss", "cache_miss",
     "backend_conn", "backend_unhealthy", "backend_busy", "backend_fail", "backend_reuse", "backend_recycle",

@@ -13,6 +13,7 @@ import aiohttp
 
 from cacheserver.backends import make_session
 from cacheserver.counters import Counters
+from cacheserver.loopreports import LoopReports
 from cacheserver.params import Params
 from cacheserver.probes import Probes
 from cacheserver.programs import ProgramManager, default_search_dirs
@@ -212,6 +213,8 @@ class Server:
         for vcl_name, compiled in self.vcls.items():
             self.probes.start(vcl_name, compiled)
         loop = asyncio.get_running_loop()
+        if loop.get_exception_handler() is None:
+            loop.set_exception_handler(LoopReports(self.counters))
         for spec, sock in zip(self.listen_specs, self._sockets, strict=False):
             # A dup, so that stop() can close the listener and start() reuse the same port.
             listener = await loop.create_server(lambda name=spec.name: ClientProtocol(self, name),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import select
 import signal
 import socket
@@ -19,12 +20,19 @@ ROOT = Path(__file__).resolve().parent.parent
 class ServerProcess:
     """`python -m cacheserver ARGS -a 127.0.0.1:0`, waiting until it says where it listens."""
 
-    def __init__(self, *args: str, cwd: Path | None = None, timeout: float = 15.0) -> None:
+    def __init__(self, *args: str, cwd: Path | None = None, timeout: float = 15.0,
+                 max_fds: int | None = None) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+
+        def limit_fds() -> None:
+            if max_fds is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cacheserver", "-a", "127.0.0.1:0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd or ROOT, env=env)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd or ROOT, env=env,
+            preexec_fn=limit_fds if max_fds is not None else None)
         self.output: list[str] = []
         self._pending = b""
         self.port = 0

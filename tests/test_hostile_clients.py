@@ -1,0 +1,349 @@
+"""Hostile and slow clients against a real cacheserver process (issue 8): what varnishd refuses, we
+refuse; what a client sends or withholds costs a bounded amount of memory and time.
+
+Memory bounds here are loose (tens of MB over what the server held before the attack); the figures
+that matter are in bench/hostile.py, side by side with varnishd.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from serverproc import ServerProcess, read_all, read_response
+
+BIG = 10 * 1024 * 1024
+
+
+class _Origin(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[str, dict[str, str], int, float]] = []   # method, headers, body size, time
+
+    def do_GET(self) -> None:
+        size = BIG if self.path.startswith("/big") else 5
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.send_header("Cache-Control", "max-age=300")
+        self.end_headers()
+        self.wfile.write(b"x" * size)
+
+    def do_POST(self) -> None:
+        got = 0
+        first = None
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().strip(), 16)
+                got += len(self.rfile.read(size))
+                self.rfile.readline()
+                if size == 0:
+                    self.rfile.readline()
+                    break
+        else:
+            left = int(self.headers.get("Content-Length", "0"))
+            while left:
+                data = self.rfile.read(min(left, 65536))
+                if not data:
+                    break
+                first = first or time.monotonic()
+                got += len(data)
+                left -= len(data)
+        _Origin.seen.append(("POST", dict(self.headers), got, first or time.monotonic()))
+        reply = b"got %d" % got
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def origin():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_address[1]
+    httpd.shutdown()
+
+
+VCL = """vcl 4.1;
+import std;
+backend default { .host = "127.0.0.1"; .port = "%d"; }
+sub vcl_recv {
+    if (req.url ~ "^/late") { std.late_100_continue(true); }
+    if (req.url ~ "^/cache") {
+        if (!std.cache_req_body(1KB)) { return (synth(500, "not cached")); }
+        return (pass);
+    }
+    if (req.url ~ "synth") { return (synth(403)); }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(origin, tmp_path_factory):
+    vcl = tmp_path_factory.mktemp("hostile") / "h.vcl"
+    vcl.write_text(VCL % origin)
+    srv = ServerProcess("-f", str(vcl), "-p", "timeout_idle=2", "-p", "idle_send_timeout=2",
+                        "-p", "send_timeout=4")
+    yield srv
+    srv.stop()
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def exchange(server: ServerProcess, data: bytes, timeout: float = 5.0) -> bytes:
+    sock = server.connect()
+    sock.sendall(data)
+    try:
+        return read_all(sock, timeout)
+    finally:
+        sock.close()
+
+
+def still_serves(server: ServerProcess) -> bool:
+    sock = server.connect()
+    sock.settimeout(3)
+    sock.sendall(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+    head, body = read_response(sock)
+    sock.close()
+    return head.startswith(b"HTTP/1.1 200") and body == b"xxxxx"
+
+
+# -- what varnishd refuses (HTTP1_DissectRequest) -------------------------------------------------
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET / HTTP/1.1\r\nHost: victim\r\nHost: attacker\r\n\r\n",     # cache poisoning
+    b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+    b"GET /\r\n\r\n",                                                    # HTTP/0.9
+    b"HEAD / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+])
+def test_refused_with_a_bare_400_and_closed(server, request_bytes):
+    assert exchange(server, request_bytes) == b"HTTP/1.1 400 Bad Request\r\n\r\n"
+
+
+def test_an_expectation_other_than_100_continue_is_417(server):
+    reply = exchange(server, b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 101-continue\r\n"
+                             b"Content-Length: 3\r\n\r\nabc")
+    assert reply == b"HTTP/1.1 417 Expectation Failed\r\n\r\n"
+
+
+def test_expect_100_continue_is_answered_here_and_not_forwarded(server):
+    _Origin.seen.clear()
+    sock = server.connect()
+    sock.settimeout(5)
+    sock.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+    assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    sock.sendall(b"hello")
+    head, body = read_response(sock)
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 200") and body == b"got 5"
+    assert "Expect" not in _Origin.seen[-1][1]
+
+
+def test_late_100_continue_waits_for_the_body_to_be_read(server):
+    """std.late_100_continue(true) + synth: no 100, and Connection: close since the body never came."""
+    sock = server.connect()
+    sock.settimeout(5)
+    sock.sendall(b"POST /late/synth HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                 b"Content-Length: 5\r\n\r\n")
+    reply = read_all(sock)
+    assert reply.startswith(b"HTTP/1.1 403 ")
+    assert b"\r\nConnection: close\r\n" in reply
+
+
+def test_cache_req_body_too_big_closes_unanswered(server):
+    reply = exchange(server, b"POST /cache HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n" + b"b" * 2000)
+    assert reply == b""
+
+
+def test_cache_req_body_within_the_limit_is_sent_on(server):
+    sock = server.connect()
+    sock.sendall(b"POST /cache HTTP/1.1\r\nHost: a\r\nContent-Length: 900\r\n\r\n" + b"b" * 900)
+    head, body = read_response(sock)
+    sock.close()
+    assert body == b"got 900"
+
+
+def test_a_chunked_body_is_streamed_to_the_backend(server):
+    sock = server.connect()
+    sock.sendall(b"POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    head, body = read_response(sock)
+    sock.close()
+    assert body == b"got 11"
+
+
+# -- memory one client can grow ------------------------------------------------------------------
+
+def test_a_header_line_that_never_ends_is_cut_off(server):
+    """varnishd closes once the head passes http_req_size (32k); we once accumulated 160 MB."""
+    before = rss_kb(server.proc.pid)
+    sock = server.connect()
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: ")
+    sent = 0
+    with pytest.raises(OSError):
+        while sent < 64 * 1024 * 1024:
+            sock.sendall(b"a" * 65536)
+            sent += 65536
+    sock.close()
+    assert sent < 4 * 1024 * 1024, "the server kept reading an endless header"
+    assert rss_kb(server.proc.pid) - before < 20 * 1024
+    assert still_serves(server)
+
+
+def test_pipelined_hits_of_a_big_object_are_answered_as_read(server):
+    """50 pipelined GETs of a 10 MB hit, never read: the server stops after about one object."""
+    warm = server.connect()
+    warm.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+    read_response(warm)
+    warm.close()
+    before = rss_kb(server.proc.pid)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n" * 50)
+    time.sleep(1.0)
+    grown = rss_kb(server.proc.pid) - before
+    assert still_serves(server)
+    # then the client reads everything: all 50 arrive, whole
+    sock.settimeout(10)
+    for _ in range(50):
+        head, body = read_response(sock)
+        assert len(body) == BIG
+    sock.close()
+    assert grown < 30 * 1024, f"+{grown} KB for a client that reads nothing"
+
+
+def test_a_client_that_never_reads_is_dropped_after_idle_send_timeout(server):
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+    time.sleep(4.5)           # idle_send_timeout=2 (send_timeout=4)
+    sock.settimeout(5)
+    got = 0
+    with pytest.raises(OSError):
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                raise ConnectionResetError("closed")
+            got += len(data)
+    sock.close()
+    assert got < BIG, "the whole object was kept for a client that did not read"
+
+
+def test_a_big_post_is_streamed_not_held(server):
+    """A 64 MB pass POST: the backend sees the first bytes before the client sent the last, and the
+    server holds a bounded amount of it."""
+    _Origin.seen.clear()
+    size = 64 * 1024 * 1024
+    before = rss_kb(server.proc.pid)
+    sock = server.connect()
+    sock.sendall(b"POST /stream HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size)
+    chunk = b"p" * 65536
+    for _ in range(size // len(chunk)):
+        sock.sendall(chunk)
+    last_sent = time.monotonic()
+    peak = rss_kb(server.proc.pid) - before
+    head, body = read_response(sock)
+    sock.close()
+    assert body == b"got %d" % size
+    assert _Origin.seen[-1][3] < last_sent, "the backend saw nothing before the whole body was in"
+    assert peak < 40 * 1024, f"+{peak} KB for a streamed body"
+
+
+# -- time one client can hold a connection ----------------------------------------------------------
+
+def test_slowloris_head_is_bounded_by_timeout_idle(server):
+    """A head trickling a byte every 0.3 s is closed timeout_idle (2 s) after the connection went idle,
+    however steadily it trickles."""
+    sock = server.connect()
+    start = time.monotonic()
+    closed_at = None
+    line = b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"s" * 100
+    for byte in line:
+        try:
+            sock.send(bytes([byte]))
+        except OSError:
+            closed_at = time.monotonic() - start
+            break
+        time.sleep(0.3)
+        sock.setblocking(False)
+        try:
+            if sock.recv(100) == b"":
+                closed_at = time.monotonic() - start
+                break
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed_at = time.monotonic() - start
+            break
+        finally:
+            sock.setblocking(True)
+    sock.close()
+    assert closed_at is not None and closed_at < 4.0
+
+
+def test_an_idle_connection_is_closed_after_timeout_idle(server):
+    sock = server.connect()
+    sock.sendall(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+    read_response(sock)
+    start = time.monotonic()
+    sock.settimeout(10)
+    assert sock.recv(10) == b""
+    waited = time.monotonic() - start
+    sock.close()
+    assert 1.5 < waited < 3.5
+
+
+def test_a_slow_body_keeps_its_connection_while_bytes_flow(server):
+    """timeout_idle bounds the wait for each piece of a body, not the whole upload."""
+    sock = server.connect()
+    sock.sendall(b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\n")
+    for byte in b"abcdef":
+        time.sleep(0.8)
+        sock.send(bytes([byte]))
+    head, body = read_response(sock)
+    sock.close()
+    assert body == b"got 6"
+
+
+def test_running_out_of_descriptors_is_counted_and_logged_once_a_second(origin, tmp_path):
+    vcl = tmp_path / "fds.vcl"
+    vcl.write_text(VCL % origin)
+    srv = ServerProcess("-f", str(vcl), max_fds=40)
+    socks = []
+    try:
+        for _ in range(90):
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", srv.port), timeout=0.5))
+            except OSError:
+                break
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            srv.readline(deadline - time.monotonic())
+        for sock in socks:
+            sock.close()
+        time.sleep(1.5)
+        assert still_serves(srv)
+    finally:
+        for sock in socks:
+            sock.close()
+        srv.stop()
+    output = "".join(srv.output)
+    reports = [line for line in output.splitlines() if "accept" in line]
+    assert reports, output
+    assert len(reports) <= 6, output
+    assert "Traceback" not in output
