@@ -21,7 +21,7 @@ import httptools
 from cacheserver.fsm import ClientRequest
 from cacheserver.http1 import BAD_REQUEST, CONTINUE_100, EXPECTATION_FAILED, text
 from cacheserver.programs import ProgramError
-from cacheserver.reqbody import ReqBody
+from cacheserver.reqbody import NO_BODY, ReqBody
 from vcl.runtime import IP, Headers, HttpMessage, VCLFailure
 
 if TYPE_CHECKING:
@@ -396,9 +396,12 @@ class ClientProtocol(asyncio.Protocol):
             headers.unset("Expect")
         head = HttpMessage(method, text(self._url), "HTTP/" + version, headers=headers)
         self._keep_alive = parser.should_keep_alive()
-        body = ReqBody(None if chunked else length, timeout=self.server.params.timeout_idle,
-                       pause=self._pause_body, resume=self._resume_body,
-                       want_continue=self._send_continue if want_continue else None)
+        if length == 0 and not want_continue:
+            body = NO_BODY
+        else:
+            body = ReqBody(None if chunked else length, timeout=self.server.params.timeout_idle,
+                           pause=self._pause_body, resume=self._resume_body,
+                           want_continue=self._send_continue if want_continue else None)
         self.server.counters.client_req += 1
         self.queue.append(ClientRequest(self, head, body, self._keep_alive, self._raw_done + 1))
         if not body.done:

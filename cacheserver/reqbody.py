@@ -52,7 +52,8 @@ class ReqBody:
 
     @classmethod
     def empty(cls) -> ReqBody:
-        return cls(0)
+        """No body: one shared instance (a body of length 0 has no state that changes)."""
+        return NO_BODY
 
     @classmethod
     def of(cls, data: bytes) -> ReqBody:
@@ -196,13 +197,5 @@ class ReqBody:
         """The bytes received and not consumed, left in place."""
         return list(self._chunks)
 
-    def take_buffered(self) -> bytes:
-        """The bytes received and not consumed, removed (a stolen or piped connection takes them along)."""
-        if self.cached is not None and self.state == "cached":
-            data = b"".join(self.cached)
-        else:
-            data = b"".join(self._chunks)
-        self._chunks.clear()
-        self._held = 0
-        self.state = "taken"
-        return data
+
+NO_BODY = ReqBody(0)
