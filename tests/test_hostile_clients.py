@@ -347,3 +347,27 @@ def test_running_out_of_descriptors_is_counted_and_logged_once_a_second(origin, 
     assert reports, output
     assert len(reports) <= 6, output
     assert "Traceback" not in output
+
+
+def test_pipelined_small_hits_stop_when_the_client_stops_reading(server):
+    """Thousands of pipelined hits, never read: the server stops answering once its buffer is past the
+    high-water mark, and drops the connection after idle_send_timeout."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n" * 20000)
+    time.sleep(4.0)                        # idle_send_timeout=2
+    sock.settimeout(5)
+    got = 0
+    try:
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            got += len(data)
+    except ConnectionResetError:
+        pass
+    sock.close()
+    answered = got // 200                  # each answer is over 200 bytes
+    assert answered < 20000, "every request was answered into a buffer nobody read"
+    assert still_serves(server)
