@@ -293,7 +293,7 @@ def test_slowloris_head_is_bounded_by_timeout_idle(server):
         finally:
             sock.setblocking(True)
     sock.close()
-    assert closed_at is not None and closed_at < 4.0
+    assert closed_at is not None and closed_at < 6.0
 
 
 def test_an_idle_connection_is_closed_after_timeout_idle(server):
@@ -305,7 +305,7 @@ def test_an_idle_connection_is_closed_after_timeout_idle(server):
     assert sock.recv(10) == b""
     waited = time.monotonic() - start
     sock.close()
-    assert 1.5 < waited < 3.5
+    assert 1.5 < waited < 5.0
 
 
 def test_a_slow_body_keeps_its_connection_while_bytes_flow(server):
