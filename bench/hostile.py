@@ -250,10 +250,10 @@ def server_held(server_port: int, client_ports: set[int]) -> set[int]:
     return held
 
 
-def _popen(cmd: list[str], log: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def _popen(cmd: list[str], log: Path, root: Path = ROOT) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(root))
     with open(log, "wb") as out:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
+        return subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT)
 
 
@@ -288,6 +288,7 @@ class Target:
     """One running server instance: HTTP port, admin port, its process tree."""
 
     name = ""
+    root = ROOT                      # the checkout whose code runs (cacheserver)
 
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
@@ -303,7 +304,7 @@ class Target:
         raise NotImplementedError
 
     def start(self) -> None:
-        self.proc = _popen(self.command(), self.log)
+        self.proc = _popen(self.command(), self.log, self.root)
         try:
             wait_port(self.port, 30)
             wait_port(self.admin_port, 30)
@@ -739,7 +740,8 @@ def attack_slow_reader(target: Target, mon: Monitor, path: str) -> dict:
 
 def attack_slowloris(target: Target, mon: Monitor) -> dict:
     """Non-blocking connects (all in flight at once, so a slow accept queue delays no drip); every
-    connection gets its first byte when it connects, then one more byte each second."""
+    connection gets its first byte when it connects, then one more byte each second. "Open at 6 s"
+    counts the connections the server still held 6 s after that connection was established."""
     sel = selectors.DefaultSelector()
     t0 = time.monotonic()
     connecting: set[int] = set()
@@ -750,20 +752,21 @@ def attack_slowloris(target: Target, mon: Monitor) -> dict:
         sel.register(s, selectors.EVENT_WRITE, i)
         connecting.add(i)
     open_client: dict[int, tuple[socket.socket, int]] = {}   # id -> (socket, bytes sent)
-    ports: set[int] = set()
+    connected_at: dict[int, float] = {}                       # client port -> seconds after t0
+    seen: set[int] = set()                                    # ports the server was seen holding
+    server_closed_at: dict[int, float] = {}
     ends: Counter[str] = Counter()
-    close_times: list[float] = []
-    connect_times: list[float] = []
-    counts: dict[str, dict[str, int]] = {}
-    checkpoints = list(SLOWLORIS_CHECKPOINTS)
+    client_closed_at: list[float] = []
+    last = SLOWLORIS_CHECKPOINTS[-1]
     next_tick = t0 + 1.0
+    next_poll = t0
 
     def drop(i: int, how: str) -> None:
         s, _ = open_client.pop(i)
         sel.unregister(s)
         s.close()
         ends[how] += 1
-        close_times.append(time.monotonic() - t0)
+        client_closed_at.append(time.monotonic() - t0)
 
     def drip(i: int) -> None:
         s, n = open_client[i]
@@ -776,18 +779,22 @@ def attack_slowloris(target: Target, mon: Monitor) -> dict:
             return
         open_client[i] = (s, n)
 
-    while checkpoints and not mon.capped.is_set():
+    while not mon.capped.is_set():
         now = time.monotonic()
-        if now - t0 >= checkpoints[0]:
-            held = server_held(target.port, ports)
-            counts[f"{checkpoints.pop(0)}s"] = {"server_holds": len(held), "client_sees_open": len(open_client),
-                                                "still_connecting": len(connecting)}
-            continue
+        if now >= next_poll:
+            next_poll += 0.25
+            held = server_held(target.port, set(connected_at))
+            seen |= held
+            for port in seen - held - server_closed_at.keys():
+                server_closed_at[port] = now - t0
+            youngest = max(connected_at.values(), default=0.0)
+            if now - t0 > last + youngest + 0.5 and not connecting or now - t0 > last + 10:
+                break
         if now >= next_tick:
             next_tick += 1.0
             for i in list(open_client):
                 drip(i)
-        timeout = min(next_tick, t0 + checkpoints[0]) - time.monotonic()
+        timeout = min(next_tick, next_poll) - time.monotonic()
         for key, _events in sel.select(max(timeout, 0)):
             s, i = key.fileobj, key.data
             if i in connecting:
@@ -798,8 +805,7 @@ def attack_slowloris(target: Target, mon: Monitor) -> dict:
                     s.close()
                     ends[f"connect failed ({os.strerror(err)})"] += 1
                     continue
-                connect_times.append(time.monotonic() - t0)
-                ports.add(s.getsockname()[1])
+                connected_at[s.getsockname()[1]] = time.monotonic() - t0
                 sel.modify(s, selectors.EVENT_READ, i)
                 open_client[i] = (s, 0)
                 drip(i)
@@ -813,15 +819,20 @@ def attack_slowloris(target: Target, mon: Monitor) -> dict:
     for key in list(sel.get_map().values()):
         key.fileobj.close()
     sel.close()
-    summary = ", ".join(f"{cp}: {c['server_holds']}" for cp, c in counts.items())
-    outcome = f"open (server-side) at {summary} of {len(ports)}"
+    lifetimes = {port: server_closed_at.get(port, float("inf")) - t for port, t in connected_at.items()}
+    counts = {f"{cp}s": sum(life > cp for life in lifetimes.values()) for cp in SLOWLORIS_CHECKPOINTS}
+    summary = ", ".join(f"{cp}: {n}" for cp, n in counts.items())
+    outcome = f"open (server-side) at {summary} of {len(connected_at)}"
+    closed = sorted(life for life in lifetimes.values() if life != float("inf"))
+    if closed:
+        outcome += f"; {len(closed)} closed by server, after {closed[0]:.1f}-{closed[-1]:.1f}s"
     if ends:
-        outcome += "; " + "; ".join(f"{n}x {how}" for how, n in ends.most_common(3))
-        if close_times:
-            outcome += f" (median at {statistics.median(close_times):.1f}s)"
-    return {"outcome": outcome, "connected": len(ports), "open": counts, "ends": dict(ends),
-            "last_connect_s": round(max(connect_times, default=0), 2),
-            "close_times": [round(t, 2) for t in sorted(close_times)]}
+        outcome += "; client saw " + ", ".join(f"{n}x {how}" for how, n in ends.most_common(3))
+    return {"outcome": outcome, "connected": len(connected_at), "open_at_age": counts,
+            "never_seen_accepted": len(connected_at.keys() - seen), "ends": dict(ends),
+            "last_connect_s": round(max(connected_at.values(), default=0), 2),
+            "server_lifetimes": [round(t, 2) for t in closed],
+            "client_close_times": [round(t, 2) for t in sorted(client_closed_at)]}
 
 
 @dataclass
@@ -897,9 +908,9 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _git_commit() -> str:
+def _git_commit(root: Path) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -931,6 +942,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="varnishd 7.1 binary (default: from PATH)")
     ap.add_argument("--no-varnishd", action="store_true", help="run against cacheserver only")
     ap.add_argument("--no-cacheserver", action="store_true", help="run against varnishd only")
+    ap.add_argument("--cacheserver-root", metavar="DIR", type=Path, default=ROOT,
+                    help="run the cacheserver of this checkout (default: the one this file is in)")
     ap.add_argument("--out", metavar="FILE", help="JSON output (default bench/results/hostile-<date>.json)")
     ap.add_argument("--origin", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -944,6 +957,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"no attack matches {args.only}")
     servers: list[type[Target]] = []
     if not args.no_cacheserver:
+        Cacheserver.root = args.cacheserver_root.resolve()
         servers.append(Cacheserver)
     if not args.no_varnishd:
         if os.path.exists(args.varnishd):
@@ -980,7 +994,8 @@ def main(argv: list[str] | None = None) -> int:
     now = _dt.datetime.now(_dt.timezone.utc)
     report = {
         "date": now.isoformat(timespec="seconds"),
-        "commit": _git_commit(),
+        "commit": _git_commit(Cacheserver.root),
+        "cacheserver_root": str(Cacheserver.root),
         "varnishd": _varnishd_version(args.varnishd) if Varnishd in servers else None,
         "seconds": round(time.monotonic() - started, 1),
         "params": {name: value for name, value in globals().items() if name.isupper() and
