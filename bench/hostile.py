@@ -656,9 +656,20 @@ def attack_big_post(target: Target, mon: Monitor) -> dict:
                     n = min(left, len(chunk))
                     s.sendall(chunk[:n])
                     left -= n
-                s.settimeout(max(deadline - time.monotonic(), 0.01))
-                data = s.recv(4096)
-                results[i] = first_line(data).split(" ", 1)[1][:3] if data else "closed by server"
+                data = b""
+                while b"\n" not in data.partition(b"received ")[2]:    # the origin's answer: bytes it got
+                    s.settimeout(max(deadline - time.monotonic(), 0.01))
+                    more = s.recv(4096)
+                    if not more:
+                        break
+                    data += more
+                if not data:
+                    results[i] = "closed by server"
+                    return
+                results[i] = first_line(data).split(" ", 1)[1][:3]
+                got = data.partition(b"received ")[2].split(b"\n")[0]
+                if got != b"%d" % POST_BYTES:
+                    results[i] += f" (origin got {got.decode('latin-1') or '?'} bytes)"
         except TimeoutError:
             results[i] = "timeout"
         except (ConnectionResetError, BrokenPipeError):
