@@ -9,9 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
-from cacheserver.backends import make_session
+from cacheserver.beconn import Pools
 from cacheserver.counters import Counters
 from cacheserver.params import Params
 from cacheserver.probes import Probes
@@ -72,7 +70,7 @@ class Server:
         self._listeners: list[asyncio.base_events.Server] = []
         self._sockets: list[socket.socket] = []
         self.programs = ProgramManager()
-        self.http_session: aiohttp.ClientSession | None = None
+        self.backend_pools = Pools(self)      # kept-alive backend connections, per address
         self.started_at = time.time()
         self._xid = 0
         self.probes = Probes()         # backend health polls, per loaded VCL
@@ -207,8 +205,6 @@ class Server:
             raise RuntimeError("No VCL available")
         if not self._sockets:
             self.bind()
-        if self.http_session is None:
-            self.http_session = make_session(self)
         for vcl_name, compiled in self.vcls.items():
             self.probes.start(vcl_name, compiled)
         loop = asyncio.get_running_loop()
@@ -237,6 +233,9 @@ class Server:
             sock.close()
         self._sockets = []
         await self.programs.close()
-        if self.http_session is not None:
-            await self.http_session.close()
-            self.http_session = None
+        self.backend_pools.close()
+
+    @property
+    def http_session(self) -> Pools:
+        """The name pipe.py still uses for the pools (see backends.take_idle_connection)."""
+        return self.backend_pools
