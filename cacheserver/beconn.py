@@ -97,6 +97,8 @@ class BackendConn(asyncio.Protocol):
         self._busy = True
         if self._parser is None or self._spent:
             self._parser = httptools.HttpResponseParser(self)
+            # varnishd takes a bare LF as a line end in a backend's head
+            self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
             self._spent = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------------

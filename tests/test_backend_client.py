@@ -318,6 +318,17 @@ def test_idle_connections_closed_by_the_backend_or_by_backend_idle_timeout(serve
     assert closed.wait(4) and time.monotonic() - t0 > 0.5
 
 
+def test_bare_lf_line_ends_and_a_body_ending_at_close(served):
+    def lf_only(origin, conn, index):
+        origin.read_request(conn)
+        conn.sendall(b"HTTP/1.0 200 OK\nConnection: close\n\nline 1\nline 2\n")
+
+    cache, _ = served(lf_only)
+    status, _, body = _raw(cache, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (status, body) == (200, b"line 1\nline 2\n")
+    assert cache.cli.counters()["fetch_eof"] == 1
+
+
 def test_http10_response_without_keep_alive_is_not_reused(served):
     def http10(origin, conn, index):
         while origin.read_request(conn) is not None:
