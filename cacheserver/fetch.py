@@ -271,6 +271,7 @@ class BusyObj:
                 self._close_conn()
                 if not (exc.nothing and conn.reused) or self.no_retry is not None:
                     raise FetchError(str(exc)) from None
+                ctx.log.append(("FetchError", str(exc)))
                 counters.backend_retry += 1
                 fresh = True
 
