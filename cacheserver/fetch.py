@@ -15,11 +15,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import aiohttp
-from yarl import URL
-
 from cacheserver import backends
-from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for, text
+from cacheserver.beconn import SMALL_BODY, BackendConn, ConnError
+from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for, wire
 from cacheserver.reqbody import ReqBody, ReqBodyError
 from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl
 from cacheserver.stevedores import TRANSIENT
@@ -56,6 +54,7 @@ def make_bereq(req: HttpMessage, is_pass: bool, xid: int, gzip: bool, keep_proto
         bereq.method = "GET"
         for name in _FETCH_FILTER:
             headers.unset(name)
+        headers.unset("Content-Length")      # a cache fill sends no body (varnishd's HTTPH_R_FETCH)
         if gzip and headers.get("Accept-Encoding") is not None:
             headers.set("Accept-Encoding", "gzip")
     headers.unset("X-Varnish")
@@ -99,18 +98,26 @@ class BusyObj:
     """One backend transaction filling `oc` (a busy object in the cache, or a private one for pass)."""
 
     def __init__(self, server: Server, vcl, creq: Context, oc: ObjCore, stale: ObjCore | None, mode: str,
-                 req_body: ReqBody | bytes = b"") -> None:
+                 req_body: bytes | ReqBody | None = None) -> None:
         self.server = server
         self.vcl = vcl
         self.oc = oc
         self.stale = stale
         self.mode = mode                    # "miss", "pass" or "bg" (background refresh in grace)
         self.is_pass = mode == "pass"
-        self.req_body = ReqBody.of(req_body) if isinstance(req_body, bytes) else req_body
+        if req_body is None or isinstance(req_body, bytes):
+            req_body = ReqBody.of(req_body or b"")     # the client side's whole-body path
+        self.req_body: ReqBody = req_body
+        self.no_retry: str | None = None     # why a retry cannot resend the request (varnishd's no_retry)
+        # set once the request (and its body) is sent or the fetch gave up: varnishd's BOS_REQ_DONE,
+        # which a client waits for before it lets go of a body the fetch still reads
+        self.req_done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._body_read = False               # the response body was read to its end
+        self.conn: BackendConn | None = None
+        self.body_kind = "none"
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
         self.reader = oc.open_reader() if mode != "bg" else None
         self.no_space = False
-        self.response = None
         self.bereq_close = False
         self._failure_counted = False        # fetch_failed already counted, or VCL chose the error
         xid = server.next_xid()
@@ -162,7 +169,12 @@ class BusyObj:
         finally:
             if not self.oc.complete and not self.oc.failed:
                 self.oc.finish(False)
+            self._req_sent()
             self._signal()
+
+    def _req_sent(self) -> None:
+        if not self.req_done.done():
+            self.req_done.set_result(None)
 
     async def stp_startfetch(self) -> str | None:
         ctx = self.ctx
@@ -205,19 +217,23 @@ class BusyObj:
         ctx.beresp_backend = backend
         self.backend = backend
         try:
-            self.response = await self._send(backend)
+            await self._gethdrs(backend)
         except FetchError as exc:
-            server.counters.backend_fail += 1
-            state.fail += 1
             ctx.log.append(("FetchError", str(exc)))
             return "error"
         return "response"
 
-    async def _send(self, backend: BackendSpec) -> aiohttp.ClientResponse:
+    async def _gethdrs(self, backend: BackendSpec) -> None:
+        """Send bereq and read the response head, as varnishd's vbe_dir_gethdrs.
+
+        A connection taken from the pool that fails before one response byte arrived gets one more
+        try on a fresh connection (the backend may have closed it while idle), unless the request
+        body cannot be sent again. A fresh connection gets no second try.
+        """
         ctx = self.ctx
         server = self.server
         params = server.params
-        bereq = ctx.bereq
+        counters = server.counters
 
         def pick(value, spec_value, default):
             if value is not None:
@@ -228,55 +244,114 @@ class BusyObj:
         first_byte = pick(ctx.first_byte_timeout, backend.first_byte_timeout, params.first_byte_timeout)
         self.between = pick(ctx.between_bytes_timeout, backend.between_bytes_timeout,
                             params.between_bytes_timeout)
-        host = backend.host
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        path = bereq.url if bereq.url.startswith("/") else "/" + bereq.url
-        headers = bereq.headers
+        headers = ctx.bereq.headers
         if backend.host_header and "Host" not in headers:
             headers.add("Host", backend.host_header)
         self.bereq_close = "close" in (headers.get("Connection") or "").lower()
-        body = b""
-        sends_body = ctx.bereq_body is not None     # `unset bereq.body` drops it
-        if not self.is_pass and bereq.method in ("GET", "HEAD"):
-            sends_body = False   # a cache fill sends a request body only when VCL made it e.g. a POST again
-        if sends_body and self.req_body.present:
-            body = b"".join([data async for data in self.req_body.chunks()])
-        if body or not self.is_pass:
-            headers.unset("Content-Length")
-        # aiohttp adds none of its own headers: the backend sees bereq as VCL left it
-        skip = ("Host", "Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-        session = server.http_session
-        if session is None:
-            session = server.http_session = backends.make_session(server)
-        server.counters.backend_req += 1
-        live = backends.live(backend)
-        live.req += 1
-        self._conn_delta(backend, 1)
+        pool = server.backend_pools.get(backend.host, int(backend.port))
+        fresh = False
+        while True:
+            conn = None if fresh else pool.take()
+            if conn is None:
+                try:
+                    conn = await pool.connect(connect)
+                except (OSError, TimeoutError) as exc:
+                    counters.backend_fail += 1
+                    backends.live(backend).fail += 1
+                    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+                    raise FetchError(f"backend {backend.name}: fail ({reason})") from None
+                counters.backend_conn += 1
+            else:
+                counters.backend_reuse += 1
+            self.conn = conn
+            self._conn_delta(backend, 1)
+            conn.start(ctx.bereq.method == "HEAD", params.http_resp_size, params.http_resp_hdr_len,
+                       params.http_max_hdr)
+            try:
+                await self._send_req(conn)
+                self._req_sent()
+                counters.backend_req += 1
+                await conn.read_head(first_byte, self.between)
+                return
+            except FetchError:
+                self._close_conn()
+                raise
+            except ConnError as exc:
+                self._close_conn()
+                if not (exc.nothing and conn.reused) or self.no_retry is not None:
+                    raise FetchError(str(exc)) from None
+                ctx.log.append(("FetchError", str(exc)))
+                counters.backend_retry += 1
+                fresh = True
+
+    async def _send_req(self, conn: BackendConn) -> None:
+        """Write bereq as VCL left it, then the request body, streamed with back-pressure."""
+        ctx = self.ctx
+        bereq = ctx.bereq
+        headers = bereq.headers
+        body = self.req_body
+        send = ctx.bereq_body is not None and body.present
+        if ctx.bereq_body is None and body.present:
+            headers.unset("Content-Length")      # `unset bereq.body` takes its length along, as in varnishd
+        if send and not self.is_pass and bereq.method in ("GET", "HEAD"):
+            send = False       # a cache fill sends a request body only when VCL made it e.g. a POST
+        chunked = False
+        size = body.length if body.cached is None else sum(map(len, body.cached))
+        if send:
+            if size is None:
+                # a chunked client body not cached: forwarded chunked, as varnishd does
+                chunked = True
+                headers.add("Transfer-Encoding", "chunked")
+            elif "Content-Length" not in headers and "Transfer-Encoding" not in headers:
+                # a body must be framed on a kept-alive connection (the cached body's length)
+                headers.add("Content-Length", str(size))
+        lines = [f"{bereq.method} {bereq.url} {bereq.proto}\r\n"]
+        lines += [f"{n}: {v}\r\n" for n, v in headers.items()]
+        lines.append("\r\n")
+        head = wire("".join(lines))
+        if not send:
+            conn.write(head)
+            return
+        if body.cached is None:
+            self.no_retry = "req.body not cached"      # once streamed, the bytes are gone
+        whole = body.cached is not None or (body.done and body.error is None)
+        if whole and not chunked and size <= SMALL_BODY:
+            # all there and small: one write for head and body
+            try:
+                data = b"".join([part async for part in body.chunks()])
+            except ReqBodyError as exc:
+                raise FetchError(f"req.body read error: {exc}") from None
+            conn.write(head + data)
+            return
+        conn.write(head)
+        between = self.between
         try:
-            url = URL(f"http://{host}:{backend.port}{path}", encoded=True)
-            # sock_read: between_bytes_timeout also bounds gaps inside the response head
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=self.between)
-            async with asyncio.timeout(connect + first_byte) as deadline:
-                response = await session.request(
-                    bereq.method, url, headers=headers.items(), data=body or None, allow_redirects=False,
-                    auto_decompress=False, timeout=timeout, skip_auto_headers=skip, compress=None,
-                    chunked=None, expect100=False, read_until_eof=True,
-                    trace_request_ctx={"timeout": deadline, "first_byte": first_byte})
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, LookupError,
-                ReqBodyError) as exc:
-            self._conn_delta(backend, -1)
-            raise FetchError(str(exc) or type(exc).__name__) from None
-        return response
+            async for data in body.chunks():
+                if chunked:
+                    conn.write(b"%x\r\n" % len(data))
+                    conn.write(data)
+                    conn.write(b"\r\n")
+                else:
+                    conn.write(data)
+                # the next chunk is pulled only once the backend took this one
+                await conn.drain(between)
+        except ReqBodyError as exc:
+            raise FetchError(f"req.body read error: {exc}") from None
+        if chunked:
+            conn.write(b"0\r\n\r\n")
 
     async def stp_response(self) -> str | None:
         ctx = self.ctx
-        response = self.response
-        fields = [[text(n), text(v)] for n, v in response.raw_headers]
-        beresp = HttpMessage(proto=f"HTTP/{response.version.major}.{response.version.minor}",
-                             status=response.status, reason=response.reason or reason_for(response.status),
-                             headers=Headers(fields))
+        conn = self.conn
+        status = conn.status
+        reason = conn.reason.decode("utf-8", "surrogateescape").strip()
+        beresp = HttpMessage(proto="HTTP/" + conn.version, status=status, reason=reason or reason_for(status),
+                             headers=Headers.adopt(conn.fields))
         now = time.time()
+        if not self._body_status(ctx.bereq.method, conn):
+            self._close_conn()
+            ctx.log.append(("Error", "Body cannot be fetched"))
+            return "error"
         collect_header(beresp.headers, "Cache-Control")
         collect_header(beresp.headers, "Vary")
         if "Date" not in beresp.headers:
@@ -286,7 +361,7 @@ class BusyObj:
         stale = self.stale
         conditional = "If-None-Match" in ctx.bereq.headers or "If-Modified-Since" in ctx.bereq.headers
         if beresp.status == 304 and not conditional and not self.is_pass:
-            self._release_response()
+            self._close_conn()
             ctx.log.append(("FetchError", "304 response but not conditional fetch"))
             return "error"
         if beresp.status == 304 and stale is not None and stale.complete and not self.is_pass:
@@ -306,7 +381,7 @@ class BusyObj:
                     merged.headers.add(name, value)
             merged.proto = beresp.proto
             ctx.beresp = beresp = merged
-            self.server.counters.fetch_304 += 1
+        self._body_read = self.body_kind == "none"
         self.t_origin = compute_ttl(ctx, self.server.params, now)
         ctx.beresp_uncacheable = self.is_pass or bad_vary(beresp.headers.get("Vary"))
         ctx.do_stream = True
@@ -338,21 +413,58 @@ class BusyObj:
         if delta > 0:
             extra[prefix + "req"] = extra.get(prefix + "req", 0) + 1
 
+    def _body_status(self, method: str, conn: BackendConn) -> bool:
+        """How the body comes (varnishd's body_status, counted as fetch_*); False: it cannot be had."""
+        counters = self.server.counters
+        status = conn.status
+        kind = "none"
+        if method == "HEAD":
+            counters.fetch_head += 1
+        elif status <= 199:
+            counters.fetch_1xx += 1        # never expected: varnishd fails the fetch
+            kind = "error"
+        elif status == 204:
+            counters.fetch_204 += 1
+            if (conn.clen is not None and conn.clen != 0) or conn.has_te:
+                kind = "error"
+        elif status == 304:
+            counters.fetch_304 += 1
+        elif conn.chunked:
+            counters.fetch_chunked += 1
+            kind = "chunked"
+        elif conn.clen is not None and conn.clen > 0:
+            counters.fetch_length += 1
+            kind = "length"
+        elif conn.has_te or (conn.clen is not None and conn.clen < 0):
+            counters.fetch_bad += 1
+            kind = "error"
+        elif conn.clen == 0:
+            counters.fetch_none += 1
+        else:
+            counters.fetch_eof += 1
+            kind = "eof"
+        self.body_kind = kind
+        return kind != "error"
+
+    def _close_conn(self) -> None:
+        """The connection cannot carry another request: close it."""
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.close()
+            self._conn_delta(self.backend, -1)
+
     def _release_response(self) -> None:
-        response = getattr(self, "response", None)
-        if response is not None:
-            self.response = None
-            # Connection: close on the request as sent, or on beresp as VCL left it, ends the connection
+        """Done with the backend: a connection whose response was read whole goes back to the pool,
+        unless Connection: close was on the request as sent or on beresp as VCL left it."""
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
             beresp = self.ctx.beresp
             close = self.bereq_close or (
                 beresp is not None and "close" in (beresp.headers.get("Connection") or "").lower())
-            protocol = getattr(response, "protocol", None)
-            if close and protocol is not None:
-                # aiohttp hands a finished connection back to its pool by itself: close it there
-                protocol.close()
-            response.release() if response.content.at_eof() and not close else response.close()
-            if getattr(self, "backend", None) is not None:
-                self._conn_delta(self.backend, -1)
+            conn.release(not close and self._body_read)
+            self._conn_delta(self.backend, -1)
 
     async def stp_retry(self) -> str | None:
         ctx = self.ctx
@@ -360,7 +472,15 @@ class BusyObj:
         if ctx.retries > self.server.params.max_retries:
             ctx.log.append(("VCL_Error", "Too many retries, delivering 503"))
             return "error"
-        ctx.bereq_xid = self.server.next_xid()
+        return self._again()
+
+    def _again(self) -> str:
+        """varnishd's vbf_stp_retry: a request body streamed once cannot be sent again, so the
+        fetch fails rather than send a request without it."""
+        if self.no_retry is not None:
+            self.ctx.log.append(("Error", f"Retry not possible, {self.no_retry}"))
+            return "fail"
+        self.ctx.bereq_xid = self.server.next_xid()
         return "startfetch"
 
     # -- the object -------------------------------------------------------------------------------
@@ -448,26 +568,12 @@ class BusyObj:
             if self.no_space:
                 return self._out_of_storage()
             self._signal()
-        response = self.response
-        counters = server.counters
-        te_chunked = any(b"chunked" in v.lower() for n, v in response.raw_headers
-                         if n.lower() == b"transfer-encoding")
-        if self.ctx.bereq.method == "HEAD":
-            counters.fetch_head += 1
-        elif te_chunked:
-            counters.fetch_chunked += 1
-        elif self.expected_len is not None:
-            counters.fetch_length += 1
-        else:
-            counters.fetch_eof += 1
-        content = response.content
+        conn = self.conn
         between = self.between
-        # HEAD and 1xx/204/304 have no body, whatever Content-Length says
-        bodyless = ctx.bereq.method == "HEAD" or ctx.beresp.status in (204, 304) or ctx.beresp.status < 200
+        bodyless = self.body_kind == "none"     # HEAD, 204, 304, Content-Length: 0
         try:
             while not bodyless:
-                async with asyncio.timeout(between):
-                    data = await content.readany()
+                data = await conn.read_body(between)
                 if not data:
                     break
                 oc.append(data)
@@ -484,9 +590,10 @@ class BusyObj:
                         # a pass whose client went away: stop reading what nobody will get
                         ctx.log.append(("FetchError", "client gone"))
                         return self._body_failed(True)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
-            ctx.log.append(("FetchError", str(exc) or type(exc).__name__))
+        except ConnError as exc:
+            ctx.log.append(("FetchError", str(exc)))
             return self._body_failed(streaming)
+        self._body_read = True
         if self.expected_len is not None and oc.length < self.expected_len and not bodyless:
             ctx.log.append(("FetchError", "Premature end of body"))
             return self._body_failed(streaming)
@@ -501,11 +608,7 @@ class BusyObj:
     def _body_failed(self, streaming: bool) -> str | None:
         """The body broke off: a streamed object fails; one not yet delivered becomes an error."""
         self.server.counters.fetch_failed += 1
-        response = self.response
-        if response is not None:
-            self.response = None
-            response.close()
-            self._conn_delta(self.backend, -1)
+        self._close_conn()
         oc = self.oc
         if streaming:
             if oc.store:
@@ -521,11 +624,7 @@ class BusyObj:
         """No room even after evicting nuke_limit objects: the fetch fails, as in varnishd."""
         self.ctx.log.append(("FetchError", "Could not get storage"))
         self.server.counters.fetch_failed += 1
-        response = self.response
-        if response is not None:
-            self.response = None
-            response.close()
-            self._conn_delta(self.backend, -1)
+        self._close_conn()
         self.oc.finish(False)
         return None
 
@@ -556,8 +655,7 @@ class BusyObj:
             if ctx.retries > server.params.max_retries:
                 ctx.log.append(("VCL_Error", "Too many retries, failing"))
                 return "fail"
-            ctx.bereq_xid = server.next_xid()
-            return "startfetch"
+            return self._again()
         if action.name != "deliver":
             return "fail"
         body = "".join(ctx.synth_body or []).encode("utf-8", "surrogateescape")

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cacheserver.fsm")
 
 # States that always wait on I/O.
-_ALWAYS_ASYNC = frozenset({"fetch", "pipe", "waitinglist", "stream", "send"})
+_ALWAYS_ASYNC = frozenset({"fetch", "pipe", "waitinglist", "stream", "send", "bgwait"})
 # The subroutines each state runs, for states that are async when one of them is.
 _STATE_SUBS = {"recv": ("vcl_recv", "vcl_hash"), "hit": ("vcl_hit",), "miss": ("vcl_miss",),
                "pass": ("vcl_pass",), "purge": ("vcl_purge",), "deliver": ("vcl_deliver",),
@@ -74,6 +74,7 @@ class ClientRequest:
         self.busy: ObjCore | None = None     # a busy object this request must have fetched
         self.stale: ObjCore | None = None    # a stale object to revalidate (keep)
         self.bo: BusyObj | None = None
+        self.bg: BusyObj | None = None        # a background fetch that may still read our body
         self.is_hit = False
         self.from_pass = False
         self.digest: bytes = b""
@@ -343,11 +344,13 @@ class ClientRequest:
                 bo = BusyObj(self.server, self.vcl, self.ctx, self.busy, self.oc, "bg", self.body)
                 self.busy = None
                 bo.start()
+                if self.body.present and self.body.cached is None:
+                    self.bg = bo       # it may send the body: hold on to it until it has (VBF_Fetch)
             counters.cache_hit += 1
             if self.is_grace:
                 counters.cache_hit_grace += 1
             self.is_hit = True
-            return "deliver"
+            return "bgwait" if self.bg is not None else "deliver"
         if name == "miss":
             if self.busy is not None:
                 self.stale, self.oc = self.oc, None
@@ -361,6 +364,11 @@ class ClientRequest:
             self.is_hit = True           # X-Varnish shows the pass object's xid, as varnishd does
             return "pass"
         return self._common(action)
+
+    async def ast_bgwait(self) -> str:
+        bo, self.bg = self.bg, None
+        await bo.req_done
+        return "deliver"
 
     def _drop_busy(self) -> None:
         if self.busy is not None:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from cacheserver.backends import resolve, take_idle_connection
+from cacheserver.backends import resolve
 from cacheserver.http1 import wire
 from cacheserver.reqbody import ReqBodyError
 
@@ -32,7 +32,7 @@ async def pipe_request(request: ClientRequest) -> None:
         server.counters.sc_tx_error += 1
         session.close()
         return
-    idle = take_idle_connection(server.http_session, backend.host, int(backend.port))
+    idle = server.backend_pools.take_streams(backend.host, int(backend.port))
     if idle is not None:
         reader, writer = idle
         server.counters.backend_reuse += 1

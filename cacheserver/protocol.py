@@ -487,6 +487,11 @@ class ClientProtocol(asyncio.Protocol):
         self.busy = False
         if self.stolen or self.closed:
             return
+        if request.body.error is not None and self._sink is request.body:
+            # the body broke off mid-message (timeout): what follows cannot be parsed as requests
+            self.server.counters.sc_rx_body += 1
+            self.close()
+            return
         request.body.ignore()
         if not request.keep_alive:
             self.close()
@@ -524,9 +529,15 @@ class ClientProtocol(asyncio.Protocol):
         request = self.current
         if request is None:
             return False
-        ok = await request.body.cache(size)
+        body = request.body
+        ok = await body.cache(size)
         if not ok:
             request.body_failed = True
+        elif body.present:
+            # as VRB_Cache: the request now says how long its body is, whatever framing it came in
+            headers = request.ctx.req.headers
+            headers.unset("Transfer-Encoding")
+            headers.set("Content-Length", str(sum(map(len, body.cached))))
         return ok
 
     def late_100_continue(self, late: bool) -> None:

@@ -9,9 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
-from cacheserver.backends import make_session
+from cacheserver.beconn import Pools
 from cacheserver.counters import Counters
 from cacheserver.loopreports import LoopReports
 from cacheserver.params import Params
@@ -73,7 +71,7 @@ class Server:
         self._listeners: list[asyncio.base_events.Server] = []
         self._sockets: list[socket.socket] = []
         self.programs = ProgramManager()
-        self.http_session: aiohttp.ClientSession | None = None
+        self.backend_pools = Pools(self)      # kept-alive backend connections, per address
         self.started_at = time.time()
         self._xid = 0
         self.probes = Probes()         # backend health polls, per loaded VCL
@@ -208,8 +206,6 @@ class Server:
             raise RuntimeError("No VCL available")
         if not self._sockets:
             self.bind()
-        if self.http_session is None:
-            self.http_session = make_session(self)
         for vcl_name, compiled in self.vcls.items():
             self.probes.start(vcl_name, compiled)
         loop = asyncio.get_running_loop()
@@ -240,6 +236,5 @@ class Server:
             sock.close()
         self._sockets = []
         await self.programs.close()
-        if self.http_session is not None:
-            await self.http_session.close()
-            self.http_session = None
+        self.backend_pools.close()
+

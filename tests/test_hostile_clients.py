@@ -37,9 +37,8 @@ class _Origin(BaseHTTPRequestHandler):
             while True:
                 size = int(self.rfile.readline().strip(), 16)
                 got += len(self.rfile.read(size))
-                self.rfile.readline()
+                self.rfile.readline()          # the CRLF after the data (after "0": the last line)
                 if size == 0:
-                    self.rfile.readline()
                     break
         else:
             left = int(self.headers.get("Content-Length", "0"))

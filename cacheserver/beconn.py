@@ -1,0 +1,422 @@
+"""The backend HTTP/1.1 client: one asyncio Protocol per connection, a keep-alive pool per address.
+
+Shaped like varnishd's cache_tcp_pool.c (idle connections reused last-in first-out, closed after
+backend_idle_timeout or when the backend closes or talks while idle) and cache_http1_fetch.c (the
+request goes out exactly as bereq holds it; the response head is bounded by http_resp_size,
+http_resp_hdr_len and http_max_hdr; first_byte_timeout runs from the sent request to the first
+response byte, between_bytes_timeout between reads after that, head included).
+
+The response is parsed by httptools (llhttp). Body bytes are queued in the protocol until the fetch
+takes them; past READ_HIGH queued bytes the socket stops being read, so a backend can never get
+further ahead of the object's consumers than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import httptools
+
+if TYPE_CHECKING:
+    from cacheserver.server import Server
+
+# varnishd's header table gives the start line 5 of its http_max_hdr slots (HTTP_HDR_FIRST).
+HDR_FIRST = 5
+# Body bytes queued in a connection before it stops reading from the backend.
+READ_HIGH = 256 * 1024
+# A request body up to this size, when already whole, goes out in the same write as the head.
+SMALL_BODY = 64 * 1024
+
+
+class ConnError(Exception):
+    """The exchange on one connection failed.
+
+    `nothing` is True when not one byte of a response arrived: varnishd's condition for the single
+    extra chance on a recycled connection (the backend may have closed it while it sat idle).
+    """
+
+    def __init__(self, reason: str, nothing: bool = False) -> None:
+        super().__init__(reason)
+        self.nothing = nothing
+
+
+class _HeadLimit(Exception):
+    """Raised from a parser callback: the response head broke a size limit."""
+
+
+def _on_timer(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
+class BackendConn(asyncio.Protocol):
+    """One connection to a backend, carrying one exchange at a time."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.reused = False           # taken from the pool rather than freshly connected
+        self.idle_since = 0.0
+        self.closed = False
+        self._busy = False            # an exchange is under way (data while idle is an error)
+        self._parser = None           # kept across exchanges while it stays in a clean state
+        self._spent = False           # the parser cannot take another message
+        self._waiter: asyncio.Future | None = None
+        self._write_paused = False
+        self._read_paused = False
+        self._begin(False, 0, 0, 0)
+
+    # -- one exchange ---------------------------------------------------------------------------
+
+    def _begin(self, head_only: bool, resp_size: int, hdr_len: int, max_hdr: int) -> None:
+        self.head_only = head_only    # a HEAD request: the response ends with its head
+        self.head_room = resp_size    # head bytes the backend may still send (http_resp_size)
+        self.hdr_len = hdr_len
+        self.max_fields = max_hdr - HDR_FIRST
+        self.got = False              # any response byte arrived
+        self.head_done = False
+        self.done = False             # the whole response arrived
+        self.error: str | None = None
+        self.extra = False            # bytes past the response: the connection cannot be reused
+        self.status = 0
+        self.reason = b""
+        self.version = "1.1"
+        self.keep_alive = False
+        self.fields: list[list[str]] = []
+        self.chunked = False
+        self.has_te = False
+        self.clen: int | None = None
+        self.body: list[bytes] = []
+        self.held = 0
+
+    def start(self, head_only: bool, resp_size: int, hdr_len: int, max_hdr: int) -> None:
+        """Prepare for a new request on this connection."""
+        self._begin(head_only, resp_size, hdr_len, max_hdr)
+        self._busy = True
+        if self._parser is None or self._spent:
+            self._parser = httptools.HttpResponseParser(self)
+            # varnishd takes a bare LF as a line end in a backend's head
+            self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+            self._spent = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self._busy:
+            # a backend talking on an idle connection: it cannot be trusted with a request
+            self.close()
+            return
+        self.got = True
+        if self.done or self.error is not None:
+            self.extra = True         # nothing more was asked for
+            self._wake()
+            return
+        if not self.head_done:
+            room = self.head_room
+            if len(data) > room:
+                # feed at most what http_resp_size allows; the head must end inside it
+                self._feed(data[:room])
+                if self.error is None and not self.head_done:
+                    self.error = "overflow"
+                if self.error is not None:
+                    self._wake()
+                    return
+                data = data[room:]
+            else:
+                self.head_room = room - len(data)
+        if data:
+            self._feed(data)
+        if self.held > READ_HIGH and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # 101 Switching Protocols: a 1xx like any other, the fetch refuses it
+            self._spent = True
+            if not self.head_done:
+                self.error = "Received junk"
+        except httptools.HttpParserError as exc:
+            self._spent = True
+            if self.done:
+                self.extra = True     # garbage after a complete response: only the reuse suffers
+            elif self.error is None:
+                self.error = "Received junk" if not self.head_done else f"body: {exc}"
+
+    def eof_received(self) -> bool:
+        if self.head_done and not self.done and self.error is None and self.clen is None \
+                and not self.chunked:
+            self.done = True          # a body delimited by the end of the connection
+        self._spent = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._spent = True
+        if self._busy and not self.done and self.error is None:
+            self.error = "backend closed" if exc is None else f"backend closed: {exc}"
+        if not self._busy:
+            self.pool.discard(self)
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake()
+
+    # -- httptools callbacks ----------------------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        if self.done:
+            self.extra = True         # a message after the one we took (a final one after a 1xx)
+            return
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.done:
+            self.extra = True
+            return
+        if len(name) + len(value) + 2 > self.hdr_len:
+            self.error = "Header too long"
+            raise _HeadLimit
+        fields = self.fields
+        if len(fields) >= self.max_fields:
+            self.error = "Too many headers"
+            raise _HeadLimit
+        field = name.decode("utf-8", "surrogateescape")
+        lname = field.lower()
+        text = value.decode("utf-8", "surrogateescape")
+        fields.append([field, text, lname])
+        if lname == "content-length":
+            self.clen = int(text.strip()) if text.strip().isdigit() else -1
+        elif lname == "transfer-encoding":
+            self.has_te = True
+            self.chunked = "chunked" in text.lower()
+
+    def on_headers_complete(self) -> None:
+        if self.done:
+            self.extra = True
+            return
+        parser = self._parser
+        self.status = parser.get_status_code()
+        self.version = parser.get_http_version()
+        self.keep_alive = parser.should_keep_alive()
+        self.head_done = True
+        if self.head_only or self.status < 200:
+            # no body follows, whatever the head says; llhttp does not know what we asked,
+            # so this parser's state is spent
+            self.done = True
+            self._spent = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.done:
+            self.extra = True
+            return
+        self.body.append(body)
+        self.held += len(body)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+    # -- waiting ----------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    async def _wait(self, timeout: float) -> bool:
+        """Wait for news from the connection; False when `timeout` seconds passed without any."""
+        if timeout <= 0:
+            return False
+        fut = self._waiter = self.loop.create_future()
+        timer = self.loop.call_later(timeout, _on_timer, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    # -- the fetch's side -------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise ConnError("backend write error: connection closed")
+        self.transport.write(data)
+
+    async def drain(self, timeout: float) -> None:
+        """Back-pressure for the request body: wait until the socket took what was written."""
+        while self._write_paused:
+            if self.closed:
+                raise ConnError("backend write error: connection closed")
+            if not await self._wait(timeout):
+                raise ConnError("backend write error: timeout")
+
+    async def read_head(self, first_byte: float, between: float) -> None:
+        """Wait for the whole response head: first_byte_timeout for its first byte, then
+        between_bytes_timeout for each further read (varnishd's HTC_RxStuff deadlines)."""
+        deadline = self.loop.time() + first_byte
+        while not self.head_done:
+            if self.error is not None:
+                raise ConnError(self.error, nothing=not self.got)
+            if self.closed:
+                raise ConnError("backend closed", nothing=not self.got)
+            if self.got:
+                if not await self._wait(between):
+                    raise ConnError("timeout")
+            elif not await self._wait(deadline - self.loop.time()):
+                raise ConnError("first byte timeout", nothing=True)
+
+    async def read_body(self, between: float) -> bytes:
+        """The next body bytes, b"" at the end; raises ConnError when the body breaks off."""
+        while True:
+            body = self.body
+            if body:
+                data = body[0] if len(body) == 1 else b"".join(body)
+                body.clear()
+                self.held = 0
+                if self._read_paused and self.transport is not None:
+                    self._read_paused = False
+                    self.transport.resume_reading()
+                return data
+            if self.done:
+                return b""
+            if self.error is not None:
+                raise ConnError(self.error)
+            if self.closed:
+                raise ConnError("backend closed")
+            if not await self._wait(between):
+                raise ConnError("timeout")
+
+    def release(self, reuse: bool) -> None:
+        """The exchange is over: back to the pool if the connection is clean, else closed."""
+        self._busy = False
+        if (reuse and self.done and not self.body and self.error is None and not self.extra
+                and self.keep_alive and not self.closed and self.transport is not None
+                and not self.transport.is_closing()):
+            if self._read_paused:
+                self._read_paused = False
+                self.transport.resume_reading()
+            self.pool.put(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self._busy = False
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+        self.pool.discard(self)
+
+
+class Pool:
+    """Idle keep-alive connections to one backend address."""
+
+    def __init__(self, server: Server, host: str, port: int) -> None:
+        self.server = server
+        self.host = host
+        self.port = port
+        self.loop = asyncio.get_running_loop()
+        self.idle: list[BackendConn] = []      # oldest first; taken from the end
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def connect(self, timeout: float) -> BackendConn:
+        """A new connection, within connect_timeout."""
+        async with asyncio.timeout(timeout):
+            _, conn = await self.loop.create_connection(lambda: BackendConn(self), self.host, self.port)
+        return conn
+
+    def take(self) -> BackendConn | None:
+        """The most recently used idle connection that is still good, or None."""
+        idle = self.idle
+        limit = self.server.params.backend_idle_timeout
+        now = self.loop.time()
+        while idle:
+            conn = idle.pop()
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                continue
+            if now - conn.idle_since >= limit:
+                conn.close()
+                continue
+            conn.reused = True
+            return conn
+        return None
+
+    def put(self, conn: BackendConn) -> None:
+        self.server.counters.backend_recycle += 1
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+        if self._timer is None:
+            self._arm()
+
+    def discard(self, conn: BackendConn) -> None:
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def _arm(self) -> None:
+        if self.idle:
+            when = self.idle[0].idle_since + self.server.params.backend_idle_timeout
+            self._timer = self.loop.call_at(when, self._sweep)
+        else:
+            self._timer = None
+
+    def _sweep(self) -> None:
+        """backend_idle_timeout: close what sat idle that long (the oldest are first)."""
+        limit = self.server.params.backend_idle_timeout
+        now = self.loop.time()
+        while self.idle and now - self.idle[0].idle_since >= limit:
+            self.idle.pop(0).close()
+        self._arm()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self.idle:
+            self.idle.pop().close()
+
+
+class Pools:
+    """Every backend address's pool (varnishd shares a pool between backends of one address)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._pools: dict[tuple[str, int], Pool] = {}
+
+    def get(self, host: str, port: int) -> Pool:
+        pool = self._pools.get((host, port))
+        if pool is None:
+            pool = self._pools[(host, port)] = Pool(self.server, host, port)
+        return pool
+
+    def take_streams(self, host: str, port: int):
+        """An idle connection to host:port as asyncio (reader, writer), out of the pool; or None.
+
+        `return (pipe)` uses it: varnishd pipes over a kept-alive backend connection when it has one.
+        """
+        pool = self._pools.get((host, port))
+        conn = pool.take() if pool is not None else None
+        if conn is None:
+            return None
+        transport = conn.transport
+        reader = asyncio.StreamReader(limit=1 << 16)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, pool.loop)
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
