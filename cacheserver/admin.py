@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import secrets
 import string
 import sys
@@ -83,6 +84,10 @@ def _backslash(text: str, i: int) -> tuple[str, int]:
     raise CliSyntaxError("Invalid backslash sequence")
 
 
+_QUOTED_RUN = re.compile(r'[^"\\]+')
+_WORD_RUN = re.compile(r"[^\s\\]+")
+
+
 def split_args(line: str) -> list[str]:
     """Split a command line as Varnish's VAV_Parse does: words, "quoted strings", backslash escapes."""
     out: list[str] = []
@@ -106,8 +111,9 @@ def split_args(line: str) -> list[str]:
                     buf.append(ch)
                     i += used
                 else:
-                    buf.append(c)
-                    i += 1
+                    m = _QUOTED_RUN.match(line, i)  # a run without quote or backslash, in one step
+                    buf.append(m.group())
+                    i = m.end()
             if i < n and not line[i].isspace():
                 raise CliSyntaxError("Missing separator between arguments")
         else:
@@ -117,8 +123,9 @@ def split_args(line: str) -> list[str]:
                     buf.append(ch)
                     i += used
                 else:
-                    buf.append(line[i])
-                    i += 1
+                    m = _WORD_RUN.match(line, i)
+                    buf.append(m.group())
+                    i = m.end()
         out.append("".join(buf))
     return out
 
