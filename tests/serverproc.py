@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 class ServerProcess:
     """`python -m cacheserver ARGS -a 127.0.0.1:0`, waiting until it says where it listens."""
 
-    def __init__(self, *args: str, cwd: Path | None = None, timeout: float = 15.0) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+    def __init__(self, *args: str, cwd: Path | None = None, timeout: float = 15.0,
+                 env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cacheserver", "-a", "127.0.0.1:0", *args],
