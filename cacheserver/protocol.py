@@ -22,6 +22,8 @@ from cacheserver.fsm import ClientRequest
 from cacheserver.http1 import BAD_REQUEST, CONTINUE_100, EXPECTATION_FAILED, needs_relaxing, relax_head, text
 from cacheserver.programs import ProgramError
 from cacheserver.reqbody import NO_BODY, ReqBody
+from cacheserver.stevedores import TRANSIENT
+from cacheserver.storage import OBJECT_OVERHEAD, SEGMENT_OVERHEAD
 from vcl.runtime import IP, Headers, HttpMessage, VCLFailure
 
 if TYPE_CHECKING:
@@ -522,7 +524,7 @@ class ClientProtocol(asyncio.Protocol):
                 self.busy = True
                 asyncio.get_running_loop().create_task(self._run_async(request))
                 return
-            request.body.ignore()
+            self._end_body(request)
             if not request.keep_alive:
                 self.close()
                 return
@@ -548,7 +550,7 @@ class ClientProtocol(asyncio.Protocol):
             self.server.counters.sc_rx_body += 1
             self.close()
             return
-        request.body.ignore()
+        self._end_body(request)
         if not request.keep_alive:
             self.close()
             return
@@ -587,14 +589,32 @@ class ClientProtocol(asyncio.Protocol):
             return False
         body = request.body
         ok = await body.cache(size)
+        if ok and body.present:
+            # a cached body lives in Transient storage, as in varnishd, and may not fit there
+            length = sum(map(len, body.cached))
+            # VRB_Cache makes a private object and a storage segment for the bytes
+            holder = _CachedBody(OBJECT_OVERHEAD + SEGMENT_OVERHEAD + length)
+            if self.server.storage.stevedores[TRANSIENT].charge(holder, 0, self.server.params.nuke_limit):
+                request.body_storage = holder
+            else:
+                body.cached, body.state, body.error = None, "failed", "Could not get storage"
+                ok = False
         if not ok:
             request.body_failed = True
         elif body.present:
             # as VRB_Cache: the request now says how long its body is, whatever framing it came in
             headers = request.ctx.req.headers
             headers.unset("Transfer-Encoding")
-            headers.set("Content-Length", str(sum(map(len, body.cached))))
+            headers.set("Content-Length", str(length))
         return ok
+
+    def _end_body(self, request: ClientRequest) -> None:
+        """The request is done: drop what still comes of its body, free a cached one's storage."""
+        request.body.ignore()
+        holder = request.body_storage
+        if holder is not None:
+            request.body_storage = None
+            self.server.storage.stevedores[TRANSIENT].release(holder)
 
     def late_100_continue(self, late: bool) -> None:
         if self.current is not None:
@@ -671,6 +691,15 @@ class ClientProtocol(asyncio.Protocol):
             self.send_timer.cancel()
         if self.transport is not None:
             self.transport.abort()
+
+
+class _CachedBody:
+    """A cached request body as Transient storage counts it (it charges objects by .size)."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
 
 
 class _Counter:
