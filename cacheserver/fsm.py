@@ -44,6 +44,9 @@ _BIG = 65536
 # Bodies past this are sent by the async "send" state, a slice at a time, each slice waiting for the
 # client to read (idle_send_timeout, send_timeout): a client costs at most about this much buffer.
 _DIRECT = 256 * 1024
+# A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
+_START_LINE_SLOTS = 5
+_LOST_HEADERS_500 = b"HTTP/1.1 500 Internal Server Error\r\nServer: Varnish\r\nConnection: close\r\n\r\n"
 _SLICE = 256 * 1024
 
 
@@ -488,7 +491,21 @@ class ClientRequest:
             if self._deliver_from_template():
                 return "send" if self.send_data is not None else None
             self._template_wanted = True
-        return self._after_deliver(self._prepare_deliver(), None)
+        resp = self._prepare_deliver()
+        if self._headers_lost(resp):
+            return self._to_synth(500)
+        return self._after_deliver(resp, None)
+
+    def _headers_lost(self, resp: HttpMessage) -> bool:
+        """The object's headers and ours do not fit in http_max_hdr: varnishd loses the rest, its
+        workspace overflows, and the request becomes a 500 synth before vcl_deliver."""
+        lost = len(resp.headers) - (self.server.params.http_max_hdr - _START_LINE_SLOTS)
+        if lost <= 0:
+            return False
+        self.server.counters.losthdr += lost
+        self.ctx.log.append(("Error", "out of workspace (resp headers)"))
+        self._drop_object()
+        return True
 
     # -- plain hits -------------------------------------------------------------------------------
     # Most hits are a GET for a whole, complete object, with the built-in vcl_deliver (which changes
@@ -562,6 +579,8 @@ class ClientRequest:
 
     async def ast_deliver(self) -> str | None:
         resp = self._prepare_deliver()
+        if self._headers_lost(resp):
+            return self._to_synth(500)
         return self._after_deliver(resp, await self.acall("vcl_deliver"))
 
     def _prepare_deliver(self) -> HttpMessage:
@@ -731,6 +750,8 @@ class ClientRequest:
             else:
                 self.keep_alive = False
                 headers.set("Connection", "close")
+        if len(headers) > params.http_max_hdr - _START_LINE_SLOTS:
+            return self._lost_headers(len(headers) - params.http_max_hdr + _START_LINE_SLOTS)
         head = serialize_head(resp)
         if self._template_wanted:
             self._keep_template(head)
@@ -752,6 +773,18 @@ class ClientRequest:
         transport.write(head)
         self.stream_from, self.stream_to, self.chunked = lo, hi, chunked
         return "stream"
+
+    def _lost_headers(self, lost: int) -> None:
+        """More headers than http_max_hdr holds: varnishd loses them, overflows the workspace and
+        answers a bare 500 (V1D_Deliver), closing the connection."""
+        counters = self.server.counters
+        counters.losthdr += lost
+        counters.sc_tx_error += 1
+        self.ctx.log.append(("Error", "workspace_client overflow"))
+        self.keep_alive = False
+        self.session.transport.write(_LOST_HEADERS_500)
+        self._drop_object()
+        return None
 
     async def ast_stream(self) -> str | None:
         """Deliver an object whose body is still arriving from the backend."""
