@@ -509,6 +509,8 @@ class CodeGen:
                 scope = var.name.split(".http.", 1)[0]
                 msg = symbols.HEADER_SCOPES[scope][0]
                 out.append(f"HeaderRef({msg}, {var.name.split('.http.', 1)[1]!r})")
+            elif param.type == "REGEX":
+                out.append(self.prog.regexes[value.value])
             elif param.type in types.STRING_FORMS:
                 out.append(self.str_expr(value) if param.type != "STRING" else self.expr(value))
             else:

@@ -439,6 +439,13 @@ class ExprChecker:
             return r
         if ptype == "STRANDS":
             return self.expr0(value, "STRING")
+        if ptype == "REGEX":
+            # a constant, compiled at load like the right side of ~ (vmod cookie's *_re functions)
+            rx = _fold_literal(value)
+            if not isinstance(rx, ast.StringLit):
+                raise VCLError(f"Expression has type {self.add(rx, 'STRING').type}, expected REGEX", rx.pos)
+            self.regex(rx)
+            return rx
         if ptype == "HTTP":
             r = self._name(value, "HTTP") if isinstance(value, ast.Name) else None
             if r is None or r.type != "HTTP":
