@@ -59,7 +59,9 @@ class Vmod:
 
 
 # vmods we ship, by the name VCL imports them under
-KNOWN = {"std": "vmods.std", "directors": "vmods.directors", "tinykvm": "vmods.tinykvm"}
+KNOWN = {"std": "vmods.std", "directors": "vmods.directors", "tinykvm": "vmods.tinykvm",
+         "cookie": "vmods.cookie", "blob": "vmods.blob", "purge": "vmods.purge", "unix": "vmods.unix",
+         "proxy": "vmods.proxy"}
 
 
 class UnknownVmod(LookupError):
