@@ -392,7 +392,7 @@ def test_shard_backend_arguments_are_checked():
         _shard_backend(sh, ctx, key=5)
     with pytest.raises(VCLFailure, match="invalid warmup"):
         _shard_backend(sh, ctx, warmup=2.0)
-    with pytest.raises(VCLFailure, match="cannot be used in vcl_init"):
+    with pytest.raises(VCLFailure, match="can not be used in vcl_init"):
         _shard_backend(sh, Context(method="vcl_init"), resolve="NOW")
     with pytest.raises(VCLFailure, match="only be used in backend/pipe"):
         _shard_backend(sh, ctx, resolve="LAZY", alt=1)

@@ -523,7 +523,7 @@ class Shard:
             alt = alt_max
         state = _Walk(self, ctx, self._lookup(key))
         if self.debug_flags & 1:
-            _log(ctx, "Debug", f"vmod_directors: shard {self.name}: lookup key {key:x} idx {state.idx} "
+            _log(ctx, "Debug", f"vmod_directors: shard: lookup key {key:x} idx {state.idx} "
                  f"host {self.circle[state.idx][1]}")
         if alt > 0 and state.next(alt - 1, healthy == "ALL") == -1:
             return self.backends[state.previous[0]].backend if state.previous else None
@@ -751,7 +751,7 @@ def _shard_backend(d: Shard, ctx: Context, by=UNSET, key=UNSET, key_blob=UNSET, 
         p = _param_task(ctx, d, d.name, d.param)
     else:
         if method in _HOUSEKEEPING:
-            raise _fail(d, ".backend(resolve=NOW) cannot be used in vcl_init{}/vcl_fini{}")
+            raise _fail(d, ".backend(resolve=NOW) can not be used in vcl_init{}/vcl_fini{}")
         p = ShardParam(d.name, _param_task_r(ctx, d, d.param), "STACK")
     if param is not UNSET:
         pp = _param_of_blob(param)
