@@ -462,3 +462,10 @@ def test_shard_rampup_and_warmup_send_some_requests_to_the_next_backend():
     set_admin_health(first, "healthy")
     picks = Counter(_shard_backend(sh, ctx).name for _ in range(200))
     assert picks[second.name] > 190
+
+
+def test_vtest_integer_comparisons_used_by_the_shard_cases():
+    from vtest.http import compare
+    assert compare("2479998125", "-eq", "0x93d1c4ad")
+    assert compare("010", "-eq", "8") and compare("-3", "-lt", "2") and not compare(None, "-eq", "0")
+    assert compare("5", "-ge", "5") and compare("5", "-ne", "6") and not compare("7", "-le", "6")
