@@ -469,3 +469,36 @@ def test_vtest_integer_comparisons_used_by_the_shard_cases():
     assert compare("2479998125", "-eq", "0x93d1c4ad")
     assert compare("010", "-eq", "8") and compare("-3", "-lt", "2") and not compare(None, "-eq", "0")
     assert compare("5", "-ge", "5") and compare("5", "-ne", "6") and not compare("7", "-le", "6")
+
+
+def test_lookup_finds_backends_and_directors_only_in_vcl_init():
+    src = """vcl 4.1;
+import directors;
+backend s1 { .host = "127.0.0.1"; }
+sub vcl_init {
+	new rr = directors.round_robin();
+	rr.add_backend(directors.lookup("s1"));
+	new fb = directors.fallback();
+	fb.add_backend(directors.lookup("rr"));
+}
+sub vcl_recv { set req.backend_hint = directors.lookup("s1"); }
+"""
+    vcl = compile_vcl(src, "t.vcl")
+    assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
+    fb = vcl.instances["fb"]
+    assert fb.resolve(_ctx()) is vcl.instances["rr"] and vcl.instances["rr"].resolve(_ctx()).name == "s1"
+    with pytest.raises(VCLFailure, match="lookup\\(\\) may only be called from vcl_init / vcl_fini"):
+        vcl.subs["vcl_recv"](Context(method="vcl_recv", req=HttpMessage("GET", "/"), vcl=vcl))
+
+
+def test_shard_debug_logs_the_ring_and_lookups():
+    sh = Shard()
+    sh.vcl_name = "sh"
+    init = Context(method="vcl_init")
+    sh.debug_flags = 3
+    _shard_add(sh, init, _bes(1)[0])
+    sh.reconfigure(init, 2)
+    assert sum(text.startswith("vmod_directors: shard: hashcircle[") for _, text in init.log) == 2
+    ctx = _ctx()
+    _shard_backend(sh, ctx)
+    assert any(text.startswith("vmod_directors: shard: lookup key ") for _, text in ctx.log)

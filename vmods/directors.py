@@ -455,6 +455,10 @@ class Shard:
                 circle.append((hash_strands32(f"{ident}{j}"), host))
         circle.sort(key=lambda c: c[0])
         self.circle = circle
+        if self.debug_flags & 2 and self._log_ctx is not None:     # SHDBG_CIRCLE
+            for i, (point, host) in enumerate(circle):
+                _log(self._log_ctx, "Debug",
+                     f"vmod_directors: shard: hashcircle[{i:5d}] = {{point = {point:8x}, host = {host:2d}}}")
 
     def _err(self, ctx, msg: str) -> None:
         self._pending_log("Error", ctx, msg)
@@ -541,6 +545,11 @@ class Shard:
         chosen_r = self._rampup_of(prev[0])
         alt_r = self._rampup_of(last[0])
         now = _now(ctx)
+        if self.debug_flags & 4:       # SHDBG_RAMPWARM
+            _log(ctx, "Debug", f"vmod_directors: shard: chosen host {prev[0]} rampup {chosen_r:f} "
+                 f"changed {now - prev[1]:f}")
+            _log(ctx, "Debug", f"vmod_directors: shard: alt host {last[0]} rampup {alt_r:f} "
+                 f"changed {now - last[1]:f}")
         if now - prev[1] < chosen_r:
             # the chosen backend is ramping up: it keeps the request unless the dice say otherwise
             if not rampup or now - last[1] < alt_r or _random.random() * chosen_r < now - prev[1]:
@@ -836,10 +845,19 @@ _method(_sp, "get_healthy", _sp_get("healthy"), "STRING")
 _method(_sp, "use", lambda p, ctx: ParamBlob(p), "BLOB")
 
 
-@VMOD.func("lookup", "BACKEND", [Param("name", "STRING")], restrict={"vcl_init", "vcl_fini"})
+# 7.1 checks where it runs at run time only (VCC accepts it anywhere)
+@VMOD.func("lookup", "BACKEND", [Param("name", "STRING")])
 def lookup(ctx: Context, name: str | None):
     """The backend called `name` in this VCL (VRT_LookupDirector); None when there is none."""
     if ctx.method not in _HOUSEKEEPING:
         raise VCLFailure("lookup() may only be called from vcl_init / vcl_fini")
     backends = getattr(ctx.vcl, "backends", None) or {}
-    return backends.get(name or "")
+    if name in backends:
+        return backends[name]
+    # directors are backends too (VRT_AddDirector puts them on the same list)
+    try:
+        instances = ctx.vcl.instances
+    except (AttributeError, KeyError, TypeError):
+        return None
+    obj = instances.get(name or "")
+    return obj if callable(getattr(obj, "resolve", None)) else None

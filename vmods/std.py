@@ -389,11 +389,18 @@ def syslog(ctx: Context, priority: int, s: str) -> None:
     _syslog.syslog(priority, s)
 
 
-@VMOD.func("timestamp", "VOID", [Param("s", "STRANDS")])
-def timestamp(ctx: Context, s: str) -> None:
+@VMOD.func("timestamp", "VOID", [Param("s", "STRING")])
+def timestamp(ctx: Context, s: str | None) -> None:
+    """A Timestamp record "LABEL: now since-start since-previous"; an empty label logs nothing."""
+    if not s:
+        return
     now = _time.time()
-    start = ctx.req_time or now
-    ctx.log.append(("Timestamp", f"{s}: {now:.6f} {now - start:.6f} {now - start:.6f}"))
+    start = ctx.req_time or ctx.bereq_time or now
+    task = ctx.priv_task if isinstance(ctx.priv_task, dict) else {}
+    prev = task.get("std.timestamp", start)
+    task["std.timestamp"] = now
+    ctx.priv_task = task
+    ctx.log.append(("Timestamp", f"{s}: {now:.6f} {now - start:.6f} {now - prev:.6f}"))
 
 
 # ------------------------------------------------------------------ control
