@@ -151,3 +151,23 @@ def test_http_dates():
     assert vnum.parse_http_date("Mon, 06 Nov 1994 08:49:37 GMT") == 0.0       # wrong weekday
     assert vnum.parse_http_date("Tue, 29 Feb 2022 00:00:00 GMT") == 0.0       # no such day
     assert vnum.parse_http_date("Thu, 01 Jan 1970 00:00:60 GMT") == 59.0      # leap second
+
+
+def test_set_ip_tos_sets_the_client_socket_option():
+    import socket
+
+    class _Transport:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def get_extra_info(self, name):
+            return self.sock
+
+    class _Session:
+        def __init__(self, sock):
+            self.transport = _Transport(sock)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        vcl = compile_vcl("vcl 4.1;\nimport std;\nbackend b none;\nsub vcl_recv { std.set_ip_tos(32); }\n", "t.vcl")
+        vcl.subs["vcl_recv"](Context(method="vcl_recv", req=HttpMessage("GET", "/"), session=_Session(sock)))
+        assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_TOS) == 32

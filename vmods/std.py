@@ -13,6 +13,7 @@ import functools
 import math
 import os
 import random as _random
+import socket
 import syslog as _syslog
 import time as _time
 
@@ -438,9 +439,22 @@ def late_100_continue(ctx: Context, late: bool) -> None:
 
 @VMOD.func("set_ip_tos", "VOID", [Param("tos", "INT")])
 def set_ip_tos(ctx: Context, tos: int) -> None:
+    """IP_TOS (IPv4) or IPV6_TCLASS (IPv6) on the client connection, for what is sent from now on."""
     hook = getattr(ctx.session, "set_ip_tos", None)
     if hook is not None:
         hook(tos)
+        return
+    transport = getattr(ctx.session, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return          # no client connection (a backend task): varnishd asserts there is one
+    try:
+        if sock.family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+        elif sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+    except OSError:
+        pass            # VTCP_Check tolerates a connection the peer already closed
 
 
 @VMOD.func("rollback", "VOID", [Param("h", "HTTP")])
