@@ -15,8 +15,11 @@ from typing import Callable
 class Param:
     name: str
     type: str                  # a VCL type name: STRING, INT, REAL, BOOL, DURATION, BYTES, IP, TIME,
-    #                            BACKEND, HEADER, ENUM, STRANDS (any number of strings), PROBE, ACL, BLOB
-    default: object = None     # a Python value, used when the argument is left out
+    #                            BACKEND, HEADER, ENUM, STRANDS (any number of strings), PROBE, ACL, BLOB,
+    #                            REGEX (a constant; the impl gets a compiled vcl.regex.Regex)
+    # a Python value (emitted with repr()), used when the argument is left out; `...` (Ellipsis)
+    # lets the impl tell "left out" from an unset value, as varnishd's valid_NAME does
+    default: object = None
     optional: bool = False     # may be left out (with `default` then)
     enum: tuple[str, ...] = ()  # the words an ENUM accepts
 
