@@ -316,6 +316,8 @@ class CodeGen:
             ctor = self.const(f"{self.ident('vmod_', s.call.name.split('.')[0])}.objects"
                               f"[{obj.name!r}].constructor.impl", f"new_{s.call.name}")
             args = self._args(s.call, obj.constructor)
+            if obj.constructor.takes_name:
+                args = f", {s.name!r}{args}"
             oname = self.ident("obj_", s.name)
             return [f"{ind}global {oname}", f"{ind}{oname} = rt.named({ctor}(ctx{args}), {s.name!r})"]
         if isinstance(s, ast.ExprStmt):

@@ -34,6 +34,9 @@ class Func:
     restrict: frozenset[str] | None = None
     # the implementation is a coroutine function: compiled VCL awaits it
     is_async: bool = False
+    # a constructor that wants its object's VCL name, as varnishd's _init(ctx, &obj, vcl_name, ...):
+    # it is called impl(ctx, name, *args)
+    takes_name: bool = False
 
 
 @dataclass(slots=True)
