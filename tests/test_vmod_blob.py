@@ -98,7 +98,7 @@ def test_blob_object_is_built_in_vcl_init_and_fails_the_load_on_bad_input():
                       "t.vcl")
     ctx = Context(method="vcl_init", vcl=vcl)
     assert vcl.init(ctx).name == "fail"
-    assert "illegal encoding beginning with \"zz\"" in ctx.log[-1][1]
+    assert ctx.log[-1][1] == 'vmod blob error: cannot create blob x, illegal encoding beginning with "zz"'
     with pytest.raises(VCLError):
         compile_vcl('vcl 4.1;\nimport blob;\nbackend b none;\nsub vcl_recv { new x = blob.blob(HEX, "00"); }\n',
                     "t.vcl")

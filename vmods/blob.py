@@ -275,8 +275,8 @@ def sub(ctx: Context, blob: bytes | None, length: float, offset: float = 0.0) ->
 class BlobObject:
     """`new b = blob.blob(DECODING, "...")`: a blob decoded once at load, its encodings cached."""
 
-    def __init__(self, decoding: str, encoded: str) -> None:
-        self.vcl_name: str | None = None
+    def __init__(self, vcl_name: str, decoding: str, encoded: str) -> None:
+        self.vcl_name = vcl_name
         self.encodings: dict[tuple[str, str], str] = {}
         if _decoded_size(decoding, encoded) == 0:
             self.blob = Blob.make(b"", _NULLPTR)
@@ -284,7 +284,7 @@ class BlobObject:
         try:
             data = _decode(decoding, encoded, -1)
         except ValueError:
-            raise _fail(f'cannot create blob, illegal encoding beginning with "{encoded}"') from None
+            raise _fail(f'cannot create blob {vcl_name}, illegal encoding beginning with "{encoded}"') from None
         self.blob = Blob.make(data) if data else Blob.make(b"", _NULL_BLOB_DATA)
 
     def get(self) -> bytes:
@@ -300,8 +300,8 @@ class BlobObject:
         return self.encodings[key]
 
 
-_obj = ObjectType("blob", Func("blob", lambda ctx, decoding, encoded: BlobObject(decoding, encoded), "VOID",
-                               [_ENC, Param("encoded", "STRANDS")], frozenset({"vcl_init"})))
+_obj = ObjectType("blob", Func("blob", lambda ctx, name, decoding, encoded: BlobObject(name, decoding, encoded),
+                               "VOID", [_ENC, Param("encoded", "STRANDS")], frozenset({"vcl_init"}), takes_name=True))
 _obj.methods["get"] = Func("get", lambda o, ctx: o.get(), "BLOB", [])
 _obj.methods["encode"] = Func("encode", lambda o, ctx, encoding, case: o.encode(encoding, case), "STRING",
                               [Param("encoding", "ENUM", "IDENTITY", optional=True, enum=ENCODINGS),
