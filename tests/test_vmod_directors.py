@@ -286,6 +286,9 @@ def test_round_robin_keeps_its_place_over_sick_members_and_removals():
     set_admin_health(b[2], "sick")
     assert [rr.resolve(_ctx()).name for _ in range(3)] == ["b1", "b0", "b1"]
     rr.remove(b[1])
+    # varnishd's nxt (2) is past the end: it tries the stale slot (b2, sick), then b2 again, and
+    # gives up for this request; the next one starts over at b0
+    assert rr.resolve(_ctx()) is None
     assert rr.resolve(_ctx()).name == "b0"
     set_admin_health(b[0], "sick")
     assert rr.resolve(_ctx()) is None
@@ -502,3 +505,13 @@ def test_shard_debug_logs_the_ring_and_lookups():
     ctx = _ctx()
     _shard_backend(sh, ctx)
     assert any(text.startswith("vmod_directors: shard: lookup key ") for _, text in ctx.log)
+
+
+def test_round_robin_removal_keeps_varnishds_next_position():
+    b = _bes(3)
+    rr = RoundRobin()
+    for x in b:
+        rr.add(x)
+    assert [rr.resolve(_ctx()).name for _ in range(2)] == ["b0", "b1"]
+    rr.remove(b[0])          # nxt (2) now past the end: varnishd reads the old last slot, b2
+    assert [rr.resolve(_ctx()).name for _ in range(3)] == ["b2", "b2", "b1"]

@@ -136,20 +136,29 @@ class RoundRobin(Director):
     def __init__(self) -> None:
         super().__init__()
         self.next = 0
+        # what varnishd's array still holds one past the end after a removal: `nxt` may point there
+        self.stale: object | None = None
+
+    def add(self, backend: object, weight: float = 1.0) -> None:
+        super().add(backend, weight)
+        self.stale = None
 
     def remove(self, backend: object) -> int | None:
+        old_last = self.members[-1][0] if self.members else None
         i = super().remove(backend)
-        if i is not None and self.next >= len(self.members):
-            self.next = 0
+        if i is not None:
+            # varnishd leaves `nxt` alone; past the end it reads the old last slot (never a backend
+            # just removed here: that one is skipped)
+            self.stale = old_last if old_last is not backend else None
         return i
 
     def resolve(self, ctx):
         n = len(self.members)
         nxt = self.next
         for _ in range(n):
-            backend = self.members[nxt][0]
+            backend = self.members[nxt][0] if nxt < n else self.stale
             nxt = (nxt + 1) % n
-            if _healthy(backend, ctx):
+            if backend is not None and _healthy(backend, ctx):
                 self.next = nxt
                 return backend
         self.next = nxt
