@@ -135,7 +135,7 @@ class BusyObj:
             server_hostname=creq.server_hostname, server_identity=creq.server_identity,
             client_identity=creq.client_identity, is_bgfetch=mode == "bg", is_hitpass=creq.is_hitpass,
             is_hitmiss=creq.is_hitmiss, xid=creq.xid, session=None, req=None, req_top=None,
-            sess_xid=creq.sess_xid, bereq_body=req_body,
+            sess_xid=creq.sess_xid, bereq_body=req_body, hash=creq.hash,
             # as varnishd's startfetch: the storage the object will go to unless VCL says otherwise
             beresp_storage=TRANSIENT if self.is_pass else server.storage.next_stevedore(),
         )

@@ -270,7 +270,7 @@ class ClientRequest:
         digest = hashlib.sha256()
         for part in ctx.hash_parts:
             digest.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
-            digest.update(b"#")
+            digest.update(b"\0")      # varnishd's field separator (HSH_AddString(NULL)): same digests
         self.digest = ctx.hash = digest.digest()
         if name == "hash":
             return "lookup"
