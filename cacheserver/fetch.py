@@ -74,13 +74,24 @@ def _strip_hop_by_hop(headers: Headers) -> None:
             headers.unset(name)
 
 
+def fail_from_vcl(server: Server, ctx: Context, action: Action) -> None:
+    """`return (fail)` / `return (fail(REASON))`: VRT_fail, counted and logged with its reason."""
+    server.counters.vcl_fail += 1
+    reason = action.args[0] if action.args else ""
+    ctx.log.append(("VCL_Error", reason or "Failed from VCL"))
+
+
 def _call(vcl, ctx: Context, sub: str):
     ctx.method = sub
     try:
-        return vcl.subs[sub](ctx)
+        action = vcl.subs[sub](ctx)
     except VCLFailure as exc:
         ctx.log.append(("VCL_Error", str(exc)))
+        ctx.server.counters.vcl_fail += 1
         return Action("fail")
+    if action.name == "fail":
+        fail_from_vcl(ctx.server, ctx, action)
+    return action
 
 
 async def _acall(vcl, ctx: Context, sub: str) -> Action:

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 from cacheserver import storage as st
-from cacheserver.fetch import BusyObj
+from cacheserver.fetch import BusyObj, fail_from_vcl
 from cacheserver.http1 import DATES, reason_for, serialize_head
 from cacheserver.ranges import RangeError, not_modified, parse_range
 from cacheserver.reqbody import ReqBody
@@ -151,20 +151,24 @@ class ClientRequest:
         ctx = self.ctx
         ctx.method = sub
         try:
-            return self.vcl.subs[sub](ctx)
+            action = self.vcl.subs[sub](ctx)
         except VCLFailure as exc:
             return self._failed(sub, exc)
+        if action.name == "fail":
+            fail_from_vcl(self.server, ctx, action)
+        return action
 
     async def acall(self, sub: str) -> Action:
         ctx = self.ctx
         ctx.method = sub
         try:
             fn = self.vcl.subs[sub]
-            if sub in self.vcl.async_subs:
-                return await fn(ctx)
-            return fn(ctx)
+            action = await fn(ctx) if sub in self.vcl.async_subs else fn(ctx)
         except VCLFailure as exc:
             return self._failed(sub, exc)
+        if action.name == "fail":
+            fail_from_vcl(self.server, ctx, action)
+        return action
 
     def _failed(self, sub: str, exc: Exception) -> Action:
         self.server.counters.vcl_fail += 1
