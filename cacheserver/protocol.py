@@ -33,6 +33,9 @@ log = logging.getLogger("cacheserver.client")
 
 # Held-back bytes past which the connection stops reading until the current request is done.
 _MAX_HELD = 256 * 1024
+# Parsed requests waiting their turn, and the slice parsed at a time, before the rest is held.
+_MAX_QUEUED = 32
+_FEED_SLICE = 16 * 1024
 # Raw bytes kept for locating a stolen request's end; beyond this a steal with leftovers is refused.
 _MAX_RAW = 1024 * 1024
 
@@ -230,16 +233,37 @@ class ClientProtocol(asyncio.Protocol):
             self.server.counters.s_pipe_in += len(data)
             self.pipe_to.write(data)
             return
-        if (self.busy or self.write_blocked) and self._sink is None:
-            self.held.append(data)
-            self.held_size += len(data)
-            if self.held_size > _MAX_HELD:
-                self.transport.pause_reading()
+        if (self.busy or self.write_blocked or self.held) and self._sink is None:
+            self._hold(data)
             return
         # A body still arriving is parsed at once, even while its request runs: the request reads it.
-        self._feed(data)
+        self._feed_some(data)
         if self.queue and not self.busy and not self.write_blocked:
             self.run_queue()
+
+    def _hold(self, data: bytes) -> None:
+        self.held.append(data)
+        self.held_size += len(data)
+        if self.held_size > _MAX_HELD:
+            self.transport.pause_reading()
+
+    def _feed_some(self, data: bytes) -> None:
+        """Parse data a slice at a time while few requests wait; hold the rest (in order) past that.
+
+        A read can hold thousands of tiny pipelined requests; each parsed one costs a request object,
+        so parsing stops at _MAX_QUEUED and goes on as the queue drains.
+        """
+        while data:
+            if len(self.queue) >= _MAX_QUEUED and self._sink is None:
+                self._hold(data)
+                return
+            if len(data) <= _FEED_SLICE:
+                self._feed(data)
+                return
+            self._feed(data[:_FEED_SLICE])
+            data = data[_FEED_SLICE:]
+            if self.closed or self.refusal is not None:
+                return
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets the answers to what it sent; then we close.
@@ -517,20 +541,27 @@ class ClientProtocol(asyncio.Protocol):
     # -- running requests -------------------------------------------------------------------------
 
     def run_queue(self) -> None:
-        """Handle queued requests in order until one needs to wait or the client stops reading."""
-        while self.queue and not self.busy and not self.closed:
-            request = self.current = self.queue.popleft()
-            if not request.run_sync():
-                self.busy = True
-                asyncio.get_running_loop().create_task(self._run_async(request))
-                return
-            self._end_body(request)
-            if not request.keep_alive:
-                self.close()
-                return
-            if self.paused_writing:
-                self._block_writes()
-                return
+        """Handle queued requests in order until one needs to wait or the client stops reading;
+        when the queue runs dry, parse more of what was held."""
+        while True:
+            while self.queue and not self.busy and not self.closed:
+                request = self.current = self.queue.popleft()
+                if not request.run_sync():
+                    self.busy = True
+                    asyncio.get_running_loop().create_task(self._run_async(request))
+                    return
+                self._end_body(request)
+                if not request.keep_alive:
+                    self.close()
+                    return
+                if self.paused_writing:
+                    self._block_writes()
+                    return
+            if self.queue or not self.held or self.busy or self.closed or self.refusal is not None:
+                break
+            self._parse_held()
+            if not self.queue:
+                break
         if not self.queue:
             if self.refusal is not None and not self.busy:
                 self._send_refusal()
@@ -561,17 +592,24 @@ class ClientProtocol(asyncio.Protocol):
         self._resume_parsing()
 
     def _resume_parsing(self) -> None:
-        """Parse what was held while the connection was busy, then run what it queued."""
-        if self.held:
-            held, self.held, self.held_size = self.held, [], 0
-            self.transport.resume_reading()
-            for data in held:
-                if self.closed:
-                    return
-                self._feed(data)
-        elif self.transport is not None:
+        """Read again, and run what was held while the connection was busy."""
+        if self.transport is not None and self.held_size <= _MAX_HELD:
             self.transport.resume_reading()
         self.run_queue()
+
+    def _parse_held(self) -> None:
+        """Parse held bytes until the queue is long enough again (what is left stays held)."""
+        held, self.held, self.held_size = self.held, [], 0
+        for i, data in enumerate(held):
+            if self.closed or self.refusal is not None:
+                return
+            self._feed_some(data)
+            if self.held:             # it stopped: the rest stays behind what it held
+                self.held.extend(held[i + 1:])
+                self.held_size += sum(map(len, held[i + 1:]))
+                return
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     def take_held(self) -> bytes:
         """Bytes received but not parsed, removed from the connection (for pipe)."""
