@@ -339,6 +339,8 @@ class CodeGen:
                     args.append(self.str_expr(value))
                 else:
                     args.append(self.expr(value))
+            elif s.action == "fail":
+                break                      # a plain `return (fail)` carries no reason
             elif atype == "STRING":
                 args.append("''")
             elif s.action == "error" and atype == "INT":
