@@ -21,13 +21,17 @@ class LiveBackend:
     """What the server knows about one backend while it runs."""
 
     __slots__ = ("admin", "probe_healthy", "probe_good", "probe_log", "changed", "conns", "req", "fail",
-                 "unhealthy", "busy")
+                 "unhealthy", "busy", "probe_bits", "probe_avg")
 
     def __init__(self) -> None:
         self.admin = "auto"            # auto | healthy | sick (backend.set_health)
         self.probe_healthy = True      # what the last probe said; True without a probe
         self.probe_good = None         # good polls in the probe window (None: not probed)
         self.probe_log: list[bool] = []  # the latest poll results, oldest first (backend.list -p)
+        # varnishd's 64-poll history per outcome (bit 0 the latest): 4/6 connected over IPv4/IPv6,
+        # x/X send failed/done, r/R receive failed/done, H happy; and the good polls' average time
+        self.probe_bits: dict[str, int] = dict.fromkeys("46UxXrRH", 0)
+        self.probe_avg = 0.0
         self.changed = time.time()
         self.conns = 0                 # connections in use now (for .max_connections)
         self.req = 0

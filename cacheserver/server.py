@@ -216,6 +216,8 @@ class Server:
             listener = await loop.create_server(lambda name=spec.name: ClientProtocol(self, name),
                                                 sock=sock.dup())
             self._listeners.append(listener)
+        self.counters.mgt_child_start += 1
+        self.child_started_at = time.time()   # MAIN.uptime counts from here, MGT.uptime from __init__
 
     async def stop(self) -> None:
         """Stop accepting and close every client connection (the CLI's `stop`)."""

@@ -526,7 +526,10 @@ class Storage:
 
     def ban(self, expr: str | list[str]) -> None:
         self.bans.add(expr)
-        self._arm_lurker()
+        self._arm_lurker(self._lurker_sleep())
+
+    def _lurker_sleep(self) -> float:
+        return float(self.params.ban_lurker_sleep) if self.params is not None else 0.01
 
     def _arm_lurker(self, delay: float = 0.1) -> None:
         if self._lurker is not None:
@@ -543,8 +546,11 @@ class Storage:
         It sleeps while no such ban is due, so a cache with bans costs nothing between them.
         """
         self._lurker = None
+        if self._lurker_sleep() <= 0:
+            return                      # ban_lurker_sleep 0 disables the lurker, as varnishd's
         min_age = self.params.ban_lurker_age if self.params is not None else 60.0
         now = _wall()
+        self.bans.trim()                # varnishd's lurker drops unreferenced bans at the tail
         pending = [b for b in self.bans.bans if not b.completed and not b.has_req]
         if not pending:
             return
