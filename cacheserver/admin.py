@@ -952,6 +952,24 @@ class AdminCommands:
                                               for n, k in devices))
         return "Storage devices:\n" + "".join(f"\tstorage.{n} = {k}\n" for n, k in devices)
 
+    def _vbe_counters(self) -> dict[str, int]:
+        """VBE.<vcl>.<backend>.* for the backends of every VCL that is not cold (varnishd keeps
+        counters only for warm VCLs), and MAIN.n_backend, the number of those backends."""
+        from cacheserver.backends import vbe_counters
+
+        out: dict[str, int] = {}
+        n = 0
+        for vname, vcl in self.server.vcls.items():
+            if self.states.get(vname) == "cold":
+                continue
+            for bname, spec in getattr(vcl, "backends", {}).items():
+                if getattr(spec, "host", None) is None:
+                    continue
+                n += 1
+                out.update(vbe_counters(f"VBE.{vname}.{bname}.", spec))
+        out["MAIN.n_backend"] = n
+        return out
+
     def _counters_list(self, argv: list[str], args: list[str]) -> str:
         as_json, globs = _split_j(args)
         snap = self.server.counters.snapshot()
@@ -962,6 +980,7 @@ class AdminCommands:
             snap["MGT.uptime"] = int(now - self.server.started_at)
         if "MAIN.vmods" in snap:
             snap["MAIN.vmods"] = len({m for v in self.server.vcls.values() for m in getattr(v, "uses", ())})
+        snap.update(self._vbe_counters())
         if globs:
             snap = {k: v for k, v in snap.items()
                     if any(fnmatch.fnmatchcase(k, g if "." in g else "MAIN." + g) for g in globs)}

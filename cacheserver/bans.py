@@ -211,6 +211,7 @@ class BanList:
         self.bans.append(Ban(time.time(), [], completed=True))
         self.counters.bans += 1
         self.counters.bans_completed += 1
+        self.counters.bans_added += 1        # varnishd counts the initial ban as added
 
     @property
     def newest(self) -> Ban:

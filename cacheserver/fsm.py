@@ -56,6 +56,11 @@ def _wait_states(vcl) -> frozenset[str]:
     return states
 
 
+def _client_close_reason(req: HttpMessage) -> str:
+    """Why the client's own request ends its connection (varnishd's http_DoConnection)."""
+    return "sc_req_close" if "close" in (req.headers.get("Connection") or "").lower() else "sc_req_http10"
+
+
 class ClientRequest:
     """One client request on its way from vcl_recv to the wire."""
 
@@ -67,6 +72,7 @@ class ClientRequest:
         self.late100 = False                 # std.late_100_continue(true): answer Expect when read
         self.body_failed = False             # std.cache_req_body() could not have it: close unanswered
         self.keep_alive = keep_alive
+        self.close_reason = None if keep_alive else _client_close_reason(req)
         self.raw_index = raw_index     # which message this was in the session's raw byte log
         self.state: str | None = "recv"
         self.vcl = server.active_vcl
@@ -176,7 +182,7 @@ class ClientRequest:
     def _fail_state(self) -> str:
         # Varnish: a VCL failure is a 503 synth, and the connection is closed after it.
         self.keep_alive = False
-        self.server.counters.sc_vcl_failure += 1
+        self.close_reason = "sc_vcl_failure"
         return self._to_synth(503, "VCL failed")
 
     def _common(self, action: Action) -> str:
@@ -250,7 +256,7 @@ class ClientRequest:
             self.body.send_continue()
         if self.body_failed:
             # std.cache_req_body() failed (too big, client gone): varnishd closes, answering nothing
-            self.server.counters.sc_rx_body += 1
+            self.session.close_reason = "sc_rx_body"
             self.keep_alive = False
             self.session.close()
             return None
@@ -462,6 +468,7 @@ class ClientRequest:
         finally:
             counters.n_pipe -= 1
         self.keep_alive = False
+        self.close_reason = "sc_tx_pipe"
         return None
 
     # -- restart ----------------------------------------------------------------------------------
@@ -662,6 +669,7 @@ class ClientRequest:
             return self._transmit(ctx.resp, oc, synth=True)
         # fail (or anything else) in vcl_synth: a bare 500 and close, as Varnish does
         self.keep_alive = False
+        self.close_reason = "sc_vcl_failure"
         bare = HttpMessage(proto="HTTP/1.1", status=500, reason="Internal Server Error")
         bare.headers.add("Date", DATES.now())
         bare.headers.add("Server", "Varnish")
@@ -729,6 +737,7 @@ class ClientRequest:
                 chunked = True
             else:
                 self.keep_alive = False
+                self.close_reason = "sc_tx_eof"
                 headers.set("Connection", "close")
         head = serialize_head(resp)
         if self._template_wanted:
@@ -802,6 +811,7 @@ class ClientRequest:
         if oc.failed:
             # the backend failed mid-body: the client cannot be told but by closing
             self.keep_alive = False
+            self.close_reason = "sc_tx_error"
             return None
         if chunked and not session.closed:
             transport.write(b"0\r\n\r\n")

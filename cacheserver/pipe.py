@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from cacheserver.backends import resolve
+from cacheserver.backends import live, resolve
 from cacheserver.http1 import wire
 from cacheserver.reqbody import ReqBodyError
 
@@ -29,7 +29,7 @@ async def pipe_request(request: ClientRequest) -> None:
     ctx = request.ctx
     backend = resolve(ctx.bereq_backend if ctx.bereq_backend is not None else ctx.backend_hint, ctx)
     if backend is None or backend.host is None:
-        server.counters.sc_tx_error += 1
+        session.close_reason = "sc_tx_error"
         session.close()
         return
     idle = server.backend_pools.take_streams(backend.host, int(backend.port))
@@ -43,7 +43,7 @@ async def pipe_request(request: ClientRequest) -> None:
         except (OSError, asyncio.TimeoutError):
             # varnishd answers nothing: the client sees the connection close
             server.counters.backend_fail += 1
-            server.counters.sc_tx_error += 1
+            session.close_reason = "sc_tx_error"
             session.close()
             return
         server.counters.backend_conn += 1
@@ -55,6 +55,9 @@ async def pipe_request(request: ClientRequest) -> None:
         bereq.headers.set("Transfer-Encoding", "chunked")
     head = _request_head(bereq)
     server.counters.s_pipe_hdrbytes += len(head)
+    vbe = live(backend)
+    vbe.req += 1
+    vbe.pipe_hdrbytes += len(head)
     writer.write(head)
     try:
         async for data in body.chunks():
@@ -74,6 +77,7 @@ async def pipe_request(request: ClientRequest) -> None:
             if not data or session.closed:
                 break
             server.counters.s_pipe_out += len(data)
+            vbe.pipe_in += len(data)          # VBE counts from the backend's side
             session.transport.write(data)
             await session.drain()
     except (ConnectionError, OSError):
@@ -81,5 +85,6 @@ async def pipe_request(request: ClientRequest) -> None:
     finally:
         session.pipe_to = None
         writer.close()
+        session.close_reason = session.close_reason or "sc_tx_pipe"
         session.close()
 

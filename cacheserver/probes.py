@@ -13,7 +13,7 @@ import socket
 import time
 from collections import deque
 
-from cacheserver.backends import live, set_probe_health
+from cacheserver.backends import count_fail, live, set_probe_health
 from vcl.runtime import BackendSpec
 
 log = logging.getLogger("cacheserver.probes")
@@ -57,9 +57,11 @@ async def poll_steps(spec: BackendSpec, probe) -> str:
             while (await reader.readline()) not in (b"\r\n", b"\n", b""):
                 pass                       # the whole head must arrive in time too
             return steps + "H"
-    except (OSError, TimeoutError, ValueError):
+    except (OSError, TimeoutError, ValueError) as exc:
         if steps.endswith("X"):
             steps += "r"                   # sent, but no answer in time
+        elif not steps and not isinstance(exc, ValueError):
+            count_fail(spec, exc, probe=True)   # varnishd counts a probe's failed connect by errno
         return steps
     finally:
         if writer is not None:

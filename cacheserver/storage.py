@@ -402,6 +402,7 @@ class Storage:
         shortlived = self.params.shortlived if self.params is not None else 10.0
         if oc.hfm or oc.hfp or oc.ttl + oc.grace + oc.keep < shortlived:
             st = self.stevedores[TRANSIENT]           # whatever the hint, as varnishd
+            self.counters.beresp_shortlived += not (oc.hfm or oc.hfp)
         else:
             st = self.stevedores.get(hint) if hint else None
             if st is None:
@@ -488,6 +489,8 @@ class Storage:
     def _schedule_expiry(self, oc: ObjCore) -> None:
         oc.exp_at = oc.t_origin + max(oc.ttl, 0.0) + max(oc.grace, 0.0) + max(oc.keep, 0.0)
         heapq.heappush(self._exp, (oc.exp_at, next(self._seq), oc))
+        self.counters.exp_mailed += 1        # varnishd mails the object to its expiry thread,
+        self.counters.exp_received += 1      # which takes it at once here
         self._arm_expiry()
 
     def reschedule(self, oc: ObjCore) -> None:
