@@ -543,6 +543,11 @@ class AdminCommands:
             raise Reply(CLIS_PARAM, f"Already a VCL named {name}")
         if state not in ("auto", "cold", "warm"):
             raise Reply(CLIS_PARAM, "State must be one of auto, cold or warm.")
+        params = self.server.params
+        loaded = len(self.server.vcls)
+        if params.max_vcl_handling == 2 and loaded >= params.max_vcl:
+            raise Reply(CLIS_CANT, f"Too many ({loaded}) VCLs already loaded\n"
+                                   "(See max_vcl and max_vcl_handling parameters)")
         try:
             self.server.vcl_load(name, source, filename)
         except Exception as e:  # VCLLoadError and anything the compiler raises: report, keep serving
@@ -556,6 +561,10 @@ class AdminCommands:
         self._created(name)
         if state != "auto" and name != self.server.active_name:
             self.states[name] = state
+        loaded = len(self.server.vcls)
+        if params.max_vcl_handling == 1 and loaded > params.max_vcl:
+            return (f"{loaded} VCLs loaded\nRemember to vcl.discard the old/unused VCLs.\n"
+                    "(See max_vcl and max_vcl_handling parameters)")
         return ""
 
     def _vcl_inline(self, argv: list[str], args: list[str]) -> str:

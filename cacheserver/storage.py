@@ -528,6 +528,8 @@ class Storage:
     # -- bans -------------------------------------------------------------------------------------
 
     def ban(self, expr: str | list[str]) -> None:
+        if self.params is not None:
+            self.bans.dups = bool(self.params.ban_dups)
         self.bans.add(expr)
         self._arm_lurker(self._lurker_sleep())
 
@@ -543,6 +545,18 @@ class Storage:
             return
         self._lurker = loop.call_later(delay, self._lurk)
 
+    def _ban_cutoff(self) -> None:
+        """ban_cutoff: objects still on a ban past the newest ban_cutoff ones are expunged by the
+        lurker (bans_lurker_obj_killed_cutoff), so that the list stays that short."""
+        cutoff = int(getattr(self.params, "ban_cutoff", 0) or 0)
+        bans = self.bans.bans
+        if cutoff <= 0 or len(bans) <= cutoff:
+            return
+        old = {id(b) for b in bans[cutoff:]}
+        for oc in [oc for oc in self.objects() if id(oc.ban) in old]:
+            self.counters.bans_lurker_obj_killed_cutoff += 1
+            self.remove(oc)
+
     def _lurk(self) -> None:
         """The ban lurker: obj-only bans older than ban_lurker_age are tested against every object.
 
@@ -553,6 +567,7 @@ class Storage:
             return                      # ban_lurker_sleep 0 disables the lurker, as varnishd's
         min_age = self.params.ban_lurker_age if self.params is not None else 60.0
         now = _wall()
+        self._ban_cutoff()
         self.bans.trim()                # varnishd's lurker drops unreferenced bans at the tail
         pending = [b for b in self.bans.bans if not b.completed and not b.has_req]
         if not pending:

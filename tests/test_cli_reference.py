@@ -402,3 +402,28 @@ def test_ban_lurker_cleans_the_tail_unless_disabled():
     assert re.sub(r"\d+\.\d+", "T", text) == "Present bans:\nT     0 -  obj.ttl > 1m\n"
     text = asyncio.run(body("0"))
     assert len(text.splitlines()) == 5        # all three, the two older and the initial one
+
+
+def test_max_vcl_warns_or_refuses_as_max_vcl_handling_says():
+    cmds = commands()
+    assert ask(cmds, "param.set max_vcl 2") == (200, "")
+    cmds._load("a1", NONE, "<a1>")
+    assert ask(cmds, "vcl.label l1 a1") == (200, "")          # labels are not counted
+    assert cmds._load("a2", NONE, "<a2>") == ("3 VCLs loaded\nRemember to vcl.discard the old/unused VCLs.\n"
+                                              "(See max_vcl and max_vcl_handling parameters)")
+    assert ask(cmds, "param.set max_vcl_handling 2") == (200, "")
+    assert ask(cmds, 'vcl.inline a3 "vcl 4.1; backend default none;"') == (
+        300, "Too many (3) VCLs already loaded\n(See max_vcl and max_vcl_handling parameters)")
+    assert ask(cmds, "param.set max_vcl_handling 0") == (200, "")
+    assert ask(cmds, 'vcl.inline a3 "vcl 4.1; backend default none;"') == (200, "")
+
+
+def test_ban_dups_off_keeps_identical_bans():
+    cmds = commands()
+    for setting, want in (("on", 1), ("off", 0)):
+        before = cmds.server.counters.bans_dups
+        assert ask(cmds, f"param.set ban_dups {setting}") == (200, "")
+        assert ask(cmds, "param.set ban_lurker_sleep 0") == (200, "")
+        ask(cmds, "ban req.url ~ same")
+        ask(cmds, "ban req.url ~ same")
+        assert cmds.server.counters.bans_dups - before == want

@@ -150,3 +150,13 @@ def test_mgt_counters_and_initial_ban(make):
     assert cache.cli.cmd("stop")[0] == 200 and cache.cli.cmd("start")[0] == 200
     c = cache.cli.counters()
     assert c["MGT.child_start"] == 2 and c["MGT.child_exit"] == 1
+
+
+def test_ban_cutoff_expunges_objects_on_old_bans(make):
+    cache, _ = make(VCL, lambda req: Resp(body=b"c", headers=[("Cache-Control", "max-age=100")]),
+                    "-p", "ban_cutoff=2", "-p", "ban_lurker_age=100")
+    cache.get("/1")
+    for n in range(3):
+        assert cache.cli.cmd(f"ban req.url ~ /nomatch{n}")[0] == 200
+    c = settle(cache, "bans_lurker_obj_killed_cutoff", 1)
+    assert c["bans_lurker_obj_killed_cutoff"] == 1 and c["n_object"] == 0
