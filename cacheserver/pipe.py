@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from cacheserver.backends import live, resolve
@@ -73,7 +74,13 @@ async def pipe_request(request: ClientRequest) -> None:
     session.pipe_to = writer
     try:
         while True:
-            data = await reader.read(65536)
+            try:
+                data = await asyncio.wait_for(reader.read(65536), server.params.pipe_timeout or None)
+            except TimeoutError:
+                # pipe_timeout: nothing in either direction for that long ends the pipe
+                if time.monotonic() - session.last_active < server.params.pipe_timeout:
+                    continue
+                break
             if not data or session.closed:
                 break
             server.counters.s_pipe_out += len(data)

@@ -160,3 +160,17 @@ def test_ban_cutoff_expunges_objects_on_old_bans(make):
         assert cache.cli.cmd(f"ban req.url ~ /nomatch{n}")[0] == 200
     c = settle(cache, "bans_lurker_obj_killed_cutoff", 1)
     assert c["bans_lurker_obj_killed_cutoff"] == 1 and c["n_object"] == 0
+
+
+def test_pipe_timeout_ends_an_idle_pipe(make):
+    cache, _ = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pipe); }\n", lambda req: Resp(body=b"p" * 10),
+                    "-p", "pipe_timeout=0.5")
+    sock = cache.proc.connect()
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    sock.settimeout(5)
+    started = time.monotonic()
+    assert sock.recv(65536) == b""           # closed by us, the backend still holding its side
+    assert time.monotonic() - started < 3
+    sock.close()
+    assert settle(cache, "sc_tx_pipe", 1)["sc_tx_pipe"] == 1
