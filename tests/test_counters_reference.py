@@ -174,3 +174,9 @@ def test_pipe_timeout_ends_an_idle_pipe(make):
     assert time.monotonic() - started < 3
     sock.close()
     assert settle(cache, "sc_tx_pipe", 1)["sc_tx_pipe"] == 1
+
+
+def test_pools_and_threads_are_the_event_loops(make):
+    cache, _ = make(VCL, lambda req: Resp(body=b"x"))
+    c = cache.cli.counters()
+    assert c["pools"] == 1 and c["threads"] >= 1
