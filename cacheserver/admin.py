@@ -164,33 +164,34 @@ class CommandDef:
     flags: str = ""      # varnishd's: "d" debug (listed by help -d / -a), "i" internal
     json: bool = False   # takes -j
     hidden: bool = False  # ours, not varnishd's: answered by `help NAME` but not listed
+    child: bool = False   # varnishd's child answers it: unknown while the child is stopped
 
 
 # varnishd 7.1's commands with its syntax lines, help texts and argument counts (`help -j`).
 COMMANDS: list[CommandDef] = [
     CommandDef("auth", "auth <response>", "Authenticate.", 1, 1, "_auth", False),
     CommandDef("backend.list", "backend.list [-j] [-p] [<backend_pattern>]", "List backends.\n", 0, 2,
-               "_backend_list", json=True),
+               "_backend_list", json=True, child=True),
     CommandDef("backend.set_health", "backend.set_health <backend_pattern> [auto|healthy|sick]",
-               "Set health status of backend(s) matching <backend_pattern>.", 2, 2, "_backend_set_health"),
+               "Set health status of backend(s) matching <backend_pattern>.", 2, 2, "_backend_set_health", child=True),
     CommandDef("ban", "ban <field> <operator> <arg> [&& <field> <oper> <arg> ...]",
-               "Mark obsolete all objects where all the conditions match.", 3, -1, "_ban"),
-    CommandDef("ban.list", "ban.list [-j]", "List the active bans.", 0, 0, "_ban_list", json=True),
+               "Mark obsolete all objects where all the conditions match.", 3, -1, "_ban", child=True),
+    CommandDef("ban.list", "ban.list [-j]", "List the active bans.", 0, 0, "_ban_list", json=True, child=True),
     CommandDef("banner", "banner", "Print welcome banner.", 0, 0, "_banner"),
     CommandDef("counters.list", "counters.list [-j] [<glob>...]",
                "Print counters as 'NAME VALUE' lines (varnishstat names).", 0, -1, "_counters_list",
                json=True, hidden=True),
     CommandDef("debug.listen_address", "debug.listen_address", "Report the actual listen address.",
-               0, 0, "_debug_listen_address", flags="d"),
+               0, 0, "_debug_listen_address", flags="d", child=True),
     CommandDef("debug.panic.worker", "debug.panic.worker", "Panic the worker process.", 0, 0,
-               "_debug_panic_worker", flags="d"),
+               "_debug_panic_worker", flags="d", child=True),
     CommandDef("debug.shutdown.delay", "debug.shutdown.delay", "Add a delay to the child process shutdown.",
-               1, 1, "_debug_shutdown_delay", flags="d"),
+               1, 1, "_debug_shutdown_delay", flags="d", child=True),
     CommandDef("debug.srandom", "debug.srandom", "Seed the random(3) function.", 0, 1, "_debug_srandom",
-               flags="d"),
-    CommandDef("debug.vmod", "debug.vmod", "Show loaded vmods.", 0, 0, "_debug_vmod", flags="d"),
+               flags="d", child=True),
+    CommandDef("debug.vmod", "debug.vmod", "Show loaded vmods.", 0, 0, "_debug_vmod", flags="d", child=True),
     CommandDef("debug.xid", "debug.xid [<xid> [<cachesize>]]", "Examine or set XID. <cachesize> defaults to 1.",
-               0, 2, "_debug_xid", flags="d"),
+               0, 2, "_debug_xid", flags="d", child=True),
     CommandDef("help", "help [-j|<command>]", "Show command/protocol help.", 0, 1, "_help", False,
                flags="i", json=True),
     CommandDef("panic.clear", "panic.clear [-z]",
@@ -265,6 +266,8 @@ class AdminCommands:
         cmd = _BY_NAME.get(argv[0])
         if cmd is None:
             return CLIS_UNKNOWN, "Unknown request.\nType 'help' for more info.\n"
+        if cmd.child and not self.server.running:
+            return CLIS_UNKNOWN, "Unknown request in manager process (child not running).\nType 'help' for more info."
         args = argv[1:]
         counted = len(args) - (1 if cmd.json and args[:1] == ["-j"] else 0)
         if counted < cmd.min_args:
@@ -302,9 +305,11 @@ class AdminCommands:
         return banner(self.server.running)
 
     def _help(self, argv: list[str], args: list[str]) -> str:
+        # the child's commands are known only while it runs
+        known = [c for c in COMMANDS if self.server.running or not c.child]
         if args and args[0] == "-j":
             items = []
-            for c in COMMANDS:
+            for c in known:
                 if c.hidden:
                     continue
                 items.append(",\n  {\n" + ",\n".join([
@@ -314,14 +319,14 @@ class AdminCommands:
                     f'    "json": {"true" if c.json else "false"}']) + "\n  }")
             return _envelope(argv, 2, "".join(items))
         if args and args[0] in ("-a", "-d"):
-            shown = [c for c in COMMANDS if not c.hidden and (args[0] == "-a" or "d" in c.flags)]
+            shown = [c for c in known if not c.hidden and (args[0] == "-a" or "d" in c.flags)]
             return "".join(f"{c.syntax}\n" for c in shown)
         if args:
             cmd = _BY_NAME.get(args[0])
-            if cmd is None:
+            if cmd is None or cmd not in known:
                 raise Reply(CLIS_UNKNOWN, "Unknown request.\nType 'help' for more info.\n")
             return f"{cmd.syntax}\n{cmd.doc}\n"
-        return "".join(f"{c.syntax}\n" for c in COMMANDS if not c.hidden and "d" not in c.flags)
+        return "".join(f"{c.syntax}\n" for c in known if not c.hidden and "d" not in c.flags)
 
     def _ping(self, argv: list[str], args: list[str]) -> str:
         as_json, _ = _split_j(args)

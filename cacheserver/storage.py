@@ -537,12 +537,14 @@ class Storage:
         return float(self.params.ban_lurker_sleep) if self.params is not None else 0.01
 
     def _arm_lurker(self, delay: float = 0.1) -> None:
-        if self._lurker is not None:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        if self._lurker is not None:
+            if self._lurker.when() <= loop.time() + delay:
+                return
+            self._lurker.cancel()           # a new ban: the lurker looks sooner than it planned
         self._lurker = loop.call_later(delay, self._lurk)
 
     def _ban_cutoff(self) -> None:

@@ -212,6 +212,9 @@ def test_params(tmp_path, secret_file):
 
 def test_backends_bans_counters_and_misc(tmp_path, secret_file):
     async def body(server: Server, cli: Cli) -> None:
+        # backends and bans are the child's: unknown until it runs, as in varnishd
+        assert (await cli.ask("backend.list"))[0] == 101
+        assert (await cli.ask("start"))[0] == 200
         status, text = await cli.ask("backend.list")
         lines = text.splitlines()
         # the layout varnishd 7.1 prints for a backend without a probe
@@ -334,6 +337,7 @@ def test_backend_list_shows_directors(tmp_path, secret_file):
         status, text = await cli.result()
         assert status == 200, text
         assert (await cli.ask("vcl.use dv"))[0] == 200
+        assert (await cli.ask("start"))[0] == 200
         assert (await cli.ask("backend.set_health a sick"))[0] == 200
         lines = (await cli.ask("backend.list"))[1].splitlines()
         rr = next(line for line in lines if line.startswith("dv.rr "))

@@ -27,8 +27,17 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
-def commands(vcl: str = VCL) -> AdminCommands:
-    server = Server()
+class RunningServer(Server):
+    """A server whose child counts as running, for the commands varnishd's child answers (these
+    tests need no listening sockets)."""
+
+    @property
+    def running(self) -> bool:
+        return True
+
+
+def commands(vcl: str = VCL, running: bool = True) -> AdminCommands:
+    server = RunningServer() if running else Server()
     server.listen_specs = [ListenSpec.parse("127.0.0.1:0", 0)]
     server.vcl_load("boot", vcl, "<boot>")
     return AdminCommands(server)
@@ -255,7 +264,7 @@ def test_argument_counts(line, status):
 
 def test_json_envelopes():
     cmds = commands()
-    assert masked(ask(cmds, "status -j")[1]) == '[ 2, ["status", "-j"], T, "stopped"\n]\n'
+    assert masked(ask(cmds, "status -j")[1]) == '[ 2, ["status", "-j"], T, "running"\n]\n'
     assert masked(ask(cmds, "ping -j")[1]) == '[ 2, ["ping", "-j"], T, "PONG"\n\n]\n'
     assert masked(ask(cmds, "storage.list -j")[1]) == (
         '[ 2, ["storage.list", "-j"], T,\n  {\n    "name": "s0",\n    "storage": "malloc"\n},\n'
@@ -276,12 +285,12 @@ def test_vcl_list_and_deps_with_labels_and_return_vcl():
     cmds._load("usesl", USES_LABEL, "<usesl>")
     cmds._load("usesl2", USES_LABEL, "<usesl2>")
     assert ask(cmds, "vcl.list")[1] == (
-        "active      auto     warm         -    boot\n"
-        "available   cold     cold         -    c1\n"
-        "available   auto     warm         -    u2         <-    (1 label)\n"
-        "available   label    warm         -    lab_one    ->    u2 (2 return(vcl)'s)\n"
-        "available   auto     warm         -    usesl\n"
-        "available   auto     warm         -    usesl2\n")
+        "active      auto     warm         0    boot\n"
+        "available   cold     cold         0    c1\n"
+        "available   auto     warm         0    u2         <-    (1 label)\n"
+        "available   label    warm         0    lab_one    ->    u2 (2 return(vcl)'s)\n"
+        "available   auto     warm         0    usesl\n"
+        "available   auto     warm         0    usesl2\n")
     assert ask(cmds, "vcl.deps")[1] == "boot\nc1\nu2\nlab_one   u2\nusesl     lab_one\nusesl2    lab_one\n"
     deps = json.loads(ask(cmds, "vcl.deps -j")[1])
     assert deps[0] == 1 and deps[6] == {"name": "lab_one", "deps": ["u2"]}
@@ -327,7 +336,8 @@ PROBED = ('vcl 4.1;\nbackend b1 { .host = "127.0.0.1"; .port = "9"; }\n'
 
 
 def test_backend_list_layout_and_probe_report():
-    cmds = commands(PROBED)
+    cmds = commands(PROBED, running=False)          # loaded before the child runs: no polls yet
+    cmds.server.__class__ = RunningServer
     assert ask(cmds, "backend.set_health b1 sick") == (200, "")
     text = re.sub(r"\w{3}, \d\d \w{3} \d{4} [\d:]{8} GMT", "DATE", ask(cmds, "backend.list -p")[1])
     assert text == (
@@ -350,7 +360,7 @@ def test_backend_list_layout_and_probe_report():
 
 def test_panic_worker_panic_show_and_clear():
     async def body() -> None:
-        cmds = commands()
+        cmds = commands(running=False)
         server = cmds.server
         await server.start()
         try:
@@ -427,3 +437,16 @@ def test_ban_dups_off_keeps_identical_bans():
         ask(cmds, "ban req.url ~ same")
         ask(cmds, "ban req.url ~ same")
         assert cmds.server.counters.bans_dups - before == want
+
+
+def test_the_childs_commands_are_unknown_while_it_is_stopped():
+    cmds = commands(running=False)
+    unknown = (101, "Unknown request in manager process (child not running).\nType 'help' for more info.")
+    for line in ("ban req.url ~ a", "ban.list", "backend.list", "backend.set_health b1 sick", "debug.xid",
+                 "debug.listen_address", "debug.srandom", "debug.vmod", "debug.panic.worker"):
+        assert ask(cmds, line) == unknown, line
+    assert ask(cmds, "storage.list")[0] == 200
+    assert ask(cmds, "help ban") == (101, "Unknown request.\nType 'help' for more info.\n")
+    listing = ask(cmds, "help")[1].splitlines()
+    assert listing[:3] == ["auth <response>", "banner", "help [-j|<command>]"]
+    assert ask(cmds, "vcl.list")[1] == "active   auto    warm         -    boot\n"
