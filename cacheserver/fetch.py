@@ -667,6 +667,8 @@ class BusyObj:
         oc = self.oc
         if ctx.beresp_ttl <= 0 or ctx.beresp_uncacheable:
             if not oc.private:
+                # varnishd inserts a 0-TTL error object and its expiry thread expires it at once
+                server.counters.n_expired += ctx.beresp_ttl <= 0 and not ctx.beresp_uncacheable
                 server.storage.abandon(oc)
                 oc.private = True
         beresp.headers.unset("Content-Length")

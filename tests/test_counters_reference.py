@@ -180,3 +180,14 @@ def test_pools_and_threads_are_the_event_loops(make):
     cache, _ = make(VCL, lambda req: Resp(body=b"x"))
     c = cache.cli.counters()
     assert c["pools"] == 1 and c["threads"] >= 1
+
+
+def test_a_failed_fetch_counts_its_error_object_as_expired(make):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    cache, _ = make(f'vcl 4.1;\nbackend default {{ .host = "127.0.0.1"; .port = "{port}"; }}\n')
+    assert cache.get("/")[0] == 503
+    c = cache.cli.counters()
+    assert c["n_expired"] == 1 and c["n_object"] == 0
