@@ -46,7 +46,7 @@ class BanTest:
         return self.field.startswith("req.")
 
     def text(self) -> str:
-        name = f"{self.field}.{self.header}" if self.header else self.field
+        name = f"{self.field}.{self.header}" if self.header is not None else self.field
         arg = _format_duration(self.number) if self.field in _DURATION_FIELDS else self.arg
         return f"{name} {self.op} {arg}"
 

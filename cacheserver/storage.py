@@ -531,6 +531,8 @@ class Storage:
         if self.params is not None:
             self.bans.dups = bool(self.params.ban_dups)
         self.bans.add(expr)
+        if self._lurker_sleep() > 0:
+            self.bans.trim()        # varnishd kicks its lurker, which drops the unreferenced tail
         self._arm_lurker(self._lurker_sleep())
 
     def _lurker_sleep(self) -> float:

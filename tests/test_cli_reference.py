@@ -450,3 +450,11 @@ def test_the_childs_commands_are_unknown_while_it_is_stopped():
     listing = ask(cmds, "help")[1].splitlines()
     assert listing[:3] == ["auth <response>", "banner", "help [-j|<command>]"]
     assert ask(cmds, "vcl.list")[1] == "active   auto    warm         -    boot\n"
+
+
+def test_a_ban_drops_the_unreferenced_tail_at_once():
+    cmds = commands()
+    ask(cmds, "ban req.url ~ a")
+    ask(cmds, "ban req.http. == x")
+    text = ask(cmds, "ban.list")[1]
+    assert re.sub(r"\d+\.\d+", "T", text) == "Present bans:\nT     0 -  req.http. == x\n"
