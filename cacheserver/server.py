@@ -166,7 +166,7 @@ class Server:
         compiled.fini(Context(method="vcl_fini", vcl=compiled, server=self))
         self.counters.n_vcl -= 1
         self.counters.n_vcl_avail -= 1
-        self.counters.n_vcl_discard += 1
+        # n_vcl_discard counts discarded VCLs still in use: ours are released at once
 
     def vcl_list(self) -> list[tuple[str, str, int]]:
         """(name, "active"/"available", busy) for each loaded VCL."""

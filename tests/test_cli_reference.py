@@ -458,3 +458,14 @@ def test_a_ban_drops_the_unreferenced_tail_at_once():
     ask(cmds, "ban req.http. == x")
     text = ask(cmds, "ban.list")[1]
     assert re.sub(r"\d+\.\d+", "T", text) == "Present bans:\nT     0 -  req.http. == x\n"
+
+
+def test_vcl_counters_after_labels_states_and_discards():
+    cmds = commands()
+    cmds._load("a1", NONE, "<a1>")
+    cmds._load("a2", NONE, "<a2>", "cold")
+    assert ask(cmds, "vcl.label l1 a1") == (200, "")
+    assert ask(cmds, "vcl.discard a2") == (200, "")
+    c = cmds.server.counters
+    # as varnishd: labels are not VCLs, and a discarded VCL nobody uses is gone at once
+    assert (c.n_vcl, c.n_vcl_avail, c.n_vcl_discard) == (2, 2, 0)
