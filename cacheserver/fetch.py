@@ -268,7 +268,7 @@ class BusyObj:
                     conn = await pool.connect(connect)
                 except (OSError, TimeoutError) as exc:
                     counters.backend_fail += 1
-                    backends.live(backend).fail += 1
+                    backends.count_fail(backend, exc)
                     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
                     raise FetchError(f"backend {backend.name}: fail ({reason})") from None
                 counters.backend_conn += 1
@@ -283,6 +283,7 @@ class BusyObj:
                 self._req_sent()
                 counters.backend_req += 1
                 await conn.read_head(first_byte, self.between)
+                backends.live(backend).beresp_hdrbytes += backends.head_bytes(conn)
                 return
             except FetchError:
                 self._close_conn()
@@ -320,6 +321,7 @@ class BusyObj:
         lines += [f"{n}: {v}\r\n" for n, v in headers.items()]
         lines.append("\r\n")
         head = wire("".join(lines))
+        backends.live(self.backend).bereq_hdrbytes += len(head)
         if not send:
             conn.write(head)
             return
@@ -333,6 +335,7 @@ class BusyObj:
             except ReqBodyError as exc:
                 raise FetchError(f"req.body read error: {exc}") from None
             conn.write(head + data)
+            backends.live(self.backend).bereq_bodybytes += len(data)
             return
         conn.write(head)
         between = self.between
@@ -344,6 +347,7 @@ class BusyObj:
                     conn.write(b"\r\n")
                 else:
                     conn.write(data)
+                backends.live(self.backend).bereq_bodybytes += len(data)
                 # the next chunk is pulled only once the backend took this one
                 await conn.drain(between)
         except ReqBodyError as exc:
@@ -418,11 +422,8 @@ class BusyObj:
         """Connections in use per backend, for .max_connections and VBE.<vcl>.<backend>.conn."""
         state = backends.live(backend)
         state.conns += delta
-        prefix = f"VBE.{getattr(self.vcl, 'name', 'vcl')}.{backend.name}."
-        extra = self.server.counters.extra
-        extra[prefix + "conn"] = state.conns
         if delta > 0:
-            extra[prefix + "req"] = extra.get(prefix + "req", 0) + 1
+            state.req += 1
 
     def _body_status(self, method: str, conn: BackendConn) -> bool:
         """How the body comes (varnishd's body_status, counted as fetch_*); False: it cannot be had."""
@@ -517,6 +518,8 @@ class BusyObj:
         oc.keep = max(float(ctx.beresp_keep or 0.0), 0.0)
         oc.xid = ctx.bereq_xid
         oc.hfm = oc.hfp = False
+        if oc.private or ctx.beresp_uncacheable or self.hfp_ttl is not None:
+            self.server.counters.beresp_uncacheable += 1
         if oc.private:
             oc.keep_body = False
             return
@@ -587,6 +590,7 @@ class BusyObj:
                 data = await conn.read_body(between)
                 if not data:
                     break
+                backends.live(self.backend).beresp_bodybytes += len(data)
                 oc.append(data)
                 if oc.store and not storage.grow(oc):
                     storage.remove(oc)
@@ -674,6 +678,8 @@ class BusyObj:
         oc = self.oc
         if ctx.beresp_ttl <= 0 or ctx.beresp_uncacheable:
             if not oc.private:
+                # varnishd inserts a 0-TTL error object and its expiry thread expires it at once
+                server.counters.n_expired += ctx.beresp_ttl <= 0 and not ctx.beresp_uncacheable
                 server.storage.abandon(oc)
                 oc.private = True
         beresp.headers.unset("Content-Length")

@@ -59,6 +59,11 @@ def _wait_states(vcl) -> frozenset[str]:
     return states
 
 
+def _client_close_reason(req: HttpMessage) -> str:
+    """Why the client's own request ends its connection (varnishd's http_DoConnection)."""
+    return "sc_req_close" if "close" in (req.headers.get("Connection") or "").lower() else "sc_req_http10"
+
+
 class ClientRequest:
     """One client request on its way from vcl_recv to the wire."""
 
@@ -71,6 +76,7 @@ class ClientRequest:
         self.body_failed = False             # std.cache_req_body() could not have it: close unanswered
         self.body_storage = None             # what a cached body holds in Transient storage
         self.keep_alive = keep_alive
+        self.close_reason = None if keep_alive else _client_close_reason(req)
         self.raw_index = raw_index     # which message this was in the session's raw byte log
         self.state: str | None = "recv"
         self.vcl = server.active_vcl
@@ -184,7 +190,7 @@ class ClientRequest:
     def _fail_state(self) -> str:
         # Varnish: a VCL failure is a 503 synth, and the connection is closed after it.
         self.keep_alive = False
-        self.server.counters.sc_vcl_failure += 1
+        self.close_reason = "sc_vcl_failure"
         return self._to_synth(503, "VCL failed")
 
     def _common(self, action: Action) -> str:
@@ -258,7 +264,7 @@ class ClientRequest:
             self.body.send_continue()
         if self.body_failed:
             # std.cache_req_body() failed (too big, client gone): varnishd closes, answering nothing
-            self.server.counters.sc_rx_body += 1
+            self.session.close_reason = "sc_rx_body"
             self.keep_alive = False
             self.session.close()
             return None
@@ -470,6 +476,7 @@ class ClientRequest:
         finally:
             counters.n_pipe -= 1
         self.keep_alive = False
+        self.close_reason = "sc_tx_pipe"
         return None
 
     # -- restart ----------------------------------------------------------------------------------
@@ -686,6 +693,7 @@ class ClientRequest:
             return self._transmit(ctx.resp, oc, synth=True)
         # fail (or anything else) in vcl_synth: a bare 500 and close, as Varnish does
         self.keep_alive = False
+        self.close_reason = "sc_vcl_failure"
         bare = HttpMessage(proto="HTTP/1.1", status=500, reason="Internal Server Error")
         bare.headers.add("Date", DATES.now())
         bare.headers.add("Server", "Varnish")
@@ -753,6 +761,7 @@ class ClientRequest:
                 chunked = True
             else:
                 self.keep_alive = False
+                self.close_reason = "sc_tx_eof"
                 headers.set("Connection", "close")
         if len(headers) > params.http_max_hdr - _START_LINE_SLOTS:
             return self._lost_headers(len(headers) - params.http_max_hdr + _START_LINE_SLOTS)
@@ -781,11 +790,10 @@ class ClientRequest:
     def _lost_headers(self, lost: int) -> None:
         """More headers than http_max_hdr holds: varnishd loses them, overflows the workspace and
         answers a bare 500 (V1D_Deliver), closing the connection."""
-        counters = self.server.counters
-        counters.losthdr += lost
-        counters.sc_tx_error += 1
+        self.server.counters.losthdr += lost
         self.ctx.log.append(("Error", "workspace_client overflow"))
         self.keep_alive = False
+        self.close_reason = "sc_tx_error"
         self.session.transport.write(_LOST_HEADERS_500)
         self._drop_object()
         return None
@@ -840,6 +848,7 @@ class ClientRequest:
         if oc.failed:
             # the backend failed mid-body: the client cannot be told but by closing
             self.keep_alive = False
+            self.close_reason = "sc_tx_error"
             return None
         if chunked and not session.closed:
             transport.write(b"0\r\n\r\n")

@@ -93,6 +93,7 @@ class ClientProtocol(asyncio.Protocol):
         self._in_head = False
         self._sink: ReqBody | None = None     # the body the parser is filling
         self._keep_alive = True
+        self.close_reason: str | None = None   # the sc_* counter the close counts in (see _CLOSE_ERR)
         # raw-byte tracking, only while the active VCL may steal the connection
         self._raw: bytearray | None = None
         self._raw_done = 0       # messages completed inside _raw
@@ -124,6 +125,17 @@ class ClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self.stolen:
+            # one close reason per session, as varnishd's SES_Close: sess_closed or sess_closed_err
+            reason = self.close_reason or "sc_rem_close"
+            counters = self.server.counters
+            setattr(counters, reason, getattr(counters, reason) + 1)
+            if reason in _CLOSE_ERR:
+                counters.sess_closed_err += 1
+            else:
+                counters.sess_closed += 1
+        if self.pipe_to is not None:
+            self.pipe_to.close()        # the client left: so does the pipe's backend side
         self.server.sessions.discard(self)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
@@ -164,7 +176,7 @@ class ClientProtocol(asyncio.Protocol):
             self.send_timed_out()
 
     def send_timed_out(self) -> None:
-        self.server.counters.sc_tx_error += 1
+        self.close_reason = "sc_tx_error"
         self.abort()
 
     # A hit written in data_received cannot wait: when it leaves the transport backed up, the
@@ -211,7 +223,8 @@ class ClientProtocol(asyncio.Protocol):
         if idle_for < timeout:
             self.idle_timer = loop.call_later(max(timeout - idle_for, 0.05), self._check_idle)
             return
-        self.server.counters.sc_rx_timeout += 1
+        # a head begun but not finished is a receive timeout; an idle keep-alive, timeout_idle
+        self.close_reason = "sc_rx_timeout" if self._in_head or self._head_size else "sc_rx_close_idle"
         self.abort()
 
     def close(self) -> None:
@@ -266,6 +279,8 @@ class ClientProtocol(asyncio.Protocol):
                 return
 
     def eof_received(self) -> bool | None:
+        if self.pipe_to is not None:
+            self.pipe_to.close()        # the client is done: so is the pipe (it then closes us)
         # A half-closed client still gets the answers to what it sent; then we close.
         if self._sink is not None:
             self._sink.fail("client closed the connection")
@@ -469,6 +484,8 @@ class ClientProtocol(asyncio.Protocol):
             headers.unset("Expect")
         head = HttpMessage(method, text(self._url), "HTTP/" + version, headers=headers)
         self._keep_alive = parser.should_keep_alive()
+        # the head's bytes: request line, header lines (name, ": ", value, CRLF), the empty line
+        self.server.counters.s_req_hdrbytes += self._head_size + len(method) + len(self._url) + 14
         if length == 0 and not want_continue:
             body = NO_BODY
         else:
@@ -507,17 +524,18 @@ class ClientProtocol(asyncio.Protocol):
     def bad_request(self, exc: Exception | None = None) -> None:
         """Malformed input: Varnish's bare 400, then close. Nothing else is answered."""
         self.server.counters.client_req_400 += 1
-        self.server.counters.sc_rx_bad += 1
+        self.close_reason = "sc_rx_junk"       # varnishd: a request it cannot dissect is junk
         self._refuse(BAD_REQUEST)
 
     def expectation_failed(self) -> None:
         self.server.counters.client_req_417 += 1
-        self.server.counters.sc_rx_junk += 1
+        self.server.counters.client_req += 1    # varnishd counts it: the request was dissected
+        self.close_reason = "sc_rx_junk"
         self._refuse(EXPECTATION_FAILED)
 
     def overflow(self) -> None:
         """A head past http_req_size: varnishd closes without an answer."""
-        self.server.counters.sc_rx_overflow += 1
+        self.close_reason = "sc_rx_overflow"
         self.queue.clear()
         self.abort()
 
@@ -552,6 +570,7 @@ class ClientProtocol(asyncio.Protocol):
                     return
                 self._end_body(request)
                 if not request.keep_alive:
+                    self.close_reason = self.close_reason or request.close_reason or "sc_resp_close"
                     self.close()
                     return
                 if self.paused_writing:
@@ -578,11 +597,12 @@ class ClientProtocol(asyncio.Protocol):
             return
         if request.body.error is not None and self._sink is request.body:
             # the body broke off mid-message (timeout): what follows cannot be parsed as requests
-            self.server.counters.sc_rx_body += 1
+            self.close_reason = "sc_rx_body"
             self.close()
             return
         self._end_body(request)
         if not request.keep_alive:
+            self.close_reason = self.close_reason or request.close_reason or "sc_resp_close"
             self.close()
             return
         self.last_active = self.idle_since = time.monotonic()
@@ -738,6 +758,12 @@ class _CachedBody:
 
     def __init__(self, size: int) -> None:
         self.size = size
+
+
+# The close reasons varnishd counts as errors (tbl/sess_close.h): sess_closed_err, not sess_closed.
+_CLOSE_ERR = frozenset({"sc_rx_bad", "sc_rx_body", "sc_rx_junk", "sc_rx_overflow", "sc_rx_timeout",
+                        "sc_tx_error", "sc_overload", "sc_pipe_overflow", "sc_range_short",
+                        "sc_req_http20", "sc_vcl_failure"})
 
 
 class _Counter:

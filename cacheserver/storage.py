@@ -404,6 +404,7 @@ class Storage:
         shortlived = self.params.shortlived if self.params is not None else 10.0
         if oc.hfm or oc.hfp or oc.ttl + oc.grace + oc.keep < shortlived:
             st = self.stevedores[TRANSIENT]           # whatever the hint, as varnishd
+            self.counters.beresp_shortlived += not (oc.hfm or oc.hfp)
         else:
             st = self.stevedores.get(hint) if hint else None
             if st is None:
@@ -508,6 +509,8 @@ class Storage:
     def _schedule_expiry(self, oc: ObjCore) -> None:
         oc.exp_at = oc.t_origin + max(oc.ttl, 0.0) + max(oc.grace, 0.0) + max(oc.keep, 0.0)
         heapq.heappush(self._exp, (oc.exp_at, next(self._seq), oc))
+        self.counters.exp_mailed += 1        # varnishd mails the object to its expiry thread,
+        self.counters.exp_received += 1      # which takes it at once here
         self._arm_expiry()
 
     def reschedule(self, oc: ObjCore) -> None:
@@ -545,17 +548,38 @@ class Storage:
     # -- bans -------------------------------------------------------------------------------------
 
     def ban(self, expr: str | list[str]) -> None:
+        if self.params is not None:
+            self.bans.dups = bool(self.params.ban_dups)
         self.bans.add(expr)
-        self._arm_lurker()
+        if self._lurker_sleep() > 0:
+            self.bans.trim()        # varnishd kicks its lurker, which drops the unreferenced tail
+        self._arm_lurker(self._lurker_sleep())
+
+    def _lurker_sleep(self) -> float:
+        return float(self.params.ban_lurker_sleep) if self.params is not None else 0.01
 
     def _arm_lurker(self, delay: float = 0.1) -> None:
-        if self._lurker is not None:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        if self._lurker is not None:
+            if self._lurker.when() <= loop.time() + delay:
+                return
+            self._lurker.cancel()           # a new ban: the lurker looks sooner than it planned
         self._lurker = loop.call_later(delay, self._lurk)
+
+    def _ban_cutoff(self) -> None:
+        """ban_cutoff: objects still on a ban past the newest ban_cutoff ones are expunged by the
+        lurker (bans_lurker_obj_killed_cutoff), so that the list stays that short."""
+        cutoff = int(getattr(self.params, "ban_cutoff", 0) or 0)
+        bans = self.bans.bans
+        if cutoff <= 0 or len(bans) <= cutoff:
+            return
+        old = {id(b) for b in bans[cutoff:]}
+        for oc in [oc for oc in self.objects() if id(oc.ban) in old]:
+            self.counters.bans_lurker_obj_killed_cutoff += 1
+            self.remove(oc)
 
     def _lurk(self) -> None:
         """The ban lurker: obj-only bans older than ban_lurker_age are tested against every object.
@@ -563,8 +587,12 @@ class Storage:
         It sleeps while no such ban is due, so a cache with bans costs nothing between them.
         """
         self._lurker = None
+        if self._lurker_sleep() <= 0:
+            return                      # ban_lurker_sleep 0 disables the lurker, as varnishd's
         min_age = self.params.ban_lurker_age if self.params is not None else 60.0
         now = _wall()
+        self._ban_cutoff()
+        self.bans.trim()                # varnishd's lurker drops unreferenced bans at the tail
         pending = [b for b in self.bans.bans if not b.completed and not b.has_req]
         if not pending:
             return
