@@ -144,8 +144,6 @@ class BusyObj:
         )
         self.ctx.priv_task = None
         self.ctx.filters_default = self.default_filters     # beresp.filters until VCL sets it
-        self.vary: str | None = ""            # Vary as VCL left it, before the filters add theirs
-        self.vary_known = False               # (the variant is keyed on that one, as in varnishd)
 
     def _add_validators(self, stale: ObjCore) -> None:
         h = stale.http.headers
@@ -543,11 +541,11 @@ class BusyObj:
             oc.keep_body = False
             return
         store = ctx.beresp_storage if isinstance(ctx.beresp_storage, str) else None
-        vary = self.vary if self.vary_known else oc.http.headers.get("Vary")
-        if not storage.unbusy(oc, ctx.bereq, vary, store):
+        if not storage.unbusy(oc, ctx.bereq, oc.http.headers.get("Vary"), store):
             oc.private = True
             oc.drop_body()
-            self.no_space = oc.size <= storage.max_bytes
+            # an object bigger than the store is still delivered while it streams, never after
+            self.no_space = oc.size <= storage.max_bytes or not ctx.do_stream
         elif self.stale is not None and self.stale is not oc:
             storage.remove(self.stale)     # the fresh object replaces the one it revalidated
 
@@ -588,8 +586,6 @@ class BusyObj:
             oc.gzip_changed = stale.gzip_changed
             if stale.gzip_changed:
                 weaken_etag(ctx.beresp)
-        self.vary = ctx.beresp.headers.get("Vary")
-        self.vary_known = True
         chain = None
         if not ctx.was_304:
             if self.body_kind != "none" and self.conn is not None and self.conn.clen == 0:
@@ -665,7 +661,9 @@ class BusyObj:
         if not streaming:
             self._publish()
             if self.no_space:
-                return self._out_of_storage()
+                # nothing was delivered yet: vcl_backend_error, as varnishd's "Could not get storage"
+                ctx.log.append(("FetchError", "Could not get storage"))
+                return self._body_failed(False)
         oc.finish(True)
         return None
 
@@ -678,10 +676,11 @@ class BusyObj:
             storage.remove(oc)
             oc.private = True
             oc.drop_body()
-            if oc.size <= storage.max_bytes:
+            if oc.size <= storage.max_bytes or not self.ctx.do_stream:
+                # (not streamed: nothing reached a client yet, so the fetch fails, as varnishd's)
                 self._stop = "storage"
                 return False
-            # bigger than the whole store: deliver it, keep nothing
+            # bigger than the whole store while streaming: deliver it, keep nothing
         if not oc.keep_body:
             await oc.wait_space()
             if oc.private and not oc.readers:
@@ -692,6 +691,9 @@ class BusyObj:
 
     def _stored_failed(self) -> str | None:
         if self._stop == "storage":
+            if not self.ctx.do_stream:
+                self.ctx.log.append(("FetchError", "Could not get storage"))
+                return self._body_failed(False)
             return self._out_of_storage()
         self.ctx.log.append(("FetchError", "client gone"))
         return self._body_failed(True)
@@ -757,7 +759,6 @@ class BusyObj:
                 server.storage.abandon(oc)
                 oc.private = True
         beresp.headers.unset("Content-Length")
-        self.vary_known = False
         oc.gzipped, oc.gzip_bits, oc.gzip_changed, oc.esi_data = False, None, False, None
         self._setup_object(beresp, time.time())
         oc.append(body)
