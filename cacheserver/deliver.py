@@ -304,7 +304,15 @@ class Delivery:
         chunked = self.chunked
         failed = False
         try:
-            while not session.closed:
+            whole = chain is not None and oc.complete
+            if whole:
+                # whole already: filter the stored body a slice at a time (no copy of it)
+                body = memoryview(oc.body())
+                for start in range(0, len(body), _SLICE):
+                    if session.closed:
+                        break
+                    await chain.apush(body[start:start + _SLICE], self._send_piece)
+            while not session.closed and not whole:
                 data = oc.read(cell)
                 if not data:
                     if oc.complete or oc.failed:
