@@ -588,7 +588,7 @@ class BusyObj:
                 weaken_etag(ctx.beresp)
         chain = None
         if not ctx.was_304:
-            if self.body_kind != "none" and self.conn is not None and self.conn.clen == 0:
+            if self.conn is not None and self.conn.clen == 0:     # an empty body has no encoding
                 ctx.beresp.headers.unset("Content-Encoding")
             try:
                 chain = self._open_vfps()
