@@ -62,6 +62,7 @@ class ClientRequest(Delivery):
         self.body = body                     # read by the fetch (or std.cache_req_body) as it arrives
         self.late100 = False                 # std.late_100_continue(true): answer Expect when read
         self.body_failed = False             # std.cache_req_body() could not have it: close unanswered
+        self.body_storage = None             # what a cached body holds in Transient storage
         self.keep_alive = keep_alive
         self.raw_index = raw_index     # which message this was in the session's raw byte log
         self.state: str | None = "recv"
