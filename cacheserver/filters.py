@@ -30,6 +30,12 @@ are pure functions of the object and request (vbf_default_filter_list and resp_G
 Varnish); their result is what `beresp.filters` / `resp.filters` read, VCL may set another list,
 and `stack()` turns a list into filter instances. Filters are found by name among the built-in ones
 and those of the vmods the VCL imports (`Vmod.filter()` in vmods/__init__.py).
+
+For ESI: the "esi" VFP and VDP and the "esi_gzip" VFP are slots (placeholders here) that
+`replace_builtin()` fills; the parse goes to `oc.esi_data` (OA_ESIDATA: its presence puts "esi" in
+the default delivery list); a VDP reaches the request through `DeliverCtx.request` and may yield async
+iterators (include bodies); `oc.gzip_bits` and `GzipSplicer` give one gzip stream of gzipped and
+plain pieces for gzip clients (the "gunzip" VDP below "esi" serves the others).
 """
 
 from __future__ import annotations
