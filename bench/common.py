@@ -51,6 +51,13 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (a figure that holds on a loaded machine)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cacheserver_cmd(port: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "cacheserver", "-a", f"127.0.0.1:{port}", *args]
 

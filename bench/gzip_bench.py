@@ -19,7 +19,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-from common import ROOT, cacheserver_cmd, free_port, start, stop, wrk
+from common import ROOT, cacheserver_cmd, cpu_seconds, free_port, start, stop, wrk
 from hit_bench import run_varnishd
 
 CLIENTS = {"plain client (gunzip)": (), "gzip client": ("Accept-Encoding: gzip",)}
@@ -38,12 +38,16 @@ def check(port: int) -> None:
         assert zlib.decompress(r.read(), 31) == PAGE
 
 
-def measure(port: int, seconds: int, connections: int) -> dict:
+def measure(port: int, seconds: int, connections: int, pid: int | None = None) -> dict:
+    """req/s per client kind; with pid (ours), the server's CPU time per request too."""
     check(port)
     out = {}
     for kind, headers in CLIENTS.items():
         wrk(f"http://127.0.0.1:{port}/page", 1, connections, headers=headers)
+        before = cpu_seconds(pid) if pid is not None else 0.0
         out[kind] = wrk(f"http://127.0.0.1:{port}/page", seconds, connections, headers=headers)
+        if pid is not None:
+            out[kind]["cpu_us"] = (cpu_seconds(pid) - before) / max(out[kind]["requests"], 1) * 1e6
     return out
 
 
@@ -66,7 +70,7 @@ def main() -> None:
             port = free_port()
             proc = start(cacheserver_cmd(port, "-b", f"127.0.0.1:{origin_port}"), port, cwd=root)
             try:
-                results[name] = measure(port, args.seconds, args.connections)
+                results[name] = measure(port, args.seconds, args.connections, proc.pid)
             except AssertionError:
                 print(f"{name}: wrong representation delivered, not measured")
             finally:
@@ -83,7 +87,8 @@ def main() -> None:
         stop(origin)
     for name, per_kind in results.items():
         for kind, r in per_kind.items():
-            print(f"{name:24s} {kind:24s} {r['rps']:10.0f} req/s  errors {r['errors']}")
+            cpu = f"  server CPU {r['cpu_us']:.1f} us/request" if "cpu_us" in r else ""
+            print(f"{name:24s} {kind:24s} {r['rps']:10.0f} req/s  errors {r['errors']}{cpu}")
     if "varnishd" in results and "cacheserver" in results:
         for kind in CLIENTS:
             ratio = results["cacheserver"][kind]["rps"] / results["varnishd"][kind]["rps"]

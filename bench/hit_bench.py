@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, cacheserver_cmd, free_port, start, stop, wait_port, wrk
+from common import ROOT, cacheserver_cmd, cpu_seconds, free_port, start, stop, wait_port, wrk
 
 
 def run_varnishd(varnishd: str, port: int, origin: int) -> tuple[subprocess.Popen, str]:
@@ -52,7 +52,10 @@ def main() -> None:
             proc = start(cacheserver_cmd(port, "-b", f"127.0.0.1:{origin_port}"), port, cwd=root)
             try:
                 wrk(f"http://127.0.0.1:{port}/obj", 1, args.connections)
+                before = cpu_seconds(proc.pid)
                 results[name] = wrk(f"http://127.0.0.1:{port}/obj", args.seconds, args.connections)
+                used = cpu_seconds(proc.pid) - before
+                results[name]["cpu_us"] = used / max(results[name]["requests"], 1) * 1e6
             finally:
                 stop(proc)
         if os.path.exists(args.varnishd):
@@ -67,7 +70,8 @@ def main() -> None:
     finally:
         stop(origin)
     for name, r in results.items():
-        print(f"{name:20s} {r['rps']:10.0f} req/s  errors {r['errors']}")
+        cpu = f"  server CPU {r['cpu_us']:.1f} us/request" if "cpu_us" in r else ""
+        print(f"{name:20s} {r['rps']:10.0f} req/s  errors {r['errors']}{cpu}")
     if "varnishd" in results:
         print(f"{'ratio ours/varnishd':20s} {results['cacheserver']['rps'] / results['varnishd']['rps']:10.2f}")
     else:

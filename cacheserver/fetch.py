@@ -96,6 +96,16 @@ async def _acall(vcl, ctx: Context, sub: str) -> Action:
     return result
 
 
+def beresp_filters_default(ctx: Context) -> str:
+    """beresp.filters as varnishd would choose them now (vbf_default_filter_list)."""
+    body_kind, clen = ctx.beresp_body
+    return vfp_default_list(
+        body_none=body_kind == "none", content_length=clen if body_kind == "length" else None,
+        content_encoding=ctx.beresp.headers.get("Content-Encoding"),
+        do_gzip=bool(ctx.do_gzip), do_gunzip=bool(ctx.do_gunzip), do_esi=bool(ctx.do_esi),
+        gzip_support=bool(ctx.server.params.http_gzip_support))
+
+
 class BusyObj:
     """One backend transaction filling `oc` (a busy object in the cache, or a private one for pass)."""
 
@@ -143,7 +153,7 @@ class BusyObj:
             beresp_storage=TRANSIENT if self.is_pass else server.storage.next_stevedore(),
         )
         self.ctx.priv_task = None
-        self.ctx.filters_default = self.default_filters     # beresp.filters until VCL sets it
+        self.ctx.filters_default = beresp_filters_default   # beresp.filters until VCL sets it
 
     def _add_validators(self, stale: ObjCore) -> None:
         h = stale.http.headers
@@ -391,6 +401,7 @@ class BusyObj:
         ctx.do_stream = True
         ctx.do_gzip = ctx.do_gunzip = ctx.do_esi = False
         ctx.beresp_filters = None
+        ctx.beresp_body = (self.body_kind, conn.clen)     # what the default filter list depends on
         action = await _acall(self.vcl, ctx, "vcl_backend_response")
         name = action.name
         if name in ("deliver", "pass"):
@@ -549,23 +560,12 @@ class BusyObj:
         elif self.stale is not None and self.stale is not oc:
             storage.remove(self.stale)     # the fresh object replaces the one it revalidated
 
-    def default_filters(self) -> str:
-        """beresp.filters as varnishd would choose them now (vbf_default_filter_list)."""
-        ctx = self.ctx
-        conn = self.conn
-        return vfp_default_list(
-            body_none=self.body_kind == "none",
-            content_length=conn.clen if conn is not None and self.body_kind == "length" else None,
-            content_encoding=ctx.beresp.headers.get("Content-Encoding"),
-            do_gzip=bool(ctx.do_gzip), do_gunzip=bool(ctx.do_gunzip), do_esi=bool(ctx.do_esi),
-            gzip_support=bool(self.server.params.http_gzip_support))
-
     def _open_vfps(self) -> Chain | None:
         """Stack and open the fetch filters on beresp (they rewrite its headers); None: none."""
         ctx = self.ctx
         names = ctx.beresp_filters
         if names is None:
-            names = self.default_filters()
+            names = beresp_filters_default(ctx)
         if not names or names.isspace():
             return None
         server = self.server
