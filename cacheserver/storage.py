@@ -38,7 +38,8 @@ class ObjCore:
     __slots__ = ("head", "http", "chunks", "base", "length", "buffered", "complete", "failed", "keep_body",
                  "readers", "_wakeup", "_space", "t_origin", "ttl", "grace", "keep", "xid", "hits", "busy",
                  "hfm", "hfp", "private", "vary", "ban", "size", "store", "dying", "exp_at", "body_cache",
-                 "t_lastuse", "clen", "expected", "fast_head", "__weakref__")
+                 "t_lastuse", "clen", "expected", "fast_head", "gzipped", "gzip_bits", "gzip_changed",
+                 "esi_data", "__weakref__")
 
     def __init__(self, head: ObjHead | None = None, xid: int = 0) -> None:
         self.head = head
@@ -74,6 +75,10 @@ class ObjCore:
         self.t_lastuse = 0.0
         self.clen: int | None = None      # Content-Length the backend announced, while streaming
         self.expected = 0                 # body bytes to reserve up front (a known Content-Length)
+        self.gzipped = False              # the body is stored gzipped (OF_GZIPED)
+        self.gzip_bits: tuple[int, int, int, int] | None = None   # OA_GZIPBITS, see filters.py
+        self.gzip_changed = False         # a fetch filter gzipped or gunzipped it (OF_CHGGZIP)
+        self.esi_data = None              # the ESI parse of the body, when it has one (OA_ESIDATA)
 
     # -- body streaming ---------------------------------------------------------------------------
 
@@ -192,13 +197,17 @@ class ObjHead:
                 fut.set_result(None)
 
 
-def vary_match(oc: ObjCore, req: HttpMessage) -> bool:
+def vary_match(oc: ObjCore, req: HttpMessage, gzip_support: bool = False) -> bool:
     if not oc.vary:
         return True
     get = req.headers.get
     for name, value in oc.vary:
         if name == "*":
             return False
+        if gzip_support and name == "accept-encoding":
+            # varnishd's vry_cmp: with gzip support everybody gets the one (gzipped) object,
+            # gunzipped on delivery as needed; skipped when matching, not when recording
+            continue
         if get(name) != value:
             return False
     return True
@@ -271,6 +280,7 @@ class Storage:
         busy_found = False
         stale: ObjCore | None = None
         bans = self.bans
+        gzip_support = self.params is not None and bool(self.params.http_gzip_support)
         for oc in list(head.ocs):
             if oc.busy:
                 if not ignore_busy:
@@ -281,7 +291,7 @@ class Storage:
             if oc.ban is not bans.newest and bans.check(oc, req, now):
                 self.remove(oc)
                 continue
-            if oc.vary is not None and not ignore_vary and not vary_match(oc, req):
+            if oc.vary is not None and not ignore_vary and not vary_match(oc, req, gzip_support):
                 continue
             ttl = oc.ttl if req_ttl is None or req_ttl < 0 else min(oc.ttl, req_ttl)
             if now < oc.t_origin + ttl:
