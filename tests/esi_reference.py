@@ -10,6 +10,7 @@ returns, per case, the delivered body and the esi_errors / esi_warnings it count
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import os
 import shutil
@@ -31,7 +32,7 @@ def have_varnishd() -> bool:
 
 
 def fragment_body(host: str, url: str) -> bytes:
-    """What the origin answers for any URL that is not a case: `{HOST URL}`."""
+    """What the origin answers for any URL that is not a case: `{HOST URL}` (status 503 for /fail*)."""
     return ("{" + host + " " + url + "}").encode("latin-1")
 
 
@@ -51,9 +52,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         body = self.server.pages.get(self.path)
+        status = 200
         if body is None:
             body = fragment_body(self.headers.get("Host", ""), self.path)
-        self.send_response(200)
+            if self.path.startswith("/fail"):
+                status = 503        # a failing fragment
+            elif self.path.startswith("/trunc"):
+                # a fragment whose body breaks off: half of what Content-Length announced
+                self.send_response(200)
+                self.send_header("Content-Length", str(2 * len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+                return
+        self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -69,7 +81,8 @@ def _counters(workdir: str) -> tuple[int, int]:
     return vals.get("MAIN.esi_errors", 0), vals.get("MAIN.esi_warnings", 0)
 
 
-def varnishd_pages(cases: dict[str, tuple[bytes, str]], features: str = "") -> dict[str, tuple[bytes, int, int]]:
+def varnishd_pages(cases: dict[str, tuple[bytes, str]], features: str = "",
+                   params: tuple[str, ...] = (), extra_vcl: str = "") -> dict[str, tuple[bytes, int, int]]:
     """{name: (body, url)} -> {name: (delivered, esi_errors, esi_warnings)}, through the real varnishd."""
     origin = _Origin(("127.0.0.1", 0), _Handler)
     origin.pages = {url: body for body, url in cases.values()}
@@ -81,6 +94,7 @@ def varnishd_pages(cases: dict[str, tuple[bytes, str]], features: str = "") -> d
 backend default {{ .host = "127.0.0.1"; .port = "{origin.server_address[1]}"; }}
 sub vcl_recv {{ return (pass); }}
 sub vcl_backend_response {{ if (bereq.url ~ "^/p/") {{ set beresp.do_esi = true; }} }}
+{extra_vcl}
 """)
     os.chmod(vcl, 0o644)
     port = _free_port()
@@ -89,6 +103,8 @@ sub vcl_backend_response {{ if (bereq.url ~ "^/p/") {{ set beresp.do_esi = true;
             os.path.join(tmp, "pid"), "-s", "malloc,64m", "-T", "none"]
     if features:
         args += ["-p", f"feature={features}"]
+    for param in params:
+        args += ["-p", param]
     subprocess.run(args, check=True, capture_output=True, timeout=60)
     results: dict[str, tuple[bytes, int, int]] = {}
     try:
@@ -104,8 +120,11 @@ sub vcl_backend_response {{ if (bereq.url ~ "^/p/") {{ set beresp.do_esi = true;
         errs, warns = _counters(workdir)
         for name, (_, url) in cases.items():
             req = urllib.request.Request(f"http://127.0.0.1:{port}{url}", headers={"Host": CLIENT_HOST})
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                got = resp.read()
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    got = resp.read()
+            except http.client.IncompleteRead as exc:
+                got = b"INCOMPLETE:" + exc.partial
             e2, w2 = _counters(workdir)
             results[name] = (got, e2 - errs, w2 - warns)
             errs, warns = e2, w2
