@@ -15,7 +15,10 @@ import hashlib
 import json
 import os
 import platform
+import re
 import secrets
+import socket
+import stat
 import string
 import sys
 import time
@@ -38,7 +41,13 @@ CLIS_CANT = 300
 CLIS_COMMS = 400
 CLIS_CLOSE = 500
 
-MAX_LINE = 1 << 22  # vcl.inline carries a whole VCL on one line
+# Input bounds. varnishd 7.1 reads at most 80 bytes of a line before authentication (enough for
+# "auth" and a 64-digit answer) and, measured, no bound after it (a 40 MB line is taken). Ours after
+# auth: vcl.inline carries a whole VCL on one line, so a line or a here document may be 8 MiB.
+PREAUTH_MAX_LINE = 80
+MAX_LINE = 8 << 20
+MAX_HEREDOC = 8 << 20
+READER_LIMIT = 1 << 16  # a connection's StreamReader stops reading from the socket at twice this
 
 
 class CliSyntaxError(ValueError):
@@ -83,6 +92,10 @@ def _backslash(text: str, i: int) -> tuple[str, int]:
     raise CliSyntaxError("Invalid backslash sequence")
 
 
+_QUOTED_RUN = re.compile(r'[^"\\]+')
+_WORD_RUN = re.compile(r"[^\s\\]+")
+
+
 def split_args(line: str) -> list[str]:
     """Split a command line as Varnish's VAV_Parse does: words, "quoted strings", backslash escapes."""
     out: list[str] = []
@@ -106,8 +119,9 @@ def split_args(line: str) -> list[str]:
                     buf.append(ch)
                     i += used
                 else:
-                    buf.append(c)
-                    i += 1
+                    m = _QUOTED_RUN.match(line, i)  # a run without quote or backslash, in one step
+                    buf.append(m.group())
+                    i = m.end()
             if i < n and not line[i].isspace():
                 raise CliSyntaxError("Missing separator between arguments")
         else:
@@ -117,8 +131,9 @@ def split_args(line: str) -> list[str]:
                     buf.append(ch)
                     i += used
                 else:
-                    buf.append(line[i])
-                    i += 1
+                    m = _WORD_RUN.match(line, i)
+                    buf.append(m.group())
+                    i = m.end()
         out.append("".join(buf))
     return out
 
@@ -805,120 +820,269 @@ def banner(running: bool = True) -> str:
             + ("" if running else "Type 'start' to launch worker process.\n"))
 
 
-class CliSession:
-    """One CLI connection: challenge, auth, then read-execute-answer until quit or EOF."""
+class _Overflow(Exception):
+    """A line or here document longer than the session allows: the connection is closed."""
 
-    def __init__(self, commands: AdminCommands, secret: bytes | None,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.commands = commands
-        self.secret = secret
+
+class _LineReader:
+    """Lines from a StreamReader, each bounded; the reader itself buffers at most 2 * READER_LIMIT."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
         self.reader = reader
+        self.buf = bytearray()
+
+    async def readline(self, limit: int, idle: float | None, partial: float | None) -> str | None:
+        """The next line without its CR/LF; None at EOF. Waits at most `idle` seconds for a line to
+        start and `partial` seconds for each further read once it has; raises _Overflow past `limit`
+        bytes and TimeoutError on a timeout."""
+        scanned = 0
+        while True:
+            i = self.buf.find(b"\n", scanned)
+            if i >= 0:
+                if i > limit + 1:
+                    raise _Overflow
+                end = i - 1 if i and self.buf[i - 1] == 13 else i   # without a CR before the LF
+                line = self.buf[:end].decode("utf-8", "surrogateescape")
+                del self.buf[:i + 1]
+                return line
+            if len(self.buf) > limit + 1:   # + 1: a CR before the LF
+                raise _Overflow
+            scanned = len(self.buf)
+            timeout = partial if self.buf else idle
+            chunk = await asyncio.wait_for(self.reader.read(READER_LIMIT), timeout)
+            if not chunk:
+                return None
+            self.buf += chunk
+
+
+class CliSession:
+    """One CLI connection: challenge, auth, then read-execute-answer until quit, EOF or a limit.
+
+    As varnishd 7.1: before authentication only auth, help, ping and quit are served, a line is at
+    most PREAUTH_MAX_LINE bytes, here documents are not recognised, and any answer other than 200
+    closes the connection (so does a wrong `auth` at any time). After it, a line is at most MAX_LINE
+    bytes and a here document at most MAX_HEREDOC bytes; beyond that the connection is closed.
+    With `timeouts` (network sessions), reads and writes wait at most cli_timeout: the session must
+    authenticate within cli_timeout of connecting, and a command once started must keep arriving;
+    an authenticated session may stay idle between commands, as varnishd's.
+    """
+
+    PREAUTH = frozenset({"auth", "help", "ping", "quit"})
+
+    def __init__(self, commands: AdminCommands, secret_file: str | None,
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, timeouts: bool = True) -> None:
+        self.commands = commands
+        self.secret_file = secret_file
+        self.lines = _LineReader(reader)
         self.writer = writer
+        self.timeouts = timeouts
+        self.authed = secret_file is None
         self.challenge = ""
+        self.deadline = 0.0
+
+    def _cli_timeout(self) -> float | None:
+        if not self.timeouts:
+            return None
+        value = float(getattr(self.commands.server.params, "cli_timeout", 60.0))
+        return value if value > 0 else None
 
     async def send(self, status: int, body: str) -> None:
         self.writer.write(format_response(status, body))
-        await self.writer.drain()
+        await asyncio.wait_for(self.writer.drain(), self._cli_timeout())
 
     def _new_challenge(self) -> str:
         self.challenge = "".join(secrets.choice(string.ascii_lowercase) for _ in range(32))
         return f"{self.challenge}\n\nAuthentication required.\n"
 
-    async def _readline(self) -> str | None:
-        try:
-            raw = await self.reader.readline()
-        except (asyncio.LimitOverrunError, ValueError):
-            return None
-        if not raw:
-            return None
-        return raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+    async def _readline(self, limit: int) -> str | None:
+        timeout = self._cli_timeout()
+        idle = partial = timeout
+        if self.authed:
+            idle = None                         # between commands an authenticated session may idle
+        elif timeout is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError      # also when pipelined lines kept it busy without reading
+            idle = partial = left
+        return await self.lines.readline(limit, idle, partial)
 
     async def _read_command(self) -> list[str] | None:
-        """The next command's argv; here documents (`<< TOKEN`) become the last argument."""
+        """The next command's argv; after auth, a here document (`<< TOKEN`) becomes the last argument."""
         while True:
-            line = await self._readline()
+            line = await self._readline(MAX_LINE if self.authed else PREAUTH_MAX_LINE)
             if line is None:
                 return None
-            marker = heredoc_marker(line)
+            marker = heredoc_marker(line) if self.authed else None
             if marker is not None:
                 head, token = marker
                 body: list[str] = []
+                size = 0
                 while True:
-                    more = await self._readline()
+                    more = await self._heredoc_line()
                     if more is None:
                         return None
                     if more == token:
                         break
+                    size += len(more.encode("utf-8", "surrogateescape")) + 1
+                    if size > MAX_HEREDOC:
+                        raise _Overflow
                     body.append(more)
-                try:
-                    argv = split_args(head)
-                except CliSyntaxError as e:
-                    await self.send(CLIS_SYNTAX, f"Syntax Error: {e}")
-                    continue
-                return argv + ["\n".join(body) + "\n"]
+                line, extra = head, ["\n".join(body) + "\n"]
+            else:
+                extra = []
             try:
                 argv = split_args(line)
             except CliSyntaxError as e:
                 await self.send(CLIS_SYNTAX, f"Syntax Error: {e}")
+                if not self.authed:
+                    return None
                 continue
-            if argv:
-                return argv
+            if argv or extra:
+                return argv + extra
+
+    async def _heredoc_line(self) -> str | None:
+        timeout = self._cli_timeout()
+        return await self.lines.readline(MAX_LINE, timeout, timeout)
+
+    async def _auth(self, argv: list[str]) -> tuple[int, str]:
+        """`auth RESPONSE`; the secret file is read at each attempt, as varnishd does."""
+        if self.authed or self.secret_file is None:
+            return CLIS_CLOSE, ""               # varnishd: the challenge is gone once authenticated
+        try:
+            with open(self.secret_file, "rb") as f:
+                secret = f.read()
+        except OSError as e:
+            return CLIS_CANT, f"Cannot open secret file ({e.strerror})\n"
+        want = auth_response(self.challenge, secret)
+        if not secrets.compare_digest(argv[1].lower().encode("utf-8", "surrogateescape"), want.encode()):
+            return CLIS_CLOSE, ""
+        self.authed = True
+        self.challenge = ""
+        return CLIS_OK, banner(self.commands.server.running)
+
+    async def _execute(self, argv: list[str]) -> tuple[int, str]:
+        if not self.authed and argv[0] not in self.PREAUTH:
+            return CLIS_UNKNOWN, "Unknown request.\nType 'help' for more info.\n"
+        if argv[0] == "auth" and len(argv) == 2:
+            return await self._auth(argv)
+        try:
+            return await self.commands.execute(argv)
+        except Exception as e:  # a bug in one command must not kill the CLI
+            return CLIS_CANT, f"Internal error: {type(e).__name__}: {e}"
 
     async def run(self) -> None:
-        authed = self.secret is None
         try:
-            if authed:
+            if self.authed:
                 await self.send(CLIS_OK, banner(self.commands.server.running))
             else:
+                timeout = self._cli_timeout()
+                self.deadline = time.monotonic() + (timeout or 0.0)
                 await self.send(CLIS_AUTH, self._new_challenge())
             while True:
                 argv = await self._read_command()
                 if argv is None:
                     break
-                if not authed:
-                    if argv[0] == "auth" and len(argv) == 2 and self.secret is not None and \
-                            secrets.compare_digest(argv[1], auth_response(self.challenge, self.secret)):
-                        authed = True
-                        await self.send(CLIS_OK, banner(self.commands.server.running))
-                    elif argv[0] == "quit":
-                        await self.send(CLIS_CLOSE, "Closing CLI connection")
-                        break
-                    else:
-                        await self.send(CLIS_AUTH, self._new_challenge())
-                    continue
-                try:
-                    status, body = await self.commands.execute(argv)
-                except Exception as e:  # a bug in one command must not kill the CLI
-                    status, body = CLIS_CANT, f"Internal error: {type(e).__name__}: {e}"
+                was_authed = self.authed
+                status, body = await self._execute(argv)
                 await self.send(status, body)
-                if status == CLIS_CLOSE:
+                if status == CLIS_CLOSE or (not was_authed and status != CLIS_OK):
                     break
-        except (ConnectionError, OSError):
-            pass
+        except _Overflow:
+            try:
+                self.writer.write(format_response(CLIS_COMMS, "Request too long, closing CLI connection"))
+            except (ConnectionError, OSError, RuntimeError):
+                pass
+            self._abort_later()
+        except (asyncio.TimeoutError, TimeoutError, ConnectionError, OSError):
+            self._abort_later(0)                # unsent answers must not keep the connection
         finally:
             try:
                 self.writer.close()
-            except OSError:
+            except (OSError, RuntimeError):
                 pass
 
+    def _abort_later(self, delay: float | None = None) -> None:
+        """Drop the connection even if what is left to send never leaves (a client that does not read)."""
+        transport = getattr(self.writer, "transport", None)
+        if transport is None:
+            return
+        if delay is None:
+            delay = self._cli_timeout() or 5.0
+        if delay <= 0:
+            transport.abort()
+        else:
+            asyncio.get_running_loop().call_later(delay, transport.abort)
 
-def _read_secret(secret_file: str | None, server: Any) -> bytes | None:
-    """-S FILE; without -S, varnishd makes WORKDIR/_.secret; `-S none` turns authentication off."""
+
+def default_work_dir() -> Path:
+    """Where the secret goes without -n: varnishd uses /var/lib/varnish/HOSTNAME.
+
+    $XDG_RUNTIME_DIR/cacheserver/HOSTNAME when XDG_RUNTIME_DIR is set (a per-user 0700 directory),
+    else /var/lib/cacheserver/HOSTNAME as root, else ~/.cache/cacheserver/HOSTNAME.
+    """
+    host = socket.gethostname().replace("/", "_") or "localhost"
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime and os.path.isabs(runtime) and os.path.isdir(runtime):
+        return Path(runtime) / "cacheserver" / host
+    if os.geteuid() == 0:
+        return Path("/var/lib/cacheserver") / host
+    return Path.home() / ".cache" / "cacheserver" / host
+
+
+def _check_work_dir(path: Path) -> None:
+    """A secret may only live in a directory nobody else can write to (or a sticky one)."""
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"work directory {path} is not a directory")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise ValueError(f"work directory {path} is writable by others (mode {stat.S_IMODE(st.st_mode):o})")
+
+
+def make_secret(work_dir: Path) -> str:
+    """WORKDIR/_.secret made afresh, as varnishd does without -S: 256 random bytes, mode 0600.
+
+    The directory is created 0700 if missing. An existing _.secret (or anything planted there) is
+    removed first and the new file is created exclusively, never through a symbolic link.
+    """
+    if not work_dir.exists():
+        work_dir.mkdir(mode=0o700, parents=True)
+    _check_work_dir(work_dir)
+    path = work_dir / "_.secret"
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, secrets.token_bytes(256))
+    finally:
+        os.close(fd)
+    return str(path)
+
+
+def check_secret_file(path: str) -> None:
+    """-S FILE must be readable and not empty (varnishd refuses to start otherwise)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.read(1)
+    except OSError as e:
+        raise ValueError(f"Cannot open -S file ({path}): {e.strerror}") from None
+    if not first:
+        raise ValueError(f"Empty secret-file \"{path}\"")
+
+
+def resolve_secret(secret_file: str | None, work_dir: Path | None) -> str | None:
+    """The secret file the CLI checks `auth` against, or None for `-S none` (no authentication).
+
+    -S FILE: that file. No -S: a fresh WORKDIR/_.secret (-n DIR, else default_work_dir()).
+    """
     if secret_file == "none":
         return None
-    if secret_file is None:
-        work_dir = getattr(server, "work_dir", None)
-        if work_dir is None:
-            return None
-        path = Path(work_dir) / "_.secret"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(256))
-        secret_file = str(path)
-    with open(secret_file, "rb") as f:
-        return f.read()
+    if secret_file is not None:
+        check_secret_file(secret_file)
+        return secret_file
+    return make_secret(work_dir if work_dir is not None else default_work_dir())
 
 
 def _parse_hostport(text: str) -> tuple[str, int]:
@@ -953,20 +1117,26 @@ async def serve_stdin(server: Any, on_eof: Callable[[], None]) -> None:
     callback that stops the server.
     """
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=MAX_LINE)
+    reader = asyncio.StreamReader(limit=READER_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     commands = getattr(server, "admin_commands", None) or AdminCommands(server)
     server.admin_commands = commands
     try:
-        await CliSession(commands, None, reader, _StdoutWriter()).run()  # type: ignore[arg-type]
+        session = CliSession(commands, None, reader, _StdoutWriter(), timeouts=False)  # type: ignore[arg-type]
+        await session.run()
     finally:
         on_eof()
 
 
 async def start_admin(server: Any, *, listen: str | None, connect: str | None,
                       secret_file: str | None) -> list[str]:
-    """Start the CLI (-T listen and/or -M connect); returns the addresses in use ("ADDR PORT")."""
-    secret = _read_secret(secret_file, server)
+    """Start the CLI (-T listen and/or -M connect); returns the addresses in use ("ADDR PORT").
+
+    `secret_file` as -S: a file, "none" (no authentication), or None for a fresh WORKDIR/_.secret
+    (see resolve_secret()).
+    """
+    secret = resolve_secret(secret_file, getattr(server, "work_dir", None))
+    server.admin_secret_file = secret
     commands = getattr(server, "admin_commands", None)
     if commands is None:
         commands = AdminCommands(server)
@@ -982,14 +1152,14 @@ async def start_admin(server: Any, *, listen: str | None, connect: str | None,
 
     if listen:
         host, port = _parse_hostport(listen)
-        srv = await asyncio.start_server(spawn, host, port, limit=MAX_LINE)
+        srv = await asyncio.start_server(spawn, host, port, limit=READER_LIMIT)
         server._admin_server = srv
         for sock in srv.sockets:
             h, p = sock.getsockname()[:2]
             addresses.append(f"{h} {p}")
     if connect:
         host, port = _parse_hostport(connect)
-        reader, writer = await asyncio.open_connection(host, port, limit=MAX_LINE)
+        reader, writer = await asyncio.open_connection(host, port, limit=READER_LIMIT)
         h, p = writer.get_extra_info("peername")[:2]
         addresses.append(f"{h} {p}")
         spawn(reader, writer)

@@ -29,7 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-s", dest="storage", action="append", metavar="malloc,SIZE", help="storage (malloc,SIZE)")
     p.add_argument("-p", dest="params", action="append", default=[], metavar="PARAM=VALUE",
                    help="set a run-time parameter")
-    p.add_argument("-n", dest="work_dir", metavar="DIR", help="work directory")
+    p.add_argument("-n", dest="work_dir", metavar="DIR",
+                   help="work directory, where the CLI secret _.secret is made without -S (default: "
+                        "$XDG_RUNTIME_DIR/cacheserver/HOSTNAME, else /var/lib/cacheserver/HOSTNAME as root, "
+                        "else ~/.cache/cacheserver/HOSTNAME)")
     p.add_argument("-C", dest="compile_only", action="store_true",
                    help="compile the VCL, print the generated Python and exit")
     p.add_argument("-F", dest="foreground", action="store_true", help="run in the foreground (the default)")
@@ -38,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-V", dest="version", action="store_true", help="print the version and exit")
     p.add_argument("-T", dest="admin_listen", metavar="ADDR:PORT", help="admin CLI listen address")
     p.add_argument("-M", dest="admin_connect", metavar="'ADDR PORT'", help="connect the admin CLI to ADDR PORT")
-    p.add_argument("-S", dest="secret", metavar="FILE", help="admin CLI secret file")
+    p.add_argument("-S", dest="secret", metavar="FILE",
+                   help="admin CLI secret file (default: a fresh WORKDIR/_.secret; `none`: no authentication)")
     p.add_argument("-P", dest="pid_file", metavar="FILE", help="write the process id to FILE")
     p.add_argument("-i", dest="identity", metavar="IDENTITY", help="server.identity")
     p.add_argument("-t", dest="ttl", metavar="TTL", help="default TTL (as -p default_ttl=TTL)")
@@ -97,6 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     except VCLLoadError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    if args.admin_listen or args.admin_connect:
+        # Authentication is on unless `-S none`: without -S a fresh secret goes in the work directory.
+        from cacheserver.admin import resolve_secret
+
+        try:
+            args.secret_path = resolve_secret(args.secret, server.work_dir)
+        except (ValueError, OSError) as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 2
+        if args.secret_path is None:
+            print("Warning: CLI authentication disabled.", file=sys.stderr)
     try:
         asyncio.run(_serve(server, args))
     except OSError as exc:
@@ -123,7 +138,7 @@ def _build_server(args: argparse.Namespace) -> Server:
     specs = args.listen or [":8080"]
     server.listen_specs = [ListenSpec.parse(text, i) for i, text in enumerate(specs)]
     if args.work_dir:
-        Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+        Path(args.work_dir).mkdir(mode=0o755, parents=True, exist_ok=True)
     return server
 
 
@@ -172,9 +187,11 @@ async def _serve(server: Server, args: argparse.Namespace) -> None:
         from cacheserver.admin import start_admin
 
         admin_addresses = await start_admin(server, listen=args.admin_listen, connect=args.admin_connect,
-                                            secret_file=args.secret)
+                                            secret_file=args.secret_path or "none")
         for address in admin_addresses:
             print(f"Admin CLI on {address}", file=sys.stderr, flush=True)
+        if args.secret_path:
+            print(f"Admin CLI secret file: {args.secret_path}", file=sys.stderr, flush=True)
     if args.debug:
         # varnishd -d: a CLI on stdin; closing stdin stops the server (how varnishtest ends it)
         from cacheserver.admin import serve_stdin

@@ -21,8 +21,8 @@ class ServerProcess:
     """`python -m cacheserver ARGS -a 127.0.0.1:0`, waiting until it says where it listens."""
 
     def __init__(self, *args: str, cwd: Path | None = None, timeout: float = 15.0,
-                 max_fds: int | None = None) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+                 max_fds: int | None = None, env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
 
         def limit_fds() -> None:

@@ -16,6 +16,8 @@ from typing import Callable
 
 from serverproc import ServerProcess
 
+from cacheserver.admin import auth_response
+
 
 @dataclass
 class Req:
@@ -131,12 +133,15 @@ class Backend:
 
 
 class CLI:
-    """The server's admin CLI (-T, no secret)."""
+    """The server's admin CLI (-T with -S secret_file): answers the 107 challenge, then commands."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, secret_file: Path) -> None:
         self.sock = socket.create_connection((host, port), timeout=5)
         self.buf = b""
-        self.read()                       # the banner
+        status, challenge = self.read()
+        assert status == 107, (status, challenge)
+        status, text = self.cmd("auth " + auth_response(challenge[:32], secret_file.read_bytes()))
+        assert status == 200, (status, text)
 
     def read(self) -> tuple[int, str]:
         while b"\n" not in self.buf:
@@ -171,10 +176,13 @@ class Cache:
         text = vcl.replace("BACKEND", f'backend default {{ .host = "127.0.0.1"; .port = "{port}"; }}')
         path = tmp / "test.vcl"
         path.write_text(text)
-        self.proc = ServerProcess("-f", str(path), "-T", "127.0.0.1:0", *args)
+        secret = tmp / "cli_secret"
+        secret.write_bytes(b"test secret\n")
+        secret.chmod(0o600)
+        self.proc = ServerProcess("-f", str(path), "-T", "127.0.0.1:0", "-S", str(secret), *args)
         line = self.proc.wait_for_output(r"Admin CLI on ")
         host, cport = line.split("Admin CLI on ")[1].split()[:2]
-        self.cli = CLI(host, int(cport))
+        self.cli = CLI(host, int(cport), secret)
 
     @property
     def port(self) -> int:
