@@ -28,7 +28,7 @@ MAIN_COUNTERS = (
     "busy_sleep", "busy_wakeup", "busy_killed", "threads", "threads_created", "losthdr",
     "vcl_fail", "esi_errors", "esi_warnings", "exp_mailed", "exp_received",
     "steal_ok", "steal_refused", "steal_failed", "n_pipe", "pipe_limited",
-    "n_lru_limited", "s_bgfetch",
+    "n_lru_limited", "s_bgfetch", "n_gzip", "n_gunzip", "n_test_gunzip",
 )
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from cacheserver import backends
 from cacheserver.beconn import SMALL_BODY, BackendConn, ConnError
+from cacheserver.filters import Chain, FetchCtx, FilterError, open_chain, stack, vfp_default_list, weaken_etag
 from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for, wire
 from cacheserver.reqbody import ReqBody, ReqBodyError
 from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl
@@ -55,7 +56,8 @@ def make_bereq(req: HttpMessage, is_pass: bool, xid: int, gzip: bool, keep_proto
         for name in _FETCH_FILTER:
             headers.unset(name)
         headers.unset("Content-Length")      # a cache fill sends no body (varnishd's HTTPH_R_FETCH)
-        if gzip and headers.get("Accept-Encoding") is not None:
+        if gzip:
+            # a cache fill always asks for gzip: clients that do not take it get it gunzipped
             headers.set("Accept-Encoding", "gzip")
     headers.unset("X-Varnish")
     headers.add("X-Varnish", str(xid))
@@ -120,6 +122,7 @@ class BusyObj:
         self.no_space = False
         self.bereq_close = False
         self._failure_counted = False        # fetch_failed already counted, or VCL chose the error
+        self._stop = ""                       # why storing the body stopped ("storage", "gone")
         xid = server.next_xid()
         server.counters.s_fetch += 1          # every backend fetch: miss, pass and background
         if mode == "bg":
@@ -140,6 +143,9 @@ class BusyObj:
             beresp_storage=TRANSIENT if self.is_pass else server.storage.next_stevedore(),
         )
         self.ctx.priv_task = None
+        self.ctx.filters_default = self.default_filters     # beresp.filters until VCL sets it
+        self.vary: str | None = ""            # Vary as VCL left it, before the filters add theirs
+        self.vary_known = False               # (the variant is keyed on that one, as in varnishd)
 
     def _add_validators(self, stale: ObjCore) -> None:
         h = stale.http.headers
@@ -386,6 +392,7 @@ class BusyObj:
         ctx.beresp_uncacheable = self.is_pass or bad_vary(beresp.headers.get("Vary"))
         ctx.do_stream = True
         ctx.do_gzip = ctx.do_gunzip = ctx.do_esi = False
+        ctx.beresp_filters = None
         action = await _acall(self.vcl, ctx, "vcl_backend_response")
         name = action.name
         if name in ("deliver", "pass"):
@@ -536,22 +543,77 @@ class BusyObj:
             oc.keep_body = False
             return
         store = ctx.beresp_storage if isinstance(ctx.beresp_storage, str) else None
-        if not storage.unbusy(oc, ctx.bereq, oc.http.headers.get("Vary"), store):
+        vary = self.vary if self.vary_known else oc.http.headers.get("Vary")
+        if not storage.unbusy(oc, ctx.bereq, vary, store):
             oc.private = True
             oc.drop_body()
             self.no_space = oc.size <= storage.max_bytes
         elif self.stale is not None and self.stale is not oc:
             storage.remove(self.stale)     # the fresh object replaces the one it revalidated
 
+    def default_filters(self) -> str:
+        """beresp.filters as varnishd would choose them now (vbf_default_filter_list)."""
+        ctx = self.ctx
+        conn = self.conn
+        return vfp_default_list(
+            body_none=self.body_kind == "none",
+            content_length=conn.clen if conn is not None and self.body_kind == "length" else None,
+            content_encoding=ctx.beresp.headers.get("Content-Encoding"),
+            do_gzip=bool(ctx.do_gzip), do_gunzip=bool(ctx.do_gunzip), do_esi=bool(ctx.do_esi),
+            gzip_support=bool(self.server.params.http_gzip_support))
+
+    def _open_vfps(self) -> Chain | None:
+        """Stack and open the fetch filters on beresp (they rewrite its headers); None: none."""
+        ctx = self.ctx
+        names = ctx.beresp_filters
+        if names is None:
+            names = self.default_filters()
+        if not names or names.isspace():
+            return None
+        server = self.server
+        chain = open_chain(stack("vfp", names, self.vcl),
+                           FetchCtx(ctx.beresp, self.oc, server.params, server.counters))
+        return chain if chain.filters else None
+
     async def stp_fetchbody(self) -> str | None:
         ctx = self.ctx
-        server = self.server
         oc = self.oc
         self.no_space = False
         # the stale object goes away once the new one is in: take its body first
         body304 = self.stale.body() if ctx.was_304 else b""
+        if ctx.was_304:
+            stale = self.stale
+            # the stored body keeps its encoding (vbf_stp_condfetch copies the flags and bits)
+            oc.gzipped, oc.gzip_bits, oc.esi_data = stale.gzipped, stale.gzip_bits, stale.esi_data
+            oc.gzip_changed = stale.gzip_changed
+            if stale.gzip_changed:
+                weaken_etag(ctx.beresp)
+        self.vary = ctx.beresp.headers.get("Vary")
+        self.vary_known = True
+        chain = None
+        if not ctx.was_304:
+            if self.body_kind != "none" and self.conn is not None and self.conn.clen == 0:
+                ctx.beresp.headers.unset("Content-Encoding")
+            try:
+                chain = self._open_vfps()
+            except FilterError as exc:
+                ctx.log.append(("FetchError", str(exc)))
+                self._close_conn()
+                self._failure_counted = False
+                return "error"
+            if chain is not None:
+                oc.gzip_changed = any(f.name in ("gzip", "gunzip") for f in chain.filters)
+        try:
+            return await self._fetchbody(chain, body304)
+        finally:
+            if chain is not None:
+                chain.close()
+
+    async def _fetchbody(self, chain: Chain | None, body304: bytes) -> str | None:
+        ctx = self.ctx
+        oc = self.oc
+        raw_expected = self.conn.clen if self.conn is not None and self.body_kind == "length" else None
         self._setup_object(ctx.beresp, self.t_origin)
-        storage = server.storage
         if ctx.was_304:
             oc.append(body304)
             self._release_response()
@@ -568,33 +630,35 @@ class BusyObj:
             if self.no_space:
                 return self._out_of_storage()
             self._signal()
+            # let the waiting clients send their heads first, as varnishd's do at BOS_STREAM
+            await asyncio.sleep(0)
         conn = self.conn
         between = self.between
         bodyless = self.body_kind == "none"     # HEAD, 204, 304, Content-Length: 0
+        received = 0
         try:
             while not bodyless:
                 data = await conn.read_body(between)
                 if not data:
                     break
-                oc.append(data)
-                if oc.store and not storage.grow(oc):
-                    storage.remove(oc)
-                    oc.private = True
-                    oc.drop_body()
-                    if oc.size <= storage.max_bytes:
-                        return self._out_of_storage()
-                    # bigger than the whole store: deliver it, keep nothing
-                if not oc.keep_body:
-                    await oc.wait_space()
-                    if oc.private and not oc.readers:
-                        # a pass whose client went away: stop reading what nobody will get
-                        ctx.log.append(("FetchError", "client gone"))
-                        return self._body_failed(True)
+                received += len(data)
+                for piece in (chain.push(data) if chain is not None else (data,)):
+                    if not await self._store(piece):
+                        return self._stored_failed()
+            if chain is not None and not bodyless:
+                for piece in chain.end():
+                    if not await self._store(piece):
+                        return self._stored_failed()
         except ConnError as exc:
             ctx.log.append(("FetchError", str(exc)))
             return self._body_failed(streaming)
+        except FilterError as exc:
+            # a body that claims gzip but is not: varnishd's "Invalid Gzip data", a failed fetch
+            ctx.log.append(("FetchError", str(exc)))
+            ctx.log.append(("FetchError", "Fetch pipeline failed to process"))
+            return self._body_failed(streaming)
         self._body_read = True
-        if self.expected_len is not None and oc.length < self.expected_len and not bodyless:
+        if raw_expected is not None and received < raw_expected and not bodyless:
             ctx.log.append(("FetchError", "Premature end of body"))
             return self._body_failed(streaming)
         self._release_response()
@@ -604,6 +668,33 @@ class BusyObj:
                 return self._out_of_storage()
         oc.finish(True)
         return None
+
+    async def _store(self, data: bytes) -> bool:
+        """Append one piece to the object; False when the fetch must stop (see _stored_failed)."""
+        oc = self.oc
+        storage = self.server.storage
+        oc.append(data)
+        if oc.store and not storage.grow(oc):
+            storage.remove(oc)
+            oc.private = True
+            oc.drop_body()
+            if oc.size <= storage.max_bytes:
+                self._stop = "storage"
+                return False
+            # bigger than the whole store: deliver it, keep nothing
+        if not oc.keep_body:
+            await oc.wait_space()
+            if oc.private and not oc.readers:
+                # a pass whose client went away: stop reading what nobody will get
+                self._stop = "gone"
+                return False
+        return True
+
+    def _stored_failed(self) -> str | None:
+        if self._stop == "storage":
+            return self._out_of_storage()
+        self.ctx.log.append(("FetchError", "client gone"))
+        return self._body_failed(True)
 
     def _body_failed(self, streaming: bool) -> str | None:
         """The body broke off: a streamed object fails; one not yet delivered becomes an error."""
@@ -666,6 +757,8 @@ class BusyObj:
                 server.storage.abandon(oc)
                 oc.private = True
         beresp.headers.unset("Content-Length")
+        self.vary_known = False
+        oc.gzipped, oc.gzip_bits, oc.gzip_changed, oc.esi_data = False, None, False, None
         self._setup_object(beresp, time.time())
         oc.append(body)
         self._publish()

@@ -36,7 +36,8 @@ class ObjCore:
     __slots__ = ("head", "http", "chunks", "base", "length", "buffered", "complete", "failed", "keep_body",
                  "readers", "_wakeup", "_space", "t_origin", "ttl", "grace", "keep", "xid", "hits", "busy",
                  "hfm", "hfp", "private", "vary", "ban", "size", "store", "dying", "exp_at", "body_cache",
-                 "t_lastuse", "clen", "expected", "fast_head", "__weakref__")
+                 "t_lastuse", "clen", "expected", "fast_head", "gzipped", "gzip_bits", "gzip_changed",
+                 "esi_data", "__weakref__")
 
     def __init__(self, head: ObjHead | None = None, xid: int = 0) -> None:
         self.head = head
@@ -72,6 +73,10 @@ class ObjCore:
         self.t_lastuse = 0.0
         self.clen: int | None = None      # Content-Length the backend announced, while streaming
         self.expected = 0                 # body bytes to reserve up front (a known Content-Length)
+        self.gzipped = False              # the body is stored gzipped (OF_GZIPED)
+        self.gzip_bits: tuple[int, int, int, int] | None = None   # OA_GZIPBITS, see filters.py
+        self.gzip_changed = False         # a fetch filter gzipped or gunzipped it (OF_CHGGZIP)
+        self.esi_data = None              # the ESI parse of the body, when it has one (OA_ESIDATA)
 
     # -- body streaming ---------------------------------------------------------------------------
 

@@ -47,6 +47,17 @@ class Vmod:
     name: str
     functions: dict[str, Func] = field(default_factory=dict)
     objects: dict[str, ObjectType] = field(default_factory=dict)
+    # body filters (cacheserver.filters.Registry) a VCL that imports this vmod may name in
+    # beresp.filters / resp.filters, as VRT_AddFilter registers them in varnishd
+    filters: object = None
+
+    def filter(self, cls: type) -> type:
+        """Class decorator registering a cacheserver.filters.Filter subclass (a VFP or a VDP)."""
+        from cacheserver.filters import Registry
+
+        if self.filters is None:
+            self.filters = Registry()
+        return self.filters.add(cls)
 
     def func(self, name: str, ret: str = "VOID", params: list[Param] | None = None, *,
              restrict: set[str] | None = None, is_async: bool = False) -> Callable[[Callable], Callable]:

@@ -100,7 +100,7 @@ class Http:
         self.chunklen = 0
         self.head_method = False
         self.non_fatal = False  # per connection, like vtc_http's hp->fatal
-        self.gzip_level = 6
+        self.gzip_level = 0      # varnishtest gzips at level 0 (stored blocks) unless -gziplevel
         self.gzip_residual = -1
         self.commands: dict[str, Callable[[list[str]], None]] = {
             "txreq": self.cmd_txreq, "txresp": self.cmd_txresp,
@@ -348,7 +348,7 @@ class Http:
         return bytes(out)
 
     def _gzip(self, data: bytes) -> bytes:
-        co = zlib.compressobj(self.gzip_level, zlib.DEFLATED, 31)
+        co = zlib.compressobj(self.gzip_level, zlib.DEFLATED, 31, 9)
         return co.compress(data) + co.flush()
 
     @staticmethod
