@@ -198,6 +198,8 @@ class Delivery:
 
     def _transmit(self, resp: HttpMessage, oc: ObjCore, synth: bool = False) -> str | None:
         """cnt_transmit + HTTP/1 delivery: filters, framing, then the bytes (or the streaming state)."""
+        if self.parent is not None:
+            return self._esi_transmit(resp, oc)         # an ESI include: into the parent's page
         headers = resp.headers
         ctx = self.ctx
         params = self.server.params

@@ -63,6 +63,8 @@ class FetchCtx:
     oc: ObjCore
     params: object
     counters: object
+    bereq: HttpMessage | None = None   # what was asked for (ESI resolves relative includes on its URL)
+    log: list | None = None            # the fetch's log records (ESI_xmlerror)
 
 
 @dataclass(slots=True)

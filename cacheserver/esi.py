@@ -1,0 +1,315 @@
+"""Edge Side Includes: the esi fetch filter (VFP) and the esi delivery filter (VDP), as varnishd 7.1.
+
+Fetch: `EsiVFP` runs the parser (esi_parse.py) over the body as it is stored, unchanged, and leaves the
+parse on the object (`oc.esi_data`, Varnish's OA_ESIDATA); its errors and warnings count in
+`esi_errors` / `esi_warnings`. A body with no ESI in it gets no parse and is delivered as it is.
+
+Delivery: `EsiVDP` walks the stored body along the parse: verbatim ranges go on down the chain, each
+include becomes a subrequest (`ClientRequest.esi_child`, cache_esi_deliver.c's ved_include) that runs
+the whole VCL with `req.esi_level` one deeper and delivers its body in place, through its own filters
+(a nested ESI page, a gunzip). A fragment is passed on piece by piece as it is read or fetched, through
+a one-piece handoff, so a slow or big fragment never sits whole in memory; a cached small one is
+delivered without a task. `max_esi_depth` stops include loops; a fragment that fails is delivered as
+its response says (a 503 page included), and one whose body breaks off stops the page only with the
+`esi_include_onerror` feature and no `onerror="continue"`, as in varnishd 7.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING
+
+from cacheserver.esi_parse import EsiDoc, EsiFeatures, EsiParser, Include
+from cacheserver.filters import Filter, FilterError, replace_builtin
+
+if TYPE_CHECKING:
+    from cacheserver.filters import DeliverCtx, FetchCtx
+
+log = logging.getLogger("cacheserver.esi")
+
+# A fragment whose whole body is stored and at most this big is handed over in one piece, with no task.
+SYNC_FRAGMENT = 256 * 1024
+
+_FEATURES: dict[str, EsiFeatures] = {}
+
+
+def esi_features(params: object) -> EsiFeatures:
+    """The ESI flags of the `feature` parameter ("+esi_disable_xml_check,..."), parsed once per value."""
+    text = params.text("feature") if hasattr(params, "text") else str(getattr(params, "feature", ""))
+    feats = _FEATURES.get(text)
+    if feats is None:
+        on = {item.strip().lstrip("+") for item in text.split(",") if not item.strip().startswith("-")}
+        feats = EsiFeatures(
+            disable_xml_check="esi_disable_xml_check" in on,
+            ignore_other_elements="esi_ignore_other_elements" in on,
+            remove_bom="esi_remove_bom" in on,
+            ignore_https="esi_ignore_https" in on,
+            include_onerror="esi_include_onerror" in on,
+        )
+        if len(_FEATURES) < 64:
+            _FEATURES[text] = feats
+    return feats
+
+
+class EsiVFP(Filter):
+    """Parse the body for ESI as it is stored (beresp.do_esi); the bytes pass through unchanged."""
+
+    name = "esi"
+    kind = "vfp"
+
+    def open(self, fc: FetchCtx) -> bool:
+        bereq = getattr(fc, "bereq", None)
+        self.fc = fc
+        self.parser = EsiParser(bereq.url if bereq is not None else "/", esi_features(fc.params))
+        return True
+
+    def push(self, data: bytes) -> Iterable[bytes]:
+        self.parser.feed(data)
+        return (data,)
+
+    def end(self) -> Iterable[bytes]:
+        finish_parse(self.parser, self.fc)
+        return ()
+
+
+class EsiGzipVFP(EsiVFP):
+    """The esi_gzip slot (an ESI page varnishd would store gzipped). For now the page is parsed and
+    stored plain (a gzipped backend body arrives here already gunzipped): every client gets it plain."""
+
+    name = "esi_gzip"
+
+    def open(self, fc: FetchCtx) -> bool:
+        fc.http.headers.unset("Content-Encoding")
+        fc.oc.gzipped = False
+        return super().open(fc)
+
+
+def finish_parse(parser: EsiParser, fc: FetchCtx) -> EsiDoc | None:
+    """The parse ends: count and log its complaints, store it on the object."""
+    doc = parser.finish()
+    counters = fc.counters
+    counters.esi_errors += len(parser.errors)
+    counters.esi_warnings += len(parser.warnings)
+    vsl = getattr(fc, "log", None)
+    if vsl is not None:
+        for line in (*parser.log, *parser.errors, *parser.warnings):
+            vsl.append(("ESI_xmlerror", line))
+    fc.oc.esi_data = doc
+    return doc
+
+
+class EsiVDP(Filter):
+    """Assemble an ESI page: verbatim ranges of the stored body, and includes as subrequests."""
+
+    name = "esi"
+    kind = "vdp"
+    is_async = True
+
+    def open(self, dc: DeliverCtx) -> bool:
+        oc = dc.oc
+        doc = oc.esi_data if oc is not None else None
+        if doc is None:
+            return False                  # no ESI in this object: the filter steps aside (VDP init 1)
+        self.request = dc.request
+        self.segments = doc.segments
+        self.i = 0                        # next segment
+        self.pos = 0                      # body offset of the next byte pushed
+        headers = dc.http.headers
+        etag = headers.get("ETag")
+        if etag is not None and not etag.startswith("W/"):
+            headers.set("ETag", "W/" + etag)
+        if dc.length != 0:
+            dc.length = -1                # the page's length is known only once it is out
+        return True
+
+    def push(self, data: bytes) -> Iterable[object]:
+        return self._walk(data, False)
+
+    def end(self) -> Iterable[object]:
+        return self._walk(b"", True)
+
+    def _walk(self, data: bytes, last: bool) -> Iterable[object]:
+        segs = self.segments
+        start = self.pos
+        end = self.pos = start + len(data)
+        out: list[object] = []
+        while self.i < len(segs):
+            seg = segs[self.i]
+            if isinstance(seg, Include):
+                out.append(self._include(seg))
+                self.i += 1
+                continue
+            lo, hi = seg
+            if lo >= end:
+                break
+            if hi > start:
+                out.append(data[max(lo - start, 0):min(hi, end) - start])
+            if hi > end:
+                break
+            self.i += 1
+        if last and self.i < len(segs):
+            # the stored body was shorter than its parse: deliver the includes that are left
+            out.extend(self._include(s) for s in segs[self.i:] if isinstance(s, Include))
+            self.i = len(segs)
+        return out
+
+    def _include(self, inc: Include) -> AsyncIterator[bytes]:
+        return include_body(self.request, inc)
+
+
+async def include_body(parent, inc: Include) -> AsyncIterator[bytes]:
+    """The body of one include, as its subrequest delivers it, piece by piece."""
+    ctx = parent.ctx
+    server = parent.server
+    depth = server.params.max_esi_depth
+    if ctx.esi_level >= depth:
+        ctx.log.append(("VCL_Error", f"ESI depth limit reached (param max_esi_depth = {depth})"))
+        return
+    child = parent.esi_child(inc)
+    if child.run_sync():
+        if child.esi_body:
+            yield child.esi_body
+        return
+    handoff: asyncio.Queue = asyncio.Queue(maxsize=1)
+    child.esi_sink = handoff.put
+    task = asyncio.get_running_loop().create_task(_run_child(child, handoff))
+    try:
+        while True:
+            piece = await handoff.get()
+            if piece is None:
+                break
+            yield piece
+        await task
+        if child.esi_body:
+            yield child.esi_body        # it was whole by the time it was delivered
+    finally:
+        if not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+    if child.esi_failed and esi_features(server.params).include_onerror and not inc.onerror_continue:
+        # varnishd 7.1: with esi_include_onerror, a fragment that broke off ends the whole page
+        raise FilterError("ESI include failed")
+
+
+async def _run_child(child, handoff: asyncio.Queue) -> None:
+    try:
+        await child.run_async()
+    except Exception:  # the page goes on without the rest of this fragment
+        log.exception("ESI subrequest failed")
+        child.esi_failed = True
+    finally:
+        await handoff.put(None)
+
+
+
+
+class EsiRequest:
+    """The ESI side of ClientRequest (fsm.py): making subrequests, and a subrequest's delivery into
+    its parent page instead of onto the wire (VED_transport)."""
+
+    parent = None           # the request whose page includes this one (None: a client's request)
+    req0 = None             # the request as received, before VCL changed it (varnishd's http0)
+    esi_sink = None         # async callable taking the body pieces of a subrequest
+    esi_body = None         # a small stored fragment, handed over whole
+    esi_failed = False      # the fragment's body broke off
+
+    @property
+    def disable_esi(self) -> bool:
+        """req.esi = false / resp.do_esi = false (varnishd's req->disable_esi)."""
+        return self.ctx.esi is False
+
+    def esi_child(self, inc: Include):
+        """A subrequest for `inc` (ved_include): the parent's request as received, made a plain GET
+        of the include's URL, with no conditionals, Range, Accept-Encoding or body."""
+        from cacheserver.reqbody import ReqBody
+
+        req = (self.req0 if self.req0 is not None else self.ctx.req).copy()
+        req.url = inc.src
+        req.method = "GET"
+        req.proto = "HTTP/1.1"
+        headers = req.headers
+        if inc.host:
+            headers.unset("Host")
+            headers.add("Host", inc.host)
+        for name in ("If-Modified-Since", "If-None-Match", "Range", "Accept-Encoding", "Content-Length",
+                     "Transfer-Encoding"):
+            headers.unset(name)
+        child = type(self)(self.session, req, ReqBody.empty(), False, self.raw_index)
+        child.parent = self
+        child.req0 = req.copy()
+        child.vcl = self.vcl
+        ctx = child.ctx
+        pctx = self.ctx
+        ctx.vcl = self.vcl
+        ctx.backend_hint = self.vcl.default_backend
+        ctx.esi_level = pctx.esi_level + 1
+        ctx.req_top = pctx.req_top
+        ctx.req_time = pctx.req_time
+        return child
+
+    def _esi_transmit(self, resp, oc) -> str | None:
+        """A subrequest's delivery (ved_deliver): no head, its body (through its own filters) goes
+        into the parent's page."""
+        status = resp.status
+        if status < 200 or status in (204, 304) or (oc.complete and oc.length == 0):
+            self._drop_object()
+            return None
+        try:
+            chain, _ = self._open_vdps(resp, oc, oc.length if oc.complete else -1)
+        except FilterError as exc:
+            self.ctx.log.append(("Error", str(exc)))
+            self._drop_object()
+            return None
+        if chain is None and oc.complete and not oc.failed and oc.length <= SYNC_FRAGMENT:
+            self.esi_body = oc.body()
+            self._drop_object()
+            return None
+        self.vdp_chain = chain
+        return "esibody"
+
+    async def ast_esibody(self) -> None:
+        """Read the fragment as it is stored (or still fetched) and pass it on, a piece at a time."""
+        oc = self.oc
+        bo = self.bo
+        sink = self.esi_sink
+        chain, self.vdp_chain = self.vdp_chain, None
+        session = self.session
+        cell = bo.reader if bo is not None and bo.oc is oc and bo.reader is not None else oc.open_reader()
+        try:
+            while not session.closed:
+                data = oc.read(cell)
+                if not data:
+                    if oc.complete or oc.failed:
+                        break
+                    await oc.wait_more()
+                    continue
+                if chain is not None:
+                    await chain.apush(data, sink)
+                else:
+                    await sink(data)
+            if chain is not None and oc.complete and not oc.failed and not session.closed:
+                await chain.aend(sink)
+        except FilterError as exc:
+            self.ctx.log.append(("Error", str(exc)))
+            self.esi_failed = True
+        finally:
+            if chain is not None:
+                chain.close()
+            oc.close_reader(cell)
+            if bo is not None:
+                bo.reader = None
+            self.bo = None
+            self.oc = None
+        if oc.failed:
+            self.esi_failed = True
+        return None
+
+
+replace_builtin(EsiVFP)
+replace_builtin(EsiGzipVFP)
+replace_builtin(EsiVDP)
