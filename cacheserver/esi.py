@@ -21,8 +21,9 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
+from cacheserver.esi_gzip import GZIP_HEADER, GzCrc, GzipRuns, Splicer
 from cacheserver.esi_parse import EsiDoc, EsiFeatures, EsiParser, Include
-from cacheserver.filters import Filter, FilterError, replace_builtin
+from cacheserver.filters import Filter, FilterError, replace_builtin, vary_accept_encoding
 
 if TYPE_CHECKING:
     from cacheserver.filters import DeliverCtx, FetchCtx
@@ -60,6 +61,10 @@ class EsiVFP(Filter):
     kind = "vfp"
 
     def open(self, fc: FetchCtx) -> bool:
+        if fc.http.status == 206:
+            # a part of a page cannot be parsed: the fetch fails (vfp_esi_init), unless VCL made it
+            # some other status
+            raise FilterError("Attempted ESI on partial (206) response")
         bereq = getattr(fc, "bereq", None)
         self.fc = fc
         self.parser = EsiParser(bereq.url if bereq is not None else "/", esi_features(fc.params))
@@ -75,15 +80,34 @@ class EsiVFP(Filter):
 
 
 class EsiGzipVFP(EsiVFP):
-    """The esi_gzip slot (an ESI page varnishd would store gzipped). For now the page is parsed and
-    stored plain (a gzipped backend body arrives here already gunzipped): every client gets it plain."""
+    """esi_gzip: parse a plain body (a gzipped backend's arrives gunzipped) and store it gzipped, each
+    verbatim range its own run of deflate blocks (esi_gzip.py), as varnishd's vfp_esi_gzip."""
 
     name = "esi_gzip"
 
     def open(self, fc: FetchCtx) -> bool:
-        fc.http.headers.unset("Content-Encoding")
-        fc.oc.gzipped = False
-        return super().open(fc)
+        super().open(fc)
+        params = fc.params
+        self.runs = GzipRuns(self.parser, params.gzip_level, params.gzip_memlevel)
+        headers = fc.http.headers
+        headers.unset("Content-Encoding")
+        headers.unset("Content-Length")
+        headers.add("Content-Encoding", "gzip")
+        vary_accept_encoding(fc.http)
+        fc.oc.gzipped = True
+        fc.counters.n_gzip += 1
+        return True
+
+    def push(self, data: bytes) -> Iterable[bytes]:
+        return self.runs.push(data)
+
+    def end(self) -> Iterable[bytes]:
+        doc = finish_parse(self.parser, self.fc)
+        tail, bits = self.runs.end(doc is not None)
+        if doc is not None:
+            doc.gz = self.runs.gz
+        self.fc.oc.gzip_bits = bits
+        return tail
 
 
 def finish_parse(parser: EsiParser, fc: FetchCtx) -> EsiDoc | None:
@@ -101,7 +125,11 @@ def finish_parse(parser: EsiParser, fc: FetchCtx) -> EsiDoc | None:
 
 
 class EsiVDP(Filter):
-    """Assemble an ESI page: verbatim ranges of the stored body, and includes as subrequests."""
+    """Assemble an ESI page: verbatim ranges of the stored body, and includes as subrequests.
+
+    A page stored gzipped is delivered gzipped (runs as stored, includes spliced in, a new trailer);
+    a "gunzip" filter after this one makes it plain for clients that want it so. Inside a gzipped
+    parent page, it sends its runs without header or trailer and reports its CRC to the parent."""
 
     name = "esi"
     kind = "vdp"
@@ -112,8 +140,13 @@ class EsiVDP(Filter):
         doc = oc.esi_data if oc is not None else None
         if doc is None:
             return False                  # no ESI in this object: the filter steps aside (VDP init 1)
-        self.request = dc.request
-        self.segments = doc.segments
+        request = self.request = dc.request
+        self.gzip = doc.gz is not None and oc.gzipped
+        self.segments = doc.gz if self.gzip else doc.segments
+        # gzip: the CRC and length of each piece, in page order (includes fill theirs when done)
+        self.parts: list[GzCrc] = []
+        self.report = request.esi_gz_state if self.gzip else None   # nested in a gzipped page
+        self.started = False
         self.i = 0                        # next segment
         self.pos = 0                      # body offset of the next byte pushed
         headers = dc.http.headers
@@ -135,55 +168,100 @@ class EsiVDP(Filter):
         start = self.pos
         end = self.pos = start + len(data)
         out: list[object] = []
+        if self.gzip and not self.started and self.report is None:
+            out.append(GZIP_HEADER)
+        self.started = True
         while self.i < len(segs):
             seg = segs[self.i]
             if isinstance(seg, Include):
                 out.append(self._include(seg))
                 self.i += 1
                 continue
-            lo, hi = seg
+            lo, hi = seg[0], seg[1]
             if lo >= end:
                 break
             if hi > start:
+                if self.gzip and lo >= start:
+                    part = GzCrc()
+                    part.add(seg[3], seg[2])
+                    self.parts.append(part)
                 out.append(data[max(lo - start, 0):min(hi, end) - start])
             if hi > end:
                 break
             self.i += 1
-        if last and self.i < len(segs):
-            # the stored body was shorter than its parse: deliver the includes that are left
-            out.extend(self._include(s) for s in segs[self.i:] if isinstance(s, Include))
-            self.i = len(segs)
+        if last:
+            if self.i < len(segs):
+                # the stored body was shorter than its parse: deliver the includes that are left
+                out.extend(self._include(s) for s in segs[self.i:] if isinstance(s, Include))
+                self.i = len(segs)
+            if self.gzip:
+                out.append(self._trailer())
         return out
 
+    async def _trailer(self) -> AsyncIterator[bytes]:
+        # runs after every include before it has been delivered, so all CRCs are in
+        total = GzCrc()
+        for part in self.parts:
+            total.add(part.crc, part.length)
+        if self.report is not None:
+            self.report.add(total.crc, total.length)
+            return
+        yield total.trailer()
+
     def _include(self, inc: Include) -> AsyncIterator[bytes]:
-        return include_body(self.request, inc)
+        gz = None
+        if self.gzip:
+            gz = GzCrc()
+            self.parts.append(gz)
+        return include_body(self.request, inc, gz)
 
 
-async def include_body(parent, inc: Include) -> AsyncIterator[bytes]:
-    """The body of one include, as its subrequest delivers it, piece by piece."""
+async def include_body(parent, inc: Include, gz: GzCrc | None = None) -> AsyncIterator[bytes]:
+    """The body of one include, as its subrequest delivers it, piece by piece. In a gzipped page
+    (`gz` given) the pieces are deflate data and `gz` gets their CRC and length."""
     ctx = parent.ctx
     server = parent.server
     depth = server.params.max_esi_depth
     if ctx.esi_level >= depth:
         ctx.log.append(("VCL_Error", f"ESI depth limit reached (param max_esi_depth = {depth})"))
         return
-    child = parent.esi_child(inc)
+    child = parent.esi_child(inc, gz is not None)
     if child.run_sync():
         if child.esi_body:
-            yield child.esi_body
+            if gz is None:
+                yield child.esi_body
+            else:
+                splicer = child.esi_splicer
+                for piece in splicer.push(child.esi_body):
+                    yield piece
+                _copy_crc(gz, splicer.finish(child.esi_gz_state))
         return
     handoff: asyncio.Queue = asyncio.Queue(maxsize=1)
     child.esi_sink = handoff.put
     task = asyncio.get_running_loop().create_task(_run_child(child, handoff))
+    splicer = None
     try:
         while True:
             piece = await handoff.get()
             if piece is None:
                 break
-            yield piece
+            if gz is None:
+                yield piece
+                continue
+            splicer = child.esi_splicer
+            for part in splicer.push(piece):
+                yield part
         await task
         if child.esi_body:
-            yield child.esi_body        # it was whole by the time it was delivered
+            # it was whole by the time it was delivered
+            if gz is None:
+                yield child.esi_body
+            else:
+                splicer = child.esi_splicer
+                for part in splicer.push(child.esi_body):
+                    yield part
+        if gz is not None and child.esi_splicer is not None:
+            _copy_crc(gz, child.esi_splicer.finish(child.esi_gz_state))
     finally:
         if not task.done():
             task.cancel()
@@ -194,6 +272,10 @@ async def include_body(parent, inc: Include) -> AsyncIterator[bytes]:
     if child.esi_failed and esi_features(server.params).include_onerror and not inc.onerror_continue:
         # varnishd 7.1: with esi_include_onerror, a fragment that broke off ends the whole page
         raise FilterError("ESI include failed")
+
+
+def _copy_crc(dst: GzCrc, src: GzCrc) -> None:
+    dst.crc, dst.length = src.crc, src.length
 
 
 async def _run_child(child, handoff: asyncio.Queue) -> None:
@@ -217,15 +299,18 @@ class EsiRequest:
     esi_sink = None         # async callable taking the body pieces of a subrequest
     esi_body = None         # a small stored fragment, handed over whole
     esi_failed = False      # the fragment's body broke off
+    esi_gz_state = None     # in a gzipped parent page: the CRC a nested gzipped ESI page reports
+    esi_splicer = None      # in a gzipped parent page: makes this fragment's body deflate data
 
     @property
     def disable_esi(self) -> bool:
         """req.esi = false / resp.do_esi = false (varnishd's req->disable_esi)."""
         return self.ctx.esi is False
 
-    def esi_child(self, inc: Include):
+    def esi_child(self, inc: Include, gzip: bool = False):
         """A subrequest for `inc` (ved_include): the parent's request as received, made a plain GET
-        of the include's URL, with no conditionals, Range, Accept-Encoding or body."""
+        of the include's URL, with no conditionals, Range or body, accepting gzip only when the page
+        it goes into is gzipped."""
         from cacheserver.reqbody import ReqBody
 
         req = (self.req0 if self.req0 is not None else self.ctx.req).copy()
@@ -239,7 +324,11 @@ class EsiRequest:
         for name in ("If-Modified-Since", "If-None-Match", "Range", "Accept-Encoding", "Content-Length",
                      "Transfer-Encoding"):
             headers.unset(name)
+        if gzip:
+            headers.add("Accept-Encoding", "gzip")
         child = type(self)(self.session, req, ReqBody.empty(), False, self.raw_index)
+        if gzip:
+            child.esi_gz_state = GzCrc()
         child.parent = self
         child.req0 = req.copy()
         child.vcl = self.vcl
@@ -265,12 +354,28 @@ class EsiRequest:
             self.ctx.log.append(("Error", str(exc)))
             self._drop_object()
             return None
+        if self.esi_gz_state is not None:
+            self.esi_splicer = self._esi_splicer(resp, oc, chain)
         if chain is None and oc.complete and not oc.failed and oc.length <= SYNC_FRAGMENT:
             self.esi_body = oc.body()
             self._drop_object()
             return None
         self.vdp_chain = chain
         return "esibody"
+
+    def _esi_splicer(self, resp, oc, chain) -> Splicer:
+        """How this fragment's body becomes deflate data in the gzipped page it goes into."""
+        limit = self.server.params.gzip_buffer
+        names = [f.name for f in chain.filters] if chain is not None else []
+        if "esi" in names and oc.esi_data is not None and oc.esi_data.gz is not None and oc.gzipped:
+            return Splicer("raw", None, limit)          # a nested gzipped page: runs as stored
+        encoding = (resp.headers.get("Content-Encoding") or "").lower()
+        if oc.gzipped and encoding == "gzip" and "gunzip" not in names:
+            bits = oc.gzip_bits
+            if not names and bits is not None and bits[1] >= 0 and bits[1] % 8 == 0:
+                return Splicer("cut", bits, limit)
+            return Splicer("inflate", None, limit)
+        return Splicer("plain", None, limit)
 
     async def ast_esibody(self) -> None:
         """Read the fragment as it is stored (or still fetched) and pass it on, a piece at a time."""

@@ -55,6 +55,9 @@ class EsiDoc:
 
     segments: list[Segment] = field(default_factory=list)
     length: int = 0  # bytes of body parsed
+    # When the body is stored gzipped (esi_gzip.py): (cstart, cend, plain_length, crc) per verbatim
+    # range, offsets in the stored body, and the includes between them.
+    gz: list | None = None
 
     def verbatim_bytes(self) -> int:
         """How many body bytes delivery copies (includes excluded)."""
@@ -145,6 +148,15 @@ class EsiParser:
         self._ver = 0
         self._pend: int | None = None
         self._last_mark = _VERBATIM
+
+    @property
+    def segments(self) -> list[Segment]:
+        """The segments decided so far (the last verbatim range may still grow)."""
+        return self._segs
+
+    def classified(self) -> int:
+        """Body bytes before this offset are decided verbatim or skipped (the rest waits on a tag)."""
+        return self._pend if self._pend is not None else self._ver
 
     # --- marking --------------------------------------------------------------------------------
 
