@@ -226,7 +226,13 @@ async def include_body(parent, inc: Include, gz: GzCrc | None = None) -> AsyncIt
         ctx.log.append(("VCL_Error", f"ESI depth limit reached (param max_esi_depth = {depth})"))
         return
     child = parent.esi_child(inc, gz is not None)
-    if child.run_sync():
+    try:
+        done = child.run_sync()
+    except Exception:  # a broken subrequest must not take the page down with it
+        log.exception("ESI subrequest failed")
+        child._release()
+        return
+    if done:
         if child.esi_body:
             if gz is None:
                 yield child.esi_body
