@@ -190,7 +190,7 @@ class Delivery:
             return None, resp_len
         server = self.server
         dc = DeliverCtx(resp, oc, ctx.req, resp_len, server.params, server.counters, self,
-                        self.bo is not None)
+                        self.bo is not None and self.bo.streamed)
         chain = open_chain(stack("vdp", names, self.vcl), dc)
         if not chain.filters:
             return None, dc.length

@@ -124,6 +124,7 @@ class BusyObj:
         self.bereq_close = False
         self._failure_counted = False        # fetch_failed already counted, or VCL chose the error
         self._stop = ""                       # why storing the body stopped ("storage", "gone")
+        self.streamed = True                  # the client reads the body as it arrives
         xid = server.next_xid()
         server.counters.s_fetch += 1          # every backend fetch: miss, pass and background
         if mode == "bg":
@@ -630,6 +631,7 @@ class BusyObj:
             # so its body is kept even when nothing will cache it
             streaming = False
             oc.keep_body = True
+        self.streamed = streaming
         if streaming:
             # clients (and requests waiting on the busy object) may read while the body arrives
             self._publish()

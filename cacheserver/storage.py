@@ -195,13 +195,17 @@ class ObjHead:
                 fut.set_result(None)
 
 
-def vary_match(oc: ObjCore, req: HttpMessage) -> bool:
+def vary_match(oc: ObjCore, req: HttpMessage, gzip_support: bool = False) -> bool:
     if not oc.vary:
         return True
     get = req.headers.get
     for name, value in oc.vary:
         if name == "*":
             return False
+        if gzip_support and name == "accept-encoding":
+            # cache fetches always ask for gzip and plain clients get it gunzipped: with
+            # http_gzip_support, varnishd serves one variant to both (a miss for neither)
+            continue
         if get(name) != value:
             return False
     return True
@@ -274,6 +278,7 @@ class Storage:
         busy_found = False
         stale: ObjCore | None = None
         bans = self.bans
+        gzip_support = self.params is not None and bool(self.params.http_gzip_support)
         for oc in list(head.ocs):
             if oc.busy:
                 if not ignore_busy:
@@ -284,7 +289,7 @@ class Storage:
             if oc.ban is not bans.newest and bans.check(oc, req, now):
                 self.remove(oc)
                 continue
-            if oc.vary is not None and not ignore_vary and not vary_match(oc, req):
+            if oc.vary is not None and not ignore_vary and not vary_match(oc, req, gzip_support):
                 continue
             ttl = oc.ttl if req_ttl is None or req_ttl < 0 else min(oc.ttl, req_ttl)
             if now < oc.t_origin + ttl:
