@@ -240,5 +240,5 @@ def test_shop_configuration_agrees_with_varnishd() -> None:
     finally:
         httpd.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
-    for (method, url, headers), g, w in zip(REQUESTS, got, want):
+    for (method, url, headers), g, w in zip(REQUESTS, got, want, strict=True):
         assert g == w, (method, url, headers)
