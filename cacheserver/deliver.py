@@ -44,6 +44,9 @@ _BIG = 65536
 # client to read (idle_send_timeout, send_timeout): a client costs at most about this much buffer.
 _DIRECT = 256 * 1024
 _SLICE = 256 * 1024
+# A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
+_START_LINE_SLOTS = 5
+_LOST_HEADERS_500 = b"HTTP/1.1 500 Internal Server Error\r\nServer: Varnish\r\nConnection: close\r\n\r\n"
 
 
 class Delivery:
@@ -251,6 +254,10 @@ class Delivery:
             else:
                 self.keep_alive = False
                 headers.set("Connection", "close")
+        if len(headers) > params.http_max_hdr - _START_LINE_SLOTS:
+            if chain is not None:
+                chain.close()
+            return self._lost_headers(len(headers) - params.http_max_hdr + _START_LINE_SLOTS)
         head = serialize_head(resp)
         if self._template_wanted and chain is None:
             self._keep_template(head)
@@ -292,6 +299,18 @@ class Delivery:
         transport.write(head)
         self.vdp_chain = chain
         return "stream"
+
+    def _lost_headers(self, lost: int) -> None:
+        """More headers than http_max_hdr holds: varnishd loses them, overflows the workspace and
+        answers a bare 500 (V1D_Deliver), closing the connection."""
+        counters = self.server.counters
+        counters.losthdr += lost
+        counters.sc_tx_error += 1
+        self.ctx.log.append(("Error", "workspace_client overflow"))
+        self.keep_alive = False
+        self.session.transport.write(_LOST_HEADERS_500)
+        self._drop_object()
+        return None
 
     async def ast_stream(self) -> str | None:
         """Deliver a body through the filters, or one still arriving from the backend."""

@@ -42,6 +42,8 @@ _STATE_SUBS = {"recv": ("vcl_recv", "vcl_hash"), "hit": ("vcl_hit",), "miss": ("
                "pass": ("vcl_pass",), "purge": ("vcl_purge",), "deliver": ("vcl_deliver",),
                "synth": ("vcl_synth",)}
 _VIA = "1.1 varnish (Varnish/7.1)"
+# A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
+_START_LINE_SLOTS = 5
 
 
 def _wait_states(vcl) -> frozenset[str]:
@@ -73,6 +75,7 @@ class ClientRequest(Delivery, EsiRequest):
         self.body = body                     # read by the fetch (or std.cache_req_body) as it arrives
         self.late100 = False                 # std.late_100_continue(true): answer Expect when read
         self.body_failed = False             # std.cache_req_body() could not have it: close unanswered
+        self.body_storage = None             # what a cached body holds in Transient storage
         self.keep_alive = keep_alive
         self.raw_index = raw_index     # which message this was in the session's raw byte log
         self.state: str | None = "recv"
@@ -501,10 +504,26 @@ class ClientRequest(Delivery, EsiRequest):
             if self._deliver_from_template():
                 return "send" if self.send_data is not None else None
             self._template_wanted = True
-        return self._after_deliver(self._prepare_deliver(), None)
+        resp = self._prepare_deliver()
+        if self._headers_lost(resp):
+            return self._to_synth(500)
+        return self._after_deliver(resp, None)
+
+    def _headers_lost(self, resp: HttpMessage) -> bool:
+        """The object's headers and ours do not fit in http_max_hdr: varnishd loses the rest, its
+        workspace overflows, and the request becomes a 500 synth before vcl_deliver."""
+        lost = len(resp.headers) - (self.server.params.http_max_hdr - _START_LINE_SLOTS)
+        if lost <= 0:
+            return False
+        self.server.counters.losthdr += lost
+        self.ctx.log.append(("Error", "out of workspace (resp headers)"))
+        self._drop_object()
+        return True
 
     async def ast_deliver(self) -> str | None:
         resp = self._prepare_deliver()
+        if self._headers_lost(resp):
+            return self._to_synth(500)
         return self._after_deliver(resp, await self.acall("vcl_deliver"))
 
     def _prepare_deliver(self) -> HttpMessage:

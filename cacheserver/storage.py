@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from cacheserver.bans import Ban
 
 # Bookkeeping bytes charged per object besides its headers and body.
-_OVERHEAD = 72
+_OVERHEAD = OBJECT_OVERHEAD = 72     # bytes an object costs its store beyond headers and body
+SEGMENT_OVERHEAD = 48                # one more storage segment (varnishd's struct storage)
 # Unread bytes a fetch may run ahead of its only reader when the body is not kept (pass, too big).
 STREAM_WINDOW = 1 << 20
 
