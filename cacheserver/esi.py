@@ -225,56 +225,41 @@ async def include_body(parent, inc: Include, gz: GzCrc | None = None) -> AsyncIt
     if ctx.esi_level >= depth:
         ctx.log.append(("VCL_Error", f"ESI depth limit reached (param max_esi_depth = {depth})"))
         return
+    if parent.session.closed:
+        return                          # nobody will see the rest of the page
     child = parent.esi_child(inc, gz is not None)
+
+    def pieces(data: bytes) -> Iterable[bytes]:
+        return (data,) if gz is None else child.esi_splicer.push(data)
+
     try:
         done = child.run_sync()
     except Exception:  # a broken subrequest must not take the page down with it
         log.exception("ESI subrequest failed")
         child._release()
         return
-    if done:
-        if child.esi_body:
-            if gz is None:
-                yield child.esi_body
-            else:
-                splicer = child.esi_splicer
-                for piece in splicer.push(child.esi_body):
-                    yield piece
-                _copy_crc(gz, splicer.finish(child.esi_gz_state))
-        return
-    handoff: asyncio.Queue = asyncio.Queue(maxsize=1)
-    child.esi_sink = handoff.put
-    task = asyncio.get_running_loop().create_task(_run_child(child, handoff))
-    splicer = None
-    try:
-        while True:
-            piece = await handoff.get()
-            if piece is None:
-                break
-            if gz is None:
-                yield piece
-                continue
-            splicer = child.esi_splicer
-            for part in splicer.push(piece):
-                yield part
-        await task
-        if child.esi_body:
-            # it was whole by the time it was delivered
-            if gz is None:
-                yield child.esi_body
-            else:
-                splicer = child.esi_splicer
-                for part in splicer.push(child.esi_body):
+    if not done:
+        handoff: asyncio.Queue = asyncio.Queue(maxsize=1)
+        child.esi_sink = handoff.put
+        task = asyncio.get_running_loop().create_task(_run_child(child, handoff))
+        try:
+            while (piece := await handoff.get()) is not None:
+                for part in pieces(piece):
                     yield part
-        if gz is not None and child.esi_splicer is not None:
-            _copy_crc(gz, child.esi_splicer.finish(child.esi_gz_state))
-    finally:
-        if not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+    if child.esi_body:
+        # a stored fragment, handed over whole
+        for part in pieces(child.esi_body):
+            yield part
+    if gz is not None and child.esi_splicer is not None:
+        _copy_crc(gz, child.esi_splicer.finish(child.esi_gz_state))
     if child.esi_failed and esi_features(server.params).include_onerror and not inc.onerror_continue:
         # varnishd 7.1: with esi_include_onerror, a fragment that broke off ends the whole page
         raise FilterError("ESI include failed")
@@ -287,13 +272,12 @@ def _copy_crc(dst: GzCrc, src: GzCrc) -> None:
 async def _run_child(child, handoff: asyncio.Queue) -> None:
     try:
         await child.run_async()
+    except asyncio.CancelledError:
+        raise                           # the page went away: nobody waits for the end
     except Exception:  # the page goes on without the rest of this fragment
         log.exception("ESI subrequest failed")
         child.esi_failed = True
-    finally:
-        await handoff.put(None)
-
-
+    await handoff.put(None)
 
 
 class EsiRequest:

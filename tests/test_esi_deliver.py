@@ -239,3 +239,21 @@ def test_with_esi_include_onerror_a_broken_fragment_ends_the_page(server_onerror
 def test_onerror_continue_goes_on_after_a_broken_fragment(server_onerror):
     got, complete = _get_page(server_onerror, b"/page/trunc-continue03")
     assert complete and got.startswith(b"<p>A") and got.endswith(b"B</p>")
+
+
+def test_a_client_gone_mid_page_leaves_nothing_behind(server):
+    """The client hangs up in the middle of a fragment: the subrequest is dropped, its backend
+    connection too, and the server goes on serving."""
+    before = server.fd_count()
+    for _ in range(3):
+        sock = server.connect()
+        sock.settimeout(10)
+        sock.sendall(b"GET /page/big?n=20&size=%d HTTP/1.1\r\nHost: a\r\n\r\n" % MB)
+        got = 0
+        while got < 300_000:
+            got += len(sock.recv(65536))
+        sock.close()
+    time.sleep(1.0)
+    got, complete = _get_page(server, b"/page/trunc-continue04")
+    assert complete and got.endswith(b"B</p>")
+    assert server.fd_count() <= before + 4
