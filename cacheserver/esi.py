@@ -158,10 +158,10 @@ class EsiVDP(Filter):
         return True
 
     def push(self, data: bytes) -> Iterable[object]:
-        return self._walk(data, False)
+        return (_coalesce(self._walk(data, False)),)
 
     def end(self) -> Iterable[object]:
-        return self._walk(b"", True)
+        return (_coalesce(self._walk(b"", True)),)
 
     def _walk(self, data: bytes, last: bool) -> Iterable[object]:
         segs = self.segments
@@ -216,6 +216,37 @@ class EsiVDP(Filter):
         return include_body(self.request, inc, gz)
 
 
+# Pieces of a page are gathered up to this size before they go down the chain: a page of small
+# stored fragments goes out in a few writes, not one per piece.
+COALESCE = 65536
+# What include_body yields before it waits on a fragment: send what was gathered first.
+_FLUSH = b""
+
+
+async def _coalesce(items: list[object]) -> AsyncIterator[bytes]:
+    buf = bytearray()
+    for item in items:
+        parts = (item,) if isinstance(item, (bytes, bytearray, memoryview)) else None
+        if parts is None:
+            async for part in item:
+                if not part:
+                    if buf:
+                        yield bytes(buf)
+                        buf.clear()
+                    continue
+                buf += part
+                if len(buf) >= COALESCE:
+                    yield bytes(buf)
+                    buf.clear()
+            continue
+        buf += item
+        if len(buf) >= COALESCE:
+            yield bytes(buf)
+            buf.clear()
+    if buf:
+        yield bytes(buf)
+
+
 async def include_body(parent, inc: Include, gz: GzCrc | None = None) -> AsyncIterator[bytes]:
     """The body of one include, as its subrequest delivers it, piece by piece. In a gzipped page
     (`gz` given) the pieces are deflate data and `gz` gets their CRC and length."""
@@ -239,6 +270,7 @@ async def include_body(parent, inc: Include, gz: GzCrc | None = None) -> AsyncIt
         child._release()
         return
     if not done:
+        yield _FLUSH                    # the fragment may take a while: what came before goes out now
         handoff: asyncio.Queue = asyncio.Queue(maxsize=1)
         child.esi_sink = handoff.put
         task = asyncio.get_running_loop().create_task(_run_child(child, handoff))
@@ -246,6 +278,7 @@ async def include_body(parent, inc: Include, gz: GzCrc | None = None) -> AsyncIt
             while (piece := await handoff.get()) is not None:
                 for part in pieces(piece):
                     yield part
+                yield _FLUSH            # a fragment still arriving goes out as it comes
             await task
         finally:
             if not task.done():
@@ -263,6 +296,24 @@ async def include_body(parent, inc: Include, gz: GzCrc | None = None) -> AsyncIt
     if child.esi_failed and esi_features(server.params).include_onerror and not inc.onerror_continue:
         # varnishd 7.1: with esi_include_onerror, a fragment that broke off ends the whole page
         raise FilterError("ESI include failed")
+
+
+def _include_req(base, inc: Include, gzip: bool):
+    """The request an include starts from: `base` made a GET of its URL, as ved_include does."""
+    req = base.copy()
+    req.url = inc.src
+    req.method = "GET"
+    req.proto = "HTTP/1.1"
+    headers = req.headers
+    if inc.host:
+        headers.unset("Host")
+        headers.add("Host", inc.host)
+    for name in ("If-Modified-Since", "If-None-Match", "Range", "Accept-Encoding", "Content-Length",
+                 "Transfer-Encoding"):
+        headers.unset(name)
+    if gzip:
+        headers.add("Accept-Encoding", "gzip")
+    return req
 
 
 def _copy_crc(dst: GzCrc, src: GzCrc) -> None:
@@ -291,11 +342,19 @@ class EsiRequest:
     esi_failed = False      # the fragment's body broke off
     esi_gz_state = None     # in a gzipped parent page: the CRC a nested gzipped ESI page reports
     esi_splicer = None      # in a gzipped parent page: makes this fragment's body deflate data
+    esi_inc = None          # the include this subrequest is for
 
     @property
     def disable_esi(self) -> bool:
         """req.esi = false / resp.do_esi = false (varnishd's req->disable_esi)."""
         return self.ctx.esi is False
+
+    def _esi_req0(self):
+        """This request as received (varnishd's http0). A subrequest's is made when first needed,
+        from its parent's and its include, so a fragment with no includes of its own costs no copy."""
+        if self.req0 is None and self.parent is not None:
+            self.req0 = _include_req(self.parent._esi_req0(), self.esi_inc, self.esi_gz_state is not None)
+        return self.req0 if self.req0 is not None else self.ctx.req
 
     def esi_child(self, inc: Include, gzip: bool = False):
         """A subrequest for `inc` (ved_include): the parent's request as received, made a plain GET
@@ -303,24 +362,12 @@ class EsiRequest:
         it goes into is gzipped."""
         from cacheserver.reqbody import ReqBody
 
-        req = (self.req0 if self.req0 is not None else self.ctx.req).copy()
-        req.url = inc.src
-        req.method = "GET"
-        req.proto = "HTTP/1.1"
-        headers = req.headers
-        if inc.host:
-            headers.unset("Host")
-            headers.add("Host", inc.host)
-        for name in ("If-Modified-Since", "If-None-Match", "Range", "Accept-Encoding", "Content-Length",
-                     "Transfer-Encoding"):
-            headers.unset(name)
-        if gzip:
-            headers.add("Accept-Encoding", "gzip")
+        req = _include_req(self._esi_req0(), inc, gzip)
         child = type(self)(self.session, req, ReqBody.empty(), False, self.raw_index)
         if gzip:
             child.esi_gz_state = GzCrc()
         child.parent = self
-        child.req0 = req.copy()
+        child.esi_inc = inc
         child.vcl = self.vcl
         ctx = child.ctx
         pctx = self.ctx
