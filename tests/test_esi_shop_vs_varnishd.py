@@ -120,8 +120,15 @@ PAGES = {
 
 class _Origin(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    tag_header = "X-Shop-Tags"
 
     def do_GET(self) -> None:
+        if self.path.endswith("/health_check.php"):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+            return
         page = PAGES.get(self.path)
         if page is None:
             body, ctype, cc, tags = b"not found", "text/plain", "no-cache", ""
@@ -132,7 +139,7 @@ class _Origin(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Cache-Control", cc)
         if tags:
-            self.send_header("X-Shop-Tags", tags)
+            self.send_header(self.tag_header, tags)
         if "gzip" in self.headers.get("Accept-Encoding", ""):
             body = gzip.compress(body, mtime=0)
             self.send_header("Content-Encoding", "gzip")
@@ -160,7 +167,7 @@ REQUESTS = [
     ("GET", "/", {"Cookie": "X-Shop-Vary=abc; other=1"}),
 ]
 
-COMPARED = ("x-shop-cache-debug", "content-encoding", "cache-control", "pragma", "expires", "vary",
+COMPARED = ("x-shop-cache-debug", "x-magento-cache-debug", "content-encoding", "cache-control", "pragma", "expires", "vary",
             "x-esi-level", "grace", "content-type", "transfer-encoding")
 
 
@@ -194,28 +201,30 @@ def _exchange(port: int, method: str, url: str, headers: dict[str, str]) -> tupl
     return status, {k: hdrs.get(k) for k in COMPARED}, body
 
 
-def _run(port: int) -> list[tuple[int, dict, bytes]]:
+def _run(port: int, requests: list) -> list[tuple[int, dict, bytes]]:
     out = []
-    for method, url, headers in REQUESTS:
+    for method, url, headers in requests:
         out.append(_exchange(port, method, url, headers))
         time.sleep(0.05)
     return out
 
 
-@pytest.mark.skipif(not os.access(VARNISHD, os.X_OK), reason="varnishd is not installed")
-def test_shop_configuration_agrees_with_varnishd() -> None:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
+def _compare(vcl_text: str, tag_header: str, requests: list) -> None:
+    """Run `requests` through cacheserver, then through varnishd, with the same VCL and origin."""
+    handler = type("Origin", (_Origin,), {"tag_header": tag_header})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     tmp = tempfile.mkdtemp(prefix="esi-shop-")
     os.chmod(tmp, 0o755)                      # varnishd drops to user varnish
     try:
         vcl = Path(tmp, "shop.vcl")
-        vcl.write_text(VCL % {"port": httpd.server_address[1]})
+        vcl.write_text(vcl_text.replace("%(port)d", str(httpd.server_address[1])))
         os.chmod(vcl, 0o644)
         ours = ServerProcess("-f", str(vcl))
         try:
-            got = _run(ours.port)
+            time.sleep(0.3)                   # a probe, if any, has had its first answer
+            got = _run(ours.port, requests)
         finally:
             ours.stop()
         with socket.socket() as s:
@@ -234,11 +243,38 @@ def test_shop_configuration_agrees_with_varnishd() -> None:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.1)
-            want = _run(port)
+            time.sleep(0.3)
+            want = _run(port, requests)
         finally:
             os.kill(int(Path(tmp, "pid").read_text()), 15)
     finally:
         httpd.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
-    for (method, url, headers), g, w in zip(REQUESTS, got, want, strict=True):
+    for (method, url, headers), g, w in zip(requests, got, want, strict=True):
         assert g == w, (method, url, headers)
+
+
+@pytest.mark.skipif(not os.access(VARNISHD, os.X_OK), reason="varnishd is not installed")
+def test_shop_configuration_agrees_with_varnishd() -> None:
+    _compare(VCL, "X-Shop-Tags", REQUESTS)
+
+
+MAGENTO_VCL = os.environ.get("MAGENTO_VARNISH7_VCL", "")
+
+
+@pytest.mark.skipif(not os.access(VARNISHD, os.X_OK) or not os.path.isfile(MAGENTO_VCL),
+                    reason="needs varnishd and MAGENTO_VARNISH7_VCL (the path of Magento 2's published "
+                           "app/code/Magento/PageCache/etc/varnish7.vcl, not shipped here)")
+def test_magento_varnish7_vcl_agrees_with_varnishd() -> None:
+    """Magento 2's own varnish7.vcl, its template placeholders filled as Magento's exporter does."""
+    text = Path(MAGENTO_VCL).read_text()
+    for placeholder, value in (("/* {{ host }} */", "127.0.0.1"), ("/* {{ port }} */", "%(port)d"),
+                               ("/* {{ ips }} */", '    "127.0.0.1";'),
+                               ("/* {{ ssl_offloaded_header }} */", "X-Forwarded-Proto"),
+                               ("/* {{ grace_period }} */", "300"), ("/* {{ design_exceptions_code }} */", "")):
+        text = text.replace(placeholder, value)
+    requests = [(m, u, {("X-Magento-Tags-Pattern" if k == "X-Shop-Tags-Pattern" else k):
+                        (v.replace("X-Shop-Vary", "X-Magento-Vary")) for k, v in h.items()})
+                for m, u, h in REQUESTS]
+    requests.append(("GET", "/?utm_source=x&b=1", {"Accept-Encoding": "gzip"}))
+    _compare(text, "X-Magento-Tags", requests)
