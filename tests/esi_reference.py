@@ -81,6 +81,20 @@ def _counters(workdir: str) -> tuple[int, int]:
     return vals.get("MAIN.esi_errors", 0), vals.get("MAIN.esi_warnings", 0)
 
 
+def _settled_counters(workdir: str) -> tuple[int, int]:
+    """The counters once a worker has published its share (varnishd adds them up a moment after the
+    response went out, later still on a busy machine)."""
+    time.sleep(0.05)
+    last = _counters(workdir)
+    for _ in range(20):
+        time.sleep(0.1)
+        now = _counters(workdir)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def varnishd_pages(cases: dict[str, tuple[bytes, str]], features: str = "",
                    params: tuple[str, ...] = (), extra_vcl: str = "") -> dict[str, tuple[bytes, int, int]]:
     """{name: (body, url)} -> {name: (delivered, esi_errors, esi_warnings)}, through the real varnishd."""
@@ -125,7 +139,7 @@ sub vcl_backend_response {{ if (bereq.url ~ "^/p/") {{ set beresp.do_esi = true;
                     got = resp.read()
             except http.client.IncompleteRead as exc:
                 got = b"INCOMPLETE:" + exc.partial
-            e2, w2 = _counters(workdir)
+            e2, w2 = _settled_counters(workdir)
             results[name] = (got, e2 - errs, w2 - warns)
             errs, warns = e2, w2
     finally:
