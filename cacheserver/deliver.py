@@ -49,6 +49,20 @@ _START_LINE_SLOTS = 5
 _LOST_HEADERS_500 = b"HTTP/1.1 500 Internal Server Error\r\nServer: Varnish\r\nConnection: close\r\n\r\n"
 
 
+def resp_filters_default(ctx) -> str:
+    """resp.filters as varnishd would choose them for this response (resp_Get_Filter_List)."""
+    oc = ctx.obj_oc
+    params = ctx.server.params
+    req_headers = ctx.req.headers
+    resp = ctx.resp
+    return vdp_default_list(
+        esi=oc is not None and oc.esi_data is not None and ctx.esi is not False,   # req.esi, resp.do_esi
+        gunzip=(params.http_gzip_support and oc is not None and oc.gzipped
+                and not accepts_gzip(req_headers.get("Accept-Encoding"))),
+        range_=(params.http_range_support and resp is not None and resp.status == 200
+                and "Range" in req_headers and not ctx.head_request))
+
+
 class Delivery:
     """The delivery half of ClientRequest: transmit, plain-hit templates, the writer."""
 
@@ -169,26 +183,14 @@ class Delivery:
             lm = self._last_modified()
         return when is not None and lm is not None and int(when) == int(lm)
 
-    def default_resp_filters(self) -> str:
-        """resp.filters as varnishd would choose them for this response (resp_Get_Filter_List)."""
-        ctx = self.ctx
-        oc = self.oc
-        params = self.server.params
-        req_headers = ctx.req.headers
-        resp = ctx.resp
-        return vdp_default_list(
-            esi=oc is not None and oc.esi_data is not None and not getattr(self, "disable_esi", False),
-            gunzip=(params.http_gzip_support and oc is not None and oc.gzipped
-                    and not accepts_gzip(req_headers.get("Accept-Encoding"))),
-            range_=(params.http_range_support and resp is not None and resp.status == 200
-                    and "Range" in req_headers and self.method0 != "HEAD"))
-
     def _open_vdps(self, resp: HttpMessage, oc: ObjCore, resp_len: int) -> tuple[Chain | None, int]:
         """Stack and open the delivery filters; (None, length) when there are none."""
         ctx = self.ctx
         names = ctx.resp_filters
         if names is None:
-            names = self.default_resp_filters()
+            ctx.obj_oc = oc
+            ctx.head_request = self.method0 == "HEAD"
+            names = resp_filters_default(ctx)
         if not names or names.isspace():
             return None, resp_len
         server = self.server
@@ -278,8 +280,8 @@ class Delivery:
             self._drop_object()
             return "send" if self.send_data is not None else None
         if chain is not None and complete and not chain.is_async and 0 <= resp_len <= _DIRECT \
-                and oc.length <= _DIRECT:
-            # small and whole: filter it here and write at once (the result is at most resp_len)
+                and oc.length <= _DIRECT and (oc.gzip_bits is None or oc.gzip_bits[3] <= _DIRECT):
+            # small and whole (inflated too): filter it here and write at once
             try:
                 out = b"".join([*chain.push(oc.body()), *chain.end()])
             except FilterError as exc:
@@ -325,7 +327,15 @@ class Delivery:
         chunked = self.chunked
         failed = False
         try:
-            while not session.closed:
+            whole = chain is not None and oc.complete
+            if whole:
+                # whole already: filter the stored body a slice at a time (no copy of it)
+                body = memoryview(oc.body())
+                for start in range(0, len(body), _SLICE):
+                    if session.closed:
+                        break
+                    await chain.apush(body[start:start + _SLICE], self._send_piece)
+            while not session.closed and not whole:
                 data = oc.read(cell)
                 if not data:
                     if oc.complete or oc.failed:

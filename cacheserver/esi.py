@@ -344,11 +344,6 @@ class EsiRequest:
     esi_splicer = None      # in a gzipped parent page: makes this fragment's body deflate data
     esi_inc = None          # the include this subrequest is for
 
-    @property
-    def disable_esi(self) -> bool:
-        """req.esi = false / resp.do_esi = false (varnishd's req->disable_esi)."""
-        return self.ctx.esi is False
-
     def _esi_req0(self):
         """This request as received (varnishd's http0). A subrequest's is made when first needed,
         from its parent's and its include, so a fragment with no includes of its own costs no copy."""

@@ -97,6 +97,16 @@ async def _acall(vcl, ctx: Context, sub: str) -> Action:
     return result
 
 
+def beresp_filters_default(ctx: Context) -> str:
+    """beresp.filters as varnishd would choose them now (vbf_default_filter_list)."""
+    body_kind, clen = ctx.beresp_body
+    return vfp_default_list(
+        body_none=body_kind == "none", content_length=clen if body_kind == "length" else None,
+        content_encoding=ctx.beresp.headers.get("Content-Encoding"),
+        do_gzip=bool(ctx.do_gzip), do_gunzip=bool(ctx.do_gunzip), do_esi=bool(ctx.do_esi),
+        gzip_support=bool(ctx.server.params.http_gzip_support))
+
+
 class BusyObj:
     """One backend transaction filling `oc` (a busy object in the cache, or a private one for pass)."""
 
@@ -145,9 +155,7 @@ class BusyObj:
             beresp_storage=TRANSIENT if self.is_pass else server.storage.next_stevedore(),
         )
         self.ctx.priv_task = None
-        self.ctx.filters_default = self.default_filters     # beresp.filters until VCL sets it
-        self.vary: str | None = ""            # Vary as VCL left it, before the filters add theirs
-        self.vary_known = False               # (the variant is keyed on that one, as in varnishd)
+        self.ctx.filters_default = beresp_filters_default   # beresp.filters until VCL sets it
 
     def _add_validators(self, stale: ObjCore) -> None:
         h = stale.http.headers
@@ -395,6 +403,7 @@ class BusyObj:
         ctx.do_stream = True
         ctx.do_gzip = ctx.do_gunzip = ctx.do_esi = False
         ctx.beresp_filters = None
+        ctx.beresp_body = (self.body_kind, conn.clen)     # what the default filter list depends on
         action = await _acall(self.vcl, ctx, "vcl_backend_response")
         name = action.name
         if name in ("deliver", "pass"):
@@ -545,31 +554,20 @@ class BusyObj:
             oc.keep_body = False
             return
         store = ctx.beresp_storage if isinstance(ctx.beresp_storage, str) else None
-        vary = self.vary if self.vary_known else oc.http.headers.get("Vary")
-        if not storage.unbusy(oc, ctx.bereq, vary, store):
+        if not storage.unbusy(oc, ctx.bereq, oc.http.headers.get("Vary"), store):
             oc.private = True
             oc.drop_body()
-            self.no_space = oc.size <= storage.max_bytes
+            # an object bigger than the store is still delivered while it streams, never after
+            self.no_space = oc.size <= storage.max_bytes or not ctx.do_stream
         elif self.stale is not None and self.stale is not oc:
             storage.remove(self.stale)     # the fresh object replaces the one it revalidated
-
-    def default_filters(self) -> str:
-        """beresp.filters as varnishd would choose them now (vbf_default_filter_list)."""
-        ctx = self.ctx
-        conn = self.conn
-        return vfp_default_list(
-            body_none=self.body_kind == "none",
-            content_length=conn.clen if conn is not None and self.body_kind == "length" else None,
-            content_encoding=ctx.beresp.headers.get("Content-Encoding"),
-            do_gzip=bool(ctx.do_gzip), do_gunzip=bool(ctx.do_gunzip), do_esi=bool(ctx.do_esi),
-            gzip_support=bool(self.server.params.http_gzip_support))
 
     def _open_vfps(self) -> Chain | None:
         """Stack and open the fetch filters on beresp (they rewrite its headers); None: none."""
         ctx = self.ctx
         names = ctx.beresp_filters
         if names is None:
-            names = self.default_filters()
+            names = beresp_filters_default(ctx)
         if not names or names.isspace():
             return None
         server = self.server
@@ -590,11 +588,9 @@ class BusyObj:
             oc.gzip_changed = stale.gzip_changed
             if stale.gzip_changed:
                 weaken_etag(ctx.beresp)
-        self.vary = ctx.beresp.headers.get("Vary")
-        self.vary_known = True
         chain = None
         if not ctx.was_304:
-            if self.body_kind != "none" and self.conn is not None and self.conn.clen == 0:
+            if self.conn is not None and self.conn.clen == 0:     # an empty body has no encoding
                 ctx.beresp.headers.unset("Content-Encoding")
             try:
                 chain = self._open_vfps()
@@ -673,7 +669,9 @@ class BusyObj:
         if not streaming:
             self._publish()
             if self.no_space:
-                return self._out_of_storage()
+                # nothing was delivered yet: vcl_backend_error, as varnishd's "Could not get storage"
+                ctx.log.append(("FetchError", "Could not get storage"))
+                return self._body_failed(False)
         oc.finish(True)
         return None
 
@@ -686,10 +684,11 @@ class BusyObj:
             storage.remove(oc)
             oc.private = True
             oc.drop_body()
-            if oc.size <= storage.max_bytes:
+            if oc.size <= storage.max_bytes or not self.ctx.do_stream:
+                # (not streamed: nothing reached a client yet, so the fetch fails, as varnishd's)
                 self._stop = "storage"
                 return False
-            # bigger than the whole store: deliver it, keep nothing
+            # bigger than the whole store while streaming: deliver it, keep nothing
         if not oc.keep_body:
             await oc.wait_space()
             if oc.private and not oc.readers:
@@ -700,6 +699,9 @@ class BusyObj:
 
     def _stored_failed(self) -> str | None:
         if self._stop == "storage":
+            if not self.ctx.do_stream:
+                self.ctx.log.append(("FetchError", "Could not get storage"))
+                return self._body_failed(False)
             return self._out_of_storage()
         self.ctx.log.append(("FetchError", "client gone"))
         return self._body_failed(True)
@@ -765,7 +767,6 @@ class BusyObj:
                 server.storage.abandon(oc)
                 oc.private = True
         beresp.headers.unset("Content-Length")
-        self.vary_known = False
         oc.gzipped, oc.gzip_bits, oc.gzip_changed, oc.esi_data = False, None, False, None
         self._setup_object(beresp, time.time())
         oc.append(body)

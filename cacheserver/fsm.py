@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 from cacheserver import storage as st
-from cacheserver.deliver import Delivery
+from cacheserver.deliver import Delivery, resp_filters_default
 from cacheserver.esi import EsiRequest
 from cacheserver.fetch import BusyObj
 from cacheserver.filters import accepts_gzip, weaken_etag
@@ -108,8 +108,10 @@ class ClientRequest(Delivery, EsiRequest):
             sess_xid=getattr(session, "xid", 0), sess_timeout_idle=server.params.timeout_idle,
             local_endpoint=getattr(session, "local_endpoint", None),
             local_socket=getattr(session, "listen_name", None),
+            # resp.filters until VCL sets it: a plain function of ctx (a bound method would make a
+            # reference cycle per request, left to the cyclic GC)
+            filters_default=resp_filters_default,
         )
-        self.ctx.filters_default = self.default_resp_filters    # resp.filters until VCL sets it
 
     # -- drivers ----------------------------------------------------------------------------------
 
@@ -541,6 +543,8 @@ class ClientRequest(Delivery, EsiRequest):
             weaken_etag(resp)       # this client gets another representation (gunzipped)
         ctx.resp = resp
         ctx.resp_filters = None
+        ctx.obj_oc = oc                  # what resp.filters is chosen for (no cycle: oc knows no ctx)
+        ctx.head_request = self.method0 == "HEAD"
         return resp
 
     def _after_deliver(self, resp: HttpMessage, action: Action | None) -> str | None:
@@ -591,6 +595,7 @@ class ClientRequest(Delivery, EsiRequest):
             resp.headers.add("Connection", "close")
         ctx.resp = resp
         ctx.resp_filters = None
+        ctx.obj_oc = None
         ctx.synth_body = []
         self.server.counters.s_synth += 1
         return resp

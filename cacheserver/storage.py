@@ -204,8 +204,8 @@ def vary_match(oc: ObjCore, req: HttpMessage, gzip_support: bool = False) -> boo
         if name == "*":
             return False
         if gzip_support and name == "accept-encoding":
-            # cache fetches always ask for gzip and plain clients get it gunzipped: with
-            # http_gzip_support, varnishd serves one variant to both (a miss for neither)
+            # varnishd's vry_cmp: with gzip support everybody gets the one (gzipped) object,
+            # gunzipped on delivery as needed; skipped when matching, not when recording
             continue
         if get(name) != value:
             return False
