@@ -48,6 +48,9 @@ _BIG = 65536
 # client to read (idle_send_timeout, send_timeout): a client costs at most about this much buffer.
 _DIRECT = 256 * 1024
 _SLICE = 256 * 1024
+# A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
+_START_LINE_SLOTS = 5
+_LOST_HEADERS_500 = b"HTTP/1.1 500 Internal Server Error\r\nServer: Varnish\r\nConnection: close\r\n\r\n"
 
 
 def resp_filters_default(ctx) -> str:
@@ -57,7 +60,7 @@ def resp_filters_default(ctx) -> str:
     req_headers = ctx.req.headers
     resp = ctx.resp
     return vdp_default_list(
-        esi=oc is not None and oc.esi_data is not None and not ctx.disable_esi,
+        esi=oc is not None and oc.esi_data is not None and ctx.esi is not False,   # req.esi, resp.do_esi
         gunzip=(params.http_gzip_support and oc is not None and oc.gzipped
                 and not accepts_gzip(req_headers.get("Accept-Encoding"))),
         range_=(params.http_range_support and resp is not None and resp.status == 200
@@ -196,7 +199,7 @@ class Delivery:
             return None, resp_len
         server = self.server
         dc = DeliverCtx(resp, oc, ctx.req, resp_len, server.params, server.counters, self,
-                        self.bo is not None)
+                        self.bo is not None and self.bo.streamed)
         chain = open_chain(stack("vdp", names, self.vcl), dc)
         if not chain.filters:
             return None, dc.length
@@ -204,6 +207,8 @@ class Delivery:
 
     def _transmit(self, resp: HttpMessage, oc: ObjCore, synth: bool = False) -> str | None:
         """cnt_transmit + HTTP/1 delivery: filters, framing, then the bytes (or the streaming state)."""
+        if self.parent is not None:
+            return self._esi_transmit(resp, oc)         # an ESI include: into the parent's page
         headers = resp.headers
         ctx = self.ctx
         params = self.server.params

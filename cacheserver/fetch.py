@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 from cacheserver import backends
+from cacheserver import esi as _esi  # noqa: F401 - fills the filters' esi slots
 from cacheserver.beconn import SMALL_BODY, BackendConn, ConnError
 from cacheserver.filters import Chain, FetchCtx, FilterError, open_chain, stack, vfp_default_list, weaken_etag
 from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for, wire
@@ -144,6 +145,7 @@ class BusyObj:
         self.bereq_close = False
         self._failure_counted = False        # fetch_failed already counted, or VCL chose the error
         self._stop = ""                       # why storing the body stopped ("storage", "gone")
+        self.streamed = True                  # the client reads the body as it arrives
         xid = server.next_xid()
         server.counters.s_fetch += 1          # every backend fetch: miss, pass and background
         if mode == "bg":
@@ -584,7 +586,7 @@ class BusyObj:
             return None
         server = self.server
         chain = open_chain(stack("vfp", names, self.vcl),
-                           FetchCtx(ctx.beresp, self.oc, server.params, server.counters))
+                           FetchCtx(ctx.beresp, self.oc, server.params, server.counters, ctx.bereq, ctx.log))
         return chain if chain.filters else None
 
     async def stp_fetchbody(self) -> str | None:
@@ -634,6 +636,12 @@ class BusyObj:
             self._signal()
             return None
         streaming = bool(ctx.do_stream)
+        if chain is not None and any(f.name in ("esi", "esi_gzip") for f in chain.filters):
+            # an ESI page is delivered once it is whole and parsed (varnishd does not stream it either),
+            # so its body is kept even when nothing will cache it
+            streaming = False
+            oc.keep_body = True
+        self.streamed = streaming
         if streaming:
             # clients (and requests waiting on the busy object) may read while the body arrives
             self._publish()

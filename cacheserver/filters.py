@@ -69,6 +69,8 @@ class FetchCtx:
     oc: ObjCore
     params: object
     counters: object
+    bereq: HttpMessage | None = None   # what was asked for (ESI resolves relative includes on its URL)
+    log: list | None = None            # the fetch's log records (ESI_xmlerror)
 
 
 @dataclass(slots=True)
@@ -391,11 +393,12 @@ class GunzipVDP(Filter):
         self.z = zlib.decompressobj(16 + 15)
         dc.counters.n_gunzip += 1
         dc.http.headers.unset("Content-Encoding")
+        known = dc.length >= 0       # not when a filter above (ESI) already made it unknown
         dc.length = -1
         oc = dc.oc
         # the uncompressed length is known once the whole object is in (varnishd: no busy object
         # any more, so never for the request that ran the fetch)
-        if (oc is not None and oc.complete and not dc.fetched and oc.gzip_bits is not None
+        if (known and oc is not None and oc.complete and not dc.fetched and oc.gzip_bits is not None
                 and oc.gzip_bits[3]):
             dc.length = oc.gzip_bits[3]
         return True

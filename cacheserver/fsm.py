@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from cacheserver import storage as st
 from cacheserver.deliver import Delivery, resp_filters_default
+from cacheserver.esi import EsiRequest
 from cacheserver.fetch import BusyObj, fail_from_vcl
 from cacheserver.filters import accepts_gzip, weaken_etag
 from cacheserver.http1 import DATES, reason_for
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cacheserver.fsm")
 
 # States that always wait on I/O.
-_ALWAYS_ASYNC = frozenset({"fetch", "pipe", "waitinglist", "stream", "send", "bgwait"})
+_ALWAYS_ASYNC = frozenset({"fetch", "pipe", "waitinglist", "stream", "send", "bgwait", "esibody"})
 # The subroutines each state runs, for states that are async when one of them is.
 _STATE_SUBS = {"recv": ("vcl_recv", "vcl_hash"), "hit": ("vcl_hit",), "miss": ("vcl_miss",),
                "pass": ("vcl_pass",), "purge": ("vcl_purge",), "deliver": ("vcl_deliver",),
@@ -59,7 +60,17 @@ def _client_close_reason(req: HttpMessage) -> str:
     return "sc_req_close" if "close" in (req.headers.get("Connection") or "").lower() else "sc_req_http10"
 
 
-class ClientRequest(Delivery):
+def _may_esi(vcl) -> bool:
+    """Can this VCL make ESI objects? Only then is each request's head kept as received (a copy
+    costs microseconds on every hit). Worked out once per VCL."""
+    may = vcl.__dict__.get("may_esi")
+    if may is None:
+        src = getattr(vcl, "python_source", "") or ""
+        may = vcl.may_esi = "do_esi" in src or "filters" in src
+    return may
+
+
+class ClientRequest(Delivery, EsiRequest):
     """One client request on its way from vcl_recv to the wire (delivery: deliver.py)."""
 
     def __init__(self, session: ClientProtocol, req: HttpMessage, body: ReqBody, keep_alive: bool,
@@ -209,7 +220,7 @@ class ClientRequest(Delivery):
     def _recv_setup(self) -> None:
         ctx = self.ctx
         req = ctx.req
-        if ctx.restarts == 0:
+        if ctx.restarts == 0 and self.parent is None:    # an ESI subrequest starts from its parent's
             url = req.url
             if url[:1] != "/" and url[:7].lower() in ("http://", "https:/"):
                 _absolute_url(req)
@@ -218,6 +229,8 @@ class ClientRequest(Delivery):
             ip = ctx.client_ip.addr
             req.headers.add("X-Forwarded-For", f"{', '.join(xff)}, {ip}" if xff else ip)
             collect_header(req.headers, "Cache-Control")
+            if _may_esi(self.vcl):
+                self.req0 = req.copy()          # what ESI subrequests start from (varnishd's http0)
         ctx.backend_hint = self.vcl.default_backend
         ctx.req_ttl = -1.0
         ctx.req_grace = -1.0
@@ -282,6 +295,9 @@ class ClientRequest(Delivery):
         self.digest = ctx.hash = digest.digest()
         if name == "hash":
             return "lookup"
+        if name == "pipe" and ctx.esi_level > 0:
+            ctx.log.append(("VCL_Error", "vcl_recv{} returns pipe for ESI included object. Doing pass."))
+            name = "pass"
         if name in ("pass", "pipe", "purge"):
             return name
         return self._common(action)
@@ -338,6 +354,7 @@ class ClientRequest(Delivery):
         ctx.obj_uncacheable = oc.hfm or oc.hfp or oc.private
         # pass and synthetic objects live in Transient, as in varnishd
         ctx.obj_storage = oc.store or (TRANSIENT if oc.private else None)
+        ctx.obj_can_esi = oc.esi_data is not None
 
     # -- hit / miss / pass ------------------------------------------------------------------------
 

@@ -65,7 +65,7 @@ def http_date(t: float) -> str:
 
 def serialize_head(resp: HttpMessage) -> bytes:
     """The status line and header block of a response, ready for the wire."""
-    parts = [f"HTTP/1.1 {resp.status} {resp.reason}\r\n"]
+    parts = [f"HTTP/1.1 {resp.status % 1000:03d} {resp.reason}\r\n"]   # VCL may set 1xxx: sent mod 1000
     for name, value in resp.headers.items():
         parts.append(f"{name}: {value}\r\n")
     parts.append("\r\n")

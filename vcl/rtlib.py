@@ -212,6 +212,14 @@ def fmod(a: float, b: float) -> float:
     return math.fmod(a, b)
 
 
+def set_resp_do_esi(ctx, value: bool) -> None:
+    """resp.do_esi = false turns ESI processing off for this delivery (req->disable_esi); too late
+    once VCL has set resp.filters, as in varnishd."""
+    if ctx.resp_filters is not None:
+        raise VCLFailure("resp.filters are already established, cannot set resp.do_esi")
+    ctx.esi = bool(value)
+
+
 def body_set(ctx, text: str) -> None:
     """set resp.body / beresp.body = ...: replace the synthetic body."""
     ctx.synth_body = [text]

@@ -171,7 +171,9 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     _v("req.backend_hint", "BACKEND", ["client"], ["client"], get="ctx.backend_hint",
        set_="ctx.backend_hint = {v}"),
     _v("req.can_gzip", "BOOL", ["client"], get="rt.req_gzip(ctx.req.headers.get('Accept-Encoding'))"),
-    _v("req.esi", "BOOL", ["client"], ["client"], get="ctx.esi", set_="ctx.esi = {v}", hi=4.0),
+    # req.esi (4.0) and resp.do_esi (4.1) are one flag, varnishd's req->disable_esi inverted
+    _v("req.esi", "BOOL", ["client"], ["client"], get="(ctx.esi is not False)", set_="ctx.esi = bool({v})",
+       hi=4.0),
     _v("req.esi_level", "INT", ["client"], get="ctx.esi_level"),
     _v("req.grace", "DURATION", ["client"], ["client"], get="ctx.req_grace", set_="ctx.req_grace = {v}"),
     _v("req.hash", "BLOB", ["vcl_hit", "vcl_miss", "vcl_pass", "vcl_purge", "vcl_deliver"], get="ctx.hash"),
@@ -267,7 +269,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     # resp
     _v("resp", "HTTP", _DS, get="ctx.resp"),
     _v("resp.body", "BODY", [], ["vcl_synth"], get="None", set_="rt.body_set(ctx, {v})"),
-    _v("resp.do_esi", "BOOL", _DS, _DS, get="bool(ctx.resp_do_esi)", set_="ctx.resp_do_esi = {v}", lo=4.1),
+    _v("resp.do_esi", "BOOL", _DS, _DS, get="(ctx.esi is not False)", set_="rt.set_resp_do_esi(ctx, {v})",
+       lo=4.1),
     _v("resp.filters", "STRING", _DS, _DS,
        get="(ctx.resp_filters if ctx.resp_filters is not None else ctx.filters_default(ctx))",
        set_="ctx.resp_filters = {v}"),

@@ -1,0 +1,271 @@
+"""ESI and gzip together, as varnishd stitches them (cache_esi_fetch.c, cache_esi_deliver.c).
+
+An ESI page that is stored gzipped (`esi_gzip` fetch filter) is compressed so that each verbatim range
+of it is a separate, byte-aligned run of deflate blocks that refers to nothing before it (a full flush
+before and after). Delivery can then send the runs it keeps, as they are stored, and splice the
+includes in between; the page's CRC is combined from each piece's CRC and length.
+
+Between the runs, what an include delivers is made into deflate data too:
+- a nested gzipped ESI page sends its own runs (no gzip header or trailer) and reports CRC and length;
+- a gzipped object made by our gzip filter (exact `gzip_bits`) is cut: its blocks without the final
+  one, and CRC and length from its trailer (ved_stripgzip);
+- any other gzip (a backend's, stored as it came) is inflated and re-sent as stored blocks;
+- a plain body is sent as stored blocks (ved_pretend_gzip).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Iterator
+
+from cacheserver.esi_parse import EsiParser, Include
+
+# varnishd's gzip header for ESI pages (no name, no time, OS unix)
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03"
+# An empty stored block with the final bit: what ends a spliced page before its trailer.
+FINAL_BLOCK = b"\x01\x00\x00\xff\xff"
+
+# -- crc32_combine (zlib's, in GF(2)): the operator matrices for 2**k zero bytes, worked out once ----
+
+
+def _gf2_times(mat: list[int], vec: int) -> int:
+    out = 0
+    i = 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+def _gf2_square(mat: list[int]) -> list[int]:
+    return [_gf2_times(mat, mat[n]) for n in range(32)]
+
+
+def _zero_operators() -> list[list[int]]:
+    one_bit = [0xEDB88320] + [1 << n for n in range(31)]   # one zero bit
+    op = _gf2_square(_gf2_square(one_bit))                   # four zero bits
+    ops = []
+    for _ in range(64):
+        op = _gf2_square(op)                                 # 1, 2, 4, ... zero bytes
+        ops.append(op)
+    return ops
+
+
+_OPS = _zero_operators()
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC-32 of A+B from crc(A), crc(B) and len(B)."""
+    k = 0
+    while len2:
+        if len2 & 1:
+            crc1 = _gf2_times(_OPS[k], crc1)
+        len2 >>= 1
+        k += 1
+    return crc1 ^ crc2
+
+
+def stored_blocks(data: bytes | memoryview) -> Iterator[bytes]:
+    """Plain bytes as non-final stored deflate blocks (at most 65535 bytes each)."""
+    for i in range(0, len(data), 65535):
+        part = data[i:i + 65535]
+        n = len(part)
+        yield bytes((0, n & 0xFF, n >> 8, ~n & 0xFF, (~n >> 8) & 0xFF)) + bytes(part)
+
+
+class GzCrc:
+    """CRC and length of the plain data a spliced piece stands for."""
+
+    __slots__ = ("crc", "length")
+
+    def __init__(self) -> None:
+        self.crc = 0
+        self.length = 0
+
+    def add(self, crc: int, length: int) -> None:
+        self.crc = crc32_combine(self.crc, crc, length)
+        self.length += length
+
+    def add_data(self, data: bytes | memoryview) -> None:
+        self.crc = zlib.crc32(data, self.crc)
+        self.length += len(data)
+
+    def trailer(self) -> bytes:
+        return FINAL_BLOCK + (self.crc & 0xFFFFFFFF).to_bytes(4, "little") + \
+            (self.length & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+# -- fetch: parse and compress ---------------------------------------------------------------------
+
+class GzipRuns:
+    """Compresses a body being parsed so that every verbatim range is its own run of deflate blocks.
+
+    `gz` lists, in page order, (cstart, cend, plain_length, crc) per verbatim range (offsets in the
+    compressed body, gzip header included) and the Include entries between them."""
+
+    def __init__(self, parser: EsiParser, level: int, memlevel: int) -> None:
+        self.parser = parser
+        self.z = zlib.compressobj(level, zlib.DEFLATED, -15, memlevel)
+        self.gz: list[tuple[int, int, int, int] | Include] = []
+        self.cpos = len(GZIP_HEADER)       # compressed bytes so far
+        self.done = 0                      # plain bytes compressed so far
+        self.pbuf = bytearray()            # plain bytes from `done` on, not compressed yet
+        self.seg_i = 0
+        self.run: list[int] | None = None  # [cstart, plain_length, crc] of the open verbatim range
+        self.crc = 0
+        self.size = 0
+        self.started = False
+
+    def _out(self, data: bytes, out: list[bytes]) -> None:
+        if data:
+            out.append(data)
+            self.cpos += len(data)
+
+    def _take(self, upto: int) -> bytes:
+        n = upto - self.done
+        data = bytes(self.pbuf[:n])
+        del self.pbuf[:n]
+        self.done = upto
+        return data
+
+    def _open(self, out: list[bytes]) -> None:
+        if self.run is None:
+            self._out(self.z.flush(zlib.Z_FULL_FLUSH), out)     # nothing before it is referred to
+            self.run = [self.cpos, 0, 0]
+
+    def _close(self, out: list[bytes]) -> None:
+        if self.run is not None:
+            self._out(self.z.flush(zlib.Z_FULL_FLUSH), out)     # byte-aligned end
+            cstart, plen, crc = self.run
+            self.run = None
+            if plen:
+                self.gz.append((cstart, self.cpos, plen, crc))
+
+    def _verbatim(self, upto: int, out: list[bytes]) -> None:
+        self._open(out)
+        data = self._take(upto)
+        self.run[1] += len(data)
+        self.run[2] = zlib.crc32(data, self.run[2])
+        self._out(self.z.compress(data), out)
+
+    def _skip(self, upto: int, out: list[bytes]) -> None:
+        self._close(out)
+        self._out(self.z.compress(self._take(upto)), out)
+
+    def push(self, data: bytes) -> list[bytes]:
+        """Feed the next plain piece; returns the compressed bytes to store."""
+        out: list[bytes] = []
+        if not self.started:
+            self.started = True
+            out.append(GZIP_HEADER)
+        self.size += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.pbuf += data
+        self.parser.feed(data)
+        self._advance(self.parser.classified(), False, out)
+        return out
+
+    def _advance(self, upto: int, final: bool, out: list[bytes]) -> None:
+        """Compress the plain bytes up to `upto`, whose verbatim/skip fate the parser has decided."""
+        segs = self.parser.segments
+        while True:
+            if self.seg_i >= len(segs):
+                if self.done < upto:
+                    self._skip(upto, out)      # after the last verbatim range: skipped bytes
+                return
+            seg = segs[self.seg_i]
+            if isinstance(seg, Include):
+                self._close(out)               # everything before it is decided: it ends the run
+                self.gz.append(seg)
+                self.seg_i += 1
+                continue
+            lo, hi = seg
+            if self.done < lo:
+                self._skip(min(lo, upto), out)
+                if self.done < lo:
+                    return
+            if self.done < min(hi, upto):
+                self._verbatim(min(hi, upto), out)
+            if self.done < hi:
+                return                         # the range goes on past what is decided
+            if self.seg_i + 1 < len(segs) or final or upto > hi:
+                self.seg_i += 1                # nothing can extend this range any more
+                continue
+            return                             # the last range may still grow
+
+    def end(self, found: bool) -> tuple[list[bytes], tuple[int, int, int, int]]:
+        """After parser.finish(): the rest of the body, the trailer, and the object's gzip bits."""
+        out: list[bytes] = []
+        if not self.started:
+            self.started = True
+            out.append(GZIP_HEADER)
+        if found:
+            self._advance(self.size, True, out)
+        else:
+            self._out(self.z.compress(self._take(self.size)), out)
+        self._close(out)
+        self._out(self.z.flush(zlib.Z_SYNC_FLUSH), out)
+        last = self.cpos
+        self._out(self.z.flush(zlib.Z_FINISH), out)
+        self._out((self.crc & 0xFFFFFFFF).to_bytes(4, "little") + (self.size & 0xFFFFFFFF).to_bytes(4, "little"),
+                  out)
+        return out, (len(GZIP_HEADER) * 8, last * 8, last * 8 + 10, self.size)
+
+
+# -- delivery: what an include sends into a gzipped page --------------------------------------------
+
+class Splicer:
+    """Turns what an include delivers into deflate data for a gzipped parent page, keeping its CRC."""
+
+    def __init__(self, kind: str, bits: tuple[int, int, int, int] | None, limit: int) -> None:
+        self.kind = kind          # "raw" (a nested ESI page did it), "cut", "inflate", "plain"
+        self.bits = bits
+        self.crc = GzCrc()
+        self.pos = 0
+        self.tail = b""
+        self.limit = limit
+        self.z = zlib.decompressobj(31) if kind == "inflate" else None
+
+    def push(self, data: bytes) -> Iterable[bytes]:
+        kind = self.kind
+        if kind == "raw":
+            return (data,)
+        if kind == "plain":
+            self.crc.add_data(data)
+            return stored_blocks(data)
+        if kind == "inflate":
+            return self._inflate(data)
+        # cut: the blocks between the header and the final empty block, CRC and length from the trailer
+        start, pos = self.pos, self.pos + len(data)
+        self.pos = pos
+        self.tail = (self.tail + data)[-8:]
+        lo, hi = self.bits[0] // 8, self.bits[1] // 8
+        if pos <= lo or start >= hi:
+            return ()
+        return (data[max(lo - start, 0):hi - start],)
+
+    def _inflate(self, data: bytes) -> Iterator[bytes]:
+        z = self.z
+        try:
+            out = z.decompress(data, self.limit)
+            while True:
+                if out:
+                    self.crc.add_data(out)
+                    yield from stored_blocks(out)
+                if not z.unconsumed_tail or z.eof:
+                    break
+                out = z.decompress(z.unconsumed_tail, self.limit)
+        except zlib.error:
+            self.z = zlib.decompressobj(31)   # a broken fragment: what came out so far stays
+
+    def finish(self, reported: GzCrc | None) -> GzCrc:
+        """CRC and length of what was sent (a nested page reports its own)."""
+        if self.kind == "raw":
+            return reported or GzCrc()
+        if self.kind == "cut":
+            if len(self.tail) == 8 and self.pos * 8 > self.bits[1]:
+                self.crc.crc = int.from_bytes(self.tail[:4], "little")
+                self.crc.length = int.from_bytes(self.tail[4:], "little")
+        return self.crc

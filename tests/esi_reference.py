@@ -1,0 +1,165 @@
+"""What the real varnishd 7.1 makes of ESI bodies: used to record and re-check tests/test_esi_parse.py.
+
+`varnishd_pages(cases, features)` starts varnishd (as root it drops to user `varnish`, so its files
+live in a world-readable directory under /tmp) in front of a small origin that serves each case's body
+at its URL with `beresp.do_esi` on, and answers every other URL (the includes) with `{HOST URL}`. It
+returns, per case, the delivered body and the esi_errors / esi_warnings it counted.
+
+`python tests/esi_reference.py` prints the table the test file holds.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+VARNISHD = os.environ.get("VARNISHD", "/usr/sbin/varnishd")
+VARNISHSTAT = shutil.which("varnishstat") or "/usr/bin/varnishstat"
+CLIENT_HOST = "ref.test"
+
+
+def have_varnishd() -> bool:
+    return os.access(VARNISHD, os.X_OK) and os.access(VARNISHSTAT, os.X_OK)
+
+
+def fragment_body(host: str, url: str) -> bytes:
+    """What the origin answers for any URL that is not a case: `{HOST URL}` (status 503 for /fail*)."""
+    return ("{" + host + " " + url + "}").encode("latin-1")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Origin(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    pages: dict[str, bytes]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = self.server.pages.get(self.path)
+        status = 200
+        if body is None:
+            body = fragment_body(self.headers.get("Host", ""), self.path)
+            if self.path.startswith("/fail"):
+                status = 503        # a failing fragment
+            elif self.path.startswith("/trunc"):
+                # a fragment whose body breaks off: half of what Content-Length announced
+                self.send_response(200)
+                self.send_header("Content-Length", str(2 * len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+                return
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _counters(workdir: str) -> tuple[int, int]:
+    out = subprocess.run([VARNISHSTAT, "-n", workdir, "-1", "-f", "MAIN.esi_errors",
+                          "-f", "MAIN.esi_warnings"], capture_output=True, text=True, timeout=10).stdout
+    vals = {line.split()[0]: int(line.split()[1]) for line in out.splitlines() if line.strip()}
+    return vals.get("MAIN.esi_errors", 0), vals.get("MAIN.esi_warnings", 0)
+
+
+def _settled_counters(workdir: str) -> tuple[int, int]:
+    """The counters once a worker has published its share (varnishd adds them up a moment after the
+    response went out, later still on a busy machine)."""
+    time.sleep(0.05)
+    last = _counters(workdir)
+    for _ in range(20):
+        time.sleep(0.1)
+        now = _counters(workdir)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def varnishd_pages(cases: dict[str, tuple[bytes, str]], features: str = "",
+                   params: tuple[str, ...] = (), extra_vcl: str = "") -> dict[str, tuple[bytes, int, int]]:
+    """{name: (body, url)} -> {name: (delivered, esi_errors, esi_warnings)}, through the real varnishd."""
+    origin = _Origin(("127.0.0.1", 0), _Handler)
+    origin.pages = {url: body for body, url in cases.values()}
+    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    tmp = tempfile.mkdtemp(prefix="esi-ref-")
+    os.chmod(tmp, 0o755)
+    vcl = Path(tmp, "ref.vcl")
+    vcl.write_text(f"""vcl 4.1;
+backend default {{ .host = "127.0.0.1"; .port = "{origin.server_address[1]}"; }}
+sub vcl_recv {{ return (pass); }}
+sub vcl_backend_response {{ if (bereq.url ~ "^/p/") {{ set beresp.do_esi = true; }} }}
+{extra_vcl}
+""")
+    os.chmod(vcl, 0o644)
+    port = _free_port()
+    workdir = os.path.join(tmp, "n")
+    args = [VARNISHD, "-n", workdir, "-a", f"127.0.0.1:{port}", "-f", str(vcl), "-P",
+            os.path.join(tmp, "pid"), "-s", "malloc,64m", "-T", "none"]
+    if features:
+        args += ["-p", f"feature={features}"]
+    for param in params:
+        args += ["-p", param]
+    subprocess.run(args, check=True, capture_output=True, timeout=60)
+    results: dict[str, tuple[bytes, int, int]] = {}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        errs, warns = _counters(workdir)
+        for name, (_, url) in cases.items():
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{url}", headers={"Host": CLIENT_HOST})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    got = resp.read()
+            except http.client.IncompleteRead as exc:
+                got = b"INCOMPLETE:" + exc.partial
+            e2, w2 = _settled_counters(workdir)
+            results[name] = (got, e2 - errs, w2 - warns)
+            errs, warns = e2, w2
+    finally:
+        pid = int(Path(tmp, "pid").read_text())
+        os.kill(pid, 15)
+        origin.shutdown()
+        time.sleep(0.2)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_esi_parse import CASES  # noqa: E402
+
+    by_feat: dict[str, dict[str, tuple[bytes, str]]] = {}
+    for name, (body, url, feats) in CASES.items():
+        by_feat.setdefault(feats, {})[name] = (body, url)
+    for feats, cases in by_feat.items():
+        for name, (got, e, w) in varnishd_pages(cases, feats).items():
+            print(f"    {name!r}: ({got!r}, {e}, {w}),")
