@@ -74,13 +74,24 @@ def _strip_hop_by_hop(headers: Headers) -> None:
             headers.unset(name)
 
 
+_CALL = {"vcl_backend_fetch": "BACKEND_FETCH", "vcl_backend_response": "BACKEND_RESPONSE",
+         "vcl_backend_error": "BACKEND_ERROR"}
+_BEGIN = {"miss": "fetch", "pass": "pass", "bg": "bgfetch"}
+# Fetch_Body's body status, numbered as varnishd's tbl/body_status.h
+_BODY_STATUS = {"none": "1 none", "chunked": "2 chunked", "length": "3 length", "eof": "4 eof"}
+
+
 def _call(vcl, ctx: Context, sub: str):
     ctx.method = sub
+    ctx.log.append(("VCL_call", _CALL.get(sub, sub)))
     try:
-        return vcl.subs[sub](ctx)
+        result = vcl.subs[sub](ctx)
     except VCLFailure as exc:
         ctx.log.append(("VCL_Error", str(exc)))
-        return Action("fail")
+        result = Action("fail")
+    if isinstance(result, Action):
+        ctx.log.append(("VCL_return", result.name))
+    return result
 
 
 async def _acall(vcl, ctx: Context, sub: str) -> Action:
@@ -90,7 +101,8 @@ async def _acall(vcl, ctx: Context, sub: str) -> Action:
             result = await result
         except VCLFailure as exc:
             ctx.log.append(("VCL_Error", str(exc)))
-            return Action("fail")
+            result = Action("fail")
+        ctx.log.append(("VCL_return", result.name))
     return result
 
 
@@ -140,6 +152,28 @@ class BusyObj:
             beresp_storage=TRANSIENT if self.is_pass else server.storage.next_stevedore(),
         )
         self.ctx.priv_task = None
+        self.t_prev = self.t_start = time.time()
+        self._vsl_begin(creq.xid, _BEGIN.get(mode, "fetch"))
+
+    # -- the shared log ---------------------------------------------------------------------------
+
+    def _vsl_begin(self, parent: int, reason: str) -> None:
+        self.ctx.log += (("Begin", f"bereq {parent} {reason}"),
+                         ("VCL_use", getattr(self.vcl, "name", None) or "boot"),
+                         ("Timestamp", "Start: %.6f 0.000000 0.000000" % self.t_start))
+        self.logged_bereq = False
+
+    def _ts(self, event: str) -> None:
+        now = time.time()
+        self.ctx.log.append(("Timestamp", "%s: %.6f %.6f %.6f" % (event, now, now - self.t_start,
+                                                                 now - self.t_prev)))
+        self.t_prev = now
+
+    def _vsl_end(self) -> None:
+        ctx = self.ctx
+        ctx.log.append(("End", ""))
+        self.server.vsl.write(ctx.bereq_xid, "b", ctx.log)
+        ctx.log = []
 
     def _add_validators(self, stale: ObjCore) -> None:
         h = stale.http.headers
@@ -171,6 +205,7 @@ class BusyObj:
                 self.oc.finish(False)
             self._req_sent()
             self._signal()
+            self._vsl_end()
 
     def _req_sent(self) -> None:
         if not self.req_done.done():
@@ -180,6 +215,11 @@ class BusyObj:
         ctx = self.ctx
         if ctx.bereq is None:
             ctx.bereq = self.bereq0.copy()     # a retry keeps what VCL did to bereq
+        if not self.logged_bereq:
+            self.logged_bereq = True
+            bereq = ctx.bereq
+            ctx.log += (("BereqMethod", bereq.method), ("BereqURL", bereq.url), ("BereqProtocol", bereq.proto))
+            bereq.headers.log_to(ctx.log, "BereqHeader", "BereqUnset")
         ctx.beresp = None
         action = await _acall(self.vcl, ctx, "vcl_backend_fetch")
         name = action.name
@@ -357,6 +397,10 @@ class BusyObj:
         if "Date" not in beresp.headers:
             beresp.headers.add("Date", DATES.now())
         ctx.beresp = beresp
+        self._ts("Beresp")
+        ctx.log += (("BerespProtocol", beresp.proto), ("BerespStatus", str(status)),
+                    ("BerespReason", beresp.reason))
+        beresp.headers.log_to(ctx.log, "BerespHeader", "BerespUnset")
         ctx.was_304 = False
         stale = self.stale
         conditional = "If-None-Match" in ctx.bereq.headers or "If-Modified-Since" in ctx.bereq.headers
@@ -383,6 +427,8 @@ class BusyObj:
             ctx.beresp = beresp = merged
         self._body_read = self.body_kind == "none"
         self.t_origin = compute_ttl(ctx, self.server.params, now)
+        ctx.log.append(("TTL", "RFC %d %d %d %d %d" % (ctx.beresp_ttl, ctx.beresp_grace, ctx.beresp_keep, now,
+                                                      self.t_origin)))
         ctx.beresp_uncacheable = self.is_pass or bad_vary(beresp.headers.get("Vary"))
         ctx.do_stream = True
         ctx.do_gzip = ctx.do_gunzip = ctx.do_esi = False
@@ -480,7 +526,16 @@ class BusyObj:
         if self.no_retry is not None:
             self.ctx.log.append(("Error", f"Retry not possible, {self.no_retry}"))
             return "fail"
-        self.ctx.bereq_xid = self.server.next_xid()
+        ctx = self.ctx
+        old = ctx.bereq_xid
+        ctx.bereq_xid = self.server.next_xid()
+        # as varnishd: this transaction ends, linking to the retry's
+        self._ts("Retry")
+        ctx.log += (("Link", f"bereq {ctx.bereq_xid} retry"), ("End", ""))
+        self.server.vsl.write(old, "b", ctx.log)
+        ctx.log = []
+        self.t_prev = self.t_start = time.time()
+        self._vsl_begin(old, "retry")
         return "startfetch"
 
     # -- the object -------------------------------------------------------------------------------
@@ -562,6 +617,11 @@ class BusyObj:
             self._signal()
             return None
         streaming = bool(ctx.do_stream)
+        self._ts("Process")
+        store = oc.store
+        ctx.log += (("Storage", f"malloc {getattr(store, 'name', None) or 'Transient'}"),
+                    ("Fetch_Body", f"{_BODY_STATUS.get(self.body_kind, '3 length')} "
+                                   f"{'stream' if streaming else '-'}"))
         if streaming:
             # clients (and requests waiting on the busy object) may read while the body arrives
             self._publish()
@@ -598,6 +658,8 @@ class BusyObj:
             ctx.log.append(("FetchError", "Premature end of body"))
             return self._body_failed(streaming)
         self._release_response()
+        self._ts("BerespBody")
+        ctx.log.append(("Length", str(oc.length)))
         if not streaming:
             self._publish()
             if self.no_space:

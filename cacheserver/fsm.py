@@ -39,6 +39,9 @@ _STATE_SUBS = {"recv": ("vcl_recv", "vcl_hash"), "hit": ("vcl_hit",), "miss": ("
                "pass": ("vcl_pass",), "purge": ("vcl_purge",), "deliver": ("vcl_deliver",),
                "synth": ("vcl_synth",)}
 _VIA = "1.1 varnish (Varnish/7.1)"
+# VCL_call's argument for each subroutine, as varnishd logs it
+_CALL = {f"vcl_{n}": n.upper() for n in ("recv", "hash", "hit", "miss", "pass", "purge", "pipe", "deliver",
+                                          "synth", "backend_fetch", "backend_response", "backend_error")}
 # Writes at least this big go out as two writes (no concatenation copy).
 _BIG = 65536
 # Bodies past this are sent by the async "send" state, a slice at a time, each slice waiting for the
@@ -99,6 +102,44 @@ class ClientRequest:
             local_endpoint=getattr(session, "local_endpoint", None),
             local_socket=getattr(session, "listen_name", None),
         )
+        self.t_prev = self.t_start = self.ctx.req_time
+        self.acct_req = 0               # request head bytes, for ReqAcct
+        self.acct_hdr = self.acct_body = 0
+        self._vsl_begin("rxreq", self.ctx.sess_xid)
+        if hasattr(session, "vsl_link"):
+            session.vsl_link(self.ctx.xid)
+
+    # -- the shared log ---------------------------------------------------------------------------
+
+    def _vsl_begin(self, reason: str, parent: int) -> None:
+        ctx = self.ctx
+        req = ctx.req
+        t = self.t_start
+        ip = ctx.client_ip
+        ctx.log.extend((("Begin", f"req {parent} {reason}"),
+                        ("Timestamp", "Start: %.6f 0.000000 0.000000" % t),
+                        ("Timestamp", "Req: %.6f 0.000000 0.000000" % t),
+                        ("VCL_use", getattr(self.vcl, "name", None) or "boot"),
+                        ("ReqStart", f"{ip.addr} {ip.port} {ctx.local_socket or 'a0'}"),
+                        ("ReqMethod", req.method), ("ReqURL", req.url), ("ReqProtocol", req.proto)))
+        req.headers.log_to(ctx.log, "ReqHeader", "ReqUnset")
+
+    def _ts(self, event: str) -> None:
+        now = time.time()
+        self.ctx.log.append(("Timestamp", "%s: %.6f %.6f %.6f" % (event, now, now - self.t_start,
+                                                                 now - self.t_prev)))
+        self.t_prev = now
+
+    def _vsl_end(self) -> None:
+        """The request is done: its last records, then the whole task into the shared log."""
+        ctx = self.ctx
+        self._ts("Resp")
+        req = self.acct_req
+        hdr, body = self.acct_hdr, self.acct_body
+        ctx.log.append(("ReqAcct", f"{req} 0 {req} {hdr} {body} {hdr + body}"))
+        ctx.log.append(("End", ""))
+        self.server.vsl.write(ctx.xid, "c", ctx.log)
+        ctx.log = []
 
     # -- drivers ----------------------------------------------------------------------------------
 
@@ -117,6 +158,7 @@ class ClientRequest:
             if session.stolen:
                 state = None
         self.state = None
+        self._vsl_end()
         return True
 
     async def run_async(self) -> None:
@@ -131,6 +173,7 @@ class ClientRequest:
                     state = None
         finally:
             self._release()
+            self._vsl_end()
         self.state = None
 
     def _release(self) -> None:
@@ -146,21 +189,28 @@ class ClientRequest:
     def call(self, sub: str) -> Action:
         ctx = self.ctx
         ctx.method = sub
+        ctx.log.append(("VCL_call", _CALL[sub]))
         try:
-            return self.vcl.subs[sub](ctx)
+            action = self.vcl.subs[sub](ctx)
         except VCLFailure as exc:
-            return self._failed(sub, exc)
+            action = self._failed(sub, exc)
+        ctx.log.append(("VCL_return", action.name))
+        return action
 
     async def acall(self, sub: str) -> Action:
         ctx = self.ctx
         ctx.method = sub
+        ctx.log.append(("VCL_call", _CALL[sub]))
         try:
             fn = self.vcl.subs[sub]
             if sub in self.vcl.async_subs:
-                return await fn(ctx)
-            return fn(ctx)
+                action = await fn(ctx)
+            else:
+                action = fn(ctx)
         except VCLFailure as exc:
-            return self._failed(sub, exc)
+            action = self._failed(sub, exc)
+        ctx.log.append(("VCL_return", action.name))
+        return action
 
     def _failed(self, sub: str, exc: Exception) -> Action:
         self.server.counters.vcl_fail += 1
@@ -176,6 +226,7 @@ class ClientRequest:
     def _fail_state(self) -> str:
         # Varnish: a VCL failure is a 503 synth, and the connection is closed after it.
         self.keep_alive = False
+        self.session.close_reason = "VCL_FAILURE"
         self.server.counters.sc_vcl_failure += 1
         return self._to_synth(503, "VCL failed")
 
@@ -289,16 +340,19 @@ class ClientRequest:
             self.busy, self.stale = r.busy, r.oc
             return "miss"
         if kind == st.HITMISS:
+            ctx.log.append(("HitMiss", _hit_text(r.oc or r.busy)))
             ctx.is_hitmiss = True
             self.busy, self.stale = r.busy, None
             return "miss"
         if kind == st.HITPASS:
+            ctx.log.append(("HitPass", _hit_text(r.oc)))
             ctx.is_hitpass = True
             return "pass"
         self.oc = r.oc
         self.busy = r.busy          # set on a grace hit that must refresh the object
         self.is_grace = kind == st.GRACE
         self._set_obj_fields(r.oc)
+        ctx.log.append(("Hit", "%d %.6f %.6f %.6f" % (r.oc.xid, ctx.obj_ttl, ctx.obj_grace, ctx.obj_keep)))
         return "hit"
 
     async def ast_waitinglist(self) -> str:
@@ -342,6 +396,7 @@ class ClientRequest:
             if self.busy is not None:
                 # grace: deliver the stale object, refresh it in the background
                 bo = BusyObj(self.server, self.vcl, self.ctx, self.busy, self.oc, "bg", self.body)
+                self.ctx.log.append(("Link", f"bereq {bo.ctx.bereq_xid} bgfetch"))
                 self.busy = None
                 bo.start()
                 if self.body.present and self.body.cached is None:
@@ -385,6 +440,7 @@ class ClientRequest:
         if action.name == "fetch":
             self.server.counters.cache_miss += 1
             self.bo = BusyObj(self.server, self.vcl, self.ctx, self.busy, self.stale, "miss", self.body)
+            self.ctx.log.append(("Link", f"bereq {self.bo.ctx.bereq_xid} fetch"))
             self.oc, self.busy, self.stale = self.busy, None, None
             self.bo.start()
             return "fetch"
@@ -406,6 +462,7 @@ class ClientRequest:
             self.from_pass = True
             self.oc = ObjCore()
             self.bo = BusyObj(self.server, self.vcl, self.ctx, self.oc, None, "pass", self.body)
+            self.ctx.log.append(("Link", f"bereq {self.bo.ctx.bereq_xid} pass"))
             self.bo.start()
             return "fetch"
         return self._common(action)
@@ -413,6 +470,7 @@ class ClientRequest:
     async def ast_fetch(self) -> str | None:
         bo = self.bo
         await bo.ready
+        self._ts("Fetch")
         oc = self.oc
         if oc.http is None or oc.failed:
             bo.close_reader()
@@ -477,7 +535,16 @@ class ClientRequest:
         if ctx.restarts > self.server.params.max_restarts:
             ctx.log.append(("VCL_Error", "Too many restarts"))
             return self._to_synth(503)
+        old = ctx.xid
         ctx.xid = self.server.next_xid()
+        # as varnishd: the old request ends here, linking to the new one, which begins afresh
+        self._ts("Restart")
+        ctx.log.append(("Link", f"req {ctx.xid} restart"))
+        ctx.log.append(("End", ""))
+        self.server.vsl.write(old, "c", ctx.log)
+        ctx.log = []
+        self.t_prev = self.t_start = time.time()
+        self._vsl_begin("restart", old)
         return "recv"
 
     # -- deliver / synth / transmit ---------------------------------------------------------------
@@ -508,9 +575,19 @@ class ClientRequest:
         template = oc.fast_head
         if template is None or template[0] is not self.vcl or template[1] is not oc.http:
             return False
-        _, _, before_xid, before_age, rest = template
+        _, _, before_xid, before_age, rest, (pre, mid, post, conn) = template
+        age = max(0, int(time.time() - oc.t_origin))
         head = b"%sX-Varnish: %d %d\r\n%sAge: %d\r\n%s" % (
-            before_xid, self.ctx.xid, oc.xid, before_age, max(0, int(time.time() - oc.t_origin)), rest)
+            before_xid, self.ctx.xid, oc.xid, before_age, age, rest)
+        records = self.ctx.log
+        records.extend(pre)
+        records.append(("RespHeader", "X-Varnish: %d %d" % (self.ctx.xid, oc.xid)))
+        records.extend(mid)
+        records.append(("RespHeader", "Age: %d" % age))
+        records.extend(post)
+        self._ts("Process")
+        records.extend(conn)
+        self.acct_hdr = len(head)
         body = oc.body()
         counters = self.server.counters
         counters.s_resp_hdrbytes += len(head)
@@ -522,7 +599,7 @@ class ClientRequest:
     def _write(self, head: bytes, body: bytes | memoryview) -> None:
         """Head and a whole body: at once when small, else through the "send" state (send_data)."""
         transport = self.session.transport
-        size = len(body)
+        size = self.acct_body = len(body)
         if size < _BIG:
             transport.write(head + body)
         elif size <= _DIRECT:
@@ -557,7 +634,8 @@ class ClientRequest:
         k = head.find(b"\r\n", j) + 2
         if i < 0 or j < 2 or not self.keep_alive or self.ctx.resp.status != 200:
             return
-        oc.fast_head = (self.vcl, oc.http, head[:i], head[i + len(xid_line):j], head[k:])
+        oc.fast_head = (self.vcl, oc.http, head[:i], head[i + len(xid_line):j], head[k:],
+                        _template_records(head))
 
     async def ast_deliver(self) -> str | None:
         resp = self._prepare_deliver()
@@ -574,12 +652,14 @@ class ClientRequest:
         headers.add("Age", str(max(0, int(time.time() - oc.t_origin))))
         headers.add("Via", _VIA)
         ctx.resp = resp
+        _log_resp(ctx.log, resp)
         return resp
 
     def _after_deliver(self, resp: HttpMessage, action: Action | None) -> str | None:
         ctx = self.ctx
         if action is None:
             action = self.call("vcl_deliver")
+        self._ts("Process")
         if action.name != "deliver":
             self._drop_object()
             return self._common(action)
@@ -638,6 +718,7 @@ class ClientRequest:
             # than reading it (VCL may veto by removing the header)
             resp.headers.add("Connection", "close")
         ctx.resp = resp
+        _log_resp(ctx.log, resp)
         ctx.synth_body = []
         self.server.counters.s_synth += 1
         return resp
@@ -646,6 +727,7 @@ class ClientRequest:
         ctx = self.ctx
         if action is None:
             action = self.call("vcl_synth")
+        self._ts("Process")
         if action.name == "restart":
             return "restart"
         if action.name == "deliver":
@@ -735,6 +817,7 @@ class ClientRequest:
             self._keep_template(head)
         counters = self.server.counters
         counters.s_resp_hdrbytes += len(head)
+        self.acct_hdr = len(head)
         transport = self.session.transport
         if not sendbody or resp_len == 0:
             transport.write(head)
@@ -784,6 +867,7 @@ class ClientRequest:
                         continue
                     data = data[max(lo - start, 0):hi + 1 - start]
                 counters.s_resp_bodybytes += len(data)
+                self.acct_body += len(data)
                 if chunked:
                     transport.write(b"%x\r\n" % len(data) + data + b"\r\n" if len(data) < _BIG
                                     else b"%x\r\n" % len(data))
@@ -832,3 +916,39 @@ def _accepts_gzip(value: str) -> bool:
                     q = 0.0
         return q > 0
     return False
+
+
+def _hit_text(oc: ObjCore | None) -> str:
+    """HitMiss / HitPass: the marker object's vxid and the TTL it has left."""
+    if oc is None:
+        return "0 0.000000"
+    return "%d %.6f" % (oc.xid, oc.ttl - (time.time() - oc.t_origin))
+
+
+def _log_resp(records: list, resp: HttpMessage) -> None:
+    records.extend((("RespProtocol", resp.proto), ("RespStatus", str(resp.status)),
+                    ("RespReason", resp.reason)))
+    resp.headers.log_to(records, "RespHeader", "RespUnset")
+
+
+def _template_records(head: bytes) -> tuple:
+    """A plain hit's records around X-Varnish and Age, cut once from its head (made like the head's)."""
+    lines = head.decode("utf-8", "surrogateescape").split("\r\n")
+    proto, _, rest = lines[0].partition(" ")
+    status, _, reason = rest.partition(" ")
+    parts: list[list] = [[("RespProtocol", proto), ("RespStatus", status), ("RespReason", reason)], [], []]
+    conn: list = []
+    part = 0
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line.startswith("X-Varnish: "):
+            part = 1
+        elif line.startswith("Age: "):
+            part = 2
+        elif line.startswith("Connection: "):
+            conn.append(("RespHeader", line))
+        else:
+            parts[part].append(("RespHeader", line))
+    parts[2] += [("VCL_call", "DELIVER"), ("VCL_return", "deliver")]
+    return tuple(parts[0]), tuple(parts[1]), tuple(parts[2]), tuple(conn)

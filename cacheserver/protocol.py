@@ -91,6 +91,9 @@ class ClientProtocol(asyncio.Protocol):
         self._method_hold = b""                    # the start of such a method, cut by a read
         self.client_ip: IP = IP("0.0.0.0")
         self.local_ip: IP = IP("0.0.0.0")
+        self.vsl: list = []                  # the session's records in the shared log
+        self.close_reason: str | None = None   # SessClose's reason, when we close
+        self.t_open = 0.0
 
     # -- connection events ----------------------------------------------------------------------
 
@@ -111,9 +114,26 @@ class ClientProtocol(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.sessions.add(self)
         self._arm_idle_timer()
+        self.t_open = t = time.time()
+        self.vsl += (("Begin", "sess 0 HTTP/1"),
+                     ("SessOpen", f"{peer[0]} {peer[1]} {self.listen_name} {local[0]} {local[1]} {t:.6f} "
+                                  f"{sock.fileno() if sock is not None else -1}"))
+
+    def vsl_link(self, xid: int) -> None:
+        self.vsl.append(("Link", f"req {xid} rxreq"))
+        if len(self.vsl) >= 64:
+            # a long keep-alive session: flush its records a part at a time (bounded buffer)
+            self.server.vsl.write(self.xid, "c", self.vsl)
+            self.vsl = []
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self.stolen and self.t_open:
+            self.vsl.append(("SessClose", "%s %.3f" % (self.close_reason or "REM_CLOSE",
+                                                        time.time() - self.t_open)))
+            self.vsl.append(("End", ""))
+            self.server.vsl.write(self.xid, "c", self.vsl)
+            self.vsl = []
         self.server.sessions.discard(self)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
@@ -154,6 +174,7 @@ class ClientProtocol(asyncio.Protocol):
             self.send_timed_out()
 
     def send_timed_out(self) -> None:
+        self.close_reason = "TX_ERROR"
         self.server.counters.sc_tx_error += 1
         self.abort()
 
@@ -202,6 +223,7 @@ class ClientProtocol(asyncio.Protocol):
             self.idle_timer = loop.call_later(max(timeout - idle_for, 0.05), self._check_idle)
             return
         self.server.counters.sc_rx_timeout += 1
+        self.close_reason = "RX_TIMEOUT"
         self.abort()
 
     def close(self) -> None:
@@ -403,7 +425,10 @@ class ClientProtocol(asyncio.Protocol):
                            pause=self._pause_body, resume=self._resume_body,
                            want_continue=self._send_continue if want_continue else None)
         self.server.counters.client_req += 1
-        self.queue.append(ClientRequest(self, head, body, self._keep_alive, self._raw_done + 1))
+        request = ClientRequest(self, head, body, self._keep_alive, self._raw_done + 1)
+        # ReqAcct's header bytes: the request line and the fields as the parser counted them
+        request.acct_req = len(method) + len(self._url) + len(version) + 12 + self._head_size
+        self.queue.append(request)
         if not body.done:
             self._sink = body
 
@@ -436,16 +461,19 @@ class ClientProtocol(asyncio.Protocol):
         """Malformed input: Varnish's bare 400, then close. Nothing else is answered."""
         self.server.counters.client_req_400 += 1
         self.server.counters.sc_rx_bad += 1
+        self.close_reason = "RX_JUNK"
         self._refuse(BAD_REQUEST)
 
     def expectation_failed(self) -> None:
         self.server.counters.client_req_417 += 1
         self.server.counters.sc_rx_junk += 1
+        self.close_reason = "RX_JUNK"
         self._refuse(EXPECTATION_FAILED)
 
     def overflow(self) -> None:
         """A head past http_req_size: varnishd closes without an answer."""
         self.server.counters.sc_rx_overflow += 1
+        self.close_reason = "RX_OVERFLOW"
         self.queue.clear()
         self.abort()
 
@@ -470,7 +498,7 @@ class ClientProtocol(asyncio.Protocol):
                 return
             request.body.ignore()
             if not request.keep_alive:
-                self.close()
+                self._close_after(request)
                 return
             if self.paused_writing:
                 self._block_writes()
@@ -494,13 +522,22 @@ class ClientProtocol(asyncio.Protocol):
             return
         request.body.ignore()
         if not request.keep_alive:
-            self.close()
+            self._close_after(request)
             return
         self.last_active = self.idle_since = time.monotonic()
         if self.paused_writing:
             self._block_writes()
             return
         self._resume_parsing()
+
+    def _close_after(self, request: ClientRequest) -> None:
+        if self.close_reason is None:
+            # as varnishd: the client asked (REQ_CLOSE / REQ_HTTP10) or the response said so
+            if not self._keep_alive:
+                self.close_reason = "REQ_HTTP10" if request.ctx.req.proto == "HTTP/1.0" else "REQ_CLOSE"
+            else:
+                self.close_reason = "RESP_CLOSE"
+        self.close()
 
     def _resume_parsing(self) -> None:
         """Parse what was held while the connection was busy, then run what it queued."""

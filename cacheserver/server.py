@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cacheserver import vsl
 from cacheserver.beconn import Pools
 from cacheserver.counters import Counters
 from cacheserver.loopreports import LoopReports
@@ -76,6 +77,12 @@ class Server:
         self._xid = 0
         self.probes = Probes()         # backend health polls, per loaded VCL
         self.readonly_params: set[str] = set()       # -r: param.set refuses these
+        self.vsl = vsl.NULL            # the shared log (open_log), a no-op until there is a work dir
+
+    def open_log(self, work_dir: Path) -> None:
+        """Put the shared log (and the counters file) in the work directory, as varnishd's -n."""
+        self.vsl = vsl.VslWriter(work_dir / vsl.FILE_NAME, int(self.params.vsl_space),
+                                 int(self.params.vsl_reclen))
 
     # -- transaction ids --------------------------------------------------------------------------
 
@@ -237,4 +244,5 @@ class Server:
         self._sockets = []
         await self.programs.close()
         self.backend_pools.close()
+        self.vsl.close()
 

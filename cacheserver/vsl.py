@@ -156,6 +156,21 @@ class VslWriter:
         self.mm.close()
 
 
+class NullWriter:
+    """The log when there is no work directory to put it in (unit tests, embedded servers)."""
+
+    closed = True
+
+    def write(self, vxid: int, kind: str, records: list) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+NULL = NullWriter()
+
+
 class LogError(Exception):
     """The work directory or its log cannot be read: missing, stale, not ours."""
 
