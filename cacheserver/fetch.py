@@ -239,6 +239,7 @@ class BusyObj:
     async def stp_fetch(self) -> str | None:
         ctx = self.ctx
         server = self.server
+        self._ts("Fetch")
         backend = backends.resolve(ctx.bereq_backend, ctx)
         if backend is None or backend.host is None:
             ctx.log.append(("FetchError", "No backend"))
@@ -305,10 +306,12 @@ class BusyObj:
                 counters.backend_reuse += 1
             self.conn = conn
             self._conn_delta(backend, 1)
+            self._log_open(conn, backend, fresh or not conn.reused)
             conn.start(ctx.bereq.method == "HEAD", params.http_resp_size, params.http_resp_hdr_len,
                        params.http_max_hdr)
             try:
                 await self._send_req(conn)
+                self._ts("Bereq")
                 self._req_sent()
                 counters.backend_req += 1
                 await conn.read_head(first_byte, self.between)
@@ -317,12 +320,23 @@ class BusyObj:
                 self._close_conn()
                 raise
             except ConnError as exc:
-                self._close_conn()
                 if not (exc.nothing and conn.reused) or self.no_retry is not None:
+                    self._close_conn()
                     raise FetchError(str(exc)) from None
-                ctx.log.append(("FetchError", str(exc)))
+                # varnishd's words for a recycled connection that answered nothing
+                ctx.log.append(("FetchError", "HTC eof (-1)"))
+                self._close_conn()
                 counters.backend_retry += 1
                 fresh = True
+
+    def _log_open(self, conn: BackendConn, backend: BackendSpec, new: bool) -> None:
+        self._ts("Connected")
+        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+        local = conn.transport.get_extra_info("sockname") if conn.transport is not None else None
+        self.conn_fd = sock.fileno() if sock is not None else -1
+        laddr = f"{local[0]} {local[1]}" if local else "- -"
+        self.ctx.log.append(("BackendOpen", f"{self.conn_fd} {backend.name} {backend.host} {backend.port} {laddr} "
+                                            f"{'connect' if new else 'reuse'}"))
 
     async def _send_req(self, conn: BackendConn) -> None:
         """Write bereq as VCL left it, then the request body, streamed with back-pressure."""
@@ -427,8 +441,9 @@ class BusyObj:
             ctx.beresp = beresp = merged
         self._body_read = self.body_kind == "none"
         self.t_origin = compute_ttl(ctx, self.server.params, now)
-        ctx.log.append(("TTL", "RFC %d %d %d %d %d" % (ctx.beresp_ttl, ctx.beresp_grace, ctx.beresp_keep, now,
-                                                      self.t_origin)))
+        if not self.is_pass:
+            ctx.log.append(("TTL", "RFC %d %d %d %d %d" % (ctx.beresp_ttl, ctx.beresp_grace, ctx.beresp_keep,
+                                                          now, self.t_origin)))
         ctx.beresp_uncacheable = self.is_pass or bad_vary(beresp.headers.get("Vary"))
         ctx.do_stream = True
         ctx.do_gzip = ctx.do_gunzip = ctx.do_esi = False
@@ -499,6 +514,7 @@ class BusyObj:
             self.conn = None
             conn.close()
             self._conn_delta(self.backend, -1)
+            self.ctx.log.append(("BackendClose", f"{getattr(self, 'conn_fd', -1)} {self.backend.name} close"))
 
     def _release_response(self) -> None:
         """Done with the backend: a connection whose response was read whole goes back to the pool,
@@ -511,6 +527,8 @@ class BusyObj:
                 beresp is not None and "close" in (beresp.headers.get("Connection") or "").lower())
             conn.release(not close and self._body_read)
             self._conn_delta(self.backend, -1)
+            self.ctx.log.append(("BackendClose", f"{getattr(self, 'conn_fd', -1)} {self.backend.name} "
+                                                 f"{'close' if close or not self._body_read else 'recycle'}"))
 
     async def stp_retry(self) -> str | None:
         ctx = self.ctx

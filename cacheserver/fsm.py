@@ -116,10 +116,13 @@ class ClientRequest:
         req = ctx.req
         t = self.t_start
         ip = ctx.client_ip
-        ctx.log.extend((("Begin", f"req {parent} {reason}"),
-                        ("Timestamp", "Start: %.6f 0.000000 0.000000" % t),
-                        ("Timestamp", "Req: %.6f 0.000000 0.000000" % t),
-                        ("VCL_use", getattr(self.vcl, "name", None) or "boot"),
+        ctx.log.append(("Begin", f"req {parent} {reason}"))
+        if reason == "restart":
+            self._ts("Start")            # counted from the first request's start, as varnishd
+        else:
+            ctx.log += (("Timestamp", "Start: %.6f 0.000000 0.000000" % t),
+                        ("Timestamp", "Req: %.6f 0.000000 0.000000" % t))
+        ctx.log.extend((("VCL_use", getattr(self.vcl, "name", None) or "boot"),
                         ("ReqStart", f"{ip.addr} {ip.port} {ctx.local_socket or 'a0'}"),
                         ("ReqMethod", req.method), ("ReqURL", req.url), ("ReqProtocol", req.proto)))
         req.headers.log_to(ctx.log, "ReqHeader", "ReqUnset")
@@ -543,7 +546,6 @@ class ClientRequest:
         ctx.log.append(("End", ""))
         self.server.vsl.write(old, "c", ctx.log)
         ctx.log = []
-        self.t_prev = self.t_start = time.time()
         self._vsl_begin("restart", old)
         return "recv"
 

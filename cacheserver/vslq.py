@@ -6,6 +6,7 @@ All of this runs in the reader's process (cachelog, cachencsa, vtest's logexpect
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -41,7 +42,7 @@ class QueryError(ValueError):
 
 # -- the query language (vsl-query(7)) ---------------------------------------------------------------
 
-_TOKEN = re.compile(r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<op>==|!=|<=|>=|!~|[<>~(){}\[\]:,])|(?P<word>[^\s"'<>=!~(){}\[\]:,]+))""")
+_TOKEN = re.compile(r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<op>==|!=|<=|>=|!~|[<>~(){}\[\]:])|(?P<word>[^\s"'<>=!~(){}\[\]:]+))""")
 _OPS = {"==", "!=", "<", "<=", ">", ">=", "eq", "ne", "~", "!~"}
 
 
@@ -292,12 +293,15 @@ class Grouper:
         self.grouping = grouping
         self.txns: dict[int, Txn] = {}
         self.lost = 0
+        self.done: set[int] = set()          # vxids already shown (bounded, oldest forgotten)
+        self.done_order: deque[int] = deque()
 
     def feed(self, item: Record | Overrun) -> list[list[Txn]]:
         if isinstance(item, Overrun):
             self.lost += item.lost
             return []
-        if self.grouping == "raw":
+        if self.grouping == "raw" or item.vxid == 0:
+            # vxid 0 (CLI, Backend_health, ...) belongs to no transaction: each record stands alone
             return [[Txn(item.vxid, item.kind, "raw", records=[item], complete=True)]]
         txns = self.txns
         txn = txns.get(item.vxid)
@@ -328,28 +332,39 @@ class Grouper:
         return []
 
     def _is_root(self, txn: Txn) -> bool:
-        if self.grouping == "vxid":
-            return True
-        if txn.type == "sess":
+        if self.grouping == "vxid" or txn.type == "sess" or txn.parent == 0:
             return True
         if self.grouping == "request" and txn.type == "req" and txn.reason == "rxreq":
             return True
-        return txn.parent == 0 or txn.parent not in self.txns
+        # a parent already shown (a background fetch outliving its request) will not come again
+        return txn.parent in self.done
 
-    def _root(self, txn: Txn) -> Txn:
+    def _root(self, txn: Txn) -> Txn | None:
+        """The top of txn's group, or None while a parent has not shown up yet."""
         seen = set()
         while not self._is_root(txn) and txn.vxid not in seen:
             seen.add(txn.vxid)
-            txn = self.txns[txn.parent]
+            parent = self.txns.get(txn.parent)
+            if parent is None:
+                return None
+            txn = parent
         return txn
 
     def _ready(self, txn: Txn) -> list[list[Txn]]:
         root = self._root(txn)
+        if root is None:
+            return []
         group = self._collect(root, 1, [])
         if group is None:
             return []
         for t in group:
             self.txns.pop(t.vxid, None)
+            self.done.add(t.vxid)
+            self.done_order.append(t.vxid)
+        while len(self.done_order) > MAX_PENDING:
+            self.done.discard(self.done_order.popleft())
+        if self.grouping == "request" and root.type == "sess":
+            return []                # request grouping leaves sessions out
         return [group]
 
     def _collect(self, txn: Txn, level: int, out: list[Txn], partial: bool = False) -> list[Txn] | None:
@@ -376,7 +391,12 @@ class Grouper:
         groups = []
         while self.txns:
             txn = next(iter(self.txns.values()))
-            group = self._collect(self._root(txn), 1, [], partial=True)
+            seen = set()
+            # from its highest ancestor still here (an orphan's parent may never come)
+            while txn.parent in self.txns and txn.vxid not in seen and not self._is_root(txn):
+                seen.add(txn.vxid)
+                txn = self.txns[txn.parent]
+            group = self._collect(txn, 1, [], partial=True)
             for t in group:
                 self.txns.pop(t.vxid, None)
             groups.append(group)
