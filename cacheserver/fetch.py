@@ -173,7 +173,6 @@ class BusyObj:
         ctx = self.ctx
         ctx.log.append(("End", ""))
         self.server.vsl.write(ctx.bereq_xid, "b", ctx.log)
-        ctx.log = []
 
     def _add_validators(self, stale: ObjCore) -> None:
         h = stale.http.headers

@@ -142,7 +142,6 @@ class ClientRequest:
         ctx.log.append(("ReqAcct", f"{req} 0 {req} {hdr} {body} {hdr + body}"))
         ctx.log.append(("End", ""))
         self.server.vsl.write(ctx.xid, "c", ctx.log)
-        ctx.log = []
 
     # -- drivers ----------------------------------------------------------------------------------
 
