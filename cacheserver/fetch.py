@@ -453,6 +453,7 @@ class BusyObj:
                 # return (pass(DURATION)): a hit-for-pass object for that long
                 ctx.beresp_uncacheable = True
                 self.hfp_ttl = float(action.args[0]) if action.args else self.server.params.default_ttl
+                ctx.log.append(("TTL", "HFP %d 0 0 %d uncacheable" % (self.hfp_ttl, time.time())))
             else:
                 self.hfp_ttl = None
             return "fetchbody"

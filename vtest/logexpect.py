@@ -59,6 +59,7 @@ class _Test:
                 self.regex = re.compile(av[3])
             except re.error as exc:
                 raise TestFailure(f"Regex error ({exc.msg}): '{av[3]}'") from None
+        self.fails: list[_Test] = []
         self.text = f"{what} {' '.join(av[:3])}" + (f" {av[3]!r}" if len(av) > 3 else "")
 
     def ok(self, vxid: int, tag: str, text: str, last_vxid: int, last_tag: str | None) -> bool:
@@ -90,6 +91,7 @@ class LogExpect:
         self.fails: list[_Test] = []
         self.thread: threading.Thread | None = None
         self.cancelled = False
+        self.err = False                 # -err: this logexpect is meant to fail
         self._proc: subprocess.Popen | None = None
         ctx.cleanups.append(self._kill)
 
@@ -125,6 +127,9 @@ class LogExpect:
                 else:
                     self.query = val
                 i += 2
+            elif a == "-err":
+                self.err = True
+                i += 1
             elif a == "-start":
                 self.start()
                 i += 1
@@ -139,20 +144,23 @@ class LogExpect:
                 i += 1
 
     def spec(self, text: str) -> None:
+        """expect lines, with the `fail add`/`fail clear` in force where each stands."""
         self.tests = []
-        self.fails = []
+        fails: list[_Test] = []
         for cmd in split_commands(text):
             toks = [self.ctx.macros.expand(t) for t in cmd.tokens]
             if toks[0] == "expect":
                 test = _Test(toks[1:], "expect")
+                test.fails = list(fails)
                 self.tests.append(test)
                 self.log(4, test.text)
             elif toks[0] == "fail" and len(toks) > 1 and toks[1] == "add":
-                self.fails.append(_Test(toks[2:], "fail"))
+                fails.append(_Test(["*"] + toks[2:], "fail"))
             elif toks[0] == "fail" and len(toks) > 1 and toks[1] == "clear":
-                self.fails = []
+                fails = []
             else:
                 raise TestFailure(f"Unknown logexp command: {toks[0]}")
+        self.fails = fails              # in force after the last expect
 
     # -- running ------------------------------------------------------------------------------------
 
@@ -223,26 +231,35 @@ class LogExpect:
         self.log(4, "beg|")
         if self.query:
             self.log(4, f"qry| {self.query}")
-        if self.varnish.real and self.d_arg:
-            self._run_replay()
-        else:
-            self._match(source)
+        try:
+            if self.varnish.real and self.d_arg:
+                self._run_replay()
+            else:
+                self._match(source)
+        except TestFailure as exc:
+            if not self.err:
+                raise
+            self.log(3, f"failed as expected (-err): {exc}")
+            return
+        if self.err:
+            raise TestFailure(f"logexpect {self.name}: expected to fail (-err)")
         self.log(4, "end|")
 
     def _match(self, source) -> None:
         tests = self.tests
         if not tests:
+            if self.fails and self.err:
+                # only `fail` lines: watch until one is seen
+                for vxid, tag, kind, text in source:
+                    self._check_fails(self.fails, vxid, tag, kind, text, -1, None)
             return
         k = 0
         skipped = 0
         last_vxid, last_tag = -1, None
         self.log(3, f"tst| {tests[0].text}")
         for vxid, tag, kind, text in source:
-            for fail in self.fails:
-                if fail.ok(vxid, tag, text, last_vxid, last_tag):
-                    self.log(0, "fail| " + format_raw(Record(vxid, kind, tag, text)))
-                    raise TestFailure(f"logexpect {self.name}: a 'fail' record was seen")
             test = tests[k]
+            self._check_fails(test.fails, vxid, tag, kind, text, last_vxid, last_tag)
             ok = test.ok(vxid, tag, text, last_vxid, last_tag)
             line = "%10u %-15s %s %s" % (vxid, tag, kind, text)
             if ok:
@@ -259,6 +276,13 @@ class LogExpect:
             else:
                 self.log(0, f"err| {line}")
                 raise TestFailure(f"logexpect {self.name}: no match for '{test.text}'")
+
+    def _check_fails(self, fails: list[_Test], vxid: int, tag: str, kind: str, text: str, last_vxid: int,
+                     last_tag: str | None) -> None:
+        for fail in fails:
+            if fail.ok(vxid, tag, text, last_vxid, last_tag):
+                self.log(0 if not self.err else 3, "fail| " + format_raw(Record(vxid, kind, tag, text)))
+                raise TestFailure(f"logexpect {self.name}: a 'fail' record was seen: {fail.text}")
 
     def _run_replay(self) -> None:
         """-d 1 against varnishd: run the whole match on each fresh dump until it succeeds."""
