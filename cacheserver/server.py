@@ -127,6 +127,7 @@ class Server:
         self.probes.prepare(name, compiled)         # backends have their initial health in vcl_init
         ctx = Context(method="vcl_init", vcl=compiled, server=self)
         action = compiled.init(ctx)
+        self.vsl.write(0, "-", ctx.log)            # vcl_init's records belong to no transaction (vxid 0)
         if isinstance(action, Action) and action.name == "fail":
             self.probes.stop(name)
             msg = "; ".join(text for _, text in ctx.log) or "vcl_init failed"
