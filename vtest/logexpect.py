@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 from cacheserver.vsl import TAG_SET, LogError, Record, VslReader
-from cacheserver.vslq import GROUPINGS, Query, QueryError, format_raw, groups_of
+from cacheserver.vslq import GROUPINGS, Query, QueryError, TagFilter, format_raw, groups_of
 
 from .context import TestContext
 from .errors import TestFailure
@@ -24,6 +24,14 @@ from .parse import split_commands
 
 ANY = -1
 LAST = -2
+ALT = -3                          # expect ?: one of a run of alternatives, seen in any order
+
+_QUOTED = re.compile(r"\\Q(.*?)(?:\\E|$)", re.S)
+
+
+def pcre(pattern: str) -> re.Pattern:
+    """A varnishtest (PCRE) regex in Python's dialect: \\Q...\\E quoting is the difference that shows."""
+    return re.compile(_QUOTED.sub(lambda m: re.escape(m.group(1)), pattern))
 
 
 class _Test:
@@ -33,6 +41,8 @@ class _Test:
         skip, vxid, tag = av[0], av[1], av[2]
         if skip == "*":
             self.skip = ANY
+        elif skip == "?":
+            self.skip = ALT
         elif skip.isdigit():
             self.skip = int(skip)
         else:
@@ -56,7 +66,7 @@ class _Test:
         self.regex = None
         if len(av) > 3:
             try:
-                self.regex = re.compile(av[3])
+                self.regex = pcre(av[3])
             except re.error as exc:
                 raise TestFailure(f"Regex error ({exc.msg}): '{av[3]}'") from None
         self.fails: list[_Test] = []
@@ -92,6 +102,7 @@ class LogExpect:
         self.thread: threading.Thread | None = None
         self.cancelled = False
         self.err = False                 # -err: this logexpect is meant to fail
+        self.tagfilter = TagFilter()     # -i/-I/-x/-X
         self._proc: subprocess.Popen | None = None
         ctx.cleanups.append(self._kill)
 
@@ -109,6 +120,15 @@ class LogExpect:
                 continue
             if self.thread is not None:
                 self.wait()
+            if a in ("-i", "-I", "-x", "-X"):
+                if i + 1 >= len(av):
+                    raise TestFailure(f"Missing {a} argument")
+                try:
+                    self.tagfilter.add(a, av[i + 1])
+                except (ValueError, re.error) as exc:
+                    raise TestFailure(f"{a}: {exc}") from None
+                i += 2
+                continue
             if a in ("-v", "-d", "-g", "-q"):
                 if i + 1 >= len(av):
                     raise TestFailure(f"Missing {a} argument")
@@ -256,26 +276,45 @@ class LogExpect:
         k = 0
         skipped = 0
         last_vxid, last_tag = -1, None
+        seen: set[int] = set()           # alternatives of the current run already matched
         self.log(3, f"tst| {tests[0].text}")
         for vxid, tag, kind, text in source:
+            if not self.tagfilter.shows(Record(vxid, kind, tag, text)):
+                continue
             test = tests[k]
             self._check_fails(test.fails, vxid, tag, kind, text, last_vxid, last_tag)
-            ok = test.ok(vxid, tag, text, last_vxid, last_tag)
             line = "%10u %-15s %s %s" % (vxid, tag, kind, text)
-            if ok:
+            if test.skip == ALT:
+                run = k
+                while run < len(tests) and tests[run].skip == ALT:
+                    run += 1
+                hit = next((j for j in range(k, run) if j not in seen
+                            and tests[j].ok(vxid, tag, text, last_vxid, last_tag)), None)
+                if hit is None:
+                    self.log(4, f"skp| {line}")
+                    continue
+                self.log(4, f" ok| {line}")
+                seen.add(hit)
+                last_vxid, last_tag = vxid, tag
+                if len(seen) < run - k:
+                    continue
+                seen = set()
+                k = run
+            elif test.ok(vxid, tag, text, last_vxid, last_tag):
                 self.log(4, f" ok| {line}")
                 last_vxid, last_tag = vxid, tag
                 skipped = 0
                 k += 1
-                if k == len(tests):
-                    return
-                self.log(3, f"tst| {tests[k].text}")
             elif test.skip == ANY or test.skip > skipped:
                 self.log(4, f"skp| {line}")
                 skipped += 1
+                continue
             else:
                 self.log(0, f"err| {line}")
                 raise TestFailure(f"logexpect {self.name}: no match for '{test.text}'")
+            if k == len(tests):
+                return
+            self.log(3, f"tst| {tests[k].text}")
 
     def _check_fails(self, fails: list[_Test], vxid: int, tag: str, kind: str, text: str, last_vxid: int,
                      last_tag: str | None) -> None:
