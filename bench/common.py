@@ -31,8 +31,8 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def start(cmd: list[str], port: int, cwd: Path = ROOT) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def start(cmd: list[str], port: int, cwd: Path = ROOT, root: Path = ROOT) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(root))
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)

@@ -2,6 +2,10 @@
 same wrk settings, in the same run. Prints both rates and their ratio.
 
     python bench/hit_bench.py [--seconds 5] [--connections 16] [--varnishd /usr/sbin/varnishd]
+                              [--compare-root DIR] [--rounds N]
+
+--compare-root runs a second cacheserver from another checkout (e.g. one without the shared log) in
+the same run, alternating with this one for --rounds rounds, and prints the ratio of the two.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 from common import ROOT, cacheserver_cmd, free_port, start, stop, wait_port, wrk
 
@@ -31,19 +36,35 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--varnishd", default=shutil.which("varnishd") or "/usr/sbin/varnishd")
+    ap.add_argument("--compare-root", type=Path, help="another checkout of cacheserver to measure too")
+    ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
 
     origin_port = free_port()
     origin = start([sys.executable, str(ROOT / "bench" / "tiny_http.py"), str(origin_port), "object"], origin_port)
     results = {}
+    builds = [("cacheserver", ROOT)]
+    if args.compare_root:
+        builds.append((f"cacheserver ({args.compare_root})", args.compare_root.resolve()))
     try:
-        port = free_port()
-        proc = start(cacheserver_cmd(port, "-b", f"127.0.0.1:{origin_port}"), port)
-        try:
-            wrk(f"http://127.0.0.1:{port}/obj", 1, args.connections)
-            results["cacheserver"] = wrk(f"http://127.0.0.1:{port}/obj", args.seconds, args.connections)
-        finally:
-            stop(proc)
+        for _ in range(args.rounds):
+            for name, root in builds:
+                port = free_port()
+                workdir = tempfile.mkdtemp(prefix="bench-cacheserver-")
+                proc = start(cacheserver_cmd(port, "-b", f"127.0.0.1:{origin_port}", "-n", workdir), port,
+                             root=root)
+                try:
+                    wrk(f"http://127.0.0.1:{port}/obj", 1, args.connections)
+                    r = wrk(f"http://127.0.0.1:{port}/obj", args.seconds, args.connections)
+                finally:
+                    stop(proc)
+                    shutil.rmtree(workdir, ignore_errors=True)
+                prev = results.get(name)
+                if prev is not None:       # rounds: the sum of requests over the sum of time
+                    r = {"rps": prev["rps"] + r["rps"], "errors": prev["errors"] + r["errors"]}
+                results[name] = r
+        for name, _ in builds:
+            results[name]["rps"] /= args.rounds
         if os.path.exists(args.varnishd):
             port = free_port()
             proc, workdir = run_varnishd(args.varnishd, port, origin_port)
@@ -57,6 +78,9 @@ def main() -> None:
         stop(origin)
     for name, r in results.items():
         print(f"{name:20s} {r['rps']:10.0f} req/s  errors {r['errors']}")
+    if args.compare_root:
+        other = results[builds[1][0]]["rps"]
+        print(f"{'ratio this/compared':20s} {results['cacheserver']['rps'] / other:10.3f}")
     if "varnishd" in results:
         print(f"{'ratio ours/varnishd':20s} {results['cacheserver']['rps'] / results['varnishd']['rps']:10.2f}")
     else:

@@ -377,6 +377,8 @@ class Grouper:
         for vxid in txn.children:
             child = self.txns.get(vxid)
             if child is None:
+                if partial or vxid in self.done:     # shown already (its own group)
+                    continue
                 if partial:
                     continue
                 return None          # linked but not arrived yet
@@ -399,7 +401,8 @@ class Grouper:
             group = self._collect(txn, 1, [], partial=True)
             for t in group:
                 self.txns.pop(t.vxid, None)
-            groups.append(group)
+            if not (self.grouping == "request" and txn.type == "sess"):
+                groups.append(group)
         return groups
 
 
