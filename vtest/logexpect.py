@@ -375,6 +375,16 @@ class _Quiet:
 _GROUP_HEAD = re.compile(r"^\*+\s+<<\s+\w+\s+>>\s+(\d+)")
 
 
+_PCT = re.compile(r"%([0-9a-fA-F]{2})")
+
+
+def _unquote(text: str) -> str:
+    """varnishlog prints binary records (Debug, HttpGarbage) quoted with %XX escapes; logexpect sees bytes."""
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        text = _PCT.sub(lambda m: chr(int(m.group(1), 16)), text[1:-1]).rstrip("\0")
+    return text
+
+
 def _parse_varnishlog(lines: Iterator[str], grouping: str) -> Iterator[tuple[int, str, str, str]]:
     vxid = 0
     for line in lines:
@@ -388,7 +398,7 @@ def _parse_varnishlog(lines: Iterator[str], grouping: str) -> Iterator[tuple[int
                 rec_vxid = int(line[:10])
             except ValueError:
                 continue
-            yield rec_vxid, line[11:25].strip(), line[26], line[28:]
+            yield rec_vxid, line[11:25].strip(), line[26], _unquote(line[28:])
             continue
         m = _GROUP_HEAD.match(line)
         if m:
@@ -399,7 +409,7 @@ def _parse_varnishlog(lines: Iterator[str], grouping: str) -> Iterator[tuple[int
             continue
         width = max(4, level)
         tag = line[width:width + 14].strip()
-        yield vxid, tag, "-", line[width + 15:]
+        yield vxid, tag, "-", _unquote(line[width + 15:])
 
 
 def cmd_logexpect(ctx: TestContext, registry: dict, av: list[str]) -> None:
