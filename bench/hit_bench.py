@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from common import ROOT, cacheserver_cmd, free_port, start, stop, wait_port, wrk
+from pass_bench import cpu_seconds
 
 
 def run_varnishd(varnishd: str, port: int, origin: int) -> tuple[subprocess.Popen, str]:
@@ -55,13 +56,16 @@ def main() -> None:
                              root=root)
                 try:
                     wrk(f"http://127.0.0.1:{port}/obj", 1, args.connections)
+                    before = cpu_seconds(proc.pid)
                     r = wrk(f"http://127.0.0.1:{port}/obj", args.seconds, args.connections)
+                    # CPU per request holds up on a loaded machine better than the rate does
+                    r["cpu"] = cpu_seconds(proc.pid) - before
                 finally:
                     stop(proc)
                     shutil.rmtree(workdir, ignore_errors=True)
                 prev = results.get(name)
-                if prev is not None:       # rounds: the sum of requests over the sum of time
-                    r = {"rps": prev["rps"] + r["rps"], "errors": prev["errors"] + r["errors"]}
+                if prev is not None:       # rounds: sums, divided at the end
+                    r = {k: prev[k] + r[k] for k in ("rps", "errors", "cpu", "requests")}
                 results[name] = r
         for name, _ in builds:
             results[name]["rps"] /= args.rounds
@@ -77,10 +81,12 @@ def main() -> None:
     finally:
         stop(origin)
     for name, r in results.items():
-        print(f"{name:20s} {r['rps']:10.0f} req/s  errors {r['errors']}")
+        cpu = f"  server CPU {r['cpu'] / max(r['requests'], 1) * 1e6:.1f} us/request" if "cpu" in r else ""
+        print(f"{name:20s} {r['rps']:10.0f} req/s  errors {r['errors']}{cpu}")
     if args.compare_root:
-        other = results[builds[1][0]]["rps"]
-        print(f"{'ratio this/compared':20s} {results['cacheserver']['rps'] / other:10.3f}")
+        this, other = results["cacheserver"], results[builds[1][0]]
+        print(f"{'ratio this/compared':20s} {this['rps'] / other['rps']:10.3f} req/s, "
+              f"{(this['cpu'] / this['requests']) / (other['cpu'] / other['requests']):.3f} CPU per request")
     if "varnishd" in results:
         print(f"{'ratio ours/varnishd':20s} {results['cacheserver']['rps'] / results['varnishd']['rps']:10.2f}")
     else:

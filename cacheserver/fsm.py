@@ -116,15 +116,17 @@ class ClientRequest:
         req = ctx.req
         t = self.t_start
         ip = ctx.client_ip
-        ctx.log.append(("Begin", f"req {parent} {reason}"))
         if reason == "restart":
+            ctx.log.append(("Begin", f"req {parent} {reason}"))
             self._ts("Start")            # counted from the first request's start, as varnishd
+            ctx.log.append(("VCL_use", self.vcl.__dict__.get("name") or "boot"))
         else:
-            ctx.log += (("Timestamp", "Start: %.6f 0.000000 0.000000" % t),
-                        ("Timestamp", "Req: %.6f 0.000000 0.000000" % t))
-        ctx.log.extend((("VCL_use", getattr(self.vcl, "name", None) or "boot"),
-                        ("ReqStart", f"{ip.addr} {ip.port} {ctx.local_socket or 'a0'}"),
-                        ("ReqMethod", req.method), ("ReqURL", req.url), ("ReqProtocol", req.proto)))
+            # one pre-joined run of records (cacheserver/vsl.py), one format: this is every request
+            ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %.6f 0.000000 0.000000\0"
+                                     "Timestamp Req: %.6f 0.000000 0.000000\0VCL_use %s"
+                            % (parent, reason, t, t, self.vcl.__dict__.get("name") or "boot")))
+        ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
+                        % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
         req.headers.log_to(ctx.log, "ReqHeader", "ReqUnset")
 
     def _ts(self, event: str) -> None:
@@ -136,11 +138,11 @@ class ClientRequest:
     def _vsl_end(self) -> None:
         """The request is done: its last records, then the whole task into the shared log."""
         ctx = self.ctx
-        self._ts("Resp")
+        now = time.time()
         req = self.acct_req
         hdr, body = self.acct_hdr, self.acct_body
-        ctx.log.append(("ReqAcct", f"{req} 0 {req} {hdr} {body} {hdr + body}"))
-        ctx.log.append(("End", ""))
+        ctx.log.append(("Timestamp", "Resp: %.6f %.6f %.6f\0ReqAcct %d 0 %d %d %d %d\0End "
+                        % (now, now - self.t_start, now - self.t_prev, req, req, hdr, body, hdr + body)))
         self.server.vsl.write(ctx.xid, "c", ctx.log)
 
     # -- drivers ----------------------------------------------------------------------------------
@@ -581,13 +583,9 @@ class ClientRequest:
         head = b"%sX-Varnish: %d %d\r\n%sAge: %d\r\n%s" % (
             before_xid, self.ctx.xid, oc.xid, before_age, age, rest)
         records = self.ctx.log
-        records.extend(pre)
-        records.append(("RespHeader", "X-Varnish: %d %d" % (self.ctx.xid, oc.xid)))
-        records.extend(mid)
-        records.append(("RespHeader", "Age: %d" % age))
-        records.extend(post)
+        records.append(("RespProtocol", pre % (self.ctx.xid, oc.xid, age)))
         self._ts("Process")
-        records.extend(conn)
+        records.append(conn)
         self.acct_hdr = len(head)
         body = oc.body()
         counters = self.server.counters
@@ -933,7 +931,8 @@ def _log_resp(records: list, resp: HttpMessage) -> None:
 
 
 def _template_records(head: bytes) -> tuple:
-    """A plain hit's records around X-Varnish and Age, cut once from its head (made like the head's)."""
+    """A plain hit's records, cut once from its head: the run up to vcl_deliver's return as one
+    %-template for (xid, object xid, age), and the Connection record (cacheserver/vsl.py's runs)."""
     lines = head.decode("utf-8", "surrogateescape").split("\r\n")
     proto, _, rest = lines[0].partition(" ")
     status, _, reason = rest.partition(" ")
@@ -952,4 +951,7 @@ def _template_records(head: bytes) -> tuple:
         else:
             parts[part].append(("RespHeader", line))
     parts[2] += [("VCL_call", "DELIVER"), ("VCL_return", "deliver")]
-    return tuple(parts[0]), tuple(parts[1]), tuple(parts[2]), tuple(conn)
+    esc = [[(t, x.replace("%", "%%")) for t, x in part] for part in parts]
+    run = esc[0] + [("RespHeader", "X-Varnish: %d %d")] + esc[1] + [("RespHeader", "Age: %d")] + esc[2]
+    text = "\0".join(map(" ".join, run)).partition(" ")[2]       # after the first tag, RespProtocol
+    return text, (), (), conn[0] if conn else ("RespHeader", "Connection: keep-alive")

@@ -2,7 +2,8 @@
 
 The server appends (tag, text) pairs to a per-task list (`Context.log`, a session's `vsl` list) and
 flushes the list once at the end of the task: one `"\\0".join(map(" ".join, records))`, one copy into
-the ring. Nothing is formatted for people on the server side; readers (`cachelog`, `cachencsa`, vtest's
+the ring. Records are separated by NUL, so a text may carry further records pre-joined after it
+("200\\0RespReason OK"): the hot path builds a run of records it always writes together in one string. Nothing is formatted for people on the server side; readers (`cachelog`, `cachencsa`, vtest's
 logexpect) split and lay out the records in their own processes, and the server never waits for them.
 
 File layout (`_.vsl`): a 4 KiB header, then `size` bytes of ring.
@@ -101,18 +102,19 @@ class VslWriter:
             # a text that is not a str (a vmod's mistake): make it one rather than lose the task
             payload = "\0".join(f"{t} {x}" for t, x in records).encode("utf-8", "surrogateescape")
         if len(payload) + _CHUNK.size > self.max_chunk:
-            self._write_big(vxid, kind, records)
+            self._write_big(vxid, kind, payload)
             return
         self._put(vxid, KIND_CODE.get(kind, 0), payload)
 
-    def _write_big(self, vxid: int, kind: str, records: list) -> None:
+    def _write_big(self, vxid: int, kind: str, payload: bytes) -> None:
         # Oversized: each record cut to vsl_reclen (as varnishd cuts), in as many chunks as needed.
         code = KIND_CODE.get(kind, 0)
         limit = self.max_chunk - _CHUNK.size
         part: list[bytes] = []
         used = 0
-        for tag, text in records:
-            rec = f"{tag} {text}".encode("utf-8", "surrogateescape")[: len(tag) + 1 + self.reclen]
+        for rec in payload.split(b"\0"):
+            tag_len = rec.find(b" ") + 1
+            rec = rec[: tag_len + self.reclen]
             if used + len(rec) + 1 > limit and part:
                 self._put(vxid, code, b"\0".join(part))
                 part, used = [], 0

@@ -39,7 +39,9 @@ class Headers:
 
     def log_to(self, records: list, header_tag: str, unset_tag: str) -> None:
         """Log every field now, and every later change, into a task's records (as varnishd)."""
-        records.extend([(header_tag, f[0] + ": " + f[1]) for f in self._fields])
+        if self._fields:
+            # one pre-joined run of records (cacheserver/vsl.py): cheaper than a tuple per field
+            records.append((header_tag, ("\0" + header_tag + " ").join([f[0] + ": " + f[1] for f in self._fields])))
         self.vsl = (records, header_tag, unset_tag)
 
     def get(self, name: str) -> str | None:
