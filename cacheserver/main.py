@@ -193,6 +193,7 @@ async def _serve(server: Server, args: argparse.Namespace) -> None:
         Path(args.pid_file).write_text(f"{os.getpid()}\n")
     server.bind()
     _open_log(server, args)
+    server.publish_counters()
     for name, host, port in server.listen_addresses():
         print(f"Listening on {host}:{port} ({name})", file=sys.stderr, flush=True)
     admin_addresses: list[str] = []
