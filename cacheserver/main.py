@@ -194,6 +194,13 @@ async def _serve(server: Server, args: argparse.Namespace) -> None:
     server.bind()
     _open_log(server, args)
     server.publish_counters()
+    metrics = None
+    if server.params.prometheus_listen:
+        from cacheserver import prometheus
+
+        metrics = await prometheus.start(server, str(server.params.prometheus_listen))
+        print(f"Prometheus metrics on http://{prometheus.bound_address(metrics)}/metrics", file=sys.stderr,
+              flush=True)
     for name, host, port in server.listen_addresses():
         print(f"Listening on {host}:{port} ({name})", file=sys.stderr, flush=True)
     admin_addresses: list[str] = []
@@ -224,6 +231,8 @@ async def _serve(server: Server, args: argparse.Namespace) -> None:
             signal.signal(sig, signal.SIG_IGN)
         if args.debug:
             stdin_cli.cancel()
+        if metrics is not None:
+            await metrics.cleanup()
         await server.close()
         if args.pid_file:
             Path(args.pid_file).unlink(missing_ok=True)

@@ -106,6 +106,8 @@ DEFINITIONS = [
     ParamDef("feature", "string", "none", "Feature flags (accepted for compatibility)."),
     ParamDef("debug", "string", "none", "Debug flags (accepted for compatibility)."),
     ParamDef("vsl_mask", "string", "default", "Log mask (accepted for compatibility)."),
+    ParamDef("prometheus_listen", "string", "",
+             "ADDR:PORT to serve the counters at /metrics in Prometheus text format (empty: off)."),
     ParamDef("auto_restart", "bool", "on", "Restart the worker after a crash (accepted for compatibility)."),
     ParamDef("syslog_cli_traffic", "bool", "on", "Log CLI traffic to syslog (accepted for compatibility)."),
     ParamDef("thread_pools", "uint", "2", "Worker pools (accepted for compatibility)."),
