@@ -138,6 +138,11 @@ class ClientRequest:
     def _vsl_end(self) -> None:
         """The request is done: its last records, then the whole task into the shared log."""
         ctx = self.ctx
+        if ctx.log and ctx.log[-1][0] == "PipeAcct":
+            # a piped request ends with its PipeAcct, as varnishd's (no response, no ReqAcct)
+            ctx.log.append(("End", ""))
+            self.server.vsl.write(ctx.xid, "c", ctx.log)
+            return
         now = time.time()
         req = self.acct_req
         hdr, body = self.acct_hdr, self.acct_body
@@ -508,7 +513,7 @@ class ClientRequest:
         bereq.headers.set("Connection", "close")
         ctx.bereq = bereq
         ctx.bereq_backend = ctx.backend_hint
-        server.next_xid()                    # the pipe's backend transaction
+        self.pipe_xid = server.next_xid()    # the pipe's backend transaction
         action = await self.acall("vcl_pipe")
         if action.name != "pipe":
             return self._common(action)

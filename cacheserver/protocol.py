@@ -92,6 +92,7 @@ class ClientProtocol(asyncio.Protocol):
         self.client_ip: IP = IP("0.0.0.0")
         self.local_ip: IP = IP("0.0.0.0")
         self.vsl: list = []                  # the session's records in the shared log
+        self.pipe_in = 0
         self.close_reason: str | None = None   # SessClose's reason, when we close
         self.t_open = 0.0
 
@@ -243,6 +244,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         if self.pipe_to is not None:
             self.server.counters.s_pipe_in += len(data)
+            self.pipe_in += len(data)        # PipeAcct
             self.pipe_to.write(data)
             return
         if (self.busy or self.write_blocked) and self._sink is None:
@@ -427,7 +429,7 @@ class ClientProtocol(asyncio.Protocol):
         self.server.counters.client_req += 1
         request = ClientRequest(self, head, body, self._keep_alive, self._raw_done + 1)
         # ReqAcct's header bytes: the request line and the fields as the parser counted them
-        request.acct_req = len(method) + len(self._url) + len(version) + 12 + self._head_size
+        request.acct_req = len(method) + len(self._url) + len(version) + 11 + self._head_size
         self.queue.append(request)
         if not body.done:
             self._sink = body
