@@ -152,6 +152,7 @@ class BusyObj:
             beresp_storage=TRANSIENT if self.is_pass else server.storage.next_stevedore(),
         )
         self.ctx.priv_task = None
+        self.creq = creq                     # the client task, for its ReqBody timestamp
         self.t_prev = self.t_start = time.time()
         self._vsl_begin(creq.xid, _BEGIN.get(mode, "fetch"))
 
@@ -375,6 +376,7 @@ class BusyObj:
             except ReqBodyError as exc:
                 raise FetchError(f"req.body read error: {exc}") from None
             conn.write(head + data)
+            self._req_body_ts(body)
             return
         conn.write(head)
         between = self.between
@@ -392,6 +394,15 @@ class BusyObj:
             raise FetchError(f"req.body read error: {exc}") from None
         if chunked:
             conn.write(b"0\r\n\r\n")
+        self._req_body_ts(body)
+
+    def _req_body_ts(self, body: ReqBody) -> None:
+        """The client's body was read to its end for this fetch: the request's ReqBody timestamp."""
+        creq = self.creq
+        if creq is not None and body.cached is None and self.mode != "bg":
+            now = time.time()
+            since = now - creq.req_time
+            creq.log.append(("Timestamp", "ReqBody: %.6f %.6f %.6f" % (now, since, since)))
 
     async def stp_response(self) -> str | None:
         ctx = self.ctx

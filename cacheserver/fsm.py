@@ -129,6 +129,13 @@ class ClientRequest:
                         % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
         req.headers.log_to(ctx.log, "ReqHeader", "ReqUnset")
 
+    def _vsl_sync(self) -> None:
+        """debug +syncvsl: what the request logged so far goes out before it waits (varnishd writes
+        each record at once then); the rest follows under the same vxid."""
+        ctx = self.ctx
+        self.server.vsl.write(ctx.xid, "c", ctx.log)
+        del ctx.log[:]                 # the same list: headers log their changes into it
+
     def _ts(self, event: str) -> None:
         now = time.time()
         self.ctx.log.append(("Timestamp", "%s: %.6f %.6f %.6f" % (event, now, now - self.t_start,
@@ -175,6 +182,8 @@ class ClientRequest:
         try:
             while state is not None:
                 if self._must_wait(state):
+                    if "syncvsl" in str(self.server.params.debug):
+                        self._vsl_sync()
                     state = await getattr(self, "ast_" + state)()
                 else:
                     state = getattr(self, "st_" + state)()
@@ -361,7 +370,12 @@ class ClientRequest:
         self.busy = r.busy          # set on a grace hit that must refresh the object
         self.is_grace = kind == st.GRACE
         self._set_obj_fields(r.oc)
-        ctx.log.append(("Hit", "%d %.6f %.6f %.6f" % (r.oc.xid, ctx.obj_ttl, ctx.obj_grace, ctx.obj_keep)))
+        oc = r.oc
+        hit = "%d %.6f %.6f %.6f" % (oc.xid, ctx.obj_ttl, ctx.obj_grace, ctx.obj_keep)
+        if not oc.complete:
+            # still being fetched: the bytes so far, and the length when the backend announced one
+            hit += " %d %d" % (oc.length, oc.expected) if oc.expected else " %d" % oc.length
+        ctx.log.append(("Hit", hit))
         return "hit"
 
     async def ast_waitinglist(self) -> str:

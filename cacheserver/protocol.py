@@ -572,7 +572,12 @@ class ClientProtocol(asyncio.Protocol):
         ok = await body.cache(size)
         if not ok:
             request.body_failed = True
+            if body.error and "too big" not in body.error:
+                # varnishd's words for a body that broke off (its fetch processor's)
+                request.ctx.log.append(("FetchError", "straight insufficient bytes" if body.length is not None
+                                        else f"chunked read error: {body.error}"))
         elif body.present:
+            request._ts("ReqBody")
             # as VRB_Cache: the request now says how long its body is, whatever framing it came in
             headers = request.ctx.req.headers
             headers.unset("Transfer-Encoding")
