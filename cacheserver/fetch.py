@@ -401,7 +401,7 @@ class BusyObj:
         creq = self.creq
         if creq is not None and body.cached is None and self.mode != "bg":
             now = time.time()
-            since = now - creq.req_time
+            since = now - (creq.req_time or now)
             creq.log.append(("Timestamp", "ReqBody: %.6f %.6f %.6f" % (now, since, since)))
 
     async def stp_response(self) -> str | None:
