@@ -81,6 +81,13 @@ _BEGIN = {"miss": "fetch", "pass": "pass", "bg": "bgfetch"}
 _BODY_STATUS = {"none": "1 none", "chunked": "2 chunked", "length": "3 length", "eof": "4 eof"}
 
 
+def fail_from_vcl(server: Server, ctx: Context, action: Action) -> None:
+    """`return (fail)` / `return (fail(REASON))`: VRT_fail, counted and logged with its reason."""
+    server.counters.vcl_fail += 1
+    reason = action.args[0] if action.args else ""
+    ctx.log.append(("VCL_Error", reason or "Failed from VCL"))
+
+
 def _call(vcl, ctx: Context, sub: str):
     ctx.method = sub
     ctx.log.append(("VCL_call", _CALL.get(sub, sub)))
@@ -88,8 +95,12 @@ def _call(vcl, ctx: Context, sub: str):
         result = vcl.subs[sub](ctx)
     except VCLFailure as exc:
         ctx.log.append(("VCL_Error", str(exc)))
+        ctx.server.counters.vcl_fail += 1
         result = Action("fail")
-    if isinstance(result, Action):
+    else:
+        if isinstance(result, Action) and result.name == "fail":
+            fail_from_vcl(ctx.server, ctx, result)
+    if isinstance(result, Action):      # an async subroutine's is logged once awaited (_acall)
         ctx.log.append(("VCL_return", result.name))
     return result
 
@@ -147,7 +158,7 @@ class BusyObj:
             server_hostname=creq.server_hostname, server_identity=creq.server_identity,
             client_identity=creq.client_identity, is_bgfetch=mode == "bg", is_hitpass=creq.is_hitpass,
             is_hitmiss=creq.is_hitmiss, xid=creq.xid, session=None, req=None, req_top=None,
-            sess_xid=creq.sess_xid, bereq_body=req_body,
+            sess_xid=creq.sess_xid, bereq_body=req_body, hash=creq.hash,
             # as varnishd's startfetch: the storage the object will go to unless VCL says otherwise
             beresp_storage=TRANSIENT if self.is_pass else server.storage.next_stevedore(),
         )

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 from cacheserver import storage as st
-from cacheserver.fetch import BusyObj
+from cacheserver.fetch import BusyObj, fail_from_vcl
 from cacheserver.http1 import DATES, reason_for, serialize_head
 from cacheserver.ranges import RangeError, not_modified, parse_range
 from cacheserver.reqbody import ReqBody
@@ -47,6 +47,9 @@ _BIG = 65536
 # Bodies past this are sent by the async "send" state, a slice at a time, each slice waiting for the
 # client to read (idle_send_timeout, send_timeout): a client costs at most about this much buffer.
 _DIRECT = 256 * 1024
+# A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
+_START_LINE_SLOTS = 5
+_LOST_HEADERS_500 = b"HTTP/1.1 500 Internal Server Error\r\nServer: Varnish\r\nConnection: close\r\n\r\n"
 _SLICE = 256 * 1024
 
 
@@ -69,6 +72,7 @@ class ClientRequest:
         self.body = body                     # read by the fetch (or std.cache_req_body) as it arrives
         self.late100 = False                 # std.late_100_continue(true): answer Expect when read
         self.body_failed = False             # std.cache_req_body() could not have it: close unanswered
+        self.body_storage = None             # what a cached body holds in Transient storage
         self.keep_alive = keep_alive
         self.raw_index = raw_index     # which message this was in the session's raw byte log
         self.state: str | None = "recv"
@@ -212,6 +216,9 @@ class ClientRequest:
             action = self.vcl.subs[sub](ctx)
         except VCLFailure as exc:
             action = self._failed(sub, exc)
+        else:
+            if action.name == "fail":
+                fail_from_vcl(self.server, ctx, action)
         ctx.log.append(("VCL_return", action.name))
         return action
 
@@ -221,12 +228,12 @@ class ClientRequest:
         ctx.log.append(("VCL_call", _CALL[sub]))
         try:
             fn = self.vcl.subs[sub]
-            if sub in self.vcl.async_subs:
-                action = await fn(ctx)
-            else:
-                action = fn(ctx)
+            action = await fn(ctx) if sub in self.vcl.async_subs else fn(ctx)
         except VCLFailure as exc:
             action = self._failed(sub, exc)
+        else:
+            if action.name == "fail":
+                fail_from_vcl(self.server, ctx, action)
         ctx.log.append(("VCL_return", action.name))
         return action
 
@@ -335,7 +342,7 @@ class ClientRequest:
         digest = hashlib.sha256()
         for part in ctx.hash_parts:
             digest.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
-            digest.update(b"#")
+            digest.update(b"\0")      # varnishd's field separator (HSH_AddString(NULL)): same digests
         self.digest = ctx.hash = digest.digest()
         if name == "hash":
             return "lookup"
@@ -576,7 +583,21 @@ class ClientRequest:
             if self._deliver_from_template():
                 return "send" if self.send_data is not None else None
             self._template_wanted = True
-        return self._after_deliver(self._prepare_deliver(), None)
+        resp = self._prepare_deliver()
+        if self._headers_lost(resp):
+            return self._to_synth(500)
+        return self._after_deliver(resp, None)
+
+    def _headers_lost(self, resp: HttpMessage) -> bool:
+        """The object's headers and ours do not fit in http_max_hdr: varnishd loses the rest, its
+        workspace overflows, and the request becomes a 500 synth before vcl_deliver."""
+        lost = len(resp.headers) - (self.server.params.http_max_hdr - _START_LINE_SLOTS)
+        if lost <= 0:
+            return False
+        self.server.counters.losthdr += lost
+        self.ctx.log.append(("Error", "out of workspace (resp headers)"))
+        self._drop_object()
+        return True
 
     # -- plain hits -------------------------------------------------------------------------------
     # Most hits are a GET for a whole, complete object, with the built-in vcl_deliver (which changes
@@ -657,6 +678,8 @@ class ClientRequest:
 
     async def ast_deliver(self) -> str | None:
         resp = self._prepare_deliver()
+        if self._headers_lost(resp):
+            return self._to_synth(500)
         return self._after_deliver(resp, await self.acall("vcl_deliver"))
 
     def _prepare_deliver(self) -> HttpMessage:
@@ -830,6 +853,8 @@ class ClientRequest:
             else:
                 self.keep_alive = False
                 headers.set("Connection", "close")
+        if len(headers) > params.http_max_hdr - _START_LINE_SLOTS:
+            return self._lost_headers(len(headers) - params.http_max_hdr + _START_LINE_SLOTS)
         head = serialize_head(resp)
         if self._template_wanted:
             self._keep_template(head)
@@ -852,6 +877,18 @@ class ClientRequest:
         transport.write(head)
         self.stream_from, self.stream_to, self.chunked = lo, hi, chunked
         return "stream"
+
+    def _lost_headers(self, lost: int) -> None:
+        """More headers than http_max_hdr holds: varnishd loses them, overflows the workspace and
+        answers a bare 500 (V1D_Deliver), closing the connection."""
+        counters = self.server.counters
+        counters.losthdr += lost
+        counters.sc_tx_error += 1
+        self.ctx.log.append(("Error", "workspace_client overflow"))
+        self.keep_alive = False
+        self.session.transport.write(_LOST_HEADERS_500)
+        self._drop_object()
+        return None
 
     async def ast_stream(self) -> str | None:
         """Deliver an object whose body is still arriving from the backend."""

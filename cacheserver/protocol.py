@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING
 import httptools
 
 from cacheserver.fsm import ClientRequest
-from cacheserver.http1 import BAD_REQUEST, CONTINUE_100, EXPECTATION_FAILED, text
+from cacheserver.http1 import BAD_REQUEST, CONTINUE_100, EXPECTATION_FAILED, needs_relaxing, relax_head, text
 from cacheserver.programs import ProgramError
 from cacheserver.reqbody import NO_BODY, ReqBody
+from cacheserver.stevedores import TRANSIENT
+from cacheserver.storage import OBJECT_OVERHEAD, SEGMENT_OVERHEAD
 from vcl.runtime import IP, Headers, HttpMessage, VCLFailure
 
 if TYPE_CHECKING:
@@ -71,6 +73,7 @@ class ClientProtocol(asyncio.Protocol):
         self.write_drained: asyncio.Future | None = None
         self.paused_writing = False
         self.write_blocked = False   # responses are backed up: no further request runs until drained
+        self.refusal: bytes | None = None   # a 400/417 owed after the requests queued before it
         self.send_timer: asyncio.TimerHandle | None = None
         self.pipe_to: asyncio.StreamWriter | None = None   # set while the request is piped
         self.current: ClientRequest | None = None          # the request being handled
@@ -78,8 +81,12 @@ class ClientProtocol(asyncio.Protocol):
         self._url = b""
         self._fields: list[list[str]] = []
         self._head_size = 0
-        self._head_fed = 0         # bytes of an unfinished head fed to the parser (at least)
-        self._head_event = False   # a head ended (or a message ended) inside the data being fed
+        # the raw bytes of a head not complete yet, from earlier reads: bounded by http_req_size, and
+        # kept to re-read a head that llhttp refuses where varnishd does not (bare LF, obs-fold);
+        # it starts with _prefix_skip complete messages (located only when needed)
+        self._head_prefix: bytes | None = None
+        self._prefix_skip = 0
+        self._relaxing = False     # _head_prefix is such a head, waiting for its end
         self._in_head = False
         self._sink: ReqBody | None = None     # the body the parser is filling
         self._keep_alive = True
@@ -240,7 +247,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
-        if self.stolen or self.closed:
+        if self.stolen or self.closed or self.refusal is not None:
             return
         if self.pipe_to is not None:
             self.server.counters.s_pipe_in += len(data)
@@ -281,6 +288,8 @@ class ClientProtocol(asyncio.Protocol):
                 self._raw += data
         if self._method_hold:
             data, self._method_hold = self._method_hold + data, b""
+        if self._relaxing:
+            data = self._relax_head(self._head_prefix + data)
         while data:
             at_start = not self._in_message
             done_before = self._raw_done
@@ -288,10 +297,9 @@ class ClientProtocol(asyncio.Protocol):
                 # llhttp would wait for the rest of an HTTP/2 preface; Varnish hands PRI to VCL
                 data = self._custom_method(data, 0)
                 continue
-            self._head_event = False
             try:
                 self.parser.feed_data(data)
-                self._count_head(len(data))
+                self._keep_head(data, self._raw_done - done_before)
                 return
             except httptools.HttpParserUpgrade as upgrade:
                 # llhttp stops after a request with Upgrade:; what follows is HTTP again (or, when
@@ -313,22 +321,63 @@ class ClientProtocol(asyncio.Protocol):
                 # httptools wraps what a callback raised; the cause is its context
                 if isinstance(exc.__context__, ExpectationFailed):
                     self.expectation_failed()
-                else:
+                    return
+                raw = self._refused_head(data, self._raw_done - done_before, exc)
+                if raw is None or not needs_relaxing(raw):
                     self.bad_request(exc)
-                return
+                    return
+                data = self._relax_head(raw)
 
-    def _count_head(self, size: int) -> None:
-        """Bound an unfinished request head as it arrives (http_req_size), before httptools holds it.
+    def _keep_head(self, data: bytes, completed: int) -> None:
+        """After a read: keep what came of a head still incomplete, and bound it by http_req_size.
 
-        The count starts after the last read in which a head or message ended, so it never exceeds the
-        real size of the head being received, and it trips within one read of the limit.
+        varnishd closes, unanswered, a head that grows past http_req_size; counting here, before
+        httptools holds more, keeps a head that never ends from costing more than about one read.
         """
-        if self._head_event:
-            self._head_fed = 0
-        elif self._in_head or not self._in_message:
-            self._head_fed += size
-            if self._head_fed > self.server.params.http_req_size:
-                raise HeadOverflow()
+        if not self._in_head:
+            self._head_prefix = None
+            return
+        if self._head_prefix is not None and not completed:
+            self._head_prefix += data              # the head goes on from an earlier read
+        else:
+            self._head_prefix, self._prefix_skip = data, completed
+        limit = self.server.params.http_req_size
+        if len(self._head_prefix) > limit and self._prefix_skip:
+            self._head_prefix = self._head_prefix[_end_of_message(self._head_prefix, self._prefix_skip):]
+            self._prefix_skip = 0
+        if len(self._head_prefix) > limit:
+            self._head_prefix = None
+            raise HeadOverflow()
+
+    def _refused_head(self, data: bytes, completed: int, exc: Exception) -> bytes | None:
+        """The raw bytes from the start of the head llhttp just refused (None: not a head error)."""
+        if not self._in_head or type(exc) is not httptools.HttpParserError:
+            return None
+        if completed:
+            return data[_end_of_message(data, completed):]
+        if self._head_prefix is None:
+            return data
+        raw = self._head_prefix + data
+        return raw[_end_of_message(raw, self._prefix_skip):] if self._prefix_skip else raw
+
+    def _relax_head(self, raw: bytes) -> bytes:
+        """Parse again, from a fresh parser, a head with bare LFs or folded lines (varnishd takes both).
+
+        Returns what to feed: the head rewritten with CRLFs and its folds joined, then the rest; or b""
+        while the head's end has not arrived (held, within http_req_size).
+        """
+        self.parser = httptools.HttpRequestParser(self)
+        self._in_message = self._in_head = False
+        fixed = relax_head(raw)
+        if fixed is None:
+            if len(raw) > self.server.params.http_req_size:
+                self._relaxing, self._head_prefix = False, None
+                self.overflow()
+                return b""
+            self._relaxing, self._head_prefix, self._prefix_skip = True, raw, 0
+            return b""
+        self._relaxing, self._head_prefix = False, None
+        return fixed
 
     def _custom_method(self, data: bytes, offset: int) -> bytes:
         """Parse the request at `offset` with a stand-in method, remembering the real one."""
@@ -378,7 +427,7 @@ class ClientProtocol(asyncio.Protocol):
         The request runs while its body still arrives; the body goes to its ReqBody.
         """
         self._in_head = False
-        self._head_event = True
+        self._head_prefix = None
         parser = self.parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
@@ -453,7 +502,6 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
-        self._head_event = True
         self._raw_done += 1
         if self._sink is not None:
             self._sink.finish()
@@ -480,12 +528,20 @@ class ClientProtocol(asyncio.Protocol):
         self.abort()
 
     def _refuse(self, response: bytes) -> None:
-        self.queue.clear()
+        """Answer bad input once the requests before it are answered (varnishd reads them in order)."""
         if self._sink is not None:
             self._sink.fail("bad request")
             self._sink = None
+        self.refusal = response
+        self.held.clear()                   # nothing after the bad bytes is read
         if self.transport is not None and not self.closed:
-            self.transport.write(response)
+            self.transport.pause_reading()
+        if not self.queue and not self.busy and not self.write_blocked:
+            self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(self.refusal)
         self.close()
 
     # -- running requests -------------------------------------------------------------------------
@@ -498,7 +554,7 @@ class ClientProtocol(asyncio.Protocol):
                 self.busy = True
                 asyncio.get_running_loop().create_task(self._run_async(request))
                 return
-            request.body.ignore()
+            self._end_body(request)
             if not request.keep_alive:
                 self._close_after(request)
                 return
@@ -506,6 +562,8 @@ class ClientProtocol(asyncio.Protocol):
                 self._block_writes()
                 return
         if not self.queue:
+            if self.refusal is not None and not self.busy:
+                self._send_refusal()
             self.idle_since = time.monotonic()
 
     async def _run_async(self, request: ClientRequest) -> None:
@@ -522,7 +580,7 @@ class ClientProtocol(asyncio.Protocol):
             self.server.counters.sc_rx_body += 1
             self.close()
             return
-        request.body.ignore()
+        self._end_body(request)
         if not request.keep_alive:
             self._close_after(request)
             return
@@ -570,6 +628,16 @@ class ClientProtocol(asyncio.Protocol):
             return False
         body = request.body
         ok = await body.cache(size)
+        if ok and body.present:
+            # a cached body lives in Transient storage, as in varnishd, and may not fit there
+            length = sum(map(len, body.cached))
+            # VRB_Cache makes a private object and a storage segment for the bytes
+            holder = _CachedBody(OBJECT_OVERHEAD + SEGMENT_OVERHEAD + length)
+            if self.server.storage.stevedores[TRANSIENT].charge(holder, 0, self.server.params.nuke_limit):
+                request.body_storage = holder
+            else:
+                body.cached, body.state, body.error = None, "failed", "Could not get storage"
+                ok = False
         if not ok:
             request.body_failed = True
             if body.error and "too big" not in body.error:
@@ -581,8 +649,16 @@ class ClientProtocol(asyncio.Protocol):
             # as VRB_Cache: the request now says how long its body is, whatever framing it came in
             headers = request.ctx.req.headers
             headers.unset("Transfer-Encoding")
-            headers.set("Content-Length", str(sum(map(len, body.cached))))
+            headers.set("Content-Length", str(length))
         return ok
+
+    def _end_body(self, request: ClientRequest) -> None:
+        """The request is done: drop what still comes of its body, free a cached one's storage."""
+        request.body.ignore()
+        holder = request.body_storage
+        if holder is not None:
+            request.body_storage = None
+            self.server.storage.stevedores[TRANSIENT].release(holder)
 
     def late_100_continue(self, late: bool) -> None:
         if self.current is not None:
@@ -659,6 +735,15 @@ class ClientProtocol(asyncio.Protocol):
             self.send_timer.cancel()
         if self.transport is not None:
             self.transport.abort()
+
+
+class _CachedBody:
+    """A cached request body as Transient storage counts it (it charges objects by .size)."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
 
 
 class _Counter:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from time import time as _wall
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
     from cacheserver.bans import Ban
 
 # Bookkeeping bytes charged per object besides its headers and body.
-_OVERHEAD = 72
+_OVERHEAD = OBJECT_OVERHEAD = 72     # bytes an object costs its store beyond headers and body
+SEGMENT_OVERHEAD = 48                # one more storage segment (varnishd's struct storage)
 # Unread bytes a fetch may run ahead of its only reader when the body is not kept (pass, too big).
 STREAM_WINDOW = 1 << 20
 
@@ -454,18 +456,36 @@ class Storage:
             return
         self._drop(oc)
 
-    def purge(self, digest: bytes) -> int:
-        """Remove every object of `digest` (busy ones finish and stay private); returns how many went."""
+    def purge(self, digest: bytes, ttl: float = 0.0, grace: float = 0.0, keep: float = 0.0,
+              now: float | None = None) -> int:
+        """HSH_Purge: every object of `digest` that is neither busy nor dying; returns how many.
+
+        With ttl, grace and keep all 0 (`return (purge)`, purge.hard()) they are removed. Otherwise
+        (purge.soft()) each timer is only ever lowered, as EXP_Reduce: the TTL to `now + ttl`, grace
+        and keep to the given values; NaN leaves a timer alone."""
         head = self.heads.get(digest)
         if head is None:
             return 0
-        gone = 0
+        hard = ttl == 0 and grace == 0 and keep == 0
+        now = _wall() if now is None else now
+        count = 0
         for oc in list(head.ocs):
-            if not oc.busy:
+            if oc.busy or oc.dying:
+                continue
+            count += 1
+            if hard:
                 self.remove(oc)
-                gone += 1
-        self.counters.n_obj_purged += gone
-        return gone
+                continue
+            if not math.isnan(ttl) and now + ttl - oc.t_origin < oc.ttl:
+                oc.ttl = now + ttl - oc.t_origin
+            if not math.isnan(grace) and grace < oc.grace:
+                oc.grace = grace
+            if not math.isnan(keep) and keep < oc.keep:
+                oc.keep = keep
+            self.reschedule(oc)
+        if hard:
+            self.counters.n_obj_purged += count
+        return count
 
     def objects(self) -> list[ObjCore]:
         return [oc for head in self.heads.values() for oc in head.ocs if not oc.busy]

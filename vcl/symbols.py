@@ -87,6 +87,7 @@ ACTION_ARGS: dict[str, tuple[tuple[str, bool], ...]] = {
     "error": (("INT", True), ("STRING", True)),
     "pass": (("DURATION", True),),
     "vcl": (("VCL", False),),
+    "fail": (("STRING", True),),     # the reason, logged as VCL_Error (VRT_fail)
 }
 
 
