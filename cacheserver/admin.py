@@ -241,6 +241,14 @@ class AdminCommands:
 
     # ---- dispatch --------------------------------------------------------------------------
     async def execute(self, argv: list[str]) -> tuple[int, str]:
+        """Run one command; the shared log gets it and its answer as varnishd's CLI records (vxid 0)."""
+        vsl = self.server.vsl
+        vsl.write(0, "-", [("CLI", "Rd " + " ".join(argv))])
+        status, body = await self._execute(argv)
+        vsl.write(0, "-", [("CLI", f"Wr {status} {len(body)} {body}")])
+        return status, body
+
+    async def _execute(self, argv: list[str]) -> tuple[int, str]:
         cmd = _BY_NAME.get(argv[0])
         if cmd is None:
             return CLIS_UNKNOWN, "Unknown request.\nType 'help' for more info.\n"
