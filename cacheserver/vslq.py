@@ -300,9 +300,11 @@ class Grouper:
         if isinstance(item, Overrun):
             self.lost += item.lost
             return []
-        if self.grouping == "raw" or item.vxid == 0:
-            # vxid 0 (CLI, Backend_health, ...) belongs to no transaction: each record stands alone
+        if self.grouping == "raw":
             return [[Txn(item.vxid, item.kind, "raw", records=[item], complete=True)]]
+        if item.vxid == 0:
+            # CLI, vcl_init's logs, Backend_health: no transaction, shown by -g raw only (as varnishlog)
+            return []
         txns = self.txns
         txn = txns.get(item.vxid)
         if txn is None:

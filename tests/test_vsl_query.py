@@ -47,9 +47,10 @@ def test_session_grouping():
     assert [[(t.vxid, t.level) for t in g] for g in groups] == [[(1, 1), (2, 2), (3, 3)]]
 
 
-def test_raw_and_vxid0_records_stand_alone():
+def test_vxid0_records_show_in_raw_grouping_only():
+    assert Grouper("raw").feed(Record(0, "-", "CLI", "Rd ping"))
     g = Grouper("vxid")
-    assert g.feed(Record(0, "-", "CLI", "Rd ping")) and g.feed(Record(5, "c", "Begin", "req 4 rxreq")) == []
+    assert g.feed(Record(0, "-", "CLI", "Rd ping")) == [] and g.feed(Record(5, "c", "Begin", "req 4 rxreq")) == []
 
 
 def test_layout_is_varnishlogs():
