@@ -126,9 +126,10 @@ class ClientRequest:
             ctx.log.append(("VCL_use", self.vcl.__dict__.get("name") or "boot"))
         else:
             # one pre-joined run of records (cacheserver/vsl.py), one format: this is every request
-            ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %.6f 0.000000 0.000000\0"
-                                     "Timestamp Req: %.6f 0.000000 0.000000\0VCL_use %s"
-                            % (parent, reason, t, t, self.vcl.__dict__.get("name") or "boot")))
+            ts = "%.6f" % t
+            ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
+                                     "Timestamp Req: %s 0.000000 0.000000\0VCL_use %s"
+                            % (parent, reason, ts, ts, self.vcl.__dict__.get("name") or "boot")))
         ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
                         % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
         req.headers.log_to(ctx.log, "ReqHeader", "ReqUnset")
