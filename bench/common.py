@@ -31,9 +31,9 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def start(cmd: list[str], port: int, cwd: Path = ROOT) -> subprocess.Popen:
-    """Run cmd in cwd (a checkout: its own cacheserver is the one imported) until port listens."""
-    env = dict(os.environ, PYTHONPATH=str(cwd))
+def start(cmd: list[str], port: int, cwd: Path = ROOT, root: Path | None = None) -> subprocess.Popen:
+    """Run cmd in cwd until port listens; `root` (else cwd) is the checkout whose cacheserver is imported."""
+    env = dict(os.environ, PYTHONPATH=str(root or cwd))
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)

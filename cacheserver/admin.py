@@ -263,6 +263,22 @@ class AdminCommands:
 
     # ---- dispatch --------------------------------------------------------------------------
     async def execute(self, argv: list[str]) -> tuple[int, str]:
+        """Run one command; the shared log gets it and its answer as varnishd's CLI records (vxid 0)."""
+        vsl = self.server.vsl
+        load = argv[0] in ("vcl.load", "vcl.inline") and len(argv) > 1
+        if load:
+            # what varnishd's child is told for either, and answers (the source stays out of the log)
+            so = f"vcl_{argv[1]}.{int(time.time())}"
+            rd = f'Rd vcl.load "{argv[1]}" {so} 1auto'
+        else:
+            rd = "Rd " + " ".join(argv)
+        vsl.write(0, "-", [("CLI", rd)])
+        status, body = await self._execute(argv)
+        wr = f'Loaded "{so}" as "{argv[1]}"' if load and status == CLIS_OK else body
+        vsl.write(0, "-", [("CLI", f"Wr {status} {len(wr)} {wr}")])
+        return status, body
+
+    async def _execute(self, argv: list[str]) -> tuple[int, str]:
         cmd = _BY_NAME.get(argv[0])
         if cmd is None:
             return CLIS_UNKNOWN, "Unknown request.\nType 'help' for more info.\n"

@@ -93,9 +93,15 @@ class Delivery:
         template = oc.fast_head
         if template is None or template[0] is not self.vcl or template[1] is not oc.http:
             return False
-        _, _, before_xid, before_age, rest = template
+        _, _, before_xid, before_age, rest, (pre, _mid, _post, conn) = template
+        age = max(0, int(time.time() - oc.t_origin))
         head = b"%sX-Varnish: %d %d\r\n%sAge: %d\r\n%s" % (
-            before_xid, self.ctx.xid, oc.xid, before_age, max(0, int(time.time() - oc.t_origin)), rest)
+            before_xid, self.ctx.xid, oc.xid, before_age, age, rest)
+        records = self.ctx.log
+        records.append(("RespProtocol", pre % (self.ctx.xid, oc.xid, age)))
+        self._ts("Process")
+        records.append(conn)
+        self.acct_hdr = len(head)
         body = oc.body()
         counters = self.server.counters
         counters.s_resp_hdrbytes += len(head)
@@ -114,14 +120,15 @@ class Delivery:
         k = head.find(b"\r\n", j) + 2
         if i < 0 or j < 2 or not self.keep_alive or self.ctx.resp.status != 200:
             return
-        oc.fast_head = (self.vcl, oc.http, head[:i], head[i + len(xid_line):j], head[k:])
+        oc.fast_head = (self.vcl, oc.http, head[:i], head[i + len(xid_line):j], head[k:],
+                        _template_records(head))
 
     # -- the writer -------------------------------------------------------------------------------
 
     def _write(self, head: bytes, body: bytes | memoryview) -> None:
         """Head and a whole body: at once when small, else through the "send" state (send_data)."""
         transport = self.session.transport
-        size = len(body)
+        size = self.acct_body = len(body)
         if size < _BIG:
             transport.write(head + body)
         elif size <= _DIRECT:
@@ -154,6 +161,7 @@ class Delivery:
         transport = session.transport
         size = len(data)
         self.server.counters.s_resp_bodybytes += size
+        self.acct_body += size
         for start in range(0, size, _SLICE) if size > _SLICE else (0,):
             part = data[start:start + _SLICE] if size > _SLICE else data
             n = len(part)
@@ -269,6 +277,7 @@ class Delivery:
             self._keep_template(head)
         counters = self.server.counters
         counters.s_resp_hdrbytes += len(head)
+        self.acct_hdr = len(head)
         transport = self.session.transport
         if not sendbody or resp_len == 0:
             transport.write(head)
@@ -358,6 +367,7 @@ class Delivery:
                     await chain.apush(data, self._send_piece)
                     continue
                 counters.s_resp_bodybytes += len(data)
+                self.acct_body += len(data)
                 if chunked:
                     transport.write(b"%x\r\n" % len(data) + data + b"\r\n" if len(data) < _BIG
                                     else b"%x\r\n" % len(data))
@@ -391,3 +401,30 @@ class Delivery:
         if chunked and not session.closed:
             transport.write(b"0\r\n\r\n")
         return None
+
+
+def _template_records(head: bytes) -> tuple:
+    """A plain hit's records, cut once from its head: the run up to vcl_deliver's return as one
+    %-template for (xid, object xid, age), and the Connection record (cacheserver/vsl.py's runs)."""
+    lines = head.decode("utf-8", "surrogateescape").split("\r\n")
+    proto, _, rest = lines[0].partition(" ")
+    status, _, reason = rest.partition(" ")
+    parts: list[list] = [[("RespProtocol", proto), ("RespStatus", status), ("RespReason", reason)], [], []]
+    conn: list = []
+    part = 0
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line.startswith("X-Varnish: "):
+            part = 1
+        elif line.startswith("Age: "):
+            part = 2
+        elif line.startswith("Connection: "):
+            conn.append(("RespHeader", line))
+        else:
+            parts[part].append(("RespHeader", line))
+    parts[2] += [("VCL_call", "DELIVER"), ("VCL_return", "deliver")]
+    esc = [[(t, x.replace("%", "%%")) for t, x in part] for part in parts]
+    run = esc[0] + [("RespHeader", "X-Varnish: %d %d")] + esc[1] + [("RespHeader", "Age: %d")] + esc[2]
+    text = "\0".join(map(" ".join, run)).partition(" ")[2]       # after the first tag, RespProtocol
+    return text, (), (), conn[0] if conn else ("RespHeader", "Connection: keep-alive")

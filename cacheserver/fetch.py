@@ -77,6 +77,13 @@ def _strip_hop_by_hop(headers: Headers) -> None:
             headers.unset(name)
 
 
+_CALL = {"vcl_backend_fetch": "BACKEND_FETCH", "vcl_backend_response": "BACKEND_RESPONSE",
+         "vcl_backend_error": "BACKEND_ERROR"}
+_BEGIN = {"miss": "fetch", "pass": "pass", "bg": "bgfetch"}
+# Fetch_Body's body status, numbered as varnishd's tbl/body_status.h
+_BODY_STATUS = {"none": "1 none", "chunked": "2 chunked", "length": "3 length", "eof": "4 eof"}
+
+
 def fail_from_vcl(server: Server, ctx: Context, action: Action) -> None:
     """`return (fail)` / `return (fail(REASON))`: VRT_fail, counted and logged with its reason."""
     server.counters.vcl_fail += 1
@@ -86,15 +93,19 @@ def fail_from_vcl(server: Server, ctx: Context, action: Action) -> None:
 
 def _call(vcl, ctx: Context, sub: str):
     ctx.method = sub
+    ctx.log.append(("VCL_call", _CALL.get(sub, sub)))
     try:
-        action = vcl.subs[sub](ctx)
+        result = vcl.subs[sub](ctx)
     except VCLFailure as exc:
         ctx.log.append(("VCL_Error", str(exc)))
         ctx.server.counters.vcl_fail += 1
-        return Action("fail")
-    if action.name == "fail":
-        fail_from_vcl(ctx.server, ctx, action)
-    return action
+        result = Action("fail")
+    else:
+        if isinstance(result, Action) and result.name == "fail":
+            fail_from_vcl(ctx.server, ctx, result)
+    if isinstance(result, Action):      # an async subroutine's is logged once awaited (_acall)
+        ctx.log.append(("VCL_return", result.name))
+    return result
 
 
 async def _acall(vcl, ctx: Context, sub: str) -> Action:
@@ -104,7 +115,8 @@ async def _acall(vcl, ctx: Context, sub: str) -> Action:
             result = await result
         except VCLFailure as exc:
             ctx.log.append(("VCL_Error", str(exc)))
-            return Action("fail")
+            result = Action("fail")
+        ctx.log.append(("VCL_return", result.name))
     return result
 
 
@@ -167,6 +179,28 @@ class BusyObj:
         )
         self.ctx.priv_task = None
         self.ctx.filters_default = beresp_filters_default   # beresp.filters until VCL sets it
+        self.creq = creq                     # the client task, for its ReqBody timestamp
+        self.t_prev = self.t_start = time.time()
+        self._vsl_begin(creq.xid, _BEGIN.get(mode, "fetch"))
+
+    # -- the shared log ---------------------------------------------------------------------------
+
+    def _vsl_begin(self, parent: int, reason: str) -> None:
+        self.ctx.log += (("Begin", f"bereq {parent} {reason}"),
+                         ("VCL_use", getattr(self.vcl, "name", None) or "boot"),
+                         ("Timestamp", "Start: %.6f 0.000000 0.000000" % self.t_start))
+        self.logged_bereq = False
+
+    def _ts(self, event: str) -> None:
+        now = time.time()
+        self.ctx.log.append(("Timestamp", "%s: %.6f %.6f %.6f" % (event, now, now - self.t_start,
+                                                                 now - self.t_prev)))
+        self.t_prev = now
+
+    def _vsl_end(self) -> None:
+        ctx = self.ctx
+        ctx.log.append(("End", ""))
+        self.server.vsl.write(ctx.bereq_xid, "b", ctx.log)
 
     def _add_validators(self, stale: ObjCore) -> None:
         h = stale.http.headers
@@ -198,6 +232,7 @@ class BusyObj:
                 self.oc.finish(False)
             self._req_sent()
             self._signal()
+            self._vsl_end()
 
     def _req_sent(self) -> None:
         if not self.req_done.done():
@@ -207,6 +242,11 @@ class BusyObj:
         ctx = self.ctx
         if ctx.bereq is None:
             ctx.bereq = self.bereq0.copy()     # a retry keeps what VCL did to bereq
+        if not self.logged_bereq:
+            self.logged_bereq = True
+            bereq = ctx.bereq
+            ctx.log += (("BereqMethod", bereq.method), ("BereqURL", bereq.url), ("BereqProtocol", bereq.proto))
+            bereq.headers.log_to(ctx.log, "BereqHeader", "BereqUnset")
         ctx.beresp = None
         action = await _acall(self.vcl, ctx, "vcl_backend_fetch")
         name = action.name
@@ -226,6 +266,7 @@ class BusyObj:
     async def stp_fetch(self) -> str | None:
         ctx = self.ctx
         server = self.server
+        self._ts("Fetch")
         backend = backends.resolve(ctx.bereq_backend, ctx)
         if backend is None or backend.host is None:
             ctx.log.append(("FetchError", "No backend"))
@@ -292,10 +333,12 @@ class BusyObj:
                 counters.backend_reuse += 1
             self.conn = conn
             self._conn_delta(backend, 1)
+            self._log_open(conn, backend, fresh or not conn.reused)
             conn.start(ctx.bereq.method == "HEAD", params.http_resp_size, params.http_resp_hdr_len,
                        params.http_max_hdr)
             try:
                 await self._send_req(conn)
+                self._ts("Bereq")
                 self._req_sent()
                 counters.backend_req += 1
                 await conn.read_head(first_byte, self.between)
@@ -305,12 +348,23 @@ class BusyObj:
                 self._close_conn()
                 raise
             except ConnError as exc:
-                self._close_conn()
                 if not (exc.nothing and conn.reused) or self.no_retry is not None:
+                    self._close_conn()
                     raise FetchError(str(exc)) from None
-                ctx.log.append(("FetchError", str(exc)))
+                # varnishd's words for a recycled connection that answered nothing
+                ctx.log.append(("FetchError", "HTC eof (-1)"))
+                self._close_conn()
                 counters.backend_retry += 1
                 fresh = True
+
+    def _log_open(self, conn: BackendConn, backend: BackendSpec, new: bool) -> None:
+        self._ts("Connected")
+        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+        local = conn.transport.get_extra_info("sockname") if conn.transport is not None else None
+        self.conn_fd = sock.fileno() if sock is not None else -1
+        laddr = f"{local[0]} {local[1]}" if local else "- -"
+        self.ctx.log.append(("BackendOpen", f"{self.conn_fd} {backend.name} {backend.host} {backend.port} {laddr} "
+                                            f"{'connect' if new else 'reuse'}"))
 
     async def _send_req(self, conn: BackendConn) -> None:
         """Write bereq as VCL left it, then the request body, streamed with back-pressure."""
@@ -352,6 +406,7 @@ class BusyObj:
                 raise FetchError(f"req.body read error: {exc}") from None
             conn.write(head + data)
             backends.live(self.backend).bereq_bodybytes += len(data)
+            self._req_body_ts(body)
             return
         conn.write(head)
         between = self.between
@@ -370,6 +425,15 @@ class BusyObj:
             raise FetchError(f"req.body read error: {exc}") from None
         if chunked:
             conn.write(b"0\r\n\r\n")
+        self._req_body_ts(body)
+
+    def _req_body_ts(self, body: ReqBody) -> None:
+        """The client's body was read to its end for this fetch: the request's ReqBody timestamp."""
+        creq = self.creq
+        if creq is not None and body.cached is None and self.mode != "bg":
+            now = time.time()
+            since = now - (creq.req_time or now)
+            creq.log.append(("Timestamp", "ReqBody: %.6f %.6f %.6f" % (now, since, since)))
 
     async def stp_response(self) -> str | None:
         ctx = self.ctx
@@ -388,6 +452,10 @@ class BusyObj:
         if "Date" not in beresp.headers:
             beresp.headers.add("Date", DATES.now())
         ctx.beresp = beresp
+        self._ts("Beresp")
+        ctx.log += (("BerespProtocol", beresp.proto), ("BerespStatus", str(status)),
+                    ("BerespReason", beresp.reason))
+        beresp.headers.log_to(ctx.log, "BerespHeader", "BerespUnset")
         ctx.was_304 = False
         stale = self.stale
         conditional = "If-None-Match" in ctx.bereq.headers or "If-Modified-Since" in ctx.bereq.headers
@@ -414,6 +482,9 @@ class BusyObj:
             ctx.beresp = beresp = merged
         self._body_read = self.body_kind == "none"
         self.t_origin = compute_ttl(ctx, self.server.params, now)
+        if not self.is_pass:
+            ctx.log.append(("TTL", "RFC %d %d %d %d %d" % (ctx.beresp_ttl, ctx.beresp_grace, ctx.beresp_keep,
+                                                          now, self.t_origin)))
         ctx.beresp_uncacheable = self.is_pass or bad_vary(beresp.headers.get("Vary"))
         ctx.do_stream = True
         ctx.do_gzip = ctx.do_gunzip = ctx.do_esi = False
@@ -426,6 +497,7 @@ class BusyObj:
                 # return (pass(DURATION)): a hit-for-pass object for that long
                 ctx.beresp_uncacheable = True
                 self.hfp_ttl = float(action.args[0]) if action.args else self.server.params.default_ttl
+                ctx.log.append(("TTL", "HFP %d 0 0 %d uncacheable" % (self.hfp_ttl, time.time())))
             else:
                 self.hfp_ttl = None
             return "fetchbody"
@@ -483,6 +555,7 @@ class BusyObj:
             self.conn = None
             conn.close()
             self._conn_delta(self.backend, -1)
+            self.ctx.log.append(("BackendClose", f"{getattr(self, 'conn_fd', -1)} {self.backend.name} close"))
 
     def _release_response(self) -> None:
         """Done with the backend: a connection whose response was read whole goes back to the pool,
@@ -495,6 +568,8 @@ class BusyObj:
                 beresp is not None and "close" in (beresp.headers.get("Connection") or "").lower())
             conn.release(not close and self._body_read)
             self._conn_delta(self.backend, -1)
+            self.ctx.log.append(("BackendClose", f"{getattr(self, 'conn_fd', -1)} {self.backend.name} "
+                                                 f"{'close' if close or not self._body_read else 'recycle'}"))
 
     async def stp_retry(self) -> str | None:
         ctx = self.ctx
@@ -510,7 +585,16 @@ class BusyObj:
         if self.no_retry is not None:
             self.ctx.log.append(("Error", f"Retry not possible, {self.no_retry}"))
             return "fail"
-        self.ctx.bereq_xid = self.server.next_xid()
+        ctx = self.ctx
+        old = ctx.bereq_xid
+        ctx.bereq_xid = self.server.next_xid()
+        # as varnishd: this transaction ends, linking to the retry's
+        self._ts("Retry")
+        ctx.log += (("Link", f"bereq {ctx.bereq_xid} retry"), ("End", ""))
+        self.server.vsl.write(old, "b", ctx.log)
+        ctx.log = []
+        self.t_prev = self.t_start = time.time()
+        self._vsl_begin(old, "retry")
         return "startfetch"
 
     # -- the object -------------------------------------------------------------------------------
@@ -642,6 +726,11 @@ class BusyObj:
             streaming = False
             oc.keep_body = True
         self.streamed = streaming
+        self._ts("Process")
+        store = oc.store
+        ctx.log += (("Storage", f"malloc {getattr(store, 'name', None) or 'Transient'}"),
+                    ("Fetch_Body", f"{_BODY_STATUS.get(self.body_kind, '3 length')} "
+                                   f"{'stream' if streaming else '-'}"))
         if streaming:
             # clients (and requests waiting on the busy object) may read while the body arrives
             self._publish()
@@ -681,6 +770,8 @@ class BusyObj:
             ctx.log.append(("FetchError", "Premature end of body"))
             return self._body_failed(streaming)
         self._release_response()
+        self._ts("BerespBody")
+        ctx.log.append(("Length", str(oc.length)))
         if not streaming:
             self._publish()
             if self.no_space:

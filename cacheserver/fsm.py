@@ -42,6 +42,9 @@ _STATE_SUBS = {"recv": ("vcl_recv", "vcl_hash"), "hit": ("vcl_hit",), "miss": ("
                "pass": ("vcl_pass",), "purge": ("vcl_purge",), "deliver": ("vcl_deliver",),
                "synth": ("vcl_synth",)}
 _VIA = "1.1 varnish (Varnish/7.1)"
+# VCL_call's argument for each subroutine, as varnishd logs it
+_CALL = {f"vcl_{n}": n.upper() for n in ("recv", "hash", "hit", "miss", "pass", "purge", "pipe", "deliver",
+                                          "synth", "backend_fetch", "backend_response", "backend_error")}
 # A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
 _START_LINE_SLOTS = 5
 
@@ -118,6 +121,61 @@ class ClientRequest(Delivery, EsiRequest):
             # reference cycle per request, left to the cyclic GC)
             filters_default=resp_filters_default,
         )
+        self.t_prev = self.t_start = self.ctx.req_time
+        self.acct_req = 0               # request head bytes, for ReqAcct
+        self.acct_hdr = self.acct_body = 0
+        self._vsl_begin("rxreq", self.ctx.sess_xid)
+        if hasattr(session, "vsl_link"):
+            session.vsl_link(self.ctx.xid)
+
+    # -- the shared log ---------------------------------------------------------------------------
+
+    def _vsl_begin(self, reason: str, parent: int) -> None:
+        ctx = self.ctx
+        req = ctx.req
+        t = self.t_start
+        ip = ctx.client_ip
+        if reason == "restart":
+            ctx.log.append(("Begin", f"req {parent} {reason}"))
+            self._ts("Start")            # counted from the first request's start, as varnishd
+            ctx.log.append(("VCL_use", self.vcl.__dict__.get("name") or "boot"))
+        else:
+            # one pre-joined run of records (cacheserver/vsl.py), one format: this is every request
+            ts = "%.6f" % t
+            ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
+                                     "Timestamp Req: %s 0.000000 0.000000\0VCL_use %s"
+                            % (parent, reason, ts, ts, self.vcl.__dict__.get("name") or "boot")))
+        ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
+                        % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
+        req.headers.log_to(ctx.log, "ReqHeader", "ReqUnset")
+
+    def _vsl_sync(self) -> None:
+        """debug +syncvsl: what the request logged so far goes out before it waits (varnishd writes
+        each record at once then); the rest follows under the same vxid."""
+        ctx = self.ctx
+        self.server.vsl.write(ctx.xid, "c", ctx.log)
+        del ctx.log[:]                 # the same list: headers log their changes into it
+
+    def _ts(self, event: str) -> None:
+        now = time.time()
+        self.ctx.log.append(("Timestamp", "%s: %.6f %.6f %.6f" % (event, now, now - self.t_start,
+                                                                 now - self.t_prev)))
+        self.t_prev = now
+
+    def _vsl_end(self) -> None:
+        """The request is done: its last records, then the whole task into the shared log."""
+        ctx = self.ctx
+        if ctx.log and ctx.log[-1][0] == "PipeAcct":
+            # a piped request ends with its PipeAcct, as varnishd's (no response, no ReqAcct)
+            ctx.log.append(("End", ""))
+            self.server.vsl.write(ctx.xid, "c", ctx.log)
+            return
+        now = time.time()
+        req = self.acct_req
+        hdr, body = self.acct_hdr, self.acct_body
+        ctx.log.append(("Timestamp", "Resp: %.6f %.6f %.6f\0ReqAcct %d 0 %d %d %d %d\0End "
+                        % (now, now - self.t_start, now - self.t_prev, req, req, hdr, body, hdr + body)))
+        self.server.vsl.write(ctx.xid, "c", ctx.log)
 
     # -- drivers ----------------------------------------------------------------------------------
 
@@ -136,6 +194,7 @@ class ClientRequest(Delivery, EsiRequest):
             if session.stolen:
                 state = None
         self.state = None
+        self._vsl_end()
         return True
 
     async def run_async(self) -> None:
@@ -143,6 +202,8 @@ class ClientRequest(Delivery, EsiRequest):
         try:
             while state is not None:
                 if self._must_wait(state):
+                    if "syncvsl" in str(self.server.params.debug):
+                        self._vsl_sync()
                     state = await getattr(self, "ast_" + state)()
                 else:
                     state = getattr(self, "st_" + state)()
@@ -150,6 +211,7 @@ class ClientRequest(Delivery, EsiRequest):
                     state = None
         finally:
             self._release()
+            self._vsl_end()
         self.state = None
 
     def _release(self) -> None:
@@ -165,24 +227,30 @@ class ClientRequest(Delivery, EsiRequest):
     def call(self, sub: str) -> Action:
         ctx = self.ctx
         ctx.method = sub
+        ctx.log.append(("VCL_call", _CALL[sub]))
         try:
             action = self.vcl.subs[sub](ctx)
         except VCLFailure as exc:
-            return self._failed(sub, exc)
-        if action.name == "fail":
-            fail_from_vcl(self.server, ctx, action)
+            action = self._failed(sub, exc)
+        else:
+            if action.name == "fail":
+                fail_from_vcl(self.server, ctx, action)
+        ctx.log.append(("VCL_return", action.name))
         return action
 
     async def acall(self, sub: str) -> Action:
         ctx = self.ctx
         ctx.method = sub
+        ctx.log.append(("VCL_call", _CALL[sub]))
         try:
             fn = self.vcl.subs[sub]
             action = await fn(ctx) if sub in self.vcl.async_subs else fn(ctx)
         except VCLFailure as exc:
-            return self._failed(sub, exc)
-        if action.name == "fail":
-            fail_from_vcl(self.server, ctx, action)
+            action = self._failed(sub, exc)
+        else:
+            if action.name == "fail":
+                fail_from_vcl(self.server, ctx, action)
+        ctx.log.append(("VCL_return", action.name))
         return action
 
     def _failed(self, sub: str, exc: Exception) -> Action:
@@ -317,16 +385,24 @@ class ClientRequest(Delivery, EsiRequest):
             self.busy, self.stale = r.busy, r.oc
             return "miss"
         if kind == st.HITMISS:
+            ctx.log.append(("HitMiss", _hit_text(r.oc or r.busy)))
             ctx.is_hitmiss = True
             self.busy, self.stale = r.busy, None
             return "miss"
         if kind == st.HITPASS:
+            ctx.log.append(("HitPass", _hit_text(r.oc)))
             ctx.is_hitpass = True
             return "pass"
         self.oc = r.oc
         self.busy = r.busy          # set on a grace hit that must refresh the object
         self.is_grace = kind == st.GRACE
         self._set_obj_fields(r.oc)
+        oc = r.oc
+        hit = "%d %.6f %.6f %.6f" % (oc.xid, ctx.obj_ttl, ctx.obj_grace, ctx.obj_keep)
+        if not oc.complete:
+            # still being fetched: the bytes so far, and the length when the backend announced one
+            hit += " %d %d" % (oc.length, oc.expected) if oc.expected else " %d" % oc.length
+        ctx.log.append(("Hit", hit))
         return "hit"
 
     async def ast_waitinglist(self) -> str:
@@ -371,6 +447,7 @@ class ClientRequest(Delivery, EsiRequest):
             if self.busy is not None:
                 # grace: deliver the stale object, refresh it in the background
                 bo = BusyObj(self.server, self.vcl, self.ctx, self.busy, self.oc, "bg", self.body)
+                self.ctx.log.append(("Link", f"bereq {bo.ctx.bereq_xid} bgfetch"))
                 self.busy = None
                 bo.start()
                 if self.body.present and self.body.cached is None:
@@ -414,6 +491,7 @@ class ClientRequest(Delivery, EsiRequest):
         if action.name == "fetch":
             self.server.counters.cache_miss += 1
             self.bo = BusyObj(self.server, self.vcl, self.ctx, self.busy, self.stale, "miss", self.body)
+            self.ctx.log.append(("Link", f"bereq {self.bo.ctx.bereq_xid} fetch"))
             self.oc, self.busy, self.stale = self.busy, None, None
             self.bo.start()
             return "fetch"
@@ -435,6 +513,7 @@ class ClientRequest(Delivery, EsiRequest):
             self.from_pass = True
             self.oc = ObjCore()
             self.bo = BusyObj(self.server, self.vcl, self.ctx, self.oc, None, "pass", self.body)
+            self.ctx.log.append(("Link", f"bereq {self.bo.ctx.bereq_xid} pass"))
             self.bo.start()
             return "fetch"
         return self._common(action)
@@ -442,6 +521,7 @@ class ClientRequest(Delivery, EsiRequest):
     async def ast_fetch(self) -> str | None:
         bo = self.bo
         await bo.ready
+        self._ts("Fetch")
         oc = self.oc
         if oc.http is None or oc.failed:
             bo.close_reader()
@@ -475,7 +555,7 @@ class ClientRequest(Delivery, EsiRequest):
         bereq.headers.set("Connection", "close")
         ctx.bereq = bereq
         ctx.bereq_backend = ctx.backend_hint
-        server.next_xid()                    # the pipe's backend transaction
+        self.pipe_xid = server.next_xid()    # the pipe's backend transaction
         action = await self.acall("vcl_pipe")
         if action.name != "pipe":
             return self._common(action)
@@ -507,7 +587,15 @@ class ClientRequest(Delivery, EsiRequest):
         if ctx.restarts > self.server.params.max_restarts:
             ctx.log.append(("VCL_Error", "Too many restarts"))
             return self._to_synth(503)
+        old = ctx.xid
         ctx.xid = self.server.next_xid()
+        # as varnishd: the old request ends here, linking to the new one, which begins afresh
+        self._ts("Restart")
+        ctx.log.append(("Link", f"req {ctx.xid} restart"))
+        ctx.log.append(("End", ""))
+        self.server.vsl.write(old, "c", ctx.log)
+        ctx.log = []
+        self._vsl_begin("restart", old)
         return "recv"
 
     # -- deliver / synth / transmit ---------------------------------------------------------------
@@ -556,12 +644,14 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.resp_filters = None
         ctx.obj_oc = oc                  # what resp.filters is chosen for (no cycle: oc knows no ctx)
         ctx.head_request = self.method0 == "HEAD"
+        _log_resp(ctx.log, resp)
         return resp
 
     def _after_deliver(self, resp: HttpMessage, action: Action | None) -> str | None:
         ctx = self.ctx
         if action is None:
             action = self.call("vcl_deliver")
+        self._ts("Process")
         if action.name != "deliver":
             self._drop_object()
             return self._common(action)
@@ -607,6 +697,7 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.resp = resp
         ctx.resp_filters = None
         ctx.obj_oc = None
+        _log_resp(ctx.log, resp)
         ctx.synth_body = []
         self.server.counters.s_synth += 1
         return resp
@@ -615,6 +706,7 @@ class ClientRequest(Delivery, EsiRequest):
         ctx = self.ctx
         if action is None:
             action = self.call("vcl_synth")
+        self._ts("Process")
         if action.name == "restart":
             return "restart"
         if action.name == "deliver":
@@ -647,3 +739,15 @@ def _absolute_url(req: HttpMessage) -> None:
     req.headers.set("Host", host)
     req.url = slash + path if slash else "/"
 
+
+def _hit_text(oc: ObjCore | None) -> str:
+    """HitMiss / HitPass: the marker object's vxid and the TTL it has left."""
+    if oc is None:
+        return "0 0.000000"
+    return "%d %.6f" % (oc.xid, oc.ttl - (time.time() - oc.t_origin))
+
+
+def _log_resp(records: list, resp: HttpMessage) -> None:
+    records.extend((("RespProtocol", resp.proto), ("RespStatus", str(resp.status)),
+                    ("RespReason", resp.reason)))
+    resp.headers.log_to(records, "RespHeader", "RespUnset")

@@ -172,6 +172,18 @@ def _compile_only(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_log(server: Server, args: argparse.Namespace) -> None:
+    """The shared log goes in the work directory (-n), as varnishd's; without one the server runs unlogged."""
+    from cacheserver.admin import default_work_dir
+
+    work = Path(args.work_dir) if args.work_dir else default_work_dir()
+    try:
+        work.mkdir(mode=0o755, parents=True, exist_ok=True)
+        server.open_log(work)
+    except OSError as exc:
+        log.warning("No shared log in %s: %s", work, exc.strerror or exc)
+
+
 async def _serve(server: Server, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -180,6 +192,15 @@ async def _serve(server: Server, args: argparse.Namespace) -> None:
     if args.pid_file:
         Path(args.pid_file).write_text(f"{os.getpid()}\n")
     server.bind()
+    _open_log(server, args)
+    server.publish_counters()
+    metrics = None
+    if server.params.prometheus_listen:
+        from cacheserver import prometheus
+
+        metrics = await prometheus.start(server, str(server.params.prometheus_listen))
+        print(f"Prometheus metrics on http://{prometheus.bound_address(metrics)}/metrics", file=sys.stderr,
+              flush=True)
     for name, host, port in server.listen_addresses():
         print(f"Listening on {host}:{port} ({name})", file=sys.stderr, flush=True)
     admin_addresses: list[str] = []
@@ -210,6 +231,8 @@ async def _serve(server: Server, args: argparse.Namespace) -> None:
             signal.signal(sig, signal.SIG_IGN)
         if args.debug:
             stdin_cli.cancel()
+        if metrics is not None:
+            await metrics.cleanup()
         await server.close()
         if args.pid_file:
             Path(args.pid_file).unlink(missing_ok=True)

@@ -143,6 +143,9 @@ EXTRA = [
     ParamDef("tinykvm_on_connect_timeout", "duration", "5.000",
              "How long a tinykvm program may take to accept a stolen connection.", 0.0, None, "seconds",
              (), "0.000", None),
+    ParamDef("prometheus_listen", "string", "",
+             "ADDR:PORT to serve the counters at /metrics in Prometheus text format (empty: off).", None, None,
+             "", (), None, None),
 ]
 
 # Bounds that follow another parameter (mgt_pool.c, mgt_param_vsl.c).

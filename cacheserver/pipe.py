@@ -55,13 +55,18 @@ async def pipe_request(request: ClientRequest) -> None:
         # the body is parsed (de-chunked) as it arrives: send it on framed as it came
         bereq.headers.set("Transfer-Encoding", "chunked")
     head = _request_head(bereq)
-    server.counters.s_pipe_hdrbytes += len(head)
+    server.counters.s_pipe_hdrbytes += request.acct_req     # varnishd counts the client's head
     vbe = live(backend)
     vbe.req += 1
     vbe.pipe_hdrbytes += len(head)
     writer.write(head)
+    _log_pipe(request, bereq, backend, writer)
+    session.pipe_in = body_in = 0
+    out = 0
     try:
         async for data in body.chunks():
+            body_in += len(data)
+            server.counters.s_pipe_in += len(data)
             writer.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
             await writer.drain()
         if chunked:
@@ -85,6 +90,7 @@ async def pipe_request(request: ClientRequest) -> None:
                 break
             server.counters.s_pipe_out += len(data)
             vbe.pipe_in += len(data)          # VBE counts from the backend's side
+            out += len(data)
             session.transport.write(data)
             await session.drain()
     except (ConnectionError, OSError):
@@ -94,4 +100,25 @@ async def pipe_request(request: ClientRequest) -> None:
         writer.close()
         session.close_reason = session.close_reason or "sc_tx_pipe"
         session.close()
+        # as varnishd: header bytes of the client request and of bereq, bytes piped each way
+        ctx.log.append(("PipeAcct", f"{request.acct_req} {len(head)} {body_in + session.pipe_in} {out}"))
+        server.vsl.write(request.pipe_xid, "b", [("BackendClose", f"{request.pipe_fd} {backend.name} close"),
+                                                 ("End", "")])
+
+
+def _log_pipe(request: ClientRequest, bereq, backend, writer: asyncio.StreamWriter) -> None:
+    """The pipe's backend transaction: linked from the request, written at its end (Begin first)."""
+    ctx = request.ctx
+    xid = request.pipe_xid
+    ctx.log.append(("Link", f"bereq {xid} pipe"))
+    sock = writer.get_extra_info("socket")
+    local = writer.get_extra_info("sockname") or ("-", "-")
+    request.pipe_fd = sock.fileno() if sock is not None else -1
+    records = [("Begin", f"bereq {ctx.xid} pipe"), ("BereqMethod", bereq.method), ("BereqURL", bereq.url),
+               ("BereqProtocol", bereq.proto)]
+    records += [("BereqHeader", f"{n}: {v}") for n, v in bereq.headers.items()]
+    records.append(("BackendOpen", f"{request.pipe_fd} {backend.name} {backend.host} {backend.port} "
+                                   f"{local[0]} {local[1]} connect"))
+    # the transaction's records so far go out now; BackendClose and End when the pipe ends
+    request.server.vsl.write(xid, "b", records)
 

@@ -102,6 +102,10 @@ class ClientProtocol(asyncio.Protocol):
         self._method_hold = b""                    # the start of such a method, cut by a read
         self.client_ip: IP = IP("0.0.0.0")
         self.local_ip: IP = IP("0.0.0.0")
+        self.vsl: list = []                  # the session's records in the shared log
+        self.pipe_in = 0
+        self.close_reason: str | None = None   # SessClose's reason, when we close
+        self.t_open = 0.0
 
     # -- connection events ----------------------------------------------------------------------
 
@@ -122,6 +126,17 @@ class ClientProtocol(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.sessions.add(self)
         self._arm_idle_timer()
+        self.t_open = t = time.time()
+        self.vsl += (("Begin", "sess 0 HTTP/1"),
+                     ("SessOpen", f"{peer[0]} {peer[1]} {self.listen_name} {local[0]} {local[1]} {t:.6f} "
+                                  f"{sock.fileno() if sock is not None else -1}"))
+
+    def vsl_link(self, xid: int) -> None:
+        self.vsl.append(("Link", f"req {xid} rxreq"))
+        if len(self.vsl) >= 64:
+            # a long keep-alive session: flush its records a part at a time (bounded buffer)
+            self.server.vsl.write(self.xid, "c", self.vsl)
+            self.vsl = []
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -134,6 +149,13 @@ class ClientProtocol(asyncio.Protocol):
                 counters.sess_closed_err += 1
             else:
                 counters.sess_closed += 1
+        if not self.stolen and self.t_open:
+            # SessClose names the reason as varnishd's tbl/sess_close.h does (sc_rx_junk: RX_JUNK)
+            reason = (self.close_reason or "sc_rem_close")[3:].upper()
+            self.vsl.append(("SessClose", "%s %.3f" % (reason, time.time() - self.t_open)))
+            self.vsl.append(("End", ""))
+            self.server.vsl.write(self.xid, "c", self.vsl)
+            self.vsl = []
         if self.pipe_to is not None:
             self.pipe_to.close()        # the client left: so does the pipe's backend side
         self.server.sessions.discard(self)
@@ -244,6 +266,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         if self.pipe_to is not None:
             self.server.counters.s_pipe_in += len(data)
+            self.pipe_in += len(data)        # PipeAcct
             self.pipe_to.write(data)
             return
         if (self.busy or self.write_blocked or self.held) and self._sink is None:
@@ -493,7 +516,10 @@ class ClientProtocol(asyncio.Protocol):
                            pause=self._pause_body, resume=self._resume_body,
                            want_continue=self._send_continue if want_continue else None)
         self.server.counters.client_req += 1
-        self.queue.append(ClientRequest(self, head, body, self._keep_alive, self._raw_done + 1))
+        request = ClientRequest(self, head, body, self._keep_alive, self._raw_done + 1)
+        # ReqAcct's header bytes: the request line and the fields as the parser counted them
+        request.acct_req = len(method) + len(self._url) + len(version) + 11 + self._head_size
+        self.queue.append(request)
         if not body.done:
             self._sink = body
 
@@ -659,7 +685,12 @@ class ClientProtocol(asyncio.Protocol):
                 ok = False
         if not ok:
             request.body_failed = True
+            if body.error and "too big" not in body.error:
+                # varnishd's words for a body that broke off (its fetch processor's)
+                request.ctx.log.append(("FetchError", "straight insufficient bytes" if body.length is not None
+                                        else f"chunked read error: {body.error}"))
         elif body.present:
+            request._ts("ReqBody")
             # as VRB_Cache: the request now says how long its body is, whatever framing it came in
             headers = request.ctx.req.headers
             headers.unset("Transfer-Encoding")

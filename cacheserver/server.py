@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cacheserver import vsc, vsl
 from cacheserver.beconn import Pools
 from cacheserver.counters import Counters
 from cacheserver.loopreports import LoopReports
@@ -76,6 +77,25 @@ class Server:
         self._xid = 0
         self.probes = Probes()         # backend health polls, per loaded VCL
         self.readonly_params: set[str] = set()       # -r: param.set refuses these
+        self.vsl = vsl.NULL            # the shared log (open_log), a no-op until there is a work dir
+        self.stats_dir: Path | None = None
+        self._stats_timer: asyncio.TimerHandle | None = None
+
+    def open_log(self, work_dir: Path) -> None:
+        """Put the shared log (and the counters file) in the work directory, as varnishd's -n."""
+        self.vsl = vsl.VslWriter(work_dir / vsl.FILE_NAME, int(self.params.vsl_space),
+                                 int(self.params.vsl_reclen))
+        self.stats_dir = work_dir
+
+    def publish_counters(self) -> None:
+        """Rewrite the counters file now and every second after (cachestat, Prometheus read it)."""
+        if self.stats_dir is None:
+            return
+        try:
+            vsc.write(self, self.stats_dir)
+        except OSError as exc:
+            log.warning("cannot write counters in %s: %s", self.stats_dir, exc)
+        self._stats_timer = asyncio.get_running_loop().call_later(vsc.INTERVAL, self.publish_counters)
 
     # -- transaction ids --------------------------------------------------------------------------
 
@@ -120,6 +140,7 @@ class Server:
         self.probes.prepare(name, compiled)         # backends have their initial health in vcl_init
         ctx = Context(method="vcl_init", vcl=compiled, server=self)
         action = compiled.init(ctx)
+        self.vsl.write(0, "-", ctx.log)            # vcl_init's records belong to no transaction (vxid 0)
         if isinstance(action, Action) and action.name == "fail":
             self.probes.stop(name)
             msg = "; ".join(text for _, text in ctx.log) or "vcl_init failed"
@@ -239,4 +260,12 @@ class Server:
         self._sockets = []
         await self.programs.close()
         self.backend_pools.close()
+        self.vsl.close()
+        if self._stats_timer is not None:
+            self._stats_timer.cancel()
+            self._stats_timer = None
+            try:
+                vsc.write(self, self.stats_dir, stopped=True)
+            except OSError:
+                pass
 

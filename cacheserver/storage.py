@@ -309,7 +309,7 @@ class Storage:
                 stale = oc
         if stale is not None and stale.hfm:
             self.counters.cache_hitmiss += 1
-            return LookupResult(HITMISS, None, self._new_busy(head))
+            return LookupResult(HITMISS, stale, self._new_busy(head))     # stale: for the HitMiss record
         if stale is not None and stale.hfp:
             stale = None
         in_grace = False

@@ -99,7 +99,7 @@ def test_define_macro(tmp_path, write):
 
 
 @pytest.mark.parametrize("body,why", [
-    ("logexpect l1 -v v1 {\n}\n", "unsupported command 'logexpect'"),
+    ("process p1 {echo hi} -run\n", "unsupported command 'process'"),
     ("shell {echo hi}\n", "unsupported command 'shell'"),
     ("client c1 {\n\tstream 1 {\n\t} -run\n} -run\n", "unsupported spec command 'stream'"),
     ("feature persistent_storage\n", "feature persistent_storage not available"),

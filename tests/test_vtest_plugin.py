@@ -34,7 +34,7 @@ def make_project(tmp_path: Path) -> Path:
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["vtest.pytest_plugin"]\n')
     (vtc / "a1.vtc").write_text(OK)
     (vtc / "a2.vtc").write_text(OK.replace("resp.status == 200", "resp.status == 201"))
-    (vtc / "a3.vtc").write_text('varnishtest "skip"\nlogexpect l1 -v v1 {\n} -start\n')
+    (vtc / "a3.vtc").write_text('varnishtest "skip"\nprocess p1 {echo hi} -run\n')
     (tmp_path / "tests" / "other.vtc").write_text(OK)  # not under tests/vtc: not collected
     return tmp_path
 
@@ -45,7 +45,7 @@ def test_collects_one_item_per_vtc_and_reports_each_outcome(tmp_path):
     assert "a2.vtc FAILED" in r.stdout
     assert 'EXPECT resp.status (200) == "201" failed' in r.stdout
     assert "rxhdr|HTTP/1.1 200 OK" in r.stdout         # the log tail
-    assert "unsupported command 'logexpect'" in r.stdout
+    assert "unsupported command 'process'" in r.stdout
 
 
 def test_k_selects_by_file_name(tmp_path):

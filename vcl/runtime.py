@@ -21,17 +21,28 @@ class Headers:
     without lowering every field on every call (the hit path does a dozen lookups per request).
     """
 
-    __slots__ = ("_fields",)
+    # vsl: while a task logs this message's changes, (records, "ReqHeader", "ReqUnset") - the shared
+    # log's per-task list (cacheserver/vsl.py) and the tags varnishd logs a set/unset under.
+    __slots__ = ("_fields", "vsl")
 
     def __init__(self, fields: list | None = None) -> None:
         self._fields: list[list[str]] = [[f[0], f[1], f[0].lower()] for f in fields] if fields else []
+        self.vsl = None
 
     @classmethod
     def adopt(cls, triples: list[list[str]]) -> Headers:
         """Wrap a list of [name, value, lowercased name] without copying (the parser builds it)."""
         headers = cls.__new__(cls)
         headers._fields = triples
+        headers.vsl = None
         return headers
+
+    def log_to(self, records: list, header_tag: str, unset_tag: str) -> None:
+        """Log every field now, and every later change, into a task's records (as varnishd)."""
+        if self._fields:
+            # one pre-joined run of records (cacheserver/vsl.py): cheaper than a tuple per field
+            records.append((header_tag, ("\0" + header_tag + " ").join([f[0] + ": " + f[1] for f in self._fields])))
+        self.vsl = (records, header_tag, unset_tag)
 
     def get(self, name: str) -> str | None:
         """The first field called `name`, as Varnish's req.http.NAME reads it."""
@@ -52,6 +63,8 @@ class Headers:
         """Replace every field called `name` by one, at the place of the first (VCL `set`)."""
         lname = name.lower()
         fields = self._fields
+        if self.vsl is not None:
+            self._log_change(lname, name, value)
         for i, field in enumerate(fields):
             if field[2] == lname:
                 field[1] = value
@@ -63,14 +76,26 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         self._fields.append([name, value, name.lower()])
+        if self.vsl is not None:
+            self.vsl[0].append((self.vsl[1], name + ": " + value))
 
     def unset(self, name: str) -> None:
         lname = name.lower()
         fields = self._fields
         for field in fields:
             if field[2] == lname:
+                if self.vsl is not None:
+                    self._log_change(lname, None, None)
                 self._fields = [f for f in fields if f[2] != lname]
                 return
+
+    def _log_change(self, lname: str, name: str | None, value: str | None) -> None:
+        records, header_tag, unset_tag = self.vsl
+        for f in self._fields:
+            if f[2] == lname:
+                records.append((unset_tag, f[0] + ": " + f[1]))
+        if name is not None:
+            records.append((header_tag, name + ": " + value))
 
     def items(self) -> list[tuple[str, str]]:
         return [(f[0], f[1]) for f in self._fields]

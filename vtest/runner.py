@@ -15,13 +15,14 @@ from .entities import Client, Server
 from .errors import TestFailure, TestSkip
 from .http import UNSUPPORTED_SPEC
 from .log import EntityLog
+from .logexpect import LogExpect, cmd_logexpect
 from .parse import split_commands
 from .tunnel import Tunnel
 from .varnish import Varnish
 
 # Top-level commands vtest does not implement: a test using them is skipped with this reason.
 UNSUPPORTED_TOP = {
-    "logexpect": "logexpect (VSL log matching)", "process": "process (terminal emulation)",
+    "process": "process (terminal emulation)",
     "shell": "shell commands", "haproxy": "haproxy instances", "syslog": "syslog instances",
 }
 
@@ -86,7 +87,9 @@ class Runner:
             "barrier": lambda av: cmd_barrier(ctx, self.log, av),
             "server": self.cmd_server, "client": self.cmd_client, "varnish": self.cmd_varnish,
             "setenv": self.cmd_setenv, "tunnel": self.cmd_tunnel,
+            "logexpect": lambda av: cmd_logexpect(ctx, self.logexpects, av),
         }
+        self.logexpects: dict[str, LogExpect] = {}
         self.tunnels: dict[str, Tunnel] = {}
 
     # ---- pre-flight -------------------------------------------------------------
@@ -144,6 +147,8 @@ class Runner:
             s.cancel()
         for t in list(self.tunnels.values()):
             t.cancel()
+        for le in self.logexpects.values():
+            le.cancelled = True          # as varnishtest: a logexpect still running is stopped
         for v in list(self.ctx.varnishes.values()):
             v.wait()
 

@@ -1,0 +1,105 @@
+"""The shared log's ring: records round-trip, wrap around, a lapped reader is told, huge records are cut."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cacheserver import vsl
+from cacheserver.vsl import LogError, Overrun, Record, VslReader, VslWriter
+
+
+def _records(reader: VslReader) -> list:
+    return list(reader.read())
+
+
+def test_round_trip(tmp_path):
+    w = VslWriter(tmp_path / vsl.FILE_NAME, size=65536)
+    r = VslReader(tmp_path)
+    w.write(1001, "c", [("Begin", "req 1000 rxreq"), ("ReqURL", "/a b"), ("End", "")])
+    got = _records(r)
+    assert [(x.vxid, x.kind, x.tag, x.text) for x in got] == [
+        (1001, "c", "Begin", "req 1000 rxreq"), (1001, "c", "ReqURL", "/a b"), (1001, "c", "End", "")]
+    assert _records(r) == []
+    w.write(1002, "b", [("BereqURL", "/x")])
+    assert [x.text for x in _records(r)] == ["/x"]
+
+
+def test_tail_starts_at_the_newest(tmp_path):
+    w = VslWriter(tmp_path / vsl.FILE_NAME, size=65536)
+    w.write(1, "c", [("Begin", "old")])
+    r = VslReader(tmp_path, tail=True)
+    assert _records(r) == []
+    w.write(2, "c", [("Begin", "new")])
+    assert [x.text for x in _records(r)] == ["new"]
+
+
+def test_wrap_around_keeps_order(tmp_path):
+    w = VslWriter(tmp_path / vsl.FILE_NAME, size=65536)
+    r = VslReader(tmp_path)
+    seen = []
+    for i in range(5000):               # ~10 laps of the ring, read as it goes
+        w.write(i, "c", [("VCL_Log", "x" * (i % 97)), ("End", "")])
+        if i % 50 == 0:
+            seen += [x.vxid for x in _records(r) if isinstance(x, Record) and x.tag == "End"]
+    seen += [x.vxid for x in _records(r) if isinstance(x, Record) and x.tag == "End"]
+    assert seen == list(range(5000))
+    assert w.head > 5 * w.size
+
+
+def test_a_reader_that_falls_behind_is_told(tmp_path):
+    w = VslWriter(tmp_path / vsl.FILE_NAME, size=65536)
+    r = VslReader(tmp_path)
+    for i in range(3000):
+        w.write(i, "c", [("VCL_Log", "y" * 60)])
+    got = _records(r)
+    assert isinstance(got[0], Overrun) and got[0].lost > 0
+    vxids = [x.vxid for x in got if isinstance(x, Record)]
+    # what it then reads is whole, in order, and ends with the newest
+    assert vxids == list(range(vxids[0], 3000))
+    assert len(vxids) * 80 < 65536
+    # the oldest-start reader also begins at a whole chunk
+    r2 = VslReader(tmp_path)
+    first = next(iter(r2.read()))
+    assert isinstance(first, Record) and first.text == "y" * 60
+
+
+def test_a_record_too_big_for_a_chunk_is_cut_to_reclen(tmp_path):
+    w = VslWriter(tmp_path / vsl.FILE_NAME, size=65536, reclen=255)
+    r = VslReader(tmp_path)
+    huge = [("VCL_Log", "z" * 100000), ("ReqHeader", "X: " + "q" * 5000)] + [("Debug", str(i)) for i in range(2000)]
+    w.write(7, "c", huge)
+    got = [x for x in _records(r) if isinstance(x, Record)]
+    assert got[0].text == "z" * 255
+    assert got[1].text == ("X: " + "q" * 5000)[:255]
+    assert [x.text for x in got[2:]] == [str(i) for i in range(2000)]
+    assert w.head <= w.size   # never more than the ring
+
+
+def test_reader_truncates_to_reclen(tmp_path):
+    w = VslWriter(tmp_path / vsl.FILE_NAME, size=65536, reclen=20)
+    r = VslReader(tmp_path)
+    w.write(1, "c", [("ReqURL", "/" + "a" * 50)])
+    assert _records(r)[0].text == "/" + "a" * 19
+
+
+def test_missing_and_stale_work_directory(tmp_path):
+    with pytest.raises(LogError, match="does not exist"):
+        VslReader(tmp_path / "nope")
+    with pytest.raises(LogError, match="missing"):
+        VslReader(tmp_path)
+    (tmp_path / vsl.FILE_NAME).write_bytes(b"junk" * 2000)
+    with pytest.raises(LogError, match="not a cacheserver log"):
+        VslReader(tmp_path)
+    w = VslWriter(tmp_path / vsl.FILE_NAME, size=65536)
+    r = VslReader(tmp_path)
+    assert r.stale() is None
+    w.close()
+    assert "stopped" in r.stale()
+    # a log left by a process that died without closing it
+    w2 = VslWriter(tmp_path / vsl.FILE_NAME, size=65536)
+    w2.mm[16:24] = (2 ** 22 + 12345).to_bytes(8, "little")   # a pid that does not exist
+    r2 = VslReader(tmp_path)
+    assert "stale" in r2.stale()
+    assert os.path.exists(tmp_path / vsl.FILE_NAME)
