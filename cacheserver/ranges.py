@@ -10,39 +10,48 @@ class RangeError(Exception):
     """The Range header cannot be satisfied: 416."""
 
 
-def parse_range(value: str, length: int) -> tuple[int, int] | None:
-    """(first, last) byte of a single `bytes=` range of an object of `length` bytes.
+_SSIZE_MAX = 2 ** 63 - 1
 
-    None means "ignore the header and send the whole object" (200); RangeError means 416.
+
+def _digits(value: str, i: int) -> tuple[int, int, bool]:
+    """The ASCII digits at value[i:] as vrg_dorange reads them: (number, next index, any digit)."""
+    j = i
+    while j < len(value) and "0" <= value[j] <= "9":
+        j += 1
+    return (int(value[i:j]) if j > i else 0), j, j > i
+
+
+def parse_range(value: str, length: int) -> tuple[int, int] | None:
+    """(first, last) byte of a single `bytes=` range of an object of `length` bytes (vrg_dorange).
+
+    None means "ignore the header and send the whole object" (200); RangeError means 416. No blank
+    is allowed anywhere after `bytes=` and only one range is served, as varnishd 7.1.
     """
     if length < 0:
         return None                  # length still unknown (streaming): send it all
     if value[:6].lower() != "bytes=":
         raise RangeError("Not Bytes")
-    spec = value[6:].strip()
-    lo_text, sep, hi_text = spec.partition("-")
-    if not sep:
+    lo, i, has_lo = _digits(value, 6)
+    if lo > _SSIZE_MAX:
+        raise RangeError("Low number too big")
+    if value[i:i + 1] != "-":
         raise RangeError("Missing hyphen")
-    lo_text, hi_text = lo_text.strip(), hi_text.strip()
-    if (lo_text and not lo_text.isdigit()) or (hi_text and not hi_text.isdigit()):
+    hi, i, has_hi = _digits(value, i + 1)
+    if hi > _SSIZE_MAX:
+        raise RangeError("High number too big")
+    if i != len(value):
         raise RangeError("Trailing stuff")
-    if not lo_text and not hi_text:
+    if not has_lo and not has_hi:
         raise RangeError("Neither high nor low")
-    if not lo_text:
-        suffix = int(hi_text)
-        if length < 0:
-            return None
-        lo, hi = max(length - suffix, 0), length - 1
-    else:
-        lo = int(lo_text)
-        hi = int(hi_text) if hi_text else -1
-        if length >= 0 and (hi < 0 or hi >= length):
-            hi = length - 1
-        if hi < 0:
-            return None
-    if lo > hi:
-        raise RangeError("low > high")
-    if length >= 0 and lo >= length:
+    if not has_lo:
+        if hi == 0:
+            raise RangeError("No low, high is zero")
+        lo, hi = max(length - hi, 0), length - 1
+    elif hi >= length or not has_hi:
+        hi = length - 1
+    if hi < lo:
+        raise RangeError("high smaller than low")
+    if lo >= length:
         raise RangeError("low range beyond object")
     return lo, hi
 
