@@ -1,0 +1,238 @@
+"""cache_rfc2616.c, cache_range.c and cache_ban.c rules as plain function calls, with a frozen clock.
+
+Fast on purpose: these are the tests the mutation run (tools/mutate.py) uses for rfc2616.py, ranges.py
+and bans.py. Every expected value comes from varnishd 7.1.1: the same inputs are in
+tests/vtc/r00001.vtc (ranges), r00002.vtc (TTLs) and r00003.vtc (bans), which pass under varnishtest.
+"""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cacheserver.bans import BanError, BanList, build, split_args
+from cacheserver.ranges import RangeError, parse_range
+from cacheserver.rfc2616 import compute_ttl, header_field, rfc2616_time
+from vcl.runtime import Context, Headers, HttpMessage
+
+NOW = 1_700_000_000.0
+PARAMS = SimpleNamespace(default_ttl=120.0, default_grace=10.0, default_keep=0.0, clock_skew=10.0)
+D1990 = "Mon, 01 Jan 1990 00:00:00 GMT"
+E1990 = "Mon, 01 Jan 1990 00:01:40 GMT"
+
+
+def http_date(t: float) -> str:
+    return formatdate(t, usegmt=True)
+
+
+def ttl_of(headers, status=200, params=PARAMS):
+    ctx = Context(method="vcl_backend_response", hash_parts=[])
+    ctx.beresp = HttpMessage(status=status, reason="", headers=Headers(headers))
+    t_origin = compute_ttl(ctx, params, NOW)
+    return ctx.beresp_ttl, ctx.beresp_grace, t_origin
+
+
+@pytest.mark.parametrize("headers, status, ttl, grace", [
+    ([], 200, 120, 10),
+    ([("Date", D1990), ("Expires", E1990)], 200, 100, 10),          # clocks disagree: Expires - Date
+    ([("Date", D1990), ("Expires", "Sun, 31 Dec 1989 23:59:59 GMT")], 200, 0, 10),   # before Date
+    ([("Expires", E1990)], 200, 0, 10),                             # no Date, Expires in our past
+    ([("Expires", "garbage")], 200, 120, 10),                       # unparseable: as if absent
+    ([("Expires", "Thu, 01 Jan 1970 00:00:00 GMT")], 200, 120, 10),  # VTIM_parse gives 0: absent
+    ([("Cache-Control", "max-age=10x")], 200, 0, 10),
+    ([("Cache-Control", 'max-age="30"')], 200, 0, 10),
+    ([("Cache-Control", "max-age="), ("Expires", E1990)], 200, 0, 10),   # empty value: 0, not Expires
+    ([("Cache-Control", "max-age=-5")], 200, 0, 10),
+    ([("Cache-Control", "max-age=30.9")], 200, 30, 10),
+    ([("Cache-Control", "max-age=30 , public")], 200, 30, 10),
+    ([("Cache-Control", "max-age=30, s-maxage=40")], 200, 40, 10),
+    ([("Cache-Control", "max-age=30"), ("Age", "5")], 200, 25, 10),
+    ([("Cache-Control", "max-age=30"), ("Age", "5x")], 200, 30, 10),
+    ([("Cache-Control", "max-age=30"), ("Age", "50")], 200, -20, 10),
+    ([("Cache-Control", "max-age=30, stale-while-revalidate=")], 200, 30, 0),
+    ([("Cache-Control", "max-age=30, stale-while-revalidate=5")], 200, 30, 5),
+    ([], 302, 0, 10),                                               # -1, which VCL reads as 0
+    ([("Cache-Control", "max-age=5")], 302, 5, 10),
+    ([("Cache-Control", "max-age=5")], 500, 0, 10),
+    ([("Cache-Control", "public"), ("Cache-Control", "max-age=33")], 200, 33, 10),
+    ([("Cache-Control", "MAX-AGE=44")], 200, 44, 10),
+    ([("Cache-Control", "max-age=30, max-age=20")], 200, 30, 10),   # the first one decides
+    ([("Cache-Control", "xmax-age=30")], 200, 120, 10),
+    # relative to the clock (r00002.vtc's /ahead, /near, /past)
+    ([("Date", http_date(NOW + 20)), ("Expires", http_date(NOW + 70))], 200, 50, 10),
+    ([("Date", http_date(NOW + 5)), ("Expires", http_date(NOW + 1000))], 200, 1000, 10),
+    ([("Date", http_date(NOW)), ("Expires", http_date(NOW - 30))], 200, 0, 10),
+])
+def test_ttl_and_grace_as_rfc2616_ttl_sets_them(headers, status, ttl, grace):
+    got_ttl, got_grace, _ = ttl_of(headers, status)
+    assert (got_ttl, got_grace) == (ttl, grace)
+
+
+def test_clock_skew_is_the_parameter_and_its_edge_is_exclusive():
+    # |Date - now| == clock_skew is outside the window: Expires then counts from Date.
+    headers = [("Date", http_date(NOW + 10)), ("Expires", http_date(NOW + 70))]
+    assert ttl_of(headers)[0] == 60
+    assert ttl_of(headers, params=SimpleNamespace(**{**vars(PARAMS), "clock_skew": 11.0}))[0] == 70
+    assert ttl_of([("Date", http_date(NOW - 9)), ("Expires", http_date(NOW + 70))])[0] == 70
+
+
+def test_age_moves_the_origin_time():
+    assert ttl_of([("Age", "7")])[2] == NOW - 7
+    assert ttl_of([])[2] == NOW
+
+
+@pytest.mark.parametrize("text, value", [
+    ("30", 30), (" 30", 30), ("30 ", 30), ("30,", 30), ("30.5", 30), ("30x", 0), ("-3", 0), ("", 0),
+    ("+4", 4), ("99999999999", 2 ** 32 - 1), ("30\t,", 30),
+])
+def test_rfc2616_time(text, value):
+    assert rfc2616_time(text) == value
+
+
+@pytest.mark.parametrize("value, name, found", [
+    ("max-age=3", "max-age", "3"), ("public, max-age = 3", "max-age", "3"), ("max-age", "max-age", None),
+    ("xmax-age=3", "max-age", False), ("max-agex=3", "max-age", False), ("a=1,max-age=2", "max-age", "2"),
+    ("", "max-age", False), ("max-age;x=1", "max-age", None), (",,max-age=1", "max-age", "1"),
+])
+def test_header_field(value, name, found):
+    assert header_field(value, name) == found
+
+
+# Ranges: cache_range.c on a 10-byte object (r00001.vtc)
+@pytest.mark.parametrize("spec, span", [
+    ("bytes=0-9", (0, 9)), ("bytes=2-10", (2, 9)), ("bytes=5-1000", (5, 9)), ("bytes=-20", (0, 9)),
+    ("bytes=-10", (0, 9)), ("bytes=-3", (7, 9)), ("bytes=9-", (9, 9)), ("bytes=0-", (0, 9)),
+    ("bytes=9-9", (9, 9)), ("BYTES=1-2", (1, 2)), ("bytes=0-9223372036854775806", (0, 9)),
+])
+def test_range_spans(spec, span):
+    assert parse_range(spec, 10) == span
+
+
+@pytest.mark.parametrize("spec", [
+    "bytes=-0", "bytes=10-", "bytes=10-20", "bytes=5-4", "bytes=-", "bytes=1-2x", "bytes=0-3,5-6",
+    "items=0-3", "bytes= 1 - 2", "bytes=3", "bytes=0-99999999999999999999", "bytes=99999999999999999999-",
+    "bytes=1 -2", "bytes=1- 2", "bytes=\u0661-2",
+])
+def test_range_refused(spec):
+    with pytest.raises(RangeError):
+        parse_range(spec, 10)
+
+
+def test_range_of_unknown_length_is_ignored():
+    assert parse_range("bytes=0-3", -1) is None
+    assert parse_range("nonsense", -1) is None
+
+
+@given(st.binary(max_size=40), st.integers(0, 60), st.integers(0, 60) | st.none())
+def test_range_against_a_reference_slice(body, lo, hi):
+    """bytes=LO-HI (or LO-) serves body[LO:HI+1] when LO is inside the body, else 416 (HI < LO too)."""
+    spec = f"bytes={lo}-{'' if hi is None else hi}"
+    if lo >= len(body) or (hi is not None and hi < lo):
+        with pytest.raises(RangeError):
+            parse_range(spec, len(body))
+        return
+    first, last = parse_range(spec, len(body))
+    assert body[first:last + 1] == body[lo:None if hi is None else hi + 1]
+
+
+@given(st.binary(max_size=40), st.integers(1, 60))
+def test_suffix_range_against_a_reference_slice(body, n):
+    """bytes=-N serves the last N bytes (all of them when N is larger); an empty body has none."""
+    if not body:
+        with pytest.raises(RangeError):
+            parse_range(f"bytes=-{n}", 0)
+        return
+    first, last = parse_range(f"bytes=-{n}", len(body))
+    assert body[first:last + 1] == body[-n:]
+
+
+# Bans: cache_ban.c (r00003.vtc)
+def obj(headers=(), status=200, ttl=100.0, grace=10.0, keep=0.0, t_origin=NOW - 30):
+    return SimpleNamespace(http=HttpMessage(status=status, headers=Headers(list(headers))), ttl=ttl,
+                           grace=grace, keep=keep, t_origin=t_origin)
+
+
+def kills(expr, oc, req=None):
+    counters = SimpleNamespace(**{k: 0 for k in ("bans", "bans_completed", "bans_added", "bans_req",
+                                                  "bans_obj", "bans_dups", "bans_deleted")})
+    ban = BanList(counters).add(expr)
+    return ban.matches(oc, req, NOW)
+
+
+TAGGED, UNTAGGED = obj([("X-Tag", "foo")]), obj()
+
+
+@pytest.mark.parametrize("expr, tagged, untagged", [
+    ("obj.http.x-tag != foo", False, True), ("obj.http.x-tag !~ fo", False, False),
+    ("obj.http.x-tag == foo", True, False), ("obj.http.x-tag ~ .", True, False),
+    ("obj.http.x-tag != bar", True, True),
+])
+def test_ban_against_a_missing_object_header(expr, tagged, untagged):
+    assert (kills(expr, TAGGED), kills(expr, UNTAGGED)) == (tagged, untagged)
+
+
+@pytest.mark.parametrize("expr, with_h, without_h", [
+    ("req.http.x-h != bar", False, True), ("req.http.x-h == bar", True, False),
+    ("req.http.x-h !~ ba", False, False), ("req.http.x-h ~ ba", True, False),
+])
+def test_ban_against_a_missing_request_header(expr, with_h, without_h):
+    def req(headers):
+        return HttpMessage("GET", "/", headers=Headers(headers))
+    assert (kills(expr, UNTAGGED, req([("X-H", "bar")])), kills(expr, UNTAGGED, req([]))) == (with_h, without_h)
+
+
+@pytest.mark.parametrize("op, k9, k10, k11", [
+    (">", 0, 0, 1), (">=", 0, 1, 1), ("<", 1, 0, 0), ("<=", 1, 1, 0), ("==", 0, 1, 0), ("!=", 1, 0, 1),
+])
+def test_ban_duration_boundaries(op, k9, k10, k11):
+    for field in ("grace", "keep"):
+        got = [kills(f"obj.{field} {op} 10s", obj(**{field: v})) for v in (9.0, 10.0, 11.0)]
+        assert got == [bool(k9), bool(k10), bool(k11)], field
+    # obj.ttl is what is left (ttl - age), obj.age the time since the origin: 30 s here
+    got = [kills(f"obj.ttl {op} 10s", obj(ttl=30.0 + v)) for v in (9.0, 10.0, 11.0)]
+    assert got == [bool(k9), bool(k10), bool(k11)]
+    got = [kills(f"obj.age {op} 30s", obj(t_origin=NOW - v)) for v in (29.0, 30.0, 31.0)]
+    assert got == [bool(k9), bool(k10), bool(k11)]
+
+
+def test_ban_on_url_and_status_and_conjunction():
+    req = HttpMessage("GET", "/a/b")
+    assert kills("req.url ~ ^/a && obj.status == 200", UNTAGGED, req)
+    assert not kills("req.url ~ ^/a && obj.status == 404", UNTAGGED, req)
+    assert not kills("req.url == /a", UNTAGGED, req)
+    assert kills("obj.status != 404", UNTAGGED)
+    assert not kills("req.url ~ .", UNTAGGED, None)        # the lurker has no request
+
+
+@given(st.lists(st.tuples(st.sampled_from(["req.url", "req.http.x-a", "obj.http.x-b", "obj.status"]),
+                          st.sampled_from(["==", "!=", "~", "!~"]),
+                          st.text(alphabet="abcxyz019/.-_", min_size=1, max_size=8)),
+                min_size=1, max_size=4))
+def test_ban_expression_round_trip(tests):
+    """A ban's text (ban.list) parses back to the same tests."""
+    expr = " && ".join(f"{f} {op} {arg}" for f, op, arg in tests)
+    built = build(split_args(expr))
+    again = build(split_args(" && ".join(t.text() for t in built)))
+    assert [(t.field, t.header, t.op, t.arg) for t in again] == [(t.field, t.header, t.op, t.arg) for t in built]
+    assert [t.text() for t in built] == [f"{f} {op} {arg}" for f, op, arg in tests]
+
+
+@given(st.integers(0, 10 ** 6), st.sampled_from(["ms", "s", "m", "h", "d", "w", "y"]))
+def test_ban_duration_round_trip(n, unit):
+    built = build(split_args(f"obj.ttl > {n}{unit}"))
+    assert build(split_args(built[0].text()))[0].number == pytest.approx(built[0].number)
+
+
+@pytest.mark.parametrize("expr, status, message", [
+    ("req.url", 104, "Too few parameters"),
+    ("req.url ~ a && req.url", 106, "Wrong number of arguments"),
+    ("req.url ~ a || req.url ~ b", 106, 'Found "||" expected &&'),
+])
+def test_ban_errors(expr, status, message):
+    with pytest.raises(BanError) as info:
+        build(split_args(expr))
+    assert (info.value.status, str(info.value)) == (status, message)
