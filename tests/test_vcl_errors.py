@@ -6,6 +6,14 @@ we report the character column (a tab is one), so VCC's "Pos 13" after one tab i
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import pytest
 
 from vcl.compiler import compile_vcl
@@ -115,6 +123,62 @@ def test_error_position_and_message(name):
     first = str(err).splitlines()[0]
     assert first.startswith(f"{name}.vcl:{line}:{col}: {message}"), first
     assert (err.filename, err.line, err.col) == (f"{name}.vcl", line, col)
+
+
+VARNISHD = shutil.which("varnishd") or ("/usr/sbin/varnishd" if os.path.exists("/usr/sbin/varnishd") else None)
+_POS = re.compile(r"^(?:At: )?\('(?:[^']*)' Line (\d+) Pos (\d+)\)")
+
+
+def vcc_report(stderr: str, source: str) -> tuple[str, int, int]:
+    """(first message line, line, column) of `varnishd -C`'s report; the column counts a tab as one."""
+    lines = stderr.splitlines()
+    lines = lines[next(i for i, ln in enumerate(lines) if ln.startswith("Message from VCC")) + 1:]
+    message = pos = None
+    skip_source = False
+    for i, ln in enumerate(lines):
+        m = _POS.match(ln)
+        if m:
+            if pos is None:
+                pos = (int(m.group(1)), int(m.group(2)))
+            skip_source = True
+            continue
+        if skip_source:                     # the quoted source line under a position
+            skip_source = False
+            continue
+        if ln.strip() and not re.fullmatch(r"[-#]+", ln) and message is None:
+            message = ln
+    line, vcc_pos = pos
+    col, x = 1, 0                            # VCC's Pos expands tabs to multiples of 8
+    for ch in source.split("\n")[line - 1]:
+        if x + 1 >= vcc_pos:
+            break
+        x = (x // 8 + 1) * 8 if ch == "\t" else x + 1
+        col += 1
+    return message, line, col
+
+
+@pytest.mark.skipif(VARNISHD is None, reason="varnishd not installed")
+def test_every_case_is_what_varnishd_reports():
+    """Each case's message, line and column, as `varnishd -C` reports them (not from our output)."""
+    # varnishd drops privileges before reading the file: a world-readable directory under /tmp.
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+
+        def vcc(name: str) -> tuple[str, tuple[str, int, int]]:
+            path = Path(tmp) / f"{name}.vcl"
+            path.write_text(CASES[name][0])
+            path.chmod(0o644)
+            run = subprocess.run([VARNISHD, "-C", "-f", str(path)], capture_output=True, text=True, timeout=60)
+            return name, vcc_report(run.stderr, CASES[name][0])
+
+        with ThreadPoolExecutor(4) as pool:
+            live = dict(pool.map(vcc, sorted(CASES)))
+    wrong = {}
+    for name, (message, line, col) in live.items():
+        _, want_line, want_col, want_message = CASES[name]
+        if (line, col) != (want_line, want_col) or not message.startswith(want_message.split("\n")[0]):
+            wrong[name] = (message, line, col)
+    assert wrong == {}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
