@@ -135,7 +135,7 @@ def vcc_report(stderr: str, source: str) -> tuple[str, int, int]:
     lines = lines[next(i for i, ln in enumerate(lines) if ln.startswith("Message from VCC")) + 1:]
     message = pos = None
     skip_source = False
-    for i, ln in enumerate(lines):
+    for ln in lines:
         m = _POS.match(ln)
         if m:
             if pos is None:
