@@ -23,7 +23,9 @@ def rfc2616_time(text: str) -> int:
     if not m:
         return 0
     val = int(m.group(2))
-    if m.group(1) == "-" and val:
+    if val > 2 ** 64 - 1:
+        val = 2 ** 64 - 1          # strtoul: ULONG_MAX when out of range, sign or not
+    elif m.group(1) == "-" and val:
         val = 2 ** 64 - val        # strtoul negates in unsigned arithmetic
     if val > _UINT_MAX:
         return _UINT_MAX

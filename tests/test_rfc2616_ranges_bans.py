@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from cacheserver.bans import BanError, BanList, build, split_args
 from cacheserver.ranges import RangeError, parse_range
-from cacheserver.rfc2616 import compute_ttl, header_field, rfc2616_time
+from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl, header_field, rfc2616_time
 from vcl.runtime import Context, Headers, HttpMessage
 
 NOW = 1_700_000_000.0
@@ -66,6 +66,12 @@ def ttl_of(headers, status=200, params=PARAMS):
     ([("Date", http_date(NOW + 20)), ("Expires", http_date(NOW + 70))], 200, 50, 10),
     ([("Date", http_date(NOW + 5)), ("Expires", http_date(NOW + 1000))], 200, 1000, 10),
     ([("Date", http_date(NOW)), ("Expires", http_date(NOW - 30))], 200, 0, 10),
+    # Expires equal to a Date near our clock is not "expired already": it counts from our clock
+    ([("Date", http_date(NOW + 5)), ("Expires", http_date(NOW + 5))], 200, 5, 10),
+    # a TTL of 0 from the clock still takes stale-while-revalidate (the test is ttl >= 0)
+    ([("Date", http_date(NOW - 5)), ("Expires", http_date(NOW - 2)),
+      ("Cache-Control", "stale-while-revalidate=7")], 200, 0, 7),
+    ([("Cache-Control", "max-age=0, stale-while-revalidate=5")], 200, 0, 5),
 ])
 def test_ttl_and_grace_as_rfc2616_ttl_sets_them(headers, status, ttl, grace):
     got_ttl, got_grace, _ = ttl_of(headers, status)
@@ -80,14 +86,36 @@ def test_clock_skew_is_the_parameter_and_its_edge_is_exclusive():
     assert ttl_of([("Date", http_date(NOW - 9)), ("Expires", http_date(NOW + 70))])[0] == 70
 
 
-def test_age_moves_the_origin_time():
+def test_age_moves_the_origin_time_and_keep_is_the_parameter():
     assert ttl_of([("Age", "7")])[2] == NOW - 7
     assert ttl_of([])[2] == NOW
+    ctx = Context(method="vcl_backend_response", hash_parts=[])
+    ctx.beresp = HttpMessage(status=200, headers=Headers([("Age", "7")]))
+    compute_ttl(ctx, SimpleNamespace(**{**vars(PARAMS), "default_keep": 3.0}), NOW)
+    assert (ctx.beresp_age, ctx.beresp_keep) == (7.0, 3.0)
+
+
+def test_collect_header_joins_fields_where_the_first_was():
+    h = Headers([("A", "1"), ("Cache-Control", "public"), ("B", "2"), ("cache-control", "max-age=3")])
+    collect_header(h, "Cache-Control")
+    assert h.get_all("Cache-Control") == ["public, max-age=3"]
+    assert [f[0] for f in h._fields] == ["A", "Cache-Control", "B"]
+    one = Headers([("Vary", "X")])
+    collect_header(one, "Vary")
+    assert one.get_all("Vary") == ["X"]
+
+
+def test_bad_vary_is_a_field_name_over_127_bytes():
+    assert not bad_vary(None) and not bad_vary("") and not bad_vary("A, " + "x" * 127)
+    assert bad_vary("A, " + "x" * 128) and bad_vary("x" * 128 + ",B")
 
 
 @pytest.mark.parametrize("text, value", [
     ("30", 30), (" 30", 30), ("30 ", 30), ("30,", 30), ("30.5", 30), ("30x", 0), ("-3", 0), ("", 0),
-    ("+4", 4), ("99999999999", 2 ** 32 - 1), ("30\t,", 30),
+    ("+4", 4), ("99999999999", 2 ** 32 - 1), ("30\t,", 30), ("30X", 0), ("30\x0b", 0),
+    # strtoul negates a number after blanks in unsigned arithmetic: huge, so UINT_MAX
+    (" -5", 2 ** 32 - 1), (" -18446744073709551615", 1), (" -99999999999999999999", 2 ** 32 - 1),
+    ("4294967295", 2 ** 32 - 1), ("4294967294", 2 ** 32 - 2),
 ])
 def test_rfc2616_time(text, value):
     assert rfc2616_time(text) == value
@@ -97,6 +125,8 @@ def test_rfc2616_time(text, value):
     ("max-age=3", "max-age", "3"), ("public, max-age = 3", "max-age", "3"), ("max-age", "max-age", None),
     ("xmax-age=3", "max-age", False), ("max-agex=3", "max-age", False), ("a=1,max-age=2", "max-age", "2"),
     ("", "max-age", False), ("max-age;x=1", "max-age", None), (",,max-age=1", "max-age", "1"),
+    ("Xmax-age=3", "max-age", False), ("max-age X=3", "max-age", None), ("max-age=X3", "max-age", "X3"),
+    ("max-age\t=\t3", "max-age", "3"), ("\tmax-age=3", "max-age", "3"),
 ])
 def test_header_field(value, name, found):
     assert header_field(value, name) == found
