@@ -7,6 +7,7 @@ tests/vtc/r00001.vtc (ranges), r00002.vtc (TTLs) and r00003.vtc (bans), which pa
 
 from __future__ import annotations
 
+import re
 from email.utils import formatdate
 from types import SimpleNamespace
 
@@ -212,6 +213,7 @@ E = [("ETag", '"abc"'), ("Last-Modified", LM)]
     ([("If-None-Match", 'W/"abc"'), ("Range", "bytes=0-1")], E, False),    # strong with Range
     ([("If-None-Match", '"abc"'), ("Range", "bytes=0-1")], E, True),
     ([("If-None-Match", '"abc"'), ("Range", "bytes=0-1")], [("ETag", 'W/"abc"')], False),
+    ([("If-None-Match", 'W/"abc"'), ("Range", "bytes=0-1")], [("ETag", 'W/"abc"')], False),  # equal, weak
     ([("If-None-Match", '"abc"')], [("ETag", 'W/"abc"')], True),
     ([("If-Modified-Since", LM)], E, True),
     ([("If-Modified-Since", "Sun, 31 Dec 1989 23:59:59 GMT")], E, False),
@@ -319,3 +321,133 @@ def test_ban_errors(expr, status, message):
     with pytest.raises(BanError) as info:
         build(split_args(expr))
     assert (info.value.status, str(info.value)) == (status, message)
+
+
+# The ban list's bookkeeping (cache_ban.c): which bans an object is tested against, duplicates,
+# the lurker, and the tail that no object references any more.
+def counters():
+    return SimpleNamespace(**{k: 0 for k in (
+        "bans", "bans_completed", "bans_added", "bans_req", "bans_obj", "bans_dups", "bans_deleted",
+        "bans_tested", "bans_tests_tested", "bans_obj_killed", "bans_lurker_tested",
+        "bans_lurker_tests_tested", "bans_lurker_obj_killed")})
+
+
+def cached(bl, headers=(), **kw):
+    oc = obj(headers, **kw)
+    oc.ban = None
+    bl.move(oc, bl.newest)           # inserted now: it has seen every ban so far
+    return oc
+
+
+def test_a_ban_tests_only_objects_older_than_itself():
+    c = counters()
+    bl = BanList(c)
+    old = cached(bl, [("X-Tag", "a")])
+    bl.add("obj.http.x-tag == a")
+    new = cached(bl, [("X-Tag", "a")])
+    assert bl.check(new, None, NOW) is False and c.bans_tested == 0      # newer than the ban
+    assert bl.check(old, None, NOW) is True
+    assert (c.bans_tested, c.bans_tests_tested, c.bans_obj_killed) == (1, 1, 1)
+
+
+def test_an_object_that_survives_moves_to_the_newest_ban():
+    c = counters()
+    bl = BanList(c)
+    oc = cached(bl, [("X-Tag", "b")])
+    ban = bl.add("obj.http.x-tag == a")
+    assert bl.check(oc, None, NOW) is False
+    assert oc.ban is ban and ban.refs == 1
+    assert bl.check(oc, None, NOW) is False and c.bans_tested == 1     # nothing newer: not tested
+
+
+def test_req_bans_wait_for_a_request():
+    c = counters()
+    bl = BanList(c)
+    oc = cached(bl)
+    first = oc.ban
+    bl.add("req.url ~ .")
+    assert bl.check(oc, None, NOW) is False and oc.ban is first          # the lurker cannot move it
+    assert bl.check(oc, HttpMessage("GET", "/x"), NOW) is True
+    assert (c.bans_req, c.bans_obj) == (1, 0)
+
+
+def test_duplicate_bans_complete_the_older_one_except_on_ttl_and_age():
+    c = counters()
+    bl = BanList(c)
+    cached(bl)
+    a = bl.add("obj.status == 500")
+    b = bl.add("obj.status == 500")
+    assert a.completed and not b.completed and c.bans_dups == 1
+    assert (c.bans, c.bans_completed, c.bans_obj) == (3, 2, 1)
+    t1 = bl.add("obj.ttl < 1s")
+    bl.add("obj.ttl < 1s")
+    assert not t1.completed and c.bans_dups == 1
+    off = BanList(counters(), dups=False)
+    d = off.add("obj.status == 500")
+    off.add("obj.status == 500")
+    assert not d.completed
+
+
+def test_completed_bans_are_not_tested():
+    c = counters()
+    bl = BanList(c)
+    oc = cached(bl, [("X-Tag", "a")])
+    bl.add("obj.http.x-tag == a")
+    bl.add("obj.http.x-tag == a")            # completes the first
+    assert bl.check(oc, None, NOW) is True and c.bans_tests_tested == 1
+
+
+def test_unreferenced_bans_at_the_tail_are_deleted():
+    c = counters()
+    bl = BanList(c)
+    oc = cached(bl)
+    bl.add("obj.status == 404")
+    bl.add("obj.status == 410")
+    assert len(bl.bans) == 3
+    bl.check(oc, None, NOW)                  # survives, moves to the newest ban
+    assert len(bl.bans) == 1 and c.bans_deleted == 2 and c.bans == 1
+    assert (c.bans_completed, c.bans_obj) == (0, 1)      # the newest is still active
+    bl.release(oc)
+    assert bl.newest.refs == 0 and len(bl.bans) == 1   # the newest ban always stays
+
+
+def test_the_lurker_kills_with_old_enough_obj_bans_only():
+    c = counters()
+    bl = BanList(c)
+    hit, miss = cached(bl, [("X-Tag", "a")]), cached(bl, [("X-Tag", "b")])
+    ban = bl.add("obj.http.x-tag == a")
+    assert bl.lurk([hit, miss], ban.t + 1, min_age=5) == []                # too young
+    assert c.bans_lurker_tested == 0
+    assert bl.lurk([hit, miss], ban.t + 5, min_age=5) == [hit]
+    assert (c.bans_lurker_tested, c.bans_lurker_tests_tested, c.bans_lurker_obj_killed) == (2, 2, 1)
+    assert miss.ban is bl.newest and ban.completed
+
+
+def test_the_lurker_leaves_objects_behind_a_req_ban():
+    c = counters()
+    bl = BanList(c)
+    oc = cached(bl, [("X-Tag", "b")])
+    first = oc.ban
+    bl.add("obj.http.x-tag == a")
+    bl.add("req.url ~ /x")
+    assert bl.lurk([oc], NOW + 100, min_age=0) == [] and oc.ban is first
+
+
+def test_ban_list_shape():
+    bl = BanList(counters())
+    oc = cached(bl)
+    bl.add("obj.status == 500 && obj.http.x-a ~ b")
+    lines = bl.listing().split("\n")
+    assert lines[0] == "Present bans:" and lines[-1] == ""
+    assert re.fullmatch(r"\d+\.\d{6}     0 -  obj.status == 500 && obj.http.x-a ~ b", lines[1])
+    assert re.fullmatch(r"\d+\.\d{6}     1 C  ", lines[2])
+    assert oc.ban is bl.bans[1]
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0, "0s"), (1, "1s"), (90, "90s"), (120, "2m"), (3600, "1h"), (86400, "1d"), (604800, "1w"),
+    (31536000, "1y"), (6.789, "6.789s"),
+])
+def test_ban_durations_print_in_their_largest_whole_unit(seconds, text):
+    from cacheserver.bans import _format_duration
+    assert _format_duration(seconds) == text
