@@ -109,6 +109,7 @@ def test_collect_header_joins_fields_where_the_first_was():
 def test_bad_vary_is_a_field_name_over_127_bytes():
     assert not bad_vary(None) and not bad_vary("") and not bad_vary("A, " + "x" * 127)
     assert bad_vary("A, " + "x" * 128) and bad_vary("x" * 128 + ",B")
+    assert not bad_vary("a" * 100 + "," + "b" * 100)           # two names, each short enough
 
 
 @pytest.mark.parametrize("text, value", [
@@ -116,6 +117,7 @@ def test_bad_vary_is_a_field_name_over_127_bytes():
     ("+4", 4), ("99999999999", 2 ** 32 - 1), ("30\t,", 30), ("30X", 0), ("30\x0b", 0),
     # strtoul negates a number after blanks in unsigned arithmetic: huge, so UINT_MAX
     (" -5", 2 ** 32 - 1), (" -18446744073709551615", 1), (" -99999999999999999999", 2 ** 32 - 1),
+    (" -18446744073709551616", 2 ** 32 - 1), ("18446744073709551616", 2 ** 32 - 1),
     ("4294967295", 2 ** 32 - 1), ("4294967294", 2 ** 32 - 2),
 ])
 def test_rfc2616_time(text, value):
