@@ -453,3 +453,46 @@ def test_ban_list_shape():
 def test_ban_durations_print_in_their_largest_whole_unit(seconds, text):
     from cacheserver.bans import _format_duration
     assert _format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("expr, args", [
+    ("req.url ~ a", ["req.url", "~", "a"]),
+    ("  req.url   ==  b  ", ["req.url", "==", "b"]),
+    ('req.url == "a b"', ["req.url", "==", "a b"]),
+    ('req.url == "a\\"b"', ["req.url", "==", 'a"b']),
+    ('req.url == "a\\\\b"', ["req.url", "==", "a\\b"]),
+    ('req.url == "\\n\\r\\t"', ["req.url", "==", "\n\r\t"]),
+    ('req.url == ""', ["req.url", "==", ""]),
+    ('"req.url" == x && obj.status != "200"', ["req.url", "==", "x", "&&", "obj.status", "!=", "200"]),
+])
+def test_ban_arguments_split_as_the_cli_does(expr, args):
+    assert split_args(expr) == args
+
+
+@pytest.mark.parametrize("expr", ['req.url == "x', 'req.url == "x\\"', '"', 'req.url == "a\\'])
+def test_ban_unterminated_quote(expr):
+    with pytest.raises(BanError) as info:
+        split_args(expr)
+    assert (str(info.value), info.value.status) == ("Missing '\"'", 106)
+
+
+def test_ban_counters():
+    c = counters()
+    bl = BanList(c)
+    assert (c.bans, c.bans_completed) == (1, 1) and len(bl.bans) == 1 and bl.newest.tests == []
+    bl.add(["req.url", "~", "x"])                 # arguments as a list, as the CLI passes them
+    bl.add("obj.status == 1")
+    assert (c.bans, c.bans_added, c.bans_req, c.bans_obj) == (3, 2, 1, 1)
+    bl.add("req.url ~ x")                       # a duplicate of a req ban completes it
+    assert (c.bans, c.bans_added, c.bans_req, c.bans_dups, c.bans_completed) == (4, 3, 1, 1, 2)
+    bl.add("obj.age > 1s")
+    bl.add("obj.age > 1s")
+    assert c.bans_dups == 1
+
+
+def test_ban_header_names():
+    t = build(split_args("req.http.X-Foo == 1 && obj.http.a == 2"))
+    assert [(x.field, x.header) for x in t] == [("req.http", "x-foo"), ("obj.http", "a")]
+    for bad in ("req.http. == 1", "obj.http == 1", "req.httpx.a == 1"):
+        with pytest.raises(BanError, match="Unknown or unsupported field"):
+            build(split_args(bad))
