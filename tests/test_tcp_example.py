@@ -383,7 +383,7 @@ def test_wrk_style_load_on_tcp_sees_no_errors(server):
         assert sum(pool.map(lambda _: client(), range(16))) == 16 * 50
 
 
-STEAL_VCL = """vcl 4.1;
+FAILING_STEAL_VCL = """vcl 4.1;
 import tinykvm;
 backend default none;
 sub vcl_recv {
@@ -423,7 +423,7 @@ def test_steal_of_a_program_that_fails_to_load_or_dies_during_the_steal(tmp_path
     that died is started again by the next steal. Breaks tried: programs.py not restarting a dead
     program (the third steal then fails too) and a ProgramError answered as a refusal in protocol.py
     (steal() false: 404, not 503): each fails this test."""
-    (tmp_path / "steal.vcl").write_text(STEAL_VCL)
+    (tmp_path / "steal.vcl").write_text(FAILING_STEAL_VCL)
     (tmp_path / "broken.py").write_text(BROKEN_PROGRAM)
     (tmp_path / "dies.py").write_text(DIES_ONCE_PROGRAM)
     srv = ServerProcess("-f", str(tmp_path / "steal.vcl"))
