@@ -32,7 +32,8 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 
 
 def start(cmd: list[str], port: int, cwd: Path = ROOT) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    """Run cmd in cwd (a checkout: its own cacheserver is the one imported) until port listens."""
+    env = dict(os.environ, PYTHONPATH=str(cwd))
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
@@ -50,15 +51,24 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (a figure that holds on a loaded machine)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cacheserver_cmd(port: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "cacheserver", "-a", f"127.0.0.1:{port}", *args]
 
 
-def wrk(url: str, seconds: int = 5, connections: int = 16, threads: int = 1) -> dict:
-    """Run wrk; returns {'rps': float, 'errors': int, 'requests': int}."""
+def wrk(url: str, seconds: int = 5, connections: int = 16, threads: int = 1,
+        headers: tuple[str, ...] = ()) -> dict:
+    """Run wrk (each of `headers` as -H); returns {'rps': float, 'errors': int, 'requests': int}."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", url],
+    extra = [arg for h in headers for arg in ("-H", h)]
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", *extra, url],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))

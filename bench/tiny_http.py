@@ -2,21 +2,30 @@
 
     python bench/tiny_http.py PORT hello    # the docs' /tcp answer: the baseline for tcp_bench
     python bench/tiny_http.py PORT object   # a cacheable 1 KiB object: the origin for hit_bench
+    python bench/tiny_http.py PORT gzip     # a cacheable gzipped 16 KiB page: the origin for gzip_bench
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import zlib
 
 import httptools
 
 BODY = b"x" * 1024
+# a page of HTML-ish text (compresses about 5:1, as real pages do), gzipped as an origin would
+PAGE = b"".join(b"<li class=\"item-%d\"><a href=\"/product/%d\">Product number %d</a> %s</li>\n"
+                % (i, i * 7919 % 10007, i, b"lorem ipsum dolor sit amet"[: i % 27]) for i in range(220))[:16384]
+_z = zlib.compressobj(6, zlib.DEFLATED, 31)
+GZ_PAGE = _z.compress(PAGE) + _z.flush()
 RESPONSES = {
     "hello": (b"HTTP/1.1 200 OK\r\nServer: Varnish Cache Edgerprise\r\nContent-Type: text/plain\r\n"
               b"Content-Length: 13\r\n\r\nHello World!\n"),
     "object": (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nCache-Control: max-age=3600\r\n"
                b"Content-Length: %d\r\n\r\n" % len(BODY)) + BODY,
+    "gzip": (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nCache-Control: max-age=3600\r\n"
+             b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(GZ_PAGE)) + GZ_PAGE,
 }
 
 

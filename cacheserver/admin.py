@@ -21,6 +21,7 @@ import socket
 import stat
 import string
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -157,64 +158,85 @@ class CommandDef:
     syntax: str
     doc: str
     min_args: int
-    max_args: int  # -1: any number
+    max_args: int  # -1: any number; a leading -j is not counted for commands that take it
     handler: str
     needs_auth: bool = True
+    flags: str = ""      # varnishd's: "d" debug (listed by help -d / -a), "i" internal
+    json: bool = False   # takes -j
+    hidden: bool = False  # ours, not varnishd's: answered by `help NAME` but not listed
+    child: bool = False   # varnishd's child answers it: unknown while the child is stopped
 
 
+# varnishd 7.1's commands with its syntax lines, help texts and argument counts (`help -j`).
 COMMANDS: list[CommandDef] = [
     CommandDef("auth", "auth <response>", "Authenticate.", 1, 1, "_auth", False),
-    CommandDef("backend.list", "backend.list [-j] [-p] [<backend_pattern>]", "List backends.", 0, 3,
-               "_backend_list"),
+    CommandDef("backend.list", "backend.list [-j] [-p] [<backend_pattern>]", "List backends.\n", 0, 2,
+               "_backend_list", json=True, child=True),
     CommandDef("backend.set_health", "backend.set_health <backend_pattern> [auto|healthy|sick]",
-               "Set health status of backend(s).", 2, 2, "_backend_set_health"),
+               "Set health status of backend(s) matching <backend_pattern>.", 2, 2, "_backend_set_health", child=True),
     CommandDef("ban", "ban <field> <operator> <arg> [&& <field> <oper> <arg> ...]",
-               "Mark obsolete all objects where all the conditions match.", 3, -1, "_ban"),
-    CommandDef("ban.list", "ban.list [-j]", "List the active bans.", 0, 1, "_ban_list"),
+               "Mark obsolete all objects where all the conditions match.", 3, -1, "_ban", child=True),
+    CommandDef("ban.list", "ban.list [-j]", "List the active bans.", 0, 0, "_ban_list", json=True, child=True),
     CommandDef("banner", "banner", "Print welcome banner.", 0, 0, "_banner"),
     CommandDef("counters.list", "counters.list [-j] [<glob>...]",
-               "Print counters as 'NAME VALUE' lines (varnishstat names).", 0, -1, "_counters_list"),
+               "Print counters as 'NAME VALUE' lines (varnishstat names).", 0, -1, "_counters_list",
+               json=True, hidden=True),
     CommandDef("debug.listen_address", "debug.listen_address", "Report the actual listen address.",
-               0, 0, "_debug_listen_address"),
-    CommandDef("debug.xid", "debug.xid [<xid>]", "Examine or set XID.", 0, 1, "_debug_xid"),
-    CommandDef("help", "help [-j|<command>]", "Show command/protocol help.", 0, 2, "_help", False),
-    CommandDef("panic.clear", "panic.clear [-z]", "Clear the last panic, if any.", 0, 1, "_panic_clear"),
-    CommandDef("panic.show", "panic.show [-j]", "Return the last panic, if any.", 0, 1, "_panic_show"),
+               0, 0, "_debug_listen_address", flags="d", child=True),
+    CommandDef("debug.panic.worker", "debug.panic.worker", "Panic the worker process.", 0, 0,
+               "_debug_panic_worker", flags="d", child=True),
+    CommandDef("debug.shutdown.delay", "debug.shutdown.delay", "Add a delay to the child process shutdown.",
+               1, 1, "_debug_shutdown_delay", flags="d", child=True),
+    CommandDef("debug.srandom", "debug.srandom", "Seed the random(3) function.", 0, 1, "_debug_srandom",
+               flags="d", child=True),
+    CommandDef("debug.vmod", "debug.vmod", "Show loaded vmods.", 0, 0, "_debug_vmod", flags="d", child=True),
+    CommandDef("debug.xid", "debug.xid [<xid> [<cachesize>]]", "Examine or set XID. <cachesize> defaults to 1.",
+               0, 2, "_debug_xid", flags="d", child=True),
+    CommandDef("help", "help [-j|<command>]", "Show command/protocol help.", 0, 1, "_help", False,
+               flags="i", json=True),
+    CommandDef("panic.clear", "panic.clear [-z]",
+               "Clear the last panic, if any, -z will clear related varnishstat counter(s)", 0, 1,
+               "_panic_clear"),
+    CommandDef("panic.show", "panic.show [-j]", "Return the last panic, if any.", 0, 0, "_panic_show",
+               json=True),
     CommandDef("param.reset", "param.reset <param>", "Reset parameter to default value.", 1, 1,
                "_param_reset"),
-    CommandDef("param.set", "param.set [-j] <param> <value>", "Set parameter value.", 2, 3, "_param_set"),
+    CommandDef("param.set", "param.set [-j] <param> <value>", "Set parameter value.", 2, 2, "_param_set",
+               json=True),
     CommandDef("param.show", "param.show [-l|-j] [<param>|changed]", "Show parameters and their values.",
-               0, 3, "_param_show"),
+               0, 2, "_param_show", json=True),
     CommandDef("pid", "pid [-j]", "Show the pid of the master process, and the worker if it's running.",
-               0, 1, "_pid"),
-    CommandDef("ping", "ping [-j] [<timestamp>]", "Keep connection alive.", 0, 2, "_ping", False),
+               0, 0, "_pid", json=True),
+    CommandDef("ping", "ping [-j] [<timestamp>]", "Keep connection alive.", 0, 1, "_ping", False,
+               flags="i", json=True),
     CommandDef("quit", "quit", "Close connection.", 0, 0, "_quit", False),
     CommandDef("start", "start", "Start the Varnish cache process.", 0, 0, "_start"),
-    CommandDef("status", "status [-j]", "Check status of Varnish cache process.", 0, 1, "_status"),
+    CommandDef("status", "status [-j]", "Check status of Varnish cache process.", 0, 0, "_status", json=True),
     CommandDef("stop", "stop", "Stop the Varnish cache process.", 0, 0, "_stop"),
-    CommandDef("storage.list", "storage.list [-j]", "List storage devices.", 0, 1, "_storage_list"),
-    CommandDef("vcl.discard", "vcl.discard <name_pattern>...", "Unload the named configurations.", 1, -1,
-               "_vcl_discard"),
+    CommandDef("storage.list", "storage.list [-j]", "List storage devices.", 0, 0, "_storage_list", json=True),
+    CommandDef("vcl.deps", "vcl.deps [-j]", "List all loaded configuration and their dependencies.", 0, 0,
+               "_vcl_deps", json=True),
+    CommandDef("vcl.discard", "vcl.discard <name_pattern>...",
+               "Unload the named configurations (when possible).", 1, -1, "_vcl_discard"),
     CommandDef("vcl.inline", "vcl.inline <configname> <quoted_VCLstring> [auto|cold|warm]",
                "Compile and load the VCL data under the name provided.", 2, 3, "_vcl_inline"),
     CommandDef("vcl.label", "vcl.label <label> <configname>", "Apply label to configuration.", 2, 2,
                "_vcl_label"),
-    CommandDef("vcl.list", "vcl.list [-j]", "List all loaded configuration.", 0, 1, "_vcl_list"),
+    CommandDef("vcl.list", "vcl.list [-j]", "List all loaded configuration.", 0, 0, "_vcl_list", json=True),
     CommandDef("vcl.load", "vcl.load <configname> <filename> [auto|cold|warm]",
                "Compile and load the VCL file under the name provided.", 2, 3, "_vcl_load"),
-    CommandDef("vcl.show", "vcl.show [-v] [<configname>]", "Display the source code for the specified "
-               "configuration.", 0, 2, "_vcl_show"),
-    CommandDef("vcl.state", "vcl.state <configname> [auto|cold|warm]", "Force the state of the named "
-               "configuration.", 2, 2, "_vcl_state"),
-    CommandDef("vcl.use", "vcl.use <configname|label>", "Switch to the named configuration immediately.", 1, 1,
-               "_vcl_use"),
+    CommandDef("vcl.show", "vcl.show [-v] [<configname>]",
+               "Display the source code for the specified configuration.", 0, 2, "_vcl_show"),
+    CommandDef("vcl.state", "vcl.state <configname> [auto|cold|warm]",
+               "  Force the state of the named configuration.", 2, 2, "_vcl_state"),
+    CommandDef("vcl.use", "vcl.use <configname|label>", "Switch to the named configuration immediately.",
+               1, 1, "_vcl_use"),
 ]
 _BY_NAME = {c.name: c for c in COMMANDS}
 
-
-def _json(argv: list[str], *payload: Any) -> str:
-    """varnishd's JSON envelope: [version, argv, timestamp, payload...]."""
-    return json.dumps([2, argv, round(time.time(), 3), *payload], indent=2)
+def _envelope(argv: list[str], version: int, body: str) -> str:
+    """varnishd's JSON answer: "[ VERSION, ARGV, TIMESTAMP" then the command's own items, then "]"."""
+    return f"[ {version}, {json.dumps(argv, ensure_ascii=False)}, {time.time():.3f}{body}\n]\n"
 
 
 def _split_j(args: list[str]) -> tuple[bool, list[str]]:
@@ -244,10 +266,13 @@ class AdminCommands:
         cmd = _BY_NAME.get(argv[0])
         if cmd is None:
             return CLIS_UNKNOWN, "Unknown request.\nType 'help' for more info.\n"
+        if cmd.child and not self.server.running:
+            return CLIS_UNKNOWN, "Unknown request in manager process (child not running).\nType 'help' for more info."
         args = argv[1:]
-        if len(args) < cmd.min_args:
+        counted = len(args) - (1 if cmd.json and args[:1] == ["-j"] else 0)
+        if counted < cmd.min_args:
             return CLIS_TOOFEW, "Too few parameters\n"
-        if cmd.max_args >= 0 and len(args) > cmd.max_args:
+        if cmd.max_args >= 0 and counted > cmd.max_args:
             return CLIS_TOOMANY, "Too many parameters\n"
         handler: Callable[[list[str], list[str]], Awaitable[str] | str] = getattr(self, cmd.handler)
         try:
@@ -256,7 +281,18 @@ class AdminCommands:
                 result = await result
         except Reply as r:
             return r.status, r.body
-        return CLIS_OK, result  # type: ignore[return-value]
+        return self._limit(cmd.name, result)  # type: ignore[arg-type]
+
+    def _limit(self, name: str, body: str) -> tuple[int, str]:
+        """cli_limit: a longer answer is cut to cli_limit - 1 bytes and answered with 201, as
+        varnishd's. counters.list (ours, what vtest reads) is never cut."""
+        limit = int(getattr(self.server.params, "cli_limit", 0) or 0)
+        if name == "counters.list" or limit <= 0:
+            return CLIS_OK, body
+        data = body.encode("utf-8", "surrogateescape")
+        if len(data) <= limit:
+            return CLIS_OK, body
+        return CLIS_TRUNCATED, data[:limit - 1].decode("utf-8", "surrogateescape")
 
     # ---- session-level commands (auth, quit and banner are handled by the session) --------------
     def _auth(self, argv: list[str], args: list[str]) -> str:
@@ -269,30 +305,41 @@ class AdminCommands:
         return banner(self.server.running)
 
     def _help(self, argv: list[str], args: list[str]) -> str:
-        as_json, rest = _split_j(args)
-        if rest:
-            cmd = _BY_NAME.get(rest[0])
-            if cmd is None:
+        # the child's commands are known only while it runs
+        known = [c for c in COMMANDS if self.server.running or not c.child]
+        if args and args[0] == "-j":
+            items = []
+            for c in known:
+                if c.hidden:
+                    continue
+                items.append(",\n  {\n" + ",\n".join([
+                    f'    "request": "{c.name}"', f'    "syntax": {json.dumps(c.syntax)}',
+                    f'    "help": {json.dumps(c.doc)}', f'    "minarg": {c.min_args}',
+                    f'    "maxarg": {c.max_args}', f'    "flags": "{c.flags}"',
+                    f'    "json": {"true" if c.json else "false"}']) + "\n  }")
+            return _envelope(argv, 2, "".join(items))
+        if args and args[0] in ("-a", "-d"):
+            shown = [c for c in known if not c.hidden and (args[0] == "-a" or "d" in c.flags)]
+            return "".join(f"{c.syntax}\n" for c in shown)
+        if args:
+            cmd = _BY_NAME.get(args[0])
+            if cmd is None or cmd not in known:
                 raise Reply(CLIS_UNKNOWN, "Unknown request.\nType 'help' for more info.\n")
             return f"{cmd.syntax}\n{cmd.doc}\n"
-        if as_json:
-            return _json(argv, *[{"request": c.name, "syntax": c.syntax, "help": c.doc,
-                                  "minarg": c.min_args, "maxarg": c.max_args, "flags": "",
-                                  "json": True} for c in COMMANDS])
-        return "".join(f"{c.syntax}\n" for c in COMMANDS)
+        return "".join(f"{c.syntax}\n" for c in known if not c.hidden and "d" not in c.flags)
 
     def _ping(self, argv: list[str], args: list[str]) -> str:
         as_json, _ = _split_j(args)
         now = int(time.time())
         if as_json:
-            return _json(argv, "PONG", now, 1.0)
+            return _envelope(argv, 2, ', "PONG"\n')
         return f"PONG {now} 1.0"
 
     # ---- child process ----------------------------------------------------------------------
     def _status(self, argv: list[str], args: list[str]) -> str:
         as_json, _ = _split_j(args)
         state = "running" if self.server.running else "stopped"
-        return _json(argv, state) if as_json else f"Child in state {state}"
+        return _envelope(argv, 2, f', "{state}"') if as_json else f"Child in state {state}"
 
     async def _start(self, argv: list[str], args: list[str]) -> str:
         if self.server.running:
@@ -308,17 +355,19 @@ class AdminCommands:
     async def _stop(self, argv: list[str], args: list[str]) -> str:
         if not self.server.running:
             raise Reply(CLIS_CANT, "Child in state stopped")
+        delay = getattr(self, "shutdown_delay", 0)
+        if delay:
+            await asyncio.sleep(delay)      # debug.shutdown.delay
         await self.server.stop()
+        self.server.counters.mgt_child_exit += 1
         return ""
 
     def _pid(self, argv: list[str], args: list[str]) -> str:
         as_json, _ = _split_j(args)
         pid = os.getpid()
         if as_json:
-            payload: dict[str, int] = {"master": pid}
-            if self.server.running:
-                payload["worker"] = pid
-            return _json(argv, payload)
+            worker = f', "worker": {pid}' if self.server.running else ""
+            return _envelope(argv, 2, f',\n  {{"master": {pid}{worker}}}')
         out = f"Master: {pid:10d}\n"
         if self.server.running:
             out += f"Worker: {pid:10d}\n"
@@ -329,13 +378,72 @@ class AdminCommands:
         if not panic:
             raise Reply(CLIS_CANT, "Child has not panicked or panic has been cleared")
         as_json, _ = _split_j(args)
-        return _json(argv, panic) if as_json else str(panic)
+        return _envelope(argv, 2, ",\n  " + json.dumps(panic)) if as_json else str(panic)
 
     def _panic_clear(self, argv: list[str], args: list[str]) -> str:
+        counters = self.server.counters
+        if args and args[0] == "-z":
+            counters.mgt_child_panic = 0        # -z: clear the counter(s) too, panic or not
+            self.server.panic = None
+            return ""
+        if args:
+            raise Reply(CLIS_PARAM, "Unknown parameter \"" + args[0] + "\".")
         if not getattr(self.server, "panic", None):
             raise Reply(CLIS_CANT, "No panic to clear")
         self.server.panic = None
         return ""
+
+    async def _debug_panic_worker(self, argv: list[str], args: list[str]) -> str:
+        """varnishd's worker asserts and dies: the manager keeps the panic for panic.show and, with
+        auto_restart, starts a fresh worker (an empty cache). The CLI sees the worker go away."""
+        server = self.server
+        if not server.running:
+            raise Reply(CLIS_CANT, "Cache process not started")
+        now = time.time()
+        server.panic = (
+            f"Panic at: {time.strftime('%a, %d %b %Y %H:%M:%S GMT', time.gmtime(now))}\n"
+            "Assert error in ccf_panic(), debug.panic.worker:\n"
+            "  Condition(You asked for it) not true.\n"
+            "version = cacheserver (varnishd 7.1 compatible)\n"
+            f"now = {time.monotonic():f} (mono), {now:f} (real)\n")
+        counters = server.counters
+        counters.mgt_child_panic += 1
+        counters.mgt_child_died += 1
+        await server.stop()
+        if server.params.auto_restart:
+            await server.start()
+        raise Reply(CLIS_COMMS, "CLI communication error (hdr)")
+
+    def _debug_shutdown_delay(self, argv: list[str], args: list[str]) -> str:
+        try:
+            self.shutdown_delay = max(0, int(args[0]))
+        except ValueError:
+            self.shutdown_delay = 0          # strtoul: no digits is 0
+        return ""
+
+    def _debug_srandom(self, argv: list[str], args: list[str]) -> str:
+        import random
+
+        try:
+            seed = int(args[0]) if args else 1
+        except ValueError:
+            seed = 0
+        random.seed(seed)      # the random director and std.random() draw from this generator
+        return ""
+
+    def _debug_vmod(self, argv: list[str], args: list[str]) -> str:
+        import vmods
+
+        refs: dict[str, int] = {}
+        for vcl in self.server.vcls.values():
+            for name in sorted(getattr(vcl, "uses", ())):
+                refs[name] = refs.get(name, 0) + 1
+        out = []
+        for name, n in refs.items():
+            module = sys.modules.get(f"vmods.{name}")
+            path = getattr(module, "__file__", None) or f"{os.path.dirname(vmods.__file__)}/{name}.py"
+            out.append(f"{n:5d} {name} ({path})\n")
+        return "".join(out)
 
     def _debug_listen_address(self, argv: list[str], args: list[str]) -> str:
         return "".join(f"{name} {host} {port}\n" for name, host, port in self.server.listen_addresses())
@@ -343,72 +451,109 @@ class AdminCommands:
     def _debug_xid(self, argv: list[str], args: list[str]) -> str:
         if args:
             try:
-                value = int(args[0])
+                value = int(args[0], 0)
+                chunk = int(args[1], 0) if len(args) > 1 else 1
             except ValueError:
                 raise Reply(CLIS_PARAM, f"Invalid XID {args[0]!r}") from None
             self.server.set_xid(value)
-        return f"XID is {self.server._xid} chunk 1"
+            self.xid_chunk = max(chunk, 1)
+        return f"XID is {self.server._xid} chunk {getattr(self, 'xid_chunk', 32768)}"
 
     # ---- parameters --------------------------------------------------------------------------
     def _param_show(self, argv: list[str], args: list[str]) -> str:
-        as_json, rest = _split_j(args)
-        long_form = "-l" in rest
-        rest = [a for a in rest if a != "-l"]
-        if as_json and long_form:
-            raise Reply(CLIS_PARAM, "-l and -j are mutually exclusive")
-        if len(rest) > 1:
-            raise Reply(CLIS_TOOMANY, "Too many parameters\n")
+        from cacheserver import param_show
+
+        as_json = bool(args) and args[0] == "-j"
+        rest = args[1:] if as_json else list(args)
+        long_form = changed = False
+        name: str | None = None
+        for arg in rest:
+            if arg == "-l" and as_json:
+                raise Reply(CLIS_PARAM, "-l not permitted with param.show -j")
+            if arg == "-l" and name is None and not changed:
+                long_form = True
+            elif arg == "changed" and name is None and not changed:
+                changed = True
+            elif name is not None or changed:
+                raise Reply(CLIS_TOOMANY, "Too many parameters")
+            else:
+                name = arg
         params = self.server.params
-        defs = params.definitions()
-        if rest and rest[0] != "changed":
-            defs = [d for d in defs if d.name == rest[0]]
+        protected = getattr(self.server, "readonly_params", set())
+        defs = sorted(params.definitions(), key=lambda d: d.name)
+        if name is not None:
+            defs = [d for d in defs if d.name == name]
             if not defs:
-                raise Reply(CLIS_PARAM, f"Unknown parameter \"{rest[0]}\".")
+                raise Reply(CLIS_PARAM, f"Unknown parameter \"{name}\".")
             long_form = True
-        elif rest:
-            defs = [d for d in defs if params.text(d.name) != d.default]
-        defs.sort(key=lambda d: d.name)
+        if changed:
+            defs = [d for d in defs if d.kind != "na" and not params.is_default(d.name)]
         if as_json:
-            return _json(argv, *[{"name": d.name, "implemented": True, "value": _json_value(params, d),
-                                  "units": _UNITS.get(d.kind, ""), "default": d.default,
-                                  "description": d.doc} for d in defs])
+            return _envelope(argv, 2, "".join(",\n" + param_show.json_item(params, d, d.name in protected)
+                                              for d in defs))
         if long_form:
-            return "".join(_param_long(params, d) for d in defs)
-        return "".join(f"{d.name:<30} {_show_value(params, d)}\n" for d in defs)
+            return "".join(param_show.long(params, d, d.name in protected) for d in defs)
+        return "".join(param_show.short(params, d) for d in defs)
 
     def _param_set(self, argv: list[str], args: list[str]) -> str:
-        as_json, rest = _split_j(args)
+        from cacheserver import param_show
+        from cacheserver.params import NotAvailable
+
+        as_json = bool(args) and args[0] == "-j"
+        rest = args[1:] if as_json else list(args)
         if len(rest) != 2:
             raise Reply(CLIS_TOOFEW if len(rest) < 2 else CLIS_TOOMANY,
                         "Too few parameters\n" if len(rest) < 2 else "Too many parameters\n")
         name, value = rest
+        params = self.server.params
+        d = params.definition(name)
+        if d is None:
+            raise Reply(CLIS_PARAM, f"Unknown parameter \"{name}\".")
         if name in getattr(self.server, "readonly_params", ()):
             raise Reply(CLIS_AUTH, f"parameter \"{name}\" is protected.")
-        value = _apply_flags(self.server.params, name, value)
         try:
-            self.server.params.set(name, value)
+            params.set(name, value)
+        except NotAvailable as e:
+            raise Reply(CLIS_CANT, str(e)) from None
         except ValueError as e:
-            msg = str(e)
-            if msg.startswith("Unknown parameter"):
-                raise Reply(CLIS_PARAM, msg) from None
-            raise Reply(CLIS_PARAM, f"{msg}\n\n(attempting to set param '{name}' to '{value}')") from None
+            raise Reply(CLIS_PARAM, f"{e}\n\n(attempting to set param '{name}' to '{value}')") from None
+        note = ""
+        if "must_restart" in d.flags and self.server.running:
+            note = "\nChange will take effect when child is restarted"
+        elif "must_reload" in d.flags:
+            note = "\nChange will take effect when VCL script is reloaded"
         if as_json:
-            d = next(d for d in self.server.params.definitions() if d.name == name)
-            return _json(argv, {"name": name, "value": _json_value(self.server.params, d)})
-        return ""
+            # varnishd answers with param.show -j of the parameter (its argv without the value)
+            return _envelope(argv[:-1], 2, ",\n" + param_show.json_item(params, d))
+        return note
 
     def _param_reset(self, argv: list[str], args: list[str]) -> str:
-        d = next((d for d in self.server.params.definitions() if d.name == args[0]), None)
+        params = self.server.params
+        d = params.definition(args[0])
         if d is None:
             raise Reply(CLIS_PARAM, f"Unknown parameter \"{args[0]}\".")
-        self.server.params.set(d.name, d.default)
+        if d.name in getattr(self.server, "readonly_params", ()):
+            raise Reply(CLIS_AUTH, f"parameter \"{d.name}\" is protected.")
+        if d.kind == "na":
+            raise Reply(CLIS_CANT, f"parameter \"{d.name}\" is not available on this platform.")
+        try:
+            params.reset(d.name)
+        except ValueError as e:   # a linked bound (thread_pool_min above a lowered thread_pool_max)
+            raise Reply(CLIS_PARAM, f"{e}\n\n(attempting to set param '{d.name}' to '{d.default}')") from None
         return ""
 
     # ---- VCL ---------------------------------------------------------------------------------
-    def _load(self, name: str, source: str, filename: str) -> str:
+    def _load(self, name: str, source: str, filename: str, state: str = "auto") -> str:
         _check_vcl_name(name)
-        if name in self.server.vcls:
+        if name in self.server.vcls or name in self._labels():
             raise Reply(CLIS_PARAM, f"Already a VCL named {name}")
+        if state not in ("auto", "cold", "warm"):
+            raise Reply(CLIS_PARAM, "State must be one of auto, cold or warm.")
+        params = self.server.params
+        loaded = len(self.server.vcls)
+        if params.max_vcl_handling == 2 and loaded >= params.max_vcl:
+            raise Reply(CLIS_CANT, f"Too many ({loaded}) VCLs already loaded\n"
+                                   "(See max_vcl and max_vcl_handling parameters)")
         try:
             self.server.vcl_load(name, source, filename)
         except Exception as e:  # VCLLoadError and anything the compiler raises: report, keep serving
@@ -419,22 +564,51 @@ class AdminCommands:
                        "VCL compilation failed"
             raise Reply(status, text) from None
         self.sources[name] = source
-        return "VCL compiled.\n"
+        self._created(name)
+        if state != "auto" and name != self.server.active_name:
+            self.states[name] = state
+        loaded = len(self.server.vcls)
+        if params.max_vcl_handling == 1 and loaded > params.max_vcl:
+            return (f"{loaded} VCLs loaded\nRemember to vcl.discard the old/unused VCLs.\n"
+                    "(See max_vcl and max_vcl_handling parameters)")
+        return ""
 
     def _vcl_inline(self, argv: list[str], args: list[str]) -> str:
-        return self._load(args[0], args[1], "<vcl.inline>")
+        return self._load(args[0], args[1], "<vcl.inline>", *args[2:])
 
     def _vcl_load(self, argv: list[str], args: list[str]) -> str:
         name, path = args[0], args[1]
-        base = Path(str(self.server.params.text("vcl_dir")) if "/" not in path else "")
-        full = Path(path) if Path(path).is_absolute() else base / path
+        full = Path(path)
+        if not full.is_absolute() and not full.exists():
+            # varnishd looks relative names up in vcl_path; we try the working directory first
+            for base in str(self.server.params.text("vcl_path")).split(":"):
+                if base and (Path(base) / path).is_file():
+                    full = Path(base) / path
+                    break
         try:
             source = full.read_text(encoding="utf-8", errors="surrogateescape")
         except OSError as e:
             raise Reply(CLIS_PARAM, f"Message from VCC-compiler:\nCannot read file '{path}' ({e.strerror})\n"
                                     "Running VCC-compiler failed, exited with 2\nVCL compilation failed") \
                 from None
-        return self._load(name, source, str(full))
+        return self._load(name, source, str(full), *args[2:])
+
+    def _created(self, name: str) -> None:
+        """Remember load/label order: vcl.list and vcl.deps list in it, as varnishd."""
+        order = self.__dict__.setdefault("order", [])
+        if name in order:
+            order.remove(name)
+        order.append(name)
+
+    def _ordered(self) -> list[str]:
+        """Loaded VCLs and labels, oldest first (a VCL loaded at start-up precedes the CLI's)."""
+        order: list[str] = self.__dict__.setdefault("order", [])
+        names = list(self.server.vcls) + list(self._labels())
+        return sorted(names, key=lambda n: order.index(n) if n in order else -1)
+
+    def _users(self, label: str) -> list[str]:
+        """VCLs whose return (vcl(LABEL)) goes through this label."""
+        return [n for n, v in self.server.vcls.items() if label in getattr(v, "labels", ())]
 
     # Labels: server.vcl_labels maps a label to the CompiledVCL it points at; the admin keeps which
     # label (if any) is the active one, so relabelling it moves the traffic.
@@ -451,11 +625,15 @@ class AdminCommands:
         name = args[0]
         labels = self._labels()
         target = self._label_target(name) if name in labels else name
-        try:
-            self.server.vcl_use(target)
-        except KeyError:
-            raise Reply(CLIS_PARAM, f"No VCL named {name} known\n") from None
-        self.active_label = name if name in labels else None
+        if target not in self.server.vcls:
+            raise Reply(CLIS_PARAM, f"No VCL named {name} known\n")
+        if self.states.get(target) == "cold":
+            raise Reply(CLIS_CANT, f"VCL '{name}' is cold - set to auto or warm first")
+        new_label = name if name in labels else None
+        if target == self.server.active_name and new_label == self.active_label:
+            return ""                           # already the active one: varnishd says nothing
+        self.server.vcl_use(target)
+        self.active_label = new_label
         return f"VCL '{name}' now active"
 
     def _vcl_discard(self, argv: list[str], args: list[str]) -> str:
@@ -472,6 +650,10 @@ class AdminCommands:
         for label in drop_labels:
             if label == self.active_label:
                 raise Reply(CLIS_CANT, f"Cannot discard active VCL program {label}\n")
+            users = [u for u in self._users(label) if u not in names]
+            if users:
+                raise Reply(CLIS_CANT, f"Cannot discard VCL label {label}, other VCLs depend on it:\n" +
+                            "".join(f"\t{u}\n" for u in users))
         kept = {k: self._label_target(k) for k in labels if k not in drop_labels}
         for name in names:
             if name == self.server.active_name and self.active_label is None:
@@ -495,13 +677,17 @@ class AdminCommands:
         label, target = args
         _check_vcl_name(label)
         labels = self._labels()
+        if label in self.server.vcls:
+            raise Reply(CLIS_PARAM, f"{label} is not a label")
         if target in labels:
             raise Reply(CLIS_CANT, "VCL labels cannot point to labels")
         if target not in self.server.vcls:
             raise Reply(CLIS_PARAM, f"No VCL named {target} known\n")
-        if label in self.server.vcls:
-            raise Reply(CLIS_PARAM, f"{label} is not a label")
         self._check_label_loop(label, target)
+        if target in self.server.vcls and self.states.get(target) == "cold":
+            raise Reply(CLIS_CANT, f"VCL '{target}' is cold - set to auto or warm first")
+        if label not in labels:
+            self._created(label)
         if callable(getattr(self.server, "vcl_label", None)):
             self.server.vcl_label(label, target)
         else:
@@ -522,7 +708,8 @@ class AdminCommands:
             seen.add(name)
             for jump in getattr(self.server.vcls.get(name), "labels", ()):
                 if jump == label:
-                    raise Reply(CLIS_PARAM, f"VCL '{target}' uses label '{label}': this would create a loop")
+                    raise Reply(CLIS_PARAM, f"Vcl {name} uses Label {label}\n"
+                                            f"Pointing label {label} at {target} would create a loop")
                 if jump in labels:
                     todo.append(self._label_target(jump))
 
@@ -538,61 +725,88 @@ class AdminCommands:
             if name == self.server.active_name:
                 raise Reply(CLIS_CANT, "Cannot set the active VCL cold.")
             if any(self._label_target(k) == name for k in self._labels()):
-                raise Reply(CLIS_CANT, "Cannot set a labeled VCL cold.")
+                raise Reply(CLIS_CANT, "A labeled VCL cannot be set cold")
         # Our VCLs hold no resources that cooling would release: the state is recorded and shown.
         self.states[name] = state
         return ""
 
+    def _vcl_rows(self) -> list[dict[str, Any]]:
+        """vcl.list's rows, in varnishd's order: status, state, temperature, busy, name, labels."""
+        labels = self._labels()
+        rows = []
+        for name in self._ordered():
+            if name in labels:
+                rows.append({"status": "active" if name == self.active_label else "available",
+                             "state": "label", "temperature": "warm", "name": name,
+                             "target": self._label_target(name), "refs": len(self._users(name))})
+                continue
+            state = self.states.get(name, "auto")
+            active = name == self.server.active_name and self.active_label is None
+            rows.append({"status": "active" if active else "available", "state": state,
+                         "temperature": "cold" if state == "cold" else "warm", "name": name,
+                         "labels": sum(1 for k in labels if self._label_target(k) == name)})
+        return rows
+
     def _vcl_list(self, argv: list[str], args: list[str]) -> str:
         as_json, _ = _split_j(args)
-        labels = self._labels()
-        running = self.server.running
-        active_vcl = None if self.active_label else self.server.active_name
-        rows = []
-        for name, _status, busy in self.server.vcl_list():
-            state = self.states.get(name, "auto")
-            temp = "cold" if state == "cold" else "warm"
-            # The running server holds a reference to the VCL that takes the traffic.
-            held = running and name == self.server.active_name
-            users = [k for k in labels if self._label_target(k) == name]
-            rows.append(("active" if name == active_vcl else "available", state, temp,
-                         (busy + held) if running else None, name, users, None))
-        for label in labels:
-            rows.append(("active" if label == self.active_label else "available", "label", "warm",
-                         0 if running else None, label, [], self._label_target(label)))
+        rows = self._vcl_rows()
+        busy = "0" if self.server.running else "-"   # requests in flight are not counted per VCL here
         if as_json:
-            out = []
-            for status, state, temp, busy, name, users, target in rows:
-                item: dict[str, Any] = {"status": status, "state": state, "temperature": temp,
-                                        "busy": busy if busy is not None else "-", "name": name}
-                if users:
-                    item["labels"] = len(users)
-                if target is not None:
-                    item["label"] = {"name": target}
-                out.append(item)
-            return _json(argv, *out)
-        w_status = max(len(r[0]) for r in rows) + 3 if rows else 9
-        w_state = max(len(r[1]) for r in rows) + 4 if rows else 8
-        w_name = max(len(r[4]) for r in rows) + 4 if rows else 8
-        lines = []
-        for status, state, temp, busy, name, users, target in rows:
-            line = f"{status:<{w_status}}{state:<{w_state}}{temp:<8}{'-' if busy is None else busy:>6}    "
-            if target is not None:
-                line += f"{name:<{w_name}}->    {target}"
-            elif users:
-                line += f"{name:<{w_name}}<-    ({len(users)} label{'s' if len(users) > 1 else ''})"
+            items = []
+            for r in rows:
+                lines = [f'"status": "{r["status"]}"', f'"state": "{r["state"]}"',
+                         f'"temperature": "{r["temperature"]}"',
+                         f'"busy": {busy if busy != "-" else json.dumps(busy)}', f'"name": "{r["name"]}"']
+                if "target" in r:
+                    refs = f',\n"refs": {r["refs"]}' if r["refs"] else ""
+                    lines.append(f'"label": {{\n      "name": "{r["target"]}"{refs}\n      }}')
+                elif r["labels"]:
+                    lines.append(f'"labels": {r["labels"]}')
+                items.append(",\n  {\n" + ",\n".join("    " + x for x in lines) + "\n}")
+            return _envelope(argv, 2, "".join(items))
+        table = []
+        for r in rows:
+            fields = [r["status"], r["state"], r["temperature"], f"{busy:>6}", r["name"]]
+            if "target" in r:
+                n = r["refs"]
+                fields += ["->", r["target"] + (f" ({n} return(vcl){'' if n == 1 else chr(39) + 's'})"
+                                                if n else "")]
+            elif r["labels"]:
+                fields += ["<-", f"({r['labels']} label{'s' if r['labels'] > 1 else ''})"]
+            table.append(fields)
+        return elastic(table)
+
+    def _vcl_deps(self, argv: list[str], args: list[str]) -> str:
+        as_json, _ = _split_j(args)
+        labels = self._labels()
+        deps: list[tuple[str, list[str]]] = []
+        for name in self._ordered():
+            if name in labels:
+                deps.append((name, [self._label_target(name)]))
             else:
-                line += name
-            lines.append(line)
-        return "\n".join(lines) + "\n"
+                used = getattr(self.server.vcls[name], "labels", ())
+                deps.append((name, [lb for lb in self._ordered() if lb in used]))
+        if as_json:
+            items = []
+            for name, ds in deps:
+                inner = "[]" if not ds else "[\n" + ",\n".join(f'      "{d}"' for d in ds) + "\n    ]"
+                items.append(f',\n  {{\n    "name": "{name}",\n    "deps": {inner}\n  }}')
+            return _envelope(argv, 1, "".join(items))
+        table = []
+        for name, ds in deps:
+            table += [[name, d] for d in ds] if ds else [[name]]
+        return elastic(table)
 
     def _vcl_show(self, argv: list[str], args: list[str]) -> str:
-        rest = [a for a in args if a != "-v"]
+        verbose = bool(args) and args[0] == "-v"
+        rest = args[1:] if verbose else args
+        if len(rest) > 1:
+            raise Reply(CLIS_PARAM, f"Too many parameters: '{rest[1]}'")
         name = rest[0] if rest else self.server.active_name
         if name in self._labels():
             name = self._label_target(name)
         if name is None or name not in self.server.vcls:
-            raise Reply(CLIS_PARAM, f"No VCL named {name} known\n")
+            raise Reply(CLIS_PARAM, f"No VCL named '{name}'")
         source = self.sources.get(name)
         if source is None:
             filename = self.server.vcl_files.get(name, "")
@@ -600,10 +814,15 @@ class AdminCommands:
                 source = Path(filename).read_text(encoding="utf-8", errors="surrogateescape")
             except OSError:
                 raise Reply(CLIS_CANT, f"Source of VCL {name} is not available\n") from None
-        if "-v" in args:
-            filename = self.server.vcl_files.get(name, "<vcl.inline>")
-            return f"// VCL.SHOW 0 {len(source.encode())} {filename}\n{source}\n"
-        return source
+        if not verbose:
+            return source
+        # -v: every source with its "// VCL.SHOW n size name" line; the built-in VCL is ours
+        from vcl.compiler import BUILTIN_PATH
+
+        filename = self.server.vcl_files.get(name, "<vcl.inline>")
+        builtin = BUILTIN_PATH.read_text(encoding="utf-8")
+        return "".join(f"// VCL.SHOW {i} {len(text.encode('utf-8', 'surrogateescape'))} {fname}\n{text}\n"
+                       for i, (fname, text) in enumerate([(filename, source), ("<builtin>", builtin)]))
 
     # ---- backends ------------------------------------------------------------------------------
     def _backends(self, pattern: str | None) -> list[tuple[str, Any]]:
@@ -628,47 +847,49 @@ class AdminCommands:
     def _backend_list(self, argv: list[str], args: list[str]) -> str:
         from cacheserver.backends import live
 
-        as_json, rest = _split_j(args)
-        details = "-p" in rest
-        rest = [a for a in rest if a != "-p"]
-        rows = []
-        for full, spec in self._backends(rest[0] if rest else None):
+        as_json = "-j" in args
+        details = "-p" in args
+        rest = [a for a in args if a not in ("-j", "-p")]
+        if len(rest) > 1:
+            raise Reply(CLIS_PARAM, "Too many arguments")
+        pattern = rest[0] if rest else None
+        entries = []   # (name, type, admin, good, window, health, changed, text details, json details)
+        for full, spec in self._backends(pattern):
             b = live(spec)
             probe = spec.probe
-            good = getattr(b, "probe_good", None)
+            good = (b.probe_good or 0) if probe is not None else 0
+            window = probe.window if probe is not None else 0
+            # Health is what probes say; the admin column says whether backend.set_health overrides it
+            health = "healthy" if b.probe_healthy else "sick"
+            admin = b.admin if b.admin != "auto" else ("probe" if probe is not None else "healthy")
+            text, info = ([], "{}")
             if probe is not None:
-                # "-" when the prober does not report how many probes of its window were good
-                good_n = good if good is not None else "-"
-                probe_txt = f"{good_n}/{probe.window}"
-            else:
-                good_n, probe_txt = 0, "0/0"
-            health = "healthy" if b.healthy else "sick"
-            admin = b.admin if b.admin != "auto" else ("probe" if probe is not None else health)
-            # The prober may describe its window (varnishd's -p report); the server provides the text.
-            report = getattr(b, "probe_report", None)
-            extra = report() if details and probe is not None and callable(report) else ""
-            rows.append((full, admin, probe_txt, health, b.changed, good_n, probe, extra))
-        rows += self._director_rows(rest[0] if rest else None)
+                text, info = _probe_report(b, probe)
+            entries.append((full, "backend", admin, good, window, health, b.changed, text, info))
+        entries += self._director_entries(pattern)
         if as_json:
-            return _json(argv, {r[0]: {"type": "backend", "admin_health": r[1],
-                                       "probe_message": [r[5], r[6].window if r[6] else 0, r[3]],
-                                       "last_change": round(r[4], 3)} for r in rows})
-        # Column widths as varnishd's: the name column gets 3 spaces of padding, the others 4.
-        head = ("Backend name", "Admin", "Probe", "Health")
-        widths = [max([len(head[i])] + [len(r[i]) for r in rows]) + (3 if i == 0 else 4) for i in range(4)]
-        out = ["".join(f"{h:<{w}}" for h, w in zip(head, widths, strict=True)) + "Last change"]
-        for r in rows:
-            when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(r[4]))
-            out.append("".join(f"{c:<{w}}" for c, w in zip(r[:4], widths, strict=True)) + when)
-            if r[7]:
-                out.append(r[7].rstrip("\n"))
-        return "\n".join(out) + "\n"
+            items = []
+            for name, kind, admin, good, window, health, changed, _, info in entries:
+                rows = [f'"type": "{kind}"', f'"admin_health": "{admin}"',
+                        f'"probe_message": [{good}, {window}, "{health}"]']
+                if details:
+                    rows.append(f'"probe_details": {info}')
+                rows.append(f'"last_change": {changed:.3f}')
+                items.append(f'    "{name}": {{\n' + ",\n".join("      " + r for r in rows) + "\n    }")
+            return _envelope(argv, 3, ",\n  {\n" + ",\n".join(items) + ("\n" if items else "") + "  }")
+        table: list[list[str] | str] = [["Backend name", "Admin", "Probe", "Health", "Last change"]]
+        for name, _, admin, good, window, health, changed, text, _ in entries:
+            when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(changed))
+            table.append([name, admin, f"{good}/{window}", health, when])
+            if details:
+                table += text
+        return elastic(table)
 
-    def _director_rows(self, pattern: str | None) -> list[tuple]:
+    def _director_entries(self, pattern: str | None) -> list[tuple]:
         """Directors (vcl_init `new` objects with members) are listed like backends, as varnishd does."""
         from cacheserver.backends import healthy, live
 
-        rows: list[tuple] = []
+        out: list[tuple] = []
         for vname, vcl in self.server.vcls.items():
             try:
                 instances = vcl.instances
@@ -683,12 +904,14 @@ class AdminCommands:
                         fnmatch.fnmatchcase(full, pattern) if "." in pattern
                         else vname == self.server.active_name and fnmatch.fnmatchcase(iname, pattern)):
                     continue
+                kind = str(getattr(obj, "kind", "director")).replace("_", "-")
                 good = sum(1 for b, _ in members if healthy(b))
                 changed = max((live(b).changed for b, _ in members if hasattr(b, "live")),
                               default=self.server.started_at)
                 state = "healthy" if obj.healthy(None) else "sick"
-                rows.append((full, "probe", f"{good}/{len(members)}", state, changed, good, None, ""))
-        return rows
+                text, info = _director_report(obj, kind, members)
+                out.append((full, kind, "probe", good, len(members), state, changed, text, info))
+        return out
 
     def _backend_set_health(self, argv: list[str], args: list[str]) -> str:
         from cacheserver.backends import set_admin_health
@@ -728,29 +951,137 @@ class AdminCommands:
         as_json, _ = _split_j(args)
         banlist = self._banlist()
         if as_json:
-            return _json(argv, *[{"time": round(b.t, 6), "refs": b.refs, "completed": b.completed,
-                                  "spec": "" if b.completed else b.spec} for b in banlist.bans])
+            return _envelope(argv, 2, "".join(
+                f',\n  {{\n    "time": {b.t:.6f},\n    "refs": {b.refs},\n    "completed": '
+                f'{"true" if b.completed else "false"},\n    "spec": {json.dumps("" if b.completed else b.spec)}\n}}'
+                for b in banlist.bans))
         return banlist.listing()
 
     # ---- storage and counters -------------------------------------------------------------------
     def _storage_list(self, argv: list[str], args: list[str]) -> str:
         as_json, _ = _split_j(args)
-        devices = [("s0", "malloc"), ("Transient", "malloc")]
+        stevedores = getattr(getattr(self.server, "storage", None), "stevedores", None) or {"s0": 0, "Transient": 0}
+        devices = [(n, "malloc") for n in stevedores]
         if as_json:
-            return _json(argv, *[{"name": n, "storage": k} for n, k in devices])
+            return _envelope(argv, 2, "".join(f',\n  {{\n    "name": "{n}",\n    "storage": "{k}"\n}}'
+                                              for n, k in devices))
         return "Storage devices:\n" + "".join(f"\tstorage.{n} = {k}\n" for n, k in devices)
+
+    def _vbe_counters(self) -> dict[str, int]:
+        """VBE.<vcl>.<backend>.* for the backends of every VCL that is not cold (varnishd keeps
+        counters only for warm VCLs), and MAIN.n_backend, the number of those backends."""
+        from cacheserver.backends import vbe_counters
+
+        out: dict[str, int] = {}
+        n = 0
+        for vname, vcl in self.server.vcls.items():
+            if self.states.get(vname) == "cold":
+                continue
+            for bname, spec in getattr(vcl, "backends", {}).items():
+                if getattr(spec, "host", None) is None:
+                    continue
+                n += 1
+                out.update(vbe_counters(f"VBE.{vname}.{bname}.", spec))
+        out["MAIN.n_backend"] = n
+        return out
 
     def _counters_list(self, argv: list[str], args: list[str]) -> str:
         as_json, globs = _split_j(args)
         snap = self.server.counters.snapshot()
+        now = time.time()
         if "MAIN.uptime" in snap:
-            snap["MAIN.uptime"] = int(time.time() - self.server.started_at)
+            snap["MAIN.uptime"] = int(now - getattr(self.server, "child_started_at", self.server.started_at))
+        if "MGT.uptime" in snap:
+            snap["MGT.uptime"] = int(now - self.server.started_at)
+        if "MAIN.vmods" in snap:
+            snap["MAIN.vmods"] = len({m for v in self.server.vcls.values() for m in getattr(v, "uses", ())})
+        snap.update(self._vbe_counters())
+        # varnishd's worker pools and threads: here one event loop serves everything (one pool),
+        # and the threads are the process's own (the loop's, asyncio's resolver and executors)
+        snap["MAIN.pools"] = 1
+        snap["MAIN.threads"] = threading.active_count()
         if globs:
             snap = {k: v for k, v in snap.items()
                     if any(fnmatch.fnmatchcase(k, g if "." in g else "MAIN." + g) for g in globs)}
         if as_json:
             return json.dumps(snap, indent=2)
         return "".join(f"{k} {v}\n" for k, v in snap.items())
+
+
+def elastic(rows: list[list[str] | str], width: int = 80) -> str:
+    """Rows of fields in columns, as varnishd's VTE: each column as wide as its widest field
+    (past the first, plus one), then 1 to 3 spaces, fewer as the widest line nears `width`.
+    A row given as a string (empty, or starting with a space) is printed as it is."""
+    table = [r for r in rows if isinstance(r, list)]
+    if not table:
+        return "".join(f"{r}\n" for r in rows)
+    ncols = max(len(r) for r in table)
+    widths = [0] * ncols
+    for r in table:
+        for i, f in enumerate(r):
+            widths[i] = max(widths[i], len(f) + (1 if i else 0))   # VTE counts the tab with the field
+    longest = max(sum(len(f) for f in r) + len(r) - 1 for r in table)
+    gaps = ncols - 1
+    sep = min(max(int((width - longest) / gaps) if gaps else 3, 1), 3)
+    out = []
+    for r in rows:
+        if isinstance(r, str):
+            out.append(r + "\n")
+            continue
+        line = "".join(f + " " * (widths[i] + sep - len(f)) for i, f in enumerate(r[:-1]))
+        out.append(line + r[-1] + "\n")
+    return "".join(out)
+
+
+_PROBE_BITS = (("4", "Good IPv4"), ("6", "Good IPv6"), ("U", "Good UNIX"), ("x", "Error Xmit"),
+               ("X", "Good Xmit"), ("r", "Error Recv"), ("R", "Good Recv"), ("H", "Happy"))
+
+
+def _probe_report(b: Any, probe: Any) -> tuple[list[list[str] | str], str]:
+    """backend.list -p for a probed backend: varnishd's text lines and its JSON object."""
+    bits = b.probe_bits
+    lines: list[list[str] | str] = [
+        f" Current states  good: {b.probe_good or 0:2d} threshold: {probe.threshold:2d} window: {probe.window:2d}",
+        f"  Average response time of good probes: {b.probe_avg:.6f}",
+        "  Oldest ================================================== Newest"]
+    for bit, label in _PROBE_BITS:
+        if bits.get(bit):
+            lines.append("  " + "".join(bit if bits[bit] >> (63 - i) & 1 else "-" for i in range(64)) + f" {label}")
+    lines.append("")
+    info = ["\n".join(f'        "bits_{bit}": {bits.get(bit, 0)},' for bit, _ in _PROBE_BITS),
+            f'        "good": {b.probe_good or 0},', f'        "threshold": {probe.threshold},',
+            f'        "window": {probe.window}']
+    return lines, "{\n" + "\n".join(info) + "\n      }"
+
+
+def _director_report(obj: Any, kind: str, members: list[tuple[Any, float]]) -> tuple[list[list[str] | str], str]:
+    """backend.list -p for the directors whose report varnishd defines (round-robin, fallback, random)."""
+    from cacheserver.backends import healthy
+
+    names = [(getattr(m, "name", "?"), w, "healthy" if healthy(m) else "sick") for m, w in members]
+    if kind == "round-robin":
+        rows = [["", name, "-", h] for name, _, h in names]
+        head = ["", "Backend", "Weight", "Health"]
+        js = [f'          "{n}": {{\n            "health": "{h}"\n          }}' for n, _, h in names]
+        extra = ""
+    elif kind == "fallback":
+        current = getattr(obj, "current", 0)
+        rows = [["", name, "*" if i == current else "", h] for i, (name, _, h) in enumerate(names)]
+        head = ["", "Backend", "Current", "Health"]
+        js = [f'          "{n}": {{\n            "current": {"true" if i == current else "false"},\n'
+              f'            "health": "{h}"\n          }}' for i, (n, _, h) in enumerate(names)]
+        extra = f'        "sticky": {"true" if getattr(obj, "sticky", False) else "false"},\n'
+    elif kind == "random":
+        total = sum(w for _, w, _ in names) or 1.0
+        rows = [["", name, f"{100 * w / total:6.2f}%", h] for name, w, h in names]
+        head = ["", "Backend", "Weight", "Health"]
+        js = [f'          "{n}": {{\n            "weight": {w:f},\n            "health": "{h}"\n          }}'
+              for n, w, h in names]
+        extra = f'        "total_weight": {sum(w for _, w, _ in names):f},\n'
+    else:
+        return [], "{}"
+    text: list[list[str] | str] = ["", head, *rows, ""]
+    return text, "{\n" + extra + '        "backends": {\n' + ",\n".join(js) + "\n        }\n      }"
 
 
 def _check_vcl_name(name: str) -> None:
@@ -760,53 +1091,6 @@ def _check_vcl_name(name: str) -> None:
     for c in name:
         if not (c.isascii() and (c.isalnum() or c in "_-")):
             raise Reply(CLIS_PARAM, f"Illegal character in VCL name ('{c}')")
-
-
-_UNITS = {"bytes": "bytes", "duration": "seconds", "bool": "bool", "uint": ""}
-
-
-def _show_value(params: Any, d: Any) -> str:
-    value = params.get(d.name)
-    if d.kind == "duration":
-        return f"{value:.3f} [seconds]"
-    if d.kind == "bytes":
-        return f"{params.text(d.name)} [bytes]"
-    if d.kind == "bool":
-        return f"{'on' if value else 'off'} [bool]"
-    return str(params.text(d.name)) if d.kind == "string" else str(value)
-
-
-def _json_value(params: Any, d: Any) -> Any:
-    value = params.get(d.name)
-    return value if isinstance(value, (int, float, bool)) else str(value)
-
-
-def _param_long(params: Any, d: Any) -> str:
-    is_default = params.text(d.name) == d.default
-    lines = [d.name, f"        Value is: {_show_value(params, d)}" + (" (default)" if is_default else "")]
-    if not is_default:
-        lines.append(f"        Default is: {d.default}")
-    if d.minimum is not None:
-        lines.append(f"        Minimum is: {d.minimum:g}")
-    lines += ["", f"        {d.doc}", "", ""]
-    return "\n".join(lines) + "\n"
-
-
-def _apply_flags(params: Any, name: str, value: str) -> str:
-    """`param.set debug +flag,-flag`: flag lists change relative to the current value, as varnishd's."""
-    if name not in ("debug", "feature", "vsl_mask") or not value or value[0] not in "+-":
-        return value
-    try:
-        current = [f for f in str(params.text(name)).split(",") if f and f not in ("none", "default")]
-    except KeyError:
-        return value
-    for item in value.split(","):
-        flag = item.lstrip("+-")
-        if item.startswith("-"):
-            current = [f for f in current if f.lstrip("+-") != flag]
-        elif flag not in current:
-            current.append(flag)
-    return ",".join(current) or "none"
 
 
 def banner(running: bool = True) -> str:

@@ -8,6 +8,7 @@ Directors (vmods.directors) are anything with `resolve(ctx)`; `resolve()` follow
 
 from __future__ import annotations
 
+import errno
 import time
 from typing import TYPE_CHECKING
 
@@ -21,13 +22,22 @@ class LiveBackend:
     """What the server knows about one backend while it runs."""
 
     __slots__ = ("admin", "probe_healthy", "probe_good", "probe_log", "changed", "conns", "req", "fail",
-                 "unhealthy", "busy")
+                 "unhealthy", "busy", "probe_bits", "probe_avg", "fails", "bereq_hdrbytes", "bereq_bodybytes",
+                 "beresp_hdrbytes", "beresp_bodybytes", "pipe_hdrbytes", "pipe_out", "pipe_in")
 
     def __init__(self) -> None:
         self.admin = "auto"            # auto | healthy | sick (backend.set_health)
         self.probe_healthy = True      # what the last probe said; True without a probe
         self.probe_good = None         # good polls in the probe window (None: not probed)
         self.probe_log: list[bool] = []  # the latest poll results, oldest first (backend.list -p)
+        # varnishd's 64-poll history per outcome (bit 0 the latest): 4/6 connected over IPv4/IPv6,
+        # x/X send failed/done, r/R receive failed/done, H happy; and the good polls' average time
+        self.probe_bits: dict[str, int] = dict.fromkeys("46UxXrRH", 0)
+        self.probe_avg = 0.0
+        self.fails: dict[str, int] = {}   # failed connects by errno (VBE.*.fail_econnrefused, ...)
+        self.bereq_hdrbytes = self.bereq_bodybytes = 0
+        self.beresp_hdrbytes = self.beresp_bodybytes = 0
+        self.pipe_hdrbytes = self.pipe_out = self.pipe_in = 0
         self.changed = time.time()
         self.conns = 0                 # connections in use now (for .max_connections)
         self.req = 0
@@ -49,6 +59,45 @@ def live(spec: BackendSpec) -> LiveBackend:
     if state is None:
         state = spec.live = LiveBackend()
     return state
+
+
+_FAIL_ERRNO = {errno.EACCES: "eacces", errno.EPERM: "eacces", errno.EADDRNOTAVAIL: "eaddrnotavail",
+               errno.ECONNREFUSED: "econnrefused", errno.ENETUNREACH: "enetunreach",
+               errno.EHOSTUNREACH: "enetunreach", errno.ETIMEDOUT: "etimedout"}
+FAIL_REASONS = ("eacces", "eaddrnotavail", "econnrefused", "enetunreach", "etimedout", "other")
+
+
+def count_fail(spec: BackendSpec, exc: BaseException, probe: bool = False) -> None:
+    """A connection to the backend could not be opened: VBE.*.fail and fail_<reason>, as varnishd
+    (a probe's failure counts by reason only)."""
+    b = live(spec)
+    if not probe:
+        b.fail += 1
+    if isinstance(exc, TimeoutError):
+        reason = "etimedout"               # connect_timeout
+    else:
+        reason = _FAIL_ERRNO.get(getattr(exc, "errno", None) or 0, "other")
+    b.fails[reason] = b.fails.get(reason, 0) + 1
+
+
+def head_bytes(conn: object) -> int:
+    """The size of a backend response head as it came (status line, header lines, empty line)."""
+    fields = getattr(conn, "fields", ())
+    return (len("HTTP/1.1 200 ") + len(getattr(conn, "reason", b"")) + 2
+            + sum(len(f[0]) + len(f[1]) + 4 for f in fields) + 2)
+
+
+def vbe_counters(prefix: str, spec: BackendSpec) -> dict[str, int]:
+    """VBE.<vcl>.<backend>.* as varnishstat lists them."""
+    b = live(spec)
+    out = {"happy": b.probe_bits.get("H", 0), "bereq_hdrbytes": b.bereq_hdrbytes,
+           "bereq_bodybytes": b.bereq_bodybytes, "beresp_hdrbytes": b.beresp_hdrbytes,
+           "beresp_bodybytes": b.beresp_bodybytes, "pipe_hdrbytes": b.pipe_hdrbytes, "pipe_out": b.pipe_out,
+           "pipe_in": b.pipe_in, "conn": b.conns, "req": b.req, "unhealthy": b.unhealthy, "busy": b.busy,
+           "fail": b.fail}
+    out.update((f"fail_{r}", b.fails.get(r, 0)) for r in FAIL_REASONS)
+    out["helddown"] = 0                       # no connect holddown here
+    return {prefix + k: v for k, v in out.items()}
 
 
 def set_admin_health(spec: BackendSpec, state: str) -> None:

@@ -46,7 +46,7 @@ class BanTest:
         return self.field.startswith("req.")
 
     def text(self) -> str:
-        name = f"{self.field}.{self.header}" if self.header else self.field
+        name = f"{self.field}.{self.header}" if self.header is not None else self.field
         arg = _format_duration(self.number) if self.field in _DURATION_FIELDS else self.arg
         return f"{name} {self.op} {arg}"
 
@@ -178,7 +178,7 @@ def build(args: list[str]) -> list[BanTest]:
 
 def _build_test(name: str, op: str, arg: str) -> BanTest:
     header = None
-    if name.startswith(("req.http.", "obj.http.")) and len(name) > 9:
+    if name.startswith(("req.http.", "obj.http.")):      # varnishd takes an empty header name too
         fld, header = name[:8], name[9:].lower()
     elif name in ("req.url", "obj.status") + _DURATION_FIELDS:
         fld = name
@@ -189,6 +189,8 @@ def _build_test(name: str, op: str, arg: str) -> BanTest:
         if op not in _DURATION_OPS:
             raise BanError(f'expected conditional (==, !=, >, >=, < or <=) got "{op}"')
         try:
+            if not arg.strip()[-1:].isalpha():
+                raise ValueError(arg)            # a ban's duration needs its unit, as varnishd's
             test.number = parse_duration(arg)
         except ValueError:
             raise BanError(f'expected duration <n.nn>[ms|s|m|h|d|w|y] got "{arg}"') from None
@@ -215,6 +217,7 @@ class BanList:
         self.bans.append(Ban(time.time(), [], completed=True))
         self.counters.bans += 1
         self.counters.bans_completed += 1
+        self.counters.bans_added += 1        # varnishd counts the initial ban as added
 
     @property
     def newest(self) -> Ban:

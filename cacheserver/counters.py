@@ -29,7 +29,17 @@ MAIN_COUNTERS = (
     "vcl_fail", "esi_errors", "esi_warnings", "exp_mailed", "exp_received",
     "steal_ok", "steal_refused", "steal_failed", "n_pipe", "pipe_limited",
     "n_lru_limited", "s_bgfetch",
+    "summs", "beresp_uncacheable", "beresp_shortlived", "n_vampireobject", "sc_rx_close_idle",
+    "ws_backend_overflow", "ws_client_overflow", "ws_thread_overflow", "ws_session_overflow",
+    "bans_lurker_obj_killed_cutoff", "bans_lurker_contention", "bans_persisted_bytes",
+    "bans_persisted_fragmentation", "vmods", "n_gzip", "n_gunzip", "n_test_gunzip", "esi_req",
+    "sess_queued", "sess_dropped", "req_dropped", "thread_queue_len", "pools", "threads_limited",
+    "threads_destroyed", "threads_failed",
 )
+
+# The manager process's counters (MGT.*): its "child" is our serving side, started and stopped by the
+# CLI (start, stop) and restarted after debug.panic.worker.
+MGT_COUNTERS = ("uptime", "child_start", "child_exit", "child_stop", "child_died", "child_dump", "child_panic")
 
 
 class Counters:
@@ -38,10 +48,13 @@ class Counters:
     def __init__(self) -> None:
         for name in MAIN_COUNTERS:
             setattr(self, name, 0)
+        for name in MGT_COUNTERS:
+            setattr(self, "mgt_" + name, 0)
         self.extra: dict[str, int] = {}
 
     def snapshot(self) -> dict[str, int]:
         """Every counter by its varnishstat name."""
-        out = {f"MAIN.{name}": getattr(self, name) for name in MAIN_COUNTERS}
+        out = {f"MGT.{name}": getattr(self, "mgt_" + name) for name in MGT_COUNTERS}
+        out.update((f"MAIN.{name}", getattr(self, name)) for name in MAIN_COUNTERS)
         out.update(self.extra)
         return out

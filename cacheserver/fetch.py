@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from cacheserver import backends
 from cacheserver.beconn import SMALL_BODY, BackendConn, ConnError
+from cacheserver.filters import Chain, FetchCtx, FilterError, open_chain, stack, vfp_default_list, weaken_etag
 from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for, wire
 from cacheserver.reqbody import ReqBody, ReqBodyError
 from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl
@@ -55,7 +56,8 @@ def make_bereq(req: HttpMessage, is_pass: bool, xid: int, gzip: bool, keep_proto
         for name in _FETCH_FILTER:
             headers.unset(name)
         headers.unset("Content-Length")      # a cache fill sends no body (varnishd's HTTPH_R_FETCH)
-        if gzip and headers.get("Accept-Encoding") is not None:
+        if gzip:
+            # a cache fill always asks for gzip: clients that do not take it get it gunzipped
             headers.set("Accept-Encoding", "gzip")
     headers.unset("X-Varnish")
     headers.add("X-Varnish", str(xid))
@@ -74,13 +76,24 @@ def _strip_hop_by_hop(headers: Headers) -> None:
             headers.unset(name)
 
 
+def fail_from_vcl(server: Server, ctx: Context, action: Action) -> None:
+    """`return (fail)` / `return (fail(REASON))`: VRT_fail, counted and logged with its reason."""
+    server.counters.vcl_fail += 1
+    reason = action.args[0] if action.args else ""
+    ctx.log.append(("VCL_Error", reason or "Failed from VCL"))
+
+
 def _call(vcl, ctx: Context, sub: str):
     ctx.method = sub
     try:
-        return vcl.subs[sub](ctx)
+        action = vcl.subs[sub](ctx)
     except VCLFailure as exc:
         ctx.log.append(("VCL_Error", str(exc)))
+        ctx.server.counters.vcl_fail += 1
         return Action("fail")
+    if action.name == "fail":
+        fail_from_vcl(ctx.server, ctx, action)
+    return action
 
 
 async def _acall(vcl, ctx: Context, sub: str) -> Action:
@@ -92,6 +105,16 @@ async def _acall(vcl, ctx: Context, sub: str) -> Action:
             ctx.log.append(("VCL_Error", str(exc)))
             return Action("fail")
     return result
+
+
+def beresp_filters_default(ctx: Context) -> str:
+    """beresp.filters as varnishd would choose them now (vbf_default_filter_list)."""
+    body_kind, clen = ctx.beresp_body
+    return vfp_default_list(
+        body_none=body_kind == "none", content_length=clen if body_kind == "length" else None,
+        content_encoding=ctx.beresp.headers.get("Content-Encoding"),
+        do_gzip=bool(ctx.do_gzip), do_gunzip=bool(ctx.do_gunzip), do_esi=bool(ctx.do_esi),
+        gzip_support=bool(ctx.server.params.http_gzip_support))
 
 
 class BusyObj:
@@ -120,6 +143,7 @@ class BusyObj:
         self.no_space = False
         self.bereq_close = False
         self._failure_counted = False        # fetch_failed already counted, or VCL chose the error
+        self._stop = ""                       # why storing the body stopped ("storage", "gone")
         xid = server.next_xid()
         server.counters.s_fetch += 1          # every backend fetch: miss, pass and background
         if mode == "bg":
@@ -135,11 +159,12 @@ class BusyObj:
             server_hostname=creq.server_hostname, server_identity=creq.server_identity,
             client_identity=creq.client_identity, is_bgfetch=mode == "bg", is_hitpass=creq.is_hitpass,
             is_hitmiss=creq.is_hitmiss, xid=creq.xid, session=None, req=None, req_top=None,
-            sess_xid=creq.sess_xid, bereq_body=req_body,
+            sess_xid=creq.sess_xid, bereq_body=req_body, hash=creq.hash,
             # as varnishd's startfetch: the storage the object will go to unless VCL says otherwise
             beresp_storage=TRANSIENT if self.is_pass else server.storage.next_stevedore(),
         )
         self.ctx.priv_task = None
+        self.ctx.filters_default = beresp_filters_default   # beresp.filters until VCL sets it
 
     def _add_validators(self, stale: ObjCore) -> None:
         h = stale.http.headers
@@ -257,7 +282,7 @@ class BusyObj:
                     conn = await pool.connect(connect)
                 except (OSError, TimeoutError) as exc:
                     counters.backend_fail += 1
-                    backends.live(backend).fail += 1
+                    backends.count_fail(backend, exc)
                     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
                     raise FetchError(f"backend {backend.name}: fail ({reason})") from None
                 counters.backend_conn += 1
@@ -272,6 +297,7 @@ class BusyObj:
                 self._req_sent()
                 counters.backend_req += 1
                 await conn.read_head(first_byte, self.between)
+                backends.live(backend).beresp_hdrbytes += backends.head_bytes(conn)
                 return
             except FetchError:
                 self._close_conn()
@@ -309,6 +335,7 @@ class BusyObj:
         lines += [f"{n}: {v}\r\n" for n, v in headers.items()]
         lines.append("\r\n")
         head = wire("".join(lines))
+        backends.live(self.backend).bereq_hdrbytes += len(head)
         if not send:
             conn.write(head)
             return
@@ -322,6 +349,7 @@ class BusyObj:
             except ReqBodyError as exc:
                 raise FetchError(f"req.body read error: {exc}") from None
             conn.write(head + data)
+            backends.live(self.backend).bereq_bodybytes += len(data)
             return
         conn.write(head)
         between = self.between
@@ -333,6 +361,7 @@ class BusyObj:
                     conn.write(b"\r\n")
                 else:
                     conn.write(data)
+                backends.live(self.backend).bereq_bodybytes += len(data)
                 # the next chunk is pulled only once the backend took this one
                 await conn.drain(between)
         except ReqBodyError as exc:
@@ -386,6 +415,8 @@ class BusyObj:
         ctx.beresp_uncacheable = self.is_pass or bad_vary(beresp.headers.get("Vary"))
         ctx.do_stream = True
         ctx.do_gzip = ctx.do_gunzip = ctx.do_esi = False
+        ctx.beresp_filters = None
+        ctx.beresp_body = (self.body_kind, conn.clen)     # what the default filter list depends on
         action = await _acall(self.vcl, ctx, "vcl_backend_response")
         name = action.name
         if name in ("deliver", "pass"):
@@ -407,11 +438,8 @@ class BusyObj:
         """Connections in use per backend, for .max_connections and VBE.<vcl>.<backend>.conn."""
         state = backends.live(backend)
         state.conns += delta
-        prefix = f"VBE.{getattr(self.vcl, 'name', 'vcl')}.{backend.name}."
-        extra = self.server.counters.extra
-        extra[prefix + "conn"] = state.conns
         if delta > 0:
-            extra[prefix + "req"] = extra.get(prefix + "req", 0) + 1
+            state.req += 1
 
     def _body_status(self, method: str, conn: BackendConn) -> bool:
         """How the body comes (varnishd's body_status, counted as fetch_*); False: it cannot be had."""
@@ -506,6 +534,8 @@ class BusyObj:
         oc.keep = max(float(ctx.beresp_keep or 0.0), 0.0)
         oc.xid = ctx.bereq_xid
         oc.hfm = oc.hfp = False
+        if oc.private or ctx.beresp_uncacheable or self.hfp_ttl is not None:
+            self.server.counters.beresp_uncacheable += 1
         if oc.private:
             oc.keep_body = False
             return
@@ -539,19 +569,61 @@ class BusyObj:
         if not storage.unbusy(oc, ctx.bereq, oc.http.headers.get("Vary"), store):
             oc.private = True
             oc.drop_body()
-            self.no_space = oc.size <= storage.max_bytes
+            # an object bigger than the store is still delivered while it streams, never after
+            self.no_space = oc.size <= storage.max_bytes or not ctx.do_stream
         elif self.stale is not None and self.stale is not oc:
             storage.remove(self.stale)     # the fresh object replaces the one it revalidated
 
+    def _open_vfps(self) -> Chain | None:
+        """Stack and open the fetch filters on beresp (they rewrite its headers); None: none."""
+        ctx = self.ctx
+        names = ctx.beresp_filters
+        if names is None:
+            names = beresp_filters_default(ctx)
+        if not names or names.isspace():
+            return None
+        server = self.server
+        chain = open_chain(stack("vfp", names, self.vcl),
+                           FetchCtx(ctx.beresp, self.oc, server.params, server.counters))
+        return chain if chain.filters else None
+
     async def stp_fetchbody(self) -> str | None:
         ctx = self.ctx
-        server = self.server
         oc = self.oc
         self.no_space = False
         # the stale object goes away once the new one is in: take its body first
         body304 = self.stale.body() if ctx.was_304 else b""
+        if ctx.was_304:
+            stale = self.stale
+            # the stored body keeps its encoding (vbf_stp_condfetch copies the flags and bits)
+            oc.gzipped, oc.gzip_bits, oc.esi_data = stale.gzipped, stale.gzip_bits, stale.esi_data
+            oc.gzip_changed = stale.gzip_changed
+            if stale.gzip_changed:
+                weaken_etag(ctx.beresp)
+        chain = None
+        if not ctx.was_304:
+            if self.conn is not None and self.conn.clen == 0:     # an empty body has no encoding
+                ctx.beresp.headers.unset("Content-Encoding")
+            try:
+                chain = self._open_vfps()
+            except FilterError as exc:
+                ctx.log.append(("FetchError", str(exc)))
+                self._close_conn()
+                self._failure_counted = False
+                return "error"
+            if chain is not None:
+                oc.gzip_changed = any(f.name in ("gzip", "gunzip") for f in chain.filters)
+        try:
+            return await self._fetchbody(chain, body304)
+        finally:
+            if chain is not None:
+                chain.close()
+
+    async def _fetchbody(self, chain: Chain | None, body304: bytes) -> str | None:
+        ctx = self.ctx
+        oc = self.oc
+        raw_expected = self.conn.clen if self.conn is not None and self.body_kind == "length" else None
         self._setup_object(ctx.beresp, self.t_origin)
-        storage = server.storage
         if ctx.was_304:
             oc.append(body304)
             self._release_response()
@@ -568,42 +640,78 @@ class BusyObj:
             if self.no_space:
                 return self._out_of_storage()
             self._signal()
+            # let the waiting clients send their heads first, as varnishd's do at BOS_STREAM
+            await asyncio.sleep(0)
         conn = self.conn
         between = self.between
         bodyless = self.body_kind == "none"     # HEAD, 204, 304, Content-Length: 0
+        received = 0
         try:
             while not bodyless:
                 data = await conn.read_body(between)
                 if not data:
                     break
-                oc.append(data)
-                if oc.store and not storage.grow(oc):
-                    storage.remove(oc)
-                    oc.private = True
-                    oc.drop_body()
-                    if oc.size <= storage.max_bytes:
-                        return self._out_of_storage()
-                    # bigger than the whole store: deliver it, keep nothing
-                if not oc.keep_body:
-                    await oc.wait_space()
-                    if oc.private and not oc.readers:
-                        # a pass whose client went away: stop reading what nobody will get
-                        ctx.log.append(("FetchError", "client gone"))
-                        return self._body_failed(True)
+                received += len(data)
+                backends.live(self.backend).beresp_bodybytes += len(data)
+                for piece in (chain.push(data) if chain is not None else (data,)):
+                    if not await self._store(piece):
+                        return self._stored_failed()
+            if chain is not None and not bodyless:
+                for piece in chain.end():
+                    if not await self._store(piece):
+                        return self._stored_failed()
         except ConnError as exc:
             ctx.log.append(("FetchError", str(exc)))
             return self._body_failed(streaming)
+        except FilterError as exc:
+            # a body that claims gzip but is not: varnishd's "Invalid Gzip data", a failed fetch
+            ctx.log.append(("FetchError", str(exc)))
+            ctx.log.append(("FetchError", "Fetch pipeline failed to process"))
+            return self._body_failed(streaming)
         self._body_read = True
-        if self.expected_len is not None and oc.length < self.expected_len and not bodyless:
+        if raw_expected is not None and received < raw_expected and not bodyless:
             ctx.log.append(("FetchError", "Premature end of body"))
             return self._body_failed(streaming)
         self._release_response()
         if not streaming:
             self._publish()
             if self.no_space:
-                return self._out_of_storage()
+                # nothing was delivered yet: vcl_backend_error, as varnishd's "Could not get storage"
+                ctx.log.append(("FetchError", "Could not get storage"))
+                return self._body_failed(False)
         oc.finish(True)
         return None
+
+    async def _store(self, data: bytes) -> bool:
+        """Append one piece to the object; False when the fetch must stop (see _stored_failed)."""
+        oc = self.oc
+        storage = self.server.storage
+        oc.append(data)
+        if oc.store and not storage.grow(oc):
+            storage.remove(oc)
+            oc.private = True
+            oc.drop_body()
+            if oc.size <= storage.max_bytes or not self.ctx.do_stream:
+                # (not streamed: nothing reached a client yet, so the fetch fails, as varnishd's)
+                self._stop = "storage"
+                return False
+            # bigger than the whole store while streaming: deliver it, keep nothing
+        if not oc.keep_body:
+            await oc.wait_space()
+            if oc.private and not oc.readers:
+                # a pass whose client went away: stop reading what nobody will get
+                self._stop = "gone"
+                return False
+        return True
+
+    def _stored_failed(self) -> str | None:
+        if self._stop == "storage":
+            if not self.ctx.do_stream:
+                self.ctx.log.append(("FetchError", "Could not get storage"))
+                return self._body_failed(False)
+            return self._out_of_storage()
+        self.ctx.log.append(("FetchError", "client gone"))
+        return self._body_failed(True)
 
     def _body_failed(self, streaming: bool) -> str | None:
         """The body broke off: a streamed object fails; one not yet delivered becomes an error."""
@@ -663,9 +771,12 @@ class BusyObj:
         oc = self.oc
         if ctx.beresp_ttl <= 0 or ctx.beresp_uncacheable:
             if not oc.private:
+                # varnishd inserts a 0-TTL error object and its expiry thread expires it at once
+                server.counters.n_expired += ctx.beresp_ttl <= 0 and not ctx.beresp_uncacheable
                 server.storage.abandon(oc)
                 oc.private = True
         beresp.headers.unset("Content-Length")
+        oc.gzipped, oc.gzip_bits, oc.gzip_changed, oc.esi_data = False, None, False, None
         self._setup_object(beresp, time.time())
         oc.append(body)
         self._publish()

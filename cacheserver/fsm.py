@@ -18,9 +18,11 @@ import time
 from typing import TYPE_CHECKING
 
 from cacheserver import storage as st
-from cacheserver.fetch import BusyObj
-from cacheserver.http1 import DATES, reason_for, serialize_head
-from cacheserver.ranges import RangeError, not_modified, parse_range
+from cacheserver.deliver import Delivery, resp_filters_default
+from cacheserver.fetch import BusyObj, fail_from_vcl
+from cacheserver.filters import accepts_gzip, weaken_etag
+from cacheserver.http1 import DATES, reason_for
+from cacheserver.ranges import not_modified
 from cacheserver.reqbody import ReqBody
 from cacheserver.rfc2616 import collect_header, parse_date
 from cacheserver.stevedores import TRANSIENT
@@ -39,12 +41,8 @@ _STATE_SUBS = {"recv": ("vcl_recv", "vcl_hash"), "hit": ("vcl_hit",), "miss": ("
                "pass": ("vcl_pass",), "purge": ("vcl_purge",), "deliver": ("vcl_deliver",),
                "synth": ("vcl_synth",)}
 _VIA = "1.1 varnish (Varnish/7.1)"
-# Writes at least this big go out as two writes (no concatenation copy).
-_BIG = 65536
-# Bodies past this are sent by the async "send" state, a slice at a time, each slice waiting for the
-# client to read (idle_send_timeout, send_timeout): a client costs at most about this much buffer.
-_DIRECT = 256 * 1024
-_SLICE = 256 * 1024
+# A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
+_START_LINE_SLOTS = 5
 
 
 def _wait_states(vcl) -> frozenset[str]:
@@ -56,8 +54,13 @@ def _wait_states(vcl) -> frozenset[str]:
     return states
 
 
-class ClientRequest:
-    """One client request on its way from vcl_recv to the wire."""
+def _client_close_reason(req: HttpMessage) -> str:
+    """Why the client's own request ends its connection (varnishd's http_DoConnection)."""
+    return "sc_req_close" if "close" in (req.headers.get("Connection") or "").lower() else "sc_req_http10"
+
+
+class ClientRequest(Delivery):
+    """One client request on its way from vcl_recv to the wire (delivery: deliver.py)."""
 
     def __init__(self, session: ClientProtocol, req: HttpMessage, body: ReqBody, keep_alive: bool,
                  raw_index: int) -> None:
@@ -66,7 +69,9 @@ class ClientRequest:
         self.body = body                     # read by the fetch (or std.cache_req_body) as it arrives
         self.late100 = False                 # std.late_100_continue(true): answer Expect when read
         self.body_failed = False             # std.cache_req_body() could not have it: close unanswered
+        self.body_storage = None             # what a cached body holds in Transient storage
         self.keep_alive = keep_alive
+        self.close_reason = None if keep_alive else _client_close_reason(req)
         self.raw_index = raw_index     # which message this was in the session's raw byte log
         self.state: str | None = "recv"
         self.vcl = server.active_vcl
@@ -82,9 +87,9 @@ class ClientRequest:
         self.synth_reason = ""
         self.is_grace = False
         self.method0 = req.method            # HEAD-ness is judged on the request as received
-        self.stream_from = 0
-        self.stream_to = -1
-        self.chunked = False
+        self.chunked = False                 # the body being streamed goes out chunked
+        self.vdp_chain = None                # delivery filters for the "stream" state
+        self.send_deadline = 0.0             # send_timeout for the body being streamed
         self._template_wanted = False        # this plain hit's head should become a template
         self.send_data: memoryview | None = None   # a big body the "send" state writes
         self.ctx = Context(
@@ -98,6 +103,9 @@ class ClientRequest:
             sess_xid=getattr(session, "xid", 0), sess_timeout_idle=server.params.timeout_idle,
             local_endpoint=getattr(session, "local_endpoint", None),
             local_socket=getattr(session, "listen_name", None),
+            # resp.filters until VCL sets it: a plain function of ctx (a bound method would make a
+            # reference cycle per request, left to the cyclic GC)
+            filters_default=resp_filters_default,
         )
 
     # -- drivers ----------------------------------------------------------------------------------
@@ -147,20 +155,24 @@ class ClientRequest:
         ctx = self.ctx
         ctx.method = sub
         try:
-            return self.vcl.subs[sub](ctx)
+            action = self.vcl.subs[sub](ctx)
         except VCLFailure as exc:
             return self._failed(sub, exc)
+        if action.name == "fail":
+            fail_from_vcl(self.server, ctx, action)
+        return action
 
     async def acall(self, sub: str) -> Action:
         ctx = self.ctx
         ctx.method = sub
         try:
             fn = self.vcl.subs[sub]
-            if sub in self.vcl.async_subs:
-                return await fn(ctx)
-            return fn(ctx)
+            action = await fn(ctx) if sub in self.vcl.async_subs else fn(ctx)
         except VCLFailure as exc:
             return self._failed(sub, exc)
+        if action.name == "fail":
+            fail_from_vcl(self.server, ctx, action)
+        return action
 
     def _failed(self, sub: str, exc: Exception) -> Action:
         self.server.counters.vcl_fail += 1
@@ -176,7 +188,7 @@ class ClientRequest:
     def _fail_state(self) -> str:
         # Varnish: a VCL failure is a 503 synth, and the connection is closed after it.
         self.keep_alive = False
-        self.server.counters.sc_vcl_failure += 1
+        self.close_reason = "sc_vcl_failure"
         return self._to_synth(503, "VCL failed")
 
     def _common(self, action: Action) -> str:
@@ -250,7 +262,7 @@ class ClientRequest:
             self.body.send_continue()
         if self.body_failed:
             # std.cache_req_body() failed (too big, client gone): varnishd closes, answering nothing
-            self.server.counters.sc_rx_body += 1
+            self.session.close_reason = "sc_rx_body"
             self.keep_alive = False
             self.session.close()
             return None
@@ -259,14 +271,14 @@ class ClientRequest:
         if self.server.params.http_gzip_support and name not in ("pipe", "pass"):
             # Wash Accept-Encoding for the sake of Vary, as varnishd does.
             ae = ctx.req.headers.get("Accept-Encoding")
-            if ae is not None and _accepts_gzip(ae):
+            if ae is not None and accepts_gzip(ae):
                 ctx.req.headers.set("Accept-Encoding", "gzip")
             else:
                 ctx.req.headers.unset("Accept-Encoding")
         digest = hashlib.sha256()
         for part in ctx.hash_parts:
             digest.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
-            digest.update(b"#")
+            digest.update(b"\0")      # varnishd's field separator (HSH_AddString(NULL)): same digests
         self.digest = ctx.hash = digest.digest()
         if name == "hash":
             return "lookup"
@@ -462,6 +474,7 @@ class ClientRequest:
         finally:
             counters.n_pipe -= 1
         self.keep_alive = False
+        self.close_reason = "sc_tx_pipe"
         return None
 
     # -- restart ----------------------------------------------------------------------------------
@@ -487,80 +500,26 @@ class ClientRequest:
             if self._deliver_from_template():
                 return "send" if self.send_data is not None else None
             self._template_wanted = True
-        return self._after_deliver(self._prepare_deliver(), None)
+        resp = self._prepare_deliver()
+        if self._headers_lost(resp):
+            return self._to_synth(500)
+        return self._after_deliver(resp, None)
 
-    # -- plain hits -------------------------------------------------------------------------------
-    # Most hits are a GET for a whole, complete object, with the built-in vcl_deliver (which changes
-    # nothing). Their response head differs from one hit to the next only in X-Varnish and Age, so
-    # the first such delivery keeps its head as a template and later ones fill in those two values.
-
-    def _plain_hit(self) -> bool:
-        oc = self.oc
-        if not (self.is_hit and self.keep_alive and oc.complete and self.method0 == "GET"
-                and "vcl_deliver" not in self.vcl.user_subs):
+    def _headers_lost(self, resp: HttpMessage) -> bool:
+        """The object's headers and ours do not fit in http_max_hdr: varnishd loses the rest, its
+        workspace overflows, and the request becomes a 500 synth before vcl_deliver."""
+        lost = len(resp.headers) - (self.server.params.http_max_hdr - _START_LINE_SLOTS)
+        if lost <= 0:
             return False
-        headers = self.ctx.req.headers
-        return ("range" not in headers and "if-none-match" not in headers
-                and "if-modified-since" not in headers and self.ctx.req.proto == "HTTP/1.1")
-
-    def _deliver_from_template(self) -> bool:
-        oc = self.oc
-        template = oc.fast_head
-        if template is None or template[0] is not self.vcl or template[1] is not oc.http:
-            return False
-        _, _, before_xid, before_age, rest = template
-        head = b"%sX-Varnish: %d %d\r\n%sAge: %d\r\n%s" % (
-            before_xid, self.ctx.xid, oc.xid, before_age, max(0, int(time.time() - oc.t_origin)), rest)
-        body = oc.body()
-        counters = self.server.counters
-        counters.s_resp_hdrbytes += len(head)
-        counters.s_resp_bodybytes += len(body)
-        self._write(head, body)
+        self.server.counters.losthdr += lost
+        self.ctx.log.append(("Error", "out of workspace (resp headers)"))
         self._drop_object()
         return True
 
-    def _write(self, head: bytes, body: bytes | memoryview) -> None:
-        """Head and a whole body: at once when small, else through the "send" state (send_data)."""
-        transport = self.session.transport
-        size = len(body)
-        if size < _BIG:
-            transport.write(head + body)
-        elif size <= _DIRECT:
-            transport.write(head)
-            transport.write(body)
-        else:
-            transport.write(head)
-            self.send_data = memoryview(body)
-
-    async def ast_send(self) -> None:
-        """A big body, a slice at a time, never more than one slice ahead of what the client read."""
-        data, self.send_data = self.send_data, None
-        session = self.session
-        transport = session.transport
-        deadline = time.monotonic() + self.server.params.send_timeout
-        for start in range(0, len(data), _SLICE):
-            if session.closed:
-                break
-            transport.write(data[start:start + _SLICE])
-            await session.drain(deadline)
-        if session.closed:
-            self.keep_alive = False
-        return None
-
-    def _keep_template(self, head: bytes) -> None:
-        """Cut the head of a plain hit around its X-Varnish and Age values, for the next hits."""
-        self._template_wanted = False
-        oc = self.oc
-        xid_line = b"X-Varnish: %d %d\r\n" % (self.ctx.xid, oc.xid)
-        i = head.find(xid_line)
-        j = head.find(b"\r\nAge: ", i) + 2
-        k = head.find(b"\r\n", j) + 2
-        if i < 0 or j < 2 or not self.keep_alive or self.ctx.resp.status != 200:
-            return
-        oc.fast_head = (self.vcl, oc.http, head[:i], head[i + len(xid_line):j], head[k:])
-
     async def ast_deliver(self) -> str | None:
         resp = self._prepare_deliver()
+        if self._headers_lost(resp):
+            return self._to_synth(500)
         return self._after_deliver(resp, await self.acall("vcl_deliver"))
 
     def _prepare_deliver(self) -> HttpMessage:
@@ -573,7 +532,13 @@ class ClientRequest:
         headers.add("X-Varnish", f"{ctx.xid} {oc.xid}" if self.is_hit else str(ctx.xid))
         headers.add("Age", str(max(0, int(time.time() - oc.t_origin))))
         headers.add("Via", _VIA)
+        if (oc.gzipped and self.server.params.http_gzip_support
+                and not accepts_gzip(ctx.req.headers.get("Accept-Encoding"))):
+            weaken_etag(resp)       # this client gets another representation (gunzipped)
         ctx.resp = resp
+        ctx.resp_filters = None
+        ctx.obj_oc = oc                  # what resp.filters is chosen for (no cycle: oc knows no ctx)
+        ctx.head_request = self.method0 == "HEAD"
         return resp
 
     def _after_deliver(self, resp: HttpMessage, action: Action | None) -> str | None:
@@ -590,21 +555,6 @@ class ClientRequest:
                 and not_modified(ctx.req, resp, ctx.req_time, self._last_modified())):
             resp.status, resp.reason = 304, reason_for(304)
         return self._transmit(resp, self.oc)
-
-    def _if_range(self, resp: HttpMessage) -> bool:
-        """If-Range: the range applies only to the representation the client names."""
-        cond = self.ctx.req.headers.get("If-Range")
-        if cond is None:
-            return True
-        cond = cond.strip()
-        if cond.startswith('"') or cond.startswith("W/"):
-            etag = resp.headers.get("ETag")
-            return etag is not None and not cond.startswith("W/") and etag.strip() == cond
-        when = parse_date(cond)
-        lm = parse_date(resp.headers.get("Last-Modified"))
-        if lm is None and self.oc is not None:
-            lm = self._last_modified()
-        return when is not None and lm is not None and int(when) == int(lm)
 
     def _last_modified(self) -> float:
         oc = self.oc
@@ -638,6 +588,8 @@ class ClientRequest:
             # than reading it (VCL may veto by removing the header)
             resp.headers.add("Connection", "close")
         ctx.resp = resp
+        ctx.resp_filters = None
+        ctx.obj_oc = None
         ctx.synth_body = []
         self.server.counters.s_synth += 1
         return resp
@@ -662,6 +614,7 @@ class ClientRequest:
             return self._transmit(ctx.resp, oc, synth=True)
         # fail (or anything else) in vcl_synth: a bare 500 and close, as Varnish does
         self.keep_alive = False
+        self.close_reason = "sc_vcl_failure"
         bare = HttpMessage(proto="HTTP/1.1", status=500, reason="Internal Server Error")
         bare.headers.add("Date", DATES.now())
         bare.headers.add("Server", "Varnish")
@@ -670,144 +623,6 @@ class ClientRequest:
         oc.finish(True)
         return self._transmit(bare, oc, synth=True)
 
-    def _transmit(self, resp: HttpMessage, oc: ObjCore, synth: bool = False) -> str | None:
-        """cnt_transmit + HTTP/1 delivery: framing, Range, then the bytes (or the streaming state)."""
-        headers = resp.headers
-        ctx = self.ctx
-        params = self.server.params
-        status = resp.status
-        complete = oc.complete
-        cl_text = headers.get("Content-Length")
-        clval = int(cl_text) if cl_text is not None and cl_text.strip().isdigit() else -1
-        resp_len = oc.length if complete else clval
-        if self.method0 == "HEAD":
-            sendbody = -1 if self.from_pass and not synth else 0
-        elif status < 200 or status in (204, 304):
-            resp_len = -1
-            sendbody = 0
-        else:
-            sendbody = 1
-        lo, hi = 0, resp_len - 1
-        if sendbody >= 0 and params.http_range_support and status == 200:
-            if not oc.private:           # pass and synth responses do ranges but do not announce them
-                headers.unset("Accept-Ranges")
-                headers.add("Accept-Ranges", "bytes")
-            rng = ctx.req.headers.get("Range") if sendbody else None
-            if rng is not None and not self._if_range(resp):
-                rng = None
-            if rng is not None:
-                try:
-                    span = parse_range(rng, resp_len)
-                except RangeError:
-                    span = None
-                    if resp_len >= 0:
-                        headers.add("Content-Range", f"bytes */{resp_len}")
-                    resp.status, resp.reason = 416, "Requested Range Not Satisfiable"
-                    resp_len = 0
-                    hi = -1
-                if span is not None:
-                    lo, hi = span
-                    headers.add("Content-Range",
-                                f"bytes {lo}-{hi}/{resp_len}" if resp_len >= 0 else f"bytes {lo}-{hi}/*")
-                    resp_len = hi - lo + 1
-                    resp.status, resp.reason = 206, reason_for(206)
-        if sendbody < 0:
-            sendbody = 0                 # pass + HEAD: the backend's Content-Length stands
-        elif not (clval >= 0 and clval == resp_len):
-            headers.unset("Content-Length")
-            if resp_len >= 0 and sendbody:
-                headers.add("Content-Length", str(resp_len))
-        headers.unset("Transfer-Encoding")
-        if headers.get("Connection") is not None and headers.get("Connection").lower() == "close":
-            self.keep_alive = False
-        headers.unset("Connection")
-        headers.add("Connection", "keep-alive" if self.keep_alive else "close")
-        chunked = False
-        if sendbody and resp_len < 0:
-            if ctx.req.proto == "HTTP/1.1":
-                headers.add("Transfer-Encoding", "chunked")
-                chunked = True
-            else:
-                self.keep_alive = False
-                headers.set("Connection", "close")
-        head = serialize_head(resp)
-        if self._template_wanted:
-            self._keep_template(head)
-        counters = self.server.counters
-        counters.s_resp_hdrbytes += len(head)
-        transport = self.session.transport
-        if not sendbody or resp_len == 0:
-            transport.write(head)
-            self._drop_object()
-            return None
-        if complete:
-            body = oc.body()
-            if lo or hi != len(body) - 1:
-                body = memoryview(body)[lo:hi + 1]
-            counters.s_resp_bodybytes += len(body)
-            self._write(head, body)
-            self._drop_object()
-            return "send" if self.send_data is not None else None
-        transport.write(head)
-        self.stream_from, self.stream_to, self.chunked = lo, hi, chunked
-        return "stream"
-
-    async def ast_stream(self) -> str | None:
-        """Deliver an object whose body is still arriving from the backend."""
-        oc = self.oc
-        session = self.session
-        transport = session.transport
-        counters = self.server.counters
-        bo = self.bo
-        cell = bo.reader if bo is not None and bo.oc is oc and bo.reader is not None else oc.open_reader()
-        pos = 0                        # body offset of the next byte read
-        lo, hi, chunked = self.stream_from, self.stream_to, self.chunked
-        deadline = time.monotonic() + self.server.params.send_timeout
-        try:
-            while not session.closed:
-                data = oc.read(cell)
-                if not data:
-                    if oc.complete or oc.failed:
-                        break
-                    try:
-                        async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
-                            await oc.wait_more()
-                    except TimeoutError:
-                        # send_timeout: the whole response took too long
-                        self.keep_alive = False
-                        session.send_timed_out()
-                        break
-                    continue
-                start, pos = pos, pos + len(data)
-                if hi >= 0:
-                    if pos <= lo or start > hi:
-                        continue
-                    data = data[max(lo - start, 0):hi + 1 - start]
-                counters.s_resp_bodybytes += len(data)
-                if chunked:
-                    transport.write(b"%x\r\n" % len(data) + data + b"\r\n" if len(data) < _BIG
-                                    else b"%x\r\n" % len(data))
-                    if len(data) >= _BIG:
-                        transport.write(data)
-                        transport.write(b"\r\n")
-                else:
-                    transport.write(data)
-                await session.drain(deadline)
-        finally:
-            oc.close_reader(cell)
-            if bo is not None:
-                bo.reader = None
-            self.bo = None
-            self.oc = None
-        if oc.failed:
-            # the backend failed mid-body: the client cannot be told but by closing
-            self.keep_alive = False
-            return None
-        if chunked and not session.closed:
-            transport.write(b"0\r\n\r\n")
-        return None
-
-
 def _absolute_url(req: HttpMessage) -> None:
     """RFC 2616 5.2: an absolute request URI names the host; it replaces any Host header."""
     rest = req.url.split("://", 1)[1]
@@ -815,20 +630,3 @@ def _absolute_url(req: HttpMessage) -> None:
     req.headers.set("Host", host)
     req.url = slash + path if slash else "/"
 
-
-def _accepts_gzip(value: str) -> bool:
-    """RFC2616_Req_Gzip: does Accept-Encoding allow gzip (with a q-value above 0)?"""
-    for part in value.split(","):
-        token, _, params = part.strip().partition(";")
-        if token.strip().lower() not in ("gzip", "x-gzip"):
-            continue
-        q = 1.0
-        for param in params.split(";"):
-            key, _, val = param.strip().partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(val)
-                except ValueError:
-                    q = 0.0
-        return q > 0
-    return False

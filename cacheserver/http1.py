@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -69,3 +70,36 @@ def serialize_head(resp: HttpMessage) -> bytes:
         parts.append(f"{name}: {value}\r\n")
     parts.append("\r\n")
     return wire("".join(parts))
+
+
+# The end of a request head as varnishd finds it (HTTP1_Complete): an empty line, CR optional.
+_HEAD_END = re.compile(rb"\n\r?\n")
+
+
+def needs_relaxing(raw: bytes) -> bool:
+    """The head starting raw has a bare-LF line end or a folded line: llhttp refuses, varnishd takes it."""
+    raw = raw.lstrip(b"\r\n")
+    end = _HEAD_END.search(raw)
+    head = raw[:end.end()] if end else raw
+    return head.count(b"\n") != head.count(b"\r\n") or b"\n " in head or b"\n\t" in head
+
+
+def relax_head(raw: bytes) -> bytes | None:
+    """The head at the start of raw as llhttp takes it, then the rest of raw; None until its end came.
+
+    Lines end in CRLF; a folded line joins the one before it, its line break turned into spaces, as
+    varnishd's http1_dissect_hdrs does.
+    """
+    raw = raw.lstrip(b"\r\n")
+    end = _HEAD_END.search(raw)
+    if end is None:
+        return None
+    lines: list[bytes] = []
+    line_break = b""                 # how the previous line ended: b"\n" or b"\r\n"
+    for line in raw[:end.start()].split(b"\n"):
+        if lines and line[:1] in (b" ", b"\t"):
+            lines[-1] += b" " * len(line_break) + line.removesuffix(b"\r")
+        else:
+            lines.append(line.removesuffix(b"\r"))
+        line_break = b"\r\n" if line.endswith(b"\r") else b"\n"
+    return b"\r\n".join(lines) + b"\r\n\r\n" + raw[end.end():]

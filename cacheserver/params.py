@@ -1,4 +1,9 @@
-"""Run-time parameters, named and defaulted as varnishd's (`-p name=value`, `param.set`)."""
+"""Run-time parameters, named, defaulted, parsed, range-checked and shown as varnishd 7.1's.
+
+`-p name=value` and `param.set` take what varnishd takes and refuse what it refuses, with its
+messages; `param.show` prints values the way varnishd formats them (durations "%.3f", bytes as
+"48k"/"1.50k"/"1000b", bits as "+a,+b"). The facts are in param_table.py.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,16 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-_BYTES_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+from cacheserver.param_table import TABLE
+
+_BYTES_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0,
                    "y": 31536000.0}
+UINT_MAX = 4294967295
 
 
 def parse_bytes(text: str) -> int:
+    """A size with an optional unit ("1k", "2m", "1.5k"), as -s malloc,SIZE takes it."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*", text, re.IGNORECASE)
     if not m:
         raise ValueError(f"Invalid number of bytes: {text!r}")
@@ -19,26 +28,68 @@ def parse_bytes(text: str) -> int:
 
 
 def parse_duration(text: str) -> float:
+    """A VCL-style duration ("2m", "100ms"): what ban expressions on obj.ttl take."""
     m = re.fullmatch(r"\s*(-?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h|d|w|y)?\s*", text)
     if not m:
         raise ValueError(f"Invalid duration: {text!r}")
     return float(m.group(1)) * _DURATION_UNITS[m.group(2) or ""]
 
 
-def parse_bool(text: str) -> bool:
+# ---- varnishd's parameter parsers (mgt_param_tweak.c), each raising ValueError(message) ----------
+
+_DOUBLE = re.compile(r"\s*(-?(?:\d+\.?\d*|\.\d+))")
+
+
+def param_double(text: str) -> float:
+    """varnishd 7.1 reads the leading decimal number and ignores what follows ("1m" is 1 second)."""
+    m = _DOUBLE.match(text)
+    if not m:
+        raise ValueError(f"Invalid number ({text})")
+    return float(m.group(1))
+
+
+_UINT = re.compile(r"\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)\s*")
+
+
+def param_uint(text: str) -> int:
+    """strtoul(3) with base 0, as varnishd: hex and octal too; "-1" wraps around; "unlimited"."""
+    if text.strip().lower() == "unlimited":
+        return UINT_MAX
+    m = _UINT.fullmatch(text)
+    if not m:
+        raise ValueError(f"Not a number ({text})")
+    value = int(m.group(2), 0)
+    return (1 << 64) - value if m.group(1) == "-" and value else value
+
+
+_BYTES = re.compile(r"\s*(\d+(?:\.\d*)?)\s*(.*?)\s*")
+
+
+def param_bytes(text: str) -> int:
+    """VNUM_2bytes: a number and an optional [KMGTP][B] unit; whole bytes only."""
+    m = _BYTES.fullmatch(text)
+    if not m:
+        err = "Invalid number"
+    else:
+        number, unit = m.group(1), m.group(2).lower()
+        if unit.endswith("b") and len(unit) == 2:
+            unit = unit[0]
+        if unit not in _BYTES_UNITS:
+            err = "Unknown BYTES unit of measurement ([KMGTP][B])"
+        elif "." in number and _BYTES_UNITS[unit] == 1:
+            err = "Fractional BYTES not allowed"
+        else:
+            return int(float(number) * _BYTES_UNITS[unit])
+    raise ValueError(f"Could not convert to bytes.\n{err}\n  Try something like '80k' or '120M'")
+
+
+def param_bool(text: str) -> bool:
     word = text.strip().lower()
-    if word in ("on", "true", "yes", "enable", "1"):
+    if word in ("on", "true", "yes", "enable"):
         return True
-    if word in ("off", "false", "no", "disable", "0"):
+    if word in ("off", "false", "no", "disable"):
         return False
-    raise ValueError(f"use \"on\" or \"off\", not {text!r}")
-
-
-def parse_uint(text: str) -> int:
-    value = int(text.strip())
-    if value < 0:
-        raise ValueError(f"Must be at least 0: {text!r}")
-    return value
+    raise ValueError('use "on" or "off"')
 
 
 def parse_pool(text: str) -> tuple[int, int, float]:
@@ -55,102 +106,75 @@ def parse_pool(text: str) -> tuple[int, int, float]:
     return low, high, age
 
 
-_PARSERS: dict[str, Callable[[str], object]] = {
-    "bytes": parse_bytes, "duration": parse_duration, "bool": parse_bool, "uint": parse_uint,
-    "string": str, "real": float, "pool": parse_pool,
-}
+def format_bytes(n: int) -> str:
+    """varnishd's byte formatting: "48k", "1.50k", "0.25G", "1000b" (exact in every unit it uses)."""
+    if n == 0 or n & 0xff:
+        return f"{n}b"
+    for unit in "kMGTPEZY":
+        if n & 0x300:
+            return f"{n / 1024:.2f}{unit}"
+        n //= 1024
+        if n & 0xff:
+            return f"{n}{unit}"
+    return f"{n}Y"
 
 
 @dataclass(frozen=True, slots=True)
 class ParamDef:
     name: str
-    kind: str          # bytes, duration, bool, uint, string
-    default: str
+    kind: str          # duration, real, uint, bytes, bool, pool, bits, string, na (not on this platform)
+    default: str       # as param.show prints it
     doc: str
     minimum: float | None = None
     maximum: float | None = None
     units: str = ""
+    flags: tuple[str, ...] = ()
+    min_text: str | None = None   # as varnishd prints the bound (may name another parameter)
+    max_text: str | None = None
+
+    def bits(self) -> list[str]:
+        """The named bits of a bits parameter (debug, feature, experimental), in varnishd's order."""
+        names = re.findall(r"^\t(\S+)\t", self.doc, re.MULTILINE)
+        return [n for n in names if n not in ("none", "default")]
 
 
-# The parameters the server acts on, with varnishd 7.1's defaults.
-DEFINITIONS = [
-    ParamDef("default_ttl", "duration", "120", "TTL of objects whose backend response sets none."),
-    ParamDef("default_grace", "duration", "10", "Grace of objects whose backend response sets none."),
-    ParamDef("default_keep", "duration", "0", "Keep time of objects, for conditional revalidation."),
-    ParamDef("shortlived", "duration", "10", "Objects with a TTL below this go to Transient storage."),
-    ParamDef("max_restarts", "uint", "4", "Upper limit on how many times a request can restart."),
-    ParamDef("max_retries", "uint", "4", "Upper limit on how many times a backend fetch can retry."),
-    ParamDef("connect_timeout", "duration", "3.5", "Default timeout for opening backend connections."),
-    ParamDef("first_byte_timeout", "duration", "60", "Default timeout for the first byte from a backend."),
-    ParamDef("between_bytes_timeout", "duration", "60", "Default timeout between bytes from a backend."),
-    ParamDef("backend_idle_timeout", "duration", "60", "Idle backend connections are closed after this."),
-    ParamDef("timeout_idle", "duration", "5", "Idle client connections are closed after this.", 0),
-    ParamDef("send_timeout", "duration", "600", "Total time allowed to send a response to a client."),
-    ParamDef("idle_send_timeout", "duration", "60", "Time allowed between writes to a client."),
-    ParamDef("http_req_hdr_len", "bytes", "8k", "Maximum length of any one request header line.", 40),
-    ParamDef("http_req_size", "bytes", "32k", "Maximum size of the request head.", 256),
-    ParamDef("http_resp_hdr_len", "bytes", "8k", "Maximum length of any one backend response header line.", 40),
-    ParamDef("http_resp_size", "bytes", "32k", "Maximum size of the backend response head.", 256),
-    ParamDef("http_max_hdr", "uint", "64", "Maximum number of headers in a request or response.", 32),
-    ParamDef("http_range_support", "bool", "on", "Answer Range requests from cache."),
-    ParamDef("http_gzip_support", "bool", "on", "Enable gzip support."),
-    ParamDef("max_esi_depth", "uint", "5", "Maximum depth of ESI includes."),
-    ParamDef("ban_lurker_age", "duration", "60", "Minimum age of a ban before the lurker checks it."),
-    ParamDef("ban_dups", "bool", "on", "Eliminate older identical bans."),
-    ParamDef("tinykvm_on_connect_timeout", "duration", "5",
-             "How long a tinykvm program may take to accept a stolen connection."),
-    ParamDef("vcc_err_unref", "bool", "on", "Unreferenced VCL objects result in error."),
-    ParamDef("vcc_allow_inline_c", "bool", "off", "Allow inline C code in VCL (never honoured here)."),
-    ParamDef("vcl_dir", "string", ".", "Directory searched for relative VCL file names."),
-    ParamDef("vmod_path", "string", "", "Accepted for compatibility; vmods are built in."),
-    ParamDef("feature", "string", "none", "Feature flags (accepted for compatibility)."),
-    ParamDef("debug", "string", "none", "Debug flags (accepted for compatibility)."),
-    ParamDef("vsl_mask", "string", "default", "Log mask (accepted for compatibility)."),
-    ParamDef("auto_restart", "bool", "on", "Restart the worker after a crash (accepted for compatibility)."),
-    ParamDef("syslog_cli_traffic", "bool", "on", "Log CLI traffic to syslog (accepted for compatibility)."),
-    ParamDef("thread_pools", "uint", "2", "Worker pools (accepted for compatibility)."),
-    ParamDef("thread_pool_min", "uint", "100", "Minimum worker threads (accepted for compatibility)."),
-    ParamDef("thread_pool_max", "uint", "5000", "Maximum worker threads (accepted for compatibility)."),
-    ParamDef("h2_initial_window_size", "bytes", "65535", "Accepted for compatibility (no HTTP/2)."),
-    ParamDef("h2_rx_window_low_water", "bytes", "10M", "Accepted for compatibility (no HTTP/2)."),
-    ParamDef("gzip_level", "uint", "6", "Accepted for compatibility."),
-    ParamDef("nuke_limit", "uint", "50", "Maximum objects evicted to make room for one."),
-    ParamDef("lru_interval", "duration", "2", "Grace period before an object moves on the LRU list."),
-    ParamDef("cli_timeout", "duration", "60", "Timeout for the worker's CLI responses."),
-    ParamDef("listen_depth", "uint", "1024", "Listen queue depth."),
+# Ours: parameters varnishd does not have.
+EXTRA = [
+    ParamDef("tinykvm_on_connect_timeout", "duration", "5.000",
+             "How long a tinykvm program may take to accept a stolen connection.", 0.0, None, "seconds",
+             (), "0.000", None),
 ]
+
+# Bounds that follow another parameter (mgt_pool.c, mgt_param_vsl.c).
+_LINKED = {
+    "thread_pool_max": ("thread_pool_min", None),
+    "thread_pool_min": (None, "thread_pool_max"),
+    "thread_pool_reserve": (None, "thread_pool_min"),
+    "vsl_buffer": ("vsl_reclen", None),
+    "vsl_reclen": (None, "vsl_buffer"),
+}
+
+
+def _bound(kind: str, text: str | None) -> float | None:
+    if text is None or not text[:1].isdigit():
+        return None
+    if kind == "bytes":
+        return float(param_bytes(text))
+    return float(param_double(text))
 
 
 def _all_definitions() -> list[ParamDef]:
-    """Ours (documented, acted on) first, then every other varnishd parameter, accepted as data."""
-    from cacheserver.param_table import TABLE
-
-    ours = {d.name: d for d in DEFINITIONS}
     out = []
-    for name, kind, default, units, minimum, maximum in TABLE:
-        if name in ours:
-            # our wording, varnishd's limits
-            d = ours[name]
-            out.append(ParamDef(d.name, d.kind, d.default, d.doc,
-                                d.minimum if d.minimum is not None else _number(minimum),
-                                d.maximum if d.maximum is not None else _number(maximum), units))
-            continue
-        try:
-            _PARSERS[kind](default)
-        except ValueError:
-            default = "0" if kind != "string" else default   # "platform dependent"
-        out.append(ParamDef(name, kind, default, "", _number(minimum), _number(maximum), units))
-    known = {d.name for d in out}
-    return out + [d for d in DEFINITIONS if d.name not in known]
+    for name, kind, units, default, minimum, maximum, flags, doc in TABLE:
+        out.append(ParamDef(name, kind, default, doc, _bound(kind, minimum), _bound(kind, maximum), units,
+                            flags, minimum, maximum))
+    return out + EXTRA
 
 
-def _number(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        return float(parse_bytes(text)) if text[-1:].isalpha() else float(text)
-    except ValueError:
-        return None
+_PARSERS: dict[str, Callable[[str], object]] = {
+    "bytes": param_bytes, "duration": param_double, "real": param_double, "bool": param_bool,
+    "uint": param_uint, "string": str, "pool": parse_pool,
+}
 
 
 class Params:
@@ -160,38 +184,147 @@ class Params:
         self._defs = {d.name: d for d in _all_definitions()}
         self._text: dict[str, str] = {}
         for d in self._defs.values():
+            if d.kind == "na":
+                continue
             self._text[d.name] = d.default
-            setattr(self, d.name, _PARSERS[d.kind](d.default))
+            setattr(self, d.name, d.default if d.kind == "bits" else _PARSERS[d.kind](d.default))
 
     def set(self, name: str, text: str) -> None:
-        """Set parameter `name` from its text form; ValueError with a CLI-ready message if bad."""
+        """Set parameter `name` from its text form; ValueError with varnishd's message if bad."""
         d = self._defs.get(name)
         if d is None:
             raise ValueError(f"Unknown parameter \"{name}\".")
-        if name == "thread_pool_max" and text.strip() == "unlimited":
-            text = "4294967295"
+        if d.kind == "na":
+            raise NotAvailable(f"parameter \"{name}\" is not available on this platform.")
+        if d.kind == "bits":
+            shown = self._set_bits(d, text)
+            self._text[name] = shown
+            setattr(self, name, shown)
+            return
         value = _PARSERS[d.kind](text)
-        # the two limits that bound each other
-        if name == "thread_pool_min" and value > self.thread_pool_max:
-            raise ValueError(f"Must be no more than thread_pool_max ({self.thread_pool_max})")
-        if name == "thread_pool_reserve" and value > self.thread_pool_min * 95 // 100:
-            raise ValueError(f"Must be no more than 95% of thread_pool_min ({self.thread_pool_min * 95 // 100})")
-        if name == "thread_pool_max" and value < self.thread_pool_min:
-            raise ValueError(f"Must be at least thread_pool_min ({self.thread_pool_min})")
-        if d.minimum is not None and isinstance(value, (int, float)) and value < d.minimum:
-            raise ValueError(f"Must be at least {d.minimum:g}")
-        if d.maximum is not None and isinstance(value, (int, float)) and value > d.maximum:
-            raise ValueError(f"Must be no more than {d.maximum:g}")
-        self._text[name] = text
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            self._check_range(d, value)
+        self._text[name] = self.format(d, value)
         setattr(self, name, value)
 
+    def limits(self, d: ParamDef) -> tuple[float | None, float | None, str | None, str | None]:
+        """(minimum, maximum, as param.show prints them); some follow another parameter's value."""
+        low, high = d.minimum, d.maximum
+        low_text, high_text = d.min_text, d.max_text
+        link_low, link_high = _LINKED.get(d.name, (None, None))
+        if link_low:
+            low = getattr(self, link_low) + (12 if d.name == "vsl_buffer" else 0)
+            low_text = str(low)
+        if link_high:
+            other = getattr(self, link_high)
+            high = other * 95 // 100 if d.name == "thread_pool_reserve" else \
+                other - 12 if d.name == "vsl_reclen" else other
+            high_text = str(high)
+        return low, high, low_text, high_text
+
+    def _check_range(self, d: ParamDef, value: float) -> None:
+        low, high, low_text, high_text = self.limits(d)
+        link_low, link_high = _LINKED.get(d.name, (None, None))
+        suffix = f" ({link_low or link_high})" if d.name.startswith("thread_pool_m") else ""
+        if d.kind in ("duration", "real"):
+            if low is not None and value < low:
+                raise ValueError(f"Must be greater or equal to {low_text}")
+            if high is not None and value > high:
+                raise ValueError(f"Must be less than or equal to {high_text}")
+            return
+        if low is not None and value < low:
+            raise ValueError(f"Must be at least {low_text}{suffix if link_low else ''}")
+        if high is not None and value > high:
+            raise ValueError(f"Must be no more than {high_text}{suffix if link_high else ''}")
+
+    def _set_bits(self, d: ParamDef, text: str) -> str:
+        """debug/feature/experimental/vsl_mask: "none" or "default" alone, else +bit/-bit items
+        applied in turn to the current value; as varnishd, items before a bad one stay applied."""
+        known = d.bits()
+        masks = d.name == "vsl_mask"        # vsl_mask lists the tags it masks, as "-Tag"
+        word = text.strip()
+        if word == "none" or (word == "default" and d.name in ("feature", "vsl_mask")):
+            source = "" if word == "none" else d.default
+            current = [b[1:] for b in source.split(",") if b[:1] and b[0] in "+-"]
+            return self._bits_text(d, current, known)
+        current = [b[1:] for b in self._text.get(d.name, d.default).split(",") if b[:1] and b[0] in "+-"]
+        for item in text.split(","):
+            item = item.strip()
+            if not item or item[0] not in "+-":
+                self._keep_bits(d, current, known)
+                raise ValueError(f"Missing '+' or '-' ({item})")
+            bit = item[1:]
+            if masks and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", bit):
+                self._keep_bits(d, current, known)
+                raise ValueError(f"Unknown VSL tag ({item})")
+            if not masks and bit not in known:
+                self._keep_bits(d, current, known)
+                raise ValueError(f"Unknown {d.name} bit ({item})")
+            on = (item[0] == "-") if masks else (item[0] == "+")
+            if on and bit not in current:
+                current.append(bit)
+            elif not on and bit in current:
+                current.remove(bit)
+        return self._bits_text(d, current, known)
+
+    def _keep_bits(self, d: ParamDef, current: list[str], known: list[str]) -> None:
+        shown = self._bits_text(d, current, known)
+        self._text[d.name] = shown
+        setattr(self, d.name, shown)
+
+    @staticmethod
+    def _bits_text(d: ParamDef, current: list[str], known: list[str]) -> str:
+        if d.name == "vsl_mask":
+            return ",".join(f"-{b}" for b in current) or "none"
+        current = sorted(current, key=known.index)
+        return ",".join(f"+{b}" for b in current) or "none"
+
+    def format(self, d: ParamDef, value: object) -> str:
+        """A value as param.show prints it (without units)."""
+        if d.kind == "duration":
+            # varnishd keeps what it parsed; %.3f of it (truncated, as its output shows)
+            return f"{int(value * 1000) / 1000:.3f}" if value >= 0 else f"{value:.3f}"  # type: ignore[operator]
+        if d.kind == "real":
+            return f"{value:g}"
+        if d.kind == "uint":
+            return "unlimited" if value == UINT_MAX else str(value)
+        if d.kind == "bytes":
+            return format_bytes(int(value))  # type: ignore[call-overload]
+        if d.kind == "bool":
+            return "on" if value else "off"
+        if d.kind == "pool":
+            low, high, age = value  # type: ignore[misc]
+            return f"{low},{high},{age:g}"
+        return str(value)
+
+    def reset(self, name: str) -> None:
+        d = self._defs.get(name)
+        if d is None:
+            raise ValueError(f"Unknown parameter \"{name}\".")
+        if d.kind == "bits":
+            self._text[name] = d.default
+            setattr(self, name, d.default)
+            return
+        self.set(name, d.default)
+
     def get(self, name: str) -> object:
-        if name not in self._defs:
+        if name not in self._defs or self._defs[name].kind == "na":
             raise KeyError(name)
         return getattr(self, name)
+
+    def definition(self, name: str) -> ParamDef | None:
+        return self._defs.get(name)
 
     def definitions(self) -> list[ParamDef]:
         return list(self._defs.values())
 
     def text(self, name: str) -> str:
+        """The current value as param.show prints it."""
         return self._text[name]
+
+    def is_default(self, name: str) -> bool:
+        return self._text.get(name) == self._defs[name].default
+
+
+class NotAvailable(ValueError):
+    """A parameter varnishd has but not on this platform (accept_filter on Linux): CLI status 300."""

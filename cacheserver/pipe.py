@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
-from cacheserver.backends import resolve
+from cacheserver.backends import live, resolve
 from cacheserver.http1 import wire
 from cacheserver.reqbody import ReqBodyError
 
@@ -29,7 +30,7 @@ async def pipe_request(request: ClientRequest) -> None:
     ctx = request.ctx
     backend = resolve(ctx.bereq_backend if ctx.bereq_backend is not None else ctx.backend_hint, ctx)
     if backend is None or backend.host is None:
-        server.counters.sc_tx_error += 1
+        session.close_reason = "sc_tx_error"
         session.close()
         return
     idle = server.backend_pools.take_streams(backend.host, int(backend.port))
@@ -43,7 +44,7 @@ async def pipe_request(request: ClientRequest) -> None:
         except (OSError, asyncio.TimeoutError):
             # varnishd answers nothing: the client sees the connection close
             server.counters.backend_fail += 1
-            server.counters.sc_tx_error += 1
+            session.close_reason = "sc_tx_error"
             session.close()
             return
         server.counters.backend_conn += 1
@@ -55,6 +56,9 @@ async def pipe_request(request: ClientRequest) -> None:
         bereq.headers.set("Transfer-Encoding", "chunked")
     head = _request_head(bereq)
     server.counters.s_pipe_hdrbytes += len(head)
+    vbe = live(backend)
+    vbe.req += 1
+    vbe.pipe_hdrbytes += len(head)
     writer.write(head)
     try:
         async for data in body.chunks():
@@ -70,10 +74,17 @@ async def pipe_request(request: ClientRequest) -> None:
     session.pipe_to = writer
     try:
         while True:
-            data = await reader.read(65536)
+            try:
+                data = await asyncio.wait_for(reader.read(65536), server.params.pipe_timeout or None)
+            except TimeoutError:
+                # pipe_timeout: nothing in either direction for that long ends the pipe
+                if time.monotonic() - session.last_active < server.params.pipe_timeout:
+                    continue
+                break
             if not data or session.closed:
                 break
             server.counters.s_pipe_out += len(data)
+            vbe.pipe_in += len(data)          # VBE counts from the backend's side
             session.transport.write(data)
             await session.drain()
     except (ConnectionError, OSError):
@@ -81,5 +92,6 @@ async def pipe_request(request: ClientRequest) -> None:
     finally:
         session.pipe_to = None
         writer.close()
+        session.close_reason = session.close_reason or "sc_tx_pipe"
         session.close()
 

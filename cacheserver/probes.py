@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
 from collections import deque
 
-from cacheserver.backends import live, set_probe_health
+from cacheserver.backends import count_fail, live, set_probe_health
 from vcl.runtime import BackendSpec
 
 log = logging.getLogger("cacheserver.probes")
@@ -26,21 +28,41 @@ def _request(spec: BackendSpec, probe) -> bytes:
 
 async def poll(spec: BackendSpec, probe) -> bool:
     """One probe: True when the backend answered with the expected status in time."""
+    return "H" in await poll_steps(spec, probe)
+
+
+async def poll_steps(spec: BackendSpec, probe) -> str:
+    """One probe, as the steps that went right or wrong (varnishd's bits): "4"/"6" connected,
+    "X"/"x" request sent or not, "R"/"r" response line read or not, "H" the expected status."""
     writer = None
+    steps = ""
     try:
         async with asyncio.timeout(probe.timeout):
             reader, writer = await asyncio.open_connection(spec.host, int(spec.port))
-            writer.write(_request(spec, probe))
-            await writer.drain()
+            sock = writer.get_extra_info("socket")
+            steps += "6" if sock is not None and sock.family == socket.AF_INET6 else "4"
+            try:
+                writer.write(_request(spec, probe))
+                await writer.drain()
+            except OSError:
+                return steps + "x"
+            steps += "X"
             line = await reader.readline()
             parts = line.split()
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or parts[1] != b"%d" % probe.expected_response:
-                return False
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+                return steps + "r"
+            steps += "R"
+            if parts[1] != b"%d" % probe.expected_response:
+                return steps
             while (await reader.readline()) not in (b"\r\n", b"\n", b""):
                 pass                       # the whole head must arrive in time too
-            return True
-    except (OSError, TimeoutError, ValueError):
-        return False
+            return steps + "H"
+    except (OSError, TimeoutError, ValueError) as exc:
+        if steps.endswith("X"):
+            steps += "r"                   # sent, but no answer in time
+        elif not steps and not isinstance(exc, ValueError):
+            count_fail(spec, exc, probe=True)   # varnishd counts a probe's failed connect by errno
+        return steps
     finally:
         if writer is not None:
             writer.close()
@@ -53,6 +75,7 @@ class Prober:
         initial = probe.initial if probe.initial is not None else max(probe.threshold - 1, 0)
         self.window: deque[bool] = deque([True] * min(initial, probe.window), maxlen=max(probe.window, 1))
         self.task: asyncio.Task | None = None
+        live(spec).probe_bits["H"] = (1 << min(initial, probe.window)) - 1   # the assumed good polls
         self._report()
 
     def _report(self) -> None:
@@ -64,7 +87,13 @@ class Prober:
     async def run(self) -> None:
         state = live(self.spec)
         while True:
-            good = await poll(self.spec, self.probe)
+            started = time.monotonic()
+            steps = await poll_steps(self.spec, self.probe)
+            good = "H" in steps
+            for bit, history in state.probe_bits.items():
+                state.probe_bits[bit] = ((history << 1) | (bit in steps)) & ((1 << 64) - 1)
+            if good:   # varnishd averages over the last few good polls
+                state.probe_avg += (time.monotonic() - started - state.probe_avg) / 4
             self.window.append(good)
             state.probe_log = (state.probe_log + [good])[-64:]
             self._report()

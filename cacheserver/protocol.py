@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING
 import httptools
 
 from cacheserver.fsm import ClientRequest
-from cacheserver.http1 import BAD_REQUEST, CONTINUE_100, EXPECTATION_FAILED, text
+from cacheserver.http1 import BAD_REQUEST, CONTINUE_100, EXPECTATION_FAILED, needs_relaxing, relax_head, text
 from cacheserver.programs import ProgramError
 from cacheserver.reqbody import NO_BODY, ReqBody
+from cacheserver.stevedores import TRANSIENT
+from cacheserver.storage import OBJECT_OVERHEAD, SEGMENT_OVERHEAD
 from vcl.runtime import IP, Headers, HttpMessage, VCLFailure
 
 if TYPE_CHECKING:
@@ -31,6 +33,9 @@ log = logging.getLogger("cacheserver.client")
 
 # Held-back bytes past which the connection stops reading until the current request is done.
 _MAX_HELD = 256 * 1024
+# Parsed requests waiting their turn, and the slice parsed at a time, before the rest is held.
+_MAX_QUEUED = 32
+_FEED_SLICE = 16 * 1024
 # Raw bytes kept for locating a stolen request's end; beyond this a steal with leftovers is refused.
 _MAX_RAW = 1024 * 1024
 
@@ -71,6 +76,7 @@ class ClientProtocol(asyncio.Protocol):
         self.write_drained: asyncio.Future | None = None
         self.paused_writing = False
         self.write_blocked = False   # responses are backed up: no further request runs until drained
+        self.refusal: bytes | None = None   # a 400/417 owed after the requests queued before it
         self.send_timer: asyncio.TimerHandle | None = None
         self.pipe_to: asyncio.StreamWriter | None = None   # set while the request is piped
         self.current: ClientRequest | None = None          # the request being handled
@@ -78,11 +84,16 @@ class ClientProtocol(asyncio.Protocol):
         self._url = b""
         self._fields: list[list[str]] = []
         self._head_size = 0
-        self._head_fed = 0         # bytes of an unfinished head fed to the parser (at least)
-        self._head_event = False   # a head ended (or a message ended) inside the data being fed
+        # the raw bytes of a head not complete yet, from earlier reads: bounded by http_req_size, and
+        # kept to re-read a head that llhttp refuses where varnishd does not (bare LF, obs-fold);
+        # it starts with _prefix_skip complete messages (located only when needed)
+        self._head_prefix: bytes | None = None
+        self._prefix_skip = 0
+        self._relaxing = False     # _head_prefix is such a head, waiting for its end
         self._in_head = False
         self._sink: ReqBody | None = None     # the body the parser is filling
         self._keep_alive = True
+        self.close_reason: str | None = None   # the sc_* counter the close counts in (see _CLOSE_ERR)
         # raw-byte tracking, only while the active VCL may steal the connection
         self._raw: bytearray | None = None
         self._raw_done = 0       # messages completed inside _raw
@@ -114,6 +125,17 @@ class ClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self.stolen:
+            # one close reason per session, as varnishd's SES_Close: sess_closed or sess_closed_err
+            reason = self.close_reason or "sc_rem_close"
+            counters = self.server.counters
+            setattr(counters, reason, getattr(counters, reason) + 1)
+            if reason in _CLOSE_ERR:
+                counters.sess_closed_err += 1
+            else:
+                counters.sess_closed += 1
+        if self.pipe_to is not None:
+            self.pipe_to.close()        # the client left: so does the pipe's backend side
         self.server.sessions.discard(self)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
@@ -154,7 +176,7 @@ class ClientProtocol(asyncio.Protocol):
             self.send_timed_out()
 
     def send_timed_out(self) -> None:
-        self.server.counters.sc_tx_error += 1
+        self.close_reason = "sc_tx_error"
         self.abort()
 
     # A hit written in data_received cannot wait: when it leaves the transport backed up, the
@@ -201,7 +223,8 @@ class ClientProtocol(asyncio.Protocol):
         if idle_for < timeout:
             self.idle_timer = loop.call_later(max(timeout - idle_for, 0.05), self._check_idle)
             return
-        self.server.counters.sc_rx_timeout += 1
+        # a head begun but not finished is a receive timeout; an idle keep-alive, timeout_idle
+        self.close_reason = "sc_rx_timeout" if self._in_head or self._head_size else "sc_rx_close_idle"
         self.abort()
 
     def close(self) -> None:
@@ -217,24 +240,47 @@ class ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
-        if self.stolen or self.closed:
+        if self.stolen or self.closed or self.refusal is not None:
             return
         if self.pipe_to is not None:
             self.server.counters.s_pipe_in += len(data)
             self.pipe_to.write(data)
             return
-        if (self.busy or self.write_blocked) and self._sink is None:
-            self.held.append(data)
-            self.held_size += len(data)
-            if self.held_size > _MAX_HELD:
-                self.transport.pause_reading()
+        if (self.busy or self.write_blocked or self.held) and self._sink is None:
+            self._hold(data)
             return
         # A body still arriving is parsed at once, even while its request runs: the request reads it.
-        self._feed(data)
+        self._feed_some(data)
         if self.queue and not self.busy and not self.write_blocked:
             self.run_queue()
 
+    def _hold(self, data: bytes) -> None:
+        self.held.append(data)
+        self.held_size += len(data)
+        if self.held_size > _MAX_HELD:
+            self.transport.pause_reading()
+
+    def _feed_some(self, data: bytes) -> None:
+        """Parse data a slice at a time while few requests wait; hold the rest (in order) past that.
+
+        A read can hold thousands of tiny pipelined requests; each parsed one costs a request object,
+        so parsing stops at _MAX_QUEUED and goes on as the queue drains.
+        """
+        while data:
+            if len(self.queue) >= _MAX_QUEUED and self._sink is None:
+                self._hold(data)
+                return
+            if len(data) <= _FEED_SLICE:
+                self._feed(data)
+                return
+            self._feed(data[:_FEED_SLICE])
+            data = data[_FEED_SLICE:]
+            if self.closed or self.refusal is not None:
+                return
+
     def eof_received(self) -> bool | None:
+        if self.pipe_to is not None:
+            self.pipe_to.close()        # the client is done: so is the pipe (it then closes us)
         # A half-closed client still gets the answers to what it sent; then we close.
         if self._sink is not None:
             self._sink.fail("client closed the connection")
@@ -257,6 +303,8 @@ class ClientProtocol(asyncio.Protocol):
                 self._raw += data
         if self._method_hold:
             data, self._method_hold = self._method_hold + data, b""
+        if self._relaxing:
+            data = self._relax_head(self._head_prefix + data)
         while data:
             at_start = not self._in_message
             done_before = self._raw_done
@@ -264,10 +312,9 @@ class ClientProtocol(asyncio.Protocol):
                 # llhttp would wait for the rest of an HTTP/2 preface; Varnish hands PRI to VCL
                 data = self._custom_method(data, 0)
                 continue
-            self._head_event = False
             try:
                 self.parser.feed_data(data)
-                self._count_head(len(data))
+                self._keep_head(data, self._raw_done - done_before)
                 return
             except httptools.HttpParserUpgrade as upgrade:
                 # llhttp stops after a request with Upgrade:; what follows is HTTP again (or, when
@@ -289,22 +336,63 @@ class ClientProtocol(asyncio.Protocol):
                 # httptools wraps what a callback raised; the cause is its context
                 if isinstance(exc.__context__, ExpectationFailed):
                     self.expectation_failed()
-                else:
+                    return
+                raw = self._refused_head(data, self._raw_done - done_before, exc)
+                if raw is None or not needs_relaxing(raw):
                     self.bad_request(exc)
-                return
+                    return
+                data = self._relax_head(raw)
 
-    def _count_head(self, size: int) -> None:
-        """Bound an unfinished request head as it arrives (http_req_size), before httptools holds it.
+    def _keep_head(self, data: bytes, completed: int) -> None:
+        """After a read: keep what came of a head still incomplete, and bound it by http_req_size.
 
-        The count starts after the last read in which a head or message ended, so it never exceeds the
-        real size of the head being received, and it trips within one read of the limit.
+        varnishd closes, unanswered, a head that grows past http_req_size; counting here, before
+        httptools holds more, keeps a head that never ends from costing more than about one read.
         """
-        if self._head_event:
-            self._head_fed = 0
-        elif self._in_head or not self._in_message:
-            self._head_fed += size
-            if self._head_fed > self.server.params.http_req_size:
-                raise HeadOverflow()
+        if not self._in_head:
+            self._head_prefix = None
+            return
+        if self._head_prefix is not None and not completed:
+            self._head_prefix += data              # the head goes on from an earlier read
+        else:
+            self._head_prefix, self._prefix_skip = data, completed
+        limit = self.server.params.http_req_size
+        if len(self._head_prefix) > limit and self._prefix_skip:
+            self._head_prefix = self._head_prefix[_end_of_message(self._head_prefix, self._prefix_skip):]
+            self._prefix_skip = 0
+        if len(self._head_prefix) > limit:
+            self._head_prefix = None
+            raise HeadOverflow()
+
+    def _refused_head(self, data: bytes, completed: int, exc: Exception) -> bytes | None:
+        """The raw bytes from the start of the head llhttp just refused (None: not a head error)."""
+        if not self._in_head or type(exc) is not httptools.HttpParserError:
+            return None
+        if completed:
+            return data[_end_of_message(data, completed):]
+        if self._head_prefix is None:
+            return data
+        raw = self._head_prefix + data
+        return raw[_end_of_message(raw, self._prefix_skip):] if self._prefix_skip else raw
+
+    def _relax_head(self, raw: bytes) -> bytes:
+        """Parse again, from a fresh parser, a head with bare LFs or folded lines (varnishd takes both).
+
+        Returns what to feed: the head rewritten with CRLFs and its folds joined, then the rest; or b""
+        while the head's end has not arrived (held, within http_req_size).
+        """
+        self.parser = httptools.HttpRequestParser(self)
+        self._in_message = self._in_head = False
+        fixed = relax_head(raw)
+        if fixed is None:
+            if len(raw) > self.server.params.http_req_size:
+                self._relaxing, self._head_prefix = False, None
+                self.overflow()
+                return b""
+            self._relaxing, self._head_prefix, self._prefix_skip = True, raw, 0
+            return b""
+        self._relaxing, self._head_prefix = False, None
+        return fixed
 
     def _custom_method(self, data: bytes, offset: int) -> bytes:
         """Parse the request at `offset` with a stand-in method, remembering the real one."""
@@ -354,7 +442,7 @@ class ClientProtocol(asyncio.Protocol):
         The request runs while its body still arrives; the body goes to its ReqBody.
         """
         self._in_head = False
-        self._head_event = True
+        self._head_prefix = None
         parser = self.parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
@@ -396,6 +484,8 @@ class ClientProtocol(asyncio.Protocol):
             headers.unset("Expect")
         head = HttpMessage(method, text(self._url), "HTTP/" + version, headers=headers)
         self._keep_alive = parser.should_keep_alive()
+        # the head's bytes: request line, header lines (name, ": ", value, CRLF), the empty line
+        self.server.counters.s_req_hdrbytes += self._head_size + len(method) + len(self._url) + 14
         if length == 0 and not want_continue:
             body = NO_BODY
         else:
@@ -426,7 +516,6 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
-        self._head_event = True
         self._raw_done += 1
         if self._sink is not None:
             self._sink.finish()
@@ -435,47 +524,66 @@ class ClientProtocol(asyncio.Protocol):
     def bad_request(self, exc: Exception | None = None) -> None:
         """Malformed input: Varnish's bare 400, then close. Nothing else is answered."""
         self.server.counters.client_req_400 += 1
-        self.server.counters.sc_rx_bad += 1
+        self.close_reason = "sc_rx_junk"       # varnishd: a request it cannot dissect is junk
         self._refuse(BAD_REQUEST)
 
     def expectation_failed(self) -> None:
         self.server.counters.client_req_417 += 1
-        self.server.counters.sc_rx_junk += 1
+        self.server.counters.client_req += 1    # varnishd counts it: the request was dissected
+        self.close_reason = "sc_rx_junk"
         self._refuse(EXPECTATION_FAILED)
 
     def overflow(self) -> None:
         """A head past http_req_size: varnishd closes without an answer."""
-        self.server.counters.sc_rx_overflow += 1
+        self.close_reason = "sc_rx_overflow"
         self.queue.clear()
         self.abort()
 
     def _refuse(self, response: bytes) -> None:
-        self.queue.clear()
+        """Answer bad input once the requests before it are answered (varnishd reads them in order)."""
         if self._sink is not None:
             self._sink.fail("bad request")
             self._sink = None
+        self.refusal = response
+        self.held.clear()                   # nothing after the bad bytes is read
         if self.transport is not None and not self.closed:
-            self.transport.write(response)
+            self.transport.pause_reading()
+        if not self.queue and not self.busy and not self.write_blocked:
+            self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(self.refusal)
         self.close()
 
     # -- running requests -------------------------------------------------------------------------
 
     def run_queue(self) -> None:
-        """Handle queued requests in order until one needs to wait or the client stops reading."""
-        while self.queue and not self.busy and not self.closed:
-            request = self.current = self.queue.popleft()
-            if not request.run_sync():
-                self.busy = True
-                asyncio.get_running_loop().create_task(self._run_async(request))
-                return
-            request.body.ignore()
-            if not request.keep_alive:
-                self.close()
-                return
-            if self.paused_writing:
-                self._block_writes()
-                return
+        """Handle queued requests in order until one needs to wait or the client stops reading;
+        when the queue runs dry, parse more of what was held."""
+        while True:
+            while self.queue and not self.busy and not self.closed:
+                request = self.current = self.queue.popleft()
+                if not request.run_sync():
+                    self.busy = True
+                    asyncio.get_running_loop().create_task(self._run_async(request))
+                    return
+                self._end_body(request)
+                if not request.keep_alive:
+                    self.close_reason = self.close_reason or request.close_reason or "sc_resp_close"
+                    self.close()
+                    return
+                if self.paused_writing:
+                    self._block_writes()
+                    return
+            if self.queue or not self.held or self.busy or self.closed or self.refusal is not None:
+                break
+            self._parse_held()
+            if not self.queue:
+                break
         if not self.queue:
+            if self.refusal is not None and not self.busy:
+                self._send_refusal()
             self.idle_since = time.monotonic()
 
     async def _run_async(self, request: ClientRequest) -> None:
@@ -489,11 +597,12 @@ class ClientProtocol(asyncio.Protocol):
             return
         if request.body.error is not None and self._sink is request.body:
             # the body broke off mid-message (timeout): what follows cannot be parsed as requests
-            self.server.counters.sc_rx_body += 1
+            self.close_reason = "sc_rx_body"
             self.close()
             return
-        request.body.ignore()
+        self._end_body(request)
         if not request.keep_alive:
+            self.close_reason = self.close_reason or request.close_reason or "sc_resp_close"
             self.close()
             return
         self.last_active = self.idle_since = time.monotonic()
@@ -503,17 +612,24 @@ class ClientProtocol(asyncio.Protocol):
         self._resume_parsing()
 
     def _resume_parsing(self) -> None:
-        """Parse what was held while the connection was busy, then run what it queued."""
-        if self.held:
-            held, self.held, self.held_size = self.held, [], 0
-            self.transport.resume_reading()
-            for data in held:
-                if self.closed:
-                    return
-                self._feed(data)
-        elif self.transport is not None:
+        """Read again, and run what was held while the connection was busy."""
+        if self.transport is not None and self.held_size <= _MAX_HELD:
             self.transport.resume_reading()
         self.run_queue()
+
+    def _parse_held(self) -> None:
+        """Parse held bytes until the queue is long enough again (what is left stays held)."""
+        held, self.held, self.held_size = self.held, [], 0
+        for i, data in enumerate(held):
+            if self.closed or self.refusal is not None:
+                return
+            self._feed_some(data)
+            if self.held:             # it stopped: the rest stays behind what it held
+                self.held.extend(held[i + 1:])
+                self.held_size += sum(map(len, held[i + 1:]))
+                return
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     def take_held(self) -> bytes:
         """Bytes received but not parsed, removed from the connection (for pipe)."""
@@ -531,14 +647,32 @@ class ClientProtocol(asyncio.Protocol):
             return False
         body = request.body
         ok = await body.cache(size)
+        if ok and body.present:
+            # a cached body lives in Transient storage, as in varnishd, and may not fit there
+            length = sum(map(len, body.cached))
+            # VRB_Cache makes a private object and a storage segment for the bytes
+            holder = _CachedBody(OBJECT_OVERHEAD + SEGMENT_OVERHEAD + length)
+            if self.server.storage.stevedores[TRANSIENT].charge(holder, 0, self.server.params.nuke_limit):
+                request.body_storage = holder
+            else:
+                body.cached, body.state, body.error = None, "failed", "Could not get storage"
+                ok = False
         if not ok:
             request.body_failed = True
         elif body.present:
             # as VRB_Cache: the request now says how long its body is, whatever framing it came in
             headers = request.ctx.req.headers
             headers.unset("Transfer-Encoding")
-            headers.set("Content-Length", str(sum(map(len, body.cached))))
+            headers.set("Content-Length", str(length))
         return ok
+
+    def _end_body(self, request: ClientRequest) -> None:
+        """The request is done: drop what still comes of its body, free a cached one's storage."""
+        request.body.ignore()
+        holder = request.body_storage
+        if holder is not None:
+            request.body_storage = None
+            self.server.storage.stevedores[TRANSIENT].release(holder)
 
     def late_100_continue(self, late: bool) -> None:
         if self.current is not None:
@@ -615,6 +749,21 @@ class ClientProtocol(asyncio.Protocol):
             self.send_timer.cancel()
         if self.transport is not None:
             self.transport.abort()
+
+
+class _CachedBody:
+    """A cached request body as Transient storage counts it (it charges objects by .size)."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+# The close reasons varnishd counts as errors (tbl/sess_close.h): sess_closed_err, not sess_closed.
+_CLOSE_ERR = frozenset({"sc_rx_bad", "sc_rx_body", "sc_rx_junk", "sc_rx_overflow", "sc_rx_timeout",
+                        "sc_tx_error", "sc_overload", "sc_pipe_overflow", "sc_range_short",
+                        "sc_req_http20", "sc_vcl_failure"})
 
 
 class _Counter:

@@ -166,7 +166,7 @@ class Server:
         compiled.fini(Context(method="vcl_fini", vcl=compiled, server=self))
         self.counters.n_vcl -= 1
         self.counters.n_vcl_avail -= 1
-        self.counters.n_vcl_discard += 1
+        # n_vcl_discard counts discarded VCLs still in use: ours are released at once
 
     def vcl_list(self) -> list[tuple[str, str, int]]:
         """(name, "active"/"available", busy) for each loaded VCL."""
@@ -216,6 +216,8 @@ class Server:
             listener = await loop.create_server(lambda name=spec.name: ClientProtocol(self, name),
                                                 sock=sock.dup())
             self._listeners.append(listener)
+        self.counters.mgt_child_start += 1
+        self.child_started_at = time.time()   # MAIN.uptime counts from here, MGT.uptime from __init__
 
     async def stop(self) -> None:
         """Stop accepting and close every client connection (the CLI's `stop`)."""

@@ -3,7 +3,9 @@
 `s0`, `s1`, ... are the -s arguments in order (or the names given); Transient is unbounded unless
 `-s Transient=malloc,SIZE` bounds it. A store charges an object's size (headers, body, bookkeeping)
 and evicts least recently used objects to make room, at most nuke_limit of them per allocation.
-Gauges appear as varnishstat names them: SMA.<name>.g_bytes / g_space / c_fail / c_req.
+Counters appear as varnishstat names them: SMA.<name>.c_req / c_fail (allocations asked for, refused),
+c_bytes / c_freed (bytes allocated, freed), g_alloc / g_bytes / g_space (outstanding allocations, bytes
+held, bytes left).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ class _ByteLRU(LRUCache):
     def __init__(self, max_bytes: int, on_evict: Callable) -> None:
         super().__init__(maxsize=max_bytes, getsizeof=lambda oc: oc.size)
         self._on_evict = on_evict
+        self.on_freed: Callable = lambda oc: None
 
     def popitem(self):
         key, oc = super().popitem()
+        self.on_freed(oc)
         self._on_evict(oc)
         return key, oc
 
@@ -34,11 +38,14 @@ class Stevedore:
         self.max_bytes = max_bytes            # None: unbounded
         self.counters = counters
         self.lru = _ByteLRU(max_bytes, on_evict) if max_bytes is not None else None
+        if self.lru is not None:
+            self.lru.on_freed = self._freed
         self.used = 0                         # unbounded stores only
         self.prefix = f"SMA.{name}."
         extra = counters.extra
-        extra[self.prefix + "c_fail"] = extra.get(self.prefix + "c_fail", 0)
-        extra[self.prefix + "c_req"] = extra.get(self.prefix + "c_req", 0)
+        for name in ("c_req", "c_fail", "c_bytes", "c_freed"):
+            extra[self.prefix + name] = extra.get(self.prefix + name, 0)
+        self.allocs = 0                       # objects held here (g_alloc)
         self.gauge()
 
     @property
@@ -51,6 +58,7 @@ class Stevedore:
 
     def gauge(self) -> None:
         extra = self.counters.extra
+        extra[self.prefix + "g_alloc"] = self.allocs
         extra[self.prefix + "g_bytes"] = self.bytes
         extra[self.prefix + "g_space"] = self.space
 
@@ -59,8 +67,10 @@ class Stevedore:
 
     def charge(self, oc, old: int, nuke_limit: int) -> bool:
         """Hold `oc` at its current size (it held `old` here before); False when it cannot fit."""
-        self.counters.extra[self.prefix + "c_req"] += 1
+        extra = self.counters.extra
+        extra[self.prefix + "c_req"] += 1
         if self.lru is None:
+            self._account(oc, old, old > 0)
             self.used += oc.size - old
             self.gauge()
             return True
@@ -75,8 +85,19 @@ class Stevedore:
                 self.gauge()
             return False
         lru[oc] = oc
+        self._account(oc, old, held)
         self.gauge()
         return True
+
+    def _account(self, oc, old: int, held: bool) -> None:
+        """Bytes allocated (a growing object allocates its growth) and objects held."""
+        extra = self.counters.extra
+        if oc.size > old:
+            extra[self.prefix + "c_bytes"] += oc.size - old
+        elif oc.size < old:
+            extra[self.prefix + "c_freed"] += old - oc.size
+        if not held:
+            self.allocs += 1
 
     def _make_room(self, oc, old: int, held: bool, nuke_limit: int) -> bool:
         lru = self.lru
@@ -94,9 +115,15 @@ class Stevedore:
     def release(self, oc) -> None:
         if self.lru is None:
             self.used -= oc.size
-        else:
-            self.lru.pop(oc, None)
+        elif self.lru.pop(oc, None) is None:
+            self.gauge()
+            return                              # evicted already (popitem freed it)
+        self._freed(oc)
         self.gauge()
+
+    def _freed(self, oc) -> None:
+        self.counters.extra[self.prefix + "c_freed"] += oc.size
+        self.allocs -= 1
 
     def touch(self, oc) -> bool:
         if self.lru is None:

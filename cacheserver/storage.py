@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from time import time as _wall
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
     from cacheserver.bans import Ban
 
 # Bookkeeping bytes charged per object besides its headers and body.
-_OVERHEAD = 72
+_OVERHEAD = OBJECT_OVERHEAD = 72     # bytes an object costs its store beyond headers and body
+SEGMENT_OVERHEAD = 48                # one more storage segment (varnishd's struct storage)
 # Unread bytes a fetch may run ahead of its only reader when the body is not kept (pass, too big).
 STREAM_WINDOW = 1 << 20
 
@@ -36,7 +38,8 @@ class ObjCore:
     __slots__ = ("head", "http", "chunks", "base", "length", "buffered", "complete", "failed", "keep_body",
                  "readers", "_wakeup", "_space", "t_origin", "ttl", "grace", "keep", "xid", "hits", "busy",
                  "hfm", "hfp", "private", "vary", "ban", "size", "store", "dying", "exp_at", "body_cache",
-                 "t_lastuse", "clen", "expected", "fast_head", "__weakref__")
+                 "t_lastuse", "clen", "expected", "fast_head", "gzipped", "gzip_bits", "gzip_changed",
+                 "esi_data", "__weakref__")
 
     def __init__(self, head: ObjHead | None = None, xid: int = 0) -> None:
         self.head = head
@@ -72,6 +75,10 @@ class ObjCore:
         self.t_lastuse = 0.0
         self.clen: int | None = None      # Content-Length the backend announced, while streaming
         self.expected = 0                 # body bytes to reserve up front (a known Content-Length)
+        self.gzipped = False              # the body is stored gzipped (OF_GZIPED)
+        self.gzip_bits: tuple[int, int, int, int] | None = None   # OA_GZIPBITS, see filters.py
+        self.gzip_changed = False         # a fetch filter gzipped or gunzipped it (OF_CHGGZIP)
+        self.esi_data = None              # the ESI parse of the body, when it has one (OA_ESIDATA)
 
     # -- body streaming ---------------------------------------------------------------------------
 
@@ -190,13 +197,17 @@ class ObjHead:
                 fut.set_result(None)
 
 
-def vary_match(oc: ObjCore, req: HttpMessage) -> bool:
+def vary_match(oc: ObjCore, req: HttpMessage, gzip_support: bool = False) -> bool:
     if not oc.vary:
         return True
     get = req.headers.get
     for name, value in oc.vary:
         if name == "*":
             return False
+        if gzip_support and name == "accept-encoding":
+            # varnishd's vry_cmp: with gzip support everybody gets the one (gzipped) object,
+            # gunzipped on delivery as needed; skipped when matching, not when recording
+            continue
         if get(name) != value:
             return False
     return True
@@ -269,6 +280,7 @@ class Storage:
         busy_found = False
         stale: ObjCore | None = None
         bans = self.bans
+        gzip_support = self.params is not None and bool(self.params.http_gzip_support)
         for oc in list(head.ocs):
             if oc.busy:
                 if not ignore_busy:
@@ -279,7 +291,7 @@ class Storage:
             if oc.ban is not bans.newest and bans.check(oc, req, now):
                 self.remove(oc)
                 continue
-            if oc.vary is not None and not ignore_vary and not vary_match(oc, req):
+            if oc.vary is not None and not ignore_vary and not vary_match(oc, req, gzip_support):
                 continue
             ttl = oc.ttl if req_ttl is None or req_ttl < 0 else min(oc.ttl, req_ttl)
             if now < oc.t_origin + ttl:
@@ -402,6 +414,7 @@ class Storage:
         shortlived = self.params.shortlived if self.params is not None else 10.0
         if oc.hfm or oc.hfp or oc.ttl + oc.grace + oc.keep < shortlived:
             st = self.stevedores[TRANSIENT]           # whatever the hint, as varnishd
+            self.counters.beresp_shortlived += not (oc.hfm or oc.hfp)
         else:
             st = self.stevedores.get(hint) if hint else None
             if st is None:
@@ -454,18 +467,36 @@ class Storage:
             return
         self._drop(oc)
 
-    def purge(self, digest: bytes) -> int:
-        """Remove every object of `digest` (busy ones finish and stay private); returns how many went."""
+    def purge(self, digest: bytes, ttl: float = 0.0, grace: float = 0.0, keep: float = 0.0,
+              now: float | None = None) -> int:
+        """HSH_Purge: every object of `digest` that is neither busy nor dying; returns how many.
+
+        With ttl, grace and keep all 0 (`return (purge)`, purge.hard()) they are removed. Otherwise
+        (purge.soft()) each timer is only ever lowered, as EXP_Reduce: the TTL to `now + ttl`, grace
+        and keep to the given values; NaN leaves a timer alone."""
         head = self.heads.get(digest)
         if head is None:
             return 0
-        gone = 0
+        hard = ttl == 0 and grace == 0 and keep == 0
+        now = _wall() if now is None else now
+        count = 0
         for oc in list(head.ocs):
-            if not oc.busy:
+            if oc.busy or oc.dying:
+                continue
+            count += 1
+            if hard:
                 self.remove(oc)
-                gone += 1
-        self.counters.n_obj_purged += gone
-        return gone
+                continue
+            if not math.isnan(ttl) and now + ttl - oc.t_origin < oc.ttl:
+                oc.ttl = now + ttl - oc.t_origin
+            if not math.isnan(grace) and grace < oc.grace:
+                oc.grace = grace
+            if not math.isnan(keep) and keep < oc.keep:
+                oc.keep = keep
+            self.reschedule(oc)
+        if hard:
+            self.counters.n_obj_purged += count
+        return count
 
     def objects(self) -> list[ObjCore]:
         return [oc for head in self.heads.values() for oc in head.ocs if not oc.busy]
@@ -488,6 +519,8 @@ class Storage:
     def _schedule_expiry(self, oc: ObjCore) -> None:
         oc.exp_at = oc.t_origin + max(oc.ttl, 0.0) + max(oc.grace, 0.0) + max(oc.keep, 0.0)
         heapq.heappush(self._exp, (oc.exp_at, next(self._seq), oc))
+        self.counters.exp_mailed += 1        # varnishd mails the object to its expiry thread,
+        self.counters.exp_received += 1      # which takes it at once here
         self._arm_expiry()
 
     def reschedule(self, oc: ObjCore) -> None:
@@ -525,17 +558,38 @@ class Storage:
     # -- bans -------------------------------------------------------------------------------------
 
     def ban(self, expr: str | list[str]) -> None:
+        if self.params is not None:
+            self.bans.dups = bool(self.params.ban_dups)
         self.bans.add(expr)
-        self._arm_lurker()
+        if self._lurker_sleep() > 0:
+            self.bans.trim()        # varnishd kicks its lurker, which drops the unreferenced tail
+        self._arm_lurker(self._lurker_sleep())
+
+    def _lurker_sleep(self) -> float:
+        return float(self.params.ban_lurker_sleep) if self.params is not None else 0.01
 
     def _arm_lurker(self, delay: float = 0.1) -> None:
-        if self._lurker is not None:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        if self._lurker is not None:
+            if self._lurker.when() <= loop.time() + delay:
+                return
+            self._lurker.cancel()           # a new ban: the lurker looks sooner than it planned
         self._lurker = loop.call_later(delay, self._lurk)
+
+    def _ban_cutoff(self) -> None:
+        """ban_cutoff: objects still on a ban past the newest ban_cutoff ones are expunged by the
+        lurker (bans_lurker_obj_killed_cutoff), so that the list stays that short."""
+        cutoff = int(getattr(self.params, "ban_cutoff", 0) or 0)
+        bans = self.bans.bans
+        if cutoff <= 0 or len(bans) <= cutoff:
+            return
+        old = {id(b) for b in bans[cutoff:]}
+        for oc in [oc for oc in self.objects() if id(oc.ban) in old]:
+            self.counters.bans_lurker_obj_killed_cutoff += 1
+            self.remove(oc)
 
     def _lurk(self) -> None:
         """The ban lurker: obj-only bans older than ban_lurker_age are tested against every object.
@@ -543,8 +597,12 @@ class Storage:
         It sleeps while no such ban is due, so a cache with bans costs nothing between them.
         """
         self._lurker = None
+        if self._lurker_sleep() <= 0:
+            return                      # ban_lurker_sleep 0 disables the lurker, as varnishd's
         min_age = self.params.ban_lurker_age if self.params is not None else 60.0
         now = _wall()
+        self._ban_cutoff()
+        self.bans.trim()                # varnishd's lurker drops unreferenced bans at the tail
         pending = [b for b in self.bans.bans if not b.completed and not b.has_req]
         if not pending:
             return

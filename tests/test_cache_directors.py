@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cacheserver.backends import healthy, resolve, set_admin_health, set_probe_health
 from vcl.runtime import BackendSpec, Context, HttpMessage
-from vmods.directors import Fallback, Hash, RoundRobin, Shard
+from vmods.directors import Fallback, Hash, RoundRobin, Shard, _shard_add
 
 
 def _backends(n: int) -> list[BackendSpec]:
@@ -12,7 +12,7 @@ def _backends(n: int) -> list[BackendSpec]:
 
 
 def _ctx(url: str = "/") -> Context:
-    return Context(req=HttpMessage("GET", url), bereq=HttpMessage("GET", url))
+    return Context(method="vcl_recv", req=HttpMessage("GET", url), bereq=HttpMessage("GET", url))
 
 
 def test_probe_hook_drives_health_and_directors_skip_sick_backends():
@@ -46,10 +46,11 @@ def test_fallback_and_nested_directors():
 def test_hash_and_shard_are_sticky_and_move_only_the_sick_backends_keys():
     backends = _backends(4)
     h, sh = Hash(), Shard()
+    init = Context(method="vcl_init")
     for b in backends:
         h.add(b)
-        sh.add_shard(b, None, 1.0)
-    sh.reconfigure(67)
+        _shard_add(sh, init, b)
+    sh.reconfigure(init, 67)
     urls = [f"/obj/{i}" for i in range(200)]
     before = {u: resolve(sh, _ctx(u)).name for u in urls}
     assert len(set(before.values())) == 4                      # spread over all backends

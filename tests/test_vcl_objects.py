@@ -178,4 +178,4 @@ def test_vcl_init_runtime_failure_is_a_fail_action():
     compiled = compile_vcl(src, "f.vcl")
     ctx = Context()
     assert compiled.init(ctx) == Action("fail")
-    assert ctx.log and ctx.log[-1][0] == "VCL_Error" and "std.integer()" in ctx.log[-1][1]
+    assert ctx.log and ctx.log[-1] == ("VCL_Error", "std.integer: conversion failed: Invalid number")   # varnishd's text

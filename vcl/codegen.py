@@ -316,6 +316,8 @@ class CodeGen:
             ctor = self.const(f"{self.ident('vmod_', s.call.name.split('.')[0])}.objects"
                               f"[{obj.name!r}].constructor.impl", f"new_{s.call.name}")
             args = self._args(s.call, obj.constructor)
+            if obj.constructor.takes_name:
+                args = f", {s.name!r}{args}"
             oname = self.ident("obj_", s.name)
             return [f"{ind}global {oname}", f"{ind}{oname} = rt.named({ctor}(ctx{args}), {s.name!r})"]
         if isinstance(s, ast.ExprStmt):
@@ -337,6 +339,8 @@ class CodeGen:
                     args.append(self.str_expr(value))
                 else:
                     args.append(self.expr(value))
+            elif s.action == "fail":
+                break                      # a plain `return (fail)` carries no reason
             elif atype == "STRING":
                 args.append("''")
             elif s.action == "error" and atype == "INT":
@@ -509,6 +513,8 @@ class CodeGen:
                 scope = var.name.split(".http.", 1)[0]
                 msg = symbols.HEADER_SCOPES[scope][0]
                 out.append(f"HeaderRef({msg}, {var.name.split('.http.', 1)[1]!r})")
+            elif param.type == "REGEX":
+                out.append(self.prog.regexes[value.value])
             elif param.type in types.STRING_FORMS:
                 out.append(self.str_expr(value) if param.type != "STRING" else self.expr(value))
             else:

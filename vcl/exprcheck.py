@@ -441,6 +441,9 @@ class ExprChecker:
     def _arg(self, value: ast.Expr, param) -> ast.Expr:
         ptype = param.type
         if ptype == "ENUM":
+            if isinstance(value, ast.Name) and value.name in ("default", "true", "false") \
+                    and value.name.upper() in param.enum:
+                value.name = value.name.upper()     # the parser lowered it as a symbol (blob's DEFAULT)
             if not isinstance(value, ast.Name) or value.name not in param.enum:
                 choices = "\n".join("\t" + w for w in param.enum)
                 raise VCLError(f"Wrong enum value.  Expected one of:\n{choices}", value.pos)
@@ -456,6 +459,13 @@ class ExprChecker:
             return r
         if ptype == "STRANDS":
             return self.expr0(value, "STRING")
+        if ptype == "REGEX":
+            # a constant, compiled at load like the right side of ~ (vmod cookie's *_re functions)
+            rx = _fold_literal(value)
+            if not isinstance(rx, ast.StringLit):
+                raise VCLError(f"Expression has type {self.add(rx, 'STRING').type}, expected REGEX", rx.pos)
+            self.regex(rx)
+            return rx
         if ptype == "HTTP":
             r = self._name(value, "HTTP") if isinstance(value, ast.Name) else None
             if r is None or r.type != "HTTP":

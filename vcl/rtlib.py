@@ -249,3 +249,26 @@ def ban(ctx, expression: str | None) -> None:
         return
     if isinstance(result, str) and result:
         ctx.log.append(("VCL_Error", f"ban(): {result}"))
+
+
+def req_gzip(value: str | None) -> bool:
+    """RFC2616_Req_Gzip (req.can_gzip): x-gzip anywhere, or gzip with a q-value above 0."""
+    if not value:
+        return False
+    gzip_q = None
+    for part in value.split(","):
+        token, _, params = part.strip().partition(";")
+        token = token.strip().lower()
+        if token == "x-gzip":
+            return True
+        if token != "gzip" or gzip_q is not None:
+            continue
+        gzip_q = 1.0
+        for param in params.split(";"):
+            key, _, val = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    gzip_q = float(val)
+                except ValueError:
+                    gzip_q = 0.0
+    return gzip_q is not None and gzip_q > 0

@@ -273,6 +273,10 @@ class Context:
         "obj_time", "obj_can_esi", "obj_storage",
         # resp.do_esi, resp.filters, resp.is_streaming, resp.time
         "resp_do_esi", "resp_filters", "resp_is_streaming", "resp_time",
+        # what the server's default filter lists are computed from (beresp.filters, resp.filters):
+        # a function of ctx, the object being delivered, HEAD-ness, the backend body's framing, and
+        # ESI being off for this request
+        "filters_default", "obj_oc", "head_request", "beresp_body", "disable_esi",
         # sess.xid and the per-session timeouts VCL may change
         "sess_xid", "sess_timeout_idle", "sess_timeout_linger", "sess_send_timeout", "sess_idle_send_timeout",
     )

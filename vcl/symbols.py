@@ -87,6 +87,7 @@ ACTION_ARGS: dict[str, tuple[tuple[str, bool], ...]] = {
     "error": (("INT", True), ("STRING", True)),
     "pass": (("DURATION", True),),
     "vcl": (("VCL", False),),
+    "fail": (("STRING", True),),     # the reason, logged as VCL_Error (VRT_fail)
 }
 
 
@@ -169,7 +170,7 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     _v("req", "HTTP", ["client"], get="ctx.req"),
     _v("req.backend_hint", "BACKEND", ["client"], ["client"], get="ctx.backend_hint",
        set_="ctx.backend_hint = {v}"),
-    _v("req.can_gzip", "BOOL", ["client"], get="bool(ctx.can_gzip)"),
+    _v("req.can_gzip", "BOOL", ["client"], get="rt.req_gzip(ctx.req.headers.get('Accept-Encoding'))"),
     _v("req.esi", "BOOL", ["client"], ["client"], get="ctx.esi", set_="ctx.esi = {v}", hi=4.0),
     _v("req.esi_level", "INT", ["client"], get="ctx.esi_level"),
     _v("req.grace", "DURATION", ["client"], ["client"], get="ctx.req_grace", set_="ctx.req_grace = {v}"),
@@ -233,7 +234,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     _v("beresp.do_gzip", "BOOL", _BR, _BR, get="bool(ctx.do_gzip)", set_="ctx.do_gzip = {v}"),
     _v("beresp.do_stream", "BOOL", _BR, _BR, get="bool(ctx.do_stream)", set_="ctx.do_stream = {v}"),
     _v("beresp.filters", "STRING", ["vcl_backend_response"], ["vcl_backend_response"],
-       get="ctx.beresp_filters", set_="ctx.beresp_filters = {v}"),
+       get="(ctx.beresp_filters if ctx.beresp_filters is not None else ctx.filters_default(ctx))",
+       set_="ctx.beresp_filters = {v}"),
     _v("beresp.grace", "DURATION", _BR, _BR, get="ctx.beresp_grace", set_="ctx.beresp_grace = {v}"),
     _v("beresp.keep", "DURATION", _BR, _BR, get="ctx.beresp_keep", set_="ctx.beresp_keep = {v}"),
     _v("beresp.proto", "STRING", _BR, _BR, get="ctx.beresp.proto", set_=_line1("beresp.proto"), hi=4.0),
@@ -266,7 +268,9 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     _v("resp", "HTTP", _DS, get="ctx.resp"),
     _v("resp.body", "BODY", [], ["vcl_synth"], get="None", set_="rt.body_set(ctx, {v})"),
     _v("resp.do_esi", "BOOL", _DS, _DS, get="bool(ctx.resp_do_esi)", set_="ctx.resp_do_esi = {v}", lo=4.1),
-    _v("resp.filters", "STRING", _DS, _DS, get="ctx.resp_filters", set_="ctx.resp_filters = {v}"),
+    _v("resp.filters", "STRING", _DS, _DS,
+       get="(ctx.resp_filters if ctx.resp_filters is not None else ctx.filters_default(ctx))",
+       set_="ctx.resp_filters = {v}"),
     _v("resp.is_streaming", "BOOL", _DS, get="bool(ctx.resp_is_streaming)"),
     _v("resp.proto", "STRING", _DS, _DS, get="ctx.resp.proto", set_=_line1("resp.proto"), hi=4.0),
     _v("resp.proto", "STRING", _DS, get="ctx.resp.proto", lo=4.1),

@@ -15,8 +15,11 @@ from typing import Callable
 class Param:
     name: str
     type: str                  # a VCL type name: STRING, INT, REAL, BOOL, DURATION, BYTES, IP, TIME,
-    #                            BACKEND, HEADER, ENUM, STRANDS (any number of strings), PROBE, ACL, BLOB
-    default: object = None     # a Python value, used when the argument is left out
+    #                            BACKEND, HEADER, ENUM, STRANDS (any number of strings), PROBE, ACL, BLOB,
+    #                            REGEX (a constant; the impl gets a compiled vcl.regex.Regex)
+    # a Python value (emitted with repr()), used when the argument is left out; `...` (Ellipsis)
+    # lets the impl tell "left out" from an unset value, as varnishd's valid_NAME does
+    default: object = None
     optional: bool = False     # may be left out (with `default` then)
     enum: tuple[str, ...] = ()  # the words an ENUM accepts
 
@@ -31,6 +34,9 @@ class Func:
     restrict: frozenset[str] | None = None
     # the implementation is a coroutine function: compiled VCL awaits it
     is_async: bool = False
+    # a constructor that wants its object's VCL name, as varnishd's _init(ctx, &obj, vcl_name, ...):
+    # it is called impl(ctx, name, *args)
+    takes_name: bool = False
 
 
 @dataclass(slots=True)
@@ -47,6 +53,17 @@ class Vmod:
     name: str
     functions: dict[str, Func] = field(default_factory=dict)
     objects: dict[str, ObjectType] = field(default_factory=dict)
+    # body filters (cacheserver.filters.Registry) a VCL that imports this vmod may name in
+    # beresp.filters / resp.filters, as VRT_AddFilter registers them in varnishd
+    filters: object = None
+
+    def filter(self, cls: type) -> type:
+        """Class decorator registering a cacheserver.filters.Filter subclass (a VFP or a VDP)."""
+        from cacheserver.filters import Registry
+
+        if self.filters is None:
+            self.filters = Registry()
+        return self.filters.add(cls)
 
     def func(self, name: str, ret: str = "VOID", params: list[Param] | None = None, *,
              restrict: set[str] | None = None, is_async: bool = False) -> Callable[[Callable], Callable]:
@@ -59,7 +76,9 @@ class Vmod:
 
 
 # vmods we ship, by the name VCL imports them under
-KNOWN = {"std": "vmods.std", "directors": "vmods.directors", "tinykvm": "vmods.tinykvm"}
+KNOWN = {"std": "vmods.std", "directors": "vmods.directors", "tinykvm": "vmods.tinykvm",
+         "cookie": "vmods.cookie", "blob": "vmods.blob", "purge": "vmods.purge", "unix": "vmods.unix",
+         "proxy": "vmods.proxy"}
 
 
 class UnknownVmod(LookupError):

@@ -8,18 +8,18 @@ file_exists(), getenv() and syslog(), which are file/system functions by definit
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import os
 import random as _random
-import re
+import socket
 import syslog as _syslog
 import time as _time
-from calendar import timegm
-from email.utils import parsedate_tz
 
-from vcl.rtlib import INT_MAX, REAL_MAX, ascii_lower, ascii_upper
+from vcl.rtlib import INT_MAX, ascii_lower, ascii_upper
 from vcl.runtime import IP, Context, HeaderRef, HttpMessage, VCLFailure, parse_ip
-from vmods import Param, Vmod
+from vmods import Param, Vmod, vnum
 
 VMOD = Vmod("std")
 
@@ -48,24 +48,39 @@ def round_(ctx: Context, r: float) -> float:
 @VMOD.func("collect", "VOID", [Param("hdr", "HEADER"), _opt("sep", "STRING", ", ")])
 def collect(ctx: Context, hdr: HeaderRef, sep: str | None = ", ") -> None:
     if ctx.obj is not None and hdr.message is ctx.obj:
-        raise VCLFailure("std.collect(): obj.http headers cannot be changed")
+        raise VCLFailure("std.collect(): header argument can not be used here")
     values = hdr.message.headers.get_all(hdr.name)
     if len(values) > 1:
         hdr.message.headers.set(hdr.name, (sep if sep is not None else "").join(values))
 
 
+def _signed_chars(b: bytes) -> list[int]:
+    """A string as C's `char` sees it on x86: bytes over 0x7f are negative."""
+    return [c - 256 if c > 127 else c for c in b]
+
+
+def _prefix_cmp(a: list[int], b: list[int]) -> int:
+    """querysort's comparison: the first difference within the shorter one; a prefix is "equal"."""
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            return x - y
+    return 0
+
+
 @VMOD.func("querysort", "STRING", [Param("url", "STRING")])
 def querysort(ctx: Context, url: str | None) -> str | None:
+    """The query parameters sorted, empty ones dropped (vmod_std_querysort.c): a URL without '&'
+    after its '?' is returned as it is; the sort is glibc's stable merge sort on a prefix compare."""
     if url is None:
         return None
-    path, sep, query = url.partition("?")
-    if not sep:
+    raw = url.encode("utf-8", "surrogateescape")
+    q = raw.find(b"?")
+    if q < 0 or raw.find(b"&", q) < 0:
         return url
-    params = [p for p in query.split("&") if p]
-    if not params:
-        return path + "?"      # varnishd keeps the '?' of an empty query
-    params.sort()
-    return path + "?" + "&".join(params)
+    params = [p for p in raw[q + 1:].split(b"&") if p]
+    keyed = sorted(params, key=functools.cmp_to_key(
+        lambda a, b: _prefix_cmp(_signed_chars(a), _signed_chars(b))))
+    return (raw[:q + 1] + b"&".join(keyed)).decode("utf-8", "surrogateescape")
 
 
 @VMOD.func("toupper", "STRING", [Param("s", "STRANDS")])
@@ -87,43 +102,13 @@ def strstr(ctx: Context, s1: str | None, s2: str | None) -> str | None:
     return None if i < 0 else s1[i:]
 
 
-def _fnmatch_regex(pattern: str, pathname: bool, noescape: bool, period: bool) -> str:
-    """fnmatch(3) pattern -> Python regex, with FNM_PATHNAME / FNM_NOESCAPE / FNM_PERIOD."""
-    out = []
-    i, n = 0, len(pattern)
-    any_char = "[^/]" if pathname else "."
-    while i < n:
-        c = pattern[i]
-        # A leading period (start, or after '/' with pathname) only matches a literal period.
-        leading = period and (i == 0 or (pathname and pattern[i - 1] == "/"))
-        guard = "(?!\\.)" if leading else ""
-        if c == "\\" and not noescape and i + 1 < n:
-            out.append(re.escape(pattern[i + 1]))
-            i += 2
-            continue
-        if c == "*":
-            out.append(guard + any_char + "*")
-        elif c == "?":
-            out.append(guard + any_char)
-        elif c == "[":
-            start = i + 2 if pattern[i + 1:i + 2] in ("!", "^") else i + 1
-            end = pattern.find("]", start + 1)
-            if end < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1:end]
-                neg = body[:1] in ("!", "^")
-                if neg:
-                    body = body[1:]
-                body = body.replace("\\", "\\\\")
-                extra = "/" if neg and pathname else ""
-                out.append(guard + "[" + ("^" if neg else "") + body + extra + "]")
-                i = end + 1
-                continue
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
+# fnmatch(3) itself, as varnishd calls it: its bracket expressions, escapes and FNM_PATHNAME /
+# FNM_PERIOD rules are the reference, and Python's fnmatch module implements none of those flags.
+_libc = ctypes.CDLL(None, use_errno=False)
+_libc_fnmatch = _libc.fnmatch
+_libc_fnmatch.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int)
+_libc_fnmatch.restype = ctypes.c_int
+_FNM_PATHNAME, _FNM_NOESCAPE, _FNM_PERIOD = 1, 2, 4
 
 
 @VMOD.func("fnmatch", "BOOL", [Param("pattern", "STRING"), Param("subject", "STRING"),
@@ -131,10 +116,16 @@ def _fnmatch_regex(pattern: str, pathname: bool, noescape: bool, period: bool) -
                                _opt("period", "BOOL", False)])
 def fnmatch(ctx: Context, pattern: str | None, subject: str | None, pathname: bool = True,
             noescape: bool = False, period: bool = False) -> bool:
-    if pattern is None or subject is None:
-        raise VCLFailure("std.fnmatch(): pattern or subject is NULL")
-    regex = _fnmatch_regex(pattern, pathname, noescape, period)
-    return re.fullmatch(regex, subject, re.S) is not None
+    if pattern is None:
+        raise VCLFailure("std.fnmatch(): pattern is NULL")
+    if subject is None:
+        raise VCLFailure("std.fnmatch(): subject is NULL")
+    flags = (_FNM_PATHNAME if pathname else 0) | (_FNM_NOESCAPE if noescape else 0) | \
+        (_FNM_PERIOD if period else 0)
+    # C strings end at the first NUL
+    pat = pattern.encode("utf-8", "surrogateescape").split(b"\0", 1)[0]
+    sub = subject.encode("utf-8", "surrogateescape").split(b"\0", 1)[0]
+    return _libc_fnmatch(pat, sub, flags) == 0
 
 
 # ------------------------------------------------------------------ files
@@ -204,63 +195,168 @@ def port(ctx: Context, ip: IP | None) -> int:
 # ------------------------------------------------------------------ conversions
 
 
-def _number(text: str) -> float:
-    """A decimal number as varnishd's VNUM reads it: digits past the third decimal are ignored."""
-    whole, dot, frac = text.partition(".")
-    return float(f"{whole}{dot}{frac[:3]}") if dot and frac else float(whole or "0")
+# Optional arguments left out are UNSET (varnishd's valid_NAME is false); repr() is "Ellipsis", so
+# the compiler can emit it as the default. An unset STRING passed explicitly is None, which differs.
+UNSET = ...
+_INT_MAX = (1 << 53) - 1        # conversions go through a double: beyond 2**53 they would round
 
 
-def _only_one(fname: str, given: list[object]) -> None:
-    if sum(v is not None for v in given) > 1:
-        raise VCLFailure(f"std.{fname}(): only one argument may be given")
+def _conv(name: str, type_: str) -> Param:
+    return Param(name, type_, UNSET, optional=True)
 
 
-def _fallback(fname: str, fallback, what: str):
-    if fallback is None:
-        raise VCLFailure(f"std.{fname}(): conversion failed: {what}")
-    return fallback
+def _onearg(fname: str, *args: object) -> None:
+    """Exactly one value to convert: "std.real: too many arguments" / "not enough arguments"."""
+    given = sum(a is not UNSET for a in args)
+    if given != 1:
+        raise VCLFailure(f"std.{fname}: {'too many' if given > 1 else 'not enough'} arguments")
 
 
-_INT = re.compile(r"\s*(-?[0-9]+)\s*")      # varnishd takes no '+' sign
-_REAL = re.compile(r"\s*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))\s*")
-_DURATION = re.compile(r"\s*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))\s*(ms|s|m|h|d|w|y)\s*")
-_DUR_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-_BYTES = re.compile(r"\s*((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))\s*([bkmgtp]?)(b?)\s*", re.I)
-_BYTE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4, "p": 1024 ** 5}
+def _given(value: object) -> bool:
+    return value is not UNSET and value is not None
 
 
-@VMOD.func("integer", "INT", [_opt("s", "STRING"), _opt("fallback", "INT"), _opt("bool", "BOOL"),
-                              _opt("bytes", "BYTES"), _opt("duration", "DURATION"), _opt("real", "REAL"),
-                              _opt("time", "TIME")])
-def integer(ctx: Context, s=None, fallback=None, bool_=None, bytes_=None, duration=None, real=None,
-            time=None) -> int:
-    _only_one("integer", [s, bool_, bytes_, duration, real, time])
-    if bool_ is not None:
+@VMOD.func("integer", "INT", [_conv("s", "STRING"), _conv("fallback", "INT"), _conv("bool", "BOOL"),
+                              _conv("bytes", "BYTES"), _conv("duration", "DURATION"), _conv("real", "REAL"),
+                              _conv("time", "TIME")])
+def integer(ctx: Context, s=UNSET, fallback=UNSET, bool_=UNSET, bytes_=UNSET, duration=UNSET, real=UNSET,
+            time=UNSET) -> int:
+    _onearg("integer", s, bool_, bytes_, duration, real, time)
+    if bool_ is not UNSET:
         return 1 if bool_ else 0
-    for value in (bytes_, duration, real, time):
-        if value is not None:
-            if math.isnan(value) or math.isinf(value) or abs(value) >= 2 ** 63:
-                return _fallback("integer", fallback, "out of range")
-            return math.trunc(value)     # a C cast: toward zero
+    if bytes_ is not UNSET:
+        return int(bytes_)
+    errtxt = None
+    r = math.nan
+    if _given(s):
+        try:
+            value, end = vnum.parse_number(s)
+            if end == len(s) and value == math.trunc(value):
+                return int(value)
+        except vnum.NumError as exc:
+            errtxt = str(exc)
+    for value in (duration, real, time):
+        if value is not UNSET:
+            r = value
+    if not math.isnan(r) and not math.isinf(r):
+        r = math.trunc(r)
+        if -_INT_MAX <= r <= _INT_MAX:
+            return int(r)
+    if fallback is not UNSET:
+        return fallback
+    raise VCLFailure(f"std.integer: conversion failed: {errtxt}" if errtxt else "std.integer: conversion failed")
+
+
+@VMOD.func("real", "REAL", [_conv("s", "STRING"), _conv("fallback", "REAL"), _conv("integer", "INT"),
+                            _conv("bool", "BOOL"), _conv("bytes", "BYTES"), _conv("duration", "DURATION"),
+                            _conv("time", "TIME")])
+def real(ctx: Context, s=UNSET, fallback=UNSET, integer_=UNSET, bool_=UNSET, bytes_=UNSET, duration=UNSET,
+         time=UNSET) -> float:
+    _onearg("real", s, integer_, bool_, bytes_, duration, time)
+    if bool_ is not UNSET:
+        return 1.0 if bool_ else 0.0
+    for value in (integer_, bytes_, duration, time):
+        if value is not UNSET:
+            return float(value)
+    errtxt = None
+    if _given(s):
+        try:
+            return vnum.parse_decimal(s)
+        except vnum.NumError as exc:
+            errtxt = str(exc) or None
+    if fallback is not UNSET:
+        return fallback
+    raise VCLFailure(f"std.real: conversion failed: {errtxt}" if errtxt else "std.real: conversion failed")
+
+
+@VMOD.func("duration", "DURATION", [_conv("s", "STRING"), _conv("fallback", "DURATION"), _conv("real", "REAL"),
+                                    _conv("integer", "INT")])
+def duration(ctx: Context, s=UNSET, fallback=UNSET, real_=UNSET, integer_=UNSET) -> float:
+    _onearg("duration", s, real_, integer_)
+    if real_ is not UNSET:
+        return float(real_)
+    if integer_ is not UNSET:
+        return float(integer_)
+    if s is not UNSET:
+        r = vnum.duration(s)
+        if not math.isnan(r):
+            return r
+    if fallback is not UNSET:
+        return fallback
+    raise VCLFailure("std.duration: conversion failed")
+
+
+@VMOD.func("bytes", "BYTES", [_conv("s", "STRING"), _conv("fallback", "BYTES"), _conv("real", "REAL"),
+                              _conv("integer", "INT")])
+def bytes_(ctx: Context, s=UNSET, fallback=UNSET, real_=UNSET, integer_=UNSET) -> float:
+    _onearg("bytes", s, real_, integer_)
+    if s is not UNSET:
+        try:
+            r = vnum.to_bytes(s)
+            if r <= _INT_MAX:
+                return float(r)
+        except vnum.NumError:
+            pass
+    if real_ is not UNSET and not math.isnan(real_) and real_ >= 0:
+        rr = math.trunc(real_) if not math.isinf(real_) else real_
+        if rr <= _INT_MAX:
+            return float(rr)
+    if integer_ is not UNSET and integer_ >= 0:
+        return float(integer_)
+    if fallback is not UNSET:
+        return fallback
+    raise VCLFailure("std.bytes: conversion failed")
+
+
+@VMOD.func("ip", "IP", [Param("s", "STRING"), _conv("fallback", "IP"), Param("resolve", "BOOL", True, optional=True),
+                        _conv("p", "STRING")])
+def ip(ctx: Context, s: str | None, fallback=UNSET, resolve: bool = True, p=UNSET) -> IP:
+    """s (with port p, default 80) as an address; names are resolved unless resolve=false."""
     if s is not None:
-        m = _INT.fullmatch(s)
-        if m and abs(int(m.group(1))) <= INT_MAX:
-            return int(m.group(1))
-    return _fallback("integer", fallback, repr(s))
+        result = parse_ip(s, p if _given(p) else "80", resolve)
+        if result is not None:
+            return result
+    if fallback is not UNSET and fallback is not None:
+        return fallback
+    raise VCLFailure("std.ip: conversion failed")
 
 
-# The deprecated 4.x conversions, still in 7.1's std: round half away from zero, fallback when the
-# value is not finite or too big for an INT.
+@VMOD.func("time", "TIME", [_conv("s", "STRING"), _conv("fallback", "TIME"), _conv("real", "REAL"),
+                            _conv("integer", "INT")])
+def time(ctx: Context, s=UNSET, fallback=UNSET, real_=UNSET, integer_=UNSET) -> float:
+    """An HTTP date, an ISO 8601 time (UTC) or seconds since the epoch (> 0)."""
+    _onearg("time", s, real_, integer_)
+    if integer_ is not UNSET:
+        return float(integer_)
+    if real_ is not UNSET:
+        return float(real_)
+    if _given(s):
+        t = vnum.parse_http_date(s)
+        if t:
+            return t
+        r = vnum.vnum(s)
+        if not math.isnan(r) and r > 0:
+            return r
+    if fallback is not UNSET:
+        return fallback
+    raise VCLFailure("std.time: conversion failed")
+
+
+# The deprecated 4.x conversions, still in 7.1's std: fallback when the value is not finite or too big.
 @VMOD.func("real2integer", "INT", [Param("r", "REAL"), Param("fallback", "INT")])
 def real2integer(ctx: Context, r: float, fallback: int) -> int:
-    if not math.isfinite(r) or abs(r) >= 2 ** 63:
+    if not math.isfinite(r) or abs(r) > vnum.DECIMAL_MAX:       # VRT_REAL_is_valid
         return fallback
-    return int(round_(ctx, r))
+    value = int(round_(ctx, r))
+    return value if abs(value) <= INT_MAX else fallback         # VRT_INT_is_valid
 
 
 @VMOD.func("time2integer", "INT", [Param("t", "TIME"), Param("fallback", "INT")])
 def time2integer(ctx: Context, t: float, fallback: int) -> int:
-    return real2integer(ctx, t, fallback)
+    if not math.isfinite(t):
+        return fallback
+    value = round_(ctx, t)
+    return int(value) if -_INT_MAX <= value <= _INT_MAX else fallback
 
 
 @VMOD.func("real2time", "TIME", [Param("r", "REAL"), Param("fallback", "TIME")])
@@ -271,104 +367,6 @@ def real2time(ctx: Context, r: float, fallback: float) -> float:
 @VMOD.func("time2real", "REAL", [Param("t", "TIME"), Param("fallback", "REAL")])
 def time2real(ctx: Context, t: float, fallback: float) -> float:
     return t if math.isfinite(t) else fallback
-
-
-@VMOD.func("real", "REAL", [_opt("s", "STRING"), _opt("fallback", "REAL"), _opt("integer", "INT"),
-                            _opt("bool", "BOOL"), _opt("bytes", "BYTES"), _opt("duration", "DURATION"),
-                            _opt("time", "TIME")])
-def real(ctx: Context, s=None, fallback=None, integer_=None, bool_=None, bytes_=None, duration=None,
-         time=None) -> float:
-    _only_one("real", [s, integer_, bool_, bytes_, duration, time])
-    if bool_ is not None:
-        return 1.0 if bool_ else 0.0
-    for value in (integer_, bytes_, duration, time):
-        if value is not None:
-            return float(value)
-    if s is not None:
-        m = _REAL.fullmatch(s)
-        if m and abs(_number(m.group(1))) <= REAL_MAX:
-            return _number(m.group(1))
-    return _fallback("real", fallback, repr(s))
-
-
-@VMOD.func("duration", "DURATION", [_opt("s", "STRING"), _opt("fallback", "DURATION"), _opt("real", "REAL"),
-                                    _opt("integer", "INT")])
-def duration(ctx: Context, s=None, fallback=None, real_=None, integer_=None) -> float:
-    _only_one("duration", [s, real_, integer_])
-    if real_ is not None:
-        return float(real_)
-    if integer_ is not None:
-        return float(integer_)
-    if s is not None:
-        m = _DURATION.fullmatch(s)
-        if m:
-            return _number(m.group(1)) * _DUR_UNITS[m.group(2)]
-    return _fallback("duration", fallback, repr(s))
-
-
-@VMOD.func("bytes", "BYTES", [_opt("s", "STRING"), _opt("fallback", "BYTES"), _opt("real", "REAL"),
-                              _opt("integer", "INT")])
-def bytes_(ctx: Context, s=None, fallback=None, real_=None, integer_=None) -> float:
-    _only_one("bytes", [s, real_, integer_])
-    for value in (real_, integer_):
-        if value is not None:
-            if value < 0:
-                return _fallback("bytes", fallback, "negative")
-            return float(math.floor(value))
-    if s is not None:
-        m = _BYTES.fullmatch(s)
-        if m:
-            scale = _BYTE_UNITS[m.group(2).lower()]
-            value = _number(m.group(1))
-            if scale > 1 or value == int(value):      # no fraction of a byte
-                return float(math.floor(value * scale))
-    return _fallback("bytes", fallback, repr(s))
-
-
-@VMOD.func("ip", "IP", [Param("s", "STRING"), _opt("fallback", "IP"), _opt("resolve", "BOOL", True),
-                        _opt("p", "STRING")])
-def ip(ctx: Context, s: str | None, fallback: IP | None = None, resolve: bool = True,
-       p: str | None = None) -> IP:
-    if s is not None:
-        result = parse_ip(s, p or "80", resolve)
-        if result is not None:
-            return result
-    return _fallback("ip", fallback, repr(s))
-
-
-_ISO = re.compile(r"\s*(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\s*")
-_NUM_TIME = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?)\s*")
-
-
-def _parse_time(s: str) -> float | None:
-    m = _NUM_TIME.fullmatch(s)
-    if m:
-        return float(m.group(1))
-    m = _ISO.fullmatch(s)
-    if m:
-        y, mo, d, h, mi, se = (int(x) for x in m.groups())
-        return float(timegm((y, mo, d, h, mi, se, 0, 0, 0)))
-    parsed = parsedate_tz(s)
-    if parsed is None:
-        return None
-    tz = parsed[9] or 0
-    return float(timegm(parsed[:9]) - tz)
-
-
-@VMOD.func("time", "TIME", [_opt("s", "STRING"), _opt("fallback", "TIME"), _opt("real", "REAL"),
-                            _opt("integer", "INT")])
-def time(ctx: Context, s=None, fallback=None, real_=None, integer_=None) -> float:
-    _only_one("time", [s, real_, integer_])
-    for value in (real_, integer_):
-        if value is not None:
-            if value < 0:
-                return _fallback("time", fallback, "negative")
-            return float(value)
-    if s is not None:
-        t = _parse_time(s)
-        if t is not None:
-            return t
-    return _fallback("time", fallback, repr(s))
 
 
 @VMOD.func("strftime", "STRING", [Param("time", "TIME"), Param("format", "STRING")])
@@ -392,11 +390,18 @@ def syslog(ctx: Context, priority: int, s: str) -> None:
     _syslog.syslog(priority, s)
 
 
-@VMOD.func("timestamp", "VOID", [Param("s", "STRANDS")])
-def timestamp(ctx: Context, s: str) -> None:
+@VMOD.func("timestamp", "VOID", [Param("s", "STRING")])
+def timestamp(ctx: Context, s: str | None) -> None:
+    """A Timestamp record "LABEL: now since-start since-previous"; an empty label logs nothing."""
+    if not s:
+        return
     now = _time.time()
-    start = ctx.req_time or now
-    ctx.log.append(("Timestamp", f"{s}: {now:.6f} {now - start:.6f} {now - start:.6f}"))
+    start = ctx.req_time or ctx.bereq_time or now
+    task = ctx.priv_task if isinstance(ctx.priv_task, dict) else {}
+    prev = task.get("std.timestamp", start)
+    task["std.timestamp"] = now
+    ctx.priv_task = task
+    ctx.log.append(("Timestamp", f"{s}: {now:.6f} {now - start:.6f} {now - prev:.6f}"))
 
 
 # ------------------------------------------------------------------ control
@@ -434,9 +439,22 @@ def late_100_continue(ctx: Context, late: bool) -> None:
 
 @VMOD.func("set_ip_tos", "VOID", [Param("tos", "INT")])
 def set_ip_tos(ctx: Context, tos: int) -> None:
+    """IP_TOS (IPv4) or IPV6_TCLASS (IPv6) on the client connection, for what is sent from now on."""
     hook = getattr(ctx.session, "set_ip_tos", None)
     if hook is not None:
         hook(tos)
+        return
+    transport = getattr(ctx.session, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return          # no client connection (a backend task): varnishd asserts there is one
+    try:
+        if sock.family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+        elif sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+    except OSError:
+        pass            # VTCP_Check tolerates a connection the peer already closed
 
 
 @VMOD.func("rollback", "VOID", [Param("h", "HTTP")])

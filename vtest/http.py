@@ -57,6 +57,24 @@ def _num(s: str) -> float:
     return float(m.group(0))
 
 
+_INT_OPS = frozenset({"-eq", "-ne", "-lt", "-gt", "-le", "-ge"})
+
+
+def _strtoll(text: str) -> int:
+    """strtoll(text, NULL, 0): the leading integer, 0 when there is none."""
+    m = re.match(r"\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", text)
+    if m is None:
+        return 0
+    sign, digits = m.groups()
+    if digits[:2].lower() == "0x":
+        value = int(digits, 16)
+    elif digits.startswith("0"):
+        value = int(digits, 8)
+    else:
+        value = int(digits)
+    return -value if sign == "-" else value
+
+
 def compare(lhs: str | None, op: str, rhs: str | None) -> bool | None:
     """expect's operators; None means the operator is unknown."""
     cl = "<undef>" if lhs is None else lhs
@@ -71,6 +89,12 @@ def compare(lhs: str | None, op: str, rhs: str | None) -> bool | None:
         return cl == cr
     if op == "!=":
         return cl != cr
+    if op in _INT_OPS:
+        # varnishtest's integer comparisons: both sides read by strtoll(.., 0) (0x.. hex, 0.. octal)
+        if lhs is None or rhs is None:
+            return False
+        a, b = _strtoll(cl), _strtoll(cr)
+        return {"-eq": a == b, "-ne": a != b, "-lt": a < b, "-gt": a > b, "-le": a <= b, "-ge": a >= b}[op]
     if op not in ("<", ">", "<=", ">="):
         return None
     if lhs is None or rhs is None:
@@ -100,7 +124,7 @@ class Http:
         self.chunklen = 0
         self.head_method = False
         self.non_fatal = False  # per connection, like vtc_http's hp->fatal
-        self.gzip_level = 6
+        self.gzip_level = 0      # varnishtest gzips at level 0 (stored blocks) unless -gziplevel
         self.gzip_residual = -1
         self.commands: dict[str, Callable[[list[str]], None]] = {
             "txreq": self.cmd_txreq, "txresp": self.cmd_txresp,
@@ -348,7 +372,7 @@ class Http:
         return bytes(out)
 
     def _gzip(self, data: bytes) -> bytes:
-        co = zlib.compressobj(self.gzip_level, zlib.DEFLATED, 31)
+        co = zlib.compressobj(self.gzip_level, zlib.DEFLATED, 31, 9)
         return co.compress(data) + co.flush()
 
     @staticmethod

@@ -1,0 +1,93 @@
+"""Plain cache hits in process: CPU time per pipelined hit through ClientProtocol.data_received, with
+no sockets and no wrk, so the figure holds on a loaded machine. With --compare-root, another
+checkout (e.g. the base of a change) is measured in alternation with this one, in the same run.
+
+    python bench/hit_micro.py [--rounds 5] [--compare-root DIR]
+
+The object (1 KiB, cacheable) is put in the cache directly; every request is then a hit on the
+plain-hit template path. Prints the median us/hit per checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = r'''
+import asyncio, hashlib, sys, time
+from cacheserver.protocol import ClientProtocol
+from cacheserver.server import Server
+from vcl.runtime import HttpMessage
+
+
+class Sink(asyncio.Transport):
+    def write(self, data): pass
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 80)}.get(name, default)
+    def is_closing(self): return False
+    def pause_reading(self): pass
+    def resume_reading(self): pass
+    def close(self): pass
+    def abort(self): pass
+
+
+async def main():
+    srv = Server()
+    srv.vcl_load("boot", 'vcl 4.1;\nbackend default { .host = "127.0.0.1"; .port = "9"; }\n', "x.vcl")
+    srv.vcl_use("boot")
+    digest = hashlib.sha256(b"/obj#x#").digest()
+    req = HttpMessage("GET", "/obj", "HTTP/1.1")
+    oc = srv.storage.lookup(digest, req, time.time()).busy
+    oc.http = HttpMessage(proto="HTTP/1.1", status=200, reason="OK")
+    oc.http.headers.add("Content-Length", "1024")
+    oc.t_origin, oc.ttl, oc.xid = time.time(), 3600.0, 1
+    oc.append(b"x" * 1024)
+    srv.storage.unbusy(oc, req, None, None)
+    oc.finish(True)
+    proto = ClientProtocol(srv)
+    proto.connection_made(Sink())
+    batch = b"GET /obj HTTP/1.1\r\nHost: x\r\n\r\n" * 100
+    for _ in range(20):
+        proto.data_received(batch)
+    t0 = time.process_time()
+    for _ in range(500):
+        proto.data_received(batch)
+    used = time.process_time() - t0
+    assert srv.counters.cache_hit >= 52000, "not hits: the benchmark no longer fits the server"
+    print(used / 50000 * 1e6)
+
+asyncio.run(main())
+'''
+
+
+def one(root: Path) -> float:
+    out = subprocess.run([sys.executable, "-c", CHILD], cwd=root, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(root)), check=True).stdout
+    return float(out.strip())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--compare-root", type=Path, default=None, metavar="DIR")
+    args = ap.parse_args()
+    roots = [("this checkout", ROOT)]
+    if args.compare_root is not None:
+        roots.append((str(args.compare_root), args.compare_root.resolve()))
+    runs: dict[str, list[float]] = {name: [] for name, _ in roots}
+    for _ in range(args.rounds):
+        for name, root in roots:
+            runs[name].append(one(root))
+    for name, values in runs.items():
+        print(f"{name:30s} {statistics.median(values):6.2f} us/hit (median of {len(values)}: "
+              f"{', '.join(f'{v:.2f}' for v in values)})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""Delivery: cnt_transmit and the HTTP/1 writer (cache_req_fsm.c, cache_http1_deliver.c).
+
+`Delivery` is mixed into ClientRequest (fsm.py). `_transmit` decides, as varnishd's cnt_transmit,
+whether a body is sent and which delivery filters (VDP) run: `resp.filters` when VCL set it, else
+`vdp_default_list()` (esi, gunzip, range). Opening the filters may change the head (gunzip drops
+Content-Encoding, range makes a 206) and the delivered length; then the framing is decided once
+(Content-Length, chunked, or close) and the body goes out through one writer:
+
+- no filters and a complete object (the plain hit): head and body written at once, or through the
+  async "send" state a slice at a time when big (`_write`, `ast_send`);
+- anything else (a body still arriving, or filters): the async "stream" state reads the object as
+  it grows, runs the chain, and `_send_piece` frames each piece (chunked or not) and waits for the
+  client to read (idle_send_timeout, send_timeout) before the next.
+
+Every wait for the client is bounded in time, and at most about one slice (plus a gzip_buffer of
+filter output) is held per client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from cacheserver.filters import (
+    Chain,
+    DeliverCtx,
+    FilterError,
+    accepts_gzip,
+    open_chain,
+    stack,
+    vdp_default_list,
+)
+from cacheserver.http1 import serialize_head
+from cacheserver.rfc2616 import parse_date
+
+# A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
+_START_LINE_SLOTS = 5
+_LOST_HEADERS_500 = b"HTTP/1.1 500 Internal Server Error\r\nServer: Varnish\r\nConnection: close\r\n\r\n"
+
+if TYPE_CHECKING:
+    from cacheserver.storage import ObjCore
+    from vcl.runtime import HttpMessage
+
+# Writes at least this big go out as two writes (no concatenation copy).
+_BIG = 65536
+# Bodies past this are sent by the async "send" state, a slice at a time, each slice waiting for the
+# client to read (idle_send_timeout, send_timeout): a client costs at most about this much buffer.
+_DIRECT = 256 * 1024
+_SLICE = 256 * 1024
+
+
+def resp_filters_default(ctx) -> str:
+    """resp.filters as varnishd would choose them for this response (resp_Get_Filter_List)."""
+    oc = ctx.obj_oc
+    params = ctx.server.params
+    req_headers = ctx.req.headers
+    resp = ctx.resp
+    return vdp_default_list(
+        esi=oc is not None and oc.esi_data is not None and not ctx.disable_esi,
+        gunzip=(params.http_gzip_support and oc is not None and oc.gzipped
+                and not accepts_gzip(req_headers.get("Accept-Encoding"))),
+        range_=(params.http_range_support and resp is not None and resp.status == 200
+                and "Range" in req_headers and not ctx.head_request))
+
+
+class Delivery:
+    """The delivery half of ClientRequest: transmit, plain-hit templates, the writer."""
+
+    # -- plain hits -------------------------------------------------------------------------------
+    # Most hits are a GET for a whole, complete object, with the built-in vcl_deliver (which changes
+    # nothing). Their response head differs from one hit to the next only in X-Varnish and Age, so
+    # the first such delivery keeps its head as a template and later ones fill in those two values.
+
+    def _plain_hit(self) -> bool:
+        oc = self.oc
+        if not (self.is_hit and self.keep_alive and oc.complete and self.method0 == "GET"
+                and "vcl_deliver" not in self.vcl.user_subs):
+            return False
+        headers = self.ctx.req.headers
+        if oc.gzipped or oc.esi_data is not None:
+            # a filter may be needed (gunzip for this client, ESI): only the plain gzip client
+            if oc.esi_data is not None or not accepts_gzip(headers.get("Accept-Encoding")):
+                return False
+        return ("range" not in headers and "if-none-match" not in headers
+                and "if-modified-since" not in headers and self.ctx.req.proto == "HTTP/1.1")
+
+    def _deliver_from_template(self) -> bool:
+        oc = self.oc
+        template = oc.fast_head
+        if template is None or template[0] is not self.vcl or template[1] is not oc.http:
+            return False
+        _, _, before_xid, before_age, rest = template
+        head = b"%sX-Varnish: %d %d\r\n%sAge: %d\r\n%s" % (
+            before_xid, self.ctx.xid, oc.xid, before_age, max(0, int(time.time() - oc.t_origin)), rest)
+        body = oc.body()
+        counters = self.server.counters
+        counters.s_resp_hdrbytes += len(head)
+        counters.s_resp_bodybytes += len(body)
+        self._write(head, body)
+        self._drop_object()
+        return True
+
+    def _keep_template(self, head: bytes) -> None:
+        """Cut the head of a plain hit around its X-Varnish and Age values, for the next hits."""
+        self._template_wanted = False
+        oc = self.oc
+        xid_line = b"X-Varnish: %d %d\r\n" % (self.ctx.xid, oc.xid)
+        i = head.find(xid_line)
+        j = head.find(b"\r\nAge: ", i) + 2
+        k = head.find(b"\r\n", j) + 2
+        if i < 0 or j < 2 or not self.keep_alive or self.ctx.resp.status != 200:
+            return
+        oc.fast_head = (self.vcl, oc.http, head[:i], head[i + len(xid_line):j], head[k:])
+
+    # -- the writer -------------------------------------------------------------------------------
+
+    def _write(self, head: bytes, body: bytes | memoryview) -> None:
+        """Head and a whole body: at once when small, else through the "send" state (send_data)."""
+        transport = self.session.transport
+        size = len(body)
+        if size < _BIG:
+            transport.write(head + body)
+        elif size <= _DIRECT:
+            transport.write(head)
+            transport.write(body)
+        else:
+            transport.write(head)
+            self.send_data = memoryview(body)
+
+    async def ast_send(self) -> None:
+        """A big body, a slice at a time, never more than one slice ahead of what the client read."""
+        data, self.send_data = self.send_data, None
+        session = self.session
+        transport = session.transport
+        deadline = time.monotonic() + self.server.params.send_timeout
+        for start in range(0, len(data), _SLICE):
+            if session.closed:
+                break
+            transport.write(data[start:start + _SLICE])
+            await session.drain(deadline)
+        if session.closed:
+            self.keep_alive = False
+        return None
+
+    async def _send_piece(self, data: bytes | memoryview) -> None:
+        """One piece of a streamed body: framed, written, and the client given time to read it."""
+        session = self.session
+        if session.closed:
+            return
+        transport = session.transport
+        size = len(data)
+        self.server.counters.s_resp_bodybytes += size
+        for start in range(0, size, _SLICE) if size > _SLICE else (0,):
+            part = data[start:start + _SLICE] if size > _SLICE else data
+            n = len(part)
+            if self.chunked:
+                if n < _BIG:
+                    transport.write(b"%x\r\n" % n + bytes(part) + b"\r\n")
+                else:
+                    transport.write(b"%x\r\n" % n)
+                    transport.write(part)
+                    transport.write(b"\r\n")
+            else:
+                transport.write(part)
+            await session.drain(self.send_deadline)
+            if session.closed:
+                return
+
+    # -- transmit ---------------------------------------------------------------------------------
+
+    def _if_range(self, resp: HttpMessage) -> bool:
+        """If-Range: the range applies only to the representation the client names."""
+        cond = self.ctx.req.headers.get("If-Range")
+        if cond is None:
+            return True
+        cond = cond.strip()
+        if cond.startswith('"') or cond.startswith("W/"):
+            etag = resp.headers.get("ETag")
+            return etag is not None and not cond.startswith("W/") and etag.strip() == cond
+        when = parse_date(cond)
+        lm = parse_date(resp.headers.get("Last-Modified"))
+        if lm is None and self.oc is not None:
+            lm = self._last_modified()
+        return when is not None and lm is not None and int(when) == int(lm)
+
+    def _open_vdps(self, resp: HttpMessage, oc: ObjCore, resp_len: int) -> tuple[Chain | None, int]:
+        """Stack and open the delivery filters; (None, length) when there are none."""
+        ctx = self.ctx
+        names = ctx.resp_filters
+        if names is None:
+            ctx.obj_oc = oc
+            ctx.head_request = self.method0 == "HEAD"
+            names = resp_filters_default(ctx)
+        if not names or names.isspace():
+            return None, resp_len
+        server = self.server
+        dc = DeliverCtx(resp, oc, ctx.req, resp_len, server.params, server.counters, self,
+                        self.bo is not None)
+        chain = open_chain(stack("vdp", names, self.vcl), dc)
+        if not chain.filters:
+            return None, dc.length
+        return chain, dc.length
+
+    def _transmit(self, resp: HttpMessage, oc: ObjCore, synth: bool = False) -> str | None:
+        """cnt_transmit + HTTP/1 delivery: filters, framing, then the bytes (or the streaming state)."""
+        headers = resp.headers
+        ctx = self.ctx
+        params = self.server.params
+        status = resp.status
+        complete = oc.complete
+        cl_text = headers.get("Content-Length")
+        clval = int(cl_text) if cl_text is not None and cl_text.strip().isdigit() else -1
+        resp_len = oc.length if complete else clval
+        if self.method0 == "HEAD":
+            sendbody = -1 if self.from_pass and not synth else 0
+        elif status < 200 or status in (204, 304):
+            resp_len = -1
+            sendbody = 0
+        else:
+            sendbody = 1
+        chain = None
+        if sendbody >= 0:
+            if params.http_range_support and status == 200 and not oc.private:
+                # pass and synth responses do ranges but do not announce them
+                headers.unset("Accept-Ranges")
+                headers.add("Accept-Ranges", "bytes")
+            try:
+                chain, resp_len = self._open_vdps(resp, oc, resp_len)
+            except FilterError as exc:
+                # varnishd: "Failure to push processors", and the connection goes, unanswered
+                ctx.log.append(("Error", str(exc)))
+                ctx.log.append(("Error", "Failure to push processors"))
+                self.keep_alive = False
+                self.session.close()
+                self._drop_object()
+                return None
+        if sendbody < 0:
+            sendbody = 0                 # pass + HEAD: the backend's Content-Length stands
+        elif not (clval >= 0 and clval == resp_len):
+            headers.unset("Content-Length")
+            if resp_len >= 0 and (sendbody or self.method0 == "HEAD"):
+                # a HEAD learns the length a GET would get (of the delivered representation)
+                headers.add("Content-Length", str(resp_len))
+        headers.unset("Transfer-Encoding")
+        if headers.get("Connection") is not None and headers.get("Connection").lower() == "close":
+            self.keep_alive = False
+        headers.unset("Connection")
+        headers.add("Connection", "keep-alive" if self.keep_alive else "close")
+        chunked = False
+        if sendbody and resp_len < 0:
+            if ctx.req.proto == "HTTP/1.1":
+                headers.add("Transfer-Encoding", "chunked")
+                chunked = True
+            else:
+                self.keep_alive = False
+                self.close_reason = "sc_tx_eof"
+                headers.set("Connection", "close")
+        lost = len(headers) - (self.server.params.http_max_hdr - _START_LINE_SLOTS)
+        if lost > 0:
+            return self._lost_headers(lost, chain)
+        head = serialize_head(resp)
+        if self._template_wanted and chain is None:
+            self._keep_template(head)
+        counters = self.server.counters
+        counters.s_resp_hdrbytes += len(head)
+        transport = self.session.transport
+        if not sendbody or resp_len == 0:
+            transport.write(head)
+            if chain is not None:
+                chain.close()
+            self._drop_object()
+            return None
+        self.chunked = chunked
+        if chain is None and complete:
+            body = oc.body()
+            counters.s_resp_bodybytes += len(body)
+            self._write(head, body)
+            self._drop_object()
+            return "send" if self.send_data is not None else None
+        if chain is not None and complete and not chain.is_async and 0 <= resp_len <= _DIRECT \
+                and oc.length <= _DIRECT and (oc.gzip_bits is None or oc.gzip_bits[3] <= _DIRECT):
+            # small and whole (inflated too): filter it here and write at once
+            try:
+                out = b"".join([*chain.push(oc.body()), *chain.end()])
+            except FilterError as exc:
+                ctx.log.append(("Error", str(exc)))
+                out = None
+            finally:
+                chain.close()
+            self._drop_object()
+            if out is None:
+                transport.write(head)
+                self.keep_alive = False
+                self.session.close()
+                return None
+            counters.s_resp_bodybytes += len(out)
+            self._write(head, out)
+            return "send" if self.send_data is not None else None
+        transport.write(head)
+        self.vdp_chain = chain
+        return "stream"
+
+    def _lost_headers(self, lost: int, chain) -> None:
+        """More headers than http_max_hdr holds (vcl_deliver set too many): varnishd loses them,
+        overflows the workspace and answers a bare 500 (V1D_Deliver), closing the connection."""
+        if chain is not None:
+            chain.close()
+        self.server.counters.losthdr += lost
+        self.ctx.log.append(("Error", "workspace_client overflow"))
+        self.keep_alive = False
+        self.close_reason = "sc_tx_error"
+        self.session.transport.write(_LOST_HEADERS_500)
+        self._drop_object()
+        return None
+
+    async def ast_stream(self) -> str | None:
+        """Deliver a body through the filters, or one still arriving from the backend."""
+        oc = self.oc
+        session = self.session
+        transport = session.transport
+        counters = self.server.counters
+        bo = self.bo
+        chain, self.vdp_chain = self.vdp_chain, None
+        cell = bo.reader if bo is not None and bo.oc is oc and bo.reader is not None else oc.open_reader()
+        deadline = self.send_deadline = time.monotonic() + self.server.params.send_timeout
+        chunked = self.chunked
+        failed = False
+        try:
+            whole = chain is not None and oc.complete
+            if whole:
+                # whole already: filter the stored body a slice at a time (no copy of it)
+                body = memoryview(oc.body())
+                for start in range(0, len(body), _SLICE):
+                    if session.closed:
+                        break
+                    await chain.apush(body[start:start + _SLICE], self._send_piece)
+            while not session.closed and not whole:
+                data = oc.read(cell)
+                if not data:
+                    if oc.complete or oc.failed:
+                        break
+                    try:
+                        async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                            await oc.wait_more()
+                    except TimeoutError:
+                        # send_timeout: the whole response took too long
+                        self.keep_alive = False
+                        session.send_timed_out()
+                        break
+                    continue
+                if chain is not None:
+                    await chain.apush(data, self._send_piece)
+                    continue
+                counters.s_resp_bodybytes += len(data)
+                if chunked:
+                    transport.write(b"%x\r\n" % len(data) + data + b"\r\n" if len(data) < _BIG
+                                    else b"%x\r\n" % len(data))
+                    if len(data) >= _BIG:
+                        transport.write(data)
+                        transport.write(b"\r\n")
+                else:
+                    transport.write(data)
+                await session.drain(deadline)
+            if chain is not None and oc.complete and not session.closed:
+                await chain.aend(self._send_piece)
+        except FilterError as exc:
+            # a filter found the body bad mid-delivery: the client can be told only by closing
+            self.ctx.log.append(("Error", str(exc)))
+            failed = True
+        finally:
+            if chain is not None:
+                chain.close()
+            oc.close_reader(cell)
+            if bo is not None:
+                bo.reader = None
+            self.bo = None
+            self.oc = None
+        if oc.failed or failed:
+            # the backend failed mid-body: the client cannot be told but by closing
+            self.keep_alive = False
+            self.close_reason = "sc_tx_error"
+            if failed:
+                session.close()
+            return None
+        if chunked and not session.closed:
+            transport.write(b"0\r\n\r\n")
+        return None

@@ -1,0 +1,669 @@
+"""Body filters, shaped like Varnish's VFP (fetch) and VDP (delivery) processors (cache_filter.h).
+
+The contract
+------------
+A filter is a small object made fresh for each body it processes; its class carries its `name`
+(what `beresp.filters` / `resp.filters` list) and `kind` ("vfp" or "vdp").
+
+    open(fc) -> bool      Called once, before the first byte, with a FetchCtx (VFP) or DeliverCtx
+                          (VDP). It may change the headers (fc.http) and, for a VDP, the delivered
+                          length (dc.length, -1: unknown). Returning False leaves the filter out of
+                          this chain (Varnish's VFP_NULL / a VDP init returning > 0).
+    push(data) -> Iterable[bytes]
+                          Takes the next piece of the body, returns (or yields) what goes on to the
+                          next filter. Output must come in bounded pieces (at most gzip_buffer
+                          bytes for expanding filters), so that a 1 GB body never sits in memory.
+    end() -> Iterable[bytes]
+                          The body is complete: flush what is held back.
+    close() -> None       Always called once the chain is done (error or not): release resources.
+
+A filter that finds the body bad raises FilterError: on the fetch side that is a fetch error (503
+when nothing was delivered yet, a truncated stream otherwise), on the delivery side the connection
+is closed.
+
+A VDP (delivery only) may yield, besides bytes, an async iterator of bytes (e.g. an ESI include's
+body as it is fetched): the async chain runner sends each of its pieces through the filters below
+it with back-pressure. A chain with such a filter runs only in the async delivery state.
+
+Which filters run is decided apart from running them: `vfp_default_list()` and `vdp_default_list()`
+are pure functions of the object and request (vbf_default_filter_list and resp_Get_Filter_List in
+Varnish); their result is what `beresp.filters` / `resp.filters` read, VCL may set another list,
+and `stack()` turns a list into filter instances. Filters are found by name among the built-in ones
+and those of the vmods the VCL imports (`Vmod.filter()` in vmods/__init__.py).
+
+For ESI: the "esi" VFP and VDP and the "esi_gzip" VFP are slots (placeholders here) that
+`replace_builtin()` fills; the parse goes to `oc.esi_data` (OA_ESIDATA: its presence puts "esi" in
+the default delivery list); a VDP reaches the request through `DeliverCtx.request` and may yield async
+iterators (include bodies); `oc.gzip_bits` and `GzipSplicer` give one gzip stream of gzipped and
+plain pieces for gzip clients (the "gunzip" VDP below "esi" serves the others).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Union
+
+from vcl.rtlib import req_gzip as accepts_gzip  # noqa: F401 - RFC2616_Req_Gzip, shared with VCL
+
+if TYPE_CHECKING:
+    from cacheserver.storage import ObjCore
+    from vcl.runtime import HttpMessage
+
+Piece = Union[bytes, AsyncIterator[bytes]]
+
+# Size of the gzip header zlib writes (no name, no extra field): where the deflate data starts.
+_GZIP_HEADER = 10
+
+
+class FilterError(Exception):
+    """A filter could not process the body (bad gzip, ...), or a filter list names no filter."""
+
+
+@dataclass(slots=True)
+class FetchCtx:
+    """What a VFP sees: the response headers it may rewrite and the object being filled."""
+
+    http: HttpMessage          # beresp as VCL left it; becomes the object's headers
+    oc: ObjCore
+    params: object
+    counters: object
+
+
+@dataclass(slots=True)
+class DeliverCtx:
+    """What a VDP sees: the response about to go out, the object, and the delivered length."""
+
+    http: HttpMessage          # resp; a VDP may change it until the head is written
+    oc: ObjCore | None
+    req: HttpMessage           # the client's request (Range, Accept-Encoding, ...)
+    length: int                # delivered body length, -1 when unknown
+    params: object
+    counters: object
+    request: object = None     # the ClientRequest (ESI needs its session, VCL and context)
+    fetched: bool = False      # this request ran the fetch: it delivers as the body arrives
+
+
+class Filter:
+    """Base class: a filter that passes everything through (subclasses override what they need)."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+
+    def open(self, fc) -> bool:
+        return True
+
+    def push(self, data: bytes) -> Iterable[Piece]:
+        return (data,)
+
+    def end(self) -> Iterable[Piece]:
+        return ()
+
+    def close(self) -> None:
+        pass
+
+
+# -- the gzip headers Varnish rewrites ------------------------------------------------------------
+
+def weaken_etag(http: HttpMessage) -> None:
+    """RFC2616_Weaken_Etag: a changed representation keeps only a weak validator."""
+    etag = http.headers.get("ETag")
+    if etag is None or etag.startswith("W/"):
+        return
+    http.headers.unset("ETag")
+    http.headers.add("ETag", "W/" + etag)
+
+
+def vary_accept_encoding(http: HttpMessage) -> None:
+    """RFC2616_Vary_AE: the representation depends on Accept-Encoding."""
+    vary = http.headers.get("Vary")
+    if vary is None:
+        http.headers.add("Vary", "Accept-Encoding")
+        return
+    if any(t.strip().lower() == "accept-encoding" for t in vary.split(",")):
+        return
+    http.headers.unset("Vary")
+    http.headers.add("Vary", vary + ", Accept-Encoding")
+
+
+# -- gzip, gunzip, testgunzip ----------------------------------------------------------------------
+# The object records Varnish's OA_GZIPBITS as oc.gzip_bits = (start_bit, last_bit, stop_bit, length):
+# where the deflate data starts, where its last block starts, where it stops (bit offsets in the
+# stored body), and the uncompressed length. An ESI page splices gzipped fragments with these bits.
+# zlib does not report block positions, so:
+#   - what we gzip ourselves ends with a sync flush and then an empty final block, which makes the
+#     bits exact (last_bit byte-aligned: the fragment's data is body[start//8:last//8]);
+#   - a backend's gzip (testgunzip) records start_bit and the length only (last_bit = stop_bit = -1):
+#     a splicer must recompress such a fragment (or wrap its inflated bytes) instead of cutting it.
+
+def _bounded_inflate(d, data: bytes, limit: int) -> Iterator[bytes]:
+    """Inflate `data`, yielding at most `limit` bytes at a time (zip bombs stay bounded)."""
+    try:
+        out = d.decompress(data, limit)
+        while True:
+            if out:
+                yield out
+            tail = d.unconsumed_tail
+            if not tail or d.eof:
+                break
+            out = d.decompress(tail, limit)
+    except zlib.error as exc:
+        raise FilterError(f"Invalid Gzip data: {exc}") from None
+    if d.eof and d.unused_data:
+        raise FilterError("Junk after gzip data")
+
+
+def _gzip_header_length(body_start: bytes) -> int:
+    """The length of a gzip member's header (RFC 1952 2.3), or the usual 10 when it cannot be told."""
+    if len(body_start) < 10:
+        return _GZIP_HEADER
+    flags = body_start[3]
+    pos = 10
+    try:
+        if flags & 4:                                   # FEXTRA
+            pos += 2 + int.from_bytes(body_start[pos:pos + 2], "little")
+        for bit in (8, 16):                             # FNAME, FCOMMENT: zero-terminated
+            if flags & bit:
+                pos = body_start.index(b"\0", pos) + 1
+        if flags & 2:                                   # FHCRC
+            pos += 2
+    except ValueError:
+        return _GZIP_HEADER
+    return pos
+
+
+class _GzipBase(Filter):
+    kind = "vfp"
+
+    def __init__(self) -> None:
+        self.fc: FetchCtx | None = None
+        self.limit = 32768
+
+    def _applies(self, fc: FetchCtx) -> bool:
+        # gzip makes no sense on a partial response; it is a 1:1 transform, so leave it be
+        return fc.http.status != 206
+
+
+class GzipVFP(_GzipBase):
+    """Compress a plain body as it is stored (beresp.do_gzip)."""
+
+    name = "gzip"
+
+    def open(self, fc: FetchCtx) -> bool:
+        if not self._applies(fc) or "Content-Encoding" in fc.http.headers:
+            return False
+        params = fc.params
+        self.fc = fc
+        self.z = zlib.compressobj(params.gzip_level, zlib.DEFLATED, 16 + 15, params.gzip_memlevel)
+        self.size_in = 0
+        self.size_out = 0
+        fc.counters.n_gzip += 1
+        fc.oc.gzipped = True
+        headers = fc.http.headers
+        headers.unset("Content-Encoding")
+        headers.unset("Content-Length")
+        weaken_etag(fc.http)
+        headers.add("Content-Encoding", "gzip")
+        vary_accept_encoding(fc.http)
+        return True
+
+    def push(self, data: bytes) -> Iterable[bytes]:
+        self.size_in += len(data)
+        out = self.z.compress(data)
+        self.size_out += len(out)
+        return (out,) if out else ()
+
+    def end(self) -> Iterable[bytes]:
+        body = self.z.flush(zlib.Z_SYNC_FLUSH)
+        last = self.size_out + len(body)
+        tail = self.z.flush(zlib.Z_FINISH)      # an empty final block (10 bits), then the trailer
+        self.fc.oc.gzip_bits = (_GZIP_HEADER * 8, last * 8, last * 8 + 10, self.size_in)
+        return (body + tail,)
+
+
+class GunzipVFP(_GzipBase):
+    """Store a gzipped body plain (beresp.do_gunzip)."""
+
+    name = "gunzip"
+
+    def open(self, fc: FetchCtx) -> bool:
+        if not self._applies(fc) or (fc.http.headers.get("Content-Encoding") or "").lower() != "gzip":
+            return False
+        self.fc = fc
+        self.limit = fc.params.gzip_buffer
+        self.z = zlib.decompressobj(16 + 15)
+        fc.counters.n_gunzip += 1
+        fc.oc.gzipped = False
+        fc.http.headers.unset("Content-Encoding")
+        fc.http.headers.unset("Content-Length")
+        weaken_etag(fc.http)
+        return True
+
+    def push(self, data: bytes) -> Iterable[bytes]:
+        if self.z.eof:
+            if data:
+                raise FilterError("Junk after gzip data")
+            return ()
+        return _bounded_inflate(self.z, data, self.limit)
+
+    def end(self) -> Iterable[bytes]:
+        if not self.z.eof:
+            raise FilterError("Gunzip error at the very end")
+        return ()
+
+
+class TestGunzipVFP(_GzipBase):
+    """Check a backend's gzip as it is stored unchanged, and learn its uncompressed length."""
+
+    name = "testgunzip"
+
+    def open(self, fc: FetchCtx) -> bool:
+        if not self._applies(fc) or (fc.http.headers.get("Content-Encoding") or "").lower() != "gzip":
+            return False
+        self.fc = fc
+        self.limit = fc.params.gzip_buffer
+        self.z = zlib.decompressobj(16 + 15)
+        self.head = b""
+        self.size_out = 0
+        fc.counters.n_test_gunzip += 1
+        fc.oc.gzipped = True
+        vary_accept_encoding(fc.http)
+        return True
+
+    def push(self, data: bytes) -> Iterable[bytes]:
+        if len(self.head) < 64:
+            self.head += data[:64]
+        if self.z.eof:
+            if data:
+                raise FilterError("Junk after gzip data")
+            return ()
+        for piece in _bounded_inflate(self.z, data, self.limit):
+            self.size_out += len(piece)
+        return (data,)
+
+    def end(self) -> Iterable[bytes]:
+        if not self.z.eof:
+            raise FilterError("tGunzip failed")
+        self.fc.oc.gzip_bits = (_gzip_header_length(self.head) * 8, -1, -1, self.size_out)
+        return ()
+
+
+# -- one gzip stream out of many pieces (for ESI) -------------------------------------------------
+
+def _gf2_times(mat: list[int], vec: int) -> int:
+    out = 0
+    i = 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+def _gf2_square(mat: list[int]) -> list[int]:
+    return [_gf2_times(mat, mat[n]) for n in range(32)]
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC-32 of A+B from crc(A), crc(B) and len(B) (zlib's crc32_combine, which Python's zlib
+    module does not offer): a spliced gzip trailer without reading the fragments again."""
+    if len2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << n for n in range(31)]      # the operator for one zero bit
+    even = _gf2_square(odd)                                  # two zero bits
+    odd = _gf2_square(even)                                  # four
+    while True:
+        even = _gf2_square(odd)                              # apply len2 zero bytes to crc1
+        if len2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _gf2_square(even)
+        if len2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2
+
+
+class GzipSplicer:
+    """Assembles one gzip stream from plain bytes and stored gzip bodies, for ESI delivery to a
+    gzip client (what cache_esi_deliver.c does with ved_stripgzip / ved_pretend_gzip).
+
+    header() first, then any mix of plain(data) and gzipped(body, bits), then finish(). A gzipped
+    body whose bits are exact (we gzipped it: see GzipVFP) is spliced as it is stored, without
+    recompressing; one a backend gzipped (bits unknown) is inflated and deflated again. Plain bytes
+    are deflated by zlib and fully flushed, so nothing refers across a splice. Output pieces are
+    bounded by the input given (and gzip_buffer for inflated ones)."""
+
+    def __init__(self, level: int = 6, memlevel: int = 8, buffer: int = 32768) -> None:
+        self.z = zlib.compressobj(level, zlib.DEFLATED, -15, memlevel)
+        self.buffer = buffer
+        self.crc = 0
+        self.length = 0
+
+    def header(self) -> bytes:
+        return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"
+
+    def plain(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        self.crc = zlib.crc32(data, self.crc)
+        self.length += len(data)
+        return self.z.compress(data) + self.z.flush(zlib.Z_FULL_FLUSH)
+
+    def gzipped(self, body: bytes | memoryview, bits: tuple[int, int, int, int] | None) -> Iterator[bytes]:
+        body = memoryview(body)
+        if bits is not None and bits[1] >= 0 and bits[1] % 8 == 0 and bits[0] % 8 == 0 and len(body) >= 8:
+            trailer = bytes(body[-8:])
+            crc = int.from_bytes(trailer[:4], "little")
+            size = bits[3]
+            self.crc = crc32_combine(self.crc, crc, size)
+            self.length += size
+            yield bytes(body[bits[0] // 8:bits[1] // 8])
+            return
+        d = zlib.decompressobj(16 + 15)
+        for piece in _bounded_inflate(d, body, self.buffer):
+            yield self.plain(piece)
+        if not d.eof:
+            raise FilterError("Gunzip error at the very end")
+
+    def finish(self) -> bytes:
+        tail = self.z.flush(zlib.Z_FINISH)          # the final (empty) block
+        return tail + (self.crc & 0xFFFFFFFF).to_bytes(4, "little") + \
+            (self.length & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+# -- delivery filters ------------------------------------------------------------------------------
+
+class GunzipVDP(Filter):
+    """Deliver a gzipped object plain to a client that does not accept gzip."""
+
+    name = "gunzip"
+    kind = "vdp"
+
+    def open(self, dc: DeliverCtx) -> bool:
+        self.limit = dc.params.gzip_buffer
+        self.z = zlib.decompressobj(16 + 15)
+        dc.counters.n_gunzip += 1
+        dc.http.headers.unset("Content-Encoding")
+        dc.length = -1
+        oc = dc.oc
+        # the uncompressed length is known once the whole object is in (varnishd: no busy object
+        # any more, so never for the request that ran the fetch)
+        if (oc is not None and oc.complete and not dc.fetched and oc.gzip_bits is not None
+                and oc.gzip_bits[3]):
+            dc.length = oc.gzip_bits[3]
+        return True
+
+    def push(self, data: bytes) -> Iterable[bytes]:
+        if self.z.eof:
+            if data:
+                raise FilterError("junk after VGZ_END")
+            return ()
+        return _bounded_inflate(self.z, data, self.limit)
+
+
+class RangeVDP(Filter):
+    """Answer a Range request on the delivered representation (cache_range.c): 206 with the span,
+    416 when it cannot be satisfied, the whole body when the range does not apply."""
+
+    name = "range"
+    kind = "vdp"
+
+    def __init__(self) -> None:
+        self.lo, self.hi = 0, -1
+        self.pos = 0
+
+    def open(self, dc: DeliverCtx) -> bool:
+        from cacheserver.http1 import reason_for
+        from cacheserver.ranges import RangeError, parse_range
+
+        rng = dc.req.headers.get("Range")
+        if rng is None or dc.http.status != 200:
+            return False
+        if_range = getattr(dc.request, "_if_range", None)
+        if if_range is not None and not if_range(dc.http):
+            return False
+        resp = dc.http
+        try:
+            span = parse_range(rng, dc.length)
+        except RangeError:
+            if dc.length >= 0:
+                resp.headers.add("Content-Range", f"bytes */{dc.length}")
+            resp.status, resp.reason = 416, "Requested Range Not Satisfiable"
+            dc.length = 0
+            return True                 # lo > hi: nothing passes
+        if span is None:
+            return False
+        self.lo, self.hi = span
+        total = dc.length
+        resp.headers.add("Content-Range",
+                         f"bytes {self.lo}-{self.hi}/{total}" if total >= 0 else f"bytes {self.lo}-{self.hi}/*")
+        dc.length = self.hi - self.lo + 1
+        resp.status, resp.reason = 206, reason_for(206)
+        return True
+
+    def push(self, data: bytes) -> Iterable[bytes]:
+        start, self.pos = self.pos, self.pos + len(data)
+        if self.pos <= self.lo or start > self.hi:
+            return ()
+        return (data[max(self.lo - start, 0):self.hi + 1 - start],)
+
+
+class EsiSlotVDP(Filter):
+    """Placeholder for ESI delivery (another branch fills it in): passes the body through."""
+
+    name = "esi"
+    kind = "vdp"
+
+    def open(self, dc: DeliverCtx) -> bool:
+        return False
+
+
+class EsiSlotVFP(Filter):
+    """Placeholder for the ESI parser at fetch time (another branch fills it in)."""
+
+    name = "esi"
+    kind = "vfp"
+
+    def open(self, fc: FetchCtx) -> bool:
+        return False
+
+
+class EsiGzipSlotVFP(Filter):
+    """Placeholder for ESI parsing of a body stored gzipped: gzips what comes through for now."""
+
+    name = "esi_gzip"
+    kind = "vfp"
+
+    def open(self, fc: FetchCtx) -> bool:
+        self.gzip = GzipVFP()
+        return self.gzip.open(fc)
+
+    def push(self, data: bytes) -> Iterable[bytes]:
+        return self.gzip.push(data)
+
+    def end(self) -> Iterable[bytes]:
+        return self.gzip.end()
+
+
+# -- registry and lists ----------------------------------------------------------------------------
+
+@dataclass
+class Registry:
+    """Filters by kind and name. The built-in one is shared; each vmod may add its own."""
+
+    vfp: dict[str, type[Filter]] = field(default_factory=dict)
+    vdp: dict[str, type[Filter]] = field(default_factory=dict)
+
+    def add(self, cls: type[Filter]) -> type[Filter]:
+        table = self.vfp if cls.kind == "vfp" else self.vdp
+        if cls.kind not in ("vfp", "vdp") or not cls.name:
+            raise ValueError(f"filter {cls!r} needs a name and a kind (vfp or vdp)")
+        if cls.name in table and table[cls.name] is not cls:
+            raise ValueError(f"{cls.name}: {cls.kind.upper()} name already used")
+        table[cls.name] = cls
+        return cls
+
+
+BUILTIN = Registry()
+for _cls in (TestGunzipVFP, GunzipVFP, GzipVFP, EsiSlotVFP, EsiGzipSlotVFP, EsiSlotVDP, GunzipVDP,
+             RangeVDP):
+    BUILTIN.add(_cls)
+del _cls
+
+
+def replace_builtin(cls: type[Filter]) -> None:
+    """Put another implementation in a built-in slot (the ESI filters fill the "esi" slots)."""
+    (BUILTIN.vfp if cls.kind == "vfp" else BUILTIN.vdp)[cls.name] = cls
+
+
+def _vmod_registries(vcl) -> list[Registry]:
+    out = []
+    for name in sorted(getattr(vcl, "uses", ()) or ()):
+        try:
+            from vmods import load
+            vmod = load(name)
+        except LookupError:
+            continue
+        registry = getattr(vmod, "filters", None)
+        if registry is not None:
+            out.append(registry)
+    return out
+
+
+def stack(kind: str, names: str, vcl=None) -> list[Filter]:
+    """Fresh filter instances for a filter list, top first; FilterError names one not found."""
+    registries = [BUILTIN] + _vmod_registries(vcl)
+    out = []
+    rest = names
+    for word in names.split():
+        for registry in registries:
+            cls = getattr(registry, kind).get(word)
+            if cls is not None:
+                break
+        else:
+            rest = names[names.index(word):]
+            raise FilterError(f"Filter '...{rest}' not found")
+        out.append(cls())
+    return out
+
+
+def vfp_default_list(*, body_none: bool, content_length: int | None, content_encoding: str | None,
+                     do_gzip: bool, do_gunzip: bool, do_esi: bool, gzip_support: bool) -> str:
+    """The fetch filters a body gets unless VCL sets beresp.filters (vbf_default_filter_list)."""
+    if body_none or content_length == 0:
+        return ""
+    if not gzip_support:
+        do_gzip = do_gunzip = False
+    is_gzip = content_encoding is not None and content_encoding.lower() == "gzip"
+    is_plain = content_encoding is None
+    do_gunzip = do_gunzip and is_gzip        # only a gzipped body is gunzipped
+    do_gzip = do_gzip and is_plain           # only a plain one is gzipped
+    out = ""
+    if do_gunzip or (is_gzip and do_esi):
+        out += " gunzip"
+    if do_esi and (do_gzip or (is_gzip and not do_gunzip)):
+        return out + " esi_gzip"
+    if do_esi:
+        return out + " esi"
+    if do_gzip:
+        out += " gzip"
+    if is_gzip and not do_gunzip:
+        out += " testgunzip"
+    return out
+
+
+def vdp_default_list(*, esi: bool, gunzip: bool, range_: bool) -> str:
+    """The delivery filters a response gets unless VCL sets resp.filters (resp_Get_Filter_List)."""
+    out = ""
+    if esi:
+        out += " esi"
+    if gunzip:
+        out += " gunzip"
+    if range_:
+        out += " range"
+    return out
+
+
+# -- running a chain -------------------------------------------------------------------------------
+
+class Chain:
+    """Opened filters, top first. push()/end() run them synchronously (bytes only); apush()/aend()
+    run them in the async delivery state, where a VDP may also yield async iterators."""
+
+    __slots__ = ("filters", "is_async")
+
+    def __init__(self, filters: list[Filter]) -> None:
+        self.filters = filters
+        self.is_async = any(getattr(f, "is_async", False) for f in filters)
+
+    def push(self, data: bytes) -> Iterator[bytes]:
+        return self._run(0, data)
+
+    def end(self) -> Iterator[bytes]:
+        return self._end(0)
+
+    def _run(self, i: int, data: bytes) -> Iterator[bytes]:
+        if i == len(self.filters):
+            if data:
+                yield data
+            return
+        for piece in self.filters[i].push(data):
+            yield from self._run(i + 1, piece)
+
+    def _end(self, i: int) -> Iterator[bytes]:
+        if i == len(self.filters):
+            return
+        for piece in self.filters[i].end():
+            yield from self._run(i + 1, piece)
+        yield from self._end(i + 1)
+
+    async def apush(self, data: bytes, sink) -> None:
+        """Send `data` through the chain into `sink` (an async callable taking bytes)."""
+        await self._arun(0, data, sink)
+
+    async def aend(self, sink) -> None:
+        for i in range(len(self.filters)):
+            for piece in self.filters[i].end():
+                await self._apiece(i + 1, piece, sink)
+
+    async def _arun(self, i: int, data: bytes, sink) -> None:
+        if i == len(self.filters):
+            if data:
+                await sink(data)
+            return
+        for piece in self.filters[i].push(data):
+            await self._apiece(i + 1, piece, sink)
+
+    async def _apiece(self, i: int, piece: Piece, sink) -> None:
+        if isinstance(piece, (bytes, bytearray, memoryview)):
+            await self._arun(i, piece, sink)
+            return
+        async for part in piece:
+            await self._arun(i, part, sink)
+
+    def close(self) -> None:
+        for f in self.filters:
+            try:
+                f.close()
+            except Exception:  # closing must not hide the error that ended the chain
+                pass
+
+
+def open_chain(filters: list[Filter], fc) -> Chain:
+    """Open filters top first, leaving out those that decline (VFP_NULL)."""
+    opened = []
+    try:
+        for f in filters:
+            if f.open(fc):
+                opened.append(f)
+    except Exception:
+        Chain(opened).close()
+        raise
+    return Chain(opened)
