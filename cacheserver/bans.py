@@ -118,9 +118,13 @@ def _test(test: BanTest, oc: ObjCore, req: HttpMessage | None, now: float) -> bo
         return value is not None and value == test.arg
     if op == "!=":
         return value is None or value != test.arg
+    # A missing header is unequal to anything, but neither matches nor fails to match a regex
+    # (varnishd 7.1: `!~` never kills an object for a header that is not there).
+    if value is None:
+        return False
     if op == "~":
-        return value is not None and test.regex.search(value) is not None
-    return value is None or test.regex.search(value) is None
+        return test.regex.search(value) is not None
+    return test.regex.search(value) is None
 
 
 def split_args(expr: str) -> list[str]:

@@ -22,8 +22,11 @@ def test_if_none_match_is_answered_304_from_cache(make):
     status, h, body = cache.get("/", headers={"If-None-Match": '"v1"'})
     assert status == 304 and body == b"" and "content-length" not in h
     assert h["etag"] == '"v1"'
-    status, _, body = cache.get("/", headers={"If-None-Match": 'W/"v1", "other"'})
+    status, _, body = cache.get("/", headers={"If-None-Match": 'W/"v1"'})
     assert status == 304                                  # weak comparison
+    # varnishd 7.1.1 compares the whole value, not a list (tests/vtc/r00004.vtc)
+    status, _, body = cache.get("/", headers={"If-None-Match": 'W/"v1", "other"'})
+    assert status == 200
     status, _, body = cache.get("/", headers={"If-None-Match": '"v2"'})
     assert status == 200 and body == b"0123456789"
     assert len(backend.requests) == 1                     # the client's condition never reached it

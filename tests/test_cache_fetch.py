@@ -92,7 +92,7 @@ sub vcl_backend_fetch { set bereq.first_byte_timeout = 0.3s; }
     assert time.monotonic() - t0 < 1.5
 
 
-def test_between_bytes_timeout_breaks_a_streamed_body(make):
+def test_between_bytes_timeout_before_delivery_is_503(make):
     vcl = """vcl 4.1;
 BACKEND
 sub vcl_backend_fetch { set bereq.between_bytes_timeout = 0.3s; }
@@ -100,6 +100,26 @@ sub vcl_backend_response { set beresp.do_stream = false; }
 """
     cache, _ = make(vcl, lambda req: Resp(chunks=[(0, b"a"), (1.5, b"b")]))
     _assert_503(cache)
+
+
+def test_between_bytes_timeout_breaks_a_streamed_body(make):
+    """Streaming (the default): the client has the head and the first chunk, then the connection
+    closes with no last chunk, as varnishd 7.1.1 does (tests/vtc/r00010.vtc, checked with varnishtest)."""
+    vcl = """vcl 4.1;
+BACKEND
+sub vcl_backend_fetch { set bereq.between_bytes_timeout = 0.3s; }
+"""
+    cache, _ = make(vcl, lambda req: Resp(chunks=[(0, b"a"), (1.5, b"b")]))
+    data = b""
+    with cache.proc.connect() as sock:
+        sock.settimeout(10)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Transfer-Encoding: chunked" in head
+    assert body == b"1\r\na\r\n"                 # "b" and the last chunk never come
+    assert cache.cli.counters()["fetch_failed"] == 1
 
 
 def test_connect_timeout_parameter(make):

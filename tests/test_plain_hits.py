@@ -46,6 +46,27 @@ def test_template_hits_send_the_same_head_as_the_full_path(make):
     assert normalised(plain_heads[2]) == normalised(plain_heads[1])
 
 
+# varnishd 7.1.1's heads for the same origin response and the same four requests on one connection
+# (miss, then three hits), recorded with `varnishd -F -b` in front of test_cache_support.Backend.
+VARNISHD_HEADS = [
+    b'HTTP/1.1 200 X\r\nCache-Control: max-age=60\r\nETag: "e1"\r\nContent-Length: 100\r\n'
+    b"Date: Mon, 30 Nov 2026 04:51:47 GMT\r\nX-Varnish: 2\r\nAge: 0\r\nVia: 1.1 varnish (Varnish/7.1)\r\n"
+    b"Accept-Ranges: bytes\r\nConnection: keep-alive\r\n\r\n",
+] + [
+    b'HTTP/1.1 200 X\r\nCache-Control: max-age=60\r\nETag: "e1"\r\nContent-Length: 100\r\n'
+    b"Date: Mon, 30 Nov 2026 04:51:47 GMT\r\nX-Varnish: %d 3\r\nAge: 0\r\nVia: 1.1 varnish (Varnish/7.1)\r\n"
+    b"Accept-Ranges: bytes\r\nConnection: keep-alive\r\n\r\n" % xid for xid in (4, 5, 6)
+]
+
+
+def test_template_and_full_path_send_varnishds_bytes(make):
+    """Both paths against varnishd's recorded bytes, so a mistake they share fails too."""
+    for vcl in (PLAIN, WITH_DELIVER):
+        cache, _ = make(vcl, origin)
+        heads = fetch_heads(cache, 4)
+        assert [normalised(h) for h in heads] == [normalised(h) for h in VARNISHD_HEADS]
+
+
 def test_template_hits_number_transactions_and_count_bytes(make):
     cache, _ = make(PLAIN, origin)
     heads = fetch_heads(cache, 4)

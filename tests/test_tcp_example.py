@@ -32,10 +32,14 @@ def server():
 
 
 def test_docs_vcl_loads_with_one_warning_per_assumption(server):
-    text = "".join(server.output)
-    assert "assuming VCL 4.1" in text or "4.1" in text
-    assert "tinykvm" in text
-    assert "backend" in text
+    """Three assumptions (no vcl line, no backend, no import): three warning lines, one for each."""
+    server.wait_for_output("Child launched OK")
+    warnings = [ln.split(".vcl: ", 1)[1] for ln in "".join(server.output).splitlines() if ".vcl: " in ln]
+    assert sorted(warnings) == sorted([
+        "no 'vcl 4.1;' line, assuming VCL 4.1",
+        "no backend declared, assuming 'backend default none;'",
+        "'tinykvm' used without 'import tinykvm;', importing it",
+    ])
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
@@ -377,3 +381,64 @@ def test_wrk_style_load_on_tcp_sees_no_errors(server):
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         assert sum(pool.map(lambda _: client(), range(16))) == 16 * 50
+
+
+FAILING_STEAL_VCL = """vcl 4.1;
+import tinykvm;
+backend default none;
+sub vcl_recv {
+	if (req.url ~ "^/steal/") {
+		if (tinykvm.steal(regsub(req.url, "^/steal/", ""), req.url)) {
+			return (synth(123));
+		}
+		return (synth(404));
+	}
+	return (synth(200));
+}
+"""
+# Fails while loading, every time.
+BROKEN_PROGRAM = 'raise ImportError("no such thing")\n'
+# Dies inside on_connect the first time (a marker file says it did), accepts after its restart.
+DIES_ONCE_PROGRAM = '''import os
+from kvm_api import set_socket_on_connect, wait_for_requests, write
+
+MARK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "died")
+
+
+def on_connect(fd, remote, arg):
+    if not os.path.exists(MARK):
+        open(MARK, "w").close()
+        os._exit(3)
+    write(fd, b"HTTP/1.1 200 OK\\r\\nContent-Length: 5\\r\\n\\r\\nalive")
+    return True
+
+
+set_socket_on_connect(on_connect)
+wait_for_requests()
+'''
+
+
+def test_steal_of_a_program_that_fails_to_load_or_dies_during_the_steal(tmp_path):
+    """Either is a VCL failure (503) for that request only: the server keeps serving, and a program
+    that died is started again by the next steal. Breaks tried: programs.py not restarting a dead
+    program (the third steal then fails too) and a ProgramError answered as a refusal in protocol.py
+    (steal() false: 404, not 503): each fails this test."""
+    (tmp_path / "steal.vcl").write_text(FAILING_STEAL_VCL)
+    (tmp_path / "broken.py").write_text(BROKEN_PROGRAM)
+    (tmp_path / "dies.py").write_text(DIES_ONCE_PROGRAM)
+    srv = ServerProcess("-f", str(tmp_path / "steal.vcl"))
+    try:
+        def get(url: str) -> tuple[bytes, bytes]:
+            with srv.connect() as sock:
+                sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % url.encode())
+                return read_response(sock)
+
+        for url in ("/steal/broken", "/steal/dies"):
+            head, _ = get(url)
+            assert head.startswith(b"HTTP/1.1 503 VCL failed\r\n"), (url, head)
+            assert get("/")[0].startswith(b"HTTP/1.1 200 "), url      # the server keeps serving
+        head, body = get("/steal/dies")                                 # started again, accepts
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"alive"
+        assert get("/steal/broken")[0].startswith(b"HTTP/1.1 503 VCL failed\r\n")
+    finally:
+        srv.stop()

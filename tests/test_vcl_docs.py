@@ -116,7 +116,6 @@ def test_doc_vcl_other_urls_fall_through_to_builtin():
 
 def test_real_tinykvm_vmod_description_is_accepted():
     compiled = compile_vcl(COMPLETE_VCL, "tcp.vcl")
-    assert "await" in compiled.python_source
     assert asyncio.iscoroutinefunction(compiled.subs["vcl_recv"])
     assert not asyncio.iscoroutinefunction(compiled.subs["vcl_deliver"])
 
@@ -147,7 +146,6 @@ def test_async_propagates_through_user_subs():
     calls: list = []
     compiled = compile_vcl(src, "d.vcl", extra_vmods={"tinykvm": fake_tinykvm({"hello": True}, calls)})
     assert compiled.async_subs == {"vcl_recv"}
-    assert "await sub_steal_it(ctx)" in compiled.python_source
     assert asyncio.run(compiled.subs["vcl_recv"](make_ctx("/"))) == Action("synth", (123, ""))
 
 

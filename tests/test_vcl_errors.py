@@ -6,6 +6,14 @@ we report the character column (a tab is one), so VCC's "Pos 13" after one tab i
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import pytest
 
 from vcl.compiler import compile_vcl
@@ -16,7 +24,7 @@ H = "vcl 4.1;\nimport std;\nbackend default none;\n"   # the cases below start o
 
 CASES = {
     "unknown_var": (H + 'sub vcl_recv {\n\tset req.foo = "x";\n}\n', 5, 6, "Symbol not found: 'req.foo'"),
-    "unknown_var_read": (H + "sub vcl_recv {\n\tif (req.bar) {}\n}\n", 5, 6, "Symbol not found: 'req.bar'"),
+    "unknown_var_read": (H + "sub vcl_recv {\n\tif (req.bar) {}\n}\n", 5, 10, "Unknown property 'bar' for type HTTP"),
     "wrong_type": (H + 'sub vcl_recv {\n\tset req.ttl = "x";\n}\n', 5, 16,
                    "Expression has type STRING, expected DURATION"),
     "not_avail_read": (H + "sub vcl_recv {\n\tset req.http.x = resp.status;\n}\n", 5, 19,
@@ -37,7 +45,7 @@ CASES = {
     "undefined_sub": (H + "sub vcl_recv {\n\tcall nope;\n}\n", 5, 7, "Undefined sub nope, first reference:"),
     "unused_sub": (H + "sub foo {\n}\n", 4, 5, "Unused sub foo, defined:"),
     "recursion": (H + "sub foo {\n\tcall bar;\n}\nsub bar {\n\tcall foo;\n}\nsub vcl_recv {\n\tcall foo;\n}\n",
-                  4, 5, "Subroutine recurses on"),
+                  7, 5, "Subroutine recurses on"),
     "self_recursion": (H + "sub foo {\n\tcall foo;\n}\nsub vcl_recv {\n\tcall foo;\n}\n", 4, 5,
                        "Subroutine recurses on"),
     "unused_backend": ('vcl 4.1;\nbackend a { .host = "127.0.0.1"; }\nbackend b { .host = "127.0.0.2"; }\n',
@@ -71,20 +79,20 @@ CASES = {
     "vmod_unknown": ("vcl 4.1;\nimport nope;\nbackend default none;\n", 2, 8, "Could not find VMOD nope"),
     "vmod_not_imported": (H.replace("import std;\n", "\n") + 'sub vcl_recv {\n\tstd.log("x");\n}\n', 5, 2,
                           "Symbol not found: 'std.log'"),
-    "func_void_expr": (H + 'sub vcl_recv {\n\tset req.http.x = std.log("a");\n}\n', 5, 19, "Function returns VOID:"),
-    "func_missing_arg": (H + "sub vcl_recv {\n\tset req.http.x = std.strstr(req.url);\n}\n", 5, 19,
+    "func_void_expr": (H + 'sub vcl_recv {\n\tset req.http.x = std.log("a");\n}\n', 5, 26, "Function returns VOID:"),
+    "func_missing_arg": (H + "sub vcl_recv {\n\tset req.http.x = std.strstr(req.url);\n}\n", 5, 37,
                          "Argument 's2' missing"),
     "func_unknown_named_arg": (H + "sub vcl_recv {\n\tset req.http.x = std.integer(s=\"1\", nope=2);\n}\n",
                                5, 38, "Unknown argument 'nope'"),
     "func_wrong_arg_type": (H + 'sub vcl_recv {\n\tset req.http.x = std.port("1.2.3.4::80");\n}\n', 5, 28,
                             "IP constant"),
-    "bytes_in_string": (H + "sub vcl_recv {\n\tset req.http.x = 10KB;\n}\n", 5, 19, "Unknown duration unit 'KB'"),
+    "bytes_in_string": (H + "sub vcl_recv {\n\tset req.http.x = 10KB;\n}\n", 5, 21, "Unknown duration unit 'KB'"),
     "int_times_duration": (H + "sub vcl_backend_response {\n\tset beresp.ttl = 3 * 1m;\n}\n", 5, 21,
                            "INT * DURATION not possible."),
     "string_mul": (H + 'sub vcl_recv {\n\tset req.http.x = "a" * 2;\n}\n', 5, 23,
                    "Operator * not possible on type STRING."),
     "string_minus": (H + "sub vcl_recv {\n\tset req.http.x = req.url - 1;\n}\n", 5, 27, "STRING - INT not possible."),
-    "bare_return_in_method": (H + "sub vcl_recv {\n\treturn;\n}\n", 5, 2, "Expected '(' got ';'"),
+    "bare_return_in_method": (H + "sub vcl_recv {\n\treturn;\n}\n", 5, 8, "Expected '(' got ';'"),
     "synth_needs_int": (H + 'sub vcl_deliver {\n\treturn (synth("a"));\n}\n', 5, 16,
                         "Expression has type STRING, expected INT"),
     "via_sub": (H + 'sub foo {\n\tset resp.http.x = "1";\n}\nsub vcl_recv {\n\tcall foo;\n}\n'
@@ -115,6 +123,62 @@ def test_error_position_and_message(name):
     first = str(err).splitlines()[0]
     assert first.startswith(f"{name}.vcl:{line}:{col}: {message}"), first
     assert (err.filename, err.line, err.col) == (f"{name}.vcl", line, col)
+
+
+VARNISHD = shutil.which("varnishd") or ("/usr/sbin/varnishd" if os.path.exists("/usr/sbin/varnishd") else None)
+_POS = re.compile(r"^(?:At: )?\('(?:[^']*)' Line (\d+) Pos (\d+)\)")
+
+
+def vcc_report(stderr: str, source: str) -> tuple[str, int, int]:
+    """(first message line, line, column) of `varnishd -C`'s report; the column counts a tab as one."""
+    lines = stderr.splitlines()
+    lines = lines[next(i for i, ln in enumerate(lines) if ln.startswith("Message from VCC")) + 1:]
+    message = pos = None
+    skip_source = False
+    for ln in lines:
+        m = _POS.match(ln)
+        if m:
+            if pos is None:
+                pos = (int(m.group(1)), int(m.group(2)))
+            skip_source = True
+            continue
+        if skip_source:                     # the quoted source line under a position
+            skip_source = False
+            continue
+        if ln.strip() and not re.fullmatch(r"[-#]+", ln) and message is None:
+            message = ln
+    line, vcc_pos = pos
+    col, x = 1, 0                            # VCC's Pos expands tabs to multiples of 8
+    for ch in source.split("\n")[line - 1]:
+        if x + 1 >= vcc_pos:
+            break
+        x = (x // 8 + 1) * 8 if ch == "\t" else x + 1
+        col += 1
+    return message, line, col
+
+
+@pytest.mark.skipif(VARNISHD is None, reason="varnishd not installed")
+def test_every_case_is_what_varnishd_reports():
+    """Each case's message, line and column, as `varnishd -C` reports them (not from our output)."""
+    # varnishd drops privileges before reading the file: a world-readable directory under /tmp.
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+
+        def vcc(name: str) -> tuple[str, tuple[str, int, int]]:
+            path = Path(tmp) / f"{name}.vcl"
+            path.write_text(CASES[name][0])
+            path.chmod(0o644)
+            run = subprocess.run([VARNISHD, "-C", "-f", str(path)], capture_output=True, text=True, timeout=60)
+            return name, vcc_report(run.stderr, CASES[name][0])
+
+        with ThreadPoolExecutor(4) as pool:
+            live = dict(pool.map(vcc, sorted(CASES)))
+    wrong = {}
+    for name, (message, line, col) in live.items():
+        _, want_line, want_col, want_message = CASES[name]
+        if (line, col) != (want_line, want_col) or not message.startswith(want_message.split("\n")[0]):
+            wrong[name] = (message, line, col)
+    assert wrong == {}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

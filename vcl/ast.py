@@ -109,6 +109,8 @@ class Call(Expr):
     args: list[Arg]
     # `expr.method()` on a computed value: the expression (name is then ".method").
     target: Expr | None = None
+    # The closing parenthesis (where VCC reports a missing argument), when the parser kept it.
+    close_pos: Pos | None = None
     # Filled by the checker.
     ref: object = field(default=None, init=False)
     bound: list[Expr | None] = field(default_factory=list, init=False)

@@ -268,7 +268,7 @@ class Checker(ExprChecker, XrefChecker):
     def _return(self, stmt: ast.Return, method_body: bool) -> None:
         if stmt.action is None:
             if method_body:
-                raise VCLError("Expected '(' got ';'", stmt.pos)
+                raise VCLError("Expected '(' got ';'", stmt.action_pos or stmt.pos)
             return
         name = stmt.action
         if name not in symbols.ACTIONS:

@@ -14,6 +14,10 @@ from vcl.regex import check_regex
 from vcl.runtime import parse_ip
 from vmods import Func, ObjectType, Vmod
 
+# The names VCC 7.1 knows as symbols of type HTTP (obj and req_top are not): `req.nope` read in an
+# expression is an unknown property of one of them, not an unknown symbol.
+_HTTP_SYMBOLS = frozenset({"req", "bereq", "beresp", "resp"})
+
 # Vmods that may be used without an `import` line (with a warning), as the docs' examples do.
 IMPLICIT_IMPORTS = frozenset({"tinykvm"})
 
@@ -224,8 +228,9 @@ class ExprChecker:
         if isinstance(e, ast.BytesLit):
             if fmt != "BYTES":
                 unit = e.text.lstrip("0123456789.")
+                at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(e.text) - len(unit), len(unit))
                 raise VCLError(f"Unknown duration unit '{unit}'\nLegal duration units are 'ms', 's', 'm', "
-                               "'h', 'd', 'w' and 'y'", e.pos)
+                               "'h', 'd', 'w' and 'y'", at)
             e.type = "BYTES"
             return e
         if isinstance(e, ast.Name):
@@ -301,6 +306,11 @@ class ExprChecker:
             if head in self.vmods or head in IMPLICIT_IMPORTS:
                 raise VCLError(f"Symbol '{name}' type (FUNC) can not be used in expression without "
                                "arguments.", e.pos)
+            if head in _HTTP_SYMBOLS:
+                # VCC reads `req` as a symbol of type HTTP, then `.bar` as a property of it
+                prop = name.split(".")[1]
+                at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1, len(prop))
+                raise VCLError(f"Unknown property '{prop}' for type HTTP", at)
             raise VCLError(f"Symbol not found: '{name}'", e.pos)
         if var.type == "BODY" or var.get == "None":
             raise VCLError(f"Cannot convert {var.type} to STRING.", e.pos)
@@ -392,7 +402,8 @@ class ExprChecker:
 
     def _func_result(self, e: ast.Call, func: Func, statement: bool) -> ast.Expr:
         if func.ret == "VOID" and not statement:
-            raise VCLError("Function returns VOID:", e.pos)
+            # VCC has read the name and stops at the '(' that follows it
+            raise VCLError("Function returns VOID:", ast.Pos(e.pos.file, e.pos.line, e.pos.col + e.pos.length))
         e.type = "STRING" if func.ret in types.STRING_FORMS or func.ret == "HEADER" else func.ret
         return e
 
@@ -418,7 +429,13 @@ class ExprChecker:
             bound[idx] = self._arg(arg.value, params[idx])
         for i, p in enumerate(params):
             if bound[i] is None and not p.optional and p.default is None:
-                raise VCLError(f"Argument '{p.name}' missing", e.pos)
+                if e.close_pos is None:
+                    raise VCLError(f"Argument '{p.name}' missing", e.pos)
+                # VCC stops at the ')' and names the call it was compiling
+                call = ast.Pos(e.pos.file, e.pos.line, e.pos.col,
+                               max(e.close_pos.col - e.pos.col, 1) if e.close_pos.line == e.pos.line else 1)
+                raise VCLError(f"Argument '{p.name}' missing", e.close_pos,
+                               [("While compiling function call:", call)])
         e.bound = bound
 
     def _arg(self, value: ast.Expr, param) -> ast.Expr:

@@ -179,8 +179,10 @@ class _ToAst(Transformer):
 
     def return_(self, children):
         kw = children[0]
-        if len(children) == 1:
-            return ast.Return(self._p(kw), None, None, [])
+        if len(children) == 1 or getattr(children[1], "type", None) == "SEMICOLON":
+            # bare `return;`: the ';' is where VCC wanted '(' (action_pos)
+            semi = children[1] if len(children) > 1 else None
+            return ast.Return(self._p(kw), None, self._p(semi) if semi is not None else None, [])
         name, args = children[1]
         return ast.Return(self._p(kw), str(name), self._p(name), args)
 
@@ -293,11 +295,11 @@ class _ToAst(Transformer):
         return ast.Name(self._p(tok), text)
 
     def call(self, children):
-        tok, args = children
+        tok, args, rpar = children
         name = str(tok)
         if name.lower() in ("regsub", "regsuball"):
             name = name.lower()
-        return ast.Call(self._p(tok), name, args or [])
+        return ast.Call(self._p(tok), name, args or [], close_pos=self._p(rpar))
 
     def paren(self, children):
         return children[0]

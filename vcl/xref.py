@@ -65,14 +65,16 @@ class XrefChecker:
             state[name] = 1
             for callee, pos in self.subs[name].calls:
                 if state.get(callee) == 1:
+                    # VCC reports the sub it re-entered, then the calls back to it, innermost first
                     notes = [(f'...called from "{caller}"', p) for caller, p in path + [(name, pos)]
                              if caller != "<root>"]
-                    raise VCLError("Subroutine recurses on", self.subs[callee].pos, notes[-2:] or notes)
+                    notes = notes[-2:] or notes
+                    raise VCLError("Subroutine recurses on", self.subs[callee].pos, notes[::-1])
                 if state.get(callee) is None:
                     visit(callee, path + [(name, pos)])
             state[name] = 2
 
-        for name in self.subs:
+        for name in sorted(self.subs):      # VCC walks its symbol table, which is sorted by name
             if state.get(name) is None:
                 visit(name, [])
 

@@ -1,0 +1,499 @@
+"""cache_rfc2616.c, cache_range.c and cache_ban.c rules as plain function calls, with a frozen clock.
+
+Fast on purpose: these are the tests the mutation run (tools/mutate.py) uses for rfc2616.py, ranges.py
+and bans.py. Every expected value comes from varnishd 7.1.1: the same inputs are in
+tests/vtc/r00001.vtc (ranges), r00002.vtc (TTLs) and r00003.vtc (bans), which pass under varnishtest.
+"""
+
+from __future__ import annotations
+
+import re
+from email.utils import formatdate
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cacheserver.bans import BanError, BanList, build, split_args
+from cacheserver.ranges import RangeError, parse_range
+from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl, header_field, rfc2616_time
+from vcl.runtime import Context, Headers, HttpMessage
+
+NOW = 1_700_000_000.0
+PARAMS = SimpleNamespace(default_ttl=120.0, default_grace=10.0, default_keep=0.0, clock_skew=10.0)
+D1990 = "Mon, 01 Jan 1990 00:00:00 GMT"
+E1990 = "Mon, 01 Jan 1990 00:01:40 GMT"
+
+
+def http_date(t: float) -> str:
+    return formatdate(t, usegmt=True)
+
+
+def ttl_of(headers, status=200, params=PARAMS):
+    ctx = Context(method="vcl_backend_response", hash_parts=[])
+    ctx.beresp = HttpMessage(status=status, reason="", headers=Headers(headers))
+    t_origin = compute_ttl(ctx, params, NOW)
+    return ctx.beresp_ttl, ctx.beresp_grace, t_origin
+
+
+@pytest.mark.parametrize("headers, status, ttl, grace", [
+    ([], 200, 120, 10),
+    ([("Date", D1990), ("Expires", E1990)], 200, 100, 10),          # clocks disagree: Expires - Date
+    ([("Date", D1990), ("Expires", "Sun, 31 Dec 1989 23:59:59 GMT")], 200, 0, 10),   # before Date
+    ([("Expires", E1990)], 200, 0, 10),                             # no Date, Expires in our past
+    ([("Expires", "garbage")], 200, 120, 10),                       # unparseable: as if absent
+    ([("Expires", "Thu, 01 Jan 1970 00:00:00 GMT")], 200, 120, 10),  # VTIM_parse gives 0: absent
+    ([("Cache-Control", "max-age=10x")], 200, 0, 10),
+    ([("Cache-Control", 'max-age="30"')], 200, 0, 10),
+    ([("Cache-Control", "max-age="), ("Expires", E1990)], 200, 0, 10),   # empty value: 0, not Expires
+    ([("Cache-Control", "max-age=-5")], 200, 0, 10),
+    ([("Cache-Control", "max-age=30.9")], 200, 30, 10),
+    ([("Cache-Control", "max-age=30 , public")], 200, 30, 10),
+    ([("Cache-Control", "max-age=30, s-maxage=40")], 200, 40, 10),
+    ([("Cache-Control", "max-age=30"), ("Age", "5")], 200, 25, 10),
+    ([("Cache-Control", "max-age=30"), ("Age", "5x")], 200, 30, 10),
+    ([("Cache-Control", "max-age=30"), ("Age", "50")], 200, -20, 10),
+    ([("Cache-Control", "max-age=30, stale-while-revalidate=")], 200, 30, 0),
+    ([("Cache-Control", "max-age=30, stale-while-revalidate=5")], 200, 30, 5),
+    ([], 302, 0, 10),                                               # -1, which VCL reads as 0
+    ([("Cache-Control", "max-age=5")], 302, 5, 10),
+    ([("Cache-Control", "max-age=5")], 500, 0, 10),
+    ([("Cache-Control", "public"), ("Cache-Control", "max-age=33")], 200, 33, 10),
+    ([("Cache-Control", "MAX-AGE=44")], 200, 44, 10),
+    ([("Cache-Control", "max-age=30, max-age=20")], 200, 30, 10),   # the first one decides
+    ([("Cache-Control", "xmax-age=30")], 200, 120, 10),
+    # relative to the clock (r00002.vtc's /ahead, /near, /past)
+    ([("Date", http_date(NOW + 20)), ("Expires", http_date(NOW + 70))], 200, 50, 10),
+    ([("Date", http_date(NOW + 5)), ("Expires", http_date(NOW + 1000))], 200, 1000, 10),
+    ([("Date", http_date(NOW)), ("Expires", http_date(NOW - 30))], 200, 0, 10),
+    # Expires equal to a Date near our clock is not "expired already": it counts from our clock
+    ([("Date", http_date(NOW + 5)), ("Expires", http_date(NOW + 5))], 200, 5, 10),
+    # a TTL of 0 from the clock still takes stale-while-revalidate (the test is ttl >= 0)
+    ([("Date", http_date(NOW - 5)), ("Expires", http_date(NOW - 2)),
+      ("Cache-Control", "stale-while-revalidate=7")], 200, 0, 7),
+    ([("Cache-Control", "max-age=0, stale-while-revalidate=5")], 200, 0, 5),
+])
+def test_ttl_and_grace_as_rfc2616_ttl_sets_them(headers, status, ttl, grace):
+    got_ttl, got_grace, _ = ttl_of(headers, status)
+    assert (got_ttl, got_grace) == (ttl, grace)
+
+
+def test_clock_skew_is_the_parameter_and_its_edge_is_exclusive():
+    # |Date - now| == clock_skew is outside the window: Expires then counts from Date.
+    headers = [("Date", http_date(NOW + 10)), ("Expires", http_date(NOW + 70))]
+    assert ttl_of(headers)[0] == 60
+    assert ttl_of(headers, params=SimpleNamespace(**{**vars(PARAMS), "clock_skew": 11.0}))[0] == 70
+    assert ttl_of([("Date", http_date(NOW - 9)), ("Expires", http_date(NOW + 70))])[0] == 70
+
+
+def test_age_moves_the_origin_time_and_keep_is_the_parameter():
+    assert ttl_of([("Age", "7")])[2] == NOW - 7
+    assert ttl_of([])[2] == NOW
+    ctx = Context(method="vcl_backend_response", hash_parts=[])
+    ctx.beresp = HttpMessage(status=200, headers=Headers([("Age", "7")]))
+    compute_ttl(ctx, SimpleNamespace(**{**vars(PARAMS), "default_keep": 3.0}), NOW)
+    assert (ctx.beresp_age, ctx.beresp_keep) == (7.0, 3.0)
+
+
+def test_collect_header_joins_fields_where_the_first_was():
+    h = Headers([("A", "1"), ("Cache-Control", "public"), ("B", "2"), ("cache-control", "max-age=3")])
+    collect_header(h, "Cache-Control")
+    assert h.get_all("Cache-Control") == ["public, max-age=3"]
+    assert [f[0] for f in h._fields] == ["A", "Cache-Control", "B"]
+    one = Headers([("Vary", "X")])
+    collect_header(one, "Vary")
+    assert one.get_all("Vary") == ["X"]
+
+
+def test_bad_vary_is_a_field_name_over_127_bytes():
+    assert not bad_vary(None) and not bad_vary("") and not bad_vary("A, " + "x" * 127)
+    assert bad_vary("A, " + "x" * 128) and bad_vary("x" * 128 + ",B")
+    assert not bad_vary("a" * 100 + "," + "b" * 100)           # two names, each short enough
+
+
+@pytest.mark.parametrize("text, value", [
+    ("30", 30), (" 30", 30), ("30 ", 30), ("30,", 30), ("30.5", 30), ("30x", 0), ("-3", 0), ("", 0),
+    ("+4", 4), ("99999999999", 2 ** 32 - 1), ("30\t,", 30), ("30X", 0), ("30\x0b", 0),
+    # strtoul negates a number after blanks in unsigned arithmetic: huge, so UINT_MAX
+    (" -5", 2 ** 32 - 1), (" -18446744073709551615", 1), (" -99999999999999999999", 2 ** 32 - 1),
+    (" -18446744073709551616", 2 ** 32 - 1), ("18446744073709551616", 2 ** 32 - 1),
+    ("4294967295", 2 ** 32 - 1), ("4294967294", 2 ** 32 - 2),
+])
+def test_rfc2616_time(text, value):
+    assert rfc2616_time(text) == value
+
+
+@pytest.mark.parametrize("value, name, found", [
+    ("max-age=3", "max-age", "3"), ("public, max-age = 3", "max-age", "3"), ("max-age", "max-age", None),
+    ("xmax-age=3", "max-age", False), ("max-agex=3", "max-age", False), ("a=1,max-age=2", "max-age", "2"),
+    ("", "max-age", False), ("max-age;x=1", "max-age", None), (",,max-age=1", "max-age", "1"),
+    ("Xmax-age=3", "max-age", False), ("max-age X=3", "max-age", None), ("max-age=X3", "max-age", "X3"),
+    ("max-age\t=\t3", "max-age", "3"), ("\tmax-age=3", "max-age", "3"),
+])
+def test_header_field(value, name, found):
+    assert header_field(value, name) == found
+
+
+# Ranges: cache_range.c on a 10-byte object (r00001.vtc)
+@pytest.mark.parametrize("spec, span", [
+    ("bytes=0-9", (0, 9)), ("bytes=2-10", (2, 9)), ("bytes=5-1000", (5, 9)), ("bytes=-20", (0, 9)),
+    ("bytes=-10", (0, 9)), ("bytes=-3", (7, 9)), ("bytes=9-", (9, 9)), ("bytes=0-", (0, 9)),
+    ("bytes=9-9", (9, 9)), ("BYTES=1-2", (1, 2)), ("bytes=0-9223372036854775807", (0, 9)),
+])
+def test_range_spans(spec, span):
+    assert parse_range(spec, 10) == span
+
+
+# (spec, vrg_dorange's RANGE_FAIL reason): all 416 in r00001.vtc; the reasons are cache_range.c's.
+@pytest.mark.parametrize("spec, reason", [
+    ("bytes=-0", "No low, high is zero"), ("bytes=10-", "high smaller than low"),
+    ("bytes=10-20", "high smaller than low"), ("bytes=5-4", "high smaller than low"),
+    ("bytes=-", "Neither high nor low"), ("bytes=1-2x", "Trailing stuff"), ("bytes=1-2:", "Trailing stuff"),
+    ("bytes=0-3,5-6", "Trailing stuff"), ("items=0-3", "Not Bytes"), ("bytes= 1 - 2", "Missing hyphen"),
+    ("bytes=3", "Missing hyphen"), ("bytes=0-99999999999999999999", "High number too big"),
+    ("bytes=99999999999999999999-", "Low number too big"), ("bytes=9223372036854775807-", "high smaller than low"),
+    ("bytes=9223372036854775808-", "Low number too big"), ("bytes=0-9223372036854775808", "High number too big"),
+    ("bytes=1 -2", "Missing hyphen"), ("bytes=1- 2", "Trailing stuff"), ("bytes=\u0661-2", "Missing hyphen"),
+    ("bytes=A-2", "Missing hyphen"),
+])
+def test_range_refused(spec, reason):
+    with pytest.raises(RangeError) as info:
+        parse_range(spec, 10)
+    assert str(info.value) == reason
+
+
+def test_range_of_unknown_length_is_ignored():
+    assert parse_range("bytes=0-3", -1) is None
+    assert parse_range("nonsense", -1) is None
+
+
+@given(st.binary(max_size=40), st.integers(0, 60), st.integers(0, 60) | st.none())
+def test_range_against_a_reference_slice(body, lo, hi):
+    """bytes=LO-HI (or LO-) serves body[LO:HI+1] when LO is inside the body, else 416 (HI < LO too)."""
+    spec = f"bytes={lo}-{'' if hi is None else hi}"
+    if lo >= len(body) or (hi is not None and hi < lo):
+        with pytest.raises(RangeError):
+            parse_range(spec, len(body))
+        return
+    first, last = parse_range(spec, len(body))
+    assert body[first:last + 1] == body[lo:None if hi is None else hi + 1]
+
+
+@given(st.binary(max_size=40), st.integers(1, 60))
+def test_suffix_range_against_a_reference_slice(body, n):
+    """bytes=-N serves the last N bytes (all of them when N is larger); an empty body has none."""
+    if not body:
+        with pytest.raises(RangeError):
+            parse_range(f"bytes=-{n}", 0)
+        return
+    first, last = parse_range(f"bytes=-{n}", len(body))
+    assert body[first:last + 1] == body[-n:]
+
+
+# Conditional requests: RFC2616_Do_Cond (r00004.vtc)
+LM = "Mon, 01 Jan 1990 00:00:00 GMT"
+
+
+def cond(req_headers, resp_headers, last_modified=NOW - 100):
+    from cacheserver.ranges import not_modified
+    req = HttpMessage("GET", "/", headers=Headers(req_headers))
+    resp = HttpMessage(status=200, headers=Headers(resp_headers))
+    return not_modified(req, resp, NOW, last_modified)
+
+
+E = [("ETag", '"abc"'), ("Last-Modified", LM)]
+
+
+@pytest.mark.parametrize("req_headers, resp_headers, answer", [
+    ([("If-None-Match", '"abc"')], E, True),
+    ([("If-None-Match", 'W/"abc"')], E, True),
+    ([("If-None-Match", '"x", "abc"')], E, False),            # the whole value, not a list
+    ([("If-None-Match", "*")], E, False),
+    ([("If-None-Match", '"abd"')], E, False),
+    ([("If-None-Match", '"abd"'), ("If-Modified-Since", LM)], E, False),   # IMS not looked at
+    ([("If-None-Match", 'W/"abc"'), ("Range", "bytes=0-1")], E, False),    # strong with Range
+    ([("If-None-Match", '"abc"'), ("Range", "bytes=0-1")], E, True),
+    ([("If-None-Match", '"abc"'), ("Range", "bytes=0-1")], [("ETag", 'W/"abc"')], False),
+    ([("If-None-Match", 'W/"abc"'), ("Range", "bytes=0-1")], [("ETag", 'W/"abc"')], False),  # equal, weak
+    ([("If-None-Match", '"abc"')], [("ETag", 'W/"abc"')], True),
+    ([("If-Modified-Since", LM)], E, True),
+    ([("If-Modified-Since", "Sun, 31 Dec 1989 23:59:59 GMT")], E, False),
+    ([("If-Modified-Since", "garbage")], E, False),
+    ([("If-Modified-Since", "Fri, 01 Jan 2100 00:00:00 GMT")], E, False),   # later than the request
+    ([("If-None-Match", '"abc"'), ("If-Modified-Since", LM)], [("Last-Modified", LM)], False),
+    ([("If-Modified-Since", "Mon, 01 Jan 1990 00:00:01 GMT")], [("Last-Modified", LM)], True),
+    ([("If-Modified-Since", LM)], [("Last-Modified", "garbage")], False),
+    ([], E, False),
+])
+def test_conditional_request(req_headers, resp_headers, answer):
+    assert cond(req_headers, resp_headers) is answer
+
+
+def test_conditional_request_without_last_modified_uses_the_object_time():
+    ims = [("If-Modified-Since", http_date(NOW - 100))]
+    assert cond(ims, [], last_modified=NOW - 100) is True
+    assert cond(ims, [], last_modified=NOW - 99) is False
+    assert cond([("If-Modified-Since", http_date(NOW))], [], last_modified=NOW - 5) is True   # == t_req
+
+
+# Bans: cache_ban.c (r00003.vtc)
+def obj(headers=(), status=200, ttl=100.0, grace=10.0, keep=0.0, t_origin=NOW - 30):
+    return SimpleNamespace(http=HttpMessage(status=status, headers=Headers(list(headers))), ttl=ttl,
+                           grace=grace, keep=keep, t_origin=t_origin)
+
+
+def kills(expr, oc, req=None):
+    counters = SimpleNamespace(**{k: 0 for k in ("bans", "bans_completed", "bans_added", "bans_req",
+                                                  "bans_obj", "bans_dups", "bans_deleted")})
+    ban = BanList(counters).add(expr)
+    return ban.matches(oc, req, NOW)
+
+
+TAGGED, UNTAGGED = obj([("X-Tag", "foo")]), obj()
+
+
+@pytest.mark.parametrize("expr, tagged, untagged", [
+    ("obj.http.x-tag != foo", False, True), ("obj.http.x-tag !~ fo", False, False),
+    ("obj.http.x-tag == foo", True, False), ("obj.http.x-tag ~ .", True, False),
+    ("obj.http.x-tag != bar", True, True),
+])
+def test_ban_against_a_missing_object_header(expr, tagged, untagged):
+    assert (kills(expr, TAGGED), kills(expr, UNTAGGED)) == (tagged, untagged)
+
+
+@pytest.mark.parametrize("expr, with_h, without_h", [
+    ("req.http.x-h != bar", False, True), ("req.http.x-h == bar", True, False),
+    ("req.http.x-h !~ ba", False, False), ("req.http.x-h ~ ba", True, False),
+])
+def test_ban_against_a_missing_request_header(expr, with_h, without_h):
+    def req(headers):
+        return HttpMessage("GET", "/", headers=Headers(headers))
+    assert (kills(expr, UNTAGGED, req([("X-H", "bar")])), kills(expr, UNTAGGED, req([]))) == (with_h, without_h)
+
+
+@pytest.mark.parametrize("op, k9, k10, k11", [
+    (">", 0, 0, 1), (">=", 0, 1, 1), ("<", 1, 0, 0), ("<=", 1, 1, 0), ("==", 0, 1, 0), ("!=", 1, 0, 1),
+])
+def test_ban_duration_boundaries(op, k9, k10, k11):
+    for field in ("grace", "keep"):
+        got = [kills(f"obj.{field} {op} 10s", obj(**{field: v})) for v in (9.0, 10.0, 11.0)]
+        assert got == [bool(k9), bool(k10), bool(k11)], field
+    # obj.ttl is what is left (ttl - age), obj.age the time since the origin: 30 s here
+    got = [kills(f"obj.ttl {op} 10s", obj(ttl=30.0 + v)) for v in (9.0, 10.0, 11.0)]
+    assert got == [bool(k9), bool(k10), bool(k11)]
+    got = [kills(f"obj.age {op} 30s", obj(t_origin=NOW - v)) for v in (29.0, 30.0, 31.0)]
+    assert got == [bool(k9), bool(k10), bool(k11)]
+
+
+def test_ban_on_url_and_status_and_conjunction():
+    req = HttpMessage("GET", "/a/b")
+    assert kills("req.url ~ ^/a && obj.status == 200", UNTAGGED, req)
+    assert not kills("req.url ~ ^/a && obj.status == 404", UNTAGGED, req)
+    assert not kills("req.url == /a", UNTAGGED, req)
+    assert kills("obj.status != 404", UNTAGGED)
+    assert not kills("req.url ~ .", UNTAGGED, None)        # the lurker has no request
+
+
+@given(st.lists(st.tuples(st.sampled_from(["req.url", "req.http.x-a", "obj.http.x-b", "obj.status"]),
+                          st.sampled_from(["==", "!=", "~", "!~"]),
+                          st.text(alphabet="abcxyz019/.-_", min_size=1, max_size=8)),
+                min_size=1, max_size=4))
+def test_ban_expression_round_trip(tests):
+    """A ban's text (ban.list) parses back to the same tests."""
+    expr = " && ".join(f"{f} {op} {arg}" for f, op, arg in tests)
+    built = build(split_args(expr))
+    again = build(split_args(" && ".join(t.text() for t in built)))
+    assert [(t.field, t.header, t.op, t.arg) for t in again] == [(t.field, t.header, t.op, t.arg) for t in built]
+    assert [t.text() for t in built] == [f"{f} {op} {arg}" for f, op, arg in tests]
+
+
+@given(st.integers(0, 10 ** 6), st.sampled_from(["ms", "s", "m", "h", "d", "w", "y"]))
+def test_ban_duration_round_trip(n, unit):
+    built = build(split_args(f"obj.ttl > {n}{unit}"))
+    assert build(split_args(built[0].text()))[0].number == pytest.approx(built[0].number)
+
+
+@pytest.mark.parametrize("expr, status, message", [
+    ("req.url", 104, "Too few parameters"),
+    ("req.url ~ a && req.url", 106, "Wrong number of arguments"),
+    ("req.url ~ a || req.url ~ b", 106, 'Found "||" expected &&'),
+])
+def test_ban_errors(expr, status, message):
+    with pytest.raises(BanError) as info:
+        build(split_args(expr))
+    assert (info.value.status, str(info.value)) == (status, message)
+
+
+# The ban list's bookkeeping (cache_ban.c): which bans an object is tested against, duplicates,
+# the lurker, and the tail that no object references any more.
+def counters():
+    return SimpleNamespace(**{k: 0 for k in (
+        "bans", "bans_completed", "bans_added", "bans_req", "bans_obj", "bans_dups", "bans_deleted",
+        "bans_tested", "bans_tests_tested", "bans_obj_killed", "bans_lurker_tested",
+        "bans_lurker_tests_tested", "bans_lurker_obj_killed")})
+
+
+def cached(bl, headers=(), **kw):
+    oc = obj(headers, **kw)
+    oc.ban = None
+    bl.move(oc, bl.newest)           # inserted now: it has seen every ban so far
+    return oc
+
+
+def test_a_ban_tests_only_objects_older_than_itself():
+    c = counters()
+    bl = BanList(c)
+    old = cached(bl, [("X-Tag", "a")])
+    bl.add("obj.http.x-tag == a")
+    new = cached(bl, [("X-Tag", "a")])
+    assert bl.check(new, None, NOW) is False and c.bans_tested == 0      # newer than the ban
+    assert bl.check(old, None, NOW) is True
+    assert (c.bans_tested, c.bans_tests_tested, c.bans_obj_killed) == (1, 1, 1)
+
+
+def test_an_object_that_survives_moves_to_the_newest_ban():
+    c = counters()
+    bl = BanList(c)
+    oc = cached(bl, [("X-Tag", "b")])
+    ban = bl.add("obj.http.x-tag == a")
+    assert bl.check(oc, None, NOW) is False
+    assert oc.ban is ban and ban.refs == 1
+    assert bl.check(oc, None, NOW) is False and c.bans_tested == 1     # nothing newer: not tested
+
+
+def test_req_bans_wait_for_a_request():
+    c = counters()
+    bl = BanList(c)
+    oc = cached(bl)
+    first = oc.ban
+    bl.add("req.url ~ .")
+    assert bl.check(oc, None, NOW) is False and oc.ban is first          # the lurker cannot move it
+    assert bl.check(oc, HttpMessage("GET", "/x"), NOW) is True
+    assert (c.bans_req, c.bans_obj) == (1, 0)
+
+
+def test_duplicate_bans_complete_the_older_one_except_on_ttl_and_age():
+    c = counters()
+    bl = BanList(c)
+    cached(bl)
+    a = bl.add("obj.status == 500")
+    b = bl.add("obj.status == 500")
+    assert a.completed and not b.completed and c.bans_dups == 1
+    assert (c.bans, c.bans_completed, c.bans_obj) == (3, 2, 1)
+    t1 = bl.add("obj.ttl < 1s")
+    bl.add("obj.ttl < 1s")
+    assert not t1.completed and c.bans_dups == 1
+    off = BanList(counters(), dups=False)
+    d = off.add("obj.status == 500")
+    off.add("obj.status == 500")
+    assert not d.completed
+
+
+def test_completed_bans_are_not_tested():
+    c = counters()
+    bl = BanList(c)
+    oc = cached(bl, [("X-Tag", "a")])
+    bl.add("obj.http.x-tag == a")
+    bl.add("obj.http.x-tag == a")            # completes the first
+    assert bl.check(oc, None, NOW) is True and c.bans_tests_tested == 1
+
+
+def test_unreferenced_bans_at_the_tail_are_deleted():
+    c = counters()
+    bl = BanList(c)
+    oc = cached(bl)
+    bl.add("obj.status == 404")
+    bl.add("obj.status == 410")
+    assert len(bl.bans) == 3
+    bl.check(oc, None, NOW)                  # survives, moves to the newest ban
+    assert len(bl.bans) == 1 and c.bans_deleted == 2 and c.bans == 1
+    assert (c.bans_completed, c.bans_obj) == (0, 1)      # the newest is still active
+    bl.release(oc)
+    assert bl.newest.refs == 0 and len(bl.bans) == 1   # the newest ban always stays
+
+
+def test_the_lurker_kills_with_old_enough_obj_bans_only():
+    c = counters()
+    bl = BanList(c)
+    hit, miss = cached(bl, [("X-Tag", "a")]), cached(bl, [("X-Tag", "b")])
+    ban = bl.add("obj.http.x-tag == a")
+    assert bl.lurk([hit, miss], ban.t + 1, min_age=5) == []                # too young
+    assert c.bans_lurker_tested == 0
+    assert bl.lurk([hit, miss], ban.t + 5, min_age=5) == [hit]
+    assert (c.bans_lurker_tested, c.bans_lurker_tests_tested, c.bans_lurker_obj_killed) == (2, 2, 1)
+    assert miss.ban is bl.newest and ban.completed
+
+
+def test_the_lurker_leaves_objects_behind_a_req_ban():
+    c = counters()
+    bl = BanList(c)
+    oc = cached(bl, [("X-Tag", "b")])
+    first = oc.ban
+    bl.add("obj.http.x-tag == a")
+    bl.add("req.url ~ /x")
+    assert bl.lurk([oc], NOW + 100, min_age=0) == [] and oc.ban is first
+
+
+def test_ban_list_shape():
+    bl = BanList(counters())
+    oc = cached(bl)
+    bl.add("obj.status == 500 && obj.http.x-a ~ b")
+    lines = bl.listing().split("\n")
+    assert lines[0] == "Present bans:" and lines[-1] == ""
+    assert re.fullmatch(r"\d+\.\d{6}     0 -  obj.status == 500 && obj.http.x-a ~ b", lines[1])
+    assert re.fullmatch(r"\d+\.\d{6}     1 C  ", lines[2])
+    assert oc.ban is bl.bans[1]
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0, "0s"), (1, "1s"), (90, "90s"), (120, "2m"), (3600, "1h"), (86400, "1d"), (604800, "1w"),
+    (31536000, "1y"), (6.789, "6.789s"),
+])
+def test_ban_durations_print_in_their_largest_whole_unit(seconds, text):
+    from cacheserver.bans import _format_duration
+    assert _format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("expr, args", [
+    ("req.url ~ a", ["req.url", "~", "a"]),
+    ("  req.url   ==  b  ", ["req.url", "==", "b"]),
+    ('req.url == "a b"', ["req.url", "==", "a b"]),
+    ('req.url == "a\\"b"', ["req.url", "==", 'a"b']),
+    ('req.url == "a\\\\b"', ["req.url", "==", "a\\b"]),
+    ('req.url == "\\n\\r\\t"', ["req.url", "==", "\n\r\t"]),
+    ('req.url == ""', ["req.url", "==", ""]),
+    ('"req.url" == x && obj.status != "200"', ["req.url", "==", "x", "&&", "obj.status", "!=", "200"]),
+])
+def test_ban_arguments_split_as_the_cli_does(expr, args):
+    assert split_args(expr) == args
+
+
+@pytest.mark.parametrize("expr", ['req.url == "x', 'req.url == "x\\"', '"', 'req.url == "a\\'])
+def test_ban_unterminated_quote(expr):
+    with pytest.raises(BanError) as info:
+        split_args(expr)
+    assert (str(info.value), info.value.status) == ("Missing '\"'", 106)
+
+
+def test_ban_counters():
+    c = counters()
+    bl = BanList(c)
+    assert (c.bans, c.bans_completed) == (1, 1) and len(bl.bans) == 1 and bl.newest.tests == []
+    added = c.bans_added                        # the first ban may count as added
+    bl.add(["req.url", "~", "x"])                 # arguments as a list, as the CLI passes them
+    bl.add("obj.status == 1")
+    assert (c.bans, c.bans_added - added, c.bans_req, c.bans_obj) == (3, 2, 1, 1)
+    bl.add("req.url ~ x")                       # a duplicate of a req ban completes it
+    assert (c.bans, c.bans_added - added, c.bans_req, c.bans_dups, c.bans_completed) == (4, 3, 1, 1, 2)
+    bl.add("obj.age > 1s")
+    bl.add("obj.age > 1s")
+    assert c.bans_dups == 1
+
+
+def test_ban_header_names():
+    t = build(split_args("req.http.X-Foo == 1 && obj.http.a == 2"))
+    assert [(x.field, x.header) for x in t] == [("req.http", "x-foo"), ("obj.http", "a")]
+    for bad in ("obj.http == 1", "req.httpx.a == 1"):
+        with pytest.raises(BanError, match="Unknown or unsupported field"):
+            build(split_args(bad))

@@ -1,0 +1,139 @@
+"""Mutation testing of the modules whose behaviour Varnish specifies (mutmut), one module at a time.
+
+    python tools/mutate.py                       # the fast, fully specified ones (rfc2616, ranges, bans)
+    python tools/mutate.py cacheserver/storage.py vcl/exprcheck.py
+    python tools/mutate.py --all                 # every module in MODULES
+    python tools/mutate.py --show cacheserver/ranges.py   # also print each survivor's diff
+
+Each module is mutated in its own scratch copy of the tree (under $TMPDIR/cacheserver-mutate/, so the
+worktree never gets a mutants/ directory) with only that module mutated and only the tests that cover
+it run: the [tool.mutmut] table of pyproject.toml is the shared configuration, MODULES below picks the
+tests per module. Not part of CI: a run takes minutes per module.
+
+mutmut learns which test reaches which function by running the tests in-process, so code that only a
+server subprocess runs (tests/test_cache_*.py start `cacheserver` as a child process) counts as "no
+tests" and as not killed: a module scores well only with tests that call it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# module -> the tests that cover it (pytest arguments), fast ones first
+MODULES: dict[str, list[str]] = {
+    "cacheserver/rfc2616.py": ["tests/test_rfc2616_ranges_bans.py"],
+    "cacheserver/ranges.py": ["tests/test_rfc2616_ranges_bans.py"],
+    "cacheserver/bans.py": ["tests/test_rfc2616_ranges_bans.py", "tests/test_cache_storage.py"],
+    "cacheserver/storage.py": ["tests/test_cache_storage.py"],
+    "vcl/exprcheck.py": ["tests/test_vcl_errors.py", "tests/test_vcl_syntax.py", "tests/test_vcl_parity.py",
+                         "tests/test_vcl_exec.py", "tests/test_vcl_vtc_cases.py"],
+    "vmods/std.py": ["tests/test_vcl_std.py", "tests/test_vcl_vtc_cases.py", "tests/test_vcl_exec.py"],
+    "vmods/directors.py": ["tests/test_cache_directors.py", "tests/test_vcl_objects.py"],
+    "cacheserver/fsm.py": ["tests/test_cache_fsm.py", "tests/test_cache_deliver.py"],
+    "cacheserver/protocol.py": ["tests/test_protocol.py", "tests/test_hostile_clients.py"],
+}
+FAST = ["cacheserver/rfc2616.py", "cacheserver/ranges.py", "cacheserver/bans.py"]
+STATUS = re.compile(r"^\s*(\S+): (.+)$")
+
+
+def scratch_copy(dest: Path) -> None:
+    """The tracked and new files of the working tree (uncommitted edits included)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def configure(dest: Path, module: str) -> None:
+    """pyproject.toml's [tool.mutmut], narrowed to one module and its tests."""
+    text = (dest / "pyproject.toml").read_text()
+    base = tomllib.loads(text)["tool"]["mutmut"]
+    text = text[:text.index("[tool.mutmut]")]
+    lines = ["[tool.mutmut]"]
+    for key, value in base.items():
+        if key not in ("only_mutate", "pytest_add_cli_args_test_selection"):
+            lines.append(f"{key} = {toml_value(value)}")
+    lines.append(f"only_mutate = {toml_value([module])}")
+    lines.append(f"pytest_add_cli_args_test_selection = {toml_value(MODULES[module])}")
+    (dest / "pyproject.toml").write_text(text + "\n".join(lines) + "\n")
+
+
+def toml_value(value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(value)
+
+
+def run(module: str, workdir: Path, show: bool, children: int) -> tuple[int, int, dict[str, int]]:
+    dest = workdir / module.replace("/", "_")
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    scratch_copy(dest)
+    configure(dest, module)
+    env = {**os.environ, "PYTHONPATH": str(dest), "PYTHONDONTWRITEBYTECODE": "1"}
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children)], cwd=dest,
+                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=dest, env=env,
+                         capture_output=True, text=True).stdout
+    counts: dict[str, int] = {}
+    survivors = []
+    for line in out.splitlines():
+        m = STATUS.match(line)
+        if m:
+            counts[m.group(2)] = counts.get(m.group(2), 0) + 1
+            if m.group(2) in ("survived", "no tests"):
+                survivors.append((m.group(1), m.group(2)))
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    total = sum(n for status, n in counts.items() if status not in ("skipped", "not checked"))
+    for name, status in survivors:
+        if show:
+            diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=dest, env=env,
+                                  capture_output=True, text=True).stdout
+            change = [ln for ln in diff.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
+            print(f"  {status}: {name}\n    " + "\n    ".join(change))
+    return killed, total, counts
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("modules", nargs="*", help=f"default: {' '.join(FAST)}")
+    ap.add_argument("--all", action="store_true", help="every module in MODULES")
+    ap.add_argument("--show", action="store_true", help="print each surviving mutant's change")
+    ap.add_argument("-j", type=int, default=os.cpu_count() or 2, help="parallel test processes")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cacheserver-mutate")
+    args = ap.parse_args()
+    modules = list(MODULES) if args.all else (args.modules or FAST)
+    unknown = [m for m in modules if m not in MODULES]
+    if unknown:
+        ap.error(f"not in MODULES: {' '.join(unknown)}")
+    rows = []
+    for module in modules:
+        print(f"{module}: mutating ...", flush=True)
+        killed, total, counts = run(module, args.workdir, args.show, args.j)
+        score = 100.0 * killed / total if total else 0.0
+        detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        rows.append(f"{module:28} {killed:4d}/{total:<4d} killed  {score:5.1f}%   ({detail})")
+        print(rows[-1], flush=True)
+    print("\n".join(["", "score per module (killed or timed out / mutants):"] + rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
