@@ -19,53 +19,12 @@ import zlib
 from collections.abc import Iterable, Iterator
 
 from cacheserver.esi_parse import EsiParser, Include
+from cacheserver.filters import crc32_combine
 
 # varnishd's gzip header for ESI pages (no name, no time, OS unix)
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03"
 # An empty stored block with the final bit: what ends a spliced page before its trailer.
 FINAL_BLOCK = b"\x01\x00\x00\xff\xff"
-
-# -- crc32_combine (zlib's, in GF(2)): the operator matrices for 2**k zero bytes, worked out once ----
-
-
-def _gf2_times(mat: list[int], vec: int) -> int:
-    out = 0
-    i = 0
-    while vec:
-        if vec & 1:
-            out ^= mat[i]
-        vec >>= 1
-        i += 1
-    return out
-
-
-def _gf2_square(mat: list[int]) -> list[int]:
-    return [_gf2_times(mat, mat[n]) for n in range(32)]
-
-
-def _zero_operators() -> list[list[int]]:
-    one_bit = [0xEDB88320] + [1 << n for n in range(31)]   # one zero bit
-    op = _gf2_square(_gf2_square(one_bit))                   # four zero bits
-    ops = []
-    for _ in range(64):
-        op = _gf2_square(op)                                 # 1, 2, 4, ... zero bytes
-        ops.append(op)
-    return ops
-
-
-_OPS = _zero_operators()
-
-
-def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """The CRC-32 of A+B from crc(A), crc(B) and len(B)."""
-    k = 0
-    while len2:
-        if len2 & 1:
-            crc1 = _gf2_times(_OPS[k], crc1)
-        len2 >>= 1
-        k += 1
-    return crc1 ^ crc2
-
 
 def stored_blocks(data: bytes | memoryview) -> Iterator[bytes]:
     """Plain bytes as non-final stored deflate blocks (at most 65535 bytes each)."""

@@ -34,8 +34,8 @@ and those of the vmods the VCL imports (`Vmod.filter()` in vmods/__init__.py).
 For ESI: the "esi" VFP and VDP and the "esi_gzip" VFP are slots (placeholders here) that
 `replace_builtin()` fills; the parse goes to `oc.esi_data` (OA_ESIDATA: its presence puts "esi" in
 the default delivery list); a VDP reaches the request through `DeliverCtx.request` and may yield async
-iterators (include bodies); `oc.gzip_bits` and `GzipSplicer` give one gzip stream of gzipped and
-plain pieces for gzip clients (the "gunzip" VDP below "esi" serves the others).
+iterators (include bodies); `oc.gzip_bits` and `crc32_combine` let esi_gzip.py make one gzip stream
+of gzipped and plain pieces for gzip clients (the "gunzip" VDP below "esi" serves the others).
 """
 
 from __future__ import annotations
@@ -291,7 +291,8 @@ class TestGunzipVFP(_GzipBase):
         return ()
 
 
-# -- one gzip stream out of many pieces (for ESI) -------------------------------------------------
+# -- crc32_combine (zlib's, which Python's zlib lacks), for one gzip stream of many pieces (ESI): the
+# GF(2) operators for 2**k zero bytes are worked out once, at import --------------------------------
 
 def _gf2_times(mat: list[int], vec: int) -> int:
     out = 0
@@ -308,76 +309,28 @@ def _gf2_square(mat: list[int]) -> list[int]:
     return [_gf2_times(mat, mat[n]) for n in range(32)]
 
 
+def _zero_operators() -> list[list[int]]:
+    one_bit = [0xEDB88320] + [1 << n for n in range(31)]   # one zero bit
+    op = _gf2_square(_gf2_square(one_bit))                   # four zero bits
+    ops = []
+    for _ in range(64):
+        op = _gf2_square(op)                                 # 1, 2, 4, ... zero bytes
+        ops.append(op)
+    return ops
+
+
+_OPS = _zero_operators()
+
+
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """The CRC-32 of A+B from crc(A), crc(B) and len(B) (zlib's crc32_combine, which Python's zlib
-    module does not offer): a spliced gzip trailer without reading the fragments again."""
-    if len2 <= 0:
-        return crc1
-    odd = [0xEDB88320] + [1 << n for n in range(31)]      # the operator for one zero bit
-    even = _gf2_square(odd)                                  # two zero bits
-    odd = _gf2_square(even)                                  # four
-    while True:
-        even = _gf2_square(odd)                              # apply len2 zero bytes to crc1
+    """The CRC-32 of A+B from crc(A), crc(B) and len(B)."""
+    k = 0
+    while len2:
         if len2 & 1:
-            crc1 = _gf2_times(even, crc1)
+            crc1 = _gf2_times(_OPS[k], crc1)
         len2 >>= 1
-        if not len2:
-            break
-        odd = _gf2_square(even)
-        if len2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        len2 >>= 1
-        if not len2:
-            break
+        k += 1
     return crc1 ^ crc2
-
-
-class GzipSplicer:
-    """Assembles one gzip stream from plain bytes and stored gzip bodies, for ESI delivery to a
-    gzip client (what cache_esi_deliver.c does with ved_stripgzip / ved_pretend_gzip).
-
-    header() first, then any mix of plain(data) and gzipped(body, bits), then finish(). A gzipped
-    body whose bits are exact (we gzipped it: see GzipVFP) is spliced as it is stored, without
-    recompressing; one a backend gzipped (bits unknown) is inflated and deflated again. Plain bytes
-    are deflated by zlib and fully flushed, so nothing refers across a splice. Output pieces are
-    bounded by the input given (and gzip_buffer for inflated ones)."""
-
-    def __init__(self, level: int = 6, memlevel: int = 8, buffer: int = 32768) -> None:
-        self.z = zlib.compressobj(level, zlib.DEFLATED, -15, memlevel)
-        self.buffer = buffer
-        self.crc = 0
-        self.length = 0
-
-    def header(self) -> bytes:
-        return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"
-
-    def plain(self, data: bytes) -> bytes:
-        if not data:
-            return b""
-        self.crc = zlib.crc32(data, self.crc)
-        self.length += len(data)
-        return self.z.compress(data) + self.z.flush(zlib.Z_FULL_FLUSH)
-
-    def gzipped(self, body: bytes | memoryview, bits: tuple[int, int, int, int] | None) -> Iterator[bytes]:
-        body = memoryview(body)
-        if bits is not None and bits[1] >= 0 and bits[1] % 8 == 0 and bits[0] % 8 == 0 and len(body) >= 8:
-            trailer = bytes(body[-8:])
-            crc = int.from_bytes(trailer[:4], "little")
-            size = bits[3]
-            self.crc = crc32_combine(self.crc, crc, size)
-            self.length += size
-            yield bytes(body[bits[0] // 8:bits[1] // 8])
-            return
-        d = zlib.decompressobj(16 + 15)
-        for piece in _bounded_inflate(d, body, self.buffer):
-            yield self.plain(piece)
-        if not d.eof:
-            raise FilterError("Gunzip error at the very end")
-
-    def finish(self) -> bytes:
-        tail = self.z.flush(zlib.Z_FINISH)          # the final (empty) block
-        return tail + (self.crc & 0xFFFFFFFF).to_bytes(4, "little") + \
-            (self.length & 0xFFFFFFFF).to_bytes(4, "little")
 
 
 # -- delivery filters ------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from cacheserver.filters import (
     FetchCtx,
     Filter,
     FilterError,
-    GzipSplicer,
     Registry,
     crc32_combine,
     open_chain,
@@ -194,22 +193,6 @@ def test_crc32_combine_is_zlibs():
     a, b = b"first part " * 99, b"second, longer part " * 1234
     assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
     assert crc32_combine(zlib.crc32(a), zlib.crc32(b""), 0) == zlib.crc32(a)
-
-
-def test_splicer_joins_plain_ours_and_backend_gzip_into_one_valid_stream():
-    ours, oc, _, _ = _fetch("gzip", [b"<fragment we gzipped>" * 50])
-    backend = gzip.compress(b"<a backend's gzip fragment>" * 30)
-    _, oc_backend, _, _ = _fetch("testgunzip", [backend], ("Content-Encoding", "gzip"))
-    sp = GzipSplicer()
-    out = sp.header() + sp.plain(b"<html>")
-    out += b"".join(sp.gzipped(ours, oc.gzip_bits))             # spliced as stored
-    out += sp.plain(b"<between/>")
-    out += b"".join(sp.gzipped(backend, oc_backend.gzip_bits))  # no exact bits: recompressed
-    out += sp.plain(b"</html>") + sp.finish()
-    expected = (b"<html>" + b"<fragment we gzipped>" * 50 + b"<between/>"
-                + b"<a backend's gzip fragment>" * 30 + b"</html>")
-    assert gzip.decompress(out) == expected        # checks the trailer's CRC and length too
-    assert bytes(ours[oc.gzip_bits[0] // 8:oc.gzip_bits[1] // 8]) in out
 
 
 # -- through the server ----------------------------------------------------------------------------
