@@ -186,6 +186,21 @@ class _GzipBase(Filter):
         # gzip makes no sense on a partial response; it is a 1:1 transform, so leave it be
         return fc.http.status != 206
 
+    def _open_inflate(self, fc: FetchCtx) -> bool:
+        """Start inflating a gzipped body (gunzip, testgunzip); False when the body is not gzip."""
+        if not self._applies(fc) or (fc.http.headers.get("Content-Encoding") or "").lower() != "gzip":
+            return False
+        self.fc = fc
+        self.limit = fc.params.gzip_buffer
+        self.z = zlib.decompressobj(16 + 15)
+        return True
+
+    def _push_past_end(self, data: bytes) -> bool:
+        """After the gzip stream's end only nothing may come: True when the stream has ended."""
+        if self.z.eof and data:
+            raise FilterError("Junk after gzip data")
+        return self.z.eof
+
 
 class GzipVFP(_GzipBase):
     """Compress a plain body as it is stored (beresp.do_gzip)."""
@@ -230,11 +245,8 @@ class GunzipVFP(_GzipBase):
     name = "gunzip"
 
     def open(self, fc: FetchCtx) -> bool:
-        if not self._applies(fc) or (fc.http.headers.get("Content-Encoding") or "").lower() != "gzip":
+        if not self._open_inflate(fc):
             return False
-        self.fc = fc
-        self.limit = fc.params.gzip_buffer
-        self.z = zlib.decompressobj(16 + 15)
         fc.counters.n_gunzip += 1
         fc.oc.gzipped = False
         fc.http.headers.unset("Content-Encoding")
@@ -243,9 +255,7 @@ class GunzipVFP(_GzipBase):
         return True
 
     def push(self, data: bytes) -> Iterable[bytes]:
-        if self.z.eof:
-            if data:
-                raise FilterError("Junk after gzip data")
+        if self._push_past_end(data):
             return ()
         return _bounded_inflate(self.z, data, self.limit)
 
@@ -261,11 +271,8 @@ class TestGunzipVFP(_GzipBase):
     name = "testgunzip"
 
     def open(self, fc: FetchCtx) -> bool:
-        if not self._applies(fc) or (fc.http.headers.get("Content-Encoding") or "").lower() != "gzip":
+        if not self._open_inflate(fc):
             return False
-        self.fc = fc
-        self.limit = fc.params.gzip_buffer
-        self.z = zlib.decompressobj(16 + 15)
         self.head = b""
         self.size_out = 0
         fc.counters.n_test_gunzip += 1
@@ -276,9 +283,7 @@ class TestGunzipVFP(_GzipBase):
     def push(self, data: bytes) -> Iterable[bytes]:
         if len(self.head) < 64:
             self.head += data[:64]
-        if self.z.eof:
-            if data:
-                raise FilterError("Junk after gzip data")
+        if self._push_past_end(data):
             return ()
         for piece in _bounded_inflate(self.z, data, self.limit):
             self.size_out += len(piece)

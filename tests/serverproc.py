@@ -148,3 +148,13 @@ def read_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
         if not chunk:
             return data
         data += chunk
+
+
+def memory_kb(pid: int, field: str = "VmRSS") -> int:
+    """A process's memory from /proc/PID/status, in KiB: VmRSS (all resident) or RssAnon (what it
+    allocated, leaving out file-backed pages such as the shared log's mmap'd ring)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field}")

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from serverproc import memory_kb
 from test_cache_support import Cache, read_message
 
 from cacheserver.fetch import BusyObj
@@ -196,12 +197,6 @@ def test_first_byte_timeout_when_nothing_comes(served):
 
 # -- the response head's limits ---------------------------------------------------------------------
 
-def _rss_kb(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
 
 def test_a_head_bigger_than_http_resp_size_fails_with_bounded_memory(served):
     sent = []
@@ -221,10 +216,10 @@ def test_a_head_bigger_than_http_resp_size_fails_with_bounded_memory(served):
     # http_max_hdr at its maximum: only http_resp_size (32k) can stop this head
     cache, _ = served(endless_head, "vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n",
                       "-p", "http_max_hdr=65535")
-    before = _rss_kb(cache.proc.proc.pid)
+    before = memory_kb(cache.proc.proc.pid)
     status, _, body = _raw(cache, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 503 and b"Backend fetch failed" in body
-    assert _rss_kb(cache.proc.proc.pid) - before < 20 * 1024
+    assert memory_kb(cache.proc.proc.pid) - before < 20 * 1024
     deadline = time.monotonic() + 5
     while not sent and time.monotonic() < deadline:
         time.sleep(0.05)

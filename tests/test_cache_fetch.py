@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from serverproc import memory_kb
 from test_cache_support import Backend, Resp, cache_factory
 
 make = pytest.fixture(cache_factory)
@@ -208,13 +209,6 @@ def test_streaming_delivers_before_the_backend_finishes(make):
             data += sock.recv(65536)
 
 
-def _rss_kb(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.parametrize("mode", ["pass", "uncacheable"])
 def test_one_gigabyte_streams_through_with_bounded_memory(make, mode):
     size = 1 << 30 if mode == "pass" else 1 << 28      # the uncacheable path is the same stream
@@ -228,7 +222,7 @@ def test_one_gigabyte_streams_through_with_bounded_memory(make, mode):
         "sub vcl_recv { return (pass); }\n" if mode == "pass"
         else "sub vcl_backend_response { set beresp.uncacheable = true; return (deliver); }\n")
     cache, _ = make(vcl, lambda req: Resp(body_gen=pieces, length=size))
-    before = _rss_kb(cache.proc.proc.pid)
+    before = memory_kb(cache.proc.proc.pid)
     peak = before
     with cache.proc.connect() as sock:
         sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -244,7 +238,7 @@ def test_one_gigabyte_streams_through_with_bounded_memory(make, mode):
             got += len(chunk)
             n += 1
             if n % 64 == 0:
-                peak = max(peak, _rss_kb(cache.proc.proc.pid))
+                peak = max(peak, memory_kb(cache.proc.proc.pid))
     assert got == size
     assert peak - before < 64 * 1024, (before, peak)
 

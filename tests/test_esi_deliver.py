@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from serverproc import ServerProcess
+from serverproc import ServerProcess, memory_kb
 
 MB = 1024 * 1024
 
@@ -119,14 +119,6 @@ def server_onerror(origin, tmp_path_factory):
     srv.stop()
 
 
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 class ChunkedReader:
     """Reads one chunked response from a socket as it comes, a chunk at a time."""
 
@@ -170,7 +162,7 @@ def test_a_100mb_page_of_many_fragments_stays_bounded(server):
     reader = ChunkedReader(sock)
     assert reader.head.startswith(b"HTTP/1.1 200")
     assert re.search(rb"(?i)\r\ntransfer-encoding: chunked", reader.head)
-    before = rss_kb(server.proc.pid)
+    before = memory_kb(server.proc.pid)
     peak = 0
     total = 0
     seen = set()
@@ -181,7 +173,7 @@ def test_a_100mb_page_of_many_fragments_stays_bounded(server):
             seen.add(int(m.group(1)))
         tail = data[-64:]
         if i % 50 == 0:
-            peak = max(peak, rss_kb(server.proc.pid) - before)
+            peak = max(peak, memory_kb(server.proc.pid) - before)
             time.sleep(0.001)          # a client a little slower than the loopback
     sock.close()
     markup = len(b"<html></html>") + n * len(b"<i></i>\n")

@@ -12,6 +12,7 @@ import socket
 import zlib
 
 import pytest
+from serverproc import memory_kb
 from test_cache_support import Resp, cache_factory
 
 from cacheserver.counters import Counters
@@ -197,12 +198,6 @@ def test_crc32_combine_is_zlibs():
 
 # -- through the server ----------------------------------------------------------------------------
 
-def _rss_kb(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
 
 def _read_to_eof(sock: socket.socket, pid: int, peak: int) -> tuple[bytes, int, int]:
     head = b""
@@ -219,7 +214,7 @@ def _read_to_eof(sock: socket.socket, pid: int, peak: int) -> tuple[bytes, int, 
         got += len(chunk)
         n += 1
         if n % 64 == 0:
-            peak = max(peak, _rss_kb(pid))
+            peak = max(peak, memory_kb(pid))
     return head, got, peak
 
 
@@ -234,7 +229,7 @@ def test_one_gigabyte_gzip_body_is_gunzipped_for_a_plain_client_in_bounded_memor
                     lambda req: Resp(headers=[("Content-Encoding", "gzip")], body_gen=lambda: iter(packed),
                                      length=length))
     pid = cache.proc.proc.pid
-    before = _rss_kb(pid)
+    before = memory_kb(pid)
     with cache.proc.connect() as sock:
         # HTTP/1.0: the plain length is unknown while streaming, so the body ends at close
         sock.sendall(b"GET /big HTTP/1.0\r\nHost: x\r\n\r\n")
@@ -253,7 +248,7 @@ def test_one_gigabyte_plain_body_is_gzipped_on_fetch_in_bounded_memory(make):
     cache, _ = make(vcl, lambda req: Resp(body_gen=lambda: (block for _ in range(size // len(block))),
                                           length=size), "-p", "gzip_level=1")
     pid = cache.proc.proc.pid
-    before = _rss_kb(pid)
+    before = memory_kb(pid)
     with cache.proc.connect() as sock:
         sock.sendall(b"GET /big HTTP/1.0\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
         head = b""
@@ -270,6 +265,6 @@ def test_one_gigabyte_plain_body_is_gzipped_on_fetch_in_bounded_memory(make):
             plain += len(d.decompress(d.unconsumed_tail + chunk, 1 << 24))
             while d.unconsumed_tail:
                 plain += len(d.decompress(d.unconsumed_tail, 1 << 24))
-            peak = max(peak, _rss_kb(pid))
+            peak = max(peak, memory_kb(pid))
     assert b"Content-Encoding: gzip" in head and d.eof and plain == size
     assert peak - before < 64 * 1024, (before, peak)

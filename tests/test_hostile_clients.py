@@ -13,7 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from serverproc import ServerProcess, read_all, read_response
+from serverproc import ServerProcess, memory_kb, read_all, read_response
 
 BIG = 10 * 1024 * 1024
 
@@ -92,16 +92,6 @@ def server(origin, tmp_path_factory):
                         "-p", "send_timeout=4")
     yield srv
     srv.stop()
-
-
-def rss_kb(pid: int) -> int:
-    """Anonymous resident memory: what the server allocated (the shared log's mmap'd ring, a file
-    of fixed size, is resident too once written, and is not growth)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1])
-    raise AssertionError("no RssAnon")
 
 
 def exchange(server: ServerProcess, data: bytes, timeout: float = 5.0) -> bytes:
@@ -190,7 +180,7 @@ def test_a_chunked_body_is_streamed_to_the_backend(server):
 
 def test_a_header_line_that_never_ends_is_cut_off(server):
     """varnishd closes once the head passes http_req_size (32k); we once accumulated 160 MB."""
-    before = rss_kb(server.proc.pid)
+    before = memory_kb(server.proc.pid, "RssAnon")
     sock = server.connect()
     sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: ")
     sent = 0
@@ -200,7 +190,7 @@ def test_a_header_line_that_never_ends_is_cut_off(server):
             sent += 65536
     sock.close()
     assert sent < 4 * 1024 * 1024, "the server kept reading an endless header"
-    assert rss_kb(server.proc.pid) - before < 20 * 1024
+    assert memory_kb(server.proc.pid, "RssAnon") - before < 20 * 1024
     assert still_serves(server)
 
 
@@ -210,13 +200,13 @@ def test_pipelined_hits_of_a_big_object_are_answered_as_read(server):
     warm.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
     read_response(warm)
     warm.close()
-    before = rss_kb(server.proc.pid)
+    before = memory_kb(server.proc.pid, "RssAnon")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     sock.connect(("127.0.0.1", server.port))
     sock.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n" * 50)
     time.sleep(1.0)
-    grown = rss_kb(server.proc.pid) - before
+    grown = memory_kb(server.proc.pid, "RssAnon") - before
     assert still_serves(server)
     # then the client reads everything: all 50 arrive, whole
     sock.settimeout(10)
@@ -250,14 +240,14 @@ def test_a_big_post_is_streamed_not_held(server):
     server holds a bounded amount of it."""
     _Origin.seen.clear()
     size = 64 * 1024 * 1024
-    before = rss_kb(server.proc.pid)
+    before = memory_kb(server.proc.pid, "RssAnon")
     sock = server.connect()
     sock.sendall(b"POST /stream HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size)
     chunk = b"p" * 65536
     for _ in range(size // len(chunk)):
         sock.sendall(chunk)
     last_sent = time.monotonic()
-    peak = rss_kb(server.proc.pid) - before
+    peak = memory_kb(server.proc.pid, "RssAnon") - before
     head, body = read_response(sock)
     sock.close()
     assert body == b"got %d" % size
@@ -354,7 +344,7 @@ def test_pipelined_small_hits_stop_when_the_client_stops_reading(server):
     """100,000 pipelined hits, never read: the server stops answering (and reading) once its buffer
     is past the high-water mark. Without flow control it answers every one into memory (~25 MB)."""
     request = b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n"
-    before = rss_kb(server.proc.pid)
+    before = memory_kb(server.proc.pid, "RssAnon")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", server.port))
@@ -367,7 +357,7 @@ def test_pipelined_small_hits_stop_when_the_client_stops_reading(server):
         except BlockingIOError:
             time.sleep(0.01)         # the server stopped reading (or the kernel's buffers are full)
     time.sleep(1.0)
-    grown = rss_kb(server.proc.pid) - before
+    grown = memory_kb(server.proc.pid, "RssAnon") - before
     sock.close()
     assert grown < 8 * 1024, f"+{grown} KB answering requests nobody reads"
     assert still_serves(server)
