@@ -719,8 +719,9 @@ class ClientProtocol(asyncio.Protocol):
         if self._sink is request.body:
             return b""             # its body is still arriving: the rest is on the socket
         held = b"".join(self.held)
-        if not self.queue and not self._in_message:
-            return held
+        if not self.queue and not self._in_message and self.refusal is None:
+            # a method cut short by the read (or any word: it may be no HTTP at all) comes first
+            return self._method_hold + held
         raw = self._raw
         if raw is None or len(raw) >= _MAX_RAW:
             return None
@@ -811,8 +812,8 @@ def _messages_in(prefix: bytes) -> int:
     counter = _Counter()
     try:
         httptools.HttpRequestParser(counter).feed_data(prefix)
-    except httptools.HttpParserError:
-        pass
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        pass            # past an Upgrade request the bytes are not HTTP: its count is final
     return counter.done
 
 

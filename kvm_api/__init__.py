@@ -34,7 +34,7 @@ from kvm_api import _state
 from kvm_api._printf import cformat
 
 __all__ = [
-    "Print", "write", "shutdown", "set_socket_on_connect", "set_socket_on_read",
+    "Print", "write", "shutdown", "buffered", "pause_reading", "resume_reading", "set_socket_on_connect", "set_socket_on_read",
     "set_socket_on_writable", "set_socket_on_disconnect", "set_backend_get", "wait_for_requests",
     "SHUT_RD", "SHUT_WR", "SHUT_RDWR",
 ]
@@ -75,6 +75,24 @@ def shutdown(fd: int, how: int) -> int:
     """
     loop = _state.loop
     return -1 if loop is None else loop.shutdown(fd, how)
+
+
+def buffered(fd: int) -> int:
+    """Bytes written to fd that the socket has not taken yet; -1 if fd is not open."""
+    loop = _state.loop
+    return -1 if loop is None else loop.buffered(fd)
+
+
+def pause_reading(fd: int) -> int:
+    """Stop on_read for fd until resume_reading(fd) (back-pressure); 0, or -1 if fd is not open."""
+    loop = _state.loop
+    return -1 if loop is None else loop.set_paused(fd, True)
+
+
+def resume_reading(fd: int) -> int:
+    """Deliver fd's input to on_read again after pause_reading(fd); 0, or -1 if fd is not open."""
+    loop = _state.loop
+    return -1 if loop is None else loop.set_paused(fd, False)
 
 
 def set_socket_on_connect(fn: Callable[[int, str, str], object] | None) -> None:

@@ -34,7 +34,7 @@ ERROR = "Error"
 
 class Conn:
     __slots__ = ("fd", "sock", "out", "reading", "wr_shut", "shut_wr_pending", "short_write",
-                 "accepted", "closing", "reason", "deadline", "events", "closed")
+                 "accepted", "closing", "reason", "deadline", "events", "closed", "paused")
 
     def __init__(self, fd: int, sock: socket.socket) -> None:
         self.fd = fd
@@ -50,6 +50,7 @@ class Conn:
         self.deadline: float | None = None
         self.events = 0                 # what the selector watches now
         self.closed = False
+        self.paused = False             # pause_reading(): not watched for input until resumed
 
 
 class EventLoop:
@@ -151,6 +152,18 @@ class EventLoop:
             self._update(conn)
         return 0
 
+    def buffered(self, fd: int) -> int:
+        conn = self.conns.get(fd)
+        return -1 if conn is None else len(conn.out)
+
+    def set_paused(self, fd: int, paused: bool) -> int:
+        conn = self.conns.get(fd)
+        if conn is None or conn.closing:
+            return -1
+        conn.paused = paused
+        self._update(conn)
+        return 0
+
     # -- sockets ----------------------------------------------------------------------------------
 
     def _on_readable(self, conn: Conn) -> None:
@@ -240,7 +253,7 @@ class EventLoop:
         """Make the selector watch what `conn` needs now."""
         if conn.closed:
             return
-        events = (selectors.EVENT_READ if conn.reading and conn.accepted else 0) | (
+        events = (selectors.EVENT_READ if conn.reading and conn.accepted and not conn.paused else 0) | (
             selectors.EVENT_WRITE if conn.out else 0)
         if events == conn.events:
             return
