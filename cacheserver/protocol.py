@@ -299,6 +299,8 @@ class ClientProtocol(asyncio.Protocol):
             self._feed(data[:_FEED_SLICE])
             data = data[_FEED_SLICE:]
             if self.closed or self.refusal is not None:
+                if self._raw is not None and len(self._raw) < _MAX_RAW:
+                    self._raw += data       # not HTTP, but a steal may still hand it over
                 return
 
     def eof_received(self) -> bool | None:
