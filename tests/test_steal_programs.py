@@ -385,7 +385,7 @@ def fd_counts(server: ServerProcess) -> dict[str, int]:
     return counts
 
 
-def wait_for_fds(server: ServerProcess, expected: dict[str, int], timeout: float = 10.0) -> dict[str, int]:
+def wait_for_fds(server: ServerProcess, expected: dict[str, int], timeout: float = 20.0) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     while (now := fd_counts(server)) != expected and time.monotonic() < deadline:
         time.sleep(0.05)
