@@ -116,9 +116,15 @@ class Node:
         self.secret = workdir / "secret"
         self.proc: subprocess.Popen | None = None
         self.output: list[str] = []
+        self._drainer: threading.Thread | None = None
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the process and wait until it accepts clients."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process (wait_ready() waits for it)."""
         self.admin_port = free_port()
         self.workdir.mkdir(mode=0o700, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -130,6 +136,10 @@ class Node:
              "-f", str(self.vcl)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
             start_new_session=True)      # Ctrl-C goes to run.py, which stops the nodes in order
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the process says it accepts clients (stopping it if it does not)."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         pending = b""
         while time.monotonic() < deadline:
@@ -142,7 +152,8 @@ class Node:
             self.output += [ln.decode("utf-8", "replace") for ln in lines]
             if any(ln.startswith("Child launched OK") for ln in self.output):
                 # keep draining its output so a chatty node never blocks on a full pipe
-                threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
+                self._drainer = threading.Thread(target=self._drain, args=(self.proc,), daemon=True)
+                self._drainer.start()
                 return
         self.stop()
         raise RuntimeError(f"{self.name} did not start:\n" + "\n".join(self.output))
@@ -187,6 +198,9 @@ class Node:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._drainer is not None:
+            self._drainer.join(5)      # it ends at the pipe's end of file
+            self._drainer = None
         self.proc.stdout.close()
         self.proc = None
 
@@ -209,9 +223,12 @@ class Cluster:
         self.nodes = {name: Node(name, port, self.vcl, self.workdir) for name, port in ports.items()}
 
     def start(self) -> None:
+        """Start all nodes at once and wait until each accepts clients."""
         try:
             for node in self.nodes.values():
-                node.start()
+                node.launch()
+            for node in self.nodes.values():
+                node.wait_ready()
         except BaseException:
             self.stop()
             raise
