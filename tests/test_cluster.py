@@ -76,6 +76,11 @@ def _through_random_nodes(cluster, urls: list[str], nodes: list[str], seed: int)
         return dict(pool.map(one, plan))
 
 
+def _fetches(origin, urls: list[str]) -> dict[str, int]:
+    counts = origin.fetches()
+    return {u: counts[u] for u in urls}
+
+
 def _health(node) -> dict[str, bool]:
     """This node's view of the cluster nodes' health, from `backend.list` on its admin CLI."""
     status, text = node.cli("backend.list")
@@ -86,6 +91,22 @@ def _health(node) -> dict[str, bool]:
         if m:
             out[m.group(1)] = m.group(2) == "healthy"
     return out
+
+
+def _backend_reqs(node) -> dict[str, int]:
+    """VBE.<vcl>.<backend>.req from the node's counters: requests it sent to each backend."""
+    status, text = node.cli("counters.list")
+    assert status == 200, text
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^VBE\.[^.]+\.(\w+)\.req\s+(\d+)", text, re.M)}
+
+
+def _all_up(cluster) -> None:
+    """Every node running and seen healthy by every node (a test that failed may have left one down)."""
+    for node in cluster.nodes.values():
+        if not node.running:
+            node.start()
+    names = list(cluster.nodes)
+    _wait_until("every node sees every node healthy", _views_are(cluster, names, {n: True for n in names}))
 
 
 def _wait_until(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -122,9 +143,7 @@ def cluster():
     c = example.Cluster(3, **PROBE)
     try:
         c.start()
-        names = list(c.nodes)
-        _wait_until("every node sees every node healthy",
-                    _views_are(c, names, {n: True for n in names}))
+        _all_up(c)
         yield c
     finally:
         c.stop()
@@ -133,8 +152,10 @@ def cluster():
 # -- the cluster --------------------------------------------------------------------------------
 
 def test_each_url_is_fetched_once_and_a_stopped_nodes_share_moves_and_comes_back(cluster):
+    _all_up(cluster)
     names = list(cluster.nodes)
     origin = cluster.origin
+    before = {n: _backend_reqs(cluster.nodes[n]) for n in names}
 
     # every URL through a random node: fetched once from the origin, by the owner our director names
     first = _through_random_nodes(cluster, URLS, names, seed=1)
@@ -143,7 +164,14 @@ def test_each_url_is_fetched_once_and_a_stopped_nodes_share_moves_and_comes_back
     assert owners == {url: _expected_owner(names, set())(url) for url in URLS}
     assert {r["x-cluster-fetched-by"] for r in first.values()} == set(names)
     assert all(r["x-cluster-fetched-by"] == owners[url] for url, r in first.items())
-    assert origin.fetches() == {url: 1 for url in URLS}
+    assert _fetches(origin, URLS) == {url: 1 for url in URLS}
+    # a node that owns the URL asked goes to the origin itself, never to itself as a peer; one that
+    # does not sends it to the owner (one hop)
+    after = {n: _backend_reqs(cluster.nodes[n]) for n in names}
+    reqs = {n: {b: after[n][b] - before[n][b] for b in after[n]} for n in names}
+    assert all(reqs[n][n] == 0 for n in names), reqs
+    hops = sum(r["x-cluster-node"] != owners[u] for u, r in first.items())
+    assert sum(reqs[n][p] for n in names for p in names) == hops and hops > 100
     shares = {n: {u for u in URLS if owners[u] == n} for n in names}
     assert all(len(s) > 50 for s in shares.values()), {n: len(s) for n, s in shares.items()}
 
@@ -151,7 +179,7 @@ def test_each_url_is_fetched_once_and_a_stopped_nodes_share_moves_and_comes_back
     second = _through_random_nodes(cluster, URLS, names, seed=2)
     assert {(r[":status"], r["x-cache"]) for r in second.values()} == {(200, "HIT")}
     assert {url: r["x-cluster-owner"] for url, r in second.items()} == owners
-    assert origin.fetches() == {url: 1 for url in URLS}
+    assert _fetches(origin, URLS) == {url: 1 for url in URLS}
 
     # node2 stops: once its peers' probes mark it sick, its share (only) moves and is fetched again
     victim = cluster.nodes["node2"]
@@ -165,7 +193,7 @@ def test_each_url_is_fetched_once_and_a_stopped_nodes_share_moves_and_comes_back
     failover = _expected_owner(names, {"node2"})
     assert moved == {url: failover(url) for url in URLS}
     assert all(moved[u] == owners[u] for u in URLS if u not in shares["node2"])
-    assert origin.fetches() == {url: 2 if url in shares["node2"] else 1 for url in URLS}
+    assert _fetches(origin, URLS) == {url: 2 if url in shares["node2"] else 1 for url in URLS}
 
     # node2 back: when its peers see it healthy, its share is its own again (fetched anew: it
     # restarted empty), the rest stays where it was
@@ -175,14 +203,14 @@ def test_each_url_is_fetched_once_and_a_stopped_nodes_share_moves_and_comes_back
     fourth = _through_random_nodes(cluster, URLS, names, seed=4)
     assert {r[":status"] for r in fourth.values()} == {200}
     assert {url: r["x-cluster-owner"] for url, r in fourth.items()} == owners
-    assert origin.fetches() == {url: 3 if url in shares["node2"] else 1 for url in URLS}
+    assert _fetches(origin, URLS) == {url: 3 if url in shares["node2"] else 1 for url in URLS}
     assert {url for url, r in fourth.items() if r["x-cache"] == "MISS"} == shares["node2"]
 
 
 def test_requests_from_a_peer_go_to_the_origin_and_others_are_routed(cluster):
     """X-Cluster-Hop from inside the peers' ACL: served here; from outside it (127.0.0.2): ignored."""
+    _all_up(cluster)
     names = list(cluster.nodes)
-    _wait_until("all healthy", _views_are(cluster, names, {n: True for n in names}))
     url = "/hop/1"
     owner = _expected_owner(names, set())(url)
     other = cluster.nodes[next(n for n in names if n != owner)]
@@ -193,8 +221,8 @@ def test_requests_from_a_peer_go_to_the_origin_and_others_are_routed(cluster):
 
 
 def test_purge_reaches_the_owner_and_bans_reach_every_node(cluster):
+    _all_up(cluster)
     names = list(cluster.nodes)
-    _wait_until("all healthy", _views_are(cluster, names, {n: True for n in names}))
     origin = cluster.origin
     urls = [f"/inv/{i}" for i in range(30)]
     _through_random_nodes(cluster, urls, names, seed=5)
