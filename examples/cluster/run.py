@@ -249,11 +249,12 @@ def _instructions(cluster: Cluster) -> str:
         f"origin  http://{HOST}:{cluster.origin.port}/  (fetch counts: /.origin/counts)",
         *(f"{x.name:7} http://{HOST}:{x.port}/  (admin CLI {HOST}:{x.admin_port})" for x in n),
         "",
-        "Ask any node; X-Cluster-Node is the node you asked, X-Cluster-Owner the node holding the",
-        "object, X-Cache its HIT or MISS, X-Cluster-Fetched-By the node that went to the origin:",
-        f"  for p in {ports}; do curl -si http://{HOST}:$p/hello | grep -i '^x-'; done",
+        "Ask any node (with one Host, as behind a load balancer: the Host is part of the cache key);",
+        "X-Cluster-Node is the node you asked, X-Cluster-Owner the node holding the object, X-Cache",
+        "its HIT or MISS there, X-Cluster-Fetched-By the node that went to the origin:",
+        f"  for p in {ports}; do curl -si -H 'Host: example.com' http://{HOST}:$p/hello | grep -i '^x-c'; done",
         "Purge: any node forwards a PURGE to the owner, which drops the object:",
-        f"  curl -si -X PURGE http://{HOST}:{first.port}/hello",
+        f"  curl -si -X PURGE -H 'Host: example.com' http://{HOST}:{first.port}/hello",
         "Ban: bans are per node, so send the same ban to every node, over HTTP ...",
         f"  for p in {ports}; do curl -s -X BAN -H 'X-Ban-Url: ^/hel' http://{HOST}:$p/ "
         "-o /dev/null -w '%{http_code}\\n'; done",
@@ -276,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cluster = Cluster(args.nodes, probe_interval=args.probe_interval)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.default_int_handler)     # even where a shell ignored it
     try:
         cluster.start()
         print(_instructions(cluster), flush=True)
