@@ -13,8 +13,14 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import json
+import os
 import random
 import re
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -307,3 +313,92 @@ def test_shard_owners_are_the_ones_varnishd_chooses_live():
     table = json.loads(OWNERS_TABLE.read_text())
     assert live["tables"] == table["tables"]
     assert _ours(live) == live["tables"]
+
+
+# -- a mixed cluster: varnishd as one of the nodes ----------------------------------------------
+
+class VarnishdNode:
+    """varnishd 7.1 running cluster.vcl as one node (same interface as the example's Node)."""
+
+    def __init__(self, name: str, port: int, vcl_text: str) -> None:
+        self.name = name
+        self.port = port
+        self.dir = Path(tempfile.mkdtemp(prefix="clustervd", dir="/tmp"))
+        os.chmod(self.dir, 0o755)          # varnishd drops to its own user before reading the VCL
+        self.vcl = self.dir / "cluster.vcl"
+        self.vcl.write_text(vcl_text)
+        os.chmod(self.vcl, 0o644)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        self.proc = subprocess.Popen(
+            [recorder.find_varnishd(), "-F", "-i", self.name, "-n", str(self.dir / "n"),
+             "-a", f"{example.HOST}:{self.port}", "-f", str(self.vcl), "-T", "127.0.0.1:0",
+             "-s", "malloc,32m"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection((example.HOST, self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("varnishd exited: " + self.proc.stderr.read().decode()) from None
+                if time.monotonic() > deadline:
+                    raise AssertionError("varnishd did not listen in time") from None
+                time.sleep(0.1)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cli(self, command: str) -> tuple[int, str]:
+        adm = shutil.which("varnishadm") or "/usr/bin/varnishadm"
+        out = subprocess.run([adm, "-n", str(self.dir / "n"), *shlex.split(command)], capture_output=True,
+                             text=True, timeout=30)
+        return (200 if out.returncode == 0 else 300), out.stdout
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+            self.proc.stderr.close()
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.mark.skipif(recorder.find_varnishd() is None, reason="varnishd not installed")
+def test_a_mixed_cluster_of_cacheserver_and_varnishd_nodes_agrees_on_owners():
+    """node1 and node2 are cacheservers, node3 is varnishd, all on cluster.vcl: one origin fetch per
+    URL whichever node is asked; with node2 stopped, both kinds move its share to the same nodes."""
+    mixed = example.Cluster(3, **PROBE)
+    theirs = mixed.nodes["node3"]
+    mixed.nodes["node3"] = VarnishdNode("node3", theirs.port, mixed.vcl.read_text())
+    try:
+        mixed.start()
+        _all_up(mixed)
+        names = list(mixed.nodes)
+        urls = URLS[:150]
+        first = _through_random_nodes(mixed, urls, names, seed=7)
+        owners = {u: r["x-cluster-owner"] for u, r in first.items()}
+        assert owners == {u: _expected_owner(names, set())(u) for u in urls}
+        assert _fetches(mixed.origin, urls) == {u: 1 for u in urls}
+        assert {r["x-cluster-node"] for r in first.values()} == set(names)
+        # every entry node sent each URL to the same owner: a second round is all hits
+        second = _through_random_nodes(mixed, urls, names, seed=8)
+        assert {(r[":status"], r["x-cache"]) for r in second.values()} == {(200, "HIT")}
+
+        mixed.nodes["node2"].stop()
+        _wait_until("node1 and node3 see node2 sick",
+                    _views_are(mixed, ["node1", "node3"], {"node1": True, "node2": False, "node3": True}))
+        third = _through_random_nodes(mixed, urls, ["node1", "node3"], seed=9)
+        failover = _expected_owner(names, {"node2"})
+        assert {u: r["x-cluster-owner"] for u, r in third.items()} == {u: failover(u) for u in urls}
+        assert _fetches(mixed.origin, urls) == {u: 2 if owners[u] == "node2" else 1 for u in urls}
+    finally:
+        mixed.stop()
