@@ -18,8 +18,9 @@ import random
 import re
 import shlex
 import shutil
-import socket
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,7 +50,9 @@ OWNERS_TABLE = ROOT / "tests" / "data" / "shard_owners.json"
 
 HOST = "www.example.test"          # one site: every node hashes its objects alike
 URLS = [f"/obj/{i}" for i in range(300)]
-PROBE = {"probe_interval": "0.1s", "probe_timeout": "0.5s", "probe_window": 3, "probe_threshold": 2}
+# a stopped node refuses connections at once, so the timeout can be generous (a loaded machine must
+# not make a live node look sick) while the interval keeps detection fast: two failed polls of three
+PROBE = {"probe_interval": "0.2s", "probe_timeout": "2s", "probe_window": 3, "probe_threshold": 2}
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -87,15 +90,18 @@ def _fetches(origin, urls: list[str]) -> dict[str, int]:
     return {u: counts[u] for u in urls}
 
 
-def _health(node) -> dict[str, bool]:
-    """This node's view of the cluster nodes' health, from `backend.list` on its admin CLI."""
+def _health(node) -> dict[str, bool | None]:
+    """This node's view of the cluster nodes, from `backend.list` on its admin CLI: True for healthy
+    with a whole window of good polls (so real polls, not only `.initial`'s, say so), False for sick,
+    None in between."""
     status, text = node.cli("backend.list")
     assert status == 200, text
-    out = {}
+    out: dict[str, bool | None] = {}
     for line in text.splitlines()[1:]:
-        m = re.match(r"\S*?\.?(node\d+)\s+\S+\s+\S+\s+(healthy|sick)", line)
+        m = re.match(r"\S*?\.?(node\d+)\s+\S+\s+(\d+)/(\d+)\s+(healthy|sick)", line)
         if m:
-            out[m.group(1)] = m.group(2) == "healthy"
+            good, window, state = int(m.group(2)), int(m.group(3)), m.group(4)
+            out[m.group(1)] = False if state == "sick" else True if good == window else None
     return out
 
 
@@ -341,17 +347,19 @@ class VarnishdNode:
              "-s", "malloc,32m"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until it answers HTTP: its manager binds the port before the child can answer."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                socket.create_connection((example.HOST, self.port), timeout=0.5).close()
-                return
+                if _get(self.port, "/.cluster/health")[0] == 200:
+                    return
             except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("varnishd exited: " + self.proc.stderr.read().decode()) from None
-                if time.monotonic() > deadline:
-                    raise AssertionError("varnishd did not listen in time") from None
-                time.sleep(0.1)
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError("varnishd exited: " + self.proc.stderr.read().decode())
+            if time.monotonic() > deadline:
+                raise AssertionError("varnishd did not answer in time")
+            time.sleep(0.1)
 
     @property
     def running(self) -> bool:
@@ -386,7 +394,10 @@ def test_a_mixed_cluster_of_cacheserver_and_varnishd_nodes_agrees_on_owners():
         urls = URLS[:150]
         first = _through_random_nodes(mixed, urls, names, seed=7)
         owners = {u: r["x-cluster-owner"] for u, r in first.items()}
-        assert owners == {u: _expected_owner(names, set())(u) for u in urls}
+        want = {u: _expected_owner(names, set())(u) for u in urls}
+        wrong = {u: (first[u].get("x-cluster-node"), owners[u], want[u]) for u in urls if owners[u] != want[u]}
+        assert not wrong, (wrong, {n: _health(mixed.nodes[n]) for n in names},
+                           {n: mixed.nodes[n].cli("backend.list -p")[1] for n in names})
         assert _fetches(mixed.origin, urls) == {u: 1 for u in urls}
         assert {r["x-cluster-node"] for r in first.values()} == set(names)
         # every entry node sent each URL to the same owner: a second round is all hits
@@ -402,3 +413,49 @@ def test_a_mixed_cluster_of_cacheserver_and_varnishd_nodes_agrees_on_owners():
         assert _fetches(mixed.origin, urls) == {u: 2 if owners[u] == "node2" else 1 for u in urls}
     finally:
         mixed.stop()
+
+
+def test_run_py_starts_takes_commands_and_stops_cleanly_on_ctrl_c():
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "cluster" / "run.py")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    try:
+        lines: list[str] = []
+
+        def until(prefix: str) -> str:
+            for line in proc.stdout:           # the process is killed in `finally` if it hangs
+                lines.append(line)
+                if line.startswith(prefix):
+                    return line
+            raise AssertionError(f"no line starting {prefix!r}:\n" + "".join(lines))
+
+        until("commands:")
+        workdir = re.search(r"-S (/\S+)/secret", "".join(lines)).group(1)
+        assert len(_processes_with(workdir)) == 3
+        proc.stdin.write("stop node2\ncounts\n")
+        proc.stdin.flush()
+        until("node2 stopped")
+        assert until("{") == "{}\n"
+        assert len(_processes_with(workdir)) == 2
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert until("stopping")
+        assert _processes_with(workdir) == [] and not Path(workdir).exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _processes_with(text: str) -> list[int]:
+    """Processes whose command line mentions text."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except (OSError, ValueError):
+            continue
+    return found
