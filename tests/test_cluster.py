@@ -420,6 +420,7 @@ def test_run_py_starts_takes_commands_and_stops_cleanly_on_ctrl_c():
     proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "cluster" / "run.py")],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env)
+    workdir = None
     try:
         lines: list[str] = []
 
@@ -446,6 +447,8 @@ def test_run_py_starts_takes_commands_and_stops_cleanly_on_ctrl_c():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        for pid in _processes_with(workdir) if workdir else []:     # nodes run.py left behind
+            os.kill(pid, signal.SIGKILL)
 
 
 def _processes_with(text: str) -> list[int]:
