@@ -14,6 +14,7 @@ import http.client
 import importlib.util
 import json
 import os
+import queue
 import random
 import re
 import shlex
@@ -22,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -421,15 +423,22 @@ def test_run_py_starts_takes_commands_and_stops_cleanly_on_ctrl_c():
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env)
     workdir = None
+    output: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [output.put(line) for line in proc.stdout], daemon=True).start()
     try:
         lines: list[str] = []
 
-        def until(prefix: str) -> str:
-            for line in proc.stdout:           # the process is killed in `finally` if it hangs
+        def until(prefix: str, timeout: float = 30.0) -> str:
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    line = output.get(timeout=left)
+                except queue.Empty:
+                    break
                 lines.append(line)
                 if line.startswith(prefix):
                     return line
-            raise AssertionError(f"no line starting {prefix!r}:\n" + "".join(lines))
+            raise AssertionError(f"no line starting {prefix!r} in {timeout} s:\n" + "".join(lines))
 
         until("commands:")
         workdir = re.search(r"-S (/\S+)/secret", "".join(lines)).group(1)
