@@ -221,6 +221,28 @@ def test_each_url_is_fetched_once_and_a_stopped_nodes_share_moves_and_comes_back
     assert {url for url, r in fourth.items() if r["x-cache"] == "MISS"} == shares["node2"]
 
 
+def test_a_stopped_owner_is_passed_over_before_its_peers_probes_notice():
+    """Probes every 60 s: node2's peers still think it healthy, but a fetch from it fails and is
+    retried on the next node on the ring, the one that will own those URLs once node2 is sick."""
+    slow = example.Cluster(3, **{**PROBE, "probe_interval": "60s"})
+    try:
+        slow.start()
+        names = list(slow.nodes)
+        not_sick = lambda: all(False not in _health(slow.nodes[n]).values() for n in names)  # noqa: E731
+        _wait_until("no node sees another sick", not_sick)
+        slow.nodes["node2"].stop()
+        owner, failover = _expected_owner(names, set()), _expected_owner(names, {"node2"})
+        urls = URLS[:90]
+        got = _through_random_nodes(slow, urls, ["node1", "node3"], seed=11)
+        assert {r[":status"] for r in got.values()} == {200}
+        assert {u: r["x-cluster-owner"] for u, r in got.items()} == {u: failover(u) for u in urls}
+        assert any(owner(u) == "node2" for u in urls)
+        assert _fetches(slow.origin, urls) == {u: 1 for u in urls}
+        assert _health(slow.nodes["node1"])["node2"] is not False      # the probes had not noticed
+    finally:
+        slow.stop()
+
+
 def test_requests_from_a_peer_go_to_the_origin_and_others_are_routed(cluster):
     """X-Cluster-Hop from inside the peers' ACL: served here; from outside it (127.0.0.2): ignored."""
     _all_up(cluster)

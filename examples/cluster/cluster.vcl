@@ -4,6 +4,7 @@ vcl 4.1;
 # director names one owner node; the owner alone caches the object and goes to the origin, the
 # others pass the request on to it. A node whose peers' probes fail is taken out of the ring and its
 # share moves to the next node on the ring (only its share); when it is healthy again it gets it back.
+# Before the probes notice, a pass to it that fails is retried once on that next node.
 #
 # This is a template: run.py fills the $$name places (Python string.Template) with the nodes, the origin
 # and the probe timings. The nodes' backend names must be their identities (-i).
@@ -90,6 +91,15 @@ sub vcl_recv {
 sub vcl_backend_fetch {
     if (bereq.backend == origin) {
         unset bereq.http.X-Cluster-Hop;
+    } else if (bereq.retries > 0) {
+        # the owner did not answer and its probes have not noticed yet: the next node on the ring
+        set bereq.backend = cluster.backend(by=URL, alt=bereq.retries);
+    }
+}
+
+sub vcl_backend_error {
+    if (bereq.backend != origin && bereq.retries == 0) {
+        return (retry);
     }
 }
 
