@@ -106,6 +106,12 @@ CASES = {
                          5, 2, "DNS lookup(no-such-host.invalid)"),
     "ip_constant": (H + 'sub vcl_recv {\n\tif (client.ip == "nonsense..") {}\n}\n', 5, 19,
                     "IP constant '\"nonsense..\"' could not be resolved to an IP address"),
+    "backend_unresolvable": ('vcl 4.1;\nbackend default {\n\t.host = "nonexistent.invalid";\n}\n', 3, 10,
+                             "Backend host '\"nonexistent.invalid\"' could not be resolved to an IP address:"),
+    "backend_bad_port": ('vcl 4.1;\nbackend default {\n\t.host = "127.0.0.1";\n\t.port = "nonexistentport";\n}\n',
+                         3, 10, "Backend host '\"127.0.0.1\"' could not be resolved to an IP address:"),
+    "backend_port_twice": ('vcl 4.1;\nbackend default {\n\t.host = "127.0.0.1:80";\n\t.port = "81";\n}\n',
+                           3, 10, "Backend host '\"127.0.0.1:80\"' could not be resolved to an IP address:"),
     "version_bad": ("vcl 5.0;\nbackend default none;\n", 1, 1, "VCL version 5.0 not supported."),
     "vcl_41_only_var_in_40": ("vcl 4.0;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = local.socket;\n}\n",
                               4, 19, "Symbol not found: 'local.socket'"),
@@ -283,3 +289,22 @@ def test_restrict_groups_client_backend():
     with pytest.raises(VCLError) as info:
         compile_vcl(ok.replace("vcl_deliver", "vcl_backend_response"), "g.vcl", extra_vmods={"grp": vmod})
     assert str(info.value).startswith("g.vcl:5:2: Not available in subroutine 'vcl_backend_response'.")
+
+
+def test_unresolvable_backend_report_has_the_resolver_reason_and_the_backend():
+    """As VCC: the gai_strerror text, its apology, and where the backend declaration starts."""
+    src, *_ = CASES["backend_unresolvable"]
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, "b.vcl")
+    lines = str(info.value).splitlines()
+    assert lines[3:5] == ["\tName or service not known", "(Sorry if that error message is gibberish.)"]
+    assert lines[5] == "b.vcl:2:1: In backend specification starting at:"
+
+
+def test_backend_connects_to_the_address_vcc_resolved():
+    vcl = compile_vcl('vcl 4.1;\nbackend b { .host = "localhost"; .port = "8080"; }\n'
+                      'backend c { .host = "[::1] 81"; }\n'
+                      "sub vcl_recv { set req.backend_hint = b; set req.backend_hint = c; }", "t.vcl")
+    assert (vcl.backends["b"].host, vcl.backends["b"].port, vcl.backends["b"].host_header) == (
+        "127.0.0.1", "8080", "localhost")
+    assert (vcl.backends["c"].host, vcl.backends["c"].port) == ("::1", "81")

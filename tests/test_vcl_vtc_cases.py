@@ -224,10 +224,11 @@ def test_synthetic_prints_unset_strings_as_null(stmt, body):
 
 def test_backend_host_header_defaults_to_the_host_string():
     vcl = compile_vcl('vcl 4.1;\nbackend b { .host = "127.0.0.1"; .port = "8080"; }\n'
-                      'backend c { .host = "localhost:81"; }\nbackend d { .host = "h"; .host_header = "x"; }\n'
+                      'backend c { .host = "localhost:81"; }\nbackend d { .host = "127.0.0.2"; .host_header = "x"; }\n'
                       "sub vcl_recv { set req.backend_hint = c; set req.backend_hint = d; }", "t.vcl")
     assert [vcl.backends[n].host_header for n in "bcd"] == ["127.0.0.1", "localhost:81", "x"]
-    assert (vcl.backends["c"].host, vcl.backends["c"].port) == ("localhost", "81")
+    # The backend connects to the address VCC resolved, with the port the .host string named.
+    assert (vcl.backends["c"].host, vcl.backends["c"].port) == ("127.0.0.1", "81")
 
 
 @pytest.mark.parametrize("stmt, message, col", [

@@ -297,6 +297,7 @@ class Backend:
     name: str
     name_pos: Pos
     attrs: list[Attr] | None  # None: `backend NAME none;`
+    resolved: object = None   # vcl.vss.Resolved: the address VCC found for .host
 
 
 @dataclass(eq=False)

@@ -15,6 +15,7 @@ from vcl.acl import AclMaskError, resolve_acl_entry
 from vcl.errors import VCLError
 from vcl.exprcheck import IMPLICIT_IMPORTS, ExprChecker
 from vcl.program import CheckedProgram, SubInfo, Use
+from vcl.vss import NoAddress, ResolveError, TooManyAddresses, resolve_backend
 from vcl.xref import XrefChecker
 from vmods import ObjectType, UnknownVmod, Vmod
 
@@ -338,6 +339,30 @@ class Checker(ExprChecker, XrefChecker):
                     raise VCLError(".proxy_header must be 1 or 2", attr.value.pos)
             if "host" not in seen and "path" not in seen:
                 raise VCLError("Expected .host or .path.", backend.name_pos)
+            if "host" in seen:
+                self._resolve_backend(backend)
+
+    @staticmethod
+    def _resolve_backend(backend: ast.Backend) -> None:
+        """VCC resolves .host (and .port) when it compiles; the backend keeps the address it found."""
+        fields = {a.name: a.value for a in backend.attrs or ()}
+        host = fields["host"]
+        port = fields.get("port")
+        token = f'"{host.value}"'
+        try:
+            backend.resolved = resolve_backend(host.value, None if port is None else str(port.value))
+            return
+        except ResolveError as exc:
+            msg = (f"Backend host '{token}' could not be resolved to an IP address:\n\t{exc}\n"
+                   "(Sorry if that error message is gibberish.)")
+        except NoAddress:
+            msg = f"Backend host '{token}': resolves to neither IPv4 nor IPv6 addresses."
+        except TooManyAddresses as exc:
+            msg = ("Backend host " + token + ": resolves to too many addresses.\n"
+                   "Only one IPv4 and one IPv6 are allowed.\n"
+                   "Please specify which exact address you want to use, we found all of these:\n"
+                   + exc.found.rstrip("\n"))
+        raise VCLError(msg, host.pos, notes=[("In backend specification starting at:", backend.pos)])
 
     def _probe_attrs(self, attrs: list[ast.Attr]) -> None:
         seen: set[str] = set()
