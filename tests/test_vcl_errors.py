@@ -112,6 +112,8 @@ CASES = {
                          3, 10, "Backend host '\"127.0.0.1\"' could not be resolved to an IP address:"),
     "backend_port_twice": ('vcl 4.1;\nbackend default {\n\t.host = "127.0.0.1:80";\n\t.port = "81";\n}\n',
                            3, 10, "Backend host '\"127.0.0.1:80\"' could not be resolved to an IP address:"),
+    "inline_c_stmt": (H + "sub vcl_recv {\n\tif (req.url) {\n\t\tC{ int x; }C\n\t}\n}\n", 6, 3, "Inline-C not allowed"),
+    "inline_c_top": (H + "C{\n#include <stdio.h>\n}C\n", 4, 1, "Inline-C not allowed"),
     "version_bad": ("vcl 5.0;\nbackend default none;\n", 1, 1, "VCL version 5.0 not supported."),
     "vcl_41_only_var_in_40": ("vcl 4.0;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = local.socket;\n}\n",
                               4, 19, "Symbol not found: 'local.socket'"),
@@ -308,3 +310,10 @@ def test_backend_connects_to_the_address_vcc_resolved():
     assert (vcl.backends["b"].host, vcl.backends["b"].port, vcl.backends["b"].host_header) == (
         "127.0.0.1", "8080", "localhost")
     assert (vcl.backends["c"].host, vcl.backends["c"].port) == ("::1", "81")
+
+
+def test_inline_c_allowed_by_the_parameter_is_still_refused_saying_why():
+    src, *_ = CASES["inline_c_stmt"]
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, "c.vcl", allow_inline_c=True)
+    assert str(info.value).startswith("c.vcl:6:3: Inline-C cannot run here: vcc_allow_inline_c is on")

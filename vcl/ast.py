@@ -244,6 +244,11 @@ class New(Stmt):
 
 
 @dataclass(eq=False)
+class InlineC(Stmt):
+    """`C{ ... }C` (at top level or in a body): VCC's inline C, which cacheserver cannot run."""
+
+
+@dataclass(eq=False)
 class ExprStmt(Stmt):
     """A vmod function or method call used as a statement."""
 

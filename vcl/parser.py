@@ -155,6 +155,9 @@ class _ToAst(Transformer):
                             self._p(mask) if mask is not None else None, self._p(addr),
                             self._p(slash) if slash is not None else None)
 
+    def inline_c(self, children):
+        return ast.InlineC(self._p(children[0]))
+
     def sub(self, children):
         kw, name, body = children
         return ast.Sub(self._p(kw), _sub_name(name), self._p(name), body.body)
