@@ -259,24 +259,57 @@ def ban(ctx, expression: str | None) -> None:
         ctx.log.append(("VCL_Error", f"ban(): {result}"))
 
 
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _after_token(element: str, token: str) -> str | None:
+    """http_istoken: the rest of a list element that begins with `token` (any case), else None."""
+    n = len(token)
+    if element[:n].lower() != token or (len(element) > n and element[n] in _TCHAR):
+        return None
+    return element[n:]
+
+
+def _qvalue(params: str) -> float:
+    """http_GetHdrQ on what follows the token: the first `q=` (lower-case q only) read as varnishd
+    reads it (digits, then '.' and digits); no q parameter is 1, a q that is not a number 0."""
+    for param in params.split(";"):
+        param = param.strip(" \t")
+        if param[:1] != "q":
+            continue
+        rest = param[1:].lstrip(" \t")
+        if rest[:1] == "=":
+            value = rest[1:].lstrip(" \t")
+            break
+    else:
+        return 1.0
+    if not value or not (value[0] == "." or "0" <= value[0] <= "9"):
+        return 0.0
+    i, q = 0, 0.0
+    while i < len(value) and "0" <= value[i] <= "9":
+        q = q * 10 + (ord(value[i]) - 48)
+        i += 1
+    if value[i:i + 1] != ".":
+        return q
+    f = 0.1
+    for ch in value[i + 1:]:
+        if not "0" <= ch <= "9":
+            break
+        q += f * (ord(ch) - 48)
+        f *= 0.1
+    return q
+
+
 def req_gzip(value: str | None) -> bool:
-    """RFC2616_Req_Gzip (req.can_gzip): x-gzip anywhere, or gzip with a q-value above 0."""
+    """RFC2616_Req_Gzip (req.can_gzip): an `x-gzip` element (any parameters), or the first `gzip`
+    element with a q-value above 0; tokens match in any case, `q` only in lower case."""
     if not value:
         return False
-    gzip_q = None
-    for part in value.split(","):
-        token, _, params = part.strip().partition(";")
-        token = token.strip().lower()
-        if token == "x-gzip":
-            return True
-        if token != "gzip" or gzip_q is not None:
-            continue
-        gzip_q = 1.0
-        for param in params.split(";"):
-            key, _, val = param.strip().partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    gzip_q = float(val)
-                except ValueError:
-                    gzip_q = 0.0
-    return gzip_q is not None and gzip_q > 0
+    elements = [e.strip(" \t") for e in value.split(",")]
+    if any(_after_token(e, "x-gzip") is not None for e in elements):
+        return True
+    for element in elements:
+        rest = _after_token(element, "gzip")
+        if rest is not None:
+            return _qvalue(rest) > 0
+    return False
