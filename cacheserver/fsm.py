@@ -23,9 +23,9 @@ from cacheserver.esi import EsiRequest
 from cacheserver.fetch import BusyObj, fail_from_vcl
 from cacheserver.filters import accepts_gzip, weaken_etag
 from cacheserver.http1 import DATES, reason_for
-from cacheserver.ranges import not_modified
+from cacheserver.ranges import not_modified, object_last_modified
 from cacheserver.reqbody import ReqBody
-from cacheserver.rfc2616 import collect_header, parse_date
+from cacheserver.rfc2616 import collect_header
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import ObjCore
 from vcl.runtime import Action, Context, HttpMessage, VCLFailure
@@ -671,8 +671,7 @@ class ClientRequest(Delivery, EsiRequest):
         return self._transmit(resp, self.oc)
 
     def _last_modified(self) -> float:
-        oc = self.oc
-        return parse_date(oc.http.headers.get("Date")) or oc.t_origin
+        return object_last_modified(self.oc.http.headers, self.oc.t_origin)
 
     def _drop_object(self) -> None:
         if self.bo is not None:
