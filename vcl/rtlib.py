@@ -25,7 +25,7 @@ REAL_MAX = 999999999999.999
 def s_int(value: int) -> str:
     """INT in string context (VRT_INT_string)."""
     if abs(value) > INT_MAX:
-        raise VCLFailure(f"INT overflow converting {value} to string")
+        raise VCLFailure("INT overflow converting to string (%X)" % value)   # VRT_INT_string: %jX
     return str(value)
 
 
@@ -33,13 +33,17 @@ def s_real(value: float | None) -> str:
     """REAL and DURATION in string context: 3 decimals (VRT_REAL_string)."""
     value = value or 0.0
     if not abs(value) <= REAL_MAX:      # also NaN
-        raise VCLFailure(f"REAL overflow converting {value} to string")
+        raise VCLFailure("REAL overflow converting to string (%e)" % value)  # VRT_REAL_string: %e
     return "%.3f" % value
 
 
 def s_bytes(value: float | None) -> str:
-    """BYTES in string context: a whole number of bytes (varnishd 7.1 prints 11264, not 11264.000)."""
-    return "%.0f" % (value or 0.0)
+    """BYTES in string context: a whole number of bytes (varnishd 7.1 prints 11264, not 11264.000);
+    beyond VRT_INTEGER_MAX it fails as an INT does."""
+    value = value or 0.0
+    if not abs(value) <= INT_MAX:
+        raise VCLFailure("INT overflow converting to string (%X)" % int(value))
+    return "%.0f" % value
 
 
 _last_time: list = [None, ""]
