@@ -191,6 +191,7 @@ class Set(Stmt):
     target_pos: Pos
     op: str
     value: Expr
+    op_pos: Pos | None = None
     ref: object = field(default=None, init=False)
 
 

@@ -253,14 +253,15 @@ class Checker(ExprChecker, XrefChecker):
         vtype = var.type
         if vtype in ("HEADER", "BODY", "STRING"):
             if stmt.op not in ("=", "+="):
-                raise VCLError(f"Operator {stmt.op} not possible on type {vtype}", stmt.target_pos)
+                raise VCLError(f"Expected '=' got '{stmt.op}'", stmt.op_pos or stmt.target_pos)
             stmt.value = self.expr0(stmt.value, "STRING")
             return
         if stmt.op == "=":
             stmt.value = self.expr0(stmt.value, vtype)
             return
         if vtype not in ("INT", "REAL", "DURATION", "BYTES") or (vtype == "BYTES" and stmt.op in ("*=", "/=")):
-            raise VCLError(f"Operator {stmt.op} not possible on type {vtype}", stmt.target_pos)
+            # VCC's set has no such operator for the type: it wanted a plain '='
+            raise VCLError(f"Expected '=' got '{stmt.op}'", stmt.op_pos or stmt.target_pos)
         if stmt.op in ("*=", "/="):
             stmt.value = self.expr0(stmt.value, types.MULTYPE[vtype])
         else:

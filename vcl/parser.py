@@ -170,7 +170,7 @@ class _ToAst(Transformer):
 
     def set_(self, children):
         kw, name, op, value = children
-        return ast.Set(self._p(kw), str(name), self._p(name), str(op), value)
+        return ast.Set(self._p(kw), str(name), self._p(name), str(op), value, self._p(op))
 
     def unset_(self, children):
         kw, name = children
