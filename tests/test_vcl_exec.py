@@ -480,7 +480,7 @@ def test_acl_log_flag_records_the_match():
                            "sub vcl_recv {\n\tif (client.ip ~ a) {\n\t\treturn (synth(200));\n\t}\n}\n", "l.vcl")
     ctx = ctx_for("vcl_recv")
     assert compiled.subs["vcl_recv"](ctx) == Action("synth", (200, ""))
-    assert ctx.log == [("VCL_acl", 'MATCH a "10.1.2.4"')]
+    assert ctx.log == [("VCL_acl", 'MATCH a "10.0.0.0"/8')]    # the entry as written, as varnishd logs it
     ctx = ctx_for("vcl_recv", client_ip=IP("192.0.2.1"))
     compiled.subs["vcl_recv"](ctx)
     assert ctx.log == [("VCL_acl", "NO_MATCH a")]

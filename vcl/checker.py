@@ -406,8 +406,9 @@ class Checker(ExprChecker, XrefChecker):
         finally:
             self.cur = saved
 
-    def _acl_networks(self, acl: ast.Acl) -> list[tuple[bool, str]]:
-        nets: list[tuple[bool, str]] = []
+    def _acl_networks(self, acl: ast.Acl) -> list[tuple[bool, str, str]]:
+        """(negated, "address/prefix", how a +log record names the entry) per network."""
+        nets: list[tuple[bool, str, str]] = []
         pedantic = "-pedantic" not in acl.flags
         seen: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, ast.AclEntry] = {}
         for entry in acl.entries:
@@ -443,7 +444,12 @@ class Checker(ExprChecker, XrefChecker):
                     raise VCLError("Conflicting ACL entries:", prev.addr_pos or prev.pos,
                                    [("vs:", entry.addr_pos or entry.pos)])
                 seen.setdefault(key, entry)
-                nets.append((entry.negated, net))
+                # As VCC writes it into VCL_acl: the address as written, a separate /mask, and what
+                # a mask with host bits was fixed to
+                shown = f'"{addr}"' + (f"/{mask}" if entry.mask is not None else "")
+                if entry.mask is not None and key.network_address != ipaddress.ip_address(net.partition("/")[0]):
+                    shown += f" fixed: {key}"
+                nets.append((entry.negated, net, shown))
         return nets
 
 
