@@ -247,20 +247,51 @@ def hash_data(ctx, value: str | None) -> None:
         ctx.hash_parts.append(value)
 
 
+def ban_string(ctx, expression: str | None) -> str | None:
+    """VRT_ban_string (ban() and std.ban()): add the ban; the error text, logged as VCL_Error, or None.
+
+    The conditions' shape is checked first, with VCL's own words (the CLI's differ)."""
+    from cacheserver.bans import BanError, _build_test  # the server's ban rules
+
+    error = None
+    # VAV_Parse as VRT_ban_string calls it: words at blanks, quotes are not special
+    words = expression.split() if expression is not None else []
+    if expression is None:
+        error = "Null argument"
+    i = 0
+    while error is None:
+        rest = len(words) - i
+        if rest < 3:
+            error = ("No ban conditions found.", "Expected comparison operator.", "Expected second operand.")[rest]
+            break
+        try:
+            _build_test(words[i], words[i + 1], words[i + 2])
+        except BanError as exc:
+            error = str(exc)
+            break
+        if rest == 3:
+            break
+        if words[i + 3] != "&&":
+            error = f'Expected && between conditions, found "{words[i + 3]}"'
+        i += 4
+    if error is None:
+        add = getattr(getattr(ctx, "server", None), "ban", None)
+        if add is None:
+            error = "no server to add the ban to"
+        else:
+            try:
+                result = add(words)
+                error = result if isinstance(result, str) and result else None
+            except Exception as exc:  # noqa: BLE001 - any ban error is reported in the log, like Varnish
+                error = str(exc)
+    if error is not None:
+        ctx.log.append(("VCL_Error", f"ban(): {error}"))
+    return error
+
+
 def ban(ctx, expression: str | None) -> None:
     """ban(): hand the ban expression to the server; errors are logged, not raised (like Varnish)."""
-    server = getattr(ctx, "server", None)
-    add = getattr(server, "ban", None)
-    if add is None:
-        ctx.log.append(("VCL_Error", "ban(): no server to add the ban to"))
-        return
-    try:
-        result = add(expression or "")
-    except Exception as exc:  # noqa: BLE001 - any ban error is reported in the log, like Varnish
-        ctx.log.append(("VCL_Error", f"ban(): {exc}"))
-        return
-    if isinstance(result, str) and result:
-        ctx.log.append(("VCL_Error", f"ban(): {result}"))
+    ban_string(ctx, expression)
 
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
