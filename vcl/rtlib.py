@@ -238,9 +238,10 @@ def body_add(ctx, text: str) -> None:
 
 
 def hash_data(ctx, value: str | None) -> None:
-    """hash_data(): an unset string adds nothing, as in Varnish."""
+    """hash_data(): each part is followed by a NUL separator; an unset string is itself one NUL byte
+    (HSH_AddString(NULL) hashes a zero byte), so it still changes the hash, as in Varnish."""
     if value is None:
-        return
+        value = "\0"
     if ctx.hash_parts is None:
         ctx.hash_parts = [value]
     else:
