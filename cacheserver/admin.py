@@ -863,9 +863,18 @@ class AdminCommands:
     def _backend_list(self, argv: list[str], args: list[str]) -> str:
         from cacheserver.backends import live
 
-        as_json = "-j" in args
-        details = "-p" in args
-        rest = [a for a in args if a not in ("-j", "-p")]
+        # Leading arguments that start with '-' are flag letters, combinable ("-pj"); after the
+        # first other argument (the pattern) nothing is a flag any more.
+        as_json = details = False
+        i = 0
+        while i < len(args) and args[i].startswith("-"):
+            for flag in args[i][1:]:
+                if flag not in "jp":
+                    raise Reply(CLIS_PARAM, f"Invalid flag {flag}")
+                as_json |= flag == "j"
+                details |= flag == "p"
+            i += 1
+        rest = args[i:]
         if len(rest) > 1:
             raise Reply(CLIS_PARAM, "Too many arguments")
         pattern = rest[0] if rest else None

@@ -32,7 +32,7 @@ from cacheserver.filters import (
     vdp_default_list,
 )
 from cacheserver.http1 import serialize_head
-from cacheserver.rfc2616 import parse_date
+from cacheserver.ranges import if_range_matches
 
 # A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
 _START_LINE_SLOTS = 5
@@ -182,18 +182,7 @@ class Delivery:
 
     def _if_range(self, resp: HttpMessage) -> bool:
         """If-Range: the range applies only to the representation the client names."""
-        cond = self.ctx.req.headers.get("If-Range")
-        if cond is None:
-            return True
-        cond = cond.strip()
-        if cond.startswith('"') or cond.startswith("W/"):
-            etag = resp.headers.get("ETag")
-            return etag is not None and not cond.startswith("W/") and etag.strip() == cond
-        when = parse_date(cond)
-        lm = parse_date(resp.headers.get("Last-Modified"))
-        if lm is None and self.oc is not None:
-            lm = self._last_modified()
-        return when is not None and lm is not None and int(when) == int(lm)
+        return if_range_matches(self.ctx.req.headers, resp.headers)
 
     def _open_vdps(self, resp: HttpMessage, oc: ObjCore, resp_len: int) -> tuple[Chain | None, int]:
         """Stack and open the delivery filters; (None, length) when there are none."""

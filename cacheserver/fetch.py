@@ -482,6 +482,9 @@ class BusyObj:
             ctx.beresp = beresp = merged
         self._body_read = self.body_kind == "none"
         self.t_origin = compute_ttl(ctx, self.server.params, now)
+        if self.is_pass:
+            # A private object's TTL is -1 (reads as 0 less its age), no grace, no keep.
+            ctx.beresp_ttl, ctx.beresp_grace, ctx.beresp_keep = -ctx.beresp_age, 0.0, 0.0
         if not self.is_pass:
             ctx.log.append(("TTL", "RFC %d %d %d %d %d" % (ctx.beresp_ttl, ctx.beresp_grace, ctx.beresp_keep,
                                                           now, self.t_origin)))

@@ -23,9 +23,9 @@ from cacheserver.esi import EsiRequest
 from cacheserver.fetch import BusyObj, fail_from_vcl
 from cacheserver.filters import accepts_gzip, weaken_etag
 from cacheserver.http1 import DATES, reason_for
-from cacheserver.ranges import not_modified
+from cacheserver.ranges import not_modified, object_last_modified
 from cacheserver.reqbody import ReqBody
-from cacheserver.rfc2616 import collect_header, parse_date
+from cacheserver.rfc2616 import collect_header
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import ObjCore
 from vcl.runtime import Action, Context, HttpMessage, VCLFailure
@@ -314,6 +314,7 @@ class ClientRequest(Delivery, EsiRequest):
             if not self._switch_vcl(action):
                 return self._fail_state()
             action = self.call("vcl_recv")
+        self._wash_accept_encoding(action)
         return self._after_recv(action, self.call("vcl_hash") if action.name != "fail" else action)
 
     async def ast_recv(self) -> str:
@@ -325,6 +326,7 @@ class ClientRequest(Delivery, EsiRequest):
             action = await self.acall("vcl_recv")
         if self.session.stolen:
             return None
+        self._wash_accept_encoding(action)
         return self._after_recv(action, await self.acall("vcl_hash") if action.name != "fail" else action)
 
     def _switch_vcl(self, action: Action) -> bool:
@@ -335,6 +337,18 @@ class ClientRequest(Delivery, EsiRequest):
         self.vcl = self.ctx.vcl = target
         self.ctx.backend_hint = target.default_backend
         return True
+
+    def _wash_accept_encoding(self, action: Action) -> None:
+        """Between vcl_recv and vcl_hash, for the sake of Vary (cnt_recv): gzip or nothing."""
+        if action.name in ("pipe", "pass", "fail") or not self.server.params.http_gzip_support:
+            return
+        headers = self.ctx.req.headers
+        ae = headers.get("Accept-Encoding")
+        if ae is not None and accepts_gzip(ae):
+            if ae.lower() != "gzip":          # http_ForceHeader keeps an equal value as it is
+                headers.set("Accept-Encoding", "gzip")
+        else:
+            headers.unset("Accept-Encoding")
 
     def _after_recv(self, action: Action, hash_action: Action) -> str | None:
         name = action.name
@@ -349,13 +363,6 @@ class ClientRequest(Delivery, EsiRequest):
             return None
         if name == "fail" or hash_action.name == "fail":
             return self._fail_state()
-        if self.server.params.http_gzip_support and name not in ("pipe", "pass"):
-            # Wash Accept-Encoding for the sake of Vary, as varnishd does.
-            ae = ctx.req.headers.get("Accept-Encoding")
-            if ae is not None and accepts_gzip(ae):
-                ctx.req.headers.set("Accept-Encoding", "gzip")
-            else:
-                ctx.req.headers.unset("Accept-Encoding")
         digest = hashlib.sha256()
         for part in ctx.hash_parts:
             digest.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
@@ -664,8 +671,7 @@ class ClientRequest(Delivery, EsiRequest):
         return self._transmit(resp, self.oc)
 
     def _last_modified(self) -> float:
-        oc = self.oc
-        return parse_date(oc.http.headers.get("Date")) or oc.t_origin
+        return object_last_modified(self.oc.http.headers, self.oc.t_origin)
 
     def _drop_object(self) -> None:
         if self.bo is not None:

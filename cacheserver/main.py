@@ -159,10 +159,20 @@ def _compile_only(args: argparse.Namespace) -> int:
     else:
         source, filename = _backend_vcl(args.backend), "<-b>"
     try:
+        from cacheserver.params import Params
         from cacheserver.stevedores import parse_specs
 
+        params = Params()
+        for item in args.params:         # -p vcc_* settings change what the compiler accepts
+            name, _, value = item.partition("=")
+            try:
+                params.set(name, value)
+            except ValueError as exc:
+                print(f"Error: -p {item}: {exc}", file=sys.stderr)
+                return 2
         compiled = compile_vcl(source, filename, include_dirs=[str(Path(filename).resolve().parent)],
-                               storages=[name for name, _ in parse_specs(args.storage)])
+                               storages=[name for name, _ in parse_specs(args.storage)],
+                               err_unref=params.vcc_err_unref, allow_inline_c=params.vcc_allow_inline_c)
     except VCLError as exc:
         print(str(exc), file=sys.stderr)
         return 2

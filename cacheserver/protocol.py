@@ -99,6 +99,7 @@ class ClientProtocol(asyncio.Protocol):
         self._raw_done = 0       # messages completed inside _raw
         self._in_message = False
         self._method_override: str | None = None   # a method llhttp does not know, parsed as GET
+        self._url_override: bytes | None = None    # a URL llhttp refuses, parsed as "/"
         self._method_hold = b""                    # the start of such a method, cut by a read
         self.client_ip: IP = IP("0.0.0.0")
         self.local_ip: IP = IP("0.0.0.0")
@@ -354,6 +355,14 @@ class ClientProtocol(asyncio.Protocol):
                     return
                 offset = _end_of_message(data, completed) if completed else 0
                 data = self._custom_method(data, offset)
+            except httptools.HttpParserInvalidURLError as exc:
+                # llhttp wants "/..." or a scheme; varnishd takes any URL token ("foo", "bar?x")
+                completed = self._raw_done - done_before
+                if not at_start:
+                    self.bad_request(exc)
+                    return
+                offset = _end_of_message(data, completed) if completed else 0
+                data = self._custom_url(data, offset)
             except HeadOverflow:
                 self.overflow()
                 return
@@ -438,6 +447,24 @@ class ClientProtocol(asyncio.Protocol):
         self._method_override = text(method)
         return b"GET" + rest[space:]
 
+    def _custom_url(self, data: bytes, offset: int) -> bytes:
+        """Parse the request at `offset` with "/" for its URL, remembering the real one."""
+        rest = data[offset:]
+        self.parser = httptools.HttpRequestParser(self)
+        self._in_message = False        # the failed parser had begun this message
+        start = rest.find(b" ") + 1
+        end = start
+        while end < len(rest) and rest[end] not in b" \r\n":
+            end += 1
+        if start == 0 or end == len(rest):
+            if len(rest) <= self.server.params.http_req_hdr_len:
+                self._method_hold = rest          # the request line was cut short by the read
+            else:
+                self.bad_request()
+            return b""
+        self._url_override = rest[start:end]
+        return rest[:start] + b"/" + rest[end:]
+
     def on_message_begin(self) -> None:
         self._in_message = True
         self._in_head = True
@@ -446,6 +473,8 @@ class ClientProtocol(asyncio.Protocol):
         self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
+        if self._url_override is not None:
+            url, self._url_override = self._url_override, None
         self._url += url
         if len(self._url) > self.server.params.http_req_hdr_len:
             raise RequestTooLarge("URL too long")

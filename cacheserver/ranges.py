@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from cacheserver.rfc2616 import parse_date
-from vcl.runtime import HttpMessage
+from vcl.runtime import Headers, HttpMessage
 
 
 class RangeError(Exception):
@@ -87,3 +89,34 @@ def not_modified(req: HttpMessage, resp: HttpMessage, t_req: float, last_modifie
         lm = parse_date(lm_text)
         return bool(lm) and lm <= ims
     return last_modified <= ims
+
+
+def object_last_modified(stored: Headers, t_origin: float) -> float:
+    """OA_LASTMODIFIED: the stored Last-Modified (0 when it does not parse), else the second the
+    object was made (floor of t_origin); never the Date header."""
+    text = stored.get("Last-Modified")
+    if text is not None:
+        return parse_date(text) or 0.0
+    return float(math.floor(t_origin))
+
+
+def if_range_matches(req: Headers, resp: Headers) -> bool:
+    """vrg_ifrange: whether a Range is served given If-Range (absent: yes).
+
+    A strong ETag must equal the response's strong ETag; a date must equal the response's
+    Last-Modified, which needs a Date and must not be more than 60s after it.
+    """
+    cond = req.get("If-Range")
+    if cond is None:
+        return True
+    if cond.startswith("W/"):
+        return False
+    if cond.startswith('"'):
+        etag = resp.get("ETag")
+        return etag is not None and not etag.startswith("W/") and etag == cond
+    when = parse_date(cond)
+    date = parse_date(resp.get("Date"))
+    lm = parse_date(resp.get("Last-Modified"))
+    if not when or not date or not lm or lm > date + 60:
+        return False
+    return lm == when

@@ -132,7 +132,8 @@ class Server:
             compiled = compile_vcl(source, filename, include_dirs=include_dirs,
                                    err_unref=self.params.vcc_err_unref,
                                    storages=list(self.storage.stevedores),
-                                   labels=set(self.vcl_labels))
+                                   labels=set(self.vcl_labels),
+                                   allow_inline_c=self.params.vcc_allow_inline_c)
         except VCLError as exc:
             raise VCLLoadError(str(exc)) from None
         for warning in compiled.warnings:

@@ -512,6 +512,8 @@ class Storage:
             return st is not None
         if st is None:
             return 0.0
+        if field == "free_space" and st.max_bytes is None:
+            return 999999999999999.0     # an unbounded store: VRT_INTEGER_MAX, as varnishd reports it
         return float(st.space if field == "free_space" else st.bytes)
 
     # -- expiry -----------------------------------------------------------------------------------

@@ -106,6 +106,24 @@ CASES = {
                          5, 2, "DNS lookup(no-such-host.invalid)"),
     "ip_constant": (H + 'sub vcl_recv {\n\tif (client.ip == "nonsense..") {}\n}\n', 5, 19,
                     "IP constant '\"nonsense..\"' could not be resolved to an IP address"),
+    "backend_unresolvable": ('vcl 4.1;\nbackend default {\n\t.host = "nonexistent.invalid";\n}\n', 3, 10,
+                             "Backend host '\"nonexistent.invalid\"' could not be resolved to an IP address:"),
+    "backend_bad_port": ('vcl 4.1;\nbackend default {\n\t.host = "127.0.0.1";\n\t.port = "nonexistentport";\n}\n',
+                         3, 10, "Backend host '\"127.0.0.1\"' could not be resolved to an IP address:"),
+    "backend_port_twice": ('vcl 4.1;\nbackend default {\n\t.host = "127.0.0.1:80";\n\t.port = "81";\n}\n',
+                           3, 10, "Backend host '\"127.0.0.1:80\"' could not be resolved to an IP address:"),
+    "inline_c_stmt": (H + "sub vcl_recv {\n\tif (req.url) {\n\t\tC{ int x; }C\n\t}\n}\n", 6, 3, "Inline-C not allowed"),
+    "inline_c_top": (H + "C{\n#include <stdio.h>\n}C\n", 4, 1, "Inline-C not allowed"),
+    "shift_assign": (H + "sub vcl_backend_response {\n\tset beresp.ttl >>= 2;\n}\n", 5, 17, "Expected '=' got '>>'"),
+    "real_dot_too_long": (H + "sub vcl_recv {\n\tset req.http.x = 1234567890123.;\n}\n", 5, 19,
+                          "Too many digits for real."),
+    "assign_op_on_backend": ('vcl 4.1;\nbackend b { .host = "127.0.0.1"; }\nsub vcl_backend_fetch {\n\tset bereq.backend += b;\n}\n',
+                             4, 20, "Expected '=' got '+='"),
+    "assign_op_on_string": (H + 'sub vcl_recv {\n\tset req.url -= "x";\n}\n', 5, 14, "Expected '=' got '-='"),
+    "acl_name_declared_later": ('vcl 4.1;\nsub vcl_recv {\n\tif (client.ip ~ b) {}\n}\nbackend b { .host = "127.0.0.1"; }\n',
+                                5, 9, "Name b must have type 'acl'."),
+    "acl_name_declared_before": ('vcl 4.1;\nbackend b { .host = "127.0.0.1"; }\nsub vcl_recv {\n\tif (client.ip ~ b) {}\n}\n',
+                                 4, 18, "Expression has type BACKEND, expected ACL"),
     "version_bad": ("vcl 5.0;\nbackend default none;\n", 1, 1, "VCL version 5.0 not supported."),
     "vcl_41_only_var_in_40": ("vcl 4.0;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = local.socket;\n}\n",
                               4, 19, "Symbol not found: 'local.socket'"),
@@ -283,3 +301,29 @@ def test_restrict_groups_client_backend():
     with pytest.raises(VCLError) as info:
         compile_vcl(ok.replace("vcl_deliver", "vcl_backend_response"), "g.vcl", extra_vmods={"grp": vmod})
     assert str(info.value).startswith("g.vcl:5:2: Not available in subroutine 'vcl_backend_response'.")
+
+
+def test_unresolvable_backend_report_has_the_resolver_reason_and_the_backend():
+    """As VCC: the gai_strerror text, its apology, and where the backend declaration starts."""
+    src, *_ = CASES["backend_unresolvable"]
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, "b.vcl")
+    lines = str(info.value).splitlines()
+    assert lines[3:5] == ["\tName or service not known", "(Sorry if that error message is gibberish.)"]
+    assert lines[5] == "b.vcl:2:1: In backend specification starting at:"
+
+
+def test_backend_connects_to_the_address_vcc_resolved():
+    vcl = compile_vcl('vcl 4.1;\nbackend b { .host = "localhost"; .port = "8080"; }\n'
+                      'backend c { .host = "[::1] 81"; }\n'
+                      "sub vcl_recv { set req.backend_hint = b; set req.backend_hint = c; }", "t.vcl")
+    assert (vcl.backends["b"].host, vcl.backends["b"].port, vcl.backends["b"].host_header) == (
+        "127.0.0.1", "8080", "localhost")
+    assert (vcl.backends["c"].host, vcl.backends["c"].port) == ("::1", "81")
+
+
+def test_inline_c_allowed_by_the_parameter_is_still_refused_saying_why():
+    src, *_ = CASES["inline_c_stmt"]
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, "c.vcl", allow_inline_c=True)
+    assert str(info.value).startswith("c.vcl:6:3: Inline-C cannot run here: vcc_allow_inline_c is on")

@@ -172,7 +172,7 @@ def test_ban_reports_through_ban_error():
     server = Server()
     ctx = Context(method="vcl_recv", req=HttpMessage("GET", "/"), server=server)
     compiled.subs["vcl_recv"](ctx)
-    assert server.bans == ["req.url ~ /x"] and ctx.req.headers.get("err") is None
+    assert server.bans == [["req.url", "~", "/x"]] and ctx.req.headers.get("err") is None
     ctx = Context(method="vcl_recv", req=HttpMessage("GET", "/"), server=None)
     compiled.subs["vcl_recv"](ctx)
     assert ctx.req.headers.get("err") == "no server to add the ban to"

@@ -26,17 +26,32 @@ class Acl:
     """An ACL prepared at load: networks as (version, mask, network) integers, most specific first;
     the first entry that contains the address decides, as in Varnish."""
 
-    __slots__ = ("name", "entries", "log", "_table")
+    __slots__ = ("name", "entries", "log", "_table", "_shown")
 
-    def __init__(self, name: str, entries: list[tuple[bool, str]], log: bool = False) -> None:
-        """entries: (negated, "address/prefix") pairs, already resolved."""
+    def __init__(self, name: str, entries: list[tuple], log: bool = False) -> None:
+        """entries: (negated, "address/prefix"[, how a log record names it]), already resolved."""
         self.name = name
-        nets = [(neg, ipaddress.ip_network(net, strict=False)) for neg, net in entries]
+        nets = [(e[0], ipaddress.ip_network(e[1], strict=False), e[2] if len(e) > 2 else f'"{e[1]}"')
+                for e in entries]
         nets.sort(key=lambda e: (e[1].version, -e[1].prefixlen))
-        self.entries = tuple(nets)
+        self.entries = tuple((neg, net) for neg, net, _ in nets)
         self._table = tuple((net.version, int(net.netmask), int(net.network_address), not neg)
-                            for neg, net in nets)
+                            for neg, net, _ in nets)
+        self._shown = tuple(shown for _, _, shown in nets)
         self.log = log
+
+    def _find(self, ip: IP | None) -> int:
+        """The index of the entry that decides for ip, or -1."""
+        if ip is None:
+            return -1
+        key = _addr_key(ip.addr)
+        if key is None:
+            return -1
+        version, value = key
+        for i, (ver, mask, net, _) in enumerate(self._table):
+            if ver == version and value & mask == net:
+                return i
+        return -1
 
     def match(self, ip: IP | None) -> bool:
         if ip is None:
@@ -51,12 +66,13 @@ class Acl:
         return False
 
     def match_log(self, ctx, ip: IP | None) -> bool:
-        """match() for an ACL declared with +log: a VCL_acl record says how it went."""
-        hit = self.match(ip)
-        if hit:
-            ctx.log.append(("VCL_acl", f'MATCH {self.name} "{ip}"'))
-        else:
+        """match() for an ACL declared with +log: a VCL_acl record names the entry, as VCC wrote it."""
+        i = self._find(ip)
+        if i < 0:
             ctx.log.append(("VCL_acl", f"NO_MATCH {self.name}"))
+            return False
+        hit = self._table[i][3]
+        ctx.log.append(("VCL_acl", f"{'MATCH' if hit else 'NEG_MATCH'} {self.name} {self._shown[i]}"))
         return hit
 
     def __str__(self) -> str:

@@ -191,6 +191,7 @@ class Set(Stmt):
     target_pos: Pos
     op: str
     value: Expr
+    op_pos: Pos | None = None
     ref: object = field(default=None, init=False)
 
 
@@ -241,6 +242,11 @@ class New(Stmt):
     name: str
     name_pos: Pos
     call: Call
+
+
+@dataclass(eq=False)
+class InlineC(Stmt):
+    """`C{ ... }C` (at top level or in a body): VCC's inline C, which cacheserver cannot run."""
 
 
 @dataclass(eq=False)
@@ -297,6 +303,7 @@ class Backend:
     name: str
     name_pos: Pos
     attrs: list[Attr] | None  # None: `backend NAME none;`
+    resolved: object = None   # vcl.vss.Resolved: the address VCC found for .host
 
 
 @dataclass(eq=False)

@@ -15,6 +15,7 @@ from vcl.acl import AclMaskError, resolve_acl_entry
 from vcl.errors import VCLError
 from vcl.exprcheck import IMPLICIT_IMPORTS, ExprChecker
 from vcl.program import CheckedProgram, SubInfo, Use
+from vcl.vss import NoAddress, ResolveError, TooManyAddresses, resolve_backend
 from vcl.xref import XrefChecker
 from vmods import ObjectType, UnknownVmod, Vmod
 
@@ -252,14 +253,15 @@ class Checker(ExprChecker, XrefChecker):
         vtype = var.type
         if vtype in ("HEADER", "BODY", "STRING"):
             if stmt.op not in ("=", "+="):
-                raise VCLError(f"Operator {stmt.op} not possible on type {vtype}", stmt.target_pos)
+                raise VCLError(f"Expected '=' got '{stmt.op}'", stmt.op_pos or stmt.target_pos)
             stmt.value = self.expr0(stmt.value, "STRING")
             return
         if stmt.op == "=":
             stmt.value = self.expr0(stmt.value, vtype)
             return
         if vtype not in ("INT", "REAL", "DURATION", "BYTES") or (vtype == "BYTES" and stmt.op in ("*=", "/=")):
-            raise VCLError(f"Operator {stmt.op} not possible on type {vtype}", stmt.target_pos)
+            # VCC's set has no such operator for the type: it wanted a plain '='
+            raise VCLError(f"Expected '=' got '{stmt.op}'", stmt.op_pos or stmt.target_pos)
         if stmt.op in ("*=", "/="):
             stmt.value = self.expr0(stmt.value, types.MULTYPE[vtype])
         else:
@@ -338,6 +340,30 @@ class Checker(ExprChecker, XrefChecker):
                     raise VCLError(".proxy_header must be 1 or 2", attr.value.pos)
             if "host" not in seen and "path" not in seen:
                 raise VCLError("Expected .host or .path.", backend.name_pos)
+            if "host" in seen:
+                self._resolve_backend(backend)
+
+    @staticmethod
+    def _resolve_backend(backend: ast.Backend) -> None:
+        """VCC resolves .host (and .port) when it compiles; the backend keeps the address it found."""
+        fields = {a.name: a.value for a in backend.attrs or ()}
+        host = fields["host"]
+        port = fields.get("port")
+        token = f'"{host.value}"'
+        try:
+            backend.resolved = resolve_backend(host.value, None if port is None else str(port.value))
+            return
+        except ResolveError as exc:
+            msg = (f"Backend host '{token}' could not be resolved to an IP address:\n\t{exc}\n"
+                   "(Sorry if that error message is gibberish.)")
+        except NoAddress:
+            msg = f"Backend host '{token}': resolves to neither IPv4 nor IPv6 addresses."
+        except TooManyAddresses as exc:
+            msg = ("Backend host " + token + ": resolves to too many addresses.\n"
+                   "Only one IPv4 and one IPv6 are allowed.\n"
+                   "Please specify which exact address you want to use, we found all of these:\n"
+                   + exc.found.rstrip("\n"))
+        raise VCLError(msg, host.pos, notes=[("In backend specification starting at:", backend.pos)])
 
     def _probe_attrs(self, attrs: list[ast.Attr]) -> None:
         seen: set[str] = set()
@@ -380,8 +406,9 @@ class Checker(ExprChecker, XrefChecker):
         finally:
             self.cur = saved
 
-    def _acl_networks(self, acl: ast.Acl) -> list[tuple[bool, str]]:
-        nets: list[tuple[bool, str]] = []
+    def _acl_networks(self, acl: ast.Acl) -> list[tuple[bool, str, str]]:
+        """(negated, "address/prefix", how a +log record names the entry) per network."""
+        nets: list[tuple[bool, str, str]] = []
         pedantic = "-pedantic" not in acl.flags
         seen: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, ast.AclEntry] = {}
         for entry in acl.entries:
@@ -417,7 +444,12 @@ class Checker(ExprChecker, XrefChecker):
                     raise VCLError("Conflicting ACL entries:", prev.addr_pos or prev.pos,
                                    [("vs:", entry.addr_pos or entry.pos)])
                 seen.setdefault(key, entry)
-                nets.append((entry.negated, net))
+                # As VCC writes it into VCL_acl: the address as written, a separate /mask, and what
+                # a mask with host bits was fixed to
+                shown = f'"{addr}"' + (f"/{mask}" if entry.mask is not None else "")
+                if entry.mask is not None and key.network_address != ipaddress.ip_address(net.partition("/")[0]):
+                    shown += f" fixed: {key}"
+                nets.append((entry.negated, net, shown))
         return nets
 
 

@@ -198,12 +198,13 @@ class CodeGen:
                 continue
             value = self.expr(attr.value)
             if attr.name == "port":
+                if b.resolved is not None:
+                    continue             # the port VCC resolved goes with the host, below
                 value = repr(str(_const_value(attr.value)))
             if attr.name == "host" and isinstance(attr.value, ast.StringLit):
-                host, port = _split_host(attr.value.value)
-                value = repr(host)
-                if port and not any(a.name == "port" for a in b.attrs):
-                    args.append(f"port={port!r}")
+                # The backend connects to the address VCC resolved (the checker always sets it).
+                value = repr(b.resolved.address)
+                args.append(f"port={str(b.resolved.port)!r}")
                 if not any(a.name == "host_header" for a in b.attrs):
                     # VCC: without .host_header, a bereq lacking Host gets the .host string.
                     args.append(f"host_header={attr.value.value!r}")
@@ -535,18 +536,6 @@ def _const_value(e: ast.Expr):
     if isinstance(e, ast.IntLit):
         return e.value
     return None
-
-
-def _split_host(host: str) -> tuple[str, str | None]:
-    """"[::1]:8080" / "example.com:81" -> host, port."""
-    if host.startswith("["):
-        end = host.find("]")
-        rest = host[end + 1:]
-        return host[1:end], (rest[1:] if rest.startswith(":") else None)
-    if host.count(":") == 1:
-        h, _, p = host.partition(":")
-        return h, p
-    return host, None
 
 
 def generate(prog: CheckedProgram, filename: str) -> str:

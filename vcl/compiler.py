@@ -85,7 +85,8 @@ def _builtin_items() -> list[object]:
 
 def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | list[str] = (),
                 extra_vmods: Mapping[str, vmods.Vmod] | None = None, err_unref: bool = True,
-                storages: Iterable[str] | None = None, labels: Iterable[str] | None = None) -> CompiledVCL:
+                storages: Iterable[str] | None = None, labels: Iterable[str] | None = None,
+                allow_inline_c: bool = False) -> CompiledVCL:
     """Compile VCL `source` (read from `filename`) or raise VCLError with the full report.
 
     err_unref: unused subs, backends, ACLs and probes are errors (varnishd's vcc_err_unref);
@@ -98,6 +99,9 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
 
     labels: the server's VCL labels; when given, `return (vcl(LABEL))` must name one of them, as
     varnishd checks at vcl.load. None: not checked (e.g. `cacheserver -C`).
+
+    allow_inline_c: the vcc_allow_inline_c parameter. Off, `C{ }C` gets VCC's "Inline-C not allowed";
+    on, it is still refused, saying why (there is no C compiler behind this VCL).
     """
     names = tuple(storages) if storages is not None else symbols.STORAGE_NAMES
     if "Transient" not in names:
@@ -111,6 +115,7 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
 
     try:
         items = parse_with_includes(source, filename, tuple(include_dirs), sources)
+        _refuse_inline_c(items, allow_inline_c)
         prog = check(items + _builtin_items(), filename, load_vmod, err_unref, names,
                      frozenset(labels) if labels is not None else None)
         code = generate(prog, filename)
@@ -138,3 +143,31 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
         user_subs={item.name for item in items if isinstance(item, ast.Sub)},
         _namespace=namespace,
     )
+
+
+def _first_inline_c(nodes: Iterable[object]) -> ast.InlineC | None:
+    for node in nodes:
+        if isinstance(node, ast.InlineC):
+            return node
+        bodies: list[list] = []
+        if isinstance(node, (ast.Sub, ast.Block)):
+            bodies.append(node.body)
+        elif isinstance(node, ast.If):
+            bodies.extend(body for _, body in node.branches)
+            bodies.append(node.else_body or [])
+        for body in bodies:
+            found = _first_inline_c(body)
+            if found is not None:
+                return found
+    return None
+
+
+def _refuse_inline_c(items: list[object], allowed: bool) -> None:
+    """VCC refuses `C{ }C` unless vcc_allow_inline_c is on; we have no C step, so we always do."""
+    found = _first_inline_c(items)
+    if found is None:
+        return
+    if not allowed:
+        raise VCLError("Inline-C not allowed", found.pos)
+    raise VCLError("Inline-C cannot run here: vcc_allow_inline_c is on, but cacheserver compiles VCL "
+                   "to Python, not C", found.pos)

@@ -130,7 +130,7 @@ class ExprChecker:
                 raise VCLError("Expected ACL identifier", e.right.pos)
             key = e.right.name.lower()   # declared names match case-insensitively, as in VCC
             if key not in self.acls:
-                raise VCLError(f"Undefined acl {e.right.name}, first reference:", e.right.pos)
+                self._not_an_acl(e.right)
             self._ref("acl", key, e.right.pos)
             e.right.ref = ("acl", key)
             e.right.type = "ACL"
@@ -140,6 +140,20 @@ class ExprChecker:
         e.left = left
         e.type = "BOOL"
         return e
+
+    def _not_an_acl(self, name: ast.Name) -> None:
+        """VCC's words for `~ NAME` where NAME is no ACL: another kind declared before the use has
+        the wrong type; one declared after it is told it must be an acl; none is undefined."""
+        key = name.name.lower()
+        for kind, table in (("BACKEND", self.backends), ("PROBE", self.probes)):
+            decl = table.get(key)
+            if decl is None:
+                continue
+            where = decl.name_pos
+            if where.file == name.pos.file and (where.line, where.col) > (name.pos.line, name.pos.col):
+                raise VCLError(f"Name {name.name} must have type 'acl'.", where)
+            raise VCLError(f"Expression has type {kind}, expected ACL", name.pos)
+        raise VCLError(f"Undefined acl {name.name}, first reference:", name.pos)
 
     def regex(self, lit: ast.StringLit) -> None:
         reason = check_regex(lit.value)

@@ -155,6 +155,9 @@ class _ToAst(Transformer):
                             self._p(mask) if mask is not None else None, self._p(addr),
                             self._p(slash) if slash is not None else None)
 
+    def inline_c(self, children):
+        return ast.InlineC(self._p(children[0]))
+
     def sub(self, children):
         kw, name, body = children
         return ast.Sub(self._p(kw), _sub_name(name), self._p(name), body.body)
@@ -167,7 +170,7 @@ class _ToAst(Transformer):
 
     def set_(self, children):
         kw, name, op, value = children
-        return ast.Set(self._p(kw), str(name), self._p(name), str(op), value)
+        return ast.Set(self._p(kw), str(name), self._p(name), str(op), value, self._p(op))
 
     def unset_(self, children):
         kw, name = children
@@ -360,10 +363,17 @@ class _ToAst(Transformer):
 ACL_FLAGS = ("log", "pedantic", "table")
 
 
-def _describe(tok: Token) -> str:
+# Two-character tokens of VCC's lexer that ours reads as one character and the next.
+_VCC_PAIRS = frozenset({"<<", ">>", "++", "--", "&&", "||", "!=", "!~", "==", "<=", ">=", "+=", "-=", "*=", "/="})
+
+
+def _describe(tok: Token, source: str | None = None) -> str:
     if tok.type == "$END":
         return "end of file"
-    return repr(str(tok))
+    text = str(tok)
+    if source is not None and len(text) == 1 and source[tok.start_pos:tok.start_pos + 2] in _VCC_PAIRS:
+        text = source[tok.start_pos:tok.start_pos + 2]      # VCC names the whole token
+    return repr(text)
 
 
 def _expected(names: set[str]) -> str:
@@ -494,28 +504,28 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
         if {"KW_SUB", "KW_BACKEND", "KW_ACL"} <= set(exc.expected):
             # At the top level, VCC lists the declarations it knows.
             msg = (f"Expected one of\n\t'acl', 'sub', 'backend', 'probe', 'import',  or 'vcl'\n"
-                   f"Found: {_describe(tok)} at")
+                   f"Found: {_describe(tok, source)} at")
         elif {"SEMICOLON", "LPAR"} <= set(exc.expected):
-            msg = f"Expected '(' got {_describe(tok)}"      # return without parentheses
+            msg = f"Expected '(' got {_describe(tok, source)}"      # return without parentheses
         elif "SEMICOLON" in exc.expected:
             # The usual mistake; say it the way VCC does.
-            msg = f"Expected ';' got {_describe(tok)}"
+            msg = f"Expected ';' got {_describe(tok, source)}"
         elif {"STRING", "INT", "NAME"} <= set(exc.expected):
-            msg = f"Expected an expression got {_describe(tok)}"
+            msg = f"Expected an expression got {_describe(tok, source)}"
             if tok.type != "$END" and source[:tok.start_pos].rstrip().endswith("~"):
                 # VCC names the type it wanted; after a match operator that is always REGEX.
-                msg = f"Unknown token {_describe(tok)} when looking for REGEX"
+                msg = f"Unknown token {_describe(tok, source)} when looking for REGEX"
             elif tok.type != "$END":
                 program = _parse_with_bad_token(source, filename, start, tok)
                 if program is not None:
                     return program
         elif len(set(exc.expected) - {"SLASH"}) == 1:
             # An optional ACL /mask is not what VCC says it wanted.
-            msg = f"Expected {_expected(set(exc.expected) - {'SLASH'})} got {_describe(tok)}"
+            msg = f"Expected {_expected(set(exc.expected) - {'SLASH'})} got {_describe(tok, source)}"
             if set(exc.expected) == {"LPAR"}:
                 _check_statement_name(source, filename, tok)
         else:
-            msg = f"Syntax error: unexpected {_describe(tok)}"
+            msg = f"Syntax error: unexpected {_describe(tok, source)}"
             if expected and len(exc.expected) <= 6:
                 msg += f", expected {expected}"
         raise VCLError(msg, pos) from None

@@ -25,7 +25,7 @@ REAL_MAX = 999999999999.999
 def s_int(value: int) -> str:
     """INT in string context (VRT_INT_string)."""
     if abs(value) > INT_MAX:
-        raise VCLFailure(f"INT overflow converting {value} to string")
+        raise VCLFailure("INT overflow converting to string (%X)" % value)   # VRT_INT_string: %jX
     return str(value)
 
 
@@ -33,13 +33,17 @@ def s_real(value: float | None) -> str:
     """REAL and DURATION in string context: 3 decimals (VRT_REAL_string)."""
     value = value or 0.0
     if not abs(value) <= REAL_MAX:      # also NaN
-        raise VCLFailure(f"REAL overflow converting {value} to string")
+        raise VCLFailure("REAL overflow converting to string (%e)" % value)  # VRT_REAL_string: %e
     return "%.3f" % value
 
 
 def s_bytes(value: float | None) -> str:
-    """BYTES in string context: a whole number of bytes (varnishd 7.1 prints 11264, not 11264.000)."""
-    return "%.0f" % (value or 0.0)
+    """BYTES in string context: a whole number of bytes (varnishd 7.1 prints 11264, not 11264.000);
+    beyond VRT_INTEGER_MAX it fails as an INT does."""
+    value = value or 0.0
+    if not abs(value) <= INT_MAX:
+        raise VCLFailure("INT overflow converting to string (%X)" % int(value))
+    return "%.0f" % value
 
 
 _last_time: list = [None, ""]
@@ -234,49 +238,114 @@ def body_add(ctx, text: str) -> None:
 
 
 def hash_data(ctx, value: str | None) -> None:
-    """hash_data(): an unset string adds nothing, as in Varnish."""
+    """hash_data(): each part is followed by a NUL separator; an unset string is itself one NUL byte
+    (HSH_AddString(NULL) hashes a zero byte), so it still changes the hash, as in Varnish."""
     if value is None:
-        return
+        value = "\0"
     if ctx.hash_parts is None:
         ctx.hash_parts = [value]
     else:
         ctx.hash_parts.append(value)
 
 
+def ban_string(ctx, expression: str | None) -> str | None:
+    """VRT_ban_string (ban() and std.ban()): add the ban; the error text, logged as VCL_Error, or None.
+
+    The conditions' shape is checked first, with VCL's own words (the CLI's differ)."""
+    from cacheserver.bans import BanError, _build_test  # the server's ban rules
+
+    error = None
+    # VAV_Parse as VRT_ban_string calls it: words at blanks, quotes are not special
+    words = expression.split() if expression is not None else []
+    if expression is None:
+        error = "Null argument"
+    i = 0
+    while error is None:
+        rest = len(words) - i
+        if rest < 3:
+            error = ("No ban conditions found.", "Expected comparison operator.", "Expected second operand.")[rest]
+            break
+        try:
+            _build_test(words[i], words[i + 1], words[i + 2])
+        except BanError as exc:
+            error = str(exc)
+            break
+        if rest == 3:
+            break
+        if words[i + 3] != "&&":
+            error = f'Expected && between conditions, found "{words[i + 3]}"'
+        i += 4
+    if error is None:
+        add = getattr(getattr(ctx, "server", None), "ban", None)
+        if add is None:
+            error = "no server to add the ban to"
+        else:
+            try:
+                result = add(words)
+                error = result if isinstance(result, str) and result else None
+            except Exception as exc:  # noqa: BLE001 - any ban error is reported in the log, like Varnish
+                error = str(exc)
+    if error is not None:
+        ctx.log.append(("VCL_Error", f"ban(): {error}"))
+    return error
+
+
 def ban(ctx, expression: str | None) -> None:
     """ban(): hand the ban expression to the server; errors are logged, not raised (like Varnish)."""
-    server = getattr(ctx, "server", None)
-    add = getattr(server, "ban", None)
-    if add is None:
-        ctx.log.append(("VCL_Error", "ban(): no server to add the ban to"))
-        return
-    try:
-        result = add(expression or "")
-    except Exception as exc:  # noqa: BLE001 - any ban error is reported in the log, like Varnish
-        ctx.log.append(("VCL_Error", f"ban(): {exc}"))
-        return
-    if isinstance(result, str) and result:
-        ctx.log.append(("VCL_Error", f"ban(): {result}"))
+    ban_string(ctx, expression)
+
+
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _after_token(element: str, token: str) -> str | None:
+    """http_istoken: the rest of a list element that begins with `token` (any case), else None."""
+    n = len(token)
+    if element[:n].lower() != token or (len(element) > n and element[n] in _TCHAR):
+        return None
+    return element[n:]
+
+
+def _qvalue(params: str) -> float:
+    """http_GetHdrQ on what follows the token: the first `q=` (lower-case q only) read as varnishd
+    reads it (digits, then '.' and digits); no q parameter is 1, a q that is not a number 0."""
+    for param in params.split(";"):
+        param = param.strip(" \t")
+        if param[:1] != "q":
+            continue
+        rest = param[1:].lstrip(" \t")
+        if rest[:1] == "=":
+            value = rest[1:].lstrip(" \t")
+            break
+    else:
+        return 1.0
+    if not value or not (value[0] == "." or "0" <= value[0] <= "9"):
+        return 0.0
+    i, q = 0, 0.0
+    while i < len(value) and "0" <= value[i] <= "9":
+        q = q * 10 + (ord(value[i]) - 48)
+        i += 1
+    if value[i:i + 1] != ".":
+        return q
+    f = 0.1
+    for ch in value[i + 1:]:
+        if not "0" <= ch <= "9":
+            break
+        q += f * (ord(ch) - 48)
+        f *= 0.1
+    return q
 
 
 def req_gzip(value: str | None) -> bool:
-    """RFC2616_Req_Gzip (req.can_gzip): x-gzip anywhere, or gzip with a q-value above 0."""
+    """RFC2616_Req_Gzip (req.can_gzip): an `x-gzip` element (any parameters), or the first `gzip`
+    element with a q-value above 0; tokens match in any case, `q` only in lower case."""
     if not value:
         return False
-    gzip_q = None
-    for part in value.split(","):
-        token, _, params = part.strip().partition(";")
-        token = token.strip().lower()
-        if token == "x-gzip":
-            return True
-        if token != "gzip" or gzip_q is not None:
-            continue
-        gzip_q = 1.0
-        for param in params.split(";"):
-            key, _, val = param.strip().partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    gzip_q = float(val)
-                except ValueError:
-                    gzip_q = 0.0
-    return gzip_q is not None and gzip_q > 0
+    elements = [e.strip(" \t") for e in value.split(",")]
+    if any(_after_token(e, "x-gzip") is not None for e in elements):
+        return True
+    for element in elements:
+        rest = _after_token(element, "gzip")
+        if rest is not None:
+            return _qvalue(rest) > 0
+    return False

@@ -14,7 +14,7 @@ Context field mapping (what the server must fill before calling a subroutine, an
 | resp.status/reason/proto/http.*      | ctx.resp (HttpMessage)                                      |
 | resp.body, beresp.body, synthetic()  | ctx.synth_body: list of str chunks (= replaces, += and      |
 |                                      | synthetic() append); the server joins them                  |
-| hash_data()                          | ctx.hash_parts.append(str) (unset strings are skipped)      |
+| hash_data()                          | ctx.hash_parts.append(str) (an unset string hashes a NUL)   |
 | std.log(), std.timestamp()           | ctx.log.append((tag, text)) with tag "VCL_Log"/"Timestamp"  |
 | req.xid / bereq.xid / sess.xid       | str(ctx.xid) / str(ctx.bereq_xid) / str(ctx.sess_xid)       |
 | req.restarts, req.esi_level          | ctx.restarts, ctx.esi_level (INT)                           |

@@ -17,7 +17,7 @@ import socket
 import syslog as _syslog
 import time as _time
 
-from vcl.rtlib import INT_MAX, ascii_lower, ascii_upper
+from vcl.rtlib import INT_MAX, ascii_lower, ascii_upper, ban_string
 from vcl.runtime import IP, Context, HeaderRef, HttpMessage, VCLFailure, parse_ip
 from vmods import Param, Vmod, vnum
 
@@ -468,17 +468,7 @@ def rollback(ctx: Context, h: HttpMessage) -> None:
 
 @VMOD.func("ban", "BOOL", [Param("spec", "STRING")])
 def ban(ctx: Context, spec: str | None) -> bool:
-    add = getattr(ctx.server, "ban", None)
-    error = None
-    if add is None:
-        error = "no server to add the ban to"
-    else:
-        try:
-            result = add(spec or "")
-            if isinstance(result, str) and result:
-                error = result
-        except Exception as exc:  # noqa: BLE001 - any ban error is reported, as Varnish does
-            error = str(exc)
+    error = ban_string(ctx, spec)
     task = ctx.priv_task if isinstance(ctx.priv_task, dict) else {}
     task["std.ban_error"] = error or ""
     ctx.priv_task = task
