@@ -7,8 +7,9 @@ is async and bounded by `timeout`; a program that does not answer in time is kil
 of the socket goes) and steal() returns False. A program that dies fails its pending steals with
 ProgramError and is started again by the next steal().
 
-Program output (Print, tracebacks) is logged line by line as "<name>: <line>" at INFO on the
-"cacheserver.programs" logger.
+Program output (Print, tracebacks) never passes through the server: the program process gets the
+server's stderr as its stdout and stderr and writes each line there itself as "<name>: <line>"
+(kvm_api/output.py).
 """
 
 from __future__ import annotations
@@ -85,11 +86,7 @@ class _Program:
         self._assembler = protocol.Assembler()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(ctrl.fileno(), self._on_ctrl)
-        self.tasks = [
-            asyncio.create_task(self._log_lines(proc.stdout)),
-            asyncio.create_task(self._log_lines(proc.stderr)),
-            asyncio.create_task(self._watch_exit()),
-        ]
+        self.tasks = [asyncio.create_task(self._watch_exit())]
 
     @classmethod
     async def start(cls, name: str, path: Path, python: str, timeout: float) -> _Program:
@@ -97,13 +94,13 @@ class _Program:
         try:
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (_API_ROOT, env.get("PYTHONPATH")) if p)
-            env["PYTHONUNBUFFERED"] = "1"
             proc = await asyncio.create_subprocess_exec(
                 # An fd closed only by the garbage collector is a leak: say so in the log.
                 python, "-W", "always::ResourceWarning", "-m", "kvm_api.host", "--name", name, "--control-fd", str(child.fileno()),
                 str(path),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, pass_fds=(child.fileno(),), env=env,
+                # the program writes its lines to our log stream itself (kvm_api/output.py)
+                stdin=asyncio.subprocess.DEVNULL, stdout=sys.stderr.fileno(),
+                stderr=sys.stderr.fileno(), pass_fds=(child.fileno(),), env=env,
                 start_new_session=True,   # a terminal's ^C goes to the server, which ends us
             )
         except BaseException:
@@ -277,19 +274,6 @@ class _Program:
             level = logging.INFO if rc == 0 else logging.WARNING
             log.log(level, "program '%s' (pid %d) exited with status %d", self.name, self.proc.pid, rc)
         self._died(f"exited with status {rc}")
-
-    async def _log_lines(self, stream: asyncio.StreamReader | None) -> None:
-        # Chunks, not readline(): a huge line must not stop the logging (readline has a limit).
-        if stream is None:
-            return
-        buf = b""
-        while chunk := await stream.read(65536):
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                log.info("%s: %s", self.name, line.rstrip(b"\r").decode("utf-8", "replace"))
-        if buf:
-            log.info("%s: %s", self.name, buf.rstrip(b"\r").decode("utf-8", "replace"))
 
     def kill_now(self) -> None:
         """SIGKILL without waiting (the exit watcher reaps the process)."""

@@ -45,12 +45,11 @@ SHUT_RDWR = socket.SHUT_RDWR
 
 
 def Print(fmt: str, *args: object) -> None:  # noqa: N802 - the name of kvm_api.h
-    """Write to the program's output (the server logs each line as "<program>: <line>").
+    """Write to the program's output: each line goes to the server's log stream as "<program>: <line>".
 
     With arguments, `fmt` is a C printf format ("%d", "%s", "%zu", "%p", ...).
     """
-    sys.stdout.write(cformat(fmt, args) if args else fmt)
-    sys.stdout.flush()
+    sys.stdout.write(cformat(fmt, args) if args else fmt)   # flushed by the program's loop
 
 
 def write(fd: int, data: bytes | bytearray | memoryview | str) -> int:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from kvm_api.loop import EventLoop
+    from kvm_api.output import LineWriter
 
 
 @dataclass
@@ -31,3 +32,4 @@ class Host:
 callbacks = Callbacks()
 host: Host | None = None
 loop: EventLoop | None = None
+output: LineWriter | None = None      # sys.stdout and sys.stderr of a program process

@@ -21,6 +21,7 @@ import traceback
 from pathlib import Path
 
 from kvm_api import _state, protocol
+from kvm_api.output import LineWriter
 
 LOAD_FAILED = 3
 ORPHAN_GRACE = 1.0     # seconds the main thread gets to exit by itself once the server is gone
@@ -35,6 +36,8 @@ def _watch_server(fd: int) -> None:
         if any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in events):
             break
     time.sleep(ORPHAN_GRACE)
+    if _state.output is not None:
+        _state.output.close_out()
     os._exit(0)
 
 
@@ -56,8 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("args", nargs="*")
     ns = ap.parse_args(argv)
 
-    with socket.socket(fileno=ns.control_fd) as ctrl:
-        return _run(ns, ctrl)
+    # stdout and stderr are the server's log stream: every line goes there as "<name>: <line>"
+    _state.output = out = LineWriter(sys.stderr.fileno(), f"{ns.name}: ")
+    sys.stdout = sys.stderr = out
+    try:
+        with socket.socket(fileno=ns.control_fd) as ctrl:
+            return _run(ns, ctrl)
+    finally:
+        out.close_out()
 
 
 def _run(ns: argparse.Namespace, ctrl: socket.socket) -> int:

@@ -18,7 +18,7 @@ import time
 import traceback
 from collections import deque
 
-from kvm_api import protocol
+from kvm_api import _state, protocol
 from kvm_api._state import Callbacks
 
 RECV_SIZE = 64 * 1024
@@ -71,6 +71,9 @@ class EventLoop:
     def run(self) -> None:
         """Serve until the server closes the control channel."""
         self.running = True
+        output = _state.output
+        if output is not None:
+            output.autoflush = False
         self.send_ctrl({"op": "ready", "pid": os.getpid()})
         try:
             while self.running:
@@ -85,6 +88,8 @@ class EventLoop:
                         self._on_writable(conn)
                     self._flush_closes()
                 self._expire()
+                if output is not None:
+                    output.flush()          # one write of this turn's Print lines
         finally:
             for conn in list(self.conns.values()):
                 self._close(conn, DISCONNECTED)
