@@ -310,9 +310,11 @@ class _Program:
                 resp = await asyncio.shield(fut)
         except TimeoutError:
             self.kill_now()
-            raise ProgramError(f"program '{self.name}' did not answer {head.get('method')} "
+            err = ProgramError(f"program '{self.name}' did not answer {head.get('method')} "
                                f"{head.get('url')} within {timeout:g} s (max_request_time): killed",
-                               "timeout") from None
+                               "timeout")
+            log.warning("%s", err)
+            raise err from None
         finally:
             self.pending.pop(rid, None)
         resp.deadline = deadline

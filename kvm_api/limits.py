@@ -28,6 +28,7 @@ _REFUSED = frozenset({
     "os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link", "os.symlink",
     "os.truncate", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile",
 })
+_MODULE_SUFFIXES = (".py", ".pyc", ".pth", ".zip")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -50,10 +51,9 @@ def apply_boot_limits(settings: dict, program: Path) -> None:
         _set_data_limit(int(settings["max_memory"]) * MB)
     if "allowed_paths" not in settings:
         return                              # no file guard unless the program's settings ask
-    readable = [str(program.parent)]
-    readable += [p for p in sys.path[1:] if p and os.path.isdir(p)]   # [0] is the server's cwd
-    readable += [os.path.realpath(p) for p in settings.get("allowed_paths", [])]
-    install_file_guard(readable)
+    import_dirs = [str(program.parent)]
+    import_dirs += [p for p in sys.path[1:] if p and os.path.isdir(p)]   # [0] is the server's cwd
+    install_file_guard(import_dirs, list(settings.get("allowed_paths", [])))
 
 
 def apply_request_limits(settings: dict) -> None:
@@ -67,12 +67,18 @@ def apply_request_limits(settings: dict) -> None:
     _set_data_limit(limit)
 
 
-def install_file_guard(readable: list[str]) -> None:
-    roots = tuple(os.path.realpath(p) for p in readable)
+def install_file_guard(import_dirs: list[str], allowed_paths: list[str]) -> None:
+    import_roots = tuple(os.path.realpath(p) for p in import_dirs)
+    allowed_roots = tuple(os.path.realpath(p) for p in allowed_paths)
+
+    def under(path: str, dirs: tuple[str, ...]) -> bool:
+        return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in dirs)
 
     def allowed(path: str) -> bool:
-        return path == _STATUS or any(path == r or path.startswith(r.rstrip(os.sep) + os.sep)
-                                      for r in roots)
+        if path == _STATUS or under(path, allowed_roots):
+            return True
+        # the import path: Python source and bytecode only, so imports work and data files do not
+        return path.endswith(_MODULE_SUFFIXES) and under(path, import_roots)
 
     def hook(event: str, args: tuple) -> None:
         if event == "open":
