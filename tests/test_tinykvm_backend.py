@@ -165,6 +165,12 @@ def stats(srv: ServerProcess, pattern: str = "") -> dict:
     return json.loads(body)
 
 
+def test_start_in_vcl_init_runs_the_program_before_any_request(server):
+    """start("counter", async = false): its process runs before the server serves."""
+    s = stats(server, "^counter$")["counter"]
+    assert (s["starts"], s["requests"]) == (1, 0) and s["memory"] > 0
+
+
 def test_json_api_answers_from_the_request(server):
     status, headers, body = fetch(server, "/api/v1?q=1", headers={"X-Demo": "yes"})
     assert status == 200 and headers["content-type"] == "application/json"
