@@ -21,6 +21,7 @@ LIBRARY = """{
     "fast": { "max_request_time": 0.5, "max_boot_time": 20, "queue_timeout": 0.3, "max_queue": 1 },
     "loop": { "group": "fast", "filename": "loop.py", "concurrency": 2 },
     "hog": { "group": "fast", "filename": "hog.py", "max_memory": 96, "max_request_time": 5.0 },
+    "reqhog": { "group": "fast", "filename": "hog.py", "max_request_memory": 64, "max_request_time": 5.0 },
     "slowboot": { "group": "fast", "filename": "slowboot.py", "max_boot_time": 1.0 },
     "crashstart": { "group": "fast", "filename": "crashstart.py" },
     "crashmid": { "group": "fast", "filename": "crashmid.py" },
@@ -46,7 +47,7 @@ wait_for_requests()
 from kvm_api import set_backend_get, wait_for_requests
 
 def on_get(url, arg):
-    if url == "/hog/big":
+    if url.endswith("/big"):
         hoard = bytearray(400 * 1024 * 1024)    # over max_memory: MemoryError here, not in the server
         return 200, "text/plain", str(len(hoard))
     small = bytearray(4 * 1024 * 1024)
@@ -183,6 +184,14 @@ def test_memory_hog_fails_its_request_not_the_server(server):
     status, body = get(server, "/hog/small")                  # a fresh process serves again
     assert status == 200 and body.split()[0] != pid
     assert get(server, "/loop/ok")[0] == 200                  # and so does the server
+
+
+def test_request_memory_is_counted_from_the_memory_after_start(server):
+    """max_request_memory 64 MB (no max_memory): 4 MB more per request is fine, 400 MB is not."""
+    assert get(server, "/reqhog/small")[0] == 200
+    assert get(server, "/reqhog/big")[0] == 503
+    assert get(server, "/reqhog/small")[0] == 200
+    assert stats(server)["reqhog"]["failures"] == {"memory": 1}
 
 
 def test_slow_boot_is_given_up_at_max_boot_time(server):
