@@ -89,6 +89,9 @@ sub vcl_recv {
 }
 
 sub vcl_backend_fetch {
+    if (bereq.url ~ "^/beerr") {
+        return (error(500));
+    }
     if (bereq.method == "POST" && bereq.http.X-Live-Key) {
         set bereq.backend = tinykvm.live_update("liveprog", bereq.http.X-Live-Key, 1KB);
     } else if (bereq.url ~ "/counter") {
@@ -110,6 +113,11 @@ sub vcl_backend_fetch {
     } else {
         set bereq.backend = tinykvm.program("json_api", "v1");
     }
+}
+
+sub vcl_backend_error {
+    set beresp.http.X-Result = tinykvm.synth(0, "status", bereq.url, "418");
+    return (deliver);
 }
 
 sub vcl_backend_response {
@@ -223,6 +231,11 @@ def test_synth_makes_the_synthetic_response(server):
     status, headers, body = fetch(server, "/synth")
     assert (status, body, headers["x-result"], headers["content-type"]) == (
         203, b"status 203 from /synth", "203", "text/plain")
+
+
+def test_synth_in_vcl_backend_error(server):
+    status, headers, body = fetch(server, "/beerr")
+    assert (status, body, headers["x-result"]) == (418, b"status 418 from /beerr", "418")
 
 
 def test_main_arguments_and_environment(server):
