@@ -149,6 +149,9 @@ async def open_response(busy: BusyObj, backend: ProgramBackend) -> ProgramConn:
             resp = await run_steps(manager, backend.steps, bereq.method, bereq.url, headers, body)
     except ProgramError as e:
         raise FetchError(f"tinykvm: {e}") from None
+    if not 100 <= resp.status <= 999:
+        resp.close()
+        raise FetchError(f"tinykvm: program status {resp.status} is not an HTTP status")
     for name, value in resp.headers:
         if _BAD_FIELD.search(name + value):
             resp.close()

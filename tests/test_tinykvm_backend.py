@@ -104,6 +104,9 @@ sub vcl_backend_fetch {
     } else if (bereq.url ~ "^/chain/stop") {
         tinykvm.chain("status", "404", error_treshold = 400);
         set bereq.backend = tinykvm.program("upper");
+    } else if (bereq.url ~ "^/chain/bad") {
+        tinykvm.chain("status", "200");
+        set bereq.backend = tinykvm.program("status", "42");
     } else if (bereq.url ~ "^/argv") {
         set bereq.backend = tinykvm.program("argv");
     } else if (bereq.url ~ "/live") {
@@ -220,6 +223,12 @@ def test_chain_feeds_each_output_to_the_next_and_stops_at_the_threshold(server):
     assert (status, body) == (200, b"STATUS 200 FROM /CHAIN/OK (text/plain, POST)")
     status, _, body = fetch(server, "/chain/stop")
     assert (status, body) == (404, b"status 404 from /chain/stop")
+
+
+def test_a_status_that_is_not_http_fails_the_fetch(server):
+    """Status 42 from the program: vcl_backend_error (which this VCL answers with a 418)."""
+    status, _, body = fetch(server, "/chain/bad")
+    assert (status, body) == (418, b"status 418 from /chain/bad")
 
 
 def test_to_string_and_its_error_string(server):
