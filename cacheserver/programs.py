@@ -574,6 +574,11 @@ class ProgramManager:
             return False
         return True
 
+    def serving(self, name: str) -> bool:
+        """Program `name` has backend processes now (so its file was found)."""
+        pool = self._pools.get(name)
+        return pool is not None and bool(pool.workers)
+
     def stats_for(self, name: str) -> ProgramStats:
         st = self.stats.get(name)
         if st is None:
@@ -643,7 +648,8 @@ class ProgramManager:
         """A backend request to program `name` (ProgramError, with a reason, when it fails)."""
         if self._closed:
             raise ProgramError("the program manager is closed")
-        self.path_of(self.config(name))          # not found: a clear error before any queueing
+        if not self.serving(name):
+            self.path_of(self.config(name))      # not found: a clear error before any queueing
         head = {"method": method, "url": url, "arg": arg, "headers": [list(h) for h in headers],
                 "config": config}
         return await self.pool(name).request(head, body)
