@@ -53,9 +53,24 @@ class ProgramBackend(BackendSpec):
         return await open_response(busy, self)
 
 
+# The backends program() made, by (program, arg, config): one object (and one set of per-backend
+# counters) per distinct call, not a new one per request; bounded, as arg is often the URL.
+_MADE: dict[tuple[str, str, str], ProgramBackend] = {}
+_MAX_MADE = 4096
+
+
 def program_backend(program: str, arg: str, config: str, chain: list[Step]) -> ProgramBackend:
-    return ProgramBackend(name=f"tinykvm.{program}", host="tinykvm", port="0",
-                          steps=[*chain, Step(program, arg, config)])
+    if chain:
+        return ProgramBackend(name=f"tinykvm.{program}", host="tinykvm", port="0",
+                              steps=[*chain, Step(program, arg, config)])
+    key = (program, arg, config)
+    backend = _MADE.get(key)
+    if backend is None:
+        if len(_MADE) >= _MAX_MADE:
+            _MADE.clear()
+        backend = _MADE[key] = ProgramBackend(name=f"tinykvm.{program}", host="tinykvm", port="0",
+                                              steps=[Step(program, arg, config)])
+    return backend
 
 
 class ProgramConn:
