@@ -316,6 +316,11 @@ class BusyObj:
         if backend.host_header and "Host" not in headers:
             headers.add("Host", backend.host_header)
         self.bereq_close = "close" in (headers.get("Connection") or "").lower()
+        if hasattr(backend, "open_response"):      # tinykvm.program(): a program answers, not HTTP
+            self.conn = await backend.open_response(self)
+            self._conn_delta(backend, 1)
+            counters.backend_req += 1
+            return
         pool = server.backend_pools.get(backend.host, int(backend.port))
         fresh = False
         while True:

@@ -233,6 +233,7 @@ class Server:
         loop = asyncio.get_running_loop()
         if loop.get_exception_handler() is None:
             loop.set_exception_handler(LoopReports(self.counters))
+        await self.programs.start_pending()   # tinykvm.start(): async=false ones before we serve
         for spec, sock in zip(self.listen_specs, self._sockets, strict=False):
             # A dup, so that stop() can close the listener and start() reuse the same port.
             listener = await loop.create_server(lambda name=spec.name: ClientProtocol(self, name),

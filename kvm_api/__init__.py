@@ -17,8 +17,14 @@ Callbacks (all optional; `fd` is the connection's file descriptor number in this
         the program called shutdown(fd, SHUT_RDWR)), "Reset" (ECONNRESET/EPIPE) or "Error"
         (anything else, including an exception raised by a callback of this connection).
     on_get(url: str, arg: str) -> tuple[int, str, bytes | str]
-        set_backend_get(): the program as a backend; returns (status, content_type, body),
-        e.g. (200, "text/plain", b"Hello World!\\n").
+        set_backend_get(): the program as a backend (tinykvm.program(), to_string(), synth()) for
+        GET and HEAD; returns (status, content_type, body), e.g. (200, "text/plain", b"Hi\\n"),
+        optionally a fourth item: response headers ({"Cache-Control": "max-age=60"} or pairs).
+        Or it calls backend_response(status, content_type, body, headers), which ends it there.
+        A body that is neither bytes nor str is an iterable of pieces: it is streamed.
+    on_post(url: str, arg: str, content_type: str, body: bytes) -> same as on_get
+        set_backend_post(): every other method (POST, PUT, ...). request() has the rest of the
+        request: method, headers, the VCL's config string.
 
 An exception in a callback prints its traceback on stderr (the server logs it) and closes that
 connection only.
@@ -28,13 +34,17 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Callable
 
 from kvm_api import _state
 from kvm_api._printf import cformat
 
 __all__ = [
-    "Print", "write", "shutdown", "buffered", "pause_reading", "resume_reading", "set_socket_on_connect", "set_socket_on_read",
+    "Request", "request", "set_backend_post", "backend_response",
+    "Print", "write", "shutdown", "buffered", "pause_reading", "resume_reading",
+    "set_socket_on_connect", "set_socket_on_read",
     "set_socket_on_writable", "set_socket_on_disconnect", "set_backend_get", "wait_for_requests",
     "SHUT_RD", "SHUT_WR", "SHUT_RDWR",
 ]
@@ -45,12 +55,11 @@ SHUT_RDWR = socket.SHUT_RDWR
 
 
 def Print(fmt: str, *args: object) -> None:  # noqa: N802 - the name of kvm_api.h
-    """Write to the program's output (the server logs each line as "<program>: <line>").
+    """Write to the program's output: each line goes to the server's log stream as "<program>: <line>".
 
     With arguments, `fmt` is a C printf format ("%d", "%s", "%zu", "%p", ...).
     """
-    sys.stdout.write(cformat(fmt, args) if args else fmt)
-    sys.stdout.flush()
+    sys.stdout.write(cformat(fmt, args) if args else fmt)   # flushed by the program's loop
 
 
 def write(fd: int, data: bytes | bytearray | memoryview | str) -> int:
@@ -112,8 +121,52 @@ def set_socket_on_disconnect(fn: Callable[[int, str], object] | None) -> None:
 
 
 def set_backend_get(fn: Callable[[str, str], tuple[int, str, bytes | str]] | None) -> None:
-    """fn(url, arg) -> (status, content_type, body): answers ProgramManager.backend_get()."""
+    """fn(url, arg) -> (status, content_type, body): answers GET and HEAD backend requests."""
     _state.callbacks.on_get = fn
+
+
+@dataclass
+class Request:
+    """The backend request being answered (tinykvm.program(), to_string(), synth())."""
+
+    method: str
+    url: str
+    arg: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    config: str = ""              # the `config` string of tinykvm.program()
+
+    def header(self, name: str) -> str | None:
+        """The first header called `name` (any case), or None."""
+        lname = name.lower()
+        return next((v for n, v in self.headers if n.lower() == lname), None)
+
+
+def request() -> Request | None:
+    """The request being answered now (inside on_get / on_post), else None."""
+    return _state.request  # type: ignore[return-value]
+
+
+class BackendResponse(BaseException):
+    """Raised by backend_response(): the answer, carried out of the callback (as the original,
+    whose backend_response() does not return)."""
+
+    def __init__(self, status: int, content_type: str, body: bytes | str | Iterable[bytes],
+                 headers: object = ()) -> None:
+        super().__init__(status)
+        self.response = (status, content_type, body, headers)
+
+
+def backend_response(status: int, content_type: str, body: bytes | str | Iterable[bytes] = b"",
+                     headers: dict[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+    """Answer the current backend request and end the callback there. `body` may be an iterable
+    of bytes pieces (a generator): it is streamed to the server piece by piece."""
+    raise BackendResponse(status, content_type, body, headers)
+
+
+def set_backend_post(fn: Callable[[str, str, str, bytes], object] | None) -> None:
+    """fn(url, arg, content_type, body): answers POST (and every method but GET and HEAD)."""
+    _state.callbacks.on_post = fn
 
 
 def wait_for_requests() -> None:
@@ -127,6 +180,10 @@ def wait_for_requests() -> None:
     if _state.loop is not None:
         raise RuntimeError("wait_for_requests() is already running")
     host.waited = True
+    if host.settings:
+        from kvm_api.limits import apply_request_limits
+
+        apply_request_limits(host.settings)
     _state.loop = EventLoop(host.ctrl, _state.callbacks)
     _state.loop.run()
     raise SystemExit(0)

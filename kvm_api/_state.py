@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from kvm_api.loop import EventLoop
+    from kvm_api.output import LineWriter
 
 
 @dataclass
@@ -17,6 +18,7 @@ class Callbacks:
     on_writable: Callable[[int], object] | None = None
     on_disconnect: Callable[[int, str], object] | None = None
     on_get: Callable[[str, str], object] | None = None
+    on_post: Callable[[str, str, str, bytes], object] | None = None
 
 
 @dataclass
@@ -26,8 +28,11 @@ class Host:
     name: str
     ctrl: socket.socket
     waited: bool = False          # wait_for_requests() was called
+    settings: dict | None = None  # the limits the server asked for (kvm_api.limits)
 
 
 callbacks = Callbacks()
 host: Host | None = None
 loop: EventLoop | None = None
+request: object = None               # the kvm_api.Request being answered now
+output: LineWriter | None = None      # sys.stdout and sys.stderr of a program process

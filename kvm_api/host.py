@@ -10,6 +10,7 @@ message and the process exits with status 3.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import runpy
 import select
@@ -21,6 +22,8 @@ import traceback
 from pathlib import Path
 
 from kvm_api import _state, protocol
+from kvm_api.limits import apply_boot_limits
+from kvm_api.output import LineWriter
 
 LOAD_FAILED = 3
 ORPHAN_GRACE = 1.0     # seconds the main thread gets to exit by itself once the server is gone
@@ -35,6 +38,8 @@ def _watch_server(fd: int) -> None:
         if any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in events):
             break
     time.sleep(ORPHAN_GRACE)
+    if _state.output is not None:
+        _state.output.close_out()
     os._exit(0)
 
 
@@ -52,23 +57,32 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kvm_api.host")
     ap.add_argument("--name", required=True)
     ap.add_argument("--control-fd", type=int, required=True)
+    ap.add_argument("--settings", default="{}", help="limits as JSON (kvm_api.limits)")
     ap.add_argument("program")
     ap.add_argument("args", nargs="*")
     ns = ap.parse_args(argv)
 
-    with socket.socket(fileno=ns.control_fd) as ctrl:
-        return _run(ns, ctrl)
+    # stdout and stderr are the server's log stream: every line goes there as "<name>: <line>"
+    _state.output = out = LineWriter(sys.stderr.fileno(), f"{ns.name}: ")
+    sys.stdout = sys.stderr = out
+    try:
+        with socket.socket(fileno=ns.control_fd) as ctrl:
+            return _run(ns, ctrl)
+    finally:
+        out.close_out()
 
 
 def _run(ns: argparse.Namespace, ctrl: socket.socket) -> int:
     threading.Thread(target=_watch_server, args=(ns.control_fd,), daemon=True,
                      name="kvm_api-watchdog").start()
-    _state.host = host = _state.Host(ns.name, ctrl)
+    settings = json.loads(ns.settings)
+    _state.host = host = _state.Host(ns.name, ctrl, settings=settings)
 
     path = Path(ns.program).resolve()
     sys.argv = [str(path), *ns.args]
     sys.path.insert(0, str(path.parent))    # the program may import modules beside it
     try:
+        apply_boot_limits(settings, path)
         runpy.run_path(str(path), run_name="__main__")
     except SystemExit as e:
         if host.waited:             # wait_for_requests() ended: the server closed the channel

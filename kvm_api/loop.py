@@ -11,6 +11,7 @@ and the loop closes marked connections after the callback returned (`_flush_clos
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import socket
 import sys
@@ -18,7 +19,7 @@ import time
 import traceback
 from collections import deque
 
-from kvm_api import protocol
+from kvm_api import _state, protocol
 from kvm_api._state import Callbacks
 
 RECV_SIZE = 64 * 1024
@@ -72,6 +73,9 @@ class EventLoop:
     def run(self) -> None:
         """Serve until the server closes the control channel."""
         self.running = True
+        output = _state.output
+        if output is not None:
+            output.autoflush = False
         self.send_ctrl({"op": "ready", "pid": os.getpid()})
         try:
             while self.running:
@@ -86,6 +90,8 @@ class EventLoop:
                         self._on_writable(conn)
                     self._flush_closes()
                 self._expire()
+                if output is not None:
+                    output.flush()          # one write of this turn's Print lines
         finally:
             for conn in list(self.conns.values()):
                 self._close(conn, DISCONNECTED)
@@ -279,6 +285,8 @@ class EventLoop:
         if conn.closed:
             return
         self._forget(conn)
+        if conn.accepted:                   # the server counts the connections programs hold
+            self.send_ctrl({"op": "closed", "reason": reason})
         try:
             if conn.accepted and self.cb.on_disconnect is not None:
                 self.cb.on_disconnect(conn.fd, reason)
@@ -335,8 +343,8 @@ class EventLoop:
             os.close(fd)
         if op == "steal":
             self.send_ctrl({"op": "reply", "id": header.get("id"), "accepted": False})
-        elif op == "get":
-            self._get(header)
+        elif op in ("request", "get"):       # "get": the first protocol's name, still answered
+            self._request(header, payload)
 
     def _steal(self, header: dict, prebuffer: bytes, fd: int) -> None:
         try:
@@ -368,22 +376,74 @@ class EventLoop:
             self._call(conn, self.cb.on_read, fd, prebuffer)
         self._flush_closes()
 
-    def _get(self, header: dict) -> None:
+    def _request(self, header: dict, body: bytes) -> None:
+        """A backend request: on_get (GET, HEAD) or on_post (any other method) answers it."""
+        from kvm_api import BackendResponse, Request
+
         rid = header.get("id")
-        fn = self.cb.on_get
+        method = str(header.get("method", "GET"))
+        url, arg = str(header.get("url", "")), str(header.get("arg", ""))
+        req = Request(method, url, arg, [(str(n), str(v)) for n, v in header.get("headers", [])], body,
+                      str(header.get("config", "")))
+        get = method in ("GET", "HEAD")
+        fn = self.cb.on_get if get else self.cb.on_post
         if fn is None:
-            self.send_ctrl({"op": "response", "id": rid, "error": "program has no backend_get"})
+            self.send_ctrl({"op": "response", "id": rid,
+                            "error": "program has no " + ("backend_get" if get else "backend_post")})
             return
+        _state.request = req
         try:
-            status, ctype, body = fn(str(header.get("url", "")), str(header.get("arg", "")))
-            if isinstance(body, str):
-                body = body.encode()
-            self.send_ctrl({"op": "response", "id": rid, "status": int(status),
-                            "content_type": str(ctype)}, bytes(body))
+            try:
+                answer = fn(url, arg) if get else fn(url, arg, req.header("Content-Type") or "", body)
+            except BackendResponse as r:
+                answer = r.response
+            status, ctype, out, *rest = answer
+            headers = _header_pairs(rest[0] if rest else ())
+            meta = {"op": "response", "id": rid, "status": int(status), "content_type": str(ctype),
+                    "headers": headers}
+            if isinstance(out, (bytes, bytearray, memoryview, str)):
+                self.send_ctrl(meta, out.encode() if isinstance(out, str) else bytes(out))
+            else:
+                self._stream(meta, out)
+        except MemoryError:
+            self._fail_request(rid, "MemoryError: out of request memory", recycle=True)
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            self._fail_request(rid, f"{type(e).__name__}: {e}")
+        finally:
+            _state.request = None
+
+    def _fail_request(self, rid: object, error: str, recycle: bool = False) -> None:
+        sys.stderr.flush()
+        self.send_ctrl({"op": "response", "id": rid, "error": error, "recycle": recycle})
+
+    def _stream(self, meta: dict, pieces) -> None:
+        """Send a response body piece by piece as the program produces it; blocking sends, so a
+        slow consumer slows the program down instead of piling the body up in memory."""
+        rid = meta["id"]
+        self._send_now(protocol.encode({**meta, "stream": True}))
+        try:
+            for piece in pieces:
+                if isinstance(piece, str):
+                    piece = piece.encode()
+                if piece:
+                    self._send_now(protocol.encode({"op": "chunk", "id": rid}, bytes(piece)))
+        except MemoryError:
+            self._send_now(protocol.encode({"op": "end", "id": rid, "error": "MemoryError", "recycle": True}))
+            return
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
             sys.stderr.flush()
-            self.send_ctrl({"op": "response", "id": rid, "error": f"{type(e).__name__}: {e}"})
+            self._send_now(protocol.encode({"op": "end", "id": rid, "error": f"{type(e).__name__}: {e}"}))
+            return
+        self._send_now(protocol.encode({"op": "end", "id": rid}))
+
+    def _send_now(self, frames: list[bytes]) -> None:
+        self._ctrl_out.extend(frames)
+        while self._ctrl_out and self.running:
+            self._flush_ctrl()
+            if self._ctrl_out:
+                select.select([], [self.ctrl], [], 1.0)
 
     def send_ctrl(self, header: dict, payload: bytes = b"") -> None:
         self._ctrl_out.extend(protocol.encode(header, payload))
@@ -404,3 +464,15 @@ class EventLoop:
         if self.sel.get_key(self.ctrl).events != want:
             self.sel.modify(self.ctrl, want, None)
 
+
+
+def _header_pairs(headers: object) -> list[list[str]]:
+    """Response headers as given (a dict or (name, value) pairs), as [name, value] lists."""
+    items = headers.items() if isinstance(headers, dict) else headers
+    out = []
+    for name, value in items:
+        name, value = str(name), str(value)
+        if not name or any(c in name + value for c in "\r\n\0") or ":" in name:
+            raise ValueError(f"bad response header {name!r}")
+        out.append([name, value])
+    return out

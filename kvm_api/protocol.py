@@ -11,12 +11,16 @@ Next frames:  payload bytes only, until "n" bytes have arrived
 
 Messages, server -> program:
   {"op": "steal", "id", "remote", "arg"} + prebuffer payload + one fd (SCM_RIGHTS)
-  {"op": "get", "id", "url", "arg"}
+  {"op": "request", "id", "method", "url", "arg", "headers": [[name, value]...], "config"}
+                                           + request body payload ("get": the same, of old)
 Program -> server:
   {"op": "ready", "pid"}                   the program called wait_for_requests()
   {"op": "error", "message"}               the program failed to load (then it exits)
   {"op": "reply", "id", "accepted": bool}  answer to "steal"
-  {"op": "response", "id", "status", "content_type"} + body payload, or {"op": "response", "id", "error"}
+  {"op": "response", "id", "status", "content_type", "headers"} + body payload, or with
+      "stream": true and no payload, then {"op": "chunk", "id"} + piece ... {"op": "end", "id"[, "error"]},
+      or {"op": "response", "id", "error"[, "recycle"]}  (recycle: the process is out of memory)
+  {"op": "closed", "reason"}               a stolen connection was closed (Disconnected/Reset/Error)
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import struct
 CHUNK = 64 * 1024            # payload bytes per frame
 MAX_HEADER = 60 * 1024       # keeps a first frame well below the kernel's SEQPACKET size limit
 MAX_FRAME = 4 + MAX_HEADER + CHUNK
+MAX_BODY = 1 << 30           # a whole (not streamed) response or request body at most
 MAX_FDS = 4                  # a message carries one fd; room for a few so extras are seen (and closed)
 
 _LEN = struct.Struct(">I")

@@ -1,6 +1,9 @@
-"""The TCP example of the tinykvm docs: answers every request on a stolen connection with Hello World.
+"""The tinykvm docs' hello program: a backend (on_get) and the TCP example (a stolen connection).
 
-VCL:  if (req.url == "/tcp") { if (tinykvm.steal("hello", req.url)) { return (synth(123)); } }
+As a backend, on_get answers every GET with Hello World:
+      sub vcl_backend_fetch { set bereq.backend = tinykvm.program("hello", bereq.url); }
+On a stolen connection it answers every request with the same, written by hand:
+      if (req.url == "/tcp") { if (tinykvm.steal("hello", req.url)) { return (synth(123)); } }
 """
 
 from kvm_api import (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
 import socket
@@ -124,13 +123,24 @@ def progdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+class ProgramOutput:
+    """What program processes wrote to the log stream (our fd 2, which they inherit)."""
+
+    def __init__(self, capfd: pytest.CaptureFixture) -> None:
+        self._capfd = capfd
+        self._text = ""
+
+    def lines(self) -> list[str]:
+        self._text += self._capfd.readouterr().err
+        return self._text.splitlines()
+
+
 @pytest.fixture(autouse=True)
-def no_unclosed_fds(caplog: pytest.LogCaptureFixture):
+def program_output(capfd: pytest.CaptureFixture):
     """Programs run with ResourceWarning on: an fd left to the garbage collector shows in the log."""
-    caplog.set_level(logging.INFO, logger="cacheserver.programs")
-    yield
-    records = caplog.get_records("setup") + caplog.get_records("call")
-    leaks = [r.getMessage() for r in records if "ResourceWarning" in r.getMessage()]
+    out = ProgramOutput(capfd)
+    yield out
+    leaks = [line for line in out.lines() if "ResourceWarning" in line]
     assert not leaks
 
 
@@ -208,8 +218,7 @@ async def stats(pm: ProgramManager) -> dict:
     return json.loads(body)
 
 
-def test_hello_accepts_and_answers_each_request(listener, caplog):
-    caplog.set_level(logging.INFO, logger="cacheserver.programs")
+def test_hello_accepts_and_answers_each_request(listener, program_output):
 
     async def main():
         pm = ProgramManager([BUNDLED_DIR])
@@ -227,7 +236,7 @@ def test_hello_accepts_and_answers_each_request(listener, caplog):
         return remote
 
     remote = run(main())
-    lines = [r.getMessage() for r in caplog.records]
+    lines = program_output.lines()
     assert "hello: Hello Compute World!" in lines
     assert any(m.startswith("hello: * FD ") and m.endswith(f" connected. Remote: {remote} Arg: /tcp")
                for m in lines), lines
@@ -314,8 +323,7 @@ def test_concurrent_steals_with_large_prebuffers(listener, progdir):
     run(main())
 
 
-def test_exception_in_callback_closes_only_that_connection(listener, progdir, caplog):
-    caplog.set_level(logging.INFO, logger="cacheserver.programs")
+def test_exception_in_callback_closes_only_that_connection(listener, progdir, program_output):
 
     async def main():
         pm = ProgramManager([progdir])
@@ -340,7 +348,7 @@ def test_exception_in_callback_closes_only_that_connection(listener, progdir, ca
             await pm.close()
 
     run(main())
-    messages = "\n".join(r.getMessage() for r in caplog.records)
+    messages = "\n".join(program_output.lines())
     assert "testprog: RuntimeError: boom in on_read" in messages
     assert "testprog: Traceback (most recent call last):" in messages
     assert "Error" in messages
@@ -373,8 +381,7 @@ def test_program_shutdown_and_half_close(listener, progdir):
     run(main())
 
 
-def test_program_half_close_and_linger(listener, progdir, caplog, monkeypatch):
-    caplog.set_level(logging.INFO, logger="cacheserver.programs")
+def test_program_half_close_and_linger(listener, progdir, program_output, monkeypatch):
     monkeypatch.setenv("KVM_API_LINGER", "1.0")
 
     async def main():
@@ -404,7 +411,7 @@ def test_program_half_close_and_linger(listener, progdir, caplog, monkeypatch):
             await pm.close()
 
     run(main())
-    assert any(r.getMessage() == "testprog: write after SHUT_WR: -1" for r in caplog.records)
+    assert "testprog: write after SHUT_WR: -1" in program_output.lines()
 
 
 def test_killed_program_closes_its_sockets_and_restarts(listener, progdir):
@@ -499,8 +506,7 @@ def test_hung_on_connect_times_out_without_blocking_the_loop(listener, progdir):
     run(main())
 
 
-def test_program_without_wait_for_requests_fails_clearly(listener, progdir, caplog):
-    caplog.set_level(logging.INFO, logger="cacheserver.programs")
+def test_program_without_wait_for_requests_fails_clearly(listener, progdir, program_output):
 
     async def main():
         pm = ProgramManager([progdir])
@@ -519,7 +525,7 @@ def test_program_without_wait_for_requests_fails_clearly(listener, progdir, capl
             await pm.close()
 
     run(main())
-    assert "nowait: loaded but not waiting" in [r.getMessage() for r in caplog.records]
+    assert "nowait: loaded but not waiting" in program_output.lines()
 
 
 def test_slow_load_times_out_and_cancel_leaves_no_process(listener, progdir):
