@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING
 import httptools
 
 from cacheserver.fsm import ClientRequest
-from cacheserver.http1 import BAD_REQUEST, CONTINUE_100, EXPECTATION_FAILED, needs_relaxing, relax_head, text
+from cacheserver.http1 import (
+    BAD_REQUEST,
+    CONTINUE_100,
+    EXPECTATION_FAILED,
+    needs_relaxing,
+    relax_head,
+    text,
+    wire,
+)
 from cacheserver.programs import ProgramError
 from cacheserver.reqbody import NO_BODY, ReqBody
 from cacheserver.stevedores import TRANSIENT
@@ -458,6 +466,9 @@ class ClientProtocol(asyncio.Protocol):
             end += 1
         if start == 0 or end == len(rest):
             if len(rest) <= self.server.params.http_req_hdr_len:
+                if self._method_override is not None:   # hold the bytes as sent, not our stand-in
+                    rest = wire(self._method_override) + rest[3:]
+                    self._method_override = None
                 self._method_hold = rest          # the request line was cut short by the read
             else:
                 self.bad_request()

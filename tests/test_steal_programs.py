@@ -380,7 +380,8 @@ def fd_counts(server: ServerProcess) -> dict[str, int]:
     counts = {"server": server.fd_count()}
     for pid in server.children():
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            name = f.read().split(b"\0")[-2].decode().rsplit("/", 1)[-1]
+            argv = f.read().split(b"\0")
+        name = argv[argv.index(b"--name") + 1].decode() + ".py"     # the program's name
         counts[name] = len(os.listdir(f"/proc/{pid}/fd"))
     return counts
 
