@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from bench.common import ROOT, free_port, wait_port
+from bench.common import ROOT, free_port
 from bench.procs import process_tree
 
 STORAGE = "malloc,1g"            # room for 100k objects and their overhead in both servers
@@ -55,6 +57,14 @@ sub vcl_backend_response {
     }
 }
 """
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
 
 
 class Workspace:
@@ -105,13 +115,12 @@ class Process:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(self.command(), cwd=self.cwd(), env=self.env(), stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_port(self.port, START_TIMEOUT)
-        except RuntimeError:
-            self.stop()
-            raise RuntimeError(f"{self.label} did not start; its log:\n{self.log_tail()}") from None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.label} exited at once; its log:\n{self.log_tail()}")
+        deadline = time.monotonic() + START_TIMEOUT
+        while not port_open(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.label} did not start; its log:\n{self.log_tail()}")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """SIGTERM (varnishd -F then stops its child), SIGKILL after 10 s."""
