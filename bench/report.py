@@ -56,7 +56,7 @@ def table(rows: list[Row]) -> str:
 def header(info: dict[str, str], date: str, rounds: int, duration: float, connections: int) -> str:
     return (f"Measured {date} on {info['cores']} cores ({info['cpu']}), Python {info['python']}, commit "
             f"{info['commit'] or '?'}; load average at the start {info['load']}. wrk -t1 -c{connections} "
-            f"--latency, {duration:g} s a run, {rounds} rounds alternating the servers; medians (peak RSS: "
+            f"--latency, {duration:g} s a run, {rounds} round(s) alternating the servers; medians (peak RSS: "
             f"the highest).")
 
 

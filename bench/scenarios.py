@@ -18,7 +18,7 @@ from bench.common import ROOT
 from bench.load import have_wrk, wrk
 from bench.procs import PeakRSS, cpu_seconds, rss_mb
 from bench.servers import SYNTH_BODY, Bare, Cacheserver, Process, Varnishd, Workspace
-from bench.tiny_http import BODY, PAGE
+from bench.tiny_http import BODY, GZ_PAGE, PAGE
 
 BIG_BYTES = 1 << 30              # the streamed pass body (--short: SHORT_BIG_BYTES)
 SHORT_BIG_BYTES = 16 << 20
@@ -225,6 +225,14 @@ def gzip(b: Bench) -> list[Row]:
                           lambda s: expect(s, "/gzip", PAGE, absent=("content-encoding",)))
 
 
+def gzipclient(b: Bench) -> list[Row]:
+    """The same gzipped page to a client that takes gzip (sent as stored)."""
+    def check(server: Process) -> None:
+        expect(server, "/gzip", GZ_PAGE, headers={"Accept-Encoding": "gzip"})
+
+    return b.wrk_scenario("gzip page to gzip client", "/gzip", check, headers=("Accept-Encoding: gzip",))
+
+
 def tcp(b: Bench) -> list[Row]:
     """The docs' /tcp (default.vcl: tinykvm.steal into programs/hello.py) against a bare asyncio server
     answering the same bytes (varnishd has no steal)."""
@@ -318,6 +326,7 @@ SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
     "synth": synth,
     "esi": esi,
     "gzip": gzip,
+    "gzipclient": gzipclient,
     "tcp": tcp,
     "stream": stream,
     "objects": objects,
