@@ -244,7 +244,7 @@ def stream(b: Bench) -> list[Row]:
     """A 1 GiB body through pass, streamed: throughput, and RSS growth (target < 64 MB)."""
     size = SHORT_BIG_BYTES if b.options.short else BIG_BYTES
     path = f"/pass/big?bytes={size}"
-    scenario = f"{size >> 20} MiB streamed pass"
+    scenario = f"{size >> 30} GiB streamed pass" if size >= 1 << 30 else f"{size >> 20} MiB streamed pass"
     servers = b.servers()
     runs: dict[str, list[tuple[float, float, float]]] = {s.label: [] for s in servers}
     started: list[Process] = []
@@ -267,8 +267,9 @@ def stream(b: Bench) -> list[Row]:
     rows = []
     for label, r in runs.items():
         growth = max(g for _, _, g in r)
-        verdict = "" if b.options.short else (" (target < 64)" if growth < STREAM_GROWTH_TARGET_MB
-                                              else " (over the 64 MB target)")
+        verdict = ""            # the target is cacheserver's; varnishd buffers what the client has not read
+        if label.startswith("cacheserver") and not b.options.short:
+            verdict = " (target < 64)" if growth < STREAM_GROWTH_TARGET_MB else " (over the 64 MB target)"
         rows.append(Row(scenario, label, rate=statistics.median(x for x, _, _ in r), unit="MB/s",
                         peak_rss_mb=max(p for _, p, _ in r), rates=[x for x, _, _ in r],
                         note=f"RSS growth {growth:.1f} MB{verdict}"))
@@ -303,13 +304,16 @@ def objects(b: Bench) -> list[Row]:
                 after = rss_mb(server.pids())
                 fills[server.label].append((total / fill_seconds, after - before, after))
     rows = []
+    payload = total * len(BODY) / (1 << 20)
+    growths = {label: statistics.median(g for _, g, _ in r) for label, r in fills.items()}
+    reference_growth = growths[labels[-1]] if len(labels) > 1 else None
     for label, r in fills.items():
-        growth = statistics.median(g for _, g, _ in r)
-        payload = total * len(BODY) / (1 << 20)
+        note = f"RSS growth {growths[label]:.0f} MB for {payload:.0f} MB of payload"
+        if reference_growth and label != labels[-1]:
+            note += f" ({growths[label] / reference_growth:.2f}x {labels[-1]}'s)"
         rows.append(Row(f"{total:,} objects: fill (8 conns, Python client)", label,
                         rate=statistics.median(x for x, _, _ in r), peak_rss_mb=max(a for _, _, a in r),
-                        rates=[x for x, _, _ in r],
-                        note=f"RSS growth {growth:.0f} MB for {payload:.0f} MB of payload"))
+                        rates=[x for x, _, _ in r], note=note))
     rows = with_ratios(rows)
     if have_wrk():
         for n in counts:
