@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--compare-root", type=Path, action="append", default=[], metavar="DIR",
                     help="also run the cacheserver of another checkout (repeatable)")
     ap.add_argument("--out", type=Path, default=None,
-                    help="results directory (default bench/results/DATE; --short writes none unless given)")
+                    help="results directory (default bench/results/DATE, or DATE-SCENARIOS for some of them; "
+                         "--short writes none unless given)")
     ap.add_argument("--update-readme", action="store_true",
                     help="put the table into README.md's Performance section")
     ap.add_argument("--note", default="", help="a sentence added to the README table's header")
@@ -85,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         workspace.cleanup()
     head = report.header(info, date, bench.rounds, bench.duration, args.connections)
     print(f"\n{head}\n\n{report.table(rows)}")
-    out_dir = args.out or (None if args.short else ROOT / "bench" / "results" / date)
+    # a run of some scenarios only goes beside the full run's folder, not over it
+    folder = date if not args.scenarios else f"{date}-{'-'.join(args.scenarios)}"
+    out_dir = args.out or (None if args.short else ROOT / "bench" / "results" / folder)
     if out_dir is not None and rows:
         for message in report.write(rows, out_dir, head, info):
             print(message)
