@@ -1,8 +1,10 @@
 """A bare asyncio + httptools server answering every request with one fixed response.
 
-    python bench/tiny_http.py PORT hello    # the docs' /tcp answer: the baseline for tcp_bench
-    python bench/tiny_http.py PORT object   # a cacheable 1 KiB object: the origin for hit_bench
-    python bench/tiny_http.py PORT gzip     # a cacheable gzipped 16 KiB page: the origin for gzip_bench
+    python bench/tiny_http.py PORT hello    # the docs' /tcp answer: the baseline of `python -m bench tcp`
+    python bench/tiny_http.py PORT object   # a cacheable 1 KiB object
+    python bench/tiny_http.py PORT gzip     # a cacheable gzipped 16 KiB page
+
+Its bodies are also what bench/origin.py (the harness's origin) serves.
 """
 
 from __future__ import annotations
