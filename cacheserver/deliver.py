@@ -203,6 +203,7 @@ class Delivery:
             ctx.obj_oc = oc
             ctx.head_request = self.method0 == "HEAD"
             names = resp_filters_default(ctx)
+        ctx.log.append(("Filters", names))
         if not names or names.isspace():
             return None, resp_len
         server = self.server
@@ -427,4 +428,6 @@ def _template_records(head: bytes) -> tuple:
     esc = [[(t, x.replace("%", "%%")) for t, x in part] for part in parts]
     run = esc[0] + [("RespHeader", "X-Varnish: %d %d")] + esc[1] + [("RespHeader", "Age: %d")] + esc[2]
     text = "\0".join(map(" ".join, run)).partition(" ")[2]       # after the first tag, RespProtocol
-    return text, (), (), conn[0] if conn else ("RespHeader", "Connection: keep-alive")
+    conn_rec = conn[0] if conn else ("RespHeader", "Connection: keep-alive")
+    # the (empty) Filters record of a plain hit, then its Connection header, as one run
+    return text, (), (), ("Filters", "\0" + " ".join(conn_rec))

@@ -148,6 +148,10 @@ class EsiParser:
         self._ver = 0
         self._pend: int | None = None
         self._last_mark = _VERBATIM
+        # VEP's o_last (where the run before the current one was emitted; errors are logged "after"
+        # it) and o_wait (bytes in the current run)
+        self._o_last = 0
+        self._o_wait = 0
 
     @property
     def segments(self) -> list[Segment]:
@@ -163,6 +167,10 @@ class EsiParser:
     def _mark(self, q: int, kind: int) -> None:
         start = self._pend if self._pend is not None else self._ver
         self._pend = None
+        if kind != self._last_mark and self._o_wait > 0:
+            self._o_last = start
+            self._o_wait = 0
+        self._o_wait += q - start
         if kind == _VERBATIM and q > start:
             segs = self._segs
             if segs and isinstance(segs[-1], tuple) and segs[-1][1] == start:
@@ -178,10 +186,10 @@ class EsiParser:
         self._ver = q
 
     def _error(self, msg: str) -> None:
-        self.errors.append(f"ERR at {self._ver} {msg}")
+        self.errors.append(f"ERR after {self._o_last} {msg}")
 
     def _warn(self, msg: str) -> None:
-        self.warnings.append(f"WARN at {self._ver} {msg}")
+        self.warnings.append(f"WARN after {self._o_last} {msg}")
 
     # --- tag actions ----------------------------------------------------------------------------
 

@@ -353,7 +353,8 @@ class ClientRequest(Delivery, EsiRequest):
             # Wash Accept-Encoding for the sake of Vary, as varnishd does.
             ae = ctx.req.headers.get("Accept-Encoding")
             if ae is not None and accepts_gzip(ae):
-                ctx.req.headers.set("Accept-Encoding", "gzip")
+                if ae.lower() != "gzip":     # http_ForceHeader leaves (and logs) nothing when equal
+                    ctx.req.headers.set("Accept-Encoding", "gzip")
             else:
                 ctx.req.headers.unset("Accept-Encoding")
         digest = hashlib.sha256()

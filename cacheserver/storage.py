@@ -424,6 +424,13 @@ class Storage:
         oc.store = st.name
         return True
 
+    def store_for(self, oc: ObjCore, hint: str | None) -> str:
+        """The stevedore `_account` will give a new object (what its Storage record names)."""
+        shortlived = self.params.shortlived if self.params is not None else 10.0
+        if oc.private or oc.hfm or oc.hfp or oc.ttl + oc.grace + oc.keep < shortlived:
+            return TRANSIENT
+        return hint if hint in self.stevedores else self._rotation[self._next % len(self._rotation)].name
+
     def next_stevedore(self) -> str:
         """The default storage: the stevedores other than Transient, taken in turn."""
         st = self._rotation[self._next % len(self._rotation)]

@@ -333,3 +333,9 @@ def timestamp(records: list, event: str, now: float, t_start: float, t_prev: flo
 
 def headers(records: list, tag: str, fields: list) -> None:
     records.extend([(tag, f[0] + ": " + f[1]) for f in fields])
+
+
+def bereq_acct(bo) -> tuple[str, str]:
+    """A fetch's BereqAcct record: bereq head, body and total sent, beresp head, body and total read."""
+    a, b, c, d = bo.acct_bereq_hdr, bo.acct_bereq_body, bo.acct_beresp_hdr, bo.acct_beresp_body
+    return ("BereqAcct", "%d %d %d %d %d %d" % (a, b, a + b, c, d, c + d))

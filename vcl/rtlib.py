@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import math
+import time
 from email.utils import formatdate
 
 from vcl.acl import Acl  # noqa: F401 - generated code uses rt.Acl, rt.Regex, rt.regsub
@@ -280,3 +281,13 @@ def req_gzip(value: str | None) -> bool:
                 except ValueError:
                     gzip_q = 0.0
     return gzip_q is not None and gzip_q > 0
+
+
+def beresp_timer_set(ctx, field: str, value: float) -> None:
+    """beresp.ttl/grace/keep = value, and the TTL record varnishd writes for it ("VCL ttl grace keep
+    origin cacheable"; the TTL counted from the object's origin, as VRT_l_beresp_ttl stores it)."""
+    setattr(ctx, field, value)
+    age = ctx.beresp_age or 0.0
+    ctx.log.append(("TTL", "VCL %.0f %.0f %.0f %.0f %s" % (
+        ctx.beresp_ttl + age, ctx.beresp_grace, ctx.beresp_keep, time.time() - age,
+        "uncacheable" if getattr(ctx, "beresp_uncacheable", False) else "cacheable")))
