@@ -440,7 +440,9 @@ class BusyObj:
         if creq is not None and body.cached is None and self.mode != "bg":
             now = time.time()
             since = now - (creq.req_time or now)
-            creq.log.append(("Timestamp", "ReqBody: %.6f %.6f %.6f" % (now, since, since)))
+            # varnishd reads it through a Transient object (vrb_pull), and logs that first
+            creq.log += (("Storage", "malloc Transient"),
+                         ("Timestamp", "ReqBody: %.6f %.6f %.6f" % (now, since, since)))
 
     async def stp_response(self) -> str | None:
         ctx = self.ctx
@@ -488,7 +490,8 @@ class BusyObj:
             merged.proto = beresp.proto
             ctx.beresp = beresp = merged
         self._body_read = self.body_kind == "none"
-        self.t_origin = compute_ttl(ctx, self.server.params, now, True, self.is_pass)
+        # varnishd logs no RFC TTL for a pass
+        self.t_origin = compute_ttl(ctx, self.server.params, now, not self.is_pass)
         ctx.beresp_uncacheable = self.is_pass or bad_vary(beresp.headers.get("Vary"))
         ctx.do_stream = True
         ctx.do_gzip = ctx.do_gunzip = ctx.do_esi = False

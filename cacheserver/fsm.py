@@ -138,7 +138,6 @@ class ClientRequest(Delivery, EsiRequest):
         if reason == "restart":
             ctx.log.append(("Begin", f"req {parent} {reason}"))
             self._ts("Start")            # counted from the first request's start, as varnishd
-            ctx.log.append(("VCL_use", self.vcl.__dict__.get("name") or "boot"))
         else:
             # one pre-joined run of records (cacheserver/vsl.py), one format: this is every request
             ts = "%.6f" % t
@@ -173,8 +172,10 @@ class ClientRequest(Delivery, EsiRequest):
         now = time.time()
         req = self.acct_req
         hdr, body = self.acct_hdr, self.acct_body
-        ctx.log.append(("Timestamp", "Resp: %.6f %.6f %.6f\0ReqAcct %d 0 %d %d %d %d\0End "
-                        % (now, now - self.t_start, now - self.t_prev, req, req, hdr, body, hdr + body)))
+        rx = self.body.received            # request body bytes read
+        ctx.log.append(("Timestamp", "Resp: %.6f %.6f %.6f\0ReqAcct %d %d %d %d %d %d\0End "
+                        % (now, now - self.t_start, now - self.t_prev, req, rx, req + rx, hdr, body,
+                           hdr + body)))
         self.server.vsl.write(ctx.xid, "c", ctx.log)
 
     # -- drivers ----------------------------------------------------------------------------------
@@ -714,6 +715,7 @@ class ClientRequest(Delivery, EsiRequest):
             body = "".join(ctx.synth_body or []).encode("utf-8", "surrogateescape")
             ctx.resp.headers.unset("Content-Length")
             ctx.resp.headers.add("Content-Length", str(len(body)))
+            ctx.log.append(("Storage", "malloc Transient"))     # where varnishd keeps the synth body
             oc = ObjCore()
             oc.append(body)
             oc.finish(True)
