@@ -167,9 +167,27 @@ def group(raw: list[tuple[int, str, str]]) -> list[tuple[int, list[tuple[str, st
         return []
     base = vxids[0]
     by: dict[int, list[tuple[str, str]]] = {v: [] for v in vxids}
+    # X-Varnish carries vxids, whose digits count in ReqAcct / BereqAcct: count them as normalised
+    delta: dict[int, int] = {}
     for v, tag, text in raw:
-        if v and tag not in IGNORED_TAGS:
-            by[v].append((tag, normalise(tag, text, base)))
+        if not v or tag in IGNORED_TAGS:
+            continue
+        norm = normalise(tag, text, base)
+        if text.lower().startswith("x-varnish:"):
+            if tag in ("RespHeader", "BereqHeader"):
+                delta[v] = len(norm) - len(text)
+            elif tag in ("RespUnset", "BereqUnset"):
+                delta[v] = 0
+        elif tag in ("ReqAcct", "BereqAcct") and delta.get(v):
+            f = [int(x) for x in text.split()]
+            at = 3 if tag == "ReqAcct" else 0
+            if f[at] == 0:
+                by[v].append((tag, norm))      # no head was sent (an ESI include)
+                continue
+            f[at] += delta[v]
+            f[at + 2] += delta[v]
+            norm = " ".join(map(str, f))
+        by[v].append((tag, norm))
     return [(v - base, by[v]) for v in vxids]
 
 
