@@ -229,6 +229,10 @@ class EsiParser:
             self._error("ESI 1.0 <esi:include> lacks src attr")
             return
         src = src.split(b"\0", 1)[0]  # VEP handles it as a C string
+        if any(c in src for c in b" \t\r\n"):
+            # varnishd 7.1 drops such an include (checked against it: tests/test_esi_parse.py)
+            self._error("ESI 1.0 <esi:include> has whitespace in src= attribute")
+            return
         host: bytes | None = None
         prefix = b""
         if len(src) > 7 and src.startswith(b"http://"):
