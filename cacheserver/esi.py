@@ -102,24 +102,31 @@ class EsiGzipVFP(EsiVFP):
         return self.runs.push(data)
 
     def end(self) -> Iterable[bytes]:
-        doc = finish_parse(self.parser, self.fc)
+        doc = finish_parse(self.parser, self.fc, self.runs.out_at)
         tail, bits = self.runs.end(doc is not None)
+        if self.fc.log is not None:
+            # VGZ_Destroy's record for the page's gzip: gzip, fetch, ESI; bytes in and out; bits
+            self.fc.log.append(("Gzip", "G F E %d %d %d %d %d" % (self.runs.size, self.runs.cpos, *bits[:3])))
         if doc is not None:
             doc.gz = self.runs.gz
         self.fc.oc.gzip_bits = bits
         return tail
 
 
-def finish_parse(parser: EsiParser, fc: FetchCtx) -> EsiDoc | None:
-    """The parse ends: count and log its complaints, store it on the object."""
+def finish_parse(parser: EsiParser, fc: FetchCtx, out_at=None) -> EsiDoc | None:
+    """The parse ends: count and log its complaints, store it on the object. Each complaint is logged
+    "after" VEP's o_last: the output bytes stored when the run before the current one was emitted
+    (`out_at` maps a body offset to that in a body stored gzipped)."""
     doc = parser.finish()
     counters = fc.counters
     counters.esi_errors += len(parser.errors)
     counters.esi_warnings += len(parser.warnings)
     vsl = getattr(fc, "log", None)
     if vsl is not None:
-        for line in (*parser.log, *parser.errors, *parser.warnings):
-            vsl.append(("ESI_xmlerror", line))
+        for kind, at, text in parser.diag:
+            if kind:
+                text = f"{kind} after {out_at(at) if out_at is not None else at} {text}"
+            vsl.append(("ESI_xmlerror", text))
     fc.oc.esi_data = doc
     return doc
 

@@ -121,6 +121,8 @@ class EsiParser:
         self.errors: list[str] = []
         self.warnings: list[str] = []
         self.log: list[str] = []  # ESI_xmlerror lines that count as neither
+        # every ESI_xmlerror in the order VEP logs them: (kind "ERR"/"WARN"/"", VEP's o_last, text)
+        self.diag: list[tuple[str, int, str]] = []
         self._segs: list[Segment] = []
         self._state = START
         self._esi_found = False
@@ -185,11 +187,17 @@ class EsiParser:
             self._pend = self._ver
         self._ver = q
 
+    def _note(self, line: str) -> None:
+        self.log.append(line)
+        self.diag.append(("", 0, line))
+
     def _error(self, msg: str) -> None:
         self.errors.append(f"ERR after {self._o_last} {msg}")
+        self.diag.append(("ERR", self._o_last, msg))
 
     def _warn(self, msg: str) -> None:
         self.warnings.append(f"WARN after {self._o_last} {msg}")
+        self.diag.append(("WARN", self._o_last, msg))
 
     # --- tag actions ----------------------------------------------------------------------------
 
@@ -339,12 +347,10 @@ class EsiParser:
                     p += 1
                     self._state = STARTTAG
                 elif p < e and b[p] == 0xEB:
-                    self.log.append("No ESI processing, first char not '<' but BOM."
-                                    " (See feature esi_remove_bom)")
+                    self._note("No ESI processing, first char not '<' but BOM. (See feature esi_remove_bom)")
                     self._state = NOTXML
                 elif p < e:
-                    self.log.append("No ESI processing, first char not '<'."
-                                    " (See feature esi_disable_xml_check)")
+                    self._note("No ESI processing, first char not '<'. (See feature esi_disable_xml_check)")
                     self._state = NOTXML
             elif st == NOTXML:
                 p = e
