@@ -220,7 +220,6 @@ class Delivery:
             return self._esi_transmit(resp, oc)         # an ESI include: into the parent's page
         headers = resp.headers
         ctx = self.ctx
-        params = self.server.params
         status = resp.status
         complete = oc.complete
         cl_text = headers.get("Content-Length")
@@ -235,10 +234,6 @@ class Delivery:
             sendbody = 1
         chain = None
         if sendbody >= 0:
-            if params.http_range_support and status == 200 and not oc.private:
-                # pass and synth responses do ranges but do not announce them
-                headers.unset("Accept-Ranges")
-                headers.add("Accept-Ranges", "bytes")
             try:
                 chain, resp_len = self._open_vdps(resp, oc, resp_len)
             except FilterError as exc:
