@@ -86,6 +86,7 @@ class Server:
         self.vsl = vsl.VslWriter(work_dir / vsl.FILE_NAME, int(self.params.vsl_space),
                                  int(self.params.vsl_reclen))
         self.vsl.params = self.params          # vsl_mask, read as records are written
+        self.storage.vsl = self.vsl            # ExpKill
         self.stats_dir = work_dir
 
     def publish_counters(self) -> None:

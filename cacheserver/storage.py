@@ -492,6 +492,8 @@ class Storage:
                 continue
             count += 1
             if hard:
+                # varnishd rearms it to expire now; its expiry thread logs that
+                self._exp_kill(oc, -0.0)
                 self.remove(oc)
                 continue
             if not math.isnan(ttl) and now + ttl - oc.t_origin < oc.ttl:
@@ -535,6 +537,12 @@ class Storage:
         if not oc.dying and not oc.busy:
             self._schedule_expiry(oc)
 
+    vsl = None    # the shared log (the server sets it): the expiry thread's ExpKill records, vxid 0
+
+    def _exp_kill(self, oc: ObjCore, ttl_left: float) -> None:
+        if self.vsl is not None:
+            self.vsl.write(0, "-", [("ExpKill", "EXP_Expired x=%d t=%.0f" % (oc.xid, ttl_left))])
+
     def _arm_expiry(self) -> None:
         if not self._exp:
             return
@@ -559,6 +567,7 @@ class Storage:
             if oc.dying or at != oc.exp_at:
                 continue
             self.counters.n_expired += 1
+            self._exp_kill(oc, oc.t_origin + oc.ttl - now)
             self.remove(oc)
         self._arm_expiry()
 
