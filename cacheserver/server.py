@@ -87,6 +87,7 @@ class Server:
                                  int(self.params.vsl_reclen))
         self.vsl.params = self.params          # vsl_mask, read as records are written
         self.storage.vsl = self.vsl            # ExpKill
+        self.probes.vsl = self.vsl             # Backend_health
         self.stats_dir = work_dir
 
     def publish_counters(self) -> None:
