@@ -289,5 +289,5 @@ def beresp_timer_set(ctx, field: str, value: float) -> None:
     setattr(ctx, field, value)
     age = ctx.beresp_age or 0.0
     ctx.log.append(("TTL", "VCL %.0f %.0f %.0f %.0f %s" % (
-        ctx.beresp_ttl + age, ctx.beresp_grace, ctx.beresp_keep, time.time() - age,
+        (ctx.beresp_ttl or 0.0) + age, ctx.beresp_grace or 0.0, ctx.beresp_keep or 0.0, time.time() - age,
         "uncacheable" if getattr(ctx, "beresp_uncacheable", False) else "cacheable")))
