@@ -192,6 +192,7 @@ class Delivery:
             ctx.obj_oc = oc
             ctx.head_request = self.method0 == "HEAD"
             names = resp_filters_default(ctx)
+        ctx.log.append(("Filters", names))
         if not names or names.isspace():
             return None, resp_len
         server = self.server
@@ -208,7 +209,6 @@ class Delivery:
             return self._esi_transmit(resp, oc)         # an ESI include: into the parent's page
         headers = resp.headers
         ctx = self.ctx
-        params = self.server.params
         status = resp.status
         complete = oc.complete
         cl_text = headers.get("Content-Length")
@@ -223,10 +223,6 @@ class Delivery:
             sendbody = 1
         chain = None
         if sendbody >= 0:
-            if params.http_range_support and status == 200 and not oc.private:
-                # pass and synth responses do ranges but do not announce them
-                headers.unset("Accept-Ranges")
-                headers.add("Accept-Ranges", "bytes")
             try:
                 chain, resp_len = self._open_vdps(resp, oc, resp_len)
             except FilterError as exc:
@@ -416,4 +412,6 @@ def _template_records(head: bytes) -> tuple:
     esc = [[(t, x.replace("%", "%%")) for t, x in part] for part in parts]
     run = esc[0] + [("RespHeader", "X-Varnish: %d %d")] + esc[1] + [("RespHeader", "Age: %d")] + esc[2]
     text = "\0".join(map(" ".join, run)).partition(" ")[2]       # after the first tag, RespProtocol
-    return text, (), (), conn[0] if conn else ("RespHeader", "Connection: keep-alive")
+    conn_rec = conn[0] if conn else ("RespHeader", "Connection: keep-alive")
+    # the (empty) Filters record of a plain hit, then its Connection header, as one run
+    return text, (), (), ("Filters", "\0" + " ".join(conn_rec))

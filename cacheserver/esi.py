@@ -102,24 +102,31 @@ class EsiGzipVFP(EsiVFP):
         return self.runs.push(data)
 
     def end(self) -> Iterable[bytes]:
-        doc = finish_parse(self.parser, self.fc)
+        doc = finish_parse(self.parser, self.fc, self.runs.out_at)
         tail, bits = self.runs.end(doc is not None)
+        if self.fc.log is not None:
+            # VGZ_Destroy's record for the page's gzip: gzip, fetch, ESI; bytes in and out; bits
+            self.fc.log.append(("Gzip", "G F E %d %d %d %d %d" % (self.runs.size, self.runs.cpos, *bits[:3])))
         if doc is not None:
             doc.gz = self.runs.gz
         self.fc.oc.gzip_bits = bits
         return tail
 
 
-def finish_parse(parser: EsiParser, fc: FetchCtx) -> EsiDoc | None:
-    """The parse ends: count and log its complaints, store it on the object."""
+def finish_parse(parser: EsiParser, fc: FetchCtx, out_at=None) -> EsiDoc | None:
+    """The parse ends: count and log its complaints, store it on the object. Each complaint is logged
+    "after" VEP's o_last: the output bytes stored when the run before the current one was emitted
+    (`out_at` maps a body offset to that in a body stored gzipped)."""
     doc = parser.finish()
     counters = fc.counters
     counters.esi_errors += len(parser.errors)
     counters.esi_warnings += len(parser.warnings)
     vsl = getattr(fc, "log", None)
     if vsl is not None:
-        for line in (*parser.log, *parser.errors, *parser.warnings):
-            vsl.append(("ESI_xmlerror", line))
+        for kind, at, text in parser.diag:
+            if kind:
+                text = f"{kind} after {out_at(at) if out_at is not None else at} {text}"
+            vsl.append(("ESI_xmlerror", text))
     fc.oc.esi_data = doc
     return doc
 
@@ -316,6 +323,19 @@ def _include_req(base, inc: Include, gzip: bool):
     return req
 
 
+def _vsl_esi_begin(parent, child) -> None:
+    """An include's records begin as varnishd's ved_include begins them: `Begin req PARENT esi`, its
+    start, the URL it was given; linked from the page's request, not from the session."""
+    ctx = child.ctx
+    link = ("Link", f"req {ctx.xid} rxreq")
+    sess_log = parent.session.vsl
+    if sess_log and sess_log[-1] == link:
+        sess_log.pop()
+    start = ctx.log[0][1].split("\0")[1]        # "Timestamp Start: ..." of the pre-joined run
+    ctx.log[0] = ("Begin", f"req {parent.ctx.xid} esi\0{start}\0ReqURL {ctx.req.url}")
+    parent.ctx.log.append(("Link", f"req {ctx.xid} esi"))
+
+
 def _copy_crc(dst: GzCrc, src: GzCrc) -> None:
     dst.crc, dst.length = src.crc, src.length
 
@@ -371,6 +391,7 @@ class EsiRequest:
         ctx.esi_level = pctx.esi_level + 1
         ctx.req_top = pctx.req_top
         ctx.req_time = pctx.req_time
+        _vsl_esi_begin(self, child)
         return child
 
     def _esi_transmit(self, resp, oc) -> str | None:
@@ -390,6 +411,7 @@ class EsiRequest:
             self.esi_splicer = self._esi_splicer(resp, oc, chain)
         if chain is None and oc.complete and not oc.failed and oc.length <= SYNC_FRAGMENT:
             self.esi_body = oc.body()
+            self.acct_body = len(self.esi_body)
             self._drop_object()
             return None
         self.vdp_chain = chain
@@ -413,7 +435,13 @@ class EsiRequest:
         """Read the fragment as it is stored (or still fetched) and pass it on, a piece at a time."""
         oc = self.oc
         bo = self.bo
-        sink = self.esi_sink
+        outer = self.esi_sink
+
+        async def sink(data) -> None:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                self.acct_body += len(data)        # this include's ReqAcct: what it put in the page
+            await outer(data)
+
         chain, self.vdp_chain = self.vdp_chain, None
         session = self.session
         cell = bo.reader if bo is not None and bo.oc is oc and bo.reader is not None else oc.open_reader()

@@ -76,6 +76,7 @@ class GzipRuns:
         self.crc = 0
         self.size = 0
         self.started = False
+        self.flushed_at: dict[int, int] = {}   # body offset -> compressed bytes after a run boundary
 
     def _out(self, data: bytes, out: list[bytes]) -> None:
         if data:
@@ -93,10 +94,12 @@ class GzipRuns:
         if self.run is None:
             self._out(self.z.flush(zlib.Z_FULL_FLUSH), out)     # nothing before it is referred to
             self.run = [self.cpos, 0, 0]
+            self.flushed_at[self.done] = self.cpos
 
     def _close(self, out: list[bytes]) -> None:
         if self.run is not None:
             self._out(self.z.flush(zlib.Z_FULL_FLUSH), out)     # byte-aligned end
+            self.flushed_at[self.done] = self.cpos
             cstart, plen, crc = self.run
             self.run = None
             if plen:
@@ -112,6 +115,15 @@ class GzipRuns:
     def _skip(self, upto: int, out: list[bytes]) -> None:
         self._close(out)
         self._out(self.z.compress(self._take(upto)), out)
+
+    def out_at(self, offset: int) -> int:
+        """The compressed length when the run boundary at body `offset` was flushed (VEP's o_last in
+        a gzipped page); the last boundary before it if there was none there."""
+        best = len(GZIP_HEADER)
+        for at, cpos in self.flushed_at.items():
+            if at <= offset:
+                best = cpos
+        return best
 
     def push(self, data: bytes) -> list[bytes]:
         """Feed the next plain piece; returns the compressed bytes to store."""

@@ -15,7 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from cacheserver import backends
+from cacheserver import backends, vsl
 from cacheserver import esi as _esi  # noqa: F401 - fills the filters' esi slots
 from cacheserver.beconn import SMALL_BODY, BackendConn, ConnError
 from cacheserver.filters import Chain, FetchCtx, FilterError, open_chain, stack, vfp_default_list, weaken_etag
@@ -133,6 +133,9 @@ def beresp_filters_default(ctx: Context) -> str:
 class BusyObj:
     """One backend transaction filling `oc` (a busy object in the cache, or a private one for pass)."""
 
+    # BereqAcct: bytes of this fetch (bereq head and body sent, beresp head and body received)
+    acct_bereq_hdr = acct_bereq_body = acct_beresp_hdr = acct_beresp_body = 0
+
     def __init__(self, server: Server, vcl, creq: Context, oc: ObjCore, stale: ObjCore | None, mode: str,
                  req_body: bytes | ReqBody | None = None) -> None:
         self.server = server
@@ -199,7 +202,7 @@ class BusyObj:
 
     def _vsl_end(self) -> None:
         ctx = self.ctx
-        ctx.log.append(("End", ""))
+        ctx.log += (vsl.bereq_acct(self), ("End", ""))
         self.server.vsl.write(ctx.bereq_xid, "b", ctx.log)
 
     def _add_validators(self, stale: ObjCore) -> None:
@@ -347,7 +350,8 @@ class BusyObj:
                 self._req_sent()
                 counters.backend_req += 1
                 await conn.read_head(first_byte, self.between)
-                backends.live(backend).beresp_hdrbytes += backends.head_bytes(conn)
+                self.acct_beresp_hdr = backends.head_bytes(conn)
+                backends.live(backend).beresp_hdrbytes += self.acct_beresp_hdr
                 return
             except FetchError:
                 self._close_conn()
@@ -397,6 +401,7 @@ class BusyObj:
         lines.append("\r\n")
         head = wire("".join(lines))
         backends.live(self.backend).bereq_hdrbytes += len(head)
+        self.acct_bereq_hdr += len(head)
         if not send:
             conn.write(head)
             return
@@ -411,6 +416,7 @@ class BusyObj:
                 raise FetchError(f"req.body read error: {exc}") from None
             conn.write(head + data)
             backends.live(self.backend).bereq_bodybytes += len(data)
+            self.acct_bereq_body += len(data)
             self._req_body_ts(body)
             return
         conn.write(head)
@@ -424,6 +430,7 @@ class BusyObj:
                 else:
                     conn.write(data)
                 backends.live(self.backend).bereq_bodybytes += len(data)
+                self.acct_bereq_body += len(data)
                 # the next chunk is pulled only once the backend took this one
                 await conn.drain(between)
         except ReqBodyError as exc:
@@ -438,7 +445,9 @@ class BusyObj:
         if creq is not None and body.cached is None and self.mode != "bg":
             now = time.time()
             since = now - (creq.req_time or now)
-            creq.log.append(("Timestamp", "ReqBody: %.6f %.6f %.6f" % (now, since, since)))
+            # varnishd reads it through a Transient object (vrb_pull), and logs that first
+            creq.log += (("Storage", "malloc Transient"),
+                         ("Timestamp", "ReqBody: %.6f %.6f %.6f" % (now, since, since)))
 
     async def stp_response(self) -> str | None:
         ctx = self.ctx
@@ -486,13 +495,11 @@ class BusyObj:
             merged.proto = beresp.proto
             ctx.beresp = beresp = merged
         self._body_read = self.body_kind == "none"
-        self.t_origin = compute_ttl(ctx, self.server.params, now)
+        # varnishd logs no RFC TTL for a pass
+        self.t_origin = compute_ttl(ctx, self.server.params, now, not self.is_pass)
         if self.is_pass:
             # A private object's TTL is -1 (reads as 0 less its age), no grace, no keep.
             ctx.beresp_ttl, ctx.beresp_grace, ctx.beresp_keep = -ctx.beresp_age, 0.0, 0.0
-        if not self.is_pass:
-            ctx.log.append(("TTL", "RFC %d %d %d %d %d" % (ctx.beresp_ttl, ctx.beresp_grace, ctx.beresp_keep,
-                                                          now, self.t_origin)))
         ctx.beresp_uncacheable = self.is_pass or bad_vary(beresp.headers.get("Vary"))
         ctx.do_stream = True
         ctx.do_gzip = ctx.do_gunzip = ctx.do_esi = False
@@ -674,6 +681,7 @@ class BusyObj:
         names = ctx.beresp_filters
         if names is None:
             names = beresp_filters_default(ctx)
+        ctx.log.append(("Filters", names))        # before the filters log their header changes
         if not names or names.isspace():
             return None
         server = self.server
@@ -687,6 +695,7 @@ class BusyObj:
         self.no_space = False
         # the stale object goes away once the new one is in: take its body first
         body304 = self.stale.body() if ctx.was_304 else b""
+        self._ts("Process")
         if ctx.was_304:
             stale = self.stale
             # the stored body keeps its encoding (vbf_stp_condfetch copies the flags and bits)
@@ -734,9 +743,11 @@ class BusyObj:
             streaming = False
             oc.keep_body = True
         self.streamed = streaming
-        self._ts("Process")
         store = oc.store
-        ctx.log += (("Storage", f"malloc {getattr(store, 'name', None) or 'Transient'}"),
+        if not store:
+            hint = ctx.beresp_storage if isinstance(ctx.beresp_storage, str) else None
+            store = self.server.storage.store_for(oc, hint)
+        ctx.log += (("Storage", f"malloc {store}"),
                     ("Fetch_Body", f"{_BODY_STATUS.get(self.body_kind, '3 length')} "
                                    f"{'stream' if streaming else '-'}"))
         if streaming:
@@ -758,6 +769,7 @@ class BusyObj:
                     break
                 received += len(data)
                 backends.live(self.backend).beresp_bodybytes += len(data)
+                self.acct_beresp_body += len(data)
                 for piece in (chain.push(data) if chain is not None else (data,)):
                     if not await self._store(piece):
                         return self._stored_failed()

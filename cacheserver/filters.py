@@ -235,7 +235,11 @@ class GzipVFP(_GzipBase):
         body = self.z.flush(zlib.Z_SYNC_FLUSH)
         last = self.size_out + len(body)
         tail = self.z.flush(zlib.Z_FINISH)      # an empty final block (10 bits), then the trailer
-        self.fc.oc.gzip_bits = (_GZIP_HEADER * 8, last * 8, last * 8 + 10, self.size_in)
+        bits = self.fc.oc.gzip_bits = (_GZIP_HEADER * 8, last * 8, last * 8 + 10, self.size_in)
+        log = getattr(self.fc, "log", None)
+        if log is not None:
+            # VGZ_Destroy's record: gzip, fetch, plain; bytes in and out; start, last and stop bit
+            log.append(("Gzip", "G F - %d %d %d %d %d" % (self.size_in, last + len(tail), *bits[:3])))
         return (body + tail,)
 
 

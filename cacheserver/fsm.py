@@ -138,7 +138,6 @@ class ClientRequest(Delivery, EsiRequest):
         if reason == "restart":
             ctx.log.append(("Begin", f"req {parent} {reason}"))
             self._ts("Start")            # counted from the first request's start, as varnishd
-            ctx.log.append(("VCL_use", self.vcl.__dict__.get("name") or "boot"))
         else:
             # one pre-joined run of records (cacheserver/vsl.py), one format: this is every request
             ts = "%.6f" % t
@@ -173,8 +172,10 @@ class ClientRequest(Delivery, EsiRequest):
         now = time.time()
         req = self.acct_req
         hdr, body = self.acct_hdr, self.acct_body
-        ctx.log.append(("Timestamp", "Resp: %.6f %.6f %.6f\0ReqAcct %d 0 %d %d %d %d\0End "
-                        % (now, now - self.t_start, now - self.t_prev, req, req, hdr, body, hdr + body)))
+        rx = self.body.received            # request body bytes read
+        ctx.log.append(("Timestamp", "Resp: %.6f %.6f %.6f\0ReqAcct %d %d %d %d %d %d\0End "
+                        % (now, now - self.t_start, now - self.t_prev, req, rx, req + rx, hdr, body,
+                           hdr + body)))
         self.server.vsl.write(ctx.xid, "c", ctx.log)
 
     # -- drivers ----------------------------------------------------------------------------------
@@ -644,6 +645,10 @@ class ClientRequest(Delivery, EsiRequest):
         headers.add("X-Varnish", f"{ctx.xid} {oc.xid}" if self.is_hit else str(ctx.xid))
         headers.add("Age", str(max(0, int(time.time() - oc.t_origin))))
         headers.add("Via", _VIA)
+        if self.server.params.http_range_support and resp.status == 200 and not oc.private:
+            # before vcl_deliver, as varnishd 7.1 (VCL may remove it); pass and synth do not announce
+            headers.unset("Accept-Ranges")
+            headers.add("Accept-Ranges", "bytes")
         if (oc.gzipped and self.server.params.http_gzip_support
                 and not accepts_gzip(ctx.req.headers.get("Accept-Encoding"))):
             weaken_etag(resp)       # this client gets another representation (gunzipped)
@@ -719,6 +724,7 @@ class ClientRequest(Delivery, EsiRequest):
             body = "".join(ctx.synth_body or []).encode("utf-8", "surrogateescape")
             ctx.resp.headers.unset("Content-Length")
             ctx.resp.headers.add("Content-Length", str(len(body)))
+            ctx.log.append(("Storage", "malloc Transient"))     # where varnishd keeps the synth body
             oc = ObjCore()
             oc.append(body)
             oc.finish(True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections import deque
@@ -31,11 +32,13 @@ async def poll(spec: BackendSpec, probe) -> bool:
     return "H" in await poll_steps(spec, probe)
 
 
-async def poll_steps(spec: BackendSpec, probe) -> str:
+async def poll_steps(spec: BackendSpec, probe, info: list | None = None) -> str:
     """One probe, as the steps that went right or wrong (varnishd's bits): "4"/"6" connected,
-    "X"/"x" request sent or not, "R"/"r" response line read or not, "H" the expected status."""
+    "X"/"x" request sent or not, "R"/"r" response line read or not, "H" the expected status.
+    `info` gets what varnishd's Backend_health record says last: the response line, or the error."""
     writer = None
     steps = ""
+    info = info if info is not None else []
     try:
         async with asyncio.timeout(probe.timeout):
             reader, writer = await asyncio.open_connection(spec.host, int(spec.port))
@@ -48,6 +51,7 @@ async def poll_steps(spec: BackendSpec, probe) -> str:
                 return steps + "x"
             steps += "X"
             line = await reader.readline()
+            info.append(line.decode("latin-1").strip())
             parts = line.split()
             if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
                 return steps + "r"
@@ -58,6 +62,7 @@ async def poll_steps(spec: BackendSpec, probe) -> str:
                 pass                       # the whole head must arrive in time too
             return steps + "H"
     except (OSError, TimeoutError, ValueError) as exc:
+        info.append(_error_text("Open" if not steps else "Poll", exc))
         if steps.endswith("X"):
             steps += "r"                   # sent, but no answer in time
         elif not steps and not isinstance(exc, ValueError):
@@ -68,27 +73,59 @@ async def poll_steps(spec: BackendSpec, probe) -> str:
             writer.close()
 
 
+def _error_text(what: str, exc: BaseException) -> str:
+    """varnishd's "Open error 111 (Connection refused)" / "Poll error 110 (Connection timed out)"."""
+    if isinstance(exc, TimeoutError) or not isinstance(getattr(exc, "errno", None), int):
+        return f"{what} error 110 ({os.strerror(110)})"
+    return f"{what} error {exc.errno} ({os.strerror(exc.errno)})"
+
+
+_BITS = "46UxXrRH"     # the Backend_health bit string: these steps, in this order, '-' when not taken
+
+
+def health_record(name: str, was_sick: bool, healthy: bool, steps: str, good: int, probe,
+                  rtt: float, avg: float, info: str) -> tuple[str, str]:
+    """The Backend_health record varnishd's prober writes after each poll (vxid 0)."""
+    change = ("Back" if was_sick else "Still") if healthy else ("Still" if was_sick else "Went")
+    bits = "".join(b if b in steps else "-" for b in _BITS)
+    return ("Backend_health", '%s %s %s %s %d %d %d %.6f %.6f "%s"' % (
+        name, change, "healthy" if healthy else "sick", bits, good, probe.threshold, probe.window,
+        rtt, avg, info))
+
+
 class Prober:
-    def __init__(self, spec: BackendSpec, probe) -> None:
+    def __init__(self, spec: BackendSpec, probe, vsl=None) -> None:
+        self.vsl = vsl             # the shared log: Backend_health records
         self.spec = spec
         self.probe = probe
         initial = probe.initial if probe.initial is not None else max(probe.threshold - 1, 0)
         self.window: deque[bool] = deque([True] * min(initial, probe.window), maxlen=max(probe.window, 1))
         self.task: asyncio.Task | None = None
         live(spec).probe_bits["H"] = (1 << min(initial, probe.window)) - 1   # the assumed good polls
-        self._report()
+        self.sick = False          # a backend starts healthy until its first report says otherwise
+        self._report("H" if initial else "")
 
-    def _report(self) -> None:
+    def _report(self, steps: str = "H", rtt: float = 0.0, info: str = "") -> None:
         good = sum(self.window)
         state = live(self.spec)
         state.probe_good = good
-        set_probe_health(self.spec, good >= self.probe.threshold)
+        was_sick = self.sick
+        self.sick = good < self.probe.threshold
+        set_probe_health(self.spec, not self.sick)
+        record = health_record(self.spec.name, was_sick, not self.sick, steps, good, self.probe, rtt,
+                               state.probe_avg if rtt else 0.0, info)
+        if self.vsl is not None:
+            self.vsl.write(0, "-", [record])
+        else:
+            self.unlogged = record     # made before the log was open: written when polling starts
 
     async def run(self) -> None:
         state = live(self.spec)
         while True:
             started = time.monotonic()
-            steps = await poll_steps(self.spec, self.probe)
+            info: list[str] = []
+            steps = await poll_steps(self.spec, self.probe, info)
+            rtt = time.monotonic() - started if "H" in steps else 0.0
             good = "H" in steps
             for bit, history in state.probe_bits.items():
                 state.probe_bits[bit] = ((history << 1) | (bit in steps)) & ((1 << 64) - 1)
@@ -96,10 +133,17 @@ class Prober:
                 state.probe_avg += (time.monotonic() - started - state.probe_avg) / 4
             self.window.append(good)
             state.probe_log = (state.probe_log + [good])[-64:]
-            self._report()
+            self._report(steps, rtt, info[-1] if info else "")
             await asyncio.sleep(self.probe.interval)
 
-    def start(self) -> None:
+    unlogged = None
+
+    def start(self, vsl=None) -> None:
+        if self.vsl is None and vsl is not None:
+            self.vsl = vsl
+            if self.unlogged is not None:
+                vsl.write(0, "-", [self.unlogged])
+                self.unlogged = None
         self.task = asyncio.get_running_loop().create_task(self.run())
 
     def stop(self) -> None:
@@ -113,6 +157,7 @@ class Probes:
 
     def __init__(self) -> None:
         self.by_vcl: dict[str, list[Prober]] = {}
+        self.vsl = None        # the shared log, for the probers' Backend_health records
 
     def prepare(self, name: str, vcl) -> None:
         """Set up probers for `vcl` (those with .probe, or all under `probe default`) without polling:
@@ -125,7 +170,7 @@ class Probes:
             probe = spec.probe if spec.probe is not None else default
             if spec.host is None or probe is None:
                 continue
-            probers.append(Prober(spec, probe))
+            probers.append(Prober(spec, probe, self.vsl))
         self.by_vcl[name] = probers
 
     def start(self, name: str, vcl) -> None:
@@ -133,7 +178,7 @@ class Probes:
         self.prepare(name, vcl)
         for prober in self.by_vcl[name]:
             if prober.task is None:
-                prober.start()
+                prober.start(self.vsl)
 
     def stop(self, name: str) -> None:
         for prober in self.by_vcl.pop(name, []):

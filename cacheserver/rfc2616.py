@@ -68,8 +68,10 @@ def parse_date(text: str | None) -> float | None:
         return None
 
 
-def compute_ttl(ctx: Context, params, now: float) -> float:
-    """beresp.ttl/grace/keep as RFC2616_Ttl sets them; returns the object's origin time (now - Age)."""
+def compute_ttl(ctx: Context, params, now: float, log: bool = False, uncacheable: bool = False) -> float:
+    """beresp.ttl/grace/keep as RFC2616_Ttl sets them; returns the object's origin time (now - Age).
+    With `log`, the TTL record varnishd writes for it ("RFC ttl grace keep now origin date expires
+    max-age cacheable")."""
     headers = ctx.beresp.headers
     age_text = headers.get("Age")
     age = float(rfc2616_time(age_text)) if age_text is not None else 0.0
@@ -80,6 +82,9 @@ def compute_ttl(ctx: Context, params, now: float) -> float:
     # Several Cache-Control fields were joined into one before this (http_CollectHdr).
     cc = ", ".join(headers.get_all("Cache-Control")) if "Cache-Control" in headers else None
     ttl = -1.0
+    date = parse_date(headers.get("Date")) or 0.0
+    expires = parse_date(headers.get("Expires")) or 0.0
+    max_age_seen = 0
     if status in _CACHEABLE or status in _CACHEABLE_IF_TOLD:
         ttl = params.default_ttl if status in _CACHEABLE else -1.0
         max_age = None
@@ -89,9 +94,8 @@ def compute_ttl(ctx: Context, params, now: float) -> float:
                 max_age = header_field(cc, "max-age")
         if isinstance(max_age, str):
             ttl = float(rfc2616_time(max_age))
+            max_age_seen = int(ttl)
         else:
-            expires = parse_date(headers.get("Expires")) or 0.0
-            date = parse_date(headers.get("Date")) or 0.0
             if expires == 0:
                 pass                         # no (usable) Expires: the default stands
             elif expires < date:
@@ -106,6 +110,10 @@ def compute_ttl(ctx: Context, params, now: float) -> float:
                 ctx.beresp_grace = float(rfc2616_time(swr))
     # VCL reads what is left of the TTL (VRT_r_beresp_ttl: a TTL <= 0 reads as 0, minus the age).
     ctx.beresp_ttl = max(ttl, 0.0) - age
+    if log:
+        ctx.log.append(("TTL", "RFC %.0f %.0f %.0f %.0f %.0f %.0f %.0f %d %s" % (
+            ttl, ctx.beresp_grace, ctx.beresp_keep, now, now - age, date, expires, max_age_seen,
+            "uncacheable" if uncacheable else "cacheable")))
     return now - age
 
 

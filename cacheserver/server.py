@@ -85,6 +85,9 @@ class Server:
         """Put the shared log (and the counters file) in the work directory, as varnishd's -n."""
         self.vsl = vsl.VslWriter(work_dir / vsl.FILE_NAME, int(self.params.vsl_space),
                                  int(self.params.vsl_reclen))
+        self.vsl.params = self.params          # vsl_mask, read as records are written
+        self.storage.vsl = self.vsl            # ExpKill
+        self.probes.vsl = self.vsl             # Backend_health
         self.stats_dir = work_dir
 
     def publish_counters(self) -> None:

@@ -424,6 +424,13 @@ class Storage:
         oc.store = st.name
         return True
 
+    def store_for(self, oc: ObjCore, hint: str | None) -> str:
+        """The stevedore `_account` will give a new object (what its Storage record names)."""
+        shortlived = self.params.shortlived if self.params is not None else 10.0
+        if oc.private or oc.hfm or oc.hfp or oc.ttl + oc.grace + oc.keep < shortlived:
+            return TRANSIENT
+        return hint if hint in self.stevedores else self._rotation[self._next % len(self._rotation)].name
+
     def next_stevedore(self) -> str:
         """The default storage: the stevedores other than Transient, taken in turn."""
         st = self._rotation[self._next % len(self._rotation)]
@@ -485,6 +492,8 @@ class Storage:
                 continue
             count += 1
             if hard:
+                # varnishd rearms it to expire now; its expiry thread logs that
+                self._exp_kill(oc, -0.0)
                 self.remove(oc)
                 continue
             if not math.isnan(ttl) and now + ttl - oc.t_origin < oc.ttl:
@@ -530,6 +539,12 @@ class Storage:
         if not oc.dying and not oc.busy:
             self._schedule_expiry(oc)
 
+    vsl = None    # the shared log (the server sets it): the expiry thread's ExpKill records, vxid 0
+
+    def _exp_kill(self, oc: ObjCore, ttl_left: float) -> None:
+        if self.vsl is not None:
+            self.vsl.write(0, "-", [("ExpKill", "EXP_Expired x=%d t=%.0f" % (oc.xid, ttl_left))])
+
     def _arm_expiry(self) -> None:
         if not self._exp:
             return
@@ -554,6 +569,7 @@ class Storage:
             if oc.dying or at != oc.exp_at:
                 continue
             self.counters.n_expired += 1
+            self._exp_kill(oc, oc.t_origin + oc.ttl - now)
             self.remove(oc)
         self._arm_expiry()
 

@@ -26,6 +26,7 @@ import os
 import struct
 import time
 from collections.abc import Iterator
+from operator import itemgetter
 from pathlib import Path
 
 # varnishd 7.1's tags (vsl(7)), in one table: the reader validates names against it.
@@ -42,6 +43,12 @@ TAGS = (
     "H2TxHdr H2TxBody HitMiss Filters SessError VCL_use Notice VdpAcct ProxyGarbage Proxy"
 ).split()
 TAG_SET = frozenset(TAGS)
+
+# vsl_mask's default (varnishd 7.1): these tags are only ever written as records of their own, never
+# inside a pre-joined run, so masking them needs no split of the runs.
+DEFAULT_MASK = frozenset(("Debug ObjProtocol ObjStatus ObjReason ObjHeader VCL_trace ExpKill WorkThread Hash "
+                          "VfpAcct H2RxHdr H2RxBody H2TxHdr H2TxBody VdpAcct").split())
+_TAG = itemgetter(0)
 
 MAGIC = b"CSVSL\x00\x01\x00"
 HEADER_SIZE = 4096
@@ -69,7 +76,15 @@ def _align(n: int) -> int:
 
 
 class VslWriter:
-    """The server's end of the ring. One per server; not thread-safe (the event loop is the only writer)."""
+    """The server's end of the ring. One per server; not thread-safe (the event loop is the only writer).
+
+    With `params` set, records of the tags the `vsl_mask` parameter masks are left out, as varnishd's
+    VSLb leaves them out."""
+
+    params = None
+    _mask_text: object = None
+    _masked: frozenset = DEFAULT_MASK
+    _split = False                # a masked tag may sit inside a pre-joined run: filter record by record
 
     def __init__(self, path: str | os.PathLike, size: int = DEFAULT_SIZE, reclen: int = 255) -> None:
         size = max(_align(size), 64 * 1024)
@@ -96,6 +111,17 @@ class VslWriter:
         """Append one task's records, [(tag, text), ...], as one chunk (or several, if huge)."""
         if not records or self.closed:
             return
+        params = self.params
+        if params is not None:
+            if params.vsl_mask is not self._mask_text:
+                self._set_mask(params.vsl_mask)
+            if self._split:
+                self._write_masked(vxid, kind, records)
+                return
+            if not self._masked.isdisjoint(map(_TAG, records)):
+                records = [r for r in records if r[0] not in self._masked]
+                if not records:
+                    return
         try:
             payload = "\0".join(map(" ".join, records)).encode("utf-8", "surrogateescape")
         except TypeError:
@@ -105,6 +131,24 @@ class VslWriter:
             self._write_big(vxid, kind, payload)
             return
         self._put(vxid, KIND_CODE.get(kind, 0), payload)
+
+    def _set_mask(self, text: object) -> None:
+        self._mask_text = text
+        self._masked = frozenset(b.strip()[1:] for b in str(text or "").split(",") if b.strip().startswith("-"))
+        self._split = not self._masked <= DEFAULT_MASK
+
+    def _write_masked(self, vxid: int, kind: str, records: list) -> None:
+        # the slow path, only with tags masked beyond the default: each record of each run looked at
+        lines = "\0".join(f"{t} {x}" for t, x in records).split("\0")
+        masked = self._masked
+        kept = [line for line in lines if line.partition(" ")[0] not in masked]
+        if kept:
+            self.params, params = None, self.params       # write the rest as it is
+            try:
+                self.write(vxid, kind, [tuple(line.split(" ", 1)) if " " in line else (line, "")
+                                        for line in kept])
+            finally:
+                self.params = params
 
     def _write_big(self, vxid: int, kind: str, payload: bytes) -> None:
         # Oversized: each record cut to vsl_reclen (as varnishd cuts), in as many chunks as needed.
@@ -333,3 +377,9 @@ def timestamp(records: list, event: str, now: float, t_start: float, t_prev: flo
 
 def headers(records: list, tag: str, fields: list) -> None:
     records.extend([(tag, f[0] + ": " + f[1]) for f in fields])
+
+
+def bereq_acct(bo) -> tuple[str, str]:
+    """A fetch's BereqAcct record: bereq head, body and total sent, beresp head, body and total read."""
+    a, b, c, d = bo.acct_bereq_hdr, bo.acct_bereq_body, bo.acct_beresp_hdr, bo.acct_beresp_body
+    return ("BereqAcct", "%d %d %d %d %d %d" % (a, b, a + b, c, d, c + d))

@@ -17,6 +17,9 @@ from cacheserver.esi_parse import EsiFeatures, EsiParser, Include, parse, render
 CASES = {
     # name: (body, url, features)
     "include": (b'<html><esi:include src="/frag"/></html>', "/p/include/page.html", ""),
+    "src_whitespace": (b'<p>x<esi:include src="/a b"/>y<esi:include src="/c\td"/>z<esi:include src=" /e"/>w</p>',
+                       "/p/ws", ""),
+    "src_whitespace_host": (b'<p><esi:include src="http://h/a b"/>q</p>', "/p/wsh", ""),
     "relative": (b'<a><esi:include src="frag.html"/></a>', "/p/relative/dir/page.html", ""),
     "relative_query": (b'<a><esi:include src="f?x=1"/></a>', "/p/relq/dir/page?a=/b/c", ""),
     "http_host": (b'<a><esi:include src="http://other.example:81/x/y"/></a>', "/p/http/page", ""),
@@ -88,6 +91,8 @@ CASES = {
 
 RECORDED: dict[str, tuple[bytes, int, int]] = {
     'include': (b'<html>{ref.test /frag}</html>', 0, 0),
+    'src_whitespace': (b'<p>xyzw</p>', 3, 0),
+    'src_whitespace_host': (b'<p>q</p>', 1, 0),
     'relative': (b'<a>{ref.test /p/relative/dir/frag.html}</a>', 0, 0),
     'relative_query': (b'<a>{ref.test /p/relq/dir/f?x=1}</a>', 0, 0),
     'http_host': (b'<a>{other.example:81 /x/y}</a>', 0, 0),

@@ -515,3 +515,20 @@ def test_round_robin_removal_keeps_varnishds_next_position():
     assert [rr.resolve(_ctx()).name for _ in range(2)] == ["b0", "b1"]
     rr.remove(b[0])          # nxt (2) now past the end: varnishd reads the old last slot, b2
     assert [rr.resolve(_ctx()).name for _ in range(3)] == ["b2", "b2", "b1"]
+
+
+def test_shard_debug_lines_go_to_vxid_0_at_once():
+    """varnishd's SHDBG is VSL(SLT_Debug, 0, ...): written at once under vxid 0, not in the task's
+    records (directors_c00006 / c00011 read them so); in vcl_init they stay in order with the rest."""
+    from types import SimpleNamespace
+
+    from vmods.directors import _debug
+
+    written = []
+    server = SimpleNamespace(vsl=SimpleNamespace(write=lambda vxid, kind, recs: written.append((vxid, recs))))
+    task = SimpleNamespace(method="vcl_recv", server=server, log=[])
+    _debug(task, "vmod_directors: shard: x")
+    assert written == [(0, [("Debug", "vmod_directors: shard: x")])] and task.log == []
+    init = SimpleNamespace(method="vcl_init", server=server, log=[])
+    _debug(init, "vmod_directors: shard: y")
+    assert init.log == [("Debug", "vmod_directors: shard: y")] and len(written) == 1

@@ -93,3 +93,19 @@ def test_purge_fails_outside_hit_and_miss():
     ctx = Context(method="vcl_deliver", req=req, req_top=req, resp=HttpMessage(status=200))
     with pytest.raises(VCLFailure, match=r"purge can only happen in vcl_hit\{\} or vcl_miss\{\}"):
         vcl.subs["vcl_deliver"](ctx)
+
+
+def test_hard_purge_logs_exp_kill_under_vxid_0():
+    """As varnishd's expiry thread: `EXP_Expired x=OBJECT-XID t=-0` under vxid 0 (purge_c00000)."""
+    written = []
+
+    class Log:
+        def write(self, vxid, kind, records):
+            written.append((vxid, records))
+
+    st = Storage(1 << 20, Counters(), Params())
+    st.vsl = Log()
+    oc = _stored(st, b"d", ttl=100.0, grace=0.0, keep=0.0, t0=time.time())
+    oc.xid = 1008
+    assert st.purge(b"d") == 1
+    assert written == [(0, [("ExpKill", "EXP_Expired x=1008 t=-0")])]

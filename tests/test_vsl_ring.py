@@ -103,3 +103,23 @@ def test_missing_and_stale_work_directory(tmp_path):
     r2 = VslReader(tmp_path)
     assert "stale" in r2.stale()
     assert os.path.exists(tmp_path / vsl.FILE_NAME)
+
+
+def test_vsl_mask_leaves_masked_tags_out(tmp_path):
+    """vsl_mask as varnishd applies it: the default masks Debug; +Debug unmasks it; a tag masked beyond
+    the default is taken out of pre-joined runs too; the parameter is read as records are written."""
+    from cacheserver.params import Params
+
+    params = Params()
+    w = VslWriter(tmp_path / vsl.FILE_NAME, size=65536)
+    w.params = params
+    r = VslReader(tmp_path)
+    recs = [("Begin", "req 1 rxreq\0Timestamp Start: 1.0 0.0 0.0"), ("Debug", "shard"), ("End", "")]
+    w.write(1, "c", recs)
+    assert [x.tag for x in _records(r)] == ["Begin", "Timestamp", "End"]
+    params.set("vsl_mask", "+Debug")
+    w.write(2, "c", recs)
+    assert [x.tag for x in _records(r)] == ["Begin", "Timestamp", "Debug", "End"]
+    params.set("vsl_mask", "-Timestamp")
+    w.write(3, "c", recs)
+    assert [(x.tag, x.text) for x in _records(r)] == [("Begin", "req 1 rxreq"), ("Debug", "shard"), ("End", "")]

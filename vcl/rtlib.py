@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import math
+import time
 from email.utils import formatdate
 
 from vcl.acl import Acl  # noqa: F401 - generated code uses rt.Acl, rt.Regex, rt.regsub
@@ -349,3 +350,13 @@ def req_gzip(value: str | None) -> bool:
         if rest is not None:
             return _qvalue(rest) > 0
     return False
+
+
+def beresp_timer_set(ctx, field: str, value: float) -> None:
+    """beresp.ttl/grace/keep = value, and the TTL record varnishd writes for it ("VCL ttl grace keep
+    origin cacheable"; the TTL counted from the object's origin, as VRT_l_beresp_ttl stores it)."""
+    setattr(ctx, field, value)
+    age = ctx.beresp_age or 0.0
+    ctx.log.append(("TTL", "VCL %.0f %.0f %.0f %.0f %s" % (
+        (ctx.beresp_ttl or 0.0) + age, ctx.beresp_grace or 0.0, ctx.beresp_keep or 0.0, time.time() - age,
+        "uncacheable" if getattr(ctx, "beresp_uncacheable", False) else "cacheable")))

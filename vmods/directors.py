@@ -76,6 +76,16 @@ def _log(ctx, tag: str, text: str) -> None:
         log.append((tag, text))
 
 
+def _debug(ctx, text: str) -> None:
+    """The shard's debug lines: varnishd writes them at once under vxid 0 (SHDBG is VSL(SLT_Debug, 0,
+    ...)), not into the task's records; in vcl_init/vcl_fini those are vxid 0 already, in order."""
+    server = getattr(ctx, "server", None)
+    if getattr(ctx, "method", "") in ("vcl_init", "vcl_fini") or server is None:
+        _log(ctx, "Debug", text)
+        return
+    server.vsl.write(0, "-", [("Debug", text)])
+
+
 # -- vdir: the simple directors ------------------------------------------------------------------
 
 class Director:
@@ -466,7 +476,7 @@ class Shard:
         self.circle = circle
         if self.debug_flags & 2 and self._log_ctx is not None:     # SHDBG_CIRCLE
             for i, (point, host) in enumerate(circle):
-                _log(self._log_ctx, "Debug",
+                _debug(self._log_ctx,
                      f"vmod_directors: shard: hashcircle[{i:5d}] = {{point = {point:8x}, host = {host:2d}}}")
 
     def _err(self, ctx, msg: str) -> None:
@@ -536,7 +546,7 @@ class Shard:
             alt = alt_max
         state = _Walk(self, ctx, self._lookup(key))
         if self.debug_flags & 1:
-            _log(ctx, "Debug", f"vmod_directors: shard: lookup key {key:x} idx {state.idx} "
+            _debug(ctx, f"vmod_directors: shard: lookup key {key:x} idx {state.idx} "
                  f"host {self.circle[state.idx][1]}")
         if alt > 0 and state.next(alt - 1, healthy == "ALL") == -1:
             return self.backends[state.previous[0]].backend if state.previous else None
@@ -555,9 +565,9 @@ class Shard:
         alt_r = self._rampup_of(last[0])
         now = _now(ctx)
         if self.debug_flags & 4:       # SHDBG_RAMPWARM
-            _log(ctx, "Debug", f"vmod_directors: shard: chosen host {prev[0]} rampup {chosen_r:f} "
+            _debug(ctx, f"vmod_directors: shard: chosen host {prev[0]} rampup {chosen_r:f} "
                  f"changed {now - prev[1]:f}")
-            _log(ctx, "Debug", f"vmod_directors: shard: alt host {last[0]} rampup {alt_r:f} "
+            _debug(ctx, f"vmod_directors: shard: alt host {last[0]} rampup {alt_r:f} "
                  f"changed {now - last[1]:f}")
         if now - prev[1] < chosen_r:
             # the chosen backend is ramping up: it keeps the request unless the dice say otherwise
