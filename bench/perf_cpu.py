@@ -1,12 +1,13 @@
 """Server CPU time per request for the hot paths: 1 KiB hit, 100 KiB hit, pass, miss (distinct URLs).
 
     python bench/perf_cpu.py [--only hit1k,hit100k,pass,miss] [--seconds 4] [--rounds 3]
-                             [--compare-root DIR] [--connections 16]
+                             [--compare-root DIR] [--compare-env VAR=VALUE] [--connections 16]
 
 Each scenario starts a fresh cacheserver in front of a bare asyncio origin (this file, `--origin`),
 runs wrk, and divides the server process's CPU time (utime + stime from /proc) by the requests wrk
 made: a figure that holds on a loaded machine, where req/s does not. With --compare-root, another
-checkout runs the same scenario in alternation (A B A B ...), and the ratio is printed. The miss
+checkout runs the same scenario in alternation (A B A B ...), and the ratio is printed; with
+--compare-env, this checkout again with that environment variable set (CACHESERVER_LOOP=asyncio). The miss
 scenario also reports the server's RSS growth per cached object.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import statistics
@@ -95,12 +97,22 @@ def origin_main(port: int) -> None:
     asyncio.run(serve())
 
 
-def run_one(root: Path, scenario: str, origin_port: int, seconds: int, connections: int) -> dict:
+def run_one(root: Path, scenario: str, origin_port: int, seconds: int, connections: int,
+            env: dict[str, str]) -> dict:
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="perf-cpu-")
     vcl = Path(workdir) / "perf.vcl"
     vcl.write_text(VCL.format(port=origin_port))
-    proc = start(cacheserver_cmd(port, "-f", str(vcl), "-n", workdir, "-s", "malloc,1g"), port, root=root)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        proc = start(cacheserver_cmd(port, "-f", str(vcl), "-n", workdir, "-s", "malloc,1g"), port, root=root)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     try:
         url = {"hit1k": "/obj", "hit100k": "/big", "pass": "/pass", "miss": "/m"}[scenario]
         script = None
@@ -131,22 +143,29 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--compare-root", type=Path)
+    ap.add_argument("--compare-env", metavar="VAR=VALUE")
     args = ap.parse_args()
     if args.origin:
         origin_main(args.origin)
         return
     origin_port = free_port()
     origin = start([sys.executable, str(Path(__file__).resolve()), "--origin", str(origin_port)], origin_port)
-    builds = [("this", ROOT)] + ([("compared", args.compare_root.resolve())] if args.compare_root else [])
+    builds = [("this", ROOT, {})]
+    if args.compare_root:
+        builds.append(("compared", args.compare_root.resolve(), {}))
+    elif args.compare_env:
+        var, _, value = args.compare_env.partition("=")
+        builds.append(("compared", ROOT, {var: value}))
     try:
         for scenario in args.only.split(","):
-            figures: dict[str, list[dict]] = {name: [] for name, _ in builds}
+            figures: dict[str, list[dict]] = {name: [] for name, _, _ in builds}
             for _ in range(args.rounds):
-                for name, root in builds:
-                    figures[name].append(run_one(root, scenario, origin_port, args.seconds, args.connections))
+                for name, root, env in builds:
+                    figures[name].append(run_one(root, scenario, origin_port, args.seconds, args.connections,
+                                                 env))
             line = f"{scenario:8s}"
             medians = {}
-            for name, _ in builds:
+            for name, _, _ in builds:
                 runs = figures[name]
                 cpu = medians[name] = statistics.median(r["cpu_us"] for r in runs)
                 rps = statistics.median(r["rps"] for r in runs)
