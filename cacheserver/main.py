@@ -113,11 +113,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.secret_path is None:
             print("Warning: CLI authentication disabled.", file=sys.stderr)
     try:
-        asyncio.run(_serve(server, args))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(_serve(server, args))
     except OSError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def loop_factory():
+    """uvloop's event loop when installed (it costs less CPU per request), else asyncio's own;
+    CACHESERVER_LOOP=asyncio forces the plain one, =uvloop insists on uvloop."""
+    choice = os.environ.get("CACHESERVER_LOOP", "")
+    if choice not in ("", "asyncio", "uvloop"):
+        raise SystemExit(f"CACHESERVER_LOOP={choice}: expected asyncio or uvloop")
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise SystemExit("CACHESERVER_LOOP=uvloop: uvloop is not installed") from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 def _build_server(args: argparse.Namespace) -> Server:
