@@ -430,7 +430,10 @@ class ClientRequest(Delivery, EsiRequest):
         if head is None or not any(oc.busy for oc in head.ocs):
             return "lookup"
         fut = asyncio.get_running_loop().create_future()
-        head.waiters.append(fut)
+        if head.waiters:
+            head.waiters.append(fut)
+        else:
+            head.waiters = [fut]
         self.server.counters.busy_sleep += 1
         await fut
         self.server.counters.busy_wakeup += 1
