@@ -134,10 +134,15 @@ class ClientRequest(Delivery, EsiRequest):
         fields = getattr(session, "ctx_fields", None)
         if fields is None:
             fields = _session_fields(session, server)
-        self.ctx = Context(
-            **fields, method="recv", req=req, req_top=req, vcl=vcl, xid=server.next_xid(), hash_parts=[],
-            req_time=time.time(), backend_hint=vcl.default_backend,
-            sess_timeout_idle=server.params.timeout_idle)
+        ctx = self.ctx = Context.starting_with(fields)
+        ctx.method = "recv"
+        ctx.req = ctx.req_top = req
+        ctx.vcl = vcl
+        ctx.xid = server.next_xid()
+        ctx.hash_parts = []
+        ctx.req_time = time.time()
+        ctx.backend_hint = vcl.default_backend
+        ctx.sess_timeout_idle = server.params.timeout_idle
         self.t_prev = self.t_start = self.ctx.req_time
         self._vsl_begin("rxreq", self.ctx.sess_xid)
         if hasattr(session, "vsl_link"):
