@@ -106,7 +106,8 @@ def run_one(root: Path, scenario: str, origin_port: int, seconds: int, connectio
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        proc = start(cacheserver_cmd(port, "-f", str(vcl), "-n", workdir, "-s", "malloc,1g"), port, root=root)
+        proc = start(cacheserver_cmd(port, "-f", str(vcl), "-n", workdir, "-s", "malloc,1g"), port, cwd=root,
+                     root=root)      # cwd: python -m imports from there first
     finally:
         for k, v in saved.items():
             if v is None:
