@@ -6,7 +6,8 @@
 Each scenario starts a fresh cacheserver in front of a bare asyncio origin (this file, `--origin`),
 runs wrk, and divides the server process's CPU time (utime + stime from /proc) by the requests wrk
 made: a figure that holds on a loaded machine, where req/s does not. With --compare-root, another
-checkout runs the same scenario in alternation (A B A B ...), and the ratio is printed; with
+checkout runs the same scenario in alternation (A B A B ...), and the ratio is printed (a path
+ending in `varnishd`, e.g. /usr/sbin/varnishd, runs varnishd with the same VCL and flags); with
 --compare-env, this checkout again with that environment variable set (CACHESERVER_LOOP=asyncio). The miss
 scenario also reports the server's RSS growth per cached object.
 """
@@ -62,6 +63,45 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (varnishd: the manager and its cache child)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            total += cpu_seconds(p)
+        except OSError:
+            pass
+    return total
+
+
+def tree_rss_kb(pid: int) -> int:
+    total = 0
+    for p in _tree(pid):
+        try:
+            total += rss_kb(p)
+        except OSError:
+            pass
+    return total
+
+
 def origin_main(port: int) -> None:
     import httptools
 
@@ -106,8 +146,14 @@ def run_one(root: Path, scenario: str, origin_port: int, seconds: int, connectio
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        proc = start(cacheserver_cmd(port, "-f", str(vcl), "-n", workdir, "-s", "malloc,1g"), port, cwd=root,
-                     root=root)      # cwd: python -m imports from there first
+        if root.name == "varnishd":
+            os.chmod(workdir, 0o755)            # varnishd drops to user varnish
+            os.chmod(vcl, 0o644)
+            proc = start([str(root), "-F", "-n", f"{workdir}/n", "-a", f"127.0.0.1:{port}", "-f", str(vcl),
+                          "-s", "malloc,1g"], port)
+        else:
+            proc = start(cacheserver_cmd(port, "-f", str(vcl), "-n", workdir, "-s", "malloc,1g"), port,
+                         cwd=root, root=root)      # cwd: python -m imports from there first
     finally:
         for k, v in saved.items():
             if v is None:
@@ -122,14 +168,14 @@ def run_one(root: Path, scenario: str, origin_port: int, seconds: int, connectio
             script.write_text(MISS_LUA)
         else:
             wrk(f"http://127.0.0.1:{port}{url}", 1, connections)        # warm (and cache)
-        rss0 = rss_kb(proc.pid)
-        before = cpu_seconds(proc.pid)
+        rss0 = tree_rss_kb(proc.pid)
+        before = tree_cpu_seconds(proc.pid)
         if script:
             r = wrk_script(f"http://127.0.0.1:{port}{url}", seconds, connections, str(script))
         else:
             r = wrk(f"http://127.0.0.1:{port}{url}", seconds, connections)
-        r["cpu_us"] = (cpu_seconds(proc.pid) - before) / max(r["requests"], 1) * 1e6
-        r["rss_growth_kb"] = rss_kb(proc.pid) - rss0
+        r["cpu_us"] = (tree_cpu_seconds(proc.pid) - before) / max(r["requests"], 1) * 1e6
+        r["rss_growth_kb"] = tree_rss_kb(proc.pid) - rss0
         return r
     finally:
         stop(proc)
