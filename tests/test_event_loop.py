@@ -1,5 +1,5 @@
-"""The event loop the server runs on: uvloop when installed, plain asyncio as the fallback (and on
-request with CACHESERVER_LOOP=asyncio); both serve hits and passes."""
+"""The event loop the server runs on: asyncio's, or uvloop's with CACHESERVER_LOOP=uvloop; both
+serve hits and passes."""
 
 from __future__ import annotations
 
@@ -16,28 +16,27 @@ from tests.serverproc import ServerProcess
 
 try:
     import uvloop
-except ImportError:          # the fallback is what runs then; the uvloop cases skip
+except ImportError:          # an optional extra: the uvloop cases skip
     uvloop = None
 
 
-def test_default_is_uvloop_when_installed(monkeypatch):
+def test_default_is_asyncio(monkeypatch):
     monkeypatch.delenv("CACHESERVER_LOOP", raising=False)
-    if uvloop is None:
-        assert loop_factory() is asyncio.new_event_loop
-    else:
-        assert loop_factory() is uvloop.new_event_loop
-
-
-def test_asyncio_on_request(monkeypatch):
+    assert loop_factory() is asyncio.new_event_loop
     monkeypatch.setenv("CACHESERVER_LOOP", "asyncio")
     assert loop_factory() is asyncio.new_event_loop
 
 
-def test_falls_back_without_uvloop(monkeypatch):
-    monkeypatch.delenv("CACHESERVER_LOOP", raising=False)
-    monkeypatch.setitem(sys.modules, "uvloop", None)       # import uvloop now raises ImportError
-    assert loop_factory() is asyncio.new_event_loop
+def test_uvloop_on_request(monkeypatch):
+    if uvloop is None:
+        pytest.skip("uvloop not installed")
     monkeypatch.setenv("CACHESERVER_LOOP", "uvloop")
+    assert loop_factory() is uvloop.new_event_loop
+
+
+def test_uvloop_asked_for_but_missing(monkeypatch):
+    monkeypatch.setenv("CACHESERVER_LOOP", "uvloop")
+    monkeypatch.setitem(sys.modules, "uvloop", None)       # import uvloop now raises ImportError
     with pytest.raises(SystemExit, match="not installed"):
         loop_factory()
 
