@@ -41,7 +41,7 @@ async def main():
     srv = Server()
     srv.vcl_load("boot", 'vcl 4.1;\nbackend default { .host = "127.0.0.1"; .port = "9"; }\n', "x.vcl")
     srv.vcl_use("boot")
-    digest = hashlib.sha256(b"/obj#x#").digest()
+    digest = hashlib.sha256(b"/obj\0x\0").digest()
     req = HttpMessage("GET", "/obj", "HTTP/1.1")
     oc = srv.storage.lookup(digest, req, time.time()).busy
     oc.http = HttpMessage(proto="HTTP/1.1", status=200, reason="OK")

@@ -70,6 +70,9 @@ def resp_filters_default(ctx) -> str:
 class Delivery:
     """The delivery half of ClientRequest: transmit, plain-hit templates, the writer."""
 
+    # a streamed response's head, held until the first body bytes so both go in one send
+    stream_head: bytes | None = None
+
     # -- plain hits -------------------------------------------------------------------------------
     # Most hits are a GET for a whole, complete object, with the built-in vcl_deliver (which changes
     # nothing). Their response head differs from one hit to the next only in X-Varnish and Age, so
@@ -296,7 +299,10 @@ class Delivery:
             counters.s_resp_bodybytes += len(out)
             self._write(head, out)
             return "send" if self.send_data is not None else None
-        transport.write(head)
+        if chain is None:
+            self.stream_head = head      # goes out with the first body bytes (ast_stream)
+        else:
+            transport.write(head)
         self.vdp_chain = chain
         return "stream"
 
@@ -312,6 +318,11 @@ class Delivery:
         self.session.transport.write(_LOST_HEADERS_500)
         self._drop_object()
         return None
+
+    def _flush_head(self) -> None:
+        head, self.stream_head = self.stream_head, None
+        if head is not None and not self.session.closed:
+            self.session.transport.write(head)
 
     async def ast_stream(self) -> str | None:
         """Deliver a body through the filters, or one still arriving from the backend."""
@@ -337,6 +348,8 @@ class Delivery:
             while not session.closed and not whole:
                 data = oc.read(cell)
                 if not data:
+                    if self.stream_head is not None:
+                        self._flush_head()          # nothing to send with it yet: no waiting
                     if oc.complete or oc.failed:
                         break
                     try:
@@ -353,13 +366,21 @@ class Delivery:
                     continue
                 counters.s_resp_bodybytes += len(data)
                 self.acct_body += len(data)
+                head, self.stream_head = self.stream_head, None
                 if chunked:
-                    transport.write(b"%x\r\n" % len(data) + data + b"\r\n" if len(data) < _BIG
-                                    else b"%x\r\n" % len(data))
-                    if len(data) >= _BIG:
+                    frame = b"%x\r\n" % len(data)
+                    if len(data) < _BIG:
+                        transport.write(b"".join((head, frame, data, b"\r\n")) if head else
+                                        frame + data + b"\r\n")
+                    else:
+                        transport.write(head + frame if head else frame)
                         transport.write(data)
                         transport.write(b"\r\n")
+                elif head and len(data) < _BIG:
+                    transport.write(head + data)
                 else:
+                    if head:
+                        transport.write(head)
                     transport.write(data)
                 await session.drain(deadline)
             if chain is not None and oc.complete and not session.closed:
@@ -369,6 +390,7 @@ class Delivery:
             self.ctx.log.append(("Error", str(exc)))
             failed = True
         finally:
+            self._flush_head()
             if chain is not None:
                 chain.close()
             oc.close_reader(cell)

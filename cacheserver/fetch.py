@@ -130,6 +130,10 @@ def beresp_filters_default(ctx: Context) -> str:
         gzip_support=bool(ctx.server.params.http_gzip_support))
 
 
+# Body bytes already received with the head, up to this much, go to the clients with their heads.
+_EARLY_BODY = 64 * 1024
+
+
 class BusyObj:
     """One backend transaction filling `oc` (a busy object in the cache, or a private one for pass)."""
 
@@ -750,18 +754,28 @@ class BusyObj:
         ctx.log += (("Storage", f"malloc {store}"),
                     ("Fetch_Body", f"{_BODY_STATUS.get(self.body_kind, '3 length')} "
                                    f"{'stream' if streaming else '-'}"))
+        conn = self.conn
+        between = self.between
+        bodyless = self.body_kind == "none"     # HEAD, 204, 304, Content-Length: 0
+        received = 0
         if streaming:
             # clients (and requests waiting on the busy object) may read while the body arrives
             self._publish()
             if self.no_space:
                 return self._out_of_storage()
+            stored = True
+            if chain is None and not bodyless and conn is not None and conn.body and conn.held < _EARLY_BODY:
+                # bytes that came with the head: stored first, so each client sends its head
+                # and them in one write (they are there already: nothing waits on the backend)
+                data = await conn.read_body(between)
+                received += len(data)
+                backends.live(self.backend).beresp_bodybytes += len(data)
+                stored = await self._store(data)
             self._signal()
             # let the waiting clients send their heads first, as varnishd's do at BOS_STREAM
             await asyncio.sleep(0)
-        conn = self.conn
-        between = self.between
-        bodyless = self.body_kind == "none"     # HEAD, 204, 304, Content-Length: 0
-        received = 0
+            if not stored:
+                return self._stored_failed()
         try:
             while not bodyless:
                 data = await conn.read_body(between)

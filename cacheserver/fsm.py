@@ -58,6 +58,27 @@ def _wait_states(vcl) -> frozenset[str]:
     return states
 
 
+def _session_fields(session, server) -> dict:
+    """The Context fields every request of a session starts with, made once per session."""
+    client_ip, local_ip = session.client_ip, session.local_ip
+    fields = dict(
+        client_ip=client_ip, remote_ip=client_ip, server_ip=local_ip, local_ip=local_ip, session=session,
+        server=server, server_hostname=server.hostname, server_identity=server.identity,
+        client_identity=client_ip.addr, hash_always_miss=False, hash_ignore_busy=False, can_gzip=False,
+        is_hitmiss=False, is_hitpass=False, req_ttl=-1.0, req_grace=-1.0,
+        sess_xid=getattr(session, "xid", 0), local_endpoint=getattr(session, "local_endpoint", None),
+        local_socket=getattr(session, "listen_name", None),
+        # resp.filters until VCL sets it: a plain function of ctx (a bound method would make a
+        # reference cycle per request, left to the cyclic GC)
+        filters_default=resp_filters_default)
+    if getattr(session, "transport", None) is not None:      # connected: its addresses are known
+        try:
+            session.ctx_fields = fields
+        except AttributeError:
+            pass
+    return fields
+
+
 def _client_close_reason(req: HttpMessage) -> str:
     """Why the client's own request ends its connection (varnishd's http_DoConnection)."""
     return "sc_req_close" if "close" in (req.headers.get("Connection") or "").lower() else "sc_req_http10"
@@ -76,54 +97,53 @@ def _may_esi(vcl) -> bool:
 class ClientRequest(Delivery, EsiRequest):
     """One client request on its way from vcl_recv to the wire (delivery: deliver.py)."""
 
+    # What every request starts with, as class attributes: a request sets only what differs.
+    late100 = False                 # std.late_100_continue(true): answer Expect when read
+    body_failed = False             # std.cache_req_body() could not have it: close unanswered
+    body_storage = None             # what a cached body holds in Transient storage
+    oc: ObjCore | None = None       # the object being delivered
+    busy: ObjCore | None = None     # a busy object this request must have fetched
+    stale: ObjCore | None = None    # a stale object to revalidate (keep)
+    bo: BusyObj | None = None
+    bg: BusyObj | None = None       # a background fetch that may still read our body
+    is_hit = False
+    from_pass = False
+    digest = b""
+    synth_status = 0
+    synth_reason = ""
+    is_grace = False
+    chunked = False                 # the body being streamed goes out chunked
+    vdp_chain = None                # delivery filters for the "stream" state
+    send_deadline = 0.0             # send_timeout for the body being streamed
+    _template_wanted = False        # this plain hit's head should become a template
+    send_data: memoryview | None = None   # a big body the "send" state writes
+    acct_req = 0                    # request head bytes, for ReqAcct
+    acct_hdr = acct_body = 0
+
     def __init__(self, session: ClientProtocol, req: HttpMessage, body: ReqBody, keep_alive: bool,
                  raw_index: int) -> None:
         self.session = session
         server = self.server = session.server
         self.body = body                     # read by the fetch (or std.cache_req_body) as it arrives
-        self.late100 = False                 # std.late_100_continue(true): answer Expect when read
-        self.body_failed = False             # std.cache_req_body() could not have it: close unanswered
-        self.body_storage = None             # what a cached body holds in Transient storage
         self.keep_alive = keep_alive
         self.close_reason = None if keep_alive else _client_close_reason(req)
         self.raw_index = raw_index     # which message this was in the session's raw byte log
         self.state: str | None = "recv"
-        self.vcl = server.active_vcl
-        self.oc: ObjCore | None = None       # the object being delivered
-        self.busy: ObjCore | None = None     # a busy object this request must have fetched
-        self.stale: ObjCore | None = None    # a stale object to revalidate (keep)
-        self.bo: BusyObj | None = None
-        self.bg: BusyObj | None = None        # a background fetch that may still read our body
-        self.is_hit = False
-        self.from_pass = False
-        self.digest: bytes = b""
-        self.synth_status = 0
-        self.synth_reason = ""
-        self.is_grace = False
+        vcl = self.vcl = server.active_vcl
         self.method0 = req.method            # HEAD-ness is judged on the request as received
-        self.chunked = False                 # the body being streamed goes out chunked
-        self.vdp_chain = None                # delivery filters for the "stream" state
-        self.send_deadline = 0.0             # send_timeout for the body being streamed
-        self._template_wanted = False        # this plain hit's head should become a template
-        self.send_data: memoryview | None = None   # a big body the "send" state writes
-        self.ctx = Context(
-            method="recv", req=req, req_top=req, client_ip=session.client_ip, remote_ip=session.client_ip,
-            server_ip=session.local_ip, local_ip=session.local_ip, session=session, vcl=self.vcl,
-            server=server, xid=server.next_xid(), hash_parts=[], req_time=time.time(),
-            backend_hint=self.vcl.default_backend, server_hostname=server.hostname,
-            server_identity=server.identity, client_identity=session.client_ip.addr,
-            hash_always_miss=False, hash_ignore_busy=False, can_gzip=False,
-            is_hitmiss=False, is_hitpass=False, req_ttl=-1.0, req_grace=-1.0,
-            sess_xid=getattr(session, "xid", 0), sess_timeout_idle=server.params.timeout_idle,
-            local_endpoint=getattr(session, "local_endpoint", None),
-            local_socket=getattr(session, "listen_name", None),
-            # resp.filters until VCL sets it: a plain function of ctx (a bound method would make a
-            # reference cycle per request, left to the cyclic GC)
-            filters_default=resp_filters_default,
-        )
+        fields = getattr(session, "ctx_fields", None)
+        if fields is None:
+            fields = _session_fields(session, server)
+        ctx = self.ctx = Context.starting_with(fields)
+        ctx.method = "recv"
+        ctx.req = ctx.req_top = req
+        ctx.vcl = vcl
+        ctx.xid = server.next_xid()
+        ctx.hash_parts = []
+        ctx.req_time = time.time()
+        ctx.backend_hint = vcl.default_backend
+        ctx.sess_timeout_idle = server.params.timeout_idle
         self.t_prev = self.t_start = self.ctx.req_time
-        self.acct_req = 0               # request head bytes, for ReqAcct
-        self.acct_hdr = self.acct_body = 0
         self._vsl_begin("rxreq", self.ctx.sess_xid)
         if hasattr(session, "vsl_link"):
             session.vsl_link(self.ctx.xid)
@@ -187,8 +207,13 @@ class ClientRequest(Delivery, EsiRequest):
         """Run states until done (True) or until one must wait (False: call run_async)."""
         state = self.state
         session = self.session
+        vcl = self.vcl
+        waits = _wait_states(vcl)
         while state is not None:
-            if self._must_wait(state):
+            if self.vcl is not vcl:            # return (vcl(label)) switched it
+                vcl = self.vcl
+                waits = _wait_states(vcl)
+            if state in waits:
                 self.state = state
                 return False
             state = getattr(self, "st_" + state)()
@@ -418,7 +443,10 @@ class ClientRequest(Delivery, EsiRequest):
         if head is None or not any(oc.busy for oc in head.ocs):
             return "lookup"
         fut = asyncio.get_running_loop().create_future()
-        head.waiters.append(fut)
+        if head.waiters:
+            head.waiters.append(fut)
+        else:
+            head.waiters = [fut]
         self.server.counters.busy_sleep += 1
         await fut
         self.server.counters.busy_wakeup += 1

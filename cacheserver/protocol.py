@@ -119,7 +119,6 @@ class ClientProtocol(asyncio.Protocol):
     # -- connection events ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         counters = self.server.counters
         counters.sess_conn += 1

@@ -51,7 +51,7 @@ class ObjCore:
         self.complete = False
         self.failed = False
         self.keep_body = True            # False: chunks are dropped once every reader has them
-        self.readers: list[list[int]] = []
+        self.readers: list[list[int]] | tuple = ()   # a list once a reader opens (most never do)
         self._wakeup: asyncio.Future | None = None
         self._space: asyncio.Future | None = None
         self.t_origin = 0.0
@@ -120,7 +120,10 @@ class ObjCore:
 
     def open_reader(self) -> list[int]:
         cell = [self.base]
-        self.readers.append(cell)
+        if self.readers:
+            self.readers.append(cell)
+        else:
+            self.readers = [cell]
         return cell
 
     def close_reader(self, cell: list[int]) -> None:
@@ -187,11 +190,11 @@ class ObjHead:
     def __init__(self, digest: bytes) -> None:
         self.digest = digest
         self.ocs: list[ObjCore] = []               # newest first
-        self.waiters: list[asyncio.Future] = []     # requests waiting for a busy object
+        self.waiters: list[asyncio.Future] | tuple = ()   # requests waiting for a busy object
 
     def rush(self) -> None:
         """Wake every request waiting on this head, so it looks up again."""
-        waiters, self.waiters = self.waiters, []
+        waiters, self.waiters = self.waiters, ()
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
@@ -465,7 +468,7 @@ class Storage:
         if oc.store:
             self.stevedores[oc.store].release(oc)
         oc.store = ""
-        if oc.complete and oc.readers == []:
+        if oc.complete and not oc.readers:
             oc.chunks = []
             oc.body_cache = None
 

@@ -541,3 +541,20 @@ def test_unset_bereq_body_sends_none():
 
     asyncio.run(main())
     assert b"content-length" not in heads[0].lower() and b"transfer-encoding" not in heads[0].lower()
+
+
+def test_header_names_are_shared_between_responses():
+    """Cached objects hold their own header values only: the name strings come from one table."""
+    from types import SimpleNamespace
+
+    from cacheserver.beconn import BackendConn
+
+    fields = []
+    for value in (b"text/plain", b"text/html"):
+        conn = BackendConn(SimpleNamespace(loop=None))
+        conn.start(False, 32768, 8192, 64)
+        conn.on_header(b"Content-Type", value)
+        fields.append(conn.fields[0])
+    (name1, value1, lname1), (name2, value2, lname2) = fields
+    assert (name1, lname1, value1, value2) == ("Content-Type", "content-type", "text/plain", "text/html")
+    assert name1 is name2 and lname1 is lname2

@@ -316,6 +316,15 @@ class Context:
         self.log = []
         self.__dict__.update(fields)
 
+    @classmethod
+    def starting_with(cls, fields: dict) -> Context:
+        """A Context with a copy of `fields` (shared ones, made once): one dict copy costs a
+        fraction of passing them as keyword arguments."""
+        ctx = cls.__new__(cls)
+        ctx.__dict__ = fields.copy()
+        ctx.log = []
+        return ctx
+
 
 for _name in Context.FIELDS:
     if not hasattr(Context, _name):
