@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import os
 import select
 import socket
@@ -35,11 +36,45 @@ def ws_request(key: str = KEY, *, version: str = "13", method: str = "GET", upgr
             f"Sec-WebSocket-Version: {version}\r\nSec-WebSocket-Key: {key}\r\n\r\n").encode()
 
 
+# examples/websocket.vcl plus a route that shows tinykvm.stats(), for the soak's counter checks
+STATS_ROUTE = '''
+sub vcl_recv {
+	if (req.url == "/.stats") {
+		return (synth(200, "stats"));
+	}
+}
+
+sub vcl_synth {
+	if (resp.reason == "stats") {
+		set resp.http.Content-Type = "application/json";
+		set resp.body = tinykvm.stats();
+		return (deliver);
+	}
+}
+'''
+
+
 @pytest.fixture(scope="module")
-def server():
-    srv = ServerProcess("-f", str(VCL))
+def server(tmp_path_factory):
+    vcl = tmp_path_factory.mktemp("ws") / "websocket_stats.vcl"
+    source = VCL.read_text()
+    at = source.index("sub vcl_recv")
+    vcl.write_text(source[:at] + STATS_ROUTE + "\n" + source[at:])
+    srv = ServerProcess("-f", str(vcl))
     yield srv
     srv.stop()
+
+
+def steal_stats(port: int) -> dict[str, dict]:
+    """The steal counters of tinykvm.stats(), per program."""
+    with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
+        sock.sendall(b"GET /.stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return {name: prog["steal"] for name, prog in json.loads(body).items() if "steal" in prog}
 
 
 # -- blocking clients -------------------------------------------------------------------------------
@@ -402,6 +437,7 @@ def test_soak_ten_thousand_stolen_connections_leave_fds_at_baseline(server):
     time.sleep(0.5)
     baseline = fd_counts(server)
     assert set(baseline) == {"server", "echo.py", "websocket_echo.py"}, baseline
+    before = steal_stats(server.port)
 
     started = time.monotonic()
     done = asyncio.run(soak(server.port, 10_000))
@@ -410,3 +446,28 @@ def test_soak_ten_thousand_stolen_connections_leave_fds_at_baseline(server):
     assert set(done) == {k.__name__ for k in SOAK_KINDS} == set(STEAL_OUTCOME)
     assert wait_for_fds(server, baseline) == baseline
     print(f"soak: {dict(done)} in {elapsed:.1f} s")
+    deadline = time.monotonic() + 10
+    after = steal_stats(server.port)
+    while any(p["held"] for p in after.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)            # the programs' reports of closed connections may still be on their way
+        after = steal_stats(server.port)
+    check_steal_counters(before, after, done)
+
+
+def check_steal_counters(before: dict[str, dict], after: dict[str, dict], done: Counter[str]) -> None:
+    """Per program, the soak's steals add up: started = accepted + refused + failed, every accepted
+    connection closed (by some reason) and none held, and the outcomes those kinds of client allow."""
+    for program, prefix in (("echo", "echo_"), ("websocket_echo", "ws_")):
+        b, a = before[program], after[program]
+        delta = {k: a[k] - b[k] for k in ("started", "accepted", "refused", "failed")}
+        closed = sum(a["closed"].values()) - sum(b["closed"].values())
+        assert a["held"] == 0, (program, a)
+        assert delta["started"] == delta["accepted"] + delta["refused"] + delta["failed"], (program, delta)
+        assert delta["accepted"] == closed, (program, delta, closed)
+        assert delta["failed"] == 0, (program, delta)
+        kinds = {k: n for k, n in done.items() if k.startswith(prefix)}
+        sure = sum(n for k, n in kinds.items() if STEAL_OUTCOME[k] == "ok")
+        maybe = sum(n for k, n in kinds.items() if STEAL_OUTCOME[k] == "ok or none")
+        refused = sum(n for k, n in kinds.items() if STEAL_OUTCOME[k] == "refused")
+        assert sure <= delta["accepted"] <= sure + maybe, (program, delta, kinds)
+        assert delta["refused"] == refused, (program, delta, kinds)
