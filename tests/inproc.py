@@ -1,0 +1,117 @@
+"""Run a cacheserver Server inside the test process, for tests that need its code to run in-process.
+
+The server gets its own asyncio loop in a daemon thread and listens on loopback with real sockets, so a
+test talks HTTP/1 (and the admin CLI) to it exactly as to the `cacheserver` process of serverproc.py,
+while coverage and mutation tools (mutmut) see the server's code run by the test. InProcServer answers to
+the part of ServerProcess's interface the HTTP tests use (`port`, `connect()`, `stop()`); InProcCache is
+test_cache_support.Cache's twin (`get`, `cli`, `proc`) for the `make` fixture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from pathlib import Path
+from typing import Callable
+
+from test_cache_support import CLI, Backend, Cache, Req, Resp
+
+from cacheserver.admin import start_admin
+from cacheserver.server import ListenSpec, Server
+
+START_TIMEOUT = 15.0     # seconds for the server to start, stop, or answer a call on its loop
+
+
+class InProcServer:
+    """A Server with `vcl` loaded, listening on 127.0.0.1 (a free port), on a loop in its own thread.
+
+    `params` are set as `-p NAME=VALUE` would; `admin_secret` (a file) also starts the admin CLI.
+    """
+
+    def __init__(self, vcl: str, params: dict[str, str] | None = None,
+                 admin_secret: Path | None = None, filename: str = "<inline>") -> None:
+        self.server = Server()
+        for name, value in (params or {}).items():
+            self.server.params.set(name, value)
+        self.server.listen_specs = [ListenSpec.parse("127.0.0.1:0", 0)]
+        self.server.vcl_load("boot", vcl, filename)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="inproc-server", daemon=True)
+        self.thread.start()
+        self.admin_address: tuple[str, int] | None = None
+        try:
+            self.call(self.server.start())
+            if admin_secret is not None:
+                addresses = self.call(start_admin(self.server, listen="127.0.0.1:0", connect=None,
+                                                  secret_file=str(admin_secret)))
+                host, port = addresses[0].split()
+                self.admin_address = (host, int(port))
+        except BaseException:
+            self.stop()
+            raise
+        self.port = self.server.listen_addresses()[0][2]
+
+    def call(self, coro):
+        """Run a coroutine on the server's loop and return its result (raises what it raises)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(START_TIMEOUT)
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=5)
+
+    def stop(self) -> None:
+        if not self.loop.is_closed():
+            if self.thread.is_alive():
+                try:
+                    self.call(self.server.close())
+                finally:
+                    self.loop.call_soon_threadsafe(self.loop.stop)
+                    self.thread.join(START_TIMEOUT)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+
+class InProcCache(Cache):
+    """test_cache_support.Cache, with the server in-process: the same get(), cli and proc.connect()."""
+
+    def __init__(self, tmp: Path, vcl: str, backend: Backend | None, *args: str) -> None:
+        port = backend.port if backend is not None else 9
+        text = vcl.replace("BACKEND", f'backend default {{ .host = "127.0.0.1"; .port = "{port}"; }}')
+        secret = tmp / "cli_secret"
+        secret.write_bytes(b"test secret\n")
+        secret.chmod(0o600)
+        self.proc = InProcServer(text, parse_params(args), admin_secret=secret)
+        self.cli = CLI(*self.proc.admin_address, secret)
+
+
+def parse_params(args: tuple[str, ...]) -> dict[str, str]:
+    """The `-p NAME=VALUE` pairs of a command line (the only options an in-process server takes)."""
+    params: dict[str, str] = {}
+    it = iter(args)
+    for opt in it:
+        if opt != "-p":
+            raise ValueError(f"in-process server: only -p NAME=VALUE is supported, not {opt!r}")
+        name, sep, value = next(it, "").partition("=")
+        if not sep:
+            raise ValueError(f"-p {name}: expected NAME=VALUE")
+        params[name] = value
+    return params
+
+
+def inproc_cache_factory(tmp_path):
+    """The `make` fixture with an in-process server: make(vcl, respond, *args) -> (InProcCache, Backend).
+
+    Test modules declare it with `make = pytest.fixture(inproc_cache_factory)`.
+    """
+    made: list = []
+
+    def factory(vcl: str, respond: Callable[[Req], Resp] | None = None, *args: str):
+        backend = Backend(respond or (lambda req: Resp(body=b"hello")))
+        cache = InProcCache(tmp_path, vcl, backend, *args)
+        made.append((cache, backend))
+        return cache, backend
+
+    yield factory
+    for cache, backend in made:
+        cache.stop()
+        backend.close()
