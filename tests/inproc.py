@@ -10,8 +10,10 @@ test_cache_support.Cache's twin (`get`, `cli`, `proc`) for the `make` fixture.
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +25,41 @@ from cacheserver.server import ListenSpec, Server
 START_TIMEOUT = 15.0     # seconds for the server to start, stop, or answer a call on its loop
 
 
+class RecordingLog:
+    """The shared log's writer, kept in memory: (vxid, tag, text) per record, the last 100,000.
+
+    Writers may pre-join records with NUL ("Begin req 1 rxreq\\0Timestamp Start: ..."): split here.
+    """
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.records: collections.deque[tuple[int, str, str]] = collections.deque(maxlen=100_000)
+
+    def write(self, vxid: int, kind: str, records: list) -> None:
+        for tag, text in records:
+            first, *more = str(text).split("\0")
+            self.records.append((vxid, tag, first))
+            for joined in more:
+                jtag, _, jtext = joined.partition(" ")
+                self.records.append((vxid, jtag, jtext))
+
+    def close(self) -> None:
+        pass
+
+    def texts(self, tag: str) -> list[str]:
+        return [text for _, t, text in list(self.records) if t == tag]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll until predicate() is true, at most `timeout` seconds (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
 class InProcServer:
     """A Server with `vcl` loaded, listening on 127.0.0.1 (a free port), on a loop in its own thread.
 
@@ -32,6 +69,7 @@ class InProcServer:
     def __init__(self, vcl: str, params: dict[str, str] | None = None,
                  admin_secret: Path | None = None, filename: str = "<inline>") -> None:
         self.server = Server()
+        self.log = self.server.vsl = RecordingLog()
         for name, value in (params or {}).items():
             self.server.params.set(name, value)
         self.server.listen_specs = [ListenSpec.parse("127.0.0.1:0", 0)]
