@@ -63,15 +63,18 @@ def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = 
 class InProcServer:
     """A Server with `vcl` loaded, listening on 127.0.0.1 (a free port), on a loop in its own thread.
 
-    `params` are set as `-p NAME=VALUE` would; `admin_secret` (a file) also starts the admin CLI.
+    `params` are set as `-p NAME=VALUE` would, `storage` as the `-s` arguments; `admin_secret` (a file)
+    also starts the admin CLI.
     """
 
-    def __init__(self, vcl: str, params: dict[str, str] | None = None,
+    def __init__(self, vcl: str, params: dict[str, str] | None = None, storage: list[str] | None = None,
                  admin_secret: Path | None = None, filename: str = "<inline>") -> None:
         self.server = Server()
         self.log = self.server.vsl = RecordingLog()
         for name, value in (params or {}).items():
             self.server.params.set(name, value)
+        if storage:
+            self.server.configure_storage(storage)
         self.server.listen_specs = [ListenSpec.parse("127.0.0.1:0", 0)]
         self.server.vcl_load("boot", vcl, filename)
         self.loop = asyncio.new_event_loop()
@@ -118,22 +121,32 @@ class InProcCache(Cache):
         secret = tmp / "cli_secret"
         secret.write_bytes(b"test secret\n")
         secret.chmod(0o600)
-        self.proc = InProcServer(text, parse_params(args), admin_secret=secret)
+        params, storage = parse_args(args)
+        self.proc = InProcServer(text, params, storage, admin_secret=secret)
         self.cli = CLI(*self.proc.admin_address, secret)
 
 
-def parse_params(args: tuple[str, ...]) -> dict[str, str]:
-    """The `-p NAME=VALUE` pairs of a command line (the only options an in-process server takes)."""
+def parse_args(args: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """A command line's `-p NAME=VALUE` pairs (and `-t TTL`, default_ttl) and `-s` specs: the options
+    an in-process server takes."""
     params: dict[str, str] = {}
+    storage: list[str] = []
     it = iter(args)
     for opt in it:
-        if opt != "-p":
-            raise ValueError(f"in-process server: only -p NAME=VALUE is supported, not {opt!r}")
-        name, sep, value = next(it, "").partition("=")
+        value = next(it, None)
+        if opt not in ("-p", "-s", "-t") or value is None:
+            raise ValueError(f"in-process server: only -p NAME=VALUE, -t TTL and -s SPEC, not {opt!r}")
+        if opt == "-s":
+            storage.append(value)
+            continue
+        if opt == "-t":
+            params["default_ttl"] = value
+            continue
+        name, sep, value = value.partition("=")
         if not sep:
             raise ValueError(f"-p {name}: expected NAME=VALUE")
         params[name] = value
-    return params
+    return params, storage
 
 
 def inproc_cache_factory(tmp_path):
