@@ -245,8 +245,10 @@ class ClientProtocol(asyncio.Protocol):
         if idle_for < timeout:
             self.idle_timer = loop.call_later(max(timeout - idle_for, 0.05), self._check_idle)
             return
-        # a head begun but not finished is a receive timeout; an idle keep-alive, timeout_idle
-        self.close_reason = "sc_rx_timeout" if self._in_head or self._head_size else "sc_rx_close_idle"
+        # a head begun but not finished is a receive timeout; an idle keep-alive (even after requests:
+        # _head_size is the last head's), timeout_idle
+        begun = self._in_head or self._relaxing or bool(self._method_hold)
+        self.close_reason = "sc_rx_timeout" if begun else "sc_rx_close_idle"
         self.abort()
 
     def close(self) -> None:
