@@ -93,6 +93,7 @@ class ClientProtocol(asyncio.Protocol):
         self._in_head = False
         self._sink: ReqBody | None = None     # the body the parser is filling
         self._keep_alive = True
+        self.eof = False           # the client half-closed: close once what it sent is answered
         self.close_reason: str | None = None   # the sc_* counter the close counts in (see _CLOSE_ERR)
         # raw-byte tracking, only while the active VCL may steal the connection
         self._raw: bytearray | None = None
@@ -306,7 +307,8 @@ class ClientProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.pipe_to is not None:
             self.pipe_to.close()        # the client is done: so is the pipe (it then closes us)
-        # A half-closed client still gets the answers to what it sent; then we close.
+        # A half-closed client still gets the answers to what it sent; then we close (run_queue).
+        self.eof = True
         if self._sink is not None:
             self._sink.fail("client closed the connection")
             self._sink = None
@@ -612,6 +614,8 @@ class ClientProtocol(asyncio.Protocol):
         if not self.queue:
             if self.refusal is not None and not self.busy:
                 self._send_refusal()
+            elif self.eof and not self.busy and not self.held:
+                self.close()
             self.idle_since = time.monotonic()
 
     async def _run_async(self, request: ClientRequest) -> None:
