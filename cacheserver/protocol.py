@@ -364,6 +364,9 @@ class ClientProtocol(asyncio.Protocol):
                 if isinstance(exc.__context__, ExpectationFailed):
                     self.expectation_failed()
                     return
+                if isinstance(exc.__context__, HeadOverflow):
+                    self.overflow()
+                    return
                 raw = self._refused_head(data, self._raw_done - done_before, exc)
                 if raw is None or not needs_relaxing(raw):
                     self.bad_request(exc)
@@ -456,7 +459,9 @@ class ClientProtocol(asyncio.Protocol):
         params = self.server.params
         size = len(name) + len(value) + 4
         self._head_size += size
-        if size > params.http_req_hdr_len or self._head_size > params.http_req_size:
+        if self._head_size > params.http_req_size:
+            raise HeadOverflow()            # varnishd: past its buffer, the head is cut off unanswered
+        if size > params.http_req_hdr_len:
             raise RequestTooLarge("header too long")
         if len(self._fields) >= params.http_max_hdr:
             raise RequestTooLarge("too many headers")
