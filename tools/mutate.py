@@ -35,15 +35,16 @@ MODULES: dict[str, list[str]] = {
     "cacheserver/ranges.py": ["tests/test_rfc2616_ranges_bans.py"],
     "cacheserver/bans.py": ["tests/test_rfc2616_ranges_bans.py", "tests/test_cache_storage.py"],
     "cacheserver/storage.py": ["tests/test_cache_storage.py", "tests/test_mut_storage.py", "tests/test_cache_fsm.py",
-                               "tests/test_cache_deliver.py"],
+                               "tests/test_cache_objects.py"],
     "vcl/exprcheck.py": ["tests/test_vcl_errors.py", "tests/test_vcl_syntax.py", "tests/test_vcl_parity.py",
                          "tests/test_vcl_exec.py", "tests/test_vcl_vtc_cases.py"],
     "vmods/std.py": ["tests/test_vcl_std.py", "tests/test_vcl_vtc_cases.py", "tests/test_vcl_exec.py"],
     "vmods/directors.py": ["tests/test_cache_directors.py", "tests/test_vcl_objects.py"],
     # in-process servers (tests/inproc.py): the tests that run cacheserver as a child count for nothing here
-    "cacheserver/fsm.py": ["tests/test_cache_fsm.py", "tests/test_cache_deliver.py", "tests/test_mut_fsm.py"],
-    "cacheserver/protocol.py": ["tests/test_protocol.py", "tests/test_mut_protocol.py", "tests/test_cache_fsm.py",
-                                "tests/test_cache_deliver.py"],
+    "cacheserver/fsm.py": ["tests/test_cache_fsm.py", "tests/test_cache_deliver.py", "tests/test_mut_fsm.py",
+                           "tests/test_plain_hits.py"],
+    "cacheserver/protocol.py": ["tests/test_protocol.py", "tests/test_mut_protocol.py", "tests/test_http1_leniency.py",
+                                "tests/test_counters_reference.py", "tests/test_cache_fsm.py"],
 }
 FAST = ["cacheserver/rfc2616.py", "cacheserver/ranges.py", "cacheserver/bans.py"]
 STATUS = re.compile(r"^\s*(\S+): (.+)$")
