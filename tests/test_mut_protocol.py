@@ -12,7 +12,7 @@ import time
 import pytest
 from inproc import InProcServer, wait_for
 from serverproc import read_all, read_response
-from test_cache_support import Resp, read_message
+from test_cache_support import Backend, Resp, read_message
 
 from cacheserver.http1 import BAD_REQUEST
 
@@ -106,18 +106,18 @@ def test_timeout_idle_zero_never_closes(start):
 
 
 def test_a_client_that_does_not_read_is_dropped_after_idle_send_timeout(start):
-    big = b"x" * (4 << 20)
-    from test_cache_support import Backend
-
+    big = b"x" * (16 << 20)
     backend = Backend(lambda req: Resp(body=big))
     try:
         srv = start(f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n',
                     idle_send_timeout="0.3")
         c = srv.server.counters
-        with srv.connect() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)     # before connect: a small window
+        with sock:
+            sock.connect(("127.0.0.1", srv.port))
             sock.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
-            wait_for(lambda: c.sc_tx_error == 1, timeout=10, what="sc_tx_error")
+            wait_for(lambda: c.sc_tx_error == 1, timeout=15, what="sc_tx_error")
         assert c.sess_closed_err == 1
     finally:
         backend.close()
