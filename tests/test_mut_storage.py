@@ -81,6 +81,8 @@ def test_hard_purge_removes_every_unbusy_variant_and_counts_them(clock):
     assert a.dying and b.dying and not busy.dying
     assert st.purge(b"/nothing") == 0
     assert st.purge(b"/p") == 0                    # only the busy one is left
+    fill(st, "/q")
+    assert st.purge(b"/q") == 1 and c.n_obj_purged == 3
 
 
 def test_soft_purge_only_lowers_each_timer(clock):
@@ -113,15 +115,20 @@ def test_expiry_removes_objects_at_their_time_and_skips_rescheduled_ones(clock):
     b.ttl = 10
     st.reschedule(b)
     assert (a.exp_at, b.exp_at) == (T0 + 3, T0 + 10)
-    clock[0] = T0 + 2.999
+    clock[0] = T0 + 3            # b's first (T0 + 1) entry is stale, and first in line
     st._expire()
-    assert c.n_expired == 0 and not a.dying
-    clock[0] = T0 + 3
-    st._expire()
-    assert c.n_expired == 1 and a.dying and not b.dying       # b's first (T0 + 1) entry is stale
+    assert c.n_expired == 1 and a.dying and not b.dying
     clock[0] = T0 + 10
     st._expire()
     assert c.n_expired == 2 and b.dying and c.n_object == 0
+
+
+def test_expiry_waits_for_the_exact_time(clock):
+    st, c = make()
+    a = fill(st, "/a", ttl=1, grace=1, keep=1)
+    clock[0] = T0 + 2.999
+    st._expire()
+    assert c.n_expired == 0 and not a.dying
 
 
 def test_negative_timers_count_as_zero_in_the_expiry_time(clock):
@@ -145,12 +152,12 @@ def test_reschedule_ignores_busy_and_dying_objects(clock):
 
 
 def test_an_object_too_big_for_its_store_is_salvaged_short_lived_in_transient(clock):
-    st, c = make(specs=[("s0", 50), ("Transient", None)])      # not even the headers fit
+    st, c = make(_lurker_params(shortlived="7"), specs=[("s0", 50), ("Transient", None)])   # headers too big
     oc = fill(st, "/big", ttl=1000, grace=50, keep=20, size=10, t_origin=T0 - 3)
     assert oc.store == "Transient"
-    assert (oc.ttl, oc.grace, oc.keep) == (3 + 10, 0, 0)      # age + shortlived
-    young = fill(st, "/young", ttl=5, grace=50, size=10, t_origin=T0 + 5)   # age counts as 0
-    assert young.store == "Transient" and young.ttl == 5
+    assert (oc.ttl, oc.grace, oc.keep) == (3 + 7, 0, 0)      # age + shortlived
+    young = fill(st, "/young", ttl=100, grace=50, size=10, t_origin=T0 + 5)   # age counts as 0
+    assert young.store == "Transient" and young.ttl == 7
     assert c.n_object == 2
 
 
@@ -175,6 +182,9 @@ def test_vary_over_several_fields_and_star():
     assert not vary_match(oc, req("/", X_A="1", X_B="2", Accept_Encoding="br"))
     assert vary_match(oc, req("/", X_A="1", X_B="2", Accept_Encoding="br"), gzip_support=True)
     assert not vary_match(oc, req("/", X_A="2", X_B="2"), gzip_support=True)
+    first = ObjCore()             # Accept-Encoding skipped, the fields after it still compared
+    first.vary = vary_of("Accept-Encoding, X-A", req("/", X_A="1", Accept_Encoding="gzip"))
+    assert not vary_match(first, req("/", X_A="2", Accept_Encoding="gzip"), gzip_support=True)
     star = ObjCore()
     star.vary = vary_of("*", req("/"))
     assert star.vary == (("*", None),) and not vary_match(star, req("/"))
@@ -334,3 +344,83 @@ def test_ban_cutoff_expunges_objects_on_bans_past_the_cutoff(clock):
     st.bans.add("obj.status == 3")
     st._lurk()
     assert not mid.dying and c.bans_lurker_obj_killed_cutoff == 1
+
+
+def test_a_hit_moves_an_object_on_the_lru_at_most_once_per_lru_interval(clock):
+    st, c = make(_lurker_params(lru_interval="2"))
+    oc = fill(st, "/l")
+    last = oc.t_lastuse
+    st.lookup(b"/l", req("/l"), last + 1.999)
+    assert c.n_lru_moved == 0
+    st.lookup(b"/l", req("/l"), last + 2)
+    assert c.n_lru_moved == 1 and oc.t_lastuse == last + 2
+    st.lookup(b"/l", req("/l"), last + 3)
+    assert c.n_lru_moved == 1
+    st.lookup(b"/l", req("/l"), last + 4)
+    assert c.n_lru_moved == 2
+
+
+def test_the_lru_order_follows_hits(clock):
+    st, c = make(_lurker_params(lru_interval="0"), specs=[("s0", 3000), ("Transient", None)])
+    a = fill(st, "/a", size=1000)
+    b = fill(st, "/b", size=1000)
+    st.lookup(b"/a", req("/a"), T0 + 1)          # /a used last: /b goes first
+    fill(st, "/c", size=1000)
+    assert b.dying and not a.dying and c.n_lru_nuked == 1
+
+
+def test_growing_bodies_are_charged_only_when_kept_and_stored(clock):
+    st, c = make(specs=[("s0", 2000), ("Transient", None)])
+    oc = fill(st, "/g", size=100)
+    used = st.storage_var("s0", "used_space")
+    oc.append(b"y" * 500)
+    assert st.grow(oc) and st.storage_var("s0", "used_space") == used + 500
+    oc.append(b"y" * 5000)
+    assert not st.grow(oc) and oc.store == ""       # no longer fits its store
+    unstored = ObjCore()
+    unstored.append(b"z" * 10_000)
+    assert st.grow(unstored)                        # pass bodies are not charged
+    oc2 = fill(st, "/h", size=100)
+    oc2.keep_body = False
+    before = st.storage_var("s0", "used_space")
+    oc2.append(b"y" * 5000)
+    assert st.grow(oc2) and st.storage_var("s0", "used_space") == before
+
+
+def test_removing_an_object_frees_its_body_unless_a_reader_streams_it(clock):
+    st, _ = make()
+    done = fill(st, "/d")
+    done.body()
+    st.remove(done)
+    assert done.chunks == [] and done.body_cache is None and done.store == ""
+    read = fill(st, "/r")
+    cell = read.open_reader()
+    st.remove(read)
+    assert read.read(cell) == b"x" * 10           # the reader still gets it all
+
+
+def test_ban_dups_off_keeps_identical_bans(clock):
+    st, c = make(_lurker_params(ban_dups="off", ban_lurker_sleep="0"))
+    st.ban("obj.status == 1")
+    st.ban("obj.status == 1")
+    assert c.bans_dups == 0 and len(st.bans.bans) == 3
+    st.params.set("ban_dups", "on")
+    st.ban("obj.status == 1")
+    assert c.bans_dups == 2
+
+
+def test_a_new_ban_trims_the_unreferenced_tail_only_while_the_lurker_runs(clock):
+    st, c = make(_lurker_params(ban_lurker_sleep="0"))
+    st.ban("obj.status == 1")
+    assert len(st.bans.bans) == 2                  # lurker off: nothing trimmed
+    st.params.set("ban_lurker_sleep", "0.5")
+    st.ban("obj.status == 2")
+    assert len(st.bans.bans) == 1 and c.bans_deleted == 2
+
+
+def test_ban_cutoff_counts_every_object_it_expunges(clock):
+    st, c = make(_lurker_params(ban_cutoff="1", ban_lurker_sleep="0.01"))
+    a, b = fill(st, "/a"), fill(st, "/b")
+    st.bans.add("obj.status == 1")
+    st._lurk()
+    assert a.dying and b.dying and c.bans_lurker_obj_killed_cutoff == 2
