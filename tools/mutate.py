@@ -4,6 +4,7 @@
     python tools/mutate.py cacheserver/storage.py vcl/exprcheck.py
     python tools/mutate.py --all                 # every module in MODULES
     python tools/mutate.py --show cacheserver/ranges.py   # also print each survivor's diff
+    python tools/mutate.py --only '*_check_idle*' cacheserver/protocol.py   # some functions only
 
 Each module is mutated in its own scratch copy of the tree (under $TMPDIR/cacheserver-mutate/, so the
 worktree never gets a mutants/ directory) with only that module mutated and only the tests that cover
@@ -86,15 +87,17 @@ def toml_value(value) -> str:
     return str(value)
 
 
-def run(module: str, workdir: Path, show: bool, children: int) -> tuple[int, int, dict[str, int]]:
+def run(module: str, workdir: Path, show: bool, children: int,
+        only: list[str] | None = None) -> tuple[int, int, dict[str, int]]:
     dest = workdir / module.replace("/", "_")
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     scratch_copy(dest)
     configure(dest, module)
     env = {**os.environ, "PYTHONPATH": str(dest), "PYTHONDONTWRITEBYTECODE": "1"}
-    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children)], cwd=dest,
-                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # --only: mutmut's own name filter (fnmatch on "package.module.x_function__mutmut_N")
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *(only or [])],
+                   cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=dest, env=env,
                          capture_output=True, text=True).stdout
     counts: dict[str, int] = {}
@@ -121,6 +124,8 @@ def main() -> int:
     ap.add_argument("modules", nargs="*", help=f"default: {' '.join(FAST)}")
     ap.add_argument("--all", action="store_true", help="every module in MODULES")
     ap.add_argument("--show", action="store_true", help="print each surviving mutant's change")
+    ap.add_argument("--only", action="append", metavar="PATTERN",
+                    help="mutate only the functions whose mutant names match (fnmatch), e.g. '*_check_idle*'")
     ap.add_argument("-j", type=int, default=os.cpu_count() or 2, help="parallel test processes")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cacheserver-mutate")
     args = ap.parse_args()
@@ -131,7 +136,7 @@ def main() -> int:
     rows = []
     for module in modules:
         print(f"{module}: mutating ...", flush=True)
-        killed, total, counts = run(module, args.workdir, args.show, args.j)
+        killed, total, counts = run(module, args.workdir, args.show, args.j, args.only)
         score = 100.0 * killed / total if total else 0.0
         detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         rows.append(f"{module:28} {killed:4d}/{total:<4d} killed  {score:5.1f}%   ({detail})")
