@@ -334,3 +334,59 @@ def test_closing_mid_wait_leaves_no_busy_object(make):
     assert read_message(first)[1] == b"late"
     first.close()
     assert cache.get("/c")[2] == b"late" and len(backend.requests) == 1
+
+
+def test_a_run_time_failure_in_a_vcl_recv_that_waits_is_a_503(make):
+    cache, _ = make("vcl 4.1;\n" + WAITS + "set req.http.n = std.integer(req.http.x); }\n")
+    head, closed = closes(cache, b"GET / HTTP/1.1\r\nHost: a\r\nX: nan\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 VCL failed\r\n") and closed
+    assert cache.proc.server.counters.vcl_fail == 1
+
+
+def test_an_abandoned_fetch_is_a_503_for_the_client(make):
+    cache, _ = make("vcl 4.1;\nBACKEND\nsub vcl_backend_response { return (abandon); }\n")
+    status, _, _ = cache.get("/x")
+    assert status == 503
+    status, _, _ = cache.get("/x")                 # nothing was cached, no busy object left behind
+    assert status == 503 and cache.proc.server.counters.cache_miss == 2
+
+
+def test_a_failing_vcl_synth_is_a_bare_500_and_close(make):
+    cache, _ = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (synth(404)); }\nsub vcl_synth { return (fail); }\n")
+    head, closed = closes(cache, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and closed
+    assert b"\r\nX-Varnish: " in head and b"\r\nServer: Varnish\r\n" in head
+    assert cache.proc.server.counters.sc_vcl_failure == 1
+
+
+def test_more_object_headers_than_http_max_hdr_is_a_500(make):
+    many = [(f"X-{i}", "v") for i in range(24)]     # fits the fetch, not the delivery
+    cache, _ = make("vcl 4.1;\nBACKEND\n", lambda req: Resp(headers=many if req.url == "/many" else [], body=b"b"),
+                    "-p", "http_max_hdr=32")
+    status, _, _ = cache.get("/many")
+    c = cache.proc.server.counters
+    assert status == 500 and c.losthdr > 0
+    assert cache.get("/few")[0] == 200
+
+
+def test_a_gzipped_object_for_a_client_without_gzip_gets_a_weak_etag(make):
+    import gzip
+
+    body = gzip.compress(b"hello " * 100)
+    cache, _ = make("vcl 4.1;\nBACKEND\n",
+                    lambda req: Resp(headers=[("Content-Encoding", "gzip"), ("ETag", '"abc"')], body=body))
+    _, h, got = cache.get("/z")
+    assert h["etag"] == 'W/"abc"' and got == b"hello " * 100
+    _, h, got = cache.get("/z", headers={"Accept-Encoding": "gzip"})
+    assert h["etag"] == '"abc"' and got == body
+
+
+def test_a_stale_object_in_grace_is_delivered_while_it_is_refreshed(make):
+    n = iter(range(1, 100))
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_backend_response { set beresp.ttl = 0.1s; set beresp.grace = 1h; }\n",
+                          lambda req: Resp(body=b"v%d" % next(n)))
+    assert cache.get("/g")[2] == b"v1"
+    wait_for(lambda: cache.get("/g")[2] == b"v1" and cache.proc.server.counters.cache_hit_grace >= 1,
+             what="a grace hit")
+    wait_for(lambda: len(backend.requests) == 2, what="the background fetch")
+    wait_for(lambda: cache.get("/g")[2] == b"v2", what="the refreshed object")
