@@ -264,3 +264,56 @@ def test_a_body_cut_short_by_the_client_leaves_the_server_serving(start):
     with srv.connect() as sock:
         sock.sendall(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
         assert status(read_message(sock)[0]).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_read_bigger_than_a_parse_slice_is_parsed_in_order(start):
+    srv = start()
+    pad = b"X-Pad: " + b"p" * 200 + b"\r\n"
+    n = 150                                     # about 35 KB in one write: several 16 KB slices
+    with srv.connect() as sock:
+        sock.sendall(b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n%s\r\n" % (i, pad) for i in range(n)))
+        got = [status(read_response(sock)[0]) for _ in range(n)]
+    assert got == [b"HTTP/1.1 200 GET /%d" % i for i in range(n)]
+
+
+def test_requests_after_an_upgrade_request_are_still_http(start):
+    srv = start()
+    with srv.connect() as sock:
+        sock.sendall(b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+                     b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /up"
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /next"
+
+
+def test_a_cached_request_body_that_transient_cannot_hold_closes_unanswered(start):
+    srv = InProcServer(ECHO, storage=["Transient=malloc,1k"])
+    try:
+        with srv.connect() as sock:
+            sock.sendall(b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n" + b"b" * 5000)
+            assert read_all(sock) == b""
+        wait_for(lambda: srv.server.counters.sc_rx_body == 1, what="sc_rx_body")
+        with srv.connect() as sock:              # a small one fits
+            sock.sendall(b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+            assert status(read_response(sock)[0]) == b"HTTP/1.1 200 got 5"
+    finally:
+        srv.stop()
+
+
+def test_a_client_that_reads_late_still_gets_everything(start):
+    big = b"y" * (3 << 20)
+    backend = Backend(lambda req: Resp(body=big))
+    try:
+        srv = start(f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n',
+                    idle_send_timeout="10")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+        with sock:
+            sock.connect(("127.0.0.1", srv.port))
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\nGET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+            wait_for(lambda: any(s.paused_writing for s in list(srv.server.sessions)), what="backpressure")
+            for _ in range(2):
+                head, body = read_response(sock)
+                assert status(head) == b"HTTP/1.1 200 X" and len(body) == len(big)
+        assert srv.server.counters.sc_tx_error == 0
+    finally:
+        backend.close()
