@@ -35,8 +35,10 @@ class RecordingLog:
 
     def __init__(self) -> None:
         self.records: collections.deque[tuple[int, str, str]] = collections.deque(maxlen=100_000)
+        self.writes: collections.Counter[int] = collections.Counter()     # write() calls per vxid
 
     def write(self, vxid: int, kind: str, records: list) -> None:
+        self.writes[vxid] += 1
         for tag, text in records:
             first, *more = str(text).split("\0")
             self.records.append((vxid, tag, first))

@@ -390,3 +390,28 @@ def test_a_stale_object_in_grace_is_delivered_while_it_is_refreshed(make):
              what="a grace hit")
     wait_for(lambda: len(backend.requests) == 2, what="the background fetch")
     wait_for(lambda: cache.get("/g")[2] == b"v2", what="the refreshed object")
+
+
+@pytest.mark.parametrize("debug, synced", [("+syncvsl", True), ("none", False)])
+def test_debug_syncvsl_writes_a_waiting_request_s_records_before_it_waits(make, debug, synced):
+    cache, _ = make("vcl 4.1;\n" + WAITS + "}\n", None, "-p", f"debug={debug}")
+    cache.cli.cmd("debug.xid 99")
+    cache.get("/nobody")
+    log = cache.proc.log
+    wait_for(lambda: (101, "End", "") in log.records, what="the request's End")
+    assert (log.writes[101] > 1) is synced          # once before each wait, or all at the end
+    tags = [tag for vxid, tag, _ in log.records if vxid == 101]
+    assert tags[0] == "Begin" and tags.count("Begin") == 1 and tags[-1] == "End"
+
+
+def test_a_post_on_a_grace_hit_waits_for_the_background_fetch_to_take_its_body(make):
+    n = iter(range(1, 100))
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (hash); }\n"
+                          "sub vcl_backend_response { set beresp.ttl = 0.1s; set beresp.grace = 1h; }\n",
+                          lambda req: Resp(body=b"v%d" % next(n)))
+    assert cache.get("/p")[2] == b"v1"
+    c = cache.proc.server.counters
+    wait_for(lambda: cache.get("/p", method="POST", body=b"data")[2] == b"v1" and c.cache_hit_grace >= 1,
+             what="a grace hit for the POST")
+    wait_for(lambda: len(backend.requests) == 2, what="the background fetch")
+    assert cache.get("/p", method="POST", body=b"more")[0] == 200
