@@ -415,3 +415,29 @@ def test_a_post_on_a_grace_hit_waits_for_the_background_fetch_to_take_its_body(m
              what="a grace hit for the POST")
     wait_for(lambda: len(backend.requests) == 2, what="the background fetch")
     assert cache.get("/p", method="POST", body=b"more")[0] == 200
+
+
+def test_a_piped_request_goes_to_the_backend_as_the_client_sent_it(make):
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pipe); }\n", lambda req: Resp(body=b"p"))
+    cache.cli.cmd("debug.xid 49")
+    with cache.proc.connect() as sock:
+        sock.sendall(b"POST /p HTTP/1.0\r\nHost: a\r\nRange: bytes=0-1\r\nAccept-Encoding: br\r\n"
+                     b"Content-Length: 4\r\n\r\nbody")
+        read_message(sock)
+    req = backend.requests[0]
+    assert (req.method, req.proto, req.body) == ("POST", "HTTP/1.0", b"body")
+    assert req.header("Range") == "bytes=0-1" and req.header("Accept-Encoding") == "br"
+    assert req.header("X-Varnish") == "51" and req.header("Connection") == "close"
+
+
+def test_a_labelled_vcl_fetches_from_its_own_default_backend(make):
+    cache, backend = make("vcl 4.1;\nbackend default none;\n", lambda req: Resp(body=b"from the backend"))
+    other = (f'vcl 4.1;\nbackend default {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n'
+             'sub vcl_recv { return (pass); }\n')
+    assert cache.cli.cmd("vcl.inline other << EOF\n" + other + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.label l2 other")[0] == 200
+    main = "vcl 4.1;\nbackend default none;\nsub vcl_recv { return (vcl(l2)); }\n"
+    assert cache.cli.cmd("vcl.inline main << EOF\n" + main + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use main")[0] == 200
+    status, _, body = cache.get("/x")
+    assert (status, body) == (200, b"from the backend")
