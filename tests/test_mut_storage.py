@@ -424,3 +424,41 @@ def test_ban_cutoff_counts_every_object_it_expunges(clock):
     st.bans.add("obj.status == 1")
     st._lurk()
     assert a.dying and b.dying and c.bans_lurker_obj_killed_cutoff == 2
+
+
+def test_req_grace_and_req_ttl_shorten_what_a_lookup_accepts(clock):
+    st, _ = make()
+    oc = fill(st, "/q", ttl=10, grace=100)
+    r = st.lookup(b"/q", req("/q"), T0 + 5, req_ttl=4.999)
+    assert (r.kind, r.oc) == (MISS, None)       # past req.ttl but not its own TTL: no grace, no stale
+    st.abandon(r.busy)
+    r = st.lookup(b"/q", req("/q"), T0 + 20, req_grace=15)
+    assert r.kind == GRACE and r.oc is oc
+    st.abandon(r.busy)
+    r = st.lookup(b"/q", req("/q"), T0 + 20, req_grace=9.999)
+    assert r.kind == MISS and r.oc is oc
+    st.abandon(r.busy)
+    r = st.lookup(b"/q", req("/q"), T0 + 20, req_grace=-1)                     # unset: the object's
+    assert r.kind == GRACE
+    st.abandon(r.busy)
+    assert st.lookup(b"/q", req("/q"), T0 + 5, req_ttl=-1).kind == HIT
+
+
+def test_grace_hits_while_a_refresh_is_busy_count_on_the_stale_object(clock):
+    st, _ = make()
+    oc = fill(st, "/r", ttl=10, grace=100)
+    first = st.lookup(b"/r", req("/r"), T0 + 20)
+    assert first.kind == GRACE and first.busy is not None and oc.hits == 1
+    for n in (2, 3):
+        r = st.lookup(b"/r", req("/r"), T0 + 20)
+        assert (r.kind, r.oc, r.busy, oc.hits) == (GRACE, oc, None, n)
+    assert st.heads[b"/r"].ocs[0] is first.busy            # the newest object first
+
+
+def test_a_head_emptied_by_a_ban_is_counted_again_for_the_new_fetch(clock):
+    st, c = make()
+    fill(st, "/b")
+    st.ban("obj.status == 200")
+    r = st.lookup(b"/b", req("/b"), T0 + 1)
+    assert r.kind == MISS and b"/b" in st.heads
+    assert c.n_objecthead == 1 and c.n_objectcore == 1
