@@ -276,6 +276,7 @@ def test_pipe_sends_connection_close_and_respects_pipe_sess_max(make):
     ("http://example.com/a/b?c", "example.com", "/a/b?c"),
     ("HTTPS://Example.com:8443", "Example.com:8443", "/"),
     ("http://h", "h", "/"),
+    ("http://h/r?to=http://x/y", "h", "/r?to=http://x/y"),     # the first "://" only
 ])
 def test_an_absolute_url_names_the_host(make, url, host, path):
     cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n")
