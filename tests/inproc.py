@@ -107,11 +107,20 @@ class InProcServer:
             if self.thread.is_alive():
                 try:
                     self.call(self.server.close())
+                    self.call(_cancel_the_rest())
                 finally:
                     self.loop.call_soon_threadsafe(self.loop.stop)
                     self.thread.join(START_TIMEOUT)
             if not self.thread.is_alive():
                 self.loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel what still runs on the loop (requests cut off by the close), so none is left pending."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class InProcCache(Cache):
