@@ -462,3 +462,22 @@ def test_a_head_emptied_by_a_ban_is_counted_again_for_the_new_fetch(clock):
     r = st.lookup(b"/b", req("/b"), T0 + 1)
     assert r.kind == MISS and b"/b" in st.heads
     assert c.n_objecthead == 1 and c.n_objectcore == 1
+
+
+def test_configure_adds_an_unbounded_transient_and_replaces_old_counters():
+    st, c = make(specs=[("a", 1000), ("b", 2000)])
+    assert list(st.stevedores) == ["a", "b", "Transient"] and st.max_bytes == 2000
+    assert st.stevedores["Transient"].name == "Transient" and st.stevedores["Transient"].max_bytes is None
+    assert "SMA.a.g_space" in c.extra and "SMA.Transient.g_bytes" in c.extra
+    st.configure(["c=malloc,1k"])
+    assert "SMA.a.g_space" not in c.extra and "SMA.c.g_space" in c.extra and st.max_bytes == 1024
+    oc = fill(st, "/short", ttl=1, grace=0)           # short-lived: the added Transient takes it
+    assert oc.store == "Transient" and c.extra["SMA.Transient.g_bytes"] == oc.size
+
+
+def test_an_object_costs_its_overhead_headers_and_body(clock):
+    st, _ = make()
+    oc = fill(st, "/s", size=10)                      # one header: Content-Length: 10
+    assert oc.size == 72 + 10 + len("Content-Length") + len("10") + 4
+    assert st.storage_var("s0", "used_space") == oc.size
+    assert oc.compute_size(with_body=False) == 72 + len("Content-Length") + len("10") + 4
