@@ -481,3 +481,21 @@ def test_an_object_costs_its_overhead_headers_and_body(clock):
     assert oc.size == 72 + 10 + len("Content-Length") + len("10") + 4
     assert st.storage_var("s0", "used_space") == oc.size
     assert oc.compute_size(with_body=False) == 72 + len("Content-Length") + len("10") + 4
+
+
+def test_hit_for_miss_and_hit_for_pass_markers_at_lookup(clock):
+    st, c = make()
+    hfm = fill(st, "/m", ttl=10, grace=0, keep=100)
+    hfm.hfm = True
+    r = st.lookup(b"/m", req("/m"), T0 + 5)
+    assert (r.kind, r.oc) == ("hitmiss", hfm) and r.busy is not None and c.cache_hitmiss == 1
+    st.abandon(r.busy)
+    r = st.lookup(b"/m", req("/m"), T0 + 50)          # past its TTL, kept: still a hit-for-miss
+    assert (r.kind, r.oc) == ("hitmiss", hfm) and r.busy is not None and c.cache_hitmiss == 2
+    st.abandon(r.busy)
+    hfp = fill(st, "/p", ttl=10, grace=0, keep=100)
+    hfp.hfp = True
+    assert (st.lookup(b"/p", req("/p"), T0 + 5).kind, c.cache_hitpass) == ("hitpass", 1)
+    assert (st.lookup(b"/p", req("/p"), T0 + 5).kind, c.cache_hitpass) == ("hitpass", 2)
+    r = st.lookup(b"/p", req("/p"), T0 + 50)          # an expired hit-for-pass is no stale object
+    assert (r.kind, r.oc) == (MISS, None)
