@@ -101,6 +101,7 @@ class ClientProtocol(asyncio.Protocol):
         self._in_head = False
         self._sink: ReqBody | None = None     # the body the parser is filling
         self._keep_alive = True
+        self.eof = False           # the client half-closed: close once what it sent is answered
         self.close_reason: str | None = None   # the sc_* counter the close counts in (see _CLOSE_ERR)
         # raw-byte tracking, only while the active VCL may steal the connection
         self._raw: bytearray | None = None
@@ -253,8 +254,10 @@ class ClientProtocol(asyncio.Protocol):
         if idle_for < timeout:
             self.idle_timer = loop.call_later(max(timeout - idle_for, 0.05), self._check_idle)
             return
-        # a head begun but not finished is a receive timeout; an idle keep-alive, timeout_idle
-        self.close_reason = "sc_rx_timeout" if self._in_head or self._head_size else "sc_rx_close_idle"
+        # a head begun but not finished is a receive timeout; an idle keep-alive (even after requests:
+        # _head_size is the last head's), timeout_idle
+        begun = self._in_head or self._relaxing or bool(self._method_hold)
+        self.close_reason = "sc_rx_timeout" if begun else "sc_rx_close_idle"
         self.abort()
 
     def close(self) -> None:
@@ -314,7 +317,8 @@ class ClientProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.pipe_to is not None:
             self.pipe_to.close()        # the client is done: so is the pipe (it then closes us)
-        # A half-closed client still gets the answers to what it sent; then we close.
+        # A half-closed client still gets the answers to what it sent; then we close (run_queue).
+        self.eof = True
         if self._sink is not None:
             self._sink.fail("client closed the connection")
             self._sink = None
@@ -377,6 +381,9 @@ class ClientProtocol(asyncio.Protocol):
                 # httptools wraps what a callback raised; the cause is its context
                 if isinstance(exc.__context__, ExpectationFailed):
                     self.expectation_failed()
+                    return
+                if isinstance(exc.__context__, HeadOverflow):
+                    self.overflow()
                     return
                 raw = self._refused_head(data, self._raw_done - done_before, exc)
                 if raw is None or not needs_relaxing(raw):
@@ -493,7 +500,9 @@ class ClientProtocol(asyncio.Protocol):
         params = self.server.params
         size = len(name) + len(value) + 4
         self._head_size += size
-        if size > params.http_req_hdr_len or self._head_size > params.http_req_size:
+        if self._head_size > params.http_req_size:
+            raise HeadOverflow()            # varnishd: past its buffer, the head is cut off unanswered
+        if size > params.http_req_hdr_len:
             raise RequestTooLarge("header too long")
         if len(self._fields) >= params.http_max_hdr:
             raise RequestTooLarge("too many headers")
@@ -651,6 +660,8 @@ class ClientProtocol(asyncio.Protocol):
         if not self.queue:
             if self.refusal is not None and not self.busy:
                 self._send_refusal()
+            elif self.eof and not self.busy and not self.held:
+                self.close()
             self.idle_since = time.monotonic()
 
     async def _run_async(self, request: ClientRequest) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_cache_support import Resp, cache_factory
+from inproc import inproc_cache_factory
+from test_cache_support import Resp
 
-make = pytest.fixture(cache_factory)
+make = pytest.fixture(inproc_cache_factory)    # in-process, so that mutmut sees fsm.py run
 
 LM = "Wed, 21 Oct 2015 07:28:00 GMT"
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from test_cache_support import Resp, cache_factory
+from inproc import inproc_cache_factory
+from test_cache_support import Resp
 
-make = pytest.fixture(cache_factory)
+make = pytest.fixture(inproc_cache_factory)    # in-process, so that mutmut sees fsm.py run
 
 
 def test_miss_then_hit_with_varnish_headers_and_xids(make):

@@ -6,9 +6,10 @@ import threading
 import time
 
 import pytest
-from test_cache_support import Resp, cache_factory
+from inproc import inproc_cache_factory
+from test_cache_support import Resp
 
-make = pytest.fixture(cache_factory)
+make = pytest.fixture(inproc_cache_factory)    # in-process (tests/inproc.py)
 
 SHOW_TTL = """vcl 4.1;
 BACKEND

@@ -10,9 +10,10 @@ import socket
 import time
 
 import pytest
-from test_cache_support import Resp, cache_factory
+from inproc import inproc_cache_factory
+from test_cache_support import Resp
 
-make = pytest.fixture(cache_factory)
+make = pytest.fixture(inproc_cache_factory)    # in-process (tests/inproc.py)
 
 VCL = "vcl 4.1;\nBACKEND\n"
 

@@ -8,7 +8,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from serverproc import ServerProcess, read_all, read_response
+from inproc import InProcServer
+from serverproc import read_all, read_response
 
 from cacheserver.http1 import needs_relaxing, relax_head
 
@@ -30,20 +31,18 @@ class _Echo(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    vcl = tmp_path_factory.mktemp("lenient") / "l.vcl"
-    vcl.write_text('vcl 4.1;\nbackend b { .host = "127.0.0.1"; .port = "%d"; }\n'
-                   'sub vcl_recv { return (pass); }\n' % httpd.server_address[1])
-    srv = ServerProcess("-f", str(vcl))
+    srv = InProcServer('vcl 4.1;\nbackend b { .host = "127.0.0.1"; .port = "%d"; }\n'
+                       'sub vcl_recv { return (pass); }\n' % httpd.server_address[1])
     yield srv
     srv.stop()
     httpd.shutdown()
 
 
-def ask(server: ServerProcess, *parts: bytes) -> tuple[bytes, bytes]:
+def ask(server: InProcServer, *parts: bytes) -> tuple[bytes, bytes]:
     sock = server.connect()
     for part in parts:
         sock.sendall(part)

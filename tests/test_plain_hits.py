@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from test_cache_support import Resp, cache_factory, read_message
+from inproc import inproc_cache_factory
+from test_cache_support import Resp, read_message
 
-make = pytest.fixture(cache_factory)
+make = pytest.fixture(inproc_cache_factory)    # in-process (tests/inproc.py)
 
 PLAIN = "vcl 4.1;\nBACKEND\n"
 WITH_DELIVER = "vcl 4.1;\nBACKEND\nsub vcl_deliver { }\n"   # user code: never the template

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from serverproc import ServerProcess, read_all, read_response
+from inproc import InProcServer
+from serverproc import read_all, read_response
 
 ECHO_METHOD = """vcl 4.1;
 backend default none;
@@ -20,10 +21,8 @@ sub vcl_synth {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    vcl = tmp_path_factory.mktemp("proto") / "echo.vcl"
-    vcl.write_text(ECHO_METHOD)
-    srv = ServerProcess("-f", str(vcl))
+def server():
+    srv = InProcServer(ECHO_METHOD)      # in-process, so that mutmut sees protocol.py run
     yield srv
     srv.stop()
 

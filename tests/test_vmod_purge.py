@@ -7,7 +7,8 @@ import math
 import time
 
 import pytest
-from test_cache_support import Resp, cache_factory
+from inproc import inproc_cache_factory
+from test_cache_support import Resp
 
 from cacheserver.counters import Counters
 from cacheserver.params import Params
@@ -15,7 +16,7 @@ from cacheserver.storage import GRACE, HIT, MISS, Storage
 from vcl.compiler import compile_vcl
 from vcl.runtime import Context, Headers, HttpMessage, VCLFailure
 
-make = pytest.fixture(cache_factory)
+make = pytest.fixture(inproc_cache_factory)    # in-process (tests/inproc.py)
 
 VCL = """vcl 4.1;
 import purge;

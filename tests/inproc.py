@@ -1,0 +1,179 @@
+"""Run a cacheserver Server inside the test process, for tests that need its code to run in-process.
+
+The server gets its own asyncio loop in a daemon thread and listens on loopback with real sockets, so a
+test talks HTTP/1 (and the admin CLI) to it exactly as to the `cacheserver` process of serverproc.py,
+while coverage and mutation tools (mutmut) see the server's code run by the test. InProcServer answers to
+the part of ServerProcess's interface the HTTP tests use (`port`, `connect()`, `stop()`); InProcCache is
+test_cache_support.Cache's twin (`get`, `cli`, `proc`) for the `make` fixture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from test_cache_support import CLI, Backend, Cache, Req, Resp
+
+from cacheserver.admin import start_admin
+from cacheserver.server import ListenSpec, Server
+
+START_TIMEOUT = 15.0     # seconds for the server to start, stop, or answer a call on its loop
+
+
+class RecordingLog:
+    """The shared log's writer, kept in memory: (vxid, tag, text) per record, the last 100,000.
+
+    Writers may pre-join records with NUL ("Begin req 1 rxreq\\0Timestamp Start: ..."): split here.
+    """
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.records: collections.deque[tuple[int, str, str]] = collections.deque(maxlen=100_000)
+        self.writes: collections.Counter[int] = collections.Counter()     # write() calls per vxid
+
+    def write(self, vxid: int, kind: str, records: list) -> None:
+        self.writes[vxid] += 1
+        for tag, text in records:
+            first, *more = str(text).split("\0")
+            self.records.append((vxid, tag, first))
+            for joined in more:
+                jtag, _, jtext = joined.partition(" ")
+                self.records.append((vxid, jtag, jtext))
+
+    def close(self) -> None:
+        pass
+
+    def texts(self, tag: str) -> list[str]:
+        return [text for _, t, text in list(self.records) if t == tag]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll until predicate() is true, at most `timeout` seconds (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+class InProcServer:
+    """A Server with `vcl` loaded, listening on 127.0.0.1 (a free port), on a loop in its own thread.
+
+    `params` are set as `-p NAME=VALUE` would, `storage` as the `-s` arguments; `admin_secret` (a file)
+    also starts the admin CLI.
+    """
+
+    def __init__(self, vcl: str, params: dict[str, str] | None = None, storage: list[str] | None = None,
+                 admin_secret: Path | None = None, filename: str = "<inline>") -> None:
+        self.server = Server()
+        self.log = self.server.vsl = RecordingLog()
+        for name, value in (params or {}).items():
+            self.server.params.set(name, value)
+        if storage:
+            self.server.configure_storage(storage)
+        self.server.listen_specs = [ListenSpec.parse("127.0.0.1:0", 0)]
+        self.server.vcl_load("boot", vcl, filename)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="inproc-server", daemon=True)
+        self.thread.start()
+        self.admin_address: tuple[str, int] | None = None
+        try:
+            self.call(self.server.start())
+            if admin_secret is not None:
+                addresses = self.call(start_admin(self.server, listen="127.0.0.1:0", connect=None,
+                                                  secret_file=str(admin_secret)))
+                host, port = addresses[0].split()
+                self.admin_address = (host, int(port))
+        except BaseException:
+            self.stop()
+            raise
+        self.port = self.server.listen_addresses()[0][2]
+
+    def call(self, coro):
+        """Run a coroutine on the server's loop and return its result (raises what it raises)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(START_TIMEOUT)
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=5)
+
+    def stop(self) -> None:
+        if not self.loop.is_closed():
+            if self.thread.is_alive():
+                try:
+                    self.call(self.server.close())
+                    self.call(_cancel_the_rest())
+                finally:
+                    self.loop.call_soon_threadsafe(self.loop.stop)
+                    self.thread.join(START_TIMEOUT)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel what still runs on the loop (requests cut off by the close), so none is left pending."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class InProcCache(Cache):
+    """test_cache_support.Cache, with the server in-process: the same get(), cli and proc.connect()."""
+
+    def __init__(self, tmp: Path, vcl: str, backend: Backend | None, *args: str) -> None:
+        port = backend.port if backend is not None else 9
+        text = vcl.replace("BACKEND", f'backend default {{ .host = "127.0.0.1"; .port = "{port}"; }}')
+        secret = tmp / "cli_secret"
+        secret.write_bytes(b"test secret\n")
+        secret.chmod(0o600)
+        params, storage = parse_args(args)
+        self.proc = InProcServer(text, params, storage, admin_secret=secret)
+        self.cli = CLI(*self.proc.admin_address, secret)
+
+
+def parse_args(args: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """A command line's `-p NAME=VALUE` pairs (and `-t TTL`, default_ttl) and `-s` specs: the options
+    an in-process server takes."""
+    params: dict[str, str] = {}
+    storage: list[str] = []
+    it = iter(args)
+    for opt in it:
+        value = next(it, None)
+        if opt not in ("-p", "-s", "-t") or value is None:
+            raise ValueError(f"in-process server: only -p NAME=VALUE, -t TTL and -s SPEC, not {opt!r}")
+        if opt == "-s":
+            storage.append(value)
+            continue
+        if opt == "-t":
+            params["default_ttl"] = value
+            continue
+        name, sep, value = value.partition("=")
+        if not sep:
+            raise ValueError(f"-p {name}: expected NAME=VALUE")
+        params[name] = value
+    return params, storage
+
+
+def inproc_cache_factory(tmp_path):
+    """The `make` fixture with an in-process server: make(vcl, respond, *args) -> (InProcCache, Backend).
+
+    Test modules declare it with `make = pytest.fixture(inproc_cache_factory)`.
+    """
+    made: list = []
+
+    def factory(vcl: str, respond: Callable[[Req], Resp] | None = None, *args: str):
+        backend = Backend(respond or (lambda req: Resp(body=b"hello")))
+        cache = InProcCache(tmp_path, vcl, backend, *args)
+        made.append((cache, backend))
+        return cache, backend
+
+    yield factory
+    for cache, backend in made:
+        cache.stop()
+        backend.close()

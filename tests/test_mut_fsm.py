@@ -1,0 +1,444 @@
+"""The client state machine where the mutation run found no test: the waiting list, VCL failures at run
+time, vcl_recv that waits (std.cache_req_body), return (vcl(label)), pipe limits, synth status bounds,
+close reasons, restarts, HitMiss/HitPass records. Servers run in-process (tests/inproc.py).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+from inproc import inproc_cache_factory, wait_for
+from test_cache_support import Resp, read_message
+
+make = pytest.fixture(inproc_cache_factory)
+
+WAITS = 'import std;\nBACKEND\nsub vcl_recv { if (req.url == "/nobody") { std.cache_req_body(1KB); } '
+
+
+def raw(cache, data: bytes, then: bytes | None = None) -> tuple[bytes, bytes, bool | None]:
+    """Send raw bytes on a new connection: (head, body, closed). With `then`, `then` is sent after the
+    response and closed says whether it went unanswered; else closed is None (not checked)."""
+    with cache.proc.connect() as sock:
+        sock.sendall(data)
+        head, body = read_message(sock)
+        if then is None:
+            return head, body, None
+        try:
+            sock.sendall(then)
+            read_message(sock)
+        except (ConnectionError, OSError):
+            return head, body, True
+        return head, body, False
+
+
+def closes(cache, data: bytes) -> tuple[bytes, bool]:
+    """Send raw bytes: (head, whether the server closed the connection after answering)."""
+    with cache.proc.connect() as sock:
+        sock.sendall(data)
+        head, _ = read_message(sock)
+        try:
+            return head, sock.recv(1) == b""
+        except TimeoutError:
+            return head, False
+        except ConnectionError:
+            return head, True
+
+
+AGAIN = b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+def test_a_request_for_a_busy_object_waits_and_gets_the_fetched_one(make):
+    release = threading.Event()
+
+    def slow(req):
+        release.wait(10)
+        return Resp(headers=[("Cache-Control", "max-age=60")], body=b"once")
+
+    cache, backend = make("vcl 4.1;\nBACKEND\n", slow)
+    counters = cache.proc.server.counters
+    results = []
+    first = threading.Thread(target=lambda: results.append(cache.get("/w")))
+    first.start()
+    wait_for(lambda: backend.requests, what="the first fetch")
+    second = threading.Thread(target=lambda: results.append(cache.get("/w")))
+    second.start()
+    wait_for(lambda: counters.busy_sleep == 1, what="the second request on the waiting list")
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert [r[2] for r in results] == [b"once", b"once"] and len(backend.requests) == 1
+    assert counters.busy_wakeup == 1 and counters.cache_hit == 1 and counters.cache_miss == 1
+
+
+def test_a_vcl_failure_at_run_time_is_a_503_and_closes(make):
+    cache, _ = make('vcl 4.1;\nimport std;\nBACKEND\n'
+                    'sub vcl_recv { set req.http.n = std.integer(req.http.x); }\n')
+    head, closed = closes(cache, b"GET / HTTP/1.1\r\nHost: a\r\nX: nan\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 VCL failed\r\n") and closed
+    c = cache.proc.server.counters
+    assert c.vcl_fail == 1 and c.sc_vcl_failure == 1
+    assert any("std.integer" in text for text in cache.proc.log.texts("VCL_Error"))
+    head, _, closed = raw(cache, b"GET / HTTP/1.1\r\nHost: a\r\nX: 12\r\n\r\n", AGAIN)
+    assert head.startswith(b"HTTP/1.1 200 ") and not closed
+
+
+def test_a_failure_in_a_vcl_recv_that_waits_is_a_503_too(make):
+    cache, _ = make("vcl 4.1;\n" + WAITS + 'if (req.url == "/f") { return (fail); } }\n')
+    head, closed = closes(cache, b"GET /f HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 VCL failed\r\n") and closed
+    assert cache.proc.server.counters.sc_vcl_failure == 1
+
+
+@pytest.mark.parametrize("waits", [False, True], ids=["sync", "async"])
+def test_vcl_recv_actions_when_it_runs_sync_or_waits(make, waits):
+    vcl = ("vcl 4.1;\n" + (WAITS if waits else "import std;\nBACKEND\nsub vcl_recv { ") +
+           'if (req.url == "/synth") { return (synth(404, "Gone")); }\n'
+           'if (req.url == "/restart" && req.restarts == 0) { set req.url = "/after"; return (restart); }\n'
+           'if (req.url == "/pass") { return (pass); }\n'
+           'if (req.method == "PURGE") { return (purge); }\n}\n'
+           'sub vcl_deliver { set resp.http.url = req.url; set resp.http.restarts = req.restarts; }\n')
+    cache, backend = make(vcl, lambda req: Resp(body=req.url.encode()))
+    status, h, _ = cache.get("/synth")
+    assert status == 404
+    status, h, body = cache.get("/restart")
+    assert (status, body, h["url"], h["restarts"]) == (200, b"/after", "/after", "1")
+    cache.get("/pass")
+    cache.get("/pass")
+    assert [r.url for r in backend.requests] == ["/after", "/pass", "/pass"]
+    cache.get("/hit")
+    assert cache.get("/hit")[1]["x-varnish"].count(" ") == 1
+    status, _, _ = cache.get("/hit", method="PURGE")
+    assert status == 200 and cache.proc.server.counters.n_purges == 1
+    cache.get("/hit")
+    assert [r.url for r in backend.requests][-1] == "/hit" and len(backend.requests) == 5
+    assert cache.get("/nobody")[0] == 200
+
+
+def test_return_vcl_switches_to_the_labelled_vcl(make):
+    cache, backend = make("vcl 4.1;\nBACKEND\n")
+    other = ('vcl 4.1;\nbackend default none;\nsub vcl_recv { return (synth(299, req.url)); }\n'
+             'sub vcl_synth { set resp.http.vcl = "other"; }\n')
+    assert cache.cli.cmd("vcl.inline other << EOF\n" + other + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.label l1 other")[0] == 200
+    main = (f'vcl 4.1;\nbackend default {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n'
+            'sub vcl_recv { if (req.url == "/other") { return (vcl(l1)); } }\n'
+            'sub vcl_deliver { set resp.http.vcl = "main"; }\n')
+    assert cache.cli.cmd("vcl.inline main << EOF\n" + main + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use main")[0] == 200
+    status, h, _ = cache.get("/other")
+    assert (status, h["vcl"]) == (299, "other")
+    assert cache.get("/x")[1]["vcl"] == "main"
+
+
+def test_http10_and_connection_close_end_the_session_with_their_reason(make):
+    cache, _ = make("vcl 4.1;\nBACKEND\n")
+    c = cache.proc.server.counters
+    head, closed = closes(cache, b"GET / HTTP/1.0\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and closed
+    wait_for(lambda: c.sc_req_http10 == 1, what="sc_req_http10")
+    head, closed = closes(cache, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n")
+    assert closed
+    wait_for(lambda: c.sc_req_close == 1, what="sc_req_close")
+    head, _, closed = raw(cache, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", AGAIN)
+    assert not closed
+    assert c.sc_req_http10 == 1
+
+
+@pytest.mark.parametrize("code, status_line", [
+    (1000, b"HTTP/1.1 501 Not Implemented"), (99, b"HTTP/1.1 501 Not Implemented"),
+    (100, b"HTTP/1.1 100 Continue"), (999, b"HTTP/1.1 999 Unknown HTTP Status"),
+    (200, b"HTTP/1.1 200 OK"),
+])
+def test_synth_status_outside_100_to_999_becomes_501(make, code, status_line):
+    cache, _ = make(f"vcl 4.1;\nBACKEND\nsub vcl_recv {{ return (synth({code})); }}\n")
+    with cache.proc.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        sock.settimeout(5)
+        data = b""
+        while b"\r\n" not in data:
+            data += sock.recv(4096)
+    assert data.split(b"\r\n")[0] == status_line
+
+
+def test_synth_without_arguments_and_default_reasons(make):
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_recv { if (req.url == "/r") { return (synth(418, "")); } }\n'
+                    'sub vcl_hit { return (synth(403, "No hits")); }\n'
+                    'sub vcl_synth { set resp.http.xid = req.xid; }\n')
+    head, _, _ = raw(cache, b"GET /r HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 418 I'm a Teapot\r\n")
+    assert b"\r\nServer: Varnish\r\n" in head and b"\r\nDate: " in head
+    cache.get("/h")
+    head, _, _ = raw(cache, b"GET /h HTTP/1.1\r\nHost: test\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403 No hits\r\n")
+
+
+def test_a_synth_before_a_late_100_continue_suggests_closing(make):
+    cache, _ = make('vcl 4.1;\nimport std;\nBACKEND\nsub vcl_recv {\n'
+                    ' if (req.url == "/late") { std.late_100_continue(true); }\n return (synth(403)); }\n')
+    with cache.proc.connect() as sock:       # the client still waits for 100 Continue: no body read
+        sock.sendall(b"POST /late HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        head, _ = read_message(sock)
+    assert head.startswith(b"HTTP/1.1 403 ") and b"\r\nConnection: close\r\n" in head
+    with cache.proc.connect() as sock:       # 100 Continue went out after vcl_recv: nothing to suggest
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        data = b""
+        while data.count(b"\r\n\r\n") < 2:        # the 403 may come before the body is sent
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+            if data == b"HTTP/1.1 100 Continue\r\n\r\n":
+                sock.sendall(b"hello")
+    interim, head = data.split(b"\r\n\r\n")[:2]
+    assert interim == b"HTTP/1.1 100 Continue"
+    assert head.startswith(b"HTTP/1.1 403 ") and b"Connection: close" not in head
+
+
+def test_too_many_restarts_is_a_503_with_the_last_xid(make):
+    cache, _ = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (restart); }\n"
+                    "sub vcl_synth { set resp.http.restarts = req.restarts; }\n", None, "-p", "max_restarts=2")
+    cache.cli.cmd("debug.xid 99")
+    status, h, _ = cache.get("/")
+    assert (status, h["restarts"], h["x-varnish"]) == (503, "3", "103")    # session 100, requests 101-103
+    wait_for(lambda: cache.proc.log.texts("VCL_Error"), what="the log")
+    assert cache.proc.log.texts("VCL_Error") == ["Too many restarts"]
+    assert {"req 102 restart", "req 103 restart"} <= set(cache.proc.log.texts("Link"))
+    assert {"req 100 rxreq", "req 101 restart", "req 102 restart"} <= set(cache.proc.log.texts("Begin"))
+
+
+def test_a_restart_after_a_hit_forgets_the_hit(make):
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_deliver { if (req.restarts == 0 && obj.hits > 0) '
+                          '{ set req.url = "/b"; return (restart); } }\n', lambda req: Resp(body=req.url.encode()))
+    cache.get("/a")
+    status, h, body = cache.get("/a")
+    assert (status, body) == (200, b"/b") and " " not in h["x-varnish"]       # a miss, not a hit
+    assert cache.proc.server.counters.cache_hit == 1
+
+
+def test_hit_for_miss_and_hit_for_pass_are_logged_and_counted(make):
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_backend_response {\n'
+                          ' if (bereq.url == "/hfm") { set beresp.uncacheable = true; set beresp.ttl = 50s; }\n'
+                          ' if (bereq.url == "/hfp") { return (pass(40s)); } }\n')
+    for url in ("/hfm", "/hfm", "/hfp", "/hfp"):
+        assert cache.get(url)[0] == 200
+    c = cache.proc.server.counters
+    assert (c.cache_hitmiss, c.cache_hitpass, len(backend.requests)) == (1, 1, 4)
+    wait_for(lambda: cache.proc.log.texts("HitMiss") and cache.proc.log.texts("HitPass"), what="the log")
+    (hitmiss,), (hitpass,) = cache.proc.log.texts("HitMiss"), cache.proc.log.texts("HitPass")
+    xid, ttl = hitmiss.split()
+    assert int(xid) > 0 and 48 < float(ttl) <= 50
+    xid, ttl = hitpass.split()
+    assert int(xid) > 0 and 38 < float(ttl) <= 40
+
+
+def test_vcl_hit_pass_counts_a_hit_and_shows_the_object_xid(make):
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_hit { if (req.http.pass) { return (pass); } }\n')
+    cache.get("/p")
+    status, h, _ = cache.get("/p", headers={"pass": "1"})
+    c = cache.proc.server.counters
+    assert status == 200 and len(backend.requests) == 2 and c.cache_hit == 1 and c.s_pass == 1
+    assert h["x-varnish"].count(" ") == 1
+
+
+def test_vcl_hit_miss_without_a_busy_object_is_a_pass(make):
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_hit { if (req.http.m) { return (synth(401)); } }\n'
+                          'sub vcl_miss { if (req.http.m) { return (pass); } }\n')
+    cache.get("/m")
+    assert cache.get("/m", headers={"m": "1"})[0] == 401
+    assert cache.get("/n", headers={"m": "1"})[0] == 200
+    assert cache.proc.server.counters.s_pass == 1 and cache.proc.server.counters.cache_miss == 1
+
+
+def test_pipe_sends_connection_close_and_respects_pipe_sess_max(make):
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (pipe); }\n'
+                          'sub vcl_pipe { if (req.url == "/no") { return (synth(405)); } }\n',
+                          lambda req: Resp(body=b"piped"), "-p", "pipe_sess_max=1")
+    c = cache.proc.server.counters
+    first = cache.proc.connect()
+    try:
+        first.sendall(b"GET /held HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+        assert read_message(first)[1] == b"piped"
+        wait_for(lambda: c.n_pipe == 1, what="one pipe open")
+        assert backend.requests[0].header("Connection") == "close"
+        head, closed = closes(cache, b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 ") and closed and c.pipe_limited == 1
+        head, _, _ = raw(cache, b"GET /no HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 405 ")
+    finally:
+        first.close()
+    wait_for(lambda: c.n_pipe == 0, what="the pipe closed")
+    assert c.s_pipe == 3 and c.sc_tx_pipe == 1
+    assert raw(cache, b"GET /third HTTP/1.1\r\nHost: a\r\n\r\n")[1] == b"piped"
+
+
+@pytest.mark.parametrize("url, host, path", [
+    ("http://example.com/a/b?c", "example.com", "/a/b?c"),
+    ("HTTPS://Example.com:8443", "Example.com:8443", "/"),
+    ("http://h", "h", "/"),
+    ("http://h/r?to=http://x/y", "h", "/r?to=http://x/y"),     # the first "://" only
+])
+def test_an_absolute_url_names_the_host(make, url, host, path):
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n")
+    with cache.proc.connect() as sock:
+        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: other\r\n\r\n".encode())
+        read_message(sock)
+    assert (backend.requests[0].header("Host"), backend.requests[0].url) == (host, path)
+
+
+def test_a_relative_url_that_looks_absolute_is_left_alone(make):
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n")
+    raw(cache, b"GET /http://x/y HTTP/1.1\r\nHost: other\r\n\r\n")
+    raw(cache, b"GET ftp://x/y HTTP/1.1\r\nHost: other\r\n\r\n")
+    assert [(r.header("Host"), r.url) for r in backend.requests] == [("other", "/http://x/y"),
+                                                                     ("other", "ftp://x/y")]
+
+
+def test_the_shared_log_of_a_request(make):
+    cache, _ = make("vcl 4.1;\nBACKEND\n")
+    cache.cli.cmd("debug.xid 9")
+    cache.get("/logged", headers={"X-In": "1"})
+    wait_for(lambda: (11, "End", "") in cache.proc.log.records, what="the request's End")
+    records = [(vxid, tag, text) for vxid, tag, text in cache.proc.log.records if vxid == 11]
+    tags = [tag for _, tag, _ in records]
+    assert tags[:4] == ["Begin", "Timestamp", "Timestamp", "VCL_use"]
+    text = dict((tag, text) for _, tag, text in records if tag not in ("Timestamp", "ReqHeader"))
+    assert text["Begin"] == "req 10 rxreq" and text["VCL_use"] == "boot"
+    assert text["ReqMethod"] == "GET" and text["ReqURL"] == "/logged" and text["ReqProtocol"] == "HTTP/1.1"
+    assert text["ReqStart"].startswith("127.0.0.1 ") and text["ReqStart"].endswith(" a0")
+    assert ("VCL_call", "RECV") in [(t, x) for _, t, x in records]
+    assert ("VCL_return", "hash") in [(t, x) for _, t, x in records]
+    assert text["RespStatus"] == "200" and text["RespProtocol"] == "HTTP/1.1"
+    assert tags[-1] == "End"
+    req_hdr, req_body, req_total, resp_hdr, resp_body, resp_total = map(int, text["ReqAcct"].split())
+    assert req_hdr == req_total > 30 and req_body == 0 and resp_body == 5
+    assert resp_total == resp_hdr + resp_body and resp_hdr > 100
+
+
+def test_closing_mid_wait_leaves_no_busy_object(make):
+    release = threading.Event()
+
+    def slow(req):
+        release.wait(10)
+        return Resp(body=b"late")
+
+    cache, backend = make("vcl 4.1;\nBACKEND\n", slow)
+    counters = cache.proc.server.counters
+    first = cache.proc.connect()
+    first.sendall(b"GET /c HTTP/1.1\r\nHost: test\r\n\r\n")
+    wait_for(lambda: backend.requests, what="the fetch")
+    second = socket.create_connection(("127.0.0.1", cache.proc.port), timeout=5)
+    second.sendall(b"GET /c HTTP/1.1\r\nHost: test\r\n\r\n")
+    wait_for(lambda: counters.busy_sleep == 1, what="the waiting list")
+    second.close()
+    release.set()
+    assert read_message(first)[1] == b"late"
+    first.close()
+    assert cache.get("/c")[2] == b"late" and len(backend.requests) == 1
+
+
+def test_a_run_time_failure_in_a_vcl_recv_that_waits_is_a_503(make):
+    cache, _ = make("vcl 4.1;\n" + WAITS + "set req.http.n = std.integer(req.http.x); }\n")
+    head, closed = closes(cache, b"GET / HTTP/1.1\r\nHost: a\r\nX: nan\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 VCL failed\r\n") and closed
+    assert cache.proc.server.counters.vcl_fail == 1
+
+
+def test_an_abandoned_fetch_is_a_503_for_the_client(make):
+    cache, _ = make("vcl 4.1;\nBACKEND\nsub vcl_backend_response { return (abandon); }\n")
+    status, _, _ = cache.get("/x")
+    assert status == 503
+    status, _, _ = cache.get("/x")                 # nothing was cached, no busy object left behind
+    assert status == 503 and cache.proc.server.counters.cache_miss == 2
+
+
+def test_a_failing_vcl_synth_is_a_bare_500_and_close(make):
+    cache, _ = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (synth(404)); }\nsub vcl_synth { return (fail); }\n")
+    head, closed = closes(cache, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and closed
+    assert b"\r\nX-Varnish: " in head and b"\r\nServer: Varnish\r\n" in head
+    assert cache.proc.server.counters.sc_vcl_failure == 1
+
+
+def test_more_object_headers_than_http_max_hdr_is_a_500(make):
+    many = [(f"X-{i}", "v") for i in range(24)]     # fits the fetch, not the delivery
+    cache, _ = make("vcl 4.1;\nBACKEND\n", lambda req: Resp(headers=many if req.url == "/many" else [], body=b"b"),
+                    "-p", "http_max_hdr=32")
+    status, _, _ = cache.get("/many")
+    c = cache.proc.server.counters
+    assert status == 500 and c.losthdr > 0
+    assert cache.get("/few")[0] == 200
+
+
+def test_a_gzipped_object_for_a_client_without_gzip_gets_a_weak_etag(make):
+    import gzip
+
+    body = gzip.compress(b"hello " * 100)
+    cache, _ = make("vcl 4.1;\nBACKEND\n",
+                    lambda req: Resp(headers=[("Content-Encoding", "gzip"), ("ETag", '"abc"')], body=body))
+    _, h, got = cache.get("/z")
+    assert h["etag"] == 'W/"abc"' and got == b"hello " * 100
+    _, h, got = cache.get("/z", headers={"Accept-Encoding": "gzip"})
+    assert h["etag"] == '"abc"' and got == body
+
+
+def test_a_stale_object_in_grace_is_delivered_while_it_is_refreshed(make):
+    n = iter(range(1, 100))
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_backend_response { set beresp.ttl = 0.1s; set beresp.grace = 1h; }\n",
+                          lambda req: Resp(body=b"v%d" % next(n)))
+    assert cache.get("/g")[2] == b"v1"
+    wait_for(lambda: cache.get("/g")[2] == b"v1" and cache.proc.server.counters.cache_hit_grace >= 1,
+             what="a grace hit")
+    wait_for(lambda: len(backend.requests) == 2, what="the background fetch")
+    wait_for(lambda: cache.get("/g")[2] == b"v2", what="the refreshed object")
+
+
+@pytest.mark.parametrize("debug, synced", [("+syncvsl", True), ("none", False)])
+def test_debug_syncvsl_writes_a_waiting_request_s_records_before_it_waits(make, debug, synced):
+    cache, _ = make("vcl 4.1;\n" + WAITS + "}\n", None, "-p", f"debug={debug}")
+    cache.cli.cmd("debug.xid 99")
+    cache.get("/nobody")
+    log = cache.proc.log
+    wait_for(lambda: (101, "End", "") in log.records, what="the request's End")
+    assert (log.writes[101] > 1) is synced          # once before each wait, or all at the end
+    tags = [tag for vxid, tag, _ in log.records if vxid == 101]
+    assert tags[0] == "Begin" and tags.count("Begin") == 1 and tags[-1] == "End"
+
+
+def test_a_post_on_a_grace_hit_waits_for_the_background_fetch_to_take_its_body(make):
+    n = iter(range(1, 100))
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (hash); }\n"
+                          "sub vcl_backend_response { set beresp.ttl = 0.1s; set beresp.grace = 1h; }\n",
+                          lambda req: Resp(body=b"v%d" % next(n)))
+    assert cache.get("/p")[2] == b"v1"
+    c = cache.proc.server.counters
+    wait_for(lambda: cache.get("/p", method="POST", body=b"data")[2] == b"v1" and c.cache_hit_grace >= 1,
+             what="a grace hit for the POST")
+    wait_for(lambda: len(backend.requests) == 2, what="the background fetch")
+    assert cache.get("/p", method="POST", body=b"more")[0] == 200
+
+
+def test_a_piped_request_goes_to_the_backend_as_the_client_sent_it(make):
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pipe); }\n", lambda req: Resp(body=b"p"))
+    cache.cli.cmd("debug.xid 49")
+    with cache.proc.connect() as sock:
+        sock.sendall(b"POST /p HTTP/1.0\r\nHost: a\r\nRange: bytes=0-1\r\nAccept-Encoding: br\r\n"
+                     b"Content-Length: 4\r\n\r\nbody")
+        read_message(sock)
+    req = backend.requests[0]
+    assert (req.method, req.proto, req.body) == ("POST", "HTTP/1.0", b"body")
+    assert req.header("Range") == "bytes=0-1" and req.header("Accept-Encoding") == "br"
+    assert req.header("X-Varnish") == "51" and req.header("Connection") == "close"
+
+
+def test_a_labelled_vcl_fetches_from_its_own_default_backend(make):
+    cache, backend = make("vcl 4.1;\nbackend default none;\n", lambda req: Resp(body=b"from the backend"))
+    other = (f'vcl 4.1;\nbackend default {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n'
+             'sub vcl_recv { return (pass); }\n')
+    assert cache.cli.cmd("vcl.inline other << EOF\n" + other + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.label l2 other")[0] == 200
+    main = "vcl 4.1;\nbackend default none;\nsub vcl_recv { return (vcl(l2)); }\n"
+    assert cache.cli.cmd("vcl.inline main << EOF\n" + main + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use main")[0] == 200
+    status, _, body = cache.get("/x")
+    assert (status, body) == (200, b"from the backend")

@@ -1,0 +1,319 @@
+"""The client connection (protocol.py) where the mutation run found no test: timeouts and their close
+reasons, limits on heads, requests refused after the ones before them are answered, pipelining past
+the queue bound, half-closed clients, byte counters, the session's log records. In-process servers.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+import pytest
+from inproc import InProcServer, wait_for
+from serverproc import read_all, read_response
+from test_cache_support import Backend, Resp, read_message
+
+from cacheserver.http1 import BAD_REQUEST
+
+ECHO = """vcl 4.1;
+import std;
+backend default none;
+sub vcl_recv {
+    if (req.url == "/body") { std.cache_req_body(10KB); return (synth(200, "got " + req.http.content-length)); }
+    return (synth(200, req.method + " " + req.url));
+}
+"""
+
+
+@pytest.fixture
+def start():
+    made: list[InProcServer] = []
+
+    def factory(vcl: str = ECHO, **params: str) -> InProcServer:
+        made.append(InProcServer(vcl, params))
+        return made[-1]
+
+    yield factory
+    for srv in made:
+        srv.stop()
+
+
+def status(head: bytes) -> bytes:
+    return head.split(b"\r\n", 1)[0]
+
+
+def status_lines(data: bytes) -> list[bytes]:
+    """The status lines of the responses in data (synth bodies do not end with CRLF)."""
+    return re.findall(rb"HTTP/1\.1 \d\d\d [^\r\n]*(?=\r\n)", data)
+
+
+def closed_by_server(sock: socket.socket, timeout: float = 5.0) -> bool:
+    sock.settimeout(timeout)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_an_idle_keepalive_connection_is_closed_after_timeout_idle(start):
+    srv = start(timeout_idle="0.3")
+    c = srv.server.counters
+    with srv.connect() as sock:
+        t0 = time.monotonic()
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /a"
+        assert closed_by_server(sock)
+        assert time.monotonic() - t0 >= 0.3
+    # after a request as before any (varnishd 7.1 counts both as sc_rx_close_idle, checked with varnishtest)
+    wait_for(lambda: c.sess_closed == 1, what="the close")
+    assert c.sc_rx_close_idle == 1 and c.sc_rx_timeout == 0 and c.sess_closed_err == 0
+
+
+def test_a_head_that_trickles_in_is_a_receive_timeout(start):
+    srv = start(timeout_idle="0.5")
+    c = srv.server.counters
+    with srv.connect() as sock:
+        t0 = time.monotonic()
+        sock.sendall(b"GET /slow HTTP/1.1\r\n")
+        # bytes keep coming, but the head is not in by timeout_idle: closed all the same
+        while time.monotonic() - t0 < 5:
+            try:
+                sock.sendall(b"X: y\r\n")
+            except OSError:
+                break
+            if closed_by_server(sock, 0.1):
+                break
+        assert time.monotonic() - t0 >= 0.5
+    wait_for(lambda: c.sc_rx_timeout == 1, what="sc_rx_timeout")
+    assert c.sess_closed_err == 1 and c.sc_rx_close_idle == 0
+
+
+def test_timeout_idle_zero_never_closes(start):
+    srv = start(timeout_idle="0")
+    assert srv.server.params.timeout_idle == 0
+    with srv.connect() as sock:
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+        read_response(sock)
+        assert not closed_by_server(sock, 0.3)
+        sock.sendall(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /b"
+
+
+def test_a_client_that_does_not_read_is_dropped_after_idle_send_timeout(start):
+    big = b"x" * (16 << 20)
+    backend = Backend(lambda req: Resp(body=big))
+    try:
+        srv = start(f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n',
+                    idle_send_timeout="0.3")
+        c = srv.server.counters
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)     # before connect: a small window
+        with sock:
+            sock.connect(("127.0.0.1", srv.port))
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+            wait_for(lambda: c.sc_tx_error == 1, timeout=15, what="sc_tx_error")
+        assert c.sess_closed_err == 1
+    finally:
+        backend.close()
+
+
+def test_the_session_log_opens_and_closes_with_its_reason(start):
+    srv = start()
+    with srv.connect() as sock:
+        local = sock.getsockname()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        read_all(sock)
+    wait_for(lambda: srv.log.texts("SessClose"), what="SessClose")
+    (opened,) = srv.log.texts("SessOpen")
+    peer, port, name, laddr, lport, t, fd = opened.split()
+    assert (peer, int(port), name, laddr, int(lport)) == (local[0], local[1], "a0", "127.0.0.1", srv.port)
+    assert abs(float(t) - time.time()) < 60 and int(fd) > 2
+    reason, duration = srv.log.texts("SessClose")[0].split()
+    assert reason == "REQ_CLOSE" and 0 <= float(duration) < 60
+    assert "sess 0 HTTP/1" in srv.log.texts("Begin")
+
+
+def test_a_long_session_flushes_its_log_in_parts(start):
+    srv = start()
+    with srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 70)
+        for _ in range(70):
+            read_response(sock)
+        session = [r for r in list(srv.log.records) if r[1] == "Begin" and r[2] == "sess 0 HTTP/1"]
+        assert len(session) == 1         # flushed before the session ended: 64 records at most held
+        vxid = session[0][0]
+        links = [r for r in list(srv.log.records) if r[0] == vxid and r[1] == "Link"]
+        assert 60 <= len(links) < 70
+
+
+@pytest.mark.parametrize("request_bytes, counter", [
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "client_req_400"),
+    (b"HEAD / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx", "client_req_400"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", "client_req_417"),
+    (b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n", "client_req_400"),
+])
+def test_refused_requests_are_answered_after_the_ones_before_them(start, request_bytes, counter):
+    srv = start()
+    c = srv.server.counters
+    with srv.connect() as sock:
+        sock.sendall(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n" + request_bytes
+                     + b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = read_all(sock)
+    lines = status_lines(data)
+    refusal = b"HTTP/1.1 417 Expectation Failed" if counter == "client_req_417" else status(BAD_REQUEST)
+    assert lines == [b"HTTP/1.1 200 GET /1", b"HTTP/1.1 200 GET /2", refusal]
+    wait_for(lambda: c.sc_rx_junk == 1, what="sc_rx_junk")
+    assert getattr(c, counter) == 1 and c.sess_closed_err == 1
+    assert c.client_req == 2 + (counter == "client_req_417")
+
+
+@pytest.mark.parametrize("param, value, request_bytes", [
+    ("http_req_hdr_len", "100", b"GET /" + b"u" * 120 + b" HTTP/1.1\r\nHost: a\r\n\r\n"),
+    ("http_req_hdr_len", "100", b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"v" * 120 + b"\r\n\r\n"),
+    ("http_max_hdr", "32", b"GET / HTTP/1.1\r\n" + b"".join(b"X%d: v\r\n" % i for i in range(40)) + b"\r\n"),
+])
+def test_heads_past_their_limits_are_bad_requests(start, param, value, request_bytes):
+    srv = start(**{param: value})
+    with srv.connect() as sock:
+        sock.sendall(request_bytes)
+        assert status(read_all(sock)) == status(BAD_REQUEST)
+    small = request_bytes.replace(b"u" * 120, b"u" * 80).replace(b"v" * 120, b"v" * 80)
+    if param == "http_max_hdr":
+        small = b"GET / HTTP/1.1\r\n" + b"".join(b"X%d: v\r\n" % i for i in range(20)) + b"\r\n"
+    with srv.connect() as sock:
+        sock.sendall(small)
+        assert status(read_response(sock)[0]).startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize("end", [b"", b"\r\n"], ids=["unfinished", "complete"])
+def test_a_head_past_http_req_size_is_closed_unanswered(start, end):
+    """varnishd 7.1 cuts off a head that outgrows http_req_size, finished or not, without an answer
+    (sc_rx_overflow, no client_req_400: checked with varnishtest)."""
+    srv = start(http_req_size="1024", http_req_hdr_len="512")
+    c = srv.server.counters
+    with srv.connect() as sock:
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\n" + b"".join(b"X%d: %s\r\n" % (i, b"v" * 200) for i in range(6)) + end)
+        except OSError:
+            pass
+        assert read_all(sock) == b""
+    wait_for(lambda: c.sc_rx_overflow == 1, what="sc_rx_overflow")
+    assert c.client_req_400 == 0
+    with srv.connect() as sock:            # within the limit: fine
+        sock.sendall(b"GET / HTTP/1.1\r\n" + b"".join(b"X%d: %s\r\n" % (i, b"v" * 200) for i in range(3))
+                     + b"\r\n")
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /"
+
+
+def test_many_pipelined_requests_are_all_answered_in_order(start):
+    srv = start()
+    n = 200                                 # well past the queue bound: the rest is held, then parsed
+    with srv.connect() as sock:
+        sock.sendall(b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(n)))
+        got = [status(read_response(sock)[0]) for _ in range(n)]
+    assert got == [b"HTTP/1.1 200 GET /%d" % i for i in range(n)]
+
+
+def test_a_half_closed_client_gets_its_answers_then_the_close(start):
+    srv = start(timeout_idle="30")          # the close must come from the half-close, not a timeout
+    for urls in ([b"/1"], [b"/1", b"/2"]):
+        with srv.connect() as sock:
+            sock.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % url for url in urls))
+            sock.shutdown(socket.SHUT_WR)
+            data = b""
+            sock.settimeout(5)
+            while chunk := sock.recv(65536):      # TimeoutError: never closed
+                data += chunk
+        assert status_lines(data) == [b"HTTP/1.1 200 GET " + url for url in urls]
+    wait_for(lambda: srv.server.counters.sc_rem_close == 2, what="sc_rem_close")
+
+
+def test_request_byte_counters(start):
+    srv = start()
+    c = srv.server.counters
+    head = b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"
+    with srv.connect() as sock:
+        sock.sendall(head + b"hello")
+        h, _ = read_response(sock)
+    assert status(h) == b"HTTP/1.1 200 got 5"
+    assert c.s_req_bodybytes == 5 and c.s_req_hdrbytes == len(head)
+    assert c.client_req == 1
+
+
+def test_a_body_for_a_request_that_waits_arrives_while_it_runs(start):
+    srv = start()
+    with srv.connect() as sock:
+        sock.sendall(b"POST /body HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        sock.sendall(b"2\r\nde\r\n0\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 got 5"
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /next"
+
+
+def test_a_body_cut_short_by_the_client_leaves_the_server_serving(start):
+    srv = start()
+    with srv.connect() as sock:
+        sock.sendall(b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nshort")
+        sock.shutdown(socket.SHUT_WR)
+        read_all(sock)
+    with srv.connect() as sock:
+        sock.sendall(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status(read_message(sock)[0]).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_read_bigger_than_a_parse_slice_is_parsed_in_order(start):
+    srv = start()
+    pad = b"X-Pad: " + b"p" * 200 + b"\r\n"
+    n = 150                                     # about 35 KB in one write: several 16 KB slices
+    with srv.connect() as sock:
+        sock.sendall(b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n%s\r\n" % (i, pad) for i in range(n)))
+        got = [status(read_response(sock)[0]) for _ in range(n)]
+    assert got == [b"HTTP/1.1 200 GET /%d" % i for i in range(n)]
+
+
+def test_requests_after_an_upgrade_request_are_still_http(start):
+    srv = start()
+    with srv.connect() as sock:
+        sock.sendall(b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+                     b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /up"
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /next"
+
+
+def test_a_cached_request_body_that_transient_cannot_hold_closes_unanswered(start):
+    srv = InProcServer(ECHO, storage=["Transient=malloc,1k"])
+    try:
+        with srv.connect() as sock:
+            sock.sendall(b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n" + b"b" * 5000)
+            assert read_all(sock) == b""
+        wait_for(lambda: srv.server.counters.sc_rx_body == 1, what="sc_rx_body")
+        with srv.connect() as sock:              # a small one fits
+            sock.sendall(b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+            assert status(read_response(sock)[0]) == b"HTTP/1.1 200 got 5"
+    finally:
+        srv.stop()
+
+
+def test_a_client_that_reads_late_still_gets_everything(start):
+    big = b"y" * (3 << 20)
+    backend = Backend(lambda req: Resp(body=big))
+    try:
+        srv = start(f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n',
+                    idle_send_timeout="10")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+        with sock:
+            sock.connect(("127.0.0.1", srv.port))
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\nGET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+            wait_for(lambda: any(s.paused_writing for s in list(srv.server.sessions)), what="backpressure")
+            for _ in range(2):
+                head, body = read_response(sock)
+                assert status(head) == b"HTTP/1.1 200 X" and len(body) == len(big)
+        assert srv.server.counters.sc_tx_error == 0
+    finally:
+        backend.close()

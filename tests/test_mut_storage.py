@@ -1,0 +1,501 @@
+"""Storage behaviour the mutation run found untested: freshness bounds, purge (hard and soft), expiry,
+salvage to Transient, the ban lurker and ban_cutoff, storage.* variables, Vary matching, flow control.
+
+The wall clock storage.py reads is replaced by a fixed one (`clock`), so every time comparison is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from cacheserver import storage as storage_mod
+from cacheserver.counters import Counters
+from cacheserver.params import Params
+from cacheserver.storage import BUSY, GRACE, HIT, MISS, STREAM_WINDOW, ObjCore, Storage, vary_match, vary_of
+from vcl.runtime import Headers, HttpMessage
+
+T0 = 1_000_000.0
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    now = [T0]
+    monkeypatch.setattr(storage_mod, "_wall", lambda: now[0])
+    return now
+
+
+def make(params: Params | None = None, specs=None) -> tuple[Storage, Counters]:
+    c = Counters()
+    return Storage(1 << 20, c, params or Params(), specs=specs), c
+
+
+def req(url: str = "/", **headers: str) -> HttpMessage:
+    return HttpMessage("GET", url, headers=Headers([[k.replace("_", "-"), v] for k, v in headers.items()]))
+
+
+def fill(st: Storage, url: str = "/", ttl: float = 100.0, grace: float = 10.0, keep: float = 0.0,
+         size: int = 10, t_origin: float = T0, vary: str | None = None, request: HttpMessage | None = None):
+    request = request or req(url)
+    r = st.lookup(url.encode(), request, t_origin, always_miss=True)
+    oc = r.busy
+    oc.http = HttpMessage(status=200, headers=Headers([["Content-Length", str(size)]]))
+    oc.t_origin, oc.ttl, oc.grace, oc.keep = t_origin, ttl, grace, keep
+    oc.append(b"x" * size)
+    assert st.unbusy(oc, request, vary)
+    oc.finish(True)
+    return oc
+
+
+def test_fresh_and_in_grace_end_exactly_at_their_bounds():
+    oc = ObjCore()
+    oc.t_origin, oc.ttl, oc.grace = 100.0, 10.0, 5.0
+    assert oc.fresh(109.999) and not oc.fresh(110.0)
+    assert oc.in_grace(114.999) and not oc.in_grace(115.0)
+
+
+def test_lookup_hit_then_grace_then_miss_at_exact_times(clock):
+    st, c = make()
+    oc = fill(st, "/a", ttl=10, grace=5, keep=5)
+    assert st.lookup(b"/a", req("/a"), T0 + 9.999).kind == HIT
+    r = st.lookup(b"/a", req("/a"), T0 + 10)
+    assert (r.kind, r.oc) == (GRACE, oc)
+    st.abandon(r.busy)
+    r = st.lookup(b"/a", req("/a"), T0 + 15)
+    assert (r.kind, r.oc) == (MISS, oc)           # past grace, in keep: a miss that keeps the stale object
+    st.abandon(r.busy)
+    r = st.lookup(b"/a", req("/a"), T0 + 20)
+    assert (r.kind, r.oc) == (MISS, None)         # past keep: gone
+    assert oc.hits == 2
+
+
+def test_hard_purge_removes_every_unbusy_variant_and_counts_them(clock):
+    st, c = make()
+    a = fill(st, "/p", vary="X-V", request=req("/p", X_V="1"))
+    b = fill(st, "/p", vary="X-V", request=req("/p", X_V="2"))
+    busy = st.lookup(b"/p", req("/p", X_V="3"), T0, always_miss=True).busy
+    assert st.purge(b"/p") == 2
+    assert c.n_obj_purged == 2 and c.n_object == 0
+    assert a.dying and b.dying and not busy.dying
+    assert st.purge(b"/nothing") == 0
+    assert st.purge(b"/p") == 0                    # only the busy one is left
+    fill(st, "/q")
+    assert st.purge(b"/q") == 1 and c.n_obj_purged == 3
+
+
+def test_soft_purge_only_lowers_each_timer(clock):
+    st, c = make()
+    oc = fill(st, "/s", ttl=100, grace=10, keep=5)
+    assert st.purge(b"/s", ttl=3, grace=2, keep=math.nan, now=T0 + 10) == 1
+    assert (oc.ttl, oc.grace, oc.keep) == (13, 2, 5)
+    assert oc.exp_at == T0 + 13 + 2 + 5            # rescheduled
+    st.purge(b"/s", ttl=50, grace=4, keep=9, now=T0 + 10)       # all higher: nothing changes
+    assert (oc.ttl, oc.grace, oc.keep) == (13, 2, 5)
+    st.purge(b"/s", ttl=math.nan, grace=1, keep=1, now=T0 + 10)
+    assert (oc.ttl, oc.grace, oc.keep) == (13, 1, 1)
+    assert c.n_obj_purged == 0 and not oc.dying
+    st.purge(b"/s", ttl=0, grace=0, keep=0.001, now=T0 + 10)   # not all zero: still soft
+    assert (oc.ttl, oc.keep) == (10, 0.001) and not oc.dying
+
+
+def test_soft_purge_uses_the_wall_clock_by_default(clock):
+    st, _ = make()
+    oc = fill(st, "/w", ttl=100)
+    clock[0] = T0 + 20
+    st.purge(b"/w", ttl=1, grace=0, keep=0)
+    assert oc.ttl == 21
+
+
+def test_expiry_removes_objects_at_their_time_and_skips_rescheduled_ones(clock):
+    st, c = make()
+    a = fill(st, "/a", ttl=1, grace=1, keep=1)
+    b = fill(st, "/b", ttl=1, grace=0, keep=0)
+    b.ttl = 10
+    st.reschedule(b)
+    assert (a.exp_at, b.exp_at) == (T0 + 3, T0 + 10)
+    clock[0] = T0 + 3            # b's first (T0 + 1) entry is stale, and first in line
+    st._expire()
+    assert c.n_expired == 1 and a.dying and not b.dying
+    clock[0] = T0 + 10
+    st._expire()
+    assert c.n_expired == 2 and b.dying and c.n_object == 0
+
+
+def test_expiry_waits_for_the_exact_time(clock):
+    st, c = make()
+    a = fill(st, "/a", ttl=1, grace=1, keep=1)
+    clock[0] = T0 + 2.999
+    st._expire()
+    assert c.n_expired == 0 and not a.dying
+
+
+def test_negative_timers_count_as_zero_in_the_expiry_time(clock):
+    st, _ = make()
+    oc = fill(st, "/n", ttl=5, grace=-3, keep=-1)
+    assert oc.exp_at == T0 + 5
+
+
+def test_reschedule_ignores_busy_and_dying_objects(clock):
+    st, c = make()
+    oc = fill(st, "/r")
+    mailed = c.exp_mailed
+    oc.dying = True
+    st.reschedule(oc)
+    busy = st.lookup(b"/r2", req("/r2"), T0).busy
+    st.reschedule(busy)
+    assert c.exp_mailed == mailed
+    oc.dying = False
+    st.reschedule(oc)
+    assert c.exp_mailed == mailed + 1 and c.exp_received == c.exp_mailed
+
+
+def test_an_object_too_big_for_its_store_is_salvaged_short_lived_in_transient(clock):
+    st, c = make(_lurker_params(shortlived="7"), specs=[("s0", 50), ("Transient", None)])   # headers too big
+    oc = fill(st, "/big", ttl=1000, grace=50, keep=20, size=10, t_origin=T0 - 3)
+    assert oc.store == "Transient"
+    assert (oc.ttl, oc.grace, oc.keep) == (3 + 7, 0, 0)      # age + shortlived
+    young = fill(st, "/young", ttl=100, grace=50, size=10, t_origin=T0 + 5)   # age counts as 0
+    assert young.store == "Transient" and young.ttl == 7
+    assert c.n_object == 2
+
+
+def test_storage_variables():
+    st, _ = make(specs=[("s0", 1000), ("Transient", None)])
+    assert st.storage_var("s0", "happy") is True and st.storage_var("nope", "happy") is False
+    assert st.storage_var("s0", "free_space") == 1000.0 and st.storage_var("s0", "used_space") == 0.0
+    assert st.storage_var("nope", "free_space") == 0.0
+    fill(st, "/u", size=100)
+    used = st.storage_var("s0", "used_space")
+    assert isinstance(used, float) and used > 100
+    assert st.storage_var("s0", "free_space") == 1000 - used
+
+
+def test_vary_over_several_fields_and_star():
+    oc = ObjCore()
+    oc.vary = vary_of("X-A, x-b,X-A , Accept-Encoding", req("/", X_A="1", X_B="2", Accept_Encoding="gzip"))
+    assert oc.vary == (("x-a", "1"), ("x-b", "2"), ("accept-encoding", "gzip"))
+    assert vary_match(oc, req("/", X_A="1", X_B="2", Accept_Encoding="gzip"))
+    assert not vary_match(oc, req("/", X_A="1", X_B="3", Accept_Encoding="gzip"))
+    assert not vary_match(oc, req("/", X_A="1", Accept_Encoding="gzip"))      # a missing field differs
+    assert not vary_match(oc, req("/", X_A="1", X_B="2", Accept_Encoding="br"))
+    assert vary_match(oc, req("/", X_A="1", X_B="2", Accept_Encoding="br"), gzip_support=True)
+    assert not vary_match(oc, req("/", X_A="2", X_B="2"), gzip_support=True)
+    first = ObjCore()             # Accept-Encoding skipped, the fields after it still compared
+    first.vary = vary_of("Accept-Encoding, X-A", req("/", X_A="1", Accept_Encoding="gzip"))
+    assert not vary_match(first, req("/", X_A="2", Accept_Encoding="gzip"), gzip_support=True)
+    star = ObjCore()
+    star.vary = vary_of("*", req("/"))
+    assert star.vary == (("*", None),) and not vary_match(star, req("/"))
+    assert vary_of("", req("/")) is None and vary_of(" , ", req("/")) is None
+    none = ObjCore()
+    assert vary_match(none, req("/"))
+
+
+def test_abandon_unlinks_a_busy_object_and_wakes_its_waiters(clock):
+    async def scenario():
+        st, c = make()
+        busy = st.lookup(b"/x", req("/x"), T0).busy
+        assert st.lookup(b"/x", req("/x"), T0).kind == BUSY
+        waiter = asyncio.get_running_loop().create_future()
+        busy.head.waiters.append(waiter)
+        st.abandon(busy)
+        assert waiter.done() and busy.dying and busy not in busy.head.ocs
+        assert b"/x" in st.heads              # a waiter still needs the head
+        done = st.lookup(b"/x", req("/x"), T0).busy
+        done.head.waiters.clear()
+        st.abandon(fill(st, "/y"))            # not busy: left alone
+        assert c.n_object == 1
+
+    asyncio.run(scenario())
+
+
+def test_the_last_object_of_a_head_takes_the_head_with_it(clock):
+    st, c = make()
+    oc = fill(st, "/h")
+    assert c.n_objecthead == 1 and c.n_objectcore == 1
+    st.remove(oc)
+    assert b"/h" not in st.heads and c.n_objecthead == 0 and c.n_objectcore == 0 and c.n_object == 0
+    st.remove(oc)                                # twice: counted once
+    assert c.n_object == 0
+
+
+def test_drop_body_frees_what_readers_have_seen():
+    oc = ObjCore()
+    oc.append(b"abc")
+    oc.append(b"def")
+    oc.body()
+    cell = oc.open_reader()
+    assert oc.read(cell) == b"abcdef"
+    oc.drop_body()
+    assert not oc.keep_body and oc.body_cache is None and oc.chunks == [] and oc.buffered == 0
+    oc.append(b"ghi")
+    assert oc.read(cell) == b"ghi" and oc.chunks == []
+
+
+def test_a_fetch_waits_for_a_slow_reader_when_the_body_is_not_kept():
+    async def scenario():
+        oc = ObjCore()
+        oc.keep_body = False
+        cell = oc.open_reader()
+        oc.append(b"x" * STREAM_WINDOW)
+        waiting = asyncio.ensure_future(oc.wait_space())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        assert len(oc.read(cell)) == STREAM_WINDOW        # the reader caught up: room again
+        await asyncio.wait_for(waiting, 5)
+        oc.append(b"y" * (STREAM_WINDOW - 1))
+        await asyncio.wait_for(oc.wait_space(), 5)         # below the window: no wait
+        oc.append(b"z")
+        waiting = asyncio.ensure_future(oc.wait_space())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        oc.finish(False)                                   # a failed fetch stops waiting
+        await asyncio.wait_for(waiting, 5)
+
+    asyncio.run(scenario())
+
+
+def _lurker_params(**values: str) -> Params:
+    p = Params()
+    for name, value in values.items():
+        p.set(name, value)
+    return p
+
+
+def test_the_lurker_kills_objects_under_an_obj_ban_once_it_is_old_enough(clock):
+    st, c = make(_lurker_params(ban_lurker_age="60", ban_lurker_sleep="0.01"))
+    keep = fill(st, "/keep")
+    gone = fill(st, "/gone")
+    gone.http.headers.set("X-Tag", "old")
+    st.bans.add("obj.http.x-tag == old")
+    st.bans.bans[0].t = T0 - 59.999
+    st._lurk()
+    assert not gone.dying and c.bans_lurker_obj_killed == 0
+    st.bans.bans[0].t = T0 - 60
+    st._lurk()
+    assert gone.dying and not keep.dying and c.bans_lurker_obj_killed == 1
+    assert keep.ban is st.bans.newest
+
+
+def test_the_lurker_is_off_with_ban_lurker_sleep_zero(clock):
+    st, c = make(_lurker_params(ban_lurker_sleep="0"))
+    gone = fill(st, "/gone")
+    st.bans.add("obj.status == 200")
+    st.bans.bans[0].t = T0 - 3600
+    st._lurk()
+    assert not gone.dying and c.bans_lurker_tested == 0
+
+
+def test_the_lurker_sleeps_until_the_oldest_pending_ban_is_due(clock):
+    async def scenario():
+        st, _ = make(_lurker_params(ban_lurker_age="60", ban_lurker_sleep="0.01"))
+        fill(st, "/a")
+        loop = asyncio.get_running_loop()
+        st.bans.add("obj.status == 404")
+        st.bans.bans[0].t = T0 - 20
+        st.bans.add("obj.status == 500")
+        st.bans.bans[0].t = T0 - 10
+        st._lurk()
+        assert st._lurker.when() - loop.time() == pytest.approx(40, abs=0.5)    # 20 s old, due at 60
+        st.bans.bans[1].t = T0 - 59.99
+        st._lurker.cancel()
+        st._lurker = None
+        st._lurk()
+        assert st._lurker.when() - loop.time() == pytest.approx(0.05, abs=0.04)  # at least 50 ms
+        st._lurker.cancel()
+        st._lurker = None
+        st.bans.bans[1].t = T0 - 60            # one due: after a pass, look again in a second
+        st._lurk()
+        assert st._lurker.when() - loop.time() == pytest.approx(1.0, abs=0.5)
+        st._lurker.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_new_ban_brings_a_sleeping_lurker_forward_but_never_back(clock):
+    async def scenario():
+        st, _ = make(_lurker_params(ban_lurker_sleep="0.5"))
+        loop = asyncio.get_running_loop()
+        st._arm_lurker(30)
+        assert st._lurker.when() - loop.time() == pytest.approx(30, abs=0.5)
+        st.ban("obj.status == 404")                       # sooner: re-armed at ban_lurker_sleep
+        assert st._lurker.when() - loop.time() == pytest.approx(0.5, abs=0.2)
+        st._arm_lurker(30)                                # later: left as it is
+        assert st._lurker.when() - loop.time() == pytest.approx(0.5, abs=0.2)
+        st._lurker.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_ban_cutoff_expunges_objects_on_bans_past_the_cutoff(clock):
+    st, c = make(_lurker_params(ban_cutoff="2", ban_lurker_sleep="0.01"))
+    old = fill(st, "/old")            # on the initial ban
+    st.bans.add("obj.status == 1")
+    mid = fill(st, "/mid")            # on the second ban
+    st.bans.add("obj.status == 2")
+    new = fill(st, "/new")            # on the newest
+    assert len(st.bans.bans) == 3
+    st._lurk()
+    assert old.dying and not mid.dying and not new.dying
+    assert c.bans_lurker_obj_killed_cutoff == 1
+    st.params.set("ban_cutoff", "0")  # 0: no cutoff
+    st.bans.add("obj.status == 3")
+    st._lurk()
+    assert not mid.dying and c.bans_lurker_obj_killed_cutoff == 1
+
+
+def test_a_hit_moves_an_object_on_the_lru_at_most_once_per_lru_interval(clock):
+    st, c = make(_lurker_params(lru_interval="2"))
+    oc = fill(st, "/l")
+    last = oc.t_lastuse
+    st.lookup(b"/l", req("/l"), last + 1.999)
+    assert c.n_lru_moved == 0
+    st.lookup(b"/l", req("/l"), last + 2)
+    assert c.n_lru_moved == 1 and oc.t_lastuse == last + 2
+    st.lookup(b"/l", req("/l"), last + 3)
+    assert c.n_lru_moved == 1
+    st.lookup(b"/l", req("/l"), last + 4)
+    assert c.n_lru_moved == 2
+
+
+def test_the_lru_order_follows_hits(clock):
+    st, c = make(_lurker_params(lru_interval="0"), specs=[("s0", 3000), ("Transient", None)])
+    a = fill(st, "/a", size=1000)
+    b = fill(st, "/b", size=1000)
+    st.lookup(b"/a", req("/a"), T0 + 1)          # /a used last: /b goes first
+    fill(st, "/c", size=1000)
+    assert b.dying and not a.dying and c.n_lru_nuked == 1
+
+
+def test_growing_bodies_are_charged_only_when_kept_and_stored(clock):
+    st, c = make(specs=[("s0", 2000), ("Transient", None)])
+    oc = fill(st, "/g", size=100)
+    used = st.storage_var("s0", "used_space")
+    oc.append(b"y" * 500)
+    assert st.grow(oc) and st.storage_var("s0", "used_space") == used + 500
+    oc.append(b"y" * 5000)
+    assert not st.grow(oc) and oc.store == ""       # no longer fits its store
+    unstored = ObjCore()
+    unstored.append(b"z" * 10_000)
+    assert st.grow(unstored)                        # pass bodies are not charged
+    oc2 = fill(st, "/h", size=100)
+    oc2.keep_body = False
+    before = st.storage_var("s0", "used_space")
+    oc2.append(b"y" * 5000)
+    assert st.grow(oc2) and st.storage_var("s0", "used_space") == before
+
+
+def test_removing_an_object_frees_its_body_unless_a_reader_streams_it(clock):
+    st, _ = make()
+    done = fill(st, "/d")
+    done.body()
+    st.remove(done)
+    assert done.chunks == [] and done.body_cache is None and done.store == ""
+    read = fill(st, "/r")
+    cell = read.open_reader()
+    st.remove(read)
+    assert read.read(cell) == b"x" * 10           # the reader still gets it all
+
+
+def test_ban_dups_off_keeps_identical_bans(clock):
+    st, c = make(_lurker_params(ban_dups="off", ban_lurker_sleep="0"))
+    st.ban("obj.status == 1")
+    st.ban("obj.status == 1")
+    assert c.bans_dups == 0 and len(st.bans.bans) == 3
+    st.params.set("ban_dups", "on")
+    st.ban("obj.status == 1")
+    assert c.bans_dups == 2
+
+
+def test_a_new_ban_trims_the_unreferenced_tail_only_while_the_lurker_runs(clock):
+    st, c = make(_lurker_params(ban_lurker_sleep="0"))
+    st.ban("obj.status == 1")
+    assert len(st.bans.bans) == 2                  # lurker off: nothing trimmed
+    st.params.set("ban_lurker_sleep", "0.5")
+    st.ban("obj.status == 2")
+    assert len(st.bans.bans) == 1 and c.bans_deleted == 2
+
+
+def test_ban_cutoff_counts_every_object_it_expunges(clock):
+    st, c = make(_lurker_params(ban_cutoff="1", ban_lurker_sleep="0.01"))
+    a, b = fill(st, "/a"), fill(st, "/b")
+    st.bans.add("obj.status == 1")
+    st._lurk()
+    assert a.dying and b.dying and c.bans_lurker_obj_killed_cutoff == 2
+
+
+def test_req_grace_and_req_ttl_shorten_what_a_lookup_accepts(clock):
+    st, _ = make()
+    oc = fill(st, "/q", ttl=10, grace=100)
+    r = st.lookup(b"/q", req("/q"), T0 + 5, req_ttl=4.999)
+    assert (r.kind, r.oc) == (MISS, None)       # past req.ttl but not its own TTL: no grace, no stale
+    st.abandon(r.busy)
+    r = st.lookup(b"/q", req("/q"), T0 + 20, req_grace=15)
+    assert r.kind == GRACE and r.oc is oc
+    st.abandon(r.busy)
+    r = st.lookup(b"/q", req("/q"), T0 + 20, req_grace=9.999)
+    assert r.kind == MISS and r.oc is oc
+    st.abandon(r.busy)
+    r = st.lookup(b"/q", req("/q"), T0 + 20, req_grace=-1)                     # unset: the object's
+    assert r.kind == GRACE
+    st.abandon(r.busy)
+    assert st.lookup(b"/q", req("/q"), T0 + 5, req_ttl=-1).kind == HIT
+
+
+def test_grace_hits_while_a_refresh_is_busy_count_on_the_stale_object(clock):
+    st, _ = make()
+    oc = fill(st, "/r", ttl=10, grace=100)
+    first = st.lookup(b"/r", req("/r"), T0 + 20)
+    assert first.kind == GRACE and first.busy is not None and oc.hits == 1
+    for n in (2, 3):
+        r = st.lookup(b"/r", req("/r"), T0 + 20)
+        assert (r.kind, r.oc, r.busy, oc.hits) == (GRACE, oc, None, n)
+    assert st.heads[b"/r"].ocs[0] is first.busy            # the newest object first
+
+
+def test_a_head_emptied_by_a_ban_is_counted_again_for_the_new_fetch(clock):
+    st, c = make()
+    fill(st, "/b")
+    st.ban("obj.status == 200")
+    r = st.lookup(b"/b", req("/b"), T0 + 1)
+    assert r.kind == MISS and b"/b" in st.heads
+    assert c.n_objecthead == 1 and c.n_objectcore == 1
+
+
+def test_configure_adds_an_unbounded_transient_and_replaces_old_counters():
+    st, c = make(specs=[("a", 1000), ("b", 2000)])
+    assert list(st.stevedores) == ["a", "b", "Transient"] and st.max_bytes == 2000
+    assert st.stevedores["Transient"].name == "Transient" and st.stevedores["Transient"].max_bytes is None
+    assert "SMA.a.g_space" in c.extra and "SMA.Transient.g_bytes" in c.extra
+    st.configure(["c=malloc,1k"])
+    assert "SMA.a.g_space" not in c.extra and "SMA.c.g_space" in c.extra and st.max_bytes == 1024
+    oc = fill(st, "/short", ttl=1, grace=0)           # short-lived: the added Transient takes it
+    assert oc.store == "Transient" and c.extra["SMA.Transient.g_bytes"] == oc.size
+
+
+def test_an_object_costs_its_overhead_headers_and_body(clock):
+    st, _ = make()
+    oc = fill(st, "/s", size=10)                      # one header: Content-Length: 10
+    assert oc.size == 72 + 10 + len("Content-Length") + len("10") + 4
+    assert st.storage_var("s0", "used_space") == oc.size
+    assert oc.compute_size(with_body=False) == 72 + len("Content-Length") + len("10") + 4
+
+
+def test_hit_for_miss_and_hit_for_pass_markers_at_lookup(clock):
+    st, c = make()
+    hfm = fill(st, "/m", ttl=10, grace=0, keep=100)
+    hfm.hfm = True
+    r = st.lookup(b"/m", req("/m"), T0 + 5)
+    assert (r.kind, r.oc) == ("hitmiss", hfm) and r.busy is not None and c.cache_hitmiss == 1
+    st.abandon(r.busy)
+    r = st.lookup(b"/m", req("/m"), T0 + 50)          # past its TTL, kept: still a hit-for-miss
+    assert (r.kind, r.oc) == ("hitmiss", hfm) and r.busy is not None and c.cache_hitmiss == 2
+    st.abandon(r.busy)
+    hfp = fill(st, "/p", ttl=10, grace=0, keep=100)
+    hfp.hfp = True
+    assert (st.lookup(b"/p", req("/p"), T0 + 5).kind, c.cache_hitpass) == ("hitpass", 1)
+    assert (st.lookup(b"/p", req("/p"), T0 + 5).kind, c.cache_hitpass) == ("hitpass", 2)
+    r = st.lookup(b"/p", req("/p"), T0 + 50)          # an expired hit-for-pass is no stale object
+    assert (r.kind, r.oc) == (MISS, None)
