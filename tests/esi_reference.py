@@ -22,10 +22,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from varnishd_port import VARNISHADM, listen_port
+
 VARNISHD = os.environ.get("VARNISHD", "/usr/sbin/varnishd")
 VARNISHSTAT = shutil.which("varnishstat") or "/usr/bin/varnishstat"
 VARNISHLOG = shutil.which("varnishlog") or "/usr/bin/varnishlog"
-VARNISHADM = shutil.which("varnishadm") or "/usr/bin/varnishadm"
 CLIENT_HOST = "ref.test"
 
 
@@ -130,7 +131,6 @@ sub vcl_backend_response {{ if (bereq.url ~ "^/p/") {{ set beresp.do_esi = true;
 """)
     os.chmod(vcl, 0o644)
     workdir = os.path.join(tmp, "n")
-    # port 0: a port picked beforehand may be taken by another test before varnishd binds it
     args = [VARNISHD, "-n", workdir, "-a", "127.0.0.1:0", "-f", str(vcl), "-P",
             os.path.join(tmp, "pid"), "-s", "malloc,64m", "-T", "127.0.0.1:0"]
     if features:
@@ -141,10 +141,7 @@ sub vcl_backend_response {{ if (bereq.url ~ "^/p/") {{ set beresp.do_esi = true;
     results: dict[str, tuple[bytes, int, int]] = {}
     fetches: _FetchEnds | None = None
     try:
-        # varnishd returns once its child runs; the listen socket is open by then
-        listen = subprocess.run([VARNISHADM, "-n", workdir, "debug.listen_address"], check=True,
-                                capture_output=True, text=True, timeout=30).stdout
-        port = int(listen.split()[2])
+        port = listen_port(workdir)
         fetches = _FetchEnds(workdir)
         for n in range(100):        # until the log reader is attached: it sees this fetch end
             ready = f"/ready/{n}"
