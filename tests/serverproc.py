@@ -121,22 +121,23 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
         if not chunk:
             raise ConnectionError(f"closed after {data!r}")
         data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
+    head, _, first = data.partition(b"\r\n\r\n")
+    rest = bytearray(first)             # appended in place: a big body is not copied per read
     m = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.IGNORECASE)
     if m:
         length = int(m.group(1))
         while len(rest) < length:
-            chunk = sock.recv(65536)
+            chunk = sock.recv(max(65536, min(length - len(rest), 1 << 20)))
             if not chunk:
                 break
             rest += chunk
         if len(rest) > length:
-            _LEFTOVER[sock] = rest[length:]
-        return head + b"\r\n\r\n", rest[:length]
+            _LEFTOVER[sock] = bytes(rest[length:])
+        return head + b"\r\n\r\n", bytes(rest[:length])
     while True:
         chunk = sock.recv(65536)
         if not chunk:
-            return head + b"\r\n\r\n", rest
+            return head + b"\r\n\r\n", bytes(rest)
         rest += chunk
 
 
