@@ -1,6 +1,6 @@
 """What the real varnishd 7.1 makes of ESI bodies: used to record and re-check tests/test_esi_parse.py.
 
-`varnishd_pages(cases, features)` starts varnishd (as root it drops to user `varnish`, so its files
+`varnishd_pages(cases)` starts varnishd (as root it drops to user `varnish`, so its files
 live in a world-readable directory under /tmp) in front of a small origin that serves each case's body
 at its URL with `beresp.do_esi` on, and answers every other URL (the includes) with `{HOST URL}`. It
 returns, per case, the delivered body and the esi_errors / esi_warnings it counted.
@@ -114,11 +114,12 @@ class _FetchEnds:
         self._proc.stdout.close()
 
 
-def varnishd_pages(cases: dict[str, tuple[bytes, str]], features: str = "",
-                   params: tuple[str, ...] = (), extra_vcl: str = "") -> dict[str, tuple[bytes, int, int]]:
-    """{name: (body, url)} -> {name: (delivered, esi_errors, esi_warnings)}, through the real varnishd."""
+def varnishd_pages(cases: dict[str, tuple[bytes, str, str]], params: tuple[str, ...] = (),
+                   extra_vcl: str = "") -> dict[str, tuple[bytes, int, int]]:
+    """{name: (body, url, features)} -> {name: (delivered, esi_errors, esi_warnings)}, through one real
+    varnishd; `features` ("+esi_remove_bom", ...) is set with param.set before the case's request."""
     origin = _Origin(("127.0.0.1", 0), _Handler)
-    origin.pages = {url: body for body, url in cases.values()}
+    origin.pages = {url: body for body, url, _ in cases.values()}
     threading.Thread(target=origin.serve_forever, daemon=True).start()
     tmp = tempfile.mkdtemp(prefix="esi-ref-")
     os.chmod(tmp, 0o755)
@@ -133,8 +134,6 @@ sub vcl_backend_response {{ if (bereq.url ~ "^/p/") {{ set beresp.do_esi = true;
     workdir = os.path.join(tmp, "n")
     args = [VARNISHD, "-n", workdir, "-a", "127.0.0.1:0", "-f", str(vcl), "-P",
             os.path.join(tmp, "pid"), "-s", "malloc,64m", "-T", "127.0.0.1:0"]
-    if features:
-        args += ["-p", f"feature={features}"]
     for param in params:
         args += ["-p", param]
     subprocess.run(args, check=True, capture_output=True, timeout=60)
@@ -151,7 +150,13 @@ sub vcl_backend_response {{ if (bereq.url ~ "^/p/") {{ set beresp.do_esi = true;
         else:
             raise AssertionError("varnishlog did not show a fetch")
         errs, warns = _counters(workdir)
-        for name, (_, url) in cases.items():
+        features = None
+        for name, (_, url, feats) in sorted(cases.items(), key=lambda case: case[1][2]):
+            if feats != features:
+                for value in ("none", feats) if feats else ("none",):    # none: the default set
+                    subprocess.run([VARNISHADM, "-n", workdir, "param.set", "feature", value], check=True,
+                                   capture_output=True, timeout=30)
+                features = feats
             req = urllib.request.Request(f"http://127.0.0.1:{port}{url}", headers={"Host": CLIENT_HOST})
             try:
                 with urllib.request.urlopen(req, timeout=10) as resp:
@@ -179,9 +184,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_esi_parse import CASES  # noqa: E402
 
-    by_feat: dict[str, dict[str, tuple[bytes, str]]] = {}
-    for name, (body, url, feats) in CASES.items():
-        by_feat.setdefault(feats, {})[name] = (body, url)
-    for feats, cases in by_feat.items():
-        for name, (got, e, w) in varnishd_pages(cases, feats).items():
-            print(f"    {name!r}: ({got!r}, {e}, {w}),")
+    live = varnishd_pages(CASES)
+    for name in CASES:
+        got, e, w = live[name]
+        print(f"    {name!r}: ({got!r}, {e}, {w}),")
