@@ -770,6 +770,7 @@ class BusyObj:
                 data = await conn.read_body(between)
                 received += len(data)
                 backends.live(self.backend).beresp_bodybytes += len(data)
+                self.acct_beresp_body += len(data)
                 stored = await self._store(data)
             self._signal()
             # let the waiting clients send their heads first, as varnishd's do at BOS_STREAM

@@ -80,6 +80,8 @@ class ProgramConn:
     reason = b""
     has_te = False
     reused = False
+    body: tuple[bytes, ...] = ()        # no body bytes come with a program's head (see fetch.py)
+    held = 0
 
     def __init__(self, resp: ProgramResponse, head_only: bool) -> None:
         self.resp = resp

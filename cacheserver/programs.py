@@ -192,6 +192,14 @@ def _resolve(fut: asyncio.Future) -> None:
         fut.set_result(None)
 
 
+def _pidfd_open(pid: int) -> int | None:
+    """A pidfd for our unreaped child (None where the kernel has none: plain kill(2) then)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
 class _Program:
     """One running program process and its control channel."""
 
@@ -205,6 +213,7 @@ class _Program:
         self._paused = False
         self.path = path
         self.proc = proc
+        self._pidfd = _pidfd_open(proc.pid)
         self.ctrl = ctrl
         self.alive = True
         self.error: str | None = None           # the program's own "error" message, if any
@@ -471,7 +480,12 @@ class _Program:
                 fut.exception()
 
     async def _watch_exit(self) -> None:
-        rc = await self.proc.wait()
+        try:
+            rc = await self.proc.wait()
+        finally:
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
         if self.alive and not self.quiet:
             level = logging.INFO if rc == 0 else logging.WARNING
             log.log(level, "program '%s' (pid %d) %s", self.name, self.proc.pid, exit_words(rc))
@@ -480,11 +494,21 @@ class _Program:
     def kill_now(self) -> None:
         """SIGKILL without waiting (the exit watcher reaps the process)."""
         self._died("killed")
-        if self.proc.returncode is None:
-            try:
-                self.proc.kill()
-            except ProcessLookupError:
-                pass
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        """Signal the process without reaping it. Popen.send_signal() (proc.kill(), proc.terminate())
+        polls first: a process that just died is reaped there, out from under asyncio's child watcher,
+        which then reports exit status 255 instead of the signal that killed it."""
+        if self.proc.returncode is not None:
+            return
+        try:
+            if self._pidfd is not None:       # a pidfd cannot hit a recycled pid
+                signal.pidfd_send_signal(self._pidfd, sig)
+            else:
+                os.kill(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
     async def kill(self) -> None:
         """SIGKILL now; wait for the process and its output."""
@@ -495,17 +519,12 @@ class _Program:
         """Close the channel and SIGTERM; SIGKILL if the process still runs after `grace` s."""
         self._died("stopped")
         if self.proc.returncode is None:
+            self._signal(signal.SIGTERM)
             try:
-                self.proc.terminate()
                 await asyncio.wait_for(asyncio.shield(self.proc.wait()), grace)
-            except ProcessLookupError:
-                pass
             except TimeoutError:
                 log.warning("program '%s' ignored SIGTERM: killing it", self.name)
-                try:
-                    self.proc.kill()
-                except ProcessLookupError:
-                    pass
+                self._signal(signal.SIGKILL)
         await self._reap(grace=5.0)
 
     async def _reap(self, grace: float) -> None:

@@ -1,6 +1,6 @@
 """What the real varnishd 7.1 makes of ESI bodies: used to record and re-check tests/test_esi_parse.py.
 
-`varnishd_pages(cases, features)` starts varnishd (as root it drops to user `varnish`, so its files
+`varnishd_pages(cases)` starts varnishd (as root it drops to user `varnish`, so its files
 live in a world-readable directory under /tmp) in front of a small origin that serves each case's body
 at its URL with `beresp.do_esi` on, and answers every other URL (the includes) with `{HOST URL}`. It
 returns, per case, the delivered body and the esi_errors / esi_warnings it counted.
@@ -13,8 +13,8 @@ from __future__ import annotations
 import http.client
 import http.server
 import os
+import select
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -22,24 +22,21 @@ import time
 import urllib.request
 from pathlib import Path
 
+from varnishd_port import VARNISHADM, listen_port
+
 VARNISHD = os.environ.get("VARNISHD", "/usr/sbin/varnishd")
 VARNISHSTAT = shutil.which("varnishstat") or "/usr/bin/varnishstat"
+VARNISHLOG = shutil.which("varnishlog") or "/usr/bin/varnishlog"
 CLIENT_HOST = "ref.test"
 
 
 def have_varnishd() -> bool:
-    return os.access(VARNISHD, os.X_OK) and os.access(VARNISHSTAT, os.X_OK)
+    return all(os.access(tool, os.X_OK) for tool in (VARNISHD, VARNISHSTAT, VARNISHLOG, VARNISHADM))
 
 
 def fragment_body(host: str, url: str) -> bytes:
     """What the origin answers for any URL that is not a case: `{HOST URL}` (status 503 for /fail*)."""
     return ("{" + host + " " + url + "}").encode("latin-1")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Origin(http.server.ThreadingHTTPServer):
@@ -81,25 +78,48 @@ def _counters(workdir: str) -> tuple[int, int]:
     return vals.get("MAIN.esi_errors", 0), vals.get("MAIN.esi_warnings", 0)
 
 
-def _settled_counters(workdir: str) -> tuple[int, int]:
-    """The counters once a worker has published its share (varnishd adds them up a moment after the
-    response went out, later still on a busy machine)."""
-    time.sleep(0.05)
-    last = _counters(workdir)
-    for _ in range(20):
-        time.sleep(0.1)
-        now = _counters(workdir)
-        if now == last:
-            return now
-        last = now
-    return last
+class _FetchEnds:
+    """Which backend fetches have ended, from a `varnishlog` that follows the log. The ESI parser
+    counts errors and warnings in the fetch, which can still run after the client has its response:
+    a case's counters are read once its fetch's End record is out."""
+
+    def __init__(self, workdir: str) -> None:
+        self._proc = subprocess.Popen([VARNISHLOG, "-n", workdir, "-b", "-g", "vxid", "-u",
+                                       "-i", "BereqURL,End"], stdout=subprocess.PIPE)
+        self._pending = b""
+        self._url = ""
+        self.ended: set[str] = set()
+
+    def wait(self, url: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while url not in self.ended:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._proc.stdout], [], [], left)[0]:
+                return False
+            chunk = os.read(self._proc.stdout.fileno(), 65536)
+            if not chunk:
+                return False
+            *lines, self._pending = (self._pending + chunk).split(b"\n")
+            for line in lines:
+                fields = line.decode("latin-1").split()
+                if fields[1:2] == ["BereqURL"]:
+                    self._url = fields[2] if len(fields) > 2 else ""
+                elif fields[1:2] == ["End"]:
+                    self.ended.add(self._url)
+        return True
+
+    def close(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+        self._proc.stdout.close()
 
 
-def varnishd_pages(cases: dict[str, tuple[bytes, str]], features: str = "",
-                   params: tuple[str, ...] = (), extra_vcl: str = "") -> dict[str, tuple[bytes, int, int]]:
-    """{name: (body, url)} -> {name: (delivered, esi_errors, esi_warnings)}, through the real varnishd."""
+def varnishd_pages(cases: dict[str, tuple[bytes, str, str]], params: tuple[str, ...] = (),
+                   extra_vcl: str = "") -> dict[str, tuple[bytes, int, int]]:
+    """{name: (body, url, features)} -> {name: (delivered, esi_errors, esi_warnings)}, through one real
+    varnishd; `features` ("+esi_remove_bom", ...) is set with param.set before the case's request."""
     origin = _Origin(("127.0.0.1", 0), _Handler)
-    origin.pages = {url: body for body, url in cases.values()}
+    origin.pages = {url: body for body, url, _ in cases.values()}
     threading.Thread(target=origin.serve_forever, daemon=True).start()
     tmp = tempfile.mkdtemp(prefix="esi-ref-")
     os.chmod(tmp, 0o755)
@@ -111,38 +131,45 @@ sub vcl_backend_response {{ if (bereq.url ~ "^/p/") {{ set beresp.do_esi = true;
 {extra_vcl}
 """)
     os.chmod(vcl, 0o644)
-    port = _free_port()
     workdir = os.path.join(tmp, "n")
-    args = [VARNISHD, "-n", workdir, "-a", f"127.0.0.1:{port}", "-f", str(vcl), "-P",
-            os.path.join(tmp, "pid"), "-s", "malloc,64m", "-T", "none"]
-    if features:
-        args += ["-p", f"feature={features}"]
+    args = [VARNISHD, "-n", workdir, "-a", "127.0.0.1:0", "-f", str(vcl), "-P",
+            os.path.join(tmp, "pid"), "-s", "malloc,64m", "-T", "127.0.0.1:0"]
     for param in params:
         args += ["-p", param]
     subprocess.run(args, check=True, capture_output=True, timeout=60)
     results: dict[str, tuple[bytes, int, int]] = {}
+    fetches: _FetchEnds | None = None
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        port = listen_port(workdir)
+        fetches = _FetchEnds(workdir)
+        for n in range(100):        # until the log reader is attached: it sees this fetch end
+            ready = f"/ready/{n}"
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{ready}", timeout=10).read()
+            if fetches.wait(ready, 0.2):
                 break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        else:
+            raise AssertionError("varnishlog did not show a fetch")
         errs, warns = _counters(workdir)
-        for name, (_, url) in cases.items():
+        features = None
+        for name, (_, url, feats) in sorted(cases.items(), key=lambda case: case[1][2]):
+            if feats != features:
+                for value in ("none", feats) if feats else ("none",):    # none: the default set
+                    subprocess.run([VARNISHADM, "-n", workdir, "param.set", "feature", value], check=True,
+                                   capture_output=True, timeout=30)
+                features = feats
             req = urllib.request.Request(f"http://127.0.0.1:{port}{url}", headers={"Host": CLIENT_HOST})
             try:
                 with urllib.request.urlopen(req, timeout=10) as resp:
                     got = resp.read()
             except http.client.IncompleteRead as exc:
                 got = b"INCOMPLETE:" + exc.partial
-            e2, w2 = _settled_counters(workdir)
+            assert fetches.wait(url, 30), f"varnishd's fetch of {url} did not end within 30 s"
+            e2, w2 = _counters(workdir)
             results[name] = (got, e2 - errs, w2 - warns)
             errs, warns = e2, w2
     finally:
+        if fetches is not None:
+            fetches.close()
         pid = int(Path(tmp, "pid").read_text())
         os.kill(pid, 15)
         origin.shutdown()
@@ -157,9 +184,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_esi_parse import CASES  # noqa: E402
 
-    by_feat: dict[str, dict[str, tuple[bytes, str]]] = {}
-    for name, (body, url, feats) in CASES.items():
-        by_feat.setdefault(feats, {})[name] = (body, url)
-    for feats, cases in by_feat.items():
-        for name, (got, e, w) in varnishd_pages(cases, feats).items():
-            print(f"    {name!r}: ({got!r}, {e}, {w}),")
+    live = varnishd_pages(CASES)
+    for name in CASES:
+        got, e, w = live[name]
+        print(f"    {name!r}: ({got!r}, {e}, {w}),")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from serverproc import ServerProcess
+from varnishd_port import listen_port
 
 VARNISHD = os.environ.get("VARNISHD", "/usr/sbin/varnishd")
 
@@ -227,22 +228,11 @@ def _compare(vcl_text: str, tag_header: str, requests: list) -> None:
             got = _run(ours.port, requests)
         finally:
             ours.stop()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        subprocess.run([VARNISHD, "-n", os.path.join(tmp, "n"), "-a", f"127.0.0.1:{port}", "-f", str(vcl),
-                        "-P", os.path.join(tmp, "pid"), "-T", "none"], check=True, capture_output=True,
+        subprocess.run([VARNISHD, "-n", os.path.join(tmp, "n"), "-a", "127.0.0.1:0", "-f", str(vcl),
+                        "-P", os.path.join(tmp, "pid"), "-T", "127.0.0.1:0"], check=True, capture_output=True,
                        timeout=60)
         try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+            port = listen_port(os.path.join(tmp, "n"))
             time.sleep(0.3)
             want = _run(port, requests)
         finally:

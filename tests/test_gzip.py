@@ -2,7 +2,7 @@
 
 The .vtc cases in tests/vtc/g*.vtc check the same behaviours against the wire (and pass against
 varnishd 7.1 with `vtest --varnishd`); these add what a .vtc cannot: unit checks of each filter,
-and memory bounds for a 1 GB body.
+and memory bounds for a 256 MB body (four times the 64 MB bound: a body held whole would show).
 """
 
 from __future__ import annotations
@@ -141,9 +141,9 @@ def test_testgunzip_passes_bytes_through_and_learns_the_length():
 @pytest.mark.parametrize("names", ["testgunzip", "gunzip"])
 @pytest.mark.parametrize("bad, message", [
     (b"not gzip at all", "Invalid Gzip data"),
-    (gzip.compress(b"x" * 100)[:-10], "[Gg]unzip (error at the very end|failed)"),   # cut short
-    (gzip.compress(b"x" * 100) + b"junk", "Junk after gzip data"),
-])
+    (gzip.compress(b"x" * 100, mtime=0)[:-10], "[Gg]unzip (error at the very end|failed)"),  # cut short
+    (gzip.compress(b"x" * 100, mtime=0) + b"junk", "Junk after gzip data"),
+], ids=["not-gzip", "cut-short", "junk-after"])   # the same ids in every xdist worker
 def test_corrupt_gzip_is_a_filter_error(names, bad, message):
     with pytest.raises(FilterError, match=message):
         _fetch(names, [bad], ("Content-Encoding", "gzip"))
@@ -218,8 +218,8 @@ def _read_to_eof(sock: socket.socket, pid: int, peak: int) -> tuple[bytes, int, 
     return head, got, peak
 
 
-def test_one_gigabyte_gzip_body_is_gunzipped_for_a_plain_client_in_bounded_memory(make):
-    size = 1 << 30
+def test_a_large_gzip_body_is_gunzipped_for_a_plain_client_in_bounded_memory(make):
+    size = 1 << 28
     z = zlib.compressobj(6, zlib.DEFLATED, 31)
     block = b"z" * (1 << 20)
     packed = [z.compress(block) for _ in range(size // len(block))] + [z.flush()]
@@ -231,6 +231,7 @@ def test_one_gigabyte_gzip_body_is_gunzipped_for_a_plain_client_in_bounded_memor
     pid = cache.proc.proc.pid
     before = memory_kb(pid)
     with cache.proc.connect() as sock:
+        sock.settimeout(60)             # a bound on a stall, not on the machine's speed
         # HTTP/1.0: the plain length is unknown while streaming, so the body ends at close
         sock.sendall(b"GET /big HTTP/1.0\r\nHost: x\r\n\r\n")
         head, got, peak = _read_to_eof(sock, pid, before)
@@ -240,8 +241,8 @@ def test_one_gigabyte_gzip_body_is_gunzipped_for_a_plain_client_in_bounded_memor
     assert counters["n_gunzip"] == 1 and counters["n_test_gunzip"] == 1
 
 
-def test_one_gigabyte_plain_body_is_gzipped_on_fetch_in_bounded_memory(make):
-    size = 1 << 30
+def test_a_large_plain_body_is_gzipped_on_fetch_in_bounded_memory(make):
+    size = 1 << 28
     block = b"y" * (1 << 20)
     vcl = ("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n"
            "sub vcl_backend_response { set beresp.do_gzip = true; }\n")
@@ -250,6 +251,7 @@ def test_one_gigabyte_plain_body_is_gzipped_on_fetch_in_bounded_memory(make):
     pid = cache.proc.proc.pid
     before = memory_kb(pid)
     with cache.proc.connect() as sock:
+        sock.settimeout(60)             # a bound on a stall, not on the machine's speed
         sock.sendall(b"GET /big HTTP/1.0\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
         head = b""
         while b"\r\n\r\n" not in head:

@@ -11,13 +11,12 @@ import hashlib
 import http.client
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from collections import Counter
 
 import pytest
+from varnishd_port import listen_port
 
 from cacheserver.backends import live, set_admin_health
 from vcl.compiler import compile_vcl
@@ -216,23 +215,11 @@ def _record_varnishd(sick: tuple[str, ...]) -> tuple[dict[str, str], str]:
     with open(vcl, "w") as f:
         f.write(PARITY_VCL)
     os.chmod(vcl, 0o644)
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    proc = subprocess.Popen([VARNISHD, "-F", "-n", work, "-a", f"127.0.0.1:{port}", "-f", vcl,
+    proc = subprocess.Popen([VARNISHD, "-F", "-n", work, "-a", "127.0.0.1:0", "-f", vcl,
                              "-T", "127.0.0.1:0", "-s", "malloc,16m"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.skip("varnishd did not start")
-                time.sleep(0.1)
+        port = listen_port(work)
         for name in sick:
             subprocess.run([VARNISHADM, "-n", work, "backend.set_health", name, "sick"], check=True,
                            capture_output=True)

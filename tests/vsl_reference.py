@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serverproc import ServerProcess  # noqa: E402
+from varnishd_port import listen_port  # noqa: E402
 
 VARNISHD = os.environ.get("VARNISHD", "/usr/sbin/varnishd")
 VARNISHLOG = shutil.which("varnishlog") or "/usr/bin/varnishlog"
@@ -286,31 +287,17 @@ _RAW_LINE = re.compile(r"^\s*(\d+) (\S+)\s+(\S) ?(.*)$")
 
 
 def _run_varnishd(scn: Scenario, vcl: Path, work: str, tmp: str) -> list:
-    port_sock = socket.socket()
-    port_sock.bind(("127.0.0.1", 0))
-    port = port_sock.getsockname()[1]
-    port_sock.close()
-    args = [VARNISHD, "-n", work, "-a", f"127.0.0.1:{port}", "-f", str(vcl), "-P",
-            os.path.join(tmp, "pid"), "-s", "malloc,64m", "-T", "none"]
+    args = [VARNISHD, "-n", work, "-a", "127.0.0.1:0", "-f", str(vcl), "-P",
+            os.path.join(tmp, "pid"), "-s", "malloc,64m", "-T", "127.0.0.1:0"]
     for p in scn.params:
         args += ["-p", p]
     subprocess.run(args, check=True, capture_output=True, timeout=60)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        # the probe connection above is a session of its own: leave it out
-        time.sleep(0.3)
+        port = listen_port(work)
         skip = _ends(_varnishlog(work))
         _client(port, scn.requests)
         raw = _poll(lambda: _varnishlog(work), skip + scn.transactions)
-        # drop the transactions of the probe connection (the first `skip` to end)
+        # drop what ended before the client came (the first `skip` to end)
         done = 0
         dropped: set[int] = set()
         for v, tag, _ in raw:
