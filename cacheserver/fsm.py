@@ -443,10 +443,7 @@ class ClientRequest(Delivery, EsiRequest):
         if head is None or not any(oc.busy for oc in head.ocs):
             return "lookup"
         fut = asyncio.get_running_loop().create_future()
-        if head.waiters:
-            head.waiters.append(fut)
-        else:
-            head.waiters = [fut]
+        head.add_waiter(fut)
         self.server.counters.busy_sleep += 1
         await fut
         self.server.counters.busy_wakeup += 1

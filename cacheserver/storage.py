@@ -192,6 +192,13 @@ class ObjHead:
         self.ocs: list[ObjCore] = []               # newest first
         self.waiters: list[asyncio.Future] | tuple = ()   # requests waiting for a busy object
 
+    def add_waiter(self, fut: asyncio.Future) -> None:
+        """A request waits for this head's busy object (rush() wakes it)."""
+        if self.waiters:
+            self.waiters.append(fut)
+        else:
+            self.waiters = [fut]        # heads with nobody waiting share the empty tuple
+
     def rush(self) -> None:
         """Wake every request waiting on this head, so it looks up again."""
         waiters, self.waiters = self.waiters, ()

@@ -199,12 +199,12 @@ def test_abandon_unlinks_a_busy_object_and_wakes_its_waiters(clock):
         busy = st.lookup(b"/x", req("/x"), T0).busy
         assert st.lookup(b"/x", req("/x"), T0).kind == BUSY
         waiter = asyncio.get_running_loop().create_future()
-        busy.head.waiters.append(waiter)
+        busy.head.add_waiter(waiter)
         st.abandon(busy)
         assert waiter.done() and busy.dying and busy not in busy.head.ocs
         assert b"/x" in st.heads              # a waiter still needs the head
         done = st.lookup(b"/x", req("/x"), T0).busy
-        done.head.waiters.clear()
+        done.head.rush()
         st.abandon(fill(st, "/y"))            # not busy: left alone
         assert c.n_object == 1
 
