@@ -30,6 +30,13 @@ READ_HIGH = 256 * 1024
 # are decoded per response as before.
 _NAMES: dict[bytes, tuple[str, str]] = {}
 _NAMES_MAX = 1024
+# Values of the fields most responses repeat ("text/html", "max-age=3600", "1024"), shared the same
+# way: about 50 bytes less per such field of every cached object. Bounded like _NAMES.
+_SHARED_VALUES = frozenset(("content-type", "cache-control", "content-length", "content-encoding", "vary",
+                            "server", "accept-ranges", "connection", "content-language"))
+_VALUES: dict[bytes, str] = {}
+_VALUES_MAX = 4096
+_VALUE_MAX_LEN = 128
 # A request body up to this size, when already whole, goes out in the same write as the head.
 SMALL_BODY = 64 * 1024
 
@@ -206,7 +213,11 @@ class BackendConn(asyncio.Protocol):
             if len(_NAMES) < _NAMES_MAX:
                 _NAMES[name] = names
         field, lname = names
-        text = value.decode("utf-8", "surrogateescape")
+        text = _VALUES.get(value) if lname in _SHARED_VALUES else None
+        if text is None:
+            text = value.decode("utf-8", "surrogateescape")
+            if lname in _SHARED_VALUES and len(value) <= _VALUE_MAX_LEN and len(_VALUES) < _VALUES_MAX:
+                _VALUES[value] = text
         fields.append([field, text, lname])
         if lname == "content-length":
             self.clen = int(text.strip()) if text.strip().isdigit() else -1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -457,8 +458,10 @@ class BusyObj:
         ctx = self.ctx
         conn = self.conn
         status = conn.status
-        reason = conn.reason.decode("utf-8", "surrogateescape").strip()
-        beresp = HttpMessage(proto="HTTP/" + conn.version, status=status, reason=reason or reason_for(status),
+        # interned: every cached object keeps them, and they are nearly always "HTTP/1.1" and "OK"
+        reason = sys.intern(conn.reason.decode("utf-8", "surrogateescape").strip())
+        beresp = HttpMessage(proto=sys.intern("HTTP/" + conn.version), status=status,
+                             reason=reason or reason_for(status),
                              headers=Headers.adopt(conn.fields))
         now = time.time()
         if not self._body_status(ctx.bereq.method, conn):

@@ -637,7 +637,8 @@ class ClientRequest(Delivery, EsiRequest):
         if self._plain_hit():
             if self._deliver_from_template():
                 return "send" if self.send_data is not None else None
-            self._template_wanted = True
+            # from its second hit on: an object hit once neither pays for nor keeps a template
+            self._template_wanted = self.oc.hits > 1
         resp = self._prepare_deliver()
         if self._headers_lost(resp):
             return self._to_synth(500)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from cacheserver import __version__
+from cacheserver.gcpolicy import GcPolicy
 from cacheserver.server import ListenSpec, Server, VCLLoadError
 
 log = logging.getLogger("cacheserver")
@@ -249,6 +250,7 @@ async def _serve(server: Server, args: argparse.Namespace) -> None:
         await server.start()
         print("Child launched OK", file=sys.stderr, flush=True)
     server.stop_event = stop
+    GcPolicy().install()       # a big cache must not make every full collection slower
     try:
         await stop.wait()
     finally:

@@ -129,6 +129,8 @@ class ObjCore:
     def close_reader(self, cell: list[int]) -> None:
         if cell in self.readers:
             self.readers.remove(cell)
+            if not self.readers:
+                self.readers = ()       # the shared empty tuple, not an empty list per cached object
         self._trim()
         if not self.readers and self.body_cache is not None and self.base == 0 and len(self.chunks) > 1:
             self.chunks = [self.body_cache]     # the last streaming reader left: keep one copy
