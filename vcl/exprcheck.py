@@ -127,7 +127,8 @@ class ExprChecker:
             e.kind = "regex"
         elif left.type == "IP":
             if not isinstance(e.right, ast.Name):
-                raise VCLError("Expected ACL identifier", e.right.pos)
+                t = self.add(e.right, "STRING").type
+                raise VCLError(f"Expression has type {t}, expected ACL", e.right.pos)
             key = e.right.name.lower()   # declared names match case-insensitively, as in VCC
             if key not in self.acls:
                 self._not_an_acl(e.right)
