@@ -58,6 +58,8 @@ CASES = {
                          "Expression has type STRING, expected ACL"),
     "acl_match_int": (H + "sub vcl_recv {\n\tif (client.ip ~ 1) {}\n}\n", 5, 18,
                       "Expression has type INT, expected ACL"),
+    "vmod_func_statement_without_parens": (H + "sub vcl_recv {\n\tstd.toupper;\n}\n", 5, 13,
+                                           "Expected '(' got ';'"),
     "int_plus_string": (H + 'sub vcl_recv {\n\tif (1 + "a") {}\n}\n', 5, 8, "INT + STRING not possible."),
     "cmp_types": (H + "sub vcl_recv {\n\tif (req.url == 1) {}\n}\n", 5, 14,
                   "Comparison of different types: STRING '==' INT"),
