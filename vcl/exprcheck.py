@@ -341,13 +341,18 @@ class ExprChecker:
     def _call(self, e: ast.Call, statement: bool = False) -> ast.Expr:
         name = e.name
         if name in ("regsub", "regsuball"):
-            if len(e.args) != 3 or any(a.name for a in e.args):
+            short = 0 < len(e.args) < 3 and e.close_pos is not None
+            if (len(e.args) != 3 and not short) or any(a.name for a in e.args):
                 raise VCLError(f"{name}() takes three arguments: string, regex, substitution", e.pos)
             subject = self.expr0(e.args[0].value, "STRING")
-            rx = _fold_literal(e.args[1].value)
-            if not isinstance(rx, ast.StringLit):
-                raise VCLError(f"Expression has type {self.add(rx, 'STRING').type}, expected REGEX", rx.pos)
-            self.regex(rx)
+            if len(e.args) > 1:
+                rx = _fold_literal(e.args[1].value)
+                if not isinstance(rx, ast.StringLit):
+                    raise VCLError(f"Expression has type {self.add(rx, 'STRING').type}, expected REGEX", rx.pos)
+                self.regex(rx)
+            if short:
+                # VCC reads the arguments in turn and wanted a ',' where the call closes.
+                raise VCLError("Expected ',' got ')'", e.close_pos)
             sub = self.expr0(e.args[2].value, "STRING")
             e.ref = ("regsub", name == "regsuball")
             e.bound = [subject, rx, sub]
