@@ -64,6 +64,9 @@ CASES = {
                         "Expected ',' got ')'"),
     "regsuball_one_arg": (H + "sub vcl_recv {\n\tset req.url = regsuball(req.url);\n}\n", 5, 33,
                           "Expected ',' got ')'"),
+    "object_constructor_in_expr": ("vcl 4.1;\nimport directors;\nbackend default none;\nsub vcl_recv {\n"
+                                   "\tset req.http.x = directors.round_robin;\n}\n", 5, 19,
+                                   "Symbol 'directors' type (object) can not be used in expression."),
     "int_plus_string": (H + 'sub vcl_recv {\n\tif (1 + "a") {}\n}\n', 5, 8, "INT + STRING not possible."),
     "cmp_types": (H + "sub vcl_recv {\n\tif (req.url == 1) {}\n}\n", 5, 14,
                   "Comparison of different types: STRING '==' INT"),

@@ -318,6 +318,11 @@ class ExprChecker:
             raise VCLError(f"Undefined backend {name}, first reference:", e.pos)
         if var is None:
             head = name.split(".")[0]
+            vmod = self.vmods.get(head)
+            if vmod is not None and name.split(".", 1)[1] in vmod.objects:
+                # VCC names the vmod: an object constructor is no value
+                raise VCLError(f"Symbol '{head}' type (object) can not be used in expression.",
+                               ast.Pos(e.pos.file, e.pos.line, e.pos.col, len(head)))
             if head in self.vmods or head in IMPLICIT_IMPORTS:
                 raise VCLError(f"Symbol '{name}' type (FUNC) can not be used in expression without "
                                "arguments.", e.pos)
