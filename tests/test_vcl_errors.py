@@ -67,6 +67,8 @@ CASES = {
     "object_constructor_in_expr": ("vcl 4.1;\nimport directors;\nbackend default none;\nsub vcl_recv {\n"
                                    "\tset req.http.x = directors.round_robin;\n}\n", 5, 19,
                                    "Symbol 'directors' type (object) can not be used in expression."),
+    "positional_after_named": (H + 'sub vcl_recv {\n\tstd.log(s="a", "b");\n}\n', 5, 17,
+                               "Expected ')' got '\"b\"'"),
     "int_plus_string": (H + 'sub vcl_recv {\n\tif (1 + "a") {}\n}\n', 5, 8, "INT + STRING not possible."),
     "cmp_types": (H + "sub vcl_recv {\n\tif (req.url == 1) {}\n}\n", 5, 14,
                   "Comparison of different types: STRING '==' INT"),

@@ -437,8 +437,10 @@ class ExprChecker:
         bound: list[ast.Expr | None] = [None] * len(params)
         positional = [a for a in e.args if a.name is None]
         named = [a for a in e.args if a.name is not None]
-        if any(a.name is None for a in e.args[len(positional):]):
-            raise VCLError("Positional argument after named argument", e.pos)
+        late = next((a for a in e.args[len(positional):] if a.name is None), None)
+        if late is not None:
+            # VCC reads only named arguments once one was named, then wants the ')'.
+            raise VCLError(f"Expected ')' got '{_first_token(late.value)}'", late.value.pos)
         if len(positional) > len(params):
             # VCC stops where it wanted the closing parenthesis.
             extra = positional[len(params)].value
