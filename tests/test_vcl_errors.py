@@ -69,6 +69,8 @@ CASES = {
                                    "Symbol 'directors' type (object) can not be used in expression."),
     "positional_after_named": (H + 'sub vcl_recv {\n\tstd.log(s="a", "b");\n}\n', 5, 17,
                                "Expected ')' got '\"b\"'"),
+    "unknown_bytes_unit": (H + "sub vcl_recv {\n\tif (std.bytes(\"1\", 1B) > 10 XB) {}\n}\n", 5, 30,
+                           "Unknown BYTES unit of measurement ([KMGTP][B])'XB'"),
     "int_plus_string": (H + 'sub vcl_recv {\n\tif (1 + "a") {}\n}\n', 5, 8, "INT + STRING not possible."),
     "cmp_types": (H + "sub vcl_recv {\n\tif (req.url == 1) {}\n}\n", 5, 14,
                   "Comparison of different types: STRING '==' INT"),
@@ -160,6 +162,8 @@ def test_error_position_and_message(name):
 
 VARNISHD = shutil.which("varnishd") or ("/usr/sbin/varnishd" if os.path.exists("/usr/sbin/varnishd") else None)
 _POS = re.compile(r"^(?:At: )?\('(?:[^']*)' Line (\d+) Pos (\d+)\)")
+# a few VCC messages end with the position on the same line ("...'XB'('f.vcl' Line 5 Pos 30)")
+_GLUED_POS = re.compile(r"^(.+?)\('[^']*' Line (\d+) Pos (\d+)\)$")
 
 
 def vcc_report(stderr: str, source: str) -> tuple[str, int, int]:
@@ -170,6 +174,12 @@ def vcc_report(stderr: str, source: str) -> tuple[str, int, int]:
     skip_source = False
     for ln in lines:
         m = _POS.match(ln)
+        glued = None if m else _GLUED_POS.match(ln)
+        if glued:
+            message = glued.group(1) if message is None else message
+            pos = (int(glued.group(2)), int(glued.group(3))) if pos is None else pos
+            skip_source = True
+            continue
         if m:
             if pos is None:
                 pos = (int(m.group(1)), int(m.group(2)))

@@ -142,7 +142,7 @@ def test_acl_network_notation_and_optional_entries():
 
 @pytest.mark.parametrize("cond, message", [
     ('storage.Transient.free_space > 4 "X"', "Expected BYTES unit (B, KB, MB...) got '\"X\"'"),
-    ("storage.Transient.free_space > 4 MS", "Unknown BYTES unit of measurement ([KMGTP][B]) 'MS'"),
+    ("storage.Transient.free_space > 4 MS", "Unknown BYTES unit of measurement ([KMGTP][B])'MS'"),
     ("req.ttl > 4 X", "Unknown duration unit 'X'\nLegal duration units are 'ms', 's', 'm', 'h', 'd', 'w' and 'y'"),
 ])
 def test_a_spaced_unit_is_read_by_the_type_wanted(cond, message):

@@ -266,7 +266,8 @@ class ExprChecker:
         if fmt == "BYTES":
             scale = types.BYTES_UNITS.get(e.unit.upper())
             if scale is None:
-                raise VCLError(f"Unknown BYTES unit of measurement ([KMGTP][B]) '{e.unit}'", e.unit_pos)
+                # VCC prints its message with no space before the unit
+                raise VCLError(f"Unknown BYTES unit of measurement ([KMGTP][B])'{e.unit}'", e.unit_pos)
             return ast.BytesLit(e.pos, e.number * scale, e.text)
         seconds = types.DURATION_UNITS.get(e.unit)
         if seconds is None:
