@@ -320,7 +320,7 @@ class ExprChecker:
         if var is None:
             head = name.split(".")[0]
             vmod = self.vmods.get(head)
-            if vmod is not None and name.split(".", 1)[1] in vmod.objects:
+            if vmod is not None and name.partition(".")[2] in vmod.objects:
                 # VCC names the vmod: an object constructor is no value
                 raise VCLError(f"Symbol '{head}' type (object) can not be used in expression.",
                                ast.Pos(e.pos.file, e.pos.line, e.pos.col, len(head)))
