@@ -71,6 +71,8 @@ CASES = {
                                "Expected ')' got '\"b\"'"),
     "unknown_bytes_unit": (H + "sub vcl_recv {\n\tif (std.bytes(\"1\", 1B) > 10 XB) {}\n}\n", 5, 30,
                            "Unknown BYTES unit of measurement ([KMGTP][B])'XB'"),
+    "vmod_name_in_expr": (H + "sub vcl_recv {\n\tset req.http.x = std;\n}\n", 5, 19,
+                          "Symbol 'std' type (vmod) can not be used in expression."),
     "int_plus_string": (H + 'sub vcl_recv {\n\tif (1 + "a") {}\n}\n', 5, 8, "INT + STRING not possible."),
     "cmp_types": (H + "sub vcl_recv {\n\tif (req.url == 1) {}\n}\n", 5, 14,
                   "Comparison of different types: STRING '==' INT"),

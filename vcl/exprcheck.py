@@ -320,6 +320,8 @@ class ExprChecker:
         if var is None:
             head = name.split(".")[0]
             vmod = self.vmods.get(head)
+            if vmod is not None and "." not in name:
+                raise VCLError(f"Symbol '{head}' type (vmod) can not be used in expression.", e.pos)
             if vmod is not None and name.partition(".")[2] in vmod.objects:
                 # VCC names the vmod: an object constructor is no value
                 raise VCLError(f"Symbol '{head}' type (object) can not be used in expression.",
