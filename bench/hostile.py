@@ -36,8 +36,10 @@ from pathlib import Path
 
 try:
     from common import ROOT, free_port, wait_port
+    from procs import process_tree
 except ImportError:  # imported as bench.hostile from the repository root
     from bench.common import ROOT, free_port, wait_port
+    from bench.procs import process_tree
 
 # ---------------------------------------------------------------------------------------------------
 # Parameters (sized for a 2-core, 24 GB machine; every attack stays within ~30 s).
@@ -174,32 +176,6 @@ async def _origin_main(port: int) -> None:
 
 # ---------------------------------------------------------------------------------------------------
 # Processes and their memory.
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(b")", 1)[1].split()[1])
-        kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
-def process_tree(pid: int) -> list[int]:
-    """pid and all its descendants."""
-    kids = _children()
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, ()))
-    return out
-
 
 def status_kb(pid: int, key: str) -> int:
     try:

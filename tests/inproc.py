@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from test_cache_support import CLI, Backend, Cache, Req, Resp
+from test_cache_support import CLI, Backend, Cache, caches_of
 
 from cacheserver.admin import start_admin
 from cacheserver.server import ListenSpec, Server
@@ -165,15 +165,4 @@ def inproc_cache_factory(tmp_path):
 
     Test modules declare it with `make = pytest.fixture(inproc_cache_factory)`.
     """
-    made: list = []
-
-    def factory(vcl: str, respond: Callable[[Req], Resp] | None = None, *args: str):
-        backend = Backend(respond or (lambda req: Resp(body=b"hello")))
-        cache = InProcCache(tmp_path, vcl, backend, *args)
-        made.append((cache, backend))
-        return cache, backend
-
-    yield factory
-    for cache, backend in made:
-        cache.stop()
-        backend.close()
+    yield from caches_of(InProcCache, tmp_path)

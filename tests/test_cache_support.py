@@ -268,11 +268,16 @@ def cache_factory(tmp_path):
 
     Test modules declare it with `make = pytest.fixture(cache_factory)`.
     """
+    yield from caches_of(Cache, tmp_path)
+
+
+def caches_of(cache_class, tmp_path):
+    """make(vcl, respond, *args) -> (cache_class instance, Backend); all stopped when resumed."""
     made: list = []
 
     def factory(vcl: str, respond: Callable[[Req], Resp] | None = None, *args: str):
         backend = Backend(respond or (lambda req: Resp(body=b"hello")))
-        cache = Cache(tmp_path, vcl, backend, *args)
+        cache = cache_class(tmp_path, vcl, backend, *args)
         made.append((cache, backend))
         return cache, backend
 
