@@ -97,6 +97,8 @@ class Backend:
                     self.requests.append(req)
                 if not self._answer(conn, req, self.respond(req)):
                     return
+                if "close" in (req.header("Connection") or "").lower():
+                    return         # as real servers do (probes read to the close)
         except OSError:
             pass
         finally:

@@ -209,6 +209,8 @@ class CodeGen:
                     # VCC: without .host_header, a bereq lacking Host gets the .host string.
                     args.append(f"host_header={attr.value.value!r}")
             args.append(f"{attr.name}={value}")
+        if "default" in self.prog.probes and not any(a.name == "probe" for a in b.attrs):
+            args.append(f"probe={self.ident('probe_', 'default')}")   # VCC: `probe default` is theirs
         return "BackendSpec(" + ", ".join(args) + ")"
 
     def _probe(self, name: str, attrs: list[ast.Attr]) -> str:
