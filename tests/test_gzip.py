@@ -95,18 +95,17 @@ def test_gzip_vfp_rewrites_headers_and_records_exact_bits():
     body = b"abcdefgh" * 5000
     out, oc, resp, counters = _fetch(" gzip", [body[:7], body[7:]], ("ETag", '"x"'),
                                      ("Content-Length", str(len(body))), ("Vary", "Cookie"))
-    assert gzip.decompress(out) == body
+    # varnishd's bytes: gzip_level 6, gzip_memlevel 8, 32 KB window, nothing flushed before Z_FINISH
+    z = zlib.compressobj(6, zlib.DEFLATED, 31, 8)
+    assert out == z.compress(body) + z.flush()
     assert resp.headers.get("Content-Encoding") == "gzip" and resp.headers.get("Content-Length") is None
     assert resp.headers.get("ETag") == 'W/"x"' and resp.headers.get("Vary") == "Cookie, Accept-Encoding"
     assert oc.gzipped and counters.n_gzip == 1
     start, last, stop, length = oc.gzip_bits
     assert (start, length) == (80, len(body))
-    # last block: byte-aligned empty final block, then the 8-byte trailer
-    assert last % 8 == 0 and out[last // 8:last // 8 + 2] == b"\x03\x00" and stop == last + 10
-    assert len(out) == last // 8 + 2 + 8
-    # what lies between start and last is a spliceable run of deflate blocks
-    inner = zlib.decompressobj(-15)
-    assert inner.decompress(out[start // 8:last // 8]) == body
+    # `last` is the final block's BFINAL bit; the block ends at `stop`, padding, then the trailer
+    assert out[last // 8] >> (last % 8) & 1 and start <= last < stop
+    assert (stop + 7) // 8 + 8 == len(out)
 
 
 def test_gzip_vfp_leaves_encoded_and_partial_bodies_alone():
