@@ -76,8 +76,8 @@ def _splice(splicer: Splicer, body: bytes, chunk: int) -> tuple[bytes, GzCrc]:
 def test_splicers_make_deflate_data_with_its_crc(chunk: int) -> None:
     plain = b"fragment " * 500
     body = zlib.compress(plain, 6, wbits=31)
-    bits = (*scan_gzip(body), len(plain))
-    for kind, bits, data in (("gzgz", bits, body),
+    scanned = (*scan_gzip(body), len(plain))
+    for kind, bits, data in (("gzgz", scanned, body),
                              ("gzgz", None, body),          # bits not known: inflated instead
                              ("inflate", None, body),
                              ("plain", None, plain)):
