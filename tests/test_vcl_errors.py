@@ -34,6 +34,9 @@ CASES = {
     "read_only": (H + 'sub vcl_recv {\n\tset req.xid = "1";\n}\n', 5, 6, "Variable is read only."),
     "read_only_proto_41": (H + 'sub vcl_recv {\n\tset req.proto = "HTTP/1.0";\n}\n', 5, 6,
                            "Variable is read only."),
+    # bereq.body may be unset, not read or set: varnishd's "cannot be set" (v00018)
+    "set_unreadable": (H + 'sub vcl_backend_fetch {\n\tset bereq.body = "foo";\n}\n', 5, 6,
+                       "Variable cannot be set."),
     "unset_bad": (H + "sub vcl_recv {\n\tunset req.url;\n}\n", 5, 8, "Variable cannot be unset."),
     "unset_obj_hdr": (H + "sub vcl_deliver {\n\tunset obj.http.x;\n}\n", 5, 8, "Variable cannot be unset."),
     "obj_http_in_deliver": (H + "sub vcl_deliver {\n\tset resp.http.x = obj.http.x;\n}\n", 5, 20,

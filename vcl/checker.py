@@ -247,7 +247,8 @@ class Checker(ExprChecker, XrefChecker):
     def _set(self, stmt: ast.Set) -> None:
         var = self._variable(stmt.target, stmt.target_pos)
         if var.set is None or not var.write:
-            raise VCLError("Variable is read only.", stmt.target_pos)
+            # vcc_act_set: a variable no method may read either (bereq.body) "cannot be set"
+            raise VCLError("Variable is read only." if var.read else "Variable cannot be set.", stmt.target_pos)
         stmt.ref = var
         self._use("write", var.name, stmt.target_pos, var.write)
         vtype = var.type
