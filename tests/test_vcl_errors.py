@@ -37,6 +37,17 @@ CASES = {
     # bereq.body may be unset, not read or set: varnishd's "cannot be set" (v00018)
     "set_unreadable": (H + 'sub vcl_backend_fetch {\n\tset bereq.body = "foo";\n}\n', 5, 6,
                        "Variable cannot be set."),
+    # return actions, as vcc_act_return checks them (v00018)
+    "return_missing_arg": (H + "sub vcl_recv {\n\treturn(synth);\n}\n", 5, 14, "Missing argument."),
+    "return_empty_args": (H + "sub vcl_recv {\n\treturn(pass());\n}\n", 5, 14,
+                          "Unknown token ')' when looking for DURATION"),
+    "return_args_not_allowed": (H + "sub vcl_recv {\n\treturn(pipe(XXX);\n}\n", 5, 13, "Arguments not allowed."),
+    "return_args_not_allowed2": (H + "sub vcl_recv {\n\treturn(lookup(1));\n}\n", 5, 15,
+                                 "Arguments not allowed."),
+    "return_too_many_args": (H + 'sub vcl_recv {\n\treturn(synth(1,"a",3));\n}\n', 5, 20, "Expected ')' got ','"),
+    "ban_bad_token": (H + "sub vcl_recv {\n\tban (<<);\n}\n", 5, 7, "Unknown token '<<' when looking for STRING"),
+    "synthetic_bad_token": (H + 'sub vcl_synth {\n\tsynthetic( << "foo";\n}\n', 5, 13,
+                            "Unknown token '<<' when looking for STRING"),
     "unset_bad": (H + "sub vcl_recv {\n\tunset req.url;\n}\n", 5, 8, "Variable cannot be unset."),
     "unset_obj_hdr": (H + "sub vcl_deliver {\n\tunset obj.http.x;\n}\n", 5, 8, "Variable cannot be unset."),
     "obj_http_in_deliver": (H + "sub vcl_deliver {\n\tset resp.http.x = obj.http.x;\n}\n", 5, 20,

@@ -277,12 +277,22 @@ class Checker(ExprChecker, XrefChecker):
         if name not in symbols.ACTIONS:
             raise VCLError("Expected return action name.", stmt.action_pos)
         spec = symbols.ACTION_ARGS.get(name, ())
+        # vcc_act_return's words: an action that takes no arguments, one that needs them, empty ()
+        # (at the token after the name, its '(' or ')': where it is when nothing stands between)
+        at = stmt.action_pos
+        after = ast.Pos(at.file, at.line, at.col + len(name), 1)
+        if stmt.parens and not spec:
+            raise VCLError("Arguments not allowed.", after)
+        if stmt.parens and not stmt.args:
+            raise VCLError(f"Unknown token ')' when looking for {spec[0][0]}",
+                           ast.Pos(at.file, at.line, at.col + len(name) + 1, 1))
         if len(stmt.args) > len(spec):
-            raise VCLError(f"Too many arguments to return action '{name}'", stmt.args[len(spec)].pos)
+            extra = stmt.args[len(spec)].pos
+            raise VCLError("Expected ')' got ','", ast.Pos(extra.file, extra.line, extra.col - 1, 1))
         for i, (atype, optional) in enumerate(spec):
             if i >= len(stmt.args):
                 if not optional:
-                    raise VCLError(f"Expected '(' after return action '{name}'", stmt.action_pos)
+                    raise VCLError("Missing argument.", after)
                 continue
             arg = stmt.args[i]
             if arg.name is not None:
