@@ -300,8 +300,14 @@ class Checker(ExprChecker, XrefChecker):
             if atype == "VCL":
                 if not isinstance(arg.value, ast.Name):
                     raise VCLError("Expected a VCL label name", arg.pos)
-                if self.labels is not None and arg.value.name not in self.labels:
-                    raise VCLError(f"Symbol not found: '{arg.value.name}'", arg.value.pos)
+                label = arg.value.name
+                if (self.labels is None or label not in self.labels) and label in self.subs:
+                    # a subroutine's name is a symbol of another kind (in 4.0 VCC does not see it)
+                    if self.version >= 4.1:
+                        raise VCLError(f"Symbol '{label}' has wrong type (sub), expected vcl:", arg.value.pos)
+                    raise VCLError(f"Symbol not found: '{label}'", arg.value.pos)
+                if self.labels is not None and label not in self.labels:
+                    raise VCLError(f"Symbol not found: '{label}'", arg.value.pos)
                 arg.value.type = "VCL"
                 continue
             arg.value = self.expr0(arg.value, atype)

@@ -417,6 +417,9 @@ def _check_statement_name(source: str, filename: str, tok: Token) -> None:
         vmod = vmods.load(head.lower())
         if rest in vmod.functions or rest in vmod.objects:
             return
+    if not rest and re.search(rf"\bnew\s+{re.escape(name)}\s*=", source, re.IGNORECASE):
+        # an object instance: VCC wants one of its methods
+        raise VCLError(f"Expected '.' got {_describe(tok, source)}", _tok_pos(tok, filename))
     raise VCLError(f"Symbol not found: '{name}'", pos)
 
 
