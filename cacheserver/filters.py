@@ -143,12 +143,15 @@ def vary_accept_encoding(http: HttpMessage) -> None:
 SCAN_MAX_BYTES = 1 << 20
 
 
-def _bounded_inflate(d, data: bytes, limit: int) -> Iterator[bytes]:
-    """Inflate `data`, yielding at most `limit` bytes at a time (zip bombs stay bounded)."""
+def _bounded_inflate(d, data: bytes, limit: int, counter=None) -> Iterator[bytes]:
+    """Inflate `data`, yielding at most `limit` bytes at a time (zip bombs stay bounded); what comes
+    out is added to `counter.size_out`, when given."""
     try:
         out = d.decompress(data, limit)
         while True:
             if out:
+                if counter is not None:
+                    counter.size_out += len(out)
                 yield out
             tail = d.unconsumed_tail
             if not tail or d.eof:
@@ -230,9 +233,7 @@ class _GzipBase(Filter):
             return
         self.size_in += len(data)
         self.scan.feed(data)
-        for piece in _bounded_inflate(self.z, data, self.limit):
-            self.size_out += len(piece)
-            yield piece
+        yield from _bounded_inflate(self.z, data, self.limit, self)
 
     def _ended(self) -> None:
         if not self.z.eof:
@@ -410,12 +411,7 @@ class GunzipVDP(Filter):
                 raise FilterError("junk after VGZ_END")
             return ()
         self.size_in += len(data)
-        return self._count(_bounded_inflate(self.z, data, self.limit))
-
-    def _count(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
-        for piece in pieces:
-            self.size_out += len(piece)
-            yield piece
+        return _bounded_inflate(self.z, data, self.limit, self)
 
     def close(self) -> None:
         """VGZ_Destroy's "U D -" record. The bits are those of what was inflated: an ESI page made
