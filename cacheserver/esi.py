@@ -458,13 +458,14 @@ class EsiRequest:
                 await oc.wait_more()
             splicer.set_bits(oc.gzip_bits if oc.complete and not oc.failed else None)
             if oc.failed or session.closed:
-                splicer.kind = "plain"
-                self.oc = self.bo = None
-                if bo is not None:
+                splicer.kind = "plain"            # nothing of it goes into the page
+                if bo is not None and bo.oc is oc and bo.reader is not None:
+                    oc.close_reader(bo.reader)
                     bo.reader = None
+                self.oc = self.bo = None
                 if chain is not None:
                     chain.close()
-                return None
+                return None                       # (ved_gzgz: left out, not an error)
         cell = bo.reader if bo is not None and bo.oc is oc and bo.reader is not None else oc.open_reader()
         try:
             while not session.closed:
