@@ -138,7 +138,9 @@ def vary_accept_encoding(http: HttpMessage) -> None:
 # zlib does not report block positions: deflate_scan.py finds them as the body passes (gzip, gunzip
 # and testgunzip all scan, as varnishd's zlib records them for each). Past SCAN_MAX_BYTES of gzip data
 # a body is not scanned (the work is bounded): its last and stop bits stay -1, and an ESI page that
-# includes it inflates it and sends it as stored blocks instead.
+# includes it inflates it and sends it as stored blocks instead. A pass (private object: delivered once,
+# never spliced from the cache) is not scanned either: the scan costs several times what the inflate
+# does, on every such request; its Gzip record shows -1 where varnishd's shows the bits.
 
 SCAN_MAX_BYTES = 1 << 20
 
@@ -168,8 +170,8 @@ class _BitScan:
 
     __slots__ = ("scanner", "bits")
 
-    def __init__(self) -> None:
-        self.scanner: GzipScanner | None = GzipScanner(SCAN_MAX_BYTES)
+    def __init__(self, scan: bool = True) -> None:
+        self.scanner: GzipScanner | None = GzipScanner(SCAN_MAX_BYTES) if scan else None
         self.bits = (_GZIP_HEADER * 8, -1, -1)
 
     def feed(self, data: bytes) -> None:
@@ -222,7 +224,7 @@ class _GzipBase(Filter):
         self.fc = fc
         self.limit = fc.params.gzip_buffer
         self.z = zlib.decompressobj(16 + 15)
-        self.scan = _BitScan()
+        self.scan = _BitScan(not fc.oc.private)
         return True
 
     def _inflate(self, data: bytes) -> Iterator[bytes]:
@@ -259,7 +261,7 @@ class GzipVFP(_GzipBase):
         params = fc.params
         self.fc = fc
         self.z = zlib.compressobj(params.gzip_level, zlib.DEFLATED, 16 + 15, params.gzip_memlevel)
-        self.scan = _BitScan()
+        self.scan = _BitScan(not fc.oc.private)
         fc.counters.n_gzip += 1
         fc.oc.gzipped = True
         headers = fc.http.headers

@@ -43,9 +43,11 @@ def _beresp(*headers: tuple[str, str], status: int = 200) -> HttpMessage:
     return resp
 
 
-def _fetch(names: str, body_pieces: list[bytes], *headers: tuple[str, str]):
-    """Run a fetch chain over pieces; (stored body, object, beresp, counters)."""
+def _fetch(names: str, body_pieces: list[bytes], *headers: tuple[str, str], private: bool = False):
+    """Run a fetch chain over pieces; (stored body, object, beresp, counters). The object is one
+    for the cache unless `private` (a pass)."""
     resp, oc, counters = _beresp(*headers), ObjCore(), Counters()
+    oc.private = private
     chain = open_chain(stack("vfp", names), FetchCtx(resp, oc, Params(), counters))
     out = b"".join(p for piece in body_pieces for p in chain.push(piece)) + b"".join(chain.end())
     chain.close()
@@ -125,6 +127,14 @@ def test_gunzip_vfp_stores_plain_in_bounded_pieces():
     assert sum(sizes) == len(body) and max(sizes) <= Params().gzip_buffer
     assert resp.headers.get("Content-Encoding") is None and resp.headers.get("ETag") == 'W/"e"'
     assert not oc.gzipped and counters.n_gunzip == 1
+
+
+def test_a_pass_is_not_scanned_for_its_bits():
+    """The bit scan costs several times the inflate: a pass, delivered once, goes without it."""
+    packed = gzip.compress(b"hello" * 1000, mtime=0)
+    _, cached, *_ = _fetch("testgunzip", [packed], ("Content-Encoding", "gzip"))
+    _, passed, *_ = _fetch("testgunzip", [packed], ("Content-Encoding", "gzip"), private=True)
+    assert cached.gzip_bits[1] > 0 and passed.gzip_bits == (80, -1, -1, 5000)
 
 
 def test_testgunzip_passes_bytes_through_and_learns_the_length():
