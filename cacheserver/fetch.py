@@ -795,6 +795,7 @@ class BusyObj:
                 for piece in chain.end():
                     if not await self._store(piece):
                         return self._stored_failed()
+                chain.close()       # the filters' Gzip records come before BackendClose, as varnishd's
         except ConnError as exc:
             ctx.log.append(("FetchError", str(exc)))
             return self._body_failed(streaming)

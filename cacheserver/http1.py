@@ -103,3 +103,31 @@ def relax_head(raw: bytes) -> bytes | None:
             lines.append(line.removesuffix(b"\r"))
         line_break = b"\r\n" if line.endswith(b"\r") else b"\n"
     return b"\r\n".join(lines) + b"\r\n\r\n" + raw[end.end():]
+
+
+# RFC 9110 token characters: what a header name may hold (vct_istchar)
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def garbage_records(raw: bytes, sess_xid: int, t: float) -> list[tuple[str, str]]:
+    """The records of a request head varnishd could not dissect (answered 400, then closed): its own
+    transaction with the BogoHeader that says what was wrong, when it was a header name, and the
+    HttpGarbage varnishd prints (its buffer up to the first NUL it wrote: the method, once the request
+    line was split)."""
+    end = raw.find(b"\r\n\r\n")
+    head = raw[:end] if end >= 0 else raw
+    lines = head.split(b"\n")
+    recs = [("Begin", f"req {sess_xid} rxreq"), ("Timestamp", f"Start: {t:.6f} 0.000000 0.000000"),
+            ("Timestamp", f"Req: {t:.6f} 0.000000 0.000000")]
+    for line in lines[1:]:
+        name = line.rstrip(b"\r").split(b":", 1)[0] if b":" in line else b""
+        bad = next((c for c in name if c not in _TCHAR), None)
+        if bad is not None:
+            recs.append(("BogoHeader", f"Illegal char 0x{bad:02x} in header name"))
+            break
+    first = lines[0].rstrip(b"\r").split(b" ")
+    recs.append(("HttpGarbage", text(first[0] if len(first) == 3 else lines[0].rstrip(b"\r"))))
+    size = len(head) + 4 if end >= 0 else len(raw)
+    recs += [("RespProtocol", "HTTP/1.1"), ("RespStatus", "400"), ("RespReason", "Bad Request"),
+             ("ReqAcct", f"{size} 0 {size} {len(BAD_REQUEST)} 0 {len(BAD_REQUEST)}"), ("End", "")]
+    return recs

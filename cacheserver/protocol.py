@@ -23,6 +23,7 @@ from cacheserver.http1 import (
     BAD_REQUEST,
     CONTINUE_100,
     EXPECTATION_FAILED,
+    garbage_records,
     needs_relaxing,
     relax_head,
     text,
@@ -387,7 +388,7 @@ class ClientProtocol(asyncio.Protocol):
                     return
                 raw = self._refused_head(data, self._raw_done - done_before, exc)
                 if raw is None or not needs_relaxing(raw):
-                    self.bad_request(exc)
+                    self.bad_request(exc, raw)
                     return
                 data = self._relax_head(raw)
 
@@ -597,10 +598,15 @@ class ClientProtocol(asyncio.Protocol):
             self._sink.finish()
             self._sink = None
 
-    def bad_request(self, exc: Exception | None = None) -> None:
-        """Malformed input: Varnish's bare 400, then close. Nothing else is answered."""
+    def bad_request(self, exc: Exception | None = None, raw: bytes | None = None) -> None:
+        """Malformed input: Varnish's bare 400, then close. Nothing else is answered. A head that
+        could not be dissected (`raw`) is logged as its own request, as varnishd logs it."""
         self.server.counters.client_req_400 += 1
         self.close_reason = "sc_rx_junk"       # varnishd: a request it cannot dissect is junk
+        if raw:
+            xid = self.server.next_xid()
+            self.vsl_link(xid)
+            self.server.vsl.write(xid, "c", garbage_records(raw, self.xid, time.time()))
         self._refuse(BAD_REQUEST)
 
     def expectation_failed(self) -> None:

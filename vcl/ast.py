@@ -213,6 +213,7 @@ class Return(Stmt):
     action: str | None  # None: bare `return;`
     action_pos: Pos | None
     args: list[Arg]
+    parens: bool = False  # `action(...)`, even with nothing inside
 
 
 @dataclass(eq=False)

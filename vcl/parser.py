@@ -186,13 +186,13 @@ class _ToAst(Transformer):
             # bare `return;`: the ';' is where VCC wanted '(' (action_pos)
             semi = children[1] if len(children) > 1 else None
             return ast.Return(self._p(kw), None, self._p(semi) if semi is not None else None, [])
-        name, args = children[1]
-        return ast.Return(self._p(kw), str(name), self._p(name), args)
+        name, args, parens = children[1]
+        return ast.Return(self._p(kw), str(name), self._p(name), args, parens)
 
     def action(self, children):
         name = children[0]
         args = children[1] if len(children) > 1 and children[1] is not None else []
-        return (name, args)
+        return (name, args, len(children) > 1)
 
     def if_(self, children):
         kw, cond, body, *rest = children
@@ -417,6 +417,9 @@ def _check_statement_name(source: str, filename: str, tok: Token) -> None:
         vmod = vmods.load(head.lower())
         if rest in vmod.functions or rest in vmod.objects:
             return
+    if not rest and re.search(rf"\bnew\s+{re.escape(name)}\s*=", source, re.IGNORECASE):
+        # an object instance: VCC wants one of its methods
+        raise VCLError(f"Expected '.' got {_describe(tok, source)}", _tok_pos(tok, filename))
     raise VCLError(f"Symbol not found: '{name}'", pos)
 
 
@@ -457,8 +460,10 @@ def _parse_with_bad_token(source: str, filename: str, start: str, tok: Token) ->
     the checker can report it as VCC does: "Unknown token ';' when looking for STRING".
     None when that does not parse either (the plain syntax error stands)."""
     before, after = source[:tok.start_pos], source[tok.start_pos:]
-    bad = ast.BadToken(_tok_pos(tok, filename), _describe(tok))
-    rest = after[len(tok.value):]
+    described = _describe(tok, source)
+    bad = ast.BadToken(_tok_pos(tok, filename), described)
+    # a two-character token VCC lexes whole (`<<`) goes whole
+    rest = after[max(len(tok.value), len(described) - 2):]
     # Before the token, instead of it, or instead of it and joined to what follows (`!!true`).
     for fixed in (f"{before}{_BAD_TOKEN} {after}", f"{before}{_BAD_TOKEN} {rest}", f"{before}{_BAD_TOKEN} + {rest}"):
         try:
@@ -491,6 +496,23 @@ def parse(source: str, filename: str, *, cache: bool = False, start: str = "star
     return _to_ast(tree, filename)
 
 
+_RETURN_PAREN = re.compile(r"\breturn\s*\(\s*(\w+)\s*\((?=[^;]*$)")
+# what the unexpected token stood where VCC wanted an expression of a known type: (context, type)
+_WANTED = ((re.compile(r"\b(?:ban|synthetic)\s*\(\s*$"), "STRING"),)
+
+
+def _check_return_args(source: str, filename: str, tok: Token) -> None:
+    """VCC checks a return action's '(' before its arguments: an action that takes none says so
+    first, whatever follows (vcc_act_return)."""
+    found = list(_RETURN_PAREN.finditer(source, max(0, tok.start_pos - 512), tok.start_pos))
+    m = found[-1] if found else None
+    if m is not None and m.group(1) in symbols.ACTIONS and not symbols.ACTION_ARGS.get(m.group(1)):
+        at = m.end() - 1
+        line = source.count("\n", 0, at) + 1
+        col = at - source.rfind("\n", 0, at)
+        raise VCLError("Arguments not allowed.", ast.Pos(filename, line, col, 1))
+
+
 def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) -> ast.Program:
     """Raise VCC's message for a parse error (or return the program a recovery made of it)."""
     if isinstance(exc, UnexpectedToken):
@@ -500,6 +522,7 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
             pos = ast.Pos(filename, len(lines), len(lines[-1]) + 1, 1)
         else:
             pos = _tok_pos(tok, filename)
+            _check_return_args(source, filename, tok)
         expected = _expected(set(exc.expected))
         if {"KW_SUB", "KW_BACKEND", "KW_ACL"} <= set(exc.expected):
             # At the top level, VCC lists the declarations it knows.
@@ -519,6 +542,10 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
                 program = _parse_with_bad_token(source, filename, start, tok)
                 if program is not None:
                     return program
+                before = source[:tok.start_pos]
+                for context, vtype in _WANTED:
+                    if context.search(before):
+                        msg = f"Unknown token {_describe(tok, source)} when looking for {vtype}"
         elif len(set(exc.expected) - {"SLASH"}) == 1:
             # An optional ACL /mask is not what VCC says it wanted.
             msg = f"Expected {_expected(set(exc.expected) - {'SLASH'})} got {_describe(tok, source)}"
