@@ -880,8 +880,11 @@ class BusyObj:
         status, reason = getattr(self, "_err_status", (503, ""))
         self._err_status = (503, "")
         status = int(status)
-        reason = reason or ("Backend fetch failed" if status == 503 else reason_for(status))
+        reason = reason or ("Backend fetch failed" if status == 503 else reason_for(status % 1000))
         beresp = HttpMessage(proto="HTTP/1.1", status=status, reason=reason)
+        ctx.log += (("BerespProtocol", beresp.proto), ("BerespStatus", str(status % 1000)),
+                    ("BerespReason", reason))
+        beresp.headers.log_to(ctx.log, "BerespHeader", "BerespUnset")
         beresp.headers.add("Date", DATES.now())
         beresp.headers.add("Server", "Varnish")
         ctx.beresp = beresp

@@ -719,10 +719,8 @@ class ClientRequest(Delivery, EsiRequest):
 
     def _prepare_synth(self) -> HttpMessage:
         ctx = self.ctx
-        status = self.synth_status
-        if status < 100 or status > 999:
-            status = 501
-        reason = self.synth_reason or reason_for(status)
+        status = self.synth_status       # checked by VCL's return (rtlib.status_action)
+        reason = self.synth_reason or reason_for(status % 1000)
         resp = HttpMessage(proto="HTTP/1.1", status=status, reason=reason)
         resp.headers.add("Date", DATES.now())
         resp.headers.add("Server", "Varnish")
@@ -786,6 +784,6 @@ def _hit_text(oc: ObjCore | None) -> str:
 
 
 def _log_resp(records: list, resp: HttpMessage) -> None:
-    records.extend((("RespProtocol", resp.proto), ("RespStatus", str(resp.status)),
+    records.extend((("RespProtocol", resp.proto), ("RespStatus", str(resp.status % 1000)),
                     ("RespReason", resp.reason)))
     resp.headers.log_to(records, "RespHeader", "RespUnset")

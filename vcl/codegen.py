@@ -13,6 +13,7 @@ import re
 from vcl import ast, symbols, types
 from vcl.errors import VCLError
 from vcl.program import CheckedProgram, SubInfo
+from vcl.rtlib import status_error
 
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
 
@@ -38,6 +39,15 @@ def _never_none(e: ast.Expr) -> bool:
                                    "str(")) and not var.header
     return False
 
+
+
+def _valid_status(code: str) -> bool:
+    """Whether a synth()/error() status given as a literal passes VRT_synth's check."""
+    try:
+        status = int(code)
+    except ValueError:
+        return False
+    return status_error(status, "synth") is None
 
 class CodeGen:
     def __init__(self, prog: CheckedProgram, filename: str) -> None:
@@ -292,6 +302,9 @@ class CodeGen:
             constant = all(isinstance(a.value, (ast.StringLit, ast.IntLit, ast.DurationLit))
                            or (isinstance(a.value, ast.Name) and (a.value.ref or ("",))[0] != "var")
                            for a in s.args)
+            if s.action in ("synth", "error") and not (constant and _valid_status(args[0])):
+                # VRT_synth checks the status when the return runs: a bad one fails the task
+                return [f"{ind}return rt.status_action({s.action!r}, {', '.join(args)})"]
             return [ind + "return " + self.action(s.action, args, constant)]
         if isinstance(s, ast.If):
             out: list[str] = []
