@@ -75,6 +75,11 @@ def _align(n: int) -> int:
     return (n + 7) & ~7
 
 
+def masked_tags(vsl_mask: object) -> frozenset[str]:
+    """The tags the vsl_mask parameter's text ("-Debug,-VCL_trace,...") leaves out of the log."""
+    return frozenset(b.strip()[1:] for b in str(vsl_mask or "").split(",") if b.strip().startswith("-"))
+
+
 class VslWriter:
     """The server's end of the ring. One per server; not thread-safe (the event loop is the only writer).
 
@@ -134,7 +139,7 @@ class VslWriter:
 
     def _set_mask(self, text: object) -> None:
         self._mask_text = text
-        self._masked = frozenset(b.strip()[1:] for b in str(text or "").split(",") if b.strip().startswith("-"))
+        self._masked = masked_tags(text)
         self._split = not self._masked <= DEFAULT_MASK
 
     def _write_masked(self, vxid: int, kind: str, records: list) -> None:

@@ -50,8 +50,10 @@ def _valid_status(code: str) -> bool:
     return status_error(status, "synth") is None
 
 class CodeGen:
-    def __init__(self, prog: CheckedProgram, filename: str) -> None:
+    def __init__(self, prog: CheckedProgram, filename: str, trace: dict[int, int] | None = None) -> None:
         self.prog = prog
+        # VCL_trace: {id(block body): VCC's number}; the subs get a record at each block's start
+        self.trace = trace
         self.filename = filename
         self.lines: list[str] = []
         self.consts: dict[str, str] = {}      # python expression -> constant name
@@ -195,6 +197,22 @@ class CodeGen:
                       "# constants prepared at load", *self.const_lines, "", "", *body, *tail]
         return "\n".join(out) + "\n"
 
+    def traced(self, numbers: dict[int, int]) -> str:
+        """After generate(): the subroutines again, each block logging its VCL_trace record (TRACE[n],
+        filled by the loader), as `<name>__traced` functions and SUBS_TRACED. Run in the namespace of
+        generate()'s module: they share its backends, ACLs, regexes and vcl_init objects."""
+        self.trace = numbers
+        self.sub_names = {name: f"{fname}__traced" for name, fname in self.sub_names.items()}
+        known = len(self.const_lines)
+        body: list[str] = []
+        order = [n for n in self.prog.subs if not self.prog.subs[n].is_method]
+        order += [m for m in symbols.METHODS if m in self.prog.subs]
+        for name in order:
+            body.extend(self._sub(self.prog.subs[name]))
+            body.append("")
+        subs = ", ".join(f"{m!r}: {self.sub_names[m]}" for m in symbols.METHODS if m in self.prog.subs)
+        return "\n".join([*self.const_lines[known:], "", *body, f"SUBS_TRACED = {{{subs}}}"]) + "\n"
+
     def _backend(self, b: ast.Backend) -> str:
         if b.attrs is None:
             return f"BackendSpec({b.name!r})"
@@ -275,6 +293,8 @@ class CodeGen:
 
     def _block(self, body: list[ast.Stmt], depth: int) -> list[str]:
         out: list[str] = []
+        if self.trace is not None and id(body) in self.trace:
+            out.append(f"{'    ' * depth}ctx.log.append(TRACE[{self.trace[id(body)]}])")
         for stmt in body:
             out.extend(self._stmt(stmt, depth))
         return out
@@ -315,6 +335,8 @@ class CodeGen:
             if s.else_body is not None:
                 out.append(f"{ind}else:")
                 out.extend(self._block(s.else_body, depth + 1) or [ind + "    pass"])
+            elif self.trace is not None and id(s) in self.trace:
+                out.append(f"{ind}ctx.log.append(TRACE[{self.trace[id(s)]}])")
             return out
         if isinstance(s, ast.Synthetic):
             # synthetic() prints each unset part as "(null)" (VRT_synth_page's printf), unlike resp.body.
