@@ -421,7 +421,7 @@ class ClientRequest(Delivery, EsiRequest):
         r = self.server.storage.lookup(
             self.digest, ctx.req, ctx.req_time, always_miss=bool(ctx.hash_always_miss),
             ignore_busy=bool(ctx.hash_ignore_busy), req_ttl=ctx.req_ttl, req_grace=ctx.req_grace,
-            ignore_vary=bool(ctx.hash_ignore_vary))
+            ignore_vary=bool(ctx.hash_ignore_vary), log=ctx.log)
         kind = r.kind
         if kind == st.BUSY:
             return "waitinglist"

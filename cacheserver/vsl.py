@@ -137,6 +137,15 @@ class VslWriter:
             return
         self._put(vxid, KIND_CODE.get(kind, 0), payload)
 
+    def wants(self, tag: str) -> bool:
+        """Whether records of `tag` are written now (vsl_mask), so a caller can skip making them."""
+        params = self.params
+        if params is None or self.closed:
+            return not self.closed
+        if params.vsl_mask is not self._mask_text:
+            self._set_mask(params.vsl_mask)
+        return tag not in self._masked
+
     def _set_mask(self, text: object) -> None:
         self._mask_text = text
         self._masked = masked_tags(text)
@@ -211,6 +220,9 @@ class NullWriter:
     """The log when there is no work directory to put it in (unit tests, embedded servers)."""
 
     closed = True
+
+    def wants(self, tag: str) -> bool:
+        return False
 
     def write(self, vxid: int, kind: str, records: list) -> None:
         pass
