@@ -299,6 +299,7 @@ class Storage:
         stale: ObjCore | None = None
         bans = self.bans
         gzip_support = self.params is not None and bool(self.params.http_gzip_support)
+        strangelove = 0                 # variants looked at that did not match (varnishd's name)
         for oc in list(head.ocs):
             if oc.busy:
                 if not ignore_busy:
@@ -312,9 +313,12 @@ class Storage:
                 self.remove(oc)
                 continue
             if oc.vary is not None and not ignore_vary and not vary_match(oc, req, gzip_support):
+                strangelove += 1
                 continue
             ttl = oc.ttl if req_ttl is None or req_ttl < 0 else min(oc.ttl, req_ttl)
             if now < oc.t_origin + ttl:
+                if strangelove:
+                    self._variants_notice(strangelove, log)
                 if oc.hfp:
                     self.counters.cache_hitpass += 1
                     return LookupResult(HITPASS, oc)
@@ -327,6 +331,8 @@ class Storage:
             # only an object past its own TTL (not just req.ttl) serves grace or revalidation
             if now >= oc.t_origin + oc.ttl and (stale is None or oc.t_origin > stale.t_origin):
                 stale = oc
+        if strangelove:
+            self._variants_notice(strangelove, log)
         if stale is not None and stale.hfm:
             self.counters.cache_hitmiss += 1
             return LookupResult(HITMISS, stale, self._new_busy(head))     # stale: for the HitMiss record
@@ -349,6 +355,11 @@ class Storage:
             self._touch(stale, now)
             return LookupResult(GRACE, stale, None)
         return LookupResult(BUSY, stale)
+
+    def _variants_notice(self, count: int, log: list | None) -> None:
+        """HSH_Lookup's Notice when a lookup went through vary_notice or more non-matching variants."""
+        if log is not None and self.params is not None and count >= self.params.vary_notice:
+            log.append(("Notice", f"vsl: High number of variants ({count})"))
 
     def _new_busy(self, head: ObjHead) -> ObjCore:
         # the head may have been dropped when the lookup removed its last object (ban, expiry)
