@@ -551,6 +551,9 @@ class CodeGen:
                 out.append(f"HeaderRef({msg}, {var.name.split('.http.', 1)[1]!r})")
             elif param.type == "REGEX":
                 out.append(self.prog.regexes[value.value])
+            elif param.type == "STRANDS" and param.pieces:
+                parts = value.parts if isinstance(value, ast.Concat) else [value]
+                out.append("(" + "".join(self.expr(p) + ", " for p in parts) + ")")
             elif param.type in types.STRING_FORMS:
                 out.append(self.str_expr(value) if param.type != "STRING" else self.expr(value))
             else:
