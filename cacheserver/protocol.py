@@ -23,6 +23,8 @@ from cacheserver.http1 import (
     BAD_REQUEST,
     CONTINUE_100,
     EXPECTATION_FAILED,
+    bogo_header,
+    head_size,
     needs_relaxing,
     relax_head,
     text,
@@ -393,7 +395,7 @@ class ClientProtocol(asyncio.Protocol):
                     return
                 raw = self._refused_head(data, self._raw_done - done_before, exc)
                 if raw is None or not needs_relaxing(raw):
-                    self.bad_request(exc)
+                    self.bad_request(exc, raw)
                     return
                 data = self._relax_head(raw)
 
@@ -609,11 +611,37 @@ class ClientProtocol(asyncio.Protocol):
             self._sink.finish()
             self._sink = None
 
-    def bad_request(self, exc: Exception | None = None) -> None:
+    def bad_request(self, exc: Exception | None = None, head: bytes | None = None) -> None:
         """Malformed input: Varnish's bare 400, then close. Nothing else is answered."""
         self.server.counters.client_req_400 += 1
         self.close_reason = "sc_rx_junk"       # varnishd: a request it cannot dissect is junk
+        reason = bogo_header(head) if head else None
+        if reason is not None:
+            # a request line fine, a header line not: varnishd's request transaction for it
+            # (varnishd reads the whole head before it looks; we answer when llhttp refuses, so
+            # ReqAcct counts the head bytes received by then)
+            size = head_size(head)
+            method = head[:head.find(b" ")].decode("ascii", "replace")
+            self._refusal_log = self._refusal_transaction(
+                [("BogoHeader", reason), ("HttpGarbage", method)], "400", "Bad Request", size, len(BAD_REQUEST))
         self._refuse(BAD_REQUEST)
+
+    def _refusal_transaction(self, records: list, status: str, reason: str, head_bytes: int,
+                             sent: int, vcl: bool = False) -> tuple[int, list]:
+        """The request transaction of a head refused before vcl_recv (its vxid and records), written
+        once the refusal is sent."""
+        server = self.server
+        xid = server.next_xid()
+        self.vsl_link(xid)
+        t = "%.6f" % time.time()
+        begin = [("Begin", f"req {self.xid} rxreq"), ("Timestamp", f"Start: {t} 0.000000 0.000000"),
+                 ("Timestamp", f"Req: {t} 0.000000 0.000000")]
+        if vcl:
+            active = server.active_vcl
+            begin.append(("VCL_use", (active.__dict__.get("name") if active is not None else None) or "boot"))
+        return xid, [*begin, *records, ("RespProtocol", "HTTP/1.1"), ("RespStatus", status),
+                     ("RespReason", reason),
+                     ("ReqAcct", f"{head_bytes} 0 {head_bytes} {sent} 0 {sent}"), ("End", "")]
 
     def expectation_failed(self, head_bytes: int) -> None:
         server = self.server
@@ -621,17 +649,8 @@ class ClientProtocol(asyncio.Protocol):
         server.counters.client_req += 1    # varnishd counts it: the request was dissected
         self.close_reason = "sc_rx_junk"
         # a request transaction of its own, answered before vcl_recv (cnt_transport): no ReqStart
-        xid = server.next_xid()
-        self.vsl_link(xid)
-        t = "%.6f" % time.time()
-        vcl = server.active_vcl
-        sent = len(EXPECTATION_FAILED)
-        self._refusal_log = (xid, [
-            ("Begin", f"req {self.xid} rxreq"), ("Timestamp", f"Start: {t} 0.000000 0.000000"),
-            ("Timestamp", f"Req: {t} 0.000000 0.000000"),
-            ("VCL_use", (vcl.__dict__.get("name") if vcl is not None else None) or "boot"),
-            ("RespProtocol", "HTTP/1.1"), ("RespStatus", "417"), ("RespReason", "Expectation Failed"),
-            ("ReqAcct", f"{head_bytes} 0 {head_bytes} {sent} 0 {sent}"), ("End", "")])
+        self._refusal_log = self._refusal_transaction([], "417", "Expectation Failed", head_bytes,
+                                                      len(EXPECTATION_FAILED), vcl=True)
         self._refuse(EXPECTATION_FAILED)
 
     def overflow(self) -> None:
