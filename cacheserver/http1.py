@@ -35,6 +35,34 @@ def wire(value: str) -> bytes:
     return value.encode(WIRE, WIRE_ERRORS)
 
 
+# RFC 7230 tchar: what a header name is made of (varnishd's vct_istchar)
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def head_size(head: bytes) -> int:
+    """The bytes of a request head: up to its empty line, or all of it when that has not come."""
+    end = head.find(b"\r\n\r\n")
+    return end + 4 if end >= 0 else len(head)
+
+
+def bogo_header(head: bytes) -> str | None:
+    """Why varnishd's header dissection refuses the header lines of a request head, as its
+    BogoHeader record says it (a control character in a line, a bad character in a name), or None
+    when these checks pass (the head may still be refused for another reason). Only whole lines
+    are looked at: llhttp may refuse a head before its end has come."""
+    end = head.find(b"\r\n\r\n")
+    lines = head[:end] if end >= 0 else head[:head.rfind(b"\r\n")]
+    for line in lines.split(b"\r\n")[1:]:
+        for c in line:
+            if (c < 0x20 or c == 0x7F) and c != 0x09:
+                return "Header has ctrl char 0x%02x" % c
+        name = line.rstrip(b" \t").partition(b":")[0]
+        for c in name:
+            if c not in _TCHAR:
+                return "Illegal char 0x%02x in header name" % c
+    return None
+
+
 def reason_for(status: int) -> str:
     return REASONS.get(status, "Unknown HTTP Status")
 
@@ -103,31 +131,3 @@ def relax_head(raw: bytes) -> bytes | None:
             lines.append(line.removesuffix(b"\r"))
         line_break = b"\r\n" if line.endswith(b"\r") else b"\n"
     return b"\r\n".join(lines) + b"\r\n\r\n" + raw[end.end():]
-
-
-# RFC 9110 token characters: what a header name may hold (vct_istchar)
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-
-
-def garbage_records(raw: bytes, sess_xid: int, t: float) -> list[tuple[str, str]]:
-    """The records of a request head varnishd could not dissect (answered 400, then closed): its own
-    transaction with the BogoHeader that says what was wrong, when it was a header name, and the
-    HttpGarbage varnishd prints (its buffer up to the first NUL it wrote: the method, once the request
-    line was split)."""
-    end = raw.find(b"\r\n\r\n")
-    head = raw[:end] if end >= 0 else raw
-    lines = head.split(b"\n")
-    recs = [("Begin", f"req {sess_xid} rxreq"), ("Timestamp", f"Start: {t:.6f} 0.000000 0.000000"),
-            ("Timestamp", f"Req: {t:.6f} 0.000000 0.000000")]
-    for line in lines[1:]:
-        name = line.rstrip(b"\r").split(b":", 1)[0] if b":" in line else b""
-        bad = next((c for c in name if c not in _TCHAR), None)
-        if bad is not None:
-            recs.append(("BogoHeader", f"Illegal char 0x{bad:02x} in header name"))
-            break
-    first = lines[0].rstrip(b"\r").split(b" ")
-    recs.append(("HttpGarbage", text(first[0] if len(first) == 3 else lines[0].rstrip(b"\r"))))
-    size = len(head) + 4 if end >= 0 else len(raw)
-    recs += [("RespProtocol", "HTTP/1.1"), ("RespStatus", "400"), ("RespReason", "Bad Request"),
-             ("ReqAcct", f"{size} 0 {size} {len(BAD_REQUEST)} 0 {len(BAD_REQUEST)}"), ("End", "")]
-    return recs

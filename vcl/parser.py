@@ -165,7 +165,9 @@ class _ToAst(Transformer):
     # -------------------------------------------------------------- statements
 
     def block(self, children):
-        body = [c for c in children if isinstance(c, ast.Stmt)]
+        body = ast.Body(c for c in children if isinstance(c, ast.Stmt))
+        body.end = self._p(children[-1])
+        body.ref = body[0].pos if body else body.end
         return ast.Block(self._p(children[0]), body)
 
     def set_(self, children):
@@ -603,13 +605,16 @@ def parse_with_includes(source: str, filename: str, include_dirs: tuple[str, ...
 def _expand(body: list[ast.Stmt], filename: str, include_dirs, sources: dict[str, str],
             depth: int) -> list[ast.Stmt]:
     """Replace include statements in a body (and nested bodies) by the included statements."""
-    out: list[ast.Stmt] = []
+    out = ast.Body(ref=getattr(body, "ref", None), end=getattr(body, "end", None))
     for stmt in body:
         if isinstance(stmt, ast.IncludeStmt):
             text, path = _read_include(stmt.path, stmt.pos, filename, include_dirs, depth)
             sources[path] = text
             included = parse(text, path, start="stmts").items
-            out.extend(_expand(included, path, include_dirs, sources, depth + 1))
+            expanded = _expand(included, path, include_dirs, sources, depth + 1)
+            if stmt is body[0] and expanded:
+                out.ref = expanded[0].pos       # the block's first token is now the included one
+            out.extend(expanded)
             continue
         if isinstance(stmt, ast.If):
             stmt.branches = [(c, _expand(b, filename, include_dirs, sources, depth)) for c, b in stmt.branches]
