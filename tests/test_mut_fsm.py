@@ -255,7 +255,7 @@ def test_vcl_hit_miss_without_a_busy_object_is_a_pass(make):
 def test_pipe_sends_connection_close_and_respects_pipe_sess_max(make):
     cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (pipe); }\n'
                           'sub vcl_pipe { if (req.url == "/no") { return (synth(405)); } }\n',
-                          lambda req: Resp(body=b"piped"), "-p", "pipe_sess_max=1")
+                          lambda req: Resp(body=b"piped", linger=True), "-p", "pipe_sess_max=1")
     c = cache.proc.server.counters
     first = cache.proc.connect()
     try:
