@@ -374,3 +374,15 @@ def test_inline_c_allowed_by_the_parameter_is_still_refused_saying_why():
     with pytest.raises(VCLError) as info:
         compile_vcl(src, "c.vcl", allow_inline_c=True)
     assert str(info.value).startswith("c.vcl:6:3: Inline-C cannot run here: vcc_allow_inline_c is on")
+
+
+def test_inline_c_of_comments_only_compiles_when_allowed_and_does_nothing():
+    src = (H + "C{ /* top */ }C\nsub vcl_recv {\n\tC{\n\t\t// nothing\n\t}C\n"
+           "\tif (req.url) {\n\t\tC{ }C\n\t} else {\n\t\tC{ /* a */ /* b */ }C\n\t}\n\tset req.http.x = \"1\";\n}\n")
+    vcl = compile_vcl(src, "c.vcl", allow_inline_c=True)
+    assert "vcl_recv" in vcl.subs
+    with pytest.raises(VCLError, match="Inline-C not allowed"):
+        compile_vcl(src, "c.vcl")            # off, even an empty block is refused, as VCC does
+    code_after = src.replace("C{ /* a */ /* b */ }C", "C{ /* a */ x = 1; }C")
+    with pytest.raises(VCLError, match=r"c\.vcl:12:3: Inline-C cannot run here"):
+        compile_vcl(code_after, "c.vcl", allow_inline_c=True)

@@ -249,6 +249,8 @@ class New(Stmt):
 class InlineC(Stmt):
     """`C{ ... }C` (at top level or in a body): VCC's inline C, which cacheserver cannot run."""
 
+    code: str = ""         # the text between C{ and }C
+
 
 @dataclass(eq=False)
 class ExprStmt(Stmt):

@@ -5,6 +5,7 @@ parse (vcl.parser) -> check (vcl.checker) -> generate Python (vcl.codegen) -> co
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -125,7 +126,8 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
     varnishd checks at vcl.load. None: not checked (e.g. `cacheserver -C`).
 
     allow_inline_c: the vcc_allow_inline_c parameter. Off, `C{ }C` gets VCC's "Inline-C not allowed";
-    on, it is still refused, saying why (there is no C compiler behind this VCL).
+    on, a block of comments only is accepted and one with code is refused, saying why (there is no
+    C compiler behind this VCL).
     """
     names = tuple(storages) if storages is not None else symbols.STORAGE_NAMES
     if "Transient" not in names:
@@ -177,7 +179,19 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
     )
 
 
-def _first_inline_c(nodes: Iterable[object]) -> ast.InlineC | None:
+_C_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+
+
+def _is_empty_c(block: ast.InlineC) -> bool:
+    """A C block of comments and blanks only: it does nothing, so it needs no C compiler."""
+    return not _C_COMMENT.sub("", block.code).strip()
+
+
+def _inline_c(nodes: list, drop: bool = False) -> ast.InlineC | None:
+    """The first `C{ }C` block in `nodes` (nested bodies included); with `drop`, the first one with
+    code in it, after taking the empty ones out of their bodies."""
+    if drop:
+        nodes[:] = [n for n in nodes if not (isinstance(n, ast.InlineC) and _is_empty_c(n))]
     for node in nodes:
         if isinstance(node, ast.InlineC):
             return node
@@ -186,20 +200,24 @@ def _first_inline_c(nodes: Iterable[object]) -> ast.InlineC | None:
             bodies.append(node.body)
         elif isinstance(node, ast.If):
             bodies.extend(body for _, body in node.branches)
-            bodies.append(node.else_body or [])
+            if node.else_body is not None:
+                bodies.append(node.else_body)
         for body in bodies:
-            found = _first_inline_c(body)
+            found = _inline_c(body, drop)
             if found is not None:
                 return found
     return None
 
 
 def _refuse_inline_c(items: list[object], allowed: bool) -> None:
-    """VCC refuses `C{ }C` unless vcc_allow_inline_c is on; we have no C step, so we always do."""
-    found = _first_inline_c(items)
-    if found is None:
-        return
+    """VCC refuses `C{ }C` unless vcc_allow_inline_c is on. With it on, a block of comments only is
+    accepted (it does nothing); one with code is refused: there is no C step behind this VCL."""
     if not allowed:
-        raise VCLError("Inline-C not allowed", found.pos)
-    raise VCLError("Inline-C cannot run here: vcc_allow_inline_c is on, but cacheserver compiles VCL "
-                   "to Python, not C", found.pos)
+        found = _inline_c(items)
+        if found is not None:
+            raise VCLError("Inline-C not allowed", found.pos)
+        return
+    found = _inline_c(items, drop=True)
+    if found is not None:
+        raise VCLError("Inline-C cannot run here: vcc_allow_inline_c is on, but cacheserver compiles VCL "
+                       "to Python, not C", found.pos)

@@ -156,7 +156,7 @@ class _ToAst(Transformer):
                             self._p(slash) if slash is not None else None)
 
     def inline_c(self, children):
-        return ast.InlineC(self._p(children[0]))
+        return ast.InlineC(self._p(children[0]), str(children[0])[2:-2])
 
     def sub(self, children):
         kw, name, body = children
