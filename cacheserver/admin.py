@@ -234,6 +234,9 @@ COMMANDS: list[CommandDef] = [
 ]
 _BY_NAME = {c.name: c for c in COMMANDS}
 
+UNKNOWN_REQUEST = "Unknown request.\nType 'help' for more info.\n"
+
+
 def _envelope(argv: list[str], version: int, body: str) -> str:
     """varnishd's JSON answer: "[ VERSION, ARGV, TIMESTAMP" then the command's own items, then "]"."""
     return f"[ {version}, {json.dumps(argv, ensure_ascii=False)}, {time.time():.3f}{body}\n]\n"
@@ -279,9 +282,17 @@ class AdminCommands:
         return status, body
 
     async def _execute(self, argv: list[str]) -> tuple[int, str]:
+        if argv[0].startswith("-"):
+            # varnishd's "-" prefix: the command's failure is not fatal to a CLI script (-I);
+            # the command itself runs as without it
+            argv = [argv[0][1:]] + argv[1:]
+            if not argv[0]:
+                return CLIS_SYNTAX, UNKNOWN_REQUEST + "Empty CLI command.\n"
         cmd = _BY_NAME.get(argv[0])
         if cmd is None:
-            return CLIS_UNKNOWN, "Unknown request.\nType 'help' for more info.\n"
+            if argv[0][:1].isupper():
+                return CLIS_UNKNOWN, UNKNOWN_REQUEST + "all commands are in lower-case.\n"
+            return CLIS_UNKNOWN, UNKNOWN_REQUEST
         if cmd.child and not self.server.running:
             return CLIS_UNKNOWN, "Unknown request in manager process (child not running).\nType 'help' for more info."
         args = argv[1:]
@@ -1242,7 +1253,7 @@ class CliSession:
             try:
                 argv = split_args(line)
             except CliSyntaxError as e:
-                await self.send(CLIS_SYNTAX, f"Syntax Error: {e}")
+                await self.send(CLIS_SYNTAX, f"{UNKNOWN_REQUEST}Syntax Error: {e}\n")
                 if not self.authed:
                     return None
                 continue

@@ -64,6 +64,8 @@ def _check_storage(specs: list[str]) -> None:
 
 
 def _backend_vcl(target: str) -> str:
+    if target.lower() == "none":  # varnishd: `-b none` (any case) is `backend default none;`
+        return "vcl 4.1;\nbackend default none;\n"
     host, _, port = target.rpartition(":")
     if not host:
         host, port = target, "80"
