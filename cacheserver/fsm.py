@@ -121,7 +121,7 @@ class ClientRequest(Delivery, EsiRequest):
     acct_hdr = acct_body = 0
 
     def __init__(self, session: ClientProtocol, req: HttpMessage, body: ReqBody, keep_alive: bool,
-                 raw_index: int) -> None:
+                 raw_index: int, defer_xid: bool = False) -> None:
         self.session = session
         server = self.server = session.server
         self.body = body                     # read by the fetch (or std.cache_req_body) as it arrives
@@ -138,15 +138,21 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.method = "recv"
         ctx.req = ctx.req_top = req
         ctx.vcl = vcl
-        ctx.xid = server.next_xid()
         ctx.hash_parts = []
         ctx.req_time = time.time()
         ctx.backend_hint = vcl.default_backend
         ctx.sess_timeout_idle = server.params.timeout_idle
         self.t_prev = self.t_start = self.ctx.req_time
         self._vsl_begin("rxreq", self.ctx.sess_xid)
-        if hasattr(session, "vsl_link"):
-            session.vsl_link(self.ctx.xid)
+        if not defer_xid:
+            self.take_xid()
+
+    def take_xid(self) -> None:
+        """The request's vxid, taken when it starts: a pipelined request's comes after the fetches
+        of the requests before it, as varnishd reads one request at a time."""
+        self.ctx.xid = self.server.next_xid()
+        if hasattr(self.session, "vsl_link"):
+            self.session.vsl_link(self.ctx.xid)
 
     # -- the shared log ---------------------------------------------------------------------------
 
