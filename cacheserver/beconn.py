@@ -243,6 +243,7 @@ class BackendConn(asyncio.Protocol):
         if len(fields) >= self.max_fields:
             self.error = "Too many headers"
             raise _HeadLimit
+        value = value.rstrip(b" \t")     # llhttp keeps the blanks that end a value; varnishd strips them
         names = _NAMES.get(name)
         if names is None:
             names = (name.decode("utf-8", "surrogateescape"),)

@@ -508,7 +508,8 @@ class ClientProtocol(asyncio.Protocol):
         if len(self._fields) >= params.http_max_hdr:
             raise RequestTooLarge("too many headers")
         field = name.decode("utf-8", "surrogateescape")     # http1.text(), inlined: per header
-        self._fields.append([field, value.decode("utf-8", "surrogateescape"), field.lower()])
+        # llhttp keeps the blanks that end a value; varnishd strips them
+        self._fields.append([field, value.rstrip(b" \t").decode("utf-8", "surrogateescape"), field.lower()])
 
     def on_headers_complete(self) -> None:
         """The head is in: check it as varnishd's HTTP1_DissectRequest does, then queue the request.
