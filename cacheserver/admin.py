@@ -94,7 +94,7 @@ def _backslash(text: str, i: int) -> tuple[str, int]:
 
 
 _QUOTED_RUN = re.compile(r'[^"\\]+')
-_WORD_RUN = re.compile(r"[^\s\\]+")
+_WORD_RUN = re.compile(r'[^\s\\"]+')
 
 
 def split_args(line: str) -> list[str]:
@@ -131,6 +131,8 @@ def split_args(line: str) -> list[str]:
                     ch, used = _backslash(line, i)
                     buf.append(ch)
                     i += used
+                elif line[i] == '"':
+                    raise CliSyntaxError("Invalid '\"'")     # a quote inside a word
                 else:
                     m = _WORD_RUN.match(line, i)
                     buf.append(m.group())
