@@ -14,6 +14,7 @@ further ahead of the object's consumers than that.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING
 
 import httptools
@@ -53,6 +54,15 @@ class ConnError(Exception):
     def __init__(self, reason: str, nothing: bool = False) -> None:
         super().__init__(reason)
         self.nothing = nothing
+
+
+# A Content-Length llhttp refuses goes past it under this name (BackendConn._relax).
+_CL_NAME = re.compile(rb"(?im)^content-length(?=[ \t]*:)")
+_CL_HIDDEN = b"X-Cacheserver-Unparsed-Content-Length"
+
+
+def _bad_cl(exc: Exception) -> bool:
+    return "Invalid character in Content-Length" in str(exc)
 
 
 class _HeadLimit(Exception):
@@ -106,6 +116,7 @@ class BackendConn(asyncio.Protocol):
         self.held = 0
         self.head_raw = b""           # the head's bytes so far (bounded by http_resp_size)
         self.relaxing = False         # a folded or bare-LF head, held until its end to parse again
+        self.hide_cl = False          # parse it again with its Content-Length renamed (a bad one)
 
     def start(self, head_only: bool, resp_size: int, hdr_len: int, max_hdr: int) -> None:
         """Prepare for a new request on this connection."""
@@ -170,7 +181,7 @@ class BackendConn(asyncio.Protocol):
                 self.error = "Received junk"
         except httptools.HttpParserError as exc:
             self._spent = True
-            if not self.head_done and self.error is None and needs_relaxing(self.head_raw):
+            if not self.head_done and self.error is None and (needs_relaxing(self.head_raw) or _bad_cl(exc)):
                 self.relaxing = True          # llhttp refuses folded lines; varnishd joins them
                 self._relax()
                 return
@@ -181,10 +192,16 @@ class BackendConn(asyncio.Protocol):
 
     def _relax(self) -> None:
         """Parse the head again, from a fresh parser, with its folded lines joined as varnishd's
-        http1_dissect_hdrs joins them; until its end has come, hold it."""
-        fixed = relax_head(self.head_raw)
+        http1_dissect_hdrs joins them; until its end has come, hold it. A Content-Length llhttp
+        refuses ("bogus") goes past it under another name: varnishd takes the head and fails the
+        fetch when it sees it cannot know the body's length (fetch_bad)."""
+        raw = self.head_raw
+        fixed = relax_head(raw)
         if fixed is None:
             return
+        if self.hide_cl:
+            end = fixed.index(b"\r\n\r\n")
+            fixed = _CL_NAME.sub(_CL_HIDDEN, fixed[:end]) + fixed[end:]
         self.relaxing = False
         self.head_raw = b""
         self.reason, self.fields, self.clen, self.chunked, self.has_te = b"", [], None, False, False
@@ -193,6 +210,11 @@ class BackendConn(asyncio.Protocol):
             self._parser.feed_data(fixed)
         except httptools.HttpParserError as exc:
             self._spent = True
+            if not self.head_done and not self.hide_cl and self.error is None and _bad_cl(exc):
+                self.hide_cl = True
+                self.head_raw = raw
+                self._relax()
+                return
             if self.error is None:
                 self.error = "Received junk" if not self.head_done else f"body: {exc}"
         except httptools.HttpParserUpgrade:
@@ -244,6 +266,8 @@ class BackendConn(asyncio.Protocol):
             self.error = "Too many headers"
             raise _HeadLimit
         value = value.rstrip(b" \t")     # llhttp keeps the blanks that end a value; varnishd strips them
+        if name == _CL_HIDDEN:
+            name = b"Content-Length"
         names = _NAMES.get(name)
         if names is None:
             names = (name.decode("utf-8", "surrogateescape"),)
