@@ -396,8 +396,17 @@ class ClientRequest(Delivery, EsiRequest):
         if name == "fail" or hash_action.name == "fail":
             return self._fail_state()
         digest = hashlib.sha256()
+        log_hash = "-Hash" not in self.server.params.vsl_mask
         for part in ctx.hash_parts:
-            digest.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
+            if isinstance(part, tuple):             # hash_data() of STRANDS: each part on its own
+                for p in part:
+                    digest.update(b"\0" if p is None else p.encode("utf-8", "surrogateescape"))
+                    if log_hash and p is not None:
+                        ctx.log.append(("Hash", p))
+            else:
+                digest.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
+                if log_hash and part != "\0":
+                    ctx.log.append(("Hash", part if isinstance(part, str) else part.decode("latin-1")))
             digest.update(b"\0")      # varnishd's field separator (HSH_AddString(NULL)): same digests
         self.digest = ctx.hash = digest.digest()
         if name == "hash":

@@ -249,6 +249,15 @@ def hash_data(ctx, value: str | None) -> None:
         ctx.hash_parts.append(value)
 
 
+def hash_strands(ctx, parts: tuple) -> None:
+    """hash_data() of a concatenation: the parts stay apart (cacheserver/fsm.py hashes each, an unset
+    one as a NUL byte, then one separator), as VRT_hashdata's STRANDS."""
+    if ctx.hash_parts is None:
+        ctx.hash_parts = [parts]
+    else:
+        ctx.hash_parts.append(parts)
+
+
 def ban_string(ctx, expression: str | None) -> str | None:
     """VRT_ban_string (ban() and std.ban()): add the ban; the error text, logged as VCL_Error, or None.
 
