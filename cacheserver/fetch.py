@@ -817,6 +817,8 @@ class BusyObj:
                 ctx.log.append(("FetchError", "Could not get storage"))
                 return self._body_failed(False)
         oc.finish(True)
+        if not oc.keep_body:
+            self.server.storage.slim(oc)    # a hit-for-miss/pass keeps no body: free its storage
         return None
 
     async def _store(self, data: bytes) -> bool:

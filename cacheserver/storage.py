@@ -409,9 +409,16 @@ class Storage:
 
     def grow(self, oc: ObjCore) -> bool:
         """The object's body grew: charge it to its store; False when it no longer fits."""
-        if oc.store == "" or not oc.keep_body:
-            return True              # nothing kept (hit-for-miss/pass bodies): nothing charged
+        if oc.store == "" or not (oc.keep_body or oc.hfm or oc.hfp):
+            return True              # nothing stored: nothing charged
+        # (a hit-for-miss/pass body is charged while it is fetched, and freed after: slim())
         return self._account(oc)
+
+    def slim(self, oc: ObjCore) -> None:
+        """The fetch of an object that keeps no body (hit-for-miss, hit-for-pass) is over: its body's
+        storage is freed, the object stays (varnishd's ObjSlim)."""
+        if oc.store and oc.size:
+            self._account(oc, with_body=False)
 
     def _account(self, oc: ObjCore, with_body: bool = True, hint: str | None = None) -> bool:
         """Charge the object's size to its store, choosing one the first time; False: no room."""
