@@ -27,7 +27,7 @@ from cacheserver.ranges import not_modified, object_last_modified
 from cacheserver.reqbody import ReqBody
 from cacheserver.rfc2616 import collect_header
 from cacheserver.stevedores import TRANSIENT
-from cacheserver.storage import ObjCore
+from cacheserver.storage import SYNTH_OBJECT, ObjCore
 from vcl.runtime import Action, Context, HttpMessage, VCLFailure
 
 if TYPE_CHECKING:
@@ -766,6 +766,13 @@ class ClientRequest(Delivery, EsiRequest):
             ctx.resp.headers.unset("Content-Length")
             ctx.resp.headers.add("Content-Length", str(len(body)))
             ctx.log.append(("Storage", "malloc Transient"))     # where varnishd keeps the synth body
+            held = self.server.storage.hold_transient(SYNTH_OBJECT, len(body))
+            if held is None:
+                # varnishd's cnt_synth: no response at all, the connection is closed (overload)
+                ctx.log.append(("Error", "Could not get storage"))
+                self.keep_alive = False
+                self.close_reason = "sc_overload"
+                return None
             oc = ObjCore()
             oc.append(body)
             oc.finish(True)
@@ -773,7 +780,10 @@ class ClientRequest(Delivery, EsiRequest):
             self.oc = oc
             self.from_pass = True
             self.is_hit = False
-            return self._transmit(ctx.resp, oc, synth=True)
+            try:
+                return self._transmit(ctx.resp, oc, synth=True)
+            finally:
+                self.server.storage.release_held(held)
         # fail (or anything else) in vcl_synth: a bare 500 and close, as Varnish does
         self.keep_alive = False
         self.close_reason = "sc_vcl_failure"
