@@ -247,7 +247,9 @@ class Checker(ExprChecker, XrefChecker):
     def _set(self, stmt: ast.Set) -> None:
         var = self._variable(stmt.target, stmt.target_pos)
         if var.set is None or not var.write:
-            raise VCLError("Variable is read only.", stmt.target_pos)
+            # VCC: a variable no subroutine may read either (bereq.body) "cannot be set"
+            raise VCLError("Variable is read only." if var.read else "Variable cannot be set.",
+                           stmt.target_pos)
         stmt.ref = var
         self._use("write", var.name, stmt.target_pos, var.write)
         vtype = var.type
@@ -267,6 +269,17 @@ class Checker(ExprChecker, XrefChecker):
         else:
             stmt.value = self.expr0(stmt.value, vtype)
 
+    def _kind_of(self, name: str) -> str | None:
+        """The kind of a declared symbol called `name` (as VCC's error messages name it), if any."""
+        if name in self.subs:
+            return "sub"
+        for kind, table in (("backend", self.backends), ("probe", self.probes), ("acl", self.acls)):
+            if name.lower() in table:
+                return kind
+        if name in self.instances:
+            return "instance"
+        return None
+
     def _return(self, stmt: ast.Return, method_body: bool) -> None:
         if stmt.action is None:
             if method_body:
@@ -276,12 +289,14 @@ class Checker(ExprChecker, XrefChecker):
         if name not in symbols.ACTIONS:
             raise VCLError("Expected return action name.", stmt.action_pos)
         spec = symbols.ACTION_ARGS.get(name, ())
+        if stmt.args and not spec:
+            raise VCLError("Arguments not allowed.", stmt.args[0].pos)
         if len(stmt.args) > len(spec):
-            raise VCLError(f"Too many arguments to return action '{name}'", stmt.args[len(spec)].pos)
+            raise VCLError("Expected ')' got ','", stmt.args[len(spec)].pos)
         for i, (atype, optional) in enumerate(spec):
             if i >= len(stmt.args):
                 if not optional:
-                    raise VCLError(f"Expected '(' after return action '{name}'", stmt.action_pos)
+                    raise VCLError("Missing argument.", stmt.action_pos)
                 continue
             arg = stmt.args[i]
             if arg.name is not None:
@@ -289,13 +304,20 @@ class Checker(ExprChecker, XrefChecker):
             if atype == "VCL":
                 if not isinstance(arg.value, ast.Name):
                     raise VCLError("Expected a VCL label name", arg.pos)
-                if self.labels is not None and arg.value.name not in self.labels:
-                    raise VCLError(f"Symbol not found: '{arg.value.name}'", arg.value.pos)
+                label = arg.value.name
+                if self.labels is None or label not in self.labels:
+                    kind = self._kind_of(label)
+                    if kind is not None:
+                        # VCC 4.1 finds the symbol and names its type; 4.0's vcl() sees labels only
+                        if self.version >= 4.1:
+                            raise VCLError(f"Symbol '{label}' has wrong type ({kind}), expected vcl:",
+                                           arg.value.pos)
+                        raise VCLError(f"Symbol not found: '{label}'", arg.value.pos)
+                if self.labels is not None and label not in self.labels:
+                    raise VCLError(f"Symbol not found: '{label}'", arg.value.pos)
                 arg.value.type = "VCL"
                 continue
             arg.value = self.expr0(arg.value, atype)
-        if not spec and stmt.args:
-            raise VCLError(f"Return action '{name}' takes no arguments", stmt.args[0].pos)
         self._use("return", name, stmt.action_pos, None)
 
     # ------------------------------------------------------------------ declarations

@@ -390,6 +390,8 @@ class ExprChecker:
                 if rest in vmod.objects:
                     raise VCLError(f"Symbol '{name}' is an object type: use it with 'new' in vcl_init",
                                    e.pos)
+                if rest.partition(".")[0] in vmod.objects:
+                    raise VCLError("Syntax error.", e.pos)     # VCC: an object type, then more
                 raise VCLError(f"Symbol not found: '{name}'", e.pos)
             self._bind_args(e, func, name)
             e.ref = ("func", head, func)
