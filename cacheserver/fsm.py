@@ -28,6 +28,7 @@ from cacheserver.reqbody import ReqBody
 from cacheserver.rfc2616 import collect_header
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import SYNTH_OBJECT, ObjCore
+from vcl.rtlib import status_error
 from vcl.runtime import Action, Context, HttpMessage, VCLFailure
 
 if TYPE_CHECKING:
@@ -308,6 +309,10 @@ class ClientRequest(Delivery, EsiRequest):
         if name == "synth":
             status = int(action.args[0]) if action.args else 503
             reason = action.args[1] if len(action.args) > 1 else ""
+            bad = status_error(status, "return(synth()) status code")
+            if bad is not None:               # VRT_synth: a VCL failure
+                self._failed("synth", VCLFailure(bad))
+                return self._fail_state()
             return self._to_synth(status, reason or "")
         if name == "restart":
             return "restart"
@@ -735,9 +740,7 @@ class ClientRequest(Delivery, EsiRequest):
     def _prepare_synth(self) -> HttpMessage:
         ctx = self.ctx
         status = self.synth_status
-        if status < 100 or status > 999:
-            status = 501
-        reason = self.synth_reason or reason_for(status)
+        reason = self.synth_reason or reason_for(status % 1000)
         resp = HttpMessage(proto="HTTP/1.1", status=status, reason=reason)
         resp.headers.add("Date", DATES.now())
         resp.headers.add("Server", "Varnish")
@@ -811,6 +814,6 @@ def _hit_text(oc: ObjCore | None) -> str:
 
 
 def _log_resp(records: list, resp: HttpMessage) -> None:
-    records.extend((("RespProtocol", resp.proto), ("RespStatus", str(resp.status)),
+    records.extend((("RespProtocol", resp.proto), ("RespStatus", "%03d" % (resp.status % 1000)),
                     ("RespReason", resp.reason)))
     resp.headers.log_to(records, "RespHeader", "RespUnset")

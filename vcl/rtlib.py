@@ -249,6 +249,28 @@ def hash_data(ctx, value: str | None) -> None:
         ctx.hash_parts.append(value)
 
 
+def status_error(num: int, what: str) -> str | None:
+    """varnishd's check of a status VCL sets (VRT_l_*_status, VRT_synth): None when it is valid."""
+    if num < 0:
+        return f"{what} ({num}) is negative"
+    if num > 65535:
+        return f"{what} ({num}) > 65535"
+    if num % 1000 < 100:
+        return f"illegal {what} ({num}) (..0##)"
+    return None
+
+
+def set_status(msg, num: int, what: str) -> None:
+    """`set beresp.status` / `set resp.status`: 1000 and up are VCL's own (sent modulo 1000); the
+    reason becomes the standard one of the status sent, as http_SetStatus does."""
+    bad = status_error(num, what)
+    if bad is not None:
+        raise VCLFailure(bad)
+    from cacheserver.http1 import reason_for
+    msg.status = num
+    msg.reason = reason_for(num % 1000)
+
+
 def hash_strands(ctx, parts: tuple) -> None:
     """hash_data() of a concatenation: the parts stay apart (cacheserver/fsm.py hashes each, an unset
     one as a NUL byte, then one separator), as VRT_hashdata's STRANDS."""

@@ -243,7 +243,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     _v("beresp.proto", "STRING", _BR, _BR, get="ctx.beresp.proto", set_=_line1("beresp.proto"), hi=4.0),
     _v("beresp.proto", "STRING", _BR, get="ctx.beresp.proto", lo=4.1),
     _v("beresp.reason", "STRING", _BR, _BR, get="ctx.beresp.reason", set_=_line1("beresp.reason")),
-    _v("beresp.status", "INT", _BR, _BR, get="ctx.beresp.status", set_="ctx.beresp.status = {v}"),
+    _v("beresp.status", "INT", _BR, _BR, get="ctx.beresp.status",
+       set_="rt.set_status(ctx.beresp, {v}, 'beresp.status')"),
     _v("beresp.storage", "STEVEDORE", _BR, _BR, get="ctx.beresp_storage", set_="ctx.beresp_storage = {v}"),
     _v("beresp.storage_hint", "STRING", _BR, _BR, get="ctx.beresp_storage",
        set_="ctx.beresp_storage = {v}", hi=4.0),
@@ -278,7 +279,7 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     _v("resp.proto", "STRING", _DS, _DS, get="ctx.resp.proto", set_=_line1("resp.proto"), hi=4.0),
     _v("resp.proto", "STRING", _DS, get="ctx.resp.proto", lo=4.1),
     _v("resp.reason", "STRING", _DS, _DS, get="ctx.resp.reason", set_=_line1("resp.reason")),
-    _v("resp.status", "INT", _DS, _DS, get="ctx.resp.status", set_="ctx.resp.status = {v}"),
+    _v("resp.status", "INT", _DS, _DS, get="ctx.resp.status", set_="rt.set_status(ctx.resp, {v}, 'resp.status')"),
     _v("resp.time", "TIME", _DS, get="ctx.resp_time"),
     # misc
     _v("now", "TIME", ["all"], get="ctx.now"),
