@@ -28,7 +28,7 @@ from cacheserver.reqbody import ReqBody
 from cacheserver.rfc2616 import collect_header
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import SYNTH_OBJECT, ObjCore
-from vcl.rtlib import status_error
+from vcl.rtlib import end_task, status_error
 from vcl.runtime import Action, Context, HttpMessage, VCLFailure
 
 if TYPE_CHECKING:
@@ -189,8 +189,11 @@ class ClientRequest(Delivery, EsiRequest):
         self.t_prev = now
 
     def _vsl_end(self) -> None:
-        """The request is done: its last records, then the whole task into the shared log."""
+        """The request is done: its task's finalizers run, then its last records go, then the whole
+        task into the shared log."""
         ctx = self.ctx
+        if ctx.priv_task:
+            end_task(ctx)
         if ctx.log and ctx.log[-1][0] == "PipeAcct":
             # a piped request ends with its PipeAcct, as varnishd's (no response, no ReqAcct)
             ctx.log.append(("End", ""))

@@ -249,6 +249,25 @@ def hash_data(ctx, value: str | None) -> None:
         ctx.hash_parts.append(value)
 
 
+TASK_FINI = "__task_fini__"
+
+
+def on_task_end(ctx, fn) -> None:
+    """Run fn when the task of ctx ends (a PRIV_TASK's fini: vmods' end-of-task work)."""
+    task = ctx.priv_task
+    if not isinstance(task, dict):
+        task = ctx.priv_task = {}
+    task.setdefault(TASK_FINI, []).append(fn)
+
+
+def end_task(ctx) -> None:
+    """The task of ctx is over: its PRIV_TASK finalizers run, in the order they were added."""
+    task = ctx.priv_task
+    if isinstance(task, dict):
+        for fn in task.pop(TASK_FINI, ()):
+            fn()
+
+
 def status_error(num: int, what: str) -> str | None:
     """varnishd's check of a status VCL sets (VRT_l_*_status, VRT_synth): None when it is valid."""
     if num < 0:

@@ -17,6 +17,7 @@ import random as _random
 import time as _time
 
 from cacheserver.backends import healthy as _healthy
+from vcl.rtlib import on_task_end
 from vcl.runtime import BackendSpec, Context, VCLFailure
 from vmods import Func, ObjectType, Param, Vmod
 
@@ -415,15 +416,27 @@ class Shard:
     def _change(self, ctx, task: str, sb: _ShardBackend | None, weight: float = 1.0) -> bool:
         if self._pending and self._pending_ctx is not ctx:
             self._apply_pending()        # the earlier task ended: its changes apply with 67 replicas
+        if self._pending_ctx is not ctx and getattr(ctx, "method", "") in _CLIENT:
+            # a client task's changes apply when it ends (shard_change_fini): until then, even
+            # the fetches it makes see the director as it was
+            self._pending_open = True
+            on_task_end(ctx, self._task_ended)
         self._pending_ctx = ctx
         self._pending.append((task, sb, weight))
         return True
+
+    _pending_open = False
+
+    def _task_ended(self) -> None:
+        self._pending_open = False
+        self.settle()
 
     def _apply_pending(self, replicas: int = 67) -> bool:
         """change_reconfigure: apply the queued changes and rebuild the ring."""
         if not self._pending:
             return True
         tasks, self._pending, self._pending_ctx = self._pending, [], None
+        self._pending_open = False
         last_clear = max((i for i, (t, _, _) in enumerate(tasks) if t == "clear"), default=-1)
         if last_clear >= 0:
             self.backends = []
@@ -504,7 +517,7 @@ class Shard:
 
     def settle(self) -> None:
         """Changes left by a task that has ended take effect (shard_change_fini: 67 replicas)."""
-        if self._pending:
+        if self._pending and not self._pending_open:
             self._apply_pending()
 
     # lookup -------------------------------------------------------------------------------------
