@@ -1116,6 +1116,17 @@ def _director_report(obj: Any, kind: str, members: list[tuple[Any, float]]) -> t
         js = [f'          "{n}": {{\n            "weight": {w:f},\n            "health": "{h}"\n          }}'
               for n, w, h in names]
         extra = f'        "total_weight": {sum(w for _, w, _ in names):f},\n'
+    elif kind == "shard":
+        shard = obj.report(time.time())
+        # (varnishd prints rampup and what remains of it as one field)
+        rows = [["", name, ident, "healthy" if ok else "sick", f"{100 * done:6.2f}% {left:8.3f}s"]
+                for name, ident, ok, done, left in shard]
+        head = ["", "Backend", "Ident", "Health", "Rampup  Remaining"]
+        js = [f'          "{name}": {{\n            "ident": "{ident}",\n'
+              f'            "health": "{"healthy" if ok else "sick"}",\n            "rampup": {done:f},\n'
+              f'            "rampup_remaining": {left:.3f}\n          }}' for name, ident, ok, done, left in shard]
+        extra = (f'        "warmup": {obj.warmup:f},\n'
+                 f'        "rampup_duration": {obj.rampup_duration:f},\n')
     else:
         return [], "{}"
     text: list[list[str] | str] = ["", head, *rows, ""]

@@ -590,6 +590,23 @@ class Shard:
             return be
         return self.backends[last[0]].backend
 
+    def report(self, now: float) -> list[tuple[str, str, bool, float, float]]:
+        """For backend.list -p (vmod_shard_list): each backend's name, ident, health, how far its
+        rampup has come (0 to 1) and the seconds it has left."""
+        self.settle()
+        rows = []
+        for host, b in enumerate(self.backends):
+            ok, changed = _health(b.backend, None)
+            done, left = 0.0, 0.0
+            if ok:
+                ramp = self._rampup_of(host)
+                if changed + ramp > now:
+                    done, left = (now - changed) / ramp, changed + ramp - now
+                else:
+                    done = 1.0
+            rows.append((_be_name(b.backend), b.ident_or_name(), ok, done, left))
+        return rows
+
     def _rampup_of(self, host: int) -> float:
         r = self.backends[host].rampup
         return self.rampup_duration if math.isnan(r) else r
