@@ -521,6 +521,9 @@ class CodeGen:
                 out.append(f"HeaderRef({msg}, {var.name.split('.http.', 1)[1]!r})")
             elif param.type == "REGEX":
                 out.append(self.prog.regexes[value.value])
+            elif param.type == "STRANDS" and isinstance(value, ast.Concat):
+                # the parts stay known (rt.Strands): a vmod may name the first, as varnishd's do
+                out.append("rt.Strands.of((" + ", ".join(self.str_expr(p) for p in value.parts) + ",))")
             elif param.type in types.STRING_FORMS:
                 out.append(self.str_expr(value) if param.type != "STRING" else self.expr(value))
             else:

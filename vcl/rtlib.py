@@ -249,6 +249,23 @@ def hash_data(ctx, value: str | None) -> None:
         ctx.hash_parts.append(value)
 
 
+class Strands(str):
+    """A STRANDS argument made of several parts: the joined string, its parts in `parts`."""
+
+    parts: tuple
+
+    @classmethod
+    def of(cls, parts: tuple) -> Strands:
+        s = cls("".join(parts))
+        s.parts = parts
+        return s
+
+
+def first_strand(s: str) -> str:
+    """The first part of a STRANDS argument (the whole of a plain string)."""
+    return s.parts[0] if isinstance(s, Strands) else s
+
+
 TASK_FINI = "__task_fini__"
 
 

@@ -9,6 +9,7 @@ same() compares where the bytes live, as varnishd compares pointers: Blob carrie
 
 from __future__ import annotations
 
+from vcl.rtlib import first_strand
 from vcl.runtime import Context, VCLFailure
 from vmods import Func, ObjectType, Param, Vmod
 
@@ -197,7 +198,7 @@ def decode(ctx: Context, decoding: str, length: int, encoded: str) -> bytes:
     try:
         data = _decode(decoding, encoded, length if length > 0 else -1)
     except ValueError:
-        raise _fail(f'cannot decode, illegal encoding beginning with "{encoded}"') from None
+        raise _fail(f'cannot decode, illegal encoding beginning with "{first_strand(encoded)}"') from None
     return Blob.make(data) if data else NULL_BLOB
 
 
@@ -222,7 +223,7 @@ def transcode(ctx: Context, decoding: str, encoding: str, case: str, length: int
     try:
         data = _decode(decoding, encoded, limit)
     except ValueError:
-        raise _fail(f'cannot decode, illegal encoding beginning with "{encoded}"') from None
+        raise _fail(f'cannot decode, illegal encoding beginning with "{first_strand(encoded)}"') from None
     if limit < 0 and encoding == decoding and encoding not in ("HEX", "URL"):
         return encoded          # decoded fine: the input is its own encoding
     return _encode(encoding, case, data)
