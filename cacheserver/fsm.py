@@ -434,6 +434,9 @@ class ClientRequest(Delivery, EsiRequest):
             self.digest, ctx.req, ctx.req_time, always_miss=bool(ctx.hash_always_miss),
             ignore_busy=bool(ctx.hash_ignore_busy), req_ttl=ctx.req_ttl, req_grace=ctx.req_grace,
             ignore_vary=bool(ctx.hash_ignore_vary))
+        seen = self.server.storage.variants_seen
+        if seen and seen >= self.server.params.vary_notice:
+            ctx.log.append(("Notice", f"vsl: High number of variants ({seen})"))
         kind = r.kind
         if kind == st.BUSY:
             return "waitinglist"

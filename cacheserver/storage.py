@@ -275,6 +275,8 @@ class LookupResult:
 class Storage:
     """The cache proper: object heads, the s0 LRU, Transient, expiry and bans."""
 
+    variants_seen = 0       # the last lookup's variants that did not match
+
     def __init__(self, max_bytes: int, counters, params=None,
                  specs: list[tuple[str, int | None]] | None = None) -> None:
         self.counters = counters
@@ -312,6 +314,7 @@ class Storage:
         if head is None:
             head = self.heads[digest] = ObjHead(digest)
             self.counters.n_objecthead += 1
+        self.variants_seen = 0       # variants that did not match (vary_notice)
         if always_miss:
             return LookupResult(MISS, None, self._new_busy(head))
         busy_found = False
@@ -329,6 +332,7 @@ class Storage:
                 self.remove(oc)
                 continue
             if oc.vary is not None and not ignore_vary and not vary_match(oc, req, gzip_support):
+                self.variants_seen += 1
                 continue
             ttl = oc.ttl if req_ttl is None or req_ttl < 0 else min(oc.ttl, req_ttl)
             if now < oc.t_origin + ttl:
