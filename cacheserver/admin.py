@@ -542,6 +542,8 @@ class AdminCommands:
             raise Reply(CLIS_AUTH, f"parameter \"{name}\" is protected.")
         try:
             params.set(name, value)
+            if name == "vsl_mask":
+                self.server.apply_vcl_trace()
         except NotAvailable as e:
             raise Reply(CLIS_CANT, str(e)) from None
         except ValueError as e:

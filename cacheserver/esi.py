@@ -153,6 +153,7 @@ class EsiVDP(Filter):
         # gzip: the CRC and length of each piece, in page order (includes fill theirs when done)
         self.parts: list[GzCrc] = []
         self.report = request.esi_gz_state if self.gzip else None   # nested in a gzipped page
+        dc.gzip_spliced = self.gzip and self.report is None
         self.started = False
         self.i = 0                        # next segment
         self.pos = 0                      # body offset of the next byte pushed
@@ -425,9 +426,14 @@ class EsiRequest:
             return Splicer("raw", None, limit)          # a nested gzipped page: runs as stored
         encoding = (resp.headers.get("Content-Encoding") or "").lower()
         if oc.gzipped and encoding == "gzip" and "gunzip" not in names:
-            bits = oc.gzip_bits
-            if not names and bits is not None and bits[1] >= 0 and bits[1] % 8 == 0:
-                return Splicer("cut", bits, limit)
+            if not names:
+                # ved_gzgz; the bits are known once the object is complete: ast_esibody waits for
+                # that, as varnishd does, unless the body is not kept (a pass: it streams through
+                # a bounded window, so it is inflated instead)
+                if oc.complete:
+                    return Splicer("gzgz", oc.gzip_bits, limit)
+                if oc.keep_body:
+                    return Splicer("gzgz_wait", None, limit)
             return Splicer("inflate", None, limit)
         return Splicer("plain", None, limit)
 
@@ -444,6 +450,22 @@ class EsiRequest:
 
         chain, self.vdp_chain = self.vdp_chain, None
         session = self.session
+        splicer = self.esi_splicer
+        if splicer is not None and splicer.kind == "gzgz_wait":
+            # varnishd waits for the whole object (its gzip bits are known only then); one that
+            # failed is left out of the page
+            while not (oc.complete or oc.failed or session.closed):
+                await oc.wait_more()
+            splicer.set_bits(oc.gzip_bits if oc.complete and not oc.failed else None)
+            if oc.failed or session.closed:
+                splicer.kind = "plain"            # nothing of it goes into the page
+                if bo is not None and bo.oc is oc and bo.reader is not None:
+                    oc.close_reader(bo.reader)
+                    bo.reader = None
+                self.oc = self.bo = None
+                if chain is not None:
+                    chain.close()
+                return None                       # (ved_gzgz: left out, not an error)
         cell = bo.reader if bo is not None and bo.oc is oc and bo.reader is not None else oc.open_reader()
         try:
             while not session.closed:

@@ -7,9 +7,10 @@ includes in between; the page's CRC is combined from each piece's CRC and length
 
 Between the runs, what an include delivers is made into deflate data too:
 - a nested gzipped ESI page sends its own runs (no gzip header or trailer) and reports CRC and length;
-- a gzipped object made by our gzip filter (exact `gzip_bits`) is cut: its blocks without the final
-  one, and CRC and length from its trailer (ved_stripgzip);
-- any other gzip (a backend's, stored as it came) is inflated and re-sent as stored blocks;
+- a gzipped object (ours or a backend's, its `gzip_bits` found by deflate_scan.py at fetch) is spliced
+  as varnishd's ved_gzgz does it: its deflate data, the final block made not final, padded to a byte;
+  CRC and length from its trailer;
+- a gzipped object whose bits are not known (too big to scan) is inflated and re-sent as stored blocks;
 - a plain body is sent as stored blocks (ved_pretend_gzip).
 """
 
@@ -187,17 +188,46 @@ class GzipRuns:
 
 # -- delivery: what an include sends into a gzipped page --------------------------------------------
 
+# After a fragment's final block (its BFINAL bit cleared), what brings the deflate data to a byte
+# boundary, by how many bits of the last byte the block used (ved_gzgz's choice): an empty stored block
+# where its 3-bit header fits before the boundary or needs a byte more, else one to three empty fixed
+# blocks (10 bits each) that end exactly on one. The first byte is OR-ed into the fragment's last.
+_PAD = {
+    1: (0, b"\x00\x00\xff\xff"), 3: (0, b"\x00\x00\xff\xff"), 5: (0, b"\x00\x00\xff\xff"),
+    7: (0, b"\x00\x00\x00\xff\xff"),
+    2: (0x08, b"\x20\x80\x00"), 4: (0x20, b"\x80\x00"), 6: (0x80, b"\x00"),
+}
+
+
 class Splicer:
-    """Turns what an include delivers into deflate data for a gzipped parent page, keeping its CRC."""
+    """Turns what an include delivers into deflate data for a gzipped parent page, keeping its CRC.
+
+    Kinds: "raw" (a nested gzipped ESI page sends its own runs), "gzgz" (a gzipped object, spliced as
+    varnishd's ved_gzgz does: its deflate data without the header, the last block's BFINAL bit cleared,
+    padded to a byte; CRC and length from its trailer), "inflate" (a gzipped object whose bits are not
+    known: inflated and sent as stored blocks), "plain" (sent as stored blocks, ved_pretend_gz)."""
 
     def __init__(self, kind: str, bits: tuple[int, int, int, int] | None, limit: int) -> None:
-        self.kind = kind          # "raw" (a nested ESI page did it), "cut", "inflate", "plain"
+        self.kind = kind
         self.bits = bits
         self.crc = GzCrc()
-        self.pos = 0
-        self.tail = b""
+        self.pos = 0              # object bytes seen
+        self.tail = b""           # the object's last bytes: its trailer
         self.limit = limit
-        self.z = zlib.decompressobj(31) if kind == "inflate" else None
+        self.z = None
+        if kind == "gzgz":
+            self.set_bits(bits)
+        elif kind == "inflate":
+            self.z = zlib.decompressobj(31)
+
+    def set_bits(self, bits: tuple[int, int, int, int] | None) -> None:
+        """The object's gzip bits, once it is complete; without them it can only be inflated."""
+        self.bits = bits
+        if bits is None or bits[1] < 0 or bits[2] <= bits[1] or bits[0] % 8:
+            self.kind = "inflate"
+            self.z = zlib.decompressobj(31)
+        else:
+            self.kind = "gzgz"
 
     def push(self, data: bytes) -> Iterable[bytes]:
         kind = self.kind
@@ -208,14 +238,36 @@ class Splicer:
             return stored_blocks(data)
         if kind == "inflate":
             return self._inflate(data)
-        # cut: the blocks between the header and the final empty block, CRC and length from the trailer
-        start, pos = self.pos, self.pos + len(data)
+        return self._gzgz(data)
+
+    def _gzgz(self, data: bytes) -> list[bytes]:
+        start, last, stop = self.bits[0] // 8, self.bits[1], self.bits[2]
+        out: list[bytes] = []
+        pos = self.pos
+        i, n = 0, len(data)
+        if pos < start:                                    # the gzip header
+            k = min(start - pos, n)
+            i, pos = k, pos + k
+        if i < n and pos < last // 8:                      # the blocks before the last
+            k = min(last // 8 - pos, n - i)
+            out.append(data[i:i + k])
+            i, pos = i + k, pos + k
+        if i < n and pos == last // 8:                     # the last block's first byte: not final
+            out.append(bytes((data[i] & ~(1 << (last & 7)) & 0xFF,)))
+            i, pos = i + 1, pos + 1
+        if i < n and pos < stop // 8:                      # the rest of the last block
+            k = min(stop // 8 - pos, n - i)
+            out.append(data[i:i + k])
+            i, pos = i + k, pos + k
+        if i < n and stop & 7 and pos == stop // 8:        # its last byte, and a pad to the boundary
+            mask, pad = _PAD[stop & 7]
+            out.append(bytes((data[i] | mask,)) + pad)
+            i, pos = i + 1, pos + 1
+        if i < n:                                          # the trailer
+            self.tail = (self.tail + data[i:])[-8:]
+            pos += n - i
         self.pos = pos
-        self.tail = (self.tail + data)[-8:]
-        lo, hi = self.bits[0] // 8, self.bits[1] // 8
-        if pos <= lo or start >= hi:
-            return ()
-        return (data[max(lo - start, 0):hi - start],)
+        return out
 
     def _inflate(self, data: bytes) -> Iterator[bytes]:
         z = self.z
@@ -235,8 +287,7 @@ class Splicer:
         """CRC and length of what was sent (a nested page reports its own)."""
         if self.kind == "raw":
             return reported or GzCrc()
-        if self.kind == "cut":
-            if len(self.tail) == 8 and self.pos * 8 > self.bits[1]:
-                self.crc.crc = int.from_bytes(self.tail[:4], "little")
-                self.crc.length = int.from_bytes(self.tail[4:], "little")
+        if self.kind == "gzgz" and len(self.tail) == 8:
+            self.crc.crc = int.from_bytes(self.tail[:4], "little")
+            self.crc.length = int.from_bytes(self.tail[4:], "little")
         return self.crc

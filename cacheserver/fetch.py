@@ -422,9 +422,11 @@ class BusyObj:
             conn.write(head + data)
             backends.live(self.backend).bereq_bodybytes += len(data)
             self.acct_bereq_body += len(data)
+            self._req_body_start(body)
             self._req_body_ts(body)
             return
         conn.write(head)
+        self._req_body_start(body)
         between = self.between
         try:
             async for data in body.chunks():
@@ -444,15 +446,20 @@ class BusyObj:
             conn.write(b"0\r\n\r\n")
         self._req_body_ts(body)
 
+    def _req_body_start(self, body: ReqBody) -> None:
+        """The fetch starts reading the client's body: varnishd reads it through a Transient object
+        (vrb_pull) and logs that first, before a 100 Continue it may send."""
+        creq = self.creq
+        if creq is not None and body.cached is None and self.mode != "bg":
+            creq.log.append(("Storage", "malloc Transient"))
+
     def _req_body_ts(self, body: ReqBody) -> None:
         """The client's body was read to its end for this fetch: the request's ReqBody timestamp."""
         creq = self.creq
         if creq is not None and body.cached is None and self.mode != "bg":
             now = time.time()
             since = now - (creq.req_time or now)
-            # varnishd reads it through a Transient object (vrb_pull), and logs that first
-            creq.log += (("Storage", "malloc Transient"),
-                         ("Timestamp", "ReqBody: %.6f %.6f %.6f" % (now, since, since)))
+            creq.log.append(("Timestamp", "ReqBody: %.6f %.6f %.6f" % (now, since, since)))
 
     async def stp_response(self) -> str | None:
         ctx = self.ctx
@@ -795,6 +802,7 @@ class BusyObj:
                 for piece in chain.end():
                     if not await self._store(piece):
                         return self._stored_failed()
+                chain.close()       # the filters' Gzip records come before BackendClose, as varnishd's
         except ConnError as exc:
             ctx.log.append(("FetchError", str(exc)))
             return self._body_failed(streaming)
@@ -884,8 +892,11 @@ class BusyObj:
         status, reason = getattr(self, "_err_status", (503, ""))
         self._err_status = (503, "")
         status = int(status)
-        reason = reason or ("Backend fetch failed" if status == 503 else reason_for(status))
+        reason = reason or ("Backend fetch failed" if status == 503 else reason_for(status % 1000))
         beresp = HttpMessage(proto="HTTP/1.1", status=status, reason=reason)
+        ctx.log += (("BerespProtocol", beresp.proto), ("BerespStatus", str(status % 1000)),
+                    ("BerespReason", reason))
+        beresp.headers.log_to(ctx.log, "BerespHeader", "BerespUnset")
         beresp.headers.add("Date", DATES.now())
         beresp.headers.add("Server", "Varnish")
         ctx.beresp = beresp

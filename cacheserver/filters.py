@@ -45,6 +45,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Union
 
+from cacheserver.deflate_scan import DeflateError, GzipScanner
 from vcl.rtlib import req_gzip as accepts_gzip  # noqa: F401 - RFC2616_Req_Gzip, shared with VCL
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class DeliverCtx:
     counters: object
     request: object = None     # the ClientRequest (ESI needs its session, VCL and context)
     fetched: bool = False      # this request ran the fetch: it delivers as the body arrives
+    gzip_spliced: bool = False  # an ESI page is made one gzip stream above (its bits are its own)
 
 
 class Filter:
@@ -131,20 +133,27 @@ def vary_accept_encoding(http: HttpMessage) -> None:
 
 # -- gzip, gunzip, testgunzip ----------------------------------------------------------------------
 # The object records Varnish's OA_GZIPBITS as oc.gzip_bits = (start_bit, last_bit, stop_bit, length):
-# where the deflate data starts, where its last block starts, where it stops (bit offsets in the
+# where the deflate data starts, the BFINAL bit of its last block, where it stops (bit offsets in the
 # stored body), and the uncompressed length. An ESI page splices gzipped fragments with these bits.
-# zlib does not report block positions, so:
-#   - what we gzip ourselves ends with a sync flush and then an empty final block, which makes the
-#     bits exact (last_bit byte-aligned: the fragment's data is body[start//8:last//8]);
-#   - a backend's gzip (testgunzip) records start_bit and the length only (last_bit = stop_bit = -1):
-#     a splicer must recompress such a fragment (or wrap its inflated bytes) instead of cutting it.
+# zlib does not report block positions: deflate_scan.py finds them as the body passes (gzip, gunzip
+# and testgunzip all scan, as varnishd's zlib records them for each). Past SCAN_MAX_BYTES of gzip data
+# a body is not scanned (the work is bounded): its last and stop bits stay -1, and an ESI page that
+# includes it inflates it and sends it as stored blocks instead. A pass (private object: delivered once,
+# never spliced from the cache) is not scanned either: the scan costs several times what the inflate
+# does, on every such request; its Gzip record shows -1 where varnishd's shows the bits.
 
-def _bounded_inflate(d, data: bytes, limit: int) -> Iterator[bytes]:
-    """Inflate `data`, yielding at most `limit` bytes at a time (zip bombs stay bounded)."""
+SCAN_MAX_BYTES = 1 << 20
+
+
+def _bounded_inflate(d, data: bytes, limit: int, counter=None) -> Iterator[bytes]:
+    """Inflate `data`, yielding at most `limit` bytes at a time (zip bombs stay bounded); what comes
+    out is added to `counter.size_out`, when given."""
     try:
         out = d.decompress(data, limit)
         while True:
             if out:
+                if counter is not None:
+                    counter.size_out += len(out)
                 yield out
             tail = d.unconsumed_tail
             if not tail or d.eof:
@@ -156,23 +165,42 @@ def _bounded_inflate(d, data: bytes, limit: int) -> Iterator[bytes]:
         raise FilterError("Junk after gzip data")
 
 
-def _gzip_header_length(body_start: bytes) -> int:
-    """The length of a gzip member's header (RFC 1952 2.3), or the usual 10 when it cannot be told."""
-    if len(body_start) < 10:
-        return _GZIP_HEADER
-    flags = body_start[3]
-    pos = 10
-    try:
-        if flags & 4:                                   # FEXTRA
-            pos += 2 + int.from_bytes(body_start[pos:pos + 2], "little")
-        for bit in (8, 16):                             # FNAME, FCOMMENT: zero-terminated
-            if flags & bit:
-                pos = body_start.index(b"\0", pos) + 1
-        if flags & 2:                                   # FHCRC
-            pos += 2
-    except ValueError:
-        return _GZIP_HEADER
-    return pos
+class _BitScan:
+    """The gzip bits of a body as it passes, within SCAN_MAX_BYTES; (start, -1, -1) when unknown."""
+
+    __slots__ = ("scanner", "bits")
+
+    def __init__(self, scan: bool = True) -> None:
+        self.scanner: GzipScanner | None = GzipScanner(SCAN_MAX_BYTES) if scan else None
+        self.bits = (_GZIP_HEADER * 8, -1, -1)
+
+    def feed(self, data: bytes) -> None:
+        if self.scanner is not None:
+            try:
+                self.scanner.feed(data)
+            except DeflateError:      # past the bound, or what zlib will refuse anyway
+                self._give_up()
+
+    def end(self) -> tuple[int, int, int]:
+        if self.scanner is not None:
+            try:
+                self.bits = tuple(self.scanner.end())
+            except DeflateError:
+                self._give_up()
+            self.scanner = None
+        return self.bits
+
+    def _give_up(self) -> None:
+        start = self.scanner.start
+        self.bits = (start if start >= 0 else _GZIP_HEADER * 8, -1, -1)
+        self.scanner = None
+
+
+def _log_gzip(fc, ident: str, size_in: int, size_out: int, bits: tuple) -> None:
+    """VGZ_Destroy's record: what, bytes in and out, start, last and stop bit."""
+    log = getattr(fc, "log", None)
+    if log is not None:
+        log.append(("Gzip", "%s %d %d %d %d %d" % (ident, size_in, size_out, *bits[:3])))
 
 
 class _GzipBase(Filter):
@@ -181,6 +209,9 @@ class _GzipBase(Filter):
     def __init__(self) -> None:
         self.fc: FetchCtx | None = None
         self.limit = 32768
+        self.scan: _BitScan | None = None
+        self.size_in = 0
+        self.size_out = 0
 
     def _applies(self, fc: FetchCtx) -> bool:
         # gzip makes no sense on a partial response; it is a 1:1 transform, so leave it be
@@ -193,19 +224,36 @@ class _GzipBase(Filter):
         self.fc = fc
         self.limit = fc.params.gzip_buffer
         self.z = zlib.decompressobj(16 + 15)
+        self.scan = _BitScan(not fc.oc.private)
         return True
 
-    def _push_past_end(self, data: bytes) -> bool:
-        """After the gzip stream's end only nothing may come: True when the stream has ended."""
-        if self.z.eof and data:
-            raise FilterError("Junk after gzip data")
-        return self.z.eof
+    def _inflate(self, data: bytes) -> Iterator[bytes]:
+        """Check and inflate the next piece; after the gzip stream's end nothing may come."""
+        if self.z.eof:
+            if data:
+                raise FilterError("Junk after gzip data")
+            return
+        self.size_in += len(data)
+        self.scan.feed(data)
+        yield from _bounded_inflate(self.z, data, self.limit, self)
+
+    def _ended(self) -> None:
+        if not self.z.eof:
+            raise FilterError(self.end_error)
+        self.fc.oc.gzip_bits = (*self.scan.end(), self.size_out)
+
+    def close(self) -> None:
+        if self.fc is not None and self.scan is not None:
+            _log_gzip(self.fc, self.ident, self.size_in, self.size_out, self.scan.end())
+            self.scan = None
 
 
 class GzipVFP(_GzipBase):
-    """Compress a plain body as it is stored (beresp.do_gzip)."""
+    """Compress a plain body as it is stored (beresp.do_gzip), as varnishd: gzip_level, gzip_memlevel,
+    a 32 KB window, no flush before the end (so the bytes are varnishd's, zlib being the same)."""
 
     name = "gzip"
+    ident = "G F -"
 
     def open(self, fc: FetchCtx) -> bool:
         if not self._applies(fc) or "Content-Encoding" in fc.http.headers:
@@ -213,8 +261,7 @@ class GzipVFP(_GzipBase):
         params = fc.params
         self.fc = fc
         self.z = zlib.compressobj(params.gzip_level, zlib.DEFLATED, 16 + 15, params.gzip_memlevel)
-        self.size_in = 0
-        self.size_out = 0
+        self.scan = _BitScan(not fc.oc.private)
         fc.counters.n_gzip += 1
         fc.oc.gzipped = True
         headers = fc.http.headers
@@ -228,25 +275,26 @@ class GzipVFP(_GzipBase):
     def push(self, data: bytes) -> Iterable[bytes]:
         self.size_in += len(data)
         out = self.z.compress(data)
+        if not out:
+            return ()
         self.size_out += len(out)
-        return (out,) if out else ()
+        self.scan.feed(out)
+        return (out,)
 
     def end(self) -> Iterable[bytes]:
-        body = self.z.flush(zlib.Z_SYNC_FLUSH)
-        last = self.size_out + len(body)
-        tail = self.z.flush(zlib.Z_FINISH)      # an empty final block (10 bits), then the trailer
-        bits = self.fc.oc.gzip_bits = (_GZIP_HEADER * 8, last * 8, last * 8 + 10, self.size_in)
-        log = getattr(self.fc, "log", None)
-        if log is not None:
-            # VGZ_Destroy's record: gzip, fetch, plain; bytes in and out; start, last and stop bit
-            log.append(("Gzip", "G F - %d %d %d %d %d" % (self.size_in, last + len(tail), *bits[:3])))
-        return (body + tail,)
+        tail = self.z.flush(zlib.Z_FINISH)
+        self.size_out += len(tail)
+        self.scan.feed(tail)
+        self.fc.oc.gzip_bits = (*self.scan.end(), self.size_in)
+        return (tail,)
 
 
 class GunzipVFP(_GzipBase):
     """Store a gzipped body plain (beresp.do_gunzip)."""
 
     name = "gunzip"
+    ident = "U F -"
+    end_error = "Gunzip error at the very end"
 
     def open(self, fc: FetchCtx) -> bool:
         if not self._open_inflate(fc):
@@ -259,44 +307,36 @@ class GunzipVFP(_GzipBase):
         return True
 
     def push(self, data: bytes) -> Iterable[bytes]:
-        if self._push_past_end(data):
-            return ()
-        return _bounded_inflate(self.z, data, self.limit)
+        return self._inflate(data)
 
     def end(self) -> Iterable[bytes]:
-        if not self.z.eof:
-            raise FilterError("Gunzip error at the very end")
+        self._ended()
+        self.fc.oc.gzip_bits = None       # the stored body is plain: it has no bits
         return ()
 
 
 class TestGunzipVFP(_GzipBase):
-    """Check a backend's gzip as it is stored unchanged, and learn its uncompressed length."""
+    """Check a backend's gzip as it is stored unchanged, and learn its bits and uncompressed length."""
 
     name = "testgunzip"
+    ident = "u F -"
+    end_error = "tGunzip failed"
 
     def open(self, fc: FetchCtx) -> bool:
         if not self._open_inflate(fc):
             return False
-        self.head = b""
-        self.size_out = 0
         fc.counters.n_test_gunzip += 1
         fc.oc.gzipped = True
         vary_accept_encoding(fc.http)
         return True
 
     def push(self, data: bytes) -> Iterable[bytes]:
-        if len(self.head) < 64:
-            self.head += data[:64]
-        if self._push_past_end(data):
-            return ()
-        for piece in _bounded_inflate(self.z, data, self.limit):
-            self.size_out += len(piece)
-        return (data,)
+        for _ in self._inflate(data):
+            pass
+        return (data,) if data else ()
 
     def end(self) -> Iterable[bytes]:
-        if not self.z.eof:
-            raise FilterError("tGunzip failed")
-        self.fc.oc.gzip_bits = (_gzip_header_length(self.head) * 8, -1, -1, self.size_out)
+        self._ended()
         return ()
 
 
@@ -353,6 +393,8 @@ class GunzipVDP(Filter):
     def open(self, dc: DeliverCtx) -> bool:
         self.limit = dc.params.gzip_buffer
         self.z = zlib.decompressobj(16 + 15)
+        self.dc = dc
+        self.size_in = self.size_out = 0
         dc.counters.n_gunzip += 1
         dc.http.headers.unset("Content-Encoding")
         known = dc.length >= 0       # not when a filter above (ESI) already made it unknown
@@ -370,7 +412,24 @@ class GunzipVDP(Filter):
             if data:
                 raise FilterError("junk after VGZ_END")
             return ()
-        return _bounded_inflate(self.z, data, self.limit)
+        self.size_in += len(data)
+        return _bounded_inflate(self.z, data, self.limit, self)
+
+    def close(self) -> None:
+        """VGZ_Destroy's "U D -" record. The bits are those of what was inflated: an ESI page made
+        gzipped on delivery ends with an empty stored final block before its 8-byte trailer."""
+        dc = self.dc
+        log = getattr(getattr(dc.request, "ctx", None), "log", None)
+        if log is None:
+            return
+        if dc.gzip_spliced:
+            last = (self.size_in - 13) * 8 if self.z.eof else -1
+            bits = (_GZIP_HEADER * 8, last, last + 40 if last >= 0 else -1)
+        elif dc.oc is not None and dc.oc.gzip_bits is not None:
+            bits = dc.oc.gzip_bits
+        else:
+            bits = (_GZIP_HEADER * 8, -1, -1)
+        log.append(("Gzip", "U D - %d %d %d %d %d" % (self.size_in, self.size_out, *bits[:3])))
 
 
 class RangeVDP(Filter):
@@ -614,7 +673,9 @@ class Chain:
             await self._arun(i, part, sink)
 
     def close(self) -> None:
-        for f in self.filters:
+        """Close each filter once (a second call does nothing)."""
+        filters, self.filters = self.filters, []
+        for f in filters:
             try:
                 f.close()
             except Exception:  # closing must not hide the error that ended the chain

@@ -28,7 +28,7 @@ from cacheserver.reqbody import ReqBody
 from cacheserver.rfc2616 import collect_header
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import SYNTH_OBJECT, ObjCore
-from vcl.rtlib import end_task, status_error
+from vcl.rtlib import end_task
 from vcl.runtime import Action, Context, HttpMessage, VCLFailure
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cacheserver.fsm")
 
 # States that always wait on I/O.
-_ALWAYS_ASYNC = frozenset({"fetch", "pipe", "waitinglist", "stream", "send", "bgwait", "esibody"})
+_ALWAYS_ASYNC = frozenset({"fetch", "pipe", "waitinglist", "stream", "send", "bgwait", "esibody", "synthbody"})
 # The subroutines each state runs, for states that are async when one of them is.
 _STATE_SUBS = {"recv": ("vcl_recv", "vcl_hash"), "hit": ("vcl_hit",), "miss": ("vcl_miss",),
                "pass": ("vcl_pass",), "purge": ("vcl_purge",), "deliver": ("vcl_deliver",),
@@ -112,6 +112,7 @@ class ClientRequest(Delivery, EsiRequest):
     digest = b""
     synth_status = 0
     synth_reason = ""
+    synth_data = b""                # vcl_synth's body, while the request body is read first
     is_grace = False
     chunked = False                 # the body being streamed goes out chunked
     vdp_chain = None                # delivery filters for the "stream" state
@@ -120,9 +121,10 @@ class ClientRequest(Delivery, EsiRequest):
     send_data: memoryview | None = None   # a big body the "send" state writes
     acct_req = 0                    # request head bytes, for ReqAcct
     acct_hdr = acct_body = 0
+    acct_continue = 0               # a "100 Continue" sent: counted with the response head bytes
 
     def __init__(self, session: ClientProtocol, req: HttpMessage, body: ReqBody, keep_alive: bool,
-                 raw_index: int, defer_xid: bool = False) -> None:
+                 raw_index: int, expect: str | None = None, defer_xid: bool = False) -> None:
         self.session = session
         server = self.server = session.server
         self.body = body                     # read by the fetch (or std.cache_req_body) as it arrives
@@ -144,7 +146,7 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.backend_hint = vcl.default_backend
         ctx.sess_timeout_idle = server.params.timeout_idle
         self.t_prev = self.t_start = self.ctx.req_time
-        self._vsl_begin("rxreq", self.ctx.sess_xid)
+        self._vsl_begin("rxreq", self.ctx.sess_xid, expect)
         if not defer_xid:
             self.take_xid()
 
@@ -157,7 +159,7 @@ class ClientRequest(Delivery, EsiRequest):
 
     # -- the shared log ---------------------------------------------------------------------------
 
-    def _vsl_begin(self, reason: str, parent: int) -> None:
+    def _vsl_begin(self, reason: str, parent: int, expect: str | None = None) -> None:
         ctx = self.ctx
         req = ctx.req
         t = self.t_start
@@ -171,6 +173,9 @@ class ClientRequest(Delivery, EsiRequest):
             ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
                                      "Timestamp Req: %s 0.000000 0.000000\0VCL_use %s"
                             % (parent, reason, ts, ts, self.vcl.__dict__.get("name") or "boot")))
+        if expect is not None:
+            # cnt_transport unsets a 100-continue Expect before the request is logged
+            ctx.log.append(("ReqUnset", "Expect: " + expect))
         ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
                         % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
         req.headers.log_to(ctx.log, "ReqHeader", "ReqUnset")
@@ -201,7 +206,7 @@ class ClientRequest(Delivery, EsiRequest):
             return
         now = time.time()
         req = self.acct_req
-        hdr, body = self.acct_hdr, self.acct_body
+        hdr, body = self.acct_hdr + self.acct_continue, self.acct_body
         rx = self.body.received            # request body bytes read
         ctx.log.append(("Timestamp", "Resp: %.6f %.6f %.6f\0ReqAcct %d %d %d %d %d %d\0End "
                         % (now, now - self.t_start, now - self.t_prev, req, rx, req + rx, hdr, body,
@@ -312,10 +317,6 @@ class ClientRequest(Delivery, EsiRequest):
         if name == "synth":
             status = int(action.args[0]) if action.args else 503
             reason = action.args[1] if len(action.args) > 1 else ""
-            bad = status_error(status, "return(synth()) status code")
-            if bad is not None:               # VRT_synth: a VCL failure
-                self._failed("synth", VCLFailure(bad))
-                return self._fail_state()
             return self._to_synth(status, reason or "")
         if name == "restart":
             return "restart"
@@ -354,6 +355,7 @@ class ClientRequest(Delivery, EsiRequest):
             if not self._switch_vcl(action):
                 return self._fail_state()
             action = self.call("vcl_recv")
+        self._recv_continue(action)
         self._wash_accept_encoding(action)
         return self._after_recv(action, self.call("vcl_hash") if action.name != "fail" else action)
 
@@ -366,6 +368,7 @@ class ClientRequest(Delivery, EsiRequest):
             action = await self.acall("vcl_recv")
         if self.session.stolen:
             return None
+        self._recv_continue(action)
         self._wash_accept_encoding(action)
         return self._after_recv(action, await self.acall("vcl_hash") if action.name != "fail" else action)
 
@@ -377,6 +380,12 @@ class ClientRequest(Delivery, EsiRequest):
         self.vcl = self.ctx.vcl = target
         self.ctx.backend_hint = target.default_backend
         return True
+
+    def _recv_continue(self, action: Action) -> None:
+        """A client waiting on `Expect: 100-continue` gets it once vcl_recv is done, unless VCL
+        failed or chose std.late_100_continue(true) (then it comes when the body is read)."""
+        if action.name != "fail" and not self.late100:
+            self.body.send_continue()
 
     def _wash_accept_encoding(self, action: Action) -> None:
         """Between vcl_recv and vcl_hash, for the sake of Vary (cnt_recv): gzip or nothing."""
@@ -393,8 +402,6 @@ class ClientRequest(Delivery, EsiRequest):
     def _after_recv(self, action: Action, hash_action: Action) -> str | None:
         name = action.name
         ctx = self.ctx
-        if not self.late100:
-            self.body.send_continue()
         if self.body_failed:
             # std.cache_req_body() failed (too big, client gone): varnishd closes, answering nothing
             self.session.close_reason = "sc_rx_body"
@@ -433,10 +440,7 @@ class ClientRequest(Delivery, EsiRequest):
         r = self.server.storage.lookup(
             self.digest, ctx.req, ctx.req_time, always_miss=bool(ctx.hash_always_miss),
             ignore_busy=bool(ctx.hash_ignore_busy), req_ttl=ctx.req_ttl, req_grace=ctx.req_grace,
-            ignore_vary=bool(ctx.hash_ignore_vary))
-        seen = self.server.storage.variants_seen
-        if seen and seen >= self.server.params.vary_notice:
-            ctx.log.append(("Notice", f"vsl: High number of variants ({seen})"))
+            ignore_vary=bool(ctx.hash_ignore_vary), log=ctx.log)
         kind = r.kind
         if kind == st.BUSY:
             return "waitinglist"
@@ -745,7 +749,7 @@ class ClientRequest(Delivery, EsiRequest):
 
     def _prepare_synth(self) -> HttpMessage:
         ctx = self.ctx
-        status = self.synth_status
+        status = self.synth_status       # checked by VCL's return (rtlib.status_action)
         reason = self.synth_reason or reason_for(status % 1000)
         resp = HttpMessage(proto="HTTP/1.1", status=status, reason=reason)
         resp.headers.add("Date", DATES.now())
@@ -763,6 +767,46 @@ class ClientRequest(Delivery, EsiRequest):
         self.server.counters.s_synth += 1
         return resp
 
+    def _synth_reads_body(self) -> bool:
+        """VRB_Ignore before a synth is delivered: unless the connection is to close (the client's or
+        the response's Connection: close), a request body still unread is read to its end first,
+        through a Transient object as varnishd's vrb_pull (a client waiting for a 100 gets it)."""
+        body = self.body
+        if not body.present or body.state != "unread" or not self.keep_alive:
+            return False
+        conn = self.ctx.resp.headers.get("Connection")
+        if conn is not None and conn.lower() == "close":
+            return False
+        self.ctx.log.append(("Storage", "malloc Transient"))
+        return True
+
+    async def ast_synthbody(self) -> str | None:
+        await self.body.discard()
+        self._ts("ReqBody")
+        return self._synth_deliver()
+
+    def _synth_deliver(self) -> str | None:
+        ctx = self.ctx
+        ctx.log.append(("Storage", "malloc Transient"))     # where varnishd keeps the synth body
+        held = self.server.storage.hold_transient(SYNTH_OBJECT, len(self.synth_data))
+        if held is None:
+            # varnishd's cnt_synth: no response at all, the connection is closed (overload)
+            ctx.log.append(("Error", "Could not get storage"))
+            self.keep_alive = False
+            self.close_reason = "sc_overload"
+            return None
+        oc = ObjCore()
+        oc.append(self.synth_data)
+        oc.finish(True)
+        oc.http = ctx.resp
+        self.oc = oc
+        self.from_pass = True
+        self.is_hit = False
+        try:
+            return self._transmit(ctx.resp, oc, synth=True)
+        finally:
+            self.server.storage.release_held(held)
+
     def _after_synth(self, resp: HttpMessage, action: Action | None) -> str | None:
         ctx = self.ctx
         if action is None:
@@ -774,25 +818,10 @@ class ClientRequest(Delivery, EsiRequest):
             body = "".join(ctx.synth_body or []).encode("utf-8", "surrogateescape")
             ctx.resp.headers.unset("Content-Length")
             ctx.resp.headers.add("Content-Length", str(len(body)))
-            ctx.log.append(("Storage", "malloc Transient"))     # where varnishd keeps the synth body
-            held = self.server.storage.hold_transient(SYNTH_OBJECT, len(body))
-            if held is None:
-                # varnishd's cnt_synth: no response at all, the connection is closed (overload)
-                ctx.log.append(("Error", "Could not get storage"))
-                self.keep_alive = False
-                self.close_reason = "sc_overload"
-                return None
-            oc = ObjCore()
-            oc.append(body)
-            oc.finish(True)
-            oc.http = ctx.resp
-            self.oc = oc
-            self.from_pass = True
-            self.is_hit = False
-            try:
-                return self._transmit(ctx.resp, oc, synth=True)
-            finally:
-                self.server.storage.release_held(held)
+            self.synth_data = body
+            if self._synth_reads_body():
+                return "synthbody"
+            return self._synth_deliver()
         # fail (or anything else) in vcl_synth: a bare 500 and close, as Varnish does
         self.keep_alive = False
         self.close_reason = "sc_vcl_failure"
@@ -820,6 +849,6 @@ def _hit_text(oc: ObjCore | None) -> str:
 
 
 def _log_resp(records: list, resp: HttpMessage) -> None:
-    records.extend((("RespProtocol", resp.proto), ("RespStatus", "%03d" % (resp.status % 1000)),
+    records.extend((("RespProtocol", resp.proto), ("RespStatus", str(resp.status % 1000)),
                     ("RespReason", resp.reason)))
     resp.headers.log_to(records, "RespHeader", "RespUnset")

@@ -1,7 +1,8 @@
 """Backend health probes: one task per probed backend, reporting through backends.set_probe_health.
 
-Each poll opens a connection, sends `.request` (or a GET of `.url`), and counts as good when a status
-line with `.expected_response` arrives within `.timeout`. The backend is healthy while at least
+Each poll opens a connection, sends `.request` (or a GET of `.url`), and counts as good when the
+response, read to the backend's close within `.timeout`, starts with a status line with
+`.expected_response`. The backend is healthy while at least
 `.threshold` of the last `.window` polls were good; `.initial` good polls are assumed at start.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 from collections import deque
@@ -50,19 +52,24 @@ async def poll_steps(spec: BackendSpec, probe, info: list | None = None) -> str:
             except OSError:
                 return steps + "x"
             steps += "X"
-            line = await reader.readline()
-            info.append(line.decode("latin-1").strip())
-            parts = line.split()
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-                return steps + "r"
-            steps += "R"
-            if parts[1] != b"%d" % probe.expected_response:
+            # varnishd 7.1 reads the response to EOF within .timeout and only then judges its status
+            # line: a backend that answers but keeps the connection open fails the poll.
+            head = bytearray()
+            while chunk := await reader.read(4096):
+                if len(head) < _RESP_BUF:
+                    head += chunk[:_RESP_BUF - len(head)]
+            if not head:
+                info.append("Empty response")
                 return steps
-            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                pass                       # the whole head must arrive in time too
-            return steps + "H"
+            steps += "R"
+            line = bytes(head).split(b"\r", 1)[0].split(b"\n", 1)[0]
+            info.append(line.decode("latin-1"))
+            if _status(line) == probe.expected_response:
+                steps += "H"
+            return steps
     except (OSError, TimeoutError, ValueError) as exc:
-        info.append(_error_text("Open" if not steps else "Poll", exc))
+        reading = steps.endswith("X") and not isinstance(exc, TimeoutError)
+        info.append(_error_text("Open" if not steps else "Read" if reading else "Poll", exc))
         if steps.endswith("X"):
             steps += "r"                   # sent, but no answer in time
         elif not steps and not isinstance(exc, ValueError):
@@ -71,6 +78,16 @@ async def poll_steps(spec: BackendSpec, probe, info: list | None = None) -> str:
     finally:
         if writer is not None:
             writer.close()
+
+
+_RESP_BUF = 128     # varnishd keeps this much of a probe's response; the rest is read and dropped
+_STATUS_LINE = re.compile(rb"HTTP/[0-9.]+ +([0-9]+)")
+
+
+def _status(line: bytes) -> int | None:
+    """The status of a response line, read as varnishd's `sscanf("HTTP/%*f %u ")` does."""
+    m = _STATUS_LINE.match(line)
+    return int(m.group(1)) if m else None
 
 
 def _error_text(what: str, exc: BaseException) -> str:
@@ -160,17 +177,16 @@ class Probes:
         self.vsl = None        # the shared log, for the probers' Backend_health records
 
     def prepare(self, name: str, vcl) -> None:
-        """Set up probers for `vcl` (those with .probe, or all under `probe default`) without polling:
-        each backend starts at its probe's .initial health, which vcl_init already sees."""
+        """Set up probers for `vcl`'s probed backends (`probe default` is given to those without a
+        probe at compile time) without polling: each backend starts at its probe's .initial health,
+        which vcl_init already sees."""
         if name in self.by_vcl:
             return
-        default = (getattr(vcl, "probes", None) or {}).get("default")
         probers = []
         for spec in (getattr(vcl, "backends", None) or {}).values():
-            probe = spec.probe if spec.probe is not None else default
-            if spec.host is None or probe is None:
+            if spec.host is None or spec.probe is None:
                 continue
-            probers.append(Prober(spec, probe, self.vsl))
+            probers.append(Prober(spec, spec.probe, self.vsl))
         self.by_vcl[name] = probers
 
     def start(self, name: str, vcl) -> None:

@@ -23,6 +23,8 @@ from cacheserver.http1 import (
     BAD_REQUEST,
     CONTINUE_100,
     EXPECTATION_FAILED,
+    bogo_header,
+    head_size,
     needs_relaxing,
     relax_head,
     text,
@@ -61,7 +63,12 @@ class HeadOverflow(Exception):
 
 
 class ExpectationFailed(Exception):
-    """An Expect header other than 100-continue: 417 and close."""
+    """An Expect header other than 100-continue: 417 and close. `head_bytes`: the request head's
+    size, for its ReqAcct."""
+
+    def __init__(self, head_bytes: int) -> None:
+        super().__init__(head_bytes)
+        self.head_bytes = head_bytes
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -85,6 +92,7 @@ class ClientProtocol(asyncio.Protocol):
         self.paused_writing = False
         self.write_blocked = False   # responses are backed up: no further request runs until drained
         self.refusal: bytes | None = None   # a 400/417 owed after the requests queued before it
+        self._refusal_log: tuple[int, list] | None = None   # the 417's transaction (vxid, records)
         self.send_timer: asyncio.TimerHandle | None = None
         self.pipe_to: asyncio.StreamWriter | None = None   # set while the request is piped
         self.current: ClientRequest | None = None          # the request being handled
@@ -380,14 +388,14 @@ class ClientProtocol(asyncio.Protocol):
             except (httptools.HttpParserError, RequestTooLarge, UnicodeDecodeError) as exc:
                 # httptools wraps what a callback raised; the cause is its context
                 if isinstance(exc.__context__, ExpectationFailed):
-                    self.expectation_failed()
+                    self.expectation_failed(exc.__context__.head_bytes)
                     return
                 if isinstance(exc.__context__, HeadOverflow):
                     self.overflow()
                     return
                 raw = self._refused_head(data, self._raw_done - done_before, exc)
                 if raw is None or not needs_relaxing(raw):
-                    self.bad_request(exc)
+                    self.bad_request(exc, raw)
                     return
                 data = self._relax_head(raw)
 
@@ -557,7 +565,7 @@ class ClientProtocol(asyncio.Protocol):
         want_continue = False
         if expect is not None:
             if expect.strip().lower() != "100-continue":
-                raise ExpectationFailed()
+                raise ExpectationFailed(len(method) + len(self._url) + len(version) + 11 + self._head_size)
             want_continue = version == "1.1"
             headers.unset("Expect")
         head = HttpMessage(method, text(self._url), "HTTP/" + version, headers=headers)
@@ -571,7 +579,8 @@ class ClientProtocol(asyncio.Protocol):
                            pause=self._pause_body, resume=self._resume_body,
                            want_continue=self._send_continue if want_continue else None)
         self.server.counters.client_req += 1
-        request = ClientRequest(self, head, body, self._keep_alive, self._raw_done + 1, defer_xid=True)
+        request = ClientRequest(self, head, body, self._keep_alive, self._raw_done + 1,
+                                expect=expect.strip() if want_continue else None, defer_xid=True)
         # ReqAcct's header bytes: the request line and the fields as the parser counted them
         request.acct_req = len(method) + len(version) + 11 + self._head_size
         self.queue.append(request)
@@ -587,6 +596,11 @@ class ClientProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _send_continue(self) -> None:
+        request = self.current          # the request reading its body
+        if request is not None:
+            # logged and counted as sent whatever the write does (http1_minimal_response)
+            request.ctx.log.append(("RespProtocol", "HTTP/1.1\0RespStatus 100\0RespReason Continue"))
+            request.acct_continue += len(CONTINUE_100)
         if self.transport is not None and not self.closed:
             self.transport.write(CONTINUE_100)
 
@@ -602,16 +616,46 @@ class ClientProtocol(asyncio.Protocol):
             self._sink.finish()
             self._sink = None
 
-    def bad_request(self, exc: Exception | None = None) -> None:
+    def bad_request(self, exc: Exception | None = None, head: bytes | None = None) -> None:
         """Malformed input: Varnish's bare 400, then close. Nothing else is answered."""
         self.server.counters.client_req_400 += 1
         self.close_reason = "sc_rx_junk"       # varnishd: a request it cannot dissect is junk
+        reason = bogo_header(head) if head else None
+        if reason is not None:
+            # a request line fine, a header line not: varnishd's request transaction for it
+            # (varnishd reads the whole head before it looks; we answer when llhttp refuses, so
+            # ReqAcct counts the head bytes received by then)
+            size = head_size(head)
+            method = head[:head.find(b" ")].decode("ascii", "replace")
+            self._refusal_log = self._refusal_transaction(
+                [("BogoHeader", reason), ("HttpGarbage", method)], "400", "Bad Request", size, len(BAD_REQUEST))
         self._refuse(BAD_REQUEST)
 
-    def expectation_failed(self) -> None:
-        self.server.counters.client_req_417 += 1
-        self.server.counters.client_req += 1    # varnishd counts it: the request was dissected
+    def _refusal_transaction(self, records: list, status: str, reason: str, head_bytes: int,
+                             sent: int, vcl: bool = False) -> tuple[int, list]:
+        """The request transaction of a head refused before vcl_recv (its vxid and records), written
+        once the refusal is sent."""
+        server = self.server
+        xid = server.next_xid()
+        self.vsl_link(xid)
+        t = "%.6f" % time.time()
+        begin = [("Begin", f"req {self.xid} rxreq"), ("Timestamp", f"Start: {t} 0.000000 0.000000"),
+                 ("Timestamp", f"Req: {t} 0.000000 0.000000")]
+        if vcl:
+            active = server.active_vcl
+            begin.append(("VCL_use", (active.__dict__.get("name") if active is not None else None) or "boot"))
+        return xid, [*begin, *records, ("RespProtocol", "HTTP/1.1"), ("RespStatus", status),
+                     ("RespReason", reason),
+                     ("ReqAcct", f"{head_bytes} 0 {head_bytes} {sent} 0 {sent}"), ("End", "")]
+
+    def expectation_failed(self, head_bytes: int) -> None:
+        server = self.server
+        server.counters.client_req_417 += 1
+        server.counters.client_req += 1    # varnishd counts it: the request was dissected
         self.close_reason = "sc_rx_junk"
+        # a request transaction of its own, answered before vcl_recv (cnt_transport): no ReqStart
+        self._refusal_log = self._refusal_transaction([], "417", "Expectation Failed", head_bytes,
+                                                      len(EXPECTATION_FAILED), vcl=True)
         self._refuse(EXPECTATION_FAILED)
 
     def overflow(self) -> None:
@@ -635,6 +679,10 @@ class ClientProtocol(asyncio.Protocol):
     def _send_refusal(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(self.refusal)
+        if self._refusal_log is not None:
+            xid, records = self._refusal_log
+            self.server.vsl.write(xid, "c", records)
+            self._refusal_log = None
         self.close()
 
     # -- running requests -------------------------------------------------------------------------
@@ -734,6 +782,8 @@ class ClientProtocol(asyncio.Protocol):
         if request is None:
             return False
         body = request.body
+        if body.present and body.state == "unread" and (body.length is None or body.length <= size):
+            request.ctx.log.append(("Storage", "malloc Transient"))   # vrb_pull's object, before a 100
         ok = await body.cache(size)
         if ok and body.present:
             # a cached body lives in Transient storage, as in varnishd, and may not fit there
@@ -753,10 +803,11 @@ class ClientProtocol(asyncio.Protocol):
                                         else f"chunked read error: {body.error}"))
         elif body.present:
             request._ts("ReqBody")
-            # as VRB_Cache: the request now says how long its body is, whatever framing it came in
-            headers = request.ctx.req.headers
-            headers.unset("Transfer-Encoding")
-            headers.set("Content-Length", str(length))
+            if body.length != length:
+                # as vrb_pull: a body that came chunked now says how long it is
+                headers = request.ctx.req.headers
+                headers.unset("Transfer-Encoding")
+                headers.set("Content-Length", str(length))
         return ok
 
     def _end_body(self, request: ClientRequest) -> None:

@@ -178,6 +178,18 @@ class ReqBody:
         self.state = "cached"
         return True
 
+    async def discard(self) -> None:
+        """Read the body to its end and drop it (VRB_Ignore on a connection that stays open); a
+        body that breaks off is left to the connection to act on."""
+        if self.state != "unread":
+            return
+        self.state = "taken"
+        try:
+            while await self._next():
+                pass
+        except ReqBodyError:
+            pass
+
     def cached_bytes(self) -> bytes | None:
         return b"".join(self.cached) if self.cached is not None else None
 

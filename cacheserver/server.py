@@ -142,6 +142,8 @@ class Server:
         for warning in compiled.warnings:
             log.warning("%s", warning)
         self.probes.prepare(name, compiled)         # backends have their initial health in vcl_init
+        if self.vcl_trace_on():
+            compiled.set_trace(True, name)
         ctx = Context(method="vcl_init", vcl=compiled, server=self)
         action = compiled.init(ctx)
         self.vsl.write(0, "-", ctx.log)            # vcl_init's records belong to no transaction (vxid 0)
@@ -160,6 +162,17 @@ class Server:
         if self.active_vcl is None:
             self.vcl_use(name)
         return compiled
+
+    def vcl_trace_on(self) -> bool:
+        """Whether VCL_trace records are wanted (vsl_mask lets them through)."""
+        return "VCL_trace" not in vsl.masked_tags(self.params.vsl_mask)
+
+    def apply_vcl_trace(self) -> None:
+        """After vsl_mask changed: every VCL runs its traced or its plain subroutines accordingly."""
+        on = self.vcl_trace_on()
+        for name, compiled in self.vcls.items():
+            if compiled.traced != on:
+                compiled.set_trace(on, name)
 
     @staticmethod
     def _name_instances(compiled: CompiledVCL) -> None:

@@ -47,6 +47,10 @@ class Held:
         self.size = size
 
 
+def _oc_flags(oc: ObjCore) -> int:
+    """The objcore flags varnishd's ExpKill records show: OC_F_DYING (0x80) is the one we keep."""
+    return 0x80 if oc.dying else 0
+
 class ObjCore:
     """One object (or a busy placeholder, or a hit-for-miss/pass marker) under an object head."""
 
@@ -275,8 +279,6 @@ class LookupResult:
 class Storage:
     """The cache proper: object heads, the s0 LRU, Transient, expiry and bans."""
 
-    variants_seen = 0       # the last lookup's variants that did not match
-
     def __init__(self, max_bytes: int, counters, params=None,
                  specs: list[tuple[str, int | None]] | None = None) -> None:
         self.counters = counters
@@ -309,18 +311,19 @@ class Storage:
 
     def lookup(self, digest: bytes, req: HttpMessage, now: float, *, always_miss: bool = False,
                ignore_busy: bool = False, req_ttl: float | None = None,
-               req_grace: float | None = None, ignore_vary: bool = False) -> LookupResult:
+               req_grace: float | None = None, ignore_vary: bool = False,
+               log: list | None = None) -> LookupResult:
         head = self.heads.get(digest)
         if head is None:
             head = self.heads[digest] = ObjHead(digest)
             self.counters.n_objecthead += 1
-        self.variants_seen = 0       # variants that did not match (vary_notice)
         if always_miss:
             return LookupResult(MISS, None, self._new_busy(head))
         busy_found = False
         stale: ObjCore | None = None
         bans = self.bans
         gzip_support = self.params is not None and bool(self.params.http_gzip_support)
+        strangelove = 0                 # variants looked at that did not match (varnishd's name)
         for oc in list(head.ocs):
             if oc.busy:
                 if not ignore_busy:
@@ -329,13 +332,17 @@ class Storage:
             if oc.dying or oc.ttl <= 0 or now >= oc.exp_at:
                 continue
             if oc.ban is not bans.newest and bans.check(oc, req, now):
+                if log is not None:
+                    log.append(("ExpBan", f"{oc.xid} banned lookup"))    # in the request's log
                 self.remove(oc)
                 continue
             if oc.vary is not None and not ignore_vary and not vary_match(oc, req, gzip_support):
-                self.variants_seen += 1
+                strangelove += 1
                 continue
             ttl = oc.ttl if req_ttl is None or req_ttl < 0 else min(oc.ttl, req_ttl)
             if now < oc.t_origin + ttl:
+                if strangelove:
+                    self._variants_notice(strangelove, log)
                 if oc.hfp:
                     self.counters.cache_hitpass += 1
                     return LookupResult(HITPASS, oc)
@@ -348,6 +355,8 @@ class Storage:
             # only an object past its own TTL (not just req.ttl) serves grace or revalidation
             if now >= oc.t_origin + oc.ttl and (stale is None or oc.t_origin > stale.t_origin):
                 stale = oc
+        if strangelove:
+            self._variants_notice(strangelove, log)
         if stale is not None and stale.hfm:
             self.counters.cache_hitmiss += 1
             return LookupResult(HITMISS, stale, self._new_busy(head))     # stale: for the HitMiss record
@@ -370,6 +379,11 @@ class Storage:
             self._touch(stale, now)
             return LookupResult(GRACE, stale, None)
         return LookupResult(BUSY, stale)
+
+    def _variants_notice(self, count: int, log: list | None) -> None:
+        """HSH_Lookup's Notice when a lookup went through vary_notice or more non-matching variants."""
+        if log is not None and self.params is not None and count >= self.params.vary_notice:
+            log.append(("Notice", f"vsl: High number of variants ({count})"))
 
     def _new_busy(self, head: ObjHead) -> ObjCore:
         # the head may have been dropped when the lookup removed its last object (ban, expiry)
@@ -566,6 +580,9 @@ class Storage:
         if oc.dying:
             return
         self._drop(oc)
+        if oc.exp_at and self._exp_logged():
+            # varnishd posts the killed object to its expiry thread (OC_EF_REMOVE|REFD|POSTED)
+            self._exp_log(f"EXP_Inbox flg=26 p=0x{id(oc):x} e={oc.exp_at:.6f} f=0x{_oc_flags(oc):x}")
 
     def purge(self, digest: bytes, ttl: float = 0.0, grace: float = 0.0, keep: float = 0.0,
               now: float | None = None) -> int:
@@ -587,7 +604,7 @@ class Storage:
             if hard:
                 # varnishd rearms it to expire now; its expiry thread logs that
                 self._exp_kill(oc, -0.0)
-                self.remove(oc)
+                self._drop(oc)
                 continue
             if not math.isnan(ttl) and now + ttl - oc.t_origin < oc.ttl:
                 oc.ttl = now + ttl - oc.t_origin
@@ -621,10 +638,18 @@ class Storage:
     # -- expiry -----------------------------------------------------------------------------------
 
     def _schedule_expiry(self, oc: ObjCore) -> None:
+        before = oc.exp_at
         oc.exp_at = oc.t_origin + max(oc.ttl, 0.0) + max(oc.grace, 0.0) + max(oc.keep, 0.0)
         heapq.heappush(self._exp, (oc.exp_at, next(self._seq), oc))
         self.counters.exp_mailed += 1        # varnishd mails the object to its expiry thread,
         self.counters.exp_received += 1      # which takes it at once here
+        if self._exp_logged():
+            # the thread's records for its inbox (an insert: OC_EF_INSERT|MOVE|REFD|POSTED, a move:
+            # MOVE|REFD|POSTED), then its look at the heap's root
+            flags = 0x1e if before == 0.0 else 0xe
+            self._exp_log(f"EXP_Inbox flg={flags:x} p=0x{id(oc):x} e={before:.6f} f=0x{_oc_flags(oc):x}",
+                          f"EXP_When p=0x{id(oc):x} e={oc.exp_at:.6f} f=0x{flags:x}")
+            self._exp_root(_wall())
         self._arm_expiry()
 
     def reschedule(self, oc: ObjCore) -> None:
@@ -634,9 +659,30 @@ class Storage:
 
     vsl = None    # the shared log (the server sets it): the expiry thread's ExpKill records, vxid 0
 
+    def _exp_logged(self) -> bool:
+        """Whether ExpKill records are wanted (vsl_mask masks them by default): else none is made."""
+        return self.vsl is not None and self.vsl.wants("ExpKill")
+
+    def _exp_log(self, *texts: str) -> None:
+        self.vsl.write(0, "-", [("ExpKill", text) for text in texts])
+
+    def _exp_root(self, now: float) -> ObjCore | None:
+        """The object at the root of the expiry heap, logged as varnishd's thread looks at it
+        (EXP_expire: how far its timer is from now); stale heap entries are dropped first."""
+        exp = self._exp
+        while exp:
+            at, _, oc = exp[0]
+            if oc.dying or at != oc.exp_at:
+                heapq.heappop(exp)
+                continue
+            if self._exp_logged():
+                self._exp_log(f"EXP_expire p=0x{id(oc):x} e={at - now:.6f} f=0x{_oc_flags(oc):x}")
+            return oc
+        return None
+
     def _exp_kill(self, oc: ObjCore, ttl_left: float) -> None:
-        if self.vsl is not None:
-            self.vsl.write(0, "-", [("ExpKill", "EXP_Expired x=%d t=%.0f" % (oc.xid, ttl_left))])
+        if self._exp_logged():
+            self._exp_log("EXP_Expired x=%d t=%.0f" % (oc.xid, ttl_left))
 
     def _arm_expiry(self) -> None:
         if not self._exp:
@@ -657,13 +703,14 @@ class Storage:
     def _expire(self) -> None:
         self._exp_timer = None
         now = _wall()
-        while self._exp and self._exp[0][0] <= now:
-            at, _, oc = heapq.heappop(self._exp)
-            if oc.dying or at != oc.exp_at:
-                continue
+        while True:
+            oc = self._exp_root(now)
+            if oc is None or oc.exp_at > now:
+                break
+            heapq.heappop(self._exp)
             self.counters.n_expired += 1
             self._exp_kill(oc, oc.t_origin + oc.ttl - now)
-            self.remove(oc)
+            self._drop(oc)                   # the thread kills it itself: no inbox record
         self._arm_expiry()
 
     # -- bans -------------------------------------------------------------------------------------
@@ -700,6 +747,8 @@ class Storage:
         old = {id(b) for b in bans[cutoff:]}
         for oc in [oc for oc in self.objects() if id(oc.ban) in old]:
             self.counters.bans_lurker_obj_killed_cutoff += 1
+            if self.vsl is not None:
+                self.vsl.write(0, "-", [("ExpBan", f"{oc.xid} killed for lurker cutoff")])
             self.remove(oc)
 
     def _lurk(self) -> None:
@@ -719,7 +768,11 @@ class Storage:
             return
         due = [b for b in pending if now - b.t >= min_age]
         if due:
-            for oc in self.bans.lurk(self.objects(), now, min_age):
+            killed = self.bans.lurk(self.objects(), now, min_age)
+            if killed and self.vsl is not None:
+                # the lurker's records belong to no transaction
+                self.vsl.write(0, "-", [("ExpBan", f"{oc.xid} banned by lurker") for oc in killed])
+            for oc in killed:
                 self.remove(oc)
             self.bans.trim()
             self._arm_lurker(1.0)

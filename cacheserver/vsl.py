@@ -12,8 +12,9 @@ File layout (`_.vsl`): a 4 KiB header, then `size` bytes of ring.
   the last complete chunk), vsl_reclen, and NSEG segment starts (for a reader that lost its place).
 
 Positions are absolute byte counts since the start (a u64 never wraps); a position's place in the ring
-is `pos % size`. A chunk (one task's flush) is a 12-byte header (payload length, vxid, kind, flags)
-and its payload, padded to 8 bytes; a chunk never straddles the end of the ring (a wrap marker, or
+is `pos % size`. A chunk (one task's flush) is a 12-byte header (payload length, vxid, kind, flags,
+the vsl_reclen in force when it was written) and its payload, padded to 8 bytes; readers cut each
+record's text to vsl_reclen - 1 bytes as varnishd's VSLb does, so the writer never measures records; a chunk never straddles the end of the ring (a wrap marker, or
 less than a header of room, sends the reader to the next lap). A reader at `pos` whose data may have
 been overwritten (`reserve - pos > size`) is told how much it lost and resumes at the oldest segment
 start still in the ring.
@@ -61,7 +62,7 @@ _RESERVE_AT = 32
 _HEAD_AT = 40
 _CLOSED_AT = 56
 _U64 = struct.Struct("<Q")
-_CHUNK = struct.Struct("<IIBB2x")      # payload length, vxid, kind, flags
+_CHUNK = struct.Struct("<IIBBH")       # payload length, vxid, kind, flags, vsl_reclen (0: none)
 _WRAP = 1                              # flags: the rest of this lap is empty
 KIND_CODE = {"c": 1, "b": 2, "-": 0}
 KIND_CHAR = {1: "c", 2: "b", 0: "-"}
@@ -73,6 +74,11 @@ DEFAULT_SIZE = 8 << 20
 
 def _align(n: int) -> int:
     return (n + 7) & ~7
+
+
+def masked_tags(vsl_mask: object) -> frozenset[str]:
+    """The tags the vsl_mask parameter's text ("-Debug,-VCL_trace,...") leaves out of the log."""
+    return frozenset(b.strip()[1:] for b in str(vsl_mask or "").split(",") if b.strip().startswith("-"))
 
 
 class VslWriter:
@@ -115,6 +121,8 @@ class VslWriter:
         if params is not None:
             if params.vsl_mask is not self._mask_text:
                 self._set_mask(params.vsl_mask)
+            if params.vsl_reclen != self.reclen:
+                self.reclen = int(params.vsl_reclen)      # changed at run time: applies from now
             if self._split:
                 self._write_masked(vxid, kind, records)
                 return
@@ -132,9 +140,18 @@ class VslWriter:
             return
         self._put(vxid, KIND_CODE.get(kind, 0), payload)
 
+    def wants(self, tag: str) -> bool:
+        """Whether records of `tag` are written now (vsl_mask), so a caller can skip making them."""
+        params = self.params
+        if params is None or self.closed:
+            return not self.closed
+        if params.vsl_mask is not self._mask_text:
+            self._set_mask(params.vsl_mask)
+        return tag not in self._masked
+
     def _set_mask(self, text: object) -> None:
         self._mask_text = text
-        self._masked = frozenset(b.strip()[1:] for b in str(text or "").split(",") if b.strip().startswith("-"))
+        self._masked = masked_tags(text)
         self._split = not self._masked <= DEFAULT_MASK
 
     def _write_masked(self, vxid: int, kind: str, records: list) -> None:
@@ -158,7 +175,7 @@ class VslWriter:
         used = 0
         for rec in payload.split(b"\0"):
             tag_len = rec.find(b" ") + 1
-            rec = rec[: tag_len + self.reclen]
+            rec = rec[: tag_len + self.reclen - 1]
             if used + len(rec) + 1 > limit and part:
                 self._put(vxid, code, b"\0".join(part))
                 part, used = [], 0
@@ -177,7 +194,7 @@ class VslWriter:
         if room < total:
             if room >= _CHUNK.size:
                 _U64.pack_into(mm, _RESERVE_AT, h + room)
-                _CHUNK.pack_into(mm, HEADER_SIZE + off, 0, 0, 0, _WRAP)
+                _CHUNK.pack_into(mm, HEADER_SIZE + off, 0, 0, 0, _WRAP, 0)
             h += room
             off = 0
         # reserve first: a reader checks it after copying, so it knows when its copy may be torn
@@ -188,7 +205,10 @@ class VslWriter:
                 _U64.pack_into(mm, _SEG_AT + 8 * (k % NSEG), h)
             self.last_seg = seg
         at = HEADER_SIZE + off
-        _CHUNK.pack_into(mm, at, len(payload), vxid & 0xFFFFFFFF, code, 0)
+        # readers cut each record's text to vsl_reclen - 1 bytes, as varnishd's VSLb (so the
+        # writer never looks at record lengths); the value in force is kept with each chunk
+        _CHUNK.pack_into(mm, at, len(payload), vxid & 0xFFFFFFFF, code, 0,
+                         self.reclen if self.reclen <= 0xFFFF else 0)
         mm[at + _CHUNK.size:at + _CHUNK.size + len(payload)] = payload
         self.head = h + total
         _U64.pack_into(mm, _HEAD_AT, self.head)
@@ -206,6 +226,9 @@ class NullWriter:
     """The log when there is no work directory to put it in (unit tests, embedded servers)."""
 
     closed = True
+
+    def wants(self, tag: str) -> bool:
+        return False
 
     def write(self, vxid: int, kind: str, records: list) -> None:
         pass
@@ -337,7 +360,7 @@ class VslReader:
             if room < _CHUNK.size:
                 self.pos = pos + room
                 continue
-            length, vxid, code, flags = _CHUNK.unpack_from(mm, HEADER_SIZE + off)
+            length, vxid, code, flags, reclen = _CHUNK.unpack_from(mm, HEADER_SIZE + off)
             if flags & _WRAP:
                 self.pos = pos + room
                 continue
@@ -354,11 +377,13 @@ class VslReader:
                 continue
             self.pos = pos + _align(_CHUNK.size + length)
             kind = KIND_CHAR.get(code, "-")
-            for rec in payload.decode("utf-8", "surrogateescape").split("\0"):
-                tag, _, text = rec.partition(" ")
-                if len(text) > self.reclen:
-                    text = text[: self.reclen]
-                yield Record(vxid, kind, tag, text)
+            cut = reclen - 1 if reclen else -1
+            for rec in payload.split(b"\0"):
+                tag, _, text = rec.partition(b" ")
+                if len(text) > cut >= 0:
+                    text = text[:cut]            # bytes, as varnishd cuts: a character may be split
+                yield Record(vxid, kind, tag.decode("ascii", "replace"),
+                             text.decode("utf-8", "surrogateescape"))
 
     def _lost(self, pos: int) -> None:
         new = self._oldest()

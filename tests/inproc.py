@@ -21,6 +21,7 @@ from test_cache_support import CLI, Backend, Cache, caches_of
 
 from cacheserver.admin import start_admin
 from cacheserver.server import ListenSpec, Server
+from cacheserver.vsl import DEFAULT_MASK
 
 START_TIMEOUT = 15.0     # seconds for the server to start, stop, or answer a call on its loop
 
@@ -36,6 +37,10 @@ class RecordingLog:
     def __init__(self) -> None:
         self.records: collections.deque[tuple[int, str, str]] = collections.deque(maxlen=100_000)
         self.writes: collections.Counter[int] = collections.Counter()     # write() calls per vxid
+
+    def wants(self, tag: str) -> bool:
+        """As the real writer with vsl_mask's default."""
+        return tag not in DEFAULT_MASK
 
     def write(self, vxid: int, kind: str, records: list) -> None:
         self.writes[vxid] += 1

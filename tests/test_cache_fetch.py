@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from inproc import wait_for
 from serverproc import memory_kb
 from test_cache_support import Backend, Resp, cache_factory
 
@@ -388,15 +389,19 @@ sub vcl_recv { return (pass); }
 
     backend = Backend(respond)
     cache = Cache(tmp_path, vcl.replace("PORT", str(backend.port)), None)
+
+    def health() -> list[str]:
+        """The backend's probe and health columns of backend.list: ["3/3", "healthy"]."""
+        return cache.cli.cmd("backend.list")[1].splitlines()[1].split()[2:4]
+
     try:
-        time.sleep(0.5)
+        wait_for(lambda: health() in (["2/3", "healthy"], ["3/3", "healthy"]), what="two good polls")
         assert cache.get("/")[2] == b"served"
         state["up"] = False
-        time.sleep(0.6)
+        wait_for(lambda: health()[1] == "sick", what="sick")
         assert cache.get("/")[0] == 503
-        assert "sick" in cache.cli.cmd("backend.list")[1]
         state["up"] = True
-        time.sleep(0.6)
+        wait_for(lambda: health()[1] == "healthy", what="healthy again")
         assert cache.get("/")[2] == b"served"
         assert any(r.url == "/probe" for r in backend.requests)
     finally:

@@ -45,6 +45,7 @@ class Resp:
     raw: bytes | None = None             # send these bytes instead
     length: int | None = None            # announce this Content-Length (default: len(body))
     body_gen: Callable[[], object] | None = None      # an iterator of body pieces (with length)
+    linger: bool = False                 # stay open although the request said Connection: close
 
 
 class Backend:
@@ -95,8 +96,11 @@ class Backend:
                 req.body, buf = buf[:length], buf[length:]
                 with self.lock:
                     self.requests.append(req)
-                if not self._answer(conn, req, self.respond(req)):
+                resp = self.respond(req)
+                if not self._answer(conn, req, resp):
                     return
+                if "close" in (req.header("Connection") or "").lower() and not resp.linger:
+                    return         # as real servers do (probes read to the close)
         except OSError:
             pass
         finally:

@@ -147,13 +147,13 @@ def test_http10_and_connection_close_end_the_session_with_their_reason(make):
 
 
 @pytest.mark.parametrize("code, status_line", [
-    # varnishd 7.1's VRT_synth: a status whose last three digits are under 100 is a VCL failure;
-    # 1000 and up are VCL's own, sent modulo 1000
     (1000, b"HTTP/1.1 503 VCL failed"), (99, b"HTTP/1.1 503 VCL failed"),
     (100, b"HTTP/1.1 100 Continue"), (999, b"HTTP/1.1 999 Unknown HTTP Status"),
     (200, b"HTTP/1.1 200 OK"), (1404, b"HTTP/1.1 404 Not Found"),
 ])
-def test_synth_status_checks_as_varnishd(make, code, status_line):
+def test_synth_status_checked_as_vrt_synth(make, code, status_line):
+    """return (synth(N)) fails the task unless N % 1000 >= 100 (VRT_synth); the digits above go
+    nowhere but VCL, the wire gets N % 1000 with its reason."""
     cache, _ = make(f"vcl 4.1;\nBACKEND\nsub vcl_recv {{ return (synth({code})); }}\n")
     with cache.proc.connect() as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -255,7 +255,7 @@ def test_vcl_hit_miss_without_a_busy_object_is_a_pass(make):
 def test_pipe_sends_connection_close_and_respects_pipe_sess_max(make):
     cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (pipe); }\n'
                           'sub vcl_pipe { if (req.url == "/no") { return (synth(405)); } }\n',
-                          lambda req: Resp(body=b"piped"), "-p", "pipe_sess_max=1")
+                          lambda req: Resp(body=b"piped", linger=True), "-p", "pipe_sess_max=1")
     c = cache.proc.server.counters
     first = cache.proc.connect()
     try:

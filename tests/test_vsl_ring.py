@@ -71,17 +71,36 @@ def test_a_record_too_big_for_a_chunk_is_cut_to_reclen(tmp_path):
     huge = [("VCL_Log", "z" * 100000), ("ReqHeader", "X: " + "q" * 5000)] + [("Debug", str(i)) for i in range(2000)]
     w.write(7, "c", huge)
     got = [x for x in _records(r) if isinstance(x, Record)]
-    assert got[0].text == "z" * 255
-    assert got[1].text == ("X: " + "q" * 5000)[:255]
+    assert got[0].text == "z" * 254          # vsl_reclen - 1 bytes, as varnishd's VSLb
+    assert got[1].text == ("X: " + "q" * 5000)[:254]
     assert [x.text for x in got[2:]] == [str(i) for i in range(2000)]
     assert w.head <= w.size   # never more than the ring
 
 
 def test_reader_truncates_to_reclen(tmp_path):
+    # varnishd (vsl_reclen 20) logs "ReqURL /0123456789abcdefgh": 19 bytes, a character may be cut
     w = VslWriter(tmp_path / vsl.FILE_NAME, size=65536, reclen=20)
     r = VslReader(tmp_path)
-    w.write(1, "c", [("ReqURL", "/" + "a" * 50)])
-    assert _records(r)[0].text == "/" + "a" * 19
+    w.write(1, "c", [("ReqURL", "/" + "a" * 50), ("VCL_Log", "\u00e9" * 20)])
+    got = _records(r)
+    assert got[0].text == "/" + "a" * 18
+    assert got[1].text.encode("utf-8", "surrogateescape") == ("\u00e9" * 20).encode()[:19]
+
+
+def test_reclen_changed_at_run_time_applies_to_records_written_after(tmp_path):
+    class Params:
+        vsl_mask = ""
+        vsl_reclen = 255.0
+
+    w = VslWriter(tmp_path / vsl.FILE_NAME, size=65536, reclen=255)
+    w.params = params = Params()
+    r = VslReader(tmp_path)
+    w.write(1, "c", [("VCL_Log", "x" * 100)])
+    params.vsl_reclen = 16.0
+    w.write(2, "c", [("VCL_Log", "x" * 100)])
+    params.vsl_reclen = 255.0
+    w.write(3, "c", [("VCL_Log", "x" * 100)])
+    assert [len(x.text) for x in _records(r)] == [100, 15, 100]
 
 
 def test_missing_and_stale_work_directory(tmp_path):

@@ -213,6 +213,7 @@ class Return(Stmt):
     action: str | None  # None: bare `return;`
     action_pos: Pos | None
     args: list[Arg]
+    parens: bool = False  # `action(...)`, even with nothing inside
 
 
 @dataclass(eq=False)
@@ -266,6 +267,19 @@ class IncludeStmt(Stmt):
 @dataclass(eq=False)
 class Block(Stmt):
     body: list[Stmt]
+
+
+class Body(list):
+    """The statements of a `{ }` block (a sub's, an if branch's, a bare block's). `ref` is where
+    VCC's trace count for the block points: its first token, or the `}` of an empty block; `end`
+    is its `}`."""
+
+    __slots__ = ("ref", "end")
+
+    def __init__(self, stmts=(), ref: Pos | None = None, end: Pos | None = None) -> None:
+        super().__init__(stmts)
+        self.ref = ref
+        self.end = end
 
 
 # ------------------------------------------------------------------ top level

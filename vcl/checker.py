@@ -247,9 +247,8 @@ class Checker(ExprChecker, XrefChecker):
     def _set(self, stmt: ast.Set) -> None:
         var = self._variable(stmt.target, stmt.target_pos)
         if var.set is None or not var.write:
-            # VCC: a variable no subroutine may read either (bereq.body) "cannot be set"
-            raise VCLError("Variable is read only." if var.read else "Variable cannot be set.",
-                           stmt.target_pos)
+            # vcc_act_set: a variable no method may read either (bereq.body) "cannot be set"
+            raise VCLError("Variable is read only." if var.read else "Variable cannot be set.", stmt.target_pos)
         stmt.ref = var
         self._use("write", var.name, stmt.target_pos, var.write)
         vtype = var.type
@@ -289,14 +288,22 @@ class Checker(ExprChecker, XrefChecker):
         if name not in symbols.ACTIONS:
             raise VCLError("Expected return action name.", stmt.action_pos)
         spec = symbols.ACTION_ARGS.get(name, ())
-        if stmt.args and not spec:
-            raise VCLError("Arguments not allowed.", stmt.args[0].pos)
+        # vcc_act_return's words: an action that takes no arguments, one that needs them, empty ()
+        # (at the token after the name, its '(' or ')': where it is when nothing stands between)
+        at = stmt.action_pos
+        after = ast.Pos(at.file, at.line, at.col + len(name), 1)
+        if stmt.parens and not spec:
+            raise VCLError("Arguments not allowed.", after)
+        if stmt.parens and not stmt.args:
+            raise VCLError(f"Unknown token ')' when looking for {spec[0][0]}",
+                           ast.Pos(at.file, at.line, at.col + len(name) + 1, 1))
         if len(stmt.args) > len(spec):
-            raise VCLError("Expected ')' got ','", stmt.args[len(spec)].pos)
+            extra = stmt.args[len(spec)].pos
+            raise VCLError("Expected ')' got ','", ast.Pos(extra.file, extra.line, extra.col - 1, 1))
         for i, (atype, optional) in enumerate(spec):
             if i >= len(stmt.args):
                 if not optional:
-                    raise VCLError("Missing argument.", stmt.action_pos)
+                    raise VCLError("Missing argument.", after)
                 continue
             arg = stmt.args[i]
             if arg.name is not None:

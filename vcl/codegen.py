@@ -13,6 +13,7 @@ import re
 from vcl import ast, symbols, types
 from vcl.errors import VCLError
 from vcl.program import CheckedProgram, SubInfo
+from vcl.rtlib import status_error
 
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
 
@@ -39,9 +40,20 @@ def _never_none(e: ast.Expr) -> bool:
     return False
 
 
+
+def _valid_status(code: str) -> bool:
+    """Whether a synth()/error() status given as a literal passes VRT_synth's check."""
+    try:
+        status = int(code)
+    except ValueError:
+        return False
+    return status_error(status, "synth") is None
+
 class CodeGen:
-    def __init__(self, prog: CheckedProgram, filename: str) -> None:
+    def __init__(self, prog: CheckedProgram, filename: str, trace: dict[int, int] | None = None) -> None:
         self.prog = prog
+        # VCL_trace: {id(block body): VCC's number}; the subs get a record at each block's start
+        self.trace = trace
         self.filename = filename
         self.lines: list[str] = []
         self.consts: dict[str, str] = {}      # python expression -> constant name
@@ -185,6 +197,22 @@ class CodeGen:
                       "# constants prepared at load", *self.const_lines, "", "", *body, *tail]
         return "\n".join(out) + "\n"
 
+    def traced(self, numbers: dict[int, int]) -> str:
+        """After generate(): the subroutines again, each block logging its VCL_trace record (TRACE[n],
+        filled by the loader), as `<name>__traced` functions and SUBS_TRACED. Run in the namespace of
+        generate()'s module: they share its backends, ACLs, regexes and vcl_init objects."""
+        self.trace = numbers
+        self.sub_names = {name: f"{fname}__traced" for name, fname in self.sub_names.items()}
+        known = len(self.const_lines)
+        body: list[str] = []
+        order = [n for n in self.prog.subs if not self.prog.subs[n].is_method]
+        order += [m for m in symbols.METHODS if m in self.prog.subs]
+        for name in order:
+            body.extend(self._sub(self.prog.subs[name]))
+            body.append("")
+        subs = ", ".join(f"{m!r}: {self.sub_names[m]}" for m in symbols.METHODS if m in self.prog.subs)
+        return "\n".join([*self.const_lines[known:], "", *body, f"SUBS_TRACED = {{{subs}}}"]) + "\n"
+
     def _backend(self, b: ast.Backend) -> str:
         if b.attrs is None:
             return f"BackendSpec({b.name!r})"
@@ -209,6 +237,8 @@ class CodeGen:
                     # VCC: without .host_header, a bereq lacking Host gets the .host string.
                     args.append(f"host_header={attr.value.value!r}")
             args.append(f"{attr.name}={value}")
+        if "default" in self.prog.probes and not any(a.name == "probe" for a in b.attrs):
+            args.append(f"probe={self.ident('probe_', 'default')}")   # VCC: `probe default` is theirs
         return "BackendSpec(" + ", ".join(args) + ")"
 
     def _probe(self, name: str, attrs: list[ast.Attr]) -> str:
@@ -265,6 +295,8 @@ class CodeGen:
 
     def _block(self, body: list[ast.Stmt], depth: int) -> list[str]:
         out: list[str] = []
+        if self.trace is not None and id(body) in self.trace:
+            out.append(f"{'    ' * depth}ctx.log.append(TRACE[{self.trace[id(body)]}])")
         for stmt in body:
             out.extend(self._stmt(stmt, depth))
         return out
@@ -292,6 +324,9 @@ class CodeGen:
             constant = all(isinstance(a.value, (ast.StringLit, ast.IntLit, ast.DurationLit))
                            or (isinstance(a.value, ast.Name) and (a.value.ref or ("",))[0] != "var")
                            for a in s.args)
+            if s.action in ("synth", "error") and not (constant and _valid_status(args[0])):
+                # VRT_synth checks the status when the return runs: a bad one fails the task
+                return [f"{ind}return rt.status_action({s.action!r}, {', '.join(args)})"]
             return [ind + "return " + self.action(s.action, args, constant)]
         if isinstance(s, ast.If):
             out: list[str] = []
@@ -302,6 +337,8 @@ class CodeGen:
             if s.else_body is not None:
                 out.append(f"{ind}else:")
                 out.extend(self._block(s.else_body, depth + 1) or [ind + "    pass"])
+            elif self.trace is not None and id(s) in self.trace:
+                out.append(f"{ind}ctx.log.append(TRACE[{self.trace[id(s)]}])")
             return out
         if isinstance(s, ast.Synthetic):
             # synthetic() prints each unset part as "(null)" (VRT_synth_page's printf), unlike resp.body.
@@ -521,9 +558,9 @@ class CodeGen:
                 out.append(f"HeaderRef({msg}, {var.name.split('.http.', 1)[1]!r})")
             elif param.type == "REGEX":
                 out.append(self.prog.regexes[value.value])
-            elif param.type == "STRANDS" and isinstance(value, ast.Concat):
-                # the parts stay known (rt.Strands): a vmod may name the first, as varnishd's do
-                out.append("rt.Strands.of((" + ", ".join(self.str_expr(p) for p in value.parts) + ",))")
+            elif param.type == "STRANDS" and param.pieces:
+                parts = value.parts if isinstance(value, ast.Concat) else [value]
+                out.append("(" + "".join(self.expr(p) + ", " for p in parts) + ")")
             elif param.type in types.STRING_FORMS:
                 out.append(self.str_expr(value) if param.type != "STRING" else self.expr(value))
             else:

@@ -13,10 +13,11 @@ from pathlib import Path
 import vmods
 from vcl import ast, symbols
 from vcl.checker import check
-from vcl.codegen import generate
+from vcl.codegen import CodeGen
 from vcl.errors import VCLError
 from vcl.parser import parse, parse_with_includes
 from vcl.runtime import Action, BackendSpec, Context, ProbeSpec, VCLFailure
+from vcl.trace import number_blocks
 
 BUILTIN_PATH = Path(__file__).with_name("builtin.vcl")
 BUILTIN_NAME = "<builtin>"
@@ -45,6 +46,29 @@ class CompiledVCL:
     # The labels `return (vcl(LABEL))` names: the server checks they exist and make no loop.
     labels: set[str] = field(default_factory=set)
     _namespace: dict = field(default_factory=dict, repr=False)
+    # VCL_trace: makes the traced subroutines' source and VCC's block refs (on first use)
+    _tracer: Callable[[], tuple[str, list[str]]] | None = field(default=None, repr=False)
+    _trace_refs: list[str] = field(default_factory=list, repr=False)
+    _plain_subs: dict | None = field(default=None, repr=False)
+    traced: bool = False
+
+    def set_trace(self, on: bool, name: str) -> None:
+        """Run the subroutines that log VCL_trace records (on) or the plain ones, which cost nothing
+        for it. `subs` is changed in place, so whoever holds it sees the switch."""
+        ns = self._namespace
+        if on:
+            if "SUBS_TRACED" not in ns:
+                if self._tracer is None:
+                    return
+                source, self._trace_refs = self._tracer()
+                exec(compile(source, f"<vcl {self.filename} traced>", "exec"), ns)
+            ns["TRACE"] = [("VCL_trace", f"{name} {ref}") for ref in self._trace_refs]
+            if self._plain_subs is None:
+                self._plain_subs = dict(self.subs)
+            self.subs.update(ns["SUBS_TRACED"])
+        elif self._plain_subs is not None:
+            self.subs.update(self._plain_subs)
+        self.traced = on
 
     def init(self, ctx: Context) -> Action:
         """Run vcl_init (creates the `new` objects). Returns its Action: ok, or fail (also when the
@@ -116,15 +140,22 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
     try:
         items = parse_with_includes(source, filename, tuple(include_dirs), sources)
         _refuse_inline_c(items, allow_inline_c)
-        prog = check(items + _builtin_items(), filename, load_vmod, err_unref, names,
+        builtin = _builtin_items()
+        prog = check(items + builtin, filename, load_vmod, err_unref, names,
                      frozenset(labels) if labels is not None else None)
-        code = generate(prog, filename)
+        gen = CodeGen(prog, filename)
+        code = gen.generate()
     except VCLError as exc:
         exc.attach(sources)
         exc.attach({BUILTIN_NAME: _builtin_text()})
         raise
     except RecursionError:
         raise VCLError(f"{filename}: expression or block nested too deeply") from None
+
+    def tracer() -> tuple[str, list[str]]:
+        numbers, refs = number_blocks(items + builtin, {**sources, BUILTIN_NAME: _builtin_text()})
+        return gen.traced(numbers), refs
+
     namespace: dict = {"load_vmod": load_vmod, "__name__": f"vcl<{filename}>"}
     exec(compile(code, f"<vcl {filename}>", "exec"), namespace)
     return CompiledVCL(
@@ -142,6 +173,7 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
         labels=set(namespace["LABELS"]),
         user_subs={item.name for item in items if isinstance(item, ast.Sub)},
         _namespace=namespace,
+        _tracer=tracer,
     )
 
 

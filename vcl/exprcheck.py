@@ -391,7 +391,8 @@ class ExprChecker:
                     raise VCLError(f"Symbol '{name}' is an object type: use it with 'new' in vcl_init",
                                    e.pos)
                 if rest.partition(".")[0] in vmod.objects:
-                    raise VCLError("Syntax error.", e.pos)     # VCC: an object type, then more
+                    # vmod.object.method(): VCC finds the object's constructor, then a '.' it cannot use
+                    raise VCLError("Syntax error.While compiling function call:", e.pos)
                 raise VCLError(f"Symbol not found: '{name}'", e.pos)
             self._bind_args(e, func, name)
             e.ref = ("func", head, func)

@@ -165,7 +165,9 @@ class _ToAst(Transformer):
     # -------------------------------------------------------------- statements
 
     def block(self, children):
-        body = [c for c in children if isinstance(c, ast.Stmt)]
+        body = ast.Body(c for c in children if isinstance(c, ast.Stmt))
+        body.end = self._p(children[-1])
+        body.ref = body[0].pos if body else body.end
         return ast.Block(self._p(children[0]), body)
 
     def set_(self, children):
@@ -186,13 +188,13 @@ class _ToAst(Transformer):
             # bare `return;`: the ';' is where VCC wanted '(' (action_pos)
             semi = children[1] if len(children) > 1 else None
             return ast.Return(self._p(kw), None, self._p(semi) if semi is not None else None, [])
-        name, args = children[1]
-        return ast.Return(self._p(kw), str(name), self._p(name), args)
+        name, args, parens = children[1]
+        return ast.Return(self._p(kw), str(name), self._p(name), args, parens)
 
     def action(self, children):
         name = children[0]
         args = children[1] if len(children) > 1 and children[1] is not None else []
-        return (name, args)
+        return (name, args, len(children) > 1)
 
     def if_(self, children):
         kw, cond, body, *rest = children
@@ -420,6 +422,9 @@ def _check_statement_name(source: str, filename: str, tok: Token) -> None:
         vmod = vmods.load(head.lower())
         if rest in vmod.functions or rest in vmod.objects:
             return
+    if not rest and re.search(rf"\bnew\s+{re.escape(name)}\s*=", source, re.IGNORECASE):
+        # an object instance: VCC wants one of its methods
+        raise VCLError(f"Expected '.' got {_describe(tok, source)}", _tok_pos(tok, filename))
     raise VCLError(f"Symbol not found: '{name}'", pos)
 
 
@@ -460,9 +465,10 @@ def _parse_with_bad_token(source: str, filename: str, start: str, tok: Token) ->
     the checker can report it as VCC does: "Unknown token ';' when looking for STRING".
     None when that does not parse either (the plain syntax error stands)."""
     before, after = source[:tok.start_pos], source[tok.start_pos:]
-    text = _describe(tok, source)               # VCC's whole token ('<<' where lark saw '<')
-    bad = ast.BadToken(_tok_pos(tok, filename), text)
-    rest = after[len(text) - 2:]
+    described = _describe(tok, source)
+    bad = ast.BadToken(_tok_pos(tok, filename), described)
+    # a two-character token VCC lexes whole (`<<`) goes whole
+    rest = after[max(len(tok.value), len(described) - 2):]
     # Before the token, instead of it, or instead of it and joined to what follows (`!!true`); last,
     # instead of all that follows, its open parentheses and blocks closed (`synthetic( << "foo";`).
     plain = re.sub(r'"[^"\n]*"', "", before)
@@ -499,6 +505,23 @@ def parse(source: str, filename: str, *, cache: bool = False, start: str = "star
     return _to_ast(tree, filename)
 
 
+_RETURN_PAREN = re.compile(r"\breturn\s*\(\s*(\w+)\s*\((?=[^;]*$)")
+# what the unexpected token stood where VCC wanted an expression of a known type: (context, type)
+_WANTED = ((re.compile(r"\b(?:ban|synthetic)\s*\(\s*$"), "STRING"),)
+
+
+def _check_return_args(source: str, filename: str, tok: Token) -> None:
+    """VCC checks a return action's '(' before its arguments: an action that takes none says so
+    first, whatever follows (vcc_act_return)."""
+    found = list(_RETURN_PAREN.finditer(source, max(0, tok.start_pos - 512), tok.start_pos))
+    m = found[-1] if found else None
+    if m is not None and m.group(1) in symbols.ACTIONS and not symbols.ACTION_ARGS.get(m.group(1)):
+        at = m.end() - 1
+        line = source.count("\n", 0, at) + 1
+        col = at - source.rfind("\n", 0, at)
+        raise VCLError("Arguments not allowed.", ast.Pos(filename, line, col, 1))
+
+
 def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) -> ast.Program:
     """Raise VCC's message for a parse error (or return the program a recovery made of it)."""
     if isinstance(exc, UnexpectedToken):
@@ -509,6 +532,7 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
             pos = ast.Pos(filename, len(lines), len(lines[-1]) + 1, 1)
         else:
             pos = _tok_pos(tok, filename)
+            _check_return_args(source, filename, tok)
         expected = _expected(set(exc.expected))
         if {"KW_SUB", "KW_BACKEND", "KW_ACL"} <= set(exc.expected):
             # At the top level, VCC lists the declarations it knows.
@@ -528,6 +552,10 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
                 program = _parse_with_bad_token(source, filename, start, tok)
                 if program is not None:
                     return program
+                before = source[:tok.start_pos]
+                for context, vtype in _WANTED:
+                    if context.search(before):
+                        msg = f"Unknown token {_describe(tok, source)} when looking for {vtype}"
         elif len(set(exc.expected) - {"SLASH"}) == 1:
             # An optional ACL /mask is not what VCC says it wanted.
             msg = f"Expected {_expected(set(exc.expected) - {'SLASH'})} got {_describe(tok, source)}"
@@ -604,13 +632,16 @@ def parse_with_includes(source: str, filename: str, include_dirs: tuple[str, ...
 def _expand(body: list[ast.Stmt], filename: str, include_dirs, sources: dict[str, str],
             depth: int) -> list[ast.Stmt]:
     """Replace include statements in a body (and nested bodies) by the included statements."""
-    out: list[ast.Stmt] = []
+    out = ast.Body(ref=getattr(body, "ref", None), end=getattr(body, "end", None))
     for stmt in body:
         if isinstance(stmt, ast.IncludeStmt):
             text, path = _read_include(stmt.path, stmt.pos, filename, include_dirs, depth)
             sources[path] = text
             included = parse(text, path, start="stmts").items
-            out.extend(_expand(included, path, include_dirs, sources, depth + 1))
+            expanded = _expand(included, path, include_dirs, sources, depth + 1)
+            if stmt is body[0] and expanded:
+                out.ref = expanded[0].pos       # the block's first token is now the included one
+            out.extend(expanded)
             continue
         if isinstance(stmt, ast.If):
             stmt.branches = [(c, _expand(b, filename, include_dirs, sources, depth)) for c, b in stmt.branches]

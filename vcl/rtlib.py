@@ -13,7 +13,7 @@ from email.utils import formatdate
 
 from vcl.acl import Acl  # noqa: F401 - generated code uses rt.Acl, rt.Regex, rt.regsub
 from vcl.regex import Regex, regsub  # noqa: F401
-from vcl.runtime import IP, BackendSpec, VCLFailure
+from vcl.runtime import IP, Action, BackendSpec, VCLFailure
 
 # ------------------------------------------------------------------ conversions to STRING
 
@@ -90,12 +90,47 @@ def s_stevedore(value: str | None) -> str:
     return "" if value is None else f"storage.{value}"
 
 
-def line1(value: str, name: str) -> str:
-    """A request/response line field (url, method, proto, reason) set from VCL: it may not be
-    empty; VCL fails instead (VRT_l_req_url and friends)."""
+def set_line1(ctx, msg, field: str, value: str, name: str, tag: str) -> None:
+    """`set req.url = ...` and the other line fields: never empty (VCL fails instead, as
+    VRT_l_req_url and friends), and logged under the message's tag (ReqURL, BerespReason, ...) as
+    varnishd's http_SetH logs every change."""
     if not value:
         raise VCLFailure(f"Setting {name} to empty string is not allowed")
-    return value
+    setattr(msg, field, value)
+    ctx.log.append((tag, value))
+
+
+def status_error(code: int, what: str) -> str | None:
+    """Why a status VCL gives (`set resp.status`, `return (synth())`) is refused, or None: it must be
+    0-65535 with its last three digits at least 100 (VRT_synth, VRT_l_resp_status)."""
+    if code < 0:
+        return f"{what} ({code}) is negative"
+    if code > 65535:
+        return f"{what} ({code}) > 65535"
+    if code % 1000 < 100:
+        return f"illegal {what} ({code}) (..0##)"
+    return None
+
+
+def status_action(name: str, code: int, reason: str = "") -> Action:
+    """return (synth(code, reason)) / return (error(...)) with a status not known at load."""
+    err = status_error(code, f"return({name}()) status code")
+    if err is not None:
+        raise VCLFailure(err)
+    return Action(name, (code, reason))
+
+
+def set_status(ctx, msg, value: int, name: str, prefix: str) -> None:
+    """`set beresp.status` / `set resp.status` (VRT_l_beresp_status): 100-65535 with the last three
+    digits at least 100; the reason becomes the standard one for status % 1000 (VCL may use the
+    digits above for its own signalling: only status % 1000 reaches the wire and the log)."""
+    err = status_error(value, name)
+    if err is not None:
+        raise VCLFailure(err)
+    from cacheserver.http1 import reason_for  # the server's reason table
+    msg.status = value
+    msg.reason = reason_for(value % 1000)
+    ctx.log += ((prefix + "Status", "%03d" % (value % 1000)), (prefix + "Reason", msg.reason))
 
 
 def s_blob(value: bytes | None) -> str:
@@ -249,23 +284,6 @@ def hash_data(ctx, value: str | None) -> None:
         ctx.hash_parts.append(value)
 
 
-class Strands(str):
-    """A STRANDS argument made of several parts: the joined string, its parts in `parts`."""
-
-    parts: tuple
-
-    @classmethod
-    def of(cls, parts: tuple) -> Strands:
-        s = cls("".join(parts))
-        s.parts = parts
-        return s
-
-
-def first_strand(s: str) -> str:
-    """The first part of a STRANDS argument (the whole of a plain string)."""
-    return s.parts[0] if isinstance(s, Strands) else s
-
-
 TASK_FINI = "__task_fini__"
 
 
@@ -283,28 +301,6 @@ def end_task(ctx) -> None:
     if isinstance(task, dict):
         for fn in task.pop(TASK_FINI, ()):
             fn()
-
-
-def status_error(num: int, what: str) -> str | None:
-    """varnishd's check of a status VCL sets (VRT_l_*_status, VRT_synth): None when it is valid."""
-    if num < 0:
-        return f"{what} ({num}) is negative"
-    if num > 65535:
-        return f"{what} ({num}) > 65535"
-    if num % 1000 < 100:
-        return f"illegal {what} ({num}) (..0##)"
-    return None
-
-
-def set_status(msg, num: int, what: str) -> None:
-    """`set beresp.status` / `set resp.status`: 1000 and up are VCL's own (sent modulo 1000); the
-    reason becomes the standard one of the status sent, as http_SetStatus does."""
-    bad = status_error(num, what)
-    if bad is not None:
-        raise VCLFailure(bad)
-    from cacheserver.http1 import reason_for
-    msg.status = num
-    msg.reason = reason_for(num % 1000)
 
 
 def hash_strands(ctx, parts: tuple) -> None:

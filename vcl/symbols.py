@@ -144,9 +144,19 @@ def _v(name, type_, read, write=(), unset=(), get="", set_=None, unset_code=None
     return Variable(name, type_, _set(*read), _set(*write), _set(*unset), get, set_, unset_code, lo, hi)
 
 
+_LINE_TAGS = {"req": "Req", "bereq": "Bereq", "beresp": "Beresp", "resp": "Resp",
+              "url": "URL", "method": "Method", "proto": "Protocol", "reason": "Reason"}
+
+
 def _line1(name: str) -> str:
-    """The setter of a request/response line field, which may not be set empty."""
-    return f"ctx.{name} = rt.line1({{v}}, {name!r})"
+    """The setter of a request/response line field, which may not be set empty and is logged."""
+    msg, field = name.split(".")
+    tag = _LINE_TAGS[msg] + _LINE_TAGS[field]
+    return f"rt.set_line1(ctx, ctx.{msg}, {field!r}, {{v}}, {name!r}, {tag!r})"
+
+
+def _status(msg: str) -> str:
+    return f"rt.set_status(ctx, ctx.{msg}, {{v}}, '{msg}.status', {_LINE_TAGS[msg]!r})"
 
 
 _BR = ("vcl_backend_response", "vcl_backend_error")
@@ -243,8 +253,7 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     _v("beresp.proto", "STRING", _BR, _BR, get="ctx.beresp.proto", set_=_line1("beresp.proto"), hi=4.0),
     _v("beresp.proto", "STRING", _BR, get="ctx.beresp.proto", lo=4.1),
     _v("beresp.reason", "STRING", _BR, _BR, get="ctx.beresp.reason", set_=_line1("beresp.reason")),
-    _v("beresp.status", "INT", _BR, _BR, get="ctx.beresp.status",
-       set_="rt.set_status(ctx.beresp, {v}, 'beresp.status')"),
+    _v("beresp.status", "INT", _BR, _BR, get="ctx.beresp.status", set_=_status("beresp")),
     _v("beresp.storage", "STEVEDORE", _BR, _BR, get="ctx.beresp_storage", set_="ctx.beresp_storage = {v}"),
     _v("beresp.storage_hint", "STRING", _BR, _BR, get="ctx.beresp_storage",
        set_="ctx.beresp_storage = {v}", hi=4.0),
@@ -279,7 +288,7 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     _v("resp.proto", "STRING", _DS, _DS, get="ctx.resp.proto", set_=_line1("resp.proto"), hi=4.0),
     _v("resp.proto", "STRING", _DS, get="ctx.resp.proto", lo=4.1),
     _v("resp.reason", "STRING", _DS, _DS, get="ctx.resp.reason", set_=_line1("resp.reason")),
-    _v("resp.status", "INT", _DS, _DS, get="ctx.resp.status", set_="rt.set_status(ctx.resp, {v}, 'resp.status')"),
+    _v("resp.status", "INT", _DS, _DS, get="ctx.resp.status", set_=_status("resp")),
     _v("resp.time", "TIME", _DS, get="ctx.resp_time"),
     # misc
     _v("now", "TIME", ["all"], get="ctx.now"),

@@ -22,6 +22,9 @@ class Param:
     default: object = None
     optional: bool = False     # may be left out (with `default` then)
     enum: tuple[str, ...] = ()  # the words an ENUM accepts
+    # STRANDS only: the impl gets the pieces as VCL wrote them, a tuple of str (None for an unset
+    # one), not their concatenation: varnishd's vmods see each strand (e.g. blob's errors show p[0])
+    pieces: bool = False
 
 
 @dataclass(slots=True)

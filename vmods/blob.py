@@ -9,7 +9,6 @@ same() compares where the bytes live, as varnishd compares pointers: Blob carrie
 
 from __future__ import annotations
 
-from vcl.rtlib import first_strand
 from vcl.runtime import Context, VCLFailure
 from vmods import Func, ObjectType, Param, Vmod
 
@@ -192,13 +191,26 @@ def _check_case(enc: str, case: str) -> None:
 _ENC = Param("decoding", "ENUM", "IDENTITY", optional=True, enum=ENCODINGS)
 
 
-@VMOD.func("decode", "BLOB", [_ENC, Param("length", "INT", 0, optional=True), Param("encoded", "STRANDS")])
-def decode(ctx: Context, decoding: str, length: int, encoded: str) -> bytes:
+def _joined(strands: tuple) -> str:
+    return "".join(p for p in strands if p)
+
+
+def _first(strands: tuple) -> str:
+    """What varnishd's errors quote of a STRANDS argument: its first strand (strings->p[0]), which
+    printf shows as "(null)" when unset."""
+    return "(null)" if not strands or strands[0] is None else strands[0]
+
+
+_STRANDS = Param("encoded", "STRANDS", pieces=True)
+
+
+@VMOD.func("decode", "BLOB", [_ENC, Param("length", "INT", 0, optional=True), _STRANDS])
+def decode(ctx: Context, decoding: str, length: int, strands: tuple) -> bytes:
     """The bytes `encoded` stands for; the first `length` characters only when length > 0."""
     try:
-        data = _decode(decoding, encoded, length if length > 0 else -1)
+        data = _decode(decoding, _joined(strands), length if length > 0 else -1)
     except ValueError:
-        raise _fail(f'cannot decode, illegal encoding beginning with "{first_strand(encoded)}"') from None
+        raise _fail(f'cannot decode, illegal encoding beginning with "{_first(strands)}"') from None
     return Blob.make(data) if data else NULL_BLOB
 
 
@@ -214,16 +226,17 @@ def encode(ctx: Context, encoding: str, case: str, blob: bytes | None) -> str | 
 
 @VMOD.func("transcode", "STRING", [_ENC, Param("encoding", "ENUM", "IDENTITY", optional=True, enum=ENCODINGS),
                                    Param("case", "ENUM", "DEFAULT", optional=True, enum=CASES),
-                                   Param("length", "INT", 0, optional=True), Param("encoded", "STRANDS")])
-def transcode(ctx: Context, decoding: str, encoding: str, case: str, length: int, encoded: str) -> str:
+                                   Param("length", "INT", 0, optional=True), _STRANDS])
+def transcode(ctx: Context, decoding: str, encoding: str, case: str, length: int, strands: tuple) -> str:
     _check_case(encoding, case)
+    encoded = _joined(strands)
     if _decoded_size(decoding, encoded) == 0:
         return ""
     limit = length if length > 0 else -1
     try:
         data = _decode(decoding, encoded, limit)
     except ValueError:
-        raise _fail(f'cannot decode, illegal encoding beginning with "{first_strand(encoded)}"') from None
+        raise _fail(f'cannot decode, illegal encoding beginning with "{_first(strands)}"') from None
     if limit < 0 and encoding == decoding and encoding not in ("HEX", "URL"):
         return encoded          # decoded fine: the input is its own encoding
     return _encode(encoding, case, data)
@@ -276,8 +289,9 @@ def sub(ctx: Context, blob: bytes | None, length: float, offset: float = 0.0) ->
 class BlobObject:
     """`new b = blob.blob(DECODING, "...")`: a blob decoded once at load, its encodings cached."""
 
-    def __init__(self, vcl_name: str, decoding: str, encoded: str) -> None:
+    def __init__(self, vcl_name: str, decoding: str, strands: tuple) -> None:
         self.vcl_name = vcl_name
+        encoded = _joined(strands)
         self.encodings: dict[tuple[str, str], str] = {}
         if _decoded_size(decoding, encoded) == 0:
             self.blob = Blob.make(b"", _NULLPTR)
@@ -285,7 +299,7 @@ class BlobObject:
         try:
             data = _decode(decoding, encoded, -1)
         except ValueError:
-            raise _fail(f'cannot create blob {vcl_name}, illegal encoding beginning with "{encoded}"') from None
+            raise _fail(f'cannot create blob {vcl_name}, illegal encoding beginning with "{_first(strands)}"') from None
         self.blob = Blob.make(data) if data else Blob.make(b"", _NULL_BLOB_DATA)
 
     def get(self) -> bytes:
@@ -302,7 +316,7 @@ class BlobObject:
 
 
 _obj = ObjectType("blob", Func("blob", lambda ctx, name, decoding, encoded: BlobObject(name, decoding, encoded),
-                               "VOID", [_ENC, Param("encoded", "STRANDS")], frozenset({"vcl_init"}), takes_name=True))
+                               "VOID", [_ENC, _STRANDS], frozenset({"vcl_init"}), takes_name=True))
 _obj.methods["get"] = Func("get", lambda o, ctx: o.get(), "BLOB", [])
 _obj.methods["encode"] = Func("encode", lambda o, ctx, encoding, case: o.encode(encoding, case), "STRING",
                               [Param("encoding", "ENUM", "IDENTITY", optional=True, enum=ENCODINGS),
