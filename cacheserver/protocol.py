@@ -565,7 +565,7 @@ class ClientProtocol(asyncio.Protocol):
         want_continue = False
         if expect is not None:
             if expect.strip().lower() != "100-continue":
-                raise ExpectationFailed(len(method) + len(self._url) + len(version) + 11 + self._head_size)
+                raise ExpectationFailed(len(method) + len(version) + 11 + self._head_size)  # (_head_size has the URL)
             want_continue = version == "1.1"
             headers.unset("Expect")
         head = HttpMessage(method, text(self._url), "HTTP/" + version, headers=headers)
