@@ -94,7 +94,7 @@ def _backslash(text: str, i: int) -> tuple[str, int]:
 
 
 _QUOTED_RUN = re.compile(r'[^"\\]+')
-_WORD_RUN = re.compile(r"[^\s\\]+")
+_WORD_RUN = re.compile(r'[^\s\\"]+')
 
 
 def split_args(line: str) -> list[str]:
@@ -131,6 +131,8 @@ def split_args(line: str) -> list[str]:
                     ch, used = _backslash(line, i)
                     buf.append(ch)
                     i += used
+                elif line[i] == '"':
+                    raise CliSyntaxError("Invalid '\"'")     # a quote inside a word
                 else:
                     m = _WORD_RUN.match(line, i)
                     buf.append(m.group())
@@ -234,6 +236,9 @@ COMMANDS: list[CommandDef] = [
 ]
 _BY_NAME = {c.name: c for c in COMMANDS}
 
+UNKNOWN_REQUEST = "Unknown request.\nType 'help' for more info.\n"
+
+
 def _envelope(argv: list[str], version: int, body: str) -> str:
     """varnishd's JSON answer: "[ VERSION, ARGV, TIMESTAMP" then the command's own items, then "]"."""
     return f"[ {version}, {json.dumps(argv, ensure_ascii=False)}, {time.time():.3f}{body}\n]\n"
@@ -279,9 +284,17 @@ class AdminCommands:
         return status, body
 
     async def _execute(self, argv: list[str]) -> tuple[int, str]:
+        if argv[0].startswith("-"):
+            # varnishd's "-" prefix: the command's failure is not fatal to a CLI script (-I);
+            # the command itself runs as without it
+            argv = [argv[0][1:]] + argv[1:]
+            if not argv[0]:
+                return CLIS_SYNTAX, UNKNOWN_REQUEST + "Empty CLI command.\n"
         cmd = _BY_NAME.get(argv[0])
         if cmd is None:
-            return CLIS_UNKNOWN, "Unknown request.\nType 'help' for more info.\n"
+            if argv[0][:1].isupper():
+                return CLIS_UNKNOWN, UNKNOWN_REQUEST + "all commands are in lower-case.\n"
+            return CLIS_UNKNOWN, UNKNOWN_REQUEST
         if cmd.child and not self.server.running:
             return CLIS_UNKNOWN, "Unknown request in manager process (child not running).\nType 'help' for more info."
         args = argv[1:]
@@ -1105,6 +1118,17 @@ def _director_report(obj: Any, kind: str, members: list[tuple[Any, float]]) -> t
         js = [f'          "{n}": {{\n            "weight": {w:f},\n            "health": "{h}"\n          }}'
               for n, w, h in names]
         extra = f'        "total_weight": {sum(w for _, w, _ in names):f},\n'
+    elif kind == "shard":
+        shard = obj.report(time.time())
+        # (varnishd prints rampup and what remains of it as one field)
+        rows = [["", name, ident, "healthy" if ok else "sick", f"{100 * done:6.2f}% {left:8.3f}s"]
+                for name, ident, ok, done, left in shard]
+        head = ["", "Backend", "Ident", "Health", "Rampup  Remaining"]
+        js = [f'          "{name}": {{\n            "ident": "{ident}",\n'
+              f'            "health": "{"healthy" if ok else "sick"}",\n            "rampup": {done:f},\n'
+              f'            "rampup_remaining": {left:.3f}\n          }}' for name, ident, ok, done, left in shard]
+        extra = (f'        "warmup": {obj.warmup:f},\n'
+                 f'        "rampup_duration": {obj.rampup_duration:f},\n')
     else:
         return [], "{}"
     text: list[list[str] | str] = ["", head, *rows, ""]
@@ -1244,7 +1268,7 @@ class CliSession:
             try:
                 argv = split_args(line)
             except CliSyntaxError as e:
-                await self.send(CLIS_SYNTAX, f"Syntax Error: {e}")
+                await self.send(CLIS_SYNTAX, f"{UNKNOWN_REQUEST}Syntax Error: {e}\n")
                 if not self.authed:
                     return None
                 continue

@@ -14,9 +14,12 @@ further ahead of the object's consumers than that.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING
 
 import httptools
+
+from cacheserver.http1 import needs_relaxing, relax_head
 
 if TYPE_CHECKING:
     from cacheserver.server import Server
@@ -51,6 +54,15 @@ class ConnError(Exception):
     def __init__(self, reason: str, nothing: bool = False) -> None:
         super().__init__(reason)
         self.nothing = nothing
+
+
+# A Content-Length llhttp refuses goes past it under this name (BackendConn._relax).
+_CL_NAME = re.compile(rb"(?im)^content-length(?=[ \t]*:)")
+_CL_HIDDEN = b"X-Cacheserver-Unparsed-Content-Length"
+
+
+def _bad_cl(exc: Exception) -> bool:
+    return "Invalid character in Content-Length" in str(exc)
 
 
 class _HeadLimit(Exception):
@@ -102,16 +114,22 @@ class BackendConn(asyncio.Protocol):
         self.clen: int | None = None
         self.body: list[bytes] = []
         self.held = 0
+        self.head_raw = b""           # the head's bytes so far (bounded by http_resp_size)
+        self.relaxing = False         # a folded or bare-LF head, held until its end to parse again
+        self.hide_cl = False          # parse it again with its Content-Length renamed (a bad one)
 
     def start(self, head_only: bool, resp_size: int, hdr_len: int, max_hdr: int) -> None:
         """Prepare for a new request on this connection."""
         self._begin(head_only, resp_size, hdr_len, max_hdr)
         self._busy = True
         if self._parser is None or self._spent:
-            self._parser = httptools.HttpResponseParser(self)
-            # varnishd takes a bare LF as a line end in a backend's head
-            self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
-            self._spent = False
+            self._new_parser()
+
+    def _new_parser(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        # varnishd takes a bare LF as a line end in a backend's head
+        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        self._spent = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -149,6 +167,11 @@ class BackendConn(asyncio.Protocol):
         self._wake()
 
     def _feed(self, data: bytes) -> None:
+        if not self.head_done:
+            self.head_raw += data
+            if self.relaxing:
+                self._relax()
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -158,10 +181,46 @@ class BackendConn(asyncio.Protocol):
                 self.error = "Received junk"
         except httptools.HttpParserError as exc:
             self._spent = True
+            if not self.head_done and self.error is None and (needs_relaxing(self.head_raw) or _bad_cl(exc)):
+                self.relaxing = True          # llhttp refuses folded lines; varnishd joins them
+                self._relax()
+                return
             if self.done:
                 self.extra = True     # garbage after a complete response: only the reuse suffers
             elif self.error is None:
                 self.error = "Received junk" if not self.head_done else f"body: {exc}"
+
+    def _relax(self) -> None:
+        """Parse the head again, from a fresh parser, with its folded lines joined as varnishd's
+        http1_dissect_hdrs joins them; until its end has come, hold it. A Content-Length llhttp
+        refuses ("bogus") goes past it under another name: varnishd takes the head and fails the
+        fetch when it sees it cannot know the body's length (fetch_bad)."""
+        raw = self.head_raw
+        fixed = relax_head(raw)
+        if fixed is None:
+            return
+        if self.hide_cl:
+            end = fixed.index(b"\r\n\r\n")
+            fixed = _CL_NAME.sub(_CL_HIDDEN, fixed[:end]) + fixed[end:]
+        self.relaxing = False
+        self.head_raw = b""
+        self.reason, self.fields, self.clen, self.chunked, self.has_te = b"", [], None, False, False
+        self._new_parser()
+        try:
+            self._parser.feed_data(fixed)
+        except httptools.HttpParserError as exc:
+            self._spent = True
+            if not self.head_done and not self.hide_cl and self.error is None and _bad_cl(exc):
+                self.hide_cl = True
+                self.head_raw = raw
+                self._relax()
+                return
+            if self.error is None:
+                self.error = "Received junk" if not self.head_done else f"body: {exc}"
+        except httptools.HttpParserUpgrade:
+            self._spent = True
+            if not self.head_done:
+                self.error = "Received junk"
 
     def eof_received(self) -> bool:
         if self.head_done and not self.done and self.error is None and self.clen is None \
@@ -206,6 +265,9 @@ class BackendConn(asyncio.Protocol):
         if len(fields) >= self.max_fields:
             self.error = "Too many headers"
             raise _HeadLimit
+        value = value.rstrip(b" \t")     # llhttp keeps the blanks that end a value; varnishd strips them
+        if name == _CL_HIDDEN:
+            name = b"Content-Length"
         names = _NAMES.get(name)
         if names is None:
             names = (name.decode("utf-8", "surrogateescape"),)
@@ -234,6 +296,7 @@ class BackendConn(asyncio.Protocol):
         self.version = parser.get_http_version()
         self.keep_alive = parser.should_keep_alive()
         self.head_done = True
+        self.head_raw = b""
         if self.head_only or self.status < 200:
             # no body follows, whatever the head says; llhttp does not know what we asked,
             # so this parser's state is spent

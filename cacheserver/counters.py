@@ -6,7 +6,7 @@ Incrementing an attribute is the cheapest thing Python can do on the hot path.
 from __future__ import annotations
 
 MAIN_COUNTERS = (
-    "uptime", "sess_conn", "sess_drop", "sess_fail", "sess_closed", "sess_closed_err", "sess_herd",
+    "uptime", "sess_conn", "sess_drop", "sess_readahead", "sess_fail", "sess_closed", "sess_closed_err", "sess_herd",
     "sess_fail_econnaborted", "sess_fail_eintr", "sess_fail_emfile", "sess_fail_ebadf", "sess_fail_enomem",
     "sess_fail_other",
     "client_req", "client_req_400", "client_req_417", "client_resp_500",

@@ -825,6 +825,9 @@ class BusyObj:
                 ctx.log.append(("FetchError", "Could not get storage"))
                 return self._body_failed(False)
         oc.finish(True)
+        self.server.storage.trim(oc)
+        if not oc.keep_body:
+            self.server.storage.slim(oc)    # a hit-for-miss/pass keeps no body: free its storage
         return None
 
     async def _store(self, data: bytes) -> bool:
@@ -832,7 +835,7 @@ class BusyObj:
         oc = self.oc
         storage = self.server.storage
         oc.append(data)
-        if oc.store and not storage.grow(oc):
+        if not storage.grow(oc):          # (it follows the body's segments even while not stored yet)
             storage.remove(oc)
             oc.private = True
             oc.drop_body()
@@ -869,6 +872,7 @@ class BusyObj:
             oc.finish(False)
             return None
         oc.chunks, oc.base, oc.length, oc.buffered, oc.expected = [], 0, 0, 0, 0
+        oc.alloc = oc.seg = 0
         oc.keep_body = not oc.private
         self._failure_counted = True
         return "error"
@@ -927,6 +931,14 @@ class BusyObj:
         oc.gzipped, oc.gzip_bits, oc.gzip_changed, oc.esi_data = False, None, False, None
         self._setup_object(beresp, time.time())
         oc.append(body)
+        if oc.private:
+            # nothing keeps it, yet varnishd allocates it in Transient all the same (and frees it
+            # once delivered); with no room there the fetch fails
+            held = server.storage.hold_transient(oc.compute_size(with_body=False), len(body))
+            if held is None:
+                ctx.log.append(("FetchError", "Could not get storage"))
+                return "fail"
+            server.storage.release_held(held)
         self._publish()
         oc.finish(True)
         return None

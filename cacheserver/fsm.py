@@ -27,7 +27,8 @@ from cacheserver.ranges import not_modified, object_last_modified
 from cacheserver.reqbody import ReqBody
 from cacheserver.rfc2616 import collect_header
 from cacheserver.stevedores import TRANSIENT
-from cacheserver.storage import ObjCore
+from cacheserver.storage import SYNTH_OBJECT, ObjCore
+from vcl.rtlib import end_task
 from vcl.runtime import Action, Context, HttpMessage, VCLFailure
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ class ClientRequest(Delivery, EsiRequest):
     acct_continue = 0               # a "100 Continue" sent: counted with the response head bytes
 
     def __init__(self, session: ClientProtocol, req: HttpMessage, body: ReqBody, keep_alive: bool,
-                 raw_index: int, expect: str | None = None) -> None:
+                 raw_index: int, expect: str | None = None, defer_xid: bool = False) -> None:
         self.session = session
         server = self.server = session.server
         self.body = body                     # read by the fetch (or std.cache_req_body) as it arrives
@@ -140,15 +141,21 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.method = "recv"
         ctx.req = ctx.req_top = req
         ctx.vcl = vcl
-        ctx.xid = server.next_xid()
         ctx.hash_parts = []
         ctx.req_time = time.time()
         ctx.backend_hint = vcl.default_backend
         ctx.sess_timeout_idle = server.params.timeout_idle
         self.t_prev = self.t_start = self.ctx.req_time
         self._vsl_begin("rxreq", self.ctx.sess_xid, expect)
-        if hasattr(session, "vsl_link"):
-            session.vsl_link(self.ctx.xid)
+        if not defer_xid:
+            self.take_xid()
+
+    def take_xid(self) -> None:
+        """The request's vxid, taken when it starts: a pipelined request's comes after the fetches
+        of the requests before it, as varnishd reads one request at a time."""
+        self.ctx.xid = self.server.next_xid()
+        if hasattr(self.session, "vsl_link"):
+            self.session.vsl_link(self.ctx.xid)
 
     # -- the shared log ---------------------------------------------------------------------------
 
@@ -187,8 +194,11 @@ class ClientRequest(Delivery, EsiRequest):
         self.t_prev = now
 
     def _vsl_end(self) -> None:
-        """The request is done: its last records, then the whole task into the shared log."""
+        """The request is done: its task's finalizers run, then its last records go, then the whole
+        task into the shared log."""
         ctx = self.ctx
+        if ctx.priv_task:
+            end_task(ctx)
         if ctx.log and ctx.log[-1][0] == "PipeAcct":
             # a piped request ends with its PipeAcct, as varnishd's (no response, no ReqAcct)
             ctx.log.append(("End", ""))
@@ -401,8 +411,17 @@ class ClientRequest(Delivery, EsiRequest):
         if name == "fail" or hash_action.name == "fail":
             return self._fail_state()
         digest = hashlib.sha256()
+        log_hash = "-Hash" not in self.server.params.vsl_mask
         for part in ctx.hash_parts:
-            digest.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
+            if isinstance(part, tuple):             # hash_data() of STRANDS: each part on its own
+                for p in part:
+                    digest.update(b"\0" if p is None else p.encode("utf-8", "surrogateescape"))
+                    if log_hash and p is not None:
+                        ctx.log.append(("Hash", p))
+            else:
+                digest.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
+                if log_hash and part != "\0":
+                    ctx.log.append(("Hash", part if isinstance(part, str) else part.decode("latin-1")))
             digest.update(b"\0")      # varnishd's field separator (HSH_AddString(NULL)): same digests
         self.digest = ctx.hash = digest.digest()
         if name == "hash":
@@ -769,6 +788,13 @@ class ClientRequest(Delivery, EsiRequest):
     def _synth_deliver(self) -> str | None:
         ctx = self.ctx
         ctx.log.append(("Storage", "malloc Transient"))     # where varnishd keeps the synth body
+        held = self.server.storage.hold_transient(SYNTH_OBJECT, len(self.synth_data))
+        if held is None:
+            # varnishd's cnt_synth: no response at all, the connection is closed (overload)
+            ctx.log.append(("Error", "Could not get storage"))
+            self.keep_alive = False
+            self.close_reason = "sc_overload"
+            return None
         oc = ObjCore()
         oc.append(self.synth_data)
         oc.finish(True)
@@ -776,7 +802,10 @@ class ClientRequest(Delivery, EsiRequest):
         self.oc = oc
         self.from_pass = True
         self.is_hit = False
-        return self._transmit(ctx.resp, oc, synth=True)
+        try:
+            return self._transmit(ctx.resp, oc, synth=True)
+        finally:
+            self.server.storage.release_held(held)
 
     def _after_synth(self, resp: HttpMessage, action: Action | None) -> str | None:
         ctx = self.ctx

@@ -126,7 +126,10 @@ def relax_head(raw: bytes) -> bytes | None:
     line_break = b""                 # how the previous line ended: b"\n" or b"\r\n"
     for line in raw[:end.start()].split(b"\n"):
         if lines and line[:1] in (b" ", b"\t"):
-            lines[-1] += b" " * len(line_break) + line.removesuffix(b"\r")
+            # the line break and the blanks that start the continuation all become spaces
+            cont = line.removesuffix(b"\r")
+            text = cont.lstrip(b" \t")
+            lines[-1] += b" " * (len(line_break) + len(cont) - len(text)) + text
         else:
             lines.append(line.removesuffix(b"\r"))
         line_break = b"\r\n" if line.endswith(b"\r") else b"\n"

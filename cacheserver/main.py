@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cacheserver import __version__
 from cacheserver.gcpolicy import GcPolicy
+from cacheserver.params import parse_bytes
 from cacheserver.server import ListenSpec, Server, VCLLoadError
 
 log = logging.getLogger("cacheserver")
@@ -61,9 +62,15 @@ def _check_storage(specs: list[str]) -> None:
         kind = (rest if sep else spec).partition(",")[0]
         if kind not in ("malloc", "default", "file", "umem"):
             raise ValueError(f"-s {spec}: unknown storage type {kind!r}")
+        size = (rest if sep else spec).partition(",")[2].partition(",")[0]
+        if kind in ("malloc", "default", "umem") and size and parse_bytes(size) < 1 << 20:
+            # varnishd's storage_malloc.c: a malloc store is at least 1M
+            raise ValueError(f'(-smalloc) size "{size}": too small, did you forget to specify M or G?')
 
 
 def _backend_vcl(target: str) -> str:
+    if target.lower() == "none":  # varnishd: `-b none` (any case) is `backend default none;`
+        return "vcl 4.1;\nbackend default none;\n"
     host, _, port = target.rpartition(":")
     if not host:
         host, port = target, "80"

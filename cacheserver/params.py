@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from cacheserver.param_table import TABLE
+from cacheserver.vsl import TAGS
 
 _BYTES_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0,
@@ -241,28 +242,29 @@ class Params:
             raise ValueError(f"Must be no more than {high_text}{suffix if link_high else ''}")
 
     def _set_bits(self, d: ParamDef, text: str) -> str:
-        """debug/feature/experimental/vsl_mask: "none" or "default" alone, else +bit/-bit items
-        applied in turn to the current value; as varnishd, items before a bad one stay applied."""
-        known = d.bits()
+        """debug/feature/experimental/vsl_mask: "none" (not for vsl_mask) or "default" alone, else
+        +bit/-bit items applied in turn to the current value; as varnishd, items before a bad one stay
+        applied. Names are matched without regard to case and kept in varnishd's spelling."""
         masks = d.name == "vsl_mask"        # vsl_mask lists the tags it masks, as "-Tag"
+        known = list(TAGS) if masks else d.bits()
+        by_lower = {b.lower(): b for b in known}
         word = text.strip()
-        if word == "none" or (word == "default" and d.name in ("feature", "vsl_mask")):
+        if (word == "none" and not masks) or (word == "default" and d.name in ("feature", "vsl_mask")):
             source = "" if word == "none" else d.default
             current = [b[1:] for b in source.split(",") if b[:1] and b[0] in "+-"]
             return self._bits_text(d, current, known)
         current = [b[1:] for b in self._text.get(d.name, d.default).split(",") if b[:1] and b[0] in "+-"]
+        if text.count('"') % 2:
+            raise ValueError("Cannot parse: Missing '\"'")
         for item in text.split(","):
             item = item.strip()
             if not item or item[0] not in "+-":
                 self._keep_bits(d, current, known)
                 raise ValueError(f"Missing '+' or '-' ({item})")
-            bit = item[1:]
-            if masks and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", bit):
+            bit = by_lower.get(item[1:].lower())
+            if bit is None:
                 self._keep_bits(d, current, known)
-                raise ValueError(f"Unknown VSL tag ({item})")
-            if not masks and bit not in known:
-                self._keep_bits(d, current, known)
-                raise ValueError(f"Unknown {d.name} bit ({item})")
+                raise ValueError(f"Unknown VSL tag ({item})" if masks else f"Unknown {d.name} bit ({item})")
             on = (item[0] == "-") if masks else (item[0] == "+")
             if on and bit not in current:
                 current.append(bit)
@@ -277,9 +279,9 @@ class Params:
 
     @staticmethod
     def _bits_text(d: ParamDef, current: list[str], known: list[str]) -> str:
+        current = sorted(current, key=known.index)      # varnishd shows bits in its table's order
         if d.name == "vsl_mask":
             return ",".join(f"-{b}" for b in current) or "none"
-        current = sorted(current, key=known.index)
         return ",".join(f"+{b}" for b in current) or "none"
 
     def format(self, d: ParamDef, value: object) -> str:

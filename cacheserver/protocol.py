@@ -501,13 +501,14 @@ class ClientProtocol(asyncio.Protocol):
         if self._url_override is not None:
             url, self._url_override = self._url_override, None
         self._url += url
-        if len(self._url) > self.server.params.http_req_hdr_len:
-            raise RequestTooLarge("URL too long")
+        self._head_size += len(url)     # varnishd bounds the URL by http_req_size, not http_req_hdr_len
+        if self._head_size > self.server.params.http_req_size:
+            raise HeadOverflow()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         params = self.server.params
-        size = len(name) + len(value) + 4
-        self._head_size += size
+        size = len(name) + len(value) + 2   # the line as varnishd measures it: "name: value"
+        self._head_size += size + 2
         if self._head_size > params.http_req_size:
             raise HeadOverflow()            # varnishd: past its buffer, the head is cut off unanswered
         if size > params.http_req_hdr_len:
@@ -515,7 +516,8 @@ class ClientProtocol(asyncio.Protocol):
         if len(self._fields) >= params.http_max_hdr:
             raise RequestTooLarge("too many headers")
         field = name.decode("utf-8", "surrogateescape")     # http1.text(), inlined: per header
-        self._fields.append([field, value.decode("utf-8", "surrogateescape"), field.lower()])
+        # llhttp keeps the blanks that end a value; varnishd strips them
+        self._fields.append([field, value.rstrip(b" \t").decode("utf-8", "surrogateescape"), field.lower()])
 
     def on_headers_complete(self) -> None:
         """The head is in: check it as varnishd's HTTP1_DissectRequest does, then queue the request.
@@ -552,6 +554,9 @@ class ClientProtocol(asyncio.Protocol):
         # Request smuggling shapes: llhttp refuses CL+TE and duplicate Content-Length itself.
         method = self._method_override or text(parser.get_method())
         self._method_override = None
+        # the whole head, request line and empty line too, must fit in http_req_size
+        if self._head_size + len(method) + 14 > self.server.params.http_req_size:
+            raise HeadOverflow()
         if not chunked and length is None:
             length = 0
         if method == "HEAD" and length != 0:
@@ -560,13 +565,13 @@ class ClientProtocol(asyncio.Protocol):
         want_continue = False
         if expect is not None:
             if expect.strip().lower() != "100-continue":
-                raise ExpectationFailed(len(method) + len(self._url) + len(version) + 11 + self._head_size)
+                raise ExpectationFailed(len(method) + len(version) + 11 + self._head_size)  # (_head_size has the URL)
             want_continue = version == "1.1"
             headers.unset("Expect")
         head = HttpMessage(method, text(self._url), "HTTP/" + version, headers=headers)
         self._keep_alive = parser.should_keep_alive()
         # the head's bytes: request line, header lines (name, ": ", value, CRLF), the empty line
-        self.server.counters.s_req_hdrbytes += self._head_size + len(method) + len(self._url) + 14
+        self.server.counters.s_req_hdrbytes += self._head_size + len(method) + 14     # _head_size has the URL
         if length == 0 and not want_continue:
             body = NO_BODY
         else:
@@ -575,9 +580,9 @@ class ClientProtocol(asyncio.Protocol):
                            want_continue=self._send_continue if want_continue else None)
         self.server.counters.client_req += 1
         request = ClientRequest(self, head, body, self._keep_alive, self._raw_done + 1,
-                                expect=expect.strip() if want_continue else None)
+                                expect=expect.strip() if want_continue else None, defer_xid=True)
         # ReqAcct's header bytes: the request line and the fields as the parser counted them
-        request.acct_req = len(method) + len(self._url) + len(version) + 11 + self._head_size
+        request.acct_req = len(method) + len(version) + 11 + self._head_size
         self.queue.append(request)
         if not body.done:
             self._sink = body
@@ -688,6 +693,7 @@ class ClientProtocol(asyncio.Protocol):
         while True:
             while self.queue and not self.busy and not self.closed:
                 request = self.current = self.queue.popleft()
+                request.take_xid()
                 if not request.run_sync():
                     self.busy = True
                     asyncio.get_running_loop().create_task(self._run_async(request))
@@ -697,6 +703,8 @@ class ClientProtocol(asyncio.Protocol):
                     self.close_reason = self.close_reason or request.close_reason or "sc_resp_close"
                     self.close()
                     return
+                if self.queue or self.held or self._in_message or self._method_hold:
+                    self.server.counters.sess_readahead += 1    # the next request's bytes are here
                 if self.paused_writing:
                     self._block_writes()
                     return
@@ -731,6 +739,8 @@ class ClientProtocol(asyncio.Protocol):
             self.close_reason = self.close_reason or request.close_reason or "sc_resp_close"
             self.close()
             return
+        if self.queue or self.held or self._in_message or self._method_hold:
+            self.server.counters.sess_readahead += 1
         self.last_active = self.idle_since = time.monotonic()
         if self.paused_writing:
             self._block_writes()

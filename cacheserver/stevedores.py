@@ -81,7 +81,9 @@ class Stevedore:
         if oc.size > self.max_bytes or not self._make_room(oc, old, held, nuke_limit):
             self.fail()
             if held:
-                lru.pop(oc, None)
+                lru.pop(oc, None)               # what it held is given back
+                self.counters.extra[self.prefix + "c_freed"] += old
+                self.allocs -= 1
                 self.gauge()
             return False
         lru[oc] = oc
@@ -98,6 +100,21 @@ class Stevedore:
             extra[self.prefix + "c_freed"] += old - oc.size
         if not held:
             self.allocs += 1
+
+    def trim(self, oc, used: int, seg: int) -> None:
+        """The object's last segment (`seg` bytes) gave way to one of `used` bytes (none if 0)."""
+        old = oc.size
+        oc.compute_size()
+        extra = self.counters.extra
+        if used:
+            extra[self.prefix + "c_req"] += 1
+            extra[self.prefix + "c_bytes"] += used
+        extra[self.prefix + "c_freed"] += seg
+        if self.lru is None:
+            self.used += oc.size - old
+        elif oc in self.lru:
+            self.lru[oc] = oc                   # its new, smaller size
+        self.gauge()
 
     def _make_room(self, oc, old: int, held: bool, nuke_limit: int) -> bool:
         lru = self.lru

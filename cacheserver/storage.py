@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from cacheserver.bans import Ban
 
 # Bookkeeping bytes charged per object besides its headers and body.
-_OVERHEAD = OBJECT_OVERHEAD = 72     # bytes an object costs its store beyond headers and body
+OBJECT_OVERHEAD = 72                 # bytes a bare private object costs (a cached request body's)
+OBJECT_BASE = 125                    # an object's fixed bytes in its store, before its fields
 SEGMENT_OVERHEAD = 48                # one more storage segment (varnishd's struct storage)
 # Unread bytes a fetch may run ahead of its only reader when the body is not kept (pass, too big).
 STREAM_WINDOW = 1 << 20
@@ -31,6 +32,19 @@ STREAM_WINDOW = 1 << 20
 # Lookup outcomes
 HIT, GRACE, MISS, HITMISS, HITPASS, BUSY = "hit", "grace", "miss", "hitmiss", "hitpass", "busy"
 
+
+# varnishd's synth response object: STV_NewObject(Transient) with 1024 bytes for its attributes,
+# its body one more allocation (measured against varnishd 7.1's SMA.Transient counters)
+SYNTH_OBJECT = 1144
+
+
+class Held:
+    """Storage held by something that is not a cached object (a synth response's body)."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
 
 
 def _oc_flags(oc: ObjCore) -> int:
@@ -43,7 +57,7 @@ class ObjCore:
     __slots__ = ("head", "http", "chunks", "base", "length", "buffered", "complete", "failed", "keep_body",
                  "readers", "_wakeup", "_space", "t_origin", "ttl", "grace", "keep", "xid", "hits", "busy",
                  "hfm", "hfp", "private", "vary", "ban", "size", "store", "dying", "exp_at", "body_cache",
-                 "t_lastuse", "clen", "expected", "fast_head", "gzipped", "gzip_bits", "gzip_changed",
+                 "t_lastuse", "clen", "expected", "alloc", "seg", "fast_head", "gzipped", "gzip_bits", "gzip_changed",
                  "esi_data", "__weakref__")
 
     def __init__(self, head: ObjHead | None = None, xid: int = 0) -> None:
@@ -80,6 +94,10 @@ class ObjCore:
         self.t_lastuse = 0.0
         self.clen: int | None = None      # Content-Length the backend announced, while streaming
         self.expected = 0                 # body bytes to reserve up front (a known Content-Length)
+        # a body of unknown length takes storage a segment (fetch_chunksize) at a time, as varnishd's
+        # VFP_GetStorage: the bytes so taken, and the size of the last segment
+        self.alloc = 0
+        self.seg = 0
         self.gzipped = False              # the body is stored gzipped (OF_GZIPED)
         self.gzip_bits: tuple[int, int, int, int] | None = None   # OA_GZIPBITS, see filters.py
         self.gzip_changed = False         # a fetch filter gzipped or gunzipped it (OF_CHGGZIP)
@@ -184,8 +202,14 @@ class ObjCore:
         return now < self.t_origin + self.ttl + self.grace
 
     def compute_size(self, with_body: bool = True) -> int:
-        body = max(self.length, self.expected) if with_body else 0
-        self.size = _OVERHEAD + body + sum(len(n) + len(v) + 4 for n, v in self.http.headers.items())
+        """What varnishd's malloc store holds for it: the object (a fixed part, then each of the
+        status line's fields and each header as "Name: value", NUL-ended, in 8-byte units) and the
+        body (measured against varnishd 7.1's SMA counters)."""
+        body = max(self.length, self.expected, self.alloc) if with_body else 0
+        http = self.http
+        head = OBJECT_BASE + len(http.proto) + len(str(http.status)) + len(http.reason) + 3
+        head += sum(len(n) + len(v) + 3 for n, v in http.headers.items())
+        self.size = ((head + 7) & ~7) + body
         return self.size
 
 
@@ -396,10 +420,13 @@ class Storage:
             oc.vary = vary_of(vary_header, bereq)
         oc.ban = None
         self.bans.move(oc, self.bans.newest)
-        # the object itself first; if even that finds no room, Transient salvages it (short-lived)
-        ok = self._account(oc, with_body=False, hint=store) or self._salvage(oc)
+        # the object itself first; if even that finds no room, Transient salvages it (short-lived),
+        # unless Transient was the store it did not fit in (varnishd's vbf_allocobj)
+        first = self.store_for(oc, store)
+        ok = self._account(oc, with_body=False, hint=store) or (first != TRANSIENT and self._salvage(oc))
         # then the body (what arrived, or all it announced), as one storage allocation would be
-        ok = ok and self._account(oc)
+        if max(oc.length, oc.expected, oc.alloc):
+            ok = ok and self._account(oc)
         oc.t_lastuse = _wall()
         if ok:
             self.counters.n_object += 1
@@ -427,10 +454,59 @@ class Storage:
                 oc.head.rush()
 
     def grow(self, oc: ObjCore) -> bool:
-        """The object's body grew: charge it to its store; False when it no longer fits."""
-        if oc.store == "" or not oc.keep_body:
-            return True              # nothing kept (hit-for-miss/pass bodies): nothing charged
-        return self._account(oc)
+        """The object's body grew: charge it to its store; False when it no longer fits.
+
+        A body of known length was charged whole; one of unknown length takes another segment of
+        fetch_chunksize whenever the last is full (even exactly: the fetch asks for room before it
+        learns that the body ended), each one allocation."""
+        length = oc.length
+        if length <= oc.expected or length < oc.alloc:
+            return True              # within what is allocated
+        chunk = int(self.params.fetch_chunksize) if self.params is not None else 16384
+        stored = oc.store != "" and (oc.keep_body or oc.hfm or oc.hfp)
+        # (a hit-for-miss/pass body is charged while it is fetched, and freed after: slim())
+        while oc.alloc <= length:
+            oc.alloc += chunk
+            oc.seg = chunk
+            if stored and not self._account(oc):
+                return False
+        return True
+
+    def trim(self, oc: ObjCore) -> None:
+        """A body of unknown length is whole: as varnishd's sml_trimstore, an empty last segment is
+        freed, and one with 512 bytes or more unused is moved to an allocation of what it holds."""
+        unused = oc.alloc - oc.length
+        if not oc.seg or unused <= 0:
+            return
+        used = oc.seg - unused
+        if used > 0 and unused < 512:
+            return
+        oc.alloc = oc.length
+        if oc.store:
+            self.stevedores[oc.store].trim(oc, used, oc.seg)
+
+    def hold_transient(self, head: int, body_len: int) -> Held | None:
+        """Transient storage for an object no one else will use (a synth response, a backend error
+        object nothing caches): the object, then its body; None when it cannot fit."""
+        st = self.stevedores[TRANSIENT]
+        nuke_limit = self.params.nuke_limit if self.params is not None else 50
+        held = Held(head)
+        if not st.charge(held, 0, nuke_limit):
+            return None
+        if body_len:
+            held.size += body_len
+            if not st.charge(held, head, nuke_limit):
+                return None
+        return held
+
+    def release_held(self, held: Held) -> None:
+        self.stevedores[TRANSIENT].release(held)
+
+    def slim(self, oc: ObjCore) -> None:
+        """The fetch of an object that keeps no body (hit-for-miss, hit-for-pass) is over: its body's
+        storage is freed, the object stays (varnishd's ObjSlim)."""
+        if oc.store and oc.size:
+            self._account(oc, with_body=False)
 
     def _account(self, oc: ObjCore, with_body: bool = True, hint: str | None = None) -> bool:
         """Charge the object's size to its store, choosing one the first time; False: no room."""

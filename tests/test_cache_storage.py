@@ -33,6 +33,13 @@ def test_parse_specs():
     assert parse_specs(["a=malloc,1k", "malloc,2k"]) == [("a", 1024), ("s0", 2048), ("Transient", None)]
 
 
+def test_a_malloc_store_under_1m_is_refused_on_the_command_line(capsys):
+    from cacheserver.main import main
+    assert main(["-s", "malloc,900k", "-b", "127.0.0.1:1", "-a", "127.0.0.1:0"]) == 2
+    assert 'size "900k": too small, did you forget to specify M or G?' in capsys.readouterr().err
+    assert main(["-s", "Transient=default,1023k", "-b", "127.0.0.1:1", "-a", "127.0.0.1:0"]) == 2
+
+
 def test_stevedores_are_used_in_turn_and_evict_their_own_lru():
     c = Counters()
     st = Storage(0, c, Params(), specs=[("s1", 1 << 20), ("s2", 1 << 20), ("Transient", None)])

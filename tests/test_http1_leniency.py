@@ -96,7 +96,7 @@ def test_bad_input_is_answered_after_the_requests_before_it(server):
 
 def test_relax_head_rewrites_only_the_head():
     assert relax_head(b"GET / HTTP/1.1\nHost: a\nX: y\n\tz\n\nbody\nmore") == \
-        b"GET / HTTP/1.1\r\nHost: a\r\nX: y \tz\r\n\r\nbody\nmore"
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: y  z\r\n\r\nbody\nmore"      # varnishd: blanks become spaces
     assert relax_head(b"GET / HTTP/1.1\nHost: a\n") is None            # its end has not come
     assert not needs_relaxing(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbinary\nbody")
     assert needs_relaxing(b"GET / HTTP/1.1\r\nHost: a\nX: 1\r\n\r\n")

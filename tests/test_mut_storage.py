@@ -43,6 +43,7 @@ def fill(st: Storage, url: str = "/", ttl: float = 100.0, grace: float = 10.0, k
     oc = r.busy
     oc.http = HttpMessage(status=200, headers=Headers([["Content-Length", str(size)]]))
     oc.t_origin, oc.ttl, oc.grace, oc.keep = t_origin, ttl, grace, keep
+    oc.expected = size                                  # as the fetch sets it from Content-Length
     oc.append(b"x" * size)
     assert st.unbusy(oc, request, vary)
     oc.finish(True)
@@ -370,21 +371,42 @@ def test_the_lru_order_follows_hits(clock):
 
 
 def test_growing_bodies_are_charged_only_when_kept_and_stored(clock):
-    st, c = make(specs=[("s0", 2000), ("Transient", None)])
-    oc = fill(st, "/g", size=100)
-    used = st.storage_var("s0", "used_space")
+    """A body of unknown length takes a segment of fetch_chunksize (16k) whenever the last is full,
+    even exactly; trim() gives back what the last one does not use (varnishd's sml_trimstore)."""
+    st, c = make(specs=[("s0", 40_000), ("Transient", None)])
+    oc = fill(st, "/g", size=0)
+    head = st.storage_var("s0", "used_space")
     oc.append(b"y" * 500)
-    assert st.grow(oc) and st.storage_var("s0", "used_space") == used + 500
-    oc.append(b"y" * 5000)
-    assert not st.grow(oc) and oc.store == ""       # no longer fits its store
+    assert st.grow(oc) and st.storage_var("s0", "used_space") == head + 16384
+    oc.append(b"y" * 15884)                         # exactly full: the next segment is taken
+    assert st.grow(oc) and st.storage_var("s0", "used_space") == head + 2 * 16384
+    st.trim(oc)                                     # the last segment is empty: freed
+    assert st.storage_var("s0", "used_space") == head + 16384 and c.extra["SMA.s0.c_freed"] == 16384
+    oc.append(b"y" * 20000)                         # 36384 bytes want three segments: no room
+    assert not st.grow(oc) and oc.store == ""
     unstored = ObjCore()
     unstored.append(b"z" * 10_000)
     assert st.grow(unstored)                        # pass bodies are not charged
-    oc2 = fill(st, "/h", size=100)
+    oc2 = fill(st, "/h", size=0)
     oc2.keep_body = False
     before = st.storage_var("s0", "used_space")
     oc2.append(b"y" * 5000)
     assert st.grow(oc2) and st.storage_var("s0", "used_space") == before
+
+
+def test_trim_moves_a_last_segment_with_512_bytes_unused(clock):
+    st, c = make()
+    oc = fill(st, "/t", size=0)
+    oc.append(b"y" * 16000)                         # 384 unused: kept as it is
+    assert st.grow(oc)
+    st.trim(oc)
+    assert oc.alloc == 16384 and c.extra["SMA.s0.c_freed"] == 0
+    oc2 = fill(st, "/u", size=0)
+    oc2.append(b"y" * 15800)                        # 584 unused: moved to 15800 bytes
+    assert st.grow(oc2)
+    reqs = c.extra["SMA.s0.c_req"]
+    st.trim(oc2)
+    assert oc2.alloc == 15800 and c.extra["SMA.s0.c_freed"] == 16384 and c.extra["SMA.s0.c_req"] == reqs + 1
 
 
 def test_removing_an_object_frees_its_body_unless_a_reader_streams_it(clock):
@@ -478,9 +500,11 @@ def test_configure_adds_an_unbounded_transient_and_replaces_old_counters():
 def test_an_object_costs_its_overhead_headers_and_body(clock):
     st, _ = make()
     oc = fill(st, "/s", size=10)                      # one header: Content-Length: 10
-    assert oc.size == 72 + 10 + len("Content-Length") + len("10") + 4
-    assert st.storage_var("s0", "used_space") == oc.size
-    assert oc.compute_size(with_body=False) == 72 + len("Content-Length") + len("10") + 4
+    # varnishd's malloc store: 125 bytes, then each field NUL-ended ("HTTP/1.1", "200", "OK",
+    # "Content-Length: 10"), in 8-byte units; then the body
+    head = 125 + 9 + 4 + 3 + len("Content-Length: 10") + 1
+    assert oc.compute_size(with_body=False) == (head + 7) // 8 * 8 == 160
+    assert oc.compute_size() == 170 and st.storage_var("s0", "used_space") == 170
 
 
 def test_hit_for_miss_and_hit_for_pass_markers_at_lookup(clock):

@@ -268,6 +268,17 @@ class Checker(ExprChecker, XrefChecker):
         else:
             stmt.value = self.expr0(stmt.value, vtype)
 
+    def _kind_of(self, name: str) -> str | None:
+        """The kind of a declared symbol called `name` (as VCC's error messages name it), if any."""
+        if name in self.subs:
+            return "sub"
+        for kind, table in (("backend", self.backends), ("probe", self.probes), ("acl", self.acls)):
+            if name.lower() in table:
+                return kind
+        if name in self.instances:
+            return "instance"
+        return None
+
     def _return(self, stmt: ast.Return, method_body: bool) -> None:
         if stmt.action is None:
             if method_body:
@@ -301,18 +312,19 @@ class Checker(ExprChecker, XrefChecker):
                 if not isinstance(arg.value, ast.Name):
                     raise VCLError("Expected a VCL label name", arg.pos)
                 label = arg.value.name
-                if (self.labels is None or label not in self.labels) and label in self.subs:
-                    # a subroutine's name is a symbol of another kind (in 4.0 VCC does not see it)
-                    if self.version >= 4.1:
-                        raise VCLError(f"Symbol '{label}' has wrong type (sub), expected vcl:", arg.value.pos)
-                    raise VCLError(f"Symbol not found: '{label}'", arg.value.pos)
+                if self.labels is None or label not in self.labels:
+                    kind = self._kind_of(label)
+                    if kind is not None:
+                        # VCC 4.1 finds the symbol and names its type; 4.0's vcl() sees labels only
+                        if self.version >= 4.1:
+                            raise VCLError(f"Symbol '{label}' has wrong type ({kind}), expected vcl:",
+                                           arg.value.pos)
+                        raise VCLError(f"Symbol not found: '{label}'", arg.value.pos)
                 if self.labels is not None and label not in self.labels:
                     raise VCLError(f"Symbol not found: '{label}'", arg.value.pos)
                 arg.value.type = "VCL"
                 continue
             arg.value = self.expr0(arg.value, atype)
-        if not spec and stmt.args:
-            raise VCLError(f"Return action '{name}' takes no arguments", stmt.args[0].pos)
         self._use("return", name, stmt.action_pos, None)
 
     # ------------------------------------------------------------------ declarations

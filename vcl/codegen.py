@@ -346,6 +346,11 @@ class CodeGen:
             text = " + ".join(self.expr(p) if _never_none(p) else f"rt.s_null({self.expr(p)})" for p in parts)
             return [f"{ind}rt.body_add(ctx, {text})"]
         if isinstance(s, ast.HashData):
+            if isinstance(s.value, ast.Concat):
+                # STRANDS, as VRT_hashdata takes them: each part hashed (an unset one as a NUL byte)
+                # and logged (Hash records) on its own
+                parts = ", ".join(self.expr(p) for p in s.value.parts)
+                return [f"{ind}rt.hash_strands(ctx, ({parts},))"]
             return [f"{ind}rt.hash_data(ctx, {self.expr(s.value)})"]
         if isinstance(s, ast.Ban):
             return [f"{ind}rt.ban(ctx, {self.expr(s.value)})"]

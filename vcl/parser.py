@@ -414,6 +414,9 @@ def _check_statement_name(source: str, filename: str, tok: Token) -> None:
     pos = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), len(name))
     if symbols.lookup(name) is not None:
         raise VCLError("Symbol cannot be used here.", _tok_pos(tok, filename))
+    if "." not in name and re.search(rf"\bnew\s+{re.escape(name)}\s*=", source, re.IGNORECASE):
+        # an object instance alone: VCC wants one of its methods
+        raise VCLError(f"Expected '.' got {_describe(tok, source)}", _tok_pos(tok, filename))
     head, _, rest = name.partition(".")
     if head.lower() in vmods.KNOWN:
         vmod = vmods.load(head.lower())
@@ -466,8 +469,12 @@ def _parse_with_bad_token(source: str, filename: str, start: str, tok: Token) ->
     bad = ast.BadToken(_tok_pos(tok, filename), described)
     # a two-character token VCC lexes whole (`<<`) goes whole
     rest = after[max(len(tok.value), len(described) - 2):]
-    # Before the token, instead of it, or instead of it and joined to what follows (`!!true`).
-    for fixed in (f"{before}{_BAD_TOKEN} {after}", f"{before}{_BAD_TOKEN} {rest}", f"{before}{_BAD_TOKEN} + {rest}"):
+    # Before the token, instead of it, or instead of it and joined to what follows (`!!true`); last,
+    # instead of all that follows, its open parentheses and blocks closed (`synthetic( << "foo";`).
+    plain = re.sub(r'"[^"\n]*"', "", before)
+    closing = ")" * max(plain.count("(") - plain.count(")"), 0) + ";" + "}" * max(plain.count("{") - plain.count("}"), 0)
+    for fixed in (f"{before}{_BAD_TOKEN} {after}", f"{before}{_BAD_TOKEN} {rest}", f"{before}{_BAD_TOKEN} + {rest}",
+                  f"{before}{_BAD_TOKEN}{closing}"):
         try:
             tree = _lark().parse(fixed, start=start)
             return _ToAst(filename, bad).transform(tree)
@@ -519,6 +526,7 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
     """Raise VCC's message for a parse error (or return the program a recovery made of it)."""
     if isinstance(exc, UnexpectedToken):
         tok = exc.token
+        _check_action_args(source, filename, tok)
         if tok.type == "$END":
             lines = source.split("\n")
             pos = ast.Pos(filename, len(lines), len(lines[-1]) + 1, 1)
@@ -572,6 +580,25 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
     if isinstance(exc, UnexpectedEOF):  # pragma: no cover - the LALR parser reports $END as a token
         raise VCLError("Syntax error: unexpected end of file", ast.Pos(filename, exc.line, exc.column)) from None
     raise VCLError(f"Syntax error: {exc}", ast.Pos(filename, exc.line, exc.column))  # pragma: no cover
+
+
+_RETURN_ARGS = re.compile(r"\breturn\s*\(\s*([a-z_]+)\s*\(")
+
+
+def _check_action_args(source: str, filename: str, tok: Token) -> None:
+    """A syntax error after `return (ACTION(` where ACTION takes no arguments: VCC stops at that
+    '(' already ("Arguments not allowed.")."""
+    end = tok.start_pos if tok.type != "$END" else len(source)
+    start = source.rfind("return", 0, end)
+    if start < 0:
+        return
+    m = _RETURN_ARGS.match(source, start)
+    if m is None or m.end() > end or m.group(1) not in symbols.ACTIONS or symbols.ACTION_ARGS.get(m.group(1)):
+        return
+    paren = m.end() - 1
+    line = source.count("\n", 0, paren) + 1
+    col = paren - (source.rfind("\n", 0, paren) + 1) + 1
+    raise VCLError("Arguments not allowed.", ast.Pos(filename, line, col, 1))
 
 
 def _to_ast(tree: Tree, filename: str) -> ast.Program:

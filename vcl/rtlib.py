@@ -284,6 +284,34 @@ def hash_data(ctx, value: str | None) -> None:
         ctx.hash_parts.append(value)
 
 
+TASK_FINI = "__task_fini__"
+
+
+def on_task_end(ctx, fn) -> None:
+    """Run fn when the task of ctx ends (a PRIV_TASK's fini: vmods' end-of-task work)."""
+    task = ctx.priv_task
+    if not isinstance(task, dict):
+        task = ctx.priv_task = {}
+    task.setdefault(TASK_FINI, []).append(fn)
+
+
+def end_task(ctx) -> None:
+    """The task of ctx is over: its PRIV_TASK finalizers run, in the order they were added."""
+    task = ctx.priv_task
+    if isinstance(task, dict):
+        for fn in task.pop(TASK_FINI, ()):
+            fn()
+
+
+def hash_strands(ctx, parts: tuple) -> None:
+    """hash_data() of a concatenation: the parts stay apart (cacheserver/fsm.py hashes each, an unset
+    one as a NUL byte, then one separator), as VRT_hashdata's STRANDS."""
+    if ctx.hash_parts is None:
+        ctx.hash_parts = [parts]
+    else:
+        ctx.hash_parts.append(parts)
+
+
 def ban_string(ctx, expression: str | None) -> str | None:
     """VRT_ban_string (ban() and std.ban()): add the ban; the error text, logged as VCL_Error, or None.
 

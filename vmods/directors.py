@@ -17,6 +17,7 @@ import random as _random
 import time as _time
 
 from cacheserver.backends import healthy as _healthy
+from vcl.rtlib import on_task_end
 from vcl.runtime import BackendSpec, Context, VCLFailure
 from vmods import Func, ObjectType, Param, Vmod
 
@@ -415,15 +416,27 @@ class Shard:
     def _change(self, ctx, task: str, sb: _ShardBackend | None, weight: float = 1.0) -> bool:
         if self._pending and self._pending_ctx is not ctx:
             self._apply_pending()        # the earlier task ended: its changes apply with 67 replicas
+        if self._pending_ctx is not ctx and getattr(ctx, "method", "") in _CLIENT:
+            # a client task's changes apply when it ends (shard_change_fini): until then, even
+            # the fetches it makes see the director as it was
+            self._pending_open = True
+            on_task_end(ctx, self._task_ended)
         self._pending_ctx = ctx
         self._pending.append((task, sb, weight))
         return True
+
+    _pending_open = False
+
+    def _task_ended(self) -> None:
+        self._pending_open = False
+        self.settle()
 
     def _apply_pending(self, replicas: int = 67) -> bool:
         """change_reconfigure: apply the queued changes and rebuild the ring."""
         if not self._pending:
             return True
         tasks, self._pending, self._pending_ctx = self._pending, [], None
+        self._pending_open = False
         last_clear = max((i for i, (t, _, _) in enumerate(tasks) if t == "clear"), default=-1)
         if last_clear >= 0:
             self.backends = []
@@ -504,7 +517,7 @@ class Shard:
 
     def settle(self) -> None:
         """Changes left by a task that has ended take effect (shard_change_fini: 67 replicas)."""
-        if self._pending:
+        if self._pending and not self._pending_open:
             self._apply_pending()
 
     # lookup -------------------------------------------------------------------------------------
@@ -576,6 +589,23 @@ class Shard:
         elif warmup == 0 or _random.random() > warmup:
             return be
         return self.backends[last[0]].backend
+
+    def report(self, now: float) -> list[tuple[str, str, bool, float, float]]:
+        """For backend.list -p (vmod_shard_list): each backend's name, ident, health, how far its
+        rampup has come (0 to 1) and the seconds it has left."""
+        self.settle()
+        rows = []
+        for host, b in enumerate(self.backends):
+            ok, changed = _health(b.backend, None)
+            done, left = 0.0, 0.0
+            if ok:
+                ramp = self._rampup_of(host)
+                if changed + ramp > now:
+                    done, left = (now - changed) / ramp, changed + ramp - now
+                else:
+                    done = 1.0
+            rows.append((_be_name(b.backend), b.ident_or_name(), ok, done, left))
+        return rows
 
     def _rampup_of(self, host: int) -> float:
         r = self.backends[host].rampup
