@@ -45,6 +45,15 @@ CASES = {
     "int_times_duration": (case("set req.ttl = 2 * 1s;"), 6, 18, "INT * DURATION not possible."),
     "bool_compare_order": (case("if (true < false) {}"), 6, 11, "Operator < not possible on BOOL"),
     "duration_times_duration": (case("set req.ttl = 1s * 2s;"), 6, 19, "DURATION * DURATION not possible."),
+    # the right side of + typed as the left one outside a string context: an IP constant here
+    "ip_plus_ip": (case('if (client.ip == client.ip + "1.2.3.4") {}'), 6, 29, "IP + IP not possible."),
+    # VCC reads '-' only where an INT, REAL, DURATION or string is wanted
+    "minus_where_bool": (case("if (-1) {}"), 6, 6, "Unknown token '-' when looking for BOOL"),
+    "minus_after_not": (case("if (!-1) {}"), 6, 7, "Unknown token '-' when looking for BOOL"),
+    "minus_where_time": (case("set req.http.x = now + -1s;"), 6, 25, "Unknown token '-' when looking for TIME"),
+    "minus_where_bytes": (case('set req.http.x = std.bytes("x", -1KB);'), 6, 34,
+                          "Unknown token '-' when looking for BYTES"),
+    "minus_bool_compare": (case("if (-1 == 1) {}"), 6, 6, "Unknown token '-' when looking for BOOL"),
 }
 
 
@@ -69,6 +78,53 @@ def test_arithmetic_values(expr, value):
     ctx = Context(method="vcl_recv", req=req, vcl=compiled)
     compiled.subs["vcl_recv"](ctx)
     assert req.headers.get("x") == value
+
+
+def value(stmt: str) -> str | None:
+    compiled = compile_vcl(case(stmt), "value.vcl")
+    req = HttpMessage("GET", "/")
+    compiled.subs["vcl_recv"](Context(method="vcl_recv", req=req, vcl=compiled))
+    return req.headers.get("x")
+
+
+# (expression, value): recorded from varnishd 7.1.1 (a .vtc setting resp.http.* in vcl_synth)
+MINUS_VALUES = [
+    # '-' before anything but a number negates the whole rest of the expression: -(x + 5)
+    ('-std.integer("2", 0) + 5', "-7"), ("-(1) + 5", "-6"), ("-(2) * 3 + 1", "-7"),
+    ('-std.duration("2s", 0s) + 5s', "-7.000"), ("std.round(-(1.5) + 4)", "-6.000"), ('"x" + -(1) + 5', "x-6"),
+    ("7 - -(2) + 1", "10"), ("3 * -(1 + 1)", "-6"), ("10 / -(4)", "-2"),
+    # before a number it is the number's sign
+    ("-1 + 5", "4"), ("3 - -2", "5"), ("-2 * 3 + 1", "-5"), ("1.5 * -2", "-3.000"), ("1s * -2", "-2.000"),
+    # C negates BOOL and BYTES too
+    ("-true", "true"), ("-false", "false"), ('"x" + -true', "xtrue"), ('-std.bytes("1k", 0B)', "-1024"),
+]
+
+
+@pytest.mark.parametrize("expr, want", MINUS_VALUES)
+def test_unary_minus_values(expr, want):
+    assert value(f"set req.http.x = {expr};") == want
+
+
+@pytest.mark.parametrize("stmt", ['set req.http.x = -"a";', "set req.http.x = -client.ip;",
+                                  "set req.http.x = -req.backend_hint;", "set req.http.x = -req.url;"])
+def test_unary_minus_on_a_pointer_type_is_refused(stmt):
+    """VCC passes these on as -(x), and varnishd's C compiler refuses them (varnishd -C exits 2)."""
+    with pytest.raises(VCLError):
+        compile_vcl(case(stmt), "neg.vcl")
+
+
+@pytest.mark.parametrize("expr, want", [
+    ('std.ip("10.0.0.1", client.ip) + "1.2.3.4:80"', "10.0.0.11.2.3.4:80"),   # a string, not an IP constant
+    ("std.round(10 * 1.5)", "15.000"),                                           # 10 read as REAL
+    ('std.real("1.5", 0) * 2', "3.000"),
+])
+def test_string_and_real_context_values(expr, want):
+    """Values recorded from varnishd 7.1.1: the expected type flows into each operand."""
+    assert value(f"set req.http.x = {expr};") == want
+
+
+def test_string_plus_in_a_bool_context():
+    assert value('if (req.url + "x" == "/x") { set req.http.x = "yes"; }') == "yes"
 
 
 @pytest.mark.skipif(VARNISHD is None, reason="varnishd not installed")

@@ -19,6 +19,7 @@ tests" and as not killed: a module scores well only with tests that call it dire
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import shutil
@@ -79,6 +80,29 @@ def configure(dest: Path, module: str) -> None:
     (dest / "pyproject.toml").write_text(text + "\n".join(lines) + "\n")
 
 
+def undecorate(path: Path) -> int:
+    """Registration decorators (`@VMOD.func(...)`) moved below their functions, in the scratch copy.
+
+    mutmut leaves every decorated function unmutated (a decorator runs at definition time), which
+    would leave out all of vmods/std.py's functions. `@D(...)\ndef f` and `def f ...\nD(...)(f)` register
+    the same function; registered after the definition, it is mutmut's trampoline that gets registered,
+    so the mutant chosen at call time runs. Returns how many functions were rewritten.
+    """
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    moves = []
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef) and len(node.decorator_list) == 1 \
+                and isinstance(node.decorator_list[0], ast.Call):
+            deco = node.decorator_list[0]
+            moves.append((deco.lineno, node.lineno, node.end_lineno, ast.get_source_segment(text, deco), node.name))
+    for first, def_line, end, deco, name in reversed(moves):   # from the bottom, so line numbers hold
+        lines.insert(end, f"{deco}({name})\n")
+        del lines[first - 1:def_line - 1]
+    path.write_text("".join(lines))
+    return len(moves)
+
+
 def toml_value(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
@@ -95,6 +119,7 @@ def run(module: str, workdir: Path, show: bool, children: int,
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     scratch_copy(dest)
+    undecorate(dest / module)
     configure(dest, module)
     env = {**os.environ, "PYTHONPATH": str(dest), "PYTHONDONTWRITEBYTECODE": "1"}
     # --only: mutmut's own name filter (fnmatch on "package.module.x_function__mutmut_N")

@@ -18,6 +18,10 @@ from vmods import Func, ObjectType, Vmod
 # expression is an unknown property of one of them, not an unknown symbol.
 _HTTP_SYMBOLS = frozenset({"req", "bereq", "beresp", "resp"})
 
+# Where VCC reads a '-' (vcc_expr5; STRING is its STRINGS), and the types C can negate.
+_MINUS_CONTEXTS = frozenset({"INT", "REAL", "DURATION", "STRING"})
+_NEGATABLE = frozenset({"INT", "REAL", "DURATION", "BYTES", "TIME", "BOOL"})
+
 # Vmods that may be used without an `import` line (with a warning), as the docs' examples do.
 IMPLICIT_IMPORTS = frozenset({"tinykvm"})
 
@@ -207,8 +211,11 @@ class ExprChecker:
 
     def unary(self, e: ast.Expr, fmt: str) -> ast.Expr:
         if isinstance(e, ast.Neg):
-            r = self.unary(e.operand, fmt)
-            if r.type not in ("INT", "REAL", "DURATION", "BYTES"):
+            if fmt not in _MINUS_CONTEXTS:
+                raise VCLError(f"Unknown token '-' when looking for {fmt}", e.pos)
+            r = self.cor(e.operand, fmt)
+            if r.type not in _NEGATABLE:
+                # VCC writes -(x) for any type; C refuses it on a pointer (STRING, IP, BACKEND, ...)
                 raise VCLError(f"Operator - not possible on type {r.type}.", e.pos)
             e.operand = r
             e.type = r.type
