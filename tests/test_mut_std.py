@@ -39,6 +39,9 @@ def value(expr: str) -> str | None:
     ("std.real2time(5.0, std.time(integer=1))", "Thu, 01 Jan 1970 00:00:05 GMT"),
     ("std.time2real(std.time(integer=3), 0.0)", "3.000"),
     ("std.strftime(std.time(integer=0), \"%Y-%m-%d\")", "1970-01-01"),
+    # "-0" is -0.0, and C prints it with its sign (varnishd 7.1.1)
+    ("std.real(\"-0\")", "-0.000"), ("std.real(\"-.0\")", "-0.000"), ("std.duration(\"-0s\")", "-0.000"),
+    ("std.integer(\"-0\")", "0"),
 ])
 def test_conversion(expr, want):
     assert value(expr) == want
