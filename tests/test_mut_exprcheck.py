@@ -54,6 +54,17 @@ CASES = {
     "minus_where_bytes": (case('set req.http.x = std.bytes("x", -1KB);'), 6, 34,
                           "Unknown token '-' when looking for BYTES"),
     "minus_bool_compare": (case("if (-1 == 1) {}"), 6, 6, "Unknown token '-' when looking for BOOL"),
+    # arguments of the vmod-only types: typed as any expression, then compared with the parameter's type
+    "http_arg_string": (case("std.rollback(req.url);"), 6, 15, "Expression has type STRING, expected HTTP"),
+    "http_arg_int": (case("std.rollback(1);"), 6, 15, "Expression has type INT, expected HTTP"),
+    "http_arg_time": (case("std.rollback(now);"), 6, 15, "Expression has type TIME, expected HTTP"),
+    "header_arg_literal": (case('std.collect("x");'), 6, 14, "Expression has type STRING, expected HEADER"),
+    "header_arg_sum": (case('std.collect(req.http.x + "a");'), 6, 25, "HEADER + STRING not possible."),
+    # a call as a statement: VCC stops at its ')' when an argument is missing
+    "statement_call_missing_arg": (case("std.log();"), 6, 10, "Argument 's' missing"),
+    "statement_call_named_only": (case('std.collect(sep=",");'), 6, 21, "Argument 'hdr' missing"),
+    "ip_constant_path": (case('if (client.ip == "/tmp/sock") {}'), 6, 19,
+                         "Cannot convert to an IP address: '\"/tmp/sock\"'"),
 }
 
 

@@ -5,6 +5,7 @@
     python tools/mutate.py --all                 # every module in MODULES
     python tools/mutate.py --show cacheserver/ranges.py   # also print each survivor's diff
     python tools/mutate.py --only '*_check_idle*' cacheserver/protocol.py   # some functions only
+    python tools/mutate.py --report --show vmods/std.py    # the last run's results again, no mutating
 
 Each module is mutated in its own scratch copy of the tree (under $TMPDIR/cacheserver-mutate/, so the
 worktree never gets a mutants/ directory) with only that module mutated and only the tests that cover
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import os
 import re
 import shutil
@@ -114,17 +116,18 @@ def toml_value(value) -> str:
 
 
 def run(module: str, workdir: Path, show: bool, children: int,
-        only: list[str] | None = None) -> tuple[int, int, dict[str, int]]:
+        only: list[str] | None = None, rerun: bool = True) -> tuple[int, int, dict[str, int]]:
     dest = workdir / module.replace("/", "_")
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    scratch_copy(dest)
-    undecorate(dest / module)
-    configure(dest, module)
     env = {**os.environ, "PYTHONPATH": str(dest), "PYTHONDONTWRITEBYTECODE": "1"}
-    # --only: mutmut's own name filter (fnmatch on "package.module.x_function__mutmut_N")
-    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *(only or [])],
-                   cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if rerun:
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        scratch_copy(dest)
+        undecorate(dest / module)
+        configure(dest, module)
+        # --only: mutmut's own name filter (fnmatch on "package.module.x_function__mutmut_N")
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *(only or [])],
+                       cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=dest, env=env,
                          capture_output=True, text=True).stdout
     counts: dict[str, int] = {}
@@ -137,13 +140,28 @@ def run(module: str, workdir: Path, show: bool, children: int,
                 survivors.append((m.group(1), m.group(2)))
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
     total = sum(n for status, n in counts.items() if status not in ("skipped", "not checked"))
-    for name, status in survivors:
-        if show:
-            diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=dest, env=env,
-                                  capture_output=True, text=True).stdout
-            change = [ln for ln in diff.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
-            print(f"  {status}: {name}\n    " + "\n    ".join(change))
+    if show and survivors:
+        changes = mutant_changes(dest / "mutants" / module)
+        for name, status in survivors:
+            print(f"  {status}: {name}\n    " + "\n    ".join(changes.get(name.rpartition(".")[2], ["?"])))
     return killed, total, counts
+
+
+def mutant_changes(mutated: Path) -> dict[str, list[str]]:
+    """Each mutant's changed lines (-/+), read from mutmut's mutated copy of the module: one parse,
+    where `mutmut show` takes seconds per mutant."""
+    text = mutated.read_text()
+    lines = text.splitlines()
+    bodies = {node.name: lines[node.lineno - 1:node.end_lineno]
+              for node in ast.walk(ast.parse(text)) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    changes = {}
+    for name, body in bodies.items():
+        base, sep, _ = name.rpartition("__mutmut_")
+        orig = bodies.get(f"{base}__mutmut_orig")
+        if sep and orig is not None and not name.endswith("_orig"):
+            diff = difflib.unified_diff(orig[1:], body[1:], lineterm="", n=0)
+            changes[name] = [ln for ln in diff if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
+    return changes
 
 
 def main() -> int:
@@ -153,6 +171,8 @@ def main() -> int:
     ap.add_argument("--show", action="store_true", help="print each surviving mutant's change")
     ap.add_argument("--only", action="append", metavar="PATTERN",
                     help="mutate only the functions whose mutant names match (fnmatch), e.g. '*_check_idle*'")
+    ap.add_argument("--report", action="store_true",
+                    help="only report the last run's results (in --workdir), without mutating again")
     ap.add_argument("-j", type=int, default=os.cpu_count() or 2, help="parallel test processes")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cacheserver-mutate")
     args = ap.parse_args()
@@ -163,7 +183,7 @@ def main() -> int:
     rows = []
     for module in modules:
         print(f"{module}: mutating ...", flush=True)
-        killed, total, counts = run(module, args.workdir, args.show, args.j, args.only)
+        killed, total, counts = run(module, args.workdir, args.show, args.j, args.only, not args.report)
         score = 100.0 * killed / total if total else 0.0
         detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         rows.append(f"{module:28} {killed:4d}/{total:<4d} killed  {score:5.1f}%   ({detail})")

@@ -284,7 +284,7 @@ class ExprChecker:
 
     def _ip_const(self, e: ast.StringLit) -> ast.Expr:
         if e.value.startswith("/"):
-            raise VCLError(f"Cannot convert to an IP address: \"{e.value}\"", e.pos)
+            raise VCLError(f"Cannot convert to an IP address: '\"{e.value}\"'", e.pos)
         # VCC resolves IP constants like std.ip(): a port may follow ("1.2.3.4:8000", "[::1] 80").
         ip = parse_ip(e.value)
         if ip is None:
@@ -488,9 +488,7 @@ class ExprChecker:
             value.type = "ENUM"
             return value
         if ptype == "HEADER":
-            if not isinstance(value, ast.Name):
-                raise VCLError(f"Expected a header (like req.http.X) for argument '{param.name}'", value.pos)
-            r = self._name(value, "HEADER")
+            r = self.add(value, "HEADER")
             if r.type != "HEADER":
                 raise VCLError(f"Expression has type {r.type}, expected HEADER", value.pos)
             return r
@@ -504,9 +502,9 @@ class ExprChecker:
             self.regex(rx)
             return rx
         if ptype == "HTTP":
-            r = self._name(value, "HTTP") if isinstance(value, ast.Name) else None
-            if r is None or r.type != "HTTP":
-                raise VCLError("Expected req, bereq, resp or beresp", value.pos)
+            r = self.add(value, "HTTP")
+            if r.type != "HTTP":
+                raise VCLError(f"Expression has type {r.type}, expected HTTP", value.pos)
             return r
         if ptype == "SUB":
             raise VCLError("SUB arguments are not supported", value.pos)

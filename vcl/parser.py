@@ -236,8 +236,8 @@ class _ToAst(Transformer):
         return ast.IncludeStmt(self._p(kw), _unquote(str(path)))
 
     def call_stmt(self, children):
-        func, args = children
-        return ast.ExprStmt(self._p(func), ast.Call(self._p(func), str(func), args or []))
+        func, args, rpar = children
+        return ast.ExprStmt(self._p(func), ast.Call(self._p(func), str(func), args or [], close_pos=self._p(rpar)))
 
     # -------------------------------------------------------------- expressions
 
