@@ -25,6 +25,9 @@ def case(stmt: str) -> str:
     return H + "sub vcl_recv {\n\t" + stmt + "\n}\n"
 
 
+BLOB = "vcl 4.1;\nimport blob;\nbackend default none;\n\nsub vcl_recv {\n\t"   # the statement on line 6
+
+
 # name -> (source, line, column, message): as `varnishd -C` 7.1.1 reports them
 CASES = {
     "match_on_duration": (case('if (req.ttl ~ "x") {}'), 6, 14, "Operator ~ not possible on DURATION"),
@@ -65,6 +68,21 @@ CASES = {
     "statement_call_named_only": (case('std.collect(sep=",");'), 6, 21, "Argument 'hdr' missing"),
     "ip_constant_path": (case('if (client.ip == "/tmp/sock") {}'), 6, 19,
                          "Cannot convert to an IP address: '\"/tmp/sock\"'"),
+    # ~ against a probe: declared before the use it has the wrong type, after it it must be an acl
+    "match_probe_declared_before": (H.replace("backend default none;\n", "backend default none;\nprobe p { .url = \"/\"; }\n")
+                                    + "sub vcl_recv {\n\tif (client.ip ~ p) {}\n}\n", 7, 18,
+                                    "Expression has type PROBE, expected ACL"),
+    "match_probe_declared_after": (case("if (client.ip ~ p) {}") + 'probe p { .url = "/"; }\n', 8, 7,
+                                   "Name p must have type 'acl'."),
+    # enum words are case-sensitive, though `default` and `true` are symbols VCC reads in any case
+    "enum_lower_default": (BLOB + 'set req.http.x = blob.encode(HEX, default, blob.decode(encoded="ab"));\n}\n', 6, 36,
+                           "Wrong enum value.  Expected one of:"),
+    "enum_mixed_default": (BLOB + 'set req.http.x = blob.encode(HEX, Default, blob.decode(encoded="ab"));\n}\n', 6, 36,
+                           "Wrong enum value.  Expected one of:"),
+    "enum_true": (BLOB + 'set req.http.x = blob.encode(HEX, TRUE, blob.decode(encoded="ab"));\n}\n', 6, 36,
+                  "Wrong enum value.  Expected one of:"),
+    "enum_not_a_word": (BLOB + 'set req.http.x = blob.encode(req.url, blob=blob.decode(encoded="ab"));\n}\n', 6, 31,
+                        "Wrong enum value.  Expected one of:"),
 }
 
 
@@ -132,6 +150,20 @@ def test_unary_minus_on_a_pointer_type_is_refused(stmt):
 def test_string_and_real_context_values(expr, want):
     """Values recorded from varnishd 7.1.1: the expected type flows into each operand."""
     assert value(f"set req.http.x = {expr};") == want
+
+
+def test_enum_choices_are_listed_as_varnishd_lists_them():
+    with pytest.raises(VCLError) as info:
+        compile_vcl(BLOB + 'set req.http.x = blob.encode(NOPE, blob=blob.decode(encoded="ab"));\n}\n', "e.vcl")
+    assert "\n\tIDENTITY\n\tBASE64\n\tBASE64URL\n\tBASE64URLNOPAD\n\tBASE64CF\n\tHEX\n\tURL" in str(info.value)
+
+
+def test_enum_default_written_in_capitals():
+    compiled = compile_vcl(BLOB + 'set req.http.x = blob.encode(HEX, DEFAULT, blob.decode(encoded="ab"));\n'
+                           'set req.http.y = blob.encode(HEX, UPPER, blob.decode(encoded="ab:"));\n}\n', "b.vcl")
+    req = HttpMessage("GET", "/")
+    compiled.subs["vcl_recv"](Context(method="vcl_recv", req=req, vcl=compiled))
+    assert (req.headers.get("x"), req.headers.get("y")) == ("6162", "61623A")     # varnishd 7.1.1
 
 
 def test_string_plus_in_a_bool_context():

@@ -478,9 +478,8 @@ class ExprChecker:
     def _arg(self, value: ast.Expr, param) -> ast.Expr:
         ptype = param.type
         if ptype == "ENUM":
-            if isinstance(value, ast.Name) and value.name in ("default", "true", "false") \
-                    and value.name.upper() in param.enum:
-                value.name = value.name.upper()     # the parser lowered it as a symbol (blob's DEFAULT)
+            if isinstance(value, ast.Name) and value.written is not None:
+                value.name = value.written     # the parser lowered it as a symbol (blob's DEFAULT)
             if not isinstance(value, ast.Name) or value.name not in param.enum:
                 choices = "\n".join("\t" + w for w in param.enum)
                 raise VCLError(f"Wrong enum value.  Expected one of:\n{choices}", value.pos)

@@ -292,7 +292,8 @@ class _ToAst(Transformer):
         tok = children[0]
         text = str(tok)
         if text.lower() in ("true", "false", "default"):
-            text = text.lower()   # symbols, which VCC matches case-insensitively
+            # symbols, which VCC matches case-insensitively
+            return ast.Name(self._p(tok), text.lower(), written=text)
         if text == _BAD_TOKEN and self.bad is not None:
             return self.bad
         return ast.Name(self._p(tok), text)
