@@ -102,3 +102,76 @@ def test_recorded_answers_are_varnishds():
     assert {k: {c: v[c] for c in RECORDED[False]} for k, v in answers.items()} == RECORDED
     errors = re.findall(r"^\*+ +v1 +vsl\| +1001 Error +c (.*)$", out, re.M)
     assert [("Error", e) for e in errors] == LOG
+
+
+# sh.backend(...) arguments varnishd 7.1.1 refuses: the task fails with this VCL_Error
+REFUSED = [
+    ("by=KEY", "shard.backend() missing key argument with by=KEY"),
+    ("by=KEY, key=-1", "shard.backend() invalid key argument -1 with by=KEY"),
+    ("by=KEY, key=4294967296", "shard.backend() invalid key argument 4294967296 with by=KEY"),
+    ("by=BLOB", "shard.backend() missing key_blob argument with by=BLOB"),
+    ("by=HASH, key=5", "shard.backend() key and key_blob arguments are invalid with by=HASH"),
+    ('by=URL, key_blob=blob.decode(HEX, encoded="01020304")',
+     "shard.backend() key and key_blob arguments are invalid with by=URL"),
+    ("warmup=-0.5", "shard.backend() invalid warmup argument -0.500000"),
+    ("warmup=1.5", "shard.backend() invalid warmup argument 1.500000"),
+    ("resolve=LAZY, by=KEY, key=1", ".backend(resolve=LAZY) with other parameters can only be used in backend/pipe "
+                                    "context"),
+]
+# and those it takes: (arguments, backend chosen, Error logged)
+TAKEN = [
+    ('by=BLOB, key_blob=blob.decode(encoded="")', "s1",
+     "vmod_directors: shard sh: shard.backend() by=BLOB but no or empty key_blob - using key 0"),
+    ("warmup=-1", "s2", None),
+]
+ARGS_VCL = ("import directors;\nimport blob;\n" + BACKENDS +
+            "sub vcl_init {\n\tnew sh = directors.shard();\n" + "".join(f"\tsh.add_backend(s{i});\n" for i in range(1, 5)) +
+            "\tsh.reconfigure();\n}\nsub vcl_recv { return (synth(200)); }\nsub vcl_synth {\n" +
+            "\n".join(f'\tif (req.url == "/{i}") {{ set resp.http.x = "" + sh.backend({args}); }}'
+                      for i, (args, *_) in enumerate(REFUSED + TAKEN)) + "\n}\n")
+
+
+def synth_url(url: str) -> Context:
+    vcl = compile_vcl("vcl 4.1;\n" + ARGS_VCL, "args.vcl")
+    assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
+    req = HttpMessage("GET", url)
+    ctx = Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200), vcl=vcl)
+    ctx.log = []
+    vcl.subs["vcl_synth"](ctx)
+    return ctx
+
+
+@pytest.mark.parametrize("i", range(len(REFUSED)), ids=[args for args, _ in REFUSED])
+def test_refused_backend_arguments(i):
+    with pytest.raises(VCLFailure) as info:
+        synth_url(f"/{i}")
+    assert str(info.value) == "vmod_directors: shard sh: " + REFUSED[i][1]
+
+
+@pytest.mark.parametrize("i", range(len(TAKEN)), ids=[args for args, *_ in TAKEN])
+def test_taken_backend_arguments(i):
+    ctx = synth_url(f"/{len(REFUSED) + i}")
+    _, backend, error = TAKEN[i]
+    assert ctx.resp.headers.get("x") == backend
+    assert [text for tag, text in ctx.log if tag == "Error"] == ([error] if error else [])
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_argument_checks_are_varnishds():
+    cases = REFUSED + TAKEN
+    clients = "".join(f"client c{i} {{\n\ttxreq -url /{i}\n\trxresp\n}} -run\n" for i in range(len(cases)))
+    vtc = 'varnishtest "shard arguments"\nvarnish v1 -vcl {\n' + ARGS_VCL + "} -start\n" + clients
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        path = Path(tmp) / "args.vtc"
+        path.write_text(vtc)
+        run = subprocess.run([VARNISHTEST, "-v", "-t", "60", str(path)], capture_output=True, text=True, timeout=90)
+    out = run.stdout + run.stderr
+    # each request's VCL_Error or Error line and chosen backend, by request (vxid 1001, 1003, ...)
+    errors = dict(re.findall(r"vsl\| +(\d+) (?:VCL_Error|Error) +c vmod_directors: shard sh: (.*)$", out, re.M))
+    chosen = dict(re.findall(r"^\*+ +c(\d+) +rxhdr\|x: (.*?)\\r$", out, re.M))
+    for i, (_, msg) in enumerate(REFUSED):
+        assert errors.get(str(1001 + 2 * i)) == msg
+    for i, (_, backend, error) in enumerate(TAKEN, start=len(REFUSED)):
+        assert chosen.get(str(i)) == backend
+        assert errors.get(str(1001 + 2 * i)) == (error.split(": ", 2)[2] if error else None)
