@@ -26,6 +26,7 @@ def case(stmt: str) -> str:
 
 
 BLOB = "vcl 4.1;\nimport blob;\nbackend default none;\n\nsub vcl_recv {\n\t"   # the statement on line 6
+COOKIE = BLOB.replace("blob", "cookie")
 
 
 # name -> (source, line, column, message): as `varnishd -C` 7.1.1 reports them
@@ -81,6 +82,31 @@ CASES = {
                            "Wrong enum value.  Expected one of:"),
     "enum_true": (BLOB + 'set req.http.x = blob.encode(HEX, TRUE, blob.decode(encoded="ab"));\n}\n', 6, 36,
                   "Wrong enum value.  Expected one of:"),
+    # a sum of strings is a regex; its first other token is quoted, a number without its unit
+    "regex_sum_duration": (case('if (req.url ~ "a" + 1s) {}'), 6, 22, "Expected CSTR got '1'"),
+    "regex_sum_spaced_bytes": (case('if (req.url ~ "a" + 10 KB) {}'), 6, 22, "Expected CSTR got '10'"),
+    "regex_sum_name": (case('if (req.url ~ "a" + req.url) {}'), 6, 22, "Expected CSTR got 'req'"),
+    "regex_minus": (case("if (req.url ~ -1) {}"), 6, 16, "Unknown token '-' when looking for REGEX"),
+    "regsub_regex_minus": (case('set req.http.x = regsub(req.url, -1, "b");'), 6, 35,
+                           "Unknown token '-' when looking for REGEX"),
+    "regex_arg_minus": (COOKIE + "cookie.keep_re(-1);\n}\n", 6, 17, "Unknown token '-' when looking for REGEX"),
+    "regex_arg_int": (COOKIE + "cookie.keep_re(1);\n}\n", 6, 17, "Expression has type INT, expected REGEX"),
+    "match_minus_left": (case('if (-1 ~ "a") {}'), 6, 6, "Unknown token '-' when looking for BOOL"),
+    # one argument too many: VCC reads named arguments there, so an identifier is an unknown name
+    "extra_arg_minus": (case('std.log("a", -1);'), 6, 15, "Expected ')' got '-'"),
+    "extra_arg_not": (case('std.log("a", !true);'), 6, 15, "Expected ')' got '!'"),
+    "extra_arg_duration": (case('std.log("a", 1s);'), 6, 15, "Expected ')' got '1'"),
+    "extra_arg_sum": (case('std.log("a", 1 + 2);'), 6, 15, "Expected ')' got '1'"),
+    "extra_arg_string_sum": (case('std.log("a", "x" + "y");'), 6, 15, "Expected ')' got '\"x\"'"),
+    "extra_arg_bool_or": (case('std.log("a", true || false);'), 6, 15, "Unknown argument 'true'"),
+    "extra_arg_compare": (case('std.log("a", req.url == "x");'), 6, 15, "Unknown argument 'req'"),
+    "extra_arg_match": (case('set req.http.x = std.toupper("a", req.url ~ "x");'), 6, 36, "Unknown argument 'req'"),
+    "extra_arg_call": (case('set req.http.x = std.toupper("a", std.tolower("b"));'), 6, 36, "Unknown argument 'std'"),
+    "extra_arg_capital_true": (case('set req.http.x = std.toupper("a", TRUE);'), 6, 36, "Unknown argument 'TRUE'"),
+    "positional_after_named_name": (case('set req.http.x = std.toupper(s="a", req.url);'), 6, 38,
+                                    "Unknown argument 'req'"),
+    "positional_after_named_string": (case('set req.http.x = std.toupper(s="a", "b");'), 6, 38,
+                                      "Expected ')' got '\"b\"'"),
     "enum_not_a_word": (BLOB + 'set req.http.x = blob.encode(req.url, blob=blob.decode(encoded="ab"));\n}\n', 6, 31,
                         "Wrong enum value.  Expected one of:"),
 }

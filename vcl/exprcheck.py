@@ -125,8 +125,7 @@ class ExprChecker:
         if left.type == "STRING":
             e.right = _fold_literal(e.right)
             if not isinstance(e.right, ast.StringLit):
-                t = self.add(e.right, "STRING").type
-                raise VCLError(f"Expression has type {t}, expected REGEX", e.right.pos)
+                raise self._not_a_regex(e.right)
             self.regex(e.right)
             e.kind = "regex"
         elif left.type == "IP":
@@ -159,6 +158,12 @@ class ExprChecker:
                 raise VCLError(f"Name {name.name} must have type 'acl'.", where)
             raise VCLError(f"Expression has type {kind}, expected ACL", name.pos)
         raise VCLError(f"Undefined acl {name.name}, first reference:", name.pos)
+
+    def _not_a_regex(self, e: ast.Expr) -> VCLError:
+        """Where a constant regex was wanted: VCC reads no '-' there, and types anything else."""
+        if isinstance(e, ast.Neg):
+            return VCLError("Unknown token '-' when looking for REGEX", e.pos)
+        return VCLError(f"Expression has type {self.add(e, 'STRING').type}, expected REGEX", e.pos)
 
     def regex(self, lit: ast.StringLit) -> None:
         reason = check_regex(lit.value)
@@ -363,7 +368,7 @@ class ExprChecker:
             if len(e.args) > 1:
                 rx = _fold_literal(e.args[1].value)
                 if not isinstance(rx, ast.StringLit):
-                    raise VCLError(f"Expression has type {self.add(rx, 'STRING').type}, expected REGEX", rx.pos)
+                    raise self._not_a_regex(rx)
                 self.regex(rx)
             if short:
                 # VCC reads the arguments in turn and wanted a ',' where the call closes.
@@ -450,11 +455,10 @@ class ExprChecker:
         late = next((a for a in e.args[len(positional):] if a.name is None), None)
         if late is not None:
             # VCC reads only named arguments once one was named, then wants the ')'.
-            raise VCLError(f"Expected ')' got '{_first_token(late.value)}'", late.value.pos)
+            raise _extra_argument(late.value)
         if len(positional) > len(params):
             # VCC stops where it wanted the closing parenthesis.
-            extra = positional[len(params)].value
-            raise VCLError(f"Expected ')' got '{_first_token(extra)}'", extra.pos)
+            raise _extra_argument(positional[len(params)].value)
         for i, arg in enumerate(positional):
             bound[i] = self._arg(arg.value, params[i])
         for arg in named:
@@ -497,7 +501,7 @@ class ExprChecker:
             # a constant, compiled at load like the right side of ~ (vmod cookie's *_re functions)
             rx = _fold_literal(value)
             if not isinstance(rx, ast.StringLit):
-                raise VCLError(f"Expression has type {self.add(rx, 'STRING').type}, expected REGEX", rx.pos)
+                raise self._not_a_regex(rx)
             self.regex(rx)
             return rx
         if ptype == "HTTP":
@@ -519,13 +523,28 @@ def _fold_literal(e: ast.Expr) -> ast.Expr:
                 if isinstance(part, ast.Arith):
                     return part
                 text = getattr(part, "text", None) or getattr(part, "name", "").split(".")[0] or "?"
+                if isinstance(part, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
+                    text = _number_token(text)
                 raise VCLError(f"Expected CSTR got '{text}'", part.pos)
         return ast.StringLit(left.pos, left.value + right.value)
     return e
 
 
-def _first_token(e: ast.Expr) -> str:
-    """The source text of an expression's first token, as VCC quotes it in messages."""
+def _extra_argument(e: ast.Expr) -> VCLError:
+    """An argument past the last parameter, or positional after a named one: VCC reads named
+    arguments there, so an identifier is an unknown argument name and anything else is no ')'."""
+    first = _first_node(e)
+    if isinstance(first, ast.Name):
+        name = first.written or first.name
+    elif isinstance(first, ast.Call) and first.target is None:
+        name = first.name
+    else:
+        return VCLError(f"Expected ')' got '{_first_token(e)}'", e.pos)
+    return VCLError(f"Unknown argument '{name.split('.')[0]}'", first.pos)
+
+
+def _first_node(e: ast.Expr) -> ast.Expr:
+    """The leftmost operand of an expression: where its first token comes from."""
     while True:
         if isinstance(e, (ast.Arith, ast.Compare, ast.Match)):
             e = e.left
@@ -534,11 +553,23 @@ def _first_token(e: ast.Expr) -> str:
         elif isinstance(e, ast.Concat):
             e = e.parts[0]
         else:
-            break
+            return e
+
+
+def _first_token(e: ast.Expr) -> str:
+    """The source text of an expression's first token, as VCC quotes it in messages."""
+    e = _first_node(e)
     if isinstance(e, ast.StringLit):
         return f'"{e.value}"'
     if isinstance(e, ast.Neg):
         return "-"
     if isinstance(e, ast.Not):
         return "!"
+    if isinstance(e, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
+        return _number_token(e.text)
     return getattr(e, "text", None) or getattr(e, "name", None) or "("
+
+
+def _number_token(text: str) -> str:
+    """`1s`, `10 KB`: VCC's token is the number; the unit is a token of its own."""
+    return text[:len(text) - len(text.lstrip("0123456789."))]
