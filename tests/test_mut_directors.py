@@ -175,3 +175,67 @@ def test_argument_checks_are_varnishds():
     for i, (_, backend, error) in enumerate(TAKEN, start=len(REFUSED)):
         assert chosen.get(str(i)) == backend
         assert errors.get(str(1001 + 2 * i)) == (error.split(": ", 2)[2] if error else None)
+
+
+# vcl_init settings: set_warmup out of [0, 1) is ignored with a Notice, clear() drops the backends
+# added before it, shard_param.clear() restores the defaults (varnishd 7.1.1's answers)
+INIT_VCL = ("import directors;\n" + "".join(BACKENDS.splitlines(keepends=True)[:2]) + """sub vcl_init {
+	new sh = directors.shard();
+	sh.add_backend(s1);
+	sh.add_backend(s2);
+	sh.set_warmup(1.0);
+	sh.set_warmup(-0.1);
+	sh.reconfigure();
+	new w = directors.shard();
+	w.add_backend(s1);
+	w.add_backend(s2);
+	w.set_warmup(0.999);
+	w.reconfigure();
+	new cl = directors.shard();
+	cl.add_backend(s1);
+	cl.clear();
+	cl.add_backend(s2);
+	cl.reconfigure();
+	new p = directors.shard_param();
+	p.set(by=KEY, key=5, alt=1, warmup=0.5, rampup=false, healthy=ALL);
+	p.clear();
+}
+sub vcl_recv { return (synth(200)); }
+sub vcl_synth {
+	set resp.http.sh = sh.backend(by=KEY, key=0) + ":" + sh.backend(by=KEY, key=3000000000);
+	set resp.http.w = w.backend(by=KEY, key=0) + ":" + w.backend(by=KEY, key=3000000000);
+	set resp.http.cl = cl.backend();
+	set resp.http.p = p.get_by() + ":" + p.get_key() + ":" + p.get_alt() + ":" + p.get_warmup() + ":"
+	+ p.get_rampup() + ":" + p.get_healthy();
+}
+""")
+INIT_ANSWERS = {"sh": "s1:s2", "w": "s2:s1", "cl": "s2", "p": "HASH:4053860029:0:-1.000:true:CHOSEN"}
+INIT_NOTICES = ["vmod_directors: shard sh: .set_warmup(1.000000) ignored",
+                "vmod_directors: shard sh: .set_warmup(-0.100000) ignored"]
+
+
+def test_init_settings():
+    vcl = compile_vcl("vcl 4.1;\n" + INIT_VCL, "init.vcl")
+    init = Context(method="vcl_init", vcl=vcl)
+    init.log = []
+    assert vcl.init(init).name == "ok"
+    assert [text for tag, text in init.log if tag == "Notice"] == INIT_NOTICES
+    req = HttpMessage("GET", "/")
+    ctx = Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200), vcl=vcl)
+    vcl.subs["vcl_synth"](ctx)
+    assert {k: ctx.resp.headers.get(k) for k in INIT_ANSWERS} == INIT_ANSWERS
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_init_settings_are_varnishds():
+    vtc = ('varnishtest "shard init"\nvarnish v1 -vcl {\n' + INIT_VCL + "} -start\n"
+           "client c1 {\n\ttxreq\n\trxresp\n} -run\n")
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        path = Path(tmp) / "init.vtc"
+        path.write_text(vtc)
+        run = subprocess.run([VARNISHTEST, "-v", "-t", "60", str(path)], capture_output=True, text=True, timeout=90)
+    out = run.stdout + run.stderr
+    answers = dict(re.findall(r"c1 +rxhdr\|(\w+): (.*?)\\r$", out, re.M))
+    assert {k: answers.get(k) for k in INIT_ANSWERS} == INIT_ANSWERS
+    assert re.findall(r"vsl\| +0 Notice +- (.*)$", out, re.M) == INIT_NOTICES
