@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vcl.compiler import compile_vcl
-from vcl.runtime import Context, Headers, HttpMessage, VCLFailure
+from vcl.runtime import IP, Context, Headers, HttpMessage, VCLFailure
 
 
 def value(expr: str) -> str | None:
@@ -85,6 +85,19 @@ RECORDED = [
     ("std.bytes(integer=999999999999999 + 1, fallback=7B) - 999999999999000B", "1000"),
     ('std.querysort("?b&a")', "?a&b"), ('std.querysort("/p?b&a?c&a")', "/p?a?c&a&b"),
     ('std.querysort("/a&b?c")', "/a&b?c"), ('std.querysort("/p")', "/p"),
+    ("std.integer(bool=false)", "0"), ("std.real(bool=false)", "0.000"),
+    ("std.bytes(real=0, fallback=7B)", "0"), ("std.bytes(integer=0, fallback=7B)", "0"),
+    ("std.bytes(real=0.5, fallback=7B)", "0"), ('std.time(s="1", fallback=now)', "Thu, 01 Jan 1970 00:00:01 GMT"),
+    ('"" + std.strftime(std.time(integer=0), "")', ""),
+    ('std.ip("localhost", std.ip("9.9.9.9", client.ip), true)', "127.0.0.1"),
+]
+# (statement, the task's VCL_Error) as varnishd 7.1.1 logged them
+FAILURES = [
+    ("std.integer(req.http.unset)", "std.integer: conversion failed"),
+    ('std.duration(s="1s", real=1.0)', "std.duration: too many arguments"),
+    ("std.bytes()", "std.bytes: not enough arguments"),
+    ('std.time(s="1", real=1.0)', "std.time: too many arguments"),
+    ('std.integer(s="1", bool=true)', "std.integer: too many arguments"),
 ]
 SYNTH = "".join(f"\tset resp.http.x{i} = {expr};\n" for i, (expr, _) in enumerate(RECORDED))
 
@@ -92,7 +105,8 @@ SYNTH = "".join(f"\tset resp.http.x{i} = {expr};\n" for i, (expr, _) in enumerat
 def test_values_varnishd_gave():
     compiled = compile_vcl(f"vcl 4.1;\nimport std;\nbackend default none;\nsub vcl_synth {{\n{SYNTH}}}\n", "v.vcl")
     req = HttpMessage("GET", "/")
-    ctx = Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200), vcl=compiled, now=1000.0)
+    ctx = Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200), vcl=compiled, now=1000.0,
+                  client_ip=IP("192.0.2.1", 1234))
     compiled.subs["vcl_synth"](ctx)
     assert [(expr, ctx.resp.headers.get(f"x{i}")) for i, (expr, _) in enumerate(RECORDED)] == RECORDED
 
@@ -107,6 +121,13 @@ def test_collect_separator(sep, joined):
     assert req.headers.get("x") == joined
 
 
+@pytest.mark.parametrize("expr, message", FAILURES)
+def test_failures_varnishd_logged(expr, message):
+    with pytest.raises(VCLFailure) as info:
+        value(expr)
+    assert str(info.value) == message
+
+
 VARNISHTEST = shutil.which("varnishtest")
 
 
@@ -115,10 +136,19 @@ def test_recorded_values_are_varnishds():
     vtc = ('varnishtest "std"\nvarnish v1 -vcl {\n\timport std;\n\tbackend default none;\n'
            "\tsub vcl_recv { return (synth(200)); }\n\tsub vcl_synth {\n" + SYNTH + "\t}\n} -start\n"
            "client c1 {\n\ttxreq\n\trxresp\n} -run\n")
+    # each failure in a request of its own (vxid 1003, 1005, ...): the task fails with a VCL_Error
+    vtc = vtc.replace("\tsub vcl_recv { return (synth(200)); }",
+                      "\tsub vcl_recv {\n" + "".join(f'\t\tif (req.url == "/{i}") {{ set req.http.x = {expr}; }}\n'
+                                                   for i, (expr, _) in enumerate(FAILURES, start=1))
+                      + "\t\treturn (synth(200));\n\t}")
+    vtc += "".join(f"client c{i + 1} {{\n\ttxreq -url /{i}\n\trxresp\n}} -run\n" for i in range(1, len(FAILURES) + 1))
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         os.chmod(tmp, 0o755)
         path = Path(tmp) / "std.vtc"
         path.write_text(vtc)
         run = subprocess.run([VARNISHTEST, "-v", "-t", "60", str(path)], capture_output=True, text=True, timeout=90)
-    got = dict(re.findall(r"c1 +rxhdr\|x(\d+): (.*?)\\r$", run.stdout + run.stderr, re.M))
+    out = run.stdout + run.stderr
+    got = dict(re.findall(r"c1 +rxhdr\|x(\d+): (.*?)\\r$", out, re.M))
     assert [(expr, got.get(str(i))) for i, (expr, _) in enumerate(RECORDED)] == RECORDED
+    errors = dict(re.findall(r"vsl\| +(\d+) VCL_Error +c (.*)$", out, re.M))
+    assert [(expr, errors.get(str(1001 + 2 * i))) for i, (expr, _) in enumerate(FAILURES, start=1)] == FAILURES
