@@ -107,6 +107,12 @@ CASES = {
                                     "Unknown argument 'req'"),
     "positional_after_named_string": (case('set req.http.x = std.toupper(s="a", "b");'), 6, 38,
                                       "Expected ')' got '\"b\"'"),
+    # a number and its unit as two tokens: the unit's position
+    "spaced_bytes_unit_quoted": (case('set req.http.x = std.bytes("1", 10 "KB");'), 6, 37,
+                                 "Expected BYTES unit (B, KB, MB...) got '\"KB\"'"),
+    "spaced_bytes_unit_unknown": (case('set req.http.x = std.bytes("1", 10 xB);'), 6, 37,
+                                  "Unknown BYTES unit of measurement ([KMGTP][B])'xB'"),
+    "spaced_duration_unit_unknown": (case("set req.ttl = 10 x;"), 6, 19, "Unknown duration unit 'x'"),
     "enum_not_a_word": (BLOB + 'set req.http.x = blob.encode(req.url, blob=blob.decode(encoded="ab"));\n}\n', 6, 31,
                         "Wrong enum value.  Expected one of:"),
 }
@@ -171,6 +177,7 @@ def test_unary_minus_on_a_pointer_type_is_refused(stmt):
 @pytest.mark.parametrize("expr, want", [
     ('std.ip("10.0.0.1", client.ip) + "1.2.3.4:80"', "10.0.0.11.2.3.4:80"),   # a string, not an IP constant
     ("std.round(10 * 1.5)", "15.000"),                                           # 10 read as REAL
+    ("1.5 m", "90.000"), ('std.bytes("x", 10 KB)', "10240"), ('std.bytes("x", 2 mb)', "2097152"), ("10 ms", "0.010"),
     ('std.real("1.5", 0) * 2', "3.000"),
 ])
 def test_string_and_real_context_values(expr, want):
