@@ -199,6 +199,14 @@ def test_enum_default_written_in_capitals():
     assert (req.headers.get("x"), req.headers.get("y")) == ("6162", "61623A")     # varnishd 7.1.1
 
 
+def test_regex_argument_compiled_as_a_regex():
+    compiled = compile_vcl(COOKIE + 'cookie.parse("a=1; b=2; ab=3");\ncookie.keep_re("^a");\n'
+                           "set req.http.x = cookie.get_string();\n}\n", "ck.vcl")
+    req = HttpMessage("GET", "/")
+    compiled.subs["vcl_recv"](Context(method="vcl_recv", req=req, vcl=compiled))
+    assert req.headers.get("x") == "a=1; ab=3;"        # varnishd 7.1.1
+
+
 def test_string_plus_in_a_bool_context():
     assert value('if (req.url + "x" == "/x") { set req.http.x = "yes"; }') == "yes"
 

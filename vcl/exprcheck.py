@@ -490,13 +490,6 @@ class ExprChecker:
             value.ref = ("enum", value.name)
             value.type = "ENUM"
             return value
-        if ptype == "HEADER":
-            r = self.add(value, "HEADER")
-            if r.type != "HEADER":
-                raise VCLError(f"Expression has type {r.type}, expected HEADER", value.pos)
-            return r
-        if ptype == "STRANDS":
-            return self.expr0(value, "STRING")
         if ptype == "REGEX":
             # a constant, compiled at load like the right side of ~ (vmod cookie's *_re functions)
             rx = _fold_literal(value)
@@ -504,14 +497,9 @@ class ExprChecker:
                 raise self._not_a_regex(rx)
             self.regex(rx)
             return rx
-        if ptype == "HTTP":
-            r = self.add(value, "HTTP")
-            if r.type != "HTTP":
-                raise VCLError(f"Expression has type {r.type}, expected HTTP", value.pos)
-            return r
         if ptype == "SUB":
             raise VCLError("SUB arguments are not supported", value.pos)
-        return self.expr0(value, ptype)
+        return self.expr0(value, ptype)     # HEADER and HTTP too: "Expression has type STRING, expected HTTP"
 
 
 def _fold_literal(e: ast.Expr) -> ast.Expr:
@@ -550,8 +538,6 @@ def _first_node(e: ast.Expr) -> ast.Expr:
             e = e.left
         elif isinstance(e, ast.BoolOp):
             e = e.operands[0]
-        elif isinstance(e, ast.Concat):
-            e = e.parts[0]
         else:
             return e
 
@@ -567,7 +553,7 @@ def _first_token(e: ast.Expr) -> str:
         return "!"
     if isinstance(e, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
         return _number_token(e.text)
-    return getattr(e, "text", None) or getattr(e, "name", None) or "("
+    return getattr(e, "text", None) or "("      # a method called on a parenthesised expression
 
 
 def _number_token(text: str) -> str:
