@@ -25,6 +25,10 @@ def case(stmt: str) -> str:
     return H + "sub vcl_recv {\n\t" + stmt + "\n}\n"
 
 
+BLOB = "vcl 4.1;\nimport blob;\nbackend default none;\n\nsub vcl_recv {\n\t"   # the statement on line 6
+COOKIE = BLOB.replace("blob", "cookie")
+
+
 # name -> (source, line, column, message): as `varnishd -C` 7.1.1 reports them
 CASES = {
     "match_on_duration": (case('if (req.ttl ~ "x") {}'), 6, 14, "Operator ~ not possible on DURATION"),
@@ -45,6 +49,72 @@ CASES = {
     "int_times_duration": (case("set req.ttl = 2 * 1s;"), 6, 18, "INT * DURATION not possible."),
     "bool_compare_order": (case("if (true < false) {}"), 6, 11, "Operator < not possible on BOOL"),
     "duration_times_duration": (case("set req.ttl = 1s * 2s;"), 6, 19, "DURATION * DURATION not possible."),
+    # the right side of + typed as the left one outside a string context: an IP constant here
+    "ip_plus_ip": (case('if (client.ip == client.ip + "1.2.3.4") {}'), 6, 29, "IP + IP not possible."),
+    # VCC reads '-' only where an INT, REAL, DURATION or string is wanted
+    "minus_where_bool": (case("if (-1) {}"), 6, 6, "Unknown token '-' when looking for BOOL"),
+    "minus_after_not": (case("if (!-1) {}"), 6, 7, "Unknown token '-' when looking for BOOL"),
+    "minus_where_time": (case("set req.http.x = now + -1s;"), 6, 25, "Unknown token '-' when looking for TIME"),
+    "minus_where_bytes": (case('set req.http.x = std.bytes("x", -1KB);'), 6, 34,
+                          "Unknown token '-' when looking for BYTES"),
+    "minus_bool_compare": (case("if (-1 == 1) {}"), 6, 6, "Unknown token '-' when looking for BOOL"),
+    # arguments of the vmod-only types: typed as any expression, then compared with the parameter's type
+    "http_arg_string": (case("std.rollback(req.url);"), 6, 15, "Expression has type STRING, expected HTTP"),
+    "http_arg_int": (case("std.rollback(1);"), 6, 15, "Expression has type INT, expected HTTP"),
+    "http_arg_time": (case("std.rollback(now);"), 6, 15, "Expression has type TIME, expected HTTP"),
+    "header_arg_literal": (case('std.collect("x");'), 6, 14, "Expression has type STRING, expected HEADER"),
+    "header_arg_sum": (case('std.collect(req.http.x + "a");'), 6, 25, "HEADER + STRING not possible."),
+    # a call as a statement: VCC stops at its ')' when an argument is missing
+    "statement_call_missing_arg": (case("std.log();"), 6, 10, "Argument 's' missing"),
+    "statement_call_named_only": (case('std.collect(sep=",");'), 6, 21, "Argument 'hdr' missing"),
+    "ip_constant_path": (case('if (client.ip == "/tmp/sock") {}'), 6, 19,
+                         "Cannot convert to an IP address: '\"/tmp/sock\"'"),
+    # ~ against a probe: declared before the use it has the wrong type, after it it must be an acl
+    "match_probe_declared_before": (H.replace("backend default none;\n", "backend default none;\nprobe p { .url = \"/\"; }\n")
+                                    + "sub vcl_recv {\n\tif (client.ip ~ p) {}\n}\n", 7, 18,
+                                    "Expression has type PROBE, expected ACL"),
+    "match_probe_declared_after": (case("if (client.ip ~ p) {}") + 'probe p { .url = "/"; }\n', 8, 7,
+                                   "Name p must have type 'acl'."),
+    # enum words are case-sensitive, though `default` and `true` are symbols VCC reads in any case
+    "enum_lower_default": (BLOB + 'set req.http.x = blob.encode(HEX, default, blob.decode(encoded="ab"));\n}\n', 6, 36,
+                           "Wrong enum value.  Expected one of:"),
+    "enum_mixed_default": (BLOB + 'set req.http.x = blob.encode(HEX, Default, blob.decode(encoded="ab"));\n}\n', 6, 36,
+                           "Wrong enum value.  Expected one of:"),
+    "enum_true": (BLOB + 'set req.http.x = blob.encode(HEX, TRUE, blob.decode(encoded="ab"));\n}\n', 6, 36,
+                  "Wrong enum value.  Expected one of:"),
+    # a sum of strings is a regex; its first other token is quoted, a number without its unit
+    "regex_sum_duration": (case('if (req.url ~ "a" + 1s) {}'), 6, 22, "Expected CSTR got '1'"),
+    "regex_sum_spaced_bytes": (case('if (req.url ~ "a" + 10 KB) {}'), 6, 22, "Expected CSTR got '10'"),
+    "regex_sum_name": (case('if (req.url ~ "a" + req.url) {}'), 6, 22, "Expected CSTR got 'req'"),
+    "regex_minus": (case("if (req.url ~ -1) {}"), 6, 16, "Unknown token '-' when looking for REGEX"),
+    "regsub_regex_minus": (case('set req.http.x = regsub(req.url, -1, "b");'), 6, 35,
+                           "Unknown token '-' when looking for REGEX"),
+    "regex_arg_minus": (COOKIE + "cookie.keep_re(-1);\n}\n", 6, 17, "Unknown token '-' when looking for REGEX"),
+    "regex_arg_int": (COOKIE + "cookie.keep_re(1);\n}\n", 6, 17, "Expression has type INT, expected REGEX"),
+    "match_minus_left": (case('if (-1 ~ "a") {}'), 6, 6, "Unknown token '-' when looking for BOOL"),
+    # one argument too many: VCC reads named arguments there, so an identifier is an unknown name
+    "extra_arg_minus": (case('std.log("a", -1);'), 6, 15, "Expected ')' got '-'"),
+    "extra_arg_not": (case('std.log("a", !true);'), 6, 15, "Expected ')' got '!'"),
+    "extra_arg_duration": (case('std.log("a", 1s);'), 6, 15, "Expected ')' got '1'"),
+    "extra_arg_sum": (case('std.log("a", 1 + 2);'), 6, 15, "Expected ')' got '1'"),
+    "extra_arg_string_sum": (case('std.log("a", "x" + "y");'), 6, 15, "Expected ')' got '\"x\"'"),
+    "extra_arg_bool_or": (case('std.log("a", true || false);'), 6, 15, "Unknown argument 'true'"),
+    "extra_arg_compare": (case('std.log("a", req.url == "x");'), 6, 15, "Unknown argument 'req'"),
+    "extra_arg_match": (case('set req.http.x = std.toupper("a", req.url ~ "x");'), 6, 36, "Unknown argument 'req'"),
+    "extra_arg_call": (case('set req.http.x = std.toupper("a", std.tolower("b"));'), 6, 36, "Unknown argument 'std'"),
+    "extra_arg_capital_true": (case('set req.http.x = std.toupper("a", TRUE);'), 6, 36, "Unknown argument 'TRUE'"),
+    "positional_after_named_name": (case('set req.http.x = std.toupper(s="a", req.url);'), 6, 38,
+                                    "Unknown argument 'req'"),
+    "positional_after_named_string": (case('set req.http.x = std.toupper(s="a", "b");'), 6, 38,
+                                      "Expected ')' got '\"b\"'"),
+    # a number and its unit as two tokens: the unit's position
+    "spaced_bytes_unit_quoted": (case('set req.http.x = std.bytes("1", 10 "KB");'), 6, 37,
+                                 "Expected BYTES unit (B, KB, MB...) got '\"KB\"'"),
+    "spaced_bytes_unit_unknown": (case('set req.http.x = std.bytes("1", 10 xB);'), 6, 37,
+                                  "Unknown BYTES unit of measurement ([KMGTP][B])'xB'"),
+    "spaced_duration_unit_unknown": (case("set req.ttl = 10 x;"), 6, 19, "Unknown duration unit 'x'"),
+    "enum_not_a_word": (BLOB + 'set req.http.x = blob.encode(req.url, blob=blob.decode(encoded="ab"));\n}\n', 6, 31,
+                        "Wrong enum value.  Expected one of:"),
 }
 
 
@@ -69,6 +139,76 @@ def test_arithmetic_values(expr, value):
     ctx = Context(method="vcl_recv", req=req, vcl=compiled)
     compiled.subs["vcl_recv"](ctx)
     assert req.headers.get("x") == value
+
+
+def value(stmt: str) -> str | None:
+    compiled = compile_vcl(case(stmt), "value.vcl")
+    req = HttpMessage("GET", "/")
+    compiled.subs["vcl_recv"](Context(method="vcl_recv", req=req, vcl=compiled))
+    return req.headers.get("x")
+
+
+# (expression, value): recorded from varnishd 7.1.1 (a .vtc setting resp.http.* in vcl_synth)
+MINUS_VALUES = [
+    # '-' before anything but a number negates the whole rest of the expression: -(x + 5)
+    ('-std.integer("2", 0) + 5', "-7"), ("-(1) + 5", "-6"), ("-(2) * 3 + 1", "-7"),
+    ('-std.duration("2s", 0s) + 5s', "-7.000"), ("std.round(-(1.5) + 4)", "-6.000"), ('"x" + -(1) + 5', "x-6"),
+    ("7 - -(2) + 1", "10"), ("3 * -(1 + 1)", "-6"), ("10 / -(4)", "-2"),
+    # before a number it is the number's sign
+    ("-1 + 5", "4"), ("3 - -2", "5"), ("-2 * 3 + 1", "-5"), ("1.5 * -2", "-3.000"), ("1s * -2", "-2.000"),
+    # C negates BOOL and BYTES too
+    ("-true", "true"), ("-false", "false"), ('"x" + -true', "xtrue"), ('-std.bytes("1k", 0B)', "-1024"),
+]
+
+
+@pytest.mark.parametrize("expr, want", MINUS_VALUES)
+def test_unary_minus_values(expr, want):
+    assert value(f"set req.http.x = {expr};") == want
+
+
+@pytest.mark.parametrize("stmt", ['set req.http.x = -"a";', "set req.http.x = -client.ip;",
+                                  "set req.http.x = -req.backend_hint;", "set req.http.x = -req.url;"])
+def test_unary_minus_on_a_pointer_type_is_refused(stmt):
+    """VCC passes these on as -(x), and varnishd's C compiler refuses them (varnishd -C exits 2)."""
+    with pytest.raises(VCLError):
+        compile_vcl(case(stmt), "neg.vcl")
+
+
+@pytest.mark.parametrize("expr, want", [
+    ('std.ip("10.0.0.1", client.ip) + "1.2.3.4:80"', "10.0.0.11.2.3.4:80"),   # a string, not an IP constant
+    ("std.round(10 * 1.5)", "15.000"),                                           # 10 read as REAL
+    ("1.5 m", "90.000"), ('std.bytes("x", 10 KB)', "10240"), ('std.bytes("x", 2 mb)', "2097152"), ("10 ms", "0.010"),
+    ('std.real("1.5", 0) * 2', "3.000"),
+])
+def test_string_and_real_context_values(expr, want):
+    """Values recorded from varnishd 7.1.1: the expected type flows into each operand."""
+    assert value(f"set req.http.x = {expr};") == want
+
+
+def test_enum_choices_are_listed_as_varnishd_lists_them():
+    with pytest.raises(VCLError) as info:
+        compile_vcl(BLOB + 'set req.http.x = blob.encode(NOPE, blob=blob.decode(encoded="ab"));\n}\n', "e.vcl")
+    assert "\n\tIDENTITY\n\tBASE64\n\tBASE64URL\n\tBASE64URLNOPAD\n\tBASE64CF\n\tHEX\n\tURL" in str(info.value)
+
+
+def test_enum_default_written_in_capitals():
+    compiled = compile_vcl(BLOB + 'set req.http.x = blob.encode(HEX, DEFAULT, blob.decode(encoded="ab"));\n'
+                           'set req.http.y = blob.encode(HEX, UPPER, blob.decode(encoded="ab:"));\n}\n', "b.vcl")
+    req = HttpMessage("GET", "/")
+    compiled.subs["vcl_recv"](Context(method="vcl_recv", req=req, vcl=compiled))
+    assert (req.headers.get("x"), req.headers.get("y")) == ("6162", "61623A")     # varnishd 7.1.1
+
+
+def test_regex_argument_compiled_as_a_regex():
+    compiled = compile_vcl(COOKIE + 'cookie.parse("a=1; b=2; ab=3");\ncookie.keep_re("^a");\n'
+                           "set req.http.x = cookie.get_string();\n}\n", "ck.vcl")
+    req = HttpMessage("GET", "/")
+    compiled.subs["vcl_recv"](Context(method="vcl_recv", req=req, vcl=compiled))
+    assert req.headers.get("x") == "a=1; ab=3;"        # varnishd 7.1.1
+
+
+def test_string_plus_in_a_bool_context():
+    assert value('if (req.url + "x" == "/x") { set req.http.x = "yes"; }') == "yes"
 
 
 @pytest.mark.skipif(VARNISHD is None, reason="varnishd not installed")

@@ -4,10 +4,17 @@ the paths the mutation run found without a test. Values as VCL prints them (REAL
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from vcl.compiler import compile_vcl
-from vcl.runtime import Context, HttpMessage, VCLFailure
+from vcl.runtime import IP, Context, Headers, HttpMessage, VCLFailure
 
 
 def value(expr: str) -> str | None:
@@ -39,6 +46,9 @@ def value(expr: str) -> str | None:
     ("std.real2time(5.0, std.time(integer=1))", "Thu, 01 Jan 1970 00:00:05 GMT"),
     ("std.time2real(std.time(integer=3), 0.0)", "3.000"),
     ("std.strftime(std.time(integer=0), \"%Y-%m-%d\")", "1970-01-01"),
+    # "-0" is -0.0, and C prints it with its sign (varnishd 7.1.1)
+    ("std.real(\"-0\")", "-0.000"), ("std.real(\"-.0\")", "-0.000"), ("std.duration(\"-0s\")", "-0.000"),
+    ("std.integer(\"-0\")", "0"),
 ])
 def test_conversion(expr, want):
     assert value(expr) == want
@@ -49,3 +59,96 @@ def test_conversion(expr, want):
 def test_conversion_without_fallback_fails(expr):
     with pytest.raises(VCLFailure):
         value(expr)
+
+
+# (expression, value) as varnishd 7.1.1 set them in vcl_synth (a .vtc; re-run live below)
+RECORDED = [
+    ('std.strstr("abcabc", "c")', "cabc"), ('std.strstr("abc", "a")', "abc"),
+    ('"" + std.strstr("abc", req.http.unset)', ""), ('"" + std.strstr(req.http.unset, "a")', ""),
+    ('std.strstr("", "")', ""),
+    ('std.fnmatch("*", "a/b")', "false"), ('std.fnmatch("*", ".a")', "true"), ('std.fnmatch("\\*", "*")', "true"),
+    ('std.fnmatch("\\*", "*", noescape=true)', "false"), ('std.fnmatch("*", ".a", period=true)', "false"),
+    ("std.real2integer(999999999999.999, 7)", "1000000000000"),
+    ("std.real2integer(-999999999999.999, 7)", "-1000000000000"),
+    # INT results beyond VRT_INTEGER_MAX (999999999999999) are the fallback
+    ("std.time2integer(std.real2time(999999999999999, now), 7)", "999999999999999"),
+    ("std.time2integer(std.real2time(999999999999999 + 1, now), 7)", "7"),
+    ("std.time2integer(std.real2time(-999999999999999 - 1, now), 7)", "7"),
+    ("std.time2integer(std.real2time(900719925474099 * 10 + 1, now), 7)", "7"),
+    ("std.time2integer(std.real2time(999999999999.5, now), 7)", "1000000000000"),
+    ("std.integer(real=999999999999.0 * 1000.0 + 1000, fallback=7)", "7"),
+    ("std.integer(real=999999999999.0 * 1000.0 + 999, fallback=7)", "999999999999999"),
+    ("std.integer(duration=999999999999s * 1000 + 1000s, fallback=7)", "7"),
+    ("std.integer(time=std.real2time(999999999999.0 * 1000.0 + 1000, now), fallback=7)", "7"),
+    # BYTES go on to 2**53
+    ("std.bytes(real=999999999999.0 * 1000.0 + 999, fallback=7B) - 999999999999000B", "999"),
+    ("std.bytes(integer=999999999999999 + 1, fallback=7B) - 999999999999000B", "1000"),
+    ('std.querysort("?b&a")', "?a&b"), ('std.querysort("/p?b&a?c&a")', "/p?a?c&a&b"),
+    ('std.querysort("/a&b?c")', "/a&b?c"), ('std.querysort("/p")', "/p"),
+    ("std.integer(bool=false)", "0"), ("std.real(bool=false)", "0.000"),
+    ("std.bytes(real=0, fallback=7B)", "0"), ("std.bytes(integer=0, fallback=7B)", "0"),
+    ("std.bytes(real=0.5, fallback=7B)", "0"), ('std.time(s="1", fallback=now)', "Thu, 01 Jan 1970 00:00:01 GMT"),
+    ('"" + std.strftime(std.time(integer=0), "")', ""),
+    ('std.ip("localhost", std.ip("9.9.9.9", client.ip), true)', "127.0.0.1"),
+]
+# (statement, the task's VCL_Error) as varnishd 7.1.1 logged them
+FAILURES = [
+    ("std.integer(req.http.unset)", "std.integer: conversion failed"),
+    ('std.duration(s="1s", real=1.0)', "std.duration: too many arguments"),
+    ("std.bytes()", "std.bytes: not enough arguments"),
+    ('std.time(s="1", real=1.0)', "std.time: too many arguments"),
+    ('std.integer(s="1", bool=true)', "std.integer: too many arguments"),
+]
+SYNTH = "".join(f"\tset resp.http.x{i} = {expr};\n" for i, (expr, _) in enumerate(RECORDED))
+
+
+def test_values_varnishd_gave():
+    compiled = compile_vcl(f"vcl 4.1;\nimport std;\nbackend default none;\nsub vcl_synth {{\n{SYNTH}}}\n", "v.vcl")
+    req = HttpMessage("GET", "/")
+    ctx = Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200), vcl=compiled, now=1000.0,
+                  client_ip=IP("192.0.2.1", 1234))
+    compiled.subs["vcl_synth"](ctx)
+    assert [(expr, ctx.resp.headers.get(f"x{i}")) for i, (expr, _) in enumerate(RECORDED)] == RECORDED
+
+
+@pytest.mark.parametrize("sep, joined", [('""', "a, b"), ("req.http.unset", "a, b"), ('"-"', "a-b"), (None, "a, b")])
+def test_collect_separator(sep, joined):
+    """An empty or unset separator is ", " (varnishd 7.1.1)."""
+    call = "std.collect(req.http.x)" if sep is None else f"std.collect(req.http.x, {sep})"
+    compiled = compile_vcl(f"vcl 4.1;\nimport std;\nbackend default none;\nsub vcl_recv {{\n\t{call};\n}}\n", "c.vcl")
+    req = HttpMessage("GET", "/", headers=Headers([("x", "a"), ("x", "b")]))
+    compiled.subs["vcl_recv"](Context(method="vcl_recv", req=req, vcl=compiled))
+    assert req.headers.get("x") == joined
+
+
+@pytest.mark.parametrize("expr, message", FAILURES)
+def test_failures_varnishd_logged(expr, message):
+    with pytest.raises(VCLFailure) as info:
+        value(expr)
+    assert str(info.value) == message
+
+
+VARNISHTEST = shutil.which("varnishtest")
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_recorded_values_are_varnishds():
+    vtc = ('varnishtest "std"\nvarnish v1 -vcl {\n\timport std;\n\tbackend default none;\n'
+           "\tsub vcl_recv { return (synth(200)); }\n\tsub vcl_synth {\n" + SYNTH + "\t}\n} -start\n"
+           "client c1 {\n\ttxreq\n\trxresp\n} -run\n")
+    # each failure in a request of its own (vxid 1003, 1005, ...): the task fails with a VCL_Error
+    vtc = vtc.replace("\tsub vcl_recv { return (synth(200)); }",
+                      "\tsub vcl_recv {\n" + "".join(f'\t\tif (req.url == "/{i}") {{ set req.http.x = {expr}; }}\n'
+                                                   for i, (expr, _) in enumerate(FAILURES, start=1))
+                      + "\t\treturn (synth(200));\n\t}")
+    vtc += "".join(f"client c{i + 1} {{\n\ttxreq -url /{i}\n\trxresp\n}} -run\n" for i in range(1, len(FAILURES) + 1))
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        path = Path(tmp) / "std.vtc"
+        path.write_text(vtc)
+        run = subprocess.run([VARNISHTEST, "-v", "-t", "60", str(path)], capture_output=True, text=True, timeout=90)
+    out = run.stdout + run.stderr
+    got = dict(re.findall(r"c1 +rxhdr\|x(\d+): (.*?)\\r$", out, re.M))
+    assert [(expr, got.get(str(i))) for i, (expr, _) in enumerate(RECORDED)] == RECORDED
+    errors = dict(re.findall(r"vsl\| +(\d+) VCL_Error +c (.*)$", out, re.M))
+    assert [(expr, errors.get(str(1001 + 2 * i))) for i, (expr, _) in enumerate(FAILURES, start=1)] == FAILURES

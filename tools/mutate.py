@@ -5,6 +5,7 @@
     python tools/mutate.py --all                 # every module in MODULES
     python tools/mutate.py --show cacheserver/ranges.py   # also print each survivor's diff
     python tools/mutate.py --only '*_check_idle*' cacheserver/protocol.py   # some functions only
+    python tools/mutate.py --report --show vmods/std.py    # the last run's results again, no mutating
 
 Each module is mutated in its own scratch copy of the tree (under $TMPDIR/cacheserver-mutate/, so the
 worktree never gets a mutants/ directory) with only that module mutated and only the tests that cover
@@ -19,6 +20,8 @@ tests" and as not killed: a module scores well only with tests that call it dire
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import os
 import re
 import shutil
@@ -37,10 +40,12 @@ MODULES: dict[str, list[str]] = {
     "cacheserver/bans.py": ["tests/test_rfc2616_ranges_bans.py", "tests/test_cache_storage.py"],
     "cacheserver/storage.py": ["tests/test_cache_storage.py", "tests/test_mut_storage.py", "tests/test_cache_fsm.py",
                                "tests/test_cache_objects.py"],
-    "vcl/exprcheck.py": ["tests/test_vcl_errors.py", "tests/test_vcl_syntax.py", "tests/test_vcl_parity.py",
-                         "tests/test_vcl_exec.py", "tests/test_vcl_vtc_cases.py"],
-    "vmods/std.py": ["tests/test_vcl_std.py", "tests/test_vcl_vtc_cases.py", "tests/test_vcl_exec.py"],
-    "vmods/directors.py": ["tests/test_cache_directors.py", "tests/test_vcl_objects.py"],
+    "vcl/exprcheck.py": ["tests/test_mut_exprcheck.py", "tests/test_vcl_errors.py", "tests/test_vcl_syntax.py",
+                         "tests/test_vcl_parity.py", "tests/test_vcl_exec.py", "tests/test_vcl_vtc_cases.py"],
+    "vmods/std.py": ["tests/test_mut_std.py", "tests/test_vmod_std.py", "tests/test_vcl_std.py",
+                     "tests/test_vcl_vtc_cases.py", "tests/test_vcl_exec.py"],
+    "vmods/directors.py": ["tests/test_mut_directors.py", "tests/test_vmod_directors.py", "tests/test_cache_directors.py",
+                           "tests/test_vcl_objects.py"],
     # in-process servers (tests/inproc.py): the tests that run cacheserver as a child count for nothing here
     "cacheserver/fsm.py": ["tests/test_cache_fsm.py", "tests/test_cache_deliver.py", "tests/test_mut_fsm.py",
                            "tests/test_plain_hits.py"],
@@ -77,6 +82,29 @@ def configure(dest: Path, module: str) -> None:
     (dest / "pyproject.toml").write_text(text + "\n".join(lines) + "\n")
 
 
+def undecorate(path: Path) -> int:
+    """Registration decorators (`@VMOD.func(...)`) moved below their functions, in the scratch copy.
+
+    mutmut leaves every decorated function unmutated (a decorator runs at definition time), which
+    would leave out all of vmods/std.py's functions. `@D(...)\ndef f` and `def f ...\nD(...)(f)` register
+    the same function; registered after the definition, it is mutmut's trampoline that gets registered,
+    so the mutant chosen at call time runs. Returns how many functions were rewritten.
+    """
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    moves = []
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef) and len(node.decorator_list) == 1 \
+                and isinstance(node.decorator_list[0], ast.Call):
+            deco = node.decorator_list[0]
+            moves.append((deco.lineno, node.lineno, node.end_lineno, ast.get_source_segment(text, deco), node.name))
+    for first, def_line, end, deco, name in reversed(moves):   # from the bottom, so line numbers hold
+        lines.insert(end, f"{deco}({name})\n")
+        del lines[first - 1:def_line - 1]
+    path.write_text("".join(lines))
+    return len(moves)
+
+
 def toml_value(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
@@ -88,16 +116,18 @@ def toml_value(value) -> str:
 
 
 def run(module: str, workdir: Path, show: bool, children: int,
-        only: list[str] | None = None) -> tuple[int, int, dict[str, int]]:
+        only: list[str] | None = None, rerun: bool = True) -> tuple[int, int, dict[str, int]]:
     dest = workdir / module.replace("/", "_")
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    scratch_copy(dest)
-    configure(dest, module)
     env = {**os.environ, "PYTHONPATH": str(dest), "PYTHONDONTWRITEBYTECODE": "1"}
-    # --only: mutmut's own name filter (fnmatch on "package.module.x_function__mutmut_N")
-    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *(only or [])],
-                   cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if rerun:
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        scratch_copy(dest)
+        undecorate(dest / module)
+        configure(dest, module)
+        # --only: mutmut's own name filter (fnmatch on "package.module.x_function__mutmut_N")
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *(only or [])],
+                       cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=dest, env=env,
                          capture_output=True, text=True).stdout
     counts: dict[str, int] = {}
@@ -110,13 +140,28 @@ def run(module: str, workdir: Path, show: bool, children: int,
                 survivors.append((m.group(1), m.group(2)))
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
     total = sum(n for status, n in counts.items() if status not in ("skipped", "not checked"))
-    for name, status in survivors:
-        if show:
-            diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=dest, env=env,
-                                  capture_output=True, text=True).stdout
-            change = [ln for ln in diff.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
-            print(f"  {status}: {name}\n    " + "\n    ".join(change))
+    if show and survivors:
+        changes = mutant_changes(dest / "mutants" / module)
+        for name, status in survivors:
+            print(f"  {status}: {name}\n    " + "\n    ".join(changes.get(name.rpartition(".")[2], ["?"])))
     return killed, total, counts
+
+
+def mutant_changes(mutated: Path) -> dict[str, list[str]]:
+    """Each mutant's changed lines (-/+), read from mutmut's mutated copy of the module: one parse,
+    where `mutmut show` takes seconds per mutant."""
+    text = mutated.read_text()
+    lines = text.splitlines()
+    bodies = {node.name: lines[node.lineno - 1:node.end_lineno]
+              for node in ast.walk(ast.parse(text)) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    changes = {}
+    for name, body in bodies.items():
+        base, sep, _ = name.rpartition("__mutmut_")
+        orig = bodies.get(f"{base}__mutmut_orig")
+        if sep and orig is not None and not name.endswith("_orig"):
+            diff = difflib.unified_diff(orig[1:], body[1:], lineterm="", n=0)
+            changes[name] = [ln for ln in diff if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
+    return changes
 
 
 def main() -> int:
@@ -126,6 +171,8 @@ def main() -> int:
     ap.add_argument("--show", action="store_true", help="print each surviving mutant's change")
     ap.add_argument("--only", action="append", metavar="PATTERN",
                     help="mutate only the functions whose mutant names match (fnmatch), e.g. '*_check_idle*'")
+    ap.add_argument("--report", action="store_true",
+                    help="only report the last run's results (in --workdir), without mutating again")
     ap.add_argument("-j", type=int, default=os.cpu_count() or 2, help="parallel test processes")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cacheserver-mutate")
     args = ap.parse_args()
@@ -136,7 +183,7 @@ def main() -> int:
     rows = []
     for module in modules:
         print(f"{module}: mutating ...", flush=True)
-        killed, total, counts = run(module, args.workdir, args.show, args.j, args.only)
+        killed, total, counts = run(module, args.workdir, args.show, args.j, args.only, not args.report)
         score = 100.0 * killed / total if total else 0.0
         detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         rows.append(f"{module:28} {killed:4d}/{total:<4d} killed  {score:5.1f}%   ({detail})")

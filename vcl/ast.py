@@ -90,6 +90,8 @@ class Name(Expr):
     """A bare (possibly dotted) identifier: variable, backend, ACL, probe, bool, enum word."""
 
     name: str
+    # as written, when `name` was lowered (true/false/default): enum words are case-sensitive
+    written: str | None = None
     # Filled by the checker: what the name refers to.
     ref: object = field(default=None, init=False)
 

@@ -18,6 +18,10 @@ from vmods import Func, ObjectType, Vmod
 # expression is an unknown property of one of them, not an unknown symbol.
 _HTTP_SYMBOLS = frozenset({"req", "bereq", "beresp", "resp"})
 
+# Where VCC reads a '-' (vcc_expr5; STRING is its STRINGS), and the types C can negate.
+_MINUS_CONTEXTS = frozenset({"INT", "REAL", "DURATION", "STRING"})
+_NEGATABLE = frozenset({"INT", "REAL", "DURATION", "BYTES", "TIME", "BOOL"})
+
 # Vmods that may be used without an `import` line (with a warning), as the docs' examples do.
 IMPLICIT_IMPORTS = frozenset({"tinykvm"})
 
@@ -121,8 +125,7 @@ class ExprChecker:
         if left.type == "STRING":
             e.right = _fold_literal(e.right)
             if not isinstance(e.right, ast.StringLit):
-                t = self.add(e.right, "STRING").type
-                raise VCLError(f"Expression has type {t}, expected REGEX", e.right.pos)
+                raise self._not_a_regex(e.right)
             self.regex(e.right)
             e.kind = "regex"
         elif left.type == "IP":
@@ -155,6 +158,12 @@ class ExprChecker:
                 raise VCLError(f"Name {name.name} must have type 'acl'.", where)
             raise VCLError(f"Expression has type {kind}, expected ACL", name.pos)
         raise VCLError(f"Undefined acl {name.name}, first reference:", name.pos)
+
+    def _not_a_regex(self, e: ast.Expr) -> VCLError:
+        """Where a constant regex was wanted: VCC reads no '-' there, and types anything else."""
+        if isinstance(e, ast.Neg):
+            return VCLError("Unknown token '-' when looking for REGEX", e.pos)
+        return VCLError(f"Expression has type {self.add(e, 'STRING').type}, expected REGEX", e.pos)
 
     def regex(self, lit: ast.StringLit) -> None:
         reason = check_regex(lit.value)
@@ -207,8 +216,11 @@ class ExprChecker:
 
     def unary(self, e: ast.Expr, fmt: str) -> ast.Expr:
         if isinstance(e, ast.Neg):
-            r = self.unary(e.operand, fmt)
-            if r.type not in ("INT", "REAL", "DURATION", "BYTES"):
+            if fmt not in _MINUS_CONTEXTS:
+                raise VCLError(f"Unknown token '-' when looking for {fmt}", e.pos)
+            r = self.cor(e.operand, fmt)
+            if r.type not in _NEGATABLE:
+                # VCC writes -(x) for any type; C refuses it on a pointer (STRING, IP, BACKEND, ...)
                 raise VCLError(f"Operator - not possible on type {r.type}.", e.pos)
             e.operand = r
             e.type = r.type
@@ -277,7 +289,7 @@ class ExprChecker:
 
     def _ip_const(self, e: ast.StringLit) -> ast.Expr:
         if e.value.startswith("/"):
-            raise VCLError(f"Cannot convert to an IP address: \"{e.value}\"", e.pos)
+            raise VCLError(f"Cannot convert to an IP address: '\"{e.value}\"'", e.pos)
         # VCC resolves IP constants like std.ip(): a port may follow ("1.2.3.4:8000", "[::1] 80").
         ip = parse_ip(e.value)
         if ip is None:
@@ -356,7 +368,7 @@ class ExprChecker:
             if len(e.args) > 1:
                 rx = _fold_literal(e.args[1].value)
                 if not isinstance(rx, ast.StringLit):
-                    raise VCLError(f"Expression has type {self.add(rx, 'STRING').type}, expected REGEX", rx.pos)
+                    raise self._not_a_regex(rx)
                 self.regex(rx)
             if short:
                 # VCC reads the arguments in turn and wanted a ',' where the call closes.
@@ -446,11 +458,10 @@ class ExprChecker:
         late = next((a for a in e.args[len(positional):] if a.name is None), None)
         if late is not None:
             # VCC reads only named arguments once one was named, then wants the ')'.
-            raise VCLError(f"Expected ')' got '{_first_token(late.value)}'", late.value.pos)
+            raise _extra_argument(late.value)
         if len(positional) > len(params):
             # VCC stops where it wanted the closing parenthesis.
-            extra = positional[len(params)].value
-            raise VCLError(f"Expected ')' got '{_first_token(extra)}'", extra.pos)
+            raise _extra_argument(positional[len(params)].value)
         for i, arg in enumerate(positional):
             bound[i] = self._arg(arg.value, params[i])
         for arg in named:
@@ -474,39 +485,24 @@ class ExprChecker:
     def _arg(self, value: ast.Expr, param) -> ast.Expr:
         ptype = param.type
         if ptype == "ENUM":
-            if isinstance(value, ast.Name) and value.name in ("default", "true", "false") \
-                    and value.name.upper() in param.enum:
-                value.name = value.name.upper()     # the parser lowered it as a symbol (blob's DEFAULT)
+            if isinstance(value, ast.Name) and value.written is not None:
+                value.name = value.written     # the parser lowered it as a symbol (blob's DEFAULT)
             if not isinstance(value, ast.Name) or value.name not in param.enum:
                 choices = "\n".join("\t" + w for w in param.enum)
                 raise VCLError(f"Wrong enum value.  Expected one of:\n{choices}", value.pos)
             value.ref = ("enum", value.name)
             value.type = "ENUM"
             return value
-        if ptype == "HEADER":
-            if not isinstance(value, ast.Name):
-                raise VCLError(f"Expected a header (like req.http.X) for argument '{param.name}'", value.pos)
-            r = self._name(value, "HEADER")
-            if r.type != "HEADER":
-                raise VCLError(f"Expression has type {r.type}, expected HEADER", value.pos)
-            return r
-        if ptype == "STRANDS":
-            return self.expr0(value, "STRING")
         if ptype == "REGEX":
             # a constant, compiled at load like the right side of ~ (vmod cookie's *_re functions)
             rx = _fold_literal(value)
             if not isinstance(rx, ast.StringLit):
-                raise VCLError(f"Expression has type {self.add(rx, 'STRING').type}, expected REGEX", rx.pos)
+                raise self._not_a_regex(rx)
             self.regex(rx)
             return rx
-        if ptype == "HTTP":
-            r = self._name(value, "HTTP") if isinstance(value, ast.Name) else None
-            if r is None or r.type != "HTTP":
-                raise VCLError("Expected req, bereq, resp or beresp", value.pos)
-            return r
         if ptype == "SUB":
             raise VCLError("SUB arguments are not supported", value.pos)
-        return self.expr0(value, ptype)
+        return self.expr0(value, ptype)     # HEADER and HTTP too: "Expression has type STRING, expected HTTP"
 
 
 def _fold_literal(e: ast.Expr) -> ast.Expr:
@@ -518,26 +514,51 @@ def _fold_literal(e: ast.Expr) -> ast.Expr:
                 if isinstance(part, ast.Arith):
                     return part
                 text = getattr(part, "text", None) or getattr(part, "name", "").split(".")[0] or "?"
+                if isinstance(part, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
+                    text = _number_token(text)
                 raise VCLError(f"Expected CSTR got '{text}'", part.pos)
         return ast.StringLit(left.pos, left.value + right.value)
     return e
 
 
-def _first_token(e: ast.Expr) -> str:
-    """The source text of an expression's first token, as VCC quotes it in messages."""
+def _extra_argument(e: ast.Expr) -> VCLError:
+    """An argument past the last parameter, or positional after a named one: VCC reads named
+    arguments there, so an identifier is an unknown argument name and anything else is no ')'."""
+    first = _first_node(e)
+    if isinstance(first, ast.Name):
+        name = first.written or first.name
+    elif isinstance(first, ast.Call) and first.target is None:
+        name = first.name
+    else:
+        return VCLError(f"Expected ')' got '{_first_token(e)}'", e.pos)
+    return VCLError(f"Unknown argument '{name.split('.')[0]}'", first.pos)
+
+
+def _first_node(e: ast.Expr) -> ast.Expr:
+    """The leftmost operand of an expression: where its first token comes from."""
     while True:
         if isinstance(e, (ast.Arith, ast.Compare, ast.Match)):
             e = e.left
         elif isinstance(e, ast.BoolOp):
             e = e.operands[0]
-        elif isinstance(e, ast.Concat):
-            e = e.parts[0]
         else:
-            break
+            return e
+
+
+def _first_token(e: ast.Expr) -> str:
+    """The source text of an expression's first token, as VCC quotes it in messages."""
+    e = _first_node(e)
     if isinstance(e, ast.StringLit):
         return f'"{e.value}"'
     if isinstance(e, ast.Neg):
         return "-"
     if isinstance(e, ast.Not):
         return "!"
-    return getattr(e, "text", None) or getattr(e, "name", None) or "("
+    if isinstance(e, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
+        return _number_token(e.text)
+    return getattr(e, "text", None) or "("      # a method called on a parenthesised expression
+
+
+def _number_token(text: str) -> str:
+    """`1s`, `10 KB`: VCC's token is the number; the unit is a token of its own."""
+    return text[:len(text) - len(text.lstrip("0123456789."))]

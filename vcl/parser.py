@@ -238,8 +238,8 @@ class _ToAst(Transformer):
         return ast.IncludeStmt(self._p(kw), _unquote(str(path)))
 
     def call_stmt(self, children):
-        func, args = children
-        return ast.ExprStmt(self._p(func), ast.Call(self._p(func), str(func), args or []))
+        func, args, rpar = children
+        return ast.ExprStmt(self._p(func), ast.Call(self._p(func), str(func), args or [], close_pos=self._p(rpar)))
 
     # -------------------------------------------------------------- expressions
 
@@ -294,7 +294,8 @@ class _ToAst(Transformer):
         tok = children[0]
         text = str(tok)
         if text.lower() in ("true", "false", "default"):
-            text = text.lower()   # symbols, which VCC matches case-insensitively
+            # symbols, which VCC matches case-insensitively
+            return ast.Name(self._p(tok), text.lower(), written=text)
         if text == _BAD_TOKEN and self.bad is not None:
             return self.bad
         return ast.Name(self._p(tok), text)

@@ -31,8 +31,9 @@ def s_int(value: int) -> str:
 
 
 def s_real(value: float | None) -> str:
-    """REAL and DURATION in string context: 3 decimals (VRT_REAL_string)."""
-    value = value or 0.0
+    """REAL and DURATION in string context: 3 decimals (VRT_REAL_string); -0.0 prints "-0.000" as in C."""
+    if value is None:
+        value = 0.0
     if not abs(value) <= REAL_MAX:      # also NaN
         raise VCLFailure("REAL overflow converting to string (%e)" % value)  # VRT_REAL_string: %e
     return "%.3f" % value

@@ -51,7 +51,8 @@ def collect(ctx: Context, hdr: HeaderRef, sep: str | None = ", ") -> None:
         raise VCLFailure("std.collect(): header argument can not be used here")
     values = hdr.message.headers.get_all(hdr.name)
     if len(values) > 1:
-        hdr.message.headers.set(hdr.name, (sep if sep is not None else "").join(values))
+        # an empty or unset separator is ", " (http_CollectHdrSep), as varnishd 7.1.1 answers
+        hdr.message.headers.set(hdr.name, (sep or ", ").join(values))
 
 
 def _signed_chars(b: bytes) -> list[int]:
@@ -240,7 +241,7 @@ def integer(ctx: Context, s=UNSET, fallback=UNSET, bool_=UNSET, bytes_=UNSET, du
             r = value
     if not math.isnan(r) and not math.isinf(r):
         r = math.trunc(r)
-        if -_INT_MAX <= r <= _INT_MAX:
+        if -INT_MAX <= r <= INT_MAX:        # VRT_INTEGER_MAX, as varnishd 7.1.1 answers
             return int(r)
     if fallback is not UNSET:
         return fallback
@@ -356,7 +357,7 @@ def time2integer(ctx: Context, t: float, fallback: int) -> int:
     if not math.isfinite(t):
         return fallback
     value = round_(ctx, t)
-    return int(value) if -_INT_MAX <= value <= _INT_MAX else fallback
+    return int(value) if abs(value) <= INT_MAX else fallback        # VRT_INT_is_valid
 
 
 @VMOD.func("real2time", "TIME", [Param("r", "REAL"), Param("fallback", "TIME")])

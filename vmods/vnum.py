@@ -66,7 +66,7 @@ def parse_number(s: str, strict: bool = False) -> tuple[float, int]:
         no_digits, value, i = exc, 0, exc.pos
         sign = -1 if s[:i].strip(_OWS).startswith("-") else 1
     if i >= n or s[i] != ".":
-        return float(value * sign), i
+        return float(value) * sign, i   # "-0" is -0.0, as C computes it
     if value > DECIMAL_MAX:
         raise NumError(ERR_FATNUM, i)
     if no_digits is not None and not (i + 1 < n and s[i + 1].isdigit() and s[i + 1].isascii()):

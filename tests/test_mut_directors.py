@@ -1,0 +1,241 @@
+"""Shard director parameters (alt, healthy, warmup, rampup, an empty shard) in-process, against the
+choices and log lines varnishd 7.1.1 gave for the same VCL (a .vtc; the last test re-runs it when
+varnishtest is installed). The paths the mutation run (tools/mutate.py) found without a test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from cacheserver.backends import set_admin_health
+from vcl.compiler import compile_vcl
+from vcl.runtime import Context, HttpMessage, VCLFailure
+
+KEYS = [0, 1 << 30, 2 << 30, 3 << 30, 4294967295, 12345, 99999999, 2000000000]
+# resp.http.<column> = sh.backend(<arguments>) for each key, joined with ':'
+COLUMNS = {
+    "k": "by=KEY, key={k}",
+    "a1": "by=KEY, key={k}, alt=1",
+    "a2": "by=KEY, key={k}, alt=2",
+    "big": "by=KEY, key={k}, alt=10",
+    "ign": "by=KEY, key={k}, healthy=IGNORE",
+    "ign1": "by=KEY, key={k}, alt=1, healthy=IGNORE",
+    "all1": "by=KEY, key={k}, alt=1, healthy=ALL",
+    "warm": "by=KEY, key={k}, warmup=1.0",
+    "warm0": "by=KEY, key={k}, warmup=0.0, rampup=false",
+}
+SETS = "\n".join(f"\tset resp.http.{c} = " + ' + ":" + '.join(f"sh.backend({a.format(k=k)})" for k in KEYS) + ";"
+                 for c, a in COLUMNS.items())
+BACKENDS = "".join(f'backend s{i} {{ .host = "127.0.0.1"; .port = "9"; }}\n' for i in range(1, 5))
+VCL_BODY = (
+    "import directors;\n" + BACKENDS +
+    "sub vcl_init {\n\tnew sh = directors.shard();\n" + "".join(f"\tsh.add_backend(s{i});\n" for i in range(1, 5)) +
+    "\tsh.reconfigure();\n\tnew e = directors.shard();\n}\n"
+    "sub vcl_recv { return (synth(200)); }\n"
+    "sub vcl_synth {\n" + SETS + '\n\tset resp.http.e = "" + e.backend();\n}\n')
+
+# varnishd 7.1.1's answers: all healthy, then with s2 sick (backend.set_health s2 sick)
+RECORDED = {
+    False: {"k": "s1:s1:s1:s4:s4:s1:s3:s1", "a1": "s4:s4:s2:s2:s1:s4:s1:s2", "a2": "s3:s3:s4:s3:s3:s3:s4:s3",
+            "big": "s2:s2:s3:s1:s2:s2:s2:s4", "ign": "s1:s1:s1:s4:s4:s1:s3:s1", "ign1": "s4:s4:s2:s2:s1:s4:s1:s2",
+            "all1": "s4:s4:s2:s2:s1:s4:s1:s2", "warm": "s4:s4:s2:s2:s1:s4:s1:s2",
+            "warm0": "s1:s1:s1:s4:s4:s1:s3:s1", "e": ""},
+    True: {"k": "s1:s1:s1:s4:s4:s1:s3:s1", "a1": "s4:s4:s4:s3:s1:s4:s1:s3", "a2": "s3:s3:s4:s3:s3:s3:s4:s3",
+           "big": "s4:s4:s3:s1:s1:s4:s1:s4", "ign": "s1:s1:s1:s4:s4:s1:s3:s1", "ign1": "s4:s4:s2:s2:s1:s4:s1:s2",
+           "all1": "s4:s4:s4:s3:s1:s4:s1:s3", "warm": "s4:s4:s4:s3:s1:s4:s1:s3",
+           "warm0": "s1:s1:s1:s4:s4:s1:s3:s1", "e": ""},
+}
+# the task's log: one Error per alt=10 pick (8 keys), then the empty shard's
+LOG = [("Error", "vmod_directors: shard sh: parameter alt=10 limited to 3")] * 8 + \
+    [("Error", "vmod_directors: shard e: no backends")]
+
+
+def ours(s2_sick: bool) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    vcl = compile_vcl("vcl 4.1;\n" + VCL_BODY, "shard.vcl")
+    assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
+    if s2_sick:
+        set_admin_health(vcl.backends["s2"], "sick")
+    req = HttpMessage("GET", "/")
+    ctx = Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200), vcl=vcl)
+    ctx.log = []
+    vcl.subs["vcl_synth"](ctx)
+    return {c: ctx.resp.headers.get(c) for c in RECORDED[False]}, [t for t in ctx.log if t[0] == "Error"]
+
+
+@pytest.mark.parametrize("s2_sick", [False, True])
+def test_shard_parameters_choose_what_varnishd_chose(s2_sick):
+    assert ours(s2_sick) == (RECORDED[s2_sick], LOG)
+
+
+def test_negative_alt_fails_the_task():
+    vcl = compile_vcl("vcl 4.1;\n" + VCL_BODY.replace(SETS, "\tset resp.http.x = sh.backend(alt=-1);"), "neg.vcl")
+    assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
+    req = HttpMessage("GET", "/")
+    with pytest.raises(VCLFailure, match=r"^vmod_directors: shard sh: shard.backend\(\) invalid alt argument -1$"):
+        vcl.subs["vcl_synth"](Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200),
+                                      vcl=vcl))
+
+
+VARNISHTEST = shutil.which("varnishtest")
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_recorded_answers_are_varnishds():
+    vtc = ('varnishtest "shard parameters"\nvarnish v1 -vcl {\n' + VCL_BODY + "} -start\n"
+           "client c1 {\n\ttxreq\n\trxresp\n} -run\n"
+           'varnish v1 -cliok "backend.set_health s2 sick"\nclient c1 -run\n')
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        path = Path(tmp) / "shard.vtc"
+        path.write_text(vtc)
+        run = subprocess.run([VARNISHTEST, "-v", "-t", "60", str(path)], capture_output=True, text=True, timeout=90)
+    out = run.stdout + run.stderr
+    headers = re.findall(r"c1 +rxhdr\|(\w+): (.*?)\\r$", out, re.M)
+    answers = {False: dict(headers[:len(headers) // 2]), True: dict(headers[len(headers) // 2:])}
+    assert {k: {c: v[c] for c in RECORDED[False]} for k, v in answers.items()} == RECORDED
+    errors = re.findall(r"^\*+ +v1 +vsl\| +1001 Error +c (.*)$", out, re.M)
+    assert [("Error", e) for e in errors] == LOG
+
+
+# sh.backend(...) arguments varnishd 7.1.1 refuses: the task fails with this VCL_Error
+REFUSED = [
+    ("by=KEY", "shard.backend() missing key argument with by=KEY"),
+    ("by=KEY, key=-1", "shard.backend() invalid key argument -1 with by=KEY"),
+    ("by=KEY, key=4294967296", "shard.backend() invalid key argument 4294967296 with by=KEY"),
+    ("by=BLOB", "shard.backend() missing key_blob argument with by=BLOB"),
+    ("by=HASH, key=5", "shard.backend() key and key_blob arguments are invalid with by=HASH"),
+    ('by=URL, key_blob=blob.decode(HEX, encoded="01020304")',
+     "shard.backend() key and key_blob arguments are invalid with by=URL"),
+    ("warmup=-0.5", "shard.backend() invalid warmup argument -0.500000"),
+    ("warmup=1.5", "shard.backend() invalid warmup argument 1.500000"),
+    ("resolve=LAZY, by=KEY, key=1", ".backend(resolve=LAZY) with other parameters can only be used in backend/pipe "
+                                    "context"),
+]
+# and those it takes: (arguments, backend chosen, Error logged)
+TAKEN = [
+    ('by=BLOB, key_blob=blob.decode(encoded="")', "s1",
+     "vmod_directors: shard sh: shard.backend() by=BLOB but no or empty key_blob - using key 0"),
+    ("warmup=-1", "s2", None),
+]
+ARGS_VCL = ("import directors;\nimport blob;\n" + BACKENDS +
+            "sub vcl_init {\n\tnew sh = directors.shard();\n" + "".join(f"\tsh.add_backend(s{i});\n" for i in range(1, 5)) +
+            "\tsh.reconfigure();\n}\nsub vcl_recv { return (synth(200)); }\nsub vcl_synth {\n" +
+            "\n".join(f'\tif (req.url == "/{i}") {{ set resp.http.x = "" + sh.backend({args}); }}'
+                      for i, (args, *_) in enumerate(REFUSED + TAKEN)) + "\n}\n")
+
+
+def synth_url(url: str) -> Context:
+    vcl = compile_vcl("vcl 4.1;\n" + ARGS_VCL, "args.vcl")
+    assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
+    req = HttpMessage("GET", url)
+    ctx = Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200), vcl=vcl)
+    ctx.log = []
+    vcl.subs["vcl_synth"](ctx)
+    return ctx
+
+
+@pytest.mark.parametrize("i", range(len(REFUSED)), ids=[args for args, _ in REFUSED])
+def test_refused_backend_arguments(i):
+    with pytest.raises(VCLFailure) as info:
+        synth_url(f"/{i}")
+    assert str(info.value) == "vmod_directors: shard sh: " + REFUSED[i][1]
+
+
+@pytest.mark.parametrize("i", range(len(TAKEN)), ids=[args for args, *_ in TAKEN])
+def test_taken_backend_arguments(i):
+    ctx = synth_url(f"/{len(REFUSED) + i}")
+    _, backend, error = TAKEN[i]
+    assert ctx.resp.headers.get("x") == backend
+    assert [text for tag, text in ctx.log if tag == "Error"] == ([error] if error else [])
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_argument_checks_are_varnishds():
+    cases = REFUSED + TAKEN
+    clients = "".join(f"client c{i} {{\n\ttxreq -url /{i}\n\trxresp\n}} -run\n" for i in range(len(cases)))
+    vtc = 'varnishtest "shard arguments"\nvarnish v1 -vcl {\n' + ARGS_VCL + "} -start\n" + clients
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        path = Path(tmp) / "args.vtc"
+        path.write_text(vtc)
+        run = subprocess.run([VARNISHTEST, "-v", "-t", "60", str(path)], capture_output=True, text=True, timeout=90)
+    out = run.stdout + run.stderr
+    # each request's VCL_Error or Error line and chosen backend, by request (vxid 1001, 1003, ...)
+    errors = dict(re.findall(r"vsl\| +(\d+) (?:VCL_Error|Error) +c vmod_directors: shard sh: (.*)$", out, re.M))
+    chosen = dict(re.findall(r"^\*+ +c(\d+) +rxhdr\|x: (.*?)\\r$", out, re.M))
+    for i, (_, msg) in enumerate(REFUSED):
+        assert errors.get(str(1001 + 2 * i)) == msg
+    for i, (_, backend, error) in enumerate(TAKEN, start=len(REFUSED)):
+        assert chosen.get(str(i)) == backend
+        assert errors.get(str(1001 + 2 * i)) == (error.split(": ", 2)[2] if error else None)
+
+
+# vcl_init settings: set_warmup out of [0, 1) is ignored with a Notice, clear() drops the backends
+# added before it, shard_param.clear() restores the defaults (varnishd 7.1.1's answers)
+INIT_VCL = ("import directors;\n" + "".join(BACKENDS.splitlines(keepends=True)[:2]) + """sub vcl_init {
+	new sh = directors.shard();
+	sh.add_backend(s1);
+	sh.add_backend(s2);
+	sh.set_warmup(1.0);
+	sh.set_warmup(-0.1);
+	sh.reconfigure();
+	new w = directors.shard();
+	w.add_backend(s1);
+	w.add_backend(s2);
+	w.set_warmup(0.999);
+	w.reconfigure();
+	new cl = directors.shard();
+	cl.add_backend(s1);
+	cl.clear();
+	cl.add_backend(s2);
+	cl.reconfigure();
+	new p = directors.shard_param();
+	p.set(by=KEY, key=5, alt=1, warmup=0.5, rampup=false, healthy=ALL);
+	p.clear();
+}
+sub vcl_recv { return (synth(200)); }
+sub vcl_synth {
+	set resp.http.sh = sh.backend(by=KEY, key=0) + ":" + sh.backend(by=KEY, key=3000000000);
+	set resp.http.w = w.backend(by=KEY, key=0) + ":" + w.backend(by=KEY, key=3000000000);
+	set resp.http.cl = cl.backend();
+	set resp.http.p = p.get_by() + ":" + p.get_key() + ":" + p.get_alt() + ":" + p.get_warmup() + ":"
+	+ p.get_rampup() + ":" + p.get_healthy();
+}
+""")
+INIT_ANSWERS = {"sh": "s1:s2", "w": "s2:s1", "cl": "s2", "p": "HASH:4053860029:0:-1.000:true:CHOSEN"}
+INIT_NOTICES = ["vmod_directors: shard sh: .set_warmup(1.000000) ignored",
+                "vmod_directors: shard sh: .set_warmup(-0.100000) ignored"]
+
+
+def test_init_settings():
+    vcl = compile_vcl("vcl 4.1;\n" + INIT_VCL, "init.vcl")
+    init = Context(method="vcl_init", vcl=vcl)
+    init.log = []
+    assert vcl.init(init).name == "ok"
+    assert [text for tag, text in init.log if tag == "Notice"] == INIT_NOTICES
+    req = HttpMessage("GET", "/")
+    ctx = Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200), vcl=vcl)
+    vcl.subs["vcl_synth"](ctx)
+    assert {k: ctx.resp.headers.get(k) for k in INIT_ANSWERS} == INIT_ANSWERS
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_init_settings_are_varnishds():
+    vtc = ('varnishtest "shard init"\nvarnish v1 -vcl {\n' + INIT_VCL + "} -start\n"
+           "client c1 {\n\ttxreq\n\trxresp\n} -run\n")
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        path = Path(tmp) / "init.vtc"
+        path.write_text(vtc)
+        run = subprocess.run([VARNISHTEST, "-v", "-t", "60", str(path)], capture_output=True, text=True, timeout=90)
+    out = run.stdout + run.stderr
+    answers = dict(re.findall(r"c1 +rxhdr\|(\w+): (.*?)\\r$", out, re.M))
+    assert {k: answers.get(k) for k in INIT_ANSWERS} == INIT_ANSWERS
+    assert re.findall(r"vsl\| +0 Notice +- (.*)$", out, re.M) == INIT_NOTICES
