@@ -116,6 +116,7 @@ class ClientRequest(Delivery, EsiRequest):
     vdp_chain = None                # delivery filters for the "stream" state
     send_deadline = 0.0             # send_timeout for the body being streamed
     _template_wanted = False        # this plain hit's head should become a template
+    vsl_tail = None                 # a template hit's last records: (payload template, its first values)
     send_data: memoryview | None = None   # a big body the "send" state writes
     acct_req = 0                    # request head bytes, for ReqAcct
     acct_hdr = acct_body = 0
@@ -193,6 +194,12 @@ class ClientRequest(Delivery, EsiRequest):
         req = self.acct_req
         hdr, body = self.acct_hdr, self.acct_body
         rx = self.body.received            # request body bytes read
+        if self.vsl_tail is not None:
+            # a template hit: its last records from the template's payload (deliver.py)
+            template, values = self.vsl_tail
+            self.server.vsl.write(ctx.xid, "c", ctx.log, template % (
+                *values, now, now - self.t_start, now - self.t_prev, req, rx, req + rx, hdr, body, hdr + body))
+            return
         ctx.log.append(("Timestamp", "Resp: %.6f %.6f %.6f\0ReqAcct %d %d %d %d %d %d\0End "
                         % (now, now - self.t_start, now - self.t_prev, req, rx, req + rx, hdr, body,
                            hdr + body)))
