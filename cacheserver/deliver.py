@@ -81,7 +81,7 @@ class Delivery:
     def _plain_hit(self) -> bool:
         oc = self.oc
         if not (self.is_hit and self.keep_alive and oc.complete and self.method0 == "GET"
-                and "vcl_deliver" not in self.vcl.user_subs):
+                and "vcl_deliver" in self.vcl.builtin_only):
             return False
         headers = self.ctx.req.headers
         if oc.gzipped or oc.esi_data is not None:

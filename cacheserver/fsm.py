@@ -28,6 +28,8 @@ from cacheserver.reqbody import ReqBody
 from cacheserver.rfc2616 import collect_header
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import ObjCore
+from vcl.compiler import BUILTIN_RETURNS
+from vcl.rtlib import s_ip
 from vcl.runtime import Action, Context, HttpMessage, VCLFailure
 
 if TYPE_CHECKING:
@@ -47,6 +49,9 @@ _CALL = {f"vcl_{n}": n.upper() for n in ("recv", "hash", "hit", "miss", "pass", 
                                           "synth", "backend_fetch", "backend_response", "backend_error")}
 # A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
 _START_LINE_SLOTS = 5
+# The records of a subroutine the server runs in place of its built-in code (CompiledVCL.builtin_only)
+_BUILTIN_CALL = {sub: ("VCL_call", f"{_CALL[sub]}\0VCL_return {action.name}")
+                 for sub, action in [*BUILTIN_RETURNS.items(), ("vcl_hash", Action("lookup"))]}
 
 
 def _wait_states(vcl) -> frozenset[str]:
@@ -260,6 +265,13 @@ class ClientRequest(Delivery, EsiRequest):
     def call(self, sub: str) -> Action:
         ctx = self.ctx
         ctx.method = sub
+        action = self.vcl.builtin_only.get(sub)
+        if action is not None:
+            # the built-in code alone, which does nothing but return (vcl_hash: hash): done here
+            if sub == "vcl_hash":
+                _builtin_hash(ctx)
+            ctx.log.append(_BUILTIN_CALL[sub])
+            return action
         ctx.log.append(("VCL_call", _CALL[sub]))
         try:
             action = self.vcl.subs[sub](ctx)
@@ -776,6 +788,13 @@ class ClientRequest(Delivery, EsiRequest):
         oc = ObjCore()
         oc.finish(True)
         return self._transmit(bare, oc, synth=True)
+
+def _builtin_hash(ctx: Context) -> None:
+    """The built-in vcl_hash: hash_data(req.url), then req.http.host if set, else server.ip."""
+    req = ctx.req
+    host = req.headers.get("host")
+    ctx.hash_parts += (req.url, host if host is not None else s_ip(ctx.server_ip))
+
 
 def _absolute_url(req: HttpMessage) -> None:
     """RFC 2616 5.2: an absolute request URI names the host; it replaces any Host header."""

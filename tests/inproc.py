@@ -37,8 +37,11 @@ class RecordingLog:
         self.records: collections.deque[tuple[int, str, str]] = collections.deque(maxlen=100_000)
         self.writes: collections.Counter[int] = collections.Counter()     # write() calls per vxid
 
-    def write(self, vxid: int, kind: str, records: list) -> None:
+    def write(self, vxid: int, kind: str, records: list, tail: bytes = b"") -> None:
         self.writes[vxid] += 1
+        if tail:        # records already encoded (a template hit's): "Tag text" joined by NULs
+            tag, _, text = tail.decode("utf-8", "surrogateescape").partition(" ")
+            records = [*records, (tag, text)]
         for tag, text in records:
             first, *more = str(text).split("\0")
             self.records.append((vxid, tag, first))
