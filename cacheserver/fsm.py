@@ -408,11 +408,14 @@ class ClientRequest(Delivery, EsiRequest):
             return None
         if name == "fail" or hash_action.name == "fail":
             return self._fail_state()
-        digest = hashlib.sha256()
-        for part in ctx.hash_parts:
-            digest.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
-            digest.update(b"\0")      # varnishd's field separator (HSH_AddString(NULL)): same digests
-        self.digest = ctx.hash = digest.digest()
+        # each part followed by varnishd's field separator (HSH_AddString(NULL)): the same digests
+        parts = ctx.hash_parts
+        try:
+            data = ("\0".join(parts) + "\0").encode("utf-8", "surrogateescape") if parts else b""
+        except TypeError:          # a part given as bytes
+            data = b"".join((p.encode("utf-8", "surrogateescape") if isinstance(p, str) else p) + b"\0"
+                            for p in parts)
+        self.digest = ctx.hash = hashlib.sha256(data).digest()
         if name == "hash":
             return "lookup"
         if name == "pipe" and ctx.esi_level > 0:
