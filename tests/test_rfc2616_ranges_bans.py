@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cacheserver import rfc2616
 from cacheserver.bans import BanError, BanList, build, split_args
 from cacheserver.ranges import RangeError, parse_range
-from cacheserver import rfc2616
 from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl, header_field, parse_date, rfc2616_time
 from vcl.runtime import Context, Headers, HttpMessage
 
