@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from cacheserver.storage import ObjCore
     from vcl.runtime import HttpMessage
 
+# Request headers that make a hit other than plain (a range, a conditional): lowercased names
+_NOT_PLAIN = frozenset(("range", "if-none-match", "if-modified-since"))
 # Writes at least this big go out as two writes (no concatenation copy).
 _BIG = 65536
 # Bodies past this are sent by the async "send" state, a slice at a time, each slice waiting for the
@@ -88,8 +90,7 @@ class Delivery:
             # a filter may be needed (gunzip for this client, ESI): only the plain gzip client
             if oc.esi_data is not None or not accepts_gzip(headers.get("Accept-Encoding")):
                 return False
-        return ("range" not in headers and "if-none-match" not in headers
-                and "if-modified-since" not in headers and self.ctx.req.proto == "HTTP/1.1")
+        return self.ctx.req.proto == "HTTP/1.1" and headers.has_none(_NOT_PLAIN)
 
     def _deliver_from_template(self) -> bool:
         oc = self.oc

@@ -338,7 +338,8 @@ class ClientRequest(Delivery, EsiRequest):
             if url[:1] != "/" and url[:7].lower() in ("http://", "https:/"):
                 _absolute_url(req)
             xff = req.headers.get_all("X-Forwarded-For")
-            req.headers.unset("X-Forwarded-For")
+            if xff:
+                req.headers.unset("X-Forwarded-For")
             ip = ctx.client_ip.addr
             req.headers.add("X-Forwarded-For", f"{', '.join(xff)}, {ip}" if xff else ip)
             collect_header(req.headers, "Cache-Control")
@@ -392,7 +393,7 @@ class ClientRequest(Delivery, EsiRequest):
         if ae is not None and accepts_gzip(ae):
             if ae.lower() != "gzip":          # http_ForceHeader keeps an equal value as it is
                 headers.set("Accept-Encoding", "gzip")
-        else:
+        elif ae is not None:
             headers.unset("Accept-Encoding")
 
     def _after_recv(self, action: Action, hash_action: Action) -> str | None:
