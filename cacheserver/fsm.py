@@ -164,14 +164,16 @@ class ClientRequest(Delivery, EsiRequest):
         if reason == "restart":
             ctx.log.append(("Begin", f"req {parent} {reason}"))
             self._ts("Start")            # counted from the first request's start, as varnishd
+            ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
+                            % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
         else:
             # one pre-joined run of records (cacheserver/vsl.py), one format: this is every request
             ts = "%.6f" % t
             ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
-                                     "Timestamp Req: %s 0.000000 0.000000\0VCL_use %s"
-                            % (parent, reason, ts, ts, self.vcl.__dict__.get("name") or "boot")))
-        ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
-                        % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
+                                     "Timestamp Req: %s 0.000000 0.000000\0VCL_use %s\0"
+                                     "ReqStart %s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
+                            % (parent, reason, ts, ts, self.vcl.name or "boot", ip.addr, ip.port,
+                               ctx.local_socket or "a0", req.method, req.url, req.proto)))
         req.headers.log_to(ctx.log, "ReqHeader", "ReqUnset")
 
     def _vsl_sync(self) -> None:
