@@ -52,7 +52,7 @@ class ObjCore:
         self.failed = False
         self.keep_body = True            # False: chunks are dropped once every reader has them
         self.readers: list[list[int]] | tuple = ()   # a list once a reader opens (most never do)
-        self._wakeup: asyncio.Future | None = None
+        self._wakeup: list[asyncio.Future] | None = None    # readers waiting for more body
         self._space: asyncio.Future | None = None
         self.t_origin = 0.0
         self.ttl = 0.0
@@ -107,16 +107,22 @@ class ObjCore:
         return self.body_cache
 
     def _wake(self) -> None:
-        fut = self._wakeup
-        if fut is not None:
+        waiting = self._wakeup
+        if waiting is not None:
             self._wakeup = None
-            if not fut.done():
-                fut.set_result(None)
+            for fut in waiting:
+                if not fut.done():
+                    fut.set_result(None)
 
     async def wait_more(self) -> None:
+        # a future per waiting reader: one that gives up (send_timeout cancels its wait) must not
+        # cancel the others' wait, as a shared future would
+        fut = asyncio.get_running_loop().create_future()
         if self._wakeup is None:
-            self._wakeup = asyncio.get_running_loop().create_future()
-        await self._wakeup
+            self._wakeup = [fut]
+        else:
+            self._wakeup.append(fut)
+        await fut
 
     def open_reader(self) -> list[int]:
         cell = [self.base]

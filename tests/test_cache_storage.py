@@ -86,3 +86,27 @@ def test_bans_are_checked_at_lookup(expr, hit):
     st.ban(expr)
     kind = st.lookup(b"/x", HttpMessage("GET", "/x"), time.time()).kind
     assert (kind == HIT) is hit
+
+
+def test_a_reader_that_gives_up_waiting_leaves_the_others_waiting():
+    """Two clients stream one object; one's send_timeout cancels its wait for more body: the other still
+    gets the body when it comes (a shared wake-up future, cancelled, once cancelled them all)."""
+    import asyncio
+
+    from cacheserver.storage import ObjCore
+
+    async def main():
+        oc = ObjCore()
+
+        async def impatient():
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.01):
+                    await oc.wait_more()
+
+        patient = asyncio.ensure_future(oc.wait_more())
+        await impatient()
+        assert not patient.done()
+        oc.append(b"more")
+        await asyncio.wait_for(patient, 5)
+
+    asyncio.run(main())
