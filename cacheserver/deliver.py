@@ -18,7 +18,6 @@ filter output) is held per client.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -353,10 +352,7 @@ class Delivery:
                         self._flush_head()          # nothing to send with it yet: no waiting
                     if oc.complete or oc.failed:
                         break
-                    try:
-                        async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
-                            await oc.wait_more()
-                    except TimeoutError:
+                    if not await oc.wait_more(deadline - time.monotonic()):
                         # send_timeout: the whole response took too long
                         self.keep_alive = False
                         session.send_timed_out()

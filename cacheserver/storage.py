@@ -32,6 +32,11 @@ STREAM_WINDOW = 1 << 20
 HIT, GRACE, MISS, HITMISS, HITPASS, BUSY = "hit", "grace", "miss", "hitmiss", "hitpass", "busy"
 
 
+def _time_up(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
 class ObjCore:
     """One object (or a busy placeholder, or a hit-for-miss/pass marker) under an object head."""
 
@@ -112,17 +117,25 @@ class ObjCore:
             self._wakeup = None
             for fut in waiting:
                 if not fut.done():
-                    fut.set_result(None)
+                    fut.set_result(True)
 
-    async def wait_more(self) -> None:
-        # a future per waiting reader: one that gives up (send_timeout cancels its wait) must not
-        # cancel the others' wait, as a shared future would
-        fut = asyncio.get_running_loop().create_future()
+    async def wait_more(self, timeout: float | None = None) -> bool:
+        """Wait until the body grows or ends: True; False when `timeout` seconds passed first."""
+        # a future per waiting reader: one that gives up (or whose task is cancelled) must not end
+        # the others' wait, as a shared future would
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         if self._wakeup is None:
             self._wakeup = [fut]
         else:
             self._wakeup.append(fut)
-        await fut
+        if timeout is None:
+            return await fut
+        timer = loop.call_later(max(timeout, 0), _time_up, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
 
     def open_reader(self) -> list[int]:
         cell = [self.base]

@@ -110,3 +110,21 @@ def test_a_reader_that_gives_up_waiting_leaves_the_others_waiting():
         await asyncio.wait_for(patient, 5)
 
     asyncio.run(main())
+
+
+def test_wait_more_says_whether_the_body_moved_within_the_time():
+    import asyncio
+
+    from cacheserver.storage import ObjCore
+
+    async def main():
+        oc = ObjCore()
+        assert await oc.wait_more(0.01) is False
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.01, oc.append, b"x")
+        assert await oc.wait_more(30) is True
+        loop.call_later(0.01, oc.finish)
+        assert await oc.wait_more() is True
+        assert oc._wakeup is None          # nothing left behind
+
+    asyncio.run(main())
