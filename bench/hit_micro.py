@@ -2,10 +2,12 @@
 no sockets and no wrk, so the figure holds on a loaded machine. With --compare-root, another
 checkout (e.g. the base of a change) is measured in alternation with this one, in the same run.
 
-    python bench/hit_micro.py [--rounds 5] [--compare-root DIR]
+    python bench/hit_micro.py [--rounds 5] [--compare-root DIR] [--log] [--per-read N]
 
 The object (1 KiB, cacheable) is put in the cache directly; every request is then a hit on the
-plain-hit template path. Prints the median us/hit per checkout.
+plain-hit template path. Prints the median us/hit per checkout. `--log` writes the shared log (a work
+directory in /tmp), which the default leaves out; `--per-read 1` hands data_received one request at a
+time, as a client waiting for each answer does (default 100 pipelined).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r'''
-import asyncio, hashlib, sys, time
+import asyncio, hashlib, os, pathlib, sys, tempfile, time
 from cacheserver.protocol import ClientProtocol
 from cacheserver.server import Server
 from vcl.runtime import HttpMessage
@@ -39,6 +41,8 @@ class Sink(asyncio.Transport):
 
 async def main():
     srv = Server()
+    if os.environ.get("HIT_MICRO_LOG"):
+        srv.open_log(pathlib.Path(tempfile.mkdtemp(prefix="hit-micro-")))
     srv.vcl_load("boot", 'vcl 4.1;\nbackend default { .host = "127.0.0.1"; .port = "9"; }\n', "x.vcl")
     srv.vcl_use("boot")
     digest = hashlib.sha256(b"/obj\0x\0").digest()
@@ -52,11 +56,12 @@ async def main():
     oc.finish(True)
     proto = ClientProtocol(srv)
     proto.connection_made(Sink())
-    batch = b"GET /obj HTTP/1.1\r\nHost: x\r\n\r\n" * 100
-    for _ in range(20):
+    per_read = int(os.environ.get("HIT_MICRO_PER_READ", "100"))
+    batch = b"GET /obj HTTP/1.1\r\nHost: x\r\n\r\n" * per_read
+    for _ in range(2000 // per_read):
         proto.data_received(batch)
     t0 = time.process_time()
-    for _ in range(500):
+    for _ in range(50000 // per_read):
         proto.data_received(batch)
     used = time.process_time() - t0
     assert srv.counters.cache_hit >= 52000, "not hits: the benchmark no longer fits the server"
@@ -66,9 +71,12 @@ asyncio.run(main())
 '''
 
 
-def one(root: Path) -> float:
+def one(root: Path, log: bool, per_read: int) -> float:
+    env = dict(os.environ, PYTHONPATH=str(root), HIT_MICRO_PER_READ=str(per_read))
+    if log:
+        env["HIT_MICRO_LOG"] = "1"
     out = subprocess.run([sys.executable, "-c", CHILD], cwd=root, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(root)), check=True).stdout
+                         env=env, check=True).stdout
     return float(out.strip())
 
 
@@ -76,6 +84,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--compare-root", type=Path, default=None, metavar="DIR")
+    ap.add_argument("--log", action="store_true", help="write the shared log too")
+    ap.add_argument("--per-read", type=int, default=100, choices=(1, 10, 100, 1000),
+                    help="requests handed to data_received at a time")
     args = ap.parse_args()
     roots = [("this checkout", ROOT)]
     if args.compare_root is not None:
@@ -83,7 +94,7 @@ def main() -> None:
     runs: dict[str, list[float]] = {name: [] for name, _ in roots}
     for _ in range(args.rounds):
         for name, root in roots:
-            runs[name].append(one(root))
+            runs[name].append(one(root, args.log, args.per_read))
     for name, values in runs.items():
         print(f"{name:30s} {statistics.median(values):6.2f} us/hit (median of {len(values)}: "
               f"{', '.join(f'{v:.2f}' for v in values)})")

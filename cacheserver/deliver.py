@@ -18,7 +18,6 @@ filter output) is held per client.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -42,6 +41,8 @@ if TYPE_CHECKING:
     from cacheserver.storage import ObjCore
     from vcl.runtime import HttpMessage
 
+# Request headers that make a hit other than plain (a range, a conditional): lowercased names
+_NOT_PLAIN = frozenset(("range", "if-none-match", "if-modified-since"))
 # Writes at least this big go out as two writes (no concatenation copy).
 _BIG = 65536
 # Bodies past this are sent by the async "send" state, a slice at a time, each slice waiting for the
@@ -81,29 +82,28 @@ class Delivery:
     def _plain_hit(self) -> bool:
         oc = self.oc
         if not (self.is_hit and self.keep_alive and oc.complete and self.method0 == "GET"
-                and "vcl_deliver" not in self.vcl.user_subs):
+                and "vcl_deliver" in self.vcl.builtin_only and not self.vcl.traced):
             return False
         headers = self.ctx.req.headers
         if oc.gzipped or oc.esi_data is not None:
             # a filter may be needed (gunzip for this client, ESI): only the plain gzip client
             if oc.esi_data is not None or not accepts_gzip(headers.get("Accept-Encoding")):
                 return False
-        return ("range" not in headers and "if-none-match" not in headers
-                and "if-modified-since" not in headers and self.ctx.req.proto == "HTTP/1.1")
+        return self.ctx.req.proto == "HTTP/1.1" and headers.has_none(_NOT_PLAIN)
 
     def _deliver_from_template(self) -> bool:
         oc = self.oc
         template = oc.fast_head
         if template is None or template[0] is not self.vcl or template[1] is not oc.http:
             return False
-        _, _, before_xid, before_age, rest, (pre, _mid, _post, conn) = template
-        age = max(0, int(time.time() - oc.t_origin))
-        head = b"%sX-Varnish: %d %d\r\n%sAge: %d\r\n%s" % (
-            before_xid, self.ctx.xid, oc.xid, before_age, age, rest)
-        records = self.ctx.log
-        records.append(("RespProtocol", pre % (self.ctx.xid, oc.xid, age)))
-        self._ts("Process")
-        records.append(conn)
+        _, _, before_xid, before_age, rest, vsl_tail = template
+        now = time.time()
+        age = max(0, int(now - oc.t_origin))
+        xid = self.ctx.xid
+        head = b"%sX-Varnish: %d %d\r\n%sAge: %d\r\n%s" % (before_xid, xid, oc.xid, before_age, age, rest)
+        # the records from RespProtocol to End, formatted once the request is done (_vsl_end)
+        self.vsl_tail = (vsl_tail, (xid, oc.xid, age, now, now - self.t_start, now - self.t_prev))
+        self.t_prev = now
         self.acct_hdr = len(head)
         body = oc.body()
         counters = self.server.counters
@@ -352,10 +352,7 @@ class Delivery:
                         self._flush_head()          # nothing to send with it yet: no waiting
                     if oc.complete or oc.failed:
                         break
-                    try:
-                        async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
-                            await oc.wait_more()
-                    except TimeoutError:
+                    if not await oc.wait_more(deadline - time.monotonic()):
                         # send_timeout: the whole response took too long
                         self.keep_alive = False
                         session.send_timed_out()
@@ -410,9 +407,10 @@ class Delivery:
         return None
 
 
-def _template_records(head: bytes) -> tuple:
-    """A plain hit's records, cut once from its head: the run up to vcl_deliver's return as one
-    %-template for (xid, object xid, age), and the Connection record (cacheserver/vsl.py's runs)."""
+def _template_records(head: bytes) -> bytes:
+    """A plain hit's records from RespProtocol to End, cut once from its head, as an encoded payload
+    (VslWriter.write's tail) and a %-template for: xid, object xid, age, the Process timestamp's
+    three times, the Resp timestamp's three, and ReqAcct's six numbers."""
     lines = head.decode("utf-8", "surrogateescape").split("\r\n")
     proto, _, rest = lines[0].partition(" ")
     status, _, reason = rest.partition(" ")
@@ -432,8 +430,9 @@ def _template_records(head: bytes) -> tuple:
             parts[part].append(("RespHeader", line))
     parts[2] += [("VCL_call", "DELIVER"), ("VCL_return", "deliver")]
     esc = [[(t, x.replace("%", "%%")) for t, x in part] for part in parts]
-    run = esc[0] + [("RespHeader", "X-Varnish: %d %d")] + esc[1] + [("RespHeader", "Age: %d")] + esc[2]
-    text = "\0".join(map(" ".join, run)).partition(" ")[2]       # after the first tag, RespProtocol
     conn_rec = conn[0] if conn else ("RespHeader", "Connection: keep-alive")
-    # the (empty) Filters record of a plain hit, then its Connection header, as one run
-    return text, (), (), ("Filters", "\0" + " ".join(conn_rec))
+    run = (esc[0] + [("RespHeader", "X-Varnish: %d %d")] + esc[1] + [("RespHeader", "Age: %d")] + esc[2]
+           + [("Timestamp", "Process: %.6f %.6f %.6f"), ("Filters", ""),     # a plain hit's empty list
+              (conn_rec[0], conn_rec[1].replace("%", "%%")),
+              ("Timestamp", "Resp: %.6f %.6f %.6f"), ("ReqAcct", "%d %d %d %d %d %d"), ("End", "")])
+    return "\0".join(map(" ".join, run)).encode("utf-8", "surrogateescape")

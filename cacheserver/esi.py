@@ -332,8 +332,9 @@ def _vsl_esi_begin(parent, child) -> None:
     sess_log = parent.session.vsl
     if sess_log and sess_log[-1] == link:
         sess_log.pop()
-    start = ctx.log[0][1].split("\0")[1]        # "Timestamp Start: ..." of the pre-joined run
-    ctx.log[0] = ("Begin", f"req {parent.ctx.xid} esi\0{start}\0ReqURL {ctx.req.url}")
+    # the pre-joined run: Begin, Timestamp Start, Timestamp Req, VCL_use, then ReqStart and on
+    run = ctx.log[0][1].split("\0")
+    ctx.log[0] = ("Begin", "\0".join([f"req {parent.ctx.xid} esi", run[1], f"ReqURL {ctx.req.url}", *run[4:]]))
     parent.ctx.log.append(("Link", f"req {ctx.xid} esi"))
 
 

@@ -28,7 +28,8 @@ from cacheserver.reqbody import ReqBody
 from cacheserver.rfc2616 import collect_header
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import SYNTH_OBJECT, ObjCore
-from vcl.rtlib import end_task
+from vcl.compiler import BUILTIN_RETURNS
+from vcl.rtlib import end_task, s_ip
 from vcl.runtime import Action, Context, HttpMessage, VCLFailure
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ _CALL = {f"vcl_{n}": n.upper() for n in ("recv", "hash", "hit", "miss", "pass", 
                                           "synth", "backend_fetch", "backend_response", "backend_error")}
 # A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
 _START_LINE_SLOTS = 5
+# The records of a subroutine the server runs in place of its built-in code (CompiledVCL.builtin_only)
+_BUILTIN_CALL = {sub: ("VCL_call", f"{_CALL[sub]}\0VCL_return {action.name}")
+                 for sub, action in [*BUILTIN_RETURNS.items(), ("vcl_hash", Action("lookup"))]}
 
 
 def _wait_states(vcl) -> frozenset[str]:
@@ -118,6 +122,7 @@ class ClientRequest(Delivery, EsiRequest):
     vdp_chain = None                # delivery filters for the "stream" state
     send_deadline = 0.0             # send_timeout for the body being streamed
     _template_wanted = False        # this plain hit's head should become a template
+    vsl_tail = None                 # a template hit's last records: (payload template, its first values)
     send_data: memoryview | None = None   # a big body the "send" state writes
     acct_req = 0                    # request head bytes, for ReqAcct
     acct_hdr = acct_body = 0
@@ -167,6 +172,8 @@ class ClientRequest(Delivery, EsiRequest):
         if reason == "restart":
             ctx.log.append(("Begin", f"req {parent} {reason}"))
             self._ts("Start")            # counted from the first request's start, as varnishd
+            ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
+                            % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
         else:
             # one pre-joined run of records (cacheserver/vsl.py), one format: this is every request
             ts = "%.6f" % t
@@ -208,6 +215,12 @@ class ClientRequest(Delivery, EsiRequest):
         req = self.acct_req
         hdr, body = self.acct_hdr + self.acct_continue, self.acct_body
         rx = self.body.received            # request body bytes read
+        if self.vsl_tail is not None:
+            # a template hit: its last records from the template's payload (deliver.py)
+            template, values = self.vsl_tail
+            self.server.vsl.write(ctx.xid, "c", ctx.log, template % (
+                *values, now, now - self.t_start, now - self.t_prev, req, rx, req + rx, hdr, body, hdr + body))
+            return
         ctx.log.append(("Timestamp", "Resp: %.6f %.6f %.6f\0ReqAcct %d %d %d %d %d %d\0End "
                         % (now, now - self.t_start, now - self.t_prev, req, rx, req + rx, hdr, body,
                            hdr + body)))
@@ -268,6 +281,14 @@ class ClientRequest(Delivery, EsiRequest):
     def call(self, sub: str) -> Action:
         ctx = self.ctx
         ctx.method = sub
+        # (not while VCL_trace is on: the built-in code's blocks are traced too)
+        action = None if self.vcl.traced else self.vcl.builtin_only.get(sub)
+        if action is not None:
+            # the built-in code alone, which does nothing but return (vcl_hash: hash): done here
+            if sub == "vcl_hash":
+                _builtin_hash(ctx)
+            ctx.log.append(_BUILTIN_CALL[sub])
+            return action
         ctx.log.append(("VCL_call", _CALL[sub]))
         try:
             action = self.vcl.subs[sub](ctx)
@@ -334,7 +355,8 @@ class ClientRequest(Delivery, EsiRequest):
             if url[:1] != "/" and url[:7].lower() in ("http://", "https:/"):
                 _absolute_url(req)
             xff = req.headers.get_all("X-Forwarded-For")
-            req.headers.unset("X-Forwarded-For")
+            if xff:
+                req.headers.unset("X-Forwarded-For")
             ip = ctx.client_ip.addr
             req.headers.add("X-Forwarded-For", f"{', '.join(xff)}, {ip}" if xff else ip)
             collect_header(req.headers, "Cache-Control")
@@ -396,8 +418,26 @@ class ClientRequest(Delivery, EsiRequest):
         if ae is not None and accepts_gzip(ae):
             if ae.lower() != "gzip":          # http_ForceHeader keeps an equal value as it is
                 headers.set("Accept-Encoding", "gzip")
-        else:
+        elif ae is not None:
             headers.unset("Accept-Encoding")
+
+    def _hash_and_log(self, ctx: Context, parts: list) -> bytes:
+        """The lookup digest part by part, with a Hash record for each when vsl_mask lets them through;
+        a hash_data() of STRANDS (a tuple) hashes each piece on its own, an unset one as a NUL."""
+        digest = hashlib.sha256()
+        log_hash = "-Hash" not in self.server.params.vsl_mask
+        for part in parts:
+            if isinstance(part, tuple):
+                for p in part:
+                    digest.update(b"\0" if p is None else p.encode("utf-8", "surrogateescape"))
+                    if log_hash and p is not None:
+                        ctx.log.append(("Hash", p))
+            else:
+                digest.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
+                if log_hash and part != "\0":
+                    ctx.log.append(("Hash", part if isinstance(part, str) else part.decode("latin-1")))
+            digest.update(b"\0")      # varnishd's field separator (HSH_AddString(NULL))
+        return digest.digest()
 
     def _after_recv(self, action: Action, hash_action: Action) -> str | None:
         name = action.name
@@ -410,20 +450,14 @@ class ClientRequest(Delivery, EsiRequest):
             return None
         if name == "fail" or hash_action.name == "fail":
             return self._fail_state()
-        digest = hashlib.sha256()
-        log_hash = "-Hash" not in self.server.params.vsl_mask
-        for part in ctx.hash_parts:
-            if isinstance(part, tuple):             # hash_data() of STRANDS: each part on its own
-                for p in part:
-                    digest.update(b"\0" if p is None else p.encode("utf-8", "surrogateescape"))
-                    if log_hash and p is not None:
-                        ctx.log.append(("Hash", p))
-            else:
-                digest.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
-                if log_hash and part != "\0":
-                    ctx.log.append(("Hash", part if isinstance(part, str) else part.decode("latin-1")))
-            digest.update(b"\0")      # varnishd's field separator (HSH_AddString(NULL)): same digests
-        self.digest = ctx.hash = digest.digest()
+        parts = ctx.hash_parts
+        if "-Hash" in self.server.params.vsl_mask and all(type(p) is str for p in parts):
+            # the common case in one call: each part followed by varnishd's field separator
+            # (HSH_AddString(NULL)), the same digest as the loop below
+            data = ("\0".join(parts) + "\0").encode("utf-8", "surrogateescape") if parts else b""
+            self.digest = ctx.hash = hashlib.sha256(data).digest()
+        else:
+            self.digest = ctx.hash = self._hash_and_log(ctx, parts)
         if name == "hash":
             return "lookup"
         if name == "pipe" and ctx.esi_level > 0:
@@ -832,6 +866,13 @@ class ClientRequest(Delivery, EsiRequest):
         oc = ObjCore()
         oc.finish(True)
         return self._transmit(bare, oc, synth=True)
+
+def _builtin_hash(ctx: Context) -> None:
+    """The built-in vcl_hash: hash_data(req.url), then req.http.host if set, else server.ip."""
+    req = ctx.req
+    host = req.headers.get("host")
+    ctx.hash_parts += (req.url, host if host is not None else s_ip(ctx.server_ip))
+
 
 def _absolute_url(req: HttpMessage) -> None:
     """RFC 2616 5.2: an absolute request URI names the host; it replaces any Host header."""

@@ -59,13 +59,26 @@ def header_field(value: str, name: str) -> str | None | bool:
     return False
 
 
+# Dates parsed lately: a backend's Date changes once a second and its Expires seldom, and parsing one
+# costs more than the rest of compute_ttl. Cleared when full.
+_DATES: dict[str, float | None] = {}
+_DATES_MAX = 64
+
+
 def parse_date(text: str | None) -> float | None:
     if not text:
         return None
+    when = _DATES.get(text, _DATES)
+    if when is not _DATES:
+        return when
     try:
-        return parsedate_to_datetime(text).timestamp()
+        when = parsedate_to_datetime(text).timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
-        return None
+        when = None
+    if len(_DATES) >= _DATES_MAX:
+        _DATES.clear()
+    _DATES[text] = when
+    return when
 
 
 def compute_ttl(ctx: Context, params, now: float, log: bool = False, uncacheable: bool = False) -> float:

@@ -51,6 +51,11 @@ def _oc_flags(oc: ObjCore) -> int:
     """The objcore flags varnishd's ExpKill records show: OC_F_DYING (0x80) is the one we keep."""
     return 0x80 if oc.dying else 0
 
+def _time_up(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
 class ObjCore:
     """One object (or a busy placeholder, or a hit-for-miss/pass marker) under an object head."""
 
@@ -71,7 +76,7 @@ class ObjCore:
         self.failed = False
         self.keep_body = True            # False: chunks are dropped once every reader has them
         self.readers: list[list[int]] | tuple = ()   # a list once a reader opens (most never do)
-        self._wakeup: asyncio.Future | None = None
+        self._wakeup: list[asyncio.Future] | None = None    # readers waiting for more body
         self._space: asyncio.Future | None = None
         self.t_origin = 0.0
         self.ttl = 0.0
@@ -130,16 +135,30 @@ class ObjCore:
         return self.body_cache
 
     def _wake(self) -> None:
-        fut = self._wakeup
-        if fut is not None:
+        waiting = self._wakeup
+        if waiting is not None:
             self._wakeup = None
-            if not fut.done():
-                fut.set_result(None)
+            for fut in waiting:
+                if not fut.done():
+                    fut.set_result(True)
 
-    async def wait_more(self) -> None:
+    async def wait_more(self, timeout: float | None = None) -> bool:
+        """Wait until the body grows or ends: True; False when `timeout` seconds passed first."""
+        # a future per waiting reader: one that gives up (or whose task is cancelled) must not end
+        # the others' wait, as a shared future would
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         if self._wakeup is None:
-            self._wakeup = asyncio.get_running_loop().create_future()
-        await self._wakeup
+            self._wakeup = [fut]
+        else:
+            self._wakeup.append(fut)
+        if timeout is None:
+            return await fut
+        timer = loop.call_later(max(timeout, 0), _time_up, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
 
     def open_reader(self) -> list[int]:
         cell = [self.base]

@@ -81,6 +81,12 @@ def masked_tags(vsl_mask: object) -> frozenset[str]:
     return frozenset(b.strip()[1:] for b in str(vsl_mask or "").split(",") if b.strip().startswith("-"))
 
 
+def _decode(payload: bytes) -> list[tuple[str, str]]:
+    """A payload's records as (tag, text) pairs (the writer's slow path, with a mask to apply)."""
+    return [(tag, text) for tag, _, text in
+            (rec.partition(" ") for rec in payload.decode("utf-8", "surrogateescape").split("\0"))]
+
+
 class VslWriter:
     """The server's end of the ring. One per server; not thread-safe (the event loop is the only writer).
 
@@ -113,9 +119,13 @@ class VslWriter:
         self.last_seg = -1
         self.closed = False
 
-    def write(self, vxid: int, kind: str, records: list) -> None:
-        """Append one task's records, [(tag, text), ...], as one chunk (or several, if huge)."""
-        if not records or self.closed:
+    def write(self, vxid: int, kind: str, records: list, tail: bytes = b"") -> None:
+        """Append one task's records, [(tag, text), ...], as one chunk (or several, if huge).
+
+        `tail`: further records already encoded as a payload ("Tag text" joined by NULs; the hot path
+        formats them from a template made once), written after `records`. Like a pre-joined run, it
+        holds none of the default-masked tags."""
+        if self.closed or not (records or tail):
             return
         params = self.params
         if params is not None:
@@ -124,17 +134,19 @@ class VslWriter:
             if params.vsl_reclen != self.reclen:
                 self.reclen = int(params.vsl_reclen)      # changed at run time: applies from now
             if self._split:
-                self._write_masked(vxid, kind, records)
+                self._write_masked(vxid, kind, [*records, *_decode(tail)] if tail else records)
                 return
             if not self._masked.isdisjoint(map(_TAG, records)):
                 records = [r for r in records if r[0] not in self._masked]
-                if not records:
-                    return
         try:
             payload = "\0".join(map(" ".join, records)).encode("utf-8", "surrogateescape")
         except TypeError:
             # a text that is not a str (a vmod's mistake): make it one rather than lose the task
             payload = "\0".join(f"{t} {x}" for t, x in records).encode("utf-8", "surrogateescape")
+        if tail:
+            payload = payload + b"\0" + tail if payload else tail
+        elif not payload:
+            return
         if len(payload) + _CHUNK.size > self.max_chunk:
             self._write_big(vxid, kind, payload)
             return
@@ -230,7 +242,7 @@ class NullWriter:
     def wants(self, tag: str) -> bool:
         return False
 
-    def write(self, vxid: int, kind: str, records: list) -> None:
+    def write(self, vxid: int, kind: str, records: list, tail: bytes = b"") -> None:
         pass
 
     def close(self) -> None:

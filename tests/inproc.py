@@ -42,8 +42,11 @@ class RecordingLog:
         """As the real writer with vsl_mask's default."""
         return tag not in DEFAULT_MASK
 
-    def write(self, vxid: int, kind: str, records: list) -> None:
+    def write(self, vxid: int, kind: str, records: list, tail: bytes = b"") -> None:
         self.writes[vxid] += 1
+        if tail:        # records already encoded (a template hit's): "Tag text" joined by NULs
+            tag, _, text = tail.decode("utf-8", "surrogateescape").partition(" ")
+            records = [*records, (tag, text)]
         for tag, text in records:
             first, *more = str(text).split("\0")
             self.records.append((vxid, tag, first))

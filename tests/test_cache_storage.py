@@ -93,3 +93,45 @@ def test_bans_are_checked_at_lookup(expr, hit):
     st.ban(expr)
     kind = st.lookup(b"/x", HttpMessage("GET", "/x"), time.time()).kind
     assert (kind == HIT) is hit
+
+
+def test_a_reader_that_gives_up_waiting_leaves_the_others_waiting():
+    """Two clients stream one object; one's send_timeout cancels its wait for more body: the other still
+    gets the body when it comes (a shared wake-up future, cancelled, once cancelled them all)."""
+    import asyncio
+
+    from cacheserver.storage import ObjCore
+
+    async def main():
+        oc = ObjCore()
+
+        async def impatient():
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.01):
+                    await oc.wait_more()
+
+        patient = asyncio.ensure_future(oc.wait_more())
+        await impatient()
+        assert not patient.done()
+        oc.append(b"more")
+        await asyncio.wait_for(patient, 5)
+
+    asyncio.run(main())
+
+
+def test_wait_more_says_whether_the_body_moved_within_the_time():
+    import asyncio
+
+    from cacheserver.storage import ObjCore
+
+    async def main():
+        oc = ObjCore()
+        assert await oc.wait_more(0.01) is False
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.01, oc.append, b"x")
+        assert await oc.wait_more(30) is True
+        loop.call_later(0.01, oc.finish)
+        assert await oc.wait_more() is True
+        assert oc._wakeup is None          # nothing left behind
+
+    asyncio.run(main())

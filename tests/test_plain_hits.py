@@ -100,3 +100,21 @@ def test_a_new_vcl_does_not_reuse_the_old_template(make, tmp_path):
     assert cache.cli.cmd(f"vcl.load newer {newer}")[0] == 200
     assert cache.cli.cmd("vcl.use newer")[0] == 200
     assert b"X-New: yes\r\n" in fetch_heads(cache, 1)[0]
+
+
+def test_user_code_in_a_vcl_builtin_sub_is_never_skipped(make):
+    """vcl_builtin_deliver / vcl_builtin_hit / vcl_builtin_hash written by the user join the built-in
+    code: neither the head template nor the server's own run of the built-in subs may skip them."""
+    cache, _ = make(PLAIN.replace("BACKEND\n", "BACKEND\nsub vcl_builtin_deliver { set resp.http.X-B = "
+                                  "req.xid; }\n"), origin)
+    for head in fetch_heads(cache, 5):
+        assert re.search(rb"X-B: (\d+)\r\n", head).group(1) == re.search(rb"X-Varnish: (\d+)", head).group(1)
+    cache, _ = make(PLAIN.replace("BACKEND\n", "BACKEND\nsub vcl_builtin_hit { return (pass); }\n"
+                                  'sub vcl_builtin_hash { hash_data("same"); return (lookup); }\n'), origin)
+    heads = fetch_heads(cache, 3)
+    assert cache.cli.counters()["s_pass"] == 2       # hits passed: vcl_builtin_hit ran
+    with cache.proc.connect() as sock:               # another URL, the same hash: vcl_builtin_hash ran
+        sock.sendall(b"GET /other HTTP/1.1\r\nHost: test\r\n\r\n")
+        read_message(sock)
+    assert cache.cli.counters()["cache_hit"] == 3
+    assert len(heads) == 3

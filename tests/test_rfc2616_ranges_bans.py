@@ -15,9 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cacheserver import rfc2616
 from cacheserver.bans import BanError, BanList, build, split_args
 from cacheserver.ranges import RangeError, parse_range
-from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl, header_field, rfc2616_time
+from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl, header_field, parse_date, rfc2616_time
 from vcl.runtime import Context, Headers, HttpMessage
 
 NOW = 1_700_000_000.0
@@ -497,3 +498,17 @@ def test_ban_header_names():
     for bad in ("obj.http == 1", "req.httpx.a == 1"):
         with pytest.raises(BanError, match="Unknown or unsupported field"):
             build(split_args(bad))
+
+
+def test_parse_date_remembers_what_it_parsed_and_stays_bounded():
+    """Dates are parsed once (a backend repeats them), the same answer each time, bad ones too, and the
+    memory of them never grows past its bound."""
+    rfc2616._DATES.clear()
+    assert parse_date("Sun, 06 Nov 1994 08:49:37 GMT") == 784111777.0
+    assert rfc2616._DATES == {"Sun, 06 Nov 1994 08:49:37 GMT": 784111777.0}
+    assert parse_date("Sun, 06 Nov 1994 08:49:37 GMT") == 784111777.0
+    assert parse_date("not a date") is None and parse_date("not a date") is None
+    assert parse_date("") is None and parse_date(None) is None
+    for n in range(3 * rfc2616._DATES_MAX):
+        assert parse_date(formatdate(1_000_000 + n, usegmt=True)) == 1_000_000 + n
+        assert len(rfc2616._DATES) <= rfc2616._DATES_MAX

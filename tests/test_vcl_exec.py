@@ -491,3 +491,12 @@ def test_empty_user_definition_of_a_builtin_helper_sub():
     # Both definitions of vcl_builtin_pipe are empty: the joined Python function must still be valid.
     compiled = compile_("sub vcl_builtin_pipe {\n}\n")
     assert compiled.subs["vcl_pipe"](ctx_for("vcl_pipe")) == Action("pipe")
+
+
+def test_headers_has_none_looks_at_every_field_caselessly():
+    h = Headers([("Host", "a"), ("RANGE", "bytes=0-1")])
+    assert not h.has_none(frozenset(("if-none-match", "range")))
+    assert h.has_none(frozenset(("if-none-match", "if-modified-since")))
+    h.unset("Range")
+    assert h.has_none(frozenset(("range",)))
+    assert Headers().has_none(frozenset(("range",)))

@@ -142,3 +142,25 @@ def test_vsl_mask_leaves_masked_tags_out(tmp_path):
     params.set("vsl_mask", "-Timestamp")
     w.write(3, "c", recs)
     assert [(x.tag, x.text) for x in _records(r)] == [("Begin", "req 1 rxreq"), ("Debug", "shard"), ("End", "")]
+
+
+def test_an_encoded_tail_follows_the_records_and_obeys_the_mask(tmp_path):
+    """write(..., tail): records already encoded (a template hit's) come after the list, alone when the
+    list is empty, and a tag masked beyond the default is taken out of them too."""
+    from cacheserver.params import Params
+
+    params = Params()
+    w = VslWriter(tmp_path / vsl.FILE_NAME, size=65536)
+    w.params = params
+    r = VslReader(tmp_path)
+    tail = "RespStatus 200\0Timestamp Resp: 2.0 1.0 1.0\0RespHeader X: \xe9\0End ".encode()
+    w.write(1, "c", [("Begin", "req 1 rxreq"), ("Debug", "x")], tail)
+    assert [(x.tag, x.text) for x in _records(r)] == [
+        ("Begin", "req 1 rxreq"), ("RespStatus", "200"), ("Timestamp", "Resp: 2.0 1.0 1.0"),
+        ("RespHeader", "X: \xe9"), ("End", "")]
+    w.write(2, "c", [("Debug", "x")], tail)
+    assert [x.tag for x in _records(r)] == ["RespStatus", "Timestamp", "RespHeader", "End"]
+    params.set("vsl_mask", "-Timestamp")
+    w.write(3, "c", [("Begin", "req 1 rxreq")], tail)
+    assert [(x.tag, x.text) for x in _records(r)] == [
+        ("Begin", "req 1 rxreq"), ("RespStatus", "200"), ("RespHeader", "X: \xe9"), ("End", "")]

@@ -23,6 +23,12 @@ from vcl.trace import number_blocks
 BUILTIN_PATH = Path(__file__).with_name("builtin.vcl")
 BUILTIN_NAME = "<builtin>"
 
+# Client subroutines whose built-in code only calls an empty vcl_builtin_X and returns this action, and
+# vcl_hash (which hashes req.url, then req.http.host or else server.ip): when the user's VCL defines
+# neither the sub nor its vcl_builtin_X, the server may do their work without calling them (fsm.py).
+BUILTIN_RETURNS = {"vcl_hit": Action("deliver"), "vcl_miss": Action("fetch"), "vcl_pass": Action("fetch"),
+                   "vcl_deliver": Action("deliver")}
+
 
 @dataclass(eq=False)
 class CompiledVCL:
@@ -46,6 +52,9 @@ class CompiledVCL:
     version: float = 4.1                              # the VCL syntax version (vcl 4.0; / 4.1;)
     # The labels `return (vcl(LABEL))` names: the server checks they exist and make no loop.
     labels: set[str] = field(default_factory=set)
+    # The subs of BUILTIN_RETURNS and vcl_hash that run the built-in code alone (see there), and the
+    # action each returns
+    builtin_only: dict[str, Action] = field(default_factory=dict)
     _namespace: dict = field(default_factory=dict, repr=False)
     # VCL_trace: makes the traced subroutines' source and VCC's block refs (on first use)
     _tracer: Callable[[], tuple[str, list[str]]] | None = field(default=None, repr=False)
@@ -160,6 +169,7 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
 
     namespace: dict = {"load_vmod": load_vmod, "__name__": f"vcl<{filename}>"}
     exec(compile(code, f"<vcl {filename}>", "exec"), namespace)
+    user_subs = {item.name for item in items if isinstance(item, ast.Sub)}
     return CompiledVCL(
         filename=filename,
         subs=dict(namespace["SUBS"]),
@@ -173,10 +183,29 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
         uses=set(prog.vmods),
         version=prog.version,
         labels=set(namespace["LABELS"]),
-        user_subs={item.name for item in items if isinstance(item, ast.Sub)},
+        user_subs=user_subs,
+        builtin_only=_builtin_only(user_subs),
         _namespace=namespace,
         _tracer=tracer,
     )
+
+
+def _builtin_only(user_subs: set[str]) -> dict[str, Action]:
+    """The subs of BUILTIN_RETURNS and vcl_hash that the user's VCL leaves to the built-in code, and
+    whose built-in code has the shape the server relies on: `call vcl_builtin_X; return (ACTION);`
+    with an empty vcl_builtin_X (vcl_hash's: the hashing)."""
+    builtin = {item.name: item for item in _builtin_items()}
+    out = {}
+    for name, action in [*BUILTIN_RETURNS.items(), ("vcl_hash", Action("lookup"))]:
+        inner = "vcl_builtin_" + name[4:]
+        if name in user_subs or inner in user_subs or name not in builtin or inner not in builtin:
+            continue
+        body = builtin[name].body
+        if (len(body) == 2 and isinstance(body[0], ast.CallSub) and body[0].name == inner
+                and isinstance(body[1], ast.Return) and body[1].action == action.name and not body[1].args
+                and (name == "vcl_hash" or not builtin[inner].body)):
+            out[name] = action
+    return out
 
 
 _C_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)

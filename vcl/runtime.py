@@ -59,6 +59,10 @@ class Headers:
     def __contains__(self, name: str) -> bool:
         return self.get(name) is not None
 
+    def has_none(self, lnames: frozenset[str]) -> bool:
+        """No field has one of these (lowercased) names: one scan for several lookups."""
+        return lnames.isdisjoint([f[2] for f in self._fields])
+
     def set(self, name: str, value: str) -> None:
         """Replace every field called `name` by one, at the place of the first (VCL `set`)."""
         lname = name.lower()
