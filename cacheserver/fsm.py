@@ -174,17 +174,23 @@ class ClientRequest(Delivery, EsiRequest):
             self._ts("Start")            # counted from the first request's start, as varnishd
             ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
                             % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
-        else:
+        elif expect is None:
             # one pre-joined run of records (cacheserver/vsl.py), one format: this is every request
+            ts = "%.6f" % t
+            ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
+                                     "Timestamp Req: %s 0.000000 0.000000\0VCL_use %s\0"
+                                     "ReqStart %s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
+                            % (parent, reason, ts, ts, self.vcl.__dict__.get("name") or "boot", ip.addr,
+                               ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
+        else:
             ts = "%.6f" % t
             ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
                                      "Timestamp Req: %s 0.000000 0.000000\0VCL_use %s"
                             % (parent, reason, ts, ts, self.vcl.__dict__.get("name") or "boot")))
-        if expect is not None:
             # cnt_transport unsets a 100-continue Expect before the request is logged
             ctx.log.append(("ReqUnset", "Expect: " + expect))
-        ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
-                        % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
+            ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
+                            % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
         req.headers.log_to(ctx.log, "ReqHeader", "ReqUnset")
 
     def _vsl_sync(self) -> None:
