@@ -317,3 +317,115 @@ def test_a_client_that_reads_late_still_gets_everything(start):
         assert srv.server.counters.sc_tx_error == 0
     finally:
         backend.close()
+
+
+# -- the idle timer, driven by hand: a fake loop records what is armed, a fake clock says the time ----
+
+class _Loop:
+    def __init__(self) -> None:
+        self.armed: list[tuple[float, object]] = []
+
+    def call_later(self, delay, callback):
+        self.armed.append((delay, callback))
+        return _Timer()
+
+
+class _Timer:
+    cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Transport:
+    aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@pytest.fixture
+def idle(monkeypatch):
+    """A ClientProtocol with timeout_idle 10 s, a fake loop and a clock at 1000 (set `clock[0]`)."""
+    from types import SimpleNamespace
+
+    from cacheserver import protocol as protocol_mod
+    from cacheserver.counters import Counters
+    from cacheserver.params import Params
+
+    loop = _Loop()
+    clock = [1000.0]
+    monkeypatch.setattr(protocol_mod.asyncio, "get_running_loop", lambda: loop)
+    monkeypatch.setattr(protocol_mod.time, "monotonic", lambda: clock[0])
+    params = Params()
+    params.set("timeout_idle", "10")
+    conn = protocol_mod.ClientProtocol(SimpleNamespace(params=params, counters=Counters(), sessions=set()))
+    conn.transport = _Transport()
+    return SimpleNamespace(conn=conn, loop=loop, clock=clock, params=params)
+
+
+def test_the_idle_timer_is_armed_for_timeout_idle_and_not_at_all_for_zero(idle):
+    idle.conn._arm_idle_timer()
+    assert [d for d, _ in idle.loop.armed] == [10.0] and idle.loop.armed[0][1] == idle.conn._check_idle
+    idle.params.set("timeout_idle", "0")
+    idle.conn._arm_idle_timer()
+    assert len(idle.loop.armed) == 1
+
+
+@pytest.mark.parametrize("state", ["busy", "queue", "write_blocked"])
+def test_a_connection_with_work_in_hand_is_looked_at_again_a_full_timeout_later(idle, state):
+    conn = idle.conn
+    if state == "queue":
+        conn.queue.append(object())
+    else:
+        setattr(conn, state, True)
+    conn.idle_since = conn.last_active = 0.0        # long ago: would be idle otherwise
+    conn._check_idle()
+    assert [(d, cb) for d, cb in idle.loop.armed] == [(10.0, conn._check_idle)]
+    assert conn.idle_timer is not None and not conn.transport.aborted and conn.close_reason is None
+
+
+def test_a_connection_idle_for_less_than_timeout_idle_waits_the_rest(idle):
+    conn = idle.conn
+    conn.idle_since = 1000.0 - 4
+    conn._check_idle()
+    assert idle.loop.armed == [(6.0, conn._check_idle)] and conn.idle_timer is not None
+    idle.clock[0] = 1000.0 + 5.99                  # 9.99 s idle: the rest is short, but at least 50 ms
+    conn._check_idle()
+    assert idle.loop.armed[-1][0] == pytest.approx(0.05) and not conn.transport.aborted
+
+
+def test_idle_for_exactly_timeout_idle_closes_with_its_reason(idle):
+    conn = idle.conn
+    conn.idle_since = 1000.0 - 10
+    conn._check_idle()
+    assert conn.transport.aborted and conn.close_reason == "sc_rx_close_idle" and idle.loop.armed == []
+
+
+@pytest.mark.parametrize("begun", ["_in_head", "_relaxing", "_method_hold"])
+def test_a_head_begun_and_not_finished_in_time_is_a_receive_timeout(idle, begun):
+    conn = idle.conn
+    setattr(conn, begun, b"GE" if begun == "_method_hold" else True)
+    conn.idle_since = 0.0
+    conn._check_idle()
+    assert conn.transport.aborted and conn.close_reason == "sc_rx_timeout"
+
+
+def test_a_body_still_arriving_counts_from_its_last_bytes(idle):
+    conn = idle.conn
+    conn._sink = object()                      # a body for a finished request is still coming
+    conn.idle_since = 0.0
+    conn.last_active = 1000.0 - 3
+    conn._check_idle()
+    assert idle.loop.armed == [(7.0, conn._check_idle)] and not conn.transport.aborted
+    conn._sink = None                          # no body: the idle time counts from idle_since
+    conn._check_idle()
+    assert conn.transport.aborted
+
+
+def test_a_closed_connection_is_left_alone(idle):
+    conn = idle.conn
+    conn.closed = True
+    conn.busy = True
+    conn._check_idle()
+    assert idle.loop.armed == [] and not conn.transport.aborted
