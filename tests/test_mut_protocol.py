@@ -429,3 +429,36 @@ def test_a_closed_connection_is_left_alone(idle):
     conn.busy = True
     conn._check_idle()
     assert idle.loop.armed == [] and not conn.transport.aborted
+
+
+def test_a_client_that_reads_steadily_but_too_slowly_is_dropped_at_send_timeout(start):
+    """send_timeout bounds a whole response even when the client keeps reading (idle_send_timeout
+    never fires): varnishd closes it then (sc_tx_error), without the rest of the body."""
+    big = b"z" * (8 << 20)
+    backend = Backend(lambda req: Resp(body=big))
+    try:
+        srv = start(f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n',
+                    send_timeout="1", idle_send_timeout="30")
+        c = srv.server.counters
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        got = 0
+        with sock:
+            sock.connect(("127.0.0.1", srv.port))
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+            sock.settimeout(10)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and c.sc_tx_error == 0:
+                try:
+                    data = sock.recv(16384)
+                except ConnectionError:
+                    break
+                if not data:
+                    break
+                got += len(data)
+                time.sleep(0.01)            # about 1.6 MB/s at most: 8 MB takes 5 s, past send_timeout
+        # (the server's kernel still sends what it had buffered after the close: stop reading at it)
+        wait_for(lambda: c.sc_tx_error == 1, what="sc_tx_error")
+        assert got < len(big) and c.sess_closed_err == 1
+    finally:
+        backend.close()
