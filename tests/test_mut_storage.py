@@ -494,11 +494,12 @@ def test_hit_for_miss_and_hit_for_pass_markers_at_lookup(clock):
     st, c = make()
     hfm = fill(st, "/m", ttl=10, grace=0, keep=100)
     hfm.hfm = True
-    r = st.lookup(b"/m", req("/m"), T0 + 5)
-    assert (r.kind, r.oc) == ("hitmiss", hfm) and r.busy is not None and c.cache_hitmiss == 1
-    st.abandon(r.busy)
+    for n in (1, 2):
+        r = st.lookup(b"/m", req("/m"), T0 + 5)
+        assert (r.kind, r.oc) == ("hitmiss", hfm) and r.busy is not None and c.cache_hitmiss == n
+        st.abandon(r.busy)
     r = st.lookup(b"/m", req("/m"), T0 + 50)          # past its TTL, kept: still a hit-for-miss
-    assert (r.kind, r.oc) == ("hitmiss", hfm) and r.busy is not None and c.cache_hitmiss == 2
+    assert (r.kind, r.oc) == ("hitmiss", hfm) and r.busy is not None and c.cache_hitmiss == 3
     st.abandon(r.busy)
     hfp = fill(st, "/p", ttl=10, grace=0, keep=100)
     hfp.hfp = True
@@ -526,6 +527,12 @@ def test_req_ttl_zero_is_unset_and_req_ttl_also_moves_the_end_of_grace(clock):
     assert (r.kind, r.oc) == (GRACE, oc)
     st.abandon(r.busy)
     r = st.lookup(b"/t", req("/t"), T0 + 10.5, req_ttl=6, req_grace=4.4)
+    assert (r.kind, r.oc) == (MISS, oc)
+    st.abandon(r.busy)
+    r = st.lookup(b"/t", req("/t"), T0 + 10.1, req_grace=0)           # req.grace 0 applies (>= 0)
+    assert (r.kind, r.oc) == (MISS, oc)
+    st.abandon(r.busy)
+    r = st.lookup(b"/t", req("/t"), T0 + 10.7, req_grace=0.5)
     assert (r.kind, r.oc) == (MISS, oc)
     st.abandon(r.busy)
 
@@ -561,9 +568,14 @@ def test_with_gzip_support_one_accept_encoding_variant_serves_every_client(clock
 def test_an_object_with_no_ttl_gives_no_grace(clock):
     """beresp.ttl = 0s with grace 100s: the next request is a plain miss (varnishtest, 7.1)."""
     st, _ = make()
-    fill(st, "/z", ttl=0, grace=100)
+    oc = fill(st, "/z", ttl=0, grace=100)
+    assert oc.exp_at == T0 + 100
     r = st.lookup(b"/z", req("/z"), T0 + 1)
     assert (r.kind, r.oc) == (MISS, None)
+    st.abandon(r.busy)
+    older = fill(st, "/o", ttl=100)
+    fill(st, "/o", ttl=0, grace=100)                # newer, looked at first, skipped: the older one hits
+    assert st.lookup(b"/o", req("/o"), T0 + 1).oc is older
 
 
 def test_lookup_counts_heads_cores_and_hits(clock):
@@ -577,8 +589,9 @@ def test_lookup_counts_heads_cores_and_hits(clock):
     assert (r.kind, r.oc) == (MISS, None) and c.n_objectcore == 3
     st.abandon(r.busy)
     st.ban("obj.status == 200")
-    st.lookup(b"/a", req("/a"), T0 + 2)          # the ban empties /a's head; the new fetch counts it again
+    r = st.lookup(b"/a", req("/a"), T0 + 2)      # the ban empties /a's head; the new fetch counts it again
     assert c.n_objecthead == 2 and c.n_objectcore == 2
+    assert st.heads[b"/a"] is r.busy.head and st.lookup(b"/a", req("/a"), T0 + 2).kind == BUSY
 
 
 def test_of_two_stale_objects_as_old_the_newest_is_kept(clock):
@@ -611,7 +624,9 @@ def test_which_store_a_new_object_goes_to(clock):
     assert st.store_for(probe, "c") == "Transient"
     probe.hfm, probe.hfp = False, True
     assert st.store_for(probe, "c") == "Transient"
-    assert st.store_for(ObjCore(), "c") == "Transient"          # pass and synth objects
+    private = ObjCore()                                          # pass and synth objects
+    private.ttl = private.grace = 100
+    assert st.store_for(private, "c") == "Transient"
     marker = fill(st, "/m", ttl=100, grace=100, hfm=True, hint="c")
     assert marker.store == "Transient" and c.beresp_shortlived == 2
 
@@ -627,7 +642,7 @@ def test_nuke_limit_bounds_the_objects_evicted_for_one(clock):
     assert [oc.dying for oc in small] == [True, False, False] and c.n_lru_limited == 1   # one tried
     st.params.set("nuke_limit", "2")
     big = fill(st, "/big2", size=700)            # two evictions
-    assert big.store == "s0" and [oc.dying for oc in small] == [True, True, True]
+    assert big.store == "s0" and [oc.dying for oc in small] == [True, True, True] and c.n_lru_nuked == 3
 
 
 def test_an_evicted_object_that_grows_costs_its_store_nothing(clock):
@@ -792,3 +807,66 @@ def test_flow_control_survives_a_second_window():
         assert oc.read(cell) == b"y"
 
     asyncio.run(scenario())
+
+
+def test_unbusy_wakes_every_request_waiting_on_the_head(clock):
+    async def scenario():
+        st, _ = make()
+        busy = st.lookup(b"/w", req("/w"), T0).busy
+        loop = asyncio.get_running_loop()
+        waiters = [loop.create_future() for _ in range(3)]
+        for fut in waiters:
+            busy.head.add_waiter(fut)
+        busy.http = HttpMessage(status=200, headers=Headers([["Content-Length", "0"]]))
+        busy.t_origin, busy.ttl = T0, 100
+        assert st.unbusy(busy, req("/w"), None)
+        assert all(fut.done() for fut in waiters) and busy.head.waiters == ()
+
+    asyncio.run(scenario())
+
+
+def test_the_expiry_timer_and_the_lurker_really_run(clock):
+    async def scenario():
+        st, c = make(_lurker_params(ban_lurker_age="0", ban_lurker_sleep="0.01"))
+        clock[0] = T0 + 1
+        gone = fill(st, "/x", ttl=1, grace=0)     # due now: the timer fires at once
+        assert st._exp_timer.when() - asyncio.get_running_loop().time() < 0.5
+        banned = fill(st, "/b", t_origin=T0 + 1)
+        st.ban("obj.status == 200")
+        st.bans.bans[0].t = T0                    # on the storage clock: due at once (ban_lurker_age 0)
+        deadline = asyncio.get_running_loop().time() + 5
+        while not (gone.dying and banned.dying):
+            assert asyncio.get_running_loop().time() < deadline, "expiry or lurker did not run"
+            await asyncio.sleep(0.01)
+        assert c.n_expired == 1 and c.bans_lurker_obj_killed == 1
+        if st._lurker is not None:
+            st._lurker.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_reader_behind_others_keeps_what_it_has_not_read():
+    oc = ObjCore()
+    oc.keep_body = False
+    slow, fast = oc.open_reader(), oc.open_reader()
+    oc.append(b"ab")
+    oc.append(b"cd")
+    fast_data = oc.read(fast)
+    assert oc.read(slow) == b"abcd" and fast_data == b"abcd" and oc.base == 2
+    oc.append(b"ef")
+    oc.append(b"gh")
+    assert oc.read(fast) == b"efgh"
+    oc.append(b"ij")
+    assert oc.read(slow) == b"efghij"           # base 2: what it had not read was kept
+    assert oc.read(fast) == b"ij" and oc.chunks == []
+
+
+def test_two_chunks_become_one_when_the_last_reader_leaves():
+    oc = ObjCore()
+    cell = oc.open_reader()
+    oc.append(b"ab")
+    oc.append(b"cd")
+    oc.finish(True)
+    assert oc.body() == b"abcd" and oc.read(cell) == b"abcd"
+    oc.close_reader(cell)
+    assert oc.chunks == [b"abcd"]
