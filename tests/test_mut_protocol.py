@@ -462,3 +462,49 @@ def test_a_client_that_reads_steadily_but_too_slowly_is_dropped_at_send_timeout(
         assert got < len(big) and c.sess_closed_err == 1
     finally:
         backend.close()
+
+
+STEAL = """vcl 4.1;
+import tinykvm;
+backend default none;
+sub vcl_recv {
+    if (req.url ~ "^/steal/") {
+        if (tinykvm.steal(regsub(req.url, "^/steal/", ""))) { return (synth(599)); }
+        return (synth(200, "refused"));
+    }
+    return (synth(200, "plain"));
+}
+"""
+
+DIES_ON_CONNECT = """import os
+from kvm_api import set_socket_on_connect, set_socket_on_read, wait_for_requests
+
+def on_connect(fd, remote, arg):
+    os._exit(3)
+
+set_socket_on_connect(on_connect)
+set_socket_on_read(lambda fd, data: None)
+wait_for_requests()
+"""
+
+
+@pytest.mark.parametrize("program, source", [
+    ("broken", "raise RuntimeError('broken at load')\n"),
+    ("dies", DIES_ON_CONNECT),
+], ids=["fails-to-load", "dies-during-the-steal"])
+def test_a_steal_whose_program_fails_is_a_vcl_failure_and_the_server_goes_on(start, tmp_path, program, source):
+    (tmp_path / f"{program}.py").write_text(source)
+    srv = start(STEAL)
+    srv.server.programs.search_dirs = [tmp_path]
+    c = srv.server.counters
+    with srv.connect() as sock:
+        sock.sendall(f"GET /steal/{program} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        head, _ = read_response(sock)
+        assert status(head) == b"HTTP/1.1 503 VCL failed"
+        assert closed_by_server(sock)
+    wait_for(lambda: c.sc_vcl_failure == 1, timeout=10, what="sc_vcl_failure")
+    assert c.steal_failed == 1 and c.steal_ok == 0
+    assert any(f"program '{program}'" in text for text in srv.log.texts("VCL_Error"))
+    with srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 plain"
