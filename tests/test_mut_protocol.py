@@ -508,3 +508,39 @@ def test_a_steal_whose_program_fails_is_a_vcl_failure_and_the_server_goes_on(sta
     with srv.connect() as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         assert status(read_response(sock)[0]) == b"HTTP/1.1 200 plain"
+
+
+def test_hits_written_at_once_stop_the_connection_until_the_client_reads(start):
+    """Cache hits are written inside data_received: when they back the transport up, the connection
+    takes no further request until the client has read them (and then answers all); a client that
+    never reads is dropped after idle_send_timeout (sc_tx_error)."""
+    body = b"h" * (200 << 10)                      # below the size sent by the async "send" state
+    backend = Backend(lambda req: Resp(headers=[("Cache-Control", "max-age=60")], body=body))
+    try:
+        srv = start(f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n',
+                    idle_send_timeout="1")
+        c = srv.server.counters
+        with srv.connect() as sock:
+            sock.sendall(b"GET /h HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert read_response(sock)[1] == body
+        n = 20
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with sock:
+            sock.connect(("127.0.0.1", srv.port))
+            sock.sendall(b"GET /h HTTP/1.1\r\nHost: a\r\n\r\n" * n)
+            wait_for(lambda: any(s.write_blocked for s in list(srv.server.sessions)), what="blocked writes")
+            assert c.cache_hit < n           # the rest waits, unparsed
+            for _ in range(n):
+                head, got = read_response(sock)
+                assert status(head) == b"HTTP/1.1 200 X" and got == body
+        assert c.cache_hit == n and c.sc_tx_error == 0
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with stuck:
+            stuck.connect(("127.0.0.1", srv.port))
+            stuck.sendall(b"GET /h HTTP/1.1\r\nHost: a\r\n\r\n" * 40)
+            wait_for(lambda: c.sc_tx_error == 1, timeout=10, what="sc_tx_error")
+        assert c.sess_closed_err == 1
+    finally:
+        backend.close()
