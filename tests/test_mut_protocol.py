@@ -518,23 +518,30 @@ def test_hits_written_at_once_stop_the_connection_until_the_client_reads(start):
     backend = Backend(lambda req: Resp(headers=[("Cache-Control", "max-age=60")], body=body))
     try:
         srv = start(f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n',
-                    idle_send_timeout="1")
+                    idle_send_timeout="1", timeout_idle="3")
         c = srv.server.counters
         with srv.connect() as sock:
             sock.sendall(b"GET /h HTTP/1.1\r\nHost: a\r\n\r\n")
             assert read_response(sock)[1] == body
         n = 20
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        with sock:
-            sock.connect(("127.0.0.1", srv.port))
-            sock.sendall(b"GET /h HTTP/1.1\r\nHost: a\r\n\r\n" * n)
-            wait_for(lambda: any(s.write_blocked for s in list(srv.server.sessions)), what="blocked writes")
-            assert c.cache_hit < n           # the rest waits, unparsed
-            for _ in range(n):
-                head, got = read_response(sock)
-                assert status(head) == b"HTTP/1.1 200 X" and got == body
-        assert c.cache_hit == n and c.sc_tx_error == 0
+        for then in ("another request", "the idle timeout"):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            with sock:
+                sock.connect(("127.0.0.1", srv.port))
+                sock.sendall(b"GET /h HTTP/1.1\r\nHost: a\r\n\r\n" * n)
+                wait_for(lambda: any(s.write_blocked for s in list(srv.server.sessions)), what="blocked writes")
+                assert c.cache_hit < n * 2           # the rest waits, unparsed
+                for _ in range(n):
+                    head, got = read_response(sock)
+                    assert status(head) == b"HTTP/1.1 200 X" and got == body
+                if then == "another request":         # the connection takes requests again
+                    sock.sendall(b"GET /h HTTP/1.1\r\nHost: a\r\n\r\n")
+                    assert read_response(sock)[1] == body
+                else:                                 # and its idle timer still works
+                    assert closed_by_server(sock, 10)
+        assert c.cache_hit == 2 * n + 1 and c.sc_tx_error == 0
+        wait_for(lambda: c.sc_rx_close_idle >= 1, what="the idle close")
         stuck = socket.socket()
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         with stuck:
@@ -544,3 +551,24 @@ def test_hits_written_at_once_stop_the_connection_until_the_client_reads(start):
         assert c.sess_closed_err == 1
     finally:
         backend.close()
+
+
+def test_a_stolen_connection_leaves_the_server_for_the_program(start):
+    """tinykvm.steal() that the program accepts: what the client sent after the request head goes to
+    the program first, the session is forgotten (no close counted) and steal_ok counts it."""
+    srv = start(STEAL)
+    c = srv.server.counters
+    with srv.connect() as sock:
+        sock.sendall(b"GET /steal/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcdef")
+        sock.settimeout(10)
+        got = b""
+        while len(got) < 6:
+            chunk = sock.recv(100)
+            assert chunk, got
+            got += chunk
+        assert got == b"abcdef"                 # the body, then the bytes after it, and no response
+        sock.sendall(b"more")
+        assert sock.recv(100) == b"more"
+        assert c.steal_ok == 1 and c.steal_failed == 0 and c.steal_refused == 0
+        assert not srv.server.sessions
+        assert c.sess_closed == 0 and c.sess_closed_err == 0 and c.sc_rem_close == 0
