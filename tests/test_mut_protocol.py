@@ -572,3 +572,54 @@ def test_a_stolen_connection_leaves_the_server_for_the_program(start):
         assert c.steal_ok == 1 and c.steal_failed == 0 and c.steal_refused == 0
         assert not srv.server.sessions
         assert c.sess_closed == 0 and c.sess_closed_err == 0 and c.sc_rem_close == 0
+
+
+GREET = """from kvm_api import set_socket_on_connect, set_socket_on_read, write, wait_for_requests
+
+peers = {}
+
+def on_connect(fd, remote, arg):
+    peers[fd] = (remote, arg)
+    return arg != "refuse"
+
+def on_read(fd, data):
+    remote, arg = peers[fd]
+    write(fd, ("%s|%s|" % (remote, arg)).encode() + data)
+
+set_socket_on_connect(on_connect)
+set_socket_on_read(on_read)
+wait_for_requests()
+"""
+
+STEAL_ARG = """vcl 4.1;
+import std;
+import tinykvm;
+backend default none;
+sub vcl_recv {
+    if (req.http.cache-body) { std.cache_req_body(1KB); }
+    if (tinykvm.steal("greet", req.http.arg)) { return (synth(599)); }
+    return (synth(200, "refused " + req.http.arg));
+}
+"""
+
+
+def test_a_steal_passes_the_client_address_the_argument_and_a_cached_body(start, tmp_path):
+    (tmp_path / "greet.py").write_text(GREET)
+    srv = start(STEAL_ARG)
+    srv.server.programs.search_dirs = [tmp_path]
+    c = srv.server.counters
+    with srv.connect() as sock:
+        host, port = sock.getsockname()
+        for n in (1, 2):                         # refused: VCL goes on, the connection still serves
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\narg: refuse\r\n\r\n")
+            assert status(read_response(sock)[0]) == b"HTTP/1.1 200 refused refuse"
+            assert c.steal_refused == n
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\narg: yes\r\ncache-body: 1\r\nContent-Length: 4\r\n\r\nbody")
+        sock.settimeout(10)
+        want = f"{host}:{port}|yes|body".encode()
+        got = b""
+        while len(got) < len(want):
+            chunk = sock.recv(100)
+            assert chunk, got
+            got += chunk
+        assert got == want and c.steal_ok == 1
