@@ -870,3 +870,20 @@ def test_two_chunks_become_one_when_the_last_reader_leaves():
     assert oc.body() == b"abcd" and oc.read(cell) == b"abcd"
     oc.close_reader(cell)
     assert oc.chunks == [b"abcd"]
+
+
+def test_readers_waiting_for_more_of_a_body_wake_when_it_grows():
+    async def scenario():
+        oc = ObjCore()
+        waiting = [asyncio.ensure_future(oc.wait_more()) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert not any(w.done() for w in waiting)
+        oc.append(b"x")
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        again = asyncio.ensure_future(oc.wait_more())
+        await asyncio.sleep(0)
+        assert not again.done()
+        oc.finish(True)
+        await asyncio.wait_for(again, 5)
+
+    asyncio.run(scenario())
