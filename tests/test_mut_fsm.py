@@ -473,3 +473,26 @@ def test_a_synth_response_and_its_log_records_as_varnishd_writes_them(make):
     status, _, body = cache.get("/r")
     assert (status, body) == (200, b"after") and [r.url for r in backend.requests] == ["/after"]
     assert cache.proc.server.counters.s_synth == 2
+
+
+def test_the_lookup_follows_req_hash_always_miss_req_ttl_and_req_hash_ignore_vary(make):
+    n = [0]
+
+    def count(req):
+        n[0] += 1
+        return Resp(headers=[("Cache-Control", "max-age=100"), ("Age", "50"), ("Vary", "X-V")],
+                    body=b"%d" % n[0])
+
+    cache, backend = make('vcl 4.1;\nimport std;\nBACKEND\nsub vcl_recv {\n'
+                          ' if (req.http.miss) { set req.hash_always_miss = true; }\n'
+                          ' if (req.http.ttl) { set req.ttl = std.duration(req.http.ttl, 0s); }\n'
+                          ' if (req.http.any) { set req.hash_ignore_vary = true; }\n}\n', count)
+    assert cache.get("/a", headers={"X-V": "1"})[2] == b"1"
+    assert cache.get("/a", headers={"X-V": "1"})[2] == b"1"                       # a hit
+    assert cache.get("/a", headers={"X-V": "1", "miss": "1"})[2] == b"2"          # always a miss
+    assert cache.get("/a", headers={"X-V": "1", "ttl": "60s"})[2] == b"2"         # 50 s old: fresh
+    assert cache.get("/a", headers={"X-V": "1", "ttl": "10s"})[2] == b"3"         # too old for req.ttl
+    assert cache.get("/a", headers={"X-V": "2"})[2] == b"4"                       # another variant
+    status, h, body = cache.get("/a", headers={"X-V": "9", "any": "1"})
+    assert body in (b"3", b"4") and h["x-varnish"].count(" ") == 1                 # any variant hits
+    assert len(backend.requests) == 4
