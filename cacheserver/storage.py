@@ -21,6 +21,7 @@ from vcl.runtime import HttpMessage
 
 if TYPE_CHECKING:
     from cacheserver.bans import Ban
+    from cacheserver.params import Params
 
 # Bookkeeping bytes charged per object besides its headers and body.
 OBJECT_OVERHEAD = 72                 # bytes a bare private object costs (a cached request body's)
@@ -118,7 +119,7 @@ class ObjCore:
         self.buffered += len(data)
         self._wake()
 
-    def finish(self, ok: bool = True) -> None:
+    def finish(self, ok: bool) -> None:
         self.complete = ok
         self.failed = not ok
         self._wake()
@@ -286,6 +287,11 @@ def vary_of(vary_header: str | None, bereq: HttpMessage) -> tuple[tuple[str, str
     return tuple((n, None if n == "*" else get(n)) for n in names) or None
 
 
+def _req_ttl(oc: ObjCore, req_ttl: float | None) -> float:
+    """EXP_Ttl: the object's TTL, or req.ttl when that is set (above 0) and shorter."""
+    return min(oc.ttl, req_ttl) if req_ttl is not None and req_ttl > 0 else oc.ttl
+
+
 class LookupResult:
     __slots__ = ("kind", "oc", "busy")
 
@@ -298,7 +304,7 @@ class LookupResult:
 class Storage:
     """The cache proper: object heads, the s0 LRU, Transient, expiry and bans."""
 
-    def __init__(self, max_bytes: int, counters, params=None,
+    def __init__(self, max_bytes: int, counters, params: Params,
                  specs: list[tuple[str, int | None]] | None = None) -> None:
         self.counters = counters
         self.params = params
@@ -341,7 +347,7 @@ class Storage:
         busy_found = False
         stale: ObjCore | None = None
         bans = self.bans
-        gzip_support = self.params is not None and bool(self.params.http_gzip_support)
+        gzip_support = bool(self.params.http_gzip_support)
         strangelove = 0                 # variants looked at that did not match (varnishd's name)
         for oc in list(head.ocs):
             if oc.busy:
@@ -358,8 +364,7 @@ class Storage:
             if oc.vary is not None and not ignore_vary and not vary_match(oc, req, gzip_support):
                 strangelove += 1
                 continue
-            ttl = oc.ttl if req_ttl is None or req_ttl < 0 else min(oc.ttl, req_ttl)
-            if now < oc.t_origin + ttl:
+            if now < oc.t_origin + _req_ttl(oc, req_ttl):
                 if strangelove:
                     self._variants_notice(strangelove, log)
                 if oc.hfp:
@@ -383,8 +388,9 @@ class Storage:
             stale = None
         in_grace = False
         if stale is not None:
+            # EXP_Ttl_grace: the window starts at the TTL as req.ttl shortens it, and req.grace shortens it
             grace = stale.grace if req_grace is None or req_grace < 0 else min(stale.grace, req_grace)
-            in_grace = now < stale.t_origin + stale.ttl + grace
+            in_grace = now < stale.t_origin + _req_ttl(stale, req_ttl) + grace
         if not busy_found:
             busy = self._new_busy(head)
             if in_grace:
@@ -423,7 +429,7 @@ class Storage:
 
     @property
     def _lru_interval(self) -> float:
-        return self.params.lru_interval if self.params is not None else 2.0
+        return self.params.lru_interval
 
     # -- the fetch side ---------------------------------------------------------------------------
 
@@ -458,9 +464,8 @@ class Storage:
 
     def _salvage(self, oc: ObjCore) -> bool:
         """No room in the chosen store: Transient takes the object, short-lived, as varnishd does."""
-        shortlived = self.params.shortlived if self.params is not None else 10.0
-        age = max(_wall() - oc.t_origin, 0.0)
-        oc.ttl = min(oc.ttl, age + shortlived)
+        # vbf_allocobj: the TTL (counted from t_origin, so an old object may already be expired)
+        oc.ttl = min(oc.ttl, self.params.shortlived)
         oc.grace = oc.keep = 0.0
         return self._account(oc, with_body=False, hint=TRANSIENT)
 
@@ -531,13 +536,13 @@ class Storage:
         """Charge the object's size to its store, choosing one the first time; False: no room."""
         old = oc.size
         oc.compute_size(with_body)
-        nuke_limit = self.params.nuke_limit if self.params is not None else 50
+        nuke_limit = self.params.nuke_limit
         if oc.store:
             if self.stevedores[oc.store].charge(oc, old, nuke_limit):
                 return True
             oc.store = ""
             return False
-        shortlived = self.params.shortlived if self.params is not None else 10.0
+        shortlived = self.params.shortlived
         if oc.hfm or oc.hfp or oc.ttl + oc.grace + oc.keep < shortlived:
             st = self.stevedores[TRANSIENT]           # whatever the hint, as varnishd
             self.counters.beresp_shortlived += not (oc.hfm or oc.hfp)
@@ -552,7 +557,7 @@ class Storage:
 
     def store_for(self, oc: ObjCore, hint: str | None) -> str:
         """The stevedore `_account` will give a new object (what its Storage record names)."""
-        shortlived = self.params.shortlived if self.params is not None else 10.0
+        shortlived = self.params.shortlived
         if oc.private or oc.hfm or oc.hfp or oc.ttl + oc.grace + oc.keep < shortlived:
             return TRANSIENT
         return hint if hint in self.stevedores else self._rotation[self._next % len(self._rotation)].name
@@ -735,17 +740,16 @@ class Storage:
     # -- bans -------------------------------------------------------------------------------------
 
     def ban(self, expr: str | list[str]) -> None:
-        if self.params is not None:
-            self.bans.dups = bool(self.params.ban_dups)
+        self.bans.dups = bool(self.params.ban_dups)
         self.bans.add(expr)
         if self._lurker_sleep() > 0:
             self.bans.trim()        # varnishd kicks its lurker, which drops the unreferenced tail
         self._arm_lurker(self._lurker_sleep())
 
     def _lurker_sleep(self) -> float:
-        return float(self.params.ban_lurker_sleep) if self.params is not None else 0.01
+        return float(self.params.ban_lurker_sleep)
 
-    def _arm_lurker(self, delay: float = 0.1) -> None:
+    def _arm_lurker(self, delay: float) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -759,7 +763,7 @@ class Storage:
     def _ban_cutoff(self) -> None:
         """ban_cutoff: objects still on a ban past the newest ban_cutoff ones are expunged by the
         lurker (bans_lurker_obj_killed_cutoff), so that the list stays that short."""
-        cutoff = int(getattr(self.params, "ban_cutoff", 0) or 0)
+        cutoff = int(self.params.ban_cutoff)
         bans = self.bans.bans
         if cutoff <= 0 or len(bans) <= cutoff:
             return
@@ -778,7 +782,7 @@ class Storage:
         self._lurker = None
         if self._lurker_sleep() <= 0:
             return                      # ban_lurker_sleep 0 disables the lurker, as varnishd's
-        min_age = self.params.ban_lurker_age if self.params is not None else 60.0
+        min_age = self.params.ban_lurker_age
         now = _wall()
         self._ban_cutoff()
         self.bans.trim()                # varnishd's lurker drops unreferenced bans at the tail

@@ -444,3 +444,57 @@ def test_a_labelled_vcl_fetches_from_its_own_default_backend(make):
     assert cache.cli.cmd("vcl.use main")[0] == 200
     status, _, body = cache.get("/x")
     assert (status, body) == (200, b"from the backend")
+
+
+def test_a_synth_response_and_its_log_records_as_varnishd_writes_them(make):
+    """varnishd 7.1 (varnishtest -v): the head of a vcl_synth response with two synthetic() calls, its
+    records in order, and return (restart) from vcl_synth; s_synth counts both synths."""
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_recv {\n if (req.url == "/s") { return (synth(404)); }\n'
+                          ' if (req.url == "/r" && req.restarts == 0) { return (synth(700)); } }\n'
+                          'sub vcl_synth {\n if (resp.status == 700) { set req.url = "/after"; return (restart); }\n'
+                          ' synthetic("ab");\n synthetic("cd");\n return (deliver);\n}\n',
+                          lambda req: Resp(body=b"after"))
+    cache.cli.cmd("debug.xid 1000")
+    head, body, _ = raw(cache, b"GET /s HTTP/1.1\r\nHost: a\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 404 Not Found" and body == b"abcd"
+    assert [ln.split(b": ")[0] for ln in lines[1:] if ln] == [b"Date", b"Server", b"X-Varnish", b"Content-Length",
+                                                             b"Connection"]
+    assert lines[2:6] == [b"Server: Varnish", b"X-Varnish: 1002", b"Content-Length: 4", b"Connection: keep-alive"]
+    wait_for(lambda: any(r[0] == 1002 and r[1] == "End" for r in list(cache.proc.log.records)), what="the log")
+    records = [(tag, text) for vxid, tag, text in list(cache.proc.log.records)
+               if vxid == 1002 and tag in ("RespProtocol", "RespStatus", "RespReason", "RespHeader", "Timestamp",
+                                           "Storage")]
+    at = records.index(("RespProtocol", "HTTP/1.1"))
+    got = [(tag, text.split(":")[0] if tag in ("Timestamp",) or text.startswith("Date:") else text)
+           for tag, text in records[at:at + 11]]
+    assert got == [("RespProtocol", "HTTP/1.1"), ("RespStatus", "404"), ("RespReason", "Not Found"),
+                   ("RespHeader", "Date"), ("RespHeader", "Server: Varnish"), ("RespHeader", "X-Varnish: 1002"),
+                   ("Timestamp", "Process"), ("RespHeader", "Content-Length: 4"), ("Storage", "malloc Transient"),
+                   ("RespHeader", "Connection: keep-alive"), ("Timestamp", "Resp")]
+    status, _, body = cache.get("/r")
+    assert (status, body) == (200, b"after") and [r.url for r in backend.requests] == ["/after"]
+    assert cache.proc.server.counters.s_synth == 2
+
+
+def test_the_lookup_follows_req_hash_always_miss_req_ttl_and_req_hash_ignore_vary(make):
+    n = [0]
+
+    def count(req):
+        n[0] += 1
+        return Resp(headers=[("Cache-Control", "max-age=100"), ("Age", "50"), ("Vary", "X-V")],
+                    body=b"%d" % n[0])
+
+    cache, backend = make('vcl 4.1;\nimport std;\nBACKEND\nsub vcl_recv {\n'
+                          ' if (req.http.miss) { set req.hash_always_miss = true; }\n'
+                          ' if (req.http.ttl) { set req.ttl = std.duration(req.http.ttl, 0s); }\n'
+                          ' if (req.http.any) { set req.hash_ignore_vary = true; }\n}\n', count)
+    assert cache.get("/a", headers={"X-V": "1"})[2] == b"1"
+    assert cache.get("/a", headers={"X-V": "1"})[2] == b"1"                       # a hit
+    assert cache.get("/a", headers={"X-V": "1", "miss": "1"})[2] == b"2"          # always a miss
+    assert cache.get("/a", headers={"X-V": "1", "ttl": "60s"})[2] == b"2"         # 50 s old: fresh
+    assert cache.get("/a", headers={"X-V": "1", "ttl": "10s"})[2] == b"3"         # too old for req.ttl
+    assert cache.get("/a", headers={"X-V": "2"})[2] == b"4"                       # another variant
+    status, h, body = cache.get("/a", headers={"X-V": "9", "any": "1"})
+    assert body in (b"3", b"4") and h["x-varnish"].count(" ") == 1                 # any variant hits
+    assert len(backend.requests) == 4

@@ -336,3 +336,309 @@ def test_send_timeout_ends_a_response_whose_backend_stalls_mid_body(start):
         wait_for(lambda: srv.server.counters.sc_tx_error == 1, timeout=5, what="sc_tx_error")
     finally:
         backend.close()
+
+
+# -- the idle timer, driven by hand: a fake loop records what is armed, a fake clock says the time ----
+
+class _Loop:
+    def __init__(self) -> None:
+        self.armed: list[tuple[float, object]] = []
+
+    def call_later(self, delay, callback):
+        self.armed.append((delay, callback))
+        return _Timer()
+
+
+class _Timer:
+    cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Transport:
+    aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@pytest.fixture
+def idle(monkeypatch):
+    """A ClientProtocol with timeout_idle 10 s, a fake loop and a clock at 1000 (set `clock[0]`)."""
+    from types import SimpleNamespace
+
+    from cacheserver import protocol as protocol_mod
+    from cacheserver.counters import Counters
+    from cacheserver.params import Params
+
+    loop = _Loop()
+    clock = [1000.0]
+    monkeypatch.setattr(protocol_mod.asyncio, "get_running_loop", lambda: loop)
+    monkeypatch.setattr(protocol_mod.time, "monotonic", lambda: clock[0])
+    params = Params()
+    params.set("timeout_idle", "10")
+    conn = protocol_mod.ClientProtocol(SimpleNamespace(params=params, counters=Counters(), sessions=set()))
+    conn.transport = _Transport()
+    return SimpleNamespace(conn=conn, loop=loop, clock=clock, params=params)
+
+
+def test_the_idle_timer_is_armed_for_timeout_idle_and_not_at_all_for_zero(idle):
+    idle.conn._arm_idle_timer()
+    assert [d for d, _ in idle.loop.armed] == [10.0] and idle.loop.armed[0][1] == idle.conn._check_idle
+    idle.params.set("timeout_idle", "0")
+    idle.conn._arm_idle_timer()
+    assert len(idle.loop.armed) == 1
+
+
+@pytest.mark.parametrize("state", ["busy", "queue", "write_blocked"])
+def test_a_connection_with_work_in_hand_is_looked_at_again_a_full_timeout_later(idle, state):
+    conn = idle.conn
+    if state == "queue":
+        conn.queue.append(object())
+    else:
+        setattr(conn, state, True)
+    conn.idle_since = conn.last_active = 0.0        # long ago: would be idle otherwise
+    conn._check_idle()
+    assert [(d, cb) for d, cb in idle.loop.armed] == [(10.0, conn._check_idle)]
+    assert conn.idle_timer is not None and not conn.transport.aborted and conn.close_reason is None
+
+
+def test_a_connection_idle_for_less_than_timeout_idle_waits_the_rest(idle):
+    conn = idle.conn
+    conn.idle_since = 1000.0 - 4
+    conn._check_idle()
+    assert idle.loop.armed == [(6.0, conn._check_idle)] and conn.idle_timer is not None
+    idle.clock[0] = 1000.0 + 5.99                  # 9.99 s idle: the rest is short, but at least 50 ms
+    conn._check_idle()
+    assert idle.loop.armed[-1][0] == pytest.approx(0.05) and not conn.transport.aborted
+
+
+def test_idle_for_exactly_timeout_idle_closes_with_its_reason(idle):
+    conn = idle.conn
+    conn.idle_since = 1000.0 - 10
+    conn._check_idle()
+    assert conn.transport.aborted and conn.close_reason == "sc_rx_close_idle" and idle.loop.armed == []
+
+
+@pytest.mark.parametrize("begun", ["_in_head", "_relaxing", "_method_hold"])
+def test_a_head_begun_and_not_finished_in_time_is_a_receive_timeout(idle, begun):
+    conn = idle.conn
+    setattr(conn, begun, b"GE" if begun == "_method_hold" else True)
+    conn.idle_since = 0.0
+    conn._check_idle()
+    assert conn.transport.aborted and conn.close_reason == "sc_rx_timeout"
+
+
+def test_a_body_still_arriving_counts_from_its_last_bytes(idle):
+    conn = idle.conn
+    conn._sink = object()                      # a body for a finished request is still coming
+    conn.idle_since = 0.0
+    conn.last_active = 1000.0 - 3
+    conn._check_idle()
+    assert idle.loop.armed == [(7.0, conn._check_idle)] and not conn.transport.aborted
+    conn._sink = None                          # no body: the idle time counts from idle_since
+    conn._check_idle()
+    assert conn.transport.aborted
+
+
+def test_a_closed_connection_is_left_alone(idle):
+    conn = idle.conn
+    conn.closed = True
+    conn.busy = True
+    conn._check_idle()
+    assert idle.loop.armed == [] and not conn.transport.aborted
+
+
+def test_a_client_that_reads_steadily_but_too_slowly_is_dropped_at_send_timeout(start):
+    """send_timeout bounds a whole response even when the client keeps reading (idle_send_timeout
+    never fires): varnishd closes it then (sc_tx_error), without the rest of the body."""
+    big = b"z" * (8 << 20)
+    backend = Backend(lambda req: Resp(body=big))
+    try:
+        srv = start(f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n',
+                    send_timeout="1", idle_send_timeout="30")
+        c = srv.server.counters
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        got = 0
+        with sock:
+            sock.connect(("127.0.0.1", srv.port))
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+            sock.settimeout(10)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and c.sc_tx_error == 0:
+                try:
+                    data = sock.recv(16384)
+                except ConnectionError:
+                    break
+                if not data:
+                    break
+                got += len(data)
+                time.sleep(0.01)            # about 1.6 MB/s at most: 8 MB takes 5 s, past send_timeout
+        # (the server's kernel still sends what it had buffered after the close: stop reading at it)
+        wait_for(lambda: c.sc_tx_error == 1, what="sc_tx_error")
+        assert got < len(big) and c.sess_closed_err == 1
+    finally:
+        backend.close()
+
+
+STEAL = """vcl 4.1;
+import tinykvm;
+backend default none;
+sub vcl_recv {
+    if (req.url ~ "^/steal/") {
+        if (tinykvm.steal(regsub(req.url, "^/steal/", ""))) { return (synth(599)); }
+        return (synth(200, "refused"));
+    }
+    return (synth(200, "plain"));
+}
+"""
+
+DIES_ON_CONNECT = """import os
+from kvm_api import set_socket_on_connect, set_socket_on_read, wait_for_requests
+
+def on_connect(fd, remote, arg):
+    os._exit(3)
+
+set_socket_on_connect(on_connect)
+set_socket_on_read(lambda fd, data: None)
+wait_for_requests()
+"""
+
+
+@pytest.mark.parametrize("program, source", [
+    ("broken", "raise RuntimeError('broken at load')\n"),
+    ("dies", DIES_ON_CONNECT),
+], ids=["fails-to-load", "dies-during-the-steal"])
+def test_a_steal_whose_program_fails_is_a_vcl_failure_and_the_server_goes_on(start, tmp_path, program, source):
+    (tmp_path / f"{program}.py").write_text(source)
+    srv = start(STEAL)
+    srv.server.programs.search_dirs = [tmp_path]
+    c = srv.server.counters
+    with srv.connect() as sock:
+        sock.sendall(f"GET /steal/{program} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        head, _ = read_response(sock)
+        assert status(head) == b"HTTP/1.1 503 VCL failed"
+        assert closed_by_server(sock)
+    wait_for(lambda: c.sc_vcl_failure == 1, timeout=10, what="sc_vcl_failure")
+    assert c.steal_failed == 1 and c.steal_ok == 0
+    assert any(f"program '{program}'" in text for text in srv.log.texts("VCL_Error"))
+    with srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 plain"
+
+
+def test_hits_written_at_once_stop_the_connection_until_the_client_reads(start):
+    """Cache hits are written inside data_received: when they back the transport up, the connection
+    takes no further request until the client has read them (and then answers all); a client that
+    never reads is dropped after idle_send_timeout (sc_tx_error)."""
+    body = b"h" * (200 << 10)                      # below the size sent by the async "send" state
+    backend = Backend(lambda req: Resp(headers=[("Cache-Control", "max-age=60")], body=body))
+    try:
+        srv = start(f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n',
+                    idle_send_timeout="1", timeout_idle="3")
+        c = srv.server.counters
+        with srv.connect() as sock:
+            sock.sendall(b"GET /h HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert read_response(sock)[1] == body
+        n = 20
+        for then in ("another request", "the idle timeout"):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            with sock:
+                sock.connect(("127.0.0.1", srv.port))
+                sock.sendall(b"GET /h HTTP/1.1\r\nHost: a\r\n\r\n" * n)
+                wait_for(lambda: any(s.write_blocked for s in list(srv.server.sessions)), what="blocked writes")
+                assert c.cache_hit < n * 2           # the rest waits, unparsed
+                for _ in range(n):
+                    head, got = read_response(sock)
+                    assert status(head) == b"HTTP/1.1 200 X" and got == body
+                if then == "another request":         # the connection takes requests again
+                    sock.sendall(b"GET /h HTTP/1.1\r\nHost: a\r\n\r\n")
+                    assert read_response(sock)[1] == body
+                else:                                 # and its idle timer still works
+                    assert closed_by_server(sock, 10)
+        assert c.cache_hit == 2 * n + 1 and c.sc_tx_error == 0
+        wait_for(lambda: c.sc_rx_close_idle >= 1, what="the idle close")
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with stuck:
+            stuck.connect(("127.0.0.1", srv.port))
+            stuck.sendall(b"GET /h HTTP/1.1\r\nHost: a\r\n\r\n" * 40)
+            wait_for(lambda: c.sc_tx_error == 1, timeout=10, what="sc_tx_error")
+        assert c.sess_closed_err == 1
+    finally:
+        backend.close()
+
+
+def test_a_stolen_connection_leaves_the_server_for_the_program(start):
+    """tinykvm.steal() that the program accepts: what the client sent after the request head goes to
+    the program first, the session is forgotten (no close counted) and steal_ok counts it."""
+    srv = start(STEAL)
+    c = srv.server.counters
+    with srv.connect() as sock:
+        sock.sendall(b"GET /steal/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcdef")
+        sock.settimeout(10)
+        got = b""
+        while len(got) < 6:
+            chunk = sock.recv(100)
+            assert chunk, got
+            got += chunk
+        assert got == b"abcdef"                 # the body, then the bytes after it, and no response
+        sock.sendall(b"more")
+        assert sock.recv(100) == b"more"
+        assert c.steal_ok == 1 and c.steal_failed == 0 and c.steal_refused == 0
+        assert not srv.server.sessions
+        assert c.sess_closed == 0 and c.sess_closed_err == 0 and c.sc_rem_close == 0
+
+
+GREET = """from kvm_api import set_socket_on_connect, set_socket_on_read, write, wait_for_requests
+
+peers = {}
+
+def on_connect(fd, remote, arg):
+    peers[fd] = (remote, arg)
+    return arg != "refuse"
+
+def on_read(fd, data):
+    remote, arg = peers[fd]
+    write(fd, ("%s|%s|" % (remote, arg)).encode() + data)
+
+set_socket_on_connect(on_connect)
+set_socket_on_read(on_read)
+wait_for_requests()
+"""
+
+STEAL_ARG = """vcl 4.1;
+import std;
+import tinykvm;
+backend default none;
+sub vcl_recv {
+    if (req.http.cache-body) { std.cache_req_body(1KB); }
+    if (tinykvm.steal("greet", req.http.arg)) { return (synth(599)); }
+    return (synth(200, "refused " + req.http.arg));
+}
+"""
+
+
+def test_a_steal_passes_the_client_address_the_argument_and_a_cached_body(start, tmp_path):
+    (tmp_path / "greet.py").write_text(GREET)
+    srv = start(STEAL_ARG)
+    srv.server.programs.search_dirs = [tmp_path]
+    c = srv.server.counters
+    with srv.connect() as sock:
+        host, port = sock.getsockname()
+        for n in (1, 2):                         # refused: VCL goes on, the connection still serves
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\narg: refuse\r\n\r\n")
+            assert status(read_response(sock)[0]) == b"HTTP/1.1 200 refused refuse"
+            assert c.steal_refused == n
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\narg: yes\r\ncache-body: 1\r\nContent-Length: 4\r\n\r\nbody")
+        sock.settimeout(10)
+        want = f"{host}:{port}|yes|body".encode()
+        got = b""
+        while len(got) < len(want):
+            chunk = sock.recv(100)
+            assert chunk, got
+            got += chunk
+        assert got == want and c.steal_ok == 1

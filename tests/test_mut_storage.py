@@ -37,15 +37,20 @@ def req(url: str = "/", **headers: str) -> HttpMessage:
 
 
 def fill(st: Storage, url: str = "/", ttl: float = 100.0, grace: float = 10.0, keep: float = 0.0,
-         size: int = 10, t_origin: float = T0, vary: str | None = None, request: HttpMessage | None = None):
+         size: int = 10, t_origin: float = T0, vary: str | None = None, request: HttpMessage | None = None,
+         hint: str | None = None, hfm: bool = False, xid: int = 0):
     request = request or req(url)
     r = st.lookup(url.encode(), request, t_origin, always_miss=True)
+    assert r.kind == MISS
     oc = r.busy
     oc.http = HttpMessage(status=200, headers=Headers([["Content-Length", str(size)]]))
     oc.t_origin, oc.ttl, oc.grace, oc.keep = t_origin, ttl, grace, keep
     oc.expected = size                                  # as the fetch sets it from Content-Length
+
+
+    oc.t_origin, oc.ttl, oc.grace, oc.keep, oc.hfm, oc.xid = t_origin, ttl, grace, keep, hfm, xid
     oc.append(b"x" * size)
-    assert st.unbusy(oc, request, vary)
+    assert st.unbusy(oc, request, vary, hint)
     oc.finish(True)
     return oc
 
@@ -154,11 +159,16 @@ def test_reschedule_ignores_busy_and_dying_objects(clock):
 
 def test_an_object_too_big_for_its_store_is_salvaged_short_lived_in_transient(clock):
     st, c = make(_lurker_params(shortlived="7"), specs=[("s0", 50), ("Transient", None)])   # headers too big
-    oc = fill(st, "/big", ttl=1000, grace=50, keep=20, size=10, t_origin=T0 - 3)
+    # varnishd 7.1 (vbf_allocobj): ttl = min(ttl, shortlived) counted from t_origin, however old the
+    # object is: a response with Age: 100 salvaged this way has obj.ttl -90 and is never hit (checked
+    # with varnishtest: -s s0=malloc,1M filled, nuke_limit=0, a 2 KB header that does not fit)
+    oc = fill(st, "/big", ttl=1000, grace=50, keep=20, size=10, t_origin=T0 - 100)
     assert oc.store == "Transient"
-    assert (oc.ttl, oc.grace, oc.keep) == (3 + 7, 0, 0)      # age + shortlived
-    young = fill(st, "/young", ttl=100, grace=50, size=10, t_origin=T0 + 5)   # age counts as 0
-    assert young.store == "Transient" and young.ttl == 7
+    assert (oc.ttl, oc.grace, oc.keep) == (7, 0, 0)
+    assert st.lookup(b"/big", req("/big"), T0).kind == MISS
+    short = fill(st, "/short", ttl=5, grace=50, size=10)       # a TTL below shortlived stays as it is
+    assert short.store == "Transient" and short.ttl == 5
+    assert st.lookup(b"/short", req("/short"), T0 + 4.999).kind == HIT
     assert c.n_object == 2
 
 
@@ -511,15 +521,396 @@ def test_hit_for_miss_and_hit_for_pass_markers_at_lookup(clock):
     st, c = make()
     hfm = fill(st, "/m", ttl=10, grace=0, keep=100)
     hfm.hfm = True
-    r = st.lookup(b"/m", req("/m"), T0 + 5)
-    assert (r.kind, r.oc) == ("hitmiss", hfm) and r.busy is not None and c.cache_hitmiss == 1
-    st.abandon(r.busy)
+    for n in (1, 2):
+        r = st.lookup(b"/m", req("/m"), T0 + 5)
+        assert (r.kind, r.oc) == ("hitmiss", hfm) and r.busy is not None and c.cache_hitmiss == n
+        st.abandon(r.busy)
     r = st.lookup(b"/m", req("/m"), T0 + 50)          # past its TTL, kept: still a hit-for-miss
-    assert (r.kind, r.oc) == ("hitmiss", hfm) and r.busy is not None and c.cache_hitmiss == 2
+    assert (r.kind, r.oc) == ("hitmiss", hfm) and r.busy is not None and c.cache_hitmiss == 3
     st.abandon(r.busy)
     hfp = fill(st, "/p", ttl=10, grace=0, keep=100)
     hfp.hfp = True
-    assert (st.lookup(b"/p", req("/p"), T0 + 5).kind, c.cache_hitpass) == ("hitpass", 1)
+    r = st.lookup(b"/p", req("/p"), T0 + 5)
+    assert (r.kind, r.oc, c.cache_hitpass) == ("hitpass", hfp, 1)        # the marker, for HitPass
     assert (st.lookup(b"/p", req("/p"), T0 + 5).kind, c.cache_hitpass) == ("hitpass", 2)
     r = st.lookup(b"/p", req("/p"), T0 + 50)          # an expired hit-for-pass is no stale object
     assert (r.kind, r.oc) == (MISS, None)
+
+
+def test_req_ttl_zero_is_unset_and_req_ttl_also_moves_the_end_of_grace(clock):
+    """varnishd 7.1, checked with varnishtest: `set req.ttl = 0s` still hits (EXP_Ttl takes req.ttl only
+    above 0), and a stale object's grace window starts where req.ttl ends its TTL (EXP_Ttl_grace):
+    ttl 1s, grace 2s, req.ttl 0.5s is a miss at 2.7s, a grace hit without req.ttl."""
+    st, _ = make()
+    oc = fill(st, "/t", ttl=10, grace=5)
+    assert st.lookup(b"/t", req("/t"), T0 + 9, req_ttl=0).kind == HIT
+    r = st.lookup(b"/t", req("/t"), T0 + 9, req_ttl=0.5)
+    assert (r.kind, r.oc) == (MISS, None)
+    st.abandon(r.busy)
+    r = st.lookup(b"/t", req("/t"), T0 + 10.5, req_ttl=5)        # 5 + 5 < 10.5: past the window
+    assert (r.kind, r.oc) == (MISS, oc)
+    st.abandon(r.busy)
+    r = st.lookup(b"/t", req("/t"), T0 + 10.5, req_ttl=6)        # 6 + 5 > 10.5
+    assert (r.kind, r.oc) == (GRACE, oc)
+    st.abandon(r.busy)
+    r = st.lookup(b"/t", req("/t"), T0 + 10.5, req_ttl=6, req_grace=4.4)
+    assert (r.kind, r.oc) == (MISS, oc)
+    st.abandon(r.busy)
+    r = st.lookup(b"/t", req("/t"), T0 + 10.1, req_grace=0)           # req.grace 0 applies (>= 0)
+    assert (r.kind, r.oc) == (MISS, oc)
+    st.abandon(r.busy)
+    r = st.lookup(b"/t", req("/t"), T0 + 10.7, req_grace=0.5)
+    assert (r.kind, r.oc) == (MISS, oc)
+    st.abandon(r.busy)
+
+
+def test_lookup_finds_the_variant_that_matches_among_several(clock):
+    st, c = make()
+    a = fill(st, "/v", vary="X-V", request=req("/v", X_V="1"))
+    b = fill(st, "/v", vary="X-V", request=req("/v", X_V="2"))         # newest: looked at first
+    assert st.lookup(b"/v", req("/v", X_V="1"), T0 + 1).oc is a
+    assert st.lookup(b"/v", req("/v", X_V="2"), T0 + 1).oc is b
+    r = st.lookup(b"/v", req("/v", X_V="3"), T0 + 1)
+    assert (r.kind, r.oc) == (MISS, None)
+    st.abandon(r.busy)
+    assert st.lookup(b"/v", req("/v", X_V="3"), T0 + 1, ignore_vary=True).oc is b
+    b.http.headers.set("X-Tag", "b")
+    st.ban("obj.http.x-tag == b")                # the newest variant banned: the older one still hits
+    assert st.lookup(b"/v", req("/v", X_V="1"), T0 + 1).oc is a
+    assert b.dying and c.n_object == 1
+
+
+def test_with_gzip_support_one_accept_encoding_variant_serves_every_client(clock):
+    """varnishd 7.1, checked with varnishtest: a `Vary: Accept-Encoding` object fetched for a gzip
+    client is a hit for a client without Accept-Encoding; with http_gzip_support off, a miss."""
+    st, _ = make()
+    oc = fill(st, "/g", vary="Accept-Encoding", request=req("/g", Accept_Encoding="gzip"))
+    assert st.lookup(b"/g", req("/g"), T0 + 1).oc is oc
+    off, _ = make(_lurker_params(http_gzip_support="off"))
+    oc = fill(off, "/g", vary="Accept-Encoding", request=req("/g", Accept_Encoding="gzip"))
+    assert off.lookup(b"/g", req("/g", Accept_Encoding="gzip"), T0 + 1).oc is oc
+    assert off.lookup(b"/g", req("/g"), T0 + 1).kind == MISS
+
+
+def test_an_object_with_no_ttl_gives_no_grace(clock):
+    """beresp.ttl = 0s with grace 100s: the next request is a plain miss (varnishtest, 7.1)."""
+    st, _ = make()
+    oc = fill(st, "/z", ttl=0, grace=100)
+    assert oc.exp_at == T0 + 100
+    r = st.lookup(b"/z", req("/z"), T0 + 1)
+    assert (r.kind, r.oc) == (MISS, None)
+    st.abandon(r.busy)
+    older = fill(st, "/o", ttl=100)
+    fill(st, "/o", ttl=0, grace=100)                # newer, looked at first, skipped: the older one hits
+    assert st.lookup(b"/o", req("/o"), T0 + 1).oc is older
+
+
+def test_lookup_counts_heads_cores_and_hits(clock):
+    st, c = make()
+    a = fill(st, "/a")
+    fill(st, "/b")
+    assert c.n_objecthead == 2 and c.n_objectcore == 2 and c.n_object == 2
+    for n in (1, 2, 3):
+        assert st.lookup(b"/a", req("/a"), T0 + 1).kind == HIT and a.hits == n
+    r = st.lookup(b"/a", req("/a"), T0 + 1, always_miss=True)
+    assert (r.kind, r.oc) == (MISS, None) and c.n_objectcore == 3
+    st.abandon(r.busy)
+    st.ban("obj.status == 200")
+    r = st.lookup(b"/a", req("/a"), T0 + 2)      # the ban empties /a's head; the new fetch counts it again
+    assert c.n_objecthead == 2 and c.n_objectcore == 2
+    assert st.heads[b"/a"] is r.busy.head and st.lookup(b"/a", req("/a"), T0 + 2).kind == BUSY
+
+
+def test_of_two_stale_objects_as_old_the_newest_is_kept(clock):
+    st, _ = make()
+    fill(st, "/e", ttl=1, grace=10)
+    newer = fill(st, "/e", ttl=1, grace=10)     # same t_origin, inserted first
+    r = st.lookup(b"/e", req("/e"), T0 + 2)
+    assert (r.kind, r.oc) == (GRACE, newer)
+
+
+def test_which_store_a_new_object_goes_to(clock):
+    """vbf_allocobj: hit-for-miss/pass markers and objects whose ttl + grace + keep is below shortlived
+    go to Transient (only the latter count in beresp_shortlived); the rest to beresp.storage or the
+    stevedores in turn. store_for() names the same store in advance."""
+    st, c = make(_lurker_params(shortlived="7"),
+                 specs=[("a", 1 << 20), ("b", 1 << 20), ("c", 1 << 20), ("Transient", None)])
+    probe = ObjCore(st.lookup(b"/probe", req("/probe"), T0).busy.head)
+    probe.ttl, probe.grace, probe.keep = 3, 3, 0.999
+    assert st.store_for(probe, "b") == "Transient"
+    assert fill(st, "/1", ttl=3, grace=3, keep=0.999, hint="b").store == "Transient"
+    assert fill(st, "/2", ttl=0.5, grace=0.5, keep=0.5).store == "Transient"
+    assert c.beresp_shortlived == 2
+    probe.keep = 1                                   # 7: not below shortlived
+    assert st.store_for(probe, None) == "a" and st.store_for(probe, "nope") == "a"
+    assert st.store_for(probe, "c") == "c"
+    assert [fill(st, f"/r{i}", ttl=3, grace=3, keep=1).store for i in range(4)] == ["a", "b", "c", "a"]
+    assert st.store_for(probe, None) == "b"
+    assert fill(st, "/h", hint="c").store == "c"
+    probe.hfm = True
+    assert st.store_for(probe, "c") == "Transient"
+    probe.hfm, probe.hfp = False, True
+    assert st.store_for(probe, "c") == "Transient"
+    private = ObjCore()                                          # pass and synth objects
+    private.ttl = private.grace = 100
+    assert st.store_for(private, "c") == "Transient"
+    marker = fill(st, "/m", ttl=100, grace=100, hfm=True, hint="c")
+    assert marker.store == "Transient" and c.beresp_shortlived == 2
+
+
+def test_nuke_limit_bounds_the_objects_evicted_for_one(clock):
+    st, c = make(_lurker_params(nuke_limit="1"), specs=[("s0", 1000), ("Transient", None)])
+    small = [fill(st, f"/{i}", size=200) for i in range(3)]
+    big = st.lookup(b"/big", req("/big"), T0).busy
+    big.http = HttpMessage(status=200, headers=Headers([["Content-Length", "500"]]))
+    big.t_origin, big.ttl = T0, 100
+    big.append(b"x" * 500)
+    assert not st.unbusy(big, req("/big"), None)     # its body needs two evictions: no room
+    assert [oc.dying for oc in small] == [True, False, False] and c.n_lru_limited == 1   # one tried
+    st.params.set("nuke_limit", "2")
+    big = fill(st, "/big2", size=700)            # two evictions
+    assert big.store == "s0" and [oc.dying for oc in small] == [True, True, True] and c.n_lru_nuked == 3
+
+
+def test_an_evicted_object_that_grows_costs_its_store_nothing(clock):
+    st, c = make(specs=[("s0", 1000), ("Transient", None)])
+    a = fill(st, "/a", size=400)
+    fill(st, "/b", size=400)
+    fill(st, "/c", size=400)                         # evicts /a
+    assert a.dying and a.store == "" and c.n_lru_nuked == 1
+    used = st.used_bytes
+    a.append(b"y" * 100)
+    assert st.grow(a) and st.used_bytes == used and a.store == ""
+
+
+def test_transient_is_unbounded_in_its_storage_variables(clock):
+    st, _ = make()
+    oc = fill(st, "/t", ttl=1, grace=0)
+    assert oc.store == "Transient"
+    assert st.storage_var("Transient", "free_space") == 999999999999999.0
+    assert st.storage_var("Transient", "used_space") == float(oc.size)
+
+
+class Records:
+    def __init__(self) -> None:
+        self.written: list[tuple[int, str, list]] = []
+
+    def write(self, vxid: int, kind: str, records: list) -> None:
+        self.written.append((vxid, kind, records))
+
+
+def test_expiry_and_hard_purges_log_expkill_as_varnishd(clock):
+    """varnishd 7.1 (varnishtest, vsl_mask=+ExpKill): `EXP_Expired x=1004 t=-0` for a purged object,
+    `EXP_Expired x=1002 t=-1` for one expired with ttl 1s, grace 0.5s; vxid 0, no transaction."""
+    st, _ = make()
+    st.vsl = log = Records()
+    fill(st, "/e", ttl=1, grace=2, keep=3, xid=1002)
+    fill(st, "/p", xid=1004)
+    st.purge(b"/p")
+    assert log.written == [(0, "-", [("ExpKill", "EXP_Expired x=1004 t=-0")])]
+    clock[0] = T0 + 6
+    st._expire()
+    assert log.written[1:] == [(0, "-", [("ExpKill", "EXP_Expired x=1002 t=-5")])]
+
+
+def test_the_expiry_timer_is_armed_for_the_first_object_due(clock):
+    async def scenario():
+        st, c = make()
+        loop = asyncio.get_running_loop()
+        fill(st, "/late", ttl=200, grace=0)
+        assert st._exp_timer.when() - loop.time() == pytest.approx(200, abs=0.5)
+        fill(st, "/soon", ttl=100, grace=0)
+        assert st._exp_timer.when() - loop.time() == pytest.approx(100, abs=0.5)
+        fill(st, "/far", ttl=7200, grace=0)       # later ones leave it alone
+        assert st._exp_timer.when() - loop.time() == pytest.approx(100, abs=0.5)
+        clock[0] = T0 + 200
+        st._expire()                               # both due: gone, the timer now waits for /far, at most an hour
+        assert c.n_expired == 2
+        assert st._exp_timer.when() - loop.time() == pytest.approx(3600, abs=0.5)
+        fill(st, "/next", ttl=10, grace=0, t_origin=T0 + 200)
+        assert st._exp_timer.when() - loop.time() == pytest.approx(10, abs=0.5)
+        st._exp_timer.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_the_lurker_does_not_wake_for_bans_only_requests_can_test(clock):
+    async def scenario():
+        st, c = make(_lurker_params(ban_lurker_age="0", ban_lurker_sleep="0.01"))
+        oc = fill(st, "/r")
+        st.bans.add("req.url == /r")
+        st.bans.bans[0].t = T0 - 3600
+        st._lurk()
+        assert st._lurker is None and not oc.dying and c.bans_lurker_tested == 0
+
+    asyncio.run(scenario())
+
+
+def test_an_object_with_an_empty_body_costs_only_its_overhead_and_headers(clock):
+    st, _ = make()
+    oc = fill(st, "/0", size=0)
+    assert oc.size == 72 + len("Content-Length") + len("0") + 4
+
+
+# -- ObjCore's body: the memory it holds while readers stream it ------------------------------------
+
+def test_a_complete_body_is_kept_as_one_buffer_once_read_whole():
+    oc = ObjCore()
+    for part in (b"ab", b"cd", b"ef"):
+        oc.append(part)
+    oc.finish(True)
+    assert oc.body() == b"abcdef" and oc.chunks == [b"abcdef"]
+    empty = ObjCore()
+    empty.finish(True)
+    assert empty.body() == b"" and empty.chunks == []
+
+
+def test_a_streaming_reader_keeps_its_place_when_the_body_is_read_whole():
+    oc = ObjCore()
+    cell = oc.open_reader()
+    oc.append(b"ab")
+    assert oc.read(cell) == b"ab"
+    oc.append(b"cd")
+    oc.append(b"ef")
+    oc.finish(True)
+    assert oc.body() == b"abcdef"              # a hit reads it all while the reader streams
+    other = oc.open_reader()
+    oc.close_reader(other)                     # another reader leaving changes nothing for this one
+    assert oc.read(cell) == b"cdef"            # both chunks at once
+    assert oc.read(cell) == b""
+    oc.close_reader(cell)
+    assert oc.chunks == [b"abcdef"]            # the last reader left: one copy
+
+
+def test_closing_a_reader_of_an_uncached_body_keeps_its_chunks():
+    oc = ObjCore()
+    cell = oc.open_reader()
+    oc.append(b"ab")
+    oc.append(b"cd")
+    oc.close_reader(cell)
+    assert oc.chunks == [b"ab", b"cd"] and oc.body() == b"abcd"
+
+
+def test_a_body_not_kept_is_freed_as_its_readers_pass_it():
+    oc = ObjCore()
+    oc.keep_body = False
+    slow, fast = oc.open_reader(), oc.open_reader()
+    oc.append(b"ab")
+    oc.append(b"cd")
+    assert oc.read(fast) == b"abcd"
+    assert oc.buffered == 4                    # the slow reader has not read it yet
+    oc.close_reader(slow)                      # it left: nobody needs the bytes
+    assert oc.chunks == [] and oc.buffered == 0 and oc.base == 2
+    oc.append(b"ef")
+    oc.append(b"gh")
+    assert oc.read(fast) == b"efgh" and oc.chunks == [] and oc.base == 4
+    oc.close_reader(fast)
+    oc.append(b"ij")
+    oc.drop_body()                             # no reader at all: everything goes
+    assert oc.chunks == [] and oc.buffered == 0 and oc.base == 5
+
+
+def test_drop_body_without_readers_frees_everything():
+    oc = ObjCore()
+    oc.append(b"ab")
+    oc.append(b"cd")
+    oc.drop_body()
+    assert oc.chunks == [] and oc.buffered == 0 and oc.base == 2
+
+
+def test_flow_control_survives_a_second_window():
+    async def scenario():
+        oc = ObjCore()
+        oc.keep_body = False
+        cell = oc.open_reader()
+        for _ in range(2):
+            oc.append(b"x" * STREAM_WINDOW)
+            waiting = asyncio.ensure_future(oc.wait_space())
+            await asyncio.sleep(0)
+            assert not waiting.done()
+            oc.read(cell)
+            await asyncio.wait_for(waiting, 5)
+        oc.append(b"y")
+        assert oc.read(cell) == b"y"
+
+    asyncio.run(scenario())
+
+
+def test_unbusy_wakes_every_request_waiting_on_the_head(clock):
+    async def scenario():
+        st, _ = make()
+        busy = st.lookup(b"/w", req("/w"), T0).busy
+        loop = asyncio.get_running_loop()
+        waiters = [loop.create_future() for _ in range(3)]
+        for fut in waiters:
+            busy.head.add_waiter(fut)
+        busy.http = HttpMessage(status=200, headers=Headers([["Content-Length", "0"]]))
+        busy.t_origin, busy.ttl = T0, 100
+        assert st.unbusy(busy, req("/w"), None)
+        assert all(fut.done() for fut in waiters) and busy.head.waiters == ()
+
+    asyncio.run(scenario())
+
+
+def test_the_expiry_timer_and_the_lurker_really_run(clock):
+    async def scenario():
+        st, c = make(_lurker_params(ban_lurker_age="0", ban_lurker_sleep="0.01"))
+        clock[0] = T0 + 1
+        gone = fill(st, "/x", ttl=1, grace=0)     # due now: the timer fires at once
+        assert st._exp_timer.when() - asyncio.get_running_loop().time() < 0.5
+        banned = fill(st, "/b", t_origin=T0 + 1)
+        st.ban("obj.status == 200")
+        st.bans.bans[0].t = T0                    # on the storage clock: due at once (ban_lurker_age 0)
+        deadline = asyncio.get_running_loop().time() + 5
+        while not (gone.dying and banned.dying):
+            assert asyncio.get_running_loop().time() < deadline, "expiry or lurker did not run"
+            await asyncio.sleep(0.01)
+        assert c.n_expired == 1 and c.bans_lurker_obj_killed == 1
+        if st._lurker is not None:
+            st._lurker.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_reader_behind_others_keeps_what_it_has_not_read():
+    oc = ObjCore()
+    oc.keep_body = False
+    slow, fast = oc.open_reader(), oc.open_reader()
+    oc.append(b"ab")
+    oc.append(b"cd")
+    fast_data = oc.read(fast)
+    assert oc.read(slow) == b"abcd" and fast_data == b"abcd" and oc.base == 2
+    oc.append(b"ef")
+    oc.append(b"gh")
+    assert oc.read(fast) == b"efgh"
+    oc.append(b"ij")
+    assert oc.read(slow) == b"efghij"           # base 2: what it had not read was kept
+    assert oc.read(fast) == b"ij" and oc.chunks == []
+
+
+def test_two_chunks_become_one_when_the_last_reader_leaves():
+    oc = ObjCore()
+    cell = oc.open_reader()
+    oc.append(b"ab")
+    oc.append(b"cd")
+    oc.finish(True)
+    assert oc.body() == b"abcd" and oc.read(cell) == b"abcd"
+    oc.close_reader(cell)
+    assert oc.chunks == [b"abcd"]
+
+
+def test_readers_waiting_for_more_of_a_body_wake_when_it_grows():
+    async def scenario():
+        oc = ObjCore()
+        waiting = [asyncio.ensure_future(oc.wait_more()) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert not any(w.done() for w in waiting)
+        oc.append(b"x")
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        again = asyncio.ensure_future(oc.wait_more())
+        await asyncio.sleep(0)
+        assert not again.done()
+        oc.finish(True)
+        await asyncio.wait_for(again, 5)
+
+    asyncio.run(scenario())
