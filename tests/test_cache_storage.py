@@ -130,8 +130,8 @@ def test_wait_more_says_whether_the_body_moved_within_the_time():
         loop = asyncio.get_running_loop()
         loop.call_later(0.01, oc.append, b"x")
         assert await oc.wait_more(30) is True
-        loop.call_later(0.01, oc.finish)
-        assert await oc.wait_more() is True
+        loop.call_later(0.01, oc.finish, True)
+        assert await asyncio.wait_for(oc.wait_more(), 10) is True
         assert oc._wakeup is None          # nothing left behind
 
     asyncio.run(main())
