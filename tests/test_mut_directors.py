@@ -5,14 +5,10 @@ varnishtest is installed). The paths the mutation run (tools/mutate.py) found wi
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
+from real_varnishtest import VARNISHTEST, run_varnishtest
 
 from cacheserver.backends import set_admin_health
 from vcl.compiler import compile_vcl
@@ -83,7 +79,6 @@ def test_negative_alt_fails_the_task():
                                       vcl=vcl))
 
 
-VARNISHTEST = shutil.which("varnishtest")
 
 
 @pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
@@ -91,12 +86,7 @@ def test_recorded_answers_are_varnishds():
     vtc = ('varnishtest "shard parameters"\nvarnish v1 -vcl {\n' + VCL_BODY + "} -start\n"
            "client c1 {\n\ttxreq\n\trxresp\n} -run\n"
            'varnish v1 -cliok "backend.set_health s2 sick"\nclient c1 -run\n')
-    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
-        os.chmod(tmp, 0o755)
-        path = Path(tmp) / "shard.vtc"
-        path.write_text(vtc)
-        run = subprocess.run([VARNISHTEST, "-v", "-t", "60", str(path)], capture_output=True, text=True, timeout=90)
-    out = run.stdout + run.stderr
+    out = run_varnishtest(vtc, "shard")
     headers = re.findall(r"c1 +rxhdr\|(\w+): (.*?)\\r$", out, re.M)
     answers = {False: dict(headers[:len(headers) // 2]), True: dict(headers[len(headers) // 2:])}
     assert {k: {c: v[c] for c in RECORDED[False]} for k, v in answers.items()} == RECORDED
@@ -161,12 +151,7 @@ def test_argument_checks_are_varnishds():
     cases = REFUSED + TAKEN
     clients = "".join(f"client c{i} {{\n\ttxreq -url /{i}\n\trxresp\n}} -run\n" for i in range(len(cases)))
     vtc = 'varnishtest "shard arguments"\nvarnish v1 -vcl {\n' + ARGS_VCL + "} -start\n" + clients
-    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
-        os.chmod(tmp, 0o755)
-        path = Path(tmp) / "args.vtc"
-        path.write_text(vtc)
-        run = subprocess.run([VARNISHTEST, "-v", "-t", "60", str(path)], capture_output=True, text=True, timeout=90)
-    out = run.stdout + run.stderr
+    out = run_varnishtest(vtc, "args")
     # each request's VCL_Error or Error line and chosen backend, by request (vxid 1001, 1003, ...)
     errors = dict(re.findall(r"vsl\| +(\d+) (?:VCL_Error|Error) +c vmod_directors: shard sh: (.*)$", out, re.M))
     chosen = dict(re.findall(r"^\*+ +c(\d+) +rxhdr\|x: (.*?)\\r$", out, re.M))
@@ -230,12 +215,7 @@ def test_init_settings():
 def test_init_settings_are_varnishds():
     vtc = ('varnishtest "shard init"\nvarnish v1 -vcl {\n' + INIT_VCL + "} -start\n"
            "client c1 {\n\ttxreq\n\trxresp\n} -run\n")
-    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
-        os.chmod(tmp, 0o755)
-        path = Path(tmp) / "init.vtc"
-        path.write_text(vtc)
-        run = subprocess.run([VARNISHTEST, "-v", "-t", "60", str(path)], capture_output=True, text=True, timeout=90)
-    out = run.stdout + run.stderr
+    out = run_varnishtest(vtc, "init")
     answers = dict(re.findall(r"c1 +rxhdr\|(\w+): (.*?)\\r$", out, re.M))
     assert {k: answers.get(k) for k in INIT_ANSWERS} == INIT_ANSWERS
     assert re.findall(r"vsl\| +0 Notice +- (.*)$", out, re.M) == INIT_NOTICES

@@ -5,14 +5,8 @@ last test asks `varnishd -C` again (it skips without varnishd).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
 import pytest
-from test_vcl_errors import VARNISHD, vcc_report
+from test_vcl_errors import VARNISHD, vcc_mismatches
 
 from vcl.compiler import compile_vcl
 from vcl.errors import VCLError
@@ -213,18 +207,4 @@ def test_string_plus_in_a_bool_context():
 
 @pytest.mark.skipif(VARNISHD is None, reason="varnishd not installed")
 def test_every_case_is_what_varnishd_reports():
-    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
-        os.chmod(tmp, 0o755)
-
-        def vcc(name: str):
-            path = Path(tmp) / f"{name}.vcl"
-            path.write_text(CASES[name][0])
-            path.chmod(0o644)
-            run = subprocess.run([VARNISHD, "-C", "-f", str(path)], capture_output=True, text=True, timeout=60)
-            return name, vcc_report(run.stderr, CASES[name][0])
-
-        with ThreadPoolExecutor(4) as pool:
-            live = dict(pool.map(vcc, sorted(CASES)))
-    wrong = {name: got for name, got in live.items()
-             if (got[1], got[2]) != CASES[name][1:3] or not got[0].startswith(CASES[name][3])}
-    assert wrong == {}
+    assert vcc_mismatches(CASES) == {}

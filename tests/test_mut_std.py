@@ -4,14 +4,10 @@ the paths the mutation run found without a test. Values as VCL prints them (REAL
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
+from real_varnishtest import VARNISHTEST, run_varnishtest
 
 from vcl.compiler import compile_vcl
 from vcl.runtime import IP, Context, Headers, HttpMessage, VCLFailure
@@ -128,7 +124,6 @@ def test_failures_varnishd_logged(expr, message):
     assert str(info.value) == message
 
 
-VARNISHTEST = shutil.which("varnishtest")
 
 
 @pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
@@ -142,12 +137,7 @@ def test_recorded_values_are_varnishds():
                                                    for i, (expr, _) in enumerate(FAILURES, start=1))
                       + "\t\treturn (synth(200));\n\t}")
     vtc += "".join(f"client c{i + 1} {{\n\ttxreq -url /{i}\n\trxresp\n}} -run\n" for i in range(1, len(FAILURES) + 1))
-    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
-        os.chmod(tmp, 0o755)
-        path = Path(tmp) / "std.vtc"
-        path.write_text(vtc)
-        run = subprocess.run([VARNISHTEST, "-v", "-t", "60", str(path)], capture_output=True, text=True, timeout=90)
-    out = run.stdout + run.stderr
+    out = run_varnishtest(vtc, "std")
     got = dict(re.findall(r"c1 +rxhdr\|x(\d+): (.*?)\\r$", out, re.M))
     assert [(expr, got.get(str(i))) for i, (expr, _) in enumerate(RECORDED)] == RECORDED
     errors = dict(re.findall(r"vsl\| +(\d+) VCL_Error +c (.*)$", out, re.M))

@@ -11,14 +11,12 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from real_varnishtest import VARNISHTEST, run_varnishtest
 
 from vcl.compiler import compile_vcl
 from vcl.runtime import IP, Context, Headers, HttpMessage, VCLFailure
@@ -142,7 +140,6 @@ def test_bytes_strings_scale_by_1024(n, unit):
 # The same four conversions of strings drawn from the characters VNUM reads, asked of varnishd itself.
 NUMBERISH = st.tuples(OWS, st.text(" -.0123456789", max_size=7),
                       st.sampled_from(["", "s", "ms", "m", "d", "k", "KB", "b", "e3", "+", " x"]))
-VARNISHTEST = shutil.which("varnishtest")
 
 
 @pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
@@ -172,14 +169,9 @@ def varnishd_std_values(strings: list[str]) -> dict[str, dict[str, str]]:
     try:
         answers = json.loads(cache.read_text())
     except (OSError, ValueError):
-        with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
-            os.chmod(tmp, 0o755)
-            path = Path(tmp) / "conv.vtc"
-            path.write_text(vtc)
-            run = subprocess.run([VARNISHTEST, "-v", "-t", "60", str(path)], capture_output=True, text=True,
-                                 timeout=90)
-        answers = re.findall(r"c1 +rxhdr\|v: (.*?)\\r$", run.stdout + run.stderr, re.M)
-        assert len(answers) == len(strings), run.stdout[-3000:] + run.stderr[-3000:]
+        out = run_varnishtest(vtc, "conv")
+        answers = re.findall(r"c1 +rxhdr\|v: (.*?)\\r$", out, re.M)
+        assert len(answers) == len(strings), out[-6000:]
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps(answers))
