@@ -431,7 +431,7 @@ class ClientRequest(Delivery, EsiRequest):
         """The lookup digest part by part, with a Hash record for each when vsl_mask lets them through;
         a hash_data() of STRANDS (a tuple) hashes each piece on its own, an unset one as a NUL."""
         digest = hashlib.sha256()
-        log_hash = "-Hash" not in self.server.params.vsl_mask
+        log_hash = self.server.vsl.wants("Hash")
         for part in parts:
             if isinstance(part, tuple):
                 for p in part:
@@ -457,7 +457,7 @@ class ClientRequest(Delivery, EsiRequest):
         if name == "fail" or hash_action.name == "fail":
             return self._fail_state()
         parts = ctx.hash_parts
-        if "-Hash" in self.server.params.vsl_mask and all(type(p) is str for p in parts):
+        if not self.server.vsl.wants("Hash") and all(type(p) is str for p in parts):
             # the common case in one call: each part followed by varnishd's field separator
             # (HSH_AddString(NULL)), the same digest as the loop below
             data = ("\0".join(parts) + "\0").encode("utf-8", "surrogateescape") if parts else b""
