@@ -25,7 +25,8 @@ from cacheserver.reqbody import ReqBody, ReqBodyError
 from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import ObjCore
-from vcl.runtime import Action, BackendSpec, Context, Headers, HttpMessage, VCLFailure
+from cacheserver.vclcall import acall_sub
+from vcl.runtime import Action, BackendSpec, Context, Headers, HttpMessage
 
 if TYPE_CHECKING:
     from cacheserver.server import Server
@@ -78,47 +79,9 @@ def _strip_hop_by_hop(headers: Headers) -> None:
             headers.unset(name)
 
 
-_CALL = {"vcl_backend_fetch": "BACKEND_FETCH", "vcl_backend_response": "BACKEND_RESPONSE",
-         "vcl_backend_error": "BACKEND_ERROR"}
 _BEGIN = {"miss": "fetch", "pass": "pass", "bg": "bgfetch"}
 # Fetch_Body's body status, numbered as varnishd's tbl/body_status.h
 _BODY_STATUS = {"none": "1 none", "chunked": "2 chunked", "length": "3 length", "eof": "4 eof"}
-
-
-def fail_from_vcl(server: Server, ctx: Context, action: Action) -> None:
-    """`return (fail)` / `return (fail(REASON))`: VRT_fail, counted and logged with its reason."""
-    server.counters.vcl_fail += 1
-    reason = action.args[0] if action.args else ""
-    ctx.log.append(("VCL_Error", reason or "Failed from VCL"))
-
-
-def _call(vcl, ctx: Context, sub: str):
-    ctx.method = sub
-    ctx.log.append(("VCL_call", _CALL.get(sub, sub)))
-    try:
-        result = vcl.subs[sub](ctx)
-    except VCLFailure as exc:
-        ctx.log.append(("VCL_Error", str(exc)))
-        ctx.server.counters.vcl_fail += 1
-        result = Action("fail")
-    else:
-        if isinstance(result, Action) and result.name == "fail":
-            fail_from_vcl(ctx.server, ctx, result)
-    if isinstance(result, Action):      # an async subroutine's is logged once awaited (_acall)
-        ctx.log.append(("VCL_return", result.name))
-    return result
-
-
-async def _acall(vcl, ctx: Context, sub: str) -> Action:
-    result = _call(vcl, ctx, sub)
-    if sub in vcl.async_subs and not isinstance(result, Action):
-        try:
-            result = await result
-        except VCLFailure as exc:
-            ctx.log.append(("VCL_Error", str(exc)))
-            result = Action("fail")
-        ctx.log.append(("VCL_return", result.name))
-    return result
 
 
 def beresp_filters_default(ctx: Context) -> str:
@@ -256,7 +219,7 @@ class BusyObj:
             ctx.log += (("BereqMethod", bereq.method), ("BereqURL", bereq.url), ("BereqProtocol", bereq.proto))
             bereq.headers.log_to(ctx.log, "BereqHeader", "BereqUnset")
         ctx.beresp = None
-        action = await _acall(self.vcl, ctx, "vcl_backend_fetch")
+        action = await acall_sub(self.vcl, ctx, "vcl_backend_fetch")
         name = action.name
         if name == "fetch":
             return "fetch"
@@ -519,7 +482,7 @@ class BusyObj:
         ctx.do_gzip = ctx.do_gunzip = ctx.do_esi = False
         ctx.beresp_filters = None
         ctx.beresp_body = (self.body_kind, conn.clen)     # what the default filter list depends on
-        action = await _acall(self.vcl, ctx, "vcl_backend_response")
+        action = await acall_sub(self.vcl, ctx, "vcl_backend_response")
         name = action.name
         if name in ("deliver", "pass"):
             if name == "pass":
@@ -909,7 +872,7 @@ class BusyObj:
         if not self._failure_counted:
             server.counters.fetch_failed += 1
         self._failure_counted = False
-        action = await _acall(self.vcl, ctx, "vcl_backend_error")
+        action = await acall_sub(self.vcl, ctx, "vcl_backend_error")
         if action.name == "retry":
             ctx.retries += 1
             if ctx.retries > server.params.max_retries:

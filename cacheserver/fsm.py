@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from cacheserver import storage as st
 from cacheserver.deliver import Delivery, resp_filters_default
 from cacheserver.esi import EsiRequest
-from cacheserver.fetch import BusyObj, fail_from_vcl
+from cacheserver.fetch import BusyObj
 from cacheserver.filters import accepts_gzip, weaken_etag
 from cacheserver.http1 import DATES, reason_for
 from cacheserver.ranges import not_modified, object_last_modified
@@ -28,9 +28,10 @@ from cacheserver.reqbody import ReqBody
 from cacheserver.rfc2616 import collect_header
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import SYNTH_OBJECT, ObjCore
+from cacheserver.vclcall import CALL_NAMES, acall_sub, call_sub
 from vcl.compiler import BUILTIN_RETURNS
 from vcl.rtlib import end_task, s_ip
-from vcl.runtime import Action, Context, HttpMessage, VCLFailure
+from vcl.runtime import Action, Context, HttpMessage
 
 if TYPE_CHECKING:
     from cacheserver.protocol import ClientProtocol
@@ -44,13 +45,10 @@ _STATE_SUBS = {"recv": ("vcl_recv", "vcl_hash"), "hit": ("vcl_hit",), "miss": ("
                "pass": ("vcl_pass",), "purge": ("vcl_purge",), "deliver": ("vcl_deliver",),
                "synth": ("vcl_synth",)}
 _VIA = "1.1 varnish (Varnish/7.1)"
-# VCL_call's argument for each subroutine, as varnishd logs it
-_CALL = {f"vcl_{n}": n.upper() for n in ("recv", "hash", "hit", "miss", "pass", "purge", "pipe", "deliver",
-                                          "synth", "backend_fetch", "backend_response", "backend_error")}
 # A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
 _START_LINE_SLOTS = 5
 # The records of a subroutine the server runs in place of its built-in code (CompiledVCL.builtin_only)
-_BUILTIN_CALL = {sub: ("VCL_call", f"{_CALL[sub]}\0VCL_return {action.name}")
+_BUILTIN_CALL = {sub: ("VCL_call", f"{CALL_NAMES[sub]}\0VCL_return {action.name}")
                  for sub, action in [*BUILTIN_RETURNS.items(), ("vcl_hash", Action("lookup"))]}
 
 
@@ -286,46 +284,21 @@ class ClientRequest(Delivery, EsiRequest):
 
     def call(self, sub: str) -> Action:
         ctx = self.ctx
-        ctx.method = sub
         # (not while VCL_trace is on: the built-in code's blocks are traced too)
         action = None if self.vcl.traced else self.vcl.builtin_only.get(sub)
-        if action is not None:
-            # the built-in code alone, which does nothing but return (vcl_hash: hash): done here
-            if sub == "vcl_hash":
-                _builtin_hash(ctx)
-            ctx.log.append(_BUILTIN_CALL[sub])
-            return action
-        ctx.log.append(("VCL_call", _CALL[sub]))
-        try:
-            action = self.vcl.subs[sub](ctx)
-        except VCLFailure as exc:
-            action = self._failed(sub, exc)
-        else:
-            if action.name == "fail":
-                fail_from_vcl(self.server, ctx, action)
-        ctx.log.append(("VCL_return", action.name))
+        if action is None:
+            return call_sub(self.vcl, ctx, sub)
+        # the built-in code alone, which does nothing but return (vcl_hash: hash): done here
+        ctx.method = sub
+        if sub == "vcl_hash":
+            _builtin_hash(ctx)
+        ctx.log.append(_BUILTIN_CALL[sub])
         return action
 
     async def acall(self, sub: str) -> Action:
-        ctx = self.ctx
-        ctx.method = sub
-        ctx.log.append(("VCL_call", _CALL[sub]))
-        try:
-            fn = self.vcl.subs[sub]
-            action = await fn(ctx) if sub in self.vcl.async_subs else fn(ctx)
-        except VCLFailure as exc:
-            action = self._failed(sub, exc)
-        else:
-            if action.name == "fail":
-                fail_from_vcl(self.server, ctx, action)
-        ctx.log.append(("VCL_return", action.name))
-        return action
-
-    def _failed(self, sub: str, exc: Exception) -> Action:
-        self.server.counters.vcl_fail += 1
-        self.ctx.log.append(("VCL_Error", str(exc)))
-        log.warning("VCL failure in %s: %s", sub, exc)
-        return Action("fail")
+        if sub not in self.vcl.async_subs:
+            return self.call(sub)
+        return await acall_sub(self.vcl, self.ctx, sub)
 
     def _to_synth(self, status: int, reason: str = "") -> str:
         self.synth_status = status
