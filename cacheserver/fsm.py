@@ -3,9 +3,9 @@
     recv(+hash) -> lookup -> hit | miss | pass | (waitinglist) ; recv -> pipe | purge | synth
     hit/miss/pass -> fetch -> deliver -> transmit ; any -> restart -> recv ; any -> synth -> transmit
 
-One method per state, each returning the name of the next state (None when the request is done).
-States that must wait (a fetch, a busy object, a pipe, streaming a body still arriving, a subroutine
-calling an async vmod function) have an async twin; `run_sync` runs states until one of those,
+One method per state, each returning the name of the next state (None when the request is done);
+STATES lists them all. States that must wait (a fetch, a busy object, a pipe, streaming a body still
+arriving, a subroutine calling an async vmod function) have an async twin; `run_sync` runs states until one of those,
 `run_async` finishes the request from there. A cache hit never leaves run_sync.
 """
 
@@ -38,12 +38,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cacheserver.fsm")
 
-# States that always wait on I/O.
-_ALWAYS_ASYNC = frozenset({"fetch", "pipe", "waitinglist", "stream", "send", "bgwait", "esibody", "synthbody"})
-# The subroutines each state runs, for states that are async when one of them is.
-_STATE_SUBS = {"recv": ("vcl_recv", "vcl_hash"), "hit": ("vcl_hit",), "miss": ("vcl_miss",),
-               "pass": ("vcl_pass",), "purge": ("vcl_purge",), "deliver": ("vcl_deliver",),
-               "synth": ("vcl_synth",)}
+# Every client state, listed once: the VCL subroutines it calls, or WAITS for a state that always
+# waits on I/O (it has only its coroutine, `ast_NAME`). A state with subroutines runs as `st_NAME`,
+# or as its coroutine twin `ast_NAME` when the VCL makes one of them await; one with none only as
+# `st_NAME`. The step tables at the end of this file find each state's methods (and fail at import
+# if one is missing).
+WAITS = None
+STATES: dict[str, tuple[str, ...] | None] = {
+    "recv": ("vcl_recv", "vcl_hash"), "lookup": (), "waitinglist": WAITS, "hit": ("vcl_hit",),
+    "bgwait": WAITS, "miss": ("vcl_miss",), "pass": ("vcl_pass",), "fetch": WAITS,
+    "purge": ("vcl_purge",), "pipe": WAITS, "restart": (), "deliver": ("vcl_deliver",),
+    "synth": ("vcl_synth",), "synthbody": WAITS, "stream": WAITS, "send": WAITS, "esibody": WAITS}
+_ALWAYS_ASYNC = frozenset(state for state, subs in STATES.items() if subs is WAITS)
 _VIA = "1.1 varnish (Varnish/7.1)"
 # A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
 _START_LINE_SLOTS = 5
@@ -57,7 +63,7 @@ def _wait_states(vcl) -> frozenset[str]:
     states = vcl.__dict__.get("wait_states")
     if states is None:
         states = vcl.wait_states = frozenset(_ALWAYS_ASYNC | {
-            state for state, subs in _STATE_SUBS.items() if any(sub in vcl.async_subs for sub in subs)})
+            state for state, subs in STATES.items() if subs and any(sub in vcl.async_subs for sub in subs)})
     return states
 
 
@@ -248,7 +254,7 @@ class ClientRequest(Delivery, EsiRequest):
             if state in waits:
                 self.state = state
                 return False
-            state = getattr(self, "st_" + state)()
+            state = _SYNC_STEPS[state](self)
             if session.stolen:
                 state = None
         self.state = None
@@ -262,9 +268,9 @@ class ClientRequest(Delivery, EsiRequest):
                 if self._must_wait(state):
                     if "syncvsl" in str(self.server.params.debug):
                         self._vsl_sync()
-                    state = await getattr(self, "ast_" + state)()
+                    state = await _ASYNC_STEPS[state](self)
                 else:
-                    state = getattr(self, "st_" + state)()
+                    state = _SYNC_STEPS[state](self)
                 if self.session.stolen:
                     state = None
         finally:
@@ -845,6 +851,12 @@ class ClientRequest(Delivery, EsiRequest):
         oc = ObjCore()
         oc.finish(True)
         return self._transmit(bare, oc, synth=True)
+
+# each state's methods, by name (see STATES)
+_SYNC_STEPS = {state: getattr(ClientRequest, "st_" + state) for state, subs in STATES.items() if subs is not WAITS}
+_ASYNC_STEPS = {state: getattr(ClientRequest, "ast_" + state) for state, subs in STATES.items()
+                if subs is WAITS or subs}
+
 
 def _builtin_hash(ctx: Context) -> None:
     """The built-in vcl_hash: hash_data(req.url), then req.http.host if set, else server.ip."""

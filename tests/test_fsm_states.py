@@ -1,6 +1,6 @@
-"""Every state the client FSM can move to has a method to run it (states are strings looked up as
-st_NAME / ast_NAME), read from the source: a renamed or missing state fails here, not on the one
-request that reaches it."""
+"""Every state the client FSM can move to is listed in fsm.STATES and has the methods to run it
+(st_NAME / ast_NAME), read from the source: a renamed, unlisted or missing state fails here, not on
+the one request that reaches it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import ast
 import inspect
 
 from cacheserver import deliver, esi, fsm
-from cacheserver.fsm import _ALWAYS_ASYNC, _STATE_SUBS, ClientRequest
+from cacheserver.fsm import _ASYNC_STEPS, _SYNC_STEPS, STATES, WAITS, ClientRequest
 
 
 def _constants(expr: ast.expr) -> set[str]:
@@ -32,18 +32,22 @@ def _returned_states() -> set[str]:
     return names
 
 
-def test_every_returned_state_has_a_method():
+def test_every_returned_state_is_listed():
     states = _returned_states()
     assert {"recv", "lookup", "hit", "deliver", "synth", "fetch", "stream"} <= states
     # _after_recv passes these through by name
     states |= {"pipe", "purge"}
-    missing = sorted(s for s in states
-                     if not hasattr(ClientRequest, "st_" + s) and not hasattr(ClientRequest, "ast_" + s))
-    assert missing == []
+    assert sorted(states - set(STATES)) == []
+    assert sorted(set(STATES) - states - {"recv"}) == []     # recv: where every request starts
 
 
-def test_waiting_states_have_async_methods():
-    assert sorted(s for s in _ALWAYS_ASYNC if not hasattr(ClientRequest, "ast_" + s)) == []
-    # states whose subroutines may call async vmods run either way
-    both = [s for s in _STATE_SUBS if not (hasattr(ClientRequest, "st_" + s) and hasattr(ClientRequest, "ast_" + s))]
-    assert both == []
+def test_each_listed_state_has_its_methods():
+    for state, subs in STATES.items():
+        has_sync, has_async = hasattr(ClientRequest, "st_" + state), hasattr(ClientRequest, "ast_" + state)
+        if subs is WAITS:           # always waits on I/O: a coroutine only
+            assert (has_sync, has_async) == (False, True), state
+        elif subs:                  # runs its subroutines either way
+            assert (has_sync, has_async) == (True, True), state
+        else:                       # calls no subroutine: never waits
+            assert (has_sync, has_async) == (True, False), state
+    assert set(_SYNC_STEPS) | set(_ASYNC_STEPS) == set(STATES)
