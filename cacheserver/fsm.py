@@ -355,29 +355,39 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.hash_parts = []
         ctx.is_hitmiss = ctx.is_hitpass = False
 
-    def st_recv(self) -> str:
+    def _recv_steps(self):
+        """cnt_recv, written once for both drivers: yields each subroutine to call and is sent back
+        its action (a vcl(LABEL) switch runs vcl_recv again, in the new VCL)."""
         self._recv_setup()
-        action = self.call("vcl_recv")
+        action = yield "vcl_recv"
         if action.name == "vcl":
             if not self._switch_vcl(action):
                 return self._fail_state()
-            action = self.call("vcl_recv")
-        self._recv_continue(action)
-        self._wash_accept_encoding(action)
-        return self._after_recv(action, self.call("vcl_hash") if action.name != "fail" else action)
-
-    async def ast_recv(self) -> str:
-        self._recv_setup()
-        action = await self.acall("vcl_recv")
-        if action.name == "vcl":
-            if not self._switch_vcl(action):
-                return self._fail_state()
-            action = await self.acall("vcl_recv")
-        if self.session.stolen:
+            action = yield "vcl_recv"
+        if self.session.stolen:          # tinykvm.steal() took the connection: nothing more to do
             return None
         self._recv_continue(action)
         self._wash_accept_encoding(action)
-        return self._after_recv(action, await self.acall("vcl_hash") if action.name != "fail" else action)
+        hash_action = (yield "vcl_hash") if action.name != "fail" else action
+        return self._after_recv(action, hash_action)
+
+    def st_recv(self) -> str | None:
+        steps = self._recv_steps()
+        try:
+            sub = next(steps)
+            while True:
+                sub = steps.send(self.call(sub))
+        except StopIteration as done:
+            return done.value
+
+    async def ast_recv(self) -> str | None:
+        steps = self._recv_steps()
+        try:
+            sub = next(steps)
+            while True:
+                sub = steps.send(await self.acall(sub))
+        except StopIteration as done:
+            return done.value
 
     def _switch_vcl(self, action: Action) -> bool:
         label = action.args[0] if action.args else None
