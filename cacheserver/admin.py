@@ -21,7 +21,6 @@ import socket
 import stat
 import string
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -1036,10 +1035,6 @@ class AdminCommands:
         if "MAIN.vmods" in snap:
             snap["MAIN.vmods"] = len({m for v in self.server.vcls.values() for m in getattr(v, "uses", ())})
         snap.update(self._vbe_counters())
-        # varnishd's worker pools and threads: here one event loop serves everything (one pool),
-        # and the threads are the process's own (the loop's, asyncio's resolver and executors)
-        snap["MAIN.pools"] = 1
-        snap["MAIN.threads"] = threading.active_count()
         if globs:
             snap = {k: v for k, v in snap.items()
                     if any(fnmatch.fnmatchcase(k, g if "." in g else "MAIN." + g) for g in globs)}

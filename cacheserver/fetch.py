@@ -191,6 +191,8 @@ class BusyObj:
     # -- the state machine ------------------------------------------------------------------------
 
     async def run(self) -> None:
+        workers = self.server.workers
+        workers.acquire()
         try:
             state = "startfetch"
             while state is not None:
@@ -204,6 +206,7 @@ class BusyObj:
             self._req_sent()
             self._signal()
             self._vsl_end()
+            workers.release()
 
     def _req_sent(self) -> None:
         if not self.req_done.done():

@@ -694,10 +694,18 @@ class ClientProtocol(asyncio.Protocol):
             while self.queue and not self.busy and not self.closed:
                 request = self.current = self.queue.popleft()
                 request.take_xid()
-                if not request.run_sync():
+                workers = self.server.workers
+                workers.acquire()
+                try:
+                    done = request.run_sync()
+                except BaseException:
+                    workers.release()
+                    raise
+                if not done:
                     self.busy = True
                     asyncio.get_running_loop().create_task(self._run_async(request))
                     return
+                workers.release()
                 self._end_body(request)
                 if not request.keep_alive:
                     self.close_reason = self.close_reason or request.close_reason or "sc_resp_close"
@@ -726,6 +734,8 @@ class ClientProtocol(asyncio.Protocol):
         except Exception:  # a bug must cost this connection only, never the server
             log.exception("request failed")
             self.close()
+        finally:
+            self.server.workers.release()
         self.busy = False
         if self.stolen or self.closed:
             return

@@ -18,6 +18,7 @@ from cacheserver.probes import Probes
 from cacheserver.programs import ProgramManager, default_search_dirs
 from cacheserver.protocol import ClientProtocol
 from cacheserver.storage import Storage
+from cacheserver.workers import WorkerPools
 from vcl.compiler import CompiledVCL, compile_vcl
 from vcl.errors import VCLError
 from vcl.runtime import Action, Context
@@ -73,6 +74,7 @@ class Server:
         self._sockets: list[socket.socket] = []
         self.programs = ProgramManager()
         self.backend_pools = Pools(self)      # kept-alive backend connections, per address
+        self.workers = WorkerPools(self)      # MAIN.threads: varnishd's worker count for our tasks
         self.started_at = time.time()
         self._xid = 0
         self.probes = Probes()         # backend health polls, per loaded VCL
@@ -255,6 +257,7 @@ class Server:
             listener = await loop.create_server(lambda name=spec.name: ClientProtocol(self, name),
                                                 sock=sock.dup())
             self._listeners.append(listener)
+        self.workers.start()
         self.counters.mgt_child_start += 1
         self.child_started_at = time.time()   # MAIN.uptime counts from here, MGT.uptime from __init__
 
@@ -273,6 +276,7 @@ class Server:
     async def close(self) -> None:
         await self.stop()
         self.probes.stop_all()
+        self.workers.stop()
         for sock in self._sockets:
             sock.close()
         self._sockets = []

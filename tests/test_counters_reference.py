@@ -10,7 +10,7 @@ import socket
 import time
 
 import pytest
-from inproc import inproc_cache_factory
+from inproc import inproc_cache_factory, wait_for
 from test_cache_support import Resp
 
 make = pytest.fixture(inproc_cache_factory)    # in-process (tests/inproc.py)
@@ -182,10 +182,11 @@ def test_pipe_timeout_ends_an_idle_pipe(make):
     assert settle(cache, "sc_tx_pipe", 1)["sc_tx_pipe"] == 1
 
 
-def test_pools_and_threads_are_the_event_loops(make):
+def test_pools_and_threads_start_as_varnishd_s(make):
+    # varnishd 7.1 with its defaults: 2 pools of thread_pool_min (100) workers each
     cache, _ = make(VCL, lambda req: Resp(body=b"x"))
     c = cache.cli.counters()
-    assert c["pools"] == 1 and c["threads"] >= 1
+    assert (c["pools"], c["threads"], c["threads_created"], c["threads_destroyed"]) == (2, 200, 200, 0)
 
 
 def test_a_failed_fetch_counts_its_error_object_as_expired(make):
@@ -197,3 +198,26 @@ def test_a_failed_fetch_counts_its_error_object_as_expired(make):
     assert cache.get("/")[0] == 503
     c = cache.cli.counters()
     assert c["n_expired"] == 1 and c["n_object"] == 0
+
+
+def test_threads_follow_requests_and_fetches_in_progress(make):
+    # as c00096 explains: each slow miss holds two workers, its request's and its fetch's
+    cache, _ = make(VCL, lambda req: Resp(body=b"x", delay=1.0 if req.url != "/fast" else 0.0),
+                    "-p", "thread_pools=1", "-p", "thread_pool_min=5")
+    server = cache.proc.server
+    socks = []
+    for i in range(4):
+        sock = cache.proc.connect()
+        sock.sendall(b"GET /slow%d HTTP/1.1\r\nHost: a\r\n\r\n" % i)
+        socks.append(sock)
+    wait_for(lambda: server.workers.busy == 8, what="four requests and four fetches running")
+    c = cache.cli.counters()
+    assert (c["threads"], c["threads_created"]) == (8, 8)
+    assert cache.get("/fast")[0] == 200             # two more while the eight run
+    for sock in socks:
+        sock.settimeout(5)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.close()
+    wait_for(lambda: server.workers.busy == 0, what="every worker released")
+    c = cache.cli.counters()
+    assert (c["threads"], c["threads_destroyed"]) == (10, 0)   # idle ones stay until thread_pool_timeout
