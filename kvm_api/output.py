@@ -48,9 +48,15 @@ class LineWriter(io.TextIOBase):
     def write(self, s: str) -> int:
         data = s.encode("utf-8", "replace")
         with self._lock:
-            *lines, self._partial = (self._partial + data).split(b"\n")
+            if self._partial:
+                data = self._partial + data
+            lines = data.split(b"\n")
+            self._partial = lines.pop()
+            out = self._out
             for line in lines:
-                self._out += self._prefix + line.rstrip(b"\r") + b"\n"
+                out += self._prefix
+                out += line.rstrip(b"\r")
+                out += b"\n"
             if len(self._partial) > MAX_BUFFER:          # a huge line without newline: cut it
                 self._out += self._prefix + self._partial + b"\n"
                 self._partial = b""
