@@ -602,6 +602,11 @@ class ProgramManager:
         pool = self._pools.get(name)
         return pool is not None and bool(pool.workers)
 
+    def stealing(self, name: str) -> bool:
+        """Program `name` has its steal() process running now (so its file was found)."""
+        prog = self._programs.get(name)
+        return prog is not None and prog.alive
+
     def stats_for(self, name: str) -> ProgramStats:
         st = self.stats.get(name)
         if st is None:

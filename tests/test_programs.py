@@ -244,6 +244,31 @@ def test_hello_accepts_and_answers_each_request(listener, program_output):
                for m in lines), lines
 
 
+def test_a_running_steal_process_is_known_without_a_file_look_up(listener, monkeypatch):
+    from types import SimpleNamespace
+
+    from vmods import tinykvm
+
+    looked_up = []
+    monkeypatch.setattr(tinykvm, "find_program", lambda name, dirs: looked_up.append(name) or BUNDLED_DIR)
+
+    async def main():
+        pm = ProgramManager([BUNDLED_DIR])
+        ctx = SimpleNamespace(server=SimpleNamespace(programs=pm), vcl=SimpleNamespace(filename=None))
+        try:
+            assert tinykvm._known(ctx, "hello") and looked_up == ["hello"]      # not running yet
+            client, server, remote = pair(listener)
+            assert await pm.steal("hello", server, remote, "/tcp") is True
+            server.close()
+            client.close()
+            assert tinykvm._known(ctx, "hello") and looked_up == ["hello"]      # per steal: no stat()
+        finally:
+            await pm.close()
+        assert tinykvm._known(ctx, "hello") and looked_up == ["hello", "hello"]
+
+    run(main())
+
+
 def test_refused_connection_stays_with_server(listener, progdir):
     async def main():
         pm = ProgramManager([progdir])
