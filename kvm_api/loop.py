@@ -26,6 +26,9 @@ RECV_SIZE = 64 * 1024
 # never reads must not hold an fd forever).
 LINGER_SECONDS = float(os.environ.get("KVM_API_LINGER", "10"))
 _IO = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL   # never block, never change the shared O_NONBLOCK flag
+# Print lines are written when the loop has nothing to do, before any message to the server, and
+# after this long while it stays busy: one write for many turns under load.
+LOG_DELAY = 0.05
 
 # What epoll watches; any other event (EPOLLHUP, EPOLLERR) wakes both sides, as selectors does.
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
@@ -85,12 +88,21 @@ class EventLoop:
         self.send_ctrl({"op": "ready", "pid": os.getpid()})
         try:
             watched = self._watched
+            logged = time.monotonic()
             while self.running:
-                timeout = self._timeout()
+                events = None
+                if output is not None and output.pending():
+                    if time.monotonic() - logged < LOG_DELAY:
+                        events = self.epoll.poll(0)
+                    if not events:
+                        output.flush()
+                        logged = time.monotonic()
+                if not events:
+                    timeout = self._timeout()
+                    events = self.epoll.poll(-1 if timeout is None else timeout)
                 # each event goes to the Conn watched when it came (a socket stolen later in this
                 # turn may reuse the fd of one closed in it)
-                ready = [(watched.get(fd), fd, mask)
-                         for fd, mask in self.epoll.poll(-1 if timeout is None else timeout)]
+                ready = [(watched.get(fd), fd, mask) for fd, mask in events]
                 for conn, fd, mask in ready:
                     if conn is None:
                         if fd == self._ctrl_fd:
@@ -102,8 +114,6 @@ class EventLoop:
                         self._on_writable(conn)
                     self._flush_closes()
                 self._expire()
-                if output is not None:
-                    output.flush()          # one write of this turn's Print lines
         finally:
             for conn in list(self.conns.values()):
                 self._close(conn, DISCONNECTED)
@@ -457,6 +467,7 @@ class EventLoop:
         self._send_now(protocol.encode({"op": "end", "id": rid}))
 
     def _send_now(self, frames: list[bytes]) -> None:
+        _log_first()
         self._ctrl_out.extend(frames)
         while self._ctrl_out and self.running:
             self._flush_ctrl()
@@ -464,6 +475,7 @@ class EventLoop:
                 select.select([], [self.ctrl], [], 1.0)
 
     def send_ctrl(self, header: dict, payload: bytes = b"") -> None:
+        _log_first()
         self._ctrl_out.extend(protocol.encode(header, payload))
         self._flush_ctrl()
 
@@ -483,6 +495,13 @@ class EventLoop:
             self.epoll.modify(self._ctrl_fd, want)
             self._ctrl_events = want
 
+
+
+def _log_first() -> None:
+    """Write the Print lines so far before the server hears more from us: what it does next (answer
+    a client, stop this process) comes after them."""
+    if _state.output is not None:
+        _state.output.flush()
 
 
 def _header_pairs(headers: object) -> list[list[str]]:
