@@ -14,6 +14,7 @@ import json
 import os
 import runpy
 import select
+import signal
 import socket
 import sys
 import threading
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("args", nargs="*")
     ns = ap.parse_args(argv)
 
+    # A background process group of the server's terminal: writing to it must not stop us (tostop).
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     # stdout and stderr are the server's log stream: every line goes there as "<name>: <line>"
     _state.output = out = LineWriter(sys.stderr.fileno(), f"{ns.name}: ")
     sys.stdout = sys.stderr = out

@@ -1,6 +1,6 @@
 """The one event loop of a program process: the control channel and every stolen socket.
 
-A selectors (epoll) loop, single-threaded, like the epoll loop of the original. Every socket the
+An epoll loop, single-threaded, like the epoll loop of the original. Every socket the
 server hands over becomes a Conn; every Conn leaves through `_close()` (or `_discard()` when
 on_connect refused it), the only places that close its fd, so each fd is closed exactly once.
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import select
-import selectors
 import socket
 import sys
 import time
@@ -27,6 +26,12 @@ RECV_SIZE = 64 * 1024
 # never reads must not hold an fd forever).
 LINGER_SECONDS = float(os.environ.get("KVM_API_LINGER", "10"))
 _IO = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL   # never block, never change the shared O_NONBLOCK flag
+# Print lines are written when the loop has nothing to do, before any message to the server, and
+# after this long while it stays busy: one write for many turns under load.
+LOG_DELAY = 0.05
+
+# What epoll watches; any other event (EPOLLHUP, EPOLLERR) wakes both sides, as selectors does.
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 
 DISCONNECTED = "Disconnected"
 RESET = "Reset"
@@ -59,8 +64,12 @@ class EventLoop:
         self.cb = callbacks
         self.ctrl = ctrl
         self.ctrl.setblocking(False)
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(ctrl, selectors.EVENT_READ, None)
+        # select.epoll itself, not selectors: its per-event keys cost more than this loop's own work
+        self.epoll = select.epoll()
+        self._ctrl_fd = ctrl.fileno()
+        self._ctrl_events = _IN
+        self.epoll.register(self._ctrl_fd, _IN)
+        self._watched: dict[int, Conn] = {}   # fd -> the Conn epoll watches it for
         self.conns: dict[int, Conn] = {}
         self._to_close: list[Conn] = []
         self._draining: set[Conn] = set()    # closing once their output is out; have a deadline
@@ -78,24 +87,37 @@ class EventLoop:
             output.autoflush = False
         self.send_ctrl({"op": "ready", "pid": os.getpid()})
         try:
+            watched = self._watched
+            logged = time.monotonic()
             while self.running:
-                for key, mask in self.sel.select(self._timeout()):
-                    if key.data is None:
-                        self._on_ctrl(mask)
+                events = None
+                if output is not None and output.pending():
+                    if time.monotonic() - logged < LOG_DELAY:
+                        events = self.epoll.poll(0)
+                    if not events:
+                        output.flush()
+                        logged = time.monotonic()
+                if not events:
+                    timeout = self._timeout()
+                    events = self.epoll.poll(-1 if timeout is None else timeout)
+                # each event goes to the Conn watched when it came (a socket stolen later in this
+                # turn may reuse the fd of one closed in it)
+                ready = [(watched.get(fd), fd, mask) for fd, mask in events]
+                for conn, fd, mask in ready:
+                    if conn is None:
+                        if fd == self._ctrl_fd:
+                            self._on_ctrl(mask)
                         continue
-                    conn: Conn = key.data
-                    if not conn.closed and mask & selectors.EVENT_READ:
+                    if not conn.closed and mask & ~_OUT:
                         self._on_readable(conn)
-                    if not conn.closed and mask & selectors.EVENT_WRITE:
+                    if not conn.closed and mask & ~_IN:
                         self._on_writable(conn)
                     self._flush_closes()
                 self._expire()
-                if output is not None:
-                    output.flush()          # one write of this turn's Print lines
         finally:
             for conn in list(self.conns.values()):
                 self._close(conn, DISCONNECTED)
-            self.sel.close()
+            self.epoll.close()
 
     def _timeout(self) -> float | None:
         if not self._draining:
@@ -259,17 +281,23 @@ class EventLoop:
         """Make the selector watch what `conn` needs now."""
         if conn.closed:
             return
-        events = (selectors.EVENT_READ if conn.reading and conn.accepted and not conn.paused else 0) | (
-            selectors.EVENT_WRITE if conn.out else 0)
+        events = (_IN if conn.reading and conn.accepted and not conn.paused else 0) | (
+            _OUT if conn.out else 0)
         if events == conn.events:
             return
         if conn.events == 0:
-            self.sel.register(conn.sock, events, conn)
+            self.epoll.register(conn.fd, events)
+            self._watched[conn.fd] = conn
         elif events == 0:
-            self.sel.unregister(conn.sock)
+            self._unwatch(conn)
         else:
-            self.sel.modify(conn.sock, events, conn)
+            self.epoll.modify(conn.fd, events)
         conn.events = events
+
+    def _unwatch(self, conn: Conn) -> None:
+        self.epoll.unregister(conn.fd)
+        if self._watched.get(conn.fd) is conn:
+            del self._watched[conn.fd]
 
     def _forget(self, conn: Conn) -> None:
         conn.closed = True
@@ -277,7 +305,7 @@ class EventLoop:
         if self.conns.get(conn.fd) is conn:
             del self.conns[conn.fd]
         if conn.events:
-            self.sel.unregister(conn.sock)
+            self._unwatch(conn)
             conn.events = 0
 
     def _close(self, conn: Conn, reason: str) -> None:
@@ -304,9 +332,9 @@ class EventLoop:
     # -- control channel --------------------------------------------------------------------------
 
     def _on_ctrl(self, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
+        if mask & ~_IN:
             self._flush_ctrl()
-        if not mask & selectors.EVENT_READ:
+        if not mask & ~_OUT:
             return
         while self.running:
             try:
@@ -439,6 +467,7 @@ class EventLoop:
         self._send_now(protocol.encode({"op": "end", "id": rid}))
 
     def _send_now(self, frames: list[bytes]) -> None:
+        _log_first()
         self._ctrl_out.extend(frames)
         while self._ctrl_out and self.running:
             self._flush_ctrl()
@@ -446,6 +475,7 @@ class EventLoop:
                 select.select([], [self.ctrl], [], 1.0)
 
     def send_ctrl(self, header: dict, payload: bytes = b"") -> None:
+        _log_first()
         self._ctrl_out.extend(protocol.encode(header, payload))
         self._flush_ctrl()
 
@@ -460,10 +490,18 @@ class EventLoop:
                 self._ctrl_out.clear()
                 return
             self._ctrl_out.popleft()
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._ctrl_out else 0)
-        if self.sel.get_key(self.ctrl).events != want:
-            self.sel.modify(self.ctrl, want, None)
+        want = _IN | (_OUT if self._ctrl_out else 0)
+        if self._ctrl_events != want:
+            self.epoll.modify(self._ctrl_fd, want)
+            self._ctrl_events = want
 
+
+
+def _log_first() -> None:
+    """Write the Print lines so far before the server hears more from us: what it does next (answer
+    a client, stop this process) comes after them."""
+    if _state.output is not None:
+        _state.output.flush()
 
 
 def _header_pairs(headers: object) -> list[list[str]]:

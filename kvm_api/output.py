@@ -3,8 +3,8 @@
 The server starts a program with its own stderr as the program's stdout and stderr, so program
 output never passes through the server's event loop. Lines are buffered here and written whole
 (one os.write per batch; a line of up to PIPE_BUF bytes never interleaves with another process's
-line on a pipe). The program's event loop flushes once per turn; outside the loop every write of a
-complete line is flushed at once.
+line on a pipe). The program's event loop flushes when it has nothing to do, and every LOG_DELAY
+while it stays busy; outside the loop every write of a complete line is flushed at once.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class LineWriter(io.TextIOBase):
         self._partial = b""                  # the start of a line without its newline yet
         self._out = bytearray()              # complete, prefixed lines not written yet
         self._lock = threading.Lock()        # the watchdog thread may flush at exit
-        self.autoflush = autoflush           # False while the event loop flushes once per turn
+        self.autoflush = autoflush           # False while the event loop flushes
 
     @property
     def encoding(self) -> str:
@@ -48,15 +48,25 @@ class LineWriter(io.TextIOBase):
     def write(self, s: str) -> int:
         data = s.encode("utf-8", "replace")
         with self._lock:
-            *lines, self._partial = (self._partial + data).split(b"\n")
+            if self._partial:
+                data = self._partial + data
+            lines = data.split(b"\n")
+            self._partial = lines.pop()
+            out = self._out
             for line in lines:
-                self._out += self._prefix + line.rstrip(b"\r") + b"\n"
+                out += self._prefix
+                out += line.rstrip(b"\r")
+                out += b"\n"
             if len(self._partial) > MAX_BUFFER:          # a huge line without newline: cut it
                 self._out += self._prefix + self._partial + b"\n"
                 self._partial = b""
             if self._out and (self.autoflush or len(self._out) > MAX_BUFFER):
                 self._write_out()
         return len(s)
+
+    def pending(self) -> bool:
+        """Complete lines wait to be written."""
+        return bool(self._out)
 
     def flush(self) -> None:
         """Write the complete lines buffered so far (a partial line waits for its newline)."""

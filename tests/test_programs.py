@@ -244,6 +244,53 @@ def test_hello_accepts_and_answers_each_request(listener, program_output):
                for m in lines), lines
 
 
+def test_print_lines_are_written_before_the_server_hears_more(listener, program_output):
+    # The loop writes Print lines in batches, but always before a message to the server: when the
+    # server has the answer, the lines printed before it are in the log.
+    async def main():
+        pm = ProgramManager([BUNDLED_DIR])
+        try:
+            client, server, remote = pair(listener)
+            assert await pm.steal("hello", server, remote, "/tcp") is True
+            server.close()
+            assert any(" connected. Remote: " in m for m in program_output.lines())
+            assert recv_exact(client, len(HELLO)) == HELLO
+            client.sendall(REQUEST)
+            assert recv_exact(client, len(HELLO)) == HELLO           # printed " data: " first
+            assert await pm.backend_get("hello", "/") == (200, "text/plain", b"Hello World!\n")
+            assert any(" data: 0x" in m for m in program_output.lines())
+            client.close()
+        finally:
+            await pm.close()
+
+    run(main())
+
+
+def test_a_running_steal_process_is_known_without_a_file_look_up(listener, monkeypatch):
+    from types import SimpleNamespace
+
+    from vmods import tinykvm
+
+    looked_up = []
+    monkeypatch.setattr(tinykvm, "find_program", lambda name, dirs: looked_up.append(name) or BUNDLED_DIR)
+
+    async def main():
+        pm = ProgramManager([BUNDLED_DIR])
+        ctx = SimpleNamespace(server=SimpleNamespace(programs=pm), vcl=SimpleNamespace(filename=None))
+        try:
+            assert tinykvm._known(ctx, "hello") and looked_up == ["hello"]      # not running yet
+            client, server, remote = pair(listener)
+            assert await pm.steal("hello", server, remote, "/tcp") is True
+            server.close()
+            client.close()
+            assert tinykvm._known(ctx, "hello") and looked_up == ["hello"]      # per steal: no stat()
+        finally:
+            await pm.close()
+        assert tinykvm._known(ctx, "hello") and looked_up == ["hello", "hello"]
+
+    run(main())
+
+
 def test_refused_connection_stays_with_server(listener, progdir):
     async def main():
         pm = ProgramManager([progdir])

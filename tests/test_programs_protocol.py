@@ -14,6 +14,7 @@ import pytest
 
 from kvm_api import protocol
 from kvm_api._printf import cformat
+from kvm_api.output import LineWriter
 
 
 def is_open(fd: int) -> bool:
@@ -76,6 +77,26 @@ def test_cformat_speaks_c():
         cformat("%d %d", (1,))
     with pytest.raises(TypeError):
         cformat("%d", (1, 2))
+    # a format is compiled once: the same format with other arguments, and conversions after a '*'
+    assert cformat("* FD %d data: %p, %zu bytes\n", (6, 0x10, 2)) == "* FD 6 data: 0x10, 2 bytes\n"
+    assert cformat("%*s|%p|%s", (4, b"ab", 16, "x")) == "  ab|0x10|x"
+    with pytest.raises(TypeError):
+        cformat("%*d", (4,))
+
+
+def test_line_writer_prefixes_whole_lines():
+    r, w = os.pipe()
+    try:
+        out = LineWriter(w, "p: ", autoflush=False)
+        for piece in ("a\r\nb", "c\n", "d\ne\n", "", "tail"):
+            out.write(piece)
+        out.flush()                 # complete lines only; "tail" waits for its newline
+        assert os.read(r, 1000) == b"p: a\np: bc\np: d\np: e\n"
+        out.close_out()
+        assert os.read(r, 1000) == b"p: tail\n"
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def test_host_closes_fds_it_did_not_ask_for(tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -250,6 +252,20 @@ def test_no_program_process_outlives_the_server(tmp_path):
     time.sleep(0.3)
     for pid in kids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_program_has_its_own_process_group_in_the_servers_session(server):
+    with server.connect() as sock:
+        sock.sendall(GET_TCP)
+        assert b"".join(read_response(sock)) == HELLO
+    kids = server.children()
+    assert kids
+    for pid in kids:
+        assert os.getpgid(pid) == pid != os.getpgid(server.proc.pid)   # a terminal's ^C reaches the server only
+        assert os.getsid(pid) == os.getsid(server.proc.pid)           # scheduled with the server (autogroup)
+        # so, on the server's terminal, a background group: its writes must not stop it (stty tostop)
+        ignored = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigIgn:"))
+        assert int(ignored.split()[1], 16) >> (signal.SIGTTOU - 1) & 1
 
 
 def _close_in_way(sock: socket.socket, way: int) -> None:

@@ -49,7 +49,7 @@ def _known(ctx: Context, name: str) -> bool:
     """Program `name` is defined or found, also during vcl_init (before the VCL is in use and its
     directory is searched)."""
     manager = _manager(ctx)
-    if manager.serving(name):
+    if manager.serving(name) or manager.stealing(name):
         return True                  # no file system look-up per request once it runs
     cfg = manager.configs.get(name)
     if cfg is not None and cfg.filename is not None:
