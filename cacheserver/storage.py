@@ -90,7 +90,7 @@ class ObjCore:
         self.hfm = False
         self.hfp = False
         self.private = head is None       # pass and synthetic objects: never in the hash
-        self.fast_head = None             # fsm's response-head template for plain hits
+        self.fast_head = None             # plain hits' template (hit_template.py), shared
         self.vary: tuple[tuple[str, str | None], ...] | None = None
         self.ban: Ban | None = None
         self.size = 0

@@ -52,6 +52,14 @@ class StoredHttp:
     def copy(self) -> HttpMessage:
         return HttpMessage(self.method, self.url, self.proto, self.status, self.reason, self.headers)
 
+    def wire_fields(self) -> str:
+        """The fields as a head sends them: each "Name: value" and CRLF."""
+        return self._fields.replace(_SEP, "\r\n")
+
+    def record_fields(self, tag: str) -> str:
+        """The fields as the shared log's records of `tag`: each "<NUL>tag Name: value"."""
+        return (_SEP + self._fields[:-1]).replace(_SEP, _SEP + tag + " ") if self._fields else ""
+
     def fields_size(self) -> int:
         """The bytes varnishd's object gives the header fields: each "Name: value" and its NUL."""
         return len(self._fields)
