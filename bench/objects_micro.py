@@ -61,10 +61,13 @@ async def hits(srv, port, objects, count, per_read=100):
     reqs = [b"GET /o/%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (rng.choice(objects), host) for _ in range(count)]
     batches = [b"".join(reqs[i:i + per_read]) for i in range(0, count, per_read)]
     before = srv.counters.cache_hit
+    if conf["gc_off"]:
+        gc.disable()
     t0 = time.process_time()
     for batch in batches:
         proto.data_received(batch)
     used = time.process_time() - t0
+    gc.enable()
     proto.connection_lost(None)
     got = srv.counters.cache_hit - before
     assert got == count and sink.answers == count, f"{got} hits, {sink.answers} answers of {count}"
@@ -138,6 +141,7 @@ def main() -> None:
     ap.add_argument("--tracemalloc", action="store_true", help="where the bytes go (slows the fill)")
     ap.add_argument("--frames", type=int, default=1, help="traceback depth for --tracemalloc")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--gc-off", action="store_true", help="diagnosis: no cyclic GC while hits are timed")
     ap.add_argument("--compare-root", type=Path, default=None, metavar="DIR")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -153,7 +157,8 @@ def main() -> None:
         with Origin(workspace) as origin:
             vcl = workspace.write_vcl(origin.port)
             conf = {"vcl": str(vcl), "counts": counts, "hits": args.hits, "tracemalloc": args.tracemalloc,
-                    "frames": args.frames, "top": args.top}
+                    "frames": args.frames, "top": args.top,
+                    "gc_off": args.gc_off}
             for _ in range(args.rounds):
                 for name, root in roots:
                     results[name].append(run(root, conf))
