@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from cacheserver import hit_template
 from cacheserver.filters import (
     Chain,
     DeliverCtx,
@@ -77,12 +78,15 @@ class Delivery:
     # -- plain hits -------------------------------------------------------------------------------
     # Most hits are a GET for a whole, complete object, with the built-in vcl_deliver (which changes
     # nothing). Their response head differs from one hit to the next only in X-Varnish and Age, so
-    # the first such delivery keeps its head as a template and later ones fill in those two values.
+    # the object's first such delivery (its miss, or a hit) leaves a template (hit_template.py) and
+    # later hits fill in those two values.
 
     def _plain_hit(self) -> bool:
+        """A delivery of the plain kind: a hit on a whole object, or the miss that fetched a cacheable
+        one (still arriving, maybe: see _keep_template)."""
         oc = self.oc
-        if not (self.is_hit and self.keep_alive and oc.complete and self.method0 == "GET"
-                and "vcl_deliver" in self.vcl.builtin_only and not self.vcl.traced):
+        if not ((oc.complete if self.is_hit else not oc.private) and self.keep_alive
+                and self.method0 == "GET" and "vcl_deliver" in self.vcl.builtin_only and not self.vcl.traced):
             return False
         headers = self.ctx.req.headers
         if oc.gzipped or oc.esi_data is not None:
@@ -94,15 +98,14 @@ class Delivery:
     def _deliver_from_template(self) -> bool:
         oc = self.oc
         template = oc.fast_head
-        if template is None or template[0] is not self.vcl or template[1] is not oc.http:
+        if template is None or template.vcl is not self.vcl:
             return False
-        _, _, before_xid, before_age, rest, vsl_tail = template
         now = time.time()
         age = max(0, int(now - oc.t_origin))
         xid = self.ctx.xid
-        head = b"%sX-Varnish: %d %d\r\n%sAge: %d\r\n%s" % (before_xid, xid, oc.xid, before_age, age, rest)
+        head = template.head(oc.http, xid, oc.xid, age)
         # the records from RespProtocol to End, formatted once the request is done (_vsl_end)
-        self.vsl_tail = (vsl_tail, (xid, oc.xid, age, now, now - self.t_start, now - self.t_prev))
+        self.vsl_tail = (template.records(oc.http), (xid, oc.xid, age, now, now - self.t_start, now - self.t_prev))
         self.t_prev = now
         self.acct_hdr = len(head)
         body = oc.body()
@@ -114,17 +117,15 @@ class Delivery:
         return True
 
     def _keep_template(self, head: bytes) -> None:
-        """Cut the head of a plain hit around its X-Varnish and Age values, for the next hits."""
+        """Cut the head of a plain delivery around its X-Varnish and Age values, for the next hits."""
         self._template_wanted = False
         oc = self.oc
-        xid_line = b"X-Varnish: %d %d\r\n" % (self.ctx.xid, oc.xid)
-        i = head.find(xid_line)
-        j = head.find(b"\r\nAge: ", i) + 2
-        k = head.find(b"\r\n", j) + 2
-        if i < 0 or j < 2 or not self.keep_alive or self.ctx.resp.status != 200:
+        xid = self.ctx.xid
+        xid_line = b"X-Varnish: %d %d\r\n" % (xid, oc.xid) if self.is_hit else b"X-Varnish: %d\r\n" % xid
+        # a miss streams what is still arriving chunked when its length is unknown: not a hit's head
+        if not self.keep_alive or self.ctx.resp.status != 200 or b"\r\nTransfer-Encoding:" in head:
             return
-        oc.fast_head = (self.vcl, oc.http, head[:i], head[i + len(xid_line):j], head[k:],
-                        _template_records(head))
+        oc.fast_head = hit_template.make(self.vcl, oc.http, head, xid_line, _template_records(head))
 
     # -- the writer -------------------------------------------------------------------------------
 

@@ -125,7 +125,7 @@ class ClientRequest(Delivery, EsiRequest):
     chunked = False                 # the body being streamed goes out chunked
     vdp_chain = None                # delivery filters for the "stream" state
     send_deadline = 0.0             # send_timeout for the body being streamed
-    _template_wanted = False        # this plain hit's head should become a template
+    _template_wanted = False        # this plain delivery's head should become a hit template
     vsl_tail = None                 # a template hit's last records: (payload template, its first values)
     send_data: memoryview | None = None   # a big body the "send" state writes
     acct_req = 0                    # request head bytes, for ReqAcct
@@ -694,10 +694,9 @@ class ClientRequest(Delivery, EsiRequest):
 
     def st_deliver(self) -> str | None:
         if self._plain_hit():
-            if self._deliver_from_template():
+            if self.is_hit and self._deliver_from_template():
                 return "send" if self.send_data is not None else None
-            # from its second hit on: an object hit once neither pays for nor keeps a template
-            self._template_wanted = self.oc.hits > 1
+            self._template_wanted = self.oc.fast_head is None    # shared, it costs the object nothing
         resp = self._prepare_deliver()
         if self._headers_lost(resp):
             return self._to_synth(500)

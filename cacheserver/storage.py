@@ -1,6 +1,6 @@
 """Object storage: object heads (one per hash) holding object cores (variants, markers, busy fetches).
 
-Bodies live in a byte-bounded LRU (cachetools) for the main store `s0`; objects with a short TTL and
+Bodies live in a byte-bounded LRU (stevedores.py) for the main store `s0`; objects with a short TTL and
 hit-for-miss / hit-for-pass markers go to the unbounded Transient store, as in varnishd. Lookup follows
 cache_hash.c: busy objects make later requests wait, bans and Vary are checked per object, a stale
 object in grace is delivered while one background fetch refreshes it.
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from cacheserver.bans import BanList
 from cacheserver.stevedores import TRANSIENT, Stevedore, parse_specs
+from cacheserver.stored_http import StoredHttp, fields_size
 from vcl.runtime import HttpMessage
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class ObjCore:
 
     def __init__(self, head: ObjHead | None = None, xid: int = 0) -> None:
         self.head = head
-        self.http: HttpMessage | None = None
+        self.http: HttpMessage | StoredHttp | None = None   # StoredHttp once it is cached (unbusy)
         self.chunks: list[bytes] = []
         self.base = 0                    # absolute index of chunks[0] (chunks before it were dropped)
         self.length = 0                  # body bytes appended so far
@@ -89,7 +90,7 @@ class ObjCore:
         self.hfm = False
         self.hfp = False
         self.private = head is None       # pass and synthetic objects: never in the hash
-        self.fast_head = None             # fsm's response-head template for plain hits
+        self.fast_head = None             # plain hits' template (hit_template.py), shared
         self.vary: tuple[tuple[str, str | None], ...] | None = None
         self.ban: Ban | None = None
         self.size = 0
@@ -228,7 +229,7 @@ class ObjCore:
         body = max(self.length, self.expected, self.alloc) if with_body else 0
         http = self.http
         head = OBJECT_BASE + len(http.proto) + len(str(http.status)) + len(http.reason) + 3
-        head += sum(len(n) + len(v) + 3 for n, v in http.headers.items())
+        head += fields_size(http)
         self.size = ((head + 7) & ~7) + body
         return self.size
 
@@ -441,6 +442,8 @@ class Storage:
         """
         head = oc.head
         oc.busy = False
+        if oc.http is not None:
+            oc.http = StoredHttp.of(oc.http)     # kept compact while it is cached
         if bereq is not None:
             oc.vary = vary_of(vary_header, bereq)
         oc.ban = None

@@ -38,12 +38,14 @@ def req(url: str = "/", **headers: str) -> HttpMessage:
 
 def fill(st: Storage, url: str = "/", ttl: float = 100.0, grace: float = 10.0, keep: float = 0.0,
          size: int = 10, t_origin: float = T0, vary: str | None = None, request: HttpMessage | None = None,
-         hint: str | None = None, hfm: bool = False, xid: int = 0):
+         hint: str | None = None, hfm: bool = False, xid: int = 0, tag: str | None = None):
     request = request or req(url)
     r = st.lookup(url.encode(), request, t_origin, always_miss=True)
     assert r.kind == MISS
     oc = r.busy
     oc.http = HttpMessage(status=200, headers=Headers([["Content-Length", str(size)]]))
+    if tag is not None:
+        oc.http.headers.set("X-Tag", tag)
     oc.t_origin, oc.ttl, oc.grace, oc.keep = t_origin, ttl, grace, keep
     oc.expected = size                                  # as the fetch sets it from Content-Length
 
@@ -278,8 +280,7 @@ def _lurker_params(**values: str) -> Params:
 def test_the_lurker_kills_objects_under_an_obj_ban_once_it_is_old_enough(clock):
     st, c = make(_lurker_params(ban_lurker_age="60", ban_lurker_sleep="0.01"))
     keep = fill(st, "/keep")
-    gone = fill(st, "/gone")
-    gone.http.headers.set("X-Tag", "old")
+    gone = fill(st, "/gone", tag="old")
     st.bans.add("obj.http.x-tag == old")
     st.bans.bans[0].t = T0 - 59.999
     st._lurk()
@@ -567,14 +568,13 @@ def test_req_ttl_zero_is_unset_and_req_ttl_also_moves_the_end_of_grace(clock):
 def test_lookup_finds_the_variant_that_matches_among_several(clock):
     st, c = make()
     a = fill(st, "/v", vary="X-V", request=req("/v", X_V="1"))
-    b = fill(st, "/v", vary="X-V", request=req("/v", X_V="2"))         # newest: looked at first
+    b = fill(st, "/v", vary="X-V", request=req("/v", X_V="2"), tag="b")   # newest: looked at first
     assert st.lookup(b"/v", req("/v", X_V="1"), T0 + 1).oc is a
     assert st.lookup(b"/v", req("/v", X_V="2"), T0 + 1).oc is b
     r = st.lookup(b"/v", req("/v", X_V="3"), T0 + 1)
     assert (r.kind, r.oc) == (MISS, None)
     st.abandon(r.busy)
     assert st.lookup(b"/v", req("/v", X_V="3"), T0 + 1, ignore_vary=True).oc is b
-    b.http.headers.set("X-Tag", "b")
     st.ban("obj.http.x-tag == b")                # the newest variant banned: the older one still hits
     assert st.lookup(b"/v", req("/v", X_V="1"), T0 + 1).oc is a
     assert b.dying and c.n_object == 1

@@ -41,7 +41,7 @@ def test_template_hits_send_the_same_head_as_the_full_path(make):
     full, _ = make(WITH_DELIVER, origin)
     plain_heads = fetch_heads(plain, 4)
     full_heads = fetch_heads(full, 4)
-    # miss, two hits by the full path (the second makes the template), then a template hit
+    # miss (it makes the template), then template hits; WITH_DELIVER: the full path throughout
     for a, b in zip(plain_heads, full_heads, strict=True):
         assert normalised(a) == normalised(b)
     assert normalised(plain_heads[3]) == normalised(plain_heads[1])
@@ -118,3 +118,58 @@ def test_user_code_in_a_vcl_builtin_sub_is_never_skipped(make):
         read_message(sock)
     assert cache.cli.counters()["cache_hit"] == 3
     assert len(heads) == 3
+
+
+def _get(cache, *urls: bytes) -> list[bytes]:
+    heads = []
+    with cache.proc.connect() as sock:
+        for url in urls:
+            sock.sendall(b"GET %s HTTP/1.1\r\nHost: test\r\n\r\n" % url)
+            heads.append(read_message(sock)[0])
+    return heads
+
+
+def test_a_miss_makes_the_template_that_objects_of_one_shape_share(make):
+    """The miss that fetched an object leaves its template, so even its first hit is a template hit;
+    the template (all but the object's own fields) is one for all objects alike, so it costs each a
+    reference only."""
+    cache, _ = make(PLAIN, origin)
+    _get(cache, b"/a", b"/b")
+    objects = {oc.xid: oc for oc in cache.proc.server.storage.objects()}
+    a, b = objects.values()
+    assert a.hits == b.hits == 0 and a.fast_head is not None and a.fast_head is b.fast_head
+    full, _ = make(WITH_DELIVER, origin)
+    heads = _get(cache, b"/a", b"/b", b"/a")
+    assert [normalised(h) for h in heads] == [normalised(h) for h in _get(full, b"/a", b"/b", b"/a", b"/b")[1:]]
+
+
+def test_an_object_whose_head_delivery_rewrites_gets_no_template(make):
+    """Its own Accept-Ranges is moved to the end on delivery: the head is not its fields in order,
+    so no template is made and every hit takes the full path (same bytes as with user code)."""
+    def ranges(req):
+        return Resp(body=b"x" * 100, headers=[("Accept-Ranges", "none"), ("Cache-Control", "max-age=60")])
+
+    plain, _ = make(PLAIN, ranges)
+    full, _ = make(WITH_DELIVER, ranges)
+    heads = _get(plain, b"/r", b"/r", b"/r")
+    assert [oc.fast_head for oc in plain.proc.server.storage.objects()] == [None]
+    assert [normalised(h) for h in heads] == [normalised(h) for h in _get(full, b"/r", b"/r", b"/r")]
+    assert heads[2].endswith(b"Accept-Ranges: bytes\r\nConnection: keep-alive\r\n\r\n")
+
+
+def test_a_chunked_miss_leaves_no_template_and_the_first_hit_makes_it(make):
+    """A body of unknown length reaches the miss's client chunked, its hits with a Content-Length:
+    the miss's head is not a hit's, so the first hit (the full path) makes the template."""
+    def chunked(req):
+        return Resp(chunks=[(0.0, b"x" * 60), (0.05, b"y" * 40)], headers=[("Cache-Control", "max-age=60")])
+
+    plain, _ = make(PLAIN, chunked)
+    full, _ = make(WITH_DELIVER, chunked)
+    miss = _get(plain, b"/c")[0]
+    assert b"Transfer-Encoding: chunked" in miss
+    (oc,) = plain.proc.server.storage.objects()
+    assert oc.fast_head is None
+    heads = _get(plain, b"/c", b"/c")
+    assert oc.fast_head is not None
+    assert [normalised(h) for h in heads] == [normalised(h) for h in _get(full, b"/c", b"/c", b"/c")[1:]]
+    assert b"Content-Length: 100\r\n" in heads[1]
