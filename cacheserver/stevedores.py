@@ -10,8 +10,10 @@ held, bytes left).
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import math
 from typing import Callable
+
+from cachetools import LRUCache
 
 from cacheserver.params import parse_bytes
 
@@ -21,8 +23,9 @@ TRANSIENT = "Transient"
 class _ByteLRU:
     """A bounded store's objects, least recently used first, and the bytes each was charged.
 
-    One OrderedDict (object -> its size when charged, the object's own int) rather than cachetools'
-    LRUCache, which keeps three maps per object (value, size, order): some 100 bytes less per object.
+    cachetools' LRUCache keeps the order, mapping each object to its size when charged; it counts
+    entries, not bytes (a weighed LRUCache keeps one more map per object, some 100 bytes each), so
+    the bytes are summed here and eviction is ours, nuke_limit and all.
     """
 
     __slots__ = ("max_bytes", "currsize", "_sizes", "on_evict")
@@ -30,7 +33,7 @@ class _ByteLRU:
     def __init__(self, max_bytes: int, on_evict: Callable) -> None:
         self.max_bytes = max_bytes
         self.currsize = 0
-        self._sizes: OrderedDict = OrderedDict()
+        self._sizes: LRUCache = LRUCache(maxsize=math.inf)
         self.on_evict = on_evict             # an object pushed out to make room (popitem)
 
     def __contains__(self, oc) -> bool:
@@ -44,12 +47,11 @@ class _ByteLRU:
         sizes = self._sizes
         self.currsize += oc.size - sizes.get(oc, 0)
         sizes[oc] = oc.size
-        sizes.move_to_end(oc)
 
     def use(self, oc) -> bool:
         """`oc` was used: it goes last; False when it is not held."""
         try:
-            self._sizes.move_to_end(oc)
+            self._sizes[oc]                  # a read is a use: LRUCache moves it last
         except KeyError:
             return False
         return True
@@ -64,7 +66,7 @@ class _ByteLRU:
 
     def popitem(self) -> None:
         """Push out the least recently used object."""
-        oc, size = self._sizes.popitem(last=False)
+        oc, size = self._sizes.popitem()
         self.currsize -= size
         self.on_evict(oc)
 
