@@ -12,7 +12,7 @@ from vcl.errors import VCLError
 from vcl.program import SubInfo
 from vcl.regex import check_regex
 from vcl.runtime import parse_ip
-from vmods import Func, ObjectType, Vmod
+from vmods import Func, ObjectType, Vmod, vnum
 
 # The names VCC 7.1 knows as symbols of type HTTP (obj and req_top are not): `req.nope` read in an
 # expression is an unknown property of one of them, not an unknown symbol.
@@ -250,14 +250,17 @@ class ExprChecker:
             e.type = "REAL"
             return e
         if isinstance(e, ast.DurationLit):
+            if fmt == "BYTES":   # VCC reads `10m` as 10 MB where it wants BYTES
+                return self.atom(self._glued_bytes(e), fmt)
             e.type = "DURATION"
             return e
         if isinstance(e, ast.BytesLit):
+            unit = e.text.lstrip("0123456789.")
+            at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(e.text) - len(unit), len(unit))
             if fmt != "BYTES":
-                unit = e.text.lstrip("0123456789.")
-                at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(e.text) - len(unit), len(unit))
                 raise VCLError(f"Unknown duration unit '{unit}'\nLegal duration units are 'ms', 's', 'm', "
                                "'h', 'd', 'w' and 'y'", at)
+            e = self._bytes_lit(e.pos, float(e.text[: -len(unit)]), unit, at, e.text)
             e.type = "BYTES"
             return e
         if isinstance(e, ast.Name):
@@ -276,16 +279,28 @@ class ExprChecker:
                 raise VCLError(f"Expected BYTES unit (B, KB, MB...) got '{e.unit}'", e.unit_pos)
             raise VCLError(f"Syntax error: unexpected '{e.unit}'", e.unit_pos)
         if fmt == "BYTES":
-            scale = types.BYTES_UNITS.get(e.unit.upper())
-            if scale is None:
-                # VCC prints its message with no space before the unit
-                raise VCLError(f"Unknown BYTES unit of measurement ([KMGTP][B])'{e.unit}'", e.unit_pos)
-            return ast.BytesLit(e.pos, e.number * scale, e.text)
+            return self._bytes_lit(e.pos, e.number, e.unit, e.unit_pos, e.text)
         seconds = types.DURATION_UNITS.get(e.unit)
         if seconds is None:
             raise VCLError(f"Unknown duration unit '{e.unit}'\nLegal duration units are 'ms', 's', 'm', 'h', "
                            "'d', 'w' and 'y'", e.unit_pos)
         return ast.DurationLit(e.pos, e.number * seconds, e.text)
+
+    def _glued_bytes(self, e: ast.DurationLit) -> ast.BytesLit:
+        """A `10m`-style token read as BYTES: the letters after the number are the unit."""
+        unit = e.text.lstrip("0123456789.")
+        at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(e.text) - len(unit), len(unit))
+        return self._bytes_lit(e.pos, float(e.text[: -len(unit)]), unit, at, e.text)
+
+    @staticmethod
+    def _bytes_lit(pos: ast.Pos, number: float, unit: str, unit_pos: ast.Pos, text: str) -> ast.BytesLit:
+        """vcc_ByteVal: the unit token as VNUM_bytes_unit reads it (k, KB, m, Mb, b, ... in any
+        case); VCC prints the failure with the token glued on."""
+        try:
+            value = vnum.bytes_unit(number, unit)
+        except vnum.NumError as exc:
+            raise VCLError(f"{exc}'{unit}'", unit_pos) from None
+        return ast.BytesLit(pos, value, text)
 
     def _ip_const(self, e: ast.StringLit) -> ast.Expr:
         if e.value.startswith("/"):
