@@ -244,6 +244,26 @@ def _envelope(argv: list[str], version: int, body: str) -> str:
     return f"[ {version}, {json.dumps(argv, ensure_ascii=False)}, {time.time():.3f}{body}\n]\n"
 
 
+def _strtoul(text: str) -> int:
+    """strtoul(text, NULL, 0) stored in an unsigned int: 0x hex, 0 octal, else decimal; the
+    leading digits only, 0 when there are none; a '-' wraps around."""
+    s = text.lstrip(" \t\n\r\f\v")
+    neg = s[:1] == "-"
+    s = s[1:] if s[:1] in "+-" else s
+    base = 10
+    if s[:2].lower() == "0x" and s[2:3] and s[2:3] in "0123456789abcdefABCDEF":
+        base, s = 16, s[2:]
+    elif s[:1] == "0":
+        base = 8
+    value = 0
+    for ch in s:
+        digit = int(ch, 16) if ch in "0123456789abcdefABCDEF" else base
+        if digit >= base:
+            break
+        value = value * base + digit
+    return (-value if neg else value) & 0xFFFFFFFF
+
+
 def _split_j(args: list[str]) -> tuple[bool, list[str]]:
     return ("-j" in args), [a for a in args if a != "-j"]
 
@@ -451,13 +471,10 @@ class AdminCommands:
         return ""
 
     def _debug_srandom(self, argv: list[str], args: list[str]) -> str:
-        import random
+        from vmods.vrnd import TESTABLE
 
-        try:
-            seed = int(args[0]) if args else 1
-        except ValueError:
-            seed = 0
-        random.seed(seed)      # the random director and std.random() draw from this generator
+        # the random director, std.random() and the shard director's dice draw from this generator
+        TESTABLE.seed(_strtoul(args[0]) if args else 1)
         return ""
 
     def _debug_vmod(self, argv: list[str], args: list[str]) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cacheserver import vsc, vsl
+from cacheserver.backends import live
 from cacheserver.beconn import Pools
 from cacheserver.counters import Counters
 from cacheserver.loopreports import LoopReports
@@ -141,6 +142,8 @@ class Server:
             raise VCLLoadError(str(exc)) from None
         for warning in compiled.warnings:
             log.warning("%s", warning)
+        for spec in (getattr(compiled, "backends", None) or {}).values():
+            live(spec)        # its health "changed" when it was created (VRT_AddDirector), not first used
         self.probes.prepare(name, compiled)         # backends have their initial health in vcl_init
         if self.vcl_trace_on():
             compiled.set_trace(True, name)

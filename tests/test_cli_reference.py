@@ -385,16 +385,24 @@ def test_panic_worker_panic_show_and_clear():
 
 
 def test_debug_xid_and_srandom():
-    import random
+    from vmods.vrnd import TESTABLE
 
     cmds = commands()
     assert ask(cmds, "debug.xid") == (200, "XID is 0 chunk 32768")
     assert ask(cmds, "debug.xid 5") == (200, "XID is 5 chunk 1")
     assert ask(cmds, "debug.xid 7 4") == (200, "XID is 7 chunk 4")
     ask(cmds, "debug.srandom 5")
-    first = random.random()
+    first = TESTABLE.random()
     ask(cmds, "debug.srandom 5")
-    assert random.random() == first
+    assert TESTABLE.random() == first
+    # the seed as strtoul(s, NULL, 0) reads it; no argument is 1
+    for same in ("0x5", "05", "5junk"):
+        ask(cmds, f"debug.srandom {same}")
+        assert TESTABLE.random() == first, same
+    ask(cmds, "debug.srandom")
+    one = TESTABLE.random()
+    ask(cmds, "debug.srandom 1")
+    assert TESTABLE.random() == one != first
 
 
 # ---- bans: the lurker drops unreferenced bans at the tail ----------------------------------------------

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random as _random
 import time as _time
 
 from cacheserver.backends import healthy as _healthy
 from vcl.rtlib import on_task_end
 from vcl.runtime import BackendSpec, Context, VCLFailure
 from vmods import Func, ObjectType, Param, Vmod
+from vmods.vrnd import TESTABLE
 
 VMOD = Vmod("directors")
 
@@ -210,7 +210,7 @@ class Random(Director):
     kind = "random"
 
     def resolve(self, ctx):
-        return self.pick_weighted(ctx, _random.random())
+        return self.pick_weighted(ctx, TESTABLE.fraction())
 
 
 class Hash(Director):
@@ -584,9 +584,9 @@ class Shard:
                  f"changed {now - last[1]:f}")
         if now - prev[1] < chosen_r:
             # the chosen backend is ramping up: it keeps the request unless the dice say otherwise
-            if not rampup or now - last[1] < alt_r or _random.random() * chosen_r < now - prev[1]:
+            if not rampup or now - last[1] < alt_r or TESTABLE.double() * chosen_r < now - prev[1]:
                 return be
-        elif warmup == 0 or _random.random() > warmup:
+        elif warmup == 0 or TESTABLE.double() > warmup:
             return be
         return self.backends[last[0]].backend
 
