@@ -404,6 +404,26 @@ class Checker(ExprChecker, XrefChecker):
                 raise VCLError(f"Probe {what} redefinition at:", attr.pos)
             seen.add(key)
             self._probe_attr(attr)
+        self._probe_window(attrs)
+
+    @staticmethod
+    def _probe_window(attrs: list[ast.Attr]) -> None:
+        """vcc_ParseProbeSpec's checks of .window and .threshold (the implied window is written in
+        by the code generator)."""
+        fields = {a.name: a.value for a in attrs}
+        window, threshold = fields.get("window"), fields.get("threshold")
+        if window is None and threshold is None:
+            return
+        if threshold is None:
+            raise VCLError("Must specify .threshold with .window", window.pos)
+        if window is None:
+            if threshold.value > 64:
+                raise VCLError("Threshold must be 64 or less.", threshold.pos)
+            return
+        if window.value > 64:
+            raise VCLError("Window must be 64 or less.", window.pos)
+        if threshold.value > window.value:
+            raise VCLError("Threshold can not be greater than window.", threshold.pos)
 
     def _probe_attr(self, attr: ast.Attr) -> None:
         if attr.name not in PROBE_FIELDS:
@@ -419,6 +439,8 @@ class Checker(ExprChecker, XrefChecker):
                            attr.value.pos)
 
     def _const_attr(self, attr: ast.Attr, ftype: str) -> ast.Expr:
+        """A backend or probe field: VCC reads tokens here, not expressions (vcc_backend.c): a
+        CSTR, an unsigned CNUM (vcc_UintVal) or a number and a unit token (vcc_Duration)."""
         value = attr.value
         if not isinstance(value, ast.Expr):
             raise VCLError(f"Expected a {ftype} value for .{attr.name}", attr.pos)
@@ -426,6 +448,12 @@ class Checker(ExprChecker, XrefChecker):
             raise VCLError(f"Expected CSTR got '{_token_text(value)}'", value.pos)
         if isinstance(value, ast.Neg):
             raise VCLError("Expected CNUM got '-'", value.pos)   # VCC reads an unsigned number here
+        if isinstance(value, ast.StringLit) and ftype != "STRING":
+            raise VCLError(f"Expected CNUM got '\"{value.value}\"'", value.pos)
+        if ftype == "INT":
+            self._uint_token(value)
+        elif ftype == "DURATION":
+            self._duration_tokens(value)
         literal = (ast.StringLit, ast.IntLit, ast.RealLit, ast.DurationLit, ast.BytesLit, ast.UnitLit)
         if not isinstance(value, literal):
             raise VCLError(f"Expected a constant {ftype} for .{attr.name}", value.pos)
@@ -434,6 +462,31 @@ class Checker(ExprChecker, XrefChecker):
             return self.expr0(value, ftype)
         finally:
             self.cur = saved
+
+    @staticmethod
+    def _uint_token(value: ast.Expr) -> None:
+        """vcc_UintVal: a CNUM, then the field's ';'."""
+        if isinstance(value, ast.RealLit):
+            raise VCLError(f"Expected CNUM got '{value.text}'", value.pos)
+        if isinstance(value, ast.UnitLit):
+            raise VCLError(f"Expected ';' got '{value.unit}'", value.unit_pos)
+        if isinstance(value, (ast.DurationLit, ast.BytesLit)):   # `3s`: a CNUM and an ID to VCC
+            number = value.text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+            if "." in number:
+                raise VCLError(f"Expected CNUM got '{number}'", value.pos)
+            unit = value.text[len(number):]
+            raise VCLError(f"Expected ';' got '{unit}'",
+                           ast.Pos(value.pos.file, value.pos.line, value.pos.col + len(number), len(unit)))
+
+    @staticmethod
+    def _duration_tokens(value: ast.Expr) -> None:
+        """vcc_Duration: a number, then its unit, an ID."""
+        if isinstance(value, (ast.IntLit, ast.RealLit)):
+            # the token after the number; a field's value is followed by its ';'
+            at = ast.Pos(value.pos.file, value.pos.line, value.pos.col + len(value.text), 1)
+            raise VCLError("Expected ID got ';'", at)
+        if isinstance(value, ast.UnitLit) and value.unit.startswith('"'):
+            raise VCLError(f"Expected ID got '{value.unit}'", value.unit_pos)
 
     def _acl_networks(self, acl: ast.Acl) -> list[tuple[bool, str, str]]:
         """(negated, "address/prefix", how a +log record names the entry) per network."""
