@@ -14,6 +14,7 @@ from vcl import ast, symbols, types
 from vcl.acl import AclMaskError, resolve_acl_entry
 from vcl.errors import VCLError
 from vcl.exprcheck import IMPLICIT_IMPORTS, ExprChecker
+from vcl.parser import check_vcl_version
 from vcl.program import CheckedProgram, SubInfo, Use
 from vcl.vss import NoAddress, ResolveError, TooManyAddresses, resolve_backend
 from vcl.xref import XrefChecker
@@ -78,8 +79,7 @@ class Checker(ExprChecker, XrefChecker):
         base = self.filename
         first = next((i for i in self.items if not (isinstance(i, ast.Sub) and i.builtin)), None)
         if isinstance(first, ast.VclVersion):
-            if first.version not in ("4.0", "4.1"):
-                raise VCLError(f"VCL version {first.version} not supported.", first.pos)
+            check_vcl_version(first.version, first.pos, first.version_pos or first.pos)
             self.version = float(first.version)
         else:
             self.warnings.append(f"{base}: no 'vcl 4.1;' line, assuming VCL 4.1")
@@ -98,7 +98,12 @@ class Checker(ExprChecker, XrefChecker):
 
         for item in self.items:
             if isinstance(item, ast.VclVersion):
-                continue   # VCC accepts a repeated `vcl X.Y;` line
+                # VCC accepts more `vcl X.Y;` lines (included files have theirs), none higher
+                check_vcl_version(item.version, item.pos, item.version_pos or item.pos)
+                if float(item.version) > self.version:
+                    raise VCLError(f"VCL version {item.version} higher than the top level version "
+                                   f"{self.version:.1f}", item.pos)
+                continue
             if isinstance(item, ast.Import):
                 self._import(item.name, item.name_pos)
             elif isinstance(item, ast.Backend):
