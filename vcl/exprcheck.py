@@ -502,7 +502,11 @@ class ExprChecker:
         if ptype == "ENUM":
             if isinstance(value, ast.Name) and value.written is not None:
                 value.name = value.written     # the parser lowered it as a symbol (blob's DEFAULT)
-            if not isinstance(value, ast.Name) or value.name not in param.enum:
+            if not isinstance(value, ast.Name):
+                # vcc_do_enum wants an ID token first
+                text = f'"{value.value}"' if isinstance(value, ast.StringLit) else _enum_token(value)
+                raise VCLError(f"Expected ID got '{text}'", value.pos)
+            if value.name not in param.enum:
                 choices = "\n".join("\t" + w for w in param.enum)
                 raise VCLError(f"Wrong enum value.  Expected one of:\n{choices}", value.pos)
             value.ref = ("enum", value.name)
@@ -577,3 +581,17 @@ def _first_token(e: ast.Expr) -> str:
 def _number_token(text: str) -> str:
     """`1s`, `10 KB`: VCC's token is the number; the unit is a token of its own."""
     return text[:len(text) - len(text.lstrip("0123456789."))]
+
+
+def _enum_token(e: ast.Expr) -> str:
+    """The token VCC found where an ENUM's ID should be (a literal as written, else the first one)."""
+    text = getattr(e, "text", None)
+    if isinstance(e, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
+        return text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")   # `1s`: the 1
+    if isinstance(text, str) and text:
+        return text
+    if isinstance(e, ast.Neg):
+        return "-"
+    if isinstance(e, ast.Not):
+        return "!"
+    return getattr(e, "name", None) or "?"
