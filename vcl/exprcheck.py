@@ -480,7 +480,7 @@ class ExprChecker:
         for i, arg in enumerate(positional):
             bound[i] = self._arg(arg.value, params[i])
         for arg in named:
-            idx = next((i for i, p in enumerate(params) if p.name == arg.name), None)
+            idx = next((i for i, p in enumerate(params) if p.name and p.name == arg.name), None)
             if idx is None:
                 raise VCLError(f"Unknown argument '{arg.name}'", arg.pos)
             if bound[idx] is not None:
@@ -488,12 +488,14 @@ class ExprChecker:
             bound[idx] = self._arg(arg.value, params[idx])
         for i, p in enumerate(params):
             if bound[i] is None and not p.optional and p.default is None:
+                # an unnamed argument (a bare type in the .vcc) is known by its place
+                what = f"'{p.name}'" if p.name else str(i + 1)
                 if e.close_pos is None:
-                    raise VCLError(f"Argument '{p.name}' missing", e.pos)
+                    raise VCLError(f"Argument {what} missing", e.pos)
                 # VCC stops at the ')' and names the call it was compiling
                 call = ast.Pos(e.pos.file, e.pos.line, e.pos.col,
                                max(e.close_pos.col - e.pos.col, 1) if e.close_pos.line == e.pos.line else 1)
-                raise VCLError(f"Argument '{p.name}' missing", e.close_pos,
+                raise VCLError(f"Argument {what} missing", e.close_pos,
                                [("While compiling function call:", call)])
         e.bound = bound
 
