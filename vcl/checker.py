@@ -50,6 +50,7 @@ class Checker(ExprChecker, XrefChecker):
         self.acls: dict[str, ast.Acl] = {}
         self.instances: dict[str, ObjectType] = {}
         self.instance_pos: dict[str, ast.Pos] = {}
+        self.instance_type: dict[str, str] = {}   # VCC's name of its type: "directors.round_robin"
         self.subs: dict[str, SubInfo] = {}
         self.referenced: dict[str, ast.Pos] = {}   # "backend:x" -> first reference
         self.regexes: dict[str, str] = {}
@@ -166,6 +167,7 @@ class Checker(ExprChecker, XrefChecker):
                     raise VCLError(f"Symbol not found: '{stmt.call.name}'", stmt.call.pos)
                 self.instances[key] = vmod.objects[obj]
                 self.instance_pos[key] = stmt.name_pos
+                self.instance_type[key] = f"{vmod_name.lower()}.{obj}"
             elif isinstance(stmt, ast.If):
                 for _, b in stmt.branches:
                     self._prescan_new(b)

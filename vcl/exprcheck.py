@@ -71,7 +71,10 @@ class ExprChecker:
         if e.type == "STRING":
             return e
         if e.type not in types.TO_STRING:
-            raise VCLError(f"Cannot convert {e.type} to STRING.", e.pos)
+            what = e.type
+            if e.type == "INSTANCE" and isinstance(e, ast.Name):
+                what = self.instance_type.get(e.name.lower(), what)
+            raise VCLError(f"Cannot convert {what} to STRING.", e.pos)
         c = ast.Convert(e.pos, e, "STRING")
         c.type = "STRING"
         return c
@@ -335,6 +338,10 @@ class ExprChecker:
         if key in self.instances:
             e.ref = ("instance", key)
             e.type = "INSTANCE"
+            if fmt not in ("INSTANCE", "STRING") and fmt not in types.STRING_FORMS:
+                # VCC names an object's type by its vmod and class
+                raise VCLError(f"Expression has type {self.instance_type.get(key, 'INSTANCE')}, "
+                               f"expected {fmt}", e.pos)
             return e
         try:
             var = symbols.lookup(name, self.version, self.storages)
@@ -401,7 +408,9 @@ class ExprChecker:
             obj = self.instances[head]
             method = obj.methods.get(rest)
             if method is None:
-                raise VCLError(f"Unknown method '{rest}' for object '{head}'", e.pos)
+                at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1, len(rest))
+                raise VCLError(f"Unknown property '{rest}' for type "
+                               f"{self.instance_type.get(head, head)}", at)
             self._bind_args(e, method, name)
             e.ref = ("method", head, method)
             return self._func_result(e, method, statement)
