@@ -255,11 +255,14 @@ class CodeGen:
                 args.append(f"request=[{self.expr(attr.value)}]")
             elif attr.name in self._PROBE_ZERO_DEFAULTS or attr.name == "initial":
                 value = attr.value.seconds if isinstance(attr.value, ast.DurationLit) else attr.value.value
-                numbers[attr.name] = value or self._PROBE_ZERO_DEFAULTS.get(attr.name, 0)
+                numbers[attr.name] = value
             else:
                 args.append(f"{attr.name}={self.expr(attr.value)}")
         if "threshold" in numbers and "window" not in numbers:
             numbers["window"] = numbers["threshold"] + 1     # VCC writes the implied window in
+        for name, default in self._PROBE_ZERO_DEFAULTS.items():
+            if name in numbers and not numbers[name]:
+                numbers[name] = default
         if "initial" in numbers:
             # more good polls than the threshold assumed at start are the threshold
             numbers["initial"] = min(numbers["initial"], numbers.get("threshold", 3))
