@@ -478,3 +478,37 @@ def test_vcl_counters_after_labels_states_and_discards():
     c = cmds.server.counters
     # as varnishd: labels are not VCLs, and a discarded VCL nobody uses is gone at once
     assert (c.n_vcl, c.n_vcl_avail, c.n_vcl_discard) == (2, 2, 0)
+
+
+# ---- VCL temperature: an unused auto VCL goes cold vcl_cooldown after it was replaced -------------------
+
+def test_replaced_auto_vcl_goes_cold_after_vcl_cooldown(monkeypatch):
+    import cacheserver.admin as admin
+
+    clock = [1000.0]
+    monkeypatch.setattr(admin.time, "monotonic", lambda: clock[0])
+    cmds = commands()
+
+    def temperature(name: str) -> str:
+        rows = ask(cmds, "vcl.list")[1].splitlines()
+        return next(r.split()[2] for r in rows if r.split()[4:5] == [name])   # status state temp busy name
+
+    assert ask(cmds, "param.set vcl_cooldown 10")[0] == 200
+    vcl = 'vcl 4.1; backend b { .host = \\"127.0.0.1\\"; }'
+    assert ask(cmds, f'vcl.inline vcl2 "{vcl}"')[0] == 200
+    assert ask(cmds, f'vcl.inline vcl3 "{vcl}"')[0] == 200
+    assert ask(cmds, "vcl.label lbl vcl3")[0] == 200
+    assert ask(cmds, "vcl.state vcl2 warm")[0] == 200
+    assert ask(cmds, "vcl.use vcl2")[0] == 200          # boot is replaced: its cooldown starts
+    clock[0] += 9.9
+    assert temperature("boot") == "warm"
+    clock[0] += 0.2
+    assert temperature("boot") == "cold"                 # 10 s after it stopped being used
+    assert temperature("vcl3") == "warm"                 # labelled: kept warm
+    assert ask(cmds, "vcl.state vcl2 auto")[0] == 200    # active: never cools down
+    clock[0] += 100
+    assert temperature("vcl2") == "warm"
+    assert ask(cmds, "vcl.use boot")[0] == 200           # using it warms it; vcl2 starts cooling
+    assert temperature("boot") == "warm"
+    clock[0] += 10
+    assert temperature("vcl2") == "cold"
