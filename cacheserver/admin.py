@@ -243,6 +243,26 @@ def _envelope(argv: list[str], version: int, body: str) -> str:
     return f"[ {version}, {json.dumps(argv, ensure_ascii=False)}, {time.time():.3f}{body}\n]\n"
 
 
+def _strtoul(text: str) -> int:
+    """strtoul(text, NULL, 0) stored in an unsigned int: 0x hex, 0 octal, else decimal; the
+    leading digits only, 0 when there are none; a '-' wraps around."""
+    s = text.lstrip(" \t\n\r\f\v")
+    neg = s[:1] == "-"
+    s = s[1:] if s[:1] in "+-" else s
+    base = 10
+    if s[:2].lower() == "0x" and s[2:3] and s[2:3] in "0123456789abcdefABCDEF":
+        base, s = 16, s[2:]
+    elif s[:1] == "0":
+        base = 8
+    value = 0
+    for ch in s:
+        digit = int(ch, 16) if ch in "0123456789abcdefABCDEF" else base
+        if digit >= base:
+            break
+        value = value * base + digit
+    return (-value if neg else value) & 0xFFFFFFFF
+
+
 def _split_j(args: list[str]) -> tuple[bool, list[str]]:
     return ("-j" in args), [a for a in args if a != "-j"]
 
@@ -263,6 +283,9 @@ class AdminCommands:
         self.server = server
         self.sources: dict[str, str] = {}  # VCL source by name, for vcl.show
         self.states: dict[str, str] = {}   # vcl.state, shown by vcl.list
+        # temperature (mgt_vcl.c): the cold VCLs, and the auto ones cooling down since (monotonic)
+        self.cold: set[str] = set()
+        self.go_cold: dict[str, float] = {}
         self.active_label: str | None = None
 
     # ---- dispatch --------------------------------------------------------------------------
@@ -450,13 +473,10 @@ class AdminCommands:
         return ""
 
     def _debug_srandom(self, argv: list[str], args: list[str]) -> str:
-        import random
+        from vmods.vrnd import TESTABLE
 
-        try:
-            seed = int(args[0]) if args else 1
-        except ValueError:
-            seed = 0
-        random.seed(seed)      # the random director and std.random() draw from this generator
+        # the random director, std.random() and the shard director's dice draw from this generator
+        TESTABLE.seed(_strtoul(args[0]) if args else 1)
         return ""
 
     def _debug_vmod(self, argv: list[str], args: list[str]) -> str:
@@ -597,6 +617,9 @@ class AdminCommands:
         self._created(name)
         if state != "auto" and name != self.server.active_name:
             self.states[name] = state
+        if self.states.get(name) == "cold":
+            self.cold.add(name)
+        self._set_cooldown(name)
         loaded = len(self.server.vcls)
         if params.max_vcl_handling == 1 and loaded > params.max_vcl:
             return (f"{loaded} VCLs loaded\nRemember to vcl.discard the old/unused VCLs.\n"
@@ -662,9 +685,38 @@ class AdminCommands:
         new_label = name if name in labels else None
         if target == self.server.active_name and new_label == self.active_label:
             return ""                           # already the active one: varnishd says nothing
+        old = self.server.active_name
+        self._warm_up(target)
         self.server.vcl_use(target)
         self.active_label = new_label
+        self._set_cooldown(target)
+        if old is not None and old != target:
+            self._set_cooldown(old)             # the one replaced starts cooling down (if auto)
         return f"VCL '{name}' now active"
+
+    def _is_warm(self, name: str) -> bool:
+        """The VCL's temperature; an auto VCL unused for vcl_cooldown has gone cold (varnishd's
+        poker does this on a timer; asking is when it matters here)."""
+        start = self.go_cold.get(name)
+        if start is not None and time.monotonic() - start >= self.server.params.vcl_cooldown:
+            del self.go_cold[name]
+            self.cold.add(name)
+        return name not in self.cold
+
+    def _warm_up(self, name: str) -> None:
+        self.cold.discard(name)
+        self.go_cold.pop(name, None)
+
+    def _set_cooldown(self, name: str) -> None:
+        """mgt_vcl_set_cooldown: a warm auto VCL that is not active, labelled or a return(vcl) user
+        starts its cooldown now; any other has none."""
+        labels = self._labels()
+        tied = any(self._label_target(k) == name or name in self._users(k) for k in labels)
+        if (name == self.server.active_name or self.states.get(name, "auto") != "auto"
+                or not self._is_warm(name) or tied):
+            self.go_cold.pop(name, None)
+        else:
+            self.go_cold[name] = time.monotonic()
 
     def _vcl_discard(self, argv: list[str], args: list[str]) -> str:
         labels = self._labels()
@@ -692,6 +744,7 @@ class AdminCommands:
             if users:
                 raise Reply(CLIS_CANT, f"Cannot discard labeled VCL program {name}:\n" +
                             "".join(f"\t{k}\n" for k in users))
+        unlabelled = {self._label_target(k) for k in drop_labels}
         for label in drop_labels:
             del labels[label]  # discarding a label only removes the label
         for name in names:
@@ -701,6 +754,11 @@ class AdminCommands:
                 raise Reply(CLIS_CANT, str(e).strip("'\"")) from None
             self.sources.pop(name, None)
             self.states.pop(name, None)
+            self.cold.discard(name)
+            self.go_cold.pop(name, None)
+        for target in unlabelled:
+            if target in self.server.vcls:
+                self._set_cooldown(target)      # no longer labelled: may cool down
         return ""
 
     def _vcl_label(self, argv: list[str], args: list[str]) -> str:
@@ -718,10 +776,15 @@ class AdminCommands:
             raise Reply(CLIS_CANT, f"VCL '{target}' is cold - set to auto or warm first")
         if label not in labels:
             self._created(label)
+        old_target = self._label_target(label) if label in labels else None
+        self._warm_up(target)                   # a label's VCL is kept warm
         if callable(getattr(self.server, "vcl_label", None)):
             self.server.vcl_label(label, target)
         else:
             labels[label] = self.server.vcls[target]
+        self._set_cooldown(target)
+        if old_target and old_target != target and old_target in self.server.vcls:
+            self._set_cooldown(old_target)
         if label == self.active_label:
             self.server.vcl_use(target)  # the active label now leads elsewhere
         return ""
@@ -756,8 +819,17 @@ class AdminCommands:
                 raise Reply(CLIS_CANT, "Cannot set the active VCL cold.")
             if any(self._label_target(k) == name for k in self._labels()):
                 raise Reply(CLIS_CANT, "A labeled VCL cannot be set cold")
-        # Our VCLs hold no resources that cooling would release: the state is recorded and shown.
+        # mgt_vcl_setstate: the active VCL stays warm; auto keeps the temperature it has
+        if self.states.get(name, "auto") == state:
+            return ""
+        warm = self._is_warm(name)
         self.states[name] = state
+        if name == self.server.active_name or state == "warm" or (state == "auto" and warm):
+            self._warm_up(name)
+        else:
+            self.go_cold.pop(name, None)
+            self.cold.add(name)
+        self._set_cooldown(name)
         return ""
 
     def _vcl_rows(self) -> list[dict[str, Any]]:
@@ -773,7 +845,7 @@ class AdminCommands:
             state = self.states.get(name, "auto")
             active = name == self.server.active_name and self.active_label is None
             rows.append({"status": "active" if active else "available", "state": state,
-                         "temperature": "cold" if state == "cold" else "warm", "name": name,
+                         "temperature": "warm" if self._is_warm(name) else "cold", "name": name,
                          "labels": sum(1 for k in labels if self._label_target(k) == name)})
         return rows
 
@@ -1014,7 +1086,7 @@ class AdminCommands:
         out: dict[str, int] = {}
         n = 0
         for vname, vcl in self.server.vcls.items():
-            if self.states.get(vname) == "cold":
+            if not self._is_warm(vname):
                 continue
             for bname, spec in getattr(vcl, "backends", {}).items():
                 if getattr(spec, "host", None) is None:

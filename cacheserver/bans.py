@@ -176,14 +176,18 @@ def build(args: list[str]) -> list[BanTest]:
         i += 1
 
 
+# BAN_AddTest's field table, in its order: a field is the first one the name starts with (so
+# "obj.ttlx" is obj.ttl, as varnishd reads it); an http one takes the rest as the header name.
+_FIELDS = ("req.url", "req.http.", "obj.status", "obj.http.") + _DURATION_FIELDS
+
+
 def _build_test(name: str, op: str, arg: str) -> BanTest:
     header = None
-    if name.startswith(("req.http.", "obj.http.")):      # varnishd takes an empty header name too
-        fld, header = name[:8], name[9:].lower()
-    elif name in ("req.url", "obj.status") + _DURATION_FIELDS:
-        fld = name
-    else:
+    fld = next((f for f in _FIELDS if name.startswith(f)), None)
+    if fld is None:
         raise BanError(f'Unknown or unsupported field "{name}"')
+    if fld.endswith(".http."):                           # varnishd takes an empty header name too
+        fld, header = fld[:8], name[9:].lower()
     test = BanTest(fld, header, op, arg)
     if fld in _DURATION_FIELDS:
         if op not in _DURATION_OPS:

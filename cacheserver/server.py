@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cacheserver import vsc, vsl
+from cacheserver.backends import live
 from cacheserver.beconn import Pools
 from cacheserver.counters import Counters
 from cacheserver.loopreports import LoopReports
@@ -143,10 +144,13 @@ class Server:
             raise VCLLoadError(str(exc)) from None
         for warning in compiled.warnings:
             log.warning("%s", warning)
+        for spec in (getattr(compiled, "backends", None) or {}).values():
+            live(spec)        # its health "changed" when it was created (VRT_AddDirector), not first used
         self.probes.prepare(name, compiled)         # backends have their initial health in vcl_init
         if self.vcl_trace_on():
             compiled.set_trace(True, name)
-        ctx = Context(method="vcl_init", vcl=compiled, server=self)
+        ctx = Context(method="vcl_init", vcl=compiled, server=self,
+                      server_hostname=self.hostname, server_identity=self.identity)
         action = compiled.init(ctx)
         self.vsl.write(0, "-", ctx.log)            # vcl_init's records belong to no transaction (vxid 0)
         if isinstance(action, Action) and action.name == "fail":
@@ -203,7 +207,8 @@ class Server:
             raise ValueError("Cannot discard active VCL program")
         compiled = self.vcls.pop(name)
         self.probes.stop(name)
-        compiled.fini(Context(method="vcl_fini", vcl=compiled, server=self))
+        compiled.fini(Context(method="vcl_fini", vcl=compiled, server=self,
+                              server_hostname=self.hostname, server_identity=self.identity))
         self.counters.n_vcl -= 1
         self.counters.n_vcl_avail -= 1
         # n_vcl_discard counts discarded VCLs still in use: ours are released at once

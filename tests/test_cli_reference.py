@@ -385,16 +385,24 @@ def test_panic_worker_panic_show_and_clear():
 
 
 def test_debug_xid_and_srandom():
-    import random
+    from vmods.vrnd import TESTABLE
 
     cmds = commands()
     assert ask(cmds, "debug.xid") == (200, "XID is 0 chunk 32768")
     assert ask(cmds, "debug.xid 5") == (200, "XID is 5 chunk 1")
     assert ask(cmds, "debug.xid 7 4") == (200, "XID is 7 chunk 4")
     ask(cmds, "debug.srandom 5")
-    first = random.random()
+    first = TESTABLE.random()
     ask(cmds, "debug.srandom 5")
-    assert random.random() == first
+    assert TESTABLE.random() == first
+    # the seed as strtoul(s, NULL, 0) reads it; no argument is 1
+    for same in ("0x5", "05", "5junk"):
+        ask(cmds, f"debug.srandom {same}")
+        assert TESTABLE.random() == first, same
+    ask(cmds, "debug.srandom")
+    one = TESTABLE.random()
+    ask(cmds, "debug.srandom 1")
+    assert TESTABLE.random() == one != first
 
 
 # ---- bans: the lurker drops unreferenced bans at the tail ----------------------------------------------
@@ -470,3 +478,37 @@ def test_vcl_counters_after_labels_states_and_discards():
     c = cmds.server.counters
     # as varnishd: labels are not VCLs, and a discarded VCL nobody uses is gone at once
     assert (c.n_vcl, c.n_vcl_avail, c.n_vcl_discard) == (2, 2, 0)
+
+
+# ---- VCL temperature: an unused auto VCL goes cold vcl_cooldown after it was replaced -------------------
+
+def test_replaced_auto_vcl_goes_cold_after_vcl_cooldown(monkeypatch):
+    import cacheserver.admin as admin
+
+    clock = [1000.0]
+    monkeypatch.setattr(admin.time, "monotonic", lambda: clock[0])
+    cmds = commands()
+
+    def temperature(name: str) -> str:
+        rows = ask(cmds, "vcl.list")[1].splitlines()
+        return next(r.split()[2] for r in rows if r.split()[4:5] == [name])   # status state temp busy name
+
+    assert ask(cmds, "param.set vcl_cooldown 10")[0] == 200
+    vcl = 'vcl 4.1; backend b { .host = \\"127.0.0.1\\"; }'
+    assert ask(cmds, f'vcl.inline vcl2 "{vcl}"')[0] == 200
+    assert ask(cmds, f'vcl.inline vcl3 "{vcl}"')[0] == 200
+    assert ask(cmds, "vcl.label lbl vcl3")[0] == 200
+    assert ask(cmds, "vcl.state vcl2 warm")[0] == 200
+    assert ask(cmds, "vcl.use vcl2")[0] == 200          # boot is replaced: its cooldown starts
+    clock[0] += 9.9
+    assert temperature("boot") == "warm"
+    clock[0] += 0.2
+    assert temperature("boot") == "cold"                 # 10 s after it stopped being used
+    assert temperature("vcl3") == "warm"                 # labelled: kept warm
+    assert ask(cmds, "vcl.state vcl2 auto")[0] == 200    # active: never cools down
+    clock[0] += 100
+    assert temperature("vcl2") == "warm"
+    assert ask(cmds, "vcl.use boot")[0] == 200           # using it warms it; vcl2 starts cooling
+    assert temperature("boot") == "warm"
+    clock[0] += 10
+    assert temperature("vcl2") == "cold"

@@ -121,9 +121,10 @@ def test_collect_joins_repeated_headers():
 def test_fileread_reads_once(tmp_path):
     path = tmp_path / "f.txt"
     path.write_text("first\n")
-    assert x(f'std.fileread("{path}")') == "first\n"
+    # (a header cannot hold the newline: regsub takes it off, as std_b00000 does)
+    assert x(f'regsub(std.fileread("{path}"), "\\n$", "")') == "first"
     path.write_text("second\n")
-    assert x(f'std.fileread("{path}")') == "first\n"   # cached, as Varnish does
+    assert x(f'regsub(std.fileread("{path}"), "\\n$", "")') == "first"   # cached, as Varnish does
     assert x(f'std.fileread("{tmp_path}/missing") + "|"') == "|"
 
 

@@ -300,6 +300,7 @@ class Attr:
 class VclVersion:
     pos: Pos
     version: str
+    version_pos: Pos | None = None     # the number's
 
 
 @dataclass(eq=False)

@@ -14,6 +14,7 @@ from vcl import ast, symbols, types
 from vcl.acl import AclMaskError, resolve_acl_entry
 from vcl.errors import VCLError
 from vcl.exprcheck import IMPLICIT_IMPORTS, ExprChecker
+from vcl.parser import check_vcl_version
 from vcl.program import CheckedProgram, SubInfo, Use
 from vcl.vss import NoAddress, ResolveError, TooManyAddresses, resolve_backend
 from vcl.xref import XrefChecker
@@ -49,6 +50,7 @@ class Checker(ExprChecker, XrefChecker):
         self.acls: dict[str, ast.Acl] = {}
         self.instances: dict[str, ObjectType] = {}
         self.instance_pos: dict[str, ast.Pos] = {}
+        self.instance_type: dict[str, str] = {}   # VCC's name of its type: "directors.round_robin"
         self.subs: dict[str, SubInfo] = {}
         self.referenced: dict[str, ast.Pos] = {}   # "backend:x" -> first reference
         self.regexes: dict[str, str] = {}
@@ -78,8 +80,7 @@ class Checker(ExprChecker, XrefChecker):
         base = self.filename
         first = next((i for i in self.items if not (isinstance(i, ast.Sub) and i.builtin)), None)
         if isinstance(first, ast.VclVersion):
-            if first.version not in ("4.0", "4.1"):
-                raise VCLError(f"VCL version {first.version} not supported.", first.pos)
+            check_vcl_version(first.version, first.pos, first.version_pos or first.pos)
             self.version = float(first.version)
         else:
             self.warnings.append(f"{base}: no 'vcl 4.1;' line, assuming VCL 4.1")
@@ -98,7 +99,12 @@ class Checker(ExprChecker, XrefChecker):
 
         for item in self.items:
             if isinstance(item, ast.VclVersion):
-                continue   # VCC accepts a repeated `vcl X.Y;` line
+                # VCC accepts more `vcl X.Y;` lines (included files have theirs), none higher
+                check_vcl_version(item.version, item.pos, item.version_pos or item.pos)
+                if float(item.version) > self.version:
+                    raise VCLError(f"VCL version {item.version} higher than the top level version "
+                                   f"{self.version:.1f}", item.pos)
+                continue
             if isinstance(item, ast.Import):
                 self._import(item.name, item.name_pos)
             elif isinstance(item, ast.Backend):
@@ -161,6 +167,7 @@ class Checker(ExprChecker, XrefChecker):
                     raise VCLError(f"Symbol not found: '{stmt.call.name}'", stmt.call.pos)
                 self.instances[key] = vmod.objects[obj]
                 self.instance_pos[key] = stmt.name_pos
+                self.instance_type[key] = f"{vmod_name.lower()}.{obj}"
             elif isinstance(stmt, ast.If):
                 for _, b in stmt.branches:
                     self._prescan_new(b)
@@ -404,6 +411,26 @@ class Checker(ExprChecker, XrefChecker):
                 raise VCLError(f"Probe {what} redefinition at:", attr.pos)
             seen.add(key)
             self._probe_attr(attr)
+        self._probe_window(attrs)
+
+    @staticmethod
+    def _probe_window(attrs: list[ast.Attr]) -> None:
+        """vcc_ParseProbeSpec's checks of .window and .threshold (the implied window is written in
+        by the code generator)."""
+        fields = {a.name: a.value for a in attrs}
+        window, threshold = fields.get("window"), fields.get("threshold")
+        if window is None and threshold is None:
+            return
+        if threshold is None:
+            raise VCLError("Must specify .threshold with .window", window.pos)
+        if window is None:
+            if threshold.value > 64:
+                raise VCLError("Threshold must be 64 or less.", threshold.pos)
+            return
+        if window.value > 64:
+            raise VCLError("Window must be 64 or less.", window.pos)
+        if threshold.value > window.value:
+            raise VCLError("Threshold can not be greater than window.", threshold.pos)
 
     def _probe_attr(self, attr: ast.Attr) -> None:
         if attr.name not in PROBE_FIELDS:
@@ -419,6 +446,8 @@ class Checker(ExprChecker, XrefChecker):
                            attr.value.pos)
 
     def _const_attr(self, attr: ast.Attr, ftype: str) -> ast.Expr:
+        """A backend or probe field: VCC reads tokens here, not expressions (vcc_backend.c): a
+        CSTR, an unsigned CNUM (vcc_UintVal) or a number and a unit token (vcc_Duration)."""
         value = attr.value
         if not isinstance(value, ast.Expr):
             raise VCLError(f"Expected a {ftype} value for .{attr.name}", attr.pos)
@@ -426,6 +455,12 @@ class Checker(ExprChecker, XrefChecker):
             raise VCLError(f"Expected CSTR got '{_token_text(value)}'", value.pos)
         if isinstance(value, ast.Neg):
             raise VCLError("Expected CNUM got '-'", value.pos)   # VCC reads an unsigned number here
+        if isinstance(value, ast.StringLit) and ftype != "STRING":
+            raise VCLError(f"Expected CNUM got '\"{value.value}\"'", value.pos)
+        if ftype == "INT":
+            self._uint_token(value)
+        elif ftype == "DURATION":
+            self._duration_tokens(value)
         literal = (ast.StringLit, ast.IntLit, ast.RealLit, ast.DurationLit, ast.BytesLit, ast.UnitLit)
         if not isinstance(value, literal):
             raise VCLError(f"Expected a constant {ftype} for .{attr.name}", value.pos)
@@ -434,6 +469,31 @@ class Checker(ExprChecker, XrefChecker):
             return self.expr0(value, ftype)
         finally:
             self.cur = saved
+
+    @staticmethod
+    def _uint_token(value: ast.Expr) -> None:
+        """vcc_UintVal: a CNUM, then the field's ';'."""
+        if isinstance(value, ast.RealLit):
+            raise VCLError(f"Expected CNUM got '{value.text}'", value.pos)
+        if isinstance(value, ast.UnitLit):
+            raise VCLError(f"Expected ';' got '{value.unit}'", value.unit_pos)
+        if isinstance(value, (ast.DurationLit, ast.BytesLit)):   # `3s`: a CNUM and an ID to VCC
+            number = value.text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+            if "." in number:
+                raise VCLError(f"Expected CNUM got '{number}'", value.pos)
+            unit = value.text[len(number):]
+            raise VCLError(f"Expected ';' got '{unit}'",
+                           ast.Pos(value.pos.file, value.pos.line, value.pos.col + len(number), len(unit)))
+
+    @staticmethod
+    def _duration_tokens(value: ast.Expr) -> None:
+        """vcc_Duration: a number, then its unit, an ID."""
+        if isinstance(value, (ast.IntLit, ast.RealLit)):
+            # the token after the number; a field's value is followed by its ';'
+            at = ast.Pos(value.pos.file, value.pos.line, value.pos.col + len(value.text), 1)
+            raise VCLError("Expected ID got ';'", at)
+        if isinstance(value, ast.UnitLit) and value.unit.startswith('"'):
+            raise VCLError(f"Expected ID got '{value.unit}'", value.unit_pos)
 
     def _acl_networks(self, acl: ast.Acl) -> list[tuple[bool, str, str]]:
         """(negated, "address/prefix", how a +log record names the entry) per network."""

@@ -241,16 +241,32 @@ class CodeGen:
             args.append(f"probe={self.ident('probe_', 'default')}")   # VCC: `probe default` is theirs
         return "BackendSpec(" + ", ".join(args) + ")"
 
+    # vbp_set_defaults: a field written as 0 is the same as one left out
+    _PROBE_ZERO_DEFAULTS = {"timeout": 2.0, "interval": 5.0, "window": 8, "threshold": 3, "expected_response": 200}
+
     def _probe(self, name: str, attrs: list[ast.Attr]) -> str:
         args = [repr(name)]
+        numbers: dict[str, float] = {}
         for attr in attrs:
             if attr.name == "request" and isinstance(attr.value, list):
                 lines = [s.value for s in attr.value]
                 args.append(f"request={lines!r}")
             elif attr.name == "request":
                 args.append(f"request=[{self.expr(attr.value)}]")
+            elif attr.name in self._PROBE_ZERO_DEFAULTS or attr.name == "initial":
+                value = attr.value.seconds if isinstance(attr.value, ast.DurationLit) else attr.value.value
+                numbers[attr.name] = value
             else:
                 args.append(f"{attr.name}={self.expr(attr.value)}")
+        if "threshold" in numbers and "window" not in numbers:
+            numbers["window"] = numbers["threshold"] + 1     # VCC writes the implied window in
+        for name, default in self._PROBE_ZERO_DEFAULTS.items():
+            if name in numbers and not numbers[name]:
+                numbers[name] = default
+        if "initial" in numbers:
+            # more good polls than the threshold assumed at start are the threshold
+            numbers["initial"] = min(numbers["initial"], numbers.get("threshold", 3))
+        args += [f"{k}={v!r}" for k, v in numbers.items()]
         return "ProbeSpec(" + ", ".join(args) + ")"
 
     # ------------------------------------------------------------------ subroutines

@@ -12,7 +12,7 @@ from vcl.errors import VCLError
 from vcl.program import SubInfo
 from vcl.regex import check_regex
 from vcl.runtime import parse_ip
-from vmods import Func, ObjectType, Vmod
+from vmods import Func, ObjectType, Vmod, vnum
 
 # The names VCC 7.1 knows as symbols of type HTTP (obj and req_top are not): `req.nope` read in an
 # expression is an unknown property of one of them, not an unknown symbol.
@@ -71,7 +71,10 @@ class ExprChecker:
         if e.type == "STRING":
             return e
         if e.type not in types.TO_STRING:
-            raise VCLError(f"Cannot convert {e.type} to STRING.", e.pos)
+            what = e.type
+            if e.type == "INSTANCE" and isinstance(e, ast.Name):
+                what = self.instance_type.get(e.name.lower(), what)
+            raise VCLError(f"Cannot convert {what} to STRING.", e.pos)
         c = ast.Convert(e.pos, e, "STRING")
         c.type = "STRING"
         return c
@@ -250,14 +253,17 @@ class ExprChecker:
             e.type = "REAL"
             return e
         if isinstance(e, ast.DurationLit):
+            if fmt == "BYTES":   # VCC reads `10m` as 10 MB where it wants BYTES
+                return self.atom(self._glued_bytes(e), fmt)
             e.type = "DURATION"
             return e
         if isinstance(e, ast.BytesLit):
+            unit = e.text.lstrip("0123456789.")
+            at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(e.text) - len(unit), len(unit))
             if fmt != "BYTES":
-                unit = e.text.lstrip("0123456789.")
-                at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(e.text) - len(unit), len(unit))
                 raise VCLError(f"Unknown duration unit '{unit}'\nLegal duration units are 'ms', 's', 'm', "
                                "'h', 'd', 'w' and 'y'", at)
+            e = self._bytes_lit(e.pos, float(e.text[: -len(unit)]), unit, at, e.text)
             e.type = "BYTES"
             return e
         if isinstance(e, ast.Name):
@@ -276,16 +282,28 @@ class ExprChecker:
                 raise VCLError(f"Expected BYTES unit (B, KB, MB...) got '{e.unit}'", e.unit_pos)
             raise VCLError(f"Syntax error: unexpected '{e.unit}'", e.unit_pos)
         if fmt == "BYTES":
-            scale = types.BYTES_UNITS.get(e.unit.upper())
-            if scale is None:
-                # VCC prints its message with no space before the unit
-                raise VCLError(f"Unknown BYTES unit of measurement ([KMGTP][B])'{e.unit}'", e.unit_pos)
-            return ast.BytesLit(e.pos, e.number * scale, e.text)
+            return self._bytes_lit(e.pos, e.number, e.unit, e.unit_pos, e.text)
         seconds = types.DURATION_UNITS.get(e.unit)
         if seconds is None:
             raise VCLError(f"Unknown duration unit '{e.unit}'\nLegal duration units are 'ms', 's', 'm', 'h', "
                            "'d', 'w' and 'y'", e.unit_pos)
         return ast.DurationLit(e.pos, e.number * seconds, e.text)
+
+    def _glued_bytes(self, e: ast.DurationLit) -> ast.BytesLit:
+        """A `10m`-style token read as BYTES: the letters after the number are the unit."""
+        unit = e.text.lstrip("0123456789.")
+        at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(e.text) - len(unit), len(unit))
+        return self._bytes_lit(e.pos, float(e.text[: -len(unit)]), unit, at, e.text)
+
+    @staticmethod
+    def _bytes_lit(pos: ast.Pos, number: float, unit: str, unit_pos: ast.Pos, text: str) -> ast.BytesLit:
+        """vcc_ByteVal: the unit token as VNUM_bytes_unit reads it (k, KB, m, Mb, b, ... in any
+        case); VCC prints the failure with the token glued on."""
+        try:
+            value = vnum.bytes_unit(number, unit)
+        except vnum.NumError as exc:
+            raise VCLError(f"{exc}'{unit}'", unit_pos) from None
+        return ast.BytesLit(pos, value, text)
 
     def _ip_const(self, e: ast.StringLit) -> ast.Expr:
         if e.value.startswith("/"):
@@ -320,6 +338,10 @@ class ExprChecker:
         if key in self.instances:
             e.ref = ("instance", key)
             e.type = "INSTANCE"
+            if fmt not in ("INSTANCE", "STRING") and fmt not in types.STRING_FORMS:
+                # VCC names an object's type by its vmod and class
+                raise VCLError(f"Expression has type {self.instance_type.get(key, 'INSTANCE')}, "
+                               f"expected {fmt}", e.pos)
             return e
         try:
             var = symbols.lookup(name, self.version, self.storages)
@@ -386,7 +408,9 @@ class ExprChecker:
             obj = self.instances[head]
             method = obj.methods.get(rest)
             if method is None:
-                raise VCLError(f"Unknown method '{rest}' for object '{head}'", e.pos)
+                at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1, len(rest))
+                raise VCLError(f"Unknown property '{rest}' for type "
+                               f"{self.instance_type.get(head, head)}", at)
             self._bind_args(e, method, name)
             e.ref = ("method", head, method)
             return self._func_result(e, method, statement)
@@ -465,7 +489,7 @@ class ExprChecker:
         for i, arg in enumerate(positional):
             bound[i] = self._arg(arg.value, params[i])
         for arg in named:
-            idx = next((i for i, p in enumerate(params) if p.name == arg.name), None)
+            idx = next((i for i, p in enumerate(params) if p.name and p.name == arg.name), None)
             if idx is None:
                 raise VCLError(f"Unknown argument '{arg.name}'", arg.pos)
             if bound[idx] is not None:
@@ -473,12 +497,14 @@ class ExprChecker:
             bound[idx] = self._arg(arg.value, params[idx])
         for i, p in enumerate(params):
             if bound[i] is None and not p.optional and p.default is None:
+                # an unnamed argument (a bare type in the .vcc) is known by its place
+                what = f"'{p.name}'" if p.name else str(i + 1)
                 if e.close_pos is None:
-                    raise VCLError(f"Argument '{p.name}' missing", e.pos)
+                    raise VCLError(f"Argument {what} missing", e.pos)
                 # VCC stops at the ')' and names the call it was compiling
                 call = ast.Pos(e.pos.file, e.pos.line, e.pos.col,
                                max(e.close_pos.col - e.pos.col, 1) if e.close_pos.line == e.pos.line else 1)
-                raise VCLError(f"Argument '{p.name}' missing", e.close_pos,
+                raise VCLError(f"Argument {what} missing", e.close_pos,
                                [("While compiling function call:", call)])
         e.bound = bound
 
@@ -487,7 +513,11 @@ class ExprChecker:
         if ptype == "ENUM":
             if isinstance(value, ast.Name) and value.written is not None:
                 value.name = value.written     # the parser lowered it as a symbol (blob's DEFAULT)
-            if not isinstance(value, ast.Name) or value.name not in param.enum:
+            if not isinstance(value, ast.Name):
+                # vcc_do_enum wants an ID token first
+                text = f'"{value.value}"' if isinstance(value, ast.StringLit) else _enum_token(value)
+                raise VCLError(f"Expected ID got '{text}'", value.pos)
+            if value.name not in param.enum:
                 choices = "\n".join("\t" + w for w in param.enum)
                 raise VCLError(f"Wrong enum value.  Expected one of:\n{choices}", value.pos)
             value.ref = ("enum", value.name)
@@ -562,3 +592,17 @@ def _first_token(e: ast.Expr) -> str:
 def _number_token(text: str) -> str:
     """`1s`, `10 KB`: VCC's token is the number; the unit is a token of its own."""
     return text[:len(text) - len(text.lstrip("0123456789."))]
+
+
+def _enum_token(e: ast.Expr) -> str:
+    """The token VCC found where an ENUM's ID should be (a literal as written, else the first one)."""
+    text = getattr(e, "text", None)
+    if isinstance(e, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
+        return text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")   # `1s`: the 1
+    if isinstance(text, str) and text:
+        return text
+    if isinstance(e, ast.Neg):
+        return "-"
+    if isinstance(e, ast.Not):
+        return "!"
+    return getattr(e, "name", None) or "?"

@@ -88,7 +88,7 @@ class _ToAst(Transformer):
 
     def vcl_version(self, children):
         kw, version = children
-        return ast.VclVersion(self._p(kw), str(version))
+        return ast.VclVersion(self._p(kw), str(version), self._p(version))
 
     def import_(self, children):
         kw, name = children[0], children[1]
@@ -523,6 +523,18 @@ def _check_return_args(source: str, filename: str, tok: Token) -> None:
         raise VCLError("Arguments not allowed.", ast.Pos(filename, line, col, 1))
 
 
+# `vcl N.N` at the end of the text before a parse error (the ';' missing)
+_VCL_LINE = re.compile(r"(?:^|[\s;}])(?P<kw>vcl)\s+(?P<num>[0-9]+\.[0-9]+)\s*$")
+
+
+def check_vcl_version(version: str, kw_pos: ast.Pos, num_pos: ast.Pos) -> None:
+    """vcc_ParseVcl's checks of the number: written N.N, and a version VCC knows (4.0 or 4.1)."""
+    if not re.fullmatch(r"[0-9]\.[0-9]", version):
+        raise VCLError("Don't play silly buggers with VCL version numbers", num_pos)
+    if version not in ("4.0", "4.1"):
+        raise VCLError(f"VCL version {version} not supported.", kw_pos)
+
+
 def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) -> ast.Program:
     """Raise VCC's message for a parse error (or return the program a recovery made of it)."""
     if isinstance(exc, UnexpectedToken):
@@ -539,6 +551,17 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
             # At the top level, VCC lists the declarations it knows.
             msg = (f"Expected one of\n\t'acl', 'sub', 'backend', 'probe', 'import',  or 'vcl'\n"
                    f"Found: {_describe(tok, source)} at")
+        elif "SEMICOLON" in exc.expected and _VCL_LINE.search(source[:tok.start_pos]):
+            m = _VCL_LINE.search(source[:tok.start_pos])
+            at = m.start("kw")
+            kw_pos = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), 3)
+            num_at = m.start("num")
+            num_pos = ast.Pos(filename, source.count("\n", 0, num_at) + 1,
+                              num_at - source.rfind("\n", 0, num_at), len(m.group("num")))
+            check_vcl_version(m.group("num"), kw_pos, num_pos)
+            msg, pos = "Expected 'vcl N.N;' found no semi-colon", kw_pos
+        elif set(exc.expected) == {"FLOAT"}:
+            msg = f"Expected FNUM got {_describe(tok, source)}"    # the `vcl N.N;` number
         elif {"SEMICOLON", "LPAR"} <= set(exc.expected):
             msg = f"Expected '(' got {_describe(tok, source)}"      # return without parentheses
         elif "SEMICOLON" in exc.expected:

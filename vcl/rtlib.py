@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import time
 from email.utils import formatdate
 
 from vcl.acl import Acl  # noqa: F401 - generated code uses rt.Acl, rt.Regex, rt.regsub
 from vcl.regex import Regex, regsub  # noqa: F401
 from vcl.runtime import IP, Action, BackendSpec, VCLFailure
+
+# VRT_SetHdr's validhdr(): control characters other than SP and HT (CR, LF, DEL...)
+_BAD_HEADER_CHAR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def set_hdr(headers, name: str, value: str) -> None:
+    """`set X.http.NAME = value`: a value a header cannot carry fails the task ("Bad header")
+    instead of being sent."""
+    if _BAD_HEADER_CHAR.search(value):
+        raise VCLFailure(f"Bad header {name}: {value}")
+    headers.set(name, value)
+
 
 # ------------------------------------------------------------------ conversions to STRING
 

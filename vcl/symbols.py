@@ -337,7 +337,7 @@ def _header(scope: str, header: str) -> Variable | None:
     lname = header.lower()
     return Variable(f"{scope}.http.{header}", "HEADER", read, write, unset,
                     get=f"{msg}.headers.get({lname!r})",
-                    set=f"{msg}.headers.set({header!r}, {{v}})",
+                    set=f"rt.set_hdr({msg}.headers, {header!r}, {{v}})",
                     unset_code=f"{msg}.headers.unset({lname!r})", header=True)
 
 

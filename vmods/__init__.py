@@ -13,7 +13,7 @@ from typing import Callable
 
 @dataclass(slots=True)
 class Param:
-    name: str
+    name: str                  # "" for an unnamed one (a bare type in the .vcc): positional only
     type: str                  # a VCL type name: STRING, INT, REAL, BOOL, DURATION, BYTES, IP, TIME,
     #                            BACKEND, HEADER, ENUM, STRANDS (any number of strings), PROBE, ACL, BLOB,
     #                            REGEX (a constant; the impl gets a compiled vcl.regex.Regex)

@@ -68,29 +68,39 @@ def _b64_out(out: bytearray, u: int, n: int) -> None:
         u = (u << 8) & 0xFFFFFFFF
 
 
-def _b64_decode(enc: str, s: bytes, limit: int) -> bytes:
+def _b64_decode(enc: str, pieces: list[bytes], limit: int) -> bytes:
+    """base64_decode() as varnishd runs it, quirks included: characters after a pad in the same
+    piece still count (a new piece after a pad is illegal), and the final shift is taken modulo
+    32 as the CPU does when the pads made the group longer than four."""
     index, pad = _B64_INDEX[enc]
     out = bytearray()
     u = n = term = 0
-    if limit >= 0:
-        s = s[:limit]
-    for ch in s.decode("latin-1"):
-        u = (u << 6) & 0xFFFFFFFF
-        if pad and ch == pad:
-            n += 1
-            term += 1
-            continue
-        b = index.get(ch)
-        if b is None:
+    left = limit if limit >= 0 else -1
+    for piece in pieces:
+        if left == 0:
+            break
+        if piece and term:
             raise ValueError
-        n += 1
-        u |= b
-        if n == 4:
-            _b64_out(out, u, n - term)
-            n = 0
+        if left > 0:
+            piece = piece[:left]
+            left -= len(piece)
+        for ch in piece.decode("latin-1"):
+            u = (u << 6) & 0xFFFFFFFF
+            if pad and ch == pad:
+                n += 1
+                term += 1
+                continue
+            b = index.get(ch)
+            if b is None:
+                raise ValueError
+            n += 1
+            u |= b
+            if n == 4:
+                _b64_out(out, u, n - term)
+                n = 0
     if n:
         if n - term != 0:
-            u = (u << (6 * (4 - n))) & 0xFFFFFFFF if n < 4 else u
+            u = (u << ((6 * (4 - n)) & 31)) & 0xFFFFFFFF
         _b64_out(out, u, n - term)
     return bytes(out)
 
@@ -127,15 +137,17 @@ def _url_decode(s: bytes, limit: int) -> bytes:
     return bytes(out)
 
 
-def _decode(enc: str, text: str, limit: int) -> bytes:
-    data = text.encode("utf-8", "surrogateescape")
+def _decode(enc: str, strands: tuple, limit: int) -> bytes:
+    """The bytes the STRANDS pieces stand for (base64 looks at the piece boundaries)."""
+    pieces = [p.encode("utf-8", "surrogateescape") for p in strands if p]
+    if enc.startswith("BASE64"):
+        return _b64_decode(enc, pieces, limit)
+    data = b"".join(pieces)
     if enc == "IDENTITY":
         return data[:limit] if limit >= 0 else data
     if enc == "HEX":
         return _hex_decode(data, limit)
-    if enc == "URL":
-        return _url_decode(data, limit)
-    return _b64_decode(enc, data, limit)
+    return _url_decode(data, limit)
 
 
 def _decoded_size(enc: str, text: str) -> int:
@@ -208,7 +220,7 @@ _STRANDS = Param("encoded", "STRANDS", pieces=True)
 def decode(ctx: Context, decoding: str, length: int, strands: tuple) -> bytes:
     """The bytes `encoded` stands for; the first `length` characters only when length > 0."""
     try:
-        data = _decode(decoding, _joined(strands), length if length > 0 else -1)
+        data = _decode(decoding, strands, length if length > 0 else -1)
     except ValueError:
         raise _fail(f'cannot decode, illegal encoding beginning with "{_first(strands)}"') from None
     return Blob.make(data) if data else NULL_BLOB
@@ -234,7 +246,7 @@ def transcode(ctx: Context, decoding: str, encoding: str, case: str, length: int
         return ""
     limit = length if length > 0 else -1
     try:
-        data = _decode(decoding, encoded, limit)
+        data = _decode(decoding, strands, limit)
     except ValueError:
         raise _fail(f'cannot decode, illegal encoding beginning with "{_first(strands)}"') from None
     if limit < 0 and encoding == decoding and encoding not in ("HEX", "URL"):
@@ -297,7 +309,7 @@ class BlobObject:
             self.blob = Blob.make(b"", _NULLPTR)
             return
         try:
-            data = _decode(decoding, encoded, -1)
+            data = _decode(decoding, strands, -1)
         except ValueError:
             raise _fail(f'cannot create blob {vcl_name}, illegal encoding beginning with "{_first(strands)}"') from None
         self.blob = Blob.make(data) if data else Blob.make(b"", _NULL_BLOB_DATA)

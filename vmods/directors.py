@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random as _random
 import time as _time
 
 from cacheserver.backends import healthy as _healthy
 from vcl.rtlib import on_task_end
 from vcl.runtime import BackendSpec, Context, VCLFailure
 from vmods import Func, ObjectType, Param, Vmod
+from vmods.vrnd import TESTABLE
 
 VMOD = Vmod("directors")
 
@@ -210,7 +210,7 @@ class Random(Director):
     kind = "random"
 
     def resolve(self, ctx):
-        return self.pick_weighted(ctx, _random.random())
+        return self.pick_weighted(ctx, TESTABLE.fraction())
 
 
 class Hash(Director):
@@ -584,9 +584,9 @@ class Shard:
                  f"changed {now - last[1]:f}")
         if now - prev[1] < chosen_r:
             # the chosen backend is ramping up: it keeps the request unless the dice say otherwise
-            if not rampup or now - last[1] < alt_r or _random.random() * chosen_r < now - prev[1]:
+            if not rampup or now - last[1] < alt_r or TESTABLE.double() * chosen_r < now - prev[1]:
                 return be
-        elif warmup == 0 or _random.random() > warmup:
+        elif warmup == 0 or TESTABLE.double() > warmup:
             return be
         return self.backends[last[0]].backend
 
@@ -717,7 +717,8 @@ def _given(**kwargs) -> dict:
     return {k: v for k, v in kwargs.items() if v is not UNSET}
 
 
-_BE = [Param("backend", "BACKEND")]
+# vmod_directors.vcc leaves these arguments unnamed: they cannot be passed by name
+_BE = [Param("", "BACKEND")]
 
 _rr = _obj("round_robin", lambda ctx: RoundRobin())
 _method(_rr, "add_backend", lambda d, ctx, be: d.add(be), "VOID", list(_BE))
@@ -732,7 +733,7 @@ _method(_fb, "backend", lambda d, ctx: d, "BACKEND")
 
 _rnd = _obj("random", lambda ctx: Random())
 _method(_rnd, "add_backend", lambda d, ctx, be, w: d.add(be, w), "VOID",
-        _BE + [Param("weight", "REAL")])
+        _BE + [Param("", "REAL")])
 _method(_rnd, "remove_backend", lambda d, ctx, be: d.remove(be) and None, "VOID", list(_BE))
 _method(_rnd, "backend", lambda d, ctx: d, "BACKEND")
 
@@ -740,7 +741,7 @@ _hash = _obj("hash", lambda ctx: Hash())
 _method(_hash, "add_backend", lambda d, ctx, be, w=1.0: d.add(be, w), "VOID",
         _BE + [Param("weight", "REAL", 1.0, optional=True)])
 _method(_hash, "remove_backend", lambda d, ctx, be: d.remove(be) and None, "VOID", list(_BE))
-_method(_hash, "backend", lambda d, ctx, key: d.pick(ctx, key), "BACKEND", [Param("key", "STRANDS")])
+_method(_hash, "backend", lambda d, ctx, key: d.pick(ctx, key), "BACKEND", [Param("", "STRANDS")])
 
 
 def _shard_set_warmup(d: Shard, ctx: Context, probability: float = 0.0) -> None:
@@ -828,13 +829,13 @@ _method(_sh, "set_warmup", _shard_set_warmup, "VOID", [Param("probability", "REA
 _method(_sh, "set_rampup", _shard_set_rampup, "VOID", [Param("duration", "DURATION", 0.0, optional=True)])
 _method(_sh, "associate", _shard_associate, "VOID", [Param("param", "BLOB", None, optional=True)])
 _method(_sh, "add_backend", _shard_add, "BOOL",
-        _BE + [_opt("ident", "STRING"), _opt("rampup", "DURATION"), _opt("weight", "REAL")])
+        [Param("backend", "BACKEND"), _opt("ident", "STRING"), _opt("rampup", "DURATION"), _opt("weight", "REAL")])
 _method(_sh, "remove_backend", _shard_remove, "BOOL",
         [Param("backend", "BACKEND", None, optional=True), Param("ident", "STRING", None, optional=True)])
 _method(_sh, "clear", _shard_clear, "BOOL")
 _method(_sh, "reconfigure", lambda d, ctx, replicas=67: d.reconfigure(ctx, replicas), "BOOL",
         [Param("replicas", "INT", 67, optional=True)])
-_method(_sh, "key", lambda d, ctx, s: hash_strands32(s), "INT", [Param("s", "STRANDS")])
+_method(_sh, "key", lambda d, ctx, s: hash_strands32(s), "INT", [Param("", "STRANDS")])
 _BY = ("HASH", "URL", "KEY", "BLOB")
 _HEALTHY = ("CHOSEN", "IGNORE", "ALL")
 _method(_sh, "backend", _shard_backend, "BACKEND",

@@ -12,7 +12,6 @@ import ctypes
 import functools
 import math
 import os
-import random as _random
 import socket
 import syslog as _syslog
 import time as _time
@@ -20,6 +19,7 @@ import time as _time
 from vcl.rtlib import INT_MAX, ascii_lower, ascii_upper, ban_string
 from vcl.runtime import IP, Context, HeaderRef, HttpMessage, VCLFailure, parse_ip
 from vmods import Param, Vmod, vnum
+from vmods.vrnd import TESTABLE
 
 VMOD = Vmod("std")
 
@@ -33,7 +33,8 @@ def _opt(name: str, type_: str, default: object = None) -> Param:
 
 @VMOD.func("random", "REAL", [Param("lo", "REAL"), Param("hi", "REAL")])
 def random(ctx: Context, lo: float, hi: float) -> float:
-    return _random.uniform(lo, hi)
+    """lo + (hi - lo) * x, x from varnishd's testable generator (repeatable after debug.srandom)."""
+    return TESTABLE.double() * (hi - lo) + lo
 
 
 @VMOD.func("round", "REAL", [Param("r", "REAL")])

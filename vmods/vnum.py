@@ -152,29 +152,32 @@ def to_bytes(s: str | None) -> int:
     value, i = parse_number(s, strict=True)
     if value < 0:
         raise NumError(ERR_INVALID, i)
-    n = len(s)
-    while i < n and s[i] in _SP:
+    return bytes_unit(value, s[i:], i)
+
+
+def bytes_unit(value: float, unit: str, at: int = 0) -> int:
+    """VNUM_bytes_unit: `value` scaled by `unit` (k/m/g/t/p, any case, an optional b after; or b
+    alone; or nothing), space around allowed; whole bytes only without a multiplier. VCC reads a
+    BYTES literal's unit token with it too. NumError (position `at` + offset) otherwise."""
+    n, i = len(unit), 0
+    while i < n and unit[i] in _SP:
         i += 1
     scale = 1.0
-    if i >= n:
-        if value != math.trunc(value):
-            raise NumError(ERR_FRACTIONAL_BYTES, i)
-        return round(math.trunc(scale * value))
-    c = s[i].lower()
+    c = unit[i].lower() if i < n else ""
     if c in _BYTE_UNITS:
         scale = _BYTE_UNITS[c]
         i += 1
-    elif c == "b":
+    elif c in ("b", ""):
         if value != math.trunc(value):
-            raise NumError(ERR_FRACTIONAL_BYTES, i)
+            raise NumError(ERR_FRACTIONAL_BYTES, at + i)
     else:
-        raise NumError(ERR_UNKNOWN_BYTES, i)
-    if i < n and s[i] in "bB":
+        raise NumError(ERR_UNKNOWN_BYTES, at + i)
+    if i < n and unit[i] in "bB":
         i += 1
-    while i < n and s[i] in _SP:
+    while i < n and unit[i] in _SP:
         i += 1
     if i < n:
-        raise NumError(ERR_UNKNOWN_BYTES, i)
+        raise NumError(ERR_UNKNOWN_BYTES, at + i)
     return round(math.trunc(scale * value))
 
 
