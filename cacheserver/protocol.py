@@ -62,6 +62,17 @@ class HeadOverflow(Exception):
     """The request head grew past http_req_size before it was complete: varnishd closes, unanswered."""
 
 
+class RefusedAfterDissect(Exception):
+    """A head read whole that varnishd's request checks refuse (a duplicate Host or Content-Length):
+    answered 400 in a request transaction that logs the request (RX_BAD), not as junk."""
+
+    def __init__(self, bogo: str, method: str, url: str, proto: str, fields: list[tuple[str, str]],
+                 head_bytes: int) -> None:
+        super().__init__(bogo)
+        self.bogo, self.method, self.url, self.proto = bogo, method, url, proto
+        self.fields, self.head_bytes = fields, head_bytes
+
+
 class ExpectationFailed(Exception):
     """An Expect header other than 100-continue: 417 and close. `head_bytes`: the request head's
     size, for its ReqAcct."""
@@ -164,7 +175,7 @@ class ClientProtocol(asyncio.Protocol):
             setattr(counters, reason, getattr(counters, reason) + 1)
             if reason in _CLOSE_ERR:
                 counters.sess_closed_err += 1
-            else:
+            if reason not in _CLOSE_WAITING:
                 counters.sess_closed += 1
         if not self.stolen and self.t_open:
             # SessClose names the reason as varnishd's tbl/sess_close.h does (sc_rx_junk: RX_JUNK)
@@ -390,10 +401,17 @@ class ClientProtocol(asyncio.Protocol):
                 if isinstance(exc.__context__, ExpectationFailed):
                     self.expectation_failed(exc.__context__.head_bytes)
                     return
+                if isinstance(exc.__context__, RefusedAfterDissect):
+                    self.refuse_dissected(exc.__context__)
+                    return
                 if isinstance(exc.__context__, HeadOverflow):
                     self.overflow()
                     return
                 raw = self._refused_head(data, self._raw_done - done_before, exc)
+                refused = _duplicate_content_length(raw, exc)
+                if refused is not None:
+                    self.refuse_dissected(refused)
+                    return
                 if raw is None or not needs_relaxing(raw):
                     self.bad_request(exc, raw)
                     return
@@ -548,7 +566,10 @@ class ClientProtocol(asyncio.Protocol):
                 expect = field[1]
         if hosts > 1:
             # one Host for VCL and the hash, another for the backend: cache poisoning
-            raise RequestTooLarge("duplicate Host header")
+            method = self._method_override or text(self.parser.get_method())
+            raise RefusedAfterDissect("Multiple Host: headers", method, text(self._url), "HTTP/" + version,
+                                      [(f[0], f[1]) for f in fields],
+                                      len(method) + len(version) + 11 + self._head_size)
         if length is not None and length >= 1 << 63:
             raise RequestTooLarge("Content-Length out of range")
         # Request smuggling shapes: llhttp refuses CL+TE and duplicate Content-Length itself.
@@ -629,6 +650,21 @@ class ClientProtocol(asyncio.Protocol):
             method = head[:head.find(b" ")].decode("ascii", "replace")
             self._refusal_log = self._refusal_transaction(
                 [("BogoHeader", reason), ("HttpGarbage", method)], "400", "Bad Request", size, len(BAD_REQUEST))
+        self._refuse(BAD_REQUEST)
+
+    def refuse_dissected(self, refused: RefusedAfterDissect) -> None:
+        """cnt_transport's refusals: the request counted and logged, a bare 400, close (RX_BAD)."""
+        counters = self.server.counters
+        counters.client_req += 1
+        counters.client_req_400 += 1
+        self.close_reason = "sc_rx_bad"
+        ip = self.client_ip
+        records = [("ReqStart", f"{ip.addr} {ip.port} {self.listen_name}"), ("ReqMethod", refused.method),
+                   ("ReqURL", refused.url), ("ReqProtocol", refused.proto),
+                   *(("ReqHeader", f"{name}: {value}") for name, value in refused.fields),
+                   ("BogoHeader", refused.bogo)]
+        self._refusal_log = self._refusal_transaction(records, "400", "Bad Request", refused.head_bytes,
+                                                      len(BAD_REQUEST), vcl=True)
         self._refuse(BAD_REQUEST)
 
     def _refusal_transaction(self, records: list, status: str, reason: str, head_bytes: int,
@@ -905,10 +941,31 @@ class _CachedBody:
         self.size = size
 
 
-# The close reasons varnishd counts as errors (tbl/sess_close.h): sess_closed_err, not sess_closed.
-_CLOSE_ERR = frozenset({"sc_rx_bad", "sc_rx_body", "sc_rx_junk", "sc_rx_overflow", "sc_rx_timeout",
-                        "sc_tx_error", "sc_overload", "sc_pipe_overflow", "sc_range_short",
+# The close reasons varnishd counts as errors (tbl/sess_close.h) in sess_closed_err.
+_CLOSE_ERR = frozenset({"sc_req_http10", "sc_rx_bad", "sc_rx_body", "sc_rx_junk", "sc_rx_overflow",
+                        "sc_rx_timeout", "sc_tx_error", "sc_overload", "sc_pipe_overflow", "sc_range_short",
                         "sc_req_http20", "sc_vcl_failure"})
+# sess_closed counts the sessions closed when a request is done (varnishd's H1CLEANUP), whatever the
+# reason; these are the closes while waiting for a request (http1_wait), which it does not count.
+_CLOSE_WAITING = frozenset({"sc_rem_close", "sc_rx_close_idle", "sc_rx_timeout", "sc_rx_overflow"})
+
+
+def _duplicate_content_length(raw: bytes | None, exc: Exception) -> RefusedAfterDissect | None:
+    """llhttp refuses a second Content-Length as it reads it; varnishd reads the whole head, then
+    answers it as cnt_transport does. None unless that is the error and the head is all here."""
+    if raw is None or "Duplicate Content-Length" not in str(exc):
+        return None
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = text(raw[:end]).split("\r\n")
+    method, _, rest = lines[0].partition(" ")
+    url, _, proto = rest.rpartition(" ")
+    fields = []
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields.append((name, value.strip(" \t")))
+    return RefusedAfterDissect("Multiple Content-Length: headers", method, url, proto, fields, end + 4)
 
 
 class _Counter:
