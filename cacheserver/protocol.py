@@ -23,6 +23,7 @@ from cacheserver.http1 import (
     BAD_REQUEST,
     CONTINUE_100,
     EXPECTATION_FAILED,
+    START_LINE_SLOTS,
     bogo_header,
     head_size,
     needs_relaxing,
@@ -412,7 +413,7 @@ class ClientProtocol(asyncio.Protocol):
                 if refused is not None:
                     self.refuse_dissected(refused)
                     return
-                if raw is None or not needs_relaxing(raw):
+                if raw is None or not needs_relaxing(raw) or self._bogo_header(raw) is not None:
                     self.bad_request(exc, raw)
                     return
                 data = self._relax_head(raw)
@@ -440,7 +441,9 @@ class ClientProtocol(asyncio.Protocol):
 
     def _refused_head(self, data: bytes, completed: int, exc: Exception) -> bytes | None:
         """The raw bytes from the start of the head llhttp just refused (None: not a head error)."""
-        if not self._in_head or type(exc) is not httptools.HttpParserError:
+        if not self._in_head:
+            return None
+        if type(exc) is not httptools.HttpParserError and not isinstance(exc.__context__, RequestTooLarge):
             return None
         if completed:
             return data[_end_of_message(data, completed):]
@@ -531,7 +534,7 @@ class ClientProtocol(asyncio.Protocol):
             raise HeadOverflow()            # varnishd: past its buffer, the head is cut off unanswered
         if size > params.http_req_hdr_len:
             raise RequestTooLarge("header too long")
-        if len(self._fields) >= params.http_max_hdr:
+        if len(self._fields) >= params.http_max_hdr - START_LINE_SLOTS:
             raise RequestTooLarge("too many headers")
         field = name.decode("utf-8", "surrogateescape")     # http1.text(), inlined: per header
         # llhttp keeps the blanks that end a value; varnishd strips them
@@ -641,7 +644,7 @@ class ClientProtocol(asyncio.Protocol):
         """Malformed input: Varnish's bare 400, then close. Nothing else is answered."""
         self.server.counters.client_req_400 += 1
         self.close_reason = "sc_rx_junk"       # varnishd: a request it cannot dissect is junk
-        reason = bogo_header(head) if head else None
+        reason = self._bogo_header(head) if head else None
         if reason is not None:
             # a request line fine, a header line not: varnishd's request transaction for it
             # (varnishd reads the whole head before it looks; we answer when llhttp refuses, so
@@ -666,6 +669,10 @@ class ClientProtocol(asyncio.Protocol):
         self._refusal_log = self._refusal_transaction(records, "400", "Bad Request", refused.head_bytes,
                                                       len(BAD_REQUEST), vcl=True)
         self._refuse(BAD_REQUEST)
+
+    def _bogo_header(self, head: bytes) -> str | None:
+        params = self.server.params
+        return bogo_header(head, params.http_req_hdr_len, params.http_max_hdr)
 
     def _refusal_transaction(self, records: list, status: str, reason: str, head_bytes: int,
                              sent: int, vcl: bool = False) -> tuple[int, list]:
