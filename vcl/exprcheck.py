@@ -252,6 +252,9 @@ class ExprChecker:
         if isinstance(e, ast.DurationLit):
             e.type = "DURATION"
             return e
+        if isinstance(e, ast.BlobLit):
+            e.type = "BLOB"
+            return e
         if isinstance(e, ast.BytesLit):
             if fmt != "BYTES":
                 unit = e.text.lstrip("0123456789.")
