@@ -385,11 +385,16 @@ class EsiRequest:
             child.esi_gz_state = GzCrc()
         child.parent = self
         child.esi_inc = inc
-        child.vcl = self.vcl
+        # ved_include: an include starts in the VCL its top request started in when that one
+        # switched VCL (return (vcl(...))), else in its parent's
+        top = self
+        while top.parent is not None:
+            top = top.parent
+        vcl = child.vcl = top.vcl0 or self.vcl
         ctx = child.ctx
         pctx = self.ctx
-        ctx.vcl = self.vcl
-        ctx.backend_hint = self.vcl.default_backend
+        ctx.vcl = vcl
+        ctx.backend_hint = vcl.default_backend
         ctx.esi_level = pctx.esi_level + 1
         ctx.req_top = pctx.req_top
         ctx.req_time = pctx.req_time

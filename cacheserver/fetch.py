@@ -313,6 +313,8 @@ class BusyObj:
             self.conn = conn
             self._conn_delta(backend, 1)
             self._log_open(conn, backend, fresh or not conn.reused)
+            if not conn.reused and getattr(backend, "preamble", b""):
+                conn.write(backend.preamble)          # .preamble: first on a new connection
             conn.start(ctx.bereq.method == "HEAD", params.http_resp_size, params.http_resp_hdr_len,
                        params.http_max_hdr)
             try:

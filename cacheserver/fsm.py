@@ -103,6 +103,15 @@ def _may_esi(vcl) -> bool:
     return may
 
 
+def _may_switch(vcl) -> bool:
+    """Can this VCL's vcl_recv return (vcl(...))? Only then is the request kept as received for
+    the rollback the switch does. Worked out once per VCL."""
+    may = vcl.__dict__.get("may_switch")
+    if may is None:
+        may = vcl.may_switch = "Action('vcl'" in (getattr(vcl, "python_source", "") or "")
+    return may
+
+
 class ClientRequest(Delivery, EsiRequest):
     """One client request on its way from vcl_recv to the wire (delivery: deliver.py)."""
 
@@ -116,6 +125,8 @@ class ClientRequest(Delivery, EsiRequest):
     bo: BusyObj | None = None
     bg: BusyObj | None = None       # a background fetch that may still read our body
     is_hit = False
+    vcl0 = None                     # set by return (vcl(...)): the VCL the request started in
+    received = None                 # the request as received, while its VCL may switch to another
     from_pass = False
     digest = b""
     synth_status = 0
@@ -336,6 +347,8 @@ class ClientRequest(Delivery, EsiRequest):
         ctx = self.ctx
         req = ctx.req
         if ctx.restarts == 0 and self.parent is None:    # an ESI subrequest starts from its parent's
+            if self.received is None and _may_switch(self.vcl):
+                self.received = req.copy()
             url = req.url
             if url[:1] != "/" and url[:7].lower() in ("http://", "https:/"):
                 _absolute_url(req)
@@ -363,6 +376,7 @@ class ClientRequest(Delivery, EsiRequest):
         if action.name == "vcl":
             if not self._switch_vcl(action):
                 return self._fail_state()
+            self._recv_setup()
             action = yield "vcl_recv"
         if self.session.stolen:          # tinykvm.steal() took the connection: nothing more to do
             return None
@@ -394,7 +408,20 @@ class ClientRequest(Delivery, EsiRequest):
         target = self.server.vcl_labels.get(label) if isinstance(label, str) else label
         if target is None:
             return False
+        if self.vcl0 is None:
+            self.vcl0 = self.vcl            # the VCL this request started in (ESI includes start there)
+        log = self.ctx.log
+        if log and log[-1] == ("VCL_return", "vcl"):
+            # varnishd logs the switch as VCL makes it, before the return
+            log.insert(len(log) - 1, ("VCL_use", f"{target.__dict__.get('name')} via {label}"))
         self.vcl = self.ctx.vcl = target
+        ctx = self.ctx
+        if self.received is not None and ctx.restarts == 0 and self.parent is None:
+            # the new VCL's vcl_recv sees the request as received (varnishd's HTTP_Clone from
+            # http0); what the first vcl_recv changed is gone
+            req = self.received.copy()
+            req.headers.vsl = (ctx.log, "ReqHeader", "ReqUnset")
+            ctx.req = ctx.req_top = req
         self.ctx.backend_hint = target.default_backend
         return True
 

@@ -45,21 +45,66 @@ def head_size(head: bytes) -> int:
     return end + 4 if end >= 0 else len(head)
 
 
-def bogo_header(head: bytes) -> str | None:
-    """Why varnishd's header dissection refuses the header lines of a request head, as its
-    BogoHeader record says it (a control character in a line, a bad character in a name), or None
-    when these checks pass (the head may still be refused for another reason). Only whole lines
-    are looked at: llhttp may refuse a head before its end has come."""
-    end = head.find(b"\r\n\r\n")
-    lines = head[:end] if end >= 0 else head[:head.rfind(b"\r\n")]
-    for line in lines.split(b"\r\n")[1:]:
-        for c in line:
-            if (c < 0x20 or c == 0x7F) and c != 0x09:
+# varnishd's header table gives the start line 5 of its http_max_hdr slots (HTTP_HDR_FIRST).
+START_LINE_SLOTS = 5
+
+
+def _crlf(head: bytes, i: int) -> int:
+    """vct_iscrlf: the length of the line end at i (CRLF 2, bare LF 1), 0 if none is there."""
+    if head.startswith(b"\r\n", i):
+        return 2
+    return 1 if head.startswith(b"\n", i) else 0
+
+
+def bogo_header(head: bytes, max_len: int = 1 << 30, max_hdr: int = 1 << 30) -> str | None:
+    """Why varnishd's http1_dissect_hdrs refuses the header lines of a request head, as its
+    BogoHeader record says it, or None when its checks pass (the head may still be refused for
+    another reason). Line by line, as varnishd: a control character, then the line (with its folded
+    continuations) too long for http_req_hdr_len, starting with a blank, without a name, a bad
+    character in the name, no colon, one line more than http_max_hdr holds. Only whole lines are
+    looked at: llhttp may refuse a head before its end has come."""
+    n = len(head)
+    p = head.find(b"\n") + 1            # the header lines start after the request line
+    if p == 0:
+        return None
+    count = 0
+    while p < n and not _crlf(head, p):
+        r, q = p, -1
+        while r < n:
+            c = head[r]
+            if (c >= 0x20 and c != 0x7F) or c == 0x09:
+                r += 1
+                continue
+            i = _crlf(head, r)
+            if i == 0:
                 return "Header has ctrl char 0x%02x" % c
-        name = line.rstrip(b" \t").partition(b":")[0]
+            q = r
+            r += i
+            if r == n or _crlf(head, r) or head[r] not in (0x20, 0x09):
+                break
+            while r < n and head[r] in (0x20, 0x09):    # a folded line: it continues this one
+                r += 1
+        if q < 0:
+            return None                              # the line has not ended yet
+        line = head[p:q].replace(b"\r\n", b"  ").replace(b"\n", b" ").replace(b"\t", b" ")
+        excerpt = text(line[:20])
+        if len(line) > max_len:
+            return "Header too long: " + excerpt
+        if line[:1] in (b" ", b"\t"):
+            return "1st header has white space: " + excerpt
+        if line[:1] == b":":
+            return "Missing header name: " + excerpt
+        line = line.rstrip(b" \t")
+        name, colon, _ = line.partition(b":")
         for c in name:
             if c not in _TCHAR:
                 return "Illegal char 0x%02x in header name" % c
+        if not colon:
+            return "Header without ':' " + text(line[:20])
+        count += 1
+        if count > max_hdr - START_LINE_SLOTS:
+            return "Too many headers: " + text(line[:20])
+        p = r
     return None
 
 
@@ -125,7 +170,9 @@ def relax_head(raw: bytes) -> bytes | None:
     lines: list[bytes] = []
     line_break = b""                 # how the previous line ended: b"\n" or b"\r\n"
     for line in raw[:end.start()].split(b"\n"):
-        if lines and line[:1] in (b" ", b"\t"):
+        if len(lines) > 1 and line[:1] in (b" ", b"\t"):
+            # (a first header line that starts blank is not folded into the request line:
+            # varnishd refuses it, see bogo_header)
             # the line break and the blanks that start the continuation all become spaces
             cont = line.removesuffix(b"\r")
             text = cont.lstrip(b" \t")

@@ -23,6 +23,7 @@ from cacheserver.http1 import (
     BAD_REQUEST,
     CONTINUE_100,
     EXPECTATION_FAILED,
+    START_LINE_SLOTS,
     bogo_header,
     head_size,
     needs_relaxing,
@@ -60,6 +61,17 @@ class RequestTooLarge(Exception):
 
 class HeadOverflow(Exception):
     """The request head grew past http_req_size before it was complete: varnishd closes, unanswered."""
+
+
+class RefusedAfterDissect(Exception):
+    """A head read whole that varnishd's request checks refuse (a duplicate Host or Content-Length):
+    answered 400 in a request transaction that logs the request (RX_BAD), not as junk."""
+
+    def __init__(self, bogo: str, method: str, url: str, proto: str, fields: list[tuple[str, str]],
+                 head_bytes: int) -> None:
+        super().__init__(bogo)
+        self.bogo, self.method, self.url, self.proto = bogo, method, url, proto
+        self.fields, self.head_bytes = fields, head_bytes
 
 
 class ExpectationFailed(Exception):
@@ -164,7 +176,7 @@ class ClientProtocol(asyncio.Protocol):
             setattr(counters, reason, getattr(counters, reason) + 1)
             if reason in _CLOSE_ERR:
                 counters.sess_closed_err += 1
-            else:
+            if reason not in _CLOSE_WAITING:
                 counters.sess_closed += 1
         if not self.stolen and self.t_open:
             # SessClose names the reason as varnishd's tbl/sess_close.h does (sc_rx_junk: RX_JUNK)
@@ -390,11 +402,18 @@ class ClientProtocol(asyncio.Protocol):
                 if isinstance(exc.__context__, ExpectationFailed):
                     self.expectation_failed(exc.__context__.head_bytes)
                     return
+                if isinstance(exc.__context__, RefusedAfterDissect):
+                    self.refuse_dissected(exc.__context__)
+                    return
                 if isinstance(exc.__context__, HeadOverflow):
                     self.overflow()
                     return
                 raw = self._refused_head(data, self._raw_done - done_before, exc)
-                if raw is None or not needs_relaxing(raw):
+                refused = _duplicate_content_length(raw, exc)
+                if refused is not None:
+                    self.refuse_dissected(refused)
+                    return
+                if raw is None or not needs_relaxing(raw) or self._bogo_header(raw) is not None:
                     self.bad_request(exc, raw)
                     return
                 data = self._relax_head(raw)
@@ -422,7 +441,9 @@ class ClientProtocol(asyncio.Protocol):
 
     def _refused_head(self, data: bytes, completed: int, exc: Exception) -> bytes | None:
         """The raw bytes from the start of the head llhttp just refused (None: not a head error)."""
-        if not self._in_head or type(exc) is not httptools.HttpParserError:
+        if not self._in_head:
+            return None
+        if type(exc) is not httptools.HttpParserError and not isinstance(exc.__context__, RequestTooLarge):
             return None
         if completed:
             return data[_end_of_message(data, completed):]
@@ -513,7 +534,7 @@ class ClientProtocol(asyncio.Protocol):
             raise HeadOverflow()            # varnishd: past its buffer, the head is cut off unanswered
         if size > params.http_req_hdr_len:
             raise RequestTooLarge("header too long")
-        if len(self._fields) >= params.http_max_hdr:
+        if len(self._fields) >= params.http_max_hdr - START_LINE_SLOTS:
             raise RequestTooLarge("too many headers")
         field = name.decode("utf-8", "surrogateescape")     # http1.text(), inlined: per header
         # llhttp keeps the blanks that end a value; varnishd strips them
@@ -548,7 +569,10 @@ class ClientProtocol(asyncio.Protocol):
                 expect = field[1]
         if hosts > 1:
             # one Host for VCL and the hash, another for the backend: cache poisoning
-            raise RequestTooLarge("duplicate Host header")
+            method = self._method_override or text(self.parser.get_method())
+            raise RefusedAfterDissect("Multiple Host: headers", method, text(self._url), "HTTP/" + version,
+                                      [(f[0], f[1]) for f in fields],
+                                      len(method) + len(version) + 11 + self._head_size)
         if length is not None and length >= 1 << 63:
             raise RequestTooLarge("Content-Length out of range")
         # Request smuggling shapes: llhttp refuses CL+TE and duplicate Content-Length itself.
@@ -620,7 +644,7 @@ class ClientProtocol(asyncio.Protocol):
         """Malformed input: Varnish's bare 400, then close. Nothing else is answered."""
         self.server.counters.client_req_400 += 1
         self.close_reason = "sc_rx_junk"       # varnishd: a request it cannot dissect is junk
-        reason = bogo_header(head) if head else None
+        reason = self._bogo_header(head) if head else None
         if reason is not None:
             # a request line fine, a header line not: varnishd's request transaction for it
             # (varnishd reads the whole head before it looks; we answer when llhttp refuses, so
@@ -630,6 +654,25 @@ class ClientProtocol(asyncio.Protocol):
             self._refusal_log = self._refusal_transaction(
                 [("BogoHeader", reason), ("HttpGarbage", method)], "400", "Bad Request", size, len(BAD_REQUEST))
         self._refuse(BAD_REQUEST)
+
+    def refuse_dissected(self, refused: RefusedAfterDissect) -> None:
+        """cnt_transport's refusals: the request counted and logged, a bare 400, close (RX_BAD)."""
+        counters = self.server.counters
+        counters.client_req += 1
+        counters.client_req_400 += 1
+        self.close_reason = "sc_rx_bad"
+        ip = self.client_ip
+        records = [("ReqStart", f"{ip.addr} {ip.port} {self.listen_name}"), ("ReqMethod", refused.method),
+                   ("ReqURL", refused.url), ("ReqProtocol", refused.proto),
+                   *(("ReqHeader", f"{name}: {value}") for name, value in refused.fields),
+                   ("BogoHeader", refused.bogo)]
+        self._refusal_log = self._refusal_transaction(records, "400", "Bad Request", refused.head_bytes,
+                                                      len(BAD_REQUEST), vcl=True)
+        self._refuse(BAD_REQUEST)
+
+    def _bogo_header(self, head: bytes) -> str | None:
+        params = self.server.params
+        return bogo_header(head, params.http_req_hdr_len, params.http_max_hdr)
 
     def _refusal_transaction(self, records: list, status: str, reason: str, head_bytes: int,
                              sent: int, vcl: bool = False) -> tuple[int, list]:
@@ -915,10 +958,31 @@ class _CachedBody:
         self.size = size
 
 
-# The close reasons varnishd counts as errors (tbl/sess_close.h): sess_closed_err, not sess_closed.
-_CLOSE_ERR = frozenset({"sc_rx_bad", "sc_rx_body", "sc_rx_junk", "sc_rx_overflow", "sc_rx_timeout",
-                        "sc_tx_error", "sc_overload", "sc_pipe_overflow", "sc_range_short",
+# The close reasons varnishd counts as errors (tbl/sess_close.h) in sess_closed_err.
+_CLOSE_ERR = frozenset({"sc_req_http10", "sc_rx_bad", "sc_rx_body", "sc_rx_junk", "sc_rx_overflow",
+                        "sc_rx_timeout", "sc_tx_error", "sc_overload", "sc_pipe_overflow", "sc_range_short",
                         "sc_req_http20", "sc_vcl_failure"})
+# sess_closed counts the sessions closed when a request is done (varnishd's H1CLEANUP), whatever the
+# reason; these are the closes while waiting for a request (http1_wait), which it does not count.
+_CLOSE_WAITING = frozenset({"sc_rem_close", "sc_rx_close_idle", "sc_rx_timeout", "sc_rx_overflow"})
+
+
+def _duplicate_content_length(raw: bytes | None, exc: Exception) -> RefusedAfterDissect | None:
+    """llhttp refuses a second Content-Length as it reads it; varnishd reads the whole head, then
+    answers it as cnt_transport does. None unless that is the error and the head is all here."""
+    if raw is None or "Duplicate Content-Length" not in str(exc):
+        return None
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = text(raw[:end]).split("\r\n")
+    method, _, rest = lines[0].partition(" ")
+    url, _, proto = rest.rpartition(" ")
+    fields = []
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields.append((name, value.strip(" \t")))
+    return RefusedAfterDissect("Multiple Content-Length: headers", method, url, proto, fields, end + 4)
 
 
 class _Counter:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from email.utils import parsedate_to_datetime
 
 from vcl.runtime import Context, Headers
+from vmods.vnum import date_postel, parse_http_date
 
 # Statuses RFC2616_Ttl gives a TTL to; others get -1 (uncacheable by the built-in VCL).
 _CACHEABLE = frozenset({200, 203, 204, 300, 301, 304, 404, 410, 414})
@@ -61,23 +61,23 @@ def header_field(value: str, name: str) -> str | None | bool:
 
 # Dates parsed lately: a backend's Date changes once a second and its Expires seldom, and parsing one
 # costs more than the rest of compute_ttl. Cleared when full.
-_DATES: dict[str, float | None] = {}
+_DATES: dict[tuple[str, bool], float | None] = {}
 _DATES_MAX = 64
 
 
 def parse_date(text: str | None) -> float | None:
+    """VTIM_parse, strict as varnishd (exact case, two-digit day, GMT) unless feature
+    http_date_postel; None when it does not parse."""
     if not text:
         return None
-    when = _DATES.get(text, _DATES)
+    key = (text, date_postel())
+    when = _DATES.get(key, _DATES)
     if when is not _DATES:
         return when
-    try:
-        when = parsedate_to_datetime(text).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        when = None
+    when = parse_http_date(text) or None
     if len(_DATES) >= _DATES_MAX:
         _DATES.clear()
-    _DATES[text] = when
+    _DATES[key] = when
     return when
 
 

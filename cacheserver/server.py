@@ -23,6 +23,7 @@ from cacheserver.workers import WorkerPools
 from vcl.compiler import CompiledVCL, compile_vcl
 from vcl.errors import VCLError
 from vcl.runtime import Action, Context
+from vmods.vnum import set_date_postel
 
 log = logging.getLogger("cacheserver")
 
@@ -263,6 +264,8 @@ class Server:
                                                 sock=sock.dup())
             self._listeners.append(listener)
         self.workers.start()
+        # varnishd's child reads feature http_date_postel when it starts (VTIM_postel), not later
+        set_date_postel("+http_date_postel" in self.params.feature.split(","))
         self.counters.mgt_child_start += 1
         self.child_started_at = time.time()   # MAIN.uptime counts from here, MGT.uptime from __init__
 
@@ -272,9 +275,10 @@ class Server:
         for listener in listeners:
             listener.close()
         if listeners:
-            # varnishd's child takes its cache with it when it stops
+            # varnishd's child takes its cache with it when it stops, and its backend connections
             for oc in self.storage.objects():
                 self.storage.remove(oc)
+            self.backend_pools.close()
         for session in list(self.sessions):
             session.close()
 

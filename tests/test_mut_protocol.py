@@ -71,8 +71,9 @@ def test_an_idle_keepalive_connection_is_closed_after_timeout_idle(start):
         assert closed_by_server(sock)
         assert time.monotonic() - t0 >= 0.3
     # after a request as before any (varnishd 7.1 counts both as sc_rx_close_idle, checked with varnishtest)
-    wait_for(lambda: c.sess_closed == 1, what="the close")
-    assert c.sc_rx_close_idle == 1 and c.sc_rx_timeout == 0 and c.sess_closed_err == 0
+    wait_for(lambda: c.sc_rx_close_idle == 1, what="the close")
+    # closed while waiting for a request: not in sess_closed (varnishd counts it at request end)
+    assert c.sc_rx_timeout == 0 and c.sess_closed_err == 0 and c.sess_closed == 0
 
 
 def test_a_head_that_trickles_in_is_a_receive_timeout(start):
@@ -152,13 +153,14 @@ def test_a_long_session_flushes_its_log_in_parts(start):
         assert 60 <= len(links) < 70
 
 
-@pytest.mark.parametrize("request_bytes, counter", [
-    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "client_req_400"),
-    (b"HEAD / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx", "client_req_400"),
-    (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", "client_req_417"),
-    (b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n", "client_req_400"),
+@pytest.mark.parametrize("request_bytes, counter, close", [
+    # a duplicate Host is refused after the request was read and counted (varnishd's RX_BAD)
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "client_req_400", "sc_rx_bad"),
+    (b"HEAD / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx", "client_req_400", "sc_rx_junk"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", "client_req_417", "sc_rx_junk"),
+    (b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n", "client_req_400", "sc_rx_junk"),
 ])
-def test_refused_requests_are_answered_after_the_ones_before_them(start, request_bytes, counter):
+def test_refused_requests_are_answered_after_the_ones_before_them(start, request_bytes, counter, close):
     srv = start()
     c = srv.server.counters
     with srv.connect() as sock:
@@ -168,9 +170,9 @@ def test_refused_requests_are_answered_after_the_ones_before_them(start, request
     lines = status_lines(data)
     refusal = b"HTTP/1.1 417 Expectation Failed" if counter == "client_req_417" else status(BAD_REQUEST)
     assert lines == [b"HTTP/1.1 200 GET /1", b"HTTP/1.1 200 GET /2", refusal]
-    wait_for(lambda: c.sc_rx_junk == 1, what="sc_rx_junk")
+    wait_for(lambda: getattr(c, close) == 1, what=close)
     assert getattr(c, counter) == 1 and c.sess_closed_err == 1
-    assert c.client_req == 2 + (counter == "client_req_417")
+    assert c.client_req == 2 + (counter == "client_req_417" or close == "sc_rx_bad")
 
 
 @pytest.mark.parametrize("param, value, request_bytes", [

@@ -505,10 +505,14 @@ def test_parse_date_remembers_what_it_parsed_and_stays_bounded():
     memory of them never grows past its bound."""
     rfc2616._DATES.clear()
     assert parse_date("Sun, 06 Nov 1994 08:49:37 GMT") == 784111777.0
-    assert rfc2616._DATES == {"Sun, 06 Nov 1994 08:49:37 GMT": 784111777.0}
+    assert rfc2616._DATES == {("Sun, 06 Nov 1994 08:49:37 GMT", False): 784111777.0}
     assert parse_date("Sun, 06 Nov 1994 08:49:37 GMT") == 784111777.0
     assert parse_date("not a date") is None and parse_date("not a date") is None
     assert parse_date("") is None and parse_date(None) is None
+    # parsed as VTIM_parse: exact case, two-digit day, GMT only
+    assert parse_date("sun, 06 Nov 1994 08:49:37 GMT") is None
+    assert parse_date("Sun, 6 Nov 1994 08:49:37 GMT") is None
+    assert parse_date("Sun, 06 Nov 1994 08:49:37 UTC") is None
     for n in range(3 * rfc2616._DATES_MAX):
         assert parse_date(formatdate(1_000_000 + n, usegmt=True)) == 1_000_000 + n
         assert len(rfc2616._DATES) <= rfc2616._DATES_MAX

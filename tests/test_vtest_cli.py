@@ -206,3 +206,34 @@ def test_p_passes_a_parameter_to_varnishd(tmp_path, write):
     os.chmod(tmp_path, 0o755)
     r = vtest("-p", "default_ttl=42", "--varnishd", REAL_VARNISHD, write("p.vtc", text), cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:]
+
+
+def test_rxrespbody_keeps_what_a_max_read_took_and_expect_speaks_pcre(tmp_path, write):
+    # vtc_http.c: the body read so far stays across rxrespbody calls, so bodylen counts it all;
+    # expect's ~ is PCRE, POSIX classes included.
+    r = vtest(write("b.vtc", """varnishtest "partial body reads"
+server s1 {
+	rxreq
+	txresp -nolen -hdr "Transfer-Encoding: chunked"
+	chunkedlen 100
+	chunkedlen 100
+	chunkedlen 0
+	rxreq
+	txresp -bodylen 300
+} -start
+client c1 -connect ${s1_sock} {
+	txreq
+	rxresphdrs
+	rxrespbody -max 100
+	expect resp.bodylen == 100
+	rxrespbody
+	expect resp.bodylen == 200
+	txreq
+	rxresphdrs
+	rxrespbody -max 120
+	rxrespbody
+	expect resp.bodylen == 300
+	expect resp.http.content-length ~ "^[[:digit:]]{3}$"
+} -run
+"""), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:]

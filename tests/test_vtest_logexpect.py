@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vtest.errors import TestFailure
-from vtest.logexpect import ALT, ANY, LAST, _parse_varnishlog, _Test, pcre
+from vtest.logexpect import ALT, ANY, LAST, _parse_varnishlog, _Test, pcre, tag_by_name
 
 
 def test_pcre_quoting():
@@ -36,3 +36,18 @@ def test_expect_fields():
     for bad in (["x", "1", "End"], ["0", "-1", "End"], ["0", "1", "NoSuchTag"], ["0", "1"]):
         with pytest.raises(TestFailure):
             _Test(bad, "expect")
+
+
+def test_pcre_posix_classes():
+    assert pcre("^[[:xdigit:]]{4}$").match("0aF9")
+    assert not pcre("^[[:xdigit:]]{4}$").match("0aG9")
+
+
+def test_tag_names_as_vsl_name2tag():
+    # VSL_Name2Tag: any case, or a prefix only one tag starts with.
+    assert tag_by_name("BeReqURL") == "BereqURL"
+    assert tag_by_name("requrl") == "ReqURL"
+    assert tag_by_name("BereqUR") == "BereqURL"
+    assert tag_by_name("Bereq") is None          # BereqMethod, BereqURL, ...: not unique
+    assert tag_by_name("Link") == "Link"
+    assert _Test(["0", "1", "berequrl"], "expect").tag == "BereqURL"

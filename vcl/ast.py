@@ -60,6 +60,12 @@ class DurationLit(Expr):
 
 
 @dataclass(eq=False)
+class BlobLit(Expr):
+    value: bytes
+    text: str
+
+
+@dataclass(eq=False)
 class BytesLit(Expr):
     value: float
     text: str

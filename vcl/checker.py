@@ -23,7 +23,7 @@ from vmods import ObjectType, UnknownVmod, Vmod
 BACKEND_FIELDS = {
     "host": "STRING", "port": "STRING", "host_header": "STRING", "path": "STRING",
     "connect_timeout": "DURATION", "first_byte_timeout": "DURATION", "between_bytes_timeout": "DURATION",
-    "max_connections": "INT", "probe": "PROBE", "proxy_header": "INT",
+    "max_connections": "INT", "probe": "PROBE", "proxy_header": "INT", "preamble": "BLOB",
 }
 PROBE_FIELDS = {
     "url": "STRING", "request": "STRING", "expected_response": "INT", "timeout": "DURATION",
@@ -461,7 +461,7 @@ class Checker(ExprChecker, XrefChecker):
             self._uint_token(value)
         elif ftype == "DURATION":
             self._duration_tokens(value)
-        literal = (ast.StringLit, ast.IntLit, ast.RealLit, ast.DurationLit, ast.BytesLit, ast.UnitLit)
+        literal = (ast.StringLit, ast.IntLit, ast.RealLit, ast.DurationLit, ast.BytesLit, ast.UnitLit, ast.BlobLit)
         if not isinstance(value, literal):
             raise VCLError(f"Expected a constant {ftype} for .{attr.name}", value.pos)
         saved, self.cur = self.cur, SubInfo("<decl>", [])

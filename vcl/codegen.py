@@ -446,7 +446,7 @@ class CodeGen:
             return repr(e.value)
         if isinstance(e, ast.DurationLit):
             return repr(e.seconds)
-        if isinstance(e, ast.BytesLit):
+        if isinstance(e, (ast.BytesLit, ast.BlobLit)):
             return repr(e.value)
         if isinstance(e, ast.Name):
             return self._name(e)

@@ -257,6 +257,9 @@ class ExprChecker:
                 return self.atom(self._glued_bytes(e), fmt)
             e.type = "DURATION"
             return e
+        if isinstance(e, ast.BlobLit):
+            e.type = "BLOB"
+            return e
         if isinstance(e, ast.BytesLit):
             unit = e.text.lstrip("0123456789.")
             at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(e.text) - len(unit), len(unit))

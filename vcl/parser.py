@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from functools import lru_cache
@@ -289,6 +291,15 @@ class _ToAst(Transformer):
         unit = text.lstrip("0123456789.")
         self._number(tok, text[: -len(unit)])
         return ast.BytesLit(self._p(tok), float(text[: -len(unit)]) * BYTES_UNITS[unit], text)
+
+    def blob_lit(self, children):
+        tok = children[0]
+        text = str(tok)
+        try:
+            value = base64.b64decode(text[1:-1], validate=True)
+        except (binascii.Error, ValueError):
+            raise VCLError("Illegal BLOB character:", self._p(tok)) from None
+        return ast.BlobLit(self._p(tok), value, text)
 
     def name(self, children):
         tok = children[0]

@@ -270,8 +270,16 @@ def set_resp_do_esi(ctx, value: bool) -> None:
     """resp.do_esi = false turns ESI processing off for this delivery (req->disable_esi); too late
     once VCL has set resp.filters, as in varnishd."""
     if ctx.resp_filters is not None:
-        raise VCLFailure("resp.filters are already established, cannot set resp.do_esi")
+        raise VCLFailure("resp.filters are already fixed, resp.do_esi is undefined")
     ctx.esi = bool(value)
+
+
+def set_beresp_vfp_flag(ctx, name: str, value: bool) -> None:
+    """beresp.do_esi/do_gzip/do_gunzip choose the fetch filters: too late once VCL has set
+    beresp.filters (VRT_l_beresp_*: the flag would be undefined). do_stream is not one of them."""
+    if ctx.beresp_filters is not None:
+        raise VCLFailure(f"beresp.filters are already fixed, beresp.{name} is undefined")
+    setattr(ctx, name, value)
 
 
 def body_set(ctx, text: str) -> None:

@@ -220,6 +220,7 @@ class BackendSpec:
     live: object = None
     path: str | None = None          # .path: a Unix domain socket instead of host/port
     proxy_header: int = 0            # .proxy_header: PROXY protocol version to send (0: none)
+    preamble: bytes = b""            # .preamble: sent first on every new connection
 
     def __str__(self) -> str:
         return self.name

@@ -236,6 +236,19 @@ class _Cursor:
             self.must(ch)
 
 
+# feature http_date_postel (varnishd's VTIM_postel, process-wide): "Sun, 6 Nov 1994 ..." also parses.
+_postel = False
+
+
+def set_date_postel(on: bool) -> None:
+    global _postel
+    _postel = on
+
+
+def date_postel() -> bool:
+    return _postel
+
+
 def parse_http_date(s: str | None) -> float:
     """VTIM_parse: RFC 1123, RFC 850, asctime() or ISO 8601 ("1994-11-06T08:49:37"), all UTC; 0 when
     the text is none of them (so the epoch itself does not parse, as in varnishd)."""
@@ -259,7 +272,7 @@ def parse_http_date(s: str | None) -> float:
             if c.peek() == ",":
                 c.i += 1
                 c.must(" ")
-                mday = c.digits(2)
+                mday = c.digits(1 if _postel and s[c.i + 1:c.i + 2] == " " else 2)
                 c.must(" ")
                 month = c.word(_MONTHS) + 1
                 c.must(" ")

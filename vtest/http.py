@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import IOFailure, TestFailure, TestSkip
 from .log import EntityLog
 from .parse import split_commands
+from .pcre import pcre
 
 if TYPE_CHECKING:
     from .context import TestContext
@@ -81,7 +82,7 @@ def compare(lhs: str | None, op: str, rhs: str | None) -> bool | None:
     cr = "<undef>" if rhs is None else rhs
     if op in ("~", "!~"):
         try:
-            hit = re.search(cr, cl) is not None
+            hit = pcre(cr).search(cl) is not None
         except re.error as e:
             raise TestFailure(f"Regexp error: {e} in {cr!r}") from e
         return hit if op == "~" else not hit
@@ -285,8 +286,9 @@ class Http:
                     n = int(cl)
                 except ValueError as e:
                     raise TestFailure(f"Bad Content-Length: {cl!r}") from e
+                n = max(n - len(self.body), 0)        # what an earlier "-max" read left
                 if max_len:
-                    n = min(n - len(self.body), max_len) if n > len(self.body) else 0
+                    n = min(n, max_len)
                 self.body += self.rx_bytes(n)
             elif until_eof:
                 self.body += self.rx_until_eof()
@@ -481,8 +483,8 @@ class Http:
                 i += 2
             else:
                 raise TestFailure(f"Unknown http rxrespbody spec: {av[i]}")
-        if not max_len:
-            self.body = b""
+        # The body read so far stays (vtc_http.c): after "rxrespbody -max N", a plain rxrespbody
+        # reads the rest and resp.bodylen counts all of it.
         self.swallow_body(self.resp_hdrs, self._resp_has_body_until_eof(), max_len)
 
     def cmd_rxchunk(self, av: list[str]) -> None:

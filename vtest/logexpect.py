@@ -14,24 +14,28 @@ import threading
 import time
 from collections.abc import Iterator
 
-from cacheserver.vsl import TAG_SET, LogError, Record, VslReader
+from cacheserver.vsl import TAGS, LogError, Record, VslReader
 from cacheserver.vslq import GROUPINGS, Query, QueryError, TagFilter, format_raw, groups_of
 
 from .context import TestContext
 from .errors import TestFailure
 from .log import EntityLog
 from .parse import split_commands
+from .pcre import pcre
 
 ANY = -1
 LAST = -2
 ALT = -3                          # expect ?: one of a run of alternatives, seen in any order
 
-_QUOTED = re.compile(r"\\Q(.*?)(?:\\E|$)", re.S)
 
-
-def pcre(pattern: str) -> re.Pattern:
-    """A varnishtest (PCRE) regex in Python's dialect: \\Q...\\E quoting is the difference that shows."""
-    return re.compile(_QUOTED.sub(lambda m: re.escape(m.group(1)), pattern))
+def tag_by_name(name: str) -> str | None:
+    """VSL_Name2Tag: a tag named in any case, or by a prefix only one tag has; None if neither."""
+    low = name.lower()
+    found = [t for t in TAGS if t.lower().startswith(low)]
+    for t in found:
+        if len(t) == len(name):
+            return t
+    return found[0] if len(found) == 1 else None
 
 
 class _Test:
@@ -59,10 +63,11 @@ class _Test:
             self.tag: str | int = ANY
         elif tag == "=":
             self.tag = LAST
-        elif tag in TAG_SET:
-            self.tag = tag
         else:
-            raise TestFailure(f"Unknown tag name: '{tag}'")
+            named = tag_by_name(tag)
+            if named is None:
+                raise TestFailure(f"Unknown tag name: '{tag}'")
+            self.tag = named
         self.regex = None
         if len(av) > 3:
             try:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from .cli_client import CliConnection, auth_response
 from .errors import TestFailure
 from .log import EntityLog
+from .pcre import pcre
 
 if TYPE_CHECKING:
     from .context import TestContext
@@ -440,7 +441,7 @@ class Varnish:
             elif a == "-cliexpect":
                 _, body = self.ask(arg(2))
                 try:
-                    hit = re.search(arg(), body)
+                    hit = pcre(arg()).search(body)
                 except re.error as e:
                     raise TestFailure(f"Bad -cliexpect regexp: {e}") from e
                 if not hit:
