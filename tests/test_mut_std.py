@@ -86,6 +86,23 @@ RECORDED = [
     ("std.bytes(real=0.5, fallback=7B)", "0"), ('std.time(s="1", fallback=now)', "Thu, 01 Jan 1970 00:00:01 GMT"),
     ('"" + std.strftime(std.time(integer=0), "")', ""),
     ('std.ip("localhost", std.ip("9.9.9.9", client.ip), true)', "127.0.0.1"),
+    ('std.ip("localhost", std.ip("9.9.9.9", client.ip), false)', "9.9.9.9"),
+    # the ends of the ranges: INT to -VRT_INTEGER_MAX, BYTES from a REAL to 2**53 - 1 (7B: the fallback)
+    ("std.integer(real=-999999999999.0 * 1000.0 - 999, fallback=7)", "-999999999999999"),
+    ("std.integer(real=-999999999999.0 * 1000.0 - 1000, fallback=7)", "7"),
+    ('(std.bytes(s="9007199254740991", fallback=7B) == 7B)', "true"),
+    ("(std.bytes(real=9007199254.0 * 1000000.0 + 740991, fallback=7B) == 7B)", "false"),
+    ("(std.bytes(real=9007199254.0 * 1000000.0 + 740992, fallback=7B) == 7B)", "true"),
+    ("std.syntax(4.1)", "true"), ("std.syntax(4.0)", "true"), ("std.syntax(4.2)", "false"),
+    ("std.getenv(req.http.unset)", ""), ('std.getenv("")', ""), ("std.ban_error()", ""),
+    # fnmatch(3) in the C locale: one byte per '?', ASCII classes; blanks are pattern characters
+    ('std.fnmatch("?", "\u00e9")', "false"), ('std.fnmatch("[[:alpha:]]", "\u00e9")', "false"),
+    ('std.fnmatch("??", "\u00e9")', "true"), ('std.fnmatch("a b", "a")', "false"), ('std.fnmatch(" ", " ")', "true"),
+    ('std.fnmatch("", "")', "true"),
+    ('std.querysort("/?ab&a")', "/?ab&a"), ('std.querysort("/a&b&")', "/a&b&"),
+    ('std.querysort("/?\u00e9&a&z")', "/?\u00e9&a&z"),
+    ('std.port(std.ip("1.2.3.4", client.ip, p="0"))', "0"), ('std.port(std.ip("1.2.3.4", client.ip))', "80"),
+    ('std.strftime(std.real2time(999999999999.0 * 999999999999.0, now), "%Y")', ""),
 ]
 # (statement, the task's VCL_Error) as varnishd 7.1.1 logged them
 FAILURES = [
@@ -95,16 +112,22 @@ FAILURES = [
     ('std.time(s="1", real=1.0)', "std.time: too many arguments"),
     ('std.integer(s="1", bool=true)', "std.integer: too many arguments"),
 ]
-SYNTH = "".join(f"\tset resp.http.x{i} = {expr};\n" for i, (expr, _) in enumerate(RECORDED))
+# in two responses (varnishtest's client takes 64 header lines), chosen by req.http.part
+SYNTH = "".join(f'\tif (req.http.part == "{part}") {{\n'
+                + "".join(f"\t\tset resp.http.x{i} = {expr};\n" for i, (expr, _) in enumerate(RECORDED) if i // 40 == part)
+                + "\t}\n" for part in (0, 1))
 
 
 def test_values_varnishd_gave():
     compiled = compile_vcl(f"vcl 4.1;\nimport std;\nbackend default none;\nsub vcl_synth {{\n{SYNTH}}}\n", "v.vcl")
-    req = HttpMessage("GET", "/")
-    ctx = Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200), vcl=compiled, now=1000.0,
-                  client_ip=IP("192.0.2.1", 1234))
-    compiled.subs["vcl_synth"](ctx)
-    assert [(expr, ctx.resp.headers.get(f"x{i}")) for i, (expr, _) in enumerate(RECORDED)] == RECORDED
+    got = {}
+    for part in ("0", "1"):
+        req = HttpMessage("GET", "/", headers=Headers([("part", part)]))
+        ctx = Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200), vcl=compiled,
+                      now=1000.0, client_ip=IP("192.0.2.1", 1234))
+        compiled.subs["vcl_synth"](ctx)
+        got.update((name, value) for name, value in ctx.resp.headers.items() if name.startswith("x"))
+    assert [(expr, got.get(f"x{i}")) for i, (expr, _) in enumerate(RECORDED)] == RECORDED
 
 
 @pytest.mark.parametrize("sep, joined", [('""', "a, b"), ("req.http.unset", "a, b"), ('"-"', "a-b"), (None, "a, b")])
@@ -126,19 +149,26 @@ def test_failures_varnishd_logged(expr, message):
 
 
 
+def vtc_text(shown: str) -> str:
+    """A header value as varnishtest -v shows it (bytes outside ASCII as \\xNN), as our strings hold it."""
+    raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), shown.encode())
+    return raw.decode("utf-8", "surrogateescape")
+
+
 @pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
 def test_recorded_values_are_varnishds():
     vtc = ('varnishtest "std"\nvarnish v1 -vcl {\n\timport std;\n\tbackend default none;\n'
            "\tsub vcl_recv { return (synth(200)); }\n\tsub vcl_synth {\n" + SYNTH + "\t}\n} -start\n"
-           "client c1 {\n\ttxreq\n\trxresp\n} -run\n")
+           'client c1 {\n\ttxreq -hdr "part: 0"\n\trxresp\n} -run\n')
     # each failure in a request of its own (vxid 1003, 1005, ...): the task fails with a VCL_Error
     vtc = vtc.replace("\tsub vcl_recv { return (synth(200)); }",
                       "\tsub vcl_recv {\n" + "".join(f'\t\tif (req.url == "/{i}") {{ set req.http.x = {expr}; }}\n'
                                                    for i, (expr, _) in enumerate(FAILURES, start=1))
                       + "\t\treturn (synth(200));\n\t}")
     vtc += "".join(f"client c{i + 1} {{\n\ttxreq -url /{i}\n\trxresp\n}} -run\n" for i in range(1, len(FAILURES) + 1))
+    vtc += 'client c99 {\n\ttxreq -hdr "part: 1"\n\trxresp\n} -run\n'
     out = run_varnishtest(vtc, "std")
-    got = dict(re.findall(r"c1 +rxhdr\|x(\d+): (.*?)\\r$", out, re.M))
+    got = {i: vtc_text(v) for i, v in re.findall(r"c(?:1|99) +rxhdr\|x(\d+): (.*?)\\r$", out, re.M)}
     assert [(expr, got.get(str(i))) for i, (expr, _) in enumerate(RECORDED)] == RECORDED
     errors = dict(re.findall(r"vsl\| +(\d+) VCL_Error +c (.*)$", out, re.M))
     assert [(expr, errors.get(str(1001 + 2 * i))) for i, (expr, _) in enumerate(FAILURES, start=1)] == FAILURES

@@ -110,6 +110,14 @@ _libc_fnmatch = _libc.fnmatch
 _libc_fnmatch.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int)
 _libc_fnmatch.restype = ctypes.c_int
 _FNM_PATHNAME, _FNM_NOESCAPE, _FNM_PERIOD = 1, 2, 4
+# varnishd matches bytes in the C locale ("?" is one byte, [[:alpha:]] ASCII letters); Python runs
+# in the environment's (UTF-8) locale, so each call switches its thread to a C locale.
+_libc.newlocale.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_libc.newlocale.restype = ctypes.c_void_p
+_libc.uselocale.argtypes = (ctypes.c_void_p,)
+_libc.uselocale.restype = ctypes.c_void_p
+_LC_CTYPE_MASK, _LC_COLLATE_MASK = 1 << 0, 1 << 3       # glibc's category masks
+_C_LOCALE = _libc.newlocale(_LC_CTYPE_MASK | _LC_COLLATE_MASK, b"C", None)
 
 
 @VMOD.func("fnmatch", "BOOL", [Param("pattern", "STRING"), Param("subject", "STRING"),
@@ -126,7 +134,11 @@ def fnmatch(ctx: Context, pattern: str | None, subject: str | None, pathname: bo
     # C strings end at the first NUL
     pat = pattern.encode("utf-8", "surrogateescape").split(b"\0", 1)[0]
     sub = subject.encode("utf-8", "surrogateescape").split(b"\0", 1)[0]
-    return _libc_fnmatch(pat, sub, flags) == 0
+    previous = _libc.uselocale(_C_LOCALE)
+    try:
+        return _libc_fnmatch(pat, sub, flags) == 0
+    finally:
+        _libc.uselocale(previous)
 
 
 # ------------------------------------------------------------------ files
