@@ -172,3 +172,120 @@ def test_recorded_values_are_varnishds():
     assert [(expr, got.get(str(i))) for i, (expr, _) in enumerate(RECORDED)] == RECORDED
     errors = dict(re.findall(r"vsl\| +(\d+) VCL_Error +c (.*)$", out, re.M))
     assert [(expr, errors.get(str(1001 + 2 * i))) for i, (expr, _) in enumerate(FAILURES, start=1)] == FAILURES
+
+
+# std on headers as they came from the wire: raw bytes (our strings hold them surrogate-escaped), and
+# std.collect, which varnishd does in place: the first field keeps its place and spelling, and nothing is
+# logged (no BereqUnset / BereqHeader records)
+WIRE_BERESP = [("Q", "/p?b\\xff&\\x80a&~z&a~&ab&a"), ("S", "\\xe9t\\xff"), ("One", "1"), ("After", "2")]
+WIRE_BEREQ = [("x-A", "1"), ("Foo", "2"), ("X-A", "3"), ("Bar", "4")]
+WIRE_VCL = """
+	sub vcl_backend_fetch { std.collect(bereq.http.X-a); }
+	sub vcl_backend_response {
+		std.collect(beresp.http.one);
+		set beresp.http.q2 = std.querysort(beresp.http.Q);
+		set beresp.http.f1 = std.fnmatch("??t?", beresp.http.S);
+		set beresp.http.f2 = std.fnmatch("?t?", beresp.http.S);
+		set beresp.http.f3 = std.fnmatch("*", beresp.http.S);
+		set beresp.http.f4 = std.fnmatch(beresp.http.S, beresp.http.S);
+	}
+"""
+# varnishd 7.1.1: what the backend received, and the response's headers after the first four
+WIRE_SENT = [("x-A", "1, 3"), ("Foo", "2"), ("Bar", "4")]
+WIRE_ANSWERS = [("q2", "/p?\\x80a&ab&a~&a&b\\xff&~z"), ("f1", "false"), ("f2", "true"), ("f3", "true"), ("f4", "true")]
+
+
+def test_std_on_wire_headers():
+    vcl = compile_vcl("vcl 4.1;\nimport std;\nbackend default none;\n" + WIRE_VCL, "wire.vcl")
+    bereq = HttpMessage("GET", "/", headers=Headers(WIRE_BEREQ))
+    records: list = []
+    bereq.headers.log_to(records, "BereqHeader", "BereqUnset")
+    beresp = HttpMessage(status=200, headers=Headers([(k, vtc_text(v)) for k, v in WIRE_BERESP]))
+    beresp.headers.log_to(records, "BerespHeader", "BerespUnset")
+    logged = len(records)
+    ctx = Context(method="vcl_backend_fetch", bereq=bereq, vcl=vcl)
+    vcl.subs["vcl_backend_fetch"](ctx)
+    assert bereq.headers.items() == WIRE_SENT
+    ctx = Context(method="vcl_backend_response", bereq=bereq, beresp=beresp, vcl=vcl)
+    vcl.subs["vcl_backend_response"](ctx)
+    assert beresp.headers.items()[:4] == [(k, vtc_text(v)) for k, v in WIRE_BERESP]
+    assert beresp.headers.items()[4:] == [(k, vtc_text(v)) for k, v in WIRE_ANSWERS]
+    assert [tag for tag, _ in records[logged:]] == ["BerespHeader"] * len(WIRE_ANSWERS)
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_std_on_wire_headers_is_varnishds():
+    resp = " ".join(f'-hdr "{k}: {v}"' for k, v in WIRE_BERESP)
+    req = " ".join(f'-hdr "{k}: {v}"' for k, v in WIRE_BEREQ)
+    vtc = (f'varnishtest "std wire"\nserver s1 {{\n\trxreq\n\ttxresp {resp}\n}} -start\n'
+           f"varnish v1 -vcl+backend {{\n\timport std;\n{WIRE_VCL}}} -start\n"
+           f"client c1 {{\n\ttxreq {req}\n\trxresp\n}} -run\n")
+    out = run_varnishtest(vtc, "wire")
+    sent = re.findall(r"s1 +rxhdr\|([\w-]+): (.*?)\\r$", out, re.M)
+    assert sent[:3] == WIRE_SENT
+    answers = re.findall(r"c1 +rxhdr\|([\w-]+): (.*?)\\r$", out, re.M)
+    assert answers[:4] == WIRE_BERESP
+    assert [(k, v) for k, v in answers if k in dict(WIRE_ANSWERS)] == WIRE_ANSWERS
+    fetch_log = re.findall(r"vsl\| +1002 (Bereq\w+|Beresp\w+) +b (.*)$", out, re.M)
+    assert [rec for rec in fetch_log if rec[0] in ("BereqUnset", "BerespUnset")] == []
+    assert [rec[1] for rec in fetch_log if rec[0] == "BereqHeader"][:4] == [f"{k}: {v}" for k, v in WIRE_BEREQ]
+
+
+# std.healthy() of a backend (host, Unix socket, none) and of directors over them, as the admin health
+# changes (backend.set_health): varnishd 7.1.1's answers, one row per state
+HEALTH_VCL = """
+	import std;
+	import directors;
+	backend h { .host = "127.0.0.1"; .port = "9"; }
+	backend u { .path = "/tmp/nosuch.sock"; }
+	backend n none;
+	sub vcl_init {
+		new rh = directors.round_robin();
+		rh.add_backend(h);
+		new ru = directors.round_robin();
+		ru.add_backend(u);
+		new fb = directors.fallback();
+		fb.add_backend(h);
+		fb.add_backend(u);
+	}
+	sub vcl_recv { return (synth(200)); }
+	sub vcl_synth {
+		set resp.http.h = std.healthy(h);
+		set resp.http.u = std.healthy(u);
+		set resp.http.n = std.healthy(n);
+		set resp.http.rh = std.healthy(rh.backend());
+		set resp.http.ru = std.healthy(ru.backend());
+		set resp.http.ru2 = ru.backend().resolve();
+		set resp.http.fb = fb.backend().resolve();
+	}
+"""
+HEALTH_STEPS = [((), "true true false true true u h"),
+                ((("h", "sick"),), "false true false false true u u"),
+                ((("u", "sick"), ("h", "healthy")), "true false false true false  h")]
+HEALTH_COLUMNS = ("h", "u", "n", "rh", "ru", "ru2", "fb")
+
+
+def test_healthy_backends_and_directors():
+    from cacheserver.backends import set_admin_health
+
+    vcl = compile_vcl("vcl 4.1;\n" + HEALTH_VCL, "healthy.vcl")
+    assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
+    for changes, want in HEALTH_STEPS:
+        for name, state in changes:
+            set_admin_health(vcl.backends[name], state)
+        req = HttpMessage("GET", "/")
+        ctx = Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200), vcl=vcl)
+        vcl.subs["vcl_synth"](ctx)
+        assert " ".join(ctx.resp.headers.get(c) or "" for c in HEALTH_COLUMNS) == want
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_healthy_answers_are_varnishds():
+    vtc = f'varnishtest "healthy"\nvarnish v1 -vcl {{{HEALTH_VCL}}} -start\n'
+    for changes, _ in HEALTH_STEPS:
+        vtc += "".join(f'varnish v1 -cliok "backend.set_health {name} {state}"\n' for name, state in changes)
+        vtc += "client c1 {\n\ttxreq\n\trxresp\n} -run\n"
+    out = run_varnishtest(vtc, "healthy")
+    values = [v for k, v in re.findall(r"c1 +rxhdr\|(\w+): (.*?)\\r$", out, re.M) if k in HEALTH_COLUMNS]
+    n = len(HEALTH_COLUMNS)
+    assert [" ".join(values[i:i + n]) for i in range(0, len(values), n)] == [want for _, want in HEALTH_STEPS]

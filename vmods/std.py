@@ -49,10 +49,16 @@ def round_(ctx: Context, r: float) -> float:
 def collect(ctx: Context, hdr: HeaderRef, sep: str | None = ", ") -> None:
     if ctx.obj is not None and hdr.message is ctx.obj:
         raise VCLFailure("std.collect(): header argument can not be used here")
-    values = hdr.message.headers.get_all(hdr.name)
+    headers = hdr.message.headers
+    values = headers.get_all(hdr.name)
     if len(values) > 1:
-        # an empty or unset separator is ", " (http_CollectHdrSep), as varnishd 7.1.1 answers
-        hdr.message.headers.set(hdr.name, (sep or ", ").join(values))
+        # an empty or unset separator is ", " (http_CollectHdrSep), as varnishd 7.1.1 answers; the
+        # fields are joined in place, and varnishd logs no Unset/Header records for it
+        vsl, headers.vsl = headers.vsl, None
+        try:
+            headers.set(hdr.name, (sep or ", ").join(values))
+        finally:
+            headers.vsl = vsl
 
 
 def _signed_chars(b: bytes) -> list[int]:
