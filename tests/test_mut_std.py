@@ -7,7 +7,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from inproc import inproc_cache_factory
 from real_varnishtest import VARNISHTEST, run_varnishtest
+from test_cache_support import read_message
 
 from vcl.compiler import compile_vcl
 from vcl.runtime import IP, Context, Headers, HttpMessage, VCLFailure
@@ -289,3 +291,110 @@ def test_healthy_answers_are_varnishds():
     values = [v for k, v in re.findall(r"c1 +rxhdr\|(\w+): (.*?)\\r$", out, re.M) if k in HEALTH_COLUMNS]
     n = len(HEALTH_COLUMNS)
     assert [" ".join(values[i:i + n]) for i in range(0, len(values), n)] == [want for _, want in HEALTH_STEPS]
+
+
+make = pytest.fixture(inproc_cache_factory)
+
+# std.ban() and std.ban_error() in one task: the last ban's error, "" when it was added (varnishd 7.1.1)
+BAN_SYNTH = """
+	set resp.http.x0 = std.ban_error();
+	set resp.http.x1 = std.ban("obj.status == 200") + ":" + std.ban_error();
+	set resp.http.x2 = std.ban("nosuch == 1") + ":" + std.ban_error();
+	set resp.http.x3 = std.ban("req.url == /x") + ":" + std.ban_error();
+	set resp.http.x4 = std.ban_error();
+"""
+BAN_ANSWERS = {"x0": "", "x1": "true:", "x2": 'false:Unknown or unsupported field "nosuch"', "x3": "true:",
+               "x4": ""}
+BAN_VCL = "\timport std;\n\tsub vcl_recv { return (synth(200)); }\n\tsub vcl_synth {" + BAN_SYNTH + "\t}\n"
+
+
+def test_ban_and_ban_error(make):
+    cache, _ = make("vcl 4.1;\nBACKEND\n" + BAN_VCL)
+    status, headers, _ = cache.get("/")
+    assert status == 200
+    assert {k: headers.get(k) for k in BAN_ANSWERS} == BAN_ANSWERS
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_ban_answers_are_varnishds():
+    vtc = ('varnishtest "ban"\nvarnish v1 -vcl {\n\tbackend default none;\n' + BAN_VCL + "} -start\n"
+           "client c1 {\n\ttxreq\n\trxresp\n} -run\n")
+    answers = dict(re.findall(r"c1 +rxhdr\|(x\d): (.*?)\\r$", run_varnishtest(vtc, "ban"), re.M))
+    assert answers == BAN_ANSWERS
+
+
+def test_late_100_continue_holds_the_interim_response(make):
+    """std.late_100_continue(true): no 100 Continue after vcl_recv; (false) takes it back."""
+    cache, _ = make('vcl 4.1;\nimport std;\nBACKEND\nsub vcl_recv {\n std.late_100_continue(true);\n'
+                    ' if (req.url == "/early") { std.late_100_continue(false); }\n return (synth(403)); }\n')
+    with cache.proc.connect() as sock:
+        sock.sendall(b"POST /late HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        head, _ = read_message(sock)
+    assert head.startswith(b"HTTP/1.1 403 ")
+    with cache.proc.connect() as sock:
+        sock.sendall(b"POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        head, _ = read_message(sock)
+    assert head == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _Transport:
+    def __init__(self, sock) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str):
+        return self.sock if name == "socket" else None
+
+
+class _Session:
+    def __init__(self, sock) -> None:
+        self.transport = _Transport(sock) if sock is not None else None
+
+
+@pytest.mark.parametrize("family", ["AF_INET", "AF_INET6", "AF_UNIX", None])
+def test_set_ip_tos_on_the_client_socket(family):
+    """IP_TOS on IPv4, IPV6_TCLASS on IPv6 (vmod_std.c); nothing on another socket or without one."""
+    import socket
+
+    vcl = compile_vcl("vcl 4.1;\nimport std;\nbackend b none;\nsub vcl_recv { std.set_ip_tos(40); }\n", "t.vcl")
+    sock = socket.socket(getattr(socket, family), socket.SOCK_STREAM) if family else None
+    try:
+        vcl.subs["vcl_recv"](Context(method="vcl_recv", req=HttpMessage("GET", "/"), session=_Session(sock)))
+        if family == "AF_INET":
+            assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_TOS) == 40
+        elif family == "AF_INET6":
+            assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS) == 40
+            assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_TOS) == 0
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def test_timestamp_records(monkeypatch):
+    """std.timestamp(LABEL): "LABEL: now since-the-task's-start since-the-last-timestamp"; "" logs nothing."""
+    from vmods import std
+
+    clock = iter([1000.5, 1002.25, 1003.0])
+    monkeypatch.setattr(std, "_time", type("Clock", (), {"time": staticmethod(lambda: next(clock))}))
+    vcl = compile_vcl('vcl 4.1;\nimport std;\nbackend b none;\nsub vcl_recv { std.timestamp("a"); '
+                      'std.timestamp(""); std.timestamp("b"); }\nsub vcl_backend_fetch { std.timestamp("c"); }\n',
+                      "ts.vcl")
+    ctx = Context(method="vcl_recv", req=HttpMessage("GET", "/"), vcl=vcl, req_time=1000.0)
+    ctx.log = []
+    vcl.subs["vcl_recv"](ctx)
+    assert ctx.log == [("Timestamp", "a: 1000.500000 0.500000 0.500000"),
+                       ("Timestamp", "b: 1002.250000 2.250000 1.750000")]
+    ctx = Context(method="vcl_backend_fetch", bereq=HttpMessage("GET", "/"), vcl=vcl, bereq_time=1001.0)
+    ctx.log = []
+    vcl.subs["vcl_backend_fetch"](ctx)
+    assert ctx.log == [("Timestamp", "c: 1003.000000 2.000000 2.000000")]
+
+
+def test_fileread_keeps_the_files_bytes(tmp_path):
+    """std.fileread(): the file as it is, bytes that are no UTF-8 included (a C string in varnishd)."""
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"a\xffb\xc3\xa9")
+    vcl = compile_vcl(f'vcl 4.1;\nimport std;\nbackend b none;\nsub vcl_recv {{ set req.http.x = std.fileread("{path}"); }}\n',
+                      "f.vcl")
+    req = HttpMessage("GET", "/")
+    vcl.subs["vcl_recv"](Context(method="vcl_recv", req=req, vcl=vcl))
+    assert req.headers.get("x").encode("utf-8", "surrogateescape") == b"a\xffb\xc3\xa9"

@@ -137,9 +137,8 @@ def fnmatch(ctx: Context, pattern: str | None, subject: str | None, pathname: bo
         raise VCLFailure("std.fnmatch(): subject is NULL")
     flags = (_FNM_PATHNAME if pathname else 0) | (_FNM_NOESCAPE if noescape else 0) | \
         (_FNM_PERIOD if period else 0)
-    # C strings end at the first NUL
-    pat = pattern.encode("utf-8", "surrogateescape").split(b"\0", 1)[0]
-    sub = subject.encode("utf-8", "surrogateescape").split(b"\0", 1)[0]
+    pat = pattern.encode("utf-8", "surrogateescape")       # C reads each up to a NUL
+    sub = subject.encode("utf-8", "surrogateescape")
     previous = _libc.uselocale(_C_LOCALE)
     try:
         return _libc_fnmatch(pat, sub, flags) == 0
@@ -459,10 +458,6 @@ def late_100_continue(ctx: Context, late: bool) -> None:
 @VMOD.func("set_ip_tos", "VOID", [Param("tos", "INT")])
 def set_ip_tos(ctx: Context, tos: int) -> None:
     """IP_TOS (IPv4) or IPV6_TCLASS (IPv6) on the client connection, for what is sent from now on."""
-    hook = getattr(ctx.session, "set_ip_tos", None)
-    if hook is not None:
-        hook(tos)
-        return
     transport = getattr(ctx.session, "transport", None)
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
