@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from inproc import inproc_cache_factory
 from real_varnishtest import VARNISHTEST, run_varnishtest
+from test_cache_support import read_message
 
 from cacheserver.backends import set_admin_health
 from vcl.compiler import compile_vcl
@@ -219,3 +221,190 @@ def test_init_settings_are_varnishds():
     answers = dict(re.findall(r"c1 +rxhdr\|(\w+): (.*?)\\r$", out, re.M))
     assert {k: answers.get(k) for k in INIT_ANSWERS} == INIT_ANSWERS
     assert re.findall(r"vsl\| +0 Notice +- (.*)$", out, re.M) == INIT_NOTICES
+
+
+# round_robin, fallback (sticky, members removed around the current one), hash and random by weight, lookup():
+# what varnishd 7.1.1 chose, request by request, as admin health changes between them
+SIMPLE_VCL = """import directors;
+import std;
+backend s1 { .host = "127.0.0.1"; .port = "9"; }
+backend s2 { .host = "127.0.0.1"; .port = "9"; }
+backend s3 { .host = "127.0.0.1"; .port = "9"; }
+sub vcl_init {
+	new rr = directors.round_robin();
+	rr.add_backend(s1);
+	rr.add_backend(s2);
+	rr.add_backend(s3);
+	new er = directors.round_robin();
+	er.remove_backend(s1);
+	new fa = directors.fallback(sticky=true);
+	new fb = directors.fallback(sticky=true);
+	new fc = directors.fallback(sticky=true);
+	new fd = directors.fallback();
+	fa.add_backend(s1);
+	fa.add_backend(s2);
+	fa.add_backend(s3);
+	fb.add_backend(s1);
+	fb.add_backend(s2);
+	fb.add_backend(s3);
+	fc.add_backend(s1);
+	fc.add_backend(s2);
+	fc.add_backend(s3);
+	fd.add_backend(s1);
+	fd.add_backend(s2);
+	new hw = directors.hash();
+	hw.add_backend(s1, 3142119087.0);
+	hw.add_backend(s2, 1152848209.0);
+	new h0 = directors.hash();
+	h0.add_backend(s1, 0.0);
+	new rd = directors.random();
+	rd.add_backend(s3, 1.0);
+	new lk = directors.round_robin();
+	lk.add_backend(directors.lookup("s2"));
+}
+sub vcl_recv { return (synth(200)); }
+sub vcl_synth {
+	if (req.url == "/rr") {
+		set resp.http.x = rr.backend().resolve() + ":" + rr.backend().resolve();
+		rr.remove_backend(s1);
+		set resp.http.x = resp.http.x + ":" + rr.backend().resolve() + ":" + rr.backend().resolve() + ":"
+			+ er.backend().resolve();
+	}
+	if (req.url == "/all") {
+		set resp.http.x = fa.backend().resolve() + ":" + fb.backend().resolve() + ":" + fd.backend().resolve()
+			+ ":" + hw.backend("a") + ":" + h0.backend("a") + ":" + rd.backend().resolve() + ":"
+			+ lk.backend().resolve() + ":" + std.healthy(rd.backend()) + ":" + std.healthy(fd.backend());
+	}
+	if (req.url == "/fc") {
+		set resp.http.x = fc.backend().resolve();
+	}
+	if (req.url == "/rm") {
+		fa.remove_backend(s1);
+		fb.remove_backend(s2);
+		fc.remove_backend(s3);
+		set resp.http.x = fa.backend().resolve() + ":" + fb.backend().resolve() + ":" + fc.backend().resolve();
+	}
+}
+"""
+# (admin health changes, url) in turn
+SIMPLE_STEPS = [((), "/rr"), ((), "/all"), ((("s1", "sick"), ("s3", "sick")), "/all"), ((("s2", "sick"), ("s3", "healthy")), "/fc"),
+                ((("s1", "healthy"), ("s2", "healthy")), "/rm"), ((), "/all")]
+SIMPLE_ANSWERS = ["s1:s2:s3:s3:", "s1:s1:s1:s2::s3:s2:true:true", "s2:s2:s2:s2:::s2:false:true", "s3", "s2:s3:s1",
+                  "s2:s3:s1:s2::s3:s2:true:true"]
+
+
+def test_simple_directors_choose_what_varnishd_chose():
+    vcl = compile_vcl("vcl 4.1;\n" + SIMPLE_VCL, "simple.vcl")
+    assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
+    answers = []
+    for changes, url in SIMPLE_STEPS:
+        for name, state in changes:
+            set_admin_health(vcl.backends[name], state)
+        req = HttpMessage("GET", url)
+        ctx = Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200), vcl=vcl)
+        vcl.subs["vcl_synth"](ctx)
+        answers.append(ctx.resp.headers.get("x"))
+    assert answers == SIMPLE_ANSWERS
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_simple_directors_answers_are_varnishds():
+    vtc = 'varnishtest "simple directors"\nvarnish v1 -vcl {\n' + SIMPLE_VCL + "} -start\n"
+    for changes, url in SIMPLE_STEPS:
+        vtc += "".join(f'varnish v1 -cliok "backend.set_health {name} {state}"\n' for name, state in changes)
+        vtc += f"client c1 {{\n\ttxreq -url {url}\n\trxresp\n}} -run\n"
+    assert re.findall(r"c1 +rxhdr\|x: (.*?)\\r$", run_varnishtest(vtc, "simple"), re.M) == SIMPLE_ANSWERS
+
+
+# shard_param in a backend task: set() and clear() change the task's copy, which the shard associated
+# with it reads, the getters read it, and the client side keeps the vcl_init values (varnishd 7.1.1;
+# a set() in vcl_recv fails the task: the second request's 503). `id` removes members by ident and by
+# backend. Each header is one line of values joined with ':'.
+PARAM_VCL = ("import directors;\nimport blob;\n" + BACKENDS + """sub vcl_init {
+	new p = directors.shard_param();
+	p.set(by=KEY, key=5, alt=0, healthy=IGNORE);
+	new sh = directors.shard();
+	sh.add_backend(s1);
+	sh.add_backend(s2);
+	sh.add_backend(s3);
+	sh.add_backend(s4);
+	sh.reconfigure();
+	sh.associate(p.use());
+	new q = directors.shard_param();
+	new id = directors.shard();
+	id.add_backend(s1, ident="a");
+	id.add_backend(s2, ident="b");
+	id.add_backend(s3);
+	id.add_backend(s4, ident="d");
+	id.remove_backend(ident="a");
+	id.remove_backend(s4);
+	id.reconfigure();
+	id.associate();
+}
+sub vcl_recv {
+	if (req.url == "/set") {
+		p.set(alt=1);
+	}
+	return (pass);
+}
+sub vcl_backend_fetch {
+	set bereq.http.a = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":"
+		+ p.get_healthy() + ":" + p.get_rampup() + ":" + p.get_warmup();
+	p.set(alt=1, warmup=0.5, rampup=false, healthy=ALL);
+	set bereq.http.b = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":"
+		+ p.get_healthy() + ":" + p.get_rampup() + ":" + p.get_warmup();
+	p.set(by=BLOB, key_blob=blob.decode(HEX, encoded="deadbeef"), alt=2);
+	set bereq.http.c = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by();
+	p.clear();
+	set bereq.http.d = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":"
+		+ p.get_healthy();
+	q.set(by=URL);
+	set bereq.http.e = q.get_by() + ":" + q.get_key() + ":" + sh.backend(param=q.use()) + ":"
+		+ sh.backend(by=KEY, key=3000000000, param=q.use());
+	set bereq.backend = sh.backend(resolve=LAZY, alt=3);
+	set bereq.http.f = bereq.backend.resolve() + ":" + id.backend(by=KEY, key=1) + id.backend(by=KEY, key=2000000000)
+		+ id.backend(by=KEY, key=4000000000);
+	return (error(200));
+}
+sub vcl_backend_error {
+	set beresp.http.a = bereq.http.a;
+	set beresp.http.b = bereq.http.b;
+	set beresp.http.c = bereq.http.c;
+	set beresp.http.d = bereq.http.d;
+	set beresp.http.e = bereq.http.e;
+	set beresp.http.f = bereq.http.f;
+	set beresp.http.g = p.get_alt() + ":" + p.get_by();
+}
+sub vcl_deliver {
+	set resp.http.h = p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":" + p.get_healthy();
+}
+""")
+PARAM_ANSWERS = [("x", {"a": "s1:0:5:KEY:IGNORE:true:-1.000", "b": "s4:1:5:KEY:ALL:false:0.500",
+                         "c": "s3:2:3735928559:BLOB", "d": "s1:0:5:KEY:IGNORE", "e": "URL:234549860:s3:s2",
+                         "f": "s2:s2s3s3", "g": "0:KEY", "h": "0:5:KEY:IGNORE"}),
+                 ("set", 503)]
+
+make = pytest.fixture(inproc_cache_factory)
+
+
+def test_shard_param_in_backend_tasks(make):
+    cache, _ = make("vcl 4.1;\n" + PARAM_VCL)
+    answers = []
+    for url in ("/x", "/set"):
+        with cache.proc.connect() as sock:    # the Host varnishtest sends: by=HASH reads the request's hash
+            sock.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            head, _ = read_message(sock)
+        lines = head.decode().split("\r\n")
+        fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+        answers.append((url[1:], {k: fields.get(k) for k in PARAM_ANSWERS[0][1]} if url == "/x" else int(lines[0][9:12])))
+    assert answers == PARAM_ANSWERS
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_shard_param_answers_are_varnishds():
+    vtc = ('varnishtest "shard params"\nvarnish v1 -vcl {\n' + PARAM_VCL + "} -start\n"
+           "client c1 {\n\ttxreq -url /x\n\trxresp\n\ttxreq -url /set\n\trxresp\n\texpect resp.status == 503\n} -run\n")
+    out = run_varnishtest(vtc, "params")
+    assert dict(re.findall(r"c1 +rxhdr\|([a-h]): (.*?)\\r$", out, re.M)) == PARAM_ANSWERS[0][1]
+    assert re.findall(r"vsl\| +\d+ VCL_Error +c (.*)$", out, re.M) == [
+        "vmod_directors: shard p: shard_param.set() may only be used in vcl_init and in backend/pipe context"]
