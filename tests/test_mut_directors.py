@@ -408,3 +408,106 @@ def test_shard_param_answers_are_varnishds():
     assert dict(re.findall(r"c1 +rxhdr\|([a-h]): (.*?)\\r$", out, re.M)) == PARAM_ANSWERS[0][1]
     assert re.findall(r"vsl\| +\d+ VCL_Error +c (.*)$", out, re.M) == [
         "vmod_directors: shard p: shard_param.set() may only be used in vcl_init and in backend/pipe context"]
+
+
+# vcl_init failures (vcl.load answers 'Failed initialization' with the message), varnishd 7.1.1's words
+INIT_FAILURES = [
+    ('sh.associate(blob.decode(encoded="x"));', "vmod_directors: shard sh: shard .associate param invalid"),
+    ("sh.remove_backend();", "vmod_directors: shard sh: .remove_backend(): either backend or ident are required"),
+]
+
+
+def init_failure_vcl(stmt: str) -> str:
+    return ('import directors;\nimport blob;\nbackend s1 { .host = "127.0.0.1"; .port = "9"; }\n'
+            f"sub vcl_init {{\n\tnew sh = directors.shard();\n\tsh.add_backend(s1);\n\t{stmt}\n}}\n")
+
+
+@pytest.mark.parametrize("stmt, message", INIT_FAILURES)
+def test_init_failures(stmt, message):
+    vcl = compile_vcl("vcl 4.1;\n" + init_failure_vcl(stmt), "fail.vcl")
+    init = Context(method="vcl_init", vcl=vcl)
+    init.log = []
+    assert vcl.init(init).name == "fail"
+    assert init.log == [("VCL_Error", message)]
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_init_failures_are_varnishds():
+    vtc = 'varnishtest "init failures"\nvarnish v1 -vcl {backend default none;} -start\n'
+    out = run_varnishtest(vtc + "".join(f"varnish v1 -errvcl {{{message}}} {{\n{init_failure_vcl(stmt)}}}\n"
+                                        for stmt, message in INIT_FAILURES), "initfail")
+    assert re.findall(r"CLI RX\|\\t(vmod_directors: .*)$", out, re.M) == [message for _, message in INIT_FAILURES]
+
+
+# sh.debug(5): the lookup and the rampup/warmup lines, written at once under vxid 0 as varnishd 7.1.1
+# writes them (VSL(SLT_Debug, 0, ...)); the seconds since each backend changed vary
+DEBUG_VCL = """import directors;
+backend s1 { .host = "127.0.0.1"; .port = "9"; }
+backend s2 { .host = "127.0.0.1"; .port = "9"; }
+sub vcl_init {
+	new sh = directors.shard();
+	sh.add_backend(s1);
+	sh.add_backend(s2);
+	sh.reconfigure(replicas=2);
+	sh.debug(5);
+}
+sub vcl_recv { return (synth(200)); }
+sub vcl_synth {
+	set resp.http.a = sh.backend(by=KEY, key=7);
+}
+"""
+DEBUG_LINES = ["vmod_directors: shard: lookup key 7 idx 0 host 1",
+               "vmod_directors: shard: chosen host 1 rampup 0.000000 changed S",
+               "vmod_directors: shard: alt host 0 rampup 0.000000 changed S"]
+
+
+def _seconds_masked(lines: list[str]) -> list[str]:
+    return [re.sub(r"changed \d+\.\d{6}$", "changed S", line) for line in lines]
+
+
+def test_shard_debug_lines(make):
+    cache, _ = make("vcl 4.1;\n" + DEBUG_VCL)
+    kinds = []
+    write = cache.proc.log.write
+    cache.proc.log.write = lambda vxid, kind, records, tail=b"": (kinds.append((vxid, kind)), write(vxid, kind, records, tail))
+    status, headers, _ = cache.get("/")
+    assert (status, headers.get("a")) == (200, "s2")
+    lines = [text for vxid, tag, text in list(cache.proc.log.records) if tag == "Debug" and "shard" in text]
+    assert _seconds_masked(lines) == DEBUG_LINES
+    assert kinds.count((0, "-")) == len(DEBUG_LINES)
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_shard_debug_lines_are_varnishds():
+    vtc = ('varnishtest "shard debug"\nvarnish v1 -vcl {\n' + DEBUG_VCL + "} -start\n"
+           "client c1 {\n\ttxreq\n\trxresp\n} -run\n")
+    lines = re.findall(r"vsl\| +0 Debug +- (vmod_directors: shard.*)$", run_varnishtest(vtc, "debug"), re.M)
+    assert _seconds_masked(lines) == DEBUG_LINES
+
+
+def test_shard_report_rampup():
+    """backend.list -p's shard rows (vmod_shard_list): a healthy backend that changed 0.25 s ago with a 7 s
+    rampup is at 3.57% with 6.750 s left, as varnishd 7.1.1 listed it; one with its own rampup of 0 s is
+    done; a sick one is at 0. Members in ring order after a removal: the last fills the hole."""
+    vcl = compile_vcl("vcl 4.1;\nimport directors;\n" + BACKENDS + """sub vcl_init {
+	new sh = directors.shard();
+	sh.set_rampup(7s);
+	sh.add_backend(s1, ident="a");
+	sh.add_backend(s2, ident="b", rampup=0s);
+	sh.add_backend(s3);
+	sh.add_backend(s4, rampup=2s);
+	sh.remove_backend(ident="a");
+	sh.reconfigure();
+}
+""", "report.vcl")
+    assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
+    for name in ("s2", "s3", "s4"):
+        set_admin_health(vcl.backends[name], "healthy")
+        vcl.backends[name].live.changed = 1000.0
+    set_admin_health(vcl.backends["s2"], "sick")
+    vcl.backends["s2"].live.changed = 1000.0
+    rows = vcl.instances["sh"].report(1000.25)
+    assert [(name, ident, ok, f"{100 * done:6.2f}%", f"{left:8.3f}s") for name, ident, ok, done, left in rows] == [
+        ("s4", "s4", True, " 12.50%", "   1.750s"), ("s2", "b", False, "  0.00%", "   0.000s"),
+        ("s3", "s3", True, "  3.57%", "   6.750s")]
+    assert vcl.instances["sh"].report(1010.0)[2][3:] == (1.0, 0.0)
