@@ -65,7 +65,21 @@ class ExprChecker:
             r = self.tobool(r)
             if r.type == "BOOL":
                 return r
-        raise VCLError(f"Expression has type {r.type}, expected {fmt}", e.pos)
+        raise VCLError(f"Expression has type {self._type_name(r)}, expected {fmt}", e.pos)
+
+    def _type_name(self, e: ast.Expr) -> str:
+        """A type as VCC names it: an object instance by its vmod and object ("directors.round_robin")."""
+        ref = getattr(e, "ref", None)
+        if e.type == "INSTANCE" and ref and ref[0] == "instance":
+            return self._object_type(self.instances[ref[1]])
+        return e.type or "?"
+
+    def _object_type(self, obj: ObjectType) -> str:
+        for vmod in self.vmods.values():
+            for name, known in vmod.objects.items():
+                if known is obj:
+                    return f"{vmod.name}.{name}"
+        return obj.name
 
     def tostring(self, e: ast.Expr) -> ast.Expr:
         if e.type == "STRING":
@@ -133,6 +147,8 @@ class ExprChecker:
                 t = self.add(e.right, "STRING").type
                 raise VCLError(f"Expression has type {t}, expected ACL", e.right.pos)
             key = e.right.name.lower()   # declared names match case-insensitively, as in VCC
+            if key == "default":
+                raise VCLError("Symbol 'default' is a reserved word.", e.right.pos)
             if key not in self.acls:
                 self._not_an_acl(e.right)
             self._ref("acl", key, e.right.pos)
@@ -362,7 +378,11 @@ class ExprChecker:
         name = e.name
         if name in ("regsub", "regsuball"):
             short = 0 < len(e.args) < 3 and e.close_pos is not None
-            if (len(e.args) != 3 and not short) or any(a.name for a in e.args):
+            named = next((a for a in e.args[:3] if a.name), None)
+            if named is not None:
+                # VCC reads each argument as an expression: `s="b"` starts with an unknown symbol
+                raise VCLError(f"Symbol not found: '{named.name}'", named.pos)
+            if len(e.args) != 3 and not short:
                 raise VCLError(f"{name}() takes three arguments: string, regex, substitution", e.pos)
             subject = self.expr0(e.args[0].value, "STRING")
             if len(e.args) > 1:
@@ -386,7 +406,8 @@ class ExprChecker:
             obj = self.instances[head]
             method = obj.methods.get(rest)
             if method is None:
-                raise VCLError(f"Unknown method '{rest}' for object '{head}'", e.pos)
+                at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1, len(rest))
+                raise VCLError(f"Unknown property '{rest}' for type {self._object_type(obj)}", at)
             self._bind_args(e, method, name)
             e.ref = ("method", head, method)
             return self._func_result(e, method, statement)
@@ -400,8 +421,11 @@ class ExprChecker:
             func = vmod.functions.get(rest) or vmod.functions.get(rest.lower())
             if func is None:
                 if rest in vmod.objects:
-                    raise VCLError(f"Symbol '{name}' is an object type: use it with 'new' in vcl_init",
-                                   e.pos)
+                    if statement:       # VCC stops at the '(' after the name
+                        raise VCLError("Symbol cannot be used here.",
+                                       ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(name)))
+                    raise VCLError(f"Symbol '{head}' type (object) can not be used in expression.",
+                                   ast.Pos(e.pos.file, e.pos.line, e.pos.col, len(head)))
                 if rest.partition(".")[0] in vmod.objects:
                     # vmod.object.method(): VCC finds the object's constructor, then a '.' it cannot use
                     raise VCLError("Syntax error.While compiling function call:", e.pos)
@@ -440,7 +464,12 @@ class ExprChecker:
                 return e
         if e.target is not None:
             target = self.atom(e.target, "STRING")
-            raise VCLError(f"Unknown property '{method}' for type {target.type}", e.pos)
+            raise VCLError(f"Unknown property '{method}' for type {_strings(target.type)}", e.pos)
+        if base and symbols.lookup(base, self.version, self.storages) is not None:
+            # VCC reads the variable, then `.method` as a property of its type
+            target = self._name(ast.Name(e.pos, base), "STRING")
+            at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(base) + 1, len(method))
+            raise VCLError(f"Unknown property '{name.rpartition('.')[2]}' for type {_strings(target.type)}", at)
         raise VCLError(f"Symbol not found: '{name}'", e.pos)
 
     def _func_result(self, e: ast.Call, func: Func, statement: bool) -> ast.Expr:
@@ -503,6 +532,11 @@ class ExprChecker:
         if ptype == "SUB":
             raise VCLError("SUB arguments are not supported", value.pos)
         return self.expr0(value, ptype)     # HEADER and HTTP too: "Expression has type STRING, expected HTTP"
+
+
+def _strings(type_: str | None) -> str:
+    """A string expression's type as VCC names it in "Unknown property" (STRINGS)."""
+    return "STRINGS" if type_ == "STRING" else str(type_)
 
 
 def _fold_literal(e: ast.Expr) -> ast.Expr:
