@@ -398,3 +398,15 @@ def test_fileread_keeps_the_files_bytes(tmp_path):
     req = HttpMessage("GET", "/")
     vcl.subs["vcl_recv"](Context(method="vcl_recv", req=req, vcl=vcl))
     assert req.headers.get("x").encode("utf-8", "surrogateescape") == b"a\xffb\xc3\xa9"
+
+
+def test_syslog_passes_priority_and_text(monkeypatch):
+    """std.syslog(priority, s): syslog(3) with that priority (LOG_USER|LOG_NOTICE = 13 here) and text."""
+    from vmods import std
+
+    sent = []
+    monkeypatch.setattr(std._syslog, "syslog", lambda *args: sent.append(args))
+    vcl = compile_vcl('vcl 4.1;\nimport std;\nbackend b none;\nsub vcl_recv { std.syslog(13, "a" + req.url); }\n',
+                      "s.vcl")
+    vcl.subs["vcl_recv"](Context(method="vcl_recv", req=HttpMessage("GET", "/x"), vcl=vcl))
+    assert sent == [(13, "a/x")]
