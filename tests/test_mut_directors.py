@@ -354,7 +354,10 @@ sub vcl_backend_fetch {
 	set bereq.http.b = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":"
 		+ p.get_healthy() + ":" + p.get_rampup() + ":" + p.get_warmup();
 	p.set(by=BLOB, key_blob=blob.decode(HEX, encoded="deadbeef"), alt=2);
-	set bereq.http.c = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by();
+	set bereq.http.c = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":"
+		+ p.get_healthy() + ":" + p.get_rampup() + ":" + p.get_warmup();
+	set bereq.backend = sh.backend(resolve=LAZY, by=HASH);
+	set bereq.http.i = bereq.backend.resolve() + ":" + sh.backend(resolve=NOW);
 	p.clear();
 	set bereq.http.d = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":"
 		+ p.get_healthy();
@@ -374,14 +377,16 @@ sub vcl_backend_error {
 	set beresp.http.e = bereq.http.e;
 	set beresp.http.f = bereq.http.f;
 	set beresp.http.g = p.get_alt() + ":" + p.get_by();
+	set beresp.http.i = bereq.http.i;
 }
 sub vcl_deliver {
 	set resp.http.h = p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":" + p.get_healthy();
 }
 """)
 PARAM_ANSWERS = [("x", {"a": "s1:0:5:KEY:IGNORE:true:-1.000", "b": "s4:1:5:KEY:ALL:false:0.500",
-                         "c": "s3:2:3735928559:BLOB", "d": "s1:0:5:KEY:IGNORE", "e": "URL:234549860:s3:s2",
-                         "f": "s2:s2s3s3", "g": "0:KEY", "h": "0:5:KEY:IGNORE"}),
+                         "c": "s3:2:3735928559:BLOB:IGNORE:true:-1.000", "d": "s3:0:5:KEY:IGNORE",
+                         "e": "URL:234549860:s3:s2", "f": "s2:s2s3s3", "g": "0:KEY", "h": "0:5:KEY:IGNORE",
+                         "i": "s2:s2"}),
                  ("set", 503)]
 
 make = pytest.fixture(inproc_cache_factory)
@@ -405,7 +410,7 @@ def test_shard_param_answers_are_varnishds():
     vtc = ('varnishtest "shard params"\nvarnish v1 -vcl {\n' + PARAM_VCL + "} -start\n"
            "client c1 {\n\ttxreq -url /x\n\trxresp\n\ttxreq -url /set\n\trxresp\n\texpect resp.status == 503\n} -run\n")
     out = run_varnishtest(vtc, "params")
-    assert dict(re.findall(r"c1 +rxhdr\|([a-h]): (.*?)\\r$", out, re.M)) == PARAM_ANSWERS[0][1]
+    assert dict(re.findall(r"c1 +rxhdr\|([a-i]): (.*?)\\r$", out, re.M)) == PARAM_ANSWERS[0][1]
     assert re.findall(r"vsl\| +\d+ VCL_Error +c (.*)$", out, re.M) == [
         "vmod_directors: shard p: shard_param.set() may only be used in vcl_init and in backend/pipe context"]
 

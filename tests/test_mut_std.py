@@ -249,6 +249,9 @@ HEALTH_VCL = """
 		new fb = directors.fallback();
 		fb.add_backend(h);
 		fb.add_backend(u);
+		new sh = directors.shard();
+		sh.add_backend(h);
+		sh.reconfigure();
 	}
 	sub vcl_recv { return (synth(200)); }
 	sub vcl_synth {
@@ -259,12 +262,13 @@ HEALTH_VCL = """
 		set resp.http.ru = std.healthy(ru.backend());
 		set resp.http.ru2 = ru.backend().resolve();
 		set resp.http.fb = fb.backend().resolve();
+		set resp.http.sh = std.healthy(sh.backend(resolve=LAZY));
 	}
 """
-HEALTH_STEPS = [((), "true true false true true u h"),
-                ((("h", "sick"),), "false true false false true u u"),
-                ((("u", "sick"), ("h", "healthy")), "true false false true false  h")]
-HEALTH_COLUMNS = ("h", "u", "n", "rh", "ru", "ru2", "fb")
+HEALTH_STEPS = [((), "true true false true true u h true"),
+                ((("h", "sick"),), "false true false false true u u false"),
+                ((("u", "sick"), ("h", "healthy")), "true false false true false  h true")]
+HEALTH_COLUMNS = ("h", "u", "n", "rh", "ru", "ru2", "fb", "sh")
 
 
 def test_healthy_backends_and_directors():
