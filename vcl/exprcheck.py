@@ -309,7 +309,7 @@ class ExprChecker:
         # VCC resolves IP constants like std.ip(): a port may follow ("1.2.3.4:8000", "[::1] 80").
         ip = parse_ip(e.value)
         if ip is None:
-            raise VCLError(f"IP constant '\"{e.value}\"' could not be resolved to an IP address", e.pos)
+            raise VCLError(f"IP constant '\"{e.value}\"' could not be resolved to an IP address:", e.pos)
         lit = ast.IpLit(e.pos, ip.addr, ip.port)
         lit.type = "IP"
         return lit
@@ -516,6 +516,8 @@ class ExprChecker:
         if ptype == "ENUM":
             if isinstance(value, ast.Name) and value.written is not None:
                 value.name = value.written     # the parser lowered it as a symbol (blob's DEFAULT)
+            if not isinstance(_first_node(value), ast.Name):
+                raise VCLError(f"Expected ID got '{_first_token(value)}'", value.pos)     # VCC wants a word
             if not isinstance(value, ast.Name) or value.name not in param.enum:
                 choices = "\n".join("\t" + w for w in param.enum)
                 raise VCLError(f"Wrong enum value.  Expected one of:\n{choices}", value.pos)
