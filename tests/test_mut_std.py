@@ -414,3 +414,23 @@ def test_syslog_passes_priority_and_text(monkeypatch):
                       "s.vcl")
     vcl.subs["vcl_recv"](Context(method="vcl_recv", req=HttpMessage("GET", "/x"), vcl=vcl))
     assert sent == [(13, "a/x")]
+
+
+SYNTAX_40 = ("\timport std;\n\tbackend default none;\n\tsub vcl_recv { return (synth(200)); }\n"
+             "\tsub vcl_synth { set resp.http.a = std.syntax(4.0) + \":\" + std.syntax(4.1) + \":\" + std.syntax(3.9); }\n")
+
+
+def test_syntax_in_a_vcl_40():
+    """std.syntax() compares with the VCL file's version: 4.1 is more than a `vcl 4.0;` file has."""
+    vcl = compile_vcl("vcl 4.0;\n" + SYNTAX_40, "s40.vcl")
+    req = HttpMessage("GET", "/")
+    ctx = Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200), vcl=vcl)
+    vcl.subs["vcl_synth"](ctx)
+    assert ctx.resp.headers.get("a") == "true:false:true"          # varnishd 7.1.1
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_syntax_in_a_vcl_40_is_varnishds():
+    vtc = ('varnishtest "syntax 4.0"\nvarnish v1 -syntax 4.0 -vcl {\n' + SYNTAX_40 + "} -start\n"
+           "client c1 {\n\ttxreq\n\trxresp\n\texpect resp.http.a == \"true:false:true\"\n} -run\n")
+    assert re.search(r"^#    top  TEST .* passed", run_varnishtest(vtc, "syntax"), re.M)

@@ -198,11 +198,9 @@ def healthy(ctx: Context, be: object) -> bool:
     check = getattr(be, "healthy", None)
     if callable(check):
         return bool(check(ctx))
-    live = getattr(be, "live", None)
-    if live is None:
-        return getattr(be, "host", None) is not None or getattr(be, "path", None) is not None
-    flag = getattr(live, "healthy", True)
-    return bool(flag(ctx) if callable(flag) else flag)
+    if be.live is None:         # a VCL not loaded in a server: no health known, so healthy as a backend
+        return be.host is not None or be.path is not None
+    return bool(be.live.healthy)
 
 
 @VMOD.func("port", "INT", [Param("ip", "IP")])
