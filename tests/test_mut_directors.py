@@ -419,6 +419,11 @@ def test_shard_param_answers_are_varnishds():
 INIT_FAILURES = [
     ('sh.associate(blob.decode(encoded="x"));', "vmod_directors: shard sh: shard .associate param invalid"),
     ("sh.remove_backend();", "vmod_directors: shard sh: .remove_backend(): either backend or ident are required"),
+    ('sh.add_backend(directors.lookup("nosuch"));', "vmod_directors: shard sh: None backend cannot be added"),
+    ('new rr = directors.round_robin();\n\trr.add_backend(directors.lookup("nosuch"));',
+     "rr: None backend cannot be added"),
+    ('new fb = directors.fallback();\n\tfb.remove_backend(directors.lookup("nosuch"));',
+     "fb: None backend cannot be removed"),
 ]
 
 
@@ -441,7 +446,7 @@ def test_init_failures_are_varnishds():
     vtc = 'varnishtest "init failures"\nvarnish v1 -vcl {backend default none;} -start\n'
     out = run_varnishtest(vtc + "".join(f"varnish v1 -errvcl {{{message}}} {{\n{init_failure_vcl(stmt)}}}\n"
                                         for stmt, message in INIT_FAILURES), "initfail")
-    assert re.findall(r"CLI RX\|\\t(vmod_directors: .*)$", out, re.M) == [message for _, message in INIT_FAILURES]
+    assert re.findall(r"CLI RX\|\\t(.*)$", out, re.M) == [message for _, message in INIT_FAILURES]
 
 
 # sh.debug(5): the lookup and the rampup/warmup lines, written at once under vxid 0 as varnishd 7.1.1
