@@ -182,7 +182,7 @@ def test_recorded_values_are_varnishds():
 WIRE_BERESP = [("Q", "/p?b\\xff&\\x80a&~z&a~&ab&a"), ("S", "\\xe9t\\xff"), ("One", "1"), ("After", "2")]
 WIRE_BEREQ = [("x-A", "1"), ("Foo", "2"), ("X-A", "3"), ("Bar", "4")]
 WIRE_VCL = """
-	sub vcl_backend_fetch { std.collect(bereq.http.X-a); }
+	sub vcl_backend_fetch { std.collect(bereq.http.X-a); set bereq.http.after = "1"; }
 	sub vcl_backend_response {
 		std.collect(beresp.http.one);
 		set beresp.http.q2 = std.querysort(beresp.http.Q);
@@ -193,7 +193,7 @@ WIRE_VCL = """
 	}
 """
 # varnishd 7.1.1: what the backend received, and the response's headers after the first four
-WIRE_SENT = [("x-A", "1, 3"), ("Foo", "2"), ("Bar", "4")]
+WIRE_SENT = [("x-A", "1, 3"), ("Foo", "2"), ("Bar", "4"), ("after", "1")]
 WIRE_ANSWERS = [("q2", "/p?\\x80a&ab&a~&a&b\\xff&~z"), ("f1", "false"), ("f2", "true"), ("f3", "true"), ("f4", "true")]
 
 
@@ -212,7 +212,8 @@ def test_std_on_wire_headers():
     vcl.subs["vcl_backend_response"](ctx)
     assert beresp.headers.items()[:4] == [(k, vtc_text(v)) for k, v in WIRE_BERESP]
     assert beresp.headers.items()[4:] == [(k, vtc_text(v)) for k, v in WIRE_ANSWERS]
-    assert [tag for tag, _ in records[logged:]] == ["BerespHeader"] * len(WIRE_ANSWERS)
+    assert records[logged:logged + 1] == [("BereqHeader", "after: 1")]       # logging goes on after collect
+    assert [tag for tag, _ in records[logged + 1:]] == ["BerespHeader"] * len(WIRE_ANSWERS)
 
 
 @pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
@@ -224,13 +225,14 @@ def test_std_on_wire_headers_is_varnishds():
            f"client c1 {{\n\ttxreq {req}\n\trxresp\n}} -run\n")
     out = run_varnishtest(vtc, "wire")
     sent = re.findall(r"s1 +rxhdr\|([\w-]+): (.*?)\\r$", out, re.M)
-    assert sent[:3] == WIRE_SENT
+    assert [field for field in sent if field[0] in dict(WIRE_SENT)] == WIRE_SENT
     answers = re.findall(r"c1 +rxhdr\|([\w-]+): (.*?)\\r$", out, re.M)
     assert answers[:4] == WIRE_BERESP
     assert [(k, v) for k, v in answers if k in dict(WIRE_ANSWERS)] == WIRE_ANSWERS
     fetch_log = re.findall(r"vsl\| +1002 (Bereq\w+|Beresp\w+) +b (.*)$", out, re.M)
     assert [rec for rec in fetch_log if rec[0] in ("BereqUnset", "BerespUnset")] == []
     assert [rec[1] for rec in fetch_log if rec[0] == "BereqHeader"][:4] == [f"{k}: {v}" for k, v in WIRE_BEREQ]
+    assert ("BereqHeader", "after: 1") in fetch_log
 
 
 # std.healthy() of a backend (host, Unix socket, none) and of directors over them, as the admin health
@@ -434,3 +436,33 @@ def test_syntax_in_a_vcl_40_is_varnishds():
     vtc = ('varnishtest "syntax 4.0"\nvarnish v1 -syntax 4.0 -vcl {\n' + SYNTAX_40 + "} -start\n"
            "client c1 {\n\ttxreq\n\trxresp\n\texpect resp.http.a == \"true:false:true\"\n} -run\n")
     assert re.search(r"^#    top  TEST .* passed", run_varnishtest(vtc, "syntax"), re.M)
+
+
+def test_collect_of_the_cached_object_fails_the_task():
+    """std.collect(obj.http.x) in vcl_hit: VCC takes it, the task fails (varnishd 7.1.1: 503, this VCL_Error)."""
+    vcl = compile_vcl("vcl 4.1;\nimport std;\nbackend b none;\nsub vcl_hit { std.collect(obj.http.x); }\n", "h.vcl")
+    obj = HttpMessage(status=200, headers=Headers([("x", "a"), ("x", "b")]))
+    with pytest.raises(VCLFailure, match=r"^std\.collect\(\): header argument can not be used here$"):
+        vcl.subs["vcl_hit"](Context(method="vcl_hit", req=HttpMessage("GET", "/"), obj=obj, vcl=vcl))
+    req = HttpMessage("GET", "/", headers=Headers([("x", "a"), ("x", "b")]))
+    vcl = compile_vcl("vcl 4.1;\nimport std;\nbackend b none;\nsub vcl_hit { std.collect(req.http.x); }\n", "h.vcl")
+    vcl.subs["vcl_hit"](Context(method="vcl_hit", req=req, obj=obj, vcl=vcl))
+    assert req.headers.items() == [("x", "a, b")] and obj.headers.items() == [("x", "a"), ("x", "b")]
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_collect_of_the_cached_object_is_varnishds():
+    vtc = ('varnishtest "collect obj"\nserver s1 {\n\trxreq\n\ttxresp -hdr "x: a" -hdr "x: b"\n} -start\n'
+           "varnish v1 -vcl+backend {\n\timport std;\n\tsub vcl_hit { std.collect(obj.http.x); }\n} -start\n"
+           "client c1 {\n\ttxreq\n\trxresp\n\ttxreq\n\trxresp\n\texpect resp.status == 503\n} -run\n")
+    out = run_varnishtest(vtc, "cobj")
+    assert re.findall(r"vsl\| +\d+ VCL_Error +c (.*)$", out, re.M) == ["std.collect(): header argument can not be used here"]
+
+
+def test_fnmatch_leaves_the_threads_locale_as_it_was():
+    """std.fnmatch switches the thread to the C locale for the match only (uselocale(NULL) reads it)."""
+    from vmods import std
+
+    before = std._libc.uselocale(None)
+    assert std.fnmatch(None, "?", "\u00e9") is False
+    assert std._libc.uselocale(None) == before
