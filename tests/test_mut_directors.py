@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from inproc import inproc_cache_factory
+from inproc import inproc_cache_factory, wait_for
 from real_varnishtest import VARNISHTEST, run_varnishtest
 from test_cache_support import read_message
 
@@ -176,6 +176,8 @@ INIT_VCL = ("import directors;\n" + "".join(BACKENDS.splitlines(keepends=True)[:
 	new w = directors.shard();
 	w.add_backend(s1);
 	w.add_backend(s2);
+	w.set_warmup(0.5);
+	w.set_warmup(0.0);
 	w.set_warmup(0.999);
 	w.reconfigure();
 	new cl = directors.shard();
@@ -345,9 +347,15 @@ sub vcl_recv {
 	if (req.url == "/set") {
 		p.set(alt=1);
 	}
+	if (req.url == "/lookup") {
+		set req.backend_hint = directors.lookup("s1");
+	}
 	return (pass);
 }
 sub vcl_backend_fetch {
+	if (bereq.url == "/bad") {
+		p.set(by=KEY, key=-1);
+	}
 	set bereq.http.a = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":"
 		+ p.get_healthy() + ":" + p.get_rampup() + ":" + p.get_warmup();
 	p.set(alt=1, warmup=0.5, rampup=false, healthy=ALL);
@@ -358,6 +366,10 @@ sub vcl_backend_fetch {
 		+ p.get_healthy() + ":" + p.get_rampup() + ":" + p.get_warmup();
 	set bereq.backend = sh.backend(resolve=LAZY, by=HASH);
 	set bereq.http.i = bereq.backend.resolve() + ":" + sh.backend(resolve=NOW);
+	p.set(by=BLOB, key_blob=blob.decode(HEX, encoded="0102"));
+	set bereq.http.j = p.get_key();
+	p.set(by=BLOB, key_blob=blob.decode(HEX, encoded="0102030405"));
+	set bereq.http.j = bereq.http.j + ":" + p.get_key();
 	p.clear();
 	set bereq.http.d = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":"
 		+ p.get_healthy();
@@ -378,6 +390,7 @@ sub vcl_backend_error {
 	set beresp.http.f = bereq.http.f;
 	set beresp.http.g = p.get_alt() + ":" + p.get_by();
 	set beresp.http.i = bereq.http.i;
+	set beresp.http.j = bereq.http.j;
 }
 sub vcl_deliver {
 	set resp.http.h = p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":" + p.get_healthy();
@@ -386,8 +399,11 @@ sub vcl_deliver {
 PARAM_ANSWERS = [("x", {"a": "s1:0:5:KEY:IGNORE:true:-1.000", "b": "s4:1:5:KEY:ALL:false:0.500",
                          "c": "s3:2:3735928559:BLOB:IGNORE:true:-1.000", "d": "s3:0:5:KEY:IGNORE",
                          "e": "URL:234549860:s3:s2", "f": "s2:s2s3s3", "g": "0:KEY", "h": "0:5:KEY:IGNORE",
-                         "i": "s2:s2"}),
-                 ("set", 503)]
+                         "i": "s2:s2", "j": "258:16909060"}),
+                 ("set", 503), ("bad", 503), ("lookup", 503)]
+PARAM_ERRORS = ["vmod_directors: shard p: shard_param.set() may only be used in vcl_init and in backend/pipe context",
+                "vmod_directors: shard p: shard_param.set() invalid key argument -1 with by=KEY",
+                "lookup() may only be called from vcl_init / vcl_fini"]
 
 make = pytest.fixture(inproc_cache_factory)
 
@@ -395,7 +411,7 @@ make = pytest.fixture(inproc_cache_factory)
 def test_shard_param_in_backend_tasks(make):
     cache, _ = make("vcl 4.1;\n" + PARAM_VCL)
     answers = []
-    for url in ("/x", "/set"):
+    for url in ("/x", "/set", "/bad", "/lookup"):
         with cache.proc.connect() as sock:    # the Host varnishtest sends: by=HASH reads the request's hash
             sock.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             head, _ = read_message(sock)
@@ -403,16 +419,24 @@ def test_shard_param_in_backend_tasks(make):
         fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
         answers.append((url[1:], {k: fields.get(k) for k in PARAM_ANSWERS[0][1]} if url == "/x" else int(lines[0][9:12])))
     assert answers == PARAM_ANSWERS
+    def errors() -> list[str]:
+        return [text for _, tag, text in list(cache.proc.log.records) if tag == "VCL_Error"]
+
+    wait_for(lambda: len(errors()) >= len(PARAM_ERRORS), what="the tasks' VCL_Error records")    # written as tasks end
+    assert errors() == PARAM_ERRORS
 
 
 @pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
 def test_shard_param_answers_are_varnishds():
     vtc = ('varnishtest "shard params"\nvarnish v1 -vcl {\n' + PARAM_VCL + "} -start\n"
-           "client c1 {\n\ttxreq -url /x\n\trxresp\n\ttxreq -url /set\n\trxresp\n\texpect resp.status == 503\n} -run\n")
+           "client c1 {\n\ttxreq -url /x\n\trxresp\n} -run\n"     # a failed task closes the connection: one each
+           + "".join(f"client c{i} {{\n\ttxreq -url /{url}\n\trxresp\n\texpect resp.status == {status}\n}} -run\n"
+                     for i, (url, status) in enumerate(PARAM_ANSWERS[1:], start=2))
+           + "varnish v1 -vsl_catchup\n")
     out = run_varnishtest(vtc, "params")
-    assert dict(re.findall(r"c1 +rxhdr\|([a-i]): (.*?)\\r$", out, re.M)) == PARAM_ANSWERS[0][1]
-    assert re.findall(r"vsl\| +\d+ VCL_Error +c (.*)$", out, re.M) == [
-        "vmod_directors: shard p: shard_param.set() may only be used in vcl_init and in backend/pipe context"]
+    assert dict(re.findall(r"c1 +rxhdr\|([a-j]): (.*?)\\r$", out, re.M)) == PARAM_ANSWERS[0][1]
+    assert re.findall(r"vsl\| +\d+ VCL_Error +[bc] (.*)$", out, re.M) == PARAM_ERRORS
+    assert re.search(r"^#    top  TEST .* passed", out, re.M)
 
 
 # vcl_init failures (vcl.load answers 'Failed initialization' with the message), varnishd 7.1.1's words
@@ -424,6 +448,8 @@ INIT_FAILURES = [
      "rr: None backend cannot be added"),
     ('new fb = directors.fallback();\n\tfb.remove_backend(directors.lookup("nosuch"));',
      "fb: None backend cannot be removed"),
+    ('new p = directors.shard_param();\n\tnew rr = directors.round_robin();\n\trr.add_backend(directors.lookup("p"));',
+     "rr: None backend cannot be added"),
 ]
 
 
@@ -508,6 +534,10 @@ def test_shard_report_rampup():
 	sh.add_backend(s4, rampup=2s);
 	sh.remove_backend(ident="a");
 	sh.reconfigure();
+	new half = directors.shard();
+	half.set_rampup(0.5s);
+	half.add_backend(s1);
+	half.reconfigure();
 }
 """, "report.vcl")
     assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
@@ -521,3 +551,6 @@ def test_shard_report_rampup():
         ("s4", "s4", True, " 12.50%", "   1.750s"), ("s2", "b", False, "  0.00%", "   0.000s"),
         ("s3", "s3", True, "  3.57%", "   6.750s")]
     assert vcl.instances["sh"].report(1010.0)[2][3:] == (1.0, 0.0)
+    set_admin_health(vcl.backends["s1"], "healthy")
+    vcl.backends["s1"].live.changed = 1000.0
+    assert vcl.instances["half"].report(1000.25) == [("s1", "s1", True, 0.5, 0.25)]
