@@ -258,7 +258,7 @@ def test_compiles_with_varnishd():
             return subprocess.run([VARNISHD, "-C", "-f", str(path)], capture_output=True, timeout=60).returncode != 0
 
         with ThreadPoolExecutor(4) as pool:
-            failed = [name for name, bad in zip(sorted(COMPILES), pool.map(refused, sorted(COMPILES))) if bad]
+            failed = [name for name, bad in zip(sorted(COMPILES), pool.map(refused, sorted(COMPILES)), strict=True) if bad]
     assert failed == []
 
 
