@@ -466,3 +466,27 @@ def test_fnmatch_leaves_the_threads_locale_as_it_was():
     before = std._libc.uselocale(None)
     assert std.fnmatch(None, "?", "\u00e9") is False
     assert std._libc.uselocale(None) == before
+
+
+BLOBREAD_VCL = ("\timport std;\n\timport blob;\n\tbackend default none;\n\tsub vcl_recv { return (synth(200)); }\n"
+                "\tsub vcl_synth {\n"
+                '\t\tif (req.url == "/a") { set resp.http.a = blob.encode(blob=std.blobread("/nonexistent/x")); }\n'
+                '\t\tif (req.url == "/b") { set resp.http.b = blob.encode(blob=std.blobread(req.http.unset)); }\n\t}\n')
+
+
+@pytest.mark.parametrize("url, name", [("/a", "a"), ("/b", "b")])
+def test_blobread_without_a_file_is_an_empty_blob(url, name):
+    """No file, or no file name: no blob, and the task goes on (varnishd 7.1.1: an empty header, 200)."""
+    vcl = compile_vcl("vcl 4.1;\n" + BLOBREAD_VCL, "br.vcl")
+    req = HttpMessage("GET", url)
+    ctx = Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200), vcl=vcl)
+    vcl.subs["vcl_synth"](ctx)
+    assert ctx.resp.headers.get(name) == ""
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_blobread_without_a_file_is_varnishds():
+    vtc = ('varnishtest "blobread"\nvarnish v1 -vcl {\n' + BLOBREAD_VCL + "} -start\n"
+           'client c1 {\n\ttxreq -url /a\n\trxresp\n\texpect resp.status == 200\n\texpect resp.http.a == ""\n} -run\n'
+           'client c2 {\n\ttxreq -url /b\n\trxresp\n\texpect resp.status == 200\n\texpect resp.http.b == ""\n} -run\n')
+    assert re.search(r"^#    top  TEST .* passed", run_varnishtest(vtc, "blobread"), re.M)

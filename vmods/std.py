@@ -169,16 +169,17 @@ _BLOB_CACHE: dict[str, bytes] = {}
 
 
 @VMOD.func("blobread", "BLOB", [Param("file", "STRING")])
-def blobread(ctx: Context, file: str | None) -> bytes:
-    """The file's bytes, read once and then cached; an unreadable file fails the task."""
+def blobread(ctx: Context, file: str | None) -> bytes | None:
+    """The file's bytes, read once and then cached; no blob (NULL) when there is no file name or the
+    file cannot be read, as varnishd 7.1.1 answers (the task goes on)."""
     if file is None:
-        raise VCLFailure("std.blobread(): no file name")
+        return None
     if file not in _BLOB_CACHE:
         try:
             with open(file, "rb") as f:
                 _BLOB_CACHE[file] = f.read()
-        except OSError as exc:
-            raise VCLFailure(f"std.blobread(): cannot read {file}: {exc.strerror}") from None
+        except OSError:
+            return None
     return _BLOB_CACHE[file]
 
 
