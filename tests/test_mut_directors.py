@@ -184,6 +184,7 @@ INIT_VCL = ("import directors;\n" + "".join(BACKENDS.splitlines(keepends=True)[:
 	cl.add_backend(s1);
 	cl.clear();
 	cl.add_backend(s2);
+	cl.add_backend(s2);
 	cl.reconfigure();
 	new p = directors.shard_param();
 	p.set(by=KEY, key=5, alt=1, warmup=0.5, rampup=false, healthy=ALL);
@@ -200,7 +201,8 @@ sub vcl_synth {
 """)
 INIT_ANSWERS = {"sh": "s1:s2", "w": "s2:s1", "cl": "s2", "p": "HASH:4053860029:0:-1.000:true:CHOSEN"}
 INIT_NOTICES = ["vmod_directors: shard sh: .set_warmup(1.000000) ignored",
-                "vmod_directors: shard sh: .set_warmup(-0.100000) ignored"]
+                "vmod_directors: shard sh: .set_warmup(-0.100000) ignored",
+                "vmod_directors: shard cl: backend s2 already exists - skipping"]
 
 
 def test_init_settings():
