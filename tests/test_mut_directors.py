@@ -352,6 +352,9 @@ sub vcl_recv {
 	if (req.url == "/lookup") {
 		set req.backend_hint = directors.lookup("s1");
 	}
+	if (req.url == "/clear") {
+		p.clear();
+	}
 	return (pass);
 }
 sub vcl_backend_fetch {
@@ -402,10 +405,11 @@ PARAM_ANSWERS = [("x", {"a": "s1:0:5:KEY:IGNORE:true:-1.000", "b": "s4:1:5:KEY:A
                          "c": "s3:2:3735928559:BLOB:IGNORE:true:-1.000", "d": "s3:0:5:KEY:IGNORE",
                          "e": "URL:234549860:s3:s2", "f": "s2:s2s3s3", "g": "0:KEY", "h": "0:5:KEY:IGNORE",
                          "i": "s2:s2", "j": "258:16909060"}),
-                 ("set", 503), ("bad", 503), ("lookup", 503)]
+                 ("set", 503), ("bad", 503), ("lookup", 503), ("clear", 503)]
 PARAM_ERRORS = ["vmod_directors: shard p: shard_param.set() may only be used in vcl_init and in backend/pipe context",
                 "vmod_directors: shard p: shard_param.set() invalid key argument -1 with by=KEY",
-                "lookup() may only be called from vcl_init / vcl_fini"]
+                "lookup() may only be called from vcl_init / vcl_fini",
+                "vmod_directors: shard p: shard_param.clear() may only be used in vcl_init and in backend/pipe context"]
 
 make = pytest.fixture(inproc_cache_factory)
 
@@ -413,7 +417,7 @@ make = pytest.fixture(inproc_cache_factory)
 def test_shard_param_in_backend_tasks(make):
     cache, _ = make("vcl 4.1;\n" + PARAM_VCL)
     answers = []
-    for url in ("/x", "/set", "/bad", "/lookup"):
+    for url in ("/x", "/set", "/bad", "/lookup", "/clear"):
         with cache.proc.connect() as sock:    # the Host varnishtest sends: by=HASH reads the request's hash
             sock.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             head, _ = read_message(sock)
