@@ -123,7 +123,8 @@ def healthy(backend: object, ctx=None) -> bool:
     if backend is None:
         return False
     if isinstance(backend, BackendSpec):
-        return backend.host is not None and live(backend).healthy
+        # a backend on a Unix socket (.path) has no host; `backend NAME none;` has neither
+        return (backend.host is not None or backend.path is not None) and live(backend).healthy
     check = getattr(backend, "healthy", None)
     if check is None:
         return True

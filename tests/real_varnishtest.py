@@ -18,5 +18,5 @@ def run_varnishtest(vtc: str, name: str = "case") -> str:
         os.chmod(tmp, 0o755)
         path = Path(tmp) / f"{name}.vtc"
         path.write_text(vtc)
-        run = subprocess.run([VARNISHTEST, "-v", "-t", "60", str(path)], capture_output=True, text=True, timeout=90)
+        run = subprocess.run([VARNISHTEST, "-v", "-t", "60", str(path)], capture_output=True, text=True, errors="surrogateescape", timeout=90)
     return run.stdout + run.stderr

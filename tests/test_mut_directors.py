@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from inproc import inproc_cache_factory, wait_for
 from real_varnishtest import VARNISHTEST, run_varnishtest
+from test_cache_support import read_message
 
 from cacheserver.backends import set_admin_health
 from vcl.compiler import compile_vcl
@@ -174,11 +176,14 @@ INIT_VCL = ("import directors;\n" + "".join(BACKENDS.splitlines(keepends=True)[:
 	new w = directors.shard();
 	w.add_backend(s1);
 	w.add_backend(s2);
+	w.set_warmup(0.5);
+	w.set_warmup(0.0);
 	w.set_warmup(0.999);
 	w.reconfigure();
 	new cl = directors.shard();
 	cl.add_backend(s1);
 	cl.clear();
+	cl.add_backend(s2);
 	cl.add_backend(s2);
 	cl.reconfigure();
 	new p = directors.shard_param();
@@ -196,7 +201,8 @@ sub vcl_synth {
 """)
 INIT_ANSWERS = {"sh": "s1:s2", "w": "s2:s1", "cl": "s2", "p": "HASH:4053860029:0:-1.000:true:CHOSEN"}
 INIT_NOTICES = ["vmod_directors: shard sh: .set_warmup(1.000000) ignored",
-                "vmod_directors: shard sh: .set_warmup(-0.100000) ignored"]
+                "vmod_directors: shard sh: .set_warmup(-0.100000) ignored",
+                "vmod_directors: shard cl: backend s2 already exists - skipping"]
 
 
 def test_init_settings():
@@ -219,3 +225,338 @@ def test_init_settings_are_varnishds():
     answers = dict(re.findall(r"c1 +rxhdr\|(\w+): (.*?)\\r$", out, re.M))
     assert {k: answers.get(k) for k in INIT_ANSWERS} == INIT_ANSWERS
     assert re.findall(r"vsl\| +0 Notice +- (.*)$", out, re.M) == INIT_NOTICES
+
+
+# round_robin, fallback (sticky, members removed around the current one), hash and random by weight, lookup():
+# what varnishd 7.1.1 chose, request by request, as admin health changes between them
+SIMPLE_VCL = """import directors;
+import std;
+backend s1 { .host = "127.0.0.1"; .port = "9"; }
+backend s2 { .host = "127.0.0.1"; .port = "9"; }
+backend s3 { .host = "127.0.0.1"; .port = "9"; }
+sub vcl_init {
+	new rr = directors.round_robin();
+	rr.add_backend(s1);
+	rr.add_backend(s2);
+	rr.add_backend(s3);
+	new er = directors.round_robin();
+	er.remove_backend(s1);
+	new fa = directors.fallback(sticky=true);
+	new fb = directors.fallback(sticky=true);
+	new fc = directors.fallback(sticky=true);
+	new fd = directors.fallback();
+	fa.add_backend(s1);
+	fa.add_backend(s2);
+	fa.add_backend(s3);
+	fb.add_backend(s1);
+	fb.add_backend(s2);
+	fb.add_backend(s3);
+	fc.add_backend(s1);
+	fc.add_backend(s2);
+	fc.add_backend(s3);
+	fd.add_backend(s1);
+	fd.add_backend(s2);
+	new hw = directors.hash();
+	hw.add_backend(s1, 3142119087.0);
+	hw.add_backend(s2, 1152848209.0);
+	new h0 = directors.hash();
+	h0.add_backend(s1, 0.0);
+	new rd = directors.random();
+	rd.add_backend(s3, 1.0);
+	new lk = directors.round_robin();
+	lk.add_backend(directors.lookup("s2"));
+}
+sub vcl_recv { return (synth(200)); }
+sub vcl_synth {
+	if (req.url == "/rr") {
+		set resp.http.x = rr.backend().resolve() + ":" + rr.backend().resolve();
+		rr.remove_backend(s1);
+		set resp.http.x = resp.http.x + ":" + rr.backend().resolve() + ":" + rr.backend().resolve() + ":"
+			+ er.backend().resolve();
+	}
+	if (req.url == "/all") {
+		set resp.http.x = fa.backend().resolve() + ":" + fb.backend().resolve() + ":" + fd.backend().resolve()
+			+ ":" + hw.backend("a") + ":" + h0.backend("a") + ":" + rd.backend().resolve() + ":"
+			+ lk.backend().resolve() + ":" + std.healthy(rd.backend()) + ":" + std.healthy(fd.backend());
+	}
+	if (req.url == "/fc") {
+		set resp.http.x = fc.backend().resolve();
+	}
+	if (req.url == "/rm") {
+		fa.remove_backend(s1);
+		fb.remove_backend(s2);
+		fc.remove_backend(s3);
+		set resp.http.x = fa.backend().resolve() + ":" + fb.backend().resolve() + ":" + fc.backend().resolve();
+	}
+}
+"""
+# (admin health changes, url) in turn
+SIMPLE_STEPS = [((), "/rr"), ((), "/all"), ((("s1", "sick"), ("s3", "sick")), "/all"), ((("s2", "sick"), ("s3", "healthy")), "/fc"),
+                ((("s1", "healthy"), ("s2", "healthy")), "/rm"), ((), "/all")]
+SIMPLE_ANSWERS = ["s1:s2:s3:s3:", "s1:s1:s1:s2::s3:s2:true:true", "s2:s2:s2:s2:::s2:false:true", "s3", "s2:s3:s1",
+                  "s2:s3:s1:s2::s3:s2:true:true"]
+
+
+def test_simple_directors_choose_what_varnishd_chose():
+    vcl = compile_vcl("vcl 4.1;\n" + SIMPLE_VCL, "simple.vcl")
+    assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
+    answers = []
+    for changes, url in SIMPLE_STEPS:
+        for name, state in changes:
+            set_admin_health(vcl.backends[name], state)
+        req = HttpMessage("GET", url)
+        ctx = Context(method="vcl_synth", req=req, req_top=req, resp=HttpMessage(status=200), vcl=vcl)
+        vcl.subs["vcl_synth"](ctx)
+        answers.append(ctx.resp.headers.get("x"))
+    assert answers == SIMPLE_ANSWERS
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_simple_directors_answers_are_varnishds():
+    vtc = 'varnishtest "simple directors"\nvarnish v1 -vcl {\n' + SIMPLE_VCL + "} -start\n"
+    for changes, url in SIMPLE_STEPS:
+        vtc += "".join(f'varnish v1 -cliok "backend.set_health {name} {state}"\n' for name, state in changes)
+        vtc += f"client c1 {{\n\ttxreq -url {url}\n\trxresp\n}} -run\n"
+    assert re.findall(r"c1 +rxhdr\|x: (.*?)\\r$", run_varnishtest(vtc, "simple"), re.M) == SIMPLE_ANSWERS
+
+
+# shard_param in a backend task: set() and clear() change the task's copy, which the shard associated
+# with it reads, the getters read it, and the client side keeps the vcl_init values (varnishd 7.1.1;
+# a set() in vcl_recv fails the task: the second request's 503). `id` removes members by ident and by
+# backend. Each header is one line of values joined with ':'.
+PARAM_VCL = ("import directors;\nimport blob;\n" + BACKENDS + """sub vcl_init {
+	new p = directors.shard_param();
+	p.set(by=KEY, key=5, alt=0, healthy=IGNORE);
+	new sh = directors.shard();
+	sh.add_backend(s1);
+	sh.add_backend(s2);
+	sh.add_backend(s3);
+	sh.add_backend(s4);
+	sh.reconfigure();
+	sh.associate(p.use());
+	new q = directors.shard_param();
+	new id = directors.shard();
+	id.add_backend(s1, ident="a");
+	id.add_backend(s2, ident="b");
+	id.add_backend(s3);
+	id.add_backend(s4, ident="d");
+	id.remove_backend(ident="a");
+	id.remove_backend(s4);
+	id.reconfigure();
+	id.associate();
+}
+sub vcl_recv {
+	if (req.url == "/set") {
+		p.set(alt=1);
+	}
+	if (req.url == "/lookup") {
+		set req.backend_hint = directors.lookup("s1");
+	}
+	if (req.url == "/clear") {
+		p.clear();
+	}
+	return (pass);
+}
+sub vcl_backend_fetch {
+	if (bereq.url == "/bad") {
+		p.set(by=KEY, key=-1);
+	}
+	set bereq.http.a = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":"
+		+ p.get_healthy() + ":" + p.get_rampup() + ":" + p.get_warmup();
+	p.set(alt=1, warmup=0.5, rampup=false, healthy=ALL);
+	set bereq.http.b = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":"
+		+ p.get_healthy() + ":" + p.get_rampup() + ":" + p.get_warmup();
+	p.set(by=BLOB, key_blob=blob.decode(HEX, encoded="deadbeef"), alt=2);
+	set bereq.http.c = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":"
+		+ p.get_healthy() + ":" + p.get_rampup() + ":" + p.get_warmup();
+	set bereq.backend = sh.backend(resolve=LAZY, by=HASH);
+	set bereq.http.i = bereq.backend.resolve() + ":" + sh.backend(resolve=NOW);
+	p.set(by=BLOB, key_blob=blob.decode(HEX, encoded="0102"));
+	set bereq.http.j = p.get_key();
+	p.set(by=BLOB, key_blob=blob.decode(HEX, encoded="0102030405"));
+	set bereq.http.j = bereq.http.j + ":" + p.get_key();
+	p.clear();
+	set bereq.http.d = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":"
+		+ p.get_healthy();
+	q.set(by=URL);
+	set bereq.http.e = q.get_by() + ":" + q.get_key() + ":" + sh.backend(param=q.use()) + ":"
+		+ sh.backend(by=KEY, key=3000000000, param=q.use());
+	set bereq.backend = sh.backend(resolve=LAZY, alt=3);
+	set bereq.http.f = bereq.backend.resolve() + ":" + id.backend(by=KEY, key=1) + id.backend(by=KEY, key=2000000000)
+		+ id.backend(by=KEY, key=4000000000);
+	return (error(200));
+}
+sub vcl_backend_error {
+	set beresp.http.a = bereq.http.a;
+	set beresp.http.b = bereq.http.b;
+	set beresp.http.c = bereq.http.c;
+	set beresp.http.d = bereq.http.d;
+	set beresp.http.e = bereq.http.e;
+	set beresp.http.f = bereq.http.f;
+	set beresp.http.g = p.get_alt() + ":" + p.get_by();
+	set beresp.http.i = bereq.http.i;
+	set beresp.http.j = bereq.http.j;
+}
+sub vcl_deliver {
+	set resp.http.h = p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":" + p.get_healthy();
+}
+""")
+PARAM_ANSWERS = [("x", {"a": "s1:0:5:KEY:IGNORE:true:-1.000", "b": "s4:1:5:KEY:ALL:false:0.500",
+                         "c": "s3:2:3735928559:BLOB:IGNORE:true:-1.000", "d": "s3:0:5:KEY:IGNORE",
+                         "e": "URL:234549860:s3:s2", "f": "s2:s2s3s3", "g": "0:KEY", "h": "0:5:KEY:IGNORE",
+                         "i": "s2:s2", "j": "258:16909060"}),
+                 ("set", 503), ("bad", 503), ("lookup", 503), ("clear", 503)]
+PARAM_ERRORS = ["vmod_directors: shard p: shard_param.set() may only be used in vcl_init and in backend/pipe context",
+                "vmod_directors: shard p: shard_param.set() invalid key argument -1 with by=KEY",
+                "lookup() may only be called from vcl_init / vcl_fini",
+                "vmod_directors: shard p: shard_param.clear() may only be used in vcl_init and in backend/pipe context"]
+
+make = pytest.fixture(inproc_cache_factory)
+
+
+def test_shard_param_in_backend_tasks(make):
+    cache, _ = make("vcl 4.1;\n" + PARAM_VCL)
+    answers = []
+    for url in ("/x", "/set", "/bad", "/lookup", "/clear"):
+        with cache.proc.connect() as sock:    # the Host varnishtest sends: by=HASH reads the request's hash
+            sock.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            head, _ = read_message(sock)
+        lines = head.decode().split("\r\n")
+        fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+        answers.append((url[1:], {k: fields.get(k) for k in PARAM_ANSWERS[0][1]} if url == "/x" else int(lines[0][9:12])))
+    assert answers == PARAM_ANSWERS
+    def errors() -> list[str]:
+        return [text for _, tag, text in list(cache.proc.log.records) if tag == "VCL_Error"]
+
+    wait_for(lambda: len(errors()) >= len(PARAM_ERRORS), what="the tasks' VCL_Error records")    # written as tasks end
+    assert errors() == PARAM_ERRORS
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_shard_param_answers_are_varnishds():
+    vtc = ('varnishtest "shard params"\nvarnish v1 -vcl {\n' + PARAM_VCL + "} -start\n"
+           "client c1 {\n\ttxreq -url /x\n\trxresp\n} -run\n"     # a failed task closes the connection: one each
+           + "".join(f"client c{i} {{\n\ttxreq -url /{url}\n\trxresp\n\texpect resp.status == {status}\n}} -run\n"
+                     for i, (url, status) in enumerate(PARAM_ANSWERS[1:], start=2))
+           + "varnish v1 -vsl_catchup\n")
+    out = run_varnishtest(vtc, "params")
+    assert dict(re.findall(r"c1 +rxhdr\|([a-j]): (.*?)\\r$", out, re.M)) == PARAM_ANSWERS[0][1]
+    assert re.findall(r"vsl\| +\d+ VCL_Error +[bc] (.*)$", out, re.M) == PARAM_ERRORS
+    assert re.search(r"^#    top  TEST .* passed", out, re.M)
+
+
+# vcl_init failures (vcl.load answers 'Failed initialization' with the message), varnishd 7.1.1's words
+INIT_FAILURES = [
+    ('sh.associate(blob.decode(encoded="x"));', "vmod_directors: shard sh: shard .associate param invalid"),
+    ("sh.remove_backend();", "vmod_directors: shard sh: .remove_backend(): either backend or ident are required"),
+    ('sh.add_backend(directors.lookup("nosuch"));', "vmod_directors: shard sh: None backend cannot be added"),
+    ('new rr = directors.round_robin();\n\trr.add_backend(directors.lookup("nosuch"));',
+     "rr: None backend cannot be added"),
+    ('new fb = directors.fallback();\n\tfb.remove_backend(directors.lookup("nosuch"));',
+     "fb: None backend cannot be removed"),
+    ('new p = directors.shard_param();\n\tnew rr = directors.round_robin();\n\trr.add_backend(directors.lookup("p"));',
+     "rr: None backend cannot be added"),
+]
+
+
+def init_failure_vcl(stmt: str) -> str:
+    return ('import directors;\nimport blob;\nbackend s1 { .host = "127.0.0.1"; .port = "9"; }\n'
+            f"sub vcl_init {{\n\tnew sh = directors.shard();\n\tsh.add_backend(s1);\n\t{stmt}\n}}\n")
+
+
+@pytest.mark.parametrize("stmt, message", INIT_FAILURES)
+def test_init_failures(stmt, message):
+    vcl = compile_vcl("vcl 4.1;\n" + init_failure_vcl(stmt), "fail.vcl")
+    init = Context(method="vcl_init", vcl=vcl)
+    init.log = []
+    assert vcl.init(init).name == "fail"
+    assert init.log == [("VCL_Error", message)]
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_init_failures_are_varnishds():
+    vtc = 'varnishtest "init failures"\nvarnish v1 -vcl {backend default none;} -start\n'
+    out = run_varnishtest(vtc + "".join(f"varnish v1 -errvcl {{{message}}} {{\n{init_failure_vcl(stmt)}}}\n"
+                                        for stmt, message in INIT_FAILURES), "initfail")
+    assert re.findall(r"CLI RX\|\\t(.*)$", out, re.M) == [message for _, message in INIT_FAILURES]
+
+
+# sh.debug(5): the lookup and the rampup/warmup lines, written at once under vxid 0 as varnishd 7.1.1
+# writes them (VSL(SLT_Debug, 0, ...)); the seconds since each backend changed vary
+DEBUG_VCL = """import directors;
+backend s1 { .host = "127.0.0.1"; .port = "9"; }
+backend s2 { .host = "127.0.0.1"; .port = "9"; }
+sub vcl_init {
+	new sh = directors.shard();
+	sh.add_backend(s1);
+	sh.add_backend(s2);
+	sh.reconfigure(replicas=2);
+	sh.debug(5);
+}
+sub vcl_recv { return (synth(200)); }
+sub vcl_synth {
+	set resp.http.a = sh.backend(by=KEY, key=7);
+}
+"""
+DEBUG_LINES = ["vmod_directors: shard: lookup key 7 idx 0 host 1",
+               "vmod_directors: shard: chosen host 1 rampup 0.000000 changed S",
+               "vmod_directors: shard: alt host 0 rampup 0.000000 changed S"]
+
+
+def _seconds_masked(lines: list[str]) -> list[str]:
+    return [re.sub(r"changed \d+\.\d{6}$", "changed S", line) for line in lines]
+
+
+def test_shard_debug_lines(make):
+    cache, _ = make("vcl 4.1;\n" + DEBUG_VCL)
+    kinds = []
+    write = cache.proc.log.write
+    cache.proc.log.write = lambda vxid, kind, records, tail=b"": (kinds.append((vxid, kind)), write(vxid, kind, records, tail))
+    status, headers, _ = cache.get("/")
+    assert (status, headers.get("a")) == (200, "s2")
+    lines = [text for vxid, tag, text in list(cache.proc.log.records) if tag == "Debug" and "shard" in text]
+    assert _seconds_masked(lines) == DEBUG_LINES
+    assert kinds.count((0, "-")) == len(DEBUG_LINES)
+
+
+@pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
+def test_shard_debug_lines_are_varnishds():
+    vtc = ('varnishtest "shard debug"\nvarnish v1 -vcl {\n' + DEBUG_VCL + "} -start\n"
+           "client c1 {\n\ttxreq\n\trxresp\n} -run\n")
+    lines = re.findall(r"vsl\| +0 Debug +- (vmod_directors: shard.*)$", run_varnishtest(vtc, "debug"), re.M)
+    assert _seconds_masked(lines) == DEBUG_LINES
+
+
+def test_shard_report_rampup():
+    """backend.list -p's shard rows (vmod_shard_list): a healthy backend that changed 0.25 s ago with a 7 s
+    rampup is at 3.57% with 6.750 s left, as varnishd 7.1.1 listed it; one with its own rampup of 0 s is
+    done; a sick one is at 0. Members in ring order after a removal: the last fills the hole."""
+    vcl = compile_vcl("vcl 4.1;\nimport directors;\n" + BACKENDS + """sub vcl_init {
+	new sh = directors.shard();
+	sh.set_rampup(7s);
+	sh.add_backend(s1, ident="a");
+	sh.add_backend(s2, ident="b", rampup=0s);
+	sh.add_backend(s3);
+	sh.add_backend(s4, rampup=2s);
+	sh.remove_backend(ident="a");
+	sh.reconfigure();
+	new half = directors.shard();
+	half.set_rampup(0.5s);
+	half.add_backend(s1);
+	half.reconfigure();
+}
+""", "report.vcl")
+    assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
+    for name in ("s2", "s3", "s4"):
+        set_admin_health(vcl.backends[name], "healthy")
+        vcl.backends[name].live.changed = 1000.0
+    set_admin_health(vcl.backends["s2"], "sick")
+    vcl.backends["s2"].live.changed = 1000.0
+    rows = vcl.instances["sh"].report(1000.25)
+    assert [(name, ident, ok, f"{100 * done:6.2f}%", f"{left:8.3f}s") for name, ident, ok, done, left in rows] == [
+        ("s4", "s4", True, " 12.50%", "   1.750s"), ("s2", "b", False, "  0.00%", "   0.000s"),
+        ("s3", "s3", True, "  3.57%", "   6.750s")]
+    assert vcl.instances["sh"].report(1010.0)[2][3:] == (1.0, 0.0)
+    set_admin_health(vcl.backends["s1"], "healthy")
+    vcl.backends["s1"].live.changed = 1000.0
+    assert vcl.instances["half"].report(1000.25) == [("s1", "s1", True, 0.5, 0.25)]

@@ -94,7 +94,7 @@ def test_new_outside_vcl_init_is_rejected():
 def test_unknown_method_and_duplicate_object():
     with pytest.raises(VCLError) as info:
         compile_vcl(VCL.replace("rr.count()", "rr.nope()"), "o.vcl", extra_vmods={"dirs": make_vmod()})
-    assert "Unknown property 'nope' for type dirs.round_robin" in str(info.value)   # VCC's words
+    assert "Unknown property 'nope' for type dirs.round_robin" in str(info.value)     # VCC's words
     dup = VCL.replace("\trr.add_backend(a);\n", "\tnew rr = dirs.round_robin();\n\trr.add_backend(a);\n")
     with pytest.raises(VCLError) as info:
         compile_vcl(dup, "o.vcl", extra_vmods={"dirs": make_vmod()})

@@ -65,7 +65,21 @@ class ExprChecker:
             r = self.tobool(r)
             if r.type == "BOOL":
                 return r
-        raise VCLError(f"Expression has type {r.type}, expected {fmt}", e.pos)
+        raise VCLError(f"Expression has type {self._type_name(r)}, expected {fmt}", e.pos)
+
+    def _type_name(self, e: ast.Expr) -> str:
+        """A type as VCC names it: an object instance by its vmod and object ("directors.round_robin")."""
+        ref = getattr(e, "ref", None)
+        if e.type == "INSTANCE" and ref and ref[0] == "instance":
+            return self._object_type(self.instances[ref[1]])
+        return e.type or "?"
+
+    def _object_type(self, obj: ObjectType) -> str:
+        for vmod in self.vmods.values():
+            for name, known in vmod.objects.items():
+                if known is obj:
+                    return f"{vmod.name}.{name}"
+        return obj.name
 
     def tostring(self, e: ast.Expr) -> ast.Expr:
         if e.type == "STRING":
@@ -136,6 +150,8 @@ class ExprChecker:
                 t = self.add(e.right, "STRING").type
                 raise VCLError(f"Expression has type {t}, expected ACL", e.right.pos)
             key = e.right.name.lower()   # declared names match case-insensitively, as in VCC
+            if key == "default":
+                raise VCLError("Symbol 'default' is a reserved word.", e.right.pos)
             if key not in self.acls:
                 self._not_an_acl(e.right)
             self._ref("acl", key, e.right.pos)
@@ -314,7 +330,7 @@ class ExprChecker:
         # VCC resolves IP constants like std.ip(): a port may follow ("1.2.3.4:8000", "[::1] 80").
         ip = parse_ip(e.value)
         if ip is None:
-            raise VCLError(f"IP constant '\"{e.value}\"' could not be resolved to an IP address", e.pos)
+            raise VCLError(f"IP constant '\"{e.value}\"' could not be resolved to an IP address:", e.pos)
         lit = ast.IpLit(e.pos, ip.addr, ip.port)
         lit.type = "IP"
         return lit
@@ -387,7 +403,11 @@ class ExprChecker:
         name = e.name
         if name in ("regsub", "regsuball"):
             short = 0 < len(e.args) < 3 and e.close_pos is not None
-            if (len(e.args) != 3 and not short) or any(a.name for a in e.args):
+            named = next((a for a in e.args[:3] if a.name), None)
+            if named is not None:
+                # VCC reads each argument as an expression: `s="b"` starts with an unknown symbol
+                raise VCLError(f"Symbol not found: '{named.name}'", named.pos)
+            if len(e.args) != 3 and not short:
                 raise VCLError(f"{name}() takes three arguments: string, regex, substitution", e.pos)
             subject = self.expr0(e.args[0].value, "STRING")
             if len(e.args) > 1:
@@ -412,8 +432,7 @@ class ExprChecker:
             method = obj.methods.get(rest)
             if method is None:
                 at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1, len(rest))
-                raise VCLError(f"Unknown property '{rest}' for type "
-                               f"{self.instance_type.get(head, head)}", at)
+                raise VCLError(f"Unknown property '{rest}' for type {self._object_type(obj)}", at)
             self._bind_args(e, method, name)
             e.ref = ("method", head, method)
             return self._func_result(e, method, statement)
@@ -427,8 +446,11 @@ class ExprChecker:
             func = vmod.functions.get(rest) or vmod.functions.get(rest.lower())
             if func is None:
                 if rest in vmod.objects:
-                    raise VCLError(f"Symbol '{name}' is an object type: use it with 'new' in vcl_init",
-                                   e.pos)
+                    if statement:       # VCC stops at the '(' after the name
+                        raise VCLError("Symbol cannot be used here.",
+                                       ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(name)))
+                    raise VCLError(f"Symbol '{head}' type (object) can not be used in expression.",
+                                   ast.Pos(e.pos.file, e.pos.line, e.pos.col, len(head)))
                 if rest.partition(".")[0] in vmod.objects:
                     # vmod.object.method(): VCC finds the object's constructor, then a '.' it cannot use
                     raise VCLError("Syntax error.While compiling function call:", e.pos)
@@ -467,7 +489,12 @@ class ExprChecker:
                 return e
         if e.target is not None:
             target = self.atom(e.target, "STRING")
-            raise VCLError(f"Unknown property '{method}' for type {target.type}", e.pos)
+            raise VCLError(f"Unknown property '{method}' for type {_strings(target.type)}", e.pos)
+        if base and symbols.lookup(base, self.version, self.storages) is not None:
+            # VCC reads the variable, then `.method` as a property of its type
+            target = self._name(ast.Name(e.pos, base), "STRING")
+            at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(base) + 1, len(method))
+            raise VCLError(f"Unknown property '{name.rpartition('.')[2]}' for type {_strings(target.type)}", at)
         raise VCLError(f"Symbol not found: '{name}'", e.pos)
 
     def _func_result(self, e: ast.Call, func: Func, statement: bool) -> ast.Expr:
@@ -516,11 +543,9 @@ class ExprChecker:
         if ptype == "ENUM":
             if isinstance(value, ast.Name) and value.written is not None:
                 value.name = value.written     # the parser lowered it as a symbol (blob's DEFAULT)
-            if not isinstance(value, ast.Name):
-                # vcc_do_enum wants an ID token first
-                text = f'"{value.value}"' if isinstance(value, ast.StringLit) else _enum_token(value)
-                raise VCLError(f"Expected ID got '{text}'", value.pos)
-            if value.name not in param.enum:
+            if not isinstance(_first_node(value), ast.Name):
+                raise VCLError(f"Expected ID got '{_first_token(value)}'", value.pos)     # VCC wants a word
+            if not isinstance(value, ast.Name) or value.name not in param.enum:
                 choices = "\n".join("\t" + w for w in param.enum)
                 raise VCLError(f"Wrong enum value.  Expected one of:\n{choices}", value.pos)
             value.ref = ("enum", value.name)
@@ -536,6 +561,11 @@ class ExprChecker:
         if ptype == "SUB":
             raise VCLError("SUB arguments are not supported", value.pos)
         return self.expr0(value, ptype)     # HEADER and HTTP too: "Expression has type STRING, expected HTTP"
+
+
+def _strings(type_: str | None) -> str:
+    """A string expression's type as VCC names it in "Unknown property" (STRINGS)."""
+    return "STRINGS" if type_ == "STRING" else str(type_)
 
 
 def _fold_literal(e: ast.Expr) -> ast.Expr:
@@ -595,17 +625,3 @@ def _first_token(e: ast.Expr) -> str:
 def _number_token(text: str) -> str:
     """`1s`, `10 KB`: VCC's token is the number; the unit is a token of its own."""
     return text[:len(text) - len(text.lstrip("0123456789."))]
-
-
-def _enum_token(e: ast.Expr) -> str:
-    """The token VCC found where an ENUM's ID should be (a literal as written, else the first one)."""
-    text = getattr(e, "text", None)
-    if isinstance(e, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
-        return text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")   # `1s`: the 1
-    if isinstance(text, str) and text:
-        return text
-    if isinstance(e, ast.Neg):
-        return "-"
-    if isinstance(e, ast.Not):
-        return "!"
-    return getattr(e, "name", None) or "?"

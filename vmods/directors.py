@@ -868,17 +868,20 @@ def _sp_clear(p: ShardParam, ctx: Context) -> None:
     _param_prep(p, ctx, "shard_param.clear()").mask = set()
 
 
+def _sp_field(p: ShardParam, ctx: Context, field: str):
+    """shard_param.get_<field>(): the effective value."""
+    pp = _param_read(ctx, p, p)
+    if field == "by":
+        return pp.by or "HASH"
+    if field == "healthy":
+        return pp.healthy or "CHOSEN"
+    if field == "key":
+        return Shard.key_for(ctx, pp)
+    return getattr(pp, field)
+
+
 def _sp_get(field: str):
-    def get(p: ShardParam, ctx: Context):
-        pp = _param_read(ctx, p, p)
-        if field == "by":
-            return pp.by or "HASH"
-        if field == "healthy":
-            return pp.healthy or "CHOSEN"
-        if field == "key":
-            return Shard.key_for(ctx, pp)
-        return getattr(pp, field)
-    return get
+    return lambda p, ctx: _sp_field(p, ctx, field)
 
 
 _sp = _obj("shard_param", lambda ctx: ShardParam(None, SHARD_PARAM_DEFAULT, "VCL"))

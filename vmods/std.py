@@ -50,10 +50,16 @@ def round_(ctx: Context, r: float) -> float:
 def collect(ctx: Context, hdr: HeaderRef, sep: str | None = ", ") -> None:
     if ctx.obj is not None and hdr.message is ctx.obj:
         raise VCLFailure("std.collect(): header argument can not be used here")
-    values = hdr.message.headers.get_all(hdr.name)
+    headers = hdr.message.headers
+    values = headers.get_all(hdr.name)
     if len(values) > 1:
-        # an empty or unset separator is ", " (http_CollectHdrSep), as varnishd 7.1.1 answers
-        hdr.message.headers.set(hdr.name, (sep or ", ").join(values))
+        # an empty or unset separator is ", " (http_CollectHdrSep), as varnishd 7.1.1 answers; the
+        # fields are joined in place, and varnishd logs no Unset/Header records for it
+        vsl, headers.vsl = headers.vsl, None
+        try:
+            headers.set(hdr.name, (sep or ", ").join(values))
+        finally:
+            headers.vsl = vsl
 
 
 def _signed_chars(b: bytes) -> list[int]:
@@ -111,6 +117,14 @@ _libc_fnmatch = _libc.fnmatch
 _libc_fnmatch.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int)
 _libc_fnmatch.restype = ctypes.c_int
 _FNM_PATHNAME, _FNM_NOESCAPE, _FNM_PERIOD = 1, 2, 4
+# varnishd matches bytes in the C locale ("?" is one byte, [[:alpha:]] ASCII letters); Python runs
+# in the environment's (UTF-8) locale, so each call switches its thread to a C locale.
+_libc.newlocale.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_libc.newlocale.restype = ctypes.c_void_p
+_libc.uselocale.argtypes = (ctypes.c_void_p,)
+_libc.uselocale.restype = ctypes.c_void_p
+_LC_CTYPE_MASK, _LC_COLLATE_MASK = 1 << 0, 1 << 3       # glibc's category masks
+_C_LOCALE = _libc.newlocale(_LC_CTYPE_MASK | _LC_COLLATE_MASK, b"C", None)
 
 
 @VMOD.func("fnmatch", "BOOL", [Param("pattern", "STRING"), Param("subject", "STRING"),
@@ -124,10 +138,13 @@ def fnmatch(ctx: Context, pattern: str | None, subject: str | None, pathname: bo
         raise VCLFailure("std.fnmatch(): subject is NULL")
     flags = (_FNM_PATHNAME if pathname else 0) | (_FNM_NOESCAPE if noescape else 0) | \
         (_FNM_PERIOD if period else 0)
-    # C strings end at the first NUL
-    pat = pattern.encode("utf-8", "surrogateescape").split(b"\0", 1)[0]
-    sub = subject.encode("utf-8", "surrogateescape").split(b"\0", 1)[0]
-    return _libc_fnmatch(pat, sub, flags) == 0
+    pat = pattern.encode("utf-8", "surrogateescape")       # C reads each up to a NUL
+    sub = subject.encode("utf-8", "surrogateescape")
+    previous = _libc.uselocale(_C_LOCALE)
+    try:
+        return _libc_fnmatch(pat, sub, flags) == 0
+    finally:
+        _libc.uselocale(previous)
 
 
 # ------------------------------------------------------------------ files
@@ -153,16 +170,17 @@ _BLOB_CACHE: dict[str, bytes] = {}
 
 
 @VMOD.func("blobread", "BLOB", [Param("file", "STRING")])
-def blobread(ctx: Context, file: str | None) -> bytes:
-    """The file's bytes, read once and then cached; an unreadable file fails the task."""
+def blobread(ctx: Context, file: str | None) -> bytes | None:
+    """The file's bytes, read once and then cached; no blob (NULL) when there is no file name or the
+    file cannot be read, as varnishd 7.1.1 answers (the task goes on)."""
     if file is None:
-        raise VCLFailure("std.blobread(): no file name")
+        return None
     if file not in _BLOB_CACHE:
         try:
             with open(file, "rb") as f:
                 _BLOB_CACHE[file] = f.read()
-        except OSError as exc:
-            raise VCLFailure(f"std.blobread(): cannot read {file}: {exc.strerror}") from None
+        except OSError:
+            return None
     return _BLOB_CACHE[file]
 
 
@@ -182,11 +200,9 @@ def healthy(ctx: Context, be: object) -> bool:
     check = getattr(be, "healthy", None)
     if callable(check):
         return bool(check(ctx))
-    live = getattr(be, "live", None)
-    if live is None:
-        return getattr(be, "host", None) is not None or getattr(be, "path", None) is not None
-    flag = getattr(live, "healthy", True)
-    return bool(flag(ctx) if callable(flag) else flag)
+    if be.live is None:         # a VCL not loaded in a server: no health known, so healthy as a backend
+        return be.host is not None or be.path is not None
+    return bool(be.live.healthy)
 
 
 @VMOD.func("port", "INT", [Param("ip", "IP")])
@@ -442,10 +458,6 @@ def late_100_continue(ctx: Context, late: bool) -> None:
 @VMOD.func("set_ip_tos", "VOID", [Param("tos", "INT")])
 def set_ip_tos(ctx: Context, tos: int) -> None:
     """IP_TOS (IPv4) or IPV6_TCLASS (IPv6) on the client connection, for what is sent from now on."""
-    hook = getattr(ctx.session, "set_ip_tos", None)
-    if hook is not None:
-        hook(tos)
-        return
     transport = getattr(ctx.session, "transport", None)
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
