@@ -151,7 +151,8 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.backend_hint = vcl.default_backend
         ctx.sess_timeout_idle = server.params.timeout_idle
         self.t_prev = self.t_start = self.ctx.req_time
-        self._vsl_begin("rxreq", self.ctx.sess_xid, expect)
+        moved = _absolute_url(req, server.params) if req.url[:1] != "/" else None
+        self._vsl_begin("rxreq", self.ctx.sess_xid, expect, moved)
         if not defer_xid:
             self.take_xid()
 
@@ -164,7 +165,8 @@ class ClientRequest(Delivery, EsiRequest):
 
     # -- the shared log ---------------------------------------------------------------------------
 
-    def _vsl_begin(self, reason: str, parent: int, expect: str | None = None) -> None:
+    def _vsl_begin(self, reason: str, parent: int, expect: str | None = None,
+                   moved: list | None = None) -> None:
         ctx = self.ctx
         req = ctx.req
         t = self.t_start
@@ -174,7 +176,7 @@ class ClientRequest(Delivery, EsiRequest):
             self._ts("Start")            # counted from the first request's start, as varnishd
             ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
                             % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
-        elif expect is None:
+        elif expect is None and moved is None:
             # one pre-joined run of records (cacheserver/vsl.py), one format: this is every request
             ts = "%.6f" % t
             ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
@@ -185,10 +187,12 @@ class ClientRequest(Delivery, EsiRequest):
         else:
             ts = "%.6f" % t
             ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
-                                     "Timestamp Req: %s 0.000000 0.000000\0VCL_use %s"
-                            % (parent, reason, ts, ts, self.vcl.__dict__.get("name") or "boot")))
-            # cnt_transport unsets a 100-continue Expect before the request is logged
-            ctx.log.append(("ReqUnset", "Expect: " + expect))
+                                     "Timestamp Req: %s 0.000000 0.000000" % (parent, reason, ts, ts)))
+            ctx.log += moved or ()       # the Host an absolute URL named, as the head was read
+            ctx.log.append(("VCL_use", self.vcl.__dict__.get("name") or "boot"))
+            if expect is not None:
+                # cnt_transport unsets a 100-continue Expect before the request is logged
+                ctx.log.append(("ReqUnset", "Expect: " + expect))
             ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
                             % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
         req.headers.log_to(ctx.log, "ReqHeader", "ReqUnset")
@@ -357,9 +361,6 @@ class ClientRequest(Delivery, EsiRequest):
         ctx = self.ctx
         req = ctx.req
         if ctx.restarts == 0 and self.parent is None:    # an ESI subrequest starts from its parent's
-            url = req.url
-            if url[:1] != "/" and url[:7].lower() in ("http://", "https:/"):
-                _absolute_url(req)
             xff = req.headers.get_all("X-Forwarded-For")
             if xff:
                 req.headers.unset("X-Forwarded-For")
@@ -880,12 +881,27 @@ def _builtin_hash(ctx: Context) -> None:
     ctx.hash_parts += (req.url, host if host is not None else s_ip(ctx.server_ip))
 
 
-def _absolute_url(req: HttpMessage) -> None:
-    """RFC 2616 5.2: an absolute request URI names the host; it replaces any Host header."""
-    rest = req.url.split("://", 1)[1]
+def _absolute_url(req: HttpMessage, params) -> list | None:
+    """RFC 2616 5.2: an absolute request URI with a path names the host, which replaces any Host header
+    (appended last), as varnishd's HTTP1_DissectRequest: http://, and https:// with feature
+    +https_scheme. Returns the records varnishd logs for it, None when the URL is left as it is."""
+    url = req.url
+    scheme = url[:8].lower()
+    if scheme[:7] == "http://":
+        rest = url[7:]
+    elif scheme == "https://" and "https_scheme" in params.text("feature"):
+        rest = url[8:]
+    else:
+        return None
     host, slash, path = rest.partition("/")
-    req.headers.set("Host", host)
-    req.url = slash + path if slash else "/"
+    if not slash:
+        return None
+    headers = req.headers
+    records = [("ReqUnset", f"{name}: {value}") for name, value in headers.items() if name.lower() == "host"]
+    headers.unset("Host")
+    headers.add("Host", host)
+    req.url = "/" + path
+    return [*records, ("ReqHeader", "Host: " + host)]
 
 
 def _hit_text(oc: ObjCore | None) -> str:

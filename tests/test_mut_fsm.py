@@ -274,18 +274,41 @@ def test_pipe_sends_connection_close_and_respects_pipe_sess_max(make):
     assert raw(cache, b"GET /third HTTP/1.1\r\nHost: a\r\n\r\n")[1] == b"piped"
 
 
-@pytest.mark.parametrize("url, host, path", [
-    ("http://example.com/a/b?c", "example.com", "/a/b?c"),
-    ("HTTPS://Example.com:8443", "Example.com:8443", "/"),
-    ("http://h", "h", "/"),
-    ("http://h/r?to=http://x/y", "h", "/r?to=http://x/y"),     # the first "://" only
+@pytest.mark.parametrize("url, feature, host, path", [
+    ("http://example.com/a/b?c", "", "example.com", "/a/b?c"),
+    ("HTTP://Ex/y", "", "Ex", "/y"),
+    ("http://h/r?to=http://x/y", "", "h", "/r?to=http://x/y"),     # the first "://" only
+    ("http:///p", "", "", "/p"),
+    ("http://h", "", "other", "http://h"),                         # no path: left alone
+    ("HTTPS://Example.com:8443/x", "", "other", "HTTPS://Example.com:8443/x"),
+    ("HTTPS://Example.com:8443/x", "+https_scheme", "Example.com:8443", "/x"),
 ])
-def test_an_absolute_url_names_the_host(make, url, host, path):
-    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n")
+def test_an_absolute_url_names_the_host(make, url, feature, host, path):
+    """varnishd 7.1 (varnishtest): HTTP1_DissectRequest takes the host of http://host/path (and of
+    https:// with feature +https_scheme) for a Host header appended last; a URL without a path stays."""
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n", None,
+                          *(("-p", f"feature={feature}") if feature else ()))
     with cache.proc.connect() as sock:
-        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: other\r\n\r\n".encode())
+        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: other\r\nX-After: 1\r\n\r\n".encode())
         read_message(sock)
-    assert (backend.requests[0].header("Host"), backend.requests[0].url) == (host, path)
+    req = backend.requests[0]
+    assert (req.header("Host"), req.url) == (host, path)
+    names = [name for name, _ in req.headers]
+    assert names.index("X-After") < names.index("Host") if host != "other" else names.index("Host") == 0
+
+
+def test_an_absolute_url_is_logged_as_varnishd_reads_it(make):
+    """varnishd 7.1: the Host swap is logged between the Timestamps and VCL_use, ReqURL is the path."""
+    cache, _ = make("vcl 4.1;\nBACKEND\n")
+    cache.cli.cmd("debug.xid 9")
+    raw(cache, b"GET http://example.com/a HTTP/1.1\r\nHost: other\r\nX-After: 1\r\n\r\n")
+    wait_for(lambda: (11, "End", "") in cache.proc.log.records, what="the request's End")
+    records = [(tag, text) for vxid, tag, text in cache.proc.log.records if vxid == 11 and tag != "Timestamp"]
+    assert records[:8] == [("Begin", "req 10 rxreq"), ("ReqUnset", "Host: other"),
+                           ("ReqHeader", "Host: example.com"), ("VCL_use", "boot"), records[4],
+                           ("ReqMethod", "GET"), ("ReqURL", "/a"), ("ReqProtocol", "HTTP/1.1")]
+    assert records[8:11] == [("ReqHeader", "X-After: 1"), ("ReqHeader", "Host: example.com"),
+                             ("ReqHeader", "X-Forwarded-For: 127.0.0.1")]
 
 
 def test_a_relative_url_that_looks_absolute_is_left_alone(make):
