@@ -521,3 +521,48 @@ def test_the_lookup_follows_req_hash_always_miss_req_ttl_and_req_hash_ignore_var
     status, h, body = cache.get("/a", headers={"X-V": "9", "any": "1"})
     assert body in (b"3", b"4") and h["x-varnish"].count(" ") == 1                 # any variant hits
     assert len(backend.requests) == 4
+
+
+def test_vcl_pass_returns_synth_or_restart_and_a_pass_links_its_fetch(make):
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n'
+                          'sub vcl_pass {\n if (req.url == "/s") { return (synth(403, "Not here")); }\n'
+                          ' if (req.url == "/r") { set req.url = "/after"; return (restart); } }\n',
+                          lambda req: Resp(body=req.url.encode()))
+    assert cache.get("/s")[:1] == (403,)
+    status, _, body = cache.get("/r")
+    assert (status, body) == (200, b"/after")
+    cache.cli.cmd("debug.xid 99")
+    cache.get("/p")
+    wait_for(lambda: (101, "End", "") in cache.proc.log.records, what="the request's End")
+    assert (101, "Link", "bereq 102 pass") in cache.proc.log.records      # varnishd: VCL_return fetch, Link
+    assert [r.url for r in backend.requests] == ["/after", "/p"] and cache.proc.server.counters.s_pass == 2
+
+
+def test_a_restart_ends_the_old_request_in_the_log_as_varnishd(make):
+    """varnishd 7.1 (cnt_restart, VSL_ChgId): the old vxid's last records are its Restart timestamp, a
+    Link to the new vxid and End, a client ("c") transaction; the new one begins linked back."""
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_recv { if (req.restarts == 0) { return (restart); } }\n')
+    log = cache.proc.log
+    kinds = {}
+    write = log.write
+
+    def recording(vxid, kind, records, tail=b""):
+        kinds.setdefault(vxid, set()).add(kind)
+        write(vxid, kind, records, tail)
+
+    log.write = recording
+    cache.cli.cmd("debug.xid 99")
+    assert cache.get("/")[0] == 200
+    wait_for(lambda: (102, "End", "") in log.records, what="the restarted request's End")
+    old = [(tag, text.split(":")[0] if tag == "Timestamp" else text) for vxid, tag, text in log.records
+           if vxid == 101]
+    assert old[-3:] == [("Timestamp", "Restart"), ("Link", "req 102 restart"), ("End", "")]
+    assert (102, "Begin", "req 101 restart") in log.records and kinds[101] == kinds[102] == {"c"}
+
+
+def test_a_conditional_request_restarted_into_a_hit_gets_its_304(make):
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_deliver { if (req.restarts == 0 && req.http.again) '
+                          '{ return (restart); } }\n', lambda req: Resp(headers=[("ETag", '"e"')], body=b"x"))
+    assert cache.get("/c")[0] == 200
+    status, h, body = cache.get("/c", headers={"If-None-Match": '"e"', "again": "1"})
+    assert (status, body, h["x-varnish"].count(" ")) == (304, b"", 1) and len(backend.requests) == 1
