@@ -566,3 +566,25 @@ def test_a_conditional_request_restarted_into_a_hit_gets_its_304(make):
     assert cache.get("/c")[0] == 200
     status, h, body = cache.get("/c", headers={"If-None-Match": '"e"', "again": "1"})
     assert (status, body, h["x-varnish"].count(" ")) == (304, b"", 1) and len(backend.requests) == 1
+
+
+def test_a_synth_200_answers_a_range_request_with_206(make):
+    """varnishd 7.1 (varnishtest): resp.filters of a synth response include range: 206, bytes 0-1/5."""
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (synth(200)); }\n'
+                    'sub vcl_synth { synthetic("hello"); return (deliver); }\n')
+    status, h, body = cache.get("/", headers={"Range": "bytes=0-1"})
+    assert (status, h["content-range"], body) == (206, "bytes 0-1/5", b"he")
+
+
+def test_vcl_synth_sees_the_connection_close_suggested_before_a_late_100(make):
+    """cnt_synth sets "Connection: close" for a client still waiting for its 100 (VCL may remove it)."""
+    cache, _ = make('vcl 4.1;\nimport std;\nBACKEND\nsub vcl_recv { std.late_100_continue(true); return (synth(403)); }\n'
+                    'sub vcl_synth { set resp.http.seen = resp.http.Connection; }\n')
+    cache.cli.cmd("debug.xid 9")
+    with cache.proc.connect() as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        head, _ = read_message(sock)
+    assert head.split(b"\r\n")[3:6] == [b"X-Varnish: 11", b"Connection: close", b"seen: close"]
+    wait_for(lambda: (11, "End", "") in cache.proc.log.records, what="the request's End")
+    resp = [text for vxid, tag, text in cache.proc.log.records if vxid == 11 and tag in ("RespHeader", "RespUnset")]
+    assert resp[2:5] == ["X-Varnish: 11", "Connection: close", "seen: close"] and len(resp) == 8   # no RespUnset
