@@ -5,6 +5,7 @@ the queue bound, half-closed clients, byte counters, the session's log records. 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
@@ -24,6 +25,9 @@ sub vcl_recv {
     return (synth(200, req.method + " " + req.url));
 }
 """
+
+# ECHO's vcl_recv may wait (std.cache_req_body): its requests run in the async driver; these do not
+SYNC = 'vcl 4.1;\nbackend default none;\nsub vcl_recv { return (synth(200, req.method + " " + req.url)); }\n'
 
 
 @pytest.fixture
@@ -210,13 +214,98 @@ def test_a_head_past_http_req_size_is_closed_unanswered(start, end):
         assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /"
 
 
-def test_many_pipelined_requests_are_all_answered_in_order(start):
-    srv = start()
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+def test_many_pipelined_requests_are_all_answered_in_order(start, sync):
+    srv = start(SYNC if sync else ECHO)
     n = 200                                 # well past the queue bound: the rest is held, then parsed
     with srv.connect() as sock:
         sock.sendall(b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(n)))
         got = [status(read_response(sock)[0]) for _ in range(n)]
     assert got == [b"HTTP/1.1 200 GET /%d" % i for i in range(n)]
+    # each request but the last found the next one's bytes read already (a read may end between two)
+    assert n - 3 <= srv.server.counters.sess_readahead <= n - 1
+
+
+class _Sink(asyncio.Transport):
+    """A client connection in memory: what the server writes, whether it reads, whether it closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.reading = True
+        self.closed = False
+
+    def write(self, data) -> None:
+        self.out += data
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 80)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
+def drive(vcl: str, *reads: bytes, **params: str):
+    """Feed `reads` to one connection of a Server running `vcl`, each as one read, on a loop of its
+    own; (server, transport) once every request that did not wait is answered. Reads are exact, so
+    where one ends is no accident of the network."""
+    from cacheserver.protocol import ClientProtocol
+    from cacheserver.server import Server
+
+    async def main():
+        srv = Server()
+        for name, value in params.items():
+            srv.params.set(name, value)
+        srv.vcl_load("boot", vcl, "<inline>")
+        conn = ClientProtocol(srv)
+        sink = _Sink()
+        conn.connection_made(sink)
+        for data in reads:
+            conn.data_received(data)
+        conn.connection_lost(None)
+        return srv, sink
+
+    return asyncio.run(main())
+
+
+def test_sess_readahead_counts_requests_whose_successor_is_already_read():
+    """varnishd 7.1 (varnishtest): three requests and the start of a fourth in one read: 3, the fourth
+    counting nothing when its end comes alone."""
+    req = b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n"
+    srv, sink = drive(SYNC, b"".join(req % i for i in range(3)) + b"GET /4 HTTP/1.1\r\nHo", b"st: a\r\n\r\n")
+    assert status_lines(bytes(sink.out))[3] == b"HTTP/1.1 200 GET /4" and srv.counters.sess_readahead == 3
+    srv, _ = drive(SYNC, req % 1 + req % 2, req % 3)          # the second's bytes came with the first
+    assert srv.counters.sess_readahead == 1
+    # 64 requests of 256 bytes fill a parse slice exactly: the rest is held, and counted as read ahead
+    pad = [req % i for i in range(128)]
+    one = [r[:-2] + b"X: " + b"p" * (256 - len(r) - 5) + b"\r\n\r\n" for r in pad]
+    srv, sink = drive(SYNC, b"".join(one))
+    assert {len(r) for r in one} == {256} and len(status_lines(bytes(sink.out))) == 128
+    assert srv.counters.sess_readahead == 127
+
+
+@pytest.mark.parametrize("vcl", [SYNC, ECHO], ids=["sync", "async"])
+def test_a_response_that_says_connection_close_closes_as_sc_resp_close(start, vcl):
+    srv = start(vcl.replace("sub vcl_recv {", 'sub vcl_synth { set resp.http.Connection = "close"; }\nsub vcl_recv {'))
+    with srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        head, _ = read_response(sock)
+        assert b"\r\nConnection: close\r\n" in head and closed_by_server(sock)
+    c = srv.server.counters
+    wait_for(lambda: c.sc_resp_close == 1, what="sc_resp_close")
+    wait_for(lambda: srv.log.texts("SessClose"), what="SessClose")
+    assert srv.log.texts("SessClose")[0].startswith("RESP_CLOSE ")
 
 
 def test_a_half_closed_client_gets_its_answers_then_the_close(start):
