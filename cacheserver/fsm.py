@@ -44,6 +44,7 @@ _STATE_SUBS = {"recv": ("vcl_recv", "vcl_hash"), "hit": ("vcl_hit",), "miss": ("
                "pass": ("vcl_pass",), "purge": ("vcl_purge",), "deliver": ("vcl_deliver",),
                "synth": ("vcl_synth",)}
 _VIA = "1.1 varnish (Varnish/7.1)"
+_MINIMAL_500 = b"HTTP/1.1 500 Internal Server Error\r\n\r\n"     # after vcl_synth fails (cnt_synth)
 # VCL_call's argument for each subroutine, as varnishd logs it
 _CALL = {f"vcl_{n}": n.upper() for n in ("recv", "hash", "hit", "miss", "pass", "purge", "pipe", "deliver",
                                           "synth", "backend_fetch", "backend_response", "backend_error")}
@@ -866,6 +867,13 @@ class ClientRequest(Delivery, EsiRequest):
         # fail (or anything else) in vcl_synth: a bare 500 and close, as Varnish does
         self.keep_alive = False
         self.close_reason = "sc_vcl_failure"
+        if self.parent is None:
+            # http1_minimal_response: the status line alone, logged as a response
+            ctx.log += (("RespProtocol", "HTTP/1.1"), ("RespStatus", "500"), ("RespReason", "Internal Server Error"))
+            self.acct_hdr = len(_MINIMAL_500)
+            if not self.session.closed:
+                self.session.transport.write(_MINIMAL_500)
+            return None
         bare = HttpMessage(proto="HTTP/1.1", status=500, reason="Internal Server Error")
         bare.headers.add("Date", DATES.now())
         bare.headers.add("Server", "Varnish")
