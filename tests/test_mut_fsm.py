@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 from inproc import inproc_cache_factory, wait_for
@@ -598,3 +599,55 @@ def test_vcl_synth_sees_the_connection_close_suggested_before_a_late_100(make):
     wait_for(lambda: (11, "End", "") in cache.proc.log.records, what="the request's End")
     resp = [text for vxid, tag, text in cache.proc.log.records if vxid == 11 and tag in ("RespHeader", "RespUnset")]
     assert resp[2:5] == ["X-Varnish: 11", "Connection: close", "seen: close"] and len(resp) == 8   # no RespUnset
+
+
+def test_a_synth_body_keeps_the_bytes_it_was_given_and_its_own_length(make):
+    """synthetic() passes a header's bytes through as they came (not UTF-8 here); cnt_synth replaces a
+    Content-Length VCL set with the body's."""
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (synth(200)); }\n'
+                    'sub vcl_synth { set resp.http.Content-Length = "999"; synthetic(req.http.x); return (deliver); }\n')
+    head, body, _ = raw(cache, b"GET / HTTP/1.1\r\nHost: a\r\nX: caf\xe9\r\n\r\n")
+    assert body == b"caf\xe9" and head.lower().count(b"\r\ncontent-length: ") == 1
+    assert b"\r\nContent-Length: 4\r\n" in head
+    wait_for(lambda: [r for r in cache.proc.log.records if r[1] == "End"], what="the log")
+    records = [(tag, text) for _, tag, text in cache.proc.log.records]
+    at = [tag for tag, _ in records].index("Timestamp", records.index(("VCL_call", "SYNTH")))
+    assert records[at + 1:at + 3] == [("RespUnset", "Content-Length: 999"), ("RespHeader", "Content-Length: 4")]
+
+
+def test_the_lookup_follows_req_hash_ignore_busy_and_req_grace_and_logs_bans(make):
+    release = threading.Event()
+    n = iter(range(1, 100))
+
+    def slow(req):
+        v = next(n)
+        if v == 1:
+            release.wait(10)
+        return Resp(body=b"v%d" % v)
+
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_recv {\n if (req.http.ib) { set req.hash_ignore_busy = true; }\n'
+                          ' if (req.http.nograce) { set req.grace = 0s; } }\n'
+                          'sub vcl_backend_response { set beresp.ttl = 0.001s; set beresp.grace = 1h; return (deliver); }\n',
+                          slow)
+    c = cache.proc.server.counters
+    first = threading.Thread(target=cache.get, args=("/slow",))
+    first.start()
+    wait_for(lambda: backend.requests, what="the first fetch")
+    try:
+        assert cache.get("/slow", headers={"ib": "1"})[0] == 200      # did not wait for the busy object
+        assert len(backend.requests) == 2 and c.busy_sleep == 0
+    finally:
+        release.set()
+        first.join(10)
+    assert cache.get("/g")[2] == b"v3"
+    stale = time.time() + 0.01
+    wait_for(lambda: time.time() > stale, what="the object past its 1 ms TTL")
+    assert cache.get("/g", headers={"nograce": "1"})[2] == b"v4"          # req.grace 0s: a miss
+    stale = time.time() + 0.01
+    wait_for(lambda: time.time() > stale, what="the object past its 1 ms TTL")
+    assert cache.get("/g")[2] == b"v4" and c.cache_hit_grace == 1         # in grace: delivered
+    cache.cli.cmd("debug.xid 999")
+    cache.cli.cmd("ban req.url == /g")
+    cache.get("/g")
+    wait_for(lambda: (1001, "End", "") in cache.proc.log.records, what="the request's End")
+    assert [t for x, tag, t in cache.proc.log.records if x == 1001 and tag == "ExpBan"][0].endswith(" banned lookup")
