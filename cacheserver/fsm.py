@@ -562,12 +562,6 @@ class ClientRequest(Delivery, EsiRequest):
                 counters.cache_hit_grace += 1
             self.is_hit = True
             return "bgwait" if self.bg is not None else "deliver"
-        if name == "miss":
-            if self.busy is not None:
-                self.stale, self.oc = self.oc, None
-                return "miss"
-            self.oc = None
-            return "pass"
         self.oc = None
         self._drop_busy()
         if name == "pass":

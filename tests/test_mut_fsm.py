@@ -651,3 +651,36 @@ def test_the_lookup_follows_req_hash_ignore_busy_and_req_grace_and_logs_bans(mak
     cache.get("/g")
     wait_for(lambda: (1001, "End", "") in cache.proc.log.records, what="the request's End")
     assert [t for x, tag, t in cache.proc.log.records if x == 1001 and tag == "ExpBan"][0].endswith(" banned lookup")
+
+
+def test_a_grace_hit_refreshes_in_the_background_and_a_miss_revalidates_the_stale_object(make):
+    """A stale object in grace: delivered, with a background fetch linked as varnishd's (Link bereq N
+    bgfetch, bereq.is_bgfetch); a miss past req.grace fetches at once, revalidating the stale object."""
+    n = iter(range(1, 100))
+
+    def backend_resp(req):
+        if req.header("If-None-Match") == '"e"':
+            return Resp(status=304, headers=[("ETag", '"e"')])
+        return Resp(headers=[("ETag", '"e"')], body=b"v%d" % next(n))
+
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_recv { if (req.http.m) { set req.grace = 0s; } }\n'
+                          'sub vcl_backend_fetch { set bereq.http.bg = bereq.is_bgfetch; }\n'
+                          'sub vcl_backend_response { set beresp.ttl = 0.001s; set beresp.grace = 1h;\n'
+                          ' set beresp.http.was304 = beresp.was_304; return (deliver); }\n', backend_resp)
+    c = cache.proc.server.counters
+    assert cache.get("/g")[2] == b"v1"
+    stale = time.time() + 0.01
+    wait_for(lambda: time.time() > stale, what="the object past its 1 ms TTL")
+    cache.cli.cmd("debug.xid 99")
+    status, h, body = cache.get("/g")
+    assert (status, body, c.cache_hit_grace, c.cache_hit) == (200, b"v1", 1, 1)
+    wait_for(lambda: len(backend.requests) == 2 and (102, "End", "") in cache.proc.log.records,
+             what="the background fetch")
+    assert backend.requests[1].header("bg") == "true" and backend.requests[1].header("If-None-Match") == '"e"'
+    assert (101, "Link", "bereq 102 bgfetch") in cache.proc.log.records
+    assert (102, "Begin", "bereq 101 bgfetch") in cache.proc.log.records
+    stale = time.time() + 0.01
+    wait_for(lambda: time.time() > stale, what="the refreshed object past its 1 ms TTL")
+    status, h, body = cache.get("/g", headers={"m": "1"})
+    assert (status, body, h["was304"]) == (200, b"v1", "true") and backend.requests[2].header("bg") == "false"
+    assert backend.requests[2].header("If-None-Match") == '"e"' and c.cache_hit_grace == 1 and c.cache_miss == 2
