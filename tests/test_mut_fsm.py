@@ -684,3 +684,21 @@ def test_a_grace_hit_refreshes_in_the_background_and_a_miss_revalidates_the_stal
     status, h, body = cache.get("/g", headers={"m": "1"})
     assert (status, body, h["was304"]) == (200, b"v1", "true") and backend.requests[2].header("bg") == "false"
     assert backend.requests[2].header("If-None-Match") == '"e"' and c.cache_hit_grace == 1 and c.cache_miss == 2
+
+
+def test_a_hit_is_logged_with_the_object_s_xid_ttl_grace_and_keep_and_hitmiss_hitpass_reach_vcl(make):
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_backend_response {\n'
+                    ' if (bereq.url == "/hfm") { set beresp.uncacheable = true; set beresp.ttl = 50s; return (deliver); }\n'
+                    ' if (bereq.url == "/hfp") { return (pass(40s)); }\n'
+                    ' set beresp.ttl = 100s; set beresp.grace = 7s; set beresp.keep = 3s; }\n'
+                    'sub vcl_deliver { set resp.http.hm = req.is_hitmiss; set resp.http.hp = req.is_hitpass; }\n')
+    cache.cli.cmd("debug.xid 99")
+    cache.get("/h")                                     # session 100, request 101, its fetch 102
+    cache.get("/h")                                     # session 103, request 104: the hit
+    wait_for(lambda: (104, "End", "") in cache.proc.log.records, what="the hit's End")
+    (hit,) = [text for vxid, tag, text in cache.proc.log.records if vxid == 104 and tag == "Hit"]
+    xid, ttl, grace, keep = hit.split(" ")
+    assert (xid, grace, keep) == ("102", "7.000000", "3.000000") and 98 < float(ttl) <= 100
+    for url, flags in (("/hfm", ("true", "false")), ("/hfp", ("false", "true"))):
+        first, again = cache.get(url)[1], cache.get(url)[1]
+        assert (first["hm"], first["hp"], again["hm"], again["hp"]) == ("false", "false", *flags)
