@@ -378,8 +378,13 @@ class ClientProtocol(asyncio.Protocol):
                 # llhttp wants "/..." or a scheme; varnishd takes any URL token ("foo", "bar?x")
                 completed = self._raw_done - done_before
                 if not at_start:
-                    self.bad_request(exc)
-                    return
+                    if completed or self._head_prefix is None:
+                        self.bad_request(exc)
+                        return
+                    # begun in an earlier read (llhttp took "fo" for a scheme's start): from its start
+                    data, skip = self._head_prefix + data, self._prefix_skip
+                    data = self._custom_url(data, _end_of_message(data, skip) if skip else 0)
+                    continue
                 offset = _end_of_message(data, completed) if completed else 0
                 data = self._custom_url(data, offset)
             except HeadOverflow:

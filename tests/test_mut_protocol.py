@@ -11,7 +11,7 @@ import socket
 import time
 
 import pytest
-from inproc import InProcServer, wait_for
+from inproc import InProcServer, RecordingLog, wait_for
 from serverproc import read_all, read_response
 from test_cache_support import Backend, Resp, read_message
 
@@ -258,13 +258,14 @@ class _Sink(asyncio.Transport):
 
 def drive(vcl: str, *reads: bytes, **params: str):
     """Feed `reads` to one connection of a Server running `vcl`, each as one read, on a loop of its
-    own; (server, transport) once every request that did not wait is answered. Reads are exact, so
-    where one ends is no accident of the network."""
+    own; (server, transport) once every request is answered, or stuck (a body still to come). Reads
+    are exact, so where one ends is no accident of the network."""
     from cacheserver.protocol import ClientProtocol
     from cacheserver.server import Server
 
     async def main():
         srv = Server()
+        srv.vsl = RecordingLog()
         for name, value in params.items():
             srv.params.set(name, value)
         srv.vcl_load("boot", vcl, "<inline>")
@@ -273,6 +274,10 @@ def drive(vcl: str, *reads: bytes, **params: str):
         conn.connection_made(sink)
         for data in reads:
             conn.data_received(data)
+            for _ in range(100):          # a request that waits runs as a task: let it get as far as it can
+                if not conn.busy:
+                    break
+                await asyncio.sleep(0)
         conn.connection_lost(None)
         return srv, sink
 
@@ -733,3 +738,44 @@ def test_a_steal_passes_the_client_address_the_argument_and_a_cached_body(start,
             got += chunk
         assert got == want
         wait_for(lambda: c.steal_ok == 1, what="the steal counted")
+
+
+def test_http_req_size_bounds_the_whole_head_to_the_byte():
+    """varnishd 7.1 (varnishtest, http_req_size=256): a head of 256 bytes is answered, 257 closed unanswered."""
+    base = b"GET /x HTTP/1.1\r\nHost: a\r\nX: "
+    for size, answered in ((256, True), (257, False)):
+        head = base + b"p" * (size - len(base) - 4) + b"\r\n\r\n"
+        srv, sink = drive(SYNC, head, http_req_size="256")
+        assert len(head) == size and (bytes(sink.out[:15]) == b"HTTP/1.1 200 GE") is answered
+        assert (sink.out == b"" and srv.counters.sc_rx_overflow == 1) is not answered
+
+
+@pytest.mark.parametrize("reads, answers", [
+    ((b"POST fo", b"o HTTP/1.1\r\nHost: a\r\n\r\n"), [b"POST foo"]),
+    ((b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nPOST fo", b"o HTTP/1.1\r\nHost: a\r\n\r\n"), [b"GET /a", b"POST foo"]),
+    ((b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n", b"GET fo", b"o HTTP/1.1\r\nHost: a\r\n\r\n"), [b"GET /a", b"GET foo"]),
+    ((b"BAN fo", b"o HTTP/1.1\r\nHost: a\r\n\r\nGET x", b"y HTTP/1.1\r\n\r\n"), [b"BAN foo", b"GET xy"]),
+    ((b"GET f", b"o", b"o", b" HTTP/1.1\r\n\r\n"), [b"GET foo"]),
+    ((b"GET /a HTTP/1.1\r\n\r\nGET 1", b"x HTTP/1.1\r\n\r\n"), [b"GET /a", b"GET 1x"]),   # refused at once
+])
+def test_a_url_llhttp_refuses_is_taken_however_the_reads_cut_it(reads, answers):
+    """varnishd takes any URL token; llhttp refuses "foo" only at its end when its start looked like a
+    scheme, a read or more later: the head is parsed again from its start, its method kept."""
+    srv, sink = drive(SYNC, *reads)
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 " + a for a in answers]
+
+
+@pytest.mark.parametrize("proto, interim", [(b"1.1", True), (b"1.0", False)])
+def test_expect_100_continue_is_answered_for_http11_only(proto, interim):
+    vcl = SYNC.replace("sub vcl_recv {", "import std;\nsub vcl_recv { std.cache_req_body(1KB);")
+    head = b"POST /b HTTP/%s\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-Continue\r\n\r\n" % proto
+    srv, sink = drive(vcl, head)
+    assert sink.out.startswith(b"HTTP/1.1 100 Continue\r\n\r\n") is interim
+
+
+def test_an_unknown_expectation_is_a_417_logged_with_its_head_bytes():
+    head = b"GET /e HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\n\r\n"
+    srv, sink = drive(SYNC, head)
+    assert sink.out.startswith(b"HTTP/1.1 417 ") and sink.closed and srv.counters.client_req_417 == 1
+    (acct,) = srv.vsl.texts("ReqAcct")
+    assert acct.split()[:3] == [str(len(head)), "0", str(len(head))]
