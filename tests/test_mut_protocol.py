@@ -291,7 +291,7 @@ def test_sess_readahead_counts_requests_whose_successor_is_already_read():
     srv, sink = drive(SYNC, b"".join(req % i for i in range(3)) + b"GET /4 HTTP/1.1\r\nHo", b"st: a\r\n\r\n")
     assert status_lines(bytes(sink.out))[3] == b"HTTP/1.1 200 GET /4" and srv.counters.sess_readahead == 3
     srv, _ = drive(SYNC, req % 1 + req % 2, req % 3)          # the second's bytes came with the first
-    assert srv.counters.sess_readahead == 1
+    assert srv.counters.sess_readahead == 1 and srv.counters.s_req_hdrbytes == 3 * len(req % 1)
     # 64 requests of 256 bytes fill a parse slice exactly: the rest is held, and counted as read ahead
     pad = [req % i for i in range(128)]
     one = [r[:-2] + b"X: " + b"p" * (256 - len(r) - 5) + b"\r\n\r\n" for r in pad]
@@ -767,10 +767,13 @@ def test_a_url_llhttp_refuses_is_taken_however_the_reads_cut_it(reads, answers):
 
 @pytest.mark.parametrize("proto, interim", [(b"1.1", True), (b"1.0", False)])
 def test_expect_100_continue_is_answered_for_http11_only(proto, interim):
-    vcl = SYNC.replace("sub vcl_recv {", "import std;\nsub vcl_recv { std.cache_req_body(1KB);")
+    """cnt_transport: a 100 for HTTP/1.1 only, and the Expect header is gone before vcl_recv either way."""
+    vcl = ('vcl 4.1;\nimport std;\nbackend default none;\nsub vcl_recv {\n std.cache_req_body(1KB);\n'
+           ' return (synth(200, req.proto + " [" + req.http.Expect + "]")); }\n')
     head = b"POST /b HTTP/%s\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-Continue\r\n\r\n" % proto
-    srv, sink = drive(vcl, head)
+    srv, sink = drive(vcl, head, b"ab")
     assert sink.out.startswith(b"HTTP/1.1 100 Continue\r\n\r\n") is interim
+    assert status_lines(bytes(sink.out))[-1] == b"HTTP/1.1 200 HTTP/" + proto + b" []"
 
 
 def test_an_unknown_expectation_is_a_417_logged_with_its_head_bytes():
