@@ -347,14 +347,11 @@ class ClientRequest(Delivery, EsiRequest):
         """The actions every client state handles alike: synth, restart, fail."""
         name = action.name
         if name == "synth":
-            status = int(action.args[0]) if action.args else 503
-            reason = action.args[1] if len(action.args) > 1 else ""
-            return self._to_synth(status, reason or "")
+            status, reason = action.args       # VCC gives synth() both (the reason "" when left out)
+            return self._to_synth(int(status), reason or "")
         if name == "restart":
             return "restart"
-        if name != "fail":
-            log.error("action %s not handled here", name)
-        return self._fail_state()
+        return self._fail_state()          # fail: VCC lets a state return nothing else here
 
     # -- recv / hash ------------------------------------------------------------------------------
 
