@@ -585,7 +585,7 @@ class ClientProtocol(asyncio.Protocol):
                            want_continue=self._send_continue if want_continue else None)
         self.server.counters.client_req += 1
         request = ClientRequest(self, head, body, self._keep_alive, self._raw_done + 1,
-                                expect=expect.strip() if want_continue else None, defer_xid=True)
+                                expect=expect.strip() if expect is not None else None, defer_xid=True)
         # ReqAcct's header bytes: the request line and the fields as the parser counted them
         request.acct_req = len(method) + len(version) + 11 + self._head_size
         self.queue.append(request)

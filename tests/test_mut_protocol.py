@@ -767,13 +767,15 @@ def test_a_url_llhttp_refuses_is_taken_however_the_reads_cut_it(reads, answers):
 
 @pytest.mark.parametrize("proto, interim", [(b"1.1", True), (b"1.0", False)])
 def test_expect_100_continue_is_answered_for_http11_only(proto, interim):
-    """cnt_transport: a 100 for HTTP/1.1 only, and the Expect header is gone before vcl_recv either way."""
+    """cnt_transport: a 100 for HTTP/1.1 only; the Expect header is gone before vcl_recv either way, its
+    ReqUnset logged (varnishd 7.1, varnishtest)."""
     vcl = ('vcl 4.1;\nimport std;\nbackend default none;\nsub vcl_recv {\n std.cache_req_body(1KB);\n'
            ' return (synth(200, req.proto + " [" + req.http.Expect + "]")); }\n')
     head = b"POST /b HTTP/%s\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-Continue\r\n\r\n" % proto
     srv, sink = drive(vcl, head, b"ab")
     assert sink.out.startswith(b"HTTP/1.1 100 Continue\r\n\r\n") is interim
     assert status_lines(bytes(sink.out))[-1] == b"HTTP/1.1 200 HTTP/" + proto + b" []"
+    assert srv.vsl.texts("ReqUnset") == ["Expect: 100-Continue"]
 
 
 def test_an_unknown_expectation_is_a_417_logged_with_its_head_bytes():
