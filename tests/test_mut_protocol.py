@@ -784,3 +784,4 @@ def test_an_unknown_expectation_is_a_417_logged_with_its_head_bytes():
     assert sink.out.startswith(b"HTTP/1.1 417 ") and sink.closed and srv.counters.client_req_417 == 1
     (acct,) = srv.vsl.texts("ReqAcct")
     assert acct.split()[:3] == [str(len(head)), "0", str(len(head))]
+
