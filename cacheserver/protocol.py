@@ -518,7 +518,7 @@ class ClientProtocol(asyncio.Protocol):
             raise HeadOverflow()            # varnishd: past its buffer, the head is cut off unanswered
         if size > params.http_req_hdr_len:
             raise RequestTooLarge("header too long")
-        if len(self._fields) >= params.http_max_hdr:
+        if len(self._fields) >= params.http_max_hdr - 5:     # the request line takes its first 5 slots
             raise RequestTooLarge("too many headers")
         field = name.decode("utf-8", "surrogateescape")     # http1.text(), inlined: per header
         # llhttp keeps the blanks that end a value; varnishd strips them

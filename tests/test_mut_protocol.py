@@ -785,3 +785,12 @@ def test_an_unknown_expectation_is_a_417_logged_with_its_head_bytes():
     (acct,) = srv.vsl.texts("ReqAcct")
     assert acct.split()[:3] == [str(len(head)), "0", str(len(head))]
 
+
+
+@pytest.mark.parametrize("headers, answer", [(26, b"HTTP/1.1 200 GET /"), (28, b"HTTP/1.1 400 Bad Request")])
+def test_http_max_hdr_counts_the_request_line_s_slots(headers, answer):
+    """varnishd 7.1 (varnishtest, http_max_hdr=32): 26 headers are answered, 28 refused (5 slots go to the
+    request line)."""
+    head = b"GET / HTTP/1.1\r\n" + b"".join(b"H%02d: v\r\n" % i for i in range(headers)) + b"\r\n"
+    srv, sink = drive(SYNC, head, http_max_hdr="32")
+    assert status_lines(bytes(sink.out)) == [answer]
