@@ -245,10 +245,14 @@ class Delivery:
                 # a HEAD learns the length a GET would get (of the delivered representation)
                 headers.add("Content-Length", str(resp_len))
         headers.unset("Transfer-Encoding")
-        if headers.get("Connection") is not None and headers.get("Connection").lower() == "close":
-            self.keep_alive = False
-        headers.unset("Connection")
-        headers.add("Connection", "keep-alive" if self.keep_alive else "close")
+        conn = headers.get("Connection")
+        if conn is None:
+            headers.add("Connection", "keep-alive" if self.keep_alive else "close")
+        elif conn.lower() == "close":
+            self.keep_alive = False        # VCL's (or a synth's) Connection: close stays where it is
+        elif not self.keep_alive:
+            headers.unset("Connection")
+            headers.add("Connection", "close")
         chunked = False
         if sendbody and resp_len < 0:
             if ctx.req.proto == "HTTP/1.1":

@@ -51,6 +51,7 @@ STATES: dict[str, tuple[str, ...] | None] = {
     "synth": ("vcl_synth",), "synthbody": WAITS, "stream": WAITS, "send": WAITS, "esibody": WAITS}
 _ALWAYS_ASYNC = frozenset(state for state, subs in STATES.items() if subs is WAITS)
 _VIA = "1.1 varnish (Varnish/7.1)"
+_MINIMAL_500 = b"HTTP/1.1 500 Internal Server Error\r\n\r\n"     # after vcl_synth fails (cnt_synth)
 # A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
 _START_LINE_SLOTS = 5
 # The records of a subroutine the server runs in place of its built-in code (CompiledVCL.builtin_only)
@@ -166,7 +167,8 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.backend_hint = vcl.default_backend
         ctx.sess_timeout_idle = server.params.timeout_idle
         self.t_prev = self.t_start = self.ctx.req_time
-        self._vsl_begin("rxreq", self.ctx.sess_xid, expect)
+        moved = _absolute_url(req, server.params) if req.url[:1] != "/" else None
+        self._vsl_begin("rxreq", self.ctx.sess_xid, expect, moved)
         if not defer_xid:
             self.take_xid()
 
@@ -179,7 +181,8 @@ class ClientRequest(Delivery, EsiRequest):
 
     # -- the shared log ---------------------------------------------------------------------------
 
-    def _vsl_begin(self, reason: str, parent: int, expect: str | None = None) -> None:
+    def _vsl_begin(self, reason: str, parent: int, expect: str | None = None,
+                   moved: list | None = None) -> None:
         ctx = self.ctx
         req = ctx.req
         t = self.t_start
@@ -189,7 +192,7 @@ class ClientRequest(Delivery, EsiRequest):
             self._ts("Start")            # counted from the first request's start, as varnishd
             ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
                             % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
-        elif expect is None:
+        elif expect is None and moved is None:
             # one pre-joined run of records (cacheserver/vsl.py), one format: this is every request
             ts = "%.6f" % t
             ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
@@ -200,10 +203,12 @@ class ClientRequest(Delivery, EsiRequest):
         else:
             ts = "%.6f" % t
             ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
-                                     "Timestamp Req: %s 0.000000 0.000000\0VCL_use %s"
-                            % (parent, reason, ts, ts, self.vcl.__dict__.get("name") or "boot")))
-            # cnt_transport unsets a 100-continue Expect before the request is logged
-            ctx.log.append(("ReqUnset", "Expect: " + expect))
+                                     "Timestamp Req: %s 0.000000 0.000000" % (parent, reason, ts, ts)))
+            ctx.log += moved or ()       # the Host an absolute URL named, as the head was read
+            ctx.log.append(("VCL_use", self.vcl.__dict__.get("name") or "boot"))
+            if expect is not None:
+                # cnt_transport unsets a 100-continue Expect before the request is logged
+                ctx.log.append(("ReqUnset", "Expect: " + expect))
             ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
                             % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
         req.headers.log_to(ctx.log, "ReqHeader", "ReqUnset")
@@ -332,14 +337,11 @@ class ClientRequest(Delivery, EsiRequest):
         """The actions every client state handles alike: synth, restart, fail."""
         name = action.name
         if name == "synth":
-            status = int(action.args[0]) if action.args else 503
-            reason = action.args[1] if len(action.args) > 1 else ""
-            return self._to_synth(status, reason or "")
+            status, reason = action.args       # VCC gives synth() both (the reason "" when left out)
+            return self._to_synth(int(status), reason or "")
         if name == "restart":
             return "restart"
-        if name != "fail":
-            log.error("action %s not handled here", name)
-        return self._fail_state()
+        return self._fail_state()          # fail: VCC lets a state return nothing else here
 
     # -- recv / hash ------------------------------------------------------------------------------
 
@@ -349,9 +351,6 @@ class ClientRequest(Delivery, EsiRequest):
         if ctx.restarts == 0 and self.parent is None:    # an ESI subrequest starts from its parent's
             if self.received is None and _may_switch(self.vcl):
                 self.received = req.copy()
-            url = req.url
-            if url[:1] != "/" and url[:7].lower() in ("http://", "https:/"):
-                _absolute_url(req)
             xff = req.headers.get_all("X-Forwarded-For")
             if xff:
                 req.headers.unset("X-Forwarded-For")
@@ -576,12 +575,6 @@ class ClientRequest(Delivery, EsiRequest):
                 counters.cache_hit_grace += 1
             self.is_hit = True
             return "bgwait" if self.bg is not None else "deliver"
-        if name == "miss":
-            if self.busy is not None:
-                self.stale, self.oc = self.oc, None
-                return "miss"
-            self.oc = None
-            return "pass"
         self.oc = None
         self._drop_busy()
         if name == "pass":
@@ -880,6 +873,13 @@ class ClientRequest(Delivery, EsiRequest):
         # fail (or anything else) in vcl_synth: a bare 500 and close, as Varnish does
         self.keep_alive = False
         self.close_reason = "sc_vcl_failure"
+        if self.parent is None:
+            # http1_minimal_response: the status line alone, logged as a response
+            ctx.log += (("RespProtocol", "HTTP/1.1"), ("RespStatus", "500"), ("RespReason", "Internal Server Error"))
+            self.acct_hdr = len(_MINIMAL_500)
+            if not self.session.closed:
+                self.session.transport.write(_MINIMAL_500)
+            return None
         bare = HttpMessage(proto="HTTP/1.1", status=500, reason="Internal Server Error")
         bare.headers.add("Date", DATES.now())
         bare.headers.add("Server", "Varnish")
@@ -901,12 +901,27 @@ def _builtin_hash(ctx: Context) -> None:
     ctx.hash_parts += (req.url, host if host is not None else s_ip(ctx.server_ip))
 
 
-def _absolute_url(req: HttpMessage) -> None:
-    """RFC 2616 5.2: an absolute request URI names the host; it replaces any Host header."""
-    rest = req.url.split("://", 1)[1]
+def _absolute_url(req: HttpMessage, params) -> list | None:
+    """RFC 2616 5.2: an absolute request URI with a path names the host, which replaces any Host header
+    (appended last), as varnishd's HTTP1_DissectRequest: http://, and https:// with feature
+    +https_scheme. Returns the records varnishd logs for it, None when the URL is left as it is."""
+    url = req.url
+    scheme = url[:8].lower()
+    if scheme[:7] == "http://":
+        rest = url[7:]
+    elif scheme == "https://" and "https_scheme" in params.text("feature"):
+        rest = url[8:]
+    else:
+        return None
     host, slash, path = rest.partition("/")
-    req.headers.set("Host", host)
-    req.url = slash + path if slash else "/"
+    if not slash:
+        return None
+    headers = req.headers
+    records = [("ReqUnset", f"{name}: {value}") for name, value in headers.items() if name.lower() == "host"]
+    headers.unset("Host")
+    headers.add("Host", host)
+    req.url = "/" + path
+    return [*records, ("ReqHeader", "Host: " + host)]
 
 
 def _hit_text(oc: ObjCore | None) -> str:

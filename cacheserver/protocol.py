@@ -390,8 +390,13 @@ class ClientProtocol(asyncio.Protocol):
                 # llhttp wants "/..." or a scheme; varnishd takes any URL token ("foo", "bar?x")
                 completed = self._raw_done - done_before
                 if not at_start:
-                    self.bad_request(exc)
-                    return
+                    if completed or self._head_prefix is None:
+                        self.bad_request(exc)
+                        return
+                    # begun in an earlier read (llhttp took "fo" for a scheme's start): from its start
+                    data, skip = self._head_prefix + data, self._prefix_skip
+                    data = self._custom_url(data, _end_of_message(data, skip) if skip else 0)
+                    continue
                 offset = _end_of_message(data, completed) if completed else 0
                 data = self._custom_url(data, offset)
             except HeadOverflow:
@@ -604,7 +609,7 @@ class ClientProtocol(asyncio.Protocol):
                            want_continue=self._send_continue if want_continue else None)
         self.server.counters.client_req += 1
         request = ClientRequest(self, head, body, self._keep_alive, self._raw_done + 1,
-                                expect=expect.strip() if want_continue else None, defer_xid=True)
+                                expect=expect.strip() if expect is not None else None, defer_xid=True)
         # ReqAcct's header bytes: the request line and the fields as the parser counted them
         request.acct_req = len(method) + len(version) + 11 + self._head_size
         self.queue.append(request)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 from inproc import inproc_cache_factory, wait_for
@@ -274,18 +275,41 @@ def test_pipe_sends_connection_close_and_respects_pipe_sess_max(make):
     assert raw(cache, b"GET /third HTTP/1.1\r\nHost: a\r\n\r\n")[1] == b"piped"
 
 
-@pytest.mark.parametrize("url, host, path", [
-    ("http://example.com/a/b?c", "example.com", "/a/b?c"),
-    ("HTTPS://Example.com:8443", "Example.com:8443", "/"),
-    ("http://h", "h", "/"),
-    ("http://h/r?to=http://x/y", "h", "/r?to=http://x/y"),     # the first "://" only
+@pytest.mark.parametrize("url, feature, host, path", [
+    ("http://example.com/a/b?c", "", "example.com", "/a/b?c"),
+    ("HTTP://Ex/y", "", "Ex", "/y"),
+    ("http://h/r?to=http://x/y", "", "h", "/r?to=http://x/y"),     # the first "://" only
+    ("http:///p", "", "", "/p"),
+    ("http://h", "", "other", "http://h"),                         # no path: left alone
+    ("HTTPS://Example.com:8443/x", "", "other", "HTTPS://Example.com:8443/x"),
+    ("HTTPS://Example.com:8443/x", "+https_scheme", "Example.com:8443", "/x"),
 ])
-def test_an_absolute_url_names_the_host(make, url, host, path):
-    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n")
+def test_an_absolute_url_names_the_host(make, url, feature, host, path):
+    """varnishd 7.1 (varnishtest): HTTP1_DissectRequest takes the host of http://host/path (and of
+    https:// with feature +https_scheme) for a Host header appended last; a URL without a path stays."""
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n", None,
+                          *(("-p", f"feature={feature}") if feature else ()))
     with cache.proc.connect() as sock:
-        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: other\r\n\r\n".encode())
+        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: other\r\nX-After: 1\r\n\r\n".encode())
         read_message(sock)
-    assert (backend.requests[0].header("Host"), backend.requests[0].url) == (host, path)
+    req = backend.requests[0]
+    assert (req.header("Host"), req.url) == (host, path)
+    names = [name for name, _ in req.headers]
+    assert names.index("X-After") < names.index("Host") if host != "other" else names.index("Host") == 0
+
+
+def test_an_absolute_url_is_logged_as_varnishd_reads_it(make):
+    """varnishd 7.1: the Host swap is logged between the Timestamps and VCL_use, ReqURL is the path."""
+    cache, _ = make("vcl 4.1;\nBACKEND\n")
+    cache.cli.cmd("debug.xid 9")
+    raw(cache, b"GET http://example.com/a HTTP/1.1\r\nHost: other\r\nX-After: 1\r\n\r\n")
+    wait_for(lambda: (11, "End", "") in cache.proc.log.records, what="the request's End")
+    records = [(tag, text) for vxid, tag, text in cache.proc.log.records if vxid == 11 and tag != "Timestamp"]
+    assert records[:8] == [("Begin", "req 10 rxreq"), ("ReqUnset", "Host: other"),
+                           ("ReqHeader", "Host: example.com"), ("VCL_use", "boot"), records[4],
+                           ("ReqMethod", "GET"), ("ReqURL", "/a"), ("ReqProtocol", "HTTP/1.1")]
+    assert records[8:11] == [("ReqHeader", "X-After: 1"), ("ReqHeader", "Host: example.com"),
+                             ("ReqHeader", "X-Forwarded-For: 127.0.0.1")]
 
 
 def test_a_relative_url_that_looks_absolute_is_left_alone(make):
@@ -356,10 +380,20 @@ def test_an_abandoned_fetch_is_a_503_for_the_client(make):
 
 def test_a_failing_vcl_synth_is_a_bare_500_and_close(make):
     cache, _ = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (synth(404)); }\nsub vcl_synth { return (fail); }\n")
+    """varnishd 7.1 (varnishtest): the status line alone (http1_minimal_response), logged as the response
+    after the Process timestamp, and the connection closes."""
+    cache.cli.cmd("debug.xid 9")
     head, closed = closes(cache, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and closed
-    assert b"\r\nX-Varnish: " in head and b"\r\nServer: Varnish\r\n" in head
+    assert head == b"HTTP/1.1 500 Internal Server Error\r\n\r\n" and closed
     assert cache.proc.server.counters.sc_vcl_failure == 1
+    wait_for(lambda: (11, "End", "") in cache.proc.log.records, what="the request's End")
+    records = [(tag, text.split(":")[0] if tag == "Timestamp" else text)
+               for vxid, tag, text in cache.proc.log.records if vxid == 11]
+    at = records.index(("Timestamp", "Process"))
+    assert records[at - 3:at] == [("VCL_call", "SYNTH"), ("VCL_Error", "Failed from VCL"), ("VCL_return", "fail")]
+    assert records[at + 1:] == [("RespProtocol", "HTTP/1.1"), ("RespStatus", "500"),
+                                ("RespReason", "Internal Server Error"), ("Timestamp", "Resp"),
+                                ("ReqAcct", "27 0 27 38 0 38"), ("End", "")]
 
 
 def test_more_object_headers_than_http_max_hdr_is_a_500(make):
@@ -498,3 +532,183 @@ def test_the_lookup_follows_req_hash_always_miss_req_ttl_and_req_hash_ignore_var
     status, h, body = cache.get("/a", headers={"X-V": "9", "any": "1"})
     assert body in (b"3", b"4") and h["x-varnish"].count(" ") == 1                 # any variant hits
     assert len(backend.requests) == 4
+
+
+def test_vcl_pass_returns_synth_or_restart_and_a_pass_links_its_fetch(make):
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n'
+                          'sub vcl_pass {\n if (req.url == "/s") { return (synth(403, "Not here")); }\n'
+                          ' if (req.url == "/r") { set req.url = "/after"; return (restart); } }\n',
+                          lambda req: Resp(body=req.url.encode()))
+    assert cache.get("/s")[:1] == (403,)
+    status, _, body = cache.get("/r")
+    assert (status, body) == (200, b"/after")
+    cache.cli.cmd("debug.xid 99")
+    cache.get("/p")
+    wait_for(lambda: (101, "End", "") in cache.proc.log.records, what="the request's End")
+    assert (101, "Link", "bereq 102 pass") in cache.proc.log.records      # varnishd: VCL_return fetch, Link
+    assert [r.url for r in backend.requests] == ["/after", "/p"] and cache.proc.server.counters.s_pass == 2
+
+
+def test_a_restart_ends_the_old_request_in_the_log_as_varnishd(make):
+    """varnishd 7.1 (cnt_restart, VSL_ChgId): the old vxid's last records are its Restart timestamp, a
+    Link to the new vxid and End, a client ("c") transaction; the new one begins linked back."""
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_recv { if (req.restarts == 0) { return (restart); } }\n')
+    log = cache.proc.log
+    kinds = {}
+    write = log.write
+
+    def recording(vxid, kind, records, tail=b""):
+        kinds.setdefault(vxid, set()).add(kind)
+        write(vxid, kind, records, tail)
+
+    log.write = recording
+    cache.cli.cmd("debug.xid 99")
+    assert cache.get("/")[0] == 200
+    wait_for(lambda: (102, "End", "") in log.records, what="the restarted request's End")
+    old = [(tag, text.split(":")[0] if tag == "Timestamp" else text) for vxid, tag, text in log.records
+           if vxid == 101]
+    assert old[-3:] == [("Timestamp", "Restart"), ("Link", "req 102 restart"), ("End", "")]
+    assert (102, "Begin", "req 101 restart") in log.records and kinds[101] == kinds[102] == {"c"}
+
+
+def test_a_conditional_request_restarted_into_a_hit_gets_its_304(make):
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_deliver { if (req.restarts == 0 && req.http.again) '
+                          '{ return (restart); } }\n', lambda req: Resp(headers=[("ETag", '"e"')], body=b"x"))
+    assert cache.get("/c")[0] == 200
+    status, h, body = cache.get("/c", headers={"If-None-Match": '"e"', "again": "1"})
+    assert (status, body, h["x-varnish"].count(" ")) == (304, b"", 1) and len(backend.requests) == 1
+
+
+def test_a_synth_200_answers_a_range_request_with_206(make):
+    """varnishd 7.1 (varnishtest): resp.filters of a synth response include range: 206, bytes 0-1/5."""
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (synth(200)); }\n'
+                    'sub vcl_synth { synthetic("hello"); return (deliver); }\n')
+    status, h, body = cache.get("/", headers={"Range": "bytes=0-1"})
+    assert (status, h["content-range"], body) == (206, "bytes 0-1/5", b"he")
+
+
+def test_vcl_synth_sees_the_connection_close_suggested_before_a_late_100(make):
+    """cnt_synth sets "Connection: close" for a client still waiting for its 100 (VCL may remove it)."""
+    cache, _ = make('vcl 4.1;\nimport std;\nBACKEND\nsub vcl_recv { std.late_100_continue(true); return (synth(403)); }\n'
+                    'sub vcl_synth { set resp.http.seen = resp.http.Connection; }\n')
+    cache.cli.cmd("debug.xid 9")
+    with cache.proc.connect() as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        head, _ = read_message(sock)
+    assert head.split(b"\r\n")[3:6] == [b"X-Varnish: 11", b"Connection: close", b"seen: close"]
+    wait_for(lambda: (11, "End", "") in cache.proc.log.records, what="the request's End")
+    resp = [text for vxid, tag, text in cache.proc.log.records if vxid == 11 and tag in ("RespHeader", "RespUnset")]
+    assert resp[2:5] == ["X-Varnish: 11", "Connection: close", "seen: close"] and len(resp) == 8   # no RespUnset
+
+
+def test_a_synth_body_keeps_the_bytes_it_was_given_and_its_own_length(make):
+    """synthetic() passes a header's bytes through as they came (not UTF-8 here); cnt_synth replaces a
+    Content-Length VCL set with the body's."""
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (synth(200)); }\n'
+                    'sub vcl_synth { set resp.http.Content-Length = "999"; synthetic(req.http.x); return (deliver); }\n')
+    head, body, _ = raw(cache, b"GET / HTTP/1.1\r\nHost: a\r\nX: caf\xe9\r\n\r\n")
+    assert body == b"caf\xe9" and head.lower().count(b"\r\ncontent-length: ") == 1
+    assert b"\r\nContent-Length: 4\r\n" in head
+    wait_for(lambda: [r for r in cache.proc.log.records if r[1] == "End"], what="the log")
+    records = [(tag, text) for _, tag, text in cache.proc.log.records]
+    at = [tag for tag, _ in records].index("Timestamp", records.index(("VCL_call", "SYNTH")))
+    assert records[at + 1:at + 3] == [("RespUnset", "Content-Length: 999"), ("RespHeader", "Content-Length: 4")]
+
+
+def test_the_lookup_follows_req_hash_ignore_busy_and_req_grace_and_logs_bans(make):
+    release = threading.Event()
+    n = iter(range(1, 100))
+
+    def slow(req):
+        v = next(n)
+        if v == 1:
+            release.wait(10)
+        return Resp(body=b"v%d" % v)
+
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_recv {\n if (req.http.ib) { set req.hash_ignore_busy = true; }\n'
+                          ' if (req.http.nograce) { set req.grace = 0s; } }\n'
+                          'sub vcl_backend_response { set beresp.ttl = 0.001s; set beresp.grace = 1h; return (deliver); }\n',
+                          slow)
+    c = cache.proc.server.counters
+    first = threading.Thread(target=cache.get, args=("/slow",))
+    first.start()
+    wait_for(lambda: backend.requests, what="the first fetch")
+    try:
+        assert cache.get("/slow", headers={"ib": "1"})[0] == 200      # did not wait for the busy object
+        assert len(backend.requests) == 2 and c.busy_sleep == 0
+    finally:
+        release.set()
+        first.join(10)
+    assert cache.get("/g")[2] == b"v3"
+    stale = time.time() + 0.01
+    wait_for(lambda: time.time() > stale, what="the object past its 1 ms TTL")
+    assert cache.get("/g", headers={"nograce": "1"})[2] == b"v4"          # req.grace 0s: a miss
+    stale = time.time() + 0.01
+    wait_for(lambda: time.time() > stale, what="the object past its 1 ms TTL")
+    assert cache.get("/g")[2] == b"v4" and c.cache_hit_grace == 1         # in grace: delivered
+    cache.cli.cmd("debug.xid 999")
+    cache.cli.cmd("ban req.url == /g")
+    cache.get("/g")
+    wait_for(lambda: (1001, "End", "") in cache.proc.log.records, what="the request's End")
+    assert [t for x, tag, t in cache.proc.log.records if x == 1001 and tag == "ExpBan"][0].endswith(" banned lookup")
+
+
+def test_a_grace_hit_refreshes_in_the_background_and_a_miss_revalidates_the_stale_object(make):
+    """A stale object in grace: delivered, with a background fetch linked as varnishd's (Link bereq N
+    bgfetch, bereq.is_bgfetch); a miss past req.grace fetches at once, revalidating the stale object."""
+    n = iter(range(1, 100))
+
+    def backend_resp(req):
+        if req.header("If-None-Match") == '"e"':
+            return Resp(status=304, headers=[("ETag", '"e"')])
+        return Resp(headers=[("ETag", '"e"')], body=b"v%d" % next(n))
+
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_recv { if (req.http.m) { set req.grace = 0s; } }\n'
+                          'sub vcl_backend_fetch { set bereq.http.bg = bereq.is_bgfetch; }\n'
+                          'sub vcl_backend_response { set beresp.ttl = 0.001s; set beresp.grace = 1h;\n'
+                          ' set beresp.http.was304 = beresp.was_304; return (deliver); }\n', backend_resp)
+    c = cache.proc.server.counters
+    assert cache.get("/g")[2] == b"v1"
+    stale = time.time() + 0.01
+    wait_for(lambda: time.time() > stale, what="the object past its 1 ms TTL")
+    cache.cli.cmd("debug.xid 99")
+    status, h, body = cache.get("/g")
+    assert (status, body, c.cache_hit_grace, c.cache_hit) == (200, b"v1", 1, 1)
+    wait_for(lambda: len(backend.requests) == 2 and (102, "End", "") in cache.proc.log.records,
+             what="the background fetch")
+    assert backend.requests[1].header("bg") == "true" and backend.requests[1].header("If-None-Match") == '"e"'
+    assert (101, "Link", "bereq 102 bgfetch") in cache.proc.log.records
+    assert (102, "Begin", "bereq 101 bgfetch") in cache.proc.log.records
+    stale = time.time() + 0.01
+    wait_for(lambda: time.time() > stale, what="the refreshed object past its 1 ms TTL")
+    status, h, body = cache.get("/g", headers={"m": "1"})
+    assert (status, body, h["was304"]) == (200, b"v1", "true") and backend.requests[2].header("bg") == "false"
+    assert backend.requests[2].header("If-None-Match") == '"e"' and c.cache_hit_grace == 1 and c.cache_miss == 2
+
+
+def test_a_hit_is_logged_with_the_object_s_xid_ttl_grace_and_keep_and_hitmiss_hitpass_reach_vcl(make):
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_backend_response {\n'
+                    ' if (bereq.url == "/hfm") { set beresp.uncacheable = true; set beresp.ttl = 50s; return (deliver); }\n'
+                    ' if (bereq.url == "/hfp") { return (pass(40s)); }\n'
+                    ' set beresp.ttl = 100s; set beresp.grace = 7s; set beresp.keep = 3s; }\n'
+                    'sub vcl_deliver { set resp.http.hm = req.is_hitmiss; set resp.http.hp = req.is_hitpass; }\n')
+    cache.cli.cmd("debug.xid 99")
+    cache.get("/h")                                     # session 100, request 101, its fetch 102
+    cache.get("/h")                                     # session 103, request 104: the hit
+    wait_for(lambda: (104, "End", "") in cache.proc.log.records, what="the hit's End")
+    (hit,) = [text for vxid, tag, text in cache.proc.log.records if vxid == 104 and tag == "Hit"]
+    xid, ttl, grace, keep = hit.split(" ")
+    assert (xid, grace, keep) == ("102", "7.000000", "3.000000") and 98 < float(ttl) <= 100
+    for url, flags in (("/hfm", ("true", "false")), ("/hfp", ("false", "true"))):
+        first, again = cache.get(url)[1], cache.get(url)[1]
+        assert (first["hm"], first["hp"], again["hm"], again["hp"]) == ("false", "false", *flags)
+
+
+def test_a_one_byte_body_goes_to_the_backend_and_the_next_request_follows(make):
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n", lambda req: Resp(body=req.body or b"-"))
+    with cache.proc.connect() as sock:
+        sock.sendall(b"POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx")
+        assert read_message(sock)[1] == b"x"
+        sock.sendall(b"GET /n HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert read_message(sock)[1] == b"-"
+    assert [(r.method, r.url) for r in backend.requests] == [("POST", "/b"), ("GET", "/n")]

@@ -5,12 +5,13 @@ the queue bound, half-closed clients, byte counters, the session's log records. 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
 
 import pytest
-from inproc import InProcServer, wait_for
+from inproc import InProcServer, RecordingLog, wait_for
 from serverproc import read_all, read_response
 from test_cache_support import Backend, Resp, read_message
 
@@ -24,6 +25,9 @@ sub vcl_recv {
     return (synth(200, req.method + " " + req.url));
 }
 """
+
+# ECHO's vcl_recv may wait (std.cache_req_body): its requests run in the async driver; these do not
+SYNC = 'vcl 4.1;\nbackend default none;\nsub vcl_recv { return (synth(200, req.method + " " + req.url)); }\n'
 
 
 @pytest.fixture
@@ -212,13 +216,103 @@ def test_a_head_past_http_req_size_is_closed_unanswered(start, end):
         assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /"
 
 
-def test_many_pipelined_requests_are_all_answered_in_order(start):
-    srv = start()
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+def test_many_pipelined_requests_are_all_answered_in_order(start, sync):
+    srv = start(SYNC if sync else ECHO)
     n = 200                                 # well past the queue bound: the rest is held, then parsed
     with srv.connect() as sock:
         sock.sendall(b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(n)))
         got = [status(read_response(sock)[0]) for _ in range(n)]
     assert got == [b"HTTP/1.1 200 GET /%d" % i for i in range(n)]
+    # each request but the last found the next one's bytes read already (a read may end between two)
+    assert n - 3 <= srv.server.counters.sess_readahead <= n - 1
+
+
+class _Sink(asyncio.Transport):
+    """A client connection in memory: what the server writes, whether it reads, whether it closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.reading = True
+        self.closed = False
+
+    def write(self, data) -> None:
+        self.out += data
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 80)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
+def drive(vcl: str, *reads: bytes, **params: str):
+    """Feed `reads` to one connection of a Server running `vcl`, each as one read, on a loop of its
+    own; (server, transport) once every request is answered, or stuck (a body still to come). Reads
+    are exact, so where one ends is no accident of the network."""
+    from cacheserver.protocol import ClientProtocol
+    from cacheserver.server import Server
+
+    async def main():
+        srv = Server()
+        srv.vsl = RecordingLog()
+        for name, value in params.items():
+            srv.params.set(name, value)
+        srv.vcl_load("boot", vcl, "<inline>")
+        conn = ClientProtocol(srv)
+        sink = _Sink()
+        conn.connection_made(sink)
+        for data in reads:
+            conn.data_received(data)
+            for _ in range(100):          # a request that waits runs as a task: let it get as far as it can
+                if not conn.busy:
+                    break
+                await asyncio.sleep(0)
+        conn.connection_lost(None)
+        return srv, sink
+
+    return asyncio.run(main())
+
+
+def test_sess_readahead_counts_requests_whose_successor_is_already_read():
+    """varnishd 7.1 (varnishtest): three requests and the start of a fourth in one read: 3, the fourth
+    counting nothing when its end comes alone."""
+    req = b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n"
+    srv, sink = drive(SYNC, b"".join(req % i for i in range(3)) + b"GET /4 HTTP/1.1\r\nHo", b"st: a\r\n\r\n")
+    assert status_lines(bytes(sink.out))[3] == b"HTTP/1.1 200 GET /4" and srv.counters.sess_readahead == 3
+    srv, _ = drive(SYNC, req % 1 + req % 2, req % 3)          # the second's bytes came with the first
+    assert srv.counters.sess_readahead == 1 and srv.counters.s_req_hdrbytes == 3 * len(req % 1)
+    # 64 requests of 256 bytes fill a parse slice exactly: the rest is held, and counted as read ahead
+    pad = [req % i for i in range(128)]
+    one = [r[:-2] + b"X: " + b"p" * (256 - len(r) - 5) + b"\r\n\r\n" for r in pad]
+    srv, sink = drive(SYNC, b"".join(one))
+    assert {len(r) for r in one} == {256} and len(status_lines(bytes(sink.out))) == 128
+    assert srv.counters.sess_readahead == 127
+
+
+@pytest.mark.parametrize("vcl", [SYNC, ECHO], ids=["sync", "async"])
+def test_a_response_that_says_connection_close_closes_as_sc_resp_close(start, vcl):
+    srv = start(vcl.replace("sub vcl_recv {", 'sub vcl_synth { set resp.http.Connection = "close"; }\nsub vcl_recv {'))
+    with srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        head, _ = read_response(sock)
+        assert b"\r\nConnection: close\r\n" in head and closed_by_server(sock)
+    c = srv.server.counters
+    wait_for(lambda: c.sc_resp_close == 1, what="sc_resp_close")
+    wait_for(lambda: srv.log.texts("SessClose"), what="SessClose")
+    assert srv.log.texts("SessClose")[0].startswith("RESP_CLOSE ")
 
 
 def test_a_half_closed_client_gets_its_answers_then_the_close(start):
@@ -646,3 +740,59 @@ def test_a_steal_passes_the_client_address_the_argument_and_a_cached_body(start,
             got += chunk
         assert got == want
         wait_for(lambda: c.steal_ok == 1, what="the steal counted")
+
+
+def test_http_req_size_bounds_the_whole_head_to_the_byte():
+    """varnishd 7.1 (varnishtest, http_req_size=256): a head of 256 bytes is answered, 257 closed unanswered."""
+    base = b"GET /x HTTP/1.1\r\nHost: a\r\nX: "
+    for size, answered in ((256, True), (257, False)):
+        head = base + b"p" * (size - len(base) - 4) + b"\r\n\r\n"
+        srv, sink = drive(SYNC, head, http_req_size="256")
+        assert len(head) == size and (bytes(sink.out[:15]) == b"HTTP/1.1 200 GE") is answered
+        assert (sink.out == b"" and srv.counters.sc_rx_overflow == 1) is not answered
+
+
+@pytest.mark.parametrize("reads, answers", [
+    ((b"POST fo", b"o HTTP/1.1\r\nHost: a\r\n\r\n"), [b"POST foo"]),
+    ((b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nPOST fo", b"o HTTP/1.1\r\nHost: a\r\n\r\n"), [b"GET /a", b"POST foo"]),
+    ((b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n", b"GET fo", b"o HTTP/1.1\r\nHost: a\r\n\r\n"), [b"GET /a", b"GET foo"]),
+    ((b"BAN fo", b"o HTTP/1.1\r\nHost: a\r\n\r\nGET x", b"y HTTP/1.1\r\n\r\n"), [b"BAN foo", b"GET xy"]),
+    ((b"GET f", b"o", b"o", b" HTTP/1.1\r\n\r\n"), [b"GET foo"]),
+    ((b"GET /a HTTP/1.1\r\n\r\nGET 1", b"x HTTP/1.1\r\n\r\n"), [b"GET /a", b"GET 1x"]),   # refused at once
+])
+def test_a_url_llhttp_refuses_is_taken_however_the_reads_cut_it(reads, answers):
+    """varnishd takes any URL token; llhttp refuses "foo" only at its end when its start looked like a
+    scheme, a read or more later: the head is parsed again from its start, its method kept."""
+    srv, sink = drive(SYNC, *reads)
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 " + a for a in answers]
+
+
+@pytest.mark.parametrize("proto, interim", [(b"1.1", True), (b"1.0", False)])
+def test_expect_100_continue_is_answered_for_http11_only(proto, interim):
+    """cnt_transport: a 100 for HTTP/1.1 only; the Expect header is gone before vcl_recv either way, its
+    ReqUnset logged (varnishd 7.1, varnishtest)."""
+    vcl = ('vcl 4.1;\nimport std;\nbackend default none;\nsub vcl_recv {\n std.cache_req_body(1KB);\n'
+           ' return (synth(200, req.proto + " [" + req.http.Expect + "]")); }\n')
+    head = b"POST /b HTTP/%s\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-Continue\r\n\r\n" % proto
+    srv, sink = drive(vcl, head, b"ab")
+    assert sink.out.startswith(b"HTTP/1.1 100 Continue\r\n\r\n") is interim
+    assert status_lines(bytes(sink.out))[-1] == b"HTTP/1.1 200 HTTP/" + proto + b" []"
+    assert srv.vsl.texts("ReqUnset") == ["Expect: 100-Continue"]
+
+
+def test_an_unknown_expectation_is_a_417_logged_with_its_head_bytes():
+    head = b"GET /e HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\n\r\n"
+    srv, sink = drive(SYNC, head)
+    assert sink.out.startswith(b"HTTP/1.1 417 ") and sink.closed and srv.counters.client_req_417 == 1
+    (acct,) = srv.vsl.texts("ReqAcct")
+    assert acct.split()[:3] == [str(len(head)), "0", str(len(head))]
+
+
+
+@pytest.mark.parametrize("headers, answer", [(26, b"HTTP/1.1 200 GET /"), (28, b"HTTP/1.1 400 Bad Request")])
+def test_http_max_hdr_counts_the_request_line_s_slots(headers, answer):
+    """varnishd 7.1 (varnishtest, http_max_hdr=32): 26 headers are answered, 28 refused (5 slots go to the
+    request line)."""
+    head = b"GET / HTTP/1.1\r\n" + b"".join(b"H%02d: v\r\n" % i for i in range(headers)) + b"\r\n"
+    srv, sink = drive(SYNC, head, http_max_hdr="32")
+    assert status_lines(bytes(sink.out)) == [answer]
