@@ -646,6 +646,12 @@ def test_the_lookup_follows_req_hash_ignore_busy_and_req_grace_and_logs_bans(mak
     stale = time.time() + 0.01
     wait_for(lambda: time.time() > stale, what="the object past its 1 ms TTL")
     assert cache.get("/g")[2] == b"v4" and c.cache_hit_grace == 1         # in grace: delivered
+    # the grace hit's background fetch must be done first: an object it stores after the ban is new
+    def bgfetch_done() -> bool:
+        records = list(cache.proc.log.records)
+        links = [int(t.split()[1]) for x, tag, t in records if tag == "Link" and t.endswith(" bgfetch")]
+        return bool(links) and (links[-1], "End", "") in records
+    wait_for(bgfetch_done, what="the background fetch's End")
     cache.cli.cmd("debug.xid 999")
     cache.cli.cmd("ban req.url == /g")
     cache.get("/g")
