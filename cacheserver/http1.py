@@ -35,34 +35,6 @@ def wire(value: str) -> bytes:
     return value.encode(WIRE, WIRE_ERRORS)
 
 
-# RFC 7230 tchar: what a header name is made of (varnishd's vct_istchar)
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-
-
-def head_size(head: bytes) -> int:
-    """The bytes of a request head: up to its empty line, or all of it when that has not come."""
-    end = head.find(b"\r\n\r\n")
-    return end + 4 if end >= 0 else len(head)
-
-
-def bogo_header(head: bytes) -> str | None:
-    """Why varnishd's header dissection refuses the header lines of a request head, as its
-    BogoHeader record says it (a control character in a line, a bad character in a name), or None
-    when these checks pass (the head may still be refused for another reason). Only whole lines
-    are looked at: llhttp may refuse a head before its end has come."""
-    end = head.find(b"\r\n\r\n")
-    lines = head[:end] if end >= 0 else head[:head.rfind(b"\r\n")]
-    for line in lines.split(b"\r\n")[1:]:
-        for c in line:
-            if (c < 0x20 or c == 0x7F) and c != 0x09:
-                return "Header has ctrl char 0x%02x" % c
-        name = line.rstrip(b" \t").partition(b":")[0]
-        for c in name:
-            if c not in _TCHAR:
-                return "Illegal char 0x%02x in header name" % c
-    return None
-
-
 def reason_for(status: int) -> str:
     return REASONS.get(status, "Unknown HTTP Status")
 

@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING
 import httptools
 
 from cacheserver.fsm import ClientRequest
+from cacheserver.h1refuse import HDR_FIRST, refusal
 from cacheserver.http1 import (
     BAD_REQUEST,
     CONTINUE_100,
     EXPECTATION_FAILED,
-    bogo_header,
-    head_size,
     needs_relaxing,
     relax_head,
     text,
@@ -92,7 +91,8 @@ class ClientProtocol(asyncio.Protocol):
         self.paused_writing = False
         self.write_blocked = False   # responses are backed up: no further request runs until drained
         self.refusal: bytes | None = None   # a 400/417 owed after the requests queued before it
-        self._refusal_log: tuple[int, list] | None = None   # the 417's transaction (vxid, records)
+        # a refused request's transaction, logged (and given its vxid) once the refusal is sent
+        self._refusal_log: tuple | None = None
         self.send_timer: asyncio.TimerHandle | None = None
         self.pipe_to: asyncio.StreamWriter | None = None   # set while the request is piped
         self.current: ClientRequest | None = None          # the request being handled
@@ -370,7 +370,7 @@ class ClientProtocol(asyncio.Protocol):
                 # llhttp knows a fixed list of methods; Varnish takes any token (BAN, REFRESH, ...)
                 completed = self._raw_done - done_before
                 if not at_start:
-                    self.bad_request(exc)
+                    self.bad_request(exc, self._head_bytes(data, completed))
                     return
                 offset = _end_of_message(data, completed) if completed else 0
                 data = self._custom_method(data, offset)
@@ -378,7 +378,7 @@ class ClientProtocol(asyncio.Protocol):
                 # llhttp wants "/..." or a scheme; varnishd takes any URL token ("foo", "bar?x")
                 completed = self._raw_done - done_before
                 if not at_start:
-                    self.bad_request(exc)
+                    self.bad_request(exc, self._head_bytes(data, completed))
                     return
                 offset = _end_of_message(data, completed) if completed else 0
                 data = self._custom_url(data, offset)
@@ -394,8 +394,9 @@ class ClientProtocol(asyncio.Protocol):
                     self.overflow()
                     return
                 raw = self._refused_head(data, self._raw_done - done_before, exc)
-                if raw is None or not needs_relaxing(raw):
-                    self.bad_request(exc, raw)
+                if raw is None or not needs_relaxing(raw) or not self._may_relax(raw):
+                    self.bad_request(exc, raw if raw is not None else
+                                     self._head_bytes(data, self._raw_done - done_before))
                     return
                 data = self._relax_head(raw)
 
@@ -422,7 +423,22 @@ class ClientProtocol(asyncio.Protocol):
 
     def _refused_head(self, data: bytes, completed: int, exc: Exception) -> bytes | None:
         """The raw bytes from the start of the head llhttp just refused (None: not a head error)."""
-        if not self._in_head or type(exc) is not httptools.HttpParserError:
+        if type(exc) is not httptools.HttpParserError:
+            return None
+        return self._head_bytes(data, completed)
+
+    def _may_relax(self, raw: bytes) -> bool:
+        """Whether a head llhttp refused may be read again with its bare LFs and folds made plain:
+        not when varnishd refuses it as it came (a first header line that starts with a blank
+        is no fold to varnishd)."""
+        params = self.server.params
+        why = refusal(raw, params.http_req_hdr_len, params.http_max_hdr)
+        return why.passes or why.incomplete
+
+    def _head_bytes(self, data: bytes, completed: int) -> bytes | None:
+        """The raw bytes from the start of the head being read, to the end of this read (None: no
+        head is being read)."""
+        if not self._in_head:
             return None
         if completed:
             return data[_end_of_message(data, completed):]
@@ -460,11 +476,11 @@ class ClientProtocol(asyncio.Protocol):
             if len(rest) < 64 and _TOKEN.fullmatch(rest):
                 self._method_hold = rest          # the method was cut short by the read
             else:
-                self.bad_request()
+                self.bad_request(head=rest)
             return b""
         method = rest[:space]
         if not _TOKEN.fullmatch(method):
-            self.bad_request()
+            self.bad_request(head=rest)
             return b""
         self._method_override = text(method)
         return b"GET" + rest[space:]
@@ -485,7 +501,7 @@ class ClientProtocol(asyncio.Protocol):
                     self._method_override = None
                 self._method_hold = rest          # the request line was cut short by the read
             else:
-                self.bad_request()
+                self.bad_request(head=rest)
             return b""
         self._url_override = rest[start:end]
         return rest[:start] + b"/" + rest[end:]
@@ -513,7 +529,7 @@ class ClientProtocol(asyncio.Protocol):
             raise HeadOverflow()            # varnishd: past its buffer, the head is cut off unanswered
         if size > params.http_req_hdr_len:
             raise RequestTooLarge("header too long")
-        if len(self._fields) >= params.http_max_hdr:
+        if len(self._fields) + HDR_FIRST >= params.http_max_hdr:
             raise RequestTooLarge("too many headers")
         field = name.decode("utf-8", "surrogateescape")     # http1.text(), inlined: per header
         # llhttp keeps the blanks that end a value; varnishd strips them
@@ -524,8 +540,6 @@ class ClientProtocol(asyncio.Protocol):
 
         The request runs while its body still arrives; the body goes to its ReqBody.
         """
-        self._in_head = False
-        self._head_prefix = None
         parser = self.parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
@@ -543,6 +557,8 @@ class ClientProtocol(asyncio.Protocol):
                 value = field[1].strip()
                 length = int(value) if value.isdigit() else None
             elif lname == "transfer-encoding":
+                if not chunked and field[1].strip().lower() != "chunked":
+                    raise RequestTooLarge("Transfer-Encoding other than chunked")   # varnishd: BS_ERROR
                 chunked = True
             elif lname == "expect":
                 expect = field[1]
@@ -558,9 +574,14 @@ class ClientProtocol(asyncio.Protocol):
         if self._head_size + len(method) + 14 > self.server.params.http_req_size:
             raise HeadOverflow()
         if not chunked and length is None:
+            if version == "1.0" and method in ("POST", "PUT") and \
+                    not any(f[2] == "connection" and f[1].lower() == "keep-alive" for f in fields):
+                raise RequestTooLarge("HTTP/1.0 body to the end of the connection")   # RFC 1945 8.3
             length = 0
         if method == "HEAD" and length != 0:
             raise RequestTooLarge("HEAD with a body")
+        self._in_head = False            # (until here, a refusal can find the head's bytes)
+        self._head_prefix = None
         headers = Headers.adopt(fields)
         want_continue = False
         if expect is not None:
@@ -617,18 +638,30 @@ class ClientProtocol(asyncio.Protocol):
             self._sink = None
 
     def bad_request(self, exc: Exception | None = None, head: bytes | None = None) -> None:
-        """Malformed input: Varnish's bare 400, then close. Nothing else is answered."""
-        self.server.counters.client_req_400 += 1
+        """Malformed input: Varnish's bare 400, then close. Nothing else is answered.
+
+        The request's transaction is logged as varnishd logs it (h1refuse): refused by the
+        dissection of its head (HttpGarbage), or by cnt_recv once dissected (its request, then a
+        BogoHeader)."""
+        counters = self.server.counters
+        counters.client_req_400 += 1
         self.close_reason = "sc_rx_junk"       # varnishd: a request it cannot dissect is junk
-        reason = bogo_header(head) if head else None
-        if reason is not None:
-            # a request line fine, a header line not: varnishd's request transaction for it
-            # (varnishd reads the whole head before it looks; we answer when llhttp refuses, so
-            # ReqAcct counts the head bytes received by then)
-            size = head_size(head)
-            method = head[:head.find(b" ")].decode("ascii", "replace")
-            self._refusal_log = self._refusal_transaction(
-                [("BogoHeader", reason), ("HttpGarbage", method)], "400", "Bad Request", size, len(BAD_REQUEST))
+        if head:
+            params = self.server.params
+            why = refusal(head, params.http_req_hdr_len, params.http_max_hdr)
+            if why.dissected:
+                counters.client_req += 1
+                self.close_reason = "sc_rx_bad"
+                ip = self.client_ip
+                records = [("ReqStart", f"{ip.addr} {ip.port} {self.listen_name}"), ("ReqMethod", why.method),
+                           ("ReqURL", why.url), ("ReqProtocol", why.proto)]
+                records += [("ReqHeader", h) for h in why.headers]
+                records.append(("BogoHeader", why.bogo))
+            else:
+                records = [("HttpGarbage", text(why.garbage))]
+                if why.bogo is not None:
+                    records.insert(0, ("BogoHeader", why.bogo))
+            self._refusal_log = (records, "400", "Bad Request", why.head_bytes, len(BAD_REQUEST), why.dissected)
         self._refuse(BAD_REQUEST)
 
     def _refusal_transaction(self, records: list, status: str, reason: str, head_bytes: int,
@@ -654,8 +687,7 @@ class ClientProtocol(asyncio.Protocol):
         server.counters.client_req += 1    # varnishd counts it: the request was dissected
         self.close_reason = "sc_rx_junk"
         # a request transaction of its own, answered before vcl_recv (cnt_transport): no ReqStart
-        self._refusal_log = self._refusal_transaction([], "417", "Expectation Failed", head_bytes,
-                                                      len(EXPECTATION_FAILED), vcl=True)
+        self._refusal_log = ([], "417", "Expectation Failed", head_bytes, len(EXPECTATION_FAILED), True)
         self._refuse(EXPECTATION_FAILED)
 
     def overflow(self) -> None:
@@ -680,7 +712,10 @@ class ClientProtocol(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(self.refusal)
         if self._refusal_log is not None:
-            xid, records = self._refusal_log
+            counters = self.server.counters        # its bytes, as its ReqAcct counts them
+            counters.s_req_hdrbytes += self._refusal_log[3]
+            counters.s_resp_hdrbytes += self._refusal_log[4]
+            xid, records = self._refusal_transaction(*self._refusal_log)
             self.server.vsl.write(xid, "c", records)
             self._refusal_log = None
         self.close()
