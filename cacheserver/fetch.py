@@ -795,9 +795,12 @@ class BusyObj:
                 received += len(data)
                 backends.live(self.backend).beresp_bodybytes += len(data)
                 self.acct_beresp_body += len(data)
-                for piece in (chain.push(data) if chain is not None else (data,)):
-                    if not await self._store(piece):
-                        return self._stored_failed()
+                frag = self.server.storage.fetchfrag
+                for part in ((data,) if not frag else
+                             (data[i:i + frag] for i in range(0, len(data), frag))):
+                    for piece in (chain.push(part) if chain is not None else (part,)):
+                        if not await self._store(piece):
+                            return self._stored_failed()
             if chain is not None and not bodyless:
                 for piece in chain.end():
                     if not await self._store(piece):
