@@ -62,10 +62,10 @@ def _cut(buf: bytes, end: int | None = None) -> bytes:
     return text if nul < 0 else text[:nul]
 
 
-def refusal(raw: bytes, hdr_len: int, max_hdr: int) -> Refusal:
-    """varnishd's reading of the request head at the start of `raw` (what it has received of the
-    connection from that head on). A head that passes every check is described as refused by its
-    parse (HttpGarbage, the method): our parser refused it for a reason varnishd does not have."""
+def _dissect(raw: bytes, hdr_len: int, max_hdr: int) -> Refusal | tuple:
+    """http1_splitline and http1_dissect_hdrs on a head, request or response: a Refusal when they
+    refuse it, else (its three start-line fields, its header lines, its size, the Refusal to give
+    if a later check refuses it)."""
     # -- the request line (http1_splitline) --
     n = len(raw)
     p = 0
@@ -153,7 +153,18 @@ def refusal(raw: bytes, hdr_len: int, max_hdr: int) -> Refusal:
     if p >= n:
         refused.incomplete = True        # no end of the head: varnishd would still be reading it
         return refused
-    head_bytes = p + _crlf(raw, p)
+    return method_end, url, proto, headers, p + _crlf(raw, p), refused
+
+
+def refusal(raw: bytes, hdr_len: int, max_hdr: int) -> Refusal:
+    """varnishd's reading of the request head at the start of `raw` (what it has received of the
+    connection from that head on). A head that passes every check is described as refused by its
+    parse (HttpGarbage, the method): our parser refused it for a reason varnishd does not have."""
+    parts = _dissect(raw, hdr_len, max_hdr)
+    if isinstance(parts, Refusal):
+        return parts
+    method_end, url, proto, headers, head_bytes, refused = parts
+    method = raw[:method_end].lstrip(_LWS)
     # -- HTTP1_DissectRequest's checks of the parsed request --
     if proto not in (b"HTTP/1.0", b"HTTP/1.1"):
         return refused
@@ -192,3 +203,20 @@ def refusal(raw: bytes, hdr_len: int, max_hdr: int) -> Refusal:
         refused.passes = True
         return refused
     return dissected
+
+
+def response_refusal(raw: bytes, hdr_len: int, max_hdr: int) -> Refusal | None:
+    """HTTP1_DissectResponse's reading of a backend response head at the start of `raw`: how it is
+    refused (a FetchError "http format error" then), or None when varnishd takes it."""
+    parts = _dissect(raw, hdr_len, max_hdr)
+    if isinstance(parts, Refusal):
+        return parts
+    proto_end, status, _reason, _headers, _size, refused = parts
+    proto = raw[:proto_end].lstrip(_LWS)
+    # http_Proto: "HTTP/d.d", else version 0; below 1.0 is refused
+    if not (len(proto) == 8 and proto[:5] == b"HTTP/" and proto[5:6].isdigit() and proto[6:7] == b"."
+            and proto[7:8].isdigit()) or int(proto[5:6]) * 10 + int(proto[7:8]) < 10:
+        return refused
+    if len(status) != 3 or not (b"1" <= status[:1] <= b"9") or not status[1:].isdigit():
+        return refused
+    return None
