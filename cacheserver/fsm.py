@@ -357,9 +357,6 @@ class ClientRequest(Delivery, EsiRequest):
         ctx = self.ctx
         req = ctx.req
         if ctx.restarts == 0 and self.parent is None:    # an ESI subrequest starts from its parent's
-            url = req.url
-            if url[:1] != "/" and url[:7].lower() in ("http://", "https:/"):
-                _absolute_url(req)
             xff = req.headers.get_all("X-Forwarded-For")
             if xff:
                 req.headers.unset("X-Forwarded-For")
@@ -878,14 +875,6 @@ def _builtin_hash(ctx: Context) -> None:
     req = ctx.req
     host = req.headers.get("host")
     ctx.hash_parts += (req.url, host if host is not None else s_ip(ctx.server_ip))
-
-
-def _absolute_url(req: HttpMessage) -> None:
-    """RFC 2616 5.2: an absolute request URI names the host; it replaces any Host header."""
-    rest = req.url.split("://", 1)[1]
-    host, slash, path = rest.partition("/")
-    req.headers.set("Host", host)
-    req.url = slash + path if slash else "/"
 
 
 def _hit_text(oc: ObjCore | None) -> str:

@@ -545,6 +545,8 @@ class ClientProtocol(asyncio.Protocol):
         if version != "1.1" and version != "1.0":
             raise RequestTooLarge(f"HTTP/{version}")       # HTTP/0.9 and 2.0 on this port: 400
         fields = self._fields
+        if self._url[:1] != b"/":
+            fields, self._url = _absolute_uri(fields, self._url, self.server.params)
         length = None
         chunked = False
         hosts = 0
@@ -963,6 +965,25 @@ def _messages_in(prefix: bytes) -> int:
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):
         pass            # past an Upgrade request the bytes are not HTTP: its count is final
     return counter.done
+
+
+def _absolute_uri(fields: list, url: bytes, params) -> tuple[list, bytes]:
+    """RFC 2616 5.2, as HTTP1_DissectRequest reads it: an absolute URI with a path names the host,
+    which replaces every Host header (https:// only with feature https_scheme)."""
+    low = url[:8].lower()
+    if low[:7] == b"http://":
+        start = 7
+    elif low == b"https://" and "https_scheme" in {
+            f.strip().lstrip("+") for f in params.text("feature").split(",") if not f.strip().startswith("-")}:
+        start = 8
+    else:
+        return fields, url
+    slash = url.find(b"/", start)
+    if slash < 0:
+        return fields, url
+    fields = [f for f in fields if f[2] != "host"]
+    fields.append(["Host", text(url[start:slash]), "host"])
+    return fields, url[slash:]
 
 
 def _end_of_message(raw: bytes, n: int) -> int:

@@ -276,8 +276,10 @@ def test_pipe_sends_connection_close_and_respects_pipe_sess_max(make):
 
 @pytest.mark.parametrize("url, host, path", [
     ("http://example.com/a/b?c", "example.com", "/a/b?c"),
-    ("HTTPS://Example.com:8443", "Example.com:8443", "/"),
-    ("http://h", "h", "/"),
+    ("HTTP://Example.com:8443/", "Example.com:8443", "/"),
+    # varnishd 7.1: https:// only with feature https_scheme, and only a URI with a path
+    ("HTTPS://Example.com:8443/a", "other", "HTTPS://Example.com:8443/a"),
+    ("http://h", "other", "http://h"),
     ("http://h/r?to=http://x/y", "h", "/r?to=http://x/y"),     # the first "://" only
 ])
 def test_an_absolute_url_names_the_host(make, url, host, path):
