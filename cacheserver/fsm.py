@@ -738,13 +738,13 @@ class ClientRequest(Delivery, EsiRequest):
         headers.add("X-Varnish", f"{ctx.xid} {oc.xid}" if self.is_hit else str(ctx.xid))
         headers.add("Age", str(max(0, int(time.time() - oc.t_origin))))
         headers.add("Via", _VIA)
+        if (oc.gzipped and self.server.params.http_gzip_support
+                and not accepts_gzip(ctx.req.headers.get("Accept-Encoding"))):
+            weaken_etag(resp)       # this client gets another representation (gunzipped)
         if self.server.params.http_range_support and resp.status == 200 and not oc.private:
             # before vcl_deliver, as varnishd 7.1 (VCL may remove it); pass and synth do not announce
             headers.unset("Accept-Ranges")
             headers.add("Accept-Ranges", "bytes")
-        if (oc.gzipped and self.server.params.http_gzip_support
-                and not accepts_gzip(ctx.req.headers.get("Accept-Encoding"))):
-            weaken_etag(resp)       # this client gets another representation (gunzipped)
         ctx.resp = resp
         ctx.resp_filters = None
         ctx.obj_oc = oc                  # what resp.filters is chosen for (no cycle: oc knows no ctx)
