@@ -945,7 +945,7 @@ class _CachedBody:
 # The close reasons varnishd counts as errors (tbl/sess_close.h): sess_closed_err, not sess_closed.
 _CLOSE_ERR = frozenset({"sc_rx_bad", "sc_rx_body", "sc_rx_junk", "sc_rx_overflow", "sc_rx_timeout",
                         "sc_tx_error", "sc_overload", "sc_pipe_overflow", "sc_range_short",
-                        "sc_req_http20", "sc_vcl_failure"})
+                        "sc_req_http20", "sc_vcl_failure", "sc_req_http10"})
 
 
 class _Counter:
