@@ -624,10 +624,11 @@ class BusyObj:
             self.conn = None
             beresp = self.ctx.beresp
             # the request said close; or the response did (Connection: close as VCL left it, an
-            # HTTP/1.0 one without keep-alive, a body up to the end of the connection)
+            # HTTP/1.0 one without keep-alive, a body up to the end of the connection; a program's
+            # response has no connection of its own to keep)
             reason = SC_REQ_CLOSE if self.bereq_close else SC_RESP_CLOSE if (
                 (beresp is not None and "close" in (beresp.headers.get("Connection") or "").lower())
-                or not conn.keep_alive) else SC_RX_BODY if not self._body_read else None
+                or not getattr(conn, "keep_alive", True)) else SC_RX_BODY if not self._body_read else None
             conn.release(reason is None)
             self._conn_delta(self.backend, -1)
             self.ctx.log.append(("BackendClose", f"{getattr(self, 'conn_fd', -1)} {self.backend.name} "
