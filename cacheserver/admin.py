@@ -182,6 +182,8 @@ COMMANDS: list[CommandDef] = [
     CommandDef("counters.list", "counters.list [-j] [<glob>...]",
                "Print counters as 'NAME VALUE' lines (varnishstat names).", 0, -1, "_counters_list",
                json=True, hidden=True),
+    CommandDef("debug.fragfetch", "debug.fragfetch", "Enable fetch fragmentation.", 1, 1, "_debug_fragfetch",
+               flags="d", child=True),
     CommandDef("debug.listen_address", "debug.listen_address", "Report the actual listen address.",
                0, 0, "_debug_listen_address", flags="d", child=True),
     CommandDef("debug.panic.worker", "debug.panic.worker", "Panic the worker process.", 0, 0,
@@ -495,6 +497,15 @@ class AdminCommands:
 
     def _debug_listen_address(self, argv: list[str], args: list[str]) -> str:
         return "".join(f"{name} {host} {port}\n" for name, host, port in self.server.listen_addresses())
+
+    def _debug_fragfetch(self, argv: list[str], args: list[str]) -> str:
+        # varnishd's strtoul(av[2], NULL, 0): what does not parse is 0 (fragmentation off)
+        m = re.match(r"\s*(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", args[0])
+        try:
+            self.server.storage.fetchfrag = int(m.group(1), 0) if m else 0
+        except ValueError:
+            self.server.storage.fetchfrag = 0
+        return ""
 
     def _debug_xid(self, argv: list[str], args: list[str]) -> str:
         if args:

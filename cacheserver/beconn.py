@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from cacheserver.h1refuse import HDR_FIRST, Refusal, response_refusal
 from cacheserver.http1 import needs_relaxing, relax_head
 
 if TYPE_CHECKING:
     from cacheserver.server import Server
 
-# varnishd's header table gives the start line 5 of its http_max_hdr slots (HTTP_HDR_FIRST).
-HDR_FIRST = 5
 # Body bytes queued in a connection before it stops reading from the backend.
 READ_HIGH = 256 * 1024
 # Header names as received -> (name, lowercased name), shared by every object that has them: a cached
@@ -103,6 +102,7 @@ class BackendConn(asyncio.Protocol):
         self.head_done = False
         self.done = False             # the whole response arrived
         self.error: str | None = None
+        self.garbage: Refusal | None = None   # a head varnishd's dissection refuses (http format error)
         self.extra = False            # bytes past the response: the connection cannot be reused
         self.status = 0
         self.reason = b""
@@ -188,7 +188,10 @@ class BackendConn(asyncio.Protocol):
             if self.done:
                 self.extra = True     # garbage after a complete response: only the reuse suffers
             elif self.error is None:
-                self.error = "Received junk" if not self.head_done else f"body: {exc}"
+                if self.head_done:
+                    self.error = f"body: {exc}"
+                else:
+                    self._head_refused(self.head_raw)
 
     def _relax(self) -> None:
         """Parse the head again, from a fresh parser, with its folded lines joined as varnishd's
@@ -216,11 +219,24 @@ class BackendConn(asyncio.Protocol):
                 self._relax()
                 return
             if self.error is None:
-                self.error = "Received junk" if not self.head_done else f"body: {exc}"
+                if self.head_done:
+                    self.error = f"body: {exc}"
+                else:
+                    self._head_refused(raw)
         except httptools.HttpParserUpgrade:
             self._spent = True
             if not self.head_done:
                 self.error = "Received junk"
+
+    def _head_refused(self, raw: bytes) -> None:
+        """llhttp refused the head: varnishd's dissection says how the fetch fails (HttpGarbage and
+        "http format error" for a whole head it refuses too)."""
+        why = response_refusal(raw, self.hdr_len, self.max_fields + HDR_FIRST)
+        if why is not None and not why.incomplete:
+            self.garbage = why
+            self.error = "http format error"
+        else:
+            self.error = "Received junk"
 
     def eof_received(self) -> bool:
         if self.head_done and not self.done and self.error is None and self.clen is None \

@@ -34,10 +34,6 @@ from cacheserver.filters import (
 from cacheserver.http1 import serialize_head
 from cacheserver.ranges import if_range_matches
 
-# A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
-_START_LINE_SLOTS = 5
-_LOST_HEADERS_500 = b"HTTP/1.1 500 Internal Server Error\r\nServer: Varnish\r\nConnection: close\r\n\r\n"
-
 if TYPE_CHECKING:
     from cacheserver.storage import ObjCore
     from vcl.runtime import HttpMessage

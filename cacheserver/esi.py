@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from cacheserver.esi_gzip import GZIP_HEADER, GzCrc, GzipRuns, Splicer
 from cacheserver.esi_parse import EsiDoc, EsiFeatures, EsiParser, Include
-from cacheserver.filters import Filter, FilterError, replace_builtin, vary_accept_encoding
+from cacheserver.filters import Filter, FilterError, replace_builtin, vary_accept_encoding, weaken_etag
 
 if TYPE_CHECKING:
     from cacheserver.filters import DeliverCtx, FetchCtx
@@ -157,10 +157,7 @@ class EsiVDP(Filter):
         self.started = False
         self.i = 0                        # next segment
         self.pos = 0                      # body offset of the next byte pushed
-        headers = dc.http.headers
-        etag = headers.get("ETag")
-        if etag is not None and not etag.startswith("W/"):
-            headers.set("ETag", "W/" + etag)
+        weaken_etag(dc.http)              # RFC2616_Weaken_Etag: unset, then added at the end
         if dc.length != 0:
             dc.length = -1                # the page's length is known only once it is out
         return True

@@ -20,7 +20,7 @@ from cacheserver import backends, vsl
 from cacheserver import esi as _esi  # noqa: F401 - fills the filters' esi slots
 from cacheserver.beconn import SMALL_BODY, BackendConn, ConnError
 from cacheserver.filters import Chain, FetchCtx, FilterError, open_chain, stack, vfp_default_list, weaken_etag
-from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for, wire
+from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for, text, wire
 from cacheserver.reqbody import ReqBody, ReqBodyError
 from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl
 from cacheserver.stevedores import TRANSIENT
@@ -40,8 +40,26 @@ _FETCH_FILTER = ("Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-
 _NO_MERGE = frozenset({"content-length", "content-encoding", "transfer-encoding", "connection"})
 
 
+# Why a backend connection is closed, as BackendClose says it: varnishd's sess_close.h descriptions
+SC_RESP_CLOSE = "Backend/VCL requested close"
+SC_REQ_CLOSE = "Client requested close"
+SC_RX_BAD = "Received bad req/resp"
+SC_RX_BODY = "Failure receiving req.body"     # (varnishd's words, for a beresp body too)
+SC_RX_JUNK = "Received junk data"
+SC_RX_OVERFLOW = "Received buffer overflow"
+SC_RX_TIMEOUT = "Receive timeout"
+SC_TX_ERROR = "Error transaction"
+# a failed head read, by its FetchError text (V1F_FetchRespHdr)
+_HEAD_CLOSE = {"Received junk": SC_RX_JUNK, "backend closed": SC_RESP_CLOSE, "timeout": SC_RX_TIMEOUT,
+               "first byte timeout": SC_RX_TIMEOUT, "overflow": SC_RX_OVERFLOW}
+
+
 class FetchError(Exception):
     """The backend could not give a response (refused, timeout, reset, garbage)."""
+
+
+class _LoggedFetchError(FetchError):
+    """A FetchError whose record is in the log already (before the BackendClose, as varnishd's)."""
 
 
 def make_bereq(req: HttpMessage, is_pass: bool, xid: int, gzip: bool, keep_proto: bool = False) -> HttpMessage:
@@ -260,6 +278,8 @@ class BusyObj:
         self.backend = backend
         try:
             await self._gethdrs(backend)
+        except _LoggedFetchError:
+            return "error"
         except FetchError as exc:
             ctx.log.append(("FetchError", str(exc)))
             return "error"
@@ -326,16 +346,26 @@ class BusyObj:
                 self.acct_beresp_hdr = backends.head_bytes(conn)
                 backends.live(backend).beresp_hdrbytes += self.acct_beresp_hdr
                 return
-            except FetchError:
-                self._close_conn()
+            except FetchError as exc:
+                self._close_conn(SC_RX_BODY if str(exc).startswith("req.body") else SC_TX_ERROR)
                 raise
             except ConnError as exc:
                 if not (exc.nothing and conn.reused) or self.no_retry is not None:
-                    self._close_conn()
-                    raise FetchError(str(exc)) from None
+                    # what came of the head counts; the FetchError comes before the close
+                    why = conn.garbage
+                    self.acct_beresp_hdr = why.head_bytes if why is not None else len(conn.head_raw)
+                    backends.live(backend).beresp_hdrbytes += self.acct_beresp_hdr
+                    if why is not None:
+                        if why.bogo is not None:
+                            ctx.log.append(("BogoHeader", why.bogo))
+                        ctx.log += (("HttpGarbage", text(why.garbage)), ("BerespStatus", "503"),
+                                    ("BerespReason", "Service Unavailable"))
+                    ctx.log.append(("FetchError", str(exc)))
+                    self._close_conn(SC_RX_JUNK if why is not None else _HEAD_CLOSE.get(str(exc), SC_RX_BAD))
+                    raise _LoggedFetchError(str(exc)) from None
                 # varnishd's words for a recycled connection that answered nothing
                 ctx.log.append(("FetchError", "HTC eof (-1)"))
-                self._close_conn()
+                self._close_conn(SC_RESP_CLOSE)
                 counters.backend_retry += 1
                 fresh = True
 
@@ -440,7 +470,7 @@ class BusyObj:
                              headers=Headers.adopt(conn.fields))
         now = time.time()
         if not self._body_status(ctx.bereq.method, conn):
-            self._close_conn()
+            self._close_conn(SC_RX_BODY)
             ctx.log.append(("Error", "Body cannot be fetched"))
             return "error"
         collect_header(beresp.headers, "Cache-Control")
@@ -456,7 +486,7 @@ class BusyObj:
         stale = self.stale
         conditional = "If-None-Match" in ctx.bereq.headers or "If-Modified-Since" in ctx.bereq.headers
         if beresp.status == 304 and not conditional and not self.is_pass:
-            self._close_conn()
+            self._close_conn(SC_RX_BAD)
             ctx.log.append(("FetchError", "304 response but not conditional fetch"))
             return "error"
         if beresp.status == 304 and stale is not None and stale.complete and not self.is_pass:
@@ -545,14 +575,14 @@ class BusyObj:
         self.body_kind = kind
         return kind != "error"
 
-    def _close_conn(self) -> None:
-        """The connection cannot carry another request: close it."""
+    def _close_conn(self, reason: str) -> None:
+        """The connection cannot carry another request: close it (`reason`: an SC_* text above)."""
         conn = self.conn
         if conn is not None:
             self.conn = None
             conn.close()
             self._conn_delta(self.backend, -1)
-            self.ctx.log.append(("BackendClose", f"{getattr(self, 'conn_fd', -1)} {self.backend.name} close"))
+            self.ctx.log.append(("BackendClose", f"{getattr(self, 'conn_fd', -1)} {self.backend.name} close {reason}"))
 
     def _release_response(self) -> None:
         """Done with the backend: a connection whose response was read whole goes back to the pool,
@@ -561,12 +591,16 @@ class BusyObj:
         if conn is not None:
             self.conn = None
             beresp = self.ctx.beresp
-            close = self.bereq_close or (
-                beresp is not None and "close" in (beresp.headers.get("Connection") or "").lower())
-            conn.release(not close and self._body_read)
+            # the request said close; or the response did (Connection: close as VCL left it, an
+            # HTTP/1.0 one without keep-alive, a body up to the end of the connection; a program's
+            # response has no connection of its own to keep)
+            reason = SC_REQ_CLOSE if self.bereq_close else SC_RESP_CLOSE if (
+                (beresp is not None and "close" in (beresp.headers.get("Connection") or "").lower())
+                or not getattr(conn, "keep_alive", True)) else SC_RX_BODY if not self._body_read else None
+            conn.release(reason is None)
             self._conn_delta(self.backend, -1)
             self.ctx.log.append(("BackendClose", f"{getattr(self, 'conn_fd', -1)} {self.backend.name} "
-                                                 f"{'close' if close or not self._body_read else 'recycle'}"))
+                                                 f"{'close ' + reason if reason else 'recycle'}"))
 
     async def stp_retry(self) -> str | None:
         ctx = self.ctx
@@ -693,7 +727,7 @@ class BusyObj:
                 chain = self._open_vfps()
             except FilterError as exc:
                 ctx.log.append(("FetchError", str(exc)))
-                self._close_conn()
+                self._close_conn(SC_RX_BODY)
                 self._failure_counted = False
                 return "error"
             if chain is not None:
@@ -763,16 +797,21 @@ class BusyObj:
                 received += len(data)
                 backends.live(self.backend).beresp_bodybytes += len(data)
                 self.acct_beresp_body += len(data)
-                for piece in (chain.push(data) if chain is not None else (data,)):
-                    if not await self._store(piece):
-                        return self._stored_failed()
+                frag = self.server.storage.fetchfrag
+                for part in ((data,) if not frag else
+                             (data[i:i + frag] for i in range(0, len(data), frag))):
+                    for piece in (chain.push(part) if chain is not None else (part,)):
+                        if not await self._store(piece):
+                            return self._stored_failed()
             if chain is not None and not bodyless:
                 for piece in chain.end():
                     if not await self._store(piece):
                         return self._stored_failed()
                 chain.close()       # the filters' Gzip records come before BackendClose, as varnishd's
         except ConnError as exc:
-            ctx.log.append(("FetchError", str(exc)))
+            # varnishd's v1f_pull_straight: a body of known length that stops short
+            short = self.body_kind == "length" and str(exc) == "backend closed"
+            ctx.log.append(("FetchError", "straight insufficient bytes" if short else str(exc)))
             return self._body_failed(streaming)
         except FilterError as exc:
             # a body that claims gzip but is not: varnishd's "Invalid Gzip data", a failed fetch
@@ -832,7 +871,7 @@ class BusyObj:
     def _body_failed(self, streaming: bool) -> str | None:
         """The body broke off: a streamed object fails; one not yet delivered becomes an error."""
         self.server.counters.fetch_failed += 1
-        self._close_conn()
+        self._close_conn(SC_RX_BODY)
         oc = self.oc
         if streaming:
             if oc.store:
@@ -849,7 +888,7 @@ class BusyObj:
         """No room even after evicting nuke_limit objects: the fetch fails, as in varnishd."""
         self.ctx.log.append(("FetchError", "Could not get storage"))
         self.server.counters.fetch_failed += 1
-        self._close_conn()
+        self._close_conn(SC_RX_BODY)
         self.oc.finish(False)
         return None
 

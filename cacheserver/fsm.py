@@ -145,7 +145,8 @@ class ClientRequest(Delivery, EsiRequest):
     acct_continue = 0               # a "100 Continue" sent: counted with the response head bytes
 
     def __init__(self, session: ClientProtocol, req: HttpMessage, body: ReqBody, keep_alive: bool,
-                 raw_index: int, expect: str | None = None, defer_xid: bool = False) -> None:
+                 raw_index: int, expect: str | None = None, defer_xid: bool = False,
+                 moved: list | None = None) -> None:
         self.session = session
         server = self.server = session.server
         self.body = body                     # read by the fetch (or std.cache_req_body) as it arrives
@@ -167,7 +168,6 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.backend_hint = vcl.default_backend
         ctx.sess_timeout_idle = server.params.timeout_idle
         self.t_prev = self.t_start = self.ctx.req_time
-        moved = _absolute_url(req, server.params) if req.url[:1] != "/" else None
         self._vsl_begin("rxreq", self.ctx.sess_xid, expect, moved)
         if not defer_xid:
             self.take_xid()
@@ -749,13 +749,13 @@ class ClientRequest(Delivery, EsiRequest):
         headers.add("X-Varnish", f"{ctx.xid} {oc.xid}" if self.is_hit else str(ctx.xid))
         headers.add("Age", str(max(0, int(time.time() - oc.t_origin))))
         headers.add("Via", _VIA)
+        if (oc.gzipped and self.server.params.http_gzip_support
+                and not accepts_gzip(ctx.req.headers.get("Accept-Encoding"))):
+            weaken_etag(resp)       # this client gets another representation (gunzipped)
         if self.server.params.http_range_support and resp.status == 200 and not oc.private:
             # before vcl_deliver, as varnishd 7.1 (VCL may remove it); pass and synth do not announce
             headers.unset("Accept-Ranges")
             headers.add("Accept-Ranges", "bytes")
-        if (oc.gzipped and self.server.params.http_gzip_support
-                and not accepts_gzip(ctx.req.headers.get("Accept-Encoding"))):
-            weaken_etag(resp)       # this client gets another representation (gunzipped)
         ctx.resp = resp
         ctx.resp_filters = None
         ctx.obj_oc = oc                  # what resp.filters is chosen for (no cycle: oc knows no ctx)
@@ -899,29 +899,6 @@ def _builtin_hash(ctx: Context) -> None:
     req = ctx.req
     host = req.headers.get("host")
     ctx.hash_parts += (req.url, host if host is not None else s_ip(ctx.server_ip))
-
-
-def _absolute_url(req: HttpMessage, params) -> list | None:
-    """RFC 2616 5.2: an absolute request URI with a path names the host, which replaces any Host header
-    (appended last), as varnishd's HTTP1_DissectRequest: http://, and https:// with feature
-    +https_scheme. Returns the records varnishd logs for it, None when the URL is left as it is."""
-    url = req.url
-    scheme = url[:8].lower()
-    if scheme[:7] == "http://":
-        rest = url[7:]
-    elif scheme == "https://" and "https_scheme" in params.text("feature"):
-        rest = url[8:]
-    else:
-        return None
-    host, slash, path = rest.partition("/")
-    if not slash:
-        return None
-    headers = req.headers
-    records = [("ReqUnset", f"{name}: {value}") for name, value in headers.items() if name.lower() == "host"]
-    headers.unset("Host")
-    headers.add("Host", host)
-    req.url = "/" + path
-    return [*records, ("ReqHeader", "Host: " + host)]
 
 
 def _hit_text(oc: ObjCore | None) -> str:

@@ -19,13 +19,11 @@ from typing import TYPE_CHECKING
 import httptools
 
 from cacheserver.fsm import ClientRequest
+from cacheserver.h1refuse import HDR_FIRST, refusal
 from cacheserver.http1 import (
     BAD_REQUEST,
     CONTINUE_100,
     EXPECTATION_FAILED,
-    START_LINE_SLOTS,
-    bogo_header,
-    head_size,
     needs_relaxing,
     relax_head,
     text,
@@ -63,17 +61,6 @@ class HeadOverflow(Exception):
     """The request head grew past http_req_size before it was complete: varnishd closes, unanswered."""
 
 
-class RefusedAfterDissect(Exception):
-    """A head read whole that varnishd's request checks refuse (a duplicate Host or Content-Length):
-    answered 400 in a request transaction that logs the request (RX_BAD), not as junk."""
-
-    def __init__(self, bogo: str, method: str, url: str, proto: str, fields: list[tuple[str, str]],
-                 head_bytes: int) -> None:
-        super().__init__(bogo)
-        self.bogo, self.method, self.url, self.proto = bogo, method, url, proto
-        self.fields, self.head_bytes = fields, head_bytes
-
-
 class ExpectationFailed(Exception):
     """An Expect header other than 100-continue: 417 and close. `head_bytes`: the request head's
     size, for its ReqAcct."""
@@ -104,7 +91,8 @@ class ClientProtocol(asyncio.Protocol):
         self.paused_writing = False
         self.write_blocked = False   # responses are backed up: no further request runs until drained
         self.refusal: bytes | None = None   # a 400/417 owed after the requests queued before it
-        self._refusal_log: tuple[int, list] | None = None   # the 417's transaction (vxid, records)
+        # a refused request's transaction, logged (and given its vxid) once the refusal is sent
+        self._refusal_log: tuple | None = None
         self.send_timer: asyncio.TimerHandle | None = None
         self.pipe_to: asyncio.StreamWriter | None = None   # set while the request is piped
         self.current: ClientRequest | None = None          # the request being handled
@@ -382,7 +370,7 @@ class ClientProtocol(asyncio.Protocol):
                 # llhttp knows a fixed list of methods; Varnish takes any token (BAN, REFRESH, ...)
                 completed = self._raw_done - done_before
                 if not at_start:
-                    self.bad_request(exc)
+                    self.bad_request(exc, self._head_bytes(data, completed))
                     return
                 offset = _end_of_message(data, completed) if completed else 0
                 data = self._custom_method(data, offset)
@@ -391,7 +379,7 @@ class ClientProtocol(asyncio.Protocol):
                 completed = self._raw_done - done_before
                 if not at_start:
                     if completed or self._head_prefix is None:
-                        self.bad_request(exc)
+                        self.bad_request(exc, self._head_bytes(data, completed))
                         return
                     # begun in an earlier read (llhttp took "fo" for a scheme's start): from its start
                     data, skip = self._head_prefix + data, self._prefix_skip
@@ -407,19 +395,13 @@ class ClientProtocol(asyncio.Protocol):
                 if isinstance(exc.__context__, ExpectationFailed):
                     self.expectation_failed(exc.__context__.head_bytes)
                     return
-                if isinstance(exc.__context__, RefusedAfterDissect):
-                    self.refuse_dissected(exc.__context__)
-                    return
                 if isinstance(exc.__context__, HeadOverflow):
                     self.overflow()
                     return
                 raw = self._refused_head(data, self._raw_done - done_before, exc)
-                refused = _duplicate_content_length(raw, exc)
-                if refused is not None:
-                    self.refuse_dissected(refused)
-                    return
-                if raw is None or not needs_relaxing(raw) or self._bogo_header(raw) is not None:
-                    self.bad_request(exc, raw)
+                if raw is None or not needs_relaxing(raw) or not self._may_relax(raw):
+                    self.bad_request(exc, raw if raw is not None else
+                                     self._head_bytes(data, self._raw_done - done_before))
                     return
                 data = self._relax_head(raw)
 
@@ -446,9 +428,22 @@ class ClientProtocol(asyncio.Protocol):
 
     def _refused_head(self, data: bytes, completed: int, exc: Exception) -> bytes | None:
         """The raw bytes from the start of the head llhttp just refused (None: not a head error)."""
-        if not self._in_head:
+        if type(exc) is not httptools.HttpParserError:
             return None
-        if type(exc) is not httptools.HttpParserError and not isinstance(exc.__context__, RequestTooLarge):
+        return self._head_bytes(data, completed)
+
+    def _may_relax(self, raw: bytes) -> bool:
+        """Whether a head llhttp refused may be read again with its bare LFs and folds made plain:
+        not when varnishd refuses it as it came (a first header line that starts with a blank
+        is no fold to varnishd)."""
+        params = self.server.params
+        why = refusal(raw, params.http_req_hdr_len, params.http_max_hdr)
+        return why.passes or why.incomplete
+
+    def _head_bytes(self, data: bytes, completed: int) -> bytes | None:
+        """The raw bytes from the start of the head being read, to the end of this read (None: no
+        head is being read)."""
+        if not self._in_head:
             return None
         if completed:
             return data[_end_of_message(data, completed):]
@@ -486,11 +481,11 @@ class ClientProtocol(asyncio.Protocol):
             if len(rest) < 64 and _TOKEN.fullmatch(rest):
                 self._method_hold = rest          # the method was cut short by the read
             else:
-                self.bad_request()
+                self.bad_request(head=rest)
             return b""
         method = rest[:space]
         if not _TOKEN.fullmatch(method):
-            self.bad_request()
+            self.bad_request(head=rest)
             return b""
         self._method_override = text(method)
         return b"GET" + rest[space:]
@@ -511,7 +506,7 @@ class ClientProtocol(asyncio.Protocol):
                     self._method_override = None
                 self._method_hold = rest          # the request line was cut short by the read
             else:
-                self.bad_request()
+                self.bad_request(head=rest)
             return b""
         self._url_override = rest[start:end]
         return rest[:start] + b"/" + rest[end:]
@@ -539,7 +534,7 @@ class ClientProtocol(asyncio.Protocol):
             raise HeadOverflow()            # varnishd: past its buffer, the head is cut off unanswered
         if size > params.http_req_hdr_len:
             raise RequestTooLarge("header too long")
-        if len(self._fields) >= params.http_max_hdr - START_LINE_SLOTS:
+        if len(self._fields) + HDR_FIRST >= params.http_max_hdr:
             raise RequestTooLarge("too many headers")
         field = name.decode("utf-8", "surrogateescape")     # http1.text(), inlined: per header
         # llhttp keeps the blanks that end a value; varnishd strips them
@@ -550,13 +545,15 @@ class ClientProtocol(asyncio.Protocol):
 
         The request runs while its body still arrives; the body goes to its ReqBody.
         """
-        self._in_head = False
-        self._head_prefix = None
         parser = self.parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
             raise RequestTooLarge(f"HTTP/{version}")       # HTTP/0.9 and 2.0 on this port: 400
         fields = self._fields
+        if self._url[:1] != b"/":
+            fields, self._url, moved = _absolute_uri(fields, self._url, self.server.params)
+        else:
+            moved = None
         length = None
         chunked = False
         hosts = 0
@@ -569,15 +566,14 @@ class ClientProtocol(asyncio.Protocol):
                 value = field[1].strip()
                 length = int(value) if value.isdigit() else None
             elif lname == "transfer-encoding":
+                if not chunked and field[1].strip().lower() != "chunked":
+                    raise RequestTooLarge("Transfer-Encoding other than chunked")   # varnishd: BS_ERROR
                 chunked = True
             elif lname == "expect":
                 expect = field[1]
         if hosts > 1:
             # one Host for VCL and the hash, another for the backend: cache poisoning
-            method = self._method_override or text(self.parser.get_method())
-            raise RefusedAfterDissect("Multiple Host: headers", method, text(self._url), "HTTP/" + version,
-                                      [(f[0], f[1]) for f in fields],
-                                      len(method) + len(version) + 11 + self._head_size)
+            raise RequestTooLarge("duplicate Host header")     # logged as dissected (h1refuse)
         if length is not None and length >= 1 << 63:
             raise RequestTooLarge("Content-Length out of range")
         # Request smuggling shapes: llhttp refuses CL+TE and duplicate Content-Length itself.
@@ -587,9 +583,14 @@ class ClientProtocol(asyncio.Protocol):
         if self._head_size + len(method) + 14 > self.server.params.http_req_size:
             raise HeadOverflow()
         if not chunked and length is None:
+            if version == "1.0" and method in ("POST", "PUT") and \
+                    not any(f[2] == "connection" and f[1].lower() == "keep-alive" for f in fields):
+                raise RequestTooLarge("HTTP/1.0 body to the end of the connection")   # RFC 1945 8.3
             length = 0
         if method == "HEAD" and length != 0:
             raise RequestTooLarge("HEAD with a body")
+        self._in_head = False            # (until here, a refusal can find the head's bytes)
+        self._head_prefix = None
         headers = Headers.adopt(fields)
         want_continue = False
         if expect is not None:
@@ -609,7 +610,7 @@ class ClientProtocol(asyncio.Protocol):
                            want_continue=self._send_continue if want_continue else None)
         self.server.counters.client_req += 1
         request = ClientRequest(self, head, body, self._keep_alive, self._raw_done + 1,
-                                expect=expect.strip() if expect is not None else None, defer_xid=True)
+                                expect=expect.strip() if expect is not None else None, defer_xid=True, moved=moved)
         # ReqAcct's header bytes: the request line and the fields as the parser counted them
         request.acct_req = len(method) + len(version) + 11 + self._head_size
         self.queue.append(request)
@@ -646,38 +647,31 @@ class ClientProtocol(asyncio.Protocol):
             self._sink = None
 
     def bad_request(self, exc: Exception | None = None, head: bytes | None = None) -> None:
-        """Malformed input: Varnish's bare 400, then close. Nothing else is answered."""
-        self.server.counters.client_req_400 += 1
-        self.close_reason = "sc_rx_junk"       # varnishd: a request it cannot dissect is junk
-        reason = self._bogo_header(head) if head else None
-        if reason is not None:
-            # a request line fine, a header line not: varnishd's request transaction for it
-            # (varnishd reads the whole head before it looks; we answer when llhttp refuses, so
-            # ReqAcct counts the head bytes received by then)
-            size = head_size(head)
-            method = head[:head.find(b" ")].decode("ascii", "replace")
-            self._refusal_log = self._refusal_transaction(
-                [("BogoHeader", reason), ("HttpGarbage", method)], "400", "Bad Request", size, len(BAD_REQUEST))
-        self._refuse(BAD_REQUEST)
+        """Malformed input: Varnish's bare 400, then close. Nothing else is answered.
 
-    def refuse_dissected(self, refused: RefusedAfterDissect) -> None:
-        """cnt_transport's refusals: the request counted and logged, a bare 400, close (RX_BAD)."""
+        The request's transaction is logged as varnishd logs it (h1refuse): refused by the
+        dissection of its head (HttpGarbage), or by cnt_recv once dissected (its request, then a
+        BogoHeader)."""
         counters = self.server.counters
-        counters.client_req += 1
         counters.client_req_400 += 1
-        self.close_reason = "sc_rx_bad"
-        ip = self.client_ip
-        records = [("ReqStart", f"{ip.addr} {ip.port} {self.listen_name}"), ("ReqMethod", refused.method),
-                   ("ReqURL", refused.url), ("ReqProtocol", refused.proto),
-                   *(("ReqHeader", f"{name}: {value}") for name, value in refused.fields),
-                   ("BogoHeader", refused.bogo)]
-        self._refusal_log = self._refusal_transaction(records, "400", "Bad Request", refused.head_bytes,
-                                                      len(BAD_REQUEST), vcl=True)
+        self.close_reason = "sc_rx_junk"       # varnishd: a request it cannot dissect is junk
+        if head:
+            params = self.server.params
+            why = refusal(head, params.http_req_hdr_len, params.http_max_hdr)
+            if why.dissected:
+                counters.client_req += 1
+                self.close_reason = "sc_rx_bad"
+                ip = self.client_ip
+                records = [("ReqStart", f"{ip.addr} {ip.port} {self.listen_name}"), ("ReqMethod", why.method),
+                           ("ReqURL", why.url), ("ReqProtocol", why.proto)]
+                records += [("ReqHeader", h) for h in why.headers]
+                records.append(("BogoHeader", why.bogo))
+            else:
+                records = [("HttpGarbage", text(why.garbage))]
+                if why.bogo is not None:
+                    records.insert(0, ("BogoHeader", why.bogo))
+            self._refusal_log = (records, "400", "Bad Request", why.head_bytes, len(BAD_REQUEST), why.dissected)
         self._refuse(BAD_REQUEST)
-
-    def _bogo_header(self, head: bytes) -> str | None:
-        params = self.server.params
-        return bogo_header(head, params.http_req_hdr_len, params.http_max_hdr)
 
     def _refusal_transaction(self, records: list, status: str, reason: str, head_bytes: int,
                              sent: int, vcl: bool = False) -> tuple[int, list]:
@@ -702,8 +696,7 @@ class ClientProtocol(asyncio.Protocol):
         server.counters.client_req += 1    # varnishd counts it: the request was dissected
         self.close_reason = "sc_rx_junk"
         # a request transaction of its own, answered before vcl_recv (cnt_transport): no ReqStart
-        self._refusal_log = self._refusal_transaction([], "417", "Expectation Failed", head_bytes,
-                                                      len(EXPECTATION_FAILED), vcl=True)
+        self._refusal_log = ([], "417", "Expectation Failed", head_bytes, len(EXPECTATION_FAILED), True)
         self._refuse(EXPECTATION_FAILED)
 
     def overflow(self) -> None:
@@ -728,7 +721,10 @@ class ClientProtocol(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(self.refusal)
         if self._refusal_log is not None:
-            xid, records = self._refusal_log
+            counters = self.server.counters        # its bytes, as its ReqAcct counts them
+            counters.s_req_hdrbytes += self._refusal_log[3]
+            counters.s_resp_hdrbytes += self._refusal_log[4]
+            xid, records = self._refusal_transaction(*self._refusal_log)
             self.server.vsl.write(xid, "c", records)
             self._refusal_log = None
         self.close()
@@ -963,31 +959,13 @@ class _CachedBody:
         self.size = size
 
 
-# The close reasons varnishd counts as errors (tbl/sess_close.h) in sess_closed_err.
-_CLOSE_ERR = frozenset({"sc_req_http10", "sc_rx_bad", "sc_rx_body", "sc_rx_junk", "sc_rx_overflow",
-                        "sc_rx_timeout", "sc_tx_error", "sc_overload", "sc_pipe_overflow", "sc_range_short",
-                        "sc_req_http20", "sc_vcl_failure"})
+# The close reasons varnishd counts as errors (tbl/sess_close.h): sess_closed_err, not sess_closed.
+_CLOSE_ERR = frozenset({"sc_rx_bad", "sc_rx_body", "sc_rx_junk", "sc_rx_overflow", "sc_rx_timeout",
+                        "sc_tx_error", "sc_overload", "sc_pipe_overflow", "sc_range_short",
+                        "sc_req_http20", "sc_vcl_failure", "sc_req_http10"})
 # sess_closed counts the sessions closed when a request is done (varnishd's H1CLEANUP), whatever the
 # reason; these are the closes while waiting for a request (http1_wait), which it does not count.
 _CLOSE_WAITING = frozenset({"sc_rem_close", "sc_rx_close_idle", "sc_rx_timeout", "sc_rx_overflow"})
-
-
-def _duplicate_content_length(raw: bytes | None, exc: Exception) -> RefusedAfterDissect | None:
-    """llhttp refuses a second Content-Length as it reads it; varnishd reads the whole head, then
-    answers it as cnt_transport does. None unless that is the error and the head is all here."""
-    if raw is None or "Duplicate Content-Length" not in str(exc):
-        return None
-    end = raw.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    lines = text(raw[:end]).split("\r\n")
-    method, _, rest = lines[0].partition(" ")
-    url, _, proto = rest.rpartition(" ")
-    fields = []
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        fields.append((name, value.strip(" \t")))
-    return RefusedAfterDissect("Multiple Content-Length: headers", method, url, proto, fields, end + 4)
 
 
 class _Counter:
@@ -1007,6 +985,29 @@ def _messages_in(prefix: bytes) -> int:
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):
         pass            # past an Upgrade request the bytes are not HTTP: its count is final
     return counter.done
+
+
+def _absolute_uri(fields: list, url: bytes, params) -> tuple[list, bytes, list | None]:
+    """RFC 2616 5.2, as HTTP1_DissectRequest reads it: an absolute URI with a path names the host,
+    which replaces every Host header, appended last (https:// only with feature https_scheme).
+    Also returns the records varnishd logs for the swap (before VCL_use), None if the URL stays."""
+    low = url[:8].lower()
+    if low[:7] == b"http://":
+        start = 7
+    elif low == b"https://" and "https_scheme" in {
+            f.strip().lstrip("+") for f in params.text("feature").split(",") if not f.strip().startswith("-")}:
+        start = 8
+    else:
+        return fields, url, None
+    slash = url.find(b"/", start)
+    if slash < 0:
+        return fields, url, None
+    host = text(url[start:slash])
+    moved = [("ReqUnset", f"{f[0]}: {f[1]}") for f in fields if f[2] == "host"]
+    moved.append(("ReqHeader", "Host: " + host))
+    fields = [f for f in fields if f[2] != "host"]
+    fields.append(["Host", host, "host"])
+    return fields, url[slash:], moved
 
 
 def _end_of_message(raw: bytes, n: int) -> int:

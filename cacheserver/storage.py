@@ -308,6 +308,7 @@ class Storage:
     def __init__(self, max_bytes: int, counters, params: Params,
                  specs: list[tuple[str, int | None]] | None = None) -> None:
         self.counters = counters
+        self.fetchfrag = 0          # debug.fragfetch: the bytes a fetch takes storage (and reads) in
         self.params = params
         self.heads: dict[bytes, ObjHead] = {}
         self.bans = BanList(counters)
@@ -489,7 +490,7 @@ class Storage:
         length = oc.length
         if length <= oc.expected or length < oc.alloc:
             return True              # within what is allocated
-        chunk = int(self.params.fetch_chunksize) if self.params is not None else 16384
+        chunk = self.fetchfrag or (int(self.params.fetch_chunksize) if self.params is not None else 16384)
         stored = oc.store != "" and (oc.keep_body or oc.hfm or oc.hfp)
         # (a hit-for-miss/pass body is charged while it is fetched, and freed after: slim())
         while oc.alloc <= length:

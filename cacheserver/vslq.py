@@ -370,24 +370,34 @@ class Grouper:
         return [group]
 
     def _collect(self, txn: Txn, level: int, out: list[Txn], partial: bool = False) -> list[Txn] | None:
+        """txn and its descendants, breadth first as varnishd's VSLQ lists a group (the root, then
+        its children, then theirs); None while one of them is incomplete or not arrived yet."""
         if not txn.complete and not partial:
             return None
         txn.level = level
         out.append(txn)
         if self.grouping == "vxid":
             return out
-        for vxid in txn.children:
-            child = self.txns.get(vxid)
-            if child is None:
-                if partial or vxid in self.done:     # shown already (its own group)
+        i = len(out) - 1
+        seen = {txn.vxid}            # (a Link loop must not make the walk endless)
+        while i < len(out):
+            parent = out[i]
+            i += 1
+            for vxid in parent.children:
+                if vxid in seen:
                     continue
-                if partial:
+                seen.add(vxid)
+                child = self.txns.get(vxid)
+                if child is None:
+                    if partial or vxid in self.done:     # shown already (its own group)
+                        continue
+                    return None          # linked but not arrived yet
+                if self.grouping == "request" and child.type == "req" and child.reason == "rxreq":
                     continue
-                return None          # linked but not arrived yet
-            if self.grouping == "request" and child.type == "req" and child.reason == "rxreq":
-                continue
-            if self._collect(child, level + 1, out, partial) is None:
-                return None
+                if not child.complete and not partial:
+                    return None
+                child.level = parent.level + 1
+                out.append(child)
         return out
 
     def flush(self) -> list[list[Txn]]:

@@ -47,6 +47,23 @@ def test_session_grouping():
     assert [[(t.vxid, t.level) for t in g] for g in groups] == [[(1, 1), (2, 2), (3, 3)]]
 
 
+def test_session_grouping_lists_breadth_first_as_varnishd():
+    """varnishd's VSLQ lists a group level by level: the session, its requests, then their fetches
+    (l00005 waits for req 1001, req 1003, bereq 1002, bereq 1004 in that order)."""
+    def req(vxid, bereq):
+        return [("Begin", "req 1000 rxreq"), ("Link", f"bereq {bereq} pass"), ("End", "")]
+
+    def bereq(parent):
+        return [("Begin", f"bereq {parent} pass"), ("End", "")]
+
+    sess = [("Begin", "sess 0 HTTP/1"), ("Link", "req 1001 rxreq"), ("Link", "req 1003 rxreq"), ("End", "")]
+    log = _records((1002, "b", bereq(1001)), (1001, "c", req(1001, 1002)), (1004, "b", bereq(1003)),
+                   (1003, "c", req(1003, 1004)), (1000, "c", sess))
+    groups = list(groups_of(iter(log), "session"))
+    assert [[(t.vxid, t.level) for t in g] for g in groups] == [
+        [(1000, 1), (1001, 2), (1003, 2), (1002, 3), (1004, 3)]]
+
+
 def test_vxid0_records_show_in_raw_grouping_only():
     assert Grouper("raw").feed(Record(0, "-", "CLI", "Rd ping"))
     g = Grouper("vxid")

@@ -282,6 +282,13 @@ def set_beresp_vfp_flag(ctx, name: str, value: bool) -> None:
     setattr(ctx, name, value)
 
 
+def set_req_esi(ctx, value: bool) -> None:
+    """req.esi (VCL 4.0): heeded in the top request only, as varnishd's VRT_l_req_esi (an include
+    cannot turn ESI off under its parent); resp.do_esi has no such limit."""
+    if ctx.esi_level == 0:
+        ctx.esi = bool(value)
+
+
 def body_set(ctx, text: str) -> None:
     """set resp.body / beresp.body = ...: replace the synthetic body."""
     ctx.synth_body = [text]

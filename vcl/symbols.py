@@ -182,7 +182,7 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
        set_="ctx.backend_hint = {v}"),
     _v("req.can_gzip", "BOOL", ["client"], get="rt.req_gzip(ctx.req.headers.get('Accept-Encoding'))"),
     # req.esi (4.0) and resp.do_esi (4.1) are one flag, varnishd's req->disable_esi inverted
-    _v("req.esi", "BOOL", ["client"], ["client"], get="(ctx.esi is not False)", set_="ctx.esi = bool({v})",
+    _v("req.esi", "BOOL", ["client"], ["client"], get="(ctx.esi is not False)", set_="rt.set_req_esi(ctx, {v})",
        hi=4.0),
     _v("req.esi_level", "INT", ["client"], get="ctx.esi_level"),
     _v("req.grace", "DURATION", ["client"], ["client"], get="ctx.req_grace", set_="ctx.req_grace = {v}"),
