@@ -94,8 +94,8 @@ class Delivery:
     def _deliver_from_template(self) -> bool:
         oc = self.oc
         template = oc.fast_head
-        if template is None or template.vcl is not self.vcl:
-            return False
+        if template is None or template.vcl is not self.vcl or template.params_gen != self.server.params.generation:
+            return False        # cut under another VCL or other parameters (http_max_hdr, ...): redo
         now = time.time()
         age = max(0, int(now - oc.t_origin))
         xid = self.ctx.xid
@@ -121,7 +121,8 @@ class Delivery:
         # a miss streams what is still arriving chunked when its length is unknown: not a hit's head
         if not self.keep_alive or self.ctx.resp.status != 200 or b"\r\nTransfer-Encoding:" in head:
             return
-        oc.fast_head = hit_template.make(self.vcl, oc.http, head, xid_line, _template_records(head))
+        oc.fast_head = hit_template.make(self.vcl, self.server.params.generation, oc.http, head, xid_line,
+                                         _template_records(head))
 
     # -- the writer -------------------------------------------------------------------------------
 

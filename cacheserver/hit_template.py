@@ -30,11 +30,12 @@ class HitTemplate:
     """The shared part: the status line, what comes between X-Varnish and Age and after Age, and the
     records around the object's RespHeader records (a %-template: see Delivery._deliver_from_template)."""
 
-    __slots__ = ("vcl", "status_line", "between", "rest", "records_start", "records_rest")
+    __slots__ = ("vcl", "params_gen", "status_line", "between", "rest", "records_start", "records_rest")
 
-    def __init__(self, vcl: CompiledVCL, status_line: bytes, between: bytes, rest: bytes,
+    def __init__(self, vcl: CompiledVCL, params_gen: int, status_line: bytes, between: bytes, rest: bytes,
                  records_start: bytes, records_rest: bytes) -> None:
         self.vcl = vcl
+        self.params_gen = params_gen      # the parameters it was cut under (http_max_hdr, ...)
         self.status_line = status_line
         self.between = between
         self.rest = rest
@@ -55,7 +56,7 @@ def _field_records(http: StoredHttp) -> bytes:
     return http.record_fields("RespHeader").replace("%", "%%").encode("utf-8", "surrogateescape")
 
 
-def make(vcl: CompiledVCL, http: StoredHttp | object, head: bytes, xid_line: bytes,
+def make(vcl: CompiledVCL, params_gen: int, http: StoredHttp | object, head: bytes, xid_line: bytes,
          records: bytes) -> HitTemplate | None:
     """The template for a delivered `head` (X-Varnish's line is `xid_line`, Age follows it) and its
     `records`; None when the head is not the object's fields in order, or the records not theirs."""
@@ -71,7 +72,7 @@ def make(vcl: CompiledVCL, http: StoredHttp | object, head: bytes, xid_line: byt
     fields = _field_records(http)
     if not records.startswith(start + fields + b"\0"):
         return None
-    key = (vcl, head[:line_end], head[i + len(xid_line):j], head[k:], start, records[len(start + fields) + 1:])
+    key = (vcl, params_gen, head[:line_end], head[i + len(xid_line):j], head[k:], start, records[len(start + fields) + 1:])
     template = _SHARED.get(key)
     if template is None:
         template = HitTemplate(*key)

@@ -187,6 +187,7 @@ class Params:
     def __init__(self) -> None:
         self._defs = {d.name: d for d in _all_definitions()}
         self._text: dict[str, str] = {}
+        self.generation = 0       # changes with every set: what was worked out from the values is stale
         for d in self._defs.values():
             if d.kind == "na":
                 continue
@@ -204,12 +205,14 @@ class Params:
             shown = self._set_bits(d, text)
             self._text[name] = shown
             setattr(self, name, shown)
+            self.generation += 1
             return
         value = _PARSERS[d.kind](text)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             self._check_range(d, value)
         self._text[name] = self.format(d, value)
         setattr(self, name, value)
+        self.generation += 1
 
     def limits(self, d: ParamDef) -> tuple[float | None, float | None, str | None, str | None]:
         """(minimum, maximum, as param.show prints them); some follow another parameter's value."""
@@ -309,6 +312,7 @@ class Params:
         if d.kind == "bits":
             self._text[name] = d.default
             setattr(self, name, d.default)
+            self.generation += 1
             return
         self.set(name, d.default)
 
