@@ -96,6 +96,8 @@ class Delivery:
         template = oc.fast_head
         if template is None or template.vcl is not self.vcl or template.params_gen != self.server.params.generation:
             return False        # cut under another VCL or other parameters (http_max_hdr, ...): redo
+        if oc.hits > 1 and type(template) is hit_template.HitTemplate:
+            template = oc.fast_head = template.bind(oc.http)      # a hot object: its fields made once
         now = time.time()
         age = max(0, int(now - oc.t_origin))
         xid = self.ctx.xid

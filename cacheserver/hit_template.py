@@ -50,6 +50,31 @@ class HitTemplate:
     def records(self, http: StoredHttp) -> bytes:
         return b"%s%s\0%s" % (self.records_start, _field_records(http), self.records_rest)
 
+    def bind(self, http: StoredHttp) -> HotTemplate:
+        """This template with one object's fields encoded once, for an object hit again and again."""
+        return HotTemplate(self, http)
+
+
+class HotTemplate:
+    """A shared template bound to one hot object: its head up to X-Varnish and its records made once
+    (a few hundred bytes for an object hit more than once, instead of encoding its fields per hit)."""
+
+    __slots__ = ("vcl", "params_gen", "start", "between", "rest", "_records")
+
+    def __init__(self, template: HitTemplate, http: StoredHttp) -> None:
+        self.vcl = template.vcl
+        self.params_gen = template.params_gen
+        self.start = template.status_line + http.wire_fields().encode(WIRE, WIRE_ERRORS)
+        self.between = template.between
+        self.rest = template.rest
+        self._records = template.records(http)
+
+    def head(self, http: StoredHttp, xid: int, obj_xid: int, age: int) -> bytes:
+        return b"%sX-Varnish: %d %d\r\n%sAge: %d\r\n%s" % (self.start, xid, obj_xid, self.between, age, self.rest)
+
+    def records(self, http: StoredHttp) -> bytes:
+        return self._records
+
 
 def _field_records(http: StoredHttp) -> bytes:
     """The object's fields as RespHeader records, each after a NUL, %-escaped."""
