@@ -1183,7 +1183,7 @@ def _director_report(obj: Any, kind: str, members: list[tuple[Any, float]]) -> t
         js = [f'          "{n}": {{\n            "health": "{h}"\n          }}' for n, _, h in names]
         extra = ""
     elif kind == "fallback":
-        current = getattr(obj, "current", 0)
+        current = obj.cur              # the member the last resolution stopped at
         rows = [["", name, "*" if i == current else "", h] for i, (name, _, h) in enumerate(names)]
         head = ["", "Backend", "Current", "Health"]
         js = [f'          "{n}": {{\n            "current": {"true" if i == current else "false"},\n'
