@@ -429,7 +429,7 @@ def test_shard_param_in_backend_tasks(make):
         return [text for _, tag, text in list(cache.proc.log.records) if tag == "VCL_Error"]
 
     wait_for(lambda: len(errors()) >= len(PARAM_ERRORS), what="the tasks' VCL_Error records")    # written as tasks end
-    assert errors() == PARAM_ERRORS
+    assert sorted(errors()) == sorted(PARAM_ERRORS)      # one per task, in the order tasks end
 
 
 @pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
@@ -441,7 +441,8 @@ def test_shard_param_answers_are_varnishds():
            + "varnish v1 -vsl_catchup\n")
     out = run_varnishtest(vtc, "params")
     assert dict(re.findall(r"c1 +rxhdr\|([a-j]): (.*?)\\r$", out, re.M)) == PARAM_ANSWERS[0][1]
-    assert re.findall(r"vsl\| +\d+ VCL_Error +[bc] (.*)$", out, re.M) == PARAM_ERRORS
+    # varnishd's log interleaves transactions as its workers flush them: the same records, any order
+    assert sorted(re.findall(r"vsl\| +\d+ VCL_Error +[bc] (.*)$", out, re.M)) == sorted(PARAM_ERRORS)
     assert re.search(r"^#    top  TEST .* passed", out, re.M)
 
 
