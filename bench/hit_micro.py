@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -76,6 +77,8 @@ asyncio.run(main())
 def instructions(root: Path, log: bool, per_read: int, hits: int = 2000) -> float:
     """Instructions per hit under valgrind's callgrind: the same count whatever else the machine
     runs (two runs, `hits` apart, so start-up and the VCL compile cancel out)."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install -y valgrind)")
     counts = []
     for n in (0, hits):
         env = dict(os.environ, PYTHONPATH=str(root), HIT_MICRO_PER_READ=str(per_read), HIT_MICRO_HITS=str(n),

@@ -31,6 +31,7 @@ from cacheserver.filters import (
     stack,
     vdp_default_list,
 )
+from cacheserver.h1refuse import HDR_FIRST
 from cacheserver.http1 import serialize_head
 from cacheserver.ranges import if_range_matches
 
@@ -46,8 +47,6 @@ _BIG = 65536
 # client to read (idle_send_timeout, send_timeout): a client costs at most about this much buffer.
 _DIRECT = 256 * 1024
 _SLICE = 256 * 1024
-# A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
-_START_LINE_SLOTS = 5
 _LOST_HEADERS_500 = b"HTTP/1.1 500 Internal Server Error\r\nServer: Varnish\r\nConnection: close\r\n\r\n"
 
 
@@ -261,7 +260,7 @@ class Delivery:
                 self.keep_alive = False
                 self.close_reason = "sc_tx_eof"
                 headers.set("Connection", "close")
-        lost = len(headers) - (self.server.params.http_max_hdr - _START_LINE_SLOTS)
+        lost = len(headers) - (self.server.params.http_max_hdr - HDR_FIRST)
         if lost > 0:
             return self._lost_headers(lost, chain)
         head = serialize_head(resp)

@@ -22,6 +22,7 @@ from cacheserver.deliver import Delivery, resp_filters_default
 from cacheserver.esi import EsiRequest
 from cacheserver.fetch import BusyObj
 from cacheserver.filters import accepts_gzip, weaken_etag
+from cacheserver.h1refuse import HDR_FIRST
 from cacheserver.http1 import DATES, reason_for
 from cacheserver.ranges import not_modified, object_last_modified
 from cacheserver.reqbody import ReqBody
@@ -52,8 +53,6 @@ STATES: dict[str, tuple[str, ...] | None] = {
 _ALWAYS_ASYNC = frozenset(state for state, subs in STATES.items() if subs is WAITS)
 _VIA = "1.1 varnish (Varnish/7.1)"
 _MINIMAL_500 = b"HTTP/1.1 500 Internal Server Error\r\n\r\n"     # after vcl_synth fails (cnt_synth)
-# A message's first header slots hold its start line (HTTP_HDR_FIRST): http_max_hdr counts them too.
-_START_LINE_SLOTS = 5
 # The records of a subroutine the server runs in place of its built-in code (CompiledVCL.builtin_only)
 _BUILTIN_CALL = {sub: ("VCL_call", f"{CALL_NAMES[sub]}\0VCL_return {action.name}")
                  for sub, action in [*BUILTIN_RETURNS.items(), ("vcl_hash", Action("lookup"))]}
@@ -725,7 +724,7 @@ class ClientRequest(Delivery, EsiRequest):
     def _headers_lost(self, resp: HttpMessage) -> bool:
         """The object's headers and ours do not fit in http_max_hdr: varnishd loses the rest, its
         workspace overflows, and the request becomes a 500 synth before vcl_deliver."""
-        lost = len(resp.headers) - (self.server.params.http_max_hdr - _START_LINE_SLOTS)
+        lost = len(resp.headers) - (self.server.params.http_max_hdr - HDR_FIRST)
         if lost <= 0:
             return False
         self.server.counters.losthdr += lost

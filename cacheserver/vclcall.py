@@ -31,6 +31,7 @@ def _failed(ctx: Context, sub: str, exc: VCLFailure) -> Action:
     ctx.server.counters.vcl_fail += 1
     ctx.log.append(("VCL_Error", str(exc)))
     log.warning("VCL failure in %s: %s", sub, exc)
+    ctx.log.append(("VCL_return", "fail"))
     return Action("fail")
 
 
@@ -48,9 +49,7 @@ def call_sub(vcl, ctx: Context, sub: str) -> Action:
     try:
         action = vcl.subs[sub](ctx)
     except VCLFailure as exc:
-        action = _failed(ctx, sub, exc)
-        ctx.log.append(("VCL_return", "fail"))
-        return action
+        return _failed(ctx, sub, exc)
     return _returned(ctx, action)
 
 
@@ -63,7 +62,5 @@ async def acall_sub(vcl, ctx: Context, sub: str) -> Action:
     try:
         action = await vcl.subs[sub](ctx)
     except VCLFailure as exc:
-        action = _failed(ctx, sub, exc)
-        ctx.log.append(("VCL_return", "fail"))
-        return action
+        return _failed(ctx, sub, exc)
     return _returned(ctx, action)

@@ -28,11 +28,10 @@ class WorkerPools:
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.size = 0             # workers kept (MAIN.threads)
         self.busy = 0             # requests and fetches in progress
         self.last_use = 0.0       # the last time work started: idle workers retire timeout after it
         self._next_id = 0
-        self._ids: list[int] = []
+        self._ids: list[int] = []   # the workers kept (MAIN.threads), by number
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -54,8 +53,9 @@ class WorkerPools:
         """A request or a fetch starts: it takes an idle worker, or one is bred for it."""
         self.busy += 1
         self.last_use = time.monotonic()
-        if self.busy > self.size:
-            if self.size < self._bounds()[1]:
+        size = len(self._ids)
+        if self.busy > size:
+            if size < self._bounds()[1]:
                 self._breed()
             else:
                 self.server.counters.threads_limited += 1
@@ -66,10 +66,11 @@ class WorkerPools:
     def herd(self) -> None:
         """Keep the minimum; retire workers above it, or above the maximum, once idle long enough."""
         lo, hi = self._bounds()
-        while self.size < lo:
+        ids = self._ids
+        while len(ids) < lo:
             self._breed()
         idle_for = time.monotonic() - self.last_use
-        while self.size > max(lo, self.busy) and (self.size > hi or idle_for >= self.server.params.thread_pool_timeout):
+        while len(ids) > max(lo, self.busy) and (len(ids) > hi or idle_for >= self.server.params.thread_pool_timeout):
             self._retire()
         self.server.counters.pools = int(self.server.params.thread_pools)
         try:
@@ -80,17 +81,15 @@ class WorkerPools:
     def _breed(self) -> None:
         self._next_id += 1
         self._ids.append(self._next_id)
-        self.size += 1
         counters = self.server.counters
-        counters.threads = self.size
+        counters.threads = len(self._ids)
         counters.threads_created += 1
         self._log(self._next_id, "start")
 
     def _retire(self) -> None:
         ident = self._ids.pop()
-        self.size -= 1
         counters = self.server.counters
-        counters.threads = self.size
+        counters.threads = len(self._ids)
         counters.threads_destroyed += 1
         self._log(ident, "end")
 
