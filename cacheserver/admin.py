@@ -570,6 +570,10 @@ class AdminCommands:
             raise Reply(CLIS_PARAM, f"Unknown parameter \"{name}\".")
         if name in getattr(self.server, "readonly_params", ()):
             raise Reply(CLIS_AUTH, f"parameter \"{name}\" is protected.")
+        attempt = f"(attempting to set param '{name}' to '{value}')"
+        if name == "h2_rxbuf_storage" and value != "Transient" and value not in self._stevedore_names():
+            # tweak_storage: Transient or a configured store; its message has no newline of its own
+            raise Reply(CLIS_PARAM, f"unknown storage backend '{value}'\n{attempt}")
         try:
             params.set(name, value)
             if name == "vsl_mask":
@@ -577,16 +581,23 @@ class AdminCommands:
         except NotAvailable as e:
             raise Reply(CLIS_CANT, str(e)) from None
         except ValueError as e:
-            raise Reply(CLIS_PARAM, f"{e}\n\n(attempting to set param '{name}' to '{value}')") from None
-        note = ""
-        if "must_restart" in d.flags and self.server.running:
-            note = "\nChange will take effect when child is restarted"
-        elif "must_reload" in d.flags:
-            note = "\nChange will take effect when VCL script is reloaded"
+            raise Reply(CLIS_PARAM, f"{e}\n\n{attempt}") from None
+        note = self._change_note(d)
         if as_json:
             # varnishd answers with param.show -j of the parameter (its argv without the value)
             return _envelope(argv[:-1], 2, ",\n" + param_show.json_item(params, d))
         return note
+
+    def _change_note(self, d) -> str:
+        """What varnishd adds after setting a parameter that acts only after a restart or reload."""
+        if "must_restart" in d.flags and self.server.running:
+            return "\nChange will take effect when child is restarted"
+        if "must_reload" in d.flags:
+            return "\nChange will take effect when VCL script is reloaded"
+        return ""
+
+    def _stevedore_names(self) -> list[str]:
+        return list(getattr(getattr(self.server, "storage", None), "stevedores", None) or ("s0", "Transient"))
 
     def _param_reset(self, argv: list[str], args: list[str]) -> str:
         params = self.server.params
@@ -601,7 +612,7 @@ class AdminCommands:
             params.reset(d.name)
         except ValueError as e:   # a linked bound (thread_pool_min above a lowered thread_pool_max)
             raise Reply(CLIS_PARAM, f"{e}\n\n(attempting to set param '{d.name}' to '{d.default}')") from None
-        return ""
+        return self._change_note(d)
 
     # ---- VCL ---------------------------------------------------------------------------------
     def _load(self, name: str, source: str, filename: str, state: str = "auto") -> str:
@@ -1082,8 +1093,7 @@ class AdminCommands:
     # ---- storage and counters -------------------------------------------------------------------
     def _storage_list(self, argv: list[str], args: list[str]) -> str:
         as_json, _ = _split_j(args)
-        stevedores = getattr(getattr(self.server, "storage", None), "stevedores", None) or {"s0": 0, "Transient": 0}
-        devices = [(n, "malloc") for n in stevedores]
+        devices = [(n, "malloc") for n in self._stevedore_names()]
         if as_json:
             return _envelope(argv, 2, "".join(f',\n  {{\n    "name": "{n}",\n    "storage": "{k}"\n}}'
                                               for n, k in devices))

@@ -36,51 +36,88 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _DURATION_UNITS[m.group(2) or ""]
 
 
-# ---- varnishd's parameter parsers (mgt_param_tweak.c), each raising ValueError(message) ----------
+# ---- varnishd's parameter parsers (mgt_param_tweak.c, vnum.c), each raising ValueError(message) -
 
-_DOUBLE = re.compile(r"\s*(-?(?:\d+\.?\d*|\.\d+))")
+DECIMAL_MAX = 999999999999.999      # VRT_DECIMAL_MAX: 12 integer digits, 3 decimals
+_DECIMAL = re.compile(r"[ \t\n\r\f\v]*(-?)([0-9]*)(?:\.([0-9]*))?")
 
 
 def param_double(text: str) -> float:
-    """varnishd 7.1 reads the leading decimal number and ignores what follows ("1m" is 1 second)."""
-    m = _DOUBLE.match(text)
-    if not m:
+    """varnishd 7.1's decimal: an optional '-', at most 15 integer digits, decimals after the
+    third dropped, whatever follows ignored ("1m" is 1 second); beyond 12 integer digits is
+    "Too many digits"."""
+    m = _DECIMAL.match(text)
+    sign, whole, frac = m.group(1), m.group(2), m.group(3)
+    if not whole and not frac:
         raise ValueError(f"Invalid number ({text})")
-    return float(m.group(1))
+    if len(whole) > 15:
+        raise ValueError(f"Too many digits ({text})")
+    value = int(whole or "0") + int((frac or "")[:3].ljust(3, "0")) / 1000
+    if value > DECIMAL_MAX:
+        raise ValueError(f"Too many digits ({text})")
+    return -value if sign else value
 
 
-_UINT = re.compile(r"\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)\s*")
+ULONG_MAX = (1 << 64) - 1
+
+
+def strtoul(text: str) -> tuple[int, str]:
+    """strtoul(3) with base 0: (value, what it did not read). 0x hex, 0 octal, else decimal; a
+    '-' negates modulo 2**64; too large is ULONG_MAX. Nothing read leaves the whole text."""
+    s = text.lstrip(" \t\n\r\f\v")
+    neg = s[:1] == "-"
+    body = s[1:] if s[:1] in "+-" else s
+    base, start = 10, 0
+    if body[:2].lower() == "0x" and body[2:3] and body[2:3] in "0123456789abcdefABCDEF":
+        base, start = 16, 2
+    elif body[:1] == "0":
+        base = 8
+    end = start
+    while end < len(body) and body[end] in "0123456789abcdefABCDEF"[:base + (6 if base == 16 else 0)]:
+        end += 1
+    if end == start:
+        return 0, text
+    value = int(body[start:end], base)
+    if value > ULONG_MAX:
+        value = ULONG_MAX
+    elif neg:
+        value = (-value) & ULONG_MAX
+    return value, body[end:]
 
 
 def param_uint(text: str) -> int:
-    """strtoul(3) with base 0, as varnishd: hex and octal too; "-1" wraps around; "unlimited"."""
-    if text.strip().lower() == "unlimited":
+    """An unsigned int as varnishd reads it: strtoul with nothing left over, kept in 32 bits
+    (99999999999999 is 276447231); "unlimited" is UINT_MAX."""
+    if text.lower() == "unlimited":
         return UINT_MAX
-    m = _UINT.fullmatch(text)
-    if not m:
+    value, rest = strtoul(text)
+    if not text or rest:
         raise ValueError(f"Not a number ({text})")
-    value = int(m.group(2), 0)
-    return (1 << 64) - value if m.group(1) == "-" and value else value
+    return value & UINT_MAX
 
 
-_BYTES = re.compile(r"\s*(\d+(?:\.\d*)?)\s*(.*?)\s*")
+_BYTES = re.compile(r"[ \t\n\r\f\v]*([0-9]*)(?:\.([0-9]*))?\s*(.*?)\s*")
 
 
 def param_bytes(text: str) -> int:
-    """VNUM_2bytes: a number and an optional [KMGTP][B] unit; whole bytes only."""
+    """VNUM_2bytes: a number (at most 15 integer digits and 3 decimals) and an optional
+    [KMGTP][B] unit; a fraction of a byte is refused."""
     m = _BYTES.fullmatch(text)
-    if not m:
+    whole, frac, unit = m.group(1), m.group(2), m.group(3).lower()
+    if unit.endswith("b") and len(unit) == 2:
+        unit = unit[0]
+    if not whole and not frac:
         err = "Invalid number"
+    elif len(whole) > 15 or len(frac or "") > 3:
+        err = "Too many digits"
+    elif unit not in _BYTES_UNITS:
+        err = "Unknown BYTES unit of measurement ([KMGTP][B])"
     else:
-        number, unit = m.group(1), m.group(2).lower()
-        if unit.endswith("b") and len(unit) == 2:
-            unit = unit[0]
-        if unit not in _BYTES_UNITS:
-            err = "Unknown BYTES unit of measurement ([KMGTP][B])"
-        elif "." in number and _BYTES_UNITS[unit] == 1:
+        value = (int(whole or "0") + int((frac or "")[:3].ljust(3, "0")) / 1000) * _BYTES_UNITS[unit]
+        if value != int(value) and _BYTES_UNITS[unit] == 1:
             err = "Fractional BYTES not allowed"
         else:
-            return int(float(number) * _BYTES_UNITS[unit])
+            return int(value + 0.5)
     raise ValueError(f"Could not convert to bytes.\n{err}\n  Try something like '80k' or '120M'")
 
 
@@ -94,16 +131,18 @@ def param_bool(text: str) -> bool:
 
 
 def parse_pool(text: str) -> tuple[int, int, float]:
-    """A mempool parameter: "min_pool,max_pool,max_age"."""
-    parts = text.split(",")
-    if len(parts) != 3:
+    """A mempool parameter: "min_pool,max_pool,max_age" (commas or blanks between; more fields are
+    ignored, as varnishd does); max_age from 0 to 1000000."""
+    fields = [f for f in re.split(r"[,\s]+", text) if f]
+    if len(fields) < 3:
         raise ValueError("Three fields required: min_pool, max_pool and max_age")
-    try:
-        low, high, age = int(parts[0]), int(parts[1]), float(parts[2])
-    except ValueError:
-        raise ValueError(f"Invalid number in {text!r}") from None
+    low, high, age = param_uint(fields[0]), param_uint(fields[1]), param_double(fields[2])
+    if age < 0:
+        raise ValueError("Must be greater or equal to 0")
+    if age > 1000000:
+        raise ValueError("Must be less than or equal to 1000000")
     if low > high:
-        raise ValueError("min_pool must be no more than max_pool")
+        raise ValueError("min_pool cannot be larger than max_pool")
     return low, high, age
 
 
@@ -157,6 +196,15 @@ _LINKED = {
     "vsl_buffer": ("vsl_reclen", None),
     "vsl_reclen": (None, "vsl_buffer"),
 }
+# Why a linked bound is what it is, as varnishd's message adds it.
+_BOUND_REASON = {"thread_pool_max": "thread_pool_min", "thread_pool_min": "thread_pool_max",
+                 "thread_pool_reserve": "95% of thread_pool_min"}
+
+# Byte parameters varnishd keeps in an unsigned int (tweak_bytes_u): a value past 4G that passes the
+# range check is stored modulo 2**32.
+BYTES_U = frozenset({"gzip_buffer", "h2_header_table_size", "h2_max_header_list_size", "http_req_hdr_len",
+                     "http_req_size", "http_resp_hdr_len", "http_resp_size", "vsl_buffer", "vsl_reclen",
+                     "workspace_backend", "workspace_client", "workspace_session", "workspace_thread"})
 
 
 def _bound(kind: str, text: str | None) -> float | None:
@@ -207,9 +255,18 @@ class Params:
             setattr(self, name, shown)
             self.generation += 1
             return
+        if d.kind == "uint" and not text:
+            # varnishd tests for an empty value while it reads the bounds
+            low_text, high_text = self.limits(d)[2:]
+            if low_text is not None:
+                raise ValueError(f"Illegal Min: {low_text}")
+            if high_text is not None:
+                raise ValueError(f"Illegal Max: {high_text}")
         value = _PARSERS[d.kind](text)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             self._check_range(d, value)
+            if name in BYTES_U:
+                value = int(value) & UINT_MAX
         self._text[name] = self.format(d, value)
         setattr(self, name, value)
         self.generation += 1
@@ -232,7 +289,7 @@ class Params:
     def _check_range(self, d: ParamDef, value: float) -> None:
         low, high, low_text, high_text = self.limits(d)
         link_low, link_high = _LINKED.get(d.name, (None, None))
-        suffix = f" ({link_low or link_high})" if d.name.startswith("thread_pool_m") else ""
+        suffix = f" ({_BOUND_REASON[d.name]})" if d.name in _BOUND_REASON else ""
         if d.kind in ("duration", "real"):
             if low is not None and value < low:
                 raise ValueError(f"Must be greater or equal to {low_text}")
@@ -242,7 +299,9 @@ class Params:
         if low is not None and value < low:
             raise ValueError(f"Must be at least {low_text}{suffix if link_low else ''}")
         if high is not None and value > high:
-            raise ValueError(f"Must be no more than {high_text}{suffix if link_high else ''}")
+            # tweak_generic_bytes ends this one with an empty line
+            blank = "\n" if d.kind == "bytes" else ""
+            raise ValueError(f"Must be no more than {high_text}{suffix if link_high else ''}{blank}")
 
     def _set_bits(self, d: ParamDef, text: str) -> str:
         """debug/feature/experimental/vsl_mask: "none" (not for vsl_mask) or "default" alone, else
@@ -252,6 +311,8 @@ class Params:
         known = list(TAGS) if masks else d.bits()
         by_lower = {b.lower(): b for b in known}
         word = text.strip()
+        if not word:
+            return self._text.get(d.name, d.default)      # no items: nothing changes
         if (word == "none" and not masks) or (word == "default" and d.name in ("feature", "vsl_mask")):
             source = "" if word == "none" else d.default
             current = [b[1:] for b in source.split(",") if b[:1] and b[0] in "+-"]

@@ -68,6 +68,18 @@ def masked(text: str) -> str:
     ("thread_pool_max", "unlimited", "unlimited"),
     ("prefer_ipv6", "enable", "on"),
     ("acceptor_sleep_decay", "0.50", "0.5"),
+    ("acceptor_sleep_decay", "0.12399", "0.123"),   # three decimals kept, the rest dropped
+    ("default_ttl", "999999999999.9999", "999999999999.999"),
+    ("ban_cutoff", "99999999999999", "276447231"),   # an unsigned int: 32 bits kept
+    ("ban_cutoff", "-4294967295", "1"),
+    ("ban_cutoff", "18446744073709551616", "unlimited"),   # strtoul's ULONG_MAX, then 32 bits
+    ("ban_cutoff", "010", "8"),                   # octal
+    ("gzip_buffer", "99999999999999", "276447231b"),   # tweak_bytes_u: 32 bits kept too
+    ("gzip_buffer", "8192.0", "8k"),
+    ("gzip_buffer", "2.001k", "2049b"),
+    ("debug", " ", "none"),                       # no items: nothing changes
+    ("pool_req", "1,2,3,4", "1,2,3"),
+    ("pool_req", "1, 2, 3", "1,2,3"),
 ])
 def test_values_are_read_and_shown_as_varnishd(name, text, shown):
     p = Params()
@@ -88,7 +100,7 @@ def test_values_are_read_and_shown_as_varnishd(name, text, shown):
     ("thread_pools", "300", "Must be no more than 32"),
     ("thread_pool_min", "6000", "Must be no more than 5000 (thread_pool_max)"),
     ("thread_pool_stack", "1k", "Must be at least 16k"),
-    ("cli_limit", "100000000", "Must be no more than 99999999b"),
+    ("cli_limit", "100000000", "Must be no more than 99999999b\n"),
     ("cli_limit", "1x", "Could not convert to bytes.\nUnknown BYTES unit of measurement ([KMGTP][B])\n"
                         "  Try something like '80k' or '120M'"),
     ("cli_limit", "1.5", "Could not convert to bytes.\nFractional BYTES not allowed\n"
@@ -99,6 +111,18 @@ def test_values_are_read_and_shown_as_varnishd(name, text, shown):
     ("debug", "+foo", "Unknown debug bit (+foo)"),
     ("experimental", "+foo", "Unknown experimental bit (+foo)"),
     ("debug", "none,+lurker", "Missing '+' or '-' (none)"),
+    ("default_ttl", "9999999999999", "Too many digits (9999999999999)"),
+    ("default_ttl", "000000000000000001", "Too many digits (000000000000000001)"),
+    ("default_ttl", ".", "Invalid number (.)"),
+    ("ban_cutoff", "", "Illegal Min: 0"),         # varnishd tests the value's emptiness with the bounds
+    ("thread_pool_reserve", "", "Illegal Max: 95"),
+    ("ban_cutoff", "5 ", "Not a number (5 )"),
+    ("thread_pool_reserve", "1000", "Must be no more than 95 (95% of thread_pool_min)"),
+    ("vsl_space", "1T", "Must be no more than 4G\n"),
+    ("gzip_buffer", "2.0001k", "Could not convert to bytes.\nToo many digits\n  Try something like '80k' or '120M'"),
+    ("pool_req", "10,1,3", "min_pool cannot be larger than max_pool"),
+    ("pool_req", "a,b,c", "Not a number (a)"),
+    ("pool_req", "1,2,2000000", "Must be less than or equal to 1000000"),
 ])
 def test_bad_values_get_varnishds_message(name, text, message):
     p = Params()
@@ -205,6 +229,10 @@ def test_param_show_j():
                                        "(attempting to set param 'default_ttl' to '-1')")),
     ("param.reset nosuch", (106, 'Unknown parameter "nosuch".')),
     ("param.set cc_command x", (200, "\nChange will take effect when VCL script is reloaded")),
+    ("param.reset cc_command", (200, "\nChange will take effect when VCL script is reloaded")),
+    ("param.reset sigsegv_handler", (200, "\nChange will take effect when child is restarted")),
+    ("param.set h2_rxbuf_storage nosuch", (106, "unknown storage backend 'nosuch'\n"
+                                                "(attempting to set param 'h2_rxbuf_storage' to 'nosuch')")),
 ])
 def test_param_command_answers(line, answer):
     assert ask(commands(), line) == answer
