@@ -321,6 +321,10 @@ class AdminCommands:
             return CLIS_UNKNOWN, UNKNOWN_REQUEST
         if cmd.child and not self.server.running:
             return CLIS_UNKNOWN, "Unknown request in manager process (child not running).\nType 'help' for more info."
+        if cmd.child:
+            # the manager hands these to the child re-quoted, and an empty argument quotes to
+            # nothing: the child never sees it
+            argv = [a for a in argv if a]
         args = argv[1:]
         counted = len(args) - (1 if cmd.json and args[:1] == ["-j"] else 0)
         if counted < cmd.min_args:
@@ -548,8 +552,9 @@ class AdminCommands:
         if changed:
             defs = [d for d in defs if d.kind != "na" and not params.is_default(d.name)]
         if as_json:
-            return _envelope(argv, 2, "".join(",\n" + param_show.json_item(params, d, d.name in protected)
-                                              for d in defs))
+            # varnishd opens the list with ",\n" even when nothing follows (param.show -j changed)
+            return _envelope(argv, 2, ",\n" + ",\n".join(param_show.json_item(params, d, d.name in protected)
+                                                         for d in defs))
         if long_form:
             return "".join(param_show.long(params, d, d.name in protected) for d in defs)
         return "".join(param_show.short(params, d) for d in defs)
@@ -615,12 +620,16 @@ class AdminCommands:
         return self._change_note(d)
 
     # ---- VCL ---------------------------------------------------------------------------------
-    def _load(self, name: str, source: str, filename: str, state: str = "auto") -> str:
+    def _check_load(self, name: str, state: str = "auto") -> None:
+        """What varnishd checks before it reads or compiles anything."""
         _check_vcl_name(name)
         if name in self.server.vcls or name in self._labels():
             raise Reply(CLIS_PARAM, f"Already a VCL named {name}")
         if state not in ("auto", "cold", "warm"):
             raise Reply(CLIS_PARAM, "State must be one of auto, cold or warm.")
+
+    def _load(self, name: str, source: str, filename: str, state: str = "auto") -> str:
+        self._check_load(name, state)
         params = self.server.params
         loaded = len(self.server.vcls)
         if params.max_vcl_handling == 2 and loaded >= params.max_vcl:
@@ -653,6 +662,7 @@ class AdminCommands:
 
     def _vcl_load(self, argv: list[str], args: list[str]) -> str:
         name, path = args[0], args[1]
+        self._check_load(name, *args[2:])
         full = Path(path)
         if not full.is_absolute() and not full.exists():
             # varnishd looks relative names up in vcl_path; we try the working directory first
@@ -958,12 +968,11 @@ class AdminCommands:
                 if getattr(spec, "host", None) is None and getattr(spec, "path", None) is None:
                     continue  # `backend x none;`
                 full = f"{vname}.{bname}"
-                if pattern is None or pattern == "*":
-                    ok = True
-                elif "." in pattern:
+                # varnishd: a pattern without a dot (none is "*") looks in the active VCL only
+                if "." in (pattern or "*"):
                     ok = fnmatch.fnmatchcase(full, pattern)
                 else:
-                    ok = vname == active and fnmatch.fnmatchcase(bname, pattern)
+                    ok = vname == active and fnmatch.fnmatchcase(bname, pattern or "*")
                 if ok:
                     out.append((full, spec))
         return out
@@ -1009,7 +1018,8 @@ class AdminCommands:
                     rows.append(f'"probe_details": {info}')
                 rows.append(f'"last_change": {changed:.3f}')
                 items.append(f'    "{name}": {{\n' + ",\n".join("      " + r for r in rows) + "\n    }")
-            return _envelope(argv, 3, ",\n  {\n" + ",\n".join(items) + ("\n" if items else "") + "  }")
+            # varnishd's empty object keeps its indented blank line
+            return _envelope(argv, 3, ",\n  {\n" + (",\n".join(items) + "\n" if items else "  \n") + "  }")
         table: list[list[str] | str] = [["Backend name", "Admin", "Probe", "Health", "Last change"]]
         for name, _, admin, good, window, health, changed, text, _ in entries:
             when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(changed))
@@ -1033,9 +1043,8 @@ class AdminCommands:
                 if members is None or not callable(getattr(obj, "healthy", None)):
                     continue
                 full = f"{vname}.{iname}"
-                if pattern not in (None, "*") and not (
-                        fnmatch.fnmatchcase(full, pattern) if "." in pattern
-                        else vname == self.server.active_name and fnmatch.fnmatchcase(iname, pattern)):
+                if not (fnmatch.fnmatchcase(full, pattern) if "." in (pattern or "*")
+                        else vname == self.server.active_name and fnmatch.fnmatchcase(iname, pattern or "*")):
                     continue
                 kind = str(getattr(obj, "kind", "director")).replace("_", "-")
                 good = sum(1 for b, _ in members if healthy(b))
@@ -1369,7 +1378,9 @@ class CliSession:
 
     async def _auth(self, argv: list[str]) -> tuple[int, str]:
         """`auth RESPONSE`; the secret file is read at each attempt, as varnishd does."""
-        if self.authed or self.secret_file is None:
+        if self.secret_file is None:             # -S none: nothing to authenticate against
+            return CLIS_CANT, "Secret file not configured\n"
+        if self.authed:
             return CLIS_CLOSE, ""               # varnishd: the challenge is gone once authenticated
         try:
             with open(self.secret_file, "rb") as f:

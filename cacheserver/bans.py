@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cacheserver.params import parse_duration
+from vcl.regex import check_regex, pcre_to_python
 from vcl.runtime import HttpMessage
 
 if TYPE_CHECKING:
@@ -162,6 +163,8 @@ def build(args: list[str]) -> list[BanTest]:
     """The tests of a ban from its arguments (field op arg [&& field op arg]...)."""
     if len(args) < 3:
         raise BanError("Too few parameters", 104)
+    if len(args) % 4 != 3:                   # field op arg, then && and another three each
+        raise BanError("Wrong number of arguments")
     tests: list[BanTest] = []
     i = 0
     while True:
@@ -202,10 +205,10 @@ def _build_test(name: str, op: str, arg: str) -> BanTest:
     if op not in _STRING_OPS:
         raise BanError(f'expected conditional (==, !=, ~ or !~) got "{op}"')
     if op in ("~", "!~"):
-        try:
-            test.regex = re.compile(arg, re.DOTALL)
-        except re.error as exc:
-            raise BanError(f"Regex compile error: {exc.msg}") from None
+        reason = check_regex(arg)
+        if reason is not None:
+            raise BanError(f"Regex compile error: {reason}")
+        test.regex = re.compile(pcre_to_python(arg), re.DOTALL)
     return test
 
 

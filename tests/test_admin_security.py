@@ -213,6 +213,9 @@ def test_S_none_turns_authentication_off_with_varnishds_warning():
         cli = RawCli(host, port)
         assert cli.result()[0] == 200
         assert cli.ask("status")[0] == 200
+        # nothing to authenticate against: varnishd answers, and keeps the session
+        assert cli.ask("auth " + "0" * 64) == (300, "Secret file not configured\n")
+        assert cli.ask("ping")[0] == 200
         cli.close()
     finally:
         proc.stop()

@@ -231,11 +231,20 @@ def test_param_show_j():
     ("param.set cc_command x", (200, "\nChange will take effect when VCL script is reloaded")),
     ("param.reset cc_command", (200, "\nChange will take effect when VCL script is reloaded")),
     ("param.reset sigsegv_handler", (200, "\nChange will take effect when child is restarted")),
+    ("param.show -j changed", (200, "[ 2, [\"param.show\", \"-j\", \"changed\"], T,\n\n]\n")),
+    ('ban req.url == ""', (104, "Too few parameters\n")),       # the child never sees an empty argument
+    ('ban req.url == "" && req.url == x', (106, "Wrong number of arguments")),
+    ('ban req.url ~ "["', (106, "Regex compile error: missing terminating ] for character class")),
+    ('ban req.url !~ "(a"', (106, "Regex compile error: missing closing parenthesis")),
+    ("vcl.load 1foo /nonexistent", (106, "Illegal character in VCL name ('1')")),   # before the file
+    ("vcl.load b/c /nonexistent", (106, "Illegal character in VCL name ('/')")),
+    ("vcl.load boot /nonexistent", (106, "Already a VCL named boot")),
     ("param.set h2_rxbuf_storage nosuch", (106, "unknown storage backend 'nosuch'\n"
                                                 "(attempting to set param 'h2_rxbuf_storage' to 'nosuch')")),
 ])
 def test_param_command_answers(line, answer):
-    assert ask(commands(), line) == answer
+    status, body = ask(commands(), line)
+    assert (status, masked(body)) == answer
 
 
 def test_wrap_matches_varnishd():
@@ -383,6 +392,17 @@ def test_backend_list_layout_and_probe_report():
     assert data[3]["boot.b2"]["probe_details"]["bits_H"] == 3
     assert data[3]["boot.b1"]["probe_message"] == [0, 0, "healthy"]
     assert '"probe_message": [2, 8, "sick"],\n' in text
+
+
+def test_backend_list_without_a_vcl_name_looks_in_the_active_vcl_only():
+    cmds = commands()
+    assert ask(cmds, 'vcl.inline other "vcl 4.1; backend ob { .host = \\"127.0.0.1\\"; .port = \\"9\\"; }"')[0] == 200
+    names = {
+        pattern: [line.split()[0] for line in ask(cmds, f"backend.list {pattern}".strip())[1].splitlines()[1:]]
+        for pattern in ("", "*", "*.*", "other.*", "*.ob", "ob")}
+    assert names == {"": ["boot.b1"], "*": ["boot.b1"], "*.*": ["boot.b1", "other.ob"], "other.*": ["other.ob"],
+                     "*.ob": ["other.ob"], "ob": []}
+    assert masked(ask(cmds, "backend.list -j ob")[1]) == '[ 3, ["backend.list", "-j", "ob"], T,\n  {\n  \n  }\n]\n'
 
 
 # ---- panics, debug commands and MGT counters ------------------------------------------------------------

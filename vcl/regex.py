@@ -71,7 +71,9 @@ def pcre_to_python(pattern: str) -> str:
                     name = pattern[i + 2:end]
                     neg = name.startswith("^")
                     cls = _POSIX_CLASSES.get(name.lstrip("^"))
-                    if cls is not None and not neg:
+                    if cls is None:
+                        raise re.error("unknown POSIX class name")
+                    if not neg:
                         out.append(cls)
                         i = end + 2
                         continue
@@ -143,12 +145,45 @@ class Regex:
         return f"Regex({self.source!r})"
 
 
+# Python's re messages and what PCRE2 (varnishd's regex library) says for the same mistake.
+_PCRE_MESSAGES = [
+    (re.compile(r"missing \), unterminated subpattern"), "missing closing parenthesis"),
+    (re.compile(r"unterminated character set"), "missing terminating ] for character class"),
+    (re.compile(r"min repeat greater than max repeat"), "numbers out of order in {} quantifier"),
+    (re.compile(r"nothing to repeat|multiple repeat"), "quantifier does not follow a repeatable item"),
+    (re.compile(r"missing >, unterminated name|missing group name"),
+     "syntax error in subpattern name (missing terminator?)"),
+    (re.compile(r"bad character in group name '\d"), "subpattern name must start with a non-digit"),
+    (re.compile(r"bad character in group name"), "syntax error in subpattern name (missing terminator?)"),
+    (re.compile(r"unbalanced parenthesis"), "unmatched closing parenthesis"),
+    (re.compile(r"bad character range"), "range out of order in character class"),
+    (re.compile(r"unknown extension"), "unrecognized character after (? or (?-"),
+    (re.compile(r"look-behind requires fixed-width pattern"), "lookbehind assertion is not fixed length"),
+    (re.compile(r"bad escape \(end of pattern\)"), "\\ at end of pattern"),
+    (re.compile(r"invalid group reference|unknown group name"), "reference to non-existent subpattern"),
+    (re.compile(r"redefinition of group name"),
+     "two named subpatterns have the same name (PCRE2_DUPNAMES not set)"),
+]
+# PCRE2's largest {n,m} count.
+_TOO_BIG_REPEAT = re.compile(r"(?<!\\)\{(?:\d*,)?(\d{6,}|6553[6-9]|655[4-9]\d|65[6-9]\d\d|6[6-9]\d{3}|[7-9]\d{4})\}")
+
+
+def pcre_message(exc: re.error) -> str:
+    """The message PCRE2 gives for what Python's re refused (Python's own when no mapping)."""
+    for pattern, text in _PCRE_MESSAGES:
+        if pattern.match(exc.msg):
+            return text
+    return exc.msg
+
+
 def check_regex(source: str) -> str | None:
-    """None if `source` compiles, else the reason (for a compile-time error)."""
+    """None if `source` compiles, else PCRE2's reason (for a compile-time error)."""
+    if _TOO_BIG_REPEAT.search(source):
+        return "number too big in {} quantifier"
     try:
         re.compile(pcre_to_python(source))
     except re.error as exc:
-        return str(exc)
+        return pcre_message(exc)
     return None
 
 

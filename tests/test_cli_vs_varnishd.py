@@ -1,14 +1,18 @@
-"""param.set/param.show/param.reset of every parameter with odd values, cacheserver against a live
-varnishd 7.1 (skipped without it): the same status and the same text for each command in turn.
+"""The admin CLI against a live varnishd 7.1 (skipped without it): the same status and the same
+text for each command in turn.
 
-The values are those where varnishd's parsers (mgt_param_tweak.c, vnum.c) have rules of their own:
-digit limits, strtoul's bases and wrap-around, 32-bit storage, empty values, trailing text, units.
+- param.set/param.show/param.reset of every parameter with odd values: those where varnishd's
+  parsers (mgt_param_tweak.c, vnum.c) have rules of their own (digit limits, strtoul's bases and
+  wrap-around, 32-bit storage, empty values, trailing text, units).
+- The other commands with wrong, missing and odd arguments, both servers started alike
+  (`-b 127.0.0.1:9 -S none`), timestamps and ports masked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -16,6 +20,7 @@ import tempfile
 import time
 
 import pytest
+from serverproc import ServerProcess
 from test_cli_reference import commands
 
 from cacheserver.admin import split_args
@@ -79,7 +84,7 @@ class Cli:
         return self.read()
 
 
-def varnishd_answers(cmds: list[str]) -> list[tuple[int, str]]:
+def varnishd_answers(cmds: list[str], *args: str) -> list[tuple[int, str]]:
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         os.chmod(tmp, 0o755)
         for _ in range(3):                            # a port picked beforehand may be taken meanwhile
@@ -88,7 +93,7 @@ def varnishd_answers(cmds: list[str]) -> list[tuple[int, str]]:
             port = probe.getsockname()[1]
             probe.close()
             proc = subprocess.Popen([VARNISHD, "-F", "-n", f"{tmp}/n", "-a", "127.0.0.1:0", "-T",
-                                     f"127.0.0.1:{port}", "-S", "none", "-b", "127.0.0.1:9"],
+                                     f"127.0.0.1:{port}", "-S", "none", "-b", "127.0.0.1:9", *args],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 cli = Cli(port, time.monotonic() + 30)
@@ -113,3 +118,54 @@ def test_every_parameter_with_odd_values_answers_as_varnishd():
     ours = asyncio.run(ask_all())
     differ = [(line, t, o) for line, t, o in zip(cmds, theirs, ours, strict=True) if t != o]
     assert not differ, f"{len(differ)} of {len(cmds)} differ, first: {differ[:5]}"
+
+
+INLINE_B = 'vcl.inline {} "vcl 4.1; backend {} {{ .host = \\"127.0.0.1\\"; .port = \\"9\\"; }}"{}'
+COMMANDS = [
+    "ban", "ban req.url", "ban req.url ~", 'ban req.url ~ "["', 'ban req.url ~ "(a"', "ban req.url == /foo",
+    'ban req.url == "/foo" && obj.status == 200', "ban obj.status == abc", "ban obj.status > 200",
+    "ban obj.status ~ 200", "ban obj.ttl > 1x", "ban obj.ttl > 1s", "ban obj.ttl > 1", "ban obj.age < 1m",
+    "ban obj.http.foo ~ bar", "ban obj.http ~ bar", "ban req.http.host === example.com", "ban nosuch == x",
+    "ban req.url == x &&", "ban req.url == x && req.url", "ban req.url == x || req.url == y",
+    "ban obj.status == 2.5", 'ban obj.http.x-foo != ""', 'ban req.url == "" && req.url == x',
+    'ban req.url !~ "[x"', "ban.list x", "vcl.list", "vcl.list -j", "vcl.list x", "vcl.load", "vcl.load foo",
+    "vcl.load foo /nonexistent", "vcl.load 1foo /nonexistent", "vcl.load foo/bar /nonexistent", "vcl.inline",
+    "vcl.inline foo", INLINE_B.format("foo", "fb", ""), INLINE_B.format("foo", "fb", ""),
+    INLINE_B.format("bar", "bb", " cold"), INLINE_B.format("baz", "zb", " warm"),
+    INLINE_B.format("qux", "qb", " hot"), "vcl.list", "vcl.state", "vcl.state foo", "vcl.state foo hot",
+    "vcl.state foo warm", "vcl.state foo cold", "vcl.state foo auto", "vcl.state foo nosuch",
+    "vcl.state nosuch cold", "vcl.use", "vcl.use nosuch", "vcl.use bar", "vcl.use foo", "vcl.label",
+    "vcl.label lab", "vcl.label lab foo", "vcl.label lab nosuch", "vcl.label lab2 lab", "vcl.label foo lab",
+    "vcl.label 1lab foo", "vcl.list", "vcl.deps", "vcl.deps -j", "backend.list", "backend.list *",
+    "backend.list *.*", "backend.list bar.*", "backend.list *.zb", "backend.list zb", "backend.list -j zb",
+    "backend.list -p", "backend.list -x", "backend.set_health", "backend.set_health fb",
+    "backend.set_health fb sick", "backend.set_health baz.zb sick", "backend.set_health fb nosuch",
+    "backend.list *.*", "vcl.discard", "vcl.discard nosuch", "vcl.discard foo", "vcl.discard lab",
+    "vcl.discard lab", "vcl.discard boot", "vcl.show", "vcl.show nosuch", "vcl.show bar x", "vcl.list",
+    "storage.list", "storage.list -j", "storage.list x", "help nosuch", "help ban", "ping x y", "status",
+    "status -j", "status x", "panic.show", "panic.clear", "panic.clear -z", "param.show -l default_ttl",
+    "param.show changed", "param.show -j changed", "quit x", "banner x", "auth", "auth x", "start", "stop x",
+    "debug.xid 5", "debug.xid", "debug.srandom", "debug.fragfetch", "debug.fragfetch 1",
+]
+
+
+def masked_answer(answer: tuple[int, str]) -> tuple[int, str]:
+    status, text = answer
+    text = re.sub(r"\b1\d{9}(\.\d+)?", "T", text)                         # epoch times
+    text = re.sub(r"\w{3}, \d\d \w{3} \d{4} [\d:]{8} GMT", "DATE", text)
+    return status, text
+
+
+@pytest.mark.skipif(VARNISHD is None, reason="varnishd not installed")
+def test_commands_with_odd_arguments_answer_as_varnishd():
+    theirs = varnishd_answers(COMMANDS)
+    proc = ServerProcess("-b", "127.0.0.1:9", "-T", "127.0.0.1:0", "-S", "none")
+    try:
+        line = proc.wait_for_output(r"Admin CLI on ")
+        cli = Cli(int(line.split("Admin CLI on ")[1].split()[1]), time.monotonic() + 30)
+        ours = [cli.ask(line) for line in COMMANDS]
+    finally:
+        proc.stop()
+    differ = [(line, t, o) for line, t, o in zip(COMMANDS, map(masked_answer, theirs), map(masked_answer, ours),
+                                                 strict=True) if t != o]
+    assert not differ, f"{len(differ)} of {len(COMMANDS)} differ: {differ}"
