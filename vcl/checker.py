@@ -205,6 +205,7 @@ class Checker(ExprChecker, XrefChecker):
             self._set(stmt)
         elif isinstance(stmt, ast.Unset):
             var = self._variable(stmt.target, stmt.target_pos)
+            self._not_a_storage_target(stmt.target, stmt.target_pos, var)
             if var.unset_code is None or not var.unset:
                 raise VCLError("Variable cannot be unset.", stmt.target_pos)
             stmt.ref = var
@@ -251,9 +252,21 @@ class Checker(ExprChecker, XrefChecker):
             raise VCLError(f"Symbol not found: '{name}'", pos)
         return var
 
+    @staticmethod
+    def _not_a_storage_target(name: str, pos: ast.Pos, var: symbols.Variable) -> None:
+        """VCC finds storage.NAME[.field] only where a value is read: set and unset do not see it."""
+        if var.name.startswith("storage."):
+            raise VCLError(f"Symbol not found: '{name}'", pos)
+
     def _set(self, stmt: ast.Set) -> None:
         var = self._variable(stmt.target, stmt.target_pos)
+        self._not_a_storage_target(stmt.target, stmt.target_pos, var)
         if var.set is None or not var.write:
+            method = self.cur.name if self.cur is not None else None
+            if var.read and method in symbols.ALL and method not in var.read:
+                # VCC looks up a read-only variable as it would for reading it: in a method that
+                # may not read it, that is what it reports
+                raise VCLError(f"Not available in subroutine '{method}'.", stmt.target_pos)
             # vcc_act_set: a variable no method may read either (bereq.body) "cannot be set"
             raise VCLError("Variable is read only." if var.read else "Variable cannot be set.", stmt.target_pos)
         stmt.ref = var

@@ -375,11 +375,12 @@ def lookup(name: str, version: float = 4.1, storages: tuple[str, ...] = STORAGE_
             return None
         if len(parts) == 2:
             # A stevedore is represented by its name; the server maps it to its storage.
-            return Variable(f"storage.{stevedore}", "STEVEDORE", _set("client", "backend"), frozenset(),
+            # readable everywhere, vcl_init and vcl_fini too (varnishd's storage symbols)
+            return Variable(f"storage.{stevedore}", "STEVEDORE", _set("all"), frozenset(),
                             frozenset(), get=repr(stevedore), set=None)
         field = parts[2].lower()
         if field in STORAGE_FIELDS:
-            return Variable(f"storage.{stevedore}.{field}", STORAGE_FIELDS[field], _set("client", "backend"),
+            return Variable(f"storage.{stevedore}.{field}", STORAGE_FIELDS[field], _set("all"),
                             frozenset(), frozenset(), get=f"rt.storage_var(ctx, {stevedore!r}, {field!r})",
                             set=None)
     return None

@@ -143,7 +143,7 @@ class XrefChecker:
                 # VCC's wording differs for a direct use and one through a called sub.
                 msg = f"Cannot be set {'from' if chain else 'in'} subroutine '{method}'."
             elif use.kind == "unset":
-                msg = f"Cannot be unset from subroutine '{method}'."
+                msg = f"Cannot be unset in subroutine '{method}'."
             else:
                 msg = f"Not a valid action in subroutine '{method}'."
             raise VCLError(msg, use.pos, notes())
