@@ -1585,8 +1585,11 @@ async def start_admin(server: Any, *, listen: str | None, connect: str | None,
         task.add_done_callback(tasks.discard)
 
     if listen:
-        host, port = _parse_hostport(listen)
-        srv = await asyncio.start_server(spawn, host, port, limit=READER_LIMIT)
+        try:
+            host, port = _parse_hostport(listen)
+            srv = await asyncio.start_server(spawn, host, port, limit=READER_LIMIT)
+        except (ValueError, socket.gaierror) as exc:    # varnishd's words for a -T it cannot use
+            raise OSError(f"Could not resolve -T argument to address\n\t{exc}") from None
         server._admin_server = srv
         for sock in srv.sockets:
             h, p = sock.getsockname()[:2]

@@ -77,12 +77,43 @@ def _backend_vcl(target: str) -> str:
     return f'vcl 4.1;\nbackend default {{ .host = "{host.strip("[]")}"; .port = "{port}"; }}\n'
 
 
+_HASHES = {"critbit": False, "simple_list": False, "classic": True}     # takes arguments?
+_WAITERS = ("epoll", "poll")
+_JAILS = ("unix", "none")
+
+
+def _argument_error(args: argparse.Namespace) -> str | None:
+    """What varnishd's mgt_main.c refuses once the options are read, in its order and words."""
+    if args.backend is not None and args.vcl_file is not None:
+        return "Only one of -b or -f can be specified"
+    if args.debug and args.foreground:
+        return "Only one of -d or -F can be specified"
+    if args.compile_only and args.backend is None and args.vcl_file is None:
+        return "-C needs either -b <backend> or -f <vcl_file>"
+    if not args.debug and args.backend is None and args.vcl_file is None:
+        return "Neither -b nor -f given. (use -f '' to override)"
+    for flag, value, known, kind in (("-h", args.hash, _HASHES, "hash"), ("-W", args.waiter, _WAITERS, "waiter"),
+                                     ("-j", args.jail, _JAILS, "jail")):
+        if value is None:
+            continue
+        name, comma, _ = value.partition(",")
+        if name not in known:
+            return f'Unknown {kind} method "{name}"'
+        if comma and kind == "hash" and not _HASHES[name]:
+            return f'Hash method "{name}" takes no arguments'
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.version:
         print(f"cacheserver {__version__} (VCL 4.0/4.1, varnishd 7.1 flags)")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    refused = _argument_error(args)
+    if refused is not None:
+        print(f"Error: {refused}\n(-? gives usage)", file=sys.stderr)
+        return 2
 
     if args.compile_only:
         return _compile_only(args)
@@ -92,16 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
-    if args.vcl_file is None and args.backend is None and not args.debug:
-        print("Error: neither -b nor -f given (-d to wait for a VCL from the CLI)", file=sys.stderr)
-        return 2
     try:
-        if args.vcl_file is not None:
+        if args.vcl_file:                  # -f '' starts without a VCL, as -d does
             path = Path(args.vcl_file)
             try:
                 source = path.read_text(encoding="utf-8")
             except OSError as exc:
-                print(f"Error: cannot read {args.vcl_file}: {exc.strerror}", file=sys.stderr)
+                print(f"Error: Cannot read -f file '{args.vcl_file}' ({exc.strerror})\n(-? gives usage)",
+                      file=sys.stderr)
                 return 2
             server.vcl_load("boot", source, str(path))
         elif args.backend is not None:
