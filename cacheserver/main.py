@@ -92,8 +92,8 @@ def _argument_error(args: argparse.Namespace) -> str | None:
         return "-C needs either -b <backend> or -f <vcl_file>"
     if not args.debug and args.backend is None and args.vcl_file is None:
         return "Neither -b nor -f given. (use -f '' to override)"
-    for flag, value, known, kind in (("-h", args.hash, _HASHES, "hash"), ("-W", args.waiter, _WAITERS, "waiter"),
-                                     ("-j", args.jail, _JAILS, "jail")):
+    for value, known, kind in ((args.hash, _HASHES, "hash"), (args.waiter, _WAITERS, "waiter"),
+                               (args.jail, _JAILS, "jail")):
         if value is None:
             continue
         name, comma, _ = value.partition(",")
