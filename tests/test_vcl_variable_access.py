@@ -1,4 +1,4 @@
-"""Where a variable may be read, set and unset, and what VCC says when it may not.
+"""Where a variable may be read, set and unset, and what VCC says when it may not; `default`.
 
 A matrix of every variable of vcl-var(7) x every method x read/set/unset (4,690 programs) was
 compiled by varnishd 7.1.1 and by us: the verdicts all agree and so do the messages, but for the
@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,6 +38,14 @@ CASES = [
     ("vcl_deliver", "unset storage.Transient.happy;", "Symbol not found: 'storage.Transient.happy'"),
     ("vcl_init", 'std.log("" + storage.s0.free_space);', None),
     ("vcl_fini", "if (storage.Transient.happy) { std.log(\"h\"); }", None),
+    # `default` names a backend only where a BACKEND is expected (from a 5,152-program matrix of
+    # operators x operand types, now all agreeing with varnishd)
+    ("vcl_recv", 'set req.http.x = "" + default;', "Symbol 'default' is a reserved word."),
+    ("vcl_recv", "if (default == req.backend_hint) { return (pass); }", "Symbol 'default' is a reserved word."),
+    ("vcl_recv", "set req.http.x = Default;", "Symbol 'default' is a reserved word."),
+    ("vcl_recv", "if (req.backend_hint == default) { return (pass); }", None),
+    ("vcl_recv", "set req.backend_hint = default;", None),
+    ("vcl_recv", "if (std.healthy(default)) { return (pass); }", None),
 ]
 
 
@@ -52,6 +61,12 @@ def test_access_rules_and_messages(method, statement, message):
     with pytest.raises(VCLError) as err:
         compile_vcl(program(method, statement), "a.vcl")
     assert err.value.message == message
+
+
+def test_a_constant_string_condition_compiles_without_python_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compile_vcl(program("vcl_recv", 'if ("a" + "b") { return (pass); }'), "w.vcl")
 
 
 @pytest.mark.skipif(VARNISHD is None, reason="varnishd not installed")

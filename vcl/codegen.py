@@ -469,7 +469,9 @@ class CodeGen:
             inner = self.expr(e.operand)
             if e.to == "STRING":
                 return types.TO_STRING[e.operand.type].format(x=inner)
-            if isinstance(e.operand, ast.StringLit):
+            operand = e.operand
+            if isinstance(operand, ast.StringLit) or (
+                    isinstance(operand, ast.Concat) and all(isinstance(p, ast.StringLit) for p in operand.parts)):
                 return "True"    # a string constant is set (and `'x' is not None` makes Python warn)
             return types.TO_BOOL[e.operand.type].format(x=inner)
         if isinstance(e, ast.Compare):

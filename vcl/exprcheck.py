@@ -341,6 +341,10 @@ class ExprChecker:
             e.ref = ("bool", name == "true")
             e.type = "BOOL"
             return e
+        if name.lower() == "default" and fmt not in ("BACKEND", "PROBE"):
+            # VCC's `default` is a reserved word: a backend of that name is a value only where a
+            # BACKEND is expected (set req.backend_hint = default, == default, a BACKEND argument)
+            raise VCLError("Symbol 'default' is a reserved word.", e.pos)
         if name == "default" and fmt != "PROBE" and "default" not in self.backends:
             e.ref = ("default_backend",)
             e.type = "BACKEND"
