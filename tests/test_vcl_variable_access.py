@@ -46,6 +46,14 @@ CASES = [
     ("vcl_recv", "if (req.backend_hint == default) { return (pass); }", None),
     ("vcl_recv", "set req.backend_hint = default;", None),
     ("vcl_recv", "if (std.healthy(default)) { return (pass); }", None),
+    # set's operator, after the variable is found (a 2,760-program matrix of targets x operators x
+    # values, now agreeing)
+    ("vcl_recv", 'set req.http.x == "a";', "Expected '=' got '=='"),
+    ("vcl_recv", 'set req.url %= "a";', "Expected '=' got '%'"),
+    ("vcl_recv", "set nosuch.var %= 1;", "Symbol not found: 'nosuch.var'"),
+    ("vcl_synth", "set resp.body = -1;", "Unknown token '-' when looking for BODY"),
+    ("vcl_synth", 'set resp.body =+ "a";', "Unknown token '+' when looking for BODY"),
+    ("vcl_synth", "set resp.body = 1;", None),
 ]
 
 

@@ -272,10 +272,20 @@ class Checker(ExprChecker, XrefChecker):
         stmt.ref = var
         self._use("write", var.name, stmt.target_pos, var.write)
         vtype = var.type
+        if stmt.op in ("==", "%="):
+            # VCC's lexer reads "==" as one token, "%=" as '%' then '='
+            raise VCLError(f"Expected '=' got '{stmt.op.rstrip('=') or stmt.op}'", stmt.op_pos or stmt.target_pos)
         if vtype in ("HEADER", "BODY", "STRING"):
             if stmt.op not in ("=", "+="):
                 raise VCLError(f"Expected '=' got '{stmt.op}'", stmt.op_pos or stmt.target_pos)
-            stmt.value = self.expr0(stmt.value, "STRING")
+            if vtype == "BODY" and isinstance(stmt.value, ast.Neg):
+                raise VCLError("Unknown token '-' when looking for BODY", stmt.value.pos)
+            try:
+                stmt.value = self.expr0(stmt.value, "STRING")
+            except VCLError as exc:
+                if vtype == "BODY" and exc.message.endswith(" when looking for STRING"):
+                    exc.message = exc.message[:-len("STRING")] + "BODY"    # VCC names what it wanted
+                raise
             return
         if stmt.op == "=":
             stmt.value = self.expr0(stmt.value, vtype)
