@@ -475,7 +475,15 @@ class Checker(ExprChecker, XrefChecker):
         if not isinstance(value, ast.Expr):
             raise VCLError(f"Expected a {ftype} value for .{attr.name}", attr.pos)
         if ftype == "STRING" and not isinstance(value, ast.StringLit):
-            raise VCLError(f"Expected CSTR got '{_token_text(value)}'", value.pos)
+            first = value
+            while isinstance(first, ast.Arith) and isinstance(first.left, ast.Arith):
+                first = first.left
+            if isinstance(first, ast.Arith) and isinstance(first.left, ast.StringLit):
+                # VCC took the string and wanted the ';' where the operator is
+                raise VCLError(f"Expected ';' got '{first.op}'", first.op_pos or first.pos)
+            if isinstance(first, ast.Arith):
+                first = first.left
+            raise VCLError(f"Expected CSTR got '{_token_text(first)}'", first.pos)
         if isinstance(value, ast.Neg):
             raise VCLError("Expected CNUM got '-'", value.pos)   # VCC reads an unsigned number here
         if isinstance(value, ast.StringLit) and ftype != "STRING":

@@ -387,7 +387,15 @@ def _describe(tok: Token, source: str | None = None) -> str:
     text = str(tok)
     if source is not None and len(text) == 1 and source[tok.start_pos:tok.start_pos + 2] in _VCC_PAIRS:
         text = source[tok.start_pos:tok.start_pos + 2]      # VCC names the whole token
+    elif tok.type != "STRING":
+        # VCC's lexer ends a name at a '.' (req.url is req . url) and a number at its unit (10s)
+        m = _VCC_FIRST_TOKEN.match(text)
+        if m:
+            text = m.group(0)
     return repr(text)
+
+
+_VCC_FIRST_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_-]*|[0-9]+(?:\.[0-9]+)?")
 
 
 def _expected(names: set[str]) -> str:
@@ -546,6 +554,49 @@ def check_vcl_version(version: str, kw_pos: ast.Pos, num_pos: ast.Pos) -> None:
         raise VCLError(f"VCL version {version} not supported.", kw_pos)
 
 
+_SCAN = re.compile(r'"""(?:.|\n)*?"""|\{"(?:.|\n)*?"\}|"[^"\n]*"|/\*(?:.|\n)*?\*/|(?://|#)[^\n]*|[(){};,]|[^"(){};,/#]+|.')
+
+
+def _open_parenthesis(source: str, end: int) -> tuple[str, int] | None:
+    """The innermost '(' not yet closed before `end`: (the name before it, commas after it at its
+    own depth); strings and comments skipped."""
+    stack: list[list] = []
+    last_word = ""
+    for m in _SCAN.finditer(source, 0, end):
+        t = m.group(0)
+        if t == "(":
+            stack.append([last_word, 0])
+        elif t == ")":
+            if stack:
+                stack.pop()
+        elif t == "," and stack:
+            stack[-1][1] += 1
+        if t in ("(", ")", ","):
+            last_word = ""
+        elif t.strip():
+            name = _TRAILING_NAME.search(t)
+            last_word = name.group(1) if name else ""
+    return (stack[-1][0], stack[-1][1]) if stack else None
+
+
+_TRAILING_NAME = re.compile(r"([A-Za-z_][\w.-]*)\s*$")
+# Built-in functions VCC parses itself: their argument count.
+_BUILTIN_ARITY = {"regsub": 3, "regsuball": 3}
+
+
+def _vcc_expectation(expected: set[str], got: str) -> str | None:
+    """VCC's words where its recursive descent wants one thing and the LALR parser lists several."""
+    if {"KW_SET", "KW_IF", "RBRACE"} <= expected:
+        return "Expected an action, 'if', '{' or '}'"        # vcc_Compound, at a statement
+    if expected == {"DOT", "RBRACE"}:
+        return f"Expected '.' got {got}"                      # a backend's or probe's fields
+    if {"LBRACE", "NONE"} <= expected:
+        return f"Expected '{{' got {got}"                     # after `backend NAME`
+    if {"LPAR", "STRING"} <= expected <= {"LPAR", "STRING", "NEGATE", "RBRACE"}:
+        return f"Expected CSTR got {got}"                     # an ACL entry
+    return None
+
+
 def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) -> ast.Program:
     """Raise VCC's message for a parse error (or return the program a recovery made of it)."""
     if isinstance(exc, UnexpectedToken):
@@ -558,6 +609,13 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
             pos = _tok_pos(tok, filename)
             _check_return_args(source, filename, tok)
         expected = _expected(set(exc.expected))
+        open_paren = _open_parenthesis(source, tok.start_pos) if tok.type != "$END" else None
+        if "RPAR" in exc.expected and open_paren is not None and source[:tok.start_pos].rstrip()[-1:] not in "(,":
+            # an expression in ( ) that goes on where VCC wants its ')', or its ',' between the
+            # arguments of regsub()/regsuball()
+            word, commas = open_paren
+            want = "','" if commas + 1 < _BUILTIN_ARITY.get(word, 0) else "')'"
+            raise VCLError(f"Expected {want} got {_describe(tok, source)}", pos) from None
         if {"KW_SUB", "KW_BACKEND", "KW_ACL"} <= set(exc.expected):
             # At the top level, VCC lists the declarations it knows.
             msg = (f"Expected one of\n\t'acl', 'sub', 'backend', 'probe', 'import',  or 'vcl'\n"
@@ -597,9 +655,11 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
             if set(exc.expected) == {"LPAR"}:
                 _check_statement_name(source, filename, tok)
         else:
-            msg = f"Syntax error: unexpected {_describe(tok, source)}"
-            if expected and len(exc.expected) <= 6:
-                msg += f", expected {expected}"
+            msg = _vcc_expectation(set(exc.expected), _describe(tok, source))
+            if msg is None:
+                msg = f"Syntax error: unexpected {_describe(tok, source)}"
+                if expected and len(exc.expected) <= 6:
+                    msg += f", expected {expected}"
         raise VCLError(msg, pos) from None
     if isinstance(exc, UnexpectedCharacters):
         char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else ""

@@ -1,0 +1,65 @@
+"""Syntax errors in VCC's words. VCC is a recursive-descent parser that names the one token it
+wanted; ours is LALR and knows a set: these are the places where the set is turned into VCC's
+phrase. Found by compiling 800 token-level mutants of a realistic VCL with varnishd 7.1.1 and with
+us (verdicts agree but for one documented case; the messages below differed before). The live test
+re-checks each expected message with `varnishd -C` and skips without it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from vcl.compiler import compile_vcl
+from vcl.errors import VCLError
+
+VARNISHD = shutil.which("varnishd") or ("/usr/sbin/varnishd" if os.path.exists("/usr/sbin/varnishd") else None)
+
+HEAD = 'vcl 4.1;\nbackend default { .host = "127.0.0.1"; .port = "8080"; }\n'
+CASES = [
+    ("sub vcl_recv {\n\t(req.url);\n}\n", "Expected an action, 'if', '{' or '}'"),
+    ("sub vcl_recv {\n\tset req.url = \"a\";\n\t, ;\n}\n", "Expected an action, 'if', '{' or '}'"),
+    ('backend b2 { .host = "127.0.0.1"; (port = "80"; }\n', "Expected '.' got '('"),
+    ('backend b2 { .host = "127.0.0.1"; .probe = { .url = "/"; ; } }\n', "Expected '.' got ';'"),
+    ('backend b2 b2 { .host = "127.0.0.1"; }\n', "Expected '{' got 'b2'"),
+    ('acl a { "127.0.0.1"; ! ! "10.0.0.1"; }\nsub vcl_recv { if (client.ip ~ a) { return (pass); } }\n',
+     "Expected CSTR got '!'"),
+    ('backend b2 { .host = "127.0.0.1"+ .port = "80"; }\n', "Expected ';' got '+'"),
+    ("sub vcl_recv {\n\tset req.url req.url;\n}\n", "Expected '=' got 'req'"),         # VCC: req . url
+    ("sub vcl_recv {\n\tset req.ttl = 10s 10s;\n}\n", "Expected ';' got '10'"),       # VCC: 10 s
+    ('sub vcl_recv {\n\tif ( (req.url ~ "x") {\n\t}\n}\n', "Expected ')' got '{'"),
+    ('sub vcl_recv {\n\tif (req.url ~ "x" {\n\t}\n}\n', "Expected ')' got '{'"),
+    ('sub vcl_recv {\n\tset req.url = regsuball(req.url "a", "b");\n}\n', "Expected ',' got '\"a\"'"),
+    ('sub vcl_recv {\n\tset req.url = regsuball(req.url, "a", "b" "c");\n}\n', "Expected ')' got '\"c\"'"),
+]
+
+
+@pytest.mark.parametrize("body,message", CASES)
+def test_syntax_errors_in_vccs_words(body, message):
+    with pytest.raises(VCLError) as err:
+        compile_vcl(HEAD + body, "s.vcl")
+    assert err.value.message == message
+
+
+@pytest.mark.skipif(VARNISHD is None, reason="varnishd not installed")
+def test_recorded_messages_are_varnishds():
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+
+        def says(item: tuple[int, tuple[str, str]]) -> bool:
+            i, (body, message) = item
+            path = Path(tmp) / f"s{i}.vcl"
+            path.write_text(HEAD + body)
+            path.chmod(0o644)
+            done = subprocess.run([VARNISHD, "-C", "-f", str(path)], capture_output=True, text=True, timeout=60)
+            return f"\n{message}\n" in done.stderr
+
+        with ThreadPoolExecutor(4) as pool:
+            agree = list(pool.map(says, enumerate(CASES)))
+    assert all(agree), [case for case, ok in zip(CASES, agree, strict=True) if not ok]
