@@ -37,6 +37,9 @@ CASES = [
     ('sub vcl_recv {\n\tif (req.url ~ "x" {\n\t}\n}\n', "Expected ')' got '{'"),
     ('sub vcl_recv {\n\tset req.url = regsuball(req.url "a", "b");\n}\n', "Expected ',' got '\"a\"'"),
     ('sub vcl_recv {\n\tset req.url = regsuball(req.url, "a", "b" "c");\n}\n', "Expected ')' got '\"c\"'"),
+    ('sub vcl_recv {\n\tif (req.url) {\n\t} else set req.url = "a";\n}\n', "'else' must be followed by 'if' or '{'"),
+    ('acl a { "10.0.0.0"/ /8; }\nsub vcl_recv { if (client.ip ~ a) { return (pass); } }\n', "Expected CNUM got '/'"),
+    ('backend b2 { .host = "127.0.0.1"; .probe = = { .url = "/"; } }\n', "Expected '{' or name of probe, got '=' at"),
 ]
 
 

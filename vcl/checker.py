@@ -380,7 +380,11 @@ class Checker(ExprChecker, XrefChecker):
                     if isinstance(attr.value, list) and not attr.value:
                         continue
                     if not isinstance(attr.value, ast.Name):
-                        raise VCLError("Expected a probe name or an inline probe { ... }", attr.value.pos)
+                        first = attr.value
+                        while isinstance(first, ast.Arith):
+                            first = first.left
+                        got = _token_text(first).strip("'")
+                        raise VCLError(f"Expected '{{' or name of probe, got '{got}' at", attr.value.pos)
                     probe = self.probes.get(attr.value.name.lower())
                     if probe is None or _before(backend.pos, probe.pos):
                         # VCC reads declarations in order: the probe must come first.

@@ -19,7 +19,7 @@ from vcl.types import BYTES_UNITS, DURATION_UNITS
 
 # How Lark's terminal names read in an error message.
 _TOKEN_WORDS = {
-    "NAME": "ID", "STRING": "string", "INT": "number", "FLOAT": "number",
+    "NAME": "ID", "STRING": "string", "INT": "CNUM", "FLOAT": "FNUM",
     "DURATION": "duration", "BYTES": "bytes", "$END": "end of file", "ASSIGN": "'='",
     "CMPOP": "comparison", "MATCHOP": "'~'", "ADDOP": "'+'", "MULOP": "'*'", "_ELIF": "'elseif'",
 }
@@ -616,6 +616,8 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
             word, commas = open_paren
             want = "','" if commas + 1 < _BUILTIN_ARITY.get(word, 0) else "')'"
             raise VCLError(f"Expected {want} got {_describe(tok, source)}", pos) from None
+        if set(exc.expected) == {"LBRACE"} and re.search(r"\belse\s*$", source[:tok.start_pos]):
+            raise VCLError("'else' must be followed by 'if' or '{'", pos) from None
         if {"KW_SUB", "KW_BACKEND", "KW_ACL"} <= set(exc.expected):
             # At the top level, VCC lists the declarations it knows.
             msg = (f"Expected one of\n\t'acl', 'sub', 'backend', 'probe', 'import',  or 'vcl'\n"
