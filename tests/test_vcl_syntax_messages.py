@@ -40,6 +40,13 @@ CASES = [
     ('sub vcl_recv {\n\tif (req.url) {\n\t} else set req.url = "a";\n}\n', "'else' must be followed by 'if' or '{'"),
     ('acl a { "10.0.0.0"/ /8; }\nsub vcl_recv { if (client.ip ~ a) { return (pass); } }\n', "Expected CNUM got '/'"),
     ('backend b2 { .host = "127.0.0.1"; .probe = = { .url = "/"; } }\n', "Expected '{' or name of probe, got '=' at"),
+    # a statement made of a symbol that starts no statement; an action where a value is wanted
+    ("sub clean {}\nsub vcl_recv {\n\tcall clean;\n\tclean;\n}\n", "Symbol cannot be used here."),
+    ('acl local { "127.0.0.1"; }\nsub vcl_recv {\n\tif (client.ip ~ local) {}\n\tlocal(purge);\n}\n',
+     "Symbol cannot be used here."),
+    ("sub vcl_recv {\n\tdefault;\n}\n", "Symbol cannot be used here."),
+    ("sub vcl_recv {\n\tset req.url = if(req.url);\n}\n", "Symbol 'if' type (action) can not be used in expression."),
+    ('sub vcl_recv {\n\tset req.url = .(req.url, "a");\n}\n', "Unknown token '.' when looking for STRING"),
 ]
 
 

@@ -26,6 +26,11 @@ _NEGATABLE = frozenset({"INT", "REAL", "DURATION", "BYTES", "TIME", "BOOL"})
 IMPLICIT_IMPORTS = frozenset({"tinykvm"})
 
 
+# VCC's action symbols (vcc_action.c) and reserved words
+_ACTIONS = frozenset({"ban", "call", "hash_data", "if", "new", "return", "set", "synthetic", "unset"})
+_RESERVED = frozenset({"sub", "acl", "backend", "probe", "import", "vcl", "default", "true", "false"})
+
+
 class ExprChecker:
     """Mixed into vcl.checker.Checker, whose declarations it resolves names against."""
 
@@ -499,6 +504,13 @@ class ExprChecker:
             target = self._name(ast.Name(e.pos, base), "STRING")
             at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(base) + 1, len(method))
             raise VCLError(f"Unknown property '{name.rpartition('.')[2]}' for type {_strings(target.type)}", at)
+        key = name.lower()
+        if statement and (key in _RESERVED or key in self.acls or key in self.backends or key in self.probes
+                          or name in getattr(self, "subs", {})):
+            # a statement that starts with a symbol no statement starts with: VCC stops after it
+            raise VCLError("Symbol cannot be used here.", ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(name)))
+        if not statement and key in _ACTIONS:
+            raise VCLError(f"Symbol '{key}' type (action) can not be used in expression.", e.pos)
         raise VCLError(f"Symbol not found: '{name}'", e.pos)
 
     def _func_result(self, e: ast.Call, func: Func, statement: bool) -> ast.Expr:

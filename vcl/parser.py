@@ -314,6 +314,8 @@ class _ToAst(Transformer):
     def call(self, children):
         tok, args, rpar = children
         name = str(tok)
+        if name == _BAD_TOKEN and self.bad is not None:
+            return self.bad          # the unexpected token stood where the function's name is
         if name.lower() in ("regsub", "regsuball"):
             name = name.lower()
         return ast.Call(self._p(tok), name, args or [], close_pos=self._p(rpar))
@@ -423,6 +425,19 @@ def _cached_tree(source: str) -> Tree:
 _STATEMENT_NAME = re.compile(r"(?:^|[;{}])\s*([A-Za-z][\w.-]*)\s*$")
 
 
+# VCC's symbols that are neither variables nor actions: a statement made of one is misplaced
+_RESERVED_WORDS = frozenset({"sub", "acl", "backend", "probe", "import", "vcl", "default", "true", "false",
+                             "regsub", "regsuball"})
+
+
+def _is_declared_symbol(source: str, name: str) -> bool:
+    """A reserved word, or a sub, ACL, backend, probe or vmod this VCL declares (so no 'not found')."""
+    if name.lower() in _RESERVED_WORDS:
+        return True
+    word = re.escape(name)
+    return re.search(rf"(?:^|[\s;}}])(?:sub|acl|backend|probe|import)\s+{word}(?![\w.-])", source) is not None
+
+
 def _check_statement_name(source: str, filename: str, tok: Token) -> None:
     """A statement that is a bare name without '(': VCC says what the name is, not what it wanted
     ("Symbol not found: 'remove'"); a known vmod function keeps "Expected '(' got ...".
@@ -432,7 +447,7 @@ def _check_statement_name(source: str, filename: str, tok: Token) -> None:
         return
     name, at = m.group(1), m.start(1)
     pos = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), len(name))
-    if symbols.lookup(name) is not None:
+    if symbols.lookup(name) is not None or _is_declared_symbol(source, name):
         raise VCLError("Symbol cannot be used here.", _tok_pos(tok, filename))
     if "." not in name and re.search(rf"\bnew\s+{re.escape(name)}\s*=", source, re.IGNORECASE):
         # an object instance alone: VCC wants one of its methods
