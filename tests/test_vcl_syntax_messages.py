@@ -47,6 +47,11 @@ CASES = [
     ("sub vcl_recv {\n\tdefault;\n}\n", "Symbol cannot be used here."),
     ("sub vcl_recv {\n\tset req.url = if(req.url);\n}\n", "Symbol 'if' type (action) can not be used in expression."),
     ('sub vcl_recv {\n\tset req.url = .(req.url, "a");\n}\n', "Unknown token '.' when looking for STRING"),
+    # a ';' forgotten after a backend or probe field, after an import; an ACL without its '{'
+    ('backend b2 { .host = "127.0.0.1" .port = "80"; }\n', "Expected ';' got '.'"),
+    ('backend b2 { .host = "127.0.0.1"; .probe = { .url = "/" .timeout = 1s; } }\n', "Expected ';' got '.'"),
+    ("import std\nsub vcl_recv { std.log(\"x\"); }\n", "Expected 'from path ...'"),
+    ('acl local ( "127.0.0.1"; }\n', "Expected '{' got '('"),
 ]
 
 

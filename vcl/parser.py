@@ -599,6 +599,25 @@ _TRAILING_NAME = re.compile(r"([A-Za-z_][\w.-]*)\s*$")
 _BUILTIN_ARITY = {"regsub": 3, "regsuball": 3}
 
 
+_FIELD_NO_SEMICOLON = re.compile(r'"[^"\n]*"\s*(?P<dot>\.)\s*(?:[A-Za-z_][\w-]*\s*=?|\.)?\s*$')
+_DECLARATION = re.compile(r"(?:^|[\s;}])(?:backend|probe)\s+[\w-]+\s*\{")
+
+
+def _in_declaration(source: str, at: int) -> bool:
+    """Is `at` inside a backend or probe declaration's braces?"""
+    last = None
+    for m in _DECLARATION.finditer(source, 0, at):
+        last = m
+    if last is None:
+        return False
+    depth = 0
+    for m in _SCAN.finditer(source, last.end() - 1, at):
+        t = m.group(0)
+        depth += t == "{"
+        depth -= t == "}"
+    return depth > 0
+
+
 def _vcc_expectation(expected: set[str], got: str) -> str | None:
     """VCC's words where its recursive descent wants one thing and the LALR parser lists several."""
     if {"KW_SET", "KW_IF", "RBRACE"} <= expected:
@@ -633,6 +652,16 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
             raise VCLError(f"Expected {want} got {_describe(tok, source)}", pos) from None
         if set(exc.expected) == {"LBRACE"} and re.search(r"\belse\s*$", source[:tok.start_pos]):
             raise VCLError("'else' must be followed by 'if' or '{'", pos) from None
+        if {"FROM", "SEMICOLON"} <= set(exc.expected):
+            raise VCLError("Expected 'from path ...'", pos) from None        # `import NAME` goes on
+        if {"FLAGSIGN", "LBRACE"} <= set(exc.expected):
+            raise VCLError(f"Expected '{{' got {_describe(tok, source)}", pos) from None   # `acl NAME`
+        glued = _FIELD_NO_SEMICOLON.search(source, 0, tok.start_pos + len(tok.value))
+        if glued is not None and _in_declaration(source, glued.start()):
+            # `.host = "x" .port = ...`: VCC took the string and wanted the ';' where the '.' is
+            at = glued.start("dot")
+            dot = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), 1)
+            raise VCLError("Expected ';' got '.'", dot) from None
         if {"KW_SUB", "KW_BACKEND", "KW_ACL"} <= set(exc.expected):
             # At the top level, VCC lists the declarations it knows.
             msg = (f"Expected one of\n\t'acl', 'sub', 'backend', 'probe', 'import',  or 'vcl'\n"
