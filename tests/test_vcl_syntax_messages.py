@@ -52,6 +52,14 @@ CASES = [
     ('backend b2 { .host = "127.0.0.1"; .probe = { .url = "/" .timeout = 1s; } }\n', "Expected ';' got '.'"),
     ("import std\nsub vcl_recv { std.log(\"x\"); }\n", "Expected 'from path ...'"),
     ('acl local ( "127.0.0.1"; }\n', "Expected '{' got '('"),
+    # names VCC already knows as something else
+    ("sub if { }\n", "Symbol 'if' has wrong type (action), expected sub:"),
+    ("sub acl { }\n", "Symbol 'acl' has wrong type (reserved), expected sub:"),
+    ("sub now { }\n", "Symbol 'now' has wrong type (var), expected sub:"),
+    ("sub true { }\n", "Symbol 'true' has wrong type (func), expected sub:"),
+    ("import if;\n", "Symbol 'if' has wrong type (action), expected vmod:"),
+    ("sub vcl_recv {\n\tset req.http.x = now + sub;\n}\n", "Symbol 'sub' type (reserved) can not be used in expression."),
+    ('sub vcl_recv {\n\tset req.http.x = "" + set;\n}\n', "Symbol 'set' type (action) can not be used in expression."),
 ]
 
 

@@ -106,6 +106,7 @@ class Checker(ExprChecker, XrefChecker):
                                    f"{self.version:.1f}", item.pos)
                 continue
             if isinstance(item, ast.Import):
+                self._not_another_symbol(item.name, item.name_pos, "vmod")
                 self._import(item.name, item.name_pos)
             elif isinstance(item, ast.Backend):
                 self.backends[declare("backend", item.name, item.name_pos)] = item
@@ -114,6 +115,8 @@ class Checker(ExprChecker, XrefChecker):
             elif isinstance(item, ast.Acl):
                 self.acls[declare("acl", item.name, item.name_pos)] = item
             elif isinstance(item, ast.Sub):
+                if not item.builtin:
+                    self._not_another_symbol(item.name, item.name_pos, "sub")
                 if item.name.startswith("vcl_") and item.name not in reserved_ok:
                     valid = "\n".join("\t" + m for m in sorted(symbols.METHODS))
                     raise VCLError("The names 'vcl_*' are reserved for subroutines.", item.name_pos,
@@ -141,6 +144,16 @@ class Checker(ExprChecker, XrefChecker):
         for info in self.subs.values():
             for sub in info.defs:
                 self._prescan_new(sub.body)
+
+    def _not_another_symbol(self, name: str, pos: ast.Pos, wanted: str) -> None:
+        """A sub or vmod must not take a name VCC already knows as something else."""
+        key = name.lower()
+        kind = ("action" if key in symbols.VCC_ACTIONS else "reserved" if key in symbols.VCC_RESERVED
+                else "func" if key in symbols.VCC_FUNCS
+                else "var" if symbols.lookup(name) is not None or symbols.is_variable_prefix(name)
+                else "vmod" if wanted != "vmod" and key in self.vmods else None)
+        if kind is not None:
+            raise VCLError(f"Symbol '{name}' has wrong type ({kind}), expected {wanted}:", pos)
 
     def _import(self, name: str, pos: ast.Pos) -> Vmod:
         if name in self.vmods:

@@ -26,11 +26,6 @@ _NEGATABLE = frozenset({"INT", "REAL", "DURATION", "BYTES", "TIME", "BOOL"})
 IMPLICIT_IMPORTS = frozenset({"tinykvm"})
 
 
-# VCC's action symbols (vcc_action.c) and reserved words
-_ACTIONS = frozenset({"ban", "call", "hash_data", "if", "new", "return", "set", "synthetic", "unset"})
-_RESERVED = frozenset({"sub", "acl", "backend", "probe", "import", "vcl", "default", "true", "false"})
-
-
 class ExprChecker:
     """Mixed into vcl.checker.Checker, whose declarations it resolves names against."""
 
@@ -396,6 +391,10 @@ class ExprChecker:
                 prop = name.split(".")[1]
                 at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1, len(prop))
                 raise VCLError(f"Unknown property '{prop}' for type HTTP", at)
+            kind = ("reserved" if head.lower() in symbols.VCC_RESERVED
+                    else "action" if head.lower() in symbols.VCC_ACTIONS else None)
+            if kind is not None and "." not in name:
+                raise VCLError(f"Symbol '{head.lower()}' type ({kind}) can not be used in expression.", e.pos)
             raise VCLError(f"Symbol not found: '{name}'", e.pos)
         if var.type == "BODY" or var.get == "None":
             raise VCLError(f"Cannot convert {var.type} to STRING.", e.pos)
@@ -505,11 +504,11 @@ class ExprChecker:
             at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(base) + 1, len(method))
             raise VCLError(f"Unknown property '{name.rpartition('.')[2]}' for type {_strings(target.type)}", at)
         key = name.lower()
-        if statement and (key in _RESERVED or key in self.acls or key in self.backends or key in self.probes
-                          or name in getattr(self, "subs", {})):
+        declared = key in self.acls or key in self.backends or key in self.probes or name in getattr(self, "subs", {})
+        if statement and (key in symbols.VCC_RESERVED or key in symbols.VCC_FUNCS or declared):
             # a statement that starts with a symbol no statement starts with: VCC stops after it
             raise VCLError("Symbol cannot be used here.", ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(name)))
-        if not statement and key in _ACTIONS:
+        if not statement and key in symbols.VCC_ACTIONS:
             raise VCLError(f"Symbol '{key}' type (action) can not be used in expression.", e.pos)
         raise VCLError(f"Symbol not found: '{name}'", e.pos)
 

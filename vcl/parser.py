@@ -425,14 +425,9 @@ def _cached_tree(source: str) -> Tree:
 _STATEMENT_NAME = re.compile(r"(?:^|[;{}])\s*([A-Za-z][\w.-]*)\s*$")
 
 
-# VCC's symbols that are neither variables nor actions: a statement made of one is misplaced
-_RESERVED_WORDS = frozenset({"sub", "acl", "backend", "probe", "import", "vcl", "default", "true", "false",
-                             "regsub", "regsuball"})
-
-
 def _is_declared_symbol(source: str, name: str) -> bool:
     """A reserved word, or a sub, ACL, backend, probe or vmod this VCL declares (so no 'not found')."""
-    if name.lower() in _RESERVED_WORDS:
+    if name.lower() in symbols.VCC_RESERVED or name.lower() in symbols.VCC_FUNCS:
         return True
     word = re.escape(name)
     return re.search(rf"(?:^|[\s;}}])(?:sub|acl|backend|probe|import)\s+{word}(?![\w.-])", source) is not None

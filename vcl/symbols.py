@@ -416,6 +416,13 @@ def _quoted_header(name: str, version: float) -> Variable | None:
     return _header(scope, header)
 
 
+# VCC's own symbols other than variables, by the kind its messages name: actions (vcc_action.c),
+# reserved words, and the built-in "functions" (default, true, false, regsub, regsuball)
+VCC_ACTIONS = frozenset({"ban", "call", "hash_data", "if", "new", "return", "set", "synthetic", "unset"})
+VCC_RESERVED = frozenset({"acl", "backend", "probe", "import", "sub", "vcl"})
+VCC_FUNCS = frozenset({"default", "true", "false", "regsub", "regsuball"})
+
+
 def is_variable_prefix(name: str) -> bool:
     """True when `name` is a namespace of variables (req, req.http, storage.s0 ...)."""
     if name in HEADER_SCOPES or name in ("client", "server", "remote", "local", "sess", "storage"):
