@@ -370,6 +370,8 @@ class ExprChecker:
             var = symbols.lookup(name, self.version, self.storages)
         except symbols.BadHeaderName as exc:
             raise VCLError(str(exc), e.pos) from None
+        if var is None and name in getattr(self, "subs", {}):
+            raise VCLError(f"Symbol '{name}' can only be used as a SUB expression", e.pos)
         if var is None and fmt == "BACKEND" and "." not in name:
             # VCC takes an unknown plain name where a BACKEND is wanted as a reference to a
             # backend that was never defined.
@@ -391,6 +393,8 @@ class ExprChecker:
                 prop = name.split(".")[1]
                 at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1, len(prop))
                 raise VCLError(f"Unknown property '{prop}' for type HTTP", at)
+            if name in getattr(self, "subs", {}):
+                raise VCLError(f"Symbol '{name}' can only be used as a SUB expression", e.pos)
             kind = ("reserved" if head.lower() in symbols.VCC_RESERVED
                     else "action" if head.lower() in symbols.VCC_ACTIONS else None)
             if kind is not None and "." not in name:
@@ -543,7 +547,7 @@ class ExprChecker:
         for i, p in enumerate(params):
             if bound[i] is None and not p.optional and p.default is None:
                 # an unnamed argument (a bare type in the .vcc) is known by its place
-                what = f"'{p.name}'" if p.name else str(i + 1)
+                what = f"'{p.name}'" if p.name else str(i + 1 + getattr(func, "priv_args", 0))
                 if e.close_pos is None:
                     raise VCLError(f"Argument {what} missing", e.pos)
                 # VCC stops at the ')' and names the call it was compiling
@@ -558,7 +562,7 @@ class ExprChecker:
         if ptype == "ENUM":
             if isinstance(value, ast.Name) and value.written is not None:
                 value.name = value.written     # the parser lowered it as a symbol (blob's DEFAULT)
-            if not isinstance(_first_node(value), ast.Name):
+            if not isinstance(_first_node(value), (ast.Name, ast.Call)):
                 raise VCLError(f"Expected ID got '{_first_token(value)}'", value.pos)     # VCC wants a word
             if not isinstance(value, ast.Name) or value.name not in param.enum:
                 choices = "\n".join("\t" + w for w in param.enum)
@@ -634,6 +638,8 @@ def _first_token(e: ast.Expr) -> str:
         return "!"
     if isinstance(e, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
         return _number_token(e.text)
+    if isinstance(e, ast.BadToken):
+        return e.text[1:-1]                      # kept quoted for "Unknown token '=' ..."
     return getattr(e, "text", None) or "("      # a method called on a parenthesised expression
 
 

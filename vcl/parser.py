@@ -254,6 +254,8 @@ class _ToAst(Transformer):
 
     def named_arg(self, children):
         name, value = children
+        if str(name) == _BAD_TOKEN and self.bad is not None:
+            return ast.Arg(self.bad.pos, self.bad)      # the unexpected token stood before the '='
         return ast.Arg(self._p(name), value, str(name))
 
     def string(self, children):

@@ -40,6 +40,9 @@ class Func:
     # a constructor that wants its object's VCL name, as varnishd's _init(ctx, &obj, vcl_name, ...):
     # it is called impl(ctx, name, *args)
     takes_name: bool = False
+    # PRIV_* arguments the .vcc declares before the VCL-visible ones: VCC counts them when it names
+    # an unnamed argument by its place ("Argument 2 missing" for std.fileread's string)
+    priv_args: int = 0
 
 
 @dataclass(slots=True)
@@ -69,11 +72,13 @@ class Vmod:
         return self.filters.add(cls)
 
     def func(self, name: str, ret: str = "VOID", params: list[Param] | None = None, *,
-             restrict: set[str] | None = None, is_async: bool = False) -> Callable[[Callable], Callable]:
+             restrict: set[str] | None = None, is_async: bool = False,
+             priv_args: int = 0) -> Callable[[Callable], Callable]:
         """Decorator registering impl(ctx, *args) as vmod function `name`."""
         def register(impl: Callable) -> Callable:
             self.functions[name] = Func(name, impl, ret, list(params or []),
-                                        frozenset(restrict) if restrict else None, is_async)
+                                        frozenset(restrict) if restrict else None, is_async,
+                                        priv_args=priv_args)
             return impl
         return register
 

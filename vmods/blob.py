@@ -254,7 +254,7 @@ def transcode(ctx: Context, decoding: str, encoding: str, case: str, length: int
     return _encode(encoding, case, data)
 
 
-@VMOD.func("same", "BOOL", [Param("a", "BLOB"), Param("b", "BLOB")])
+@VMOD.func("same", "BOOL", [Param("", "BLOB"), Param("", "BLOB")])
 def same(ctx: Context, a: bytes | None, b: bytes | None) -> bool:
     """True when both are the same bytes in the same place (not merely equal)."""
     if a is b:
@@ -265,7 +265,7 @@ def same(ctx: Context, a: bytes | None, b: bytes | None) -> bool:
     return len(a) == len(b) and oa is ob and fa == fb
 
 
-@VMOD.func("equal", "BOOL", [Param("a", "BLOB"), Param("b", "BLOB")])
+@VMOD.func("equal", "BOOL", [Param("", "BLOB"), Param("", "BLOB")])
 def equal(ctx: Context, a: bytes | None, b: bytes | None) -> bool:
     if a is b:
         return True
@@ -274,12 +274,12 @@ def equal(ctx: Context, a: bytes | None, b: bytes | None) -> bool:
     return bytes(a) == bytes(b)
 
 
-@VMOD.func("length", "INT", [Param("blob", "BLOB")])
+@VMOD.func("length", "INT", [Param("", "BLOB")])
 def length(ctx: Context, blob: bytes | None) -> int:
     return 0 if blob is None else len(blob)
 
 
-@VMOD.func("sub", "BLOB", [Param("blob", "BLOB"), Param("length", "BYTES"),
+@VMOD.func("sub", "BLOB", [Param("", "BLOB"), Param("length", "BYTES"),
                            Param("offset", "BYTES", 0.0, optional=True)])
 def sub(ctx: Context, blob: bytes | None, length: float, offset: float = 0.0) -> bytes:
     """`length` bytes of the blob from `offset`, sharing its place (same() is true for the whole)."""

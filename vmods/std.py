@@ -75,7 +75,7 @@ def _prefix_cmp(a: list[int], b: list[int]) -> int:
     return 0
 
 
-@VMOD.func("querysort", "STRING", [Param("url", "STRING")])
+@VMOD.func("querysort", "STRING", [Param("", "STRING")])
 def querysort(ctx: Context, url: str | None) -> str | None:
     """The query parameters sorted, empty ones dropped (vmod_std_querysort.c): a URL without '&'
     after its '?' is returned as it is; the sort is glibc's stable merge sort on a prefix compare."""
@@ -152,7 +152,7 @@ def fnmatch(ctx: Context, pattern: str | None, subject: str | None, pathname: bo
 _FILE_CACHE: dict[str, str | None] = {}
 
 
-@VMOD.func("fileread", "STRING", [Param("path", "STRING")])
+@VMOD.func("fileread", "STRING", [Param("", "STRING")], priv_args=1)
 def fileread(ctx: Context, path: str | None) -> str | None:
     """The file's text, read once and then cached, as Varnish does; unset when unreadable."""
     if path is None:
@@ -169,7 +169,7 @@ def fileread(ctx: Context, path: str | None) -> str | None:
 _BLOB_CACHE: dict[str, bytes] = {}
 
 
-@VMOD.func("blobread", "BLOB", [Param("file", "STRING")])
+@VMOD.func("blobread", "BLOB", [Param("", "STRING")], priv_args=1)
 def blobread(ctx: Context, file: str | None) -> bytes | None:
     """The file's bytes, read once and then cached; no blob (NULL) when there is no file name or the
     file cannot be read, as varnishd 7.1.1 answers (the task goes on)."""
@@ -425,7 +425,7 @@ def timestamp(ctx: Context, s: str | None) -> None:
 # ------------------------------------------------------------------ control
 
 
-@VMOD.func("syntax", "BOOL", [Param("version", "REAL")])
+@VMOD.func("syntax", "BOOL", [Param("", "REAL")])
 def syntax(ctx: Context, version: float) -> bool:
     vcl_version = getattr(ctx.vcl, "version", 4.1)
     return vcl_version >= version
@@ -480,7 +480,7 @@ def rollback(ctx: Context, h: HttpMessage) -> None:
     hook(ctx, h)
 
 
-@VMOD.func("ban", "BOOL", [Param("spec", "STRING")])
+@VMOD.func("ban", "BOOL", [Param("", "STRING")])
 def ban(ctx: Context, spec: str | None) -> bool:
     error = ban_string(ctx, spec)
     task = ctx.priv_task if isinstance(ctx.priv_task, dict) else {}
