@@ -718,3 +718,56 @@ def test_a_one_byte_body_goes_to_the_backend_and_the_next_request_follows(make):
         sock.sendall(b"GET /n HTTP/1.1\r\nHost: a\r\n\r\n")
         assert read_message(sock)[1] == b"-"
     assert [(r.method, r.url) for r in backend.requests] == [("POST", "/b"), ("GET", "/n")]
+
+
+# A call that awaits (tinykvm.live_update_file of a file that is not there: false at once) makes the
+# subroutine it is in run in the state's coroutine twin (ast_hit, ast_deliver, ...).
+AWAIT = 'if (tinykvm.live_update_file("p", "/nonexistent/p")) { }'
+STATE_SUBS = """
+sub vcl_recv { if (req.method == "PURGE") { return (purge); } }
+sub vcl_hit { WAIT if (req.http.on-hit == "pass") { return (pass); } if (req.http.on-hit == "synth") { return (synth(702, "from hit")); } }
+sub vcl_miss { WAIT if (req.http.on-miss == "pass") { return (pass); } if (req.http.on-miss == "synth") { return (synth(703, "from miss")); } }
+sub vcl_pass { WAIT if (req.http.on-pass == "synth") { return (synth(704, "from pass")); } }
+sub vcl_purge { WAIT return (synth(705, "purged")); }
+sub vcl_deliver { WAIT set resp.http.delivered = req.url; if (req.http.on-deliver == "synth") { return (synth(706, "from deliver")); } }
+sub vcl_synth { WAIT set resp.http.synthed = resp.status; set resp.http.restarts = req.restarts; if (req.http.on-synth == "restart" && req.restarts == 0) { return (restart); } }
+"""
+
+
+@pytest.mark.parametrize("waits", [False, True], ids=["sync", "async"])
+def test_each_state_acts_alike_whether_its_subroutine_waits_or_not(make, waits):
+    vcl = "vcl 4.1;\nimport tinykvm;\nBACKEND\n" + STATE_SUBS.replace("WAIT", AWAIT if waits else "")
+    many = [(f"X-{i}", "v") for i in range(24)]
+    cache, backend = make(vcl, lambda req: Resp(headers=many if req.url == "/many" else [], body=req.url.encode()),
+                          "-p", "http_max_hdr=32")
+    server = cache.proc.server
+    c = server.counters
+    if waits:
+        assert {"vcl_hit", "vcl_miss", "vcl_pass", "vcl_purge", "vcl_deliver", "vcl_synth"} <= server.active_vcl.async_subs
+    # miss, then hit; vcl_deliver's header on both
+    assert cache.get("/a")[::2] == (200, b"/a") and cache.get("/a")[1]["delivered"] == "/a"
+    assert (c.cache_miss, c.cache_hit) == (1, 1)
+    # vcl_hit's pass and synth
+    status, _, body = cache.get("/a", headers={"on-hit": "pass"})
+    assert (status, body, c.cache_hit, c.s_pass) == (200, b"/a", 2, 1)
+    status, h, _ = cache.get("/a", headers={"on-hit": "synth"})
+    assert (status, h["synthed"]) == (702, "702") and c.cache_hit == 2
+    # vcl_miss's pass and synth: no object is left busy, nothing is cached
+    status, _, body = cache.get("/b", headers={"on-miss": "pass"})
+    assert (status, body, c.s_pass, c.cache_miss) == (200, b"/b", 2, 1)
+    assert cache.get("/b", headers={"on-miss": "synth"})[0] == 703
+    # vcl_pass's synth
+    assert cache.get("/a", headers={"on-hit": "pass", "on-pass": "synth"})[0] == 704 and c.cache_hit == 3
+    # vcl_purge's synth, and the purge itself
+    status, h, _ = cache.get("/a", method="PURGE")
+    assert (status, h["synthed"], c.n_purges) == (705, "705", 1)
+    fetched = len(backend.requests)
+    cache.get("/a")
+    assert len(backend.requests) == fetched + 1
+    # vcl_deliver's synth; vcl_synth's restart goes back to vcl_recv
+    assert cache.get("/a", headers={"on-deliver": "synth"})[0] == 706 and c.cache_hit == 4
+    status, h, _ = cache.get("/a", headers={"on-hit": "synth", "on-synth": "restart"})
+    assert (status, h["synthed"], h["restarts"]) == (702, "702", "1") and c.cache_hit == 4
+    # an object with more headers than http_max_hdr leaves for delivery: a 500
+    status, h, _ = cache.get("/many")
+    assert status == 500 and h["synthed"] == "500" and c.losthdr > 0
