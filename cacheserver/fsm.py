@@ -402,8 +402,8 @@ class ClientRequest(Delivery, EsiRequest):
             return done.value
 
     def _switch_vcl(self, action: Action) -> bool:
-        label = action.args[0] if action.args else None
-        target = self.server.vcl_labels.get(label) if isinstance(label, str) else label
+        label = action.args[0]              # VCC gives return (vcl(...)) its label's name
+        target = self.server.vcl_labels.get(label)
         if target is None:
             return False
         if self.vcl0 is None:
@@ -420,8 +420,7 @@ class ClientRequest(Delivery, EsiRequest):
             req = self.received.copy()
             req.headers.vsl = (ctx.log, "ReqHeader", "ReqUnset")
             ctx.req = ctx.req_top = req
-        self.ctx.backend_hint = target.default_backend
-        return True
+        return True                         # (_recv_setup then takes the new VCL's default backend)
 
     def _recv_continue(self, action: Action) -> None:
         """A client waiting on `Expect: 100-continue` gets it once vcl_recv is done, unless VCL

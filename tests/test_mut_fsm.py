@@ -771,3 +771,50 @@ def test_each_state_acts_alike_whether_its_subroutine_waits_or_not(make, waits):
     # an object with more headers than http_max_hdr leaves for delivery: a 500
     status, h, _ = cache.get("/many")
     assert status == 500 and h["synthed"] == "500" and c.losthdr > 0
+
+
+def test_a_switch_to_a_label_logs_and_rolls_back_as_varnishd(make):
+    """varnishd 7.1 (varnishtest -v): VCL_use "... via LABEL" goes before VCL_return vcl; the request goes
+    back to how it was received (what the first vcl_recv set is gone) and its X-Forwarded-For is made
+    again, logged as such; the labelled VCL's vcl_recv runs next."""
+    cache, _ = make("vcl 4.1;\nbackend default none;\n")
+    first = ('vcl 4.1;\nbackend default none;\n'
+             'sub vcl_recv { return (synth(200, "vcl1 " + req.url + " " + req.http.first + " " + req.http.X-Forwarded-For)); }\n')
+    assert cache.cli.cmd("vcl.inline vcl1 << EOF\n" + first + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.label l1 vcl1")[0] == 200
+    second = ('vcl 4.1;\nbackend default none;\n'
+              'sub vcl_recv { set req.http.first = "yes"; set req.url = "/changed"; return (vcl(l1)); }\n')
+    assert cache.cli.cmd("vcl.inline vcl2 << EOF\n" + second + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use vcl2")[0] == 200
+    cache.cli.cmd("debug.xid 999")
+    head, _, _ = raw(cache, b"GET /orig HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4\r\nHost: h\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"HTTP/1.1 200 vcl1 /orig  1.2.3.4, 127.0.0.1"
+    wait_for(lambda: (1001, "End", "") in cache.proc.log.records, what="the request's End")
+    records = [(tag, text) for vxid, tag, text in list(cache.proc.log.records) if vxid == 1001]
+    at = records.index(("VCL_call", "RECV"))
+    assert records[at:at + 9] == [
+        ("VCL_call", "RECV"), ("ReqHeader", "first: yes"), ("ReqURL", "/changed"), ("VCL_use", "vcl1 via l1"),
+        ("VCL_return", "vcl"), ("ReqUnset", "X-Forwarded-For: 1.2.3.4"),
+        ("ReqHeader", "X-Forwarded-For: 1.2.3.4, 127.0.0.1"), ("VCL_call", "RECV"), ("VCL_return", "synth")]
+
+
+def test_an_esi_include_starts_in_the_vcl_its_top_request_started_in(make):
+    """As tests/vtc/fid_esi_vcl0.vtc (which passes on varnishd 7.1): the top request switches to a
+    label, its ESI include starts in the VCL the top request started in."""
+    def respond(req):
+        if req.url == "/top":
+            return Resp(body=b'<P><esi:include src="/inc"/></P>')
+        return Resp(body=req.url.encode())
+
+    cache, server = make("vcl 4.1;\nbackend default none;\n", respond)
+    backend = f'backend default {{ .host = "127.0.0.1"; .port = "{server.port}"; }}\n'
+    esi = "sub vcl_backend_response { set beresp.do_esi = true; }\n"
+    label = ('vcl 4.1;\n' + backend + esi +
+             'sub vcl_recv { if (req.url == "/inc") { set req.url = "/wrong"; } }\n')
+    assert cache.cli.cmd("vcl.inline lab << EOF\n" + label + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.label lab1 lab")[0] == 200
+    top = ('vcl 4.1;\n' + backend + esi +
+           'sub vcl_recv { if (req.url == "/top") { return (vcl(lab1)); } if (req.url == "/inc") { set req.url = "/right"; } }\n')
+    assert cache.cli.cmd("vcl.inline top << EOF\n" + top + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use top")[0] == 200
+    assert cache.get("/top")[::2] == (200, b"<P>/right</P>")
