@@ -665,7 +665,8 @@ class ClientRequest(Delivery, EsiRequest):
         bereq.headers.set("Connection", "close")
         ctx.bereq = bereq
         ctx.bereq_backend = ctx.backend_hint
-        self.pipe_xid = server.next_xid()    # the pipe's backend transaction
+        self.pipe_xid = server.next_xid()    # the pipe's backend transaction, linked before vcl_pipe
+        ctx.log.append(("Link", f"bereq {self.pipe_xid} pipe"))
         action = await self.acall("vcl_pipe")
         if action.name != "pipe":
             return self._common(action)
@@ -673,8 +674,7 @@ class ClientRequest(Delivery, EsiRequest):
         limit = server.params.pipe_sess_max
         if limit and counters.n_pipe >= limit:
             counters.pipe_limited += 1
-            self.keep_alive = False
-            return self._to_synth(503, "")
+            return self._fail_state()          # varnishd: 503 "VCL failed", closed as VCL_FAILURE
         counters.n_pipe += 1
         try:
             await pipe_request(self)

@@ -818,3 +818,36 @@ def test_an_esi_include_starts_in_the_vcl_its_top_request_started_in(make):
     assert cache.cli.cmd("vcl.inline top << EOF\n" + top + "EOF")[0] == 200
     assert cache.cli.cmd("vcl.use top")[0] == 200
     assert cache.get("/top")[::2] == (200, b"<P>/right</P>")
+
+
+def test_a_pipe_past_pipe_sess_max_is_a_vcl_failure_and_the_pipe_is_logged_as_varnishd(make):
+    """varnishd 7.1 (varnishtest -v, pipe_sess_max=1): the piped bereq keeps the client's headers, its
+    Connection replaced by "Connection: close" after X-Varnish, and vcl_pipe sees bereq.backend; the
+    request links its bereq before vcl_pipe runs. A pipe past pipe_sess_max is a 503 "VCL failed"
+    that closes with VCL_FAILURE, each one counted in pipe_limited."""
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (pipe); }\n'
+                          'sub vcl_pipe { set bereq.http.be = bereq.backend; }\n',
+                          lambda req: Resp(body=b"piped", linger=True), "-p", "pipe_sess_max=1")
+    c = cache.proc.server.counters
+    cache.cli.cmd("debug.xid 999")
+    first = cache.proc.connect()
+    try:
+        first.sendall(b"GET /held HTTP/1.1\r\nConnection: keep-alive\r\nX-A: 1\r\nHost: h\r\n\r\n")
+        assert read_message(first)[1] == b"piped"
+        wait_for(lambda: c.n_pipe == 1, what="one pipe open")
+        assert backend.requests[0].headers == [("X-A", "1"), ("Host", "h"), ("X-Forwarded-For", "127.0.0.1"),
+                                               ("X-Varnish", "1001"), ("Connection", "close"), ("be", "default")]
+        for _ in range(2):
+            head, closed = closes(cache, b"GET /second HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert head.split(b"\r\n")[0] == b"HTTP/1.1 503 VCL failed" and b"Connection: close" in head
+            assert closed
+        wait_for(lambda: c.sc_vcl_failure == 2, what="two closes")
+        assert c.pipe_limited == 2 and c.s_pipe == 3 and c.n_pipe == 1
+    finally:
+        first.close()
+    wait_for(lambda: (1001, "End", "") in cache.proc.log.records, what="the piped request's End")
+    records = [(tag, text) for vxid, tag, text in list(cache.proc.log.records) if vxid == 1001]
+    at = records.index(("VCL_return", "lookup"))
+    assert records[at + 1:at + 4] == [("Link", "bereq 1002 pipe"), ("VCL_call", "PIPE"), ("VCL_return", "pipe")]
+    assert ("SessClose", "VCL_FAILURE") in [(t, x.split()[0]) for _, t, x in list(cache.proc.log.records)
+                                           if t == "SessClose"]
