@@ -796,3 +796,54 @@ def test_http_max_hdr_counts_the_request_line_s_slots(headers, answer):
     head = b"GET / HTTP/1.1\r\n" + b"".join(b"H%02d: v\r\n" % i for i in range(headers)) + b"\r\n"
     srv, sink = drive(SYNC, head, http_max_hdr="32")
     assert status_lines(bytes(sink.out)) == [answer]
+
+
+def test_refused_heads_are_logged_and_counted_as_varnishd(start):
+    """varnishd 7.1 (varnishtest -v, a VCL that answers synth): the request transaction of each head it
+    refuses before vcl_recv, record by record, the session's close reason, and the counters."""
+    srv = start(SYNC)
+    srv.call(_use_vcl1(srv.server))
+    c = srv.server.counters
+    srv.server.set_xid(999)
+    cases = [
+        (b"GET / HTTP/1.1\r\nFoo\r\n\r\n", b"HTTP/1.1 400 Bad Request", "RX_JUNK", [
+            ("BogoHeader", "Header without ':' Foo"), ("HttpGarbage", "GET"), ("RespProtocol", "HTTP/1.1"),
+            ("RespStatus", "400"), ("RespReason", "Bad Request"), ("ReqAcct", "23 0 23 28 0 28"), ("End", "")]),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"HTTP/1.1 400 Bad Request", "RX_BAD", [
+            ("VCL_use", "vcl1"), ("ReqStart", "127.0.0.1 PORT a0"), ("ReqMethod", "GET"), ("ReqURL", "/"),
+            ("ReqProtocol", "HTTP/1.1"), ("ReqHeader", "Host: a"), ("ReqHeader", "Host: b"),
+            ("BogoHeader", "Multiple Host: headers"), ("RespProtocol", "HTTP/1.1"), ("RespStatus", "400"),
+            ("RespReason", "Bad Request"), ("ReqAcct", "36 0 36 28 0 28"), ("End", "")]),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: foo\r\n\r\n", b"HTTP/1.1 417 Expectation Failed", "RX_JUNK", [
+            ("VCL_use", "vcl1"), ("RespProtocol", "HTTP/1.1"), ("RespStatus", "417"),
+            ("RespReason", "Expectation Failed"), ("ReqAcct", "40 0 40 35 0 35"), ("End", "")]),
+        (b"GET\r\n\r\n", b"HTTP/1.1 400 Bad Request", "RX_JUNK", [
+            ("HttpGarbage", "GET\r\n\r\n"), ("RespProtocol", "HTTP/1.1"), ("RespStatus", "400"),
+            ("RespReason", "Bad Request"), ("ReqAcct", "7 0 7 28 0 28"), ("End", "")]),
+    ]
+    for n, (data, answer, close, records) in enumerate(cases):
+        sess, req = 1000 + 2 * n, 1001 + 2 * n
+        with srv.connect() as sock:
+            port = sock.getsockname()[1]
+            sock.sendall(data)
+            got = read_all(sock)
+            assert got.split(b"\r\n")[0] == answer and closed_by_server(sock)
+        wait_for(lambda: (sess, "End", "") in srv.log.records, what="the session's End")  # noqa: B023
+        log = list(srv.log.records)
+        assert [(t, x) for v, t, x in log if v == sess and t in ("Link", "SessClose")] == [
+            ("Link", f"req {req} rxreq"), ("SessClose", f"{close} " + srv.log.texts("SessClose")[n].split()[1])]
+        got = [(t, x) for v, t, x in log if v == req]
+        start_ts = got[1][1].split()[1]
+        assert got[:3] == [("Begin", f"req {sess} rxreq"), ("Timestamp", f"Start: {start_ts} 0.000000 0.000000"),
+                           ("Timestamp", f"Req: {start_ts} 0.000000 0.000000")]
+        assert abs(float(start_ts) - time.time()) < 60
+        assert got[3:] == [(t, x.replace("PORT", str(port))) for t, x in records]
+    assert (c.client_req_400, c.client_req_417, c.client_req) == (3, 1, 2)
+    assert (c.s_req_hdrbytes, c.s_resp_hdrbytes) == (106, 119)
+    assert (c.sc_rx_junk, c.sc_rx_bad, c.sess_closed_err) == (3, 1, 4)
+
+
+async def _use_vcl1(server) -> None:
+    """The VCL varnishtest loads first is "vcl1" (the refusals log its name)."""
+    server.vcl_load("vcl1", SYNC, "<inline>")
+    server.vcl_use("vcl1")
