@@ -631,6 +631,7 @@ class ClientProtocol(asyncio.Protocol):
             # logged and counted as sent whatever the write does (http1_minimal_response)
             request.ctx.log.append(("RespProtocol", "HTTP/1.1\0RespStatus 100\0RespReason Continue"))
             request.acct_continue += len(CONTINUE_100)
+            self.server.counters.s_resp_hdrbytes += len(CONTINUE_100)    # varnishd sums ReqAcct's into it
         if self.transport is not None and not self.closed:
             self.transport.write(CONTINUE_100)
 

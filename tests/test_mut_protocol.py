@@ -847,3 +847,31 @@ async def _use_vcl1(server) -> None:
     """The VCL varnishtest loads first is "vcl1" (the refusals log its name)."""
     server.vcl_load("vcl1", SYNC, "<inline>")
     server.vcl_use("vcl1")
+
+
+def test_a_100_continue_is_logged_and_counted_with_the_response_head(start):
+    """varnishd 7.1 (varnishtest -v, std.cache_req_body in vcl_recv): the 100 is logged as a response
+    where vcl_recv reads the body, and its 25 bytes count in ReqAcct's and s_resp_hdrbytes' header bytes."""
+    srv = start(ECHO)
+    c = srv.server.counters
+    head = b"POST /body HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+    with srv.connect() as sock:
+        sock.sendall(head)
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += sock.recv(1)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"abc")
+        final, body = read_response(sock)
+    assert status(final) == b"HTTP/1.1 200 got 3"
+    final_head = len(final)
+    wait_for(lambda: srv.log.texts("ReqAcct"), what="the request's ReqAcct")
+    records = [(t, x) for _, t, x in list(srv.log.records)]
+    at = records.index(("VCL_call", "RECV"))
+    assert records[at + 1:at + 5] == [("Storage", "malloc Transient"), ("RespProtocol", "HTTP/1.1"),
+                                      ("RespStatus", "100"), ("RespReason", "Continue")]
+    assert records[at + 5][1].startswith("ReqBody: ")
+    req_head = len(head)        # (69 in varnishd's run, whose URL was "/")
+    assert srv.log.texts("ReqAcct") == [f"{req_head} 3 {req_head + 3} {25 + final_head} {len(body)} "
+                                        f"{25 + final_head + len(body)}"]
+    assert c.s_resp_hdrbytes == 25 + final_head
