@@ -240,6 +240,9 @@ class ClientRequest(Delivery, EsiRequest):
         req = self.acct_req
         hdr, body = self.acct_hdr + self.acct_continue, self.acct_body
         rx = self.body.received            # request body bytes read
+        if not self.keep_alive and self.body.state == "unread":
+            rx = 0          # never read and the connection closes: varnishd leaves it unread
+        self.server.counters.s_req_bodybytes += rx     # varnishd sums ReqAcct's into it
         if self.vsl_tail is not None:
             # a template hit: its last records from the template's payload (deliver.py)
             template, values = self.vsl_tail

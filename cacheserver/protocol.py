@@ -636,7 +636,6 @@ class ClientProtocol(asyncio.Protocol):
             self.transport.write(CONTINUE_100)
 
     def on_body(self, body: bytes) -> None:
-        self.server.counters.s_req_bodybytes += len(body)
         if self._sink is not None:
             self._sink.feed(body)
 

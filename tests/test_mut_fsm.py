@@ -851,3 +851,34 @@ def test_a_pipe_past_pipe_sess_max_is_a_vcl_failure_and_the_pipe_is_logged_as_va
     assert records[at + 1:at + 4] == [("Link", "bereq 1002 pipe"), ("VCL_call", "PIPE"), ("VCL_return", "pipe")]
     assert ("SessClose", "VCL_FAILURE") in [(t, x.split()[0]) for _, t, x in list(cache.proc.log.records)
                                            if t == "SessClose"]
+
+
+def test_a_synth_reads_an_unread_request_body_first_unless_the_connection_closes(make):
+    """varnishd 7.1 (varnishtest -v): before a synth response on a connection kept open, the unread
+    body is read (through a Transient object: Storage, then Timestamp ReqBody); when the request or the
+    response says Connection: close it is left unread."""
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (synth(200, "s " + req.url)); }\n'
+                    'sub vcl_synth { if (req.url == "/close") { set resp.http.connection = "close"; } }\n')
+    cache.cli.cmd("debug.xid 999")
+    with cache.proc.connect() as sock:
+        sock.sendall(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+        assert read_message(sock)[0].startswith(b"HTTP/1.1 200 s /a\r\n")
+        sock.sendall(b"POST /close HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+        assert read_message(sock)[0].startswith(b"HTTP/1.1 200 s /close\r\n")
+        assert sock.recv(1) == b""
+    head, _, _ = raw(cache, b"POST /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc")
+    assert head.startswith(b"HTTP/1.1 200 s /b\r\n")
+    wait_for(lambda: (1004, "End", "") in cache.proc.log.records, what="the last request's End")
+    log = list(cache.proc.log.records)
+
+    def after_synth(vxid):
+        records = [(t, x) for v, t, x in log if v == vxid]
+        at = records.index(("VCL_return", "deliver"))
+        return [(t, x if t == "Storage" else x.split(":")[0]) for t, x in records[at + 1:]
+                if t in ("Storage", "Timestamp")], records[-2][1].split()[1]
+
+    read = [("Timestamp", "Process"), ("Storage", "malloc Transient"), ("Timestamp", "ReqBody"),
+            ("Storage", "malloc Transient"), ("Timestamp", "Resp")]
+    unread = [("Timestamp", "Process"), ("Storage", "malloc Transient"), ("Timestamp", "Resp")]
+    assert [after_synth(vxid) for vxid in (1001, 1002, 1004)] == [(read, "3"), (unread, "0"), (unread, "0")]
+    assert cache.proc.server.counters.s_req_bodybytes == 3       # the sum of ReqAcct's, as varnishd's
