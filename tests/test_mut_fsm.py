@@ -882,3 +882,34 @@ def test_a_synth_reads_an_unread_request_body_first_unless_the_connection_closes
     unread = [("Timestamp", "Process"), ("Storage", "malloc Transient"), ("Timestamp", "Resp")]
     assert [after_synth(vxid) for vxid in (1001, 1002, 1004)] == [(read, "3"), (unread, "0"), (unread, "0")]
     assert cache.proc.server.counters.s_req_bodybytes == 3       # the sum of ReqAcct's, as varnishd's
+
+
+@pytest.mark.parametrize("mask", ["+Hash", "default"])
+def test_hash_data_of_a_concatenation_hashes_its_parts_apart(make, mask):
+    """As tests/vtc/fid_hash_strands.vtc (which passes on varnishd 7.1): each part of a hash_data()
+    concatenation is hashed on its own, an unset one as a NUL byte, and logged as a Hash record when
+    vsl_mask lets Hash through; the digest (req.hash) is varnishd's."""
+    cache, _ = make('vcl 4.1;\nimport blob;\nBACKEND\nsub vcl_recv { return (hash); }\n'
+                    'sub vcl_hash { hash_data("a" + req.http.nosuch + "b" + req.http.x); hash_data(req.http.nosuch);'
+                    ' hash_data(req.url); return (lookup); }\n'
+                    'sub vcl_deliver { set resp.http.hash = blob.encode(HEX, blob=req.hash); }\n',
+                    None, "-p", f"vsl_mask={mask}")
+    cache.cli.cmd("debug.xid 1000")
+    status, h, _ = cache.get("/u", headers={"x": "yz"})
+    # sha256 of "a" NUL "b" "yz" NUL, NUL NUL, "/u" NUL
+    assert (status, h["hash"]) == (200, "54669dd08042ddf949a543f0e6236af03ea07128ca1b16680b91fa69354c3959")
+    wait_for(lambda: (1002, "End", "") in cache.proc.log.records, what="the request's End")
+    hashes = [text for vxid, tag, text in list(cache.proc.log.records) if vxid == 1002 and tag == "Hash"]
+    assert hashes == (["a", "b", "yz", "/u"] if mask == "+Hash" else [])
+    # the same digest from plain strings: the object is found again
+    assert cache.get("/u", headers={"x": "yz"})[1]["x-varnish"].count(" ") == 1
+
+
+def test_the_built_in_hash_is_logged_part_by_part(make):
+    """varnishd 7.1 with vsl_mask=+Hash: the built-in vcl_hash logs req.url, then the Host."""
+    cache, _ = make("vcl 4.1;\nBACKEND\n", None, "-p", "vsl_mask=+Hash")
+    cache.cli.cmd("debug.xid 1000")
+    cache.get("/p")
+    wait_for(lambda: (1002, "End", "") in cache.proc.log.records, what="the request's End")
+    assert [text for vxid, tag, text in list(cache.proc.log.records) if vxid == 1002 and tag == "Hash"] == \
+        ["/p", "test"]
