@@ -38,6 +38,7 @@ class RecordingLog:
     def __init__(self) -> None:
         self.records: collections.deque[tuple[int, str, str]] = collections.deque(maxlen=100_000)
         self.writes: collections.Counter[int] = collections.Counter()     # write() calls per vxid
+        self.kinds: dict[int, set[str]] = {}        # the kinds ("c" client, "b" backend) written per vxid
 
     def wants(self, tag: str) -> bool:
         """As the real writer: vsl_mask's tags are not wanted (its default before the server is set up)."""
@@ -47,6 +48,7 @@ class RecordingLog:
 
     def write(self, vxid: int, kind: str, records: list, tail: bytes = b"") -> None:
         self.writes[vxid] += 1
+        self.kinds.setdefault(vxid, set()).add(kind)
         if tail:        # records already encoded (a template hit's): "Tag text" joined by NULs
             tag, _, text = tail.decode("utf-8", "surrogateescape").partition(" ")
             records = [*records, (tag, text)]

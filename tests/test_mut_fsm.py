@@ -63,14 +63,15 @@ def test_a_request_for_a_busy_object_waits_and_gets_the_fetched_one(make):
     first = threading.Thread(target=lambda: results.append(cache.get("/w")))
     first.start()
     wait_for(lambda: backend.requests, what="the first fetch")
-    second = threading.Thread(target=lambda: results.append(cache.get("/w")))
-    second.start()
-    wait_for(lambda: counters.busy_sleep == 1, what="the second request on the waiting list")
+    waiting = [threading.Thread(target=lambda: results.append(cache.get("/w"))) for _ in range(2)]
+    for thread in waiting:
+        thread.start()
+    wait_for(lambda: counters.busy_sleep == 2, what="two requests on the waiting list")
     release.set()
-    first.join(10)
-    second.join(10)
-    assert [r[2] for r in results] == [b"once", b"once"] and len(backend.requests) == 1
-    assert counters.busy_wakeup == 1 and counters.cache_hit == 1 and counters.cache_miss == 1
+    for thread in [first, *waiting]:
+        thread.join(10)
+    assert [r[2] for r in results] == [b"once"] * 3 and len(backend.requests) == 1
+    assert counters.busy_wakeup == 2 and counters.cache_hit == 2 and counters.cache_miss == 1
 
 
 def test_a_vcl_failure_at_run_time_is_a_503_and_closes(make):
@@ -437,6 +438,7 @@ def test_debug_syncvsl_writes_a_waiting_request_s_records_before_it_waits(make, 
     log = cache.proc.log
     wait_for(lambda: (101, "End", "") in log.records, what="the request's End")
     assert (log.writes[101] > 1) is synced          # once before each wait, or all at the end
+    assert log.kinds[101] == {"c"}                  # a client transaction, each part
     tags = [tag for vxid, tag, _ in log.records if vxid == 101]
     assert tags[0] == "Begin" and tags.count("Begin") == 1 and tags[-1] == "End"
 

@@ -839,6 +839,7 @@ def test_refused_heads_are_logged_and_counted_as_varnishd(start):
                            ("Timestamp", f"Req: {start_ts} 0.000000 0.000000")]
         assert abs(float(start_ts) - time.time()) < 60
         assert got[3:] == [(t, x.replace("PORT", str(port))) for t, x in records]
+        assert srv.log.kinds[sess] == srv.log.kinds[req] == {"c"}
     assert (c.client_req_400, c.client_req_417, c.client_req) == (3, 1, 2)
     assert (c.s_req_hdrbytes, c.s_resp_hdrbytes) == (106, 119)
     assert (c.sc_rx_junk, c.sc_rx_bad, c.sess_closed_err) == (3, 1, 4)
