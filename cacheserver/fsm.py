@@ -239,9 +239,9 @@ class ClientRequest(Delivery, EsiRequest):
         now = time.time()
         req = self.acct_req
         hdr, body = self.acct_hdr + self.acct_continue, self.acct_body
-        rx = self.body.received            # request body bytes read
-        if not self.keep_alive and self.body.state == "unread":
-            rx = 0          # never read and the connection closes: varnishd leaves it unread
+        # request body bytes read: on a connection that closes, only what was read (varnishd leaves
+        # the rest unread); one kept open reads it all
+        rx = self.body.received if self.keep_alive else self.body.taken
         self.server.counters.s_req_bodybytes += rx     # varnishd sums ReqAcct's into it
         if self.vsl_tail is not None:
             # a template hit: its last records from the template's payload (deliver.py)

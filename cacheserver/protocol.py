@@ -851,7 +851,11 @@ class ClientProtocol(asyncio.Protocol):
                 ok = False
         if not ok:
             request.body_failed = True
-            if body.error and "too big" not in body.error:
+            if body.error and "too big" in body.error:
+                request.ctx.log.append(("FetchError", body.error))
+                if body.length is None:
+                    request._ts("ReqBody")      # read up to the limit (vrb_pull)
+            elif body.error:
                 # varnishd's words for a body that broke off (its fetch processor's)
                 request.ctx.log.append(("FetchError", "straight insufficient bytes" if body.length is not None
                                         else f"chunked read error: {body.error}"))
@@ -860,8 +864,12 @@ class ClientProtocol(asyncio.Protocol):
             if body.length != length:
                 # as vrb_pull: a body that came chunked now says how long it is
                 headers = request.ctx.req.headers
+                chunked = headers.get("Transfer-Encoding")
                 headers.unset("Transfer-Encoding")
                 headers.set("Content-Length", str(length))
+                if chunked is not None:      # varnishd 7.1 logs it twice (vrb_pull, then VRB_Cache)
+                    request.ctx.log += (("ReqUnset", "Transfer-Encoding: " + chunked),
+                                        ("ReqHeader", f"Content-Length: {length}"))
         return ok
 
     def _end_body(self, request: ClientRequest) -> None:

@@ -877,3 +877,53 @@ def test_a_100_continue_is_logged_and_counted_with_the_response_head(start):
     assert srv.log.texts("ReqAcct") == [f"{req_head} 3 {req_head + 3} {25 + final_head} {len(body)} "
                                         f"{25 + final_head + len(body)}"]
     assert c.s_resp_hdrbytes == 25 + final_head
+
+
+def test_std_cache_req_body_logs_and_rewrites_the_request_as_varnishd(start):
+    """varnishd 7.1 (varnishtest -v, std.cache_req_body(3B)): a chunked body is cached and the request
+    then says its Content-Length (logged as vrb_pull and VRB_Cache each do it: twice), a body of exactly
+    the size is cached, a bigger one is a FetchError, false, and the connection closes unanswered."""
+    backend = Backend(lambda req: Resp(body=b"ok"))
+    try:
+        srv = start(f'vcl 4.1;\nimport std;\nbackend b {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n'
+                    'sub vcl_recv { set req.http.cached = std.cache_req_body(3B);\n'
+                    ' if (req.url == "/s") { return (synth(200, "c " + req.http.cached)); }\n return (pass); }\n')
+        srv.server.set_xid(999)
+        with srv.connect() as sock:
+            sock.sendall(b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: h\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+            assert read_response(sock)[1] == b"ok"
+            sock.sendall(b"POST /s HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+            assert status(read_response(sock)[0]) == b"HTTP/1.1 200 c true"
+            sock.sendall(b"POST /s HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nabcd")
+            assert read_all(sock) == b""
+        chunked_head = b"POST /s HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: h\r\n\r\n"
+        with srv.connect() as sock:
+            sock.sendall(chunked_head + b"4\r\nabcd\r\n0\r\n\r\n")
+            assert read_all(sock) == b""
+        assert backend.requests[0].headers == [("Host", "h"), ("X-Forwarded-For", "127.0.0.1"),
+                                               ("Content-Length", "3"), ("cached", "true"), ("X-Varnish", "1002")]
+        assert backend.requests[0].body == b"abc"
+        wait_for(lambda: (1005, "End", "") in srv.log.records, what="the last session's End")
+        log = list(srv.log.records)
+
+        def in_recv(vxid):
+            records = [(t, x.split(":")[0] if t == "Timestamp" else x) for v, t, x in log if v == vxid]
+            at = records.index(("VCL_call", "RECV"))
+            return records[at + 1:records.index(("VCL_return", "pass" if vxid == 1001 else "synth"))]
+
+        assert in_recv(1001) == [("Storage", "malloc Transient"), ("Timestamp", "ReqBody"),
+                                 ("ReqUnset", "Transfer-Encoding: chunked"), ("ReqHeader", "Content-Length: 3"),
+                                 ("ReqUnset", "Transfer-Encoding: chunked"), ("ReqHeader", "Content-Length: 3"),
+                                 ("ReqHeader", "cached: true")]
+        assert in_recv(1003) == [("Storage", "malloc Transient"), ("Timestamp", "ReqBody"),
+                                 ("ReqHeader", "cached: true")]
+        # too big, as its Content-Length says: not read at all; chunked: read up to the limit
+        assert in_recv(1004) == [("FetchError", "Request body too big to cache"), ("ReqHeader", "cached: false")]
+        assert [x for v, t, x in log if v == 1004 and t == "ReqAcct"] == ["48 0 48 0 0 0"]   # (Host: h)
+        assert in_recv(1006) == [("Storage", "malloc Transient"), ("FetchError", "Request body too big to cache"),
+                                 ("Timestamp", "ReqBody"), ("ReqHeader", "cached: false")]
+        n = len(chunked_head)
+        assert [x for v, t, x in log if v == 1006 and t == "ReqAcct"] == [f"{n} 4 {n + 4} 0 0 0"]
+        assert [x.split()[0] for v, t, x in log if v in (1000, 1005) and t == "SessClose"] == ["RX_BODY"] * 2
+    finally:
+        backend.close()
