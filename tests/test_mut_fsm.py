@@ -915,3 +915,36 @@ def test_the_built_in_hash_is_logged_part_by_part(make):
     wait_for(lambda: (1002, "End", "") in cache.proc.log.records, what="the request's End")
     assert [text for vxid, tag, text in list(cache.proc.log.records) if vxid == 1002 and tag == "Hash"] == \
         ["/p", "test"]
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["content-length", "to-eof"])
+def test_a_hit_on_an_object_still_streaming_logs_its_bytes_so_far(make, announced):
+    """varnishd 7.1 (varnishtest -v): the Hit record of an object whose body is still arriving adds the
+    bytes fetched so far, then the length the backend announced, if it did ("Hit 1002 118.4 10 0 5 8")."""
+    release = threading.Event()
+
+    def pieces():
+        yield b"abc"
+        release.wait(10)
+        yield b"def"
+
+    cache, _ = make("vcl 4.1;\nBACKEND\n", lambda req: Resp(body_gen=pieces, length=6 if announced else None,
+                                                           close=not announced))
+    cache.cli.cmd("debug.xid 999")
+    first, second = cache.proc.connect(), cache.proc.connect()
+    try:
+        first.sendall(b"GET /s HTTP/1.1\r\nHost: h\r\n\r\n")
+        got = b""
+        while not got.endswith(b"abc") and b"3\r\nabc\r\n" not in got:
+            got += first.recv(100)
+        second.sendall(b"GET /s HTTP/1.1\r\nHost: h\r\n\r\n")
+        wait_for(lambda: cache.proc.server.counters.cache_hit == 1, what="the second request's hit")
+    finally:
+        release.set()
+        first.close()
+        second.close()
+    wait_for(lambda: (1004, "End", "") in cache.proc.log.records, what="the second request's End")
+    (hit,) = [x for v, t, x in list(cache.proc.log.records) if v == 1004 and t == "Hit"]
+    xid, ttl, grace, keep, *streaming = hit.split()
+    assert (xid, grace, keep) == ("1003", "10.000000", "0.000000") and 119 < float(ttl) <= 120   # (its bereq)
+    assert streaming == (["3", "6"] if announced else ["3"])
