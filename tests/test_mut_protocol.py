@@ -927,3 +927,55 @@ def test_std_cache_req_body_logs_and_rewrites_the_request_as_varnishd(start):
         assert [x.split()[0] for v, t, x in log if v in (1000, 1005) and t == "SessClose"] == ["RX_BODY"] * 2
     finally:
         backend.close()
+
+
+def test_a_request_body_the_backend_does_not_take_stops_the_client_s_reads(start):
+    """Flow control: a body sent on to a backend that does not read piles up only to the body's high
+    water mark, then the connection stops reading the client; it reads again as the backend takes it."""
+    import threading
+
+    size = 16 << 20
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)    # no autotuned window
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    srv = start(f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{listener.getsockname()[1]}"; }}\n'
+                'sub vcl_recv { return (pass); }\n', timeout_idle="30")
+    got = bytearray()
+    client = srv.connect()
+    sender = threading.Thread(target=lambda: client.sendall(
+        b"POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size), daemon=True)
+    try:
+        sender.start()
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        (session,) = srv.server.sessions
+
+        states = []
+
+        def paused():
+            states.append(srv.call(_reading(session)))
+            return not states[-1][0]
+
+        wait_for(paused, timeout=5, what="the client's reads paused")
+        _, held, received = states[-1]
+        assert held < 1 << 20 and received < size      # bounded: the rest waits in the client's socket
+        while True:                       # the backend takes it all now
+            got += conn.recv(1 << 20)
+            if len(got) >= size and got.endswith(b"x" * 16):
+                head, _, body = bytes(got).partition(b"\r\n\r\n")
+                if len(body) == size:
+                    break
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        sender.join(10)
+        assert read_response(client)[1] == b"ok"
+        assert body == b"x" * size
+    finally:
+        client.close()
+        listener.close()
+
+
+async def _reading(session) -> tuple[bool, int, int]:
+    """Whether the connection reads, the body bytes it holds, the body bytes it received."""
+    body = session.current.body
+    return session.transport.is_reading(), body._held, body.received
