@@ -821,6 +821,10 @@ def test_refused_heads_are_logged_and_counted_as_varnishd(start):
         (b"GET\r\n\r\n", b"HTTP/1.1 400 Bad Request", "RX_JUNK", [
             ("HttpGarbage", "GET\r\n\r\n"), ("RespProtocol", "HTTP/1.1"), ("RespStatus", "400"),
             ("RespReason", "Bad Request"), ("ReqAcct", "7 0 7 28 0 28"), ("End", "")]),
+        # a method that is no token (tests/h1refuse's table, from varnishd 7.1.1's log)
+        (b"G\x01ET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 400 Bad Request", "RX_JUNK", [
+            ("HttpGarbage", "G\x01ET / HTTP/1.1\r\n\r\n"), ("RespProtocol", "HTTP/1.1"), ("RespStatus", "400"),
+            ("RespReason", "Bad Request"), ("ReqAcct", "19 0 19 28 0 28"), ("End", "")]),
     ]
     for n, (data, answer, close, records) in enumerate(cases):
         sess, req = 1000 + 2 * n, 1001 + 2 * n
@@ -840,9 +844,9 @@ def test_refused_heads_are_logged_and_counted_as_varnishd(start):
         assert abs(float(start_ts) - time.time()) < 60
         assert got[3:] == [(t, x.replace("PORT", str(port))) for t, x in records]
         assert srv.log.kinds[sess] == srv.log.kinds[req] == {"c"}
-    assert (c.client_req_400, c.client_req_417, c.client_req) == (3, 1, 2)
-    assert (c.s_req_hdrbytes, c.s_resp_hdrbytes) == (106, 119)
-    assert (c.sc_rx_junk, c.sc_rx_bad, c.sess_closed_err) == (3, 1, 4)
+    assert (c.client_req_400, c.client_req_417, c.client_req) == (4, 1, 2)
+    assert (c.s_req_hdrbytes, c.s_resp_hdrbytes) == (106 + 19, 119 + 28)
+    assert (c.sc_rx_junk, c.sc_rx_bad, c.sess_closed_err) == (4, 1, 5)
 
 
 async def _use_vcl1(server) -> None:
