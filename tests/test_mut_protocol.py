@@ -985,3 +985,54 @@ async def _reading(session) -> tuple[bool, int, int]:
     """Whether the connection reads, the body bytes it holds, the body bytes it received."""
     body = session.current.body
     return session.transport.is_reading(), body._held, body.received
+
+
+def test_bytes_read_while_a_request_waits_are_held_up_to_a_bound():
+    """While a request waits for its backend, what the client pipelines after it is held unparsed, to
+    256 KB: then the connection stops reading; once the request is done, all of it is answered in order."""
+    from cacheserver.protocol import ClientProtocol
+    from cacheserver.server import Server
+
+    one = b"GET /%04d HTTP/1.1\r\nHost: a\r\nX: %s\r\n\r\n"
+    reqs = [one % (i, b"p" * (1024 - len(one % (i, b"")))) for i in range(320)]
+    assert all(len(r) == 1024 for r in reqs)
+
+    async def main():
+        release = asyncio.Event()
+
+        async def backend(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            await release.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+            await writer.drain()
+            await reader.read()
+
+        listener = await asyncio.start_server(backend, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        srv = Server()
+        srv.vsl = RecordingLog()
+        srv.vcl_load("boot", f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{port}"; }}\n'
+                             'sub vcl_recv { if (req.url == "/slow") { return (pass); }\n'
+                             ' return (synth(200, req.method + " " + req.url)); }\n', "<inline>")
+        conn = ClientProtocol(srv)
+        sink = _Sink()
+        conn.connection_made(sink)
+        conn.data_received(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert conn.busy
+        states = []
+        for n in range(5):                  # five reads of 64 KB: held, the reads stop past 256 KB
+            conn.data_received(b"".join(reqs[64 * n:64 * n + 64]))
+            states.append((conn.held_size, sink.reading))
+        release.set()
+        deadline = time.monotonic() + 10
+        while len(status_lines(bytes(sink.out))) < 321 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        conn.connection_lost(None)
+        listener.close()
+        return states, bytes(sink.out), sink.reading
+
+    states, out, reading = asyncio.run(main())
+    kb = 1024
+    assert states == [(64 * kb, True), (128 * kb, True), (192 * kb, True), (256 * kb, True), (320 * kb, False)]
+    assert status_lines(out) == [b"HTTP/1.1 200 OK"] + [b"HTTP/1.1 200 GET /%04d" % i for i in range(320)]
+    assert reading                          # reading again once the held bytes were parsed
