@@ -1036,3 +1036,24 @@ def test_bytes_read_while_a_request_waits_are_held_up_to_a_bound():
     assert states == [(64 * kb, True), (128 * kb, True), (192 * kb, True), (256 * kb, True), (320 * kb, False)]
     assert status_lines(out) == [b"HTTP/1.1 200 OK"] + [b"HTTP/1.1 200 GET /%04d" % i for i in range(320)]
     assert reading                          # reading again once the held bytes were parsed
+
+
+@pytest.mark.parametrize("before", [b"", b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n"], ids=["first", "second"])
+def test_a_stolen_request_hands_over_the_requests_pipelined_after_it(start, before):
+    """The program gets exactly the bytes read past the stolen request, whole requests pipelined in
+    the same read included (and nothing of the ones before it, answered first)."""
+    srv = start(STEAL)
+    after = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nab"
+    with srv.connect() as sock:
+        sock.sendall(before + b"GET /steal/echo HTTP/1.1\r\nHost: a\r\n\r\n" + after)
+        sock.settimeout(10)
+        got = b""
+        while not got.endswith(after):
+            chunk = sock.recv(65536)
+            assert chunk, got
+            got += chunk
+        if before:
+            assert got.startswith(b"HTTP/1.1 200 plain\r\n") and got.count(b"HTTP/1.1 200") == 1
+            got = got[got.index(b"GET /next"):]
+        assert got == after
+        wait_for(lambda: srv.server.counters.steal_ok == 1, what="the steal counted")
