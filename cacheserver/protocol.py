@@ -674,7 +674,7 @@ class ClientProtocol(asyncio.Protocol):
         self._refuse(BAD_REQUEST)
 
     def _refusal_transaction(self, records: list, status: str, reason: str, head_bytes: int,
-                             sent: int, vcl: bool = False) -> tuple[int, list]:
+                             sent: int, vcl: bool) -> tuple[int, list]:
         """The request transaction of a head refused before vcl_recv (its vxid and records), written
         once the refusal is sent."""
         server = self.server

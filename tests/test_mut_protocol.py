@@ -823,6 +823,10 @@ def test_refused_heads_are_logged_and_counted_as_varnishd(start):
         (b"GET\r\n\r\n", b"HTTP/1.1 400 Bad Request", "RX_JUNK", [
             ("HttpGarbage", "GET\r\n\r\n"), ("RespProtocol", "HTTP/1.1"), ("RespStatus", "400"),
             ("RespReason", "Bad Request"), ("ReqAcct", "7 0 7 28 0 28"), ("End", "")]),
+        # another expectation: each counts
+        (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: bar\r\n\r\n", b"HTTP/1.1 417 Expectation Failed", "RX_JUNK", [
+            ("VCL_use", "vcl1"), ("RespProtocol", "HTTP/1.1"), ("RespStatus", "417"),
+            ("RespReason", "Expectation Failed"), ("ReqAcct", "40 0 40 35 0 35"), ("End", "")]),
         # a method that is no token (tests/h1refuse's table, from varnishd 7.1.1's log)
         (b"G\x01ET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 400 Bad Request", "RX_JUNK", [
             ("HttpGarbage", "G\x01ET / HTTP/1.1\r\n\r\n"), ("RespProtocol", "HTTP/1.1"), ("RespStatus", "400"),
@@ -846,9 +850,9 @@ def test_refused_heads_are_logged_and_counted_as_varnishd(start):
         assert abs(float(start_ts) - time.time()) < 60
         assert got[3:] == [(t, x.replace("PORT", str(port))) for t, x in records]
         assert srv.log.kinds[sess] == srv.log.kinds[req] == {"c"}
-    assert (c.client_req_400, c.client_req_417, c.client_req) == (4, 1, 2)
-    assert (c.s_req_hdrbytes, c.s_resp_hdrbytes) == (106 + 19, 119 + 28)
-    assert (c.sc_rx_junk, c.sc_rx_bad, c.sess_closed_err) == (4, 1, 5)
+    assert (c.client_req_400, c.client_req_417, c.client_req) == (4, 2, 3)
+    assert (c.s_req_hdrbytes, c.s_resp_hdrbytes) == (106 + 40 + 19, 119 + 35 + 28)
+    assert (c.sc_rx_junk, c.sc_rx_bad, c.sess_closed_err) == (5, 1, 6)
 
 
 async def _use_vcl1(server) -> None:
@@ -864,6 +868,8 @@ def test_a_100_continue_is_logged_and_counted_with_the_response_head(start):
     c = srv.server.counters
     head = b"POST /body HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
     with srv.connect() as sock:
+        sock.sendall(b"GET /before HTTP/1.1\r\nHost: a\r\n\r\n")
+        before = len(read_response(sock)[0])
         sock.sendall(head)
         interim = b""
         while not interim.endswith(b"\r\n\r\n"):
@@ -873,16 +879,16 @@ def test_a_100_continue_is_logged_and_counted_with_the_response_head(start):
         final, body = read_response(sock)
     assert status(final) == b"HTTP/1.1 200 got 3"
     final_head = len(final)
-    wait_for(lambda: srv.log.texts("ReqAcct"), what="the request's ReqAcct")
+    wait_for(lambda: len(srv.log.texts("ReqAcct")) == 2, what="the request's ReqAcct")
     records = [(t, x) for _, t, x in list(srv.log.records)]
-    at = records.index(("VCL_call", "RECV"))
+    at = len(records) - 1 - records[::-1].index(("VCL_call", "RECV"))     # the second request's
     assert records[at + 1:at + 5] == [("Storage", "malloc Transient"), ("RespProtocol", "HTTP/1.1"),
                                       ("RespStatus", "100"), ("RespReason", "Continue")]
     assert records[at + 5][1].startswith("ReqBody: ")
     req_head = len(head)        # (69 in varnishd's run, whose URL was "/")
-    assert srv.log.texts("ReqAcct") == [f"{req_head} 3 {req_head + 3} {25 + final_head} {len(body)} "
-                                        f"{25 + final_head + len(body)}"]
-    assert c.s_resp_hdrbytes == 25 + final_head
+    assert srv.log.texts("ReqAcct")[1] == f"{req_head} 3 {req_head + 3} {25 + final_head} {len(body)} " \
+                                          f"{25 + final_head + len(body)}"
+    assert c.s_resp_hdrbytes == before + 25 + final_head
 
 
 def test_std_cache_req_body_logs_and_rewrites_the_request_as_varnishd(start):
