@@ -851,14 +851,19 @@ class ClientProtocol(asyncio.Protocol):
                 ok = False
         if not ok:
             request.body_failed = True
-            if body.error and "too big" in body.error:
-                request.ctx.log.append(("FetchError", body.error))
-                if body.length is None:
-                    request._ts("ReqBody")      # read up to the limit (vrb_pull)
-            elif body.error:
-                # varnishd's words for a body that broke off (its fetch processor's)
-                request.ctx.log.append(("FetchError", "straight insufficient bytes" if body.length is not None
-                                        else f"chunked read error: {body.error}"))
+            error = body.error
+            if error:
+                if "too big" in error or error == "Could not get storage":
+                    message = error
+                elif error == "client closed the connection":
+                    # varnishd's words for a body that broke off (its fetch processors')
+                    message = ("straight" if body.length is not None else "chunked") + " insufficient bytes"
+                else:
+                    message = ("straight insufficient bytes" if body.length is not None
+                               else f"chunked read error: {error}")
+                request.ctx.log.append(("FetchError", message))
+                if body.length is None or "too big" not in error:
+                    request._ts("ReqBody")      # read up to where it stopped (vrb_pull)
         elif body.present:
             request._ts("ReqBody")
             if body.length != length:

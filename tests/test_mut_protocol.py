@@ -1063,3 +1063,42 @@ def test_a_stolen_request_hands_over_the_requests_pipelined_after_it(start, befo
             got = got[got.index(b"GET /next"):]
         assert got == after
         wait_for(lambda: srv.server.counters.steal_ok == 1, what="the steal counted")
+
+
+def test_std_cache_req_body_that_fails_is_logged_as_varnishd():
+    """varnishd 7.1 (varnishtest -v, std.cache_req_body(4MB), Transient of 1 MB): a body Transient
+    cannot hold, and bodies the client cuts short, are each a FetchError in varnishd's words, then the
+    ReqBody timestamp; the connection closes unanswered (RX_BODY)."""
+    srv = InProcServer('vcl 4.1;\nimport std;\nbackend b none;\n'
+                       'sub vcl_recv { set req.http.cached = std.cache_req_body(4MB);\n'
+                       ' return (synth(200, "c " + req.http.cached)); }\n', storage=["Transient=malloc,1m"])
+    try:
+        _cache_req_body_fails(srv)
+    finally:
+        srv.stop()
+
+
+def _cache_req_body_fails(srv: InProcServer) -> None:
+    srv.server.set_xid(999)
+    sends = [b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n" + b"x" * 2000000,
+             b"POST /cut HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+             b"POST /cutc HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"]
+    for data in sends:
+        with srv.connect() as sock:
+            sock.sendall(data)
+            if b"/cut" in data:
+                sock.shutdown(socket.SHUT_WR)         # the client gives up on its body
+            assert read_all(sock) == b""
+    wait_for(lambda: (1004, "End", "") in srv.log.records, what="the last session's End")
+    log = list(srv.log.records)
+
+    def in_recv(vxid):
+        records = [(t, x.split(":")[0] if t == "Timestamp" else x) for v, t, x in log if v == vxid]
+        return records[records.index(("VCL_call", "RECV")) + 1:records.index(("VCL_return", "synth"))]
+
+    for vxid, error in ((1001, "Could not get storage"), (1003, "straight insufficient bytes"),
+                        (1005, "chunked insufficient bytes")):
+        assert in_recv(vxid) == [("Storage", "malloc Transient"), ("FetchError", error), ("Timestamp", "ReqBody"),
+                                 ("ReqHeader", "cached: false")]
+    assert [x.split()[1:3] for v, t, x in log if v in (1003, 1005) and t == "ReqAcct"] == [["3", "54"], ["2", "62"]]
+    assert [x.split()[0] for v, t, x in log if t == "SessClose"] == ["RX_BODY"] * 3
