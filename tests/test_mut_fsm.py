@@ -763,6 +763,7 @@ def test_each_state_acts_alike_whether_its_subroutine_waits_or_not(make, waits):
     # vcl_purge's synth, and the purge itself
     status, h, _ = cache.get("/a", method="PURGE")
     assert (status, h["synthed"], c.n_purges) == (705, "705", 1)
+    assert cache.get("/gone", method="PURGE")[0] == 705 and c.n_purges == 2      # each counts
     fetched = len(backend.requests)
     cache.get("/a")
     assert len(backend.requests) == fetched + 1
@@ -948,3 +949,18 @@ def test_a_hit_on_an_object_still_streaming_logs_its_bytes_so_far(make, announce
     xid, ttl, grace, keep, *streaming = hit.split()
     assert (xid, grace, keep) == ("1003", "10.000000", "0.000000") and 119 < float(ttl) <= 120   # (its bereq)
     assert streaming == (["3", "6"] if announced else ["3"])
+
+
+def test_hash_data_hashes_the_bytes_as_received(make):
+    """HSH_AddString hashes a string's bytes as they are (varnishd has no notion of text encodings): a
+    header that is not UTF-8 is hashed byte for byte, logged as a Hash record and found again."""
+    import hashlib
+
+    cache, _ = make('vcl 4.1;\nimport blob;\nBACKEND\nsub vcl_recv { return (hash); }\n'
+                    'sub vcl_hash { hash_data(req.http.x + "-"); hash_data(req.http.x); return (lookup); }\n'
+                    'sub vcl_deliver { set resp.http.hash = blob.encode(HEX, blob=req.hash); }\n',
+                    None, "-p", "vsl_mask=+Hash")
+    for _ in range(2):
+        head, _, _ = raw(cache, b"GET /u HTTP/1.1\r\nHost: h\r\nx: \xff\xfe\r\n\r\n")
+        assert b"\r\nhash: " + hashlib.sha256(b"\xff\xfe-\0\xff\xfe\0").hexdigest().encode() + b"\r\n" in head
+    assert b"\r\nX-Varnish: " in head and head.split(b"\r\nX-Varnish: ")[1].split(b"\r\n")[0].count(b" ") == 1
