@@ -1102,3 +1102,52 @@ def _cache_req_body_fails(srv: InProcServer) -> None:
                                  ("ReqHeader", "cached: false")]
     assert [x.split()[1:3] for v, t, x in log if v in (1003, 1005) and t == "ReqAcct"] == [["3", "54"], ["2", "62"]]
     assert [x.split()[0] for v, t, x in log if t == "SessClose"] == ["RX_BODY"] * 3
+
+
+def test_bytes_that_arrive_while_a_pipe_opens_go_to_the_backend_after_the_request():
+    """return (pipe): what the client sends while the pipe is being opened is held, then sent on to the
+    backend right after the request, as varnishd's pipe copies whatever follows the request."""
+    from cacheserver.protocol import ClientProtocol
+    from cacheserver.server import Server
+
+    async def main():
+        got = bytearray()
+        done = asyncio.Event()
+
+        async def backend(reader, writer):
+            while not got.endswith(b"bytes, then more"):
+                data = await reader.read(65536)
+                if not data:
+                    break
+                got.extend(data)
+            done.set()
+            writer.close()
+
+        listener = await asyncio.start_server(backend, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        srv = Server()
+        srv.vsl = RecordingLog()
+        srv.vcl_load("boot", f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{port}"; }}\n'
+                             'sub vcl_recv { return (pipe); }\n', "<inline>")
+        conn = ClientProtocol(srv)
+        sink = _Sink()
+        conn.connection_made(sink)
+        conn.data_received(b"GET /p HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert conn.busy
+        conn.data_received(b"h" * 200_000)                 # before the pipe is open: held, past
+        conn.data_received(b"eld bytes" * 10_000)          # 256 KB the connection stops reading
+        assert conn.held_size == 290_000 and not sink.reading
+        for _ in range(1000):
+            if conn.pipe_to is not None:
+                break
+            await asyncio.sleep(0.005)
+        assert sink.reading                                # the held bytes went on: reading again
+        conn.data_received(b", then more")                 # once open: straight through
+        await asyncio.wait_for(done.wait(), 10)
+        conn.connection_lost(None)
+        listener.close()
+        return bytes(got)
+
+    got = asyncio.run(main())
+    head, _, rest = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"GET /p HTTP/1.1\r\n") and rest == b"h" * 200_000 + b"eld bytes" * 10_000 + b", then more"
