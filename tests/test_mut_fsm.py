@@ -964,3 +964,20 @@ def test_hash_data_hashes_the_bytes_as_received(make):
         head, _, _ = raw(cache, b"GET /u HTTP/1.1\r\nHost: h\r\nx: \xff\xfe\r\n\r\n")
         assert b"\r\nhash: " + hashlib.sha256(b"\xff\xfe-\0\xff\xfe\0").hexdigest().encode() + b"\r\n" in head
     assert b"\r\nX-Varnish: " in head and head.split(b"\r\nX-Varnish: ")[1].split(b"\r\n")[0].count(b" ") == 1
+
+
+def test_pipes_open_at_once_are_each_counted_in_n_pipe(make):
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (pipe); }\n',
+                    lambda req: Resp(body=b"piped", linger=True))
+    c = cache.proc.server.counters
+    socks = [cache.proc.connect() for _ in range(2)]
+    try:
+        for n, sock in enumerate(socks, 1):
+            sock.sendall(b"GET /p HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert read_message(sock)[1] == b"piped"
+            wait_for(lambda: c.n_pipe == n, what=f"{n} pipes open")  # noqa: B023
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_for(lambda: c.n_pipe == 0, what="the pipes closed")
+    assert c.s_pipe == 2 and c.sc_tx_pipe == 2
