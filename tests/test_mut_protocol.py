@@ -16,6 +16,7 @@ from serverproc import read_all, read_response
 from test_cache_support import Backend, Resp, read_message
 
 from cacheserver.http1 import BAD_REQUEST
+from cacheserver.stevedores import TRANSIENT
 
 ECHO = """vcl 4.1;
 import std;
@@ -937,6 +938,9 @@ def test_std_cache_req_body_logs_and_rewrites_the_request_as_varnishd(start):
         n = len(chunked_head)
         assert [x for v, t, x in log if v == 1006 and t == "ReqAcct"] == [f"{n} 4 {n + 4} 0 0 0"]
         assert [x.split()[0] for v, t, x in log if v in (1000, 1005) and t == "SessClose"] == ["RX_BODY"] * 2
+        # each cached body's Transient storage was given back when its request ended
+        transient = srv.server.storage.stevedores[TRANSIENT]
+        wait_for(lambda: transient.bytes == 0 and transient.allocs == 0, what="Transient empty again")
     finally:
         backend.close()
 
