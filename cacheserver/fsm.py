@@ -454,10 +454,10 @@ class ClientRequest(Delivery, EsiRequest):
                     digest.update(b"\0" if p is None else p.encode("utf-8", "surrogateescape"))
                     if log_hash and p is not None:
                         ctx.log.append(("Hash", p))
-            else:
-                digest.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
+            else:                     # a str (rtlib.hash_data; an unset one is "\0")
+                digest.update(part.encode("utf-8", "surrogateescape"))
                 if log_hash and part != "\0":
-                    ctx.log.append(("Hash", part if isinstance(part, str) else part.decode("latin-1")))
+                    ctx.log.append(("Hash", part))
             digest.update(b"\0")      # varnishd's field separator (HSH_AddString(NULL))
         return digest.digest()
 
