@@ -981,3 +981,25 @@ def test_pipes_open_at_once_are_each_counted_in_n_pipe(make):
             sock.close()
     wait_for(lambda: c.n_pipe == 0, what="the pipes closed")
     assert c.s_pipe == 2 and c.sc_tx_pipe == 2
+
+
+def test_each_grace_hit_counts_while_the_refresh_is_under_way(make):
+    release = threading.Event()
+    n = iter(range(1, 100))
+
+    def respond(req):
+        version = next(n)
+        if version > 1:
+            release.wait(10)            # the background refresh takes its time
+        return Resp(body=b"v%d" % version)
+
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_backend_response { set beresp.ttl = 0.1s; set beresp.grace = 1h; }\n",
+                          respond)
+    c = cache.proc.server.counters
+    try:
+        assert cache.get("/g")[2] == b"v1"
+        wait_for(lambda: cache.get("/g")[2] == b"v1" and c.cache_hit_grace == 1, what="a first grace hit")
+        wait_for(lambda: len(backend.requests) == 2, what="the background refresh")
+        assert cache.get("/g")[2] == b"v1" and c.cache_hit_grace == 2 and len(backend.requests) == 2
+    finally:
+        release.set()
