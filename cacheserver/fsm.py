@@ -239,7 +239,10 @@ class ClientRequest(Delivery, EsiRequest):
         now = time.time()
         req = self.acct_req
         hdr, body = self.acct_hdr + self.acct_continue, self.acct_body
-        rx = self.body.received            # request body bytes read
+        # request body bytes read: on a connection that closes, only what was read (varnishd leaves
+        # the rest unread); one kept open reads it all
+        rx = self.body.received if self.keep_alive else self.body.taken
+        self.server.counters.s_req_bodybytes += rx     # varnishd sums ReqAcct's into it
         if self.vsl_tail is not None:
             # a template hit: its last records from the template's payload (deliver.py)
             template, values = self.vsl_tail
@@ -402,8 +405,8 @@ class ClientRequest(Delivery, EsiRequest):
             return done.value
 
     def _switch_vcl(self, action: Action) -> bool:
-        label = action.args[0] if action.args else None
-        target = self.server.vcl_labels.get(label) if isinstance(label, str) else label
+        label = action.args[0]              # VCC gives return (vcl(...)) its label's name
+        target = self.server.vcl_labels.get(label)
         if target is None:
             return False
         if self.vcl0 is None:
@@ -420,8 +423,7 @@ class ClientRequest(Delivery, EsiRequest):
             req = self.received.copy()
             req.headers.vsl = (ctx.log, "ReqHeader", "ReqUnset")
             ctx.req = ctx.req_top = req
-        self.ctx.backend_hint = target.default_backend
-        return True
+        return True                         # (_recv_setup then takes the new VCL's default backend)
 
     def _recv_continue(self, action: Action) -> None:
         """A client waiting on `Expect: 100-continue` gets it once vcl_recv is done, unless VCL
@@ -452,10 +454,10 @@ class ClientRequest(Delivery, EsiRequest):
                     digest.update(b"\0" if p is None else p.encode("utf-8", "surrogateescape"))
                     if log_hash and p is not None:
                         ctx.log.append(("Hash", p))
-            else:
-                digest.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
+            else:                     # a str (rtlib.hash_data; an unset one is "\0")
+                digest.update(part.encode("utf-8", "surrogateescape"))
                 if log_hash and part != "\0":
-                    ctx.log.append(("Hash", part if isinstance(part, str) else part.decode("latin-1")))
+                    ctx.log.append(("Hash", part))
             digest.update(b"\0")      # varnishd's field separator (HSH_AddString(NULL))
         return digest.digest()
 
@@ -666,7 +668,8 @@ class ClientRequest(Delivery, EsiRequest):
         bereq.headers.set("Connection", "close")
         ctx.bereq = bereq
         ctx.bereq_backend = ctx.backend_hint
-        self.pipe_xid = server.next_xid()    # the pipe's backend transaction
+        self.pipe_xid = server.next_xid()    # the pipe's backend transaction, linked before vcl_pipe
+        ctx.log.append(("Link", f"bereq {self.pipe_xid} pipe"))
         action = await self.acall("vcl_pipe")
         if action.name != "pipe":
             return self._common(action)
@@ -674,8 +677,7 @@ class ClientRequest(Delivery, EsiRequest):
         limit = server.params.pipe_sess_max
         if limit and counters.n_pipe >= limit:
             counters.pipe_limited += 1
-            self.keep_alive = False
-            return self._to_synth(503, "")
+            return self._fail_state()          # varnishd: 503 "VCL failed", closed as VCL_FAILURE
         counters.n_pipe += 1
         try:
             await pipe_request(self)

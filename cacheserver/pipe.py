@@ -107,10 +107,10 @@ async def pipe_request(request: ClientRequest) -> None:
 
 
 def _log_pipe(request: ClientRequest, bereq, backend, writer: asyncio.StreamWriter) -> None:
-    """The pipe's backend transaction: linked from the request, written at its end (Begin first)."""
+    """The pipe's backend transaction (the request linked it before vcl_pipe), written at its end
+    (Begin first)."""
     ctx = request.ctx
     xid = request.pipe_xid
-    ctx.log.append(("Link", f"bereq {xid} pipe"))
     sock = writer.get_extra_info("socket")
     local = writer.get_extra_info("sockname") or ("-", "-")
     request.pipe_fd = sock.fileno() if sock is not None else -1

@@ -631,11 +631,11 @@ class ClientProtocol(asyncio.Protocol):
             # logged and counted as sent whatever the write does (http1_minimal_response)
             request.ctx.log.append(("RespProtocol", "HTTP/1.1\0RespStatus 100\0RespReason Continue"))
             request.acct_continue += len(CONTINUE_100)
+            self.server.counters.s_resp_hdrbytes += len(CONTINUE_100)    # varnishd sums ReqAcct's into it
         if self.transport is not None and not self.closed:
             self.transport.write(CONTINUE_100)
 
     def on_body(self, body: bytes) -> None:
-        self.server.counters.s_req_bodybytes += len(body)
         if self._sink is not None:
             self._sink.feed(body)
 
@@ -674,7 +674,7 @@ class ClientProtocol(asyncio.Protocol):
         self._refuse(BAD_REQUEST)
 
     def _refusal_transaction(self, records: list, status: str, reason: str, head_bytes: int,
-                             sent: int, vcl: bool = False) -> tuple[int, list]:
+                             sent: int, vcl: bool) -> tuple[int, list]:
         """The request transaction of a head refused before vcl_recv (its vxid and records), written
         once the refusal is sent."""
         server = self.server
@@ -851,17 +851,30 @@ class ClientProtocol(asyncio.Protocol):
                 ok = False
         if not ok:
             request.body_failed = True
-            if body.error and "too big" not in body.error:
-                # varnishd's words for a body that broke off (its fetch processor's)
-                request.ctx.log.append(("FetchError", "straight insufficient bytes" if body.length is not None
-                                        else f"chunked read error: {body.error}"))
+            error = body.error
+            if error:
+                if "too big" in error or error == "Could not get storage":
+                    message = error
+                elif error == "client closed the connection":
+                    # varnishd's words for a body that broke off (its fetch processors')
+                    message = ("straight" if body.length is not None else "chunked") + " insufficient bytes"
+                else:
+                    message = ("straight insufficient bytes" if body.length is not None
+                               else f"chunked read error: {error}")
+                request.ctx.log.append(("FetchError", message))
+                if body.length is None or "too big" not in error:
+                    request._ts("ReqBody")      # read up to where it stopped (vrb_pull)
         elif body.present:
             request._ts("ReqBody")
             if body.length != length:
                 # as vrb_pull: a body that came chunked now says how long it is
                 headers = request.ctx.req.headers
+                chunked = headers.get("Transfer-Encoding")
                 headers.unset("Transfer-Encoding")
                 headers.set("Content-Length", str(length))
+                if chunked is not None:      # varnishd 7.1 logs it twice (vrb_pull, then VRB_Cache)
+                    request.ctx.log += (("ReqUnset", "Transfer-Encoding: " + chunked),
+                                        ("ReqHeader", f"Content-Length: {length}"))
         return ok
 
     def _end_body(self, request: ClientRequest) -> None:

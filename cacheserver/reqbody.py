@@ -45,6 +45,7 @@ class ReqBody:
         self._paused = False
         self._waiter: asyncio.Future | None = None
         self.received = 0                   # body bytes seen so far
+        self.taken = 0                      # body bytes handed to a reader (cached, sent on, discarded)
         self.done = length == 0             # every byte has arrived
         self.error: str | None = None       # why the body broke off
         self.state = "none" if length == 0 else "unread"   # unread | taken | cached | ignored | none
@@ -126,6 +127,7 @@ class ReqBody:
                 self._waiter = None
         data = self._chunks.popleft()
         self._held -= len(data)
+        self.taken += len(data)
         if self._paused and self._held <= HIGH_WATER // 2:
             self._paused = False
             if self._resume is not None:

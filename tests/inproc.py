@@ -21,7 +21,7 @@ from test_cache_support import CLI, Backend, Cache, caches_of
 
 from cacheserver.admin import start_admin
 from cacheserver.server import ListenSpec, Server
-from cacheserver.vsl import DEFAULT_MASK
+from cacheserver.vsl import DEFAULT_MASK, masked_tags
 
 START_TIMEOUT = 15.0     # seconds for the server to start, stop, or answer a call on its loop
 
@@ -33,17 +33,22 @@ class RecordingLog:
     """
 
     closed = False
+    params = None           # the server's parameters, once it is set up: vsl_mask as the real writer reads it
 
     def __init__(self) -> None:
         self.records: collections.deque[tuple[int, str, str]] = collections.deque(maxlen=100_000)
         self.writes: collections.Counter[int] = collections.Counter()     # write() calls per vxid
+        self.kinds: dict[int, set[str]] = {}        # the kinds ("c" client, "b" backend) written per vxid
 
     def wants(self, tag: str) -> bool:
-        """As the real writer with vsl_mask's default."""
-        return tag not in DEFAULT_MASK
+        """As the real writer: vsl_mask's tags are not wanted (its default before the server is set up)."""
+        if self.params is None:
+            return tag not in DEFAULT_MASK
+        return tag not in masked_tags(self.params.vsl_mask)
 
     def write(self, vxid: int, kind: str, records: list, tail: bytes = b"") -> None:
         self.writes[vxid] += 1
+        self.kinds.setdefault(vxid, set()).add(kind)
         if tail:        # records already encoded (a template hit's): "Tag text" joined by NULs
             tag, _, text = tail.decode("utf-8", "surrogateescape").partition(" ")
             records = [*records, (tag, text)]
@@ -81,6 +86,7 @@ class InProcServer:
                  admin_secret: Path | None = None, filename: str = "<inline>") -> None:
         self.server = Server()
         self.log = self.server.vsl = RecordingLog()
+        self.log.params = self.server.params
         for name, value in (params or {}).items():
             self.server.params.set(name, value)
         if storage:

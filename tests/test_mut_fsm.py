@@ -63,14 +63,15 @@ def test_a_request_for_a_busy_object_waits_and_gets_the_fetched_one(make):
     first = threading.Thread(target=lambda: results.append(cache.get("/w")))
     first.start()
     wait_for(lambda: backend.requests, what="the first fetch")
-    second = threading.Thread(target=lambda: results.append(cache.get("/w")))
-    second.start()
-    wait_for(lambda: counters.busy_sleep == 1, what="the second request on the waiting list")
+    waiting = [threading.Thread(target=lambda: results.append(cache.get("/w"))) for _ in range(2)]
+    for thread in waiting:
+        thread.start()
+    wait_for(lambda: counters.busy_sleep == 2, what="two requests on the waiting list")
     release.set()
-    first.join(10)
-    second.join(10)
-    assert [r[2] for r in results] == [b"once", b"once"] and len(backend.requests) == 1
-    assert counters.busy_wakeup == 1 and counters.cache_hit == 1 and counters.cache_miss == 1
+    for thread in [first, *waiting]:
+        thread.join(10)
+    assert [r[2] for r in results] == [b"once"] * 3 and len(backend.requests) == 1
+    assert counters.busy_wakeup == 2 and counters.cache_hit == 2 and counters.cache_miss == 1
 
 
 def test_a_vcl_failure_at_run_time_is_a_503_and_closes(make):
@@ -437,6 +438,7 @@ def test_debug_syncvsl_writes_a_waiting_request_s_records_before_it_waits(make, 
     log = cache.proc.log
     wait_for(lambda: (101, "End", "") in log.records, what="the request's End")
     assert (log.writes[101] > 1) is synced          # once before each wait, or all at the end
+    assert log.kinds[101] == {"c"}                  # a client transaction, each part
     tags = [tag for vxid, tag, _ in log.records if vxid == 101]
     assert tags[0] == "Begin" and tags.count("Begin") == 1 and tags[-1] == "End"
 
@@ -718,3 +720,286 @@ def test_a_one_byte_body_goes_to_the_backend_and_the_next_request_follows(make):
         sock.sendall(b"GET /n HTTP/1.1\r\nHost: a\r\n\r\n")
         assert read_message(sock)[1] == b"-"
     assert [(r.method, r.url) for r in backend.requests] == [("POST", "/b"), ("GET", "/n")]
+
+
+# A call that awaits (tinykvm.live_update_file of a file that is not there: false at once) makes the
+# subroutine it is in run in the state's coroutine twin (ast_hit, ast_deliver, ...).
+AWAIT = 'if (tinykvm.live_update_file("p", "/nonexistent/p")) { }'
+STATE_SUBS = """
+sub vcl_recv { if (req.method == "PURGE") { return (purge); } }
+sub vcl_hit { WAIT if (req.http.on-hit == "pass") { return (pass); } if (req.http.on-hit == "synth") { return (synth(702, "from hit")); } }
+sub vcl_miss { WAIT if (req.http.on-miss == "pass") { return (pass); } if (req.http.on-miss == "synth") { return (synth(703, "from miss")); } }
+sub vcl_pass { WAIT if (req.http.on-pass == "synth") { return (synth(704, "from pass")); } }
+sub vcl_purge { WAIT return (synth(705, "purged")); }
+sub vcl_deliver { WAIT set resp.http.delivered = req.url; if (req.http.on-deliver == "synth") { return (synth(706, "from deliver")); } }
+sub vcl_synth { WAIT set resp.http.synthed = resp.status; set resp.http.restarts = req.restarts; if (req.http.on-synth == "restart" && req.restarts == 0) { return (restart); } }
+"""
+
+
+@pytest.mark.parametrize("waits", [False, True], ids=["sync", "async"])
+def test_each_state_acts_alike_whether_its_subroutine_waits_or_not(make, waits):
+    vcl = "vcl 4.1;\nimport tinykvm;\nBACKEND\n" + STATE_SUBS.replace("WAIT", AWAIT if waits else "")
+    many = [(f"X-{i}", "v") for i in range(24)]
+    cache, backend = make(vcl, lambda req: Resp(headers=many if req.url == "/many" else [], body=req.url.encode()),
+                          "-p", "http_max_hdr=32")
+    server = cache.proc.server
+    c = server.counters
+    if waits:
+        assert {"vcl_hit", "vcl_miss", "vcl_pass", "vcl_purge", "vcl_deliver", "vcl_synth"} <= server.active_vcl.async_subs
+    # miss, then hit; vcl_deliver's header on both
+    assert cache.get("/a")[::2] == (200, b"/a") and cache.get("/a")[1]["delivered"] == "/a"
+    assert (c.cache_miss, c.cache_hit) == (1, 1)
+    # vcl_hit's pass and synth
+    status, _, body = cache.get("/a", headers={"on-hit": "pass"})
+    assert (status, body, c.cache_hit, c.s_pass) == (200, b"/a", 2, 1)
+    status, h, _ = cache.get("/a", headers={"on-hit": "synth"})
+    assert (status, h["synthed"]) == (702, "702") and c.cache_hit == 2
+    # vcl_miss's pass and synth: no object is left busy, nothing is cached
+    status, _, body = cache.get("/b", headers={"on-miss": "pass"})
+    assert (status, body, c.s_pass, c.cache_miss) == (200, b"/b", 2, 1)
+    assert cache.get("/b", headers={"on-miss": "synth"})[0] == 703
+    # vcl_pass's synth
+    assert cache.get("/a", headers={"on-hit": "pass", "on-pass": "synth"})[0] == 704 and c.cache_hit == 3
+    # vcl_purge's synth, and the purge itself
+    status, h, _ = cache.get("/a", method="PURGE")
+    assert (status, h["synthed"], c.n_purges) == (705, "705", 1)
+    assert cache.get("/gone", method="PURGE")[0] == 705 and c.n_purges == 2      # each counts
+    fetched = len(backend.requests)
+    cache.get("/a")
+    assert len(backend.requests) == fetched + 1
+    # vcl_deliver's synth; vcl_synth's restart goes back to vcl_recv
+    assert cache.get("/a", headers={"on-deliver": "synth"})[0] == 706 and c.cache_hit == 4
+    status, h, _ = cache.get("/a", headers={"on-hit": "synth", "on-synth": "restart"})
+    assert (status, h["synthed"], h["restarts"]) == (702, "702", "1") and c.cache_hit == 4
+    # an object with more headers than http_max_hdr leaves for delivery: a 500
+    status, h, _ = cache.get("/many")
+    assert status == 500 and h["synthed"] == "500" and c.losthdr > 0
+
+
+def test_a_switch_to_a_label_logs_and_rolls_back_as_varnishd(make):
+    """varnishd 7.1 (varnishtest -v): VCL_use "... via LABEL" goes before VCL_return vcl; the request goes
+    back to how it was received (what the first vcl_recv set is gone) and its X-Forwarded-For is made
+    again, logged as such; the labelled VCL's vcl_recv runs next."""
+    cache, _ = make("vcl 4.1;\nbackend default none;\n")
+    first = ('vcl 4.1;\nbackend default none;\n'
+             'sub vcl_recv { return (synth(200, "vcl1 " + req.url + " " + req.http.first + " " + req.http.X-Forwarded-For)); }\n')
+    assert cache.cli.cmd("vcl.inline vcl1 << EOF\n" + first + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.label l1 vcl1")[0] == 200
+    second = ('vcl 4.1;\nbackend default none;\n'
+              'sub vcl_recv { set req.http.first = "yes"; set req.url = "/changed"; return (vcl(l1)); }\n')
+    assert cache.cli.cmd("vcl.inline vcl2 << EOF\n" + second + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use vcl2")[0] == 200
+    cache.cli.cmd("debug.xid 999")
+    head, _, _ = raw(cache, b"GET /orig HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4\r\nHost: h\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"HTTP/1.1 200 vcl1 /orig  1.2.3.4, 127.0.0.1"
+    wait_for(lambda: (1001, "End", "") in cache.proc.log.records, what="the request's End")
+    records = [(tag, text) for vxid, tag, text in list(cache.proc.log.records) if vxid == 1001]
+    at = records.index(("VCL_call", "RECV"))
+    assert records[at:at + 9] == [
+        ("VCL_call", "RECV"), ("ReqHeader", "first: yes"), ("ReqURL", "/changed"), ("VCL_use", "vcl1 via l1"),
+        ("VCL_return", "vcl"), ("ReqUnset", "X-Forwarded-For: 1.2.3.4"),
+        ("ReqHeader", "X-Forwarded-For: 1.2.3.4, 127.0.0.1"), ("VCL_call", "RECV"), ("VCL_return", "synth")]
+
+
+def test_an_esi_include_starts_in_the_vcl_its_top_request_started_in(make):
+    """As tests/vtc/fid_esi_vcl0.vtc (which passes on varnishd 7.1): the top request switches to a
+    label, its ESI include starts in the VCL the top request started in."""
+    def respond(req):
+        if req.url == "/top":
+            return Resp(body=b'<P><esi:include src="/inc"/></P>')
+        return Resp(body=req.url.encode())
+
+    cache, server = make("vcl 4.1;\nbackend default none;\n", respond)
+    backend = f'backend default {{ .host = "127.0.0.1"; .port = "{server.port}"; }}\n'
+    esi = "sub vcl_backend_response { set beresp.do_esi = true; }\n"
+    label = ('vcl 4.1;\n' + backend + esi +
+             'sub vcl_recv { if (req.url == "/inc") { set req.url = "/wrong"; } }\n')
+    assert cache.cli.cmd("vcl.inline lab << EOF\n" + label + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.label lab1 lab")[0] == 200
+    top = ('vcl 4.1;\n' + backend + esi +
+           'sub vcl_recv { if (req.url == "/top") { return (vcl(lab1)); } if (req.url == "/inc") { set req.url = "/right"; } }\n')
+    assert cache.cli.cmd("vcl.inline top << EOF\n" + top + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use top")[0] == 200
+    assert cache.get("/top")[::2] == (200, b"<P>/right</P>")
+
+
+def test_a_pipe_past_pipe_sess_max_is_a_vcl_failure_and_the_pipe_is_logged_as_varnishd(make):
+    """varnishd 7.1 (varnishtest -v, pipe_sess_max=1): the piped bereq keeps the client's headers, its
+    Connection replaced by "Connection: close" after X-Varnish, and vcl_pipe sees bereq.backend; the
+    request links its bereq before vcl_pipe runs. A pipe past pipe_sess_max is a 503 "VCL failed"
+    that closes with VCL_FAILURE, each one counted in pipe_limited."""
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (pipe); }\n'
+                          'sub vcl_pipe { set bereq.http.be = bereq.backend; }\n',
+                          lambda req: Resp(body=b"piped", linger=True), "-p", "pipe_sess_max=1")
+    c = cache.proc.server.counters
+    cache.cli.cmd("debug.xid 999")
+    first = cache.proc.connect()
+    try:
+        first.sendall(b"GET /held HTTP/1.1\r\nConnection: keep-alive\r\nX-A: 1\r\nHost: h\r\n\r\n")
+        assert read_message(first)[1] == b"piped"
+        wait_for(lambda: c.n_pipe == 1, what="one pipe open")
+        assert backend.requests[0].headers == [("X-A", "1"), ("Host", "h"), ("X-Forwarded-For", "127.0.0.1"),
+                                               ("X-Varnish", "1001"), ("Connection", "close"), ("be", "default")]
+        for _ in range(2):
+            head, closed = closes(cache, b"GET /second HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert head.split(b"\r\n")[0] == b"HTTP/1.1 503 VCL failed" and b"Connection: close" in head
+            assert closed
+        wait_for(lambda: c.sc_vcl_failure == 2, what="two closes")
+        assert c.pipe_limited == 2 and c.s_pipe == 3 and c.n_pipe == 1
+    finally:
+        first.close()
+    wait_for(lambda: (1001, "End", "") in cache.proc.log.records, what="the piped request's End")
+    records = [(tag, text) for vxid, tag, text in list(cache.proc.log.records) if vxid == 1001]
+    at = records.index(("VCL_return", "lookup"))
+    assert records[at + 1:at + 4] == [("Link", "bereq 1002 pipe"), ("VCL_call", "PIPE"), ("VCL_return", "pipe")]
+    assert ("SessClose", "VCL_FAILURE") in [(t, x.split()[0]) for _, t, x in list(cache.proc.log.records)
+                                           if t == "SessClose"]
+
+
+def test_a_synth_reads_an_unread_request_body_first_unless_the_connection_closes(make):
+    """varnishd 7.1 (varnishtest -v): before a synth response on a connection kept open, the unread
+    body is read (through a Transient object: Storage, then Timestamp ReqBody); when the request or the
+    response says Connection: close it is left unread."""
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (synth(200, "s " + req.url)); }\n'
+                    'sub vcl_synth { if (req.url == "/close") { set resp.http.connection = "close"; } }\n')
+    cache.cli.cmd("debug.xid 999")
+    with cache.proc.connect() as sock:
+        sock.sendall(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+        assert read_message(sock)[0].startswith(b"HTTP/1.1 200 s /a\r\n")
+        sock.sendall(b"POST /close HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+        assert read_message(sock)[0].startswith(b"HTTP/1.1 200 s /close\r\n")
+        assert sock.recv(1) == b""
+    head, _, _ = raw(cache, b"POST /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc")
+    assert head.startswith(b"HTTP/1.1 200 s /b\r\n")
+    wait_for(lambda: (1004, "End", "") in cache.proc.log.records, what="the last request's End")
+    log = list(cache.proc.log.records)
+
+    def after_synth(vxid):
+        records = [(t, x) for v, t, x in log if v == vxid]
+        at = records.index(("VCL_return", "deliver"))
+        return [(t, x if t == "Storage" else x.split(":")[0]) for t, x in records[at + 1:]
+                if t in ("Storage", "Timestamp")], records[-2][1].split()[1]
+
+    read = [("Timestamp", "Process"), ("Storage", "malloc Transient"), ("Timestamp", "ReqBody"),
+            ("Storage", "malloc Transient"), ("Timestamp", "Resp")]
+    unread = [("Timestamp", "Process"), ("Storage", "malloc Transient"), ("Timestamp", "Resp")]
+    assert [after_synth(vxid) for vxid in (1001, 1002, 1004)] == [(read, "3"), (unread, "0"), (unread, "0")]
+    assert cache.proc.server.counters.s_req_bodybytes == 3       # the sum of ReqAcct's, as varnishd's
+
+
+@pytest.mark.parametrize("mask", ["+Hash", "default"])
+def test_hash_data_of_a_concatenation_hashes_its_parts_apart(make, mask):
+    """As tests/vtc/fid_hash_strands.vtc (which passes on varnishd 7.1): each part of a hash_data()
+    concatenation is hashed on its own, an unset one as a NUL byte, and logged as a Hash record when
+    vsl_mask lets Hash through; the digest (req.hash) is varnishd's."""
+    cache, _ = make('vcl 4.1;\nimport blob;\nBACKEND\nsub vcl_recv { return (hash); }\n'
+                    'sub vcl_hash { hash_data("a" + req.http.nosuch + "b" + req.http.x); hash_data(req.http.nosuch);'
+                    ' hash_data(req.url); return (lookup); }\n'
+                    'sub vcl_deliver { set resp.http.hash = blob.encode(HEX, blob=req.hash); }\n',
+                    None, "-p", f"vsl_mask={mask}")
+    cache.cli.cmd("debug.xid 1000")
+    status, h, _ = cache.get("/u", headers={"x": "yz"})
+    # sha256 of "a" NUL "b" "yz" NUL, NUL NUL, "/u" NUL
+    assert (status, h["hash"]) == (200, "54669dd08042ddf949a543f0e6236af03ea07128ca1b16680b91fa69354c3959")
+    wait_for(lambda: (1002, "End", "") in cache.proc.log.records, what="the request's End")
+    hashes = [text for vxid, tag, text in list(cache.proc.log.records) if vxid == 1002 and tag == "Hash"]
+    assert hashes == (["a", "b", "yz", "/u"] if mask == "+Hash" else [])
+    # the same digest from plain strings: the object is found again
+    assert cache.get("/u", headers={"x": "yz"})[1]["x-varnish"].count(" ") == 1
+
+
+def test_the_built_in_hash_is_logged_part_by_part(make):
+    """varnishd 7.1 with vsl_mask=+Hash: the built-in vcl_hash logs req.url, then the Host."""
+    cache, _ = make("vcl 4.1;\nBACKEND\n", None, "-p", "vsl_mask=+Hash")
+    cache.cli.cmd("debug.xid 1000")
+    cache.get("/p")
+    wait_for(lambda: (1002, "End", "") in cache.proc.log.records, what="the request's End")
+    assert [text for vxid, tag, text in list(cache.proc.log.records) if vxid == 1002 and tag == "Hash"] == \
+        ["/p", "test"]
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["content-length", "to-eof"])
+def test_a_hit_on_an_object_still_streaming_logs_its_bytes_so_far(make, announced):
+    """varnishd 7.1 (varnishtest -v): the Hit record of an object whose body is still arriving adds the
+    bytes fetched so far, then the length the backend announced, if it did ("Hit 1002 118.4 10 0 5 8")."""
+    release = threading.Event()
+
+    def pieces():
+        yield b"abc"
+        release.wait(10)
+        yield b"def"
+
+    cache, _ = make("vcl 4.1;\nBACKEND\n", lambda req: Resp(body_gen=pieces, length=6 if announced else None,
+                                                           close=not announced))
+    cache.cli.cmd("debug.xid 999")
+    first, second = cache.proc.connect(), cache.proc.connect()
+    try:
+        first.sendall(b"GET /s HTTP/1.1\r\nHost: h\r\n\r\n")
+        got = b""
+        while not got.endswith(b"abc") and b"3\r\nabc\r\n" not in got:
+            got += first.recv(100)
+        second.sendall(b"GET /s HTTP/1.1\r\nHost: h\r\n\r\n")
+        wait_for(lambda: cache.proc.server.counters.cache_hit == 1, what="the second request's hit")
+    finally:
+        release.set()
+        first.close()
+        second.close()
+    wait_for(lambda: (1004, "End", "") in cache.proc.log.records, what="the second request's End")
+    (hit,) = [x for v, t, x in list(cache.proc.log.records) if v == 1004 and t == "Hit"]
+    xid, ttl, grace, keep, *streaming = hit.split()
+    assert (xid, grace, keep) == ("1003", "10.000000", "0.000000") and 119 < float(ttl) <= 120   # (its bereq)
+    assert streaming == (["3", "6"] if announced else ["3"])
+
+
+def test_hash_data_hashes_the_bytes_as_received(make):
+    """HSH_AddString hashes a string's bytes as they are (varnishd has no notion of text encodings): a
+    header that is not UTF-8 is hashed byte for byte, logged as a Hash record and found again."""
+    import hashlib
+
+    cache, _ = make('vcl 4.1;\nimport blob;\nBACKEND\nsub vcl_recv { return (hash); }\n'
+                    'sub vcl_hash { hash_data(req.http.x + "-"); hash_data(req.http.x); return (lookup); }\n'
+                    'sub vcl_deliver { set resp.http.hash = blob.encode(HEX, blob=req.hash); }\n',
+                    None, "-p", "vsl_mask=+Hash")
+    for _ in range(2):
+        head, _, _ = raw(cache, b"GET /u HTTP/1.1\r\nHost: h\r\nx: \xff\xfe\r\n\r\n")
+        assert b"\r\nhash: " + hashlib.sha256(b"\xff\xfe-\0\xff\xfe\0").hexdigest().encode() + b"\r\n" in head
+    assert b"\r\nX-Varnish: " in head and head.split(b"\r\nX-Varnish: ")[1].split(b"\r\n")[0].count(b" ") == 1
+
+
+def test_pipes_open_at_once_are_each_counted_in_n_pipe(make):
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (pipe); }\n',
+                    lambda req: Resp(body=b"piped", linger=True))
+    c = cache.proc.server.counters
+    socks = [cache.proc.connect() for _ in range(2)]
+    try:
+        for n, sock in enumerate(socks, 1):
+            sock.sendall(b"GET /p HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert read_message(sock)[1] == b"piped"
+            wait_for(lambda: c.n_pipe == n, what=f"{n} pipes open")  # noqa: B023
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_for(lambda: c.n_pipe == 0, what="the pipes closed")
+    assert c.s_pipe == 2 and c.sc_tx_pipe == 2
+
+
+def test_each_grace_hit_counts_while_the_refresh_is_under_way(make):
+    release = threading.Event()
+    n = iter(range(1, 100))
+
+    def respond(req):
+        version = next(n)
+        if version > 1:
+            release.wait(10)            # the background refresh takes its time
+        return Resp(body=b"v%d" % version)
+
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_backend_response { set beresp.ttl = 0.1s; set beresp.grace = 1h; }\n",
+                          respond)
+    c = cache.proc.server.counters
+    try:
+        assert cache.get("/g")[2] == b"v1"
+        wait_for(lambda: cache.get("/g")[2] == b"v1" and c.cache_hit_grace == 1, what="a first grace hit")
+        wait_for(lambda: len(backend.requests) == 2, what="the background refresh")
+        assert cache.get("/g")[2] == b"v1" and c.cache_hit_grace == 2 and len(backend.requests) == 2
+    finally:
+        release.set()

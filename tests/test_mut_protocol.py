@@ -16,6 +16,7 @@ from serverproc import read_all, read_response
 from test_cache_support import Backend, Resp, read_message
 
 from cacheserver.http1 import BAD_REQUEST
+from cacheserver.stevedores import TRANSIENT
 
 ECHO = """vcl 4.1;
 import std;
@@ -337,7 +338,8 @@ def test_request_byte_counters(start):
         sock.sendall(head + b"hello")
         h, _ = read_response(sock)
     assert status(h) == b"HTTP/1.1 200 got 5"
-    assert c.s_req_bodybytes == 5 and c.s_req_hdrbytes == len(head)
+    wait_for(lambda: c.s_req_bodybytes == 5, what="the body bytes, counted when the request ends")
+    assert c.s_req_hdrbytes == len(head)
     assert c.client_req == 1
 
 
@@ -612,13 +614,14 @@ def test_a_steal_whose_program_fails_is_a_vcl_failure_and_the_server_goes_on(sta
     srv = start(STEAL)
     srv.server.programs.search_dirs = [tmp_path]
     c = srv.server.counters
-    with srv.connect() as sock:
-        sock.sendall(f"GET /steal/{program} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
-        head, _ = read_response(sock)
-        assert status(head) == b"HTTP/1.1 503 VCL failed"
-        assert closed_by_server(sock)
-    wait_for(lambda: c.sc_vcl_failure == 1, timeout=10, what="sc_vcl_failure")
-    assert c.steal_failed == 1 and c.steal_ok == 0
+    for n in (1, 2):                            # each failure counts
+        with srv.connect() as sock:
+            sock.sendall(f"GET /steal/{program} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+            head, _ = read_response(sock)
+            assert status(head) == b"HTTP/1.1 503 VCL failed"
+            assert closed_by_server(sock)
+        wait_for(lambda: c.sc_vcl_failure == n, timeout=10, what="sc_vcl_failure")  # noqa: B023
+    assert c.steal_failed == 2 and c.steal_ok == 0
     assert any(f"program '{program}'" in text for text in srv.log.texts("VCL_Error"))
     with srv.connect() as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -673,21 +676,22 @@ def test_a_stolen_connection_leaves_the_server_for_the_program(start):
     the program first, the session is forgotten (no close counted) and steal_ok counts it."""
     srv = start(STEAL)
     c = srv.server.counters
-    with srv.connect() as sock:
-        sock.sendall(b"GET /steal/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcdef")
-        sock.settimeout(10)
-        got = b""
-        while len(got) < 6:
-            chunk = sock.recv(100)
-            assert chunk, got
-            got += chunk
-        assert got == b"abcdef"                 # the body, then the bytes after it, and no response
-        sock.sendall(b"more")
-        assert sock.recv(100) == b"more"
-        # the server counts the steal once the program's answer reached its loop: poll, do not race
-        wait_for(lambda: c.steal_ok == 1 and not srv.server.sessions, what="the steal counted")
-        assert c.steal_failed == 0 and c.steal_refused == 0
-        assert c.sess_closed == 0 and c.sess_closed_err == 0 and c.sc_rem_close == 0
+    for n in (1, 2):                            # each steal counts
+        with srv.connect() as sock:
+            sock.sendall(b"GET /steal/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcdef")
+            sock.settimeout(10)
+            got = b""
+            while len(got) < 6:
+                chunk = sock.recv(100)
+                assert chunk, got
+                got += chunk
+            assert got == b"abcdef"                 # the body, then the bytes after it, and no response
+            sock.sendall(b"more")
+            assert sock.recv(100) == b"more"
+            # the server counts the steal once the program's answer reached its loop: poll, do not race
+            wait_for(lambda: c.steal_ok == n and not srv.server.sessions, what="the steal counted")  # noqa: B023
+    assert c.steal_failed == 0 and c.steal_refused == 0
+    assert c.sess_closed == 0 and c.sess_closed_err == 0 and c.sc_rem_close == 0
 
 
 GREET = """from kvm_api import set_socket_on_connect, set_socket_on_read, write, wait_for_requests
@@ -796,3 +800,358 @@ def test_http_max_hdr_counts_the_request_line_s_slots(headers, answer):
     head = b"GET / HTTP/1.1\r\n" + b"".join(b"H%02d: v\r\n" % i for i in range(headers)) + b"\r\n"
     srv, sink = drive(SYNC, head, http_max_hdr="32")
     assert status_lines(bytes(sink.out)) == [answer]
+
+
+def test_refused_heads_are_logged_and_counted_as_varnishd(start):
+    """varnishd 7.1 (varnishtest -v, a VCL that answers synth): the request transaction of each head it
+    refuses before vcl_recv, record by record, the session's close reason, and the counters."""
+    srv = start(SYNC)
+    srv.call(_use_vcl1(srv.server))
+    c = srv.server.counters
+    srv.server.set_xid(999)
+    cases = [
+        (b"GET / HTTP/1.1\r\nFoo\r\n\r\n", b"HTTP/1.1 400 Bad Request", "RX_JUNK", [
+            ("BogoHeader", "Header without ':' Foo"), ("HttpGarbage", "GET"), ("RespProtocol", "HTTP/1.1"),
+            ("RespStatus", "400"), ("RespReason", "Bad Request"), ("ReqAcct", "23 0 23 28 0 28"), ("End", "")]),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"HTTP/1.1 400 Bad Request", "RX_BAD", [
+            ("VCL_use", "vcl1"), ("ReqStart", "127.0.0.1 PORT a0"), ("ReqMethod", "GET"), ("ReqURL", "/"),
+            ("ReqProtocol", "HTTP/1.1"), ("ReqHeader", "Host: a"), ("ReqHeader", "Host: b"),
+            ("BogoHeader", "Multiple Host: headers"), ("RespProtocol", "HTTP/1.1"), ("RespStatus", "400"),
+            ("RespReason", "Bad Request"), ("ReqAcct", "36 0 36 28 0 28"), ("End", "")]),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: foo\r\n\r\n", b"HTTP/1.1 417 Expectation Failed", "RX_JUNK", [
+            ("VCL_use", "vcl1"), ("RespProtocol", "HTTP/1.1"), ("RespStatus", "417"),
+            ("RespReason", "Expectation Failed"), ("ReqAcct", "40 0 40 35 0 35"), ("End", "")]),
+        (b"GET\r\n\r\n", b"HTTP/1.1 400 Bad Request", "RX_JUNK", [
+            ("HttpGarbage", "GET\r\n\r\n"), ("RespProtocol", "HTTP/1.1"), ("RespStatus", "400"),
+            ("RespReason", "Bad Request"), ("ReqAcct", "7 0 7 28 0 28"), ("End", "")]),
+        # another expectation: each counts
+        (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: bar\r\n\r\n", b"HTTP/1.1 417 Expectation Failed", "RX_JUNK", [
+            ("VCL_use", "vcl1"), ("RespProtocol", "HTTP/1.1"), ("RespStatus", "417"),
+            ("RespReason", "Expectation Failed"), ("ReqAcct", "40 0 40 35 0 35"), ("End", "")]),
+        # a method that is no token (tests/h1refuse's table, from varnishd 7.1.1's log)
+        (b"G\x01ET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 400 Bad Request", "RX_JUNK", [
+            ("HttpGarbage", "G\x01ET / HTTP/1.1\r\n\r\n"), ("RespProtocol", "HTTP/1.1"), ("RespStatus", "400"),
+            ("RespReason", "Bad Request"), ("ReqAcct", "19 0 19 28 0 28"), ("End", "")]),
+    ]
+    for n, (data, answer, close, records) in enumerate(cases):
+        sess, req = 1000 + 2 * n, 1001 + 2 * n
+        with srv.connect() as sock:
+            port = sock.getsockname()[1]
+            sock.sendall(data)
+            got = read_all(sock)
+            assert got.split(b"\r\n")[0] == answer and closed_by_server(sock)
+        wait_for(lambda: (sess, "End", "") in srv.log.records, what="the session's End")  # noqa: B023
+        log = list(srv.log.records)
+        assert [(t, x) for v, t, x in log if v == sess and t in ("Link", "SessClose")] == [
+            ("Link", f"req {req} rxreq"), ("SessClose", f"{close} " + srv.log.texts("SessClose")[n].split()[1])]
+        got = [(t, x) for v, t, x in log if v == req]
+        start_ts = got[1][1].split()[1]
+        assert got[:3] == [("Begin", f"req {sess} rxreq"), ("Timestamp", f"Start: {start_ts} 0.000000 0.000000"),
+                           ("Timestamp", f"Req: {start_ts} 0.000000 0.000000")]
+        assert abs(float(start_ts) - time.time()) < 60
+        assert got[3:] == [(t, x.replace("PORT", str(port))) for t, x in records]
+        assert srv.log.kinds[sess] == srv.log.kinds[req] == {"c"}
+    assert (c.client_req_400, c.client_req_417, c.client_req) == (4, 2, 3)
+    assert (c.s_req_hdrbytes, c.s_resp_hdrbytes) == (106 + 40 + 19, 119 + 35 + 28)
+    assert (c.sc_rx_junk, c.sc_rx_bad, c.sess_closed_err) == (5, 1, 6)
+
+
+async def _use_vcl1(server) -> None:
+    """The VCL varnishtest loads first is "vcl1" (the refusals log its name)."""
+    server.vcl_load("vcl1", SYNC, "<inline>")
+    server.vcl_use("vcl1")
+
+
+def test_a_100_continue_is_logged_and_counted_with_the_response_head(start):
+    """varnishd 7.1 (varnishtest -v, std.cache_req_body in vcl_recv): the 100 is logged as a response
+    where vcl_recv reads the body, and its 25 bytes count in ReqAcct's and s_resp_hdrbytes' header bytes."""
+    srv = start(ECHO)
+    c = srv.server.counters
+    head = b"POST /body HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+    with srv.connect() as sock:
+        sock.sendall(b"GET /before HTTP/1.1\r\nHost: a\r\n\r\n")
+        before = len(read_response(sock)[0])
+        sock.sendall(head)
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += sock.recv(1)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"abc")
+        final, body = read_response(sock)
+    assert status(final) == b"HTTP/1.1 200 got 3"
+    final_head = len(final)
+    wait_for(lambda: len(srv.log.texts("ReqAcct")) == 2, what="the request's ReqAcct")
+    records = [(t, x) for _, t, x in list(srv.log.records)]
+    at = len(records) - 1 - records[::-1].index(("VCL_call", "RECV"))     # the second request's
+    assert records[at + 1:at + 5] == [("Storage", "malloc Transient"), ("RespProtocol", "HTTP/1.1"),
+                                      ("RespStatus", "100"), ("RespReason", "Continue")]
+    assert records[at + 5][1].startswith("ReqBody: ")
+    req_head = len(head)        # (69 in varnishd's run, whose URL was "/")
+    assert srv.log.texts("ReqAcct")[1] == f"{req_head} 3 {req_head + 3} {25 + final_head} {len(body)} " \
+                                          f"{25 + final_head + len(body)}"
+    assert c.s_resp_hdrbytes == before + 25 + final_head
+
+
+def test_std_cache_req_body_logs_and_rewrites_the_request_as_varnishd(start):
+    """varnishd 7.1 (varnishtest -v, std.cache_req_body(3B)): a chunked body is cached and the request
+    then says its Content-Length (logged as vrb_pull and VRB_Cache each do it: twice), a body of exactly
+    the size is cached, a bigger one is a FetchError, false, and the connection closes unanswered."""
+    backend = Backend(lambda req: Resp(body=b"ok"))
+    try:
+        srv = start(f'vcl 4.1;\nimport std;\nbackend b {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n'
+                    'sub vcl_recv { set req.http.cached = std.cache_req_body(3B);\n'
+                    ' if (req.url == "/s") { return (synth(200, "c " + req.http.cached)); }\n return (pass); }\n')
+        srv.server.set_xid(999)
+        with srv.connect() as sock:
+            sock.sendall(b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: h\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+            assert read_response(sock)[1] == b"ok"
+            sock.sendall(b"POST /s HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+            assert status(read_response(sock)[0]) == b"HTTP/1.1 200 c true"
+            sock.sendall(b"POST /s HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nabcd")
+            assert read_all(sock) == b""
+        chunked_head = b"POST /s HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: h\r\n\r\n"
+        with srv.connect() as sock:
+            sock.sendall(chunked_head + b"4\r\nabcd\r\n0\r\n\r\n")
+            assert read_all(sock) == b""
+        assert backend.requests[0].headers == [("Host", "h"), ("X-Forwarded-For", "127.0.0.1"),
+                                               ("Content-Length", "3"), ("cached", "true"), ("X-Varnish", "1002")]
+        assert backend.requests[0].body == b"abc"
+        wait_for(lambda: (1005, "End", "") in srv.log.records, what="the last session's End")
+        log = list(srv.log.records)
+
+        def in_recv(vxid):
+            records = [(t, x.split(":")[0] if t == "Timestamp" else x) for v, t, x in log if v == vxid]
+            at = records.index(("VCL_call", "RECV"))
+            return records[at + 1:records.index(("VCL_return", "pass" if vxid == 1001 else "synth"))]
+
+        assert in_recv(1001) == [("Storage", "malloc Transient"), ("Timestamp", "ReqBody"),
+                                 ("ReqUnset", "Transfer-Encoding: chunked"), ("ReqHeader", "Content-Length: 3"),
+                                 ("ReqUnset", "Transfer-Encoding: chunked"), ("ReqHeader", "Content-Length: 3"),
+                                 ("ReqHeader", "cached: true")]
+        assert in_recv(1003) == [("Storage", "malloc Transient"), ("Timestamp", "ReqBody"),
+                                 ("ReqHeader", "cached: true")]
+        # too big, as its Content-Length says: not read at all; chunked: read up to the limit
+        assert in_recv(1004) == [("FetchError", "Request body too big to cache"), ("ReqHeader", "cached: false")]
+        assert [x for v, t, x in log if v == 1004 and t == "ReqAcct"] == ["48 0 48 0 0 0"]   # (Host: h)
+        assert in_recv(1006) == [("Storage", "malloc Transient"), ("FetchError", "Request body too big to cache"),
+                                 ("Timestamp", "ReqBody"), ("ReqHeader", "cached: false")]
+        n = len(chunked_head)
+        assert [x for v, t, x in log if v == 1006 and t == "ReqAcct"] == [f"{n} 4 {n + 4} 0 0 0"]
+        assert [x.split()[0] for v, t, x in log if v in (1000, 1005) and t == "SessClose"] == ["RX_BODY"] * 2
+        # each cached body's Transient storage was given back when its request ended
+        transient = srv.server.storage.stevedores[TRANSIENT]
+        wait_for(lambda: transient.bytes == 0 and transient.allocs == 0, what="Transient empty again")
+    finally:
+        backend.close()
+
+
+def test_a_request_body_the_backend_does_not_take_stops_the_client_s_reads(start):
+    """Flow control: a body sent on to a backend that does not read piles up only to the body's high
+    water mark, then the connection stops reading the client; it reads again as the backend takes it."""
+    import threading
+
+    size = 16 << 20
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)    # no autotuned window
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    srv = start(f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{listener.getsockname()[1]}"; }}\n'
+                'sub vcl_recv { return (pass); }\n', timeout_idle="30")
+    got = bytearray()
+    client = srv.connect()
+    sender = threading.Thread(target=lambda: client.sendall(
+        b"POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size), daemon=True)
+    try:
+        sender.start()
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        (session,) = srv.server.sessions
+
+        states = []
+
+        def paused():
+            states.append(srv.call(_reading(session)))
+            return not states[-1][0]
+
+        wait_for(paused, timeout=5, what="the client's reads paused")
+        _, held, received = states[-1]
+        assert held < 1 << 20 and received < size      # bounded: the rest waits in the client's socket
+        while True:                       # the backend takes it all now
+            got += conn.recv(1 << 20)
+            if len(got) >= size and got.endswith(b"x" * 16):
+                head, _, body = bytes(got).partition(b"\r\n\r\n")
+                if len(body) == size:
+                    break
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        sender.join(10)
+        assert read_response(client)[1] == b"ok"
+        assert body == b"x" * size
+    finally:
+        client.close()
+        listener.close()
+
+
+async def _reading(session) -> tuple[bool, int, int]:
+    """Whether the connection reads, the body bytes it holds, the body bytes it received."""
+    body = session.current.body
+    return session.transport.is_reading(), body._held, body.received
+
+
+def test_bytes_read_while_a_request_waits_are_held_up_to_a_bound():
+    """While a request waits for its backend, what the client pipelines after it is held unparsed, to
+    256 KB: then the connection stops reading; once the request is done, all of it is answered in order."""
+    from cacheserver.protocol import ClientProtocol
+    from cacheserver.server import Server
+
+    one = b"GET /%04d HTTP/1.1\r\nHost: a\r\nX: %s\r\n\r\n"
+    reqs = [one % (i, b"p" * (1024 - len(one % (i, b"")))) for i in range(320)]
+    assert all(len(r) == 1024 for r in reqs)
+
+    async def main():
+        release = asyncio.Event()
+
+        async def backend(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            await release.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+            await writer.drain()
+            await reader.read()
+
+        listener = await asyncio.start_server(backend, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        srv = Server()
+        srv.vsl = RecordingLog()
+        srv.vcl_load("boot", f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{port}"; }}\n'
+                             'sub vcl_recv { if (req.url == "/slow") { return (pass); }\n'
+                             ' return (synth(200, req.method + " " + req.url)); }\n', "<inline>")
+        conn = ClientProtocol(srv)
+        sink = _Sink()
+        conn.connection_made(sink)
+        conn.data_received(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert conn.busy
+        states = []
+        for n in range(5):                  # five reads of 64 KB: held, the reads stop past 256 KB
+            conn.data_received(b"".join(reqs[64 * n:64 * n + 64]))
+            states.append((conn.held_size, sink.reading))
+        release.set()
+        deadline = time.monotonic() + 10
+        while len(status_lines(bytes(sink.out))) < 321 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        conn.connection_lost(None)
+        listener.close()
+        return states, bytes(sink.out), sink.reading
+
+    states, out, reading = asyncio.run(main())
+    kb = 1024
+    assert states == [(64 * kb, True), (128 * kb, True), (192 * kb, True), (256 * kb, True), (320 * kb, False)]
+    assert status_lines(out) == [b"HTTP/1.1 200 OK"] + [b"HTTP/1.1 200 GET /%04d" % i for i in range(320)]
+    assert reading                          # reading again once the held bytes were parsed
+
+
+@pytest.mark.parametrize("before", [b"", b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n"], ids=["first", "second"])
+def test_a_stolen_request_hands_over_the_requests_pipelined_after_it(start, before):
+    """The program gets exactly the bytes read past the stolen request, whole requests pipelined in
+    the same read included (and nothing of the ones before it, answered first)."""
+    srv = start(STEAL)
+    after = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nab"
+    with srv.connect() as sock:
+        sock.sendall(before + b"GET /steal/echo HTTP/1.1\r\nHost: a\r\n\r\n" + after)
+        sock.settimeout(10)
+        got = b""
+        while not got.endswith(after):
+            chunk = sock.recv(65536)
+            assert chunk, got
+            got += chunk
+        if before:
+            assert got.startswith(b"HTTP/1.1 200 plain\r\n") and got.count(b"HTTP/1.1 200") == 1
+            got = got[got.index(b"GET /next"):]
+        assert got == after
+        wait_for(lambda: srv.server.counters.steal_ok == 1, what="the steal counted")
+
+
+def test_std_cache_req_body_that_fails_is_logged_as_varnishd():
+    """varnishd 7.1 (varnishtest -v, std.cache_req_body(4MB), Transient of 1 MB): a body Transient
+    cannot hold, and bodies the client cuts short, are each a FetchError in varnishd's words, then the
+    ReqBody timestamp; the connection closes unanswered (RX_BODY)."""
+    srv = InProcServer('vcl 4.1;\nimport std;\nbackend b none;\n'
+                       'sub vcl_recv { set req.http.cached = std.cache_req_body(4MB);\n'
+                       ' return (synth(200, "c " + req.http.cached)); }\n', storage=["Transient=malloc,1m"])
+    try:
+        _cache_req_body_fails(srv)
+    finally:
+        srv.stop()
+
+
+def _cache_req_body_fails(srv: InProcServer) -> None:
+    srv.server.set_xid(999)
+    sends = [b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n" + b"x" * 2000000,
+             b"POST /cut HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+             b"POST /cutc HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"]
+    for data in sends:
+        with srv.connect() as sock:
+            sock.sendall(data)
+            if b"/cut" in data:
+                sock.shutdown(socket.SHUT_WR)         # the client gives up on its body
+            assert read_all(sock) == b""
+    wait_for(lambda: (1004, "End", "") in srv.log.records, what="the last session's End")
+    log = list(srv.log.records)
+
+    def in_recv(vxid):
+        records = [(t, x.split(":")[0] if t == "Timestamp" else x) for v, t, x in log if v == vxid]
+        return records[records.index(("VCL_call", "RECV")) + 1:records.index(("VCL_return", "synth"))]
+
+    for vxid, error in ((1001, "Could not get storage"), (1003, "straight insufficient bytes"),
+                        (1005, "chunked insufficient bytes")):
+        assert in_recv(vxid) == [("Storage", "malloc Transient"), ("FetchError", error), ("Timestamp", "ReqBody"),
+                                 ("ReqHeader", "cached: false")]
+    assert [x.split()[1:3] for v, t, x in log if v in (1003, 1005) and t == "ReqAcct"] == [["3", "54"], ["2", "62"]]
+    assert [x.split()[0] for v, t, x in log if t == "SessClose"] == ["RX_BODY"] * 3
+
+
+def test_bytes_that_arrive_while_a_pipe_opens_go_to_the_backend_after_the_request():
+    """return (pipe): what the client sends while the pipe is being opened is held, then sent on to the
+    backend right after the request, as varnishd's pipe copies whatever follows the request."""
+    from cacheserver.protocol import ClientProtocol
+    from cacheserver.server import Server
+
+    async def main():
+        got = bytearray()
+        done = asyncio.Event()
+
+        async def backend(reader, writer):
+            while not got.endswith(b"bytes, then more"):
+                data = await reader.read(65536)
+                if not data:
+                    break
+                got.extend(data)
+            done.set()
+            writer.close()
+
+        listener = await asyncio.start_server(backend, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        srv = Server()
+        srv.vsl = RecordingLog()
+        srv.vcl_load("boot", f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{port}"; }}\n'
+                             'sub vcl_recv { return (pipe); }\n', "<inline>")
+        conn = ClientProtocol(srv)
+        sink = _Sink()
+        conn.connection_made(sink)
+        conn.data_received(b"GET /p HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert conn.busy
+        conn.data_received(b"h" * 200_000)                 # before the pipe is open: held, past
+        conn.data_received(b"eld bytes" * 10_000)          # 256 KB the connection stops reading
+        assert conn.held_size == 290_000 and not sink.reading
+        for _ in range(1000):
+            if conn.pipe_to is not None:
+                break
+            await asyncio.sleep(0.005)
+        assert sink.reading                                # the held bytes went on: reading again
+        conn.data_received(b", then more")                 # once open: straight through
+        await asyncio.wait_for(done.wait(), 10)
+        conn.connection_lost(None)
+        listener.close()
+        return bytes(got)
+
+    got = asyncio.run(main())
+    head, _, rest = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"GET /p HTTP/1.1\r\n") and rest == b"h" * 200_000 + b"eld bytes" * 10_000 + b", then more"
