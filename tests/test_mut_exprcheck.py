@@ -263,6 +263,9 @@ CASES.update({
     "instance_duration": (case("set req.ttl = rr;").replace(*RRH), 7, 16, "Expression has type directors.round_robin, expected DURATION"),
     "instance_header_arg": (case("std.collect(rr);").replace(*RRH), 7, 14, "Expression has type directors.round_robin, expected HEADER"),
     "instance_as_regex": (case("if (req.url ~ rr) {}").replace(*RRH), 7, 16, "Expression has type directors.round_robin, expected REGEX"),
+    # a constructor stops at its ')' too (before, the name was pointed at)
+    "constructor_argument_missing": ("vcl 4.1;\nimport blob;\nbackend default none;\nsub vcl_init {\n\tnew b = blob.blob();\n}\n",
+                                     5, 20, "Argument 'encoded' missing"),
     # an unnamed parameter is known by its place
     "unnamed_argument_missing": (case("set req.backend_hint = h.backend();").replace(*RRH), 7, 35, "Argument 1 missing"),
     # a number with a duration unit glued on, where BYTES are wanted: the letters are a bytes unit
@@ -403,8 +406,11 @@ def test_the_call_a_missing_argument_was_in():
     def notes(src):
         with pytest.raises(VCLError) as info:
             compile_vcl(src, "n.vcl")
-        return [(text, pos.line, pos.col, pos.length) for text, pos in info.value.notes]
+        return [(text, *((pos.line, pos.col, pos.length) if pos else (None, None, None)))
+                for text, pos in info.value.notes]
     assert notes(case("set req.http.x = std.toupper(\n);")) == [("While compiling function call:", 6, 19, 12)]
     assert notes(case("std.log(\n\t);")) == [("While compiling function call:", 6, 2, 8)]
     assert notes(case("set req.http.x = std.toupper();")) == [("While compiling function call:", 6, 19, 12)]
     assert notes(case("set req.backend_hint = h.backend();").replace(*RRH)) == []
+    # a constructor's note has no place
+    assert notes(CASES["constructor_argument_missing"][0]) == [("While compiling function call:", None, None, None)]

@@ -430,7 +430,7 @@ class ExprChecker:
             if method is None:
                 at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1, len(rest))
                 raise VCLError(f"Unknown property '{rest}' for type {self._object_type(obj)}", at)
-            self._bind_args(e, method, name, note=False)     # VCC adds no note for a method
+            self._bind_args(e, method, name, note="none")     # VCC adds no note for a method
             e.ref = ("method", head, method)
             return self._func_result(e, method, statement)
         vmod = self._vmod_for(head, e.pos) if rest else None
@@ -501,7 +501,9 @@ class ExprChecker:
         e.type = "STRING" if func.ret in types.STRING_FORMS or func.ret == "HEADER" else func.ret
         return e
 
-    def _bind_args(self, e: ast.Call, func: Func, name: str, note: bool = True) -> None:
+    def _bind_args(self, e: ast.Call, func: Func, name: str, note: str = "call") -> None:
+        """Arguments to parameters. `note` is what VCC adds to a missing argument's report: the call and
+        its place ("call"), the words alone ("bare", an object's constructor) or nothing (a method)."""
         params = func.params
         bound: list[ast.Expr | None] = [None] * len(params)
         positional = [a for a in e.args if a.name is None]
@@ -535,8 +537,9 @@ class ExprChecker:
                 else:
                     length = len(name) + 1 if not e.args else 1
                 call = ast.Pos(e.pos.file, e.pos.line, e.pos.col, length)
-                raise VCLError(f"Argument {what} missing", e.close_pos,
-                               [("While compiling function call:", call)] if note else [])
+                notes = {"call": [("While compiling function call:", call)],
+                         "bare": [("While compiling function call:", None)]}.get(note, [])
+                raise VCLError(f"Argument {what} missing", e.close_pos, notes)
         e.bound = bound
 
     def _arg(self, value: ast.Expr, param) -> ast.Expr:
