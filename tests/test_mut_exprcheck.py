@@ -414,3 +414,16 @@ def test_the_call_a_missing_argument_was_in():
     assert notes(case("set req.backend_hint = h.backend();").replace(*RRH)) == []
     # a constructor's note has no place
     assert notes(CASES["constructor_argument_missing"][0]) == [("While compiling function call:", None, None, None)]
+
+
+@pytest.mark.parametrize("src, line, message", [
+    # varnishd 7.1.1 points at the token after `rr` (col 21), then adds "Expression has type
+    # directors.round_robin, expected STRING"
+    (case("set req.http.x = rr;").replace(*RRH), 7, "Cannot convert directors.round_robin to STRING."),
+    # varnishd points at the '(' (col 15): ours at the method
+    (case('std.log("a", (req.url).lower());'), 6, "Expected ')' got '('"),
+])
+def test_messages_whose_place_differs_from_varnishd(src, line, message):
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, "m.vcl")
+    assert (info.value.message, info.value.line) == (message, line)
