@@ -665,3 +665,20 @@ def test_the_lurker_completes_due_obj_bans_when_no_object_is_left():
     assert bl.lurk([], old.t + 5, min_age=5) == []
     assert old.completed and not young.completed
     assert bl.lurk([], young.t + 5, min_age=5) == [] and young.completed
+
+
+def test_the_lurker_counts_every_object_it_kills():
+    c = counters()
+    bl = BanList(c)
+    objs = [cached(bl, [("X-Tag", "a")]) for _ in range(3)]
+    ban = bl.add("obj.http.x-tag == a")
+    assert bl.lurk(objs, ban.t + 10, min_age=5) == objs
+    assert (c.bans_lurker_tested, c.bans_lurker_obj_killed) == (3, 3)
+
+
+def test_an_older_req_ban_does_not_hold_an_object_back_from_the_lurker():
+    bl = BanList(counters())
+    bl.add("req.url ~ x")
+    oc = cached(bl)                     # has seen the req ban
+    late = bl.add("obj.status == 999")
+    assert bl.lurk([oc], late.t + 10, min_age=5) == [] and oc.ban is late
