@@ -265,6 +265,14 @@ sub vcl_init {
 	rd.add_backend(s3, 1.0);
 	new lk = directors.round_robin();
 	lk.add_backend(directors.lookup("s2"));
+	new ra = directors.round_robin();
+	ra.add_backend(s1);
+	ra.add_backend(s2);
+	ra.add_backend(s3);
+	new sh = directors.shard();
+	sh.add_backend(s1);
+	sh.add_backend(s2);
+	sh.reconfigure();
 }
 sub vcl_recv { return (synth(200)); }
 sub vcl_synth {
@@ -288,13 +296,28 @@ sub vcl_synth {
 		fc.remove_backend(s3);
 		set resp.http.x = fa.backend().resolve() + ":" + fb.backend().resolve() + ":" + fc.backend().resolve();
 	}
+	if (req.url == "/sh") {
+		set resp.http.x = std.healthy(sh.backend(resolve=LAZY));
+	}
+	if (req.url == "/ra") {
+		set resp.http.x = ra.backend().resolve() + ":" + ra.backend().resolve();
+		ra.remove_backend(s1);
+		ra.remove_backend(s2);
+		ra.add_backend(s1);
+		set resp.http.x = resp.http.x + ":" + ra.backend().resolve() + ":" + ra.backend().resolve();
+	}
 }
 """
 # (admin health changes, url) in turn
 SIMPLE_STEPS = [((), "/rr"), ((), "/all"), ((("s1", "sick"), ("s3", "sick")), "/all"), ((("s2", "sick"), ("s3", "healthy")), "/fc"),
-                ((("s1", "healthy"), ("s2", "healthy")), "/rm"), ((), "/all")]
+                ((("s1", "healthy"), ("s2", "healthy")), "/rm"), ((), "/all"), ((), "/ra"),
+                ((("s1", "sick"), ("s2", "sick")), "/sh"), ((("s2", "healthy"),), "/sh")]
 SIMPLE_ANSWERS = ["s1:s2:s3:s3:", "s1:s1:s1:s2::s3:s2:true:true", "s2:s2:s2:s2:::s2:false:true", "s3", "s2:s3:s1",
-                  "s2:s3:s1:s2::s3:s2:true:true"]
+                  "s2:s3:s1:s2::s3:s2:true:true",
+                  # two removals and an addition: nxt (2) past the end reads the slot varnishd's array still holds (s3)
+                  "s1:s2:s3:s1",
+                  # a shard is healthy while one of its members is
+                  "false", "true"]
 
 
 def test_simple_directors_choose_what_varnishd_chose():
