@@ -528,8 +528,7 @@ class ExprChecker:
             if bound[i] is None and not p.optional and p.default is None:
                 # an unnamed argument (a bare type in the .vcc) is known by its place
                 what = f"'{p.name}'" if p.name else str(i + 1)
-                if e.close_pos is None:
-                    raise VCLError(f"Argument {what} missing", e.pos)
+                assert e.close_pos is not None       # the parser keeps every call's ')'
                 # VCC stops at the ')' and names the call it was compiling, up to the token before
                 # the ')': the '(' when the ')' is on a line of its own
                 if e.close_pos.line == e.pos.line:
