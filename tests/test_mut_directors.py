@@ -584,3 +584,32 @@ def test_shard_report_rampup():
     set_admin_health(vcl.backends["s1"], "healthy")
     vcl.backends["s1"].live.changed = 1000.0
     assert vcl.instances["half"].report(1000.25) == [("s1", "s1", True, 0.5, 0.25)]
+
+
+def test_shard_rampup_share_follows_the_time_since_the_backend_became_healthy():
+    """vmod_directors(3), shard rampup: a backend healthy for less than the rampup duration gets a share
+    growing linearly from 0 (the rest goes to the next backend); with rampup=false, all of it. The time
+    is the task's own (ctx.now), not the clock."""
+    from cacheserver.backends import live
+    from vcl.runtime import BackendSpec
+    from vmods.directors import Shard, _shard_add, _shard_set_rampup
+
+    b = [BackendSpec(f"b{i}", host="127.0.0.1", port=str(9000 + i)) for i in range(2)]
+    sh = Shard()
+    init = Context(method="vcl_init")
+    _shard_set_rampup(sh, init, 10.0)
+    for x in b:
+        _shard_add(sh, init, x)
+    sh.reconfigure(init, 67)
+    req = HttpMessage("GET", "/")
+    ctx = Context(method="vcl_recv", req=req, req_top=req)
+    key = next(k for k in range(0, 2**32, 2**24) if sh.pick(ctx, k, 0, -1, False, "CHOSEN") is b[0])
+    live(b[0]).changed, live(b[1]).changed = 1000.0, 0.0
+    ctx.now = 1000.0                                        # b0 has just become healthy: no share yet
+    assert {sh.pick(ctx, key, 0, -1, True, "CHOSEN").name for _ in range(20)} == {"b1"}
+    assert sh.pick(ctx, key, 0, -1, False, "CHOSEN") is b[0]             # rampup=false
+    ctx.now = 1010.0                                        # ramped up: all of it
+    assert {sh.pick(ctx, key, 0, -1, True, "CHOSEN").name for _ in range(20)} == {"b0"}
+    live(b[1]).changed = 1005.0                             # the next one ramping up too: b0 keeps it
+    ctx.now = 1001.0
+    assert sh.pick(ctx, key, 0, -1, True, "CHOSEN") is b[0]
