@@ -682,3 +682,23 @@ def test_an_older_req_ban_does_not_hold_an_object_back_from_the_lurker():
     oc = cached(bl)                     # has seen the req ban
     late = bl.add("obj.status == 999")
     assert bl.lurk([oc], late.t + 10, min_age=5) == [] and oc.ban is late
+
+
+@pytest.mark.parametrize("headers, status, record", [
+    # recorded from varnishd 7.1.1 (varnishtest, the VSL TTL records), at now = NOW
+    ([("Cache-Control", "max-age=30, stale-while-revalidate=4"), ("Age", "5"), ("Date", http_date(NOW))], 200,
+     f"RFC 30 4 0 {NOW:.0f} {NOW - 5:.0f} {NOW:.0f} 0 30 cacheable"),
+    ([("Date", http_date(NOW))], 302, f"RFC -1 10 0 {NOW:.0f} {NOW:.0f} {NOW:.0f} 0 0 cacheable"),
+    ([("Date", D1990), ("Expires", E1990)], 200, f"RFC 100 10 0 {NOW:.0f} {NOW:.0f} 631152000 631152100 0 cacheable"),
+    # a status RFC2616_Ttl does not cache keeps the -1 it starts from (cache_rfc2616.c)
+    ([("Cache-Control", "max-age=5")], 500, f"RFC -1 10 0 {NOW:.0f} {NOW:.0f} 0 0 0 cacheable"),
+])
+def test_the_ttl_record(headers, status, record):
+    ctx = Context(method="vcl_backend_response", hash_parts=[])
+    ctx.beresp = HttpMessage(status=status, reason="", headers=Headers(headers))
+    ctx.log = []
+    compute_ttl(ctx, PARAMS, NOW, log=True)
+    assert ctx.log == [("TTL", record)]
+    ctx.log = []
+    compute_ttl(ctx, PARAMS, NOW, log=True, uncacheable=True)     # the record's last field (vsl(7))
+    assert ctx.log == [("TTL", record.replace(" cacheable", " uncacheable"))]
