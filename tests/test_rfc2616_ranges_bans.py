@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from cacheserver import rfc2616
 from cacheserver.bans import BanError, BanList, build, split_args
-from cacheserver.ranges import RangeError, parse_range
+from cacheserver.ranges import RangeError, if_range_matches, object_last_modified, parse_range
 from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl, header_field, parse_date, rfc2616_time
 from vcl.runtime import Context, Headers, HttpMessage
 
@@ -702,3 +702,32 @@ def test_the_ttl_record(headers, status, record):
     ctx.log = []
     compute_ttl(ctx, PARAMS, NOW, log=True, uncacheable=True)     # the record's last field (vsl(7))
     assert ctx.log == [("TTL", record.replace(" cacheable", " uncacheable"))]
+
+
+LM24, DATE24 = "Mon, 01 Jan 2024 00:00:00 GMT", "Mon, 01 Jan 2024 00:00:30 GMT"
+IFRANGE_OBJECTS = {
+    "strong": [("ETag", '"abc"'), ("Last-Modified", LM24), ("Date", DATE24)],
+    "weak": [("ETag", 'W/"abc"'), ("Last-Modified", LM24), ("Date", DATE24)],
+    "lm61": [("Last-Modified", "Mon, 01 Jan 2024 00:01:01 GMT"), ("Date", LM24)],    # 61 s after its Date
+    "lm60": [("Last-Modified", "Mon, 01 Jan 2024 00:01:00 GMT"), ("Date", LM24)],
+    "nolm": [("Date", LM24)],
+}
+
+
+@pytest.mark.parametrize("obj, if_range, served", [
+    # varnishd 7.1.1 (a .vtc: Range: bytes=0-0 with these If-Range against these objects, 206 or 200)
+    ("strong", None, True), ("strong", '"abc"', True), ("strong", 'W/"abc"', False), ("strong", '"xyz"', False),
+    ("strong", LM24, True), ("strong", "Mon, 01 Jan 2024 00:00:01 GMT", False), ("strong", "garbage", False),
+    ("strong", "abc", False), ("weak", '"abc"', False), ("weak", 'W/"abc"', False), ("weak", LM24, True),
+    ("lm61", "Mon, 01 Jan 2024 00:01:01 GMT", False), ("lm60", "Mon, 01 Jan 2024 00:01:00 GMT", True),
+    ("nolm", LM24, False),
+])
+def test_if_range(obj, if_range, served):
+    req = Headers([("Range", "bytes=0-0")] + ([("If-Range", if_range)] if if_range else []))
+    assert if_range_matches(req, Headers(IFRANGE_OBJECTS[obj])) is served
+
+
+def test_object_last_modified_is_the_header_else_the_second_it_was_made():
+    assert object_last_modified(Headers([("Last-Modified", LM24)]), NOW) == 1704067200.0
+    assert object_last_modified(Headers([("Last-Modified", "garbage")]), NOW) == 0.0
+    assert object_last_modified(Headers([("Date", LM24)]), NOW + 0.75) == NOW          # never the Date
