@@ -32,6 +32,7 @@ COLUMNS = {
     "a1w": "by=KEY, key={k}, alt=1, warmup=1.0",
     "ignw": "by=KEY, key={k}, healthy=IGNORE, warmup=1.0",
     "w1r": "by=KEY, key={k}, warmup=1.0, rampup=false",
+    "a3": "by=KEY, key={k}, alt=3",                 # the last alternative: no "limited to" Error
 }
 SETS = "\n".join(f"\tset resp.http.{c} = " + ' + ":" + '.join(f"sh.backend({a.format(k=k)})" for k in KEYS) + ";"
                  for c, a in COLUMNS.items())
@@ -49,12 +50,14 @@ RECORDED = {
             "big": "s2:s2:s3:s1:s2:s2:s2:s4", "ign": "s1:s1:s1:s4:s4:s1:s3:s1", "ign1": "s4:s4:s2:s2:s1:s4:s1:s2",
             "all1": "s4:s4:s2:s2:s1:s4:s1:s2", "warm": "s4:s4:s2:s2:s1:s4:s1:s2",
             "warm0": "s1:s1:s1:s4:s4:s1:s3:s1", "e": "",
-            "a1w": "s4:s4:s2:s2:s1:s4:s1:s2", "ignw": "s1:s1:s1:s4:s4:s1:s3:s1", "w1r": "s4:s4:s2:s2:s1:s4:s1:s2"},
+            "a1w": "s4:s4:s2:s2:s1:s4:s1:s2", "ignw": "s1:s1:s1:s4:s4:s1:s3:s1", "w1r": "s4:s4:s2:s2:s1:s4:s1:s2",
+            "a3": "s2:s2:s3:s1:s2:s2:s2:s4"},
     True: {"k": "s1:s1:s1:s4:s4:s1:s3:s1", "a1": "s4:s4:s4:s3:s1:s4:s1:s3", "a2": "s3:s3:s4:s3:s3:s3:s4:s3",
            "big": "s4:s4:s3:s1:s1:s4:s1:s4", "ign": "s1:s1:s1:s4:s4:s1:s3:s1", "ign1": "s4:s4:s2:s2:s1:s4:s1:s2",
            "all1": "s4:s4:s4:s3:s1:s4:s1:s3", "warm": "s4:s4:s4:s3:s1:s4:s1:s3",
            "warm0": "s1:s1:s1:s4:s4:s1:s3:s1", "e": "",
-           "a1w": "s4:s4:s4:s3:s1:s4:s1:s3", "ignw": "s1:s1:s1:s4:s4:s1:s3:s1", "w1r": "s4:s4:s4:s3:s1:s4:s1:s3"},
+           "a1w": "s4:s4:s4:s3:s1:s4:s1:s3", "ignw": "s1:s1:s1:s4:s4:s1:s3:s1", "w1r": "s4:s4:s4:s3:s1:s4:s1:s3",
+           "a3": "s4:s4:s3:s1:s1:s4:s1:s4"},
 }
 # the task's log: one Error per alt=10 pick (8 keys), then the empty shard's
 LOG = [("Error", "vmod_directors: shard sh: parameter alt=10 limited to 3")] * 8 + \
