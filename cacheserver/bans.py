@@ -52,21 +52,24 @@ class BanTest:
         return f"{name} {self.op} {arg}"
 
 
-_UNITS = (("y", 31536000.0), ("w", 604800.0), ("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0),
-          ("ms", 0.001))
+# ban.list's units, in milliseconds, largest first
+_UNITS_MS = (("y", 31536000000), ("w", 604800000), ("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000))
 
 
 def _format_duration(value: float) -> str:
-    """A duration as ban.list shows it: the largest unit it is a whole number of (365d is 1y)."""
-    if value == 0:
+    """A duration as ban.list shows it (varnishd 7.1): its whole milliseconds, truncated, in the largest
+    unit they are a whole number of (365d is 1y); else milliseconds below a second, seconds with three
+    decimals above (1.5s is 1.500s, 0.9999s is 999ms)."""
+    ms = int(value * 1000)
+    sign, ms = ("-" if ms < 0 else ""), abs(ms)
+    if ms == 0:
         return "0s"
-    for unit, size in _UNITS:
-        if unit == "ms" and abs(value) >= 1:
-            break                     # 6.789s, not 6789ms
-        n = value / size
-        if abs(n) >= 1 and abs(n - round(n)) < 1e-9:
-            return f"{int(round(n))}{unit}"
-    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
+    for unit, size in _UNITS_MS:
+        if ms % size == 0:
+            return f"{sign}{ms // size}{unit}"
+    if ms < 1000:
+        return f"{sign}{ms}ms"
+    return f"{sign}{ms // 1000}.{ms % 1000:03d}s"
 
 
 @dataclass(eq=False, slots=True)
@@ -163,13 +166,11 @@ def build(args: list[str]) -> list[BanTest]:
     """The tests of a ban from its arguments (field op arg [&& field op arg]...)."""
     if len(args) < 3:
         raise BanError("Too few parameters", 104)
-    if len(args) % 4 != 3:                   # field op arg, then && and another three each
+    if len(args) % 4 != 3:       # counted first, as varnishd's ccf_ban: `a == "b"c` is four words
         raise BanError("Wrong number of arguments")
     tests: list[BanTest] = []
     i = 0
     while True:
-        if len(args) - i < 3:
-            raise BanError("Wrong number of arguments")
         tests.append(_build_test(args[i], args[i + 1], args[i + 2]))
         i += 3
         if i == len(args):

@@ -28,6 +28,11 @@ COLUMNS = {
     "all1": "by=KEY, key={k}, alt=1, healthy=ALL",
     "warm": "by=KEY, key={k}, warmup=1.0",
     "warm0": "by=KEY, key={k}, warmup=0.0, rampup=false",
+    # warmup where alt, IGNORE or rampup=false leave the chosen backend alone
+    "a1w": "by=KEY, key={k}, alt=1, warmup=1.0",
+    "ignw": "by=KEY, key={k}, healthy=IGNORE, warmup=1.0",
+    "w1r": "by=KEY, key={k}, warmup=1.0, rampup=false",
+    "a3": "by=KEY, key={k}, alt=3",                 # the last alternative: no "limited to" Error
 }
 SETS = "\n".join(f"\tset resp.http.{c} = " + ' + ":" + '.join(f"sh.backend({a.format(k=k)})" for k in KEYS) + ";"
                  for c, a in COLUMNS.items())
@@ -44,11 +49,15 @@ RECORDED = {
     False: {"k": "s1:s1:s1:s4:s4:s1:s3:s1", "a1": "s4:s4:s2:s2:s1:s4:s1:s2", "a2": "s3:s3:s4:s3:s3:s3:s4:s3",
             "big": "s2:s2:s3:s1:s2:s2:s2:s4", "ign": "s1:s1:s1:s4:s4:s1:s3:s1", "ign1": "s4:s4:s2:s2:s1:s4:s1:s2",
             "all1": "s4:s4:s2:s2:s1:s4:s1:s2", "warm": "s4:s4:s2:s2:s1:s4:s1:s2",
-            "warm0": "s1:s1:s1:s4:s4:s1:s3:s1", "e": ""},
+            "warm0": "s1:s1:s1:s4:s4:s1:s3:s1", "e": "",
+            "a1w": "s4:s4:s2:s2:s1:s4:s1:s2", "ignw": "s1:s1:s1:s4:s4:s1:s3:s1", "w1r": "s4:s4:s2:s2:s1:s4:s1:s2",
+            "a3": "s2:s2:s3:s1:s2:s2:s2:s4"},
     True: {"k": "s1:s1:s1:s4:s4:s1:s3:s1", "a1": "s4:s4:s4:s3:s1:s4:s1:s3", "a2": "s3:s3:s4:s3:s3:s3:s4:s3",
            "big": "s4:s4:s3:s1:s1:s4:s1:s4", "ign": "s1:s1:s1:s4:s4:s1:s3:s1", "ign1": "s4:s4:s2:s2:s1:s4:s1:s2",
            "all1": "s4:s4:s4:s3:s1:s4:s1:s3", "warm": "s4:s4:s4:s3:s1:s4:s1:s3",
-           "warm0": "s1:s1:s1:s4:s4:s1:s3:s1", "e": ""},
+           "warm0": "s1:s1:s1:s4:s4:s1:s3:s1", "e": "",
+           "a1w": "s4:s4:s4:s3:s1:s4:s1:s3", "ignw": "s1:s1:s1:s4:s4:s1:s3:s1", "w1r": "s4:s4:s4:s3:s1:s4:s1:s3",
+           "a3": "s4:s4:s3:s1:s1:s4:s1:s4"},
 }
 # the task's log: one Error per alt=10 pick (8 keys), then the empty shard's
 LOG = [("Error", "vmod_directors: shard sh: parameter alt=10 limited to 3")] * 8 + \
@@ -265,6 +274,14 @@ sub vcl_init {
 	rd.add_backend(s3, 1.0);
 	new lk = directors.round_robin();
 	lk.add_backend(directors.lookup("s2"));
+	new ra = directors.round_robin();
+	ra.add_backend(s1);
+	ra.add_backend(s2);
+	ra.add_backend(s3);
+	new sh = directors.shard();
+	sh.add_backend(s1);
+	sh.add_backend(s2);
+	sh.reconfigure();
 }
 sub vcl_recv { return (synth(200)); }
 sub vcl_synth {
@@ -288,13 +305,28 @@ sub vcl_synth {
 		fc.remove_backend(s3);
 		set resp.http.x = fa.backend().resolve() + ":" + fb.backend().resolve() + ":" + fc.backend().resolve();
 	}
+	if (req.url == "/sh") {
+		set resp.http.x = std.healthy(sh.backend(resolve=LAZY));
+	}
+	if (req.url == "/ra") {
+		set resp.http.x = ra.backend().resolve() + ":" + ra.backend().resolve();
+		ra.remove_backend(s1);
+		ra.remove_backend(s2);
+		ra.add_backend(s1);
+		set resp.http.x = resp.http.x + ":" + ra.backend().resolve() + ":" + ra.backend().resolve();
+	}
 }
 """
 # (admin health changes, url) in turn
 SIMPLE_STEPS = [((), "/rr"), ((), "/all"), ((("s1", "sick"), ("s3", "sick")), "/all"), ((("s2", "sick"), ("s3", "healthy")), "/fc"),
-                ((("s1", "healthy"), ("s2", "healthy")), "/rm"), ((), "/all")]
+                ((("s1", "healthy"), ("s2", "healthy")), "/rm"), ((), "/all"), ((), "/ra"),
+                ((("s1", "sick"), ("s2", "sick")), "/sh"), ((("s2", "healthy"),), "/sh")]
 SIMPLE_ANSWERS = ["s1:s2:s3:s3:", "s1:s1:s1:s2::s3:s2:true:true", "s2:s2:s2:s2:::s2:false:true", "s3", "s2:s3:s1",
-                  "s2:s3:s1:s2::s3:s2:true:true"]
+                  "s2:s3:s1:s2::s3:s2:true:true",
+                  # two removals and an addition: nxt (2) past the end reads the slot varnishd's array still holds (s3)
+                  "s1:s2:s3:s1",
+                  # a shard is healthy while one of its members is
+                  "false", "true"]
 
 
 def test_simple_directors_choose_what_varnishd_chose():
@@ -561,3 +593,32 @@ def test_shard_report_rampup():
     set_admin_health(vcl.backends["s1"], "healthy")
     vcl.backends["s1"].live.changed = 1000.0
     assert vcl.instances["half"].report(1000.25) == [("s1", "s1", True, 0.5, 0.25)]
+
+
+def test_shard_rampup_share_follows_the_time_since_the_backend_became_healthy():
+    """vmod_directors(3), shard rampup: a backend healthy for less than the rampup duration gets a share
+    growing linearly from 0 (the rest goes to the next backend); with rampup=false, all of it. The time
+    is the task's own (ctx.now), not the clock."""
+    from cacheserver.backends import live
+    from vcl.runtime import BackendSpec
+    from vmods.directors import Shard, _shard_add, _shard_set_rampup
+
+    b = [BackendSpec(f"b{i}", host="127.0.0.1", port=str(9000 + i)) for i in range(2)]
+    sh = Shard()
+    init = Context(method="vcl_init")
+    _shard_set_rampup(sh, init, 10.0)
+    for x in b:
+        _shard_add(sh, init, x)
+    sh.reconfigure(init, 67)
+    req = HttpMessage("GET", "/")
+    ctx = Context(method="vcl_recv", req=req, req_top=req)
+    key = next(k for k in range(0, 2**32, 2**24) if sh.pick(ctx, k, 0, -1, False, "CHOSEN") is b[0])
+    live(b[0]).changed, live(b[1]).changed = 1000.0, 0.0
+    ctx.now = 1000.0                                        # b0 has just become healthy: no share yet
+    assert {sh.pick(ctx, key, 0, -1, True, "CHOSEN").name for _ in range(20)} == {"b1"}
+    assert sh.pick(ctx, key, 0, -1, False, "CHOSEN") is b[0]             # rampup=false
+    ctx.now = 1010.0                                        # ramped up: all of it
+    assert {sh.pick(ctx, key, 0, -1, True, "CHOSEN").name for _ in range(20)} == {"b0"}
+    live(b[1]).changed = 1005.0                             # the next one ramping up too: b0 keeps it
+    ctx.now = 1001.0
+    assert sh.pick(ctx, key, 0, -1, True, "CHOSEN") is b[0]

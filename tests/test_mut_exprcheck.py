@@ -241,6 +241,39 @@ COMPILES.update({
     "vmod_func_upper": case('set req.http.x = std.TOUPPER("a");'),
 })
 
+# An object instance is typed as its object, named by vmod and class; the operator or context refuses it
+# (varnishd -C 7.1.1; before, the instance was refused at once as "expected BOOL"/"expected INSTANCE")
+RRH = ("backend default none;\n", "backend default none;\nsub vcl_init { new rr = directors.round_robin(); new h = directors.hash(); }\n")
+CASES.update({
+    "instance_eq": (case("if (rr == rr) {}").replace(*RRH), 7, 9, "Operator == not possible on directors.round_robin"),
+    "instance_ne": (case("if (rr != rr) {}").replace(*RRH), 7, 9, "Operator != not possible on directors.round_robin"),
+    "instance_eq_in_string": (case("set req.http.x = (rr == rr);").replace(*RRH), 7, 23,
+                              "Operator == not possible on directors.round_robin"),
+    "instance_match": (case("if (rr ~ rr) {}").replace(*RRH), 7, 9, "Operator ~ not possible on directors.round_robin"),
+    "instance_not": (case("if (!rr) {}").replace(*RRH), 7, 6, "'!' must be followed by BOOL, found directors.round_robin."),
+    "instance_and": (case("if (rr && true) {}").replace(*RRH), 7, 6,
+                     "'&&' must be preceeded by BOOL, found directors.round_robin."),
+    "instance_times": (case("if (rr * 2) {}").replace(*RRH), 7, 9, "Operator * not possible on type directors.round_robin."),
+    "instance_minus": (case("if (rr - 1) {}").replace(*RRH), 7, 9, "directors.round_robin - INT not possible."),
+    "instance_plus_string": (case('if (rr + "a") {}').replace(*RRH), 7, 9, "directors.round_robin + STRING not possible."),
+    "instance_plus_backend": (case("set req.backend_hint = rr + 1;").replace(*RRH), 7, 28,
+                              "directors.round_robin + INT not possible."),
+    "instance_duration_times": (case("set req.ttl = rr * 2;").replace(*RRH), 7, 19,
+                                "Operator * not possible on type directors.round_robin."),
+    "instance_duration": (case("set req.ttl = rr;").replace(*RRH), 7, 16, "Expression has type directors.round_robin, expected DURATION"),
+    "instance_header_arg": (case("std.collect(rr);").replace(*RRH), 7, 14, "Expression has type directors.round_robin, expected HEADER"),
+    "instance_as_regex": (case("if (req.url ~ rr) {}").replace(*RRH), 7, 16, "Expression has type directors.round_robin, expected REGEX"),
+    # a constructor stops at its ')' too (before, the name was pointed at)
+    "constructor_argument_missing": ("vcl 4.1;\nimport blob;\nbackend default none;\nsub vcl_init {\n\tnew b = blob.blob();\n}\n",
+                                     5, 20, "Argument 'encoded' missing"),
+    # an unnamed parameter is known by its place
+    "unnamed_argument_missing": (case("set req.backend_hint = h.backend();").replace(*RRH), 7, 35, "Argument 1 missing"),
+    # a number with a duration unit glued on, where BYTES are wanted: the letters are a bytes unit
+    "glued_bytes_s": (case('set req.http.x = std.bytes("x", 10s);'), 6, 36, "Unknown BYTES unit of measurement ([KMGTP][B])'s'"),
+    "glued_bytes_ms": (case('set req.http.x = std.bytes("x", 10ms);'), 6, 36, "Unknown BYTES unit of measurement ([KMGTP][B])'ms'"),
+    "glued_bytes_real": (case('set req.http.x = std.bytes("x", 1.5h);'), 6, 37, "Unknown BYTES unit of measurement ([KMGTP][B])'h'"),
+})
+
 @pytest.mark.parametrize("name", sorted(COMPILES))
 def test_compiles(name):
     compile_vcl(COMPILES[name], f"{name}.vcl")
@@ -358,3 +391,39 @@ def test_string_plus_in_a_bool_context():
 @pytest.mark.skipif(VARNISHD is None, reason="varnishd not installed")
 def test_every_case_is_what_varnishd_reports():
     assert vcc_mismatches(CASES) == {}
+
+
+
+def test_glued_duration_units_are_bytes_where_bytes_are_wanted():
+    # varnishd 7.1.1 (a .vtc): VCC reads `10m` as 10 MB there
+    assert value('set req.http.x = std.bytes("x", 10m);') == "10485760"
+    assert value('set req.http.x = std.bytes("x", 1.5m);') == "1572864"
+
+
+def test_the_call_a_missing_argument_was_in():
+    """varnishd 7.1.1 names the call up to the token before the ')': the '(' when the ')' is on the next
+    line; a method call gets no such note."""
+    def notes(src):
+        with pytest.raises(VCLError) as info:
+            compile_vcl(src, "n.vcl")
+        return [(text, *((pos.line, pos.col, pos.length) if pos else (None, None, None)))
+                for text, pos in info.value.notes]
+    assert notes(case("set req.http.x = std.toupper(\n);")) == [("While compiling function call:", 6, 19, 12)]
+    assert notes(case("std.log(\n\t);")) == [("While compiling function call:", 6, 2, 8)]
+    assert notes(case("set req.http.x = std.toupper();")) == [("While compiling function call:", 6, 19, 12)]
+    assert notes(case("set req.backend_hint = h.backend();").replace(*RRH)) == []
+    # a constructor's note has no place
+    assert notes(CASES["constructor_argument_missing"][0]) == [("While compiling function call:", None, None, None)]
+
+
+@pytest.mark.parametrize("src, line, message", [
+    # varnishd 7.1.1 points at the token after `rr` (col 21), then adds "Expression has type
+    # directors.round_robin, expected STRING"
+    (case("set req.http.x = rr;").replace(*RRH), 7, "Cannot convert directors.round_robin to STRING."),
+    # varnishd points at the '(' (col 15): ours at the method
+    (case('std.log("a", (req.url).lower());'), 6, "Expected ')' got '('"),
+])
+def test_messages_whose_place_differs_from_varnishd(src, line, message):
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, "m.vcl")
+    assert (info.value.message, info.value.line) == (message, line)

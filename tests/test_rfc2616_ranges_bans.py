@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from cacheserver import rfc2616
 from cacheserver.bans import BanError, BanList, build, split_args
-from cacheserver.ranges import RangeError, parse_range
+from cacheserver.ranges import RangeError, if_range_matches, object_last_modified, parse_range
 from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl, header_field, parse_date, rfc2616_time
 from vcl.runtime import Context, Headers, HttpMessage
 
@@ -294,6 +294,7 @@ def test_ban_on_url_and_status_and_conjunction():
     assert not kills("req.url == /a", UNTAGGED, req)
     assert kills("obj.status != 404", UNTAGGED)
     assert not kills("req.url ~ .", UNTAGGED, None)        # the lurker has no request
+    assert not kills("req.http.x ~ .", UNTAGGED, None)
 
 
 @given(st.lists(st.tuples(st.sampled_from(["req.url", "req.http.x-a", "obj.http.x-b", "obj.status"]),
@@ -319,6 +320,14 @@ def test_ban_duration_round_trip(n, unit):
     ("req.url", 104, "Too few parameters"),
     ("req.url ~ a && req.url", 106, "Wrong number of arguments"),
     ("req.url ~ a || req.url ~ b", 106, 'Found "||" expected &&'),
+    # varnishd 7.1.1's words (varnishadm ban ...)
+    ('req.url == "a"b', 106, "Wrong number of arguments"),      # a word after a closing quote is one more
+    ("obj.ttl ~ 1s", 106, 'expected conditional (==, !=, >, >=, < or <=) got "~"'),
+    ("obj.ttl > 1", 106, 'expected duration <n.nn>[ms|s|m|h|d|w|y] got "1"'),
+    ("obj.ttl > 1x", 106, 'expected duration <n.nn>[ms|s|m|h|d|w|y] got "1x"'),
+    ("obj.ttl > 1.2.3s", 106, 'expected duration <n.nn>[ms|s|m|h|d|w|y] got "1.2.3s"'),
+    ("req.url >= a", 106, 'expected conditional (==, !=, ~ or !~) got ">="'),
+    ("obj.status > 1", 106, 'expected conditional (==, !=, ~ or !~) got ">"'),
 ])
 def test_ban_errors(expr, status, message):
     with pytest.raises(BanError) as info:
@@ -426,16 +435,6 @@ def test_the_lurker_kills_with_old_enough_obj_bans_only():
     assert miss.ban is bl.newest and ban.completed
 
 
-def test_the_lurker_leaves_objects_behind_a_req_ban():
-    c = counters()
-    bl = BanList(c)
-    oc = cached(bl, [("X-Tag", "b")])
-    first = oc.ban
-    bl.add("obj.http.x-tag == a")
-    bl.add("req.url ~ /x")
-    assert bl.lurk([oc], NOW + 100, min_age=0) == [] and oc.ban is first
-
-
 def test_ban_list_shape():
     bl = BanList(counters())
     oc = cached(bl)
@@ -450,6 +449,10 @@ def test_ban_list_shape():
 @pytest.mark.parametrize("seconds, text", [
     (0, "0s"), (1, "1s"), (90, "90s"), (120, "2m"), (3600, "1h"), (86400, "1d"), (604800, "1w"),
     (31536000, "1y"), (6.789, "6.789s"),
+    # recorded from varnishd 7.1.1's ban.list: whole milliseconds, truncated
+    (1.5, "1.500s"), (1.25, "1.250s"), (100.5, "100.500s"), (0.5, "500ms"), (0.9999, "999ms"), (1.9999, "1.999s"),
+    (0.0015, "1ms"), (0.0004, "0s"), (1.0004, "1s"), (1.001, "1s"), (3.14159, "3.141s"), (135, "135s"),
+    (5400, "90m"), (604800 * 2, "2w"), (10 ** 10, "10000000000s"),
 ])
 def test_ban_durations_print_in_their_largest_whole_unit(seconds, text):
     from cacheserver.bans import _format_duration
@@ -516,3 +519,215 @@ def test_parse_date_remembers_what_it_parsed_and_stays_bounded():
     for n in range(3 * rfc2616._DATES_MAX):
         assert parse_date(formatdate(1_000_000 + n, usegmt=True)) == 1_000_000 + n
         assert len(rfc2616._DATES) <= rfc2616._DATES_MAX
+
+
+def test_ban_regex_error():
+    with pytest.raises(BanError) as info:
+        build(split_args("req.url ~ ("))
+    # varnishd: "Regex compile error: missing closing parenthesis" (PCRE2's words; ours are Python's)
+    assert str(info.value).startswith("Regex compile error: ") and info.value.status == 106
+
+
+def test_ban_list_prints_durations_as_varnishd():
+    bl = BanList(counters())
+    bl.add("obj.ttl > 120s && obj.grace < 1.5s && obj.keep != 0.5s")
+    assert bl.newest.spec == "obj.ttl > 2m && obj.grace < 1.500s && obj.keep != 500ms"   # varnishd 7.1.1
+
+
+def test_a_completed_ban_lists_without_its_tests():
+    """varnishd 7.1.1 drops a completed ban's tests: ban.list shows `C` and nothing after it."""
+    bl = BanList(counters())
+    cached(bl)
+    bl.add("obj.status == 500")
+    bl.add("obj.status == 500")
+    lines = bl.listing().split("\n")
+    assert lines[1].endswith(" -  obj.status == 500") and lines[2].endswith(" C  ") and lines[3].endswith(" C  ")
+
+
+def test_the_first_ban_counts_as_added():
+    c = counters()
+    BanList(c)
+    assert (c.bans, c.bans_completed, c.bans_added) == (1, 1, 1)       # varnishstat at varnishd 7.1.1's start
+
+
+def test_ban_counters_accumulate():
+    c = counters()
+    bl = BanList(c)
+    a, b = cached(bl, [("X-Tag", "a")]), cached(bl, [("X-Tag", "a")])
+    assert bl.newest.refs == 2
+    bl.add("req.url ~ x")
+    bl.add("req.url ~ y")
+    bl.add("obj.status == 1")
+    bl.add("obj.status == 1")
+    bl.add("obj.status == 1")
+    assert (c.bans_req, c.bans_dups) == (2, 2)
+    bl.add("obj.http.x-tag == a && obj.status == 200")
+    req = HttpMessage("GET", "/")
+    assert bl.check(a, req, NOW) is True and bl.check(b, req, NOW) is True
+    # each object: 2 tests of the newest ban, then the killing one is that ban; not the completed dups
+    assert (c.bans_tested, c.bans_tests_tested, c.bans_obj_killed) == (2, 4, 2)
+
+
+def test_trimming_keeps_the_bans_an_object_still_needs():
+    c = counters()
+    bl = BanList(c)
+    first = cached(bl)
+    bl.add("obj.status == 1")
+    mid = cached(bl)
+    bl.add("obj.status == 2")
+    bl.add("obj.status == 3")
+    bl.release(first)                    # the first ban goes; the one `mid` points at stays
+    assert len(bl.bans) == 3 and c.bans == 3 and mid.ban is bl.bans[-1]
+
+
+def test_a_lookup_skips_req_bans_without_a_request_and_completed_bans():
+    c = counters()
+    bl = BanList(c)
+    oc = cached(bl, [("X-Tag", "a")])
+    bl.add("obj.http.x-tag == a")
+    bl.add("obj.status == 999")
+    bl.add("obj.status == 999")          # completes the one before it
+    bl.add("req.url ~ x")
+    assert bl.check(oc, None, NOW) is True
+
+
+def test_an_older_req_ban_does_not_hold_an_object_back():
+    c = counters()
+    bl = BanList(c)
+    bl.add("req.url ~ x")
+    oc = cached(bl)
+    bl.add("obj.status == 999")
+    assert bl.check(oc, None, NOW) is False and oc.ban is bl.newest
+
+
+# The lurker's times are relative to the bans' own (time.time() at ban), as its min_age is.
+def test_the_lurker_goes_on_past_objects_with_nothing_to_test():
+    bl = BanList(counters())
+    stale = cached(bl, [("X-Tag", "a")])
+    ban = bl.add("obj.http.x-tag == a")
+    behind_req = cached(bl, [("X-Tag", "a")])      # newer than the obj ban: only the req ban to see
+    bl.add("req.url ~ x")
+    fresh = cached(bl, [("X-Tag", "a")])            # has seen every ban
+    assert bl.lurk([fresh, behind_req, stale], ban.t + 10, min_age=5) == [stale]
+
+
+def test_the_lurker_tests_only_bans_newer_than_the_object():
+    bl = BanList(counters())
+    bl.add("obj.http.x-tag == a")
+    oc = cached(bl, [("X-Tag", "a")])
+    late = bl.add("obj.status == 999")
+    assert bl.lurk([oc], late.t + 10, min_age=5) == [] and oc.ban is late
+
+
+def test_the_lurker_evaluates_ttl_bans_at_its_own_time():
+    bl = BanList(counters())
+    oc = cached(bl, ttl=100.0, t_origin=0.0)
+    ban = bl.add("obj.ttl < 10s")
+    oc.t_origin = ban.t - 95              # 5 s left when the lurker runs at ban.t
+    assert bl.lurk([oc], ban.t, min_age=0) == [oc]
+
+
+def test_the_lurker_leaves_objects_behind_a_req_ban_and_completes_nothing_they_need():
+    c = counters()
+    bl = BanList(c)
+    oc = cached(bl, [("X-Tag", "b")])
+    first = oc.ban
+    obj_ban = bl.add("obj.http.x-tag == a")
+    req_ban = bl.add("req.url ~ /x")
+    assert bl.lurk([oc], req_ban.t + 100, min_age=0) == [] and oc.ban is first
+    assert c.bans_lurker_tested == 1                       # it was tested against the obj ban
+    assert not obj_ban.completed and not req_ban.completed
+
+
+def test_the_lurker_waits_for_a_young_ban_before_moving_an_object():
+    bl = BanList(counters())
+    oc = cached(bl, [("X-Tag", "b")])
+    first = oc.ban
+    old = bl.add("obj.http.x-tag == a")
+    young = bl.add("obj.http.x-tag == c")
+    young.t = old.t + 10
+    assert bl.lurk([oc], old.t + 5, min_age=5) == [] and oc.ban is first
+    assert not young.completed and not old.completed          # the object still has to see `young`
+
+
+def test_the_lurker_never_completes_a_req_ban():
+    bl = BanList(counters())
+    req_ban = bl.add("req.url ~ /x")
+    oc = cached(bl)
+    assert bl.lurk([oc], req_ban.t + 100, min_age=0) == [] and not req_ban.completed
+
+
+def test_the_lurker_completes_due_obj_bans_when_no_object_is_left():
+    bl = BanList(counters())
+    old = bl.add("obj.status == 1")
+    young = bl.add("obj.status == 2")
+    young.t = old.t + 10
+    assert bl.lurk([], old.t + 5, min_age=5) == []
+    assert old.completed and not young.completed
+    assert bl.lurk([], young.t + 5, min_age=5) == [] and young.completed
+
+
+def test_the_lurker_counts_every_object_it_kills():
+    c = counters()
+    bl = BanList(c)
+    objs = [cached(bl, [("X-Tag", "a")]) for _ in range(3)]
+    ban = bl.add("obj.http.x-tag == a")
+    assert bl.lurk(objs, ban.t + 10, min_age=5) == objs
+    assert (c.bans_lurker_tested, c.bans_lurker_obj_killed) == (3, 3)
+
+
+def test_an_older_req_ban_does_not_hold_an_object_back_from_the_lurker():
+    bl = BanList(counters())
+    bl.add("req.url ~ x")
+    oc = cached(bl)                     # has seen the req ban
+    late = bl.add("obj.status == 999")
+    assert bl.lurk([oc], late.t + 10, min_age=5) == [] and oc.ban is late
+
+
+@pytest.mark.parametrize("headers, status, record", [
+    # recorded from varnishd 7.1.1 (varnishtest, the VSL TTL records), at now = NOW
+    ([("Cache-Control", "max-age=30, stale-while-revalidate=4"), ("Age", "5"), ("Date", http_date(NOW))], 200,
+     f"RFC 30 4 0 {NOW:.0f} {NOW - 5:.0f} {NOW:.0f} 0 30 cacheable"),
+    ([("Date", http_date(NOW))], 302, f"RFC -1 10 0 {NOW:.0f} {NOW:.0f} {NOW:.0f} 0 0 cacheable"),
+    ([("Date", D1990), ("Expires", E1990)], 200, f"RFC 100 10 0 {NOW:.0f} {NOW:.0f} 631152000 631152100 0 cacheable"),
+    # a status RFC2616_Ttl does not cache keeps the -1 it starts from (cache_rfc2616.c)
+    ([("Cache-Control", "max-age=5")], 500, f"RFC -1 10 0 {NOW:.0f} {NOW:.0f} 0 0 0 cacheable"),
+])
+def test_the_ttl_record(headers, status, record):
+    ctx = Context(method="vcl_backend_response", hash_parts=[])
+    ctx.beresp = HttpMessage(status=status, reason="", headers=Headers(headers))
+    ctx.log = []
+    compute_ttl(ctx, PARAMS, NOW, log=True)
+    assert ctx.log == [("TTL", record)]
+    ctx.log = []
+    compute_ttl(ctx, PARAMS, NOW, log=True, uncacheable=True)     # the record's last field (vsl(7))
+    assert ctx.log == [("TTL", record.replace(" cacheable", " uncacheable"))]
+
+
+LM24, DATE24 = "Mon, 01 Jan 2024 00:00:00 GMT", "Mon, 01 Jan 2024 00:00:30 GMT"
+IFRANGE_OBJECTS = {
+    "strong": [("ETag", '"abc"'), ("Last-Modified", LM24), ("Date", DATE24)],
+    "weak": [("ETag", 'W/"abc"'), ("Last-Modified", LM24), ("Date", DATE24)],
+    "lm61": [("Last-Modified", "Mon, 01 Jan 2024 00:01:01 GMT"), ("Date", LM24)],    # 61 s after its Date
+    "lm60": [("Last-Modified", "Mon, 01 Jan 2024 00:01:00 GMT"), ("Date", LM24)],
+    "nolm": [("Date", LM24)],
+}
+
+
+@pytest.mark.parametrize("obj, if_range, served", [
+    # varnishd 7.1.1 (a .vtc: Range: bytes=0-0 with these If-Range against these objects, 206 or 200)
+    ("strong", None, True), ("strong", '"abc"', True), ("strong", 'W/"abc"', False), ("strong", '"xyz"', False),
+    ("strong", LM24, True), ("strong", "Mon, 01 Jan 2024 00:00:01 GMT", False), ("strong", "garbage", False),
+    ("strong", "abc", False), ("weak", '"abc"', False), ("weak", 'W/"abc"', False), ("weak", LM24, True),
+    ("lm61", "Mon, 01 Jan 2024 00:01:01 GMT", False), ("lm60", "Mon, 01 Jan 2024 00:01:00 GMT", True),
+    ("nolm", LM24, False),
+])
+def test_if_range(obj, if_range, served):
+    req = Headers([("Range", "bytes=0-0")] + ([("If-Range", if_range)] if if_range else []))
+    assert if_range_matches(req, Headers(IFRANGE_OBJECTS[obj])) is served
+
+
+def test_object_last_modified_is_the_header_else_the_second_it_was_made():
+    assert object_last_modified(Headers([("Last-Modified", LM24)]), NOW) == 1704067200.0
+    assert object_last_modified(Headers([("Last-Modified", "garbage")]), NOW) == 0.0
+    assert object_last_modified(Headers([("Date", LM24)]), NOW + 0.75) == NOW          # never the Date

@@ -246,7 +246,7 @@ class Checker(ExprChecker, XrefChecker):
         elif isinstance(stmt, ast.New):
             self._use("action", "new", stmt.pos, frozenset({"vcl_init"}))
             obj = self.instances[stmt.name.lower()]
-            self._bind_args(stmt.call, obj.constructor, stmt.call.name)
+            self._bind_args(stmt.call, obj.constructor, stmt.call.name, note="bare")
             stmt.call.ref = ("new", obj)
             stmt.call.type = "INSTANCE"
         elif isinstance(stmt, ast.ExprStmt):

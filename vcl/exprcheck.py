@@ -107,7 +107,7 @@ class ExprChecker:
                 r = self.tobool(self.cor(operand, fmt))
                 if r.type != "BOOL":
                     where = "preceeded" if i == 0 else "followed"
-                    raise VCLError(f"'{e.op}' must be {where} by BOOL, found {r.type}.", operand.pos)
+                    raise VCLError(f"'{e.op}' must be {where} by BOOL, found {self._type_name(r)}.", operand.pos)
                 ops.append(r)
             e.operands = ops
             e.type = "BOOL"
@@ -115,7 +115,7 @@ class ExprChecker:
         if isinstance(e, ast.Not):
             r = self.tobool(self.cor(e.operand, fmt))
             if r.type != "BOOL":
-                raise VCLError(f"'!' must be followed by BOOL, found {r.type}.", e.pos)
+                raise VCLError(f"'!' must be followed by BOOL, found {self._type_name(r)}.", e.pos)
             e.operand = r
             e.type = "BOOL"
             return e
@@ -129,7 +129,7 @@ class ExprChecker:
         left = self.add(e.left, fmt)
         ops = types.COMPARABLE.get(left.type or "")
         if ops is None or e.op not in ops:
-            raise VCLError(f"Operator {e.op} not possible on {left.type}", e.op_pos)
+            raise VCLError(f"Operator {e.op} not possible on {self._type_name(left)}", e.op_pos)
         right = self.add(e.right, left.type)
         if right.type != left.type:
             raise VCLError(f"Comparison of different types: {left.type} '{e.op}' {right.type}", e.op_pos)
@@ -159,7 +159,7 @@ class ExprChecker:
             e.right.type = "ACL"
             e.kind = "acl"
         else:
-            raise VCLError(f"Operator {e.op} not possible on {left.type}", e.op_pos)
+            raise VCLError(f"Operator {e.op} not possible on {self._type_name(left)}", e.op_pos)
         e.left = left
         e.type = "BOOL"
         return e
@@ -182,7 +182,7 @@ class ExprChecker:
         """Where a constant regex was wanted: VCC reads no '-' there, and types anything else."""
         if isinstance(e, ast.Neg):
             return VCLError("Unknown token '-' when looking for REGEX", e.pos)
-        return VCLError(f"Expression has type {self.add(e, 'STRING').type}, expected REGEX", e.pos)
+        return VCLError(f"Expression has type {self._type_name(self.add(e, 'STRING'))}, expected REGEX", e.pos)
 
     def regex(self, lit: ast.StringLit) -> None:
         reason = check_regex(lit.value)
@@ -215,7 +215,7 @@ class ExprChecker:
             c = ast.Concat(e.pos, parts)
             c.type = "STRING"
             return c
-        raise VCLError(f"{left.type} {e.op} {right.type} not possible.", e.op_pos)
+        raise VCLError(f"{self._type_name(left)} {e.op} {self._type_name(right)} not possible.", e.op_pos)
 
     def mul(self, e: ast.Expr, fmt: str) -> ast.Expr:
         if not (isinstance(e, ast.Arith) and e.op in "*/%"):
@@ -225,7 +225,7 @@ class ExprChecker:
             raise VCLError("Operator % only possible on INT.", e.op_pos)
         f2 = types.MULTYPE.get(left.type or "")
         if f2 is None:
-            raise VCLError(f"Operator {e.op} not possible on type {left.type}.", e.op_pos)
+            raise VCLError(f"Operator {e.op} not possible on type {self._type_name(left)}.", e.op_pos)
         right = self.unary(e.right, f2)
         if right.type != "INT" and right.type != f2:
             raise VCLError(f"{left.type} {e.op} {right.type} not possible.", e.op_pos)
@@ -359,12 +359,9 @@ class ExprChecker:
                 e.type = kind.upper()
                 return e
         if key in self.instances:
+            # typed as its object (VCC names it by vmod and class: _type_name); the context refuses it
             e.ref = ("instance", key)
             e.type = "INSTANCE"
-            if fmt not in ("INSTANCE", "STRING") and fmt not in types.STRING_FORMS:
-                # VCC names an object's type by its vmod and class
-                raise VCLError(f"Expression has type {self.instance_type.get(key, 'INSTANCE')}, "
-                               f"expected {fmt}", e.pos)
             return e
         try:
             var = symbols.lookup(name, self.version, self.storages)
@@ -445,7 +442,7 @@ class ExprChecker:
             if method is None:
                 at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1, len(rest))
                 raise VCLError(f"Unknown property '{rest}' for type {self._object_type(obj)}", at)
-            self._bind_args(e, method, name)
+            self._bind_args(e, method, name, note="none")     # VCC adds no note for a method
             e.ref = ("method", head, method)
             return self._func_result(e, method, statement)
         vmod = self._vmod_for(head, e.pos) if rest else None
@@ -523,7 +520,9 @@ class ExprChecker:
         e.type = "STRING" if func.ret in types.STRING_FORMS or func.ret == "HEADER" else func.ret
         return e
 
-    def _bind_args(self, e: ast.Call, func: Func, name: str) -> None:
+    def _bind_args(self, e: ast.Call, func: Func, name: str, note: str = "call") -> None:
+        """Arguments to parameters. `note` is what VCC adds to a missing argument's report: the call and
+        its place ("call"), the words alone ("bare", an object's constructor) or nothing (a method)."""
         params = func.params
         bound: list[ast.Expr | None] = [None] * len(params)
         positional = [a for a in e.args if a.name is None]
@@ -548,13 +547,17 @@ class ExprChecker:
             if bound[i] is None and not p.optional and p.default is None:
                 # an unnamed argument (a bare type in the .vcc) is known by its place
                 what = f"'{p.name}'" if p.name else str(i + 1 + getattr(func, "priv_args", 0))
-                if e.close_pos is None:
-                    raise VCLError(f"Argument {what} missing", e.pos)
-                # VCC stops at the ')' and names the call it was compiling
-                call = ast.Pos(e.pos.file, e.pos.line, e.pos.col,
-                               max(e.close_pos.col - e.pos.col, 1) if e.close_pos.line == e.pos.line else 1)
-                raise VCLError(f"Argument {what} missing", e.close_pos,
-                               [("While compiling function call:", call)])
+                assert e.close_pos is not None       # the parser keeps every call's ')'
+                # VCC stops at the ')' and names the call it was compiling, up to the token before
+                # the ')': the '(' when the ')' is on a line of its own
+                if e.close_pos.line == e.pos.line:
+                    length = max(e.close_pos.col - e.pos.col, 1)
+                else:
+                    length = len(name) + 1 if not e.args else 1
+                call = ast.Pos(e.pos.file, e.pos.line, e.pos.col, length)
+                notes = {"call": [("While compiling function call:", call)],
+                         "bare": [("While compiling function call:", None)]}.get(note, [])
+                raise VCLError(f"Argument {what} missing", e.close_pos, notes)
         e.bound = bound
 
     def _arg(self, value: ast.Expr, param) -> ast.Expr:

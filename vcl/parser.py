@@ -231,8 +231,8 @@ class _ToAst(Transformer):
         return ast.Ban(self._p(kw), value)
 
     def new_(self, children):
-        kw, name, func, args = children
-        call = ast.Call(self._p(func), str(func), args or [])
+        kw, name, func, args, rpar = children
+        call = ast.Call(self._p(func), str(func), args or [], close_pos=self._p(rpar))
         return ast.New(self._p(kw), str(name), self._p(name), call)
 
     def include_stmt(self, children):

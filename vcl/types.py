@@ -33,7 +33,7 @@ EQUALITY = frozenset({"==", "!="})
 COMPARABLE: dict[str, frozenset[str]] = {
     "INT": ORDERED, "DURATION": ORDERED, "BYTES": ORDERED, "REAL": ORDERED, "TIME": ORDERED,
     "STRING": ORDERED, "BOOL": EQUALITY, "IP": EQUALITY, "BACKEND": EQUALITY, "ACL": EQUALITY,
-    "PROBE": EQUALITY, "STEVEDORE": EQUALITY, "SUB": EQUALITY, "INSTANCE": EQUALITY,
+    "PROBE": EQUALITY, "STEVEDORE": EQUALITY, "SUB": EQUALITY,
 }
 
 # Types with a string form, and the Python template (on {x}) that produces it.

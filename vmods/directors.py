@@ -147,27 +147,31 @@ class RoundRobin(Director):
     def __init__(self) -> None:
         super().__init__()
         self.next = 0
-        # what varnishd's array still holds one past the end after a removal: `nxt` may point there
-        self.stale: object | None = None
+        # what varnishd's array still holds past the end (a removal moves the tail down a slot and
+        # leaves the old last one behind; an addition writes the first): `nxt` may point there
+        self.beyond: list[object | None] = []
 
     def add(self, backend: object, weight: float = 1.0) -> None:
         super().add(backend, weight)
-        self.stale = None
+        self.beyond = self.beyond[1:]
 
     def remove(self, backend: object) -> int | None:
         old_last = self.members[-1][0] if self.members else None
         i = super().remove(backend)
         if i is not None:
-            # varnishd leaves `nxt` alone; past the end it reads the old last slot (never a backend
-            # just removed here: that one is skipped)
-            self.stale = old_last if old_last is not backend else None
+            # the removed one's slot is cleared first: removing the last leaves nothing behind
+            # (varnishd then asserts on it; here it is skipped)
+            self.beyond = [old_last if old_last is not backend else None] + self.beyond
         return i
 
     def resolve(self, ctx):
         n = len(self.members)
         nxt = self.next
         for _ in range(n):
-            backend = self.members[nxt][0] if nxt < n else self.stale
+            if nxt < n:
+                backend = self.members[nxt][0]
+            else:
+                backend = self.beyond[nxt - n] if nxt - n < len(self.beyond) else None
             nxt = (nxt + 1) % n
             if backend is not None and _healthy(backend, ctx):
                 self.next = nxt
