@@ -751,8 +751,9 @@ class ClientRequest(Delivery, EsiRequest):
         if (oc.gzipped and self.server.params.http_gzip_support
                 and not accepts_gzip(ctx.req.headers.get("Accept-Encoding"))):
             weaken_etag(resp)       # this client gets another representation (gunzipped)
-        if self.server.params.http_range_support and resp.status == 200 and not oc.private:
+        if self.server.params.http_range_support and resp.status == 200 and oc.head is not None:
             # before vcl_deliver, as varnishd 7.1 (VCL may remove it); pass and synth do not announce
+            # (OC_F_PRIVATE); a hash object kept out of the cache (no TTL left) still does
             headers.unset("Accept-Ranges")
             headers.add("Accept-Ranges", "bytes")
         ctx.resp = resp

@@ -264,8 +264,6 @@ def vary_match(oc: ObjCore, req: HttpMessage, gzip_support: bool = False) -> boo
         return True
     get = req.headers.get
     for name, value in oc.vary:
-        if name == "*":
-            return False
         if gzip_support and name == "accept-encoding":
             # varnishd's vry_cmp: with gzip support everybody gets the one (gzipped) object,
             # gunzipped on delivery as needed; skipped when matching, not when recording
@@ -285,7 +283,8 @@ def vary_of(vary_header: str | None, bereq: HttpMessage) -> tuple[tuple[str, str
         if name and name not in names:
             names.append(name)
     get = bereq.headers.get
-    return tuple((n, None if n == "*" else get(n)) for n in names) or None
+    # '*' is no special case in varnishd's VRY_Create: a field no request has, recorded as absent
+    return tuple((n, get(n)) for n in names) or None
 
 
 def _req_ttl(oc: ObjCore, req_ttl: float | None) -> float:
