@@ -654,6 +654,7 @@ class BusyObj:
         oc.keep = max(float(ctx.beresp_keep or 0.0), 0.0)
         oc.xid = ctx.bereq_xid
         oc.hfm = oc.hfp = False
+        oc.uncacheable = bool(ctx.beresp_uncacheable) or self.hfp_ttl is not None
         if oc.private or ctx.beresp_uncacheable or self.hfp_ttl is not None:
             self.server.counters.beresp_uncacheable += 1
         if oc.private:

@@ -544,7 +544,9 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.obj_keep = oc.keep
         ctx.obj_hits = oc.hits
         ctx.obj_age = age
-        ctx.obj_uncacheable = oc.hfm or oc.hfp or oc.private
+        # varnishd: a pass object or one made uncacheable; not one merely kept out of the cache
+        # (no TTL, or a backend error's), which is no OC_F_PRIVATE there
+        ctx.obj_uncacheable = oc.head is None or oc.uncacheable or oc.hfm or oc.hfp
         # pass and synthetic objects live in Transient, as in varnishd
         ctx.obj_storage = oc.store or (TRANSIENT if oc.private else None)
         ctx.obj_can_esi = oc.esi_data is not None

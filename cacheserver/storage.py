@@ -63,7 +63,7 @@ class ObjCore:
 
     __slots__ = ("head", "http", "chunks", "base", "length", "buffered", "complete", "failed", "keep_body",
                  "readers", "_wakeup", "_space", "t_origin", "ttl", "grace", "keep", "xid", "hits", "busy",
-                 "hfm", "hfp", "private", "vary", "ban", "size", "store", "dying", "exp_at", "body_cache",
+                 "hfm", "hfp", "private", "uncacheable", "vary", "ban", "size", "store", "dying", "exp_at", "body_cache",
                  "t_lastuse", "clen", "expected", "alloc", "seg", "fast_head", "gzipped", "gzip_bits", "gzip_changed",
                  "esi_data", "__weakref__")
 
@@ -90,6 +90,7 @@ class ObjCore:
         self.hfm = False
         self.hfp = False
         self.private = head is None       # pass and synthetic objects: never in the hash
+        self.uncacheable = False          # beresp.uncacheable when it was made (obj.uncacheable)
         self.fast_head = None             # plain hits' template (hit_template.py), shared
         self.vary: tuple[tuple[str, str | None], ...] | None = None
         self.ban: Ban | None = None
