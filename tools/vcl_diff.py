@@ -249,6 +249,8 @@ SCRIPT: list = [
     ("GET", "/", {"X-Forwarded-Proto": "https"}), ("GET", "/", {"X-Forwarded-Proto": "https"}),
     ("GET", "/product", {"Range": "bytes=0-9"}), ("GET", "/product", {"Host": "shop.example:8080"}),
     ("GET", "/", {"X-Requested-With": "XMLHttpRequest"}),
+    ("PURGE", "/", {"X-Magento-Tags-Pattern": "home_tag", "_from": "127.0.0.2"}),
+    ("BAN", "/", {**INVALIDATE, "_from": "127.0.0.2"}), ("GET", "/", {"_from": "127.0.0.2"}),
     ("PURGE", "/", {"X-Magento-Tags-Pattern": "home_tag"}), ("PURGE", "/", {}), ("GET", "/", GZ),
     ("PURGE", "/product?a=1&b=2", {}), ("GET", "/product?a=1&b=2", GZ),
     ("BAN", "/", INVALIDATE), ("BAN", "/", {}), ("GET", "/", {}), ("GET", "/page/1", {}),
@@ -261,6 +263,10 @@ SCRIPT: list = [
     ("GET", "/product", {"If-Modified-Since": "Wed, 01 Nov 2023 10:00:00 GMT"}),
     ("GET", "/product", {"If-None-Match": "*"}),
     ("PURGE", "/", {"X-Magento-Tags-Pattern": "(unclosed"}), ("BAN", "/", {"X-Cache-Tags": "(", "ApiPlatform-Ban-Regex": "("}),
+    ("GET", "/ws", {"Upgrade": "websocket", "Connection": "Upgrade"}), ("GET", "/product", {"Host": "other.example"}),
+    ("GET", "/product", {"Referer": "https://t.co/abc"}), ("GET", "/page/3", {"Accept-Encoding": "deflate"}),
+    ("GET", "/page/3", {"Accept-Encoding": "gzip;q=0"}), ("GET", "/page/3", {"Accept-Encoding": "x-gzip"}),
+    ("HEAD", "/page/4", {}), ("GET", "/page/4", {}), ("GET", "/page/5?", {}), ("GET", "/page/5?#frag", {}),
     ("GET", "/swr", {}), ("GET", "/short", {}), ("GET", "/short", {}), ("SLEEP", 2.5), ("GET", "/swr", {}), ("GET", "/short", {}), ("SLEEP", 0.5),
     ("GET", "/short", {}),
 ]
@@ -279,7 +285,10 @@ class Reply:
 
 
 def ask(port: int, method: str, url: str, headers: dict[str, str], body: bytes | None) -> Reply:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    headers = dict(headers)
+    source = headers.pop("_from", None)       # another loopback address: a client no ACL lists
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15,
+                                      source_address=(source, 0) if source else None)
     try:
         conn.putrequest(method, url, skip_host=True, skip_accept_encoding=True)
         hdrs = {"Host": HOST, "User-Agent": "vcl-diff/1", **headers}
