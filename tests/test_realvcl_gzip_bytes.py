@@ -14,12 +14,12 @@ body; runs of empty stored blocks are compared as one.
 from __future__ import annotations
 
 import gzip
+import http.client
 import os
 import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -83,7 +83,6 @@ def _one_empty_block(data: bytes) -> bytes:
 
 
 def _raw(port: int, url: str) -> bytes:
-    import http.client
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request("GET", url, headers={"Accept-Encoding": "gzip"})
