@@ -59,6 +59,11 @@ class GzCrc:
 
 # -- fetch: parse and compress ---------------------------------------------------------------------
 
+def _xfl(level: int) -> int:
+    """The gzip header's XFL byte as zlib's deflate writes it for a compression level."""
+    return 2 if level == 9 else 4 if level < 2 else 0
+
+
 class GzipRuns:
     """Compresses a body being parsed so that every verbatim range is its own run of deflate blocks.
 
@@ -68,6 +73,9 @@ class GzipRuns:
     def __init__(self, parser: EsiParser, level: int, memlevel: int) -> None:
         self.parser = parser
         self.z = zlib.compressobj(level, zlib.DEFLATED, -15, memlevel)
+        # the stored object's header is zlib's own (varnishd's VGZ), whose XFL byte follows the
+        # level; only an ESI delivery sends the fixed GZIP_HEADER
+        self.header = GZIP_HEADER[:8] + bytes([_xfl(level)]) + GZIP_HEADER[9:]
         self.gz: list[tuple[int, int, int, int] | Include] = []
         self.cpos = len(GZIP_HEADER)       # compressed bytes so far
         self.done = 0                      # plain bytes compressed so far
@@ -131,7 +139,7 @@ class GzipRuns:
         out: list[bytes] = []
         if not self.started:
             self.started = True
-            out.append(GZIP_HEADER)
+            out.append(self.header)
         self.size += len(data)
         self.crc = zlib.crc32(data, self.crc)
         self.pbuf += data
@@ -172,7 +180,7 @@ class GzipRuns:
         out: list[bytes] = []
         if not self.started:
             self.started = True
-            out.append(GZIP_HEADER)
+            out.append(self.header)
         if found:
             self._advance(self.size, True, out)
         else:

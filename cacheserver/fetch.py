@@ -35,7 +35,8 @@ log = logging.getLogger("cacheserver.fetch")
 
 # Headers a cache fill must not forward: the object is fetched whole and unconditionally.
 _FETCH_FILTER = ("Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match",
-                 "If-Unmodified-Since")
+                 "If-Unmodified-Since", "Cache-Control", "Accept-Ranges", "Content-Range",
+                 "Proxy-Authenticate", "Proxy-Authorization")
 # Headers of a 304 that must not replace the stored object's.
 _NO_MERGE = frozenset({"content-length", "content-encoding", "transfer-encoding", "connection"})
 
@@ -630,8 +631,9 @@ class BusyObj:
 
     # -- the object -------------------------------------------------------------------------------
 
-    def _setup_object(self, http: HttpMessage, now_origin: float) -> None:
-        """Copy beresp.* to the object and make it visible (unbusy) if it belongs in the cache."""
+    def _setup_object(self, http: HttpMessage, now_origin: float, age: float = 0.0) -> None:
+        """Copy beresp.* to the object and make it visible (unbusy) if it belongs in the cache.
+        `age`: the response's Age when its headers came, what beresp.ttl is relative to."""
         ctx = self.ctx
         oc = self.oc
         http = http.copy()
@@ -645,12 +647,14 @@ class BusyObj:
             oc.expected = self.expected_len
         oc.http = http
         oc.t_origin = now_origin
-        age = time.time() - now_origin
+        # stored from the origin time as varnishd's VRT_l_beresp_ttl does (plus the Age at the
+        # headers' arrival, not the clock now): a TTL of 0 stays 0, and such an object is never a hit
         oc.ttl = (ctx.beresp_ttl + age) if ctx.beresp_ttl is not None else 0.0
         oc.grace = max(float(ctx.beresp_grace or 0.0), 0.0)
         oc.keep = max(float(ctx.beresp_keep or 0.0), 0.0)
         oc.xid = ctx.bereq_xid
         oc.hfm = oc.hfp = False
+        oc.uncacheable = bool(ctx.beresp_uncacheable) or self.hfp_ttl is not None
         if oc.private or ctx.beresp_uncacheable or self.hfp_ttl is not None:
             self.server.counters.beresp_uncacheable += 1
         if oc.private:
@@ -742,7 +746,7 @@ class BusyObj:
         ctx = self.ctx
         oc = self.oc
         raw_expected = self.conn.clen if self.conn is not None and self.body_kind == "length" else None
-        self._setup_object(ctx.beresp, self.t_origin)
+        self._setup_object(ctx.beresp, self.t_origin, ctx.beresp_age)
         if ctx.was_304:
             oc.append(body304)
             self._release_response()

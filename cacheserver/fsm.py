@@ -546,7 +546,9 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.obj_keep = oc.keep
         ctx.obj_hits = oc.hits
         ctx.obj_age = age
-        ctx.obj_uncacheable = oc.hfm or oc.hfp or oc.private
+        # varnishd: a pass object or one made uncacheable; not one merely kept out of the cache
+        # (no TTL, or a backend error's), which is no OC_F_PRIVATE there
+        ctx.obj_uncacheable = oc.head is None or oc.uncacheable or oc.hfm or oc.hfp
         # pass and synthetic objects live in Transient, as in varnishd
         ctx.obj_storage = oc.store or (TRANSIENT if oc.private else None)
         ctx.obj_can_esi = oc.esi_data is not None
@@ -753,8 +755,9 @@ class ClientRequest(Delivery, EsiRequest):
         if (oc.gzipped and self.server.params.http_gzip_support
                 and not accepts_gzip(ctx.req.headers.get("Accept-Encoding"))):
             weaken_etag(resp)       # this client gets another representation (gunzipped)
-        if self.server.params.http_range_support and resp.status == 200 and not oc.private:
+        if self.server.params.http_range_support and resp.status == 200 and oc.head is not None:
             # before vcl_deliver, as varnishd 7.1 (VCL may remove it); pass and synth do not announce
+            # (OC_F_PRIVATE); a hash object kept out of the cache (no TTL left) still does
             headers.unset("Accept-Ranges")
             headers.add("Accept-Ranges", "bytes")
         ctx.resp = resp

@@ -63,7 +63,7 @@ class ObjCore:
 
     __slots__ = ("head", "http", "chunks", "base", "length", "buffered", "complete", "failed", "keep_body",
                  "readers", "_wakeup", "_space", "t_origin", "ttl", "grace", "keep", "xid", "hits", "busy",
-                 "hfm", "hfp", "private", "vary", "ban", "size", "store", "dying", "exp_at", "body_cache",
+                 "hfm", "hfp", "private", "uncacheable", "vary", "ban", "size", "store", "dying", "exp_at", "body_cache",
                  "t_lastuse", "clen", "expected", "alloc", "seg", "fast_head", "gzipped", "gzip_bits", "gzip_changed",
                  "esi_data", "__weakref__")
 
@@ -90,6 +90,7 @@ class ObjCore:
         self.hfm = False
         self.hfp = False
         self.private = head is None       # pass and synthetic objects: never in the hash
+        self.uncacheable = False          # beresp.uncacheable when it was made (obj.uncacheable)
         self.fast_head = None             # plain hits' template (hit_template.py), shared
         self.vary: tuple[tuple[str, str | None], ...] | None = None
         self.ban: Ban | None = None
@@ -264,8 +265,6 @@ def vary_match(oc: ObjCore, req: HttpMessage, gzip_support: bool = False) -> boo
         return True
     get = req.headers.get
     for name, value in oc.vary:
-        if name == "*":
-            return False
         if gzip_support and name == "accept-encoding":
             # varnishd's vry_cmp: with gzip support everybody gets the one (gzipped) object,
             # gunzipped on delivery as needed; skipped when matching, not when recording
@@ -285,7 +284,8 @@ def vary_of(vary_header: str | None, bereq: HttpMessage) -> tuple[tuple[str, str
         if name and name not in names:
             names.append(name)
     get = bereq.headers.get
-    return tuple((n, None if n == "*" else get(n)) for n in names) or None
+    # '*' is no special case in varnishd's VRY_Create: a field no request has, recorded as absent
+    return tuple((n, get(n)) for n in names) or None
 
 
 def _req_ttl(oc: ObjCore, req_ttl: float | None) -> float:

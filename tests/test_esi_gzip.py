@@ -85,3 +85,17 @@ def test_splicers_make_deflate_data_with_its_crc(chunk: int) -> None:
         page = GZIP_HEADER + out + crc.trailer()
         assert zlib.decompress(page, 31) == plain, kind
         assert (crc.crc, crc.length) == (zlib.crc32(plain), len(plain)), kind
+
+
+@pytest.mark.parametrize(("level", "xfl"), [(6, 0), (9, 2), (1, 4), (0, 4)])
+def test_stored_gzip_header_is_zlibs_for_the_level(level: int, xfl: int) -> None:
+    """A page parsed for ESI and stored gzipped carries the header varnishd's deflate writes for
+    gzip_level (XFL 2 only at 9): with no ESI markup it is delivered as stored, header and all."""
+    ps = EsiParser("/")
+    runs = GzipRuns(ps, level, 8)
+    body = b"var shop = {};\n" * 200
+    stored = b"".join(runs.push(body) + runs.end(ps.finish() is not None)[0])
+    assert stored[:10] == bytes([0x1F, 0x8B, 8, 0, 0, 0, 0, 0, xfl, 3])
+    zlib_own = zlib.compressobj(level, zlib.DEFLATED, 31)
+    assert stored[:10] == (zlib_own.compress(body) + zlib_own.flush())[:10]
+    assert zlib.decompress(stored, 31) == body

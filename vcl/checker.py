@@ -89,6 +89,12 @@ class Checker(ExprChecker, XrefChecker):
 
         def declare(kind: str, name: str, pos: ast.Pos) -> str:
             key = name.lower()   # VCC's symbols are case-insensitive
+            builtin = symbols.BUILTIN_SYMBOLS.get(key)
+            if builtin is not None:
+                # VCC's own symbols (acl ban { } in published TYPO3 and API Platform VCL)
+                if kind == "subroutine":
+                    raise VCLError(f"Symbol '{name}' has wrong type ({builtin}), expected sub:", pos)
+                raise VCLError(f"Name {name} must have type '{builtin}'.", pos)
             if key in names:
                 # VCC: the same kind again is a redefinition; another kind a clash of names.
                 msg = (f"{kind.capitalize()} '{name}' redefined." if names[key][0] == kind
@@ -123,7 +129,7 @@ class Checker(ExprChecker, XrefChecker):
                                    [("Valid vcl_* subroutines are:\n" + valid, None)])
                 info = self.subs.get(item.name)
                 if info is None:
-                    if item.name in names:
+                    if item.name in names or item.name.lower() in symbols.BUILTIN_SYMBOLS:
                         declare("subroutine", item.name, item.name_pos)
                     names[item.name] = ("subroutine", item.name_pos)
                     self.subs[item.name] = SubInfo(item.name, [item])

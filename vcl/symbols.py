@@ -81,6 +81,15 @@ RETURNS: dict[str, frozenset[str]] = {
 
 ACTIONS = frozenset().union(*RETURNS.values()) | {"lookup"}
 
+# Names VCC has in its symbol table before any VCL is read, with their kind: none can be declared as
+# an acl, backend, probe or sub (varnishd 7.1: "Name ban must have type 'action'.").
+BUILTIN_SYMBOLS = {
+    **dict.fromkeys(("ban", "call", "hash_data", "if", "new", "return", "set", "synthetic", "unset"), "action"),
+    **dict.fromkeys(("acl", "backend", "import", "probe", "sub", "vcl"), "reserved"),
+    **dict.fromkeys(("regsub", "regsuball", "true", "false"), "func"),
+    **dict.fromkeys(("now", "req", "bereq", "beresp", "resp"), "var"),
+}
+
 # Arguments an action takes: (type, optional) per argument.
 ACTION_ARGS: dict[str, tuple[tuple[str, bool], ...]] = {
     "synth": (("INT", False), ("STRING", True)),
