@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+
+import pytest
+from test_coalesced_writes import _exchange
 
 from cacheserver import fsm
 from vcl.runtime import Headers
@@ -35,3 +39,22 @@ def test_header_scans():
     assert h.count("cache-control") == 2 and h.count("host") == 1 and h.count("range") == 0
     assert h.has_none(frozenset({"range", "if-none-match"}))
     assert not h.has_none(frozenset({"range", "host"}))
+
+
+@pytest.mark.parametrize("path", ["/miss", "/pass"])
+def test_a_body_that_came_with_the_head_is_whole_before_the_client_looks(path, monkeypatch):
+    """The fetch finishes such an object first: the client writes it at once (no streaming state);
+    a body still to come is streamed, its head sent first."""
+    streamed = []
+    stream = fsm._ASYNC_STEPS["stream"]
+
+    async def spy(request):
+        streamed.append(request.oc.complete)
+        return await stream(request)
+    monkeypatch.setitem(fsm._ASYNC_STEPS, "stream", spy)
+    writes, got = asyncio.run(_exchange(path))
+    assert writes == [got] and got.endswith(b"\r\n\r\nhello")
+    assert streamed == []
+    writes, got = asyncio.run(_exchange(path + "2", asyncio.Event()))
+    assert len(writes) == 2 and writes[1] == b"hello"
+    assert streamed == [False]
