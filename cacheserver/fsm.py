@@ -195,10 +195,8 @@ class ClientRequest(Delivery, EsiRequest):
             # one pre-joined run of records (cacheserver/vsl.py), one format: this is every request
             ts = "%.6f" % t
             ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
-                                     "Timestamp Req: %s 0.000000 0.000000\0VCL_use %s\0"
-                                     "ReqStart %s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
-                            % (parent, reason, ts, ts, self.vcl.__dict__.get("name") or "boot", ip.addr,
-                               ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
+                                     "Timestamp Req: %s 0.000000 0.000000\0%sReqMethod %s\0ReqURL %s\0ReqProtocol %s"
+                            % (parent, reason, ts, ts, self._begin_middle(), req.method, req.url, req.proto)))
         else:
             ts = "%.6f" % t
             ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
@@ -211,6 +209,24 @@ class ClientRequest(Delivery, EsiRequest):
             ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
                             % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
         req.headers.log_to(ctx.log, "ReqHeader", "ReqUnset")
+
+    def _begin_middle(self) -> str:
+        """The VCL_use and ReqStart records, the same for every request of a session in one VCL:
+        made once per session and VCL."""
+        session = self.session
+        vcl = self.vcl
+        made = getattr(session, "begin_middle", None)
+        if made is None or made[0] is not vcl:
+            ctx = self.ctx
+            ip = ctx.client_ip
+            made = (vcl, "VCL_use %s\0ReqStart %s %d %s\0" % (vcl.__dict__.get("name") or "boot", ip.addr, ip.port,
+                                                               ctx.local_socket or "a0"))
+            if getattr(session, "transport", None) is not None:    # connected: as _session_fields
+                try:
+                    session.begin_middle = made
+                except AttributeError:
+                    pass
+        return made[1]
 
     def _vsl_sync(self) -> None:
         """debug +syncvsl: what the request logged so far goes out before it waits (varnishd writes
@@ -261,7 +277,7 @@ class ClientRequest(Delivery, EsiRequest):
         state = self.state
         session = self.session
         vcl = self.vcl
-        waits = _wait_states(vcl)
+        waits = vcl.__dict__.get("wait_states") or _wait_states(vcl)     # (made once per VCL)
         while state is not None:
             if self.vcl is not vcl:            # return (vcl(label)) switched it
                 vcl = self.vcl

@@ -58,3 +58,48 @@ def test_a_body_that_came_with_the_head_is_whole_before_the_client_looks(path, m
     writes, got = asyncio.run(_exchange(path + "2", asyncio.Event()))
     assert len(writes) == 2 and writes[1] == b"hello"
     assert streamed == [False]
+
+
+class _Sink(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+
+    def write(self, data) -> None:
+        self.out += data
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("10.0.0.9", 5555), "sockname": ("127.0.0.1", 80)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_a_session_logs_the_vcl_each_request_runs_in():
+    """VCL_use and ReqStart are made once per session and VCL: a vcl.use between two requests of a
+    kept-alive connection shows in the second's records."""
+    from inproc import RecordingLog
+
+    from cacheserver.protocol import ClientProtocol
+    from cacheserver.server import Server
+
+    async def run() -> list[str]:
+        srv = Server()
+        srv.vsl = log = RecordingLog()
+        for name in ("one", "two"):
+            srv.vcl_load(name, 'vcl 4.1;\nbackend default none;\nsub vcl_recv { return (synth(200)); }\n', "t.vcl")
+        srv.vcl_use("one")
+        proto = ClientProtocol(srv, "a7")
+        proto.connection_made(_Sink())
+        proto.data_received(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        srv.vcl_use("two")
+        proto.data_received(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        return log.texts("VCL_use") + log.texts("ReqStart")
+
+    assert asyncio.run(run()) == ["one", "two", "10.0.0.9 5555 a7", "10.0.0.9 5555 a7"]
