@@ -137,11 +137,13 @@ class BusyObj:
         self.no_retry: str | None = None     # why a retry cannot resend the request (varnishd's no_retry)
         # set once the request (and its body) is sent or the fetch gave up: varnishd's BOS_REQ_DONE,
         # which a client waits for before it lets go of a body the fetch still reads
-        self.req_done: asyncio.Future = asyncio.get_running_loop().create_future()
+        # (the loop looked up once: in Python 3.11 each get_running_loop() is a getpid() syscall)
+        loop = self.loop = asyncio.get_running_loop()
+        self.req_done: asyncio.Future = loop.create_future()
         self._body_read = False               # the response body was read to its end
         self.conn: BackendConn | None = None
         self.body_kind = "none"
-        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future = loop.create_future()
         self.reader = oc.open_reader() if mode != "bg" else None
         self.no_space = False
         self.bereq_close = False
@@ -201,7 +203,7 @@ class BusyObj:
             self.bereq0.headers.set("If-None-Match", etag)
 
     def start(self) -> asyncio.Task:
-        return asyncio.get_running_loop().create_task(self.run())
+        return self.loop.create_task(self.run())
 
     def _signal(self) -> None:
         if not self.ready.done():
@@ -780,6 +782,7 @@ class BusyObj:
             if self.no_space:
                 return self._out_of_storage()
             stored = True
+            whole = False
             if chain is None and not bodyless and conn is not None and conn.body and conn.held < _EARLY_BODY:
                 # bytes that came with the head: stored first, so each client sends its head
                 # and them in one write (they are there already: nothing waits on the backend)
@@ -788,9 +791,13 @@ class BusyObj:
                 backends.live(self.backend).beresp_bodybytes += len(data)
                 self.acct_beresp_body += len(data)
                 stored = await self._store(data)
-            self._signal()
-            # let the waiting clients send their heads first, as varnishd's do at BOS_STREAM
-            await asyncio.sleep(0)
+                # the whole body came with the head: the object is finished before the clients
+                # look (they then write it at once, with no streaming state and no wait for more)
+                whole = stored and conn.done and not conn.body
+            if not whole:
+                self._signal()
+                # let the waiting clients send their heads first, as varnishd's do at BOS_STREAM
+                await asyncio.sleep(0)
             if not stored:
                 return self._stored_failed()
         try:

@@ -195,10 +195,8 @@ class ClientRequest(Delivery, EsiRequest):
             # one pre-joined run of records (cacheserver/vsl.py), one format: this is every request
             ts = "%.6f" % t
             ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
-                                     "Timestamp Req: %s 0.000000 0.000000\0VCL_use %s\0"
-                                     "ReqStart %s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
-                            % (parent, reason, ts, ts, self.vcl.__dict__.get("name") or "boot", ip.addr,
-                               ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
+                                     "Timestamp Req: %s 0.000000 0.000000\0%sReqMethod %s\0ReqURL %s\0ReqProtocol %s"
+                            % (parent, reason, ts, ts, self._begin_middle(), req.method, req.url, req.proto)))
         else:
             ts = "%.6f" % t
             ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
@@ -211,6 +209,24 @@ class ClientRequest(Delivery, EsiRequest):
             ctx.log.append(("ReqStart", "%s %d %s\0ReqMethod %s\0ReqURL %s\0ReqProtocol %s"
                             % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
         req.headers.log_to(ctx.log, "ReqHeader", "ReqUnset")
+
+    def _begin_middle(self) -> str:
+        """The VCL_use and ReqStart records, the same for every request of a session in one VCL:
+        made once per session and VCL."""
+        session = self.session
+        vcl = self.vcl
+        made = getattr(session, "begin_middle", None)
+        if made is None or made[0] is not vcl:
+            ctx = self.ctx
+            ip = ctx.client_ip
+            made = (vcl, "VCL_use %s\0ReqStart %s %d %s\0" % (vcl.__dict__.get("name") or "boot", ip.addr, ip.port,
+                                                               ctx.local_socket or "a0"))
+            if getattr(session, "transport", None) is not None:    # connected: as _session_fields
+                try:
+                    session.begin_middle = made
+                except AttributeError:
+                    pass
+        return made[1]
 
     def _vsl_sync(self) -> None:
         """debug +syncvsl: what the request logged so far goes out before it waits (varnishd writes
@@ -264,7 +280,7 @@ class ClientRequest(Delivery, EsiRequest):
         state = self.state
         session = self.session
         vcl = self.vcl
-        waits = _wait_states(vcl)
+        waits = vcl.__dict__.get("wait_states") or _wait_states(vcl)     # (made once per VCL)
         while state is not None:
             if self.vcl is not vcl:            # return (vcl(label)) switched it
                 vcl = self.vcl
@@ -353,12 +369,15 @@ class ClientRequest(Delivery, EsiRequest):
         if ctx.restarts == 0 and self.parent is None:    # an ESI subrequest starts from its parent's
             if self.received is None and _may_switch(self.vcl):
                 self.received = req.copy()
-            xff = req.headers.get_all("X-Forwarded-For")
+            headers = req.headers
+            # (a scan for the names before the lists of values: most requests have neither)
+            xff = headers.get_all("X-Forwarded-For") if headers.get_lower("x-forwarded-for") is not None else None
             if xff:
-                req.headers.unset("X-Forwarded-For")
+                headers.unset("X-Forwarded-For")
             ip = ctx.client_ip.addr
-            req.headers.add("X-Forwarded-For", f"{', '.join(xff)}, {ip}" if xff else ip)
-            collect_header(req.headers, "Cache-Control")
+            headers.add("X-Forwarded-For", f"{', '.join(xff)}, {ip}" if xff else ip)
+            if headers.count("cache-control") > 1:
+                collect_header(headers, "Cache-Control")
             if _may_esi(self.vcl):
                 self.req0 = req.copy()          # what ESI subrequests start from (varnishd's http0)
         ctx.backend_hint = self.vcl.default_backend
@@ -428,7 +447,7 @@ class ClientRequest(Delivery, EsiRequest):
     def _recv_continue(self, action: Action) -> None:
         """A client waiting on `Expect: 100-continue` gets it once vcl_recv is done, unless VCL
         failed or chose std.late_100_continue(true) (then it comes when the body is read)."""
-        if action.name != "fail" and not self.late100:
+        if action.name != "fail" and not self.late100 and self.body.want_continue is not None:
             self.body.send_continue()
 
     def _wash_accept_encoding(self, action: Action) -> None:
@@ -473,11 +492,10 @@ class ClientRequest(Delivery, EsiRequest):
         if name == "fail" or hash_action.name == "fail":
             return self._fail_state()
         parts = ctx.hash_parts
-        if not self.server.vsl.wants("Hash") and all(type(p) is str for p in parts):
+        if not self.server.vsl.wants("Hash") and _all_str(parts):
             # the common case in one call: each part followed by varnishd's field separator
             # (HSH_AddString(NULL)), the same digest as the loop below
-            data = ("\0".join(parts) + "\0").encode("utf-8", "surrogateescape") if parts else b""
-            self.digest = ctx.hash = hashlib.sha256(data).digest()
+            self.digest = ctx.hash = _digest_of("\0".join(parts) + "\0" if parts else "")
         else:
             self.digest = ctx.hash = self._hash_and_log(ctx, parts)
         if name == "hash":
@@ -896,6 +914,33 @@ class ClientRequest(Delivery, EsiRequest):
 _SYNC_STEPS = {state: getattr(ClientRequest, "st_" + state) for state, subs in STATES.items() if subs is not WAITS}
 _ASYNC_STEPS = {state: getattr(ClientRequest, "ast_" + state) for state, subs in STATES.items()
                 if subs is WAITS or subs}
+
+
+# The digests of recent short hash inputs: a hit's SHA-256 (a fresh OpenSSL context each time) costs
+# more than a dict lookup. Bounded in entries and key length; started over when full.
+_DIGESTS: dict[str, bytes] = {}
+_DIGESTS_MAX = 4096
+_DIGEST_KEY_MAX = 512
+
+
+def _digest_of(text: str) -> bytes:
+    """sha256 of the joined hash parts (with their separators), as HSH_AddString makes it."""
+    digest = _DIGESTS.get(text)
+    if digest is None:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+        if len(text) <= _DIGEST_KEY_MAX:
+            if len(_DIGESTS) >= _DIGESTS_MAX:
+                _DIGESTS.clear()
+            _DIGESTS[text] = digest
+    return digest
+
+
+def _all_str(parts: list) -> bool:
+    """No STRANDS (tuples) or bytes among the hash parts (a loop: cheaper than all() of a generator)."""
+    for part in parts:
+        if type(part) is not str:
+            return False
+    return True
 
 
 def _builtin_hash(ctx: Context) -> None:

@@ -879,7 +879,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def _end_body(self, request: ClientRequest) -> None:
         """The request is done: drop what still comes of its body, free a cached one's storage."""
-        request.body.ignore()
+        if request.body is not NO_BODY:      # (the shared empty body has nothing to drop)
+            request.body.ignore()
         holder = request.body_storage
         if holder is not None:
             request.body_storage = None

@@ -193,10 +193,15 @@ class ObjCore:
     def _trim(self) -> None:
         if self.keep_body or not self.chunks:
             return
-        low = min((c[0] for c in self.readers), default=self.base + len(self.chunks))
+        readers = self.readers
+        # (one reader, a pass's client, is the common case: no generator for it)
+        if len(readers) == 1:
+            low = readers[0][0]
+        else:
+            low = min((c[0] for c in readers), default=self.base + len(self.chunks))
         drop = low - self.base
         if drop > 0:
-            self.buffered -= sum(len(c) for c in self.chunks[:drop])
+            self.buffered -= sum(map(len, self.chunks[:drop]))
             del self.chunks[:drop]
             self.base = low
             if self._space is not None and self.buffered < STREAM_WINDOW and not self._space.done():

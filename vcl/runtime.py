@@ -52,6 +52,13 @@ class Headers:
                 return field[1]
         return None
 
+    def get_lower(self, lname: str) -> str | None:
+        """get() for a name already lowercased (generated code lowers its names at compile time)."""
+        for field in self._fields:
+            if field[2] == lname:
+                return field[1]
+        return None
+
     def get_all(self, name: str) -> list[str]:
         lname = name.lower()
         return [f[1] for f in self._fields if f[2] == lname]
@@ -61,7 +68,18 @@ class Headers:
 
     def has_none(self, lnames: frozenset[str]) -> bool:
         """No field has one of these (lowercased) names: one scan for several lookups."""
-        return lnames.isdisjoint([f[2] for f in self._fields])
+        for field in self._fields:
+            if field[2] in lnames:
+                return False
+        return True
+
+    def count(self, lname: str) -> int:
+        """How many fields are called `lname` (lowercased)."""
+        n = 0
+        for field in self._fields:
+            if field[2] == lname:
+                n += 1
+        return n
 
     def set(self, name: str, value: str) -> None:
         """Replace every field called `name` by one, at the place of the first (VCL `set`)."""

@@ -348,7 +348,7 @@ def _header(scope: str, header: str) -> Variable | None:
     msg, read, write, unset = HEADER_SCOPES[scope]
     lname = header.lower()
     return Variable(f"{scope}.http.{header}", "HEADER", read, write, unset,
-                    get=f"{msg}.headers.get({lname!r})",
+                    get=f"{msg}.headers.get_lower({lname!r})",
                     set=f"rt.set_hdr({msg}.headers, {header!r}, {{v}})",
                     unset_code=f"{msg}.headers.unset({lname!r})", header=True)
 
