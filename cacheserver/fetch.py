@@ -20,13 +20,14 @@ from cacheserver import backends, vsl
 from cacheserver import esi as _esi  # noqa: F401 - fills the filters' esi slots
 from cacheserver.beconn import SMALL_BODY, BackendConn, ConnError
 from cacheserver.filters import Chain, FetchCtx, FilterError, open_chain, stack, vfp_default_list, weaken_etag
+from cacheserver.h1refuse import HDR_FIRST
 from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for, text, wire
 from cacheserver.reqbody import ReqBody, ReqBodyError
 from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import ObjCore
 from cacheserver.vclcall import acall_sub
-from vcl.runtime import Action, BackendSpec, Context, Headers, HttpMessage
+from vcl.runtime import Action, BackendSpec, Context, Headers, HttpMessage, Workspace
 
 if TYPE_CHECKING:
     from cacheserver.server import Server
@@ -62,10 +63,12 @@ class _LoggedFetchError(FetchError):
     """A FetchError whose record is in the log already (before the BackendClose, as varnishd's)."""
 
 
-def make_bereq(req: HttpMessage, is_pass: bool, xid: int, gzip: bool, keep_proto: bool = False) -> HttpMessage:
+def make_bereq(req: HttpMessage, is_pass: bool, xid: int, gzip: bool, keep_proto: bool = False,
+               ws: Workspace | None = None) -> HttpMessage:
     """The backend request for a miss (whole object, GET) or a pass (as the client asked)."""
     bereq = req.copy()
     headers = bereq.headers
+    headers.ws = ws
     listed = [t.strip().lower() for v in headers.get_all("Connection") for t in v.split(",")]
     for name in HOP_BY_HOP:
         headers.unset(name)
@@ -77,11 +80,13 @@ def make_bereq(req: HttpMessage, is_pass: bool, xid: int, gzip: bool, keep_proto
         for name in _FETCH_FILTER:
             headers.unset(name)
         headers.unset("Content-Length")      # a cache fill sends no body (varnishd's HTTPH_R_FETCH)
-        if gzip:
+        if gzip and (headers.get("Accept-Encoding") or "").lower() != "gzip":
             # a cache fill always asks for gzip: clients that do not take it get it gunzipped
-            headers.set("Accept-Encoding", "gzip")
+            # (http_ForceHeader: a field other than "gzip" goes, a new one comes last)
+            headers.unset("Accept-Encoding")
+            headers.add("Accept-Encoding", "gzip", printf=True)
     headers.unset("X-Varnish")
-    headers.add("X-Varnish", str(xid))
+    headers.add("X-Varnish", str(xid), printf=True)
     if not keep_proto:
         bereq.proto = "HTTP/1.1"
     return bereq
@@ -116,7 +121,7 @@ def beresp_filters_default(ctx: Context) -> str:
 _EARLY_BODY = 64 * 1024
 
 
-class BusyObj:
+class BusyObj(Workspace):
     """One backend transaction filling `oc` (a busy object in the cache, or a private one for pass)."""
 
     # BereqAcct: bytes of this fetch (bereq head and body sent, beresp head and body received)
@@ -152,7 +157,10 @@ class BusyObj:
         if mode == "bg":
             server.counters.s_bgfetch += 1
         params = server.params
-        self.bereq0 = make_bereq(creq.req, self.is_pass, xid, params.http_gzip_support)
+        self.ws_id = "bo"                     # its workspace (Workspace): bereq and beresp
+        self.hdr_cap = params.http_max_hdr - HDR_FIRST
+        self.ws_counters = server.counters
+        self.bereq0 = make_bereq(creq.req, self.is_pass, xid, params.http_gzip_support, ws=self)
         if stale is not None and not self.is_pass and stale.http is not None and stale.http.status == 200:
             self._add_validators(stale)
         self.ctx = Context(
@@ -188,6 +196,8 @@ class BusyObj:
 
     def _vsl_end(self) -> None:
         ctx = self.ctx
+        if self.overflowed:
+            self.server.counters.ws_backend_overflow += 1
         ctx.log += (vsl.bereq_acct(self), ("End", ""))
         self.server.vsl.write(ctx.bereq_xid, "b", ctx.log)
 
@@ -234,11 +244,15 @@ class BusyObj:
         ctx = self.ctx
         if ctx.bereq is None:
             ctx.bereq = self.bereq0.copy()     # a retry keeps what VCL did to bereq
+            ctx.bereq.headers.ws = self
         if not self.logged_bereq:
             self.logged_bereq = True
             bereq = ctx.bereq
             ctx.log += (("BereqMethod", bereq.method), ("BereqURL", bereq.url), ("BereqProtocol", bereq.proto))
             bereq.headers.log_to(ctx.log, "BereqHeader", "BereqUnset")
+            if self.ws_pending:
+                ctx.log += self.ws_pending      # making bereq lost a header (X-Varnish...)
+                self.ws_pending = None
         ctx.beresp = None
         action = await acall_sub(self.vcl, ctx, "vcl_backend_fetch")
         name = action.name
@@ -468,6 +482,7 @@ class BusyObj:
         beresp = HttpMessage(proto=sys.intern("HTTP/" + conn.version), status=status,
                              reason=reason or reason_for(status),
                              headers=Headers.adopt(conn.fields))
+        beresp.headers.ws = self
         now = time.time()
         if not self._body_status(ctx.bereq.method, conn):
             self._close_conn(SC_RX_BODY)
@@ -901,6 +916,7 @@ class BusyObj:
         status = int(status)
         reason = reason or ("Backend fetch failed" if status == 503 else reason_for(status % 1000))
         beresp = HttpMessage(proto="HTTP/1.1", status=status, reason=reason)
+        beresp.headers.ws = self
         ctx.log += (("BerespProtocol", beresp.proto), ("BerespStatus", str(status % 1000)),
                     ("BerespReason", reason))
         beresp.headers.log_to(ctx.log, "BerespHeader", "BerespUnset")

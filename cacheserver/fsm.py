@@ -32,7 +32,7 @@ from cacheserver.storage import SYNTH_OBJECT, ObjCore
 from cacheserver.vclcall import CALL_NAMES, acall_sub, call_sub
 from vcl.compiler import BUILTIN_RETURNS
 from vcl.rtlib import end_task, s_ip
-from vcl.runtime import Action, Context, HttpMessage
+from vcl.runtime import Action, Context, HttpMessage, Workspace
 
 if TYPE_CHECKING:
     from cacheserver.protocol import ClientProtocol
@@ -112,7 +112,7 @@ def _may_switch(vcl) -> bool:
     return may
 
 
-class ClientRequest(Delivery, EsiRequest):
+class ClientRequest(Delivery, EsiRequest, Workspace):
     """One client request on its way from vcl_recv to the wire (delivery: deliver.py)."""
 
     # What every request starts with, as class attributes: a request sets only what differs.
@@ -161,6 +161,9 @@ class ClientRequest(Delivery, EsiRequest):
         ctx = self.ctx = Context.starting_with(fields)
         ctx.method = "recv"
         ctx.req = ctx.req_top = req
+        self.hdr_cap = server.params.http_max_hdr - HDR_FIRST     # the request's workspace (Workspace)
+        self.ws_counters = server.counters
+        req.headers.ws = self
         ctx.vcl = vcl
         ctx.hash_parts = []
         ctx.req_time = time.time()
@@ -246,6 +249,8 @@ class ClientRequest(Delivery, EsiRequest):
             self.server.vsl.write(ctx.xid, "c", ctx.log, template % (
                 *values, now, now - self.t_start, now - self.t_prev, req, rx, req + rx, hdr, body, hdr + body))
             return
+        if self.overflowed:
+            self.server.counters.ws_client_overflow += 1
         ctx.log.append(("Timestamp", "Resp: %.6f %.6f %.6f\0ReqAcct %d %d %d %d %d %d\0End "
                         % (now, now - self.t_start, now - self.t_prev, req, rx, req + rx, hdr, body,
                            hdr + body)))
@@ -354,7 +359,7 @@ class ClientRequest(Delivery, EsiRequest):
             if xff:
                 req.headers.unset("X-Forwarded-For")
             ip = ctx.client_ip.addr
-            req.headers.add("X-Forwarded-For", f"{', '.join(xff)}, {ip}" if xff else ip)
+            req.headers.add("X-Forwarded-For", f"{', '.join(xff)}, {ip}" if xff else ip, printf=True)
             collect_header(req.headers, "Cache-Control")
             if _may_esi(self.vcl):
                 self.req0 = req.copy()          # what ESI subrequests start from (varnishd's http0)
@@ -419,6 +424,7 @@ class ClientRequest(Delivery, EsiRequest):
             # http0); what the first vcl_recv changed is gone
             req = self.received.copy()
             req.headers.vsl = (ctx.log, "ReqHeader", "ReqUnset")
+            req.headers.ws = self
             ctx.req = ctx.req_top = req
         self.ctx.backend_hint = target.default_backend
         return True
@@ -716,26 +722,25 @@ class ClientRequest(Delivery, EsiRequest):
             if self.is_hit and self._deliver_from_template():
                 return "send" if self.send_data is not None else None
             self._template_wanted = self.oc.fast_head is None    # shared, it costs the object nothing
-        resp = self._prepare_deliver()
-        if self._headers_lost(resp):
+        if self._undecodable():
             return self._to_synth(500)
-        return self._after_deliver(resp, None)
+        return self._after_deliver(self._prepare_deliver(), None)
 
-    def _headers_lost(self, resp: HttpMessage) -> bool:
-        """The object's headers and ours do not fit in http_max_hdr: varnishd loses the rest, its
-        workspace overflows, and the request becomes a 500 synth before vcl_deliver."""
-        lost = len(resp.headers) - (self.server.params.http_max_hdr - HDR_FIRST)
-        if lost <= 0:
+    def _undecodable(self) -> bool:
+        """varnishd's HTTP_Decode refuses an object whose header fields filled its beresp (their count
+        and the start line's, plus one, pass http_max_hdr): 500 synth before vcl_deliver."""
+        n = len(self.oc.http.headers) + HDR_FIRST + 1
+        limit = self.server.params.http_max_hdr
+        if n <= limit:
             return False
-        self.server.counters.losthdr += lost
-        self.ctx.log.append(("Error", "out of workspace (resp headers)"))
+        self.ctx.log.append(("Error", "Too many headers to Decode object (%d vs. %d)" % (n, limit)))
         self._drop_object()
         return True
 
     async def ast_deliver(self) -> str | None:
-        resp = self._prepare_deliver()
-        if self._headers_lost(resp):
+        if self._undecodable():
             return self._to_synth(500)
+        resp = self._prepare_deliver()
         return self._after_deliver(resp, await self.acall("vcl_deliver"))
 
     def _prepare_deliver(self) -> HttpMessage:
@@ -744,9 +749,15 @@ class ClientRequest(Delivery, EsiRequest):
         resp = oc.http.copy()
         resp.proto = "HTTP/1.1"
         headers = resp.headers
+        headers.ws = self
+        # a workspace that overflowed or headers that may not fit: log as we add, so that the losses
+        # fall among the RespHeader records where varnishd logs them
+        tight = self.overflowed or len(headers) + 4 > self.hdr_cap
+        if tight:
+            _log_resp(ctx.log, resp)
         # objects are stored without X-Varnish and Age (fetch.py), so these are plain appends
-        headers.add("X-Varnish", f"{ctx.xid} {oc.xid}" if self.is_hit else str(ctx.xid))
-        headers.add("Age", str(max(0, int(time.time() - oc.t_origin))))
+        headers.add("X-Varnish", f"{ctx.xid} {oc.xid}" if self.is_hit else str(ctx.xid), printf=True)
+        headers.add("Age", str(max(0, int(time.time() - oc.t_origin))), printf=True)
         headers.add("Via", _VIA)
         if (oc.gzipped and self.server.params.http_gzip_support
                 and not accepts_gzip(ctx.req.headers.get("Accept-Encoding"))):
@@ -754,12 +765,13 @@ class ClientRequest(Delivery, EsiRequest):
         if self.server.params.http_range_support and resp.status == 200 and not oc.private:
             # before vcl_deliver, as varnishd 7.1 (VCL may remove it); pass and synth do not announce
             headers.unset("Accept-Ranges")
-            headers.add("Accept-Ranges", "bytes")
+            headers.add("Accept-Ranges", "bytes", printf=True)
         ctx.resp = resp
         ctx.resp_filters = None
         ctx.obj_oc = oc                  # what resp.filters is chosen for (no cycle: oc knows no ctx)
         ctx.head_request = self.method0 == "HEAD"
-        _log_resp(ctx.log, resp)
+        if not tight:
+            _log_resp(ctx.log, resp)
         return resp
 
     def _after_deliver(self, resp: HttpMessage, action: Action | None) -> str | None:
@@ -799,9 +811,11 @@ class ClientRequest(Delivery, EsiRequest):
         status = self.synth_status       # checked by VCL's return (rtlib.status_action)
         reason = self.synth_reason or reason_for(status % 1000)
         resp = HttpMessage(proto="HTTP/1.1", status=status, reason=reason)
+        resp.headers.ws = self
+        _log_resp(ctx.log, resp)
         resp.headers.add("Date", DATES.now())
         resp.headers.add("Server", "Varnish")
-        resp.headers.add("X-Varnish", str(ctx.xid))
+        resp.headers.add("X-Varnish", str(ctx.xid), printf=True)
         if self.body.want_continue is not None:
             # the client still waits for a 100 and has not sent its body: suggest closing rather
             # than reading it (VCL may veto by removing the header)
@@ -809,7 +823,6 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.resp = resp
         ctx.resp_filters = None
         ctx.obj_oc = None
-        _log_resp(ctx.log, resp)
         ctx.synth_body = []
         self.server.counters.s_synth += 1
         return resp
@@ -864,7 +877,7 @@ class ClientRequest(Delivery, EsiRequest):
         if action.name == "deliver":
             body = "".join(ctx.synth_body or []).encode("utf-8", "surrogateescape")
             ctx.resp.headers.unset("Content-Length")
-            ctx.resp.headers.add("Content-Length", str(len(body)))
+            ctx.resp.headers.add("Content-Length", str(len(body)), printf=True)
             self.synth_data = body
             if self._synth_reads_body():
                 return "synthbody"
