@@ -545,6 +545,10 @@ class ExprChecker:
                 value.name = value.written     # the parser lowered it as a symbol (blob's DEFAULT)
             if not isinstance(_first_node(value), ast.Name):
                 raise VCLError(f"Expected ID got '{_first_token(value)}'", value.pos)     # VCC wants a word
+            if isinstance(value, ast.Name) and value.parens:
+                # the '(' VCC stops at: just before the word, as it is usually written
+                at = ast.Pos(value.pos.file, value.pos.line, max(value.pos.col - 1, 1), 1)
+                raise VCLError("Expected ID got '('", at)
             if not isinstance(value, ast.Name) or value.name not in param.enum:
                 choices = "\n".join("\t" + w for w in param.enum)
                 raise VCLError(f"Wrong enum value.  Expected one of:\n{choices}", value.pos)
