@@ -27,7 +27,8 @@ from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import ObjCore
 from cacheserver.vclcall import acall_sub
-from vcl.runtime import Action, BackendSpec, Context, Headers, HttpMessage, Workspace
+from vcl.rtlib import end_task
+from vcl.runtime import Action, BackendSpec, Context, Headers, HttpMessage, VCLFailure, Workspace
 
 if TYPE_CHECKING:
     from cacheserver.server import Server
@@ -177,7 +178,8 @@ class BusyObj(Workspace):
         self.ctx.priv_task = None
         self.ctx.filters_default = beresp_filters_default   # beresp.filters until VCL sets it
         self.creq = creq                     # the client task, for its ReqBody timestamp
-        self.t_prev = self.t_start = time.time()
+        self.t_prev = self.t_start = self.ctx.bereq_time = time.time()   # bereq.time: kept over retries
+        self.ctx.task = self
         self._vsl_begin(creq.xid, _BEGIN.get(mode, "fetch"))
 
     # -- the shared log ---------------------------------------------------------------------------
@@ -193,6 +195,26 @@ class BusyObj(Workspace):
         self.ctx.log.append(("Timestamp", "%s: %.6f %.6f %.6f" % (event, now, now - self.t_start,
                                                                  now - self.t_prev)))
         self.t_prev = now
+
+    vsl_timestamp = _ts     # std.timestamp (ctx.task): counted from the fetch's own last Timestamp
+
+    def vcl_rollback(self, message: HttpMessage) -> None:
+        """std.rollback(bereq): bereq as made from the request (Bereq_Rollback: HTTP_Clone from
+        bereq0, which has no X-Varnish yet), unlogged; a fresh PRIV_TASK; the workspace rolled back."""
+        ctx = self.ctx
+        if message is not ctx.bereq:
+            raise VCLFailure("std.rollback() restores req or bereq only")
+        if ctx.priv_task:
+            end_task(ctx)
+            ctx.priv_task = None
+        if self.overflowed:
+            self.server.counters.ws_backend_overflow += 1
+            self.overflowed = False
+        bereq = self.bereq0.copy()
+        bereq.headers.unset("X-Varnish")
+        bereq.headers.vsl = (ctx.log, "BereqHeader", "BereqUnset")
+        bereq.headers.ws = self
+        ctx.bereq = bereq
 
     def _vsl_end(self) -> None:
         ctx = self.ctx
@@ -494,6 +516,7 @@ class BusyObj(Workspace):
             beresp.headers.add("Date", DATES.now())
         ctx.beresp = beresp
         self._ts("Beresp")
+        ctx.beresp_time = self.t_prev
         ctx.log += (("BerespProtocol", beresp.proto), ("BerespStatus", str(status)),
                     ("BerespReason", beresp.reason))
         beresp.headers.log_to(ctx.log, "BerespHeader", "BerespUnset")
@@ -923,6 +946,7 @@ class BusyObj(Workspace):
         beresp.headers.add("Date", DATES.now())
         beresp.headers.add("Server", "Varnish")
         ctx.beresp = beresp
+        ctx.beresp_time = time.time()         # beresp.time: vcl_backend_error was entered
         ctx.synth_body = []
         ctx.beresp_ttl = 0.0
         ctx.beresp_grace = 0.0

@@ -32,7 +32,7 @@ from cacheserver.storage import SYNTH_OBJECT, ObjCore
 from cacheserver.vclcall import CALL_NAMES, acall_sub, call_sub
 from vcl.compiler import BUILTIN_RETURNS
 from vcl.rtlib import end_task, s_ip
-from vcl.runtime import Action, Context, HttpMessage, Workspace
+from vcl.runtime import Action, Context, HttpMessage, VCLFailure, Workspace
 
 if TYPE_CHECKING:
     from cacheserver.protocol import ClientProtocol
@@ -104,11 +104,12 @@ def _may_esi(vcl) -> bool:
 
 
 def _may_switch(vcl) -> bool:
-    """Can this VCL's vcl_recv return (vcl(...))? Only then is the request kept as received for
-    the rollback the switch does. Worked out once per VCL."""
+    """Can this VCL's vcl_recv return (vcl(...)), or call std.rollback()? Only then is the request
+    kept as received (varnishd's http0) for the rollback. Worked out once per VCL."""
     may = vcl.__dict__.get("may_switch")
     if may is None:
-        may = vcl.may_switch = "Action('vcl'" in (getattr(vcl, "python_source", "") or "")
+        src = getattr(vcl, "python_source", "") or ""
+        may = vcl.may_switch = "Action('vcl'" in src or "std_rollback(" in src
     return may
 
 
@@ -161,6 +162,7 @@ class ClientRequest(Delivery, EsiRequest, Workspace):
         ctx = self.ctx = Context.starting_with(fields)
         ctx.method = "recv"
         ctx.req = ctx.req_top = req
+        ctx.task = self
         self.hdr_cap = server.params.http_max_hdr - HDR_FIRST     # the request's workspace (Workspace)
         self.ws_counters = server.counters
         req.headers.ws = self
@@ -227,6 +229,27 @@ class ClientRequest(Delivery, EsiRequest, Workspace):
         self.ctx.log.append(("Timestamp", "%s: %.6f %.6f %.6f" % (event, now, now - self.t_start,
                                                                  now - self.t_prev)))
         self.t_prev = now
+
+    vsl_timestamp = _ts     # std.timestamp (ctx.task): counted from the request's own last Timestamp
+
+    def vcl_rollback(self, message: HttpMessage) -> None:
+        """std.rollback(req): the request as received again (Req_Rollback: HTTP_Clone from http0,
+        before X-Forwarded-For), unlogged; a fresh PRIV_TASK; the workspace rolled back."""
+        ctx = self.ctx
+        if message is not ctx.req or self.received is None:
+            raise VCLFailure("std.rollback() restores req or bereq only")
+        if ctx.priv_task:
+            end_task(ctx)
+            ctx.priv_task = None
+        if self.overflowed:
+            self.server.counters.ws_client_overflow += 1
+            self.overflowed = False
+        req = self.received.copy()
+        req.headers.vsl = (ctx.log, "ReqHeader", "ReqUnset")
+        req.headers.ws = self
+        ctx.req = req
+        if self.parent is None:
+            ctx.req_top = req
 
     def _vsl_end(self) -> None:
         """The request is done: its task's finalizers run, then its last records go, then the whole
@@ -352,9 +375,9 @@ class ClientRequest(Delivery, EsiRequest, Workspace):
     def _recv_setup(self) -> None:
         ctx = self.ctx
         req = ctx.req
+        if ctx.restarts == 0 and self.received is None and _may_switch(self.vcl):
+            self.received = req.copy()
         if ctx.restarts == 0 and self.parent is None:    # an ESI subrequest starts from its parent's
-            if self.received is None and _may_switch(self.vcl):
-                self.received = req.copy()
             xff = req.headers.get_all("X-Forwarded-For")
             if xff:
                 req.headers.unset("X-Forwarded-For")
@@ -554,6 +577,7 @@ class ClientRequest(Delivery, EsiRequest, Workspace):
         # pass and synthetic objects live in Transient, as in varnishd
         ctx.obj_storage = oc.store or (TRANSIENT if oc.private else None)
         ctx.obj_can_esi = oc.esi_data is not None
+        ctx.obj_time = oc.t_origin
 
     # -- hit / miss / pass ------------------------------------------------------------------------
 
@@ -767,6 +791,8 @@ class ClientRequest(Delivery, EsiRequest, Workspace):
             headers.unset("Accept-Ranges")
             headers.add("Accept-Ranges", "bytes", printf=True)
         ctx.resp = resp
+        ctx.resp_time = self.t_prev      # resp.time: the last Timestamp before vcl_deliver
+        ctx.obj_time = oc.t_origin
         ctx.resp_filters = None
         ctx.obj_oc = oc                  # what resp.filters is chosen for (no cycle: oc knows no ctx)
         ctx.head_request = self.method0 == "HEAD"
@@ -821,6 +847,7 @@ class ClientRequest(Delivery, EsiRequest, Workspace):
             # than reading it (VCL may veto by removing the header)
             resp.headers.add("Connection", "close")
         ctx.resp = resp
+        ctx.resp_time = self.t_prev
         ctx.resp_filters = None
         ctx.obj_oc = None
         ctx.synth_body = []

@@ -334,6 +334,8 @@ class Context:
         "log",
         # free per-task storage for vmods
         "priv_task",
+        # the server's task (client request or fetch): vsl_timestamp(label) for std.timestamp
+        "task",
         # Added for vcl/ (see the variable table in vcl/symbols.py):
         # `now`, set by each compiled built-in subroutine that reads it, on entry
         "now",
