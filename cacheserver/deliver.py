@@ -228,7 +228,8 @@ class Delivery:
                 chain, resp_len = self._open_vdps(resp, oc, resp_len)
             except FilterError as exc:
                 # varnishd: "Failure to push processors", and the connection goes, unanswered
-                ctx.log.append(("Error", str(exc)))
+                if exc.record is not None:
+                    ctx.log.append(exc.record)
                 ctx.log.append(("Error", "Failure to push processors"))
                 self.keep_alive = False
                 self.session.close()
@@ -287,7 +288,8 @@ class Delivery:
             try:
                 out = b"".join([*chain.push(oc.body()), *chain.end()])
             except FilterError as exc:
-                ctx.log.append(("Error", str(exc)))
+                if exc.record is not None:
+                    ctx.log.append(exc.record)
                 out = None
             finally:
                 chain.close()
@@ -386,7 +388,8 @@ class Delivery:
                 await chain.aend(self._send_piece)
         except FilterError as exc:
             # a filter found the body bad mid-delivery: the client can be told only by closing
-            self.ctx.log.append(("Error", str(exc)))
+            if exc.record is not None:
+                self.ctx.log.append(exc.record)
             failed = True
         finally:
             self._flush_head()
