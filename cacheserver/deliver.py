@@ -80,7 +80,7 @@ class Delivery:
         one (still arriving, maybe: see _keep_template)."""
         oc = self.oc
         if not ((oc.complete if self.is_hit else not oc.private) and self.keep_alive
-                and self.method0 == "GET" and not self.overflowed and "vcl_deliver" in self.vcl.builtin_only and not self.vcl.traced):
+                and self.method0 == "GET" and not self.ws.overflowed and "vcl_deliver" in self.vcl.builtin_only and not self.vcl.traced):
             return False
         headers = self.ctx.req.headers
         if oc.gzipped or oc.esi_data is not None:
@@ -260,7 +260,7 @@ class Delivery:
                 self.keep_alive = False
                 self.close_reason = "sc_tx_eof"
                 headers.set("Connection", "close")
-        if self.overflowed:
+        if self.ws.overflowed:
             return self._ws_overflowed(chain)
         head = serialize_head(resp)
         if self._template_wanted and chain is None:

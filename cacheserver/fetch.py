@@ -14,6 +14,7 @@ import asyncio
 import logging
 import sys
 import time
+import weakref
 from typing import TYPE_CHECKING
 
 from cacheserver import backends, vsl
@@ -122,7 +123,7 @@ def beresp_filters_default(ctx: Context) -> str:
 _EARLY_BODY = 64 * 1024
 
 
-class BusyObj(Workspace):
+class BusyObj:
     """One backend transaction filling `oc` (a busy object in the cache, or a private one for pass)."""
 
     # BereqAcct: bytes of this fetch (bereq head and body sent, beresp head and body received)
@@ -158,10 +159,8 @@ class BusyObj(Workspace):
         if mode == "bg":
             server.counters.s_bgfetch += 1
         params = server.params
-        self.ws_id = "bo"                     # its workspace (Workspace): bereq and beresp
-        self.hdr_cap = params.http_max_hdr - HDR_FIRST
-        self.ws_counters = server.counters
-        self.bereq0 = make_bereq(creq.req, self.is_pass, xid, params.http_gzip_support, ws=self)
+        self.ws = Workspace("bo", params.http_max_hdr - HDR_FIRST, server.counters)   # bereq, beresp
+        self.bereq0 = make_bereq(creq.req, self.is_pass, xid, params.http_gzip_support, ws=self.ws)
         if stale is not None and not self.is_pass and stale.http is not None and stale.http.status == 200:
             self._add_validators(stale)
         self.ctx = Context(
@@ -179,7 +178,7 @@ class BusyObj(Workspace):
         self.ctx.filters_default = beresp_filters_default   # beresp.filters until VCL sets it
         self.creq = creq                     # the client task, for its ReqBody timestamp
         self.t_prev = self.t_start = self.ctx.bereq_time = time.time()   # bereq.time: kept over retries
-        self.ctx.task = self
+        self.ctx.task = weakref.ref(self)    # no cycle: a finished fetch goes at once
         self._vsl_begin(creq.xid, _BEGIN.get(mode, "fetch"))
 
     # -- the shared log ---------------------------------------------------------------------------
@@ -207,18 +206,18 @@ class BusyObj(Workspace):
         if ctx.priv_task:
             end_task(ctx)
             ctx.priv_task = None
-        if self.overflowed:
+        if self.ws.overflowed:
             self.server.counters.ws_backend_overflow += 1
-            self.overflowed = False
+            self.ws.overflowed = False
         bereq = self.bereq0.copy()
         bereq.headers.unset("X-Varnish")
         bereq.headers.vsl = (ctx.log, "BereqHeader", "BereqUnset")
-        bereq.headers.ws = self
+        bereq.headers.ws = self.ws
         ctx.bereq = bereq
 
     def _vsl_end(self) -> None:
         ctx = self.ctx
-        if self.overflowed:
+        if self.ws.overflowed:
             self.server.counters.ws_backend_overflow += 1
         ctx.log += (vsl.bereq_acct(self), ("End", ""))
         self.server.vsl.write(ctx.bereq_xid, "b", ctx.log)
@@ -266,15 +265,15 @@ class BusyObj(Workspace):
         ctx = self.ctx
         if ctx.bereq is None:
             ctx.bereq = self.bereq0.copy()     # a retry keeps what VCL did to bereq
-            ctx.bereq.headers.ws = self
+            ctx.bereq.headers.ws = self.ws
         if not self.logged_bereq:
             self.logged_bereq = True
             bereq = ctx.bereq
             ctx.log += (("BereqMethod", bereq.method), ("BereqURL", bereq.url), ("BereqProtocol", bereq.proto))
             bereq.headers.log_to(ctx.log, "BereqHeader", "BereqUnset")
-            if self.ws_pending:
-                ctx.log += self.ws_pending      # making bereq lost a header (X-Varnish...)
-                self.ws_pending = None
+            if self.ws.ws_pending:
+                ctx.log += self.ws.ws_pending   # making bereq lost a header (X-Varnish...)
+                self.ws.ws_pending = None
         ctx.beresp = None
         action = await acall_sub(self.vcl, ctx, "vcl_backend_fetch")
         name = action.name
@@ -504,7 +503,7 @@ class BusyObj(Workspace):
         beresp = HttpMessage(proto=sys.intern("HTTP/" + conn.version), status=status,
                              reason=reason or reason_for(status),
                              headers=Headers.adopt(conn.fields))
-        beresp.headers.ws = self
+        beresp.headers.ws = self.ws
         now = time.time()
         if not self._body_status(ctx.bereq.method, conn):
             self._close_conn(SC_RX_BODY)
@@ -939,7 +938,7 @@ class BusyObj(Workspace):
         status = int(status)
         reason = reason or ("Backend fetch failed" if status == 503 else reason_for(status % 1000))
         beresp = HttpMessage(proto="HTTP/1.1", status=status, reason=reason)
-        beresp.headers.ws = self
+        beresp.headers.ws = self.ws
         ctx.log += (("BerespProtocol", beresp.proto), ("BerespStatus", str(status % 1000)),
                     ("BerespReason", reason))
         beresp.headers.log_to(ctx.log, "BerespHeader", "BerespUnset")

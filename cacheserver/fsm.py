@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import time
+import weakref
 from typing import TYPE_CHECKING
 
 from cacheserver import storage as st
@@ -113,7 +114,7 @@ def _may_switch(vcl) -> bool:
     return may
 
 
-class ClientRequest(Delivery, EsiRequest, Workspace):
+class ClientRequest(Delivery, EsiRequest):
     """One client request on its way from vcl_recv to the wire (delivery: deliver.py)."""
 
     # What every request starts with, as class attributes: a request sets only what differs.
@@ -162,10 +163,9 @@ class ClientRequest(Delivery, EsiRequest, Workspace):
         ctx = self.ctx = Context.starting_with(fields)
         ctx.method = "recv"
         ctx.req = ctx.req_top = req
-        ctx.task = self
-        self.hdr_cap = server.params.http_max_hdr - HDR_FIRST     # the request's workspace (Workspace)
-        self.ws_counters = server.counters
-        req.headers.ws = self
+        ctx.task = weakref.ref(self)        # no cycle: a finished request goes at once
+        ws = self.ws = Workspace("req", server.params.http_max_hdr - HDR_FIRST, server.counters)
+        req.headers.ws = ws
         ctx.vcl = vcl
         ctx.hash_parts = []
         ctx.req_time = time.time()
@@ -241,12 +241,12 @@ class ClientRequest(Delivery, EsiRequest, Workspace):
         if ctx.priv_task:
             end_task(ctx)
             ctx.priv_task = None
-        if self.overflowed:
+        if self.ws.overflowed:
             self.server.counters.ws_client_overflow += 1
-            self.overflowed = False
+            self.ws.overflowed = False
         req = self.received.copy()
         req.headers.vsl = (ctx.log, "ReqHeader", "ReqUnset")
-        req.headers.ws = self
+        req.headers.ws = self.ws
         ctx.req = req
         if self.parent is None:
             ctx.req_top = req
@@ -272,7 +272,7 @@ class ClientRequest(Delivery, EsiRequest, Workspace):
             self.server.vsl.write(ctx.xid, "c", ctx.log, template % (
                 *values, now, now - self.t_start, now - self.t_prev, req, rx, req + rx, hdr, body, hdr + body))
             return
-        if self.overflowed:
+        if self.ws.overflowed:
             self.server.counters.ws_client_overflow += 1
         ctx.log.append(("Timestamp", "Resp: %.6f %.6f %.6f\0ReqAcct %d %d %d %d %d %d\0End "
                         % (now, now - self.t_start, now - self.t_prev, req, rx, req + rx, hdr, body,
@@ -447,7 +447,7 @@ class ClientRequest(Delivery, EsiRequest, Workspace):
             # http0); what the first vcl_recv changed is gone
             req = self.received.copy()
             req.headers.vsl = (ctx.log, "ReqHeader", "ReqUnset")
-            req.headers.ws = self
+            req.headers.ws = self.ws
             ctx.req = ctx.req_top = req
         self.ctx.backend_hint = target.default_backend
         return True
@@ -773,10 +773,10 @@ class ClientRequest(Delivery, EsiRequest, Workspace):
         resp = oc.http.copy()
         resp.proto = "HTTP/1.1"
         headers = resp.headers
-        headers.ws = self
+        ws = headers.ws = self.ws
         # a workspace that overflowed or headers that may not fit: log as we add, so that the losses
         # fall among the RespHeader records where varnishd logs them
-        tight = self.overflowed or len(headers) + 4 > self.hdr_cap
+        tight = ws.overflowed or len(headers) + 4 > ws.hdr_cap
         if tight:
             _log_resp(ctx.log, resp)
         # objects are stored without X-Varnish and Age (fetch.py), so these are plain appends
@@ -837,7 +837,7 @@ class ClientRequest(Delivery, EsiRequest, Workspace):
         status = self.synth_status       # checked by VCL's return (rtlib.status_action)
         reason = self.synth_reason or reason_for(status % 1000)
         resp = HttpMessage(proto="HTTP/1.1", status=status, reason=reason)
-        resp.headers.ws = self
+        resp.headers.ws = self.ws
         _log_resp(ctx.log, resp)
         resp.headers.add("Date", DATES.now())
         resp.headers.add("Server", "Varnish")

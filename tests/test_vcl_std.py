@@ -197,8 +197,9 @@ def test_rollback_and_storage_go_through_task_and_server_hooks():
         def storage_var(self, name, field):
             return {"free_space": 1024.0, "happy": False}[field]
 
+    task = Task()
     ctx = Context(method="vcl_recv", req=HttpMessage("GET", "/", headers=Headers([["Host", "h"]])),
-                  server=Server(), task=Task(), hash_parts=[])
+                  server=Server(), task=lambda: task, hash_parts=[])
     compiled.subs["vcl_recv"](ctx)
     h = ctx.req.headers
     assert (h.get("rolled"), h.get("free"), h.get("happy"), h.get("st")) == ("1", "1024", "false", "storage.Transient")

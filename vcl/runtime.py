@@ -17,7 +17,8 @@ class VCLFailure(Exception):
 class Workspace:
     """What is modelled of a varnishd workspace (a request's req->ws, a fetch's bo->ws): the header
     slots http_max_hdr leaves each message on it (`hdr_cap`), and whether it overflowed. Bytes are
-    not counted. A request or fetch is its own workspace (these are class defaults it overrides).
+    not counted. A request or fetch holds one (its `ws`); nothing in it points back at the task, so a
+    finished request is freed by reference counting, not left to the cyclic GC.
 
     A field that does not fit is lost as varnishd's http_SetHeader / http_PrintfHeader lose it: a
     LostHeader and an Error record (in that order for a plain set, the other way round for the
@@ -26,11 +27,14 @@ class Workspace:
     header is also lost once the workspace overflowed (WS_VSB_new refuses an overflowed workspace).
     """
 
-    ws_id = "req"
-    hdr_cap = 1 << 30
-    overflowed = False
-    ws_counters = None          # MAIN counters (losthdr)
-    ws_pending = None           # the records of losses made while the message logged nowhere yet
+    __slots__ = ("ws_id", "hdr_cap", "overflowed", "ws_counters", "ws_pending")
+
+    def __init__(self, ws_id: str, hdr_cap: int, counters=None) -> None:
+        self.ws_id = ws_id
+        self.hdr_cap = hdr_cap
+        self.overflowed = False
+        self.ws_counters = counters     # MAIN counters (losthdr)
+        self.ws_pending = None          # the records of losses made while the message logged nowhere yet
 
     def lose(self, headers: Headers, text: str, printf: bool) -> None:
         self.overflowed = True
@@ -334,7 +338,8 @@ class Context:
         "log",
         # free per-task storage for vmods
         "priv_task",
-        # the server's task (client request or fetch): vsl_timestamp(label) for std.timestamp
+        # a weak reference to the server's task (client request or fetch): vsl_timestamp(label)
+        # for std.timestamp
         "task",
         # Added for vcl/ (see the variable table in vcl/symbols.py):
         # `now`, set by each compiled built-in subroutine that reads it, on entry

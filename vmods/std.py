@@ -413,7 +413,7 @@ def timestamp(ctx: Context, s: str | None) -> None:
     """A Timestamp record "LABEL: now since-start since-previous"; an empty label logs nothing."""
     if not s:
         return
-    task = ctx.task
+    task = ctx.task() if ctx.task is not None else None
     if task is not None:
         task.vsl_timestamp(s)       # VSLb_ts_req / VSLb_ts_busyobj: the task's last Timestamp moves
         return
@@ -478,7 +478,7 @@ def set_ip_tos(ctx: Context, tos: int) -> None:
 @VMOD.func("rollback", "VOID", [Param("h", "HTTP")])
 def rollback(ctx: Context, h: HttpMessage) -> None:
     """Restore req or bereq to what it was on arrival (the task's vcl_rollback(message))."""
-    hook = getattr(ctx.task, "vcl_rollback", None)
+    hook = getattr(ctx.task() if ctx.task is not None else None, "vcl_rollback", None)
     if hook is None:
         raise VCLFailure("std.rollback() needs a client request or a backend fetch")
     hook(h)
