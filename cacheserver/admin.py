@@ -583,6 +583,8 @@ class AdminCommands:
             params.set(name, value)
             if name == "vsl_mask":
                 self.server.apply_vcl_trace()
+            elif name in ("ban_lurker_age", "ban_lurker_sleep"):
+                self.server.storage.kick_lurker()
         except NotAvailable as e:
             raise Reply(CLIS_CANT, str(e)) from None
         except ValueError as e:

@@ -335,17 +335,27 @@ class BanList:
             if hit:
                 c.bans_lurker_obj_killed += 1
                 killed.append(oc)
-            elif not any(b.has_req and not b.completed for b in self._newer_than(oc.ban)) and all(
-                    now - b.t >= min_age for b in self._newer_than(oc.ban) if not b.completed):
-                self.move(oc, self.bans[0])
-        # a due obj-only ban no remaining object still has to be tested against is done
-        index = {id(b): i for i, b in enumerate(self.bans)}
-        killed_ids = {id(oc) for oc in killed}
-        oldest = max((index.get(id(oc.ban), 0) for oc in objects if id(oc) not in killed_ids), default=0)
-        for i, ban in enumerate(self.bans):
-            if i >= oldest and not ban.completed and not ban.has_req and now - ban.t >= min_age:
+            else:
+                dest = self._lurker_destination(oc, now, min_age)
+                if dest is not None:
+                    self.move(oc, dest)
+        # every object older than a due obj-only ban was tested against it (a req ban between
+        # keeps an object where it is, not from being tested): the ban is done
+        for ban in self.bans:
+            if not ban.completed and not ban.has_req and now - ban.t >= min_age:
                 self._complete(ban)
         return killed
+
+    def _lurker_destination(self, oc: ObjCore, now: float, min_age: float) -> Ban | None:
+        """How far the lurker takes an object it tested: past every newer ban it could test, up to
+        (not past) the first req ban still pending or obj ban not yet due (the next pass goes on
+        from there); None when that is where it is."""
+        dest = None
+        for ban in reversed(self._newer_than(oc.ban)):       # oldest first
+            if not ban.completed and (ban.has_req or now - ban.t < min_age):
+                break
+            dest = ban
+        return dest
 
     def listing(self) -> str:
         """`ban.list` output, as varnishd prints it."""

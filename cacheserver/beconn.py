@@ -61,7 +61,23 @@ _CL_HIDDEN = b"X-Cacheserver-Unparsed-Content-Length"
 
 
 def _bad_cl(exc: Exception) -> bool:
-    return "Invalid character in Content-Length" in str(exc)
+    """llhttp refused the head over its Content-Length: a bogus value, or more than one field."""
+    text = str(exc)
+    return "Invalid character in Content-Length" in text or "Duplicate Content-Length" in text
+
+
+def _hide_cl(head: bytes) -> bytes:
+    """The Content-Length fields llhttp must not see: varnishd frames the body by the first one
+    (http_GetContentLength), so that one stays when it is a number; the others, or all when the
+    first is bogus (the fetch then fails as varnishd's: fetch_bad), go under another name."""
+    first = _CL_NAME.search(head)
+    if first is None:
+        return head
+    line_end = head.find(b"\r\n", first.end())
+    value = head[first.end():line_end if line_end >= 0 else len(head)].lstrip(b" \t")[1:]
+    if value.strip(b" \t").isdigit():
+        return head[:first.end()] + _CL_NAME.sub(_CL_HIDDEN, head[first.end():])
+    return _CL_NAME.sub(_CL_HIDDEN, head)
 
 
 class _HeadLimit(Exception):
@@ -116,7 +132,7 @@ class BackendConn(asyncio.Protocol):
         self.held = 0
         self.head_raw = b""           # the head's bytes so far (bounded by http_resp_size)
         self.relaxing = False         # a folded or bare-LF head, held until its end to parse again
-        self.hide_cl = False          # parse it again with its Content-Length renamed (a bad one)
+        self.hide_cl = False          # parse it again with Content-Length renamed (_hide_cl)
 
     def start(self, head_only: bool, resp_size: int, hdr_len: int, max_hdr: int) -> None:
         """Prepare for a new request on this connection."""
@@ -204,7 +220,7 @@ class BackendConn(asyncio.Protocol):
             return
         if self.hide_cl:
             end = fixed.index(b"\r\n\r\n")
-            fixed = _CL_NAME.sub(_CL_HIDDEN, fixed[:end]) + fixed[end:]
+            fixed = _hide_cl(fixed[:end]) + fixed[end:]
         self.relaxing = False
         self.head_raw = b""
         self.reason, self.fields, self.clen, self.chunked, self.has_te = b"", [], None, False, False
@@ -297,7 +313,7 @@ class BackendConn(asyncio.Protocol):
             if lname in _SHARED_VALUES and len(value) <= _VALUE_MAX_LEN and len(_VALUES) < _VALUES_MAX:
                 _VALUES[value] = text
         fields.append([field, text, lname])
-        if lname == "content-length":
+        if lname == "content-length" and self.clen is None:     # the first one frames the body
             self.clen = int(text.strip()) if text.strip().isdigit() else -1
         elif lname == "transfer-encoding":
             self.has_te = True

@@ -31,7 +31,6 @@ from cacheserver.filters import (
     stack,
     vdp_default_list,
 )
-from cacheserver.h1refuse import HDR_FIRST
 from cacheserver.http1 import serialize_head
 from cacheserver.ranges import if_range_matches
 
@@ -81,7 +80,7 @@ class Delivery:
         one (still arriving, maybe: see _keep_template)."""
         oc = self.oc
         if not ((oc.complete if self.is_hit else not oc.private) and self.keep_alive
-                and self.method0 == "GET" and "vcl_deliver" in self.vcl.builtin_only and not self.vcl.traced):
+                and self.method0 == "GET" and not self.ws.overflowed and "vcl_deliver" in self.vcl.builtin_only and not self.vcl.traced):
             return False
         headers = self.ctx.req.headers
         if oc.gzipped or oc.esi_data is not None:
@@ -233,7 +232,8 @@ class Delivery:
                 chain, resp_len = self._open_vdps(resp, oc, resp_len)
             except FilterError as exc:
                 # varnishd: "Failure to push processors", and the connection goes, unanswered
-                ctx.log.append(("Error", str(exc)))
+                if exc.record is not None:
+                    ctx.log.append(exc.record)
                 ctx.log.append(("Error", "Failure to push processors"))
                 self.keep_alive = False
                 self.session.close()
@@ -245,7 +245,7 @@ class Delivery:
             headers.unset("Content-Length")
             if resp_len >= 0 and (sendbody or self.method0 == "HEAD"):
                 # a HEAD learns the length a GET would get (of the delivered representation)
-                headers.add("Content-Length", str(resp_len))
+                headers.add("Content-Length", str(resp_len), printf=True)
         headers.unset("Transfer-Encoding")
         conn = headers.get("Connection")
         if conn is None:
@@ -264,9 +264,8 @@ class Delivery:
                 self.keep_alive = False
                 self.close_reason = "sc_tx_eof"
                 headers.set("Connection", "close")
-        lost = len(headers) - (self.server.params.http_max_hdr - HDR_FIRST)
-        if lost > 0:
-            return self._lost_headers(lost, chain)
+        if self.ws.overflowed:
+            return self._ws_overflowed(chain)
         head = serialize_head(resp)
         if self._template_wanted and chain is None:
             self._keep_template(head)
@@ -293,7 +292,8 @@ class Delivery:
             try:
                 out = b"".join([*chain.push(oc.body()), *chain.end()])
             except FilterError as exc:
-                ctx.log.append(("Error", str(exc)))
+                if exc.record is not None:
+                    ctx.log.append(exc.record)
                 out = None
             finally:
                 chain.close()
@@ -313,15 +313,16 @@ class Delivery:
         self.vdp_chain = chain
         return "stream"
 
-    def _lost_headers(self, lost: int, chain) -> None:
-        """More headers than http_max_hdr holds (vcl_deliver set too many): varnishd loses them,
-        overflows the workspace and answers a bare 500 (V1D_Deliver), closing the connection."""
+    def _ws_overflowed(self, chain) -> None:
+        """The request's workspace overflowed (a header lost, vmod_workspace...): varnishd's
+        V1D_Deliver answers a bare 500 instead and closes (v1d_error)."""
         if chain is not None:
             chain.close()
-        self.server.counters.losthdr += lost
-        self.ctx.log.append(("Error", "workspace_client overflow"))
+        self.ctx.log += (("Error", "workspace_client overflow"), ("RespProtocol", "HTTP/1.1"),
+                         ("RespStatus", "500"), ("RespReason", "Internal Server Error"))
+        self.server.counters.client_resp_500 += 1
         self.keep_alive = False
-        self.close_reason = "sc_tx_error"
+        self.close_reason = "sc_tx_eof"
         self.session.transport.write(_LOST_HEADERS_500)
         self._drop_object()
         return None
@@ -391,7 +392,8 @@ class Delivery:
                 await chain.aend(self._send_piece)
         except FilterError as exc:
             # a filter found the body bad mid-delivery: the client can be told only by closing
-            self.ctx.log.append(("Error", str(exc)))
+            if exc.record is not None:
+                self.ctx.log.append(exc.record)
             failed = True
         finally:
             self._flush_head()

@@ -14,19 +14,22 @@ import asyncio
 import logging
 import sys
 import time
+import weakref
 from typing import TYPE_CHECKING
 
 from cacheserver import backends, vsl
 from cacheserver import esi as _esi  # noqa: F401 - fills the filters' esi slots
 from cacheserver.beconn import SMALL_BODY, BackendConn, ConnError
 from cacheserver.filters import Chain, FetchCtx, FilterError, open_chain, stack, vfp_default_list, weaken_etag
+from cacheserver.h1refuse import HDR_FIRST
 from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for, text, wire
 from cacheserver.reqbody import ReqBody, ReqBodyError
 from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import ObjCore
 from cacheserver.vclcall import acall_sub
-from vcl.runtime import Action, BackendSpec, Context, Headers, HttpMessage
+from vcl.rtlib import end_task
+from vcl.runtime import Action, BackendSpec, Context, Headers, HttpMessage, VCLFailure, Workspace
 
 if TYPE_CHECKING:
     from cacheserver.server import Server
@@ -63,10 +66,12 @@ class _LoggedFetchError(FetchError):
     """A FetchError whose record is in the log already (before the BackendClose, as varnishd's)."""
 
 
-def make_bereq(req: HttpMessage, is_pass: bool, xid: int, gzip: bool, keep_proto: bool = False) -> HttpMessage:
+def make_bereq(req: HttpMessage, is_pass: bool, xid: int, gzip: bool, keep_proto: bool = False,
+               ws: Workspace | None = None) -> HttpMessage:
     """The backend request for a miss (whole object, GET) or a pass (as the client asked)."""
     bereq = req.copy()
     headers = bereq.headers
+    headers.ws = ws
     listed = [t.strip().lower() for v in headers.get_all("Connection") for t in v.split(",")]
     for name in HOP_BY_HOP:
         headers.unset(name)
@@ -78,11 +83,13 @@ def make_bereq(req: HttpMessage, is_pass: bool, xid: int, gzip: bool, keep_proto
         for name in _FETCH_FILTER:
             headers.unset(name)
         headers.unset("Content-Length")      # a cache fill sends no body (varnishd's HTTPH_R_FETCH)
-        if gzip:
+        if gzip and (headers.get("Accept-Encoding") or "").lower() != "gzip":
             # a cache fill always asks for gzip: clients that do not take it get it gunzipped
-            headers.set("Accept-Encoding", "gzip")
+            # (http_ForceHeader: a field other than "gzip" goes, a new one comes last)
+            headers.unset("Accept-Encoding")
+            headers.add("Accept-Encoding", "gzip", printf=True)
     headers.unset("X-Varnish")
-    headers.add("X-Varnish", str(xid))
+    headers.add("X-Varnish", str(xid), printf=True)
     if not keep_proto:
         bereq.proto = "HTTP/1.1"
     return bereq
@@ -155,7 +162,8 @@ class BusyObj:
         if mode == "bg":
             server.counters.s_bgfetch += 1
         params = server.params
-        self.bereq0 = make_bereq(creq.req, self.is_pass, xid, params.http_gzip_support)
+        self.ws = Workspace("bo", params.http_max_hdr - HDR_FIRST, server.counters)   # bereq, beresp
+        self.bereq0 = make_bereq(creq.req, self.is_pass, xid, params.http_gzip_support, ws=self.ws)
         if stale is not None and not self.is_pass and stale.http is not None and stale.http.status == 200:
             self._add_validators(stale)
         self.ctx = Context(
@@ -172,7 +180,8 @@ class BusyObj:
         self.ctx.priv_task = None
         self.ctx.filters_default = beresp_filters_default   # beresp.filters until VCL sets it
         self.creq = creq                     # the client task, for its ReqBody timestamp
-        self.t_prev = self.t_start = time.time()
+        self.t_prev = self.t_start = self.ctx.bereq_time = time.time()   # bereq.time: kept over retries
+        self.ctx.task = weakref.ref(self)    # no cycle: a finished fetch goes at once
         self._vsl_begin(creq.xid, _BEGIN.get(mode, "fetch"))
 
     # -- the shared log ---------------------------------------------------------------------------
@@ -189,8 +198,30 @@ class BusyObj:
                                                                  now - self.t_prev)))
         self.t_prev = now
 
+    vsl_timestamp = _ts     # std.timestamp (ctx.task): counted from the fetch's own last Timestamp
+
+    def vcl_rollback(self, message: HttpMessage) -> None:
+        """std.rollback(bereq): bereq as made from the request (Bereq_Rollback: HTTP_Clone from
+        bereq0, which has no X-Varnish yet), unlogged; a fresh PRIV_TASK; the workspace rolled back."""
+        ctx = self.ctx
+        if message is not ctx.bereq:
+            raise VCLFailure("std.rollback() restores req or bereq only")
+        if ctx.priv_task:
+            end_task(ctx)
+            ctx.priv_task = None
+        if self.ws.overflowed:
+            self.server.counters.ws_backend_overflow += 1
+            self.ws.overflowed = False
+        bereq = self.bereq0.copy()
+        bereq.headers.unset("X-Varnish")
+        bereq.headers.vsl = (ctx.log, "BereqHeader", "BereqUnset")
+        bereq.headers.ws = self.ws
+        ctx.bereq = bereq
+
     def _vsl_end(self) -> None:
         ctx = self.ctx
+        if self.ws.overflowed:
+            self.server.counters.ws_backend_overflow += 1
         ctx.log += (vsl.bereq_acct(self), ("End", ""))
         self.server.vsl.write(ctx.bereq_xid, "b", ctx.log)
 
@@ -237,11 +268,15 @@ class BusyObj:
         ctx = self.ctx
         if ctx.bereq is None:
             ctx.bereq = self.bereq0.copy()     # a retry keeps what VCL did to bereq
+            ctx.bereq.headers.ws = self.ws
         if not self.logged_bereq:
             self.logged_bereq = True
             bereq = ctx.bereq
             ctx.log += (("BereqMethod", bereq.method), ("BereqURL", bereq.url), ("BereqProtocol", bereq.proto))
             bereq.headers.log_to(ctx.log, "BereqHeader", "BereqUnset")
+            if self.ws.ws_pending:
+                ctx.log += self.ws.ws_pending   # making bereq lost a header (X-Varnish...)
+                self.ws.ws_pending = None
         ctx.beresp = None
         action = await acall_sub(self.vcl, ctx, "vcl_backend_fetch")
         name = action.name
@@ -471,6 +506,7 @@ class BusyObj:
         beresp = HttpMessage(proto=sys.intern("HTTP/" + conn.version), status=status,
                              reason=reason or reason_for(status),
                              headers=Headers.adopt(conn.fields))
+        beresp.headers.ws = self.ws
         now = time.time()
         if not self._body_status(ctx.bereq.method, conn):
             self._close_conn(SC_RX_BODY)
@@ -482,6 +518,7 @@ class BusyObj:
             beresp.headers.add("Date", DATES.now())
         ctx.beresp = beresp
         self._ts("Beresp")
+        ctx.beresp_time = self.t_prev
         ctx.log += (("BerespProtocol", beresp.proto), ("BerespStatus", str(status)),
                     ("BerespReason", beresp.reason))
         beresp.headers.log_to(ctx.log, "BerespHeader", "BerespUnset")
@@ -912,12 +949,14 @@ class BusyObj:
         status = int(status)
         reason = reason or ("Backend fetch failed" if status == 503 else reason_for(status % 1000))
         beresp = HttpMessage(proto="HTTP/1.1", status=status, reason=reason)
+        beresp.headers.ws = self.ws
         ctx.log += (("BerespProtocol", beresp.proto), ("BerespStatus", str(status % 1000)),
                     ("BerespReason", reason))
         beresp.headers.log_to(ctx.log, "BerespHeader", "BerespUnset")
         beresp.headers.add("Date", DATES.now())
         beresp.headers.add("Server", "Varnish")
         ctx.beresp = beresp
+        ctx.beresp_time = time.time()         # beresp.time: vcl_backend_error was entered
         ctx.synth_body = []
         ctx.beresp_ttl = 0.0
         ctx.beresp_grace = 0.0

@@ -59,7 +59,13 @@ _GZIP_HEADER = 10
 
 
 class FilterError(Exception):
-    """A filter could not process the body (bad gzip, ...), or a filter list names no filter."""
+    """A filter could not process the body (bad gzip, ...), or a filter list names no filter.
+
+    `record` is what the task logs for it (None: the filter logged its own, as varnishd's)."""
+
+    def __init__(self, message: str, record: tuple[str, str] | None = ("Error", "")) -> None:
+        super().__init__(message)
+        self.record = (record[0], record[1] or message) if record is not None else None
 
 
 @dataclass(slots=True)
@@ -410,10 +416,36 @@ class GunzipVDP(Filter):
     def push(self, data: bytes) -> Iterable[bytes]:
         if self.z.eof:
             if data:
-                raise FilterError("junk after VGZ_END")
+                self._junk()
             return ()
+        return self._inflate(data)
+
+    def _inflate(self, data: bytes) -> Iterator[bytes]:
+        """vdp_gunzip_bytes: pushes its buffer whenever it is full (gzip_buffer) or the stream
+        ended; the stream's end with input left over fails before the last buffer is pushed."""
+        z = self.z
+        try:
+            out = z.decompress(data, self.limit)
+            while True:
+                self.size_out += len(out)
+                if z.eof and z.unused_data:
+                    self.size_in += len(data) - len(z.unused_data)
+                    self._junk()
+                if out:
+                    yield out
+                tail = z.unconsumed_tail
+                if not tail or z.eof:
+                    break
+                out = z.decompress(tail, self.limit)
+        except zlib.error as exc:
+            raise FilterError(f"Invalid Gzip data: {exc}") from None
         self.size_in += len(data)
-        return _bounded_inflate(self.z, data, self.limit, self)
+
+    def _junk(self) -> None:
+        log = getattr(getattr(self.dc.request, "ctx", None), "log", None)
+        if log is not None:
+            log.append(("Gzip", "G(un)zip error: 1 (junk after VGZ_END)"))
+        raise FilterError("junk after VGZ_END", record=None)
 
     def close(self) -> None:
         """VGZ_Destroy's "U D -" record. The bits are those of what was inflated: an ESI page made

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import time
+import weakref
 from typing import TYPE_CHECKING
 
 from cacheserver import storage as st
@@ -32,7 +33,7 @@ from cacheserver.storage import SYNTH_OBJECT, ObjCore
 from cacheserver.vclcall import CALL_NAMES, acall_sub, call_sub
 from vcl.compiler import BUILTIN_RETURNS
 from vcl.rtlib import end_task, s_ip
-from vcl.runtime import Action, Context, HttpMessage
+from vcl.runtime import Action, Context, HttpMessage, VCLFailure, Workspace
 
 if TYPE_CHECKING:
     from cacheserver.protocol import ClientProtocol
@@ -104,11 +105,12 @@ def _may_esi(vcl) -> bool:
 
 
 def _may_switch(vcl) -> bool:
-    """Can this VCL's vcl_recv return (vcl(...))? Only then is the request kept as received for
-    the rollback the switch does. Worked out once per VCL."""
+    """Can this VCL's vcl_recv return (vcl(...)), or call std.rollback()? Only then is the request
+    kept as received (varnishd's http0) for the rollback. Worked out once per VCL."""
     may = vcl.__dict__.get("may_switch")
     if may is None:
-        may = vcl.may_switch = "Action('vcl'" in (getattr(vcl, "python_source", "") or "")
+        src = getattr(vcl, "python_source", "") or ""
+        may = vcl.may_switch = "Action('vcl'" in src or "std_rollback(" in src
     return may
 
 
@@ -161,6 +163,9 @@ class ClientRequest(Delivery, EsiRequest):
         ctx = self.ctx = Context.starting_with(fields)
         ctx.method = "recv"
         ctx.req = ctx.req_top = req
+        ctx.task = weakref.ref(self)        # no cycle: a finished request goes at once
+        ws = self.ws = Workspace("req", server.params.http_max_hdr - HDR_FIRST, server.counters)
+        req.headers.ws = ws
         ctx.vcl = vcl
         ctx.hash_parts = []
         ctx.req_time = time.time()
@@ -241,6 +246,27 @@ class ClientRequest(Delivery, EsiRequest):
                                                                  now - self.t_prev)))
         self.t_prev = now
 
+    vsl_timestamp = _ts     # std.timestamp (ctx.task): counted from the request's own last Timestamp
+
+    def vcl_rollback(self, message: HttpMessage) -> None:
+        """std.rollback(req): the request as received again (Req_Rollback: HTTP_Clone from http0,
+        before X-Forwarded-For), unlogged; a fresh PRIV_TASK; the workspace rolled back."""
+        ctx = self.ctx
+        if message is not ctx.req or self.received is None:
+            raise VCLFailure("std.rollback() restores req or bereq only")
+        if ctx.priv_task:
+            end_task(ctx)
+            ctx.priv_task = None
+        if self.ws.overflowed:
+            self.server.counters.ws_client_overflow += 1
+            self.ws.overflowed = False
+        req = self.received.copy()
+        req.headers.vsl = (ctx.log, "ReqHeader", "ReqUnset")
+        req.headers.ws = self.ws
+        ctx.req = req
+        if self.parent is None:
+            ctx.req_top = req
+
     def _vsl_end(self) -> None:
         """The request is done: its task's finalizers run, then its last records go, then the whole
         task into the shared log."""
@@ -265,6 +291,8 @@ class ClientRequest(Delivery, EsiRequest):
             self.server.vsl.write(ctx.xid, "c", ctx.log, template % (
                 *values, now, now - self.t_start, now - self.t_prev, req, rx, req + rx, hdr, body, hdr + body))
             return
+        if self.ws.overflowed:
+            self.server.counters.ws_client_overflow += 1
         ctx.log.append(("Timestamp", "Resp: %.6f %.6f %.6f\0ReqAcct %d %d %d %d %d %d\0End "
                         % (now, now - self.t_start, now - self.t_prev, req, rx, req + rx, hdr, body,
                            hdr + body)))
@@ -366,16 +394,16 @@ class ClientRequest(Delivery, EsiRequest):
     def _recv_setup(self) -> None:
         ctx = self.ctx
         req = ctx.req
+        if ctx.restarts == 0 and self.received is None and _may_switch(self.vcl):
+            self.received = req.copy()
         if ctx.restarts == 0 and self.parent is None:    # an ESI subrequest starts from its parent's
-            if self.received is None and _may_switch(self.vcl):
-                self.received = req.copy()
             headers = req.headers
             # (a scan for the names before the lists of values: most requests have neither)
             xff = headers.get_all("X-Forwarded-For") if headers.get_lower("x-forwarded-for") is not None else None
             if xff:
                 headers.unset("X-Forwarded-For")
             ip = ctx.client_ip.addr
-            headers.add("X-Forwarded-For", f"{', '.join(xff)}, {ip}" if xff else ip)
+            headers.add("X-Forwarded-For", f"{', '.join(xff)}, {ip}" if xff else ip, printf=True)
             if headers.count("cache-control") > 1:
                 collect_header(headers, "Cache-Control")
             if _may_esi(self.vcl):
@@ -441,6 +469,7 @@ class ClientRequest(Delivery, EsiRequest):
             # http0); what the first vcl_recv changed is gone
             req = self.received.copy()
             req.headers.vsl = (ctx.log, "ReqHeader", "ReqUnset")
+            req.headers.ws = self.ws
             ctx.req = ctx.req_top = req
         return True                         # (_recv_setup then takes the new VCL's default backend)
 
@@ -570,6 +599,7 @@ class ClientRequest(Delivery, EsiRequest):
         # pass and synthetic objects live in Transient, as in varnishd
         ctx.obj_storage = oc.store or (TRANSIENT if oc.private else None)
         ctx.obj_can_esi = oc.esi_data is not None
+        ctx.obj_time = oc.t_origin
 
     # -- hit / miss / pass ------------------------------------------------------------------------
 
@@ -738,26 +768,25 @@ class ClientRequest(Delivery, EsiRequest):
             if self.is_hit and self._deliver_from_template():
                 return "send" if self.send_data is not None else None
             self._template_wanted = self.oc.fast_head is None    # shared, it costs the object nothing
-        resp = self._prepare_deliver()
-        if self._headers_lost(resp):
+        if self._undecodable():
             return self._to_synth(500)
-        return self._after_deliver(resp, None)
+        return self._after_deliver(self._prepare_deliver(), None)
 
-    def _headers_lost(self, resp: HttpMessage) -> bool:
-        """The object's headers and ours do not fit in http_max_hdr: varnishd loses the rest, its
-        workspace overflows, and the request becomes a 500 synth before vcl_deliver."""
-        lost = len(resp.headers) - (self.server.params.http_max_hdr - HDR_FIRST)
-        if lost <= 0:
+    def _undecodable(self) -> bool:
+        """varnishd's HTTP_Decode refuses an object whose header fields filled its beresp (their count
+        and the start line's, plus one, pass http_max_hdr): 500 synth before vcl_deliver."""
+        n = len(self.oc.http.headers) + HDR_FIRST + 1
+        limit = self.server.params.http_max_hdr
+        if n <= limit:
             return False
-        self.server.counters.losthdr += lost
-        self.ctx.log.append(("Error", "out of workspace (resp headers)"))
+        self.ctx.log.append(("Error", "Too many headers to Decode object (%d vs. %d)" % (n, limit)))
         self._drop_object()
         return True
 
     async def ast_deliver(self) -> str | None:
-        resp = self._prepare_deliver()
-        if self._headers_lost(resp):
+        if self._undecodable():
             return self._to_synth(500)
+        resp = self._prepare_deliver()
         return self._after_deliver(resp, await self.acall("vcl_deliver"))
 
     def _prepare_deliver(self) -> HttpMessage:
@@ -766,9 +795,15 @@ class ClientRequest(Delivery, EsiRequest):
         resp = oc.http.copy()
         resp.proto = "HTTP/1.1"
         headers = resp.headers
+        ws = headers.ws = self.ws
+        # a workspace that overflowed or headers that may not fit: log as we add, so that the losses
+        # fall among the RespHeader records where varnishd logs them
+        tight = ws.overflowed or len(headers) + 4 > ws.hdr_cap
+        if tight:
+            _log_resp(ctx.log, resp)
         # objects are stored without X-Varnish and Age (fetch.py), so these are plain appends
-        headers.add("X-Varnish", f"{ctx.xid} {oc.xid}" if self.is_hit else str(ctx.xid))
-        headers.add("Age", str(max(0, int(time.time() - oc.t_origin))))
+        headers.add("X-Varnish", f"{ctx.xid} {oc.xid}" if self.is_hit else str(ctx.xid), printf=True)
+        headers.add("Age", str(max(0, int(time.time() - oc.t_origin))), printf=True)
         headers.add("Via", _VIA)
         if (oc.gzipped and self.server.params.http_gzip_support
                 and not accepts_gzip(ctx.req.headers.get("Accept-Encoding"))):
@@ -777,12 +812,15 @@ class ClientRequest(Delivery, EsiRequest):
             # before vcl_deliver, as varnishd 7.1 (VCL may remove it); pass and synth do not announce
             # (OC_F_PRIVATE); a hash object kept out of the cache (no TTL left) still does
             headers.unset("Accept-Ranges")
-            headers.add("Accept-Ranges", "bytes")
+            headers.add("Accept-Ranges", "bytes", printf=True)
         ctx.resp = resp
+        ctx.resp_time = self.t_prev      # resp.time: the last Timestamp before vcl_deliver
+        ctx.obj_time = oc.t_origin
         ctx.resp_filters = None
         ctx.obj_oc = oc                  # what resp.filters is chosen for (no cycle: oc knows no ctx)
         ctx.head_request = self.method0 == "HEAD"
-        _log_resp(ctx.log, resp)
+        if not tight:
+            _log_resp(ctx.log, resp)
         return resp
 
     def _after_deliver(self, resp: HttpMessage, action: Action | None) -> str | None:
@@ -822,17 +860,19 @@ class ClientRequest(Delivery, EsiRequest):
         status = self.synth_status       # checked by VCL's return (rtlib.status_action)
         reason = self.synth_reason or reason_for(status % 1000)
         resp = HttpMessage(proto="HTTP/1.1", status=status, reason=reason)
+        resp.headers.ws = self.ws
+        _log_resp(ctx.log, resp)
         resp.headers.add("Date", DATES.now())
         resp.headers.add("Server", "Varnish")
-        resp.headers.add("X-Varnish", str(ctx.xid))
+        resp.headers.add("X-Varnish", str(ctx.xid), printf=True)
         if self.body.want_continue is not None:
             # the client still waits for a 100 and has not sent its body: suggest closing rather
             # than reading it (VCL may veto by removing the header)
             resp.headers.add("Connection", "close")
         ctx.resp = resp
+        ctx.resp_time = self.t_prev
         ctx.resp_filters = None
         ctx.obj_oc = None
-        _log_resp(ctx.log, resp)
         ctx.synth_body = []
         self.server.counters.s_synth += 1
         return resp
@@ -887,7 +927,7 @@ class ClientRequest(Delivery, EsiRequest):
         if action.name == "deliver":
             body = "".join(ctx.synth_body or []).encode("utf-8", "surrogateescape")
             ctx.resp.headers.unset("Content-Length")
-            ctx.resp.headers.add("Content-Length", str(len(body)))
+            ctx.resp.headers.add("Content-Length", str(len(body)), printf=True)
             self.synth_data = body
             if self._synth_reads_body():
                 return "synthbody"

@@ -35,6 +35,10 @@ from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import OBJECT_OVERHEAD, SEGMENT_OVERHEAD
 from vcl.runtime import IP, Headers, HttpMessage, VCLFailure
 
+# the socket options varnishd's acceptor sets on a TCP listen socket (Linux), in its order
+SOCKOPTS = ("SO_LINGER", "SO_KEEPALIVE", "SO_SNDTIMEO", "SO_RCVTIMEO", "TCP_NODELAY", "TCP_KEEPIDLE",
+            "TCP_KEEPCNT", "TCP_KEEPINTVL")
+
 if TYPE_CHECKING:
     from cacheserver.server import Server
 
@@ -147,6 +151,11 @@ class ClientProtocol(asyncio.Protocol):
         self.vsl += (("Begin", "sess 0 HTTP/1"),
                      ("SessOpen", f"{peer[0]} {peer[1]} {self.listen_name} {local[0]} {local[1]} {t:.6f} "
                                   f"{sock.fileno() if sock is not None else -1}"))
+        if self.server.vsl.wants("Debug"):
+            # vca_sock_opt_set: Linux's accepted sockets inherit the listen socket's options
+            endpoint = self.server.listen_endpoints.get(self.listen_name, self.local_endpoint)
+            self.vsl += [("Debug", f"sockopt: {opt} may be inherited for {self.listen_name}={endpoint}")
+                         for opt in SOCKOPTS]
 
     def vsl_link(self, xid: int) -> None:
         self.vsl.append(("Link", f"req {xid} rxreq"))

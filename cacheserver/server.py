@@ -17,7 +17,7 @@ from cacheserver.loopreports import LoopReports
 from cacheserver.params import Params
 from cacheserver.probes import Probes
 from cacheserver.programs import ProgramManager, default_search_dirs
-from cacheserver.protocol import ClientProtocol
+from cacheserver.protocol import SOCKOPTS, ClientProtocol
 from cacheserver.storage import Storage
 from cacheserver.workers import WorkerPools
 from vcl.compiler import CompiledVCL, compile_vcl
@@ -81,6 +81,7 @@ class Server:
         self._xid = 0
         self.probes = Probes()         # backend health polls, per loaded VCL
         self.readonly_params: set[str] = set()       # -r: param.set refuses these
+        self.listen_endpoints: dict[str, str] = {}    # listen name -> its bound address, as varnishd names it
         self.vsl = vsl.NULL            # the shared log (open_log), a no-op until there is a work dir
         self.stats_dir: Path | None = None
         self._stats_timer: asyncio.TimerHandle | None = None
@@ -258,7 +259,14 @@ class Server:
         if loop.get_exception_handler() is None:
             loop.set_exception_handler(LoopReports(self.counters))
         await self.programs.start_pending()   # tinykvm.start(): async=false ones before we serve
+        self.listen_endpoints = {}
         for spec, sock in zip(self.listen_specs, self._sockets, strict=False):
+            host, port = sock.getsockname()[:2]
+            endpoint = self.listen_endpoints[spec.name] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            if self.vsl.wants("Debug"):
+                # vca_sock_opt_set on the listen socket, as the child starts (vsl_mask +Debug)
+                self.vsl.write(0, "-", [("Debug", f"sockopt: Setting {opt} for {spec.name}={endpoint}")
+                                        for opt in SOCKOPTS])
             # A dup, so that stop() can close the listener and start() reuse the same port.
             listener = await loop.create_server(lambda name=spec.name: ClientProtocol(self, name),
                                                 sock=sock.dup())

@@ -810,3 +810,8 @@ class Storage:
             self._arm_lurker(1.0)
             return
         self._arm_lurker(max(min(b.t for b in pending) + min_age - now, 0.05))
+
+    def kick_lurker(self) -> None:
+        """ban_lurker_age or ban_lurker_sleep changed: the lurker looks again now (varnishd's
+        wakes every ban_lurker_sleep and reads them afresh)."""
+        self._arm_lurker(0.0)

@@ -42,7 +42,9 @@ class QueryError(ValueError):
 
 # -- the query language (vsl-query(7)) ---------------------------------------------------------------
 
-_TOKEN = re.compile(r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<op>==|!=|<=|>=|!~|[<>~(){}\[\]:])|(?P<word>[^\s"'<>=!~(){}\[\]:]+))""")
+# a bare word is vxp_lexer's isword run (letters, digits, _-+.*); ',' and '#' stay in it here, as tag
+# lists and their globs are split later; anything else unquoted is a syntax error, as varnishd's
+_TOKEN = re.compile(r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<op>==|!=|<=|>=|!~|[<>~(){}\[\]:])|(?P<word>[A-Za-z0-9_\-+.*,#]+))""")
 _OPS = {"==", "!=", "<", "<=", ">", ">=", "eq", "ne", "~", "!~"}
 
 
@@ -56,7 +58,8 @@ class _Lexer:
             if m is None or m.end() == pos:
                 if query[pos:].strip() == "":
                     break
-                raise QueryError(query, pos, 1, "Syntax error")
+                bad = pos + len(query[pos:]) - len(query[pos:].lstrip())
+                raise QueryError(query, bad, 1, "Syntax error")
             kind = m.lastgroup
             start = m.start(kind)
             self.tokens.append((kind, m.group(kind), start))

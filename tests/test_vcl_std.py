@@ -179,7 +179,7 @@ def test_ban_reports_through_ban_error():
     assert ctx.req.headers.get("err") == "no server to add the ban to"
 
 
-def test_rollback_and_storage_go_through_server_hooks():
+def test_rollback_and_storage_go_through_task_and_server_hooks():
     compiled = compile_vcl(HEAD + """sub vcl_recv {
 	std.rollback(req);
 	set req.http.free = storage.s0.free_space;
@@ -189,15 +189,17 @@ def test_rollback_and_storage_go_through_server_hooks():
 }
 """, "s.vcl")
 
-    class Server:
-        def vcl_rollback(self, ctx, message):
+    class Task:
+        def vcl_rollback(self, message):
             message.headers.set("rolled", "1")
 
+    class Server:
         def storage_var(self, name, field):
             return {"free_space": 1024.0, "happy": False}[field]
 
+    task = Task()
     ctx = Context(method="vcl_recv", req=HttpMessage("GET", "/", headers=Headers([["Host", "h"]])),
-                  server=Server(), hash_parts=[])
+                  server=Server(), task=lambda: task, hash_parts=[])
     compiled.subs["vcl_recv"](ctx)
     h = ctx.req.headers
     assert (h.get("rolled"), h.get("free"), h.get("happy"), h.get("st")) == ("1", "1024", "false", "storage.Transient")

@@ -124,6 +124,9 @@ def test_caseless_regex():
     ("ReqURL ~ '('", 10, "Regex error"),
     ("(ReqURL", 8, "Expected ')'"),
     ("ReqURL[0] ~ x", 8, "Expected positive integer"),
+    # an unquoted value is letters, digits and _-+.* only (vxp_lexer's isword)
+    ("ReqURL eq /c1", 11, "Syntax error"),
+    ("ReqURL eq a%b", 12, "Syntax error"),
 ])
 def test_malformed_query_says_where(query, pos, message):
     with pytest.raises(QueryError) as err:

@@ -98,6 +98,8 @@ class Name(Expr):
     name: str
     # as written, when `name` was lowered (true/false/default): enum words are case-sensitive
     written: str | None = None
+    # written in parentheses: `(HEX)` is no ENUM word to VCC
+    parens: bool = field(default=False, init=False)
     # Filled by the checker: what the name refers to.
     ref: object = field(default=None, init=False)
 

@@ -42,6 +42,8 @@ class Checker(ExprChecker, XrefChecker):
         self.filename = filename
         self.load_vmod = vmod_loader
         self.version = 4.1
+        self.no_version: ast.Pos | None = None     # where the `vcl` line should have been
+        self.implicit_import = False                # tinykvm used without its import
         self.warnings: list[str] = []
         self.vmods: dict[str, Vmod] = {}
         self.vmod_pos: dict[str, ast.Pos] = {}
@@ -59,6 +61,22 @@ class Checker(ExprChecker, XrefChecker):
     # ------------------------------------------------------------------ driver
 
     def check(self) -> CheckedProgram:
+        try:
+            program = self._check()
+        except VCLError:
+            self._require_version()      # VCC reads the `vcl` line before anything else is wrong
+            raise
+        self._require_version()
+        return program
+
+    def _require_version(self) -> None:
+        """No `vcl 4.x;` first: VCC's error, unless the text is a fragment in the tinykvm docs' style
+        (it uses tinykvm without importing it, which VCC refuses anyway): that one is read as 4.1."""
+        if self.no_version is not None and not self.implicit_import:
+            raise VCLError("VCL version declaration missing\nUpdate your VCL to Version 4 syntax, and add\n"
+                           "\tvcl 4.1;\non the first line of the VCL files.", self.no_version)
+
+    def _check(self) -> CheckedProgram:
         self._declarations()
         for info in self.subs.values():
             self.cur = info
@@ -82,7 +100,9 @@ class Checker(ExprChecker, XrefChecker):
         if isinstance(first, ast.VclVersion):
             check_vcl_version(first.version, first.pos, first.version_pos or first.pos)
             self.version = float(first.version)
-        else:
+        elif first is not None:
+            # vcc_ParseVcl: the first token (after includes are read in) must be `vcl`
+            self.no_version = first.pos
             self.warnings.append(f"{base}: no 'vcl 4.1;' line, assuming VCL 4.1")
         reserved_ok = set(symbols.RETURNS) | {i.name for i in self.items if isinstance(i, ast.Sub) and i.builtin}
         names: dict[str, tuple[str, ast.Pos]] = {}
@@ -200,6 +220,7 @@ class Checker(ExprChecker, XrefChecker):
             return self.vmods[name]
         if name in IMPLICIT_IMPORTS:
             vmod = self._import(name, pos)
+            self.implicit_import = True
             self.warnings.append(f"{self.filename}: '{name}' used without 'import {name};', importing it")
             return vmod
         return None

@@ -385,6 +385,15 @@ class ExprChecker:
             if head in self.vmods or head in IMPLICIT_IMPORTS:
                 raise VCLError(f"Symbol '{name}' type (FUNC) can not be used in expression without "
                                "arguments.", e.pos)
+            parts = name.split(".")
+            for i in range(len(parts) - 1, 0, -1):
+                # VCC reads the longest name that is a variable, then the next part as a property
+                # of its type (`beresp.backend.ip`: BACKEND has no property 'ip')
+                known = symbols.lookup(".".join(parts[:i]), self.version, self.storages)
+                if known is not None:
+                    at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(".".join(parts[:i])) + 1,
+                                 len(parts[i]))
+                    raise VCLError(f"Unknown property '{parts[i]}' for type {_strings(known.type)}", at)
             if head in _HTTP_SYMBOLS:
                 # VCC reads `req` as a symbol of type HTTP, then `.bar` as a property of it
                 prop = name.split(".")[1]
@@ -567,6 +576,10 @@ class ExprChecker:
                 value.name = value.written     # the parser lowered it as a symbol (blob's DEFAULT)
             if not isinstance(_first_node(value), (ast.Name, ast.Call)):
                 raise VCLError(f"Expected ID got '{_first_token(value)}'", value.pos)     # VCC wants a word
+            if isinstance(value, ast.Name) and value.parens:
+                # the '(' VCC stops at: just before the word, as it is usually written
+                at = ast.Pos(value.pos.file, value.pos.line, max(value.pos.col - 1, 1), 1)
+                raise VCLError("Expected ID got '('", at)
             if not isinstance(value, ast.Name) or value.name not in param.enum:
                 choices = "\n".join("\t" + w for w in param.enum)
                 raise VCLError(f"Wrong enum value.  Expected one of:\n{choices}", value.pos)

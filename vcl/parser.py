@@ -323,6 +323,8 @@ class _ToAst(Transformer):
         return ast.Call(self._p(tok), name, args or [], close_pos=self._p(rpar))
 
     def paren(self, children):
+        if isinstance(children[0], ast.Name):
+            children[0].parens = True
         return children[0]
 
     def spaced_unit(self, children):

@@ -14,6 +14,42 @@ class VCLFailure(Exception):
     """A runtime VCL failure (Varnish's VRT_fail): the task goes to vcl_synth with 503."""
 
 
+class Workspace:
+    """What is modelled of a varnishd workspace (a request's req->ws, a fetch's bo->ws): the header
+    slots http_max_hdr leaves each message on it (`hdr_cap`), and whether it overflowed. Bytes are
+    not counted. A request or fetch holds one (its `ws`); nothing in it points back at the task, so a
+    finished request is freed by reference counting, not left to the cyclic GC.
+
+    A field that does not fit is lost as varnishd's http_SetHeader / http_PrintfHeader lose it: a
+    LostHeader and an Error record (in that order for a plain set, the other way round for the
+    headers varnishd prints: X-Varnish, Age, Content-Length, ...), MAIN.losthdr, and the workspace
+    marked overflowed, which its owner acts on (a bare 500 at delivery, ws_*_overflow). A printed
+    header is also lost once the workspace overflowed (WS_VSB_new refuses an overflowed workspace).
+    """
+
+    __slots__ = ("ws_id", "hdr_cap", "overflowed", "ws_counters", "ws_pending")
+
+    def __init__(self, ws_id: str, hdr_cap: int, counters=None) -> None:
+        self.ws_id = ws_id
+        self.hdr_cap = hdr_cap
+        self.overflowed = False
+        self.ws_counters = counters     # MAIN counters (losthdr)
+        self.ws_pending = None          # the records of losses made while the message logged nowhere yet
+
+    def lose(self, headers: Headers, text: str, printf: bool) -> None:
+        self.overflowed = True
+        if self.ws_counters is not None:
+            self.ws_counters.losthdr += 1
+        if headers.vsl is not None:
+            records = headers.vsl[0]
+        else:
+            records = self.ws_pending
+            if records is None:
+                records = self.ws_pending = []
+        err = ("Error", "out of workspace (%s)" % self.ws_id)
+        records += ((err, ("LostHeader", text)) if printf else (("LostHeader", text), err))
+
+
 class Headers:
     """HTTP header fields in arrival order, looked up case-insensitively, as VCL sees them.
 
@@ -23,11 +59,13 @@ class Headers:
 
     # vsl: while a task logs this message's changes, (records, "ReqHeader", "ReqUnset") - the shared
     # log's per-task list (cacheserver/vsl.py) and the tags varnishd logs a set/unset under.
-    __slots__ = ("_fields", "vsl")
+    # ws: the Workspace whose header slots bound this message (None: unbounded, as obj.http).
+    __slots__ = ("_fields", "vsl", "ws")
 
     def __init__(self, fields: list | None = None) -> None:
         self._fields: list[list[str]] = [[f[0], f[1], f[0].lower()] for f in fields] if fields else []
         self.vsl = None
+        self.ws = None
 
     @classmethod
     def adopt(cls, triples: list[list[str]]) -> Headers:
@@ -35,6 +73,7 @@ class Headers:
         headers = cls.__new__(cls)
         headers._fields = triples
         headers.vsl = None
+        headers.ws = None
         return headers
 
     def log_to(self, records: list, header_tag: str, unset_tag: str) -> None:
@@ -85,6 +124,10 @@ class Headers:
         """Replace every field called `name` by one, at the place of the first (VCL `set`)."""
         lname = name.lower()
         fields = self._fields
+        ws = self.ws
+        if ws is not None and len(fields) >= ws.hdr_cap and not any(f[2] == lname for f in fields):
+            ws.lose(self, name + ": " + value, False)
+            return
         if self.vsl is not None:
             self._log_change(lname, name, value)
         for i, field in enumerate(fields):
@@ -96,7 +139,12 @@ class Headers:
                 return
         fields.append([name, value, lname])
 
-    def add(self, name: str, value: str) -> None:
+    def add(self, name: str, value: str, printf: bool = False) -> None:
+        """Append a field; printf: one varnishd prints into the workspace (http_PrintfHeader)."""
+        ws = self.ws
+        if ws is not None and (len(self._fields) >= ws.hdr_cap or (printf and ws.overflowed)):
+            ws.lose(self, name + ": " + value, printf)
+            return
         self._fields.append([name, value, name.lower()])
         if self.vsl is not None:
             self.vsl[0].append((self.vsl[1], name + ": " + value))
@@ -308,6 +356,9 @@ class Context:
         "log",
         # free per-task storage for vmods
         "priv_task",
+        # a weak reference to the server's task (client request or fetch): vsl_timestamp(label)
+        # for std.timestamp
+        "task",
         # Added for vcl/ (see the variable table in vcl/symbols.py):
         # `now`, set by each compiled built-in subroutine that reads it, on entry
         "now",

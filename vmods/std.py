@@ -413,6 +413,10 @@ def timestamp(ctx: Context, s: str | None) -> None:
     """A Timestamp record "LABEL: now since-start since-previous"; an empty label logs nothing."""
     if not s:
         return
+    task = ctx.task() if ctx.task is not None else None
+    if task is not None:
+        task.vsl_timestamp(s)       # VSLb_ts_req / VSLb_ts_busyobj: the task's last Timestamp moves
+        return
     now = _time.time()
     start = ctx.req_time or ctx.bereq_time or now
     task = ctx.priv_task if isinstance(ctx.priv_task, dict) else {}
@@ -473,11 +477,11 @@ def set_ip_tos(ctx: Context, tos: int) -> None:
 
 @VMOD.func("rollback", "VOID", [Param("h", "HTTP")])
 def rollback(ctx: Context, h: HttpMessage) -> None:
-    """Restore req or bereq to what it was on arrival (hook: server.vcl_rollback(ctx, message))."""
-    hook = getattr(ctx.server, "vcl_rollback", None)
+    """Restore req or bereq to what it was on arrival (the task's vcl_rollback(message))."""
+    hook = getattr(ctx.task() if ctx.task is not None else None, "vcl_rollback", None)
     if hook is None:
-        raise VCLFailure("std.rollback() is not supported by this server")
-    hook(ctx, h)
+        raise VCLFailure("std.rollback() needs a client request or a backend fetch")
+    hook(h)
 
 
 @VMOD.func("ban", "BOOL", [Param("", "STRING")])
