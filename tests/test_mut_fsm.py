@@ -771,9 +771,10 @@ def test_each_state_acts_alike_whether_its_subroutine_waits_or_not(make, waits):
     assert cache.get("/a", headers={"on-deliver": "synth"})[0] == 706 and c.cache_hit == 4
     status, h, _ = cache.get("/a", headers={"on-hit": "synth", "on-synth": "restart"})
     assert (status, h["synthed"], h["restarts"]) == (702, "702", "1") and c.cache_hit == 4
-    # an object with more headers than http_max_hdr leaves for delivery: a 500
+    # an object with more headers than http_max_hdr leaves for delivery: varnishd 7.1.1's bare 500
+    # after vcl_deliver (the client workspace overflowed; vcl_synth does not run)
     status, h, _ = cache.get("/many")
-    assert status == 500 and h["synthed"] == "500" and c.losthdr > 0
+    assert status == 500 and "synthed" not in h and c.losthdr > 0
 
 
 def test_a_switch_to_a_label_logs_and_rolls_back_as_varnishd(make):
