@@ -174,10 +174,9 @@ class Checker(ExprChecker, XrefChecker):
     def _not_another_symbol(self, name: str, pos: ast.Pos, wanted: str) -> None:
         """A sub or vmod must not take a name VCC already knows as something else."""
         key = name.lower()
-        kind = ("action" if key in symbols.VCC_ACTIONS else "reserved" if key in symbols.VCC_RESERVED
-                else "func" if key in symbols.VCC_FUNCS
-                else "var" if symbols.lookup(name) is not None or symbols.is_variable_prefix(name)
-                else "vmod" if wanted != "vmod" and key in self.vmods else None)
+        kind = (symbols.BUILTIN_SYMBOLS.get(key) or ("func" if key in symbols.VCC_FUNCS else None)
+                or ("var" if symbols.lookup(name) is not None or symbols.is_variable_prefix(name)
+                    else "vmod" if wanted != "vmod" and key in self.vmods else None))
         if kind is not None:
             raise VCLError(f"Symbol '{name}' has wrong type ({kind}), expected {wanted}:", pos)
 

@@ -425,11 +425,11 @@ def _quoted_header(name: str, version: float) -> Variable | None:
     return _header(scope, header)
 
 
-# VCC's own symbols other than variables, by the kind its messages name: actions (vcc_action.c),
-# reserved words, and the built-in "functions" (default, true, false, regsub, regsuball)
-VCC_ACTIONS = frozenset({"ban", "call", "hash_data", "if", "new", "return", "set", "synthetic", "unset"})
-VCC_RESERVED = frozenset({"acl", "backend", "probe", "import", "sub", "vcl"})
-VCC_FUNCS = frozenset({"default", "true", "false", "regsub", "regsuball"})
+# BUILTIN_SYMBOLS by kind: actions (vcc_action.c), reserved words, the built-in "functions"
+VCC_ACTIONS = frozenset(k for k, kind in BUILTIN_SYMBOLS.items() if kind == "action")
+VCC_RESERVED = frozenset(k for k, kind in BUILTIN_SYMBOLS.items() if kind == "reserved")
+# `default` is one too, but a backend may take its name, so BUILTIN_SYMBOLS leaves it out
+VCC_FUNCS = frozenset(k for k, kind in BUILTIN_SYMBOLS.items() if kind == "func") | {"default"}
 
 
 def is_variable_prefix(name: str) -> bool:
