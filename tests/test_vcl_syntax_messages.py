@@ -71,7 +71,20 @@ CASES = [
     ("import std;\nsub s { }\nsub vcl_recv {\n\tcall s;\n\tif (std.healthy(s)) {}\n}\n",
      "Symbol 's' can only be used as a SUB expression"),
     ('import std;\nsub vcl_recv {\n\tif (std.ban(="x")) {}\n}\n', "Unknown token '=' when looking for STRING"),
+    # a trailing ',' is allowed in a vmod call's arguments only
+    ('sub vcl_recv {\n\tset req.http.x = regsub(req.url, "a", "b",);\n}\n', "Expected ')' got ','"),
+    ('sub vcl_recv {\n\treturn (synth(200, "x",));\n}\n', "Expected ')' got ','"),
 ]
+
+# and what compiles
+ACCEPTED = [
+    'import std;\nsub vcl_recv {\n\tstd.log("a",);\n\tset req.http.x = std.integer(req.http.y, 0,);\n}\n',
+]
+
+
+@pytest.mark.parametrize("body", ACCEPTED)
+def test_accepted_as_varnishd_accepts(body):
+    compile_vcl(HEAD + body, "a.vcl")
 
 
 @pytest.mark.parametrize("body,message", CASES)
@@ -94,6 +107,15 @@ def test_recorded_messages_are_varnishds():
             done = subprocess.run([VARNISHD, "-C", "-f", str(path)], capture_output=True, text=True, timeout=60)
             return f"\n{message}\n" in done.stderr
 
+        def compiles(item: tuple[int, str]) -> bool:
+            i, body = item
+            path = Path(tmp) / f"a{i}.vcl"
+            path.write_text(HEAD + body)
+            path.chmod(0o644)
+            return subprocess.run([VARNISHD, "-C", "-f", str(path)], capture_output=True, timeout=60).returncode == 0
+
         with ThreadPoolExecutor(4) as pool:
             agree = list(pool.map(says, enumerate(CASES)))
+            accepted = list(pool.map(compiles, enumerate(ACCEPTED)))
     assert all(agree), [case for case, ok in zip(CASES, agree, strict=True) if not ok]
+    assert all(accepted), [body for body, ok in zip(ACCEPTED, accepted, strict=True) if not ok]

@@ -68,6 +68,19 @@ def _unquote(text: str) -> str:
     return text[1:-1]
 
 
+class _Args(list):
+    """A call's arguments; `trailing` is the position of a ',' after the last one, if any."""
+
+    trailing: ast.Pos | None = None
+
+
+def _no_trailing_comma(args: list) -> None:
+    """regsub()/regsuball() and return actions want their ')' where a vmod call may have a ','."""
+    at = getattr(args, "trailing", None)
+    if at is not None:
+        raise VCLError("Expected ')' got ','", at)
+
+
 class _ToAst(Transformer):
     """Lark tree -> vcl.ast nodes. A statement's position is its keyword's (keywords are named
     terminals, so they stay in the tree; no per-node position tracking is needed)."""
@@ -196,6 +209,7 @@ class _ToAst(Transformer):
     def action(self, children):
         name = children[0]
         args = children[1] if len(children) > 1 and children[1] is not None else []
+        _no_trailing_comma(args)
         return (name, args, len(children) > 1)
 
     def if_(self, children):
@@ -246,7 +260,12 @@ class _ToAst(Transformer):
     # -------------------------------------------------------------- expressions
 
     def args(self, children):
-        return list(children)
+        out = _Args(c for c in children if c is not None and not isinstance(c, ast.Pos))
+        out.trailing = next((c for c in children if isinstance(c, ast.Pos)), None)
+        return out
+
+    def trailing_comma(self, children):
+        return self._p(children[0])
 
     def arg(self, children):
         value = children[0]
@@ -320,6 +339,7 @@ class _ToAst(Transformer):
             return self.bad          # the unexpected token stood where the function's name is
         if name.lower() in ("regsub", "regsuball"):
             name = name.lower()
+            _no_trailing_comma(args)
         return ast.Call(self._p(tok), name, args or [], close_pos=self._p(rpar))
 
     def paren(self, children):
