@@ -42,6 +42,11 @@ DECIMAL_MAX = 999999999999.999      # VRT_DECIMAL_MAX: 12 integer digits, 3 deci
 _DECIMAL = re.compile(r"[ \t\n\r\f\v]*(-?)([0-9]*)(?:\.([0-9]*))?")
 
 
+def _decimal(whole: str, frac: str | None) -> float:
+    """The value of digits before and after a '.', the decimals after the third dropped."""
+    return int(whole or "0") + int((frac or "")[:3].ljust(3, "0")) / 1000
+
+
 def param_double(text: str) -> float:
     """varnishd 7.1's decimal: an optional '-', at most 15 integer digits, decimals after the
     third dropped, whatever follows ignored ("1m" is 1 second); beyond 12 integer digits is
@@ -52,7 +57,7 @@ def param_double(text: str) -> float:
         raise ValueError(f"Invalid number ({text})")
     if len(whole) > 15:
         raise ValueError(f"Too many digits ({text})")
-    value = int(whole or "0") + int((frac or "")[:3].ljust(3, "0")) / 1000
+    value = _decimal(whole, frac)
     if value > DECIMAL_MAX:
         raise ValueError(f"Too many digits ({text})")
     return -value if sign else value
@@ -113,7 +118,7 @@ def param_bytes(text: str) -> int:
     elif unit not in _BYTES_UNITS:
         err = "Unknown BYTES unit of measurement ([KMGTP][B])"
     else:
-        value = (int(whole or "0") + int((frac or "")[:3].ljust(3, "0")) / 1000) * _BYTES_UNITS[unit]
+        value = _decimal(whole, frac) * _BYTES_UNITS[unit]
         if value != int(value) and _BYTES_UNITS[unit] == 1:
             err = "Fractional BYTES not allowed"
         else:

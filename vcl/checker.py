@@ -13,7 +13,7 @@ import ipaddress
 from vcl import ast, symbols, types
 from vcl.acl import AclMaskError, resolve_acl_entry
 from vcl.errors import VCLError
-from vcl.exprcheck import IMPLICIT_IMPORTS, ExprChecker
+from vcl.exprcheck import IMPLICIT_IMPORTS, ExprChecker, _first_token
 from vcl.parser import check_vcl_version
 from vcl.program import CheckedProgram, SubInfo, Use
 from vcl.vss import NoAddress, ResolveError, TooManyAddresses, resolve_backend
@@ -419,11 +419,8 @@ class Checker(ExprChecker, XrefChecker):
                     if isinstance(attr.value, list) and not attr.value:
                         continue
                     if not isinstance(attr.value, ast.Name):
-                        first = attr.value
-                        while isinstance(first, ast.Arith):
-                            first = first.left
-                        got = _token_text(first).strip("'")
-                        raise VCLError(f"Expected '{{' or name of probe, got '{got}' at", attr.value.pos)
+                        raise VCLError(f"Expected '{{' or name of probe, got '{_first_token(attr.value)}' at",
+                                       attr.value.pos)
                     probe = self.probes.get(attr.value.name.lower())
                     if probe is None or _before(backend.pos, probe.pos):
                         # VCC reads declarations in order: the probe must come first.

@@ -399,8 +399,6 @@ class ExprChecker:
                 prop = name.split(".")[1]
                 at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1, len(prop))
                 raise VCLError(f"Unknown property '{prop}' for type HTTP", at)
-            if name in getattr(self, "subs", {}):
-                raise VCLError(f"Symbol '{name}' can only be used as a SUB expression", e.pos)
             kind = ("reserved" if head.lower() in symbols.VCC_RESERVED
                     else "action" if head.lower() in symbols.VCC_ACTIONS else None)
             if kind is not None and "." not in name:
