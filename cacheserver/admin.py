@@ -186,8 +186,12 @@ COMMANDS: list[CommandDef] = [
                flags="d", child=True),
     CommandDef("debug.listen_address", "debug.listen_address", "Report the actual listen address.",
                0, 0, "_debug_listen_address", flags="d", child=True),
+    CommandDef("debug.panic.master", "debug.panic.master", "Panic the master process.", 0, 0,
+               "_debug_panic_master", flags="d"),
     CommandDef("debug.panic.worker", "debug.panic.worker", "Panic the worker process.", 0, 0,
                "_debug_panic_worker", flags="d", child=True),
+    CommandDef("debug.reqpool.fail", "debug.reqpool.fail", "Schedule req-pool failures.", 1, 1,
+               "_debug_reqpool_fail", flags="d", child=True),
     CommandDef("debug.shutdown.delay", "debug.shutdown.delay", "Add a delay to the child process shutdown.",
                1, 1, "_debug_shutdown_delay", flags="d", child=True),
     CommandDef("debug.srandom", "debug.srandom", "Seed the random(3) function.", 0, 1, "_debug_srandom",
@@ -232,6 +236,7 @@ COMMANDS: list[CommandDef] = [
                "Display the source code for the specified configuration.", 0, 2, "_vcl_show"),
     CommandDef("vcl.state", "vcl.state <configname> [auto|cold|warm]",
                "  Force the state of the named configuration.", 2, 2, "_vcl_state"),
+    CommandDef("vcl.symtab", "vcl.symtab", "Dump the VCL symbol-tables.", 0, 0, "_vcl_symtab", flags="d"),
     CommandDef("vcl.use", "vcl.use <configname|label>", "Switch to the named configuration immediately.",
                1, 1, "_vcl_use"),
 ]
@@ -470,6 +475,22 @@ class AdminCommands:
         if server.params.auto_restart:
             await server.start()
         raise Reply(CLIS_COMMS, "CLI communication error (hdr)")
+
+    def _debug_panic_master(self, argv: list[str], args: list[str]) -> str:
+        """varnishd's manager asserts and aborts (exit status 134); its CLI gets no answer."""
+        sys.stderr.write('Assert error in mcf_panic(), mgt/mgt_cli.c line 112:\n'
+                         '  Condition((strcmp("", "You asked for it")) == 0) not true.\n')
+        sys.stderr.flush()
+        os.abort()
+
+    def _debug_reqpool_fail(self, argv: list[str], args: list[str]) -> str:
+        # read left to right, 'F' or 'f' fails that attempt: bit i is the i-th request task from now
+        bits = 0
+        for i, char in enumerate(args[0][:64]):      # varnishd's uintmax_t holds 64 attempts
+            if char in "Ff":
+                bits |= 1 << i
+        self.server.reqpool_fail = bits
+        return ""
 
     def _debug_shutdown_delay(self, argv: list[str], args: list[str]) -> str:
         try:
@@ -932,6 +953,29 @@ class AdminCommands:
         for name, ds in deps:
             table += [[name, d] for d in ds] if ds else [[name]]
         return elastic(table)
+
+    def _vcl_symtab(self, argv: list[str], args: list[str]) -> str:
+        """Each VCL's imports, as varnishd dumps the vgc.sym file VCC writes (a JSON array); our vmods
+        are Python modules, named by their file and a digest of it where varnishd names a .so's copy."""
+        import vmods
+
+        out = []
+        for name, vcl in self.server.vcls.items():
+            out.append(f"Vcl: {name}\n  symtab:\n    {{array}}\n      {{object}}\n"
+                       "        [\"version\"]: {number} <0>\n")
+            for vmod in vcl.imports:
+                module = sys.modules.get(f"vmods.{vmod}")
+                path = getattr(module, "__file__", None) or f"{os.path.dirname(vmods.__file__)}/{vmod}.py"
+                try:
+                    with open(path, "rb") as f:
+                        digest = hashlib.sha256(f.read()).hexdigest()
+                except OSError:
+                    digest = "0" * 64
+                fields = (("dir", "import"), ("type", "$VMOD"), ("name", vmod), ("file", path),
+                          ("dst", f"./vmod_cache/_vmod_{vmod}.{digest}"))
+                out.append("      {object}\n" + "".join(f'        ["{k}"]: {{string}} <{v}>\n'
+                                                       for k, v in fields))
+        return "".join(out)
 
     def _vcl_show(self, argv: list[str], args: list[str]) -> str:
         verbose = bool(args) and args[0] == "-v"

@@ -90,6 +90,7 @@ class ClientProtocol(asyncio.Protocol):
         self.last_active = now     # the last bytes from the client (a request body's pace)
         self.idle_since = now      # when the connection last had nothing to do: a head must be in by
         #                            idle_since + timeout_idle, however it trickles (slowloris)
+        self.herded_at = -1.0      # the idle_since of the last idle spell counted in sess_herd
         self.idle_timer: asyncio.TimerHandle | None = None
         self.write_drained: asyncio.Future | None = None
         self.paused_writing = False
@@ -167,6 +168,8 @@ class ClientProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if not self.stolen:
+            if time.monotonic() - self.idle_since > self.server.params.timeout_linger:
+                self._herded()           # it sat in the waiter until it closed
             # one close reason per session, as varnishd's SES_Close: sess_closed or sess_closed_err
             reason = self.close_reason or "sc_rem_close"
             counters = self.server.counters
@@ -289,8 +292,10 @@ class ClientProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
+        self.last_active = now = time.monotonic()
         if self.stolen or self.closed or self.refusal is not None:
+            return
+        if now - self.idle_since > self.server.params.timeout_linger and self._herded() and self._rescheduled():
             return
         if self.pipe_to is not None:
             self.server.counters.s_pipe_in += len(data)
@@ -304,6 +309,26 @@ class ClientProtocol(asyncio.Protocol):
         self._feed_some(data)
         if self.queue and not self.busy and not self.write_blocked:
             self.run_queue()
+
+    def _herded(self) -> bool:
+        """Whether the session waited for a request past timeout_linger, so that varnishd's worker handed
+        it to the waiter (counted once per idle spell, when it leaves: sess_herd)."""
+        if (self.busy or self.queue or self.held or self._in_message or self._method_hold
+                or self._sink is not None or self.pipe_to is not None or self.herded_at == self.idle_since):
+            return False
+        self.herded_at = self.idle_since
+        self.server.counters.sess_herd += 1
+        return True
+
+    def _rescheduled(self) -> bool:
+        """Data for a herded session: varnishd schedules a request task, which debug.reqpool.fail can
+        make fail; the session is then closed (OVERLOAD) with nothing read. False: go on."""
+        server = self.server
+        if not (server.reqpool_fail and server.reqpool_fails()):
+            return False
+        self.close_reason = "sc_overload"
+        self.close()
+        return True
 
     def _hold(self, data: bytes) -> None:
         self.held.append(data)

@@ -71,6 +71,7 @@ class Server:
         self.active_vcl: CompiledVCL | None = None
         self.active_name: str | None = None
         self.sessions: set[ClientProtocol] = set()
+        self.reqpool_fail = 0      # debug.reqpool.fail: bit i fails the i-th request task from now
         self.listen_specs: list[ListenSpec] = []
         self._listeners: list[asyncio.base_events.Server] = []
         self._sockets: list[socket.socket] = []
@@ -106,6 +107,16 @@ class Server:
         self._stats_timer = asyncio.get_running_loop().call_later(vsc.INTERVAL, self.publish_counters)
 
     # -- transaction ids --------------------------------------------------------------------------
+
+    def reqpool_fails(self) -> bool:
+        """One attempt to schedule a request task (varnishd's Pool_Task for TASK_QUEUE_REQ): whether
+        debug.reqpool.fail makes it fail, with varnishd's Debug record when it does."""
+        bits = self.reqpool_fail
+        self.reqpool_fail = bits >> 1
+        if bits & 1:
+            self.vsl.write(0, "-", [("Debug", "Failing due to reqpoolfail (next= 0x%x)" % (bits >> 1))])
+            return True
+        return False
 
     def next_xid(self) -> int:
         self._xid += 1

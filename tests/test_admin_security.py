@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -353,4 +354,21 @@ def test_a_client_that_never_reads_is_dropped(secret):
     finally:
         stop.set()
         cli.close()
+        proc.stop()
+
+
+def test_debug_panic_master_aborts_the_server_as_varnishds_manager_does():
+    # varnishd 7.1.1: the manager asserts, prints where, and dies of SIGABRT (exit status 134); the
+    # CLI connection gets no answer
+    proc, host, port = start("-S", "none")
+    try:
+        cli = RawCli(host, port)
+        assert cli.result()[0] == 200
+        cli.sock.sendall(b"debug.panic.master\n")
+        assert cli.closed()
+        assert proc.proc.wait(20) == -signal.SIGABRT
+        proc.stop()
+        assert "Assert error in mcf_panic(), mgt/mgt_cli.c line 112:\n" in proc.output[-1]
+        assert '  Condition((strcmp("", "You asked for it")) == 0) not true.' in proc.output[-1]
+    finally:
         proc.stop()

@@ -291,6 +291,63 @@ def test_help_texts_and_lists():
                         "minarg": 0, "maxarg": 0, "flags": "", "json": True}
 
 
+def test_debug_help_lists_varnishds_debug_commands():
+    # varnishd 7.1.1's `help -d`, whole
+    assert ask(commands(), "help -d") == (200, (
+        "debug.fragfetch\ndebug.listen_address\ndebug.panic.master\ndebug.panic.worker\n"
+        "debug.reqpool.fail\ndebug.shutdown.delay\ndebug.srandom\ndebug.vmod\n"
+        "debug.xid [<xid> [<cachesize>]]\nvcl.symtab\n"))
+    cmds = commands()
+    assert ask(cmds, "help debug.panic.master") == (200, "debug.panic.master\nPanic the master process.\n")
+    assert ask(cmds, "help vcl.symtab") == (200, "vcl.symtab\nDump the VCL symbol-tables.\n")
+    assert ask(cmds, "help debug.reqpool.fail") == (200, "debug.reqpool.fail\nSchedule req-pool failures.\n")
+    assert ask(cmds, "debug.reqpool.fail") == (104, "Too few parameters\n")
+    assert ask(cmds, "vcl.symtab x") == (105, "Too many parameters\n")
+
+
+@pytest.mark.parametrize("text,bits", [
+    ("F", 0b1), ("_F", 0b10), ("fF", 0b11), ("F__F_F", 0b101001), ("x", 0),
+    ("_" * 63 + "F", 1 << 63), ("_" * 64 + "F", 0),       # varnishd keeps 64 attempts (uintmax_t)
+])
+def test_reqpool_fail_reads_left_to_right(text, bits):
+    cmds = commands()
+    assert ask(cmds, f'debug.reqpool.fail "{text}"') == (200, "")
+    assert cmds.server.reqpool_fail == bits
+
+
+def test_reqpool_attempts_consume_the_schedule_and_log_as_varnishd():
+    cmds = commands()
+    ask(cmds, "debug.reqpool.fail _F_F")
+    records = []
+    cmds.server.vsl.write = lambda vxid, kind, recs, tail=b"": records.append((vxid, kind, recs))
+    assert [cmds.server.reqpool_fails() for _ in range(6)] == [False, True, False, True, False, False]
+    assert records == [(0, "-", [("Debug", "Failing due to reqpoolfail (next= 0x2)")]),
+                       (0, "-", [("Debug", "Failing due to reqpoolfail (next= 0x0)")])]
+
+
+def test_vcl_symtab_lists_each_vcls_imports_as_varnishd_lays_them_out():
+    import vmods.directors
+    import vmods.std
+
+    cmds = commands()
+    assert ask(cmds, "vcl.inline two \"vcl 4.1; import std; import directors; backend default none;\"")[0] == 200
+    status, text = ask(cmds, "vcl.symtab")
+    assert status == 200
+    head = ("Vcl: %s\n  symtab:\n    {array}\n      {object}\n        [\"version\"]: {number} <0>\n")
+    boot, two = text.split("Vcl: two\n")
+    assert boot == head % "boot"
+    lines = ("Vcl: two\n" + two).splitlines()
+    assert "\n".join(lines[:5]) + "\n" == head % "two"
+    for i, module in ((5, vmods.std), (11, vmods.directors)):
+        name = module.__name__.split(".")[1]
+        assert lines[i:i + 5] == ["      {object}", '        ["dir"]: {string} <import>',
+                                  '        ["type"]: {string} <$VMOD>', f'        ["name"]: {{string}} <{name}>',
+                                  f'        ["file"]: {{string}} <{module.__file__}>']
+        assert re.fullmatch(r'        \["dst"\]: \{string\} <\./vmod_cache/_vmod_%s\.[0-9a-f]{64}>' % name,
+                            lines[i + 5])
+    assert len(lines) == 17
+
+
 @pytest.mark.parametrize("line,status", [
     ("ban.list a", 105), ("ban.list -j", 200), ("ban.list -j -j", 105), ("pid x", 105), ("vcl.use", 104),
     ("help a b", 105), ("status -j", 200), ("backend.list x y z", 105), ("backend.list -j x y", 106),

@@ -46,6 +46,7 @@ class CompiledVCL:
     python_source: str
     warnings: list[str] = field(default_factory=list)
     uses: set[str] = field(default_factory=set)       # imported vmods
+    imports: tuple[str, ...] = ()                     # the same, in import order (vcl.symtab)
     # subroutines the user's VCL defines (any others run the built-in code alone)
     user_subs: set[str] = field(default_factory=set)
     name: str = ""                                    # the server's name for this load
@@ -181,6 +182,7 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
         python_source=code,
         warnings=list(prog.warnings),
         uses=set(prog.vmods),
+        imports=tuple(prog.vmods),
         version=prog.version,
         labels=set(namespace["LABELS"]),
         user_subs=user_subs,
