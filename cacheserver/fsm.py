@@ -284,7 +284,9 @@ class ClientRequest(Delivery, EsiRequest):
         # request body bytes read: on a connection that closes, only what was read (varnishd leaves
         # the rest unread); one kept open reads it all
         rx = self.body.received if self.keep_alive else self.body.taken
-        self.server.counters.s_req_bodybytes += rx     # varnishd sums ReqAcct's into it
+        counters = self.server.counters
+        counters.s_req_hdrbytes += req                 # varnishd sums ReqAcct's into them (not a pipe's)
+        counters.s_req_bodybytes += rx
         if self.vsl_tail is not None:
             # a template hit: its last records from the template's payload (deliver.py)
             template, values = self.vsl_tail

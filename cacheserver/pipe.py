@@ -75,7 +75,11 @@ async def pipe_request(request: ClientRequest) -> None:
         writer.close()
         session.close()
         return
-    writer.write(session.take_held())
+    # what the client sent past this request goes on to the backend, pipelined requests already
+    # parsed included (varnishd sends its whole read buffer)
+    after = session.bytes_after(request)
+    held = session.take_held()
+    writer.write(held if after is None else after)
     session.pipe_to = writer
     try:
         while True:

@@ -51,6 +51,9 @@ _MAX_QUEUED = 32
 _FEED_SLICE = 16 * 1024
 # Raw bytes kept for locating a stolen request's end; beyond this a steal with leftovers is refused.
 _MAX_RAW = 1024 * 1024
+# The same for a piped request (any VCL may pipe: the built-in one pipes unknown methods); beyond this
+# the requests pipelined behind it that were already parsed are not sent on.
+_MAX_PIPE_RAW = 32 * 1024
 
 
 # RFC 9110 token: what Varnish accepts as a method
@@ -352,7 +355,7 @@ class ClientProtocol(asyncio.Protocol):
             self._feed(data[:_FEED_SLICE])
             data = data[_FEED_SLICE:]
             if self.closed or self.refusal is not None:
-                if self._raw is not None and len(self._raw) < _MAX_RAW:
+                if self._raw is not None and len(self._raw) < self._raw_limit():
                     self._raw += data       # not HTTP, but a steal may still hand it over
                 return
 
@@ -373,13 +376,15 @@ class ClientProtocol(asyncio.Protocol):
     # -- parsing ----------------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        vcl = self.server.active_vcl
-        if vcl is not None and "vcl_recv" in vcl.async_subs:   # this VCL may steal connections
-            if self._raw is None or (not self._in_message and not self.queue):
-                self._raw = bytearray(data)
-                self._raw_done = 0
-            elif len(self._raw) < _MAX_RAW:
-                self._raw += data
+        # The raw bytes since the last message boundary with nothing queued: where a stolen or piped
+        # request ends in them, what follows goes with the socket or to the pipe's backend.
+        if self._raw is None or (not self._in_message and not self.queue):
+            self._raw = data            # (usually the only read: no copy)
+            self._raw_done = 0
+        elif len(self._raw) < self._raw_limit():
+            if type(self._raw) is bytes:
+                self._raw = bytearray(self._raw)
+            self._raw += data
         if self._method_hold:
             data, self._method_hold = self._method_hold + data, b""
         if self._relaxing:
@@ -635,17 +640,16 @@ class ClientProtocol(asyncio.Protocol):
         head = HttpMessage(method, text(self._url), "HTTP/" + version, headers=headers)
         self._keep_alive = parser.should_keep_alive()
         # the head's bytes: request line, header lines (name, ": ", value, CRLF), the empty line
-        self.server.counters.s_req_hdrbytes += self._head_size + len(method) + 14     # _head_size has the URL
         if length == 0 and not want_continue:
             body = NO_BODY
         else:
             body = ReqBody(None if chunked else length, timeout=self.server.params.timeout_idle,
                            pause=self._pause_body, resume=self._resume_body,
                            want_continue=self._send_continue if want_continue else None)
-        self.server.counters.client_req += 1
         request = ClientRequest(self, head, body, self._keep_alive, self._raw_done + 1,
                                 expect=expect.strip() if expect is not None else None, defer_xid=True, moved=moved)
-        # ReqAcct's header bytes: the request line and the fields as the parser counted them
+        # ReqAcct's header bytes: the request line and the fields as the parser counted them (client_req
+        # counts it when it runs: varnishd dissects a pipelined head only then)
         request.acct_req = len(method) + len(version) + 11 + self._head_size
         self.queue.append(request)
         if not body.done:
@@ -772,6 +776,7 @@ class ClientProtocol(asyncio.Protocol):
             while self.queue and not self.busy and not self.closed:
                 request = self.current = self.queue.popleft()
                 request.take_xid()
+                self.server.counters.client_req += 1
                 workers = self.server.workers
                 workers.acquire()
                 try:
@@ -926,6 +931,10 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- tinykvm.steal() --------------------------------------------------------------------------
 
+    def _raw_limit(self) -> int:
+        vcl = self.server.active_vcl
+        return _MAX_RAW if vcl is not None and "vcl_recv" in vcl.async_subs else _MAX_PIPE_RAW
+
     def bytes_after(self, request: ClientRequest) -> bytes | None:
         """The raw bytes the server read past `request` (pipelined requests, a body not consumed).
 
@@ -938,7 +947,7 @@ class ClientProtocol(asyncio.Protocol):
             # a method cut short by the read (or any word: it may be no HTTP at all) comes first
             return self._method_hold + held
         raw = self._raw
-        if raw is None or len(raw) >= _MAX_RAW:
+        if raw is None or len(raw) >= self._raw_limit():
             return None
         end = _end_of_message(bytes(raw), request.raw_index)
         return bytes(raw[end:]) + held
