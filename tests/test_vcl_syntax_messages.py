@@ -74,6 +74,18 @@ CASES = [
     # a trailing ',' is allowed in a vmod call's arguments only
     ('sub vcl_recv {\n\tset req.http.x = regsub(req.url, "a", "b",);\n}\n', "Expected ')' got ','"),
     ('sub vcl_recv {\n\treturn (synth(200, "x",));\n}\n', "Expected ')' got ','"),
+    # a statement keyword VCC parses as such wants its '(' (not "Symbol not found: 'if'")
+    ('sub vcl_recv {\n\tif "x" (req.url) {}\n}\n', "Expected '(' got '\"x\"'"),
+    ('sub vcl_recv {\n\tif (req.url) {} elsif "x" (req.url) {}\n}\n', "Expected '(' got '\"x\"'"),
+    ('sub vcl_synth {\n\tsynthetic = "x";\n}\n', "Expected '(' got '='"),
+    ('sub vcl_recv {\n\thash_data "x";\n}\n', "Expected '(' got '\"x\"'"),
+    ('sub vcl_recv {\n\telsif "x" (req.url) {}\n}\n', "Symbol not found: 'elsif'"),
+    # a number followed by a word: VCC reads a duration unit there, before any later syntax error
+    ("sub vcl_recv {\n\tset req.ttl = 1mif\n}\n", "Unknown duration unit 'mif'\nLegal duration units are 'ms', 's', 'm', 'h', 'd', 'w' and 'y'"),
+    ('import std;\nsub vcl_recv {\n\tset req.http.x = std.integer(req.http.y, 0local;\n}\n',
+     "Unknown duration unit 'local'\nLegal duration units are 'ms', 's', 'm', 'h', 'd', 'w' and 'y'"),
+    ("sub vcl_recv {\n\tset req.ttl = 10s * 2req.url;\n}\n", "Unknown duration unit 'req'\nLegal duration units are 'ms', 's', 'm', 'h', 'd', 'w' and 'y'"),
+    ("sub vcl_recv {\n\tset req.ttl = 10s * 2 req.url\n}\n", "Unknown duration unit 'req'\nLegal duration units are 'ms', 's', 'm', 'h', 'd', 'w' and 'y'"),
 ]
 
 # and what compiles

@@ -304,8 +304,10 @@ class ExprChecker:
             return self._bytes_lit(e.pos, e.number, e.unit, e.unit_pos, e.text)
         seconds = types.DURATION_UNITS.get(e.unit)
         if seconds is None:
-            raise VCLError(f"Unknown duration unit '{e.unit}'\nLegal duration units are 'ms', 's', 'm', 'h', "
-                           "'d', 'w' and 'y'", e.unit_pos)
+            unit = e.unit.partition(".")[0]       # VCC's ID token ends at a '.' (`2 req.url`: 'req')
+            at = ast.Pos(e.unit_pos.file, e.unit_pos.line, e.unit_pos.col, len(unit))
+            raise VCLError(f"Unknown duration unit '{unit}'\nLegal duration units are 'ms', 's', 'm', 'h', "
+                           "'d', 'w' and 'y'", at)
         return ast.DurationLit(e.pos, e.number * seconds, e.text)
 
     def _glued_bytes(self, e: ast.DurationLit) -> ast.BytesLit:

@@ -446,6 +446,9 @@ def _cached_tree(source: str) -> Tree:
     return _lark().parse(source, start="start")
 
 
+# statements VCC parses by their keyword, each wanting a '(' next; the else-ifs only after an if's block
+_PAREN_KEYWORDS = frozenset({"if", "synthetic", "return", "hash_data", "ban"})
+_ELSE_IFS = frozenset({"elsif", "elseif", "elif"})
 _STATEMENT_NAME = re.compile(r"(?:^|[;{}])\s*([A-Za-z][\w.-]*)\s*$")
 
 
@@ -465,6 +468,8 @@ def _check_statement_name(source: str, filename: str, tok: Token) -> None:
     if m is None:
         return
     name, at = m.group(1), m.start(1)
+    if name.lower() in _PAREN_KEYWORDS or (name.lower() in _ELSE_IFS and source[:at].rstrip().endswith("}")):
+        return              # VCC's own keyword: it wanted the '(' (the caller's message)
     pos = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), len(name))
     if symbols.lookup(name) is not None or _is_declared_symbol(source, name):
         raise VCLError("Symbol cannot be used here.", _tok_pos(tok, filename))
@@ -654,6 +659,7 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
     """Raise VCC's message for a parse error (or return the program a recovery made of it)."""
     if isinstance(exc, UnexpectedToken):
         tok = exc.token
+        _check_units(source, filename, tok)
         _check_action_args(source, filename, tok)
         if tok.type == "$END":
             lines = source.split("\n")
@@ -743,6 +749,28 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
 
 
 _RETURN_ARGS = re.compile(r"\breturn\s*\(\s*([a-z_]+)\s*\(")
+
+
+_NUMBER_THEN_ID = re.compile(r"(?<![\w.-])\d+(?:\.\d+)?[ \t]*([A-Za-z_][\w-]*)")
+_STRING_OR_COMMENT = re.compile(r'"""[\s\S]*?"""|\{"[\s\S]*?"\}|"[^"\n]*"|/\*[\s\S]*?\*/|(?://|#)[^\n]*')
+_UNIT_WORDS = frozenset(DURATION_UNITS) | {"b", "k", "kb", "m", "mb", "g", "gb", "t", "tb", "p", "pb"}
+
+
+def _check_units(source: str, filename: str, tok: Token) -> None:
+    """A number followed by a word that is no unit, before a syntax error: VCC reads the word as the
+    number's duration unit and stops there ("Unknown duration unit 'mif'"), before it gets to the
+    token our parser stopped at."""
+    end = tok.start_pos if tok.type != "$END" else len(source)
+    text = _STRING_OR_COMMENT.sub(lambda m: re.sub(r"[^\n]", " ", m.group()), source[:end])
+    body = text.find("sub ")
+    for m in _NUMBER_THEN_ID.finditer(text, max(body, 0)):
+        unit = m.group(1)
+        if body < 0 or unit in _UNIT_WORDS or unit.lower() in _UNIT_WORDS:
+            continue
+        at = m.start(1)
+        pos = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), len(unit))
+        raise VCLError(f"Unknown duration unit '{unit}'\nLegal duration units are 'ms', 's', 'm', 'h', "
+                       "'d', 'w' and 'y'", pos)
 
 
 def _check_action_args(source: str, filename: str, tok: Token) -> None:
