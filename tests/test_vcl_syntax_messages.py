@@ -80,6 +80,14 @@ CASES = [
     ('sub vcl_synth {\n\tsynthetic = "x";\n}\n', "Expected '(' got '='"),
     ('sub vcl_recv {\n\thash_data "x";\n}\n', "Expected '(' got '\"x\"'"),
     ('sub vcl_recv {\n\telsif "x" (req.url) {}\n}\n', "Symbol not found: 'elsif'"),
+    # a vmod call: VCC wants a ',' after each argument not followed by its ')', even the last
+    ('import std;\nsub vcl_recv {\n\tset req.http.x = std.integer(req.http.y 0);\n}\n', "Expected ',' got '0'"),
+    ('import std;\nsub vcl_recv {\n\tset req.http.x = std.tolower(req.http.y 0);\n}\n', "Expected ',' got '0'"),
+    ('import std;\nsub vcl_recv {\n\tset req.ttl = std.duration(req.http.y, 1h;\n}\n', "Expected ',' got ';'"),
+    # a function's name alone, where VCC wants its '(' (not the ';'); a value followed by another
+    ('import std;\nsub vcl_recv {\n\tset req.http.x = std.integer)req.http.y, 0);\n}\n', "Expected '(' got ')'"),
+    ('sub vcl_recv {\n\tset req.url = regsuball)req.url, "a", "b");\n}\n', "Expected '(' got ')'"),
+    ("sub vcl_backend_response {\n\tset beresp.http.x = now now + 1m;\n}\n", "Expected ';' got 'now'"),
     # a number followed by a word: VCC reads a duration unit there, before any later syntax error
     ("sub vcl_recv {\n\tset req.ttl = 1mif\n}\n", "Unknown duration unit 'mif'\nLegal duration units are 'ms', 's', 'm', 'h', 'd', 'w' and 'y'"),
     ('import std;\nsub vcl_recv {\n\tset req.http.x = std.integer(req.http.y, 0local;\n}\n',

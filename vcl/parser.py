@@ -623,6 +623,20 @@ _TRAILING_NAME = re.compile(r"([A-Za-z_][\w.-]*)\s*$")
 _BUILTIN_ARITY = {"regsub": 3, "regsuball": 3}
 
 
+def _arity(word: str) -> int:
+    """How many arguments VCC reads for a call of `word` with a ',' wanted after each but the last:
+    a built-in's count; for a vmod function VCC's vcc_func_args wants a ',' after every argument
+    not followed by ')' (too many are reported later); 0 when unknown."""
+    if word in _BUILTIN_ARITY:
+        return _BUILTIN_ARITY[word]
+    return 1 << 30 if _is_function(word) else 0
+
+
+def _is_function(word: str) -> bool:
+    vmod, _, name = word.partition(".")
+    return word in _BUILTIN_ARITY or (vmod.lower() in vmods.KNOWN and name in vmods.load(vmod.lower()).functions)
+
+
 _FIELD_NO_SEMICOLON = re.compile(r'"[^"\n]*"\s*(?P<dot>\.)\s*(?:[A-Za-z_][\w-]*\s*=?|\.)?\s*$')
 _DECLARATION = re.compile(r"(?:^|[\s;}])(?:backend|probe)\s+[\w-]+\s*\{")
 
@@ -673,7 +687,7 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
             # an expression in ( ) that goes on where VCC wants its ')', or its ',' between the
             # arguments of regsub()/regsuball()
             word, commas = open_paren
-            want = "','" if commas + 1 < _BUILTIN_ARITY.get(word, 0) else "')'"
+            want = "','" if commas + 1 < _arity(word) else "')'"
             raise VCLError(f"Expected {want} got {_describe(tok, source)}", pos) from None
         if set(exc.expected) == {"LBRACE"} and re.search(r"\belse\s*$", source[:tok.start_pos]):
             raise VCLError("'else' must be followed by 'if' or '{'", pos) from None
@@ -702,8 +716,10 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
             msg, pos = "Expected 'vcl N.N;' found no semi-colon", kw_pos
         elif set(exc.expected) == {"FLOAT"}:
             msg = f"Expected FNUM got {_describe(tok, source)}"    # the `vcl N.N;` number
-        elif {"SEMICOLON", "LPAR"} <= set(exc.expected):
+        elif {"SEMICOLON", "LPAR"} <= set(exc.expected) and re.search(r"\breturn\s*$", source[:tok.start_pos]):
             msg = f"Expected '(' got {_describe(tok, source)}"      # return without parentheses
+        elif "SEMICOLON" in exc.expected and _called_without_parenthesis(source, tok):
+            msg = f"Expected '(' got {_describe(tok, source)}"      # a function's name alone
         elif "SEMICOLON" in exc.expected:
             # The usual mistake; say it the way VCC does.
             msg = f"Expected ';' got {_describe(tok, source)}"
@@ -754,6 +770,14 @@ _RETURN_ARGS = re.compile(r"\breturn\s*\(\s*([a-z_]+)\s*\(")
 _NUMBER_THEN_ID = re.compile(r"(?<![\w.-])\d+(?:\.\d+)?[ \t]*([A-Za-z_][\w-]*)")
 _STRING_OR_COMMENT = re.compile(r'"""[\s\S]*?"""|\{"[\s\S]*?"\}|"[^"\n]*"|/\*[\s\S]*?\*/|(?://|#)[^\n]*')
 _UNIT_WORDS = frozenset(DURATION_UNITS) | {"b", "k", "kb", "m", "mb", "g", "gb", "t", "tb", "p", "pb"}
+
+
+def _called_without_parenthesis(source: str, tok: Token) -> bool:
+    """The token stands right after a function's name: VCC wants the call's '('."""
+    if tok.type == "$END":
+        return False
+    name = _TRAILING_NAME.search(source, 0, tok.start_pos)
+    return name is not None and _is_function(name.group(1))
 
 
 def _check_units(source: str, filename: str, tok: Token) -> None:
