@@ -88,6 +88,23 @@ CASES = [
     ('import std;\nsub vcl_recv {\n\tset req.http.x = std.integer)req.http.y, 0);\n}\n', "Expected '(' got ')'"),
     ('sub vcl_recv {\n\tset req.url = regsuball)req.url, "a", "b");\n}\n', "Expected '(' got ')'"),
     ("sub vcl_backend_response {\n\tset beresp.http.x = now now + 1m;\n}\n", "Expected ';' got 'now'"),
+    # set/unset of a name VCC knows as something else than a variable, named with its kind
+    ('sub vcl_recv {\n\tset set req.url = "a";\n}\n', "Symbol 'set' has wrong type (action), expected var:"),
+    ('sub vcl_recv {\n\tunset sub req.http.x;\n}\n', "Symbol 'sub' has wrong type (reserved), expected var:"),
+    ('import std;\nsub vcl_recv {\n\tset std req.url = "a";\n}\n', "Symbol 'std' has wrong type (vmod), expected var:"),
+    ('acl local { "127.0.0.1"; }\nsub vcl_recv {\n\tif (client.ip ~ local) {}\n\tset local = "a";\n}\n',
+     "Symbol 'local' has wrong type (acl), expected var:"),
+    ('sub s {}\nsub vcl_recv {\n\tcall s;\n\tunset s;\n}\n', "Symbol 's' has wrong type (sub), expected var:"),
+    ('probe p { .url = "/"; }\nbackend b1 { .host = "127.0.0.1"; .probe = p; }\nsub vcl_recv {\n\tset b1 = "a";\n}\n',
+     "Symbol 'b1' has wrong type (backend), expected var:"),
+    ('import directors;\nsub vcl_init {\n\tnew d = directors.round_robin();\n}\n'
+     'sub vcl_recv {\n\tset d = "a";\n\tset req.backend_hint = d.backend();\n}\n',
+     "Symbol 'd' has wrong type (instance), expected var:"),
+    ('import std;\nsub vcl_recv {\n\tset std.log = "a";\n}\n', "Symbol 'std.log' has wrong type (func), expected var:"),
+    ("sub vcl_recv {\n\tset default = \"a\";\n}\n", "Symbol 'default' has wrong type (func), expected var:"),
+    # a probe's .url field with no string
+    ('backend b2 { .host = "127.0.0.1"; .probe = { .url = ; } }\n', "Expected CSTR got ';'"),
+    ('backend b2 { .host = "127.0.0.1"; .probe = { .url = = "/"; } }\n', "Expected CSTR got '='"),
     # a number followed by a word: VCC reads a duration unit there, before any later syntax error
     ("sub vcl_recv {\n\tset req.ttl = 1mif\n}\n", "Unknown duration unit 'mif'\nLegal duration units are 'ms', 's', 'm', 'h', 'd', 'w' and 'y'"),
     ('import std;\nsub vcl_recv {\n\tset req.http.x = std.integer(req.http.y, 0local;\n}\n',

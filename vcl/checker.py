@@ -243,7 +243,7 @@ class Checker(ExprChecker, XrefChecker):
         if isinstance(stmt, ast.Set):
             self._set(stmt)
         elif isinstance(stmt, ast.Unset):
-            var = self._variable(stmt.target, stmt.target_pos)
+            var = self._target(stmt.target, stmt.target_pos)
             self._not_a_storage_target(stmt.target, stmt.target_pos, var)
             if var.unset_code is None or not var.unset:
                 raise VCLError("Variable cannot be unset.", stmt.target_pos)
@@ -297,8 +297,33 @@ class Checker(ExprChecker, XrefChecker):
         if var.name.startswith("storage."):
             raise VCLError(f"Symbol not found: '{name}'", pos)
 
+    def _target(self, name: str, pos: ast.Pos) -> symbols.Variable:
+        """What set/unset change: VCC looks the name up as a variable and names what it found instead."""
+        try:
+            known = symbols.lookup(name, self.version, self.storages) is not None
+        except symbols.BadHeaderName:
+            known = True                     # a variable's name, badly written: _variable says how
+        if not known:
+            key = name.lower()
+            builtin = symbols.BUILTIN_SYMBOLS.get(key)
+            kind = ((builtin if builtin != "var" else None) or ("func" if key in symbols.VCC_FUNCS else None)
+                    or ("vmod" if key in self.vmods else None) or self._declared_kind(name))
+            if kind is not None:
+                raise VCLError(f"Symbol '{name}' has wrong type ({kind}), expected var:", pos)
+        return self._variable(name, pos)
+
+    def _declared_kind(self, name: str) -> str | None:
+        vmod, _, func = name.partition(".")
+        if vmod.lower() in self.vmods and func in self.vmods[vmod.lower()].functions:
+            return "func"
+        for kind, table in (("acl", self.acls), ("sub", self.subs), ("backend", self.backends),
+                            ("probe", self.probes), ("instance", self.instances)):
+            if name in table:
+                return kind
+        return None
+
     def _set(self, stmt: ast.Set) -> None:
-        var = self._variable(stmt.target, stmt.target_pos)
+        var = self._target(stmt.target, stmt.target_pos)
         self._not_a_storage_target(stmt.target, stmt.target_pos, var)
         if var.set is None or not var.write:
             method = self.cur.name if self.cur is not None else None
@@ -523,7 +548,8 @@ class Checker(ExprChecker, XrefChecker):
                 raise VCLError(f"Expected ';' got '{first.op}'", first.op_pos or first.pos)
             if isinstance(first, ast.Arith):
                 first = first.left
-            raise VCLError(f"Expected CSTR got '{_token_text(first)}'", first.pos)
+            got = first.text if isinstance(first, ast.BadToken) else f"'{_token_text(first)}'"   # (quoted)
+            raise VCLError(f"Expected CSTR got {got}", first.pos)
         if isinstance(value, ast.Neg):
             raise VCLError("Expected CNUM got '-'", value.pos)   # VCC reads an unsigned number here
         if isinstance(value, ast.StringLit) and ftype != "STRING":

@@ -674,6 +674,7 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
     if isinstance(exc, UnexpectedToken):
         tok = exc.token
         _check_units(source, filename, tok)
+        _check_set_target(source, filename, tok)
         _check_action_args(source, filename, tok)
         if tok.type == "$END":
             lines = source.split("\n")
@@ -770,6 +771,35 @@ _RETURN_ARGS = re.compile(r"\breturn\s*\(\s*([a-z_]+)\s*\(")
 _NUMBER_THEN_ID = re.compile(r"(?<![\w.-])\d+(?:\.\d+)?[ \t]*([A-Za-z_][\w-]*)")
 _STRING_OR_COMMENT = re.compile(r'"""[\s\S]*?"""|\{"[\s\S]*?"\}|"[^"\n]*"|/\*[\s\S]*?\*/|(?://|#)[^\n]*')
 _UNIT_WORDS = frozenset(DURATION_UNITS) | {"b", "k", "kb", "m", "mb", "g", "gb", "t", "tb", "p", "pb"}
+
+
+_SET_TARGET = re.compile(r"\b(?i:set|unset)\s+([A-Za-z_][\w.-]*)\s*$")
+
+
+def _check_set_target(source: str, filename: str, tok: Token) -> None:
+    """`set set x = ...`: VCC looks the word after set/unset up as a variable and names what it is
+    before reading further ("Symbol 'set' has wrong type (action), expected var:")."""
+    if tok.type == "$END":
+        return
+    m = _SET_TARGET.search(source, 0, tok.start_pos)
+    if m is None:
+        return
+    name = m.group(1)
+    key = name.lower()
+    word = re.escape(name)
+    builtin = symbols.BUILTIN_SYMBOLS.get(key)
+    kind = (builtin if builtin != "var" else None) or ("func" if key in symbols.VCC_FUNCS else None)
+    if kind is None and re.search(rf"\bimport\s+{word}\b", source):
+        kind = "vmod"
+    if kind is None:
+        declared = re.search(rf"(?:^|[\s;}}])(acl|sub|backend|probe)\s+{word}(?![\w.-])", source)
+        kind = declared.group(1) if declared else None
+    if kind is None and re.search(rf"\bnew\s+{word}\s*=", source):
+        kind = "instance"
+    if kind is not None:
+        at = m.start(1)
+        pos = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), len(name))
+        raise VCLError(f"Symbol '{name}' has wrong type ({kind}), expected var:", pos)
 
 
 def _called_without_parenthesis(source: str, tok: Token) -> bool:
