@@ -88,6 +88,12 @@ CASES = [
     ('import std;\nsub vcl_recv {\n\tset req.http.x = std.integer)req.http.y, 0);\n}\n', "Expected '(' got ')'"),
     ('sub vcl_recv {\n\tset req.url = regsuball)req.url, "a", "b");\n}\n', "Expected '(' got ')'"),
     ("sub vcl_backend_response {\n\tset beresp.http.x = now now + 1m;\n}\n", "Expected ';' got 'now'"),
+    # a function's name used as a value: VCC wants its '(' and names the token that follows
+    ('import std;\nsub vcl_recv {\n\tif (std.healthy) {}\n}\n', "Expected '(' got ')'"),
+    ('import std;\nsub vcl_recv {\n\tif (std.tolower == "a") {}\n}\n', "Expected '(' got '=='"),
+    ('import std;\nsub vcl_recv {\n\tset req.http.x = std.tolower\n\t# why\n\t+ "a";\n}\n', "Expected '(' got '+'"),
+    ("sub vcl_recv {\n\tset req.http.x = regsub;\n}\n", "Expected '(' got ';'"),
+    ('import std;\nsub vcl_recv {\n\tset req.http.x = std.nosuch;\n}\n', "Symbol not found: 'std.nosuch'"),
     # set/unset of a name VCC knows as something else than a variable, named with its kind
     ('sub vcl_recv {\n\tset set req.url = "a";\n}\n', "Symbol 'set' has wrong type (action), expected var:"),
     ('sub vcl_recv {\n\tunset sub req.http.x;\n}\n', "Symbol 'sub' has wrong type (reserved), expected var:"),

@@ -15,7 +15,7 @@ import vmods
 from vcl import ast, symbols
 from vcl.checker import check
 from vcl.codegen import CodeGen
-from vcl.errors import VCLError
+from vcl.errors import MissingParenthesis, VCLError
 from vcl.parser import parse, parse_with_includes
 from vcl.runtime import Action, BackendSpec, Context, ProbeSpec, VCLFailure
 from vcl.trace import number_blocks
@@ -160,6 +160,8 @@ def compile_vcl(source: str, filename: str, *, include_dirs: tuple[str, ...] | l
     except VCLError as exc:
         exc.attach(sources)
         exc.attach({BUILTIN_NAME: _builtin_text()})
+        if isinstance(exc, MissingParenthesis):
+            exc.at_next_token(exc.sources)
         raise
     except RecursionError:
         raise VCLError(f"{filename}: expression or block nested too deeply") from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from vcl.ast import Pos
 
 
@@ -68,3 +70,32 @@ class VCLError(Exception):
                 out.append(f"{pos.file}:{pos.line}:{pos.col}: {note}")
                 out.extend(self._quote(pos))
         return "\n".join(out)
+
+
+# a VCC token at the start of the text: a string, a name (VCC's ends at '.'), a number, a two-character
+# operator, or one character
+_NEXT_TOKEN = re.compile(r'"[^"\n]*"?|\{"|[A-Za-z_][\w-]*|[0-9]+(?:\.[0-9]+)?|<<|>>|\+\+|--|==|!=|<=|>=|&&|\|\||!~|\+=|-=|\*=|/=|\S')
+_BLANKS = re.compile(r"(?:\s+|#[^\n]*|//[^\n]*|/\*[\s\S]*?\*/)*")
+
+
+class MissingParenthesis(VCLError):
+    """A function's name where VCC wants its '(' next. VCC names the token that follows, which only
+    the source shows: the compiler calls at_next_token() with the sources."""
+
+    def __init__(self, pos: Pos) -> None:
+        super().__init__("Expected '(' got", pos)
+
+    def at_next_token(self, sources: dict[str, str]) -> None:
+        text = sources.get(self.pos.file) if self.pos is not None else None
+        if text is None:
+            return
+        lines = text.split("\n")
+        offset = sum(len(line) + 1 for line in lines[:self.pos.line - 1]) + self.pos.col - 1 + self.pos.length
+        offset = _BLANKS.match(text, offset).end()
+        m = _NEXT_TOKEN.match(text, offset)
+        got = repr(m.group(0)) if m else "end of file"
+        line = text.count("\n", 0, offset) + 1
+        col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+        self.pos = Pos(self.pos.file, line, col, len(m.group(0)) if m else 1)
+        self.message = f"Expected '(' got {got}"
+        self.args = (self.message,)

@@ -8,7 +8,7 @@ Names and calls are resolved (`ref`) to variables, backends, ACLs, vmod function
 from __future__ import annotations
 
 from vcl import ast, symbols, types
-from vcl.errors import VCLError
+from vcl.errors import MissingParenthesis, VCLError
 from vcl.program import SubInfo
 from vcl.regex import check_regex
 from vcl.runtime import parse_ip
@@ -384,9 +384,9 @@ class ExprChecker:
                 # VCC names the vmod: an object constructor is no value
                 raise VCLError(f"Symbol '{head}' type (object) can not be used in expression.",
                                ast.Pos(e.pos.file, e.pos.line, e.pos.col, len(head)))
-            if head in self.vmods or head in IMPLICIT_IMPORTS:
-                raise VCLError(f"Symbol '{name}' type (FUNC) can not be used in expression without "
-                               "arguments.", e.pos)
+            func = name.partition(".")[2]
+            if (vmod is not None and func in vmod.functions) or name in ("regsub", "regsuball"):
+                raise MissingParenthesis(e.pos)      # a function's name alone: VCC wants its '('
             parts = name.split(".")
             for i in range(len(parts) - 1, 0, -1):
                 # VCC reads the longest name that is a variable, then the next part as a property
