@@ -274,6 +274,32 @@ CASES.update({
     "glued_bytes_real": (case('set req.http.x = std.bytes("x", 1.5h);'), 6, 37, "Unknown BYTES unit of measurement ([KMGTP][B])'h'"),
 })
 
+# A regex operand (vcc_expr5 with REGEX wanted): "a" + "b" + ... is one constant, anything else one
+# operand typed as such, a parenthesised one at its '(' (varnishd -C 7.1.1; before, every sum was
+# "Expected CSTR" at its first token and a parenthesised right part was folded in)
+CASES.update({
+    "regex_int_plus_string": (case('if (req.url ~ 1 + "a") {}'), 6, 16, "Expression has type INT, expected REGEX"),
+    "regex_var_plus_string": (case('if (req.url ~ req.url + "a") {}'), 6, 16,
+                              "Expression has type STRING, expected REGEX"),
+    "regex_plus_var": (case('if (req.url ~ "a" + req.url) {}'), 6, 22, "Expected CSTR got 'req'"),
+    "regex_plus_parens": (case('if (req.url ~ "a" + ( "b")) {}'), 6, 22, "Expected CSTR got '('"),
+    "regex_plus_parens_sum": (case('if (req.url ~ "a" + ("b" + "c")) {}'), 6, 22, "Expected CSTR got '('"),
+    "regex_plus_minus": (case('if (req.url ~ "a" + -1) {}'), 6, 22, "Expected CSTR got '-'"),
+    "regex_parens_int_sum": (case("if (req.url ~ (1 + 1)) {}"), 6, 16, "Expression has type INT, expected REGEX"),
+    "regex_parens_var": (case("if (req.url ~ (req.url)) {}"), 6, 16, "Expression has type STRING, expected REGEX"),
+    "regex_parens_int_plus_var": (case("if (req.url ~ (1 + req.url)) {}"), 6, 19, "INT + STRING not possible."),
+    "regex_parens_plus_int": (case('if (req.url ~ ("a" + 1)) {}'), 6, 23, "Expected CSTR got '1'"),
+    "regsub_regex_plus_parens": (case('set req.url = regsub(req.url, "a" + ("b"), "c");'), 6, 38,
+                                 "Expected CSTR got '('"),
+    "regsub_regex_int_sum": (case('set req.url = regsub(req.url, 1 + 1, "c");'), 6, 32,
+                             "Expression has type INT, expected REGEX"),
+})
+COMPILES.update({
+    "regex_sum_of_three": case('if (req.url ~ "a" + "b" + "c") {}'),
+    "regex_parens_sum": case('if (req.url ~ ("a" + "b")) {}'),
+    "regsub_regex_parens": case('set req.url = regsub(req.url, ("a"), "c");'),
+})
+
 @pytest.mark.parametrize("name", sorted(COMPILES))
 def test_compiles(name):
     compile_vcl(COMPILES[name], f"{name}.vcl")

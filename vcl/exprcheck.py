@@ -182,7 +182,9 @@ class ExprChecker:
         """Where a constant regex was wanted: VCC reads no '-' there, and types anything else."""
         if isinstance(e, ast.Neg):
             return VCLError("Unknown token '-' when looking for REGEX", e.pos)
-        return VCLError(f"Expression has type {self._type_name(self.add(e, 'STRING'))}, expected REGEX", e.pos)
+        # typed as VCC types it with a REGEX wanted, and reported at its first token (a '(')
+        return VCLError(f"Expression has type {self._type_name(self.add(e, 'REGEX'))}, expected REGEX",
+                        e.paren_pos or e.pos)
 
     def regex(self, lit: ast.StringLit) -> None:
         reason = check_regex(lit.value)
@@ -602,19 +604,30 @@ def _strings(type_: str | None) -> str:
 
 
 def _fold_literal(e: ast.Expr) -> ast.Expr:
-    """"a" + "b" as one string literal: VCC takes a sum of string constants as a regex."""
-    if isinstance(e, ast.Arith) and e.op == "+":
-        left, right = _fold_literal(e.left), _fold_literal(e.right)
-        for part in (left, right):
-            if type(part) is not ast.StringLit:
-                if isinstance(part, ast.Arith):
-                    return part
-                text = getattr(part, "text", None) or getattr(part, "name", "").split(".")[0] or "?"
-                if isinstance(part, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
-                    text = _number_token(text)
-                raise VCLError(f"Expected CSTR got '{text}'", part.pos)
+    """A regex operand as VCC reads it (vcc_expr5 with REGEX wanted): "a" + "b" + ... is one constant
+    string; anything else is one operand, typed by the caller ("Expression has type INT, expected
+    REGEX"): a parenthesised expression whole, else the leftmost operand, where VCC stops."""
+    if not isinstance(e, ast.Arith):
+        return e
+    left = _fold_literal(e.left)
+    if type(left) is not ast.StringLit:
+        return e if e.paren_pos is not None else left
+    if e.op != "+":
+        return e
+    right = e.right
+    if type(right) is ast.StringLit and right.paren_pos is None:
         return ast.StringLit(left.pos, left.value + right.value)
-    return e
+    if right.paren_pos is not None:
+        raise VCLError("Expected CSTR got '('", right.paren_pos)
+    if isinstance(right, ast.Arith):
+        return right
+    if isinstance(right, ast.Neg):
+        text = "-"
+    else:
+        text = getattr(right, "text", None) or getattr(right, "name", "").split(".")[0] or "?"
+    if isinstance(right, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
+        text = _number_token(text)
+    raise VCLError(f"Expected CSTR got '{text}'", right.pos)
 
 
 def _extra_argument(e: ast.Expr) -> VCLError:
