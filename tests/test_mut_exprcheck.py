@@ -300,6 +300,16 @@ COMPILES.update({
     "regsub_regex_parens": case('set req.url = regsub(req.url, ("a"), "c");'),
 })
 
+# more places the mutation run found untested (varnishd -C 7.1.1)
+CASES.update({
+    # an ENUM in parentheses: VCC stops at the '(', wherever the word inside is
+    "enum_in_parens_spaced": (BLOB + 'set req.http.x = blob.encode(( HEX), blob=blob.decode(encoded="x"));\n}\n',
+                              6, 31, "Expected ID got '('"),
+    # an unnamed parameter after a PRIV_* one is numbered with it (fileread's PRIV_CALL is argument 1)
+    "fileread_argument_missing": (case("set req.http.x = std.fileread();"), 6, 32, "Argument 2 missing"),
+    "extra_argument_bad_token": (case('set req.http.x = std.toupper("a", =);'), 6, 36, "Expected ')' got '='"),
+})
+
 @pytest.mark.parametrize("name", sorted(COMPILES))
 def test_compiles(name):
     compile_vcl(COMPILES[name], f"{name}.vcl")
@@ -453,3 +463,19 @@ def test_messages_whose_place_differs_from_varnishd(src, line, message):
     with pytest.raises(VCLError) as info:
         compile_vcl(src, "m.vcl")
     assert (info.value.message, info.value.line) == (message, line)
+
+
+def test_unit_marks_span_the_unit_token():
+    """varnishd 7.1.1 underlines the whole unit VCC refuses: `ms` of `10ms` where BYTES are wanted."""
+    for stmt, caret in (('set req.http.x = std.bytes("x", 10ms);', "^~"), ('set req.http.x = std.bytes("x", 10KQ);', "^~")):
+        with pytest.raises(VCLError) as info:
+            compile_vcl(case(stmt), "u.vcl")
+        assert str(info.value).splitlines()[2].strip() == caret
+
+
+def test_a_string_after_a_number_is_refused_where_it_stands():
+    """`10 "s"`: varnishd 7.1.1 reads the number and stops at the string (line 6, column 9)."""
+    with pytest.raises(VCLError) as info:
+        compile_vcl(case('if (10 "s") {}'), "u.vcl")
+    assert (info.value.line, info.value.col) == (6, 9)
+

@@ -271,8 +271,8 @@ class ExprChecker:
             e.type = "REAL"
             return e
         if isinstance(e, ast.DurationLit):
-            if fmt == "BYTES":   # VCC reads `10m` as 10 MB where it wants BYTES
-                return self.atom(self._glued_bytes(e), fmt)
+            if fmt == "BYTES":   # VCC reads `10m` as 10 MB where it wants BYTES: the letters are the unit
+                return self.atom(ast.BytesLit(e.pos, 0.0, e.text), fmt)
             e.type = "DURATION"
             return e
         if isinstance(e, ast.BlobLit):
@@ -309,12 +309,6 @@ class ExprChecker:
             raise VCLError(f"Unknown duration unit '{e.unit}'\nLegal duration units are 'ms', 's', 'm', 'h', "
                            "'d', 'w' and 'y'", e.unit_pos)
         return ast.DurationLit(e.pos, e.number * seconds, e.text)
-
-    def _glued_bytes(self, e: ast.DurationLit) -> ast.BytesLit:
-        """A `10m`-style token read as BYTES: the letters after the number are the unit."""
-        unit = e.text.lstrip("0123456789.")
-        at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(e.text) - len(unit), len(unit))
-        return self._bytes_lit(e.pos, float(e.text[: -len(unit)]), unit, at, e.text)
 
     @staticmethod
     def _bytes_lit(pos: ast.Pos, number: float, unit: str, unit_pos: ast.Pos, text: str) -> ast.BytesLit:
@@ -526,7 +520,7 @@ class ExprChecker:
         if func.ret == "VOID" and not statement:
             # VCC has read the name and stops at the '(' that follows it
             raise VCLError("Function returns VOID:", ast.Pos(e.pos.file, e.pos.line, e.pos.col + e.pos.length))
-        e.type = "STRING" if func.ret in types.STRING_FORMS or func.ret == "HEADER" else func.ret
+        e.type = func.ret       # no vmod function returns STRANDS or HEADER
         return e
 
     def _bind_args(self, e: ast.Call, func: Func, name: str, note: str = "call") -> None:
@@ -577,9 +571,7 @@ class ExprChecker:
             if not isinstance(_first_node(value), (ast.Name, ast.Call)):
                 raise VCLError(f"Expected ID got '{_first_token(value)}'", value.pos)     # VCC wants a word
             if isinstance(value, ast.Name) and value.parens:
-                # the '(' VCC stops at: just before the word, as it is usually written
-                at = ast.Pos(value.pos.file, value.pos.line, max(value.pos.col - 1, 1), 1)
-                raise VCLError("Expected ID got '('", at)
+                raise VCLError("Expected ID got '('", value.paren_pos)     # VCC stops at the '('
             if not isinstance(value, ast.Name) or value.name not in param.enum:
                 choices = "\n".join("\t" + w for w in param.enum)
                 raise VCLError(f"Wrong enum value.  Expected one of:\n{choices}", value.pos)
@@ -593,8 +585,6 @@ class ExprChecker:
                 raise self._not_a_regex(rx)
             self.regex(rx)
             return rx
-        if ptype == "SUB":
-            raise VCLError("SUB arguments are not supported", value.pos)
         return self.expr0(value, ptype)     # HEADER and HTTP too: "Expression has type STRING, expected HTTP"
 
 
