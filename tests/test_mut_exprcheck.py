@@ -288,6 +288,7 @@ CASES.update({
     "regex_parens_int_sum": (case("if (req.url ~ (1 + 1)) {}"), 6, 16, "Expression has type INT, expected REGEX"),
     "regex_parens_var": (case("if (req.url ~ (req.url)) {}"), 6, 16, "Expression has type STRING, expected REGEX"),
     "regex_parens_int_plus_var": (case("if (req.url ~ (1 + req.url)) {}"), 6, 19, "INT + STRING not possible."),
+    "regex_parens_bad_token": (case("if (req.url ~ (<<)) {}"), 6, 17, "Unknown token '<<' when looking for REGEX"),
     "regex_parens_plus_int": (case('if (req.url ~ ("a" + 1)) {}'), 6, 23, "Expected CSTR got '1'"),
     "regsub_regex_plus_parens": (case('set req.url = regsub(req.url, "a" + ("b"), "c");'), 6, 38,
                                  "Expected CSTR got '('"),
@@ -437,13 +438,21 @@ def test_glued_duration_units_are_bytes_where_bytes_are_wanted():
 
 
 def test_the_call_a_missing_argument_was_in():
-    """varnishd 7.1.1 names the call up to the token before the ')': the '(' when the ')' is on the next
-    line; a method call gets no such note."""
+    """varnishd 7.1.1 names the call up to the token before the ')', or to the end of the call's line
+    when the ')' is on another; a method call gets no such note. (line, column, marked width)"""
     def notes(src):
         with pytest.raises(VCLError) as info:
             compile_vcl(src, "n.vcl")
-        return [(text, *((pos.line, pos.col, pos.length) if pos else (None, None, None)))
-                for text, pos in info.value.notes]
+        report = str(info.value).splitlines()
+        found = []
+        for text, pos in info.value.notes:
+            if pos is None:
+                found.append((text, None, None, None))
+                continue
+            at = report.index(f"n.vcl:{pos.line}:{pos.col}: {text}")
+            found.append((text, pos.line, pos.col, len(report[at + 2].strip())))
+        return found
+    assert notes(case('if (std.fnmatch("a",\n\t)) {}')) == [("While compiling function call:", 6, 6, 16)]
     assert notes(case("set req.http.x = std.toupper(\n);")) == [("While compiling function call:", 6, 19, 12)]
     assert notes(case("std.log(\n\t);")) == [("While compiling function call:", 6, 2, 8)]
     assert notes(case("set req.http.x = std.toupper();")) == [("While compiling function call:", 6, 19, 12)]

@@ -22,6 +22,9 @@ _HTTP_SYMBOLS = frozenset({"req", "bereq", "beresp", "resp"})
 _MINUS_CONTEXTS = frozenset({"INT", "REAL", "DURATION", "STRING"})
 _NEGATABLE = frozenset({"INT", "REAL", "DURATION", "BYTES", "TIME", "BOOL"})
 
+# A mark's length that reaches the end of its line, however long the line is.
+_TO_LINE_END = 1 << 16
+
 # Vmods that may be used without an `import` line (with a warning), as the docs' examples do.
 IMPLICIT_IMPORTS = frozenset({"tinykvm"})
 
@@ -552,11 +555,12 @@ class ExprChecker:
                 what = f"'{p.name}'" if p.name else str(i + 1 + getattr(func, "priv_args", 0))
                 assert e.close_pos is not None       # the parser keeps every call's ')'
                 # VCC stops at the ')' and names the call it was compiling, up to the token before
-                # the ')': the '(' when the ')' is on a line of its own
+                # the ')', or to the end of the call's line when the ')' is on another (the quote
+                # of the line cuts the mark there)
                 if e.close_pos.line == e.pos.line:
-                    length = max(e.close_pos.col - e.pos.col, 1)
+                    length = e.close_pos.col - e.pos.col
                 else:
-                    length = len(name) + 1 if not e.args else 1
+                    length = _TO_LINE_END
                 call = ast.Pos(e.pos.file, e.pos.line, e.pos.col, length)
                 notes = {"call": [("While compiling function call:", call)],
                          "bare": [("While compiling function call:", None)]}.get(note, [])
