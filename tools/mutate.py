@@ -60,6 +60,12 @@ DESELECT: dict[str, list[str]] = {
         f"tests/test_mut_directors.py::test_{name}_are_varnishds" for name in (
             "recorded_answers", "argument_checks", "init_settings", "simple_directors_answers",
             "shard_param_answers", "init_failures", "shard_debug_lines")],
+    "vmods/std.py": [f"tests/test_mut_std.py::test_{name}_varnishds" for name in (
+        "recorded_values_are", "std_on_wire_headers_is", "healthy_answers_are", "ban_answers_are",
+        "syntax_in_a_vcl_40_is", "collect_of_the_cached_object_is", "blobread_without_a_file_is")],
+    "vcl/exprcheck.py": ["tests/test_mut_exprcheck.py::test_compiles_with_varnishd",
+                         "tests/test_mut_exprcheck.py::test_every_case_is_what_varnishd_reports",
+                         "tests/test_vcl_errors.py::test_every_case_is_what_varnishd_reports"],
 }
 FAST = ["cacheserver/rfc2616.py", "cacheserver/ranges.py", "cacheserver/bans.py"]
 STATUS = re.compile(r"^\s*(\S+): (.+)$")
