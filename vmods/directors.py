@@ -748,14 +748,14 @@ _method(_hash, "remove_backend", lambda d, ctx, be: d.remove(be) and None, "VOID
 _method(_hash, "backend", lambda d, ctx, key: d.pick(ctx, key), "BACKEND", [Param("", "STRANDS")])
 
 
-def _shard_set_warmup(d: Shard, ctx: Context, probability: float = 0.0) -> None:
+def _shard_set_warmup(d: Shard, ctx: Context, probability: float) -> None:   # the compiler passes the 0.0 default
     if probability < 0 or probability >= 1:
         d._notice(ctx, f".set_warmup({probability:f}) ignored")
         return
     d.warmup = probability
 
 
-def _shard_set_rampup(d: Shard, ctx: Context, duration: float = 0.0) -> None:
+def _shard_set_rampup(d: Shard, ctx: Context, duration: float) -> None:
     d.rampup_duration = max(0.0, duration)
 
 
