@@ -393,6 +393,10 @@ sub vcl_backend_fetch {
 	if (bereq.url == "/bad") {
 		p.set(by=KEY, key=-1);
 	}
+	if (bereq.url == "/bad2") {
+		set bereq.backend = sh.backend(resolve=LAZY, alt=1);
+		p.set(by=KEY, key=-2);
+	}
 	set bereq.http.a = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":"
 		+ p.get_healthy() + ":" + p.get_rampup() + ":" + p.get_warmup();
 	p.set(alt=1, warmup=0.5, rampup=false, healthy=ALL);
@@ -437,9 +441,11 @@ PARAM_ANSWERS = [("x", {"a": "s1:0:5:KEY:IGNORE:true:-1.000", "b": "s4:1:5:KEY:A
                          "c": "s3:2:3735928559:BLOB:IGNORE:true:-1.000", "d": "s3:0:5:KEY:IGNORE",
                          "e": "URL:234549860:s3:s2", "f": "s2:s2s3s3", "g": "0:KEY", "h": "0:5:KEY:IGNORE",
                          "i": "s2:s2", "j": "258:16909060"}),
-                 ("set", 503), ("bad", 503), ("lookup", 503), ("clear", 503)]
+                 ("set", 503), ("bad", 503), ("lookup", 503), ("clear", 503), ("bad2", 503)]
 PARAM_ERRORS = ["vmod_directors: shard p: shard_param.set() may only be used in vcl_init and in backend/pipe context",
                 "vmod_directors: shard p: shard_param.set() invalid key argument -1 with by=KEY",
+                # the task's copy of p that sh.backend(resolve=LAZY, ...) made first has p's name too
+                "vmod_directors: shard p: shard_param.set() invalid key argument -2 with by=KEY",
                 "lookup() may only be called from vcl_init / vcl_fini",
                 "vmod_directors: shard p: shard_param.clear() may only be used in vcl_init and in backend/pipe context"]
 
@@ -449,7 +455,7 @@ make = pytest.fixture(inproc_cache_factory)
 def test_shard_param_in_backend_tasks(make):
     cache, _ = make("vcl 4.1;\n" + PARAM_VCL)
     answers = []
-    for url in ("/x", "/set", "/bad", "/lookup", "/clear"):
+    for url in ("/x", "/set", "/bad", "/lookup", "/clear", "/bad2"):
         with cache.proc.connect() as sock:    # the Host varnishtest sends: by=HASH reads the request's hash
             sock.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             head, _ = read_message(sock)

@@ -294,9 +294,8 @@ def _param_of_blob(blob) -> ShardParam | None:
 
 
 def _blob_key(blob: bytes) -> int:
-    """shard_blob_key: the first four bytes big-endian, a shorter blob right-aligned."""
-    data = bytes(blob[:4])
-    return int.from_bytes(data.rjust(4, b"\0"), "big")
+    """shard_blob_key: the first four bytes big-endian (a shorter blob as if zeros led it)."""
+    return int.from_bytes(bytes(blob[:4]), "big")
 
 
 def _param_args(ctx, p: ShardParam, func: str, args: dict) -> ShardParam:
