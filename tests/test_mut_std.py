@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from inproc import inproc_cache_factory
+from inproc import inproc_cache_factory, wait_for
 from real_varnishtest import VARNISHTEST, run_varnishtest
 from test_cache_support import read_message
 
@@ -321,6 +321,23 @@ def test_ban_and_ban_error(make):
     assert {k: headers.get(k) for k in BAN_ANSWERS} == BAN_ANSWERS
 
 
+def test_ban_keeps_the_tasks_other_private_data():
+    """std.ban()'s answer lives in std's own PRIV_TASK: another vmod's task state stays (here a
+    shard.clear() in vcl_recv, which applies when the task ends: varnishd 7.1.1, test_vmod_directors)."""
+    from test_vmod_directors import _ctx, _shard
+
+    from vcl.rtlib import end_task
+    from vmods import std
+    from vmods.directors import _shard_backend, _shard_clear
+
+    sh, _ = _shard(1)
+    ctx = _ctx()
+    _shard_clear(sh, ctx)
+    std.ban(ctx, "obj.status == 999")
+    end_task(ctx)
+    assert _shard_backend(sh, _ctx(), by="KEY", key=1) is None
+
+
 @pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
 def test_ban_answers_are_varnishds():
     vtc = ('varnishtest "ban"\nvarnish v1 -vcl {\n\tbackend default none;\n' + BAN_VCL + "} -start\n"
@@ -393,6 +410,23 @@ def test_timestamp_records(monkeypatch):
     ctx.log = []
     vcl.subs["vcl_backend_fetch"](ctx)
     assert ctx.log == [("Timestamp", "c: 1003.000000 2.000000 2.000000")]
+
+
+def test_timestamp_in_a_task_is_the_tasks_last_timestamp(make):
+    """In a request, std.timestamp() is one of the task's Timestamp records (VSLb_ts_req): the next
+    one's since-the-last field counts from it."""
+    cache, _ = make('vcl 4.1;\nimport std;\nBACKEND\nsub vcl_recv { std.timestamp("mark"); return (synth(200)); }\n')
+    assert cache.get("/")[0] == 200
+
+    def stamps() -> list[list[str]]:
+        found = [text.split() for _, tag, text in list(cache.proc.log.records) if tag == "Timestamp"]
+        at = next((i for i, f in enumerate(found) if f[0] == "mark:"), None)
+        return found[at - 1:at + 2] if at is not None and len(found) > at + 1 else []
+
+    wait_for(lambda: stamps(), what="the request's Timestamp records")
+    before, mark, after = ([float(x) for x in f[1:]] for f in stamps())
+    assert mark[2] == pytest.approx(mark[0] - before[0], abs=2e-6)
+    assert after[2] == pytest.approx(after[0] - mark[0], abs=2e-6)
 
 
 def test_fileread_keeps_the_files_bytes(tmp_path):
