@@ -60,6 +60,7 @@ def test_conversion_without_fallback_fails(expr):
 
 
 # (expression, value) as varnishd 7.1.1 set them in vcl_synth (a .vtc; re-run live below)
+INF = " * ".join(["999999999999.0"] * 27)      # 1e324: infinite as a double
 RECORDED = [
     ('std.strstr("abcabc", "c")', "cabc"), ('std.strstr("abc", "a")', "abc"),
     ('"" + std.strstr("abc", req.http.unset)', ""), ('"" + std.strstr(req.http.unset, "a")', ""),
@@ -105,6 +106,8 @@ RECORDED = [
     ('std.querysort("/?\u00e9&a&z")', "/?\u00e9&a&z"),
     ('std.port(std.ip("1.2.3.4", client.ip, p="0"))', "0"), ('std.port(std.ip("1.2.3.4", client.ip))', "80"),
     ('std.strftime(std.real2time(999999999999.0 * 999999999999.0, now), "%Y")', ""),
+    # a TIME that is no finite number (a REAL product past the double's range): the fallbacks
+    (f"std.time2real(std.time(real={INF}), 1.5)", "1.500"), (f"std.time2integer(std.time(real={INF}), 7)", "7"),
 ]
 # (statement, the task's VCL_Error) as varnishd 7.1.1 logged them
 FAILURES = [
