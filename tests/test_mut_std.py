@@ -98,6 +98,7 @@ RECORDED = [
     ("(std.bytes(real=9007199254.0 * 1000000.0 + 740992, fallback=7B) == 7B)", "true"),
     ("std.syntax(4.1)", "true"), ("std.syntax(4.0)", "true"), ("std.syntax(4.2)", "false"),
     ("std.getenv(req.http.unset)", ""), ('std.getenv("")', ""), ("std.ban_error()", ""),
+    ('(std.ban_error() == "")', "true"), ("(std.ban_error() == req.http.unset)", "false"),
     # fnmatch(3) in the C locale: one byte per '?', ASCII classes; blanks are pattern characters
     ('std.fnmatch("?", "\u00e9")', "false"), ('std.fnmatch("[[:alpha:]]", "\u00e9")', "false"),
     ('std.fnmatch("??", "\u00e9")', "true"), ('std.fnmatch("a b", "a")', "false"), ('std.fnmatch(" ", " ")', "true"),
