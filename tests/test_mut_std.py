@@ -109,6 +109,7 @@ RECORDED = [
     ('std.strftime(std.real2time(999999999999.0 * 999999999999.0, now), "%Y")', ""),
     # a TIME that is no finite number (a REAL product past the double's range): the fallbacks
     (f"std.time2real(std.time(real={INF}), 1.5)", "1.500"), (f"std.time2integer(std.time(real={INF}), 7)", "7"),
+    (f"std.time2real(std.real2time({INF}, std.time(integer=3)), 0.0)", "3.000"),
 ]
 # (statement, the task's VCL_Error) as varnishd 7.1.1 logged them
 FAILURES = [

@@ -47,7 +47,7 @@ def round_(ctx: Context, r: float) -> float:
 
 
 @VMOD.func("collect", "VOID", [Param("hdr", "HEADER"), _opt("sep", "STRING", ", ")])
-def collect(ctx: Context, hdr: HeaderRef, sep: str | None = ", ") -> None:
+def collect(ctx: Context, hdr: HeaderRef, sep: str | None) -> None:     # the compiler passes ", "
     if ctx.obj is not None and hdr.message is ctx.obj:
         raise VCLFailure("std.collect(): header argument can not be used here")
     headers = hdr.message.headers
