@@ -648,3 +648,41 @@ def test_shard_rampup_share_follows_the_time_since_the_backend_became_healthy():
     live(b[1]).changed = 1005.0                             # the next one ramping up too: b0 keeps it
     ctx.now = 1001.0
     assert sh.pick(ctx, key, 0, -1, True, "CHOSEN") is b[0]
+
+
+def test_registration_helpers_build_what_they_are_given():
+    """_obj, _method and _opt run at import for the real objects (so a mutation run sees them only
+    here): a constructor may only be called in vcl_init (VCC's `new`), an optional argument left out
+    is UNSET."""
+    from vmods import directors as d
+
+    def impl(*args):
+        return None
+
+    try:
+        obj = d._obj("t_obj", impl, [d._opt("a", "INT", 3)])
+        assert d.VMOD.objects["t_obj"] is obj
+        c = obj.constructor
+        assert (obj.name, c.name, c.impl, c.ret, c.restrict) == ("t_obj", "t_obj", impl, "VOID", frozenset({"vcl_init"}))
+        assert [(p.name, p.type, p.default, p.optional, p.enum) for p in c.params] == [("a", "INT", 3, True, ())]
+        assert d._obj("t_obj2", impl).constructor.params == []
+        d._method(obj, "m", impl, "BACKEND", [d._opt("e", "ENUM", enum=("X",))])
+        d._method(obj, "v", impl)
+        m, v = obj.methods["m"], obj.methods["v"]
+        assert (m.name, m.impl, m.ret, m.restrict) == ("m", impl, "BACKEND", None)
+        assert [(p.name, p.default, p.optional, p.enum) for p in m.params] == [("e", d.UNSET, True, ("X",))]
+        assert (v.name, v.ret, v.params) == ("v", "VOID", [])
+    finally:
+        d.VMOD.objects.pop("t_obj", None)
+        d.VMOD.objects.pop("t_obj2", None)
+
+
+def test_the_builtin_shard_parameters_are_varnishds():
+    """shard_param_default (vmod_directors_shard.c): named "builtin defaults", of the VMOD scope, every
+    field set (by=HASH, healthy=CHOSEN, rampup, alt=0, warmup=-1), nothing below it."""
+    from vmods import directors as d
+
+    p = d._builtin_defaults()
+    assert (str(p), p.scope, p.defaults, p.mask) == ("builtin defaults", "VMOD", None, set(d._PARAM_FIELDS))
+    assert (p.by or "HASH", p.healthy or "CHOSEN", p.rampup, p.alt, p.warmup) == ("HASH", "CHOSEN", True, 0, -1.0)
+

@@ -372,7 +372,7 @@ def _param_read(ctx, owner: object, p: ShardParam) -> ShardParam:
     """vmod_shard_param_read: the effective parameters, all fields resolved."""
     if ctx.method is None or ctx.method in _TASK_BEREQ:
         p = _param_task_r(ctx, owner, p)
-    out = ShardParam(str(p), p, "STACK")
+    out = ShardParam()         # a scratch copy: nothing reads its name, scope or defaults
     out.merge_from(p)
     return out
 
