@@ -503,7 +503,7 @@ def test_fnmatch_leaves_the_threads_locale_as_it_was():
     from vmods import std
 
     before = std._libc.uselocale(None)
-    assert std.fnmatch(None, "?", "\u00e9") is False
+    assert std.fnmatch(None, "?", "\u00e9", True, False, False) is False
     assert std._libc.uselocale(None) == before
 
 
@@ -529,3 +529,25 @@ def test_blobread_without_a_file_is_varnishds():
            'client c1 {\n\ttxreq -url /a\n\trxresp\n\texpect resp.status == 200\n\texpect resp.http.a == ""\n} -run\n'
            'client c2 {\n\ttxreq -url /b\n\trxresp\n\texpect resp.status == 200\n\texpect resp.http.b == ""\n} -run\n')
     assert re.search(r"^#    top  TEST .* passed", run_varnishtest(vtc, "blobread"), re.M)
+
+
+def test_random_stays_between_its_bounds():
+    """std.random(lo, hi): a number from lo up to hi (vmod_std's docs), whatever the width."""
+    from vmods import std
+
+    for lo, hi in ((0.0, 0.5), (5.0, 9.0), (-3.0, -2.75)):
+        draws = [std.random(None, lo, hi) for _ in range(200)]
+        assert all(lo <= x < hi for x in draws)
+        assert max(draws) - min(draws) > (hi - lo) / 2        # spread over the range, not a corner
+
+
+def test_argument_helpers_build_what_they_are_given():
+    """_opt and _conv run at import for the real functions (a mutation run sees them only here): an
+    optional argument with its default; a conversion's argument left out is UNSET (valid_NAME false)."""
+    from vmods import std
+
+    assert [(p.name, p.type, p.default, p.optional) for p in (std._opt("sep", "STRING", ", "), std._opt("x", "INT"))] \
+        == [("sep", "STRING", ", ", True), ("x", "INT", None, True)]
+    p = std._conv("fallback", "REAL")
+    assert (p.name, p.type, p.default, p.optional) == ("fallback", "REAL", std.UNSET, True)
+

@@ -155,7 +155,8 @@ def run(module: str, workdir: Path, show: bool, children: int,
             counts[m.group(2)] = counts.get(m.group(2), 0) + 1
             if m.group(2) in ("survived", "no tests"):
                 survivors.append((m.group(1), m.group(2)))
-    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    # a mutant that crashes the test process (a None handed to libc) is caught as surely as a failure
+    killed = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("segfault", 0)
     total = sum(n for status, n in counts.items() if status not in ("skipped", "not checked"))
     if show and survivors:
         changes = mutant_changes(dest / "mutants" / module)
@@ -205,7 +206,7 @@ def main() -> int:
         detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         rows.append(f"{module:28} {killed:4d}/{total:<4d} killed  {score:5.1f}%   ({detail})")
         print(rows[-1], flush=True)
-    print("\n".join(["", "score per module (killed or timed out / mutants):"] + rows))
+    print("\n".join(["", "score per module (killed, timed out or crashed / mutants):"] + rows))
     return 0
 
 
