@@ -783,11 +783,9 @@ def _shard_add(d: Shard, ctx: Context, backend, ident=UNSET, rampup=UNSET, weigh
 
 
 def _shard_remove(d: Shard, ctx: Context, backend=None, ident=None) -> bool:
-    be = None if backend is UNSET else backend
-    ident_s = None if ident is UNSET else ident
-    if be is None and ident_s is None:
+    if backend is None and ident is None:      # both default to None: never UNSET
         raise _fail(d, ".remove_backend(): either backend or ident are required")
-    return d._change(ctx, "remove", _ShardBackend(be, ident_s or None, 0.0))
+    return d._change(ctx, "remove", _ShardBackend(backend, ident or None, 0.0))
 
 
 def _shard_clear(d: Shard, ctx: Context) -> bool:
