@@ -465,6 +465,8 @@ def test_the_call_a_missing_argument_was_in():
     # varnishd 7.1.1 points at the token after `rr` (col 21), then adds "Expression has type
     # directors.round_robin, expected STRING"
     (case("set req.http.x = rr;").replace(*RRH), 7, "Cannot convert directors.round_robin to STRING."),
+    # varnishd 7.1.1 points at the token after `req` (the ';', col 22), as after an instance
+    (case("set req.http.x = req;"), 6, "Cannot convert HTTP to STRING."),
     # varnishd points at the '(' (col 15): ours at the method
     (case('std.log("a", (req.url).lower());'), 6, "Expected ')' got '('"),
 ])
