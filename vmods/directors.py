@@ -531,7 +531,7 @@ class Shard:
         circle = self.circle
         n = len(circle)
         high, low = n, 0
-        while True:
+        for _ in range(n.bit_length() + 2):       # a binary search: log2(n) + 1 steps at most
             i = (high + low) // 2
             point = circle[i][0]
             if point == key:
@@ -546,6 +546,7 @@ class Shard:
                 high = i
             else:
                 low = i
+        raise AssertionError("shard lookup did not end")      # pragma: no cover
 
     def pick(self, ctx, key: int, alt: int, warmup: float, rampup: bool, healthy: str):
         """sharddir_pick_be."""
