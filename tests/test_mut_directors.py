@@ -101,6 +101,22 @@ def test_a_lazy_shard_picks_with_the_tasks_parameters_when_resolved():
     assert [t for t in ctx.log if t[0] == "Error"] == LOG[:1]
 
 
+def test_an_empty_key_blob_is_key_0_with_an_error_in_the_tasks_log():
+    """p.set(by=BLOB, key_blob=<empty>) in a backend task: key 0 and this Error record (varnishd 7.1.1,
+    a .vtc)."""
+    vcl = compile_vcl("vcl 4.1;\nimport directors;\nimport blob;\nbackend s1 none;\n"
+                      "sub vcl_init { new p = directors.shard_param(); }\nsub vcl_backend_fetch {\n"
+                      '\tp.set(by=BLOB, key_blob=blob.decode(HEX, encoded=""));\n\tset bereq.http.k = p.get_key();\n}\n',
+                      "blobkey.vcl")
+    assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
+    ctx = Context(method="vcl_backend_fetch", bereq=HttpMessage("GET", "/"), vcl=vcl)
+    ctx.log = []
+    vcl.subs["vcl_backend_fetch"](ctx)
+    assert ctx.bereq.headers.get("k") == "0"
+    assert [t for t in ctx.log if t[0] == "Error"] == [
+        ("Error", "vmod_directors: shard p: shard_param.set() by=BLOB but no or empty key_blob - using key 0")]
+
+
 def test_negative_alt_fails_the_task():
     vcl = compile_vcl("vcl 4.1;\n" + VCL_BODY.replace(SETS, "\tset resp.http.x = sh.backend(alt=-1);"), "neg.vcl")
     assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
