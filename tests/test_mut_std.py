@@ -110,6 +110,7 @@ RECORDED = [
     # a TIME that is no finite number (a REAL product past the double's range): the fallbacks
     (f"std.time2real(std.time(real={INF}), 1.5)", "1.500"), (f"std.time2integer(std.time(real={INF}), 7)", "7"),
     (f"std.time2real(std.real2time({INF}, std.time(integer=3)), 0.0)", "3.000"),
+    (f"(std.bytes(real={INF}, fallback=7B) == 7B)", "true"),
 ]
 # (statement, the task's VCL_Error) as varnishd 7.1.1 logged them
 FAILURES = [
