@@ -81,6 +81,42 @@ def test_shard_parameters_choose_what_varnishd_chose(s2_sick):
     assert ours(s2_sick) == (RECORDED[s2_sick], LOG)
 
 
+def test_a_lazy_shard_picks_with_the_tasks_parameters_when_resolved():
+    """sh.backend(resolve=LAZY, ...) in a backend task picks when resolved, with those parameters: alt=1,
+    healthy=IGNORE with s2 sick at key 2<<30 is s2, and alt=10 logs its Error, as the same picks made
+    at once did on varnishd 7.1.1 (RECORDED's ign1 column, LOG)."""
+    vcl = compile_vcl("vcl 4.1;\nimport directors;\n" + BACKENDS + "sub vcl_init {\n\tnew sh = directors.shard();\n"
+                      + "".join(f"\tsh.add_backend(s{i});\n" for i in range(1, 5)) + "\tsh.reconfigure();\n}\n"
+                      "sub vcl_backend_fetch {\n"
+                      f"\tset bereq.backend = sh.backend(resolve=LAZY, by=KEY, key={2 << 30}, alt=1, healthy=IGNORE);\n"
+                      "\tset bereq.http.x = bereq.backend.resolve();\n"
+                      f"\tset bereq.backend = sh.backend(resolve=LAZY, by=KEY, key={2 << 30}, alt=10);\n"
+                      "\tset bereq.http.y = bereq.backend.resolve();\n}\n", "lazy.vcl")
+    assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
+    set_admin_health(vcl.backends["s2"], "sick")
+    ctx = Context(method="vcl_backend_fetch", bereq=HttpMessage("GET", "/"), vcl=vcl)
+    ctx.log = []
+    vcl.subs["vcl_backend_fetch"](ctx)
+    assert (ctx.bereq.headers.get("x"), ctx.bereq.headers.get("y")) == ("s2", RECORDED[True]["big"].split(":")[2])
+    assert [t for t in ctx.log if t[0] == "Error"] == LOG[:1]
+
+
+def test_an_empty_key_blob_is_key_0_with_an_error_in_the_tasks_log():
+    """p.set(by=BLOB, key_blob=<empty>) in a backend task: key 0 and this Error record (varnishd 7.1.1,
+    a .vtc)."""
+    vcl = compile_vcl("vcl 4.1;\nimport directors;\nimport blob;\nbackend s1 none;\n"
+                      "sub vcl_init { new p = directors.shard_param(); }\nsub vcl_backend_fetch {\n"
+                      '\tp.set(by=BLOB, key_blob=blob.decode(HEX, encoded=""));\n\tset bereq.http.k = p.get_key();\n}\n',
+                      "blobkey.vcl")
+    assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
+    ctx = Context(method="vcl_backend_fetch", bereq=HttpMessage("GET", "/"), vcl=vcl)
+    ctx.log = []
+    vcl.subs["vcl_backend_fetch"](ctx)
+    assert ctx.bereq.headers.get("k") == "0"
+    assert [t for t in ctx.log if t[0] == "Error"] == [
+        ("Error", "vmod_directors: shard p: shard_param.set() by=BLOB but no or empty key_blob - using key 0")]
+
+
 def test_negative_alt_fails_the_task():
     vcl = compile_vcl("vcl 4.1;\n" + VCL_BODY.replace(SETS, "\tset resp.http.x = sh.backend(alt=-1);"), "neg.vcl")
     assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
@@ -393,6 +429,10 @@ sub vcl_backend_fetch {
 	if (bereq.url == "/bad") {
 		p.set(by=KEY, key=-1);
 	}
+	if (bereq.url == "/bad2") {
+		set bereq.backend = sh.backend(resolve=LAZY, alt=1);
+		p.set(by=KEY, key=-2);
+	}
 	set bereq.http.a = sh.backend() + ":" + p.get_alt() + ":" + p.get_key() + ":" + p.get_by() + ":"
 		+ p.get_healthy() + ":" + p.get_rampup() + ":" + p.get_warmup();
 	p.set(alt=1, warmup=0.5, rampup=false, healthy=ALL);
@@ -437,9 +477,11 @@ PARAM_ANSWERS = [("x", {"a": "s1:0:5:KEY:IGNORE:true:-1.000", "b": "s4:1:5:KEY:A
                          "c": "s3:2:3735928559:BLOB:IGNORE:true:-1.000", "d": "s3:0:5:KEY:IGNORE",
                          "e": "URL:234549860:s3:s2", "f": "s2:s2s3s3", "g": "0:KEY", "h": "0:5:KEY:IGNORE",
                          "i": "s2:s2", "j": "258:16909060"}),
-                 ("set", 503), ("bad", 503), ("lookup", 503), ("clear", 503)]
+                 ("set", 503), ("bad", 503), ("lookup", 503), ("clear", 503), ("bad2", 503)]
 PARAM_ERRORS = ["vmod_directors: shard p: shard_param.set() may only be used in vcl_init and in backend/pipe context",
                 "vmod_directors: shard p: shard_param.set() invalid key argument -1 with by=KEY",
+                # the task's copy of p that sh.backend(resolve=LAZY, ...) made first has p's name too
+                "vmod_directors: shard p: shard_param.set() invalid key argument -2 with by=KEY",
                 "lookup() may only be called from vcl_init / vcl_fini",
                 "vmod_directors: shard p: shard_param.clear() may only be used in vcl_init and in backend/pipe context"]
 
@@ -449,7 +491,7 @@ make = pytest.fixture(inproc_cache_factory)
 def test_shard_param_in_backend_tasks(make):
     cache, _ = make("vcl 4.1;\n" + PARAM_VCL)
     answers = []
-    for url in ("/x", "/set", "/bad", "/lookup", "/clear"):
+    for url in ("/x", "/set", "/bad", "/lookup", "/clear", "/bad2"):
         with cache.proc.connect() as sock:    # the Host varnishtest sends: by=HASH reads the request's hash
             sock.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             head, _ = read_message(sock)
@@ -622,3 +664,41 @@ def test_shard_rampup_share_follows_the_time_since_the_backend_became_healthy():
     live(b[1]).changed = 1005.0                             # the next one ramping up too: b0 keeps it
     ctx.now = 1001.0
     assert sh.pick(ctx, key, 0, -1, True, "CHOSEN") is b[0]
+
+
+def test_registration_helpers_build_what_they_are_given():
+    """_obj, _method and _opt run at import for the real objects (so a mutation run sees them only
+    here): a constructor may only be called in vcl_init (VCC's `new`), an optional argument left out
+    is UNSET."""
+    from vmods import directors as d
+
+    def impl(*args):
+        return None
+
+    try:
+        obj = d._obj("t_obj", impl, [d._opt("a", "INT", 3)])
+        assert d.VMOD.objects["t_obj"] is obj
+        c = obj.constructor
+        assert (obj.name, c.name, c.impl, c.ret, c.restrict) == ("t_obj", "t_obj", impl, "VOID", frozenset({"vcl_init"}))
+        assert [(p.name, p.type, p.default, p.optional, p.enum) for p in c.params] == [("a", "INT", 3, True, ())]
+        assert d._obj("t_obj2", impl).constructor.params == []
+        d._method(obj, "m", impl, "BACKEND", [d._opt("e", "ENUM", enum=("X",))])
+        d._method(obj, "v", impl)
+        m, v = obj.methods["m"], obj.methods["v"]
+        assert (m.name, m.impl, m.ret, m.restrict) == ("m", impl, "BACKEND", None)
+        assert [(p.name, p.default, p.optional, p.enum) for p in m.params] == [("e", d.UNSET, True, ("X",))]
+        assert (v.name, v.ret, v.params) == ("v", "VOID", [])
+    finally:
+        d.VMOD.objects.pop("t_obj", None)
+        d.VMOD.objects.pop("t_obj2", None)
+
+
+def test_the_builtin_shard_parameters_are_varnishds():
+    """shard_param_default (vmod_directors_shard.c): named "builtin defaults", of the VMOD scope, every
+    field set (by=HASH, healthy=CHOSEN, rampup, alt=0, warmup=-1), nothing below it."""
+    from vmods import directors as d
+
+    p = d._builtin_defaults()
+    assert (str(p), p.scope, p.defaults, p.mask) == ("builtin defaults", "VMOD", None, set(d._PARAM_FIELDS))
+    assert (p.by or "HASH", p.healthy or "CHOSEN", p.rampup, p.alt, p.warmup) == ("HASH", "CHOSEN", True, 0, -1.0)
+

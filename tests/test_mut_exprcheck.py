@@ -274,6 +274,43 @@ CASES.update({
     "glued_bytes_real": (case('set req.http.x = std.bytes("x", 1.5h);'), 6, 37, "Unknown BYTES unit of measurement ([KMGTP][B])'h'"),
 })
 
+# A regex operand (vcc_expr5 with REGEX wanted): "a" + "b" + ... is one constant, anything else one
+# operand typed as such, a parenthesised one at its '(' (varnishd -C 7.1.1; before, every sum was
+# "Expected CSTR" at its first token and a parenthesised right part was folded in)
+CASES.update({
+    "regex_int_plus_string": (case('if (req.url ~ 1 + "a") {}'), 6, 16, "Expression has type INT, expected REGEX"),
+    "regex_var_plus_string": (case('if (req.url ~ req.url + "a") {}'), 6, 16,
+                              "Expression has type STRING, expected REGEX"),
+    "regex_plus_var": (case('if (req.url ~ "a" + req.url) {}'), 6, 22, "Expected CSTR got 'req'"),
+    "regex_plus_parens": (case('if (req.url ~ "a" + ( "b")) {}'), 6, 22, "Expected CSTR got '('"),
+    "regex_plus_parens_sum": (case('if (req.url ~ "a" + ("b" + "c")) {}'), 6, 22, "Expected CSTR got '('"),
+    "regex_plus_minus": (case('if (req.url ~ "a" + -1) {}'), 6, 22, "Expected CSTR got '-'"),
+    "regex_parens_int_sum": (case("if (req.url ~ (1 + 1)) {}"), 6, 16, "Expression has type INT, expected REGEX"),
+    "regex_parens_var": (case("if (req.url ~ (req.url)) {}"), 6, 16, "Expression has type STRING, expected REGEX"),
+    "regex_parens_int_plus_var": (case("if (req.url ~ (1 + req.url)) {}"), 6, 19, "INT + STRING not possible."),
+    "regex_parens_bad_token": (case("if (req.url ~ (<<)) {}"), 6, 17, "Unknown token '<<' when looking for REGEX"),
+    "regex_parens_plus_int": (case('if (req.url ~ ("a" + 1)) {}'), 6, 23, "Expected CSTR got '1'"),
+    "regsub_regex_plus_parens": (case('set req.url = regsub(req.url, "a" + ("b"), "c");'), 6, 38,
+                                 "Expected CSTR got '('"),
+    "regsub_regex_int_sum": (case('set req.url = regsub(req.url, 1 + 1, "c");'), 6, 32,
+                             "Expression has type INT, expected REGEX"),
+})
+COMPILES.update({
+    "regex_sum_of_three": case('if (req.url ~ "a" + "b" + "c") {}'),
+    "regex_parens_sum": case('if (req.url ~ ("a" + "b")) {}'),
+    "regsub_regex_parens": case('set req.url = regsub(req.url, ("a"), "c");'),
+})
+
+# more places the mutation run found untested (varnishd -C 7.1.1)
+CASES.update({
+    # an ENUM in parentheses: VCC stops at the '(', wherever the word inside is
+    "enum_in_parens_spaced": (BLOB + 'set req.http.x = blob.encode(( HEX), blob=blob.decode(encoded="x"));\n}\n',
+                              6, 31, "Expected ID got '('"),
+    # an unnamed parameter after a PRIV_* one is numbered with it (fileread's PRIV_CALL is argument 1)
+    "fileread_argument_missing": (case("set req.http.x = std.fileread();"), 6, 32, "Argument 2 missing"),
+    "extra_argument_bad_token": (case('set req.http.x = std.toupper("a", =);'), 6, 36, "Expected ')' got '='"),
+})
+
 @pytest.mark.parametrize("name", sorted(COMPILES))
 def test_compiles(name):
     compile_vcl(COMPILES[name], f"{name}.vcl")
@@ -401,13 +438,21 @@ def test_glued_duration_units_are_bytes_where_bytes_are_wanted():
 
 
 def test_the_call_a_missing_argument_was_in():
-    """varnishd 7.1.1 names the call up to the token before the ')': the '(' when the ')' is on the next
-    line; a method call gets no such note."""
+    """varnishd 7.1.1 names the call up to the token before the ')', or to the end of the call's line
+    when the ')' is on another; a method call gets no such note. (line, column, marked width)"""
     def notes(src):
         with pytest.raises(VCLError) as info:
             compile_vcl(src, "n.vcl")
-        return [(text, *((pos.line, pos.col, pos.length) if pos else (None, None, None)))
-                for text, pos in info.value.notes]
+        report = str(info.value).splitlines()
+        found = []
+        for text, pos in info.value.notes:
+            if pos is None:
+                found.append((text, None, None, None))
+                continue
+            at = report.index(f"n.vcl:{pos.line}:{pos.col}: {text}")
+            found.append((text, pos.line, pos.col, len(report[at + 2].strip())))
+        return found
+    assert notes(case('if (std.fnmatch("a",\n\t)) {}')) == [("While compiling function call:", 6, 6, 16)]
     assert notes(case("set req.http.x = std.toupper(\n);")) == [("While compiling function call:", 6, 19, 12)]
     assert notes(case("std.log(\n\t);")) == [("While compiling function call:", 6, 2, 8)]
     assert notes(case("set req.http.x = std.toupper();")) == [("While compiling function call:", 6, 19, 12)]
@@ -420,6 +465,8 @@ def test_the_call_a_missing_argument_was_in():
     # varnishd 7.1.1 points at the token after `rr` (col 21), then adds "Expression has type
     # directors.round_robin, expected STRING"
     (case("set req.http.x = rr;").replace(*RRH), 7, "Cannot convert directors.round_robin to STRING."),
+    # varnishd 7.1.1 points at the token after `req` (the ';', col 22), as after an instance
+    (case("set req.http.x = req;"), 6, "Cannot convert HTTP to STRING."),
     # varnishd points at the '(' (col 15): ours at the method
     (case('std.log("a", (req.url).lower());'), 6, "Expected ')' got '('"),
 ])
@@ -427,3 +474,19 @@ def test_messages_whose_place_differs_from_varnishd(src, line, message):
     with pytest.raises(VCLError) as info:
         compile_vcl(src, "m.vcl")
     assert (info.value.message, info.value.line) == (message, line)
+
+
+def test_unit_marks_span_the_unit_token():
+    """varnishd 7.1.1 underlines the whole unit VCC refuses: `ms` of `10ms` where BYTES are wanted."""
+    for stmt, caret in (('set req.http.x = std.bytes("x", 10ms);', "^~"), ('set req.http.x = std.bytes("x", 10KQ);', "^~")):
+        with pytest.raises(VCLError) as info:
+            compile_vcl(case(stmt), "u.vcl")
+        assert str(info.value).splitlines()[2].strip() == caret
+
+
+def test_a_string_after_a_number_is_refused_where_it_stands():
+    """`10 "s"`: varnishd 7.1.1 reads the number and stops at the string (line 6, column 9)."""
+    with pytest.raises(VCLError) as info:
+        compile_vcl(case('if (10 "s") {}'), "u.vcl")
+    assert (info.value.line, info.value.col) == (6, 9)
+

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from inproc import inproc_cache_factory
+from inproc import inproc_cache_factory, wait_for
 from real_varnishtest import VARNISHTEST, run_varnishtest
 from test_cache_support import read_message
 
@@ -60,6 +60,7 @@ def test_conversion_without_fallback_fails(expr):
 
 
 # (expression, value) as varnishd 7.1.1 set them in vcl_synth (a .vtc; re-run live below)
+INF = " * ".join(["999999999999.0"] * 27)      # 1e324: infinite as a double
 RECORDED = [
     ('std.strstr("abcabc", "c")', "cabc"), ('std.strstr("abc", "a")', "abc"),
     ('"" + std.strstr("abc", req.http.unset)', ""), ('"" + std.strstr(req.http.unset, "a")', ""),
@@ -97,6 +98,7 @@ RECORDED = [
     ("(std.bytes(real=9007199254.0 * 1000000.0 + 740992, fallback=7B) == 7B)", "true"),
     ("std.syntax(4.1)", "true"), ("std.syntax(4.0)", "true"), ("std.syntax(4.2)", "false"),
     ("std.getenv(req.http.unset)", ""), ('std.getenv("")', ""), ("std.ban_error()", ""),
+    ('(std.ban_error() == "")', "true"), ("(std.ban_error() == req.http.unset)", "false"),
     # fnmatch(3) in the C locale: one byte per '?', ASCII classes; blanks are pattern characters
     ('std.fnmatch("?", "\u00e9")', "false"), ('std.fnmatch("[[:alpha:]]", "\u00e9")', "false"),
     ('std.fnmatch("??", "\u00e9")', "true"), ('std.fnmatch("a b", "a")', "false"), ('std.fnmatch(" ", " ")', "true"),
@@ -105,6 +107,10 @@ RECORDED = [
     ('std.querysort("/?\u00e9&a&z")', "/?\u00e9&a&z"),
     ('std.port(std.ip("1.2.3.4", client.ip, p="0"))', "0"), ('std.port(std.ip("1.2.3.4", client.ip))', "80"),
     ('std.strftime(std.real2time(999999999999.0 * 999999999999.0, now), "%Y")', ""),
+    # a TIME that is no finite number (a REAL product past the double's range): the fallbacks
+    (f"std.time2real(std.time(real={INF}), 1.5)", "1.500"), (f"std.time2integer(std.time(real={INF}), 7)", "7"),
+    (f"std.time2real(std.real2time({INF}, std.time(integer=3)), 0.0)", "3.000"),
+    (f"(std.bytes(real={INF}, fallback=7B) == 7B)", "true"),
 ]
 # (statement, the task's VCL_Error) as varnishd 7.1.1 logged them
 FAILURES = [
@@ -321,6 +327,23 @@ def test_ban_and_ban_error(make):
     assert {k: headers.get(k) for k in BAN_ANSWERS} == BAN_ANSWERS
 
 
+def test_ban_keeps_the_tasks_other_private_data():
+    """std.ban()'s answer lives in std's own PRIV_TASK: another vmod's task state stays (here a
+    shard.clear() in vcl_recv, which applies when the task ends: varnishd 7.1.1, test_vmod_directors)."""
+    from test_vmod_directors import _ctx, _shard
+
+    from vcl.rtlib import end_task
+    from vmods import std
+    from vmods.directors import _shard_backend, _shard_clear
+
+    sh, _ = _shard(1)
+    ctx = _ctx()
+    _shard_clear(sh, ctx)
+    std.ban(ctx, "obj.status == 999")
+    end_task(ctx)
+    assert _shard_backend(sh, _ctx(), by="KEY", key=1) is None
+
+
 @pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
 def test_ban_answers_are_varnishds():
     vtc = ('varnishtest "ban"\nvarnish v1 -vcl {\n\tbackend default none;\n' + BAN_VCL + "} -start\n"
@@ -395,6 +418,23 @@ def test_timestamp_records(monkeypatch):
     assert ctx.log == [("Timestamp", "c: 1003.000000 2.000000 2.000000")]
 
 
+def test_timestamp_in_a_task_is_the_tasks_last_timestamp(make):
+    """In a request, std.timestamp() is one of the task's Timestamp records (VSLb_ts_req): the next
+    one's since-the-last field counts from it."""
+    cache, _ = make('vcl 4.1;\nimport std;\nBACKEND\nsub vcl_recv { std.timestamp("mark"); return (synth(200)); }\n')
+    assert cache.get("/")[0] == 200
+
+    def stamps() -> list[list[str]]:
+        found = [text.split() for _, tag, text in list(cache.proc.log.records) if tag == "Timestamp"]
+        at = next((i for i, f in enumerate(found) if f[0] == "mark:"), None)
+        return found[at - 1:at + 2] if at is not None and len(found) > at + 1 else []
+
+    wait_for(lambda: stamps(), what="the request's Timestamp records")
+    before, mark, after = ([float(x) for x in f[1:]] for f in stamps())
+    assert mark[2] == pytest.approx(mark[0] - before[0], abs=2e-6)
+    assert after[2] == pytest.approx(after[0] - mark[0], abs=2e-6)
+
+
 def test_fileread_keeps_the_files_bytes(tmp_path):
     """std.fileread(): the file as it is, bytes that are no UTF-8 included (a C string in varnishd)."""
     path = tmp_path / "f.txt"
@@ -464,7 +504,7 @@ def test_fnmatch_leaves_the_threads_locale_as_it_was():
     from vmods import std
 
     before = std._libc.uselocale(None)
-    assert std.fnmatch(None, "?", "\u00e9") is False
+    assert std.fnmatch(None, "?", "\u00e9", True, False, False) is False
     assert std._libc.uselocale(None) == before
 
 
@@ -490,3 +530,25 @@ def test_blobread_without_a_file_is_varnishds():
            'client c1 {\n\ttxreq -url /a\n\trxresp\n\texpect resp.status == 200\n\texpect resp.http.a == ""\n} -run\n'
            'client c2 {\n\ttxreq -url /b\n\trxresp\n\texpect resp.status == 200\n\texpect resp.http.b == ""\n} -run\n')
     assert re.search(r"^#    top  TEST .* passed", run_varnishtest(vtc, "blobread"), re.M)
+
+
+def test_random_stays_between_its_bounds():
+    """std.random(lo, hi): a number from lo up to hi (vmod_std's docs), whatever the width."""
+    from vmods import std
+
+    for lo, hi in ((0.0, 0.5), (5.0, 9.0), (-3.0, -2.75)):
+        draws = [std.random(None, lo, hi) for _ in range(200)]
+        assert all(lo <= x < hi for x in draws)
+        assert max(draws) - min(draws) > (hi - lo) / 2        # spread over the range, not a corner
+
+
+def test_argument_helpers_build_what_they_are_given():
+    """_opt and _conv run at import for the real functions (a mutation run sees them only here): an
+    optional argument with its default; a conversion's argument left out is UNSET (valid_NAME false)."""
+    from vmods import std
+
+    assert [(p.name, p.type, p.default, p.optional) for p in (std._opt("sep", "STRING", ", "), std._opt("x", "INT"))] \
+        == [("sep", "STRING", ", ", True), ("x", "INT", None, True)]
+    p = std._conv("fallback", "REAL")
+    assert (p.name, p.type, p.default, p.optional) == ("fallback", "REAL", std.UNSET, True)
+

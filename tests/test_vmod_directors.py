@@ -20,6 +20,7 @@ from varnishd_port import listen_port
 
 from cacheserver.backends import live, set_admin_health
 from vcl.compiler import compile_vcl
+from vcl.rtlib import end_task
 from vcl.runtime import BackendSpec, Context, HttpMessage, VCLFailure
 from vmods.directors import (
     Fallback,
@@ -31,6 +32,7 @@ from vmods.directors import (
     ShardParam,
     _shard_add,
     _shard_backend,
+    _shard_clear,
     _shard_remove,
     _sp_get,
     _sp_set,
@@ -350,6 +352,17 @@ def test_shard_changes_apply_at_reconfigure_or_when_their_task_ends():
     # a backend keeps the replicas it was added with: 5 for b0, 67 for b1
     assert [x.backend for x in sh.backends] == b and len(sh.circle) == 5 + 67
     assert sh.reconfigure(init, 0) is False         # invalid replicas
+
+
+def test_shard_clear_in_a_client_task_applies_when_the_task_ends():
+    """varnishd 7.1.1 (a .vtc): sh.clear() in vcl_recv, then sh.backend() in the same task still picks
+    the backend; the next request finds none."""
+    sh, b = _shard(1)
+    ctx = _ctx()
+    _shard_clear(sh, ctx)
+    assert _shard_backend(sh, ctx, by="KEY", key=1) is b[0]
+    end_task(ctx)
+    assert _shard_backend(sh, _ctx(), by="KEY", key=1) is None
 
 
 def test_shard_remove_by_ident_and_by_backend():

@@ -27,6 +27,8 @@ class Expr:
     pos: Pos
     # Filled by the checker: the VCL type name (STRING, INT, ...).
     type: str | None = field(default=None, init=False)
+    # the '(' of the outermost parentheses it was written in, if any
+    paren_pos: Pos | None = field(default=None, init=False)
 
 
 @dataclass(eq=False)

@@ -22,6 +22,9 @@ _HTTP_SYMBOLS = frozenset({"req", "bereq", "beresp", "resp"})
 _MINUS_CONTEXTS = frozenset({"INT", "REAL", "DURATION", "STRING"})
 _NEGATABLE = frozenset({"INT", "REAL", "DURATION", "BYTES", "TIME", "BOOL"})
 
+# A mark's length that reaches the end of its line, however long the line is.
+_TO_LINE_END = 1 << 16
+
 # Vmods that may be used without an `import` line (with a warning), as the docs' examples do.
 IMPLICIT_IMPORTS = frozenset({"tinykvm"})
 
@@ -182,7 +185,9 @@ class ExprChecker:
         """Where a constant regex was wanted: VCC reads no '-' there, and types anything else."""
         if isinstance(e, ast.Neg):
             return VCLError("Unknown token '-' when looking for REGEX", e.pos)
-        return VCLError(f"Expression has type {self._type_name(self.add(e, 'STRING'))}, expected REGEX", e.pos)
+        # typed as VCC types it with a REGEX wanted, and reported at its first token (a '(')
+        return VCLError(f"Expression has type {self._type_name(self.add(e, 'REGEX'))}, expected REGEX",
+                        e.paren_pos or e.pos)
 
     def regex(self, lit: ast.StringLit) -> None:
         reason = check_regex(lit.value)
@@ -269,8 +274,8 @@ class ExprChecker:
             e.type = "REAL"
             return e
         if isinstance(e, ast.DurationLit):
-            if fmt == "BYTES":   # VCC reads `10m` as 10 MB where it wants BYTES
-                return self.atom(self._glued_bytes(e), fmt)
+            if fmt == "BYTES":   # VCC reads `10m` as 10 MB where it wants BYTES: the letters are the unit
+                return self.atom(ast.BytesLit(e.pos, 0.0, e.text), fmt)
             e.type = "DURATION"
             return e
         if isinstance(e, ast.BlobLit):
@@ -309,12 +314,6 @@ class ExprChecker:
             raise VCLError(f"Unknown duration unit '{unit}'\nLegal duration units are 'ms', 's', 'm', 'h', "
                            "'d', 'w' and 'y'", at)
         return ast.DurationLit(e.pos, e.number * seconds, e.text)
-
-    def _glued_bytes(self, e: ast.DurationLit) -> ast.BytesLit:
-        """A `10m`-style token read as BYTES: the letters after the number are the unit."""
-        unit = e.text.lstrip("0123456789.")
-        at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(e.text) - len(unit), len(unit))
-        return self._bytes_lit(e.pos, float(e.text[: -len(unit)]), unit, at, e.text)
 
     @staticmethod
     def _bytes_lit(pos: ast.Pos, number: float, unit: str, unit_pos: ast.Pos, text: str) -> ast.BytesLit:
@@ -526,7 +525,7 @@ class ExprChecker:
         if func.ret == "VOID" and not statement:
             # VCC has read the name and stops at the '(' that follows it
             raise VCLError("Function returns VOID:", ast.Pos(e.pos.file, e.pos.line, e.pos.col + e.pos.length))
-        e.type = "STRING" if func.ret in types.STRING_FORMS or func.ret == "HEADER" else func.ret
+        e.type = func.ret       # no vmod function returns STRANDS or HEADER
         return e
 
     def _bind_args(self, e: ast.Call, func: Func, name: str, note: str = "call") -> None:
@@ -558,11 +557,12 @@ class ExprChecker:
                 what = f"'{p.name}'" if p.name else str(i + 1 + getattr(func, "priv_args", 0))
                 assert e.close_pos is not None       # the parser keeps every call's ')'
                 # VCC stops at the ')' and names the call it was compiling, up to the token before
-                # the ')': the '(' when the ')' is on a line of its own
+                # the ')', or to the end of the call's line when the ')' is on another (the quote
+                # of the line cuts the mark there)
                 if e.close_pos.line == e.pos.line:
-                    length = max(e.close_pos.col - e.pos.col, 1)
+                    length = e.close_pos.col - e.pos.col
                 else:
-                    length = len(name) + 1 if not e.args else 1
+                    length = _TO_LINE_END
                 call = ast.Pos(e.pos.file, e.pos.line, e.pos.col, length)
                 notes = {"call": [("While compiling function call:", call)],
                          "bare": [("While compiling function call:", None)]}.get(note, [])
@@ -577,9 +577,7 @@ class ExprChecker:
             if not isinstance(_first_node(value), (ast.Name, ast.Call)):
                 raise VCLError(f"Expected ID got '{_first_token(value)}'", value.pos)     # VCC wants a word
             if isinstance(value, ast.Name) and value.parens:
-                # the '(' VCC stops at: just before the word, as it is usually written
-                at = ast.Pos(value.pos.file, value.pos.line, max(value.pos.col - 1, 1), 1)
-                raise VCLError("Expected ID got '('", at)
+                raise VCLError("Expected ID got '('", value.paren_pos)     # VCC stops at the '('
             if not isinstance(value, ast.Name) or value.name not in param.enum:
                 choices = "\n".join("\t" + w for w in param.enum)
                 raise VCLError(f"Wrong enum value.  Expected one of:\n{choices}", value.pos)
@@ -593,8 +591,6 @@ class ExprChecker:
                 raise self._not_a_regex(rx)
             self.regex(rx)
             return rx
-        if ptype == "SUB":
-            raise VCLError("SUB arguments are not supported", value.pos)
         return self.expr0(value, ptype)     # HEADER and HTTP too: "Expression has type STRING, expected HTTP"
 
 
@@ -604,19 +600,30 @@ def _strings(type_: str | None) -> str:
 
 
 def _fold_literal(e: ast.Expr) -> ast.Expr:
-    """"a" + "b" as one string literal: VCC takes a sum of string constants as a regex."""
-    if isinstance(e, ast.Arith) and e.op == "+":
-        left, right = _fold_literal(e.left), _fold_literal(e.right)
-        for part in (left, right):
-            if type(part) is not ast.StringLit:
-                if isinstance(part, ast.Arith):
-                    return part
-                text = getattr(part, "text", None) or getattr(part, "name", "").split(".")[0] or "?"
-                if isinstance(part, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
-                    text = _number_token(text)
-                raise VCLError(f"Expected CSTR got '{text}'", part.pos)
+    """A regex operand as VCC reads it (vcc_expr5 with REGEX wanted): "a" + "b" + ... is one constant
+    string; anything else is one operand, typed by the caller ("Expression has type INT, expected
+    REGEX"): a parenthesised expression whole, else the leftmost operand, where VCC stops."""
+    if not isinstance(e, ast.Arith):
+        return e
+    left = _fold_literal(e.left)
+    if type(left) is not ast.StringLit:
+        return e if e.paren_pos is not None else left
+    if e.op != "+":
+        return e
+    right = e.right
+    if type(right) is ast.StringLit and right.paren_pos is None:
         return ast.StringLit(left.pos, left.value + right.value)
-    return e
+    if right.paren_pos is not None:
+        raise VCLError("Expected CSTR got '('", right.paren_pos)
+    if isinstance(right, ast.Arith):
+        return right
+    if isinstance(right, ast.Neg):
+        text = "-"
+    else:
+        text = getattr(right, "text", None) or getattr(right, "name", "").split(".")[0] or "?"
+    if isinstance(right, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
+        text = _number_token(text)
+    raise VCLError(f"Expected CSTR got '{text}'", right.pos)
 
 
 def _extra_argument(e: ast.Expr) -> VCLError:

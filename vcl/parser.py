@@ -343,9 +343,11 @@ class _ToAst(Transformer):
         return ast.Call(self._p(tok), name, args or [], close_pos=self._p(rpar))
 
     def paren(self, children):
-        if isinstance(children[0], ast.Name):
-            children[0].parens = True
-        return children[0]
+        lpar, e = children
+        if isinstance(e, ast.Name):
+            e.parens = True
+        e.paren_pos = self._p(lpar)
+        return e
 
     def spaced_unit(self, children):
         """`10 s`: VCC takes a number and its unit as two tokens, so a space between them is fine."""

@@ -294,9 +294,8 @@ def _param_of_blob(blob) -> ShardParam | None:
 
 
 def _blob_key(blob: bytes) -> int:
-    """shard_blob_key: the first four bytes big-endian, a shorter blob right-aligned."""
-    data = bytes(blob[:4])
-    return int.from_bytes(data.rjust(4, b"\0"), "big")
+    """shard_blob_key: the first four bytes big-endian (a shorter blob as if zeros led it)."""
+    return int.from_bytes(bytes(blob[:4]), "big")
 
 
 def _param_args(ctx, p: ShardParam, func: str, args: dict) -> ShardParam:
@@ -373,7 +372,7 @@ def _param_read(ctx, owner: object, p: ShardParam) -> ShardParam:
     """vmod_shard_param_read: the effective parameters, all fields resolved."""
     if ctx.method is None or ctx.method in _TASK_BEREQ:
         p = _param_task_r(ctx, owner, p)
-    out = ShardParam(str(p), p, "STACK")
+    out = ShardParam()         # a scratch copy: nothing reads its name, scope or defaults
     out.merge_from(p)
     return out
 
@@ -532,7 +531,7 @@ class Shard:
         circle = self.circle
         n = len(circle)
         high, low = n, 0
-        while True:
+        for _ in range(n.bit_length() + 2):       # a binary search: log2(n) + 1 steps at most
             i = (high + low) // 2
             point = circle[i][0]
             if point == key:
@@ -547,6 +546,7 @@ class Shard:
                 high = i
             else:
                 low = i
+        raise AssertionError("shard lookup did not end")      # pragma: no cover
 
     def pick(self, ctx, key: int, alt: int, warmup: float, rampup: bool, healthy: str):
         """sharddir_pick_be."""
@@ -748,14 +748,14 @@ _method(_hash, "remove_backend", lambda d, ctx, be: d.remove(be) and None, "VOID
 _method(_hash, "backend", lambda d, ctx, key: d.pick(ctx, key), "BACKEND", [Param("", "STRANDS")])
 
 
-def _shard_set_warmup(d: Shard, ctx: Context, probability: float = 0.0) -> None:
+def _shard_set_warmup(d: Shard, ctx: Context, probability: float) -> None:   # the compiler passes the 0.0 default
     if probability < 0 or probability >= 1:
         d._notice(ctx, f".set_warmup({probability:f}) ignored")
         return
     d.warmup = probability
 
 
-def _shard_set_rampup(d: Shard, ctx: Context, duration: float = 0.0) -> None:
+def _shard_set_rampup(d: Shard, ctx: Context, duration: float) -> None:
     d.rampup_duration = max(0.0, duration)
 
 
@@ -784,11 +784,9 @@ def _shard_add(d: Shard, ctx: Context, backend, ident=UNSET, rampup=UNSET, weigh
 
 
 def _shard_remove(d: Shard, ctx: Context, backend=None, ident=None) -> bool:
-    be = None if backend is UNSET else backend
-    ident_s = None if ident is UNSET else ident
-    if be is None and ident_s is None:
+    if backend is None and ident is None:      # both default to None: never UNSET
         raise _fail(d, ".remove_backend(): either backend or ident are required")
-    return d._change(ctx, "remove", _ShardBackend(be, ident_s or None, 0.0))
+    return d._change(ctx, "remove", _ShardBackend(backend, ident or None, 0.0))
 
 
 def _shard_clear(d: Shard, ctx: Context) -> bool:

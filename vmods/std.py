@@ -47,7 +47,7 @@ def round_(ctx: Context, r: float) -> float:
 
 
 @VMOD.func("collect", "VOID", [Param("hdr", "HEADER"), _opt("sep", "STRING", ", ")])
-def collect(ctx: Context, hdr: HeaderRef, sep: str | None = ", ") -> None:
+def collect(ctx: Context, hdr: HeaderRef, sep: str | None) -> None:     # the compiler passes ", "
     if ctx.obj is not None and hdr.message is ctx.obj:
         raise VCLFailure("std.collect(): header argument can not be used here")
     headers = hdr.message.headers
@@ -130,8 +130,8 @@ _C_LOCALE = _libc.newlocale(_LC_CTYPE_MASK | _LC_COLLATE_MASK, b"C", None)
 @VMOD.func("fnmatch", "BOOL", [Param("pattern", "STRING"), Param("subject", "STRING"),
                                _opt("pathname", "BOOL", True), _opt("noescape", "BOOL", False),
                                _opt("period", "BOOL", False)])
-def fnmatch(ctx: Context, pattern: str | None, subject: str | None, pathname: bool = True,
-            noescape: bool = False, period: bool = False) -> bool:
+def fnmatch(ctx: Context, pattern: str | None, subject: str | None, pathname: bool, noescape: bool,
+            period: bool) -> bool:     # the compiler passes the defaults
     if pattern is None:
         raise VCLFailure("std.fnmatch(): pattern is NULL")
     if subject is None:
