@@ -988,7 +988,7 @@ def test_transient_counters_step_by_step_as_varnishd(inproc_make):
                       ("/b511", (7, 50104, 17384, 32720)), ("/hfm2", (10, 67640, 34768, 32872)),
                       ("/synth", (12, 68794, 35922, 32872))]:
         assert cache.get(url)[0] == 200
-        wait_for(lambda: sma() == want, what=f"{url}: {want}, not {sma()}")
+        wait_for(lambda want=want: sma() == want, what=f"{url}: {want}")
 
 
 def test_expkill_records_of_inserts_and_a_soft_purge_as_varnishd(clock):
