@@ -421,7 +421,7 @@ class ClientRequest(Delivery, EsiRequest):
         its action (a vcl(LABEL) switch runs vcl_recv again, in the new VCL)."""
         self._recv_setup()
         action = yield "vcl_recv"
-        if action.name == "vcl":
+        if action.name == "vcl" and self.ctx.restarts == 0:     # (after a restart: _after_recv refuses it)
             if not self._switch_vcl(action):
                 return self._fail_state()
             self._recv_setup()
@@ -534,6 +534,11 @@ class ClientRequest(Delivery, EsiRequest):
             name = "pass"
         if name in ("pass", "pipe", "purge"):
             return name
+        if name == "vcl":
+            # varnishd's cnt_recv: a 503 synth, the connection kept (what vcl_hash did stays done)
+            ctx.log.append(("VCL_Error", "Illegal return(vcl): "
+                            + ("Not after restarts" if ctx.restarts else "Only from active VCL")))
+            return self._to_synth(503)
         return self._common(action)
 
     # -- lookup -----------------------------------------------------------------------------------

@@ -1004,3 +1004,52 @@ def test_each_grace_hit_counts_while_the_refresh_is_under_way(make):
         assert cache.get("/g")[2] == b"v1" and c.cache_hit_grace == 2 and len(backend.requests) == 2
     finally:
         release.set()
+
+
+def test_std_rollback_of_req_as_varnishd(make):
+    """tests/vtc/fid_std_rollback.vtc (passes on varnishd 7.1.1): req as received, before
+    X-Forwarded-For; in vcl_deliver too; the rollback itself logs nothing."""
+    vcl = ('vcl 4.1;\nimport std;\nBACKEND\n'
+           'sub vcl_recv {\n set req.http.a = "1";\n set req.url = "/changed";\n unset req.http.h1;\n'
+           ' std.rollback(req);\n'
+           ' set req.http.seen = "url=" + req.url + " a=" + req.http.a + " h1=" + req.http.h1 +'
+           ' " xff=" + req.http.X-Forwarded-For;\n set req.http.b = "2";\n return (pass);\n}\n'
+           'sub vcl_deliver {\n set req.http.d = "4";\n std.rollback(req);\n'
+           ' set resp.http.after = "url=" + req.url + " b=" + req.http.b + " d=" + req.http.d;\n}\n')
+    cache, backend = make(vcl, lambda req: Resp())
+    status, headers, _ = cache.get("/orig", headers={"h1": "v"})
+    assert status == 200 and headers["after"] == "url=/orig b= d="
+    sent = backend.requests[0]
+    assert sent.url == "/orig" and sent.header("b") == "2"
+    assert sent.header("seen") == "url=/orig a= h1=v xff="
+    log = cache.proc.log
+    wait_for(lambda: "seen: url=/orig a= h1=v xff=" in log.texts("ReqHeader"), what="the request's log")
+    assert log.texts("ReqUnset")[:1] == ["h1: v"]
+
+
+def test_return_vcl_after_a_restart_is_refused_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest, varnishlog -g request): vcl_recv's return (vcl(l1)) once the request
+    restarted switches nothing; vcl_hash still runs, then `VCL_Error Illegal return(vcl): Not after
+    restarts` and a 503 synth from the active VCL, the connection kept open."""
+    cache, _ = make("vcl 4.1;\nbackend default none;\n")
+    first = ('vcl 4.1;\nbackend default none;\n'
+             'sub vcl_recv { return (synth(200, "vcl1 " + req.url + " " + req.restarts)); }\n')
+    assert cache.cli.cmd("vcl.inline vcl1 << EOF\n" + first + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.label l1 vcl1")[0] == 200
+    second = ('vcl 4.1;\nbackend default none;\n'
+              'sub vcl_recv { if (req.restarts == 0) { set req.url = "/changed"; return (restart); }\n'
+              ' return (vcl(l1)); }\n'
+              'sub vcl_synth { set resp.http.where = "vcl2"; }\n')
+    assert cache.cli.cmd("vcl.inline vcl2 << EOF\n" + second + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use vcl2")[0] == 200
+    cache.cli.cmd("debug.xid 999")
+    head, _, closed = raw(cache, b"GET /orig HTTP/1.1\r\nHost: h\r\n\r\n", AGAIN)
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 503 Service Unavailable" and b"where: vcl2" in lines and not closed
+    wait_for(lambda: (1002, "End", "") in cache.proc.log.records, what="the restarted request's End")
+    records = [(tag, text) for vxid, tag, text in list(cache.proc.log.records) if vxid == 1002]
+    at = records.index(("VCL_call", "RECV"))
+    assert records[at:at + 6] == [
+        ("VCL_call", "RECV"), ("VCL_return", "vcl"), ("VCL_call", "HASH"), ("VCL_return", "lookup"),
+        ("VCL_Error", "Illegal return(vcl): Not after restarts"), ("RespProtocol", "HTTP/1.1")]
+    assert not any(tag == "VCL_use" for tag, _ in records)
