@@ -1053,3 +1053,21 @@ def test_return_vcl_after_a_restart_is_refused_as_varnishd(make):
         ("VCL_call", "RECV"), ("VCL_return", "vcl"), ("VCL_call", "HASH"), ("VCL_return", "lookup"),
         ("VCL_Error", "Illegal return(vcl): Not after restarts"), ("RespProtocol", "HTTP/1.1")]
     assert not any(tag == "VCL_use" for tag, _ in records)
+
+
+@pytest.mark.parametrize("waits", [False, True], ids=["sync", "async"])
+def test_an_object_whose_fields_filled_beresp_is_a_500_synth(make, waits):
+    """tests/vtc/fid_ws_hdr_slots.vtc's /beresp (passes on varnishd 7.1.1): with http_max_hdr=32,
+    vcl_backend_response sets 30 fields; the object is made but cannot be decoded for delivery:
+    `Error Too many headers to Decode object (33 vs. 32)`, then vcl_synth's 500 (not a bare one)."""
+    fields = "".join(f' set beresp.http.x{i} = "{i}";' for i in range(30))
+    vcl = ("vcl 4.1;\nimport tinykvm;\nBACKEND\nsub vcl_recv { return (pass); }\n"
+           "sub vcl_backend_response {" + fields + " }\n"
+           "sub vcl_deliver { " + (AWAIT if waits else "") + " set resp.http.deliver = \"yes\"; }\n")
+    cache, _ = make(vcl, lambda req: Resp(body=b"ok"), "-p", "http_max_hdr=32")
+    assert ("vcl_deliver" in cache.proc.server.active_vcl.async_subs) == waits
+    status, h, body = cache.get("/beresp")
+    assert status == 500 and "deliver" not in h and h["content-type"].startswith("text/html")
+    assert b"Internal Server Error" in body
+    wait_for(lambda: "Too many headers to Decode object (33 vs. 32)" in cache.proc.log.texts("Error"),
+             what="the request's Error record")
