@@ -902,7 +902,6 @@ class ClientRequest(Delivery, EsiRequest):
 
     def _synth_deliver(self) -> str | None:
         ctx = self.ctx
-        ctx.log.append(("Storage", "malloc Transient"))     # where varnishd keeps the synth body
         held = self.server.storage.hold_transient(SYNTH_OBJECT, len(self.synth_data))
         if held is None:
             # varnishd's cnt_synth: no response at all, the connection is closed (overload)
@@ -910,6 +909,7 @@ class ClientRequest(Delivery, EsiRequest):
             self.keep_alive = False
             self.close_reason = "sc_overload"
             return None
+        ctx.log.append(("Storage", "malloc Transient"))     # where varnishd keeps the synth body
         oc = ObjCore()
         oc.append(self.synth_data)
         oc.finish(True)

@@ -1071,3 +1071,33 @@ def test_an_object_whose_fields_filled_beresp_is_a_500_synth(make, waits):
     assert b"Internal Server Error" in body
     wait_for(lambda: "Too many headers to Decode object (33 vs. 32)" in cache.proc.log.texts("Error"),
              what="the request's Error record")
+
+
+def test_a_synth_with_no_room_in_transient_closes_unanswered_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest, -s Transient=default,1m -p nuke_limit=0, an object leaving 1008 bytes
+    of Transient): the synth gets no storage: `Error Could not get storage` (no Storage record), no
+    response, the connection closed (sc_overload), SMA.Transient.c_fail 1. With room it is logged
+    `Storage malloc Transient` after its Content-Length."""
+    vcl = ('vcl 4.1;\nBACKEND\nsub vcl_recv { if (req.url == "/synth") { return (synth(200)); } }\n'
+           'sub vcl_synth { set resp.body = "0123456789"; return (deliver); }\n'
+           'sub vcl_backend_response { set beresp.storage = storage.Transient; unset beresp.http.Date;'
+           ' set beresp.ttl = 100s; }\n')
+    cache, _ = make(vcl, lambda req: Resp(body=b"b" * 1047400), "-s", "Transient=default,1m", "-p", "nuke_limit=0")
+    server = cache.proc.server
+    log = cache.proc.log
+    assert cache.get("/synth")[::2] == (200, b"0123456789")
+    wait_for(lambda: "Content-Length: 10" in log.texts("RespHeader"), what="the first synth's log")
+    records = [(tag, text) for _, tag, text in list(log.records)]
+    at = records.index(("RespHeader", "Content-Length: 10"))
+    assert records[at + 1] == ("Storage", "malloc Transient")
+    assert cache.get("/big")[0] == 200
+    assert server.counters.extra["SMA.Transient.g_space"] == 1008
+    first = len(log.records)
+    with cache.proc.connect() as sock:
+        sock.sendall(b"GET /synth HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert sock.recv(100) == b""
+    wait_for(lambda: server.counters.sc_overload == 1, what="sc_overload")
+    wait_for(lambda: "Could not get storage" in log.texts("Error"), what="the Error record")
+    records = [(tag, text) for _, tag, text in list(log.records)[first:]]
+    assert ("Storage", "malloc Transient") not in records
+    assert server.counters.extra["SMA.Transient.c_fail"] == 1
