@@ -1101,3 +1101,14 @@ def test_a_synth_with_no_room_in_transient_closes_unanswered_as_varnishd(make):
     records = [(tag, text) for _, tag, text in list(log.records)[first:]]
     assert ("Storage", "malloc Transient") not in records
     assert server.counters.extra["SMA.Transient.c_fail"] == 1
+
+
+def test_a_vcl_synth_that_sets_more_fields_than_fit_is_a_bare_500(make):
+    """tests/vtc/fid_ws_hdr_slots.vtc's /synth (passes on varnishd 7.1.1): http_max_hdr=32 and 30 fields
+    set in vcl_synth overflow the client workspace: a bare 500, none of them, the connection closed."""
+    fields = "".join(f' set resp.http.x{i} = "{i}";' for i in range(30))
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (synth(201)); }\nsub vcl_synth {' + fields + ' }\n',
+                    None, "-p", "http_max_hdr=32")
+    head, closed = closes(cache, b"GET /synth HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and b"x0:" not in head and closed
+    assert cache.proc.server.counters.ws_client_overflow == 1

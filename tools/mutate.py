@@ -49,7 +49,7 @@ MODULES: dict[str, list[str]] = {
     # in-process servers (tests/inproc.py): the tests that run cacheserver as a child count for nothing here
     # (each module's mut tests drive the other too: the FSM runs inside the connection, and back)
     "cacheserver/fsm.py": ["tests/test_cache_fsm.py", "tests/test_cache_deliver.py", "tests/test_mut_fsm.py",
-                           "tests/test_plain_hits.py", "tests/test_mut_protocol.py"],
+                           "tests/test_plain_hits.py", "tests/test_mut_protocol.py", "tests/test_mut_storage.py"],
     "cacheserver/protocol.py": ["tests/test_protocol.py", "tests/test_mut_protocol.py", "tests/test_http1_leniency.py",
                                 "tests/test_counters_reference.py", "tests/test_cache_fsm.py", "tests/test_mut_fsm.py"],
 }
