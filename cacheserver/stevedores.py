@@ -164,6 +164,10 @@ class Stevedore:
             if nuked >= nuke_limit or len(lru) <= (1 if held else 0):
                 self.counters.n_lru_limited += 1
                 return False
+            # varnishd's allocation failed first (c_fail), it nukes one and asks again (c_req)
+            extra = self.counters.extra
+            extra[self.prefix + "c_fail"] += 1
+            extra[self.prefix + "c_req"] += 1
             lru.popitem()
             nuked += 1
         return True

@@ -1135,3 +1135,29 @@ def test_an_abandoned_busy_object_is_no_longer_busy(clock):
     oc = st.lookup(b"/b", req("/b"), T0, always_miss=True).busy
     st.abandon(oc)
     assert not oc.busy and oc.dying
+
+
+def test_a_synth_in_a_full_transient_nukes_a_cached_object_for_room(inproc_make):
+    """varnishd 7.1.1 (varnishtest, -s Transient=default,1m, nuke_limit at its default): a cached
+    Transient object leaves 1008 bytes; the synth's first allocation fails (SMA.Transient.c_fail 1),
+    the object is nuked (n_lru_nuked 1), the synth is delivered, and once it is, Transient is empty."""
+    vcl = ('vcl 4.1;\nBACKEND\nsub vcl_recv { if (req.url == "/synth") { return (synth(200)); } }\n'
+           'sub vcl_synth { set resp.body = "0123456789"; return (deliver); }\n'
+           'sub vcl_backend_response { set beresp.storage = storage.Transient; unset beresp.http.Date;'
+           ' set beresp.ttl = 100s; }\n')
+    cache, _ = inproc_make(vcl, lambda req: Resp(body=b"b" * 1047400), "-s", "Transient=default,1m")
+    counters = cache.proc.server.counters
+    assert cache.get("/big")[0] == 200 and counters.extra["SMA.Transient.g_space"] == 1008
+    assert cache.get("/synth")[::2] == (200, b"0123456789")
+    assert (counters.n_lru_nuked, counters.extra["SMA.Transient.c_fail"]) == (1, 1)
+    wait_for(lambda: counters.extra["SMA.Transient.g_space"] == 1 << 20, what="Transient emptied")
+
+
+def test_slim_leaves_an_object_that_holds_no_storage_alone(clock):
+    st, _ = make()
+    oc = ObjCore()
+    oc.http = HttpMessage(status=200, headers=Headers([["Content-Length", "10"]]))
+    oc.hfm, oc.length = True, 10
+    oc.compute_size()
+    st.slim(oc)                                   # not stored (its storage failed): nothing to free
+    assert oc.store == "" and st.used_bytes == 0
