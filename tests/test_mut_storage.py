@@ -1023,10 +1023,21 @@ def test_a_hard_purge_is_mailed_to_the_expiry_thread_and_counted_expired(clock):
     """varnishd 7.1.1, two objects and purge.hard() of one: exp_mailed 3, exp_received 3, n_expired 1,
     n_obj_purged 1 (HSH_Purge rearms each object to expire now)."""
     st, c = make()
-    fill(st, "/a")
+    st.vsl = log = Records()
+    a = fill(st, "/a", ttl=60, grace=0)
     fill(st, "/b")
+    clock[0] = T0 + 1
+    del log.written[:]
     assert st.purge(b"/a") == 1
     assert (c.exp_mailed, c.exp_received, c.n_expired, c.n_obj_purged) == (3, 3, 1, 1)
+    texts = [r[1] for _, _, recs in log.written for r in recs]
+    pa = f"p=0x{id(a):x}"
+    assert texts[0] == f"EXP_Rearm {pa} E={T0 + 60:.6f} e={T0 + 1:.6f} f=0x0"      # rearmed to expire now
+    assert texts[3:6] == [f"EXP_When {pa} e={T0 + 1:.6f} f=0xe", f"EXP_expire {pa} e=0.000000 f=0x0",
+                          "EXP_Expired x=0 t=-0"]
+    fill(st, "/a")
+    st.purge(b"/a")
+    assert (c.n_expired, c.n_obj_purged) == (2, 2)
 
 
 def test_a_lookup_that_finds_a_banned_object_logs_expban_in_the_request(clock):
