@@ -1112,3 +1112,19 @@ def test_a_vcl_synth_that_sets_more_fields_than_fit_is_a_bare_500(make):
     head, closed = closes(cache, b"GET /synth HTTP/1.1\r\nHost: h\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and b"x0:" not in head and closed
     assert cache.proc.server.counters.ws_client_overflow == 1
+
+
+def test_the_labelled_vcl_s_vcl_recv_fills_the_same_client_workspace(make):
+    """varnishd 7.1.1 (varnishtest, http_max_hdr=32): after return (vcl(l1)), l1's vcl_recv setting 30
+    request fields overflows the client workspace: a bare 500, the connection closed."""
+    cache, _ = make("vcl 4.1;\nbackend default none;\n", None, "-p", "http_max_hdr=32")
+    fields = "".join(f' set req.http.x{i} = "{i}";' for i in range(30))
+    label = 'vcl 4.1;\nbackend default none;\nsub vcl_recv {' + fields + ' return (synth(200)); }\n'
+    assert cache.cli.cmd("vcl.inline vcl1 << EOF\n" + label + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.label l1 vcl1")[0] == 200
+    main = 'vcl 4.1;\nbackend default none;\nsub vcl_recv { return (vcl(l1)); }\n'
+    assert cache.cli.cmd("vcl.inline main << EOF\n" + main + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use main")[0] == 200
+    head, closed = closes(cache, b"GET /orig HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and closed
+    assert cache.proc.server.counters.ws_client_overflow == 1
