@@ -1128,3 +1128,15 @@ def test_the_labelled_vcl_s_vcl_recv_fills_the_same_client_workspace(make):
     head, closed = closes(cache, b"GET /orig HTTP/1.1\r\nHost: h\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and closed
     assert cache.proc.server.counters.ws_client_overflow == 1
+
+
+def test_misses_turned_pass_keep_the_connection(make):
+    """vcl_miss's return (pass) gives up the busy object it would have filled; the connection serves
+    the next request as varnishd's does (keep-alive)."""
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_miss { return (pass); }\n', lambda req: Resp(body=b"x"))
+    with cache.proc.connect() as sock:
+        for _ in range(3):
+            sock.sendall(b"GET /m HTTP/1.1\r\nHost: a\r\n\r\n")
+            head, body = read_message(sock)
+            assert head.startswith(b"HTTP/1.1 200 ") and body == b"x"
+    assert len(backend.requests) == 3 and cache.proc.server.counters.s_pass == 3
