@@ -1172,3 +1172,15 @@ def test_slim_leaves_an_object_that_holds_no_storage_alone(clock):
     oc.compute_size()
     st.slim(oc)                                   # not stored (its storage failed): nothing to free
     assert oc.store == "" and st.used_bytes == 0
+
+
+def test_a_synth_hold_in_a_full_transient_nukes_up_to_nuke_limit(clock):
+    """As varnishd 7.1.1 with a bounded Transient (tests above: the synth nukes a cached object with
+    nuke_limit at its default, gets no storage with nuke_limit 0), for the object and for its body."""
+    st, c = make(_lurker_params(nuke_limit="0"), specs=[("s0", 1 << 20), ("Transient", 4096)])
+    victim = fill(st, "/v", ttl=1, grace=0, size=1800)           # short-lived: in Transient
+    assert victim.store == "Transient"
+    assert st.hold_transient(storage_mod.SYNTH_OBJECT, 1500) is None and not victim.dying
+    st.params.set("nuke_limit", "1")
+    held = st.hold_transient(storage_mod.SYNTH_OBJECT, 1500)     # the object fits; its body needs the room
+    assert held is not None and victim.dying and c.n_lru_nuked == 1
