@@ -423,7 +423,7 @@ class ClientRequest(Delivery, EsiRequest):
         its action (a vcl(LABEL) switch runs vcl_recv again, in the new VCL)."""
         self._recv_setup()
         action = yield "vcl_recv"
-        if action.name == "vcl":
+        if action.name == "vcl" and self.ctx.restarts == 0:     # (after a restart: _after_recv refuses it)
             if not self._switch_vcl(action):
                 return self._fail_state()
             self._recv_setup()
@@ -536,6 +536,11 @@ class ClientRequest(Delivery, EsiRequest):
             name = "pass"
         if name in ("pass", "pipe", "purge"):
             return name
+        if name == "vcl":
+            # varnishd's cnt_recv: a 503 synth, the connection kept (what vcl_hash did stays done)
+            ctx.log.append(("VCL_Error", "Illegal return(vcl): "
+                            + ("Not after restarts" if ctx.restarts else "Only from active VCL")))
+            return self._to_synth(503)
         return self._common(action)
 
     # -- lookup -----------------------------------------------------------------------------------
@@ -899,7 +904,6 @@ class ClientRequest(Delivery, EsiRequest):
 
     def _synth_deliver(self) -> str | None:
         ctx = self.ctx
-        ctx.log.append(("Storage", "malloc Transient"))     # where varnishd keeps the synth body
         held = self.server.storage.hold_transient(SYNTH_OBJECT, len(self.synth_data))
         if held is None:
             # varnishd's cnt_synth: no response at all, the connection is closed (overload)
@@ -907,6 +911,7 @@ class ClientRequest(Delivery, EsiRequest):
             self.keep_alive = False
             self.close_reason = "sc_overload"
             return None
+        ctx.log.append(("Storage", "malloc Transient"))     # where varnishd keeps the synth body
         oc = ObjCore()
         oc.append(self.synth_data)
         oc.finish(True)

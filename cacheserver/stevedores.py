@@ -106,7 +106,8 @@ class Stevedore:
     def charge(self, oc, old: int, nuke_limit: int) -> bool:
         """Hold `oc` at its current size (it held `old` here before); False when it cannot fit."""
         extra = self.counters.extra
-        extra[self.prefix + "c_req"] += 1
+        if not 0 < oc.size < old:
+            extra[self.prefix + "c_req"] += 1     # (a shrink, ObjSlim's, frees without asking for any)
         if self.lru is None:
             self._account(oc, old, old > 0)
             self.used += oc.size - old
@@ -163,6 +164,10 @@ class Stevedore:
             if nuked >= nuke_limit or len(lru) <= (1 if held else 0):
                 self.counters.n_lru_limited += 1
                 return False
+            # varnishd's allocation failed first (c_fail), it nukes one and asks again (c_req)
+            extra = self.counters.extra
+            extra[self.prefix + "c_fail"] += 1
+            extra[self.prefix + "c_req"] += 1
             lru.popitem()
             nuked += 1
         return True

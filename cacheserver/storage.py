@@ -635,9 +635,14 @@ class Storage:
                 continue
             count += 1
             if hard:
-                # varnishd rearms it to expire now; its expiry thread logs that
+                # varnishd rearms it to expire now (EXP_Rearm mails it to the expiry thread), and the
+                # thread kills it as an expired object (n_expired)
+                self._schedule_expiry(oc, now)
+                self.counters.n_expired += 1
                 self._exp_kill(oc, -0.0)
                 self._drop(oc)
+                if self._exp_logged():
+                    self._exp_root(now)
                 continue
             if not math.isnan(ttl) and now + ttl - oc.t_origin < oc.ttl:
                 oc.ttl = now + ttl - oc.t_origin
@@ -670,19 +675,29 @@ class Storage:
 
     # -- expiry -----------------------------------------------------------------------------------
 
-    def _schedule_expiry(self, oc: ObjCore) -> None:
+    def _schedule_expiry(self, oc: ObjCore, at: float | None = None) -> None:
+        """Post the object to the expiry heap, due at `at` (default: when its timers end)."""
         before = oc.exp_at
-        oc.exp_at = oc.t_origin + max(oc.ttl, 0.0) + max(oc.grace, 0.0) + max(oc.keep, 0.0)
-        heapq.heappush(self._exp, (oc.exp_at, next(self._seq), oc))
+        if at is None:
+            at = oc.t_origin + max(oc.ttl, 0.0) + max(oc.grace, 0.0) + max(oc.keep, 0.0)
+        logged = self._exp_logged()
+        if logged:
+            now = _wall()
+            if before:
+                # a known object's timers changed: the worker's EXP_Rearm
+                self._exp_log(f"EXP_Rearm p=0x{id(oc):x} E={before:.6f} e={at:.6f} f=0x{_oc_flags(oc):x}")
+            self._exp_root(now)                # the woken thread looks at its heap's root first
+        oc.exp_at = at
+        heapq.heappush(self._exp, (at, next(self._seq), oc))
         self.counters.exp_mailed += 1        # varnishd mails the object to its expiry thread,
         self.counters.exp_received += 1      # which takes it at once here
-        if self._exp_logged():
+        if logged:
             # the thread's records for its inbox (an insert: OC_EF_INSERT|MOVE|REFD|POSTED, a move:
             # MOVE|REFD|POSTED), then its look at the heap's root
             flags = 0x1e if before == 0.0 else 0xe
             self._exp_log(f"EXP_Inbox flg={flags:x} p=0x{id(oc):x} e={before:.6f} f=0x{_oc_flags(oc):x}",
-                          f"EXP_When p=0x{id(oc):x} e={oc.exp_at:.6f} f=0x{flags:x}")
-            self._exp_root(_wall())
+                          f"EXP_When p=0x{id(oc):x} e={at:.6f} f=0x{flags:x}")
+            self._exp_root(now)
         self._arm_expiry()
 
     def reschedule(self, oc: ObjCore) -> None:

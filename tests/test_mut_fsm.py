@@ -1004,3 +1004,139 @@ def test_each_grace_hit_counts_while_the_refresh_is_under_way(make):
         assert cache.get("/g")[2] == b"v1" and c.cache_hit_grace == 2 and len(backend.requests) == 2
     finally:
         release.set()
+
+
+def test_std_rollback_of_req_as_varnishd(make):
+    """tests/vtc/fid_std_rollback.vtc (passes on varnishd 7.1.1): req as received, before
+    X-Forwarded-For; in vcl_deliver too; the rollback itself logs nothing."""
+    vcl = ('vcl 4.1;\nimport std;\nBACKEND\n'
+           'sub vcl_recv {\n set req.http.a = "1";\n set req.url = "/changed";\n unset req.http.h1;\n'
+           ' std.rollback(req);\n'
+           ' set req.http.seen = "url=" + req.url + " a=" + req.http.a + " h1=" + req.http.h1 +'
+           ' " xff=" + req.http.X-Forwarded-For;\n set req.http.b = "2";\n return (pass);\n}\n'
+           'sub vcl_deliver {\n set req.http.d = "4";\n std.rollback(req);\n'
+           ' set resp.http.after = "url=" + req.url + " b=" + req.http.b + " d=" + req.http.d;\n}\n')
+    cache, backend = make(vcl, lambda req: Resp())
+    status, headers, _ = cache.get("/orig", headers={"h1": "v"})
+    assert status == 200 and headers["after"] == "url=/orig b= d="
+    sent = backend.requests[0]
+    assert sent.url == "/orig" and sent.header("b") == "2"
+    assert sent.header("seen") == "url=/orig a= h1=v xff="
+    log = cache.proc.log
+    wait_for(lambda: "seen: url=/orig a= h1=v xff=" in log.texts("ReqHeader"), what="the request's log")
+    assert log.texts("ReqUnset")[:1] == ["h1: v"]
+
+
+def test_return_vcl_after_a_restart_is_refused_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest, varnishlog -g request): vcl_recv's return (vcl(l1)) once the request
+    restarted switches nothing; vcl_hash still runs, then `VCL_Error Illegal return(vcl): Not after
+    restarts` and a 503 synth from the active VCL, the connection kept open."""
+    cache, _ = make("vcl 4.1;\nbackend default none;\n")
+    first = ('vcl 4.1;\nbackend default none;\n'
+             'sub vcl_recv { return (synth(200, "vcl1 " + req.url + " " + req.restarts)); }\n')
+    assert cache.cli.cmd("vcl.inline vcl1 << EOF\n" + first + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.label l1 vcl1")[0] == 200
+    second = ('vcl 4.1;\nbackend default none;\n'
+              'sub vcl_recv { if (req.restarts == 0) { set req.url = "/changed"; return (restart); }\n'
+              ' return (vcl(l1)); }\n'
+              'sub vcl_synth { set resp.http.where = "vcl2"; }\n')
+    assert cache.cli.cmd("vcl.inline vcl2 << EOF\n" + second + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use vcl2")[0] == 200
+    cache.cli.cmd("debug.xid 999")
+    head, _, closed = raw(cache, b"GET /orig HTTP/1.1\r\nHost: h\r\n\r\n", AGAIN)
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 503 Service Unavailable" and b"where: vcl2" in lines and not closed
+    wait_for(lambda: (1002, "End", "") in cache.proc.log.records, what="the restarted request's End")
+    records = [(tag, text) for vxid, tag, text in list(cache.proc.log.records) if vxid == 1002]
+    at = records.index(("VCL_call", "RECV"))
+    assert records[at:at + 6] == [
+        ("VCL_call", "RECV"), ("VCL_return", "vcl"), ("VCL_call", "HASH"), ("VCL_return", "lookup"),
+        ("VCL_Error", "Illegal return(vcl): Not after restarts"), ("RespProtocol", "HTTP/1.1")]
+    assert not any(tag == "VCL_use" for tag, _ in records)
+
+
+@pytest.mark.parametrize("waits", [False, True], ids=["sync", "async"])
+def test_an_object_whose_fields_filled_beresp_is_a_500_synth(make, waits):
+    """tests/vtc/fid_ws_hdr_slots.vtc's /beresp (passes on varnishd 7.1.1): with http_max_hdr=32,
+    vcl_backend_response sets 30 fields; the object is made but cannot be decoded for delivery:
+    `Error Too many headers to Decode object (33 vs. 32)`, then vcl_synth's 500 (not a bare one)."""
+    fields = "".join(f' set beresp.http.x{i} = "{i}";' for i in range(30))
+    vcl = ("vcl 4.1;\nimport tinykvm;\nBACKEND\nsub vcl_recv { return (pass); }\n"
+           "sub vcl_backend_response {" + fields + " }\n"
+           "sub vcl_deliver { " + (AWAIT if waits else "") + " set resp.http.deliver = \"yes\"; }\n")
+    cache, _ = make(vcl, lambda req: Resp(body=b"ok"), "-p", "http_max_hdr=32")
+    assert ("vcl_deliver" in cache.proc.server.active_vcl.async_subs) == waits
+    status, h, body = cache.get("/beresp")
+    assert status == 500 and "deliver" not in h and h["content-type"].startswith("text/html")
+    assert b"Internal Server Error" in body
+    wait_for(lambda: "Too many headers to Decode object (33 vs. 32)" in cache.proc.log.texts("Error"),
+             what="the request's Error record")
+
+
+def test_a_synth_with_no_room_in_transient_closes_unanswered_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest, -s Transient=default,1m -p nuke_limit=0, an object leaving 1008 bytes
+    of Transient): the synth gets no storage: `Error Could not get storage` (no Storage record), no
+    response, the connection closed (sc_overload), SMA.Transient.c_fail 1. With room it is logged
+    `Storage malloc Transient` after its Content-Length."""
+    vcl = ('vcl 4.1;\nBACKEND\nsub vcl_recv { if (req.url == "/synth") { return (synth(200)); } }\n'
+           'sub vcl_synth { set resp.body = "0123456789"; return (deliver); }\n'
+           'sub vcl_backend_response { set beresp.storage = storage.Transient; unset beresp.http.Date;'
+           ' set beresp.ttl = 100s; }\n')
+    cache, _ = make(vcl, lambda req: Resp(body=b"b" * 1047400), "-s", "Transient=default,1m", "-p", "nuke_limit=0")
+    server = cache.proc.server
+    log = cache.proc.log
+    assert cache.get("/synth")[::2] == (200, b"0123456789")
+    wait_for(lambda: "Content-Length: 10" in log.texts("RespHeader"), what="the first synth's log")
+    records = [(tag, text) for _, tag, text in list(log.records)]
+    at = records.index(("RespHeader", "Content-Length: 10"))
+    assert records[at + 1] == ("Storage", "malloc Transient")
+    assert cache.get("/big")[0] == 200
+    assert server.counters.extra["SMA.Transient.g_space"] == 1008
+    first = len(log.records)
+    with cache.proc.connect() as sock:
+        sock.sendall(b"GET /synth HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert sock.recv(100) == b""
+    wait_for(lambda: server.counters.sc_overload == 1, what="sc_overload")
+    wait_for(lambda: "Could not get storage" in log.texts("Error"), what="the Error record")
+    records = [(tag, text) for _, tag, text in list(log.records)[first:]]
+    assert ("Storage", "malloc Transient") not in records
+    assert server.counters.extra["SMA.Transient.c_fail"] == 1
+
+
+def test_a_vcl_synth_that_sets_more_fields_than_fit_is_a_bare_500(make):
+    """tests/vtc/fid_ws_hdr_slots.vtc's /synth (passes on varnishd 7.1.1): http_max_hdr=32 and 30 fields
+    set in vcl_synth overflow the client workspace: a bare 500, none of them, the connection closed."""
+    fields = "".join(f' set resp.http.x{i} = "{i}";' for i in range(30))
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_recv { return (synth(201)); }\nsub vcl_synth {' + fields + ' }\n',
+                    None, "-p", "http_max_hdr=32")
+    head, closed = closes(cache, b"GET /synth HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and b"x0:" not in head and closed
+    assert cache.proc.server.counters.ws_client_overflow == 1
+
+
+def test_the_labelled_vcl_s_vcl_recv_fills_the_same_client_workspace(make):
+    """varnishd 7.1.1 (varnishtest, http_max_hdr=32): after return (vcl(l1)), l1's vcl_recv setting 30
+    request fields overflows the client workspace: a bare 500, the connection closed."""
+    cache, _ = make("vcl 4.1;\nbackend default none;\n", None, "-p", "http_max_hdr=32")
+    fields = "".join(f' set req.http.x{i} = "{i}";' for i in range(30))
+    label = 'vcl 4.1;\nbackend default none;\nsub vcl_recv {' + fields + ' return (synth(200)); }\n'
+    assert cache.cli.cmd("vcl.inline vcl1 << EOF\n" + label + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.label l1 vcl1")[0] == 200
+    main = 'vcl 4.1;\nbackend default none;\nsub vcl_recv { return (vcl(l1)); }\n'
+    assert cache.cli.cmd("vcl.inline main << EOF\n" + main + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use main")[0] == 200
+    head, closed = closes(cache, b"GET /orig HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and closed
+    assert cache.proc.server.counters.ws_client_overflow == 1
+
+
+def test_misses_turned_pass_keep_the_connection(make):
+    """vcl_miss's return (pass) gives up the busy object it would have filled; the connection serves
+    the next request as varnishd's does (keep-alive)."""
+    cache, backend = make('vcl 4.1;\nBACKEND\nsub vcl_miss { return (pass); }\n', lambda req: Resp(body=b"x"))
+    with cache.proc.connect() as sock:
+        for _ in range(3):
+            sock.sendall(b"GET /m HTTP/1.1\r\nHost: a\r\n\r\n")
+            head, body = read_message(sock)
+            assert head.startswith(b"HTTP/1.1 200 ") and body == b"x"
+    assert len(backend.requests) == 3 and cache.proc.server.counters.s_pass == 3

@@ -10,6 +10,8 @@ import asyncio
 import math
 
 import pytest
+from inproc import inproc_cache_factory, wait_for
+from test_cache_support import Resp
 
 from cacheserver import storage as storage_mod
 from cacheserver.counters import Counters
@@ -18,6 +20,7 @@ from cacheserver.storage import BUSY, GRACE, HIT, MISS, STREAM_WINDOW, ObjCore, 
 from vcl.runtime import Headers, HttpMessage
 
 T0 = 1_000_000.0
+inproc_make = pytest.fixture(inproc_cache_factory, name="inproc_make")
 
 
 @pytest.fixture
@@ -929,3 +932,255 @@ def test_readers_waiting_for_more_of_a_body_wake_when_it_grows():
         await asyncio.wait_for(again, 5)
 
     asyncio.run(scenario())
+
+
+# -- measured against varnishd 7.1.1 (varnishtest, varnishstat / varnishlog -g raw) ---------------------
+
+@pytest.mark.parametrize("value, reason, size", [
+    ("a", "OK", 168), ("abcd", "OK", 168), ("abcde", "OK", 168), ("abcdef", "OK", 176),
+    ("abcdefgh", "OK", 176), (None, "OKAYOKAY", 168)])
+def test_object_sizes_in_8_byte_units_as_varnishd(value, reason, size):
+    """SMA.Transient.g_bytes of one object with an empty body (Content-Length: 0, Date unset), per
+    response: 'X: abcde' fills its 8-byte unit exactly, 'X: abcdef' takes the next one."""
+    oc = ObjCore()
+    fields = ([["X", value]] if value is not None else []) + [["Content-Length", "0"]]
+    oc.http = HttpMessage(status=200, reason=reason, headers=Headers(fields))
+    assert oc.compute_size(with_body=False) == size
+
+
+SMA_VCL = """vcl 4.1;
+BACKEND
+sub vcl_recv { if (req.url == "/synth") { return (synth(200)); } }
+sub vcl_synth { set resp.body = "0123456789"; return (deliver); }
+sub vcl_backend_response {
+    set beresp.storage = storage.Transient;
+    unset beresp.http.Date;
+    if (bereq.url ~ "hfm") { set beresp.uncacheable = true; set beresp.ttl = 100s; }
+}
+"""
+
+
+def _chunked(head: str, size: int) -> bytes:
+    return (f"HTTP/1.1 200 OK\r\n{head}Transfer-Encoding: chunked\r\n\r\n{size:x}\r\n".encode()
+            + b"c" * size + b"\r\n0\r\n\r\n")
+
+
+SMA_RESPONSES = {
+    "/hfm": b"HTTP/1.1 200 OK\r\nX: abcde\r\nContent-Length: 1000\r\n\r\n" + b"h" * 1000,
+    "/a512": _chunked("", 16384 - 512),       # 512 bytes of its segment unused: moved to what it holds
+    "/b511": _chunked("", 16384 - 511),       # 511 unused: kept as it is
+    "/hfm2": _chunked("X: abcde\r\n", 1000),
+}
+
+
+def test_transient_counters_step_by_step_as_varnishd(inproc_make):
+    """The SMA.Transient counters varnishd 7.1.1 shows after each response (-s Transient=default,1m):
+    a hit-for-miss's body freed once fetched (ObjSlim), a body of unknown length taken 16k at a
+    time and trimmed when 512 bytes or more of its last segment are unused (sml_trimstore), a synth
+    response's object and body held while it is delivered."""
+    cache, _ = inproc_make(SMA_VCL, lambda req: Resp(raw=SMA_RESPONSES[req.url]), "-s", "Transient=default,1m")
+    extra = cache.proc.server.counters.extra
+
+    def sma() -> tuple[int, int, int, int]:
+        return tuple(extra[f"SMA.Transient.{name}"] for name in ("c_req", "c_bytes", "c_freed", "g_bytes"))
+
+    for url, want in [("/hfm", (2, 1176, 1000, 176)), ("/a512", (5, 33576, 17384, 16192)),
+                      ("/b511", (7, 50104, 17384, 32720)), ("/hfm2", (10, 67640, 34768, 32872)),
+                      ("/synth", (12, 68794, 35922, 32872))]:
+        assert cache.get(url)[0] == 200
+        wait_for(lambda want=want: sma() == want, what=f"{url}: {want}")
+
+
+def test_expkill_records_of_inserts_and_a_soft_purge_as_varnishd(clock):
+    """varnishlog -g raw -i ExpKill (vsl_mask=+ExpKill), two objects, then purge.soft(10s, 0s, 0s) on
+    the first: the worker's EXP_Rearm (E= the old time, e= the new), the woken thread's look at its root,
+    then its inbox (flg=1e for an insert, flg=e for a move) and the root again."""
+    st, _ = make()
+    st.vsl = log = Records()
+    a = fill(st, "/a", ttl=60, grace=0, keep=0)
+    clock[0] = T0 + 0.5
+    b = fill(st, "/b", ttl=60, grace=0, keep=0, t_origin=T0 + 0.5)
+    clock[0] = T0 + 1
+    st.purge(b"/a", ttl=10, grace=0, keep=0)
+    pa, pb = f"p=0x{id(a):x}", f"p=0x{id(b):x}"
+    texts = [r[1] for vxid, kind, recs in log.written for r in recs if (vxid, r[0]) == (0, "ExpKill")]
+    assert texts == [
+        f"EXP_Inbox flg=1e {pa} e=0.000000 f=0x0", f"EXP_When {pa} e={T0 + 60:.6f} f=0x1e",
+        f"EXP_expire {pa} e=60.000000 f=0x0",
+        f"EXP_expire {pa} e=59.500000 f=0x0",
+        f"EXP_Inbox flg=1e {pb} e=0.000000 f=0x0", f"EXP_When {pb} e={T0 + 60.5:.6f} f=0x1e",
+        f"EXP_expire {pa} e=59.500000 f=0x0",
+        f"EXP_Rearm {pa} E={T0 + 60:.6f} e={T0 + 11:.6f} f=0x0",
+        f"EXP_expire {pa} e=59.000000 f=0x0",
+        f"EXP_Inbox flg=e {pa} e={T0 + 60:.6f} f=0x0", f"EXP_When {pa} e={T0 + 11:.6f} f=0xe",
+        f"EXP_expire {pa} e=10.000000 f=0x0"]
+    del log.written[:]
+    st.remove(b)                     # a ban or the lurker: posted to the thread as removed (f: dying)
+    assert [r[1] for _, _, recs in log.written for r in recs] == [f"EXP_Inbox flg=26 {pb} e={T0 + 60.5:.6f} f=0x80"]
+
+
+def test_a_hard_purge_is_mailed_to_the_expiry_thread_and_counted_expired(clock):
+    """varnishd 7.1.1, two objects and purge.hard() of one: exp_mailed 3, exp_received 3, n_expired 1,
+    n_obj_purged 1 (HSH_Purge rearms each object to expire now)."""
+    st, c = make()
+    st.vsl = log = Records()
+    a = fill(st, "/a", ttl=60, grace=0)
+    fill(st, "/b")
+    clock[0] = T0 + 1
+    del log.written[:]
+    assert st.purge(b"/a") == 1
+    assert (c.exp_mailed, c.exp_received, c.n_expired, c.n_obj_purged) == (3, 3, 1, 1)
+    texts = [r[1] for _, _, recs in log.written for r in recs]
+    pa = f"p=0x{id(a):x}"
+    assert texts[0] == f"EXP_Rearm {pa} E={T0 + 60:.6f} e={T0 + 1:.6f} f=0x0"      # rearmed to expire now
+    assert texts[3:6] == [f"EXP_When {pa} e={T0 + 1:.6f} f=0xe", f"EXP_expire {pa} e=0.000000 f=0x0",
+                          "EXP_Expired x=0 t=-0"]
+    fill(st, "/a")
+    st.purge(b"/a")
+    assert (c.n_expired, c.n_obj_purged) == (2, 2)
+
+
+def test_a_lookup_that_finds_a_banned_object_logs_expban_in_the_request(clock):
+    """varnishd 7.1: `ExpBan 1002 banned lookup` in the request's own log (tests/vtc/fid_vsl_expban.vtc)."""
+    st, c = make()
+    fill(st, "/x", xid=1002)
+    st.ban(["req.url", "==", "/x"])
+    log: list = []
+    assert st.lookup(b"/x", req("/x"), T0 + 1, log=log).kind == MISS
+    assert log == [("ExpBan", "1002 banned lookup")]
+
+
+def test_many_variants_without_a_log_to_write_to(clock):
+    params = Params()
+    params.set("vary_notice", "1")
+    st, _ = make(params)
+    fill(st, "/v", vary="X-V", request=req("/v", X_V="1"))
+    assert st.lookup(b"/v", req("/v", X_V="2"), T0).kind == MISS         # a Notice due, no log: none
+
+
+def test_ban_cutoff_logs_what_it_kills_under_vxid_0(clock):
+    """cache_ban_lurker.c: `ExpBan %ju killed for lurker cutoff`, in the lurker's log (no transaction)."""
+    st, _ = make(_lurker_params(ban_cutoff="1", ban_lurker_sleep="0.01"))
+    st.vsl = log = Records()
+    fill(st, "/a", xid=1001)
+    st.bans.add("obj.status == 1")
+    st._lurk()
+    assert [(v, recs) for v, _, recs in log.written if recs[0][0] == "ExpBan"] == \
+        [(0, [("ExpBan", "1001 killed for lurker cutoff")])]
+
+
+def test_a_known_length_is_charged_whole_and_never_grows(clock):
+    """A body with a Content-Length is one allocation of that length, made when the object is
+    unbusied, before its bytes arrive; no segment is added while they do, even the last one."""
+    st, c = make()
+    r = st.lookup(b"/k", req("/k"), T0, always_miss=True)
+    oc = r.busy
+    oc.http = HttpMessage(status=200, headers=Headers([["Content-Length", "1000"]]))
+    oc.t_origin, oc.ttl = T0, 100.0
+    oc.expected = 1000
+    assert st.unbusy(oc, req("/k"), None)
+    size = oc.size
+    assert size == oc.compute_size(with_body=False) + 1000 and st.used_bytes == size
+    for _ in range(2):
+        oc.append(b"y" * 500)
+        assert st.grow(oc) and oc.alloc == 0 and st.used_bytes == size
+
+
+def test_fetch_chunksize_sets_the_segment_size(clock):
+    st, _ = make(_lurker_params(fetch_chunksize="4k"))
+    oc = fill(st, "/c", size=0)
+    head = st.used_bytes
+    oc.append(b"y" * 100)
+    assert st.grow(oc) and oc.alloc == 4096 and st.used_bytes == head + 4096
+
+
+def test_a_hit_for_miss_body_is_charged_while_it_is_fetched(clock):
+    st, c = make()
+    oc = fill(st, "/m", size=0, hfm=True)
+    oc.keep_body = False
+    head = st.used_bytes
+    oc.append(b"y" * 100)
+    assert st.grow(oc) and st.used_bytes == head + 16384 and oc.store == "Transient"
+    st.slim(oc)                                     # the fetch is over: the body is freed
+    assert st.used_bytes == head
+
+
+def test_a_held_synth_object_in_an_unbounded_transient(clock):
+    """The object, then its body: two allocations (SMA.Transient.c_req 2, c_bytes 1154 for a 10-byte
+    body), all freed once delivered (varnishd 7.1.1, tests/vtc/fid_sma_sizes.vtc)."""
+    st, c = make()
+    held = st.hold_transient(storage_mod.SYNTH_OBJECT, 10)
+    extra = c.extra
+    assert (extra["SMA.Transient.c_req"], extra["SMA.Transient.c_bytes"], extra["SMA.Transient.g_bytes"]) == \
+        (2, 1154, 1154)
+    st.release_held(held)
+    assert (extra["SMA.Transient.c_freed"], extra["SMA.Transient.g_bytes"]) == (1154, 0)
+
+
+def test_a_wait_with_no_time_left_gives_up_at_once():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        delays = []
+        call_later = loop.call_later
+        loop.call_later = lambda delay, *args: (delays.append(delay), call_later(delay, *args))[1]
+        oc = ObjCore()
+        assert await oc.wait_more(-2.0) is False
+        assert await oc.wait_more(0) is False
+        assert delays == [0, 0]
+    asyncio.run(scenario())
+
+
+def test_kick_lurker_makes_it_look_now(clock):
+    async def scenario():
+        st, _ = make(_lurker_params(ban_lurker_age="60", ban_lurker_sleep="0.01"))
+        loop = asyncio.get_running_loop()
+        st._arm_lurker(60.0)                  # nothing due for a minute: it sleeps until then
+        assert st._lurker.when() > loop.time() + 30
+        st.kick_lurker()
+        assert st._lurker.when() <= loop.time()
+    asyncio.run(scenario())
+
+
+def test_an_abandoned_busy_object_is_no_longer_busy(clock):
+    st, _ = make()
+    oc = st.lookup(b"/b", req("/b"), T0, always_miss=True).busy
+    st.abandon(oc)
+    assert not oc.busy and oc.dying
+
+
+def test_a_synth_in_a_full_transient_nukes_a_cached_object_for_room(inproc_make):
+    """varnishd 7.1.1 (varnishtest, -s Transient=default,1m, nuke_limit at its default): a cached
+    Transient object leaves 1008 bytes; the synth's first allocation fails (SMA.Transient.c_fail 1),
+    the object is nuked (n_lru_nuked 1), the synth is delivered, and once it is, Transient is empty."""
+    vcl = ('vcl 4.1;\nBACKEND\nsub vcl_recv { if (req.url == "/synth") { return (synth(200)); } }\n'
+           'sub vcl_synth { set resp.body = "0123456789"; return (deliver); }\n'
+           'sub vcl_backend_response { set beresp.storage = storage.Transient; unset beresp.http.Date;'
+           ' set beresp.ttl = 100s; }\n')
+    cache, _ = inproc_make(vcl, lambda req: Resp(body=b"b" * 1047400), "-s", "Transient=default,1m")
+    counters = cache.proc.server.counters
+    assert cache.get("/big")[0] == 200 and counters.extra["SMA.Transient.g_space"] == 1008
+    assert cache.get("/synth")[::2] == (200, b"0123456789")
+    assert (counters.n_lru_nuked, counters.extra["SMA.Transient.c_fail"]) == (1, 1)
+    wait_for(lambda: counters.extra["SMA.Transient.g_space"] == 1 << 20, what="Transient emptied")
+
+
+def test_slim_leaves_an_object_that_holds_no_storage_alone(clock):
+    st, _ = make()
+    oc = ObjCore()
+    oc.http = HttpMessage(status=200, headers=Headers([["Content-Length", "10"]]))
+    oc.hfm, oc.length = True, 10
+    oc.compute_size()
+    st.slim(oc)                                   # not stored (its storage failed): nothing to free
+    assert oc.store == "" and st.used_bytes == 0
+
+
+def test_a_synth_hold_in_a_full_transient_nukes_up_to_nuke_limit(clock):
+    """As varnishd 7.1.1 with a bounded Transient (tests above: the synth nukes a cached object with
+    nuke_limit at its default, gets no storage with nuke_limit 0), for the object and for its body."""
+    st, c = make(_lurker_params(nuke_limit="0"), specs=[("s0", 1 << 20), ("Transient", 4096)])
+    victim = fill(st, "/v", ttl=1, grace=0, size=1800)           # short-lived: in Transient
+    assert victim.store == "Transient"
+    assert st.hold_transient(storage_mod.SYNTH_OBJECT, 1500) is None and not victim.dying
+    st.params.set("nuke_limit", "1")
+    held = st.hold_transient(storage_mod.SYNTH_OBJECT, 1500)     # the object fits; its body needs the room
+    assert held is not None and victim.dying and c.n_lru_nuked == 1

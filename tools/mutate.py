@@ -38,7 +38,8 @@ MODULES: dict[str, list[str]] = {
     "cacheserver/rfc2616.py": ["tests/test_rfc2616_ranges_bans.py"],
     "cacheserver/ranges.py": ["tests/test_rfc2616_ranges_bans.py"],
     "cacheserver/bans.py": ["tests/test_rfc2616_ranges_bans.py", "tests/test_cache_storage.py"],
-    "cacheserver/storage.py": ["tests/test_mut_storage.py", "tests/test_cache_storage.py", "tests/test_vmod_purge.py"],
+    "cacheserver/storage.py": ["tests/test_mut_storage.py", "tests/test_vsl_storage_records.py", "tests/test_stored_http.py",
+                               "tests/test_cache_storage.py", "tests/test_vmod_purge.py", "tests/test_cache_objects.py"],
     "vcl/exprcheck.py": ["tests/test_mut_exprcheck.py", "tests/test_vcl_errors.py", "tests/test_vcl_syntax.py",
                          "tests/test_vcl_parity.py", "tests/test_vcl_exec.py", "tests/test_vcl_vtc_cases.py"],
     "vmods/std.py": ["tests/test_mut_std.py", "tests/test_vmod_std.py", "tests/test_vcl_std.py",
@@ -48,7 +49,7 @@ MODULES: dict[str, list[str]] = {
     # in-process servers (tests/inproc.py): the tests that run cacheserver as a child count for nothing here
     # (each module's mut tests drive the other too: the FSM runs inside the connection, and back)
     "cacheserver/fsm.py": ["tests/test_cache_fsm.py", "tests/test_cache_deliver.py", "tests/test_mut_fsm.py",
-                           "tests/test_plain_hits.py", "tests/test_mut_protocol.py"],
+                           "tests/test_plain_hits.py", "tests/test_mut_protocol.py", "tests/test_mut_storage.py"],
     "cacheserver/protocol.py": ["tests/test_protocol.py", "tests/test_mut_protocol.py", "tests/test_http1_leniency.py",
                                 "tests/test_counters_reference.py", "tests/test_cache_fsm.py", "tests/test_mut_fsm.py"],
 }
