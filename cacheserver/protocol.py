@@ -509,13 +509,15 @@ class ClientProtocol(asyncio.Protocol):
         while end < len(rest) and rest[end] not in b" \r\n":
             end += 1
         if start == 0 or end == len(rest):
-            if len(rest) <= self.server.params.http_req_hdr_len:
-                if self._method_override is not None:   # hold the bytes as sent, not our stand-in
-                    rest = wire(self._method_override) + rest[3:]
-                    self._method_override = None
-                self._method_hold = rest          # the request line was cut short by the read
-            else:
-                self.bad_request(head=rest)
+            # the request line was cut short by the read: held, as varnishd bounds a URL, by
+            # http_req_size (not http_req_hdr_len); past it, closed unanswered
+            if len(rest) > self.server.params.http_req_size:
+                self.overflow()
+                return b""
+            if self._method_override is not None:   # hold the bytes as sent, not our stand-in
+                rest = wire(self._method_override) + rest[3:]
+                self._method_override = None
+            self._method_hold = rest
             return b""
         self._url_override = rest[start:end]
         return rest[:start] + b"/" + rest[end:]

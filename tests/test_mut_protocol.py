@@ -262,7 +262,8 @@ class _Sink(asyncio.Transport):
 def drive(vcl: str, *reads: bytes, **params: str):
     """Feed `reads` to one connection of a Server running `vcl`, each as one read, on a loop of its
     own; (server, transport) once every request is answered, or stuck (a body still to come). Reads
-    are exact, so where one ends is no accident of the network."""
+    are exact, so where one ends is no accident of the network. A callable among the reads is called
+    with the connection instead (the client stops or starts reading: conn.pause_writing())."""
     from cacheserver.protocol import ClientProtocol
     from cacheserver.server import Server
 
@@ -276,7 +277,10 @@ def drive(vcl: str, *reads: bytes, **params: str):
         sink = _Sink()
         conn.connection_made(sink)
         for data in reads:
-            conn.data_received(data)
+            if callable(data):
+                data(conn)
+            else:
+                conn.data_received(data)
             for _ in range(100):          # a request that waits runs as a task: let it get as far as it can
                 if not conn.busy:
                     break
@@ -763,12 +767,25 @@ def test_http_req_size_bounds_the_whole_head_to_the_byte():
     ((b"BAN fo", b"o HTTP/1.1\r\nHost: a\r\n\r\nGET x", b"y HTTP/1.1\r\n\r\n"), [b"BAN foo", b"GET xy"]),
     ((b"GET f", b"o", b"o", b" HTTP/1.1\r\n\r\n"), [b"GET foo"]),
     ((b"GET /a HTTP/1.1\r\n\r\nGET 1", b"x HTTP/1.1\r\n\r\n"), [b"GET /a", b"GET 1x"]),   # refused at once
+    ((b"FOO 1", b"x HTTP/1.1\r\n\r\n"), [b"FOO 1x"]),       # an unknown method too (varnishtest)
+    ((b"GET fooXbar HTTP/1.1\r\n\r\n",), [b"GET fooXbar"]),
 ])
 def test_a_url_llhttp_refuses_is_taken_however_the_reads_cut_it(reads, answers):
     """varnishd takes any URL token; llhttp refuses "foo" only at its end when its start looked like a
     scheme, a read or more later: the head is parsed again from its start, its method kept."""
     srv, sink = drive(SYNC, *reads)
     assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 " + a for a in answers]
+
+
+def test_a_url_llhttp_refuses_cut_by_a_read_is_bounded_by_http_req_size():
+    """varnishd 7.1 (varnishtest, http_req_hdr_len=100, http_req_size=256): "GET bar?x...x" cut before its
+    end is answered with 150 x's (a URL is no header line), closed unanswered with 300."""
+    srv, sink = drive(SYNC, b"GET bar?" + b"x" * 150, b" HTTP/1.1\r\nHost: a\r\n\r\n",
+                      http_req_hdr_len="100", http_req_size="256")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET bar?" + b"x" * 150]
+    srv, sink = drive(SYNC, b"GET bar?" + b"x" * 300, http_req_hdr_len="100", http_req_size="256")
+    assert sink.out == b"" and sink.closed and srv.counters.sc_rx_overflow == 1
+    assert srv.counters.client_req_400 == 0
 
 
 @pytest.mark.parametrize("proto, interim", [(b"1.1", True), (b"1.0", False)])
