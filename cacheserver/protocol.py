@@ -476,6 +476,7 @@ class ClientProtocol(asyncio.Protocol):
                 self.overflow()
                 return b""
             self._relaxing, self._head_prefix, self._prefix_skip = True, raw, 0
+            self._in_message = True         # a head begun (read ahead, its bytes kept for a steal)
             return b""
         self._relaxing, self._head_prefix = False, None
         return fixed
@@ -487,10 +488,12 @@ class ClientProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self._in_message = False        # the failed parser had begun this message
         if space < 0:
-            if len(rest) < 64 and _TOKEN.fullmatch(rest):
-                self._method_hold = rest          # the method was cut short by the read
-            else:
+            if not _TOKEN.fullmatch(rest):
                 self.bad_request(head=rest)
+            elif len(rest) > self.server.params.http_req_size:
+                self.overflow()             # varnishd: a head past http_req_size is closed unanswered
+            else:
+                self._method_hold = rest          # the method was cut short by the read
             return b""
         method = rest[:space]
         if not _TOKEN.fullmatch(method):

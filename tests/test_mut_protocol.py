@@ -788,6 +788,26 @@ def test_a_url_llhttp_refuses_cut_by_a_read_is_bounded_by_http_req_size():
     assert srv.counters.client_req_400 == 0
 
 
+def test_a_method_cut_by_a_read_is_bounded_by_http_req_size():
+    """varnishd 7.1 (varnishtest, http_req_hdr_len=100, http_req_size=256): a method of 120 letters cut
+    before its end is answered; 300 letters with no end are closed unanswered (sc_rx_overflow)."""
+    srv, sink = drive(SYNC, b"A" * 120, b" /m HTTP/1.1\r\nHost: a\r\n\r\n", http_req_hdr_len="100",
+                      http_req_size="256")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 " + b"A" * 120 + b" /m"]
+    srv, sink = drive(SYNC, b"A" * 300, http_req_size="256")
+    assert sink.out == b"" and sink.closed and srv.counters.sc_rx_overflow == 1
+    assert srv.counters.client_req_400 == 0
+
+
+def test_a_bare_lf_head_waiting_for_its_end_was_read_ahead():
+    """varnishd 7.1 (varnishtest): a request followed in its read by the start of a head with bare LFs
+    counts in sess_readahead; a request after the bare-LF one is parsed as usual."""
+    srv, sink = drive(SYNC, b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\nHost: a\n", b"\n",
+                      b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /%d" % i for i in (1, 2, 3)]
+    assert srv.counters.sess_readahead == 1
+
+
 @pytest.mark.parametrize("proto, interim", [(b"1.1", True), (b"1.0", False)])
 def test_expect_100_continue_is_answered_for_http11_only(proto, interim):
     """cnt_transport: a 100 for HTTP/1.1 only; the Expect header is gone before vcl_recv either way, its
