@@ -808,6 +808,55 @@ def test_a_bare_lf_head_waiting_for_its_end_was_read_ahead():
     assert srv.counters.sess_readahead == 1
 
 
+def test_held_bytes_a_parse_leaves_behind_are_counted_to_the_byte():
+    """Bytes held while the client does not read its answers are parsed once it reads, until the queue is
+    full again: what that leaves held still counts against the 256 KiB bound, to the byte, when the
+    client stops reading again (a write-blocked connection does not read either way)."""
+    from cacheserver.protocol import _MAX_HELD, _MAX_QUEUED
+
+    def post(url: bytes, size: int) -> bytes:
+        """A POST request of `size` bytes, head and body."""
+        head = b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Length: %%d\r\n\r\n" % url
+        n = next(n for n in range(size, 0, -1) if len(head % n) + n == size)
+        return head % n + b"x" * n
+
+    many = b"".join(b"GET /%02d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(_MAX_QUEUED + 8))
+    b, c = post(b"/b", 100_000), post(b"/c", 100_000)
+    d = post(b"/d", _MAX_HELD - len(b) - len(c) + 1)
+    states = []
+
+    def more(conn):
+        for data in (d[:-1], d[-1:]):       # held to exactly the bound, then one byte past it
+            conn.data_received(data)
+            states.append((conn.held_size, sum(map(len, conn.held))))
+
+    def read_one(conn):                     # the client reads one answer, then stops reading again
+        write = conn.transport.write
+
+        def write_then_stall(data):
+            write(data)
+            if b" GET /00" in data:
+                conn.pause_writing()
+        conn.transport.write = write_then_stall
+        conn.resume_writing()
+
+    srv, sink = drive(SYNC, lambda conn: conn.pause_writing(), b"GET /0 HTTP/1.1\r\nHost: a\r\n\r\n", many, b, c,
+                      read_one, more)
+    assert len(b) == len(c) == 100_000 and len(b + c + d) == _MAX_HELD + 1
+    assert states == [(_MAX_HELD, _MAX_HELD), (_MAX_HELD + 1, _MAX_HELD + 1)]
+    assert status_lines(bytes(sink.out))[:2] == [b"HTTP/1.1 200 GET /0", b"HTTP/1.1 200 GET /00"]
+
+
+def test_nothing_held_after_bad_bytes_is_read_once_the_client_reads_again():
+    """Reads held while the client does not read its answers: the requests before the bad bytes are
+    answered, then the 400, and nothing of a later read (varnishd reads a connection in order)."""
+    srv, sink = drive(SYNC, lambda conn: conn.pause_writing(), b"GET /0 HTTP/1.1\r\nHost: a\r\n\r\n",
+                      b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\nG\x01ET / HTTP/1.1\r\n\r\n",
+                      b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n", lambda conn: conn.resume_writing())
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /0", b"HTTP/1.1 200 GET /2", status(BAD_REQUEST)]
+    assert sink.closed and srv.counters.client_req_400 == 1 and srv.counters.client_req == 2
+
+
 @pytest.mark.parametrize("proto, interim", [(b"1.1", True), (b"1.0", False)])
 def test_expect_100_continue_is_answered_for_http11_only(proto, interim):
     """cnt_transport: a 100 for HTTP/1.1 only; the Expect header is gone before vcl_recv either way, its
