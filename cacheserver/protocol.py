@@ -417,7 +417,7 @@ class ClientProtocol(asyncio.Protocol):
     def _keep_head(self, data: bytes, completed: int) -> None:
         """After a read: keep what came of a head still incomplete, and bound it by http_req_size.
 
-        varnishd closes, unanswered, a head that grows past http_req_size; counting here, before
+        varnishd closes, unanswered, a head that fills http_req_size unended; counting here, before
         httptools holds more, keeps a head that never ends from costing more than about one read.
         """
         if not self._in_head:
@@ -428,10 +428,10 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self._head_prefix, self._prefix_skip = data, completed
         limit = self.server.params.http_req_size
-        if len(self._head_prefix) > limit and self._prefix_skip:
+        if len(self._head_prefix) >= limit and self._prefix_skip:
             self._head_prefix = self._head_prefix[_end_of_message(self._head_prefix, self._prefix_skip):]
             self._prefix_skip = 0
-        if len(self._head_prefix) > limit:
+        if len(self._head_prefix) >= limit:      # a full buffer with no end yet: varnishd's overflow
             self._head_prefix = None
             raise HeadOverflow()
 
@@ -471,7 +471,7 @@ class ClientProtocol(asyncio.Protocol):
         self._in_message = self._in_head = False
         fixed = relax_head(raw)
         if fixed is None:
-            if len(raw) > self.server.params.http_req_size:
+            if len(raw) >= self.server.params.http_req_size:
                 self._relaxing, self._head_prefix = False, None
                 self.overflow()
                 return b""
@@ -490,8 +490,8 @@ class ClientProtocol(asyncio.Protocol):
         if space < 0:
             if not _TOKEN.fullmatch(rest):
                 self.bad_request(head=rest)
-            elif len(rest) > self.server.params.http_req_size:
-                self.overflow()             # varnishd: a head past http_req_size is closed unanswered
+            elif len(rest) >= self.server.params.http_req_size:
+                self.overflow()             # varnishd: a head that fills http_req_size is closed unanswered
             else:
                 self._method_hold = rest          # the method was cut short by the read
             return b""
@@ -513,8 +513,8 @@ class ClientProtocol(asyncio.Protocol):
             end += 1
         if start == 0 or end == len(rest):
             # the request line was cut short by the read: held, as varnishd bounds a URL, by
-            # http_req_size (not http_req_hdr_len); past it, closed unanswered
-            if len(rest) > self.server.params.http_req_size:
+            # http_req_size (not http_req_hdr_len); filling it, closed unanswered
+            if len(rest) >= self.server.params.http_req_size:
                 self.overflow()
                 return b""
             if self._method_override is not None:   # hold the bytes as sent, not our stand-in

@@ -760,6 +760,20 @@ def test_http_req_size_bounds_the_whole_head_to_the_byte():
         assert (sink.out == b"" and srv.counters.sc_rx_overflow == 1) is not answered
 
 
+@pytest.mark.parametrize("start", [b"GET / HTTP/1.1\r\nX: ", b"GET / HTTP/1.1\nX: ", b"GET bar?", b"AAAA"],
+                         ids=["head", "bare-lf-head", "odd-url", "method"])
+def test_an_unended_head_that_fills_http_req_size_is_closed_at_once(start):
+    """varnishd 7.1 (varnishtest, http_req_size=256): 256 bytes of a head with no end yet are closed
+    unanswered at once (RX_OVERFLOW), however the head is made; 255 are held for more."""
+    for size, closed in ((255, False), (256, True)):
+        srv, sink = drive(SYNC, start + b"p" * (size - len(start)), http_req_size="256")
+        assert sink.out == b"" and sink.closed is closed and srv.counters.sc_rx_overflow == closed
+    # a request before it in the same read does not count: its head is whole (256 bytes read in all)
+    first = b"GET /1 HTTP/1.1\r\n\r\n"
+    srv, sink = drive(SYNC, first + start + b"p" * (256 - len(first) - len(start)), http_req_size="256")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1"] and not sink.closed
+
+
 @pytest.mark.parametrize("reads, answers", [
     ((b"POST fo", b"o HTTP/1.1\r\nHost: a\r\n\r\n"), [b"POST foo"]),
     ((b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nPOST fo", b"o HTTP/1.1\r\nHost: a\r\n\r\n"), [b"GET /a", b"POST foo"]),
