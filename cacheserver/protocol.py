@@ -407,6 +407,9 @@ class ClientProtocol(asyncio.Protocol):
                 if isinstance(exc.__context__, HeadOverflow):
                     self.overflow()
                     return
+                if self._sink is not None and type(exc) is httptools.HttpParserError:
+                    self._body_broke(_CHUNK_ERRORS.get(str(exc), "chunked read err"))
+                    return
                 raw = self._refused_head(data, self._raw_done - done_before, exc)
                 if raw is None or not needs_relaxing(raw) or not self._may_relax(raw):
                     self.bad_request(exc, raw if raw is not None else
@@ -687,6 +690,14 @@ class ClientProtocol(asyncio.Protocol):
             self._refusal_log = (records, "400", "Bad Request", why.head_bytes, len(BAD_REQUEST), why.dissected)
         self._refuse(BAD_REQUEST)
 
+    def _body_broke(self, error: str) -> None:
+        """A request body that cannot be parsed (a bad chunk): no bad request but a failed body, as
+        varnishd's body fetch fails: its reader gets `error`, nothing more is read, no 400 is sent, and
+        the connection closes once the request is done (RX_BODY)."""
+        self._sink.fail(error)
+        self._sink = None
+        self._refuse(b"")
+
     def _refusal_transaction(self, records: list, status: str, reason: str, head_bytes: int,
                              sent: int, vcl: bool) -> tuple[int, list]:
         """The request transaction of a head refused before vcl_recv (its vxid and records), written
@@ -867,14 +878,14 @@ class ClientProtocol(asyncio.Protocol):
             request.body_failed = True
             error = body.error
             if error:
-                if "too big" in error or error == "Could not get storage":
-                    message = error
+                if "too big" in error or error == "Could not get storage" or error.startswith("chunked "):
+                    message = error        # (a broken chunk: already in varnishd's words, _body_broke)
                 elif error == "client closed the connection":
                     # varnishd's words for a body that broke off (its fetch processors')
                     message = ("straight" if body.length is not None else "chunked") + " insufficient bytes"
                 else:
-                    message = ("straight insufficient bytes" if body.length is not None
-                               else f"chunked read error: {error}")
+                    # a read that failed (timed out): v1f_straight_pull's, v1f_chunked_pull's words
+                    message = "straight insufficient bytes" if body.length is not None else "chunked read err"
                 request.ctx.log.append(("FetchError", message))
                 if body.length is None or "too big" not in error:
                     request._ts("ReqBody")      # read up to where it stopped (vrb_pull)
@@ -994,6 +1005,15 @@ _CLOSE_ERR = frozenset({"sc_rx_bad", "sc_rx_body", "sc_rx_junk", "sc_rx_overflow
 # sess_closed counts the sessions closed when a request is done (varnishd's H1CLEANUP), whatever the
 # reason; these are the closes while waiting for a request (http1_wait), which it does not count.
 _CLOSE_WAITING = frozenset({"sc_rem_close", "sc_rx_close_idle", "sc_rx_timeout", "sc_rx_overflow"})
+
+
+# llhttp's words for a broken chunk, as varnishd's chunked body reader words them (v1f_chunked_*): a
+# size line that starts with no hex digit, a chunk not followed by CRLF, a size that does not fit.
+# (A size line with a bad byte after its digits is "chunked header no NL" to varnishd: llhttp does not
+# tell the two apart.)
+_CHUNK_ERRORS = {"Invalid character in chunk size": "chunked header non-hex",
+                 "Expected LF after chunk data": "chunked tail no NL",
+                 "Chunk size overflow": "chunked header too long"}
 
 
 class _Counter:

@@ -698,6 +698,23 @@ def test_a_stolen_connection_leaves_the_server_for_the_program(start):
     assert c.sess_closed == 0 and c.sess_closed_err == 0 and c.sc_rem_close == 0
 
 
+def test_a_body_still_arriving_when_stolen_goes_to_the_program_as_sent(start):
+    """A steal while the request's body is still coming: the program gets the part read so far, then
+    the rest straight from the socket, nothing added between."""
+    srv = start(STEAL)
+    with srv.connect() as sock:
+        sock.sendall(b"POST /steal/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabcd")
+        wait_for(lambda: srv.server.counters.steal_ok == 1, what="the steal")
+        sock.sendall(b"efghij")
+        sock.settimeout(10)
+        got = b""
+        while len(got) < 10:
+            chunk = sock.recv(100)
+            assert chunk, got
+            got += chunk
+        assert got == b"abcdefghij"
+
+
 GREET = """from kvm_api import set_socket_on_connect, set_socket_on_read, write, wait_for_requests
 
 peers = {}
@@ -1167,6 +1184,26 @@ def test_a_stolen_request_hands_over_the_requests_pipelined_after_it(start, befo
             got = got[got.index(b"GET /next"):]
         assert got == after
         wait_for(lambda: srv.server.counters.steal_ok == 1, what="the steal counted")
+
+
+@pytest.mark.parametrize("chunks, error", [
+    ((b"zz\r\n",), "chunked header non-hex"),
+    ((b"2\r\nab\r\n", b"zz\r\n"), "chunked header non-hex"),       # in a later read
+    ((b"2\r\nabX\r\n",), "chunked tail no NL"),
+    ((b"12345678901234567890\r\n",), "chunked header too long"),
+])
+def test_a_broken_chunk_fails_the_body_and_is_no_bad_request(chunks, error):
+    """varnishd 7.1 (varnishtest -v, std.cache_req_body(10KB)): a bad chunk in a request body is a
+    FetchError in the words of its chunked reader; no 400 (client_req_400 stays 0), no answer, and the
+    connection closes as RX_BODY."""
+    vcl = ('vcl 4.1;\nimport std;\nbackend default none;\nsub vcl_recv {\n'
+           ' set req.http.cached = std.cache_req_body(10KB);\n return (synth(200, "got " + req.http.cached)); }\n')
+    head = b"POST /body HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    srv, sink = drive(vcl, head + chunks[0], *chunks[1:])
+    assert sink.out == b"" and sink.closed and srv.vsl.texts("FetchError") == [error]
+    c = srv.counters
+    assert (c.client_req, c.client_req_400, c.sc_rx_body, c.sc_rx_junk) == (1, 0, 1, 0)
+    assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["RX_BODY"]
 
 
 def test_std_cache_req_body_that_fails_is_logged_as_varnishd():
