@@ -263,7 +263,8 @@ def drive(vcl: str, *reads: bytes, **params: str):
     """Feed `reads` to one connection of a Server running `vcl`, each as one read, on a loop of its
     own; (server, transport) once every request is answered, or stuck (a body still to come). Reads
     are exact, so where one ends is no accident of the network. A callable among the reads is called
-    with the connection instead (the client stops or starts reading: conn.pause_writing())."""
+    with the connection instead (the client stops or starts reading: conn.pause_writing()), and
+    awaited if it returns a coroutine (closed_within)."""
     from cacheserver.protocol import ClientProtocol
     from cacheserver.server import Server
 
@@ -278,7 +279,9 @@ def drive(vcl: str, *reads: bytes, **params: str):
         conn.connection_made(sink)
         for data in reads:
             if callable(data):
-                data(conn)
+                waits = data(conn)
+                if asyncio.iscoroutine(waits):
+                    await waits
             else:
                 conn.data_received(data)
             for _ in range(100):          # a request that waits runs as a task: let it get as far as it can
@@ -289,6 +292,34 @@ def drive(vcl: str, *reads: bytes, **params: str):
         return srv, sink
 
     return asyncio.run(main())
+
+
+async def closed_within(conn, seconds: float = 10.0) -> None:
+    """Let the connection's loop run until it closes (its timers fire), for at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not conn.closed and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def test_answers_the_client_does_not_read_are_dropped_after_idle_send_timeout():
+    """A client that stops reading while its answers are written at once (no fetch): after
+    idle_send_timeout the connection is dropped as TX_ERROR (varnishd 7.1, as with a fetched body)."""
+    srv, sink = drive(SYNC, lambda conn: conn.pause_writing(), b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n",
+                      b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n", closed_within, idle_send_timeout="0.1")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1"] and sink.closed
+    assert srv.counters.sc_tx_error == 1 and srv.counters.sess_closed_err == 1
+    assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["TX_ERROR"]
+
+
+def test_a_client_that_reads_again_is_served_then_idle_from_then():
+    """The client reads its answers again: what it sent meanwhile is answered, and the connection is
+    then idle, closed after timeout_idle as RX_CLOSE_IDLE (not a send timeout)."""
+    srv, sink = drive(SYNC, lambda conn: conn.pause_writing(), b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n",
+                      b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n", lambda conn: conn.resume_writing(), closed_within,
+                      idle_send_timeout="0.2", timeout_idle="0.3")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1", b"HTTP/1.1 200 GET /2"] and sink.closed
+    assert srv.counters.sc_rx_close_idle == 1 and srv.counters.sc_tx_error == 0
+    assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["RX_CLOSE_IDLE"]
 
 
 def test_sess_readahead_counts_requests_whose_successor_is_already_read():
