@@ -322,6 +322,17 @@ def test_a_client_that_reads_again_is_served_then_idle_from_then():
     assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["RX_CLOSE_IDLE"]
 
 
+def test_a_client_that_half_closes_mid_body_cuts_it_short():
+    """varnishd 7.1 (varnishtest -v): a client that shuts its side down before the end of a
+    Content-Length body: the body read fails ("straight insufficient bytes"), unanswered, RX_BODY."""
+    vcl = ('vcl 4.1;\nimport std;\nbackend default none;\nsub vcl_recv {\n'
+           ' set req.http.cached = std.cache_req_body(10KB);\n return (synth(200, "got " + req.http.cached)); }\n')
+    srv, sink = drive(vcl, b"POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+                      lambda conn: conn.eof_received(), closed_within)
+    assert sink.out == b"" and sink.closed and srv.vsl.texts("FetchError") == ["straight insufficient bytes"]
+    assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["RX_BODY"]
+
+
 def test_sess_readahead_counts_requests_whose_successor_is_already_read():
     """varnishd 7.1 (varnishtest): three requests and the start of a fourth in one read: 3, the fourth
     counting nothing when its end comes alone."""
