@@ -884,7 +884,10 @@ class ClientProtocol(asyncio.Protocol):
                     # varnishd's words for a body that broke off (its fetch processors')
                     message = ("straight" if body.length is not None else "chunked") + " insufficient bytes"
                 else:
-                    # a read that failed (timed out): v1f_straight_pull's, v1f_chunked_pull's words
+                    # a read that failed (timed out): v1f_straight_pull's, v1f_chunked_pull's words, after
+                    # the read's own error (EAGAIN: SO_RCVTIMEO), as varnishd 7.1 logs both
+                    if error.startswith("timeout"):
+                        request.ctx.log.append(("FetchError", "Resource temporarily unavailable"))
                     message = "straight insufficient bytes" if body.length is not None else "chunked read err"
                 request.ctx.log.append(("FetchError", message))
                 if body.length is None or "too big" not in error:

@@ -322,6 +322,23 @@ def test_a_client_that_reads_again_is_served_then_idle_from_then():
     assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["RX_CLOSE_IDLE"]
 
 
+@pytest.mark.parametrize("body, error", [
+    (b"Content-Length: 10\r\n\r\nabc", "straight insufficient bytes"),
+    (b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n", "chunked read err"),
+], ids=["straight", "chunked"])
+def test_a_body_that_stops_coming_times_out_as_varnishd_logs_it(body, error):
+    """varnishd 7.1 (varnishtest -v, timeout_idle=1, std.cache_req_body(10KB)): a body that stops coming
+    fails after timeout_idle with two FetchErrors, the read's (EAGAIN) then its reader's; ReqBody
+    timestamp, unanswered, RX_BODY."""
+    vcl = ('vcl 4.1;\nimport std;\nbackend default none;\nsub vcl_recv {\n'
+           ' set req.http.cached = std.cache_req_body(10KB);\n return (synth(200, "got " + req.http.cached)); }\n')
+    srv, sink = drive(vcl, b"POST /b HTTP/1.1\r\nHost: a\r\n" + body, closed_within, timeout_idle="0.2")
+    assert sink.out == b"" and sink.closed
+    assert srv.vsl.texts("FetchError") == ["Resource temporarily unavailable", error]
+    assert [t.split(":")[0] for t in srv.vsl.texts("Timestamp")].count("ReqBody") == 1
+    assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["RX_BODY"] and srv.counters.sc_rx_body == 1
+
+
 def test_a_client_that_half_closes_mid_body_cuts_it_short():
     """varnishd 7.1 (varnishtest -v): a client that shuts its side down before the end of a
     Content-Length body: the body read fails ("straight insufficient bytes"), unanswered, RX_BODY."""
