@@ -780,8 +780,8 @@ class ClientProtocol(asyncio.Protocol):
                     self.close_reason = self.close_reason or request.close_reason or "sc_resp_close"
                     self.close()
                     return
-                if self.queue or self.held or self._in_message or self._method_hold:
-                    self.server.counters.sess_readahead += 1    # the next request's bytes are here
+                if self.queue or self.held or self._in_message or self._method_hold or self.refusal is not None:
+                    self.server.counters.sess_readahead += 1    # the next request's bytes (or junk) are here
                 if self.paused_writing:
                     self._block_writes()
                     return
@@ -818,7 +818,7 @@ class ClientProtocol(asyncio.Protocol):
             self.close_reason = self.close_reason or request.close_reason or "sc_resp_close"
             self.close()
             return
-        if self.queue or self.held or self._in_message or self._method_hold:
+        if self.queue or self.held or self._in_message or self._method_hold or self.refusal is not None:
             self.server.counters.sess_readahead += 1
         self.last_active = self.idle_since = time.monotonic()
         if self.paused_writing:

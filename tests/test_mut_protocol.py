@@ -322,6 +322,17 @@ def test_a_client_that_reads_again_is_served_then_idle_from_then():
     assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["RX_CLOSE_IDLE"]
 
 
+def test_a_broken_chunk_after_the_answer_closes_without_a_word():
+    """varnishd 7.1 (varnishtest): a miss answered (503, no backend) while its chunked body is still
+    coming, then a bad chunk: the client gets the 503, then the close; no 400 (client_req_400 0)."""
+    miss = "vcl 4.1;\nbackend default none;\nsub vcl_recv { return (hash); }\n"
+    srv, sink = drive(miss, b"POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n",
+                      b"zz\r\n")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 503 Backend fetch failed"]
+    assert sink.out.endswith(b"</html>\n") and sink.closed
+    assert (srv.counters.client_req, srv.counters.client_req_400) == (1, 0)
+
+
 @pytest.mark.parametrize("body, error", [
     (b"Content-Length: 10\r\n\r\nabc", "straight insufficient bytes"),
     (b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n", "chunked read err"),
@@ -364,6 +375,14 @@ def test_sess_readahead_counts_requests_whose_successor_is_already_read():
     srv, sink = drive(SYNC, b"".join(one))
     assert {len(r) for r in one} == {256} and len(status_lines(bytes(sink.out))) == 128
     assert srv.counters.sess_readahead == 127
+    # bad bytes read with a request are read ahead too (varnishtest: a request, then "G\x01ET ...": 1)
+    junk = b"G\x01ET / HTTP/1.1\r\n\r\n"
+    srv, sink = drive(SYNC, req % 1 + junk)
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1", status(BAD_REQUEST)]
+    assert srv.counters.sess_readahead == 1
+    srv, sink = drive(ECHO, b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n", b"ab" + junk)
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 got 2", status(BAD_REQUEST)]
+    assert srv.counters.sess_readahead == 1
 
 
 @pytest.mark.parametrize("vcl", [SYNC, ECHO], ids=["sync", "async"])
