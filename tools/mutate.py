@@ -51,6 +51,8 @@ MODULES: dict[str, list[str]] = {
                            "tests/test_plain_hits.py", "tests/test_mut_protocol.py"],
     "cacheserver/protocol.py": ["tests/test_protocol.py", "tests/test_mut_protocol.py", "tests/test_http1_leniency.py",
                                 "tests/test_counters_reference.py", "tests/test_cache_fsm.py", "tests/test_mut_fsm.py"],
+    "cacheserver/deliver.py": ["tests/test_cache_deliver.py", "tests/test_plain_hits.py", "tests/test_resp_header_order.py",
+                               "tests/test_cache_objects.py", "tests/test_mut_fsm.py", "tests/test_cache_fsm.py"],
 }
 FAST = ["cacheserver/rfc2616.py", "cacheserver/ranges.py", "cacheserver/bans.py"]
 STATUS = re.compile(r"^\s*(\S+): (.+)$")
