@@ -350,6 +350,15 @@ def test_a_body_that_stops_coming_times_out_as_varnishd_logs_it(body, error):
     assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["RX_BODY"] and srv.counters.sc_rx_body == 1
 
 
+def test_a_bare_lf_head_begun_after_a_full_read_of_requests():
+    """A read of a whole request and the start of the next head, together past http_req_size: the
+    request is answered, the head goes on in the next read with bare LFs, taken as varnishd takes them."""
+    first = b"GET /1 HTTP/1.1\r\nHost: a\r\nX: " + b"p" * 220 + b"\r\n\r\n"
+    srv, sink = drive(SYNC, first + b"GET /2 HTTP/1.1\r\n", b"Host: a\n\n", http_req_size="256")
+    assert len(first) + 17 > 256
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1", b"HTTP/1.1 200 GET /2"]
+
+
 def test_a_client_that_half_closes_mid_body_cuts_it_short():
     """varnishd 7.1 (varnishtest -v): a client that shuts its side down before the end of a
     Content-Length body: the body read fails ("straight insufficient bytes"), unanswered, RX_BODY."""
