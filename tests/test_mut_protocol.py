@@ -359,6 +359,15 @@ def test_a_bare_lf_head_begun_after_a_full_read_of_requests():
     assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1", b"HTTP/1.1 200 GET /2"]
 
 
+def test_http_req_hdr_len_bounds_a_header_line_to_the_byte():
+    """varnishd 7.1 (varnishtest, http_req_hdr_len=100): a header line of 100 bytes is answered, 101 is
+    a 400."""
+    for size, answer in ((100, b"HTTP/1.1 200 GET /"), (101, status(BAD_REQUEST))):
+        line = b"X: " + b"v" * (size - 3)
+        srv, sink = drive(SYNC, b"GET / HTTP/1.1\r\nHost: a\r\n" + line + b"\r\n\r\n", http_req_hdr_len="100")
+        assert status_lines(bytes(sink.out)) == [answer]
+
+
 def test_a_client_that_half_closes_mid_body_cuts_it_short():
     """varnishd 7.1 (varnishtest -v): a client that shuts its side down before the end of a
     Content-Length body: the body read fails ("straight insufficient bytes"), unanswered, RX_BODY."""
