@@ -368,6 +368,13 @@ def test_http_req_hdr_len_bounds_a_header_line_to_the_byte():
         assert status_lines(bytes(sink.out)) == [answer]
 
 
+def test_a_header_value_loses_the_blanks_around_it():
+    """varnishd 7.1 (varnishtest): "X:  abX \t " reaches VCL as "abX"."""
+    vcl = 'vcl 4.1;\nbackend default none;\nsub vcl_recv { return (synth(200, "[" + req.http.x + "]")); }\n'
+    srv, sink = drive(vcl, b"GET / HTTP/1.1\r\nHost: a\r\nX:  abX \t \r\n\r\n")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 [abX]"]
+
+
 def test_a_client_that_half_closes_mid_body_cuts_it_short():
     """varnishd 7.1 (varnishtest -v): a client that shuts its side down before the end of a
     Content-Length body: the body read fails ("straight insufficient bytes"), unanswered, RX_BODY."""
