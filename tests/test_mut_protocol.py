@@ -807,7 +807,7 @@ def test_a_body_still_arriving_when_stolen_goes_to_the_program_as_sent(start):
     srv = start(STEAL)
     with srv.connect() as sock:
         sock.sendall(b"POST /steal/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabcd")
-        wait_for(lambda: srv.server.counters.steal_ok == 1, what="the steal")
+        wait_for(lambda: srv.server.counters.steal_ok == 1, timeout=30, what="the steal")   # a program starts
         sock.sendall(b"efghij")
         sock.settimeout(10)
         got = b""
