@@ -1012,8 +1012,8 @@ _CLOSE_WAITING = frozenset({"sc_rem_close", "sc_rx_close_idle", "sc_rx_timeout",
 
 # llhttp's words for a broken chunk, as varnishd's chunked body reader words them (v1f_chunked_*): a
 # size line that starts with no hex digit, a chunk not followed by CRLF, a size that does not fit.
-# (A size line with a bad byte after its digits is "chunked header no NL" to varnishd: llhttp does not
-# tell the two apart.)
+# (Told apart by varnishd, not by llhttp: a bad byte after the digits is "chunked header no NL", and
+# 17 to 19 digits "bogusly large chunk size".)
 _CHUNK_ERRORS = {"Invalid character in chunk size": "chunked header non-hex",
                  "Expected LF after chunk data": "chunked tail no NL",
                  "Chunk size overflow": "chunked header too long"}
