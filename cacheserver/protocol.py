@@ -437,6 +437,9 @@ class ClientProtocol(asyncio.Protocol):
                 if isinstance(exc.__context__, HeadOverflow):
                     self.overflow()
                     return
+                if self._sink is not None and type(exc) is httptools.HttpParserError:
+                    self._body_broke(_CHUNK_ERRORS.get(str(exc), "chunked read err"))
+                    return
                 raw = self._refused_head(data, self._raw_done - done_before, exc)
                 if raw is None or not needs_relaxing(raw) or not self._may_relax(raw):
                     self.bad_request(exc, raw if raw is not None else
@@ -447,7 +450,7 @@ class ClientProtocol(asyncio.Protocol):
     def _keep_head(self, data: bytes, completed: int) -> None:
         """After a read: keep what came of a head still incomplete, and bound it by http_req_size.
 
-        varnishd closes, unanswered, a head that grows past http_req_size; counting here, before
+        varnishd closes, unanswered, a head that fills http_req_size unended; counting here, before
         httptools holds more, keeps a head that never ends from costing more than about one read.
         """
         if not self._in_head:
@@ -458,10 +461,10 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self._head_prefix, self._prefix_skip = data, completed
         limit = self.server.params.http_req_size
-        if len(self._head_prefix) > limit and self._prefix_skip:
+        if len(self._head_prefix) >= limit and self._prefix_skip:
             self._head_prefix = self._head_prefix[_end_of_message(self._head_prefix, self._prefix_skip):]
             self._prefix_skip = 0
-        if len(self._head_prefix) > limit:
+        if len(self._head_prefix) >= limit:      # a full buffer with no end yet: varnishd's overflow
             self._head_prefix = None
             raise HeadOverflow()
 
@@ -501,11 +504,12 @@ class ClientProtocol(asyncio.Protocol):
         self._in_message = self._in_head = False
         fixed = relax_head(raw)
         if fixed is None:
-            if len(raw) > self.server.params.http_req_size:
+            if len(raw) >= self.server.params.http_req_size:
                 self._relaxing, self._head_prefix = False, None
                 self.overflow()
                 return b""
             self._relaxing, self._head_prefix, self._prefix_skip = True, raw, 0
+            self._in_message = True         # a head begun (read ahead, its bytes kept for a steal)
             return b""
         self._relaxing, self._head_prefix = False, None
         return fixed
@@ -517,10 +521,12 @@ class ClientProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self._in_message = False        # the failed parser had begun this message
         if space < 0:
-            if len(rest) < 64 and _TOKEN.fullmatch(rest):
-                self._method_hold = rest          # the method was cut short by the read
-            else:
+            if not _TOKEN.fullmatch(rest):
                 self.bad_request(head=rest)
+            elif len(rest) >= self.server.params.http_req_size:
+                self.overflow()             # varnishd: a head that fills http_req_size is closed unanswered
+            else:
+                self._method_hold = rest          # the method was cut short by the read
             return b""
         method = rest[:space]
         if not _TOKEN.fullmatch(method):
@@ -539,13 +545,15 @@ class ClientProtocol(asyncio.Protocol):
         while end < len(rest) and rest[end] not in b" \r\n":
             end += 1
         if start == 0 or end == len(rest):
-            if len(rest) <= self.server.params.http_req_hdr_len:
-                if self._method_override is not None:   # hold the bytes as sent, not our stand-in
-                    rest = wire(self._method_override) + rest[3:]
-                    self._method_override = None
-                self._method_hold = rest          # the request line was cut short by the read
-            else:
-                self.bad_request(head=rest)
+            # the request line was cut short by the read: held, as varnishd bounds a URL, by
+            # http_req_size (not http_req_hdr_len); filling it, closed unanswered
+            if len(rest) >= self.server.params.http_req_size:
+                self.overflow()
+                return b""
+            if self._method_override is not None:   # hold the bytes as sent, not our stand-in
+                rest = wire(self._method_override) + rest[3:]
+                self._method_override = None
+            self._method_hold = rest
             return b""
         self._url_override = rest[start:end]
         return rest[:start] + b"/" + rest[end:]
@@ -711,6 +719,14 @@ class ClientProtocol(asyncio.Protocol):
             self._refusal_log = (records, "400", "Bad Request", why.head_bytes, len(BAD_REQUEST), why.dissected)
         self._refuse(BAD_REQUEST)
 
+    def _body_broke(self, error: str) -> None:
+        """A request body that cannot be parsed (a bad chunk): no bad request but a failed body, as
+        varnishd's body fetch fails: its reader gets `error`, nothing more is read, no 400 is sent, and
+        the connection closes once the request is done (RX_BODY)."""
+        self._sink.fail(error)
+        self._sink = None
+        self._refuse(b"")
+
     def _refusal_transaction(self, records: list, status: str, reason: str, head_bytes: int,
                              sent: int, vcl: bool) -> tuple[int, list]:
         """The request transaction of a head refused before vcl_recv (its vxid and records), written
@@ -794,8 +810,8 @@ class ClientProtocol(asyncio.Protocol):
                     self.close_reason = self.close_reason or request.close_reason or "sc_resp_close"
                     self.close()
                     return
-                if self.queue or self.held or self._in_message or self._method_hold:
-                    self.server.counters.sess_readahead += 1    # the next request's bytes are here
+                if self.queue or self.held or self._in_message or self._method_hold or self.refusal is not None:
+                    self.server.counters.sess_readahead += 1    # the next request's bytes (or junk) are here
                 if self.paused_writing:
                     self._block_writes()
                     return
@@ -832,7 +848,7 @@ class ClientProtocol(asyncio.Protocol):
             self.close_reason = self.close_reason or request.close_reason or "sc_resp_close"
             self.close()
             return
-        if self.queue or self.held or self._in_message or self._method_hold:
+        if self.queue or self.held or self._in_message or self._method_hold or self.refusal is not None:
             self.server.counters.sess_readahead += 1
         self.last_active = self.idle_since = time.monotonic()
         if self.paused_writing:
@@ -892,14 +908,17 @@ class ClientProtocol(asyncio.Protocol):
             request.body_failed = True
             error = body.error
             if error:
-                if "too big" in error or error == "Could not get storage":
-                    message = error
+                if "too big" in error or error == "Could not get storage" or error.startswith("chunked "):
+                    message = error        # (a broken chunk: already in varnishd's words, _body_broke)
                 elif error == "client closed the connection":
                     # varnishd's words for a body that broke off (its fetch processors')
                     message = ("straight" if body.length is not None else "chunked") + " insufficient bytes"
                 else:
-                    message = ("straight insufficient bytes" if body.length is not None
-                               else f"chunked read error: {error}")
+                    # a read that failed (timed out): v1f_straight_pull's, v1f_chunked_pull's words, after
+                    # the read's own error (EAGAIN: SO_RCVTIMEO), as varnishd 7.1 logs both
+                    if error.startswith("timeout"):
+                        request.ctx.log.append(("FetchError", "Resource temporarily unavailable"))
+                    message = "straight insufficient bytes" if body.length is not None else "chunked read err"
                 request.ctx.log.append(("FetchError", message))
                 if body.length is None or "too big" not in error:
                     request._ts("ReqBody")      # read up to where it stopped (vrb_pull)
@@ -1023,6 +1042,15 @@ _CLOSE_ERR = frozenset({"sc_rx_bad", "sc_rx_body", "sc_rx_junk", "sc_rx_overflow
 # sess_closed counts the sessions closed when a request is done (varnishd's H1CLEANUP), whatever the
 # reason; these are the closes while waiting for a request (http1_wait), which it does not count.
 _CLOSE_WAITING = frozenset({"sc_rem_close", "sc_rx_close_idle", "sc_rx_timeout", "sc_rx_overflow"})
+
+
+# llhttp's words for a broken chunk, as varnishd's chunked body reader words them (v1f_chunked_*): a
+# size line that starts with no hex digit, a chunk not followed by CRLF, a size that does not fit.
+# (Told apart by varnishd, not by llhttp: a bad byte after the digits is "chunked header no NL", and
+# 17 to 19 digits "bogusly large chunk size".)
+_CHUNK_ERRORS = {"Invalid character in chunk size": "chunked header non-hex",
+                 "Expected LF after chunk data": "chunked tail no NL",
+                 "Chunk size overflow": "chunked header too long"}
 
 
 class _Counter:

@@ -262,7 +262,9 @@ class _Sink(asyncio.Transport):
 def drive(vcl: str, *reads: bytes, **params: str):
     """Feed `reads` to one connection of a Server running `vcl`, each as one read, on a loop of its
     own; (server, transport) once every request is answered, or stuck (a body still to come). Reads
-    are exact, so where one ends is no accident of the network."""
+    are exact, so where one ends is no accident of the network. A callable among the reads is called
+    with the connection instead (the client stops or starts reading: conn.pause_writing()), and
+    awaited if it returns a coroutine (closed_within)."""
     from cacheserver.protocol import ClientProtocol
     from cacheserver.server import Server
 
@@ -276,7 +278,12 @@ def drive(vcl: str, *reads: bytes, **params: str):
         sink = _Sink()
         conn.connection_made(sink)
         for data in reads:
-            conn.data_received(data)
+            if callable(data):
+                waits = data(conn)
+                if asyncio.iscoroutine(waits):
+                    await waits
+            else:
+                conn.data_received(data)
             for _ in range(100):          # a request that waits runs as a task: let it get as far as it can
                 if not conn.busy:
                     break
@@ -285,6 +292,98 @@ def drive(vcl: str, *reads: bytes, **params: str):
         return srv, sink
 
     return asyncio.run(main())
+
+
+async def closed_within(conn, seconds: float = 10.0) -> None:
+    """Let the connection's loop run until it closes (its timers fire), for at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not conn.closed and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def test_answers_the_client_does_not_read_are_dropped_after_idle_send_timeout():
+    """A client that stops reading while its answers are written at once (no fetch): after
+    idle_send_timeout the connection is dropped as TX_ERROR (varnishd 7.1, as with a fetched body)."""
+    srv, sink = drive(SYNC, lambda conn: conn.pause_writing(), b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n",
+                      b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n", closed_within, idle_send_timeout="0.1")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1"] and sink.closed
+    assert srv.counters.sc_tx_error == 1 and srv.counters.sess_closed_err == 1
+    assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["TX_ERROR"]
+
+
+def test_a_client_that_reads_again_is_served_then_idle_from_then():
+    """The client reads its answers again: what it sent meanwhile is answered, and the connection is
+    then idle, closed after timeout_idle as RX_CLOSE_IDLE (not a send timeout)."""
+    srv, sink = drive(SYNC, lambda conn: conn.pause_writing(), b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n",
+                      b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n", lambda conn: conn.resume_writing(), closed_within,
+                      idle_send_timeout="0.2", timeout_idle="0.3")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1", b"HTTP/1.1 200 GET /2"] and sink.closed
+    assert srv.counters.sc_rx_close_idle == 1 and srv.counters.sc_tx_error == 0
+    assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["RX_CLOSE_IDLE"]
+
+
+def test_a_broken_chunk_after_the_answer_closes_without_a_word():
+    """varnishd 7.1 (varnishtest): a miss answered (503, no backend) while its chunked body is still
+    coming, then a bad chunk: the client gets the 503, then the close; no 400 (client_req_400 0)."""
+    miss = "vcl 4.1;\nbackend default none;\nsub vcl_recv { return (hash); }\n"
+    srv, sink = drive(miss, b"POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n",
+                      b"zz\r\n")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 503 Backend fetch failed"]
+    assert sink.out.endswith(b"</html>\n") and sink.closed
+    assert (srv.counters.client_req, srv.counters.client_req_400) == (1, 0)
+
+
+@pytest.mark.parametrize("body, error", [
+    (b"Content-Length: 10\r\n\r\nabc", "straight insufficient bytes"),
+    (b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n", "chunked read err"),
+], ids=["straight", "chunked"])
+def test_a_body_that_stops_coming_times_out_as_varnishd_logs_it(body, error):
+    """varnishd 7.1 (varnishtest -v, timeout_idle=1, std.cache_req_body(10KB)): a body that stops coming
+    fails after timeout_idle with two FetchErrors, the read's (EAGAIN) then its reader's; ReqBody
+    timestamp, unanswered, RX_BODY."""
+    vcl = ('vcl 4.1;\nimport std;\nbackend default none;\nsub vcl_recv {\n'
+           ' set req.http.cached = std.cache_req_body(10KB);\n return (synth(200, "got " + req.http.cached)); }\n')
+    srv, sink = drive(vcl, b"POST /b HTTP/1.1\r\nHost: a\r\n" + body, closed_within, timeout_idle="0.2")
+    assert sink.out == b"" and sink.closed
+    assert srv.vsl.texts("FetchError") == ["Resource temporarily unavailable", error]
+    assert [t.split(":")[0] for t in srv.vsl.texts("Timestamp")].count("ReqBody") == 1
+    assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["RX_BODY"] and srv.counters.sc_rx_body == 1
+
+
+def test_a_bare_lf_head_begun_after_a_full_read_of_requests():
+    """A read of a whole request and the start of the next head, together past http_req_size: the
+    request is answered, the head goes on in the next read with bare LFs, taken as varnishd takes them."""
+    first = b"GET /1 HTTP/1.1\r\nHost: a\r\nX: " + b"p" * 220 + b"\r\n\r\n"
+    srv, sink = drive(SYNC, first + b"GET /2 HTTP/1.1\r\n", b"Host: a\n\n", http_req_size="256")
+    assert len(first) + 17 > 256
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1", b"HTTP/1.1 200 GET /2"]
+
+
+def test_http_req_hdr_len_bounds_a_header_line_to_the_byte():
+    """varnishd 7.1 (varnishtest, http_req_hdr_len=100): a header line of 100 bytes is answered, 101 is
+    a 400."""
+    for size, answer in ((100, b"HTTP/1.1 200 GET /"), (101, status(BAD_REQUEST))):
+        line = b"X: " + b"v" * (size - 3)
+        srv, sink = drive(SYNC, b"GET / HTTP/1.1\r\nHost: a\r\n" + line + b"\r\n\r\n", http_req_hdr_len="100")
+        assert status_lines(bytes(sink.out)) == [answer]
+
+
+def test_a_header_value_loses_the_blanks_around_it():
+    """varnishd 7.1 (varnishtest): "X:  abX \t " reaches VCL as "abX"."""
+    vcl = 'vcl 4.1;\nbackend default none;\nsub vcl_recv { return (synth(200, "[" + req.http.x + "]")); }\n'
+    srv, sink = drive(vcl, b"GET / HTTP/1.1\r\nHost: a\r\nX:  abX \t \r\n\r\n")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 [abX]"]
+
+
+def test_a_client_that_half_closes_mid_body_cuts_it_short():
+    """varnishd 7.1 (varnishtest -v): a client that shuts its side down before the end of a
+    Content-Length body: the body read fails ("straight insufficient bytes"), unanswered, RX_BODY."""
+    vcl = ('vcl 4.1;\nimport std;\nbackend default none;\nsub vcl_recv {\n'
+           ' set req.http.cached = std.cache_req_body(10KB);\n return (synth(200, "got " + req.http.cached)); }\n')
+    srv, sink = drive(vcl, b"POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+                      lambda conn: conn.eof_received(), closed_within)
+    assert sink.out == b"" and sink.closed and srv.vsl.texts("FetchError") == ["straight insufficient bytes"]
+    assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["RX_BODY"]
 
 
 def test_sess_readahead_counts_requests_whose_successor_is_already_read():
@@ -301,6 +400,14 @@ def test_sess_readahead_counts_requests_whose_successor_is_already_read():
     srv, sink = drive(SYNC, b"".join(one))
     assert {len(r) for r in one} == {256} and len(status_lines(bytes(sink.out))) == 128
     assert srv.counters.sess_readahead == 127
+    # bad bytes read with a request are read ahead too (varnishtest: a request, then "G\x01ET ...": 1)
+    junk = b"G\x01ET / HTTP/1.1\r\n\r\n"
+    srv, sink = drive(SYNC, req % 1 + junk)
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1", status(BAD_REQUEST)]
+    assert srv.counters.sess_readahead == 1
+    srv, sink = drive(ECHO, b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n", b"ab" + junk)
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 got 2", status(BAD_REQUEST)]
+    assert srv.counters.sess_readahead == 1
 
 
 @pytest.mark.parametrize("vcl", [SYNC, ECHO], ids=["sync", "async"])
@@ -694,6 +801,23 @@ def test_a_stolen_connection_leaves_the_server_for_the_program(start):
     assert c.sess_closed == 0 and c.sess_closed_err == 0 and c.sc_rem_close == 0
 
 
+def test_a_body_still_arriving_when_stolen_goes_to_the_program_as_sent(start):
+    """A steal while the request's body is still coming: the program gets the part read so far, then
+    the rest straight from the socket, nothing added between."""
+    srv = start(STEAL)
+    with srv.connect() as sock:
+        sock.sendall(b"POST /steal/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabcd")
+        wait_for(lambda: srv.server.counters.steal_ok == 1, timeout=30, what="the steal")   # a program starts
+        sock.sendall(b"efghij")
+        sock.settimeout(10)
+        got = b""
+        while len(got) < 10:
+            chunk = sock.recv(100)
+            assert chunk, got
+            got += chunk
+        assert got == b"abcdefghij"
+
+
 GREET = """from kvm_api import set_socket_on_connect, set_socket_on_read, write, wait_for_requests
 
 peers = {}
@@ -756,6 +880,20 @@ def test_http_req_size_bounds_the_whole_head_to_the_byte():
         assert (sink.out == b"" and srv.counters.sc_rx_overflow == 1) is not answered
 
 
+@pytest.mark.parametrize("start", [b"GET / HTTP/1.1\r\nX: ", b"GET / HTTP/1.1\nX: ", b"GET bar?", b"AAAA"],
+                         ids=["head", "bare-lf-head", "odd-url", "method"])
+def test_an_unended_head_that_fills_http_req_size_is_closed_at_once(start):
+    """varnishd 7.1 (varnishtest, http_req_size=256): 256 bytes of a head with no end yet are closed
+    unanswered at once (RX_OVERFLOW), however the head is made; 255 are held for more."""
+    for size, closed in ((255, False), (256, True)):
+        srv, sink = drive(SYNC, start + b"p" * (size - len(start)), http_req_size="256")
+        assert sink.out == b"" and sink.closed is closed and srv.counters.sc_rx_overflow == closed
+    # a request before it in the same read does not count: its head is whole (256 bytes read in all)
+    first = b"GET /1 HTTP/1.1\r\n\r\n"
+    srv, sink = drive(SYNC, first + start + b"p" * (256 - len(first) - len(start)), http_req_size="256")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1"] and not sink.closed
+
+
 @pytest.mark.parametrize("reads, answers", [
     ((b"POST fo", b"o HTTP/1.1\r\nHost: a\r\n\r\n"), [b"POST foo"]),
     ((b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nPOST fo", b"o HTTP/1.1\r\nHost: a\r\n\r\n"), [b"GET /a", b"POST foo"]),
@@ -763,12 +901,94 @@ def test_http_req_size_bounds_the_whole_head_to_the_byte():
     ((b"BAN fo", b"o HTTP/1.1\r\nHost: a\r\n\r\nGET x", b"y HTTP/1.1\r\n\r\n"), [b"BAN foo", b"GET xy"]),
     ((b"GET f", b"o", b"o", b" HTTP/1.1\r\n\r\n"), [b"GET foo"]),
     ((b"GET /a HTTP/1.1\r\n\r\nGET 1", b"x HTTP/1.1\r\n\r\n"), [b"GET /a", b"GET 1x"]),   # refused at once
+    ((b"FOO 1", b"x HTTP/1.1\r\n\r\n"), [b"FOO 1x"]),       # an unknown method too (varnishtest)
+    ((b"GET fooXbar HTTP/1.1\r\n\r\n",), [b"GET fooXbar"]),
 ])
 def test_a_url_llhttp_refuses_is_taken_however_the_reads_cut_it(reads, answers):
     """varnishd takes any URL token; llhttp refuses "foo" only at its end when its start looked like a
     scheme, a read or more later: the head is parsed again from its start, its method kept."""
     srv, sink = drive(SYNC, *reads)
     assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 " + a for a in answers]
+
+
+def test_a_url_llhttp_refuses_cut_by_a_read_is_bounded_by_http_req_size():
+    """varnishd 7.1 (varnishtest, http_req_hdr_len=100, http_req_size=256): "GET bar?x...x" cut before its
+    end is answered with 150 x's (a URL is no header line), closed unanswered with 300."""
+    srv, sink = drive(SYNC, b"GET bar?" + b"x" * 150, b" HTTP/1.1\r\nHost: a\r\n\r\n",
+                      http_req_hdr_len="100", http_req_size="256")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET bar?" + b"x" * 150]
+    srv, sink = drive(SYNC, b"GET bar?" + b"x" * 300, http_req_hdr_len="100", http_req_size="256")
+    assert sink.out == b"" and sink.closed and srv.counters.sc_rx_overflow == 1
+    assert srv.counters.client_req_400 == 0
+
+
+def test_a_method_cut_by_a_read_is_bounded_by_http_req_size():
+    """varnishd 7.1 (varnishtest, http_req_hdr_len=100, http_req_size=256): a method of 120 letters cut
+    before its end is answered; 300 letters with no end are closed unanswered (sc_rx_overflow)."""
+    srv, sink = drive(SYNC, b"A" * 120, b" /m HTTP/1.1\r\nHost: a\r\n\r\n", http_req_hdr_len="100",
+                      http_req_size="256")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 " + b"A" * 120 + b" /m"]
+    srv, sink = drive(SYNC, b"A" * 300, http_req_size="256")
+    assert sink.out == b"" and sink.closed and srv.counters.sc_rx_overflow == 1
+    assert srv.counters.client_req_400 == 0
+
+
+def test_a_bare_lf_head_waiting_for_its_end_was_read_ahead():
+    """varnishd 7.1 (varnishtest): a request followed in its read by the start of a head with bare LFs
+    counts in sess_readahead; a request after the bare-LF one is parsed as usual."""
+    srv, sink = drive(SYNC, b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\nHost: a\n", b"\n",
+                      b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /%d" % i for i in (1, 2, 3)]
+    assert srv.counters.sess_readahead == 1
+
+
+def test_held_bytes_a_parse_leaves_behind_are_counted_to_the_byte():
+    """Bytes held while the client does not read its answers are parsed once it reads, until the queue is
+    full again: what that leaves held still counts against the 256 KiB bound, to the byte, when the
+    client stops reading again (a write-blocked connection does not read either way)."""
+    from cacheserver.protocol import _MAX_HELD, _MAX_QUEUED
+
+    def post(url: bytes, size: int) -> bytes:
+        """A POST request of `size` bytes, head and body."""
+        head = b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Length: %%d\r\n\r\n" % url
+        n = next(n for n in range(size, 0, -1) if len(head % n) + n == size)
+        return head % n + b"x" * n
+
+    many = b"".join(b"GET /%02d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(_MAX_QUEUED + 8))
+    b, c = post(b"/b", 100_000), post(b"/c", 100_000)
+    d = post(b"/d", _MAX_HELD - len(b) - len(c) + 1)
+    states = []
+
+    def more(conn):
+        for data in (d[:-1], d[-1:]):       # held to exactly the bound, then one byte past it
+            conn.data_received(data)
+            states.append((conn.held_size, sum(map(len, conn.held))))
+
+    def read_one(conn):                     # the client reads one answer, then stops reading again
+        write = conn.transport.write
+
+        def write_then_stall(data):
+            write(data)
+            if b" GET /00" in data:
+                conn.pause_writing()
+        conn.transport.write = write_then_stall
+        conn.resume_writing()
+
+    srv, sink = drive(SYNC, lambda conn: conn.pause_writing(), b"GET /0 HTTP/1.1\r\nHost: a\r\n\r\n", many, b, c,
+                      read_one, more)
+    assert len(b) == len(c) == 100_000 and len(b + c + d) == _MAX_HELD + 1
+    assert states == [(_MAX_HELD, _MAX_HELD), (_MAX_HELD + 1, _MAX_HELD + 1)]
+    assert status_lines(bytes(sink.out))[:2] == [b"HTTP/1.1 200 GET /0", b"HTTP/1.1 200 GET /00"]
+
+
+def test_nothing_held_after_bad_bytes_is_read_once_the_client_reads_again():
+    """Reads held while the client does not read its answers: the requests before the bad bytes are
+    answered, then the 400, and nothing of a later read (varnishd reads a connection in order)."""
+    srv, sink = drive(SYNC, lambda conn: conn.pause_writing(), b"GET /0 HTTP/1.1\r\nHost: a\r\n\r\n",
+                      b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\nG\x01ET / HTTP/1.1\r\n\r\n",
+                      b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n", lambda conn: conn.resume_writing())
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /0", b"HTTP/1.1 200 GET /2", status(BAD_REQUEST)]
+    assert sink.closed and srv.counters.client_req_400 == 1 and srv.counters.client_req == 2
 
 
 @pytest.mark.parametrize("proto, interim", [(b"1.1", True), (b"1.0", False)])
@@ -1067,6 +1287,26 @@ def test_a_stolen_request_hands_over_the_requests_pipelined_after_it(start, befo
             got = got[got.index(b"GET /next"):]
         assert got == after
         wait_for(lambda: srv.server.counters.steal_ok == 1, what="the steal counted")
+
+
+@pytest.mark.parametrize("chunks, error", [
+    ((b"zz\r\n",), "chunked header non-hex"),
+    ((b"2\r\nab\r\n", b"zz\r\n"), "chunked header non-hex"),       # in a later read
+    ((b"2\r\nabX\r\n",), "chunked tail no NL"),
+    ((b"12345678901234567890\r\n",), "chunked header too long"),
+])
+def test_a_broken_chunk_fails_the_body_and_is_no_bad_request(chunks, error):
+    """varnishd 7.1 (varnishtest -v, std.cache_req_body(10KB)): a bad chunk in a request body is a
+    FetchError in the words of its chunked reader; no 400 (client_req_400 stays 0), no answer, and the
+    connection closes as RX_BODY."""
+    vcl = ('vcl 4.1;\nimport std;\nbackend default none;\nsub vcl_recv {\n'
+           ' set req.http.cached = std.cache_req_body(10KB);\n return (synth(200, "got " + req.http.cached)); }\n')
+    head = b"POST /body HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    srv, sink = drive(vcl, head + chunks[0], *chunks[1:])
+    assert sink.out == b"" and sink.closed and srv.vsl.texts("FetchError") == [error]
+    c = srv.counters
+    assert (c.client_req, c.client_req_400, c.sc_rx_body, c.sc_rx_junk) == (1, 0, 1, 0)
+    assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["RX_BODY"]
 
 
 def test_std_cache_req_body_that_fails_is_logged_as_varnishd():

@@ -52,6 +52,8 @@ MODULES: dict[str, list[str]] = {
                            "tests/test_plain_hits.py", "tests/test_mut_protocol.py", "tests/test_mut_storage.py"],
     "cacheserver/protocol.py": ["tests/test_protocol.py", "tests/test_mut_protocol.py", "tests/test_http1_leniency.py",
                                 "tests/test_counters_reference.py", "tests/test_cache_fsm.py", "tests/test_mut_fsm.py"],
+    "cacheserver/deliver.py": ["tests/test_cache_deliver.py", "tests/test_plain_hits.py", "tests/test_resp_header_order.py",
+                               "tests/test_cache_objects.py", "tests/test_mut_fsm.py", "tests/test_cache_fsm.py"],
 }
 # tests left out of a module's run: live re-checks against varnishd (minutes under load) that run none
 # of the module's code, or whose recorded twin (same inputs, varnishd's answers stored) stays in and
