@@ -33,6 +33,7 @@ from cacheserver.filters import (
 )
 from cacheserver.http1 import serialize_head
 from cacheserver.ranges import if_range_matches
+from cacheserver.vsl import floats_bytes
 
 if TYPE_CHECKING:
     from cacheserver.storage import ObjCore
@@ -101,7 +102,8 @@ class Delivery:
         xid = self.ctx.xid
         head = template.head(oc.http, xid, oc.xid, age)
         # the records from RespProtocol to End, formatted once the request is done (_vsl_end)
-        self.vsl_tail = (template.records(oc.http), (xid, oc.xid, age, now, now - self.t_start, now - self.t_prev))
+        self.vsl_tail = (template.records(oc.http), (xid, oc.xid, age, floats_bytes(now, now - self.t_start,
+                                                                                      now - self.t_prev)))
         self.t_prev = now
         self.acct_hdr = len(head)
         body = oc.body()
@@ -441,7 +443,7 @@ def _template_records(head: bytes) -> bytes:
     esc = [[(t, x.replace("%", "%%")) for t, x in part] for part in parts]
     conn_rec = conn[0] if conn else ("RespHeader", "Connection: keep-alive")
     run = (esc[0] + [("RespHeader", "X-Varnish: %d %d")] + esc[1] + [("RespHeader", "Age: %d")] + esc[2]
-           + [("Timestamp", "Process: %.6f %.6f %.6f"), ("Filters", ""),     # a plain hit's empty list
+           + [("Timestamp", "Process: %s"), ("Filters", ""),     # a plain hit's empty list
               (conn_rec[0], conn_rec[1].replace("%", "%%")),
-              ("Timestamp", "Resp: %.6f %.6f %.6f"), ("ReqAcct", "%d %d %d %d %d %d"), ("End", "")])
+              ("Timestamp", "Resp: %s"), ("ReqAcct", "%d %d %d %d %d %d"), ("End", "")])
     return "\0".join(map(" ".join, run)).encode("utf-8", "surrogateescape")

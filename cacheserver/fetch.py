@@ -189,13 +189,12 @@ class BusyObj:
     def _vsl_begin(self, parent: int, reason: str) -> None:
         self.ctx.log += (("Begin", f"bereq {parent} {reason}"),
                          ("VCL_use", getattr(self.vcl, "name", None) or "boot"),
-                         ("Timestamp", "Start: %.6f 0.000000 0.000000" % self.t_start))
+                         ("Timestamp", "Start: " + vsl.floats(self.t_start, 0.0, 0.0)))
         self.logged_bereq = False
 
     def _ts(self, event: str) -> None:
         now = time.time()
-        self.ctx.log.append(("Timestamp", "%s: %.6f %.6f %.6f" % (event, now, now - self.t_start,
-                                                                 now - self.t_prev)))
+        self.ctx.log.append(("Timestamp", event + ": " + vsl.floats(now, now - self.t_start, now - self.t_prev)))
         self.t_prev = now
 
     vsl_timestamp = _ts     # std.timestamp (ctx.task): counted from the fetch's own last Timestamp

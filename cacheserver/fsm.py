@@ -31,6 +31,7 @@ from cacheserver.rfc2616 import collect_header
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import SYNTH_OBJECT, ObjCore
 from cacheserver.vclcall import CALL_NAMES, acall_sub, call_sub
+from cacheserver.vsl import float1, floats, floats_bytes
 from vcl.compiler import BUILTIN_RETURNS
 from vcl.rtlib import end_task, s_ip
 from vcl.runtime import Action, Context, HttpMessage, VCLFailure, Workspace
@@ -198,12 +199,12 @@ class ClientRequest(Delivery, EsiRequest):
                             % (ip.addr, ip.port, ctx.local_socket or "a0", req.method, req.url, req.proto)))
         elif expect is None and moved is None:
             # one pre-joined run of records (cacheserver/vsl.py), one format: this is every request
-            ts = "%.6f" % t
+            ts = float1(t)
             ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
                                      "Timestamp Req: %s 0.000000 0.000000\0%sReqMethod %s\0ReqURL %s\0ReqProtocol %s"
                             % (parent, reason, ts, ts, self._begin_middle(), req.method, req.url, req.proto)))
         else:
-            ts = "%.6f" % t
+            ts = float1(t)
             ctx.log.append(("Begin", "req %d %s\0Timestamp Start: %s 0.000000 0.000000\0"
                                      "Timestamp Req: %s 0.000000 0.000000" % (parent, reason, ts, ts)))
             ctx.log += moved or ()       # the Host an absolute URL named, as the head was read
@@ -242,8 +243,7 @@ class ClientRequest(Delivery, EsiRequest):
 
     def _ts(self, event: str) -> None:
         now = time.time()
-        self.ctx.log.append(("Timestamp", "%s: %.6f %.6f %.6f" % (event, now, now - self.t_start,
-                                                                 now - self.t_prev)))
+        self.ctx.log.append(("Timestamp", event + ": " + floats(now, now - self.t_start, now - self.t_prev)))
         self.t_prev = now
 
     vsl_timestamp = _ts     # std.timestamp (ctx.task): counted from the request's own last Timestamp
@@ -291,12 +291,12 @@ class ClientRequest(Delivery, EsiRequest):
             # a template hit: its last records from the template's payload (deliver.py)
             template, values = self.vsl_tail
             self.server.vsl.write(ctx.xid, "c", ctx.log, template % (
-                *values, now, now - self.t_start, now - self.t_prev, req, rx, req + rx, hdr, body, hdr + body))
+                *values, floats_bytes(now, now - self.t_start, now - self.t_prev), req, rx, req + rx, hdr, body, hdr + body))
             return
         if self.ws.overflowed:
             self.server.counters.ws_client_overflow += 1
-        ctx.log.append(("Timestamp", "Resp: %.6f %.6f %.6f\0ReqAcct %d %d %d %d %d %d\0End "
-                        % (now, now - self.t_start, now - self.t_prev, req, rx, req + rx, hdr, body,
+        ctx.log.append(("Timestamp", "Resp: %s\0ReqAcct %d %d %d %d %d %d\0End "
+                        % (floats(now, now - self.t_start, now - self.t_prev), req, rx, req + rx, hdr, body,
                            hdr + body)))
         self.server.vsl.write(ctx.xid, "c", ctx.log)
 
@@ -571,7 +571,7 @@ class ClientRequest(Delivery, EsiRequest):
         self.is_grace = kind == st.GRACE
         self._set_obj_fields(r.oc)
         oc = r.oc
-        hit = "%d %.6f %.6f %.6f" % (oc.xid, ctx.obj_ttl, ctx.obj_grace, ctx.obj_keep)
+        hit = "%d %s" % (oc.xid, floats(ctx.obj_ttl, ctx.obj_grace, ctx.obj_keep))
         if not oc.complete:
             # still being fetched: the bytes so far, and the length when the backend announced one
             hit += " %d %d" % (oc.length, oc.expected) if oc.expected else " %d" % oc.length

@@ -15,12 +15,14 @@ _AS_IS, _POINTER, _TEXT = 0, 1, 2
 
 
 @functools.lru_cache(maxsize=512)
-def _compile(fmt: str) -> tuple[str, int, tuple[tuple[int, int], ...]]:
-    """A C format as a Python %-format, its number of arguments and the (index, kind) of those
-    that need converting; cached, as a program prints with a few fixed formats (the docs' hello
-    prints one per request)."""
+def _compile(fmt: str) -> tuple[str, int, tuple[int, ...], tuple[int, ...]]:
+    """A C format as a Python %-format, its number of arguments, and the positions of its pointer
+    (%p) and text (%s) arguments, which need converting; cached, as a program prints with a few fixed
+    formats (the docs' hello prints one per request)."""
     out: list[str] = []
-    kinds: list[int] = []
+    count = 0
+    pointers: list[int] = []
+    texts: list[int] = []
     pos = 0
     for m in _SPEC.finditer(fmt):
         out.append(fmt[pos:m.start()].replace("%", "%%"))
@@ -30,38 +32,34 @@ def _compile(fmt: str) -> tuple[str, int, tuple[tuple[int, int], ...]]:
             out.append("%%")
             continue
         width, prec = m["width"] or "", m["prec"]
-        for star in (width, prec):
-            if star == "*":            # '*' takes its number from the arguments, as in C
-                kinds.append(_AS_IS)
-        kind = _AS_IS
+        count += (width == "*") + (prec == "*")     # '*' takes its number from the arguments, as in C
         if conv == "p":                # a pointer: an int as is, any other object by its identity
-            conv, kind = "s", _POINTER
+            conv = "s"
+            pointers.append(count)
         elif conv == "u":
             conv = "d"
         elif conv == "s":
-            kind = _TEXT
-        kinds.append(kind)
+            texts.append(count)
+        count += 1
         out.append("%" + m["flags"] + width + ("." + prec if prec is not None else "") + conv)
     out.append(fmt[pos:].replace("%", "%%"))
-    return "".join(out), len(kinds), tuple((i, k) for i, k in enumerate(kinds) if k != _AS_IS)
+    return "".join(out), count, tuple(pointers), tuple(texts)
 
 
 def cformat(fmt: str, args: tuple) -> str:
     """Format like C printf: "%zu", "%lld", "%p" work as in kvm_api.h programs."""
-    pyfmt, wanted, converted = _compile(fmt)
+    # Runs once per Print, so per request in the docs' hello: the conversions are inline.
+    pyfmt, wanted, pointers, texts = _compile(fmt)
     if wanted != len(args):
         raise TypeError(f"Print: format wants {wanted} arguments, got {len(args)}")
-    if converted:
+    if pointers or texts:
         values = list(args)
-        for i, kind in converted:
-            values[i] = _convert(kind, values[i])
+        for i in pointers:
+            value = values[i]
+            values[i] = hex(value if isinstance(value, int) else id(value))
+        for i in texts:
+            value = values[i]
+            if isinstance(value, (bytes, bytearray)):
+                values[i] = bytes(value).decode("utf-8", "replace")
         args = tuple(values)
     return pyfmt % args
-
-
-def _convert(kind: int, value: object) -> object:
-    if kind == _POINTER:
-        return hex(value if isinstance(value, int) else id(value))
-    if kind == _TEXT and isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "replace")
-    return value

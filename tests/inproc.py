@@ -21,7 +21,7 @@ from test_cache_support import CLI, Backend, Cache, caches_of
 
 from cacheserver.admin import start_admin
 from cacheserver.server import ListenSpec, Server
-from cacheserver.vsl import DEFAULT_MASK, masked_tags
+from cacheserver.vsl import DEFAULT_MASK, expand_floats, masked_tags
 
 START_TIMEOUT = 15.0     # seconds for the server to start, stop, or answer a call on its loop
 
@@ -53,7 +53,9 @@ class RecordingLog:
             tag, _, text = tail.decode("utf-8", "surrogateescape").partition(" ")
             records = [*records, (tag, text)]
         for tag, text in records:
-            first, *more = str(text).split("\0")
+            # the times as a reader prints them (the writer leaves them raw: cacheserver/vsl.py)
+            text = expand_floats(str(text).encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
+            first, *more = text.split("\0")
             self.records.append((vxid, tag, first))
             for joined in more:
                 jtag, _, jtext = joined.partition(" ")

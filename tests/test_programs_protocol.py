@@ -99,6 +99,28 @@ def test_line_writer_prefixes_whole_lines():
         os.close(w)
 
 
+def test_line_writer_bounds_its_buffer_and_autoflushes(tmp_path):
+    from kvm_api.output import MAX_BUFFER
+
+    path = tmp_path / "log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        out = LineWriter(fd, "p: ", autoflush=False)
+        out.write("x" * (MAX_BUFFER // 2))
+        out.write("\r\n")                           # the CR goes as C's Print would leave it: cut
+        assert path.read_bytes() == b""             # buffered until a flush or past MAX_BUFFER
+        out.write("y" * (MAX_BUFFER + 1))           # a line without newline past the bound: cut
+        assert path.read_bytes() == b"p: " + b"x" * (MAX_BUFFER // 2) + b"\np: " + b"y" * (MAX_BUFFER + 1) + b"\n"
+        assert not out.pending()
+        out.autoflush = True                        # outside the loop: whole lines at once
+        out.write("one\ntw")
+        assert path.read_bytes().endswith(b"\np: one\n")
+        out.write("o\n")
+        assert path.read_bytes().endswith(b"\np: one\np: two\n")
+    finally:
+        os.close(fd)
+
+
 def test_host_closes_fds_it_did_not_ask_for(tmp_path):
     """A steal message with two fds, or fds on a "get", is refused and every fd is closed."""
     prog = tmp_path / "p.py"

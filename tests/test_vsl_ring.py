@@ -164,3 +164,25 @@ def test_an_encoded_tail_follows_the_records_and_obeys_the_mask(tmp_path):
     w.write(3, "c", [("Begin", "req 1 rxreq")], tail)
     assert [(x.tag, x.text) for x in _records(r)] == [
         ("Begin", "req 1 rxreq"), ("RespStatus", "200"), ("RespHeader", "X: \xe9"), ("End", "")]
+
+
+def test_raw_times_read_as_varnishd_prints_them(tmp_path):
+    # the writer leaves Timestamp and Hit times raw (vsl.floats); every reader sees them "%.6f"
+    w = VslWriter(tmp_path / vsl.FILE_NAME, size=65536, reclen=24)
+    r = VslReader(tmp_path)
+    t = 1764521234.1234565
+    w.write(7, "c", [("Begin", "req 6 rxreq\0Timestamp Start: %s 0.000000 0.000000" % vsl.float1(t)),
+                     ("Timestamp", "Resp: " + vsl.floats(t, 0.0000005, 2.5)),
+                     ("Hit", "5 " + vsl.floats(119.9999996, 10.0, -1.0)),
+                     ("VCL_Log", "not ours: " + vsl.floats(1.0, 2.0, 3.0)),         # other tags: as written
+                     ("Timestamp", "odd: \x01abc")],                               # not a run of doubles
+            tail=b"Timestamp Process: " + vsl.floats_bytes(t, 1.0, 0.25))
+    texts = [x.text for x in _records(r)]
+    assert texts == [x[:23] for x in (                     # cut to reclen - 1 once printed
+        "req 6 rxreq", "Start: %.6f 0.000000 0.000000" % t, "Resp: %.6f %.6f %.6f" % (t, 0.0000005, 2.5),
+        "5 120.000000 10.000000 -1.000000", "not ours: " + vsl.floats(1.0, 2.0, 3.0),
+        "odd: \x01abc", "Process: %.6f 1.000000 0.250000" % t)]
+    big = [("Timestamp", "Big: " + vsl.floats(t, 1.0, 2.0))] + [("ReqURL", "u" * 200)] * 100
+    w.max_chunk = 4096                          # oversized: records cut by the writer, times printed first
+    w.write(8, "c", big)
+    assert [x.text for x in _records(r)][0] == ("Big: %.6f 1.000000 2.000000" % t)[:23]
