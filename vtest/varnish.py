@@ -228,6 +228,7 @@ class Varnish:
         if self.cli is None:
             return
         self.log(2, "Wait")
+        self._dump_counters()
         self.stop()
         status, _ = self.ask("panic.show")
         if status != CLIS_CANT:
@@ -320,6 +321,20 @@ class Varnish:
                 except ValueError:
                     continue
         return vals
+
+    def _dump_counters(self) -> None:
+        """vtest --dump-counters: every counter, as -expect would read it, before the final stop."""
+        if not self.ctx.dump_counters:
+            return
+        try:
+            vals = self.counters()
+        except TestFailure as e:  # a diagnostic aid: never fails the test
+            self.log(1, f"counters not dumped: {e}")
+            return
+        path = os.path.join(self.ctx.dump_counters, f"{self.ctx.case_name}.{self.name}.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(vals, f, indent=0, sort_keys=True)
+        self.log(3, f"counters dumped to {path}")
 
     @staticmethod
     def _lookup(vals: dict[str, int], pattern: str) -> tuple[str, int] | None:
