@@ -346,9 +346,12 @@ class Storage:
                req_grace: float | None = None, ignore_vary: bool = False,
                log: list | None = None) -> LookupResult:
         head = self.heads.get(digest)
+        self.counters.hcb_nolock += 1       # critbit: every lookup first tries without the lock
         if head is None:
             head = self.heads[digest] = ObjHead(digest)
             self.counters.n_objecthead += 1
+            self.counters.hcb_lock += 1     # not in the tree: locked again, and inserted
+            self.counters.hcb_insert += 1
         if always_miss:
             return LookupResult(MISS, None, self._new_busy(head))
         busy_found = False
