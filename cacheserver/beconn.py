@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from typing import TYPE_CHECKING
 
 import httptools
@@ -418,9 +419,13 @@ class BackendConn(asyncio.Protocol):
     def release(self, reuse: bool) -> None:
         """The exchange is over: back to the pool if the connection is clean, else closed."""
         self._busy = False
-        if (reuse and self.done and not self.body and self.error is None and not self.extra
-                and self.keep_alive and not self.closed and self.transport is not None
-                and not self.transport.is_closing()):
+        if reuse and self.done and not self.body and self.error is None and not self.extra and self.keep_alive:
+            # varnishd recycles (and counts) what it did not mean to close, not knowing yet whether
+            # the server has gone: its waiter drops such a connection later
+            self.pool.server.counters.backend_recycle += 1
+            if self.closed or self.transport is None or self.transport.is_closing():
+                self.close()
+                return
             if self._read_paused:
                 self._read_paused = False
                 self.transport.resume_reading()
@@ -462,7 +467,7 @@ class Pool:
             conn = idle.pop()
             if conn.closed or conn.transport is None or conn.transport.is_closing():
                 continue
-            if now - conn.idle_since >= limit:
+            if now - conn.idle_since >= limit or not _still_open(conn.transport):
                 conn.close()
                 continue
             conn.reused = True
@@ -470,7 +475,6 @@ class Pool:
         return None
 
     def put(self, conn: BackendConn) -> None:
-        self.server.counters.backend_recycle += 1
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
         if self._timer is None:
@@ -536,3 +540,24 @@ class Pools:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+
+
+def _still_open(transport: asyncio.BaseTransport | None) -> bool:
+    """An idle connection's server has not closed it, though the loop may not have seen that yet
+    (varnishd's waiter watches its idle ones): a peek that finds EOF, an error or stray bytes."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return True                     # not a socket (a test double): nothing to look at
+    try:
+        with socket.socket(fileno=sock.fileno()) as raw:
+            try:
+                raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                return False            # readable while idle: EOF, or bytes no request asked for
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            finally:
+                raw.detach()            # the transport still owns the descriptor
+    except OSError:
+        return False

@@ -568,6 +568,8 @@ class BusyObj:
             else:
                 self.hfp_ttl = None
             return "fetchbody"
+        if name != "retry":
+            self._close_conn(SC_RESP_CLOSE)     # varnishd: abandon, fail and error do not recycle
         self._release_response()
         if name == "retry":
             return "retry"
