@@ -882,6 +882,8 @@ class BusyObj:
                 ctx.log.append(("FetchError", "Could not get storage"))
                 return self._body_failed(False)
         oc.finish(True)
+        if oc.private and not oc.store:
+            self.server.storage.account_private(oc)
         self.server.storage.trim(oc)
         if not oc.keep_body:
             self.server.storage.slim(oc)    # a hit-for-miss/pass keeps no body: free its storage

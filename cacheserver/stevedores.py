@@ -146,7 +146,10 @@ class Stevedore:
     def trim(self, oc, used: int, seg: int) -> None:
         """The object's last segment (`seg` bytes) gave way to one of `used` bytes (none if 0)."""
         old = oc.size
-        oc.compute_size()
+        if hasattr(oc, "compute_size"):
+            oc.compute_size()
+        else:
+            oc.size -= seg - used               # a Held: its size is all there is
         extra = self.counters.extra
         if used:
             extra[self.prefix + "c_req"] += 1

@@ -535,6 +535,31 @@ class Storage:
                 return None
         return held
 
+    def account_private(self, oc: ObjCore) -> None:
+        """A private (pass) object's fetch is over: varnishd held it in Transient (the object, then
+        its body as `grow` took it: one allocation for a known length, segments otherwise, the
+        last trimmed) and frees it once delivered. Counted here; it is released at once since
+        nothing here keeps it there (the body itself streams through `oc`)."""
+        held = self.hold_transient(oc.compute_size(with_body=False), 0)
+        if held is None:
+            return
+        st = self.stevedores[TRANSIENT]
+        nuke_limit = self.params.nuke_limit if self.params is not None else 50
+        length = oc.length
+        if length and length <= oc.expected:
+            held.size += length
+            st.charge(held, held.size - length, nuke_limit)
+        elif oc.seg and oc.alloc:
+            for _ in range(oc.alloc // oc.seg):
+                held.size += oc.seg
+                if not st.charge(held, held.size - oc.seg, nuke_limit):
+                    return
+            unused = oc.alloc - length
+            used = oc.seg - unused
+            if 0 < unused and (used <= 0 or unused >= 512):
+                st.trim(held, max(used, 0), oc.seg)
+        st.release(held)
+
     def release_held(self, held: Held) -> None:
         self.stevedores[TRANSIENT].release(held)
 
