@@ -696,8 +696,12 @@ class BusyObj:
         oc.xid = ctx.bereq_xid
         oc.hfm = oc.hfp = False
         oc.uncacheable = bool(ctx.beresp_uncacheable) or self.hfp_ttl is not None
-        if oc.private or ctx.beresp_uncacheable or self.hfp_ttl is not None:
+        # vbf_allocobj, for every object a fetch makes (an error's too): uncacheable (a pass,
+        # beresp.uncacheable) first, else short-lived when all its lifetime is under shortlived
+        if self.is_pass or ctx.beresp_uncacheable or self.hfp_ttl is not None:
             self.server.counters.beresp_uncacheable += 1
+        elif oc.ttl + oc.grace + oc.keep < self.server.params.shortlived:
+            self.server.counters.beresp_shortlived += 1
         if oc.private:
             oc.keep_body = False
             return

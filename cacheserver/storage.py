@@ -581,8 +581,7 @@ class Storage:
             return False
         shortlived = self.params.shortlived
         if oc.hfm or oc.hfp or oc.ttl + oc.grace + oc.keep < shortlived:
-            st = self.stevedores[TRANSIENT]           # whatever the hint, as varnishd
-            self.counters.beresp_shortlived += not (oc.hfm or oc.hfp)
+            st = self.stevedores[TRANSIENT]           # whatever the hint, as varnishd (counted by the fetch)
         else:
             st = self.stevedores.get(hint) if hint else None
             if st is None:
