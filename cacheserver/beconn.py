@@ -90,6 +90,9 @@ def _on_timer(fut: asyncio.Future) -> None:
         fut.set_result(False)
 
 
+_HEAD_END = re.compile(rb"\n\r?\n")     # where varnishd finds a head's end
+
+
 class BackendConn(asyncio.Protocol):
     """One connection to a backend, carrying one exchange at a time."""
 
@@ -117,6 +120,7 @@ class BackendConn(asyncio.Protocol):
         self.max_fields = max_hdr - HDR_FIRST
         self.got = False              # any response byte arrived
         self.head_done = False
+        self.head_len = 0             # the head's bytes as received, once it is complete
         self.done = False             # the whole response arrived
         self.error: str | None = None
         self.garbage: Refusal | None = None   # a head varnishd's dissection refuses (http format error)
@@ -329,6 +333,10 @@ class BackendConn(asyncio.Protocol):
         self.version = parser.get_http_version()
         self.keep_alive = parser.should_keep_alive()
         self.head_done = True
+        # the head's bytes as they came, to its empty line (VBE beresp_hdrbytes); 0 when a
+        # relaxed (refolded) head was parsed instead: counted from its fields then
+        end = _HEAD_END.search(self.head_raw)
+        self.head_len = end.end() if end else 0
         self.head_raw = b""
         if self.head_only or self.status < 200:
             # no body follows, whatever the head says; llhttp does not know what we asked,
