@@ -164,6 +164,18 @@ class Stevedore:
             self.lru.put(oc)                    # its new, smaller size
         self.gauge()
 
+    def shrink(self, oc, old: int) -> None:
+        """`oc` gave back its body's segments (from `old` bytes to its size now): freed, no new
+        allocation; the object's own stays."""
+        self.counters.extra[self.prefix + "c_freed"] += old - oc.size
+        if self.lru is None:
+            self.used += oc.size - old
+        elif oc in self.lru:
+            self.lru.put(oc)
+        self.allocs -= self.nallocs.get(oc, 1) - 1
+        self.nallocs[oc] = 1
+        self.gauge()
+
     def _make_room(self, oc, old: int, held: bool, nuke_limit: int) -> bool:
         lru = self.lru
         if held:

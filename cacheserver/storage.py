@@ -567,7 +567,9 @@ class Storage:
         """The fetch of an object that keeps no body (hit-for-miss, hit-for-pass) is over: its body's
         storage is freed, the object stays (varnishd's ObjSlim)."""
         if oc.store and oc.size:
-            self._account(oc, with_body=False)
+            old = oc.size
+            if oc.compute_size(with_body=False) < old:
+                self.stevedores[oc.store].shrink(oc, old)
 
     def _account(self, oc: ObjCore, with_body: bool = True, hint: str | None = None) -> bool:
         """Charge the object's size to its store, choosing one the first time; False: no room."""
