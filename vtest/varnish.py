@@ -327,7 +327,7 @@ class Varnish:
         if not self.ctx.dump_counters:
             return
         try:
-            vals = self.counters()
+            vals = self._settled_counters()
         except TestFailure as e:  # a diagnostic aid: never fails the test
             self.log(1, f"counters not dumped: {e}")
             return
@@ -335,6 +335,24 @@ class Varnish:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(vals, f, indent=0, sort_keys=True)
         self.log(3, f"counters dumped to {path}")
+
+    def _settled_counters(self, quiet_for: float = 1.5, deadline: float = 8.0) -> dict[str, int]:
+        """varnishd adds a worker's counters to the shared ones only now and then (-expect retries for
+        that): read until the request counters stay the same for quiet_for seconds."""
+        vals = self.counters()
+        if not self.real:
+            return vals
+        def key(v: dict[str, int]) -> dict[str, int]:
+            return {k: n for k, n in v.items() if k.startswith(("MAIN.", "SMA.", "VBE."))
+                    and "uptime" not in k and not k.startswith("MAIN.shm_")}
+        end, still = time.monotonic() + deadline, time.monotonic()
+        while time.monotonic() < end and time.monotonic() - still < quiet_for:
+            time.sleep(0.25)
+            new = self.counters()
+            if key(new) != key(vals):
+                still = time.monotonic()
+            vals = new
+        return vals
 
     @staticmethod
     def _lookup(vals: dict[str, int], pattern: str) -> tuple[str, int] | None:
