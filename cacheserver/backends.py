@@ -82,6 +82,8 @@ def count_fail(spec: BackendSpec, exc: BaseException, probe: bool = False) -> No
 
 def head_bytes(conn: object) -> int:
     """The size of a backend response head as it came (status line, header lines, empty line)."""
+    if getattr(conn, "head_len", 0):
+        return conn.head_len
     fields = getattr(conn, "fields", ())
     return (len("HTTP/1.1 200 ") + len(getattr(conn, "reason", b"")) + 2
             + sum(len(f[0]) + len(f[1]) + 4 for f in fields) + 2)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from typing import TYPE_CHECKING
 
 import httptools
@@ -89,6 +90,9 @@ def _on_timer(fut: asyncio.Future) -> None:
         fut.set_result(False)
 
 
+_HEAD_END = re.compile(rb"\n\r?\n")     # where varnishd finds a head's end
+
+
 class BackendConn(asyncio.Protocol):
     """One connection to a backend, carrying one exchange at a time."""
 
@@ -116,6 +120,7 @@ class BackendConn(asyncio.Protocol):
         self.max_fields = max_hdr - HDR_FIRST
         self.got = False              # any response byte arrived
         self.head_done = False
+        self.head_len = 0             # the head's bytes as received, once it is complete
         self.done = False             # the whole response arrived
         self.error: str | None = None
         self.garbage: Refusal | None = None   # a head varnishd's dissection refuses (http format error)
@@ -328,6 +333,10 @@ class BackendConn(asyncio.Protocol):
         self.version = parser.get_http_version()
         self.keep_alive = parser.should_keep_alive()
         self.head_done = True
+        # the head's bytes as they came, to its empty line (VBE beresp_hdrbytes); 0 when a
+        # relaxed (refolded) head was parsed instead: counted from its fields then
+        end = _HEAD_END.search(self.head_raw)
+        self.head_len = end.end() if end else 0
         self.head_raw = b""
         if self.head_only or self.status < 200:
             # no body follows, whatever the head says; llhttp does not know what we asked,
@@ -418,9 +427,13 @@ class BackendConn(asyncio.Protocol):
     def release(self, reuse: bool) -> None:
         """The exchange is over: back to the pool if the connection is clean, else closed."""
         self._busy = False
-        if (reuse and self.done and not self.body and self.error is None and not self.extra
-                and self.keep_alive and not self.closed and self.transport is not None
-                and not self.transport.is_closing()):
+        if reuse and self.done and not self.body and self.error is None and not self.extra and self.keep_alive:
+            # varnishd recycles (and counts) what it did not mean to close, not knowing yet whether
+            # the server has gone: its waiter drops such a connection later
+            self.pool.server.counters.backend_recycle += 1
+            if self.closed or self.transport is None or self.transport.is_closing():
+                self.close()
+                return
             if self._read_paused:
                 self._read_paused = False
                 self.transport.resume_reading()
@@ -462,7 +475,7 @@ class Pool:
             conn = idle.pop()
             if conn.closed or conn.transport is None or conn.transport.is_closing():
                 continue
-            if now - conn.idle_since >= limit:
+            if now - conn.idle_since >= limit or not _still_open(conn.transport):
                 conn.close()
                 continue
             conn.reused = True
@@ -470,7 +483,6 @@ class Pool:
         return None
 
     def put(self, conn: BackendConn) -> None:
-        self.server.counters.backend_recycle += 1
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
         if self._timer is None:
@@ -536,3 +548,24 @@ class Pools:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+
+
+def _still_open(transport: asyncio.BaseTransport | None) -> bool:
+    """An idle connection's server has not closed it, though the loop may not have seen that yet
+    (varnishd's waiter watches its idle ones): a peek that finds EOF, an error or stray bytes."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return True                     # not a socket (a test double): nothing to look at
+    try:
+        with socket.socket(fileno=sock.fileno()) as raw:
+            try:
+                raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                return False            # readable while idle: EOF, or bytes no request asked for
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            finally:
+                raw.detach()            # the transport still owns the descriptor
+    except OSError:
+        return False

@@ -27,6 +27,7 @@ MAIN_COUNTERS = (
     "sc_overload", "sc_pipe_overflow", "sc_range_short", "sc_req_http20", "sc_vcl_failure",
     "busy_sleep", "busy_wakeup", "busy_killed", "threads", "threads_created", "losthdr",
     "vcl_fail", "esi_errors", "esi_warnings", "exp_mailed", "exp_received",
+    "hcb_nolock", "hcb_lock", "hcb_insert",
     "steal_ok", "steal_refused", "steal_failed", "n_pipe", "pipe_limited",
     "n_lru_limited", "s_bgfetch",
     "summs", "beresp_uncacheable", "beresp_shortlived", "n_vampireobject", "sc_rx_close_idle",

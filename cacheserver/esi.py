@@ -264,6 +264,7 @@ async def include_body(parent, inc: Include, gz: GzCrc | None = None) -> AsyncIt
     if parent.session.closed:
         return                          # nobody will see the rest of the page
     child = parent.esi_child(inc, gz is not None)
+    server.counters.esi_req += 1        # ved_include: one more subrequest made
 
     def pieces(data: bytes) -> Iterable[bytes]:
         return (data,) if gz is None else child.esi_splicer.push(data)

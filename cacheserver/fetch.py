@@ -567,6 +567,8 @@ class BusyObj:
             else:
                 self.hfp_ttl = None
             return "fetchbody"
+        if name != "retry":
+            self._close_conn(SC_RESP_CLOSE)     # varnishd: abandon, fail and error do not recycle
         self._release_response()
         if name == "retry":
             return "retry"
@@ -693,8 +695,12 @@ class BusyObj:
         oc.xid = ctx.bereq_xid
         oc.hfm = oc.hfp = False
         oc.uncacheable = bool(ctx.beresp_uncacheable) or self.hfp_ttl is not None
-        if oc.private or ctx.beresp_uncacheable or self.hfp_ttl is not None:
+        # vbf_allocobj, for every object a fetch makes (an error's too): uncacheable (a pass,
+        # beresp.uncacheable) first, else short-lived when all its lifetime is under shortlived
+        if self.is_pass or ctx.beresp_uncacheable or self.hfp_ttl is not None:
             self.server.counters.beresp_uncacheable += 1
+        elif oc.ttl + oc.grace + oc.keep < self.server.params.shortlived:
+            self.server.counters.beresp_shortlived += 1
         if oc.private:
             oc.keep_body = False
             return
@@ -879,6 +885,8 @@ class BusyObj:
                 ctx.log.append(("FetchError", "Could not get storage"))
                 return self._body_failed(False)
         oc.finish(True)
+        if oc.private and not oc.store:
+            self.server.storage.account_private(oc)
         self.server.storage.trim(oc)
         if not oc.keep_body:
             self.server.storage.slim(oc)    # a hit-for-miss/pass keeps no body: free its storage

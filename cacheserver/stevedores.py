@@ -83,7 +83,9 @@ class Stevedore:
         extra = counters.extra
         for name in ("c_req", "c_fail", "c_bytes", "c_freed"):
             extra[self.prefix + name] = extra.get(self.prefix + name, 0)
-        self.allocs = 0                       # objects held here (g_alloc)
+        self.allocs = 0                       # allocations held here (g_alloc)
+        # allocations each object holds: itself, then one per body segment (sma_alloc's count)
+        self.nallocs: dict[object, int] = {}
         self.gauge()
 
     @property
@@ -122,7 +124,7 @@ class Stevedore:
             if held:
                 lru.pop(oc)                     # what it held is given back
                 self.counters.extra[self.prefix + "c_freed"] += old
-                self.allocs -= 1
+                self.allocs -= self.nallocs.pop(oc, 1)
                 self.gauge()
             return False
         lru.put(oc)
@@ -137,22 +139,42 @@ class Stevedore:
             extra[self.prefix + "c_bytes"] += oc.size - old
         elif oc.size < old:
             extra[self.prefix + "c_freed"] += old - oc.size
-        if not held:
-            self.allocs += 1
+        n = self.nallocs.get(oc, 0) if held else 0
+        new = 1 if held and oc.size < old else n + 1    # shrunk (ObjSlim): the object alone stays
+        self.nallocs[oc] = new
+        self.allocs += new - n
 
     def trim(self, oc, used: int, seg: int) -> None:
         """The object's last segment (`seg` bytes) gave way to one of `used` bytes (none if 0)."""
         old = oc.size
-        oc.compute_size()
+        if hasattr(oc, "compute_size"):
+            oc.compute_size()
+        else:
+            oc.size -= seg - used               # a Held: its size is all there is
         extra = self.counters.extra
         if used:
             extra[self.prefix + "c_req"] += 1
             extra[self.prefix + "c_bytes"] += used
+        elif self.nallocs.get(oc, 0) > 1:
+            self.nallocs[oc] -= 1               # an empty last segment is freed, not moved
+            self.allocs -= 1
         extra[self.prefix + "c_freed"] += seg
         if self.lru is None:
             self.used += oc.size - old
         elif oc in self.lru:
             self.lru.put(oc)                    # its new, smaller size
+        self.gauge()
+
+    def shrink(self, oc, old: int) -> None:
+        """`oc` gave back its body's segments (from `old` bytes to its size now): freed, no new
+        allocation; the object's own stays."""
+        self.counters.extra[self.prefix + "c_freed"] += old - oc.size
+        if self.lru is None:
+            self.used += oc.size - old
+        elif oc in self.lru:
+            self.lru.put(oc)
+        self.allocs -= self.nallocs.get(oc, 1) - 1
+        self.nallocs[oc] = 1
         self.gauge()
 
     def _make_room(self, oc, old: int, held: bool, nuke_limit: int) -> bool:
@@ -187,7 +209,7 @@ class Stevedore:
 
     def _freed(self, oc) -> None:
         self.counters.extra[self.prefix + "c_freed"] += oc.size
-        self.allocs -= 1
+        self.allocs -= self.nallocs.pop(oc, 1)
 
     def touch(self, oc) -> bool:
         return self.lru is not None and self.lru.use(oc)

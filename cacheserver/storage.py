@@ -346,9 +346,12 @@ class Storage:
                req_grace: float | None = None, ignore_vary: bool = False,
                log: list | None = None) -> LookupResult:
         head = self.heads.get(digest)
+        self.counters.hcb_nolock += 1       # critbit: every lookup first tries without the lock
         if head is None:
             head = self.heads[digest] = ObjHead(digest)
             self.counters.n_objecthead += 1
+            self.counters.hcb_lock += 1     # not in the tree: locked again, and inserted
+            self.counters.hcb_insert += 1
         if always_miss:
             return LookupResult(MISS, None, self._new_busy(head))
         busy_found = False
@@ -532,6 +535,31 @@ class Storage:
                 return None
         return held
 
+    def account_private(self, oc: ObjCore) -> None:
+        """A private (pass) object's fetch is over: varnishd held it in Transient (the object, then
+        its body as `grow` took it: one allocation for a known length, segments otherwise, the
+        last trimmed) and frees it once delivered. Counted here; it is released at once since
+        nothing here keeps it there (the body itself streams through `oc`)."""
+        held = self.hold_transient(oc.compute_size(with_body=False), 0)
+        if held is None:
+            return
+        st = self.stevedores[TRANSIENT]
+        nuke_limit = self.params.nuke_limit if self.params is not None else 50
+        length = oc.length
+        if length and length <= oc.expected:
+            held.size += length
+            st.charge(held, held.size - length, nuke_limit)
+        elif oc.seg and oc.alloc:
+            for _ in range(oc.alloc // oc.seg):
+                held.size += oc.seg
+                if not st.charge(held, held.size - oc.seg, nuke_limit):
+                    return
+            unused = oc.alloc - length
+            used = oc.seg - unused
+            if 0 < unused and (used <= 0 or unused >= 512):
+                st.trim(held, max(used, 0), oc.seg)
+        st.release(held)
+
     def release_held(self, held: Held) -> None:
         self.stevedores[TRANSIENT].release(held)
 
@@ -539,7 +567,9 @@ class Storage:
         """The fetch of an object that keeps no body (hit-for-miss, hit-for-pass) is over: its body's
         storage is freed, the object stays (varnishd's ObjSlim)."""
         if oc.store and oc.size:
-            self._account(oc, with_body=False)
+            old = oc.size
+            if oc.compute_size(with_body=False) < old:
+                self.stevedores[oc.store].shrink(oc, old)
 
     def _account(self, oc: ObjCore, with_body: bool = True, hint: str | None = None) -> bool:
         """Charge the object's size to its store, choosing one the first time; False: no room."""
@@ -553,8 +583,7 @@ class Storage:
             return False
         shortlived = self.params.shortlived
         if oc.hfm or oc.hfp or oc.ttl + oc.grace + oc.keep < shortlived:
-            st = self.stevedores[TRANSIENT]           # whatever the hint, as varnishd
-            self.counters.beresp_shortlived += not (oc.hfm or oc.hfp)
+            st = self.stevedores[TRANSIENT]           # whatever the hint, as varnishd (counted by the fetch)
         else:
             st = self.stevedores.get(hint) if hint else None
             if st is None:

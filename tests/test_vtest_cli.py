@@ -237,3 +237,71 @@ client c1 -connect ${s1_sock} {
 } -run
 """), cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:]
+
+
+DUMP = """varnishtest "two varnishes, counters dumped at their end"
+server s1 {
+	rxreq
+	txresp -body "ok"
+} -start
+varnish v1 -vcl+backend {} -start
+server s2 {
+	rxreq
+	txresp -body "ok"
+	rxreq
+	txresp -body "ok"
+} -start
+varnish v2 -vcl {
+	backend b { .host = "${s2_addr}"; .port = "${s2_port}"; }
+	sub vcl_recv { return (pass); }
+} -start
+client c1 -connect ${v1_sock} {
+	txreq
+	rxresp
+} -run
+client c2 -connect ${v2_sock} {
+	txreq
+	rxresp
+	txreq
+	rxresp
+} -run
+varnish v1 -wait
+"""
+
+
+def test_dump_counters_writes_each_varnish_counters(tmp_path, write):
+    import json
+    out = tmp_path / "dump"
+    out.mkdir()
+    name = write("d.vtc", DUMP)
+    r = vtest(name, cwd=tmp_path)  # off by default: nothing written
+    assert r.returncode == 0, r.stdout
+    assert list(out.iterdir()) == []
+    r = vtest("--dump-counters", str(out), name, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["d.v1.json", "d.v2.json"]
+    v1 = json.loads((out / "d.v1.json").read_text())
+    v2 = json.loads((out / "d.v2.json").read_text())
+    assert (v1["MAIN.client_req"], v1["MAIN.cache_miss"], v1["MAIN.s_pass"]) == (1, 1, 0)
+    assert (v2["MAIN.client_req"], v2["MAIN.cache_miss"], v2["MAIN.s_pass"]) == (2, 0, 2)
+
+
+def test_dump_counters_needs_an_existing_directory(tmp_path, write):
+    r = vtest("--dump-counters", str(tmp_path / "nope"), write("p.vtc", PASS), cwd=tmp_path)
+    assert r.returncode == 2 and "--dump-counters" in r.stderr
+
+
+@pytest.mark.skipif(not os.access("/usr/sbin/varnishd", os.X_OK), reason="varnishd 7.1 not installed")
+def test_dump_counters_against_varnishd_waits_for_them_to_settle(tmp_path, write):
+    """varnishd adds a worker's counters to the shared ones only now and then: read at once, right
+    after the client's end, client_req would still be 0; the dump waits for them to settle."""
+    import json
+    os.chmod(tmp_path, 0o755)       # varnishd drops privileges: its work dirs must be readable
+    out = tmp_path / "dump"
+    out.mkdir()
+    r = vtest("--varnishd", "/usr/sbin/varnishd", "--dump-counters", str(out), write("d.vtc", PASS.replace(
+        "client c1 -connect ${s1_sock}", "varnish v1 -vcl+backend {} -start\nclient c1 -connect ${v1_sock}")),
+        cwd=tmp_path)
+    assert r.returncode == 0, r.stdout
+    v1 = json.loads((out / "d.v1.json").read_text())
+    assert (v1["MAIN.client_req"], v1["MAIN.s_sess"], v1["MAIN.cache_miss"]) == (1, 1, 1)

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=1, metavar="ITERATIONS", help="run the tests this many times")
     p.add_argument("--varnishd", metavar="PATH",
                    help="run varnish blocks against this varnishd instead of our cacheserver")
+    p.add_argument("--dump-counters", metavar="DIR",
+                   help="write each varnish's counters to DIR/<case>.<vN>.json when it is stopped at its end")
     p.add_argument("files", nargs="+", metavar="FILE")
     return p
 
@@ -81,6 +83,9 @@ def _run(a: argparse.Namespace) -> int:
         if not os.path.isfile(f):
             print(f"vtest: cannot read {f}", file=sys.stderr)
             return 2
+    if a.dump_counters and not os.path.isdir(a.dump_counters):
+        print(f"vtest: --dump-counters: no such directory {a.dump_counters}", file=sys.stderr)
+        return 2
     keep = "always" if a.L else "failed" if a.l else "never"
     progress = Progress(len(a.files) * max(1, a.n), sys.stdout.isatty() and not a.v)
     counts = {"passed": 0, "failed": 0, "skipped": 0}
@@ -94,7 +99,8 @@ def _run(a: argparse.Namespace) -> int:
             while pending and not stop and len(running) < max(1, a.j):
                 path = pending.pop(0)
                 running.add(pool.submit(run_test, path, timeout=a.t, varnishd=a.varnishd,
-                                        defines=defines, keep_tmp=keep, params=a.p))
+                                        defines=defines, keep_tmp=keep, params=a.p,
+                                        dump_counters=a.dump_counters))
             if not running:
                 break
             done, running = wait(running, return_when=FIRST_COMPLETED)

@@ -33,6 +33,9 @@ class TestContext:
         self._ended = False
         self.cleanups: list[Callable[[], None]] = []
         self.varnishd_params: list[str] = []  # vtest -p name=val, for every varnishd
+        # vtest --dump-counters DIR: each varnish's counters go to DIR/<case>.<vN>.json at its end.
+        self.dump_counters: str | None = None
+        self.case_name = "test"
 
     def finish(self, status: str, reason: str = "") -> None:
         """Report the outcome and leave the process at once; the first caller wins."""

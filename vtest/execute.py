@@ -31,8 +31,8 @@ def _make_tmpdir() -> str:
 
 def run_test(path: str, *, timeout: float = 60.0, varnishd: str | None = None,
              defines: dict[str, str] | None = None, keep_tmp: str = "never",
-             params: list[str] | None = None) -> Outcome:
-    """keep_tmp: "never", "failed" (-l) or "always" (-L)."""
+             params: list[str] | None = None, dump_counters: str | None = None) -> Outcome:
+    """keep_tmp: "never", "failed" (-l) or "always" (-L); dump_counters: see vtest --dump-counters."""
     tmpdir = _make_tmpdir()
     cmd = [sys.executable, "-m", "vtest.worker", "--tmpdir", tmpdir, "--timeout", str(timeout)]
     if varnishd:
@@ -41,6 +41,8 @@ def run_test(path: str, *, timeout: float = 60.0, varnishd: str | None = None,
         cmd += ["-D", f"{k}={v}"]
     for p in params or []:
         cmd += ["-p", p]
+    if dump_counters:
+        cmd += ["--dump-counters", os.path.abspath(dump_counters)]
     cmd.append(path)
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -228,6 +228,7 @@ class Varnish:
         if self.cli is None:
             return
         self.log(2, "Wait")
+        self._dump_counters()
         self.stop()
         status, _ = self.ask("panic.show")
         if status != CLIS_CANT:
@@ -319,6 +320,38 @@ class Varnish:
                     vals[toks[0]] = int(toks[1])
                 except ValueError:
                     continue
+        return vals
+
+    def _dump_counters(self) -> None:
+        """vtest --dump-counters: every counter, as -expect would read it, before the final stop."""
+        if not self.ctx.dump_counters:
+            return
+        try:
+            vals = self._settled_counters()
+        except TestFailure as e:  # a diagnostic aid: never fails the test
+            self.log(1, f"counters not dumped: {e}")
+            return
+        path = os.path.join(self.ctx.dump_counters, f"{self.ctx.case_name}.{self.name}.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(vals, f, indent=0, sort_keys=True)
+        self.log(3, f"counters dumped to {path}")
+
+    def _settled_counters(self, quiet_for: float = 1.5, deadline: float = 8.0) -> dict[str, int]:
+        """varnishd adds a worker's counters to the shared ones only now and then (-expect retries for
+        that): read until the request counters stay the same for quiet_for seconds."""
+        vals = self.counters()
+        if not self.real:
+            return vals
+        def key(v: dict[str, int]) -> dict[str, int]:
+            return {k: n for k, n in v.items() if k.startswith(("MAIN.", "SMA.", "VBE."))
+                    and "uptime" not in k and not k.startswith("MAIN.shm_")}
+        end, still = time.monotonic() + deadline, time.monotonic()
+        while time.monotonic() < end and time.monotonic() - still < quiet_for:
+            time.sleep(0.25)
+            new = self.counters()
+            if key(new) != key(vals):
+                still = time.monotonic()
+            vals = new
         return vals
 
     @staticmethod

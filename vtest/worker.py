@@ -28,12 +28,15 @@ def _bad_backend() -> tuple[socket.socket, str]:
 
 
 def run_one(path: str, *, tmpdir: str, timeout: float, varnishd: str | None,
-            defines: dict[str, str], params: list[str] | None = None) -> None:
+            defines: dict[str, str], params: list[str] | None = None,
+            dump_counters: str | None = None) -> None:
     log = Log(1)
     macros = Macros()
     testdir = os.path.dirname(os.path.abspath(path))
     ctx = TestContext(log, macros, tmpdir=tmpdir, testdir=testdir, timeout=timeout, varnishd=varnishd)
     ctx.varnishd_params = list(params or [])
+    ctx.dump_counters = dump_counters
+    ctx.case_name = os.path.splitext(os.path.basename(path))[0]
     keep, bad = _bad_backend()
     for k, v in {"tmpdir": tmpdir, "testdir": testdir, "pwd": os.getcwd(), "localhost": "127.0.0.1",
                  "bad_ip": "192.0.2.255", "bad_backend": bad, "listen_addr": "127.0.0.1 0"}.items():
@@ -79,10 +82,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--varnishd")
     p.add_argument("-D", action="append", default=[])
     p.add_argument("-p", action="append", default=[])
+    p.add_argument("--dump-counters", metavar="DIR")
     p.add_argument("file")
     a = p.parse_args(argv)
     defines = dict(d.split("=", 1) for d in a.D if "=" in d)
-    run_one(a.file, tmpdir=a.tmpdir, timeout=a.timeout, varnishd=a.varnishd, defines=defines, params=a.p)
+    run_one(a.file, tmpdir=a.tmpdir, timeout=a.timeout, varnishd=a.varnishd, defines=defines, params=a.p,
+            dump_counters=a.dump_counters)
 
 
 if __name__ == "__main__":
