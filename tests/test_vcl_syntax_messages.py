@@ -88,6 +88,9 @@ CASES = [
     ('import std;\nsub vcl_recv {\n\tset req.http.x = std.integer)req.http.y, 0);\n}\n', "Expected '(' got ')'"),
     ('sub vcl_recv {\n\tset req.url = regsuball)req.url, "a", "b");\n}\n', "Expected '(' got ')'"),
     ("sub vcl_backend_response {\n\tset beresp.http.x = now now + 1m;\n}\n", "Expected ';' got 'now'"),
+    # a declaration where a statement goes (a sub left open): VCC refuses the name after the keyword
+    ('sub vcl_recv {\n\tif (req.url) {\n\t\tset req.url = "a";\n\t}\nsub vcl_deliver {\n}\n',
+     "Symbol cannot be used here."),
     # a function's name used as a value: VCC wants its '(' and names the token that follows
     ('import std;\nsub vcl_recv {\n\tif (std.healthy) {}\n}\n', "Expected '(' got ')'"),
     ('import std;\nsub vcl_recv {\n\tif (std.tolower == "a") {}\n}\n', "Expected '(' got '=='"),

@@ -14,7 +14,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 import vmods
 from vcl import ast, symbols
-from vcl.errors import VCLError
+from vcl.errors import BLANKS, NEXT_TOKEN, VCLError
 from vcl.types import BYTES_UNITS, DURATION_UNITS
 
 # How Lark's terminal names read in an error message.
@@ -742,6 +742,9 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
             msg = f"Expected {_expected(set(exc.expected) - {'SLASH'})} got {_describe(tok, source)}"
             if set(exc.expected) == {"LPAR"}:
                 _check_statement_name(source, filename, tok)
+        elif tok.type in _DECLARATION_WORDS and {"KW_SET", "KW_IF", "RBRACE"} <= set(exc.expected):
+            # a declaration's keyword where a statement goes: VCC reads on to the name and refuses it
+            msg, pos = "Symbol cannot be used here.", _next_token_pos(source, filename, tok)
         else:
             msg = _vcc_expectation(set(exc.expected), _describe(tok, source))
             if msg is None:
@@ -800,6 +803,17 @@ def _check_set_target(source: str, filename: str, tok: Token) -> None:
         at = m.start(1)
         pos = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), len(name))
         raise VCLError(f"Symbol '{name}' has wrong type ({kind}), expected var:", pos)
+
+
+_DECLARATION_WORDS = frozenset({"KW_SUB", "KW_BACKEND", "KW_ACL", "KW_PROBE", "KW_IMPORT", "KW_VCL"})
+
+
+def _next_token_pos(source: str, filename: str, tok: Token) -> ast.Pos:
+    """Where the token after `tok` stands (VCC's lexer: blanks and comments skipped)."""
+    at = BLANKS.match(source, tok.end_pos).end()
+    m = NEXT_TOKEN.match(source, at)
+    return ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at),
+                   len(m.group(0)) if m else 1)
 
 
 def _called_without_parenthesis(source: str, tok: Token) -> bool:
