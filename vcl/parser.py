@@ -727,8 +727,9 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
         elif {"STRING", "INT", "NAME"} <= set(exc.expected):
             msg = f"Expected an expression got {_describe(tok, source)}"
             if tok.type != "$END" and source[:tok.start_pos].rstrip().endswith("~"):
-                # VCC names the type it wanted; after a match operator that is always REGEX.
-                msg = f"Unknown token {_describe(tok, source)} when looking for REGEX"
+                # VCC names the type it wanted: an ACL after an IP's match operator, else a REGEX
+                wanted = "ACL" if _IP_MATCH.search(source, 0, tok.start_pos) else "REGEX"
+                msg = f"Unknown token {_describe(tok, source)} when looking for {wanted}"
             elif tok.type != "$END":
                 program = _parse_with_bad_token(source, filename, start, tok)
                 if program is not None:
@@ -805,6 +806,8 @@ def _check_set_target(source: str, filename: str, tok: Token) -> None:
         raise VCLError(f"Symbol '{name}' has wrong type ({kind}), expected var:", pos)
 
 
+# an IP variable and the match operator (client.ip ~ ...): VCC wants an ACL after it
+_IP_MATCH = re.compile(r"\b(?:client|server|remote|local|beresp\.backend|bereq\.backend)\.ip\s*!?~\s*$")
 _DECLARATION_WORDS = frozenset({"KW_SUB", "KW_BACKEND", "KW_ACL", "KW_PROBE", "KW_IMPORT", "KW_VCL"})
 
 
