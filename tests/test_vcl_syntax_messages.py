@@ -96,6 +96,9 @@ CASES = [
      "Unknown token '&&' when looking for ACL"),
     ('sub vcl_recv {\n\tif (server.ip !~ {) {}\n}\n', "Unknown token '{' when looking for ACL"),
     ('sub vcl_recv {\n\tif (req.url ~ ;) {}\n}\n', "Unknown token ';' when looking for REGEX"),
+    ('sub vcl_recv {\n\tset req.url = regsuball(req.url, , "");\n}\n', "Unknown token ',' when looking for REGEX"),
+    ("sub sub vcl_recv {\n}\n", "Symbol 'sub' has wrong type (reserved), expected sub:"),
+    ("sub set vcl_recv {\n}\n", "Symbol 'set' has wrong type (action), expected sub:"),
     # a function's name used as a value: VCC wants its '(' and names the token that follows
     ('import std;\nsub vcl_recv {\n\tif (std.healthy) {}\n}\n', "Expected '(' got ')'"),
     ('import std;\nsub vcl_recv {\n\tif (std.tolower == "a") {}\n}\n', "Expected '(' got '=='"),

@@ -182,6 +182,8 @@ class ExprChecker:
         """Where a constant regex was wanted: VCC reads no '-' there, and types anything else."""
         if isinstance(e, ast.Neg):
             return VCLError("Unknown token '-' when looking for REGEX", e.pos)
+        if isinstance(e, ast.BadToken):
+            return VCLError(f"Unknown token {e.text} when looking for REGEX", e.pos)
         return VCLError(f"Expression has type {self._type_name(self.add(e, 'STRING'))}, expected REGEX", e.pos)
 
     def regex(self, lit: ast.StringLit) -> None:

@@ -675,6 +675,7 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
         tok = exc.token
         _check_units(source, filename, tok)
         _check_set_target(source, filename, tok)
+        _check_sub_name(source, filename, tok)
         _check_action_args(source, filename, tok)
         if tok.type == "$END":
             lines = source.split("\n")
@@ -778,6 +779,26 @@ _UNIT_WORDS = frozenset(DURATION_UNITS) | {"b", "k", "kb", "m", "mb", "g", "gb",
 
 
 _SET_TARGET = re.compile(r"\b(?i:set|unset)\s+([A-Za-z_][\w.-]*)\s*$")
+
+
+_SUB_NAME = re.compile(r"(?:^|[\s;}])sub\s+([A-Za-z_][\w.-]*)\s*$")
+
+
+def _check_sub_name(source: str, filename: str, tok: Token) -> None:
+    """`sub sub vcl_recv {`: VCC looks the name after `sub` up first ("Symbol 'sub' has wrong type
+    (reserved), expected sub:"), before it wants the '{'."""
+    if tok.type == "$END":
+        return
+    m = _SUB_NAME.search(source, 0, tok.start_pos)
+    if m is None:
+        return
+    name = m.group(1)
+    key = name.lower()
+    kind = symbols.BUILTIN_SYMBOLS.get(key) or ("func" if key in symbols.VCC_FUNCS else None)
+    if kind is not None:
+        at = m.start(1)
+        pos = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), len(name))
+        raise VCLError(f"Symbol '{name}' has wrong type ({kind}), expected sub:", pos)
 
 
 def _check_set_target(source: str, filename: str, tok: Token) -> None:
