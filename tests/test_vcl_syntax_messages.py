@@ -88,6 +88,17 @@ CASES = [
     ('import std;\nsub vcl_recv {\n\tset req.http.x = std.integer)req.http.y, 0);\n}\n', "Expected '(' got ')'"),
     ('sub vcl_recv {\n\tset req.url = regsuball)req.url, "a", "b");\n}\n', "Expected '(' got ')'"),
     ("sub vcl_backend_response {\n\tset beresp.http.x = now now + 1m;\n}\n", "Expected ';' got 'now'"),
+    # a declaration where a statement goes (a sub left open): VCC refuses the name after the keyword
+    ('sub vcl_recv {\n\tif (req.url) {\n\t\tset req.url = "a";\n\t}\nsub vcl_deliver {\n}\n',
+     "Symbol cannot be used here."),
+    # the match operator's right side: an ACL after an IP, a REGEX after anything else
+    ('acl local { "127.0.0.1"; }\nsub vcl_recv {\n\tif (client.ip ~  && req.url) {}\n\tif (client.ip ~ local) {}\n}\n',
+     "Unknown token '&&' when looking for ACL"),
+    ('sub vcl_recv {\n\tif (server.ip !~ {) {}\n}\n', "Unknown token '{' when looking for ACL"),
+    ('sub vcl_recv {\n\tif (req.url ~ ;) {}\n}\n', "Unknown token ';' when looking for REGEX"),
+    ('sub vcl_recv {\n\tset req.url = regsuball(req.url, , "");\n}\n', "Unknown token ',' when looking for REGEX"),
+    ("sub sub vcl_recv {\n}\n", "Symbol 'sub' has wrong type (reserved), expected sub:"),
+    ("sub set vcl_recv {\n}\n", "Symbol 'set' has wrong type (action), expected sub:"),
     # a function's name used as a value: VCC wants its '(' and names the token that follows
     ('import std;\nsub vcl_recv {\n\tif (std.healthy) {}\n}\n', "Expected '(' got ')'"),
     ('import std;\nsub vcl_recv {\n\tif (std.tolower == "a") {}\n}\n', "Expected '(' got '=='"),

@@ -74,8 +74,8 @@ class VCLError(Exception):
 
 # a VCC token at the start of the text: a string, a name (VCC's ends at '.'), a number, a two-character
 # operator, or one character
-_NEXT_TOKEN = re.compile(r'"[^"\n]*"?|\{"|[A-Za-z_][\w-]*|[0-9]+(?:\.[0-9]+)?|<<|>>|\+\+|--|==|!=|<=|>=|&&|\|\||!~|\+=|-=|\*=|/=|\S')
-_BLANKS = re.compile(r"(?:\s+|#[^\n]*|//[^\n]*|/\*[\s\S]*?\*/)*")
+NEXT_TOKEN = re.compile(r'"[^"\n]*"?|\{"|[A-Za-z_][\w-]*|[0-9]+(?:\.[0-9]+)?|<<|>>|\+\+|--|==|!=|<=|>=|&&|\|\||!~|\+=|-=|\*=|/=|\S')
+BLANKS = re.compile(r"(?:\s+|#[^\n]*|//[^\n]*|/\*[\s\S]*?\*/)*")
 
 
 class MissingParenthesis(VCLError):
@@ -91,8 +91,8 @@ class MissingParenthesis(VCLError):
             return
         lines = text.split("\n")
         offset = sum(len(line) + 1 for line in lines[:self.pos.line - 1]) + self.pos.col - 1 + self.pos.length
-        offset = _BLANKS.match(text, offset).end()
-        m = _NEXT_TOKEN.match(text, offset)
+        offset = BLANKS.match(text, offset).end()
+        m = NEXT_TOKEN.match(text, offset)
         got = repr(m.group(0)) if m else "end of file"
         line = text.count("\n", 0, offset) + 1
         col = offset - (text.rfind("\n", 0, offset) + 1) + 1

@@ -185,6 +185,8 @@ class ExprChecker:
         """Where a constant regex was wanted: VCC reads no '-' there, and types anything else."""
         if isinstance(e, ast.Neg):
             return VCLError("Unknown token '-' when looking for REGEX", e.pos)
+        if isinstance(e, ast.BadToken):
+            return VCLError(f"Unknown token {e.text} when looking for REGEX", e.pos)
         # typed as VCC types it with a REGEX wanted, and reported at its first token (a '(')
         return VCLError(f"Expression has type {self._type_name(self.add(e, 'REGEX'))}, expected REGEX",
                         e.paren_pos or e.pos)

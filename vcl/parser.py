@@ -14,7 +14,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 import vmods
 from vcl import ast, symbols
-from vcl.errors import VCLError
+from vcl.errors import BLANKS, NEXT_TOKEN, VCLError
 from vcl.types import BYTES_UNITS, DURATION_UNITS
 
 # How Lark's terminal names read in an error message.
@@ -677,6 +677,7 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
         tok = exc.token
         _check_units(source, filename, tok)
         _check_set_target(source, filename, tok)
+        _check_sub_name(source, filename, tok)
         _check_action_args(source, filename, tok)
         if tok.type == "$END":
             lines = source.split("\n")
@@ -729,8 +730,9 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
         elif {"STRING", "INT", "NAME"} <= set(exc.expected):
             msg = f"Expected an expression got {_describe(tok, source)}"
             if tok.type != "$END" and source[:tok.start_pos].rstrip().endswith("~"):
-                # VCC names the type it wanted; after a match operator that is always REGEX.
-                msg = f"Unknown token {_describe(tok, source)} when looking for REGEX"
+                # VCC names the type it wanted: an ACL after an IP's match operator, else a REGEX
+                wanted = "ACL" if _IP_MATCH.search(source, 0, tok.start_pos) else "REGEX"
+                msg = f"Unknown token {_describe(tok, source)} when looking for {wanted}"
             elif tok.type != "$END":
                 program = _parse_with_bad_token(source, filename, start, tok)
                 if program is not None:
@@ -744,6 +746,9 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
             msg = f"Expected {_expected(set(exc.expected) - {'SLASH'})} got {_describe(tok, source)}"
             if set(exc.expected) == {"LPAR"}:
                 _check_statement_name(source, filename, tok)
+        elif tok.type in _DECLARATION_WORDS and {"KW_SET", "KW_IF", "RBRACE"} <= set(exc.expected):
+            # a declaration's keyword where a statement goes: VCC reads on to the name and refuses it
+            msg, pos = "Symbol cannot be used here.", _next_token_pos(source, filename, tok)
         else:
             msg = _vcc_expectation(set(exc.expected), _describe(tok, source))
             if msg is None:
@@ -778,6 +783,26 @@ _UNIT_WORDS = frozenset(DURATION_UNITS) | {"b", "k", "kb", "m", "mb", "g", "gb",
 _SET_TARGET = re.compile(r"\b(?i:set|unset)\s+([A-Za-z_][\w.-]*)\s*$")
 
 
+_SUB_NAME = re.compile(r"(?:^|[\s;}])sub\s+([A-Za-z_][\w.-]*)\s*$")
+
+
+def _check_sub_name(source: str, filename: str, tok: Token) -> None:
+    """`sub sub vcl_recv {`: VCC looks the name after `sub` up first ("Symbol 'sub' has wrong type
+    (reserved), expected sub:"), before it wants the '{'."""
+    if tok.type == "$END":
+        return
+    m = _SUB_NAME.search(source, 0, tok.start_pos)
+    if m is None:
+        return
+    name = m.group(1)
+    key = name.lower()
+    kind = symbols.BUILTIN_SYMBOLS.get(key) or ("func" if key in symbols.VCC_FUNCS else None)
+    if kind is not None:
+        at = m.start(1)
+        pos = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), len(name))
+        raise VCLError(f"Symbol '{name}' has wrong type ({kind}), expected sub:", pos)
+
+
 def _check_set_target(source: str, filename: str, tok: Token) -> None:
     """`set set x = ...`: VCC looks the word after set/unset up as a variable and names what it is
     before reading further ("Symbol 'set' has wrong type (action), expected var:")."""
@@ -802,6 +827,19 @@ def _check_set_target(source: str, filename: str, tok: Token) -> None:
         at = m.start(1)
         pos = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), len(name))
         raise VCLError(f"Symbol '{name}' has wrong type ({kind}), expected var:", pos)
+
+
+# an IP variable and the match operator (client.ip ~ ...): VCC wants an ACL after it
+_IP_MATCH = re.compile(r"\b(?:client|server|remote|local|beresp\.backend|bereq\.backend)\.ip\s*!?~\s*$")
+_DECLARATION_WORDS = frozenset({"KW_SUB", "KW_BACKEND", "KW_ACL", "KW_PROBE", "KW_IMPORT", "KW_VCL"})
+
+
+def _next_token_pos(source: str, filename: str, tok: Token) -> ast.Pos:
+    """Where the token after `tok` stands (VCC's lexer: blanks and comments skipped)."""
+    at = BLANKS.match(source, tok.end_pos).end()
+    m = NEXT_TOKEN.match(source, at)
+    return ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at),
+                   len(m.group(0)) if m else 1)
 
 
 def _called_without_parenthesis(source: str, tok: Token) -> bool:
