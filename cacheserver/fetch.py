@@ -129,6 +129,7 @@ class BusyObj:
 
     # BereqAcct: bytes of this fetch (bereq head and body sent, beresp head and body received)
     acct_bereq_hdr = acct_bereq_body = acct_beresp_hdr = acct_beresp_body = 0
+    rolled_back = False     # std.rollback(bereq) let this attempt's backend connection go
 
     def __init__(self, server: Server, vcl, creq: Context, oc: ObjCore, stale: ObjCore | None, mode: str,
                  req_body: bytes | ReqBody | None = None) -> None:
@@ -212,6 +213,14 @@ class BusyObj:
         if self.ws.overflowed:
             self.server.counters.ws_backend_overflow += 1
             self.ws.overflowed = False
+        if self.conn is not None:
+            # vbf_cleanup: the backend is let go of with the body unread (the connection closed,
+            # recycled when there is no body); the fetch then has nothing to read from
+            if self.body_kind == "none":
+                self._release_response()
+            else:
+                self._close_conn(SC_RESP_CLOSE)
+            self.rolled_back = True
         bereq = self.bereq0.copy()
         bereq.headers.unset("X-Varnish")
         bereq.headers.vsl = (ctx.log, "BereqHeader", "BereqUnset")
@@ -314,6 +323,7 @@ class BusyObj:
             return "error"
         ctx.beresp_backend = backend
         self.backend = backend
+        self.rolled_back = False
         try:
             await self._gethdrs(backend)
         except _LoggedFetchError:
@@ -763,6 +773,11 @@ class BusyObj:
             if stale.gzip_changed:
                 weaken_etag(ctx.beresp)
         chain = None
+        if not ctx.was_304 and self.rolled_back:
+            # std.rollback(bereq) in vcl_backend_response let the connection go (vbf_stp_fetch)
+            ctx.log.append(("FetchError", "No backend connection (rollback?)"))
+            self._failure_counted = False
+            return "error"
         if not ctx.was_304:
             if self.conn is not None and self.conn.clen == 0:     # an empty body has no encoding
                 ctx.beresp.headers.unset("Content-Encoding")
