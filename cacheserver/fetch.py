@@ -130,6 +130,7 @@ class BusyObj:
     # BereqAcct: bytes of this fetch (bereq head and body sent, beresp head and body received)
     acct_bereq_hdr = acct_bereq_body = acct_beresp_hdr = acct_beresp_body = 0
     rolled_back = False     # std.rollback(bereq) let this attempt's backend connection go
+    _vfp_failed = False     # this attempt's fetch processors failed (varnishd's vfc->failed)
 
     def __init__(self, server: Server, vcl, creq: Context, oc: ObjCore, stale: ObjCore | None, mode: str,
                  req_body: bytes | ReqBody | None = None) -> None:
@@ -287,6 +288,7 @@ class BusyObj:
                 ctx.log += self.ws.ws_pending   # making bereq lost a header (X-Varnish...)
                 self.ws.ws_pending = None
         ctx.beresp = None
+        self._vfp_failed = False
         action = await acall_sub(self.vcl, ctx, "vcl_backend_fetch")
         name = action.name
         if name == "fetch":
@@ -801,6 +803,14 @@ class BusyObj:
         oc = self.oc
         raw_expected = self.conn.clen if self.conn is not None and self.body_kind == "length" else None
         self._setup_object(ctx.beresp, self.t_origin, ctx.beresp_age)
+        if oc.private and not ctx.was_304 and not self._head_fits_transient():
+            # vbf_beresp2obj: no Transient room even for the object's headers; the filters
+            # close (their Gzip records) before the connection does
+            ctx.log.append(("FetchError", "Could not get storage"))
+            if chain is not None:
+                chain.close()
+            self._vfp_failed = True
+            return self._body_failed(False)
         if ctx.was_304:
             oc.append(body304)
             self._release_response()
@@ -899,6 +909,19 @@ class BusyObj:
         if not oc.keep_body:
             self.server.storage.slim(oc)    # a hit-for-miss/pass keeps no body: free its storage
         return None
+
+    def _head_fits_transient(self) -> bool:
+        """A private object is made in Transient: is there room for it before its body?"""
+        oc = self.oc
+        size = oc.size
+        head = oc.compute_size(with_body=False)
+        oc.size = size
+        storage = self.server.storage
+        held = storage.hold_transient(head, 0)
+        if held is None:
+            return False
+        storage.release_held(held)
+        return True
 
     async def _store(self, data: bytes) -> bool:
         """Append one piece to the object; False when the fetch must stop (see _stored_failed)."""
@@ -1008,7 +1031,8 @@ class BusyObj:
             # once delivered); with no room there the fetch fails
             held = server.storage.hold_transient(oc.compute_size(with_body=False), len(body))
             if held is None:
-                ctx.log.append(("FetchError", "Could not get storage"))
+                if not self._vfp_failed:      # (VFP_Error logs a fetch attempt's first error only)
+                    ctx.log.append(("FetchError", "Could not get storage"))
                 return "fail"
             server.storage.release_held(held)
         self._publish()

@@ -335,7 +335,8 @@ class Storage:
             name: Stevedore(name, size, self.counters, self._evicted) for name, size in specs}
         if TRANSIENT not in self.stevedores:
             self.stevedores[TRANSIENT] = Stevedore(TRANSIENT, None, self.counters, self._evicted)
-        self._rotation = [st for name, st in self.stevedores.items() if name != TRANSIENT]
+        self._rotation = ([st for name, st in self.stevedores.items() if name != TRANSIENT]
+                          or [self.stevedores[TRANSIENT]])      # -s Transient=... alone
         self._next = 0
         self.max_bytes = max((st.max_bytes or 0) for st in self._rotation)
 
