@@ -166,7 +166,8 @@ class BusyObj:
         params = server.params
         self.ws = Workspace("bo", params.http_max_hdr - HDR_FIRST, server.counters)   # bereq, beresp
         self.bereq0 = make_bereq(creq.req, self.is_pass, xid, params.http_gzip_support, ws=self.ws)
-        if stale is not None and not self.is_pass and stale.http is not None and stale.http.status == 200:
+        if (stale is not None and not self.is_pass and stale.http is not None and stale.http.status == 200
+                and not (stale.hfm or stale.hfp)):     # (a hit-for-miss is superseded, never revalidated)
             self._add_validators(stale)
         self.ctx = Context(
             method="vcl_backend_fetch", bereq=None, bereq_xid=xid, bereq_backend=creq.backend_hint,
@@ -536,10 +537,14 @@ class BusyObj:
         beresp.headers.log_to(ctx.log, "BerespHeader", "BerespUnset")
         ctx.was_304 = False
         stale = self.stale
-        conditional = "If-None-Match" in ctx.bereq.headers or "If-Modified-Since" in ctx.bereq.headers
-        if beresp.status == 304 and not conditional and not self.is_pass:
+        # vbf_304_logic: a 304 is taken when there is an object to revalidate (OF_IMSCAND: a 200
+        # with a validator, not a hit-for-miss/pass), whatever VCL made of bereq's conditionals
+        ims_cand = (stale is not None and not (stale.hfm or stale.hfp) and stale.http is not None
+                    and stale.http.status == 200
+                    and ("ETag" in stale.http.headers or "Last-Modified" in stale.http.headers))
+        if beresp.status == 304 and not ims_cand and not self.is_pass:
+            ctx.log.append(("Error", "304 response but not conditional fetch"))
             self._close_conn(SC_RX_BAD)
-            ctx.log.append(("FetchError", "304 response but not conditional fetch"))
             return "error"
         if beresp.status == 304 and stale is not None and stale.complete and not self.is_pass:
             ctx.was_304 = True

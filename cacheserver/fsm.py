@@ -553,7 +553,7 @@ class ClientRequest(Delivery, EsiRequest):
         if kind == st.HITMISS:
             ctx.log.append(("HitMiss", _hit_text(r.oc or r.busy)))
             ctx.is_hitmiss = True
-            self.busy, self.stale = r.busy, None
+            self.busy, self.stale = r.busy, r.replaces
             return "miss"
         if kind == st.HITPASS:
             ctx.log.append(("HitPass", _hit_text(r.oc)))

@@ -299,12 +299,16 @@ def _req_ttl(oc: ObjCore, req_ttl: float | None) -> float:
 
 
 class LookupResult:
-    __slots__ = ("kind", "oc", "busy")
+    __slots__ = ("kind", "oc", "busy", "replaces")
 
-    def __init__(self, kind: str, oc: ObjCore | None = None, busy: ObjCore | None = None) -> None:
+    def __init__(self, kind: str, oc: ObjCore | None = None, busy: ObjCore | None = None,
+                 replaces: ObjCore | None = None) -> None:
         self.kind = kind
         self.oc = oc        # the object found (hit, grace, hitmiss) or the stale one kept for revalidation
         self.busy = busy    # a busy object this request must fill (miss, or the background fetch of grace)
+        # a live hit-for-miss object the fetch supersedes (varnishd's stale_oc of HSH_HITMISS); an
+        # expired one is only named in the HitMiss record
+        self.replaces = replaces
 
 
 class Storage:
@@ -380,7 +384,7 @@ class Storage:
                     return LookupResult(HITPASS, oc)
                 if oc.hfm:
                     self.counters.cache_hitmiss += 1
-                    return LookupResult(HITMISS, oc, self._new_busy(head))
+                    return LookupResult(HITMISS, oc, self._new_busy(head), replaces=oc)
                 oc.hits += 1
                 self._touch(oc, now)
                 return LookupResult(HIT, oc)
