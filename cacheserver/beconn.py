@@ -345,6 +345,15 @@ class BackendConn(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.done = True
 
+    # inside a chunk's data (from its size line to its end): how a broken-off body is named
+    in_chunk = False
+
+    def on_chunk_header(self) -> None:
+        self.in_chunk = True
+
+    def on_chunk_complete(self) -> None:
+        self.in_chunk = False
+
     # -- waiting ----------------------------------------------------------------------------------
 
     def _wake(self) -> None:

@@ -58,6 +58,27 @@ _HEAD_CLOSE = {"Received junk": SC_RX_JUNK, "backend closed": SC_RESP_CLOSE, "ti
                "first byte timeout": SC_RX_TIMEOUT, "overflow": SC_RX_OVERFLOW}
 
 
+def _body_error_texts(kind: str, error: str, in_chunk: bool) -> tuple[str, ...]:
+    """FetchError records for a backend body that broke off, in varnishd's words (cache_http1_vfp.c):
+    a read that timed out logs its errno first, then the framing says what was missing."""
+    if error.startswith("body: "):
+        if "chunk size" in error and "Invalid character" in error:
+            return ("chunked header non-hex",)
+        if "after chunk" in error:
+            return ("chunked tail no NL",)
+        return (error,)
+    if error not in ("timeout", "backend closed"):
+        return (error,)
+    first = ("Resource temporarily unavailable",) if error == "timeout" else ()
+    if kind == "length":
+        return first + ("straight insufficient bytes",)
+    if kind == "chunked":
+        return first + ("chunked insufficient bytes" if in_chunk else "chunked read err",)
+    if kind == "eof":
+        return first + ("eof socket fail",)
+    return first or (error,)
+
+
 class FetchError(Exception):
     """The backend could not give a response (refused, timeout, reset, garbage)."""
 
@@ -887,9 +908,7 @@ class BusyObj:
                         return self._stored_failed()
                 chain.close()       # the filters' Gzip records come before BackendClose, as varnishd's
         except ConnError as exc:
-            # varnishd's v1f_pull_straight: a body of known length that stops short
-            short = self.body_kind == "length" and str(exc) == "backend closed"
-            ctx.log.append(("FetchError", "straight insufficient bytes" if short else str(exc)))
+            ctx.log += tuple(("FetchError", t) for t in _body_error_texts(self.body_kind, str(exc), conn.in_chunk))
             return self._body_failed(streaming)
         except FilterError as exc:
             # a body that claims gzip but is not: varnishd's "Invalid Gzip data", a failed fetch
