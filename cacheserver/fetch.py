@@ -22,7 +22,7 @@ from cacheserver import esi as _esi  # noqa: F401 - fills the filters' esi slots
 from cacheserver.beconn import SMALL_BODY, BackendConn, ConnError
 from cacheserver.filters import Chain, FetchCtx, FilterError, open_chain, stack, vfp_default_list, weaken_etag
 from cacheserver.h1refuse import HDR_FIRST
-from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for, text, wire
+from cacheserver.http1 import DATES, HOP_BY_HOP, chunked_error, reason_for, text, wire
 from cacheserver.reqbody import ReqBody, ReqBodyError
 from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl
 from cacheserver.stevedores import TRANSIENT
@@ -62,11 +62,7 @@ def _body_error_texts(kind: str, error: str, in_chunk: bool) -> tuple[str, ...]:
     """FetchError records for a backend body that broke off, in varnishd's words (cache_http1_vfp.c):
     a read that timed out logs its errno first, then the framing says what was missing."""
     if error.startswith("body: "):
-        if "chunk size" in error and "Invalid character" in error:
-            return ("chunked header non-hex",)
-        if "after chunk" in error:
-            return ("chunked tail no NL",)
-        return (error,)
+        return (chunked_error(error) or error,)
     if error not in ("timeout", "backend closed"):
         return (error,)
     first = ("Resource temporarily unavailable",) if error == "timeout" else ()

@@ -59,6 +59,15 @@ class DateCache:
 DATES = DateCache()
 
 
+def chunked_error(llhttp_error: str) -> str | None:
+    """varnishd's words (v1f_pull_chunked) for a chunked body llhttp refused, or None."""
+    if "chunk size" in llhttp_error and "Invalid character" in llhttp_error:
+        return "chunked header non-hex"
+    if "after chunk" in llhttp_error:
+        return "chunked tail no NL"
+    return None
+
+
 def http_date(t: float) -> str:
     return formatdate(t, usegmt=True)
 

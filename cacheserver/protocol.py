@@ -24,6 +24,7 @@ from cacheserver.http1 import (
     BAD_REQUEST,
     CONTINUE_100,
     EXPECTATION_FAILED,
+    chunked_error,
     needs_relaxing,
     relax_head,
     text,
@@ -680,6 +681,9 @@ class ClientProtocol(asyncio.Protocol):
                 if why.bogo is not None:
                     records.insert(0, ("BogoHeader", why.bogo))
             self._refusal_log = (records, "400", "Bad Request", why.head_bytes, len(BAD_REQUEST), why.dissected)
+        sink = self._sink
+        if sink is not None and sink.length is None and exc is not None and chunked_error(str(exc)):
+            sink.fail(chunked_error(str(exc)))      # a chunked body llhttp refused, in varnishd's words
         self._refuse(BAD_REQUEST)
 
     def _refusal_transaction(self, records: list, status: str, reason: str, head_bytes: int,
@@ -869,7 +873,7 @@ class ClientProtocol(asyncio.Protocol):
                     message = ("straight" if body.length is not None else "chunked") + " insufficient bytes"
                 else:
                     message = ("straight insufficient bytes" if body.length is not None
-                               else f"chunked read error: {error}")
+                               else error if error.startswith("chunked ") else f"chunked read error: {error}")
                 request.ctx.log.append(("FetchError", message))
                 if body.length is None or "too big" not in error:
                     request._ts("ReqBody")      # read up to where it stopped (vrb_pull)
