@@ -507,10 +507,32 @@ class BusyObj:
                 # the next chunk is pulled only once the backend took this one
                 await conn.drain(between)
         except ReqBodyError as exc:
-            raise FetchError(f"req.body read error: {exc}") from None
+            if not chunked or not chunked_error(str(exc)):
+                raise FetchError(f"req.body read error: {exc}") from None
+            # a chunked body varnishd's VFP refused: it ends the chunked body it was sending, then
+            # fails the fetch as a write error (no errno); the client's transaction names the error
+            conn.write(b"0\r\n\r\n")
+            backends.live(self.backend).bereq_bodybytes += 5
+            self.acct_bereq_body += 5
+            self._client_body_failed(str(exc), body)
+            self.ctx.log += (("FetchError", "req.body read error: 0 (Success)"),
+                             ("FetchError", "backend write error: 0 (Success) (Error transaction"))   # (sic)
+            raise _LoggedFetchError("backend write error") from None
         if chunked:
             conn.write(b"0\r\n\r\n")
         self._req_body_ts(body)
+
+    def _client_body_failed(self, error: str, body: ReqBody) -> None:
+        """The client's body broke off while this fetch read it: logged in the client's transaction,
+        whose connection then closes (the rest of its bytes cannot be told from a next request)."""
+        creq = self.creq
+        if creq is None or self.mode == "bg":
+            return
+        creq.log.append(("FetchError", error))
+        self._req_body_ts(body)
+        request = creq.task() if creq.task is not None else None
+        if request is not None:
+            request.keep_alive = False
 
     def _req_body_start(self, body: ReqBody) -> None:
         """The fetch starts reading the client's body: varnishd reads it through a Transient object

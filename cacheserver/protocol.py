@@ -24,6 +24,7 @@ from cacheserver.http1 import (
     BAD_REQUEST,
     CONTINUE_100,
     EXPECTATION_FAILED,
+    chunk_size_error,
     chunked_error,
     needs_relaxing,
     relax_head,
@@ -119,6 +120,9 @@ class ClientProtocol(asyncio.Protocol):
         # raw-byte tracking, only while the active VCL may steal the connection
         self._raw: bytearray | None = None
         self._raw_done = 0       # messages completed inside _raw
+        self._feeding = b""      # the bytes llhttp is parsing now
+        self._chunk_check = False    # a chunk size was read: check it with the chunk's first bytes
+        self._chunk_bad: str | None = None   # varnishd refuses a chunk size llhttp took
         self._in_message = False
         self._method_override: str | None = None   # a method llhttp does not know, parsed as GET
         self._url_override: bytes | None = None    # a URL llhttp refuses, parsed as "/"
@@ -368,7 +372,11 @@ class ClientProtocol(asyncio.Protocol):
                 data = self._custom_method(data, 0)
                 continue
             try:
+                self._feeding = data
                 self.parser.feed_data(data)
+                if self._chunk_bad is not None:
+                    self.bad_request(ValueError(self._chunk_bad))
+                    return
                 self._keep_head(data, self._raw_done - done_before)
                 return
             except httptools.HttpParserUpgrade as upgrade:
@@ -645,8 +653,20 @@ class ClientProtocol(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(CONTINUE_100)
 
+    def on_chunk_header(self) -> None:
+        self._chunk_check = self._sink is not None
+
     def on_body(self, body: bytes) -> None:
         if self._sink is not None:
+            if self._chunk_check:
+                self._chunk_check = False
+                why = chunk_size_error(self._feeding, body)
+                if why is not None:
+                    # llhttp takes the bytes after it as the chunk; varnishd stops there
+                    self._chunk_bad = why
+                    self._sink.fail(why)
+                    self._sink = None
+                    return
             self._sink.feed(body)
 
     def on_message_complete(self) -> None:
@@ -682,8 +702,10 @@ class ClientProtocol(asyncio.Protocol):
                     records.insert(0, ("BogoHeader", why.bogo))
             self._refusal_log = (records, "400", "Bad Request", why.head_bytes, len(BAD_REQUEST), why.dissected)
         sink = self._sink
-        if sink is not None and sink.length is None and exc is not None and chunked_error(str(exc)):
-            sink.fail(chunked_error(str(exc)))      # a chunked body llhttp refused, in varnishd's words
+        why = chunked_error(str(exc), self._feeding) if exc is not None else None
+        if sink is not None and sink.length is None and why:
+            sink.fail(why)      # a chunked body llhttp refused, in varnishd's words
+        self._chunk_bad = None
         self._refuse(BAD_REQUEST)
 
     def _refusal_transaction(self, records: list, status: str, reason: str, head_bytes: int,
@@ -873,7 +895,7 @@ class ClientProtocol(asyncio.Protocol):
                     message = ("straight" if body.length is not None else "chunked") + " insufficient bytes"
                 else:
                     message = ("straight insufficient bytes" if body.length is not None
-                               else error if error.startswith("chunked ") else f"chunked read error: {error}")
+                               else error if chunked_error(error) else f"chunked read error: {error}")
                 request.ctx.log.append(("FetchError", message))
                 if body.length is None or "too big" not in error:
                     request._ts("ReqBody")      # read up to where it stopped (vrb_pull)
