@@ -329,29 +329,34 @@ class BusyObj:
         backend = backends.resolve(ctx.bereq_backend, ctx)
         if backend is None or backend.host is None:
             ctx.log.append(("FetchError", "No backend"))
-            return "error"
+            return self._no_beresp()
         state = backends.live(backend)
         if not state.healthy:
             server.counters.backend_unhealthy += 1
             state.unhealthy += 1
             ctx.log.append(("FetchError", "backend %s: unhealthy" % backend.name))
-            return "error"
+            return self._no_beresp()
         if backend.max_connections and state.conns >= backend.max_connections:
             server.counters.backend_busy += 1
             state.busy += 1
             ctx.log.append(("FetchError", "backend %s: busy" % backend.name))
-            return "error"
+            return self._no_beresp()
         ctx.beresp_backend = backend
         self.backend = backend
         self.rolled_back = False
         try:
             await self._gethdrs(backend)
         except _LoggedFetchError:
-            return "error"
+            return self._no_beresp()
         except FetchError as exc:
             ctx.log.append(("FetchError", str(exc)))
-            return "error"
+            return self._no_beresp()
         return "response"
+
+    def _no_beresp(self) -> str:
+        """No response head: varnishd still stamps Beresp once VDI_GetHdr has returned."""
+        self._ts("Beresp")
+        return "error"
 
     async def _gethdrs(self, backend: BackendSpec) -> None:
         """Send bereq and read the response head, as varnishd's vbe_dir_gethdrs.
@@ -1024,6 +1029,7 @@ class BusyObj:
         """vcl_backend_error: a synthetic object, 503 "Backend fetch failed" unless VCL says otherwise."""
         ctx = self.ctx
         server = self.server
+        self._ts("Error")
         status, reason = getattr(self, "_err_status", (503, ""))
         self._err_status = (503, "")
         status = int(status)
@@ -1077,8 +1083,14 @@ class BusyObj:
                     ctx.log.append(("FetchError", "Could not get storage"))
                 return "fail"
             server.storage.release_held(held)
+            store = TRANSIENT
+        else:
+            hint = ctx.beresp_storage if isinstance(ctx.beresp_storage, str) else None
+            store = server.storage.store_for(oc, hint)
+        ctx.log.append(("Storage", f"malloc {store}"))
         self._publish()
         oc.finish(True)
+        ctx.log.append(("Length", str(len(body))))
         return None
 
     async def stp_fail(self) -> None:
