@@ -124,7 +124,7 @@ def _strip_hop_by_hop(headers: Headers) -> None:
 
 _BEGIN = {"miss": "fetch", "pass": "pass", "bg": "bgfetch"}
 # Fetch_Body's body status, numbered as varnishd's tbl/body_status.h
-_BODY_STATUS = {"none": "1 none", "chunked": "2 chunked", "length": "3 length", "eof": "4 eof"}
+_BODY_STATUS = {"none": "0 none", "chunked": "2 chunked", "length": "3 length", "eof": "4 eof"}
 
 
 def beresp_filters_default(ctx: Context) -> str:
@@ -880,9 +880,10 @@ class BusyObj:
         if not store:
             hint = ctx.beresp_storage if isinstance(ctx.beresp_storage, str) else None
             store = self.server.storage.store_for(oc, hint)
+        # (no body: varnishd's vbf_stp_fetch turns streaming off)
         ctx.log += (("Storage", f"malloc {store}"),
                     ("Fetch_Body", f"{_BODY_STATUS.get(self.body_kind, '3 length')} "
-                                   f"{'stream' if streaming else '-'}"))
+                                   f"{'stream' if streaming and self.body_kind != 'none' else '-'}"))
         conn = self.conn
         between = self.between
         bodyless = self.body_kind == "none"     # HEAD, 204, 304, Content-Length: 0
