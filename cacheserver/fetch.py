@@ -11,7 +11,9 @@ as the headers are known.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import sys
 import time
 import weakref
@@ -398,8 +400,9 @@ class BusyObj:
                 except (OSError, TimeoutError) as exc:
                     counters.backend_fail += 1
                     backends.count_fail(backend, exc)
-                    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-                    raise FetchError(f"backend {backend.name}: fail ({reason})") from None
+                    code = errno.ETIMEDOUT if isinstance(exc, TimeoutError) or exc.errno is None else exc.errno
+                    raise FetchError(f"backend {backend.name}: fail errno {code} "
+                                     f"({os.strerror(code) if code else 'Success'})") from None
                 counters.backend_conn += 1
             else:
                 counters.backend_reuse += 1
