@@ -331,6 +331,8 @@ class AdminCommands:
             # nothing: the child never sees it
             argv = [a for a in argv if a]
         args = argv[1:]
+        if args[:1] == ["-j"] and not cmd.json:
+            return CLIS_UNIMPL, "JSON unimplemented\n"     # (cls_dispatch: before the count)
         counted = len(args) - (1 if cmd.json and args[:1] == ["-j"] else 0)
         if counted < cmd.min_args:
             return CLIS_TOOFEW, "Too few parameters\n"

@@ -22,7 +22,7 @@ class LiveBackend:
     """What the server knows about one backend while it runs."""
 
     __slots__ = ("admin", "probe_healthy", "probe_good", "probe_log", "changed", "conns", "req", "fail",
-                 "unhealthy", "busy", "probe_bits", "probe_avg", "fails", "bereq_hdrbytes", "bereq_bodybytes",
+                 "unhealthy", "busy", "helddown", "probe_bits", "probe_avg", "fails", "bereq_hdrbytes", "bereq_bodybytes",
                  "beresp_hdrbytes", "beresp_bodybytes", "pipe_hdrbytes", "pipe_out", "pipe_in")
 
     def __init__(self) -> None:
@@ -42,6 +42,7 @@ class LiveBackend:
         self.conns = 0                 # connections in use now (for .max_connections)
         self.req = 0
         self.fail = 0
+        self.helddown = 0
         self.unhealthy = 0
         self.busy = 0
 
@@ -71,10 +72,11 @@ def count_fail(spec: BackendSpec, exc: BaseException, probe: bool = False) -> No
     """A connection to the backend could not be opened: VBE.*.fail and fail_<reason>, as varnishd
     (a probe's failure counts by reason only)."""
     b = live(spec)
-    if not probe:
-        b.fail += 1
     if isinstance(exc, TimeoutError):
         reason = "etimedout"               # connect_timeout
+    elif getattr(exc, "errno", None) == 0:
+        b.helddown += 1                    # not tried: a holddown is on (VBE_Connect_Error's errno 0)
+        return
     else:
         reason = _FAIL_ERRNO.get(getattr(exc, "errno", None) or 0, "other")
     b.fails[reason] = b.fails.get(reason, 0) + 1
@@ -98,7 +100,7 @@ def vbe_counters(prefix: str, spec: BackendSpec) -> dict[str, int]:
            "pipe_in": b.pipe_in, "conn": b.conns, "req": b.req, "unhealthy": b.unhealthy, "busy": b.busy,
            "fail": b.fail}
     out.update((f"fail_{r}", b.fails.get(r, 0)) for r in FAIL_REASONS)
-    out["helddown"] = 0                       # no connect holddown here
+    out["helddown"] = b.helddown
     return {prefix + k: v for k, v in out.items()}
 
 

@@ -14,8 +14,10 @@ further ahead of the object's consumers than that.
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 import socket
+import time
 from typing import TYPE_CHECKING
 
 import httptools
@@ -354,6 +356,15 @@ class BackendConn(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.done = True
 
+    # inside a chunk's data (from its size line to its end): how a broken-off body is named
+    in_chunk = False
+
+    def on_chunk_header(self) -> None:
+        self.in_chunk = True
+
+    def on_chunk_complete(self) -> None:
+        self.in_chunk = False
+
     # -- waiting ----------------------------------------------------------------------------------
 
     def _wake(self) -> None:
@@ -459,11 +470,26 @@ class Pool:
         self.loop = asyncio.get_running_loop()
         self.idle: list[BackendConn] = []      # oldest first; taken from the end
         self._timer: asyncio.TimerHandle | None = None
+        self.holddown_until = 0.0              # no new connection tried before then (wall clock)
 
     async def connect(self, timeout: float) -> BackendConn:
-        """A new connection, within connect_timeout."""
-        async with asyncio.timeout(timeout):
-            _, conn = await self.loop.create_connection(lambda: BackendConn(self), self.host, self.port)
+        """A new connection, within connect_timeout. A refusal that says retrying is useless holds
+        further attempts down for a while (varnishd's vcp_open: backend_remote_error_holddown for
+        ECONNREFUSED/ENETUNREACH, backend_local_error_holddown for EACCES/EPERM/EADDRNOTAVAIL);
+        meanwhile each attempt fails at once with errno 0."""
+        if time.time() < self.holddown_until:
+            raise OSError(0, "Success")
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await self.loop.create_connection(lambda: BackendConn(self), self.host, self.port)
+        except OSError as exc:
+            params = self.server.params
+            hold = (params.backend_remote_error_holddown if exc.errno in (errno.ECONNREFUSED, errno.ENETUNREACH)
+                    else params.backend_local_error_holddown
+                    if exc.errno in (errno.EACCES, errno.EPERM, errno.EADDRNOTAVAIL) else 0)
+            if hold > 0:
+                self.holddown_until = time.time() + hold
+            raise
         return conn
 
     def take(self) -> BackendConn | None:

@@ -84,6 +84,7 @@ class EsiGzipVFP(EsiVFP):
     verbatim range its own run of deflate blocks (esi_gzip.py), as varnishd's vfp_esi_gzip."""
 
     name = "esi_gzip"
+    runs: GzipRuns | None = None
 
     def open(self, fc: FetchCtx) -> bool:
         super().open(fc)
@@ -101,14 +102,24 @@ class EsiGzipVFP(EsiVFP):
     def push(self, data: bytes) -> Iterable[bytes]:
         return self.runs.push(data)
 
+    def close(self) -> None:
+        """Closed before its end (the fetch failed): VGZ_Destroy still logs what went through, the
+        start bit set once the gzip header was out, no last or stop bit."""
+        if self.runs is not None and self.fc.log is not None:
+            size = self.runs.size
+            out = self.runs.cpos if size else 0
+            self.fc.log.append(("Gzip", "G F E %d %d %d 0 0" % (size, out, 80 if size else 0)))
+        self.runs = None
+
     def end(self) -> Iterable[bytes]:
         doc = finish_parse(self.parser, self.fc, self.runs.out_at)
-        tail, bits = self.runs.end(doc is not None)
+        runs, self.runs = self.runs, None
+        tail, bits = runs.end(doc is not None)
         if self.fc.log is not None:
             # VGZ_Destroy's record for the page's gzip: gzip, fetch, ESI; bytes in and out; bits
-            self.fc.log.append(("Gzip", "G F E %d %d %d %d %d" % (self.runs.size, self.runs.cpos, *bits[:3])))
+            self.fc.log.append(("Gzip", "G F E %d %d %d %d %d" % (runs.size, runs.cpos, *bits[:3])))
         if doc is not None:
-            doc.gz = self.runs.gz
+            doc.gz = runs.gz
         self.fc.oc.gzip_bits = bits
         return tail
 

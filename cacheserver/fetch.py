@@ -11,7 +11,9 @@ as the headers are known.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import sys
 import time
 import weakref
@@ -22,7 +24,7 @@ from cacheserver import esi as _esi  # noqa: F401 - fills the filters' esi slots
 from cacheserver.beconn import SMALL_BODY, BackendConn, ConnError
 from cacheserver.filters import Chain, FetchCtx, FilterError, open_chain, stack, vfp_default_list, weaken_etag
 from cacheserver.h1refuse import HDR_FIRST
-from cacheserver.http1 import DATES, HOP_BY_HOP, reason_for, text, wire
+from cacheserver.http1 import DATES, HOP_BY_HOP, chunked_error, reason_for, text, wire
 from cacheserver.reqbody import ReqBody, ReqBodyError
 from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl
 from cacheserver.stevedores import TRANSIENT
@@ -56,6 +58,23 @@ SC_TX_ERROR = "Error transaction"
 # a failed head read, by its FetchError text (V1F_FetchRespHdr)
 _HEAD_CLOSE = {"Received junk": SC_RX_JUNK, "backend closed": SC_RESP_CLOSE, "timeout": SC_RX_TIMEOUT,
                "first byte timeout": SC_RX_TIMEOUT, "overflow": SC_RX_OVERFLOW}
+
+
+def _body_error_texts(kind: str, error: str, in_chunk: bool) -> tuple[str, ...]:
+    """FetchError records for a backend body that broke off, in varnishd's words (cache_http1_vfp.c):
+    a read that timed out logs its errno first, then the framing says what was missing."""
+    if error.startswith("body: "):
+        return (chunked_error(error) or error,)
+    if error not in ("timeout", "backend closed"):
+        return (error,)
+    first = ("Resource temporarily unavailable",) if error == "timeout" else ()
+    if kind == "length":
+        return first + ("straight insufficient bytes",)
+    if kind == "chunked":
+        return first + ("chunked insufficient bytes" if in_chunk else "chunked read err",)
+    if kind == "eof":
+        return first + ("eof socket fail",)
+    return first or (error,)
 
 
 class FetchError(Exception):
@@ -107,7 +126,7 @@ def _strip_hop_by_hop(headers: Headers) -> None:
 
 _BEGIN = {"miss": "fetch", "pass": "pass", "bg": "bgfetch"}
 # Fetch_Body's body status, numbered as varnishd's tbl/body_status.h
-_BODY_STATUS = {"none": "1 none", "chunked": "2 chunked", "length": "3 length", "eof": "4 eof"}
+_BODY_STATUS = {"none": "0 none", "chunked": "2 chunked", "length": "3 length", "eof": "4 eof"}
 
 
 def beresp_filters_default(ctx: Context) -> str:
@@ -129,6 +148,8 @@ class BusyObj:
 
     # BereqAcct: bytes of this fetch (bereq head and body sent, beresp head and body received)
     acct_bereq_hdr = acct_bereq_body = acct_beresp_hdr = acct_beresp_body = 0
+    rolled_back = False     # std.rollback(bereq) let this attempt's backend connection go
+    _vfp_failed = False     # this attempt's fetch processors failed (varnishd's vfc->failed)
 
     def __init__(self, server: Server, vcl, creq: Context, oc: ObjCore, stale: ObjCore | None, mode: str,
                  req_body: bytes | ReqBody | None = None) -> None:
@@ -164,7 +185,8 @@ class BusyObj:
         params = server.params
         self.ws = Workspace("bo", params.http_max_hdr - HDR_FIRST, server.counters)   # bereq, beresp
         self.bereq0 = make_bereq(creq.req, self.is_pass, xid, params.http_gzip_support, ws=self.ws)
-        if stale is not None and not self.is_pass and stale.http is not None and stale.http.status == 200:
+        if (stale is not None and not self.is_pass and stale.http is not None and stale.http.status == 200
+                and not (stale.hfm or stale.hfp)):     # (a hit-for-miss is superseded, never revalidated)
             self._add_validators(stale)
         self.ctx = Context(
             method="vcl_backend_fetch", bereq=None, bereq_xid=xid, bereq_backend=creq.backend_hint,
@@ -211,6 +233,14 @@ class BusyObj:
         if self.ws.overflowed:
             self.server.counters.ws_backend_overflow += 1
             self.ws.overflowed = False
+        if self.conn is not None:
+            # vbf_cleanup: the backend is let go of with the body unread (the connection closed,
+            # recycled when there is no body); the fetch then has nothing to read from
+            if self.body_kind == "none":
+                self._release_response()
+            else:
+                self._close_conn(SC_RESP_CLOSE)
+            self.rolled_back = True
         bereq = self.bereq0.copy()
         bereq.headers.unset("X-Varnish")
         bereq.headers.vsl = (ctx.log, "BereqHeader", "BereqUnset")
@@ -277,6 +307,7 @@ class BusyObj:
                 ctx.log += self.ws.ws_pending   # making bereq lost a header (X-Varnish...)
                 self.ws.ws_pending = None
         ctx.beresp = None
+        self._vfp_failed = False
         action = await acall_sub(self.vcl, ctx, "vcl_backend_fetch")
         name = action.name
         if name == "fetch":
@@ -299,28 +330,34 @@ class BusyObj:
         backend = backends.resolve(ctx.bereq_backend, ctx)
         if backend is None or backend.host is None:
             ctx.log.append(("FetchError", "No backend"))
-            return "error"
+            return self._no_beresp()
         state = backends.live(backend)
         if not state.healthy:
             server.counters.backend_unhealthy += 1
             state.unhealthy += 1
             ctx.log.append(("FetchError", "backend %s: unhealthy" % backend.name))
-            return "error"
+            return self._no_beresp()
         if backend.max_connections and state.conns >= backend.max_connections:
             server.counters.backend_busy += 1
             state.busy += 1
             ctx.log.append(("FetchError", "backend %s: busy" % backend.name))
-            return "error"
+            return self._no_beresp()
         ctx.beresp_backend = backend
         self.backend = backend
+        self.rolled_back = False
         try:
             await self._gethdrs(backend)
         except _LoggedFetchError:
-            return "error"
+            return self._no_beresp()
         except FetchError as exc:
             ctx.log.append(("FetchError", str(exc)))
-            return "error"
+            return self._no_beresp()
         return "response"
+
+    def _no_beresp(self) -> str:
+        """No response head: varnishd still stamps Beresp once VDI_GetHdr has returned."""
+        self._ts("Beresp")
+        return "error"
 
     async def _gethdrs(self, backend: BackendSpec) -> None:
         """Send bereq and read the response head, as varnishd's vbe_dir_gethdrs.
@@ -362,8 +399,9 @@ class BusyObj:
                 except (OSError, TimeoutError) as exc:
                     counters.backend_fail += 1
                     backends.count_fail(backend, exc)
-                    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-                    raise FetchError(f"backend {backend.name}: fail ({reason})") from None
+                    code = errno.ETIMEDOUT if isinstance(exc, TimeoutError) or exc.errno is None else exc.errno
+                    raise FetchError(f"backend {backend.name}: fail errno {code} "
+                                     f"({os.strerror(code) if code else 'Success'})") from None
                 counters.backend_conn += 1
             else:
                 counters.backend_reuse += 1
@@ -476,10 +514,32 @@ class BusyObj:
                 # the next chunk is pulled only once the backend took this one
                 await conn.drain(between)
         except ReqBodyError as exc:
-            raise FetchError(f"req.body read error: {exc}") from None
+            if not chunked or not chunked_error(str(exc)):
+                raise FetchError(f"req.body read error: {exc}") from None
+            # a chunked body varnishd's VFP refused: it ends the chunked body it was sending, then
+            # fails the fetch as a write error (no errno); the client's transaction names the error
+            conn.write(b"0\r\n\r\n")
+            backends.live(self.backend).bereq_bodybytes += 5
+            self.acct_bereq_body += 5
+            self._client_body_failed(str(exc), body)
+            self.ctx.log += (("FetchError", "req.body read error: 0 (Success)"),
+                             ("FetchError", "backend write error: 0 (Success) (Error transaction"))   # (sic)
+            raise _LoggedFetchError("backend write error") from None
         if chunked:
             conn.write(b"0\r\n\r\n")
         self._req_body_ts(body)
+
+    def _client_body_failed(self, error: str, body: ReqBody) -> None:
+        """The client's body broke off while this fetch read it: logged in the client's transaction,
+        whose connection then closes (the rest of its bytes cannot be told from a next request)."""
+        creq = self.creq
+        if creq is None or self.mode == "bg":
+            return
+        creq.log.append(("FetchError", error))
+        self._req_body_ts(body)
+        request = creq.task() if creq.task is not None else None
+        if request is not None:
+            request.keep_alive = False
 
     def _req_body_start(self, body: ReqBody) -> None:
         """The fetch starts reading the client's body: varnishd reads it through a Transient object
@@ -523,10 +583,14 @@ class BusyObj:
         beresp.headers.log_to(ctx.log, "BerespHeader", "BerespUnset")
         ctx.was_304 = False
         stale = self.stale
-        conditional = "If-None-Match" in ctx.bereq.headers or "If-Modified-Since" in ctx.bereq.headers
-        if beresp.status == 304 and not conditional and not self.is_pass:
+        # vbf_304_logic: a 304 is taken when there is an object to revalidate (OF_IMSCAND: a 200
+        # with a validator, not a hit-for-miss/pass), whatever VCL made of bereq's conditionals
+        ims_cand = (stale is not None and not (stale.hfm or stale.hfp) and stale.http is not None
+                    and stale.http.status == 200
+                    and ("ETag" in stale.http.headers or "Last-Modified" in stale.http.headers))
+        if beresp.status == 304 and not ims_cand and not self.is_pass:
+            ctx.log.append(("Error", "304 response but not conditional fetch"))
             self._close_conn(SC_RX_BAD)
-            ctx.log.append(("FetchError", "304 response but not conditional fetch"))
             return "error"
         if beresp.status == 304 and stale is not None and stale.complete and not self.is_pass:
             ctx.was_304 = True
@@ -768,6 +832,11 @@ class BusyObj:
             if stale.gzip_changed:
                 weaken_etag(ctx.beresp)
         chain = None
+        if not ctx.was_304 and self.rolled_back:
+            # std.rollback(bereq) in vcl_backend_response let the connection go (vbf_stp_fetch)
+            ctx.log.append(("FetchError", "No backend connection (rollback?)"))
+            self._failure_counted = False
+            return "error"
         if not ctx.was_304:
             if self.conn is not None and self.conn.clen == 0:     # an empty body has no encoding
                 ctx.beresp.headers.unset("Content-Encoding")
@@ -791,6 +860,14 @@ class BusyObj:
         oc = self.oc
         raw_expected = self.conn.clen if self.conn is not None and self.body_kind == "length" else None
         self._setup_object(ctx.beresp, self.t_origin, ctx.beresp_age)
+        if oc.private and not ctx.was_304 and not self._head_fits_transient():
+            # vbf_beresp2obj: no Transient room even for the object's headers; the filters
+            # close (their Gzip records) before the connection does
+            ctx.log.append(("FetchError", "Could not get storage"))
+            if chain is not None:
+                chain.close()
+            self._vfp_failed = True
+            return self._body_failed(False)
         if ctx.was_304:
             oc.append(body304)
             self._release_response()
@@ -811,9 +888,10 @@ class BusyObj:
         if not store:
             hint = ctx.beresp_storage if isinstance(ctx.beresp_storage, str) else None
             store = self.server.storage.store_for(oc, hint)
+        # (no body: varnishd's vbf_stp_fetch turns streaming off)
         ctx.log += (("Storage", f"malloc {store}"),
                     ("Fetch_Body", f"{_BODY_STATUS.get(self.body_kind, '3 length')} "
-                                   f"{'stream' if streaming else '-'}"))
+                                   f"{'stream' if streaming and self.body_kind != 'none' else '-'}"))
         conn = self.conn
         between = self.between
         bodyless = self.body_kind == "none"     # HEAD, 204, 304, Content-Length: 0
@@ -862,9 +940,7 @@ class BusyObj:
                         return self._stored_failed()
                 chain.close()       # the filters' Gzip records come before BackendClose, as varnishd's
         except ConnError as exc:
-            # varnishd's v1f_pull_straight: a body of known length that stops short
-            short = self.body_kind == "length" and str(exc) == "backend closed"
-            ctx.log.append(("FetchError", "straight insufficient bytes" if short else str(exc)))
+            ctx.log += tuple(("FetchError", t) for t in _body_error_texts(self.body_kind, str(exc), conn.in_chunk))
             return self._body_failed(streaming)
         except FilterError as exc:
             # a body that claims gzip but is not: varnishd's "Invalid Gzip data", a failed fetch
@@ -891,6 +967,19 @@ class BusyObj:
         if not oc.keep_body:
             self.server.storage.slim(oc)    # a hit-for-miss/pass keeps no body: free its storage
         return None
+
+    def _head_fits_transient(self) -> bool:
+        """A private object is made in Transient: is there room for it before its body?"""
+        oc = self.oc
+        size = oc.size
+        head = oc.compute_size(with_body=False)
+        oc.size = size
+        storage = self.server.storage
+        held = storage.hold_transient(head, 0)
+        if held is None:
+            return False
+        storage.release_held(held)
+        return True
 
     async def _store(self, data: bytes) -> bool:
         """Append one piece to the object; False when the fetch must stop (see _stored_failed)."""
@@ -951,6 +1040,7 @@ class BusyObj:
         """vcl_backend_error: a synthetic object, 503 "Backend fetch failed" unless VCL says otherwise."""
         ctx = self.ctx
         server = self.server
+        self._ts("Error")
         status, reason = getattr(self, "_err_status", (503, ""))
         self._err_status = (503, "")
         status = int(status)
@@ -1000,11 +1090,18 @@ class BusyObj:
             # once delivered); with no room there the fetch fails
             held = server.storage.hold_transient(oc.compute_size(with_body=False), len(body))
             if held is None:
-                ctx.log.append(("FetchError", "Could not get storage"))
+                if not self._vfp_failed:      # (VFP_Error logs a fetch attempt's first error only)
+                    ctx.log.append(("FetchError", "Could not get storage"))
                 return "fail"
             server.storage.release_held(held)
+            store = TRANSIENT
+        else:
+            hint = ctx.beresp_storage if isinstance(ctx.beresp_storage, str) else None
+            store = server.storage.store_for(oc, hint)
+        ctx.log.append(("Storage", f"malloc {store}"))
         self._publish()
         oc.finish(True)
+        ctx.log.append(("Length", str(len(body))))
         return None
 
     async def stp_fail(self) -> None:

@@ -295,9 +295,13 @@ class ClientRequest(Delivery, EsiRequest):
             return
         if self.ws.overflowed:
             self.server.counters.ws_client_overflow += 1
-        ctx.log.append(("Timestamp", "Resp: %s\0ReqAcct %d %d %d %d %d %d\0End "
-                        % (floats(now, now - self.t_start, now - self.t_prev), req, rx, req + rx, hdr, body,
-                           hdr + body)))
+        if self.body_failed and not hdr:
+            # ended unanswered after vcl_recv (cnt_recv's req.body error): no Resp timestamp
+            ctx.log.append(("ReqAcct", "%d %d %d %d %d %d\0End " % (req, rx, req + rx, hdr, body, hdr + body)))
+        else:
+            ctx.log.append(("Timestamp", "Resp: %s\0ReqAcct %d %d %d %d %d %d\0End "
+                            % (floats(now, now - self.t_start, now - self.t_prev), req, rx, req + rx, hdr, body,
+                               hdr + body)))
         self.server.vsl.write(ctx.xid, "c", ctx.log)
 
     # -- drivers ----------------------------------------------------------------------------------
@@ -432,7 +436,8 @@ class ClientRequest(Delivery, EsiRequest):
             return None
         self._recv_continue(action)
         self._wash_accept_encoding(action)
-        hash_action = (yield "vcl_hash") if action.name != "fail" else action
+        # (a req.body that failed to cache ends the request before vcl_hash, unless vcl_recv failed)
+        hash_action = (yield "vcl_hash") if action.name != "fail" and not self.body_failed else action
         return self._after_recv(action, hash_action)
 
     def st_recv(self) -> str | None:
@@ -514,7 +519,7 @@ class ClientRequest(Delivery, EsiRequest):
     def _after_recv(self, action: Action, hash_action: Action) -> str | None:
         name = action.name
         ctx = self.ctx
-        if self.body_failed:
+        if self.body_failed and name != "fail":
             # std.cache_req_body() failed (too big, client gone): varnishd closes, answering nothing
             self.session.close_reason = "sc_rx_body"
             self.keep_alive = False
@@ -560,7 +565,7 @@ class ClientRequest(Delivery, EsiRequest):
         if kind == st.HITMISS:
             ctx.log.append(("HitMiss", _hit_text(r.oc or r.busy)))
             ctx.is_hitmiss = True
-            self.busy, self.stale = r.busy, None
+            self.busy, self.stale = r.busy, r.replaces
             return "miss"
         if kind == st.HITPASS:
             ctx.log.append(("HitPass", _hit_text(r.oc)))

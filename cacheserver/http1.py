@@ -59,6 +59,47 @@ class DateCache:
 DATES = DateCache()
 
 
+def chunked_error(llhttp_error: str, buf: bytes = b"") -> str | None:
+    """varnishd's words (v1f_pull_chunked) for a chunked body llhttp refused, or None (`buf`: the
+    bytes being parsed, to tell a size too long to read from one too large for varnishd)."""
+    if llhttp_error in _CHUNK_ERRORS:
+        return llhttp_error           # (in varnishd's words already)
+    if "chunk size" in llhttp_error and "Invalid character" in llhttp_error:
+        return "chunked header non-hex"
+    if "after chunk" in llhttp_error:
+        return "chunked tail no NL"
+    if "Chunk size overflow" in llhttp_error:
+        # more than 64 bits: varnishd reads up to 19 digits past the leading zeros
+        longest = max((len(m.group(1).lstrip(b"0")) for m in _SIZE_LINE_ANY.finditer(buf)), default=0)
+        return "chunked header too long" if longest > 19 else "bogusly large chunk size"
+    return None
+
+
+_CHUNK_ERRORS = ("chunked header non-hex", "chunked tail no NL", "chunked header too long",
+                 "bogusly large chunk size")
+_LONG_HEX = re.compile(rb"[0-9A-Fa-f]{16}")
+_SIZE_LINE_ANY = re.compile(rb"(?:^|\n)[ \t]*([0-9A-Fa-f]{17,})[ \t]*(?:;[^\r\n]*)?\r?\n")
+_SIZE_LINE = re.compile(rb"(?:^|\n)[ \t]*([0-9A-Fa-f]+)[ \t]*(?:;[^\r\n]*)?\r?\n\Z")
+
+
+def chunk_size_error(buf: bytes, data: bytes) -> str | None:
+    """A chunk size llhttp took (it reads 64 bits) but varnishd refuses: more than 19 digits past
+    the leading zeros, or a value that does not fit its ssize_t. `data` is the chunk's first bytes
+    as they lie in `buf` after their size line. None: no such size (or it is not in `buf`)."""
+    if _LONG_HEX.search(buf) is None:
+        return None                   # (the common case, one scan per read)
+    at = buf.find(data)
+    while at >= 0:
+        line = _SIZE_LINE.search(buf, 0, at)
+        if line is not None:
+            digits = line.group(1).lstrip(b"0")
+            if len(digits) > 19:
+                return "chunked header too long"
+            return "bogusly large chunk size" if digits and int(digits, 16) >= 1 << 63 else None
+        at = buf.find(data, at + 1)
+    return None
+
+
 def http_date(t: float) -> str:
     return formatdate(t, usegmt=True)
 

@@ -24,10 +24,26 @@ def _request_head(req) -> bytes:
     return wire("".join(lines))
 
 
+class _Stamps:
+    """The pipe's backend transaction's Timestamp records (its own start and previous event)."""
+
+    def __init__(self) -> None:
+        self.start = self.prev = time.time()
+        self.records = [("Timestamp", "Start: %.6f 0.000000 0.000000" % self.start)]
+
+    def stamp(self, event: str) -> None:
+        now = time.time()
+        self.records.append(("Timestamp", "%s: %.6f %.6f %.6f" % (event, now, now - self.start, now - self.prev)))
+        self.prev = now
+
+
 async def pipe_request(request: ClientRequest) -> None:
     session = request.session
     server = request.server
     ctx = request.ctx
+    stamps = _Stamps()
+    request._ts("Process")
+    stamps.stamp("Process")
     backend = resolve(ctx.bereq_backend if ctx.bereq_backend is not None else ctx.backend_hint, ctx)
     if backend is None or backend.host is None:
         session.close_reason = "sc_tx_error"
@@ -48,6 +64,7 @@ async def pipe_request(request: ClientRequest) -> None:
             session.close()
             return
         server.counters.backend_conn += 1
+    stamps.stamp("Connected")
     bereq = ctx.bereq or ctx.req
     body = request.body
     chunked = body.length is None
@@ -60,7 +77,8 @@ async def pipe_request(request: ClientRequest) -> None:
     vbe.req += 1
     vbe.pipe_hdrbytes += len(head)
     writer.write(head)
-    _log_pipe(request, bereq, backend, writer)
+    request._ts("Pipe")
+    _log_pipe(request, bereq, backend, writer, stamps)
     session.pipe_in = body_in = 0
     out = 0
     try:
@@ -104,13 +122,16 @@ async def pipe_request(request: ClientRequest) -> None:
         writer.close()
         session.close_reason = session.close_reason or "sc_tx_pipe"
         session.close()
+        request._ts("PipeSess")
         # as varnishd: header bytes of the client request and of bereq, bytes piped each way
         ctx.log.append(("PipeAcct", f"{request.acct_req} {len(head)} {body_in + session.pipe_in} {out}"))
-        server.vsl.write(request.pipe_xid, "b", [("BackendClose", f"{request.pipe_fd} {backend.name} close"),
-                                                 ("End", "")])
+        # (the bytes go to PipeAcct: the backend transaction counts none)
+        server.vsl.write(request.pipe_xid, "b", [
+            ("BackendClose", f"{request.pipe_fd} {backend.name} close Piped transaction"),
+            ("BereqAcct", "0 0 0 0 0 0"), ("End", "")])
 
 
-def _log_pipe(request: ClientRequest, bereq, backend, writer: asyncio.StreamWriter) -> None:
+def _log_pipe(request: ClientRequest, bereq, backend, writer: asyncio.StreamWriter, stamps: _Stamps) -> None:
     """The pipe's backend transaction (the request linked it before vcl_pipe), written at its end
     (Begin first)."""
     ctx = request.ctx
@@ -118,11 +139,16 @@ def _log_pipe(request: ClientRequest, bereq, backend, writer: asyncio.StreamWrit
     sock = writer.get_extra_info("socket")
     local = writer.get_extra_info("sockname") or ("-", "-")
     request.pipe_fd = sock.fileno() if sock is not None else -1
-    records = [("Begin", f"bereq {ctx.xid} pipe"), ("BereqMethod", bereq.method), ("BereqURL", bereq.url),
-               ("BereqProtocol", bereq.proto)]
+    stamp, process, connected = stamps.records
+    records = [("Begin", f"bereq {ctx.xid} pipe"), stamp, ("BereqMethod", bereq.method),
+               ("BereqURL", bereq.url), ("BereqProtocol", bereq.proto)]
     records += [("BereqHeader", f"{n}: {v}") for n, v in bereq.headers.items()]
+    records += [process, connected]
     records.append(("BackendOpen", f"{request.pipe_fd} {backend.name} {backend.host} {backend.port} "
                                    f"{local[0]} {local[1]} connect"))
+    stamps.records = []
+    stamps.stamp("Bereq")
+    records += stamps.records
     # the transaction's records so far go out now; BackendClose and End when the pipe ends
     request.server.vsl.write(xid, "b", records)
 

@@ -24,6 +24,8 @@ from cacheserver.http1 import (
     BAD_REQUEST,
     CONTINUE_100,
     EXPECTATION_FAILED,
+    chunk_size_error,
+    chunked_error,
     needs_relaxing,
     relax_head,
     text,
@@ -122,6 +124,9 @@ class ClientProtocol(asyncio.Protocol):
         # raw-byte tracking, only while the active VCL may steal the connection
         self._raw: bytearray | None = None
         self._raw_done = 0       # messages completed inside _raw
+        self._feeding = b""      # the bytes llhttp is parsing now
+        self._chunk_check = False    # a chunk size was read: check it with the chunk's first bytes
+        self._chunk_bad: str | None = None   # varnishd refuses a chunk size llhttp took
         self._in_message = False
         self._method_override: str | None = None   # a method llhttp does not know, parsed as GET
         self._url_override: bytes | None = None    # a URL llhttp refuses, parsed as "/"
@@ -397,7 +402,12 @@ class ClientProtocol(asyncio.Protocol):
                 data = self._custom_method(data, 0)
                 continue
             try:
+                self._feeding = data
                 self.parser.feed_data(data)
+                if self._chunk_bad is not None:
+                    self._chunk_bad = None
+                    self._refuse(b"")        # its body failed already (on_body): as _body_broke
+                    return
                 self._keep_head(data, self._raw_done - done_before)
                 return
             except httptools.HttpParserUpgrade as upgrade:
@@ -438,7 +448,7 @@ class ClientProtocol(asyncio.Protocol):
                     self.overflow()
                     return
                 if self._sink is not None and type(exc) is httptools.HttpParserError:
-                    self._body_broke(_CHUNK_ERRORS.get(str(exc), "chunked read err"))
+                    self._body_broke(chunked_error(str(exc), self._feeding) or "chunked read err")
                     return
                 raw = self._refused_head(data, self._raw_done - done_before, exc)
                 if raw is None or not needs_relaxing(raw) or not self._may_relax(raw):
@@ -681,8 +691,20 @@ class ClientProtocol(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(CONTINUE_100)
 
+    def on_chunk_header(self) -> None:
+        self._chunk_check = self._sink is not None
+
     def on_body(self, body: bytes) -> None:
         if self._sink is not None:
+            if self._chunk_check:
+                self._chunk_check = False
+                why = chunk_size_error(self._feeding, body)
+                if why is not None:
+                    # llhttp takes the bytes after it as the chunk; varnishd stops there
+                    self._chunk_bad = why
+                    self._sink.fail(why)
+                    self._sink = None
+                    return
             self._sink.feed(body)
 
     def on_message_complete(self) -> None:
@@ -908,7 +930,7 @@ class ClientProtocol(asyncio.Protocol):
             request.body_failed = True
             error = body.error
             if error:
-                if "too big" in error or error == "Could not get storage" or error.startswith("chunked "):
+                if "too big" in error or error == "Could not get storage" or chunked_error(error):
                     message = error        # (a broken chunk: already in varnishd's words, _body_broke)
                 elif error == "client closed the connection":
                     # varnishd's words for a body that broke off (its fetch processors')
@@ -1043,14 +1065,6 @@ _CLOSE_ERR = frozenset({"sc_rx_bad", "sc_rx_body", "sc_rx_junk", "sc_rx_overflow
 # reason; these are the closes while waiting for a request (http1_wait), which it does not count.
 _CLOSE_WAITING = frozenset({"sc_rem_close", "sc_rx_close_idle", "sc_rx_timeout", "sc_rx_overflow"})
 
-
-# llhttp's words for a broken chunk, as varnishd's chunked body reader words them (v1f_chunked_*): a
-# size line that starts with no hex digit, a chunk not followed by CRLF, a size that does not fit.
-# (Told apart by varnishd, not by llhttp: a bad byte after the digits is "chunked header no NL", and
-# 17 to 19 digits "bogusly large chunk size".)
-_CHUNK_ERRORS = {"Invalid character in chunk size": "chunked header non-hex",
-                 "Expected LF after chunk data": "chunked tail no NL",
-                 "Chunk size overflow": "chunked header too long"}
 
 
 class _Counter:

@@ -216,7 +216,8 @@ class Stevedore:
 
 
 def parse_specs(specs: list[str] | None, default_bytes: int = 256 << 20) -> list[tuple[str, int | None]]:
-    """`-s` arguments to (name, bytes or None) in order; s0 alone when there are none."""
+    """`-s` arguments to (name, bytes or None) in order; s0 alone when there are none (as varnishd,
+    not when the only one names Transient: then Transient is the only storage, cached objects too)."""
     out: list[tuple[str, int | None]] = []
     n = 0
     for spec in specs or []:
@@ -234,7 +235,7 @@ def parse_specs(specs: list[str] | None, default_bytes: int = 256 << 20) -> list
             name = f"s{n}"
             n += 1
         out.append((name, size if size is not None else default_bytes))
-    if not any(name != TRANSIENT for name, _ in out):
+    if not specs:
         out.insert(0, ("s0", default_bytes))
     if not any(name == TRANSIENT for name, _ in out):
         out.append((TRANSIENT, None))

@@ -299,12 +299,16 @@ def _req_ttl(oc: ObjCore, req_ttl: float | None) -> float:
 
 
 class LookupResult:
-    __slots__ = ("kind", "oc", "busy")
+    __slots__ = ("kind", "oc", "busy", "replaces")
 
-    def __init__(self, kind: str, oc: ObjCore | None = None, busy: ObjCore | None = None) -> None:
+    def __init__(self, kind: str, oc: ObjCore | None = None, busy: ObjCore | None = None,
+                 replaces: ObjCore | None = None) -> None:
         self.kind = kind
         self.oc = oc        # the object found (hit, grace, hitmiss) or the stale one kept for revalidation
         self.busy = busy    # a busy object this request must fill (miss, or the background fetch of grace)
+        # a live hit-for-miss object the fetch supersedes (varnishd's stale_oc of HSH_HITMISS); an
+        # expired one is only named in the HitMiss record
+        self.replaces = replaces
 
 
 class Storage:
@@ -335,7 +339,8 @@ class Storage:
             name: Stevedore(name, size, self.counters, self._evicted) for name, size in specs}
         if TRANSIENT not in self.stevedores:
             self.stevedores[TRANSIENT] = Stevedore(TRANSIENT, None, self.counters, self._evicted)
-        self._rotation = [st for name, st in self.stevedores.items() if name != TRANSIENT]
+        self._rotation = ([st for name, st in self.stevedores.items() if name != TRANSIENT]
+                          or [self.stevedores[TRANSIENT]])      # -s Transient=... alone
         self._next = 0
         self.max_bytes = max((st.max_bytes or 0) for st in self._rotation)
 
@@ -382,7 +387,7 @@ class Storage:
                     return LookupResult(HITPASS, oc)
                 if oc.hfm:
                     self.counters.cache_hitmiss += 1
-                    return LookupResult(HITMISS, oc, self._new_busy(head))
+                    return LookupResult(HITMISS, oc, self._new_busy(head), replaces=oc)
                 oc.hits += 1
                 self._touch(oc, now)
                 return LookupResult(HIT, oc)

@@ -31,6 +31,8 @@ def test_parse_specs():
     assert parse_specs(None) == [("s0", 256 << 20), ("Transient", None)]
     assert parse_specs(["malloc,1m", "Transient=malloc,2m"]) == [("s0", 1 << 20), ("Transient", 2 << 20)]
     assert parse_specs(["a=malloc,1k", "malloc,2k"]) == [("a", 1024), ("s0", 2048), ("Transient", None)]
+    # a Transient alone is the only storage (varnishd adds s0 only when no -s is given)
+    assert parse_specs(["Transient=default,1m"]) == [("Transient", 1 << 20)]
 
 
 def test_a_malloc_store_under_1m_is_refused_on_the_command_line(capsys):

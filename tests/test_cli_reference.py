@@ -352,6 +352,8 @@ def test_vcl_symtab_lists_each_vcls_imports_as_varnishd_lays_them_out():
     ("ban.list a", 105), ("ban.list -j", 200), ("ban.list -j -j", 105), ("pid x", 105), ("vcl.use", 104),
     ("help a b", 105), ("status -j", 200), ("backend.list x y z", 105), ("backend.list -j x y", 106),
     ("backend.list -p -j", 200), ("debug.xid 1 2 3", 105),
+    # -j on a command without JSON: cls_dispatch says so before it counts the arguments
+    ("vcl.show -j boot", 102), ("vcl.discard -j", 102), ("ban -j a b c", 102), ("param.set -j", 104),
 ])
 def test_argument_counts(line, status):
     assert ask(commands(), line)[0] == status

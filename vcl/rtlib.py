@@ -444,10 +444,24 @@ def req_gzip(value: str | None) -> bool:
     return False
 
 
+def beresp_uncacheable_set(ctx, value: bool) -> None:
+    """beresp.uncacheable = value: once true it stays so (VRT_l_beresp_uncacheable complains), and
+    each assignment writes the TTL record as the timers' do."""
+    if ctx.beresp_uncacheable and not value:
+        ctx.log.append(("VCL_Error", "Ignoring attempt to reset beresp.uncacheable"))
+    elif value:
+        ctx.beresp_uncacheable = True
+    _ttl_record(ctx)
+
+
 def beresp_timer_set(ctx, field: str, value: float) -> None:
     """beresp.ttl/grace/keep = value, and the TTL record varnishd writes for it ("VCL ttl grace keep
     origin cacheable"; the TTL counted from the object's origin, as VRT_l_beresp_ttl stores it)."""
     setattr(ctx, field, value)
+    _ttl_record(ctx)
+
+
+def _ttl_record(ctx) -> None:
     age = ctx.beresp_age or 0.0
     ctx.log.append(("TTL", "VCL %.0f %.0f %.0f %.0f %s" % (
         (ctx.beresp_ttl or 0.0) + age, ctx.beresp_grace or 0.0, ctx.beresp_keep or 0.0, time.time() - age,

@@ -272,7 +272,7 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     _v("beresp.time", "TIME", _BR, get="ctx.beresp_time"),
     _v("beresp.ttl", "DURATION", _BR, _BR, get="ctx.beresp_ttl", set_="rt.beresp_timer_set(ctx, 'beresp_ttl', {v})"),
     _v("beresp.uncacheable", "BOOL", _BR, _BR, get="bool(ctx.beresp_uncacheable)",
-       set_="ctx.beresp_uncacheable = {v}"),
+       set_="rt.beresp_uncacheable_set(ctx, {v})"),
     # True when the backend answered 304 and beresp is the revalidated stale object.
     _v("beresp.was_304", "BOOL", _BR, get="bool(ctx.was_304)"),
     # obj
