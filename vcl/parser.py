@@ -598,6 +598,15 @@ def check_vcl_version(version: str, kw_pos: ast.Pos, num_pos: ast.Pos) -> None:
 _SCAN = re.compile(r'"""(?:.|\n)*?"""|\{"(?:.|\n)*?"\}|"[^"\n]*"|/\*(?:.|\n)*?\*/|(?://|#)[^\n]*|[(){};,]|[^"(){};,/#]+|.')
 
 
+def _at_top_level(source: str, end: int) -> bool:
+    """No '{' left open before `end` (strings and comments skipped)."""
+    depth = 0
+    for m in _SCAN.finditer(source, 0, end):
+        t = m.group(0)
+        depth += (t == "{") - (t == "}")
+    return depth <= 0
+
+
 def _open_parenthesis(source: str, end: int) -> tuple[str, int] | None:
     """The innermost '(' not yet closed before `end`: (the name before it, commas after it at its
     own depth); strings and comments skipped."""
@@ -705,8 +714,10 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
             at = glued.start("dot")
             dot = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), 1)
             raise VCLError("Expected ';' got '.'", dot) from None
-        if {"KW_SUB", "KW_BACKEND", "KW_ACL"} <= set(exc.expected):
-            # At the top level, VCC lists the declarations it knows.
+        if {"KW_SUB", "KW_BACKEND", "KW_ACL"} <= set(exc.expected) or (
+                tok.type in ("MULOP", "ADDOP") and _at_top_level(source, tok.start_pos)):
+            # At the top level, VCC lists the declarations it knows (an operator there is seen by
+            # our LALR parser before it leaves the sub it just closed).
             msg = (f"Expected one of\n\t'acl', 'sub', 'backend', 'probe', 'import',  or 'vcl'\n"
                    f"Found: {_describe(tok, source)} at")
         elif "SEMICOLON" in exc.expected and _VCL_LINE.search(source[:tok.start_pos]):
