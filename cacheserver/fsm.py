@@ -122,6 +122,7 @@ class ClientRequest(Delivery, EsiRequest):
     late100 = False                 # std.late_100_continue(true): answer Expect when read
     body_failed = False             # std.cache_req_body() could not have it: close unanswered
     body_storage = None             # what a cached body holds in Transient storage
+    rushed = False                  # woken from the waiting list: looks up again without the hash
     oc: ObjCore | None = None       # the object being delivered
     busy: ObjCore | None = None     # a busy object this request must have fetched
     stale: ObjCore | None = None    # a stale object to revalidate (keep)
@@ -555,7 +556,8 @@ class ClientRequest(Delivery, EsiRequest):
         r = self.server.storage.lookup(
             self.digest, ctx.req, ctx.req_time, always_miss=bool(ctx.hash_always_miss),
             ignore_busy=bool(ctx.hash_ignore_busy), req_ttl=ctx.req_ttl, req_grace=ctx.req_grace,
-            ignore_vary=bool(ctx.hash_ignore_vary), log=ctx.log)
+            ignore_vary=bool(ctx.hash_ignore_vary), log=ctx.log, rushed=self.rushed)
+        self.rushed = False             # a restart's lookup searches the tree again
         kind = r.kind
         if kind == st.BUSY:
             return "waitinglist"
@@ -592,6 +594,7 @@ class ClientRequest(Delivery, EsiRequest):
         self.server.counters.busy_sleep += 1
         await fut
         self.server.counters.busy_wakeup += 1
+        self.rushed = True
         if self.session.closed:
             return None
         return "lookup"

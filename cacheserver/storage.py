@@ -349,14 +349,17 @@ class Storage:
     def lookup(self, digest: bytes, req: HttpMessage, now: float, *, always_miss: bool = False,
                ignore_busy: bool = False, req_ttl: float | None = None,
                req_grace: float | None = None, ignore_vary: bool = False,
-               log: list | None = None) -> LookupResult:
+               log: list | None = None, rushed: bool = False) -> LookupResult:
+        """`rushed`: again after the waiting list, where varnishd reuses the objhead it kept
+        rather than search the critbit tree (no hcb_* counted)."""
         head = self.heads.get(digest)
-        self.counters.hcb_nolock += 1       # critbit: every lookup first tries without the lock
+        self.counters.hcb_nolock += not rushed  # critbit: a lookup first tries without the lock
         if head is None:
             head = self.heads[digest] = ObjHead(digest)
             self.counters.n_objecthead += 1
-            self.counters.hcb_lock += 1     # not in the tree: locked again, and inserted
-            self.counters.hcb_insert += 1
+            if not rushed:
+                self.counters.hcb_lock += 1     # not in the tree: locked again, and inserted
+                self.counters.hcb_insert += 1
         if always_miss:
             return LookupResult(MISS, None, self._new_busy(head))
         busy_found = False
