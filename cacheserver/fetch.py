@@ -969,17 +969,18 @@ class BusyObj:
         return None
 
     def _head_fits_transient(self) -> bool:
-        """A private object is made in Transient: is there room for it before its body?"""
+        """A private object is made in Transient: is there room for it before its body? (Asked
+        without charging: its allocations are counted once, by account_private when it is done;
+        a refusal is Transient's failed allocation.)"""
         oc = self.oc
         size = oc.size
         head = oc.compute_size(with_body=False)
         oc.size = size
-        storage = self.server.storage
-        held = storage.hold_transient(head, 0)
-        if held is None:
-            return False
-        storage.release_held(held)
-        return True
+        st = self.server.storage.stevedores[TRANSIENT]
+        if st.max_bytes is None or head <= st.space:
+            return True
+        st.fail()
+        return False
 
     async def _store(self, data: bytes) -> bool:
         """Append one piece to the object; False when the fetch must stop (see _stored_failed)."""
