@@ -685,8 +685,7 @@ def _syntax_error(exc: UnexpectedInput, source: str, filename: str, start: str) 
     if isinstance(exc, UnexpectedToken):
         tok = exc.token
         _check_units(source, filename, tok)
-        _check_set_target(source, filename, tok)
-        _check_sub_name(source, filename, tok)
+        _check_named_symbol(source, filename, tok)
         _check_action_args(source, filename, tok)
         if tok.type == "$END":
             lines = source.split("\n")
@@ -792,41 +791,32 @@ _UNIT_WORDS = frozenset(DURATION_UNITS) | {"b", "k", "kb", "m", "mb", "g", "gb",
 
 
 _SET_TARGET = re.compile(r"\b(?i:set|unset)\s+([A-Za-z_][\w.-]*)\s*$")
-
-
 _SUB_NAME = re.compile(r"(?:^|[\s;}])sub\s+([A-Za-z_][\w.-]*)\s*$")
 
 
-def _check_sub_name(source: str, filename: str, tok: Token) -> None:
-    """`sub sub vcl_recv {`: VCC looks the name after `sub` up first ("Symbol 'sub' has wrong type
-    (reserved), expected sub:"), before it wants the '{'."""
+def _check_named_symbol(source: str, filename: str, tok: Token) -> None:
+    """The word after `sub` or after `set`/`unset`: VCC looks it up before reading further, and names
+    what it found ("Symbol 'set' has wrong type (action), expected var:"), before the syntax error
+    our parser stopped at later."""
     if tok.type == "$END":
         return
-    m = _SUB_NAME.search(source, 0, tok.start_pos)
-    if m is None:
-        return
-    name = m.group(1)
-    key = name.lower()
-    kind = symbols.BUILTIN_SYMBOLS.get(key) or ("func" if key in symbols.VCC_FUNCS else None)
-    if kind is not None:
-        at = m.start(1)
-        pos = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), len(name))
-        raise VCLError(f"Symbol '{name}' has wrong type ({kind}), expected sub:", pos)
+    for pattern, wanted in ((_SUB_NAME, "sub"), (_SET_TARGET, "var")):
+        m = pattern.search(source, 0, tok.start_pos)
+        if m is None:
+            continue
+        name = m.group(1)
+        kind = _symbol_kind(source, name)
+        if kind is not None and kind != wanted:
+            at = m.start(1)
+            pos = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), len(name))
+            raise VCLError(f"Symbol '{name}' has wrong type ({kind}), expected {wanted}:", pos)
 
 
-def _check_set_target(source: str, filename: str, tok: Token) -> None:
-    """`set set x = ...`: VCC looks the word after set/unset up as a variable and names what it is
-    before reading further ("Symbol 'set' has wrong type (action), expected var:")."""
-    if tok.type == "$END":
-        return
-    m = _SET_TARGET.search(source, 0, tok.start_pos)
-    if m is None:
-        return
-    name = m.group(1)
+def _symbol_kind(source: str, name: str) -> str | None:
+    """What VCC knows `name` as: a built-in symbol's kind, or what this source imports or declares."""
     key = name.lower()
     word = re.escape(name)
-    builtin = symbols.BUILTIN_SYMBOLS.get(key)
-    kind = (builtin if builtin != "var" else None) or ("func" if key in symbols.VCC_FUNCS else None)
+    kind = symbols.BUILTIN_SYMBOLS.get(key) or ("func" if key in symbols.VCC_FUNCS else None)
     if kind is None and re.search(rf"\bimport\s+{word}\b", source):
         kind = "vmod"
     if kind is None:
@@ -834,10 +824,7 @@ def _check_set_target(source: str, filename: str, tok: Token) -> None:
         kind = declared.group(1) if declared else None
     if kind is None and re.search(rf"\bnew\s+{word}\s*=", source):
         kind = "instance"
-    if kind is not None:
-        at = m.start(1)
-        pos = ast.Pos(filename, source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at), len(name))
-        raise VCLError(f"Symbol '{name}' has wrong type ({kind}), expected var:", pos)
+    return kind
 
 
 # an IP variable and the match operator (client.ip ~ ...): VCC wants an ACL after it
