@@ -30,7 +30,7 @@ from cacheserver.rfc2616 import bad_vary, collect_header, compute_ttl
 from cacheserver.stevedores import TRANSIENT
 from cacheserver.storage import ObjCore
 from cacheserver.vclcall import acall_sub
-from vcl.rtlib import end_task
+from vcl.rtlib import restart_task
 from vcl.runtime import Action, BackendSpec, Context, Headers, HttpMessage, VCLFailure, Workspace
 
 if TYPE_CHECKING:
@@ -227,9 +227,7 @@ class BusyObj:
         ctx = self.ctx
         if message is not ctx.bereq:
             raise VCLFailure("std.rollback() restores req or bereq only")
-        if ctx.priv_task:
-            end_task(ctx)
-            ctx.priv_task = None
+        restart_task(ctx)
         if self.ws.overflowed:
             self.server.counters.ws_backend_overflow += 1
             self.ws.overflowed = False

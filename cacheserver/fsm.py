@@ -33,7 +33,7 @@ from cacheserver.storage import SYNTH_OBJECT, ObjCore
 from cacheserver.vclcall import CALL_NAMES, acall_sub, call_sub
 from cacheserver.vsl import float1, floats, floats_bytes
 from vcl.compiler import BUILTIN_RETURNS
-from vcl.rtlib import end_task, s_ip
+from vcl.rtlib import end_task, restart_task, s_ip
 from vcl.runtime import Action, Context, HttpMessage, VCLFailure, Workspace
 
 if TYPE_CHECKING:
@@ -255,9 +255,7 @@ class ClientRequest(Delivery, EsiRequest):
         ctx = self.ctx
         if message is not ctx.req or self.received is None:
             raise VCLFailure("std.rollback() restores req or bereq only")
-        if ctx.priv_task:
-            end_task(ctx)
-            ctx.priv_task = None
+        restart_task(ctx)
         if self.ws.overflowed:
             self.server.counters.ws_client_overflow += 1
             self.ws.overflowed = False

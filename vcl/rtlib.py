@@ -332,6 +332,13 @@ def end_task(ctx) -> None:
             fn()
 
 
+def restart_task(ctx) -> None:
+    """std.rollback(): the task's finalizers run and it starts again with no PRIV_TASK."""
+    if ctx.priv_task:
+        end_task(ctx)
+        ctx.priv_task = None
+
+
 def hash_strands(ctx, parts: tuple) -> None:
     """hash_data() of a concatenation: the parts stay apart (cacheserver/fsm.py hashes each, an unset
     one as a NUL byte, then one separator), as VRT_hashdata's STRANDS."""
