@@ -6,6 +6,7 @@
     python tools/mutate.py --show cacheserver/ranges.py   # also print each survivor's diff
     python tools/mutate.py --only '*_check_idle*' cacheserver/protocol.py   # some functions only
     python tools/mutate.py --report --show vmods/std.py    # the last run's results again, no mutating
+    python tools/mutate.py --resume cacheserver/fsm.py     # go on with the last run after code changes
 
 Each module is mutated in its own scratch copy of the tree (under $TMPDIR/cacheserver-mutate/, so the
 worktree never gets a mutants/ directory) with only that module mutated and only the tests that cover
@@ -135,11 +136,36 @@ def toml_value(value) -> str:
     return str(value)
 
 
+def resume(module: str, dest: Path, env: dict[str, str], children: int) -> None:
+    """Go on with an earlier run in `dest` after the code or the tests changed.
+
+    The tree is copied again over the scratch, keeping mutmut's state and the scratch's [tool.mutmut]
+    (a changed test selection would make mutmut forget every verdict). mutmut itself re-tests the
+    mutants of the functions whose text changed and those never checked, and collects the new tests;
+    the survivors are then re-tested by name, since a new test may kill them. A killed mutant of an
+    unchanged function stays killed: its tests are still there.
+    """
+    pyproject = (dest / "pyproject.toml").read_text()
+    scratch_copy(dest)
+    (dest / "pyproject.toml").write_text(pyproject)
+    undecorate(dest / module)
+    mutmut = [sys.executable, "-m", "mutmut"]
+    subprocess.run([*mutmut, "run", "--max-children", str(children)],
+                   cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = subprocess.run([*mutmut, "results"], cwd=dest, env=env, capture_output=True, text=True).stdout
+    survivors = [m.group(1) for m in map(STATUS.match, out.splitlines()) if m and m.group(2) == "survived"]
+    if survivors:
+        subprocess.run([*mutmut, "run", "--max-children", str(children), *survivors],
+                       cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run(module: str, workdir: Path, show: bool, children: int,
-        only: list[str] | None = None, rerun: bool = True) -> tuple[int, int, dict[str, int]]:
+        only: list[str] | None = None, rerun: bool = True, resumed: bool = False) -> tuple[int, int, dict[str, int]]:
     dest = workdir / module.replace("/", "_")
     env = {**os.environ, "PYTHONPATH": str(dest), "PYTHONDONTWRITEBYTECODE": "1"}
-    if rerun:
+    if resumed and (dest / "mutants").is_dir():
+        resume(module, dest, env, children)
+    elif rerun:
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
         scratch_copy(dest)
@@ -194,6 +220,9 @@ def main() -> int:
                     help="mutate only the functions whose mutant names match (fnmatch), e.g. '*_check_idle*'")
     ap.add_argument("--report", action="store_true",
                     help="only report the last run's results (in --workdir), without mutating again")
+    ap.add_argument("--resume", action="store_true",
+                    help="go on with the last run (in --workdir) after code or test changes: only changed "
+                         "functions, mutants never checked and survivors are tested again")
     ap.add_argument("-j", type=int, default=os.cpu_count() or 2, help="parallel test processes")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cacheserver-mutate")
     args = ap.parse_args()
@@ -204,7 +233,8 @@ def main() -> int:
     rows = []
     for module in modules:
         print(f"{module}: mutating ...", flush=True)
-        killed, total, counts = run(module, args.workdir, args.show, args.j, args.only, not args.report)
+        killed, total, counts = run(module, args.workdir, args.show, args.j, args.only, not args.report,
+                                   args.resume)
         score = 100.0 * killed / total if total else 0.0
         detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         rows.append(f"{module:28} {killed:4d}/{total:<4d} killed  {score:5.1f}%   ({detail})")
