@@ -42,7 +42,10 @@ MODULES: dict[str, list[str]] = {
     "cacheserver/storage.py": ["tests/test_mut_storage.py", "tests/test_vsl_storage_records.py", "tests/test_stored_http.py",
                                "tests/test_cache_storage.py", "tests/test_vmod_purge.py", "tests/test_cache_objects.py"],
     "vcl/exprcheck.py": ["tests/test_mut_exprcheck.py", "tests/test_vcl_errors.py", "tests/test_vcl_syntax.py",
-                         "tests/test_vcl_parity.py", "tests/test_vcl_exec.py", "tests/test_vcl_vtc_cases.py"],
+                         "tests/test_vcl_parity.py", "tests/test_vcl_exec.py", "tests/test_vcl_vtc_cases.py",
+                         "tests/test_vcl_variable_access.py", "tests/test_vcl_syntax_messages.py",
+                         "tests/test_vcl_conversions.py", "tests/test_vcl_objects.py", "tests/test_vcl_std.py",
+                         "tests/test_vcl_errors_unref.py", "tests/test_vcl_fuzz.py", "tests/test_vcl_docs.py"],
     "vmods/std.py": ["tests/test_mut_std.py", "tests/test_vmod_std.py", "tests/test_vcl_std.py",
                      "tests/test_vcl_vtc_cases.py", "tests/test_vcl_exec.py"],
     "vmods/directors.py": ["tests/test_mut_directors.py", "tests/test_vmod_directors.py", "tests/test_cache_directors.py",
@@ -69,7 +72,10 @@ DESELECT: dict[str, list[str]] = {
         "syntax_in_a_vcl_40_is", "collect_of_the_cached_object_is", "blobread_without_a_file_is")],
     "vcl/exprcheck.py": ["tests/test_mut_exprcheck.py::test_compiles_with_varnishd",
                          "tests/test_mut_exprcheck.py::test_every_case_is_what_varnishd_reports",
-                         "tests/test_vcl_errors.py::test_every_case_is_what_varnishd_reports"],
+                         "tests/test_vcl_errors.py::test_every_case_is_what_varnishd_reports",
+                         "tests/test_vcl_variable_access.py::test_recorded_messages_are_varnishds",
+                         "tests/test_vcl_syntax_messages.py::test_recorded_messages_are_varnishds",
+                         "tests/test_vcl_parity.py::test_recorded_verdicts_still_match_varnishd"],
 }
 FAST = ["cacheserver/rfc2616.py", "cacheserver/ranges.py", "cacheserver/bans.py"]
 STATUS = re.compile(r"^\s*(\S+): (.+)$")
