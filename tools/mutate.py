@@ -142,14 +142,15 @@ def toml_value(value) -> str:
     return str(value)
 
 
-def resume(module: str, dest: Path, env: dict[str, str], children: int) -> None:
+def resume(module: str, dest: Path, env: dict[str, str], children: int, survivors_too: bool) -> None:
     """Go on with an earlier run in `dest` after the code or the tests changed.
 
     The tree is copied again over the scratch, keeping mutmut's state and the scratch's [tool.mutmut]
     (a changed test selection would make mutmut forget every verdict). mutmut itself re-tests the
     mutants of the functions whose text changed and those never checked, and collects the new tests;
-    the survivors are then re-tested by name, since a new test may kill them. A killed mutant of an
-    unchanged function stays killed: its tests are still there.
+    with `survivors_too`, the survivors are then re-tested by name, since a new test may kill them
+    (without it the figure is a lower bound). A killed mutant of an unchanged function stays killed:
+    its tests are still there.
     """
     pyproject = (dest / "pyproject.toml").read_text()
     scratch_copy(dest)
@@ -160,17 +161,18 @@ def resume(module: str, dest: Path, env: dict[str, str], children: int) -> None:
                    cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = subprocess.run([*mutmut, "results"], cwd=dest, env=env, capture_output=True, text=True).stdout
     survivors = [m.group(1) for m in map(STATUS.match, out.splitlines()) if m and m.group(2) == "survived"]
-    if survivors:
+    if survivors and survivors_too:
         subprocess.run([*mutmut, "run", "--max-children", str(children), *survivors],
                        cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def run(module: str, workdir: Path, show: bool, children: int,
-        only: list[str] | None = None, rerun: bool = True, resumed: bool = False) -> tuple[int, int, dict[str, int]]:
+        only: list[str] | None = None, rerun: bool = True, resumed: bool = False,
+        survivors_too: bool = False) -> tuple[int, int, dict[str, int]]:
     dest = workdir / module.replace("/", "_")
     env = {**os.environ, "PYTHONPATH": str(dest), "PYTHONDONTWRITEBYTECODE": "1"}
     if resumed and (dest / "mutants").is_dir():
-        resume(module, dest, env, children)
+        resume(module, dest, env, children, survivors_too)
     elif rerun:
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
@@ -228,7 +230,9 @@ def main() -> int:
                     help="only report the last run's results (in --workdir), without mutating again")
     ap.add_argument("--resume", action="store_true",
                     help="go on with the last run (in --workdir) after code or test changes: only changed "
-                         "functions, mutants never checked and survivors are tested again")
+                         "functions and mutants never checked are tested")
+    ap.add_argument("--survivors", action="store_true",
+                    help="with --resume: test the earlier survivors again too (slow: each runs every test)")
     ap.add_argument("-j", type=int, default=os.cpu_count() or 2, help="parallel test processes")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cacheserver-mutate")
     args = ap.parse_args()
@@ -240,7 +244,7 @@ def main() -> int:
     for module in modules:
         print(f"{module}: mutating ...", flush=True)
         killed, total, counts = run(module, args.workdir, args.show, args.j, args.only, not args.report,
-                                   args.resume)
+                                   args.resume, args.survivors)
         score = 100.0 * killed / total if total else 0.0
         detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         rows.append(f"{module:28} {killed:4d}/{total:<4d} killed  {score:5.1f}%   ({detail})")
