@@ -640,6 +640,19 @@ def test_the_lurker_tests_objects_behind_a_req_ban_and_moves_them_up_to_it():
     assert obj_ban.completed and not req_ban.completed
 
 
+def test_the_lurker_never_moves_an_object_past_a_req_ban_it_has_not_seen():
+    # the oldest ban newer than the object is a pending req ban: the object is tested against the
+    # due obj ban behind it and stays where it is (its next hit must still test the req ban)
+    c = counters()
+    bl = BanList(c)
+    oc = cached(bl, [("X-Tag", "b")])
+    first = oc.ban
+    req_ban = bl.add("req.url ~ /x")
+    obj_ban = bl.add("obj.http.x-tag == a")
+    assert bl.lurk([oc], obj_ban.t + 100, min_age=0) == [] and oc.ban is first
+    assert c.bans_lurker_tested == 1 and obj_ban.completed and not req_ban.completed
+
+
 def test_the_lurker_moves_an_object_no_further_than_a_young_ban():
     bl = BanList(counters())
     oc = cached(bl, [("X-Tag", "b")])
