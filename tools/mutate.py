@@ -157,13 +157,14 @@ def resume(module: str, dest: Path, env: dict[str, str], children: int, survivor
     (dest / "pyproject.toml").write_text(pyproject)
     undecorate(dest / module)
     mutmut = [sys.executable, "-m", "mutmut"]
+    log = (dest / "mutmut.log").open("a")     # mutmut's own output: why a run stopped early
     subprocess.run([*mutmut, "run", "--max-children", str(children)],
-                   cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT)
     out = subprocess.run([*mutmut, "results"], cwd=dest, env=env, capture_output=True, text=True).stdout
     survivors = [m.group(1) for m in map(STATUS.match, out.splitlines()) if m and m.group(2) == "survived"]
     if survivors and survivors_too:
         subprocess.run([*mutmut, "run", "--max-children", str(children), *survivors],
-                       cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def run(module: str, workdir: Path, show: bool, children: int,
@@ -180,8 +181,9 @@ def run(module: str, workdir: Path, show: bool, children: int,
         undecorate(dest / module)
         configure(dest, module)
         # --only: mutmut's own name filter (fnmatch on "package.module.x_function__mutmut_N")
+        log = (dest / "mutmut.log").open("a")     # mutmut's own output: why a run stopped early
         subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *(only or [])],
-                       cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT)
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=dest, env=env,
                          capture_output=True, text=True).stdout
     counts: dict[str, int] = {}
