@@ -156,6 +156,15 @@ def resume(module: str, dest: Path, env: dict[str, str], children: int, survivor
     scratch_copy(dest)
     (dest / "pyproject.toml").write_text(pyproject)
     undecorate(dest / module)
+    # mutmut copies the packages' other files (vcl/grammar.lark ...) into mutants/ only on its
+    # first run: a changed grammar would meet the new parser
+    source_paths = tomllib.loads(pyproject)["tool"]["mutmut"]["source_paths"]
+    for folder in source_paths:
+        for src in (dest / folder).rglob("*"):
+            if src.is_file() and src.suffix not in (".py", ".pyc") and "__pycache__" not in src.parts:
+                target = dest / "mutants" / src.relative_to(dest)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, target)
     mutmut = [sys.executable, "-m", "mutmut"]
     log = (dest / "mutmut.log").open("a")     # mutmut's own output: why a run stopped early
     subprocess.run([*mutmut, "run", "--max-children", str(children)],
