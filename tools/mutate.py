@@ -7,6 +7,7 @@
     python tools/mutate.py --only '*_check_idle*' cacheserver/protocol.py   # some functions only
     python tools/mutate.py --report --show vmods/std.py    # the last run's results again, no mutating
     python tools/mutate.py --resume cacheserver/fsm.py     # go on with the last run after code changes
+    python tools/mutate.py --sample 200 cacheserver/fsm.py # 200 random unchecked ones: a whole-module estimate
 
 Each module is mutated in its own scratch copy of the tree (under $TMPDIR/cacheserver-mutate/, so the
 worktree never gets a mutants/ directory) with only that module mutated and only the tests that cover
@@ -23,7 +24,10 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import json
+import math
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -176,12 +180,50 @@ def resume(module: str, dest: Path, env: dict[str, str], children: int, survivor
                        cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+def sample(dest: Path, env: dict[str, str], children: int, size: int) -> None:
+    """Test `size` mutants drawn at random from those the last run never checked (when the whole
+    module would take hours): with the ones already checked they give an unbiased estimate of the
+    whole module's score (`estimate`). The names drawn are kept in the scratch's sample.txt."""
+    unchecked = sorted(key for meta in (dest / "mutants").rglob("*.meta")
+                       for key, code in json.loads(meta.read_text())["exit_code_by_key"].items() if code is None)
+    drawn = random.Random(len(unchecked)).sample(unchecked, min(size, len(unchecked)))
+    with (dest / "sample.txt").open("a") as out:
+        out.writelines(f"{name}\n" for name in drawn)
+    with (dest / "mutmut.log").open("a") as log:
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *drawn],
+                       cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def estimate(dest: Path, verdicts: dict[str, str]) -> str | None:
+    """The whole module's score from the mutants checked outside the sample, plus the sample's kill
+    rate over every mutant left unchecked when it was drawn (the sample and those still unchecked),
+    with a 95% interval (normal approximation, finite population)."""
+    path = dest / "sample.txt"
+    if not path.exists():
+        return None
+    drawn = set(path.read_text().split())
+    caught = {"killed", "timeout", "segfault"}
+    sampled = [v for name, v in verdicts.items() if name in drawn and v != "not checked"]
+    pool = len(sampled) + sum(1 for name, v in verdicts.items() if name not in drawn and v == "not checked")
+    fixed = [v for name, v in verdicts.items() if name not in drawn and v not in ("not checked", "skipped")]
+    n, total = len(sampled), len(fixed) + pool
+    if not n or not total:
+        return None
+    rate = sum(v in caught for v in sampled) / n
+    margin = 1.96 * pool * math.sqrt(rate * (1 - rate) / n * max(pool - n, 0) / max(pool - 1, 1))
+    killed = sum(v in caught for v in fixed) + rate * pool
+    return (f"estimate over all {total}: {100 * killed / total:.1f}% +- {100 * margin / total:.1f} "
+            f"({n} of the {pool} unchecked drawn at random, {100 * rate:.1f}% of them caught)")
+
+
 def run(module: str, workdir: Path, show: bool, children: int,
         only: list[str] | None = None, rerun: bool = True, resumed: bool = False,
-        survivors_too: bool = False) -> tuple[int, int, dict[str, int]]:
+        survivors_too: bool = False, sample_size: int = 0) -> tuple[int, int, dict[str, int], str | None]:
     dest = workdir / module.replace("/", "_")
     env = {**os.environ, "PYTHONPATH": str(dest), "PYTHONDONTWRITEBYTECODE": "1"}
-    if resumed and (dest / "mutants").is_dir():
+    if sample_size:
+        sample(dest, env, children, sample_size)
+    elif resumed and (dest / "mutants").is_dir():
         resume(module, dest, env, children, survivors_too)
     elif rerun:
         shutil.rmtree(dest, ignore_errors=True)
@@ -196,10 +238,12 @@ def run(module: str, workdir: Path, show: bool, children: int,
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=dest, env=env,
                          capture_output=True, text=True).stdout
     counts: dict[str, int] = {}
+    verdicts: dict[str, str] = {}
     survivors = []
     for line in out.splitlines():
         m = STATUS.match(line)
         if m:
+            verdicts[m.group(1)] = m.group(2)
             counts[m.group(2)] = counts.get(m.group(2), 0) + 1
             if m.group(2) in ("survived", "no tests"):
                 survivors.append((m.group(1), m.group(2)))
@@ -210,7 +254,7 @@ def run(module: str, workdir: Path, show: bool, children: int,
         changes = mutant_changes(dest / "mutants" / module)
         for name, status in survivors:
             print(f"  {status}: {name}\n    " + "\n    ".join(changes.get(name.rpartition(".")[2], ["?"])))
-    return killed, total, counts
+    return killed, total, counts, estimate(dest, verdicts)
 
 
 def mutant_changes(mutated: Path) -> dict[str, list[str]]:
@@ -244,6 +288,9 @@ def main() -> int:
                          "functions and mutants never checked are tested")
     ap.add_argument("--survivors", action="store_true",
                     help="with --resume: test the earlier survivors again too (slow: each runs every test)")
+    ap.add_argument("--sample", type=int, default=0, metavar="N",
+                    help="test N of the last run's unchecked mutants (in --workdir), drawn at random, and "
+                         "estimate the whole module's score from them")
     ap.add_argument("-j", type=int, default=os.cpu_count() or 2, help="parallel test processes")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cacheserver-mutate")
     args = ap.parse_args()
@@ -254,12 +301,14 @@ def main() -> int:
     rows = []
     for module in modules:
         print(f"{module}: mutating ...", flush=True)
-        killed, total, counts = run(module, args.workdir, args.show, args.j, args.only, not args.report,
-                                   args.resume, args.survivors)
+        killed, total, counts, whole = run(module, args.workdir, args.show, args.j, args.only,
+                                           not args.report, args.resume, args.survivors, args.sample)
         score = 100.0 * killed / total if total else 0.0
         detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         rows.append(f"{module:28} {killed:4d}/{total:<4d} killed  {score:5.1f}%   ({detail})")
-        print(rows[-1], flush=True)
+        if whole:
+            rows.append(f"{'':28} {whole}")
+        print("\n".join(rows[-2 if whole else -1:]), flush=True)
     print("\n".join(["", "score per module (killed, timed out or crashed / mutants):"] + rows))
     return 0
 
