@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from inproc import inproc_cache_factory
+from inproc import inproc_cache_factory, wait_for
 from test_cache_support import Resp
 
 make = pytest.fixture(inproc_cache_factory)    # in-process (tests/inproc.py)
@@ -91,7 +91,9 @@ sub vcl_backend_response { set beresp.ttl = 1s; set beresp.grace = 60s; }
     for t in threads:
         t.join()
     assert results == [b"v0"] * 5          # stale, without waiting for the refresh
-    time.sleep(0.8)
+    # the background fetch (0.5 s at the backend) is over once its connection is back in the pool;
+    # a get before that would be one more grace hit
+    wait_for(lambda: cache.cli.counters()["backend_recycle"] == 2, what="the background fetch's end")
     assert cache.get("/")[2] == b"v1"
     assert len(backend.requests) == 2      # exactly one background fetch
     assert cache.cli.counters()["cache_hit_grace"] == 5
@@ -223,9 +225,7 @@ def test_ban_lurker_removes_objects_for_obj_only_bans(make):
     cache.get("/2")
     assert cache.cli.counters()["n_object"] == 2
     cache.cli.cmd("ban obj.http.x-tag == t")
-    deadline = time.time() + 3
-    while cache.cli.counters()["n_object"] and time.time() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: cache.cli.counters()["n_object"] == 0, what="the lurker's kills")
     c = cache.cli.counters()
     assert c["n_object"] == 0 and c["bans_lurker_obj_killed"] == 2
 
@@ -237,7 +237,7 @@ sub vcl_backend_response { if (bereq.url ~ "short") { set beresp.ttl = 0.3s; set
 """
     cache, _ = make(vcl, lambda req: Resp(body=b"x" * 400_000), "-s", "malloc,1m")
     cache.get("/short")
-    time.sleep(0.6)
+    wait_for(lambda: cache.cli.counters()["n_expired"], what="the expiry of /short (TTL 0.3 s)")
     c = cache.cli.counters()
     assert c["n_expired"] == 1 and c["n_object"] == 0
     for i in range(4):

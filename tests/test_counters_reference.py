@@ -35,7 +35,7 @@ def raw(cache, data: bytes, *, read: bool = True) -> bytes:
     return out
 
 
-def settle(cache, name: str, want: int, timeout: float = 3.0) -> dict[str, int]:
+def settle(cache, name: str, want: int, timeout: float = 10.0) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     while True:
         c = cache.cli.counters()
