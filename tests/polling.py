@@ -42,3 +42,18 @@ async def async_wait_for(predicate: Callable[[], T], timeout: float = DEADLINE, 
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
         await asyncio.sleep(interval)
+
+
+def wait_steady(read: Callable[[], T], readings: int = 3, interval: float = 0.1, timeout: float = DEADLINE,
+                what: str = "a steady value") -> T:
+    """read()'s value once it is the same `readings` times in a row, `interval` apart: for counts
+    that settle after a burst (descriptors closing) when nothing says which value they settle at."""
+    deadline = time.monotonic() + timeout
+    last, same = read(), 1
+    while same < readings:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what} (last {last!r})")
+        time.sleep(interval)
+        now = read()
+        last, same = now, (same + 1 if now == last else 1)
+    return last
