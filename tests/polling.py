@@ -9,6 +9,7 @@ generous on purpose: they cost nothing when the condition comes true early.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -57,3 +58,15 @@ def wait_steady(read: Callable[[], T], readings: int = 3, interval: float = 0.1,
         now = read()
         last, same = now, (same + 1 if now == last else 1)
     return last
+
+
+def wait_gone(pid: int, timeout: float = DEADLINE) -> bool:
+    """Whether process `pid` (not our child: a daemon) is gone within `timeout` s; for cleanups."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.01)
+    return False
