@@ -126,17 +126,25 @@ sub vcl_backend_response {
 
 
 def test_concurrent_misses_coalesce_into_one_fetch(make):
-    cache, backend = make("vcl 4.1;\nBACKEND\n", lambda req: Resp(body=b"shared", delay=0.5))
+    released = threading.Event()
+
+    def respond(req):
+        released.wait(10)                    # until the other nine wait on the busy object
+        return Resp(body=b"shared")
+
+    cache, backend = make("vcl 4.1;\nBACKEND\n", respond)
     results = []
     threads = [threading.Thread(target=lambda: results.append(cache.get("/c")[2])) for _ in range(10)]
     for t in threads:
         t.start()
+    wait_for(lambda: cache.cli.counters()["busy_sleep"] == 9, what="nine requests on the waiting list")
+    released.set()
     for t in threads:
         t.join()
     assert results == [b"shared"] * 10
     assert len(backend.requests) == 1
     c = cache.cli.counters()
-    assert c["busy_sleep"] >= 1 and c["cache_miss"] == 1
+    assert c["busy_sleep"] == 9 and c["cache_miss"] == 1
 
 
 def test_waiters_on_an_uncacheable_object_go_to_the_backend(make):
