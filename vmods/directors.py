@@ -16,6 +16,7 @@ import math
 import time as _time
 
 from cacheserver.backends import healthy as _healthy
+from cacheserver.backends import live as _live
 from vcl.rtlib import on_task_end
 from vcl.runtime import BackendSpec, Context, VCLFailure
 from vmods import Func, ObjectType, Param, Vmod
@@ -49,12 +50,20 @@ def _be_name(backend: object) -> str:
 
 
 def _health(backend: object, ctx) -> tuple[bool, float]:
-    """VRT_Healthy(ctx, be, &changed): health and when it last changed (0 when unknown)."""
-    ok = _healthy(backend, ctx)
+    """VRT_Healthy(ctx, be, &changed): health and when it last changed. A director's change time is
+    the latest of its members' up to its first healthy one (vdir_any_healthy, sharddir_any_healthy)."""
+    if isinstance(backend, BackendSpec):
+        return _healthy(backend, ctx), _live(backend).changed
+    members = getattr(backend, "members", None)
+    if members is None:
+        return _healthy(backend, ctx), 0.0
     changed = 0.0
-    if isinstance(backend, BackendSpec) and backend.live is not None:
-        changed = float(getattr(backend.live, "changed", 0.0) or 0.0)
-    return ok, changed
+    for member, _ in members:
+        ok, member_changed = _health(member, ctx)
+        changed = max(changed, member_changed)
+        if ok:
+            return True, changed
+    return False, changed
 
 
 def _now(ctx) -> float:
@@ -79,9 +88,10 @@ def _log(ctx, tag: str, text: str) -> None:
 
 def _debug(ctx, text: str) -> None:
     """The shard's debug lines: varnishd writes them at once under vxid 0 (SHDBG is VSL(SLT_Debug, 0,
-    ...)), not into the task's records; in vcl_init/vcl_fini those are vxid 0 already, in order."""
+    ...)), not into the task's records; vcl_init's records are vxid 0 already, kept in order (the
+    server writes vcl_fini's nowhere: those go out at once too)."""
     server = getattr(ctx, "server", None)
-    if getattr(ctx, "method", "") in ("vcl_init", "vcl_fini") or server is None:
+    if ctx.method == "vcl_init" or server is None:
         _log(ctx, "Debug", text)
         return
     server.vsl.write(0, "-", [("Debug", text)])
@@ -423,16 +433,21 @@ class Shard:
             # a client task's changes apply when it ends (shard_change_fini): until then, even
             # the fetches it makes see the director as it was
             self._pending_open = True
-            on_task_end(ctx, self._task_ended)
+            on_task_end(ctx, lambda: self._task_ended(ctx))
         self._pending_ctx = ctx
         self._pending.append((task, sb, weight))
         return True
 
     _pending_open = False
 
-    def _task_ended(self) -> None:
+    def _task_ended(self, ctx) -> None:
+        """shard_change_fini: the ending task's changes apply, what they log goes in its records."""
         self._pending_open = False
-        self.settle()
+        self._log_ctx = ctx
+        try:
+            self.settle()
+        finally:
+            self._log_ctx = None
 
     def _apply_pending(self, replicas: int = 67) -> bool:
         """change_reconfigure: apply the queued changes and rebuild the ring."""
@@ -621,7 +636,7 @@ class Shard:
         by = p.by or "HASH"
         if by in ("KEY", "BLOB"):
             return p.key
-        if by == "HASH" and ctx.method in _BACKEND:
+        if by == "HASH" and ctx.method in _TASK_BEREQ:      # ctx->bo: vcl_pipe has the request's digest too
             digest = getattr(ctx, "hash", None)
             if isinstance(digest, (bytes, bytearray)) and len(digest) >= 4:
                 return int.from_bytes(digest[:4], "big")
