@@ -532,6 +532,11 @@ INIT_FAILURES = [
      "fb: None backend cannot be removed"),
     ('new p = directors.shard_param();\n\tnew rr = directors.round_robin();\n\trr.add_backend(directors.lookup("p"));',
      "rr: None backend cannot be added"),
+    ("new rr = directors.round_robin();\n\trr.add_backend(sh.backend(resolve=NOW));",
+     "vmod_directors: shard sh: .backend(resolve=NOW) can not be used in vcl_init{}/vcl_fini{}"),
+    # "" names nothing, not even an object called XXXX
+    ('new XXXX = directors.round_robin();\n\tnew rr = directors.round_robin();\n\trr.add_backend(directors.lookup(""));',
+     "rr: None backend cannot be added"),
 ]
 
 
@@ -1014,3 +1019,77 @@ def test_survivor_steps_are_what_varnishd_did():
 @pytest.mark.skipif(VARNISHTEST is None, reason="varnishtest not installed")
 def test_survivor_steps_are_varnishds():
     assert varnishds_survivors(run_varnishtest(surv_vtc(), "surv")) == (SURV_ANSWERS, SURV_VXID0, SURV_ERRORS)
+
+
+def test_vcl_pipe_by_hash_reads_the_requests_digest():
+    """varnishd's shard_get_key reads the busyobj's digest whenever there is one, vcl_pipe's too: for
+    /p1 with Host 127.0.0.1, 244956601 (varnishd 7.1.1; tests/vtc/fid_shard_pipe_hash.vtc), where the
+    URL's hash is 2959796191."""
+    import hashlib
+
+    vcl = compile_vcl("vcl 4.1;\nimport directors;\nbackend s1 none;\nsub vcl_init { new p = directors.shard_param(); }\n"
+                      "sub vcl_pipe {\n\tset bereq.http.k = p.get_key();\n}\n", "pipe.vcl")
+    assert vcl.init(Context(method="vcl_init", vcl=vcl)).name == "ok"
+    req = HttpMessage("GET", "/p1")
+    ctx = Context(method="vcl_pipe", req=req, req_top=req, bereq=HttpMessage("GET", "/p1"), vcl=vcl,
+                  hash=hashlib.sha256(b"/p1\x00127.0.0.1\x00").digest())
+    vcl.subs["vcl_pipe"](ctx)
+    assert ctx.bereq.headers.get("k") == "244956601"
+
+
+def _two(rampup: float = 10.0):
+    """A shard of b0 and b1 and a key whose chosen backend is b0 (b1 the next one)."""
+    from vcl.runtime import BackendSpec
+    from vmods.directors import Shard, _shard_add, _shard_set_rampup
+
+    b = [BackendSpec(f"b{i}", host="127.0.0.1", port=str(9000 + i)) for i in range(2)]
+    sh = Shard()
+    init = Context(method="vcl_init")
+    _shard_set_rampup(sh, init, rampup)
+    for x in b:
+        _shard_add(sh, init, x)
+    sh.reconfigure(init, 67)
+    req = HttpMessage("GET", "/")
+    ctx = Context(method="vcl_recv", req=req, req_top=req)
+    key = next(k for k in range(0, 2**32, 2**24) if sh.pick(ctx, k, 0, 0.0, False, "CHOSEN") is b[0])
+    return sh, b, ctx, key
+
+
+def test_rampup_and_warmup_at_their_bounds():
+    """sharddir_pick_be_locked's comparisons (vmod_directors_shard_dir.c, 7.1): a backend is ramping up
+    while now - changed < its rampup, strictly; ramping, it keeps the request if the next one ramps too
+    (now - changed < that one's rampup) or if dice * rampup < now - changed; not ramping, it keeps it if
+    warmup == 0 or dice > warmup. The dice are TESTABLE's next draw, made equal to the bound here."""
+    from cacheserver.backends import live
+    from vmods.vrnd import TESTABLE
+
+    sh, b, ctx, key = _two()
+    ctx.now = 1010.0
+    live(b[0]).changed, live(b[1]).changed = 1000.0, 0.0
+    # exactly its rampup ago: not ramping up any more, so warmup (1.0: always the next one) decides
+    assert sh.pick(ctx, key, 0, 1.0, True, "CHOSEN") is b[1]
+    # ramping (changed now); the next one changed exactly its rampup ago: not ramping, the dice
+    # (x 10 < 0: never) give the request to it
+    live(b[0]).changed, live(b[1]).changed = 1010.0, 1000.0
+    assert sh.pick(ctx, key, 0, -1, True, "CHOSEN") is b[1]
+    TESTABLE.seed(7)
+    dice = TESTABLE.double()
+    # the dice exactly at the share the chosen one has earned: not below it, the next one gets it
+    TESTABLE.seed(7)
+    ctx.now = dice * 10.0
+    live(b[0]).changed, live(b[1]).changed = 0.0, -100.0
+    assert sh.pick(ctx, key, 0, -1, True, "CHOSEN") is b[1]
+    # not ramping, the dice exactly at warmup: not above it, the next one gets it
+    TESTABLE.seed(7)
+    ctx.now = 1000.0
+    assert sh.pick(ctx, key, 0, dice, True, "CHOSEN") is b[1]
+
+
+def test_report_of_a_backend_without_rampup_changed_just_now():
+    """backend.list -p: a healthy backend whose rampup is 0 is done (100%, 0 s left) even in the second
+    it changed."""
+    from cacheserver.backends import live
+
+    sh, b, _, _ = _two(rampup=0.0)
+    live(b[0]).changed = live(b[1]).changed = 1000.0
+    assert [row[2:] for row in sh.report(1000.0)] == [(True, 1.0, 0.0)] * 2
