@@ -537,6 +537,10 @@ INIT_FAILURES = [
     # "" names nothing, not even an object called XXXX
     ('new XXXX = directors.round_robin();\n\tnew rr = directors.round_robin();\n\trr.add_backend(directors.lookup(""));',
      "rr: None backend cannot be added"),
+    # names are compared exactly: "XXXX" finds XXXX, "xxxx" nothing
+    ('new XXXX = directors.round_robin();\n\tXXXX.add_backend(s1);\n\tnew rr = directors.round_robin();\n'
+     '\trr.add_backend(directors.lookup("XXXX"));\n\tnew ll = directors.round_robin();\n'
+     '\tll.add_backend(directors.lookup("xxxx"));', "ll: None backend cannot be added"),
 ]
 
 
@@ -900,8 +904,8 @@ SURV_STEPS = [
     ((), "/cfg", ("d", "ho", "h3", "pq", "pr", "r1", "k", "ru", "rd")), ((), "/chg", ("a", "b", "c", "e", "f")),
     ((), "/after", ("b", "e", "f")), ((), "/rc", tuple(f"r{i}" for i in range(7))), ((), "/dbg", ("x",)),
     ((), "/be/lazy", ("x",)), ((), "/pinv", ()), ((), "/be/lazyinv", ()),
-    ((("s2", "sick"),), "/w38", ("x",)), ((("s3", "sick"), ("s4", "sick")), "/ex", ("x",)),
-    ((("s1", "sick"),), "/ex", ("x",))]
+    ((("s2", "sick"),), "/w38", ("x",)), ((("s1", "sick"),), "/w38", ("x",)),
+    ((("s1", "auto"), ("s3", "sick"), ("s4", "sick")), "/ex", ("x",)), ((("s1", "sick"),), "/ex", ("x",))]
 
 
 def surv_vtc() -> str:
@@ -976,6 +980,7 @@ SURV_ANSWERS = [
     500,
     503,
     {"x": "s3s4s1s3"},
+    {"x": "s3s4s3s3"},
     {"x": ":s1:s1:s1::s1"},
     {"x": ":::::"},
 ]

@@ -929,5 +929,8 @@ def lookup(ctx: Context, name: str | None):
         instances = ctx.vcl.instances
     except (AttributeError, KeyError, TypeError):
         return None
-    obj = instances.get(name or "")
+    # instances are kept under their lowercased names; VRT_LookupDirector compares names exactly
+    obj = instances.get((name or "").lower())
+    if name is None or getattr(obj, "vcl_name", None) != name:
+        return None
     return obj if callable(getattr(obj, "resolve", None)) else None
