@@ -820,6 +820,15 @@ SURV_VCL = ("import directors;\nimport blob;\n" + BACKENDS
 	rn.add_backend(s5);
 	rn.add_backend(s6);
 	rn.reconfigure();
+	# two idents whose hashes collide (i87432 0, i97108 0): one point, two hosts
+	new co = directors.shard();
+	co.add_backend(s1, ident="i87432");
+	co.add_backend(s2, ident="i97108");
+	co.reconfigure(replicas=5);
+	new cr = directors.shard();
+	cr.add_backend(s2, ident="i97108");
+	cr.add_backend(s1, ident="i87432");
+	cr.reconfigure(replicas=5);
 }
 sub vcl_recv {
 	if (req.url ~ "^/be") {
@@ -842,6 +851,8 @@ sub vcl_synth {
 			+ ru.backend(by=KEY, key=0, rampup=false);
 		set resp.http.rd = rd.backend(by=KEY, key=46137344) + ":" + rd.backend(by=KEY, key=0) + ":"
 			+ rd.backend(by=KEY, key=46137344, rampup=false);
+		set resp.http.co = co.backend(by=KEY, key=2724081241) + co.backend(by=KEY, key=2724081240)
+			+ cr.backend(by=KEY, key=2724081241);
 	}
 	if (req.url == "/chg") {
 		set resp.http.a = sh.add_backend(s5);
@@ -901,7 +912,7 @@ sub vcl_backend_error {
 """)
 # (admin health changes, url, the response headers read) in turn; /cfg sends a raw 0xff byte in `raw`
 SURV_STEPS = [
-    ((), "/cfg", ("d", "ho", "h3", "pq", "pr", "r1", "k", "ru", "rd")), ((), "/chg", ("a", "b", "c", "e", "f")),
+    ((), "/cfg", ("d", "ho", "h3", "pq", "pr", "r1", "k", "ru", "rd", "co")), ((), "/chg", ("a", "b", "c", "e", "f")),
     ((), "/after", ("b", "e", "f")), ((), "/rc", tuple(f"r{i}" for i in range(7))), ((), "/dbg", ("x",)),
     ((), "/be/lazy", ("x",)), ((), "/pinv", ()), ((), "/be/lazyinv", ()),
     ((("s2", "sick"),), "/w38", ("x",)), ((("s1", "sick"),), "/w38", ("x",)),
@@ -971,7 +982,7 @@ def varnishds_survivors(out: str) -> tuple[list, list[str], list[tuple[str, str]
 # (vcl_init's, then the shard's Debug lines as the requests made them) and the tasks' Error records
 SURV_ANSWERS = [
     {"d": "s1s1s1s1s6", "ho": "s4s5", "h3": "s4s5s5s5", "pq": "s4:s1", "pr": "true", "r1": "s1s1",
-     "k": "1438143096:1438143096:2313892472", "ru": "s2s2s1", "rd": "rrb:rrb:rra"},
+     "k": "1438143096:1438143096:2313892472", "ru": "s2s2s1", "rd": "rrb:rrb:rra", "co": "s1s1s2"},
     {"a": "true", "b": "s3", "c": "true", "e": "s1", "f": "true"},
     {"b": "s5", "e": "s4", "f": ""},
     {"r0": "true", "r1": "false", "r2": "false", "r3": "true", "r4": "true", "r5": "true", "r6": "false"},
