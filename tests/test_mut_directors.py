@@ -1109,3 +1109,21 @@ def test_report_of_a_backend_without_rampup_changed_just_now():
     sh, b, _, _ = _two(rampup=0.0)
     live(b[0]).changed = live(b[1]).changed = 1000.0
     assert [row[2:] for row in sh.report(1000.0)] == [(True, 1.0, 0.0)] * 2
+
+
+@pytest.mark.parametrize("n", [65537, 131072])
+def test_a_backends_points_are_capped_at_the_rings_share(n):
+    """shardcfg_hashcircle (vmod_directors_shard_cfg.c, 7.1): no backend gets more than
+    (UINT32_MAX - 1) / n_backend points, whatever its replicas x weight. n is picked where that
+    division's rounding shows: 4294967294 // 65537 = 65534, 4294967294 // 131072 = 32767."""
+    import math
+
+    from vcl.runtime import BackendSpec
+    from vmods.directors import Shard, _ShardBackend
+
+    sh = Shard()
+    sh.backends = [_ShardBackend(BackendSpec(f"b{i}"), None, math.nan, replicas=1) for i in range(n - 1)]
+    sh.backends.append(_ShardBackend(BackendSpec("big"), None, math.nan, replicas=10**6))
+    sh._build_circle()
+    assert len(sh.circle) == n - 1 + {65537: 65534, 131072: 32767}[n]
+    assert sum(host == n - 1 for _, host in sh.circle) == {65537: 65534, 131072: 32767}[n]
