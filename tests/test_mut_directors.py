@@ -880,7 +880,8 @@ sub vcl_synth {
 	}
 	if (req.url == "/w38") {
 		set resp.http.x = ex.backend(by=KEY, key=226492416, alt=2) + ex.backend(by=KEY, key=226492416, alt=3)
-			+ ex.backend(by=KEY, key=226492416, alt=1) + ex.backend(by=KEY, key=0, alt=2);
+			+ ex.backend(by=KEY, key=226492416, alt=1) + ex.backend(by=KEY, key=0, alt=2) + ":"
+			+ rd.backend(by=KEY, key=46137344);
 	}
 	if (req.url == "/ex") {
 		set resp.http.x = "" + ex.backend(by=KEY, key=0, alt=1, healthy=ALL) + ":"
@@ -990,8 +991,8 @@ SURV_ANSWERS = [
     {"x": "s2:s1:"},
     500,
     503,
-    {"x": "s3s4s1s3"},
-    {"x": "s3s4s3s3"},
+    {"x": "s3s4s1s3:rra"},
+    {"x": "s3s4s3s3:"},
     {"x": ":s1:s1:s1::s1"},
     {"x": ":::::"},
 ]

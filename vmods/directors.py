@@ -54,11 +54,8 @@ def _health(backend: object, ctx) -> tuple[bool, float]:
     the latest of its members' up to its first healthy one (vdir_any_healthy, sharddir_any_healthy)."""
     if isinstance(backend, BackendSpec):
         return _healthy(backend, ctx), _live(backend).changed
-    members = getattr(backend, "members", None)
-    if members is None:
-        return _healthy(backend, ctx), 0.0
     changed = 0.0
-    for member, _ in members:
+    for member, _ in backend.members:
         ok, member_changed = _health(member, ctx)
         changed = max(changed, member_changed)
         if ok:
@@ -443,14 +440,11 @@ class Shard:
     def _task_ended(self, ctx) -> None:
         """shard_change_fini: the ending task's changes apply, what they log goes in its records."""
         self._pending_open = False
-        self._log_ctx = ctx
-        try:
-            self.settle()
-        finally:
-            self._log_ctx = None
+        self.settle(ctx)
 
-    def _apply_pending(self, replicas: int = 67) -> bool:
-        """change_reconfigure: apply the queued changes and rebuild the ring."""
+    def _apply_pending(self, replicas: int = 67, ctx=None) -> bool:
+        """change_reconfigure: apply the queued changes and rebuild the ring (logging into ctx, when
+        there is one)."""
         if not self._pending:
             return True
         tasks, self._pending, self._pending_ctx = self._pending, [], None
@@ -466,7 +460,7 @@ class Shard:
             if task == "add":
                 if any(b is not None and _same(sb, b) for b in slots):
                     existing = next(b for b in slots if b is not None and _same(sb, b))
-                    self._notice(None, f"backend {_be_name(existing.backend)}"
+                    self._notice(ctx, f"backend {_be_name(existing.backend)}"
                                  f"{'/' + existing.ident if existing.ident else ''} already exists - skipping")
                     continue
                 sb.replicas = min(int(replicas * weight), 0xFFFFFFFF)
@@ -490,12 +484,12 @@ class Shard:
         self.backends = [b for b in slots if b is not None]
         self.circle = []
         if not self.backends:
-            self._err(None, ".reconfigure() no backends")
+            self._err(ctx, ".reconfigure() no backends")
             return False
-        self._build_circle()
+        self._build_circle(ctx)
         return True
 
-    def _build_circle(self) -> None:
+    def _build_circle(self, ctx=None) -> None:
         n = len(self.backends)
         rmax = (0xFFFFFFFF - 1) // n
         circle = []
@@ -505,9 +499,9 @@ class Shard:
                 circle.append((hash_strands32(f"{ident}{j}"), host))
         circle.sort(key=lambda c: c[0])
         self.circle = circle
-        if self.debug_flags & 2 and self._log_ctx is not None:     # SHDBG_CIRCLE
+        if self.debug_flags & 2 and ctx is not None:     # SHDBG_CIRCLE
             for i, (point, host) in enumerate(circle):
-                _debug(self._log_ctx,
+                _debug(ctx,
                      f"vmod_directors: shard: hashcircle[{i:5d}] = {{point = {point:8x}, host = {host:2d}}}")
 
     def _err(self, ctx, msg: str) -> None:
@@ -517,26 +511,20 @@ class Shard:
         self._pending_log("Notice", ctx, msg)
 
     def _pending_log(self, tag: str, ctx, msg: str) -> None:
-        ctx = ctx if ctx is not None else self._log_ctx
         if ctx is not None:
             _log(ctx, tag, f"vmod_directors: shard {self.name}: {msg}")
-
-    _log_ctx = None
 
     def reconfigure(self, ctx, replicas: int = 67) -> bool:
         if replicas <= 0:
             self._err(ctx, f".reconfigure() invalid replicas argument {replicas}")
             return False
-        self._log_ctx = ctx
-        try:
-            return self._apply_pending(replicas)
-        finally:
-            self._log_ctx = None
+        return self._apply_pending(replicas, ctx)
 
-    def settle(self) -> None:
-        """Changes left by a task that has ended take effect (shard_change_fini: 67 replicas)."""
+    def settle(self, ctx=None) -> None:
+        """Changes left by a task that has ended take effect (shard_change_fini: 67 replicas); what
+        they log goes to ctx, the ending task, when known."""
         if self._pending and not self._pending_open:
-            self._apply_pending()
+            self._apply_pending(ctx=ctx)
 
     # lookup -------------------------------------------------------------------------------------
 
@@ -570,10 +558,8 @@ class Shard:
             self._err(ctx, "no backends")
             return None
         alt_max = len(self.backends) - 1
-        if alt < 0:
-            self._err(ctx, f"invalid negative parameter alt={alt}, set to 0")
-            alt = 0
-        elif alt > alt_max:
+        # (validate_alt's "invalid negative parameter" cannot happen: shard_param_args refuses alt < 0)
+        if alt > alt_max:
             self._err(ctx, f"parameter alt={alt} limited to {alt_max}")
             alt = alt_max
         state = _Walk(self, ctx, self._lookup(key))
@@ -930,7 +916,7 @@ def lookup(ctx: Context, name: str | None):
     except (AttributeError, KeyError, TypeError):
         return None
     # instances are kept under their lowercased names; VRT_LookupDirector compares names exactly
-    obj = instances.get((name or "").lower())
-    if name is None or getattr(obj, "vcl_name", None) != name:
+    obj = instances.get(name.lower()) if name else None
+    if getattr(obj, "vcl_name", None) != name:
         return None
     return obj if callable(getattr(obj, "resolve", None)) else None
