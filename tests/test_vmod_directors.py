@@ -532,3 +532,8 @@ def test_shard_debug_lines_go_to_vxid_0_at_once():
     init = SimpleNamespace(method="vcl_init", server=server, log=[])
     _debug(init, "vmod_directors: shard: y")
     assert init.log == [("Debug", "vmod_directors: shard: y")] and len(written) == 1
+    # vcl_fini's records go nowhere here; varnishd 7.1.1 writes a vcl_fini reconfigure()'s hashcircle
+    # lines (and then panics in the task's end, on the freed shard): written at once
+    fini = SimpleNamespace(method="vcl_fini", server=server, log=[])
+    _debug(fini, "vmod_directors: shard: z")
+    assert written[1:] == [(0, [("Debug", "vmod_directors: shard: z")])] and fini.log == []

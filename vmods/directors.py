@@ -16,6 +16,7 @@ import math
 import time as _time
 
 from cacheserver.backends import healthy as _healthy
+from cacheserver.backends import live as _live
 from vcl.rtlib import on_task_end
 from vcl.runtime import BackendSpec, Context, VCLFailure
 from vmods import Func, ObjectType, Param, Vmod
@@ -49,12 +50,17 @@ def _be_name(backend: object) -> str:
 
 
 def _health(backend: object, ctx) -> tuple[bool, float]:
-    """VRT_Healthy(ctx, be, &changed): health and when it last changed (0 when unknown)."""
-    ok = _healthy(backend, ctx)
+    """VRT_Healthy(ctx, be, &changed): health and when it last changed. A director's change time is
+    the latest of its members' up to its first healthy one (vdir_any_healthy, sharddir_any_healthy)."""
+    if isinstance(backend, BackendSpec):
+        return _healthy(backend, ctx), _live(backend).changed
     changed = 0.0
-    if isinstance(backend, BackendSpec) and backend.live is not None:
-        changed = float(getattr(backend.live, "changed", 0.0) or 0.0)
-    return ok, changed
+    for member, _ in backend.members:
+        ok, member_changed = _health(member, ctx)
+        changed = max(changed, member_changed)
+        if ok:
+            return True, changed
+    return False, changed
 
 
 def _now(ctx) -> float:
@@ -79,9 +85,10 @@ def _log(ctx, tag: str, text: str) -> None:
 
 def _debug(ctx, text: str) -> None:
     """The shard's debug lines: varnishd writes them at once under vxid 0 (SHDBG is VSL(SLT_Debug, 0,
-    ...)), not into the task's records; in vcl_init/vcl_fini those are vxid 0 already, in order."""
+    ...)), not into the task's records; vcl_init's records are vxid 0 already, kept in order (the
+    server writes vcl_fini's nowhere: those go out at once too)."""
     server = getattr(ctx, "server", None)
-    if getattr(ctx, "method", "") in ("vcl_init", "vcl_fini") or server is None:
+    if ctx.method == "vcl_init" or server is None:
         _log(ctx, "Debug", text)
         return
     server.vsl.write(0, "-", [("Debug", text)])
@@ -423,19 +430,21 @@ class Shard:
             # a client task's changes apply when it ends (shard_change_fini): until then, even
             # the fetches it makes see the director as it was
             self._pending_open = True
-            on_task_end(ctx, self._task_ended)
+            on_task_end(ctx, lambda: self._task_ended(ctx))
         self._pending_ctx = ctx
         self._pending.append((task, sb, weight))
         return True
 
     _pending_open = False
 
-    def _task_ended(self) -> None:
+    def _task_ended(self, ctx) -> None:
+        """shard_change_fini: the ending task's changes apply, what they log goes in its records."""
         self._pending_open = False
-        self.settle()
+        self.settle(ctx)
 
-    def _apply_pending(self, replicas: int = 67) -> bool:
-        """change_reconfigure: apply the queued changes and rebuild the ring."""
+    def _apply_pending(self, replicas: int = 67, ctx=None) -> bool:
+        """change_reconfigure: apply the queued changes and rebuild the ring (logging into ctx, when
+        there is one)."""
         if not self._pending:
             return True
         tasks, self._pending, self._pending_ctx = self._pending, [], None
@@ -451,7 +460,7 @@ class Shard:
             if task == "add":
                 if any(b is not None and _same(sb, b) for b in slots):
                     existing = next(b for b in slots if b is not None and _same(sb, b))
-                    self._notice(None, f"backend {_be_name(existing.backend)}"
+                    self._notice(ctx, f"backend {_be_name(existing.backend)}"
                                  f"{'/' + existing.ident if existing.ident else ''} already exists - skipping")
                     continue
                 sb.replicas = min(int(replicas * weight), 0xFFFFFFFF)
@@ -475,12 +484,12 @@ class Shard:
         self.backends = [b for b in slots if b is not None]
         self.circle = []
         if not self.backends:
-            self._err(None, ".reconfigure() no backends")
+            self._err(ctx, ".reconfigure() no backends")
             return False
-        self._build_circle()
+        self._build_circle(ctx)
         return True
 
-    def _build_circle(self) -> None:
+    def _build_circle(self, ctx=None) -> None:
         n = len(self.backends)
         rmax = (0xFFFFFFFF - 1) // n
         circle = []
@@ -490,9 +499,9 @@ class Shard:
                 circle.append((hash_strands32(f"{ident}{j}"), host))
         circle.sort(key=lambda c: c[0])
         self.circle = circle
-        if self.debug_flags & 2 and self._log_ctx is not None:     # SHDBG_CIRCLE
+        if self.debug_flags & 2 and ctx is not None:     # SHDBG_CIRCLE
             for i, (point, host) in enumerate(circle):
-                _debug(self._log_ctx,
+                _debug(ctx,
                      f"vmod_directors: shard: hashcircle[{i:5d}] = {{point = {point:8x}, host = {host:2d}}}")
 
     def _err(self, ctx, msg: str) -> None:
@@ -502,26 +511,20 @@ class Shard:
         self._pending_log("Notice", ctx, msg)
 
     def _pending_log(self, tag: str, ctx, msg: str) -> None:
-        ctx = ctx if ctx is not None else self._log_ctx
         if ctx is not None:
             _log(ctx, tag, f"vmod_directors: shard {self.name}: {msg}")
-
-    _log_ctx = None
 
     def reconfigure(self, ctx, replicas: int = 67) -> bool:
         if replicas <= 0:
             self._err(ctx, f".reconfigure() invalid replicas argument {replicas}")
             return False
-        self._log_ctx = ctx
-        try:
-            return self._apply_pending(replicas)
-        finally:
-            self._log_ctx = None
+        return self._apply_pending(replicas, ctx)
 
-    def settle(self) -> None:
-        """Changes left by a task that has ended take effect (shard_change_fini: 67 replicas)."""
+    def settle(self, ctx=None) -> None:
+        """Changes left by a task that has ended take effect (shard_change_fini: 67 replicas); what
+        they log goes to ctx, the ending task, when known."""
         if self._pending and not self._pending_open:
-            self._apply_pending()
+            self._apply_pending(ctx=ctx)
 
     # lookup -------------------------------------------------------------------------------------
 
@@ -555,10 +558,8 @@ class Shard:
             self._err(ctx, "no backends")
             return None
         alt_max = len(self.backends) - 1
-        if alt < 0:
-            self._err(ctx, f"invalid negative parameter alt={alt}, set to 0")
-            alt = 0
-        elif alt > alt_max:
+        # (validate_alt's "invalid negative parameter" cannot happen: shard_param_args refuses alt < 0)
+        if alt > alt_max:
             self._err(ctx, f"parameter alt={alt} limited to {alt_max}")
             alt = alt_max
         state = _Walk(self, ctx, self._lookup(key))
@@ -621,7 +622,7 @@ class Shard:
         by = p.by or "HASH"
         if by in ("KEY", "BLOB"):
             return p.key
-        if by == "HASH" and ctx.method in _BACKEND:
+        if by == "HASH" and ctx.method in _TASK_BEREQ:      # ctx->bo: vcl_pipe has the request's digest too
             digest = getattr(ctx, "hash", None)
             if isinstance(digest, (bytes, bytearray)) and len(digest) >= 4:
                 return int.from_bytes(digest[:4], "big")
@@ -914,5 +915,8 @@ def lookup(ctx: Context, name: str | None):
         instances = ctx.vcl.instances
     except (AttributeError, KeyError, TypeError):
         return None
-    obj = instances.get(name or "")
+    # instances are kept under their lowercased names; VRT_LookupDirector compares names exactly
+    obj = instances.get(name.lower()) if name else None
+    if getattr(obj, "vcl_name", None) != name:
+        return None
     return obj if callable(getattr(obj, "resolve", None)) else None
