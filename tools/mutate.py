@@ -70,7 +70,8 @@ DESELECT: dict[str, list[str]] = {
     "vmods/directors.py": ["tests/test_vmod_directors.py::test_hash_and_shard_choose_what_varnishd_chooses_live"] + [
         f"tests/test_mut_directors.py::test_{name}_are_varnishds" for name in (
             "recorded_answers", "argument_checks", "init_settings", "simple_directors_answers",
-            "shard_param_answers", "init_failures", "shard_debug_lines")],
+            "shard_param_answers", "init_failures", "shard_debug_lines")] + [
+        "tests/test_mut_directors.py::test_survivor_steps_are_varnishds"],
     "vmods/std.py": [f"tests/test_mut_std.py::test_{name}_varnishds" for name in (
         "recorded_values_are", "std_on_wire_headers_is", "healthy_answers_are", "ban_answers_are",
         "syntax_in_a_vcl_40_is", "collect_of_the_cached_object_is", "blobread_without_a_file_is")],
