@@ -204,7 +204,7 @@ def estimate(dest: Path, verdicts: dict[str, str]) -> str | None:
     drawn = set(path.read_text().split())
     caught = {"killed", "timeout", "segfault"}
     sampled = [v for name, v in verdicts.items() if name in drawn and v != "not checked"]
-    pool = len(sampled) + sum(1 for name, v in verdicts.items() if name not in drawn and v == "not checked")
+    pool = len(sampled) + sum(1 for v in verdicts.values() if v == "not checked")   # drawn but not run too
     fixed = [v for name, v in verdicts.items() if name not in drawn and v not in ("not checked", "skipped")]
     n, total = len(sampled), len(fixed) + pool
     if not n or not total:
