@@ -22,6 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from polling import wait_gone
 from varnishd_port import VARNISHADM, listen_port
 
 VARNISHD = os.environ.get("VARNISHD", "/usr/sbin/varnishd")
@@ -173,7 +174,7 @@ sub vcl_backend_response {{ if (bereq.url ~ "^/p/") {{ set beresp.do_esi = true;
         pid = int(Path(tmp, "pid").read_text())
         os.kill(pid, 15)
         origin.shutdown()
-        time.sleep(0.2)
+        wait_gone(pid)                # before its directory goes
         shutil.rmtree(tmp, ignore_errors=True)
     return results
 

@@ -13,10 +13,9 @@ import asyncio
 import collections
 import socket
 import threading
-import time
 from pathlib import Path
-from typing import Callable
 
+from polling import wait_for  # noqa: F401  (re-exported: the tests import it from here)
 from test_cache_support import CLI, Backend, Cache, caches_of
 
 from cacheserver.admin import start_admin
@@ -66,15 +65,6 @@ class RecordingLog:
 
     def texts(self, tag: str) -> list[str]:
         return [text for _, t, text in list(self.records) if t == tag]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll until predicate() is true, at most `timeout` seconds (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 class InProcServer:

@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from inproc import inproc_cache_factory
+from inproc import inproc_cache_factory, wait_for
 from test_cache_support import Resp
 
 make = pytest.fixture(inproc_cache_factory)    # in-process (tests/inproc.py)
@@ -91,7 +91,9 @@ sub vcl_backend_response { set beresp.ttl = 1s; set beresp.grace = 60s; }
     for t in threads:
         t.join()
     assert results == [b"v0"] * 5          # stale, without waiting for the refresh
-    time.sleep(0.8)
+    # the background fetch (0.5 s at the backend) is over once its connection is back in the pool;
+    # a get before that would be one more grace hit
+    wait_for(lambda: cache.cli.counters()["backend_recycle"] == 2, what="the background fetch's end")
     assert cache.get("/")[2] == b"v1"
     assert len(backend.requests) == 2      # exactly one background fetch
     assert cache.cli.counters()["cache_hit_grace"] == 5
@@ -124,17 +126,25 @@ sub vcl_backend_response {
 
 
 def test_concurrent_misses_coalesce_into_one_fetch(make):
-    cache, backend = make("vcl 4.1;\nBACKEND\n", lambda req: Resp(body=b"shared", delay=0.5))
+    released = threading.Event()
+
+    def respond(req):
+        released.wait(10)                    # until the other nine wait on the busy object
+        return Resp(body=b"shared")
+
+    cache, backend = make("vcl 4.1;\nBACKEND\n", respond)
     results = []
     threads = [threading.Thread(target=lambda: results.append(cache.get("/c")[2])) for _ in range(10)]
     for t in threads:
         t.start()
+    wait_for(lambda: cache.cli.counters()["busy_sleep"] == 9, what="nine requests on the waiting list")
+    released.set()
     for t in threads:
         t.join()
     assert results == [b"shared"] * 10
     assert len(backend.requests) == 1
     c = cache.cli.counters()
-    assert c["busy_sleep"] >= 1 and c["cache_miss"] == 1
+    assert c["busy_sleep"] == 9 and c["cache_miss"] == 1
 
 
 def test_waiters_on_an_uncacheable_object_go_to_the_backend(make):
@@ -223,9 +233,7 @@ def test_ban_lurker_removes_objects_for_obj_only_bans(make):
     cache.get("/2")
     assert cache.cli.counters()["n_object"] == 2
     cache.cli.cmd("ban obj.http.x-tag == t")
-    deadline = time.time() + 3
-    while cache.cli.counters()["n_object"] and time.time() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: cache.cli.counters()["n_object"] == 0, what="the lurker's kills")
     c = cache.cli.counters()
     assert c["n_object"] == 0 and c["bans_lurker_obj_killed"] == 2
 
@@ -237,7 +245,7 @@ sub vcl_backend_response { if (bereq.url ~ "short") { set beresp.ttl = 0.3s; set
 """
     cache, _ = make(vcl, lambda req: Resp(body=b"x" * 400_000), "-s", "malloc,1m")
     cache.get("/short")
-    time.sleep(0.6)
+    wait_for(lambda: cache.cli.counters()["n_expired"], what="the expiry of /short (TTL 0.3 s)")
     c = cache.cli.counters()
     assert c["n_expired"] == 1 and c["n_object"] == 0
     for i in range(4):

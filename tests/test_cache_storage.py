@@ -76,8 +76,8 @@ def test_grace_lookup_and_expiry_gauges():
     c = Counters()
     st = Storage(1 << 20, c, Params())
     _, oc = _fill(st, "/g", 10, ttl=0.05)
-    time.sleep(0.1)
-    r = st.lookup(b"/g", HttpMessage("GET", "/g"), time.time())
+    # lookup's clock is its argument: 1 s after the object's origin, past its TTL, inside its grace
+    r = st.lookup(b"/g", HttpMessage("GET", "/g"), oc.t_origin + 1.0)
     assert r.kind == GRACE and r.oc is oc and r.busy is not None
     st.abandon(r.busy)
     st.remove(oc)

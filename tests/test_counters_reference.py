@@ -7,6 +7,7 @@ The expectations follow varnish-counters(7) and what varnishd 7.1.1 counted for 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -35,7 +36,7 @@ def raw(cache, data: bytes, *, read: bool = True) -> bytes:
     return out
 
 
-def settle(cache, name: str, want: int, timeout: float = 3.0) -> dict[str, int]:
+def settle(cache, name: str, want: int, timeout: float = 10.0) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     while True:
         c = cache.cli.counters()
@@ -207,8 +208,14 @@ def test_a_failed_fetch_counts_its_error_object_as_expired(make):
 
 def test_threads_follow_requests_and_fetches_in_progress(make):
     # as c00096 explains: each slow miss holds two workers, its request's and its fetch's
-    cache, _ = make(VCL, lambda req: Resp(body=b"x", delay=1.0 if req.url != "/fast" else 0.0),
-                    "-p", "thread_pools=1", "-p", "thread_pool_min=5")
+    released = threading.Event()
+
+    def respond(req):
+        if req.url != "/fast":
+            released.wait(10)                # the slow ones run until /fast has been answered
+        return Resp(body=b"x")
+
+    cache, _ = make(VCL, respond, "-p", "thread_pools=1", "-p", "thread_pool_min=5")
     server = cache.proc.server
     socks = []
     for i in range(4):
@@ -219,6 +226,7 @@ def test_threads_follow_requests_and_fetches_in_progress(make):
     c = cache.cli.counters()
     assert (c["threads"], c["threads_created"]) == (8, 8)
     assert cache.get("/fast")[0] == 200             # two more while the eight run
+    released.set()
     for sock in socks:
         sock.settimeout(5)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")

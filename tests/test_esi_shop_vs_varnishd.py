@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 from serverproc import ServerProcess
 from varnishd_port import listen_port
 
@@ -122,6 +123,7 @@ PAGES = {
 class _Origin(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     tag_header = "X-Shop-Tags"
+    probes_answered: list[str]          # per _compare: a client line per health check answered
 
     def do_GET(self) -> None:
         if self.path.endswith("/health_check.php"):
@@ -129,6 +131,8 @@ class _Origin(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"ok")
+            self.wfile.flush()
+            self.probes_answered.append(self.client_address[0])
             return
         page = PAGES.get(self.path)
         if page is None:
@@ -212,7 +216,15 @@ def _run(port: int, requests: list) -> list[tuple[int, dict, bytes]]:
 
 def _compare(vcl_text: str, tag_header: str, requests: list) -> None:
     """Run `requests` through cacheserver, then through varnishd, with the same VCL and origin."""
-    handler = type("Origin", (_Origin,), {"tag_header": tag_header})
+    answered: list[str] = []
+    handler = type("Origin", (_Origin,), {"tag_header": tag_header, "probes_answered": answered})
+    probed = ".probe" in vcl_text
+
+    def first_probe_answered() -> None:
+        """A probe's first answer makes the backend healthy (.initial is threshold - 1): wait for it."""
+        if probed:
+            wait_for(lambda: answered, what="the backend probe's first answer")
+
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -224,16 +236,17 @@ def _compare(vcl_text: str, tag_header: str, requests: list) -> None:
         os.chmod(vcl, 0o644)
         ours = ServerProcess("-f", str(vcl))
         try:
-            time.sleep(0.3)                   # a probe, if any, has had its first answer
+            first_probe_answered()
             got = _run(ours.port, requests)
         finally:
             ours.stop()
+        answered.clear()                      # (ours is stopped: its probes are over)
         subprocess.run([VARNISHD, "-n", os.path.join(tmp, "n"), "-a", "127.0.0.1:0", "-f", str(vcl),
                         "-P", os.path.join(tmp, "pid"), "-T", "127.0.0.1:0"], check=True, capture_output=True,
                        timeout=60)
         try:
             port = listen_port(os.path.join(tmp, "n"))
-            time.sleep(0.3)
+            first_probe_answered()
             want = _run(port, requests)
         finally:
             os.kill(int(Path(tmp, "pid").read_text()), 15)

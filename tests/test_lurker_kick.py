@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+from polling import async_wait_for
+
 from cacheserver.admin import AdminCommands
 from cacheserver.server import Server
 
@@ -16,9 +18,10 @@ def test_lowering_ban_lurker_age_wakes_the_lurker():
         st = server.storage
         assert (await admin.execute(["param.set", "ban_lurker_age", "60"]))[0] == 200
         st.ban("obj.status == 200")
-        await asyncio.sleep(0.1)                # the lurker's first look: nothing due for a minute
         loop = asyncio.get_running_loop()
-        assert st._lurker is not None and st._lurker.when() - loop.time() > 50   # due in a minute
+        # the lurker's first look: nothing due for a minute, so it sleeps that long
+        await async_wait_for(lambda: st._lurker is not None and st._lurker.when() - loop.time() > 50,
+                             what="the lurker asleep for a minute")
         assert (await admin.execute(["param.set", "ban_lurker_age", "0"]))[0] == 200
         assert st._lurker.when() - loop.time() < 0.1                              # looks now
         st._lurker.cancel()

@@ -528,7 +528,7 @@ def test_a_client_that_reads_late_still_gets_everything(start):
 def test_send_timeout_ends_a_response_whose_backend_stalls_mid_body(start):
     """A streamed body waiting on its backend past send_timeout: the connection closes, counted as a
     transmit error, and the part already sent reached the client."""
-    backend = Backend(lambda req: Resp(chunks=[(0.0, b"first"), (3.0, b"late")]))
+    backend = Backend(lambda req: Resp(chunks=[(0.0, b"first"), (10.0, b"late")]))    # (far past the bound)
     try:
         srv = start(f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n'
                     "sub vcl_recv { return (pass); }\n", send_timeout="0.5")
@@ -536,7 +536,7 @@ def test_send_timeout_ends_a_response_whose_backend_stalls_mid_body(start):
             sock.sendall(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
             t0 = time.monotonic()
             data = read_all(sock, timeout=10)
-            assert time.monotonic() - t0 < 2.5
+            assert time.monotonic() - t0 < 6
         assert data.startswith(b"HTTP/1.1 200") and b"first" in data and b"late" not in data
         wait_for(lambda: srv.server.counters.sc_tx_error == 1, timeout=5, what="sc_tx_error")
     finally:

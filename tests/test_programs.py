@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from polling import DEADLINE, async_wait_for, wait_for
 
 from cacheserver.programs import (
     BUNDLED_DIR,
@@ -218,6 +219,31 @@ async def stats(pm: ProgramManager) -> dict:
     return json.loads(body)
 
 
+async def stats_when(pm: ProgramManager, ready, what: str, timeout: float = DEADLINE) -> dict:
+    """stats(pm) once ready(stats) holds (the program hears of a closed connection when it can)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = await stats(pm)
+        if ready(s):
+            return s
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what} ({s})")
+        await asyncio.sleep(0.01)
+
+
+def steal_pending(pm: ProgramManager, name: str) -> bool:
+    """A steal was sent to program `name`'s process and is not answered yet."""
+    prog = pm._programs.get(name)
+    return prog is not None and bool(prog.pending)
+
+
+def bytes_waiting(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return False
+
+
 def test_hello_accepts_and_answers_each_request(listener, program_output):
 
     async def main():
@@ -318,7 +344,7 @@ def test_prebuffer_is_the_first_on_read(listener, progdir):
         try:
             client, server, remote = pair(listener)
             client.sendall(b"-later")   # already in the socket when the program gets it
-            await asyncio.sleep(0.05)
+            wait_for(lambda: bytes_waiting(server), what="the client's bytes in the socket")
             assert await pm.steal("testprog", server, remote, "", prebuffer=b"early") is True
             server.close()
             assert recv_exact(client, 3 + 5 + 6) == b"hi\nearly-later"
@@ -419,8 +445,7 @@ def test_program_shutdown_and_half_close(listener, progdir):
             client.shutdown(socket.SHUT_WR)           # the program still answers a half-closed peer
             assert recv_all(client) == b"hi\necho"
             client.close()
-            await asyncio.sleep(0.1)
-            s = await stats(pm)
+            s = await stats_when(pm, lambda s: s["open"] == 0, "the program hearing of the close")
             assert s == {"open": 0, "reasons": {"Disconnected": 2}}
         finally:
             await pm.close()
@@ -429,7 +454,8 @@ def test_program_shutdown_and_half_close(listener, progdir):
 
 
 def test_program_half_close_and_linger(listener, progdir, program_output, monkeypatch):
-    monkeypatch.setenv("KVM_API_LINGER", "1.0")
+    # the linger is long enough that "still draining" holds however slow the machine
+    monkeypatch.setenv("KVM_API_LINGER", "3.0")
 
     async def main():
         pm = ProgramManager([progdir])
@@ -449,10 +475,10 @@ def test_program_half_close_and_linger(listener, progdir, program_output, monkey
             assert await pm.steal("testprog", server, remote, "") is True
             server.close()
             client.sendall(b"bigquit 20000000")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)                    # (more time would only bring the linger nearer)
             assert (await stats(pm))["open"] == 1       # still draining
-            await asyncio.sleep(1.3)
-            assert await stats(pm) == {"open": 0, "reasons": {"Disconnected": 2}}
+            s = await stats_when(pm, lambda s: s["open"] == 0, "the linger's end")
+            assert s == {"open": 0, "reasons": {"Disconnected": 2}}
             client.close()
         finally:
             await pm.close()
@@ -477,11 +503,7 @@ def test_killed_program_closes_its_sockets_and_restarts(listener, progdir):
             for c in clients:
                 assert recv_all(c) == b""             # the kernel closed the program's fds
                 c.close()
-            for _ in range(100):
-                if pm.pid("testprog") is None:
-                    break
-                await asyncio.sleep(0.01)
-            assert pm.pid("testprog") is None
+            await async_wait_for(lambda: pm.pid("testprog") is None, what="the manager seeing the death")
             client, server, remote = pair(listener)
             assert await pm.steal("testprog", server, remote, "") is True
             server.close()
@@ -492,7 +514,7 @@ def test_killed_program_closes_its_sockets_and_restarts(listener, progdir):
             # A program that dies while a steal waits: that steal raises ProgramError.
             client, server, remote = pair(listener)
             task = asyncio.create_task(pm.steal("testprog", server, remote, "hang"))
-            await asyncio.sleep(0.3)
+            await async_wait_for(lambda: steal_pending(pm, "testprog"), what="the steal sent")
             os.kill(pm.pid("testprog"), signal.SIGKILL)
             with pytest.raises(ProgramError, match="testprog"):
                 await task
@@ -529,7 +551,7 @@ def test_hung_on_connect_times_out_without_blocking_the_loop(listener, progdir):
             client2, server2, remote2 = pair(listener)
             start = time.monotonic()
             hung = asyncio.create_task(pm.steal("testprog", server2, remote2, "hang"))
-            await asyncio.sleep(0.2)
+            await async_wait_for(lambda: steal_pending(pm, "testprog"), what="the hanging steal sent")
             # Meanwhile the server serves: another program gets a connection.
             c3, s3, r3 = pair(listener)
             assert await pm.steal("hello", s3, r3, "") is True
@@ -585,16 +607,13 @@ def test_slow_load_times_out_and_cancel_leaves_no_process(listener, progdir):
             assert children_running("slowload") == []
             pm.load_timeout = 10
             task = asyncio.create_task(pm.steal("slowload", server, remote, ""))
-            await asyncio.sleep(0.3)
+            await async_wait_for(lambda: children_running("slowload"), what="the slow loader started")
             assert len(children_running("slowload")) == 1
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            for _ in range(100):
-                if not children_running("slowload"):
-                    break
-                await asyncio.sleep(0.02)
-            assert children_running("slowload") == []
+            await async_wait_for(lambda: not children_running("slowload"), interval=0.02,
+                                 what="the cancelled loader gone")
             server.sendall(b"ok")
             assert recv_exact(client, 2) == b"ok"
         finally:
@@ -675,11 +694,13 @@ def test_host_exits_when_the_server_goes_even_if_a_callback_hangs(listener, prog
     try:
         parent.settimeout(10)
         assert b'"op":"ready"' in parent.recv(65536)
+        base = nfds(proc.pid)
         client, server, remote = pair(listener)
         header = json.dumps({"op": "steal", "id": 1, "remote": remote, "arg": "hang", "n": 0}).encode()
         socket.send_fds(parent, [struct.pack(">I", len(header)) + header], [server.fileno()])
         server.close()
-        time.sleep(0.3)                               # now inside the hanging on_connect
+        # the host has taken the socket (one more descriptor): on_connect, which hangs, comes next
+        wait_for(lambda: nfds(proc.pid) > base, what="the host receiving the stolen socket")
         start = time.monotonic()
         parent.close()
         assert proc.wait(timeout=5) == 0
@@ -720,7 +741,7 @@ def test_no_fd_leak_over_1000_connections(listener, progdir):
             server.close()
             assert recv_exact(client, 3) == b"hi\n"    # unread data would make close() send RST
             client.close()
-            await asyncio.sleep(0.2)
+            await stats_when(pm, lambda s: s["open"] == 0, "the warm-up connection's close")
             pid = pm.pid("testprog")
             base_self, base_prog = nfds(os.getpid()), nfds(pid)
             peak_prog = 0
@@ -741,11 +762,8 @@ def test_no_fd_leak_over_1000_connections(listener, progdir):
                 peak_prog = max(peak_prog, nfds(pid))
                 for mode, client in held:
                     end_connection(mode, client)
-            for _ in range(200):                        # let the last closes reach the program
-                s = await stats(pm)
-                if s["open"] == 0 and sum(s["reasons"].values()) == accepted + 1:
-                    break
-                await asyncio.sleep(0.02)
+            s = await stats_when(pm, lambda s: s["open"] == 0 and sum(s["reasons"].values()) == accepted + 1,
+                                 "the last closes reaching the program", timeout=20)
             assert pm.pid("testprog") == pid            # one process served them all
             return base_self, base_prog, nfds(os.getpid()), nfds(pid), peak_prog, s, accepted
         finally:

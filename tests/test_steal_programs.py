@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import pytest
+from polling import wait_for, wait_steady
 from serverproc import ROOT, ServerProcess, read_all, read_response
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
@@ -434,8 +435,9 @@ def test_soak_ten_thousand_stolen_connections_leave_fds_at_baseline(server):
     handshake): afterwards the server and both programs hold exactly the fds they held before."""
     warm = asyncio.run(soak(server.port, len(SOAK_KINDS)))        # both programs running
     assert sum(warm.values()) == len(SOAK_KINDS)
-    time.sleep(0.5)
-    baseline = fd_counts(server)
+    # the warm-up's connections closed everywhere: the programs hold none, the descriptors settled
+    wait_for(lambda: not any(p["held"] for p in steal_stats(server.port).values()), what="the warm-up's closes")
+    baseline = wait_steady(lambda: fd_counts(server), what="the descriptors after the warm-up")
     assert set(baseline) == {"server", "echo.py", "websocket_echo.py"}, baseline
     before = steal_stats(server.port)
 

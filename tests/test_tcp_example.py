@@ -8,10 +8,10 @@ import signal
 import socket
 import struct
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from polling import wait_for, wait_steady
 from serverproc import ROOT, ServerProcess, read_all, read_response
 
 HELLO = (b"HTTP/1.1 200 OK\r\nServer: Varnish Cache Edgerprise\r\nContent-Type: text/plain\r\n"
@@ -249,9 +249,14 @@ def test_no_program_process_outlives_the_server(tmp_path):
     kids = srv.children()
     assert kids, "the hello program should run in its own process"
     assert srv.stop() == 0
-    time.sleep(0.3)
-    for pid in kids:
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+    def ended(pid: int) -> bool:
+        try:
+            return "zombie" in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return True
+
+    wait_for(lambda: all(ended(pid) for pid in kids), what="the programs ending with the server")
 
 
 def test_program_has_its_own_process_group_in_the_servers_session(server):
@@ -317,14 +322,18 @@ def test_thousand_stolen_connections_leak_no_fd(tmp_path):
             _close_in_way(sock, way)
 
         one(0)
-        time.sleep(0.5)
-        program_pid = srv.children()[0]
-        base_server, base_program = srv.fd_count(), len(list(Path(f"/proc/{program_pid}/fd").iterdir()))
+        program_pid = wait_for(srv.children, what="the program's process")[0]
+
+        def counts() -> tuple[int, int]:
+            return srv.fd_count(), len(list(Path(f"/proc/{program_pid}/fd").iterdir()))
+
+        base_server, base_program = wait_steady(counts, what="the descriptors after the first connection")
         for i in range(1000):
             one(i % 4)
-        time.sleep(1.0)
-        assert abs(srv.fd_count() - base_server) <= 2
-        assert abs(len(list(Path(f"/proc/{program_pid}/fd").iterdir())) - base_program) <= 2
+        # the last connections' closes reach the server and the program when they can
+        base = (base_server, base_program)
+        wait_for(lambda: all(abs(now - was) <= 2 for now, was in zip(counts(), base, strict=True)),
+                 what="the descriptors back near their base")
     finally:
         srv.stop()
 

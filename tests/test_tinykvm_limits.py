@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+from polling import wait_for
 from serverproc import ServerProcess
 
 LIBRARY = """{
@@ -25,7 +26,8 @@ LIBRARY = """{
     "slowboot": { "group": "fast", "filename": "slowboot.py", "max_boot_time": 1.0 },
     "crashstart": { "group": "fast", "filename": "crashstart.py" },
     "crashmid": { "group": "fast", "filename": "crashmid.py" },
-    "slow": { "group": "fast", "filename": "slow.py", "concurrency": 1, "max_request_time": 5.0 },
+    "slow": { "group": "fast", "filename": "slow.py", "concurrency": 1, "max_request_time": 10.0,
+              "queue_timeout": 1.5 },
     "reader": { "group": "fast", "filename": "reader.py", "allowed_paths": ["ALLOWED"] }
 }
 """
@@ -78,7 +80,7 @@ wait_for_requests()
 from kvm_api import set_backend_get, wait_for_requests
 
 def on_get(url, arg):
-    time.sleep(1.0)
+    time.sleep(3.0)
     return 200, "text/plain", "slow"
 
 set_backend_get(on_get)
@@ -167,7 +169,7 @@ def test_endless_loop_is_killed_at_max_request_time(server):
     assert status == 200
     t0 = time.monotonic()
     assert get(server, "/loop/forever")[0] == 503
-    assert time.monotonic() - t0 < 3                         # 0.5 s limit, not the client's timeout
+    assert time.monotonic() - t0 < 8                         # 0.5 s limit, not the client's timeout (10 s)
     s = stats(server)["loop"]
     assert s["failures"] == {"timeout": 1}
     status, pid2 = get(server, "/loop/ok")                    # by a fresh process
@@ -227,18 +229,25 @@ def test_crash_mid_request_is_one_line_a_503_and_a_restart(server):
 
 
 def test_concurrency_queue_and_its_timeout(server):
-    """concurrency 1, max_queue 1, queue_timeout 0.3 s: of three requests at once, one is served,
-    one waits and times out in the queue, one finds the queue full."""
+    """concurrency 1, max_queue 1, queue_timeout 1.5 s: of three requests, one is served (3 s), the
+    next waits and times out in the queue, the third finds the queue full. Each is sent once the one
+    before is in (counted in the program's requests, in the queue from then on): the margins are the
+    1.5 s each (queue_timeout, and the served request's time beyond it)."""
     results: list[int] = []
 
     def one() -> None:
         results.append(get(server, "/slow")[0])
 
+    def requests() -> int:
+        return stats(server).get("slow", {}).get("requests", 0)     # (none before its first use)
+
+    before = requests()
     threads = [threading.Thread(target=one) for _ in range(3)]
-    for t in threads:
+    for n, t in enumerate(threads, 1):
         t.start()
+        wait_for(lambda n=n: requests() >= before + n, interval=0.01, what=f"request {n} in")
     for t in threads:
-        t.join(10)
+        t.join(15)
     assert sorted(results) == [200, 503, 503]
     assert stats(server)["slow"]["failures"] == {"queue_full": 1, "queue_timeout": 1}
 

@@ -45,7 +45,7 @@ def _get(proc, path: str, headers: str = "") -> bytes:
     return head
 
 
-def _wait_groups(work, grouping, want, timeout=5.0):
+def _wait_groups(work, grouping, want, timeout=10.0):
     deadline = time.monotonic() + timeout
     while True:
         groups = list(groups_of(VslReader(work).read(), grouping, flush=False))   # whole groups only

@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from polling import wait_gone  # noqa: E402
 from serverproc import ServerProcess  # noqa: E402
 from varnishd_port import listen_port  # noqa: E402
 
@@ -308,8 +309,9 @@ def _run_varnishd(scn: Scenario, vcl: Path, work: str, tmp: str) -> list:
                 dropped.add(v)
         raw = [r for r in raw if r[0] not in dropped]
     finally:
-        os.kill(int(Path(tmp, "pid").read_text()), 15)
-        time.sleep(0.2)
+        pid = int(Path(tmp, "pid").read_text())
+        os.kill(pid, 15)
+        wait_gone(pid)                # before the caller removes its directory
     return group(raw)
 
 
