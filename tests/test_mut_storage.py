@@ -1183,3 +1183,25 @@ def test_a_synth_hold_in_a_full_transient_nukes_up_to_nuke_limit(clock):
     st.params.set("nuke_limit", "1")
     held = st.hold_transient(storage_mod.SYNTH_OBJECT, 1500)     # the object fits; its body needs the room
     assert held is not None and victim.dying and c.n_lru_nuked == 1
+
+
+PASS_RESPONSES = {"/cl": b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n012345\n",
+                  "/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n"}
+
+
+def test_a_pass_object_is_held_in_transient_while_fetched_as_varnishd(inproc_make):
+    """tests/vtc/fid_pass_transient.vtc in process, with varnishd 7.1.1's counts: a pass's object is
+    allocated in Transient (the object, then its body: one allocation for a known length; 16k segments
+    otherwise, the last moved to a fitting one) and freed once delivered."""
+    cache, _ = inproc_make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n",
+                           lambda req: Resp(raw=PASS_RESPONSES[req.url]))
+    extra = cache.proc.server.counters.extra
+
+    def sma(*names: str) -> tuple[int, ...]:
+        return tuple(extra[f"SMA.Transient.{name}"] for name in names)
+
+    assert cache.get("/cl")[0] == 200
+    wait_for(lambda: sma("c_req", "c_bytes", "c_freed", "g_alloc") == (2, 207, 207, 0), what="/cl")
+    assert cache.get("/chunked")[0] == 200
+    wait_for(lambda: sma("c_req", "g_alloc", "g_bytes") == (5, 0, 0), what="/chunked")
+    assert sma("c_freed") == sma("c_bytes")
