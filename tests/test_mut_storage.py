@@ -1205,3 +1205,20 @@ def test_a_pass_object_is_held_in_transient_while_fetched_as_varnishd(inproc_mak
     assert cache.get("/chunked")[0] == 200
     wait_for(lambda: sma("c_req", "g_alloc", "g_bytes") == (5, 0, 0), what="/chunked")
     assert sma("c_freed") == sma("c_bytes")
+
+
+def test_critbit_counters_per_lookup_as_varnishd(clock):
+    """tests/vtc/fid_hcb_counters.vtc's steps on the store (varnishd 7.1.1's counts): every lookup
+    searches the tree without the lock (hcb_nolock); a digest with no objhead yet takes the lock and
+    inserts one (hcb_lock, hcb_insert); hash_always_miss still looks up. A request woken from the
+    waiting list keeps its objhead (fid_hcb_waitinglist.vtc): it counts none of them."""
+    st, c = make()
+    fill(st, "/a")
+    for _ in range(2):
+        assert st.lookup(b"/a", req("/a"), T0 + 1).kind == HIT
+    fill(st, "/b")
+    fill(st, "/b")                                  # hash_always_miss: the objhead is there
+    assert (c.hcb_nolock, c.hcb_lock, c.hcb_insert) == (5, 2, 2)
+    assert st.lookup(b"/a", req("/a"), T0 + 1, rushed=True).kind == HIT
+    assert st.lookup(b"/c", req("/c"), T0 + 1, rushed=True).kind == MISS
+    assert (c.hcb_nolock, c.hcb_lock, c.hcb_insert) == (5, 2, 2)
