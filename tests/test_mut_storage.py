@@ -1222,3 +1222,20 @@ def test_critbit_counters_per_lookup_as_varnishd(clock):
     assert st.lookup(b"/a", req("/a"), T0 + 1, rushed=True).kind == HIT
     assert st.lookup(b"/c", req("/c"), T0 + 1, rushed=True).kind == MISS
     assert (c.hcb_nolock, c.hcb_lock, c.hcb_insert) == (5, 2, 2)
+
+
+def test_a_pass_body_of_unknown_length_is_trimmed_in_transient_as_varnishd(inproc_make):
+    """A pass's chunked body in Transient, 16k segments: the last one moved to what it holds when 512
+    bytes or more of it are unused (or none of it is used: a body of exactly 16k asked for one more),
+    kept with 511 unused. varnishd 7.1.1's SMA.Transient after each response, -s default."""
+    bodies = {"/a512": 16384 - 512, "/b511": 16384 - 511, "/full": 16384}
+    cache, _ = inproc_make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n",
+                           lambda req: Resp(raw=_chunked("", bodies[req.url])))
+    extra = cache.proc.server.counters.extra
+
+    def sma() -> tuple[int, ...]:
+        return tuple(extra[f"SMA.Transient.{name}"] for name in ("c_req", "c_bytes", "c_freed"))
+
+    for url, want in [("/a512", (3, 32440, 32440)), ("/b511", (5, 49008, 49008)), ("/full", (8, 81960, 81960))]:
+        assert cache.get(url)[0] == 200
+        wait_for(lambda want=want: sma() == want, what=f"{url}: {want}")
