@@ -1395,3 +1395,53 @@ def test_bytes_that_arrive_while_a_pipe_opens_go_to_the_backend_after_the_reques
     got = asyncio.run(main())
     head, _, rest = got.partition(b"\r\n\r\n")
     assert head.startswith(b"GET /p HTTP/1.1\r\n") and rest == b"h" * 200_000 + b"eld bytes" * 10_000 + b", then more"
+
+
+# Sessions idle past timeout_linger go to varnishd's waiter (sess_herd); the bytes that wake one schedule
+# a request task, which debug.reqpool.fail can make fail (tests/vtc/fid_reqpool_herd.vtc has varnishd
+# 7.1.1's counts for the same steps).
+def test_sessions_idle_past_timeout_linger_are_herded_and_a_failed_task_closes_them(start):
+    srv = start(SYNC, timeout_linger="10")
+    c = srv.server.counters
+    srv.server.reqpool_fail = 0b10                 # debug.reqpool.fail "_F": the second attempt fails
+    with srv.connect() as sock:
+        for _ in range(2):                         # never idle past the linger: no attempt made
+            sock.sendall(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /a"
+    assert (c.sess_herd, srv.server.reqpool_fail) == (0, 0b10)
+    srv.server.params.set("timeout_linger", "0.05")
+    with srv.connect() as sock:
+        sock.sendall(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /b"
+        time.sleep(0.3)                            # past the linger (longer only makes it surer)
+        sock.sendall(b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /c"
+        assert c.sess_herd == 1
+        time.sleep(0.3)
+        sock.sendall(b"GET /d HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert closed_by_server(sock)              # the second attempt failed: nothing read
+    wait_for(lambda: c.sc_overload == 1, what="the OVERLOAD close")
+    assert (c.sess_herd, c.sess_closed_err, c.client_req) == (2, 1, 4)
+    assert srv.server.reqpool_fail == 0
+    assert [t.split()[0] for t in srv.log.texts("SessClose")][-1] == "OVERLOAD"
+    assert "Failing due to reqpoolfail (next= 0x0)" in srv.log.texts("Debug")
+
+
+def test_a_session_that_sends_while_its_request_runs_is_not_herded(start):
+    # the worker has the session while a request runs (a slow fetch here): bytes it receives then, a
+    # pipelined request, wake nothing from the waiter, however long the session has been busy
+    backend = Backend(lambda req: Resp(body=b"slow", delay=0.4))
+    try:
+        srv = start(f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{backend.port}"; }}\n'
+                    "sub vcl_recv { return (pass); }\n", timeout_linger="0.05")
+        c = srv.server.counters
+        srv.server.reqpool_fail = 1                # a herd would also fail: the session would close
+        with srv.connect() as sock:
+            sock.sendall(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+            wait_for(lambda: len(backend.requests) == 1, what="the fetch")
+            time.sleep(0.1)                        # busy past the linger
+            sock.sendall(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert [status(read_response(sock)[0]) for _ in range(2)] == [b"HTTP/1.1 200 X"] * 2
+        assert (c.sess_herd, c.sc_overload, srv.server.reqpool_fail) == (0, 0, 1)
+    finally:
+        backend.close()

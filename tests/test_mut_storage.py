@@ -1183,3 +1183,59 @@ def test_a_synth_hold_in_a_full_transient_nukes_up_to_nuke_limit(clock):
     st.params.set("nuke_limit", "1")
     held = st.hold_transient(storage_mod.SYNTH_OBJECT, 1500)     # the object fits; its body needs the room
     assert held is not None and victim.dying and c.n_lru_nuked == 1
+
+
+PASS_RESPONSES = {"/cl": b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n012345\n",
+                  "/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n"}
+
+
+def test_a_pass_object_is_held_in_transient_while_fetched_as_varnishd(inproc_make):
+    """tests/vtc/fid_pass_transient.vtc in process, with varnishd 7.1.1's counts: a pass's object is
+    allocated in Transient (the object, then its body: one allocation for a known length; 16k segments
+    otherwise, the last moved to a fitting one) and freed once delivered."""
+    cache, _ = inproc_make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n",
+                           lambda req: Resp(raw=PASS_RESPONSES[req.url]))
+    extra = cache.proc.server.counters.extra
+
+    def sma(*names: str) -> tuple[int, ...]:
+        return tuple(extra[f"SMA.Transient.{name}"] for name in names)
+
+    assert cache.get("/cl")[0] == 200
+    wait_for(lambda: sma("c_req", "c_bytes", "c_freed", "g_alloc") == (2, 207, 207, 0), what="/cl")
+    assert cache.get("/chunked")[0] == 200
+    wait_for(lambda: sma("c_req", "g_alloc", "g_bytes") == (5, 0, 0), what="/chunked")
+    assert sma("c_freed") == sma("c_bytes")
+
+
+def test_critbit_counters_per_lookup_as_varnishd(clock):
+    """tests/vtc/fid_hcb_counters.vtc's steps on the store (varnishd 7.1.1's counts): every lookup
+    searches the tree without the lock (hcb_nolock); a digest with no objhead yet takes the lock and
+    inserts one (hcb_lock, hcb_insert); hash_always_miss still looks up. A request woken from the
+    waiting list keeps its objhead (fid_hcb_waitinglist.vtc): it counts none of them."""
+    st, c = make()
+    fill(st, "/a")
+    for _ in range(2):
+        assert st.lookup(b"/a", req("/a"), T0 + 1).kind == HIT
+    fill(st, "/b")
+    fill(st, "/b")                                  # hash_always_miss: the objhead is there
+    assert (c.hcb_nolock, c.hcb_lock, c.hcb_insert) == (5, 2, 2)
+    assert st.lookup(b"/a", req("/a"), T0 + 1, rushed=True).kind == HIT
+    assert st.lookup(b"/c", req("/c"), T0 + 1, rushed=True).kind == MISS
+    assert (c.hcb_nolock, c.hcb_lock, c.hcb_insert) == (5, 2, 2)
+
+
+def test_a_pass_body_of_unknown_length_is_trimmed_in_transient_as_varnishd(inproc_make):
+    """A pass's chunked body in Transient, 16k segments: the last one moved to what it holds when 512
+    bytes or more of it are unused (or none of it is used: a body of exactly 16k asked for one more),
+    kept with 511 unused. varnishd 7.1.1's SMA.Transient after each response, -s default."""
+    bodies = {"/a512": 16384 - 512, "/b511": 16384 - 511, "/full": 16384}
+    cache, _ = inproc_make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (pass); }\n",
+                           lambda req: Resp(raw=_chunked("", bodies[req.url])))
+    extra = cache.proc.server.counters.extra
+
+    def sma() -> tuple[int, ...]:
+        return tuple(extra[f"SMA.Transient.{name}"] for name in ("c_req", "c_bytes", "c_freed"))
+
+    for url, want in [("/a512", (3, 32440, 32440)), ("/b511", (5, 49008, 49008)), ("/full", (8, 81960, 81960))]:
+        assert cache.get(url)[0] == 200
+        wait_for(lambda want=want: sma() == want, what=f"{url}: {want}")

@@ -153,7 +153,7 @@ def resume(module: str, dest: Path, env: dict[str, str], children: int, survivor
     The tree is copied again over the scratch, keeping mutmut's state and the scratch's [tool.mutmut]
     (a changed test selection would make mutmut forget every verdict). mutmut itself re-tests the
     mutants of the functions whose text changed and those never checked, and collects the new tests;
-    with `survivors_too`, the survivors are then re-tested by name, since a new test may kill them
+    with `survivors_too`, the survivors (and those with no test) are then re-tested by name, since a new test may kill them
     (without it the figure is a lower bound). A killed mutant of an unchanged function stays killed:
     its tests are still there.
     """
@@ -175,7 +175,7 @@ def resume(module: str, dest: Path, env: dict[str, str], children: int, survivor
     subprocess.run([*mutmut, "run", "--max-children", str(children)],
                    cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT)
     out = subprocess.run([*mutmut, "results"], cwd=dest, env=env, capture_output=True, text=True).stdout
-    survivors = [m.group(1) for m in map(STATUS.match, out.splitlines()) if m and m.group(2) == "survived"]
+    survivors = [m.group(1) for m in map(STATUS.match, out.splitlines()) if m and m.group(2) in ("survived", "no tests")]
     if survivors and survivors_too:
         subprocess.run([*mutmut, "run", "--max-children", str(children), *survivors],
                        cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -205,7 +205,7 @@ def estimate(dest: Path, verdicts: dict[str, str]) -> str | None:
     drawn = set(path.read_text().split())
     caught = {"killed", "timeout", "segfault"}
     sampled = [v for name, v in verdicts.items() if name in drawn and v != "not checked"]
-    pool = len(sampled) + sum(1 for name, v in verdicts.items() if name not in drawn and v == "not checked")
+    pool = len(sampled) + sum(1 for v in verdicts.values() if v == "not checked")   # drawn but not run too
     fixed = [v for name, v in verdicts.items() if name not in drawn and v not in ("not checked", "skipped")]
     n, total = len(sampled), len(fixed) + pool
     if not n or not total:
