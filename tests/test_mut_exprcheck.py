@@ -6,6 +6,7 @@ last test asks `varnishd -C` again (it skips without varnishd).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -311,6 +312,24 @@ CASES.update({
     "extra_argument_bad_token": (case('set req.http.x = std.toupper("a", =);'), 6, 36, "Expected ')' got '='"),
 })
 
+# regsub()/regsuball() read as VCC reads them: each argument in turn, then the ',' after it, and the
+# ')' after the third (varnishd -C 7.1.1; before, "regsub() takes three arguments: ...", a message
+# varnishd never prints, and a ',' after the first or second argument was refused at the ',')
+CASES.update({
+    "regsub_none": (case("set req.http.x = regsub();"), 6, 26, "Unknown token ')' when looking for STRING"),
+    "regsub_subject_comma": (case('set req.http.x = regsub("a",);'), 6, 30, "Unknown token ')' when looking for REGEX"),
+    "regsub_two": (case('set req.http.x = regsuball("a", "b");'), 6, 37, "Expected ',' got ')'"),
+    "regsub_regex_comma": (case('set req.http.x = regsub("a", "b",);'), 6, 35, "Unknown token ')' when looking for STRING"),
+    "regsub_third_comma": (case('set req.http.x = regsub("a", "b", "c",);'), 6, 39, "Expected ')' got ','"),
+    "regsub_four": (case('set req.http.x = regsub("a", "b", "c", "d");'), 6, 39, "Expected ')' got ','"),
+    # a named fourth argument is no symbol VCC looks up: it stops at the ',' before it
+    "regsub_four_named": (case('set req.http.x = regsub(req.url, "a", "b", s="d");'), 6, 43, "Expected ')' got ','"),
+    # the arguments are read before the ',' that is one too many
+    "regsub_four_bad_regex": (case('set req.http.x = regsub(req.url, "(", "b", "d");'), 6, 35, "Regexp compilation error:"),
+    "regsub_four_bad_sub": (case('set req.http.x = regsub(req.url, "a", req.nope, "d");'), 6, 44,
+                            "Unknown property 'nope' for type HTTP"),
+})
+
 @pytest.mark.parametrize("name", sorted(COMPILES))
 def test_compiles(name):
     compile_vcl(COMPILES[name], f"{name}.vcl")
@@ -437,21 +456,24 @@ def test_glued_duration_units_are_bytes_where_bytes_are_wanted():
     assert value('set req.http.x = std.bytes("x", 1.5m);') == "1572864"
 
 
+def notes(src: str) -> list[tuple[str, int | None, int | None, int | None]]:
+    """The notes of the report on `src`: (text, line, column, marked width)."""
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, "n.vcl")
+    report = str(info.value).splitlines()
+    found = []
+    for text, pos in info.value.notes:
+        if pos is None:
+            found.append((text, None, None, None))
+            continue
+        at = report.index(f"n.vcl:{pos.line}:{pos.col}: {text}")
+        found.append((text, pos.line, pos.col, len(report[at + 2].strip())))
+    return found
+
+
 def test_the_call_a_missing_argument_was_in():
     """varnishd 7.1.1 names the call up to the token before the ')', or to the end of the call's line
     when the ')' is on another; a method call gets no such note. (line, column, marked width)"""
-    def notes(src):
-        with pytest.raises(VCLError) as info:
-            compile_vcl(src, "n.vcl")
-        report = str(info.value).splitlines()
-        found = []
-        for text, pos in info.value.notes:
-            if pos is None:
-                found.append((text, None, None, None))
-                continue
-            at = report.index(f"n.vcl:{pos.line}:{pos.col}: {text}")
-            found.append((text, pos.line, pos.col, len(report[at + 2].strip())))
-        return found
     assert notes(case('if (std.fnmatch("a",\n\t)) {}')) == [("While compiling function call:", 6, 6, 16)]
     assert notes(case("set req.http.x = std.toupper(\n);")) == [("While compiling function call:", 6, 19, 12)]
     assert notes(case("std.log(\n\t);")) == [("While compiling function call:", 6, 2, 8)]
@@ -490,3 +512,52 @@ def test_a_string_after_a_number_is_refused_where_it_stands():
         compile_vcl(case('if (10 "s") {}'), "u.vcl")
     assert (info.value.line, info.value.col) == (6, 9)
 
+
+
+# name -> (source, marked width of the "While compiling function call:" note at line 6, column 19): VCC
+# marks from the call's name to the end of the last token it read (comments and blanks not), to the end
+# of the name's line when that token is on a later line (varnishd -C 7.1.1)
+CALL_NOTES = {
+    "regsub_none": (case("set req.http.x = regsub();"), 7),
+    "regsub_blank": (case("set req.http.x = regsub(  );"), 7),
+    "regsub_subject_comma_blank": (case('set req.http.x = regsub("a" ,  );'), 12),
+    "regsub_one_blank": (case('set req.http.x = regsub("a"  );'), 10),
+    "regsub_two": (case('set req.http.x = regsuball("a", "b");'), 18),
+    "regsub_regex_comma": (case('set req.http.x = regsub("a", "b",);'), 16),
+    "regsub_four_blank": (case('set req.http.x = regsub("a", "b" , "c" , "d");'), 21),
+    "regsub_four_comment": (case('set req.http.x = regsub("a", "b" /* c */ ,"c", "d");'), 28),
+    "regsub_four_next_line": (case('set req.http.x = regsub("a", "b", "c"\n\t,"d");'), 20),
+    "regsub_two_lines": (case('set req.http.x = regsub("a",\n\t "b");'), 11),
+    "missing_arg_blank": (case("set req.http.x = std.toupper(  );"), 12),
+    "missing_arg_comment": (case("set req.http.x = std.toupper( /* x */ );"), 12),
+    "missing_arg_after_blank": (case('set req.http.x = std.fnmatch("a" ,  );'), 17),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALL_NOTES))
+def test_call_notes_mark_what_varnishd_marks(name):
+    src, width = CALL_NOTES[name]
+    assert notes(src) == [("While compiling function call:", 6, 19, width)]
+
+
+@pytest.mark.skipif(VARNISHD is None, reason="varnishd not installed")
+def test_call_notes_are_varnishds():
+    """CALL_NOTES against `varnishd -C`: the note's place (VCC's Pos counts a tab as up to 8
+    columns: Pos 26 is column 19 after one tab) and the '#'s under its first quoted line."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+
+        def marked(name: str) -> tuple[int, int, int]:
+            path = Path(tmp) / f"{name}.vcl"
+            path.write_text(CALL_NOTES[name][0])
+            path.chmod(0o644)
+            lines = subprocess.run([VARNISHD, "-C", "-f", str(path)], capture_output=True, text=True,
+                                   timeout=60).stderr.splitlines()
+            at = lines.index("While compiling function call:")
+            where = next(m for ln in lines[at + 1:] if (m := re.search(r"Line (\d+) Pos (\d+)\)", ln)))
+            mark = next(ln for ln in lines[at + 1:] if ln.startswith("-") and "#" in ln)
+            return int(where.group(1)), int(where.group(2)), mark.count("#")
+
+        with ThreadPoolExecutor(4) as pool:
+            live = dict(zip(sorted(CALL_NOTES), pool.map(marked, sorted(CALL_NOTES)), strict=True))
+    assert live == {name: (6, 26, width) for name, (_, width) in CALL_NOTES.items()}

@@ -123,6 +123,11 @@ class Call(Expr):
     target: Expr | None = None
     # The closing parenthesis (where VCC reports a missing argument), when the parser kept it.
     close_pos: Pos | None = None
+    # the ',' among and after the arguments (regsub's fourth one is where VCC wants its ')')
+    commas: list[Pos] = field(default_factory=list)
+    # where a "While compiling function call:" note ends when VCC stops at the ')' or (regsub) a
+    # ',': the mark's length from the name, to the end of the token before it
+    marks: dict[Pos, int] = field(default_factory=dict)
     # Filled by the checker.
     ref: object = field(default=None, init=False)
     bound: list[Expr | None] = field(default_factory=list, init=False)

@@ -22,9 +22,6 @@ _HTTP_SYMBOLS = frozenset({"req", "bereq", "beresp", "resp"})
 _MINUS_CONTEXTS = frozenset({"INT", "REAL", "DURATION", "STRING"})
 _NEGATABLE = frozenset({"INT", "REAL", "DURATION", "BYTES", "TIME", "BOOL"})
 
-# A mark's length that reaches the end of its line, however long the line is.
-_TO_LINE_END = 1 << 16
-
 # Vmods that may be used without an `import` line (with a warning), as the docs' examples do.
 IMPLICIT_IMPORTS = frozenset({"tinykvm"})
 
@@ -421,27 +418,7 @@ class ExprChecker:
     def _call(self, e: ast.Call, statement: bool = False) -> ast.Expr:
         name = e.name
         if name in ("regsub", "regsuball"):
-            short = 0 < len(e.args) < 3 and e.close_pos is not None
-            named = next((a for a in e.args[:3] if a.name), None)
-            if named is not None:
-                # VCC reads each argument as an expression: `s="b"` starts with an unknown symbol
-                raise VCLError(f"Symbol not found: '{named.name}'", named.pos)
-            if len(e.args) != 3 and not short:
-                raise VCLError(f"{name}() takes three arguments: string, regex, substitution", e.pos)
-            subject = self.expr0(e.args[0].value, "STRING")
-            if len(e.args) > 1:
-                rx = _fold_literal(e.args[1].value)
-                if not isinstance(rx, ast.StringLit):
-                    raise self._not_a_regex(rx)
-                self.regex(rx)
-            if short:
-                # VCC reads the arguments in turn and wanted a ',' where the call closes.
-                raise VCLError("Expected ',' got ')'", e.close_pos)
-            sub = self.expr0(e.args[2].value, "STRING")
-            e.ref = ("regsub", name == "regsuball")
-            e.bound = [subject, rx, sub]
-            e.type = "STRING"
-            return e
+            return self._regsub(e)
         head, _, rest = name.partition(".")
         if head.lower() in self.vmods or head.lower() in IMPLICIT_IMPORTS:
             head = head.lower()   # vmod names are case-insensitive, like every VCC symbol
@@ -523,6 +500,38 @@ class ExprChecker:
             raise VCLError(f"Symbol '{key}' type (action) can not be used in expression.", e.pos)
         raise VCLError(f"Symbol not found: '{name}'", e.pos)
 
+    def _regsub(self, e: ast.Call) -> ast.Expr:
+        """regsub(string, regex, substitution), read as VCC reads it (vcc_Eval_Regsub): each
+        argument in turn, then the ',' after it; the third one must be followed by the ')'."""
+        bound: list[ast.Expr] = []
+        for i, wanted in enumerate(("STRING", "REGEX", "STRING")):
+            if i == len(e.args):
+                assert e.close_pos is not None       # the parser keeps every call's ')'
+                if len(e.commas) < i:
+                    # the call closes where VCC wants the ',' before the next argument
+                    raise VCLError("Expected ',' got ')'", e.close_pos, _call_note(e, e.close_pos))
+                raise VCLError(f"Unknown token ')' when looking for {wanted}", e.close_pos,
+                               _call_note(e, e.close_pos))
+            arg = e.args[i]
+            if arg.name is not None:
+                # VCC reads each argument as an expression: `s="b"` starts with an unknown symbol
+                raise VCLError(f"Symbol not found: '{arg.name}'", arg.pos)
+            if wanted == "REGEX":
+                rx = _fold_literal(arg.value)
+                if not isinstance(rx, ast.StringLit):
+                    raise self._not_a_regex(rx)
+                self.regex(rx)
+                bound.append(rx)
+            else:
+                bound.append(self.expr0(arg.value, wanted))
+        if len(e.commas) > 2:
+            # a fourth argument, or a ',' after the third: VCC wants the ')' there
+            raise VCLError("Expected ')' got ','", e.commas[2], _call_note(e, e.commas[2]))
+        e.ref = ("regsub", e.name == "regsuball")
+        e.bound = bound
+        e.type = "STRING"
+        return e
+
     def _func_result(self, e: ast.Call, func: Func, statement: bool) -> ast.Expr:
         if func.ret == "VOID" and not statement:
             # VCC has read the name and stops at the '(' that follows it
@@ -558,15 +567,8 @@ class ExprChecker:
                 # an unnamed argument (a bare type in the .vcc) is known by its place
                 what = f"'{p.name}'" if p.name else str(i + 1 + getattr(func, "priv_args", 0))
                 assert e.close_pos is not None       # the parser keeps every call's ')'
-                # VCC stops at the ')' and names the call it was compiling, up to the token before
-                # the ')', or to the end of the call's line when the ')' is on another (the quote
-                # of the line cuts the mark there)
-                if e.close_pos.line == e.pos.line:
-                    length = e.close_pos.col - e.pos.col
-                else:
-                    length = _TO_LINE_END
-                call = ast.Pos(e.pos.file, e.pos.line, e.pos.col, length)
-                notes = {"call": [("While compiling function call:", call)],
+                # VCC stops at the ')' and names the call it was compiling
+                notes = {"call": _call_note(e, e.close_pos),
                          "bare": [("While compiling function call:", None)]}.get(note, [])
                 raise VCLError(f"Argument {what} missing", e.close_pos, notes)
         e.bound = bound
@@ -594,6 +596,12 @@ class ExprChecker:
             self.regex(rx)
             return rx
         return self.expr0(value, ptype)     # HEADER and HTTP too: "Expression has type STRING, expected HTTP"
+
+
+def _call_note(e: ast.Call, stop: ast.Pos) -> list[tuple[str, ast.Pos | None]]:
+    """VCC's note on an error where it stopped at `stop` (the ')' or a ',') while reading the
+    arguments of call `e`: the call from its name to the token before (the parser's mark)."""
+    return [("While compiling function call:", ast.Pos(e.pos.file, e.pos.line, e.pos.col, e.marks[stop]))]
 
 
 def _strings(type_: str | None) -> str:
