@@ -330,6 +330,65 @@ CASES.update({
                             "Unknown property 'nope' for type HTTP"),
 })
 
+# the eighth mutation run's survivors, and the differences from VCC found with them (varnishd -C 7.1.1)
+CASES.update({
+    # after `IP ~` VCC reads one operand wanting an ACL (before, the whole sum was typed as a string)
+    "acl_paren_sum": (case("if (client.ip ~ (1 + 1)) {}"), 6, 18, "Expression has type INT, expected ACL"),
+    "acl_minus": (case("if (client.ip ~ -1) {}"), 6, 18, "Unknown token '-' when looking for ACL"),
+    "acl_int_plus_string": (case('if (client.ip ~ 1 + "a") {}'), 6, 18, "Expression has type INT, expected ACL"),
+    "acl_paren_int_plus_string": (case('if (client.ip ~ (1 + "a")) {}'), 6, 21, "INT + STRING not possible."),
+    "acl_call_plus": (case('if (client.ip ~ std.toupper("a") + 1) {}'), 6, 18, "Expression has type STRING, expected ACL"),
+    # a method on a constant string where a regex is read: VCC has its REGEX (before: "Expected CSTR
+    # got '?'", or the whole typed as a STRING)
+    "regex_literal_method": (case('if (req.url ~ "a".lower()) {}'), 6, 20, "Unknown property 'lower' for type REGEX"),
+    "regex_literal_methods": (case('if (req.url ~ "a".lower().upper()) {}'), 6, 20,
+                              "Unknown property 'lower' for type REGEX"),
+    "regex_paren_literal_method": (case('if (req.url ~ ("a").lower()) {}'), 6, 22,
+                                   "Unknown property 'lower' for type REGEX"),
+    "regex_paren_sum_method": (case('if (req.url ~ ("a" + "b").lower()) {}'), 6, 28,
+                               "Unknown property 'lower' for type REGEX"),
+    "regex_paren_var_method": (case("if (req.url ~ (req.url).lower()) {}"), 6, 16,
+                               "Expression has type STRING, expected REGEX"),
+    "regex_paren_int_method": (case("if (req.url ~ (1).lower()) {}"), 6, 20, "Unknown property 'lower' for type INT"),
+    "regex_sum_literal_method": (case('if (req.url ~ "a" + "b".foo()) {}'), 6, 26, "Unknown property 'foo' for type REGEX"),
+    "regex_sum_paren_method": (case('if (req.url ~ "a" + ("b").lower()) {}'), 6, 22, "Expected CSTR got '('"),
+    "regex_sum_paren_var_method": (case('if (req.url ~ "a" + (req.url).lower()) {}'), 6, 22, "Expected CSTR got '('"),
+    "regsub_literal_method": (case('set req.http.x = regsub(req.url, "a".lower(), "b");'), 6, 39,
+                              "Unknown property 'lower' for type REGEX"),
+    "regex_paren_minus_sum": (case("if (req.url ~ (-1 + 1)) {}"), 6, 17, "Unknown token '-' when looking for REGEX"),
+    "regex_sum_bad": (case('if (req.url ~ "(" + "a") {}'), 6, 16, "Regexp compilation error:"),
+    # .lower()/.upper() are STRING's: VCC refuses them on another type (before, converted to a string)
+    "int_lower": (case("set req.http.x = (1).lower();"), 6, 23, "Unknown property 'lower' for type INT"),
+    "int_lower_in_bool": (case("if ((1).lower()) {}"), 6, 10, "Unknown property 'lower' for type INT"),
+    "time_var_lower": (case("set req.http.x = now.lower();"), 6, 23, "Unknown property 'lower' for type TIME"),
+    "ip_var_upper": (case("set req.http.x = client.ip.UPPER();"), 6, 29, "Unknown property 'UPPER' for type IP"),
+    # vmod.object.<not a method>: the class's name is what VCC finds (before, "Syntax error.")
+    "object_dot_unknown": (case("set req.http.x = directors.round_robin.x();"), 6, 19,
+                           "Symbol 'directors' type (object) can not be used in expression."),
+    "object_dot_unknown_method": (case("set req.http.x = directors.round_robin.x.backend();"), 6, 19,
+                                  "Symbol 'directors' type (object) can not be used in expression."),
+    "object_dot_unknown_stmt": (case("directors.round_robin.x();"), 6, 23, "Symbol cannot be used here."),
+    "object_method_dot": (case("set req.http.x = directors.round_robin.backend.y();"), 6, 19,
+                          "Syntax error.While compiling function call:"),
+    "unknown_function_no_args": (case("set req.http.x = nosuch();"), 6, 19, "Symbol not found: 'nosuch'"),
+    "paren_undefined_resolve": (case("set req.backend_hint = (nosuch).resolve();"), 6, 26,
+                                "Undefined backend nosuch, first reference:"),
+})
+COMPILES.update({
+    "paren_default_resolve": case("set req.backend_hint = (default).resolve();"),
+    "paren_sum_lower": case('set req.http.x = (1 + "a").lower();'),
+    "paren_header_lower": case("set req.http.x = (req.http.foo).lower();"),
+})
+# name -> (source, width of the mark under the reported place), as varnishd -C 7.1.1 marks it
+MARKS = {
+    "spaced_duration_unit_unknown": (case("set req.ttl = 10 xyz;"), 3),
+    "spaced_duration_unit_dotted": (case("set req.ttl = 2 req.url;"), 3),
+    "method_unknown": (case("set req.http.x = rr.nope();").replace(*RR), 4),
+    "object_as_call": (case("set req.http.x = directors.round_robin();"), 9),
+    "time_var_lower": (case("set req.http.x = now.lower();"), 5),
+    "ip_var_upper": (case("set req.http.x = client.ip.UPPER();"), 5),
+}
+
 @pytest.mark.parametrize("name", sorted(COMPILES))
 def test_compiles(name):
     compile_vcl(COMPILES[name], f"{name}.vcl")
@@ -561,3 +620,30 @@ def test_call_notes_are_varnishds():
         with ThreadPoolExecutor(4) as pool:
             live = dict(zip(sorted(CALL_NOTES), pool.map(marked, sorted(CALL_NOTES)), strict=True))
     assert live == {name: (6, 26, width) for name, (_, width) in CALL_NOTES.items()}
+
+
+@pytest.mark.parametrize("name", sorted(MARKS))
+def test_marks_are_as_wide_as_varnishds(name):
+    src, width = MARKS[name]
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, "m.vcl")
+    assert len(str(info.value).splitlines()[2].strip()) == width
+
+
+@pytest.mark.skipif(VARNISHD is None, reason="varnishd not installed")
+def test_marks_are_varnishds():
+    """MARKS against `varnishd -C`: the '#'s under the reported line."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+
+        def marked(name: str) -> int:
+            path = Path(tmp) / f"{name}.vcl"
+            path.write_text(MARKS[name][0])
+            path.chmod(0o644)
+            lines = subprocess.run([VARNISHD, "-C", "-f", str(path)], capture_output=True, text=True,
+                                   timeout=60).stderr.splitlines()
+            return next(ln for ln in lines if ln.startswith("-") and "#" in ln).count("#")
+
+        with ThreadPoolExecutor(4) as pool:
+            live = dict(zip(sorted(MARKS), pool.map(marked, sorted(MARKS)), strict=True))
+    assert live == {name: width for name, (_, width) in MARKS.items()}

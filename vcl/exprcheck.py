@@ -147,8 +147,7 @@ class ExprChecker:
             e.kind = "regex"
         elif left.type == "IP":
             if not isinstance(e.right, ast.Name):
-                t = self.add(e.right, "STRING").type
-                raise VCLError(f"Expression has type {t}, expected ACL", e.right.pos)
+                raise self._not_an_acl_operand(e.right)
             key = e.right.name.lower()   # declared names match case-insensitively, as in VCC
             if key == "default":
                 raise VCLError("Symbol 'default' is a reserved word.", e.right.pos)
@@ -163,6 +162,19 @@ class ExprChecker:
         e.left = left
         e.type = "BOOL"
         return e
+
+    def _not_an_acl_operand(self, e: ast.Expr) -> VCLError:
+        """VCC reads one operand after `IP ~` (vcc_expr4 wanting an ACL) and types it: the leftmost of
+        a sum or product, a parenthesised expression whole."""
+        operand = e
+        while isinstance(operand, ast.Arith) and operand.paren_pos is None:
+            operand = operand.left
+        if isinstance(operand, ast.Name) and operand is not e:
+            # `acl + 1`: VCC has its ACL and stops at the operator, with words that depend on what
+            # the statement wanted next; the sum typed whole stands in for them
+            return VCLError(f"Expression has type {self.add(e, 'STRING').type}, expected ACL", e.pos)
+        t = self._type_name(self.add(operand, "ACL"))
+        return VCLError(f"Expression has type {t}, expected ACL", operand.paren_pos or operand.pos)
 
     def _not_an_acl(self, name: ast.Name) -> None:
         """VCC's words for `~ NAME` where NAME is no ACL: another kind declared before the use has
@@ -180,13 +192,16 @@ class ExprChecker:
 
     def _not_a_regex(self, e: ast.Expr) -> VCLError:
         """Where a constant regex was wanted: VCC reads no '-' there, and types anything else."""
+        method = _literal_method(e)
+        if method is not None:
+            return method
         if isinstance(e, ast.Neg):
             return VCLError("Unknown token '-' when looking for REGEX", e.pos)
         if isinstance(e, ast.BadToken):
             return VCLError(f"Unknown token {e.text} when looking for REGEX", e.pos)
         # typed as VCC types it with a REGEX wanted, and reported at its first token (a '(')
         return VCLError(f"Expression has type {self._type_name(self.add(e, 'REGEX'))}, expected REGEX",
-                        e.paren_pos or e.pos)
+                        _first_paren(e) or e.pos)
 
     def regex(self, lit: ast.StringLit) -> None:
         reason = check_regex(lit.value)
@@ -441,14 +456,16 @@ class ExprChecker:
         if vmod is not None:
             func = vmod.functions.get(rest) or vmod.functions.get(rest.lower())
             if func is None:
-                if rest in vmod.objects:
-                    if statement:       # VCC stops at the '(' after the name
+                obj, _, after = rest.partition(".")
+                if obj in vmod.objects and after.partition(".")[0] not in vmod.objects[obj].methods:
+                    # the constructor's name, alone or followed by what no method is called
+                    if statement:       # VCC stops at the token after the name
                         raise VCLError("Symbol cannot be used here.",
-                                       ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(name)))
+                                       ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1 + len(obj)))
                     raise VCLError(f"Symbol '{head}' type (object) can not be used in expression.",
                                    ast.Pos(e.pos.file, e.pos.line, e.pos.col, len(head)))
-                if rest.partition(".")[0] in vmod.objects:
-                    # vmod.object.method(): VCC finds the object's constructor, then a '.' it cannot use
+                if obj in vmod.objects:
+                    # vmod.object.method(): VCC finds the class's method, then a '.' it cannot use
                     raise VCLError("Syntax error.While compiling function call:", e.pos)
                 raise VCLError(f"Symbol not found: '{name}'", e.pos)
             self._bind_args(e, func, name)
@@ -465,9 +482,14 @@ class ExprChecker:
         method = method.lower()
         if (base or e.target is not None) and method in ("lower", "upper") and not e.args:
             if e.target is not None:
-                target = self.tostring(self.atom(e.target, "STRING"))
+                target = self.atom(e.target, "STRING")
             else:
-                target = self.tostring(self._name(ast.Name(e.pos, base), "STRING"))
+                target = self._name(ast.Name(e.pos, base), "STRING")
+            if target.type != "STRING":
+                # a property of STRING only: VCC has no .lower() on an INT or a TIME
+                at = e.pos if e.target is not None else \
+                    ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(base) + 1, len(name) - len(base) - 1)
+                raise VCLError(f"Unknown property '{name.rpartition('.')[2]}' for type {target.type}", at)
             e.ref = ("strmethod", method)
             e.bound = [target]
             e.type = "STRING"
@@ -623,8 +645,11 @@ def _fold_literal(e: ast.Expr) -> ast.Expr:
     right = e.right
     if type(right) is ast.StringLit and right.paren_pos is None:
         return ast.StringLit(left.pos, left.value + right.value)
-    if right.paren_pos is not None:
-        raise VCLError("Expected CSTR got '('", right.paren_pos)
+    method = _literal_method(right, operand=False)
+    if method is not None:
+        raise method
+    if _first_paren(right) is not None:
+        raise VCLError("Expected CSTR got '('", _first_paren(right))
     if isinstance(right, ast.Arith):
         return right
     if isinstance(right, ast.Neg):
@@ -634,6 +659,34 @@ def _fold_literal(e: ast.Expr) -> ast.Expr:
     if isinstance(right, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
         text = _number_token(text)
     raise VCLError(f"Expected CSTR got '{text}'", right.pos)
+
+
+def _method_target(e: ast.Expr) -> tuple[ast.Expr, ast.Call | None]:
+    """What a chain of methods `x.lower().upper()` is called on, and the first method (None: no method)."""
+    first = None
+    while isinstance(e, ast.Call) and e.target is not None and e.paren_pos is None:
+        e, first = e.target, e
+    return e, first
+
+
+def _first_paren(e: ast.Expr) -> ast.Pos | None:
+    """The '(' an operand starts with, if it does: its own, or that of what its methods are called on."""
+    return e.paren_pos or _method_target(e)[0].paren_pos
+
+
+def _literal_method(e: ast.Expr, operand: bool = True) -> VCLError | None:
+    """A method called on a constant string where a regex is read (`"a".lower()`; `("a").lower()` as
+    the whole operand, not after a '+'): VCC has its REGEX and finds a property of it."""
+    target, first = _method_target(e)
+    if first is None:
+        return None
+    if operand and target.paren_pos is not None:
+        target = _fold_literal(target)
+    elif target.paren_pos is not None:
+        return None
+    if type(target) is not ast.StringLit:
+        return None
+    return VCLError(f"Unknown property '{first.name[1:]}' for type REGEX", first.pos)
 
 
 def _extra_argument(e: ast.Expr) -> VCLError:
