@@ -355,6 +355,14 @@ CASES.update({
     "regex_sum_paren_var_method": (case('if (req.url ~ "a" + (req.url).lower()) {}'), 6, 22, "Expected CSTR got '('"),
     "regsub_literal_method": (case('set req.http.x = regsub(req.url, "a".lower(), "b");'), 6, 39,
                               "Unknown property 'lower' for type REGEX"),
+    # after '+', a product's first operand is what VCC wants to be a constant (before, the product was typed)
+    "regex_sum_product_int": (case('if (req.url ~ "a" + 1 * 2) {}'), 6, 22, "Expected CSTR got '1'"),
+    "regex_sum_product_var": (case('if (req.url ~ "a" + req.url * 2) {}'), 6, 22, "Expected CSTR got 'req'"),
+    "regex_sum_product_paren": (case('if (req.url ~ "a" + (1) * 2) {}'), 6, 22, "Expected CSTR got '('"),
+    "regex_sum_product_minus": (case('if (req.url ~ "a" + -1 * 2) {}'), 6, 22, "Expected CSTR got '-'"),
+    "regex_sum_product_method": (case('if (req.url ~ "a" + "b".foo() * 2) {}'), 6, 26,
+                                 "Unknown property 'foo' for type REGEX"),
+    "regex_sum_int_method": (case('if (req.url ~ "a" + 1 .lower()) {}'), 6, 22, "Expected CSTR got '1'"),
     "regex_paren_minus_sum": (case("if (req.url ~ (-1 + 1)) {}"), 6, 17, "Unknown token '-' when looking for REGEX"),
     "regex_sum_bad": (case('if (req.url ~ "(" + "a") {}'), 6, 16, "Regexp compilation error:"),
     # .lower()/.upper() are STRING's: VCC refuses them on another type (before, converted to a string)

@@ -42,7 +42,7 @@ class ExprChecker:
     def _use(self, kind: str, name: str, pos: ast.Pos, allowed: frozenset[str] | None) -> None:
         raise NotImplementedError
 
-    def _ref(self, kind: str, name: str, pos: ast.Pos) -> None:
+    def _ref(self, kind: str, name: str) -> None:
         raise NotImplementedError
 
     def _vmod_for(self, name: str, pos: ast.Pos) -> Vmod | None:
@@ -70,7 +70,7 @@ class ExprChecker:
     def _type_name(self, e: ast.Expr) -> str:
         """A type as VCC names it: an object instance by its vmod and object ("directors.round_robin")."""
         ref = getattr(e, "ref", None)
-        if e.type == "INSTANCE" and ref and ref[0] == "instance":
+        if ref and ref[0] == "instance":
             return self._object_type(self.instances[ref[1]])
         return e.type or "?"
 
@@ -85,16 +85,13 @@ class ExprChecker:
         if e.type == "STRING":
             return e
         if e.type not in types.TO_STRING:
-            what = e.type
-            if e.type == "INSTANCE" and isinstance(e, ast.Name):
-                what = self.instance_type.get(e.name.lower(), what)
-            raise VCLError(f"Cannot convert {what} to STRING.", e.pos)
+            raise VCLError(f"Cannot convert {self._type_name(e)} to STRING.", e.pos)
         c = ast.Convert(e.pos, e, "STRING")
         c.type = "STRING"
         return c
 
     def tobool(self, e: ast.Expr) -> ast.Expr:
-        if e.type == "BOOL" or e.type not in types.TO_BOOL:
+        if e.type not in types.TO_BOOL:      # BOOL itself too
             return e
         c = ast.Convert(e.pos, e, "BOOL")
         c.type = "BOOL"
@@ -153,9 +150,8 @@ class ExprChecker:
                 raise VCLError("Symbol 'default' is a reserved word.", e.right.pos)
             if key not in self.acls:
                 self._not_an_acl(e.right)
-            self._ref("acl", key, e.right.pos)
+            self._ref("acl", key)
             e.right.ref = ("acl", key)
-            e.right.type = "ACL"
             e.kind = "acl"
         else:
             raise VCLError(f"Operator {e.op} not possible on {self._type_name(left)}", e.op_pos)
@@ -207,7 +203,6 @@ class ExprChecker:
         reason = check_regex(lit.value)
         if reason is not None:
             raise VCLError(f"Regexp compilation error: {reason}", lit.pos)
-        lit.type = "REGEX"
         if lit.value not in self.regexes:
             self.regexes[lit.value] = f"re_{len(self.regexes) + 1}"
 
@@ -369,7 +364,7 @@ class ExprChecker:
         kinds += (("backend", self.backends), ("acl", self.acls), ("probe", self.probes))
         for kind, table in kinds:
             if key in table:
-                self._ref(kind, key, e.pos)
+                self._ref(kind, key)
                 e.ref = (kind, key)
                 e.type = kind.upper()
                 return e
@@ -444,7 +439,7 @@ class ExprChecker:
             if method is None:
                 at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1, len(rest))
                 raise VCLError(f"Unknown property '{rest}' for type {self._object_type(obj)}", at)
-            self._bind_args(e, method, name, note="none")     # VCC adds no note for a method
+            self._bind_args(e, method, note="none")     # VCC adds no note for a method
             e.ref = ("method", head, method)
             return self._func_result(e, method, statement)
         vmod = self._vmod_for(head, e.pos) if rest else None
@@ -468,7 +463,7 @@ class ExprChecker:
                     # vmod.object.method(): VCC finds the class's method, then a '.' it cannot use
                     raise VCLError("Syntax error.While compiling function call:", e.pos)
                 raise VCLError(f"Symbol not found: '{name}'", e.pos)
-            self._bind_args(e, func, name)
+            self._bind_args(e, func)
             e.ref = ("func", head, func)
             if func.restrict is not None:
                 self._use("func", name, e.pos, symbols.expand_methods(func.restrict))
@@ -561,7 +556,7 @@ class ExprChecker:
         e.type = func.ret       # no vmod function returns STRANDS or HEADER
         return e
 
-    def _bind_args(self, e: ast.Call, func: Func, name: str, note: str = "call") -> None:
+    def _bind_args(self, e: ast.Call, func: Func, note: str = "call") -> None:
         """Arguments to parameters. `note` is what VCC adds to a missing argument's report: the call and
         its place ("call"), the words alone ("bare", an object's constructor) or nothing (a method)."""
         params = func.params
@@ -587,7 +582,7 @@ class ExprChecker:
         for i, p in enumerate(params):
             if bound[i] is None and not p.optional and p.default is None:
                 # an unnamed argument (a bare type in the .vcc) is known by its place
-                what = f"'{p.name}'" if p.name else str(i + 1 + getattr(func, "priv_args", 0))
+                what = f"'{p.name}'" if p.name else str(i + 1 + func.priv_args)
                 assert e.close_pos is not None       # the parser keeps every call's ')'
                 # VCC stops at the ')' and names the call it was compiling
                 notes = {"call": _call_note(e, e.close_pos),
@@ -608,7 +603,6 @@ class ExprChecker:
                 choices = "\n".join("\t" + w for w in param.enum)
                 raise VCLError(f"Wrong enum value.  Expected one of:\n{choices}", value.pos)
             value.ref = ("enum", value.name)
-            value.type = "ENUM"
             return value
         if ptype == "REGEX":
             # a constant, compiled at load like the right side of ~ (vmod cookie's *_re functions)
@@ -645,17 +639,23 @@ def _fold_literal(e: ast.Expr) -> ast.Expr:
     right = e.right
     if type(right) is ast.StringLit and right.paren_pos is None:
         return ast.StringLit(left.pos, left.value + right.value)
-    method = _literal_method(right, operand=False)
+    first = right
+    while isinstance(first, ast.Arith) and first.paren_pos is None:
+        first = first.left          # a product: VCC wants its first operand to be the constant
+    method = _literal_method(first, operand=False)
     if method is not None:
         raise method
-    if _first_paren(right) is not None:
-        raise VCLError("Expected CSTR got '('", _first_paren(right))
-    if isinstance(right, ast.Arith):
+    if _first_paren(first) is not None:
+        raise VCLError("Expected CSTR got '('", _first_paren(first))
+    if type(first) is ast.StringLit:
+        # `"b" * 2`: VCC has its constant and stops at the operator, with words that depend on what
+        # the statement wanted next; the product typed by the caller stands in for them
         return right
+    right = _method_target(first)[0]     # `1 .lower()`: VCC stops at the number
     if isinstance(right, ast.Neg):
         text = "-"
-    else:
-        text = getattr(right, "text", None) or getattr(right, "name", "").split(".")[0] or "?"
+    else:   # every other operand the parser makes is a token with its text, or a name
+        text = getattr(right, "text", None) or right.name.split(".")[0]
     if isinstance(right, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
         text = _number_token(text)
     raise VCLError(f"Expected CSTR got '{text}'", right.pos)
