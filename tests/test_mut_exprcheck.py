@@ -655,3 +655,11 @@ def test_marks_are_varnishds():
         with ThreadPoolExecutor(4) as pool:
             live = dict(zip(sorted(MARKS), pool.map(marked, sorted(MARKS)), strict=True))
     assert live == {name: width for name, (_, width) in MARKS.items()}
+
+
+def test_tinykvm_without_import_in_any_case():
+    """tinykvm may be used without its import line (our extension, with a warning, as its docs' examples
+    do); like every vmod name it is read in any case."""
+    src = 'vcl 4.1;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = TinyKVM.to_string("p");\n}\n'
+    compiled = compile_vcl(src, "t.vcl")
+    assert compiled.warnings == ["t.vcl: 'tinykvm' used without 'import tinykvm;', importing it"]
