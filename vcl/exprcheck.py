@@ -303,8 +303,7 @@ class ExprChecker:
             return self._name(e, fmt)
         if isinstance(e, ast.Call):
             return self._call(e)
-        if isinstance(e, (ast.Convert, ast.Concat)):
-            return e
+        # Convert and Concat are made by typing, and nothing is typed twice
         raise VCLError(f"Unknown expression {type(e).__name__}", e.pos)  # pragma: no cover
 
     def _unit(self, e: ast.UnitLit, fmt: str) -> ast.Expr:
