@@ -387,8 +387,54 @@ COMPILES.update({
     "paren_sum_lower": case('set req.http.x = (1 + "a").lower();'),
     "paren_header_lower": case("set req.http.x = (req.http.foo).lower();"),
 })
+# declared names called, or methods called on them (varnishd -C 7.1.1; before, a sub called in an
+# expression or `nosuch.resolve()` had other words, `default` where a probe is wanted was not found)
+DECL = ('vcl 4.1;\nbackend b none;\nacl a { "1.2.3.4"; }\nprobe p { .url = "/"; }\n'
+        'backend c { .host = "127.0.0.1"; .probe = p; }\nsub foo { }\nsub vcl_recv {\n\tcall foo;\n'
+        '\tif (client.ip ~ a) { set req.backend_hint = b; }\n\tset req.backend_hint = c;\n\t')   # line 11
+
+
+def decl(stmt: str) -> str:
+    return DECL + stmt + "\n}\n"
+
+
+CASES.update({
+    "sub_called_in_expr": (decl("set req.http.x = Foo();"), 11, 22, "Symbol 'foo' can only be used as a SUB expression"),
+    "sub_name_in_expr": (decl("set req.http.x = Foo;"), 11, 22, "Symbol 'foo' can only be used as a SUB expression"),
+    "sub_called_as_statement": (decl("Foo();"), 11, 5, "Symbol cannot be used here."),
+    "backend_called_as_statement": (decl("b();"), 11, 3, "Symbol cannot be used here."),
+    "acl_called_as_statement": (decl("a();"), 11, 3, "Symbol cannot be used here."),
+    "probe_called_as_statement": (decl("p();"), 11, 3, "Symbol cannot be used here."),
+    "func_called_as_statement": (decl("true();"), 11, 6, "Symbol cannot be used here."),
+    "reserved_called_as_statement": (decl("backend();"), 11, 9, "Symbol cannot be used here."),
+    "action_in_expr": (decl("set req.http.x = if();"), 11, 19, "Symbol 'if' type (action) can not be used in expression."),
+    "resolve_unknown": (decl("set req.backend_hint = nosuch.resolve();"), 11, 25, "Symbol not found: 'nosuch.resolve'"),
+    "resolve_acl": (decl("set req.backend_hint = a.resolve();"), 11, 27, "Unknown property 'resolve' for type ACL"),
+    "resolve_sub": (decl("set req.backend_hint = foo.resolve();"), 11, 28,
+                    "Symbol 'foo' can only be used as a SUB expression"),
+    "resolve_not_available": (decl("set req.backend_hint = bereq.backend.resolve();"), 11, 25,
+                              "Not available in subroutine 'vcl_recv'."),
+    "backend_method": (decl("set req.http.x = b.foo();"), 11, 21, "Unknown property 'foo' for type BACKEND"),
+    "backend_lower": (decl("set req.http.x = b.lower();"), 11, 21, "Unknown property 'lower' for type BACKEND"),
+    "acl_lower": (decl("set req.http.x = a.lower();"), 11, 21, "Unknown property 'lower' for type ACL"),
+    "probe_default_missing": (decl("if (p == default) {}"), 11, 18, "No default probe defined"),
+    "probe_undefined": (decl("if (p == nosuch) {}"), 11, 11, "Undefined probe nosuch, first reference:"),
+    "paren_sum_method": (decl('set req.http.x = (1 + "a").foo();'), 11, 29, "Unknown property 'foo' for type STRINGS"),
+    "storage_method": (decl("set req.http.x = storage.s0.foo();"), 11, 30, "Unknown property 'foo' for type STEVEDORE"),
+})
+COMPILES.update({
+    "probe_lower": decl("set req.http.x = p.lower();"),
+    "probe_paren_lower": decl("set req.http.x = (p).lower();"),
+    "probe_compare": decl("if (p == p) {}"),
+    "probe_default_compare": decl("if (p == default) {}").replace("sub foo", 'probe default { .url = "/"; }\nsub foo'),
+    "default_resolve": decl("set req.backend_hint = default.resolve();"),
+    "backend_resolve": decl("set req.backend_hint = b.resolve();"),
+    "var_upper_case_method": decl("set req.http.x = req.url.UPPER();"),
+})
+
 # name -> (source, width of the mark under the reported place), as varnishd -C 7.1.1 marks it
 MARKS = {
+    "var_unknown_method": (case("set req.http.x = req.url.foo();"), 3),
     "spaced_duration_unit_unknown": (case("set req.ttl = 10 xyz;"), 3),
     "spaced_duration_unit_dotted": (case("set req.ttl = 2 req.url;"), 3),
     "method_unknown": (case("set req.http.x = rr.nope();").replace(*RR), 4),

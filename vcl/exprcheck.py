@@ -37,6 +37,7 @@ class ExprChecker:
     vmods: dict[str, Vmod]
     vmod_pos: dict[str, ast.Pos]
     regexes: dict[str, str]
+    subs: dict[str, SubInfo]
     cur: SubInfo | None
 
     def _use(self, kind: str, name: str, pos: ast.Pos, allowed: frozenset[str] | None) -> None:
@@ -354,14 +355,15 @@ class ExprChecker:
             # VCC's `default` is a reserved word: a backend of that name is a value only where a
             # BACKEND is expected (set req.backend_hint = default, == default, a BACKEND argument)
             raise VCLError("Symbol 'default' is a reserved word.", e.pos)
+        if name == "default" and fmt == "PROBE" and "default" not in self.probes:
+            # VCC stops at the token after it (taken here to follow at once)
+            raise VCLError("No default probe defined", ast.Pos(e.pos.file, e.pos.line, e.pos.col + e.pos.length))
         if name == "default" and fmt != "PROBE" and "default" not in self.backends:
             e.ref = ("default_backend",)
             e.type = "BACKEND"
             return e
         key = name.lower()   # declared names match case-insensitively, as in VCC
-        kinds = (("probe", self.probes),) if fmt == "PROBE" else ()
-        kinds += (("backend", self.backends), ("acl", self.acls), ("probe", self.probes))
-        for kind, table in kinds:
+        for kind, table in (("backend", self.backends), ("acl", self.acls), ("probe", self.probes)):
             if key in table:
                 self._ref(kind, key)
                 e.ref = (kind, key)
@@ -376,12 +378,14 @@ class ExprChecker:
             var = symbols.lookup(name, self.version, self.storages)
         except symbols.BadHeaderName as exc:
             raise VCLError(str(exc), e.pos) from None
-        if var is None and name in getattr(self, "subs", {}):
-            raise VCLError(f"Symbol '{name}' can only be used as a SUB expression", e.pos)
-        if var is None and fmt == "BACKEND" and "." not in name:
-            # VCC takes an unknown plain name where a BACKEND is wanted as a reference to a
-            # backend that was never defined.
-            raise VCLError(f"Undefined backend {name}, first reference:", e.pos)
+        if var is None and key in self.subs:
+            # VCC stops at the token after the name (taken here to follow at once)
+            raise VCLError(f"Symbol '{key}' can only be used as a SUB expression",
+                           ast.Pos(e.pos.file, e.pos.line, e.pos.col + e.pos.length))
+        if var is None and fmt in ("BACKEND", "PROBE") and "." not in name:
+            # VCC takes an unknown plain name where a BACKEND (PROBE) is wanted as a reference to one
+            # that was never defined.
+            raise VCLError(f"Undefined {fmt.lower()} {name}, first reference:", e.pos)
         if var is None:
             head = name.split(".")[0]
             vmod = self.vmods.get(head)
@@ -478,22 +482,25 @@ class ExprChecker:
             if e.target is not None:
                 target = self.atom(e.target, "STRING")
             else:
-                target = self._name(ast.Name(e.pos, base), "STRING")
-            if target.type != "STRING":
-                # a property of STRING only: VCC has no .lower() on an INT or a TIME
+                target = self._name(_base_name(e, base), "STRING")
+            if target.type not in ("STRING", "PROBE"):
+                # a property of STRING only: VCC has no .lower() on an INT, a TIME or an ACL (a
+                # probe's name is a string where one is wanted)
                 at = e.pos if e.target is not None else \
                     ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(base) + 1, len(name) - len(base) - 1)
                 raise VCLError(f"Unknown property '{name.rpartition('.')[2]}' for type {target.type}", at)
             e.ref = ("strmethod", method)
-            e.bound = [target]
+            e.bound = [self.tostring(target)]
             e.type = "STRING"
             return e
-        # BACKEND.resolve(): the backend a director picks now (VRT_DirectorResolve).
-        if (base or e.target is not None) and method == "resolve" and not e.args:
+        # BACKEND.resolve(): the backend a director picks now (VRT_DirectorResolve). VCC looks an
+        # unknown plain name up whole (`nosuch.resolve` is no symbol).
+        known = "." in base or self._declared(base) or base.lower() == "default"
+        if (known or e.target is not None) and method == "resolve" and not e.args:
             if e.target is not None:
                 target = self.atom(e.target, "BACKEND")
             else:
-                target = self._name(ast.Name(e.pos, base), "BACKEND")
+                target = self._name(_base_name(e, base), "BACKEND")
             if target.type == "BACKEND":
                 e.ref = ("resolve",)
                 e.bound = [target]
@@ -502,16 +509,19 @@ class ExprChecker:
         if e.target is not None:
             target = self.atom(e.target, "STRING")
             raise VCLError(f"Unknown property '{method}' for type {_strings(target.type)}", e.pos)
-        if base and symbols.lookup(base, self.version, self.storages) is not None:
+        if base and (self._declared(base) or symbols.lookup(base, self.version, self.storages) is not None):
             # VCC reads the variable, then `.method` as a property of its type
-            target = self._name(ast.Name(e.pos, base), "STRING")
+            target = self._name(_base_name(e, base), "STRING")
             at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(base) + 1, len(method))
             raise VCLError(f"Unknown property '{name.rpartition('.')[2]}' for type {_strings(target.type)}", at)
         key = name.lower()
-        declared = key in self.acls or key in self.backends or key in self.probes or name in getattr(self, "subs", {})
-        if statement and (key in symbols.VCC_RESERVED or key in symbols.VCC_FUNCS or declared):
+        if statement and (key in symbols.VCC_RESERVED or key in symbols.VCC_FUNCS or self._declared(key)):
             # a statement that starts with a symbol no statement starts with: VCC stops after it
             raise VCLError("Symbol cannot be used here.", ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(name)))
+        if key in self.subs:
+            # VCC finds the sub, then a '(' it cannot use
+            raise VCLError(f"Symbol '{key}' can only be used as a SUB expression",
+                           ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(name)))
         if not statement and key in symbols.VCC_ACTIONS:
             raise VCLError(f"Symbol '{key}' type (action) can not be used in expression.", e.pos)
         raise VCLError(f"Symbol not found: '{name}'", e.pos)
@@ -547,6 +557,11 @@ class ExprChecker:
         e.bound = bound
         e.type = "STRING"
         return e
+
+    def _declared(self, name: str) -> bool:
+        """A name the VCL declares: an acl, backend, probe or sub."""
+        key = name.lower()
+        return key in self.acls or key in self.backends or key in self.probes or key in self.subs
 
     def _func_result(self, e: ast.Call, func: Func, statement: bool) -> ast.Expr:
         if func.ret == "VOID" and not statement:
@@ -617,6 +632,11 @@ def _call_note(e: ast.Call, stop: ast.Pos) -> list[tuple[str, ast.Pos | None]]:
     """VCC's note on an error where it stopped at `stop` (the ')' or a ',') while reading the
     arguments of call `e`: the call from its name to the token before (the parser's mark)."""
     return [("While compiling function call:", ast.Pos(e.pos.file, e.pos.line, e.pos.col, e.marks[stop]))]
+
+
+def _base_name(e: ast.Call, base: str) -> ast.Name:
+    """The name a method is called on (`req.url` of `req.url.lower()`), at its own place."""
+    return ast.Name(ast.Pos(e.pos.file, e.pos.line, e.pos.col, len(base)), base)
 
 
 def _strings(type_: str | None) -> str:
