@@ -422,6 +422,8 @@ CASES.update({
     "paren_sum_method": (decl('set req.http.x = (1 + "a").foo();'), 11, 29, "Unknown property 'foo' for type STRINGS"),
     "storage_method": (decl("set req.http.x = storage.s0.foo();"), 11, 30, "Unknown property 'foo' for type STEVEDORE"),
 })
+CASES["quoted_header_in_40"] = ('vcl 4.0;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = req.http."q";\n}\n',
+                                4, 28, "Quoted headers are available for VCL >= 4.1.")
 COMPILES.update({
     "probe_lower": decl("set req.http.x = p.lower();"),
     "probe_paren_lower": decl("set req.http.x = (p).lower();"),
@@ -709,3 +711,11 @@ def test_tinykvm_without_import_in_any_case():
     src = 'vcl 4.1;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = TinyKVM.to_string("p");\n}\n'
     compiled = compile_vcl(src, "t.vcl")
     assert compiled.warnings == ["t.vcl: 'tinykvm' used without 'import tinykvm;', importing it"]
+
+
+@pytest.mark.parametrize("stmt", ['set req.http.x = req.http."a b";', 'set req.http."a b" = "x";'])
+def test_a_bad_quoted_header_name_has_no_place(stmt):
+    """varnishd -C 7.1.1 prints "Invalid character ' ' in header name." and no position."""
+    with pytest.raises(VCLError) as info:
+        compile_vcl(case(stmt), "h.vcl")
+    assert (str(info.value), info.value.pos) == ("Invalid character ' ' in header name.", None)

@@ -13,7 +13,7 @@ import ipaddress
 from vcl import ast, symbols, types
 from vcl.acl import AclMaskError, resolve_acl_entry
 from vcl.errors import VCLError
-from vcl.exprcheck import IMPLICIT_IMPORTS, ExprChecker, _first_token
+from vcl.exprcheck import IMPLICIT_IMPORTS, ExprChecker, _first_token, bad_header
 from vcl.parser import check_vcl_version
 from vcl.program import CheckedProgram, SubInfo, Use
 from vcl.vss import NoAddress, ResolveError, TooManyAddresses, resolve_backend
@@ -284,7 +284,7 @@ class Checker(ExprChecker, XrefChecker):
         try:
             var = symbols.lookup(name, self.version, self.storages)
         except symbols.BadHeaderName as exc:
-            raise VCLError(str(exc), pos) from None
+            raise bad_header(exc, pos) from None
         if var is None:
             raise VCLError(f"Symbol not found: '{name}'", pos)
         return var

@@ -377,7 +377,7 @@ class ExprChecker:
         try:
             var = symbols.lookup(name, self.version, self.storages)
         except symbols.BadHeaderName as exc:
-            raise VCLError(str(exc), e.pos) from None
+            raise bad_header(exc, e.pos) from None
         if var is None and key in self.subs:
             # VCC stops at the token after the name (taken here to follow at once)
             raise VCLError(f"Symbol '{key}' can only be used as a SUB expression",
@@ -632,6 +632,13 @@ def _call_note(e: ast.Call, stop: ast.Pos) -> list[tuple[str, ast.Pos | None]]:
     """VCC's note on an error where it stopped at `stop` (the ')' or a ',') while reading the
     arguments of call `e`: the call from its name to the token before (the parser's mark)."""
     return [("While compiling function call:", ast.Pos(e.pos.file, e.pos.line, e.pos.col, e.marks[stop]))]
+
+
+def bad_header(exc: symbols.BadHeaderName, pos: ast.Pos) -> VCLError:
+    """A quoted header name refused where the name is at `pos`: at its quoted part, or nowhere."""
+    if exc.at is None:
+        return VCLError(str(exc))
+    return VCLError(str(exc), ast.Pos(pos.file, pos.line, pos.col + exc.at, max(pos.length - exc.at, 1)))
 
 
 def _base_name(e: ast.Call, base: str) -> ast.Name:
