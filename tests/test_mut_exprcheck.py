@@ -422,6 +422,16 @@ CASES.update({
     "paren_sum_method": (decl('set req.http.x = (1 + "a").foo();'), 11, 29, "Unknown property 'foo' for type STRINGS"),
     "storage_method": (decl("set req.http.x = storage.s0.foo();"), 11, 30, "Unknown property 'foo' for type STEVEDORE"),
 })
+CASES.update({
+    "object_value_dot_unknown": (case("set req.http.x = directors.round_robin.x;"), 6, 19,
+                                 "Symbol 'directors' type (object) can not be used in expression."),
+    "object_value_dot_method": (case("set req.http.x = directors.round_robin.backend;"), 6, 19,
+                                "Syntax error.While compiling function call:"),
+    "vmod_value_dotted_unknown": (case("set req.http.x = std.x.toupper;"), 6, 19, "Symbol not found: 'std.x.toupper'"),
+    "vmod_value_object_late": (case("set req.http.x = directors.x.round_robin;"), 6, 19,
+                               "Symbol not found: 'directors.x.round_robin'"),
+})
+MARKS_MORE = {"object_type_value": (case("set req.http.x = directors.round_robin;"), 9)}
 CASES["quoted_header_in_40"] = ('vcl 4.0;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = req.http."q";\n}\n',
                                 4, 28, "Quoted headers are available for VCL >= 4.1.")
 COMPILES.update({
@@ -436,6 +446,7 @@ COMPILES.update({
 
 # name -> (source, width of the mark under the reported place), as varnishd -C 7.1.1 marks it
 MARKS = {
+    **MARKS_MORE,
     "var_unknown_method": (case("set req.http.x = req.url.foo();"), 3),
     "spaced_duration_unit_unknown": (case("set req.ttl = 10 xyz;"), 3),
     "spaced_duration_unit_dotted": (case("set req.ttl = 2 req.url;"), 3),

@@ -391,11 +391,15 @@ class ExprChecker:
             vmod = self.vmods.get(head)
             if vmod is not None and "." not in name:
                 raise VCLError(f"Symbol '{head}' type (vmod) can not be used in expression.", e.pos)
-            if vmod is not None and name.partition(".")[2] in vmod.objects:
+            func = name.partition(".")[2]
+            obj, _, after = func.partition(".")
+            if vmod is not None and obj in vmod.objects:
+                if after.partition(".")[0] in vmod.objects[obj].methods:
+                    # vmod.object.method: VCC finds the class's method, then what follows
+                    raise VCLError("Syntax error.While compiling function call:", e.pos)
                 # VCC names the vmod: an object constructor is no value
                 raise VCLError(f"Symbol '{head}' type (object) can not be used in expression.",
                                ast.Pos(e.pos.file, e.pos.line, e.pos.col, len(head)))
-            func = name.partition(".")[2]
             if (vmod is not None and func in vmod.functions) or name in ("regsub", "regsuball"):
                 raise MissingParenthesis(e.pos)      # a function's name alone: VCC wants its '('
             parts = name.split(".")
