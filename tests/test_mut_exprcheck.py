@@ -431,6 +431,13 @@ CASES.update({
     "vmod_value_object_late": (case("set req.http.x = directors.x.round_robin;"), 6, 19,
                                "Symbol not found: 'directors.x.round_robin'"),
 })
+CASES.update({
+    "default_in_string": (case("set req.http.x = default;"), 6, 19, "Symbol 'default' is a reserved word."),
+    "default_in_bool": (case("if (default) {}"), 6, 6, "Symbol 'default' is a reserved word."),
+    "regsuball_alone": (case("set req.url = regsuball;"), 6, 25, "Expected '(' got ';'"),
+    "var_property": (case("set req.http.x = req.url.foo;"), 6, 27, "Unknown property 'foo' for type STRINGS"),
+    "time_property": (case("set req.http.x = now.foo;"), 6, 23, "Unknown property 'foo' for type TIME"),
+})
 MARKS_MORE = {"object_type_value": (case("set req.http.x = directors.round_robin;"), 9)}
 CASES["quoted_header_in_40"] = ('vcl 4.0;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = req.http."q";\n}\n',
                                 4, 28, "Quoted headers are available for VCL >= 4.1.")
