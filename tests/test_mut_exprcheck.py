@@ -616,12 +616,17 @@ def test_the_call_a_missing_argument_was_in():
     assert notes(CASES["constructor_argument_missing"][0]) == [("While compiling function call:", None, None, None)]
 
 
+# varnishd 7.1.1 points at the token after the name (then adds "Expression has type
+# directors.round_robin, expected STRING" for the instance)
+CASES.update({
+    "instance_in_string": (case("set req.http.x = rr;").replace(*RRH), 7, 21, "Cannot convert directors.round_robin to STRING."),
+    "http_in_string": (case("set req.http.x = req;"), 6, 22, "Cannot convert HTTP to STRING."),
+    "http_in_concat": (case('set req.http.x = "a" + req;'), 6, 28, "Cannot convert HTTP to STRING."),
+    "instance_as_string_arg": (case("std.log(rr);").replace(*RRH), 7, 12, "Cannot convert directors.round_robin to STRING."),
+})
+
+
 @pytest.mark.parametrize("src, line, message", [
-    # varnishd 7.1.1 points at the token after `rr` (col 21), then adds "Expression has type
-    # directors.round_robin, expected STRING"
-    (case("set req.http.x = rr;").replace(*RRH), 7, "Cannot convert directors.round_robin to STRING."),
-    # varnishd 7.1.1 points at the token after `req` (the ';', col 22), as after an instance
-    (case("set req.http.x = req;"), 6, "Cannot convert HTTP to STRING."),
     # varnishd points at the '(' (col 15): ours at the method
     (case('std.log("a", (req.url).lower());'), 6, "Expected ')' got '('"),
 ])

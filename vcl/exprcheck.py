@@ -86,7 +86,9 @@ class ExprChecker:
         if e.type == "STRING":
             return e
         if e.type not in types.TO_STRING:
-            raise VCLError(f"Cannot convert {self._type_name(e)} to STRING.", e.pos)
+            # after a name VCC points at the token that follows (taken here to follow at once)
+            at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + e.pos.length) if isinstance(e, ast.Name) else e.pos
+            raise VCLError(f"Cannot convert {self._type_name(e)} to STRING.", at)
         c = ast.Convert(e.pos, e, "STRING")
         c.type = "STRING"
         return c
