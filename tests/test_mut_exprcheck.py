@@ -410,6 +410,8 @@ CASES.update({
     "action_in_expr": (decl("set req.http.x = if();"), 11, 19, "Symbol 'if' type (action) can not be used in expression."),
     "resolve_unknown": (decl("set req.backend_hint = nosuch.resolve();"), 11, 25, "Symbol not found: 'nosuch.resolve'"),
     "resolve_acl": (decl("set req.backend_hint = a.resolve();"), 11, 27, "Unknown property 'resolve' for type ACL"),
+    "sub_method": (decl("set req.http.x = foo.bar();"), 11, 22, "Symbol 'foo' can only be used as a SUB expression"),
+    "sub_lower": (decl("set req.http.x = foo.lower();"), 11, 22, "Symbol 'foo' can only be used as a SUB expression"),
     "resolve_sub": (decl("set req.backend_hint = foo.resolve();"), 11, 28,
                     "Symbol 'foo' can only be used as a SUB expression"),
     "resolve_not_available": (decl("set req.backend_hint = bereq.backend.resolve();"), 11, 25,
