@@ -438,9 +438,12 @@ CASES.update({
     "default_in_bool": (case("if (default) {}"), 6, 6, "Symbol 'default' is a reserved word."),
     "regsuball_alone": (case("set req.url = regsuball;"), 6, 25, "Expected '(' got ';'"),
     "var_property": (case("set req.http.x = req.url.foo;"), 6, 27, "Unknown property 'foo' for type STRINGS"),
+    "var_property_deep": (case("set req.http.x = req.url.foo.bar;"), 6, 27, "Unknown property 'foo' for type STRINGS"),
     "time_property": (case("set req.http.x = now.foo;"), 6, 23, "Unknown property 'foo' for type TIME"),
 })
-MARKS_MORE = {"object_type_value": (case("set req.http.x = directors.round_robin;"), 9)}
+MARKS_MORE = {"var_property": (case("set req.http.x = req.url.foo;"), 3),
+              "http_property": (case("set req.http.x = req.nope;"), 4),
+              "object_type_value": (case("set req.http.x = directors.round_robin;"), 9)}
 CASES["quoted_header_in_40"] = ('vcl 4.0;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = req.http."q";\n}\n',
                                 4, 28, "Quoted headers are available for VCL >= 4.1.")
 COMPILES.update({

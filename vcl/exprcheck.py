@@ -14,10 +14,6 @@ from vcl.regex import check_regex
 from vcl.runtime import parse_ip
 from vmods import Func, ObjectType, Vmod, vnum
 
-# The names VCC 7.1 knows as symbols of type HTTP (obj and req_top are not): `req.nope` read in an
-# expression is an unknown property of one of them, not an unknown symbol.
-_HTTP_SYMBOLS = frozenset({"req", "bereq", "beresp", "resp"})
-
 # Where VCC reads a '-' (vcc_expr5; STRING is its STRINGS), and the types C can negate.
 _MINUS_CONTEXTS = frozenset({"INT", "REAL", "DURATION", "STRING"})
 _NEGATABLE = frozenset({"INT", "REAL", "DURATION", "BYTES", "TIME", "BOOL"})
@@ -407,17 +403,13 @@ class ExprChecker:
             parts = name.split(".")
             for i in range(len(parts) - 1, 0, -1):
                 # VCC reads the longest name that is a variable, then the next part as a property
-                # of its type (`beresp.backend.ip`: BACKEND has no property 'ip')
+                # of its type (`beresp.backend.ip`: BACKEND has no property 'ip'; `req.nope`: req
+                # is of type HTTP)
                 known = symbols.lookup(".".join(parts[:i]), self.version, self.storages)
                 if known is not None:
                     at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(".".join(parts[:i])) + 1,
                                  len(parts[i]))
                     raise VCLError(f"Unknown property '{parts[i]}' for type {_strings(known.type)}", at)
-            if head in _HTTP_SYMBOLS:
-                # VCC reads `req` as a symbol of type HTTP, then `.bar` as a property of it
-                prop = name.split(".")[1]
-                at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1, len(prop))
-                raise VCLError(f"Unknown property '{prop}' for type HTTP", at)
             kind = ("reserved" if head.lower() in symbols.VCC_RESERVED
                     else "action" if head.lower() in symbols.VCC_ACTIONS else None)
             if kind is not None and "." not in name:
