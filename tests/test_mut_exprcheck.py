@@ -750,8 +750,8 @@ def test_a_bad_quoted_header_name_has_no_place(stmt):
 
 
 def test_a_property_of_a_storage_named_by_the_command_line():
-    """`-s big=malloc`: storage.big is a STEVEDORE (varnishd -C -s big=malloc,1m 7.1.1: line 4, col 30)."""
+    """`-s big=malloc`: storage.big is a STEVEDORE (varnishd -C -s big=malloc,1m 7.1.1: line 4, col 31)."""
     src = 'vcl 4.1;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = storage.big.foo;\n}\n'
     with pytest.raises(VCLError) as info:
         compile_vcl(src, "s.vcl", storages=["big"])
-    assert (info.value.message, info.value.line, info.value.col) == ("Unknown property 'foo' for type STEVEDORE", 4, 30)
+    assert (info.value.message, info.value.line, info.value.col) == ("Unknown property 'foo' for type STEVEDORE", 4, 31)
