@@ -438,10 +438,17 @@ CASES.update({
     "default_in_bool": (case("if (default) {}"), 6, 6, "Symbol 'default' is a reserved word."),
     "regsuball_alone": (case("set req.url = regsuball;"), 6, 25, "Expected '(' got ';'"),
     "var_property": (case("set req.http.x = req.url.foo;"), 6, 27, "Unknown property 'foo' for type STRINGS"),
+    # a reserved word or an action in an expression, named as written (before: lower case), dotted or not
+    "reserved_dotted": (case("set req.http.x = acl.foo;"), 6, 19, "Symbol 'acl' type (reserved) can not be used in expression."),
+    "reserved_as_written": (case("set req.http.x = Sub;"), 6, 19, "Symbol 'Sub' type (reserved) can not be used in expression."),
+    "action_as_written": (case('set req.http.x = "" + SET;'), 6, 24, "Symbol 'SET' type (action) can not be used in expression."),
+    "action_dotted": (case("set req.http.x = set.foo;"), 6, 19, "Symbol 'set' type (action) can not be used in expression."),
+    "action_called_as_written": (case("set req.http.x = IF();"), 6, 19, "Symbol 'IF' type (action) can not be used in expression."),
     "var_property_deep": (case("set req.http.x = req.url.foo.bar;"), 6, 27, "Unknown property 'foo' for type STRINGS"),
     "time_property": (case("set req.http.x = now.foo;"), 6, 23, "Unknown property 'foo' for type TIME"),
 })
-MARKS_MORE = {"var_property": (case("set req.http.x = req.url.foo;"), 3),
+MARKS_MORE = {"reserved_dotted": (case("set req.http.x = acl.foo;"), 3),
+              "var_property": (case("set req.http.x = req.url.foo;"), 3),
               "http_property": (case("set req.http.x = req.nope;"), 4),
               "object_type_value": (case("set req.http.x = directors.round_robin;"), 9)}
 CASES["quoted_header_in_40"] = ('vcl 4.0;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = req.http."q";\n}\n',

@@ -412,8 +412,9 @@ class ExprChecker:
                     raise VCLError(f"Unknown property '{parts[i]}' for type {_strings(known.type)}", at)
             kind = ("reserved" if head.lower() in symbols.VCC_RESERVED
                     else "action" if head.lower() in symbols.VCC_ACTIONS else None)
-            if kind is not None and "." not in name:
-                raise VCLError(f"Symbol '{head.lower()}' type ({kind}) can not be used in expression.", e.pos)
+            if kind is not None:      # `acl.foo` too: VCC stops at the word
+                raise VCLError(f"Symbol '{head}' type ({kind}) can not be used in expression.",
+                               ast.Pos(e.pos.file, e.pos.line, e.pos.col, len(head)))
             raise VCLError(f"Symbol not found: '{name}'", e.pos)
         if var.type == "BODY" or var.get == "None":
             raise VCLError(f"Cannot convert {var.type} to STRING.", e.pos)
@@ -521,7 +522,7 @@ class ExprChecker:
             raise VCLError(f"Symbol '{key}' can only be used as a SUB expression",
                            ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(name)))
         if not statement and key in symbols.VCC_ACTIONS:
-            raise VCLError(f"Symbol '{key}' type (action) can not be used in expression.", e.pos)
+            raise VCLError(f"Symbol '{name}' type (action) can not be used in expression.", e.pos)
         raise VCLError(f"Symbol not found: '{name}'", e.pos)
 
     def _regsub(self, e: ast.Call) -> ast.Expr:
