@@ -444,6 +444,15 @@ CASES.update({
     "action_as_written": (case('set req.http.x = "" + SET;'), 6, 24, "Symbol 'SET' type (action) can not be used in expression."),
     "action_dotted": (case("set req.http.x = set.foo;"), 6, 19, "Symbol 'set' type (action) can not be used in expression."),
     "action_called_as_written": (case("set req.http.x = IF();"), 6, 19, "Symbol 'IF' type (action) can not be used in expression."),
+    # a BODY variable read: typed BODY, refused by its context (before: refused at once, at the name)
+    "body_in_string": ('vcl 4.1;\nbackend default none;\nsub vcl_synth {\n\tset resp.http.x = resp.body;\n}\n', 4, 29,
+                       "Cannot convert BODY to STRING."),
+    "body_in_concat": ('vcl 4.1;\nbackend default none;\nsub vcl_synth {\n\tset resp.http.x = "a" + resp.body;\n}\n', 4, 35,
+                       "Cannot convert BODY to STRING."),
+    "body_in_bool": ('vcl 4.1;\nbackend default none;\nsub vcl_synth {\n\tif (resp.body) {}\n}\n', 4, 6,
+                     "Expression has type BODY, expected BOOL"),
+    "body_compare": ('vcl 4.1;\nbackend default none;\nsub vcl_synth {\n\tif (resp.body == "a") {}\n}\n', 4, 16,
+                     "Operator == not possible on BODY"),
     "var_property_deep": (case("set req.http.x = req.url.foo.bar;"), 6, 27, "Unknown property 'foo' for type STRINGS"),
     "time_property": (case("set req.http.x = now.foo;"), 6, 23, "Unknown property 'foo' for type TIME"),
 })

@@ -416,8 +416,6 @@ class ExprChecker:
                 raise VCLError(f"Symbol '{head}' type ({kind}) can not be used in expression.",
                                ast.Pos(e.pos.file, e.pos.line, e.pos.col, len(head)))
             raise VCLError(f"Symbol not found: '{name}'", e.pos)
-        if var.type == "BODY" or var.get == "None":
-            raise VCLError(f"Cannot convert {var.type} to STRING.", e.pos)
         self._use("read", var.name, e.pos, var.read)
         if var.name == "now" and self.cur is not None:
             self.cur.uses_now = True
