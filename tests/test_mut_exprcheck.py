@@ -429,6 +429,8 @@ CASES.update({
                                  "Symbol 'directors' type (object) can not be used in expression."),
     "object_value_dot_method": (case("set req.http.x = directors.round_robin.backend;"), 6, 19,
                                 "Syntax error.While compiling function call:"),
+    "object_value_dot_unknown_method": (case("set req.http.x = directors.round_robin.x.backend;"), 6, 19,
+                                        "Symbol 'directors' type (object) can not be used in expression."),
     "vmod_value_dotted_unknown": (case("set req.http.x = std.x.toupper;"), 6, 19, "Symbol not found: 'std.x.toupper'"),
     "vmod_value_object_late": (case("set req.http.x = directors.x.round_robin;"), 6, 19,
                                "Symbol not found: 'directors.x.round_robin'"),
@@ -770,4 +772,7 @@ def test_a_property_of_a_storage_named_by_the_command_line():
     src = 'vcl 4.1;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = storage.big.foo;\n}\n'
     with pytest.raises(VCLError) as info:
         compile_vcl(src, "s.vcl", storages=["big"])
+    assert (info.value.message, info.value.line, info.value.col) == ("Unknown property 'foo' for type STEVEDORE", 4, 31)
+    with pytest.raises(VCLError) as info:      # called: the same words (as for storage.s0.foo())
+        compile_vcl(src.replace("foo;", "foo();"), "s.vcl", storages=["big"])
     assert (info.value.message, info.value.line, info.value.col) == ("Unknown property 'foo' for type STEVEDORE", 4, 31)
