@@ -455,6 +455,12 @@ CASES.update({
                      "Expression has type BODY, expected BOOL"),
     "body_compare": ('vcl 4.1;\nbackend default none;\nsub vcl_synth {\n\tif (resp.body == "a") {}\n}\n', 4, 16,
                      "Operator == not possible on BODY"),
+    # a number without a unit where BYTES are wanted: VCC quotes the token after it (before: the number)
+    "bytes_int_no_unit": (case('set req.http.x = std.bytes("x", 10);'), 6, 36, "Expected BYTES unit (B, KB, MB...) got ')'"),
+    "bytes_real_no_unit": (case('set req.http.x = std.bytes("x", 1.5 );'), 6, 38, "Expected BYTES unit (B, KB, MB...) got ')'"),
+    "bytes_no_unit_next_line": (case('set req.http.x = std.bytes("x", 10\n\t);'), 7, 2, "Expected BYTES unit (B, KB, MB...) got ')'"),
+    "bytes_no_unit_comment": (case('set req.http.x = std.bytes("x", 10 /* c */ , 1);'), 6, 45,
+                              "Expected BYTES unit (B, KB, MB...) got ','"),
     "var_property_deep": (case("set req.http.x = req.url.foo.bar;"), 6, 27, "Unknown property 'foo' for type STRINGS"),
     "time_property": (case("set req.http.x = now.foo;"), 6, 23, "Unknown property 'foo' for type TIME"),
 })

@@ -47,12 +47,15 @@ class IpLit(StringLit):
 class IntLit(Expr):
     value: int
     text: str
+    # the token after it and its place: what VCC quotes where it wanted a BYTES unit there
+    after: tuple[str, Pos] | None = None
 
 
 @dataclass(eq=False)
 class RealLit(Expr):
     value: float
     text: str
+    after: tuple[str, Pos] | None = None     # as IntLit's
 
 
 @dataclass(eq=False)

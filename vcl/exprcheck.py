@@ -271,14 +271,14 @@ class ExprChecker:
             return self.atom(self._unit(e, fmt), fmt)
         if isinstance(e, ast.BadToken):
             raise VCLError(f"Unknown token {e.text} when looking for {fmt}", e.pos)
+        if isinstance(e, (ast.IntLit, ast.RealLit)) and fmt == "BYTES":
+            # VCC read the number and wanted its unit in the next token
+            text, at = e.after or (e.text, e.pos)
+            raise VCLError(f"Expected BYTES unit (B, KB, MB...) got '{text}'", at)
         if isinstance(e, ast.IntLit):
-            if fmt == "BYTES":
-                raise VCLError(f"Expected BYTES unit (B, KB, MB...) got '{e.text}'", e.pos)
             e.type = "REAL" if fmt == "REAL" else "INT"
             return e
         if isinstance(e, ast.RealLit):
-            if fmt == "BYTES":
-                raise VCLError(f"Expected BYTES unit (B, KB, MB...) got '{e.text}'", e.pos)
             e.type = "REAL"
             return e
         if isinstance(e, ast.DurationLit):

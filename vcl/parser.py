@@ -53,6 +53,12 @@ def _check_comment(tok: Token) -> Token:
 # A mark's length that reaches the end of its line, however long the line is.
 _TO_LINE_END = 1 << 16
 
+# What lies between two tokens, and one token as VCC cuts them (an ID has no '.'; two-character
+# operators whole)
+_BLANKS_AND_COMMENTS = re.compile(r"(?:\s+|/\*.*?\*/|//[^\n]*|#[^\n]*)*", re.S)
+_VCC_TOKEN = re.compile(r'"""(?:.|\n)*?"""|\{"(?:.|\n)*?"\}|"[^"\n]*"|[A-Za-z_][A-Za-z0-9_-]*|[0-9]+(?:\.[0-9]*)?'
+                        r"|==|!=|<=|>=|&&|\|\||\+=|-=|\*=|/=|<<|>>|.")
+
 
 def _tok_pos(tok: Token, file: str) -> ast.Pos:
     length = len(tok.value) if "\n" not in tok.value else 1
@@ -320,12 +326,25 @@ class _ToAst(Transformer):
     def int_(self, children):
         tok = children[0]
         self._number(tok, str(tok))
-        return ast.IntLit(self._p(tok), int(tok), str(tok))
+        return ast.IntLit(self._p(tok), int(tok), str(tok), self._after(tok))
 
     def real(self, children):
         tok = children[0]
         self._number(tok, str(tok))
-        return ast.RealLit(self._p(tok), float(tok), str(tok))
+        return ast.RealLit(self._p(tok), float(tok), str(tok), self._after(tok))
+
+    def _after(self, tok: Token) -> tuple[str, ast.Pos] | None:
+        """The token that follows `tok` in the source, as VCC would quote it, and its place."""
+        skipped = _BLANKS_AND_COMMENTS.match(self.source, tok.end_pos)
+        m = _VCC_TOKEN.match(self.source, skipped.end())
+        if m is None:
+            return None
+        gap = skipped.group()
+        if "\n" in gap:
+            line, col = tok.end_line + gap.count("\n"), len(gap) - gap.rfind("\n")
+        else:
+            line, col = tok.end_line, tok.end_column + len(gap)
+        return m.group(), ast.Pos(self.file, line, col, len(m.group()))
 
     def duration(self, children):
         tok = children[0]
