@@ -456,6 +456,7 @@ CASES.update({
     "body_compare": ('vcl 4.1;\nbackend default none;\nsub vcl_synth {\n\tif (resp.body == "a") {}\n}\n', 4, 16,
                      "Operator == not possible on BODY"),
     # a number without a unit where BYTES are wanted: VCC quotes the token after it (before: the number)
+    "blob_in_bool": (case("if (:aGk=:) {}"), 6, 6, "Expression has type BLOB, expected BOOL"),
     "bytes_int_no_unit": (case('set req.http.x = std.bytes("x", 10);'), 6, 36, "Expected BYTES unit (B, KB, MB...) got ')'"),
     "bytes_real_no_unit": (case('set req.http.x = std.bytes("x", 1.5 );'), 6, 38, "Expected BYTES unit (B, KB, MB...) got ')'"),
     "bytes_no_unit_next_line": (case('set req.http.x = std.bytes("x", 10\n\t);'), 7, 2, "Expected BYTES unit (B, KB, MB...) got ')'"),
@@ -471,6 +472,8 @@ MARKS_MORE = {"reserved_dotted": (case("set req.http.x = acl.foo;"), 3),
 CASES["quoted_header_in_40"] = ('vcl 4.0;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = req.http."q";\n}\n',
                                 4, 28, "Quoted headers are available for VCL >= 4.1.")
 COMPILES.update({
+    "blob_literal_arg": BLOB + "set req.http.x = blob.encode(blob=:aGk=:);\n}\n",
+    "blob_literal_string": case("set req.http.x = :aGk=:;"),
     "probe_lower": decl("set req.http.x = p.lower();"),
     "probe_paren_lower": decl("set req.http.x = (p).lower();"),
     "probe_compare": decl("if (p == p) {}"),
