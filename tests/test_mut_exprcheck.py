@@ -456,6 +456,13 @@ CASES.update({
     "body_compare": ('vcl 4.1;\nbackend default none;\nsub vcl_synth {\n\tif (resp.body == "a") {}\n}\n', 4, 16,
                      "Operator == not possible on BODY"),
     # a number without a unit where BYTES are wanted: VCC quotes the token after it (before: the number)
+    # a constant string where a REGEX is wanted is a REGEX to the operators (before: STRING)
+    "regsub_regex_product": (case('set req.http.x = regsub(req.url, "a" * 2, "b");'), 6, 39,
+                             "Operator * not possible on type REGEX."),
+    "regsub_regex_sum_product": (case('set req.http.x = regsub(req.url, "a" + "b" * 2, "b");'), 6, 45,
+                                 "Operator * not possible on type REGEX."),
+    "regsub_regex_minus": (case('set req.http.x = regsub(req.url, "a" - "b", "b");'), 6, 39, "REGEX - REGEX not possible."),
+    "regex_paren_product": (case('if (req.url ~ ("a" * 2)) {}'), 6, 21, "Operator * not possible on type REGEX."),
     "blob_in_bool": (case("if (:aGk=:) {}"), 6, 6, "Expression has type BLOB, expected BOOL"),
     "bytes_int_no_unit": (case('set req.http.x = std.bytes("x", 10);'), 6, 36, "Expected BYTES unit (B, KB, MB...) got ')'"),
     "bytes_real_no_unit": (case('set req.http.x = std.bytes("x", 1.5 );'), 6, 38, "Expected BYTES unit (B, KB, MB...) got ')'"),
@@ -465,7 +472,8 @@ CASES.update({
     "var_property_deep": (case("set req.http.x = req.url.foo.bar;"), 6, 27, "Unknown property 'foo' for type STRINGS"),
     "time_property": (case("set req.http.x = now.foo;"), 6, 23, "Unknown property 'foo' for type TIME"),
 })
-MARKS_MORE = {"reserved_dotted": (case("set req.http.x = acl.foo;"), 3),
+MARKS_MORE = {"quoted_header_in_40": ('vcl 4.0;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = req.http."q";\n}\n', 3),
+              "reserved_dotted": (case("set req.http.x = acl.foo;"), 3),
               "var_property": (case("set req.http.x = req.url.foo;"), 3),
               "http_property": (case("set req.http.x = req.nope;"), 4),
               "object_type_value": (case("set req.http.x = directors.round_robin;"), 9)}

@@ -265,7 +265,8 @@ class ExprChecker:
         if isinstance(e, ast.StringLit):
             if fmt == "IP":
                 return self._ip_const(e)
-            e.type = "STRING"
+            # where VCC wants a REGEX a constant string is one ("REGEX - REGEX not possible.")
+            e.type = "REGEX" if fmt == "REGEX" else "STRING"
             return e
         if isinstance(e, ast.UnitLit):
             return self.atom(self._unit(e, fmt), fmt)
@@ -635,7 +636,7 @@ def bad_header(exc: symbols.BadHeaderName, pos: ast.Pos) -> VCLError:
     """A quoted header name refused where the name is at `pos`: at its quoted part, or nowhere."""
     if exc.at is None:
         return VCLError(str(exc))
-    return VCLError(str(exc), ast.Pos(pos.file, pos.line, pos.col + exc.at, max(pos.length - exc.at, 1)))
+    return VCLError(str(exc), ast.Pos(pos.file, pos.line, pos.col + exc.at, pos.length - exc.at))
 
 
 def _base_name(e: ast.Call, base: str) -> ast.Name:
