@@ -337,6 +337,10 @@ CASES.update({
     "acl_minus": (case("if (client.ip ~ -1) {}"), 6, 18, "Unknown token '-' when looking for ACL"),
     "acl_int_plus_string": (case('if (client.ip ~ 1 + "a") {}'), 6, 18, "Expression has type INT, expected ACL"),
     "acl_paren_int_plus_string": (case('if (client.ip ~ (1 + "a")) {}'), 6, 21, "INT + STRING not possible."),
+    "acl_name_plus": (case("if (client.ip ~ a + 1) {}").replace("backend default none;\n", 'backend default none;\nacl a { "1.2.3.4"; }\n'),
+                      7, 20, "Expected ')' got '+'"),
+    "acl_name_times_plus": (case("if (client.ip ~ a * 2 + 1) {}").replace("backend default none;\n", 'backend default none;\nacl a { "1.2.3.4"; }\n'),
+                            7, 20, "Expected ')' got '*'"),
     "acl_call_plus": (case('if (client.ip ~ std.toupper("a") + 1) {}'), 6, 18, "Expression has type STRING, expected ACL"),
     # a method on a constant string where a regex is read: VCC has its REGEX (before: "Expected CSTR
     # got '?'", or the whole typed as a STRING)

@@ -161,13 +161,13 @@ class ExprChecker:
     def _not_an_acl_operand(self, e: ast.Expr) -> VCLError:
         """VCC reads one operand after `IP ~` (vcc_expr4 wanting an ACL) and types it: the leftmost of
         a sum or product, a parenthesised expression whole."""
-        operand = e
+        operand, parent = e, None
         while isinstance(operand, ast.Arith) and operand.paren_pos is None:
-            operand = operand.left
-        if isinstance(operand, ast.Name) and operand is not e:
-            # `acl + 1`: VCC has its ACL and stops at the operator, with words that depend on what
-            # the statement wanted next; the sum typed whole stands in for them
-            return VCLError(f"Expression has type {self.add(e, 'STRING').type}, expected ACL", e.pos)
+            operand, parent = operand.left, operand
+        if isinstance(operand, ast.Name) and parent is not None:
+            # `acl + 1`: VCC has its ACL and stops at the operator; its words name the token the
+            # statement wanted next, which in a condition (where ACLs are matched) is the ')'
+            return VCLError(f"Expected ')' got '{parent.op}'", parent.op_pos)
         t = self._type_name(self.add(operand, "ACL"))
         return VCLError(f"Expression has type {t}, expected ACL", operand.paren_pos or operand.pos)
 
