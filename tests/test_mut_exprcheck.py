@@ -797,3 +797,13 @@ def test_a_property_of_a_storage_named_by_the_command_line():
     with pytest.raises(VCLError) as info:      # called: the same words (as for storage.s0.foo())
         compile_vcl(src.replace("foo;", "foo();"), "s.vcl", storages=["big"])
     assert (info.value.message, info.value.line, info.value.col) == ("Unknown property 'foo' for type STEVEDORE", 4, 31)
+
+
+@pytest.mark.parametrize("stmt", ["set req.ttl = 10KB;", "set req.ttl = 10 xyz;"])
+def test_an_unknown_duration_unit_lists_the_legal_ones(stmt):
+    """varnishd -C 7.1.1's two lines (BYTES glued on, and a word after the number)."""
+    with pytest.raises(VCLError) as info:
+        compile_vcl(case(stmt), "d.vcl")
+    unit = "KB" if "KB" in stmt else "xyz"
+    assert info.value.message == (f"Unknown duration unit '{unit}'\n"
+                                  "Legal duration units are 'ms', 's', 'm', 'h', 'd', 'w' and 'y'")
