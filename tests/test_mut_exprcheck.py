@@ -579,9 +579,12 @@ def test_unary_minus_values(expr, want):
 @pytest.mark.parametrize("stmt", ['set req.http.x = -"a";', "set req.http.x = -client.ip;",
                                   "set req.http.x = -req.backend_hint;", "set req.http.x = -req.url;"])
 def test_unary_minus_on_a_pointer_type_is_refused(stmt):
-    """VCC passes these on as -(x), and varnishd's C compiler refuses them (varnishd -C exits 2)."""
-    with pytest.raises(VCLError):
+    """VCC passes these on as -(x), and varnishd's C compiler refuses them (varnishd -C exits 2); we
+    refuse them at the '-'."""
+    with pytest.raises(VCLError) as info:
         compile_vcl(case(stmt), "neg.vcl")
+    assert info.value.message.startswith("Operator - not possible on type ")
+    assert (info.value.line, info.value.col) == (6, 19)
 
 
 @pytest.mark.parametrize("expr, want", [
