@@ -6,6 +6,7 @@ last test asks `varnishd -C` again (it skips without varnishd).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -311,6 +312,201 @@ CASES.update({
     "extra_argument_bad_token": (case('set req.http.x = std.toupper("a", =);'), 6, 36, "Expected ')' got '='"),
 })
 
+# regsub()/regsuball() read as VCC reads them: each argument in turn, then the ',' after it, and the
+# ')' after the third (varnishd -C 7.1.1; before, "regsub() takes three arguments: ...", a message
+# varnishd never prints, and a ',' after the first or second argument was refused at the ',')
+CASES.update({
+    "regsub_none": (case("set req.http.x = regsub();"), 6, 26, "Unknown token ')' when looking for STRING"),
+    "regsub_subject_comma": (case('set req.http.x = regsub("a",);'), 6, 30, "Unknown token ')' when looking for REGEX"),
+    "regsub_two": (case('set req.http.x = regsuball("a", "b");'), 6, 37, "Expected ',' got ')'"),
+    "regsub_regex_comma": (case('set req.http.x = regsub("a", "b",);'), 6, 35, "Unknown token ')' when looking for STRING"),
+    "regsub_third_comma": (case('set req.http.x = regsub("a", "b", "c",);'), 6, 39, "Expected ')' got ','"),
+    "regsub_four": (case('set req.http.x = regsub("a", "b", "c", "d");'), 6, 39, "Expected ')' got ','"),
+    # a named fourth argument is no symbol VCC looks up: it stops at the ',' before it
+    "regsub_four_named": (case('set req.http.x = regsub(req.url, "a", "b", s="d");'), 6, 43, "Expected ')' got ','"),
+    # the arguments are read before the ',' that is one too many
+    "regsub_four_bad_regex": (case('set req.http.x = regsub(req.url, "(", "b", "d");'), 6, 35, "Regexp compilation error:"),
+    "regsub_four_bad_sub": (case('set req.http.x = regsub(req.url, "a", req.nope, "d");'), 6, 44,
+                            "Unknown property 'nope' for type HTTP"),
+})
+
+# the eighth mutation run's survivors, and the differences from VCC found with them (varnishd -C 7.1.1)
+CASES.update({
+    # after `IP ~` VCC reads one operand wanting an ACL (before, the whole sum was typed as a string)
+    "acl_paren_sum": (case("if (client.ip ~ (1 + 1)) {}"), 6, 18, "Expression has type INT, expected ACL"),
+    "acl_minus": (case("if (client.ip ~ -1) {}"), 6, 18, "Unknown token '-' when looking for ACL"),
+    "acl_int_plus_string": (case('if (client.ip ~ 1 + "a") {}'), 6, 18, "Expression has type INT, expected ACL"),
+    "acl_paren_int_plus_string": (case('if (client.ip ~ (1 + "a")) {}'), 6, 21, "INT + STRING not possible."),
+    "acl_name_plus": (case("if (client.ip ~ a + 1) {}").replace("backend default none;\n", 'backend default none;\nacl a { "1.2.3.4"; }\n'),
+                      7, 20, "Expected ')' got '+'"),
+    "acl_name_times_plus": (case("if (client.ip ~ a * 2 + 1) {}").replace("backend default none;\n", 'backend default none;\nacl a { "1.2.3.4"; }\n'),
+                            7, 20, "Expected ')' got '*'"),
+    "acl_call_plus": (case('if (client.ip ~ std.toupper("a") + 1) {}'), 6, 18, "Expression has type STRING, expected ACL"),
+    # a method on a constant string where a regex is read: VCC has its REGEX (before: "Expected CSTR
+    # got '?'", or the whole typed as a STRING)
+    "regex_literal_method": (case('if (req.url ~ "a".lower()) {}'), 6, 20, "Unknown property 'lower' for type REGEX"),
+    "regex_literal_methods": (case('if (req.url ~ "a".lower().upper()) {}'), 6, 20,
+                              "Unknown property 'lower' for type REGEX"),
+    "regex_paren_literal_method": (case('if (req.url ~ ("a").lower()) {}'), 6, 22,
+                                   "Unknown property 'lower' for type REGEX"),
+    "regex_paren_sum_method": (case('if (req.url ~ ("a" + "b").lower()) {}'), 6, 28,
+                               "Unknown property 'lower' for type REGEX"),
+    "regex_paren_var_method": (case("if (req.url ~ (req.url).lower()) {}"), 6, 16,
+                               "Expression has type STRING, expected REGEX"),
+    "regex_paren_int_method": (case("if (req.url ~ (1).lower()) {}"), 6, 20, "Unknown property 'lower' for type INT"),
+    "regex_sum_literal_method": (case('if (req.url ~ "a" + "b".foo()) {}'), 6, 26, "Unknown property 'foo' for type REGEX"),
+    "regex_sum_paren_method": (case('if (req.url ~ "a" + ("b").lower()) {}'), 6, 22, "Expected CSTR got '('"),
+    "regex_sum_paren_var_method": (case('if (req.url ~ "a" + (req.url).lower()) {}'), 6, 22, "Expected CSTR got '('"),
+    "regsub_literal_method": (case('set req.http.x = regsub(req.url, "a".lower(), "b");'), 6, 39,
+                              "Unknown property 'lower' for type REGEX"),
+    # after '+', a product's first operand is what VCC wants to be a constant (before, the product was typed)
+    "regex_sum_product_int": (case('if (req.url ~ "a" + 1 * 2) {}'), 6, 22, "Expected CSTR got '1'"),
+    "regex_sum_product_var": (case('if (req.url ~ "a" + req.url * 2) {}'), 6, 22, "Expected CSTR got 'req'"),
+    "regex_sum_product_paren": (case('if (req.url ~ "a" + (1) * 2) {}'), 6, 22, "Expected CSTR got '('"),
+    "regex_sum_product_minus": (case('if (req.url ~ "a" + -1 * 2) {}'), 6, 22, "Expected CSTR got '-'"),
+    "regex_sum_product_method": (case('if (req.url ~ "a" + "b".foo() * 2) {}'), 6, 26,
+                                 "Unknown property 'foo' for type REGEX"),
+    "regex_sum_int_method": (case('if (req.url ~ "a" + 1 .lower()) {}'), 6, 22, "Expected CSTR got '1'"),
+    "regex_paren_minus_sum": (case("if (req.url ~ (-1 + 1)) {}"), 6, 17, "Unknown token '-' when looking for REGEX"),
+    "regex_sum_bad": (case('if (req.url ~ "(" + "a") {}'), 6, 16, "Regexp compilation error:"),
+    # .lower()/.upper() are STRING's: VCC refuses them on another type (before, converted to a string)
+    "int_lower": (case("set req.http.x = (1).lower();"), 6, 23, "Unknown property 'lower' for type INT"),
+    "int_lower_in_bool": (case("if ((1).lower()) {}"), 6, 10, "Unknown property 'lower' for type INT"),
+    "time_var_lower": (case("set req.http.x = now.lower();"), 6, 23, "Unknown property 'lower' for type TIME"),
+    "ip_var_upper": (case("set req.http.x = client.ip.UPPER();"), 6, 29, "Unknown property 'UPPER' for type IP"),
+    # vmod.object.<not a method>: the class's name is what VCC finds (before, "Syntax error.")
+    "object_dot_unknown": (case("set req.http.x = directors.round_robin.x();"), 6, 19,
+                           "Symbol 'directors' type (object) can not be used in expression."),
+    "object_dot_unknown_method": (case("set req.http.x = directors.round_robin.x.backend();"), 6, 19,
+                                  "Symbol 'directors' type (object) can not be used in expression."),
+    "object_dot_unknown_stmt": (case("directors.round_robin.x();"), 6, 23, "Symbol cannot be used here."),
+    "object_method_dot": (case("set req.http.x = directors.round_robin.backend.y();"), 6, 19,
+                          "Syntax error.While compiling function call:"),
+    "unknown_function_no_args": (case("set req.http.x = nosuch();"), 6, 19, "Symbol not found: 'nosuch'"),
+    "paren_undefined_resolve": (case("set req.backend_hint = (nosuch).resolve();"), 6, 26,
+                                "Undefined backend nosuch, first reference:"),
+})
+COMPILES.update({
+    "paren_default_resolve": case("set req.backend_hint = (default).resolve();"),
+    "paren_sum_lower": case('set req.http.x = (1 + "a").lower();'),
+    "paren_header_lower": case("set req.http.x = (req.http.foo).lower();"),
+})
+# declared names called, or methods called on them (varnishd -C 7.1.1; before, a sub called in an
+# expression or `nosuch.resolve()` had other words, `default` where a probe is wanted was not found)
+DECL = ('vcl 4.1;\nbackend b none;\nacl a { "1.2.3.4"; }\nprobe p { .url = "/"; }\n'
+        'backend c { .host = "127.0.0.1"; .probe = p; }\nsub foo { }\nsub vcl_recv {\n\tcall foo;\n'
+        '\tif (client.ip ~ a) { set req.backend_hint = b; }\n\tset req.backend_hint = c;\n\t')   # line 11
+
+
+def decl(stmt: str) -> str:
+    return DECL + stmt + "\n}\n"
+
+
+CASES.update({
+    "sub_called_in_expr": (decl("set req.http.x = Foo();"), 11, 22, "Symbol 'foo' can only be used as a SUB expression"),
+    "sub_name_in_expr": (decl("set req.http.x = Foo;"), 11, 22, "Symbol 'foo' can only be used as a SUB expression"),
+    "sub_called_as_statement": (decl("Foo();"), 11, 5, "Symbol cannot be used here."),
+    "backend_called_as_statement": (decl("b();"), 11, 3, "Symbol cannot be used here."),
+    "acl_called_as_statement": (decl("a();"), 11, 3, "Symbol cannot be used here."),
+    "probe_called_as_statement": (decl("p();"), 11, 3, "Symbol cannot be used here."),
+    "func_called_as_statement": (decl("true();"), 11, 6, "Symbol cannot be used here."),
+    "reserved_called_as_statement": (decl("backend();"), 11, 9, "Symbol cannot be used here."),
+    "action_in_expr": (decl("set req.http.x = if();"), 11, 19, "Symbol 'if' type (action) can not be used in expression."),
+    "resolve_unknown": (decl("set req.backend_hint = nosuch.resolve();"), 11, 25, "Symbol not found: 'nosuch.resolve'"),
+    "resolve_acl": (decl("set req.backend_hint = a.resolve();"), 11, 27, "Unknown property 'resolve' for type ACL"),
+    "sub_method": (decl("set req.http.x = foo.bar();"), 11, 22, "Symbol 'foo' can only be used as a SUB expression"),
+    "sub_lower": (decl("set req.http.x = foo.lower();"), 11, 22, "Symbol 'foo' can only be used as a SUB expression"),
+    "resolve_sub": (decl("set req.backend_hint = foo.resolve();"), 11, 28,
+                    "Symbol 'foo' can only be used as a SUB expression"),
+    "resolve_not_available": (decl("set req.backend_hint = bereq.backend.resolve();"), 11, 25,
+                              "Not available in subroutine 'vcl_recv'."),
+    "backend_method": (decl("set req.http.x = b.foo();"), 11, 21, "Unknown property 'foo' for type BACKEND"),
+    "backend_lower": (decl("set req.http.x = b.lower();"), 11, 21, "Unknown property 'lower' for type BACKEND"),
+    "acl_lower": (decl("set req.http.x = a.lower();"), 11, 21, "Unknown property 'lower' for type ACL"),
+    "probe_default_missing": (decl("if (p == default) {}"), 11, 18, "No default probe defined"),
+    "probe_undefined": (decl("if (p == nosuch) {}"), 11, 11, "Undefined probe nosuch, first reference:"),
+    "paren_sum_method": (decl('set req.http.x = (1 + "a").foo();'), 11, 29, "Unknown property 'foo' for type STRINGS"),
+    "storage_method": (decl("set req.http.x = storage.s0.foo();"), 11, 30, "Unknown property 'foo' for type STEVEDORE"),
+})
+CASES.update({
+    "object_value_dot_unknown": (case("set req.http.x = directors.round_robin.x;"), 6, 19,
+                                 "Symbol 'directors' type (object) can not be used in expression."),
+    "object_value_dot_method": (case("set req.http.x = directors.round_robin.backend;"), 6, 19,
+                                "Syntax error.While compiling function call:"),
+    "object_value_dot_unknown_method": (case("set req.http.x = directors.round_robin.x.backend;"), 6, 19,
+                                        "Symbol 'directors' type (object) can not be used in expression."),
+    "vmod_value_dotted_unknown": (case("set req.http.x = std.x.toupper;"), 6, 19, "Symbol not found: 'std.x.toupper'"),
+    "vmod_value_object_late": (case("set req.http.x = directors.x.round_robin;"), 6, 19,
+                               "Symbol not found: 'directors.x.round_robin'"),
+})
+CASES.update({
+    "default_in_string": (case("set req.http.x = default;"), 6, 19, "Symbol 'default' is a reserved word."),
+    "default_in_bool": (case("if (default) {}"), 6, 6, "Symbol 'default' is a reserved word."),
+    "regsuball_alone": (case("set req.url = regsuball;"), 6, 25, "Expected '(' got ';'"),
+    "var_property": (case("set req.http.x = req.url.foo;"), 6, 27, "Unknown property 'foo' for type STRINGS"),
+    # a reserved word or an action in an expression, named as written (before: lower case), dotted or not
+    "reserved_dotted": (case("set req.http.x = acl.foo;"), 6, 19, "Symbol 'acl' type (reserved) can not be used in expression."),
+    "reserved_as_written": (case("set req.http.x = Sub;"), 6, 19, "Symbol 'Sub' type (reserved) can not be used in expression."),
+    "action_as_written": (case('set req.http.x = "" + SET;'), 6, 24, "Symbol 'SET' type (action) can not be used in expression."),
+    "action_dotted": (case("set req.http.x = set.foo;"), 6, 19, "Symbol 'set' type (action) can not be used in expression."),
+    "action_called_as_written": (case("set req.http.x = IF();"), 6, 19, "Symbol 'IF' type (action) can not be used in expression."),
+    # a BODY variable read: typed BODY, refused by its context (before: refused at once, at the name)
+    "body_in_string": ('vcl 4.1;\nbackend default none;\nsub vcl_synth {\n\tset resp.http.x = resp.body;\n}\n', 4, 29,
+                       "Cannot convert BODY to STRING."),
+    "body_in_concat": ('vcl 4.1;\nbackend default none;\nsub vcl_synth {\n\tset resp.http.x = "a" + resp.body;\n}\n', 4, 35,
+                       "Cannot convert BODY to STRING."),
+    "body_in_bool": ('vcl 4.1;\nbackend default none;\nsub vcl_synth {\n\tif (resp.body) {}\n}\n', 4, 6,
+                     "Expression has type BODY, expected BOOL"),
+    "body_compare": ('vcl 4.1;\nbackend default none;\nsub vcl_synth {\n\tif (resp.body == "a") {}\n}\n', 4, 16,
+                     "Operator == not possible on BODY"),
+    # a number without a unit where BYTES are wanted: VCC quotes the token after it (before: the number)
+    # a constant string where a REGEX is wanted is a REGEX to the operators (before: STRING)
+    "regsub_regex_product": (case('set req.http.x = regsub(req.url, "a" * 2, "b");'), 6, 39,
+                             "Operator * not possible on type REGEX."),
+    "regsub_regex_sum_product": (case('set req.http.x = regsub(req.url, "a" + "b" * 2, "b");'), 6, 45,
+                                 "Operator * not possible on type REGEX."),
+    "regsub_regex_minus": (case('set req.http.x = regsub(req.url, "a" - "b", "b");'), 6, 39, "REGEX - REGEX not possible."),
+    "regex_paren_product": (case('if (req.url ~ ("a" * 2)) {}'), 6, 21, "Operator * not possible on type REGEX."),
+    "blob_in_bool": (case("if (:aGk=:) {}"), 6, 6, "Expression has type BLOB, expected BOOL"),
+    "bytes_int_no_unit": (case('set req.http.x = std.bytes("x", 10);'), 6, 36, "Expected BYTES unit (B, KB, MB...) got ')'"),
+    "bytes_real_no_unit": (case('set req.http.x = std.bytes("x", 1.5 );'), 6, 38, "Expected BYTES unit (B, KB, MB...) got ')'"),
+    "bytes_no_unit_next_line": (case('set req.http.x = std.bytes("x", 10\n\t);'), 7, 2, "Expected BYTES unit (B, KB, MB...) got ')'"),
+    "bytes_no_unit_comment": (case('set req.http.x = std.bytes("x", 10 /* c */ , 1);'), 6, 45,
+                              "Expected BYTES unit (B, KB, MB...) got ','"),
+    "var_property_deep": (case("set req.http.x = req.url.foo.bar;"), 6, 27, "Unknown property 'foo' for type STRINGS"),
+    "time_property": (case("set req.http.x = now.foo;"), 6, 23, "Unknown property 'foo' for type TIME"),
+})
+MARKS_MORE = {"quoted_header_in_40": ('vcl 4.0;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = req.http."q";\n}\n', 3),
+              "reserved_dotted": (case("set req.http.x = acl.foo;"), 3),
+              "var_property": (case("set req.http.x = req.url.foo;"), 3),
+              "http_property": (case("set req.http.x = req.nope;"), 4),
+              "object_type_value": (case("set req.http.x = directors.round_robin;"), 9)}
+CASES["quoted_header_in_40"] = ('vcl 4.0;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = req.http."q";\n}\n',
+                                4, 28, "Quoted headers are available for VCL >= 4.1.")
+COMPILES.update({
+    "blob_literal_arg": BLOB + "set req.http.x = blob.encode(blob=:aGk=:);\n}\n",
+    "blob_literal_string": case("set req.http.x = :aGk=:;"),
+    "probe_lower": decl("set req.http.x = p.lower();"),
+    "probe_paren_lower": decl("set req.http.x = (p).lower();"),
+    "probe_compare": decl("if (p == p) {}"),
+    "probe_default_compare": decl("if (p == default) {}").replace("sub foo", 'probe default { .url = "/"; }\nsub foo'),
+    "default_resolve": decl("set req.backend_hint = default.resolve();"),
+    "backend_resolve": decl("set req.backend_hint = b.resolve();"),
+    "var_upper_case_method": decl("set req.http.x = req.url.UPPER();"),
+})
+
+# name -> (source, width of the mark under the reported place), as varnishd -C 7.1.1 marks it
+MARKS = {
+    **MARKS_MORE,
+    "var_unknown_method": (case("set req.http.x = req.url.foo();"), 3),
+    "spaced_duration_unit_unknown": (case("set req.ttl = 10 xyz;"), 3),
+    "spaced_duration_unit_dotted": (case("set req.ttl = 2 req.url;"), 3),
+    "method_unknown": (case("set req.http.x = rr.nope();").replace(*RR), 4),
+    "object_as_call": (case("set req.http.x = directors.round_robin();"), 9),
+    "time_var_lower": (case("set req.http.x = now.lower();"), 5),
+    "ip_var_upper": (case("set req.http.x = client.ip.UPPER();"), 5),
+}
+
 @pytest.mark.parametrize("name", sorted(COMPILES))
 def test_compiles(name):
     compile_vcl(COMPILES[name], f"{name}.vcl")
@@ -383,9 +579,12 @@ def test_unary_minus_values(expr, want):
 @pytest.mark.parametrize("stmt", ['set req.http.x = -"a";', "set req.http.x = -client.ip;",
                                   "set req.http.x = -req.backend_hint;", "set req.http.x = -req.url;"])
 def test_unary_minus_on_a_pointer_type_is_refused(stmt):
-    """VCC passes these on as -(x), and varnishd's C compiler refuses them (varnishd -C exits 2)."""
-    with pytest.raises(VCLError):
+    """VCC passes these on as -(x), and varnishd's C compiler refuses them (varnishd -C exits 2); we
+    refuse them at the '-'."""
+    with pytest.raises(VCLError) as info:
         compile_vcl(case(stmt), "neg.vcl")
+    assert info.value.message.startswith("Operator - not possible on type ")
+    assert (info.value.line, info.value.col) == (6, 19)
 
 
 @pytest.mark.parametrize("expr, want", [
@@ -437,21 +636,24 @@ def test_glued_duration_units_are_bytes_where_bytes_are_wanted():
     assert value('set req.http.x = std.bytes("x", 1.5m);') == "1572864"
 
 
+def notes(src: str) -> list[tuple[str, int | None, int | None, int | None]]:
+    """The notes of the report on `src`: (text, line, column, marked width)."""
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, "n.vcl")
+    report = str(info.value).splitlines()
+    found = []
+    for text, pos in info.value.notes:
+        if pos is None:
+            found.append((text, None, None, None))
+            continue
+        at = report.index(f"n.vcl:{pos.line}:{pos.col}: {text}")
+        found.append((text, pos.line, pos.col, len(report[at + 2].strip())))
+    return found
+
+
 def test_the_call_a_missing_argument_was_in():
     """varnishd 7.1.1 names the call up to the token before the ')', or to the end of the call's line
     when the ')' is on another; a method call gets no such note. (line, column, marked width)"""
-    def notes(src):
-        with pytest.raises(VCLError) as info:
-            compile_vcl(src, "n.vcl")
-        report = str(info.value).splitlines()
-        found = []
-        for text, pos in info.value.notes:
-            if pos is None:
-                found.append((text, None, None, None))
-                continue
-            at = report.index(f"n.vcl:{pos.line}:{pos.col}: {text}")
-            found.append((text, pos.line, pos.col, len(report[at + 2].strip())))
-        return found
     assert notes(case('if (std.fnmatch("a",\n\t)) {}')) == [("While compiling function call:", 6, 6, 16)]
     assert notes(case("set req.http.x = std.toupper(\n);")) == [("While compiling function call:", 6, 19, 12)]
     assert notes(case("std.log(\n\t);")) == [("While compiling function call:", 6, 2, 8)]
@@ -461,12 +663,17 @@ def test_the_call_a_missing_argument_was_in():
     assert notes(CASES["constructor_argument_missing"][0]) == [("While compiling function call:", None, None, None)]
 
 
+# varnishd 7.1.1 points at the token after the name (then adds "Expression has type
+# directors.round_robin, expected STRING" for the instance)
+CASES.update({
+    "instance_in_string": (case("set req.http.x = rr;").replace(*RRH), 7, 21, "Cannot convert directors.round_robin to STRING."),
+    "http_in_string": (case("set req.http.x = req;"), 6, 22, "Cannot convert HTTP to STRING."),
+    "http_in_concat": (case('set req.http.x = "a" + req;'), 6, 28, "Cannot convert HTTP to STRING."),
+    "instance_as_string_arg": (case("std.log(rr);").replace(*RRH), 7, 12, "Cannot convert directors.round_robin to STRING."),
+})
+
+
 @pytest.mark.parametrize("src, line, message", [
-    # varnishd 7.1.1 points at the token after `rr` (col 21), then adds "Expression has type
-    # directors.round_robin, expected STRING"
-    (case("set req.http.x = rr;").replace(*RRH), 7, "Cannot convert directors.round_robin to STRING."),
-    # varnishd 7.1.1 points at the token after `req` (the ';', col 22), as after an instance
-    (case("set req.http.x = req;"), 6, "Cannot convert HTTP to STRING."),
     # varnishd points at the '(' (col 15): ours at the method
     (case('std.log("a", (req.url).lower());'), 6, "Expected ')' got '('"),
 ])
@@ -490,3 +697,116 @@ def test_a_string_after_a_number_is_refused_where_it_stands():
         compile_vcl(case('if (10 "s") {}'), "u.vcl")
     assert (info.value.line, info.value.col) == (6, 9)
 
+
+
+# name -> (source, marked width of the "While compiling function call:" note at line 6, column 19): VCC
+# marks from the call's name to the end of the last token it read (comments and blanks not), to the end
+# of the name's line when that token is on a later line (varnishd -C 7.1.1)
+CALL_NOTES = {
+    "regsub_none": (case("set req.http.x = regsub();"), 7),
+    "regsub_blank": (case("set req.http.x = regsub(  );"), 7),
+    "regsub_subject_comma_blank": (case('set req.http.x = regsub("a" ,  );'), 12),
+    "regsub_one_blank": (case('set req.http.x = regsub("a"  );'), 10),
+    "regsub_two": (case('set req.http.x = regsuball("a", "b");'), 18),
+    "regsub_regex_comma": (case('set req.http.x = regsub("a", "b",);'), 16),
+    "regsub_four_blank": (case('set req.http.x = regsub("a", "b" , "c" , "d");'), 21),
+    "regsub_four_comment": (case('set req.http.x = regsub("a", "b" /* c */ ,"c", "d");'), 28),
+    "regsub_four_next_line": (case('set req.http.x = regsub("a", "b", "c"\n\t,"d");'), 20),
+    "regsub_two_lines": (case('set req.http.x = regsub("a",\n\t "b");'), 11),
+    "missing_arg_blank": (case("set req.http.x = std.toupper(  );"), 12),
+    "missing_arg_comment": (case("set req.http.x = std.toupper( /* x */ );"), 12),
+    "missing_arg_after_blank": (case('set req.http.x = std.fnmatch("a" ,  );'), 17),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALL_NOTES))
+def test_call_notes_mark_what_varnishd_marks(name):
+    src, width = CALL_NOTES[name]
+    assert notes(src) == [("While compiling function call:", 6, 19, width)]
+
+
+@pytest.mark.skipif(VARNISHD is None, reason="varnishd not installed")
+def test_call_notes_are_varnishds():
+    """CALL_NOTES against `varnishd -C`: the note's place (VCC's Pos counts a tab as up to 8
+    columns: Pos 26 is column 19 after one tab) and the '#'s under its first quoted line."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+
+        def marked(name: str) -> tuple[int, int, int]:
+            path = Path(tmp) / f"{name}.vcl"
+            path.write_text(CALL_NOTES[name][0])
+            path.chmod(0o644)
+            lines = subprocess.run([VARNISHD, "-C", "-f", str(path)], capture_output=True, text=True,
+                                   timeout=60).stderr.splitlines()
+            at = lines.index("While compiling function call:")
+            where = next(m for ln in lines[at + 1:] if (m := re.search(r"Line (\d+) Pos (\d+)\)", ln)))
+            mark = next(ln for ln in lines[at + 1:] if ln.startswith("-") and "#" in ln)
+            return int(where.group(1)), int(where.group(2)), mark.count("#")
+
+        with ThreadPoolExecutor(4) as pool:
+            live = dict(zip(sorted(CALL_NOTES), pool.map(marked, sorted(CALL_NOTES)), strict=True))
+    assert live == {name: (6, 26, width) for name, (_, width) in CALL_NOTES.items()}
+
+
+@pytest.mark.parametrize("name", sorted(MARKS))
+def test_marks_are_as_wide_as_varnishds(name):
+    src, width = MARKS[name]
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, "m.vcl")
+    assert len(str(info.value).splitlines()[2].strip()) == width
+
+
+@pytest.mark.skipif(VARNISHD is None, reason="varnishd not installed")
+def test_marks_are_varnishds():
+    """MARKS against `varnishd -C`: the '#'s under the reported line."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+
+        def marked(name: str) -> int:
+            path = Path(tmp) / f"{name}.vcl"
+            path.write_text(MARKS[name][0])
+            path.chmod(0o644)
+            lines = subprocess.run([VARNISHD, "-C", "-f", str(path)], capture_output=True, text=True,
+                                   timeout=60).stderr.splitlines()
+            return next(ln for ln in lines if ln.startswith("-") and "#" in ln).count("#")
+
+        with ThreadPoolExecutor(4) as pool:
+            live = dict(zip(sorted(MARKS), pool.map(marked, sorted(MARKS)), strict=True))
+    assert live == {name: width for name, (_, width) in MARKS.items()}
+
+
+def test_tinykvm_without_import_in_any_case():
+    """tinykvm may be used without its import line (our extension, with a warning, as its docs' examples
+    do); like every vmod name it is read in any case."""
+    src = 'vcl 4.1;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = TinyKVM.to_string("p");\n}\n'
+    compiled = compile_vcl(src, "t.vcl")
+    assert compiled.warnings == ["t.vcl: 'tinykvm' used without 'import tinykvm;', importing it"]
+
+
+@pytest.mark.parametrize("stmt", ['set req.http.x = req.http."a b";', 'set req.http."a b" = "x";'])
+def test_a_bad_quoted_header_name_has_no_place(stmt):
+    """varnishd -C 7.1.1 prints "Invalid character ' ' in header name." and no position."""
+    with pytest.raises(VCLError) as info:
+        compile_vcl(case(stmt), "h.vcl")
+    assert (str(info.value), info.value.pos) == ("Invalid character ' ' in header name.", None)
+
+
+def test_a_property_of_a_storage_named_by_the_command_line():
+    """`-s big=malloc`: storage.big is a STEVEDORE (varnishd -C -s big=malloc,1m 7.1.1: line 4, col 31)."""
+    src = 'vcl 4.1;\nbackend default none;\nsub vcl_recv {\n\tset req.http.x = storage.big.foo;\n}\n'
+    with pytest.raises(VCLError) as info:
+        compile_vcl(src, "s.vcl", storages=["big"])
+    assert (info.value.message, info.value.line, info.value.col) == ("Unknown property 'foo' for type STEVEDORE", 4, 31)
+    with pytest.raises(VCLError) as info:      # called: the same words (as for storage.s0.foo())
+        compile_vcl(src.replace("foo;", "foo();"), "s.vcl", storages=["big"])
+    assert (info.value.message, info.value.line, info.value.col) == ("Unknown property 'foo' for type STEVEDORE", 4, 31)
+
+
+@pytest.mark.parametrize("stmt", ["set req.ttl = 10KB;", "set req.ttl = 10 xyz;"])
+def test_an_unknown_duration_unit_lists_the_legal_ones(stmt):
+    """varnishd -C 7.1.1's two lines (BYTES glued on, and a word after the number)."""
+    with pytest.raises(VCLError) as info:
+        compile_vcl(case(stmt), "d.vcl")
+    unit = "KB" if "KB" in stmt else "xyz"
+    assert info.value.message == (f"Unknown duration unit '{unit}'\n"
+                                  "Legal duration units are 'ms', 's', 'm', 'h', 'd', 'w' and 'y'")

@@ -77,6 +77,8 @@ DESELECT: dict[str, list[str]] = {
         "syntax_in_a_vcl_40_is", "collect_of_the_cached_object_is", "blobread_without_a_file_is")],
     "vcl/exprcheck.py": ["tests/test_mut_exprcheck.py::test_compiles_with_varnishd",
                          "tests/test_mut_exprcheck.py::test_every_case_is_what_varnishd_reports",
+                         "tests/test_mut_exprcheck.py::test_call_notes_are_varnishds",
+                         "tests/test_mut_exprcheck.py::test_marks_are_varnishds",
                          "tests/test_vcl_errors.py::test_every_case_is_what_varnishd_reports",
                          "tests/test_vcl_variable_access.py::test_recorded_messages_are_varnishds",
                          "tests/test_vcl_syntax_messages.py::test_recorded_messages_are_varnishds",

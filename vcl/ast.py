@@ -47,12 +47,15 @@ class IpLit(StringLit):
 class IntLit(Expr):
     value: int
     text: str
+    # the token after it and its place: what VCC quotes where it wanted a BYTES unit there
+    after: tuple[str, Pos] | None = None
 
 
 @dataclass(eq=False)
 class RealLit(Expr):
     value: float
     text: str
+    after: tuple[str, Pos] | None = None     # as IntLit's
 
 
 @dataclass(eq=False)
@@ -123,6 +126,11 @@ class Call(Expr):
     target: Expr | None = None
     # The closing parenthesis (where VCC reports a missing argument), when the parser kept it.
     close_pos: Pos | None = None
+    # the ',' among and after the arguments (regsub's fourth one is where VCC wants its ')')
+    commas: list[Pos] = field(default_factory=list)
+    # where a "While compiling function call:" note ends when VCC stops at the ')' or (regsub) a
+    # ',': the mark's length from the name, to the end of the token before it
+    marks: dict[Pos, int] = field(default_factory=dict)
     # Filled by the checker.
     ref: object = field(default=None, init=False)
     bound: list[Expr | None] = field(default_factory=list, init=False)

@@ -13,7 +13,7 @@ import ipaddress
 from vcl import ast, symbols, types
 from vcl.acl import AclMaskError, resolve_acl_entry
 from vcl.errors import VCLError
-from vcl.exprcheck import IMPLICIT_IMPORTS, ExprChecker, _first_token
+from vcl.exprcheck import IMPLICIT_IMPORTS, ExprChecker, _first_token, bad_header
 from vcl.parser import check_vcl_version
 from vcl.program import CheckedProgram, SubInfo, Use
 from vcl.vss import NoAddress, ResolveError, TooManyAddresses, resolve_backend
@@ -52,9 +52,8 @@ class Checker(ExprChecker, XrefChecker):
         self.acls: dict[str, ast.Acl] = {}
         self.instances: dict[str, ObjectType] = {}
         self.instance_pos: dict[str, ast.Pos] = {}
-        self.instance_type: dict[str, str] = {}   # VCC's name of its type: "directors.round_robin"
         self.subs: dict[str, SubInfo] = {}
-        self.referenced: dict[str, ast.Pos] = {}   # "backend:x" -> first reference
+        self.referenced: set[str] = set()   # "backend:x": the names used somewhere
         self.regexes: dict[str, str] = {}
         self.cur: SubInfo | None = None
 
@@ -205,7 +204,6 @@ class Checker(ExprChecker, XrefChecker):
                     raise VCLError(f"Symbol not found: '{stmt.call.name}'", stmt.call.pos)
                 self.instances[key] = vmod.objects[obj]
                 self.instance_pos[key] = stmt.name_pos
-                self.instance_type[key] = f"{vmod_name.lower()}.{obj}"
             elif isinstance(stmt, ast.If):
                 for _, b in stmt.branches:
                     self._prescan_new(b)
@@ -230,8 +228,8 @@ class Checker(ExprChecker, XrefChecker):
         assert self.cur is not None
         self.cur.uses.append(Use(kind, name, pos, allowed))
 
-    def _ref(self, kind: str, name: str, pos: ast.Pos) -> None:
-        self.referenced.setdefault(f"{kind}:{name}", pos)
+    def _ref(self, kind: str, name: str) -> None:
+        self.referenced.add(f"{kind}:{name}")
 
     # ------------------------------------------------------------------ statements
 
@@ -252,7 +250,7 @@ class Checker(ExprChecker, XrefChecker):
         elif isinstance(stmt, ast.CallSub):
             assert self.cur is not None
             self.cur.calls.append((stmt.name, stmt.name_pos))
-            self._ref("sub", stmt.name, stmt.name_pos)
+            self._ref("sub", stmt.name)
         elif isinstance(stmt, ast.Return):
             self._return(stmt, method_body)
         elif isinstance(stmt, ast.If):
@@ -272,7 +270,7 @@ class Checker(ExprChecker, XrefChecker):
         elif isinstance(stmt, ast.New):
             self._use("action", "new", stmt.pos, frozenset({"vcl_init"}))
             obj = self.instances[stmt.name.lower()]
-            self._bind_args(stmt.call, obj.constructor, stmt.call.name, note="bare")
+            self._bind_args(stmt.call, obj.constructor, note="bare")
             stmt.call.ref = ("new", obj)
             stmt.call.type = "INSTANCE"
         elif isinstance(stmt, ast.ExprStmt):
@@ -286,7 +284,7 @@ class Checker(ExprChecker, XrefChecker):
         try:
             var = symbols.lookup(name, self.version, self.storages)
         except symbols.BadHeaderName as exc:
-            raise VCLError(str(exc), pos) from None
+            raise bad_header(exc, pos) from None
         if var is None:
             raise VCLError(f"Symbol not found: '{name}'", pos)
         return var
@@ -450,7 +448,7 @@ class Checker(ExprChecker, XrefChecker):
                     if probe is None or _before(backend.pos, probe.pos):
                         # VCC reads declarations in order: the probe must come first.
                         raise VCLError(f"Symbol not found: '{attr.value.name}'", attr.value.pos)
-                    self._ref("probe", attr.value.name.lower(), attr.value.pos)
+                    self._ref("probe", attr.value.name.lower())
                     attr.value.type = "PROBE"
                     attr.value.ref = ("probe", attr.value.name.lower())
                     continue

@@ -14,16 +14,9 @@ from vcl.regex import check_regex
 from vcl.runtime import parse_ip
 from vmods import Func, ObjectType, Vmod, vnum
 
-# The names VCC 7.1 knows as symbols of type HTTP (obj and req_top are not): `req.nope` read in an
-# expression is an unknown property of one of them, not an unknown symbol.
-_HTTP_SYMBOLS = frozenset({"req", "bereq", "beresp", "resp"})
-
 # Where VCC reads a '-' (vcc_expr5; STRING is its STRINGS), and the types C can negate.
 _MINUS_CONTEXTS = frozenset({"INT", "REAL", "DURATION", "STRING"})
 _NEGATABLE = frozenset({"INT", "REAL", "DURATION", "BYTES", "TIME", "BOOL"})
-
-# A mark's length that reaches the end of its line, however long the line is.
-_TO_LINE_END = 1 << 16
 
 # Vmods that may be used without an `import` line (with a warning), as the docs' examples do.
 IMPLICIT_IMPORTS = frozenset({"tinykvm"})
@@ -40,12 +33,13 @@ class ExprChecker:
     vmods: dict[str, Vmod]
     vmod_pos: dict[str, ast.Pos]
     regexes: dict[str, str]
+    subs: dict[str, SubInfo]
     cur: SubInfo | None
 
     def _use(self, kind: str, name: str, pos: ast.Pos, allowed: frozenset[str] | None) -> None:
         raise NotImplementedError
 
-    def _ref(self, kind: str, name: str, pos: ast.Pos) -> None:
+    def _ref(self, kind: str, name: str) -> None:
         raise NotImplementedError
 
     def _vmod_for(self, name: str, pos: ast.Pos) -> Vmod | None:
@@ -73,7 +67,7 @@ class ExprChecker:
     def _type_name(self, e: ast.Expr) -> str:
         """A type as VCC names it: an object instance by its vmod and object ("directors.round_robin")."""
         ref = getattr(e, "ref", None)
-        if e.type == "INSTANCE" and ref and ref[0] == "instance":
+        if ref and ref[0] == "instance":
             return self._object_type(self.instances[ref[1]])
         return e.type or "?"
 
@@ -88,16 +82,15 @@ class ExprChecker:
         if e.type == "STRING":
             return e
         if e.type not in types.TO_STRING:
-            what = e.type
-            if e.type == "INSTANCE" and isinstance(e, ast.Name):
-                what = self.instance_type.get(e.name.lower(), what)
-            raise VCLError(f"Cannot convert {what} to STRING.", e.pos)
+            # after a name VCC points at the token that follows (taken here to follow at once)
+            at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + e.pos.length) if isinstance(e, ast.Name) else e.pos
+            raise VCLError(f"Cannot convert {self._type_name(e)} to STRING.", at)
         c = ast.Convert(e.pos, e, "STRING")
         c.type = "STRING"
         return c
 
     def tobool(self, e: ast.Expr) -> ast.Expr:
-        if e.type == "BOOL" or e.type not in types.TO_BOOL:
+        if e.type not in types.TO_BOOL:      # BOOL itself too
             return e
         c = ast.Convert(e.pos, e, "BOOL")
         c.type = "BOOL"
@@ -150,22 +143,33 @@ class ExprChecker:
             e.kind = "regex"
         elif left.type == "IP":
             if not isinstance(e.right, ast.Name):
-                t = self.add(e.right, "STRING").type
-                raise VCLError(f"Expression has type {t}, expected ACL", e.right.pos)
+                raise self._not_an_acl_operand(e.right)
             key = e.right.name.lower()   # declared names match case-insensitively, as in VCC
             if key == "default":
                 raise VCLError("Symbol 'default' is a reserved word.", e.right.pos)
             if key not in self.acls:
                 self._not_an_acl(e.right)
-            self._ref("acl", key, e.right.pos)
+            self._ref("acl", key)
             e.right.ref = ("acl", key)
-            e.right.type = "ACL"
             e.kind = "acl"
         else:
             raise VCLError(f"Operator {e.op} not possible on {self._type_name(left)}", e.op_pos)
         e.left = left
         e.type = "BOOL"
         return e
+
+    def _not_an_acl_operand(self, e: ast.Expr) -> VCLError:
+        """VCC reads one operand after `IP ~` (vcc_expr4 wanting an ACL) and types it: the leftmost of
+        a sum or product, a parenthesised expression whole."""
+        operand, parent = e, None
+        while isinstance(operand, ast.Arith) and operand.paren_pos is None:
+            operand, parent = operand.left, operand
+        if isinstance(operand, ast.Name) and parent is not None:
+            # `acl + 1`: VCC has its ACL and stops at the operator; its words name the token the
+            # statement wanted next, which in a condition (where ACLs are matched) is the ')'
+            return VCLError(f"Expected ')' got '{parent.op}'", parent.op_pos)
+        t = self._type_name(self.add(operand, "ACL"))
+        return VCLError(f"Expression has type {t}, expected ACL", operand.paren_pos or operand.pos)
 
     def _not_an_acl(self, name: ast.Name) -> None:
         """VCC's words for `~ NAME` where NAME is no ACL: another kind declared before the use has
@@ -183,19 +187,21 @@ class ExprChecker:
 
     def _not_a_regex(self, e: ast.Expr) -> VCLError:
         """Where a constant regex was wanted: VCC reads no '-' there, and types anything else."""
+        method = _literal_method(e)
+        if method is not None:
+            return method
         if isinstance(e, ast.Neg):
             return VCLError("Unknown token '-' when looking for REGEX", e.pos)
         if isinstance(e, ast.BadToken):
             return VCLError(f"Unknown token {e.text} when looking for REGEX", e.pos)
         # typed as VCC types it with a REGEX wanted, and reported at its first token (a '(')
         return VCLError(f"Expression has type {self._type_name(self.add(e, 'REGEX'))}, expected REGEX",
-                        e.paren_pos or e.pos)
+                        _first_paren(e) or e.pos)
 
     def regex(self, lit: ast.StringLit) -> None:
         reason = check_regex(lit.value)
         if reason is not None:
             raise VCLError(f"Regexp compilation error: {reason}", lit.pos)
-        lit.type = "REGEX"
         if lit.value not in self.regexes:
             self.regexes[lit.value] = f"re_{len(self.regexes) + 1}"
 
@@ -259,20 +265,21 @@ class ExprChecker:
         if isinstance(e, ast.StringLit):
             if fmt == "IP":
                 return self._ip_const(e)
-            e.type = "STRING"
+            # where VCC wants a REGEX a constant string is one ("REGEX - REGEX not possible.")
+            e.type = "REGEX" if fmt == "REGEX" else "STRING"
             return e
         if isinstance(e, ast.UnitLit):
             return self.atom(self._unit(e, fmt), fmt)
         if isinstance(e, ast.BadToken):
             raise VCLError(f"Unknown token {e.text} when looking for {fmt}", e.pos)
+        if isinstance(e, (ast.IntLit, ast.RealLit)) and fmt == "BYTES":
+            # VCC read the number and wanted its unit in the next token
+            text, at = e.after or (e.text, e.pos)
+            raise VCLError(f"Expected BYTES unit (B, KB, MB...) got '{text}'", at)
         if isinstance(e, ast.IntLit):
-            if fmt == "BYTES":
-                raise VCLError(f"Expected BYTES unit (B, KB, MB...) got '{e.text}'", e.pos)
             e.type = "REAL" if fmt == "REAL" else "INT"
             return e
         if isinstance(e, ast.RealLit):
-            if fmt == "BYTES":
-                raise VCLError(f"Expected BYTES unit (B, KB, MB...) got '{e.text}'", e.pos)
             e.type = "REAL"
             return e
         if isinstance(e, ast.DurationLit):
@@ -296,8 +303,7 @@ class ExprChecker:
             return self._name(e, fmt)
         if isinstance(e, ast.Call):
             return self._call(e)
-        if isinstance(e, (ast.Convert, ast.Concat)):
-            return e
+        # Convert and Concat are made by typing, and nothing is typed twice
         raise VCLError(f"Unknown expression {type(e).__name__}", e.pos)  # pragma: no cover
 
     def _unit(self, e: ast.UnitLit, fmt: str) -> ast.Expr:
@@ -348,16 +354,17 @@ class ExprChecker:
             # VCC's `default` is a reserved word: a backend of that name is a value only where a
             # BACKEND is expected (set req.backend_hint = default, == default, a BACKEND argument)
             raise VCLError("Symbol 'default' is a reserved word.", e.pos)
+        if name == "default" and fmt == "PROBE" and "default" not in self.probes:
+            # VCC stops at the token after it (taken here to follow at once)
+            raise VCLError("No default probe defined", ast.Pos(e.pos.file, e.pos.line, e.pos.col + e.pos.length))
         if name == "default" and fmt != "PROBE" and "default" not in self.backends:
             e.ref = ("default_backend",)
             e.type = "BACKEND"
             return e
         key = name.lower()   # declared names match case-insensitively, as in VCC
-        kinds = (("probe", self.probes),) if fmt == "PROBE" else ()
-        kinds += (("backend", self.backends), ("acl", self.acls), ("probe", self.probes))
-        for kind, table in kinds:
+        for kind, table in (("backend", self.backends), ("acl", self.acls), ("probe", self.probes)):
             if key in table:
-                self._ref(kind, key, e.pos)
+                self._ref(kind, key)
                 e.ref = (kind, key)
                 e.type = kind.upper()
                 return e
@@ -369,46 +376,47 @@ class ExprChecker:
         try:
             var = symbols.lookup(name, self.version, self.storages)
         except symbols.BadHeaderName as exc:
-            raise VCLError(str(exc), e.pos) from None
-        if var is None and name in getattr(self, "subs", {}):
-            raise VCLError(f"Symbol '{name}' can only be used as a SUB expression", e.pos)
-        if var is None and fmt == "BACKEND" and "." not in name:
-            # VCC takes an unknown plain name where a BACKEND is wanted as a reference to a
-            # backend that was never defined.
-            raise VCLError(f"Undefined backend {name}, first reference:", e.pos)
+            raise bad_header(exc, e.pos) from None
+        if var is None and key in self.subs:
+            # VCC stops at the token after the name (taken here to follow at once)
+            raise VCLError(f"Symbol '{key}' can only be used as a SUB expression",
+                           ast.Pos(e.pos.file, e.pos.line, e.pos.col + e.pos.length))
+        if var is None and fmt in ("BACKEND", "PROBE") and "." not in name:
+            # VCC takes an unknown plain name where a BACKEND (PROBE) is wanted as a reference to one
+            # that was never defined.
+            raise VCLError(f"Undefined {fmt.lower()} {name}, first reference:", e.pos)
         if var is None:
             head = name.split(".")[0]
             vmod = self.vmods.get(head)
             if vmod is not None and "." not in name:
                 raise VCLError(f"Symbol '{head}' type (vmod) can not be used in expression.", e.pos)
-            if vmod is not None and name.partition(".")[2] in vmod.objects:
+            func = name.partition(".")[2]
+            obj, _, after = func.partition(".")
+            if vmod is not None and obj in vmod.objects:
+                if after.partition(".")[0] in vmod.objects[obj].methods:
+                    # vmod.object.method: VCC finds the class's method, then what follows
+                    raise VCLError("Syntax error.While compiling function call:", e.pos)
                 # VCC names the vmod: an object constructor is no value
                 raise VCLError(f"Symbol '{head}' type (object) can not be used in expression.",
                                ast.Pos(e.pos.file, e.pos.line, e.pos.col, len(head)))
-            func = name.partition(".")[2]
             if (vmod is not None and func in vmod.functions) or name in ("regsub", "regsuball"):
                 raise MissingParenthesis(e.pos)      # a function's name alone: VCC wants its '('
             parts = name.split(".")
             for i in range(len(parts) - 1, 0, -1):
                 # VCC reads the longest name that is a variable, then the next part as a property
-                # of its type (`beresp.backend.ip`: BACKEND has no property 'ip')
+                # of its type (`beresp.backend.ip`: BACKEND has no property 'ip'; `req.nope`: req
+                # is of type HTTP)
                 known = symbols.lookup(".".join(parts[:i]), self.version, self.storages)
                 if known is not None:
                     at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(".".join(parts[:i])) + 1,
                                  len(parts[i]))
                     raise VCLError(f"Unknown property '{parts[i]}' for type {_strings(known.type)}", at)
-            if head in _HTTP_SYMBOLS:
-                # VCC reads `req` as a symbol of type HTTP, then `.bar` as a property of it
-                prop = name.split(".")[1]
-                at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1, len(prop))
-                raise VCLError(f"Unknown property '{prop}' for type HTTP", at)
             kind = ("reserved" if head.lower() in symbols.VCC_RESERVED
                     else "action" if head.lower() in symbols.VCC_ACTIONS else None)
-            if kind is not None and "." not in name:
-                raise VCLError(f"Symbol '{head.lower()}' type ({kind}) can not be used in expression.", e.pos)
+            if kind is not None:      # `acl.foo` too: VCC stops at the word
+                raise VCLError(f"Symbol '{head}' type ({kind}) can not be used in expression.",
+                               ast.Pos(e.pos.file, e.pos.line, e.pos.col, len(head)))
             raise VCLError(f"Symbol not found: '{name}'", e.pos)
-        if var.type == "BODY" or var.get == "None":
-            raise VCLError(f"Cannot convert {var.type} to STRING.", e.pos)
         self._use("read", var.name, e.pos, var.read)
         if var.name == "now" and self.cur is not None:
             self.cur.uses_now = True
@@ -421,27 +429,7 @@ class ExprChecker:
     def _call(self, e: ast.Call, statement: bool = False) -> ast.Expr:
         name = e.name
         if name in ("regsub", "regsuball"):
-            short = 0 < len(e.args) < 3 and e.close_pos is not None
-            named = next((a for a in e.args[:3] if a.name), None)
-            if named is not None:
-                # VCC reads each argument as an expression: `s="b"` starts with an unknown symbol
-                raise VCLError(f"Symbol not found: '{named.name}'", named.pos)
-            if len(e.args) != 3 and not short:
-                raise VCLError(f"{name}() takes three arguments: string, regex, substitution", e.pos)
-            subject = self.expr0(e.args[0].value, "STRING")
-            if len(e.args) > 1:
-                rx = _fold_literal(e.args[1].value)
-                if not isinstance(rx, ast.StringLit):
-                    raise self._not_a_regex(rx)
-                self.regex(rx)
-            if short:
-                # VCC reads the arguments in turn and wanted a ',' where the call closes.
-                raise VCLError("Expected ',' got ')'", e.close_pos)
-            sub = self.expr0(e.args[2].value, "STRING")
-            e.ref = ("regsub", name == "regsuball")
-            e.bound = [subject, rx, sub]
-            e.type = "STRING"
-            return e
+            return self._regsub(e)
         head, _, rest = name.partition(".")
         if head.lower() in self.vmods or head.lower() in IMPLICIT_IMPORTS:
             head = head.lower()   # vmod names are case-insensitive, like every VCC symbol
@@ -452,7 +440,7 @@ class ExprChecker:
             if method is None:
                 at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1, len(rest))
                 raise VCLError(f"Unknown property '{rest}' for type {self._object_type(obj)}", at)
-            self._bind_args(e, method, name, note="none")     # VCC adds no note for a method
+            self._bind_args(e, method, note="none")     # VCC adds no note for a method
             e.ref = ("method", head, method)
             return self._func_result(e, method, statement)
         vmod = self._vmod_for(head, e.pos) if rest else None
@@ -464,17 +452,19 @@ class ExprChecker:
         if vmod is not None:
             func = vmod.functions.get(rest) or vmod.functions.get(rest.lower())
             if func is None:
-                if rest in vmod.objects:
-                    if statement:       # VCC stops at the '(' after the name
+                obj, _, after = rest.partition(".")
+                if obj in vmod.objects and after.partition(".")[0] not in vmod.objects[obj].methods:
+                    # the constructor's name, alone or followed by what no method is called
+                    if statement:       # VCC stops at the token after the name
                         raise VCLError("Symbol cannot be used here.",
-                                       ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(name)))
+                                       ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(head) + 1 + len(obj)))
                     raise VCLError(f"Symbol '{head}' type (object) can not be used in expression.",
                                    ast.Pos(e.pos.file, e.pos.line, e.pos.col, len(head)))
-                if rest.partition(".")[0] in vmod.objects:
-                    # vmod.object.method(): VCC finds the object's constructor, then a '.' it cannot use
+                if obj in vmod.objects:
+                    # vmod.object.method(): VCC finds the class's method, then a '.' it cannot use
                     raise VCLError("Syntax error.While compiling function call:", e.pos)
                 raise VCLError(f"Symbol not found: '{name}'", e.pos)
-            self._bind_args(e, func, name)
+            self._bind_args(e, func)
             e.ref = ("func", head, func)
             if func.restrict is not None:
                 self._use("func", name, e.pos, symbols.expand_methods(func.restrict))
@@ -488,19 +478,27 @@ class ExprChecker:
         method = method.lower()
         if (base or e.target is not None) and method in ("lower", "upper") and not e.args:
             if e.target is not None:
-                target = self.tostring(self.atom(e.target, "STRING"))
+                target = self.atom(e.target, "STRING")
             else:
-                target = self.tostring(self._name(ast.Name(e.pos, base), "STRING"))
+                target = self._name(_base_name(e, base), "STRING")
+            if target.type not in ("STRING", "PROBE"):
+                # a property of STRING only: VCC has no .lower() on an INT, a TIME or an ACL (a
+                # probe's name is a string where one is wanted)
+                at = e.pos if e.target is not None else \
+                    ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(base) + 1, len(name) - len(base) - 1)
+                raise VCLError(f"Unknown property '{name.rpartition('.')[2]}' for type {target.type}", at)
             e.ref = ("strmethod", method)
-            e.bound = [target]
+            e.bound = [self.tostring(target)]
             e.type = "STRING"
             return e
-        # BACKEND.resolve(): the backend a director picks now (VRT_DirectorResolve).
-        if (base or e.target is not None) and method == "resolve" and not e.args:
+        # BACKEND.resolve(): the backend a director picks now (VRT_DirectorResolve). VCC looks an
+        # unknown plain name up whole (`nosuch.resolve` is no symbol).
+        known = "." in base or self._declared(base) or base.lower() == "default"
+        if (known or e.target is not None) and method == "resolve" and not e.args:
             if e.target is not None:
                 target = self.atom(e.target, "BACKEND")
             else:
-                target = self._name(ast.Name(e.pos, base), "BACKEND")
+                target = self._name(_base_name(e, base), "BACKEND")
             if target.type == "BACKEND":
                 e.ref = ("resolve",)
                 e.bound = [target]
@@ -509,19 +507,59 @@ class ExprChecker:
         if e.target is not None:
             target = self.atom(e.target, "STRING")
             raise VCLError(f"Unknown property '{method}' for type {_strings(target.type)}", e.pos)
-        if base and symbols.lookup(base, self.version, self.storages) is not None:
+        if base and (self._declared(base) or symbols.lookup(base, self.version, self.storages) is not None):
             # VCC reads the variable, then `.method` as a property of its type
-            target = self._name(ast.Name(e.pos, base), "STRING")
+            target = self._name(_base_name(e, base), "STRING")
             at = ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(base) + 1, len(method))
             raise VCLError(f"Unknown property '{name.rpartition('.')[2]}' for type {_strings(target.type)}", at)
         key = name.lower()
-        declared = key in self.acls or key in self.backends or key in self.probes or name in getattr(self, "subs", {})
-        if statement and (key in symbols.VCC_RESERVED or key in symbols.VCC_FUNCS or declared):
+        if statement and (key in symbols.VCC_RESERVED or key in symbols.VCC_FUNCS or self._declared(key)):
             # a statement that starts with a symbol no statement starts with: VCC stops after it
             raise VCLError("Symbol cannot be used here.", ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(name)))
+        if key in self.subs:
+            # VCC finds the sub, then a '(' it cannot use
+            raise VCLError(f"Symbol '{key}' can only be used as a SUB expression",
+                           ast.Pos(e.pos.file, e.pos.line, e.pos.col + len(name)))
         if not statement and key in symbols.VCC_ACTIONS:
-            raise VCLError(f"Symbol '{key}' type (action) can not be used in expression.", e.pos)
+            raise VCLError(f"Symbol '{name}' type (action) can not be used in expression.", e.pos)
         raise VCLError(f"Symbol not found: '{name}'", e.pos)
+
+    def _regsub(self, e: ast.Call) -> ast.Expr:
+        """regsub(string, regex, substitution), read as VCC reads it (vcc_Eval_Regsub): each
+        argument in turn, then the ',' after it; the third one must be followed by the ')'."""
+        bound: list[ast.Expr] = []
+        for i, wanted in enumerate(("STRING", "REGEX", "STRING")):
+            if i == len(e.args):
+                assert e.close_pos is not None       # the parser keeps every call's ')'
+                if len(e.commas) < i:
+                    # the call closes where VCC wants the ',' before the next argument
+                    raise VCLError("Expected ',' got ')'", e.close_pos, _call_note(e, e.close_pos))
+                raise VCLError(f"Unknown token ')' when looking for {wanted}", e.close_pos,
+                               _call_note(e, e.close_pos))
+            arg = e.args[i]
+            if arg.name is not None:
+                # VCC reads each argument as an expression: `s="b"` starts with an unknown symbol
+                raise VCLError(f"Symbol not found: '{arg.name}'", arg.pos)
+            if wanted == "REGEX":
+                rx = _fold_literal(arg.value)
+                if not isinstance(rx, ast.StringLit):
+                    raise self._not_a_regex(rx)
+                self.regex(rx)
+                bound.append(rx)
+            else:
+                bound.append(self.expr0(arg.value, wanted))
+        if len(e.commas) > 2:
+            # a fourth argument, or a ',' after the third: VCC wants the ')' there
+            raise VCLError("Expected ')' got ','", e.commas[2], _call_note(e, e.commas[2]))
+        e.ref = ("regsub", e.name == "regsuball")
+        e.bound = bound
+        e.type = "STRING"
+        return e
+
+    def _declared(self, name: str) -> bool:
+        """A name the VCL declares: an acl, backend, probe or sub."""
+        key = name.lower()
+        return key in self.acls or key in self.backends or key in self.probes or key in self.subs
 
     def _func_result(self, e: ast.Call, func: Func, statement: bool) -> ast.Expr:
         if func.ret == "VOID" and not statement:
@@ -530,7 +568,7 @@ class ExprChecker:
         e.type = func.ret       # no vmod function returns STRANDS or HEADER
         return e
 
-    def _bind_args(self, e: ast.Call, func: Func, name: str, note: str = "call") -> None:
+    def _bind_args(self, e: ast.Call, func: Func, note: str = "call") -> None:
         """Arguments to parameters. `note` is what VCC adds to a missing argument's report: the call and
         its place ("call"), the words alone ("bare", an object's constructor) or nothing (a method)."""
         params = func.params
@@ -556,17 +594,10 @@ class ExprChecker:
         for i, p in enumerate(params):
             if bound[i] is None and not p.optional and p.default is None:
                 # an unnamed argument (a bare type in the .vcc) is known by its place
-                what = f"'{p.name}'" if p.name else str(i + 1 + getattr(func, "priv_args", 0))
+                what = f"'{p.name}'" if p.name else str(i + 1 + func.priv_args)
                 assert e.close_pos is not None       # the parser keeps every call's ')'
-                # VCC stops at the ')' and names the call it was compiling, up to the token before
-                # the ')', or to the end of the call's line when the ')' is on another (the quote
-                # of the line cuts the mark there)
-                if e.close_pos.line == e.pos.line:
-                    length = e.close_pos.col - e.pos.col
-                else:
-                    length = _TO_LINE_END
-                call = ast.Pos(e.pos.file, e.pos.line, e.pos.col, length)
-                notes = {"call": [("While compiling function call:", call)],
+                # VCC stops at the ')' and names the call it was compiling
+                notes = {"call": _call_note(e, e.close_pos),
                          "bare": [("While compiling function call:", None)]}.get(note, [])
                 raise VCLError(f"Argument {what} missing", e.close_pos, notes)
         e.bound = bound
@@ -584,7 +615,6 @@ class ExprChecker:
                 choices = "\n".join("\t" + w for w in param.enum)
                 raise VCLError(f"Wrong enum value.  Expected one of:\n{choices}", value.pos)
             value.ref = ("enum", value.name)
-            value.type = "ENUM"
             return value
         if ptype == "REGEX":
             # a constant, compiled at load like the right side of ~ (vmod cookie's *_re functions)
@@ -594,6 +624,24 @@ class ExprChecker:
             self.regex(rx)
             return rx
         return self.expr0(value, ptype)     # HEADER and HTTP too: "Expression has type STRING, expected HTTP"
+
+
+def _call_note(e: ast.Call, stop: ast.Pos) -> list[tuple[str, ast.Pos | None]]:
+    """VCC's note on an error where it stopped at `stop` (the ')' or a ',') while reading the
+    arguments of call `e`: the call from its name to the token before (the parser's mark)."""
+    return [("While compiling function call:", ast.Pos(e.pos.file, e.pos.line, e.pos.col, e.marks[stop]))]
+
+
+def bad_header(exc: symbols.BadHeaderName, pos: ast.Pos) -> VCLError:
+    """A quoted header name refused where the name is at `pos`: at its quoted part, or nowhere."""
+    if exc.at is None:
+        return VCLError(str(exc))
+    return VCLError(str(exc), ast.Pos(pos.file, pos.line, pos.col + exc.at, pos.length - exc.at))
+
+
+def _base_name(e: ast.Call, base: str) -> ast.Name:
+    """The name a method is called on (`req.url` of `req.url.lower()`), at its own place."""
+    return ast.Name(ast.Pos(e.pos.file, e.pos.line, e.pos.col, len(base)), base)
 
 
 def _strings(type_: str | None) -> str:
@@ -615,17 +663,54 @@ def _fold_literal(e: ast.Expr) -> ast.Expr:
     right = e.right
     if type(right) is ast.StringLit and right.paren_pos is None:
         return ast.StringLit(left.pos, left.value + right.value)
-    if right.paren_pos is not None:
-        raise VCLError("Expected CSTR got '('", right.paren_pos)
-    if isinstance(right, ast.Arith):
+    first = right
+    while isinstance(first, ast.Arith) and first.paren_pos is None:
+        first = first.left          # a product: VCC wants its first operand to be the constant
+    method = _literal_method(first, operand=False)
+    if method is not None:
+        raise method
+    if _first_paren(first) is not None:
+        raise VCLError("Expected CSTR got '('", _first_paren(first))
+    if type(first) is ast.StringLit:
+        # `"b" * 2`: VCC has its constant and stops at the operator, with words that depend on what
+        # the statement wanted next; the product typed by the caller stands in for them
         return right
+    right = _method_target(first)[0]     # `1 .lower()`: VCC stops at the number
     if isinstance(right, ast.Neg):
         text = "-"
-    else:
-        text = getattr(right, "text", None) or getattr(right, "name", "").split(".")[0] or "?"
+    else:   # every other operand the parser makes is a token with its text, or a name
+        text = getattr(right, "text", None) or right.name.split(".")[0]
     if isinstance(right, (ast.DurationLit, ast.BytesLit, ast.UnitLit)):
         text = _number_token(text)
     raise VCLError(f"Expected CSTR got '{text}'", right.pos)
+
+
+def _method_target(e: ast.Expr) -> tuple[ast.Expr, ast.Call | None]:
+    """What a chain of methods `x.lower().upper()` is called on, and the first method (None: no method)."""
+    first = None
+    while isinstance(e, ast.Call) and e.target is not None and e.paren_pos is None:
+        e, first = e.target, e
+    return e, first
+
+
+def _first_paren(e: ast.Expr) -> ast.Pos | None:
+    """The '(' an operand starts with, if it does: its own, or that of what its methods are called on."""
+    return e.paren_pos or _method_target(e)[0].paren_pos
+
+
+def _literal_method(e: ast.Expr, operand: bool = True) -> VCLError | None:
+    """A method called on a constant string where a regex is read (`"a".lower()`; `("a").lower()` as
+    the whole operand, not after a '+'): VCC has its REGEX and finds a property of it."""
+    target, first = _method_target(e)
+    if first is None:
+        return None
+    if operand and target.paren_pos is not None:
+        target = _fold_literal(target)
+    elif target.paren_pos is not None:
+        return None
+    if type(target) is not ast.StringLit:
+        return None
+    return VCLError(f"Unknown property '{first.name[1:]}' for type REGEX", first.pos)
 
 
 def _extra_argument(e: ast.Expr) -> VCLError:

@@ -50,6 +50,16 @@ def _check_comment(tok: Token) -> Token:
     return tok
 
 
+# A mark's length that reaches the end of its line, however long the line is.
+_TO_LINE_END = 1 << 16
+
+# What lies between two tokens, and one token as VCC cuts them (an ID has no '.'; two-character
+# operators whole)
+_BLANKS_AND_COMMENTS = re.compile(r"(?:\s+|/\*.*?\*/|//[^\n]*|#[^\n]*)*", re.S)
+_VCC_TOKEN = re.compile(r'"""(?:.|\n)*?"""|\{"(?:.|\n)*?"\}|"[^"\n]*"|[A-Za-z_][A-Za-z0-9_-]*|[0-9]+(?:\.[0-9]*)?'
+                        r"|==|!=|<=|>=|&&|\|\||\+=|-=|\*=|/=|<<|>>|.")
+
+
 def _tok_pos(tok: Token, file: str) -> ast.Pos:
     length = len(tok.value) if "\n" not in tok.value else 1
     return ast.Pos(file, tok.line, tok.column, length)
@@ -69,8 +79,10 @@ def _unquote(text: str) -> str:
 
 
 class _Args(list):
-    """A call's arguments; `trailing` is the position of a ',' after the last one, if any."""
+    """A call's arguments; `commas` the ',' tokens among and after them, `trailing` the position of
+    a ',' after the last one, if any."""
 
+    commas: list[Token] = []
     trailing: ast.Pos | None = None
 
 
@@ -85,13 +97,34 @@ class _ToAst(Transformer):
     """Lark tree -> vcl.ast nodes. A statement's position is its keyword's (keywords are named
     terminals, so they stay in the tree; no per-node position tracking is needed)."""
 
-    def __init__(self, file: str, bad: ast.BadToken | None = None) -> None:
+    def __init__(self, file: str, source: str, bad: ast.BadToken | None = None) -> None:
         super().__init__()
         self.file = file
+        self.source = source     # the text parsed (the tokens' offsets are into it)
         self.bad = bad     # what _BAD_TOKEN stands for in a recovered parse
 
     def _p(self, tok: Token) -> ast.Pos:
         return _tok_pos(tok, self.file)
+
+    def _call(self, name_tok: Token, name: str, args: _Args | None, rpar: Token) -> ast.Call:
+        """A call, with what VCC's "While compiling function call:" note marks where it stops at the
+        ')' or (regsub, which reads three arguments) at a ','."""
+        commas = args.commas if args is not None else []
+        stops = [rpar] + (commas if name in ("regsub", "regsuball") else [])
+        marks = {self._p(tok): self._mark(name_tok, tok) for tok in stops}
+        return ast.Call(self._p(name_tok), name, args or [], close_pos=self._p(rpar),
+                        commas=[self._p(c) for c in commas], marks=marks)
+
+    def _mark(self, first: Token, stop: Token) -> int:
+        """How many characters VCC marks from `first` to the end of the last token before `stop`
+        (vcc_ErrWhere2): to the end of `first`'s line when that token is on a later line."""
+        text = self.source[first.start_pos:stop.start_pos]
+        end = 0
+        for m in _SCAN.finditer(text):
+            piece = m.group()
+            if not piece.startswith(("/*", "//", "#")) and piece.strip():
+                end = m.start() + len(piece.rstrip())
+        return _TO_LINE_END if "\n" in text[:end] else end
 
     # -------------------------------------------------------------- top level
 
@@ -246,7 +279,7 @@ class _ToAst(Transformer):
 
     def new_(self, children):
         kw, name, func, args, rpar = children
-        call = ast.Call(self._p(func), str(func), args or [], close_pos=self._p(rpar))
+        call = self._call(func, str(func), args, rpar)
         return ast.New(self._p(kw), str(name), self._p(name), call)
 
     def include_stmt(self, children):
@@ -255,17 +288,18 @@ class _ToAst(Transformer):
 
     def call_stmt(self, children):
         func, args, rpar = children
-        return ast.ExprStmt(self._p(func), ast.Call(self._p(func), str(func), args or [], close_pos=self._p(rpar)))
+        return ast.ExprStmt(self._p(func), self._call(func, str(func), args, rpar))
 
     # -------------------------------------------------------------- expressions
 
     def args(self, children):
-        out = _Args(c for c in children if c is not None and not isinstance(c, ast.Pos))
-        out.trailing = next((c for c in children if isinstance(c, ast.Pos)), None)
+        out = _Args(c for c in children if c is not None and not isinstance(c, Token))
+        out.commas = [c for c in children if isinstance(c, Token)]
+        out.trailing = self._p(out.commas[-1]) if len(out.commas) == len(out) else None
         return out
 
     def trailing_comma(self, children):
-        return self._p(children[0])
+        return children[0]
 
     def arg(self, children):
         value = children[0]
@@ -292,12 +326,25 @@ class _ToAst(Transformer):
     def int_(self, children):
         tok = children[0]
         self._number(tok, str(tok))
-        return ast.IntLit(self._p(tok), int(tok), str(tok))
+        return ast.IntLit(self._p(tok), int(tok), str(tok), self._after(tok))
 
     def real(self, children):
         tok = children[0]
         self._number(tok, str(tok))
-        return ast.RealLit(self._p(tok), float(tok), str(tok))
+        return ast.RealLit(self._p(tok), float(tok), str(tok), self._after(tok))
+
+    def _after(self, tok: Token) -> tuple[str, ast.Pos] | None:
+        """The token that follows `tok` in the source, as VCC would quote it, and its place."""
+        skipped = _BLANKS_AND_COMMENTS.match(self.source, tok.end_pos)
+        m = _VCC_TOKEN.match(self.source, skipped.end())
+        if m is None:
+            return None
+        gap = skipped.group()
+        if "\n" in gap:
+            line, col = tok.end_line + gap.count("\n"), len(gap) - gap.rfind("\n")
+        else:
+            line, col = tok.end_line, tok.end_column + len(gap)
+        return m.group(), ast.Pos(self.file, line, col, len(m.group()))
 
     def duration(self, children):
         tok = children[0]
@@ -339,8 +386,7 @@ class _ToAst(Transformer):
             return self.bad          # the unexpected token stood where the function's name is
         if name.lower() in ("regsub", "regsuball"):
             name = name.lower()
-            _no_trailing_comma(args)
-        return ast.Call(self._p(tok), name, args or [], close_pos=self._p(rpar))
+        return self._call(tok, name, args, rpar)
 
     def paren(self, children):
         lpar, e = children
@@ -538,7 +584,7 @@ def _parse_with_bad_token(source: str, filename: str, start: str, tok: Token) ->
                   f"{before}{_BAD_TOKEN}{closing}"):
         try:
             tree = _lark().parse(fixed, start=start)
-            return _ToAst(filename, bad).transform(tree)
+            return _ToAst(filename, fixed, bad).transform(tree)
         except (UnexpectedInput, _NestedComment, VisitError):
             continue
     return None
@@ -563,7 +609,7 @@ def parse(source: str, filename: str, *, cache: bool = False, start: str = "star
         if lexical is not None:
             raise lexical from None
         return _syntax_error(exc, source, filename, start)
-    return _to_ast(tree, filename)
+    return _to_ast(tree, filename, source)
 
 
 _RETURN_PAREN = re.compile(r"\breturn\s*\(\s*(\w+)\s*\((?=[^;]*$)")
@@ -881,9 +927,9 @@ def _check_action_args(source: str, filename: str, tok: Token) -> None:
     raise VCLError("Arguments not allowed.", ast.Pos(filename, line, col, 1))
 
 
-def _to_ast(tree: Tree, filename: str) -> ast.Program:
+def _to_ast(tree: Tree, filename: str, source: str) -> ast.Program:
     try:
-        return _ToAst(filename).transform(tree)
+        return _ToAst(filename, source).transform(tree)
     except VisitError as exc:
         if isinstance(exc.orig_exc, VCLError):
             raise exc.orig_exc from None

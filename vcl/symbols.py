@@ -396,7 +396,12 @@ def lookup(name: str, version: float = 4.1, storages: tuple[str, ...] = STORAGE_
 
 
 class BadHeaderName(ValueError):
-    """A quoted header name that VCC refuses; str() is VCC's message."""
+    """A quoted header name that VCC refuses; str() is VCC's message, `at` where in the name it
+    points (the quoted part), None where it gives no place."""
+
+    def __init__(self, message: str, at: int | None = None) -> None:
+        super().__init__(message)
+        self.at = at
 
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -409,7 +414,7 @@ def _quoted_header(name: str, version: float) -> Variable | None:
     scope, _, quoted = name.partition(".")
     quoted = quoted[5:]    # after "http."
     if version < 4.1:
-        raise BadHeaderName("Quoted headers are available for VCL >= 4.1")
+        raise BadHeaderName("Quoted headers are available for VCL >= 4.1.", len(scope) + 6)
     if quoted.startswith('"""'):
         header = quoted[3:-3]
     elif quoted.startswith('{"'):

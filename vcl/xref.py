@@ -19,7 +19,7 @@ class XrefChecker:
     backends: dict[str, ast.Backend]
     acls: dict[str, ast.Acl]
     probes: dict[str, ast.Probe]
-    referenced: dict[str, ast.Pos]
+    referenced: set[str]
     err_unref: bool
     warnings: list[str]
 
