@@ -1445,3 +1445,48 @@ def test_a_session_that_sends_while_its_request_runs_is_not_herded(start):
         assert (c.sess_herd, c.sc_overload, srv.server.reqpool_fail) == (0, 0, 1)
     finally:
         backend.close()
+
+
+def test_a_head_begun_before_the_linger_is_not_herded_and_a_failed_herd_reads_nothing(start):
+    """varnishd 7.1 (varnishtest): a session waits in the waiter only with nothing begun; a head (or a
+    method) begun, then 0.3 s of silence past timeout_linger, then its end: answered, sess_herd 0. A
+    herded session whose request task fails (debug.reqpool.fail) reads nothing: junk it sent is no 400."""
+    srv = start(SYNC, timeout_linger="0.05")
+    c = srv.server.counters
+    srv.server.reqpool_fail = 1                    # a herd's task would fail: the session would close
+    with srv.connect() as sock:
+        for first, rest, answer in ((b"GET / HTTP/1.1\r\nHost: a", b"\r\n\r\n", b"GET /"),
+                                    (b"PURG", b"E / HTTP/1.1\r\nHost: a\r\n\r\n", b"PURGE /")):
+            sock.sendall(first)
+            time.sleep(0.3)
+            sock.sendall(rest)
+            assert status(read_response(sock)[0]) == b"HTTP/1.1 200 " + answer
+    assert (c.sess_herd, c.sc_overload, srv.server.reqpool_fail) == (0, 0, 1)
+    with srv.connect() as sock:
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /a"
+        time.sleep(0.3)
+        sock.sendall(b"bad\x01 / HTTP/1.1\r\n\r\n")
+        assert read_all(sock) == b""
+    wait_for(lambda: c.sc_overload == 1, what="the OVERLOAD close")
+    assert (c.sess_herd, c.client_req_400, c.sc_rx_junk) == (1, 0, 0)
+
+
+def test_a_chunked_body_cut_by_a_lost_connection_mid_chunk_and_the_session_is_forgotten(start):
+    """varnishd 7.1 (varnishtest -v, std.cache_req_body): a client gone in the middle of a chunk's data
+    fails the body as "chunked insufficient bytes" (its chunked reader's words for a read that gets
+    nothing there), RX_BODY; here the connection is lost with no EOF first (a reset). And a session
+    gone is forgotten by the server (no set of dead sessions that grows)."""
+    def lost(conn):
+        conn.connection_lost(ConnectionResetError())
+        return asyncio.sleep(0.05)                 # the request reading the body sees it fail
+
+    srv, sink = drive(ECHO, b"POST /body HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab", lost)
+    assert srv.vsl.texts("FetchError") == ["chunked insufficient bytes"] and sink.out == b""
+    assert srv.counters.sc_rx_body == 1 and not srv.sessions
+    live = start()
+    with live.connect() as sock:
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /a"
+        assert len(live.server.sessions) == 1
+    wait_for(lambda: not live.server.sessions, what="no session left")
