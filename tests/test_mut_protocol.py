@@ -1294,6 +1294,7 @@ def test_a_stolen_request_hands_over_the_requests_pipelined_after_it(start, befo
     ((b"2\r\nab\r\n", b"zz\r\n"), "chunked header non-hex"),       # in a later read
     ((b"2\r\nabX\r\n",), "chunked tail no NL"),
     ((b"12345678901234567890\r\n",), "chunked header too long"),
+    ((b"8000000000000000\r\nab",), "bogusly large chunk size"),      # llhttp takes it (64 bits)
 ])
 def test_a_broken_chunk_fails_the_body_and_is_no_bad_request(chunks, error):
     """varnishd 7.1 (varnishtest -v, std.cache_req_body(10KB)): a bad chunk in a request body is a
@@ -1490,3 +1491,10 @@ def test_a_chunked_body_cut_by_a_lost_connection_mid_chunk_and_the_session_is_fo
         assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /a"
         assert len(live.server.sessions) == 1
     wait_for(lambda: not live.server.sessions, what="no session left")
+
+
+def test_a_bare_lf_head_after_a_whole_request_in_the_same_read():
+    """varnishd 7.1 (varnishtest): a request and a bare-LF one in one read: both answered, once each."""
+    srv, sink = drive(SYNC, b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\nHost: a\n\n",
+                      b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1", b"HTTP/1.1 200 GET /2", b"HTTP/1.1 200 GET /3"]
