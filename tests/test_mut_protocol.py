@@ -1512,3 +1512,22 @@ def test_a_bad_chunk_in_a_body_no_one_reads_closes_after_the_answer_as_rx_body(c
     c = srv.counters
     assert (c.client_req, c.client_req_400, c.sc_rx_body, c.sc_rem_close) == (1, 0, 1, 0)
     assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["RX_BODY"]
+
+
+def test_a_client_that_stops_reading_twice_is_answered_as_it_reads_and_its_close_is_logged():
+    """Three requests in one read to a client that is not reading: the first answer is written, then
+    nothing until it reads; it reads one more answer and stops again. The third waits; when the client
+    goes, the session's close is still counted and logged (its idle time is kept through the stalls)."""
+    def read_one(conn):
+        write = conn.transport.write
+
+        def write_then_stall(data):
+            write(data)
+            conn.pause_writing()
+        conn.transport.write = write_then_stall
+        conn.resume_writing()
+
+    three = b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in (1, 2, 3))
+    srv, sink = drive(SYNC, lambda conn: conn.pause_writing(), three, read_one)
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1", b"HTTP/1.1 200 GET /2"] and not sink.closed
+    assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["REM_CLOSE"] and srv.counters.sc_rem_close == 1
