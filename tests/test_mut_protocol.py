@@ -1457,7 +1457,7 @@ def test_a_head_begun_before_the_linger_is_not_herded_and_a_failed_herd_reads_no
     srv.server.reqpool_fail = 1                    # a herd's task would fail: the session would close
     with srv.connect() as sock:
         for first, rest, answer in ((b"GET / HTTP/1.1\r\nHost: a", b"\r\n\r\n", b"GET /"),
-                                    (b"PURG", b"E / HTTP/1.1\r\nHost: a\r\n\r\n", b"PURGE /")):
+                                    (b"XYZ", b"ZY / HTTP/1.1\r\nHost: a\r\n\r\n", b"XYZZY /")):
             sock.sendall(first)
             time.sleep(0.3)
             sock.sendall(rest)
