@@ -1531,3 +1531,17 @@ def test_a_client_that_stops_reading_twice_is_answered_as_it_reads_and_its_close
     srv, sink = drive(SYNC, lambda conn: conn.pause_writing(), three, read_one)
     assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1", b"HTTP/1.1 200 GET /2"] and not sink.closed
     assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["REM_CLOSE"] and srv.counters.sc_rem_close == 1
+
+
+def test_an_http10_post_needs_a_length_or_keep_alive_and_sessions_are_counted():
+    """varnishd 7.1 (varnishtest): an HTTP/1.0 POST or PUT with no length is taken (no body) with
+    "Connection: keep-alive" (any case), and is a 400 without it; one connection is one s_sess and one
+    sess_conn; local.ip is the address the connection came in on."""
+    vcl = 'vcl 4.1;\nbackend default none;\nsub vcl_recv { return (synth(200, req.method + " " + local.ip)); }\n'
+    srv, sink = drive(vcl, b"POST /a HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+                      b"POST /b HTTP/1.0\r\nHost: a\r\n\r\n")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 POST 127.0.0.1", status(BAD_REQUEST)] and sink.closed
+    c = srv.counters
+    assert (c.s_sess, c.sess_conn, c.client_req_400) == (1, 1, 1)
+    srv, sink = drive(vcl, b"PUT /a HTTP/1.0\r\nHost: a\r\nConnection: Keep-Alive\r\n\r\n")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 PUT 127.0.0.1"]
