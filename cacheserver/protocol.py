@@ -786,6 +786,8 @@ class ClientProtocol(asyncio.Protocol):
         if self._sink is not None:
             self._sink.fail("bad request")
             self._sink = None
+        if not response:        # a request body that broke (a bad chunk): varnishd closes as RX_BODY
+            self.close_reason = self.close_reason or "sc_rx_body"
         self.refusal = response
         self.held.clear()                   # nothing after the bad bytes is read
         if self.transport is not None and not self.closed:

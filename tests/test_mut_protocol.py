@@ -1294,6 +1294,7 @@ def test_a_stolen_request_hands_over_the_requests_pipelined_after_it(start, befo
     ((b"2\r\nab\r\n", b"zz\r\n"), "chunked header non-hex"),       # in a later read
     ((b"2\r\nabX\r\n",), "chunked tail no NL"),
     ((b"12345678901234567890\r\n",), "chunked header too long"),
+    ((b"8000000000000000\r\nab",), "bogusly large chunk size"),      # llhttp takes it (64 bits)
 ])
 def test_a_broken_chunk_fails_the_body_and_is_no_bad_request(chunks, error):
     """varnishd 7.1 (varnishtest -v, std.cache_req_body(10KB)): a bad chunk in a request body is a
@@ -1445,3 +1446,102 @@ def test_a_session_that_sends_while_its_request_runs_is_not_herded(start):
         assert (c.sess_herd, c.sc_overload, srv.server.reqpool_fail) == (0, 0, 1)
     finally:
         backend.close()
+
+
+def test_a_head_begun_before_the_linger_is_not_herded_and_a_failed_herd_reads_nothing(start):
+    """varnishd 7.1 (varnishtest): a session waits in the waiter only with nothing begun; a head (or a
+    method) begun, then 0.3 s of silence past timeout_linger, then its end: answered, sess_herd 0. A
+    herded session whose request task fails (debug.reqpool.fail) reads nothing: junk it sent is no 400."""
+    srv = start(SYNC, timeout_linger="0.05")
+    c = srv.server.counters
+    srv.server.reqpool_fail = 1                    # a herd's task would fail: the session would close
+    with srv.connect() as sock:
+        for first, rest, answer in ((b"GET / HTTP/1.1\r\nHost: a", b"\r\n\r\n", b"GET /"),
+                                    (b"XYZ", b"ZY / HTTP/1.1\r\nHost: a\r\n\r\n", b"XYZZY /")):
+            sock.sendall(first)
+            time.sleep(0.3)
+            sock.sendall(rest)
+            assert status(read_response(sock)[0]) == b"HTTP/1.1 200 " + answer
+    assert (c.sess_herd, c.sc_overload, srv.server.reqpool_fail) == (0, 0, 1)
+    with srv.connect() as sock:
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /a"
+        time.sleep(0.3)
+        sock.sendall(b"bad\x01 / HTTP/1.1\r\n\r\n")
+        assert read_all(sock) == b""
+    wait_for(lambda: c.sc_overload == 1, what="the OVERLOAD close")
+    assert (c.sess_herd, c.client_req_400, c.sc_rx_junk) == (1, 0, 0)
+
+
+def test_a_chunked_body_cut_by_a_lost_connection_mid_chunk_and_the_session_is_forgotten(start):
+    """varnishd 7.1 (varnishtest -v, std.cache_req_body): a client gone in the middle of a chunk's data
+    fails the body as "chunked insufficient bytes" (its chunked reader's words for a read that gets
+    nothing there), RX_BODY; here the connection is lost with no EOF first (a reset). And a session
+    gone is forgotten by the server (no set of dead sessions that grows)."""
+    def lost(conn):
+        conn.connection_lost(ConnectionResetError())
+        return asyncio.sleep(0.05)                 # the request reading the body sees it fail
+
+    srv, sink = drive(ECHO, b"POST /body HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab", lost)
+    assert srv.vsl.texts("FetchError") == ["chunked insufficient bytes"] and sink.out == b""
+    assert srv.counters.sc_rx_body == 1 and not srv.sessions
+    live = start()
+    with live.connect() as sock:
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status(read_response(sock)[0]) == b"HTTP/1.1 200 GET /a"
+        assert len(live.server.sessions) == 1
+    wait_for(lambda: not live.server.sessions, what="no session left")
+
+
+def test_a_bare_lf_head_after_a_whole_request_in_the_same_read():
+    """varnishd 7.1 (varnishtest): a request and a bare-LF one in one read: both answered, once each."""
+    srv, sink = drive(SYNC, b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\nHost: a\n\n",
+                      b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1", b"HTTP/1.1 200 GET /2", b"HTTP/1.1 200 GET /3"]
+
+
+@pytest.mark.parametrize("chunk", [b"8000000000000000\r\nab", b"zz\r\n"], ids=["bogusly-large", "non-hex"])
+def test_a_bad_chunk_in_a_body_no_one_reads_closes_after_the_answer_as_rx_body(chunk):
+    """varnishd 7.1 (varnishtest): a synth answer to a request whose chunked body goes bad (a size llhttp
+    takes but varnishd refuses, or no hex at all): the answer, then the close, counted in sc_rx_body;
+    the request after it is not read, and no 400. (varnishd's answer also says Connection: close; ours
+    says keep-alive: left, see notes/proto.md.)"""
+    srv, sink = drive(SYNC, b"POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk,
+                      b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 POST /b"] and sink.closed
+    c = srv.counters
+    assert (c.client_req, c.client_req_400, c.sc_rx_body, c.sc_rem_close) == (1, 0, 1, 0)
+    assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["RX_BODY"]
+
+
+def test_a_client_that_stops_reading_twice_is_answered_as_it_reads_and_its_close_is_logged():
+    """Three requests in one read to a client that is not reading: the first answer is written, then
+    nothing until it reads; it reads one more answer and stops again. The third waits; when the client
+    goes, the session's close is still counted and logged (its idle time is kept through the stalls)."""
+    def read_one(conn):
+        write = conn.transport.write
+
+        def write_then_stall(data):
+            write(data)
+            conn.pause_writing()
+        conn.transport.write = write_then_stall
+        conn.resume_writing()
+
+    three = b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in (1, 2, 3))
+    srv, sink = drive(SYNC, lambda conn: conn.pause_writing(), three, read_one)
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 GET /1", b"HTTP/1.1 200 GET /2"] and not sink.closed
+    assert [t.split()[0] for t in srv.vsl.texts("SessClose")] == ["REM_CLOSE"] and srv.counters.sc_rem_close == 1
+
+
+def test_an_http10_post_needs_a_length_or_keep_alive_and_sessions_are_counted():
+    """varnishd 7.1 (varnishtest): an HTTP/1.0 POST or PUT with no length is taken (no body) with
+    "Connection: keep-alive" (any case), and is a 400 without it; one connection is one s_sess and one
+    sess_conn; local.ip is the address the connection came in on."""
+    vcl = 'vcl 4.1;\nbackend default none;\nsub vcl_recv { return (synth(200, req.method + " " + local.ip)); }\n'
+    srv, sink = drive(vcl, b"POST /a HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+                      b"POST /b HTTP/1.0\r\nHost: a\r\n\r\n")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 POST 127.0.0.1", status(BAD_REQUEST)] and sink.closed
+    c = srv.counters
+    assert (c.s_sess, c.sess_conn, c.client_req_400) == (1, 1, 1)
+    srv, sink = drive(vcl, b"PUT /a HTTP/1.0\r\nHost: a\r\nConnection: Keep-Alive\r\n\r\n")
+    assert status_lines(bytes(sink.out)) == [b"HTTP/1.1 200 PUT 127.0.0.1"]
