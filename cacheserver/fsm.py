@@ -253,8 +253,11 @@ class ClientRequest(Delivery, EsiRequest):
         """std.rollback(req): the request as received again (Req_Rollback: HTTP_Clone from http0,
         before X-Forwarded-For), unlogged; a fresh PRIV_TASK; the workspace rolled back."""
         ctx = self.ctx
-        if message is not ctx.req or self.received is None:
-            raise VCLFailure("std.rollback() restores req or bereq only")
+        if ctx.method == "vcl_pipe":
+            raise VCLFailure("Cannot rollback in vcl_pipe {}")       # (VRT_Rollback)
+        # (self.received is kept whenever the VCL calls std.rollback(): _may_switch)
+        if message is not ctx.req:
+            raise VCLFailure("std.rollback() restores req or bereq only")     # (varnishd panics)
         restart_task(ctx)
         if self.ws.overflowed:
             self.server.counters.ws_client_overflow += 1
@@ -468,15 +471,10 @@ class ClientRequest(Delivery, EsiRequest):
         if log and log[-1] == ("VCL_return", "vcl"):
             # varnishd logs the switch as VCL makes it, before the return
             log.insert(len(log) - 1, ("VCL_use", f"{target.__dict__.get('name')} via {label}"))
+        # the new VCL's vcl_recv sees the request as received, an ESI include's too (VPI_vcl_select's
+        # Req_Rollback): what the first vcl_recv changed is gone, a workspace overflow with it
+        self.vcl_rollback(self.ctx.req)
         self.vcl = self.ctx.vcl = target
-        ctx = self.ctx
-        if self.received is not None and ctx.restarts == 0 and self.parent is None:
-            # the new VCL's vcl_recv sees the request as received (varnishd's HTTP_Clone from
-            # http0); what the first vcl_recv changed is gone
-            req = self.received.copy()
-            req.headers.vsl = (ctx.log, "ReqHeader", "ReqUnset")
-            req.headers.ws = self.ws
-            ctx.req = ctx.req_top = req
         return True                         # (_recv_setup then takes the new VCL's default backend)
 
     def _recv_continue(self, action: Action) -> None:
@@ -883,7 +881,7 @@ class ClientRequest(Delivery, EsiRequest):
             # than reading it (VCL may veto by removing the header)
             resp.headers.add("Connection", "close")
         ctx.resp = resp
-        ctx.resp_time = self.t_prev
+        ctx.resp_time = time.time()      # resp.time: when the synth began (cnt_synth), as its Date
         ctx.resp_filters = None
         ctx.obj_oc = None
         ctx.synth_body = []
