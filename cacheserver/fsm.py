@@ -781,7 +781,8 @@ class ClientRequest(Delivery, EsiRequest):
             self._template_wanted = self.oc.fast_head is None    # shared, it costs the object nothing
         if self._undecodable():
             return self._to_synth(500)
-        return self._after_deliver(self._prepare_deliver(), None)
+        self._prepare_deliver()
+        return self._after_deliver(None)
 
     def _undecodable(self) -> bool:
         """varnishd's HTTP_Decode refuses an object whose header fields filled its beresp (their count
@@ -797,10 +798,10 @@ class ClientRequest(Delivery, EsiRequest):
     async def ast_deliver(self) -> str | None:
         if self._undecodable():
             return self._to_synth(500)
-        resp = self._prepare_deliver()
-        return self._after_deliver(resp, await self.acall("vcl_deliver"))
+        self._prepare_deliver()
+        return self._after_deliver(await self.acall("vcl_deliver"))
 
-    def _prepare_deliver(self) -> HttpMessage:
+    def _prepare_deliver(self) -> None:
         oc = self.oc
         ctx = self.ctx
         resp = oc.http.copy()
@@ -832,9 +833,8 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.head_request = self.method0 == "HEAD"
         if not tight:
             _log_resp(ctx.log, resp)
-        return resp
 
-    def _after_deliver(self, resp: HttpMessage, action: Action | None) -> str | None:
+    def _after_deliver(self, action: Action | None) -> str | None:
         ctx = self.ctx
         if action is None:
             action = self.call("vcl_deliver")
@@ -860,13 +860,14 @@ class ClientRequest(Delivery, EsiRequest):
         self.oc = None
 
     def st_synth(self) -> str | None:
-        return self._after_synth(self._prepare_synth(), None)
+        self._prepare_synth()
+        return self._after_synth(None)
 
     async def ast_synth(self) -> str | None:
-        resp = self._prepare_synth()
-        return self._after_synth(resp, await self.acall("vcl_synth"))
+        self._prepare_synth()
+        return self._after_synth(await self.acall("vcl_synth"))
 
-    def _prepare_synth(self) -> HttpMessage:
+    def _prepare_synth(self) -> None:
         ctx = self.ctx
         status = self.synth_status       # checked by VCL's return (rtlib.status_action)
         reason = self.synth_reason or reason_for(status % 1000)
@@ -886,7 +887,6 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.obj_oc = None
         ctx.synth_body = []
         self.server.counters.s_synth += 1
-        return resp
 
     def _synth_reads_body(self) -> bool:
         """VRB_Ignore before a synth is delivered: unless the connection is to close (the client's or
@@ -928,7 +928,7 @@ class ClientRequest(Delivery, EsiRequest):
         finally:
             self.server.storage.release_held(held)
 
-    def _after_synth(self, resp: HttpMessage, action: Action | None) -> str | None:
+    def _after_synth(self, action: Action | None) -> str | None:
         ctx = self.ctx
         if action is None:
             action = self.call("vcl_synth")
@@ -953,13 +953,10 @@ class ClientRequest(Delivery, EsiRequest):
             if not self.session.closed:
                 self.session.transport.write(_MINIMAL_500)
             return None
-        bare = HttpMessage(proto="HTTP/1.1", status=500, reason="Internal Server Error")
-        bare.headers.add("Date", DATES.now())
-        bare.headers.add("Server", "Varnish")
-        bare.headers.add("X-Varnish", str(ctx.xid))
-        oc = ObjCore()
-        oc.finish(True)
-        return self._transmit(bare, oc, synth=True)
+        # an ESI include (where varnishd 7.1.1 panics: ESI has no minimal response) adds nothing
+        # to its page
+        self._drop_object()
+        return None
 
 # each state's methods, by name (see STATES)
 _SYNC_STEPS = {state: getattr(ClientRequest, "st_" + state) for state, subs in STATES.items() if subs is not WAITS}
@@ -1001,10 +998,8 @@ def _builtin_hash(ctx: Context) -> None:
     ctx.hash_parts += (req.url, host if host is not None else s_ip(ctx.server_ip))
 
 
-def _hit_text(oc: ObjCore | None) -> str:
+def _hit_text(oc: ObjCore) -> str:
     """HitMiss / HitPass: the marker object's vxid and the TTL it has left."""
-    if oc is None:
-        return "0 0.000000"
     return "%d %.6f" % (oc.xid, oc.ttl - (time.time() - oc.t_origin))
 
 

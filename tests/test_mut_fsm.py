@@ -5,6 +5,7 @@ close reasons, restarts, HitMiss/HitPass records. Servers run in-process (tests/
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -72,6 +73,9 @@ def test_a_request_for_a_busy_object_waits_and_gets_the_fetched_one(make):
         thread.join(10)
     assert [r[2] for r in results] == [b"once"] * 3 and len(backend.requests) == 1
     assert counters.busy_wakeup == 2 and counters.cache_hit == 2 and counters.cache_miss == 1
+    # varnishd 7.1.1 (varnishtest): a lookup again after the waiting list reuses its objhead, so no
+    # hcb_nolock (3 lookups, 2 of them woken)
+    assert (counters.hcb_nolock, counters.hcb_lock, counters.hcb_insert) == (3, 1, 1)
 
 
 def test_a_vcl_failure_at_run_time_is_a_503_and_closes(make):
@@ -1144,3 +1148,240 @@ def test_misses_turned_pass_keep_the_connection(make):
             head, body = read_message(sock)
             assert head.startswith(b"HTTP/1.1 200 ") and body == b"x"
     assert len(backend.requests) == 3 and cache.proc.server.counters.s_pass == 3
+
+
+def _fields(n: int, name: str = "req") -> str:
+    return "".join(f' set {name}.http.x{i} = "{i}";' for i in range(n))
+
+
+def test_std_rollback_logs_what_follows_moves_req_top_and_clears_an_overflow_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest -v, http_max_hdr=32): after std.rollback(req) the request's changes
+    are logged again (ReqUnset, ReqHeader) and req_top is the rolled-back request; a rollback of an
+    overflowed workspace counts ws_client_overflow once and the request goes on (200); setting too
+    many fields after a rollback overflows again (bare 500); std.rollback() in vcl_pipe fails
+    (VCL_Error "Cannot rollback in vcl_pipe {}", 503)."""
+    vcl = ('vcl 4.1;\nimport std;\nBACKEND\nsub vcl_recv {\n if (req.url == "/pipe") { return (pipe); }\n'
+           ' set req.http.a = "1";\n if (req.url == "/ovf") {' + _fields(30) + ' }\n std.rollback(req);\n'
+           ' if (req.url == "/after") {' + _fields(30) + ' }\n'
+           ' unset req.http.h1;\n set req.http.b = "2";\n return (synth(200));\n}\n'
+           'sub vcl_pipe { std.rollback(req); }\n'
+           'sub vcl_synth { set resp.http.top-a = req_top.http.a; set resp.http.top-b = req_top.http.b;'
+           ' set resp.http.h1 = req.http.h1; }\n')
+    cache, _ = make(vcl, None, "-p", "http_max_hdr=32")
+    server = cache.proc.server
+    log = cache.proc.log
+    status, h, _ = cache.get("/r", headers={"h1": "v"})
+    assert (status, h["top-a"], h["top-b"], h["h1"]) == (200, "", "2", "")
+    wait_for(lambda: "b: 2" in log.texts("ReqHeader"), what="the request's log")
+    records = [(tag, text) for _, tag, text in list(log.records) if tag in ("ReqUnset", "ReqHeader")]
+    at = records.index(("ReqUnset", "h1: v"))
+    assert records[at + 1] == ("ReqHeader", "b: 2")
+    for n in (1, 2):
+        assert cache.get("/ovf")[0] == 200
+        assert server.counters.ws_client_overflow == n
+    head, closed = closes(cache, b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 ") and closed
+    head, closed = closes(cache, b"GET /pipe HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 VCL failed\r\n") and closed
+    wait_for(lambda: "Cannot rollback in vcl_pipe {}" in log.texts("VCL_Error"), what="the pipe's VCL_Error")
+
+
+def test_std_rollback_of_resp_is_a_vcl_failure(make):
+    """std.rollback() restores req or bereq only. varnishd 7.1.1 panics on any other (VRT_Rollback's
+    WRONG()); here the task fails (503) and req is left as it is."""
+    vcl = ('vcl 4.1;\nimport std;\nBACKEND\nsub vcl_recv { set req.http.a = "1"; }\n'
+           'sub vcl_deliver { std.rollback(resp); }\nsub vcl_synth { set resp.http.a = req.http.a; }\n')
+    cache, _ = make(vcl)
+    status, h, _ = cache.get("/")
+    assert status == 503 and h["a"] == "1"
+
+
+def test_an_esi_include_rolls_back_to_its_own_request_and_switches_vcl_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest -v): the top request switched to label l1 (so its includes start in
+    the active VCL); an include's std.rollback(req) takes it back to the include as it started, req_top
+    still the top request; an include's return (vcl(l1)) rolls it back too (Req_Rollback in
+    VPI_vcl_select), then its X-Forwarded-For is made again. (The X-Forwarded-For of an include after
+    std.rollback() is left out: varnishd's is the top request's as received, ours its own.)"""
+    def respond(req):
+        return Resp(body=b'<P><esi:include src="/inc"/>|<esi:include src="/sw"/></P>')
+
+    cache, server = make("vcl 4.1;\nbackend default none;\n", respond)
+    backend = f'backend default {{ .host = "127.0.0.1"; .port = "{server.port}"; }}\n'
+    shown = ('" url=" + req.url + " x=" + req.http.x + " top=" + req_top.url + " topx=" + req_top.http.x')
+    label = ('vcl 4.1;\n' + backend + 'sub vcl_recv { if (req.url == "/top") { return (pass); } return (synth(200)); }\n'
+             'sub vcl_backend_response { set beresp.do_esi = true; }\n'
+             'sub vcl_synth { synthetic("lab" + ' + shown + ' + " xff=" + req.http.X-Forwarded-For); return (deliver); }\n')
+    assert cache.cli.cmd("vcl.inline vcl1 << EOF\n" + label + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.label l1 vcl1")[0] == 200
+    top = ('vcl 4.1;\nimport std;\n' + backend +
+           'sub vcl_recv {\n if (req.url == "/top") { return (vcl(l1)); }\n'
+           ' set req.http.x = "changed";\n set req.url = req.url + "-changed";\n'
+           ' if (req.url == "/sw-changed") { return (vcl(l1)); }\n std.rollback(req);\n return (synth(200));\n}\n'
+           'sub vcl_synth { synthetic("inc" + ' + shown + '); return (deliver); }\n')
+    assert cache.cli.cmd("vcl.inline vcl2 << EOF\n" + top + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use vcl2")[0] == 200
+    status, _, body = cache.get("/top", headers={"X-Forwarded-For": "1.2.3.4", "x": "orig"})
+    assert (status, body) == (200, b"<P>inc url=/inc x=orig top=/top topx=orig|"
+                                   b"lab url=/sw x=orig top=/top topx=orig xff=1.2.3.4, 127.0.0.1</P>")
+
+
+def test_a_miss_and_a_grace_refresh_send_the_request_body_when_vcl_makes_them_a_post(make):
+    """varnishd 7.1.1 (varnishtest): bereq.method set to POST in vcl_backend_fetch, a miss sends the
+    client's body, and so does the background fetch of a grace hit."""
+    n = iter(range(1, 100))
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (hash); }\n"
+                          'sub vcl_backend_fetch { set bereq.method = "POST"; return (fetch); }\n'
+                          "sub vcl_backend_response { set beresp.ttl = 0.1s; set beresp.grace = 1h; }\n",
+                          lambda req: Resp(body=b"v%d" % next(n)))
+    assert cache.get("/p", method="POST", body=b"abc")[2] == b"v1"
+    c = cache.proc.server.counters
+    wait_for(lambda: cache.get("/p", method="POST", body=b"defg")[2] == b"v1" and c.cache_hit_grace >= 1,
+             what="a grace hit for the POST")
+    wait_for(lambda: len(backend.requests) == 2, what="the background fetch")
+    assert [(r.method, r.body) for r in backend.requests] == [("POST", b"abc"), ("POST", b"defg")]
+
+
+def test_a_grace_hit_is_delivered_once_its_background_fetch_took_the_unread_body(make):
+    """VBF_Fetch: a background fetch that may read the client's body (not cached) holds the grace hit
+    until the body is sent (BOS_REQ_DONE): nothing is answered before the body comes."""
+    n = iter(range(1, 100))
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (hash); }\n"
+                          'sub vcl_backend_fetch { set bereq.method = "POST"; return (fetch); }\n'
+                          "sub vcl_backend_response { set beresp.ttl = 0.1s; set beresp.grace = 1h; }\n",
+                          lambda req: Resp(body=b"v%d" % next(n), close=True))
+    assert cache.get("/p")[2] == b"v1"
+    c = cache.proc.server.counters
+    obj = cache.proc.server.storage.heads[next(iter(cache.proc.server.storage.heads))].ocs[0]
+    wait_for(lambda: time.time() >= obj.t_origin + obj.ttl, what="the object to go stale")
+    with cache.proc.connect() as sock:
+        sock.sendall(b"POST /p HTTP/1.1\r\nHost: test\r\nContent-Length: 4\r\n\r\n")
+        wait_for(lambda: backend.connections == 2, what="the background fetch's connection")
+        sock.setblocking(False)
+        try:
+            early = sock.recv(100)
+        except BlockingIOError:
+            early = b""
+        sock.setblocking(True)
+        assert early == b"" and c.cache_hit_grace == 1
+        sock.sendall(b"wxyz")
+        assert read_message(sock)[1] == b"v1"
+    wait_for(lambda: len(backend.requests) == 2, what="the background fetch")
+    assert backend.requests[1].body == b"wxyz"
+
+
+def test_a_restart_after_a_grace_hit_leaves_the_refresh_to_its_fetch(make):
+    """A grace hit hands its busy object to the background fetch: a restart from vcl_deliver has none
+    to give up, and the refresh still lands."""
+    n = iter(range(1, 100))
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_backend_response { set beresp.ttl = 0.1s; set beresp.grace = 1h; }\n"
+                          "sub vcl_deliver { if (obj.hits > 0 && req.restarts == 0) { return (restart); }\n"
+                          " set resp.http.restarts = req.restarts; }\n",
+                          lambda req: Resp(body=b"v%d" % next(n)))
+    assert cache.get("/g")[2] == b"v1"
+    c = cache.proc.server.counters
+    # the restarted request finds the stale object again (a grace hit) or the refreshed one
+    wait_for(lambda: cache.get("/g")[1].get("restarts") == "1" and c.cache_hit_grace >= 1, what="a grace hit")
+    wait_for(lambda: cache.get("/g")[2] == b"v2", what="the refreshed object")
+    assert len(backend.requests) == 2
+
+
+class _Sink(asyncio.Transport):
+    """A client connection in memory (as test_mut_protocol's): what the server writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data) -> None:
+        self.out += data
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 80)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
+def test_a_busy_object_gone_before_its_request_waits_is_looked_up_again():
+    """A lookup that found a busy object runs the waiting list as a task; when the busy object is gone
+    by the time it runs (the fetch abandoned it in between), the request looks up again instead of
+    waiting for a wake-up that will never come. In one loop, in memory, so the order is exact."""
+    from inproc import RecordingLog
+
+    from cacheserver.fsm import _digest_of
+    from cacheserver.protocol import ClientProtocol
+    from cacheserver.server import Server
+    from vcl.runtime import HttpMessage
+
+    async def main():
+        srv = Server()
+        srv.vsl = RecordingLog()
+        srv.vcl_load("boot", 'vcl 4.1;\nbackend default none;\nsub vcl_miss { return (synth(299)); }\n', "<inline>")
+        digest = _digest_of("/w\0a\0")
+        busy = srv.storage.lookup(digest, HttpMessage(), time.time()).busy
+        conn = ClientProtocol(srv)
+        sink = _Sink()
+        conn.connection_made(sink)
+        conn.data_received(b"GET /w HTTP/1.1\r\nHost: a\r\n\r\n")
+        srv.storage.abandon(busy)
+        for _ in range(100):
+            if not conn.busy:
+                break
+            await asyncio.sleep(0)
+        conn.connection_lost(None)
+        return srv, sink
+
+    srv, sink = asyncio.run(main())
+    assert bytes(sink.out).startswith(b"HTTP/1.1 299 ")
+    assert srv.counters.busy_sleep == 0
+
+
+def test_a_synth_after_an_overflow_in_vcl_recv_loses_its_printed_fields_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest -v, http_max_hdr=32): vcl_recv set 30 fields (overflowed), then
+    return (synth(201)): X-Varnish is lost as a printed field (Error, then LostHeader), and so is
+    Content-Length, twice (vcl_synth's, then the delivery's); `Error workspace_client overflow` and the
+    bare 500 follow. A synth after std.cache_req_body() does not read the body again: one Storage record
+    after Process. In vcl_synth, resp.time is not before req.time."""
+    vcl = ('vcl 4.1;\nimport std;\nBACKEND\nsub vcl_recv {\n if (req.url == "/ovf") {' + _fields(30) +
+           ' return (synth(201)); }\n if (req.url == "/cached") { std.cache_req_body(1KB); }\n return (synth(200));\n}\n'
+           'sub vcl_synth { set resp.http.ge = (resp.time >= req.time); }\n')
+    cache, _ = make(vcl, None, "-p", "http_max_hdr=32")
+    cache.cli.cmd("debug.xid 999")
+    with cache.proc.connect() as sock:
+        sock.sendall(b"POST /cached HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+        head, _ = read_message(sock)
+        assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nge: true\r\n" in head
+        sock.sendall(b"GET /ovf HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert read_message(sock)[0] == b"HTTP/1.1 500 Internal Server Error\r\nServer: Varnish\r\nConnection: close\r\n\r\n"
+    log = cache.proc.log
+    wait_for(lambda: (1002, "End", "") in log.records, what="the second request's End")
+    records = [(v, t, x) for v, t, x in list(log.records) if v in (1001, 1002)]
+    first = [(t, x if t == "Storage" else x.split(":")[0]) for v, t, x in records
+             if v == 1001 and t in ("Timestamp", "Storage")]
+    assert first == [("Timestamp", "Start"), ("Timestamp", "Req"), ("Storage", "malloc Transient"),
+                     ("Timestamp", "ReqBody"), ("Timestamp", "Process"), ("Storage", "malloc Transient"),
+                     ("Timestamp", "Resp")]
+    second = [(t, x) for v, t, x in records if v == 1002]
+    at = second.index(("RespStatus", "201"))
+    losses = [(t, x.split(": ")[0]) for t, x in second[at:] if t in ("Error", "LostHeader")]
+    assert losses == [("Error", "out of workspace (req)"), ("LostHeader", "X-Varnish"),
+                      ("Error", "out of workspace (req)"), ("LostHeader", "Content-Length"),
+                      ("Error", "out of workspace (req)"), ("LostHeader", "Content-Length"),
+                      ("Error", "workspace_client overflow")]
+    assert ("LostHeader", "X-Varnish: 1002") in second
+
+
+def test_an_esi_include_whose_vcl_synth_fails_adds_nothing_to_its_page(make):
+    """varnishd 7.1.1 panics here (ESI has no minimal response for cnt_synth's failure); here the
+    include adds nothing and the page goes on."""
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_recv { if (req.url == "/inc") { return (synth(200)); } }\n'
+                    'sub vcl_backend_response { set beresp.do_esi = true; }\n'
+                    'sub vcl_synth { return (fail); }\n',
+                    lambda req: Resp(body=b'<P><esi:include src="/inc"/></P>'))
+    assert cache.get("/top")[::2] == (200, b"<P></P>")
