@@ -808,18 +808,21 @@ class ClientRequest(Delivery, EsiRequest):
         resp.proto = "HTTP/1.1"
         headers = resp.headers
         ws = headers.ws = self.ws
-        # a workspace that overflowed or headers that may not fit: log as we add, so that the losses
-        # fall among the RespHeader records where varnishd logs them
-        tight = ws.overflowed or len(headers) + 4 > ws.hdr_cap
+        # this client gets another representation (gunzipped), with a weak ETag
+        weaken = (oc.gzipped and self.server.params.http_gzip_support
+                  and not accepts_gzip(ctx.req.headers.get("Accept-Encoding")))
+        # a workspace that overflowed, headers that may not fit, or an ETag to weaken: log as we
+        # add, so that the losses and the change fall among the RespHeader records where varnishd
+        # logs them (RespUnset of the strong ETag, then the weak one)
+        tight = weaken or ws.overflowed or len(headers) + 4 > ws.hdr_cap
         if tight:
             _log_resp(ctx.log, resp)
         # objects are stored without X-Varnish and Age (fetch.py), so these are plain appends
         headers.add("X-Varnish", f"{ctx.xid} {oc.xid}" if self.is_hit else str(ctx.xid), printf=True)
         headers.add("Age", str(max(0, int(time.time() - oc.t_origin))), printf=True)
         headers.add("Via", _VIA)
-        if (oc.gzipped and self.server.params.http_gzip_support
-                and not accepts_gzip(ctx.req.headers.get("Accept-Encoding"))):
-            weaken_etag(resp)       # this client gets another representation (gunzipped)
+        if weaken:
+            weaken_etag(resp)
         if self.server.params.http_range_support and resp.status == 200 and oc.head is not None:
             # before vcl_deliver, as varnishd 7.1 (VCL may remove it); pass and synth do not announce
             # (OC_F_PRIVATE); a hash object kept out of the cache (no TTL left) still does

@@ -417,10 +417,22 @@ def test_a_gzipped_object_for_a_client_without_gzip_gets_a_weak_etag(make):
     body = gzip.compress(b"hello " * 100)
     cache, _ = make("vcl 4.1;\nBACKEND\n",
                     lambda req: Resp(headers=[("Content-Encoding", "gzip"), ("ETag", '"abc"')], body=body))
+    cache.cli.cmd("debug.xid 999")
     _, h, got = cache.get("/z")
     assert h["etag"] == 'W/"abc"' and got == b"hello " * 100
     _, h, got = cache.get("/z", headers={"Accept-Encoding": "gzip"})
     assert h["etag"] == '"abc"' and got == body
+    # varnishd 7.1.1 (varnishtest -v): the change is logged where it is made, after Via
+    log = cache.proc.log
+    wait_for(lambda: (1001, "End", "") in log.records, what="the first request's End")
+    records = [(t, x.split(":")[0] if x.startswith(("X-Varnish", "Age", "Date")) else x)
+               for v, t, x in list(log.records) if v == 1001 and t in ("RespHeader", "RespUnset", "VCL_call")]
+    at = records.index(("VCL_call", "DELIVER"))
+    assert records[at - 6:at + 1] == [
+        ("RespHeader", "X-Varnish"), ("RespHeader", "Age"), ("RespHeader", "Via: 1.1 varnish (Varnish/7.1)"),
+        ("RespUnset", 'ETag: "abc"'), ("RespHeader", 'ETag: W/"abc"'), ("RespHeader", "Accept-Ranges: bytes"),
+        ("VCL_call", "DELIVER")]
+    assert ("RespHeader", 'ETag: "abc"') in records[:at]
 
 
 def test_a_stale_object_in_grace_is_delivered_while_it_is_refreshed(make):
@@ -1385,3 +1397,76 @@ def test_an_esi_include_whose_vcl_synth_fails_adds_nothing_to_its_page(make):
                     'sub vcl_synth { return (fail); }\n',
                     lambda req: Resp(body=b'<P><esi:include src="/inc"/></P>'))
     assert cache.get("/top")[::2] == (200, b"<P></P>")
+
+
+def test_return_vcl_after_an_overflow_rolls_the_workspace_back_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest, http_max_hdr=32): vcl_recv overflows the client workspace, then
+    returns vcl(l1): the rollback counts ws_client_overflow once and clears it, the label answers."""
+    cache, _ = make("vcl 4.1;\nbackend default none;\n", None, "-p", "http_max_hdr=32")
+    label = 'vcl 4.1;\nbackend default none;\nsub vcl_recv { return (synth(200)); }\nsub vcl_synth { set resp.http.lab = "yes"; }\n'
+    assert cache.cli.cmd("vcl.inline vcl1 << EOF\n" + label + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.label l1 vcl1")[0] == 200
+    main = 'vcl 4.1;\nbackend default none;\nsub vcl_recv {' + _fields(30) + ' return (vcl(l1)); }\n'
+    assert cache.cli.cmd("vcl.inline main << EOF\n" + main + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use main")[0] == 200
+    cache.cli.cmd("debug.xid 999")
+    status, h, _ = cache.get("/sw")
+    assert (status, h.get("lab")) == (200, "yes")
+    wait_for(lambda: (1001, "End", "") in cache.proc.log.records, what="the request's End")
+    assert cache.proc.server.counters.ws_client_overflow == 1
+
+
+def test_a_restarted_lookup_and_a_miss_are_logged_and_counted_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest): a request that misses, restarts from vcl_synth and looks up
+    again counts hcb_nolock twice (only a lookup after the waiting list skips it); a miss's fetch is
+    linked as `Link bereq N fetch`."""
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_miss { if (req.url == "/r") { if (req.restarts == 0) '
+                    '{ return (synth(700)); } return (synth(200)); } }\n'
+                    'sub vcl_synth { if (resp.status == 700) { return (restart); } }\n')
+    c = cache.proc.server.counters
+    assert cache.get("/r")[0] == 200 and c.hcb_nolock == 2
+    cache.cli.cmd("debug.xid 999")
+    assert cache.get("/f")[0] == 200
+    wait_for(lambda: (1001, "End", "") in cache.proc.log.records, what="the request's End")
+    assert [x for v, t, x in list(cache.proc.log.records) if v == 1001 and t == "Link"] == ["bereq 1002 fetch"]
+
+
+def test_an_object_whose_fields_fill_resp_loses_them_where_varnishd_logs_it(make):
+    """varnishd 7.1.1 (varnishtest -v, http_max_hdr=32, an object with 24 fields of its own): X-Varnish
+    still fits, Age and Via are lost (Error, LostHeader, LostHeader), then Accept-Ranges, all before
+    vcl_deliver; then the bare 500."""
+    many = [(f"X-{i}", "v") for i in range(24)]
+    cache, _ = make("vcl 4.1;\nBACKEND\n", lambda req: Resp(headers=many, body=b"b"), "-p", "http_max_hdr=32")
+    cache.cli.cmd("debug.xid 999")
+    assert cache.get("/many")[0] == 500
+    log = cache.proc.log
+    wait_for(lambda: (1001, "End", "") in log.records, what="the request's End")
+    records = [(t, x.split(":")[0]) for v, t, x in list(log.records)
+               if v == 1001 and t in ("RespHeader", "LostHeader", "Error", "VCL_call")]
+    at = records.index(("RespHeader", "X-23"))
+    assert records[at + 1:at + 11] == [
+        ("RespHeader", "Content-Length"), ("RespHeader", "Date"), ("RespHeader", "X-Varnish"),
+        ("Error", "out of workspace (req)"), ("LostHeader", "Age"), ("LostHeader", "Via"),
+        ("Error", "out of workspace (req)"), ("Error", "out of workspace (req)"), ("LostHeader", "Accept-Ranges"),
+        ("VCL_call", "DELIVER")]
+
+
+def test_a_delivery_after_vcl_recv_overflowed_loses_its_printed_fields_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest -v, http_max_hdr=32, vcl_recv setting 30 fields): the printed
+    fields (X-Varnish, Age, Accept-Ranges) are lost, each after its Error; Via, a plain one, still
+    fits; then `Error workspace_client overflow` and the bare 500."""
+    cache, _ = make("vcl 4.1;\nBACKEND\nsub vcl_recv {" + _fields(30) + " }\n", lambda req: Resp(body=b"b"),
+                    "-p", "http_max_hdr=32")
+    cache.cli.cmd("debug.xid 999")
+    assert cache.get("/o")[0] == 500
+    log = cache.proc.log
+    wait_for(lambda: (1001, "End", "") in log.records, what="the request's End")
+    records = [(t, x.split(":")[0]) for v, t, x in list(log.records)
+               if v == 1001 and t in ("RespHeader", "LostHeader", "Error", "VCL_call", "RespStatus")]
+    at = records.index(("RespStatus", "200"))
+    assert records[at + 1:] == [
+        ("RespHeader", "Content-Length"), ("RespHeader", "Date"),
+        ("Error", "out of workspace (req)"), ("LostHeader", "X-Varnish"),
+        ("Error", "out of workspace (req)"), ("LostHeader", "Age"), ("RespHeader", "Via"),
+        ("Error", "out of workspace (req)"), ("LostHeader", "Accept-Ranges"), ("VCL_call", "DELIVER"),
+        ("RespHeader", "Connection"), ("Error", "workspace_client overflow"), ("RespStatus", "500")]
