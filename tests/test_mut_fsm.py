@@ -1479,3 +1479,32 @@ def test_a_big_synth_body_goes_through_the_range_filter_as_varnishd(make):
                     "sub vcl_synth {" + " synthetic(req.http.x);" * 50 + " return (deliver); }\n")
     status, h, body = cache.get("/", headers={"Range": "bytes=299990-", "x": "y" * 6000})
     assert (status, h["content-range"], body) == (206, "bytes 299990-299999/300000", b"y" * 10)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_grace_hit_with_no_body_to_stream_is_delivered_while_its_refresh_still_connects(make, method):
+    """varnishd 7.1.1 (varnishtest, a background fetch whose backend's accept queue is full): with no
+    request body, or one cached by std.cache_req_body(), the grace hit does not wait for its background
+    fetch (BOS_REQ_DONE is set as the bereq is made): it is delivered while the connect is still under
+    way (backend_fail 0)."""
+    stall = socket.socket()
+    stall.bind(("127.0.0.1", 0))
+    stall.listen(0)
+    port = stall.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port))      # the accept queue is full from here
+    try:
+        vcl = ("vcl 4.1;\nimport std;\nBACKEND\n"
+               "sub vcl_recv { std.cache_req_body(1KB); return (hash); }\n"
+               f'backend stall {{ .host = "127.0.0.1"; .port = "{port}"; .connect_timeout = 3s; }}\n'
+               "sub vcl_backend_fetch { if (bereq.is_bgfetch) { set bereq.backend = stall; } }\n"
+               "sub vcl_backend_response { set beresp.ttl = 0.1s; set beresp.grace = 1h; }\n")
+        cache, _ = make(vcl, lambda req: Resp(body=b"v1"))
+        c = cache.proc.server.counters
+        assert cache.get("/g")[2] == b"v1"
+        obj = cache.proc.server.storage.heads[next(iter(cache.proc.server.storage.heads))].ocs[0]
+        wait_for(lambda: time.time() >= obj.t_origin + obj.ttl, what="the object to go stale")
+        assert cache.get("/g", method=method, body=b"abc" if method == "POST" else b"")[2] == b"v1"
+        assert (c.cache_hit_grace, c.backend_fail) == (1, 0)
+    finally:
+        queued.close()
+        stall.close()
