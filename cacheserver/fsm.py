@@ -604,9 +604,10 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.obj_keep = oc.keep
         ctx.obj_hits = oc.hits
         ctx.obj_age = age
-        # varnishd: a pass object or one made uncacheable; not one merely kept out of the cache
-        # (no TTL, or a backend error's), which is no OC_F_PRIVATE there
-        ctx.obj_uncacheable = oc.head is None or oc.uncacheable or oc.hfm or oc.hfp
+        # varnishd: a pass object or one made uncacheable (hit-for-miss and hit-for-pass markers are,
+        # fetch.py); not one merely kept out of the cache (no TTL, or a backend error's), which is no
+        # OC_F_PRIVATE there
+        ctx.obj_uncacheable = oc.head is None or oc.uncacheable
         # pass and synthetic objects live in Transient, as in varnishd
         ctx.obj_storage = oc.store or (TRANSIENT if oc.private else None)
         ctx.obj_can_esi = oc.esi_data is not None
@@ -833,7 +834,6 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.obj_time = oc.t_origin
         ctx.resp_filters = None
         ctx.obj_oc = oc                  # what resp.filters is chosen for (no cycle: oc knows no ctx)
-        ctx.head_request = self.method0 == "HEAD"
         if not tight:
             _log_resp(ctx.log, resp)
 

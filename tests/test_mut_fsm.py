@@ -1508,3 +1508,50 @@ def test_a_grace_hit_with_no_body_to_stream_is_delivered_while_its_refresh_still
     finally:
         queued.close()
         stall.close()
+
+
+def test_what_vcl_deliver_sees_of_resp_and_obj_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest -v): in vcl_deliver resp.time is not before req.time; resp.filters
+    is " gunzip" for a gzipped object and a client without gzip, " range" for a HEAD with a Range
+    (answered 206, as a GET would be, without a body); obj.uncacheable and obj.storage of a cached
+    object, a hit-for-miss, a hit-for-pass and an object with no TTL, grace or keep; a conditional
+    hit is a 304 Not Modified; the delivery is logged Start, Req, Fetch, Process, Resp."""
+    import gzip
+
+    def respond(req):
+        if req.url == "/gz":
+            return Resp(headers=[("Content-Encoding", "gzip"), ("ETag", '"abc"')], body=gzip.compress(b"hello " * 3))
+        if req.url == "/c":
+            return Resp(headers=[("ETag", '"e"')], body=b"cond")
+        return Resp(body=b"0123456789")
+
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_backend_response {\n'
+                    ' if (bereq.url == "/hfm") { set beresp.uncacheable = true; }\n'
+                    ' if (bereq.url == "/hfp") { return (pass(10s)); }\n'
+                    ' if (bereq.url == "/ttl0") { set beresp.ttl = 0s; set beresp.grace = 0s; set beresp.keep = 0s; }\n}\n'
+                    'sub vcl_deliver {\n set resp.http.ge = (resp.time >= req.time);\n'
+                    ' set resp.http.f = "<" + resp.filters + ">";\n set resp.http.u = obj.uncacheable;\n'
+                    ' set resp.http.s = obj.storage;\n}\n', respond)
+    seen = {}
+    for url in ("/gz", "/hfm", "/hfp", "/ttl0", "/c"):
+        status, h, _ = cache.get(url)
+        seen[url] = (status, h["ge"], h["f"], h["u"], h["s"])
+    assert seen == {"/gz": (200, "true", "< gunzip>", "false", "storage.s0"),
+                    "/hfm": (200, "true", "<>", "true", "storage.Transient"),
+                    "/hfp": (200, "true", "<>", "true", "storage.Transient"),
+                    "/ttl0": (200, "true", "<>", "true", "storage.Transient"),
+                    "/c": (200, "true", "<>", "false", "storage.s0")}
+    cache.cli.cmd("debug.xid 999")
+    with cache.proc.connect() as sock:
+        sock.sendall(b'GET /c HTTP/1.1\r\nHost: test\r\nIf-None-Match: "e"\r\n\r\n')
+        assert read_message(sock)[0].startswith(b"HTTP/1.1 304 Not Modified\r\n")
+        sock.sendall(b"HEAD /h HTTP/1.1\r\nHost: h\r\nRange: bytes=0-1\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(4096)
+    head = data.split(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 206 Partial Content\r\n") and data.endswith(b"\r\n\r\n")
+    assert b"\r\nf: < range>\r\n" in head and b"\r\nContent-Range: bytes 0-1/10\r\nContent-Length: 2\r\n" in head
+    wait_for(lambda: (1001, "End", "") in cache.proc.log.records, what="the 304's End")
+    assert [x.split(":")[0] for v, t, x in list(cache.proc.log.records) if v == 1001 and t == "Timestamp"] == \
+        ["Start", "Req", "Process", "Resp"]
