@@ -490,8 +490,9 @@ class ClientRequest(Delivery, EsiRequest):
         headers = self.ctx.req.headers
         ae = headers.get("Accept-Encoding")
         if ae is not None and accepts_gzip(ae):
-            if ae.lower() != "gzip":          # http_ForceHeader keeps an equal value as it is
-                headers.set("Accept-Encoding", "gzip")
+            if ae.lower() != "gzip":          # http_ForceHeader keeps an equal value as it is,
+                headers.unset("Accept-Encoding")      # else the new one goes last
+                headers.add("Accept-Encoding", "gzip", printf=True)
         elif ae is not None:
             headers.unset("Accept-Encoding")
 
@@ -534,7 +535,7 @@ class ClientRequest(Delivery, EsiRequest):
         if name == "hash":
             return "lookup"
         if name == "pipe" and ctx.esi_level > 0:
-            ctx.log.append(("VCL_Error", "vcl_recv{} returns pipe for ESI included object. Doing pass."))
+            ctx.log.append(("VCL_Error", "vcl_recv{} returns pipe for ESI included object.  Doing pass."))  # (sic: two spaces)
             name = "pass"
         if name in ("pass", "pipe", "purge"):
             return name

@@ -1555,3 +1555,61 @@ def test_what_vcl_deliver_sees_of_resp_and_obj_as_varnishd(make):
     wait_for(lambda: (1001, "End", "") in cache.proc.log.records, what="the 304's End")
     assert [x.split(":")[0] for v, t, x in list(cache.proc.log.records) if v == 1001 and t == "Timestamp"] == \
         ["Start", "Req", "Process", "Resp"]
+
+
+def test_req_hash_of_plain_parts_and_of_none_as_varnishd(make):
+    """The default vsl_mask (no Hash records: the digest of the joined parts, cached by text): a
+    URL not seen before with a byte that is not UTF-8 hashes as its bytes, then NUL, the Host, NUL;
+    no hash_data() at all is SHA-256 of nothing (varnishd 7.1.1, varnishtest: e3b0...b855)."""
+    import hashlib
+    import uuid
+
+    cache, _ = make('vcl 4.1;\nimport blob;\nBACKEND\n'
+                    'sub vcl_hash { if (req.url != "/none") { hash_data(req.url); hash_data(req.http.host); }'
+                    ' return (lookup); }\n'
+                    'sub vcl_miss { set req.http.hash = blob.encode(HEX, blob=req.hash); return (synth(200)); }\n'
+                    'sub vcl_synth { set resp.http.hash = req.http.hash; }\n')
+    url = b"/u\xff" + uuid.uuid4().hex.encode()
+    head, _, _ = raw(cache, b"GET " + url + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert b"\r\nhash: " + hashlib.sha256(url + b"\0h\0").hexdigest().encode() + b"\r\n" in head
+    head, _, _ = raw(cache, b"GET /none HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert b"\r\nhash: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\r\n" in head
+
+
+def test_accept_encoding_server_ip_an_esi_pipe_a_label_s_return_vcl_and_a_failed_recv_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest -v): Accept-Encoding "gzip, deflate" is washed to "gzip" before
+    vcl_hash, the new field last; server.ip is the local address; an ESI include whose vcl_recv returns pipe is fetched as
+    a pass (`VCL_Error vcl_recv{} returns pipe for ESI included object.  Doing pass.`, two spaces);
+    return (vcl) from a labelled VCL is refused (`Illegal return(vcl): Only from active VCL`, 503); a
+    failed vcl_recv sends no 100 Continue; each request logs the active VCL's name (VCL_use)."""
+    def respond(req):
+        return Resp(body=b'<P><esi:include src="/inc"/></P>' if req.url == "/top" else b"inc")
+
+    cache, server = make("vcl 4.1;\nbackend default none;\n", respond)
+    for name, text in (("vcl1", "sub vcl_recv { return (synth(200)); }\n"),
+                       ("vcl2", "sub vcl_recv { return (vcl(l2)); }\n")):
+        assert cache.cli.cmd(f"vcl.inline {name} << EOF\nvcl 4.1;\nbackend default none;\n{text}EOF")[0] == 200
+        assert cache.cli.cmd(f"vcl.label {'l2' if name == 'vcl1' else 'l1'} {name}")[0] == 200
+    main = (f'vcl 4.1;\nbackend default {{ .host = "127.0.0.1"; .port = "{server.port}"; }}\n'
+            'sub vcl_recv {\n if (req.url == "/inc") { return (pipe); }\n if (req.url == "/lab") { return (vcl(l1)); }\n'
+            ' if (req.url == "/fail") { return (fail); }\n}\n'
+            'sub vcl_backend_response { set beresp.do_esi = true; }\n'
+            'sub vcl_deliver { set resp.http.ae = req.http.Accept-Encoding; set resp.http.sip = server.ip; }\n')
+    assert cache.cli.cmd("vcl.inline main << EOF\n" + main + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use main")[0] == 200
+    cache.cli.cmd("debug.xid 999")
+    status, h, body = cache.get("/top", headers={"Accept-Encoding": "gzip, deflate"})
+    assert (status, h["ae"], h["sip"], body) == (200, "gzip", "127.0.0.1", b"<P>inc</P>")
+    # http_ForceHeader: the washed Accept-Encoding goes last (after X-Forwarded-For)
+    assert [n for n, _ in server.requests[0].headers] == ["Host", "X-Forwarded-For", "Accept-Encoding", "X-Varnish"]
+    assert cache.get("/lab")[0] == 503
+    with cache.proc.connect() as sock:
+        sock.sendall(b"POST /fail HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+        head, _ = read_message(sock)
+    assert head.startswith(b"HTTP/1.1 503 VCL failed\r\n")
+    log = cache.proc.log
+    wait_for(lambda: "Failed from VCL" in log.texts("VCL_Error"), what="the failed request's log")
+    errors = log.texts("VCL_Error")
+    assert "vcl_recv{} returns pipe for ESI included object.  Doing pass." in errors
+    assert "Illegal return(vcl): Only from active VCL" in errors
+    assert (1001, "VCL_use", "main") in log.records
