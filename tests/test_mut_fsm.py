@@ -871,6 +871,7 @@ def test_a_pipe_past_pipe_sess_max_is_a_vcl_failure_and_the_pipe_is_logged_as_va
     assert records[at + 1:at + 4] == [("Link", "bereq 1002 pipe"), ("VCL_call", "PIPE"), ("VCL_return", "pipe")]
     assert ("SessClose", "VCL_FAILURE") in [(t, x.split()[0]) for _, t, x in list(cache.proc.log.records)
                                            if t == "SessClose"]
+    assert cache.proc.log.kinds[1001] == {"c"}          # a client transaction, as varnishd's
 
 
 def test_a_synth_reads_an_unread_request_body_first_unless_the_connection_closes(make):
@@ -1613,3 +1614,15 @@ def test_accept_encoding_server_ip_an_esi_pipe_a_label_s_return_vcl_and_a_failed
     assert "vcl_recv{} returns pipe for ESI included object.  Doing pass." in errors
     assert "Illegal return(vcl): Only from active VCL" in errors
     assert (1001, "VCL_use", "main") in log.records
+
+
+def test_hits_are_logged_as_client_transactions(make):
+    """A hit from the object's head template logs its last records in one write: still a client
+    transaction ("c", as varnishd's), as the miss before it."""
+    cache, _ = make("vcl 4.1;\nBACKEND\n", lambda req: Resp(body=b"t"))
+    cache.cli.cmd("debug.xid 999")
+    for _ in range(3):
+        assert cache.get("/t")[2] == b"t"
+    log = cache.proc.log
+    wait_for(lambda: (1006, "End", "") in log.records, what="the third request's End")
+    assert [log.kinds[v] for v in (1001, 1004, 1006)] == [{"c"}] * 3
