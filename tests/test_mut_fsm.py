@@ -113,6 +113,8 @@ def test_vcl_recv_actions_when_it_runs_sync_or_waits(make, waits):
     cache.get("/pass")
     cache.get("/pass")
     assert [r.url for r in backend.requests] == ["/after", "/pass", "/pass"]
+    # X-Forwarded-For is appended once, before the first vcl_recv (cnt_recv_prep: restarts == 0)
+    assert backend.requests[0].header("X-Forwarded-For") == "127.0.0.1"
     cache.get("/hit")
     assert cache.get("/hit")[1]["x-varnish"].count(" ") == 1
     status, _, _ = cache.get("/hit", method="PURGE")
@@ -1612,6 +1614,10 @@ def test_accept_encoding_server_ip_an_esi_pipe_a_label_s_return_vcl_and_a_failed
     wait_for(lambda: "Failed from VCL" in log.texts("VCL_Error"), what="the failed request's log")
     errors = log.texts("VCL_Error")
     assert "vcl_recv{} returns pipe for ESI included object.  Doing pass." in errors
+    records = list(log.records)
+    (vxid,) = {v for v, t, x in records if (t, x) == ("VCL_Error", "Failed from VCL")}
+    failed = [(t, x) for v, t, x in records if v == vxid and t in ("VCL_call", "VCL_return")]
+    assert failed == [("VCL_call", "RECV"), ("VCL_return", "fail"), ("VCL_call", "SYNTH"), ("VCL_return", "deliver")]
     assert "Illegal return(vcl): Only from active VCL" in errors
     assert (1001, "VCL_use", "main") in log.records
 
