@@ -61,7 +61,7 @@ def resp_filters_default(ctx) -> str:
         gunzip=(params.http_gzip_support and oc is not None and oc.gzipped
                 and not accepts_gzip(req_headers.get("Accept-Encoding"))),
         range_=(params.http_range_support and resp is not None and resp.status == 200
-                and "Range" in req_headers and not ctx.head_request))
+                and "Range" in req_headers))
 
 
 class Delivery:
@@ -197,7 +197,6 @@ class Delivery:
         names = ctx.resp_filters
         if names is None:
             ctx.obj_oc = oc
-            ctx.head_request = self.method0 == "HEAD"
             names = resp_filters_default(ctx)
         ctx.log.append(("Filters", names))
         if not names or names.isspace():

@@ -253,8 +253,11 @@ class ClientRequest(Delivery, EsiRequest):
         """std.rollback(req): the request as received again (Req_Rollback: HTTP_Clone from http0,
         before X-Forwarded-For), unlogged; a fresh PRIV_TASK; the workspace rolled back."""
         ctx = self.ctx
-        if message is not ctx.req or self.received is None:
-            raise VCLFailure("std.rollback() restores req or bereq only")
+        if ctx.method == "vcl_pipe":
+            raise VCLFailure("Cannot rollback in vcl_pipe {}")       # (VRT_Rollback)
+        # (self.received is kept whenever the VCL calls std.rollback(): _may_switch)
+        if message is not ctx.req:
+            raise VCLFailure("std.rollback() restores req or bereq only")     # (varnishd panics)
         restart_task(ctx)
         if self.ws.overflowed:
             self.server.counters.ws_client_overflow += 1
@@ -468,15 +471,10 @@ class ClientRequest(Delivery, EsiRequest):
         if log and log[-1] == ("VCL_return", "vcl"):
             # varnishd logs the switch as VCL makes it, before the return
             log.insert(len(log) - 1, ("VCL_use", f"{target.__dict__.get('name')} via {label}"))
+        # the new VCL's vcl_recv sees the request as received, an ESI include's too (VPI_vcl_select's
+        # Req_Rollback): what the first vcl_recv changed is gone, a workspace overflow with it
+        self.vcl_rollback(self.ctx.req)
         self.vcl = self.ctx.vcl = target
-        ctx = self.ctx
-        if self.received is not None and ctx.restarts == 0 and self.parent is None:
-            # the new VCL's vcl_recv sees the request as received (varnishd's HTTP_Clone from
-            # http0); what the first vcl_recv changed is gone
-            req = self.received.copy()
-            req.headers.vsl = (ctx.log, "ReqHeader", "ReqUnset")
-            req.headers.ws = self.ws
-            ctx.req = ctx.req_top = req
         return True                         # (_recv_setup then takes the new VCL's default backend)
 
     def _recv_continue(self, action: Action) -> None:
@@ -492,8 +490,9 @@ class ClientRequest(Delivery, EsiRequest):
         headers = self.ctx.req.headers
         ae = headers.get("Accept-Encoding")
         if ae is not None and accepts_gzip(ae):
-            if ae.lower() != "gzip":          # http_ForceHeader keeps an equal value as it is
-                headers.set("Accept-Encoding", "gzip")
+            if ae.lower() != "gzip":          # http_ForceHeader keeps an equal value as it is,
+                headers.unset("Accept-Encoding")      # else the new one goes last
+                headers.add("Accept-Encoding", "gzip", printf=True)
         elif ae is not None:
             headers.unset("Accept-Encoding")
 
@@ -536,7 +535,7 @@ class ClientRequest(Delivery, EsiRequest):
         if name == "hash":
             return "lookup"
         if name == "pipe" and ctx.esi_level > 0:
-            ctx.log.append(("VCL_Error", "vcl_recv{} returns pipe for ESI included object. Doing pass."))
+            ctx.log.append(("VCL_Error", "vcl_recv{} returns pipe for ESI included object.  Doing pass."))  # (sic: two spaces)
             name = "pass"
         if name in ("pass", "pipe", "purge"):
             return name
@@ -606,9 +605,10 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.obj_keep = oc.keep
         ctx.obj_hits = oc.hits
         ctx.obj_age = age
-        # varnishd: a pass object or one made uncacheable; not one merely kept out of the cache
-        # (no TTL, or a backend error's), which is no OC_F_PRIVATE there
-        ctx.obj_uncacheable = oc.head is None or oc.uncacheable or oc.hfm or oc.hfp
+        # varnishd: a pass object or one made uncacheable (hit-for-miss and hit-for-pass markers are,
+        # fetch.py); not one merely kept out of the cache (no TTL, or a backend error's), which is no
+        # OC_F_PRIVATE there
+        ctx.obj_uncacheable = oc.head is None or oc.uncacheable
         # pass and synthetic objects live in Transient, as in varnishd
         ctx.obj_storage = oc.store or (TRANSIENT if oc.private else None)
         ctx.obj_can_esi = oc.esi_data is not None
@@ -783,7 +783,8 @@ class ClientRequest(Delivery, EsiRequest):
             self._template_wanted = self.oc.fast_head is None    # shared, it costs the object nothing
         if self._undecodable():
             return self._to_synth(500)
-        return self._after_deliver(self._prepare_deliver(), None)
+        self._prepare_deliver()
+        return self._after_deliver(None)
 
     def _undecodable(self) -> bool:
         """varnishd's HTTP_Decode refuses an object whose header fields filled its beresp (their count
@@ -799,28 +800,31 @@ class ClientRequest(Delivery, EsiRequest):
     async def ast_deliver(self) -> str | None:
         if self._undecodable():
             return self._to_synth(500)
-        resp = self._prepare_deliver()
-        return self._after_deliver(resp, await self.acall("vcl_deliver"))
+        self._prepare_deliver()
+        return self._after_deliver(await self.acall("vcl_deliver"))
 
-    def _prepare_deliver(self) -> HttpMessage:
+    def _prepare_deliver(self) -> None:
         oc = self.oc
         ctx = self.ctx
         resp = oc.http.copy()
         resp.proto = "HTTP/1.1"
         headers = resp.headers
         ws = headers.ws = self.ws
-        # a workspace that overflowed or headers that may not fit: log as we add, so that the losses
-        # fall among the RespHeader records where varnishd logs them
-        tight = ws.overflowed or len(headers) + 4 > ws.hdr_cap
+        # this client gets another representation (gunzipped), with a weak ETag
+        weaken = (oc.gzipped and self.server.params.http_gzip_support
+                  and not accepts_gzip(ctx.req.headers.get("Accept-Encoding")))
+        # a workspace that overflowed, headers that may not fit, or an ETag to weaken: log as we
+        # add, so that the losses and the change fall among the RespHeader records where varnishd
+        # logs them (RespUnset of the strong ETag, then the weak one)
+        tight = weaken or ws.overflowed or len(headers) + 4 > ws.hdr_cap
         if tight:
             _log_resp(ctx.log, resp)
         # objects are stored without X-Varnish and Age (fetch.py), so these are plain appends
         headers.add("X-Varnish", f"{ctx.xid} {oc.xid}" if self.is_hit else str(ctx.xid), printf=True)
         headers.add("Age", str(max(0, int(time.time() - oc.t_origin))), printf=True)
         headers.add("Via", _VIA)
-        if (oc.gzipped and self.server.params.http_gzip_support
-                and not accepts_gzip(ctx.req.headers.get("Accept-Encoding"))):
-            weaken_etag(resp)       # this client gets another representation (gunzipped)
+        if weaken:
+            weaken_etag(resp)
         if self.server.params.http_range_support and resp.status == 200 and oc.head is not None:
             # before vcl_deliver, as varnishd 7.1 (VCL may remove it); pass and synth do not announce
             # (OC_F_PRIVATE); a hash object kept out of the cache (no TTL left) still does
@@ -831,12 +835,10 @@ class ClientRequest(Delivery, EsiRequest):
         ctx.obj_time = oc.t_origin
         ctx.resp_filters = None
         ctx.obj_oc = oc                  # what resp.filters is chosen for (no cycle: oc knows no ctx)
-        ctx.head_request = self.method0 == "HEAD"
         if not tight:
             _log_resp(ctx.log, resp)
-        return resp
 
-    def _after_deliver(self, resp: HttpMessage, action: Action | None) -> str | None:
+    def _after_deliver(self, action: Action | None) -> str | None:
         ctx = self.ctx
         if action is None:
             action = self.call("vcl_deliver")
@@ -862,13 +864,14 @@ class ClientRequest(Delivery, EsiRequest):
         self.oc = None
 
     def st_synth(self) -> str | None:
-        return self._after_synth(self._prepare_synth(), None)
+        self._prepare_synth()
+        return self._after_synth(None)
 
     async def ast_synth(self) -> str | None:
-        resp = self._prepare_synth()
-        return self._after_synth(resp, await self.acall("vcl_synth"))
+        self._prepare_synth()
+        return self._after_synth(await self.acall("vcl_synth"))
 
-    def _prepare_synth(self) -> HttpMessage:
+    def _prepare_synth(self) -> None:
         ctx = self.ctx
         status = self.synth_status       # checked by VCL's return (rtlib.status_action)
         reason = self.synth_reason or reason_for(status % 1000)
@@ -883,12 +886,11 @@ class ClientRequest(Delivery, EsiRequest):
             # than reading it (VCL may veto by removing the header)
             resp.headers.add("Connection", "close")
         ctx.resp = resp
-        ctx.resp_time = self.t_prev
+        ctx.resp_time = time.time()      # resp.time: when the synth began (cnt_synth), as its Date
         ctx.resp_filters = None
         ctx.obj_oc = None
         ctx.synth_body = []
         self.server.counters.s_synth += 1
-        return resp
 
     def _synth_reads_body(self) -> bool:
         """VRB_Ignore before a synth is delivered: unless the connection is to close (the client's or
@@ -930,7 +932,7 @@ class ClientRequest(Delivery, EsiRequest):
         finally:
             self.server.storage.release_held(held)
 
-    def _after_synth(self, resp: HttpMessage, action: Action | None) -> str | None:
+    def _after_synth(self, action: Action | None) -> str | None:
         ctx = self.ctx
         if action is None:
             action = self.call("vcl_synth")
@@ -955,13 +957,10 @@ class ClientRequest(Delivery, EsiRequest):
             if not self.session.closed:
                 self.session.transport.write(_MINIMAL_500)
             return None
-        bare = HttpMessage(proto="HTTP/1.1", status=500, reason="Internal Server Error")
-        bare.headers.add("Date", DATES.now())
-        bare.headers.add("Server", "Varnish")
-        bare.headers.add("X-Varnish", str(ctx.xid))
-        oc = ObjCore()
-        oc.finish(True)
-        return self._transmit(bare, oc, synth=True)
+        # an ESI include (where varnishd 7.1.1 panics: ESI has no minimal response) adds nothing
+        # to its page
+        self._drop_object()
+        return None
 
 # each state's methods, by name (see STATES)
 _SYNC_STEPS = {state: getattr(ClientRequest, "st_" + state) for state, subs in STATES.items() if subs is not WAITS}
@@ -1003,10 +1002,8 @@ def _builtin_hash(ctx: Context) -> None:
     ctx.hash_parts += (req.url, host if host is not None else s_ip(ctx.server_ip))
 
 
-def _hit_text(oc: ObjCore | None) -> str:
+def _hit_text(oc: ObjCore) -> str:
     """HitMiss / HitPass: the marker object's vxid and the TTL it has left."""
-    if oc is None:
-        return "0 0.000000"
     return "%d %.6f" % (oc.xid, oc.ttl - (time.time() - oc.t_origin))
 
 

@@ -5,6 +5,7 @@ close reasons, restarts, HitMiss/HitPass records. Servers run in-process (tests/
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -72,6 +73,9 @@ def test_a_request_for_a_busy_object_waits_and_gets_the_fetched_one(make):
         thread.join(10)
     assert [r[2] for r in results] == [b"once"] * 3 and len(backend.requests) == 1
     assert counters.busy_wakeup == 2 and counters.cache_hit == 2 and counters.cache_miss == 1
+    # varnishd 7.1.1 (varnishtest): a lookup again after the waiting list reuses its objhead, so no
+    # hcb_nolock (3 lookups, 2 of them woken)
+    assert (counters.hcb_nolock, counters.hcb_lock, counters.hcb_insert) == (3, 1, 1)
 
 
 def test_a_vcl_failure_at_run_time_is_a_503_and_closes(make):
@@ -109,6 +113,8 @@ def test_vcl_recv_actions_when_it_runs_sync_or_waits(make, waits):
     cache.get("/pass")
     cache.get("/pass")
     assert [r.url for r in backend.requests] == ["/after", "/pass", "/pass"]
+    # X-Forwarded-For is appended once, before the first vcl_recv (cnt_recv_prep: restarts == 0)
+    assert backend.requests[0].header("X-Forwarded-For") == "127.0.0.1"
     cache.get("/hit")
     assert cache.get("/hit")[1]["x-varnish"].count(" ") == 1
     status, _, _ = cache.get("/hit", method="PURGE")
@@ -413,10 +419,22 @@ def test_a_gzipped_object_for_a_client_without_gzip_gets_a_weak_etag(make):
     body = gzip.compress(b"hello " * 100)
     cache, _ = make("vcl 4.1;\nBACKEND\n",
                     lambda req: Resp(headers=[("Content-Encoding", "gzip"), ("ETag", '"abc"')], body=body))
+    cache.cli.cmd("debug.xid 999")
     _, h, got = cache.get("/z")
     assert h["etag"] == 'W/"abc"' and got == b"hello " * 100
     _, h, got = cache.get("/z", headers={"Accept-Encoding": "gzip"})
     assert h["etag"] == '"abc"' and got == body
+    # varnishd 7.1.1 (varnishtest -v): the change is logged where it is made, after Via
+    log = cache.proc.log
+    wait_for(lambda: (1001, "End", "") in log.records, what="the first request's End")
+    records = [(t, x.split(":")[0] if x.startswith(("X-Varnish", "Age", "Date")) else x)
+               for v, t, x in list(log.records) if v == 1001 and t in ("RespHeader", "RespUnset", "VCL_call")]
+    at = records.index(("VCL_call", "DELIVER"))
+    assert records[at - 6:at + 1] == [
+        ("RespHeader", "X-Varnish"), ("RespHeader", "Age"), ("RespHeader", "Via: 1.1 varnish (Varnish/7.1)"),
+        ("RespUnset", 'ETag: "abc"'), ("RespHeader", 'ETag: W/"abc"'), ("RespHeader", "Accept-Ranges: bytes"),
+        ("VCL_call", "DELIVER")]
+    assert ("RespHeader", 'ETag: "abc"') in records[:at]
 
 
 def test_a_stale_object_in_grace_is_delivered_while_it_is_refreshed(make):
@@ -855,6 +873,7 @@ def test_a_pipe_past_pipe_sess_max_is_a_vcl_failure_and_the_pipe_is_logged_as_va
     assert records[at + 1:at + 4] == [("Link", "bereq 1002 pipe"), ("VCL_call", "PIPE"), ("VCL_return", "pipe")]
     assert ("SessClose", "VCL_FAILURE") in [(t, x.split()[0]) for _, t, x in list(cache.proc.log.records)
                                            if t == "SessClose"]
+    assert cache.proc.log.kinds[1001] == {"c"}          # a client transaction, as varnishd's
 
 
 def test_a_synth_reads_an_unread_request_body_first_unless_the_connection_closes(make):
@@ -1144,3 +1163,472 @@ def test_misses_turned_pass_keep_the_connection(make):
             head, body = read_message(sock)
             assert head.startswith(b"HTTP/1.1 200 ") and body == b"x"
     assert len(backend.requests) == 3 and cache.proc.server.counters.s_pass == 3
+
+
+def _fields(n: int, name: str = "req") -> str:
+    return "".join(f' set {name}.http.x{i} = "{i}";' for i in range(n))
+
+
+def test_std_rollback_logs_what_follows_moves_req_top_and_clears_an_overflow_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest -v, http_max_hdr=32): after std.rollback(req) the request's changes
+    are logged again (ReqUnset, ReqHeader) and req_top is the rolled-back request; a rollback of an
+    overflowed workspace counts ws_client_overflow once and the request goes on (200); setting too
+    many fields after a rollback overflows again (bare 500); std.rollback() in vcl_pipe fails
+    (VCL_Error "Cannot rollback in vcl_pipe {}", 503)."""
+    vcl = ('vcl 4.1;\nimport std;\nBACKEND\nsub vcl_recv {\n if (req.url == "/pipe") { return (pipe); }\n'
+           ' set req.http.a = "1";\n if (req.url == "/ovf") {' + _fields(30) + ' }\n std.rollback(req);\n'
+           ' if (req.url == "/after") {' + _fields(30) + ' }\n'
+           ' unset req.http.h1;\n set req.http.b = "2";\n return (synth(200));\n}\n'
+           'sub vcl_pipe { std.rollback(req); }\n'
+           'sub vcl_synth { set resp.http.top-a = req_top.http.a; set resp.http.top-b = req_top.http.b;'
+           ' set resp.http.h1 = req.http.h1; }\n')
+    cache, _ = make(vcl, None, "-p", "http_max_hdr=32")
+    server = cache.proc.server
+    log = cache.proc.log
+    status, h, _ = cache.get("/r", headers={"h1": "v"})
+    assert (status, h["top-a"], h["top-b"], h["h1"]) == (200, "", "2", "")
+    wait_for(lambda: "b: 2" in log.texts("ReqHeader"), what="the request's log")
+    records = [(tag, text) for _, tag, text in list(log.records) if tag in ("ReqUnset", "ReqHeader")]
+    at = records.index(("ReqUnset", "h1: v"))
+    assert records[at + 1] == ("ReqHeader", "b: 2")
+    for n in (1, 2):
+        assert cache.get("/ovf")[0] == 200
+        assert server.counters.ws_client_overflow == n
+    head, closed = closes(cache, b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 ") and closed
+    head, closed = closes(cache, b"GET /pipe HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 VCL failed\r\n") and closed
+    wait_for(lambda: "Cannot rollback in vcl_pipe {}" in log.texts("VCL_Error"), what="the pipe's VCL_Error")
+
+
+def test_std_rollback_of_resp_is_a_vcl_failure(make):
+    """std.rollback() restores req or bereq only. varnishd 7.1.1 panics on any other (VRT_Rollback's
+    WRONG()); here the task fails (503) and req is left as it is."""
+    vcl = ('vcl 4.1;\nimport std;\nBACKEND\nsub vcl_recv { set req.http.a = "1"; }\n'
+           'sub vcl_deliver { std.rollback(resp); }\nsub vcl_synth { set resp.http.a = req.http.a; }\n')
+    cache, _ = make(vcl)
+    status, h, _ = cache.get("/")
+    assert status == 503 and h["a"] == "1"
+
+
+def test_an_esi_include_rolls_back_to_its_own_request_and_switches_vcl_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest -v): the top request switched to label l1 (so its includes start in
+    the active VCL); an include's std.rollback(req) takes it back to the include as it started, req_top
+    still the top request; an include's return (vcl(l1)) rolls it back too (Req_Rollback in
+    VPI_vcl_select), then its X-Forwarded-For is made again. (The X-Forwarded-For of an include after
+    std.rollback() is left out: varnishd's is the top request's as received, ours its own.)"""
+    def respond(req):
+        return Resp(body=b'<P><esi:include src="/inc"/>|<esi:include src="/sw"/></P>')
+
+    cache, server = make("vcl 4.1;\nbackend default none;\n", respond)
+    backend = f'backend default {{ .host = "127.0.0.1"; .port = "{server.port}"; }}\n'
+    shown = ('" url=" + req.url + " x=" + req.http.x + " top=" + req_top.url + " topx=" + req_top.http.x')
+    label = ('vcl 4.1;\n' + backend + 'sub vcl_recv { if (req.url == "/top") { return (pass); } return (synth(200)); }\n'
+             'sub vcl_backend_response { set beresp.do_esi = true; }\n'
+             'sub vcl_synth { synthetic("lab" + ' + shown + ' + " xff=" + req.http.X-Forwarded-For); return (deliver); }\n')
+    assert cache.cli.cmd("vcl.inline vcl1 << EOF\n" + label + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.label l1 vcl1")[0] == 200
+    top = ('vcl 4.1;\nimport std;\n' + backend +
+           'sub vcl_recv {\n if (req.url == "/top") { return (vcl(l1)); }\n'
+           ' set req.http.x = "changed";\n set req.url = req.url + "-changed";\n'
+           ' if (req.url == "/sw-changed") { return (vcl(l1)); }\n std.rollback(req);\n return (synth(200));\n}\n'
+           'sub vcl_synth { synthetic("inc" + ' + shown + '); return (deliver); }\n')
+    assert cache.cli.cmd("vcl.inline vcl2 << EOF\n" + top + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use vcl2")[0] == 200
+    status, _, body = cache.get("/top", headers={"X-Forwarded-For": "1.2.3.4", "x": "orig"})
+    assert (status, body) == (200, b"<P>inc url=/inc x=orig top=/top topx=orig|"
+                                   b"lab url=/sw x=orig top=/top topx=orig xff=1.2.3.4, 127.0.0.1</P>")
+
+
+def test_a_miss_and_a_grace_refresh_send_the_request_body_when_vcl_makes_them_a_post(make):
+    """varnishd 7.1.1 (varnishtest): bereq.method set to POST in vcl_backend_fetch, a miss sends the
+    client's body, and so does the background fetch of a grace hit."""
+    n = iter(range(1, 100))
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (hash); }\n"
+                          'sub vcl_backend_fetch { set bereq.method = "POST"; return (fetch); }\n'
+                          "sub vcl_backend_response { set beresp.ttl = 0.1s; set beresp.grace = 1h; }\n",
+                          lambda req: Resp(body=b"v%d" % next(n)))
+    assert cache.get("/p", method="POST", body=b"abc")[2] == b"v1"
+    c = cache.proc.server.counters
+    wait_for(lambda: cache.get("/p", method="POST", body=b"defg")[2] == b"v1" and c.cache_hit_grace >= 1,
+             what="a grace hit for the POST")
+    wait_for(lambda: len(backend.requests) == 2, what="the background fetch")
+    assert [(r.method, r.body) for r in backend.requests] == [("POST", b"abc"), ("POST", b"defg")]
+
+
+def test_a_grace_hit_is_delivered_once_its_background_fetch_took_the_unread_body(make):
+    """VBF_Fetch: a background fetch that may read the client's body (not cached) holds the grace hit
+    until the body is sent (BOS_REQ_DONE): nothing is answered before the body comes."""
+    n = iter(range(1, 100))
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (hash); }\n"
+                          'sub vcl_backend_fetch { set bereq.method = "POST"; return (fetch); }\n'
+                          "sub vcl_backend_response { set beresp.ttl = 0.1s; set beresp.grace = 1h; }\n",
+                          lambda req: Resp(body=b"v%d" % next(n), close=True))
+    assert cache.get("/p")[2] == b"v1"
+    c = cache.proc.server.counters
+    obj = cache.proc.server.storage.heads[next(iter(cache.proc.server.storage.heads))].ocs[0]
+    wait_for(lambda: time.time() >= obj.t_origin + obj.ttl, what="the object to go stale")
+    with cache.proc.connect() as sock:
+        sock.sendall(b"POST /p HTTP/1.1\r\nHost: test\r\nContent-Length: 4\r\n\r\n")
+        wait_for(lambda: backend.connections == 2, what="the background fetch's connection")
+        sock.setblocking(False)
+        try:
+            early = sock.recv(100)
+        except BlockingIOError:
+            early = b""
+        sock.setblocking(True)
+        assert early == b"" and c.cache_hit_grace == 1
+        sock.sendall(b"wxyz")
+        assert read_message(sock)[1] == b"v1"
+    wait_for(lambda: len(backend.requests) == 2, what="the background fetch")
+    assert backend.requests[1].body == b"wxyz"
+
+
+def test_a_restart_after_a_grace_hit_leaves_the_refresh_to_its_fetch(make):
+    """A grace hit hands its busy object to the background fetch: a restart from vcl_deliver has none
+    to give up, and the refresh still lands."""
+    n = iter(range(1, 100))
+    cache, backend = make("vcl 4.1;\nBACKEND\nsub vcl_backend_response { set beresp.ttl = 0.1s; set beresp.grace = 1h; }\n"
+                          "sub vcl_deliver { if (obj.hits > 0 && req.restarts == 0) { return (restart); }\n"
+                          " set resp.http.restarts = req.restarts; }\n",
+                          lambda req: Resp(body=b"v%d" % next(n)))
+    assert cache.get("/g")[2] == b"v1"
+    c = cache.proc.server.counters
+    # the restarted request finds the stale object again (a grace hit) or the refreshed one
+    wait_for(lambda: cache.get("/g")[1].get("restarts") == "1" and c.cache_hit_grace >= 1, what="a grace hit")
+    wait_for(lambda: cache.get("/g")[2] == b"v2", what="the refreshed object")
+    assert len(backend.requests) == 2
+
+
+class _Sink(asyncio.Transport):
+    """A client connection in memory (as test_mut_protocol's): what the server writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data) -> None:
+        self.out += data
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 80)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
+def test_a_busy_object_gone_before_its_request_waits_is_looked_up_again():
+    """A lookup that found a busy object runs the waiting list as a task; when the busy object is gone
+    by the time it runs (the fetch abandoned it in between), the request looks up again instead of
+    waiting for a wake-up that will never come. In one loop, in memory, so the order is exact."""
+    from inproc import RecordingLog
+
+    from cacheserver.fsm import _digest_of
+    from cacheserver.protocol import ClientProtocol
+    from cacheserver.server import Server
+    from vcl.runtime import HttpMessage
+
+    async def main():
+        srv = Server()
+        srv.vsl = RecordingLog()
+        srv.vcl_load("boot", 'vcl 4.1;\nbackend default none;\nsub vcl_miss { return (synth(299)); }\n', "<inline>")
+        digest = _digest_of("/w\0a\0")
+        busy = srv.storage.lookup(digest, HttpMessage(), time.time()).busy
+        conn = ClientProtocol(srv)
+        sink = _Sink()
+        conn.connection_made(sink)
+        conn.data_received(b"GET /w HTTP/1.1\r\nHost: a\r\n\r\n")
+        srv.storage.abandon(busy)
+        for _ in range(100):
+            if not conn.busy:
+                break
+            await asyncio.sleep(0)
+        conn.connection_lost(None)
+        return srv, sink
+
+    srv, sink = asyncio.run(main())
+    assert bytes(sink.out).startswith(b"HTTP/1.1 299 ")
+    assert srv.counters.busy_sleep == 0
+
+
+def test_a_synth_after_an_overflow_in_vcl_recv_loses_its_printed_fields_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest -v, http_max_hdr=32): vcl_recv set 30 fields (overflowed), then
+    return (synth(201)): X-Varnish is lost as a printed field (Error, then LostHeader), and so is
+    Content-Length, twice (vcl_synth's, then the delivery's); `Error workspace_client overflow` and the
+    bare 500 follow. A synth after std.cache_req_body() does not read the body again: one Storage record
+    after Process. In vcl_synth, resp.time is not before req.time."""
+    vcl = ('vcl 4.1;\nimport std;\nBACKEND\nsub vcl_recv {\n if (req.url == "/ovf") {' + _fields(30) +
+           ' return (synth(201)); }\n if (req.url == "/cached") { std.cache_req_body(1KB); }\n return (synth(200));\n}\n'
+           'sub vcl_synth { set resp.http.ge = (resp.time >= req.time); }\n')
+    cache, _ = make(vcl, None, "-p", "http_max_hdr=32")
+    cache.cli.cmd("debug.xid 999")
+    with cache.proc.connect() as sock:
+        sock.sendall(b"POST /cached HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+        head, _ = read_message(sock)
+        assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nge: true\r\n" in head
+        sock.sendall(b"GET /ovf HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert read_message(sock)[0] == b"HTTP/1.1 500 Internal Server Error\r\nServer: Varnish\r\nConnection: close\r\n\r\n"
+    log = cache.proc.log
+    wait_for(lambda: (1002, "End", "") in log.records, what="the second request's End")
+    records = [(v, t, x) for v, t, x in list(log.records) if v in (1001, 1002)]
+    first = [(t, x if t == "Storage" else x.split(":")[0]) for v, t, x in records
+             if v == 1001 and t in ("Timestamp", "Storage")]
+    assert first == [("Timestamp", "Start"), ("Timestamp", "Req"), ("Storage", "malloc Transient"),
+                     ("Timestamp", "ReqBody"), ("Timestamp", "Process"), ("Storage", "malloc Transient"),
+                     ("Timestamp", "Resp")]
+    second = [(t, x) for v, t, x in records if v == 1002]
+    at = second.index(("RespStatus", "201"))
+    losses = [(t, x.split(": ")[0]) for t, x in second[at:] if t in ("Error", "LostHeader")]
+    assert losses == [("Error", "out of workspace (req)"), ("LostHeader", "X-Varnish"),
+                      ("Error", "out of workspace (req)"), ("LostHeader", "Content-Length"),
+                      ("Error", "out of workspace (req)"), ("LostHeader", "Content-Length"),
+                      ("Error", "workspace_client overflow")]
+    assert ("LostHeader", "X-Varnish: 1002") in second
+
+
+def test_an_esi_include_whose_vcl_synth_fails_adds_nothing_to_its_page(make):
+    """varnishd 7.1.1 panics here (ESI has no minimal response for cnt_synth's failure); here the
+    include adds nothing and the page goes on."""
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_recv { if (req.url == "/inc") { return (synth(200)); } }\n'
+                    'sub vcl_backend_response { set beresp.do_esi = true; }\n'
+                    'sub vcl_synth { return (fail); }\n',
+                    lambda req: Resp(body=b'<P><esi:include src="/inc"/></P>'))
+    assert cache.get("/top")[::2] == (200, b"<P></P>")
+
+
+def test_return_vcl_after_an_overflow_rolls_the_workspace_back_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest, http_max_hdr=32): vcl_recv overflows the client workspace, then
+    returns vcl(l1): the rollback counts ws_client_overflow once and clears it, the label answers."""
+    cache, _ = make("vcl 4.1;\nbackend default none;\n", None, "-p", "http_max_hdr=32")
+    label = 'vcl 4.1;\nbackend default none;\nsub vcl_recv { return (synth(200)); }\nsub vcl_synth { set resp.http.lab = "yes"; }\n'
+    assert cache.cli.cmd("vcl.inline vcl1 << EOF\n" + label + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.label l1 vcl1")[0] == 200
+    main = 'vcl 4.1;\nbackend default none;\nsub vcl_recv {' + _fields(30) + ' return (vcl(l1)); }\n'
+    assert cache.cli.cmd("vcl.inline main << EOF\n" + main + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use main")[0] == 200
+    cache.cli.cmd("debug.xid 999")
+    status, h, _ = cache.get("/sw")
+    assert (status, h.get("lab")) == (200, "yes")
+    wait_for(lambda: (1001, "End", "") in cache.proc.log.records, what="the request's End")
+    assert cache.proc.server.counters.ws_client_overflow == 1
+
+
+def test_a_restarted_lookup_and_a_miss_are_logged_and_counted_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest): a request that misses, restarts from vcl_synth and looks up
+    again counts hcb_nolock twice (only a lookup after the waiting list skips it); a miss's fetch is
+    linked as `Link bereq N fetch`."""
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_miss { if (req.url == "/r") { if (req.restarts == 0) '
+                    '{ return (synth(700)); } return (synth(200)); } }\n'
+                    'sub vcl_synth { if (resp.status == 700) { return (restart); } }\n')
+    c = cache.proc.server.counters
+    assert cache.get("/r")[0] == 200 and c.hcb_nolock == 2
+    cache.cli.cmd("debug.xid 999")
+    assert cache.get("/f")[0] == 200
+    wait_for(lambda: (1001, "End", "") in cache.proc.log.records, what="the request's End")
+    assert [x for v, t, x in list(cache.proc.log.records) if v == 1001 and t == "Link"] == ["bereq 1002 fetch"]
+
+
+def test_an_object_whose_fields_fill_resp_loses_them_where_varnishd_logs_it(make):
+    """varnishd 7.1.1 (varnishtest -v, http_max_hdr=32, an object with 24 fields of its own): X-Varnish
+    still fits, Age and Via are lost (Error, LostHeader, LostHeader), then Accept-Ranges, all before
+    vcl_deliver; then the bare 500."""
+    many = [(f"X-{i}", "v") for i in range(24)]
+    cache, _ = make("vcl 4.1;\nBACKEND\n", lambda req: Resp(headers=many, body=b"b"), "-p", "http_max_hdr=32")
+    cache.cli.cmd("debug.xid 999")
+    assert cache.get("/many")[0] == 500
+    log = cache.proc.log
+    wait_for(lambda: (1001, "End", "") in log.records, what="the request's End")
+    records = [(t, x.split(":")[0]) for v, t, x in list(log.records)
+               if v == 1001 and t in ("RespHeader", "LostHeader", "Error", "VCL_call")]
+    at = records.index(("RespHeader", "X-23"))
+    assert records[at + 1:at + 11] == [
+        ("RespHeader", "Content-Length"), ("RespHeader", "Date"), ("RespHeader", "X-Varnish"),
+        ("Error", "out of workspace (req)"), ("LostHeader", "Age"), ("LostHeader", "Via"),
+        ("Error", "out of workspace (req)"), ("Error", "out of workspace (req)"), ("LostHeader", "Accept-Ranges"),
+        ("VCL_call", "DELIVER")]
+
+
+def test_a_delivery_after_vcl_recv_overflowed_loses_its_printed_fields_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest -v, http_max_hdr=32, vcl_recv setting 30 fields): the printed
+    fields (X-Varnish, Age, Accept-Ranges) are lost, each after its Error; Via, a plain one, still
+    fits; then `Error workspace_client overflow` and the bare 500."""
+    cache, _ = make("vcl 4.1;\nBACKEND\nsub vcl_recv {" + _fields(30) + " }\n", lambda req: Resp(body=b"b"),
+                    "-p", "http_max_hdr=32")
+    cache.cli.cmd("debug.xid 999")
+    assert cache.get("/o")[0] == 500
+    log = cache.proc.log
+    wait_for(lambda: (1001, "End", "") in log.records, what="the request's End")
+    records = [(t, x.split(":")[0]) for v, t, x in list(log.records)
+               if v == 1001 and t in ("RespHeader", "LostHeader", "Error", "VCL_call", "RespStatus")]
+    at = records.index(("RespStatus", "200"))
+    assert records[at + 1:] == [
+        ("RespHeader", "Content-Length"), ("RespHeader", "Date"),
+        ("Error", "out of workspace (req)"), ("LostHeader", "X-Varnish"),
+        ("Error", "out of workspace (req)"), ("LostHeader", "Age"), ("RespHeader", "Via"),
+        ("Error", "out of workspace (req)"), ("LostHeader", "Accept-Ranges"), ("VCL_call", "DELIVER"),
+        ("RespHeader", "Connection"), ("Error", "workspace_client overflow"), ("RespStatus", "500")]
+
+
+def test_a_big_synth_body_goes_through_the_range_filter_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest): a 300000-byte vcl_synth body asked for with Range: its last 10
+    bytes as a 206 (streamed through the range filter, past what is filtered in one go)."""
+    cache, _ = make("vcl 4.1;\nBACKEND\nsub vcl_recv { return (synth(200)); }\n"
+                    "sub vcl_synth {" + " synthetic(req.http.x);" * 50 + " return (deliver); }\n")
+    status, h, body = cache.get("/", headers={"Range": "bytes=299990-", "x": "y" * 6000})
+    assert (status, h["content-range"], body) == (206, "bytes 299990-299999/300000", b"y" * 10)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_grace_hit_with_no_body_to_stream_is_delivered_while_its_refresh_still_connects(make, method):
+    """varnishd 7.1.1 (varnishtest, a background fetch whose backend's accept queue is full): with no
+    request body, or one cached by std.cache_req_body(), the grace hit does not wait for its background
+    fetch (BOS_REQ_DONE is set as the bereq is made): it is delivered while the connect is still under
+    way (backend_fail 0)."""
+    stall = socket.socket()
+    stall.bind(("127.0.0.1", 0))
+    stall.listen(0)
+    port = stall.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port))      # the accept queue is full from here
+    try:
+        vcl = ("vcl 4.1;\nimport std;\nBACKEND\n"
+               "sub vcl_recv { std.cache_req_body(1KB); return (hash); }\n"
+               f'backend stall {{ .host = "127.0.0.1"; .port = "{port}"; .connect_timeout = 3s; }}\n'
+               "sub vcl_backend_fetch { if (bereq.is_bgfetch) { set bereq.backend = stall; } }\n"
+               "sub vcl_backend_response { set beresp.ttl = 0.1s; set beresp.grace = 1h; }\n")
+        cache, _ = make(vcl, lambda req: Resp(body=b"v1"))
+        c = cache.proc.server.counters
+        assert cache.get("/g")[2] == b"v1"
+        obj = cache.proc.server.storage.heads[next(iter(cache.proc.server.storage.heads))].ocs[0]
+        wait_for(lambda: time.time() >= obj.t_origin + obj.ttl, what="the object to go stale")
+        assert cache.get("/g", method=method, body=b"abc" if method == "POST" else b"")[2] == b"v1"
+        assert (c.cache_hit_grace, c.backend_fail) == (1, 0)
+    finally:
+        queued.close()
+        stall.close()
+
+
+def test_what_vcl_deliver_sees_of_resp_and_obj_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest -v): in vcl_deliver resp.time is not before req.time; resp.filters
+    is " gunzip" for a gzipped object and a client without gzip, " range" for a HEAD with a Range
+    (answered 206, as a GET would be, without a body); obj.uncacheable and obj.storage of a cached
+    object, a hit-for-miss, a hit-for-pass and an object with no TTL, grace or keep; a conditional
+    hit is a 304 Not Modified; the delivery is logged Start, Req, Fetch, Process, Resp."""
+    import gzip
+
+    def respond(req):
+        if req.url == "/gz":
+            return Resp(headers=[("Content-Encoding", "gzip"), ("ETag", '"abc"')], body=gzip.compress(b"hello " * 3))
+        if req.url == "/c":
+            return Resp(headers=[("ETag", '"e"')], body=b"cond")
+        return Resp(body=b"0123456789")
+
+    cache, _ = make('vcl 4.1;\nBACKEND\nsub vcl_backend_response {\n'
+                    ' if (bereq.url == "/hfm") { set beresp.uncacheable = true; }\n'
+                    ' if (bereq.url == "/hfp") { return (pass(10s)); }\n'
+                    ' if (bereq.url == "/ttl0") { set beresp.ttl = 0s; set beresp.grace = 0s; set beresp.keep = 0s; }\n}\n'
+                    'sub vcl_deliver {\n set resp.http.ge = (resp.time >= req.time);\n'
+                    ' set resp.http.f = "<" + resp.filters + ">";\n set resp.http.u = obj.uncacheable;\n'
+                    ' set resp.http.s = obj.storage;\n}\n', respond)
+    seen = {}
+    for url in ("/gz", "/hfm", "/hfp", "/ttl0", "/c"):
+        status, h, _ = cache.get(url)
+        seen[url] = (status, h["ge"], h["f"], h["u"], h["s"])
+    assert seen == {"/gz": (200, "true", "< gunzip>", "false", "storage.s0"),
+                    "/hfm": (200, "true", "<>", "true", "storage.Transient"),
+                    "/hfp": (200, "true", "<>", "true", "storage.Transient"),
+                    "/ttl0": (200, "true", "<>", "true", "storage.Transient"),
+                    "/c": (200, "true", "<>", "false", "storage.s0")}
+    cache.cli.cmd("debug.xid 999")
+    with cache.proc.connect() as sock:
+        sock.sendall(b'GET /c HTTP/1.1\r\nHost: test\r\nIf-None-Match: "e"\r\n\r\n')
+        assert read_message(sock)[0].startswith(b"HTTP/1.1 304 Not Modified\r\n")
+        sock.sendall(b"HEAD /h HTTP/1.1\r\nHost: h\r\nRange: bytes=0-1\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(4096)
+    head = data.split(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 206 Partial Content\r\n") and data.endswith(b"\r\n\r\n")
+    assert b"\r\nf: < range>\r\n" in head and b"\r\nContent-Range: bytes 0-1/10\r\nContent-Length: 2\r\n" in head
+    wait_for(lambda: (1001, "End", "") in cache.proc.log.records, what="the 304's End")
+    assert [x.split(":")[0] for v, t, x in list(cache.proc.log.records) if v == 1001 and t == "Timestamp"] == \
+        ["Start", "Req", "Process", "Resp"]
+
+
+def test_req_hash_of_plain_parts_and_of_none_as_varnishd(make):
+    """The default vsl_mask (no Hash records: the digest of the joined parts, cached by text): a
+    URL not seen before with a byte that is not UTF-8 hashes as its bytes, then NUL, the Host, NUL;
+    no hash_data() at all is SHA-256 of nothing (varnishd 7.1.1, varnishtest: e3b0...b855)."""
+    import hashlib
+    import uuid
+
+    cache, _ = make('vcl 4.1;\nimport blob;\nBACKEND\n'
+                    'sub vcl_hash { if (req.url != "/none") { hash_data(req.url); hash_data(req.http.host); }'
+                    ' return (lookup); }\n'
+                    'sub vcl_miss { set req.http.hash = blob.encode(HEX, blob=req.hash); return (synth(200)); }\n'
+                    'sub vcl_synth { set resp.http.hash = req.http.hash; }\n')
+    url = b"/u\xff" + uuid.uuid4().hex.encode()
+    head, _, _ = raw(cache, b"GET " + url + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert b"\r\nhash: " + hashlib.sha256(url + b"\0h\0").hexdigest().encode() + b"\r\n" in head
+    head, _, _ = raw(cache, b"GET /none HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert b"\r\nhash: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\r\n" in head
+
+
+def test_accept_encoding_server_ip_an_esi_pipe_a_label_s_return_vcl_and_a_failed_recv_as_varnishd(make):
+    """varnishd 7.1.1 (varnishtest -v): Accept-Encoding "gzip, deflate" is washed to "gzip" before
+    vcl_hash, the new field last; server.ip is the local address; an ESI include whose vcl_recv returns pipe is fetched as
+    a pass (`VCL_Error vcl_recv{} returns pipe for ESI included object.  Doing pass.`, two spaces);
+    return (vcl) from a labelled VCL is refused (`Illegal return(vcl): Only from active VCL`, 503); a
+    failed vcl_recv sends no 100 Continue; each request logs the active VCL's name (VCL_use)."""
+    def respond(req):
+        return Resp(body=b'<P><esi:include src="/inc"/></P>' if req.url == "/top" else b"inc")
+
+    cache, server = make("vcl 4.1;\nbackend default none;\n", respond)
+    for name, text in (("vcl1", "sub vcl_recv { return (synth(200)); }\n"),
+                       ("vcl2", "sub vcl_recv { return (vcl(l2)); }\n")):
+        assert cache.cli.cmd(f"vcl.inline {name} << EOF\nvcl 4.1;\nbackend default none;\n{text}EOF")[0] == 200
+        assert cache.cli.cmd(f"vcl.label {'l2' if name == 'vcl1' else 'l1'} {name}")[0] == 200
+    main = (f'vcl 4.1;\nbackend default {{ .host = "127.0.0.1"; .port = "{server.port}"; }}\n'
+            'sub vcl_recv {\n if (req.url == "/inc") { return (pipe); }\n if (req.url == "/lab") { return (vcl(l1)); }\n'
+            ' if (req.url == "/fail") { return (fail); }\n}\n'
+            'sub vcl_backend_response { set beresp.do_esi = true; }\n'
+            'sub vcl_deliver { set resp.http.ae = req.http.Accept-Encoding; set resp.http.sip = server.ip; }\n')
+    assert cache.cli.cmd("vcl.inline main << EOF\n" + main + "EOF")[0] == 200
+    assert cache.cli.cmd("vcl.use main")[0] == 200
+    cache.cli.cmd("debug.xid 999")
+    status, h, body = cache.get("/top", headers={"Accept-Encoding": "gzip, deflate"})
+    assert (status, h["ae"], h["sip"], body) == (200, "gzip", "127.0.0.1", b"<P>inc</P>")
+    # http_ForceHeader: the washed Accept-Encoding goes last (after X-Forwarded-For)
+    assert [n for n, _ in server.requests[0].headers] == ["Host", "X-Forwarded-For", "Accept-Encoding", "X-Varnish"]
+    assert cache.get("/lab")[0] == 503
+    with cache.proc.connect() as sock:
+        sock.sendall(b"POST /fail HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+        head, _ = read_message(sock)
+    assert head.startswith(b"HTTP/1.1 503 VCL failed\r\n")
+    log = cache.proc.log
+    wait_for(lambda: "Failed from VCL" in log.texts("VCL_Error"), what="the failed request's log")
+    errors = log.texts("VCL_Error")
+    assert "vcl_recv{} returns pipe for ESI included object.  Doing pass." in errors
+    records = list(log.records)
+    (vxid,) = {v for v, t, x in records if (t, x) == ("VCL_Error", "Failed from VCL")}
+    failed = [(t, x) for v, t, x in records if v == vxid and t in ("VCL_call", "VCL_return")]
+    assert failed == [("VCL_call", "RECV"), ("VCL_return", "fail"), ("VCL_call", "SYNTH"), ("VCL_return", "deliver")]
+    assert "Illegal return(vcl): Only from active VCL" in errors
+    assert (1001, "VCL_use", "main") in log.records
+
+
+def test_hits_are_logged_as_client_transactions(make):
+    """A hit from the object's head template logs its last records in one write: still a client
+    transaction ("c", as varnishd's), as the miss before it."""
+    cache, _ = make("vcl 4.1;\nBACKEND\n", lambda req: Resp(body=b"t"))
+    cache.cli.cmd("debug.xid 999")
+    for _ in range(3):
+        assert cache.get("/t")[2] == b"t"
+    log = cache.proc.log
+    wait_for(lambda: (1006, "End", "") in log.records, what="the third request's End")
+    assert [log.kinds[v] for v in (1001, 1004, 1006)] == [{"c"}] * 3
