@@ -121,6 +121,37 @@ class InProcServer:
                 self.loop.close()
 
 
+class MemoryTransport(asyncio.Transport):
+    """A client connection in memory (no socket): what the server writes, whether it reads, whether it
+    closed. For feeding a ClientProtocol exact reads (test_mut_protocol.drive)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.reading = True
+        self.closed = False
+
+    def write(self, data) -> None:
+        self.out += data
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 80)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
 async def _cancel_the_rest() -> None:
     """Cancel what still runs on the loop (requests cut off by the close), so none is left pending."""
     tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]

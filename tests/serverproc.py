@@ -141,6 +141,18 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
         rest += chunk
 
 
+def read_at_least(sock: socket.socket, size: int, timeout: float = 10.0) -> bytes:
+    """What the socket sends until `size` bytes have come (more if they came in the same read); the
+    connection closing first fails the test with what came."""
+    sock.settimeout(timeout)
+    data = _LEFTOVER.pop(sock, b"")
+    while len(data) < size:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
 def read_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
     sock.settimeout(timeout)
     data = _LEFTOVER.pop(sock, b"")

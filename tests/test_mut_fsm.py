@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from inproc import inproc_cache_factory, wait_for
+from inproc import MemoryTransport, inproc_cache_factory, wait_for
 from test_cache_support import Resp, read_message
 
 make = pytest.fixture(inproc_cache_factory)
@@ -1300,29 +1300,6 @@ def test_a_restart_after_a_grace_hit_leaves_the_refresh_to_its_fetch(make):
     assert len(backend.requests) == 2
 
 
-class _Sink(asyncio.Transport):
-    """A client connection in memory (as test_mut_protocol's): what the server writes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data) -> None:
-        self.out += data
-
-    def get_extra_info(self, name, default=None):
-        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 80)}.get(name, default)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    abort = close
-
-
 def test_a_busy_object_gone_before_its_request_waits_is_looked_up_again():
     """A lookup that found a busy object runs the waiting list as a task; when the busy object is gone
     by the time it runs (the fetch abandoned it in between), the request looks up again instead of
@@ -1341,7 +1318,7 @@ def test_a_busy_object_gone_before_its_request_waits_is_looked_up_again():
         digest = _digest_of("/w\0a\0")
         busy = srv.storage.lookup(digest, HttpMessage(), time.time()).busy
         conn = ClientProtocol(srv)
-        sink = _Sink()
+        sink = MemoryTransport()
         conn.connection_made(sink)
         conn.data_received(b"GET /w HTTP/1.1\r\nHost: a\r\n\r\n")
         srv.storage.abandon(busy)

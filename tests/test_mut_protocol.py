@@ -11,8 +11,8 @@ import socket
 import time
 
 import pytest
-from inproc import InProcServer, RecordingLog, wait_for
-from serverproc import read_all, read_response
+from inproc import InProcServer, MemoryTransport, RecordingLog, wait_for
+from serverproc import read_all, read_at_least, read_response
 from test_cache_support import Backend, Resp, read_message
 
 from cacheserver.http1 import BAD_REQUEST
@@ -229,36 +229,6 @@ def test_many_pipelined_requests_are_all_answered_in_order(start, sync):
     assert n - 3 <= srv.server.counters.sess_readahead <= n - 1
 
 
-class _Sink(asyncio.Transport):
-    """A client connection in memory: what the server writes, whether it reads, whether it closed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.reading = True
-        self.closed = False
-
-    def write(self, data) -> None:
-        self.out += data
-
-    def get_extra_info(self, name, default=None):
-        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 80)}.get(name, default)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def close(self) -> None:
-        self.closed = True
-
-    abort = close
-
-
 def drive(vcl: str, *reads: bytes, **params: str):
     """Feed `reads` to one connection of a Server running `vcl`, each as one read, on a loop of its
     own; (server, transport) once every request is answered, or stuck (a body still to come). Reads
@@ -275,7 +245,7 @@ def drive(vcl: str, *reads: bytes, **params: str):
             srv.params.set(name, value)
         srv.vcl_load("boot", vcl, "<inline>")
         conn = ClientProtocol(srv)
-        sink = _Sink()
+        sink = MemoryTransport()
         conn.connection_made(sink)
         for data in reads:
             if callable(data):
@@ -786,13 +756,7 @@ def test_a_stolen_connection_leaves_the_server_for_the_program(start):
     for n in (1, 2):                            # each steal counts
         with srv.connect() as sock:
             sock.sendall(b"GET /steal/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcdef")
-            sock.settimeout(10)
-            got = b""
-            while len(got) < 6:
-                chunk = sock.recv(100)
-                assert chunk, got
-                got += chunk
-            assert got == b"abcdef"                 # the body, then the bytes after it, and no response
+            assert read_at_least(sock, 6) == b"abcdef"                 # the body, then the bytes after it, and no response
             sock.sendall(b"more")
             assert sock.recv(100) == b"more"
             # the server counts the steal once the program's answer reached its loop: poll, do not race
@@ -809,13 +773,7 @@ def test_a_body_still_arriving_when_stolen_goes_to_the_program_as_sent(start):
         sock.sendall(b"POST /steal/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabcd")
         wait_for(lambda: srv.server.counters.steal_ok == 1, timeout=30, what="the steal")   # a program starts
         sock.sendall(b"efghij")
-        sock.settimeout(10)
-        got = b""
-        while len(got) < 10:
-            chunk = sock.recv(100)
-            assert chunk, got
-            got += chunk
-        assert got == b"abcdefghij"
+        assert read_at_least(sock, 10) == b"abcdefghij"
 
 
 GREET = """from kvm_api import set_socket_on_connect, set_socket_on_read, write, wait_for_requests
@@ -859,14 +817,8 @@ def test_a_steal_passes_the_client_address_the_argument_and_a_cached_body(start,
             assert status(read_response(sock)[0]) == b"HTTP/1.1 200 refused refuse"
             assert c.steal_refused == n
         sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\narg: yes\r\ncache-body: 1\r\nContent-Length: 4\r\n\r\nbody")
-        sock.settimeout(10)
         want = f"{host}:{port}|yes|body".encode()
-        got = b""
-        while len(got) < len(want):
-            chunk = sock.recv(100)
-            assert chunk, got
-            got += chunk
-        assert got == want
+        assert read_at_least(sock, len(want)) == want
         wait_for(lambda: c.steal_ok == 1, what="the steal counted")
 
 
@@ -1245,7 +1197,7 @@ def test_bytes_read_while_a_request_waits_are_held_up_to_a_bound():
                              'sub vcl_recv { if (req.url == "/slow") { return (pass); }\n'
                              ' return (synth(200, req.method + " " + req.url)); }\n', "<inline>")
         conn = ClientProtocol(srv)
-        sink = _Sink()
+        sink = MemoryTransport()
         conn.connection_made(sink)
         conn.data_received(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
         assert conn.busy
@@ -1375,7 +1327,7 @@ def test_bytes_that_arrive_while_a_pipe_opens_go_to_the_backend_after_the_reques
         srv.vcl_load("boot", f'vcl 4.1;\nbackend b {{ .host = "127.0.0.1"; .port = "{port}"; }}\n'
                              'sub vcl_recv { return (pipe); }\n', "<inline>")
         conn = ClientProtocol(srv)
-        sink = _Sink()
+        sink = MemoryTransport()
         conn.connection_made(sink)
         conn.data_received(b"GET /p HTTP/1.1\r\nHost: a\r\n\r\n")
         assert conn.busy

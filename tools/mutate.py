@@ -149,15 +149,28 @@ def toml_value(value) -> str:
     return str(value)
 
 
+# a mutant that crashes the test process (a None handed to libc) is caught as surely as a failure
+CAUGHT = frozenset({"killed", "timeout", "segfault"})
+NOT_KILLED = ("survived", "no tests")
+
+
+def mutmut(dest: Path, env: dict[str, str], *args: str) -> None:
+    """`python -m mutmut ARGS` in the scratch `dest`, its output appended as it comes to the scratch's
+    mutmut.log (the progress, and why a run stopped early)."""
+    with (dest / "mutmut.log").open("a") as log:
+        subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=dest, env=env, stdout=log,
+                       stderr=subprocess.STDOUT)
+
+
 def resume(module: str, dest: Path, env: dict[str, str], children: int, survivors_too: bool) -> None:
     """Go on with an earlier run in `dest` after the code or the tests changed.
 
     The tree is copied again over the scratch, keeping mutmut's state and the scratch's [tool.mutmut]
     (a changed test selection would make mutmut forget every verdict). mutmut itself re-tests the
     mutants of the functions whose text changed and those never checked, and collects the new tests;
-    with `survivors_too`, the survivors (and those with no test) are then re-tested by name, since a new test may kill them
-    (without it the figure is a lower bound). A killed mutant of an unchanged function stays killed:
-    its tests are still there.
+    with `survivors_too`, the survivors (and those with no test) are then re-tested by name, since a
+    new test may kill them (without it the figure is a lower bound). A killed mutant of an unchanged
+    function stays killed: its tests are still there.
     """
     pyproject = (dest / "pyproject.toml").read_text()
     scratch_copy(dest)
@@ -172,15 +185,13 @@ def resume(module: str, dest: Path, env: dict[str, str], children: int, survivor
                 target = dest / "mutants" / src.relative_to(dest)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, target)
-    mutmut = [sys.executable, "-m", "mutmut"]
-    log = (dest / "mutmut.log").open("a")     # mutmut's own output: why a run stopped early
-    subprocess.run([*mutmut, "run", "--max-children", str(children)],
-                   cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT)
-    out = subprocess.run([*mutmut, "results"], cwd=dest, env=env, capture_output=True, text=True).stdout
-    survivors = [m.group(1) for m in map(STATUS.match, out.splitlines()) if m and m.group(2) in ("survived", "no tests")]
-    if survivors and survivors_too:
-        subprocess.run([*mutmut, "run", "--max-children", str(children), *survivors],
-                       cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT)
+    mutmut(dest, env, "run", "--max-children", str(children))
+    if survivors_too:
+        out = subprocess.run([sys.executable, "-m", "mutmut", "results"], cwd=dest, env=env,
+                             capture_output=True, text=True).stdout
+        survivors = [m.group(1) for m in map(STATUS.match, out.splitlines()) if m and m.group(2) in NOT_KILLED]
+        if survivors:
+            mutmut(dest, env, "run", "--max-children", str(children), *survivors)
 
 
 def sample(dest: Path, env: dict[str, str], children: int, size: int) -> None:
@@ -192,9 +203,7 @@ def sample(dest: Path, env: dict[str, str], children: int, size: int) -> None:
     drawn = random.Random(len(unchecked)).sample(unchecked, min(size, len(unchecked)))
     with (dest / "sample.txt").open("a") as out:
         out.writelines(f"{name}\n" for name in drawn)
-    with (dest / "mutmut.log").open("a") as log:
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *drawn],
-                       cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT)
+    mutmut(dest, env, "run", "--max-children", str(children), *drawn)
 
 
 def estimate(dest: Path, verdicts: dict[str, str]) -> str | None:
@@ -205,16 +214,15 @@ def estimate(dest: Path, verdicts: dict[str, str]) -> str | None:
     if not path.exists():
         return None
     drawn = set(path.read_text().split())
-    caught = {"killed", "timeout", "segfault"}
     sampled = [v for name, v in verdicts.items() if name in drawn and v != "not checked"]
     pool = len(sampled) + sum(1 for v in verdicts.values() if v == "not checked")   # drawn but not run too
     fixed = [v for name, v in verdicts.items() if name not in drawn and v not in ("not checked", "skipped")]
     n, total = len(sampled), len(fixed) + pool
     if not n or not total:
         return None
-    rate = sum(v in caught for v in sampled) / n
+    rate = sum(v in CAUGHT for v in sampled) / n
     margin = 1.96 * pool * math.sqrt(rate * (1 - rate) / n * max(pool - n, 0) / max(pool - 1, 1))
-    killed = sum(v in caught for v in fixed) + rate * pool
+    killed = sum(v in CAUGHT for v in fixed) + rate * pool
     return (f"estimate over all {total}: {100 * killed / total:.1f}% +- {100 * margin / total:.1f} "
             f"({n} of the {pool} unchecked drawn at random, {100 * rate:.1f}% of them caught)")
 
@@ -235,9 +243,7 @@ def run(module: str, workdir: Path, show: bool, children: int,
         undecorate(dest / module)
         configure(dest, module)
         # --only: mutmut's own name filter (fnmatch on "package.module.x_function__mutmut_N")
-        log = (dest / "mutmut.log").open("a")     # mutmut's own output: why a run stopped early
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *(only or [])],
-                       cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT)
+        mutmut(dest, env, "run", "--max-children", str(children), *(only or []))
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=dest, env=env,
                          capture_output=True, text=True).stdout
     counts: dict[str, int] = {}
@@ -248,10 +254,9 @@ def run(module: str, workdir: Path, show: bool, children: int,
         if m:
             verdicts[m.group(1)] = m.group(2)
             counts[m.group(2)] = counts.get(m.group(2), 0) + 1
-            if m.group(2) in ("survived", "no tests"):
+            if m.group(2) in NOT_KILLED:
                 survivors.append((m.group(1), m.group(2)))
-    # a mutant that crashes the test process (a None handed to libc) is caught as surely as a failure
-    killed = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("segfault", 0)
+    killed = sum(n for status, n in counts.items() if status in CAUGHT)
     total = sum(n for status, n in counts.items() if status not in ("skipped", "not checked"))
     if show and survivors:
         changes = mutant_changes(dest / "mutants" / module)
